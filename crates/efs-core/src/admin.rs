@@ -1,0 +1,275 @@
+//! Admin commands: one definition, run by `efsctl` either through the server's admin
+//! socket (`system/admin.sock`, newline-delimited JSON, 0600) or directly on the data dir
+//! when no server runs. Both paths call [`execute`], so they cannot drift apart.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use serde::{Deserialize, Serialize};
+
+use crate::datadir::DataDir;
+use crate::error::CoreError;
+use crate::system::GrantRecord;
+
+/// One admin command.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "cmd", rename_all = "kebab-case")]
+#[non_exhaustive]
+pub enum AdminRequest {
+    /// Create a filesystem.
+    CreateFs {
+        /// Its name.
+        name: String,
+    },
+    /// List filesystems.
+    ListFs,
+    /// Create a user.
+    CreateUser {
+        /// Login name.
+        name: String,
+        /// Raw Ed25519 public key, base64 (the caller parsed the OpenSSH or PEM text).
+        public_key: String,
+        /// Initial grants.
+        grants: Vec<GrantRecord>,
+    },
+    /// Grant (or change) a user's access to a filesystem.
+    Grant {
+        /// User.
+        user: String,
+        /// Filesystem.
+        fs: String,
+        /// Read-only.
+        read_only: bool,
+    },
+    /// Revoke a grant, or (without `fs`) every token of the user.
+    Revoke {
+        /// User.
+        user: String,
+        /// Filesystem, or none for all tokens.
+        fs: Option<String>,
+    },
+    /// Delete a user.
+    DeleteUser {
+        /// User.
+        name: String,
+    },
+    /// List users.
+    ListUsers,
+    /// Bind a client certificate (SHA-256 of its DER, hex) to a user, or unbind.
+    BindCert {
+        /// User.
+        user: String,
+        /// Hex SHA-256, or none to unbind.
+        sha256: Option<String>,
+    },
+    /// Check a filesystem.
+    Fsck {
+        /// Filesystem.
+        fs: String,
+    },
+    /// Remove orphans.
+    Gc {
+        /// Filesystem.
+        fs: String,
+        /// Keep orphan blobs younger than this (uploads in flight).
+        grace_secs: u64,
+    },
+    /// Empty the server's decrypted cache (server only).
+    CacheClear,
+}
+
+/// The answer to an admin command.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct AdminResponse {
+    /// True on success.
+    pub ok: bool,
+    /// Human-readable lines to print.
+    pub lines: Vec<String>,
+    /// Structured result for `--json`.
+    pub data: serde_json::Value,
+    /// The error message, on failure.
+    pub error: Option<String>,
+    /// For fsck: whether the filesystem is clean.
+    #[serde(default)]
+    pub clean: Option<bool>,
+}
+
+impl AdminResponse {
+    fn ok(lines: Vec<String>, data: serde_json::Value) -> Self {
+        Self {
+            ok: true,
+            lines,
+            data,
+            error: None,
+            clean: None,
+        }
+    }
+
+    /// A failure.
+    pub fn err(msg: impl Into<String>) -> Self {
+        Self {
+            ok: false,
+            error: Some(msg.into()),
+            ..Default::default()
+        }
+    }
+}
+
+fn fmt_time(ms: i64) -> String {
+    let secs = ms / 1000;
+    format!("{secs}")
+}
+
+/// Runs one command on an open data dir. `CacheClear` is answered by the server itself.
+pub async fn execute(dd: &DataDir, req: AdminRequest) -> AdminResponse {
+    match run(dd, req).await {
+        Ok(r) => r,
+        Err(e) => AdminResponse::err(e.to_string()),
+    }
+}
+
+async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError> {
+    Ok(match req {
+        AdminRequest::CreateFs { name } => {
+            let lines = dd.create_fs(&name)?;
+            AdminResponse::ok(lines, serde_json::json!({ "name": name }))
+        }
+        AdminRequest::ListFs => {
+            let all = dd.list_fs()?;
+            let lines = all
+                .iter()
+                .map(|f| format!("{}\t{}", f.name, hex::encode(f.id)))
+                .collect();
+            let data = all
+                .iter()
+                .map(|f| serde_json::json!({"name": f.name, "id": hex::encode(f.id), "created": fmt_time(f.created_ms)}))
+                .collect();
+            AdminResponse::ok(lines, serde_json::Value::Array(data))
+        }
+        AdminRequest::CreateUser {
+            name,
+            public_key,
+            grants,
+        } => {
+            let raw = B64
+                .decode(public_key.as_bytes())
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                .ok_or_else(|| CoreError::Invalid("public_key must be 32 bytes, base64".into()))?;
+            let u = dd.create_user(&name, raw, grants)?;
+            let g: Vec<String> = u.grants.iter().map(grant_text).collect();
+            AdminResponse::ok(
+                vec![format!("Created user '{}' with access to {}", u.name, g.join(", "))],
+                serde_json::json!({"name": u.name}),
+            )
+        }
+        AdminRequest::Grant {
+            user,
+            fs,
+            read_only,
+        } => {
+            let u = dd.grant(&user, &fs, read_only)?;
+            AdminResponse::ok(
+                vec![format!(
+                    "User '{}' now has {} access to '{fs}' (its earlier tokens are revoked)",
+                    u.name,
+                    if read_only { "read-only" } else { "read-write" }
+                )],
+                serde_json::Value::Null,
+            )
+        }
+        AdminRequest::Revoke { user, fs } => {
+            let u = dd.revoke(&user, fs.as_deref())?;
+            let line = match fs {
+                Some(fs) => format!("Revoked '{}' access to '{fs}'; its tokens are revoked", u.name),
+                None => format!("Revoked every token of '{}'", u.name),
+            };
+            AdminResponse::ok(vec![line], serde_json::Value::Null)
+        }
+        AdminRequest::DeleteUser { name } => {
+            dd.delete_user(&name)?;
+            AdminResponse::ok(vec![format!("Deleted user '{name}'")], serde_json::Value::Null)
+        }
+        AdminRequest::ListUsers => {
+            let users = dd.users()?;
+            let lines = users
+                .iter()
+                .map(|u| {
+                    let g: Vec<String> = u.grants.iter().map(grant_text).collect();
+                    format!("{}\t{}", u.name, g.join(","))
+                })
+                .collect();
+            let data = users
+                .iter()
+                .map(|u| serde_json::json!({"name": u.name, "grants": u.grants, "public_key": B64.encode(u.public_key), "cert_bound": u.cert_sha256.is_some()}))
+                .collect();
+            AdminResponse::ok(lines, serde_json::Value::Array(data))
+        }
+        AdminRequest::BindCert { user, sha256 } => {
+            let hash = match sha256 {
+                None => None,
+                Some(h) => Some(
+                    hex::decode(h.replace(':', ""))
+                        .ok()
+                        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                        .ok_or_else(|| CoreError::Invalid("sha256 must be 64 hex digits".into()))?,
+                ),
+            };
+            let u = dd.bind_cert(&user, hash)?;
+            AdminResponse::ok(
+                vec![format!(
+                    "User '{}': client certificate {}",
+                    u.name,
+                    if hash.is_some() { "bound" } else { "unbound" }
+                )],
+                serde_json::Value::Null,
+            )
+        }
+        AdminRequest::Fsck { fs } => {
+            let f = dd
+                .fs(&fs)
+                .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{fs}'")))?;
+            let rep = f.fsck().await?;
+            let mut lines = vec![format!(
+                "fsck '{fs}': {} records, {} files verified, {} errors, {} orphan blobs, {} orphan inline contents",
+                rep.records,
+                rep.files_verified,
+                rep.errors.len(),
+                rep.orphan_blobs.len(),
+                rep.orphan_inline.len()
+            )];
+            lines.extend(rep.errors.iter().map(|e| format!("error: {e}")));
+            lines.extend(rep.orphan_blobs.iter().map(|b| format!("orphan blob: {b}")));
+            lines.extend(rep.orphan_inline.iter().map(|b| format!("orphan inline content: {b}")));
+            let mut r = AdminResponse::ok(
+                lines,
+                serde_json::json!({
+                    "records": rep.records, "files_verified": rep.files_verified,
+                    "errors": rep.errors, "orphan_blobs": rep.orphan_blobs, "orphan_inline": rep.orphan_inline,
+                }),
+            );
+            r.clean = Some(rep.is_clean());
+            r
+        }
+        AdminRequest::Gc { fs, grace_secs } => {
+            let f = dd
+                .fs(&fs)
+                .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{fs}'")))?;
+            let rep = f.gc(grace_secs).await?;
+            AdminResponse::ok(
+                vec![format!(
+                    "gc '{fs}': removed {} orphan blobs and {} orphan inline contents; kept {} blobs younger than {grace_secs} s",
+                    rep.blobs_removed, rep.inline_removed, rep.blobs_kept_young
+                )],
+                serde_json::json!({"blobs_removed": rep.blobs_removed, "inline_removed": rep.inline_removed, "blobs_kept_young": rep.blobs_kept_young}),
+            )
+        }
+        AdminRequest::CacheClear => AdminResponse::ok(
+            vec!["No server is running: there is no cache to clear".into()],
+            serde_json::Value::Null,
+        ),
+    })
+}
+
+fn grant_text(g: &GrantRecord) -> String {
+    format!("{}{}", g.fs, if g.read_only { " (read-only)" } else { "" })
+}

@@ -1,0 +1,240 @@
+//! Blob storage: large files' encrypted content, named by random ids.
+//!
+//! The trait is what an S3-compatible store will implement later; [`LocalBlobStore`] is
+//! the embedded default: a sharded directory tree (`blobs/3f/12/3f12de0f…`, 65,536 leaf
+//! directories so that none holds more than 65,536 files below four billion blobs), with
+//! the write protocol of DESIGN.md: temporary file → fsync → rename → fsync directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use async_trait::async_trait;
+
+use crate::error::{CoreError, Result};
+use crate::index::ContentId;
+
+/// Writes one blob; nothing is visible under its id until [`BlobWriter::finish`].
+#[async_trait]
+pub trait BlobWriter: Send {
+    /// Appends bytes.
+    async fn write(&mut self, data: Vec<u8>) -> Result<()>;
+    /// Makes the blob durable and visible under its id.
+    async fn finish(self: Box<Self>) -> Result<()>;
+    /// Drops the partial blob.
+    async fn abort(self: Box<Self>);
+}
+
+/// Reads one blob at any offset.
+#[async_trait]
+pub trait BlobReader: Send + Sync {
+    /// Total length in bytes.
+    fn len(&self) -> u64;
+    /// True if the blob is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Exactly `len` bytes at `offset` (an error if the blob is shorter).
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>>;
+}
+
+/// A store of blobs.
+#[async_trait]
+pub trait BlobStore: Send + Sync {
+    /// Starts writing blob `id`.
+    async fn create(&self, id: &ContentId) -> Result<Box<dyn BlobWriter>>;
+    /// Opens blob `id`; [`CoreError::NotFound`] if absent.
+    async fn open(&self, id: &ContentId) -> Result<Arc<dyn BlobReader>>;
+    /// Removes blob `id` (absent is not an error).
+    async fn delete(&self, id: &ContentId) -> Result<()>;
+    /// Every blob id with its age in seconds (fsck, gc).
+    async fn list(&self) -> Result<Vec<(ContentId, u64)>>;
+}
+
+/// Blobs in a sharded local directory.
+pub struct LocalBlobStore {
+    root: PathBuf,
+}
+
+impl LocalBlobStore {
+    /// Uses (and creates) `root`, with `root/tmp` for partial writes.
+    pub fn open(root: &Path) -> Result<Self> {
+        std::fs::create_dir_all(root.join("tmp"))?;
+        Ok(Self {
+            root: root.to_path_buf(),
+        })
+    }
+
+    fn path_of(&self, id: &ContentId) -> PathBuf {
+        let h = hex::encode(id);
+        self.root.join(&h[0..2]).join(&h[2..4]).join(h)
+    }
+}
+
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| CoreError::Io(std::io::Error::other(e.to_string())))?
+}
+
+struct LocalWriter {
+    file: Option<std::fs::File>,
+    tmp: PathBuf,
+    dest: PathBuf,
+}
+
+#[async_trait]
+impl BlobWriter for LocalWriter {
+    async fn write(&mut self, data: Vec<u8>) -> Result<()> {
+        use std::io::Write;
+        let mut f = self.file.take().ok_or(CoreError::Corrupt("blob writer closed"))?;
+        let f = blocking(move || {
+            f.write_all(&data)?;
+            Ok(f)
+        })
+        .await?;
+        self.file = Some(f);
+        Ok(())
+    }
+
+    async fn finish(mut self: Box<Self>) -> Result<()> {
+        let f = self.file.take().ok_or(CoreError::Corrupt("blob writer closed"))?;
+        let tmp = self.tmp.clone();
+        let dest = self.dest.clone();
+        let res = blocking(move || {
+            f.sync_all()?;
+            drop(f);
+            let dir = dest.parent().expect("a blob path has a shard directory");
+            std::fs::create_dir_all(dir)?;
+            std::fs::rename(&tmp, &dest)?;
+            std::fs::File::open(dir)?.sync_all()?;
+            Ok(())
+        })
+        .await;
+        if res.is_err() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+        res
+    }
+
+    async fn abort(mut self: Box<Self>) {
+        self.file.take();
+        let _ = std::fs::remove_file(&self.tmp);
+    }
+}
+
+impl Drop for LocalWriter {
+    /// A writer dropped without finish (a cancelled upload) leaves no temporary file.
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+struct LocalReader {
+    file: Arc<std::fs::File>,
+    len: u64,
+}
+
+#[async_trait]
+impl BlobReader for LocalReader {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let f = self.file.clone();
+        blocking(move || {
+            use std::os::unix::fs::FileExt;
+            let mut buf = vec![0u8; len];
+            f.read_exact_at(&mut buf, offset)?;
+            Ok(buf)
+        })
+        .await
+    }
+}
+
+#[async_trait]
+impl BlobStore for LocalBlobStore {
+    async fn create(&self, id: &ContentId) -> Result<Box<dyn BlobWriter>> {
+        let tmp = self.root.join("tmp").join(hex::encode(id));
+        let dest = self.path_of(id);
+        let tmp2 = tmp.clone();
+        let file = blocking(move || {
+            Ok(std::fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .open(&tmp2)?)
+        })
+        .await?;
+        Ok(Box::new(LocalWriter {
+            file: Some(file),
+            tmp,
+            dest,
+        }))
+    }
+
+    async fn open(&self, id: &ContentId) -> Result<Arc<dyn BlobReader>> {
+        let p = self.path_of(id);
+        blocking(move || match std::fs::File::open(&p) {
+            Ok(f) => {
+                let len = f.metadata()?.len();
+                Ok(Arc::new(LocalReader {
+                    file: Arc::new(f),
+                    len,
+                }) as Arc<dyn BlobReader>)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CoreError::NotFound),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    async fn delete(&self, id: &ContentId) -> Result<()> {
+        let p = self.path_of(id);
+        blocking(move || match std::fs::remove_file(&p) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    async fn list(&self) -> Result<Vec<(ContentId, u64)>> {
+        let root = self.root.clone();
+        blocking(move || {
+            let mut out = Vec::new();
+            let now = std::time::SystemTime::now();
+            for a in std::fs::read_dir(&root)? {
+                let a = a?;
+                if a.file_name() == "tmp" || !a.file_type()?.is_dir() {
+                    continue;
+                }
+                for b in std::fs::read_dir(a.path())? {
+                    let b = b?;
+                    for f in std::fs::read_dir(b.path())? {
+                        let f = f?;
+                        let name = f.file_name();
+                        let Some(id) = name
+                            .to_str()
+                            .and_then(|s| hex::decode(s).ok())
+                            .and_then(|v| <ContentId>::try_from(v).ok())
+                        else {
+                            continue;
+                        };
+                        let age = f
+                            .metadata()?
+                            .modified()
+                            .ok()
+                            .and_then(|m| now.duration_since(m).ok())
+                            .map(|d| d.as_secs())
+                            .unwrap_or(0);
+                        out.push((id, age));
+                    }
+                }
+            }
+            Ok(out)
+        })
+        .await
+    }
+}

@@ -1,0 +1,419 @@
+//! The data dir: its layout, its first-start initialisation, and the objects it holds
+//! (filesystems, users, system secrets).
+//!
+//! ```text
+//! DATA/                        0700
+//!   system/keyparts.json       public facts about the key parts (kinds, salt, check tags)
+//!   system/system.redb         users, filesystems, wrapped secrets (all sealed)
+//!   system/admin.sock          the running server's admin socket (0600)
+//!   fs/<random id>/index.redb  one filesystem's index (sealed records, inline content)
+//!   fs/<random id>/blobs/      its large files' content, sharded by random id
+//! ```
+
+use std::collections::HashMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use zeroize::Zeroizing;
+
+use crate::blob::LocalBlobStore;
+use crate::error::{CoreError, Result};
+use crate::fs::{Filesystem, FsOptions};
+use crate::index::Op;
+use crate::keyparts::{self, Argon2Params, KeyPartSpec, KeyPartsFile, StarterKey};
+use crate::keyring::Keyring;
+use crate::redb_index::RedbIndex;
+use crate::system::{FsRecord, GrantRecord, SystemDb, UserRecord};
+
+/// Name of the token-signing key secret.
+pub const SECRET_SIGNING_KEY: &str = "token-signing-key";
+/// Name of the generated TLS private key secret (PKCS#8 DER).
+pub const SECRET_TLS_KEY: &str = "tls-key";
+/// Name of the generated TLS certificate (stored sealed too, for integrity).
+pub const SECRET_TLS_CERT: &str = "tls-cert";
+/// Index metadata key of the wrapped keyring.
+const META_KEYRING: &str = "keyring";
+
+/// Options for opening a data dir.
+#[derive(Debug, Clone, Default)]
+pub struct OpenOptions {
+    /// Argon2id parameters for passphrase parts of a new data dir.
+    pub argon2: Argon2Params,
+    /// Filesystem tunables.
+    pub fs: FsOptions,
+}
+
+/// What happened at open: lines for the operator.
+#[derive(Debug, Default)]
+pub struct OpenReport {
+    /// True if the data dir was created now.
+    pub initialised: bool,
+    /// A key-part file generated for the quick start.
+    pub generated_key_part: Option<PathBuf>,
+}
+
+/// An open data dir.
+pub struct DataDir {
+    root: PathBuf,
+    system: SystemDb,
+    filesystems: RwLock<HashMap<String, Arc<Filesystem>>>,
+    starter: StarterKey,
+    opts: OpenOptions,
+}
+
+impl std::fmt::Debug for DataDir {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "DataDir({})", self.root.display())
+    }
+}
+
+/// Acceptable user and filesystem names: 1–64 of `[A-Za-z0-9._-]`, not starting with `.`.
+pub fn check_name(what: &str, name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 64
+        && !name.starts_with('.')
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::Invalid(format!(
+            "invalid {what} name: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
+        )))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// Where the quick start puts its generated key part: beside the data dir, never in it.
+pub fn default_key_part_path(data: &Path) -> PathBuf {
+    let abs = std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf());
+    let name = abs
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "efs-data".into());
+    abs.with_file_name(format!("{name}.keypart"))
+}
+
+fn is_new(root: &Path) -> Result<bool> {
+    match std::fs::read_dir(root) {
+        Ok(mut it) => Ok(it.next().is_none()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
+        Err(e) => Err(e.into()),
+    }
+}
+
+fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    {
+        let mut f = std::fs::File::create(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(path.parent().expect("has a parent"))?.sync_all()?;
+    Ok(())
+}
+
+impl DataDir {
+    /// Opens the data dir at `root`, initialising it if it is missing or empty.
+    /// On an existing dir, a wrong or missing part is refused before anything is written.
+    pub fn open(
+        root: &Path,
+        specs: &[KeyPartSpec],
+        opts: OpenOptions,
+        prompt: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Result<(Self, OpenReport)> {
+        let mut report = OpenReport::default();
+        let keyparts_path = root.join("system").join("keyparts.json");
+        let starter = if is_new(root)? {
+            let mut specs = specs.to_vec();
+            let mut generated = None;
+            if specs.is_empty() {
+                let p = default_key_part_path(root);
+                if !p.exists() {
+                    keyparts::generate_part_file(&p)?;
+                }
+                specs.push(KeyPartSpec::File(p.clone()));
+                generated = Some(p);
+            }
+            let (starter, file) =
+                keyparts::create(&specs, generated.as_deref(), opts.argon2, prompt)?;
+            std::fs::create_dir_all(root.join("system"))?;
+            std::fs::create_dir_all(root.join("fs"))?;
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+            let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
+            let signing = efs_format::Key32::random();
+            system.put_secret(SECRET_SIGNING_KEY, signing.as_bytes())?;
+            drop(system);
+            // keyparts.json last: a data dir without it is an unfinished initialisation.
+            let json = serde_json::to_vec_pretty(&file).expect("serialising JSON cannot fail");
+            write_atomic(&keyparts_path, &json)?;
+            report.initialised = true;
+            report.generated_key_part = generated;
+            starter
+        } else {
+            let text = match std::fs::read(&keyparts_path) {
+                Ok(t) => t,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(CoreError::Invalid(format!(
+                        "{} is not empty but is not an EFS data dir (no system/keyparts.json); \
+                         if an initialisation was interrupted, remove the directory and start again",
+                        root.display()
+                    )));
+                }
+                Err(e) => return Err(e.into()),
+            };
+            let file: KeyPartsFile = serde_json::from_slice(&text).map_err(|e| {
+                CoreError::Key(keyparts::KeyError::Corrupt(format!(
+                    "system/keyparts.json is malformed: {e}"
+                )))
+            })?;
+            keyparts::open(&file, specs, prompt)?
+        };
+        let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
+        let dd = Self {
+            root: root.to_path_buf(),
+            system,
+            filesystems: RwLock::new(HashMap::new()),
+            starter,
+            opts,
+        };
+        for rec in dd.system.filesystems()? {
+            let fs = dd.open_fs(&rec)?;
+            dd.filesystems
+                .write()
+                .expect("lock poisoned")
+                .insert(rec.name.clone(), Arc::new(fs));
+        }
+        Ok((dd, report))
+    }
+
+    /// The data dir's path.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Path of the admin socket.
+    pub fn admin_socket(&self) -> PathBuf {
+        admin_socket_path(&self.root)
+    }
+
+    fn fs_dir(&self, id: &[u8; 16]) -> PathBuf {
+        self.root.join("fs").join(hex::encode(id))
+    }
+
+    fn open_fs(&self, rec: &FsRecord) -> Result<Filesystem> {
+        let dir = self.fs_dir(&rec.id);
+        let index = RedbIndex::open(&dir.join("index.redb"))?;
+        let sealed = futures_block(index_meta(&index, META_KEYRING))?
+            .ok_or(CoreError::Corrupt("filesystem without keyring"))?;
+        let keyring = Keyring::open(&self.starter, &rec.id, &sealed)?;
+        let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
+        Ok(Filesystem::new(
+            rec.name.clone(),
+            rec.id,
+            Arc::new(index),
+            Arc::new(blobs),
+            keyring,
+            self.opts.fs.clone(),
+        ))
+    }
+
+    /// Creates a filesystem; returns what was created, one line each.
+    pub fn create_fs(&self, name: &str) -> Result<Vec<String>> {
+        check_name("filesystem", name)?;
+        if self.system.filesystem(name)?.is_some() {
+            return Err(CoreError::Exists("filesystem"));
+        }
+        let mut id = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
+        let rec = FsRecord {
+            name: name.to_owned(),
+            id,
+            created_ms: now_ms(),
+        };
+        let dir = self.fs_dir(&id);
+        let rel = format!("fs/{}", hex::encode(id));
+        let mut lines = vec![format!(
+            "Creating filesystem '{name}' in '{}/{rel}' (a random id: names never appear on disk)",
+            self.root.display()
+        )];
+        std::fs::create_dir_all(&dir)?;
+        lines.push(format!("Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"));
+        let index = RedbIndex::open(&dir.join("index.redb"))?;
+        lines.push(format!("Creating blob directory '{rel}/blobs' (sharded, random names)"));
+        LocalBlobStore::open(&dir.join("blobs"))?;
+        let keyring = Keyring::generate();
+        lines.push("Creating keyring (term 1), wrapped under the starter key".into());
+        let batch = crate::index::Batch {
+            expect: vec![],
+            ops: vec![Op::PutMeta(META_KEYRING.into(), keyring.seal(&self.starter, &id))],
+        };
+        futures_block(commit(&index, batch))?;
+        drop(index);
+        self.system.put_filesystem(&rec)?;
+        let fs = self.open_fs(&rec)?;
+        self.filesystems
+            .write()
+            .expect("lock poisoned")
+            .insert(name.to_owned(), Arc::new(fs));
+        Ok(lines)
+    }
+
+    /// Every filesystem.
+    pub fn list_fs(&self) -> Result<Vec<FsRecord>> {
+        self.system.filesystems()
+    }
+
+    /// An open filesystem by name.
+    pub fn fs(&self, name: &str) -> Option<Arc<Filesystem>> {
+        self.filesystems.read().expect("lock poisoned").get(name).cloned()
+    }
+
+    /// Creates a user with a raw Ed25519 public key and grants.
+    pub fn create_user(&self, name: &str, public_key: [u8; 32], grants: Vec<GrantRecord>) -> Result<UserRecord> {
+        check_name("user", name)?;
+        if self.system.user(name)?.is_some() {
+            return Err(CoreError::Exists("user"));
+        }
+        for g in &grants {
+            self.require_fs(&g.fs)?;
+        }
+        let u = UserRecord {
+            name: name.to_owned(),
+            public_key,
+            grants,
+            generation: 1,
+            created_ms: now_ms(),
+            cert_sha256: None,
+        };
+        self.system.put_user(&u)?;
+        Ok(u)
+    }
+
+    fn require_fs(&self, fs: &str) -> Result<()> {
+        if self.system.filesystem(fs)?.is_none() {
+            return Err(CoreError::Invalid(format!(
+                "no filesystem named '{fs}' (see efsctl list-fs)"
+            )));
+        }
+        Ok(())
+    }
+
+    fn require_user(&self, name: &str) -> Result<UserRecord> {
+        self.system
+            .user(name)?
+            .ok_or_else(|| CoreError::Invalid(format!("no user named '{name}' (see efsctl list-users)")))
+    }
+
+    /// Grants (or changes) access to a filesystem.
+    pub fn grant(&self, user: &str, fs: &str, read_only: bool) -> Result<UserRecord> {
+        let mut u = self.require_user(user)?;
+        self.require_fs(fs)?;
+        u.grants.retain(|g| g.fs != fs);
+        u.grants.push(GrantRecord {
+            fs: fs.to_owned(),
+            read_only,
+        });
+        // A downgrade to read-only must not leave read-write tokens alive.
+        u.generation += 1;
+        self.system.put_user(&u)?;
+        Ok(u)
+    }
+
+    /// Revokes access to one filesystem, or with `fs = None` every token of the user
+    /// (grants kept). Tokens issued before stop working at once.
+    pub fn revoke(&self, user: &str, fs: Option<&str>) -> Result<UserRecord> {
+        let mut u = self.require_user(user)?;
+        if let Some(fs) = fs {
+            let before = u.grants.len();
+            u.grants.retain(|g| g.fs != fs);
+            if u.grants.len() == before {
+                return Err(CoreError::Invalid(format!("user '{user}' has no grant on '{fs}'")));
+            }
+        }
+        u.generation += 1;
+        self.system.put_user(&u)?;
+        Ok(u)
+    }
+
+    /// Binds (or unbinds) a client certificate to a user.
+    pub fn bind_cert(&self, user: &str, cert_sha256: Option<[u8; 32]>) -> Result<UserRecord> {
+        let mut u = self.require_user(user)?;
+        u.cert_sha256 = cert_sha256;
+        u.generation += 1;
+        self.system.put_user(&u)?;
+        Ok(u)
+    }
+
+    /// Deletes a user; its tokens stop working at once.
+    pub fn delete_user(&self, name: &str) -> Result<()> {
+        if !self.system.remove_user(name)? {
+            return Err(CoreError::Invalid(format!("no user named '{name}'")));
+        }
+        Ok(())
+    }
+
+    /// A user by name.
+    pub fn user(&self, name: &str) -> Result<Option<UserRecord>> {
+        self.system.user(name)
+    }
+
+    /// Every user.
+    pub fn users(&self) -> Result<Vec<UserRecord>> {
+        self.system.users()
+    }
+
+    /// A system secret (signing key, TLS key).
+    pub fn secret(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
+        self.system.secret(name)
+    }
+
+    /// Stores a system secret, sealed under the starter key.
+    pub fn put_secret(&self, name: &str, value: &[u8]) -> Result<()> {
+        self.system.put_secret(name, value)
+    }
+}
+
+/// Path of the admin socket of the data dir at `root`.
+pub fn admin_socket_path(root: &Path) -> PathBuf {
+    root.join("system").join("admin.sock")
+}
+
+async fn index_meta(index: &RedbIndex, name: &str) -> Result<Option<Vec<u8>>> {
+    crate::index::Index::get_meta(index, name).await
+}
+
+async fn commit(index: &RedbIndex, batch: crate::index::Batch) -> Result<()> {
+    if crate::index::Index::commit(index, batch).await? {
+        Ok(())
+    } else {
+        Err(CoreError::Contention)
+    }
+}
+
+/// Runs a short future to completion from synchronous code, inside or outside a runtime.
+fn futures_block<F: std::future::Future + Send>(f: F) -> F::Output
+where
+    F::Output: Send,
+{
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            tokio::runtime::Builder::new_current_thread()
+                .build()
+                .expect("a current-thread runtime builds")
+                .block_on(f)
+        })
+        .join()
+        .expect("the helper thread does not panic")
+    })
+}

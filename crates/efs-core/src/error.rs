@@ -1,0 +1,58 @@
+//! The core's error type. Crypto failures collapse into one opaque variant; messages never
+//! carry a path, a name or a key.
+
+use crate::path::PathError;
+
+/// Result with [`CoreError`].
+pub type Result<T, E = CoreError> = std::result::Result<T, E>;
+
+/// Everything a filesystem operation can fail with.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum CoreError {
+    /// The path is invalid.
+    #[error("invalid path: {0}")]
+    Path(#[from] PathError),
+    /// No such file or directory.
+    #[error("not found")]
+    NotFound,
+    /// A file is in the way where a directory is needed, or the reverse.
+    #[error("{0}")]
+    Conflict(&'static str),
+    /// An `If-Match` / `If-None-Match` precondition failed.
+    #[error("precondition failed")]
+    Precondition,
+    /// The content is larger than allowed.
+    #[error("too large")]
+    TooLarge,
+    /// Something did not decrypt: altered, truncated or swapped data, or a wrong key.
+    #[error("decryption failed: stored data was altered or does not belong here")]
+    Decrypt,
+    /// Stored data is structurally wrong (after it decrypted, or outside encryption).
+    #[error("corrupt stored data: {0}")]
+    Corrupt(&'static str),
+    /// An object (user, filesystem) already exists.
+    #[error("{0} already exists")]
+    Exists(&'static str),
+    /// A name (user, filesystem) is not acceptable.
+    #[error("{0}")]
+    Invalid(String),
+    /// The index storage failed.
+    #[error("index error: {0}")]
+    Index(String),
+    /// An I/O error (blob store, files).
+    #[error("I/O error: {0}")]
+    Io(#[from] std::io::Error),
+    /// Key parts problems.
+    #[error(transparent)]
+    Key(#[from] crate::keyparts::KeyError),
+    /// Too many concurrent conflicting writers; the operation was not applied.
+    #[error("too much contention on this path; retry")]
+    Contention,
+}
+
+impl From<efs_format::FormatError> for CoreError {
+    fn from(_: efs_format::FormatError) -> Self {
+        CoreError::Decrypt
+    }
+}

@@ -1,0 +1,1027 @@
+//! A filesystem: paths → encrypted entries → encrypted content.
+//!
+//! Lookup is one keyed hash per segment: an entry's key is `dir_tag(parent id) ||
+//! name_tag(parent id, name)` (HMAC-SHA256 under the keyring's name-tag key, each cut to
+//! 16 bytes). Directories have random ids, so renaming a directory moves one entry.
+//! Every write is a new content id with a fresh data key (copy-on-write); the entry is
+//! switched in one conditional index batch, and the old content is removed only after
+//! that batch is durable. A crash leaves the old version or the new one, never a mix.
+
+use std::sync::Arc;
+
+use efs_format::{Decryptor, Encryptor, HEADER_LEN, Key32, SEGMENT_SIZE, TAG_LEN, wrap};
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use std::sync::RwLock;
+
+use crate::blob::{BlobReader, BlobStore, BlobWriter};
+use crate::error::{CoreError, Result};
+use crate::index::{Batch, ContentId, DirTag, EntryKey, Expect, Index, Op};
+use crate::keyring::Keyring;
+use crate::labels;
+use crate::path::EfsPath;
+use crate::record::{Kind, Record, Storage, data_key_aad};
+
+/// The root directory's id.
+const ROOT_ID: [u8; 16] = [0u8; 16];
+/// Attempts of a conditional batch before giving up with [`CoreError::Contention`].
+const MAX_ATTEMPTS: usize = 64;
+/// Bytes buffered before a blob write is issued.
+const WRITE_CHUNK: usize = 1 << 20;
+
+/// Tunables of a filesystem.
+#[derive(Debug, Clone)]
+pub struct FsOptions {
+    /// Files up to this many plaintext bytes are stored inline in the index.
+    pub inline_max: usize,
+}
+
+impl Default for FsOptions {
+    fn default() -> Self {
+        Self {
+            inline_max: 128 * 1024,
+        }
+    }
+}
+
+/// A precondition on the current state of a path (HTTP `If-Match` / `If-None-Match`).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Precondition {
+    /// No condition.
+    #[default]
+    None,
+    /// The current version's content id must be this (an ETag).
+    IfMatch(Vec<ContentId>),
+    /// Any current version (`If-Match: *`).
+    IfExists,
+    /// No current version (`If-None-Match: *`).
+    IfNoneMatch,
+}
+
+/// What a caller may see of an entry.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    /// Name (empty for the root).
+    pub name: String,
+    /// File or directory.
+    pub kind: Kind,
+    /// Plaintext size.
+    pub size: u64,
+    /// Creation time, Unix ms.
+    pub created_ms: i64,
+    /// Modification time, Unix ms.
+    pub modified_ms: i64,
+    /// Content-Type of a file.
+    pub content_type: Option<String>,
+    /// The version id: content id of a file, directory id of a directory.
+    pub version: [u8; 16],
+}
+
+impl Entry {
+    fn from_record(r: &Record) -> Self {
+        Self {
+            name: r.name.clone(),
+            kind: r.kind,
+            size: r.size,
+            created_ms: r.created_ms,
+            modified_ms: r.modified_ms,
+            content_type: r.content_type.clone(),
+            version: r.id,
+        }
+    }
+
+    /// The strong ETag of this version, quoted.
+    pub fn etag(&self) -> String {
+        format!("\"{}\"", hex::encode(self.version))
+    }
+}
+
+/// Counts of a filesystem (for metrics and `list-fs`).
+#[derive(Debug, Clone, Default)]
+pub struct FsStats {
+    /// Files.
+    pub files: u64,
+    /// Directories (root excluded).
+    pub dirs: u64,
+    /// Plaintext bytes of all files.
+    pub bytes: u64,
+}
+
+/// Result of [`Filesystem::fsck`].
+#[derive(Debug, Clone, Default)]
+pub struct FsckReport {
+    /// Records checked.
+    pub records: u64,
+    /// Files whose whole content was decrypted and verified.
+    pub files_verified: u64,
+    /// Problems: one line each, no names (entry keys in hex).
+    pub errors: Vec<String>,
+    /// Blobs that no record references.
+    pub orphan_blobs: Vec<String>,
+    /// Inline contents that no record references.
+    pub orphan_inline: Vec<String>,
+}
+
+impl FsckReport {
+    /// True when nothing is wrong and nothing is orphaned.
+    pub fn is_clean(&self) -> bool {
+        self.errors.is_empty() && self.orphan_blobs.is_empty() && self.orphan_inline.is_empty()
+    }
+}
+
+/// Result of [`Filesystem::gc`].
+#[derive(Debug, Clone, Default)]
+pub struct GcReport {
+    /// Orphan blobs removed.
+    pub blobs_removed: u64,
+    /// Orphan inline contents removed.
+    pub inline_removed: u64,
+    /// Orphan blobs younger than the grace period, kept (uploads in flight).
+    pub blobs_kept_young: u64,
+}
+
+/// One filesystem.
+pub struct Filesystem {
+    name: String,
+    id: [u8; 16],
+    index: Arc<dyn Index>,
+    blobs: Arc<dyn BlobStore>,
+    keyring: RwLock<Arc<Keyring>>,
+    opts: FsOptions,
+}
+
+impl std::fmt::Debug for Filesystem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Filesystem({})", hex::encode(self.id))
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+fn random_id() -> [u8; 16] {
+    let mut id = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
+    id
+}
+
+/// A resolved path: the entry (if any) and the chain of directories leading to it.
+struct Resolved {
+    /// Key of the entry at the path.
+    key: EntryKey,
+    /// Its current sealed value and record, if it exists.
+    current: Option<(Vec<u8>, Record)>,
+    /// Existing ancestors: (key, sealed value) — expectations of a write.
+    ancestors: Vec<(EntryKey, Vec<u8>)>,
+    /// Ancestors to create: (key, record).
+    missing: Vec<(EntryKey, Record)>,
+}
+
+impl Filesystem {
+    /// Assembles a filesystem from its parts.
+    pub fn new(
+        name: String,
+        id: [u8; 16],
+        index: Arc<dyn Index>,
+        blobs: Arc<dyn BlobStore>,
+        keyring: Keyring,
+        opts: FsOptions,
+    ) -> Self {
+        Self {
+            name,
+            id,
+            index,
+            blobs,
+            keyring: RwLock::new(Arc::new(keyring)),
+            opts,
+        }
+    }
+
+    /// The filesystem's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The filesystem's random id.
+    pub fn id(&self) -> &[u8; 16] {
+        &self.id
+    }
+
+    fn keyring(&self) -> Arc<Keyring> {
+        self.keyring.read().expect("keyring lock poisoned").clone()
+    }
+
+    fn tag(&self, kr: &Keyring, domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
+        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(kr.tag_key().as_bytes())
+            .expect("HMAC takes any key length");
+        mac.update(domain);
+        for p in parts {
+            mac.update(p);
+        }
+        let out = mac.finalize().into_bytes();
+        out[..16].try_into().expect("SHA-256 output is 32 bytes")
+    }
+
+    fn dir_tag(&self, kr: &Keyring, dir: &[u8; 16]) -> DirTag {
+        self.tag(kr, labels::TAG_DIR, &[dir])
+    }
+
+    fn entry_key(&self, kr: &Keyring, dir: &[u8; 16], name: &str) -> EntryKey {
+        let mut k = [0u8; 32];
+        k[..16].copy_from_slice(&self.dir_tag(kr, dir));
+        k[16..].copy_from_slice(&self.tag(kr, labels::TAG_NAME, &[dir, name.as_bytes()]));
+        k
+    }
+
+    async fn load(&self, kr: &Keyring, key: &EntryKey) -> Result<Option<(Vec<u8>, Record)>> {
+        match self.index.get_entry(key).await? {
+            None => Ok(None),
+            Some(v) => {
+                let r = Record::open(kr, &self.id, key, &v)?;
+                Ok(Some((v, r)))
+            }
+        }
+    }
+
+    /// Walks `path`. With `create_parents`, missing ancestors are planned for creation;
+    /// otherwise a missing ancestor is NotFound. A file as an ancestor is a Conflict.
+    async fn resolve(&self, kr: &Keyring, path: &EfsPath, create_parents: bool) -> Result<Resolved> {
+        let segs = path.segments();
+        let (last, parents) = segs.split_last().ok_or(CoreError::Conflict("the root cannot be changed"))?;
+        let mut dir = ROOT_ID;
+        let mut ancestors = Vec::new();
+        let mut missing = Vec::new();
+        let now = now_ms();
+        for seg in parents {
+            let key = self.entry_key(kr, &dir, seg);
+            if !missing.is_empty() {
+                let id = random_id();
+                missing.push((key, new_dir_record(seg, id, now)));
+                dir = id;
+                continue;
+            }
+            match self.load(kr, &key).await? {
+                Some((v, r)) => {
+                    if r.kind != Kind::Dir {
+                        return Err(CoreError::Conflict("a parent of this path is a file"));
+                    }
+                    dir = r.id;
+                    ancestors.push((key, v));
+                }
+                None if create_parents => {
+                    let id = random_id();
+                    missing.push((key, new_dir_record(seg, id, now)));
+                    dir = id;
+                }
+                None => return Err(CoreError::NotFound),
+            }
+        }
+        let key = self.entry_key(kr, &dir, last);
+        let current = if missing.is_empty() {
+            self.load(kr, &key).await?
+        } else {
+            None
+        };
+        Ok(Resolved {
+            key,
+            current,
+            ancestors,
+            missing,
+        })
+    }
+
+    async fn lookup_record(&self, kr: &Keyring, path: &EfsPath) -> Result<Record> {
+        if path.is_root() {
+            return Ok(new_dir_record("", ROOT_ID, 0));
+        }
+        let r = self.resolve(kr, path, false).await?;
+        r.current.map(|(_, rec)| rec).ok_or(CoreError::NotFound)
+    }
+
+    /// The entry at `path`.
+    pub async fn stat(&self, path: &EfsPath) -> Result<Entry> {
+        let kr = self.keyring();
+        Ok(Entry::from_record(&self.lookup_record(&kr, path).await?))
+    }
+
+    /// A page of directory `path`: up to `limit` entries after `cursor`, and the cursor of
+    /// the next page if there may be more.
+    pub async fn list(
+        &self,
+        path: &EfsPath,
+        cursor: Option<&EntryKey>,
+        limit: usize,
+    ) -> Result<(Vec<Entry>, Option<EntryKey>)> {
+        let kr = self.keyring();
+        let dir = self.lookup_record(&kr, path).await?;
+        if dir.kind != Kind::Dir {
+            return Err(CoreError::Conflict("not a directory"));
+        }
+        let tag = self.dir_tag(&kr, &dir.id);
+        let limit = limit.max(1);
+        let rows = self.index.list_dir(&tag, cursor, limit + 1).await?;
+        let more = rows.len() > limit;
+        let mut out = Vec::with_capacity(limit.min(rows.len()));
+        let mut last = None;
+        for (k, v) in rows.into_iter().take(limit) {
+            let r = Record::open(&kr, &self.id, &k, &v)?;
+            out.push(Entry::from_record(&r));
+            last = Some(k);
+        }
+        Ok((out, if more { last } else { None }))
+    }
+
+    /// Starts a new file version. Feed it with [`Upload::write`], then [`Filesystem::commit`].
+    pub async fn begin_upload(self: &Arc<Self>) -> Result<Upload> {
+        let content_id = random_id();
+        let data_key = Key32::random();
+        let enc = Encryptor::new(&data_key, content_id);
+        let mut buf = Vec::with_capacity(HEADER_LEN + 4096);
+        buf.extend_from_slice(&enc.header());
+        Ok(Upload {
+            fs: self.clone(),
+            content_id,
+            data_key,
+            enc: Some(enc),
+            buf,
+            blob: None,
+            size: 0,
+            max_size: u64::MAX,
+        })
+    }
+
+    /// Makes an upload the current version of `path` if `cond` holds, creating missing
+    /// parent directories. Returns the new entry. Durable when it returns.
+    pub async fn commit(
+        &self,
+        path: &EfsPath,
+        upload: Upload,
+        content_type: Option<String>,
+        cond: Precondition,
+    ) -> Result<Entry> {
+        let finished = upload.finish().await?;
+        let res = self.commit_finished(path, &finished, content_type, cond).await;
+        if res.is_err() {
+            self.discard(&finished).await;
+        }
+        res
+    }
+
+    async fn discard(&self, f: &FinishedUpload) {
+        if f.storage == Storage::Blob
+            && let Err(e) = self.blobs.delete(&f.content_id).await
+        {
+            tracing::warn!(error = %e, "could not remove an unused blob; gc will");
+        }
+    }
+
+    async fn commit_finished(
+        &self,
+        path: &EfsPath,
+        f: &FinishedUpload,
+        content_type: Option<String>,
+        cond: Precondition,
+    ) -> Result<Entry> {
+        for _ in 0..MAX_ATTEMPTS {
+            let kr = self.keyring();
+            let res = self.resolve(&kr, path, true).await?;
+            if let Some((_, cur)) = &res.current
+                && cur.kind == Kind::Dir
+            {
+                return Err(CoreError::Conflict("a directory exists at this path"));
+            }
+            check_precondition(&cond, res.current.as_ref().map(|(_, r)| r))?;
+            let now = now_ms();
+            let term = kr.current();
+            let record = Record {
+                name: path.name().expect("resolve refuses the root").to_owned(),
+                kind: Kind::File,
+                id: f.content_id,
+                size: f.size,
+                created_ms: res.current.as_ref().map(|(_, r)| r.created_ms).unwrap_or(now),
+                modified_ms: now,
+                content_type: content_type.clone(),
+                storage: f.storage,
+                key_term: term.number,
+                wrapped_key: wrap::seal(
+                    term.data_key_wrap(),
+                    &data_key_aad(&self.id, &f.content_id),
+                    f.data_key.as_bytes(),
+                ),
+            };
+            let mut batch = self.base_batch(&kr, &res);
+            batch.expect.push(Expect {
+                key: res.key,
+                value: res.current.as_ref().map(|(v, _)| v.clone()),
+            });
+            if let Some(inline) = &f.inline {
+                batch.ops.push(Op::PutInline(f.content_id, inline.clone()));
+            }
+            batch
+                .ops
+                .push(Op::PutEntry(res.key, record.seal(&kr, &self.id, &res.key)));
+            if let Some((_, old)) = &res.current
+                && old.storage == Storage::Inline
+            {
+                batch.ops.push(Op::DeleteInline(old.id));
+            }
+            if self.index.commit(batch).await? {
+                if let Some((_, old)) = &res.current {
+                    self.remove_blob_of(old).await;
+                }
+                return Ok(Entry::from_record(&record));
+            }
+        }
+        Err(CoreError::Contention)
+    }
+
+    /// A batch that expects the resolved ancestors unchanged and creates the missing ones.
+    fn base_batch(&self, kr: &Keyring, res: &Resolved) -> Batch {
+        let mut batch = Batch::default();
+        for (k, v) in &res.ancestors {
+            batch.expect.push(Expect {
+                key: *k,
+                value: Some(v.clone()),
+            });
+        }
+        for (k, r) in &res.missing {
+            batch.expect.push(Expect { key: *k, value: None });
+            batch.ops.push(Op::PutEntry(*k, r.seal(kr, &self.id, k)));
+        }
+        batch
+    }
+
+    async fn remove_blob_of(&self, old: &Record) {
+        if old.storage == Storage::Blob
+            && let Err(e) = self.blobs.delete(&old.id).await
+        {
+            tracing::warn!(error = %e, "could not remove a replaced blob; gc will");
+        }
+    }
+
+    /// Creates directory `path` (and its parents). Existing directory: returned as is.
+    pub async fn mkdir(&self, path: &EfsPath) -> Result<Entry> {
+        for _ in 0..MAX_ATTEMPTS {
+            let kr = self.keyring();
+            if path.is_root() {
+                return Ok(Entry::from_record(&new_dir_record("", ROOT_ID, 0)));
+            }
+            let res = self.resolve(&kr, path, true).await?;
+            if let Some((_, cur)) = &res.current {
+                if cur.kind == Kind::Dir {
+                    return Ok(Entry::from_record(cur));
+                }
+                return Err(CoreError::Conflict("a file exists at this path"));
+            }
+            let record = new_dir_record(path.name().expect("not the root"), random_id(), now_ms());
+            let mut batch = self.base_batch(&kr, &res);
+            batch.expect.push(Expect { key: res.key, value: None });
+            batch
+                .ops
+                .push(Op::PutEntry(res.key, record.seal(&kr, &self.id, &res.key)));
+            if self.index.commit(batch).await? {
+                return Ok(Entry::from_record(&record));
+            }
+        }
+        Err(CoreError::Contention)
+    }
+
+    /// Deletes the file or directory at `path`. A non-empty directory needs `recursive`.
+    /// Deleting a file destroys its wrapped data key (crypto-erasure) with its record.
+    pub async fn delete(&self, path: &EfsPath, cond: Precondition, recursive: bool) -> Result<()> {
+        if path.is_root() {
+            return Err(CoreError::Conflict("the root cannot be deleted"));
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let kr = self.keyring();
+            let res = self.resolve(&kr, path, false).await?;
+            let Some((value, rec)) = &res.current else {
+                return Err(CoreError::NotFound);
+            };
+            check_precondition(&cond, Some(rec))?;
+            if rec.kind == Kind::Dir {
+                let tag = self.dir_tag(&kr, &rec.id);
+                let children = self.index.list_dir(&tag, None, 1).await?;
+                if !children.is_empty() {
+                    if !recursive {
+                        return Err(CoreError::Conflict("the directory is not empty"));
+                    }
+                    self.delete_children(&kr, &rec.id).await?;
+                    continue;
+                }
+            }
+            let mut batch = Batch::default();
+            for (k, v) in &res.ancestors {
+                batch.expect.push(Expect { key: *k, value: Some(v.clone()) });
+            }
+            batch.expect.push(Expect { key: res.key, value: Some(value.clone()) });
+            batch.ops.push(Op::DeleteEntry(res.key));
+            if rec.storage == Storage::Inline {
+                batch.ops.push(Op::DeleteInline(rec.id));
+            }
+            if self.index.commit(batch).await? {
+                self.remove_blob_of(rec).await;
+                return Ok(());
+            }
+        }
+        Err(CoreError::Contention)
+    }
+
+    /// Deletes everything below directory `dir` (depth first), page by page.
+    fn delete_children<'a>(
+        &'a self,
+        kr: &'a Keyring,
+        dir: &'a [u8; 16],
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        Box::pin(async move {
+            let tag = self.dir_tag(kr, dir);
+            loop {
+                let rows = self.index.list_dir(&tag, None, 256).await?;
+                if rows.is_empty() {
+                    return Ok(());
+                }
+                for (k, v) in rows {
+                    let rec = Record::open(kr, &self.id, &k, &v)?;
+                    if rec.kind == Kind::Dir {
+                        self.delete_children(kr, &rec.id).await?;
+                    }
+                    let mut batch = Batch::default();
+                    batch.expect.push(Expect { key: k, value: Some(v) });
+                    batch.ops.push(Op::DeleteEntry(k));
+                    if rec.storage == Storage::Inline {
+                        batch.ops.push(Op::DeleteInline(rec.id));
+                    }
+                    if self.index.commit(batch).await? {
+                        self.remove_blob_of(&rec).await;
+                    }
+                }
+            }
+        })
+    }
+
+    /// Moves (renames) a file or directory. A directory moves as one entry: its content is
+    /// not touched. `overwrite` lets a file replace a file at `to`.
+    pub async fn rename(&self, from: &EfsPath, to: &EfsPath, overwrite: bool) -> Result<Entry> {
+        if from.is_root() || to.is_root() {
+            return Err(CoreError::Conflict("the root cannot be moved"));
+        }
+        if to.starts_with(from) {
+            if to == from {
+                return self.stat(from).await;
+            }
+            return Err(CoreError::Conflict("cannot move a directory into itself"));
+        }
+        for _ in 0..MAX_ATTEMPTS {
+            let kr = self.keyring();
+            let src = self.resolve(&kr, from, false).await?;
+            let Some((src_val, src_rec)) = &src.current else {
+                return Err(CoreError::NotFound);
+            };
+            let dst = self.resolve(&kr, to, true).await?;
+            if let Some((_, d)) = &dst.current {
+                if !overwrite {
+                    return Err(CoreError::Conflict("the destination exists"));
+                }
+                if d.kind == Kind::Dir || src_rec.kind == Kind::Dir {
+                    return Err(CoreError::Conflict("only a file can replace a file"));
+                }
+            }
+            let mut moved = src_rec.clone();
+            moved.name = to.name().expect("not the root").to_owned();
+            moved.modified_ms = now_ms();
+            let mut batch = self.base_batch(&kr, &dst);
+            for (k, v) in &src.ancestors {
+                batch.expect.push(Expect { key: *k, value: Some(v.clone()) });
+            }
+            batch.expect.push(Expect { key: src.key, value: Some(src_val.clone()) });
+            batch.expect.push(Expect {
+                key: dst.key,
+                value: dst.current.as_ref().map(|(v, _)| v.clone()),
+            });
+            batch.ops.push(Op::DeleteEntry(src.key));
+            if let Some((_, d)) = &dst.current
+                && d.storage == Storage::Inline
+            {
+                batch.ops.push(Op::DeleteInline(d.id));
+            }
+            batch
+                .ops
+                .push(Op::PutEntry(dst.key, moved.seal(&kr, &self.id, &dst.key)));
+            if self.index.commit(batch).await? {
+                if let Some((_, d)) = &dst.current {
+                    self.remove_blob_of(d).await;
+                }
+                return Ok(Entry::from_record(&moved));
+            }
+        }
+        Err(CoreError::Contention)
+    }
+
+    /// Opens the current version of file `path` for reading. The reader keeps that version
+    /// even if the file is replaced or deleted meanwhile.
+    pub async fn open(&self, path: &EfsPath) -> Result<FileReader> {
+        let kr = self.keyring();
+        // A writer may replace the file between our record read and the blob open; the old
+        // blob is then gone, so read the record again (bounded).
+        for _ in 0..8 {
+            let rec = self.lookup_record(&kr, path).await?;
+            if rec.kind != Kind::File {
+                return Err(CoreError::Conflict("not a file"));
+            }
+            match self.open_record(&kr, &rec).await {
+                Err(CoreError::NotFound) => continue,
+                other => return other,
+            }
+        }
+        Err(CoreError::Contention)
+    }
+
+    async fn open_record(&self, kr: &Keyring, rec: &Record) -> Result<FileReader> {
+        let key = rec.data_key(kr, &self.id)?;
+        let source = match rec.storage {
+            Storage::Inline => {
+                let bytes = self.index.get_inline(&rec.id).await?.ok_or(CoreError::NotFound)?;
+                Source::Inline(bytes)
+            }
+            Storage::Blob => Source::Blob(self.blobs.open(&rec.id).await?),
+            Storage::None => return Err(CoreError::Conflict("not a file")),
+        };
+        let enc_len = match &source {
+            Source::Inline(b) => b.len() as u64,
+            Source::Blob(b) => b.len(),
+        };
+        if enc_len < HEADER_LEN as u64 {
+            return Err(CoreError::Decrypt);
+        }
+        let header = match &source {
+            Source::Inline(b) => b[..HEADER_LEN].to_vec(),
+            Source::Blob(b) => b.read_at(0, HEADER_LEN).await?,
+        };
+        let dec = Decryptor::new(&key, &header, enc_len, &rec.id)?;
+        if dec.plaintext_len() != rec.size {
+            return Err(CoreError::Decrypt);
+        }
+        Ok(FileReader {
+            entry: Entry::from_record(rec),
+            dec,
+            source,
+        })
+    }
+
+    /// Counts files, directories and bytes (a full scan).
+    pub async fn stats(&self) -> Result<FsStats> {
+        let kr = self.keyring();
+        let mut s = FsStats::default();
+        let mut after = None;
+        loop {
+            let rows = self.index.scan_entries(after.as_ref(), 1024).await?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(*last);
+            for (k, v) in &rows {
+                let r = Record::open(&kr, &self.id, k, v)?;
+                match r.kind {
+                    Kind::File => {
+                        s.files += 1;
+                        s.bytes += r.size;
+                    }
+                    Kind::Dir => s.dirs += 1,
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// Checks every record and every byte of content; lists orphans.
+    pub async fn fsck(&self) -> Result<FsckReport> {
+        let kr = self.keyring();
+        let mut rep = FsckReport::default();
+        let mut referenced_blobs = std::collections::HashSet::new();
+        let mut referenced_inline = std::collections::HashSet::new();
+        let mut dir_ids = std::collections::HashSet::new();
+        let mut parent_tags = Vec::new();
+        dir_ids.insert(self.dir_tag(&kr, &ROOT_ID));
+        let mut after = None;
+        loop {
+            let rows = self.index.scan_entries(after.as_ref(), 1024).await?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(*last);
+            for (k, v) in &rows {
+                rep.records += 1;
+                let rec = match Record::open(&kr, &self.id, k, v) {
+                    Ok(r) => r,
+                    Err(e) => {
+                        rep.errors.push(format!("entry {}: record: {e}", hex::encode(k)));
+                        continue;
+                    }
+                };
+                let ptag: DirTag = k[..16].try_into().expect("32-byte key");
+                parent_tags.push((ptag, *k));
+                match rec.kind {
+                    Kind::Dir => {
+                        dir_ids.insert(self.dir_tag(&kr, &rec.id));
+                    }
+                    Kind::File => {
+                        match rec.storage {
+                            Storage::Blob => referenced_blobs.insert(rec.id),
+                            _ => referenced_inline.insert(rec.id),
+                        };
+                        match self.verify_content(&kr, &rec).await {
+                            Ok(()) => rep.files_verified += 1,
+                            Err(e) => rep
+                                .errors
+                                .push(format!("entry {}: content: {e}", hex::encode(k))),
+                        }
+                    }
+                }
+            }
+        }
+        for (ptag, k) in parent_tags {
+            if !dir_ids.contains(&ptag) {
+                rep.errors.push(format!(
+                    "entry {}: its parent directory does not exist",
+                    hex::encode(k)
+                ));
+            }
+        }
+        for (id, _) in self.blobs.list().await? {
+            if !referenced_blobs.contains(&id) {
+                rep.orphan_blobs.push(hex::encode(id));
+            }
+        }
+        for id in self.index.inline_ids().await? {
+            if !referenced_inline.contains(&id) {
+                rep.orphan_inline.push(hex::encode(id));
+            }
+        }
+        Ok(rep)
+    }
+
+    async fn verify_content(&self, kr: &Keyring, rec: &Record) -> Result<()> {
+        let r = self.open_record(kr, rec).await?;
+        let n = r.dec.segment_count();
+        let mut i = 0;
+        while i < n {
+            let end = (i + 16).min(n);
+            for seg in r.read_segments(i, end).await? {
+                drop(seg);
+            }
+            i = end;
+        }
+        Ok(())
+    }
+
+    /// Removes orphan blobs older than `grace_secs` and orphan inline contents.
+    pub async fn gc(&self, grace_secs: u64) -> Result<GcReport> {
+        let rep = self.fsck_refs().await?;
+        let mut out = GcReport::default();
+        for (id, age) in self.blobs.list().await? {
+            if !rep.0.contains(&id) {
+                if age >= grace_secs {
+                    self.blobs.delete(&id).await?;
+                    out.blobs_removed += 1;
+                } else {
+                    out.blobs_kept_young += 1;
+                }
+            }
+        }
+        let orphans: Vec<ContentId> = self
+            .index
+            .inline_ids()
+            .await?
+            .into_iter()
+            .filter(|id| !rep.1.contains(id))
+            .collect();
+        if !orphans.is_empty() {
+            out.inline_removed = orphans.len() as u64;
+            let batch = Batch {
+                expect: vec![],
+                ops: orphans.into_iter().map(Op::DeleteInline).collect(),
+            };
+            self.index.commit(batch).await?;
+        }
+        Ok(out)
+    }
+
+    async fn fsck_refs(
+        &self,
+    ) -> Result<(std::collections::HashSet<ContentId>, std::collections::HashSet<ContentId>)> {
+        let kr = self.keyring();
+        let mut blobs = std::collections::HashSet::new();
+        let mut inline = std::collections::HashSet::new();
+        let mut after = None;
+        loop {
+            let rows = self.index.scan_entries(after.as_ref(), 1024).await?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(*last);
+            for (k, v) in &rows {
+                let rec = Record::open(&kr, &self.id, k, v)?;
+                match rec.storage {
+                    Storage::Blob => {
+                        blobs.insert(rec.id);
+                    }
+                    Storage::Inline => {
+                        inline.insert(rec.id);
+                    }
+                    Storage::None => {}
+                }
+            }
+        }
+        Ok((blobs, inline))
+    }
+}
+
+fn new_dir_record(name: &str, id: [u8; 16], now: i64) -> Record {
+    Record {
+        name: name.to_owned(),
+        kind: Kind::Dir,
+        id,
+        size: 0,
+        created_ms: now,
+        modified_ms: now,
+        content_type: None,
+        storage: Storage::None,
+        key_term: 0,
+        wrapped_key: Vec::new(),
+    }
+}
+
+fn check_precondition(cond: &Precondition, current: Option<&Record>) -> Result<()> {
+    let ok = match (cond, current) {
+        (Precondition::None, _) => true,
+        (Precondition::IfNoneMatch, cur) => cur.is_none(),
+        (Precondition::IfExists, cur) => cur.is_some(),
+        (Precondition::IfMatch(tags), Some(cur)) => {
+            cur.kind == Kind::File && tags.iter().any(|t| *t == cur.id)
+        }
+        (Precondition::IfMatch(_), None) => false,
+    };
+    if ok { Ok(()) } else { Err(CoreError::Precondition) }
+}
+
+/// A file version being written. Memory: at most one segment plus one write chunk.
+pub struct Upload {
+    fs: Arc<Filesystem>,
+    content_id: ContentId,
+    data_key: Key32,
+    enc: Option<Encryptor>,
+    /// Sealed bytes not yet handed to the blob writer (or the whole inline content).
+    buf: Vec<u8>,
+    blob: Option<Box<dyn BlobWriter>>,
+    size: u64,
+    max_size: u64,
+}
+
+struct FinishedUpload {
+    content_id: ContentId,
+    data_key: Key32,
+    size: u64,
+    storage: Storage,
+    inline: Option<Vec<u8>>,
+}
+
+impl Upload {
+    /// Refuses content larger than `max` bytes ([`CoreError::TooLarge`]).
+    pub fn set_max_size(&mut self, max: u64) {
+        self.max_size = max;
+    }
+
+    /// Plaintext bytes received so far.
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// Appends plaintext.
+    pub async fn write(&mut self, data: &[u8]) -> Result<()> {
+        self.size += data.len() as u64;
+        if self.size > self.max_size {
+            return Err(CoreError::TooLarge);
+        }
+        self.enc
+            .as_mut()
+            .expect("the encryptor lives until finish")
+            .update(data, &mut self.buf);
+        if self.blob.is_none() && self.size > self.fs.opts.inline_max as u64 {
+            self.blob = Some(self.fs.blobs.create(&self.content_id).await?);
+        }
+        if self.blob.is_some() && self.buf.len() >= WRITE_CHUNK {
+            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK + SEGMENT_SIZE + TAG_LEN));
+            self.blob.as_mut().expect("checked").write(chunk).await?;
+        }
+        Ok(())
+    }
+
+    async fn finish(mut self) -> Result<FinishedUpload> {
+        self.enc
+            .take()
+            .expect("the encryptor lives until finish")
+            .finish(&mut self.buf);
+        let content_id = self.content_id;
+        let data_key = self.data_key.duplicate();
+        match self.blob.take() {
+            None => Ok(FinishedUpload {
+                content_id,
+                data_key,
+                size: self.size,
+                storage: Storage::Inline,
+                inline: Some(std::mem::take(&mut self.buf)),
+            }),
+            Some(mut w) => {
+                let rest = std::mem::take(&mut self.buf);
+                if let Err(e) = w.write(rest).await {
+                    w.abort().await;
+                    return Err(e);
+                }
+                w.finish().await?;
+                Ok(FinishedUpload {
+                    content_id,
+                    data_key,
+                    size: self.size,
+                    storage: Storage::Blob,
+                    inline: None,
+                })
+            }
+        }
+    }
+
+    /// Drops a partial upload (its temporary blob is removed).
+    pub async fn abort(mut self) {
+        if let Some(w) = self.blob.take() {
+            w.abort().await;
+        }
+    }
+}
+
+enum Source {
+    Inline(Vec<u8>),
+    Blob(Arc<dyn BlobReader>),
+}
+
+/// An open file version, read segment by segment.
+pub struct FileReader {
+    entry: Entry,
+    dec: Decryptor,
+    source: Source,
+}
+
+impl FileReader {
+    /// The version being read.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
+    }
+
+    /// Plaintext length.
+    pub fn len(&self) -> u64 {
+        self.dec.plaintext_len()
+    }
+
+    /// True for an empty file.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Number of segments.
+    pub fn segment_count(&self) -> u64 {
+        self.dec.segment_count()
+    }
+
+    /// Segments covering plaintext `[start, end)`.
+    pub fn segments_for(&self, start: u64, end: u64) -> std::ops::Range<u64> {
+        self.dec.segments_for(start, end)
+    }
+
+    /// Decrypts segments `[first, end)` (one read of the source), in order.
+    pub async fn read_segments(&self, first: u64, end: u64) -> Result<Vec<Vec<u8>>> {
+        if first >= end {
+            return Ok(Vec::new());
+        }
+        let (off0, _) = self.dec.segment_location(first)?;
+        let (offl, lenl) = self.dec.segment_location(end - 1)?;
+        let total = (offl + lenl as u64 - off0) as usize;
+        let raw = match &self.source {
+            Source::Inline(b) => b
+                .get(off0 as usize..off0 as usize + total)
+                .ok_or(CoreError::Decrypt)?
+                .to_vec(),
+            Source::Blob(b) => b.read_at(off0, total).await?,
+        };
+        let mut out = Vec::with_capacity((end - first) as usize);
+        let mut pos = 0usize;
+        for i in first..end {
+            let (_, len) = self.dec.segment_location(i)?;
+            let mut seg = raw[pos..pos + len].to_vec();
+            pos += len;
+            self.dec.open_segment(i, &mut seg)?;
+            out.push(seg);
+        }
+        Ok(out)
+    }
+}
+
+/// The plaintext offset where segment `idx` starts.
+pub fn segment_offset(idx: u64) -> u64 {
+    idx * SEGMENT_SIZE as u64
+}

@@ -1,0 +1,80 @@
+//! The index: where encrypted entry records and small files' content live.
+//!
+//! The trait speaks only in opaque bytes (keyed tags and sealed records), so an
+//! implementation never sees a name, and swapping redb for PostgreSQL changes nothing in
+//! the filesystem logic. Writes are optimistic: a [`Batch`] carries the values its author
+//! read, and is applied, atomically and durably, only if they are still current.
+
+use async_trait::async_trait;
+
+use crate::error::Result;
+
+/// Key of an entry: `dir_tag (16) || name_tag (16)`, both keyed hashes.
+pub type EntryKey = [u8; 32];
+/// Random id of a file version's content (inline or blob).
+pub type ContentId = [u8; 16];
+/// Keyed tag of a directory id: the common prefix of its entries.
+pub type DirTag = [u8; 16];
+
+/// One write of a batch.
+#[derive(Debug, Clone)]
+pub enum Op {
+    /// Insert or replace an entry record.
+    PutEntry(EntryKey, Vec<u8>),
+    /// Remove an entry record.
+    DeleteEntry(EntryKey),
+    /// Store a small file's encrypted content.
+    PutInline(ContentId, Vec<u8>),
+    /// Remove a small file's encrypted content.
+    DeleteInline(ContentId),
+    /// Insert or replace a metadata value (the wrapped keyring).
+    PutMeta(String, Vec<u8>),
+}
+
+/// A condition of a batch: the entry's current value must be exactly `value`
+/// (`None`: the entry must not exist).
+#[derive(Debug, Clone)]
+pub struct Expect {
+    /// The entry.
+    pub key: EntryKey,
+    /// Its value as the batch's author read it.
+    pub value: Option<Vec<u8>>,
+}
+
+/// An atomic, conditional group of writes.
+#[derive(Debug, Clone, Default)]
+pub struct Batch {
+    /// All must hold, or nothing is written.
+    pub expect: Vec<Expect>,
+    /// Applied in order.
+    pub ops: Vec<Op>,
+}
+
+/// Storage of the index. Implementations: [`crate::redb_index::RedbIndex`] (embedded default).
+#[async_trait]
+pub trait Index: Send + Sync {
+    /// An entry's sealed record.
+    async fn get_entry(&self, key: &EntryKey) -> Result<Option<Vec<u8>>>;
+    /// Up to `limit` entries of one directory, in key order, strictly after `after`.
+    async fn list_dir(
+        &self,
+        dir: &DirTag,
+        after: Option<&EntryKey>,
+        limit: usize,
+    ) -> Result<Vec<(EntryKey, Vec<u8>)>>;
+    /// A small file's encrypted content.
+    async fn get_inline(&self, id: &ContentId) -> Result<Option<Vec<u8>>>;
+    /// A metadata value.
+    async fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>>;
+    /// Applies `batch` atomically and durably if every expectation holds; `Ok(false)`
+    /// (nothing written) if one does not. Returns only once the write is durable.
+    async fn commit(&self, batch: Batch) -> Result<bool>;
+    /// Every entry, in key order, `limit` at a time after `after` (fsck, gc, rotation).
+    async fn scan_entries(
+        &self,
+        after: Option<&EntryKey>,
+        limit: usize,
+    ) -> Result<Vec<(EntryKey, Vec<u8>)>>;
+    /// Every inline content id (fsck, gc).
+    async fn inline_ids(&self) -> Result<Vec<ContentId>>;
+}

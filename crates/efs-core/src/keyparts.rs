@@ -1,0 +1,524 @@
+//! The starter key: built at start-up from key parts kept in different places.
+//!
+//! Each part is turned into a 32-byte part key; the starter key is HKDF-SHA256 over the
+//! concatenated part keys, salted with the data dir's random salt. All parts are needed;
+//! the starter key is never stored. `system/keyparts.json` records, in clear, only what is
+//! needed to give a helpful error: the salt, the kind of each part, its Argon2id
+//! parameters, and a short check tag per part and for the whole (see docs/design.md).
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use efs_format::Key32;
+use serde::{Deserialize, Serialize};
+use zeroize::Zeroizing;
+
+use crate::labels;
+
+/// Environment variable read for a `passphrase` part when there is no terminal.
+pub const PASSPHRASE_ENV: &str = "EFS_PASSPHRASE";
+
+/// Shortest accepted raw material for an `env:` or `file:` part.
+pub const MIN_PART_BYTES: usize = 16;
+
+/// Where one key part comes from, as given on the command line.
+#[derive(Clone, PartialEq, Eq)]
+pub enum KeyPartSpec {
+    /// `env:NAME`: the value of an environment variable.
+    Env(String),
+    /// `file:PATH`: the contents of a file (a Docker secret, a USB key).
+    File(PathBuf),
+    /// `passphrase`: typed at a prompt, or read from `EFS_PASSPHRASE`; stretched with Argon2id.
+    Passphrase,
+}
+
+impl KeyPartSpec {
+    /// Parses `env:NAME`, `file:PATH` or `passphrase`.
+    pub fn parse(s: &str) -> Result<Self, KeyError> {
+        if let Some(name) = s.strip_prefix("env:") {
+            if name.is_empty() {
+                return Err(KeyError::Spec(format!("'{s}': env: needs a variable name")));
+            }
+            Ok(Self::Env(name.to_owned()))
+        } else if let Some(path) = s.strip_prefix("file:") {
+            if path.is_empty() {
+                return Err(KeyError::Spec(format!("'{s}': file: needs a path")));
+            }
+            Ok(Self::File(PathBuf::from(path)))
+        } else if s == "passphrase" {
+            Ok(Self::Passphrase)
+        } else {
+            Err(KeyError::Spec(format!(
+                "'{s}' is not a key part: use env:NAME, file:PATH or passphrase"
+            )))
+        }
+    }
+
+    /// The kind, as recorded in keyparts.json.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Env(_) => "env",
+            Self::File(_) => "file",
+            Self::Passphrase => "passphrase",
+        }
+    }
+}
+
+impl fmt::Display for KeyPartSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Env(n) => write!(f, "env:{n}"),
+            Self::File(p) => write!(f, "file:{}", p.display()),
+            Self::Passphrase => f.write_str("passphrase"),
+        }
+    }
+}
+
+impl fmt::Debug for KeyPartSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+/// Errors about key parts. Messages name the part and the check, never the secret.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum KeyError {
+    /// A `--key-part` value that is not understood.
+    #[error("{0}")]
+    Spec(String),
+    /// A part could not be read.
+    #[error("key part {index} ({spec}): {reason}")]
+    Unreadable {
+        /// 1-based position.
+        index: usize,
+        /// The spec as given.
+        spec: String,
+        /// What went wrong.
+        reason: String,
+    },
+    /// The number or kinds of parts differ from those the data dir was created with.
+    #[error("{0}")]
+    Mismatch(String),
+    /// One part does not match what the data dir was created with.
+    #[error(
+        "key part {index} ({spec}) is wrong: it is not the part this data dir was created with"
+    )]
+    WrongPart {
+        /// 1-based position.
+        index: usize,
+        /// The spec as given.
+        spec: String,
+    },
+    /// All parts pass their own check but the combination does not open the data dir.
+    #[error(
+        "the key parts do not open this data dir (the starter-key check failed); give the same parts, in the same order, as at creation"
+    )]
+    WrongStarter,
+    /// keyparts.json is unreadable or malformed.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// The raw secret of one part, read from its source.
+struct PartMaterial(Zeroizing<Vec<u8>>);
+
+/// Argon2id parameters, recorded so that a later start stretches the same way.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Argon2Params {
+    /// Memory in KiB.
+    pub m_kib: u32,
+    /// Passes.
+    pub t: u32,
+    /// Lanes.
+    pub p: u32,
+}
+
+impl Default for Argon2Params {
+    fn default() -> Self {
+        // OWASP's first recommended Argon2id setting: 19 MiB would do; we take 64 MiB, 3 passes.
+        Self {
+            m_kib: 64 * 1024,
+            t: 3,
+            p: 1,
+        }
+    }
+}
+
+/// What keyparts.json stores about one part.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct PartRecord {
+    /// `env`, `file` or `passphrase`.
+    pub kind: String,
+    /// 8-byte check tag of the part key (base64): lets a start say which part is wrong.
+    pub check: String,
+    /// The file path, only for the quick-start part that EFS generated itself, so that a
+    /// later start without `--key-part` finds it again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub generated_file: Option<PathBuf>,
+}
+
+/// `system/keyparts.json`: public facts about the starter key.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct KeyPartsFile {
+    /// Layout version of this file.
+    pub version: u32,
+    /// 32-byte random salt (base64).
+    pub salt: String,
+    /// Argon2id parameters for passphrase parts.
+    pub argon2: Argon2Params,
+    /// The parts in order.
+    pub parts: Vec<PartRecord>,
+    /// Check tag of the starter key (base64).
+    pub check: String,
+}
+
+/// The starter key. Never stored; zeroized on drop.
+pub struct StarterKey(Key32);
+
+impl StarterKey {
+    /// A subkey for one purpose (labels in [`crate::labels`]).
+    pub fn derive(&self, label: &[u8]) -> Key32 {
+        self.0.derive(b"", label)
+    }
+
+    #[cfg(test)]
+    pub(crate) fn for_tests(k: Key32) -> Self {
+        Self(k)
+    }
+}
+
+impl fmt::Debug for StarterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("StarterKey(<redacted>)")
+    }
+}
+
+/// Reads a part's raw material. `prompt` is asked for a passphrase when stdin is a terminal
+/// and `EFS_PASSPHRASE` is unset.
+fn read_part(
+    index: usize,
+    spec: &KeyPartSpec,
+    prompt: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<PartMaterial, KeyError> {
+    let unreadable = |reason: String| KeyError::Unreadable {
+        index,
+        spec: spec.to_string(),
+        reason,
+    };
+    let bytes: Zeroizing<Vec<u8>> = match spec {
+        KeyPartSpec::Env(name) => match std::env::var_os(name) {
+            Some(v) => Zeroizing::new(v.into_encoded_bytes()),
+            None => return Err(unreadable("the environment variable is not set".into())),
+        },
+        KeyPartSpec::File(path) => match std::fs::read(path) {
+            Ok(v) => Zeroizing::new(v),
+            Err(e) => return Err(unreadable(format!("cannot read the file: {}", e.kind()))),
+        },
+        KeyPartSpec::Passphrase => match std::env::var(PASSPHRASE_ENV) {
+            Ok(v) => Zeroizing::new(v.into_bytes()),
+            Err(_) => {
+                let v = prompt("EFS passphrase: ").map_err(|e| {
+                    unreadable(format!(
+                        "no terminal to ask for it and {PASSPHRASE_ENV} is unset ({})",
+                        e.kind()
+                    ))
+                })?;
+                Zeroizing::new(v.into_bytes())
+            }
+        },
+    };
+    // Trailing newlines from `echo … > file` or a secret manager are not part of the key.
+    let mut bytes = bytes;
+    while matches!(bytes.last(), Some(b'\n' | b'\r')) {
+        bytes.pop();
+    }
+    let min = if matches!(spec, KeyPartSpec::Passphrase) {
+        8
+    } else {
+        MIN_PART_BYTES
+    };
+    if bytes.len() < min {
+        return Err(unreadable(format!(
+            "too short: at least {min} bytes are needed"
+        )));
+    }
+    Ok(PartMaterial(bytes))
+}
+
+fn part_key(
+    spec: &KeyPartSpec,
+    material: &PartMaterial,
+    salt: &[u8],
+    argon: Argon2Params,
+) -> Result<Key32, KeyError> {
+    match spec {
+        KeyPartSpec::Passphrase => {
+            let params = argon2::Params::new(argon.m_kib, argon.t, argon.p, Some(32))
+                .map_err(|e| KeyError::Corrupt(format!("bad Argon2id parameters: {e}")))?;
+            let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let mut out = Zeroizing::new([0u8; 32]);
+            a.hash_password_into(&material.0, salt, out.as_mut())
+                .map_err(|e| KeyError::Corrupt(format!("Argon2id failed: {e}")))?;
+            Ok(Key32::from_bytes(*out))
+        }
+        _ => {
+            let ikm = Key32::from_bytes(sha256(&material.0));
+            Ok(ikm.derive(salt, labels::KEYPART))
+        }
+    }
+}
+
+fn sha256(data: &[u8]) -> [u8; 32] {
+    use sha2::Digest;
+    sha2::Sha256::digest(data).into()
+}
+
+fn check_tag(key: &Key32) -> String {
+    let t = key.derive(b"", labels::CHECK);
+    B64.encode(&t.as_bytes()[..8])
+}
+
+fn combine(part_keys: &[Key32], salt: &[u8]) -> Key32 {
+    let mut ikm = Zeroizing::new(Vec::with_capacity(32 * part_keys.len()));
+    for k in part_keys {
+        ikm.extend_from_slice(k.as_bytes());
+    }
+    // Key32::derive takes a Key32 as IKM; hash the concatenation down first.
+    Key32::from_bytes(sha256(&ikm)).derive(salt, labels::STARTER)
+}
+
+/// Creates the starter key of a new data dir from `specs`, returning it and the public
+/// record to store. Nothing is written here.
+pub fn create(
+    specs: &[KeyPartSpec],
+    generated_file: Option<&Path>,
+    argon: Argon2Params,
+    prompt: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<(StarterKey, KeyPartsFile), KeyError> {
+    if specs.is_empty() {
+        return Err(KeyError::Spec("at least one key part is needed".into()));
+    }
+    let salt = Key32::random();
+    let mut keys = Vec::new();
+    let mut parts = Vec::new();
+    for (i, spec) in specs.iter().enumerate() {
+        let m = read_part(i + 1, spec, prompt)?;
+        let k = part_key(spec, &m, salt.as_bytes(), argon)?;
+        parts.push(PartRecord {
+            kind: spec.kind().into(),
+            check: check_tag(&k),
+            generated_file: match spec {
+                KeyPartSpec::File(p) if Some(p.as_path()) == generated_file => Some(p.clone()),
+                _ => None,
+            },
+        });
+        keys.push(k);
+    }
+    let starter = combine(&keys, salt.as_bytes());
+    let file = KeyPartsFile {
+        version: 1,
+        salt: B64.encode(salt.as_bytes()),
+        argon2: argon,
+        parts,
+        check: check_tag(&starter),
+    };
+    Ok((StarterKey(starter), file))
+}
+
+/// Rebuilds the starter key of an existing data dir and checks it, part by part.
+/// With no `specs`, uses the quick-start key file recorded at creation, if any.
+pub fn open(
+    file: &KeyPartsFile,
+    specs: &[KeyPartSpec],
+    prompt: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<StarterKey, KeyError> {
+    let defaulted: Vec<KeyPartSpec>;
+    let specs = if specs.is_empty() {
+        defaulted = file
+            .parts
+            .iter()
+            .filter_map(|p| p.generated_file.clone().map(KeyPartSpec::File))
+            .collect();
+        if defaulted.len() != file.parts.len() || defaulted.is_empty() {
+            return Err(KeyError::Mismatch(format!(
+                "this data dir needs {} key part(s) ({}); give them with --key-part",
+                file.parts.len(),
+                kinds(file)
+            )));
+        }
+        &defaulted[..]
+    } else {
+        specs
+    };
+    if specs.len() != file.parts.len() {
+        return Err(KeyError::Mismatch(format!(
+            "this data dir was created with {} key part(s) ({}), but {} were given",
+            file.parts.len(),
+            kinds(file),
+            specs.len()
+        )));
+    }
+    for (i, (spec, rec)) in specs.iter().zip(&file.parts).enumerate() {
+        if spec.kind() != rec.kind {
+            return Err(KeyError::Mismatch(format!(
+                "key part {} is a {} part, but this data dir expects a {} part there ({})",
+                i + 1,
+                spec.kind(),
+                rec.kind,
+                kinds(file)
+            )));
+        }
+    }
+    let salt = B64
+        .decode(&file.salt)
+        .map_err(|_| KeyError::Corrupt("keyparts.json: bad salt".into()))?;
+    let mut keys = Vec::new();
+    for (i, (spec, rec)) in specs.iter().zip(&file.parts).enumerate() {
+        let m = read_part(i + 1, spec, prompt)?;
+        let k = part_key(spec, &m, &salt, file.argon2)?;
+        if !ct_eq_str(&check_tag(&k), &rec.check) {
+            return Err(KeyError::WrongPart {
+                index: i + 1,
+                spec: spec.to_string(),
+            });
+        }
+        keys.push(k);
+    }
+    let starter = combine(&keys, &salt);
+    if !ct_eq_str(&check_tag(&starter), &file.check) {
+        return Err(KeyError::WrongStarter);
+    }
+    Ok(StarterKey(starter))
+}
+
+fn ct_eq_str(a: &str, b: &str) -> bool {
+    use subtle::ConstantTimeEq;
+    a.len() == b.len() && bool::from(a.as_bytes().ct_eq(b.as_bytes()))
+}
+
+fn kinds(file: &KeyPartsFile) -> String {
+    file.parts
+        .iter()
+        .map(|p| p.kind.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+/// Generates a new random key-part file (0600) for the quick start. Fails if it exists.
+pub fn generate_part_file(path: &Path) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let k = Key32::random();
+    let text = Zeroizing::new(format!("{}\n", B64.encode(k.as_bytes())));
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// A prompt that never works, for non-interactive callers.
+pub fn no_prompt(_: &str) -> std::io::Result<String> {
+    Err(std::io::Error::new(
+        std::io::ErrorKind::NotConnected,
+        "no terminal",
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FAST: Argon2Params = Argon2Params {
+        m_kib: 64,
+        t: 1,
+        p: 1,
+    };
+
+    fn file_part(dir: &Path, name: &str, content: &str) -> KeyPartSpec {
+        let p = dir.join(name);
+        std::fs::write(&p, content).unwrap();
+        KeyPartSpec::File(p)
+    }
+
+    #[test]
+    fn spec_parsing() {
+        assert_eq!(KeyPartSpec::parse("env:X").unwrap(), KeyPartSpec::Env("X".into()));
+        assert_eq!(
+            KeyPartSpec::parse("file:/a/b").unwrap(),
+            KeyPartSpec::File("/a/b".into())
+        );
+        assert_eq!(KeyPartSpec::parse("passphrase").unwrap(), KeyPartSpec::Passphrase);
+        for bad in ["", "env:", "file:", "pass", "usb:/x"] {
+            assert!(KeyPartSpec::parse(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn all_parts_needed_and_each_checked() {
+        let d = tempfile::tempdir().unwrap();
+        let a = file_part(d.path(), "a", "aaaaaaaaaaaaaaaaaaaaaaaa\n");
+        let b = file_part(d.path(), "b", "bbbbbbbbbbbbbbbbbbbbbbbb");
+        let (k, rec) = create(&[a.clone(), b.clone()], None, FAST, &no_prompt).unwrap();
+        let k2 = open(&rec, &[a.clone(), b.clone()], &no_prompt).unwrap();
+        assert_eq!(
+            k.derive(b"x").as_bytes(),
+            k2.derive(b"x").as_bytes(),
+            "same parts, same key"
+        );
+        // Missing part.
+        let e = open(&rec, &[a.clone()], &no_prompt).unwrap_err();
+        assert!(matches!(e, KeyError::Mismatch(_)), "{e}");
+        // Wrong second part.
+        let c = file_part(d.path(), "c", "cccccccccccccccccccccccc");
+        let e = open(&rec, &[a.clone(), c], &no_prompt).unwrap_err();
+        assert!(matches!(e, KeyError::WrongPart { index: 2, .. }), "{e}");
+        // Swapped order.
+        let e = open(&rec, &[b, a], &no_prompt).unwrap_err();
+        assert!(matches!(e, KeyError::WrongPart { index: 1, .. }), "{e}");
+    }
+
+    #[test]
+    fn passphrase_part_from_prompt() {
+        let prompt_ok = |_: &str| Ok::<_, std::io::Error>("correct horse battery".to_string());
+        let prompt_bad = |_: &str| Ok::<_, std::io::Error>("wrong horse battery".to_string());
+        // SAFETY of the test: EFS_PASSPHRASE is not set by the test harness.
+        let (_, rec) = create(&[KeyPartSpec::Passphrase], None, FAST, &prompt_ok).unwrap();
+        assert!(open(&rec, &[KeyPartSpec::Passphrase], &prompt_ok).is_ok());
+        let e = open(&rec, &[KeyPartSpec::Passphrase], &prompt_bad).unwrap_err();
+        assert!(matches!(e, KeyError::WrongPart { index: 1, .. }));
+        let e = open(&rec, &[KeyPartSpec::Passphrase], &no_prompt).unwrap_err();
+        assert!(e.to_string().contains("EFS_PASSPHRASE"), "{e}");
+    }
+
+    #[test]
+    fn short_and_missing_parts_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let short = file_part(d.path(), "s", "short");
+        assert!(matches!(
+            create(&[short], None, FAST, &no_prompt),
+            Err(KeyError::Unreadable { .. })
+        ));
+        let missing = KeyPartSpec::File(d.path().join("nope"));
+        let e = create(&[missing], None, FAST, &no_prompt).unwrap_err();
+        assert!(e.to_string().contains("cannot read"), "{e}");
+    }
+
+    #[test]
+    fn quick_start_file_is_remembered() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("k.keypart");
+        generate_part_file(&p).unwrap();
+        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&p).unwrap().permissions());
+        assert_eq!(mode & 0o777, 0o600);
+        let (_, rec) = create(&[KeyPartSpec::File(p.clone())], Some(&p), FAST, &no_prompt).unwrap();
+        assert!(open(&rec, &[], &no_prompt).is_ok());
+        assert!(generate_part_file(&p).is_err(), "never overwrites a key");
+    }
+}

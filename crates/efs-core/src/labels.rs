@@ -1,0 +1,44 @@
+//! Every key-derivation label and associated-data prefix used by efs-core, in one place.
+//!
+//! DO NOT CHANGE any of these: they are part of the on-disk format. A new layout gets a
+//! new label (`…/v2`) and the old one keeps its reader. The content format's own labels
+//! live in `efs_format::labels`.
+
+/// Part key from an `env:` or `file:` part's raw bytes (HKDF info).
+pub const KEYPART: &[u8] = b"efs/keypart/v1";
+/// Short public check tag of a part key or of the starter key (HKDF info).
+pub const CHECK: &[u8] = b"efs/check/v1";
+/// Starter key from the concatenated part keys (HKDF info).
+pub const STARTER: &[u8] = b"efs/starter/v1";
+
+/// Starter subkey that wraps each filesystem's keyring.
+pub const KEYRING_WRAP: &[u8] = b"efs/starter/keyring-wrap/v1";
+/// Starter subkey that wraps the token-signing key and the TLS private key.
+pub const SYSTEM_SECRET_WRAP: &[u8] = b"efs/starter/system-secret-wrap/v1";
+/// Starter subkey that keys the tags of the system database (user and filesystem names).
+pub const SYSTEM_TAG: &[u8] = b"efs/starter/system-tag/v1";
+/// Starter subkey that encrypts the records of the system database.
+pub const SYSTEM_RECORD: &[u8] = b"efs/starter/system-record/v1";
+
+/// Term subkey that wraps per-file data keys.
+pub const TERM_DATA_KEY_WRAP: &[u8] = b"efs/term/data-key-wrap/v1";
+/// Term subkey that keys name tags (index keys).
+pub const TERM_NAME_TAG: &[u8] = b"efs/term/name-tag/v1";
+/// Term subkey that encrypts index records (names, sizes, times, wrapped keys).
+pub const TERM_INDEX_RECORD: &[u8] = b"efs/term/index-record/v1";
+
+/// AAD prefix of a wrapped keyring (followed by the filesystem id).
+pub const AAD_KEYRING: &[u8] = b"efs-keyring-v1";
+/// AAD prefix of a wrapped data key (followed by filesystem id and content id).
+pub const AAD_DATA_KEY: &[u8] = b"efs-data-key-v1";
+/// AAD prefix of an index record (followed by filesystem id and the entry key).
+pub const AAD_RECORD: &[u8] = b"efs-record-v1";
+/// AAD prefix of a system-database record (followed by table name and key).
+pub const AAD_SYSTEM_RECORD: &[u8] = b"efs-system-record-v1";
+/// AAD of a wrapped system secret (followed by its name).
+pub const AAD_SYSTEM_SECRET: &[u8] = b"efs-system-secret-v1";
+
+/// Domain byte of a directory tag (HMAC input prefix).
+pub const TAG_DIR: &[u8] = b"d";
+/// Domain byte of a name tag (HMAC input prefix).
+pub const TAG_NAME: &[u8] = b"n";

@@ -1,0 +1,36 @@
+//! EFS core: everything that stores and protects data, and nothing that speaks HTTP.
+//!
+//! Map of the crate:
+//! - [`path`]: the one place where a caller's path is validated ([`EfsPath`]).
+//! - [`keyparts`]: the starter key, built from key parts kept in different places.
+//! - [`keyring`]: each filesystem's numbered key terms and their subkeys.
+//! - [`record`]: sealed index records (names, sizes, wrapped data keys).
+//! - [`index`] / [`redb_index`]: the index trait and its embedded redb implementation.
+//! - [`blob`]: the blob store trait and its sharded local-directory implementation.
+//! - [`fs`]: a filesystem's operations (stat, list, write, read, move, delete, fsck, gc).
+//! - [`system`] / [`datadir`]: users, filesystems and secrets; the data dir's layout.
+//! - [`admin`]: the admin commands shared by `efsctl` and the server's admin socket.
+//! - [`labels`]: every key-derivation label (frozen).
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod blob;
+pub mod datadir;
+pub mod error;
+pub mod fs;
+pub mod index;
+pub mod keyparts;
+pub mod keyring;
+pub mod labels;
+pub mod path;
+pub mod record;
+pub mod redb_index;
+pub mod system;
+
+pub use datadir::{DataDir, OpenOptions, OpenReport};
+pub use error::{CoreError, Result};
+pub use fs::{Entry, FileReader, Filesystem, FsOptions, Precondition, Upload};
+pub use keyparts::KeyPartSpec;
+pub use path::{EfsPath, PathError};
+pub use record::Kind;

@@ -1,0 +1,31 @@
+//! The EFS content format and its small cryptographic helpers.
+//!
+//! This crate owns every byte layout that EFS writes with a key, and nothing else: no I/O, no
+//! async, no policy about where bytes go. The byte-by-byte description, with its rationale and
+//! test vectors, is `docs/format.md`.
+//!
+//! - [`labels`]: every HKDF info and AAD label, as named constants (DO NOT CHANGE them).
+//! - [`secret`]: [`Key32`], a 32-byte key that zeroizes on drop and derives subkeys with HKDF.
+//! - [`stream`]: the chunked content format (the STREAM construction of age and C2SP
+//!   chunked encryption, with AES-256-GCM): [`Encryptor`] writes it segment by segment,
+//!   [`Decryptor`] reads any segment in any order.
+//! - [`wrap`]: [`seal`] and [`open`] for small secrets and records (AES-256-GCM with a random
+//!   nonce), and [`wrap::Sealer`] to reuse one expanded key.
+//! - [`FormatError`]: the one error type; every authentication failure is
+//!   [`FormatError::Decrypt`].
+//!
+//! Primitives come from `aws-lc-rs` (AES-256-GCM, randomness) and `hkdf`/`sha2`
+//! (HKDF-SHA256); this crate only composes them.
+
+#![warn(missing_docs)]
+
+mod error;
+pub mod labels;
+pub mod secret;
+pub mod stream;
+pub mod wrap;
+
+pub use error::FormatError;
+pub use secret::Key32;
+pub use stream::{Decryptor, Encryptor, HEADER_LEN, SEGMENT_SIZE, TAG_LEN, encrypted_len};
+pub use wrap::{open, seal};

@@ -1,0 +1,1853 @@
+//! Login and token verification: the challenge → Ed25519 signature → JWT protocol.
+//!
+//! A caller asks for a challenge (a random single-use nonce), signs a domain-separated
+//! message naming this server, itself and the nonce with its Ed25519 key, and trades the
+//! signature for a JWT (EdDSA) scoped to one filesystem. The token can be refreshed a bounded
+//! number of times. Every file request presents it, and [`Authenticator::verify`] checks it
+//! against the user directory as it is *now* (user deleted, generation bumped, grant removed:
+//! refused). The protocol is written down byte by byte in `docs/protocol.md`; the constants
+//! here are the ones it names.
+//!
+//! Every refusal is the same `401 unauthorized` to the client. The precise reason goes to
+//! `tracing` at debug level and to the [`AuthAudit`] hook, never into a response.
+
+use std::collections::{HashMap, VecDeque};
+use std::fmt;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use base64::Engine as _;
+use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
+use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
+use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
+use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use sha2::{Digest, Sha256};
+
+use crate::ratelimit::{LoginRateLimiter, RateLimitConfig, RetryAfter};
+
+/// First line of every signed login message: the protocol's label and version.
+/// DO NOT CHANGE: clients sign it; a new message layout gets a new version label.
+pub const SIGNED_MESSAGE_LABEL: &str = "efs-auth-v1";
+
+/// Length of a login nonce in bytes (before base64url).
+pub const NONCE_LEN: usize = 32;
+
+/// Outstanding challenges kept at most; past this the oldest is dropped.
+const MAX_PENDING_CHALLENGES: usize = 100_000;
+/// Verified tokens kept in the cache at most.
+const TOKEN_CACHE_CAPACITY: u64 = 10_000;
+/// Longer bearer tokens are refused before any parsing (ours are about 400 bytes).
+const MAX_TOKEN_LEN: usize = 8 * 1024;
+/// Random bytes in a token's `jti`.
+const JTI_LEN: usize = 16;
+/// Longest accepted user name.
+const MAX_USER_NAME_LEN: usize = 64;
+
+/// Tunables of the login protocol.
+#[derive(Clone, Debug)]
+pub struct AuthConfig {
+    /// The server's identity `S`, bound into every signed message and every token's `iss`.
+    /// Empty means "derive it from the signing key" ([`server_id_for`]).
+    pub server_id: String,
+    /// Lifetime of a token, from login or from its latest refresh (whole seconds, at least 1).
+    pub token_ttl: Duration,
+    /// Lifetime of a challenge nonce.
+    pub nonce_ttl: Duration,
+    /// Refreshes allowed after login; a token whose `ren` equals this cannot be refreshed.
+    pub max_renewals: u32,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            server_id: String::new(),
+            token_ttl: Duration::from_secs(3600),
+            nonce_ttl: Duration::from_secs(60),
+            max_renewals: 24,
+        }
+    }
+}
+
+/// What the authenticator needs to know about a user, provided by the server's user store.
+#[derive(Clone)]
+pub struct AuthUser {
+    /// The user name (`sub` of its tokens).
+    pub name: String,
+    /// The key its login signatures are checked with.
+    pub public_key: VerifyingKey,
+    /// The filesystems it may use.
+    pub grants: Vec<Grant>,
+    /// Bumped on revoke-all or delete: every token issued under an older generation is refused.
+    pub generation: u64,
+}
+
+/// A user's right to one filesystem.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Grant {
+    /// The filesystem's name.
+    pub fs: String,
+    /// Reads only; enforcing it (403 on a write) is the caller's job.
+    pub read_only: bool,
+}
+
+/// The server's user store, as the authenticator sees it. Called on every verification, so
+/// it must be an in-memory lookup.
+pub trait UserDirectory: Send + Sync {
+    /// The user named `user`, if it exists.
+    fn lookup(&self, user: &str) -> Option<AuthUser>;
+}
+
+/// The claims of an EFS token.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Claims {
+    /// The issuing server's identity `S`.
+    pub iss: String,
+    /// The user name.
+    pub sub: String,
+    /// The one filesystem the token is for.
+    pub fs: String,
+    /// Issued at, seconds since the Unix epoch.
+    pub iat: u64,
+    /// Expires at (refused from this second on), seconds since the Unix epoch.
+    pub exp: u64,
+    /// Renewals used: 0 at login, one more per refresh.
+    pub ren: u32,
+    /// The user's generation at issue (`gen` on the wire; `gen` is a keyword in Rust 2024).
+    pub r#gen: u64,
+    /// A random token id (16 bytes, base64url).
+    pub jti: String,
+}
+
+/// A verified caller: claims + the grant in force now.
+#[derive(Clone, Debug)]
+pub struct Caller {
+    /// The user name.
+    pub user: String,
+    /// The filesystem the token is for.
+    pub fs: String,
+    /// Whether the grant in force *now* is read-only.
+    pub read_only: bool,
+    /// The token's claims.
+    pub claims: Claims,
+}
+
+/// Body of `POST /_efs/auth/challenge`.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct ChallengeRequest {
+    /// The user about to log in.
+    pub user: String,
+}
+
+/// Answer to `POST /_efs/auth/challenge`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct ChallengeResponse {
+    /// 32 random bytes, base64url without padding; sign it as this text.
+    pub nonce: String,
+    /// The server identity `S` to put in the signed message.
+    pub server: String,
+    /// Seconds the nonce stays valid.
+    pub expires_in: u64,
+}
+
+/// Body of `POST /_efs/auth/token`.
+#[derive(Clone, Debug, serde::Deserialize)]
+pub struct TokenRequest {
+    /// The user logging in.
+    pub user: String,
+    /// The nonce of a challenge issued for this user.
+    pub nonce: String,
+    /// The Ed25519 signature of [`signed_message`], base64url without padding.
+    pub signature: String,
+    /// The filesystem to log in to; may be left out when the user has exactly one.
+    #[serde(default)]
+    pub fs: Option<String>,
+}
+
+/// Answer to `POST /_efs/auth/token` and `POST /_efs/auth/refresh`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct TokenResponse {
+    /// The JWT, to send as `Authorization: Bearer …`.
+    pub token: String,
+    /// Seconds the token stays valid.
+    pub expires_in: u64,
+    /// Refreshes still allowed for this token's line.
+    pub renewals_left: u32,
+    /// The filesystem the token is for.
+    pub fs: String,
+}
+
+/// Why a login, refresh or token check failed. Only [`AuthError::code`] and
+/// [`AuthError::public_message`] may reach a client; `Display` never shows the internal reason.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    /// 401 `unauthorized`. The reason is for logs and the audit trail only.
+    #[error("unauthorized")]
+    Unauthorized(&'static str),
+    /// 429 `rate_limited`: too many failed logins for this user or address.
+    #[error("too many failed logins; retry after {retry_after_secs} s")]
+    RateLimited {
+        /// Seconds until the window ends (the `Retry-After` value).
+        retry_after_secs: u64,
+    },
+    /// 400 `fs_required`: the user has several filesystems and named none.
+    #[error("the user has several filesystems and named none")]
+    FsRequired,
+    /// 400 `bad_request`: a malformed field (user name, base64, length).
+    #[error("bad request: {0}")]
+    BadRequest(&'static str),
+}
+
+impl AuthError {
+    /// The HTTP status.
+    pub fn status(&self) -> u16 {
+        match self {
+            AuthError::Unauthorized(_) => 401,
+            AuthError::RateLimited { .. } => 429,
+            AuthError::FsRequired | AuthError::BadRequest(_) => 400,
+        }
+    }
+
+    /// The stable error code of the JSON body.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthError::Unauthorized(_) => efs_proto::codes::UNAUTHORIZED,
+            AuthError::RateLimited { .. } => efs_proto::codes::RATE_LIMITED,
+            AuthError::FsRequired => efs_proto::codes::FS_REQUIRED,
+            AuthError::BadRequest(_) => efs_proto::codes::BAD_REQUEST,
+        }
+    }
+
+    /// The message of the JSON body: generic for refusals, precise for the client's own
+    /// malformed input.
+    pub fn public_message(&self) -> String {
+        match self {
+            AuthError::Unauthorized(_) => "authentication failed".to_owned(),
+            AuthError::RateLimited { retry_after_secs } => {
+                format!("too many failed logins; retry after {retry_after_secs} s")
+            }
+            AuthError::FsRequired => {
+                "this user has several filesystems; name one in \"fs\"".to_owned()
+            }
+            AuthError::BadRequest(what) => (*what).to_owned(),
+        }
+    }
+
+    /// The `Retry-After` value, for 429.
+    pub fn retry_after_secs(&self) -> Option<u64> {
+        match self {
+            AuthError::RateLimited { retry_after_secs } => Some(*retry_after_secs),
+            _ => None,
+        }
+    }
+
+    /// The internal reason (for logs and audit only, never for the client).
+    pub fn internal_reason(&self) -> &'static str {
+        match self {
+            AuthError::Unauthorized(reason) | AuthError::BadRequest(reason) => reason,
+            AuthError::RateLimited { .. } => "rate limited",
+            AuthError::FsRequired => "fs required",
+        }
+    }
+}
+
+/// Errors of [`parse_public_key`].
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum KeyParseError {
+    /// Neither an OpenSSH `ssh-ed25519 …` line nor a PEM `PUBLIC KEY`.
+    #[error("not an Ed25519 public key: expected an OpenSSH `ssh-ed25519 AAAA…` line or a PEM `-----BEGIN PUBLIC KEY-----` block")]
+    Unrecognized,
+    /// An OpenSSH or PEM key of another algorithm.
+    #[error("only Ed25519 keys are accepted (found {0})")]
+    NotEd25519(String),
+    /// The OpenSSH key blob is damaged.
+    #[error("malformed OpenSSH key: {0}")]
+    MalformedOpenSsh(&'static str),
+    /// The PEM block does not hold an Ed25519 SubjectPublicKeyInfo.
+    #[error("malformed PEM public key (expected the output of `openssl pkey -pubout`)")]
+    MalformedPem,
+    /// 32 bytes that are not a usable Ed25519 point (off the curve, or of small order).
+    #[error("the key is not a valid Ed25519 public key")]
+    InvalidKey,
+}
+
+/// What the audit hook is told.
+#[non_exhaustive]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum AuthEventKind {
+    /// A token was issued by `/token`.
+    LoginSucceeded,
+    /// `/token` refused (401 or 400); counted by the rate limiter unless `reason` says
+    /// otherwise.
+    LoginFailed,
+    /// `/token` refused because of earlier failures (429).
+    LoginRateLimited,
+    /// A token was issued by `/refresh`.
+    RefreshSucceeded,
+    /// `/refresh` refused.
+    RefreshFailed,
+    /// A token presented on a request was refused.
+    TokenRejected,
+}
+
+/// One authentication event, for the audit log.
+#[derive(Clone, Debug)]
+pub struct AuthEvent<'a> {
+    /// What happened.
+    pub kind: AuthEventKind,
+    /// The user: as claimed for logins, from verified claims for tokens (absent when the
+    /// token could not be verified).
+    pub user: Option<&'a str>,
+    /// The filesystem, when known.
+    pub fs: Option<&'a str>,
+    /// The client's address, when known (not for token checks).
+    pub client_ip: Option<IpAddr>,
+    /// The precise reason; `"ok"` on success.
+    pub reason: &'static str,
+}
+
+/// Receives authentication events (the server's encrypted audit log).
+pub trait AuthAudit: Send + Sync {
+    /// Records one event. Called on the request path: must not block for long.
+    fn record(&self, event: &AuthEvent<'_>);
+}
+
+/// Issues and verifies EFS tokens. One per server process; share it behind an `Arc`.
+pub struct Authenticator {
+    /// `server_id` is resolved (never empty).
+    config: AuthConfig,
+    users: Arc<dyn UserDirectory>,
+    /// Token-signing key. jsonwebtoken keeps its PKCS#8 copy in a plain `Vec` that is not
+    /// zeroized on drop, so exactly one copy is made, for the life of the server.
+    encoding_key: EncodingKey,
+    decoding_key: DecodingKey,
+    verifying_key: VerifyingKey,
+    validation: Validation,
+    /// Checked instead of a user's key when the user does not exist, so that an unknown user
+    /// costs the same signature verification as a known one.
+    decoy_key: VerifyingKey,
+    challenges: Mutex<Challenges>,
+    max_pending_challenges: usize,
+    /// SHA-256 of a token string → its claims, once the signature and issuer checked out.
+    token_cache: moka::sync::Cache<[u8; 32], CachedClaims>,
+    limiter: LoginRateLimiter,
+    audit: Option<Arc<dyn AuthAudit>>,
+    /// Full JWT signature verifications done (the cache keeps this low).
+    signature_checks: AtomicU64,
+    clock: Clock,
+}
+
+impl fmt::Debug for Authenticator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Authenticator")
+            .field("server_id", &self.config.server_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Authenticator {
+    /// `signing_key`: the server's token-signing key (the caller unwraps it from storage).
+    pub fn new(
+        signing_key: &SigningKey,
+        mut config: AuthConfig,
+        users: Arc<dyn UserDirectory>,
+    ) -> Self {
+        let verifying_key = signing_key.verifying_key();
+        if config.server_id.is_empty() {
+            config.server_id = server_id_for(&verifying_key);
+        }
+        let pkcs8 = signing_key
+            .to_pkcs8_der()
+            .expect("PKCS#8 encoding of a 32-byte Ed25519 seed cannot fail");
+        let encoding_key = EncodingKey::from_ed_der(pkcs8.as_bytes());
+        // jsonwebtoken's aws-lc backend takes the raw 32-byte public key as "DER".
+        let decoding_key = DecodingKey::from_ed_der(verifying_key.as_bytes());
+
+        let mut validation = Validation::new(Algorithm::EdDSA);
+        // `exp` is checked on every call against `self.clock` with no leeway, cached or not.
+        validation.validate_exp = false;
+        validation.leeway = 0;
+        validation.set_required_spec_claims(&["exp", "iss", "sub"]);
+        validation.set_issuer(&[config.server_id.as_str()]);
+
+        let mut seed = [0u8; 32];
+        fill_random(&mut seed);
+        let decoy_key = SigningKey::from_bytes(&seed).verifying_key();
+        zeroize::Zeroize::zeroize(&mut seed);
+
+        let token_cache = moka::sync::Cache::builder()
+            .max_capacity(TOKEN_CACHE_CAPACITY)
+            .expire_after(CacheExpiry)
+            .build();
+
+        let auth = Self {
+            limiter: LoginRateLimiter::new(&RateLimitConfig::default()),
+            config,
+            users,
+            encoding_key,
+            decoding_key,
+            verifying_key,
+            validation,
+            decoy_key,
+            challenges: Mutex::new(Challenges::default()),
+            max_pending_challenges: MAX_PENDING_CHALLENGES,
+            token_cache,
+            audit: None,
+            signature_checks: AtomicU64::new(0),
+            clock: Clock::System,
+        };
+        // Sign once now, so that `issue` can rely on signing working.
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &serde_json::json!({}),
+            &auth.encoding_key,
+        )
+        .expect("aws-lc accepts the PKCS#8 document ed25519-dalek produces");
+        auth
+    }
+
+    /// Replaces the failed-login limits (default: [`RateLimitConfig::default`]).
+    pub fn with_rate_limits(mut self, limits: &RateLimitConfig) -> Self {
+        self.limiter = LoginRateLimiter::new(limits);
+        self
+    }
+
+    /// Sends every authentication event to `audit`.
+    pub fn with_audit(mut self, audit: Arc<dyn AuthAudit>) -> Self {
+        self.audit = Some(audit);
+        self
+    }
+
+    /// The server's identity `S`.
+    pub fn server_id(&self) -> &str {
+        &self.config.server_id
+    }
+
+    /// The token-verification key.
+    pub fn verifying_key(&self) -> VerifyingKey {
+        self.verifying_key
+    }
+
+    /// The token-verification key as PEM SubjectPublicKeyInfo, served at
+    /// `/_efs/auth/public-key`.
+    pub fn public_key_pem(&self) -> String {
+        self.verifying_key
+            .to_public_key_pem(LineEnding::LF)
+            .expect("SPKI encoding of a 32-byte Ed25519 key cannot fail")
+    }
+
+    /// Issues a challenge. A well-formed user name gets one whether the user exists or not,
+    /// without even looking it up: the answer has the same shape and timing either way.
+    pub fn challenge(&self, req: &ChallengeRequest) -> Result<ChallengeResponse, AuthError> {
+        check_user_name(&req.user)?;
+        let mut nonce = [0u8; NONCE_LEN];
+        fill_random(&mut nonce);
+        let now = self.clock.now_ms();
+        let expires_ms = now.saturating_add(duration_ms(self.config.nonce_ttl));
+        self.lock_challenges().insert(
+            nonce,
+            req.user.clone(),
+            now,
+            expires_ms,
+            self.max_pending_challenges,
+        );
+        Ok(ChallengeResponse {
+            nonce: URL_SAFE_NO_PAD.encode(nonce),
+            server: self.config.server_id.clone(),
+            expires_in: self.config.nonce_ttl.as_secs(),
+        })
+    }
+
+    /// Trades a signed challenge for a token.
+    pub fn login(&self, req: &TokenRequest, client_ip: IpAddr) -> Result<TokenResponse, AuthError> {
+        check_user_name(&req.user)?;
+        let now = self.clock.now_ms();
+        if let Err(RetryAfter(retry_after_secs)) = self.limiter.check(&req.user, client_ip, now) {
+            self.report(AuthEvent {
+                kind: AuthEventKind::LoginRateLimited,
+                user: Some(&req.user),
+                fs: req.fs.as_deref(),
+                client_ip: Some(client_ip),
+                reason: "rate limited",
+            });
+            return Err(AuthError::RateLimited { retry_after_secs });
+        }
+        match self.login_checked(req, now) {
+            Ok(resp) => {
+                self.report(AuthEvent {
+                    kind: AuthEventKind::LoginSucceeded,
+                    user: Some(&req.user),
+                    fs: Some(&resp.fs),
+                    client_ip: Some(client_ip),
+                    reason: "ok",
+                });
+                Ok(resp)
+            }
+            Err(failure) => {
+                if failure.counts {
+                    self.limiter.record_failure(&req.user, client_ip, now);
+                }
+                self.report(AuthEvent {
+                    kind: AuthEventKind::LoginFailed,
+                    user: Some(&req.user),
+                    fs: req.fs.as_deref(),
+                    client_ip: Some(client_ip),
+                    reason: failure.error.internal_reason(),
+                });
+                Err(failure.error)
+            }
+        }
+    }
+
+    /// Issues a fresh token for a valid one: `ren` one more, a full lifetime again. Refused
+    /// (401) once `ren` has reached `max_renewals`. Not rate-limited: it costs what a file
+    /// request's token check costs, and a valid token is already proof of the key.
+    pub fn refresh(
+        &self,
+        bearer_token: &str,
+        client_ip: IpAddr,
+    ) -> Result<TokenResponse, AuthError> {
+        let now = self.clock.now_ms();
+        let result = self.check_token(bearer_token, now).and_then(|caller| {
+            if caller.claims.ren >= self.config.max_renewals {
+                return Err(Refusal {
+                    reason: "renewals exhausted",
+                    caller: Some(caller),
+                });
+            }
+            let resp = self.issue(
+                &caller.user,
+                &caller.fs,
+                caller.claims.r#gen,
+                caller.claims.ren + 1,
+                now,
+            );
+            Ok((caller, resp))
+        });
+        match result {
+            Ok((caller, resp)) => {
+                self.report(AuthEvent {
+                    kind: AuthEventKind::RefreshSucceeded,
+                    user: Some(&caller.user),
+                    fs: Some(&caller.fs),
+                    client_ip: Some(client_ip),
+                    reason: "ok",
+                });
+                Ok(resp)
+            }
+            Err(refusal) => {
+                let caller = refusal.caller.as_ref();
+                self.report(AuthEvent {
+                    kind: AuthEventKind::RefreshFailed,
+                    user: caller.map(|c| c.user.as_str()),
+                    fs: caller.map(|c| c.fs.as_str()),
+                    client_ip: Some(client_ip),
+                    reason: refusal.reason,
+                });
+                Err(AuthError::Unauthorized(refusal.reason))
+            }
+        }
+    }
+
+    /// Checks a bearer token for a file request. After the first success the signature is
+    /// not checked again (cache); expiry, the user's generation and the grant are checked on
+    /// every call.
+    pub fn verify(&self, bearer_token: &str) -> Result<Caller, AuthError> {
+        let now = self.clock.now_ms();
+        self.check_token(bearer_token, now).map_err(|refusal| {
+            let caller = refusal.caller.as_ref();
+            self.report(AuthEvent {
+                kind: AuthEventKind::TokenRejected,
+                user: caller.map(|c| c.user.as_str()),
+                fs: caller.map(|c| c.fs.as_str()),
+                client_ip: None,
+                reason: refusal.reason,
+            });
+            AuthError::Unauthorized(refusal.reason)
+        })
+    }
+
+    /// Drops cached verifications (call after a user/grant change; verify re-checks
+    /// gen/grants anyway).
+    pub fn invalidate_cache(&self) {
+        self.token_cache.invalidate_all();
+    }
+
+    /// Number of full JWT signature verifications done so far (a metric; the cache keeps it
+    /// near the number of distinct tokens seen).
+    pub fn signature_checks(&self) -> u64 {
+        self.signature_checks.load(Ordering::Relaxed)
+    }
+
+    fn login_checked(&self, req: &TokenRequest, now: u64) -> Result<TokenResponse, LoginFailure> {
+        let nonce: [u8; NONCE_LEN] =
+            decode_fixed(&req.nonce).ok_or(LoginFailure::counted(AuthError::BadRequest(
+                "nonce must be 32 bytes in base64url without padding",
+            )))?;
+        // A nonce is used up by the first /token request naming it, whatever follows.
+        let pending = self
+            .lock_challenges()
+            .take(&nonce)
+            .ok_or(LoginFailure::unauthorized("unknown or already used nonce"))?;
+        if now >= pending.expires_ms {
+            return Err(LoginFailure::unauthorized("expired nonce"));
+        }
+        if pending.user != req.user {
+            return Err(LoginFailure::unauthorized("nonce issued for another user"));
+        }
+        let signature: [u8; 64] =
+            decode_fixed(&req.signature).ok_or(LoginFailure::counted(AuthError::BadRequest(
+                "signature must be 64 bytes in base64url without padding",
+            )))?;
+        let signature = Signature::from_bytes(&signature);
+
+        let user = self.users.lookup(&req.user);
+        let key = user.as_ref().map_or(&self.decoy_key, |u| &u.public_key);
+        let message = signed_message(
+            &self.config.server_id,
+            &req.user,
+            &URL_SAFE_NO_PAD.encode(nonce),
+        );
+        let signature_ok = key.verify_strict(&message, &signature).is_ok();
+        let Some(user) = user else {
+            return Err(LoginFailure::unauthorized("unknown user"));
+        };
+        if !signature_ok {
+            return Err(LoginFailure::unauthorized("bad signature"));
+        }
+
+        // The key is proven from here on: the remaining refusals are not counted as failures.
+        let grant = match &req.fs {
+            Some(fs) => user.grants.iter().find(|g| &g.fs == fs).ok_or(LoginFailure {
+                error: AuthError::Unauthorized("filesystem not granted"),
+                counts: false,
+            })?,
+            None => match user.grants.as_slice() {
+                [only] => only,
+                [] => {
+                    return Err(LoginFailure {
+                        error: AuthError::Unauthorized("user has no filesystem"),
+                        counts: false,
+                    });
+                }
+                _ => {
+                    return Err(LoginFailure {
+                        error: AuthError::FsRequired,
+                        counts: false,
+                    });
+                }
+            },
+        };
+        Ok(self.issue(&user.name, &grant.fs, user.generation, 0, now))
+    }
+
+    fn issue(&self, user: &str, fs: &str, generation: u64, ren: u32, now_ms: u64) -> TokenResponse {
+        let ttl = self.config.token_ttl.as_secs().max(1);
+        let iat = now_ms / 1000;
+        let mut jti = [0u8; JTI_LEN];
+        fill_random(&mut jti);
+        let claims = Claims {
+            iss: self.config.server_id.clone(),
+            sub: user.to_owned(),
+            fs: fs.to_owned(),
+            iat,
+            exp: iat.saturating_add(ttl),
+            ren,
+            r#gen: generation,
+            jti: URL_SAFE_NO_PAD.encode(jti),
+        };
+        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding_key)
+            .expect("signing works: checked in Authenticator::new, and the claims always serialize");
+        TokenResponse {
+            token,
+            expires_in: ttl,
+            renewals_left: self.config.max_renewals.saturating_sub(ren),
+            fs: fs.to_owned(),
+        }
+    }
+
+    /// Everything [`Authenticator::verify`] checks.
+    fn check_token(&self, token: &str, now_ms: u64) -> Result<Caller, Refusal> {
+        let claims = self.verified_claims(token, now_ms)?;
+        let refuse = |reason, claims: Claims| Refusal {
+            reason,
+            caller: Some(Caller {
+                user: claims.sub.clone(),
+                fs: claims.fs.clone(),
+                read_only: false,
+                claims,
+            }),
+        };
+        if now_ms / 1000 >= claims.exp {
+            return Err(refuse("token expired", claims));
+        }
+        let Some(user) = self.users.lookup(&claims.sub) else {
+            return Err(refuse("user no longer exists", claims));
+        };
+        if user.generation != claims.r#gen {
+            return Err(refuse("token revoked (user generation changed)", claims));
+        }
+        let Some(grant) = user.grants.iter().find(|g| g.fs == claims.fs) else {
+            return Err(refuse("filesystem no longer granted", claims));
+        };
+        Ok(Caller {
+            user: claims.sub.clone(),
+            fs: claims.fs.clone(),
+            read_only: grant.read_only,
+            claims,
+        })
+    }
+
+    /// The claims of a token whose signature, algorithm and issuer are good, from the cache
+    /// when this exact token was checked before.
+    fn verified_claims(&self, token: &str, now_ms: u64) -> Result<Claims, Refusal> {
+        if token.is_empty() {
+            return Err(Refusal::anonymous("missing token"));
+        }
+        if token.len() > MAX_TOKEN_LEN {
+            return Err(Refusal::anonymous("token too long"));
+        }
+        let cache_key: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(cached) = self.token_cache.get(&cache_key) {
+            return Ok(cached.claims);
+        }
+        self.signature_checks.fetch_add(1, Ordering::Relaxed);
+        let data = jsonwebtoken::decode::<Claims>(token, &self.decoding_key, &self.validation)
+            .map_err(|e| {
+                Refusal::anonymous(match e.kind() {
+                    JwtErrorKind::InvalidSignature => "bad token signature",
+                    JwtErrorKind::InvalidAlgorithm | JwtErrorKind::InvalidAlgorithmName => {
+                        "token algorithm not allowed"
+                    }
+                    JwtErrorKind::InvalidIssuer => "token issued by another server",
+                    JwtErrorKind::MissingRequiredClaim(_) => "token claim missing",
+                    _ => "malformed token",
+                })
+            })?;
+        let claims = data.claims;
+        // jsonwebtoken checked `iss` already; this keeps the rule visible here.
+        if claims.iss != self.config.server_id {
+            return Err(Refusal::anonymous("token issued by another server"));
+        }
+        let left_ms = claims.exp.saturating_mul(1000).saturating_sub(now_ms);
+        if left_ms > 0 {
+            let ttl = Duration::from_millis(left_ms).min(self.config.token_ttl);
+            self.token_cache.insert(
+                cache_key,
+                CachedClaims {
+                    claims: claims.clone(),
+                    ttl,
+                },
+            );
+        }
+        Ok(claims)
+    }
+
+    fn lock_challenges(&self) -> std::sync::MutexGuard<'_, Challenges> {
+        // Every mutation of `Challenges` leaves it consistent before anything can panic.
+        self.challenges.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn report(&self, event: AuthEvent<'_>) {
+        tracing::debug!(
+            kind = ?event.kind,
+            user = event.user,
+            reason = event.reason,
+            "authentication event"
+        );
+        if let Some(audit) = &self.audit {
+            audit.record(&event);
+        }
+    }
+
+    #[cfg(test)]
+    fn with_manual_clock(mut self, clock: Arc<AtomicU64>) -> Self {
+        self.clock = Clock::Manual(clock);
+        self
+    }
+
+    #[cfg(test)]
+    fn with_max_pending_challenges(mut self, max: usize) -> Self {
+        self.max_pending_challenges = max;
+        self
+    }
+}
+
+/// The exact message a client signs:
+/// `efs-auth-v1 LF server_id LF user LF nonce` (UTF-8, no trailing newline), where `nonce`
+/// is the base64url text the challenge returned.
+pub fn signed_message(server_id: &str, user: &str, nonce_b64: &str) -> Vec<u8> {
+    let mut m = Vec::with_capacity(
+        SIGNED_MESSAGE_LABEL.len() + server_id.len() + user.len() + nonce_b64.len() + 3,
+    );
+    for (i, part) in [SIGNED_MESSAGE_LABEL, server_id, user, nonce_b64]
+        .iter()
+        .enumerate()
+    {
+        if i > 0 {
+            m.push(b'\n');
+        }
+        m.extend_from_slice(part.as_bytes());
+    }
+    m
+}
+
+/// `"efs-"` + hex of the first 16 bytes of SHA-256 of the raw 32-byte token-verification key:
+/// stable as long as the signing key is.
+pub fn server_id_for(key: &VerifyingKey) -> String {
+    let digest = Sha256::digest(key.as_bytes());
+    format!("efs-{}", hex::encode(&digest[..16]))
+}
+
+/// Whether `name` is a valid user name: 1 to 64 characters of `[A-Za-z0-9._-]`.
+pub fn is_valid_user_name(name: &str) -> bool {
+    (1..=MAX_USER_NAME_LEN).contains(&name.len())
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'))
+}
+
+fn check_user_name(name: &str) -> Result<(), AuthError> {
+    if is_valid_user_name(name) {
+        Ok(())
+    } else {
+        Err(AuthError::BadRequest(
+            "user must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
+        ))
+    }
+}
+
+/// Reads a user's public key: an OpenSSH `ssh-ed25519 AAAA… [comment]` line, or a PEM
+/// SubjectPublicKeyInfo block (`openssl pkey -pubout`).
+pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyParseError> {
+    let text = text.trim();
+    let key = if text.starts_with("-----BEGIN") {
+        if !text.starts_with("-----BEGIN PUBLIC KEY-----") {
+            return Err(KeyParseError::MalformedPem);
+        }
+        VerifyingKey::from_public_key_pem(text).map_err(|_| KeyParseError::MalformedPem)?
+    } else {
+        parse_openssh_line(text)?
+    };
+    if key.is_weak() {
+        return Err(KeyParseError::InvalidKey);
+    }
+    Ok(key)
+}
+
+const SSH_ED25519: &str = "ssh-ed25519";
+
+fn parse_openssh_line(line: &str) -> Result<VerifyingKey, KeyParseError> {
+    let mut fields = line.split_ascii_whitespace();
+    let (Some(kind), Some(blob)) = (fields.next(), fields.next()) else {
+        return Err(KeyParseError::Unrecognized);
+    };
+    if kind != SSH_ED25519 {
+        return Err(if kind.starts_with("ssh-") || kind.starts_with("ecdsa-") {
+            KeyParseError::NotEd25519(kind.chars().take(40).collect())
+        } else {
+            KeyParseError::Unrecognized
+        });
+    }
+    let blob = STANDARD
+        .decode(blob)
+        .or_else(|_| STANDARD_NO_PAD.decode(blob))
+        .map_err(|_| KeyParseError::MalformedOpenSsh("the key is not valid base64"))?;
+    let mut rest = blob.as_slice();
+    let inner_kind = take_ssh_string(&mut rest)?;
+    if inner_kind != SSH_ED25519.as_bytes() {
+        return Err(KeyParseError::MalformedOpenSsh(
+            "the key blob names another algorithm than the line",
+        ));
+    }
+    let raw = take_ssh_string(&mut rest)?;
+    if !rest.is_empty() {
+        return Err(KeyParseError::MalformedOpenSsh("trailing bytes after the key"));
+    }
+    let raw: &[u8; 32] = raw
+        .try_into()
+        .map_err(|_| KeyParseError::MalformedOpenSsh("the key is not 32 bytes"))?;
+    VerifyingKey::from_bytes(raw).map_err(|_| KeyParseError::InvalidKey)
+}
+
+/// One SSH wire `string`: a u32 big-endian length, then that many bytes.
+fn take_ssh_string<'a>(rest: &mut &'a [u8]) -> Result<&'a [u8], KeyParseError> {
+    const TRUNCATED: KeyParseError = KeyParseError::MalformedOpenSsh("truncated key blob");
+    let (len, tail) = rest.split_first_chunk::<4>().ok_or(TRUNCATED)?;
+    let len = usize::try_from(u32::from_be_bytes(*len)).map_err(|_| TRUNCATED)?;
+    if tail.len() < len {
+        return Err(TRUNCATED);
+    }
+    let (s, tail) = tail.split_at(len);
+    *rest = tail;
+    Ok(s)
+}
+
+/// The OpenSSH wire blob of an Ed25519 key: `string "ssh-ed25519"`, `string key`.
+fn openssh_blob(key: &VerifyingKey) -> Vec<u8> {
+    let mut blob = Vec::with_capacity(4 + SSH_ED25519.len() + 4 + 32);
+    for part in [SSH_ED25519.as_bytes(), key.as_bytes()] {
+        let len = u32::try_from(part.len()).expect("11 or 32 bytes fit in a u32");
+        blob.extend_from_slice(&len.to_be_bytes());
+        blob.extend_from_slice(part);
+    }
+    blob
+}
+
+/// The key as an OpenSSH `ssh-ed25519 AAAA…` line (no comment).
+pub fn openssh_public_key(key: &VerifyingKey) -> String {
+    format!("{SSH_ED25519} {}", STANDARD.encode(openssh_blob(key)))
+}
+
+/// OpenSSH's fingerprint of the key: `SHA256:` + base64 (no padding) of SHA-256 of the
+/// wire blob, as `ssh-keygen -lf` prints it.
+pub fn fingerprint_sha256(key: &VerifyingKey) -> String {
+    format!(
+        "SHA256:{}",
+        STANDARD_NO_PAD.encode(Sha256::digest(openssh_blob(key)))
+    )
+}
+
+/// Decodes base64url without padding into exactly `N` bytes (canonical encodings only).
+fn decode_fixed<const N: usize>(text: &str) -> Option<[u8; N]> {
+    // 4 characters per 3 bytes, rounded up: refuse long input before decoding it.
+    if text.len() != (N * 4).div_ceil(3) {
+        return None;
+    }
+    URL_SAFE_NO_PAD.decode(text).ok()?.try_into().ok()
+}
+
+fn fill_random(buf: &mut [u8]) {
+    aws_lc_rs::rand::fill(buf)
+        .expect("the system random generator failed; no nonce or key can be made safely");
+}
+
+fn duration_ms(d: Duration) -> u64 {
+    u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// A refused token, with the claims when the token itself was genuine.
+struct Refusal {
+    reason: &'static str,
+    caller: Option<Caller>,
+}
+
+impl Refusal {
+    fn anonymous(reason: &'static str) -> Self {
+        Self {
+            reason,
+            caller: None,
+        }
+    }
+}
+
+/// A refused login, and whether it counts against the rate limits.
+struct LoginFailure {
+    error: AuthError,
+    counts: bool,
+}
+
+impl LoginFailure {
+    fn counted(error: AuthError) -> Self {
+        Self {
+            error,
+            counts: true,
+        }
+    }
+
+    fn unauthorized(reason: &'static str) -> Self {
+        Self::counted(AuthError::Unauthorized(reason))
+    }
+}
+
+/// Outstanding challenges.
+#[derive(Default)]
+struct Challenges {
+    /// Keyed by the nonce's bytes: a lookup hashes the presented nonce (SipHash with a random
+    /// key) and says nothing, by its timing, about other nonces.
+    pending: HashMap<[u8; NONCE_LEN], PendingChallenge>,
+    /// Nonces in issue order, so that the expired ones sit at the front. Used-up nonces stay
+    /// here until they reach the front; their removal from `pending` is then a no-op.
+    order: VecDeque<([u8; NONCE_LEN], u64)>,
+}
+
+struct PendingChallenge {
+    user: String,
+    expires_ms: u64,
+}
+
+impl Challenges {
+    fn insert(
+        &mut self,
+        nonce: [u8; NONCE_LEN],
+        user: String,
+        now_ms: u64,
+        expires_ms: u64,
+        max: usize,
+    ) {
+        while let Some((_, exp)) = self.order.front() {
+            // Pop what expired, and keep `order` bounded too (used-up nonces linger in it).
+            if *exp > now_ms && self.pending.len() < max && self.order.len() < 2 * max {
+                break;
+            }
+            self.pop_oldest();
+        }
+        self.pending
+            .insert(nonce, PendingChallenge { user, expires_ms });
+        self.order.push_back((nonce, expires_ms));
+    }
+
+    fn pop_oldest(&mut self) {
+        if let Some((nonce, _)) = self.order.pop_front() {
+            self.pending.remove(&nonce);
+        }
+    }
+
+    fn take(&mut self, nonce: &[u8; NONCE_LEN]) -> Option<PendingChallenge> {
+        self.pending.remove(nonce)
+    }
+}
+
+#[derive(Clone)]
+struct CachedClaims {
+    claims: Claims,
+    /// Time until the token expires (at most the token lifetime) when it was cached.
+    ttl: Duration,
+}
+
+struct CacheExpiry;
+
+impl moka::Expiry<[u8; 32], CachedClaims> for CacheExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &CachedClaims,
+        _created_at: std::time::Instant,
+    ) -> Option<Duration> {
+        Some(value.ttl)
+    }
+}
+
+/// Where "now" comes from: the system clock, or a hand-moved one in tests.
+#[derive(Clone)]
+enum Clock {
+    System,
+    #[cfg(test)]
+    Manual(Arc<AtomicU64>),
+}
+
+impl Clock {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64 {
+        match self {
+            Clock::System => SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, duration_ms),
+            #[cfg(test)]
+            Clock::Manual(ms) => ms.load(Ordering::SeqCst),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::Ipv4Addr;
+
+    const T0_MS: u64 = 1_700_000_000_000;
+    const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+
+    /// An in-memory user directory the tests can change under a running authenticator.
+    #[derive(Default)]
+    struct Dir(Mutex<HashMap<String, AuthUser>>);
+
+    impl Dir {
+        fn put(&self, user: AuthUser) {
+            self.0.lock().unwrap().insert(user.name.clone(), user);
+        }
+        fn edit(&self, name: &str, f: impl FnOnce(&mut AuthUser)) {
+            f(self.0.lock().unwrap().get_mut(name).unwrap());
+        }
+        fn remove(&self, name: &str) {
+            self.0.lock().unwrap().remove(name);
+        }
+    }
+
+    impl UserDirectory for Dir {
+        fn lookup(&self, user: &str) -> Option<AuthUser> {
+            self.0.lock().unwrap().get(user).cloned()
+        }
+    }
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn grant(fs: &str) -> Grant {
+        Grant {
+            fs: fs.to_owned(),
+            read_only: false,
+        }
+    }
+
+    fn user(name: &str, key: &SigningKey, grants: &[&str]) -> AuthUser {
+        AuthUser {
+            name: name.to_owned(),
+            public_key: key.verifying_key(),
+            grants: grants.iter().map(|g| grant(g)).collect(),
+            generation: 1,
+        }
+    }
+
+    struct Fixture {
+        auth: Authenticator,
+        dir: Arc<Dir>,
+        clock: Arc<AtomicU64>,
+        /// app1's login key (one grant: "records").
+        app1: SigningKey,
+    }
+
+    impl Fixture {
+        fn advance(&self, d: Duration) {
+            self.clock.fetch_add(duration_ms(d), Ordering::SeqCst);
+        }
+    }
+
+    fn fixture_with(config: AuthConfig) -> Fixture {
+        let dir = Arc::new(Dir::default());
+        let app1 = key(1);
+        dir.put(user("app1", &app1, &["records"]));
+        let clock = Arc::new(AtomicU64::new(T0_MS));
+        let auth = Authenticator::new(&key(100), config, dir.clone())
+            .with_manual_clock(clock.clone());
+        Fixture {
+            auth,
+            dir,
+            clock,
+            app1,
+        }
+    }
+
+    fn fixture() -> Fixture {
+        fixture_with(AuthConfig::default())
+    }
+
+    fn sign(key: &SigningKey, server: &str, user: &str, nonce: &str) -> String {
+        use ed25519_dalek::Signer as _;
+        URL_SAFE_NO_PAD.encode(
+            key.sign(&signed_message(server, user, nonce))
+                .to_bytes(),
+        )
+    }
+
+    fn challenge(auth: &Authenticator, user: &str) -> ChallengeResponse {
+        auth.challenge(&ChallengeRequest {
+            user: user.to_owned(),
+        })
+        .unwrap()
+    }
+
+    fn request(user: &str, nonce: &str, signature: String, fs: Option<&str>) -> TokenRequest {
+        TokenRequest {
+            user: user.to_owned(),
+            nonce: nonce.to_owned(),
+            signature,
+            fs: fs.map(str::to_owned),
+        }
+    }
+
+    /// A full, correct login.
+    fn login(auth: &Authenticator, user: &str, key: &SigningKey, fs: Option<&str>) -> Result<TokenResponse, AuthError> {
+        let ch = challenge(auth, user);
+        let sig = sign(key, &ch.server, user, &ch.nonce);
+        auth.login(&request(user, &ch.nonce, sig, fs), IP)
+    }
+
+    fn assert_unauthorized<T: fmt::Debug>(r: Result<T, AuthError>, why: &str) {
+        match r {
+            Err(AuthError::Unauthorized(_)) => {}
+            other => panic!("{why}: expected Unauthorized, got {other:?}"),
+        }
+    }
+
+    fn claims_of(token: &str) -> serde_json::Value {
+        let payload = token.split('.').nth(1).unwrap();
+        serde_json::from_slice(&URL_SAFE_NO_PAD.decode(payload).unwrap()).unwrap()
+    }
+
+    fn b64json(v: &serde_json::Value) -> String {
+        URL_SAFE_NO_PAD.encode(serde_json::to_vec(v).unwrap())
+    }
+
+    #[test]
+    fn login_success_issues_a_token_that_verifies() {
+        let f = fixture();
+        let ch = challenge(&f.auth, "app1");
+        assert_eq!(ch.server, server_id_for(&key(100).verifying_key()));
+        assert_eq!(ch.expires_in, 60);
+        assert_eq!(URL_SAFE_NO_PAD.decode(&ch.nonce).unwrap().len(), 32);
+        let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+        let resp = f.auth.login(&request("app1", &ch.nonce, sig, None), IP).unwrap();
+        assert_eq!(resp.fs, "records");
+        assert_eq!(resp.expires_in, 3600);
+        assert_eq!(resp.renewals_left, 24);
+
+        let header: serde_json::Value = serde_json::from_slice(
+            &URL_SAFE_NO_PAD
+                .decode(resp.token.split('.').next().unwrap())
+                .unwrap(),
+        )
+        .unwrap();
+        assert_eq!(header["alg"], "EdDSA");
+        let c = claims_of(&resp.token);
+        assert_eq!(c["iss"], ch.server.as_str());
+        assert_eq!(c["sub"], "app1");
+        assert_eq!(c["fs"], "records");
+        assert_eq!(c["iat"], T0_MS / 1000);
+        assert_eq!(c["exp"], T0_MS / 1000 + 3600);
+        assert_eq!(c["ren"], 0);
+        assert_eq!(c["gen"], 1);
+        assert_eq!(c["jti"].as_str().unwrap().len(), 22);
+
+        let caller = f.auth.verify(&resp.token).unwrap();
+        assert_eq!(caller.user, "app1");
+        assert_eq!(caller.fs, "records");
+        assert!(!caller.read_only);
+        assert_eq!(caller.claims.ren, 0);
+    }
+
+    #[test]
+    fn nonces_are_random() {
+        let f = fixture();
+        assert_ne!(challenge(&f.auth, "app1").nonce, challenge(&f.auth, "app1").nonce);
+    }
+
+    #[test]
+    fn unknown_user_gets_a_normal_challenge_and_a_plain_401() {
+        let f = fixture();
+        let ch = challenge(&f.auth, "nobody");
+        assert_eq!(ch.server, f.auth.server_id());
+        assert_eq!(ch.expires_in, 60);
+        let sig = sign(&f.app1, &ch.server, "nobody", &ch.nonce);
+        let err = f.auth.login(&request("nobody", &ch.nonce, sig, None), IP).unwrap_err();
+        assert_eq!((err.status(), err.code()), (401, "unauthorized"));
+        assert_eq!(err.public_message(), "authentication failed");
+        assert_eq!(err.to_string(), "unauthorized");
+    }
+
+    #[test]
+    fn malformed_user_name_is_bad_request() {
+        let f = fixture();
+        for bad in ["", "a b", "a/b", "ü", "x\n", &"a".repeat(65)] {
+            let err = f
+                .auth
+                .challenge(&ChallengeRequest {
+                    user: bad.to_owned(),
+                })
+                .unwrap_err();
+            assert_eq!((err.status(), err.code()), (400, "bad_request"), "{bad:?}");
+        }
+        assert!(is_valid_user_name(&"a".repeat(64)));
+        assert!(is_valid_user_name("svc-1.prod_A"));
+    }
+
+    #[test]
+    fn replayed_nonce_is_refused() {
+        let f = fixture();
+        let ch = challenge(&f.auth, "app1");
+        let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+        let req = request("app1", &ch.nonce, sig, None);
+        f.auth.login(&req, IP).unwrap();
+        assert_unauthorized(f.auth.login(&req, IP), "second use of a nonce");
+    }
+
+    #[test]
+    fn nonce_used_by_a_failed_attempt_is_gone() {
+        let f = fixture();
+        let ch = challenge(&f.auth, "app1");
+        let bad = sign(&key(9), &ch.server, "app1", &ch.nonce);
+        assert_unauthorized(f.auth.login(&request("app1", &ch.nonce, bad, None), IP), "bad key");
+        let good = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+        assert_unauthorized(
+            f.auth.login(&request("app1", &ch.nonce, good, None), IP),
+            "nonce already used by the failed attempt",
+        );
+    }
+
+    #[test]
+    fn expired_nonce_is_refused() {
+        let f = fixture_with(AuthConfig {
+            nonce_ttl: Duration::from_secs(2),
+            ..AuthConfig::default()
+        });
+        let ch = challenge(&f.auth, "app1");
+        assert_eq!(ch.expires_in, 2);
+        let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+        f.advance(Duration::from_millis(2_000));
+        assert_unauthorized(
+            f.auth.login(&request("app1", &ch.nonce, sig, None), IP),
+            "nonce at its expiry",
+        );
+        // Just inside the lifetime it works.
+        let ch = challenge(&f.auth, "app1");
+        let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+        f.advance(Duration::from_millis(1_999));
+        f.auth.login(&request("app1", &ch.nonce, sig, None), IP).unwrap();
+    }
+
+    #[test]
+    fn nonce_issued_for_another_user_is_refused() {
+        let f = fixture();
+        let app2 = key(2);
+        f.dir.put(user("app2", &app2, &["records"]));
+        let ch = challenge(&f.auth, "app1");
+        // app2 signs correctly for itself, but with app1's nonce.
+        let sig = sign(&app2, &ch.server, "app2", &ch.nonce);
+        assert_unauthorized(
+            f.auth.login(&request("app2", &ch.nonce, sig, None), IP),
+            "foreign nonce",
+        );
+    }
+
+    #[test]
+    fn signature_by_another_key_is_refused() {
+        let f = fixture();
+        assert_unauthorized(login(&f.auth, "app1", &key(7), None), "wrong key");
+    }
+
+    #[test]
+    fn signature_over_another_server_id_is_refused() {
+        let f = fixture();
+        let ch = challenge(&f.auth, "app1");
+        let sig = sign(&f.app1, "efs-0000000000000000000000000000000", "app1", &ch.nonce);
+        assert_unauthorized(
+            f.auth.login(&request("app1", &ch.nonce, sig, None), IP),
+            "other server id",
+        );
+    }
+
+    #[test]
+    fn malformed_nonce_or_signature_is_bad_request() {
+        let f = fixture();
+        let ch = challenge(&f.auth, "app1");
+        let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+        for (nonce, sig) in [
+            ("short", sig.clone()),
+            (&format!("{}=", ch.nonce) as &str, sig.clone()),
+            (&ch.nonce, format!("{sig}AA")),
+            (&ch.nonce, sig.replace(|_| true, "*")),
+        ] {
+            let err = f.auth.login(&request("app1", nonce, sig, None), IP).unwrap_err();
+            assert_eq!((err.status(), err.code()), (400, "bad_request"));
+        }
+    }
+
+    #[test]
+    fn alg_none_token_is_refused() {
+        let f = fixture();
+        let token = login(&f.auth, "app1", &f.app1, None).unwrap().token;
+        let claims = claims_of(&token);
+        for alg in ["none", "None", "NONE"] {
+            let header = serde_json::json!({"alg": alg, "typ": "JWT"});
+            let forged = format!("{}.{}.", b64json(&header), b64json(&claims));
+            assert_unauthorized(f.auth.verify(&forged), alg);
+            let with_sig = format!("{forged}{}", token.rsplit('.').next().unwrap());
+            assert_unauthorized(f.auth.verify(&with_sig), alg);
+        }
+    }
+
+    #[test]
+    fn hs256_token_keyed_with_the_public_key_is_refused() {
+        let f = fixture();
+        let claims = Claims {
+            iss: f.auth.server_id().to_owned(),
+            sub: "app1".into(),
+            fs: "records".into(),
+            iat: T0_MS / 1000,
+            exp: T0_MS / 1000 + 3600,
+            ren: 0,
+            r#gen: 1,
+            jti: "x".into(),
+        };
+        let pem = f.auth.public_key_pem();
+        let vk = f.auth.verifying_key();
+        for secret in [vk.as_bytes().as_slice(), pem.as_bytes()] {
+            let forged = jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims,
+                &EncodingKey::from_secret(secret),
+            )
+            .unwrap();
+            assert_unauthorized(f.auth.verify(&forged), "HS256");
+        }
+        // The same claims signed properly pass: the refusal was about the algorithm.
+        let good = jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &claims,
+            &EncodingKey::from_ed_der(key(100).to_pkcs8_der().unwrap().as_bytes()),
+        )
+        .unwrap();
+        f.auth.verify(&good).unwrap();
+    }
+
+    #[test]
+    fn tampered_claims_are_refused() {
+        let f = fixture();
+        f.dir.edit("app1", |u| u.grants.push(grant("billing")));
+        let token = login(&f.auth, "app1", &f.app1, Some("records")).unwrap().token;
+        f.auth.verify(&token).unwrap();
+        let parts: Vec<&str> = token.split('.').collect();
+        for (field, value) in [
+            ("fs", serde_json::json!("billing")),
+            ("exp", serde_json::json!(T0_MS / 1000 + 999_999)),
+            ("sub", serde_json::json!("admin")),
+        ] {
+            let mut claims = claims_of(&token);
+            claims[field] = value;
+            let forged = format!("{}.{}.{}", parts[0], b64json(&claims), parts[2]);
+            assert_unauthorized(f.auth.verify(&forged), field);
+        }
+        // A flipped signature bit.
+        let mut sig = URL_SAFE_NO_PAD.decode(parts[2]).unwrap();
+        sig[5] ^= 1;
+        let forged = format!("{}.{}.{}", parts[0], parts[1], URL_SAFE_NO_PAD.encode(sig));
+        assert_unauthorized(f.auth.verify(&forged), "signature bit");
+        assert_unauthorized(f.auth.verify(""), "empty");
+        assert_unauthorized(f.auth.verify("not-a-jwt"), "garbage");
+        assert_unauthorized(f.auth.verify(&"a".repeat(MAX_TOKEN_LEN + 1)), "huge");
+    }
+
+    #[test]
+    fn expired_token_is_refused_even_when_cached() {
+        let f = fixture_with(AuthConfig {
+            token_ttl: Duration::from_secs(5),
+            ..AuthConfig::default()
+        });
+        let resp = login(&f.auth, "app1", &f.app1, None).unwrap();
+        assert_eq!(resp.expires_in, 5);
+        f.auth.verify(&resp.token).unwrap();
+        f.advance(Duration::from_millis(4_999));
+        f.auth.verify(&resp.token).unwrap();
+        f.advance(Duration::from_millis(1));
+        assert_unauthorized(f.auth.verify(&resp.token), "expired");
+        assert_unauthorized(f.auth.refresh(&resp.token, IP), "refresh of expired");
+    }
+
+    #[test]
+    fn expired_token_is_refused_on_the_system_clock() {
+        let dir = Arc::new(Dir::default());
+        let app1 = key(1);
+        dir.put(user("app1", &app1, &["records"]));
+        let auth = Authenticator::new(
+            &key(100),
+            AuthConfig {
+                token_ttl: Duration::from_secs(1),
+                ..AuthConfig::default()
+            },
+            dir,
+        );
+        let token = login(&auth, "app1", &app1, None).unwrap().token;
+        std::thread::sleep(Duration::from_millis(1_100));
+        assert_unauthorized(auth.verify(&token), "expired on the real clock");
+    }
+
+    #[test]
+    fn token_from_another_server_is_refused() {
+        let f = fixture();
+        // Same server id, another signing key: the signature check refuses it.
+        let dir = Arc::new(Dir::default());
+        dir.put(user("app1", &f.app1, &["records"]));
+        let impostor = Authenticator::new(
+            &key(101),
+            AuthConfig {
+                server_id: f.auth.server_id().to_owned(),
+                ..AuthConfig::default()
+            },
+            dir.clone(),
+        );
+        let token = login(&impostor, "app1", &f.app1, None).unwrap().token;
+        assert_eq!(claims_of(&token)["iss"], f.auth.server_id());
+        assert_unauthorized(f.auth.verify(&token), "other signing key");
+
+        // Same signing key, another server id: the issuer check refuses it.
+        let sibling = Authenticator::new(
+            &key(100),
+            AuthConfig {
+                server_id: "efs-some-other-server".into(),
+                ..AuthConfig::default()
+            },
+            dir,
+        );
+        let token = login(&sibling, "app1", &f.app1, None).unwrap().token;
+        assert_unauthorized(f.auth.verify(&token), "other issuer");
+    }
+
+    #[test]
+    fn twenty_four_refreshes_then_401() {
+        let f = fixture();
+        let first = login(&f.auth, "app1", &f.app1, None).unwrap();
+        let mut token = first.token;
+        for i in 1..=24u32 {
+            f.advance(Duration::from_secs(1_800));
+            let r = f.auth.refresh(&token, IP).unwrap();
+            assert_eq!(r.renewals_left, 24 - i);
+            assert_eq!(r.expires_in, 3600);
+            assert_eq!(r.fs, "records");
+            let c = f.auth.verify(&r.token).unwrap().claims;
+            assert_eq!(c.ren, i);
+            let now_s = f.clock.load(Ordering::SeqCst) / 1000;
+            assert_eq!((c.iat, c.exp), (now_s, now_s + 3600), "a full lifetime again");
+            token = r.token;
+        }
+        let err = f.auth.refresh(&token, IP).unwrap_err();
+        assert_eq!((err.status(), err.code()), (401, "unauthorized"));
+        assert_eq!(err.internal_reason(), "renewals exhausted");
+        // The last token itself stays valid until it expires.
+        f.auth.verify(&token).unwrap();
+    }
+
+    #[test]
+    fn revoked_user_tokens_are_refused() {
+        let f = fixture();
+        let token = login(&f.auth, "app1", &f.app1, None).unwrap().token;
+        f.auth.verify(&token).unwrap(); // now cached
+        f.dir.edit("app1", |u| u.generation += 1);
+        assert_unauthorized(f.auth.verify(&token), "revoked (cached)");
+        f.auth.invalidate_cache();
+        assert_unauthorized(f.auth.verify(&token), "revoked (uncached)");
+        assert_unauthorized(f.auth.refresh(&token, IP), "refresh of revoked");
+        // A new login gets a token of the new generation.
+        let token = login(&f.auth, "app1", &f.app1, None).unwrap().token;
+        assert_eq!(f.auth.verify(&token).unwrap().claims.r#gen, 2);
+    }
+
+    #[test]
+    fn deleted_user_tokens_are_refused() {
+        let f = fixture();
+        let token = login(&f.auth, "app1", &f.app1, None).unwrap().token;
+        f.auth.verify(&token).unwrap();
+        f.dir.remove("app1");
+        assert_unauthorized(f.auth.verify(&token), "deleted");
+        assert_unauthorized(f.auth.refresh(&token, IP), "refresh of deleted");
+        assert_unauthorized(login(&f.auth, "app1", &f.app1, None), "login of deleted");
+    }
+
+    #[test]
+    fn filesystem_no_longer_granted_is_refused_and_read_only_follows_the_grant() {
+        let f = fixture();
+        f.dir.edit("app1", |u| u.grants.push(grant("billing")));
+        let token = login(&f.auth, "app1", &f.app1, Some("billing")).unwrap().token;
+        assert!(!f.auth.verify(&token).unwrap().read_only);
+        f.dir.edit("app1", |u| u.grants[1].read_only = true);
+        let caller = f.auth.verify(&token).unwrap();
+        assert_eq!(caller.fs, "billing");
+        assert!(caller.read_only, "the grant in force now applies");
+        f.dir.edit("app1", |u| u.grants.truncate(1));
+        assert_unauthorized(f.auth.verify(&token), "grant removed");
+        assert_unauthorized(login(&f.auth, "app1", &f.app1, Some("billing")), "login to ungranted fs");
+    }
+
+    #[test]
+    fn several_grants_and_no_fs_is_fs_required() {
+        let f = fixture();
+        f.dir.edit("app1", |u| u.grants.push(grant("billing")));
+        let err = login(&f.auth, "app1", &f.app1, None).unwrap_err();
+        assert!(matches!(err, AuthError::FsRequired), "{err:?}");
+        assert_eq!((err.status(), err.code()), (400, "fs_required"));
+        let r = login(&f.auth, "app1", &f.app1, Some("billing")).unwrap();
+        assert_eq!(r.fs, "billing");
+        assert_eq!(f.auth.verify(&r.token).unwrap().fs, "billing");
+    }
+
+    #[test]
+    fn rate_limit_engages_per_user_and_spares_other_users() {
+        let f = fixture();
+        let app2 = key(2);
+        f.dir.put(user("app2", &app2, &["records"]));
+        let wrong = key(66);
+        for i in 0..10 {
+            assert_unauthorized(login(&f.auth, "app1", &wrong, None), &format!("failure {i}"));
+        }
+        // Even the right key is refused now, with a retry-after.
+        let err = login(&f.auth, "app1", &f.app1, None).unwrap_err();
+        assert_eq!((err.status(), err.code()), (429, "rate_limited"));
+        assert_eq!(err.retry_after_secs(), Some(60));
+        // Another user from the same address logs in (10 address failures < 20).
+        login(&f.auth, "app2", &app2, None).unwrap();
+        // After the window, app1 recovers.
+        f.advance(Duration::from_secs(60));
+        login(&f.auth, "app1", &f.app1, None).unwrap();
+    }
+
+    #[test]
+    fn rate_limit_engages_per_address() {
+        let f = fixture();
+        let wrong = key(66);
+        for i in 0..20 {
+            let _ = login(&f.auth, &format!("guess{i}"), &wrong, None);
+        }
+        let err = login(&f.auth, "app1", &f.app1, None).unwrap_err();
+        assert_eq!(err.code(), "rate_limited");
+        // The same user from another address is fine.
+        let ch = challenge(&f.auth, "app1");
+        let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+        let other_ip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
+        f.auth.login(&request("app1", &ch.nonce, sig, None), other_ip).unwrap();
+    }
+
+    #[test]
+    fn successful_logins_do_not_count() {
+        let f = fixture_with(AuthConfig::default());
+        let auth = Authenticator::new(&key(100), AuthConfig::default(), f.dir.clone())
+            .with_manual_clock(f.clock.clone())
+            .with_rate_limits(&RateLimitConfig {
+                max_failures_per_user: 2,
+                max_failures_per_ip: 2,
+                ..RateLimitConfig::default()
+            });
+        for _ in 0..10 {
+            login(&auth, "app1", &f.app1, None).unwrap();
+        }
+        assert_unauthorized(login(&auth, "app1", &key(5), None), "1st failure");
+        assert_unauthorized(login(&auth, "app1", &key(5), None), "2nd failure");
+        assert_eq!(login(&auth, "app1", &f.app1, None).unwrap_err().code(), "rate_limited");
+    }
+
+    #[test]
+    fn verified_tokens_are_cached() {
+        let f = fixture();
+        let token = login(&f.auth, "app1", &f.app1, None).unwrap().token;
+        let before = f.auth.signature_checks();
+        for _ in 0..100 {
+            f.auth.verify(&token).unwrap();
+        }
+        assert_eq!(f.auth.signature_checks() - before, 1);
+        f.auth.invalidate_cache();
+        f.auth.verify(&token).unwrap();
+        assert_eq!(f.auth.signature_checks() - before, 2);
+    }
+
+    #[test]
+    fn pending_challenges_are_bounded() {
+        let f = fixture();
+        let auth = Authenticator::new(&key(100), AuthConfig::default(), f.dir.clone())
+            .with_manual_clock(f.clock.clone())
+            .with_max_pending_challenges(8);
+        let first = challenge(&auth, "app1");
+        for _ in 0..100 {
+            challenge(&auth, "app1");
+            let c = auth.lock_challenges();
+            assert!(c.pending.len() <= 8 && c.order.len() <= 16);
+        }
+        // The oldest challenge was evicted; the newest still works.
+        let sig = sign(&f.app1, &first.server, "app1", &first.nonce);
+        assert_unauthorized(auth.login(&request("app1", &first.nonce, sig, None), IP), "evicted");
+        login(&auth, "app1", &f.app1, None).unwrap();
+        // Expired ones are dropped on the next challenge.
+        f.advance(Duration::from_secs(61));
+        challenge(&auth, "app1");
+        assert_eq!(auth.lock_challenges().pending.len(), 1);
+    }
+
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<(AuthEventKind, Option<String>, &'static str)>>);
+
+    impl AuthAudit for Recorder {
+        fn record(&self, e: &AuthEvent<'_>) {
+            self.0
+                .lock()
+                .unwrap()
+                .push((e.kind, e.user.map(str::to_owned), e.reason));
+        }
+    }
+
+    #[test]
+    fn audit_hook_receives_precise_reasons() {
+        let f = fixture();
+        let rec = Arc::new(Recorder::default());
+        let auth = Authenticator::new(&key(100), AuthConfig::default(), f.dir.clone())
+            .with_manual_clock(f.clock.clone())
+            .with_audit(rec.clone());
+        let _ = login(&auth, "app1", &key(3), None);
+        let token = login(&auth, "app1", &f.app1, None).unwrap().token;
+        f.dir.edit("app1", |u| u.generation = 9);
+        let err = auth.verify(&token).unwrap_err();
+        assert_eq!(err.public_message(), "authentication failed");
+        let events = rec.0.lock().unwrap().clone();
+        let app1 = Some("app1".to_owned());
+        assert_eq!(
+            events,
+            vec![
+                (AuthEventKind::LoginFailed, app1.clone(), "bad signature"),
+                (AuthEventKind::LoginSucceeded, app1.clone(), "ok"),
+                (
+                    AuthEventKind::TokenRejected,
+                    app1,
+                    "token revoked (user generation changed)"
+                ),
+            ]
+        );
+    }
+
+    #[test]
+    fn signed_message_layout() {
+        assert_eq!(
+            signed_message("efs-0123", "app1", "bm9uY2U"),
+            b"efs-auth-v1\nefs-0123\napp1\nbm9uY2U".to_vec()
+        );
+    }
+
+    #[test]
+    fn server_id_is_stable_and_key_bound() {
+        let a = server_id_for(&key(100).verifying_key());
+        assert_eq!(a, server_id_for(&key(100).verifying_key()));
+        assert_ne!(a, server_id_for(&key(101).verifying_key()));
+        assert!(a.starts_with("efs-") && a.len() == 4 + 32);
+        assert!(a[4..].bytes().all(|b| b.is_ascii_hexdigit()));
+    }
+
+    #[test]
+    fn public_key_pem_round_trips() {
+        let f = fixture();
+        let pem = f.auth.public_key_pem();
+        assert!(pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
+        assert_eq!(parse_public_key(&pem).unwrap(), key(100).verifying_key());
+    }
+
+    #[test]
+    fn parse_public_key_openssh_and_pem() {
+        let vk = key(42).verifying_key();
+        let line = format!("{} me@host", openssh_public_key(&vk));
+        assert!(line.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI"));
+        assert_eq!(parse_public_key(&line).unwrap(), vk);
+        assert_eq!(parse_public_key(&format!("  {}\n", openssh_public_key(&vk))).unwrap(), vk);
+        let pem = vk.to_public_key_pem(LineEnding::LF).unwrap();
+        assert_eq!(parse_public_key(&pem).unwrap(), vk);
+        assert_eq!(parse_public_key(&pem.replace('\n', "\r\n")).unwrap(), vk);
+    }
+
+    #[test]
+    fn parse_public_key_rejects_garbage() {
+        let vk = key(42).verifying_key();
+        let blob = openssh_blob(&vk);
+        let line_of = |b: &[u8]| format!("ssh-ed25519 {}", STANDARD.encode(b));
+        let mut wrong_inner = blob.clone();
+        wrong_inner[4 + 4] = b'X'; // "ssh-eX25519"
+        let mut small_order = blob.clone();
+        small_order[19..].copy_from_slice(&[0u8; 32]); // not a usable point
+        small_order[19] = 1; // the identity point: weak
+        let cases: Vec<String> = vec![
+            String::new(),
+            "hello".into(),
+            "ssh-ed25519".into(),
+            "ssh-ed25519 !!!notbase64".into(),
+            "ssh-rsa AAAAB3NzaC1yc2EAAAADAQABAAABAQ me".into(),
+            line_of(&blob[..blob.len() - 1]),
+            line_of(&[blob.as_slice(), &[0]].concat()),
+            line_of(&wrong_inner),
+            line_of(&small_order),
+            "-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n".into(),
+            "-----BEGIN OPENSSH PRIVATE KEY-----\nAAAA\n-----END OPENSSH PRIVATE KEY-----".into(),
+        ];
+        for text in &cases {
+            assert!(parse_public_key(text).is_err(), "accepted {text:?}");
+        }
+        assert!(matches!(
+            parse_public_key(&cases[4]),
+            Err(KeyParseError::NotEd25519(_))
+        ));
+        assert!(matches!(
+            parse_public_key(&cases[8]),
+            Err(KeyParseError::InvalidKey)
+        ));
+    }
+
+    #[test]
+    fn fingerprint_matches_openssh_format() {
+        // ssh-keygen -lf prints this for the key whose seed is [42; 32] (checked against the
+        // OpenSSH tool in `openssl_and_ssh_keygen_interoperate`); here: shape and stability.
+        let vk = key(42).verifying_key();
+        let fp = fingerprint_sha256(&vk);
+        assert!(fp.starts_with("SHA256:") && fp.len() == 7 + 43 && !fp.ends_with('='));
+        assert_eq!(fp, fingerprint_sha256(&vk));
+        assert_ne!(fp, fingerprint_sha256(&key(43).verifying_key()));
+    }
+
+    /// Runs a command; `None` if the program is not installed.
+    fn run(program: &str, args: &[&str], dir: &std::path::Path) -> Option<std::process::Output> {
+        match std::process::Command::new(program).args(args).current_dir(dir).output() {
+            Ok(out) => {
+                assert!(
+                    out.status.success(),
+                    "{program} {args:?} failed: {}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+                Some(out)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => panic!("cannot run {program}: {e}"),
+        }
+    }
+
+    /// The documented curl + openssl client: a key made and a message signed by OpenSSL 3
+    /// log in; ssh-keygen agrees on the OpenSSH form and fingerprint.
+    #[test]
+    fn openssl_and_ssh_keygen_interoperate() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        if run("openssl", &["genpkey", "-algorithm", "ed25519", "-out", "key.pem"], dir).is_none() {
+            eprintln!("openssl not installed: skipping");
+            return;
+        }
+        let pubout = run("openssl", &["pkey", "-in", "key.pem", "-pubout"], dir).unwrap();
+        let pem = String::from_utf8(pubout.stdout).unwrap();
+        let vk = parse_public_key(&pem).unwrap();
+
+        let f = fixture();
+        f.dir.put(AuthUser {
+            name: "ossl".into(),
+            public_key: vk,
+            grants: vec![grant("records")],
+            generation: 1,
+        });
+        let ch = challenge(&f.auth, "ossl");
+        std::fs::write(dir.join("msg.bin"), signed_message(&ch.server, "ossl", &ch.nonce)).unwrap();
+        run(
+            "openssl",
+            &["pkeyutl", "-sign", "-inkey", "key.pem", "-rawin", "-in", "msg.bin", "-out", "sig.bin"],
+            dir,
+        )
+        .unwrap();
+        let sig = std::fs::read(dir.join("sig.bin")).unwrap();
+        assert_eq!(sig.len(), 64);
+        let sig_arr: [u8; 64] = sig.as_slice().try_into().unwrap();
+        vk.verify_strict(
+            &signed_message(&ch.server, "ossl", &ch.nonce),
+            &Signature::from_bytes(&sig_arr),
+        )
+        .unwrap();
+        let resp = f
+            .auth
+            .login(&request("ossl", &ch.nonce, URL_SAFE_NO_PAD.encode(&sig), None), IP)
+            .unwrap();
+        assert_eq!(f.auth.verify(&resp.token).unwrap().user, "ossl");
+
+        std::fs::write(dir.join("pub.pem"), &pem).unwrap();
+        let Some(conv) = run("ssh-keygen", &["-i", "-m", "PKCS8", "-f", "pub.pem"], dir) else {
+            eprintln!("ssh-keygen not installed: skipping the OpenSSH part");
+            return;
+        };
+        let line = String::from_utf8(conv.stdout).unwrap();
+        assert_eq!(parse_public_key(&line).unwrap(), vk);
+        assert_eq!(line.trim(), openssh_public_key(&vk));
+        std::fs::write(dir.join("id.pub"), format!("{} test@efs\n", line.trim())).unwrap();
+        let lf = run("ssh-keygen", &["-l", "-E", "sha256", "-f", "id.pub"], dir).unwrap();
+        let lf = String::from_utf8(lf.stdout).unwrap();
+        assert_eq!(lf.split_whitespace().nth(1), Some(fingerprint_sha256(&vk).as_str()), "{lf}");
+    }
+}
