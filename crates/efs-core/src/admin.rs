@@ -158,7 +158,11 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             let u = dd.create_user(&name, raw, grants)?;
             let g: Vec<String> = u.grants.iter().map(grant_text).collect();
             AdminResponse::ok(
-                vec![format!("Created user '{}' with access to {}", u.name, g.join(", "))],
+                vec![format!(
+                    "Created user '{}' with access to {}",
+                    u.name,
+                    g.join(", ")
+                )],
                 serde_json::json!({"name": u.name}),
             )
         }
@@ -180,14 +184,20 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
         AdminRequest::Revoke { user, fs } => {
             let u = dd.revoke(&user, fs.as_deref())?;
             let line = match fs {
-                Some(fs) => format!("Revoked '{}' access to '{fs}'; its tokens are revoked", u.name),
+                Some(fs) => format!(
+                    "Revoked '{}' access to '{fs}'; its tokens are revoked",
+                    u.name
+                ),
                 None => format!("Revoked every token of '{}'", u.name),
             };
             AdminResponse::ok(vec![line], serde_json::Value::Null)
         }
         AdminRequest::DeleteUser { name } => {
             dd.delete_user(&name)?;
-            AdminResponse::ok(vec![format!("Deleted user '{name}'")], serde_json::Value::Null)
+            AdminResponse::ok(
+                vec![format!("Deleted user '{name}'")],
+                serde_json::Value::Null,
+            )
         }
         AdminRequest::ListUsers => {
             let users = dd.users()?;
@@ -239,7 +249,11 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             )];
             lines.extend(rep.errors.iter().map(|e| format!("error: {e}")));
             lines.extend(rep.orphan_blobs.iter().map(|b| format!("orphan blob: {b}")));
-            lines.extend(rep.orphan_inline.iter().map(|b| format!("orphan inline content: {b}")));
+            lines.extend(
+                rep.orphan_inline
+                    .iter()
+                    .map(|b| format!("orphan inline content: {b}")),
+            );
             let mut r = AdminResponse::ok(
                 lines,
                 serde_json::json!({

@@ -86,7 +86,10 @@ struct LocalWriter {
 impl BlobWriter for LocalWriter {
     async fn write(&mut self, data: Vec<u8>) -> Result<()> {
         use std::io::Write;
-        let mut f = self.file.take().ok_or(CoreError::Corrupt("blob writer closed"))?;
+        let mut f = self
+            .file
+            .take()
+            .ok_or(CoreError::Corrupt("blob writer closed"))?;
         let f = blocking(move || {
             f.write_all(&data)?;
             Ok(f)
@@ -97,7 +100,10 @@ impl BlobWriter for LocalWriter {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<()> {
-        let f = self.file.take().ok_or(CoreError::Corrupt("blob writer closed"))?;
+        let f = self
+            .file
+            .take()
+            .ok_or(CoreError::Corrupt("blob writer closed"))?;
         let tmp = self.tmp.clone();
         let dest = self.dest.clone();
         let res = blocking(move || {

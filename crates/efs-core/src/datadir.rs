@@ -212,8 +212,12 @@ impl DataDir {
     }
 
     fn open_fs(&self, rec: &FsRecord) -> Result<Filesystem> {
+        let index = RedbIndex::open(&self.fs_dir(&rec.id).join("index.redb"))?;
+        self.assemble_fs(rec, index)
+    }
+
+    fn assemble_fs(&self, rec: &FsRecord, index: RedbIndex) -> Result<Filesystem> {
         let dir = self.fs_dir(&rec.id);
-        let index = RedbIndex::open(&dir.join("index.redb"))?;
         let sealed = futures_block(index_meta(&index, META_KEYRING))?
             .ok_or(CoreError::Corrupt("filesystem without keyring"))?;
         let keyring = Keyring::open(&self.starter, &rec.id, &sealed)?;
@@ -248,20 +252,26 @@ impl DataDir {
             self.root.display()
         )];
         std::fs::create_dir_all(&dir)?;
-        lines.push(format!("Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"));
+        lines.push(format!(
+            "Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"
+        ));
         let index = RedbIndex::open(&dir.join("index.redb"))?;
-        lines.push(format!("Creating blob directory '{rel}/blobs' (sharded, random names)"));
+        lines.push(format!(
+            "Creating blob directory '{rel}/blobs' (sharded, random names)"
+        ));
         LocalBlobStore::open(&dir.join("blobs"))?;
         let keyring = Keyring::generate();
         lines.push("Creating keyring (term 1), wrapped under the starter key".into());
         let batch = crate::index::Batch {
             expect: vec![],
-            ops: vec![Op::PutMeta(META_KEYRING.into(), keyring.seal(&self.starter, &id))],
+            ops: vec![Op::PutMeta(
+                META_KEYRING.into(),
+                keyring.seal(&self.starter, &id),
+            )],
         };
         futures_block(commit(&index, batch))?;
-        drop(index);
         self.system.put_filesystem(&rec)?;
-        let fs = self.open_fs(&rec)?;
+        let fs = self.assemble_fs(&rec, index)?;
         self.filesystems
             .write()
             .expect("lock poisoned")
@@ -276,11 +286,20 @@ impl DataDir {
 
     /// An open filesystem by name.
     pub fn fs(&self, name: &str) -> Option<Arc<Filesystem>> {
-        self.filesystems.read().expect("lock poisoned").get(name).cloned()
+        self.filesystems
+            .read()
+            .expect("lock poisoned")
+            .get(name)
+            .cloned()
     }
 
     /// Creates a user with a raw Ed25519 public key and grants.
-    pub fn create_user(&self, name: &str, public_key: [u8; 32], grants: Vec<GrantRecord>) -> Result<UserRecord> {
+    pub fn create_user(
+        &self,
+        name: &str,
+        public_key: [u8; 32],
+        grants: Vec<GrantRecord>,
+    ) -> Result<UserRecord> {
         check_name("user", name)?;
         if self.system.user(name)?.is_some() {
             return Err(CoreError::Exists("user"));
@@ -310,9 +329,9 @@ impl DataDir {
     }
 
     fn require_user(&self, name: &str) -> Result<UserRecord> {
-        self.system
-            .user(name)?
-            .ok_or_else(|| CoreError::Invalid(format!("no user named '{name}' (see efsctl list-users)")))
+        self.system.user(name)?.ok_or_else(|| {
+            CoreError::Invalid(format!("no user named '{name}' (see efsctl list-users)"))
+        })
     }
 
     /// Grants (or changes) access to a filesystem.
@@ -338,7 +357,9 @@ impl DataDir {
             let before = u.grants.len();
             u.grants.retain(|g| g.fs != fs);
             if u.grants.len() == before {
-                return Err(CoreError::Invalid(format!("user '{user}' has no grant on '{fs}'")));
+                return Err(CoreError::Invalid(format!(
+                    "user '{user}' has no grant on '{fs}'"
+                )));
             }
         }
         u.generation += 1;

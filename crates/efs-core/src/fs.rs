@@ -249,9 +249,16 @@ impl Filesystem {
 
     /// Walks `path`. With `create_parents`, missing ancestors are planned for creation;
     /// otherwise a missing ancestor is NotFound. A file as an ancestor is a Conflict.
-    async fn resolve(&self, kr: &Keyring, path: &EfsPath, create_parents: bool) -> Result<Resolved> {
+    async fn resolve(
+        &self,
+        kr: &Keyring,
+        path: &EfsPath,
+        create_parents: bool,
+    ) -> Result<Resolved> {
         let segs = path.segments();
-        let (last, parents) = segs.split_last().ok_or(CoreError::Conflict("the root cannot be changed"))?;
+        let (last, parents) = segs
+            .split_last()
+            .ok_or(CoreError::Conflict("the root cannot be changed"))?;
         let mut dir = ROOT_ID;
         let mut ancestors = Vec::new();
         let mut missing = Vec::new();
@@ -363,8 +370,24 @@ impl Filesystem {
         content_type: Option<String>,
         cond: Precondition,
     ) -> Result<Entry> {
+        Ok(self
+            .commit_upload(path, upload, content_type, cond)
+            .await?
+            .0)
+    }
+
+    /// As [`Filesystem::commit`], and also says whether a previous version was replaced.
+    pub async fn commit_upload(
+        &self,
+        path: &EfsPath,
+        upload: Upload,
+        content_type: Option<String>,
+        cond: Precondition,
+    ) -> Result<(Entry, bool)> {
         let finished = upload.finish().await?;
-        let res = self.commit_finished(path, &finished, content_type, cond).await;
+        let res = self
+            .commit_finished(path, &finished, content_type, cond)
+            .await;
         if res.is_err() {
             self.discard(&finished).await;
         }
@@ -385,7 +408,7 @@ impl Filesystem {
         f: &FinishedUpload,
         content_type: Option<String>,
         cond: Precondition,
-    ) -> Result<Entry> {
+    ) -> Result<(Entry, bool)> {
         for _ in 0..MAX_ATTEMPTS {
             let kr = self.keyring();
             let res = self.resolve(&kr, path, true).await?;
@@ -402,7 +425,11 @@ impl Filesystem {
                 kind: Kind::File,
                 id: f.content_id,
                 size: f.size,
-                created_ms: res.current.as_ref().map(|(_, r)| r.created_ms).unwrap_or(now),
+                created_ms: res
+                    .current
+                    .as_ref()
+                    .map(|(_, r)| r.created_ms)
+                    .unwrap_or(now),
                 modified_ms: now,
                 content_type: content_type.clone(),
                 storage: f.storage,
@@ -433,7 +460,7 @@ impl Filesystem {
                 if let Some((_, old)) = &res.current {
                     self.remove_blob_of(old).await;
                 }
-                return Ok(Entry::from_record(&record));
+                return Ok((Entry::from_record(&record), res.current.is_some()));
             }
         }
         Err(CoreError::Contention)
@@ -449,7 +476,10 @@ impl Filesystem {
             });
         }
         for (k, r) in &res.missing {
-            batch.expect.push(Expect { key: *k, value: None });
+            batch.expect.push(Expect {
+                key: *k,
+                value: None,
+            });
             batch.ops.push(Op::PutEntry(*k, r.seal(kr, &self.id, k)));
         }
         batch
@@ -479,7 +509,10 @@ impl Filesystem {
             }
             let record = new_dir_record(path.name().expect("not the root"), random_id(), now_ms());
             let mut batch = self.base_batch(&kr, &res);
-            batch.expect.push(Expect { key: res.key, value: None });
+            batch.expect.push(Expect {
+                key: res.key,
+                value: None,
+            });
             batch
                 .ops
                 .push(Op::PutEntry(res.key, record.seal(&kr, &self.id, &res.key)));
@@ -516,9 +549,15 @@ impl Filesystem {
             }
             let mut batch = Batch::default();
             for (k, v) in &res.ancestors {
-                batch.expect.push(Expect { key: *k, value: Some(v.clone()) });
+                batch.expect.push(Expect {
+                    key: *k,
+                    value: Some(v.clone()),
+                });
             }
-            batch.expect.push(Expect { key: res.key, value: Some(value.clone()) });
+            batch.expect.push(Expect {
+                key: res.key,
+                value: Some(value.clone()),
+            });
             batch.ops.push(Op::DeleteEntry(res.key));
             if rec.storage == Storage::Inline {
                 batch.ops.push(Op::DeleteInline(rec.id));
@@ -550,7 +589,10 @@ impl Filesystem {
                         self.delete_children(kr, &rec.id).await?;
                     }
                     let mut batch = Batch::default();
-                    batch.expect.push(Expect { key: k, value: Some(v) });
+                    batch.expect.push(Expect {
+                        key: k,
+                        value: Some(v),
+                    });
                     batch.ops.push(Op::DeleteEntry(k));
                     if rec.storage == Storage::Inline {
                         batch.ops.push(Op::DeleteInline(rec.id));
@@ -595,9 +637,15 @@ impl Filesystem {
             moved.modified_ms = now_ms();
             let mut batch = self.base_batch(&kr, &dst);
             for (k, v) in &src.ancestors {
-                batch.expect.push(Expect { key: *k, value: Some(v.clone()) });
+                batch.expect.push(Expect {
+                    key: *k,
+                    value: Some(v.clone()),
+                });
             }
-            batch.expect.push(Expect { key: src.key, value: Some(src_val.clone()) });
+            batch.expect.push(Expect {
+                key: src.key,
+                value: Some(src_val.clone()),
+            });
             batch.expect.push(Expect {
                 key: dst.key,
                 value: dst.current.as_ref().map(|(v, _)| v.clone()),
@@ -644,7 +692,11 @@ impl Filesystem {
         let key = rec.data_key(kr, &self.id)?;
         let source = match rec.storage {
             Storage::Inline => {
-                let bytes = self.index.get_inline(&rec.id).await?.ok_or(CoreError::NotFound)?;
+                let bytes = self
+                    .index
+                    .get_inline(&rec.id)
+                    .await?
+                    .ok_or(CoreError::NotFound)?;
                 Source::Inline(bytes)
             }
             Storage::Blob => Source::Blob(self.blobs.open(&rec.id).await?),
@@ -714,7 +766,8 @@ impl Filesystem {
                 let rec = match Record::open(&kr, &self.id, k, v) {
                     Ok(r) => r,
                     Err(e) => {
-                        rep.errors.push(format!("entry {}: record: {e}", hex::encode(k)));
+                        rep.errors
+                            .push(format!("entry {}: record: {e}", hex::encode(k)));
                         continue;
                     }
                 };
@@ -808,7 +861,10 @@ impl Filesystem {
 
     async fn fsck_refs(
         &self,
-    ) -> Result<(std::collections::HashSet<ContentId>, std::collections::HashSet<ContentId>)> {
+    ) -> Result<(
+        std::collections::HashSet<ContentId>,
+        std::collections::HashSet<ContentId>,
+    )> {
         let kr = self.keyring();
         let mut blobs = std::collections::HashSet::new();
         let mut inline = std::collections::HashSet::new();
@@ -859,7 +915,11 @@ fn check_precondition(cond: &Precondition, current: Option<&Record>) -> Result<(
         }
         (Precondition::IfMatch(_), None) => false,
     };
-    if ok { Ok(()) } else { Err(CoreError::Precondition) }
+    if ok {
+        Ok(())
+    } else {
+        Err(CoreError::Precondition)
+    }
 }
 
 /// A file version being written. Memory: at most one segment plus one write chunk.
@@ -908,7 +968,10 @@ impl Upload {
             self.blob = Some(self.fs.blobs.create(&self.content_id).await?);
         }
         if self.blob.is_some() && self.buf.len() >= WRITE_CHUNK {
-            let chunk = std::mem::replace(&mut self.buf, Vec::with_capacity(WRITE_CHUNK + SEGMENT_SIZE + TAG_LEN));
+            let chunk = std::mem::replace(
+                &mut self.buf,
+                Vec::with_capacity(WRITE_CHUNK + SEGMENT_SIZE + TAG_LEN),
+            );
             self.blob.as_mut().expect("checked").write(chunk).await?;
         }
         Ok(())

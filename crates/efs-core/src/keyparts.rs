@@ -258,7 +258,8 @@ fn part_key(
         KeyPartSpec::Passphrase => {
             let params = argon2::Params::new(argon.m_kib, argon.t, argon.p, Some(32))
                 .map_err(|e| KeyError::Corrupt(format!("bad Argon2id parameters: {e}")))?;
-            let a = argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
+            let a =
+                argon2::Argon2::new(argon2::Algorithm::Argon2id, argon2::Version::V0x13, params);
             let mut out = Zeroizing::new([0u8; 32]);
             a.hash_password_into(&material.0, salt, out.as_mut())
                 .map_err(|e| KeyError::Corrupt(format!("Argon2id failed: {e}")))?;
@@ -449,12 +450,18 @@ mod tests {
 
     #[test]
     fn spec_parsing() {
-        assert_eq!(KeyPartSpec::parse("env:X").unwrap(), KeyPartSpec::Env("X".into()));
+        assert_eq!(
+            KeyPartSpec::parse("env:X").unwrap(),
+            KeyPartSpec::Env("X".into())
+        );
         assert_eq!(
             KeyPartSpec::parse("file:/a/b").unwrap(),
             KeyPartSpec::File("/a/b".into())
         );
-        assert_eq!(KeyPartSpec::parse("passphrase").unwrap(), KeyPartSpec::Passphrase);
+        assert_eq!(
+            KeyPartSpec::parse("passphrase").unwrap(),
+            KeyPartSpec::Passphrase
+        );
         for bad in ["", "env:", "file:", "pass", "usb:/x"] {
             assert!(KeyPartSpec::parse(bad).is_err(), "{bad}");
         }
@@ -515,7 +522,8 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let p = d.path().join("k.keypart");
         generate_part_file(&p).unwrap();
-        let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&p).unwrap().permissions());
+        let mode =
+            std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&p).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600);
         let (_, rec) = create(&[KeyPartSpec::File(p.clone())], Some(&p), FAST, &no_prompt).unwrap();
         assert!(open(&rec, &[], &no_prompt).is_ok());

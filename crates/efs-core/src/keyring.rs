@@ -100,7 +100,12 @@ impl Keyring {
 
     /// Adds a term and makes it current; returns its number.
     pub fn add_term(&mut self) -> u32 {
-        let n = *self.terms.keys().next_back().expect("a keyring has at least one term") + 1;
+        let n = *self
+            .terms
+            .keys()
+            .next_back()
+            .expect("a keyring has at least one term")
+            + 1;
         let k = Key32::random();
         self.terms.insert(n, Term::new(n, &k));
         self.raw.insert(n, k);
@@ -110,7 +115,9 @@ impl Keyring {
 
     /// The term new writes use.
     pub fn current(&self) -> &Term {
-        self.terms.get(&self.current).expect("current term is always present: set together")
+        self.terms
+            .get(&self.current)
+            .expect("current term is always present: set together")
     }
 
     /// The current term's number.
@@ -120,7 +127,9 @@ impl Keyring {
 
     /// A term by number.
     pub fn term(&self, n: u32) -> Result<&Term> {
-        self.terms.get(&n).ok_or(CoreError::Corrupt("unknown key term"))
+        self.terms
+            .get(&n)
+            .ok_or(CoreError::Corrupt("unknown key term"))
     }
 
     /// The key of the name tags.
@@ -138,7 +147,9 @@ impl Keyring {
             tag_term: self.tag_term,
             terms: self.raw.iter().map(|(n, k)| (*n, *k.as_bytes())).collect(),
         };
-        let plain = Zeroizing::new(postcard::to_allocvec(&stored).expect("serialising to a Vec cannot fail"));
+        let plain = Zeroizing::new(
+            postcard::to_allocvec(&stored).expect("serialising to a Vec cannot fail"),
+        );
         wrap::seal(&starter.derive(labels::KEYRING_WRAP), &aad(fs_id), &plain)
     }
 
@@ -169,7 +180,12 @@ impl Keyring {
 
 impl fmt::Debug for Keyring {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "Keyring(current term {}, {} terms)", self.current, self.terms.len())
+        write!(
+            f,
+            "Keyring(current term {}, {} terms)",
+            self.current,
+            self.terms.len()
+        )
     }
 }
 

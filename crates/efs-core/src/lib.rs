@@ -5,7 +5,8 @@
 //! - [`keyparts`]: the starter key, built from key parts kept in different places.
 //! - [`keyring`]: each filesystem's numbered key terms and their subkeys.
 //! - [`record`]: sealed index records (names, sizes, wrapped data keys).
-//! - [`index`] / [`redb_index`]: the index trait and its embedded redb implementation.
+//! - [`index`] / [`redb_index`]: the index trait and its embedded redb implementation;
+//!   [`mem_index`]: an in-memory one, the reference model for the conformance tests.
 //! - [`blob`]: the blob store trait and its sharded local-directory implementation.
 //! - [`fs`]: a filesystem's operations (stat, list, write, read, move, delete, fsck, gc).
 //! - [`system`] / [`datadir`]: users, filesystems and secrets; the data dir's layout.
@@ -23,6 +24,7 @@ pub mod index;
 pub mod keyparts;
 pub mod keyring;
 pub mod labels;
+pub mod mem_index;
 pub mod path;
 pub mod record;
 pub mod redb_index;

@@ -274,7 +274,10 @@ mod tests {
         let ok = format!("/{}", "a".repeat(255));
         assert!(EfsPath::parse(&ok).is_ok());
         let long = format!("/{}", "a".repeat(256));
-        assert_eq!(EfsPath::parse(&long).unwrap_err(), PathError::SegmentTooLong);
+        assert_eq!(
+            EfsPath::parse(&long).unwrap_err(),
+            PathError::SegmentTooLong
+        );
         let seg = "b".repeat(200);
         let path: String = (0..21).map(|_| format!("/{seg}")).collect();
         assert!(path.len() > MAX_PATH);

@@ -102,7 +102,11 @@ impl Record {
     /// Unwraps the file's data key.
     pub fn data_key(&self, keyring: &Keyring, fs_id: &[u8; 16]) -> Result<Key32> {
         let term = keyring.term(self.key_term)?;
-        let k = wrap::open(term.data_key_wrap(), &data_key_aad(fs_id, &self.id), &self.wrapped_key)?;
+        let k = wrap::open(
+            term.data_key_wrap(),
+            &data_key_aad(fs_id, &self.id),
+            &self.wrapped_key,
+        )?;
         let arr: [u8; 32] = k.as_slice().try_into().map_err(|_| CoreError::Decrypt)?;
         Ok(Key32::from_bytes(arr))
     }

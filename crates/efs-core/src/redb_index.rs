@@ -29,6 +29,21 @@ type Reply = oneshot::Sender<Result<bool>>;
 pub struct RedbIndex {
     db: Arc<Database>,
     tx: mpsc::Sender<(Batch, Reply)>,
+    /// Joined on drop: the committer holds the database open until it has stopped.
+    committer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for RedbIndex {
+    /// Closes the queue and waits for the committer (after it has answered every queued
+    /// batch), so that the file is closed when the index is dropped and can be opened again
+    /// at once: redb refuses a second open while the committer still holds the database.
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel();
+        drop(std::mem::replace(&mut self.tx, closed));
+        if let Some(h) = self.committer.take() {
+            let _ = h.join();
+        }
+    }
 }
 
 fn ix<E: std::fmt::Display>(e: E) -> CoreError {
@@ -56,11 +71,15 @@ impl RedbIndex {
         let db = Arc::new(db);
         let (tx, rx) = mpsc::channel::<(Batch, Reply)>();
         let db2 = db.clone();
-        std::thread::Builder::new()
+        let committer = std::thread::Builder::new()
             .name("efs-index-commit".into())
             .spawn(move || committer(db2, rx))
             .map_err(CoreError::Io)?;
-        Ok(Self { db, tx })
+        Ok(Self {
+            db,
+            tx,
+            committer: Some(committer),
+        })
     }
 }
 
@@ -144,7 +163,9 @@ impl Index for RedbIndex {
     async fn get_entry(&self, key: &EntryKey) -> Result<Option<Vec<u8>>> {
         let r = self.db.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
-        Ok(t.get(key.as_slice()).map_err(ix)?.map(|v| v.value().to_vec()))
+        Ok(t.get(key.as_slice())
+            .map_err(ix)?
+            .map(|v| v.value().to_vec()))
     }
 
     async fn list_dir(
@@ -153,6 +174,9 @@ impl Index for RedbIndex {
         after: Option<&EntryKey>,
         limit: usize,
     ) -> Result<Vec<(EntryKey, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let r = self.db.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
         let mut lo = [0u8; 32];
@@ -160,7 +184,9 @@ impl Index for RedbIndex {
         let mut hi = [0xffu8; 32];
         hi[..16].copy_from_slice(dir);
         let mut out = Vec::new();
-        let range = t.range::<&[u8]>(lo.as_slice()..=hi.as_slice()).map_err(ix)?;
+        let range = t
+            .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+            .map_err(ix)?;
         for item in range {
             let (k, v) = item.map_err(ix)?;
             let key: EntryKey = k
@@ -183,7 +209,9 @@ impl Index for RedbIndex {
     async fn get_inline(&self, id: &ContentId) -> Result<Option<Vec<u8>>> {
         let r = self.db.begin_read().map_err(ix)?;
         let t = r.open_table(INLINE).map_err(ix)?;
-        Ok(t.get(id.as_slice()).map_err(ix)?.map(|v| v.value().to_vec()))
+        Ok(t.get(id.as_slice())
+            .map_err(ix)?
+            .map(|v| v.value().to_vec()))
     }
 
     async fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
@@ -206,6 +234,9 @@ impl Index for RedbIndex {
         after: Option<&EntryKey>,
         limit: usize,
     ) -> Result<Vec<(EntryKey, Vec<u8>)>> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
         let r = self.db.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
         let mut out = Vec::new();

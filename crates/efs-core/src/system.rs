@@ -107,9 +107,16 @@ impl SystemDb {
         [labels::AAD_SYSTEM_RECORD, table.as_bytes(), &[0], key].concat()
     }
 
-    fn put<T: Serialize>(&self, def: TableDefinition<&[u8], &[u8]>, table: &str, name: &str, v: &T) -> Result<()> {
+    fn put<T: Serialize>(
+        &self,
+        def: TableDefinition<&[u8], &[u8]>,
+        table: &str,
+        name: &str,
+        v: &T,
+    ) -> Result<()> {
         let key = self.name_tag(table, name);
-        let plain = Zeroizing::new(postcard::to_allocvec(v).expect("serialising to a Vec cannot fail"));
+        let plain =
+            Zeroizing::new(postcard::to_allocvec(v).expect("serialising to a Vec cannot fail"));
         let sealed = wrap::seal(&self.record, &Self::aad(table, &key), &plain);
         let w = self.db.begin_write().map_err(ix)?;
         {
@@ -119,7 +126,12 @@ impl SystemDb {
         w.commit().map_err(ix)
     }
 
-    fn get<T: for<'de> Deserialize<'de>>(&self, def: TableDefinition<&[u8], &[u8]>, table: &str, name: &str) -> Result<Option<T>> {
+    fn get<T: for<'de> Deserialize<'de>>(
+        &self,
+        def: TableDefinition<&[u8], &[u8]>,
+        table: &str,
+        name: &str,
+    ) -> Result<Option<T>> {
         let key = self.name_tag(table, name);
         let r = self.db.begin_read().map_err(ix)?;
         let t = r.open_table(def).map_err(ix)?;
@@ -127,7 +139,9 @@ impl SystemDb {
             return Ok(None);
         };
         let plain = wrap::open(&self.record, &Self::aad(table, &key), v.value())?;
-        Ok(Some(postcard::from_bytes(&plain).map_err(|_| CoreError::Corrupt("system record"))?))
+        Ok(Some(
+            postcard::from_bytes(&plain).map_err(|_| CoreError::Corrupt("system record"))?,
+        ))
     }
 
     fn remove(&self, def: TableDefinition<&[u8], &[u8]>, table: &str, name: &str) -> Result<bool> {
@@ -141,14 +155,20 @@ impl SystemDb {
         Ok(existed)
     }
 
-    fn all<T: for<'de> Deserialize<'de>>(&self, def: TableDefinition<&[u8], &[u8]>, table: &str) -> Result<Vec<T>> {
+    fn all<T: for<'de> Deserialize<'de>>(
+        &self,
+        def: TableDefinition<&[u8], &[u8]>,
+        table: &str,
+    ) -> Result<Vec<T>> {
         let r = self.db.begin_read().map_err(ix)?;
         let t = r.open_table(def).map_err(ix)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(ix)? {
             let (k, v) = item.map_err(ix)?;
             let plain = wrap::open(&self.record, &Self::aad(table, k.value()), v.value())?;
-            out.push(postcard::from_bytes(&plain).map_err(|_| CoreError::Corrupt("system record"))?);
+            out.push(
+                postcard::from_bytes(&plain).map_err(|_| CoreError::Corrupt("system record"))?,
+            );
         }
         Ok(out)
     }

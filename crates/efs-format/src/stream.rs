@@ -89,10 +89,7 @@ pub fn checked_encrypted_len(plain_len: u64) -> Option<u64> {
 /// [`FormatError::Length`] if no plaintext length gives `enc_len`: shorter than a header and one
 /// tag, a last segment shorter than a tag, or an empty last segment after full ones.
 pub fn plaintext_len(enc_len: u64) -> Result<u64, FormatError> {
-    let body = enc_len
-        .checked_sub(HDR + TAG)
-        .ok_or(FormatError::Length)?
-        + TAG;
+    let body = enc_len.checked_sub(HDR + TAG).ok_or(FormatError::Length)? + TAG;
     let (full, rest) = (body / SEG_CT, body % SEG_CT);
     match rest {
         // Only full segments: the last one is full too.
@@ -539,7 +536,15 @@ mod tests {
         }
         // Impossible lengths: shorter than header + tag, a last segment shorter than a tag,
         // or an empty last segment after full ones.
-        for e in [0, 1, 56, 71, 56 + SEG_CT + 1, 56 + SEG_CT + 15, 56 + SEG_CT + 16] {
+        for e in [
+            0,
+            1,
+            56,
+            71,
+            56 + SEG_CT + 1,
+            56 + SEG_CT + 15,
+            56 + SEG_CT + 16,
+        ] {
             assert_eq!(plaintext_len(e), Err(FormatError::Length), "enc {e}");
         }
         assert_eq!(checked_encrypted_len(u64::MAX), None);
@@ -599,8 +604,13 @@ mod tests {
     #[test]
     fn locations_and_ranges() {
         let ct = encrypt(&pattern(2 * SEGMENT_SIZE + 10), SEGMENT_SIZE);
-        let d = Decryptor::new(&Key32::from_bytes(KEY), &ct[..HEADER_LEN], ct.len() as u64, &ID)
-            .unwrap();
+        let d = Decryptor::new(
+            &Key32::from_bytes(KEY),
+            &ct[..HEADER_LEN],
+            ct.len() as u64,
+            &ID,
+        )
+        .unwrap();
         assert_eq!(d.segment_count(), 3);
         assert_eq!(d.segment_location(0), Ok((56, SEGMENT_CIPHER_LEN)));
         assert_eq!(d.segment_location(1), Ok((56 + SEG_CT, SEGMENT_CIPHER_LEN)));
@@ -622,8 +632,13 @@ mod tests {
     #[test]
     fn wrong_buffer_length_fails_and_clears() {
         let ct = encrypt(b"abc", 3);
-        let d = Decryptor::new(&Key32::from_bytes(KEY), &ct[..HEADER_LEN], ct.len() as u64, &ID)
-            .unwrap();
+        let d = Decryptor::new(
+            &Key32::from_bytes(KEY),
+            &ct[..HEADER_LEN],
+            ct.len() as u64,
+            &ID,
+        )
+        .unwrap();
         let mut buf = ct[HEADER_LEN..ct.len() - 1].to_vec();
         assert_eq!(d.open_segment(0, &mut buf), Err(FormatError::Decrypt));
         assert!(buf.is_empty());
@@ -638,7 +653,13 @@ mod tests {
         let h = Encryptor::new(&Key32::from_bytes(KEY), ID).header();
         let ck = ContentKey::derive(&Key32::from_bytes(KEY), &h);
         let n = |i, last| *ck.nonce(i, last).as_ref();
-        let all = [n(0, false), n(0, true), n(1, false), n(1, true), n(u64::MAX, true)];
+        let all = [
+            n(0, false),
+            n(0, true),
+            n(1, false),
+            n(1, true),
+            n(u64::MAX, true),
+        ];
         for (i, a) in all.iter().enumerate() {
             for b in &all[i + 1..] {
                 assert_ne!(a, b);

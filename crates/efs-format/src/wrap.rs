@@ -145,7 +145,11 @@ mod tests {
         for i in 0..s.len() {
             let mut t = s.clone();
             t[i] ^= 0x01;
-            assert_eq!(open(&k, b"fs-1/file-9", &t), Err(FormatError::Decrypt), "byte {i}");
+            assert_eq!(
+                open(&k, b"fs-1/file-9", &t),
+                Err(FormatError::Decrypt),
+                "byte {i}"
+            );
         }
         for n in 0..s.len() {
             assert_eq!(open(&k, b"fs-1/file-9", &s[..n]), Err(FormatError::Decrypt));
@@ -161,7 +165,13 @@ mod tests {
         let sealer = Sealer::new(&k);
         let s = sealer.seal(b"a", b"record");
         assert_eq!(open(&k, b"a", &s).unwrap().as_slice(), b"record");
-        assert_eq!(sealer.open(b"a", &seal(&k, b"a", b"r2")).unwrap().as_slice(), b"r2");
+        assert_eq!(
+            sealer
+                .open(b"a", &seal(&k, b"a", b"r2"))
+                .unwrap()
+                .as_slice(),
+            b"r2"
+        );
         assert_eq!(format!("{sealer:?}"), "Sealer(<redacted>)");
     }
 }

@@ -260,7 +260,9 @@ impl AuthError {
 #[derive(Debug, thiserror::Error)]
 pub enum KeyParseError {
     /// Neither an OpenSSH `ssh-ed25519 …` line nor a PEM `PUBLIC KEY`.
-    #[error("not an Ed25519 public key: expected an OpenSSH `ssh-ed25519 AAAA…` line or a PEM `-----BEGIN PUBLIC KEY-----` block")]
+    #[error(
+        "not an Ed25519 public key: expected an OpenSSH `ssh-ed25519 AAAA…` line or a PEM `-----BEGIN PUBLIC KEY-----` block"
+    )]
     Unrecognized,
     /// An OpenSSH or PEM key of another algorithm.
     #[error("only Ed25519 keys are accepted (found {0})")]
@@ -515,10 +517,7 @@ impl Authenticator {
         let now = self.clock.now_ms();
         let result = self.check_token(bearer_token, now).and_then(|caller| {
             if caller.claims.ren >= self.config.max_renewals {
-                return Err(Refusal {
-                    reason: "renewals exhausted",
-                    caller: Some(caller),
-                });
+                return Err(Refusal::of("renewals exhausted", &caller.claims));
             }
             let resp = self.issue(
                 &caller.user,
@@ -541,11 +540,10 @@ impl Authenticator {
                 Ok(resp)
             }
             Err(refusal) => {
-                let caller = refusal.caller.as_ref();
                 self.report(AuthEvent {
                     kind: AuthEventKind::RefreshFailed,
-                    user: caller.map(|c| c.user.as_str()),
-                    fs: caller.map(|c| c.fs.as_str()),
+                    user: refusal.user.as_deref(),
+                    fs: refusal.fs.as_deref(),
                     client_ip: Some(client_ip),
                     reason: refusal.reason,
                 });
@@ -560,11 +558,10 @@ impl Authenticator {
     pub fn verify(&self, bearer_token: &str) -> Result<Caller, AuthError> {
         let now = self.clock.now_ms();
         self.check_token(bearer_token, now).map_err(|refusal| {
-            let caller = refusal.caller.as_ref();
             self.report(AuthEvent {
                 kind: AuthEventKind::TokenRejected,
-                user: caller.map(|c| c.user.as_str()),
-                fs: caller.map(|c| c.fs.as_str()),
+                user: refusal.user.as_deref(),
+                fs: refusal.fs.as_deref(),
                 client_ip: None,
                 reason: refusal.reason,
             });
@@ -585,10 +582,9 @@ impl Authenticator {
     }
 
     fn login_checked(&self, req: &TokenRequest, now: u64) -> Result<TokenResponse, LoginFailure> {
-        let nonce: [u8; NONCE_LEN] =
-            decode_fixed(&req.nonce).ok_or(LoginFailure::counted(AuthError::BadRequest(
-                "nonce must be 32 bytes in base64url without padding",
-            )))?;
+        let nonce: [u8; NONCE_LEN] = decode_fixed(&req.nonce).ok_or(LoginFailure::counted(
+            AuthError::BadRequest("nonce must be 32 bytes in base64url without padding"),
+        ))?;
         // A nonce is used up by the first /token request naming it, whatever follows.
         let pending = self
             .lock_challenges()
@@ -600,10 +596,9 @@ impl Authenticator {
         if pending.user != req.user {
             return Err(LoginFailure::unauthorized("nonce issued for another user"));
         }
-        let signature: [u8; 64] =
-            decode_fixed(&req.signature).ok_or(LoginFailure::counted(AuthError::BadRequest(
-                "signature must be 64 bytes in base64url without padding",
-            )))?;
+        let signature: [u8; 64] = decode_fixed(&req.signature).ok_or(LoginFailure::counted(
+            AuthError::BadRequest("signature must be 64 bytes in base64url without padding"),
+        ))?;
         let signature = Signature::from_bytes(&signature);
 
         let user = self.users.lookup(&req.user);
@@ -623,10 +618,14 @@ impl Authenticator {
 
         // The key is proven from here on: the remaining refusals are not counted as failures.
         let grant = match &req.fs {
-            Some(fs) => user.grants.iter().find(|g| &g.fs == fs).ok_or(LoginFailure {
-                error: AuthError::Unauthorized("filesystem not granted"),
-                counts: false,
-            })?,
+            Some(fs) => user
+                .grants
+                .iter()
+                .find(|g| &g.fs == fs)
+                .ok_or(LoginFailure {
+                    error: AuthError::Unauthorized("filesystem not granted"),
+                    counts: false,
+                })?,
             None => match user.grants.as_slice() {
                 [only] => only,
                 [] => {
@@ -661,8 +660,11 @@ impl Authenticator {
             r#gen: generation,
             jti: URL_SAFE_NO_PAD.encode(jti),
         };
-        let token = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding_key)
-            .expect("signing works: checked in Authenticator::new, and the claims always serialize");
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding_key)
+                .expect(
+                    "signing works: checked in Authenticator::new, and the claims always serialize",
+                );
         TokenResponse {
             token,
             expires_in: ttl,
@@ -674,26 +676,20 @@ impl Authenticator {
     /// Everything [`Authenticator::verify`] checks.
     fn check_token(&self, token: &str, now_ms: u64) -> Result<Caller, Refusal> {
         let claims = self.verified_claims(token, now_ms)?;
-        let refuse = |reason, claims: Claims| Refusal {
-            reason,
-            caller: Some(Caller {
-                user: claims.sub.clone(),
-                fs: claims.fs.clone(),
-                read_only: false,
-                claims,
-            }),
-        };
         if now_ms / 1000 >= claims.exp {
-            return Err(refuse("token expired", claims));
+            return Err(Refusal::of("token expired", &claims));
         }
         let Some(user) = self.users.lookup(&claims.sub) else {
-            return Err(refuse("user no longer exists", claims));
+            return Err(Refusal::of("user no longer exists", &claims));
         };
         if user.generation != claims.r#gen {
-            return Err(refuse("token revoked (user generation changed)", claims));
+            return Err(Refusal::of(
+                "token revoked (user generation changed)",
+                &claims,
+            ));
         }
         let Some(grant) = user.grants.iter().find(|g| g.fs == claims.fs) else {
-            return Err(refuse("filesystem no longer granted", claims));
+            return Err(Refusal::of("filesystem no longer granted", &claims));
         };
         Ok(Caller {
             user: claims.sub.clone(),
@@ -867,7 +863,9 @@ fn parse_openssh_line(line: &str) -> Result<VerifyingKey, KeyParseError> {
     }
     let raw = take_ssh_string(&mut rest)?;
     if !rest.is_empty() {
-        return Err(KeyParseError::MalformedOpenSsh("trailing bytes after the key"));
+        return Err(KeyParseError::MalformedOpenSsh(
+            "trailing bytes after the key",
+        ));
     }
     let raw: &[u8; 32] = raw
         .try_into()
@@ -931,17 +929,27 @@ fn duration_ms(d: Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
-/// A refused token, with the claims when the token itself was genuine.
+/// A refused token, naming its user and filesystem when the token itself was genuine.
 struct Refusal {
     reason: &'static str,
-    caller: Option<Caller>,
+    user: Option<String>,
+    fs: Option<String>,
 }
 
 impl Refusal {
     fn anonymous(reason: &'static str) -> Self {
         Self {
             reason,
-            caller: None,
+            user: None,
+            fs: None,
+        }
+    }
+
+    fn of(reason: &'static str, claims: &Claims) -> Self {
+        Self {
+            reason,
+            user: Some(claims.sub.clone()),
+            fs: Some(claims.fs.clone()),
         }
     }
 }
@@ -1123,8 +1131,8 @@ mod tests {
         let app1 = key(1);
         dir.put(user("app1", &app1, &["records"]));
         let clock = Arc::new(AtomicU64::new(T0_MS));
-        let auth = Authenticator::new(&key(100), config, dir.clone())
-            .with_manual_clock(clock.clone());
+        let auth =
+            Authenticator::new(&key(100), config, dir.clone()).with_manual_clock(clock.clone());
         Fixture {
             auth,
             dir,
@@ -1139,10 +1147,7 @@ mod tests {
 
     fn sign(key: &SigningKey, server: &str, user: &str, nonce: &str) -> String {
         use ed25519_dalek::Signer as _;
-        URL_SAFE_NO_PAD.encode(
-            key.sign(&signed_message(server, user, nonce))
-                .to_bytes(),
-        )
+        URL_SAFE_NO_PAD.encode(key.sign(&signed_message(server, user, nonce)).to_bytes())
     }
 
     fn challenge(auth: &Authenticator, user: &str) -> ChallengeResponse {
@@ -1162,7 +1167,12 @@ mod tests {
     }
 
     /// A full, correct login.
-    fn login(auth: &Authenticator, user: &str, key: &SigningKey, fs: Option<&str>) -> Result<TokenResponse, AuthError> {
+    fn login(
+        auth: &Authenticator,
+        user: &str,
+        key: &SigningKey,
+        fs: Option<&str>,
+    ) -> Result<TokenResponse, AuthError> {
         let ch = challenge(auth, user);
         let sig = sign(key, &ch.server, user, &ch.nonce);
         auth.login(&request(user, &ch.nonce, sig, fs), IP)
@@ -1192,7 +1202,10 @@ mod tests {
         assert_eq!(ch.expires_in, 60);
         assert_eq!(URL_SAFE_NO_PAD.decode(&ch.nonce).unwrap().len(), 32);
         let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
-        let resp = f.auth.login(&request("app1", &ch.nonce, sig, None), IP).unwrap();
+        let resp = f
+            .auth
+            .login(&request("app1", &ch.nonce, sig, None), IP)
+            .unwrap();
         assert_eq!(resp.fs, "records");
         assert_eq!(resp.expires_in, 3600);
         assert_eq!(resp.renewals_left, 24);
@@ -1224,7 +1237,10 @@ mod tests {
     #[test]
     fn nonces_are_random() {
         let f = fixture();
-        assert_ne!(challenge(&f.auth, "app1").nonce, challenge(&f.auth, "app1").nonce);
+        assert_ne!(
+            challenge(&f.auth, "app1").nonce,
+            challenge(&f.auth, "app1").nonce
+        );
     }
 
     #[test]
@@ -1234,7 +1250,10 @@ mod tests {
         assert_eq!(ch.server, f.auth.server_id());
         assert_eq!(ch.expires_in, 60);
         let sig = sign(&f.app1, &ch.server, "nobody", &ch.nonce);
-        let err = f.auth.login(&request("nobody", &ch.nonce, sig, None), IP).unwrap_err();
+        let err = f
+            .auth
+            .login(&request("nobody", &ch.nonce, sig, None), IP)
+            .unwrap_err();
         assert_eq!((err.status(), err.code()), (401, "unauthorized"));
         assert_eq!(err.public_message(), "authentication failed");
         assert_eq!(err.to_string(), "unauthorized");
@@ -1271,7 +1290,10 @@ mod tests {
         let f = fixture();
         let ch = challenge(&f.auth, "app1");
         let bad = sign(&key(9), &ch.server, "app1", &ch.nonce);
-        assert_unauthorized(f.auth.login(&request("app1", &ch.nonce, bad, None), IP), "bad key");
+        assert_unauthorized(
+            f.auth.login(&request("app1", &ch.nonce, bad, None), IP),
+            "bad key",
+        );
         let good = sign(&f.app1, &ch.server, "app1", &ch.nonce);
         assert_unauthorized(
             f.auth.login(&request("app1", &ch.nonce, good, None), IP),
@@ -1297,7 +1319,9 @@ mod tests {
         let ch = challenge(&f.auth, "app1");
         let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
         f.advance(Duration::from_millis(1_999));
-        f.auth.login(&request("app1", &ch.nonce, sig, None), IP).unwrap();
+        f.auth
+            .login(&request("app1", &ch.nonce, sig, None), IP)
+            .unwrap();
     }
 
     #[test]
@@ -1324,7 +1348,12 @@ mod tests {
     fn signature_over_another_server_id_is_refused() {
         let f = fixture();
         let ch = challenge(&f.auth, "app1");
-        let sig = sign(&f.app1, "efs-0000000000000000000000000000000", "app1", &ch.nonce);
+        let sig = sign(
+            &f.app1,
+            "efs-0000000000000000000000000000000",
+            "app1",
+            &ch.nonce,
+        );
         assert_unauthorized(
             f.auth.login(&request("app1", &ch.nonce, sig, None), IP),
             "other server id",
@@ -1334,16 +1363,27 @@ mod tests {
     #[test]
     fn malformed_nonce_or_signature_is_bad_request() {
         let f = fixture();
-        let ch = challenge(&f.auth, "app1");
-        let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
-        for (nonce, sig) in [
-            ("short", sig.clone()),
-            (&format!("{}=", ch.nonce) as &str, sig.clone()),
-            (&ch.nonce, format!("{sig}AA")),
-            (&ch.nonce, sig.replace(|_| true, "*")),
-        ] {
-            let err = f.auth.login(&request("app1", nonce, sig, None), IP).unwrap_err();
-            assert_eq!((err.status(), err.code()), (400, "bad_request"));
+        type Mangle = fn(&str, &str) -> (String, String);
+        let cases: [(&str, Mangle); 5] = [
+            ("short nonce", |_, s| ("c2hvcnQ".into(), s.into())),
+            ("padded nonce", |n, s| (format!("{n}="), s.into())),
+            ("standard base64 nonce", |n, s| {
+                (n.replace(|_| true, "+"), s.into())
+            }),
+            ("long signature", |n, s| (n.into(), format!("{s}AA"))),
+            ("signature not base64", |n, s| {
+                (n.into(), s.replace(|_| true, "*"))
+            }),
+        ];
+        for (what, mangle) in cases {
+            let ch = challenge(&f.auth, "app1");
+            let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+            let (nonce, sig) = mangle(&ch.nonce, &sig);
+            let err = f
+                .auth
+                .login(&request("app1", &nonce, sig, None), IP)
+                .unwrap_err();
+            assert_eq!((err.status(), err.code()), (400, "bad_request"), "{what}");
         }
     }
 
@@ -1399,7 +1439,9 @@ mod tests {
     fn tampered_claims_are_refused() {
         let f = fixture();
         f.dir.edit("app1", |u| u.grants.push(grant("billing")));
-        let token = login(&f.auth, "app1", &f.app1, Some("records")).unwrap().token;
+        let token = login(&f.auth, "app1", &f.app1, Some("records"))
+            .unwrap()
+            .token;
         f.auth.verify(&token).unwrap();
         let parts: Vec<&str> = token.split('.').collect();
         for (field, value) in [
@@ -1501,7 +1543,11 @@ mod tests {
             let c = f.auth.verify(&r.token).unwrap().claims;
             assert_eq!(c.ren, i);
             let now_s = f.clock.load(Ordering::SeqCst) / 1000;
-            assert_eq!((c.iat, c.exp), (now_s, now_s + 3600), "a full lifetime again");
+            assert_eq!(
+                (c.iat, c.exp),
+                (now_s, now_s + 3600),
+                "a full lifetime again"
+            );
             token = r.token;
         }
         let err = f.auth.refresh(&token, IP).unwrap_err();
@@ -1541,7 +1587,9 @@ mod tests {
     fn filesystem_no_longer_granted_is_refused_and_read_only_follows_the_grant() {
         let f = fixture();
         f.dir.edit("app1", |u| u.grants.push(grant("billing")));
-        let token = login(&f.auth, "app1", &f.app1, Some("billing")).unwrap().token;
+        let token = login(&f.auth, "app1", &f.app1, Some("billing"))
+            .unwrap()
+            .token;
         assert!(!f.auth.verify(&token).unwrap().read_only);
         f.dir.edit("app1", |u| u.grants[1].read_only = true);
         let caller = f.auth.verify(&token).unwrap();
@@ -1549,7 +1597,10 @@ mod tests {
         assert!(caller.read_only, "the grant in force now applies");
         f.dir.edit("app1", |u| u.grants.truncate(1));
         assert_unauthorized(f.auth.verify(&token), "grant removed");
-        assert_unauthorized(login(&f.auth, "app1", &f.app1, Some("billing")), "login to ungranted fs");
+        assert_unauthorized(
+            login(&f.auth, "app1", &f.app1, Some("billing")),
+            "login to ungranted fs",
+        );
     }
 
     #[test]
@@ -1571,7 +1622,10 @@ mod tests {
         f.dir.put(user("app2", &app2, &["records"]));
         let wrong = key(66);
         for i in 0..10 {
-            assert_unauthorized(login(&f.auth, "app1", &wrong, None), &format!("failure {i}"));
+            assert_unauthorized(
+                login(&f.auth, "app1", &wrong, None),
+                &format!("failure {i}"),
+            );
         }
         // Even the right key is refused now, with a retry-after.
         let err = login(&f.auth, "app1", &f.app1, None).unwrap_err();
@@ -1597,7 +1651,9 @@ mod tests {
         let ch = challenge(&f.auth, "app1");
         let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
         let other_ip = IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1));
-        f.auth.login(&request("app1", &ch.nonce, sig, None), other_ip).unwrap();
+        f.auth
+            .login(&request("app1", &ch.nonce, sig, None), other_ip)
+            .unwrap();
     }
 
     #[test]
@@ -1615,7 +1671,10 @@ mod tests {
         }
         assert_unauthorized(login(&auth, "app1", &key(5), None), "1st failure");
         assert_unauthorized(login(&auth, "app1", &key(5), None), "2nd failure");
-        assert_eq!(login(&auth, "app1", &f.app1, None).unwrap_err().code(), "rate_limited");
+        assert_eq!(
+            login(&auth, "app1", &f.app1, None).unwrap_err().code(),
+            "rate_limited"
+        );
     }
 
     #[test]
@@ -1646,7 +1705,10 @@ mod tests {
         }
         // The oldest challenge was evicted; the newest still works.
         let sig = sign(&f.app1, &first.server, "app1", &first.nonce);
-        assert_unauthorized(auth.login(&request("app1", &first.nonce, sig, None), IP), "evicted");
+        assert_unauthorized(
+            auth.login(&request("app1", &first.nonce, sig, None), IP),
+            "evicted",
+        );
         login(&auth, "app1", &f.app1, None).unwrap();
         // Expired ones are dropped on the next challenge.
         f.advance(Duration::from_secs(61));
@@ -1725,7 +1787,10 @@ mod tests {
         let line = format!("{} me@host", openssh_public_key(&vk));
         assert!(line.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAI"));
         assert_eq!(parse_public_key(&line).unwrap(), vk);
-        assert_eq!(parse_public_key(&format!("  {}\n", openssh_public_key(&vk))).unwrap(), vk);
+        assert_eq!(
+            parse_public_key(&format!("  {}\n", openssh_public_key(&vk))).unwrap(),
+            vk
+        );
         let pem = vk.to_public_key_pem(LineEnding::LF).unwrap();
         assert_eq!(parse_public_key(&pem).unwrap(), vk);
         assert_eq!(parse_public_key(&pem.replace('\n', "\r\n")).unwrap(), vk);
@@ -1767,20 +1832,32 @@ mod tests {
         ));
     }
 
+    /// RFC 8032 test 1's public key; line and fingerprint as OpenSSH writes them.
+    const RFC8032_TEST1_LINE: &str = "ssh-ed25519 \
+        AAAAC3NzaC1lZDI1NTE5AAAAINdamAGCsQq31Uv+08lkBzoO4XLz2qYjJa8CGmj3B1Ea rfc8032-test1";
+    const RFC8032_TEST1_FINGERPRINT: &str = "SHA256:bbXpuKG6zhzdmnxq256TlqzFBzRl2f6OOg722cYNbU8";
+
     #[test]
-    fn fingerprint_matches_openssh_format() {
-        // ssh-keygen -lf prints this for the key whose seed is [42; 32] (checked against the
-        // OpenSSH tool in `openssl_and_ssh_keygen_interoperate`); here: shape and stability.
-        let vk = key(42).verifying_key();
-        let fp = fingerprint_sha256(&vk);
-        assert!(fp.starts_with("SHA256:") && fp.len() == 7 + 43 && !fp.ends_with('='));
-        assert_eq!(fp, fingerprint_sha256(&vk));
-        assert_ne!(fp, fingerprint_sha256(&key(43).verifying_key()));
+    fn fingerprint_test_vector() {
+        let vk = parse_public_key(RFC8032_TEST1_LINE).unwrap();
+        assert_eq!(
+            hex::encode(vk.as_bytes()),
+            "d75a980182b10ab7d54bfed3c964073a0ee172f3daa62325af021a68f707511a"
+        );
+        assert_eq!(fingerprint_sha256(&vk), RFC8032_TEST1_FINGERPRINT);
+        assert_ne!(
+            fingerprint_sha256(&key(43).verifying_key()),
+            RFC8032_TEST1_FINGERPRINT
+        );
     }
 
     /// Runs a command; `None` if the program is not installed.
     fn run(program: &str, args: &[&str], dir: &std::path::Path) -> Option<std::process::Output> {
-        match std::process::Command::new(program).args(args).current_dir(dir).output() {
+        match std::process::Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .output()
+        {
             Ok(out) => {
                 assert!(
                     out.status.success(),
@@ -1795,12 +1872,18 @@ mod tests {
     }
 
     /// The documented curl + openssl client: a key made and a message signed by OpenSSL 3
-    /// log in; ssh-keygen agrees on the OpenSSH form and fingerprint.
+    /// log in.
     #[test]
-    fn openssl_and_ssh_keygen_interoperate() {
+    fn openssl_signature_logs_in() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path();
-        if run("openssl", &["genpkey", "-algorithm", "ed25519", "-out", "key.pem"], dir).is_none() {
+        if run(
+            "openssl",
+            &["genpkey", "-algorithm", "ed25519", "-out", "key.pem"],
+            dir,
+        )
+        .is_none()
+        {
             eprintln!("openssl not installed: skipping");
             return;
         }
@@ -1816,10 +1899,17 @@ mod tests {
             generation: 1,
         });
         let ch = challenge(&f.auth, "ossl");
-        std::fs::write(dir.join("msg.bin"), signed_message(&ch.server, "ossl", &ch.nonce)).unwrap();
+        std::fs::write(
+            dir.join("msg.bin"),
+            signed_message(&ch.server, "ossl", &ch.nonce),
+        )
+        .unwrap();
         run(
             "openssl",
-            &["pkeyutl", "-sign", "-inkey", "key.pem", "-rawin", "-in", "msg.bin", "-out", "sig.bin"],
+            &[
+                "pkeyutl", "-sign", "-inkey", "key.pem", "-rawin", "-in", "msg.bin", "-out",
+                "sig.bin",
+            ],
             dir,
         )
         .unwrap();
@@ -1833,21 +1923,36 @@ mod tests {
         .unwrap();
         let resp = f
             .auth
-            .login(&request("ossl", &ch.nonce, URL_SAFE_NO_PAD.encode(&sig), None), IP)
+            .login(
+                &request("ossl", &ch.nonce, URL_SAFE_NO_PAD.encode(&sig), None),
+                IP,
+            )
             .unwrap();
         assert_eq!(f.auth.verify(&resp.token).unwrap().user, "ossl");
+    }
 
-        std::fs::write(dir.join("pub.pem"), &pem).unwrap();
-        let Some(conv) = run("ssh-keygen", &["-i", "-m", "PKCS8", "-f", "pub.pem"], dir) else {
-            eprintln!("ssh-keygen not installed: skipping the OpenSSH part");
+    /// ssh-keygen agrees with `parse_public_key`, `openssh_public_key` and
+    /// `fingerprint_sha256` on a key it made.
+    #[test]
+    fn ssh_keygen_keys_and_fingerprints_agree() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path();
+        let args = [
+            "-q", "-t", "ed25519", "-N", "", "-C", "test@efs", "-f", "id",
+        ];
+        if run("ssh-keygen", &args, dir).is_none() {
+            eprintln!("ssh-keygen not installed: skipping");
             return;
-        };
-        let line = String::from_utf8(conv.stdout).unwrap();
-        assert_eq!(parse_public_key(&line).unwrap(), vk);
-        assert_eq!(line.trim(), openssh_public_key(&vk));
-        std::fs::write(dir.join("id.pub"), format!("{} test@efs\n", line.trim())).unwrap();
+        }
+        let line = std::fs::read_to_string(dir.join("id.pub")).unwrap();
+        let vk = parse_public_key(&line).unwrap();
+        assert_eq!(format!("{} test@efs\n", openssh_public_key(&vk)), line);
         let lf = run("ssh-keygen", &["-l", "-E", "sha256", "-f", "id.pub"], dir).unwrap();
         let lf = String::from_utf8(lf.stdout).unwrap();
-        assert_eq!(lf.split_whitespace().nth(1), Some(fingerprint_sha256(&vk).as_str()), "{lf}");
+        assert_eq!(
+            lf.split_whitespace().nth(1),
+            Some(fingerprint_sha256(&vk).as_str()),
+            "{lf}"
+        );
     }
 }

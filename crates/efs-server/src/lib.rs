@@ -1,3 +1,31 @@
-//! placeholder
+//! efs-server: the HTTPS face of EFS.
+//!
+//! - [`server`]: start-up, TLS accept loop, graceful shutdown.
+//! - [`app`]: the routes (control under `/_efs/`, files everywhere else).
+//! - [`auth`] / [`ratelimit`]: the Ed25519 challenge → signature → JWT login.
+//! - [`cache`]: the decrypted-content cache.
+//! - [`tls`]: certificates (given, or generated and sealed), mutual TLS.
+//! - [`admin_socket`]: `efsctl` while the server runs.
+//! - [`users`]: the in-memory user directory.
+//! - [`error`]: `ApiError`, the one mapping from failures to HTTP.
+
+#![warn(missing_docs)]
+
+pub mod admin_socket;
+pub mod app;
 pub mod auth;
+pub mod cache;
+pub mod error;
 pub mod ratelimit;
+pub mod server;
+pub mod tls;
+pub mod users;
+
+/// The OpenAPI document served at `/_efs/openapi.json`.
+pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
+
+/// Installs aws-lc-rs as the process-wide rustls provider (call first in every binary and
+/// test): with two providers in the tree rustls would otherwise panic at run time.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+}

@@ -1,1 +1,122 @@
-fn main() {}
+//! `efs-server`: serves an EFS data dir over HTTPS.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use efs_core::KeyPartSpec;
+use efs_server::app::HttpConfig;
+use efs_server::cache::CacheConfig;
+use efs_server::server::{ServerConfig, run};
+
+/// EFS encrypted file store: HTTPS server.
+///
+/// On a new (missing or empty) data dir, the first start initialises it with the key parts
+/// given; with none, it generates a key-part file beside the data dir and says where.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "Examples:
+  efs-server --data ./efs-data                        # quick start: generates ./efs-data.keypart
+  efs-server --data /srv/efs --listen 0.0.0.0:8443 \\
+      --key-part env:EFS_KEY_PART --key-part file:/run/secrets/efs_part2
+  EFS_PASSPHRASE=… efs-server --data /srv/efs --key-part passphrase
+
+Key parts (all required, in the same order at every start):
+  env:NAME     the value of environment variable NAME (at least 16 bytes)
+  file:PATH    the contents of a file, e.g. a Docker secret (at least 16 bytes)
+  passphrase   typed at a prompt, or taken from EFS_PASSPHRASE; stretched with Argon2id"
+)]
+struct Args {
+    /// Data directory.
+    #[arg(long, env = "EFS_DATA", default_value = "./efs-data")]
+    data: PathBuf,
+    /// Address and port to listen on (port 0 picks a free port).
+    #[arg(long, env = "EFS_LISTEN", default_value = "127.0.0.1:8443")]
+    listen: SocketAddr,
+    /// A key part: env:NAME, file:PATH or passphrase. Repeat for several.
+    #[arg(long = "key-part", value_name = "SPEC", value_parser = parse_part)]
+    key_parts: Vec<KeyPartSpec>,
+    /// TLS certificate chain (PEM). Without it a self-signed one is generated once.
+    #[arg(long, requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require client certificates signed by this CA (PEM); bind them to users with
+    /// `efsctl bind-cert`.
+    #[arg(long)]
+    client_ca: Option<PathBuf>,
+    /// Largest file accepted, in bytes (larger: 413).
+    #[arg(long, default_value_t = 16 << 30)]
+    max_body_size: u64,
+    /// Decrypted cache size in bytes (0 turns it off).
+    #[arg(long, default_value_t = 256 << 20)]
+    cache_size: u64,
+    /// Largest file kept in the cache, in bytes.
+    #[arg(long, default_value_t = 8 << 20)]
+    cache_max_file: u64,
+    /// Files up to this size are stored inline in the index (one transaction, no blob).
+    #[arg(long, default_value_t = 128 * 1024)]
+    inline_max: usize,
+    /// Token lifetime in seconds.
+    #[arg(long, default_value_t = 3600)]
+    token_ttl: u64,
+    /// Challenge nonce lifetime in seconds.
+    #[arg(long, default_value_t = 60)]
+    nonce_ttl: u64,
+    /// Refreshes allowed per login.
+    #[arg(long, default_value_t = 24)]
+    max_renewals: u32,
+    /// Write request paths to the log (they are personal data; off by default).
+    #[arg(long)]
+    log_paths: bool,
+}
+
+fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
+    KeyPartSpec::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> std::process::ExitCode {
+    efs_server::install_crypto_provider();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EFS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let a = Args::parse();
+    let cfg = ServerConfig {
+        data: a.data,
+        listen: a.listen,
+        key_parts: a.key_parts,
+        tls: a.tls_cert.zip(a.tls_key),
+        client_ca: a.client_ca,
+        http: HttpConfig {
+            max_body: a.max_body_size,
+            log_paths: a.log_paths,
+        },
+        cache: CacheConfig {
+            capacity: a.cache_size,
+            max_file: a.cache_max_file,
+        },
+        inline_max: a.inline_max,
+        token_ttl: Duration::from_secs(a.token_ttl.max(1)),
+        nonce_ttl: Duration::from_secs(a.nonce_ttl.max(1)),
+        max_renewals: a.max_renewals,
+        shutdown_timeout: Duration::from_secs(30),
+    };
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime builds");
+    match rt.block_on(run(cfg)) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("efs-server: error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}

@@ -231,7 +231,11 @@ mod tests {
         let l = FailureLimiter::new(3, MIN, 100);
         let k = "alice".to_owned();
         for i in 0..3 {
-            assert_eq!(l.check(&k, 1_000 + i), Ok(()), "failure {i} must not block yet");
+            assert_eq!(
+                l.check(&k, 1_000 + i),
+                Ok(()),
+                "failure {i} must not block yet"
+            );
             l.record_failure(&k, 1_000 + i);
         }
         assert_eq!(l.check(&k, 1_010), Err(RetryAfter(60)));

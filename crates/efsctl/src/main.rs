@@ -1,1 +1,371 @@
-fn main() {}
+//! `efsctl`: administers an EFS data dir — through the running server's admin socket, or
+//! directly on the data dir when no server runs.
+//!
+//! Exit codes: 0 success; 1 error; 2 bad usage; 3 `fsck` found problems.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use clap::{Parser, Subcommand};
+use efs_core::admin::{AdminRequest, AdminResponse};
+use efs_core::system::GrantRecord;
+use efs_core::{DataDir, KeyPartSpec, OpenOptions};
+
+/// EFS admin tool.
+///
+/// While efs-server runs, commands go through its admin socket (DATA/system/admin.sock)
+/// and take effect at once (a new user can log in immediately). When no server runs,
+/// efsctl opens the data dir itself and needs the same --key-part options as the server.
+#[derive(Parser, Debug)]
+#[command(
+    version,
+    after_help = "Examples:
+  efsctl --data ./efs-data create-fs user-data
+  efsctl --data ./efs-data create-user app1 --fs user-data                 # generates a key pair
+  efsctl --data ./efs-data create-user alice --fs user-data --pubkey ~/.ssh/id_ed25519.pub
+  efsctl --data ./efs-data grant alice --fs archive --read-only
+  efsctl --data ./efs-data fsck --fs user-data
+
+Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck found problems."
+)]
+struct Args {
+    /// Data directory.
+    #[arg(long, env = "EFS_DATA", default_value = "./efs-data")]
+    data: PathBuf,
+    /// Key parts, as for efs-server (only needed when no server runs).
+    #[arg(long = "key-part", value_name = "SPEC", value_parser = parse_part)]
+    key_parts: Vec<KeyPartSpec>,
+    /// Print JSON instead of text.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Create a filesystem.
+    CreateFs {
+        /// Name (letters, digits, '.', '_', '-').
+        name: String,
+    },
+    /// List filesystems.
+    ListFs,
+    /// Create a user. Without --pubkey, generates an Ed25519 key pair and writes the
+    /// private key to files it names.
+    CreateUser {
+        /// Login name.
+        name: String,
+        /// Filesystem to grant (repeatable).
+        #[arg(long = "fs", required = true)]
+        fs: Vec<String>,
+        /// Public key file: an OpenSSH `ssh-ed25519` line or a PEM public key; `-` for stdin.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// Grant read-only access.
+        #[arg(long)]
+        read_only: bool,
+        /// Where to write a generated private key (default ./NAME_ed25519; a PKCS#8 PEM
+        /// copy for openssl goes to the same path + .pem).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Grant a user access to a filesystem (or change it). Revokes the user's tokens.
+    Grant {
+        /// User.
+        user: String,
+        /// Filesystem.
+        #[arg(long)]
+        fs: String,
+        /// Read-only.
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Revoke a user's access to a filesystem; without --fs, revoke every token of the user.
+    Revoke {
+        /// User.
+        user: String,
+        /// Filesystem.
+        #[arg(long)]
+        fs: Option<String>,
+    },
+    /// Delete a user (its tokens stop working at once).
+    DeleteUser {
+        /// User.
+        name: String,
+    },
+    /// List users and their grants.
+    ListUsers,
+    /// Bind a client certificate to a user (with efs-server --client-ca).
+    BindCert {
+        /// User.
+        user: String,
+        /// The client certificate (PEM).
+        #[arg(long, conflicts_with_all = ["sha256", "unbind"])]
+        cert: Option<PathBuf>,
+        /// Its SHA-256 fingerprint (hex, colons optional).
+        #[arg(long, conflicts_with = "unbind")]
+        sha256: Option<String>,
+        /// Remove the binding.
+        #[arg(long)]
+        unbind: bool,
+    },
+    /// Check a filesystem: every record and every byte of content decrypts; index and
+    /// blobs agree; orphans are listed.
+    Fsck {
+        /// Filesystem.
+        #[arg(long)]
+        fs: String,
+    },
+    /// Remove orphan blobs and inline contents (left by crashes).
+    Gc {
+        /// Filesystem.
+        #[arg(long)]
+        fs: String,
+        /// Keep orphan blobs younger than this many seconds (uploads in flight).
+        #[arg(long, default_value_t = 3600)]
+        grace: u64,
+    },
+    /// Empty the running server's decrypted cache.
+    CacheClear,
+}
+
+fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
+    KeyPartSpec::parse(s).map_err(|e| e.to_string())
+}
+
+fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    match run(args) {
+        Ok(code) => std::process::ExitCode::from(code),
+        Err(e) => {
+            eprintln!("efsctl: error: {e:#}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
+fn run(args: Args) -> anyhow::Result<u8> {
+    let json = args.json;
+    let req = match args.cmd {
+        Cmd::CreateFs { name } => AdminRequest::CreateFs { name },
+        Cmd::ListFs => AdminRequest::ListFs,
+        Cmd::CreateUser {
+            name,
+            fs,
+            pubkey,
+            read_only,
+            out,
+        } => {
+            let key = match pubkey {
+                Some(p) => read_public_key(&p)?,
+                None => generate_key_pair(&name, out)?,
+            };
+            println!(
+                "Public key SHA-256 fingerprint: {}",
+                efs_server::auth::fingerprint_sha256(&key)
+            );
+            AdminRequest::CreateUser {
+                name,
+                public_key: base64::engine::general_purpose::STANDARD.encode(key.as_bytes()),
+                grants: fs
+                    .into_iter()
+                    .map(|fs| GrantRecord { fs, read_only })
+                    .collect(),
+            }
+        }
+        Cmd::Grant {
+            user,
+            fs,
+            read_only,
+        } => AdminRequest::Grant {
+            user,
+            fs,
+            read_only,
+        },
+        Cmd::Revoke { user, fs } => AdminRequest::Revoke { user, fs },
+        Cmd::DeleteUser { name } => AdminRequest::DeleteUser { name },
+        Cmd::ListUsers => AdminRequest::ListUsers,
+        Cmd::BindCert {
+            user,
+            cert,
+            sha256,
+            unbind,
+        } => {
+            let sha256 = match (cert, sha256, unbind) {
+                (Some(c), _, _) => Some(cert_sha256(&c)?),
+                (None, Some(h), _) => Some(h),
+                (None, None, true) => None,
+                (None, None, false) => bail!("give --cert FILE, --sha256 HEX or --unbind"),
+            };
+            AdminRequest::BindCert { user, sha256 }
+        }
+        Cmd::Fsck { fs } => AdminRequest::Fsck { fs },
+        Cmd::Gc { fs, grace } => AdminRequest::Gc {
+            fs,
+            grace_secs: grace,
+        },
+        Cmd::CacheClear => AdminRequest::CacheClear,
+    };
+    let resp = send(&args.data, &args.key_parts, req)?;
+    if !resp.ok {
+        bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+    } else {
+        for l in &resp.lines {
+            println!("{l}");
+        }
+    }
+    Ok(if resp.clean == Some(false) { 3 } else { 0 })
+}
+
+/// Sends a request to the running server, or runs it on the data dir.
+fn send(data: &Path, parts: &[KeyPartSpec], req: AdminRequest) -> anyhow::Result<AdminResponse> {
+    let sock = efs_core::datadir::admin_socket_path(data);
+    match UnixStream::connect(&sock) {
+        Ok(mut s) => {
+            let mut line = serde_json::to_vec(&req)?;
+            line.push(b'\n');
+            s.write_all(&line).context("writing to the admin socket")?;
+            let mut r = BufReader::new(s);
+            let mut out = String::new();
+            r.read_line(&mut out)
+                .context("reading from the admin socket")?;
+            if out.is_empty() {
+                bail!("the server closed the admin socket without answering");
+            }
+            Ok(serde_json::from_str(&out).context("the server's answer is not valid JSON")?)
+        }
+        Err(_) => {
+            if !data.join("system").join("keyparts.json").exists() {
+                bail!(
+                    "{} is not an EFS data dir (start efs-server --data {} once to create it)",
+                    data.display(),
+                    data.display()
+                );
+            }
+            let (dd, _) = DataDir::open(data, parts, OpenOptions::default(), &|p: &str| prompt(p))
+                .with_context(|| format!("cannot open the data dir {}", data.display()))?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            Ok(rt.block_on(efs_core::admin::execute(&dd, req)))
+        }
+    }
+}
+
+fn prompt(p: &str) -> std::io::Result<String> {
+    eprint!("{p}");
+    let mut s = String::new();
+    std::io::stdin().read_line(&mut s)?;
+    Ok(s.trim_end_matches(['\n', '\r']).to_owned())
+}
+
+fn read_public_key(p: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    let text = if p == Path::new("-") {
+        let mut s = String::new();
+        std::io::stdin().read_to_string(&mut s)?;
+        s
+    } else {
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
+    };
+    efs_server::auth::parse_public_key(&text).with_context(|| {
+        format!(
+            "{} is not an Ed25519 public key (expected an OpenSSH 'ssh-ed25519 AAAA…' line or a PEM 'BEGIN PUBLIC KEY' block)",
+            p.display()
+        )
+    })
+}
+
+fn generate_key_pair(
+    name: &str,
+    out: Option<PathBuf>,
+) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey;
+    use std::os::unix::fs::OpenOptionsExt;
+    let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}_ed25519")));
+    let pem_path = PathBuf::from(format!("{}.pem", out.display()));
+    let pub_path = PathBuf::from(format!("{}.pub", out.display()));
+    for p in [&out, &pem_path, &pub_path] {
+        if p.exists() {
+            bail!(
+                "{} exists; refusing to overwrite a key (use --out)",
+                p.display()
+            );
+        }
+    }
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    aws_lc_rs::rand::fill(seed.as_mut()).map_err(|_| anyhow::anyhow!("the system RNG failed"))?;
+    let signing = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let kp = ssh_key::private::Ed25519Keypair::from_seed(&seed);
+    let private = ssh_key::PrivateKey::new(
+        ssh_key::private::KeypairData::Ed25519(kp),
+        format!("efs:{name}"),
+    )
+    .context("building the OpenSSH key")?;
+    let openssh = private
+        .to_openssh(ssh_key::LineEnding::LF)
+        .context("encoding the OpenSSH key")?;
+    // PKCS#8 v1 (no embedded public key): OpenSSL 3.0 refuses the v2 form.
+    let pem = ed25519_dalek::pkcs8::KeypairBytes {
+        secret_key: *seed,
+        public_key: None,
+    }
+    .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
+    .context("encoding the PEM key")?;
+    let write = |p: &Path, data: &[u8], mode: u32| -> anyhow::Result<()> {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(p)
+            .with_context(|| format!("cannot create {}", p.display()))?;
+        f.write_all(data)?;
+        Ok(())
+    };
+    write(&out, openssh.as_bytes(), 0o600)?;
+    write(&pem_path, pem.as_bytes(), 0o600)?;
+    let vk = signing.verifying_key();
+    let line = format!("{} efs:{name}\n", efs_server::auth::openssh_public_key(&vk));
+    write(&pub_path, line.as_bytes(), 0o644)?;
+    println!("Generated an Ed25519 key pair for '{name}':");
+    println!(
+        "  private key (OpenSSH, for the efs client): {} (mode 0600)",
+        out.display()
+    );
+    println!(
+        "  private key (PKCS#8 PEM, for openssl):     {} (mode 0600)",
+        pem_path.display()
+    );
+    println!(
+        "  public key:                                {}",
+        pub_path.display()
+    );
+    println!("Give the private key to the user only, over a safe channel.");
+    Ok(vk)
+}
+
+fn cert_sha256(p: &Path) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let text =
+        std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?;
+    let body: String = text
+        .lines()
+        .skip_while(|l| !l.starts_with("-----BEGIN CERTIFICATE-----"))
+        .skip(1)
+        .take_while(|l| !l.starts_with("-----END"))
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(body.trim())
+        .with_context(|| format!("{} is not a PEM certificate", p.display()))?;
+    if der.is_empty() {
+        bail!("{} holds no certificate", p.display());
+    }
+    Ok(hex::encode(sha2::Sha256::digest(&der)))
+}

@@ -1,0 +1,469 @@
+//! One suite, every implementation of [`Index`]: the embedded redb index and the in-memory
+//! reference model must agree on every observable outcome.
+
+use std::sync::Arc;
+
+use efs_core::index::{Batch, ContentId, EntryKey, Expect, Index, Op};
+use efs_core::mem_index::MemIndex;
+use efs_core::redb_index::RedbIndex;
+
+/// An entry key: `dir` repeated over the 16-byte dir tag, then the 16-byte name tag.
+fn key(dir: u8, name: [u8; 16]) -> EntryKey {
+    let mut k = [dir; 32];
+    k[16..].copy_from_slice(&name);
+    k
+}
+
+/// A name tag whose bytes are all `b` except the last, `n` (keeps keys distinct and ordered).
+fn name(b: u8, n: u8) -> [u8; 16] {
+    let mut t = [b; 16];
+    t[15] = n;
+    t
+}
+
+fn put(k: EntryKey, v: &[u8]) -> Op {
+    Op::PutEntry(k, v.to_vec())
+}
+
+fn batch(expect: Vec<Expect>, ops: Vec<Op>) -> Batch {
+    Batch { expect, ops }
+}
+
+fn absent(k: EntryKey) -> Expect {
+    Expect {
+        key: k,
+        value: None,
+    }
+}
+
+fn is(k: EntryKey, v: &[u8]) -> Expect {
+    Expect {
+        key: k,
+        value: Some(v.to_vec()),
+    }
+}
+
+async fn write(ix: &dyn Index, ops: Vec<Op>) {
+    assert!(
+        ix.commit(batch(vec![], ops)).await.unwrap(),
+        "an unconditional batch applies"
+    );
+}
+
+/// Every page of `dir`, `page` entries at a time.
+async fn list_all(ix: &dyn Index, dir: u8, page: usize) -> Vec<EntryKey> {
+    let tag = [dir; 16];
+    let mut out = Vec::new();
+    let mut after: Option<EntryKey> = None;
+    loop {
+        let rows = ix.list_dir(&tag, after.as_ref(), page).await.unwrap();
+        assert!(rows.len() <= page, "a page holds at most `limit` entries");
+        let Some((last, _)) = rows.last() else { break };
+        after = Some(*last);
+        out.extend(rows.iter().map(|(k, _)| *k));
+    }
+    out
+}
+
+async fn scan_all(ix: &dyn Index, page: usize) -> Vec<EntryKey> {
+    let mut out = Vec::new();
+    let mut after: Option<EntryKey> = None;
+    loop {
+        let rows = ix.scan_entries(after.as_ref(), page).await.unwrap();
+        assert!(rows.len() <= page);
+        let Some((last, _)) = rows.last() else { break };
+        after = Some(*last);
+        out.extend(rows.iter().map(|(k, _)| *k));
+    }
+    out
+}
+
+/// The contract of [`Index`], on an empty index.
+async fn suite(ix: &dyn Index) {
+    empty(ix).await;
+    entries(ix).await;
+    listing(ix).await;
+    conditional(ix).await;
+    inline_and_meta(ix).await;
+    scanning(ix).await;
+}
+
+async fn empty(ix: &dyn Index) {
+    let k = key(1, name(1, 1));
+    assert_eq!(ix.get_entry(&k).await.unwrap(), None);
+    assert!(ix.list_dir(&[1; 16], None, 10).await.unwrap().is_empty());
+    assert!(ix.scan_entries(None, 10).await.unwrap().is_empty());
+    assert!(ix.inline_ids().await.unwrap().is_empty());
+    assert_eq!(ix.get_meta("keyring").await.unwrap(), None);
+    assert_eq!(ix.get_inline(&[1; 16]).await.unwrap(), None);
+}
+
+async fn entries(ix: &dyn Index) {
+    let k = key(2, name(1, 1));
+    write(ix, vec![put(k, b"one")]).await;
+    assert_eq!(
+        ix.get_entry(&k).await.unwrap().as_deref(),
+        Some(&b"one"[..])
+    );
+    write(ix, vec![put(k, b"two")]).await;
+    assert_eq!(
+        ix.get_entry(&k).await.unwrap().as_deref(),
+        Some(&b"two"[..]),
+        "replaced"
+    );
+    // An empty value is a present entry, not an absent one.
+    write(ix, vec![put(k, b"")]).await;
+    assert_eq!(ix.get_entry(&k).await.unwrap(), Some(Vec::new()));
+    assert!(!ix.commit(batch(vec![absent(k)], vec![])).await.unwrap());
+    assert!(ix.commit(batch(vec![is(k, b"")], vec![])).await.unwrap());
+    write(ix, vec![Op::DeleteEntry(k)]).await;
+    assert_eq!(ix.get_entry(&k).await.unwrap(), None);
+    // Deleting an absent entry is not an error.
+    write(ix, vec![Op::DeleteEntry(k)]).await;
+    // Ops apply in order.
+    write(ix, vec![put(k, b"a"), Op::DeleteEntry(k)]).await;
+    assert_eq!(ix.get_entry(&k).await.unwrap(), None);
+    write(ix, vec![put(k, b"a"), put(k, b"b")]).await;
+    assert_eq!(ix.get_entry(&k).await.unwrap().as_deref(), Some(&b"b"[..]));
+    write(ix, vec![Op::DeleteEntry(k)]).await;
+}
+
+async fn listing(ix: &dyn Index) {
+    // Neighbours at the extremes of the adjacent directories' ranges.
+    let before = key(0x10, [0xff; 16]);
+    let after_dir = key(0x12, [0x00; 16]);
+    let mut mine: Vec<EntryKey> = vec![key(0x11, [0x00; 16]), key(0x11, [0xff; 16])];
+    for i in 0..40u8 {
+        // Inserted out of order on purpose.
+        mine.push(key(0x11, name(i.wrapping_mul(97), i)));
+    }
+    let mut ops = vec![put(before, b"x"), put(after_dir, b"y")];
+    ops.extend(mine.iter().rev().map(|k| put(*k, &k[16..])));
+    write(ix, ops).await;
+    mine.sort();
+    mine.dedup();
+
+    let whole = ix.list_dir(&[0x11; 16], None, 1000).await.unwrap();
+    let keys: Vec<EntryKey> = whole.iter().map(|(k, _)| *k).collect();
+    assert_eq!(keys, mine, "exactly this directory, in key order");
+    for (k, v) in &whole {
+        assert_eq!(&v[..], &k[16..], "each value with its own key");
+    }
+    for page in [1, 3, 7, mine.len(), mine.len() + 1] {
+        assert_eq!(list_all(ix, 0x11, page).await, mine, "pages of {page}");
+    }
+    assert_eq!(
+        ix.list_dir(&[0x11; 16], None, 0).await.unwrap().len(),
+        0,
+        "limit 0 gives nothing"
+    );
+    // `after` need not be an existing key: strictly greater keys follow.
+    let mid = key(0x11, [0x80; 16]);
+    let rest: Vec<EntryKey> = ix
+        .list_dir(&[0x11; 16], Some(&mid), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    let expected: Vec<EntryKey> = mine.iter().copied().filter(|k| *k > mid).collect();
+    assert!(!expected.is_empty() && expected.len() < mine.len());
+    assert_eq!(rest, expected);
+    // After the last key: nothing, never the next directory.
+    let last = *mine.last().unwrap();
+    assert!(
+        ix.list_dir(&[0x11; 16], Some(&last), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(list_all(ix, 0x10, 5).await, vec![before]);
+    assert_eq!(list_all(ix, 0x12, 5).await, vec![after_dir]);
+    assert!(list_all(ix, 0x13, 5).await.is_empty());
+
+    let mut ops: Vec<Op> = mine.iter().map(|k| Op::DeleteEntry(*k)).collect();
+    ops.push(Op::DeleteEntry(before));
+    ops.push(Op::DeleteEntry(after_dir));
+    write(ix, ops).await;
+    assert!(ix.scan_entries(None, 10).await.unwrap().is_empty());
+}
+
+async fn conditional(ix: &dyn Index) {
+    let a = key(3, name(1, 1));
+    let b = key(3, name(2, 2));
+    let c = key(3, name(3, 3));
+    let id: ContentId = [0x33; 16];
+
+    // Expectation of absence on an absent key.
+    assert!(
+        ix.commit(batch(vec![absent(a)], vec![put(a, b"a1")]))
+            .await
+            .unwrap()
+    );
+    // Expectation of absence on a present key: refused, nothing of the batch written.
+    let refused = batch(
+        vec![absent(a)],
+        vec![
+            put(a, b"a2"),
+            put(b, b"b1"),
+            Op::PutInline(id, b"inline".to_vec()),
+            Op::PutMeta("m".into(), b"meta".to_vec()),
+        ],
+    );
+    assert!(!ix.commit(refused).await.unwrap());
+    assert_eq!(ix.get_entry(&a).await.unwrap().as_deref(), Some(&b"a1"[..]));
+    assert_eq!(ix.get_entry(&b).await.unwrap(), None);
+    assert_eq!(ix.get_inline(&id).await.unwrap(), None);
+    assert_eq!(ix.get_meta("m").await.unwrap(), None);
+
+    // Expectation of a value: right, then stale.
+    assert!(
+        ix.commit(batch(vec![is(a, b"a1")], vec![put(a, b"a2")]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ix.commit(batch(vec![is(a, b"a1")], vec![put(a, b"a3")]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(ix.get_entry(&a).await.unwrap().as_deref(), Some(&b"a2"[..]));
+    // A value expected of an absent key fails.
+    assert!(
+        !ix.commit(batch(vec![is(c, b"")], vec![put(c, b"c")]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(ix.get_entry(&c).await.unwrap(), None);
+    // A value that is a prefix of the current one is a mismatch.
+    assert!(
+        !ix.commit(batch(vec![is(a, b"a")], vec![put(c, b"c")]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(ix.get_entry(&c).await.unwrap(), None);
+
+    // Atomic: one failing expectation among holding ones writes none of the ops.
+    let mixed = batch(
+        vec![is(a, b"a2"), absent(b), is(c, b"nope")],
+        vec![put(a, b"a9"), put(b, b"b9"), Op::DeleteEntry(a)],
+    );
+    assert!(!ix.commit(mixed).await.unwrap());
+    assert_eq!(ix.get_entry(&a).await.unwrap().as_deref(), Some(&b"a2"[..]));
+    assert_eq!(ix.get_entry(&b).await.unwrap(), None);
+    // Whichever expectation fails (first, last), the result is the same.
+    let first_fails = batch(vec![absent(a), absent(b)], vec![put(b, b"b9")]);
+    assert!(!ix.commit(first_fails).await.unwrap());
+    assert_eq!(ix.get_entry(&b).await.unwrap(), None);
+
+    // All expectations hold: every op applies, a move in one batch.
+    let moved = batch(
+        vec![is(a, b"a2"), absent(b)],
+        vec![Op::DeleteEntry(a), put(b, b"a2")],
+    );
+    assert!(ix.commit(moved).await.unwrap());
+    assert_eq!(ix.get_entry(&a).await.unwrap(), None);
+    assert_eq!(ix.get_entry(&b).await.unwrap().as_deref(), Some(&b"a2"[..]));
+    // Expectations are checked against the state before the batch, not after its ops.
+    assert!(
+        ix.commit(batch(
+            vec![is(b, b"a2")],
+            vec![put(b, b"b3"), put(c, b"c3")]
+        ))
+        .await
+        .unwrap()
+    );
+    assert_eq!(ix.get_entry(&c).await.unwrap().as_deref(), Some(&b"c3"[..]));
+
+    write(ix, vec![Op::DeleteEntry(b), Op::DeleteEntry(c)]).await;
+    assert!(ix.scan_entries(None, 10).await.unwrap().is_empty());
+}
+
+async fn inline_and_meta(ix: &dyn Index) {
+    let i1: ContentId = [0x01; 16];
+    let i2: ContentId = [0xfe; 16];
+    let big = vec![0x5a; 300_000];
+    write(
+        ix,
+        vec![
+            Op::PutInline(i2, b"second".to_vec()),
+            Op::PutInline(i1, big.clone()),
+        ],
+    )
+    .await;
+    assert_eq!(ix.get_inline(&i1).await.unwrap(), Some(big));
+    assert_eq!(
+        ix.get_inline(&i2).await.unwrap().as_deref(),
+        Some(&b"second"[..])
+    );
+    let mut ids = ix.inline_ids().await.unwrap();
+    ids.sort();
+    assert_eq!(ids, vec![i1, i2]);
+    // Inline content and entries are separate spaces.
+    assert!(ix.scan_entries(None, 10).await.unwrap().is_empty());
+
+    write(
+        ix,
+        vec![Op::DeleteInline(i1), Op::PutInline(i2, Vec::new())],
+    )
+    .await;
+    assert_eq!(ix.get_inline(&i1).await.unwrap(), None);
+    assert_eq!(ix.get_inline(&i2).await.unwrap(), Some(Vec::new()));
+    assert_eq!(ix.inline_ids().await.unwrap(), vec![i2]);
+    write(ix, vec![Op::DeleteInline(i2), Op::DeleteInline(i1)]).await;
+    assert!(ix.inline_ids().await.unwrap().is_empty());
+
+    write(ix, vec![Op::PutMeta("keyring".into(), b"v1".to_vec())]).await;
+    assert_eq!(
+        ix.get_meta("keyring").await.unwrap().as_deref(),
+        Some(&b"v1"[..])
+    );
+    write(ix, vec![Op::PutMeta("keyring".into(), b"v2".to_vec())]).await;
+    assert_eq!(
+        ix.get_meta("keyring").await.unwrap().as_deref(),
+        Some(&b"v2"[..])
+    );
+    assert_eq!(ix.get_meta("keyring2").await.unwrap(), None);
+    assert_eq!(ix.get_meta("keyrin").await.unwrap(), None);
+}
+
+async fn scanning(ix: &dyn Index) {
+    let mut all = Vec::new();
+    for d in [0u8, 7, 0xff] {
+        for n in 0..50u8 {
+            all.push(key(d, name(n.wrapping_mul(31), n)));
+        }
+    }
+    all.push([0u8; 32]);
+    all.push([0xff; 32]);
+    write(ix, all.iter().map(|k| put(*k, b"v")).collect()).await;
+    all.sort();
+    all.dedup();
+    for page in [1, 7, 64, all.len(), 1000] {
+        assert_eq!(scan_all(ix, page).await, all, "pages of {page}");
+    }
+    assert!(
+        ix.scan_entries(None, 0).await.unwrap().is_empty(),
+        "limit 0 gives nothing"
+    );
+    assert!(
+        ix.scan_entries(Some(&[0xff; 32]), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let mid = key(7, [0x00; 16]);
+    let tail: Vec<EntryKey> = ix
+        .scan_entries(Some(&mid), 1000)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|(k, _)| k)
+        .collect();
+    assert_eq!(
+        tail,
+        all.iter().copied().filter(|k| *k > mid).collect::<Vec<_>>()
+    );
+    write(ix, all.iter().map(|k| Op::DeleteEntry(*k)).collect()).await;
+    assert!(ix.scan_entries(None, 10).await.unwrap().is_empty());
+}
+
+/// Many tasks increment one counter by compare-and-swap, retrying on `Ok(false)`, while
+/// others create keys of their own: every increment counts and every key exists.
+async fn concurrent(ix: Arc<dyn Index>) {
+    const TASKS: u64 = 200;
+    let counter = key(9, [0; 16]);
+    let mut set = tokio::task::JoinSet::new();
+    for t in 0..TASKS {
+        let ix = ix.clone();
+        set.spawn(async move {
+            let mut n = [0u8; 16];
+            n[14..].copy_from_slice(&(t as u16).to_be_bytes());
+            let own = key(10, n);
+            assert!(
+                ix.commit(batch(vec![absent(own)], vec![put(own, &t.to_be_bytes())]))
+                    .await
+                    .unwrap()
+            );
+            let mut attempts = 0u32;
+            loop {
+                attempts += 1;
+                let cur = ix.get_entry(&counter).await.unwrap();
+                let n = cur
+                    .as_ref()
+                    .map(|v| u64::from_be_bytes(v[..].try_into().unwrap()))
+                    .unwrap_or(0);
+                let b = batch(
+                    vec![Expect {
+                        key: counter,
+                        value: cur,
+                    }],
+                    vec![put(counter, &(n + 1).to_be_bytes())],
+                );
+                if ix.commit(b).await.unwrap() {
+                    return attempts;
+                }
+                tokio::task::yield_now().await;
+            }
+        });
+    }
+    let mut total_attempts = 0;
+    while let Some(r) = set.join_next().await {
+        total_attempts += r.expect("a task panicked");
+    }
+    let v = ix.get_entry(&counter).await.unwrap().unwrap();
+    assert_eq!(u64::from_be_bytes(v[..].try_into().unwrap()), TASKS);
+    assert!(total_attempts >= TASKS as u32);
+    let own: Vec<_> = ix.list_dir(&[10; 16], None, 1000).await.unwrap();
+    assert_eq!(own.len() as u64, TASKS, "every task's own key was written");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mem_index_conforms() {
+    let ix = MemIndex::new();
+    suite(&ix).await;
+    concurrent(Arc::new(MemIndex::new())).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_index_conforms() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = RedbIndex::open(&dir.path().join("a.redb")).unwrap();
+    suite(&ix).await;
+    concurrent(Arc::new(
+        RedbIndex::open(&dir.path().join("b.redb")).unwrap(),
+    ))
+    .await;
+}
+
+/// What a commit acknowledged is there after the index is closed and opened again, and
+/// the file can be opened again as soon as the index is dropped (a filesystem is reopened
+/// right after `create-fs`, and a data dir right after it is closed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_index_reopens_at_once_with_its_data() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    for i in 0..30u8 {
+        let ix = RedbIndex::open(&path).unwrap_or_else(|e| panic!("reopen {i}: {e}"));
+        if i > 0 {
+            let prev = key(1, name(0, i - 1));
+            assert_eq!(ix.get_entry(&prev).await.unwrap(), Some(vec![i - 1]));
+        }
+        write(&ix, vec![put(key(1, name(0, i)), &[i])]).await;
+        drop(ix);
+    }
+    let ix = RedbIndex::open(&path).unwrap();
+    assert_eq!(list_all(&ix, 1, 8).await.len(), 30);
+}
+
+/// A second open of the same file is refused with a message that says why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_index_refuses_a_second_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let _ix = RedbIndex::open(&path).unwrap();
+    let e = RedbIndex::open(&path)
+        .err()
+        .expect("a second open is refused");
+    assert!(e.to_string().contains("open in another process"), "{e}");
+}

@@ -1,0 +1,76 @@
+//! The admin socket (`system/admin.sock`, mode 0600): `efsctl` sends one JSON
+//! [`AdminRequest`] per line and reads one JSON [`AdminResponse`] per line. Only a local
+//! user that can open the data dir can reach it.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::sync::Arc;
+
+use anyhow::Context;
+use efs_core::admin::{self, AdminRequest, AdminResponse};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::UnixListener;
+
+use crate::app::AppState;
+
+/// Binds the socket (replacing a stale one) and serves it until the task is dropped.
+pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        // redb already refused a second server on this data dir, so the socket is stale.
+        std::fs::remove_file(path).with_context(|| format!("removing stale {}", path.display()))?;
+    }
+    // The data dir is 0700, so the socket is never reachable by others even before chmod.
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("binding the admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(l)
+}
+
+/// Serves admin connections.
+pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let st = state.clone();
+        tokio::spawn(async move {
+            let (r, mut w) = stream.into_split();
+            let mut lines = BufReader::new(r).lines();
+            while let Ok(Some(line)) = lines.next_line().await {
+                let resp = match serde_json::from_str::<AdminRequest>(&line) {
+                    Ok(req) => handle(&st, req).await,
+                    Err(e) => AdminResponse::err(format!("bad admin request: {e}")),
+                };
+                let mut out = serde_json::to_vec(&resp).expect("serialising JSON cannot fail");
+                out.push(b'\n');
+                if w.write_all(&out).await.is_err() {
+                    break;
+                }
+            }
+        });
+    }
+}
+
+async fn handle(st: &AppState, req: AdminRequest) -> AdminResponse {
+    if matches!(req, AdminRequest::CacheClear) {
+        let before = st.cache.weighted_size();
+        st.cache.clear();
+        return AdminResponse {
+            ok: true,
+            lines: vec![format!("Cleared the decrypted cache ({before} bytes)")],
+            ..Default::default()
+        };
+    }
+    let mutates = !matches!(
+        req,
+        AdminRequest::ListFs | AdminRequest::ListUsers | AdminRequest::Fsck { .. }
+    );
+    let resp = admin::execute(&st.data, req).await;
+    if mutates && resp.ok {
+        if let Err(e) = st.users.reload(&st.data) {
+            tracing::error!(error = %e, "reloading users after an admin change failed");
+        }
+        st.auth.invalidate_cache();
+    }
+    resp
+}

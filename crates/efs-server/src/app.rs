@@ -1,0 +1,741 @@
+//! The HTTP application: control routes under `/_efs/`, and file routes everywhere else.
+//!
+//! File paths are arbitrary, so one fallback handler dispatches on method and on whether
+//! the path ends in `/` (a directory). Handlers only translate HTTP to `efs_core` calls:
+//! nothing here knows a byte layout.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::Arc;
+use std::time::Instant;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use bytes::Bytes;
+use efs_core::fs::Precondition;
+use efs_core::{DataDir, EfsPath, Filesystem, Kind};
+use efs_proto::{EntryType, Health, ListEntry, ListPage, MoveRequest};
+use futures_util::StreamExt;
+
+use crate::auth::{Authenticator, Caller, ChallengeRequest, TokenRequest};
+use crate::cache::{CachedFile, ContentCache};
+use crate::error::ApiError;
+use crate::users::Users;
+
+/// Facts about the connection a request came on, set by the accept loop.
+#[derive(Clone, Debug)]
+pub struct ConnInfo {
+    /// The client's address.
+    pub remote: std::net::SocketAddr,
+    /// SHA-256 of the client certificate (DER), with mutual TLS.
+    pub client_cert_sha256: Option<[u8; 32]>,
+}
+
+/// Limits and switches of the HTTP layer.
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    /// Largest accepted file body.
+    pub max_body: u64,
+    /// Log paths (personal data!) in request logs. Off by default.
+    pub log_paths: bool,
+}
+
+/// Everything a handler needs.
+pub struct AppState {
+    /// The open data dir.
+    pub data: Arc<DataDir>,
+    /// The login protocol.
+    pub auth: Arc<Authenticator>,
+    /// The user directory.
+    pub users: Users,
+    /// The decrypted cache.
+    pub cache: ContentCache,
+    /// Limits.
+    pub http: HttpConfig,
+    /// Prometheus renderer.
+    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+}
+
+type St = State<Arc<AppState>>;
+
+/// Builds the router (tests can call it without a socket).
+pub fn router(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/_efs/health", get(health))
+        .route("/_efs/metrics", get(metrics_text))
+        .route("/_efs/openapi.json", get(openapi))
+        .route("/_efs/auth/challenge", post(challenge))
+        .route("/_efs/auth/token", post(token))
+        .route("/_efs/auth/refresh", post(refresh))
+        .route("/_efs/auth/public-key", get(public_key))
+        .route("/_efs/move", post(move_json))
+        .fallback(files)
+        .layer(axum::middleware::from_fn(observe))
+        .with_state(state)
+}
+
+/// Request metrics and a log line per request; never a path unless `--log-paths`.
+async fn observe(req: Request, next: axum::middleware::Next) -> Response {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let route = route_label(req.uri().path());
+    let resp = next.run(req).await;
+    let status = resp.status().as_u16().to_string();
+    let elapsed = start.elapsed().as_secs_f64();
+    metrics::counter!("efs_http_requests_total", "route" => route, "method" => method.to_string(), "status" => status.clone()).increment(1);
+    metrics::histogram!("efs_http_request_duration_seconds", "route" => route).record(elapsed);
+    tracing::info!(%method, route, status, ms = (elapsed * 1000.0) as u64, "request");
+    resp
+}
+
+fn route_label(path: &str) -> &'static str {
+    match path {
+        "/_efs/health" => "health",
+        "/_efs/metrics" => "metrics",
+        "/_efs/openapi.json" => "openapi",
+        "/_efs/auth/challenge" => "auth_challenge",
+        "/_efs/auth/token" => "auth_token",
+        "/_efs/auth/refresh" => "auth_refresh",
+        "/_efs/auth/public-key" => "auth_public_key",
+        "/_efs/move" => "move",
+        p if p.starts_with("/_efs") => "reserved",
+        p if p.ends_with('/') => "dir",
+        _ => "file",
+    }
+}
+
+async fn health() -> axum::Json<Health> {
+    axum::Json(Health {
+        status: "ok".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+    })
+}
+
+async fn metrics_text(State(st): St) -> Response {
+    match &st.metrics {
+        Some(h) => (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            h.render(),
+        )
+            .into_response(),
+        None => ApiError::new(
+            StatusCode::NOT_FOUND,
+            efs_proto::codes::NOT_FOUND,
+            "metrics are off",
+        )
+        .into_response(),
+    }
+}
+
+async fn openapi() -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json")],
+        crate::OPENAPI_JSON,
+    )
+        .into_response()
+}
+
+async fn public_key(State(st): St) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/x-pem-file")],
+        st.auth.public_key_pem(),
+    )
+        .into_response()
+}
+
+fn client_ip(req_ext: &axum::http::Extensions) -> IpAddr {
+    req_ext
+        .get::<ConnInfo>()
+        .map(|c| c.remote.ip())
+        .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
+}
+
+/// Reads a small JSON body (at most 64 KiB).
+async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
+    let bytes = axum::body::to_bytes(body, 64 * 1024)
+        .await
+        .map_err(|_| ApiError::bad_request("the JSON body is unreadable or larger than 64 KiB"))?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+}
+
+async fn challenge(State(st): St, req: Request) -> Result<Response, ApiError> {
+    let body: ChallengeRequest = json_body(req.into_body()).await?;
+    let r = st.auth.challenge(&body)?;
+    Ok(axum::Json(r).into_response())
+}
+
+async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
+    let ip = client_ip(req.extensions());
+    let cert = req
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|c| c.client_cert_sha256);
+    let body: TokenRequest = json_body(req.into_body()).await?;
+    check_cert_binding(&st, &body.user, cert)?;
+    let r = st.auth.login(&body, ip);
+    metrics::counter!("efs_logins_total", "result" => if r.is_ok() { "ok" } else { "failed" })
+        .increment(1);
+    Ok(axum::Json(r?).into_response())
+}
+
+async fn refresh(State(st): St, req: Request) -> Result<Response, ApiError> {
+    let ip = client_ip(req.extensions());
+    let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized)?;
+    let r = st.auth.refresh(token, ip)?;
+    Ok(axum::Json(r).into_response())
+}
+
+/// With mutual TLS, a user bound to a certificate must come with exactly that one.
+fn check_cert_binding(st: &AppState, user: &str, cert: Option<[u8; 32]>) -> Result<(), ApiError> {
+    if let Some(bound) = st.users.cert_binding(user) {
+        let ok = cert.map(|c| {
+            use subtle::ConstantTimeEq;
+            bool::from(c.ct_eq(&bound))
+        });
+        if ok != Some(true) {
+            tracing::debug!("client certificate does not match the one bound to the user");
+            return Err(ApiError::unauthorized());
+        }
+    }
+    Ok(())
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme
+        .eq_ignore_ascii_case("bearer")
+        .then_some(token.trim())
+}
+
+/// Authenticates a file request: the token, the certificate binding, the filesystem.
+fn authorise(
+    st: &AppState,
+    req_headers: &HeaderMap,
+    ext: &axum::http::Extensions,
+) -> Result<(Caller, Arc<Filesystem>), ApiError> {
+    let token = bearer(req_headers).ok_or_else(ApiError::unauthorized)?;
+    let caller = st.auth.verify(token)?;
+    let cert = ext.get::<ConnInfo>().and_then(|c| c.client_cert_sha256);
+    check_cert_binding(st, &caller.user, cert)?;
+    let fs = st.data.fs(&caller.fs).ok_or_else(ApiError::unauthorized)?;
+    Ok((caller, fs))
+}
+
+fn require_write(c: &Caller) -> Result<(), ApiError> {
+    if c.read_only {
+        return Err(ApiError::forbidden(
+            "this user has read-only access to this filesystem",
+        ));
+    }
+    Ok(())
+}
+
+async fn move_json(State(st): St, req: Request) -> Result<Response, ApiError> {
+    let (caller, fs) = authorise(&st, req.headers(), req.extensions())?;
+    require_write(&caller)?;
+    let body: MoveRequest = json_body(req.into_body()).await?;
+    let from = EfsPath::parse(&body.from).map_err(efs_core::CoreError::from)?;
+    let to = EfsPath::parse(&body.to).map_err(efs_core::CoreError::from)?;
+    do_move(&fs, &from, &to, body.overwrite).await
+}
+
+async fn do_move(
+    fs: &Filesystem,
+    from: &EfsPath,
+    to: &EfsPath,
+    overwrite: bool,
+) -> Result<Response, ApiError> {
+    let e = fs.rename(from, to, overwrite).await?;
+    let mut r = (StatusCode::OK, axum::Json(list_entry(&e))).into_response();
+    if e.kind == Kind::File {
+        set_etag(r.headers_mut(), &e);
+    }
+    Ok(r)
+}
+
+struct Query {
+    cursor: Option<String>,
+    limit: Option<usize>,
+    recursive: bool,
+}
+
+fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
+    let mut out = Query {
+        cursor: None,
+        limit: None,
+        recursive: false,
+    };
+    for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "cursor" => out.cursor = Some(v.to_owned()),
+            "limit" => {
+                out.limit = Some(
+                    v.parse()
+                        .map_err(|_| ApiError::bad_request("limit must be a number"))?,
+                )
+            }
+            "recursive" => out.recursive = matches!(v, "" | "1" | "true"),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// Every file route.
+async fn files(State(st): St, req: Request) -> Response {
+    match files_inner(st, req).await {
+        Ok(r) => r,
+        Err(e) => e.into_response(),
+    }
+}
+
+async fn files_inner(st: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
+    let raw_path = req.uri().path().to_owned();
+    if raw_path == "/_efs" || raw_path.starts_with("/_efs/") {
+        return Err(ApiError::new(
+            StatusCode::BAD_REQUEST,
+            efs_proto::codes::INVALID_PATH,
+            "paths under /_efs/ are reserved (no such control route)",
+        ));
+    }
+    let is_dir = raw_path.ends_with('/');
+    // Validate the path before anything else: a bad path is a 400 even without a token.
+    let path = EfsPath::parse_uri_path(&raw_path).map_err(efs_core::CoreError::from)?;
+    if st.http.log_paths {
+        tracing::info!(path = %path, "path");
+    }
+    let (caller, fs) = authorise(&st, req.headers(), req.extensions())?;
+    let query = parse_query(req.uri().query())?;
+    let method = req.method().clone();
+    match (method.as_str(), is_dir) {
+        ("GET", true) => list(&fs, &path, &query).await,
+        ("HEAD", true) => {
+            let e = fs.stat(&path).await?;
+            if e.kind != Kind::Dir {
+                return Err(efs_core::CoreError::Conflict("not a directory").into());
+            }
+            Ok(StatusCode::OK.into_response())
+        }
+        ("GET", false) | ("HEAD", false) => {
+            read(&st, &fs, &path, req.headers(), method == Method::HEAD).await
+        }
+        ("PUT", false) | ("POST", false) => {
+            require_write(&caller)?;
+            write(&st, &fs, &path, req).await
+        }
+        ("PUT", true) | ("POST", true) | ("MKCOL", _) => {
+            require_write(&caller)?;
+            let e = fs.mkdir(&path).await?;
+            Ok((StatusCode::CREATED, axum::Json(list_entry(&e))).into_response())
+        }
+        ("DELETE", _) => {
+            require_write(&caller)?;
+            let cond = write_precondition(req.headers())?;
+            if !is_dir {
+                // `DELETE /a` on a directory works too, like `rm -r` needs.
+            }
+            fs.delete(&path, cond, query.recursive).await?;
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        ("MOVE", _) => {
+            require_write(&caller)?;
+            let dest = req
+                .headers()
+                .get("destination")
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| ApiError::bad_request("MOVE needs a Destination header"))?;
+            let dest_path = match dest.find("://") {
+                Some(i) => {
+                    let rest = &dest[i + 3..];
+                    rest.find('/').map(|j| &rest[j..]).unwrap_or("/")
+                }
+                None => dest,
+            };
+            let to = EfsPath::parse_uri_path(dest_path).map_err(efs_core::CoreError::from)?;
+            let overwrite = req
+                .headers()
+                .get("overwrite")
+                .and_then(|v| v.to_str().ok())
+                .is_some_and(|v| v.eq_ignore_ascii_case("T"));
+            do_move(&fs, &path, &to, overwrite).await
+        }
+        _ => Err(ApiError::method_not_allowed(
+            "use GET, HEAD, PUT, POST, DELETE or MOVE on files; GET, PUT, POST or DELETE on directories (trailing '/')",
+        )),
+    }
+}
+
+fn list_entry(e: &efs_core::Entry) -> ListEntry {
+    ListEntry {
+        name: e.name.clone(),
+        kind: match e.kind {
+            Kind::File => EntryType::File,
+            Kind::Dir => EntryType::Dir,
+        },
+        size: e.size,
+        modified: rfc3339(e.modified_ms),
+        etag: (e.kind == Kind::File).then(|| e.etag()),
+        content_type: e.content_type.clone(),
+    }
+}
+
+fn rfc3339(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+fn http_date(ms: i64) -> String {
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms.max(0) as u64);
+    httpdate::fmt_http_date(t)
+}
+
+async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, ApiError> {
+    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let cursor = match &q.cursor {
+        None => None,
+        Some(c) => Some(
+            hex::decode(c)
+                .ok()
+                .and_then(|v| <[u8; 32]>::try_from(v).ok())
+                .ok_or_else(|| ApiError::bad_request("invalid cursor"))?,
+        ),
+    };
+    let (entries, next) = fs.list(path, cursor.as_ref(), limit).await?;
+    let page = ListPage {
+        path: if path.is_root() {
+            "/".into()
+        } else {
+            format!("{path}/")
+        },
+        entries: entries.iter().map(list_entry).collect(),
+        next_cursor: next.map(hex::encode),
+    };
+    let mut r = axum::Json(page).into_response();
+    r.headers_mut()
+        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    Ok(r)
+}
+
+fn set_etag(h: &mut HeaderMap, e: &efs_core::Entry) {
+    if let Ok(v) = HeaderValue::from_str(&e.etag()) {
+        h.insert(header::ETAG, v);
+    }
+}
+
+/// Parses an entity-tag list (`"a", "b"` or `*`). Returns None for `*`.
+fn parse_etags(v: &str) -> Option<Vec<[u8; 16]>> {
+    if v.trim() == "*" {
+        return None;
+    }
+    Some(
+        v.split(',')
+            .filter_map(|t| {
+                let t = t.trim();
+                let t = t.strip_prefix('"')?.strip_suffix('"')?;
+                hex::decode(t)
+                    .ok()
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            })
+            .collect(),
+    )
+}
+
+fn write_precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
+    if let Some(v) = h.get(header::IF_MATCH) {
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::bad_request("bad If-Match"))?;
+        return Ok(match parse_etags(v) {
+            None => Precondition::IfExists,
+            Some(tags) => Precondition::IfMatch(tags),
+        });
+    }
+    if let Some(v) = h.get(header::IF_NONE_MATCH) {
+        let v = v
+            .to_str()
+            .map_err(|_| ApiError::bad_request("bad If-None-Match"))?;
+        if v.trim() == "*" {
+            return Ok(Precondition::IfNoneMatch);
+        }
+        return Err(ApiError::bad_request(
+            "only If-None-Match: * is supported on writes",
+        ));
+    }
+    Ok(Precondition::None)
+}
+
+async fn write(
+    st: &AppState,
+    fs: &Arc<Filesystem>,
+    path: &EfsPath,
+    req: Request,
+) -> Result<Response, ApiError> {
+    let cond = write_precondition(req.headers())?;
+    if let Some(len) = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        && len > st.http.max_body
+    {
+        return Err(efs_core::CoreError::TooLarge.into());
+    }
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 256)
+        .map(str::to_owned)
+        .unwrap_or_else(|| "application/octet-stream".into());
+    let mut upload = fs.begin_upload().await?;
+    upload.set_max_size(st.http.max_body);
+    let mut stream = req.into_body().into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = match chunk {
+            Ok(c) => c,
+            Err(_) => {
+                upload.abort().await;
+                return Err(ApiError::bad_request("the request body was interrupted"));
+            }
+        };
+        metrics::counter!("efs_bytes_in_total").increment(chunk.len() as u64);
+        if let Err(e) = upload.write(&chunk).await {
+            upload.abort().await;
+            return Err(e.into());
+        }
+    }
+    let (entry, replaced) = fs
+        .commit_upload(path, upload, Some(content_type), cond)
+        .await?;
+    let status = if replaced {
+        StatusCode::OK
+    } else {
+        StatusCode::CREATED
+    };
+    let mut r = (status, axum::Json(list_entry(&entry))).into_response();
+    set_etag(r.headers_mut(), &entry);
+    Ok(r)
+}
+
+/// Parses a single `bytes=` range against `len`: `Ok(None)` = whole file,
+/// `Err(())` = unsatisfiable (416). Malformed or multi-range headers are ignored (RFC 9110).
+fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
+    let Some(v) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
+        return Ok(None);
+    };
+    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = spec.trim().split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (a.trim(), b.trim());
+    if a.is_empty() {
+        let Ok(n) = b.parse::<u64>() else {
+            return Ok(None);
+        };
+        if n == 0 || len == 0 {
+            return Err(());
+        }
+        let n = n.min(len);
+        return Ok(Some((len - n, len)));
+    }
+    let Ok(start) = a.parse::<u64>() else {
+        return Ok(None);
+    };
+    let end = if b.is_empty() {
+        len
+    } else {
+        let Ok(e) = b.parse::<u64>() else {
+            return Ok(None);
+        };
+        if e < start {
+            return Ok(None);
+        }
+        e.saturating_add(1).min(len)
+    };
+    if start >= len {
+        return Err(());
+    }
+    Ok(Some((start, end)))
+}
+
+async fn read(
+    st: &AppState,
+    fs: &Arc<Filesystem>,
+    path: &EfsPath,
+    h: &HeaderMap,
+    head: bool,
+) -> Result<Response, ApiError> {
+    let entry = fs.stat(path).await?;
+    if entry.kind == Kind::Dir {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            efs_proto::codes::CONFLICT,
+            "this is a directory: list it with a trailing '/'",
+        ));
+    }
+    if let Some(v) = h.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
+        && let Some(tags) = parse_etags(v)
+        && !tags.contains(&entry.version)
+    {
+        return Err(efs_core::CoreError::Precondition.into());
+    }
+    if let Some(v) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        let hit = match parse_etags(v) {
+            None => true,
+            Some(tags) => tags.contains(&entry.version),
+        };
+        if hit {
+            let mut r = StatusCode::NOT_MODIFIED.into_response();
+            set_etag(r.headers_mut(), &entry);
+            return Ok(r);
+        }
+    }
+    let len = entry.size;
+    let range = match parse_range(h, len) {
+        Ok(r) => r,
+        Err(()) => {
+            let mut r = ApiError::new(
+                StatusCode::RANGE_NOT_SATISFIABLE,
+                efs_proto::codes::RANGE_NOT_SATISFIABLE,
+                "the range is outside the file",
+            )
+            .into_response();
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
+                r.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            return Ok(r);
+        }
+    };
+    let (start, end) = range.unwrap_or((0, len));
+    let mut headers = HeaderMap::new();
+    set_etag(&mut headers, &entry);
+    headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    headers.insert(
+        "x-content-type-options",
+        HeaderValue::from_static("nosniff"),
+    );
+    headers.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("private, no-store"),
+    );
+    let ct = entry
+        .content_type
+        .as_deref()
+        .unwrap_or("application/octet-stream");
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
+    if let Ok(v) = HeaderValue::from_str(&http_date(entry.modified_ms)) {
+        headers.insert(header::LAST_MODIFIED, v);
+    }
+    headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
+    let status = if range.is_some() {
+        if let Ok(v) =
+            HeaderValue::from_str(&format!("bytes {}-{}/{len}", start, end.saturating_sub(1)))
+        {
+            headers.insert(header::CONTENT_RANGE, v);
+        }
+        StatusCode::PARTIAL_CONTENT
+    } else {
+        StatusCode::OK
+    };
+    if head {
+        return Ok((status, headers).into_response());
+    }
+    metrics::counter!("efs_bytes_out_total").increment(end - start);
+    // The cache: a hit serves from memory; a miss on a small enough file fills it.
+    if st.cache.admits(len) {
+        let cached = match st.cache.get(&entry.version) {
+            Some(c) => c,
+            None => {
+                let reader = fs.open(path).await?;
+                if reader.entry().version != entry.version {
+                    // Replaced between stat and open: serve what stat promised or retry.
+                    return Err(efs_core::CoreError::Contention.into());
+                }
+                let mut data = zeroize::Zeroizing::new(Vec::with_capacity(len as usize));
+                let n = reader.segment_count();
+                let mut i = 0;
+                while i < n {
+                    let e = (i + 16).min(n);
+                    for seg in reader.read_segments(i, e).await? {
+                        let seg = zeroize::Zeroizing::new(seg);
+                        data.extend_from_slice(&seg);
+                    }
+                    i = e;
+                }
+                let c = Arc::new(CachedFile {
+                    entry: entry.clone(),
+                    data,
+                });
+                st.cache.insert(c.clone());
+                c
+            }
+        };
+        let body = Body::from(cached.slice(start as usize, end as usize));
+        return Ok((status, headers, body).into_response());
+    }
+    let reader = fs.open(path).await?;
+    if reader.entry().version != entry.version {
+        return Err(efs_core::CoreError::Contention.into());
+    }
+    let body = Body::from_stream(stream_range(reader, start, end));
+    Ok((status, headers, body).into_response())
+}
+
+/// Streams plaintext `[start, end)`, decrypting 16 segments (1 MiB) per read. An integrity
+/// failure mid-stream aborts the response (the client sees a truncated transfer, never
+/// wrong bytes).
+fn stream_range(
+    reader: efs_core::FileReader,
+    start: u64,
+    end: u64,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    const BATCH: u64 = 16;
+    let segs = reader.segments_for(start, end);
+    futures_util::stream::unfold(
+        (reader, segs.start, segs.end),
+        move |(reader, next, last)| async move {
+            if next >= last {
+                return None;
+            }
+            let batch_end = (next + BATCH).min(last);
+            match reader.read_segments(next, batch_end).await {
+                Ok(segs) => {
+                    let mut out = Vec::with_capacity(segs.iter().map(Vec::len).sum());
+                    for (k, seg) in segs.into_iter().enumerate() {
+                        let idx = next + k as u64;
+                        let seg_start = efs_core::fs::segment_offset(idx);
+                        let lo = start.saturating_sub(seg_start).min(seg.len() as u64) as usize;
+                        let hi = (end - seg_start).min(seg.len() as u64) as usize;
+                        if lo < hi {
+                            out.extend_from_slice(&seg[lo..hi]);
+                        }
+                    }
+                    Some((Ok(Bytes::from(out)), (reader, batch_end, last)))
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "reading content failed mid-stream; aborting the response");
+                    Some((
+                        Err(std::io::Error::other("integrity check failed")),
+                        (reader, last, last),
+                    ))
+                }
+            }
+        },
+    )
+}

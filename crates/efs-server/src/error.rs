@@ -1,0 +1,145 @@
+//! `ApiError`: every failure as an HTTP status and a stable code, with a message that
+//! never carries internal details (those go to the log).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use efs_core::CoreError;
+use efs_proto::{ErrorBody, codes};
+
+use crate::auth::AuthError;
+
+/// An error answered to the client.
+#[derive(Debug)]
+pub struct ApiError {
+    /// HTTP status.
+    pub status: StatusCode,
+    /// Stable code ([`efs_proto::codes`]).
+    pub code: &'static str,
+    /// Public message.
+    pub message: String,
+    /// Seconds for `Retry-After` (429).
+    pub retry_after: Option<u64>,
+}
+
+impl ApiError {
+    /// An error with a status, a code and a message.
+    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+            retry_after: None,
+        }
+    }
+
+    /// 400 bad_request.
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, codes::BAD_REQUEST, message)
+    }
+
+    /// 401 unauthorized (one generic message for every cause).
+    pub fn unauthorized() -> Self {
+        Self::new(
+            StatusCode::UNAUTHORIZED,
+            codes::UNAUTHORIZED,
+            "a valid token is required: log in at /_efs/auth/challenge and /_efs/auth/token",
+        )
+    }
+
+    /// 403 forbidden.
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, codes::FORBIDDEN, message)
+    }
+
+    /// 404 not_found.
+    pub fn not_found() -> Self {
+        Self::new(
+            StatusCode::NOT_FOUND,
+            codes::NOT_FOUND,
+            "no such file or directory",
+        )
+    }
+
+    /// 405.
+    pub fn method_not_allowed(message: impl Into<String>) -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            codes::METHOD_NOT_ALLOWED,
+            message,
+        )
+    }
+
+    /// 500 internal; log the cause before calling.
+    pub fn internal() -> Self {
+        Self::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            codes::INTERNAL,
+            "internal error (details are in the server log)",
+        )
+    }
+}
+
+impl From<CoreError> for ApiError {
+    fn from(e: CoreError) -> Self {
+        match e {
+            CoreError::Path(p) => {
+                ApiError::new(StatusCode::BAD_REQUEST, codes::INVALID_PATH, p.to_string())
+            }
+            CoreError::NotFound => ApiError::not_found(),
+            CoreError::Conflict(m) => ApiError::new(StatusCode::CONFLICT, codes::CONFLICT, m),
+            CoreError::Precondition => ApiError::new(
+                StatusCode::PRECONDITION_FAILED,
+                codes::PRECONDITION_FAILED,
+                "the If-Match / If-None-Match condition does not hold",
+            ),
+            CoreError::TooLarge => ApiError::new(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                codes::TOO_LARGE,
+                "the body is larger than this server accepts",
+            ),
+            CoreError::Contention => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::UNAVAILABLE,
+                "too many concurrent writers on this path; retry",
+            ),
+            CoreError::Decrypt => {
+                tracing::error!("stored data failed its integrity check (tampered or corrupt)");
+                ApiError::internal()
+            }
+            other => {
+                tracing::error!(error = %other, "internal error");
+                ApiError::internal()
+            }
+        }
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(e: AuthError) -> Self {
+        tracing::debug!(reason = e.internal_reason(), "authentication refused");
+        let status = StatusCode::from_u16(e.status()).unwrap_or(StatusCode::UNAUTHORIZED);
+        let mut a = ApiError::new(status, e.code(), e.public_message());
+        a.retry_after = e.retry_after_secs();
+        a
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = ErrorBody {
+            error: self.code.to_owned(),
+            message: self.message,
+        };
+        let mut r = (self.status, axum::Json(body)).into_response();
+        if let Some(s) = self.retry_after
+            && let Ok(v) = HeaderValue::from_str(&s.to_string())
+        {
+            r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if self.status == StatusCode::UNAUTHORIZED {
+            r.headers_mut()
+                .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        }
+        r
+    }
+}

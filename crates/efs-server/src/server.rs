@@ -1,0 +1,261 @@
+//! Start-up and the accept loop.
+//!
+//! Shutdown protocol: on SIGTERM or Ctrl-C the listener stops accepting, every open
+//! connection is told to finish its in-flight requests (`GracefulShutdown`), and the
+//! process waits for them at most [`ServerConfig::shutdown_timeout`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use efs_core::{DataDir, FsOptions, KeyPartSpec, OpenOptions};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio_rustls::TlsAcceptor;
+
+use crate::app::{AppState, ConnInfo, HttpConfig};
+use crate::auth::{AuthConfig, Authenticator};
+use crate::cache::{CacheConfig, ContentCache};
+use crate::users::UserCache;
+
+/// Everything `efs-server` is started with.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// The data dir.
+    pub data: PathBuf,
+    /// Address to listen on (port 0: any free port, printed at start).
+    pub listen: SocketAddr,
+    /// Key parts.
+    pub key_parts: Vec<KeyPartSpec>,
+    /// Operator certificate and key (PEM); generated if absent.
+    pub tls: Option<(PathBuf, PathBuf)>,
+    /// CA whose client certificates are required.
+    pub client_ca: Option<PathBuf>,
+    /// HTTP limits.
+    pub http: HttpConfig,
+    /// Cache bounds.
+    pub cache: CacheConfig,
+    /// Inline threshold.
+    pub inline_max: usize,
+    /// Login protocol lifetimes.
+    pub token_ttl: Duration,
+    /// Nonce lifetime.
+    pub nonce_ttl: Duration,
+    /// Renewals.
+    pub max_renewals: u32,
+    /// Wait at most this long for in-flight requests at shutdown.
+    pub shutdown_timeout: Duration,
+}
+
+/// Opens the data dir, prints the start-up facts and serves until a signal.
+pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    let opts = OpenOptions {
+        fs: FsOptions {
+            inline_max: cfg.inline_max,
+        },
+        ..Default::default()
+    };
+    let specs = cfg.key_parts.clone();
+    let data_path = cfg.data.clone();
+    let (data, report) = tokio::task::spawn_blocking(move || {
+        DataDir::open(&data_path, &specs, opts, &prompt_passphrase)
+    })
+    .await?
+    .with_context(|| format!("cannot open the data dir {}", cfg.data.display()))?;
+    if report.initialised {
+        println!("Initialised a new data dir at {}", cfg.data.display());
+    }
+    if let Some(p) = &report.generated_key_part {
+        println!(
+            "Generated a key part at {} (mode 0600), OUTSIDE the data dir.\n\
+             Keep it safe and apart from the data: without it the data cannot be read, ever.\n\
+             Later starts find it automatically; to be explicit, pass --key-part file:{}",
+            p.display(),
+            p.display()
+        );
+    }
+    let data = Arc::new(data);
+
+    let signing = data
+        .secret(efs_core::datadir::SECRET_SIGNING_KEY)?
+        .context("the data dir has no token-signing key")?;
+    let signing: [u8; 32] = signing
+        .as_slice()
+        .try_into()
+        .context("bad token-signing key")?;
+    let signing_key = ed25519_dalek::SigningKey::from_bytes(&signing);
+    let users = Arc::new(UserCache::default());
+    users.reload(&data)?;
+    let auth = Arc::new(Authenticator::new(
+        &signing_key,
+        AuthConfig {
+            server_id: String::new(),
+            token_ttl: cfg.token_ttl,
+            nonce_ttl: cfg.nonce_ttl,
+            max_renewals: cfg.max_renewals,
+        },
+        users.clone(),
+    ));
+    drop(signing_key);
+
+    let material = match &cfg.tls {
+        Some((c, k)) => crate::tls::load_pem(c, k)?,
+        None => crate::tls::load_or_generate(&data)?,
+    };
+    let fingerprint = material.fingerprint();
+    let generated = material.generated;
+    let tls = crate::tls::server_config(material, cfg.client_ca.as_deref())?;
+
+    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .ok();
+    let state = Arc::new(AppState {
+        data: data.clone(),
+        auth: auth.clone(),
+        users,
+        cache: ContentCache::new(cfg.cache),
+        http: cfg.http.clone(),
+        metrics,
+    });
+
+    let admin = crate::admin_socket::bind(&data.admin_socket()).await?;
+    tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
+
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    let local = listener.local_addr()?;
+    println!("Server identity: {}", auth.server_id());
+    println!(
+        "TLS certificate SHA-256 fingerprint: {fingerprint}{}",
+        if generated {
+            format!(
+                " (self-signed; clients can trust {}/system/tls-cert.pem)",
+                cfg.data.display()
+            )
+        } else {
+            String::new()
+        }
+    );
+    println!("Admin socket: {}", data.admin_socket().display());
+    println!("Listening on https://{local}");
+    use std::io::Write;
+    let _ = std::io::stdout().flush();
+
+    serve(
+        listener,
+        tls,
+        crate::app::router(state),
+        cfg.shutdown_timeout,
+    )
+    .await;
+    let _ = std::fs::remove_file(data.admin_socket());
+    println!("Stopped.");
+    Ok(())
+}
+
+fn prompt_passphrase(prompt: &str) -> std::io::Result<String> {
+    use std::io::IsTerminal;
+    if !std::io::stdin().is_terminal() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotConnected,
+            "stdin is not a terminal",
+        ));
+    }
+    rpassword::prompt_password(prompt)
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("installing a SIGTERM handler works on Unix");
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term.recv() => {},
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: axum::Router,
+    timeout: Duration,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(30))
+        .max_buf_size(64 * 1024);
+    builder.http2().max_concurrent_streams(256);
+    let builder = Arc::new(builder);
+    let signal = shutdown_signal();
+    tokio::pin!(signal);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = &mut signal => break,
+        };
+        let _ = tcp.set_nodelay(true);
+        let acceptor = acceptor.clone();
+        let app = app.clone();
+        let builder = builder.clone();
+        let watcher = graceful.watcher();
+        tokio::spawn(async move {
+            let tls =
+                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
+                    Ok(Ok(s)) => s,
+                    Ok(Err(e)) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => return,
+                };
+            let cert = tls
+                .get_ref()
+                .1
+                .peer_certificates()
+                .and_then(|c| c.first())
+                .map(|c| <[u8; 32]>::from(Sha256::digest(c.as_ref())));
+            let info = ConnInfo {
+                remote,
+                client_cert_sha256: cert,
+            };
+            let svc = hyper::service::service_fn(
+                move |mut req: hyper::Request<hyper::body::Incoming>| {
+                    req.extensions_mut().insert(info.clone());
+                    let app = app.clone();
+                    async move {
+                        use tower::ServiceExt;
+                        app.oneshot(req.map(axum::body::Body::new)).await
+                    }
+                },
+            );
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            let conn = watcher.watch(conn.into_owned());
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    tokio::select! {
+        _ = graceful.shutdown() => {},
+        _ = tokio::time::sleep(timeout) => {
+            tracing::warn!("shutdown timeout: closing connections with requests still in flight");
+        }
+    }
+}

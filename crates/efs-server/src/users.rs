@@ -1,0 +1,75 @@
+//! The in-memory user directory: a snapshot of the system database's users, reloaded
+//! after every admin change, so that a login or a token check is a map lookup.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use efs_core::DataDir;
+use efs_core::system::UserRecord;
+
+use crate::auth::{AuthUser, Grant, UserDirectory};
+
+/// Users by name.
+#[derive(Default)]
+pub struct UserCache {
+    users: RwLock<HashMap<String, (AuthUser, Option<[u8; 32]>)>>,
+}
+
+impl UserCache {
+    /// Reloads every user from the data dir.
+    pub fn reload(&self, data: &DataDir) -> efs_core::Result<()> {
+        let mut map = HashMap::new();
+        for u in data.users()? {
+            if let Some(a) = to_auth(&u) {
+                map.insert(u.name.clone(), (a, u.cert_sha256));
+            } else {
+                tracing::warn!("a stored user has an invalid public key; it cannot log in");
+            }
+        }
+        *self.users.write().expect("lock poisoned") = map;
+        Ok(())
+    }
+
+    /// The client-certificate hash bound to `user`, if any.
+    pub fn cert_binding(&self, user: &str) -> Option<[u8; 32]> {
+        self.users
+            .read()
+            .expect("lock poisoned")
+            .get(user)
+            .and_then(|(_, c)| *c)
+    }
+
+    /// Whether `user` exists.
+    pub fn exists(&self, user: &str) -> bool {
+        self.users.read().expect("lock poisoned").contains_key(user)
+    }
+}
+
+fn to_auth(u: &UserRecord) -> Option<AuthUser> {
+    Some(AuthUser {
+        name: u.name.clone(),
+        public_key: ed25519_dalek::VerifyingKey::from_bytes(&u.public_key).ok()?,
+        grants: u
+            .grants
+            .iter()
+            .map(|g| Grant {
+                fs: g.fs.clone(),
+                read_only: g.read_only,
+            })
+            .collect(),
+        generation: u.generation,
+    })
+}
+
+impl UserDirectory for UserCache {
+    fn lookup(&self, user: &str) -> Option<AuthUser> {
+        self.users
+            .read()
+            .expect("lock poisoned")
+            .get(user)
+            .map(|(a, _)| a.clone())
+    }
+}
+
+/// Shared handle.
+pub type Users = Arc<UserCache>;
