@@ -1,0 +1,637 @@
+//! A filesystem on a real data dir: round trips at every edge size, the tree operations,
+//! copy-on-write and readers, concurrency, and fsck/gc against damage made on disk.
+
+mod common;
+
+use std::collections::HashSet;
+
+use common::{Env, INLINE_MAX, p, pattern, put, put_with, read_all, read_range, read_reader};
+use efs_core::{CoreError, Kind, Precondition};
+
+const SEG: usize = 65536;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn round_trip_at_edge_sizes_inline_and_blob() {
+    let env = Env::new();
+    let fs = &env.fs;
+    let sizes = [
+        0,
+        1,
+        INLINE_MAX - 1,
+        INLINE_MAX,
+        INLINE_MAX + 1,
+        SEG - 1,
+        SEG,
+        SEG + 1,
+        3 * SEG + 7,
+    ];
+    let mut blobs_expected = 0;
+    for (i, &n) in sizes.iter().enumerate() {
+        let path = format!("/sizes/f{n}");
+        let data = pattern(i as u64 + 1, n);
+        let ct = format!("application/x-test-{n}");
+        let e = put_with(fs, &path, &data, Some(&ct), Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(e.size, n as u64);
+        assert_eq!(e.kind, Kind::File);
+        assert_eq!(e.name, format!("f{n}"));
+
+        // Small files live in the index, larger ones in a blob.
+        let blob = env.blob_path(&e.version);
+        if n <= INLINE_MAX {
+            assert!(!blob.exists(), "{n} bytes are inline");
+        } else {
+            blobs_expected += 1;
+            assert!(blob.exists(), "{n} bytes are a blob");
+        }
+        assert_eq!(env.blob_files().len(), blobs_expected);
+
+        let st = fs.stat(&p(&path)).await.unwrap();
+        assert_eq!(st.size, n as u64);
+        assert_eq!(st.content_type.as_deref(), Some(ct.as_str()), "Content-Type kept");
+        assert_eq!(st.version, e.version);
+        assert_eq!(st.etag(), format!("\"{}\"", hex::encode(e.version)));
+
+        let r = fs.open(&p(&path)).await.unwrap();
+        assert_eq!(r.len(), n as u64);
+        assert_eq!(r.is_empty(), n == 0);
+        assert_eq!(r.segment_count(), (n as u64).div_ceil(SEG as u64).max(1));
+        assert_eq!(r.entry().content_type.as_deref(), Some(ct.as_str()));
+        let back = read_reader(&r).await.unwrap();
+        assert!(back == data, "{n} bytes read back whole");
+
+        // Byte ranges, through the segments that cover them.
+        let n64 = n as u64;
+        let ranges = [
+            (0, 1),
+            (0, n64),
+            (n64.saturating_sub(1), n64),
+            (1, n64 / 2 + 1),
+            (SEG as u64 - 3, SEG as u64 + 3),
+            (SEG as u64, 2 * SEG as u64 + 1),
+            (n64 / 3, 2 * n64 / 3 + 1),
+            (n64, n64 + 10),
+        ];
+        for (a, b) in ranges {
+            let got = read_range(&r, a, b).await.unwrap();
+            let (a2, b2) = (a.min(n64) as usize, b.min(n64) as usize);
+            let want = if a2 < b2 { &data[a2..b2] } else { &[][..] };
+            assert!(got == want, "{n} bytes, range {a}..{b}");
+        }
+        assert!(r.segments_for(5, 5).is_empty());
+    }
+    assert_eq!(env.tmp_files(), 0, "no temporary file left behind");
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+    assert_eq!(rep.files_verified, sizes.len() as u64);
+    assert_eq!(rep.records, sizes.len() as u64 + 1, "the files and /sizes");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn overwrite_replaces_whole_and_removes_the_old_blob() {
+    let env = Env::new();
+    let fs = &env.fs;
+    let v1 = pattern(1, 3 * SEG + 7);
+    let e1 = put_with(fs, "/o/file", &v1, Some("text/a"), Precondition::None)
+        .await
+        .unwrap();
+    let b1 = env.blob_path(&e1.version);
+    assert!(b1.exists());
+
+    // Shorter content: nothing of the longer one survives.
+    let v2 = pattern(2, SEG + 1);
+    let e2 = put_with(fs, "/o/file", &v2, Some("text/b"), Precondition::None)
+        .await
+        .unwrap();
+    assert_ne!(e2.version, e1.version, "every write is a new version");
+    assert_eq!(e2.created_ms, e1.created_ms, "creation time kept");
+    assert!(!b1.exists(), "the old blob is removed after the commit");
+    assert!(env.blob_path(&e2.version).exists());
+    assert!(read_all(fs, "/o/file").await.unwrap() == v2);
+    let st = fs.stat(&p("/o/file")).await.unwrap();
+    assert_eq!(st.content_type.as_deref(), Some("text/b"));
+    assert_eq!(st.size, v2.len() as u64);
+
+    // Blob → inline → inline → blob.
+    let e3 = put(fs, "/o/file", b"small").await;
+    assert!(env.blob_files().is_empty(), "no blob left once the file is inline");
+    assert_eq!(read_all(fs, "/o/file").await.unwrap(), b"small");
+    assert_eq!(e3.content_type, None);
+    put(fs, "/o/file", b"").await;
+    assert_eq!(read_all(fs, "/o/file").await.unwrap(), b"");
+    let v5 = pattern(5, 5000);
+    let e5 = put(fs, "/o/file", &v5).await;
+    assert_eq!(env.blob_files(), vec![env.blob_path(&e5.version)]);
+    assert!(read_all(fs, "/o/file").await.unwrap() == v5);
+
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "old inline contents are removed too: {rep:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn preconditions() {
+    let env = Env::new();
+    let fs = &env.fs;
+    let big = pattern(9, 4000);
+
+    // If-None-Match: * creates, then refuses.
+    let e1 = put_with(fs, "/c/f", b"first", None, Precondition::IfNoneMatch)
+        .await
+        .unwrap();
+    let r = put_with(fs, "/c/f", &big, None, Precondition::IfNoneMatch).await;
+    assert!(matches!(r, Err(CoreError::Precondition)), "{r:?}");
+    assert_eq!(read_all(fs, "/c/f").await.unwrap(), b"first");
+
+    // If-Match with the right version, then with the now stale one.
+    let e2 = put_with(fs, "/c/f", b"second", None, Precondition::IfMatch(vec![e1.version]))
+        .await
+        .unwrap();
+    let r = put_with(fs, "/c/f", &big, None, Precondition::IfMatch(vec![e1.version])).await;
+    assert!(matches!(r, Err(CoreError::Precondition)), "{r:?}");
+    assert_eq!(read_all(fs, "/c/f").await.unwrap(), b"second");
+    // Any of several tags.
+    let e3 = put_with(
+        fs,
+        "/c/f",
+        b"third",
+        None,
+        Precondition::IfMatch(vec![[7; 16], e2.version]),
+    )
+    .await
+    .unwrap();
+    assert_ne!(e3.version, e2.version);
+
+    // If-Match: * needs a current version.
+    let r = put_with(fs, "/c/missing", b"x", None, Precondition::IfExists).await;
+    assert!(matches!(r, Err(CoreError::Precondition)), "{r:?}");
+    let r = put_with(fs, "/c/missing", &big, None, Precondition::IfMatch(vec![e3.version])).await;
+    assert!(matches!(r, Err(CoreError::Precondition)), "{r:?}");
+    assert!(matches!(fs.stat(&p("/c/missing")).await, Err(CoreError::NotFound)));
+    put_with(fs, "/c/f", b"fourth", None, Precondition::IfExists)
+        .await
+        .unwrap();
+    assert_eq!(read_all(fs, "/c/f").await.unwrap(), b"fourth");
+
+    // Delete with a stale version is refused too.
+    let r = fs
+        .delete(&p("/c/f"), Precondition::IfMatch(vec![e3.version]), false)
+        .await;
+    assert!(matches!(r, Err(CoreError::Precondition)), "{r:?}");
+    assert_eq!(read_all(fs, "/c/f").await.unwrap(), b"fourth");
+
+    // Refused writes of blob size left no blob and no temporary file behind.
+    assert!(env.blob_files().is_empty());
+    assert_eq!(env.tmp_files(), 0);
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parents_are_created_and_a_file_is_no_parent() {
+    let env = Env::new();
+    let fs = &env.fs;
+    put(fs, "/a/b/c/file.txt", b"deep").await;
+    for d in ["/a", "/a/b", "/a/b/c"] {
+        let e = fs.stat(&p(d)).await.unwrap();
+        assert_eq!(e.kind, Kind::Dir, "{d}");
+    }
+    let (names, _) = fs.list(&p("/a/b/c"), None, 10).await.unwrap();
+    assert_eq!(names.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["file.txt"]);
+
+    for bad in ["/a/b/c/file.txt/x", "/a/b/c/file.txt/x/y"] {
+        let r = put_with(fs, bad, b"x", None, Precondition::None).await;
+        assert!(matches!(r, Err(CoreError::Conflict(_))), "{bad}: {r:?}");
+        assert!(matches!(fs.mkdir(&p(bad)).await, Err(CoreError::Conflict(_))));
+    }
+    // A file where a directory is, and the reverse.
+    let r = put_with(fs, "/a/b", b"x", None, Precondition::None).await;
+    assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
+    assert!(matches!(fs.mkdir(&p("/a/b/c/file.txt")).await, Err(CoreError::Conflict(_))));
+    assert!(matches!(fs.list(&p("/a/b/c/file.txt"), None, 10).await, Err(CoreError::Conflict(_))));
+    assert!(matches!(fs.open(&p("/a/b")).await, Err(CoreError::Conflict(_))));
+    assert_eq!(read_all(fs, "/a/b/c/file.txt").await.unwrap(), b"deep");
+
+    // mkdir creates parents and is idempotent on a directory.
+    let m = fs.mkdir(&p("/m/n/o")).await.unwrap();
+    assert_eq!(m.kind, Kind::Dir);
+    assert_eq!(fs.stat(&p("/m/n")).await.unwrap().kind, Kind::Dir);
+    assert_eq!(fs.mkdir(&p("/m/n/o")).await.unwrap().version, m.version);
+    let (empty, cursor) = fs.list(&p("/m/n/o"), None, 10).await.unwrap();
+    assert!(empty.is_empty() && cursor.is_none());
+
+    let root = fs.stat(&efs_core::EfsPath::root()).await.unwrap();
+    assert_eq!(root.kind, Kind::Dir);
+    let (top, _) = fs.list(&efs_core::EfsPath::root(), None, 10).await.unwrap();
+    let mut top: Vec<_> = top.into_iter().map(|e| e.name).collect();
+    top.sort();
+    assert_eq!(top, ["a", "m"]);
+
+    assert!(matches!(fs.stat(&p("/nope")).await, Err(CoreError::NotFound)));
+    assert!(matches!(fs.stat(&p("/a/nope/x")).await, Err(CoreError::NotFound)));
+    assert!(matches!(fs.open(&p("/a/b/nope")).await, Err(CoreError::NotFound)));
+    assert!(matches!(fs.list(&p("/nope"), None, 10).await, Err(CoreError::NotFound)));
+    assert!(fs.fsck().await.unwrap().is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn listing_pages_see_every_entry_once() {
+    let env = Env::new();
+    let fs = env.fs.clone();
+    fs.mkdir(&p("/many")).await.unwrap();
+    // Written concurrently (16 at a time): siblings do not conflict.
+    let mut set = tokio::task::JoinSet::new();
+    for w in 0..16usize {
+        let fs = fs.clone();
+        set.spawn(async move {
+            for i in (w..250).step_by(16) {
+                let size = if i % 50 == 0 { INLINE_MAX + i } else { i % 7 };
+                put(&fs, &format!("/many/n{i:03}"), &pattern(i as u64, size)).await;
+            }
+        });
+    }
+    while let Some(r) = set.join_next().await {
+        r.unwrap();
+    }
+    // A file elsewhere must not show up.
+    put(&fs, "/other/n000", b"x").await;
+
+    for limit in [7usize, 100, 250] {
+        let mut seen = Vec::new();
+        let mut cursor = None;
+        let mut pages = 0;
+        loop {
+            let (page, next) = fs.list(&p("/many"), cursor.as_ref(), limit).await.unwrap();
+            assert!(page.len() <= limit);
+            pages += 1;
+            seen.extend(page.into_iter().map(|e| (e.name, e.size)));
+            match next {
+                Some(c) => cursor = Some(c),
+                None => break,
+            }
+        }
+        assert_eq!(pages, 250usize.div_ceil(limit), "limit {limit}");
+        assert_eq!(seen.len(), 250, "limit {limit}");
+        let names: HashSet<_> = seen.iter().map(|(n, _)| n.clone()).collect();
+        assert_eq!(names.len(), 250, "each name exactly once (limit {limit})");
+        for i in 0..250 {
+            assert!(names.contains(&format!("n{i:03}")));
+        }
+        for (n, size) in &seen {
+            let i: usize = n[1..].parse().unwrap();
+            let want = if i % 50 == 0 { INLINE_MAX + i } else { i % 7 };
+            assert_eq!(*size, want as u64, "{n}");
+        }
+    }
+    let (all, next) = fs.list(&p("/many"), None, 1000).await.unwrap();
+    assert_eq!((all.len(), next), (250, None));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_file_and_directory() {
+    let env = Env::new();
+    let fs = &env.fs;
+    let data = pattern(3, 70_000);
+    let e = put_with(fs, "/r/a.bin", &data, Some("application/pdf"), Precondition::None)
+        .await
+        .unwrap();
+    let moved = fs.rename(&p("/r/a.bin"), &p("/r/new/b.bin"), false).await.unwrap();
+    assert_eq!(moved.name, "b.bin");
+    assert_eq!(moved.version, e.version, "the content is not rewritten");
+    assert!(matches!(fs.stat(&p("/r/a.bin")).await, Err(CoreError::NotFound)));
+    assert!(read_all(fs, "/r/new/b.bin").await.unwrap() == data);
+    let st = fs.stat(&p("/r/new/b.bin")).await.unwrap();
+    assert_eq!(st.content_type.as_deref(), Some("application/pdf"));
+
+    // A directory with children moves as one entry.
+    put(fs, "/d1/x/y.txt", b"child y").await;
+    let z = pattern(4, 100_000);
+    put(fs, "/d1/z.bin", &z).await;
+    let d1 = fs.stat(&p("/d1")).await.unwrap();
+    let d2 = fs.rename(&p("/d1"), &p("/d2/inner"), false).await.unwrap();
+    assert_eq!(d2.kind, Kind::Dir);
+    assert_eq!(d2.version, d1.version);
+    assert_eq!(read_all(fs, "/d2/inner/x/y.txt").await.unwrap(), b"child y");
+    assert!(read_all(fs, "/d2/inner/z.bin").await.unwrap() == z);
+    for gone in ["/d1", "/d1/x", "/d1/x/y.txt", "/d1/z.bin"] {
+        assert!(matches!(fs.stat(&p(gone)).await, Err(CoreError::NotFound)), "{gone}");
+    }
+    let (kids, _) = fs.list(&p("/d2/inner"), None, 10).await.unwrap();
+    let mut kids: Vec<_> = kids.into_iter().map(|e| e.name).collect();
+    kids.sort();
+    assert_eq!(kids, ["x", "z.bin"]);
+
+    // Renaming to itself is a no-op; a missing source is NotFound.
+    fs.rename(&p("/d2/inner"), &p("/d2/inner"), false).await.unwrap();
+    assert!(matches!(
+        fs.rename(&p("/nope"), &p("/nope2"), false).await,
+        Err(CoreError::NotFound)
+    ));
+    // A name that only starts with the same letters is not "inside".
+    put(fs, "/ab", b"ab").await;
+    fs.rename(&p("/ab"), &p("/abc/ab"), false).await.unwrap();
+    assert_eq!(read_all(fs, "/abc/ab").await.unwrap(), b"ab");
+
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+    assert_eq!(env.blob_files().len(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rename_conflicts_and_overwrite() {
+    let env = Env::new();
+    let fs = &env.fs;
+    put(fs, "/p/q/file", b"inside").await;
+    for into in ["/p/q", "/p/q/r", "/p/x/y/z"] {
+        let r = fs.rename(&p("/p"), &p(into), false).await;
+        assert!(matches!(r, Err(CoreError::Conflict(_))), "{into}: {r:?}");
+    }
+    assert_eq!(read_all(fs, "/p/q/file").await.unwrap(), b"inside");
+
+    let src = pattern(5, 2000);
+    let old = pattern(6, 9000);
+    let es = put(fs, "/s/src", &src).await;
+    let ed = put(fs, "/s/dst", &old).await;
+    let r = fs.rename(&p("/s/src"), &p("/s/dst"), false).await;
+    assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
+    assert!(read_all(fs, "/s/src").await.unwrap() == src);
+    assert!(read_all(fs, "/s/dst").await.unwrap() == old);
+
+    // A file cannot replace a directory, nor a directory a file, even with overwrite.
+    fs.mkdir(&p("/s/dir")).await.unwrap();
+    let r = fs.rename(&p("/s/src"), &p("/s/dir"), true).await;
+    assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
+    let r = fs.rename(&p("/s/dir"), &p("/s/dst"), true).await;
+    assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
+
+    let e = fs.rename(&p("/s/src"), &p("/s/dst"), true).await.unwrap();
+    assert_eq!(e.version, es.version);
+    assert!(read_all(fs, "/s/dst").await.unwrap() == src);
+    assert!(matches!(fs.stat(&p("/s/src")).await, Err(CoreError::NotFound)));
+    assert!(!env.blob_path(&ed.version).exists(), "the replaced file's blob is removed");
+    assert_eq!(env.blob_files(), vec![env.blob_path(&es.version)]);
+
+    // Inline over inline: the replaced inline content goes too.
+    put(fs, "/s/i1", b"one").await;
+    put(fs, "/s/i2", b"two").await;
+    fs.rename(&p("/s/i1"), &p("/s/i2"), true).await.unwrap();
+    assert_eq!(read_all(fs, "/s/i2").await.unwrap(), b"one");
+
+    assert!(matches!(
+        fs.rename(&efs_core::EfsPath::root(), &p("/x"), false).await,
+        Err(CoreError::Conflict(_))
+    ));
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delete_files_and_directories() {
+    let env = Env::new();
+    let fs = &env.fs;
+    let e = put(fs, "/del/big", &pattern(1, 50_000)).await;
+    put(fs, "/del/small", b"s").await;
+    fs.delete(&p("/del/big"), Precondition::None, false).await.unwrap();
+    assert!(matches!(fs.stat(&p("/del/big")).await, Err(CoreError::NotFound)));
+    assert!(matches!(fs.open(&p("/del/big")).await, Err(CoreError::NotFound)));
+    assert!(!env.blob_path(&e.version).exists());
+    assert!(matches!(
+        fs.delete(&p("/del/big"), Precondition::None, false).await,
+        Err(CoreError::NotFound)
+    ));
+
+    // A non-empty tree: refused without `recursive`, gone with it.
+    put(fs, "/tree/a/b/c.bin", &pattern(2, 3 * SEG + 7)).await;
+    put(fs, "/tree/a/d", b"d").await;
+    put(fs, "/tree/e.bin", &pattern(3, 5000)).await;
+    fs.mkdir(&p("/tree/empty")).await.unwrap();
+    let r = fs.delete(&p("/tree"), Precondition::None, false).await;
+    assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
+    assert_eq!(read_all(fs, "/tree/a/d").await.unwrap(), b"d");
+    assert_eq!(env.blob_files().len(), 2);
+    fs.delete(&p("/tree"), Precondition::None, true).await.unwrap();
+    for gone in ["/tree", "/tree/a", "/tree/a/b/c.bin", "/tree/e.bin"] {
+        assert!(matches!(fs.stat(&p(gone)).await, Err(CoreError::NotFound)), "{gone}");
+    }
+    assert!(env.blob_files().is_empty(), "the tree's blobs are removed");
+    // An empty directory goes without `recursive`.
+    fs.mkdir(&p("/lonely")).await.unwrap();
+    fs.delete(&p("/lonely"), Precondition::None, false).await.unwrap();
+
+    // The same path again is a new, empty directory.
+    fs.mkdir(&p("/tree/a")).await.unwrap();
+    let (kids, _) = fs.list(&p("/tree/a"), None, 10).await.unwrap();
+    assert!(kids.is_empty());
+
+    let r = fs.delete(&efs_core::EfsPath::root(), Precondition::None, true).await;
+    assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "nothing left over: {rep:?}");
+    assert_eq!(rep.records, 4, "/del, /del/small, /tree, /tree/a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reader_keeps_the_version_it_opened() {
+    let env = Env::new();
+    let fs = &env.fs;
+    let v1 = pattern(1, 3 * SEG + 7);
+    let v2 = pattern(2, 2 * SEG + 3);
+    put(fs, "/doc", &v1).await;
+    put(fs, "/tiny", b"tiny one").await;
+    let r1 = fs.open(&p("/doc")).await.unwrap();
+    let t1 = fs.open(&p("/tiny")).await.unwrap();
+    // Start reading, then the file is replaced.
+    assert!(read_range(&r1, 0, 10).await.unwrap() == v1[..10]);
+    put(fs, "/doc", &v2).await;
+    put(fs, "/tiny", b"tiny two").await;
+    let r2 = fs.open(&p("/doc")).await.unwrap();
+    fs.delete(&p("/doc"), Precondition::None, false).await.unwrap();
+    fs.delete(&p("/tiny"), Precondition::None, false).await.unwrap();
+    assert!(env.blob_files().is_empty(), "both versions are gone from the store");
+
+    assert!(read_reader(&r1).await.unwrap() == v1, "the first reader sees all of v1");
+    assert!(read_reader(&r2).await.unwrap() == v2, "the second reader sees all of v2");
+    assert_eq!(read_reader(&t1).await.unwrap(), b"tiny one");
+    assert!(matches!(fs.open(&p("/doc")).await, Err(CoreError::NotFound)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_leave_exactly_one_whole_version() {
+    let env = Env::new();
+    let fs = env.fs.clone();
+    let contents: Vec<Vec<u8>> = (0..16).map(|i| pattern(100 + i, SEG + 1000 * i as usize)).collect();
+    let mut set = tokio::task::JoinSet::new();
+    for c in contents.clone() {
+        let fs = fs.clone();
+        set.spawn(async move {
+            put_with(&fs, "/race/file", &c, None, Precondition::None)
+                .await
+                .map(|e| e.version)
+        });
+    }
+    let mut versions = Vec::new();
+    while let Some(r) = set.join_next().await {
+        versions.push(r.unwrap().expect("each write succeeds (retries)"));
+    }
+    let got = read_all(&fs, "/race/file").await.unwrap();
+    let matches = contents.iter().filter(|c| **c == got).count();
+    assert_eq!(matches, 1, "the final content is exactly one writer's, whole");
+    let st = fs.stat(&p("/race/file")).await.unwrap();
+    assert!(versions.contains(&st.version));
+    assert_eq!(st.size, got.len() as u64);
+    assert_eq!(env.blob_files(), vec![env.blob_path(&st.version)], "the losers' blobs are gone");
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+    assert_eq!(rep.records, 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_is_clean_on_a_healthy_filesystem() {
+    let env = Env::new();
+    let fs = &env.fs;
+    put(fs, "/h/a", b"").await;
+    put(fs, "/h/b", &pattern(1, 900)).await;
+    put(fs, "/h/c/d", &pattern(2, 2 * SEG)).await;
+    fs.mkdir(&p("/h/e")).await.unwrap();
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+    assert_eq!(rep.files_verified, 3);
+    assert_eq!(rep.records, 6);
+    let st = fs.stats().await.unwrap();
+    assert_eq!((st.files, st.dirs, st.bytes), (3, 3, 900 + 2 * SEG as u64));
+    let gc = fs.gc(0).await.unwrap();
+    assert_eq!((gc.blobs_removed, gc.inline_removed, gc.blobs_kept_young), (0, 0, 0));
+    assert_eq!(read_all(fs, "/h/c/d").await.unwrap().len(), 2 * SEG);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_byte_in_a_blob_is_detected() {
+    let env = Env::new();
+    let fs = &env.fs;
+    let data = pattern(7, 3 * SEG + 7);
+    let e = put(fs, "/t/damaged", &data).await;
+    put(fs, "/t/fine", &pattern(8, 5000)).await;
+    let blob = env.blob_path(&e.version);
+    let mut bytes = std::fs::read(&blob).unwrap();
+    // A byte in the third segment's ciphertext.
+    let at = 56 + 2 * (SEG + 16) + 100;
+    bytes[at] ^= 0x01;
+    std::fs::write(&blob, &bytes).unwrap();
+
+    let rep = fs.fsck().await.unwrap();
+    assert_eq!(rep.errors.len(), 1, "{rep:?}");
+    assert!(!rep.is_clean());
+    assert_eq!(rep.files_verified, 1, "the other file still verifies");
+    assert!(!rep.errors[0].contains("damaged"), "no names in fsck output");
+
+    let r = read_all(fs, "/t/damaged").await;
+    assert!(matches!(r, Err(CoreError::Decrypt)), "{r:?}");
+    // Random access: segments before the damage still read, the damaged one does not.
+    let rd = fs.open(&p("/t/damaged")).await.unwrap();
+    assert!(read_range(&rd, 0, 2 * SEG as u64).await.unwrap() == data[..2 * SEG]);
+    assert!(matches!(rd.read_segments(2, 3).await, Err(CoreError::Decrypt)));
+
+    // A damaged header is caught as well.
+    bytes[at] ^= 0x01;
+    bytes[20] ^= 0x80;
+    std::fs::write(&blob, &bytes).unwrap();
+    let r = read_all(fs, "/t/damaged").await;
+    assert!(matches!(r, Err(CoreError::Decrypt)), "{r:?}");
+    // A truncated blob too.
+    bytes[20] ^= 0x80;
+    std::fs::write(&blob, &bytes[..bytes.len() - 1]).unwrap();
+    let r = read_all(fs, "/t/damaged").await;
+    assert!(matches!(r, Err(CoreError::Decrypt)), "{r:?}");
+    // Restored, all is well again.
+    std::fs::write(&blob, &bytes).unwrap();
+    assert!(read_all(fs, "/t/damaged").await.unwrap() == data);
+    assert!(fs.fsck().await.unwrap().is_clean());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn orphan_blobs_are_listed_and_collected() {
+    let env = Env::new();
+    let fs = &env.fs;
+    let data = pattern(1, 4000);
+    let e = put(fs, "/g/kept", &data).await;
+    let mut id = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut id).unwrap();
+    let orphan = env.blob_path(&id);
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::copy(env.blob_path(&e.version), &orphan).unwrap();
+
+    let rep = fs.fsck().await.unwrap();
+    assert_eq!(rep.orphan_blobs, vec![hex::encode(id)]);
+    assert!(rep.errors.is_empty(), "{rep:?}");
+    assert!(!rep.is_clean());
+
+    // Young orphans are kept (uploads in flight), old ones removed.
+    let gc = fs.gc(3600).await.unwrap();
+    assert_eq!((gc.blobs_removed, gc.blobs_kept_young), (0, 1));
+    assert!(orphan.exists());
+    let gc = fs.gc(0).await.unwrap();
+    assert_eq!((gc.blobs_removed, gc.blobs_kept_young), (1, 0));
+    assert!(!orphan.exists());
+    assert!(fs.fsck().await.unwrap().is_clean());
+    assert!(read_all(fs, "/g/kept").await.unwrap() == data, "referenced blobs stay");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn swapped_blobs_fail_to_decrypt_never_give_wrong_bytes() {
+    let env = Env::new();
+    let fs = &env.fs;
+    // Same size (so the lengths agree), then different sizes.
+    let a = put(fs, "/w/a", &pattern(1, 3 * SEG + 7)).await;
+    let b = put(fs, "/w/b", &pattern(2, 3 * SEG + 7)).await;
+    let c = put(fs, "/w/c", &pattern(3, 2000)).await;
+    let swap = |x: &efs_core::Entry, y: &efs_core::Entry| {
+        let (px, py) = (env.blob_path(&x.version), env.blob_path(&y.version));
+        let (bx, by) = (std::fs::read(&px).unwrap(), std::fs::read(&py).unwrap());
+        std::fs::write(&px, by).unwrap();
+        std::fs::write(&py, bx).unwrap();
+    };
+    swap(&a, &b);
+    for f in ["/w/a", "/w/b"] {
+        let r = read_all(fs, f).await;
+        assert!(matches!(r, Err(CoreError::Decrypt)), "{f}: {r:?}");
+    }
+    let rep = fs.fsck().await.unwrap();
+    assert_eq!(rep.errors.len(), 2, "{rep:?}");
+    swap(&a, &b);
+    swap(&a, &c);
+    for f in ["/w/a", "/w/c"] {
+        let r = read_all(fs, f).await;
+        assert!(matches!(r, Err(CoreError::Decrypt)), "{f}: {r:?}");
+    }
+    // Only the header, swapped, is not enough either.
+    swap(&a, &c);
+    let (pa, pb) = (env.blob_path(&a.version), env.blob_path(&b.version));
+    let (mut ba, bb) = (std::fs::read(&pa).unwrap(), std::fs::read(&pb).unwrap());
+    ba[..56].copy_from_slice(&bb[..56]);
+    std::fs::write(&pa, &ba).unwrap();
+    let r = read_all(fs, "/w/a").await;
+    assert!(matches!(r, Err(CoreError::Decrypt)), "{r:?}");
+    assert!(read_all(fs, "/w/b").await.is_ok());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn too_large_and_abandoned_uploads_leave_nothing() {
+    let env = Env::new();
+    let fs = &env.fs;
+    let mut up = fs.begin_upload().await.unwrap();
+    up.set_max_size(100_000);
+    up.write(&pattern(1, 90_000)).await.unwrap();
+    assert_eq!(env.tmp_files(), 1, "a blob upload writes to a temporary file");
+    let r = up.write(&pattern(2, 20_000)).await;
+    assert!(matches!(r, Err(CoreError::TooLarge)), "{r:?}");
+    drop(up);
+    assert_eq!(env.tmp_files(), 0, "a dropped upload removes its temporary file");
+
+    let mut up = fs.begin_upload().await.unwrap();
+    up.write(&pattern(3, 2 * SEG)).await.unwrap();
+    up.abort().await;
+    assert_eq!(env.tmp_files(), 0);
+    assert!(env.blob_files().is_empty());
+    assert!(fs.fsck().await.unwrap().is_clean());
+    assert!(matches!(fs.stat(&p("/anything")).await, Err(CoreError::NotFound)));
+}
