@@ -268,6 +268,7 @@ impl DataDir {
                 META_KEYRING.into(),
                 keyring.seal(&self.starter, &id),
             )],
+            ..Default::default()
         };
         futures_block(commit(&index, batch))?;
         self.system.put_filesystem(&rec)?;

@@ -78,7 +78,9 @@ pub struct Entry {
 }
 
 impl Entry {
-    fn from_record(r: &Record) -> Self {
+    /// `version` is the ETag: a keyed hash of the content id, so that the ETag a client
+    /// sees cannot be matched with a blob's file name on disk.
+    fn from_record(kr: &Keyring, r: &Record) -> Self {
         Self {
             name: r.name.clone(),
             kind: r.kind,
@@ -86,7 +88,7 @@ impl Entry {
             created_ms: r.created_ms,
             modified_ms: r.modified_ms,
             content_type: r.content_type.clone(),
-            version: r.id,
+            version: if r.kind == Kind::File { etag_of(kr, &r.id) } else { r.id },
         }
     }
 
@@ -312,7 +314,7 @@ impl Filesystem {
     /// The entry at `path`.
     pub async fn stat(&self, path: &EfsPath) -> Result<Entry> {
         let kr = self.keyring();
-        Ok(Entry::from_record(&self.lookup_record(&kr, path).await?))
+        Ok(Entry::from_record(&kr, &self.lookup_record(&kr, path).await?))
     }
 
     /// A page of directory `path`: up to `limit` entries after `cursor`, and the cursor of
@@ -336,7 +338,7 @@ impl Filesystem {
         let mut last = None;
         for (k, v) in rows.into_iter().take(limit) {
             let r = Record::open(&kr, &self.id, &k, &v)?;
-            out.push(Entry::from_record(&r));
+            out.push(Entry::from_record(&kr, &r));
             last = Some(k);
         }
         Ok((out, if more { last } else { None }))
@@ -417,7 +419,7 @@ impl Filesystem {
             {
                 return Err(CoreError::Conflict("a directory exists at this path"));
             }
-            check_precondition(&cond, res.current.as_ref().map(|(_, r)| r))?;
+            check_precondition(&kr, &cond, res.current.as_ref().map(|(_, r)| r))?;
             let now = now_ms();
             let term = kr.current();
             let record = Record {
@@ -460,7 +462,7 @@ impl Filesystem {
                 if let Some((_, old)) = &res.current {
                     self.remove_blob_of(old).await;
                 }
-                return Ok((Entry::from_record(&record), res.current.is_some()));
+                return Ok((Entry::from_record(&kr, &record), res.current.is_some()));
             }
         }
         Err(CoreError::Contention)
@@ -498,12 +500,12 @@ impl Filesystem {
         for _ in 0..MAX_ATTEMPTS {
             let kr = self.keyring();
             if path.is_root() {
-                return Ok(Entry::from_record(&new_dir_record("", ROOT_ID, 0)));
+                return Ok(Entry::from_record(&kr, &new_dir_record("", ROOT_ID, 0)));
             }
             let res = self.resolve(&kr, path, true).await?;
             if let Some((_, cur)) = &res.current {
                 if cur.kind == Kind::Dir {
-                    return Ok(Entry::from_record(cur));
+                    return Ok(Entry::from_record(&kr, cur));
                 }
                 return Err(CoreError::Conflict("a file exists at this path"));
             }
@@ -517,7 +519,7 @@ impl Filesystem {
                 .ops
                 .push(Op::PutEntry(res.key, record.seal(&kr, &self.id, &res.key)));
             if self.index.commit(batch).await? {
-                return Ok(Entry::from_record(&record));
+                return Ok(Entry::from_record(&kr, &record));
             }
         }
         Err(CoreError::Contention)
@@ -535,7 +537,7 @@ impl Filesystem {
             let Some((value, rec)) = &res.current else {
                 return Err(CoreError::NotFound);
             };
-            check_precondition(&cond, Some(rec))?;
+            check_precondition(&kr, &cond, Some(rec))?;
             if rec.kind == Kind::Dir {
                 let tag = self.dir_tag(&kr, &rec.id);
                 let children = self.index.list_dir(&tag, None, 1).await?;
@@ -558,6 +560,9 @@ impl Filesystem {
                 key: res.key,
                 value: Some(value.clone()),
             });
+            if rec.kind == Kind::Dir {
+                batch.empty_dirs.push(self.dir_tag(&kr, &rec.id));
+            }
             batch.ops.push(Op::DeleteEntry(res.key));
             if rec.storage == Storage::Inline {
                 batch.ops.push(Op::DeleteInline(rec.id));
@@ -593,6 +598,10 @@ impl Filesystem {
                         key: k,
                         value: Some(v),
                     });
+                    if rec.kind == Kind::Dir {
+                        // A child written meanwhile fails this; the next pass deletes it.
+                        batch.empty_dirs.push(self.dir_tag(kr, &rec.id));
+                    }
                     batch.ops.push(Op::DeleteEntry(k));
                     if rec.storage == Storage::Inline {
                         batch.ops.push(Op::DeleteInline(rec.id));
@@ -663,7 +672,7 @@ impl Filesystem {
                 if let Some((_, d)) = &dst.current {
                     self.remove_blob_of(d).await;
                 }
-                return Ok(Entry::from_record(&moved));
+                return Ok(Entry::from_record(&kr, &moved));
             }
         }
         Err(CoreError::Contention)
@@ -718,7 +727,7 @@ impl Filesystem {
             return Err(CoreError::Decrypt);
         }
         Ok(FileReader {
-            entry: Entry::from_record(rec),
+            entry: Entry::from_record(&kr, rec),
             dec,
             source,
         })
@@ -853,6 +862,7 @@ impl Filesystem {
             let batch = Batch {
                 expect: vec![],
                 ops: orphans.into_iter().map(Op::DeleteInline).collect(),
+                ..Default::default()
             };
             self.index.commit(batch).await?;
         }
@@ -905,13 +915,24 @@ fn new_dir_record(name: &str, id: [u8; 16], now: i64) -> Record {
     }
 }
 
-fn check_precondition(cond: &Precondition, current: Option<&Record>) -> Result<()> {
+/// The ETag bytes of a file version.
+fn etag_of(kr: &Keyring, content: &ContentId) -> [u8; 16] {
+    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(kr.tag_key().as_bytes())
+        .expect("HMAC takes any key length");
+    mac.update(labels::TAG_ETAG);
+    mac.update(content);
+    mac.finalize().into_bytes()[..16]
+        .try_into()
+        .expect("SHA-256 output is 32 bytes")
+}
+
+fn check_precondition(kr: &Keyring, cond: &Precondition, current: Option<&Record>) -> Result<()> {
     let ok = match (cond, current) {
         (Precondition::None, _) => true,
         (Precondition::IfNoneMatch, cur) => cur.is_none(),
         (Precondition::IfExists, cur) => cur.is_some(),
         (Precondition::IfMatch(tags), Some(cur)) => {
-            cur.kind == Kind::File && tags.iter().any(|t| *t == cur.id)
+            cur.kind == Kind::File && tags.iter().any(|t| *t == etag_of(kr, &cur.id))
         }
         (Precondition::IfMatch(_), None) => false,
     };

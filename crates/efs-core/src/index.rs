@@ -46,6 +46,10 @@ pub struct Expect {
 pub struct Batch {
     /// All must hold, or nothing is written.
     pub expect: Vec<Expect>,
+    /// Directories that must have no entry at all, or nothing is written. Deleting a
+    /// directory needs it: a child does not change its parent's record, so expecting the
+    /// directory's value alone would let a child committed meanwhile be orphaned.
+    pub empty_dirs: Vec<DirTag>,
     /// Applied in order.
     pub ops: Vec<Op>,
 }

@@ -42,3 +42,5 @@ pub const AAD_SYSTEM_SECRET: &[u8] = b"efs-system-secret-v1";
 pub const TAG_DIR: &[u8] = b"d";
 /// Domain byte of a name tag (HMAC input prefix).
 pub const TAG_NAME: &[u8] = b"n";
+/// Domain byte of an ETag (HMAC input prefix).
+pub const TAG_ETAG: &[u8] = b"e";

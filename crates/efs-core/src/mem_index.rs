@@ -94,7 +94,15 @@ impl Index for MemIndex {
         let holds = batch
             .expect
             .iter()
-            .all(|e| st.entries.get(&e.key) == e.value.as_ref());
+            .all(|e| st.entries.get(&e.key) == e.value.as_ref())
+            && batch.empty_dirs.iter().all(|dir| {
+                let mut lo = [0u8; 32];
+                lo[..16].copy_from_slice(dir);
+                st.entries
+                    .range(lo..)
+                    .next()
+                    .is_none_or(|(k, _)| k[..16] != dir[..])
+            });
         if !holds {
             return Ok(false);
         }

@@ -109,6 +109,15 @@ fn committer(db: Arc<Database>, rx: mpsc::Receiver<(Batch, Reply)>) {
     }
 }
 
+/// The first and last possible keys of a directory's entries.
+fn dir_range(dir: &DirTag) -> (EntryKey, EntryKey) {
+    let mut lo = [0u8; 32];
+    lo[..16].copy_from_slice(dir);
+    let mut hi = [0xffu8; 32];
+    hi[..16].copy_from_slice(dir);
+    (lo, hi)
+}
+
 fn apply_group(db: &Database, group: &[(Batch, Reply)]) -> Result<Vec<bool>> {
     let w = db.begin_write().map_err(ix)?;
     let mut results = Vec::with_capacity(group.len());
@@ -129,6 +138,16 @@ fn apply_group(db: &Database, group: &[(Batch, Reply)]) -> Result<Vec<bool>> {
                     ok = false;
                     break;
                 }
+            }
+            for dir in &batch.empty_dirs {
+                if !ok {
+                    break;
+                }
+                let (lo, hi) = dir_range(dir);
+                let mut range = entries
+                    .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
+                    .map_err(ix)?;
+                ok = range.next().is_none();
             }
             if ok {
                 for op in &batch.ops {
@@ -179,10 +198,7 @@ impl Index for RedbIndex {
         }
         let r = self.db.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
-        let mut lo = [0u8; 32];
-        lo[..16].copy_from_slice(dir);
-        let mut hi = [0xffu8; 32];
-        hi[..16].copy_from_slice(dir);
+        let (lo, hi) = dir_range(dir);
         let mut out = Vec::new();
         let range = t
             .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
