@@ -727,7 +727,7 @@ impl Filesystem {
             return Err(CoreError::Decrypt);
         }
         Ok(FileReader {
-            entry: Entry::from_record(&kr, rec),
+            entry: Entry::from_record(kr, rec),
             dec,
             source,
         })
@@ -988,12 +988,14 @@ impl Upload {
         if self.blob.is_none() && self.size > self.fs.opts.inline_max as u64 {
             self.blob = Some(self.fs.blobs.create(&self.content_id).await?);
         }
-        if self.blob.is_some() && self.buf.len() >= WRITE_CHUNK {
+        if let Some(blob) = self.blob.as_mut()
+            && self.buf.len() >= WRITE_CHUNK
+        {
             let chunk = std::mem::replace(
                 &mut self.buf,
                 Vec::with_capacity(WRITE_CHUNK + SEGMENT_SIZE + TAG_LEN),
             );
-            self.blob.as_mut().expect("checked").write(chunk).await?;
+            blob.write(chunk).await?;
         }
         Ok(())
     }

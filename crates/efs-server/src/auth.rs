@@ -51,7 +51,8 @@ const MAX_USER_NAME_LEN: usize = 64;
 #[derive(Clone, Debug)]
 pub struct AuthConfig {
     /// The server's identity `S`, bound into every signed message and every token's `iss`.
-    /// Empty means "derive it from the signing key" ([`server_id_for`]).
+    /// Empty means "derive it from the signing key" ([`server_id_for`]), which is what a
+    /// server should use; a value given here must not contain a line feed.
     pub server_id: String,
     /// Lifetime of a token, from login or from its latest refresh (whole seconds, at least 1).
     pub token_ttl: Duration,
@@ -1762,6 +1763,45 @@ mod tests {
             signed_message("efs-0123", "app1", "bm9uY2U"),
             b"efs-auth-v1\nefs-0123\napp1\nbm9uY2U".to_vec()
         );
+    }
+
+    /// The worked example of docs/protocol.md: RFC 8032 test 1's key signs for user `app1`
+    /// the nonce 00 01 … 1f on the server whose token key is RFC 8032 test 2's public key.
+    /// OpenSSL 3 (`pkeyutl -sign -rawin`) gives the same signature.
+    #[test]
+    fn signed_message_test_vector() {
+        let hex32 = |h: &str| -> [u8; 32] { hex::decode(h).unwrap().try_into().unwrap() };
+        let server_key = VerifyingKey::from_bytes(&hex32(
+            "3d4017c3e843895a92b70aa74d1b7ebc9c982ccf2ec4968cc0cd55f12af4660c",
+        ))
+        .unwrap();
+        let server = server_id_for(&server_key);
+        assert_eq!(server, "efs-39f713d0a644253f04529421b9f51b9b");
+        let nonce = URL_SAFE_NO_PAD.encode((0u8..32).collect::<Vec<u8>>());
+        assert_eq!(nonce, "AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8");
+        let message = signed_message(&server, "app1", &nonce);
+        assert_eq!(
+            hex::encode(&message),
+            "6566732d617574682d76310a\
+             6566732d33396637313364306136343432353366303435323934323162396635316239620a\
+             617070310a\
+             41414543417751464267634943516f4c4441304f4478415245684d554652595847426b6147787764486838"
+        );
+        let user_key = SigningKey::from_bytes(&hex32(
+            "9d61b19deffd5a60ba844af492ec2cc44449c5697b326919703bac031cae7f60",
+        ));
+        let signature = {
+            use ed25519_dalek::Signer as _;
+            user_key.sign(&message)
+        };
+        assert_eq!(
+            URL_SAFE_NO_PAD.encode(signature.to_bytes()),
+            "3hmvE800gqmmBgProPhEm0dp5oh3hGeVY9Hl2Svhj084I19RTEjNvenuRnidibHfDo9N2OUKI9VJRr8ZXbFLCw"
+        );
+        user_key
+            .verifying_key()
+            .verify_strict(&message, &signature)
+            .unwrap();
     }
 
     #[test]

@@ -9,10 +9,13 @@ use efs_core::system::UserRecord;
 
 use crate::auth::{AuthUser, Grant, UserDirectory};
 
+/// A user as the server needs it: login facts and the bound client certificate.
+type Cached = (AuthUser, Option<[u8; 32]>);
+
 /// Users by name.
 #[derive(Default)]
 pub struct UserCache {
-    users: RwLock<HashMap<String, (AuthUser, Option<[u8; 32]>)>>,
+    users: RwLock<HashMap<String, Cached>>,
 }
 
 impl UserCache {
