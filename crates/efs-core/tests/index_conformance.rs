@@ -26,7 +26,11 @@ fn put(k: EntryKey, v: &[u8]) -> Op {
 }
 
 fn batch(expect: Vec<Expect>, ops: Vec<Op>) -> Batch {
-    Batch { expect, ops }
+    Batch {
+        expect,
+        ops,
+        ..Default::default()
+    }
 }
 
 fn absent(k: EntryKey) -> Expect {
@@ -276,6 +280,64 @@ async fn conditional(ix: &dyn Index) {
     assert_eq!(ix.get_entry(&c).await.unwrap().as_deref(), Some(&b"c3"[..]));
 
     write(ix, vec![Op::DeleteEntry(b), Op::DeleteEntry(c)]).await;
+    assert!(ix.scan_entries(None, 10).await.unwrap().is_empty());
+    empty_dirs(ix).await;
+}
+
+fn require_empty(dirs: &[u8], ops: Vec<Op>) -> Batch {
+    Batch {
+        empty_dirs: dirs.iter().map(|d| [*d; 16]).collect(),
+        ops,
+        ..Default::default()
+    }
+}
+
+/// The condition that deleting a directory needs: no entry at all under its tag.
+async fn empty_dirs(ix: &dyn Index) {
+    let marker = key(0x70, name(9, 9));
+    // Entries at the very ends of directory 0x41's range, and around directory 0x42.
+    let first = key(0x41, [0x00; 16]);
+    let last = key(0x41, [0xff; 16]);
+    write(ix, vec![put(key(0x40, [0xff; 16]), b"x"), put(key(0x43, [0; 16]), b"x")]).await;
+
+    // An empty directory between two populated ones.
+    assert!(ix.commit(require_empty(&[0x42], vec![put(marker, b"1")])).await.unwrap());
+    assert_eq!(ix.get_entry(&marker).await.unwrap().as_deref(), Some(&b"1"[..]));
+    for k in [first, last] {
+        write(ix, vec![put(k, b"child")]).await;
+        let refused = require_empty(&[0x42, 0x41], vec![put(marker, b"2")]);
+        assert!(!ix.commit(refused).await.unwrap(), "one child is enough");
+        assert_eq!(ix.get_entry(&marker).await.unwrap().as_deref(), Some(&b"1"[..]));
+        write(ix, vec![Op::DeleteEntry(k)]).await;
+    }
+    // Checked before the batch's own ops: a batch may empty or fill the directory itself.
+    assert!(ix.commit(require_empty(&[0x41], vec![put(first, b"c")])).await.unwrap());
+    assert!(!ix.commit(require_empty(&[0x41], vec![Op::DeleteEntry(first)])).await.unwrap());
+    assert_eq!(ix.get_entry(&first).await.unwrap().as_deref(), Some(&b"c"[..]));
+    // Both kinds of condition together: each must hold.
+    let both = Batch {
+        expect: vec![is(marker, b"1")],
+        empty_dirs: vec![[0x41; 16]],
+        ops: vec![put(marker, b"3")],
+    };
+    assert!(!ix.commit(both).await.unwrap());
+    write(ix, vec![Op::DeleteEntry(first)]).await;
+    let both = Batch {
+        expect: vec![is(marker, b"1")],
+        empty_dirs: vec![[0x41; 16]],
+        ops: vec![put(marker, b"3")],
+    };
+    assert!(ix.commit(both).await.unwrap());
+
+    write(
+        ix,
+        vec![
+            Op::DeleteEntry(marker),
+            Op::DeleteEntry(key(0x40, [0xff; 16])),
+            Op::DeleteEntry(key(0x43, [0; 16])),
+        ],
+    )
+    .await;
     assert!(ix.scan_entries(None, 10).await.unwrap().is_empty());
 }
 

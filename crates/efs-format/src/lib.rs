@@ -27,5 +27,7 @@ pub mod wrap;
 
 pub use error::FormatError;
 pub use secret::Key32;
-pub use stream::{Decryptor, Encryptor, HEADER_LEN, SEGMENT_SIZE, TAG_LEN, encrypted_len};
-pub use wrap::{open, seal};
+pub use stream::{
+    Decryptor, Encryptor, HEADER_LEN, SEGMENT_SIZE, TAG_LEN, encrypted_len, plaintext_len,
+};
+pub use wrap::{Sealer, WRAP_OVERHEAD, open, seal};

@@ -93,6 +93,21 @@ impl Env {
         out
     }
 
+    /// Writes `data` to `path` (one writer at a time) and returns the blob file that
+    /// the write created, if the content is not inline.
+    pub async fn put_blob(&self, path: &str, data: &[u8]) -> (Entry, Option<PathBuf>) {
+        let before = self.blob_files();
+        let e = put(&self.fs, path, data).await;
+        let new: Vec<PathBuf> = self
+            .blob_files()
+            .into_iter()
+            .filter(|f| !before.contains(f))
+            .collect();
+        assert!(new.len() <= 1, "one write makes at most one blob");
+        assert_eq!(new.is_empty(), data.len() <= INLINE_MAX, "inline iff small");
+        (e, new.into_iter().next())
+    }
+
     /// Files left in the blob store's temporary directory.
     pub fn tmp_files(&self) -> usize {
         std::fs::read_dir(self.blobs_dir().join("tmp")).unwrap().count()
