@@ -73,7 +73,8 @@ pub struct Entry {
     pub modified_ms: i64,
     /// Content-Type of a file.
     pub content_type: Option<String>,
-    /// The version id: content id of a file, directory id of a directory.
+    /// The version id: the ETag bytes of a file (a keyed hash of its content id), the
+    /// directory id of a directory.
     pub version: [u8; 16],
 }
 
@@ -88,7 +89,11 @@ impl Entry {
             created_ms: r.created_ms,
             modified_ms: r.modified_ms,
             content_type: r.content_type.clone(),
-            version: if r.kind == Kind::File { etag_of(kr, &r.id) } else { r.id },
+            version: if r.kind == Kind::File {
+                etag_of(kr, &r.id)
+            } else {
+                r.id
+            },
         }
     }
 
@@ -314,7 +319,10 @@ impl Filesystem {
     /// The entry at `path`.
     pub async fn stat(&self, path: &EfsPath) -> Result<Entry> {
         let kr = self.keyring();
-        Ok(Entry::from_record(&kr, &self.lookup_record(&kr, path).await?))
+        Ok(Entry::from_record(
+            &kr,
+            &self.lookup_record(&kr, path).await?,
+        ))
     }
 
     /// A page of directory `path`: up to `limit` entries after `cursor`, and the cursor of
@@ -838,9 +846,15 @@ impl Filesystem {
 
     /// Removes orphan blobs older than `grace_secs` and orphan inline contents.
     pub async fn gc(&self, grace_secs: u64) -> Result<GcReport> {
+        // Candidates are listed before the references are scanned: content and its record
+        // are committed together, so a content that existed before the scan has its record
+        // in the scan, and one written during the scan is not a candidate. (The other order
+        // deleted inline contents committed between the scan and the listing.)
+        let blobs = self.blobs.list().await?;
+        let inline = self.index.inline_ids().await?;
         let rep = self.fsck_refs().await?;
         let mut out = GcReport::default();
-        for (id, age) in self.blobs.list().await? {
+        for (id, age) in blobs {
             if !rep.0.contains(&id) {
                 if age >= grace_secs {
                     self.blobs.delete(&id).await?;
@@ -850,10 +864,7 @@ impl Filesystem {
                 }
             }
         }
-        let orphans: Vec<ContentId> = self
-            .index
-            .inline_ids()
-            .await?
+        let orphans: Vec<ContentId> = inline
             .into_iter()
             .filter(|id| !rep.1.contains(id))
             .collect();

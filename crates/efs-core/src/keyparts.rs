@@ -480,7 +480,7 @@ mod tests {
             "same parts, same key"
         );
         // Missing part.
-        let e = open(&rec, &[a.clone()], &no_prompt).unwrap_err();
+        let e = open(&rec, std::slice::from_ref(&a), &no_prompt).unwrap_err();
         assert!(matches!(e, KeyError::Mismatch(_)), "{e}");
         // Wrong second part.
         let c = file_part(d.path(), "c", "cccccccccccccccccccccccc");

@@ -200,9 +200,13 @@ impl Index for RedbIndex {
         let t = r.open_table(ENTRIES).map_err(ix)?;
         let (lo, hi) = dir_range(dir);
         let mut out = Vec::new();
-        let range = t
-            .range::<&[u8]>(lo.as_slice()..=hi.as_slice())
-            .map_err(ix)?;
+        // Start at the cursor itself (excluded below), not at the start of the directory:
+        // each page costs its own size, whatever the directory's.
+        let start: &[u8] = match after {
+            Some(a) if a.as_slice() > lo.as_slice() => a.as_slice(),
+            _ => lo.as_slice(),
+        };
+        let range = t.range::<&[u8]>(start..=hi.as_slice()).map_err(ix)?;
         for item in range {
             let (k, v) = item.map_err(ix)?;
             let key: EntryKey = k

@@ -52,7 +52,11 @@ async fn round_trip_at_edge_sizes_inline_and_blob() {
 
         let st = fs.stat(&p(&path)).await.unwrap();
         assert_eq!(st.size, n as u64);
-        assert_eq!(st.content_type.as_deref(), Some(ct.as_str()), "Content-Type kept");
+        assert_eq!(
+            st.content_type.as_deref(),
+            Some(ct.as_str()),
+            "Content-Type kept"
+        );
         assert_eq!(st.version, e.version);
         assert_eq!(st.etag(), format!("\"{}\"", hex::encode(e.version)));
 
@@ -117,7 +121,10 @@ async fn overwrite_replaces_whole_and_removes_the_old_blob() {
 
     // Blob → inline → inline → blob.
     let e3 = put(fs, "/o/file", b"small").await;
-    assert!(env.blob_files().is_empty(), "no blob left once the file is inline");
+    assert!(
+        env.blob_files().is_empty(),
+        "no blob left once the file is inline"
+    );
     assert_eq!(read_all(fs, "/o/file").await.unwrap(), b"small");
     assert_eq!(e3.content_type, None);
     put(fs, "/o/file", b"").await;
@@ -128,7 +135,10 @@ async fn overwrite_replaces_whole_and_removes_the_old_blob() {
     assert!(read_all(fs, "/o/file").await.unwrap() == v5);
 
     let rep = fs.fsck().await.unwrap();
-    assert!(rep.is_clean(), "old inline contents are removed too: {rep:?}");
+    assert!(
+        rep.is_clean(),
+        "old inline contents are removed too: {rep:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -146,10 +156,23 @@ async fn preconditions() {
     assert_eq!(read_all(fs, "/c/f").await.unwrap(), b"first");
 
     // If-Match with the right version, then with the now stale one.
-    let e2 = put_with(fs, "/c/f", b"second", None, Precondition::IfMatch(vec![e1.version]))
-        .await
-        .unwrap();
-    let r = put_with(fs, "/c/f", &big, None, Precondition::IfMatch(vec![e1.version])).await;
+    let e2 = put_with(
+        fs,
+        "/c/f",
+        b"second",
+        None,
+        Precondition::IfMatch(vec![e1.version]),
+    )
+    .await
+    .unwrap();
+    let r = put_with(
+        fs,
+        "/c/f",
+        &big,
+        None,
+        Precondition::IfMatch(vec![e1.version]),
+    )
+    .await;
     assert!(matches!(r, Err(CoreError::Precondition)), "{r:?}");
     assert_eq!(read_all(fs, "/c/f").await.unwrap(), b"second");
     // Any of several tags.
@@ -167,9 +190,19 @@ async fn preconditions() {
     // If-Match: * needs a current version.
     let r = put_with(fs, "/c/missing", b"x", None, Precondition::IfExists).await;
     assert!(matches!(r, Err(CoreError::Precondition)), "{r:?}");
-    let r = put_with(fs, "/c/missing", &big, None, Precondition::IfMatch(vec![e3.version])).await;
+    let r = put_with(
+        fs,
+        "/c/missing",
+        &big,
+        None,
+        Precondition::IfMatch(vec![e3.version]),
+    )
+    .await;
     assert!(matches!(r, Err(CoreError::Precondition)), "{r:?}");
-    assert!(matches!(fs.stat(&p("/c/missing")).await, Err(CoreError::NotFound)));
+    assert!(matches!(
+        fs.stat(&p("/c/missing")).await,
+        Err(CoreError::NotFound)
+    ));
     put_with(fs, "/c/f", b"fourth", None, Precondition::IfExists)
         .await
         .unwrap();
@@ -199,19 +232,34 @@ async fn parents_are_created_and_a_file_is_no_parent() {
         assert_eq!(e.kind, Kind::Dir, "{d}");
     }
     let (names, _) = fs.list(&p("/a/b/c"), None, 10).await.unwrap();
-    assert_eq!(names.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(), ["file.txt"]);
+    assert_eq!(
+        names.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["file.txt"]
+    );
 
     for bad in ["/a/b/c/file.txt/x", "/a/b/c/file.txt/x/y"] {
         let r = put_with(fs, bad, b"x", None, Precondition::None).await;
         assert!(matches!(r, Err(CoreError::Conflict(_))), "{bad}: {r:?}");
-        assert!(matches!(fs.mkdir(&p(bad)).await, Err(CoreError::Conflict(_))));
+        assert!(matches!(
+            fs.mkdir(&p(bad)).await,
+            Err(CoreError::Conflict(_))
+        ));
     }
     // A file where a directory is, and the reverse.
     let r = put_with(fs, "/a/b", b"x", None, Precondition::None).await;
     assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
-    assert!(matches!(fs.mkdir(&p("/a/b/c/file.txt")).await, Err(CoreError::Conflict(_))));
-    assert!(matches!(fs.list(&p("/a/b/c/file.txt"), None, 10).await, Err(CoreError::Conflict(_))));
-    assert!(matches!(fs.open(&p("/a/b")).await, Err(CoreError::Conflict(_))));
+    assert!(matches!(
+        fs.mkdir(&p("/a/b/c/file.txt")).await,
+        Err(CoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        fs.list(&p("/a/b/c/file.txt"), None, 10).await,
+        Err(CoreError::Conflict(_))
+    ));
+    assert!(matches!(
+        fs.open(&p("/a/b")).await,
+        Err(CoreError::Conflict(_))
+    ));
     assert_eq!(read_all(fs, "/a/b/c/file.txt").await.unwrap(), b"deep");
 
     // mkdir creates parents and is idempotent on a directory.
@@ -229,10 +277,22 @@ async fn parents_are_created_and_a_file_is_no_parent() {
     top.sort();
     assert_eq!(top, ["a", "m"]);
 
-    assert!(matches!(fs.stat(&p("/nope")).await, Err(CoreError::NotFound)));
-    assert!(matches!(fs.stat(&p("/a/nope/x")).await, Err(CoreError::NotFound)));
-    assert!(matches!(fs.open(&p("/a/b/nope")).await, Err(CoreError::NotFound)));
-    assert!(matches!(fs.list(&p("/nope"), None, 10).await, Err(CoreError::NotFound)));
+    assert!(matches!(
+        fs.stat(&p("/nope")).await,
+        Err(CoreError::NotFound)
+    ));
+    assert!(matches!(
+        fs.stat(&p("/a/nope/x")).await,
+        Err(CoreError::NotFound)
+    ));
+    assert!(matches!(
+        fs.open(&p("/a/b/nope")).await,
+        Err(CoreError::NotFound)
+    ));
+    assert!(matches!(
+        fs.list(&p("/nope"), None, 10).await,
+        Err(CoreError::NotFound)
+    ));
     assert!(fs.fsck().await.unwrap().is_clean());
 }
 
@@ -247,7 +307,11 @@ async fn listing_pages_see_every_entry_once() {
         let fs = fs.clone();
         set.spawn(async move {
             for i in (w..250).step_by(16) {
-                let size = if i % 50 == 0 { INLINE_MAX + i } else { i % 7 };
+                let size = if i.is_multiple_of(50) {
+                    INLINE_MAX + i
+                } else {
+                    i % 7
+                };
                 put(&fs, &format!("/many/n{i:03}"), &pattern(i as u64, size)).await;
             }
         });
@@ -281,7 +345,11 @@ async fn listing_pages_see_every_entry_once() {
         }
         for (n, size) in &seen {
             let i: usize = n[1..].parse().unwrap();
-            let want = if i % 50 == 0 { INLINE_MAX + i } else { i % 7 };
+            let want = if i.is_multiple_of(50) {
+                INLINE_MAX + i
+            } else {
+                i % 7
+            };
             assert_eq!(*size, want as u64, "{n}");
         }
     }
@@ -294,13 +362,25 @@ async fn rename_file_and_directory() {
     let env = Env::new();
     let fs = &env.fs;
     let data = pattern(3, 70_000);
-    let e = put_with(fs, "/r/a.bin", &data, Some("application/pdf"), Precondition::None)
+    let e = put_with(
+        fs,
+        "/r/a.bin",
+        &data,
+        Some("application/pdf"),
+        Precondition::None,
+    )
+    .await
+    .unwrap();
+    let moved = fs
+        .rename(&p("/r/a.bin"), &p("/r/new/b.bin"), false)
         .await
         .unwrap();
-    let moved = fs.rename(&p("/r/a.bin"), &p("/r/new/b.bin"), false).await.unwrap();
     assert_eq!(moved.name, "b.bin");
     assert_eq!(moved.version, e.version, "the content is not rewritten");
-    assert!(matches!(fs.stat(&p("/r/a.bin")).await, Err(CoreError::NotFound)));
+    assert!(matches!(
+        fs.stat(&p("/r/a.bin")).await,
+        Err(CoreError::NotFound)
+    ));
     assert!(read_all(fs, "/r/new/b.bin").await.unwrap() == data);
     let st = fs.stat(&p("/r/new/b.bin")).await.unwrap();
     assert_eq!(st.content_type.as_deref(), Some("application/pdf"));
@@ -316,7 +396,10 @@ async fn rename_file_and_directory() {
     assert_eq!(read_all(fs, "/d2/inner/x/y.txt").await.unwrap(), b"child y");
     assert!(read_all(fs, "/d2/inner/z.bin").await.unwrap() == z);
     for gone in ["/d1", "/d1/x", "/d1/x/y.txt", "/d1/z.bin"] {
-        assert!(matches!(fs.stat(&p(gone)).await, Err(CoreError::NotFound)), "{gone}");
+        assert!(
+            matches!(fs.stat(&p(gone)).await, Err(CoreError::NotFound)),
+            "{gone}"
+        );
     }
     let (kids, _) = fs.list(&p("/d2/inner"), None, 10).await.unwrap();
     let mut kids: Vec<_> = kids.into_iter().map(|e| e.name).collect();
@@ -324,7 +407,9 @@ async fn rename_file_and_directory() {
     assert_eq!(kids, ["x", "z.bin"]);
 
     // Renaming to itself is a no-op; a missing source is NotFound.
-    fs.rename(&p("/d2/inner"), &p("/d2/inner"), false).await.unwrap();
+    fs.rename(&p("/d2/inner"), &p("/d2/inner"), false)
+        .await
+        .unwrap();
     assert!(matches!(
         fs.rename(&p("/nope"), &p("/nope2"), false).await,
         Err(CoreError::NotFound)
@@ -370,7 +455,10 @@ async fn rename_conflicts_and_overwrite() {
     let e = fs.rename(&p("/s/src"), &p("/s/dst"), true).await.unwrap();
     assert_eq!(e.version, es.version);
     assert!(read_all(fs, "/s/dst").await.unwrap() == src);
-    assert!(matches!(fs.stat(&p("/s/src")).await, Err(CoreError::NotFound)));
+    assert!(matches!(
+        fs.stat(&p("/s/src")).await,
+        Err(CoreError::NotFound)
+    ));
     assert!(!bd.exists(), "the replaced file's blob is removed");
     assert_eq!(env.blob_files(), vec![bs.unwrap()]);
 
@@ -394,9 +482,17 @@ async fn delete_files_and_directories() {
     let fs = &env.fs;
     let (_, big) = env.put_blob("/del/big", &pattern(1, 50_000)).await;
     put(fs, "/del/small", b"s").await;
-    fs.delete(&p("/del/big"), Precondition::None, false).await.unwrap();
-    assert!(matches!(fs.stat(&p("/del/big")).await, Err(CoreError::NotFound)));
-    assert!(matches!(fs.open(&p("/del/big")).await, Err(CoreError::NotFound)));
+    fs.delete(&p("/del/big"), Precondition::None, false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        fs.stat(&p("/del/big")).await,
+        Err(CoreError::NotFound)
+    ));
+    assert!(matches!(
+        fs.open(&p("/del/big")).await,
+        Err(CoreError::NotFound)
+    ));
     assert!(!big.unwrap().exists());
     assert!(matches!(
         fs.delete(&p("/del/big"), Precondition::None, false).await,
@@ -412,21 +508,30 @@ async fn delete_files_and_directories() {
     assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
     assert_eq!(read_all(fs, "/tree/a/d").await.unwrap(), b"d");
     assert_eq!(env.blob_files().len(), 2);
-    fs.delete(&p("/tree"), Precondition::None, true).await.unwrap();
+    fs.delete(&p("/tree"), Precondition::None, true)
+        .await
+        .unwrap();
     for gone in ["/tree", "/tree/a", "/tree/a/b/c.bin", "/tree/e.bin"] {
-        assert!(matches!(fs.stat(&p(gone)).await, Err(CoreError::NotFound)), "{gone}");
+        assert!(
+            matches!(fs.stat(&p(gone)).await, Err(CoreError::NotFound)),
+            "{gone}"
+        );
     }
     assert!(env.blob_files().is_empty(), "the tree's blobs are removed");
     // An empty directory goes without `recursive`.
     fs.mkdir(&p("/lonely")).await.unwrap();
-    fs.delete(&p("/lonely"), Precondition::None, false).await.unwrap();
+    fs.delete(&p("/lonely"), Precondition::None, false)
+        .await
+        .unwrap();
 
     // The same path again is a new, empty directory.
     fs.mkdir(&p("/tree/a")).await.unwrap();
     let (kids, _) = fs.list(&p("/tree/a"), None, 10).await.unwrap();
     assert!(kids.is_empty());
 
-    let r = fs.delete(&efs_core::EfsPath::root(), Precondition::None, true).await;
+    let r = fs
+        .delete(&efs_core::EfsPath::root(), Precondition::None, true)
+        .await;
     assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
     let rep = fs.fsck().await.unwrap();
     assert!(rep.is_clean(), "nothing left over: {rep:?}");
@@ -448,21 +553,39 @@ async fn a_reader_keeps_the_version_it_opened() {
     put(fs, "/doc", &v2).await;
     put(fs, "/tiny", b"tiny two").await;
     let r2 = fs.open(&p("/doc")).await.unwrap();
-    fs.delete(&p("/doc"), Precondition::None, false).await.unwrap();
-    fs.delete(&p("/tiny"), Precondition::None, false).await.unwrap();
-    assert!(env.blob_files().is_empty(), "both versions are gone from the store");
+    fs.delete(&p("/doc"), Precondition::None, false)
+        .await
+        .unwrap();
+    fs.delete(&p("/tiny"), Precondition::None, false)
+        .await
+        .unwrap();
+    assert!(
+        env.blob_files().is_empty(),
+        "both versions are gone from the store"
+    );
 
-    assert!(read_reader(&r1).await.unwrap() == v1, "the first reader sees all of v1");
-    assert!(read_reader(&r2).await.unwrap() == v2, "the second reader sees all of v2");
+    assert!(
+        read_reader(&r1).await.unwrap() == v1,
+        "the first reader sees all of v1"
+    );
+    assert!(
+        read_reader(&r2).await.unwrap() == v2,
+        "the second reader sees all of v2"
+    );
     assert_eq!(read_reader(&t1).await.unwrap(), b"tiny one");
-    assert!(matches!(fs.open(&p("/doc")).await, Err(CoreError::NotFound)));
+    assert!(matches!(
+        fs.open(&p("/doc")).await,
+        Err(CoreError::NotFound)
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_writers_leave_exactly_one_whole_version() {
     let env = Env::new();
     let fs = env.fs.clone();
-    let contents: Vec<Vec<u8>> = (0..16).map(|i| pattern(100 + i, SEG + 1000 * i as usize)).collect();
+    let contents: Vec<Vec<u8>> = (0..16)
+        .map(|i| pattern(100 + i, SEG + 1000 * i as usize))
+        .collect();
     let mut set = tokio::task::JoinSet::new();
     for c in contents.clone() {
         let fs = fs.clone();
@@ -478,7 +601,10 @@ async fn concurrent_writers_leave_exactly_one_whole_version() {
     }
     let got = read_all(&fs, "/race/file").await.unwrap();
     let matches = contents.iter().filter(|c| **c == got).count();
-    assert_eq!(matches, 1, "the final content is exactly one writer's, whole");
+    assert_eq!(
+        matches, 1,
+        "the final content is exactly one writer's, whole"
+    );
     let st = fs.stat(&p("/race/file")).await.unwrap();
     assert!(versions.contains(&st.version));
     assert_eq!(st.size, got.len() as u64);
@@ -503,7 +629,10 @@ async fn fsck_is_clean_on_a_healthy_filesystem() {
     let st = fs.stats().await.unwrap();
     assert_eq!((st.files, st.dirs, st.bytes), (3, 3, 900 + 2 * SEG as u64));
     let gc = fs.gc(0).await.unwrap();
-    assert_eq!((gc.blobs_removed, gc.inline_removed, gc.blobs_kept_young), (0, 0, 0));
+    assert_eq!(
+        (gc.blobs_removed, gc.inline_removed, gc.blobs_kept_young),
+        (0, 0, 0)
+    );
     assert_eq!(read_all(fs, "/h/c/d").await.unwrap().len(), 2 * SEG);
 }
 
@@ -525,14 +654,20 @@ async fn a_flipped_byte_in_a_blob_is_detected() {
     assert_eq!(rep.errors.len(), 1, "{rep:?}");
     assert!(!rep.is_clean());
     assert_eq!(rep.files_verified, 1, "the other file still verifies");
-    assert!(!rep.errors[0].contains("damaged"), "no names in fsck output");
+    assert!(
+        !rep.errors[0].contains("damaged"),
+        "no names in fsck output"
+    );
 
     let r = read_all(fs, "/t/damaged").await;
     assert!(matches!(r, Err(CoreError::Decrypt)), "{r:?}");
     // Random access: segments before the damage still read, the damaged one does not.
     let rd = fs.open(&p("/t/damaged")).await.unwrap();
     assert!(read_range(&rd, 0, 2 * SEG as u64).await.unwrap() == data[..2 * SEG]);
-    assert!(matches!(rd.read_segments(2, 3).await, Err(CoreError::Decrypt)));
+    assert!(matches!(
+        rd.read_segments(2, 3).await,
+        Err(CoreError::Decrypt)
+    ));
 
     // A damaged header is caught as well.
     bytes[at] ^= 0x01;
@@ -576,7 +711,10 @@ async fn orphan_blobs_are_listed_and_collected() {
     assert_eq!((gc.blobs_removed, gc.blobs_kept_young), (1, 0));
     assert!(!orphan.exists());
     assert!(fs.fsck().await.unwrap().is_clean());
-    assert!(read_all(fs, "/g/kept").await.unwrap() == data, "referenced blobs stay");
+    assert!(
+        read_all(fs, "/g/kept").await.unwrap() == data,
+        "referenced blobs stay"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -584,8 +722,16 @@ async fn swapped_blobs_fail_to_decrypt_never_give_wrong_bytes() {
     let env = Env::new();
     let fs = &env.fs;
     // Same size (so the lengths agree), then different sizes.
-    let a = env.put_blob("/w/a", &pattern(1, 3 * SEG + 7)).await.1.unwrap();
-    let b = env.put_blob("/w/b", &pattern(2, 3 * SEG + 7)).await.1.unwrap();
+    let a = env
+        .put_blob("/w/a", &pattern(1, 3 * SEG + 7))
+        .await
+        .1
+        .unwrap();
+    let b = env
+        .put_blob("/w/b", &pattern(2, 3 * SEG + 7))
+        .await
+        .1
+        .unwrap();
     let c = env.put_blob("/w/c", &pattern(3, 2000)).await.1.unwrap();
     let swap = |px: &std::path::Path, py: &std::path::Path| {
         let (bx, by) = (std::fs::read(px).unwrap(), std::fs::read(py).unwrap());
@@ -622,11 +768,19 @@ async fn too_large_and_abandoned_uploads_leave_nothing() {
     let mut up = fs.begin_upload().await.unwrap();
     up.set_max_size(100_000);
     up.write(&pattern(1, 90_000)).await.unwrap();
-    assert_eq!(env.tmp_files(), 1, "a blob upload writes to a temporary file");
+    assert_eq!(
+        env.tmp_files(),
+        1,
+        "a blob upload writes to a temporary file"
+    );
     let r = up.write(&pattern(2, 20_000)).await;
     assert!(matches!(r, Err(CoreError::TooLarge)), "{r:?}");
     drop(up);
-    assert_eq!(env.tmp_files(), 0, "a dropped upload removes its temporary file");
+    assert_eq!(
+        env.tmp_files(),
+        0,
+        "a dropped upload removes its temporary file"
+    );
 
     let mut up = fs.begin_upload().await.unwrap();
     up.write(&pattern(3, 2 * SEG)).await.unwrap();
@@ -634,7 +788,10 @@ async fn too_large_and_abandoned_uploads_leave_nothing() {
     assert_eq!(env.tmp_files(), 0);
     assert!(env.blob_files().is_empty());
     assert!(fs.fsck().await.unwrap().is_clean());
-    assert!(matches!(fs.stat(&p("/anything")).await, Err(CoreError::NotFound)));
+    assert!(matches!(
+        fs.stat(&p("/anything")).await,
+        Err(CoreError::NotFound)
+    ));
 }
 
 /// Regression: a directory's delete checked for children, then deleted it, in two steps; a
@@ -659,11 +816,12 @@ async fn deleting_a_directory_never_loses_a_file_written_into_it() {
                 .await
                 .unwrap();
         }
-        let data = pattern(i, if i % 3 == 0 { 3000 } else { 10 });
+        let data = pattern(i, if i.is_multiple_of(3) { 3000 } else { 10 });
         let (fs2, file2, data2) = (fs.clone(), file.clone(), data.clone());
-        let writer = tokio::spawn(async move {
-            put_with(&fs2, &file2, &data2, None, Precondition::None).await
-        });
+        let writer =
+            tokio::spawn(
+                async move { put_with(&fs2, &file2, &data2, None, Precondition::None).await },
+            );
         let deleted = fs.delete(&p(&dir), Precondition::None, recursive).await;
         let written = writer.await.unwrap();
         assert!(written.is_ok(), "{written:?}");
@@ -699,8 +857,7 @@ async fn deleting_a_directory_never_loses_an_entry_moved_into_it() {
         put(&fs, &src, &pattern(i, 50)).await;
         fs.mkdir(&p(&dir)).await.unwrap();
         let (fs2, src2, dst2) = (fs.clone(), src.clone(), format!("{dir}/f"));
-        let mover =
-            tokio::spawn(async move { fs2.rename(&p(&src2), &p(&dst2), false).await });
+        let mover = tokio::spawn(async move { fs2.rename(&p(&src2), &p(&dst2), false).await });
         let deleted = fs.delete(&p(&dir), Precondition::None, false).await;
         let moved = mover.await.unwrap();
         assert!(moved.is_ok(), "{moved:?}");
@@ -730,22 +887,37 @@ async fn gc_during_writes_never_removes_fresh_content() {
     let fs2 = fs.clone();
     let writer = tokio::spawn(async move {
         for i in 0..150u64 {
-            let size = if i % 10 == 0 { 2 * INLINE_MAX } else { 5 };
+            let size = if i.is_multiple_of(10) {
+                2 * INLINE_MAX
+            } else {
+                5
+            };
             put(&fs2, &format!("/w/f{i}"), &pattern(i, size)).await;
         }
     });
     let mut runs = 0;
     while !writer.is_finished() {
         let g = fs.gc(3600).await.unwrap();
-        assert_eq!((g.inline_removed, g.blobs_removed), (0, 0), "nothing was orphaned");
+        assert_eq!(
+            (g.inline_removed, g.blobs_removed),
+            (0, 0),
+            "nothing was orphaned"
+        );
         runs += 1;
     }
     writer.await.unwrap();
     assert!(runs > 1);
     for i in 0..150u64 {
-        let size = if i % 10 == 0 { 2 * INLINE_MAX } else { 5 };
+        let size = if i.is_multiple_of(10) {
+            2 * INLINE_MAX
+        } else {
+            5
+        };
         let got = read_all(&fs, &format!("/w/f{i}")).await;
-        assert!(matches!(&got, Ok(g) if *g == pattern(i, size)), "f{i}: {got:?}");
+        assert!(
+            matches!(&got, Ok(g) if *g == pattern(i, size)),
+            "f{i}: {got:?}"
+        );
     }
     assert!(fs.fsck().await.unwrap().is_clean());
 }

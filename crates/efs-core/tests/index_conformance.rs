@@ -298,22 +298,50 @@ async fn empty_dirs(ix: &dyn Index) {
     // Entries at the very ends of directory 0x41's range, and around directory 0x42.
     let first = key(0x41, [0x00; 16]);
     let last = key(0x41, [0xff; 16]);
-    write(ix, vec![put(key(0x40, [0xff; 16]), b"x"), put(key(0x43, [0; 16]), b"x")]).await;
+    write(
+        ix,
+        vec![
+            put(key(0x40, [0xff; 16]), b"x"),
+            put(key(0x43, [0; 16]), b"x"),
+        ],
+    )
+    .await;
 
     // An empty directory between two populated ones.
-    assert!(ix.commit(require_empty(&[0x42], vec![put(marker, b"1")])).await.unwrap());
-    assert_eq!(ix.get_entry(&marker).await.unwrap().as_deref(), Some(&b"1"[..]));
+    assert!(
+        ix.commit(require_empty(&[0x42], vec![put(marker, b"1")]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ix.get_entry(&marker).await.unwrap().as_deref(),
+        Some(&b"1"[..])
+    );
     for k in [first, last] {
         write(ix, vec![put(k, b"child")]).await;
         let refused = require_empty(&[0x42, 0x41], vec![put(marker, b"2")]);
         assert!(!ix.commit(refused).await.unwrap(), "one child is enough");
-        assert_eq!(ix.get_entry(&marker).await.unwrap().as_deref(), Some(&b"1"[..]));
+        assert_eq!(
+            ix.get_entry(&marker).await.unwrap().as_deref(),
+            Some(&b"1"[..])
+        );
         write(ix, vec![Op::DeleteEntry(k)]).await;
     }
     // Checked before the batch's own ops: a batch may empty or fill the directory itself.
-    assert!(ix.commit(require_empty(&[0x41], vec![put(first, b"c")])).await.unwrap());
-    assert!(!ix.commit(require_empty(&[0x41], vec![Op::DeleteEntry(first)])).await.unwrap());
-    assert_eq!(ix.get_entry(&first).await.unwrap().as_deref(), Some(&b"c"[..]));
+    assert!(
+        ix.commit(require_empty(&[0x41], vec![put(first, b"c")]))
+            .await
+            .unwrap()
+    );
+    assert!(
+        !ix.commit(require_empty(&[0x41], vec![Op::DeleteEntry(first)]))
+            .await
+            .unwrap()
+    );
+    assert_eq!(
+        ix.get_entry(&first).await.unwrap().as_deref(),
+        Some(&b"c"[..])
+    );
     // Both kinds of condition together: each must hold.
     let both = Batch {
         expect: vec![is(marker, b"1")],

@@ -8,7 +8,9 @@ use std::sync::Arc;
 use base64::Engine;
 use efs_core::fs::FsOptions;
 use efs_core::keyparts::no_prompt;
-use efs_core::{CoreError, DataDir, EfsPath, Entry, Filesystem, KeyPartSpec, OpenOptions, Precondition};
+use efs_core::{
+    CoreError, DataDir, EfsPath, Entry, Filesystem, KeyPartSpec, OpenOptions, Precondition,
+};
 
 /// Files up to this size are inline; larger ones are blobs.
 pub const INLINE_MAX: usize = 1024;
@@ -110,7 +112,9 @@ impl Env {
 
     /// Files left in the blob store's temporary directory.
     pub fn tmp_files(&self) -> usize {
-        std::fs::read_dir(self.blobs_dir().join("tmp")).unwrap().count()
+        std::fs::read_dir(self.blobs_dir().join("tmp"))
+            .unwrap()
+            .count()
     }
 }
 

@@ -1,0 +1,565 @@
+//! The data dir: nothing readable on disk, key parts checked before anything is written,
+//! the quick start, users and grants, and the admin commands.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use base64::Engine;
+use common::{new_part, open, opts, p, pattern, put, read_all, walk};
+use efs_core::admin::{AdminRequest, execute};
+use efs_core::datadir::check_name;
+use efs_core::keyparts::{KeyError, no_prompt};
+use efs_core::system::GrantRecord;
+use efs_core::{CoreError, DataDir, KeyPartSpec};
+use sha2::Digest;
+
+const MARKER: &str = "MARKER-7c3f-do-not-leak";
+
+/// Path → SHA-256 of every file under `root`.
+fn hash_tree(root: &Path) -> BTreeMap<String, [u8; 32]> {
+    walk(root)
+        .into_iter()
+        .map(|f| {
+            let rel = f.strip_prefix(root).unwrap().display().to_string();
+            (rel, sha2::Sha256::digest(std::fs::read(&f).unwrap()).into())
+        })
+        .collect()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+fn grant(fs: &str, read_only: bool) -> GrantRecord {
+    GrantRecord {
+        fs: fs.into(),
+        read_only,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn nothing_readable_on_disk() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let part_text = std::fs::read(tmp.path().join("part.key")).unwrap();
+    let part_raw = base64::engine::general_purpose::STANDARD
+        .decode(part_text.trim_ascii_end())
+        .unwrap();
+    {
+        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+        dd.create_fs("clinic-records").unwrap();
+        dd.create_user("drhouse", [7; 32], vec![grant("clinic-records", false)])
+            .unwrap();
+        let fs = dd.fs("clinic-records").unwrap();
+        // Inline and blob content, one and several segments, the marker inside and at
+        // segment boundaries.
+        let mut big = pattern(1, 200_000);
+        for at in [0, 65_530, 131_070, 199_000] {
+            big[at..at + MARKER.len()].copy_from_slice(MARKER.as_bytes());
+        }
+        put(&fs, "/patients/173/prescription.pdf", &big).await;
+        put(
+            &fs,
+            "/patients/173/notes.txt",
+            format!("note {MARKER}").as_bytes(),
+        )
+        .await;
+        put(&fs, "/patients/174/prescription.pdf", MARKER.as_bytes()).await;
+        fs.mkdir(&p("/patients/175/prescription-archive"))
+            .await
+            .unwrap();
+        // A renamed and a deleted file leave nothing either.
+        put(&fs, "/patients/176/prescription-old.pdf", MARKER.as_bytes()).await;
+        fs.rename(
+            &p("/patients/176/prescription-old.pdf"),
+            &p("/patients/176/prescription-new.pdf"),
+            false,
+        )
+        .await
+        .unwrap();
+        put(&fs, "/patients/177/prescription.pdf", &big).await;
+        fs.delete(&p("/patients/177"), Default::default(), true)
+            .await
+            .unwrap();
+    } // Closed: everything is on disk.
+
+    let files = walk(&root);
+    assert!(
+        files.len() >= 4,
+        "keyparts, system db, index, a blob: {files:?}"
+    );
+    let needles: Vec<&[u8]> = vec![
+        b"patients",
+        b"prescription",
+        b"notes.txt",
+        b"drhouse",
+        b"clinic-records",
+        b"clinic",
+        MARKER.as_bytes(),
+        &MARKER.as_bytes()[..12],
+        part_text.trim_ascii_end(),
+        &part_raw[..16],
+    ];
+    let mut saw_kinds = false;
+    for f in &files {
+        let bytes = std::fs::read(f).unwrap();
+        let name = f.strip_prefix(&root).unwrap().display().to_string();
+        for n in &needles {
+            assert!(
+                !contains(&bytes, n),
+                "{name} contains {:?}",
+                String::from_utf8_lossy(n)
+            );
+            assert!(!contains(name.as_bytes(), n), "file name {name}");
+        }
+        if name.ends_with("keyparts.json") {
+            // The only plain facts: the part kinds (and salt, check tags).
+            saw_kinds = contains(&bytes, b"\"file\"");
+        }
+    }
+    assert!(saw_kinds, "the scan did read keyparts.json");
+    // The filesystem's directory is a random id.
+    let fs_dirs: Vec<String> = std::fs::read_dir(root.join("fs"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(fs_dirs.len(), 1);
+    assert!(fs_dirs[0].len() == 32 && fs_dirs[0].chars().all(|c| c.is_ascii_hexdigit()));
+    let mode = std::fs::metadata(&root).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "the data dir is private");
+    // The key part is not in the data dir.
+    assert!(!tmp.path().join("part.key").starts_with(&root));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reopen_with_the_same_part_finds_everything() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let big = pattern(3, 150_000);
+    {
+        let (dd, rep) =
+            DataDir::open(&root, std::slice::from_ref(&part), opts(), &no_prompt).unwrap();
+        assert!(rep.initialised);
+        assert_eq!(rep.generated_key_part, None);
+        dd.create_fs("docs").unwrap();
+        dd.create_fs("other").unwrap();
+        dd.create_user("alice", [1; 32], vec![grant("docs", true)])
+            .unwrap();
+        let fs = dd.fs("docs").unwrap();
+        put(&fs, "/a/big.bin", &big).await;
+        put(&fs, "/a/small.txt", b"small").await;
+        assert!(dd.secret("token-signing-key").unwrap().is_some());
+    }
+    let (dd, rep) = DataDir::open(&root, std::slice::from_ref(&part), opts(), &no_prompt).unwrap();
+    assert!(!rep.initialised);
+    let names: Vec<String> = dd.list_fs().unwrap().into_iter().map(|f| f.name).collect();
+    assert_eq!(names, ["docs", "other"]);
+    let fs = dd.fs("docs").expect("reopened");
+    assert!(read_all(&fs, "/a/big.bin").await.unwrap() == big);
+    assert_eq!(read_all(&fs, "/a/small.txt").await.unwrap(), b"small");
+    assert!(fs.fsck().await.unwrap().is_clean());
+    let alice = dd.user("alice").unwrap().unwrap();
+    assert_eq!(alice.grants, vec![grant("docs", true)]);
+    assert_eq!(alice.public_key, [1; 32]);
+    assert!(dd.fs("nope").is_none());
+    // Open twice at once is refused with a clear message.
+    let e = open(&root, std::slice::from_ref(&part)).err().unwrap();
+    assert!(e.to_string().contains("in use"), "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_wrong_part_is_refused_and_nothing_changes() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    {
+        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+        dd.create_fs("docs").unwrap();
+        put(&dd.fs("docs").unwrap(), "/f", &pattern(1, 5000)).await;
+    }
+    let before = hash_tree(&root);
+    let wrong = new_part(&tmp.path().join("wrong.key"));
+    let e = open(&root, &[wrong]).expect_err("a wrong part is refused");
+    assert!(
+        matches!(e, CoreError::Key(KeyError::WrongPart { index: 1, .. })),
+        "{e}"
+    );
+    let msg = e.to_string();
+    assert!(msg.contains("wrong") && msg.contains("key part 1"), "{msg}");
+    // A missing part file, and an empty one.
+    let e = open(&root, &[KeyPartSpec::File(tmp.path().join("absent"))])
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, CoreError::Key(KeyError::Unreadable { .. })),
+        "{e}"
+    );
+    std::fs::write(tmp.path().join("empty"), "").unwrap();
+    let e = open(&root, &[KeyPartSpec::File(tmp.path().join("empty"))])
+        .err()
+        .unwrap();
+    assert!(
+        matches!(e, CoreError::Key(KeyError::Unreadable { .. })),
+        "{e}"
+    );
+    // No part at all: this data dir was not made by the quick start.
+    let e = open(&root, &[]).err().unwrap();
+    assert!(matches!(e, CoreError::Key(KeyError::Mismatch(_))), "{e}");
+    assert_eq!(
+        hash_tree(&root),
+        before,
+        "not one byte of the data dir changed"
+    );
+    // And the right part still opens it.
+    let dd = open(&root, &[part]).unwrap();
+    assert_eq!(
+        read_all(&dd.fs("docs").unwrap(), "/f").await.unwrap(),
+        pattern(1, 5000)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_part_is_needed_in_its_order() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let a = new_part(&tmp.path().join("a.key"));
+    let b = new_part(&tmp.path().join("b.key"));
+    {
+        let dd = open(&root, &[a.clone(), b.clone()]).unwrap();
+        dd.create_fs("docs").unwrap();
+    }
+    let before = hash_tree(&root);
+    for given in [vec![a.clone()], vec![b.clone()]] {
+        let e = open(&root, &given).err().unwrap();
+        assert!(matches!(e, CoreError::Key(KeyError::Mismatch(_))), "{e}");
+        assert!(e.to_string().contains("2 key part"), "{e}");
+    }
+    let e = open(&root, &[a.clone(), b.clone(), a.clone()])
+        .err()
+        .unwrap();
+    assert!(matches!(e, CoreError::Key(KeyError::Mismatch(_))), "{e}");
+    let e = open(&root, &[b.clone(), a.clone()]).err().unwrap();
+    assert!(
+        matches!(e, CoreError::Key(KeyError::WrongPart { index: 1, .. })),
+        "{e}"
+    );
+    let c = new_part(&tmp.path().join("c.key"));
+    let e = open(&root, &[a.clone(), c]).err().unwrap();
+    assert!(
+        matches!(e, CoreError::Key(KeyError::WrongPart { index: 2, .. })),
+        "{e}"
+    );
+    assert_eq!(hash_tree(&root), before);
+    let dd = open(&root, &[a, b]).unwrap();
+    assert!(dd.fs("docs").is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quick_start_generates_a_part_beside_the_data_dir() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let expected = tmp.path().join("data.keypart");
+    {
+        let (dd, rep) = DataDir::open(&root, &[], opts(), &no_prompt).unwrap();
+        assert!(rep.initialised);
+        assert_eq!(rep.generated_key_part.as_deref(), Some(expected.as_path()));
+        let meta = std::fs::metadata(&expected).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+        assert!(meta.len() >= 32);
+        assert!(!expected.starts_with(&root), "never inside the data dir");
+        dd.create_fs("docs").unwrap();
+        put(&dd.fs("docs").unwrap(), "/hello", b"world").await;
+    }
+    let key_before = std::fs::read(&expected).unwrap();
+    let (dd, rep) = DataDir::open(&root, &[], opts(), &no_prompt).unwrap();
+    assert!(!rep.initialised);
+    assert_eq!(rep.generated_key_part, None);
+    assert_eq!(
+        std::fs::read(&expected).unwrap(),
+        key_before,
+        "the key is never rewritten"
+    );
+    assert_eq!(
+        read_all(&dd.fs("docs").unwrap(), "/hello").await.unwrap(),
+        b"world"
+    );
+    drop(dd);
+    // Given explicitly, the generated part works too.
+    let dd = open(&root, &[KeyPartSpec::File(expected.clone())]).unwrap();
+    assert!(dd.fs("docs").is_some());
+    drop(dd);
+    // Without the key file, the data dir does not open.
+    std::fs::rename(&expected, tmp.path().join("moved")).unwrap();
+    let e = open(&root, &[]).err().unwrap();
+    assert!(
+        matches!(e, CoreError::Key(KeyError::Unreadable { .. })),
+        "{e}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_non_empty_dir_without_keyparts_is_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    std::fs::create_dir(&root).unwrap();
+    std::fs::write(root.join("holiday.jpg"), b"not ours").unwrap();
+    let part = new_part(&tmp.path().join("part.key"));
+    let before = hash_tree(&root);
+    let e = open(&root, &[part]).expect_err("refused");
+    assert!(matches!(e, CoreError::Invalid(_)), "{e}");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("keyparts.json") && msg.contains("not an EFS data dir"),
+        "{msg}"
+    );
+    assert_eq!(hash_tree(&root), before, "nothing written");
+    assert!(!root.join("system").exists());
+    assert!(!tmp.path().join("data.keypart").exists());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_grants_and_revocation() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    {
+        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+        dd.create_fs("docs").unwrap();
+        dd.create_fs("photos").unwrap();
+        let u = dd
+            .create_user("alice", [1; 32], vec![grant("docs", false)])
+            .unwrap();
+        assert_eq!(u.generation, 1);
+
+        let u = dd.grant("alice", "photos", true).unwrap();
+        assert_eq!(u.generation, 2, "a grant revokes earlier tokens");
+        assert_eq!(u.grants, vec![grant("docs", false), grant("photos", true)]);
+        // Changing a grant replaces it.
+        let u = dd.grant("alice", "docs", true).unwrap();
+        assert_eq!(u.generation, 3);
+        assert_eq!(u.grants.len(), 2);
+        assert!(u.grants.contains(&grant("docs", true)));
+
+        let u = dd.revoke("alice", None).unwrap();
+        assert_eq!(u.generation, 4, "revoking all tokens keeps the grants");
+        assert_eq!(u.grants.len(), 2);
+        let u = dd.revoke("alice", Some("photos")).unwrap();
+        assert_eq!(
+            (u.generation, u.grants.clone()),
+            (5, vec![grant("docs", true)])
+        );
+        let e = dd.revoke("alice", Some("photos")).err().unwrap();
+        assert!(matches!(e, CoreError::Invalid(_)), "{e}");
+        assert_eq!(
+            dd.user("alice").unwrap().unwrap().generation,
+            5,
+            "unchanged"
+        );
+
+        let u = dd.bind_cert("alice", Some([9; 32])).unwrap();
+        assert_eq!((u.generation, u.cert_sha256), (6, Some([9; 32])));
+
+        // Refusals.
+        assert!(matches!(
+            dd.create_user("alice", [2; 32], vec![]),
+            Err(CoreError::Exists(_))
+        ));
+        assert!(matches!(
+            dd.create_user("bob", [2; 32], vec![grant("nope", false)]),
+            Err(CoreError::Invalid(_))
+        ));
+        assert!(
+            dd.user("bob").unwrap().is_none(),
+            "a refused user is not created"
+        );
+        assert!(matches!(
+            dd.grant("bob", "docs", false),
+            Err(CoreError::Invalid(_))
+        ));
+        assert!(matches!(
+            dd.grant("alice", "nope", false),
+            Err(CoreError::Invalid(_))
+        ));
+        assert!(matches!(dd.revoke("bob", None), Err(CoreError::Invalid(_))));
+
+        dd.create_user("bob", [2; 32], vec![]).unwrap();
+        let names: Vec<String> = dd.users().unwrap().into_iter().map(|u| u.name).collect();
+        assert_eq!(names, ["alice", "bob"]);
+        dd.delete_user("bob").unwrap();
+        assert!(dd.user("bob").unwrap().is_none());
+        assert!(matches!(dd.delete_user("bob"), Err(CoreError::Invalid(_))));
+    }
+    // All of it survives a restart.
+    let dd = open(&root, &[part]).unwrap();
+    let alice = dd.user("alice").unwrap().unwrap();
+    assert_eq!(alice.generation, 6);
+    assert_eq!(alice.grants, vec![grant("docs", true)]);
+    assert_eq!(alice.cert_sha256, Some([9; 32]));
+    assert!(dd.user("bob").unwrap().is_none());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn names_are_validated() {
+    for ok in ["a", "docs", "A-b_c.d", "x1", &"n".repeat(64)] {
+        assert!(check_name("user", ok).is_ok(), "{ok}");
+    }
+    for bad in [
+        "",
+        ".hidden",
+        "..",
+        "a/b",
+        "a b",
+        "é",
+        "a\0b",
+        "a\nb",
+        "../etc",
+        &"n".repeat(65),
+    ] {
+        let e = check_name("filesystem", bad)
+            .err()
+            .unwrap_or_else(|| panic!("{bad:?}"));
+        assert!(matches!(e, CoreError::Invalid(_)));
+        assert!(e.to_string().contains("filesystem name"), "{e}");
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let dd = open(&root, &[new_part(&tmp.path().join("k"))]).unwrap();
+    for bad in ["../escape", "a/b", ".x", ""] {
+        assert!(
+            matches!(dd.create_fs(bad), Err(CoreError::Invalid(_))),
+            "{bad}"
+        );
+        assert!(
+            matches!(
+                dd.create_user(bad, [0; 32], vec![]),
+                Err(CoreError::Invalid(_))
+            ),
+            "{bad}"
+        );
+    }
+    assert!(dd.list_fs().unwrap().is_empty());
+    assert_eq!(
+        walk(&root.join("fs")).len(),
+        0,
+        "no directory made for a refused name"
+    );
+    dd.create_fs("docs").unwrap();
+    assert!(matches!(dd.create_fs("docs"), Err(CoreError::Exists(_))));
+    assert_eq!(dd.list_fs().unwrap().len(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_commands() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let dd = open(&root, &[new_part(&tmp.path().join("k"))]).unwrap();
+
+    // The wire format of the admin socket.
+    let req: AdminRequest = serde_json::from_str(r#"{"cmd":"create-fs","name":"docs"}"#).unwrap();
+    let r = execute(&dd, req).await;
+    assert!(r.ok, "{:?}", r.error);
+    assert!(r.lines.len() >= 3, "{:?}", r.lines);
+    assert!(r.lines[0].contains("'docs'"), "{:?}", r.lines);
+    assert_eq!(r.data["name"], "docs");
+    let r = execute(
+        &dd,
+        AdminRequest::CreateFs {
+            name: "docs".into(),
+        },
+    )
+    .await;
+    assert!(!r.ok);
+    assert!(r.error.unwrap().contains("already exists"));
+
+    let r = execute(&dd, AdminRequest::ListFs).await;
+    assert!(r.ok);
+    let id = hex::encode(dd.fs("docs").unwrap().id());
+    assert_eq!(r.lines, vec![format!("docs\t{id}")]);
+    assert_eq!(r.data[0]["id"], id.as_str());
+
+    let pk = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
+    let req: AdminRequest = serde_json::from_value(serde_json::json!({
+        "cmd": "create-user", "name": "svc", "public_key": pk,
+        "grants": [{"fs": "docs", "read_only": false}],
+    }))
+    .unwrap();
+    let r = execute(&dd, req).await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(dd.user("svc").unwrap().unwrap().public_key, [5; 32]);
+    let r = execute(
+        &dd,
+        AdminRequest::CreateUser {
+            name: "bad".into(),
+            public_key: "c2hvcnQ=".into(),
+            grants: vec![],
+        },
+    )
+    .await;
+    assert!(!r.ok && r.error.unwrap().contains("32 bytes"));
+
+    let fs = dd.fs("docs").unwrap();
+    put(&fs, "/x/y", &pattern(1, 3000)).await;
+    put(&fs, "/x/z", b"z").await;
+    let r = execute(&dd, AdminRequest::Fsck { fs: "docs".into() }).await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(r.clean, Some(true));
+    assert_eq!(r.lines.len(), 1, "{:?}", r.lines);
+    assert!(
+        r.lines[0].contains("3 records, 2 files verified, 0 errors"),
+        "{:?}",
+        r.lines
+    );
+
+    // An orphan blob: fsck says so, gc removes it.
+    let blobs = root.join("fs").join(&id).join("blobs");
+    let real = walk(&blobs)
+        .into_iter()
+        .find(|f| !f.starts_with(blobs.join("tmp")))
+        .unwrap();
+    let orphan = blobs
+        .join("ab")
+        .join("cd")
+        .join(format!("abcd{}", "0".repeat(28)));
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::copy(&real, &orphan).unwrap();
+    let r = execute(&dd, AdminRequest::Fsck { fs: "docs".into() }).await;
+    assert!(r.ok);
+    assert_eq!(r.clean, Some(false));
+    assert!(
+        r.lines.iter().any(|l| l.contains("orphan blob: abcd")),
+        "{:?}",
+        r.lines
+    );
+    let req: AdminRequest =
+        serde_json::from_str(r#"{"cmd":"gc","fs":"docs","grace_secs":0}"#).unwrap();
+    let r = execute(&dd, req).await;
+    assert!(r.ok, "{:?}", r.error);
+    assert!(
+        r.lines[0].contains("removed 1 orphan blobs"),
+        "{:?}",
+        r.lines
+    );
+    assert_eq!(r.data["blobs_removed"], 1);
+    assert!(!orphan.exists() && real.exists());
+    let r = execute(&dd, AdminRequest::Fsck { fs: "docs".into() }).await;
+    assert_eq!(r.clean, Some(true));
+
+    for req in [
+        AdminRequest::Fsck { fs: "nope".into() },
+        AdminRequest::Gc {
+            fs: "nope".into(),
+            grace_secs: 0,
+        },
+    ] {
+        let r = execute(&dd, req).await;
+        assert!(!r.ok);
+        assert!(r.error.unwrap().contains("no filesystem named 'nope'"));
+    }
+    let r = execute(&dd, AdminRequest::ListUsers).await;
+    assert_eq!(r.lines, vec!["svc\tdocs".to_string()]);
+}
