@@ -37,6 +37,9 @@ pub enum PathError {
     /// A control character (including NUL and DEL).
     #[error("control characters are not allowed in paths")]
     ControlChar,
+    /// An encoded slash (`%2F`) inside a segment.
+    #[error("an encoded '/' (%2F) is not allowed in a path segment")]
+    EncodedSlash,
     /// A backslash.
     #[error("backslashes are not allowed in paths")]
     Backslash,
@@ -70,8 +73,26 @@ impl EfsPath {
     /// A trailing `/` is allowed and ignored here; the caller decides whether it means
     /// "directory". Decoding happens exactly once: `%252e` stays the literal `%2e`.
     pub fn parse_uri_path(raw: &str) -> Result<Self, PathError> {
-        let decoded = percent_decode(raw.as_bytes())?;
-        let text = String::from_utf8(decoded).map_err(|_| PathError::NotUtf8)?;
+        // Split before decoding, so that an encoded slash (`%2F`) cannot become a separator:
+        // it decodes inside its segment, where a '/' is refused.
+        let mut text = String::with_capacity(raw.len());
+        let (first, rest) = raw.split_at(raw.find('/').map(|i| i + 1).unwrap_or(0));
+        if first != "/" {
+            return Err(PathError::NotAbsolute);
+        }
+        text.push('/');
+        let mut segs = rest.split('/').peekable();
+        while let Some(seg) = segs.next() {
+            let decoded = percent_decode(seg.as_bytes())?;
+            let decoded = String::from_utf8(decoded).map_err(|_| PathError::NotUtf8)?;
+            if decoded.contains('/') {
+                return Err(PathError::EncodedSlash);
+            }
+            text.push_str(&decoded);
+            if segs.peek().is_some() {
+                text.push('/');
+            }
+        }
         Self::parse(&text)
     }
 
@@ -245,7 +266,8 @@ mod tests {
             ("/./a", DotSegment),
             ("/a//b", EmptySegment),
             ("//a", EmptySegment),
-            ("/a%2F/b", EmptySegment),
+            ("/a%2F/b", EncodedSlash),
+            ("/a%2fb", EncodedSlash),
             ("/a\\b", Backslash),
             ("/a%5cb", Backslash),
             ("/a%00b", ControlChar),

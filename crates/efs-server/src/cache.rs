@@ -108,8 +108,14 @@ impl ContentCache {
         }
     }
 
-    /// Bytes held (approximate until pending maintenance runs).
+    /// Bytes held (pending maintenance is run first, so recent inserts are counted).
     pub fn weighted_size(&self) -> u64 {
-        self.inner.as_ref().map(|c| c.weighted_size()).unwrap_or(0)
+        self.inner
+            .as_ref()
+            .map(|c| {
+                c.run_pending_tasks();
+                c.weighted_size()
+            })
+            .unwrap_or(0)
     }
 }

@@ -1,0 +1,1503 @@
+//! End-to-end tests of the file routes: a real efs-server process, a real HTTPS client.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use common::*;
+use futures_util::StreamExt;
+use serde_json::{Value, json};
+
+#[tokio::test]
+async fn seed_post_then_get_and_the_entry_it_creates() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let content = b"%PDF-1.7 prescription for patient 173\n".repeat(20);
+
+    let r = srv
+        .req("POST", "/patients/173/prescription.pdf", &s.token)
+        .header("content-type", "application/pdf")
+        .body(content.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "a new file is 201 Created");
+    let etag = header(&r, "etag").expect("ETag on write");
+    assert!(
+        etag.starts_with('"') && etag.ends_with('"') && etag.len() == 34,
+        "{etag}"
+    );
+    let entry: Value = r.json().await.unwrap();
+    assert_eq!(entry["name"], "prescription.pdf");
+    assert_eq!(entry["type"], "file");
+    assert_eq!(entry["size"], content.len());
+    assert_eq!(entry["etag"], etag.as_str());
+    assert_eq!(entry["content_type"], "application/pdf");
+    assert!(
+        entry["modified"].as_str().unwrap().ends_with('Z'),
+        "{entry}"
+    );
+
+    let r = srv
+        .req("GET", "/patients/173/prescription.pdf", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/pdf")
+    );
+    assert_eq!(
+        header(&r, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    assert_eq!(header(&r, "accept-ranges").as_deref(), Some("bytes"));
+    assert_eq!(
+        header(&r, "content-length").as_deref(),
+        Some(content.len().to_string().as_str())
+    );
+    assert!(header(&r, "last-modified").is_some());
+    assert_eq!(r.bytes().await.unwrap(), content);
+
+    // HEAD: the same headers, no body.
+    let r = srv
+        .req("HEAD", "/patients/173/prescription.pdf", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(
+        header(&r, "content-length").as_deref(),
+        Some(content.len().to_string().as_str())
+    );
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/pdf")
+    );
+    assert!(r.bytes().await.unwrap().is_empty());
+
+    // The parents were created, and list.
+    let r = srv.req("GET", "/patients/", &s.token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let page: Value = r.json().await.unwrap();
+    assert_eq!(page["path"], "/patients/");
+    assert_eq!(page["entries"].as_array().unwrap().len(), 1);
+    assert_eq!(page["entries"][0]["name"], "173");
+    assert_eq!(page["entries"][0]["type"], "dir");
+    assert!(
+        page["entries"][0].get("etag").is_none(),
+        "directories have no ETag"
+    );
+    assert!(page.get("next_cursor").is_none());
+    let page: Value = srv
+        .req("GET", "/patients/173/", &s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["path"], "/patients/173/");
+    assert_eq!(page["entries"][0]["name"], "prescription.pdf");
+    assert_eq!(page["entries"][0]["size"], content.len());
+    assert_eq!(page["entries"][0]["etag"], etag.as_str());
+    assert_eq!(page["entries"][0]["content_type"], "application/pdf");
+
+    // A directory read as a file, a missing file.
+    assert_error(
+        srv.req("GET", "/patients/173", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        409,
+        "conflict",
+    )
+    .await;
+    assert_error(
+        srv.req("GET", "/patients/174/prescription.pdf", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    assert_error(
+        srv.req("GET", "/patients/174/", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+    // A file under a file.
+    assert_error(
+        srv.put("/patients/173/prescription.pdf/x", &s.token, "x")
+            .await,
+        409,
+        "conflict",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn no_token_or_a_garbage_token_is_401() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    srv.put_ok("/a.txt", &s.token, "secret").await;
+    let r = srv.client.get(srv.url("/a.txt")).send().await.unwrap();
+    assert_eq!(header(&r, "www-authenticate").as_deref(), Some("Bearer"));
+    let msg = assert_error(r, 401, "unauthorized").await;
+    assert!(!msg.contains("secret"));
+    for bad in ["", "x", "a.b.c", &s.token[..s.token.len() - 2]] {
+        let r = srv
+            .client
+            .get(srv.url("/a.txt"))
+            .header("authorization", format!("Bearer {bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 401, "unauthorized").await;
+    }
+    let r = srv
+        .client
+        .put(srv.url("/b.txt"))
+        .header("authorization", format!("Basic {}", s.token))
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 401, "unauthorized").await;
+    // Nothing was written by the refused PUT.
+    assert_eq!(srv.get("/b.txt", &s.token).await.0, 404);
+}
+
+#[tokio::test]
+async fn byte_exact_round_trips_of_every_size() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let sizes = [
+        0usize,
+        1,
+        65_535,
+        65_536,
+        65_537,
+        131_072,
+        131_073,
+        200_000,
+        5 << 20,
+    ];
+    for (i, &n) in sizes.iter().enumerate() {
+        let data = pattern(n, i as u64 + 1);
+        let path = format!("/sizes/f{n}.bin");
+        let r = srv.put(&path, &s.token, data.clone()).await;
+        assert_eq!(r.status(), 201, "PUT {n} bytes");
+        let entry: Value = r.json().await.unwrap();
+        assert_eq!(entry["size"], n);
+        // Twice: the second read may come from the cache.
+        for round in 0..2 {
+            let r = srv.req("GET", &path, &s.token).send().await.unwrap();
+            assert_eq!(r.status(), 200);
+            assert_eq!(
+                header(&r, "content-length").as_deref(),
+                Some(n.to_string().as_str())
+            );
+            assert_eq!(
+                header(&r, "content-type").as_deref(),
+                Some("application/octet-stream"),
+                "the default content type"
+            );
+            let got = r.bytes().await.unwrap();
+            assert_eq!(got.len(), n, "size {n}, round {round}");
+            assert!(got == data, "content of size {n}, round {round}");
+        }
+    }
+    let listed = srv.list_all("/sizes/", &s.token, 100).await;
+    let mut names: Vec<_> = listed
+        .iter()
+        .map(|e| {
+            (
+                e["name"].as_str().unwrap().to_owned(),
+                e["size"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    names.sort();
+    let mut want: Vec<_> = sizes
+        .iter()
+        .map(|n| (format!("f{n}.bin"), *n as u64))
+        .collect();
+    want.sort();
+    assert_eq!(names, want);
+}
+
+/// Range reads against one server (cache on or off).
+async fn check_ranges(extra: &[&str]) {
+    let s = session(extra).await;
+    let srv = &s.srv;
+    let len = 200_000usize;
+    let data = pattern(len, 42);
+    srv.put_ok("/r.bin", &s.token, data.clone()).await;
+    let small = b"0123456789".to_vec();
+    srv.put_ok("/small.txt", &s.token, small.clone()).await;
+    srv.put_ok("/empty", &s.token, Vec::new()).await;
+
+    let cases: &[(&str, usize, usize)] = &[
+        ("bytes=0-99", 0, 100),                  // first
+        ("bytes=70000-140000", 70_000, 140_001), // middle, across segments
+        ("bytes=65535-65536", 65_535, 65_537),   // a segment boundary
+        ("bytes=199900-199999", 199_900, len),   // last
+        ("bytes=-500", len - 500, len),          // suffix
+        ("bytes=-300000", 0, len),               // suffix longer than the file
+        ("bytes=150000-", 150_000, len),         // open-ended
+        ("bytes=199990-300000", 199_990, len),   // end clamped
+        ("bytes=0-0", 0, 1),
+    ];
+    // Twice: a miss, then (with the cache on) a hit.
+    for _ in 0..2 {
+        for (range, a, b) in cases {
+            let r = srv
+                .req("GET", "/r.bin", &s.token)
+                .header("range", *range)
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 206, "{range}");
+            assert_eq!(
+                header(&r, "content-range"),
+                Some(format!("bytes {a}-{}/{len}", b - 1)),
+                "{range}"
+            );
+            assert_eq!(
+                header(&r, "content-length"),
+                Some((b - a).to_string()),
+                "{range}"
+            );
+            let got = r.bytes().await.unwrap();
+            assert!(got == data[*a..*b], "{range}: {} bytes", got.len());
+        }
+    }
+    let r = srv
+        .req("GET", "/small.txt", &s.token)
+        .header("range", "bytes=3-5")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(header(&r, "content-range").as_deref(), Some("bytes 3-5/10"));
+    assert_eq!(r.bytes().await.unwrap(), &small[3..6]);
+
+    // HEAD with a range: the same status and headers.
+    let r = srv
+        .req("HEAD", "/r.bin", &s.token)
+        .header("range", "bytes=10-19")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        header(&r, "content-range").as_deref(),
+        Some("bytes 10-19/200000")
+    );
+
+    // Unsatisfiable: 416 with `bytes */len`.
+    for (path, range, total) in [
+        ("/r.bin", "bytes=200000-", len),
+        ("/r.bin", "bytes=250000-260000", len),
+        ("/r.bin", "bytes=-0", len),
+        ("/small.txt", "bytes=10-", 10),
+        ("/empty", "bytes=0-", 0),
+        ("/empty", "bytes=-5", 0),
+    ] {
+        let r = srv
+            .req("GET", path, &s.token)
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(
+            header(&r, "content-range"),
+            Some(format!("bytes */{total}")),
+            "{path} {range}"
+        );
+        assert_error(r, 416, "range_not_satisfiable").await;
+    }
+    // Malformed or multiple ranges are ignored: the whole file.
+    for range in ["bytes=5-2", "items=0-1", "bytes=0-1,5-6", "bytes=x-y"] {
+        let r = srv
+            .req("GET", "/small.txt", &s.token)
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200, "{range}");
+        assert!(header(&r, "content-range").is_none());
+        assert_eq!(r.bytes().await.unwrap(), small);
+    }
+}
+
+#[tokio::test]
+async fn ranges_with_the_cache() {
+    check_ranges(&[]).await;
+}
+
+#[tokio::test]
+async fn ranges_without_the_cache() {
+    check_ranges(&["--cache-size", "0"]).await;
+}
+
+#[tokio::test]
+async fn listing_pagination_returns_every_name_exactly_once() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let mut want = BTreeSet::new();
+    for i in 0..25 {
+        let name = format!("file-{i:02}.txt");
+        srv.put_ok(&format!("/many/{name}"), &s.token, format!("content {i}"))
+            .await;
+        want.insert(name);
+    }
+    srv.req("POST", "/many/subdir/", &s.token)
+        .send()
+        .await
+        .unwrap();
+    want.insert("subdir".to_owned());
+
+    // Page by page, by hand: 10, 10, 6.
+    let mut seen = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut sizes = Vec::new();
+    loop {
+        let mut url = "/many/?limit=10".to_owned();
+        if let Some(c) = &cursor {
+            url = format!("{url}&cursor={c}");
+        }
+        let r = srv.req("GET", &url, &s.token).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        let page: Value = r.json().await.unwrap();
+        assert_eq!(page["path"], "/many/");
+        let entries = page["entries"].as_array().unwrap();
+        sizes.push(entries.len());
+        for e in entries {
+            let name = e["name"].as_str().unwrap().to_owned();
+            if name == "subdir" {
+                assert_eq!(e["type"], "dir");
+            } else {
+                assert_eq!(e["type"], "file");
+                let i: usize = name[5..7].parse().unwrap();
+                assert_eq!(e["size"], format!("content {i}").len());
+            }
+            seen.push(name);
+        }
+        match page.get("next_cursor").and_then(Value::as_str) {
+            Some(c) => {
+                assert_eq!(entries.len(), 10, "only the last page is short");
+                cursor = Some(c.to_owned());
+            }
+            None => break,
+        }
+        assert!(sizes.len() < 10, "pagination does not end");
+    }
+    assert_eq!(sizes, vec![10, 10, 6]);
+    let seen_set: BTreeSet<_> = seen.iter().cloned().collect();
+    assert_eq!(seen.len(), seen_set.len(), "no name twice: {seen:?}");
+    assert_eq!(seen_set, want);
+
+    // Without a limit: everything on one page, in the same order.
+    let page: Value = srv
+        .req("GET", "/many/", &s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let all: Vec<_> = page["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(all, seen);
+    assert!(page.get("next_cursor").is_none());
+
+    // The root lists the directory.
+    let root = srv.list_all("/", &s.token, 10).await;
+    assert_eq!(root.len(), 1);
+    assert_eq!(root[0]["name"], "many");
+    assert_eq!(root[0]["type"], "dir");
+
+    // Bad cursors and limits.
+    assert_error(
+        srv.req("GET", "/many/?cursor=zz", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    assert_error(
+        srv.req("GET", "/many/?limit=ten", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    // Listing a file is a conflict.
+    assert_error(
+        srv.req("GET", "/many/file-00.txt/", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        409,
+        "conflict",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn mkdir_and_delete() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let r = srv.req("POST", "/docs/", &s.token).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["name"], "docs");
+    assert_eq!(e["type"], "dir");
+    let r = srv
+        .req("PUT", "/docs/2024/q1/", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        201,
+        "PUT with a trailing slash makes directories too"
+    );
+    let page: Value = srv
+        .req("GET", "/docs/2024/q1/", &s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["entries"], json!([]));
+    // HEAD on a directory.
+    let r = srv.req("HEAD", "/docs/", &s.token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+
+    srv.put_ok("/docs/2024/q1/report.txt", &s.token, "report")
+        .await;
+    srv.put_ok("/docs/readme.txt", &s.token, "readme").await;
+    // mkdir over a file.
+    assert_error(
+        srv.req("POST", "/docs/readme.txt/", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        409,
+        "conflict",
+    )
+    .await;
+    // A file where a directory is.
+    assert_error(srv.put("/docs/2024", &s.token, "x").await, 409, "conflict").await;
+
+    // Delete a file.
+    let r = srv
+        .req("DELETE", "/docs/readme.txt", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert!(r.bytes().await.unwrap().is_empty());
+    assert_eq!(srv.get("/docs/readme.txt", &s.token).await.0, 404);
+    assert_error(
+        srv.req("DELETE", "/docs/readme.txt", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+
+    // A non-empty directory: 409 unless recursive.
+    assert_error(
+        srv.req("DELETE", "/docs/2024/", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        409,
+        "conflict",
+    )
+    .await;
+    assert_error(
+        srv.req("DELETE", "/docs/2024", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        409,
+        "conflict",
+    )
+    .await;
+    assert_eq!(
+        srv.get_ok("/docs/2024/q1/report.txt", &s.token).await,
+        b"report"
+    );
+    let r = srv
+        .req("DELETE", "/docs/2024/?recursive=true", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(srv.get("/docs/2024/q1/report.txt", &s.token).await.0, 404);
+    assert_eq!(srv.get("/docs/2024/q1/", &s.token).await.0, 404);
+    assert_eq!(srv.get("/docs/2024/", &s.token).await.0, 404);
+    // An empty directory goes without recursive.
+    let r = srv.req("DELETE", "/docs/", &s.token).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(srv.list_all("/", &s.token, 10).await, Vec::<Value>::new());
+    // The root cannot be deleted.
+    assert_error(
+        srv.req("DELETE", "/", &s.token).send().await.unwrap(),
+        409,
+        "conflict",
+    )
+    .await;
+    // Unknown methods.
+    assert_error(
+        srv.req("PATCH", "/x", &s.token).send().await.unwrap(),
+        405,
+        "method_not_allowed",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rename_files_and_directories_with_move_and_the_json_route() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let etag_a = srv.put_ok("/a.txt", &s.token, "alpha").await;
+
+    // MOVE a file.
+    let r = srv
+        .req("MOVE", "/a.txt", &s.token)
+        .header("destination", "/renamed/b.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "etag").as_deref(),
+        Some(etag_a.as_str()),
+        "a move keeps the version"
+    );
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["name"], "b.txt");
+    assert_eq!(srv.get("/a.txt", &s.token).await.0, 404);
+    assert_eq!(srv.get_ok("/renamed/b.txt", &s.token).await, b"alpha");
+
+    // MOVE with an absolute URL as destination.
+    let r = srv
+        .req("MOVE", "/renamed/b.txt", &s.token)
+        .header("destination", srv.url("/c.txt"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(srv.get_ok("/c.txt", &s.token).await, b"alpha");
+
+    // Onto an existing file: 409, unless Overwrite: T.
+    srv.put_ok("/d.txt", &s.token, "delta").await;
+    let r = srv
+        .req("MOVE", "/c.txt", &s.token)
+        .header("destination", "/d.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 409, "conflict").await;
+    assert_eq!(srv.get_ok("/d.txt", &s.token).await, b"delta");
+    let r = srv
+        .req("MOVE", "/c.txt", &s.token)
+        .header("destination", "/d.txt")
+        .header("overwrite", "F")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 409, "conflict").await;
+    let r = srv
+        .req("MOVE", "/c.txt", &s.token)
+        .header("destination", "/d.txt")
+        .header("overwrite", "T")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(srv.get_ok("/d.txt", &s.token).await, b"alpha");
+    assert_eq!(srv.get("/c.txt", &s.token).await.0, 404);
+    // No Destination: 400. Missing source: 404.
+    assert_error(
+        srv.req("MOVE", "/d.txt", &s.token).send().await.unwrap(),
+        400,
+        "bad_request",
+    )
+    .await;
+    assert_error(
+        srv.req("MOVE", "/nope.txt", &s.token)
+            .header("destination", "/nope2.txt")
+            .send()
+            .await
+            .unwrap(),
+        404,
+        "not_found",
+    )
+    .await;
+
+    // MOVE a directory: its content follows.
+    srv.put_ok("/dir1/sub/x.bin", &s.token, pattern(200_000, 9))
+        .await;
+    srv.put_ok("/dir1/y.txt", &s.token, "why").await;
+    let r = srv
+        .req("MOVE", "/dir1", &s.token)
+        .header("destination", "/dir2")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(e["type"], "dir");
+    assert_eq!(srv.get("/dir1/", &s.token).await.0, 404);
+    assert_eq!(
+        srv.get_ok("/dir2/sub/x.bin", &s.token).await,
+        pattern(200_000, 9)
+    );
+    assert_eq!(srv.get_ok("/dir2/y.txt", &s.token).await, b"why");
+    // Into itself: 409.
+    assert_error(
+        srv.req("MOVE", "/dir2", &s.token)
+            .header("destination", "/dir2/sub/inner")
+            .send()
+            .await
+            .unwrap(),
+        409,
+        "conflict",
+    )
+    .await;
+
+    // The JSON route: a file, then a directory.
+    let mv = |from: &str, to: &str, overwrite: bool| {
+        srv.req("POST", "/_efs/move", &s.token)
+            .json(&json!({"from": from, "to": to, "overwrite": overwrite}))
+            .send()
+    };
+    let r = mv("/dir2/y.txt", "/y2.txt", false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(header(&r, "etag").is_some());
+    assert_eq!(srv.get_ok("/y2.txt", &s.token).await, b"why");
+    assert_eq!(srv.get("/dir2/y.txt", &s.token).await.0, 404);
+    let r = mv("/dir2", "/moved/dir3", false).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let e: Value = r.json().await.unwrap();
+    assert_eq!(
+        (e["name"].as_str(), e["type"].as_str()),
+        (Some("dir3"), Some("dir"))
+    );
+    assert_eq!(
+        srv.get_ok("/moved/dir3/sub/x.bin", &s.token).await,
+        pattern(200_000, 9)
+    );
+    assert_eq!(srv.get("/dir2/", &s.token).await.0, 404);
+    // Overwrite through JSON.
+    assert_error(
+        mv("/y2.txt", "/d.txt", false).await.unwrap(),
+        409,
+        "conflict",
+    )
+    .await;
+    assert_eq!(mv("/y2.txt", "/d.txt", true).await.unwrap().status(), 200);
+    assert_eq!(srv.get_ok("/d.txt", &s.token).await, b"why");
+    // A directory never replaces or is replaced.
+    assert_error(mv("/moved", "/d.txt", true).await.unwrap(), 409, "conflict").await;
+    // Bad JSON and bad paths.
+    let r = srv
+        .req("POST", "/_efs/move", &s.token)
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "bad_request").await;
+    assert_error(
+        mv("/d.txt", "/a/../b", false).await.unwrap(),
+        400,
+        "invalid_path",
+    )
+    .await;
+    assert_error(
+        mv("/d.txt", "/_efs/x", false).await.unwrap(),
+        400,
+        "invalid_path",
+    )
+    .await;
+    assert_eq!(srv.get_ok("/d.txt", &s.token).await, b"why");
+
+    // The final tree.
+    let names: BTreeSet<String> = srv
+        .list_all("/", &s.token, 100)
+        .await
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["d.txt", "moved", "renamed"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+}
+
+#[tokio::test]
+async fn overwrite_etags_and_conditional_requests() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let r = srv.put("/c.txt", &s.token, "one").await;
+    assert_eq!(r.status(), 201);
+    let e1 = header(&r, "etag").unwrap();
+    let r = srv.put("/c.txt", &s.token, "two").await;
+    assert_eq!(r.status(), 200, "a replacement is 200");
+    let e2 = header(&r, "etag").unwrap();
+    assert_ne!(e1, e2, "every write is a new version");
+    // The same bytes again: still a new version.
+    let e3 = srv.put_ok("/c.txt", &s.token, "two").await;
+    assert_ne!(e2, e3);
+
+    // If-Match with a stale tag: 412, nothing changes.
+    let r = srv
+        .req("PUT", "/c.txt", &s.token)
+        .header("if-match", &e1)
+        .body("three")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 412, "precondition_failed").await;
+    assert_eq!(srv.get_ok("/c.txt", &s.token).await, b"two");
+    // With the current one (in a list): 200.
+    let r = srv
+        .req("PUT", "/c.txt", &s.token)
+        .header("if-match", format!("{e1}, {e3}"))
+        .body("three")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e4 = header(&r, "etag").unwrap();
+    assert_eq!(srv.get_ok("/c.txt", &s.token).await, b"three");
+    // If-None-Match: * on an existing file: 412; on a new one: 201.
+    let r = srv
+        .req("PUT", "/c.txt", &s.token)
+        .header("if-none-match", "*")
+        .body("four")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 412, "precondition_failed").await;
+    let r = srv
+        .req("PUT", "/new.txt", &s.token)
+        .header("if-none-match", "*")
+        .body("new")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    // If-Match: * on a missing file: 412 and nothing is created.
+    let r = srv
+        .req("PUT", "/missing.txt", &s.token)
+        .header("if-match", "*")
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 412, "precondition_failed").await;
+    assert_eq!(srv.get("/missing.txt", &s.token).await.0, 404);
+    let r = srv
+        .req("PUT", "/c.txt", &s.token)
+        .header("if-match", "*")
+        .body("five")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let e5 = header(&r, "etag").unwrap();
+    assert_ne!(e4, e5);
+
+    // Conditional GET.
+    let r = srv
+        .req("GET", "/c.txt", &s.token)
+        .header("if-none-match", &e5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304);
+    assert_eq!(header(&r, "etag").as_deref(), Some(e5.as_str()));
+    assert!(r.bytes().await.unwrap().is_empty());
+    let r = srv
+        .req("GET", "/c.txt", &s.token)
+        .header("if-none-match", &e4)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.bytes().await.unwrap(), "five");
+    let r = srv
+        .req("GET", "/c.txt", &s.token)
+        .header("if-match", &e4)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 412, "precondition_failed").await;
+    let r = srv
+        .req("GET", "/c.txt", &s.token)
+        .header("if-match", &e5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+
+    // Conditional DELETE.
+    let r = srv
+        .req("DELETE", "/c.txt", &s.token)
+        .header("if-match", &e4)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 412, "precondition_failed").await;
+    assert_eq!(srv.get_ok("/c.txt", &s.token).await, b"five");
+    let r = srv
+        .req("DELETE", "/c.txt", &s.token)
+        .header("if-match", &e5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(srv.get("/c.txt", &s.token).await.0, 404);
+}
+
+#[tokio::test]
+async fn content_type_is_kept_and_nosniff_is_sent() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let html = "<html><script>alert(1)</script></html>";
+    let r = srv
+        .req("PUT", "/page.html", &s.token)
+        .header("content-type", "text/html; charset=utf-8")
+        .body(html)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = srv.req("GET", "/page.html", &s.token).send().await.unwrap();
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("text/html; charset=utf-8")
+    );
+    assert_eq!(
+        header(&r, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+    assert!(
+        header(&r, "cache-control").unwrap().contains("no-store"),
+        "file content is not cached by intermediaries"
+    );
+    assert_eq!(r.text().await.unwrap(), html);
+    // A replacement without a type gets the default.
+    srv.put_ok("/page.html", &s.token, "plain").await;
+    let r = srv.req("GET", "/page.html", &s.token).send().await.unwrap();
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/octet-stream")
+    );
+    assert_eq!(
+        header(&r, "x-content-type-options").as_deref(),
+        Some("nosniff")
+    );
+}
+
+#[tokio::test]
+async fn too_large_bodies_are_413_with_a_length_and_when_streamed() {
+    let limit = 100_000usize;
+    let s = session(&["--max-body-size", &limit.to_string()]).await;
+    let srv = &s.srv;
+
+    // Exactly the limit: accepted.
+    let data = pattern(limit, 3);
+    srv.put_ok("/exact.bin", &s.token, data.clone()).await;
+    assert_eq!(srv.get_ok("/exact.bin", &s.token).await, data);
+
+    // One byte more, with Content-Length.
+    let r = srv.put("/big.bin", &s.token, pattern(limit + 1, 4)).await;
+    assert_error(r, 413, "too_large").await;
+    // Far more, with Content-Length: refused before the body is read.
+    let r = srv.put("/big.bin", &s.token, pattern(3 * limit, 4)).await;
+    assert_error(r, 413, "too_large").await;
+    // An existing file is not replaced by a refused one.
+    let r = srv.put("/exact.bin", &s.token, pattern(limit + 1, 5)).await;
+    assert_error(r, 413, "too_large").await;
+    assert_eq!(srv.get_ok("/exact.bin", &s.token).await, data);
+
+    // A streamed body with no length (HTTP/2 DATA frames).
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..30).map(|i| Ok(pattern(10_000, 100 + i))).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let r = srv
+        .req("PUT", "/streamed.bin", &s.token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 413, "too_large").await;
+
+    // A chunked HTTP/1.1 body, sent raw.
+    let mut req = format!(
+        "PUT /chunked.bin HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n",
+        s.token
+    )
+    .into_bytes();
+    for i in 0..30 {
+        let c = pattern(10_000, 200 + i);
+        req.extend_from_slice(format!("{:x}\r\n", c.len()).as_bytes());
+        req.extend_from_slice(&c);
+        req.extend_from_slice(b"\r\n");
+    }
+    req.extend_from_slice(b"0\r\n\r\n");
+    let r = srv.raw_http(req).await;
+    assert_eq!(r.status, 413, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"], "too_large");
+
+    // A small streamed body is fine.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        (0..5).map(|i| Ok(pattern(10_000, 300 + i))).collect();
+    let want: Vec<u8> = (0..5).flat_map(|i| pattern(10_000, 300 + i)).collect();
+    let r = srv
+        .req("PUT", "/streamed-ok.bin", &s.token)
+        .body(reqwest::Body::wrap_stream(futures_util::stream::iter(
+            chunks,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    assert_eq!(srv.get_ok("/streamed-ok.bin", &s.token).await, want);
+
+    // Nothing of the refused uploads exists.
+    for p in ["/big.bin", "/streamed.bin", "/chunked.bin"] {
+        assert_eq!(srv.get(p, &s.token).await.0, 404, "{p}");
+    }
+    let names: BTreeSet<String> = srv
+        .list_all("/", &s.token, 100)
+        .await
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        names,
+        ["exact.bin", "streamed-ok.bin"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect()
+    );
+}
+
+#[tokio::test]
+async fn read_only_user_reads_but_cannot_write() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let etag = srv
+        .put_ok("/shared/report.txt", &s.token, "the report")
+        .await;
+    let ro_key = srv.create_user("auditor", &["files"], true);
+    let ro = srv.login("auditor", &ro_key, None).await;
+
+    assert_eq!(srv.get_ok("/shared/report.txt", &ro).await, b"the report");
+    let r = srv
+        .req("HEAD", "/shared/report.txt", &ro)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(srv.list_all("/shared/", &ro, 10).await.len(), 1);
+
+    let refused = [
+        srv.req("PUT", "/shared/report.txt", &ro).body("changed"),
+        srv.req("POST", "/shared/new.txt", &ro).body("new"),
+        srv.req("DELETE", "/shared/report.txt", &ro),
+        srv.req("DELETE", "/shared/?recursive=true", &ro),
+        srv.req("MOVE", "/shared/report.txt", &ro)
+            .header("destination", "/moved.txt"),
+        srv.req("POST", "/_efs/move", &ro)
+            .json(&json!({"from": "/shared/report.txt", "to": "/moved.txt"})),
+        srv.req("POST", "/newdir/", &ro),
+    ];
+    for rb in refused {
+        let r = rb.send().await.unwrap();
+        assert_error(r, 403, "forbidden").await;
+    }
+    // Nothing changed.
+    let r = srv
+        .req("GET", "/shared/report.txt", &ro)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "etag").as_deref(), Some(etag.as_str()));
+    assert_eq!(r.bytes().await.unwrap(), "the report");
+    let names: Vec<_> = srv
+        .list_all("/", &ro, 10)
+        .await
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(names, ["shared"]);
+}
+
+#[tokio::test]
+async fn cache_on_and_off_serve_identical_bytes() {
+    let on = session(&[]).await;
+    let off = session(&["--cache-size", "0"]).await;
+    let files: Vec<(String, Vec<u8>)> = [0usize, 1, 4096, 65_537, 200_000, 3 << 20]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (format!("/c/f{i}"), pattern(*n, 77 + i as u64)))
+        .collect();
+    for s in [&on, &off] {
+        for (p, d) in &files {
+            s.srv.put_ok(p, &s.token, d.clone()).await;
+        }
+    }
+    for round in 0..3 {
+        for (p, d) in &files {
+            let a = on.srv.get_ok(p, &on.token).await;
+            let b = off.srv.get_ok(p, &off.token).await;
+            assert!(a == *d, "cache on, {p}, round {round}");
+            assert!(b == *d, "cache off, {p}, round {round}");
+            if d.len() > 10 {
+                let range = format!("bytes=3-{}", d.len() - 4);
+                for s in [&on, &off] {
+                    let r = s
+                        .srv
+                        .req("GET", p, &s.token)
+                        .header("range", &range)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 206);
+                    assert!(r.bytes().await.unwrap() == d[3..d.len() - 3]);
+                }
+            }
+        }
+    }
+    // An overwrite is seen at once (the cache is keyed by version).
+    for s in [&on, &off] {
+        s.srv.put_ok("/c/f4", &s.token, "replaced").await;
+        assert_eq!(s.srv.get_ok("/c/f4", &s.token).await, b"replaced");
+    }
+    // The cached server did use its cache.
+    let m = on
+        .srv
+        .client
+        .get(on.srv.url("/_efs/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let hits: f64 = m
+        .lines()
+        .find(|l| l.starts_with("efs_cache_hits_total"))
+        .and_then(|l| l.split_whitespace().last())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or_else(|| panic!("efs_cache_hits_total in\n{m}"));
+    assert!(hits >= 10.0, "cache hits: {hits}");
+    let m = off
+        .srv
+        .client
+        .get(off.srv.url("/_efs/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        !m.lines().any(|l| l.starts_with("efs_cache_hits_total")),
+        "no cache, no hits"
+    );
+}
+
+#[tokio::test]
+async fn a_64_mib_file_streams_up_and_down() {
+    use sha2::{Digest, Sha256};
+    const SIZE: usize = 64 << 20;
+    const CHUNK: usize = 256 << 10;
+    let s = session(&[]).await;
+    let srv = &s.srv;
+
+    // Generated chunk by chunk while hashing: never held whole.
+    let hasher = std::sync::Arc::new(std::sync::Mutex::new(Sha256::new()));
+    let h = hasher.clone();
+    let stream =
+        futures_util::stream::unfold((0usize, 0x1234_5678_9abc_def1u64), move |(sent, state)| {
+            let h = h.clone();
+            async move {
+                if sent >= SIZE {
+                    return None;
+                }
+                let mut chunk = vec![0u8; CHUNK.min(SIZE - sent)];
+                let state = fill_pattern(&mut chunk, state);
+                h.lock().unwrap().update(&chunk);
+                Some((Ok::<_, std::io::Error>(chunk), (sent + CHUNK, state)))
+            }
+        });
+    let r = srv
+        .req("PUT", "/big/64mib.bin", &s.token)
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let entry: Value = r.json().await.unwrap();
+    assert_eq!(entry["size"], SIZE);
+    let sent = hex::encode(hasher.lock().unwrap().clone().finalize());
+
+    let r = srv
+        .req("GET", "/big/64mib.bin", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(header(&r, "content-length"), Some(SIZE.to_string()));
+    let mut body = r.bytes_stream();
+    let mut got = Sha256::new();
+    let mut n = 0usize;
+    while let Some(chunk) = body.next().await {
+        let chunk = chunk.unwrap();
+        n += chunk.len();
+        got.update(&chunk);
+    }
+    assert_eq!(n, SIZE);
+    assert_eq!(hex::encode(got.finalize()), sent, "SHA-256 of the download");
+
+    // A range near the end of the big file.
+    let r = srv
+        .req("GET", "/big/64mib.bin", &s.token)
+        .header("range", format!("bytes={}-", SIZE - 100_000))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(r.bytes().await.unwrap().len(), 100_000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_clear_works_while_serving() {
+    let s = session(&[]).await;
+    let srv = std::sync::Arc::new(s.srv);
+    let token = s.token.clone();
+    let data = pattern(1 << 20, 5);
+    srv.put_ok("/hot.bin", &token, data.clone()).await;
+    assert!(srv.get_ok("/hot.bin", &token).await == data);
+
+    let out = srv.efsctl_ok(&["cache-clear"]);
+    let cleared: u64 = out
+        .trim()
+        .strip_prefix("Cleared the decrypted cache (")
+        .and_then(|r| r.strip_suffix(" bytes)"))
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("cache-clear output: {out}"));
+    assert!(
+        cleared >= 1 << 20,
+        "the cached file was in the cache: {cleared}"
+    );
+
+    // Readers keep reading while the cache is cleared again and again.
+    let mut readers = Vec::new();
+    for _ in 0..2 {
+        let srv = srv.clone();
+        let token = token.clone();
+        let data = data.clone();
+        readers.push(tokio::spawn(async move {
+            for _ in 0..15 {
+                assert!(srv.get_ok("/hot.bin", &token).await == data);
+            }
+        }));
+    }
+    for _ in 0..3 {
+        let srv2 = srv.clone();
+        let out = tokio::task::spawn_blocking(move || srv2.efsctl_ok(&["cache-clear"]))
+            .await
+            .unwrap();
+        assert!(out.starts_with("Cleared the decrypted cache"), "{out}");
+    }
+    for r in readers {
+        r.await.unwrap();
+    }
+    // Right after a clear, the cache is empty.
+    let out = srv.efsctl_ok(&["cache-clear"]);
+    let out2 = srv.efsctl_ok(&["cache-clear"]);
+    assert!(out.starts_with("Cleared the decrypted cache"), "{out}");
+    assert_eq!(out2.trim(), "Cleared the decrypted cache (0 bytes)");
+    assert!(srv.get_ok("/hot.bin", &token).await == data);
+}
+
+#[tokio::test]
+async fn fsck_is_clean_after_a_stop_and_finds_corruption() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let t = &s.token;
+    srv.put_ok("/patients/173/prescription.pdf", t, pattern(1000, 1))
+        .await;
+    srv.put_ok("/patients/173/scan.bin", t, pattern(300_000, 2))
+        .await;
+    srv.put_ok("/patients/173/scan.bin", t, pattern(400_000, 3))
+        .await; // replaces a blob
+    srv.put_ok("/tmp/gone.bin", t, pattern(300_000, 4)).await;
+    srv.req("DELETE", "/tmp/gone.bin", t).send().await.unwrap();
+    srv.put_ok("/tmp/small", t, "small").await;
+    srv.req("MOVE", "/tmp", t)
+        .header("destination", "/archive/tmp")
+        .send()
+        .await
+        .unwrap();
+
+    // While running: through the admin socket.
+    let out = srv.efsctl(&["fsck", "--fs", "files"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(
+        text.contains("0 errors, 0 orphan blobs, 0 orphan inline contents"),
+        "{text}"
+    );
+
+    let status = srv.stop().await.expect("the server was running");
+    assert!(status.success(), "a graceful stop exits 0: {status:?}");
+    assert!(srv.stdout().contains("Stopped."));
+    assert!(
+        !srv.data.join("system").join("admin.sock").exists(),
+        "the admin socket is removed at stop"
+    );
+
+    // Stopped: efsctl opens the data dir itself (the generated key part is found).
+    let out = srv.efsctl(&["fsck", "--fs", "files"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.starts_with("fsck 'files':"), "{text}");
+    assert!(text.contains("3 files verified"), "{text}");
+    assert!(
+        text.contains("0 errors, 0 orphan blobs, 0 orphan inline contents"),
+        "{text}"
+    );
+    let out = srv.efsctl_ok(&["gc", "--fs", "files", "--grace", "0"]);
+    assert!(
+        out.contains("removed 0 orphan blobs and 0 orphan inline contents"),
+        "{out}"
+    );
+
+    // Flip one byte of a blob: fsck must say so, and exit 3.
+    let blob = all_files(&srv.data.join("fs"))
+        .into_iter()
+        .filter(|(p, b)| p.components().any(|c| c.as_os_str() == "blobs") && b.len() > 300_000)
+        .map(|(p, _)| p)
+        .next()
+        .expect("a blob file for the 400 kB scan");
+    let mut bytes = std::fs::read(&blob).unwrap();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x01;
+    std::fs::write(&blob, bytes).unwrap();
+    let out = srv.efsctl(&["fsck", "--fs", "files"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "fsck finds a flipped byte: {text}"
+    );
+    assert!(
+        text.contains("1 errors") || text.contains("error:"),
+        "{text}"
+    );
+}
+
+#[tokio::test]
+async fn control_routes() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    // Health: no token needed.
+    let r = srv
+        .client
+        .get(srv.url("/_efs/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let h: Value = r.json().await.unwrap();
+    assert_eq!(h["status"], "ok");
+    assert_eq!(h["version"], env!("CARGO_PKG_VERSION"));
+
+    // OpenAPI.
+    let r = srv
+        .client
+        .get(srv.url("/_efs/openapi.json"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(
+        header(&r, "content-type").as_deref(),
+        Some("application/json")
+    );
+    let api: Value = r.json().await.unwrap();
+    assert!(
+        api["openapi"].as_str().unwrap().starts_with('3'),
+        "{}",
+        api["openapi"]
+    );
+    assert!(api["paths"].get("/_efs/auth/token").is_some());
+
+    // The token-verification key verifies our token.
+    let r = srv
+        .client
+        .get(srv.url("/_efs/auth/public-key"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let pem = r.text().await.unwrap();
+    use ed25519_dalek::Verifier;
+    use ed25519_dalek::pkcs8::DecodePublicKey;
+    let vk = ed25519_dalek::VerifyingKey::from_public_key_pem(&pem).expect("a PEM Ed25519 key");
+    let (signed, sig) = s.token.rsplit_once('.').unwrap();
+    use base64::Engine as _;
+    let sig = base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .decode(sig)
+        .unwrap();
+    let sig = ed25519_dalek::Signature::from_slice(&sig).unwrap();
+    vk.verify(signed.as_bytes(), &sig)
+        .expect("the published key verifies the token");
+    assert_eq!(jwt_header(&s.token)["alg"], "EdDSA");
+    assert_eq!(jwt_claims(&s.token)["iss"], srv.server_id.as_str());
+
+    // Metrics, after some traffic; no path in any label.
+    srv.put_ok("/patients/173/prescription.pdf", &s.token, "x")
+        .await;
+    srv.get_ok("/patients/173/prescription.pdf", &s.token).await;
+    let r = srv
+        .client
+        .get(srv.url("/_efs/metrics"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        header(&r, "content-type")
+            .unwrap()
+            .starts_with("text/plain")
+    );
+    let m = r.text().await.unwrap();
+    assert!(m.contains("efs_http_requests_total{"), "{m}");
+    assert!(m.contains("route=\"file\""), "{m}");
+    assert!(m.contains("efs_logins_total{result=\"ok\"}"), "{m}");
+    assert!(
+        !m.contains("patients") && !m.contains("prescription"),
+        "{m}"
+    );
+
+    // An unknown control route is not a file.
+    assert_error(
+        srv.req("GET", "/_efs/nothing", &s.token)
+            .send()
+            .await
+            .unwrap(),
+        400,
+        "invalid_path",
+    )
+    .await;
+    // Control routes refuse other methods.
+    let r = srv
+        .client
+        .get(srv.url("/_efs/auth/token"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+}
+
+#[tokio::test]
+async fn a_user_logged_in_with_an_efsctl_generated_key_uses_files() {
+    let srv = TestServer::start(&[]);
+    srv.create_fs("gen");
+    let key = srv.create_user_generated("svc1", "gen");
+    let token = srv.login("svc1", &key, None).await;
+    srv.put_ok("/x.txt", &token, "hello").await;
+    assert_eq!(srv.get_ok("/x.txt", &token).await, b"hello");
+    let users = srv.efsctl_ok(&["list-users"]);
+    assert!(users.lines().any(|l| l.starts_with("svc1\tgen")), "{users}");
+    let fss = srv.efsctl_ok(&["list-fs"]);
+    assert!(fss.lines().any(|l| l.starts_with("gen\t")), "{fss}");
+}
+
+#[tokio::test]
+async fn a_reader_finishes_with_the_version_it_started_with() {
+    use sha2::{Digest, Sha256};
+    const SIZE: usize = 24 << 20;
+    // No cache: the download streams from the blob while it is replaced and deleted.
+    let s = session(&["--cache-size", "0"]).await;
+    let srv = &s.srv;
+    let old = pattern(SIZE, 61);
+    let old_sha = sha256_hex(&old);
+    srv.put_ok("/v.bin", &s.token, old).await;
+
+    let r = srv.req("GET", "/v.bin", &s.token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut body = r.bytes_stream();
+    let mut h = Sha256::new();
+    let mut n = 0;
+    // Read a little, then replace the file, then delete it, then read the rest.
+    while n < 64 * 1024 {
+        let c = body.next().await.expect("more body").unwrap();
+        n += c.len();
+        h.update(&c);
+    }
+    let new = pattern(SIZE, 62);
+    srv.put_ok("/v.bin", &s.token, new.clone()).await;
+    assert!(
+        srv.get_ok("/v.bin", &s.token).await == new,
+        "new readers see the new version"
+    );
+    let r = srv.req("DELETE", "/v.bin", &s.token).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    while let Some(c) = body.next().await {
+        let c = c.expect("the old version keeps streaming");
+        n += c.len();
+        h.update(&c);
+    }
+    assert_eq!(n, SIZE);
+    assert_eq!(hex::encode(h.finalize()), old_sha, "the old version, whole");
+    assert_eq!(srv.get("/v.bin", &s.token).await.0, 404);
+}

@@ -1,0 +1,775 @@
+//! The login protocol end to end: challenge → Ed25519 signature → JWT, refresh, revocation,
+//! forged tokens, rate limiting, keys from efsctl, from this test and from openssl.
+
+mod common;
+
+use std::process::Command;
+use std::time::Duration;
+
+use common::*;
+use ed25519_dalek::SigningKey;
+use serde_json::{Value, json};
+
+/// Asserts the one generic 401 of every refused login or token.
+async fn assert_401(r: reqwest::Response, what: &str) {
+    assert_eq!(
+        header(&r, "www-authenticate").as_deref(),
+        Some("Bearer"),
+        "{what}"
+    );
+    let status = r.status().as_u16();
+    let text = r.text().await.unwrap();
+    assert_eq!(status, 401, "{what}: {text}");
+    let v: Value = serde_json::from_str(&text).unwrap();
+    assert_eq!(v["error"], "unauthorized", "{what}: {text}");
+}
+
+/// GET a file with `token` and expect 401.
+async fn assert_token_refused(srv: &TestServer, token: &str, what: &str) {
+    let r = srv.req("GET", "/probe.txt", token).send().await.unwrap();
+    assert_401(r, &format!("{what} (GET)")).await;
+    let r = srv
+        .req("PUT", "/probe2.txt", token)
+        .body("x")
+        .send()
+        .await
+        .unwrap();
+    assert_401(r, &format!("{what} (PUT)")).await;
+    let r = refresh(srv, token).await;
+    assert_401(r, &format!("{what} (refresh)")).await;
+}
+
+async fn refresh(srv: &TestServer, token: &str) -> reqwest::Response {
+    srv.client
+        .post(srv.url("/_efs/auth/refresh"))
+        .bearer_auth(token)
+        .send()
+        .await
+        .unwrap()
+}
+
+/// A server with fs "main", user "alice" (read-write) and a probe file.
+async fn alice_server(extra: &[&str]) -> (TestServer, SigningKey, String) {
+    let srv = TestServer::start(extra);
+    srv.create_fs("main");
+    let key = srv.create_user("alice", &["main"], false);
+    let token = srv.login("alice", &key, None).await;
+    srv.put_ok("/probe.txt", &token, "probe").await;
+    (srv, key, token)
+}
+
+#[tokio::test]
+async fn login_succeeds_and_the_token_is_scoped() {
+    let (srv, key, _) = alice_server(&[]).await;
+    let c = srv.challenge("alice").await;
+    let obj = c.as_object().unwrap();
+    let mut keys: Vec<_> = obj.keys().cloned().collect();
+    keys.sort();
+    assert_eq!(keys, ["expires_in", "nonce", "server"]);
+    let nonce = c["nonce"].as_str().unwrap();
+    assert_eq!(nonce.len(), 43, "32 bytes, base64url without padding");
+    assert!(
+        nonce
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    );
+    assert_eq!(c["server"], srv.server_id.as_str());
+    assert!(srv.server_id.starts_with("efs-"));
+    assert_eq!(c["expires_in"], 60);
+    // Two challenges never share a nonce.
+    assert_ne!(srv.challenge("alice").await["nonce"], c["nonce"]);
+
+    let r = srv
+        .token_request(&json!({
+            "user": "alice",
+            "nonce": nonce,
+            "signature": sign_login(&key, &srv.server_id, "alice", nonce),
+        }))
+        .await;
+    assert_eq!(r.status(), 200);
+    let t: Value = r.json().await.unwrap();
+    assert_eq!(t["expires_in"], 3600);
+    assert_eq!(t["renewals_left"], 24);
+    assert_eq!(t["fs"], "main");
+    let token = t["token"].as_str().unwrap();
+    assert_eq!(jwt_header(token)["alg"], "EdDSA");
+    let claims = jwt_claims(token);
+    assert_eq!(claims["sub"], "alice");
+    assert_eq!(claims["fs"], "main");
+    assert_eq!(claims["iss"], srv.server_id.as_str());
+    assert_eq!(claims["ren"], 0);
+    assert_eq!(
+        claims["exp"].as_u64().unwrap() - claims["iat"].as_u64().unwrap(),
+        3600
+    );
+    assert_eq!(srv.get_ok("/probe.txt", token).await, b"probe");
+    // The token works with the lower-case scheme too.
+    let r = srv
+        .client
+        .get(srv.url("/probe.txt"))
+        .header("authorization", format!("bearer {token}"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
+
+#[tokio::test]
+async fn replayed_nonce_is_refused() {
+    let (srv, key, _) = alice_server(&[]).await;
+    let body = srv.signed_body("alice", &key, None).await;
+    assert_eq!(srv.token_request(&body).await.status(), 200);
+    assert_401(
+        srv.token_request(&body).await,
+        "the same nonce and signature again",
+    )
+    .await;
+    // A nonce that was never issued.
+    let mut forged = body.clone();
+    forged["nonce"] = json!("A".repeat(43));
+    forged["signature"] = json!(sign_login(&key, &srv.server_id, "alice", &"A".repeat(43)));
+    assert_401(srv.token_request(&forged).await, "a nonce never issued").await;
+}
+
+#[tokio::test]
+async fn expired_nonce_is_refused() {
+    let (srv, key, _) = alice_server(&["--nonce-ttl", "1"]).await;
+    let c = srv.challenge("alice").await;
+    assert_eq!(c["expires_in"], 1);
+    let body = srv.signed_body("alice", &key, None).await;
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    assert_401(srv.token_request(&body).await, "expired nonce").await;
+    // A fresh one, used at once, works.
+    srv.login("alice", &key, None).await;
+}
+
+#[tokio::test]
+async fn nonce_issued_for_another_user_is_refused() {
+    let (srv, alice_key, _) = alice_server(&[]).await;
+    let bob_key = srv.create_user("bob", &["main"], false);
+    let c = srv.challenge("alice").await;
+    let nonce = c["nonce"].as_str().unwrap();
+    // Bob signs a correct message for himself, over Alice's nonce.
+    let r = srv
+        .token_request(&json!({
+            "user": "bob",
+            "nonce": nonce,
+            "signature": sign_login(&bob_key, &srv.server_id, "bob", nonce),
+        }))
+        .await;
+    assert_401(r, "bob with alice's nonce").await;
+    // The nonce was used up by that attempt: Alice cannot use it either.
+    let r = srv
+        .token_request(&json!({
+            "user": "alice",
+            "nonce": nonce,
+            "signature": sign_login(&alice_key, &srv.server_id, "alice", nonce),
+        }))
+        .await;
+    assert_401(r, "a nonce used up by a failed attempt").await;
+    srv.login("bob", &bob_key, None).await;
+}
+
+#[tokio::test]
+async fn signature_by_another_key_or_over_another_message_is_refused() {
+    let (srv, key, _) = alice_server(&[]).await;
+    let other = new_signing_key();
+    let other_server = format!("efs-{}", "0".repeat(32));
+    let cases: Vec<(&str, SignFn)> = vec![
+        (
+            "another key",
+            Box::new(|n: &str| sign_login(&other, &srv.server_id, "alice", n)),
+        ),
+        (
+            "another server id",
+            Box::new(|n: &str| sign_login(&key, &other_server, "alice", n)),
+        ),
+        (
+            "another user name in the message",
+            Box::new(|n: &str| sign_login(&key, &srv.server_id, "bob", n)),
+        ),
+        (
+            "another label",
+            Box::new(|n: &str| {
+                use base64::Engine as _;
+                use ed25519_dalek::Signer;
+                let m = format!("efs-auth-v2\n{}\nalice\n{n}", srv.server_id);
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(key.sign(m.as_bytes()).to_bytes())
+            }),
+        ),
+        (
+            "a trailing newline",
+            Box::new(|n: &str| {
+                use base64::Engine as _;
+                use ed25519_dalek::Signer;
+                let m = format!("efs-auth-v1\n{}\nalice\n{n}\n", srv.server_id);
+                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                    .encode(key.sign(m.as_bytes()).to_bytes())
+            }),
+        ),
+    ];
+    for (what, sign) in &cases {
+        let c = srv.challenge("alice").await;
+        let nonce = c["nonce"].as_str().unwrap();
+        let r = srv
+            .token_request(&json!({"user": "alice", "nonce": nonce, "signature": sign(nonce)}))
+            .await;
+        assert_401(r, what).await;
+    }
+    // Malformed fields are 400, not 401.
+    let c = srv.challenge("alice").await;
+    let r = srv
+        .token_request(&json!({"user": "alice", "nonce": c["nonce"], "signature": "not base64!"}))
+        .await;
+    assert_error(r, 400, "bad_request").await;
+    let r = srv.token_request(&json!({"user": "alice"})).await;
+    assert_error(r, 400, "bad_request").await;
+    srv.login("alice", &key, None).await;
+}
+
+#[tokio::test]
+async fn unknown_user_gets_the_same_challenge_and_a_plain_401() {
+    let (srv, key, _) = alice_server(&[]).await;
+    let known = srv.challenge("alice").await;
+    let unknown = srv.challenge("ghost").await;
+    let shape = |v: &Value| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        (
+            k,
+            v["nonce"].as_str().unwrap().len(),
+            v["server"].clone(),
+            v["expires_in"].clone(),
+        )
+    };
+    assert_eq!(shape(&known), shape(&unknown));
+
+    // The ghost's signed answer and Alice's wrong one get the very same answer.
+    let nonce = unknown["nonce"].as_str().unwrap();
+    let r = srv
+        .token_request(&json!({
+            "user": "ghost",
+            "nonce": nonce,
+            "signature": sign_login(&key, &srv.server_id, "ghost", nonce),
+        }))
+        .await;
+    assert_eq!(r.status(), 401);
+    let ghost_body = r.text().await.unwrap();
+    let c = srv.challenge("alice").await;
+    let nonce = c["nonce"].as_str().unwrap();
+    let r = srv
+        .token_request(&json!({
+            "user": "alice",
+            "nonce": nonce,
+            "signature": sign_login(&new_signing_key(), &srv.server_id, "alice", nonce),
+        }))
+        .await;
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.text().await.unwrap(), ghost_body);
+
+    // A malformed name is a 400 for the challenge.
+    for bad in ["", "a b", "x/y", &"n".repeat(65)] {
+        let r = srv
+            .client
+            .post(srv.url("/_efs/auth/challenge"))
+            .json(&json!({ "user": bad }))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 400, "bad_request").await;
+    }
+}
+
+/// Signs a login nonce some wrong way.
+type SignFn<'a> = Box<dyn Fn(&str) -> String + 'a>;
+
+fn hs256(secret: &[u8], signing_input: &str) -> String {
+    use base64::Engine as _;
+    let k = aws_lc_rs::hmac::Key::new(aws_lc_rs::hmac::HMAC_SHA256, secret);
+    base64::engine::general_purpose::URL_SAFE_NO_PAD
+        .encode(aws_lc_rs::hmac::sign(&k, signing_input.as_bytes()).as_ref())
+}
+
+#[tokio::test]
+async fn forged_and_tampered_tokens_are_refused() {
+    use base64::Engine as _;
+    use ed25519_dalek::Signer;
+    let (srv, key, token) = alice_server(&[]).await;
+    let _bob = srv.create_user("bob", &["main"], false);
+    let claims = jwt_claims(&token);
+    let header = jwt_header(&token);
+    let sig = token.rsplit('.').next().unwrap().to_owned();
+    let pem = srv
+        .client
+        .get(srv.url("/_efs/auth/public-key"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let raw_pub = {
+        use ed25519_dalek::pkcs8::DecodePublicKey;
+        ed25519_dalek::VerifyingKey::from_public_key_pem(&pem)
+            .unwrap()
+            .to_bytes()
+    };
+
+    let mut forged: Vec<(String, String)> = Vec::new();
+    // alg none, in several spellings, with and without a signature.
+    for alg in ["none", "None", "NONE"] {
+        let h = b64json(&json!({"alg": alg, "typ": "JWT"}));
+        let c = b64json(&claims);
+        forged.push((format!("alg {alg}, empty signature"), format!("{h}.{c}.")));
+        forged.push((
+            format!("alg {alg}, original signature"),
+            format!("{h}.{c}.{sig}"),
+        ));
+    }
+    // HS256 keyed with what an attacker knows: the public key (raw and PEM).
+    for (what, secret) in [
+        ("raw public key", raw_pub.to_vec()),
+        ("PEM public key", pem.clone().into_bytes()),
+    ] {
+        let h = b64json(&json!({"alg": "HS256", "typ": "JWT"}));
+        let input = format!("{h}.{}", b64json(&claims));
+        let s = hs256(&secret, &input);
+        forged.push((
+            format!("HS256 keyed with the {what}"),
+            format!("{input}.{s}"),
+        ));
+    }
+    // EdDSA, signed by the user's own key instead of the server's.
+    {
+        let input = format!("{}.{}", b64json(&header), b64json(&claims));
+        let s = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .encode(key.sign(input.as_bytes()).to_bytes());
+        forged.push(("EdDSA by the wrong key".into(), format!("{input}.{s}")));
+    }
+    // Tampered claims under the original signature.
+    let tampers: Vec<(&str, Value)> = vec![
+        ("sub", json!("bob")),
+        ("fs", json!("other")),
+        ("ren", json!(7)),
+        ("exp", json!(claims["exp"].as_u64().unwrap() + 86_400)),
+        ("gen", json!(claims["gen"].as_u64().unwrap_or(0) + 1)),
+        ("iss", json!("efs-00000000000000000000000000000000")),
+    ];
+    for (field, value) in tampers {
+        let mut c = claims.clone();
+        if c[field] == value {
+            c[field] = json!(12345);
+        } else {
+            c[field] = value;
+        }
+        forged.push((
+            format!("tampered {field}"),
+            format!("{}.{}.{sig}", b64json(&header), b64json(&c)),
+        ));
+    }
+    // Same claims, re-serialised with a space: the bytes differ, the signature does not fit.
+    {
+        let c = serde_json::to_string_pretty(&claims).unwrap();
+        let c = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(c);
+        forged.push((
+            "re-serialised claims".into(),
+            format!("{}.{c}.{sig}", b64json(&header)),
+        ));
+    }
+    // A flipped signature bit, a truncated token, a header naming a key id.
+    {
+        let mut s = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(&sig)
+            .unwrap();
+        s[0] ^= 1;
+        let s = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+        let (input, _) = token.rsplit_once('.').unwrap();
+        forged.push(("flipped signature bit".into(), format!("{input}.{s}")));
+        forged.push(("no signature".into(), input.to_owned()));
+        let h = b64json(
+            &json!({"alg": "EdDSA", "typ": "JWT", "kid": "../../x", "jku": "https://evil/"}),
+        );
+        forged.push((
+            "another header".into(),
+            format!("{h}.{}.{sig}", b64json(&claims)),
+        ));
+    }
+    for (what, t) in &forged {
+        assert_token_refused(&srv, t, what).await;
+    }
+    // The genuine token still works, and nothing was written by the forgeries.
+    assert_eq!(srv.get_ok("/probe.txt", &token).await, b"probe");
+    assert_eq!(srv.get("/probe2.txt", &token).await.0, 404);
+}
+
+#[tokio::test]
+async fn expired_token_is_refused() {
+    let (srv, key, _) = alice_server(&["--token-ttl", "2"]).await;
+    let t = srv.login_full("alice", &key, None).await;
+    assert_eq!(t["expires_in"], 2);
+    let token = t["token"].as_str().unwrap().to_owned();
+    // Used (and cached) while valid…
+    assert_eq!(srv.get_ok("/probe.txt", &token).await, b"probe");
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    // …refused once expired, cached or not.
+    assert_token_refused(&srv, &token, "expired token").await;
+}
+
+#[tokio::test]
+async fn token_from_another_server_is_refused() {
+    let (a, key, token_a) = alice_server(&[]).await;
+    // Another server with the same fs, user name and key.
+    let b = TestServer::start(&[]);
+    b.create_fs("main");
+    b.create_user_with_key("alice", &["main"], false, &key);
+    let token_b = b.login("alice", &key, None).await;
+    assert_ne!(a.server_id, b.server_id);
+    assert_eq!(jwt_claims(&token_b)["iss"], b.server_id.as_str());
+    b.put_ok("/probe.txt", &token_b, "b's probe").await;
+    assert_token_refused(&a, &token_b, "a token of server B on server A").await;
+    assert_token_refused(&b, &token_a, "a token of server A on server B").await;
+    // A challenge of B signed and sent to A.
+    let c = b.challenge("alice").await;
+    let nonce = c["nonce"].as_str().unwrap();
+    let r = a
+        .token_request(&json!({
+            "user": "alice",
+            "nonce": nonce,
+            "signature": sign_login(&key, &b.server_id, "alice", nonce),
+        }))
+        .await;
+    assert_401(r, "B's challenge answered to A").await;
+}
+
+/// Refreshes `max` times (renewals_left counting down), then the next one is 401.
+async fn refresh_chain(srv: &TestServer, key: &SigningKey, max: u64) {
+    let t = srv.login_full("alice", key, None).await;
+    assert_eq!(t["renewals_left"], max);
+    let mut token = t["token"].as_str().unwrap().to_owned();
+    for i in 1..=max {
+        let r = refresh(srv, &token).await;
+        assert_eq!(r.status(), 200, "refresh {i}");
+        let t: Value = r.json().await.unwrap();
+        assert_eq!(t["renewals_left"], max - i, "after refresh {i}");
+        assert_eq!(t["fs"], "main");
+        let new = t["token"].as_str().unwrap().to_owned();
+        assert_ne!(new, token);
+        let c = jwt_claims(&new);
+        assert_eq!(c["ren"], i);
+        assert_eq!(c["sub"], "alice");
+        token = new;
+        // The renewed token works.
+        assert_eq!(srv.get_ok("/probe.txt", &token).await, b"probe");
+    }
+    let r = refresh(srv, &token).await;
+    assert_401(r, &format!("refresh {}", max + 1)).await;
+    // The last token still works for files until it expires.
+    assert_eq!(srv.get_ok("/probe.txt", &token).await, b"probe");
+    // Refresh needs a token.
+    let r = srv
+        .client
+        .post(srv.url("/_efs/auth/refresh"))
+        .send()
+        .await
+        .unwrap();
+    assert_401(r, "refresh without a token").await;
+}
+
+#[tokio::test]
+async fn refresh_24_times_then_401() {
+    let (srv, key, _) = alice_server(&[]).await;
+    refresh_chain(&srv, &key, 24).await;
+}
+
+#[tokio::test]
+async fn refresh_limit_follows_max_renewals() {
+    let (srv, key, _) = alice_server(&["--max-renewals", "3"]).await;
+    refresh_chain(&srv, &key, 3).await;
+}
+
+#[tokio::test]
+async fn revoked_user_loses_its_tokens_at_once() {
+    let (srv, key, token) = alice_server(&[]).await;
+    let refreshed: Value = refresh(&srv, &token).await.json().await.unwrap();
+    let refreshed = refreshed["token"].as_str().unwrap().to_owned();
+    let out = srv.efsctl_ok(&["revoke", "alice"]);
+    assert!(out.contains("Revoked every token of 'alice'"), "{out}");
+    assert_token_refused(&srv, &token, "token issued before revoke").await;
+    assert_token_refused(&srv, &refreshed, "refreshed token issued before revoke").await;
+    // A new login works and its token does.
+    let t = srv.login("alice", &key, None).await;
+    assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
+}
+
+#[tokio::test]
+async fn deleted_user_loses_its_tokens_even_when_the_name_comes_back() {
+    let (srv, key, token) = alice_server(&[]).await;
+    let out = srv.efsctl_ok(&["delete-user", "alice"]);
+    assert!(out.contains("Deleted user 'alice'"), "{out}");
+    assert_token_refused(&srv, &token, "token of a deleted user").await;
+    let body = srv.signed_body("alice", &key, None).await;
+    assert_401(srv.token_request(&body).await, "login of a deleted user").await;
+    let users = srv.efsctl_ok(&["list-users"]);
+    assert!(!users.contains("alice"), "{users}");
+
+    // Someone else gets the name: the old holder's token must stay dead.
+    let new_key = srv.create_user("alice", &["main"], false);
+    assert_token_refused(&srv, &token, "token of the previous 'alice'").await;
+    let body = srv.signed_body("alice", &key, None).await;
+    assert_401(
+        srv.token_request(&body).await,
+        "the old key for the new 'alice'",
+    )
+    .await;
+    let t = srv.login("alice", &new_key, None).await;
+    assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
+}
+
+#[tokio::test]
+async fn filesystem_no_longer_granted_is_401() {
+    let srv = TestServer::start(&[]);
+    srv.create_fs("one");
+    srv.create_fs("two");
+    let key = srv.create_user("carol", &["one", "two"], false);
+    let t1 = srv.login("carol", &key, Some("one")).await;
+    let t2 = srv.login("carol", &key, Some("two")).await;
+    srv.put_ok("/in-one.txt", &t1, "1").await;
+    srv.put_ok("/in-two.txt", &t2, "2").await;
+    let out = srv.efsctl_ok(&["revoke", "carol", "--fs", "one"]);
+    assert!(out.contains("Revoked 'carol' access to 'one'"), "{out}");
+    assert_token_refused(&srv, &t1, "token for a revoked filesystem").await;
+    let body = srv.signed_body("carol", &key, Some("one")).await;
+    assert_401(
+        srv.token_request(&body).await,
+        "login to a revoked filesystem",
+    )
+    .await;
+    // The remaining grant: now the only one, so "fs" may be left out.
+    let t = srv.login_full("carol", &key, None).await;
+    assert_eq!(t["fs"], "two");
+    let t = t["token"].as_str().unwrap();
+    assert_eq!(srv.get_ok("/in-two.txt", t).await, b"2");
+    assert_eq!(srv.get("/in-one.txt", t).await.0, 404);
+}
+
+#[tokio::test]
+async fn two_filesystems_need_fs_and_stay_apart() {
+    let srv = TestServer::start(&[]);
+    srv.create_fs("alpha");
+    srv.create_fs("beta");
+    srv.create_fs("gamma");
+    let key = srv.create_user("dave", &["alpha", "beta"], false);
+    let body = srv.signed_body("dave", &key, None).await;
+    let msg = assert_error(srv.token_request(&body).await, 400, "fs_required").await;
+    assert!(msg.contains("fs"), "{msg}");
+
+    let ta = srv.login_full("dave", &key, Some("alpha")).await;
+    assert_eq!(ta["fs"], "alpha");
+    assert_eq!(jwt_claims(ta["token"].as_str().unwrap())["fs"], "alpha");
+    let tb = srv.login_full("dave", &key, Some("beta")).await;
+    assert_eq!(tb["fs"], "beta");
+    let (ta, tb) = (ta["token"].as_str().unwrap(), tb["token"].as_str().unwrap());
+    srv.put_ok("/same/name.txt", ta, "in alpha").await;
+    assert_eq!(
+        srv.get("/same/name.txt", tb).await.0,
+        404,
+        "filesystems are separate"
+    );
+    srv.put_ok("/same/name.txt", tb, "in beta").await;
+    assert_eq!(srv.get_ok("/same/name.txt", ta).await, b"in alpha");
+    assert_eq!(srv.get_ok("/same/name.txt", tb).await, b"in beta");
+    // A filesystem that exists but is not granted, and one that does not exist.
+    for fs in ["gamma", "nope"] {
+        let body = srv.signed_body("dave", &key, Some(fs)).await;
+        assert_401(srv.token_request(&body).await, fs).await;
+    }
+}
+
+#[tokio::test]
+async fn read_only_grant_and_its_upgrade() {
+    let (srv, _, _) = alice_server(&[]).await;
+    let key = srv.create_user("reader", &["main"], true);
+    let t = srv.login("reader", &key, None).await;
+    assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
+    let r = srv.put("/probe.txt", &t, "overwritten").await;
+    assert_error(r, 403, "forbidden").await;
+    let r = srv.req("DELETE", "/probe.txt", &t).send().await.unwrap();
+    assert_error(r, 403, "forbidden").await;
+    // An upgrade revokes the old token; a new login may write.
+    srv.efsctl_ok(&["grant", "reader", "--fs", "main"]);
+    assert_token_refused(&srv, &t, "token issued before a grant change").await;
+    let t = srv.login("reader", &key, None).await;
+    srv.put_ok("/by-reader.txt", &t, "now writable").await;
+    // And a downgrade takes write access away at once.
+    srv.efsctl_ok(&["grant", "reader", "--fs", "main", "--read-only"]);
+    let t = srv.login("reader", &key, None).await;
+    assert_error(srv.put("/by-reader.txt", &t, "x").await, 403, "forbidden").await;
+    assert_eq!(srv.get_ok("/by-reader.txt", &t).await, b"now writable");
+}
+
+#[tokio::test]
+async fn brute_force_is_rate_limited_per_user_and_spares_others() {
+    let (srv, key, _) = alice_server(&[]).await;
+    let bob = srv.create_user("bob", &["main"], false);
+    let wrong = new_signing_key();
+    let mut statuses = Vec::new();
+    let mut limited = None;
+    for _ in 0..15 {
+        let body = srv.signed_body("alice", &wrong, None).await;
+        let r = srv.token_request(&body).await;
+        statuses.push(r.status().as_u16());
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    assert_eq!(statuses[..statuses.len() - 1], [401; 10], "{statuses:?}");
+    let r = limited.unwrap_or_else(|| panic!("no 429 after {statuses:?}"));
+    let retry: u64 = header(&r, "retry-after")
+        .expect("Retry-After on 429")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((1..=60).contains(&retry), "Retry-After {retry}");
+    assert_error(r, 429, "rate_limited").await;
+    // Even the right key is held back while the window lasts.
+    let body = srv.signed_body("alice", &key, None).await;
+    assert_error(srv.token_request(&body).await, 429, "rate_limited").await;
+    // Another user logs in normally.
+    let t = srv.login("bob", &bob, None).await;
+    assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
+}
+
+#[tokio::test]
+async fn brute_force_from_one_address_is_rate_limited() {
+    let (srv, key, _) = alice_server(&[]).await;
+    // 20 failures spread over many user names (each under its own per-user limit).
+    let wrong = new_signing_key();
+    for i in 0..20 {
+        let user = format!("guess{i}");
+        let body = srv.signed_body(&user, &wrong, None).await;
+        assert_401(srv.token_request(&body).await, &user).await;
+    }
+    let body = srv.signed_body("guess99", &wrong, None).await;
+    let r = srv.token_request(&body).await;
+    assert!(header(&r, "retry-after").is_some());
+    assert_error(r, 429, "rate_limited").await;
+    // The address is blocked for everyone for now; tokens already issued keep working.
+    let body = srv.signed_body("alice", &key, None).await;
+    assert_error(srv.token_request(&body).await, 429, "rate_limited").await;
+}
+
+#[tokio::test]
+async fn a_user_created_while_the_server_runs_logs_in_at_once() {
+    let srv = TestServer::start(&[]);
+    srv.create_fs("live");
+    let key = new_signing_key();
+    let body = srv.signed_body("erin", &key, None).await;
+    assert_401(srv.token_request(&body).await, "before creation").await;
+    srv.create_user_with_key("erin", &["live"], false, &key);
+    // No restart, no wait.
+    let t = srv.login("erin", &key, None).await;
+    srv.put_ok("/hello.txt", &t, "hi").await;
+    // A filesystem created while running is usable at once too.
+    srv.create_fs("later");
+    srv.efsctl_ok(&["grant", "erin", "--fs", "later"]);
+    let t = srv.login("erin", &key, Some("later")).await;
+    assert_eq!(srv.get("/hello.txt", &t).await.0, 404);
+    srv.put_ok("/hello.txt", &t, "later").await;
+}
+
+#[tokio::test]
+async fn openssl_pem_keys_log_in() {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let srv = TestServer::start(&[]);
+    srv.create_fs("main");
+    let dir = srv.dir.path();
+    let key_pem = dir.join("frank.pem");
+    let pub_pem = dir.join("frank.pub.pem");
+    let st = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&key_pem)
+        .status()
+        .expect("openssl is installed (scripts/test.sh)");
+    assert!(st.success());
+    let st = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&key_pem)
+        .arg("-out")
+        .arg(&pub_pem)
+        .status()
+        .unwrap();
+    assert!(st.success());
+    let pub_text = std::fs::read_to_string(&pub_pem).unwrap();
+    assert!(
+        pub_text.starts_with("-----BEGIN PUBLIC KEY-----"),
+        "{pub_text}"
+    );
+    let out = srv.efsctl_ok(&[
+        "create-user",
+        "frank",
+        "--fs",
+        "main",
+        "--pubkey",
+        pub_pem.to_str().unwrap(),
+    ]);
+    assert!(out.contains("Created user 'frank'"), "{out}");
+    let key = SigningKey::from_pkcs8_pem(&std::fs::read_to_string(&key_pem).unwrap())
+        .expect("openssl's PKCS#8 Ed25519 key");
+    let t = srv.login("frank", &key, None).await;
+    srv.put_ok("/f.txt", &t, "frank").await;
+    assert_eq!(srv.get_ok("/f.txt", &t).await, b"frank");
+
+    // efsctl refuses a key that is not Ed25519.
+    let rsa_pub = dir.join("rsa.pub.pem");
+    let rsa = dir.join("rsa.pem");
+    assert!(
+        Command::new("openssl")
+            .args([
+                "genpkey",
+                "-algorithm",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-out"
+            ])
+            .arg(&rsa)
+            .status()
+            .unwrap()
+            .success()
+    );
+    assert!(
+        Command::new("openssl")
+            .args(["pkey", "-pubout", "-in"])
+            .arg(&rsa)
+            .arg("-out")
+            .arg(&rsa_pub)
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = srv.efsctl(&[
+        "create-user",
+        "ec",
+        "--fs",
+        "main",
+        "--pubkey",
+        rsa_pub.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not an Ed25519 public key"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test]
+async fn an_efsctl_generated_key_pair_logs_in() {
+    let srv = TestServer::start(&[]);
+    srv.create_fs("main");
+    let key = srv.create_user_generated("gina", "main");
+    let t = srv.login("gina", &key, None).await;
+    srv.put_ok("/g.txt", &t, "gina").await;
+    assert_eq!(srv.get_ok("/g.txt", &t).await, b"gina");
+}
