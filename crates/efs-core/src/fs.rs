@@ -1092,30 +1092,52 @@ impl FileReader {
 
     /// Decrypts segments `[first, end)` (one read of the source), in order.
     pub async fn read_segments(&self, first: u64, end: u64) -> Result<Vec<Vec<u8>>> {
+        let plain = self.read_plain(first, end).await?;
+        Ok(plain
+            .segments
+            .iter()
+            .map(|r| plain.buf[r.clone()].to_vec())
+            .collect())
+    }
+
+    /// Decrypts segments `[first, end)` in one buffer, without copying: segment `k`'s
+    /// plaintext is `buf[segments[k]]`. One read of the source.
+    pub async fn read_plain(&self, first: u64, end: u64) -> Result<PlainSegments> {
         if first >= end {
-            return Ok(Vec::new());
+            return Ok(PlainSegments {
+                buf: Vec::new(),
+                segments: Vec::new(),
+            });
         }
         let (off0, _) = self.dec.segment_location(first)?;
         let (offl, lenl) = self.dec.segment_location(end - 1)?;
         let total = (offl + lenl as u64 - off0) as usize;
-        let raw = match &self.source {
+        let mut buf = match &self.source {
             Source::Inline(b) => b
                 .get(off0 as usize..off0 as usize + total)
                 .ok_or(CoreError::Decrypt)?
                 .to_vec(),
             Source::Blob(b) => b.read_at(off0, total).await?,
         };
-        let mut out = Vec::with_capacity((end - first) as usize);
+        let mut segments = Vec::with_capacity((end - first) as usize);
         let mut pos = 0usize;
         for i in first..end {
             let (_, len) = self.dec.segment_location(i)?;
-            let mut seg = raw[pos..pos + len].to_vec();
+            let slice = buf.get_mut(pos..pos + len).ok_or(CoreError::Decrypt)?;
+            let n = self.dec.open_segment_in_place(i, slice)?;
+            segments.push(pos..pos + n);
             pos += len;
-            self.dec.open_segment(i, &mut seg)?;
-            out.push(seg);
         }
-        Ok(out)
+        Ok(PlainSegments { buf, segments })
     }
+}
+
+/// Decrypted segments sharing one buffer (see [`FileReader::read_plain`]).
+pub struct PlainSegments {
+    /// The buffer: plaintext of each segment followed by its (now meaningless) tag bytes.
+    pub buf: Vec<u8>,
+    /// Where each segment's plaintext is in `buf`, in order.
+    pub segments: Vec<std::ops::Range<usize>>,
 }
 
 /// The plaintext offset where segment `idx` starts.

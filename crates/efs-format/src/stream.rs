@@ -390,24 +390,37 @@ impl Decryptor {
     /// [`FormatError::Decrypt`] and leaves `buf` empty; an `idx` past the end is
     /// [`FormatError::Range`].
     pub fn open_segment(&self, idx: u64, buf: &mut Vec<u8>) -> Result<(), FormatError> {
+        match self.open_segment_in_place(idx, &mut buf[..]) {
+            Ok(n) => {
+                buf.truncate(n);
+                Ok(())
+            }
+            Err(e) => {
+                buf.clear();
+                Err(e)
+            }
+        }
+    }
+
+    /// As [`Decryptor::open_segment`], on a slice that holds exactly segment `idx`'s
+    /// ciphertext and tag (so a caller can decrypt many segments inside one read buffer
+    /// without copying). Returns the plaintext length: the plaintext is `buf[..n]`.
+    /// On failure the slice is zeroed.
+    pub fn open_segment_in_place(&self, idx: u64, buf: &mut [u8]) -> Result<usize, FormatError> {
         let (_, len) = self.segment_location(idx)?;
         if buf.len() != len {
-            buf.clear();
+            buf.fill(0);
             return Err(FormatError::Decrypt);
         }
         let last = idx + 1 == self.segments;
-        match self.ck.key.open_in_place(
-            self.ck.nonce(idx, last),
-            Aad::from(&self.header[..]),
-            &mut buf[..],
-        ) {
-            Ok(_) => {
-                buf.truncate(len - TAG_LEN);
-                Ok(())
-            }
+        match self
+            .ck
+            .key
+            .open_in_place(self.ck.nonce(idx, last), Aad::from(&self.header[..]), buf)
+        {
+            Ok(_) => Ok(len - TAG_LEN),
             Err(_) => {
                 buf.fill(0);
-                buf.clear();
                 Err(FormatError::Decrypt)
             }
         }

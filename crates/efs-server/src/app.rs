@@ -697,9 +697,9 @@ async fn read(
     Ok((status, headers, body).into_response())
 }
 
-/// Streams plaintext `[start, end)`, decrypting 16 segments (1 MiB) per read. An integrity
-/// failure mid-stream aborts the response (the client sees a truncated transfer, never
-/// wrong bytes).
+/// Streams plaintext `[start, end)`, decrypting 16 segments (1 MiB) per read, in place,
+/// and sending slices of that one buffer (no copy). An integrity failure mid-stream aborts
+/// the response (the client sees a truncated transfer, never wrong bytes).
 fn stream_range(
     reader: efs_core::FileReader,
     start: u64,
@@ -707,33 +707,39 @@ fn stream_range(
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     const BATCH: u64 = 16;
     let segs = reader.segments_for(start, end);
+    let pending: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
     futures_util::stream::unfold(
-        (reader, segs.start, segs.end),
-        move |(reader, next, last)| async move {
-            if next >= last {
-                return None;
-            }
-            let batch_end = (next + BATCH).min(last);
-            match reader.read_segments(next, batch_end).await {
-                Ok(segs) => {
-                    let mut out = Vec::with_capacity(segs.iter().map(Vec::len).sum());
-                    for (k, seg) in segs.into_iter().enumerate() {
-                        let idx = next + k as u64;
-                        let seg_start = efs_core::fs::segment_offset(idx);
-                        let lo = start.saturating_sub(seg_start).min(seg.len() as u64) as usize;
-                        let hi = (end - seg_start).min(seg.len() as u64) as usize;
-                        if lo < hi {
-                            out.extend_from_slice(&seg[lo..hi]);
-                        }
-                    }
-                    Some((Ok(Bytes::from(out)), (reader, batch_end, last)))
+        (reader, segs.start, segs.end, pending),
+        move |(reader, mut next, last, mut pending)| async move {
+            loop {
+                if let Some(b) = pending.pop_front() {
+                    return Some((Ok(b), (reader, next, last, pending)));
                 }
-                Err(e) => {
-                    tracing::error!(error = %e, "reading content failed mid-stream; aborting the response");
-                    Some((
-                        Err(std::io::Error::other("integrity check failed")),
-                        (reader, last, last),
-                    ))
+                if next >= last {
+                    return None;
+                }
+                let batch_end = (next + BATCH).min(last);
+                match reader.read_plain(next, batch_end).await {
+                    Ok(plain) => {
+                        let buf = Bytes::from(plain.buf);
+                        for (k, r) in plain.segments.into_iter().enumerate() {
+                            let seg_start = efs_core::fs::segment_offset(next + k as u64);
+                            let seg_len = (r.end - r.start) as u64;
+                            let lo = start.saturating_sub(seg_start).min(seg_len) as usize;
+                            let hi = (end - seg_start).min(seg_len) as usize;
+                            if lo < hi {
+                                pending.push_back(buf.slice(r.start + lo..r.start + hi));
+                            }
+                        }
+                        next = batch_end;
+                    }
+                    Err(e) => {
+                        tracing::error!(error = %e, "reading content failed mid-stream; aborting the response");
+                        return Some((
+                            Err(std::io::Error::other("integrity check failed")),
+                            (reader, last, last, pending),
+                        ));
+                    }
                 }
             }
         },

@@ -193,7 +193,15 @@ async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(Duration::from_secs(30))
         .max_buf_size(64 * 1024);
-    builder.http2().max_concurrent_streams(256);
+    // Wider HTTP/2 flow-control windows and frames than hyper's defaults: with 1 MiB
+    // windows and 16 KiB frames one stream cannot fill a fast link.
+    builder
+        .http2()
+        .max_concurrent_streams(256)
+        .initial_stream_window_size(4 << 20)
+        .initial_connection_window_size(8 << 20)
+        .max_frame_size(256 << 10)
+        .max_send_buf_size(1 << 20);
     let builder = Arc::new(builder);
     let signal = shutdown_signal();
     tokio::pin!(signal);
