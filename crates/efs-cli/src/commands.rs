@@ -1,0 +1,516 @@
+//! The commands on remote paths that are one or two SDK calls each: ls, stat, cat, put, rm,
+//! mv, mkdir, token.
+
+use std::pin::Pin;
+use std::task::{Context as TaskContext, Poll};
+
+use anyhow::{Context, Result};
+use efs_client::{Client, Entry, EntryType, PutOptions};
+use serde::Serialize;
+use tokio::io::{AsyncWrite, AsyncWriteExt};
+
+use crate::exit::{self, fail, fail_hint, usage};
+use crate::location::{self, RemotePath, parse_remote};
+use crate::session::Session;
+use crate::walk;
+
+/// `NAME:/path`, or a usage error naming the command.
+pub(crate) fn remote_arg(cmd: &str, arg: &str) -> Result<RemotePath> {
+    parse_remote(arg).ok_or_else(|| {
+        fail_hint(
+            exit::USAGE,
+            format!("efs {cmd} needs a remote path, not '{arg}'"),
+            "write remote paths as NAME:/path (efs remote list shows the names)",
+        )
+    })
+}
+
+/// An entry as `ls --json` and `stat --json` print it.
+#[derive(Serialize)]
+pub(crate) struct JsonEntry<'a> {
+    path: String,
+    name: &'a str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    size: u64,
+    modified: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    etag: Option<&'a str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    content_type: Option<&'a str>,
+}
+
+impl<'a> JsonEntry<'a> {
+    pub fn new(path: String, e: &'a Entry) -> JsonEntry<'a> {
+        JsonEntry {
+            path,
+            name: &e.name,
+            kind: kind_name(e),
+            size: e.size,
+            modified: &e.modified,
+            etag: e.etag.as_deref(),
+            content_type: e.content_type.as_deref(),
+        }
+    }
+}
+
+fn kind_name(e: &Entry) -> &'static str {
+    if e.kind == EntryType::Dir {
+        "dir"
+    } else {
+        "file"
+    }
+}
+
+/// One `ls -l` line: type, size, time, name (directories end with `/`).
+pub(crate) fn long_line(e: &Entry, shown: &str) -> String {
+    if e.kind == EntryType::Dir {
+        format!("d {:>12}  {:<24}  {shown}/", "-", e.modified)
+    } else {
+        format!("- {:>12}  {:<24}  {shown}", e.size, e.modified)
+    }
+}
+
+/// The entries of a directory, sorted by name; for a file, the file itself.
+pub(crate) async fn list_or_file(client: &Client, path: &str) -> Result<(bool, Vec<Entry>)> {
+    if path != "/" {
+        let e = client
+            .stat(path)
+            .await
+            .with_context(|| format!("reading {path}"))?;
+        if e.kind != EntryType::Dir {
+            return Ok((false, vec![e]));
+        }
+    }
+    let mut entries = client
+        .list(path)
+        .await
+        .with_context(|| format!("listing {path}"))?;
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok((true, entries))
+}
+
+pub(crate) async fn ls(
+    session: &Session,
+    paths: &[String],
+    long: bool,
+    recursive: bool,
+    json: bool,
+) -> Result<()> {
+    let mut all_json = Vec::new();
+    let several = paths.len() > 1;
+    for (i, arg) in paths.iter().enumerate() {
+        let rp = remote_arg("ls", arg)?;
+        let client = session.client(&rp.remote).await?;
+        let (is_dir, entries) = list_or_file(&client, &rp.path).await?;
+        if !is_dir {
+            let e = &entries[0];
+            if json {
+                all_json.push(serde_json::to_value(JsonEntry::new(rp.path.clone(), e))?);
+            } else if long {
+                println!("{}", long_line(e, &e.name));
+            } else {
+                println!("{}", e.name);
+            }
+            continue;
+        }
+        if several && !json {
+            if i > 0 {
+                println!();
+            }
+            println!("{}:", rp.display());
+        }
+        if recursive {
+            // One walk, then the tree in order: each entry shown by its path below the
+            // listed directory.
+            let mut tree: Vec<_> = walk::walk_remote(&client, &rp.path)
+                .await?
+                .into_iter()
+                .collect();
+            // Depth first, as find(1) lists: compare path by path component.
+            tree.sort_by(|a, b| a.0.split('/').cmp(b.0.split('/')));
+            for (rel, meta) in tree {
+                let path = location::join(&rp.path, &rel);
+                let e = Entry {
+                    name: location::basename(&path).to_owned(),
+                    kind: if meta.kind == walk::Kind::Dir {
+                        EntryType::Dir
+                    } else {
+                        EntryType::File
+                    },
+                    size: meta.size,
+                    modified: meta.modified.map(format_time).unwrap_or_default(),
+                    etag: meta.etag.clone(),
+                    content_type: meta.content_type.clone(),
+                };
+                print_entry(&e, &rel, &path, long, json, &mut all_json)?;
+            }
+        } else {
+            for e in &entries {
+                let path = location::join(&rp.path, &e.name);
+                print_entry(e, &e.name, &path, long, json, &mut all_json)?;
+            }
+        }
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&all_json)?);
+    }
+    Ok(())
+}
+
+fn print_entry(
+    e: &Entry,
+    shown: &str,
+    path: &str,
+    long: bool,
+    json: bool,
+    all_json: &mut Vec<serde_json::Value>,
+) -> Result<()> {
+    if json {
+        all_json.push(serde_json::to_value(JsonEntry::new(path.to_owned(), e))?);
+    } else if long {
+        println!("{}", long_line(e, shown));
+    } else if e.kind == EntryType::Dir {
+        println!("{shown}/");
+    } else {
+        println!("{shown}");
+    }
+    Ok(())
+}
+
+/// RFC 3339 in UTC with milliseconds, as the server writes times.
+fn format_time(t: std::time::SystemTime) -> String {
+    let t = time::OffsetDateTime::from(t);
+    let t = t
+        .replace_nanosecond(t.millisecond() as u32 * 1_000_000)
+        .unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
+}
+
+pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Result<()> {
+    let mut out = Vec::new();
+    for (i, arg) in paths.iter().enumerate() {
+        let rp = remote_arg("stat", arg)?;
+        let client = session.client(&rp.remote).await?;
+        let e = if rp.path == "/" {
+            Entry {
+                name: String::new(),
+                kind: EntryType::Dir,
+                size: 0,
+                modified: String::new(),
+                etag: None,
+                content_type: None,
+            }
+        } else {
+            client
+                .stat(&rp.path)
+                .await
+                .with_context(|| format!("reading {}", rp.display()))?
+        };
+        if json {
+            out.push(serde_json::to_value(JsonEntry::new(rp.path.clone(), &e))?);
+            continue;
+        }
+        if i > 0 {
+            println!();
+        }
+        println!("path:          {}", rp.display());
+        println!("type:          {}", kind_name(&e));
+        if e.kind != EntryType::Dir {
+            println!("size:          {}", e.size);
+        }
+        if !e.modified.is_empty() {
+            println!("modified:      {}", e.modified);
+        }
+        if let Some(etag) = &e.etag {
+            println!("etag:          {etag}");
+        }
+        if let Some(ct) = &e.content_type {
+            println!("content-type:  {ct}");
+        }
+    }
+    if json {
+        let v = if out.len() == 1 {
+            out.remove(0)
+        } else {
+            serde_json::Value::Array(out)
+        };
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    }
+    Ok(())
+}
+
+pub(crate) async fn cat(session: &Session, paths: &[String]) -> Result<()> {
+    let mut out = PipeWriter {
+        inner: tokio::io::stdout(),
+        broken: false,
+    };
+    for arg in paths {
+        let rp = remote_arg("cat", arg)?;
+        let client = session.client(&rp.remote).await?;
+        let r = client.download(&rp.path, &mut out, None, None).await;
+        if out.broken {
+            // The reader closed the pipe (`| head`): what it wanted, it has.
+            return Ok(());
+        }
+        r.with_context(|| format!("reading {}", rp.display()))?;
+        if let Err(e) = out.flush().await {
+            if out.broken {
+                return Ok(());
+            }
+            return Err(e).context("writing to stdout");
+        }
+    }
+    Ok(())
+}
+
+/// stdout, remembering whether the reader went away, however the SDK reports the failed
+/// write.
+struct PipeWriter {
+    inner: tokio::io::Stdout,
+    broken: bool,
+}
+
+impl PipeWriter {
+    fn note<T>(&mut self, r: Poll<std::io::Result<T>>) -> Poll<std::io::Result<T>> {
+        if let Poll::Ready(Err(e)) = &r
+            && e.kind() == std::io::ErrorKind::BrokenPipe
+        {
+            self.broken = true;
+        }
+        r
+    }
+}
+
+impl AsyncWrite for PipeWriter {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let r = Pin::new(&mut self.inner).poll_write(cx, buf);
+        self.note(r)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_flush(cx);
+        self.note(r)
+    }
+
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let r = Pin::new(&mut self.inner).poll_shutdown(cx);
+        self.note(r)
+    }
+}
+
+pub(crate) async fn put(
+    session: &Session,
+    arg: &str,
+    content_type: Option<String>,
+    if_match: Option<String>,
+    create_only: bool,
+    json: bool,
+) -> Result<()> {
+    let rp = remote_arg("put", arg)?;
+    if rp.dir_hint || rp.path == "/" {
+        return Err(usage(format!(
+            "{arg} names a directory: give the file's name (NAME:/dir/file)"
+        )));
+    }
+    let client = session.client(&rp.remote).await?;
+    let opts = PutOptions {
+        content_type: content_type.or_else(|| {
+            crate::copy::guess_content_type(std::path::Path::new(&rp.path)).map(str::to_owned)
+        }),
+        if_match: if_match.map(|t| quote_etag(&t)),
+        create_only,
+        ..PutOptions::default()
+    };
+    let e = client
+        .upload(&rp.path, tokio::io::stdin(), None, opts)
+        .await
+        .with_context(|| format!("writing {}", rp.display()))?;
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&JsonEntry::new(rp.path.clone(), &e))?
+        );
+    }
+    Ok(())
+}
+
+/// ETags are quoted strings; accept one typed without its quotes.
+fn quote_etag(t: &str) -> String {
+    if t.starts_with('"') || t.starts_with("W/") || t == "*" {
+        t.to_owned()
+    } else {
+        format!("\"{t}\"")
+    }
+}
+
+pub(crate) async fn rm(
+    session: &Session,
+    paths: &[String],
+    recursive: bool,
+    force: bool,
+) -> Result<()> {
+    for arg in paths {
+        let rp = remote_arg("rm", arg)?;
+        if rp.path == "/" {
+            return Err(usage(
+                "refusing to remove the root directory: remove what is in it instead",
+            ));
+        }
+        let client = session.client(&rp.remote).await?;
+        match client.delete(&rp.path, recursive).await {
+            Ok(()) => {}
+            Err(efs_client::Error::NotFound) if force => {}
+            Err(efs_client::Error::Conflict(_)) if !recursive => {
+                return Err(fail_hint(
+                    exit::CONFLICT,
+                    format!(
+                        "cannot remove {}: a directory that is not empty",
+                        rp.display()
+                    ),
+                    "use rm -r to remove it with everything in it",
+                ));
+            }
+            Err(e) => return Err(e).with_context(|| format!("removing {}", rp.display())),
+        }
+    }
+    Ok(())
+}
+
+pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Result<()> {
+    let (dst_arg, srcs) = paths.split_last().expect("clap requires 2 paths");
+    let dst = remote_arg("mv", dst_arg)?;
+    let client = session.client(&dst.remote).await?;
+    let dst_meta = walk::stat_remote(&client, &dst.path).await?;
+    let dst_is_dir = matches!(&dst_meta, Some(m) if m.kind == walk::Kind::Dir);
+    let into = dst_is_dir || dst.dir_hint || srcs.len() > 1;
+    if into && !dst_is_dir && dst_meta.is_some() {
+        return Err(fail(
+            exit::CONFLICT,
+            format!("{} is a file, not a directory", dst.display()),
+        ));
+    }
+    for arg in srcs {
+        let src = remote_arg("mv", arg)?;
+        if src.remote != dst.remote {
+            return Err(fail_hint(
+                exit::USAGE,
+                format!("{arg} and {dst_arg} are on different remotes"),
+                "mv works within one remote; copy with efs cp, then efs rm the source",
+            ));
+        }
+        if src.path == "/" {
+            return Err(usage("the root directory cannot be moved"));
+        }
+        let to = if into {
+            location::join(&dst.path, location::basename(&src.path))
+        } else {
+            dst.path.clone()
+        };
+        client
+            .rename(&src.path, &to, force)
+            .await
+            .with_context(|| format!("moving {} to {}:{to}", src.display(), dst.remote))?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn mkdir(session: &Session, paths: &[String], parents: bool) -> Result<()> {
+    for arg in paths {
+        let rp = remote_arg("mkdir", arg)?;
+        let client = session.client(&rp.remote).await?;
+        if !parents {
+            // The server creates parents as needed; plain mkdir keeps its usual meaning.
+            if walk::stat_remote(&client, &rp.path).await?.is_some() {
+                return Err(fail_hint(
+                    exit::CONFLICT,
+                    format!("{} exists already", rp.display()),
+                    "mkdir -p accepts an existing directory",
+                ));
+            }
+            let parent = location::parent(&rp.path);
+            match walk::stat_remote(&client, &parent).await? {
+                Some(m) if m.kind == walk::Kind::Dir => {}
+                Some(_) => {
+                    return Err(fail(
+                        exit::CONFLICT,
+                        format!("{}:{parent} is a file", rp.remote),
+                    ));
+                }
+                None => {
+                    return Err(fail_hint(
+                        exit::NOT_FOUND,
+                        format!("{}:{parent}: no such directory", rp.remote),
+                        "mkdir -p creates the parents too",
+                    ));
+                }
+            }
+        } else if let Some(m) = walk::stat_remote(&client, &rp.path).await?
+            && m.kind == walk::Kind::Dir
+        {
+            continue;
+        }
+        client
+            .mkdir(&rp.path)
+            .await
+            .with_context(|| format!("creating {}", rp.display()))?;
+    }
+    Ok(())
+}
+
+pub(crate) async fn token(session: &Session, remote: &str, json: bool) -> Result<()> {
+    let name = remote.strip_suffix(':').unwrap_or(remote);
+    let client = session.client(name).await?;
+    let t = client
+        .token()
+        .await
+        .with_context(|| format!("logging in to remote '{name}'"))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&t)?);
+    } else {
+        println!("{}", t.token);
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn etags_are_quoted_once() {
+        assert_eq!(quote_etag("abc"), "\"abc\"");
+        assert_eq!(quote_etag("\"abc\""), "\"abc\"");
+        assert_eq!(quote_etag("*"), "*");
+    }
+
+    #[test]
+    fn long_lines_align() {
+        let f = Entry {
+            name: "a.pdf".into(),
+            kind: EntryType::File,
+            size: 12,
+            modified: "2026-11-27T10:00:00.000Z".into(),
+            etag: None,
+            content_type: None,
+        };
+        assert_eq!(
+            long_line(&f, "a.pdf"),
+            "-           12  2026-11-27T10:00:00.000Z  a.pdf"
+        );
+        let d = Entry {
+            kind: EntryType::Dir,
+            name: "docs".into(),
+            ..f
+        };
+        assert!(long_line(&d, "docs").ends_with("  docs/"));
+    }
+}

@@ -1,0 +1,324 @@
+//! Where the client keeps its state, and the files themselves: `config.toml` (the remotes),
+//! `tokens/NAME.json` (cached tokens), `history` (the shell's), and the default key.
+//!
+//! The configuration directory is `$EFS_CONFIG_DIR`, else `$XDG_CONFIG_HOME/efs`, else
+//! `~/.config/efs`. Everything in it is written atomically (temporary file, fsync, rename)
+//! with mode 0600, inside a directory of mode 0700: tokens are bearer credentials.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use efs_client::TokenInfo;
+use serde::{Deserialize, Serialize};
+
+/// The configuration directory and the paths inside it.
+#[derive(Clone, Debug)]
+pub(crate) struct Dirs {
+    pub config: PathBuf,
+}
+
+impl Dirs {
+    /// Resolves the configuration directory from the environment (it need not exist yet).
+    pub fn from_env() -> Result<Dirs> {
+        let config = if let Some(d) = non_empty_env("EFS_CONFIG_DIR") {
+            PathBuf::from(d)
+        } else if let Some(d) = non_empty_env("XDG_CONFIG_HOME") {
+            PathBuf::from(d).join("efs")
+        } else {
+            home_dir()?.join(".config").join("efs")
+        };
+        Ok(Dirs { config })
+    }
+
+    pub fn config_file(&self) -> PathBuf {
+        self.config.join("config.toml")
+    }
+
+    pub fn token_file(&self, remote: &str) -> PathBuf {
+        self.config.join("tokens").join(format!("{remote}.json"))
+    }
+
+    pub fn history_file(&self) -> PathBuf {
+        self.config.join("history")
+    }
+
+    /// Where `efs keygen` writes by default, and the first default of `remote add --key`.
+    pub fn default_key(&self) -> PathBuf {
+        self.config.join("id_ed25519")
+    }
+}
+
+/// The base of per-user caches: `$XDG_CACHE_HOME`, else `~/.cache`.
+pub(crate) fn cache_home() -> Result<PathBuf> {
+    match non_empty_env("XDG_CACHE_HOME") {
+        Some(d) => Ok(PathBuf::from(d)),
+        None => Ok(home_dir()?.join(".cache")),
+    }
+}
+
+pub(crate) fn home_dir() -> Result<PathBuf> {
+    non_empty_env("HOME")
+        .map(PathBuf::from)
+        .context("HOME is not set: set EFS_CONFIG_DIR to choose where efs keeps its configuration")
+}
+
+fn non_empty_env(name: &str) -> Option<String> {
+    std::env::var(name).ok().filter(|v| !v.is_empty())
+}
+
+/// `config.toml`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub(crate) struct Config {
+    #[serde(default)]
+    pub remotes: BTreeMap<String, Remote>,
+}
+
+/// One `[remotes.NAME]` table.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct Remote {
+    /// `https://host:port`, without a trailing slash.
+    pub url: String,
+    /// The login name.
+    pub user: String,
+    /// The private key file (OpenSSH or PKCS#8 PEM). Signed through ssh-agent when
+    /// `SSH_AUTH_SOCK` is set and the agent holds it.
+    pub key: PathBuf,
+    /// The filesystem to log in to (needed when the user has several).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fs: Option<String>,
+    /// Trust only certificates chaining to this PEM file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca: Option<PathBuf>,
+    /// Trust exactly the certificate with this SHA-256 fingerprint (`AB:CD:…`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fingerprint: Option<String>,
+}
+
+impl Config {
+    /// Reads `config.toml`; a missing file is an empty configuration.
+    pub fn load(dirs: &Dirs) -> Result<Config> {
+        let path = dirs.config_file();
+        let text = match fs::read_to_string(&path) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Config::default()),
+            Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+        };
+        toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
+    }
+
+    pub fn save(&self, dirs: &Dirs) -> Result<()> {
+        let text = toml::to_string_pretty(self).context("serialising the configuration")?;
+        let header = "# efs client configuration: `efs remote add|list|remove` edit it.\n\
+                      # Tokens are cached apart, in tokens/NAME.json.\n\n";
+        write_private(&dirs.config_file(), format!("{header}{text}").as_bytes())
+    }
+}
+
+/// A cached token, with what it was issued for: a token is reused only for the same URL,
+/// user and filesystem choice.
+#[derive(Serialize, Deserialize)]
+struct CachedToken {
+    url: String,
+    user: String,
+    fs: Option<String>,
+    token: TokenInfo,
+}
+
+/// Reads the cached token of `name`, if it still fits the remote and has a minute left.
+pub(crate) fn load_token(dirs: &Dirs, name: &str, remote: &Remote) -> Option<TokenInfo> {
+    let text = fs::read(dirs.token_file(name)).ok()?;
+    let cached: CachedToken = serde_json::from_slice(&text).ok()?;
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let fits = cached.url == remote.url && cached.user == remote.user && cached.fs == remote.fs;
+    (fits && cached.token.expires_at_unix > now + 60).then_some(cached.token)
+}
+
+pub(crate) fn store_token(
+    dirs: &Dirs,
+    name: &str,
+    remote: &Remote,
+    token: &TokenInfo,
+) -> Result<()> {
+    let cached = CachedToken {
+        url: remote.url.clone(),
+        user: remote.user.clone(),
+        fs: remote.fs.clone(),
+        token: token.clone(),
+    };
+    let json = serde_json::to_vec(&cached).context("serialising the token")?;
+    write_private(&dirs.token_file(name), &json)
+}
+
+pub(crate) fn remove_token(dirs: &Dirs, name: &str) -> Result<()> {
+    let path = dirs.token_file(name);
+    match fs::remove_file(&path) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+            Err(e).with_context(|| format!("removing {}", path.display()))
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Creates `dir` and its parents with mode 0700 (existing directories are left as they are).
+pub(crate) fn create_private_dir(dir: &Path) -> Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating {}", dir.display()))
+}
+
+/// Writes `data` to `path` atomically with mode 0600: a temporary file in the same
+/// directory, fsync, rename over `path`, fsync of the directory. A crash leaves either the
+/// old file or the new one, never half of one; the temporary file is removed on failure.
+pub(crate) fn write_private(path: &Path, data: &[u8]) -> Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    create_private_dir(dir)?;
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
+    let guard = RemoveOnDrop(Some(tmp.clone()));
+    let mut f = fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .with_context(|| format!("creating {}", tmp.display()))?;
+    // An existing temporary file keeps its old mode: set it explicitly.
+    f.set_permissions(fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("setting the mode of {}", tmp.display()))?;
+    f.write_all(data)
+        .and_then(|()| f.sync_all())
+        .with_context(|| format!("writing {}", tmp.display()))?;
+    drop(f);
+    fs::rename(&tmp, path).with_context(|| format!("replacing {}", path.display()))?;
+    std::mem::forget(guard);
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(p) = self.0.take() {
+            let _ = fs::remove_file(p);
+        }
+    }
+}
+
+/// A remote name: 1 to 64 of `A-Z a-z 0-9 _ -` (no dot, no colon, no slash, so that
+/// `NAME:/path` is never ambiguous and `tokens/NAME.json` is a plain file name).
+pub(crate) fn valid_remote_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn config_round_trip_and_modes() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs {
+            config: dir.path().join("cfg"),
+        };
+        assert!(Config::load(&dirs).unwrap().remotes.is_empty());
+        let mut c = Config::default();
+        c.remotes.insert(
+            "drive".into(),
+            Remote {
+                url: "https://127.0.0.1:8443".into(),
+                user: "alice".into(),
+                key: "/k".into(),
+                fs: Some("drive".into()),
+                ca: None,
+                fingerprint: Some("AB:CD".into()),
+            },
+        );
+        c.save(&dirs).unwrap();
+        let back = Config::load(&dirs).unwrap();
+        assert_eq!(back.remotes, c.remotes);
+        let mode = fs::metadata(dirs.config_file())
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let mode = fs::metadata(&dirs.config).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o700);
+        // No temporary file is left behind.
+        assert_eq!(fs::read_dir(&dirs.config).unwrap().count(), 1);
+    }
+
+    #[test]
+    fn token_cache_checks_remote_and_expiry() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs {
+            config: dir.path().to_path_buf(),
+        };
+        let remote = Remote {
+            url: "https://a".into(),
+            user: "u".into(),
+            key: "/k".into(),
+            fs: None,
+            ca: None,
+            fingerprint: None,
+        };
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .as_secs();
+        let tok = TokenInfo {
+            token: "t".into(),
+            fs: "f".into(),
+            expires_at_unix: now + 3600,
+            renewals_left: 24,
+        };
+        store_token(&dirs, "r", &remote, &tok).unwrap();
+        let mode = fs::metadata(dirs.token_file("r"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(load_token(&dirs, "r", &remote).unwrap().token, "t");
+        let other = Remote {
+            url: "https://b".into(),
+            ..remote.clone()
+        };
+        assert!(load_token(&dirs, "r", &other).is_none());
+        let old = TokenInfo {
+            expires_at_unix: now + 30,
+            ..tok
+        };
+        store_token(&dirs, "r", &remote, &old).unwrap();
+        assert!(load_token(&dirs, "r", &remote).is_none());
+        remove_token(&dirs, "r").unwrap();
+        remove_token(&dirs, "r").unwrap();
+    }
+
+    #[test]
+    fn remote_names() {
+        assert!(valid_remote_name("drive"));
+        assert!(valid_remote_name("my-drive_2"));
+        assert!(!valid_remote_name(""));
+        assert!(!valid_remote_name("a.b"));
+        assert!(!valid_remote_name("a/b"));
+        assert!(!valid_remote_name("a:b"));
+        assert!(!valid_remote_name(&"a".repeat(65)));
+    }
+}

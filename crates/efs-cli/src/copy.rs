@@ -1,0 +1,899 @@
+//! `efs cp`: copies between local paths and remotes in any direction but local → local,
+//! several files at a time, and `--sync`, which copies only what changed and deletes what the
+//! source lacks.
+//!
+//! A copy is planned first (what to create, copy and delete), then carried out: deletions
+//! that make room (a file where the source has a directory, or the reverse), directories,
+//! the copies in parallel, and last the other deletions — so an interrupted sync never
+//! deleted something before its replacement arrived. `--dry-run` prints the plan.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, SystemTime};
+
+use anyhow::{Context, Result};
+use efs_client::{Client, PutOptions};
+use futures_util::StreamExt;
+use futures_util::stream;
+use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
+
+use crate::cli::CpArgs;
+use crate::exit::{self, fail, fail_hint, usage};
+use crate::location::{self, Location};
+use crate::progress::{FileProgress, Progress};
+use crate::session::Session;
+use crate::walk::{self, Kind, Meta, Tree};
+
+/// One end of a copy: a local path or a path on a remote.
+#[derive(Clone)]
+pub(crate) enum Endpoint {
+    Local(PathBuf),
+    Remote {
+        client: Client,
+        remote: String,
+        path: String,
+    },
+}
+
+impl Endpoint {
+    async fn open(session: &Session, loc: &Location) -> Result<Endpoint> {
+        Ok(match loc {
+            Location::Local(p) => Endpoint::Local(p.clone()),
+            Location::Remote(r) => Endpoint::Remote {
+                client: session.client(&r.remote).await?,
+                remote: r.remote.clone(),
+                path: r.path.clone(),
+            },
+        })
+    }
+
+    fn is_local(&self) -> bool {
+        matches!(self, Endpoint::Local(_))
+    }
+
+    /// The path below this one (`rel` is `/`-separated).
+    fn child(&self, rel: &str) -> Endpoint {
+        match self {
+            Endpoint::Local(p) => Endpoint::Local(p.join(rel)),
+            Endpoint::Remote {
+                client,
+                remote,
+                path,
+            } => Endpoint::Remote {
+                client: client.clone(),
+                remote: remote.clone(),
+                path: location::join(path, rel),
+            },
+        }
+    }
+
+    /// The last component, for "copy into a directory". `None` for a root (its contents
+    /// are copied).
+    fn name(&self) -> Option<String> {
+        match self {
+            Endpoint::Local(p) => {
+                let name = match p.file_name() {
+                    Some(n) => Some(n.to_owned()),
+                    // `.`, `..`, `dir/..`: the name of the directory they resolve to.
+                    None => std::fs::canonicalize(p)
+                        .ok()
+                        .and_then(|c| c.file_name().map(|n| n.to_owned())),
+                };
+                name.map(|n| n.to_string_lossy().into_owned())
+            }
+            Endpoint::Remote { path, .. } => {
+                Some(location::basename(path).to_owned()).filter(|n| !n.is_empty())
+            }
+        }
+    }
+
+    fn display(&self) -> String {
+        match self {
+            Endpoint::Local(p) => p.display().to_string(),
+            Endpoint::Remote { remote, path, .. } => format!("{remote}:{path}"),
+        }
+    }
+
+    async fn stat(&self) -> Result<Option<Meta>> {
+        match self {
+            Endpoint::Local(p) => walk::stat_local(p),
+            Endpoint::Remote {
+                client,
+                remote,
+                path,
+            } => walk::stat_remote(client, path)
+                .await
+                .with_context(|| format!("remote '{remote}'")),
+        }
+    }
+
+    async fn walk(&self) -> Result<Tree> {
+        match self {
+            Endpoint::Local(p) => walk::walk_local(p.clone()).await,
+            Endpoint::Remote { client, path, .. } => walk::walk_remote(client, path).await,
+        }
+    }
+}
+
+/// The direction of a copy decides how modification times compare (see [`needs_copy`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Direction {
+    Upload,
+    Download,
+    RemoteToRemote,
+}
+
+fn direction(src: &Endpoint, dst: &Endpoint) -> Direction {
+    match (src.is_local(), dst.is_local()) {
+        (true, _) => Direction::Upload,
+        (false, true) => Direction::Download,
+        (false, false) => Direction::RemoteToRemote,
+    }
+}
+
+/// Whether `--sync` copies a file that exists at the destination (see `efs cp --help`):
+/// when the sizes differ; for a download, when the local modification time (set to the
+/// remote one by every download) is not the source's; otherwise when the source was
+/// modified after the destination was written. Times count in whole seconds, because HTTP
+/// dates and some filesystems have no more.
+fn needs_copy(src: &Meta, dst: &Meta, dir: Direction) -> bool {
+    if src.size != dst.size {
+        return true;
+    }
+    match (src.modified_secs(), dst.modified_secs()) {
+        (Some(s), Some(d)) => match dir {
+            Direction::Download => s != d,
+            Direction::Upload | Direction::RemoteToRemote => s > d,
+        },
+        _ => true,
+    }
+}
+
+struct CopyJob {
+    src: Endpoint,
+    dst: Endpoint,
+    meta: Meta,
+}
+
+/// What a copy will do, in the order it does it.
+#[derive(Default)]
+struct Plan {
+    /// Destination entries in the way of a source entry of the other kind.
+    make_room: Vec<(Endpoint, Kind)>,
+    mkdirs: Vec<Endpoint>,
+    copies: Vec<CopyJob>,
+    /// Destination entries the source lacks (`--sync` without `--no-delete`).
+    deletes: Vec<(Endpoint, Kind)>,
+    unchanged: u64,
+}
+
+struct Opts {
+    recursive: bool,
+    sync: bool,
+    delete: bool,
+}
+
+pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: bool) -> Result<()> {
+    let (dst_arg, src_args) = args.paths.split_last().expect("clap requires 2 paths");
+    let dst_loc = Location::parse(dst_arg);
+    let src_locs: Vec<Location> = src_args.iter().map(|s| Location::parse(s)).collect();
+    if args.sync && src_locs.len() != 1 {
+        return Err(usage(
+            "--sync takes one source: efs cp --sync SRC DST makes DST a mirror of SRC",
+        ));
+    }
+    for (arg, loc) in src_args.iter().zip(&src_locs) {
+        if matches!((loc, &dst_loc), (Location::Local(_), Location::Local(_))) {
+            return Err(fail_hint(
+                exit::USAGE,
+                format!("'{arg}' and '{dst_arg}' are both local"),
+                "one side must be a remote, written NAME:/path (efs remote list shows them); for local copies use cp",
+            ));
+        }
+    }
+    let opts = Opts {
+        recursive: args.recursive || args.sync,
+        sync: args.sync,
+        delete: args.sync && !args.no_delete,
+    };
+
+    let dst = Endpoint::open(session, &dst_loc).await?;
+    let dst_meta = dst.stat().await?;
+    let dst_hint = match &dst_loc {
+        Location::Local(p) => p.as_os_str().to_string_lossy().ends_with('/'),
+        Location::Remote(r) => r.dir_hint,
+    };
+    let dst_is_dir = matches!(&dst_meta, Some(m) if m.kind == Kind::Dir);
+    if (src_locs.len() > 1 || dst_hint) && matches!(&dst_meta, Some(m) if m.kind == Kind::File) {
+        return Err(fail(
+            exit::CONFLICT,
+            format!("{} is a file, not a directory", dst.display()),
+        ));
+    }
+    let into_dir = dst_is_dir || dst_hint || src_locs.len() > 1;
+
+    let mut plan = Plan::default();
+    let mut errors: Vec<anyhow::Error> = Vec::new();
+    for loc in &src_locs {
+        let src = Endpoint::open(session, loc).await?;
+        if let Err(e) = plan_source(&mut plan, &opts, src, &dst, dst_meta.as_ref(), into_dir).await
+        {
+            errors.push(e);
+        }
+    }
+
+    if args.dry_run {
+        print_plan(&plan);
+        return finish(errors, 0);
+    }
+    let total_ops =
+        plan.make_room.len() + plan.mkdirs.len() + plan.copies.len() + plan.deletes.len();
+    let bytes: u64 = plan.copies.iter().map(|j| j.meta.size).sum();
+    let progress = Progress::new(quiet, plan.copies.len() as u64, bytes);
+    let jobs = usize::from(args.jobs);
+
+    let room = std::mem::take(&mut plan.make_room);
+    let (mut deleted, errs) = delete_all(room, jobs, &progress, verbose).await;
+    errors.extend(errs);
+    for dir in std::mem::take(&mut plan.mkdirs) {
+        if let Err(e) = mkdir(&dir).await {
+            errors.push(e);
+        }
+    }
+    let copies = std::mem::take(&mut plan.copies);
+    let copied = copies.len();
+    let copy_errors = copy_all(copies, jobs, &progress, verbose).await;
+    let copied_ok = copied - copy_errors.len();
+    errors.extend(copy_errors);
+    // After a failure the destination is behind the source: deleting there now could
+    // remove the only copy of something the user moved, so wait for a clean run.
+    let deletes = std::mem::take(&mut plan.deletes);
+    if !errors.is_empty() && !deletes.is_empty() {
+        progress.println(&format!(
+            "efs: not deleting {} extra entries at the destination because something failed",
+            deletes.len()
+        ));
+    } else {
+        let (n, errs) = delete_all(deletes, jobs, &progress, verbose).await;
+        deleted += n;
+        errors.extend(errs);
+    }
+    progress.finish();
+
+    if opts.sync && !quiet {
+        println!(
+            "sync: {copied_ok} copied ({}), {deleted} deleted, {} unchanged",
+            human_bytes(bytes),
+            plan.unchanged
+        );
+    } else if verbose {
+        eprintln!("{copied_ok} files copied ({})", human_bytes(bytes));
+    }
+    finish(errors, total_ops)
+}
+
+/// Nothing failed: Ok. One error: that error. Several: each printed, and a summary with the
+/// first one's exit code.
+fn finish(mut errors: Vec<anyhow::Error>, total: usize) -> Result<()> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        n => {
+            for e in &errors {
+                eprintln!("efs: error: {e:#}");
+            }
+            let code = exit::code_of(&errors[0]);
+            Err(fail(
+                code,
+                format!(
+                    "{n} operations failed{}",
+                    if total > 0 {
+                        format!(" (of {total})")
+                    } else {
+                        String::new()
+                    }
+                ),
+            ))
+        }
+    }
+}
+
+async fn plan_source(
+    plan: &mut Plan,
+    opts: &Opts,
+    src: Endpoint,
+    dst: &Endpoint,
+    dst_meta: Option<&Meta>,
+    into_dir: bool,
+) -> Result<()> {
+    let Some(src_meta) = src.stat().await? else {
+        return Err(fail(
+            exit::NOT_FOUND,
+            format!("{}: no such file or directory", src.display()),
+        ));
+    };
+    let dir = direction(&src, dst);
+    // With --sync, a directory is mirrored onto DST itself (rsync's SRC/ DST/).
+    let (target, target_meta) = if into_dir && !(opts.sync && src_meta.kind == Kind::Dir) {
+        match src.name() {
+            Some(name) => {
+                let t = dst.child(&name);
+                let m = t.stat().await?;
+                (t, m)
+            }
+            None => (dst.clone(), dst_meta.cloned()),
+        }
+    } else {
+        (dst.clone(), dst_meta.cloned())
+    };
+
+    match src_meta.kind {
+        Kind::File => {
+            match &target_meta {
+                Some(m) if m.kind == Kind::Dir => {
+                    if opts.delete {
+                        plan.make_room.push((target.clone(), Kind::Dir));
+                    } else {
+                        return Err(fail(
+                            exit::CONFLICT,
+                            format!("{} is a directory", target.display()),
+                        ));
+                    }
+                }
+                Some(m) if opts.sync && !needs_copy(&src_meta, m, dir) => {
+                    plan.unchanged += 1;
+                    return Ok(());
+                }
+                _ => {}
+            }
+            plan.copies.push(CopyJob {
+                src,
+                dst: target,
+                meta: src_meta,
+            });
+            Ok(())
+        }
+        Kind::Dir => {
+            if !opts.recursive {
+                return Err(fail_hint(
+                    exit::USAGE,
+                    format!("{} is a directory", src.display()),
+                    "use -r to copy directories, or --sync to mirror one",
+                ));
+            }
+            let dst_tree = match &target_meta {
+                Some(m) if m.kind == Kind::File => {
+                    if opts.delete {
+                        plan.make_room.push((target.clone(), Kind::File));
+                    } else {
+                        return Err(fail(
+                            exit::CONFLICT,
+                            format!("{} is a file, not a directory", target.display()),
+                        ));
+                    }
+                    Tree::new()
+                }
+                Some(_) if opts.sync => target.walk().await?,
+                _ => Tree::new(),
+            };
+            let src_tree = src.walk().await?;
+            let target_exists = matches!(&target_meta, Some(m) if m.kind == Kind::Dir);
+            plan_tree(
+                plan,
+                opts,
+                &src,
+                &target,
+                target_exists,
+                &src_tree,
+                &dst_tree,
+                dir,
+            )
+        }
+    }
+}
+
+/// Plans the copy of `src_tree` (below `src`) onto `target`, whose tree is `dst_tree`.
+#[allow(clippy::too_many_arguments)]
+fn plan_tree(
+    plan: &mut Plan,
+    opts: &Opts,
+    src: &Endpoint,
+    target: &Endpoint,
+    target_exists: bool,
+    src_tree: &Tree,
+    dst_tree: &Tree,
+    dir: Direction,
+) -> Result<()> {
+    let local_target = target.is_local();
+    if !target_exists && (local_target || src_tree.is_empty()) {
+        plan.mkdirs.push(target.clone());
+    }
+    // Remote directories are created with the files in them; only empty ones need a mkdir.
+    let mut has_children = BTreeSet::new();
+    for rel in src_tree.keys() {
+        if let Some((parent, _)) = rel.rsplit_once('/') {
+            has_children.insert(parent);
+        }
+    }
+    // Destination entries removed (to make room or as extras): their contents go with them.
+    let mut removed: BTreeSet<&str> = BTreeSet::new();
+    let mut conflicts = Vec::new();
+    for (rel, m) in src_tree {
+        let d = dst_tree.get(rel);
+        if let Some(d) = d
+            && d.kind != m.kind
+        {
+            if opts.delete {
+                plan.make_room.push((target.child(rel), d.kind));
+                removed.insert(rel);
+            } else {
+                conflicts.push(target.child(rel).display());
+                continue;
+            }
+        }
+        let same_kind = d.is_some_and(|d| d.kind == m.kind);
+        match m.kind {
+            Kind::Dir => {
+                if !same_kind && (local_target || !has_children.contains(rel.as_str())) {
+                    plan.mkdirs.push(target.child(rel));
+                }
+            }
+            Kind::File => {
+                if opts.sync
+                    && same_kind
+                    && let Some(d) = d
+                    && !needs_copy(m, d, dir)
+                {
+                    plan.unchanged += 1;
+                    continue;
+                }
+                plan.copies.push(CopyJob {
+                    src: src.child(rel),
+                    dst: target.child(rel),
+                    meta: m.clone(),
+                });
+            }
+        }
+    }
+    if opts.delete {
+        for (rel, d) in dst_tree {
+            if src_tree.contains_key(rel) || has_removed_ancestor(&removed, rel) {
+                continue;
+            }
+            plan.deletes.push((target.child(rel), d.kind));
+            if d.kind == Kind::Dir {
+                removed.insert(rel);
+            }
+        }
+    }
+    if !conflicts.is_empty() {
+        return Err(fail_hint(
+            exit::CONFLICT,
+            format!(
+                "{} destination entries are of another kind than the source's (a file for a directory or the reverse): {}",
+                conflicts.len(),
+                conflicts.join(", ")
+            ),
+            "without --no-delete, sync replaces them",
+        ));
+    }
+    Ok(())
+}
+
+fn has_removed_ancestor(removed: &BTreeSet<&str>, rel: &str) -> bool {
+    let mut cur = rel;
+    while let Some((parent, _)) = cur.rsplit_once('/') {
+        if removed.contains(parent) {
+            return true;
+        }
+        cur = parent;
+    }
+    false
+}
+
+fn print_plan(plan: &Plan) {
+    for (e, kind) in &plan.make_room {
+        println!("would delete {}{}", e.display(), dir_suffix(*kind));
+    }
+    for d in &plan.mkdirs {
+        println!("would create {}/", d.display());
+    }
+    for j in &plan.copies {
+        println!(
+            "would copy {} -> {} ({})",
+            j.src.display(),
+            j.dst.display(),
+            human_bytes(j.meta.size)
+        );
+    }
+    for (e, kind) in &plan.deletes {
+        println!("would delete {}{}", e.display(), dir_suffix(*kind));
+    }
+    let bytes: u64 = plan.copies.iter().map(|j| j.meta.size).sum();
+    println!(
+        "dry run: would copy {} files ({}), delete {}, {} unchanged",
+        plan.copies.len(),
+        human_bytes(bytes),
+        plan.make_room.len() + plan.deletes.len(),
+        plan.unchanged
+    );
+}
+
+fn dir_suffix(kind: Kind) -> &'static str {
+    if kind == Kind::Dir {
+        "/ (and everything in it)"
+    } else {
+        ""
+    }
+}
+
+async fn mkdir(dir: &Endpoint) -> Result<()> {
+    match dir {
+        Endpoint::Local(p) => tokio::fs::create_dir_all(p)
+            .await
+            .with_context(|| format!("creating {}", p.display())),
+        Endpoint::Remote { client, path, .. } => match client.mkdir(path).await {
+            Ok(_) => Ok(()),
+            Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
+        },
+    }
+}
+
+/// Deletes `entries`, `jobs` at a time; returns how many were deleted and the errors.
+async fn delete_all(
+    entries: Vec<(Endpoint, Kind)>,
+    jobs: usize,
+    progress: &Arc<Progress>,
+    verbose: bool,
+) -> (usize, Vec<anyhow::Error>) {
+    let results: Vec<(String, Result<()>)> = stream::iter(entries)
+        .map(|(e, kind)| async move {
+            let shown = e.display();
+            let r = delete(&e, kind).await;
+            (shown, r)
+        })
+        .buffer_unordered(jobs)
+        .collect()
+        .await;
+    let mut n = 0;
+    let mut errors = Vec::new();
+    for (shown, r) in results {
+        match r {
+            Ok(()) => {
+                n += 1;
+                if verbose {
+                    progress.println(&format!("deleted {shown}"));
+                }
+            }
+            Err(e) => errors.push(e),
+        }
+    }
+    (n, errors)
+}
+
+async fn delete(e: &Endpoint, kind: Kind) -> Result<()> {
+    let r = match e {
+        Endpoint::Local(p) => if kind == Kind::Dir {
+            tokio::fs::remove_dir_all(p).await
+        } else {
+            tokio::fs::remove_file(p).await
+        }
+        .map_err(anyhow::Error::from),
+        Endpoint::Remote { client, path, .. } => client
+            .delete(path, kind == Kind::Dir)
+            .await
+            .map_err(anyhow::Error::from),
+    };
+    r.with_context(|| format!("deleting {}", e.display()))
+}
+
+/// Runs the copies, `jobs` at a time, each on its own task; returns the errors.
+async fn copy_all(
+    copies: Vec<CopyJob>,
+    jobs: usize,
+    progress: &Arc<Progress>,
+    verbose: bool,
+) -> Vec<anyhow::Error> {
+    let results: Vec<Result<()>> = stream::iter(copies)
+        .map(|job| {
+            let progress = progress.clone();
+            tokio::spawn(async move {
+                let fp = progress.file(&job.dst.display(), job.meta.size);
+                let r = copy_one(&job, &fp).await.with_context(|| {
+                    format!("copying {} to {}", job.src.display(), job.dst.display())
+                });
+                fp.finish(r.is_ok(), job.meta.size);
+                if r.is_ok() && verbose {
+                    progress.println(&format!(
+                        "copied {} -> {}",
+                        job.src.display(),
+                        job.dst.display()
+                    ));
+                }
+                r
+            })
+        })
+        .buffer_unordered(jobs)
+        .map(|joined| joined.unwrap_or_else(|e| Err(anyhow::anyhow!("a copy task failed: {e}"))))
+        .collect()
+        .await;
+    results.into_iter().filter_map(Result::err).collect()
+}
+
+/// How many times a remote → remote copy is tried (the SDK retries downloads and file
+/// uploads itself, but not an upload from a stream, which it cannot rewind).
+const STREAM_ATTEMPTS: u32 = 3;
+
+async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
+    match (&job.src, &job.dst) {
+        (Endpoint::Local(from), Endpoint::Remote { client, path, .. }) => {
+            let opts = PutOptions {
+                content_type: guess_content_type(from).map(str::to_owned),
+                progress: Some(fp.callback()),
+                ..PutOptions::default()
+            };
+            client.upload_file(path, from, opts).await?;
+            Ok(())
+        }
+        (Endpoint::Remote { client, path, .. }, Endpoint::Local(to)) => {
+            if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
+                tokio::fs::create_dir_all(parent)
+                    .await
+                    .with_context(|| format!("creating {}", parent.display()))?;
+            }
+            let cb = fp.callback();
+            client.download_file(path, to, Some(&*cb)).await?;
+            if let Some(t) = job.meta.modified {
+                set_mtime(to, t)?;
+            }
+            Ok(())
+        }
+        (
+            Endpoint::Remote {
+                client: from_client,
+                path: from,
+                ..
+            },
+            Endpoint::Remote {
+                client: to_client,
+                path: to,
+                ..
+            },
+        ) => {
+            let mut attempt = 1;
+            loop {
+                match stream_copy(from_client, from, to_client, to, &job.meta, fp).await {
+                    Err(e) if attempt < STREAM_ATTEMPTS && is_transient(&e) => {
+                        tracing::info!("retrying the copy of {from} after: {e:#}");
+                        tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
+                        attempt += 1;
+                    }
+                    r => return r,
+                }
+            }
+        }
+        (Endpoint::Local(_), Endpoint::Local(_)) => unreachable!("refused before planning"),
+    }
+}
+
+fn is_transient(e: &anyhow::Error) -> bool {
+    exit::sdk_error(e).is_some_and(efs_client::Error::is_transient)
+}
+
+/// Streams a remote file into another remote through a 256 KiB pipe: memory stays
+/// constant whatever the size.
+async fn stream_copy(
+    from_client: &Client,
+    from: &str,
+    to_client: &Client,
+    to: &str,
+    meta: &Meta,
+    fp: &Arc<FileProgress>,
+) -> Result<()> {
+    let (mut writer, reader) = tokio::io::duplex(256 * 1024);
+    let failed = Arc::new(AtomicBool::new(false));
+    let reader = FailOnEarlyEof {
+        inner: reader,
+        failed: failed.clone(),
+    };
+    let opts = PutOptions {
+        content_type: meta.content_type.clone(),
+        progress: Some(fp.callback()),
+        ..PutOptions::default()
+    };
+    let down = async move {
+        let r = from_client.download(from, &mut writer, None, None).await;
+        match &r {
+            Ok(_) => {
+                let _ = writer.shutdown().await;
+            }
+            // Set before the writer is dropped: the reader then sees an error, not an EOF
+            // that would store a truncated file.
+            Err(_) => failed.store(true, Ordering::Release),
+        }
+        drop(writer);
+        r
+    };
+    let up = to_client.upload(to, reader, Some(meta.size), opts);
+    let (down, up) = tokio::join!(down, up);
+    match (down, up) {
+        (Ok(_), Ok(_)) => Ok(()),
+        (Err(e), _) => Err(e).with_context(|| format!("reading {from}")),
+        (Ok(_), Err(e)) => Err(e).with_context(|| format!("writing {to}")),
+    }
+}
+
+/// The reading half of the remote → remote pipe: an end of stream after the download
+/// failed is an error, so the upload is abandoned instead of storing part of the file.
+struct FailOnEarlyEof {
+    inner: tokio::io::DuplexStream,
+    failed: Arc<AtomicBool>,
+}
+
+impl AsyncRead for FailOnEarlyEof {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let r = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(())) = r
+            && buf.filled().len() == before
+            && self.failed.load(Ordering::Acquire)
+        {
+            return Poll::Ready(Err(std::io::Error::other(
+                "the download feeding this upload failed",
+            )));
+        }
+        r
+    }
+}
+
+fn set_mtime(path: &Path, t: SystemTime) -> Result<()> {
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|f| f.set_modified(t))
+        .with_context(|| format!("setting the modification time of {}", path.display()))
+}
+
+/// A Content-Type for common extensions, so that services reading the file get a useful
+/// one; anything else is left to the server's default.
+pub(crate) fn guess_content_type(path: &Path) -> Option<&'static str> {
+    let ext = path.extension()?.to_str()?.to_ascii_lowercase();
+    let table: BTreeMap<&str, &str> = [
+        ("pdf", "application/pdf"),
+        ("txt", "text/plain; charset=utf-8"),
+        ("md", "text/markdown; charset=utf-8"),
+        ("csv", "text/csv; charset=utf-8"),
+        ("html", "text/html; charset=utf-8"),
+        ("htm", "text/html; charset=utf-8"),
+        ("json", "application/json"),
+        ("xml", "application/xml"),
+        ("png", "image/png"),
+        ("jpg", "image/jpeg"),
+        ("jpeg", "image/jpeg"),
+        ("gif", "image/gif"),
+        ("webp", "image/webp"),
+        ("svg", "image/svg+xml"),
+        ("tif", "image/tiff"),
+        ("tiff", "image/tiff"),
+        ("dcm", "application/dicom"),
+        ("zip", "application/zip"),
+        ("gz", "application/gzip"),
+        ("tar", "application/x-tar"),
+        ("doc", "application/msword"),
+        (
+            "docx",
+            "application/vnd.openxmlformats-officedocument.wordprocessingml.document",
+        ),
+        (
+            "xlsx",
+            "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet",
+        ),
+        ("odt", "application/vnd.oasis.opendocument.text"),
+        ("mp4", "video/mp4"),
+        ("mp3", "audio/mpeg"),
+    ]
+    .into_iter()
+    .collect();
+    table.get(ext.as_str()).copied()
+}
+
+/// `1.5 MiB`, `12 B`.
+pub(crate) fn human_bytes(n: u64) -> String {
+    const UNITS: [&str; 5] = ["KiB", "MiB", "GiB", "TiB", "PiB"];
+    if n < 1024 {
+        return format!("{n} B");
+    }
+    let mut v = n as f64 / 1024.0;
+    let mut unit = 0;
+    while v >= 1024.0 && unit < UNITS.len() - 1 {
+        v /= 1024.0;
+        unit += 1;
+    }
+    format!("{v:.1} {}", UNITS[unit])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::time::UNIX_EPOCH;
+
+    fn file(size: u64, secs: u64) -> Meta {
+        Meta {
+            kind: Kind::File,
+            size,
+            modified: Some(UNIX_EPOCH + Duration::from_millis(secs * 1000 + 300)),
+            content_type: None,
+            etag: None,
+        }
+    }
+
+    #[test]
+    fn sync_rule() {
+        // Sizes differ: always.
+        assert!(needs_copy(&file(1, 10), &file(2, 10), Direction::Upload));
+        // Upload: only when the local file is newer than the remote copy.
+        assert!(!needs_copy(&file(1, 10), &file(1, 10), Direction::Upload));
+        assert!(!needs_copy(&file(1, 9), &file(1, 10), Direction::Upload));
+        assert!(needs_copy(&file(1, 11), &file(1, 10), Direction::Upload));
+        // Download: whenever the times differ (downloads set the local time).
+        assert!(!needs_copy(&file(1, 10), &file(1, 10), Direction::Download));
+        assert!(needs_copy(&file(1, 10), &file(1, 11), Direction::Download));
+        assert!(needs_copy(&file(1, 11), &file(1, 10), Direction::Download));
+        // Unknown times: copy.
+        let mut m = file(1, 10);
+        m.modified = None;
+        assert!(needs_copy(&m, &file(1, 10), Direction::RemoteToRemote));
+    }
+
+    #[test]
+    fn removed_ancestors() {
+        let removed: BTreeSet<&str> = ["a", "x/y"].into_iter().collect();
+        assert!(has_removed_ancestor(&removed, "a/b"));
+        assert!(has_removed_ancestor(&removed, "x/y/z/w"));
+        assert!(!has_removed_ancestor(&removed, "a"));
+        assert!(!has_removed_ancestor(&removed, "ab/c"));
+        assert!(!has_removed_ancestor(&removed, "x/z"));
+    }
+
+    #[test]
+    fn sizes_read_well() {
+        assert_eq!(human_bytes(0), "0 B");
+        assert_eq!(human_bytes(1023), "1023 B");
+        assert_eq!(human_bytes(1536), "1.5 KiB");
+        assert_eq!(human_bytes(1 << 30), "1.0 GiB");
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            guess_content_type(Path::new("a/Report.PDF")),
+            Some("application/pdf")
+        );
+        assert_eq!(guess_content_type(Path::new("noext")), None);
+    }
+
+    #[tokio::test]
+    async fn early_eof_after_a_failed_download_is_an_error() {
+        use tokio::io::AsyncReadExt;
+        let (mut w, r) = tokio::io::duplex(64);
+        let failed = Arc::new(AtomicBool::new(false));
+        let mut reader = FailOnEarlyEof {
+            inner: r,
+            failed: failed.clone(),
+        };
+        w.write_all(b"abc").await.unwrap();
+        failed.store(true, Ordering::Release);
+        drop(w);
+        let mut buf = Vec::new();
+        assert!(reader.read_to_end(&mut buf).await.is_err());
+        assert_eq!(buf, b"abc");
+    }
+}

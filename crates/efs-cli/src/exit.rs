@@ -1,0 +1,203 @@
+//! Exit codes a script can rely on, and how an error becomes one.
+//!
+//! The codes are part of the command line's interface (documented in `efs --help` and
+//! docs/cli.md): never renumber them.
+
+use std::fmt;
+
+/// Success.
+pub(crate) const OK: u8 = 0;
+/// Any other error.
+pub(crate) const ERROR: u8 = 1;
+/// Bad usage: options, arguments, an unknown remote, an invalid path.
+pub(crate) const USAGE: u8 = 2;
+/// No such file, directory or remote path.
+pub(crate) const NOT_FOUND: u8 = 3;
+/// Login refused, key unusable, or permission denied (401/403).
+pub(crate) const AUTH: u8 = 4;
+/// Conflict or failed precondition: the destination exists, a directory is not empty, the
+/// file changed (409/412).
+pub(crate) const CONFLICT: u8 = 5;
+/// TLS trust failure: the certificate changed or is not trusted.
+pub(crate) const TLS: u8 = 6;
+/// Network: connection failures or busy server, after the retries were used up.
+pub(crate) const NETWORK: u8 = 7;
+
+/// An error of the command line itself, with its exit code and, maybe, what to do.
+#[derive(Debug)]
+pub(crate) struct Failure {
+    pub code: u8,
+    pub message: String,
+    pub hint: Option<String>,
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// An error with exit code `code`.
+pub(crate) fn fail(code: u8, message: impl Into<String>) -> anyhow::Error {
+    Failure {
+        code,
+        message: message.into(),
+        hint: None,
+    }
+    .into()
+}
+
+/// An error with exit code `code` and a hint printed on a second line.
+pub(crate) fn fail_hint(
+    code: u8,
+    message: impl Into<String>,
+    hint: impl Into<String>,
+) -> anyhow::Error {
+    Failure {
+        code,
+        message: message.into(),
+        hint: Some(hint.into()),
+    }
+    .into()
+}
+
+/// A usage error (exit 2).
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
+    fail(USAGE, message)
+}
+
+/// The SDK error inside `err`, if any.
+pub(crate) fn sdk_error(err: &anyhow::Error) -> Option<&efs_client::Error> {
+    err.chain()
+        .find_map(|c| c.downcast_ref::<efs_client::Error>())
+}
+
+/// The exit code for `err`: the first cause that says something decides.
+pub(crate) fn code_of(err: &anyhow::Error) -> u8 {
+    for cause in err.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.code;
+        }
+        if let Some(e) = cause.downcast_ref::<efs_client::Error>() {
+            return sdk_code(e);
+        }
+        if let Some(e) = cause.downcast_ref::<std::io::Error>()
+            && let Some(code) = io_code(e)
+        {
+            return code;
+        }
+    }
+    ERROR
+}
+
+/// Whether `e` is a TLS trust failure. Besides [`efs_client::Error::Tls`], a connection
+/// failure whose text is rustls's "invalid peer certificate" (the SDK reports some
+/// certificate errors from deep in the connector as transport errors).
+pub(crate) fn is_tls(e: &efs_client::Error) -> bool {
+    match e {
+        efs_client::Error::Tls(_) => true,
+        efs_client::Error::Transport(m) => m.contains("invalid peer certificate"),
+        _ => false,
+    }
+}
+
+pub(crate) fn sdk_code(e: &efs_client::Error) -> u8 {
+    use efs_client::Error as E;
+    if is_tls(e) {
+        return TLS;
+    }
+    if e.is_transient() {
+        return NETWORK;
+    }
+    match e {
+        E::NotFound => NOT_FOUND,
+        E::Unauthorized | E::Forbidden(_) | E::Key(_) => AUTH,
+        E::Conflict(_) | E::PreconditionFailed => CONFLICT,
+        E::Tls(_) => TLS,
+        E::InvalidPath(_) | E::FsRequired => USAGE,
+        E::Io(io) => io_code(io).unwrap_or(ERROR),
+        _ => ERROR,
+    }
+}
+
+fn io_code(e: &std::io::Error) -> Option<u8> {
+    match e.kind() {
+        std::io::ErrorKind::NotFound => Some(NOT_FOUND),
+        std::io::ErrorKind::PermissionDenied => Some(AUTH),
+        std::io::ErrorKind::AlreadyExists => Some(CONFLICT),
+        _ => None,
+    }
+}
+
+/// What to do about `err`, if anything is known.
+pub(crate) fn hint_of(err: &anyhow::Error) -> Option<String> {
+    for cause in err.chain() {
+        if let Some(f) = cause.downcast_ref::<Failure>() {
+            return f.hint.clone();
+        }
+        if let Some(e) = cause.downcast_ref::<efs_client::Error>() {
+            if is_tls(e) {
+                return efs_client::Error::Tls(String::new())
+                    .hint()
+                    .map(str::to_owned);
+            }
+            return e.hint().map(str::to_owned);
+        }
+    }
+    None
+}
+
+/// Whether `err` is, at bottom, a closed pipe on our output (`efs cat | head`): success.
+pub(crate) fn is_broken_pipe(err: &anyhow::Error) -> bool {
+    err.chain().any(|c| {
+        c.downcast_ref::<std::io::Error>()
+            .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            || matches!(c.downcast_ref::<efs_client::Error>(),
+                Some(efs_client::Error::Io(e)) if e.kind() == std::io::ErrorKind::BrokenPipe)
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use anyhow::Context;
+
+    #[test]
+    fn codes_follow_the_first_meaningful_cause() {
+        let e: anyhow::Error = efs_client::Error::NotFound.into();
+        assert_eq!(code_of(&e.context("reading x")), NOT_FOUND);
+        let e: anyhow::Error = efs_client::Error::Unauthorized.into();
+        assert_eq!(code_of(&e), AUTH);
+        let e: anyhow::Error = efs_client::Error::Tls("changed".into()).into();
+        assert_eq!(code_of(&e), TLS);
+        let e: anyhow::Error = efs_client::Error::Transport("refused".into()).into();
+        assert_eq!(code_of(&e), NETWORK);
+        let e: anyhow::Error = efs_client::Error::Transport(
+            "cannot connect: invalid peer certificate: Other(FingerprintMismatch)".into(),
+        )
+        .into();
+        assert_eq!(code_of(&e), TLS);
+        assert!(hint_of(&e).unwrap().contains("certificate"));
+        let e: anyhow::Error = efs_client::Error::PreconditionFailed.into();
+        assert_eq!(code_of(&e), CONFLICT);
+        assert_eq!(code_of(&usage("bad")), USAGE);
+        let r: Result<(), std::io::Error> = Err(std::io::Error::from(std::io::ErrorKind::NotFound));
+        assert_eq!(code_of(&r.context("opening").unwrap_err()), NOT_FOUND);
+        assert_eq!(code_of(&anyhow::anyhow!("plain")), ERROR);
+        let e: anyhow::Error = efs_client::Error::Unauthorized.into();
+        assert!(hint_of(&e).unwrap().contains("key"));
+    }
+
+    #[test]
+    fn broken_pipe_is_recognised_through_context() {
+        let r: Result<(), std::io::Error> =
+            Err(std::io::Error::from(std::io::ErrorKind::BrokenPipe));
+        assert!(is_broken_pipe(&r.context("writing").unwrap_err()));
+        let e: anyhow::Error =
+            efs_client::Error::Io(std::io::Error::from(std::io::ErrorKind::BrokenPipe)).into();
+        assert!(is_broken_pipe(&e));
+        assert!(!is_broken_pipe(&anyhow::anyhow!("x")));
+    }
+}

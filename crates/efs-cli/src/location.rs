@@ -1,0 +1,166 @@
+//! `NAME:/path` names a path on a remote; anything else is a local path (as with scp: write
+//! `./a:b` for a local file whose name has a colon). Remote paths are normalised here:
+//! `/`-separated, absolute, no empty, `.` or `..` segment.
+
+use std::path::PathBuf;
+
+use crate::config::valid_remote_name;
+
+/// A command-line path argument.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Location {
+    Local(PathBuf),
+    Remote(RemotePath),
+}
+
+/// A path on a remote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct RemotePath {
+    /// The remote's name in the configuration.
+    pub remote: String,
+    /// Normalised: `/` or `/a/b`, never a trailing slash.
+    pub path: String,
+    /// The argument ended with `/` (or named the root): "into this directory".
+    pub dir_hint: bool,
+}
+
+impl RemotePath {
+    /// `NAME:/path` as the user would write it.
+    pub fn display(&self) -> String {
+        format!("{}:{}", self.remote, self.path)
+    }
+}
+
+impl Location {
+    pub fn parse(arg: &str) -> Location {
+        if let Some((name, path)) = arg.split_once(':')
+            && valid_remote_name(name)
+        {
+            return Location::Remote(RemotePath {
+                remote: name.to_owned(),
+                path: normalize(path),
+                dir_hint: path.is_empty() || path.ends_with('/'),
+            });
+        }
+        Location::Local(PathBuf::from(arg))
+    }
+}
+
+/// Splits `NAME:/path` into a remote path, or `None` for a local path.
+pub(crate) fn parse_remote(arg: &str) -> Option<RemotePath> {
+    match Location::parse(arg) {
+        Location::Remote(r) => Some(r),
+        Location::Local(_) => None,
+    }
+}
+
+/// Absolute, `/`-separated, without empty, `.` or `..` segments (`..` at the root stays at
+/// the root).
+pub(crate) fn normalize(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for seg in path.split('/') {
+        match seg {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            s => parts.push(s),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// `rel` resolved against the directory `base` (an absolute `rel` replaces it).
+pub(crate) fn resolve(base: &str, rel: &str) -> String {
+    if rel.starts_with('/') {
+        normalize(rel)
+    } else {
+        normalize(&format!("{base}/{rel}"))
+    }
+}
+
+/// `dir` + `/` + `name` for a normalised `dir`.
+pub(crate) fn join(dir: &str, name: &str) -> String {
+    if dir == "/" {
+        normalize(&format!("/{name}"))
+    } else {
+        normalize(&format!("{dir}/{name}"))
+    }
+}
+
+/// The last segment of a normalised path (empty for the root).
+pub(crate) fn basename(path: &str) -> &str {
+    path.rsplit('/').next().unwrap_or("")
+}
+
+/// The parent directory of a normalised path (the root's parent is the root).
+pub(crate) fn parent(path: &str) -> String {
+    match path.rfind('/') {
+        Some(0) | None => "/".to_owned(),
+        Some(i) => path[..i].to_owned(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_remote_and_local() {
+        assert_eq!(
+            Location::parse("drive:/Documents/"),
+            Location::Remote(RemotePath {
+                remote: "drive".into(),
+                path: "/Documents".into(),
+                dir_hint: true
+            })
+        );
+        assert_eq!(
+            Location::parse("drive:"),
+            Location::Remote(RemotePath {
+                remote: "drive".into(),
+                path: "/".into(),
+                dir_hint: true
+            })
+        );
+        assert_eq!(
+            Location::parse("drive:a/b.txt"),
+            Location::Remote(RemotePath {
+                remote: "drive".into(),
+                path: "/a/b.txt".into(),
+                dir_hint: false
+            })
+        );
+        assert_eq!(
+            Location::parse("./a:b"),
+            Location::Local(PathBuf::from("./a:b"))
+        );
+        assert_eq!(
+            Location::parse("/tmp/x"),
+            Location::Local(PathBuf::from("/tmp/x"))
+        );
+        assert_eq!(
+            Location::parse("Important-Document.pdf"),
+            Location::Local(PathBuf::from("Important-Document.pdf"))
+        );
+    }
+
+    #[test]
+    fn normalises_paths() {
+        assert_eq!(normalize(""), "/");
+        assert_eq!(normalize("/"), "/");
+        assert_eq!(normalize("//a//b/"), "/a/b");
+        assert_eq!(normalize("/a/./b/../c"), "/a/c");
+        assert_eq!(normalize("/../.."), "/");
+        assert_eq!(resolve("/a/b", "../c"), "/a/c");
+        assert_eq!(resolve("/a/b", "/x"), "/x");
+        assert_eq!(resolve("/", "x/y/"), "/x/y");
+        assert_eq!(join("/", "a"), "/a");
+        assert_eq!(join("/a", "b/c"), "/a/b/c");
+        assert_eq!(basename("/a/b"), "b");
+        assert_eq!(basename("/"), "");
+        assert_eq!(parent("/a/b"), "/a");
+        assert_eq!(parent("/a"), "/");
+        assert_eq!(parent("/"), "/");
+    }
+}

@@ -1,0 +1,142 @@
+//! `efs`, the EFS command line: keys, remotes, cp/sync, ls, stat, cat, put, rm, mv, mkdir,
+//! token, an interactive shell and shell completions, on top of the `efs-client` SDK.
+//!
+//! Errors are printed as `efs: error: …` (with the whole chain of causes) and, when there is
+//! something to do about them, `efs: hint: …`; the exit code says what kind of failure it
+//! was (see [`exit`]).
+
+mod cli;
+mod commands;
+mod config;
+mod copy;
+mod exit;
+mod keygen;
+mod location;
+mod progress;
+mod remote;
+mod session;
+mod shell;
+mod walk;
+
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{CommandFactory, Parser};
+
+use crate::cli::{Cli, Command, RemoteCmd};
+use crate::session::Session;
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // --help and --version print to stdout and exit 0; usage errors exit 2.
+            let _ = e.print();
+            return ExitCode::from(e.exit_code().clamp(0, 255) as u8);
+        }
+    };
+    init_tracing(cli.verbose);
+
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return report(&anyhow::Error::from(e)),
+    };
+    let mut session = None;
+    let result = run(&rt, cli, &mut session);
+    let code = match result {
+        Ok(()) => ExitCode::from(exit::OK),
+        // `efs cat big | head`: the reader had enough, which is success.
+        Err(e) if exit::is_broken_pipe(&e) => ExitCode::from(exit::OK),
+        Err(e) => {
+            if let (Some(sdk), Some(s)) = (exit::sdk_error(&e), &session)
+                && exit::is_tls(sdk)
+            {
+                rt.block_on(s.explain_tls_failure());
+            }
+            report(&e)
+        }
+    };
+    // Do not wait for a blocked stdin reader (tokio reads stdin on a blocking thread).
+    rt.shutdown_timeout(Duration::from_millis(100));
+    code
+}
+
+fn run(rt: &tokio::runtime::Runtime, cli: Cli, slot: &mut Option<Session>) -> Result<()> {
+    match cli.cmd {
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "efs", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Keygen { output, comment } => {
+            keygen::run(&config::Dirs::from_env()?, output, comment)
+        }
+        cmd => {
+            let session = slot.insert(Session::load()?);
+            match cmd {
+                Command::Shell { remote } => shell::run(rt, session, &remote),
+                cmd => rt.block_on(dispatch(session, cmd, cli.quiet, cli.verbose)),
+            }
+        }
+    }
+}
+
+async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: bool) -> Result<()> {
+    match cmd {
+        Command::Remote(RemoteCmd::Add(args)) => remote::add(session, args).await,
+        Command::Remote(RemoteCmd::List { json }) => remote::list(session, json),
+        Command::Remote(RemoteCmd::Remove { name }) => remote::remove(session, &name),
+        Command::Cp(args) => copy::run(session, args, quiet, verbose).await,
+        Command::Ls {
+            long,
+            recursive,
+            json,
+            paths,
+        } => commands::ls(session, &paths, long, recursive, json).await,
+        Command::Stat { json, paths } => commands::stat(session, &paths, json).await,
+        Command::Cat { paths } => commands::cat(session, &paths).await,
+        Command::Put {
+            content_type,
+            if_match,
+            no_clobber,
+            json,
+            path,
+        } => commands::put(session, &path, content_type, if_match, no_clobber, json).await,
+        Command::Rm {
+            recursive,
+            force,
+            paths,
+        } => commands::rm(session, &paths, recursive, force).await,
+        Command::Mv { force, paths } => commands::mv(session, &paths, force).await,
+        Command::Mkdir { parents, paths } => commands::mkdir(session, &paths, parents).await,
+        Command::Token { json, remote } => commands::token(session, &remote, json).await,
+        Command::Keygen { .. } | Command::Completions { .. } | Command::Shell { .. } => {
+            unreachable!("handled before the runtime")
+        }
+    }
+}
+
+/// Prints `efs: error: …` and the hint, and returns the exit code.
+fn report(err: &anyhow::Error) -> ExitCode {
+    eprintln!("efs: error: {err:#}");
+    if let Some(hint) = exit::hint_of(err) {
+        eprintln!("efs: hint: {hint}");
+    }
+    ExitCode::from(exit::code_of(err))
+}
+
+/// Logs go to stderr: warnings by default, `EFS_LOG` (e.g. `debug`) to see more.
+fn init_tracing(verbose: bool) {
+    let default = if verbose { "info" } else { "warn" };
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EFS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}

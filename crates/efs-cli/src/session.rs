@@ -1,0 +1,192 @@
+//! One run of `efs`: the configuration, and an SDK client per remote used, built once with
+//! the remote's key, TLS trust and cached token. It also remembers which remotes were used,
+//! so that a TLS failure can be explained for the right one.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use efs_client::{Client, RetryPolicy, Trust};
+
+use crate::config::{self, Config, Dirs, Remote};
+use crate::exit::{self, fail_hint};
+
+pub(crate) struct Session {
+    pub dirs: Dirs,
+    pub config: Config,
+    clients: Mutex<HashMap<String, Client>>,
+    used: Mutex<Vec<String>>,
+}
+
+impl Session {
+    pub fn load() -> Result<Session> {
+        let dirs = Dirs::from_env()?;
+        let config = Config::load(&dirs)?;
+        Ok(Session {
+            dirs,
+            config,
+            clients: Mutex::new(HashMap::new()),
+            used: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The configuration of remote `name`, or a usage error that says how to add it.
+    pub fn remote(&self, name: &str) -> Result<&Remote> {
+        self.config.remotes.get(name).ok_or_else(|| {
+            let known: Vec<&str> = self.config.remotes.keys().map(String::as_str).collect();
+            let hint = if known.is_empty() {
+                "add one: efs remote add NAME https://HOST:PORT --user USER".to_owned()
+            } else {
+                format!(
+                    "configured remotes: {} (efs remote list); a local path with a colon is written ./{name}:…",
+                    known.join(", ")
+                )
+            };
+            fail_hint(exit::USAGE, format!("no remote named '{name}'"), hint)
+        })
+    }
+
+    /// The client of remote `name` (built on first use).
+    pub async fn client(&self, name: &str) -> Result<Client> {
+        if let Some(c) = self.clients.lock().expect("not poisoned").get(name) {
+            return Ok(c.clone());
+        }
+        let remote = self.remote(name)?.clone();
+        self.used
+            .lock()
+            .expect("not poisoned")
+            .push(name.to_owned());
+        let client = build_client(&self.dirs, name, &remote).await?;
+        self.clients
+            .lock()
+            .expect("not poisoned")
+            .insert(name.to_owned(), client.clone());
+        Ok(client)
+    }
+
+    /// After a TLS failure: for each remote used, says whether its certificate changed
+    /// (pinned remotes: the server now presents another fingerprint) — the ssh-style warning.
+    pub async fn explain_tls_failure(&self) {
+        let used: Vec<String> = self.used.lock().expect("not poisoned").clone();
+        for name in used {
+            let Some(remote) = self.config.remotes.get(&name) else {
+                continue;
+            };
+            if let Some(pinned) = &remote.fingerprint {
+                let fetched = tokio::time::timeout(
+                    Duration::from_secs(10),
+                    efs_client::fetch_server_certificate(&remote.url),
+                )
+                .await;
+                let presented = match fetched {
+                    Ok(Ok((_, fp))) => efs_client::format_fingerprint(&fp),
+                    _ => "(could not be read)".to_owned(),
+                };
+                let same = efs_client::parse_fingerprint(pinned)
+                    .ok()
+                    .is_some_and(|p| efs_client::format_fingerprint(&p) == presented);
+                if !same {
+                    eprintln!("{}", changed_warning(&name, remote, pinned, &presented));
+                }
+            } else if let Some(ca) = &remote.ca {
+                eprintln!(
+                    "efs: the certificate of remote '{name}' ({}) is not signed by the CA in {}.\n\
+                     If the server's certificate was replaced, get its new CA file or fingerprint from the operator, then\n  \
+                     efs remote remove {name}\n  efs remote add {name} {} --user {} --ca NEW.pem",
+                    remote.url,
+                    ca.display(),
+                    remote.url,
+                    remote.user
+                );
+            } else {
+                eprintln!(
+                    "efs: the certificate of remote '{name}' ({}) is not trusted by the system's roots.\n\
+                     For a self-signed server certificate, add the remote again with --ca FILE or --fingerprint HEX.",
+                    remote.url
+                );
+            }
+        }
+    }
+}
+
+/// The warning for a pinned certificate that changed, after ssh's "REMOTE HOST
+/// IDENTIFICATION HAS CHANGED".
+fn changed_warning(name: &str, remote: &Remote, pinned: &str, presented: &str) -> String {
+    let bar = "@".repeat(62);
+    format!(
+        "{bar}\n\
+         @    WARNING: THE CERTIFICATE OF REMOTE '{name}' HAS CHANGED!\n\
+         {bar}\n\
+         IT IS POSSIBLE THAT SOMEONE IS DOING SOMETHING NASTY!\n\
+         Someone could be eavesdropping on you right now (man-in-the-middle attack),\n\
+         or the server's TLS certificate was replaced.\n\
+         Remote:              {name} ({url})\n\
+         Pinned fingerprint:  {pinned}\n\
+         Server presents:     {presented}\n\
+         Nothing was sent to the server. If you expected this change, check the new fingerprint\n\
+         with the operator (the server prints it at start), then run:\n  \
+         efs remote remove {name}\n  \
+         efs remote add {name} {url} --user {user} --fingerprint NEW-FINGERPRINT",
+        url = remote.url,
+        user = remote.user,
+    )
+}
+
+/// The trust a remote's configuration asks for.
+pub(crate) fn trust_of(remote: &Remote) -> Result<Trust> {
+    if let Some(fp) = &remote.fingerprint {
+        let fp =
+            efs_client::parse_fingerprint(fp).context("the remote's fingerprint in config.toml")?;
+        return Ok(Trust::Fingerprint(fp));
+    }
+    if let Some(ca) = &remote.ca {
+        let pem =
+            std::fs::read(ca).with_context(|| format!("reading the CA file {}", ca.display()))?;
+        return Ok(Trust::CaPem(pem));
+    }
+    Ok(Trust::System)
+}
+
+/// Retries: the SDK's default policy, or `EFS_MAX_ATTEMPTS` attempts (at least 1).
+fn retry_policy() -> RetryPolicy {
+    let mut policy = RetryPolicy::default();
+    if let Some(n) = std::env::var("EFS_MAX_ATTEMPTS")
+        .ok()
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        policy.max_attempts = n.max(1);
+    }
+    policy
+}
+
+async fn build_client(dirs: &Dirs, name: &str, remote: &Remote) -> Result<Client> {
+    let signer = efs_client::load_signer(&remote.key)
+        .await
+        .with_context(|| {
+            format!(
+                "loading the key {} of remote '{name}'",
+                remote.key.display()
+            )
+        })?;
+    let mut builder = Client::builder(&remote.url)
+        .user(remote.user.clone())
+        .signer(signer)
+        .trust(trust_of(remote)?)
+        .retry(retry_policy());
+    if let Some(fs) = &remote.fs {
+        builder = builder.fs(fs.clone());
+    }
+    if let Some(token) = config::load_token(dirs, name, remote) {
+        builder = builder.cached_token(token);
+    }
+    let (dirs2, name2, remote2) = (dirs.clone(), name.to_owned(), remote.clone());
+    builder = builder.on_token(Arc::new(move |t| {
+        if let Err(e) = config::store_token(&dirs2, &name2, &remote2, t) {
+            tracing::warn!("could not cache the token of remote '{name2}': {e:#}");
+        }
+    }));
+    builder
+        .build()
+        .with_context(|| format!("setting up remote '{name}'"))
+}

@@ -1,0 +1,251 @@
+//! What is at a path, local or remote: one entry (`stat`) or a whole tree (`walk`), in one
+//! shape, so that copying and syncing compare like with like.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::{Context, Result};
+use efs_client::{Client, Entry, EntryType};
+use futures_util::StreamExt;
+use futures_util::stream::FuturesUnordered;
+
+use crate::location;
+
+/// How many directory listings a remote walk runs at the same time.
+const LIST_CONCURRENCY: usize = 8;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    File,
+    Dir,
+}
+
+/// One file or directory.
+#[derive(Clone, Debug)]
+pub(crate) struct Meta {
+    pub kind: Kind,
+    pub size: u64,
+    /// Modification time (local) or time the content was written (remote).
+    pub modified: Option<SystemTime>,
+    /// Remote files: the stored Content-Type.
+    pub content_type: Option<String>,
+    /// Remote files: the version's ETag.
+    pub etag: Option<String>,
+}
+
+impl Meta {
+    pub fn from_entry(e: &Entry) -> Meta {
+        Meta {
+            kind: if e.kind == EntryType::Dir {
+                Kind::Dir
+            } else {
+                Kind::File
+            },
+            size: e.size,
+            modified: parse_time(&e.modified),
+            content_type: e.content_type.clone(),
+            etag: e.etag.clone(),
+        }
+    }
+
+    fn from_fs(m: &std::fs::Metadata) -> Meta {
+        Meta {
+            kind: if m.is_dir() { Kind::Dir } else { Kind::File },
+            size: if m.is_dir() { 0 } else { m.len() },
+            modified: m.modified().ok(),
+            content_type: None,
+            etag: None,
+        }
+    }
+
+    /// Whole seconds since the epoch (times before it count as 0).
+    pub fn modified_secs(&self) -> Option<u64> {
+        self.modified.map(|t| {
+            t.duration_since(UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0)
+        })
+    }
+}
+
+/// An RFC 3339 time as the server writes it.
+pub(crate) fn parse_time(s: &str) -> Option<SystemTime> {
+    let t = time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339).ok()?;
+    let nanos = t.unix_timestamp_nanos();
+    if nanos < 0 {
+        return Some(UNIX_EPOCH);
+    }
+    let nanos = u64::try_from(nanos).ok()?;
+    Some(UNIX_EPOCH + Duration::from_nanos(nanos))
+}
+
+/// A tree below some root: relative path (`a/b.txt`, `/`-separated) → entry. Directories
+/// are included; the root itself is not.
+pub(crate) type Tree = BTreeMap<String, Meta>;
+
+/// The local entry at `path` (following a symbolic link), or `None` if nothing is there.
+pub(crate) fn stat_local(path: &Path) -> Result<Option<Meta>> {
+    match std::fs::metadata(path) {
+        Ok(m) => Ok(Some(Meta::from_fs(&m))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+/// The remote entry at `path`, or `None` if nothing is there.
+pub(crate) async fn stat_remote(client: &Client, path: &str) -> Result<Option<Meta>> {
+    if path == "/" {
+        return Ok(Some(Meta {
+            kind: Kind::Dir,
+            size: 0,
+            modified: None,
+            content_type: None,
+            etag: None,
+        }));
+    }
+    match client.stat(path).await {
+        Ok(e) => Ok(Some(Meta::from_entry(&e))),
+        Err(efs_client::Error::NotFound) => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {path}")),
+    }
+}
+
+/// Every file and directory below the local directory `root`. Symbolic links to files are
+/// followed; links to directories are skipped (they can loop), as are sockets and FIFOs,
+/// with a warning.
+pub(crate) async fn walk_local(root: PathBuf) -> Result<Tree> {
+    tokio::task::spawn_blocking(move || {
+        let mut tree = Tree::new();
+        let mut stack = vec![(root, String::new())];
+        while let Some((dir, rel)) = stack.pop() {
+            let rd =
+                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            for item in rd {
+                let item = item.with_context(|| format!("reading {}", dir.display()))?;
+                let Some(name) = item.file_name().to_str().map(str::to_owned) else {
+                    tracing::warn!("skipping {}: the name is not UTF-8", item.path().display());
+                    continue;
+                };
+                let path = item.path();
+                let ft = item
+                    .file_type()
+                    .with_context(|| format!("reading {}", path.display()))?;
+                let r = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                let meta = if ft.is_symlink() {
+                    match std::fs::metadata(&path) {
+                        Ok(m) if m.is_file() => m,
+                        Ok(_) => {
+                            tracing::warn!("skipping {}: a link to a directory", path.display());
+                            continue;
+                        }
+                        Err(_) => {
+                            tracing::warn!("skipping {}: a dangling link", path.display());
+                            continue;
+                        }
+                    }
+                } else {
+                    item.metadata()
+                        .with_context(|| format!("reading {}", path.display()))?
+                };
+                if meta.is_dir() {
+                    stack.push((path, r.clone()));
+                } else if !meta.is_file() {
+                    tracing::warn!("skipping {}: not a regular file", path.display());
+                    continue;
+                }
+                tree.insert(r, Meta::from_fs(&meta));
+            }
+        }
+        Ok(tree)
+    })
+    .await
+    .context("walking a local directory")?
+}
+
+/// Every file and directory below the remote directory `root`, listing up to
+/// [`LIST_CONCURRENCY`] directories at a time.
+pub(crate) async fn walk_remote(client: &Client, root: &str) -> Result<Tree> {
+    let mut tree = Tree::new();
+    let mut waiting = vec![String::new()];
+    let mut running = FuturesUnordered::new();
+    loop {
+        while running.len() < LIST_CONCURRENCY
+            && let Some(rel) = waiting.pop()
+        {
+            let dir = if rel.is_empty() {
+                root.to_owned()
+            } else {
+                location::join(root, &rel)
+            };
+            let client = client.clone();
+            running.push(async move {
+                let entries = client
+                    .list(&dir)
+                    .await
+                    .with_context(|| format!("listing {dir}"))?;
+                anyhow::Ok((rel, entries))
+            });
+        }
+        let Some(done) = running.next().await else {
+            break;
+        };
+        let (rel, entries) = done?;
+        for e in entries {
+            let r = if rel.is_empty() {
+                e.name.clone()
+            } else {
+                format!("{rel}/{}", e.name)
+            };
+            let meta = Meta::from_entry(&e);
+            if meta.kind == Kind::Dir {
+                waiting.push(r.clone());
+            }
+            tree.insert(r, meta);
+        }
+    }
+    Ok(tree)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_server_times() {
+        let t = parse_time("2026-11-27T10:00:01.250Z").unwrap();
+        assert_eq!(
+            t.duration_since(UNIX_EPOCH).unwrap(),
+            Duration::from_millis(1_795_773_601_250)
+        );
+        assert!(parse_time("yesterday").is_none());
+        let m = Meta {
+            kind: Kind::File,
+            size: 1,
+            modified: Some(t),
+            content_type: None,
+            etag: None,
+        };
+        assert_eq!(m.modified_secs(), Some(1_795_773_601));
+    }
+
+    #[tokio::test]
+    async fn walks_a_local_tree() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(d.path().join("a/b")).unwrap();
+        std::fs::create_dir_all(d.path().join("empty")).unwrap();
+        std::fs::write(d.path().join("a/b/x.txt"), b"xyz").unwrap();
+        std::fs::write(d.path().join("top"), b"").unwrap();
+        std::os::unix::fs::symlink(d.path().join("a"), d.path().join("loop")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("top"), d.path().join("link")).unwrap();
+        let t = walk_local(d.path().to_path_buf()).await.unwrap();
+        let names: Vec<&str> = t.keys().map(String::as_str).collect();
+        assert_eq!(names, ["a", "a/b", "a/b/x.txt", "empty", "link", "top"]);
+        assert_eq!(t["a/b/x.txt"].size, 3);
+        assert_eq!(t["a"].kind, Kind::Dir);
+    }
+}

@@ -1,0 +1,321 @@
+//! `efs cp` against a real server: the seed's examples, directories both ways, remote to
+//! remote, several files, and `--sync` with changes, deletions, `--no-delete`, `--dry-run`
+//! and a second run that moves nothing.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::Env;
+
+/// Every file below `dir`: relative path → content.
+fn local_tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().to_string_lossy().into_owned();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// Every file below a remote directory: relative path → content.
+fn remote_tree(env: &Env, dir: &str) -> BTreeMap<String, Vec<u8>> {
+    let listing = env.ok(&["ls", "-R", dir]);
+    listing
+        .lines()
+        .filter(|l| !l.ends_with('/'))
+        .map(|rel| (rel.to_owned(), env.cat(&format!("{dir}/{rel}"))))
+        .collect()
+}
+
+#[test]
+fn the_seeds_examples_work() {
+    let env = Env::new();
+    let doc = env.write("Important-Document.pdf", b"%PDF-1.4 important");
+    // efs cp ./Important-Document.pdf drive:/Documents/
+    env.ok(&["cp", "./Important-Document.pdf", "drive:/Documents/"]);
+    assert_eq!(
+        env.ok(&["ls", "drive:/Documents"]),
+        "Important-Document.pdf\n"
+    );
+    assert_eq!(
+        env.cat("drive:/Documents/Important-Document.pdf"),
+        std::fs::read(&doc).unwrap()
+    );
+
+    // efs cp --sync --no-delete drive:/Documents ./Documents
+    env.write("Documents/mine-only.txt", b"stays");
+    let out = env.ok(&[
+        "cp",
+        "--sync",
+        "--no-delete",
+        "drive:/Documents",
+        "./Documents",
+    ]);
+    assert!(out.contains("sync: 1 copied"), "{out}");
+    let tree = local_tree(&env.path("Documents"));
+    assert_eq!(tree["Important-Document.pdf"], b"%PDF-1.4 important");
+    assert_eq!(tree["mine-only.txt"], b"stays");
+    // The download carries the remote modification time, so nothing moves the second time.
+    let out = env.ok(&[
+        "cp",
+        "--sync",
+        "--no-delete",
+        "drive:/Documents",
+        "./Documents",
+    ]);
+    assert!(
+        out.contains("sync: 0 copied (0 B), 0 deleted, 1 unchanged"),
+        "{out}"
+    );
+}
+
+#[test]
+fn sync_up_copies_changes_deletes_extras_and_then_nothing() {
+    let env = Env::new();
+    env.write("site/index.html", b"<h1>hi</h1>");
+    env.write("site/a.txt", b"aaaa");
+    env.write("site/b.txt", b"bbbb");
+    env.write("site/sub/c.txt", b"cccc");
+    std::fs::create_dir_all(env.path("site/empty")).unwrap();
+
+    // First sync copies everything, the empty directory included.
+    let out = env.ok(&["cp", "--sync", "site", "drive:/www"]);
+    assert!(out.contains("sync: 4 copied"), "{out}");
+    assert!(out.contains("0 deleted, 0 unchanged"), "{out}");
+    assert_eq!(
+        remote_tree(&env, "drive:/www"),
+        local_tree(&env.path("site"))
+    );
+    assert!(env.ok(&["ls", "drive:/www"]).contains("empty/"));
+
+    // Nothing changed: nothing moves, and a dry run lists nothing.
+    let out = env.ok(&["cp", "--sync", "site", "drive:/www"]);
+    assert!(
+        out.contains("sync: 0 copied (0 B), 0 deleted, 4 unchanged"),
+        "{out}"
+    );
+    let dry = env.ok(&["cp", "--sync", "--dry-run", "site", "drive:/www"]);
+    assert_eq!(
+        dry,
+        "dry run: would copy 0 files (0 B), delete 0, 4 unchanged\n"
+    );
+
+    // Change one file, delete one, add one.
+    env.write("site/a.txt", b"a changed, longer");
+    std::fs::remove_file(env.path("site/b.txt")).unwrap();
+    env.write("site/sub/new.txt", b"new");
+    let dry = env.ok(&["cp", "--sync", "--dry-run", "site", "drive:/www"]);
+    assert!(
+        dry.contains("would copy site/a.txt -> drive:/www/a.txt"),
+        "{dry}"
+    );
+    assert!(
+        dry.contains("would copy site/sub/new.txt -> drive:/www/sub/new.txt"),
+        "{dry}"
+    );
+    assert!(dry.contains("would delete drive:/www/b.txt"), "{dry}");
+    assert!(dry.contains("dry run: would copy 2 files"), "{dry}");
+    // The dry run changed nothing.
+    assert_eq!(env.cat("drive:/www/a.txt"), b"aaaa");
+
+    // --no-delete: the changes arrive, the extra stays.
+    let out = env.ok(&["cp", "--sync", "--no-delete", "site", "drive:/www"]);
+    assert!(
+        out.contains("sync: 2 copied") && out.contains("0 deleted"),
+        "{out}"
+    );
+    assert_eq!(env.cat("drive:/www/a.txt"), b"a changed, longer");
+    assert_eq!(env.cat("drive:/www/b.txt"), b"bbbb");
+    // Without it, the extra goes.
+    let out = env.ok(&["cp", "--sync", "-v", "site", "drive:/www"]);
+    assert!(
+        out.contains("sync: 0 copied (0 B), 1 deleted, 4 unchanged"),
+        "{out}"
+    );
+    env.fails(&["stat", "drive:/www/b.txt"], 3);
+    assert_eq!(
+        remote_tree(&env, "drive:/www"),
+        local_tree(&env.path("site"))
+    );
+    // And the next sync moves nothing.
+    let out = env.ok(&["cp", "--sync", "site", "drive:/www"]);
+    assert!(
+        out.contains("sync: 0 copied (0 B), 0 deleted, 4 unchanged"),
+        "{out}"
+    );
+
+    // A directory replaced by a file (and the reverse) at the source.
+    std::fs::remove_dir_all(env.path("site/sub")).unwrap();
+    env.write("site/sub", b"now a file");
+    let out = env.ok(&["cp", "--sync", "site", "drive:/www"]);
+    assert!(out.contains("sync: 1 copied"), "{out}");
+    assert_eq!(env.cat("drive:/www/sub"), b"now a file");
+    assert_eq!(
+        remote_tree(&env, "drive:/www"),
+        local_tree(&env.path("site"))
+    );
+}
+
+#[test]
+fn sync_down_mirrors_the_remote() {
+    let env = Env::new();
+    for (p, d) in [
+        ("x/1.txt", "one"),
+        ("x/2.txt", "two"),
+        ("x/deep/3.txt", "three"),
+    ] {
+        assert!(
+            env.efs_input(&["put", &format!("drive:/{p}")], d.as_bytes())
+                .status
+                .success()
+        );
+    }
+    let out = env.ok(&["cp", "--sync", "drive:/x", "mirror"]);
+    assert!(out.contains("sync: 3 copied"), "{out}");
+    assert_eq!(
+        local_tree(&env.path("mirror")),
+        remote_tree(&env, "drive:/x")
+    );
+    let out = env.ok(&["cp", "--sync", "drive:/x", "mirror"]);
+    assert!(
+        out.contains("sync: 0 copied (0 B), 0 deleted, 3 unchanged"),
+        "{out}"
+    );
+
+    // A change at the source, a local edit (same size), a local extra.
+    assert!(
+        env.efs_input(&["put", "drive:/x/2.txt"], b"two, changed")
+            .status
+            .success()
+    );
+    env.write("mirror/1.txt", b"ONE");
+    let past = std::time::SystemTime::now() - std::time::Duration::from_secs(3600);
+    std::fs::File::options()
+        .write(true)
+        .open(env.path("mirror/1.txt"))
+        .unwrap()
+        .set_modified(past)
+        .unwrap();
+    env.write("mirror/extra.txt", b"extra");
+    let out = env.ok(&["cp", "--sync", "--no-delete", "drive:/x", "mirror"]);
+    assert!(
+        out.contains("sync: 2 copied") && out.contains("0 deleted"),
+        "{out}"
+    );
+    assert!(env.path("mirror/extra.txt").exists());
+    let out = env.ok(&["cp", "--sync", "drive:/x", "mirror"]);
+    assert!(
+        out.contains("sync: 0 copied (0 B), 1 deleted, 3 unchanged"),
+        "{out}"
+    );
+    assert_eq!(
+        local_tree(&env.path("mirror")),
+        remote_tree(&env, "drive:/x")
+    );
+}
+
+#[test]
+fn recursive_copies_both_ways_and_remote_to_remote() {
+    let env = Env::new();
+    env.write("tree/a.txt", b"a");
+    env.write("tree/d1/b.bin", &vec![7u8; 3 * 1024 * 1024]);
+    env.write("tree/d1/d2/c.txt", b"c");
+    std::fs::create_dir_all(env.path("tree/void")).unwrap();
+
+    // A directory without -r is a usage error.
+    let err = env.fails(&["cp", "tree", "drive:/up/"], 2);
+    assert!(err.contains("-r"), "{err}");
+    // Up: into the existing-or-named directory, as cp -r does.
+    env.ok(&["cp", "-r", "-j", "2", "tree", "drive:/up/"]);
+    assert_eq!(
+        remote_tree(&env, "drive:/up/tree"),
+        local_tree(&env.path("tree"))
+    );
+    assert!(env.ok(&["ls", "drive:/up/tree"]).contains("void/"));
+    // Down, to a new directory: it becomes the copy.
+    env.ok(&["cp", "-r", "drive:/up/tree", "down"]);
+    assert_eq!(local_tree(&env.path("down")), local_tree(&env.path("tree")));
+    assert!(env.path("down/void").is_dir());
+    // Down into an existing directory: a subdirectory.
+    env.ok(&["cp", "-r", "drive:/up/tree", "down"]);
+    assert_eq!(
+        local_tree(&env.path("down/tree")),
+        local_tree(&env.path("tree"))
+    );
+
+    // Remote to remote: within a remote, and to another filesystem of another user.
+    env.ok(&["cp", "drive:/up/tree/d1/b.bin", "drive:/copies/b.bin"]);
+    assert_eq!(env.cat("drive:/copies/b.bin"), vec![7u8; 3 * 1024 * 1024]);
+    env.add_fs_user("archive", "archive", "bob");
+    env.ok(&["cp", "-r", "drive:/up/tree", "archive:/backup/"]);
+    assert_eq!(
+        remote_tree(&env, "archive:/backup/tree"),
+        local_tree(&env.path("tree"))
+    );
+    let out = env.ok(&["cp", "--sync", "drive:/up/tree", "archive:/backup/tree"]);
+    assert!(
+        out.contains("sync: 0 copied (0 B), 0 deleted, 3 unchanged"),
+        "{out}"
+    );
+
+    // Several sources into a directory; a missing source fails (3), the others are copied.
+    env.write("m1.txt", b"1");
+    env.write("m2.txt", b"2");
+    env.ok(&["cp", "m1.txt", "m2.txt", "drive:/multi"]);
+    assert_eq!(env.ok(&["ls", "drive:/multi"]), "m1.txt\nm2.txt\n");
+    env.fails(&["cp", "m1.txt", "missing.txt", "drive:/multi2/"], 3);
+    assert_eq!(env.ok(&["ls", "drive:/multi2"]), "m1.txt\n");
+    // Download of one file into the current directory, and to a named file.
+    env.ok(&["cp", "drive:/multi/m2.txt", "."]);
+    assert_eq!(std::fs::read(env.path("m2.txt")).unwrap(), b"2");
+    env.ok(&["cp", "drive:/multi/m1.txt", "renamed.txt"]);
+    assert_eq!(std::fs::read(env.path("renamed.txt")).unwrap(), b"1");
+    env.fails(&["cp", "drive:/multi/none.txt", "."], 3);
+}
+
+#[test]
+fn progress_shows_on_a_terminal_only() {
+    let env = Env::new();
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("script(1) is not installed: skipped");
+        return;
+    }
+    env.write("two.bin", &vec![1u8; 2 * 1024 * 1024]);
+    let run = |extra: &str| {
+        let out = env
+            .under_terminal(&format!("{} cp {extra} two.bin drive:/p/", common::EFS))
+            .env("TERM", "xterm")
+            .stdin(std::process::Stdio::piped())
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let drawn = run("");
+    assert!(
+        drawn.contains("/2.00 MiB") && drawn.contains("1 files"),
+        "{drawn:?}"
+    );
+    assert_eq!(run("-q"), "");
+    // Not a terminal: nothing either.
+    let out = env.efs(&["cp", "two.bin", "drive:/p/again.bin"]);
+    assert!(
+        out.status.success() && out.stdout.is_empty() && out.stderr.is_empty(),
+        "{out:?}"
+    );
+}

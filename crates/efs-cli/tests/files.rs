@@ -1,0 +1,236 @@
+//! The one-call commands against a real server: put, cat, stat, ls, mkdir, mv, rm.
+
+mod common;
+
+use std::io::Read;
+use std::process::Stdio;
+
+use common::{Env, assert_code, assert_ok};
+
+#[test]
+fn put_and_cat_stream_through_stdin_and_stdout() {
+    let env = Env::new();
+    // 3 MiB + 1 byte of varied content: several segments, not a round size.
+    let data: Vec<u8> = (0..3 * 1024 * 1024 + 1)
+        .map(|i| (i * 7 % 251) as u8)
+        .collect();
+    let out = env.efs_input(&["put", "drive:/blobs/data.bin"], &data);
+    assert_ok(&["put"], &out);
+    assert_eq!(env.cat("drive:/blobs/data.bin"), data);
+    // Empty input is an empty file.
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/empty"], b""));
+    assert_eq!(env.cat("drive:/empty"), b"");
+    // Several files in a row.
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/a.txt"], b"A"));
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/b.txt"], b"B"));
+    let out = env.ok(&["cat", "drive:/a.txt", "drive:/b.txt"]);
+    assert_eq!(out, "AB");
+    // The Content-Type follows the extension unless given.
+    let j: serde_json::Value =
+        serde_json::from_str(&env.ok(&["stat", "--json", "drive:/a.txt"])).unwrap();
+    assert!(
+        j["content_type"]
+            .as_str()
+            .unwrap()
+            .starts_with("text/plain"),
+        "{j}"
+    );
+
+    // --json prints the stored entry; --no-clobber refuses an existing file (5).
+    let out = env.efs_input(
+        &[
+            "put",
+            "--json",
+            "--content-type",
+            "text/x-test",
+            "drive:/c.txt",
+        ],
+        b"C",
+    );
+    let entry: serde_json::Value = serde_json::from_str(&assert_ok(&["put"], &out)).unwrap();
+    assert_eq!(entry["size"], 1);
+    let etag = entry["etag"].as_str().unwrap().to_owned();
+    let out = env.efs_input(&["put", "--no-clobber", "drive:/c.txt"], b"X");
+    assert_code(&["put", "--no-clobber"], &out, 5);
+    // --if-match: the right ETag replaces, a stale one is refused (5).
+    let out = env.efs_input(&["put", "--if-match", &etag, "drive:/c.txt"], b"CC");
+    assert_ok(&["put", "--if-match"], &out);
+    let out = env.efs_input(&["put", "--if-match", &etag, "drive:/c.txt"], b"CCC");
+    assert_code(&["put", "--if-match"], &out, 5);
+    assert_eq!(env.cat("drive:/c.txt"), b"CC");
+    // A directory path is a usage error.
+    assert_code(&["put"], &env.efs_input(&["put", "drive:/dir/"], b"x"), 2);
+    // Missing: 3.
+    let err = env.fails(&["cat", "drive:/nope.txt"], 3);
+    assert!(
+        err.contains("efs: error:") && err.contains("/nope.txt"),
+        "{err}"
+    );
+}
+
+#[test]
+fn cat_into_a_closed_pipe_is_success() {
+    let env = Env::new();
+    let data = vec![b'x'; 8 * 1024 * 1024];
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/big.txt"], &data));
+    // As `efs cat drive:/big.txt | head -c 10`: read a little, close the pipe.
+    let mut child = env
+        .cmd(&["cat", "drive:/big.txt"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut head = [0u8; 10];
+    stdout.read_exact(&mut head).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(&head, b"xxxxxxxxxx");
+    assert!(
+        out.status.success(),
+        "exit {:?}: {}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn stat_ls_mkdir_mv_rm() {
+    let env = Env::new();
+    env.write("report.pdf", b"%PDF-1.7 not really");
+    env.ok(&["cp", "report.pdf", "drive:/Documents/"]);
+    env.ok(&["mkdir", "drive:/Documents/2026"]);
+    env.ok(&["mkdir", "-p", "drive:/Documents/2026/q1/jan"]);
+    env.ok(&["mkdir", "-p", "drive:/Documents/2026/q1"]); // exists: fine with -p
+    env.fails(&["mkdir", "drive:/Documents/2026"], 5); // exists
+    env.fails(&["mkdir", "drive:/no/such/parent"], 3);
+
+    // stat, text and JSON.
+    let out = env.ok(&["stat", "drive:/Documents/report.pdf"]);
+    assert!(out.contains("type:          file"), "{out}");
+    assert!(out.contains("size:          19"), "{out}");
+    assert!(out.contains("content-type:  application/pdf"), "{out}");
+    let j: serde_json::Value =
+        serde_json::from_str(&env.ok(&["stat", "--json", "drive:/Documents/report.pdf"])).unwrap();
+    assert_eq!(j["type"], "file");
+    assert_eq!(j["size"], 19);
+    assert_eq!(j["path"], "/Documents/report.pdf");
+    assert!(j["etag"].as_str().unwrap().starts_with('"'));
+    let j: serde_json::Value =
+        serde_json::from_str(&env.ok(&["stat", "--json", "drive:/Documents"])).unwrap();
+    assert_eq!(j["type"], "dir");
+    env.fails(&["stat", "drive:/Documents/none"], 3);
+
+    // ls: plain, long, recursive, JSON; a file lists as itself.
+    assert_eq!(env.ok(&["ls", "drive:/Documents"]), "2026/\nreport.pdf\n");
+    assert_eq!(env.ok(&["ls", "drive:"]), "Documents/\n");
+    let long = env.ok(&["ls", "-l", "drive:/Documents"]);
+    let lines: Vec<&str> = long.lines().collect();
+    assert!(
+        lines[0].starts_with("d ") && lines[0].ends_with("  2026/"),
+        "{long}"
+    );
+    assert!(
+        lines[1].starts_with("- ")
+            && lines[1].contains(" 19  ")
+            && lines[1].ends_with("  report.pdf"),
+        "{long}"
+    );
+    assert_eq!(
+        env.ok(&["ls", "-R", "drive:/Documents"]),
+        "2026/\n2026/q1/\n2026/q1/jan/\nreport.pdf\n"
+    );
+    let j: serde_json::Value =
+        serde_json::from_str(&env.ok(&["ls", "--json", "-R", "drive:/Documents"])).unwrap();
+    let paths: Vec<&str> = j
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        [
+            "/Documents/2026",
+            "/Documents/2026/q1",
+            "/Documents/2026/q1/jan",
+            "/Documents/report.pdf"
+        ]
+    );
+    assert_eq!(
+        env.ok(&["ls", "drive:/Documents/report.pdf"]),
+        "report.pdf\n"
+    );
+    env.fails(&["ls", "drive:/missing"], 3);
+
+    // mv: rename, into a directory, an existing destination (5 unless -f).
+    env.ok(&[
+        "mv",
+        "drive:/Documents/report.pdf",
+        "drive:/Documents/final.pdf",
+    ]);
+    env.ok(&["mv", "drive:/Documents/final.pdf", "drive:/Documents/2026/"]);
+    assert_eq!(env.ok(&["ls", "drive:/Documents/2026"]), "final.pdf\nq1/\n");
+    assert_ok(
+        &["put"],
+        &env.efs_input(&["put", "drive:/other.pdf"], b"other"),
+    );
+    env.fails(
+        &["mv", "drive:/other.pdf", "drive:/Documents/2026/final.pdf"],
+        5,
+    );
+    env.ok(&[
+        "mv",
+        "-f",
+        "drive:/other.pdf",
+        "drive:/Documents/2026/final.pdf",
+    ]);
+    assert_eq!(env.cat("drive:/Documents/2026/final.pdf"), b"other");
+    env.fails(&["mv", "drive:/gone", "drive:/x"], 3);
+
+    // rm: a non-empty directory needs -r (5); missing is 3 unless -f.
+    env.fails(&["rm", "drive:/Documents/2026"], 5);
+    env.ok(&["rm", "drive:/Documents/2026/final.pdf"]);
+    env.ok(&["rm", "-r", "drive:/Documents/2026"]);
+    assert_eq!(env.ok(&["ls", "drive:/Documents"]), "");
+    env.fails(&["rm", "drive:/Documents/2026"], 3);
+    env.ok(&["rm", "-f", "drive:/Documents/2026"]);
+    env.fails(&["rm", "-r", "drive:/"], 2);
+}
+
+#[test]
+fn a_read_only_grant_writing_is_exit_4() {
+    let env = Env::new();
+    let key = env.path("reader_key");
+    env.ok(&["keygen", "-o", key.to_str().unwrap()]);
+    env.server.efsctl(&[
+        "create-user",
+        "reader",
+        "--fs",
+        "drive",
+        "--read-only",
+        "--pubkey",
+        &format!("{}.pub", key.display()),
+    ]);
+    env.ok(&[
+        "remote",
+        "add",
+        "ro",
+        &env.server.url,
+        "--user",
+        "reader",
+        "--key",
+        key.to_str().unwrap(),
+        "--ca",
+        env.server.cert().to_str().unwrap(),
+    ]);
+    assert_ok(
+        &["put"],
+        &env.efs_input(&["put", "drive:/shared.txt"], b"shared"),
+    );
+    assert_eq!(env.cat("ro:/shared.txt"), b"shared");
+    let out = env.efs_input(&["put", "ro:/mine.txt"], b"nope");
+    let err = assert_code(&["put"], &out, 4);
+    assert!(err.contains("efs: hint:"), "{err}");
+}

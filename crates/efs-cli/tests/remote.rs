@@ -1,0 +1,457 @@
+//! Keys, remotes and TLS trust, logins, tokens, exit codes: `efs keygen`, `efs remote`,
+//! `efs token`, against a real server.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+
+use common::{Env, Server, assert_code, assert_ok};
+
+#[test]
+fn keygen_writes_an_openssh_key_once() {
+    let env = Env::new();
+    let key = env.path("k/id_test");
+    let out = env.ok(&["keygen", "-o", key.to_str().unwrap(), "-C", "me@here"]);
+    let private = std::fs::read_to_string(&key).unwrap();
+    assert!(private.starts_with("-----BEGIN OPENSSH PRIVATE KEY-----"));
+    let mode = std::fs::metadata(&key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let public = std::fs::read_to_string(env.path("k/id_test.pub")).unwrap();
+    assert!(
+        public.starts_with("ssh-ed25519 AAAAC3NzaC1lZDI1NTE5")
+            && public.trim_end().ends_with(" me@here")
+    );
+    // The public line and the operator's command are printed.
+    assert!(out.contains(public.trim()), "{out}");
+    assert!(out.contains("efsctl create-user"), "{out}");
+    assert!(out.contains("SHA256:"), "{out}");
+    // Never overwritten.
+    let err = env.fails(&["keygen", "-o", key.to_str().unwrap()], 5);
+    assert!(err.contains("exists already"), "{err}");
+    assert_eq!(std::fs::read_to_string(&key).unwrap(), private);
+    // Default place: the configuration directory.
+    env.ok(&["keygen"]);
+    assert!(env.cfg().join("id_ed25519").exists());
+    assert!(env.cfg().join("id_ed25519.pub").exists());
+    // ssh-keygen reads it, when it is installed.
+    if let Ok(o) = Command::new("ssh-keygen").arg("-lf").arg(&key).output() {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    }
+}
+
+#[test]
+fn remotes_by_ca_fingerprint_and_accepted_fingerprint() {
+    let env = Env::new();
+    let key = env.key.to_str().unwrap();
+    let url = env.server.url.clone();
+    // --fingerprint: without colons, lower case.
+    let bare = env.server.fingerprint.replace(':', "").to_lowercase();
+    env.ok(&[
+        "remote",
+        "add",
+        "fp",
+        &url,
+        "--user",
+        "alice",
+        "--key",
+        key,
+        "--fingerprint",
+        &bare,
+    ]);
+    // --accept-fingerprint: pins what the server presents, without asking.
+    let out = env.efs(&[
+        "remote",
+        "add",
+        "tofu",
+        &url,
+        "--user",
+        "alice",
+        "--key",
+        key,
+        "--accept-fingerprint",
+    ]);
+    assert_ok(&["remote", "add"], &out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains(&env.server.fingerprint), "{err}");
+
+    for r in ["drive", "fp", "tofu"] {
+        env.ok(&["mkdir", "-p", &format!("{r}:/from-{r}")]);
+    }
+    let ls = env.ok(&["ls", "drive:/"]);
+    assert_eq!(ls, "from-drive/\nfrom-fp/\nfrom-tofu/\n");
+
+    let config = std::fs::read_to_string(env.cfg().join("config.toml")).unwrap();
+    assert!(config.contains("[remotes.tofu]"), "{config}");
+    assert!(
+        config.contains(&format!("fingerprint = \"{}\"", env.server.fingerprint)),
+        "{config}"
+    );
+    let mode = std::fs::metadata(env.cfg().join("config.toml"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+
+    let list = env.ok(&["remote", "list"]);
+    assert_eq!(list.lines().count(), 3, "{list}");
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["remote", "list", "--json"])).unwrap();
+    let names: Vec<&str> = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["drive", "fp", "tofu"]);
+    assert_eq!(json[1]["fingerprint"], env.server.fingerprint.as_str());
+    assert_eq!(json[0]["user"], "alice");
+
+    // A name in use is a conflict; a bad name or URL a usage error.
+    env.fails(
+        &[
+            "remote",
+            "add",
+            "fp",
+            &url,
+            "--user",
+            "alice",
+            "--accept-fingerprint",
+        ],
+        5,
+    );
+    env.fails(
+        &[
+            "remote",
+            "add",
+            "a.b",
+            &url,
+            "--user",
+            "alice",
+            "--accept-fingerprint",
+        ],
+        2,
+    );
+    env.fails(
+        &[
+            "remote",
+            "add",
+            "plain",
+            "http://127.0.0.1:1",
+            "--user",
+            "alice",
+            "--accept-fingerprint",
+        ],
+        2,
+    );
+
+    // Removal takes the cached token too.
+    assert!(env.cfg().join("tokens/fp.json").exists());
+    env.ok(&["remote", "remove", "fp"]);
+    assert!(!env.cfg().join("tokens/fp.json").exists());
+    env.fails(&["remote", "remove", "fp"], 3);
+    let err = env.fails(&["ls", "fp:/"], 2);
+    assert!(err.contains("no remote named 'fp'"), "{err}");
+}
+
+#[test]
+fn trust_on_first_use_refuses_without_a_terminal() {
+    let env = Env::new();
+    let key = env.key.to_str().unwrap();
+    let err = env.fails(
+        &[
+            "remote",
+            "add",
+            "x",
+            &env.server.url,
+            "--user",
+            "alice",
+            "--key",
+            key,
+        ],
+        6,
+    );
+    assert!(err.contains(&env.server.fingerprint), "{err}");
+    assert!(err.contains("--accept-fingerprint"), "{err}");
+    let config = std::fs::read_to_string(env.cfg().join("config.toml")).unwrap();
+    assert!(!config.contains("remotes.x"), "{config}");
+}
+
+#[test]
+fn trust_on_first_use_asks_on_a_terminal() {
+    let env = Env::new();
+    // `script` gives efs a terminal; the answer is typed into it.
+    let Ok(_) = Command::new("script").arg("--version").output() else {
+        eprintln!("script(1) is not installed: skipped");
+        return;
+    };
+    let key = env.key.to_str().unwrap();
+    let run = |name: &str, answer: &str| {
+        let cmd = format!(
+            "{} remote add {name} {} --user alice --key {key}",
+            common::EFS,
+            env.server.url
+        );
+        let mut child = env
+            .under_terminal(&cmd)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = common::drain(child.stdout.take().unwrap());
+        common::wait_for(&out, "Trust it? [y/N]", std::time::Duration::from_secs(30));
+        use std::io::Write;
+        child
+            .stdin
+            .as_mut()
+            .unwrap()
+            .write_all(answer.as_bytes())
+            .unwrap();
+        child.stdin.as_mut().unwrap().flush().unwrap();
+        let status = child.wait().unwrap();
+        let text = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
+        (status, text)
+    };
+    let (_, text) = run("no", "n\n");
+    assert!(text.contains(&env.server.fingerprint), "{text}");
+    let (status, text) = run("yes", "y\n");
+    assert!(status.success(), "{text}");
+    assert!(text.contains("Added remote 'yes'"), "{text}");
+    let config = std::fs::read_to_string(env.cfg().join("config.toml")).unwrap();
+    assert!(
+        config.contains("[remotes.yes]") && !config.contains("[remotes.no]"),
+        "{config}"
+    );
+    env.ok(&["ls", "yes:/"]);
+}
+
+#[test]
+fn a_changed_certificate_is_refused_with_a_warning() {
+    let env = Env::new();
+    let key = env.key.to_str().unwrap();
+    env.ok(&[
+        "remote",
+        "add",
+        "pinned",
+        &env.server.url,
+        "--user",
+        "alice",
+        "--key",
+        key,
+        "--accept-fingerprint",
+    ]);
+    env.ok(&["ls", "pinned:/"]);
+
+    // Another server (another certificate) now answers at the remote's URL.
+    let other = Server::start(env.tmp.path(), "d2");
+    let path = env.cfg().join("config.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, config.replace(&env.server.url, &other.url)).unwrap();
+
+    let err = env.fails(&["ls", "pinned:/"], 6);
+    assert!(
+        err.contains("WARNING: THE CERTIFICATE OF REMOTE 'pinned' HAS CHANGED!"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&env.server.fingerprint) && err.contains(&other.fingerprint),
+        "{err}"
+    );
+    assert!(err.contains("efs remote remove pinned"), "{err}");
+    assert!(err.contains("efs: error:"), "{err}");
+    // Trust by CA file: refused too, with its own explanation.
+    let err = env.fails(&["cat", "drive:/x"], 6);
+    assert!(err.contains("is not signed by the CA"), "{err}");
+    // Trusting the system's roots: a self-signed certificate is not trusted.
+    env.ok(&[
+        "remote",
+        "add",
+        "sys",
+        &env.server.url,
+        "--user",
+        "alice",
+        "--key",
+        key,
+        "--system-roots",
+    ]);
+    let err = env.fails(&["ls", "sys:/"], 6);
+    assert!(err.contains("not trusted by the system's roots"), "{err}");
+    // A fingerprint given at `remote add` is checked against what the server presents.
+    let err = env.fails(
+        &[
+            "remote",
+            "add",
+            "typo",
+            &other.url,
+            "--user",
+            "alice",
+            "--key",
+            key,
+            "--fingerprint",
+            &env.server.fingerprint,
+        ],
+        6,
+    );
+    assert!(err.contains(&other.fingerprint), "{err}");
+}
+
+#[test]
+fn a_wrong_key_is_refused_with_exit_4() {
+    let env = Env::new();
+    let other = env.path("mallory_key");
+    env.ok(&["keygen", "-o", other.to_str().unwrap()]);
+    let cert = env.server.cert();
+    env.ok(&[
+        "remote",
+        "add",
+        "wrong",
+        &env.server.url,
+        "--user",
+        "alice",
+        "--key",
+        other.to_str().unwrap(),
+        "--ca",
+        cert.to_str().unwrap(),
+    ]);
+    let err = env.fails(&["ls", "wrong:/"], 4);
+    assert!(
+        err.contains("efs: error:") && err.contains("login refused"),
+        "{err}"
+    );
+    assert!(err.contains("efs: hint:"), "{err}");
+    // A missing key file: exit 4 as well, naming the file.
+    env.ok(&[
+        "remote",
+        "add",
+        "nokey",
+        &env.server.url,
+        "--user",
+        "alice",
+        "--key",
+        "/nonexistent/key",
+        "--ca",
+        cert.to_str().unwrap(),
+    ]);
+    let err = env.fails(&["ls", "nokey:/"], 4);
+    assert!(err.contains("/nonexistent/key"), "{err}");
+}
+
+#[test]
+fn token_works_with_curl_and_is_cached_privately() {
+    let env = Env::new();
+    env.write("hello.txt", b"hello from efs\n");
+    env.ok(&["cp", "hello.txt", "drive:/greetings/"]);
+    let token = env.ok(&["token", "drive"]).trim().to_owned();
+    assert_eq!(token.split('.').count(), 3, "a JWT: {token}");
+    let out = Command::new("curl")
+        .args(["-sS", "--fail", "--cacert"])
+        .arg(env.server.cert())
+        .arg("-H")
+        .arg(format!("Authorization: Bearer {token}"))
+        .arg(format!("{}/greetings/hello.txt", env.server.url))
+        .output()
+        .expect("curl is installed (scripts/test.sh installs it)");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout, b"hello from efs\n");
+
+    let cached = env.cfg().join("tokens/drive.json");
+    let mode = std::fs::metadata(&cached).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    // The cached token is reused, not a new login per command.
+    let again = env.ok(&["token", "drive"]).trim().to_owned();
+    assert_eq!(again, token);
+    let json: serde_json::Value =
+        serde_json::from_str(&env.ok(&["token", "--json", "drive"])).unwrap();
+    assert_eq!(json["fs"], "drive");
+    assert!(json["expires_at_unix"].as_u64().unwrap() > 0);
+}
+
+#[test]
+fn exit_codes_for_usage_and_network() {
+    let env = Env::new();
+    // clap's usage errors and ours: 2.
+    env.fails(&["cp", "only-one"], 2);
+    env.fails(&["frobnicate"], 2);
+    let err = env.fails(&["cp", "a", "b"], 2);
+    assert!(err.contains("both local"), "{err}");
+    let err = env.fails(&["ls", "nowhere:/"], 2);
+    assert!(
+        err.contains("no remote named 'nowhere'") && err.contains("efs: hint:"),
+        "{err}"
+    );
+    env.fails(&["ls", "./local"], 2);
+    // Nothing listens there: a network failure once the retries are used up.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    env.ok(&[
+        "remote",
+        "add",
+        "down",
+        &format!("https://127.0.0.1:{port}"),
+        "--user",
+        "alice",
+        "--key",
+        env.key.to_str().unwrap(),
+        "--fingerprint",
+        &env.server.fingerprint,
+    ]);
+    let out = env
+        .cmd(&["ls", "down:/"])
+        .env("EFS_MAX_ATTEMPTS", "2")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    let err = assert_code(&["ls", "down:/"], &out, 7);
+    assert!(err.contains("efs: error:"), "{err}");
+    // --help and --version succeed.
+    let help = env.ok(&["--help"]);
+    assert!(
+        help.contains("Exit codes:") && help.contains("6  TLS trust failure"),
+        "{help}"
+    );
+    for cmd in [
+        "keygen",
+        "cp",
+        "ls",
+        "stat",
+        "cat",
+        "put",
+        "rm",
+        "mv",
+        "mkdir",
+        "token",
+        "shell",
+        "completions",
+    ] {
+        let h = env.ok(&[cmd, "--help"]);
+        assert!(
+            h.contains("Examples:"),
+            "efs {cmd} --help has no examples:\n{h}"
+        );
+    }
+    let h = env.ok(&["remote", "add", "--help"]);
+    assert!(
+        h.contains("Examples:") && h.contains("--accept-fingerprint"),
+        "{h}"
+    );
+}
+
+#[test]
+fn completions_are_generated() {
+    let env = Env::new();
+    let bash = env.ok(&["completions", "bash"]);
+    assert!(
+        bash.contains("_efs()") && bash.contains("complete"),
+        "{bash}"
+    );
+    let zsh = env.ok(&["completions", "zsh"]);
+    assert!(zsh.contains("#compdef efs"), "{zsh}");
+    env.fails(&["completions", "tcsh"], 2);
+}

@@ -1,0 +1,156 @@
+//! `efs shell` against a real server: driven through a pipe (rustyline then reads plain
+//! lines) and through a terminal (`script(1)`) for the prompt and Tab completion.
+
+mod common;
+
+use std::io::Write;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use common::{Env, assert_ok};
+
+#[test]
+fn shell_commands_through_a_pipe() {
+    let env = Env::new();
+    env.write("local.txt", b"from a local file\n");
+    let script = "\
+help
+pwd
+mkdir /notes
+cd notes
+pwd
+post hello.txt local.txt
+ls
+get hello.txt
+get hello.txt fetched.txt
+ls -l /
+cd /nope
+stat hello.txt
+clear-cache
+n
+clear-cache
+y
+mv hello.txt hi.txt
+rm hello.txt
+ls
+bogus
+post pasted.txt
+line one
+line two
+";
+    let out = env.efs_input(&["shell", "drive"], script.as_bytes());
+    let stdout = assert_ok(&["shell"], &out);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    // help
+    assert!(
+        stdout.contains("clear-cache") && stdout.contains("post PATH"),
+        "{stdout}"
+    );
+    // pwd before and after cd
+    assert!(stdout.contains("/\n/notes\n"), "{stdout}");
+    assert!(
+        stdout.contains("Encrypted and stored /notes/hello.txt"),
+        "{stdout}"
+    );
+    // ls, then get printing the content
+    assert!(
+        stdout.contains("hello.txt\nfrom a local file\n"),
+        "{stdout}"
+    );
+    assert_eq!(
+        std::fs::read(env.path("fetched.txt")).unwrap(),
+        b"from a local file\n"
+    );
+    assert!(stdout.contains("notes/"), "{stdout}");
+    // A failed command reports and the shell goes on.
+    assert!(stderr.contains("error:"), "{stderr}");
+    // clear-cache asks as the seed does; "n" keeps, "y" clears.
+    let cache = env.path("cache/efs");
+    assert!(
+        stdout.contains(&format!("`rm -rf {}/shell-", cache.display())),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("will be performed. Continue ? (y/N) : "),
+        "{stdout}"
+    );
+    assert!(stdout.contains("Nothing deleted."), "{stdout}");
+    assert!(stdout.contains("Cache cleared"), "{stdout}");
+    assert!(stderr.contains("unknown command 'bogus'"), "{stderr}");
+    // rm of the moved-away name failed; the renamed file is listed.
+    assert!(stdout.contains("hi.txt\n"), "{stdout}");
+    // The pasted content ends at end of input.
+    assert_eq!(env.cat("drive:/notes/pasted.txt"), b"line one\nline two\n");
+    assert_eq!(env.cat("drive:/notes/hi.txt"), b"from a local file\n");
+    // The decrypted copies do not outlive the shell.
+    let left: Vec<_> = std::fs::read_dir(&cache)
+        .map(|d| d.collect())
+        .unwrap_or_default();
+    assert!(left.is_empty(), "{left:?}");
+}
+
+#[test]
+fn stop_ends_the_shell() {
+    let env = Env::new();
+    let out = env.efs_input(&["shell", "drive"], b"pwd\nstop\npwd\n");
+    assert_eq!(assert_ok(&["shell"], &out), "/\n");
+    let out = env.efs_input(&["shell", "drive:"], b"exit\n");
+    assert_ok(&["shell"], &out);
+    // An unknown remote: usage.
+    let out = env.efs_input(&["shell", "nowhere"], b"");
+    common::assert_code(&["shell"], &out, 2);
+}
+
+#[test]
+fn shell_on_a_terminal_has_a_prompt_history_and_completion() {
+    let env = Env::new();
+    if Command::new("script").arg("--version").output().is_err() {
+        eprintln!("script(1) is not installed: skipped");
+        return;
+    }
+    env.write("seed.txt", b"x");
+    env.ok(&["cp", "seed.txt", "drive:/Documents/Reports/annual-2026.txt"]);
+    let mut child = env
+        .under_terminal(&format!("{} shell drive", common::EFS))
+        .env("TERM", "xterm")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = common::drain(child.stdout.take().unwrap());
+    let mut stdin = child.stdin.take().unwrap();
+    let wait = |s: &str| common::wait_for(&out, s, Duration::from_secs(30));
+    wait("efs drive:/> ");
+    // Tab completes the directory, then the file inside it.
+    stdin.write_all(b"cd /Docu\t").unwrap();
+    stdin.flush().unwrap();
+    wait("cd /Documents/");
+    stdin.write_all(b"\r").unwrap();
+    stdin.flush().unwrap();
+    wait("efs drive:/Documents> ");
+    stdin.write_all(b"get Reports/ann\t").unwrap();
+    stdin.flush().unwrap();
+    wait("get Reports/annual-2026.txt");
+    stdin.write_all(b"\r").unwrap();
+    stdin.flush().unwrap();
+    stdin.write_all(b"stop\r").unwrap();
+    stdin.flush().unwrap();
+    wait("Bye.");
+    drop(stdin);
+    let status = child.wait().unwrap();
+    assert!(
+        status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.lock().unwrap())
+    );
+    // The history was kept, privately.
+    let history = std::fs::read_to_string(env.cfg().join("history")).unwrap();
+    assert!(history.contains("cd /Documents/"), "{history}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(env.cfg().join("history"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600);
+}

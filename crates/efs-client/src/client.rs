@@ -1,0 +1,944 @@
+//! The client: login and token upkeep, requests with retries, streaming transfers.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub use efs_proto::EntryType;
+
+use futures_util::StreamExt as _;
+use tokio::io::AsyncWriteExt as _;
+use tokio_util::io::ReaderStream;
+
+use crate::auth::{Auth, OnToken};
+use crate::error::{Error, Result};
+use crate::http::{self, Backoff, BodyReadError, Fail, Http};
+use crate::paths;
+use crate::signer::Signer;
+use crate::trust::Trust;
+
+/// How often and how patiently idempotent requests are retried on transient errors.
+#[derive(Clone, Debug)]
+pub struct RetryPolicy {
+    /// Attempts in all, the first included (default 6).
+    pub max_attempts: u32,
+    /// Wait before the second attempt (default 200 ms); doubled each time.
+    pub initial_backoff: Duration,
+    /// Longest wait between attempts (default 5 s).
+    pub max_backoff: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_attempts: 6,
+            initial_backoff: Duration::from_millis(200),
+            max_backoff: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Options of an upload.
+#[derive(Clone, Default)]
+pub struct PutOptions {
+    /// Stored Content-Type (default `application/octet-stream`).
+    pub content_type: Option<String>,
+    /// Replace only if the current version has this ETag (quoted, as returned).
+    pub if_match: Option<String>,
+    /// Create only: fail with Error::PreconditionFailed if the file exists.
+    pub create_only: bool,
+    /// Called with the number of body bytes sent so far (progress bars).
+    pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+}
+
+/// One entry (from a listing, a stat, or a write).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry's name (one path segment).
+    pub name: String,
+    /// File or directory.
+    pub kind: EntryType,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Last modification, RFC 3339 UTC.
+    pub modified: String,
+    /// The file version's strong ETag (quoted), absent for directories.
+    pub etag: Option<String>,
+    /// The stored Content-Type, for files.
+    pub content_type: Option<String>,
+}
+
+/// A page of a directory listing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ListPage {
+    /// Entries of this page.
+    pub entries: Vec<Entry>,
+    /// Pass to the next [`Client::list_page`] call; `None` on the last page.
+    pub next_cursor: Option<String>,
+}
+
+/// What a login or refresh gave (for `efs token` and token caches).
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TokenInfo {
+    /// The bearer token (a JWT).
+    pub token: String,
+    /// The filesystem it is for.
+    pub fs: String,
+    /// When it expires, seconds since the Unix epoch.
+    pub expires_at_unix: u64,
+    /// Refreshes still allowed before a new login is needed.
+    pub renewals_left: u32,
+}
+
+impl From<efs_proto::ListEntry> for Entry {
+    fn from(e: efs_proto::ListEntry) -> Self {
+        Entry {
+            name: e.name,
+            kind: e.kind,
+            size: e.size,
+            modified: e.modified,
+            etag: e.etag,
+            content_type: e.content_type,
+        }
+    }
+}
+
+/// A connection to one EFS server as one user. Cheap to clone: clones share the
+/// connection pool and the token.
+///
+/// The client logs in on first use, keeps its token fresh (refreshing it, or logging in
+/// again after the last renewal), and retries idempotent requests on transient errors.
+///
+/// ```no_run
+/// use std::sync::Arc;
+/// use efs_client::{Client, PutOptions, Trust, load_signer};
+///
+/// # async fn example() -> efs_client::Result<()> {
+/// let client = Client::builder("https://127.0.0.1:8443")
+///     .user("app1")
+///     .signer(load_signer("/home/me/.ssh/id_ed25519".as_ref()).await?)
+///     .fs("records")
+///     .trust(Trust::CaPem(std::fs::read("tls-cert.pem")?))
+///     .build()?;
+/// client.login().await?; // optional: the first request logs in by itself
+///
+/// // Upload a local file (streamed, retried on transient errors)…
+/// let entry = client
+///     .upload_file("/reports/2026/report.pdf", "report.pdf".as_ref(), PutOptions::default())
+///     .await?;
+/// println!("stored {} bytes, ETag {:?}", entry.size, entry.etag);
+///
+/// // …or any AsyncRead, here create-only.
+/// let file = tokio::fs::File::open("notes.txt").await?;
+/// let opts = PutOptions { create_only: true, ..Default::default() };
+/// client.upload("/notes.txt", file, None, opts).await?;
+///
+/// // Download it back, to a file or to any AsyncWrite, whole or a byte range.
+/// client.download_file("/reports/2026/report.pdf", "copy.pdf".as_ref(), None).await?;
+/// let mut first_kib = Vec::new();
+/// client.download("/reports/2026/report.pdf", &mut first_kib, Some(0..1024), None).await?;
+///
+/// // List a directory (all pages).
+/// for e in client.list("/reports/2026/").await? {
+///     println!("{:?} {} {}", e.kind, e.size, e.name);
+/// }
+/// # Ok(())
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct Client {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Client")
+            .field("base_url", &self.inner.http.base)
+            .field("user", &self.inner.auth.user)
+            .field("fs", &self.inner.auth.fs)
+            .finish_non_exhaustive()
+    }
+}
+
+struct Inner {
+    http: Http,
+    auth: Auth,
+    retry: RetryPolicy,
+}
+
+/// Configures a [`Client`]; see [`Client::builder`].
+pub struct ClientBuilder {
+    url: String,
+    user: Option<String>,
+    signer: Option<Arc<dyn Signer>>,
+    fs: Option<String>,
+    server_id: Option<String>,
+    trust: Trust,
+    retry: RetryPolicy,
+    cached: Option<TokenInfo>,
+    on_token: Option<OnToken>,
+    connect_timeout: Duration,
+}
+
+impl Client {
+    /// Starts configuring a client for the server at `url` (`https://host:port`).
+    pub fn builder(url: &str) -> ClientBuilder {
+        ClientBuilder {
+            url: url.to_owned(),
+            user: None,
+            signer: None,
+            fs: None,
+            server_id: None,
+            trust: Trust::System,
+            retry: RetryPolicy::default(),
+            cached: None,
+            on_token: None,
+            connect_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+impl ClientBuilder {
+    /// The user name to log in as.
+    pub fn user(mut self, user: impl Into<String>) -> Self {
+        self.user = Some(user.into());
+        self
+    }
+
+    /// What signs the login challenge ([`crate::KeySigner`], [`crate::AgentSigner`], or
+    /// [`crate::load_signer`]'s choice).
+    pub fn signer(mut self, signer: Arc<dyn Signer>) -> Self {
+        self.signer = Some(signer);
+        self
+    }
+
+    /// Filesystem to log in to (needed when the user has several).
+    pub fn fs(mut self, fs: impl Into<String>) -> Self {
+        self.fs = Some(fs.into());
+        self
+    }
+
+    /// The server identity (`efs-…`, printed by the server at start) to insist on: a
+    /// challenge from a server naming another identity is not signed ([`Error::Config`]).
+    pub fn server_id(mut self, id: impl Into<String>) -> Self {
+        self.server_id = Some(id.into());
+        self
+    }
+
+    /// Which server certificates to accept (default [`Trust::System`]).
+    pub fn trust(mut self, trust: Trust) -> Self {
+        self.trust = trust;
+        self
+    }
+
+    /// How idempotent requests are retried on transient errors.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Start from a cached token (e.g. read from a 0600 file by the CLI); it is refreshed/replaced as needed.
+    /// A token for another filesystem than [`ClientBuilder::fs`] is ignored.
+    pub fn cached_token(mut self, token: TokenInfo) -> Self {
+        self.cached = Some(token);
+        self
+    }
+
+    /// Called with every new token (login or refresh) so the caller can persist it.
+    ///
+    /// It runs while the client's token lock is held: it must not call the client.
+    pub fn on_token(mut self, f: Arc<dyn Fn(&TokenInfo) + Send + Sync>) -> Self {
+        self.on_token = Some(f);
+        self
+    }
+
+    /// How long establishing a connection (TCP and TLS) may take (default 10 s).
+    pub fn timeout_connect(mut self, d: Duration) -> Self {
+        self.connect_timeout = d;
+        self
+    }
+
+    /// Builds the client. Nothing is sent yet; the first request logs in.
+    pub fn build(self) -> Result<Client> {
+        let url = reqwest::Url::parse(&self.url)
+            .map_err(|e| Error::Config(format!("invalid server URL {:?}: {e}", self.url)))?;
+        if url.scheme() != "https" {
+            return Err(Error::Config(format!(
+                "the server URL must start with https:// (got {:?})",
+                self.url
+            )));
+        }
+        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+            return Err(Error::Config(format!(
+                "the server URL must be https://host[:port][/prefix], without user, query or fragment (got {:?})",
+                self.url
+            )));
+        }
+        let base = url.as_str().trim_end_matches('/').to_owned();
+        let tls = crate::trust::client_config(&self.trust)?;
+        let client = reqwest::Client::builder()
+            .tls_backend_preconfigured(tls)
+            .connect_timeout(self.connect_timeout)
+            .user_agent(concat!("efs-client/", env!("CARGO_PKG_VERSION")))
+            .http2_initial_stream_window_size(8 << 20)
+            .http2_initial_connection_window_size(16 << 20)
+            .http2_max_frame_size(256 << 10)
+            .tcp_keepalive(Duration::from_secs(30))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
+        Ok(Client {
+            inner: Arc::new(Inner {
+                http: Http { client, base },
+                auth: Auth::new(
+                    self.user,
+                    self.signer,
+                    self.fs,
+                    self.server_id,
+                    self.on_token,
+                    self.cached,
+                ),
+                retry: self.retry,
+            }),
+        })
+    }
+}
+
+/// Counts the bytes of an upload's body as they are sent.
+fn body_stream<R>(reader: R, progress: Option<Arc<dyn Fn(u64) + Send + Sync>>) -> reqwest::Body
+where
+    R: tokio::io::AsyncRead + Send + 'static,
+{
+    let mut sent = 0u64;
+    let stream = ReaderStream::with_capacity(reader, UPLOAD_CHUNK).map(move |chunk| match chunk {
+        Ok(bytes) => {
+            sent += bytes.len() as u64;
+            if let Some(p) = &progress {
+                p(sent);
+            }
+            Ok(bytes)
+        }
+        Err(e) => Err(BodyReadError(e)),
+    });
+    reqwest::Body::wrap_stream(stream)
+}
+
+/// Read size of upload sources: large enough for few syscalls, small enough to not matter.
+const UPLOAD_CHUNK: usize = 256 * 1024;
+
+/// Write buffer of [`Client::download_file`].
+const DOWNLOAD_BUFFER: usize = 1 << 20;
+
+/// The name a temporary download file gets next to its destination.
+const PART_SUFFIX: &str = ".efs-part";
+
+impl Client {
+    /// A valid token: logs in if none; refreshes when less than 1/4 of its lifetime (at most
+    /// 10 min) is left; logs in again when no renewals are left or a refresh is refused.
+    pub async fn token(&self) -> Result<TokenInfo> {
+        self.retrying(|| self.inner.auth.token(&self.inner.http))
+            .await
+    }
+
+    /// Forces a fresh login.
+    pub async fn login(&self) -> Result<TokenInfo> {
+        self.retrying(|| self.inner.auth.login(&self.inner.http))
+            .await
+    }
+
+    /// The server URL (`https://host:port`, without a trailing `/`).
+    pub fn base_url(&self) -> &str {
+        &self.inner.http.base
+    }
+
+    /// Runs `op` until it succeeds, fails for good, or the retry policy is spent. Only for
+    /// idempotent operations (GET, HEAD, listing, DELETE, move, mkdir, replayable uploads).
+    async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Fail>>,
+    {
+        let mut backoff = Backoff::new(&self.inner.retry);
+        loop {
+            match op().await {
+                Ok(v) => return Ok(v),
+                Err(f) => match backoff.next_delay(&f) {
+                    Some(delay) => {
+                        tracing::debug!(
+                            attempt = backoff.attempt(),
+                            ?delay,
+                            "transient error, retrying: {}",
+                            f.err
+                        );
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(f.err),
+                },
+            }
+        }
+    }
+
+    /// One attempt of an authorised request. `make` builds it with a token; on a 401 the
+    /// token is dropped and, when `replayable`, `make` builds it again after a new login.
+    async fn authed<F>(
+        &self,
+        replayable: bool,
+        mut make: F,
+    ) -> std::result::Result<reqwest::Response, Fail>
+    where
+        F: FnMut(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
+    {
+        let http = &self.inner.http;
+        let auth = &self.inner.auth;
+        let tok = auth.token(http).await?;
+        let resp = http::send(make(&http.client, &tok.token)?).await?;
+        if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
+            return http::check(resp).await;
+        }
+        // The server refused a token we thought valid (revoked, server restarted with
+        // another key, clock skew): it is useless now in any case.
+        auth.invalidate(&tok.token).await;
+        if !replayable {
+            return http::check(resp).await;
+        }
+        drop(resp);
+        tracing::debug!("the server refused the token; logging in again");
+        let tok = auth.token(http).await?;
+        let resp = http::send(make(&http.client, &tok.token)?).await?;
+        http::check(resp).await
+    }
+
+    /// The entry at `path`: `HEAD` for a file; for a directory, its entry in the parent's
+    /// listing. [`Error::NotFound`] if nothing is there.
+    ///
+    /// A file's `modified` comes from `Last-Modified` and so has whole seconds; the root
+    /// directory's is empty.
+    pub async fn stat(&self, path: &str) -> Result<Entry> {
+        let trimmed = path.trim_end_matches('/');
+        if trimmed.is_empty() {
+            self.head_dir("/").await?;
+            return Ok(Entry {
+                name: "/".into(),
+                kind: EntryType::Dir,
+                size: 0,
+                modified: String::new(),
+                etag: None,
+                content_type: None,
+            });
+        }
+        if path.ends_with('/') {
+            return self.stat_dir(trimmed).await;
+        }
+        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let head = self
+            .retrying(|| self.authed(true, |c, t| Ok(c.head(&url).bearer_auth(t))))
+            .await;
+        match head {
+            Ok(resp) => Ok(entry_from_headers(paths::file_name(path), resp.headers())),
+            // A directory answers HEAD without a slash with 409.
+            Err(Error::Conflict(_)) => self.stat_dir(trimmed).await,
+            Err(e) => Err(e),
+        }
+    }
+
+    async fn head_dir(&self, dir: &str) -> Result<()> {
+        let url = self.inner.http.url(&paths::encode_dir(dir)?);
+        self.retrying(|| self.authed(true, |c, t| Ok(c.head(&url).bearer_auth(t))))
+            .await
+            .map(drop)
+    }
+
+    async fn stat_dir(&self, dir: &str) -> Result<Entry> {
+        self.head_dir(dir).await?;
+        let name = paths::file_name(dir);
+        let parent = paths::parent(dir);
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self
+                .list_page(parent, cursor.as_deref(), Some(10_000))
+                .await?;
+            if let Some(e) = page.entries.into_iter().find(|e| e.name == name) {
+                return Ok(e);
+            }
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Err(Error::NotFound),
+            }
+        }
+    }
+
+    /// One page of the directory `dir` (with or without a trailing `/`): at most `limit`
+    /// entries (1–10000, server default 1000), starting at `cursor` (from the previous page).
+    pub async fn list_page(
+        &self,
+        dir: &str,
+        cursor: Option<&str>,
+        limit: Option<u32>,
+    ) -> Result<ListPage> {
+        let mut url = self.inner.http.url(&paths::encode_dir(dir)?);
+        let mut sep = '?';
+        if let Some(limit) = limit {
+            url.push_str(&format!("{sep}limit={limit}"));
+            sep = '&';
+        }
+        if let Some(cursor) = cursor {
+            url.push_str(&format!("{sep}cursor={}", paths::encode_component(cursor)));
+        }
+        let page: efs_proto::ListPage = self
+            .retrying(|| async {
+                let resp = self
+                    .authed(true, |c, t| Ok(c.get(&url).bearer_auth(t)))
+                    .await?;
+                http::json(resp).await
+            })
+            .await?;
+        Ok(ListPage {
+            entries: page.entries.into_iter().map(Entry::from).collect(),
+            next_cursor: page.next_cursor,
+        })
+    }
+
+    /// Every entry of the directory `dir`, all pages.
+    pub async fn list(&self, dir: &str) -> Result<Vec<Entry>> {
+        let mut out = Vec::new();
+        let mut cursor: Option<String> = None;
+        loop {
+            let page = self.list_page(dir, cursor.as_deref(), None).await?;
+            out.extend(page.entries);
+            match page.next_cursor {
+                Some(c) => cursor = Some(c),
+                None => return Ok(out),
+            }
+        }
+    }
+
+    fn put_request(
+        c: &reqwest::Client,
+        url: &str,
+        token: &str,
+        opts: &PutOptions,
+        body: reqwest::Body,
+        len: Option<u64>,
+    ) -> Result<reqwest::RequestBuilder> {
+        let mut rb = c
+            .put(url)
+            .bearer_auth(token)
+            .header(
+                reqwest::header::CONTENT_TYPE,
+                opts.content_type
+                    .as_deref()
+                    .unwrap_or("application/octet-stream"),
+            )
+            .body(body);
+        if let Some(len) = len {
+            rb = rb.header(reqwest::header::CONTENT_LENGTH, len);
+        }
+        if let Some(tag) = &opts.if_match {
+            rb = rb.header(reqwest::header::IF_MATCH, tag.as_str());
+        }
+        if opts.create_only {
+            rb = rb.header(reqwest::header::IF_NONE_MATCH, "*");
+        }
+        Ok(rb)
+    }
+
+    /// Streams `body` (not retried: it is consumed). `len` if known (Content-Length).
+    ///
+    /// Missing parent directories are created by the server.
+    pub async fn upload<R: tokio::io::AsyncRead + Send + Unpin + 'static>(
+        &self,
+        path: &str,
+        body: R,
+        len: Option<u64>,
+        opts: PutOptions,
+    ) -> Result<Entry> {
+        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let mut body = Some(body_stream(body, opts.progress.clone()));
+        let resp = self
+            .authed(false, |c, t| {
+                let body = body
+                    .take()
+                    .ok_or_else(|| Error::Config("an upload stream cannot be sent twice".into()))?;
+                Self::put_request(c, &url, t, &opts, body, len)
+            })
+            .await
+            .map_err(|f| f.err)?;
+        http::json::<efs_proto::ListEntry>(resp)
+            .await
+            .map(Entry::from)
+            .map_err(|f| f.err)
+    }
+
+    /// Uploads a local file, streaming; retried from the start on transient errors (the file
+    /// is opened again for each attempt).
+    pub async fn upload_file(&self, path: &str, local: &Path, opts: PutOptions) -> Result<Entry> {
+        let url = self.inner.http.url(&paths::encode_path(path)?);
+        self.retrying(|| async {
+            let resp = self
+                .authed(true, |c, t| {
+                    let file = std::fs::File::open(local)?;
+                    let len = file.metadata()?.len();
+                    let body = body_stream(tokio::fs::File::from_std(file), opts.progress.clone());
+                    Self::put_request(c, &url, t, &opts, body, Some(len))
+                })
+                .await?;
+            http::json::<efs_proto::ListEntry>(resp).await
+        })
+        .await
+        .map(Entry::from)
+    }
+
+    /// Uploads `data` (retried on transient errors: the bytes can be sent again).
+    pub async fn put_bytes(
+        &self,
+        path: &str,
+        data: bytes::Bytes,
+        opts: PutOptions,
+    ) -> Result<Entry> {
+        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let len = data.len() as u64;
+        self.retrying(|| async {
+            let resp = self
+                .authed(true, |c, t| {
+                    let body =
+                        body_stream(std::io::Cursor::new(data.clone()), opts.progress.clone());
+                    Self::put_request(c, &url, t, &opts, body, Some(len))
+                })
+                .await?;
+            http::json::<efs_proto::ListEntry>(resp).await
+        })
+        .await
+        .map(Entry::from)
+    }
+
+    /// Streams the file (or `range`, end exclusive) into `out`; returns bytes written.
+    /// Retried on transient errors before the first byte; `progress` gets bytes so far.
+    ///
+    /// An empty range writes nothing and sends nothing. A transfer cut off by the server
+    /// (e.g. stored data failing its integrity check) is an error, never short data.
+    pub async fn download<W: tokio::io::AsyncWrite + Send + Unpin>(
+        &self,
+        path: &str,
+        out: &mut W,
+        range: Option<std::ops::Range<u64>>,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+    ) -> Result<u64> {
+        if range.as_ref().is_some_and(|r| r.start >= r.end) {
+            return Ok(0);
+        }
+        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let mut backoff = Backoff::new(&self.inner.retry);
+        loop {
+            let mut written = 0u64;
+            match self
+                .download_once(&url, out, range.clone(), progress, &mut written)
+                .await
+            {
+                Ok(()) => return Ok(written),
+                Err(f) => match backoff.next_delay(&f).filter(|_| written == 0) {
+                    Some(delay) => {
+                        tracing::debug!(?delay, "download failed, retrying: {}", f.err);
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => return Err(f.err),
+                },
+            }
+        }
+    }
+
+    async fn download_once<W: tokio::io::AsyncWrite + Send + Unpin>(
+        &self,
+        url: &str,
+        out: &mut W,
+        range: Option<std::ops::Range<u64>>,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+        written: &mut u64,
+    ) -> std::result::Result<(), Fail> {
+        let resp = self
+            .authed(true, |c, t| {
+                let mut rb = c.get(url).bearer_auth(t);
+                if let Some(r) = &range {
+                    rb = rb.header(
+                        reqwest::header::RANGE,
+                        format!("bytes={}-{}", r.start, r.end - 1),
+                    );
+                }
+                Ok(rb)
+            })
+            .await?;
+        // Bytes of the answer to skip, and how many to keep: a server that ignores the
+        // Range header sends the whole file (200).
+        let (mut skip, mut keep) = match (&range, resp.status().as_u16()) {
+            (Some(r), 206) => (0, r.end - r.start),
+            (Some(r), _) => (r.start, r.end - r.start),
+            (None, _) => (0, u64::MAX),
+        };
+        let expected = resp
+            .content_length()
+            .map(|l| l.saturating_sub(skip).min(keep));
+        let mut stream = resp.bytes_stream();
+        while keep > 0 {
+            let Some(chunk) = stream.next().await else {
+                break;
+            };
+            let chunk = chunk.map_err(|e| Fail::from(http::map_reqwest_error(&e)))?;
+            let mut data: &[u8] = &chunk;
+            if skip > 0 {
+                let n = skip.min(data.len() as u64) as usize;
+                data = &data[n..];
+                skip -= n as u64;
+            }
+            let n = keep.min(data.len() as u64) as usize;
+            out.write_all(&data[..n]).await.map_err(Error::Io)?;
+            keep -= n as u64;
+            *written += n as u64;
+            if let Some(p) = progress {
+                p(*written);
+            }
+        }
+        if let Some(expected) = expected
+            && *written < expected
+        {
+            return Err(Error::Transport(format!(
+                "the download was cut off after {} of {expected} bytes",
+                *written
+            ))
+            .into());
+        }
+        if range.is_some() && keep > 0 && keep != u64::MAX {
+            // A range reaching past the end of the file: what exists was written.
+            tracing::debug!("the range ends past the end of the file");
+        }
+        out.flush().await.map_err(Error::Io)?;
+        Ok(())
+    }
+
+    /// Downloads to a local file via a temporary file (`<local>.efs-part`) + rename
+    /// (retried whole on transient errors). The temporary file is removed on failure.
+    pub async fn download_file(
+        &self,
+        path: &str,
+        local: &Path,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+    ) -> Result<u64> {
+        let mut part = local.as_os_str().to_owned();
+        part.push(PART_SUFFIX);
+        let part = std::path::PathBuf::from(part);
+        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let mut backoff = Backoff::new(&self.inner.retry);
+        let result = loop {
+            let attempt = async {
+                let file = tokio::fs::File::create(&part).await.map_err(Error::Io)?;
+                // Network chunks are small (HTTP/2 frames); each write to a tokio file is
+                // a trip to the blocking pool, so gather them first.
+                let mut out = tokio::io::BufWriter::with_capacity(DOWNLOAD_BUFFER, file);
+                let mut written = 0u64;
+                self.download_once(&url, &mut out, None, progress, &mut written)
+                    .await?;
+                out.get_ref().sync_all().await.map_err(Error::Io)?;
+                Ok::<u64, Fail>(written)
+            };
+            match attempt.await {
+                Ok(n) => break Ok(n),
+                Err(f) => match backoff.next_delay(&f) {
+                    Some(delay) => {
+                        tracing::debug!(?delay, "download failed, retrying: {}", f.err);
+                        tokio::time::sleep(delay).await;
+                    }
+                    None => break Err(f.err),
+                },
+            }
+        };
+        match result {
+            Ok(n) => {
+                if let Err(e) = tokio::fs::rename(&part, local).await {
+                    let _ = tokio::fs::remove_file(&part).await;
+                    return Err(Error::Io(e));
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                let _ = tokio::fs::remove_file(&part).await;
+                Err(e)
+            }
+        }
+    }
+
+    /// Downloads a whole file into memory (retried on transient errors).
+    pub async fn get_bytes(&self, path: &str) -> Result<bytes::Bytes> {
+        let mut buf = Vec::new();
+        self.download(path, &mut buf, None, None).await?;
+        Ok(buf.into())
+    }
+
+    /// Deletes a file, or a directory (empty, or with everything in it when `recursive`).
+    ///
+    /// When a retried attempt finds nothing left, an earlier attempt did the job: `Ok`.
+    pub async fn delete(&self, path: &str, recursive: bool) -> Result<()> {
+        let mut url = self.inner.http.url(&paths::encode_path(path)?);
+        if recursive {
+            url.push_str("?recursive=true");
+        }
+        let mut attempts = 0u32;
+        let r = self
+            .retrying(|| {
+                attempts += 1;
+                self.authed(true, |c, t| Ok(c.delete(&url).bearer_auth(t)))
+            })
+            .await;
+        match r {
+            Ok(_) => Ok(()),
+            Err(Error::NotFound) if attempts > 1 => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Moves a file or directory (`POST /_efs/move`). With `overwrite`, a file may replace
+    /// a file; otherwise an existing destination is [`Error::Conflict`].
+    pub async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<Entry> {
+        let url = self.inner.http.url("/_efs/move");
+        let body = efs_proto::MoveRequest {
+            from: absolute(from),
+            to: absolute(to),
+            overwrite,
+        };
+        self.retrying(|| async {
+            let resp = self
+                .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t).json(&body)))
+                .await?;
+            http::json::<efs_proto::ListEntry>(resp).await
+        })
+        .await
+        .map(Entry::from)
+    }
+
+    /// Creates the directory `path` and its missing parents.
+    pub async fn mkdir(&self, path: &str) -> Result<Entry> {
+        let url = self.inner.http.url(&paths::encode_dir(path)?);
+        self.retrying(|| async {
+            let resp = self
+                .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t)))
+                .await?;
+            http::json::<efs_proto::ListEntry>(resp).await
+        })
+        .await
+        .map(Entry::from)
+    }
+}
+
+/// `path` with a leading `/` (for JSON bodies, which carry plain paths).
+fn absolute(path: &str) -> String {
+    if path.starts_with('/') {
+        path.to_owned()
+    } else {
+        format!("/{path}")
+    }
+}
+
+/// A file's entry from the headers of `HEAD`/`GET`.
+fn entry_from_headers(name: &str, h: &reqwest::header::HeaderMap) -> Entry {
+    let text =
+        |k: reqwest::header::HeaderName| h.get(k).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    Entry {
+        name: name.to_owned(),
+        kind: EntryType::File,
+        size: text(reqwest::header::CONTENT_LENGTH)
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        modified: text(reqwest::header::LAST_MODIFIED)
+            .and_then(|v| httpdate::parse_http_date(&v).ok())
+            .map(rfc3339)
+            .unwrap_or_default(),
+        etag: text(reqwest::header::ETAG),
+        content_type: text(reqwest::header::CONTENT_TYPE),
+    }
+}
+
+/// RFC 3339 UTC with whole seconds (`2026-01-01T00:00:00Z`).
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc3339_dates() {
+        let t = |s| std::time::UNIX_EPOCH + Duration::from_secs(s);
+        assert_eq!(rfc3339(t(0)), "1970-01-01T00:00:00Z");
+        assert_eq!(rfc3339(t(951_782_400)), "2000-02-29T00:00:00Z");
+        assert_eq!(rfc3339(t(1_767_225_600)), "2026-01-01T00:00:00Z");
+        assert_eq!(rfc3339(t(1_767_225_600 - 1)), "2025-12-31T23:59:59Z");
+        let parsed = httpdate::parse_http_date("Sun, 06 Nov 1994 08:49:37 GMT").unwrap();
+        assert_eq!(rfc3339(parsed), "1994-11-06T08:49:37Z");
+    }
+
+    #[test]
+    fn entry_from_head_headers() {
+        let mut h = reqwest::header::HeaderMap::new();
+        h.insert("content-length", "1234".parse().unwrap());
+        h.insert("etag", "\"abc\"".parse().unwrap());
+        h.insert("content-type", "application/pdf".parse().unwrap());
+        h.insert(
+            "last-modified",
+            "Thu, 01 Jan 2026 00:00:00 GMT".parse().unwrap(),
+        );
+        let e = entry_from_headers("x.pdf", &h);
+        assert_eq!(
+            e,
+            Entry {
+                name: "x.pdf".into(),
+                kind: EntryType::File,
+                size: 1234,
+                modified: "2026-01-01T00:00:00Z".into(),
+                etag: Some("\"abc\"".into()),
+                content_type: Some("application/pdf".into()),
+            }
+        );
+    }
+
+    #[test]
+    fn builder_refuses_plain_http_and_bad_urls() {
+        assert!(matches!(
+            Client::builder("http://127.0.0.1:8443").build(),
+            Err(Error::Config(_))
+        ));
+        assert!(matches!(
+            Client::builder("not a url").build(),
+            Err(Error::Config(_))
+        ));
+        let c = Client::builder("https://127.0.0.1:8443/")
+            .trust(Trust::Fingerprint([0; 32]))
+            .build()
+            .unwrap();
+        assert_eq!(c.base_url(), "https://127.0.0.1:8443");
+        // The system's roots load, and a path prefix is kept.
+        let c = Client::builder("https://efs.example/prefix/")
+            .build()
+            .unwrap();
+        assert_eq!(c.base_url(), "https://efs.example/prefix");
+    }
+}

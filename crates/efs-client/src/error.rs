@@ -1,0 +1,285 @@
+//! The SDK's one error type: what went wrong, whether retrying can help, and what to do.
+//!
+//! Server errors arrive as `{"error": code, "message": text}` and are mapped by their stable
+//! code (see [`efs_proto::codes`]), falling back on the HTTP status when there is no body
+//! (`HEAD`). No variant ever carries a key, a token or a signature.
+
+use efs_proto::codes;
+
+/// Everything an SDK call can fail with.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The login was refused, or the server refused the token (401).
+    #[error("login refused or token invalid")]
+    Unauthorized,
+    /// Logged in, but not allowed to do this, e.g. a read-only grant writing (403).
+    #[error("forbidden: {0}")]
+    Forbidden(String),
+    /// No such file or directory (404).
+    #[error("no such file or directory")]
+    NotFound,
+    /// The operation conflicts with what exists: a file where a directory is needed or the
+    /// reverse, a non-empty directory, an existing destination (409).
+    #[error("conflict: {0}")]
+    Conflict(String),
+    /// An `If-Match` / create-only condition did not hold (412).
+    #[error("precondition failed: the file changed, or exists already")]
+    PreconditionFailed,
+    /// The body is larger than the server accepts (413).
+    #[error("the file is larger than the server accepts")]
+    TooLarge,
+    /// The requested byte range is outside the file (416).
+    #[error("the requested range is outside the file")]
+    RangeNotSatisfiable,
+    /// The path is not a valid EFS path (400 `invalid_path`).
+    #[error("invalid path: {0}")]
+    InvalidPath(String),
+    /// The user has several filesystems and the login named none (400 `fs_required`).
+    #[error("this user has several filesystems and none was chosen")]
+    FsRequired,
+    /// Too many failed logins for this user or address (429).
+    #[error("too many failed logins{}", retry_after_text(*.retry_after_secs))]
+    RateLimited {
+        /// The server's `Retry-After`, in seconds.
+        retry_after_secs: Option<u64>,
+    },
+    /// Any other answer of the server.
+    #[error("server error {status} ({code}): {message}")]
+    Server {
+        /// HTTP status.
+        status: u16,
+        /// The stable error code (empty when the answer had no JSON body).
+        code: String,
+        /// The server's message.
+        message: String,
+    },
+    /// Connection-level failure (refused, reset, timeout, truncated transfer): transient.
+    #[error("connection failed: {0}")]
+    Transport(String),
+    /// TLS verification failed: the certificate is not trusted / the pinned fingerprint changed.
+    #[error("TLS: {0}")]
+    Tls(String),
+    /// A key could not be read or used (file, format, passphrase, agent).
+    #[error("key: {0}")]
+    Key(String),
+    /// A local file could not be read or written.
+    #[error("local I/O: {0}")]
+    Io(#[from] std::io::Error),
+    /// The client is configured wrongly (URL, user name, missing signer, certificate file).
+    #[error("configuration: {0}")]
+    Config(String),
+}
+
+fn retry_after_text(s: Option<u64>) -> String {
+    match s {
+        Some(s) => format!("; retry after {s} s"),
+        None => String::new(),
+    }
+}
+
+impl Error {
+    /// Whether trying the same request again later can succeed: connection failures,
+    /// 502/503/504 and rate limiting.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Transport(_) | Error::RateLimited { .. } => true,
+            Error::Server { status, .. } => matches!(status, 502..=504),
+            _ => false,
+        }
+    }
+
+    /// What the user can do about it, when there is something to say.
+    pub fn hint(&self) -> Option<&'static str> {
+        Some(match self {
+            Error::Unauthorized => {
+                "check the user name, the key, and that the operator granted this filesystem"
+            }
+            Error::Forbidden(_) => {
+                "this login may only read here: ask the operator for write access"
+            }
+            Error::NotFound => "check the path; list the parent directory to see what exists",
+            Error::Conflict(_) => {
+                "a file is where a directory is needed (or the reverse), the directory is not empty, or the destination exists"
+            }
+            Error::PreconditionFailed => {
+                "someone else changed or created the file: read it again, then retry"
+            }
+            Error::TooLarge => "the server's --max-body-size is smaller than this file",
+            Error::RangeNotSatisfiable => "the file is shorter than the requested range",
+            Error::InvalidPath(_) => {
+                "paths are '/'-separated UTF-8 without empty, '.' or '..' segments, control characters or backslashes, and may not start with /_efs"
+            }
+            Error::FsRequired => "this user has several filesystems: choose one with --fs",
+            Error::RateLimited { .. } => {
+                "wait until the window ends; repeated failures usually mean a wrong key or user name"
+            }
+            Error::Server { status: 503, .. } => "the server is busy or restarting: retry shortly",
+            Error::Server { status: 500, .. } => {
+                "the server failed internally: its log has the details"
+            }
+            Error::Server { .. } => return None,
+            Error::Transport(_) => "check the URL and that the server is running and reachable",
+            Error::Tls(_) => {
+                "the server's certificate is not the one trusted: check it with the operator (the server prints its fingerprint at start)"
+            }
+            Error::Key(_) => {
+                "use an Ed25519 key (OpenSSH or PKCS#8 PEM); for an encrypted one set its passphrase"
+            }
+            Error::Io(_) => return None,
+            Error::Config(_) => return None,
+        })
+    }
+
+    /// Maps an error answer of the server (status, headers, body) to the enum.
+    pub(crate) fn from_response(status: u16, body: &[u8], retry_after_secs: Option<u64>) -> Error {
+        let parsed: Option<efs_proto::ErrorBody> = serde_json::from_slice(body).ok();
+        let (code, message) = match parsed {
+            Some(b) => (b.error, b.message),
+            None => (String::new(), String::new()),
+        };
+        let by_code = match code.as_str() {
+            codes::UNAUTHORIZED => Some(Error::Unauthorized),
+            codes::FORBIDDEN => Some(Error::Forbidden(message.clone())),
+            codes::NOT_FOUND => Some(Error::NotFound),
+            codes::CONFLICT => Some(Error::Conflict(message.clone())),
+            codes::PRECONDITION_FAILED => Some(Error::PreconditionFailed),
+            codes::TOO_LARGE => Some(Error::TooLarge),
+            codes::RANGE_NOT_SATISFIABLE => Some(Error::RangeNotSatisfiable),
+            codes::INVALID_PATH => Some(Error::InvalidPath(message.clone())),
+            codes::FS_REQUIRED => Some(Error::FsRequired),
+            codes::RATE_LIMITED => Some(Error::RateLimited { retry_after_secs }),
+            _ => None,
+        };
+        if let Some(e) = by_code {
+            return e;
+        }
+        if !code.is_empty() {
+            return Error::Server {
+                status,
+                code,
+                message,
+            };
+        }
+        // No JSON body (a HEAD answer, a proxy's page): the status decides.
+        match status {
+            401 => Error::Unauthorized,
+            403 => Error::Forbidden(message),
+            404 => Error::NotFound,
+            409 => Error::Conflict(message),
+            412 => Error::PreconditionFailed,
+            413 => Error::TooLarge,
+            416 => Error::RangeNotSatisfiable,
+            429 => Error::RateLimited { retry_after_secs },
+            _ => Error::Server {
+                status,
+                code,
+                message: String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned(),
+            },
+        }
+    }
+}
+
+/// The SDK's result type.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn maps_codes_from_json() {
+        let e = |status, body: &str| Error::from_response(status, body.as_bytes(), Some(7));
+        assert!(matches!(
+            e(401, r#"{"error":"unauthorized","message":"x"}"#),
+            Error::Unauthorized
+        ));
+        assert!(
+            matches!(e(403, r#"{"error":"forbidden","message":"read-only"}"#), Error::Forbidden(m) if m == "read-only")
+        );
+        assert!(matches!(
+            e(404, r#"{"error":"not_found","message":"x"}"#),
+            Error::NotFound
+        ));
+        assert!(
+            matches!(e(409, r#"{"error":"conflict","message":"not empty"}"#), Error::Conflict(m) if m == "not empty")
+        );
+        assert!(matches!(
+            e(412, r#"{"error":"precondition_failed","message":"x"}"#),
+            Error::PreconditionFailed
+        ));
+        assert!(matches!(
+            e(413, r#"{"error":"too_large","message":"x"}"#),
+            Error::TooLarge
+        ));
+        assert!(matches!(
+            e(416, r#"{"error":"range_not_satisfiable","message":"x"}"#),
+            Error::RangeNotSatisfiable
+        ));
+        assert!(
+            matches!(e(400, r#"{"error":"invalid_path","message":"dot"}"#), Error::InvalidPath(m) if m == "dot")
+        );
+        assert!(matches!(
+            e(400, r#"{"error":"fs_required","message":"x"}"#),
+            Error::FsRequired
+        ));
+        assert!(matches!(
+            e(429, r#"{"error":"rate_limited","message":"x"}"#),
+            Error::RateLimited {
+                retry_after_secs: Some(7)
+            }
+        ));
+        let s = e(503, r#"{"error":"unavailable","message":"busy"}"#);
+        assert!(
+            matches!(&s, Error::Server { status: 503, code, message } if code == "unavailable" && message == "busy")
+        );
+        assert!(s.is_transient());
+        let s = e(500, r#"{"error":"internal","message":"internal error"}"#);
+        assert!(!s.is_transient());
+        // An unknown code keeps its code and message.
+        assert!(
+            matches!(e(418, r#"{"error":"teapot","message":"short"}"#), Error::Server { status: 418, code, .. } if code == "teapot")
+        );
+    }
+
+    #[test]
+    fn maps_status_without_body() {
+        assert!(matches!(
+            Error::from_response(404, b"", None),
+            Error::NotFound
+        ));
+        assert!(matches!(
+            Error::from_response(409, b"", None),
+            Error::Conflict(_)
+        ));
+        assert!(matches!(
+            Error::from_response(401, b"", None),
+            Error::Unauthorized
+        ));
+        let e = Error::from_response(502, b"<html>bad gateway</html>", None);
+        assert!(matches!(e, Error::Server { status: 502, .. }));
+        assert!(e.is_transient());
+    }
+
+    #[test]
+    fn transient_and_hints() {
+        assert!(Error::Transport("reset".into()).is_transient());
+        assert!(
+            Error::RateLimited {
+                retry_after_secs: None
+            }
+            .is_transient()
+        );
+        assert!(!Error::Unauthorized.is_transient());
+        assert!(!Error::Tls("x".into()).is_transient());
+        assert!(Error::Unauthorized.hint().unwrap().contains("key"));
+        assert!(Error::FsRequired.hint().unwrap().contains("--fs"));
+        assert_eq!(
+            Error::RateLimited {
+                retry_after_secs: Some(37)
+            }
+            .to_string(),
+            "too many failed logins; retry after 37 s"
+        );
+    }
+}

@@ -1,0 +1,321 @@
+//! One HTTP exchange and what can go wrong with it: sending through reqwest, turning error
+//! answers and transport failures into [`Error`], and the backoff between retries.
+
+use std::time::Duration;
+
+use crate::client::RetryPolicy;
+use crate::error::Error;
+use crate::trust::FingerprintMismatch;
+
+/// The longest `Retry-After` the SDK waits for by itself; a longer one is returned as the
+/// error, so that a person is not left looking at a silent command.
+const MAX_RETRY_AFTER: Duration = Duration::from_secs(30);
+
+/// Error answers are read up to this size (they are small JSON objects).
+const MAX_ERROR_BODY: usize = 64 * 1024;
+
+/// The reqwest client and the server's base URL (`https://host:port[/prefix]`, no trailing `/`).
+pub(crate) struct Http {
+    pub(crate) client: reqwest::Client,
+    pub(crate) base: String,
+}
+
+impl Http {
+    /// The full URL of an already-encoded path (starting with `/`).
+    pub(crate) fn url(&self, encoded_path: &str) -> String {
+        format!("{}{encoded_path}", self.base)
+    }
+}
+
+/// A failed attempt: the error, and how long the server asked us to wait before the next.
+#[derive(Debug)]
+pub(crate) struct Fail {
+    pub(crate) err: Error,
+    pub(crate) retry_after: Option<Duration>,
+}
+
+impl From<Error> for Fail {
+    fn from(err: Error) -> Self {
+        Fail {
+            err,
+            retry_after: None,
+        }
+    }
+}
+
+/// Sends a request; a transport failure becomes [`Error::Transport`] / [`Error::Tls`].
+pub(crate) async fn send(rb: reqwest::RequestBuilder) -> Result<reqwest::Response, Fail> {
+    rb.send()
+        .await
+        .map_err(|e| Fail::from(map_reqwest_error(&e)))
+}
+
+/// Passes a success (2xx) through; turns an error answer into its [`Error`].
+pub(crate) async fn check(resp: reqwest::Response) -> Result<reqwest::Response, Fail> {
+    let status = resp.status();
+    if status.is_success() {
+        return Ok(resp);
+    }
+    let retry_after_secs = resp
+        .headers()
+        .get(reqwest::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok());
+    let body = read_limited(resp, MAX_ERROR_BODY).await;
+    let err = Error::from_response(status.as_u16(), &body, retry_after_secs);
+    let retry_after = match status.as_u16() {
+        429 | 503 => retry_after_secs.map(Duration::from_secs),
+        _ => None,
+    };
+    Err(Fail { err, retry_after })
+}
+
+async fn read_limited(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
+    let mut out = Vec::new();
+    while let Ok(Some(chunk)) = resp.chunk().await {
+        out.extend_from_slice(&chunk[..chunk.len().min(max - out.len())]);
+        if out.len() >= max {
+            break;
+        }
+    }
+    out
+}
+
+/// Reads a JSON answer.
+pub(crate) async fn json<T: serde::de::DeserializeOwned>(
+    resp: reqwest::Response,
+) -> Result<T, Fail> {
+    let status = resp.status().as_u16();
+    let body = resp
+        .bytes()
+        .await
+        .map_err(|e| Fail::from(map_reqwest_error(&e)))?;
+    serde_json::from_slice(&body).map_err(|e| {
+        Fail::from(Error::Server {
+            status,
+            code: "bad_response".into(),
+            message: format!("the server's answer is not the expected JSON: {e}"),
+        })
+    })
+}
+
+/// An error reading the local source of an upload, told apart from network errors in the
+/// chain reqwest returns.
+#[derive(Debug)]
+pub(crate) struct BodyReadError(pub(crate) std::io::Error);
+
+impl std::fmt::Display for BodyReadError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "reading the upload's source: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodyReadError {}
+
+/// Classifies a reqwest failure: local read error, TLS, or transport.
+pub(crate) fn map_reqwest_error(e: &reqwest::Error) -> Error {
+    if let Some(b) = find::<BodyReadError>(e) {
+        return Error::Io(std::io::Error::new(b.0.kind(), b.0.to_string()));
+    }
+    if let Some(t) = find::<rustls::Error>(e) {
+        return tls_error(t);
+    }
+    let mut texts: Vec<String> = Vec::new();
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        let text = if let Some(r) = err.downcast_ref::<reqwest::Error>() {
+            // reqwest's own text names the URL, which the caller knows; keep the kind only.
+            if r.is_timeout() {
+                "timed out".to_owned()
+            } else if r.is_connect() {
+                "cannot connect".to_owned()
+            } else if r.is_body() {
+                "the transfer was interrupted".to_owned()
+            } else if r.is_decode() {
+                "the answer could not be read".to_owned()
+            } else {
+                "request failed".to_owned()
+            }
+        } else {
+            err.to_string()
+        };
+        if !texts.iter().any(|t| t.contains(&text)) {
+            texts.push(text);
+        }
+        cur = err.source();
+    }
+    if e.is_builder() {
+        return Error::Config(texts.join(": "));
+    }
+    Error::Transport(texts.join(": "))
+}
+
+/// The error of type `T` in the chain of `err`, also inside `io::Error`s (whose
+/// `source()` skips the error they wrap, and which hyper-rustls nests two deep).
+fn find<'a, T: std::error::Error + 'static>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    let mut cur = Some(err);
+    while let Some(e) = cur {
+        if let Some(t) = e.downcast_ref::<T>() {
+            return Some(t);
+        }
+        if let Some(inner) = e
+            .downcast_ref::<std::io::Error>()
+            .and_then(|io| io.get_ref())
+        {
+            let inner: &(dyn std::error::Error + 'static) = inner;
+            if let Some(t) = find::<T>(inner) {
+                return Some(t);
+            }
+        }
+        cur = e.source();
+    }
+    None
+}
+
+/// A TLS failure in words a person can act on.
+pub(crate) fn tls_error(e: &rustls::Error) -> Error {
+    use rustls::CertificateError as C;
+    let msg = match e {
+        rustls::Error::InvalidCertificate(c) => match c {
+            C::Other(other) => match other.0.downcast_ref::<FingerprintMismatch>() {
+                Some(m) => m.to_string(),
+                None => format!("the server's certificate is not accepted: {other}"),
+            },
+            C::UnknownIssuer => {
+                "the server's certificate is not signed by a trusted authority (unknown issuer): trust its CA file or pin its fingerprint".to_owned()
+            }
+            C::NotValidForName | C::NotValidForNameContext { .. } => {
+                "the server's certificate does not name this host: connect by a name or address the certificate lists".to_owned()
+            }
+            C::Expired | C::ExpiredContext { .. } => {
+                "the server's certificate has expired".to_owned()
+            }
+            C::NotValidYet | C::NotValidYetContext { .. } => {
+                "the server's certificate is not valid yet (check the clocks)".to_owned()
+            }
+            C::BadSignature => "the server's certificate has a bad signature".to_owned(),
+            other => format!("the server's certificate is not accepted: {other:?}"),
+        },
+        other => format!("TLS handshake failed: {other}"),
+    };
+    Error::Tls(msg)
+}
+
+/// Counts attempts and says how long to wait before the next one, if any.
+pub(crate) struct Backoff<'a> {
+    policy: &'a RetryPolicy,
+    attempt: u32,
+}
+
+impl<'a> Backoff<'a> {
+    pub(crate) fn new(policy: &'a RetryPolicy) -> Self {
+        Backoff { policy, attempt: 1 }
+    }
+
+    /// The number of the attempt being made (1 for the first).
+    pub(crate) fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// `Some(wait)` when `fail` is transient and attempts are left; counts the attempt.
+    pub(crate) fn next_delay(&mut self, fail: &Fail) -> Option<Duration> {
+        if !fail.err.is_transient() || self.attempt >= self.policy.max_attempts.max(1) {
+            return None;
+        }
+        let delay = match fail.retry_after {
+            Some(d) if d > MAX_RETRY_AFTER => return None,
+            Some(d) => d,
+            None => {
+                let exp = self
+                    .policy
+                    .initial_backoff
+                    .saturating_mul(1u32 << (self.attempt - 1).min(20));
+                let capped = exp.min(self.policy.max_backoff);
+                // "Equal jitter": half fixed, half random, so that clients that failed
+                // together do not come back together.
+                capped / 2 + capped.mul_f64(jitter() / 2.0)
+            }
+        };
+        self.attempt += 1;
+        Some(delay)
+    }
+}
+
+/// A number in [0, 1): not cryptographic, only to spread retries.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or(0),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_rustls_errors_nested_in_io_errors() {
+        // hyper-rustls wraps tokio-rustls's io::Error in another io::Error.
+        let tls = rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer);
+        let inner = std::io::Error::new(std::io::ErrorKind::InvalidData, tls);
+        let outer = std::io::Error::other(inner);
+        let found = find::<rustls::Error>(&outer).expect("found");
+        assert!(matches!(tls_error(found), Error::Tls(m) if m.contains("unknown issuer")));
+    }
+
+    #[test]
+    fn backoff_grows_caps_and_stops() {
+        let policy = RetryPolicy {
+            max_attempts: 4,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(250),
+        };
+        let mut b = Backoff::new(&policy);
+        let transient = || Fail::from(Error::Transport("reset".into()));
+        let d1 = b.next_delay(&transient()).unwrap();
+        assert!(d1 >= Duration::from_millis(50) && d1 <= Duration::from_millis(100));
+        let d2 = b.next_delay(&transient()).unwrap();
+        assert!(d2 >= Duration::from_millis(100) && d2 <= Duration::from_millis(200));
+        let d3 = b.next_delay(&transient()).unwrap();
+        assert!(d3 >= Duration::from_millis(125) && d3 <= Duration::from_millis(250));
+        assert_eq!(b.next_delay(&transient()), None, "4 attempts in all");
+    }
+
+    #[test]
+    fn backoff_honours_retry_after_and_skips_permanent_errors() {
+        let policy = RetryPolicy::default();
+        let mut b = Backoff::new(&policy);
+        assert_eq!(b.next_delay(&Fail::from(Error::NotFound)), None);
+        let busy = Fail {
+            err: Error::Server {
+                status: 503,
+                code: "unavailable".into(),
+                message: String::new(),
+            },
+            retry_after: Some(Duration::from_secs(2)),
+        };
+        assert_eq!(b.next_delay(&busy), Some(Duration::from_secs(2)));
+        let long = Fail {
+            err: Error::RateLimited {
+                retry_after_secs: Some(45),
+            },
+            retry_after: Some(Duration::from_secs(45)),
+        };
+        assert_eq!(b.next_delay(&long), None, "too long to wait silently");
+    }
+
+    #[test]
+    fn jitter_is_in_range() {
+        for _ in 0..100 {
+            let j = jitter();
+            assert!((0.0..1.0).contains(&j));
+        }
+    }
+}

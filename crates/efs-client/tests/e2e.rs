@@ -1,0 +1,924 @@
+//! End-to-end tests of the SDK against the real server: `efs-server` and `efsctl` from
+//! `<target>/debug/` (built by `cargo build -p efs-server --bins`), each test on its own
+//! temporary data dir and free port.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::{Duration, Instant};
+
+use efs_client::signer::{load_signer_with, openssh_public_line};
+use efs_client::{
+    AgentSigner, Client, EntryType, Error, KeySigner, PutOptions, RetryPolicy, Signer, TokenInfo,
+    Trust, fetch_server_certificate, format_fingerprint, parse_fingerprint,
+};
+use sha2::{Digest, Sha256};
+
+/// How long a server may take to print "Listening on" (debug build, busy machine).
+const START_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `<target>/debug/<name>`: test binaries run from `<target>/debug/deps/`.
+fn bin(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("the test binary's path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("tests run from <target>/debug/deps/");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: run `cargo build -p efs-server --bins` first (the project's test script does)",
+        path.display()
+    );
+    path
+}
+
+/// A running `efs-server`, killed on drop. Its output is drained by threads for its life.
+struct Server {
+    child: Option<Child>,
+    data: PathBuf,
+    port: u16,
+    /// `TLS certificate SHA-256 fingerprint:` as printed.
+    fingerprint: String,
+    stdout: Arc<Mutex<Vec<String>>>,
+    stderr: Arc<Mutex<Vec<String>>>,
+}
+
+impl Server {
+    fn start(data: &Path, listen: &str, extra: &[&str]) -> Server {
+        let mut child = Command::new(bin("efs-server"))
+            .arg("--data")
+            .arg(data)
+            .arg("--listen")
+            .arg(listen)
+            .args(extra)
+            .env_remove("EFS_PASSPHRASE")
+            .env_remove("EFS_DATA")
+            .env_remove("EFS_LISTEN")
+            .env_remove("EFS_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("starting efs-server");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel::<String>();
+        let out = child.stdout.take().expect("piped stdout");
+        let lines = stdout.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line.clone());
+                let _ = tx.send(line);
+            }
+        });
+        let err = child.stderr.take().expect("piped stderr");
+        let lines = stderr.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(err).lines() {
+                let Ok(line) = line else { break };
+                lines.lock().unwrap().push(line);
+            }
+        });
+        let deadline = Instant::now() + START_TIMEOUT;
+        let mut fingerprint = None;
+        let port = loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(line) => {
+                    if let Some(v) = line.strip_prefix("TLS certificate SHA-256 fingerprint: ") {
+                        fingerprint = v.split_whitespace().next().map(str::to_owned);
+                    } else if let Some(v) = line.strip_prefix("Listening on https://") {
+                        let addr: std::net::SocketAddr = v.trim().parse().expect("an address");
+                        break addr.port();
+                    }
+                }
+                Err(_) => {
+                    let _ = child.kill();
+                    let _ = child.wait();
+                    panic!(
+                        "efs-server did not start\n--- stdout\n{}\n--- stderr\n{}",
+                        stdout.lock().unwrap().join("\n"),
+                        stderr.lock().unwrap().join("\n")
+                    );
+                }
+            }
+        };
+        Server {
+            child: Some(child),
+            data: data.to_owned(),
+            port,
+            fingerprint: fingerprint.expect("the server printed its fingerprint"),
+            stdout,
+            stderr,
+        }
+    }
+
+    fn url(&self) -> String {
+        format!("https://127.0.0.1:{}", self.port)
+    }
+
+    fn cert_pem(&self) -> Vec<u8> {
+        std::fs::read(self.data.join("system").join("tls-cert.pem")).expect("tls-cert.pem")
+    }
+
+    /// SIGKILL: no graceful shutdown, connections drop mid-transfer.
+    fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn efsctl(&self, args: &[&str]) -> String {
+        let out = Command::new(bin("efsctl"))
+            .arg("--data")
+            .arg(&self.data)
+            .args(args)
+            .env_remove("EFS_PASSPHRASE")
+            .env_remove("EFS_DATA")
+            .stdin(Stdio::null())
+            .output()
+            .expect("running efsctl");
+        assert!(
+            out.status.success(),
+            "efsctl {args:?} failed\nstdout: {}\nstderr: {}\nserver stdout: {}\nserver stderr: {}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.stdout.lock().unwrap().join("\n"),
+            self.stderr.lock().unwrap().join("\n"),
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A server with one filesystem and one user whose key the test holds.
+struct Setup {
+    tmp: tempfile::TempDir,
+    server: Server,
+    key: ed25519_dalek::SigningKey,
+}
+
+const USER: &str = "app1";
+const FS: &str = "records";
+
+fn new_key() -> ed25519_dalek::SigningKey {
+    let mut seed = [0u8; 32];
+    aws_lc_rs::rand::fill(&mut seed).expect("random bytes");
+    ed25519_dalek::SigningKey::from_bytes(&seed)
+}
+
+fn setup(extra: &[&str]) -> Setup {
+    let tmp = tempfile::tempdir().expect("a temporary directory");
+    let server = Server::start(&tmp.path().join("d"), "127.0.0.1:0", extra);
+    let key = new_key();
+    server.efsctl(&["create-fs", FS]);
+    add_user(&server, tmp.path(), USER, &key);
+    Setup { tmp, server, key }
+}
+
+fn add_user(server: &Server, dir: &Path, user: &str, key: &ed25519_dalek::SigningKey) {
+    let pub_path = dir.join(format!("{user}.pub"));
+    std::fs::write(
+        &pub_path,
+        format!(
+            "{}\n",
+            openssh_public_line(&key.verifying_key().to_bytes(), "test")
+        ),
+    )
+    .unwrap();
+    let out = server.efsctl(&[
+        "create-user",
+        user,
+        "--fs",
+        FS,
+        "--pubkey",
+        pub_path.to_str().unwrap(),
+    ]);
+    assert!(out.contains(user), "{out}");
+}
+
+impl Setup {
+    fn builder(&self) -> efs_client::ClientBuilder {
+        Client::builder(&self.server.url())
+            .user(USER)
+            .signer(Arc::new(KeySigner::from_signing_key(self.key.clone())))
+            .trust(Trust::CaPem(self.server.cert_pem()))
+    }
+
+    fn client(&self) -> Client {
+        self.builder().build().expect("a client")
+    }
+}
+
+/// Deterministic pseudo-random content (xorshift), so failures are reproducible.
+fn content(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    Sha256::digest(b).into()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_round_trip_and_operations() {
+    let s = setup(&[]);
+    let c = s.client();
+    let tok = c.login().await.expect("login");
+    assert_eq!(tok.fs, FS);
+    assert!(tok.renewals_left > 0);
+
+    // Upload/download round trips at edge sizes, through every entry point.
+    for (len, name) in [(0usize, "empty"), (1, "one"), (3 << 20, "three-mib")] {
+        let data = content(len, len as u64 + 1);
+        let local = s.tmp.path().join(format!("{name}.bin"));
+        std::fs::write(&local, &data).unwrap();
+        let sent = Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let sent2 = sent.clone();
+        let opts = PutOptions {
+            content_type: Some("application/x-test".into()),
+            progress: Some(Arc::new(move |n| sent2.store(n, Ordering::Relaxed))),
+            ..Default::default()
+        };
+        let path = format!("/sizes/{name}.bin");
+        let stored = c
+            .upload_file(&path, &local, opts)
+            .await
+            .expect("upload_file");
+        assert_eq!(stored.size, len as u64);
+        assert_eq!(stored.kind, EntryType::File);
+        assert_eq!(stored.name, format!("{name}.bin"));
+        assert!(stored.etag.is_some());
+        assert_eq!(sent.load(Ordering::Relaxed), len as u64);
+
+        let back = s.tmp.path().join(format!("{name}.back"));
+        let got = c
+            .download_file(&path, &back, None)
+            .await
+            .expect("download_file");
+        assert_eq!(got, len as u64);
+        assert_eq!(
+            sha256(&std::fs::read(&back).unwrap()),
+            sha256(&data),
+            "{name}"
+        );
+        let mut part = back.clone().into_os_string();
+        part.push(".efs-part");
+        assert!(!Path::new(&part).exists(), "the temporary file is renamed");
+
+        assert_eq!(sha256(&c.get_bytes(&path).await.unwrap()), sha256(&data));
+
+        // Streaming both ways, through AsyncRead / AsyncWrite.
+        let stream_path = format!("/sizes/{name}.stream");
+        let reader = std::io::Cursor::new(data.clone());
+        let e = c
+            .upload(
+                &stream_path,
+                reader,
+                Some(len as u64),
+                PutOptions::default(),
+            )
+            .await
+            .expect("upload");
+        assert_eq!(e.size, len as u64);
+        let mut out = Vec::new();
+        let n = c
+            .download(&stream_path, &mut out, None, None)
+            .await
+            .expect("download");
+        assert_eq!(n, len as u64);
+        assert_eq!(sha256(&out), sha256(&data));
+
+        let st = c.stat(&path).await.expect("stat");
+        assert_eq!(st.size, len as u64);
+        assert_eq!(st.kind, EntryType::File);
+        assert_eq!(st.content_type.as_deref(), Some("application/x-test"));
+        assert_eq!(st.etag, stored.etag);
+        assert!(st.modified.ends_with('Z'), "{}", st.modified);
+    }
+
+    // A byte range, end exclusive; and the tail.
+    let big = content(3 << 20, (3 << 20) + 1);
+    let mut out = Vec::new();
+    let n = c
+        .download("/sizes/three-mib.bin", &mut out, Some(1000..70_000), None)
+        .await
+        .expect("range");
+    assert_eq!(n, 69_000);
+    assert_eq!(out, big[1000..70_000]);
+    let mut tail = Vec::new();
+    c.download(
+        "/sizes/three-mib.bin",
+        &mut tail,
+        Some(big.len() as u64 - 5..big.len() as u64),
+        None,
+    )
+    .await
+    .unwrap();
+    assert_eq!(tail, big[big.len() - 5..]);
+    let mut none = Vec::new();
+    assert!(matches!(
+        c.download("/sizes/one.bin", &mut none, Some(10..20), None)
+            .await,
+        Err(Error::RangeNotSatisfiable)
+    ));
+
+    // Names that need encoding.
+    for name in [
+        "/odd/a b.txt",
+        "/odd/50%.txt",
+        "/odd/a#b?c=d&e.txt",
+        "/odd/été 日本.txt",
+    ] {
+        c.put_bytes(
+            name,
+            bytes::Bytes::from(name.as_bytes().to_vec()),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(c.get_bytes(name).await.unwrap(), name.as_bytes());
+    }
+    let odd: Vec<String> = c
+        .list("/odd")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(odd.len(), 4, "{odd:?}");
+    assert!(odd.contains(&"été 日本.txt".to_owned()), "{odd:?}");
+
+    // mkdir, stat of a directory, rename, delete.
+    let d = c.mkdir("/a/b/c").await.expect("mkdir");
+    assert_eq!(d.kind, EntryType::Dir);
+    assert_eq!(d.name, "c");
+    let st = c.stat("/a/b").await.expect("stat dir");
+    assert_eq!(st.kind, EntryType::Dir);
+    assert_eq!(st.name, "b");
+    assert_eq!(c.stat("/a/b/").await.unwrap().kind, EntryType::Dir);
+    assert_eq!(c.stat("/").await.unwrap().kind, EntryType::Dir);
+
+    c.put_bytes("/a/x.txt", "x".into(), PutOptions::default())
+        .await
+        .unwrap();
+    let moved = c
+        .rename("/a/x.txt", "/a/b/y.txt", false)
+        .await
+        .expect("rename");
+    assert_eq!(moved.name, "y.txt");
+    assert!(matches!(c.stat("/a/x.txt").await, Err(Error::NotFound)));
+    assert_eq!(c.get_bytes("/a/b/y.txt").await.unwrap(), "x");
+    c.put_bytes("/a/z.txt", "z".into(), PutOptions::default())
+        .await
+        .unwrap();
+    assert!(matches!(
+        c.rename("/a/z.txt", "/a/b/y.txt", false).await,
+        Err(Error::Conflict(_))
+    ));
+    c.rename("/a/z.txt", "/a/b/y.txt", true)
+        .await
+        .expect("overwrite");
+    assert_eq!(c.get_bytes("/a/b/y.txt").await.unwrap(), "z");
+
+    assert!(matches!(
+        c.delete("/a", false).await,
+        Err(Error::Conflict(_))
+    ));
+    c.delete("/a/b/y.txt", false).await.expect("delete a file");
+    assert!(matches!(c.stat("/a/b/y.txt").await, Err(Error::NotFound)));
+    c.delete("/a", true).await.expect("delete recursively");
+    assert!(matches!(c.stat("/a").await, Err(Error::NotFound)));
+    assert!(matches!(
+        c.get_bytes("/nothing").await,
+        Err(Error::NotFound)
+    ));
+    assert!(matches!(c.list("/nothing/").await, Err(Error::NotFound)));
+
+    // Conditional writes.
+    let first = c
+        .put_bytes(
+            "/cond.txt",
+            "v1".into(),
+            PutOptions {
+                create_only: true,
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("create");
+    let again = c
+        .put_bytes(
+            "/cond.txt",
+            "v2".into(),
+            PutOptions {
+                create_only: true,
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(again, Err(Error::PreconditionFailed)), "{again:?}");
+    let stale = first.etag.clone().unwrap();
+    let second = c
+        .put_bytes(
+            "/cond.txt",
+            "v2".into(),
+            PutOptions {
+                if_match: Some(stale.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .expect("if_match with the current etag");
+    assert_ne!(second.etag, first.etag);
+    let old = c
+        .put_bytes(
+            "/cond.txt",
+            "v3".into(),
+            PutOptions {
+                if_match: Some(stale),
+                ..Default::default()
+            },
+        )
+        .await;
+    assert!(matches!(old, Err(Error::PreconditionFailed)), "{old:?}");
+    assert_eq!(c.get_bytes("/cond.txt").await.unwrap(), "v2");
+
+    // Invalid paths are the server's to refuse, and say so.
+    assert!(matches!(
+        c.get_bytes("/a/../b").await,
+        Err(Error::InvalidPath(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lists_in_pages() {
+    let s = setup(&[]);
+    let c = s.client();
+    for i in 0..30 {
+        if i % 3 == 0 {
+            c.mkdir(&format!("/many/dir{i:02}")).await.unwrap();
+        } else {
+            c.put_bytes(
+                &format!("/many/f{i:02}"),
+                bytes::Bytes::from(vec![b'x'; i]),
+                PutOptions::default(),
+            )
+            .await
+            .unwrap();
+        }
+    }
+    let mut names = Vec::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        let page = c
+            .list_page("/many/", cursor.as_deref(), Some(10))
+            .await
+            .expect("page");
+        assert!(page.entries.len() <= 10);
+        names.extend(page.entries.into_iter().map(|e| e.name));
+        pages += 1;
+        match page.next_cursor {
+            Some(next) => cursor = Some(next),
+            None => break,
+        }
+        assert!(pages < 10, "pagination does not end");
+    }
+    assert!(pages >= 3, "{pages} pages");
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 30);
+    let all = c.list("/many").await.expect("list");
+    assert_eq!(all.len(), 30);
+    assert_eq!(all.iter().filter(|e| e.kind == EntryType::Dir).count(), 10);
+    let f05 = all.iter().find(|e| e.name == "f05").unwrap();
+    assert_eq!(f05.size, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn wrong_key_is_unauthorized_with_a_hint() {
+    let s = setup(&[]);
+    let c = Client::builder(&s.server.url())
+        .user(USER)
+        .signer(Arc::new(KeySigner::from_signing_key(new_key())))
+        .trust(Trust::CaPem(s.server.cert_pem()))
+        .build()
+        .unwrap();
+    let e = c.login().await.unwrap_err();
+    assert!(matches!(e, Error::Unauthorized), "{e:?}");
+    assert!(e.hint().unwrap().contains("key"));
+    let e = c.get_bytes("/x").await.unwrap_err();
+    assert!(matches!(e, Error::Unauthorized), "{e:?}");
+
+    // A filesystem the user is not granted.
+    let c = s.builder().fs("other").build().unwrap();
+    assert!(matches!(c.login().await, Err(Error::Unauthorized)));
+
+    // The server identity is pinned: a challenge from "another server" is not signed.
+    let c = s
+        .builder()
+        .server_id("efs-00000000000000000000000000000000")
+        .build()
+        .unwrap();
+    assert!(matches!(c.login().await, Err(Error::Config(m)) if m.contains("refusing to sign")));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trusts_a_pinned_fingerprint_and_refuses_a_changed_one() {
+    let s = setup(&[]);
+    let printed = parse_fingerprint(&s.server.fingerprint).expect("the printed fingerprint");
+    assert_eq!(format_fingerprint(&printed), s.server.fingerprint);
+
+    // Trust on first use: the fetched certificate is the one the server printed.
+    let (der, fp) = fetch_server_certificate(&s.server.url())
+        .await
+        .expect("fetch");
+    assert_eq!(fp, printed);
+    assert_eq!(sha256(&der), printed);
+
+    let pinned = Client::builder(&s.server.url())
+        .user(USER)
+        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
+        .trust(Trust::Fingerprint(printed))
+        .build()
+        .unwrap();
+    // The CA file also works by host name: the certificate names localhost.
+    let by_name = Client::builder(&format!("https://localhost:{}", s.server.port))
+        .user(USER)
+        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
+        .trust(Trust::CaPem(s.server.cert_pem()))
+        .build()
+        .unwrap();
+    by_name
+        .login()
+        .await
+        .expect("localhost is in the certificate");
+
+    pinned
+        .put_bytes("/pinned.txt", "ok".into(), PutOptions::default())
+        .await
+        .expect("pinned");
+    assert_eq!(pinned.get_bytes("/pinned.txt").await.unwrap(), "ok");
+
+    let mut wrong = printed;
+    wrong[0] ^= 0xff;
+    let c = Client::builder(&s.server.url())
+        .user(USER)
+        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
+        .trust(Trust::Fingerprint(wrong))
+        .build()
+        .unwrap();
+    let e = c.login().await.unwrap_err();
+    let Error::Tls(msg) = &e else {
+        panic!("expected a TLS error, got {e:?}")
+    };
+    assert!(msg.contains("changed"), "{msg}");
+    assert!(msg.contains(&format_fingerprint(&printed)), "{msg}");
+    assert!(msg.contains(&format_fingerprint(&wrong)), "{msg}");
+    assert!(e.hint().is_some());
+
+    // A CA that did not sign the certificate: not trusted.
+    let other = setup(&[]);
+    let c = Client::builder(&s.server.url())
+        .user(USER)
+        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
+        .trust(Trust::CaPem(other.server.cert_pem()))
+        .build()
+        .unwrap();
+    assert!(matches!(c.login().await, Err(Error::Tls(_))));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renews_tokens_transparently() {
+    let s = setup(&["--token-ttl", "3", "--max-renewals", "2"]);
+    let seen: Arc<Mutex<Vec<TokenInfo>>> = Arc::default();
+    let seen2 = seen.clone();
+    let c = s
+        .builder()
+        .on_token(Arc::new(move |t| seen2.lock().unwrap().push(t.clone())))
+        .build()
+        .unwrap();
+    c.put_bytes("/renew.txt", "r".into(), PutOptions::default())
+        .await
+        .unwrap();
+    // Every half second for 12 s: a 3 s token is refreshed inside its last 0.75 s, so each
+    // token is renewed before it expires whatever the phase of the requests.
+    let start = Instant::now();
+    let mut requests = 0;
+    while start.elapsed() < Duration::from_secs(12) {
+        let got = c.get_bytes("/renew.txt").await;
+        assert_eq!(got.expect("a request during renewals"), "r");
+        requests += 1;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let seen = seen.lock().unwrap();
+    let lefts: Vec<u32> = seen.iter().map(|t| t.renewals_left).collect();
+    eprintln!("renewals_left of each new token: {lefts:?} ({requests} requests)");
+    assert!(requests >= 15, "{requests}");
+    // Logins give 2 renewals, refreshes count down; after 0, a new login.
+    assert_eq!(lefts.first(), Some(&2), "{lefts:?}");
+    assert!(lefts.contains(&1), "refreshes happened: {lefts:?}");
+    let relogin = lefts.windows(2).any(|w| w[0] == 0 && w[1] == 2);
+    assert!(relogin, "a new login after the renewals ran out: {lefts:?}");
+    let unique: std::collections::HashSet<&str> = seen.iter().map(|t| t.token.as_str()).collect();
+    assert_eq!(unique.len(), seen.len(), "every callback has a new token");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn upload_is_retried_across_a_server_restart() {
+    let mut s = setup(&[]);
+    let port = s.server.port;
+    let data = s.server.data.clone();
+    let key_part = format!("file:{}", s.tmp.path().join("d.keypart").display());
+    assert!(
+        s.tmp.path().join("d.keypart").exists(),
+        "the first start generated a key part"
+    );
+
+    let c = s
+        .builder()
+        .retry(RetryPolicy {
+            max_attempts: 40,
+            initial_backoff: Duration::from_millis(100),
+            max_backoff: Duration::from_millis(1000),
+        })
+        .build()
+        .unwrap();
+    c.login().await.unwrap();
+
+    let body = content(20 << 20, 42);
+    let local = s.tmp.path().join("big.bin");
+    std::fs::write(&local, &body).unwrap();
+
+    // Once 4 MiB are sent, the upload pauses (its progress callback blocks) until the test
+    // has killed the server; then it runs into the dead connection.
+    let (reached_tx, reached_rx) = tokio::sync::oneshot::channel::<()>();
+    let reached_tx = Mutex::new(Some(reached_tx));
+    let (killed_tx, killed_rx) = mpsc::channel::<()>();
+    let killed_rx = Mutex::new(killed_rx);
+    let paused = AtomicBool::new(false);
+    // Each attempt reports its first chunk (at most 256 KiB) first: count the attempts.
+    let attempts = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let attempts2 = attempts.clone();
+    let opts = PutOptions {
+        progress: Some(Arc::new(move |n| {
+            if n <= 256 << 10 {
+                attempts2.fetch_add(1, Ordering::SeqCst);
+            }
+            if n >= 4 << 20 && !paused.swap(true, Ordering::SeqCst) {
+                if let Some(tx) = reached_tx.lock().unwrap().take() {
+                    let _ = tx.send(());
+                }
+                let _ = killed_rx
+                    .lock()
+                    .unwrap()
+                    .recv_timeout(Duration::from_secs(30));
+            }
+        })),
+        ..Default::default()
+    };
+    let c2 = c.clone();
+    let local2 = local.clone();
+    let upload = tokio::spawn(async move { c2.upload_file("/big.bin", &local2, opts).await });
+
+    tokio::time::timeout(Duration::from_secs(30), reached_rx)
+        .await
+        .expect("the upload reached 4 MiB")
+        .unwrap();
+    s.server.kill();
+    killed_tx.send(()).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let restarted = Server::start(
+        &data,
+        &format!("127.0.0.1:{port}"),
+        &["--key-part", &key_part],
+    );
+    assert_eq!(restarted.port, port);
+    s.server = restarted;
+
+    let entry = tokio::time::timeout(Duration::from_secs(60), upload)
+        .await
+        .expect("the upload ends")
+        .unwrap()
+        .expect("the upload was retried and succeeded");
+    assert_eq!(entry.size, body.len() as u64);
+    assert!(
+        attempts.load(Ordering::SeqCst) >= 2,
+        "the upload was sent again after the restart"
+    );
+    let back = c.get_bytes("/big.bin").await.unwrap();
+    assert_eq!(sha256(&back), sha256(&body));
+}
+
+/// An `ssh-agent` child on a socket in a temporary directory, killed on drop.
+struct Agent {
+    child: Child,
+    socket: PathBuf,
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn have(cmd: &str) -> bool {
+    Command::new("which")
+        .arg(cmd)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn start_agent(dir: &Path) -> Agent {
+    let socket = dir.join("agent.sock");
+    let child = Command::new("ssh-agent")
+        .arg("-a")
+        .arg(&socket)
+        .arg("-D")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting ssh-agent");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "ssh-agent did not create its socket"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Agent { child, socket }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn signs_through_ssh_agent() {
+    if !have("ssh-agent") || !have("ssh-add") {
+        eprintln!("skipped: ssh-agent / ssh-add not installed");
+        return;
+    }
+    let s = setup(&[]);
+    let agent = start_agent(s.tmp.path());
+
+    // The user's key, written as ssh-keygen would (0600), and added to the agent.
+    let key_path = s.tmp.path().join("id_ed25519");
+    let text = KeySigner::from_signing_key(s.key.clone())
+        .to_openssh("test@agent")
+        .unwrap();
+    std::fs::write(&key_path, text.as_bytes()).unwrap();
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&key_path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let out = Command::new("ssh-add")
+        .arg(&key_path)
+        .env("SSH_AUTH_SOCK", &agent.socket)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running ssh-add");
+    assert!(
+        out.status.success(),
+        "ssh-add: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let public = s.key.verifying_key().to_bytes();
+    let signer = AgentSigner::connect(&agent.socket, public)
+        .await
+        .expect("agent");
+    assert_eq!(signer.public_key(), public);
+    let c = Client::builder(&s.server.url())
+        .user(USER)
+        .signer(Arc::new(signer))
+        .trust(Trust::CaPem(s.server.cert_pem()))
+        .build()
+        .unwrap();
+    c.login().await.expect("login through the agent");
+    c.put_bytes("/agent.txt", "a".into(), PutOptions::default())
+        .await
+        .unwrap();
+
+    // A key the agent does not hold.
+    let other = new_key().verifying_key().to_bytes();
+    let e = AgentSigner::connect(&agent.socket, other)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&e, Error::Key(m) if m.contains("does not hold")),
+        "{e}"
+    );
+
+    // load_signer picks the agent when it holds the key of `<key>.pub`: with the private
+    // key file gone, only the agent can sign.
+    let mut pub_path = key_path.clone().into_os_string();
+    pub_path.push(".pub");
+    std::fs::write(
+        &pub_path,
+        format!("{}\n", openssh_public_line(&public, "test")),
+    )
+    .unwrap();
+    std::fs::remove_file(&key_path).unwrap();
+    let signer = load_signer_with(&key_path, Some(&agent.socket), None)
+        .await
+        .expect("the agent's signer");
+    let c = Client::builder(&s.server.url())
+        .user(USER)
+        .signer(signer)
+        .trust(Trust::CaPem(s.server.cert_pem()))
+        .build()
+        .unwrap();
+    assert_eq!(c.get_bytes("/agent.txt").await.unwrap(), "a");
+    // Without the agent, the (missing) file is needed.
+    assert!(matches!(
+        load_signer_with(&key_path, None, None).await,
+        Err(Error::Key(_))
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_login_for_many_requests_and_cached_tokens() {
+    let s = setup(&[]);
+    let logins = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let last: Arc<Mutex<Option<TokenInfo>>> = Arc::default();
+    let (logins2, last2) = (logins.clone(), last.clone());
+    let c = s
+        .builder()
+        .on_token(Arc::new(move |t| {
+            logins2.fetch_add(1, Ordering::SeqCst);
+            *last2.lock().unwrap() = Some(t.clone());
+        }))
+        .build()
+        .unwrap();
+    // Many concurrent first requests: one login between them.
+    let tasks: Vec<_> = (0..16)
+        .map(|i| {
+            let c = c.clone();
+            tokio::spawn(async move {
+                c.put_bytes(&format!("/many/{i}"), "x".into(), PutOptions::default())
+                    .await
+            })
+        })
+        .collect();
+    for t in tasks {
+        t.await.unwrap().expect("a concurrent upload");
+    }
+    assert_eq!(logins.load(Ordering::SeqCst), 1);
+
+    // A cached token is used as it is: no login.
+    let cached = last.lock().unwrap().clone().unwrap();
+    let count = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count2 = count.clone();
+    let c2 = s
+        .builder()
+        .cached_token(cached.clone())
+        .on_token(Arc::new(move |_| {
+            count2.fetch_add(1, Ordering::SeqCst);
+        }))
+        .build()
+        .unwrap();
+    assert_eq!(c2.get_bytes("/many/3").await.unwrap(), "x");
+    assert_eq!(count.load(Ordering::SeqCst), 0);
+    assert_eq!(c2.token().await.unwrap().token, cached.token);
+
+    // A cached token the server refuses (here: not a token at all) although it looks
+    // valid: the client logs in again once and the request goes through.
+    let bogus = TokenInfo {
+        token: "not-a-token".into(),
+        ..cached
+    };
+    let count = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let count2 = count.clone();
+    let c3 = s
+        .builder()
+        .cached_token(bogus)
+        .on_token(Arc::new(move |_| {
+            count2.fetch_add(1, Ordering::SeqCst);
+        }))
+        .build()
+        .unwrap();
+    assert_eq!(c3.get_bytes("/many/3").await.unwrap(), "x");
+    assert_eq!(count.load(Ordering::SeqCst), 1, "one new login");
+    assert_ne!(c3.token().await.unwrap().token, "not-a-token");
+}
