@@ -289,14 +289,45 @@ fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
 
 /// Every file route.
 async fn files(State(st): St, req: Request) -> Response {
-    match files_inner(st, req).await {
+    let (parts, body) = req.into_parts();
+    let mut body = Some(body);
+    match files_inner(st, &parts, &mut body).await {
         Ok(r) => r,
-        Err(e) => e.into_response(),
+        Err(e) => {
+            if let Some(b) = body {
+                drain_small_body(&parts.headers, b).await;
+            }
+            e.into_response()
+        }
     }
 }
 
-async fn files_inner(st: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
-    let raw_path = req.uri().path().to_owned();
+/// Reads and drops a small unread request body before an error answer. Over HTTP/2 an
+/// answer that leaves the body unread ends with a stream reset, which some clients (curl
+/// 7.88) report as a transport error instead of showing the answer. Bodies announced larger
+/// than 1 MiB, or slower than 2 s, are not waited for.
+async fn drain_small_body(headers: &HeaderMap, body: Body) {
+    const LIMIT: usize = 1 << 20;
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if announced.is_some_and(|n| n > LIMIT as u64) {
+        return;
+    }
+    let _ = tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        axum::body::to_bytes(body, LIMIT),
+    )
+    .await;
+}
+
+async fn files_inner(
+    st: Arc<AppState>,
+    parts: &axum::http::request::Parts,
+    body: &mut Option<Body>,
+) -> Result<Response, ApiError> {
+    let raw_path = parts.uri.path().to_owned();
     if raw_path == "/_efs" || raw_path.starts_with("/_efs/") {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -310,9 +341,9 @@ async fn files_inner(st: Arc<AppState>, req: Request) -> Result<Response, ApiErr
     if st.http.log_paths {
         tracing::info!(path = %path, "path");
     }
-    let (caller, fs) = authorise(&st, req.headers(), req.extensions())?;
-    let query = parse_query(req.uri().query())?;
-    let method = req.method().clone();
+    let (caller, fs) = authorise(&st, &parts.headers, &parts.extensions)?;
+    let query = parse_query(parts.uri.query())?;
+    let method = parts.method.clone();
     match (method.as_str(), is_dir) {
         ("GET", true) => list(&fs, &path, &query).await,
         ("HEAD", true) => {
@@ -323,11 +354,11 @@ async fn files_inner(st: Arc<AppState>, req: Request) -> Result<Response, ApiErr
             Ok(StatusCode::OK.into_response())
         }
         ("GET", false) | ("HEAD", false) => {
-            read(&st, &fs, &path, req.headers(), method == Method::HEAD).await
+            read(&st, &fs, &path, &parts.headers, method == Method::HEAD).await
         }
         ("PUT", false) | ("POST", false) => {
             require_write(&caller)?;
-            write(&st, &fs, &path, req).await
+            write(&st, &fs, &path, &parts.headers, body).await
         }
         ("PUT", true) | ("POST", true) | ("MKCOL", _) => {
             require_write(&caller)?;
@@ -336,7 +367,7 @@ async fn files_inner(st: Arc<AppState>, req: Request) -> Result<Response, ApiErr
         }
         ("DELETE", _) => {
             require_write(&caller)?;
-            let cond = write_precondition(req.headers())?;
+            let cond = write_precondition(&parts.headers)?;
             if !is_dir {
                 // `DELETE /a` on a directory works too, like `rm -r` needs.
             }
@@ -345,8 +376,8 @@ async fn files_inner(st: Arc<AppState>, req: Request) -> Result<Response, ApiErr
         }
         ("MOVE", _) => {
             require_write(&caller)?;
-            let dest = req
-                .headers()
+            let dest = parts
+                .headers
                 .get("destination")
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| ApiError::bad_request("MOVE needs a Destination header"))?;
@@ -358,8 +389,8 @@ async fn files_inner(st: Arc<AppState>, req: Request) -> Result<Response, ApiErr
                 None => dest,
             };
             let to = EfsPath::parse_uri_path(dest_path).map_err(efs_core::CoreError::from)?;
-            let overwrite = req
-                .headers()
+            let overwrite = parts
+                .headers
                 .get("overwrite")
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("T"));
@@ -476,11 +507,11 @@ async fn write(
     st: &AppState,
     fs: &Arc<Filesystem>,
     path: &EfsPath,
-    req: Request,
+    headers: &HeaderMap,
+    body: &mut Option<Body>,
 ) -> Result<Response, ApiError> {
-    let cond = write_precondition(req.headers())?;
-    if let Some(len) = req
-        .headers()
+    let cond = write_precondition(headers)?;
+    if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok())
@@ -488,8 +519,7 @@ async fn write(
     {
         return Err(efs_core::CoreError::TooLarge.into());
     }
-    let content_type = req
-        .headers()
+    let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 256)
@@ -497,7 +527,10 @@ async fn write(
         .unwrap_or_else(|| "application/octet-stream".into());
     let mut upload = fs.begin_upload().await?;
     upload.set_max_size(st.http.max_body);
-    let mut stream = req.into_body().into_data_stream();
+    let mut stream = body
+        .take()
+        .expect("the body is taken only here")
+        .into_data_stream();
     while let Some(chunk) = stream.next().await {
         let chunk = match chunk {
             Ok(c) => c,

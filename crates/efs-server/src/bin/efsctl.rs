@@ -14,6 +14,21 @@ use efs_core::admin::{AdminRequest, AdminResponse};
 use efs_core::system::GrantRecord;
 use efs_core::{DataDir, KeyPartSpec, OpenOptions};
 
+/// Prints a line to stdout; a closed pipe (`efsctl list-users | head`) ends the program
+/// successfully instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let mut out = std::io::stdout().lock();
+        if let Err(e) = writeln!(out, $($arg)*) {
+            if e.kind() == std::io::ErrorKind::BrokenPipe {
+                std::process::exit(0);
+            }
+            panic!("writing to stdout failed: {e}");
+        }
+    }};
+}
+
 /// EFS admin tool.
 ///
 /// While efs-server runs, commands go through its admin socket (DATA/system/admin.sock)
@@ -164,7 +179,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
                 Some(p) => read_public_key(&p)?,
                 None => generate_key_pair(&name, out)?,
             };
-            println!(
+            say!(
                 "Public key SHA-256 fingerprint: {}",
                 efs_server::auth::fingerprint_sha256(&key)
             );
@@ -215,10 +230,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
         bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&resp.data)?);
+        say!("{}", serde_json::to_string_pretty(&resp.data)?);
     } else {
         for l in &resp.lines {
-            println!("{l}");
+            say!("{l}");
         }
     }
     Ok(if resp.clean == Some(false) { 3 } else { 0 })
@@ -334,20 +349,20 @@ fn generate_key_pair(
     let vk = signing.verifying_key();
     let line = format!("{} efs:{name}\n", efs_server::auth::openssh_public_key(&vk));
     write(&pub_path, line.as_bytes(), 0o644)?;
-    println!("Generated an Ed25519 key pair for '{name}':");
-    println!(
+    say!("Generated an Ed25519 key pair for '{name}':");
+    say!(
         "  private key (OpenSSH, for the efs client): {} (mode 0600)",
         out.display()
     );
-    println!(
+    say!(
         "  private key (PKCS#8 PEM, for openssl):     {} (mode 0600)",
         pem_path.display()
     );
-    println!(
+    say!(
         "  public key:                                {}",
         pub_path.display()
     );
-    println!("Give the private key to the user only, over a safe channel.");
+    say!("Give the private key to the user only, over a safe channel.");
     Ok(vk)
 }
 
