@@ -77,8 +77,9 @@ pub struct ListPage {
     pub next_cursor: Option<String>,
 }
 
-/// What a login or refresh gave (for `efs token` and token caches).
-#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+/// What a login or refresh gave (for `efs token` and token caches). Its `Debug` does not
+/// print the token.
+#[derive(Clone, serde::Serialize, serde::Deserialize)]
 pub struct TokenInfo {
     /// The bearer token (a JWT).
     pub token: String,
@@ -88,6 +89,17 @@ pub struct TokenInfo {
     pub expires_at_unix: u64,
     /// Refreshes still allowed before a new login is needed.
     pub renewals_left: u32,
+}
+
+impl std::fmt::Debug for TokenInfo {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenInfo")
+            .field("token", &"<redacted>")
+            .field("fs", &self.fs)
+            .field("expires_at_unix", &self.expires_at_unix)
+            .field("renewals_left", &self.renewals_left)
+            .finish()
+    }
 }
 
 impl From<efs_proto::ListEntry> for Entry {

@@ -185,6 +185,13 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
 async fn refresh(State(st): St, req: Request) -> Result<Response, ApiError> {
     let ip = client_ip(req.extensions());
     let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized)?;
+    // A user bound to a client certificate renews only over a connection that has it.
+    let caller = st.auth.verify(token)?;
+    let cert = req
+        .extensions()
+        .get::<ConnInfo>()
+        .and_then(|c| c.client_cert_sha256);
+    check_cert_binding(&st, &caller.user, cert)?;
     let r = st.auth.refresh(token, ip)?;
     Ok(axum::Json(r).into_response())
 }
@@ -611,6 +618,24 @@ async fn read(
     h: &HeaderMap,
     head: bool,
 ) -> Result<Response, ApiError> {
+    // The headers come from a stat and the content from an open: if the file is replaced
+    // in between, start again with the new version rather than fail.
+    for _ in 0..4 {
+        if let Some(r) = read_version(st, fs, path, h, head).await? {
+            return Ok(r);
+        }
+    }
+    Err(efs_core::CoreError::Contention.into())
+}
+
+/// One attempt of [`read`]; `None` if the version changed between stat and open.
+async fn read_version(
+    st: &AppState,
+    fs: &Arc<Filesystem>,
+    path: &EfsPath,
+    h: &HeaderMap,
+    head: bool,
+) -> Result<Option<Response>, ApiError> {
     let entry = fs.stat(path).await?;
     if entry.kind == Kind::Dir {
         return Err(ApiError::new(
@@ -633,7 +658,7 @@ async fn read(
         if hit {
             let mut r = StatusCode::NOT_MODIFIED.into_response();
             set_etag(r.headers_mut(), &entry);
-            return Ok(r);
+            return Ok(Some(r));
         }
     }
     let len = entry.size;
@@ -649,7 +674,7 @@ async fn read(
             if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 r.headers_mut().insert(header::CONTENT_RANGE, v);
             }
-            return Ok(r);
+            return Ok(Some(r));
         }
     };
     let (start, end) = range.unwrap_or((0, len));
@@ -687,7 +712,7 @@ async fn read(
         StatusCode::OK
     };
     if head {
-        return Ok((status, headers).into_response());
+        return Ok(Some((status, headers).into_response()));
     }
     metrics::counter!("efs_bytes_out_total").increment(end - start);
     // The cache: a hit serves from memory; a miss on a small enough file fills it.
@@ -697,8 +722,7 @@ async fn read(
             None => {
                 let reader = fs.open(path).await?;
                 if reader.entry().version != entry.version {
-                    // Replaced between stat and open: serve what stat promised or retry.
-                    return Err(efs_core::CoreError::Contention.into());
+                    return Ok(None);
                 }
                 let mut data = zeroize::Zeroizing::new(Vec::with_capacity(len as usize));
                 let n = reader.segment_count();
@@ -720,14 +744,14 @@ async fn read(
             }
         };
         let body = Body::from(cached.slice(start as usize, end as usize));
-        return Ok((status, headers, body).into_response());
+        return Ok(Some((status, headers, body).into_response()));
     }
     let reader = fs.open(path).await?;
     if reader.entry().version != entry.version {
-        return Err(efs_core::CoreError::Contention.into());
+        return Ok(None);
     }
     let body = Body::from_stream(stream_range(reader, start, end));
-    Ok((status, headers, body).into_response())
+    Ok(Some((status, headers, body).into_response()))
 }
 
 /// Streams plaintext `[start, end)`, decrypting 16 segments (1 MiB) per read, in place,

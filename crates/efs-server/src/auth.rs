@@ -493,7 +493,11 @@ impl Authenticator {
             }
             Err(failure) => {
                 if failure.counts {
-                    self.limiter.record_failure(&req.user, client_ip, now);
+                    if failure.per_user {
+                        self.limiter.record_failure(&req.user, client_ip, now);
+                    } else {
+                        self.limiter.record_address_failure(client_ip, now);
+                    }
                 }
                 self.report(AuthEvent {
                     kind: AuthEventKind::LoginFailed,
@@ -583,19 +587,26 @@ impl Authenticator {
     }
 
     fn login_checked(&self, req: &TokenRequest, now: u64) -> Result<TokenResponse, LoginFailure> {
-        let nonce: [u8; NONCE_LEN] = decode_fixed(&req.nonce).ok_or(LoginFailure::counted(
+        // Until a nonce issued to this user is presented, a failure proves nothing about the
+        // user: it counts against the address only, so nobody can lock a user out by
+        // posting garbage in its name.
+        let nonce: [u8; NONCE_LEN] = decode_fixed(&req.nonce).ok_or(LoginFailure::address_only(
             AuthError::BadRequest("nonce must be 32 bytes in base64url without padding"),
         ))?;
         // A nonce is used up by the first /token request naming it, whatever follows.
         let pending = self
             .lock_challenges()
             .take(&nonce)
-            .ok_or(LoginFailure::unauthorized("unknown or already used nonce"))?;
+            .ok_or(LoginFailure::address_only(AuthError::Unauthorized(
+                "unknown or already used nonce",
+            )))?;
         if now >= pending.expires_ms {
             return Err(LoginFailure::unauthorized("expired nonce"));
         }
         if pending.user != req.user {
-            return Err(LoginFailure::unauthorized("nonce issued for another user"));
+            return Err(LoginFailure::address_only(AuthError::Unauthorized(
+                "nonce issued for another user",
+            )));
         }
         let signature: [u8; 64] = decode_fixed(&req.signature).ok_or(LoginFailure::counted(
             AuthError::BadRequest("signature must be 64 bytes in base64url without padding"),
@@ -626,6 +637,7 @@ impl Authenticator {
                 .ok_or(LoginFailure {
                     error: AuthError::Unauthorized("filesystem not granted"),
                     counts: false,
+                    per_user: false,
                 })?,
             None => match user.grants.as_slice() {
                 [only] => only,
@@ -633,12 +645,14 @@ impl Authenticator {
                     return Err(LoginFailure {
                         error: AuthError::Unauthorized("user has no filesystem"),
                         counts: false,
+                        per_user: false,
                     });
                 }
                 _ => {
                     return Err(LoginFailure {
                         error: AuthError::FsRequired,
                         counts: false,
+                        per_user: false,
                     });
                 }
             },
@@ -959,6 +973,8 @@ impl Refusal {
 struct LoginFailure {
     error: AuthError,
     counts: bool,
+    /// Counted against the user too, not only the address.
+    per_user: bool,
 }
 
 impl LoginFailure {
@@ -966,6 +982,15 @@ impl LoginFailure {
         Self {
             error,
             counts: true,
+            per_user: true,
+        }
+    }
+
+    fn address_only(error: AuthError) -> Self {
+        Self {
+            error,
+            counts: true,
+            per_user: false,
         }
     }
 
@@ -1636,6 +1661,31 @@ mod tests {
         login(&f.auth, "app2", &app2, None).unwrap();
         // After the window, app1 recovers.
         f.advance(Duration::from_secs(60));
+        login(&f.auth, "app1", &f.app1, None).unwrap();
+    }
+
+    #[test]
+    fn garbage_in_a_users_name_does_not_lock_the_user_out() {
+        // Regression: posts with unknown nonces in app1's name counted against app1, so
+        // anyone could keep app1 at 429. They now count against the sender's address only.
+        let f = fixture();
+        let attacker = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+        let unknown_nonce = URL_SAFE_NO_PAD.encode([7u8; NONCE_LEN]);
+        for _ in 0..30 {
+            let sig = URL_SAFE_NO_PAD.encode([0u8; 64]);
+            let _ = f
+                .auth
+                .login(&request("app1", &unknown_nonce, sig, None), attacker);
+        }
+        // The attacker's address is limited…
+        let ch = challenge(&f.auth, "app1");
+        let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+        let err = f
+            .auth
+            .login(&request("app1", &ch.nonce, sig, None), attacker)
+            .unwrap_err();
+        assert_eq!(err.code(), "rate_limited");
+        // …but app1 itself, from its own address, still logs in.
         login(&f.auth, "app1", &f.app1, None).unwrap();
     }
 

@@ -201,6 +201,11 @@ impl LoginRateLimiter {
         self.users.record_failure(&user.to_owned(), now_ms);
         self.addresses.record_failure(&address_key(ip), now_ms);
     }
+
+    /// Records a failed login against the client address only.
+    pub fn record_address_failure(&self, ip: IpAddr, now_ms: u64) {
+        self.addresses.record_failure(&address_key(ip), now_ms);
+    }
 }
 
 /// The key an address is counted under. One IPv6 host usually owns a whole /64, so counting

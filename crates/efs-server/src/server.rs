@@ -22,6 +22,9 @@ use crate::auth::{AuthConfig, Authenticator};
 use crate::cache::{CacheConfig, ContentCache};
 use crate::users::UserCache;
 
+/// Most concurrent connections (each holds a task and its buffers).
+const MAX_CONNECTIONS: usize = 10_000;
+
 /// Everything `efs-server` is started with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -83,10 +86,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let signing = data
         .secret(efs_core::datadir::SECRET_SIGNING_KEY)?
         .context("the data dir has no token-signing key")?;
-    let signing: [u8; 32] = signing
-        .as_slice()
-        .try_into()
-        .context("bad token-signing key")?;
+    let signing: zeroize::Zeroizing<[u8; 32]> = zeroize::Zeroizing::new(
+        signing
+            .as_slice()
+            .try_into()
+            .context("bad token-signing key")?,
+    );
     let signing_key = ed25519_dalek::SigningKey::from_bytes(&signing);
     let users = Arc::new(UserCache::default());
     users.reload(&data)?;
@@ -201,11 +206,20 @@ async fn serve(
         .initial_stream_window_size(4 << 20)
         .initial_connection_window_size(8 << 20)
         .max_frame_size(256 << 10)
-        .max_send_buf_size(1 << 20);
+        .max_send_buf_size(1 << 20)
+        // An HTTP/2 peer that stops answering pings is dropped (HTTP/1 has the header timeout).
+        .timer(TokioTimer::new())
+        .keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     let signal = shutdown_signal();
     tokio::pin!(signal);
+    // At most this many connections at once: beyond, accepting waits for one to end.
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let Ok(permit) = slots.clone().acquire_owned().await else {
+            break;
+        };
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
@@ -223,6 +237,7 @@ async fn serve(
         let builder = builder.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            let _permit = permit;
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
