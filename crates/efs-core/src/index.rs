@@ -81,4 +81,11 @@ pub trait Index: Send + Sync {
     ) -> Result<Vec<(EntryKey, Vec<u8>)>>;
     /// Every inline content id (fsck, gc).
     async fn inline_ids(&self) -> Result<Vec<ContentId>>;
+    /// Every entry, in key order, read from ONE consistent snapshot (unlike paging with
+    /// [`Index::scan_entries`], a record moved by a concurrent rename is seen exactly once).
+    /// gc relies on this to never miss a live reference.
+    async fn visit_entries(
+        &self,
+        visit: &mut (dyn for<'k, 'v> FnMut(&'k EntryKey, &'v [u8]) -> Result<()> + Send),
+    ) -> Result<()>;
 }

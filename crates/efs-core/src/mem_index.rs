@@ -144,4 +144,21 @@ impl Index for MemIndex {
     async fn inline_ids(&self) -> Result<Vec<ContentId>> {
         Ok(self.state().inline.keys().copied().collect())
     }
+
+    async fn visit_entries(
+        &self,
+        visit: &mut (dyn for<'k, 'v> FnMut(&'k EntryKey, &'v [u8]) -> Result<()> + Send),
+    ) -> Result<()> {
+        // A copy taken under the lock is the snapshot.
+        let entries: Vec<(EntryKey, Vec<u8>)> = self
+            .state()
+            .entries
+            .iter()
+            .map(|(k, v)| (*k, v.clone()))
+            .collect();
+        for (k, v) in &entries {
+            visit(k, v)?;
+        }
+        Ok(())
+    }
 }

@@ -292,4 +292,22 @@ impl Index for RedbIndex {
         }
         Ok(out)
     }
+
+    async fn visit_entries(
+        &self,
+        visit: &mut (dyn for<'k, 'v> FnMut(&'k EntryKey, &'v [u8]) -> Result<()> + Send),
+    ) -> Result<()> {
+        // One read transaction is one snapshot (redb is MVCC: writers go on meanwhile).
+        let r = self.db.begin_read().map_err(ix)?;
+        let t = r.open_table(ENTRIES).map_err(ix)?;
+        for item in t.iter().map_err(ix)? {
+            let (k, v) = item.map_err(ix)?;
+            let key: EntryKey = k
+                .value()
+                .try_into()
+                .map_err(|_| CoreError::Corrupt("index key length"))?;
+            visit(&key, v.value())?;
+        }
+        Ok(())
+    }
 }

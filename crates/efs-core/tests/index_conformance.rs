@@ -432,6 +432,16 @@ async fn scanning(ix: &dyn Index) {
     for page in [1, 7, 64, all.len(), 1000] {
         assert_eq!(scan_all(ix, page).await, all, "pages of {page}");
     }
+    // The snapshot visit sees the same entries, in key order, with their values.
+    let mut visited = Vec::new();
+    ix.visit_entries(&mut |k, v| {
+        assert_eq!(v, b"v");
+        visited.push(*k);
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert_eq!(visited, all, "visit_entries");
     assert!(
         ix.scan_entries(None, 0).await.unwrap().is_empty(),
         "limit 0 gives nothing"
