@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::datadir::DataDir;
 use crate::error::CoreError;
+use crate::fs::rotation::{self, RotationState};
 use crate::system::GrantRecord;
 
 /// One admin command.
@@ -75,6 +76,21 @@ pub enum AdminRequest {
     },
     /// Empty the server's decrypted cache (server only).
     CacheClear,
+    /// Add a keyring term and rewrap every data key to it (in the background unless
+    /// `wait`).
+    RotateKey {
+        /// Filesystem.
+        fs: String,
+        /// Answer only once every data key is rewrapped.
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Key terms and rotation progress of one filesystem or all.
+    Status {
+        /// Filesystem, or none for all.
+        #[serde(default)]
+        fs: Option<String>,
+    },
 }
 
 /// The answer to an admin command.
@@ -271,11 +287,83 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             let rep = f.gc(grace_secs).await?;
             AdminResponse::ok(
                 vec![format!(
-                    "gc '{fs}': removed {} orphan blobs and {} orphan inline contents; kept {} blobs younger than {grace_secs} s",
-                    rep.blobs_removed, rep.inline_removed, rep.blobs_kept_young
+                    "gc '{fs}': removed {} orphan blobs, {} orphan inline contents and {} stale partial writes; kept {} blobs younger than {grace_secs} s",
+                    rep.blobs_removed,
+                    rep.inline_removed,
+                    rep.partials_removed,
+                    rep.blobs_kept_young
                 )],
-                serde_json::json!({"blobs_removed": rep.blobs_removed, "inline_removed": rep.inline_removed, "blobs_kept_young": rep.blobs_kept_young}),
+                serde_json::json!({"blobs_removed": rep.blobs_removed, "inline_removed": rep.inline_removed, "partials_removed": rep.partials_removed, "blobs_kept_young": rep.blobs_kept_young}),
             )
+        }
+        AdminRequest::RotateKey { fs, wait } => {
+            let (started, p) = dd.rotate_key(&fs, wait).await?;
+            let mut lines = vec![if started {
+                format!(
+                    "Added key term {} to '{fs}' ({} terms; older terms are kept for older backups); new writes use it now",
+                    p.current_term, p.terms
+                )
+            } else {
+                format!(
+                    "A key rotation of '{fs}' to term {} was unfinished: resuming it (no new term added)",
+                    p.current_term
+                )
+            }];
+            lines.push(match p.state {
+                RotationState::Done => format!(
+                    "Rewrapped {} data keys and records to term {} (content untouched); rotation done",
+                    p.rewrapped, p.current_term
+                ),
+                RotationState::Running => format!(
+                    "Rewrapping every data key in the background (content untouched); follow it with: efsctl status --fs {fs}"
+                ),
+            });
+            AdminResponse::ok(
+                lines,
+                serde_json::json!({ "fs": fs, "started": started, "rotation": p }),
+            )
+        }
+        AdminRequest::Status { fs } => {
+            let names = match fs {
+                Some(n) => vec![n],
+                None => dd.list_fs()?.into_iter().map(|f| f.name).collect(),
+            };
+            let mut lines = Vec::new();
+            let mut data = Vec::new();
+            for name in names {
+                let f = dd
+                    .fs(&name)
+                    .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{name}'")))?;
+                let terms = f.term_numbers();
+                let prog = rotation::progress(&f).await?;
+                let rot = match &prog {
+                    None => "no rotation yet".to_owned(),
+                    Some(p) => format!(
+                        "rotation to term {}: {} ({} records rewrapped, {} entries seen, pass {})",
+                        p.current_term,
+                        match p.state {
+                            RotationState::Running => "running",
+                            RotationState::Done => "done",
+                        },
+                        p.rewrapped,
+                        p.seen,
+                        p.pass
+                    ),
+                };
+                lines.push(format!(
+                    "{name}: current key term {} ({} terms); {rot}",
+                    f.current_term(),
+                    terms.len()
+                ));
+                data.push(serde_json::json!({
+                    "name": name,
+                    "current_term": f.current_term(),
+                    "terms": terms.len(),
+                    "term_numbers": terms,
+                    "rotation": prog,
+                }));
+            }
+            AdminResponse::ok(lines, serde_json::Value::Array(data))
         }
         AdminRequest::CacheClear => AdminResponse::ok(
             vec!["No server is running: there is no cache to clear".into()],

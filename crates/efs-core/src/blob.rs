@@ -48,6 +48,12 @@ pub trait BlobStore: Send + Sync {
     async fn delete(&self, id: &ContentId) -> Result<()>;
     /// Every blob id with its age in seconds (fsck, gc).
     async fn list(&self) -> Result<Vec<(ContentId, u64)>>;
+    /// Removes partial writes (left by a crash) older than `older_than_secs`; returns how
+    /// many. Stores without partial writes keep the default.
+    async fn remove_stale_partials(&self, older_than_secs: u64) -> Result<u64> {
+        let _ = older_than_secs;
+        Ok(0)
+    }
 }
 
 /// Blobs in a sharded local directory.
@@ -202,6 +208,33 @@ impl BlobStore for LocalBlobStore {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    async fn remove_stale_partials(&self, older_than_secs: u64) -> Result<u64> {
+        let tmp = self.root.join("tmp");
+        blocking(move || {
+            let now = std::time::SystemTime::now();
+            let mut n = 0;
+            for f in std::fs::read_dir(&tmp)? {
+                let f = f?;
+                let age = f
+                    .metadata()?
+                    .modified()
+                    .ok()
+                    .and_then(|m| now.duration_since(m).ok())
+                    .map(|d| d.as_secs())
+                    .unwrap_or(0);
+                if age >= older_than_secs {
+                    match std::fs::remove_file(f.path()) {
+                        Ok(()) => n += 1,
+                        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            Ok(n)
         })
         .await
     }

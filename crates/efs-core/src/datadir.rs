@@ -19,6 +19,7 @@ use zeroize::Zeroizing;
 
 use crate::blob::LocalBlobStore;
 use crate::error::{CoreError, Result};
+use crate::fs::rotation::{self, RotationProgress};
 use crate::fs::{Filesystem, FsOptions};
 use crate::index::Op;
 use crate::keyparts::{self, Argon2Params, KeyPartSpec, KeyPartsFile, StarterKey};
@@ -33,7 +34,7 @@ pub const SECRET_TLS_KEY: &str = "tls-key";
 /// Name of the generated TLS certificate (stored sealed too, for integrity).
 pub const SECRET_TLS_CERT: &str = "tls-cert";
 /// Index metadata key of the wrapped keyring.
-const META_KEYRING: &str = "keyring";
+pub(crate) const META_KEYRING: &str = "keyring";
 
 /// Options for opening a data dir.
 #[derive(Debug, Clone, Default)]
@@ -188,11 +189,18 @@ impl DataDir {
             opts,
         };
         for rec in dd.system.filesystems()? {
-            let fs = dd.open_fs(&rec)?;
+            let fs = Arc::new(dd.open_fs(&rec)?);
+            if futures_block(rotation::pending(&fs))? {
+                // An interrupted key rotation: resume it in the background (efsctl, with
+                // no runtime, finishes it in the foreground: DataDir::finish_rotations).
+                if rotation::spawn(fs.clone()) {
+                    tracing::info!(fs = rec.name, "resuming an unfinished key rotation");
+                }
+            }
             dd.filesystems
                 .write()
                 .expect("lock poisoned")
-                .insert(rec.name.clone(), Arc::new(fs));
+                .insert(rec.name.clone(), fs);
         }
         Ok((dd, report))
     }
@@ -278,6 +286,57 @@ impl DataDir {
             .expect("lock poisoned")
             .insert(name.to_owned(), Arc::new(fs));
         Ok(lines)
+    }
+
+    /// Starts a key rotation of filesystem `name`: a new keyring term, persisted and
+    /// used by new writes at once; every data key is then rewrapped to it, in the
+    /// background if `wait` is false (and a runtime exists), else before returning.
+    /// An unfinished rotation is resumed instead (no new term).
+    pub async fn rotate_key(&self, name: &str, wait: bool) -> Result<(bool, RotationProgress)> {
+        let fs = self.fs(name).ok_or_else(|| {
+            CoreError::Invalid(format!("no filesystem named '{name}' (see efsctl list-fs)"))
+        })?;
+        let (started, prog) = match rotation::begin(&fs, &self.starter).await? {
+            rotation::Begun::Started(p) => (true, p),
+            rotation::Begun::Unfinished(p) => (false, p),
+        };
+        if wait || !rotation::spawn(fs.clone()) {
+            let done = rotation::run(&fs, None).await?.unwrap_or(prog);
+            return Ok((started, done));
+        }
+        Ok((started, prog))
+    }
+
+    /// Only the first step of [`DataDir::rotate_key`]: adds the term, persists it and
+    /// swaps the in-memory keyring, but rewraps nothing ([`rotation::run`] does; a later
+    /// open resumes it). For tools and tests.
+    pub async fn begin_rotation(&self, name: &str) -> Result<RotationProgress> {
+        let fs = self.fs(name).ok_or_else(|| {
+            CoreError::Invalid(format!("no filesystem named '{name}' (see efsctl list-fs)"))
+        })?;
+        match rotation::begin(&fs, &self.starter).await? {
+            rotation::Begun::Started(p) | rotation::Begun::Unfinished(p) => Ok(p),
+        }
+    }
+
+    /// Runs every unfinished key rotation to completion (efsctl without a server);
+    /// returns the names of the filesystems it finished.
+    pub async fn finish_rotations(&self) -> Result<Vec<String>> {
+        let all: Vec<Arc<Filesystem>> = self
+            .filesystems
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for fs in all {
+            if rotation::pending(&fs).await? {
+                rotation::run(&fs, None).await?;
+                out.push(fs.name().to_owned());
+            }
+        }
+        Ok(out)
     }
 
     /// Every filesystem.

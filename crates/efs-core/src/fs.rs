@@ -22,6 +22,10 @@ use crate::labels;
 use crate::path::EfsPath;
 use crate::record::{Kind, Record, Storage, data_key_aad};
 
+// A child module: rotation rewraps records through the filesystem's private parts.
+#[path = "rotation.rs"]
+pub mod rotation;
+
 /// The root directory's id.
 const ROOT_ID: [u8; 16] = [0u8; 16];
 /// Attempts of a conditional batch before giving up with [`CoreError::Contention`].
@@ -145,6 +149,9 @@ pub struct GcReport {
     pub inline_removed: u64,
     /// Orphan blobs younger than the grace period, kept (uploads in flight).
     pub blobs_kept_young: u64,
+    /// Partial blob writes (temporary files left by a crash) older than the grace period,
+    /// removed.
+    pub partials_removed: u64,
 }
 
 /// One filesystem.
@@ -155,6 +162,8 @@ pub struct Filesystem {
     blobs: Arc<dyn BlobStore>,
     keyring: RwLock<Arc<Keyring>>,
     opts: FsOptions,
+    /// Held while a rotation changes the keyring or rewraps (one at a time).
+    rotation: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Filesystem {
@@ -205,6 +214,7 @@ impl Filesystem {
             blobs,
             keyring: RwLock::new(Arc::new(keyring)),
             opts,
+            rotation: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -220,6 +230,63 @@ impl Filesystem {
 
     fn keyring(&self) -> Arc<Keyring> {
         self.keyring.read().expect("keyring lock poisoned").clone()
+    }
+
+    /// Replaces the in-memory keyring (key rotation): new writes use its current term at
+    /// once. The caller has persisted it first.
+    pub(crate) fn set_keyring(&self, kr: Keyring) {
+        *self.keyring.write().expect("keyring lock poisoned") = Arc::new(kr);
+    }
+
+    /// The current term's number (the term new writes use).
+    pub fn current_term(&self) -> u32 {
+        self.keyring().current_number()
+    }
+
+    /// The numbers of every term of the keyring.
+    pub fn term_numbers(&self) -> Vec<u32> {
+        self.keyring().term_numbers()
+    }
+
+    /// Opens a record. A request holds the keyring it started with; if a rotation added a
+    /// term meanwhile and rewrapped the record, the newer keyring opens it (terms are only
+    /// ever added, so the newest keyring opens everything an older one did).
+    fn open_rec(&self, kr: &Keyring, key: &EntryKey, value: &[u8]) -> Result<Record> {
+        match Record::open(kr, &self.id, key, value) {
+            Err(CoreError::Corrupt("unknown key term")) => {
+                Record::open(&self.keyring(), &self.id, key, value)
+            }
+            other => other,
+        }
+    }
+
+    /// A file's data key, with the same fallback as [`Filesystem::open_rec`].
+    fn data_key_of(&self, kr: &Keyring, rec: &Record) -> Result<Key32> {
+        match rec.data_key(kr, &self.id) {
+            Err(CoreError::Corrupt("unknown key term")) => rec.data_key(&self.keyring(), &self.id),
+            other => other,
+        }
+    }
+
+    /// Every term some record uses: the term that sealed it and, for a file, the term that
+    /// wrapped its data key (a full scan; tests and `status`).
+    pub async fn key_terms_in_use(&self) -> Result<std::collections::BTreeSet<u32>> {
+        let mut out = std::collections::BTreeSet::new();
+        let mut after = None;
+        loop {
+            let rows = self.index.scan_entries(after.as_ref(), 1024).await?;
+            let Some((last, _)) = rows.last() else { break };
+            after = Some(*last);
+            for (k, v) in &rows {
+                let kr = self.keyring();
+                let rec = self.open_rec(&kr, k, v)?;
+                out.insert(rotation::sealing_term(v)?);
+                if rec.kind == Kind::File {
+                    out.insert(rec.key_term);
+                }
+            }
+        }
+        Ok(out)
     }
 
     fn tag(&self, kr: &Keyring, domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
@@ -248,7 +315,7 @@ impl Filesystem {
         match self.index.get_entry(key).await? {
             None => Ok(None),
             Some(v) => {
-                let r = Record::open(kr, &self.id, key, &v)?;
+                let r = self.open_rec(kr, key, &v)?;
                 Ok(Some((v, r)))
             }
         }
@@ -345,7 +412,7 @@ impl Filesystem {
         let mut out = Vec::with_capacity(limit.min(rows.len()));
         let mut last = None;
         for (k, v) in rows.into_iter().take(limit) {
-            let r = Record::open(&kr, &self.id, &k, &v)?;
+            let r = self.open_rec(&kr, &k, &v)?;
             out.push(Entry::from_record(&kr, &r));
             last = Some(k);
         }
@@ -597,7 +664,7 @@ impl Filesystem {
                     return Ok(());
                 }
                 for (k, v) in rows {
-                    let rec = Record::open(kr, &self.id, &k, &v)?;
+                    let rec = self.open_rec(kr, &k, &v)?;
                     if rec.kind == Kind::Dir {
                         self.delete_children(kr, &rec.id).await?;
                     }
@@ -651,6 +718,17 @@ impl Filesystem {
             }
             let mut moved = src_rec.clone();
             moved.name = to.name().expect("not the root").to_owned();
+            if moved.kind == Kind::File && moved.key_term < kr.current_number() {
+                // A key rotation may have passed this entry already: rewrap while moving.
+                let dk = self.data_key_of(&kr, &moved)?;
+                let term = kr.current();
+                moved.key_term = term.number;
+                moved.wrapped_key = wrap::seal(
+                    term.data_key_wrap(),
+                    &data_key_aad(&self.id, &moved.id),
+                    dk.as_bytes(),
+                );
+            }
             moved.modified_ms = now_ms();
             let mut batch = self.base_batch(&kr, &dst);
             for (k, v) in &src.ancestors {
@@ -706,7 +784,7 @@ impl Filesystem {
     }
 
     async fn open_record(&self, kr: &Keyring, rec: &Record) -> Result<FileReader> {
-        let key = rec.data_key(kr, &self.id)?;
+        let key = self.data_key_of(kr, rec)?;
         let source = match rec.storage {
             Storage::Inline => {
                 let bytes = self
@@ -751,7 +829,7 @@ impl Filesystem {
             let Some((last, _)) = rows.last() else { break };
             after = Some(*last);
             for (k, v) in &rows {
-                let r = Record::open(&kr, &self.id, k, v)?;
+                let r = self.open_rec(&kr, k, v)?;
                 match r.kind {
                     Kind::File => {
                         s.files += 1;
@@ -780,7 +858,7 @@ impl Filesystem {
             after = Some(*last);
             for (k, v) in &rows {
                 rep.records += 1;
-                let rec = match Record::open(&kr, &self.id, k, v) {
+                let rec = match self.open_rec(&kr, k, v) {
                     Ok(r) => r,
                     Err(e) => {
                         rep.errors
@@ -853,7 +931,10 @@ impl Filesystem {
         let blobs = self.blobs.list().await?;
         let inline = self.index.inline_ids().await?;
         let rep = self.fsck_refs().await?;
-        let mut out = GcReport::default();
+        let mut out = GcReport {
+            partials_removed: self.blobs.remove_stale_partials(grace_secs).await?,
+            ..GcReport::default()
+        };
         for (id, age) in blobs {
             if !rep.0.contains(&id) {
                 if age >= grace_secs {
@@ -886,16 +967,14 @@ impl Filesystem {
         std::collections::HashSet<ContentId>,
         std::collections::HashSet<ContentId>,
     )> {
+        // One snapshot: a record moved by a concurrent rename is seen exactly once (paging
+        // could miss it, and gc would then delete live content).
         let kr = self.keyring();
         let mut blobs = std::collections::HashSet::new();
         let mut inline = std::collections::HashSet::new();
-        let mut after = None;
-        loop {
-            let rows = self.index.scan_entries(after.as_ref(), 1024).await?;
-            let Some((last, _)) = rows.last() else { break };
-            after = Some(*last);
-            for (k, v) in &rows {
-                let rec = Record::open(&kr, &self.id, k, v)?;
+        self.index
+            .visit_entries(&mut |k, v| {
+                let rec = self.open_rec(&kr, k, v)?;
                 match rec.storage {
                     Storage::Blob => {
                         blobs.insert(rec.id);
@@ -905,8 +984,9 @@ impl Filesystem {
                     }
                     Storage::None => {}
                 }
-            }
-        }
+                Ok(())
+            })
+            .await?;
         Ok((blobs, inline))
     }
 }

@@ -125,6 +125,11 @@ impl Keyring {
         self.current
     }
 
+    /// The numbers of every term, in order.
+    pub fn term_numbers(&self) -> Vec<u32> {
+        self.terms.keys().copied().collect()
+    }
+
     /// A term by number.
     pub fn term(&self, n: u32) -> Result<&Term> {
         self.terms

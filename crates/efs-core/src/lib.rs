@@ -10,6 +10,7 @@
 //! - [`blob`]: the blob store trait and its sharded local-directory implementation.
 //! - [`fs`]: a filesystem's operations (stat, list, write, read, move, delete, fsck, gc).
 //! - [`system`] / [`datadir`]: users, filesystems and secrets; the data dir's layout.
+//! - [`rotation`]: key rotation while serving (new term, background rewrap, resumable).
 //! - [`admin`]: the admin commands shared by `efsctl` and the server's admin socket.
 //! - [`labels`]: every key-derivation label (frozen).
 
@@ -28,6 +29,7 @@ pub mod mem_index;
 pub mod path;
 pub mod record;
 pub mod redb_index;
+pub use fs::rotation;
 pub mod system;
 
 pub use datadir::{DataDir, OpenOptions, OpenReport};

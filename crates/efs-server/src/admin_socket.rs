@@ -63,8 +63,20 @@ async fn handle(st: &AppState, req: AdminRequest) -> AdminResponse {
     }
     let mutates = !matches!(
         req,
-        AdminRequest::ListFs | AdminRequest::ListUsers | AdminRequest::Fsck { .. }
+        AdminRequest::ListFs
+            | AdminRequest::ListUsers
+            | AdminRequest::Fsck { .. }
+            | AdminRequest::Status { .. }
+            | AdminRequest::RotateKey { .. }
     );
+    // Changes run one at a time, each with its reload: two concurrent read-modify-writes of a
+    // user (a grant and a revoke) would otherwise lose one, and an older snapshot of the
+    // users could be installed after a newer one, bringing back revoked tokens.
+    let _guard = if mutates {
+        Some(ADMIN_CHANGES.lock().await)
+    } else {
+        None
+    };
     let resp = admin::execute(&st.data, req).await;
     if mutates && resp.ok {
         if let Err(e) = st.users.reload(&st.data) {
@@ -74,3 +86,6 @@ async fn handle(st: &AppState, req: AdminRequest) -> AdminResponse {
     }
     resp
 }
+
+/// Serialises admin changes (see [`handle`]).
+static ADMIN_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -43,6 +43,8 @@ macro_rules! say {
   efsctl --data ./efs-data create-user alice --fs user-data --pubkey ~/.ssh/id_ed25519.pub
   efsctl --data ./efs-data grant alice --fs archive --read-only
   efsctl --data ./efs-data fsck --fs user-data
+  efsctl --data ./efs-data rotate-key --fs user-data   # new key term, data keys rewrapped in the background
+  efsctl --data ./efs-data status                      # key terms and rotation progress
 
 Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck found problems."
 )]
@@ -146,6 +148,23 @@ enum Cmd {
     },
     /// Empty the running server's decrypted cache.
     CacheClear,
+    /// Rotate a filesystem's key: add a keyring term (new writes use it at once) and
+    /// rewrap every file's data key to it in the background, without touching content.
+    /// Resumable: an interrupted rotation continues at the next start. Old terms are kept.
+    RotateKey {
+        /// Filesystem.
+        #[arg(long)]
+        fs: String,
+        /// Return only once every data key is rewrapped (always so without a server).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show each filesystem's key terms and key-rotation progress.
+    Status {
+        /// Only this filesystem.
+        #[arg(long)]
+        fs: Option<String>,
+    },
 }
 
 fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
@@ -224,6 +243,8 @@ fn run(args: Args) -> anyhow::Result<u8> {
             grace_secs: grace,
         },
         Cmd::CacheClear => AdminRequest::CacheClear,
+        Cmd::RotateKey { fs, wait } => AdminRequest::RotateKey { fs, wait },
+        Cmd::Status { fs } => AdminRequest::Status { fs },
     };
     let resp = send(&args.data, &args.key_parts, req)?;
     if !resp.ok {
@@ -240,7 +261,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
 }
 
 /// Sends a request to the running server, or runs it on the data dir.
-fn send(data: &Path, parts: &[KeyPartSpec], req: AdminRequest) -> anyhow::Result<AdminResponse> {
+fn send(
+    data: &Path,
+    parts: &[KeyPartSpec],
+    mut req: AdminRequest,
+) -> anyhow::Result<AdminResponse> {
     let sock = efs_core::datadir::admin_socket_path(data);
     match UnixStream::connect(&sock) {
         Ok(mut s) => {
@@ -270,13 +295,28 @@ fn send(data: &Path, parts: &[KeyPartSpec], req: AdminRequest) -> anyhow::Result
                 .worker_threads(2)
                 .enable_all()
                 .build()?;
+            // Without a server nothing would carry on in the background: an unfinished key
+            // rotation is finished first (except for `status`, which shows it), and a new
+            // one runs to completion before efsctl returns.
+            if let AdminRequest::RotateKey { wait, .. } = &mut req {
+                *wait = true;
+            }
+            if !matches!(req, AdminRequest::Status { .. }) {
+                for name in rt.block_on(dd.finish_rotations())? {
+                    eprintln!("efsctl: finished an interrupted key rotation of '{name}'");
+                }
+            }
             Ok(rt.block_on(efs_core::admin::execute(&dd, req)))
         }
     }
 }
 
+/// Asks for a passphrase without echo on a terminal; reads a line from a pipe (scripts).
 fn prompt(p: &str) -> std::io::Result<String> {
-    eprint!("{p}");
+    use std::io::IsTerminal;
+    if std::io::stdin().is_terminal() {
+        return rpassword::prompt_password(p);
+    }
     let mut s = String::new();
     std::io::stdin().read_line(&mut s)?;
     Ok(s.trim_end_matches(['\n', '\r']).to_owned())

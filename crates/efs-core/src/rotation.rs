@@ -1,0 +1,338 @@
+//! Key rotation: add a keyring term, switch new writes to it at once, then rewrap every
+//! data key (and re-seal every record) under it in the background, without touching
+//! content.
+//!
+//! 1. [`begin`] adds a term to the keyring, and persists the re-sealed keyring together
+//!    with a fresh progress record (index meta `rotation`) in one atomic batch; then it
+//!    swaps the filesystem's in-memory keyring.
+//! 2. [`run`] scans the index page by page. A record sealed under an older term, or a
+//!    file whose data key an older term wrapped, is re-sealed under the current term
+//!    (data key unwrapped with its old term and wrapped again). Each page's rewraps and
+//!    the progress (cursor, counts) are committed in one batch that expects every old
+//!    value exactly: a concurrent write, rename or delete wins (that entry is then retried
+//!    alone, and skipped if it changed: it already uses the new term, or is gone).
+//! 3. A pass that rewrapped something is followed by another, so that a request that
+//!    started with the old keyring and committed behind the cursor is caught; a pass
+//!    that rewraps nothing ends the rotation (`done`).
+//!
+//! A crash leaves the progress record `running` with the last committed cursor: opening
+//! the data dir resumes from there. Old terms stay in the keyring (older backups need
+//! them).
+
+use std::sync::Arc;
+
+use efs_format::wrap;
+use serde::{Deserialize, Serialize};
+
+use super::Filesystem;
+use crate::error::{CoreError, Result};
+use crate::index::{Batch, EntryKey, Expect, Op};
+use crate::keyparts::StarterKey;
+use crate::keyring::Keyring;
+use crate::record::{Kind, data_key_aad};
+
+/// Index metadata key of the rotation progress.
+pub const META_ROTATION: &str = "rotation";
+/// Entries per page (and per batch).
+const PAGE: usize = 256;
+/// Passes after which a rotation stops looking for stragglers (each pass after the first
+/// only finds records written by requests that started before the keyring swap).
+const MAX_PASSES: u32 = 16;
+
+/// State of a rotation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RotationState {
+    /// Rewrapping (or interrupted: resumed at the next open).
+    Running,
+    /// Every record and data key uses `current_term`.
+    Done,
+}
+
+/// Progress of the last rotation of a filesystem (stored in clear in the index meta:
+/// counts, term numbers and an entry key, which is a keyed hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RotationProgress {
+    /// Running or done.
+    pub state: RotationState,
+    /// The term everything is rewrapped to.
+    pub current_term: u32,
+    /// Number of terms in the keyring.
+    pub terms: u32,
+    /// Records re-sealed so far (data keys rewrapped, for files), all passes.
+    pub rewrapped: u64,
+    /// Entries examined so far, all passes.
+    pub seen: u64,
+    /// Current pass (1 for the first).
+    pub pass: u32,
+    /// Records re-sealed in the current pass.
+    pub pass_rewrapped: u64,
+    /// Last entry key of the current pass that is done (hex), none at the start of a pass.
+    pub cursor: Option<String>,
+    /// Start, Unix ms.
+    pub started_ms: i64,
+    /// End, Unix ms.
+    pub finished_ms: Option<i64>,
+}
+
+impl RotationProgress {
+    fn cursor_key(&self) -> Result<Option<EntryKey>> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                hex::decode(c)
+                    .ok()
+                    .and_then(|v| EntryKey::try_from(v).ok())
+                    .ok_or(CoreError::Corrupt("rotation cursor"))
+            })
+            .transpose()
+    }
+
+    fn to_op(&self) -> Op {
+        Op::PutMeta(
+            META_ROTATION.into(),
+            serde_json::to_vec(self).expect("serialising JSON cannot fail"),
+        )
+    }
+}
+
+/// The term that sealed a record value (its clear header; see `record.rs`).
+pub(crate) fn sealing_term(value: &[u8]) -> Result<u32> {
+    if value.len() < 5 || value[0] != 1 {
+        return Err(CoreError::Corrupt("record layout"));
+    }
+    Ok(u32::from_be_bytes(
+        value[1..5].try_into().expect("4 bytes checked above"),
+    ))
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The stored progress of the filesystem's last rotation, if it ever had one.
+pub async fn progress(fs: &Filesystem) -> Result<Option<RotationProgress>> {
+    match fs.index.get_meta(META_ROTATION).await? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|_| CoreError::Corrupt("rotation progress")),
+    }
+}
+
+/// True if a rotation is unfinished (to be resumed).
+pub async fn pending(fs: &Filesystem) -> Result<bool> {
+    Ok(progress(fs)
+        .await?
+        .is_some_and(|p| p.state == RotationState::Running))
+}
+
+/// What [`begin`] did.
+#[derive(Debug, Clone)]
+pub enum Begun {
+    /// A new term was added and a rotation started.
+    Started(RotationProgress),
+    /// An unfinished rotation exists: nothing added; it must be resumed.
+    Unfinished(RotationProgress),
+}
+
+/// Adds a term, persists the keyring and a fresh progress record atomically, and swaps
+/// the in-memory keyring: new writes use the new term from now on. The rewrap itself is
+/// [`run`]'s.
+pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
+    let Ok(_guard) = fs.rotation.try_lock() else {
+        let p = progress(fs).await?.ok_or(CoreError::Contention)?;
+        return Ok(Begun::Unfinished(p));
+    };
+    if let Some(p) = progress(fs).await?
+        && p.state == RotationState::Running
+    {
+        return Ok(Begun::Unfinished(p));
+    }
+    let sealed = fs
+        .index
+        .get_meta(crate::datadir::META_KEYRING)
+        .await?
+        .ok_or(CoreError::Corrupt("filesystem without keyring"))?;
+    let mut kr = Keyring::open(starter, &fs.id, &sealed)?;
+    let n = kr.add_term();
+    let prog = RotationProgress {
+        state: RotationState::Running,
+        current_term: n,
+        terms: kr.term_numbers().len() as u32,
+        rewrapped: 0,
+        seen: 0,
+        pass: 1,
+        pass_rewrapped: 0,
+        cursor: None,
+        started_ms: now_ms(),
+        finished_ms: None,
+    };
+    let batch = Batch {
+        ops: vec![
+            Op::PutMeta(
+                crate::datadir::META_KEYRING.into(),
+                kr.seal(starter, &fs.id),
+            ),
+            prog.to_op(),
+        ],
+        ..Default::default()
+    };
+    if !fs.index.commit(batch).await? {
+        return Err(CoreError::Contention);
+    }
+    fs.set_keyring(kr);
+    tracing::info!(fs = fs.name(), term = n, "key rotation started");
+    Ok(Begun::Started(prog))
+}
+
+/// Re-seals one record under `kr`'s current term if it needs it.
+fn rewrap_value(
+    fs: &Filesystem,
+    kr: &Keyring,
+    key: &EntryKey,
+    value: &[u8],
+) -> Result<Option<Vec<u8>>> {
+    let cur = kr.current_number();
+    let mut rec = fs.open_rec(kr, key, value)?;
+    let stale_key = rec.kind == Kind::File && rec.key_term != cur;
+    if sealing_term(value)? == cur && !stale_key {
+        return Ok(None);
+    }
+    if stale_key {
+        let dk = fs.data_key_of(kr, &rec)?;
+        let term = kr.current();
+        rec.key_term = term.number;
+        rec.wrapped_key = wrap::seal(
+            term.data_key_wrap(),
+            &data_key_aad(&fs.id, &rec.id),
+            dk.as_bytes(),
+        );
+    }
+    Ok(Some(rec.seal(kr, &fs.id, key)))
+}
+
+/// Rewraps from the stored cursor until the rotation is done, or until `limit` entries
+/// have been examined (tests simulate a crash with it). Returns the progress as stored.
+/// Without an unfinished rotation, returns the stored progress (if any) unchanged.
+pub async fn run(fs: &Filesystem, limit: Option<u64>) -> Result<Option<RotationProgress>> {
+    let _guard = fs.rotation.lock().await;
+    let Some(mut prog) = progress(fs).await? else {
+        return Ok(None);
+    };
+    let mut budget = limit;
+    while prog.state == RotationState::Running {
+        if budget == Some(0) {
+            break;
+        }
+        let kr = fs.keyring();
+        if kr.current_number() != prog.current_term {
+            // Cannot happen (a rotation starts only when none runs): be safe anyway.
+            return Err(CoreError::Corrupt("rotation term differs from the keyring"));
+        }
+        let page = budget.map_or(PAGE, |b| (b as usize).min(PAGE));
+        let after = prog.cursor_key()?;
+        let rows = fs.index.scan_entries(after.as_ref(), page).await?;
+        let Some((last, _)) = rows.last() else {
+            // End of a pass.
+            let mut next = prog.clone();
+            if prog.pass_rewrapped == 0 || prog.pass >= MAX_PASSES {
+                next.state = RotationState::Done;
+                next.finished_ms = Some(now_ms());
+            } else {
+                next.pass += 1;
+            }
+            next.pass_rewrapped = 0;
+            next.cursor = None;
+            commit_meta(fs, &next).await?;
+            prog = next;
+            continue;
+        };
+        let mut changes = Vec::new();
+        for (k, v) in &rows {
+            if let Some(nv) = rewrap_value(fs, &kr, k, v)? {
+                changes.push((*k, v.clone(), nv));
+            }
+        }
+        let mut next = prog.clone();
+        next.cursor = Some(hex::encode(last));
+        next.seen += rows.len() as u64;
+        let mut batch = Batch::default();
+        for (k, old, new) in &changes {
+            batch.expect.push(Expect {
+                key: *k,
+                value: Some(old.clone()),
+            });
+            batch.ops.push(Op::PutEntry(*k, new.clone()));
+        }
+        let all = changes.len() as u64;
+        next.rewrapped += all;
+        next.pass_rewrapped += all;
+        batch.ops.push(next.to_op());
+        if !fs.index.commit(batch).await? {
+            // A concurrent request changed one of them: one at a time, and the request
+            // wins where it did (its record already uses the new term, or is gone).
+            let mut done = 0u64;
+            for (k, old, new) in changes {
+                let b = Batch {
+                    expect: vec![Expect {
+                        key: k,
+                        value: Some(old),
+                    }],
+                    ops: vec![Op::PutEntry(k, new)],
+                    ..Default::default()
+                };
+                if fs.index.commit(b).await? {
+                    done += 1;
+                }
+            }
+            next.rewrapped = prog.rewrapped + done;
+            next.pass_rewrapped = prog.pass_rewrapped + done;
+            // Something changed under us: make sure another pass looks again.
+            next.pass_rewrapped = next.pass_rewrapped.max(1);
+            commit_meta(fs, &next).await?;
+        }
+        if let Some(b) = budget.as_mut() {
+            *b = b.saturating_sub(rows.len() as u64);
+        }
+        prog = next;
+    }
+    if prog.state == RotationState::Done {
+        tracing::info!(
+            fs = fs.name(),
+            term = prog.current_term,
+            rewrapped = prog.rewrapped,
+            "key rotation done"
+        );
+    }
+    Ok(Some(prog))
+}
+
+async fn commit_meta(fs: &Filesystem, p: &RotationProgress) -> Result<()> {
+    let b = Batch {
+        ops: vec![p.to_op()],
+        ..Default::default()
+    };
+    if fs.index.commit(b).await? {
+        Ok(())
+    } else {
+        Err(CoreError::Contention)
+    }
+}
+
+/// Runs an unfinished rotation in a background task of the current tokio runtime.
+/// Returns false (nothing spawned) outside a runtime: the caller runs [`run`] itself.
+pub fn spawn(fs: Arc<Filesystem>) -> bool {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    rt.spawn(async move {
+        if let Err(e) = run(&fs, None).await {
+            tracing::error!(fs = fs.name(), error = %e, "key rotation stopped; it resumes at the next start or rotate-key");
+        }
+    });
+    true
+}

@@ -1,0 +1,181 @@
+//! Key rotation end to end: `efsctl rotate-key` through the admin socket while a client
+//! reads and writes, `efsctl status`, a restart, and a rotation with the server stopped.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn status_json(srv: &TestServer) -> Value {
+    let out = srv.efsctl_ok(&["status", "--fs", "files", "--json"]);
+    let v: Value = serde_json::from_str(&out).expect("status --json prints JSON");
+    v[0].clone()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn rotate_key_while_serving_then_restart() {
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let token = s.token.clone();
+    let mut files = BTreeMap::new();
+    for i in 0..300u64 {
+        let path = format!("/r/d{}/f{i}.bin", i % 5);
+        let len = if i.is_multiple_of(30) {
+            200_000
+        } else {
+            50 + i as usize
+        };
+        let data = pattern(len, i);
+        srv.put_ok(&path, &token, data.clone()).await;
+        files.insert(path, data);
+    }
+    let st = status_json(&srv);
+    assert_eq!(st["current_term"], 1);
+    assert_eq!(st["rotation"], Value::Null);
+
+    // A client loop: reads of the files above, writes of its own, all must succeed.
+    let stop = Arc::new(AtomicBool::new(false));
+    let failures = Arc::new(AtomicU64::new(0));
+    let requests = Arc::new(AtomicU64::new(0));
+    let mut tasks = tokio::task::JoinSet::new();
+    let files = Arc::new(files);
+    for t in 0..4u64 {
+        let client = srv.client.clone();
+        let base = srv.base.clone();
+        let token = token.clone();
+        let (stop, failures, requests, files) = (
+            stop.clone(),
+            failures.clone(),
+            requests.clone(),
+            files.clone(),
+        );
+        tasks.spawn(async move {
+            let keys: Vec<String> = files.keys().cloned().collect();
+            let mut last = BTreeMap::new();
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let path = &keys[((n * 7 + t * 31) % keys.len() as u64) as usize];
+                let r = client
+                    .get(format!("{base}{path}"))
+                    .bearer_auth(&token)
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 => {
+                        let b = r.bytes().await.unwrap_or_default();
+                        if b.as_ref() != files[path].as_slice() {
+                            eprintln!("GET {path}: wrong content");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    Ok(r) => {
+                        eprintln!("GET {path}: {}", r.status());
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("GET {path}: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                let wpath = format!("/w{t}/f{}.bin", n % 9);
+                let body = pattern(if n.is_multiple_of(4) { 150_000 } else { 300 }, n * 100 + t);
+                let r = client
+                    .put(format!("{base}{wpath}"))
+                    .bearer_auth(&token)
+                    .body(body.clone())
+                    .send()
+                    .await;
+                match r {
+                    Ok(r) if r.status() == 200 || r.status() == 201 => {
+                        last.insert(wpath, body);
+                    }
+                    Ok(r) => {
+                        eprintln!("PUT {wpath}: {}", r.status());
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        eprintln!("PUT {wpath}: {e}");
+                        failures.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                requests.fetch_add(2, Ordering::Relaxed);
+            }
+            last
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    // efsctl is a blocking child process: run it off the runtime's workers.
+    let srv = Arc::new(srv);
+    let s2 = srv.clone();
+    let out = tokio::task::spawn_blocking(move || s2.efsctl_ok(&["rotate-key", "--fs", "files"]))
+        .await
+        .unwrap();
+    assert!(out.contains("Added key term 2"), "{out}");
+    let t0 = Instant::now();
+    let st = loop {
+        let s2 = srv.clone();
+        let st = tokio::task::spawn_blocking(move || status_json(&s2))
+            .await
+            .unwrap();
+        if st["rotation"]["state"] == "done" {
+            break st;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "rotation ends: {st}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(st["current_term"], 2);
+    assert_eq!(st["terms"], 2);
+    assert_eq!(st["rotation"]["current_term"], 2);
+    assert!(st["rotation"]["rewrapped"].as_u64().unwrap() >= 300, "{st}");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stop.store(true, Ordering::Relaxed);
+    let mut written = BTreeMap::new();
+    while let Some(r) = tasks.join_next().await {
+        written.extend(r.unwrap());
+    }
+    eprintln!(
+        "{} requests during the rotation, {} failed",
+        requests.load(Ordering::Relaxed),
+        failures.load(Ordering::Relaxed)
+    );
+    assert_eq!(failures.load(Ordering::Relaxed), 0, "no failed request");
+    let text = srv.efsctl_ok(&["status", "--fs", "files"]);
+    assert!(
+        text.contains("current key term 2 (2 terms)") && text.contains("done"),
+        "{text}"
+    );
+    let fsck = srv.efsctl_ok(&["fsck", "--fs", "files"]);
+    assert!(fsck.contains(" 0 errors, 0 orphan blobs"), "{fsck}");
+
+    // Restart: everything still reads.
+    let mut srv = Arc::into_inner(srv).expect("no other reference");
+    assert!(srv.stop().await.unwrap().success());
+    // Stopped: efsctl rotates offline, to completion, before returning.
+    let out = srv.efsctl_ok(&["rotate-key", "--fs", "files"]);
+    assert!(out.contains("Added key term 3"), "{out}");
+    assert!(out.contains("rotation done"), "{out}");
+    let st = status_json(&srv);
+    assert_eq!(st["current_term"], 3);
+    assert_eq!(st["rotation"]["state"], "done");
+
+    let srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let t = srv.login("app", &s.key, None).await;
+    for (path, data) in files.iter().chain(written.iter()) {
+        assert!(srv.get_ok(path, &t).await == *data, "{path} after restart");
+    }
+    let st = status_json(&srv);
+    assert_eq!(st["current_term"], 3);
+    assert_eq!(st["terms"], 3);
+    srv.put_ok("/after.txt", &t, "after").await;
+    assert_eq!(srv.get_ok("/after.txt", &t).await, b"after");
+}
