@@ -146,6 +146,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             String::new()
         }
     );
+    let signal = shutdown_signal()?;
     println!("Admin socket: {}", data.admin_socket().display());
     println!("Listening on https://{local}");
     use std::io::Write;
@@ -156,6 +157,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         tls,
         crate::app::router(state),
         cfg.shutdown_timeout,
+        signal,
     )
     .await;
     let _ = std::fs::remove_file(data.admin_socket());
@@ -174,14 +176,18 @@ fn prompt_passphrase(prompt: &str) -> std::io::Result<String> {
     rpassword::prompt_password(prompt)
 }
 
-async fn shutdown_signal() {
-    let ctrl_c = tokio::signal::ctrl_c();
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-        .expect("installing a SIGTERM handler works on Unix");
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term.recv() => {},
-    }
+/// Resolves on SIGTERM or SIGINT. The handlers are installed when this is called, not when
+/// it is first polled, so a signal sent right after "Listening on" is never lost.
+fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).context("installing a SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing a SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {},
+            _ = int.recv() => {},
+        }
+    })
 }
 
 async fn serve(
@@ -189,6 +195,7 @@ async fn serve(
     tls: Arc<rustls::ServerConfig>,
     app: axum::Router,
     timeout: Duration,
+    signal: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
@@ -212,7 +219,6 @@ async fn serve(
         .keep_alive_interval(Duration::from_secs(30))
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
-    let signal = shutdown_signal();
     tokio::pin!(signal);
     // At most this many connections at once: beyond, accepting waits for one to end.
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
