@@ -245,6 +245,37 @@ the shell ends; `clear-cache` empties it earlier).")]
         remote: String,
     },
 
+    /// Back up a remote tree into a gzip'd tar encrypted with age (the `age` tool opens it).
+    #[command(after_help = "\
+Examples:
+  efs tar drive:/ -o /var/backups/drive.tar.gz.age -p ./password.txt
+  efs tar drive:/Documents -o docs.tar.gz.age -r age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p
+  efs tar drive:/Documents -o docs.tar.gz.age -R ./recipients.txt --force
+
+Open it without EFS:
+  age -d -i key.txt docs.tar.gz.age | tar xz         # an identity (age-keygen -o key.txt)
+  age -d drive.tar.gz.age | tar xz                   # asks for the passphrase
+
+Paths inside the tar are relative to REMOTE:/path; directories are included (empty ones too).
+The passphrase is the first line of PASSFILE. Each file is streamed from the server into the
+archive: memory stays constant, whatever the sizes. FILE is written as FILE.efs-part and
+renamed at the end; an existing FILE is refused (exit 5) unless --force.")]
+    Tar(TarArgs),
+
+    /// Restore an `efs tar` backup (any gzip'd tar encrypted with age) into a remote directory.
+    #[command(after_help = "\
+Examples:
+  efs untar /var/backups/drive.tar.gz.age drive:/restored -p ./password.txt
+  efs untar docs.tar.gz.age drive:/Documents -i key.txt
+  efs untar docs.tar.gz.age drive:/Documents -i key.txt --force    # replace existing files
+
+Every file is read back after its upload and compared (size and SHA-256) with what the archive
+holds. Entries with an absolute path or '..', links and other special entries are reported
+and skipped. A wrong passphrase or identity is refused before anything is uploaded (exit 4).
+Existing files are not replaced (reported, exit 5) unless --force. Any entry not restored or
+not verified makes the exit code non-zero (1, or 5 if every problem was an existing file).")]
+    Untar(UntarArgs),
+
     /// Print a completion script for a shell.
     #[command(after_help = "\
 Examples:
@@ -277,6 +308,49 @@ pub(crate) struct CpArgs {
     /// SRC... DST
     #[arg(required = true, num_args = 2.., value_name = "PATH")]
     pub paths: Vec<String>,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("key").required(true).multiple(true).args(["passphrase_file", "recipients", "recipients_files"])))]
+pub(crate) struct TarArgs {
+    /// The remote directory (or file) to back up: NAME:/path.
+    #[arg(value_name = "REMOTE_PATH")]
+    pub source: String,
+    /// The archive to write.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Encrypt with the passphrase on the first line of this file (age's scrypt).
+    #[arg(short, long, value_name = "PASSFILE", conflicts_with_all = ["recipients", "recipients_files"])]
+    pub passphrase_file: Option<PathBuf>,
+    /// Encrypt to this age public key (age1…); repeatable.
+    #[arg(short, long = "recipient", value_name = "RECIPIENT")]
+    pub recipients: Vec<String>,
+    /// Encrypt to the public keys in this file (one a line, # comments); repeatable.
+    #[arg(short = 'R', long = "recipients-file", value_name = "FILE")]
+    pub recipients_files: Vec<PathBuf>,
+    /// Replace FILE if it exists.
+    #[arg(short, long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+#[command(group(clap::ArgGroup::new("key").required(true).args(["passphrase_file", "identity"])))]
+pub(crate) struct UntarArgs {
+    /// The archive (age-encrypted gzip'd tar).
+    #[arg(value_name = "FILE")]
+    pub archive: PathBuf,
+    /// Where to restore: NAME:/path (created if missing).
+    #[arg(value_name = "REMOTE_PATH")]
+    pub dest: String,
+    /// Decrypt with the passphrase on the first line of this file.
+    #[arg(short, long, value_name = "PASSFILE")]
+    pub passphrase_file: Option<PathBuf>,
+    /// Decrypt with the age identities (AGE-SECRET-KEY-1…) in this file.
+    #[arg(short, long, value_name = "IDENTITY_FILE")]
+    pub identity: Option<PathBuf>,
+    /// Replace existing files.
+    #[arg(short, long)]
+    pub force: bool,
 }
 
 #[derive(Subcommand, Debug)]

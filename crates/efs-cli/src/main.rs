@@ -1,5 +1,5 @@
 //! `efs`, the EFS command line: keys, remotes, cp/sync, ls, stat, cat, put, rm, mv, mkdir,
-//! token, an interactive shell and shell completions, on top of the `efs-client` SDK.
+//! token, tar/untar (age-encrypted backups), an interactive shell and shell completions, on top of the `efs-client` SDK.
 //!
 //! Errors are printed as `efs: error: …` (with the whole chain of causes) and, when there is
 //! something to do about them, `efs: hint: …`; the exit code says what kind of failure it
@@ -16,6 +16,7 @@ mod progress;
 mod remote;
 mod session;
 mod shell;
+mod tar;
 mod walk;
 
 use std::process::ExitCode;
@@ -114,6 +115,8 @@ async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: boo
         Command::Mv { force, paths } => commands::mv(session, &paths, force).await,
         Command::Mkdir { parents, paths } => commands::mkdir(session, &paths, parents).await,
         Command::Token { json, remote } => commands::token(session, &remote, json).await,
+        Command::Tar(args) => tar::tar(session, args, quiet, verbose).await,
+        Command::Untar(args) => tar::untar(session, args, quiet, verbose).await,
         Command::Keygen { .. } | Command::Completions { .. } | Command::Shell { .. } => {
             unreachable!("handled before the runtime")
         }

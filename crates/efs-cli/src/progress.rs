@@ -84,6 +84,11 @@ impl Progress {
         }
     }
 
+    /// Replaces the "N/M files" message (when the number of files is not known up front).
+    pub fn message(&self, msg: String) {
+        self.total.set_message(msg);
+    }
+
     pub fn finish(&self) {
         self.total.finish_and_clear();
     }

@@ -1,0 +1,723 @@
+//! `efs tar` and `efs untar`: a portable backup of a remote tree, a gzip'd tar encrypted in
+//! the age format (<https://age-encryption.org/v1>), so that the standard `age` tool opens
+//! it without EFS: `age -d -i key.txt FILE | tar xz`.
+//!
+//! Both ways stream with constant memory: each file goes from the server into its tar entry
+//! (the size is known from the listing), through gzip and the age encryptor into the output
+//! file, and back. The synchronous tar/gzip/age chain runs on a blocking thread; file bodies
+//! cross between it and the async SDK through bounded in-memory pipes.
+
+use std::io::{BufReader, Read};
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::UNIX_EPOCH;
+
+use age::secrecy::SecretString;
+use anyhow::{Context, Result};
+use efs_client::{Client, PutOptions};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+use tokio::runtime::Handle;
+use tokio_util::io::SyncIoBridge;
+
+use crate::cli::{TarArgs, UntarArgs};
+use crate::commands::remote_arg;
+use crate::exit::{self, fail, fail_hint, usage};
+use crate::location;
+use crate::progress::Progress;
+use crate::session::Session;
+use crate::walk::{self, Kind, Meta};
+
+/// The size of the in-memory pipe between a transfer and the tar stream.
+const PIPE: usize = 256 * 1024;
+
+/// The suffix of the output while it is being written.
+const PART_SUFFIX: &str = ".efs-part";
+
+/// The passphrase: the first line of `file` (without its line ending).
+fn read_passphrase(file: &Path) -> Result<SecretString> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the passphrase file {}", file.display()))?;
+    let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
+    if line.is_empty() {
+        return Err(usage(format!(
+            "the passphrase file {} is empty (its first line is the passphrase)",
+            file.display()
+        )));
+    }
+    Ok(SecretString::from(line.to_owned()))
+}
+
+/// The recipients of `-r` and of the files of `-R` (one `age1…` key a line, `#` comments).
+fn read_recipients(args: &TarArgs) -> Result<Vec<age::x25519::Recipient>> {
+    let mut keys: Vec<String> = args.recipients.clone();
+    for f in &args.recipients_files {
+        let text = std::fs::read_to_string(f)
+            .with_context(|| format!("reading the recipients file {}", f.display()))?;
+        keys.extend(
+            text.lines()
+                .map(str::trim)
+                .filter(|l| !l.is_empty() && !l.starts_with('#'))
+                .map(str::to_owned),
+        );
+    }
+    keys.iter()
+        .map(|k| {
+            k.parse::<age::x25519::Recipient>().map_err(|e| {
+                fail_hint(
+                    exit::USAGE,
+                    format!("'{k}' is not an age recipient: {e}"),
+                    "a recipient is an age X25519 public key (age1…), as `age-keygen -y key.txt` prints it",
+                )
+            })
+        })
+        .collect()
+}
+
+/// The encryptor for `efs tar`'s options.
+fn encryptor(args: &TarArgs) -> Result<age::Encryptor> {
+    if let Some(p) = &args.passphrase_file {
+        return Ok(age::Encryptor::with_user_passphrase(read_passphrase(p)?));
+    }
+    let recipients = read_recipients(args)?;
+    if recipients.is_empty() {
+        return Err(usage("efs tar needs -p PASSFILE, -r RECIPIENT or -R FILE"));
+    }
+    age::Encryptor::with_recipients(recipients.iter().map(|r| r as &dyn age::Recipient))
+        .map_err(|e| usage(format!("cannot encrypt to these recipients: {e}")))
+}
+
+/// A header for a directory or file entry.
+fn header(meta: &Meta) -> tar::Header {
+    let mut h = tar::Header::new_gnu();
+    if meta.kind == Kind::Dir {
+        h.set_entry_type(tar::EntryType::Directory);
+        h.set_mode(0o755);
+        h.set_size(0);
+    } else {
+        h.set_entry_type(tar::EntryType::Regular);
+        h.set_mode(0o644);
+        h.set_size(meta.size);
+    }
+    let mtime = meta
+        .modified
+        .and_then(|t| t.duration_since(UNIX_EPOCH).ok())
+        .map_or(0, |d| d.as_secs());
+    h.set_mtime(mtime);
+    h
+}
+
+/// Reads exactly `left` bytes from `inner`: fewer is an error (the download failed or the
+/// file shrank), never a short tar entry.
+struct Exact<R> {
+    inner: R,
+    left: u64,
+}
+
+impl<R: Read> Read for Exact<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Ok(0);
+        }
+        let max = buf
+            .len()
+            .min(usize::try_from(self.left).unwrap_or(usize::MAX));
+        let n = self.inner.read(&mut buf[..max])?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("the download ended {} bytes early", self.left),
+            ));
+        }
+        self.left -= n as u64;
+        Ok(n)
+    }
+}
+
+/// `efs tar REMOTE:/path -o FILE`.
+pub(crate) async fn tar(
+    session: &Session,
+    args: TarArgs,
+    quiet: bool,
+    verbose: bool,
+) -> Result<()> {
+    let rp = remote_arg("tar", &args.source)?;
+    let enc = encryptor(&args)?;
+    let out_path = args.output.clone();
+    if !args.force && out_path.exists() {
+        return Err(fail_hint(
+            exit::CONFLICT,
+            format!("{} exists", out_path.display()),
+            "use --force to replace it",
+        ));
+    }
+    let client = session.client(&rp.remote).await?;
+    let root = walk::stat_remote(&client, &rp.path)
+        .await?
+        .ok_or_else(|| fail(exit::NOT_FOUND, format!("{} does not exist", rp.display())))?;
+    // (relative path in the tar, remote path, meta)
+    let mut items: Vec<(String, String, Meta)> = Vec::new();
+    if root.kind == Kind::File {
+        let name = location::basename(&rp.path).to_owned();
+        items.push((name, rp.path.clone(), root));
+    } else {
+        let tree = walk::walk_remote(&client, &rp.path).await?;
+        for (rel, meta) in tree {
+            let path = location::join(&rp.path, &rel);
+            items.push((rel, path, meta));
+        }
+        // Depth first, parents before their contents.
+        items.sort_by(|a, b| a.0.split('/').cmp(b.0.split('/')));
+    }
+    let files = items.iter().filter(|i| i.2.kind == Kind::File).count() as u64;
+    let bytes: u64 = items
+        .iter()
+        .filter(|i| i.2.kind == Kind::File)
+        .map(|i| i.2.size)
+        .sum();
+    let dirs = items.len() as u64 - files;
+
+    let mut part = out_path.as_os_str().to_owned();
+    part.push(PART_SUFFIX);
+    let part = PathBuf::from(part);
+    let progress = Progress::new(quiet, files, bytes);
+    let handle = Handle::current();
+    let job = {
+        let part = part.clone();
+        let progress = progress.clone();
+        tokio::task::spawn_blocking(move || {
+            write_archive(&handle, &client, enc, &part, items, &progress, verbose)
+        })
+    };
+    let result = job.await.context("the archive writer stopped")?;
+    progress.finish();
+    if let Err(e) = result {
+        let _ = std::fs::remove_file(&part);
+        return Err(e);
+    }
+    if !args.force && out_path.exists() {
+        let _ = std::fs::remove_file(&part);
+        return Err(fail_hint(
+            exit::CONFLICT,
+            format!(
+                "{} appeared while the backup was written",
+                out_path.display()
+            ),
+            "use --force to replace it",
+        ));
+    }
+    std::fs::rename(&part, &out_path)
+        .with_context(|| format!("renaming {} to {}", part.display(), out_path.display()))?;
+    if !quiet {
+        eprintln!(
+            "tar: {files} files, {dirs} directories, {} bytes from {} -> {}",
+            bytes,
+            rp.display(),
+            out_path.display()
+        );
+    }
+    Ok(())
+}
+
+/// The blocking half of `efs tar`: tar -> gzip -> age -> `part`.
+fn write_archive(
+    handle: &Handle,
+    client: &Client,
+    enc: age::Encryptor,
+    part: &Path,
+    items: Vec<(String, String, Meta)>,
+    progress: &Arc<Progress>,
+    verbose: bool,
+) -> Result<()> {
+    let file =
+        std::fs::File::create(part).with_context(|| format!("creating {}", part.display()))?;
+    let out = std::io::BufWriter::with_capacity(PIPE, file);
+    let aged = enc
+        .wrap_output(out)
+        .with_context(|| format!("writing {}", part.display()))?;
+    let gz = flate2::write::GzEncoder::new(aged, flate2::Compression::default());
+    let mut builder = tar::Builder::new(gz);
+    builder.mode(tar::HeaderMode::Deterministic);
+    for (rel, path, meta) in items {
+        let mut h = header(&meta);
+        if meta.kind == Kind::Dir {
+            builder
+                .append_data(&mut h, format!("{rel}/"), std::io::empty())
+                .with_context(|| format!("writing the entry of {path}"))?;
+            continue;
+        }
+        let fp = progress.file(&rel, meta.size);
+        if meta.size == 0 {
+            builder
+                .append_data(&mut h, &rel, std::io::empty())
+                .with_context(|| format!("writing the entry of {path}"))?;
+            fp.finish(true, 0);
+            continue;
+        }
+        let (reader, mut writer) = tokio::io::duplex(PIPE);
+        let task = {
+            let client = client.clone();
+            let path = path.clone();
+            let cb = fp.callback();
+            handle.spawn(async move {
+                let n = client
+                    .download(&path, &mut writer, None, Some(&*cb))
+                    .await?;
+                writer.shutdown().await.map_err(efs_client::Error::Io)?;
+                Ok::<u64, efs_client::Error>(n)
+            })
+        };
+        let body = Exact {
+            inner: SyncIoBridge::new_with_handle(reader, handle.clone()),
+            left: meta.size,
+        };
+        let appended = builder.append_data(&mut h, &rel, body);
+        let downloaded = handle.block_on(task).context("a download stopped")?;
+        let size = meta.size;
+        fp.finish(
+            matches!((&appended, &downloaded), (Ok(()), Ok(n)) if *n == size),
+            size,
+        );
+        let changed = || {
+            fail_hint(
+                exit::ERROR,
+                format!("{path} changed while it was read (the listing said {size} bytes)"),
+                "run the backup again",
+            )
+        };
+        match (appended, downloaded) {
+            (Ok(()), Ok(n)) if n == size => {}
+            (_, Ok(_)) => return Err(changed()),
+            // More than `size` bytes came: the tar entry stopped reading.
+            (Ok(()), Err(efs_client::Error::Io(e)))
+                if e.kind() == std::io::ErrorKind::BrokenPipe =>
+            {
+                return Err(changed());
+            }
+            (_, Err(e)) => return Err(e).with_context(|| format!("downloading {path}")),
+        }
+        if verbose {
+            progress.println(&format!("added {rel}"));
+        }
+    }
+    let gz = builder.into_inner().context("finishing the tar stream")?;
+    let aged = gz.finish().context("finishing the gzip stream")?;
+    let out = aged.finish().context("finishing the age stream")?;
+    let file = out
+        .into_inner()
+        .map_err(|e| e.into_error())
+        .with_context(|| format!("writing {}", part.display()))?;
+    file.sync_all()
+        .with_context(|| format!("writing {}", part.display()))?;
+    Ok(())
+}
+
+/// The identities for `efs untar`'s options.
+fn identities(args: &UntarArgs) -> Result<Vec<Box<dyn age::Identity + Send + Sync>>> {
+    if let Some(p) = &args.passphrase_file {
+        return Ok(vec![Box::new(age::scrypt::Identity::new(read_passphrase(
+            p,
+        )?))]);
+    }
+    let Some(file) = &args.identity else {
+        return Err(usage("efs untar needs -p PASSFILE or -i IDENTITY_FILE"));
+    };
+    let ids = age::IdentityFile::from_file(file.to_string_lossy().into_owned())
+        .with_context(|| format!("reading the identity file {}", file.display()))?
+        .into_identities()
+        .map_err(|e| {
+            fail(
+                exit::AUTH,
+                format!("the identity file {} is unusable: {e}", file.display()),
+            )
+        })?;
+    if ids.is_empty() {
+        return Err(fail(
+            exit::AUTH,
+            format!("no identity in {}", file.display()),
+        ));
+    }
+    Ok(ids)
+}
+
+/// The path of a tar entry below the destination, or why it is refused. `Ok(None)`: the
+/// entry is the archive's root (`./`).
+fn safe_rel(path: &Path) -> std::result::Result<Option<String>, String> {
+    let mut parts = Vec::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(s) => match s.to_str() {
+                Some(s) => parts.push(s.to_owned()),
+                None => return Err("the name is not UTF-8".into()),
+            },
+            Component::CurDir => {}
+            Component::ParentDir => return Err("it contains '..'".into()),
+            Component::RootDir | Component::Prefix(_) => {
+                return Err("it is an absolute path".into());
+            }
+        }
+    }
+    if parts.is_empty() {
+        Ok(None)
+    } else {
+        Ok(Some(parts.join("/")))
+    }
+}
+
+/// Counts and hashes what goes through it.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+    len: u64,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+}
+
+/// An `AsyncWrite` that only hashes and counts (to verify a re-download).
+struct HashSink {
+    hash: Sha256,
+    len: u64,
+}
+
+impl tokio::io::AsyncWrite for HashSink {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        self.hash.update(buf);
+        self.len += buf.len() as u64;
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// What went wrong with some entries of an untar (the rest was restored).
+#[derive(Default)]
+struct Problems {
+    count: u64,
+    /// Every problem was an existing destination file.
+    only_conflicts: bool,
+}
+
+/// `efs untar FILE REMOTE:/path`.
+pub(crate) async fn untar(
+    session: &Session,
+    args: UntarArgs,
+    quiet: bool,
+    verbose: bool,
+) -> Result<()> {
+    let rp = remote_arg("untar", &args.dest)?;
+    let ids = identities(&args)?;
+    let file = std::fs::File::open(&args.archive)
+        .with_context(|| format!("opening {}", args.archive.display()))?;
+    let total = file.metadata().map(|m| m.len()).unwrap_or(0);
+    // Decrypt the header first: a wrong passphrase or identity stops here, before anything
+    // is uploaded.
+    let archive = args.archive.clone();
+    let reader = tokio::task::spawn_blocking(move || {
+        let dec = age::Decryptor::new_buffered(BufReader::with_capacity(PIPE, file))
+            .map_err(|e| decrypt_error(&archive, e))?;
+        dec.decrypt(ids.iter().map(|i| i.as_ref() as &dyn age::Identity))
+            .map_err(|e| decrypt_error(&archive, e))
+    })
+    .await
+    .context("the decryptor stopped")??;
+    let client = session.client(&rp.remote).await?;
+    if let Some(m) = walk::stat_remote(&client, &rp.path).await?
+        && m.kind != Kind::Dir
+    {
+        return Err(fail(
+            exit::CONFLICT,
+            format!("{} is a file, not a directory", rp.display()),
+        ));
+    }
+    // The archive's size stands for the work: the bar follows the bytes read from it.
+    let progress = Progress::new(quiet, 0, total);
+    let handle = Handle::current();
+    let job = {
+        let progress = progress.clone();
+        let root = rp.path.clone();
+        let force = args.force;
+        tokio::task::spawn_blocking(move || {
+            read_archive(&handle, &client, reader, &root, force, &progress, verbose)
+        })
+    };
+    let result = job.await.context("the archive reader stopped")?;
+    progress.finish();
+    let (restored, problems) = result?;
+    if !quiet {
+        eprintln!(
+            "untar: {restored} files restored and verified into {}{}",
+            rp.display(),
+            if problems.count > 0 {
+                format!(", {} problems", problems.count)
+            } else {
+                String::new()
+            }
+        );
+    }
+    if problems.count > 0 {
+        let code = if problems.only_conflicts {
+            exit::CONFLICT
+        } else {
+            exit::ERROR
+        };
+        return Err(fail(
+            code,
+            format!(
+                "{} entries of {} were not restored or did not verify (see above)",
+                problems.count,
+                args.archive.display()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn decrypt_error(archive: &Path, e: age::DecryptError) -> anyhow::Error {
+    match e {
+        age::DecryptError::NoMatchingKeys
+        | age::DecryptError::DecryptionFailed
+        | age::DecryptError::KeyDecryptionFailed => fail_hint(
+            exit::AUTH,
+            format!("cannot decrypt {}: {e}", archive.display()),
+            "check the passphrase file (-p) or the identity file (-i)",
+        ),
+        age::DecryptError::Io(io) => {
+            anyhow::Error::from(io).context(format!("reading {}", archive.display()))
+        }
+        e => fail(
+            exit::ERROR,
+            format!("{} is not an age file EFS can read: {e}", archive.display()),
+        ),
+    }
+}
+
+/// Counts the bytes read from the archive file for the progress bar.
+struct Counting<R> {
+    inner: R,
+    progress: Arc<crate::progress::FileProgress>,
+    n: u64,
+}
+
+impl<R: Read> Read for Counting<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.n += n as u64;
+        self.progress.update(self.n);
+        Ok(n)
+    }
+}
+
+/// The blocking half of `efs untar`: age -> gunzip -> tar -> uploads, each verified.
+/// Returns the number of files restored and the problems.
+fn read_archive<R: Read>(
+    handle: &Handle,
+    client: &Client,
+    reader: age::stream::StreamReader<R>,
+    root: &str,
+    force: bool,
+    progress: &Arc<Progress>,
+    verbose: bool,
+) -> Result<(u64, Problems)> {
+    let mut problems = Problems {
+        count: 0,
+        only_conflicts: true,
+    };
+    let mut report = |msg: String, conflict: bool| {
+        progress.println(&format!("efs: error: {msg}"));
+        problems.count += 1;
+        problems.only_conflicts &= conflict;
+    };
+    let fp = progress.file("", 0);
+    progress.message("0 files".into());
+    // The progress follows the decrypted (compressed) stream: close enough to the file.
+    let gz = flate2::read::GzDecoder::new(Counting {
+        inner: reader,
+        progress: fp,
+        n: 0,
+    });
+    let mut archive = tar::Archive::new(gz);
+    let mut restored = 0u64;
+    let entries = archive.entries().context("reading the archive")?;
+    for entry in entries {
+        let entry = entry.context("reading the archive")?;
+        let raw = entry.path().context("reading the archive")?.into_owned();
+        let rel = match safe_rel(&raw) {
+            Ok(Some(rel)) => rel,
+            Ok(None) => continue,
+            Err(why) => {
+                report(
+                    format!("refusing the entry '{}': {why}", raw.display()),
+                    false,
+                );
+                continue;
+            }
+        };
+        let path = location::join(root, &rel);
+        match entry.header().entry_type() {
+            tar::EntryType::Directory => {
+                handle
+                    .block_on(client.mkdir(&path))
+                    .with_context(|| format!("creating {path}"))?;
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                let size = entry.size();
+                match restore_file(handle, client, entry, &path, size, force) {
+                    Ok(()) => {
+                        restored += 1;
+                        progress.message(format!("{restored} files"));
+                        if verbose {
+                            progress.println(&format!("restored {rel}"));
+                        }
+                    }
+                    Err(e) => {
+                        let conflict = matches!(
+                            exit::sdk_error(&e),
+                            Some(efs_client::Error::PreconditionFailed)
+                        );
+                        if conflict {
+                            report(format!("{path} exists (use --force to replace it)"), true);
+                        } else if exit::sdk_error(&e).is_some() || e.is::<Mismatch>() {
+                            report(format!("{e:#}"), false);
+                        } else {
+                            // The archive itself is unreadable: stop.
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            other => report(
+                format!("skipping '{rel}': a {other:?} entry is not a file or a directory"),
+                false,
+            ),
+        }
+    }
+    // Read to the end, so that the age stream's final tag is checked.
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).context("reading the archive")?;
+    Ok((restored, problems))
+}
+
+/// A restored file that did not read back as it was written.
+#[derive(Debug)]
+struct Mismatch(String);
+
+impl std::fmt::Display for Mismatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Mismatch {}
+
+/// Uploads one entry, hashing it on the way, then downloads it again and compares.
+fn restore_file<R: Read>(
+    handle: &Handle,
+    client: &Client,
+    entry: tar::Entry<'_, R>,
+    path: &str,
+    size: u64,
+    force: bool,
+) -> Result<()> {
+    let (reader, writer) = tokio::io::duplex(PIPE);
+    let opts = PutOptions {
+        create_only: !force,
+        ..PutOptions::default()
+    };
+    let task = {
+        let client = client.clone();
+        let path = path.to_owned();
+        handle.spawn(async move { client.upload(&path, reader, Some(size), opts).await })
+    };
+    let mut src = Hashing {
+        inner: entry,
+        hash: Sha256::new(),
+        len: 0,
+    };
+    let mut dst = SyncIoBridge::new_with_handle(writer, handle.clone());
+    let copied = std::io::copy(&mut src, &mut dst).and_then(|_| dst.shutdown());
+    drop(dst);
+    let uploaded = handle.block_on(task).context("an upload stopped")?;
+    if let Err(e) = copied {
+        // The archive failed, or the upload stopped reading (its error says why).
+        uploaded.with_context(|| format!("uploading {path}"))?;
+        return Err(e).context("reading the archive");
+    }
+    let stored = uploaded.with_context(|| format!("uploading {path}"))?;
+    let want = src.hash.finalize();
+    let mut sink = HashSink {
+        hash: Sha256::new(),
+        len: 0,
+    };
+    if size > 0 {
+        handle
+            .block_on(client.download(path, &mut sink, None, None))
+            .with_context(|| format!("reading back {path}"))?;
+    }
+    let got = sink.hash.finalize();
+    if src.len != size || stored.size != size || sink.len != size || got != want {
+        return Err(Mismatch(format!(
+            "{path} does not verify: {size} bytes in the archive, {} read, {} stored, {} read back{}",
+            src.len,
+            stored.size,
+            sink.len,
+            if got == want { "" } else { ", contents differ" }
+        ))
+        .into());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refuses_unsafe_entries() {
+        assert_eq!(safe_rel(Path::new("a/b.txt")), Ok(Some("a/b.txt".into())));
+        assert_eq!(safe_rel(Path::new("./a/./b")), Ok(Some("a/b".into())));
+        assert_eq!(safe_rel(Path::new("./")), Ok(None));
+        assert!(safe_rel(Path::new("../evil")).is_err());
+        assert!(safe_rel(Path::new("a/../../evil")).is_err());
+        assert!(safe_rel(Path::new("/etc/passwd")).is_err());
+    }
+
+    #[test]
+    fn short_bodies_are_errors() {
+        let mut r = Exact {
+            inner: &b"abc"[..],
+            left: 5,
+        };
+        let mut out = Vec::new();
+        assert!(r.read_to_end(&mut out).is_err());
+        let mut r = Exact {
+            inner: &b"abcdef"[..],
+            left: 3,
+        };
+        let mut out = Vec::new();
+        r.read_to_end(&mut out).unwrap();
+        assert_eq!(out, b"abc");
+    }
+}
