@@ -98,6 +98,10 @@ pub(crate) struct Remote {
     /// Trust exactly the certificate with this SHA-256 fingerprint (`AB:CD:…`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fingerprint: Option<String>,
+    /// The server identity `S` recorded by `remote add`: the client refuses to sign a
+    /// challenge that names another server (a relay of another server's login).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub server_id: Option<String>,
 }
 
 impl Config {
@@ -249,6 +253,7 @@ mod tests {
                 fs: Some("drive".into()),
                 ca: None,
                 fingerprint: Some("AB:CD".into()),
+                server_id: Some("efs-0123456789abcdef0123456789abcdef".into()),
             },
         );
         c.save(&dirs).unwrap();
@@ -278,6 +283,7 @@ mod tests {
             fs: None,
             ca: None,
             fingerprint: None,
+            server_id: None,
         };
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)

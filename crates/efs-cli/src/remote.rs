@@ -53,6 +53,7 @@ pub(crate) async fn add(session: &mut Session, args: RemoteAdd) -> Result<()> {
         fs: args.fs,
         ca: None,
         fingerprint: None,
+        server_id: None,
     };
     if let Some(ca) = args.ca {
         let ca = absolute(ca)?;
@@ -135,6 +136,13 @@ pub(crate) async fn add(session: &mut Session, args: RemoteAdd) -> Result<()> {
         remote.fingerprint = Some(shown);
     }
 
+    // Record the server's identity now, over the connection just trusted, and pin it.
+    match server_identity(&remote).await {
+        Ok(id) => remote.server_id = Some(id),
+        Err(e) => eprintln!(
+            "efs: warning: could not ask {url} for its identity ({e}); the remote is added without it"
+        ),
+    }
     session.config.remotes.insert(name.clone(), remote.clone());
     session.config.save(&session.dirs)?;
     config::remove_token(&session.dirs, &name)?;
@@ -225,4 +233,17 @@ pub(crate) fn remove(session: &mut Session, name: &str) -> Result<()> {
     config::remove_token(&session.dirs, name)?;
     eprintln!("Removed remote '{name}' and its cached token.");
     Ok(())
+}
+
+/// The server identity `S` named by a challenge for the remote's user (nothing is signed).
+async fn server_identity(remote: &Remote) -> Result<String> {
+    let client = efs_client::Client::builder(&remote.url)
+        .user(remote.user.clone())
+        .trust(crate::session::trust_of(remote)?)
+        .retry(efs_client::RetryPolicy {
+            max_attempts: 2,
+            ..Default::default()
+        })
+        .build()?;
+    Ok(client.server_identity().await?)
 }

@@ -177,6 +177,9 @@ async fn build_client(dirs: &Dirs, name: &str, remote: &Remote) -> Result<Client
     if let Some(fs) = &remote.fs {
         builder = builder.fs(fs.clone());
     }
+    if let Some(id) = &remote.server_id {
+        builder = builder.server_id(id.clone());
+    }
     if let Some(token) = config::load_token(dirs, name, remote) {
         builder = builder.cached_token(token);
     }

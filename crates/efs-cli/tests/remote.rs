@@ -455,3 +455,35 @@ fn completions_are_generated() {
     assert!(zsh.contains("#compdef efs"), "{zsh}");
     env.fails(&["completions", "tcsh"], 2);
 }
+
+/// `remote add` records the server identity the challenge names and the client pins it: a
+/// server that names another identity (a relay of another server's login challenge) gets no
+/// signature.
+#[test]
+fn remote_add_pins_the_server_identity() {
+    let env = Env::new();
+    let cfg_path = env.cfg().join("config.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let line = cfg
+        .lines()
+        .find(|l| l.trim_start().starts_with("server_id"))
+        .unwrap_or_else(|| panic!("no server_id recorded:\n{cfg}"));
+    let id = line.split('"').nth(1).unwrap().to_owned();
+    assert!(id.starts_with("efs-") && id.len() == 36, "{id}");
+    env.ok(&["ls", "drive:/"]);
+
+    // The same server, now expected to be another one: the login is refused before signing.
+    std::fs::write(
+        &cfg_path,
+        cfg.replace(&id, "efs-00000000000000000000000000000000"),
+    )
+    .unwrap();
+    let _ = std::fs::remove_dir_all(env.cfg().join("tokens"));
+    let out = env.efs(&["ls", "drive:/"]);
+    assert!(
+        !out.status.success(),
+        "a login to an unexpected identity must fail"
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("refusing to sign"), "{err}");
+}

@@ -359,6 +359,34 @@ impl Client {
             .await
     }
 
+    /// The server's identity `S` (docs/protocol.md), as its challenge answer names it for
+    /// this client's user. Nothing is signed. A client records it once (as `efs remote add`
+    /// does) and pins it with [`ClientBuilder::server_id`], so that a server relaying another
+    /// server's challenge gets no signature.
+    pub async fn server_identity(&self) -> Result<String> {
+        self.retrying(|| self.challenge_server()).await
+    }
+
+    async fn challenge_server(&self) -> std::result::Result<String, Fail> {
+        #[derive(serde::Deserialize)]
+        struct Challenge {
+            server: String,
+        }
+        let user = self.inner.auth.user.clone().ok_or_else(|| {
+            Error::Config("no user name to ask a challenge for (ClientBuilder::user)".into())
+        })?;
+        let resp = http::send(
+            self.inner
+                .http
+                .client
+                .post(self.inner.http.url("/_efs/auth/challenge"))
+                .json(&serde_json::json!({ "user": user })),
+        )
+        .await?;
+        let c: Challenge = http::json(http::check(resp).await?).await?;
+        Ok(c.server)
+    }
+
     /// The server URL (`https://host:port`, without a trailing `/`).
     pub fn base_url(&self) -> &str {
         &self.inner.http.base
