@@ -1316,7 +1316,7 @@ async fn fsck_is_clean_after_a_stop_and_finds_corruption() {
     );
     let out = srv.efsctl_ok(&["gc", "--fs", "files", "--grace", "0"]);
     assert!(
-        out.contains("removed 0 orphan blobs and 0 orphan inline contents"),
+        out.contains("removed 0 orphan blobs, 0 orphan inline contents and 0 stale partial writes"),
         "{out}"
     );
 
