@@ -263,6 +263,14 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 rep.orphan_blobs.len(),
                 rep.orphan_inline.len()
             )];
+            if let Some(crate::digest::DigestCheck::Holds {
+                generation, anchor, ..
+            }) = &rep.digest
+            {
+                lines.push(format!(
+                    "index digest: generation {generation}, anchor {anchor} (keep both elsewhere: an index put back whole to an earlier state shows an earlier generation or another anchor)"
+                ));
+            }
             lines.extend(rep.errors.iter().map(|e| format!("error: {e}")));
             lines.extend(rep.orphan_blobs.iter().map(|b| format!("orphan blob: {b}")));
             lines.extend(
@@ -275,6 +283,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 serde_json::json!({
                     "records": rep.records, "files_verified": rep.files_verified,
                     "errors": rep.errors, "orphan_blobs": rep.orphan_blobs, "orphan_inline": rep.orphan_inline,
+                    "digest": digest_json(rep.digest.as_ref()),
                 }),
             );
             r.clean = Some(rep.is_clean());
@@ -370,6 +379,21 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             serde_json::Value::Null,
         ),
     })
+}
+
+fn digest_json(d: Option<&crate::digest::DigestCheck>) -> serde_json::Value {
+    use crate::digest::DigestCheck;
+    match d {
+        Some(DigestCheck::Holds {
+            generation,
+            entries,
+            anchor,
+        }) => serde_json::json!({"holds": true, "generation": generation, "entries": entries, "anchor": anchor}),
+        Some(DigestCheck::Differs { generation, .. }) => {
+            serde_json::json!({"holds": false, "generation": generation})
+        }
+        Some(DigestCheck::Unreadable) | None => serde_json::json!({"holds": false}),
+    }
 }
 
 fn grant_text(g: &GrantRecord) -> String {

@@ -18,6 +18,7 @@ use std::sync::{Arc, RwLock};
 use zeroize::Zeroizing;
 
 use crate::blob::LocalBlobStore;
+use crate::digest::DigestKey;
 use crate::error::{CoreError, Result};
 use crate::fs::rotation::{self, RotationProgress};
 use crate::fs::{Filesystem, FsOptions};
@@ -220,7 +221,10 @@ impl DataDir {
     }
 
     fn open_fs(&self, rec: &FsRecord) -> Result<Filesystem> {
-        let index = RedbIndex::open(&self.fs_dir(&rec.id).join("index.redb"))?;
+        let index = RedbIndex::open(
+            &self.fs_dir(&rec.id).join("index.redb"),
+            DigestKey::derive(&self.starter, &rec.id),
+        )?;
         self.assemble_fs(rec, index)
     }
 
@@ -263,7 +267,7 @@ impl DataDir {
         lines.push(format!(
             "Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"
         ));
-        let index = RedbIndex::open(&dir.join("index.redb"))?;
+        let index = RedbIndex::open(&dir.join("index.redb"), DigestKey::derive(&self.starter, &id))?;
         lines.push(format!(
             "Creating blob directory '{rel}/blobs' (sharded, random names)"
         ));

@@ -131,6 +131,8 @@ pub struct FsckReport {
     pub orphan_blobs: Vec<String>,
     /// Inline contents that no record references.
     pub orphan_inline: Vec<String>,
+    /// The index checked against its digest (a rollback of records shows here).
+    pub digest: Option<crate::digest::DigestCheck>,
 }
 
 impl FsckReport {
@@ -846,6 +848,23 @@ impl Filesystem {
     pub async fn fsck(&self) -> Result<FsckReport> {
         let kr = self.keyring();
         let mut rep = FsckReport::default();
+        let digest = self.index.check_digest().await?;
+        match &digest {
+            crate::digest::DigestCheck::Holds { .. } => {}
+            crate::digest::DigestCheck::Differs {
+                generation,
+                claimed_entries,
+                entries,
+            } => rep.errors.push(format!(
+                "index: the entries differ from the index digest (generation {generation}, \
+                 {claimed_entries} entries expected, {entries} found): a record was changed, \
+                 removed, added or put back to an older version outside EFS"
+            )),
+            crate::digest::DigestCheck::Unreadable => rep
+                .errors
+                .push("index: the index digest is unreadable: it was changed outside EFS".into()),
+        }
+        rep.digest = Some(digest);
         let mut referenced_blobs = std::collections::HashSet::new();
         let mut referenced_inline = std::collections::HashSet::new();
         let mut dir_ids = std::collections::HashSet::new();

@@ -7,6 +7,7 @@
 
 use async_trait::async_trait;
 
+use crate::digest::DigestCheck;
 use crate::error::Result;
 
 /// Key of an entry: `dir_tag (16) || name_tag (16)`, both keyed hashes.
@@ -27,7 +28,8 @@ pub enum Op {
     PutInline(ContentId, Vec<u8>),
     /// Remove a small file's encrypted content.
     DeleteInline(ContentId),
-    /// Insert or replace a metadata value (the wrapped keyring).
+    /// Insert or replace a metadata value (the wrapped keyring). The name
+    /// [`crate::digest::META_DIGEST`] is the index's own: a batch that writes it is refused.
     PutMeta(String, Vec<u8>),
 }
 
@@ -54,7 +56,26 @@ pub struct Batch {
     pub ops: Vec<Op>,
 }
 
-/// Storage of the index. Implementations: [`crate::redb_index::RedbIndex`] (embedded default).
+/// Refuses a batch that would write the index's own digest.
+pub(crate) fn check_reserved(batch: &Batch) -> Result<()> {
+    let reserved = batch
+        .ops
+        .iter()
+        .any(|op| matches!(op, Op::PutMeta(name, _) if name == crate::digest::META_DIGEST));
+    if reserved {
+        return Err(crate::error::CoreError::Invalid(
+            "the index digest is maintained by the index itself".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// Storage of the index. Implementations: [`crate::redb_index::RedbIndex`] (embedded default),
+/// [`crate::mem_index::MemIndex`] (reference model).
+///
+/// Every implementation keeps the index digest ([`crate::digest`]) of its entries up to
+/// date in the same transaction as each batch, under the key it was opened with, so that
+/// every writer (requests, rotation, gc, restore) maintains it without knowing it.
 #[async_trait]
 pub trait Index: Send + Sync {
     /// An entry's sealed record.
@@ -88,4 +109,7 @@ pub trait Index: Send + Sync {
         &self,
         visit: &mut (dyn for<'k, 'v> FnMut(&'k EntryKey, &'v [u8]) -> Result<()> + Send),
     ) -> Result<()>;
+    /// Recomputes the digest of every entry and compares it with the stored one, both
+    /// from ONE snapshot (fsck; the server may be writing meanwhile).
+    async fn check_digest(&self) -> Result<DigestCheck>;
 }

@@ -7,6 +7,7 @@
 //! - [`record`]: sealed index records (names, sizes, wrapped data keys).
 //! - [`index`] / [`redb_index`]: the index trait and its embedded redb implementation;
 //!   [`mem_index`]: an in-memory one, the reference model for the conformance tests.
+//! - [`digest`]: the keyed digest of all index entries (rollback detection in fsck).
 //! - [`blob`]: the blob store trait and its sharded local-directory implementation.
 //! - [`fs`]: a filesystem's operations (stat, list, write, read, move, delete, fsck, gc).
 //! - [`system`] / [`datadir`]: users, filesystems and secrets; the data dir's layout.
@@ -19,6 +20,7 @@
 pub mod admin;
 pub mod blob;
 pub mod datadir;
+pub mod digest;
 pub mod error;
 pub mod fs;
 pub mod index;

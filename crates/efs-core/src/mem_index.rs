@@ -11,10 +11,12 @@ use std::sync::Mutex;
 
 use async_trait::async_trait;
 
-use crate::error::Result;
-use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op};
+use efs_format::Key32;
 
-#[derive(Default)]
+use crate::digest::{Accumulator, DigestCheck, DigestKey, META_DIGEST};
+use crate::error::Result;
+use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, check_reserved};
+
 struct State {
     entries: BTreeMap<EntryKey, Vec<u8>>,
     inline: BTreeMap<ContentId, Vec<u8>>,
@@ -22,15 +24,55 @@ struct State {
 }
 
 /// An [`Index`] held in memory (tests, reference model).
-#[derive(Default)]
 pub struct MemIndex {
     state: Mutex<State>,
+    digest: DigestKey,
+}
+
+impl Default for MemIndex {
+    fn default() -> Self {
+        Self::new()
+    }
 }
 
 impl MemIndex {
-    /// An empty index.
+    /// An empty index whose digest is keyed by a random key.
     pub fn new() -> Self {
-        Self::default()
+        Self::with_digest_key(DigestKey::from_root(&Key32::random(), &[0; 16]))
+    }
+
+    /// An empty index whose digest is keyed by `digest`.
+    pub fn with_digest_key(digest: DigestKey) -> Self {
+        let mut meta = BTreeMap::new();
+        meta.insert(META_DIGEST.to_owned(), Accumulator::empty().seal(&digest));
+        Self {
+            state: Mutex::new(State {
+                entries: BTreeMap::new(),
+                inline: BTreeMap::new(),
+                meta,
+            }),
+            digest,
+        }
+    }
+
+    /// Replaces a metadata value behind the index's back, as someone editing the stored
+    /// index would (tamper tests).
+    pub fn tamper_meta(&self, name: &str, value: Option<Vec<u8>>) {
+        let mut st = self.state();
+        match value {
+            Some(v) => st.meta.insert(name.to_owned(), v),
+            None => st.meta.remove(name),
+        };
+    }
+
+    /// Replaces (or removes) an entry behind the index's back, without updating the
+    /// digest, as someone editing the stored index would (tamper tests).
+    pub fn tamper_entry(&self, key: &EntryKey, value: Option<Vec<u8>>) {
+        let mut st = self.state();
+        match value {
+            Some(v) => st.entries.insert(*key, v),
+            None => st.entries.remove(key),
+        };
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -90,6 +132,7 @@ impl Index for MemIndex {
     }
 
     async fn commit(&self, batch: Batch) -> Result<bool> {
+        check_reserved(&batch)?;
         let mut st = self.state();
         let holds = batch
             .expect
@@ -106,13 +149,31 @@ impl Index for MemIndex {
         if !holds {
             return Ok(false);
         }
+        // As in the redb index: an unreadable digest is left as it is, for fsck to report.
+        let mut digest = st
+            .meta
+            .get(META_DIGEST)
+            .and_then(|v| Accumulator::open(&self.digest, v));
+        let mut touched = false;
         for op in batch.ops {
             match op {
                 Op::PutEntry(k, v) => {
+                    if let Some(d) = digest.as_mut() {
+                        if let Some(old) = st.entries.get(&k) {
+                            d.remove(&self.digest, &k, old);
+                        }
+                        d.insert(&self.digest, &k, &v);
+                    }
                     st.entries.insert(k, v);
+                    touched = true;
                 }
                 Op::DeleteEntry(k) => {
-                    st.entries.remove(&k);
+                    if let Some(old) = st.entries.remove(&k) {
+                        if let Some(d) = digest.as_mut() {
+                            d.remove(&self.digest, &k, &old);
+                        }
+                        touched = true;
+                    }
                 }
                 Op::PutInline(k, v) => {
                     st.inline.insert(k, v);
@@ -124,6 +185,10 @@ impl Index for MemIndex {
                     st.meta.insert(k, v);
                 }
             }
+        }
+        if touched && let Some(mut d) = digest {
+            d.bump();
+            st.meta.insert(META_DIGEST.to_owned(), d.seal(&self.digest));
         }
         Ok(true)
     }
@@ -160,5 +225,14 @@ impl Index for MemIndex {
             visit(k, v)?;
         }
         Ok(())
+    }
+
+    async fn check_digest(&self) -> Result<DigestCheck> {
+        let st = self.state();
+        Ok(DigestCheck::run(
+            &self.digest,
+            st.meta.get(META_DIGEST).map(Vec::as_slice),
+            st.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+        ))
     }
 }

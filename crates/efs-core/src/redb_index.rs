@@ -4,17 +4,22 @@
 //! A single committer thread therefore drains every batch waiting at that moment,
 //! checks and applies each in one transaction, commits once, and answers them all:
 //! under load, many writes share one fsync; alone, a write costs exactly one.
+//!
+//! The same transaction keeps the index digest ([`crate::digest`]) current: replacing or
+//! removing an entry hands back its old value, so an update costs one HMAC per entry
+//! written or removed, and no extra read.
 
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::mpsc;
 
 use async_trait::async_trait;
-use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
+use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
 
+use crate::digest::{Accumulator, DigestCheck, DigestKey, META_DIGEST};
 use crate::error::{CoreError, Result};
-use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op};
+use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, check_reserved};
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const INLINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inline");
@@ -28,6 +33,7 @@ type Reply = oneshot::Sender<Result<bool>>;
 /// redb-backed [`Index`].
 pub struct RedbIndex {
     db: Arc<Database>,
+    digest: Arc<DigestKey>,
     tx: mpsc::Sender<(Batch, Reply)>,
     /// Joined on drop: the committer holds the database open until it has stopped.
     committer: Option<std::thread::JoinHandle<()>>,
@@ -51,8 +57,9 @@ fn ix<E: std::fmt::Display>(e: E) -> CoreError {
 }
 
 impl RedbIndex {
-    /// Opens or creates the index file.
-    pub fn open(path: &Path) -> Result<Self> {
+    /// Opens or creates the index file; `digest` keys its digest. An index written before
+    /// digests existed gets one now, computed from its entries (generation 0).
+    pub fn open(path: &Path, digest: DigestKey) -> Result<Self> {
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => CoreError::Index(
                 "the index is open in another process (is efs-server running on this data dir?)"
@@ -63,27 +70,47 @@ impl RedbIndex {
         // Create the tables once so readers never see "table does not exist".
         let w = db.begin_write().map_err(ix)?;
         {
-            w.open_table(ENTRIES).map_err(ix)?;
+            let entries = w.open_table(ENTRIES).map_err(ix)?;
             w.open_table(INLINE).map_err(ix)?;
-            w.open_table(META).map_err(ix)?;
+            let mut meta = w.open_table(META).map_err(ix)?;
+            if meta.get(META_DIGEST).map_err(ix)?.is_none() {
+                let mut acc = Accumulator::empty();
+                for item in entries.iter().map_err(ix)? {
+                    let (k, v) = item.map_err(ix)?;
+                    acc.insert(&digest, k.value(), v.value());
+                }
+                if !entries.is_empty().map_err(ix)? {
+                    // Expected once, after an upgrade. Otherwise someone removed the digest:
+                    // the generation restarts at 0, which the operator's anchor shows.
+                    tracing::warn!(
+                        entries = entries.len().map_err(ix)?,
+                        "the index had no digest (written by an older version, or the digest was removed): computed it from the entries as they are now"
+                    );
+                }
+                meta.insert(META_DIGEST, acc.seal(&digest).as_slice())
+                    .map_err(ix)?;
+            }
         }
         w.commit().map_err(ix)?;
         let db = Arc::new(db);
+        let digest = Arc::new(digest);
         let (tx, rx) = mpsc::channel::<(Batch, Reply)>();
         let db2 = db.clone();
+        let key2 = digest.clone();
         let committer = std::thread::Builder::new()
             .name("efs-index-commit".into())
-            .spawn(move || committer(db2, rx))
+            .spawn(move || committer(db2, key2, rx))
             .map_err(CoreError::Io)?;
         Ok(Self {
             db,
+            digest,
             tx,
             committer: Some(committer),
         })
     }
 }
 
-fn committer(db: Arc<Database>, rx: mpsc::Receiver<(Batch, Reply)>) {
+fn committer(db: Arc<Database>, key: Arc<DigestKey>, rx: mpsc::Receiver<(Batch, Reply)>) {
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -92,7 +119,7 @@ fn committer(db: Arc<Database>, rx: mpsc::Receiver<(Batch, Reply)>) {
                 Err(_) => break,
             }
         }
-        let outcome = apply_group(&db, &group);
+        let outcome = apply_group(&db, &key, &group);
         match outcome {
             Ok(results) => {
                 for ((_, reply), ok) in group.into_iter().zip(results) {
@@ -118,13 +145,20 @@ fn dir_range(dir: &DirTag) -> (EntryKey, EntryKey) {
     (lo, hi)
 }
 
-fn apply_group(db: &Database, group: &[(Batch, Reply)]) -> Result<Vec<bool>> {
+fn apply_group(db: &Database, key: &DigestKey, group: &[(Batch, Reply)]) -> Result<Vec<bool>> {
     let w = db.begin_write().map_err(ix)?;
     let mut results = Vec::with_capacity(group.len());
     {
         let mut entries = w.open_table(ENTRIES).map_err(ix)?;
         let mut inline = w.open_table(INLINE).map_err(ix)?;
         let mut meta = w.open_table(META).map_err(ix)?;
+        // An unreadable digest is left as it is (fsck reports it); updating it would need
+        // its mask, and replacing it would hide whatever was done to the index.
+        let mut digest = meta
+            .get(META_DIGEST)
+            .map_err(ix)?
+            .and_then(|v| Accumulator::open(key, v.value()));
+        let mut digest_changed = false;
         for (batch, _) in group {
             let mut ok = true;
             for e in &batch.expect {
@@ -150,13 +184,25 @@ fn apply_group(db: &Database, group: &[(Batch, Reply)]) -> Result<Vec<bool>> {
                 ok = range.next().is_none();
             }
             if ok {
+                let mut touched = false;
                 for op in &batch.ops {
                     match op {
                         Op::PutEntry(k, v) => {
-                            entries.insert(k.as_slice(), v.as_slice()).map_err(ix)?;
+                            let old = entries.insert(k.as_slice(), v.as_slice()).map_err(ix)?;
+                            if let Some(d) = digest.as_mut() {
+                                if let Some(old) = old {
+                                    d.remove(key, k, old.value());
+                                }
+                                d.insert(key, k, v);
+                            }
+                            touched = true;
                         }
                         Op::DeleteEntry(k) => {
-                            entries.remove(k.as_slice()).map_err(ix)?;
+                            let old = entries.remove(k.as_slice()).map_err(ix)?;
+                            if let (Some(d), Some(old)) = (digest.as_mut(), old) {
+                                d.remove(key, k, old.value());
+                                touched = true;
+                            }
                         }
                         Op::PutInline(k, v) => {
                             inline.insert(k.as_slice(), v.as_slice()).map_err(ix)?;
@@ -169,8 +215,16 @@ fn apply_group(db: &Database, group: &[(Batch, Reply)]) -> Result<Vec<bool>> {
                         }
                     }
                 }
+                if touched && let Some(d) = digest.as_mut() {
+                    d.bump();
+                    digest_changed = true;
+                }
             }
             results.push(ok);
+        }
+        if digest_changed && let Some(d) = &digest {
+            meta.insert(META_DIGEST, d.seal(key).as_slice())
+                .map_err(ix)?;
         }
     }
     w.commit().map_err(ix)?;
@@ -241,6 +295,7 @@ impl Index for RedbIndex {
     }
 
     async fn commit(&self, batch: Batch) -> Result<bool> {
+        check_reserved(&batch)?;
         let (tx, rx) = oneshot::channel();
         self.tx
             .send((batch, tx))
@@ -309,5 +364,19 @@ impl Index for RedbIndex {
             visit(&key, v.value())?;
         }
         Ok(())
+    }
+
+    async fn check_digest(&self) -> Result<DigestCheck> {
+        // One read transaction: the digest and the entries of the same commit.
+        let r = self.db.begin_read().map_err(ix)?;
+        let meta = r.open_table(META).map_err(ix)?;
+        let stored = meta.get(META_DIGEST).map_err(ix)?.map(|v| v.value().to_vec());
+        let t = r.open_table(ENTRIES).map_err(ix)?;
+        let mut found = Accumulator::empty();
+        for item in t.iter().map_err(ix)? {
+            let (k, v) = item.map_err(ix)?;
+            found.insert(&self.digest, k.value(), v.value());
+        }
+        Ok(DigestCheck::compare(&self.digest, stored.as_deref(), &found))
     }
 }

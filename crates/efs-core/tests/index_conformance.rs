@@ -3,9 +3,16 @@
 
 use std::sync::Arc;
 
+use efs_core::digest::{DigestCheck, DigestKey, META_DIGEST};
 use efs_core::index::{Batch, ContentId, EntryKey, Expect, Index, Op};
 use efs_core::mem_index::MemIndex;
 use efs_core::redb_index::RedbIndex;
+use efs_format::Key32;
+
+/// A digest key every test can build again (a reopened index needs the same one).
+fn digest_key() -> DigestKey {
+    DigestKey::from_root(&Key32::from_bytes([42; 32]), &[3; 16])
+}
 
 /// An entry key: `dir` repeated over the 16-byte dir tag, then the 16-byte name tag.
 fn key(dir: u8, name: [u8; 16]) -> EntryKey {
@@ -90,6 +97,54 @@ async fn suite(ix: &dyn Index) {
     conditional(ix).await;
     inline_and_meta(ix).await;
     scanning(ix).await;
+    digest(ix).await;
+}
+
+fn holds(c: DigestCheck) -> (u64, u64) {
+    match c {
+        DigestCheck::Holds {
+            generation,
+            entries,
+            ..
+        } => (generation, entries),
+        other => panic!("the digest does not hold: {other:?}"),
+    }
+}
+
+/// The digest follows every batch: each one that changes entries counts once; refused,
+/// inline-only and meta-only batches change nothing; no batch may write the digest.
+async fn digest(ix: &dyn Index) {
+    let (g0, n0) = holds(ix.check_digest().await.unwrap());
+    let all = ix.scan_entries(None, 100_000).await.unwrap().len() as u64;
+    assert_eq!(n0, all, "the digest counts every entry");
+    let (a, b) = (key(40, name(1, 1)), key(40, name(1, 2)));
+    write(ix, vec![put(a, b"a"), put(b, b"b")]).await;
+    assert_eq!(holds(ix.check_digest().await.unwrap()), (g0 + 1, n0 + 2));
+    write(ix, vec![put(a, b"a2")]).await;
+    assert_eq!(holds(ix.check_digest().await.unwrap()), (g0 + 2, n0 + 2));
+    assert!(
+        !ix.commit(batch(vec![absent(a)], vec![put(a, b"x")]))
+            .await
+            .unwrap()
+    );
+    write(ix, vec![Op::PutInline([40; 16], vec![1])]).await;
+    write(ix, vec![Op::PutMeta("other".into(), vec![1])]).await;
+    write(ix, vec![Op::DeleteEntry(key(40, name(9, 9)))]).await;
+    assert_eq!(
+        holds(ix.check_digest().await.unwrap()),
+        (g0 + 2, n0 + 2),
+        "nothing that leaves the entries as they were counts"
+    );
+    write(ix, vec![Op::DeleteEntry(b), Op::DeleteInline([40; 16])]).await;
+    assert_eq!(holds(ix.check_digest().await.unwrap()), (g0 + 3, n0 + 1));
+    let stored = ix.get_meta(META_DIGEST).await.unwrap().expect("stored");
+    let e = ix
+        .commit(batch(vec![], vec![Op::PutMeta(META_DIGEST.into(), stored)]))
+        .await
+        .expect_err("the digest is the index's own");
+    assert!(e.to_string().contains("digest"), "{e}");
+    write(ix, vec![Op::DeleteEntry(a)]).await;
+    assert_eq!(holds(ix.check_digest().await.unwrap()), (g0 + 4, n0));
 }
 
 async fn empty(ix: &dyn Index) {
@@ -520,7 +575,7 @@ async fn concurrent(ix: Arc<dyn Index>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mem_index_conforms() {
-    let ix = MemIndex::new();
+    let ix = MemIndex::with_digest_key(digest_key());
     suite(&ix).await;
     concurrent(Arc::new(MemIndex::new())).await;
 }
@@ -528,10 +583,10 @@ async fn mem_index_conforms() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redb_index_conforms() {
     let dir = tempfile::tempdir().unwrap();
-    let ix = RedbIndex::open(&dir.path().join("a.redb")).unwrap();
+    let ix = RedbIndex::open(&dir.path().join("a.redb"), digest_key()).unwrap();
     suite(&ix).await;
     concurrent(Arc::new(
-        RedbIndex::open(&dir.path().join("b.redb")).unwrap(),
+        RedbIndex::open(&dir.path().join("b.redb"), digest_key()).unwrap(),
     ))
     .await;
 }
@@ -544,7 +599,7 @@ async fn redb_index_reopens_at_once_with_its_data() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.redb");
     for i in 0..30u8 {
-        let ix = RedbIndex::open(&path).unwrap_or_else(|e| panic!("reopen {i}: {e}"));
+        let ix = RedbIndex::open(&path, digest_key()).unwrap_or_else(|e| panic!("reopen {i}: {e}"));
         if i > 0 {
             let prev = key(1, name(0, i - 1));
             assert_eq!(ix.get_entry(&prev).await.unwrap(), Some(vec![i - 1]));
@@ -552,7 +607,7 @@ async fn redb_index_reopens_at_once_with_its_data() {
         write(&ix, vec![put(key(1, name(0, i)), &[i])]).await;
         drop(ix);
     }
-    let ix = RedbIndex::open(&path).unwrap();
+    let ix = RedbIndex::open(&path, digest_key()).unwrap();
     assert_eq!(list_all(&ix, 1, 8).await.len(), 30);
 }
 
@@ -561,9 +616,114 @@ async fn redb_index_reopens_at_once_with_its_data() {
 async fn redb_index_refuses_a_second_open() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.redb");
-    let _ix = RedbIndex::open(&path).unwrap();
-    let e = RedbIndex::open(&path)
+    let _ix = RedbIndex::open(&path, digest_key()).unwrap();
+    let e = RedbIndex::open(&path, digest_key())
         .err()
         .expect("a second open is refused");
     assert!(e.to_string().contains("open in another process"), "{e}");
+}
+
+/// The digest after the concurrent suite still holds (group commits fold many batches).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn digest_holds_after_concurrent_group_commits() {
+    let dir = tempfile::tempdir().unwrap();
+    let ix = Arc::new(RedbIndex::open(&dir.path().join("c.redb"), digest_key()).unwrap());
+    concurrent(ix.clone()).await;
+    let (g, n) = holds(ix.check_digest().await.unwrap());
+    assert_eq!(n, ix.scan_entries(None, 100_000).await.unwrap().len() as u64);
+    assert!(g > 0);
+    let mem = Arc::new(MemIndex::with_digest_key(digest_key()));
+    concurrent(mem.clone()).await;
+    holds(mem.check_digest().await.unwrap());
+}
+
+/// Values changed behind the index's back: an old value put back, two values swapped, an
+/// entry removed or added, the digest removed: the check sees each, on the model.
+#[tokio::test]
+async fn mem_index_digest_sees_changes_behind_its_back() {
+    let ix = MemIndex::with_digest_key(digest_key());
+    let (a, b) = (key(1, name(1, 1)), key(1, name(1, 2)));
+    write(&ix, vec![put(a, b"a-old"), put(b, b"b")]).await;
+    write(&ix, vec![put(a, b"a-new")]).await;
+    holds(ix.check_digest().await.unwrap());
+    let cases: Vec<(&str, Vec<(EntryKey, Option<&[u8]>)>)> = vec![
+        ("an old value put back", vec![(a, Some(b"a-old"))]),
+        ("two values swapped", vec![(a, Some(b"b")), (b, Some(b"a-new"))]),
+        ("an entry removed", vec![(b, None)]),
+        ("an entry added", vec![(key(1, name(1, 3)), Some(b"c"))]),
+    ];
+    for (what, changes) in cases {
+        let before: Vec<_> = changes.iter().map(|(k, _)| *k).collect();
+        let mut saved = Vec::new();
+        for k in &before {
+            saved.push((*k, ix.get_entry(k).await.unwrap()));
+        }
+        for (k, v) in &changes {
+            ix.tamper_entry(k, v.map(<[u8]>::to_vec));
+        }
+        let c = ix.check_digest().await.unwrap();
+        assert!(matches!(c, DigestCheck::Differs { .. }), "{what}: {c:?}");
+        for (k, v) in saved {
+            ix.tamper_entry(&k, v);
+        }
+        holds(ix.check_digest().await.unwrap());
+    }
+    ix.tamper_meta(META_DIGEST, None);
+    assert_eq!(ix.check_digest().await.unwrap(), DigestCheck::Unreadable);
+}
+
+/// The same on disk: an old value put back into the redb file by someone else (the index
+/// closed) is seen at the next check, and a later write does not hide it. An index without
+/// a digest (an older version's) gets one at open, at generation 0.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_index_digest_sees_an_old_value_put_back_in_the_file() {
+    const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let (a, b) = (key(1, name(1, 1)), key(1, name(1, 2)));
+    {
+        let ix = RedbIndex::open(&path, digest_key()).unwrap();
+        write(&ix, vec![put(a, b"a-old"), put(b, b"b")]).await;
+        write(&ix, vec![put(a, b"a-new")]).await;
+        assert_eq!(holds(ix.check_digest().await.unwrap()), (2, 2));
+    }
+    let edit = |f: &dyn Fn(&redb::WriteTransaction)| {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        f(&w);
+        w.commit().unwrap();
+    };
+    edit(&|w| {
+        w.open_table(ENTRIES)
+            .unwrap()
+            .insert(a.as_slice(), b"a-old".as_slice())
+            .unwrap();
+    });
+    {
+        let ix = RedbIndex::open(&path, digest_key()).unwrap();
+        let c = ix.check_digest().await.unwrap();
+        assert_eq!(
+            c,
+            DigestCheck::Differs {
+                generation: 2,
+                claimed_entries: 2,
+                entries: 2
+            }
+        );
+        // A write on top of the rolled-back entry keeps the difference.
+        write(&ix, vec![put(b, b"b2")]).await;
+        assert!(!ix.check_digest().await.unwrap().holds());
+        // Another key does not match either.
+        drop(ix);
+        let other = DigestKey::from_root(&Key32::from_bytes([43; 32]), &[3; 16]);
+        let ix = RedbIndex::open(&path, other).unwrap();
+        assert!(!ix.check_digest().await.unwrap().holds());
+    }
+    // An index from before digests: one is computed at open, from the entries as they are.
+    edit(&|w| {
+        w.open_table(META).unwrap().remove(META_DIGEST).unwrap();
+    });
+    let ix = RedbIndex::open(&path, digest_key()).unwrap();
+    assert_eq!(holds(ix.check_digest().await.unwrap()), (0, 2));
 }

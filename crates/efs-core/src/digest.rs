@@ -1,0 +1,327 @@
+//! The index digest: a keyed hash of the whole set of index entries, kept up to date in
+//! the same transaction as every batch, so that `fsck` can tell whether any entry was
+//! changed, removed, added or put back to an older value outside EFS.
+//!
+//! A sealed record cannot be moved to another entry (its AAD names the entry), but an
+//! older value of the *same* entry opens fine: putting back an old record (and its old
+//! content) is a rollback that no per-record check can see. The digest is the
+//! MSet-XOR-Hash of Clarke, Devadas, van Dijk, Gassend and Suh ("Incremental Multiset
+//! Hash Functions and Their Application to Memory Integrity Checking", ASIACRYPT 2003),
+//! instantiated with HMAC-SHA256 under a key derived from the starter key:
+//!
+//! ```text
+//! X(S)   = XOR over every entry (k, v) of HMAC(key, 0x01 || k || v)
+//! stored = 0x01 || r (16, random, fresh at every update) || generation (u64 BE)
+//!          || count (u64 BE) || HMAC(key, 0x00 || r || generation || count) XOR X(S)
+//! ```
+//!
+//! XOR makes an update cost one HMAC per entry written or removed (the old value comes
+//! for free: the write replaces it), whatever the size of the index. The random mask
+//! `r` makes digests of different states unrelated, so that whoever sees many of them
+//! cannot combine them into the digest of a state that never existed; without the key no
+//! one can compute an element. Checking needs every entry (a full scan: `fsck`).
+//!
+//! What it cannot do: the whole index put back to an earlier state, digest included, is
+//! consistent again. Only state kept outside the data dir can tell: the generation (a
+//! counter of the batches that changed entries) and the anchor that `efsctl fsck`
+//! prints, noted by the operator, never go backwards.
+
+use efs_format::Key32;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+
+use crate::keyparts::StarterKey;
+use crate::labels;
+
+/// Index metadata name of the stored digest; reserved (a batch may not write it).
+pub const META_DIGEST: &str = "digest";
+
+const LAYOUT: u8 = 1;
+const STORED_LEN: usize = 1 + 16 + 8 + 8 + 32;
+const DOMAIN_MASK: u8 = 0;
+const DOMAIN_ENTRY: u8 = 1;
+const DOMAIN_ANCHOR: u8 = 2;
+
+/// The secret key of one filesystem's index digest (zeroized on drop, no `Debug` of it).
+pub struct DigestKey(Key32);
+
+impl std::fmt::Debug for DigestKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("DigestKey(<redacted>)")
+    }
+}
+
+impl DigestKey {
+    /// The key of filesystem `fs_id`'s index: `HKDF(HKDF(starter, "efs/starter/index-digest/v1"),
+    /// salt = fs id, "efs/index-digest/v1")`. It does not depend on the keyring, so key
+    /// rotation leaves the digest untouched.
+    pub fn derive(starter: &StarterKey, fs_id: &[u8; 16]) -> Self {
+        Self::from_root(&starter.derive(labels::INDEX_DIGEST_ROOT), fs_id)
+    }
+
+    /// The key for `fs_id` under any root key (tests, tools without a data dir).
+    pub fn from_root(root: &Key32, fs_id: &[u8; 16]) -> Self {
+        DigestKey(root.derive(fs_id, labels::INDEX_DIGEST))
+    }
+
+    fn mac(&self, domain: u8, parts: &[&[u8]]) -> [u8; 32] {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_bytes())
+            .expect("HMAC takes any key length");
+        m.update(&[domain]);
+        for p in parts {
+            m.update(p);
+        }
+        m.finalize().into_bytes().into()
+    }
+
+    /// The set element of one entry.
+    fn element(&self, key: &[u8], value: &[u8]) -> [u8; 32] {
+        self.mac(DOMAIN_ENTRY, &[key, value])
+    }
+
+    fn mask(&self, r: &[u8; 16], generation: u64, count: u64) -> [u8; 32] {
+        self.mac(
+            DOMAIN_MASK,
+            &[r, &generation.to_be_bytes(), &count.to_be_bytes()],
+        )
+    }
+}
+
+fn xor_into(acc: &mut [u8; 32], x: &[u8; 32]) {
+    for (a, b) in acc.iter_mut().zip(x) {
+        *a ^= b;
+    }
+}
+
+/// The digest of a set while it is being updated or recomputed: the XOR of its elements,
+/// its size and the generation. Never stored as is (see [`Accumulator::seal`]).
+pub struct Accumulator {
+    xor: [u8; 32],
+    count: u64,
+    generation: u64,
+}
+
+impl Accumulator {
+    /// The empty set at generation 0.
+    pub fn empty() -> Self {
+        Accumulator {
+            xor: [0u8; 32],
+            count: 0,
+            generation: 0,
+        }
+    }
+
+    /// Unmasks a stored digest. `None` if it is not one (wrong length or layout): it can
+    /// then only be reported, not updated.
+    pub fn open(key: &DigestKey, stored: &[u8]) -> Option<Self> {
+        let f = Fields::parse(stored)?;
+        let mut xor = f.masked;
+        xor_into(&mut xor, &key.mask(&f.r, f.generation, f.count));
+        Some(Accumulator {
+            xor,
+            count: f.count,
+            generation: f.generation,
+        })
+    }
+
+    /// Adds entry `(k, v)` to the set.
+    pub fn insert(&mut self, key: &DigestKey, k: &[u8], v: &[u8]) {
+        xor_into(&mut self.xor, &key.element(k, v));
+        self.count = self.count.wrapping_add(1);
+    }
+
+    /// Removes entry `(k, v)` from the set.
+    pub fn remove(&mut self, key: &DigestKey, k: &[u8], v: &[u8]) {
+        xor_into(&mut self.xor, &key.element(k, v));
+        self.count = self.count.wrapping_sub(1);
+    }
+
+    /// Counts one more batch that changed entries.
+    pub fn bump(&mut self) {
+        self.generation = self.generation.wrapping_add(1);
+    }
+
+    /// The value to store, masked under a fresh random `r`.
+    pub fn seal(&self, key: &DigestKey) -> Vec<u8> {
+        let mut r = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut r).expect("the system RNG does not fail on Linux");
+        let mut masked = self.xor;
+        xor_into(&mut masked, &key.mask(&r, self.generation, self.count));
+        let mut out = Vec::with_capacity(STORED_LEN);
+        out.push(LAYOUT);
+        out.extend_from_slice(&r);
+        out.extend_from_slice(&self.generation.to_be_bytes());
+        out.extend_from_slice(&self.count.to_be_bytes());
+        out.extend_from_slice(&masked);
+        out
+    }
+}
+
+struct Fields {
+    r: [u8; 16],
+    generation: u64,
+    count: u64,
+    masked: [u8; 32],
+}
+
+impl Fields {
+    fn parse(stored: &[u8]) -> Option<Self> {
+        if stored.len() != STORED_LEN || stored[0] != LAYOUT {
+            return None;
+        }
+        Some(Fields {
+            r: stored[1..17].try_into().ok()?,
+            generation: u64::from_be_bytes(stored[17..25].try_into().ok()?),
+            count: u64::from_be_bytes(stored[25..33].try_into().ok()?),
+            masked: stored[33..65].try_into().ok()?,
+        })
+    }
+}
+
+/// What a check of the index against its stored digest found (one snapshot).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DigestCheck {
+    /// The entries are exactly the set the digest was last updated with.
+    Holds {
+        /// Batches that changed entries since the digest was created.
+        generation: u64,
+        /// Entries.
+        entries: u64,
+        /// A short keyed fingerprint of this exact state (hex), for the operator to keep
+        /// outside the data dir: a whole index put back to an earlier state shows an
+        /// earlier generation, or the same generation with another anchor.
+        anchor: String,
+    },
+    /// The entries differ from the set the digest describes: an entry was changed,
+    /// removed, added or put back outside EFS (or the digest itself was changed).
+    Differs {
+        /// The generation the stored digest claims.
+        generation: u64,
+        /// Entries the stored digest claims.
+        claimed_entries: u64,
+        /// Entries found.
+        entries: u64,
+    },
+    /// There is no digest, or it is not one (wrong length or layout).
+    Unreadable,
+}
+
+impl DigestCheck {
+    /// True if the index is the set its digest describes.
+    pub fn holds(&self) -> bool {
+        matches!(self, DigestCheck::Holds { .. })
+    }
+
+    /// Checks `entries` (every entry, from the same snapshot as `stored`).
+    pub fn run<'a>(
+        key: &DigestKey,
+        stored: Option<&[u8]>,
+        entries: impl IntoIterator<Item = (&'a [u8], &'a [u8])>,
+    ) -> Self {
+        let mut found = Accumulator::empty();
+        for (k, v) in entries {
+            found.insert(key, k, v);
+        }
+        Self::compare(key, stored, &found)
+    }
+
+    /// Compares a recomputed accumulator (generation ignored) with the stored digest.
+    pub fn compare(key: &DigestKey, stored: Option<&[u8]>, found: &Accumulator) -> Self {
+        let Some(stored) = stored else {
+            return DigestCheck::Unreadable;
+        };
+        let (Some(f), Some(claimed)) = (Fields::parse(stored), Accumulator::open(key, stored))
+        else {
+            return DigestCheck::Unreadable;
+        };
+        let same = claimed.xor.ct_eq(&found.xor).into() && claimed.count == found.count;
+        if same {
+            let anchor = key.mac(DOMAIN_ANCHOR, &[stored]);
+            DigestCheck::Holds {
+                generation: f.generation,
+                entries: found.count,
+                anchor: hex::encode(&anchor[..16]),
+            }
+        } else {
+            DigestCheck::Differs {
+                generation: f.generation,
+                claimed_entries: f.count,
+                entries: found.count,
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key() -> DigestKey {
+        DigestKey::from_root(&Key32::from_bytes([7; 32]), &[1; 16])
+    }
+
+    #[test]
+    fn order_does_not_matter_and_removal_undoes_insertion() {
+        let k = key();
+        let mut a = Accumulator::empty();
+        a.insert(&k, b"k1", b"v1");
+        a.insert(&k, b"k2", b"v2");
+        let mut b = Accumulator::empty();
+        b.insert(&k, b"k2", b"v2");
+        b.insert(&k, b"k3", b"v3");
+        b.insert(&k, b"k1", b"v1");
+        b.remove(&k, b"k3", b"v3");
+        let sealed = b.seal(&k);
+        let check = DigestCheck::run(&k, Some(&sealed), [(&b"k1"[..], &b"v1"[..]), (b"k2", b"v2")]);
+        assert!(check.holds(), "{check:?}");
+        assert_eq!(a.xor, b.xor);
+    }
+
+    #[test]
+    fn an_old_value_put_back_is_seen() {
+        let k = key();
+        let mut a = Accumulator::empty();
+        a.insert(&k, b"k1", b"old");
+        a.remove(&k, b"k1", b"old");
+        a.insert(&k, b"k1", b"new");
+        let sealed = a.seal(&k);
+        let check = DigestCheck::run(&k, Some(&sealed), [(&b"k1"[..], &b"old"[..])]);
+        assert_eq!(
+            check,
+            DigestCheck::Differs {
+                generation: 0,
+                claimed_entries: 1,
+                entries: 1
+            }
+        );
+    }
+
+    #[test]
+    fn stored_fields_are_bound_and_each_seal_is_fresh() {
+        let k = key();
+        let mut a = Accumulator::empty();
+        a.insert(&k, b"k1", b"v1");
+        a.bump();
+        let s1 = a.seal(&k);
+        let s2 = a.seal(&k);
+        assert_ne!(s1, s2, "a fresh mask every time");
+        let entries = [(&b"k1"[..], &b"v1"[..])];
+        assert!(DigestCheck::run(&k, Some(&s1), entries).holds());
+        for i in 1..STORED_LEN {
+            let mut bad = s1.clone();
+            bad[i] ^= 0x01;
+            assert!(
+                !DigestCheck::run(&k, Some(&bad), entries).holds(),
+                "byte {i} flipped"
+            );
+        }
+        assert_eq!(
+            DigestCheck::run(&k, Some(&s1[..10]), entries),
+            DigestCheck::Unreadable
+        );
+        assert_eq!(DigestCheck::run(&k, None, entries), DigestCheck::Unreadable);
+        let other = DigestKey::from_root(&Key32::from_bytes([7; 32]), &[2; 16]);
+        assert!(!DigestCheck::run(&other, Some(&s1), entries).holds());
+    }
+}
