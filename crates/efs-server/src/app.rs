@@ -750,23 +750,55 @@ async fn read_version(
     if reader.entry().version != entry.version {
         return Ok(None);
     }
-    let body = Body::from_stream(stream_range(reader, start, end));
+    // The first batch is decrypted before the status is sent: content broken there (all
+    // of a file up to 1 MiB) is a clean 500, not a 200 cut short.
+    let segs = reader.segments_for(start, end);
+    let first_end = (segs.start + STREAM_BATCH).min(segs.end);
+    let first = reader.read_plain(segs.start, first_end).await?;
+    let mut pending = std::collections::VecDeque::new();
+    push_slices(&mut pending, first, segs.start, start, end);
+    let body = Body::from_stream(stream_range(reader, start, end, first_end, pending));
     Ok(Some((status, headers, body).into_response()))
 }
 
-/// Streams plaintext `[start, end)`, decrypting 16 segments (1 MiB) per read, in place,
-/// and sending slices of that one buffer (no copy). An integrity failure mid-stream aborts
-/// the response (the client sees a truncated transfer, never wrong bytes).
+/// Segments decrypted per read while streaming (1 MiB).
+const STREAM_BATCH: u64 = 16;
+
+/// Queues the parts of decrypted segments (the first is segment `first`) that fall in
+/// plaintext `[start, end)`, as slices of their one buffer (no copy).
+fn push_slices(
+    pending: &mut std::collections::VecDeque<Bytes>,
+    plain: efs_core::fs::PlainSegments,
+    first: u64,
+    start: u64,
+    end: u64,
+) {
+    let buf = Bytes::from(plain.buf);
+    for (k, r) in plain.segments.into_iter().enumerate() {
+        let seg_start = efs_core::fs::segment_offset(first + k as u64);
+        let seg_len = (r.end - r.start) as u64;
+        let lo = start.saturating_sub(seg_start).min(seg_len) as usize;
+        let hi = (end - seg_start).min(seg_len) as usize;
+        if lo < hi {
+            pending.push_back(buf.slice(r.start + lo..r.start + hi));
+        }
+    }
+}
+
+/// Streams plaintext `[start, end)` from segment `next` on, after the slices already in
+/// `pending`, decrypting [`STREAM_BATCH`] segments per read, in place. An integrity
+/// failure mid-stream aborts the response (the client sees a truncated transfer, never
+/// wrong bytes).
 fn stream_range(
     reader: efs_core::FileReader,
     start: u64,
     end: u64,
+    next: u64,
+    pending: std::collections::VecDeque<Bytes>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
-    const BATCH: u64 = 16;
-    let segs = reader.segments_for(start, end);
-    let pending: std::collections::VecDeque<Bytes> = std::collections::VecDeque::new();
+    let last = reader.segments_for(start, end).end;
     futures_util::stream::unfold(
-        (reader, segs.start, segs.end, pending),
+        (reader, next, last, pending),
         move |(reader, mut next, last, mut pending)| async move {
             loop {
                 if let Some(b) = pending.pop_front() {
@@ -775,19 +807,10 @@ fn stream_range(
                 if next >= last {
                     return None;
                 }
-                let batch_end = (next + BATCH).min(last);
+                let batch_end = (next + STREAM_BATCH).min(last);
                 match reader.read_plain(next, batch_end).await {
                     Ok(plain) => {
-                        let buf = Bytes::from(plain.buf);
-                        for (k, r) in plain.segments.into_iter().enumerate() {
-                            let seg_start = efs_core::fs::segment_offset(next + k as u64);
-                            let seg_len = (r.end - r.start) as u64;
-                            let lo = start.saturating_sub(seg_start).min(seg_len) as usize;
-                            let hi = (end - seg_start).min(seg_len) as usize;
-                            if lo < hi {
-                                pending.push_back(buf.slice(r.start + lo..r.start + hi));
-                            }
-                        }
+                        push_slices(&mut pending, plain, next, start, end);
                         next = batch_end;
                     }
                     Err(e) => {
