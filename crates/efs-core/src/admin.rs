@@ -388,7 +388,9 @@ fn digest_json(d: Option<&crate::digest::DigestCheck>) -> serde_json::Value {
             generation,
             entries,
             anchor,
-        }) => serde_json::json!({"holds": true, "generation": generation, "entries": entries, "anchor": anchor}),
+        }) => {
+            serde_json::json!({"holds": true, "generation": generation, "entries": entries, "anchor": anchor})
+        }
         Some(DigestCheck::Differs { generation, .. }) => {
             serde_json::json!({"holds": false, "generation": generation})
         }

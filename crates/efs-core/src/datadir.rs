@@ -267,7 +267,10 @@ impl DataDir {
         lines.push(format!(
             "Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"
         ));
-        let index = RedbIndex::open(&dir.join("index.redb"), DigestKey::derive(&self.starter, &id))?;
+        let index = RedbIndex::open(
+            &dir.join("index.redb"),
+            DigestKey::derive(&self.starter, &id),
+        )?;
         lines.push(format!(
             "Creating blob directory '{rel}/blobs' (sharded, random names)"
         ));

@@ -273,7 +273,11 @@ mod tests {
         b.insert(&k, b"k1", b"v1");
         b.remove(&k, b"k3", b"v3");
         let sealed = b.seal(&k);
-        let check = DigestCheck::run(&k, Some(&sealed), [(&b"k1"[..], &b"v1"[..]), (b"k2", b"v2")]);
+        let check = DigestCheck::run(
+            &k,
+            Some(&sealed),
+            [(&b"k1"[..], &b"v1"[..]), (b"k2", b"v2")],
+        );
         assert!(check.holds(), "{check:?}");
         assert_eq!(a.xor, b.xor);
     }

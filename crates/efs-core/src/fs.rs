@@ -844,11 +844,16 @@ impl Filesystem {
         Ok(s)
     }
 
+    /// Checks the index against its digest (a full scan of the entries, one snapshot).
+    pub async fn check_index_digest(&self) -> Result<crate::digest::DigestCheck> {
+        self.index.check_digest().await
+    }
+
     /// Checks every record and every byte of content; lists orphans.
     pub async fn fsck(&self) -> Result<FsckReport> {
         let kr = self.keyring();
         let mut rep = FsckReport::default();
-        let digest = self.index.check_digest().await?;
+        let digest = self.check_index_digest().await?;
         match &digest {
             crate::digest::DigestCheck::Holds { .. } => {}
             crate::digest::DigestCheck::Differs {

@@ -370,13 +370,20 @@ impl Index for RedbIndex {
         // One read transaction: the digest and the entries of the same commit.
         let r = self.db.begin_read().map_err(ix)?;
         let meta = r.open_table(META).map_err(ix)?;
-        let stored = meta.get(META_DIGEST).map_err(ix)?.map(|v| v.value().to_vec());
+        let stored = meta
+            .get(META_DIGEST)
+            .map_err(ix)?
+            .map(|v| v.value().to_vec());
         let t = r.open_table(ENTRIES).map_err(ix)?;
         let mut found = Accumulator::empty();
         for item in t.iter().map_err(ix)? {
             let (k, v) = item.map_err(ix)?;
             found.insert(&self.digest, k.value(), v.value());
         }
-        Ok(DigestCheck::compare(&self.digest, stored.as_deref(), &found))
+        Ok(DigestCheck::compare(
+            &self.digest,
+            stored.as_deref(),
+            &found,
+        ))
     }
 }

@@ -630,7 +630,10 @@ async fn digest_holds_after_concurrent_group_commits() {
     let ix = Arc::new(RedbIndex::open(&dir.path().join("c.redb"), digest_key()).unwrap());
     concurrent(ix.clone()).await;
     let (g, n) = holds(ix.check_digest().await.unwrap());
-    assert_eq!(n, ix.scan_entries(None, 100_000).await.unwrap().len() as u64);
+    assert_eq!(
+        n,
+        ix.scan_entries(None, 100_000).await.unwrap().len() as u64
+    );
     assert!(g > 0);
     let mem = Arc::new(MemIndex::with_digest_key(digest_key()));
     concurrent(mem.clone()).await;
@@ -648,7 +651,10 @@ async fn mem_index_digest_sees_changes_behind_its_back() {
     holds(ix.check_digest().await.unwrap());
     let cases: Vec<(&str, Vec<(EntryKey, Option<&[u8]>)>)> = vec![
         ("an old value put back", vec![(a, Some(b"a-old"))]),
-        ("two values swapped", vec![(a, Some(b"b")), (b, Some(b"a-new"))]),
+        (
+            "two values swapped",
+            vec![(a, Some(b"b")), (b, Some(b"a-new"))],
+        ),
         ("an entry removed", vec![(b, None)]),
         ("an entry added", vec![(key(1, name(1, 3)), Some(b"c"))]),
     ];

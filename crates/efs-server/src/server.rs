@@ -54,6 +54,35 @@ pub struct ServerConfig {
     pub shutdown_timeout: Duration,
 }
 
+/// Checks every filesystem's index against its digest in the background (a full scan of
+/// the entries each). The index cannot change under a running server, so this is where
+/// a change made while it was stopped — a record put back to an older version with its
+/// content, which reads cannot tell from the current one — reaches the log; `efsctl fsck`
+/// says the same. Files are served meanwhile and after: see SECURITY.md.
+fn spawn_index_checks(data: &Arc<DataDir>) -> anyhow::Result<()> {
+    for rec in data.list_fs()? {
+        let Some(fs) = data.fs(&rec.name) else {
+            continue;
+        };
+        tokio::spawn(async move {
+            match fs.check_index_digest().await {
+                Ok(c) if c.holds() => {
+                    tracing::debug!(fs = fs.name(), "index digest verified");
+                }
+                Ok(c) => tracing::error!(
+                    fs = fs.name(),
+                    check = ?c,
+                    "the index differs from its digest: records were changed, removed, added or put back to older versions while the server was stopped; run efsctl fsck"
+                ),
+                Err(e) => {
+                    tracing::error!(fs = fs.name(), error = %e, "could not check the index digest")
+                }
+            }
+        });
+    }
+    Ok(())
+}
+
 /// Opens the data dir, prints the start-up facts and serves until a signal.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let opts = OpenOptions {
@@ -82,6 +111,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         );
     }
     let data = Arc::new(data);
+    spawn_index_checks(&data)?;
 
     let signing = data
         .secret(efs_core::datadir::SECRET_SIGNING_KEY)?

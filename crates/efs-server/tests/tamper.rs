@@ -124,7 +124,7 @@ fn log_alarms(srv: &TestServer) -> Vec<String> {
 }
 
 /// The offsets to flip in a content of `len` sealed bytes: every header byte, every byte
-/// within 24 of every segment boundary and of the end, and a sample (every 997th) of the
+/// within 24 of every segment boundary and of the end, and a sample (every 251st) of the
 /// rest.
 fn flip_offsets(len: usize) -> Vec<usize> {
     let mut set = std::collections::BTreeSet::new();
@@ -135,7 +135,7 @@ fn flip_offsets(len: usize) -> Vec<usize> {
         b += ENC_SEG;
     }
     set.extend(len.saturating_sub(24)..len);
-    set.extend((HDR..len).step_by(997));
+    set.extend((HDR..len).step_by(251));
     set.into_iter().collect()
 }
 
@@ -177,7 +177,9 @@ async fn tampered_blobs_are_never_served() {
         ($kind:expr, $target:expr, $orig:expr, $new:expr, $path:expr, $honest:expr) => {{
             std::fs::write($target, $new).unwrap();
             let got = fetch(srv, $path, tok).await;
-            assert_refused(&got, $honest, &format!("{} on {}", $kind, $path));
+            let cut = assert_refused(&got, $honest, &format!("{} on {}", $kind, $path));
+            // A file within the first MiB is checked before the answer starts.
+            assert!(!cut, "{}: a clean error status, not a cut: {got:?}", $kind);
             if !fsck_checked.contains_key($kind) {
                 let (code, text) = fsck_text(srv);
                 assert_eq!(code, Some(3), "{}: fsck\n{text}", $kind);
@@ -202,7 +204,14 @@ async fn tampered_blobs_are_never_served() {
     // Every segment boundary (the header alone, one, two, three full segments), inside a
     // segment, inside the header, empty.
     let mut cuts: Vec<usize> = (0..4).map(|i| HDR + i * ENC_SEG).collect();
-    cuts.extend([0, 1, HDR - 1, HDR + 1000, a_bytes.len() - 1, a_bytes.len() - 17]);
+    cuts.extend([
+        0,
+        1,
+        HDR - 1,
+        HDR + 1000,
+        a_bytes.len() - 1,
+        a_bytes.len() - 17,
+    ]);
     for cut in cuts {
         case!(
             "blob: truncated",
@@ -231,20 +240,49 @@ async fn tampered_blobs_are_never_served() {
         let seg_i = a_bytes[si..si + ENC_SEG].to_vec();
         t[si..si + ENC_SEG].copy_from_slice(&a_bytes[sj..sj + ENC_SEG]);
         t[sj..sj + ENC_SEG].copy_from_slice(&seg_i);
-        case!("blob: two segments swapped", &a, &a_bytes, t, "/a.bin", &honest);
+        case!(
+            "blob: two segments swapped",
+            &a,
+            &a_bytes,
+            t,
+            "/a.bin",
+            &honest
+        );
     }
     // Another file's segment or header in place of this one's.
     let mut t = a_bytes.clone();
     t[HDR..HDR + ENC_SEG].copy_from_slice(&b_bytes[HDR..HDR + ENC_SEG]);
-    case!("blob: another file's segment", &a, &a_bytes, t, "/a.bin", &honest);
+    case!(
+        "blob: another file's segment",
+        &a,
+        &a_bytes,
+        t,
+        "/a.bin",
+        &honest
+    );
     let mut t = a_bytes.clone();
     t[..HDR].copy_from_slice(&b_bytes[..HDR]);
-    case!("blob: another file's header", &a, &a_bytes, t, "/a.bin", &honest);
+    case!(
+        "blob: another file's header",
+        &a,
+        &a_bytes,
+        t,
+        "/a.bin",
+        &honest
+    );
     // Two files' whole blobs swapped: both refused.
     std::fs::write(&a, &b_bytes).unwrap();
     std::fs::write(&b, &a_bytes).unwrap();
-    assert_refused(&fetch(srv, "/a.bin", tok).await, &honest, "blobs swapped (a)");
-    assert_refused(&fetch(srv, "/b.bin", tok).await, &other, "blobs swapped (b)");
+    assert_refused(
+        &fetch(srv, "/a.bin", tok).await,
+        &honest,
+        "blobs swapped (a)",
+    );
+    assert_refused(
+        &fetch(srv, "/b.bin", tok).await,
+        &other,
+        "blobs swapped (b)",
+    );
     let (code, text) = fsck_text(srv);
     assert_eq!(code, Some(3), "blobs swapped: {text}");
     assert!(text.contains("2 errors"), "{text}");
@@ -254,7 +292,14 @@ async fn tampered_blobs_are_never_served() {
     // The old version's blob put back at the new one's name (same length: only its header
     // blob id and its data key tell).
     assert_eq!(old_blob.len(), a_bytes.len());
-    case!("blob: old version put back", &a, &a_bytes, &old_blob, "/a.bin", &honest);
+    case!(
+        "blob: old version put back",
+        &a,
+        &a_bytes,
+        &old_blob,
+        "/a.bin",
+        &honest
+    );
 
     // A long file broken after the first batch: the answer has started (200), and it is cut
     // off after the good bytes: reqwest (HTTP/2) and curl (HTTP/1.1) both see an error.
@@ -286,7 +331,9 @@ async fn tampered_blobs_are_never_served() {
     let (code, text) = fsck_text(srv);
     assert_eq!(code, Some(3), "{text}");
     std::fs::write(&l, &l_bytes).unwrap();
-    *tried.entry("blob: late segment flipped (stream cut)").or_default() += 2;
+    *tried
+        .entry("blob: late segment flipped (stream cut)")
+        .or_default() += 2;
 
     // Everything put back: served again, fsck clean.
     assert_eq!(srv.get_ok("/a.bin", tok).await, honest);
@@ -319,6 +366,457 @@ async fn tampered_blobs_are_never_served() {
     }
     eprintln!(
         "blob tamper cases tried and refused: {total} in {:?}: {tried:#?}",
+        started.elapsed()
+    );
+}
+
+const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
+const INLINE: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("inline");
+
+type Table = BTreeMap<Vec<u8>, Vec<u8>>;
+
+/// The one filesystem's index file.
+fn index_file(data: &Path) -> PathBuf {
+    let mut dirs: Vec<_> = std::fs::read_dir(data.join("fs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one filesystem");
+    dirs.pop().unwrap().join("index.redb")
+}
+
+/// Every row of a table of a (closed) index file, opened with the redb crate.
+fn read_table(path: &Path, t: redb::TableDefinition<&[u8], &[u8]>) -> Table {
+    use redb::{ReadableDatabase, ReadableTable};
+    let db = redb::Database::create(path).unwrap();
+    let r = db.begin_read().unwrap();
+    let table = r.open_table(t).unwrap();
+    table
+        .iter()
+        .unwrap()
+        .map(|row| {
+            let (k, v) = row.unwrap();
+            (k.value().to_vec(), v.value().to_vec())
+        })
+        .collect()
+}
+
+/// One write transaction on a (closed) index file, behind EFS's back.
+fn edit_index(
+    path: &Path,
+    f: impl FnOnce(&mut redb::Table<&[u8], &[u8]>, &mut redb::Table<&[u8], &[u8]>),
+) {
+    let db = redb::Database::create(path).unwrap();
+    let w = db.begin_write().unwrap();
+    {
+        let mut entries = w.open_table(ENTRIES).unwrap();
+        let mut inline = w.open_table(INLINE).unwrap();
+        f(&mut entries, &mut inline);
+    }
+    w.commit().unwrap();
+}
+
+/// The inline content of exactly `enc_len` sealed bytes (the tests give each tampered
+/// inline file its own length).
+fn inline_of_len(inline: &Table, enc_len: usize) -> Vec<u8> {
+    let hits: Vec<_> = inline.iter().filter(|(_, v)| v.len() == enc_len).collect();
+    assert_eq!(hits.len(), 1, "one inline content of {enc_len} bytes");
+    hits[0].0.clone()
+}
+
+/// Sealed length of a one- or two-segment content of `p` plaintext bytes.
+fn enc_len(p: usize) -> usize {
+    HDR + p + 16 * p.div_ceil(SEG).max(1)
+}
+
+/// Maps the root directory's file names (as listed, in key order) to their index keys:
+/// the root's entries are the largest group sharing a 16-byte directory tag, and a
+/// listing is in key order.
+fn root_keys(entries: &Table, listed: &[String]) -> HashMap<String, Vec<u8>> {
+    let mut groups: BTreeMap<Vec<u8>, Vec<Vec<u8>>> = BTreeMap::new();
+    for k in entries.keys() {
+        groups.entry(k[..16].to_vec()).or_default().push(k.clone());
+    }
+    let root = groups.into_values().max_by_key(Vec::len).unwrap();
+    assert_eq!(root.len(), listed.len(), "the root listing and its entries");
+    listed.iter().cloned().zip(root).collect()
+}
+
+/// Starts the server again on the same data dir.
+fn restart(srv: &TestServer) -> TestServer {
+    TestServer::start_in(srv.dir.clone(), &["--cache-size", "0"], &[])
+}
+
+fn fsck_offline(srv: &TestServer) -> (Option<i32>, String) {
+    fsck_text(srv)
+}
+
+/// The `index digest: generation G, anchor A` line of a clean fsck.
+fn digest_line(text: &str) -> (u64, String) {
+    let line = text
+        .lines()
+        .find(|l| l.starts_with("index digest: generation "))
+        .unwrap_or_else(|| panic!("no digest line in {text}"));
+    let rest = &line["index digest: generation ".len()..];
+    let (g, rest) = rest.split_once(", anchor ").unwrap();
+    let anchor = rest.split_whitespace().next().unwrap();
+    (g.parse().unwrap(), anchor.to_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tampered_index_records_and_inline_content_are_never_served() {
+    let s = session(&["--cache-size", "0"]).await;
+    let key = s.key;
+    let mut srv = s.srv;
+    let mut tok = s.token;
+    let started = std::time::Instant::now();
+    // Version 1 of the files that will be rolled back; the attacker copies the data dir.
+    let v1: Vec<(&str, Vec<u8>)> = vec![
+        ("/s.txt", pattern(1000, 10)),
+        ("/w.txt", pattern(1100, 11)),
+        ("/l.bin", pattern(SEG * 3, 12)),
+        ("/x.txt", pattern(1200, 13)),
+    ];
+    for (p, b) in &v1 {
+        srv.put_ok(p, &tok, b.clone()).await;
+    }
+    let l_v1_blob = blob_files(&srv.data);
+    assert_eq!(l_v1_blob.len(), 1);
+    let l_v1_blob = (l_v1_blob[0].clone(), std::fs::read(&l_v1_blob[0]).unwrap());
+    srv.stop().await;
+    let ixf = index_file(&srv.data);
+    let snap1 = srv.dir.path().join("snap1.redb");
+    std::fs::copy(&ixf, &snap1).unwrap();
+    let (fsck1_code, fsck1) = fsck_offline(&srv);
+    assert_eq!(fsck1_code, Some(0), "{fsck1}");
+    let (gen1, anchor1) = digest_line(&fsck1);
+
+    srv = restart(&srv);
+    tok = srv.login("app", &key, None).await;
+    let v2: Vec<(&str, Vec<u8>)> = vec![
+        ("/s.txt", pattern(1000, 20)),
+        ("/w.txt", pattern(1100, 21)),
+        ("/l.bin", pattern(SEG * 3, 22)),
+        ("/x.txt", pattern(1200, 23)),
+    ];
+    // The files tampered with, each with what is done to it, and their honest content.
+    let mut files: Vec<(String, Vec<u8>)> =
+        v2.iter().map(|(p, b)| (p.to_string(), b.clone())).collect();
+    for i in 0..240 {
+        files.push((format!("/rec-{i:03}"), pattern(10, 100 + i)));
+    }
+    for k in 0..HDR + 48 {
+        files.push((format!("/in-{k:03}"), pattern(300 + k, 1000 + k as u64)));
+    }
+    for j in 0..16 {
+        files.push((format!("/it-{j:03}"), pattern(500 + j, 2000 + j as u64)));
+    }
+    for j in 0..48 {
+        files.push((format!("/i2-{j:03}"), pattern(66_000 + j, 3000 + j as u64)));
+    }
+    for n in 0..7 {
+        files.push((format!("/tr-{n:03}"), pattern(67_000 + n, 4000 + n as u64)));
+    }
+    files.push(("/sw.bin".into(), pattern(2 * SEG, 5000)));
+    files.push(("/p.txt".into(), pattern(700, 5001)));
+    files.push(("/q.txt".into(), pattern(700, 5002)));
+    for n in ["rs-a", "rs-b", "rt-1", "rt-2", "re-1", "re-2", "ok-1"] {
+        files.push((format!("/{n}"), pattern(20, 6000 + n.len() as u64)));
+    }
+    files.push(("/dir/child.txt".into(), pattern(30, 7000)));
+    // Uploads in parallel: group commits make this fast.
+    let uploads = futures_util::stream::iter(files.iter().map(|(p, b)| {
+        let (srv, tok) = (&srv, &tok);
+        async move { srv.put_ok(p, tok, b.clone()).await }
+    }))
+    .buffer_unordered(16)
+    .collect::<Vec<_>>();
+    uploads.await;
+    let listed: Vec<String> = srv
+        .list_all("/", &tok, 1000)
+        .await
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    srv.stop().await;
+    let pristine = srv.dir.path().join("pristine.redb");
+    std::fs::copy(&ixf, &pristine).unwrap();
+    let (code, text) = fsck_offline(&srv);
+    assert_eq!(code, Some(0), "{text}");
+    let (gen2, anchor2) = digest_line(&text);
+    assert!(gen2 > gen1, "{gen1} then {gen2}");
+
+    let entries = read_table(&ixf, ENTRIES);
+    let inline = read_table(&ixf, INLINE);
+    let keys = root_keys(&entries, &listed);
+    let key_of = |path: &str| keys[path.trim_start_matches('/')].clone();
+    let record_len = entries[&key_of("/rec-000")].len();
+    assert!(record_len < 240, "{record_len}");
+
+    // Round A: everything that is not a rollback, at once, each on its own file.
+    let mut tried: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut broken: Vec<String> = Vec::new();
+    let snap1_inline = read_table(&snap1, INLINE);
+    edit_index(&ixf, |e, il| {
+        let mut put_e = |k: &[u8], v: &[u8]| {
+            e.insert(k, v).unwrap();
+        };
+        // Every byte of a record, flipped (one record each).
+        for i in 0..record_len {
+            let k = key_of(&format!("/rec-{i:03}"));
+            let mut v = entries[&k].clone();
+            v[i] ^= 0x01;
+            put_e(&k, &v);
+            broken.push(format!("/rec-{i:03}"));
+        }
+        *tried.entry("record: byte flipped").or_default() += record_len;
+        // Two records swapped, truncated, extended.
+        let (a, b) = (key_of("/rs-a"), key_of("/rs-b"));
+        put_e(&a, &entries[&b]);
+        put_e(&b, &entries[&a]);
+        broken.extend(["/rs-a".into(), "/rs-b".into()]);
+        *tried.entry("record: two records swapped").or_default() += 2;
+        let k = key_of("/rt-1");
+        put_e(&k, &entries[&k][..entries[&k].len() - 1]);
+        let k = key_of("/rt-2");
+        put_e(&k, &entries[&k][..4]);
+        broken.extend(["/rt-1".into(), "/rt-2".into()]);
+        *tried.entry("record: truncated").or_default() += 2;
+        let k = key_of("/re-1");
+        put_e(&k, &[entries[&k].as_slice(), &[0]].concat());
+        let k = key_of("/re-2");
+        put_e(&k, &[entries[&k].as_slice(), &[0; 28]].concat());
+        broken.extend(["/re-1".into(), "/re-2".into()]);
+        *tried.entry("record: extended").or_default() += 2;
+        // The directory's record: what is below it cannot be reached.
+        let k = key_of("/dir");
+        let mut v = entries[&k].clone();
+        let last = v.len() - 1;
+        v[last] ^= 0x01;
+        put_e(&k, &v);
+        broken.push("/dir/child.txt".into());
+        *tried.entry("record: directory's byte flipped").or_default() += 1;
+
+        let mut put_i = |k: &[u8], v: &[u8]| {
+            il.insert(k, v).unwrap();
+        };
+        // Inline content: every header byte and the first 48 of the segment; every tag byte.
+        for k in 0..HDR + 48 {
+            let id = inline_of_len(&inline, enc_len(300 + k));
+            let mut v = inline[&id].clone();
+            v[k] ^= 0x01;
+            put_i(&id, &v);
+            broken.push(format!("/in-{k:03}"));
+        }
+        for j in 0..16 {
+            let id = inline_of_len(&inline, enc_len(500 + j));
+            let mut v = inline[&id].clone();
+            let at = v.len() - 1 - j;
+            v[at] ^= 0x01;
+            put_i(&id, &v);
+            broken.push(format!("/it-{j:03}"));
+        }
+        *tried.entry("inline: byte flipped").or_default() += HDR + 48 + 16;
+        // Around the segment boundary of two-segment contents.
+        for j in 0..48 {
+            let id = inline_of_len(&inline, enc_len(66_000 + j));
+            let mut v = inline[&id].clone();
+            v[HDR + ENC_SEG - 24 + j] ^= 0x01;
+            put_i(&id, &v);
+            broken.push(format!("/i2-{j:03}"));
+        }
+        *tried
+            .entry("inline: byte flipped at a segment boundary")
+            .or_default() += 48;
+        // Truncated at the segment boundary, to the header, inside; extended.
+        for n in 0..7 {
+            let id = inline_of_len(&inline, enc_len(67_000 + n));
+            let v = inline[&id].clone();
+            let last_seg = v[HDR + ENC_SEG..].to_vec();
+            let t = match n {
+                0 => v[..HDR + ENC_SEG].to_vec(),
+                1 => v[..HDR].to_vec(),
+                2 => v[..HDR + ENC_SEG + 10].to_vec(),
+                3 => Vec::new(),
+                4 => [v.as_slice(), &[0]].concat(),
+                5 => [v.as_slice(), &last_seg].concat(),
+                _ => [v.as_slice(), &[0; 16]].concat(),
+            };
+            put_i(&id, &t);
+            broken.push(format!("/tr-{n:03}"));
+            *tried
+                .entry(if n < 4 {
+                    "inline: truncated"
+                } else {
+                    "inline: extended"
+                })
+                .or_default() += 1;
+        }
+        // Two segments swapped.
+        let id = inline_of_len(&inline, enc_len(2 * SEG));
+        let v = inline[&id].clone();
+        let t = [&v[..HDR], &v[HDR + ENC_SEG..], &v[HDR..HDR + ENC_SEG]].concat();
+        put_i(&id, &t);
+        broken.push("/sw.bin".into());
+        *tried.entry("inline: two segments swapped").or_default() += 1;
+        // Two files' contents swapped (same length).
+        let pq: Vec<_> = inline
+            .iter()
+            .filter(|(_, v)| v.len() == enc_len(700))
+            .map(|(k, v)| (k.clone(), v.clone()))
+            .collect();
+        assert_eq!(pq.len(), 2);
+        put_i(&pq[0].0, &pq[1].1);
+        put_i(&pq[1].0, &pq[0].1);
+        broken.extend(["/p.txt".into(), "/q.txt".into()]);
+        *tried
+            .entry("inline: two files' contents swapped")
+            .or_default() += 2;
+        // The old version's content put back under the new version's id.
+        let new_id = inline_of_len(&inline, enc_len(1100));
+        let old_id = inline_of_len(&snap1_inline, enc_len(1100));
+        assert_ne!(new_id, old_id);
+        put_i(&new_id, &snap1_inline[&old_id]);
+        broken.push("/w.txt".into());
+        *tried.entry("inline: old version put back").or_default() += 1;
+    });
+
+    let mut srv = restart(&srv);
+    let tok = srv.login("app", &key, None).await;
+    let honest: HashMap<&str, &[u8]> = files
+        .iter()
+        .map(|(p, b)| (p.as_str(), b.as_slice()))
+        .collect();
+    for p in &broken {
+        let got = fetch(&srv, p, &tok).await;
+        let cut = assert_refused(&got, honest[p.as_str()], p);
+        assert!(!cut, "{p}: a clean error status: {got:?}");
+    }
+    // What was not touched is served as it was.
+    for p in ["/ok-1", "/rec-239", "/s.txt", "/l.bin"] {
+        assert_eq!(srv.get_ok(p, &tok).await, honest[p], "{p}");
+    }
+    let (code, text) = fsck_text(&srv);
+    assert_eq!(code, Some(3), "{text}");
+    let errors = text.lines().filter(|l| l.starts_with("error: ")).count();
+    assert!(
+        errors > broken.len(),
+        "{errors} errors for {} files\n{text}",
+        broken.len()
+    );
+    assert!(text.contains("differ from the index digest"), "{text}");
+    // Logged at start (the digest) and per request (integrity), never a name.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !srv.stderr().contains("differs from its digest") {
+        assert!(std::time::Instant::now() < deadline, "{}", srv.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let alarms = log_alarms(&srv);
+    assert!(alarms.len() > broken.len(), "{}", alarms.join("\n"));
+    for l in &alarms {
+        for needle in ["rec-", ".txt", ".bin", "child"] {
+            assert!(!l.contains(needle), "a name in the log: {l}");
+        }
+    }
+    srv.stop().await;
+
+    // Round B: rollbacks, one at a time on the untouched index, each seen by fsck.
+    let snap1_entries = read_table(&snap1, ENTRIES);
+    let restore = || std::fs::copy(&pristine, &ixf).unwrap();
+    let rollback_s = |e: &mut redb::Table<&[u8], &[u8]>, il: &mut redb::Table<&[u8], &[u8]>| {
+        let k = key_of("/s.txt");
+        e.insert(k.as_slice(), snap1_entries[&k].as_slice())
+            .unwrap();
+        let id = inline_of_len(&snap1_inline, enc_len(1000));
+        il.insert(id.as_slice(), snap1_inline[&id].as_slice())
+            .unwrap();
+    };
+    let rollback_l = |e: &mut redb::Table<&[u8], &[u8]>| {
+        let k = key_of("/l.bin");
+        e.insert(k.as_slice(), snap1_entries[&k].as_slice())
+            .unwrap();
+        std::fs::write(&l_v1_blob.0, &l_v1_blob.1).unwrap();
+    };
+    let rollback_x = |e: &mut redb::Table<&[u8], &[u8]>| {
+        let k = key_of("/x.txt");
+        e.insert(k.as_slice(), snap1_entries[&k].as_slice())
+            .unwrap();
+    };
+    type Edit<'a> =
+        Box<dyn Fn(&mut redb::Table<&[u8], &[u8]>, &mut redb::Table<&[u8], &[u8]>) + 'a>;
+    let rollbacks: Vec<(&str, Edit)> = vec![
+        (
+            "rollback: inline record and content put back",
+            Box::new(|e, il| rollback_s(e, il)),
+        ),
+        (
+            "rollback: blob record and blob put back",
+            Box::new(|e, _| rollback_l(e)),
+        ),
+        (
+            "rollback: record put back without its content",
+            Box::new(|e, _| rollback_x(e)),
+        ),
+    ];
+    for (what, edit) in &rollbacks {
+        restore();
+        edit_index(&ixf, edit);
+        let (code, text) = fsck_offline(&srv);
+        assert_eq!(code, Some(3), "{what}: {text}");
+        assert!(
+            text.contains("differ from the index digest"),
+            "{what}: {text}"
+        );
+        *tried.entry(what).or_default() += 1;
+        let _ = std::fs::remove_file(&l_v1_blob.0);
+    }
+    // The whole index put back, digest included: consistent, so fsck is clean; only the
+    // anchor kept elsewhere tells (the generation went back).
+    std::fs::copy(&snap1, &ixf).unwrap();
+    for b in blob_files(&srv.data) {
+        std::fs::remove_file(b).unwrap();
+    }
+    std::fs::write(&l_v1_blob.0, &l_v1_blob.1).unwrap();
+    let (code, text) = fsck_offline(&srv);
+    assert_eq!(code, Some(0), "{text}");
+    let (g, a) = digest_line(&text);
+    assert_eq!((g, a.as_str()), (gen1, anchor1.as_str()));
+    assert!(g < gen2 && a != anchor2);
+    std::fs::remove_file(&l_v1_blob.0).unwrap();
+
+    // On the read path: all three at once; a record without its content is an error; a
+    // record put back with its content is served as that older version (it cannot be
+    // told from a current one without the whole index), and the start-up check logs it.
+    restore();
+    edit_index(&ixf, |e, il| {
+        rollback_s(e, il);
+        rollback_l(e);
+        rollback_x(e);
+    });
+    let mut srv = restart(&srv);
+    let tok = srv.login("app", &key, None).await;
+    assert_refused(
+        &fetch(&srv, "/x.txt", &tok).await,
+        &v2[3].1,
+        "/x.txt rolled back without content",
+    );
+    let old: HashMap<&str, &[u8]> = v1.iter().map(|(p, b)| (*p, b.as_slice())).collect();
+    for p in ["/s.txt", "/l.bin"] {
+        match fetch(&srv, p, &tok).await {
+            Got::Served(b) => assert_eq!(b, old[p], "{p}: never anything but the old version"),
+            other => panic!("{p}: {other:?}"),
+        }
+    }
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !srv.stderr().contains("differs from its digest") {
+        assert!(std::time::Instant::now() < deadline, "{}", srv.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    srv.stop().await;
+
+    let total: usize = tried.values().sum();
+    eprintln!(
+        "index tamper cases tried and detected: {total} in {:?}: {tried:#?}",
         started.elapsed()
     );
 }
