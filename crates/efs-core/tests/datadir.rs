@@ -508,12 +508,20 @@ async fn admin_commands() {
     let r = execute(&dd, AdminRequest::Fsck { fs: "docs".into() }).await;
     assert!(r.ok, "{:?}", r.error);
     assert_eq!(r.clean, Some(true));
-    assert_eq!(r.lines.len(), 1, "{:?}", r.lines);
+    assert_eq!(r.lines.len(), 2, "{:?}", r.lines);
     assert!(
         r.lines[0].contains("3 records, 2 files verified, 0 errors"),
         "{:?}",
         r.lines
     );
+    // Two batches changed entries (the first also created /x): generation 2.
+    assert!(
+        r.lines[1].starts_with("index digest: generation 2, anchor "),
+        "{:?}",
+        r.lines
+    );
+    assert_eq!(r.data["digest"]["holds"], true);
+    assert_eq!(r.data["digest"]["entries"], 3);
 
     // An orphan blob: fsck says so, gc removes it.
     let blobs = root.join("fs").join(&id).join("blobs");

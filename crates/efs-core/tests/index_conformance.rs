@@ -649,7 +649,8 @@ async fn mem_index_digest_sees_changes_behind_its_back() {
     write(&ix, vec![put(a, b"a-old"), put(b, b"b")]).await;
     write(&ix, vec![put(a, b"a-new")]).await;
     holds(ix.check_digest().await.unwrap());
-    let cases: Vec<(&str, Vec<(EntryKey, Option<&[u8]>)>)> = vec![
+    type Changes<'a> = Vec<(EntryKey, Option<&'a [u8]>)>;
+    let cases: Vec<(&str, Changes)> = vec![
         ("an old value put back", vec![(a, Some(b"a-old"))]),
         (
             "two values swapped",
