@@ -131,7 +131,9 @@ enum Cmd {
         unbind: bool,
     },
     /// Check a filesystem: every record and every byte of content decrypts; index and
-    /// blobs agree; orphans are listed.
+    /// blobs agree; the index matches its digest (no record changed, removed, added or put
+    /// back to an older version outside EFS); orphans are listed. Prints the digest's
+    /// generation and anchor: note them elsewhere to detect a whole index put back.
     Fsck {
         /// Filesystem.
         #[arg(long)]
