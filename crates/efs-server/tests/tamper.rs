@@ -102,6 +102,8 @@ fn new_blob(data: &Path, before: &[PathBuf]) -> PathBuf {
     fresh.into_iter().next().unwrap()
 }
 
+/// `efsctl fsck --fs files`: through the admin socket while the server runs, on the data
+/// dir itself when it is stopped. Exit code and everything printed.
 fn fsck_text(srv: &TestServer) -> (Option<i32>, String) {
     let out = srv.efsctl(&["fsck", "--fs", "files"]);
     (
@@ -447,10 +449,6 @@ fn restart(srv: &TestServer) -> TestServer {
     TestServer::start_in(srv.dir.clone(), &["--cache-size", "0"], &[])
 }
 
-fn fsck_offline(srv: &TestServer) -> (Option<i32>, String) {
-    fsck_text(srv)
-}
-
 /// The `index digest: generation G, anchor A` line of a clean fsck.
 fn digest_line(text: &str) -> (u64, String) {
     let line = text
@@ -487,7 +485,7 @@ async fn tampered_index_records_and_inline_content_are_never_served() {
     let ixf = index_file(&srv.data);
     let snap1 = srv.dir.path().join("snap1.redb");
     std::fs::copy(&ixf, &snap1).unwrap();
-    let (fsck1_code, fsck1) = fsck_offline(&srv);
+    let (fsck1_code, fsck1) = fsck_text(&srv);
     assert_eq!(fsck1_code, Some(0), "{fsck1}");
     let (gen1, anchor1) = digest_line(&fsck1);
 
@@ -541,7 +539,7 @@ async fn tampered_index_records_and_inline_content_are_never_served() {
     srv.stop().await;
     let pristine = srv.dir.path().join("pristine.redb");
     std::fs::copy(&ixf, &pristine).unwrap();
-    let (code, text) = fsck_offline(&srv);
+    let (code, text) = fsck_text(&srv);
     assert_eq!(code, Some(0), "{text}");
     let (gen2, anchor2) = digest_line(&text);
     assert!(gen2 > gen1, "{gen1} then {gen2}");
@@ -761,7 +759,7 @@ async fn tampered_index_records_and_inline_content_are_never_served() {
     for (what, edit) in &rollbacks {
         restore();
         edit_index(&ixf, edit);
-        let (code, text) = fsck_offline(&srv);
+        let (code, text) = fsck_text(&srv);
         assert_eq!(code, Some(3), "{what}: {text}");
         assert!(
             text.contains("differ from the index digest"),
@@ -777,7 +775,7 @@ async fn tampered_index_records_and_inline_content_are_never_served() {
         std::fs::remove_file(b).unwrap();
     }
     std::fs::write(&l_v1_blob.0, &l_v1_blob.1).unwrap();
-    let (code, text) = fsck_offline(&srv);
+    let (code, text) = fsck_text(&srv);
     assert_eq!(code, Some(0), "{text}");
     let (g, a) = digest_line(&text);
     assert_eq!((g, a.as_str()), (gen1, anchor1.as_str()));
