@@ -303,6 +303,40 @@ async fn tampered_blobs_are_never_served() {
         &honest
     );
 
+    // Ranges: one that covers a broken segment is refused; one that does not is served,
+    // and its bytes are the honest ones (authenticity is per segment).
+    let mut t = a_bytes.clone();
+    t[HDR + 2 * ENC_SEG + 7] ^= 0x01;
+    std::fs::write(&a, &t).unwrap();
+    for (range, covers) in [
+        ("bytes=131072-196607", true),
+        ("bytes=100000-140000", true),
+        ("bytes=-10", false),
+        ("bytes=0-65535", false),
+    ] {
+        let r = srv
+            .req("GET", "/a.bin", tok)
+            .header("range", range)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status().as_u16();
+        let body = r.bytes().await.unwrap();
+        if covers {
+            assert_eq!(status, 500, "{range}");
+            *tried.entry("blob: range over a flipped byte").or_default() += 1;
+        } else {
+            assert_eq!(status, 206, "{range}");
+            let (lo, hi) = if range == "bytes=-10" {
+                (len - 10, len)
+            } else {
+                (0, SEG)
+            };
+            assert_eq!(&body[..], &honest[lo..hi], "{range}");
+        }
+    }
+    std::fs::write(&a, &a_bytes).unwrap();
+
     // A long file broken after the first batch: the answer has started (200), and it is cut
     // off after the good bytes: reqwest (HTTP/2) and curl (HTTP/1.1) both see an error.
     let cut_at = HDR + 18 * ENC_SEG + 100;
