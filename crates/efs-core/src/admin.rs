@@ -66,6 +66,10 @@ pub enum AdminRequest {
     Fsck {
         /// Filesystem.
         fs: String,
+        /// Trust the index as it is now: recompute and store its digest and lift a hold
+        /// (after a check reported the index differs from its digest).
+        #[serde(default)]
+        accept_index: bool,
     },
     /// Remove orphans.
     Gc {
@@ -250,10 +254,35 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 serde_json::Value::Null,
             )
         }
-        AdminRequest::Fsck { fs } => {
+        AdminRequest::Fsck { fs, accept_index } => {
             let f = dd
                 .fs(&fs)
                 .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{fs}'")))?;
+            if accept_index {
+                let check = f.accept_index().await?;
+                let crate::digest::DigestCheck::Holds {
+                    generation,
+                    entries,
+                    anchor,
+                } = check
+                else {
+                    return Err(CoreError::Index(
+                        "the new index digest does not hold (the index changed while it was computed?)".into(),
+                    ));
+                };
+                return Ok(AdminResponse::ok(
+                    vec![format!(
+                        "accepted the index of '{fs}' as it is now: {entries} entries, digest generation {generation}, anchor {anchor}; the filesystem is served again"
+                    )],
+                    serde_json::json!({
+                        "fs": fs,
+                        "accepted": true,
+                        "entries": entries,
+                        "generation": generation,
+                        "anchor": anchor,
+                    }),
+                ));
+            }
             let rep = f.fsck().await?;
             let mut lines = vec![format!(
                 "fsck '{fs}': {} records, {} files verified, {} errors, {} orphan blobs, {} orphan inline contents",

@@ -94,6 +94,11 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// Name of the system secret that marks filesystem `id`'s index as having a digest.
+fn digest_mark(id: &[u8; 16]) -> String {
+    format!("index-digest/{}", hex::encode(id))
+}
+
 /// Where the quick start puts its generated key part: beside the data dir, never in it.
 pub fn default_key_part_path(data: &Path) -> PathBuf {
     let abs = std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf());
@@ -221,10 +226,19 @@ impl DataDir {
     }
 
     fn open_fs(&self, rec: &FsRecord) -> Result<Filesystem> {
-        let index = RedbIndex::open(
+        // The system DB remembers (sealed) that this index has a digest, so that a digest
+        // removed from the index file is reported, not silently rebuilt over records put
+        // back meanwhile. An index from before digests gets one now, and the mark.
+        let mark = digest_mark(&rec.id);
+        let had_digest = self.system.secret(&mark)?.is_some();
+        let index = RedbIndex::open_with(
             &self.fs_dir(&rec.id).join("index.redb"),
             DigestKey::derive(&self.starter, &rec.id),
+            !had_digest,
         )?;
+        if !had_digest {
+            self.system.put_secret(&mark, b"1")?;
+        }
         self.assemble_fs(rec, index)
     }
 
@@ -286,6 +300,7 @@ impl DataDir {
             ..Default::default()
         };
         futures_block(commit(&index, batch))?;
+        self.system.put_secret(&digest_mark(&id), b"1")?;
         self.system.put_filesystem(&rec)?;
         let fs = self.assemble_fs(&rec, index)?;
         self.filesystems

@@ -137,6 +137,17 @@ impl Accumulator {
         self.count = self.count.wrapping_sub(1);
     }
 
+    /// Batches that changed entries since the digest was created.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// Carries a generation over (a digest recomputed by `accept_digest` continues the
+    /// count of the one it replaces, so an operator's anchor never sees it go back).
+    pub fn set_generation(&mut self, generation: u64) {
+        self.generation = generation;
+    }
+
     /// Counts one more batch that changed entries.
     pub fn bump(&mut self) {
         self.generation = self.generation.wrapping_add(1);

@@ -46,6 +46,11 @@ pub enum CoreError {
     /// Key parts problems.
     #[error(transparent)]
     Key(#[from] crate::keyparts::KeyError),
+    /// The filesystem is on hold: its index failed the check against its digest (records
+    /// changed, removed, added or put back while the server was stopped) and an operator
+    /// has not yet decided what to trust (`efsctl fsck --accept-index`).
+    #[error("this filesystem is on hold: its index failed its integrity check")]
+    IndexHold,
     /// Too many concurrent conflicting writers; the operation was not applied.
     #[error("too much contention on this path; retry")]
     Contention,

@@ -156,6 +156,18 @@ pub struct GcReport {
     pub partials_removed: u64,
 }
 
+/// Whether a filesystem's index may be used (see [`Filesystem::hold_until_index_checked`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IndexTrust {
+    /// Served (the default, and after a check that held or an operator's acceptance).
+    Trusted,
+    /// The index is being checked against its digest: operations wait.
+    Checking,
+    /// The index differs from its digest: every operation fails with
+    /// [`CoreError::IndexHold`] until `efsctl fsck --accept-index`.
+    Failed,
+}
+
 /// One filesystem.
 pub struct Filesystem {
     name: String,
@@ -166,6 +178,10 @@ pub struct Filesystem {
     opts: FsOptions,
     /// Held while a rotation changes the keyring or rewraps (one at a time).
     rotation: tokio::sync::Mutex<()>,
+    /// Whether operations may use the index (a rollback made while the server was stopped
+    /// holds them all: a record put back with its content cannot be told from a current one
+    /// on the read path).
+    trust: tokio::sync::watch::Sender<IndexTrust>,
 }
 
 impl std::fmt::Debug for Filesystem {
@@ -217,6 +233,69 @@ impl Filesystem {
             keyring: RwLock::new(Arc::new(keyring)),
             opts,
             rotation: tokio::sync::Mutex::new(()),
+            trust: tokio::sync::watch::Sender::new(IndexTrust::Trusted),
+        }
+    }
+
+    /// Checks the index against its digest in the background, holding every file
+    /// operation until the check ends; if the index differs (records changed, removed,
+    /// added or put back outside EFS), operations fail with [`CoreError::IndexHold`] until
+    /// [`Filesystem::accept_index`]. The server calls this at start, so that a record put
+    /// back to an older version with its content while it was stopped is never served.
+    pub fn hold_until_index_checked(self: &Arc<Self>) -> tokio::task::JoinHandle<IndexTrust> {
+        self.trust.send_replace(IndexTrust::Checking);
+        let fs = self.clone();
+        tokio::spawn(async move {
+            let verdict = match fs.index.check_digest().await {
+                Ok(c) if c.holds() => {
+                    tracing::debug!(fs = fs.name(), "index digest verified");
+                    IndexTrust::Trusted
+                }
+                Ok(c) => {
+                    tracing::error!(
+                        fs = fs.name(),
+                        check = ?c,
+                        "the index differs from its digest: records were changed, removed, added or put back to older versions while the server was stopped; the filesystem is on hold until an operator runs efsctl fsck (and, once satisfied, efsctl fsck --accept-index)"
+                    );
+                    IndexTrust::Failed
+                }
+                Err(e) => {
+                    tracing::error!(fs = fs.name(), error = %e, "could not check the index digest; the filesystem is on hold");
+                    IndexTrust::Failed
+                }
+            };
+            fs.trust.send_replace(verdict);
+            verdict
+        })
+    }
+
+    /// Whether the index may be used now.
+    pub fn index_trust(&self) -> IndexTrust {
+        *self.trust.borrow()
+    }
+
+    /// An operator's decision to trust the index as it is now: recomputes and stores its
+    /// digest (the generation goes on) and lifts a hold.
+    pub async fn accept_index(&self) -> Result<crate::digest::DigestCheck> {
+        let check = self.index.accept_digest().await?;
+        self.trust.send_replace(IndexTrust::Trusted);
+        Ok(check)
+    }
+
+    /// Waits for a running index check; fails if the filesystem is on hold.
+    async fn trusted(&self) -> Result<()> {
+        if *self.trust.borrow() == IndexTrust::Trusted {
+            return Ok(());
+        }
+        let mut rx = self.trust.subscribe();
+        let verdict = rx
+            .wait_for(|t| *t != IndexTrust::Checking)
+            .await
+            .map(|t| *t)
+            .unwrap_or(IndexTrust::Failed);
+        match verdict {
+            IndexTrust::Trusted => Ok(()),
+            _ => Err(CoreError::IndexHold),
         }
     }
 
@@ -314,6 +393,7 @@ impl Filesystem {
     }
 
     async fn load(&self, kr: &Keyring, key: &EntryKey) -> Result<Option<(Vec<u8>, Record)>> {
+        self.trusted().await?;
         match self.index.get_entry(key).await? {
             None => Ok(None),
             Some(v) => {
@@ -379,6 +459,7 @@ impl Filesystem {
 
     async fn lookup_record(&self, kr: &Keyring, path: &EfsPath) -> Result<Record> {
         if path.is_root() {
+            self.trusted().await?;
             return Ok(new_dir_record("", ROOT_ID, 0));
         }
         let r = self.resolve(kr, path, false).await?;

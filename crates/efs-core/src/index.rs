@@ -112,4 +112,9 @@ pub trait Index: Send + Sync {
     /// Recomputes the digest of every entry and compares it with the stored one, both
     /// from ONE snapshot (fsck; the server may be writing meanwhile).
     async fn check_digest(&self) -> Result<DigestCheck>;
+    /// Recomputes the digest from the entries as they are now and stores it, in one write
+    /// transaction serialised with the commits (`efsctl fsck --accept-index`, after an
+    /// operator has decided that the index as it is now is the one to trust). Returns the
+    /// check of the new digest.
+    async fn accept_digest(&self) -> Result<DigestCheck>;
 }

@@ -36,7 +36,7 @@ pub mod system;
 
 pub use datadir::{DataDir, OpenOptions, OpenReport};
 pub use error::{CoreError, Result};
-pub use fs::{Entry, FileReader, Filesystem, FsOptions, Precondition, Upload};
+pub use fs::{Entry, FileReader, Filesystem, FsOptions, IndexTrust, Precondition, Upload};
 pub use keyparts::KeyPartSpec;
 pub use path::{EfsPath, PathError};
 pub use record::Kind;

@@ -227,6 +227,24 @@ impl Index for MemIndex {
         Ok(())
     }
 
+    async fn accept_digest(&self) -> Result<DigestCheck> {
+        let mut st = self.state.lock().expect("index lock poisoned");
+        let generation = st
+            .meta
+            .get(META_DIGEST)
+            .and_then(|v| Accumulator::open(&self.digest, v))
+            .map_or(0, |a| a.generation());
+        let mut acc = Accumulator::empty();
+        for (k, v) in &st.entries {
+            acc.insert(&self.digest, k, v);
+        }
+        acc.set_generation(generation);
+        acc.bump();
+        let sealed = acc.seal(&self.digest);
+        st.meta.insert(META_DIGEST.to_owned(), sealed.clone());
+        Ok(DigestCheck::compare(&self.digest, Some(&sealed), &acc))
+    }
+
     async fn check_digest(&self) -> Result<DigestCheck> {
         let st = self.state();
         Ok(DigestCheck::run(

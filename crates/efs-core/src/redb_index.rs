@@ -60,6 +60,14 @@ impl RedbIndex {
     /// Opens or creates the index file; `digest` keys its digest. An index written before
     /// digests existed gets one now, computed from its entries (generation 0).
     pub fn open(path: &Path, digest: DigestKey) -> Result<Self> {
+        Self::open_with(path, digest, true)
+    }
+
+    /// As [`RedbIndex::open`]; with `compute_missing` false, an index without a digest is
+    /// left without one (every check then reports it), for a data dir that knows this index
+    /// had a digest: a digest removed from the file must not be silently rebuilt over
+    /// records that were put back meanwhile.
+    pub fn open_with(path: &Path, digest: DigestKey, compute_missing: bool) -> Result<Self> {
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => CoreError::Index(
                 "the index is open in another process (is efs-server running on this data dir?)"
@@ -73,7 +81,7 @@ impl RedbIndex {
             let entries = w.open_table(ENTRIES).map_err(ix)?;
             w.open_table(INLINE).map_err(ix)?;
             let mut meta = w.open_table(META).map_err(ix)?;
-            if meta.get(META_DIGEST).map_err(ix)?.is_none() {
+            if compute_missing && meta.get(META_DIGEST).map_err(ix)?.is_none() {
                 let mut acc = Accumulator::empty();
                 for item in entries.iter().map_err(ix)? {
                     let (k, v) = item.map_err(ix)?;
@@ -364,6 +372,39 @@ impl Index for RedbIndex {
             visit(&key, v.value())?;
         }
         Ok(())
+    }
+
+    async fn accept_digest(&self) -> Result<DigestCheck> {
+        let db = self.db.clone();
+        let key = self.digest.clone();
+        // redb runs one write transaction at a time: this one is serialised with the
+        // committer's groups, so no batch slips between the scan and the new digest.
+        tokio::task::spawn_blocking(move || -> Result<DigestCheck> {
+            let w = db.begin_write().map_err(ix)?;
+            let sealed = {
+                let entries = w.open_table(ENTRIES).map_err(ix)?;
+                let mut meta = w.open_table(META).map_err(ix)?;
+                let generation = meta
+                    .get(META_DIGEST)
+                    .map_err(ix)?
+                    .and_then(|v| Accumulator::open(&key, v.value()))
+                    .map_or(0, |a| a.generation());
+                let mut acc = Accumulator::empty();
+                for item in entries.iter().map_err(ix)? {
+                    let (k, v) = item.map_err(ix)?;
+                    acc.insert(&key, k.value(), v.value());
+                }
+                acc.set_generation(generation);
+                acc.bump();
+                let sealed = acc.seal(&key);
+                meta.insert(META_DIGEST, sealed.as_slice()).map_err(ix)?;
+                (sealed, acc)
+            };
+            w.commit().map_err(ix)?;
+            Ok(DigestCheck::compare(&key, Some(&sealed.0), &sealed.1))
+        })
+        .await
+        .map_err(|e| CoreError::Index(format!("digest task failed: {e}")))?
     }
 
     async fn check_digest(&self) -> Result<DigestCheck> {

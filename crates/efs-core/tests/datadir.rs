@@ -505,7 +505,14 @@ async fn admin_commands() {
     let fs = dd.fs("docs").unwrap();
     put(&fs, "/x/y", &pattern(1, 3000)).await;
     put(&fs, "/x/z", b"z").await;
-    let r = execute(&dd, AdminRequest::Fsck { fs: "docs".into() }).await;
+    let r = execute(
+        &dd,
+        AdminRequest::Fsck {
+            fs: "docs".into(),
+            accept_index: false,
+        },
+    )
+    .await;
     assert!(r.ok, "{:?}", r.error);
     assert_eq!(r.clean, Some(true));
     assert_eq!(r.lines.len(), 2, "{:?}", r.lines);
@@ -535,7 +542,14 @@ async fn admin_commands() {
         .join(format!("abcd{}", "0".repeat(28)));
     std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
     std::fs::copy(&real, &orphan).unwrap();
-    let r = execute(&dd, AdminRequest::Fsck { fs: "docs".into() }).await;
+    let r = execute(
+        &dd,
+        AdminRequest::Fsck {
+            fs: "docs".into(),
+            accept_index: false,
+        },
+    )
+    .await;
     assert!(r.ok);
     assert_eq!(r.clean, Some(false));
     assert!(
@@ -554,11 +568,21 @@ async fn admin_commands() {
     );
     assert_eq!(r.data["blobs_removed"], 1);
     assert!(!orphan.exists() && real.exists());
-    let r = execute(&dd, AdminRequest::Fsck { fs: "docs".into() }).await;
+    let r = execute(
+        &dd,
+        AdminRequest::Fsck {
+            fs: "docs".into(),
+            accept_index: false,
+        },
+    )
+    .await;
     assert_eq!(r.clean, Some(true));
 
     for req in [
-        AdminRequest::Fsck { fs: "nope".into() },
+        AdminRequest::Fsck {
+            fs: "nope".into(),
+            accept_index: false,
+        },
         AdminRequest::Gc {
             fs: "nope".into(),
             grace_secs: 0,
@@ -570,4 +594,58 @@ async fn admin_commands() {
     }
     let r = execute(&dd, AdminRequest::ListUsers).await;
     assert_eq!(r.lines, vec!["svc\tdocs".to_string()]);
+}
+
+/// Regression: a digest removed from the index file was rebuilt at the next open from the
+/// entries as they were, so records put back by hand became the trusted state. The data
+/// dir now remembers that the index has a digest: a missing one is reported and holds the
+/// filesystem until the operator accepts the index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_index_digest_is_reported_not_rebuilt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let index_file = {
+        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+        dd.create_fs("docs").unwrap();
+        let fs = dd.fs("docs").unwrap();
+        put(&fs, "/a.txt", b"one").await;
+        walk(&root)
+            .into_iter()
+            .find(|f| f.ends_with("index.redb"))
+            .unwrap()
+    };
+    {
+        const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        let db = redb::Database::create(&index_file).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(META).unwrap().remove("digest").unwrap();
+        w.commit().unwrap();
+    }
+    let dd = std::sync::Arc::new(open(&root, std::slice::from_ref(&part)).unwrap());
+    let fs = dd.fs("docs").unwrap();
+    assert_eq!(
+        fs.check_index_digest().await.unwrap(),
+        efs_core::digest::DigestCheck::Unreadable
+    );
+    assert!(!fs.fsck().await.unwrap().is_clean());
+    // As the server does at start: held, then refused.
+    let verdict = fs.hold_until_index_checked().await.unwrap();
+    assert_eq!(verdict, efs_core::IndexTrust::Failed);
+    assert!(matches!(
+        read_all(&fs, "/a.txt").await,
+        Err(CoreError::IndexHold)
+    ));
+    let r = execute(
+        &dd,
+        AdminRequest::Fsck {
+            fs: "docs".into(),
+            accept_index: true,
+        },
+    )
+    .await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(fs.index_trust(), efs_core::IndexTrust::Trusted);
+    assert_eq!(read_all(&fs, "/a.txt").await.unwrap(), b"one");
+    assert!(fs.fsck().await.unwrap().is_clean());
 }

@@ -51,6 +51,9 @@ pub mod codes {
     pub const INTERNAL: &str = "internal";
     /// 503: the server is shutting down or a dependency is unavailable.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// 503: the filesystem is on hold: its index failed its integrity check at start (an
+    /// administrator runs `efsctl fsck`, then `efsctl fsck --accept-index`).
+    pub const INTEGRITY_HOLD: &str = "integrity_hold";
 }
 
 /// Kind of a directory entry.

@@ -102,6 +102,11 @@ impl From<CoreError> for ApiError {
                 codes::UNAVAILABLE,
                 "too many concurrent writers on this path; retry",
             ),
+            CoreError::IndexHold => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::INTEGRITY_HOLD,
+                "this filesystem is on hold: its index failed its integrity check at start; an administrator must run efsctl fsck",
+            ),
             CoreError::Decrypt => {
                 tracing::error!("stored data failed its integrity check (tampered or corrupt)");
                 ApiError::internal()

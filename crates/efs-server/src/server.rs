@@ -55,30 +55,16 @@ pub struct ServerConfig {
 }
 
 /// Checks every filesystem's index against its digest in the background (a full scan of
-/// the entries each). The index cannot change under a running server, so this is where
-/// a change made while it was stopped — a record put back to an older version with its
-/// content, which reads cannot tell from the current one — reaches the log; `efsctl fsck`
-/// says the same. Files are served meanwhile and after: see SECURITY.md.
+/// the entries each), holding that filesystem's requests until its check ends. The index
+/// cannot change under a running server, so this is where a change made while it was
+/// stopped is caught — a record put back to an older version with its content, which reads
+/// alone cannot tell from the current one. A filesystem whose index differs stays on hold
+/// (503 integrity_hold) until `efsctl fsck --accept-index`; see SECURITY.md.
 fn spawn_index_checks(data: &Arc<DataDir>) -> anyhow::Result<()> {
     for rec in data.list_fs()? {
-        let Some(fs) = data.fs(&rec.name) else {
-            continue;
-        };
-        tokio::spawn(async move {
-            match fs.check_index_digest().await {
-                Ok(c) if c.holds() => {
-                    tracing::debug!(fs = fs.name(), "index digest verified");
-                }
-                Ok(c) => tracing::error!(
-                    fs = fs.name(),
-                    check = ?c,
-                    "the index differs from its digest: records were changed, removed, added or put back to older versions while the server was stopped; run efsctl fsck"
-                ),
-                Err(e) => {
-                    tracing::error!(fs = fs.name(), error = %e, "could not check the index digest")
-                }
-            }
-        });
+        if let Some(fs) = data.fs(&rec.name) {
+            fs.hold_until_index_checked();
+        }
     }
     Ok(())
 }

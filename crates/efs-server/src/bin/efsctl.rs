@@ -134,10 +134,18 @@ enum Cmd {
     /// blobs agree; the index matches its digest (no record changed, removed, added or put
     /// back to an older version outside EFS); orphans are listed. Prints the digest's
     /// generation and anchor: note them elsewhere to detect a whole index put back.
+    ///
+    /// A server that finds at start that an index differs from its digest holds that
+    /// filesystem (every request answers 503 integrity_hold). Inspect with `fsck`, restore
+    /// from a backup if you need to, then `fsck --accept-index` to trust the index as it is
+    /// now and serve it again.
     Fsck {
         /// Filesystem.
         #[arg(long)]
         fs: String,
+        /// Trust the index as it is now: recompute and store its digest, lift a hold.
+        #[arg(long)]
+        accept_index: bool,
     },
     /// Remove orphan blobs and inline contents (left by crashes).
     Gc {
@@ -239,7 +247,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
             };
             AdminRequest::BindCert { user, sha256 }
         }
-        Cmd::Fsck { fs } => AdminRequest::Fsck { fs },
+        Cmd::Fsck { fs, accept_index } => AdminRequest::Fsck { fs, accept_index },
         Cmd::Gc { fs, grace } => AdminRequest::Gc {
             fs,
             grace_secs: grace,
