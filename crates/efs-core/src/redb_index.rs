@@ -46,8 +46,29 @@ impl Drop for RedbIndex {
     }
 }
 
-fn ix<E: std::fmt::Display>(e: E) -> CoreError {
-    CoreError::Index(e.to_string())
+/// A redb error as a [`CoreError`]. A full disk stays an I/O error with its kind, so that
+/// the server can answer it as such (507) instead of as an opaque index failure.
+fn ix<E: Into<redb::Error>>(e: E) -> CoreError {
+    match e.into() {
+        redb::Error::Io(io) if is_storage_full(&io) => CoreError::Io(io),
+        other => CoreError::Index(other.to_string()),
+    }
+}
+
+fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// The same error for every batch of a failed group (an `io::Error` is not `Clone`).
+fn for_each_batch(e: &CoreError) -> CoreError {
+    match e {
+        CoreError::Io(io) => CoreError::Io(std::io::Error::new(io.kind(), io.to_string())),
+        CoreError::Index(m) => CoreError::Index(m.clone()),
+        other => CoreError::Index(other.to_string()),
+    }
 }
 
 impl RedbIndex {
@@ -100,9 +121,8 @@ fn committer(db: Arc<Database>, rx: mpsc::Receiver<(Batch, Reply)>) {
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
                 for (_, reply) in group {
-                    let _ = reply.send(Err(CoreError::Index(msg.clone())));
+                    let _ = reply.send(Err(for_each_batch(&e)));
                 }
             }
         }

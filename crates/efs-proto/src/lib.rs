@@ -51,6 +51,9 @@ pub mod codes {
     pub const INTERNAL: &str = "internal";
     /// 503: the server is shutting down or a dependency is unavailable.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// 507: the server's storage is full; nothing was written (the previous version of the
+    /// file, if any, is unchanged). Retry once space is freed.
+    pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
 }
 
 /// Kind of a directory entry.
