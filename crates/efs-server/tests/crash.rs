@@ -197,7 +197,7 @@ impl Ctx {
 
 /// Runs `m`'s operations until the server dies (a request gets no answer).
 async fn run_client(ctx: Arc<Ctx>, mut m: ClientModel, cycle: usize) -> (ClientModel, Counts) {
-    let mut rng = Rng(ctx.seed ^ ((cycle as u64) << 32) ^ (m.id as u64 + 1) * 0x1000_0001);
+    let mut rng = Rng(ctx.seed ^ ((cycle as u64) << 32) ^ ((m.id as u64 + 1) * 0x1000_0001));
     let mut n = Counts::default();
     let exact = |m: &ClientModel, k: usize| -> State {
         assert_eq!(m.owned[k].len(), 1, "client {} path {k} is exact", m.id);
