@@ -20,7 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// protocol detection needs before a protocol's own timeouts apply.
 const FIRST_BYTES: usize = 24;
 
-/// An I/O stream whose reads time out until the peer has sent [`FIRST_BYTES`] bytes.
+/// An I/O stream whose reads time out until the peer has sent its first 24 bytes (enough
+/// for the protocol detection).
 pub struct FirstBytesDeadline<S> {
     inner: S,
     /// `None` once the first bytes have arrived.
