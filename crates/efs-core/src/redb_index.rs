@@ -4,10 +4,16 @@
 //! A single committer thread therefore drains every batch waiting at that moment,
 //! checks and applies each in one transaction, commits once, and answers them all:
 //! under load, many writes share one fsync; alone, a write costs exactly one.
+//!
+//! After a failed commit (a full disk, an I/O error) redb refuses every later transaction
+//! until the database is closed and opened again. The committer therefore reopens it before
+//! the next group, so that a filesystem whose disk was full for a moment takes writes again
+//! once space is freed, without a restart.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -27,7 +33,7 @@ type Reply = oneshot::Sender<Result<bool>>;
 
 /// redb-backed [`Index`].
 pub struct RedbIndex {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     tx: mpsc::Sender<(Batch, Reply)>,
     /// Joined on drop: the committer holds the database open until it has stopped.
     committer: Option<std::thread::JoinHandle<()>>,
@@ -71,6 +77,50 @@ fn for_each_batch(e: &CoreError) -> CoreError {
     }
 }
 
+/// The open database, closed and reopened after a failed commit.
+struct Handle {
+    path: PathBuf,
+    /// `None` between a close and a successful reopen.
+    db: RwLock<Option<Arc<Database>>>,
+}
+
+/// How long a reopen waits for readers to let go of the failed database.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+
+impl Handle {
+    /// The database to start a transaction on.
+    fn current(&self) -> Result<Arc<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                CoreError::Index("the index is being reopened after an I/O error".into())
+            })
+    }
+
+    /// Closes the database and opens it again (redb recovers on open). Readers that still
+    /// hold the old one finish first: redb keeps the file locked until its last handle goes.
+    fn reopen(&self) -> Result<()> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        drop(slot.take());
+        let deadline = Instant::now() + REOPEN_WAIT;
+        loop {
+            match Database::create(&self.path) {
+                Ok(db) => {
+                    *slot = Some(Arc::new(db));
+                    tracing::warn!("the index was reopened after an I/O error");
+                    return Ok(());
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(ix(e)),
+            }
+        }
+    }
+}
+
 impl RedbIndex {
     /// Opens or creates the index file.
     pub fn open(path: &Path) -> Result<Self> {
@@ -89,7 +139,10 @@ impl RedbIndex {
             w.open_table(META).map_err(ix)?;
         }
         w.commit().map_err(ix)?;
-        let db = Arc::new(db);
+        let db = Arc::new(Handle {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(Arc::new(db))),
+        });
         let (tx, rx) = mpsc::channel::<(Batch, Reply)>();
         let db2 = db.clone();
         let committer = std::thread::Builder::new()
@@ -104,7 +157,8 @@ impl RedbIndex {
     }
 }
 
-fn committer(db: Arc<Database>, rx: mpsc::Receiver<(Batch, Reply)>) {
+fn committer(handle: Arc<Handle>, rx: mpsc::Receiver<(Batch, Reply)>) {
+    let mut failed = false;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -113,7 +167,12 @@ fn committer(db: Arc<Database>, rx: mpsc::Receiver<(Batch, Reply)>) {
                 Err(_) => break,
             }
         }
-        let outcome = apply_group(&db, &group);
+        // The last group failed: redb now refuses every write until reopened.
+        if failed && let Err(e) = handle.reopen() {
+            tracing::error!(error = %e, "the index could not be reopened");
+        }
+        let outcome = handle.current().and_then(|db| apply_group(&db, &group));
+        failed = outcome.is_err();
         match outcome {
             Ok(results) => {
                 for ((_, reply), ok) in group.into_iter().zip(results) {
@@ -200,7 +259,7 @@ fn apply_group(db: &Database, group: &[(Batch, Reply)]) -> Result<Vec<bool>> {
 #[async_trait]
 impl Index for RedbIndex {
     async fn get_entry(&self, key: &EntryKey) -> Result<Option<Vec<u8>>> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
         Ok(t.get(key.as_slice())
             .map_err(ix)?
@@ -216,7 +275,7 @@ impl Index for RedbIndex {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
         let (lo, hi) = dir_range(dir);
         let mut out = Vec::new();
@@ -247,7 +306,7 @@ impl Index for RedbIndex {
     }
 
     async fn get_inline(&self, id: &ContentId) -> Result<Option<Vec<u8>>> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(INLINE).map_err(ix)?;
         Ok(t.get(id.as_slice())
             .map_err(ix)?
@@ -255,7 +314,7 @@ impl Index for RedbIndex {
     }
 
     async fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(META).map_err(ix)?;
         Ok(t.get(name).map_err(ix)?.map(|v| v.value().to_vec()))
     }
@@ -277,7 +336,7 @@ impl Index for RedbIndex {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
         let mut out = Vec::new();
         let lo: &[u8] = after.map(|a| a.as_slice()).unwrap_or(&[]);
@@ -299,7 +358,7 @@ impl Index for RedbIndex {
     }
 
     async fn inline_ids(&self) -> Result<Vec<ContentId>> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(INLINE).map_err(ix)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(ix)? {
@@ -318,7 +377,7 @@ impl Index for RedbIndex {
         visit: &mut (dyn for<'k, 'v> FnMut(&'k EntryKey, &'v [u8]) -> Result<()> + Send),
     ) -> Result<()> {
         // One read transaction is one snapshot (redb is MVCC: writers go on meanwhile).
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
         for item in t.iter().map_err(ix)? {
             let (k, v) = item.map_err(ix)?;

@@ -68,7 +68,7 @@ fn fill(path: &Path) -> u64 {
 }
 
 #[tokio::test]
-async fn full_disk_put_is_507_and_keeps_the_previous_version() {
+async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_without_restart() {
     let dir = Arc::new(new_tempdir());
     let data = dir.path().join("d");
     let _mount = match mount_tmpfs(&data, "48m") {
@@ -134,17 +134,27 @@ async fn full_disk_put_is_507_and_keeps_the_previous_version() {
     assert_eq!(srv.get_ok("/small.txt", &token).await, small_v1);
     assert_eq!(srv.get_ok("/keep.bin", &token).await, big_v2);
 
-    // redb refuses every later write transaction after a failed commit ("Previous I/O
-    // error occurred. Please close and re-open the database"), so a filesystem whose index
-    // hit the full disk needs a restart: free the space, restart, and write again.
+    // Regression: redb refuses every write transaction after a failed commit ("Previous
+    // I/O error occurred. Please close and re-open the database"), and the filesystem stayed
+    // unwritable (500) until a restart. Now the index is reopened: free the space and write.
     std::fs::remove_file(&filler).unwrap();
+    srv.put_ok("/small.txt", &token, pattern(100, 4)).await;
+    assert_eq!(srv.get_ok("/small.txt", &token).await, pattern(100, 4));
+    assert_eq!(srv.get_ok("/keep.bin", &token).await, big_v2);
+    srv.put_ok("/after.bin", &token, pattern(300_000, 5)).await;
+    assert!(
+        srv.stderr()
+            .contains("the index was reopened after an I/O error"),
+        "the server says it reopened the index"
+    );
+
+    // And everything is still there after a restart.
     srv.stop().await;
     let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
     let token = srv.login("app", &key, None).await;
-    assert_eq!(srv.get_ok("/small.txt", &token).await, small_v1);
-    assert_eq!(srv.get_ok("/keep.bin", &token).await, big_v2);
-    srv.put_ok("/small.txt", &token, pattern(100, 4)).await;
     assert_eq!(srv.get_ok("/small.txt", &token).await, pattern(100, 4));
+    assert_eq!(srv.get_ok("/keep.bin", &token).await, big_v2);
+    assert_eq!(srv.get_ok("/after.bin", &token).await, pattern(300_000, 5));
 
     srv.stop().await;
     let out = srv.efsctl_ok(&["fsck", "--fs", "files"]);
