@@ -8,10 +8,16 @@
 //! The same transaction keeps the index digest ([`crate::digest`]) current: replacing or
 //! removing an entry hands back its old value, so an update costs one HMAC per entry
 //! written or removed, and no extra read.
+//!
+//! After a failed commit (a full disk, an I/O error) redb refuses every later transaction
+//! until the database is closed and opened again. The committer therefore reopens it before
+//! the next group, so that a filesystem whose disk was full for a moment takes writes again
+//! once space is freed, without a restart.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
 use std::sync::mpsc;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
@@ -32,7 +38,7 @@ type Reply = oneshot::Sender<Result<bool>>;
 
 /// redb-backed [`Index`].
 pub struct RedbIndex {
-    db: Arc<Database>,
+    db: Arc<Handle>,
     digest: Arc<DigestKey>,
     tx: mpsc::Sender<(Batch, Reply)>,
     /// Joined on drop: the committer holds the database open until it has stopped.
@@ -52,8 +58,73 @@ impl Drop for RedbIndex {
     }
 }
 
-fn ix<E: std::fmt::Display>(e: E) -> CoreError {
-    CoreError::Index(e.to_string())
+/// A redb error as a [`CoreError`]. A full disk stays an I/O error with its kind, so that
+/// the server can answer it as such (507) instead of as an opaque index failure.
+fn ix<E: Into<redb::Error>>(e: E) -> CoreError {
+    match e.into() {
+        redb::Error::Io(io) if is_storage_full(&io) => CoreError::Io(io),
+        other => CoreError::Index(other.to_string()),
+    }
+}
+
+fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// The same error for every batch of a failed group (an `io::Error` is not `Clone`).
+fn for_each_batch(e: &CoreError) -> CoreError {
+    match e {
+        CoreError::Io(io) => CoreError::Io(std::io::Error::new(io.kind(), io.to_string())),
+        CoreError::Index(m) => CoreError::Index(m.clone()),
+        other => CoreError::Index(other.to_string()),
+    }
+}
+
+/// The open database, closed and reopened after a failed commit.
+struct Handle {
+    path: PathBuf,
+    /// `None` between a close and a successful reopen.
+    db: RwLock<Option<Arc<Database>>>,
+}
+
+/// How long a reopen waits for readers to let go of the failed database.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+
+impl Handle {
+    /// The database to start a transaction on.
+    fn current(&self) -> Result<Arc<Database>> {
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                CoreError::Index("the index is being reopened after an I/O error".into())
+            })
+    }
+
+    /// Closes the database and opens it again (redb recovers on open). Readers that still
+    /// hold the old one finish first: redb keeps the file locked until its last handle goes.
+    fn reopen(&self) -> Result<()> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        drop(slot.take());
+        let deadline = Instant::now() + REOPEN_WAIT;
+        loop {
+            match Database::create(&self.path) {
+                Ok(db) => {
+                    *slot = Some(Arc::new(db));
+                    tracing::warn!("the index was reopened after an I/O error");
+                    return Ok(());
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(e) => return Err(ix(e)),
+            }
+        }
+    }
 }
 
 impl RedbIndex {
@@ -100,7 +171,10 @@ impl RedbIndex {
             }
         }
         w.commit().map_err(ix)?;
-        let db = Arc::new(db);
+        let db = Arc::new(Handle {
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(Arc::new(db))),
+        });
         let digest = Arc::new(digest);
         let (tx, rx) = mpsc::channel::<(Batch, Reply)>();
         let db2 = db.clone();
@@ -118,7 +192,8 @@ impl RedbIndex {
     }
 }
 
-fn committer(db: Arc<Database>, key: Arc<DigestKey>, rx: mpsc::Receiver<(Batch, Reply)>) {
+fn committer(handle: Arc<Handle>, key: Arc<DigestKey>, rx: mpsc::Receiver<(Batch, Reply)>) {
+    let mut failed = false;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -127,7 +202,14 @@ fn committer(db: Arc<Database>, key: Arc<DigestKey>, rx: mpsc::Receiver<(Batch, 
                 Err(_) => break,
             }
         }
-        let outcome = apply_group(&db, &key, &group);
+        // The last group failed: redb now refuses every write until reopened.
+        if failed && let Err(e) = handle.reopen() {
+            tracing::error!(error = %e, "the index could not be reopened");
+        }
+        let outcome = handle
+            .current()
+            .and_then(|db| apply_group(&db, &key, &group));
+        failed = outcome.is_err();
         match outcome {
             Ok(results) => {
                 for ((_, reply), ok) in group.into_iter().zip(results) {
@@ -135,9 +217,8 @@ fn committer(db: Arc<Database>, key: Arc<DigestKey>, rx: mpsc::Receiver<(Batch, 
                 }
             }
             Err(e) => {
-                let msg = e.to_string();
                 for (_, reply) in group {
-                    let _ = reply.send(Err(CoreError::Index(msg.clone())));
+                    let _ = reply.send(Err(for_each_batch(&e)));
                 }
             }
         }
@@ -242,7 +323,7 @@ fn apply_group(db: &Database, key: &DigestKey, group: &[(Batch, Reply)]) -> Resu
 #[async_trait]
 impl Index for RedbIndex {
     async fn get_entry(&self, key: &EntryKey) -> Result<Option<Vec<u8>>> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
         Ok(t.get(key.as_slice())
             .map_err(ix)?
@@ -258,7 +339,7 @@ impl Index for RedbIndex {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
         let (lo, hi) = dir_range(dir);
         let mut out = Vec::new();
@@ -289,7 +370,7 @@ impl Index for RedbIndex {
     }
 
     async fn get_inline(&self, id: &ContentId) -> Result<Option<Vec<u8>>> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(INLINE).map_err(ix)?;
         Ok(t.get(id.as_slice())
             .map_err(ix)?
@@ -297,7 +378,7 @@ impl Index for RedbIndex {
     }
 
     async fn get_meta(&self, name: &str) -> Result<Option<Vec<u8>>> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(META).map_err(ix)?;
         Ok(t.get(name).map_err(ix)?.map(|v| v.value().to_vec()))
     }
@@ -320,7 +401,7 @@ impl Index for RedbIndex {
         if limit == 0 {
             return Ok(Vec::new());
         }
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
         let mut out = Vec::new();
         let lo: &[u8] = after.map(|a| a.as_slice()).unwrap_or(&[]);
@@ -342,7 +423,7 @@ impl Index for RedbIndex {
     }
 
     async fn inline_ids(&self) -> Result<Vec<ContentId>> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(INLINE).map_err(ix)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(ix)? {
@@ -361,7 +442,7 @@ impl Index for RedbIndex {
         visit: &mut (dyn for<'k, 'v> FnMut(&'k EntryKey, &'v [u8]) -> Result<()> + Send),
     ) -> Result<()> {
         // One read transaction is one snapshot (redb is MVCC: writers go on meanwhile).
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let t = r.open_table(ENTRIES).map_err(ix)?;
         for item in t.iter().map_err(ix)? {
             let (k, v) = item.map_err(ix)?;
@@ -375,7 +456,7 @@ impl Index for RedbIndex {
     }
 
     async fn accept_digest(&self) -> Result<DigestCheck> {
-        let db = self.db.clone();
+        let db = self.db.current()?;
         let key = self.digest.clone();
         // redb runs one write transaction at a time: this one is serialised with the
         // committer's groups, so no batch slips between the scan and the new digest.
@@ -409,7 +490,7 @@ impl Index for RedbIndex {
 
     async fn check_digest(&self) -> Result<DigestCheck> {
         // One read transaction: the digest and the entries of the same commit.
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.db.current()?.begin_read().map_err(ix)?;
         let meta = r.open_table(META).map_err(ix)?;
         let stored = meta
             .get(META_DIGEST)

@@ -54,6 +54,9 @@ pub mod codes {
     /// 503: the filesystem is on hold: its index failed its integrity check at start (an
     /// administrator runs `efsctl fsck`, then `efsctl fsck --accept-index`).
     pub const INTEGRITY_HOLD: &str = "integrity_hold";
+    /// 507: the server's storage is full; nothing was written (the previous version of the
+    /// file, if any, is unchanged). Retry once space is freed.
+    pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
 }
 
 /// Kind of a directory entry.

@@ -107,6 +107,16 @@ impl From<CoreError> for ApiError {
                 codes::INTEGRITY_HOLD,
                 "this filesystem is on hold: its index failed its integrity check at start; an administrator must run efsctl fsck",
             ),
+            // A full disk is the operator's to fix, not a bug: say so, with its own status,
+            // instead of a vague 500 (the write was not applied; see the I/O-fault tests).
+            CoreError::Io(e) if is_storage_full(&e) => {
+                tracing::error!(error = %e, "storage full: a write was refused");
+                ApiError::new(
+                    StatusCode::INSUFFICIENT_STORAGE,
+                    codes::INSUFFICIENT_STORAGE,
+                    "the server's storage is full: nothing was written; retry once space is freed",
+                )
+            }
             CoreError::Decrypt => {
                 tracing::error!("stored data failed its integrity check (tampered or corrupt)");
                 ApiError::internal()
@@ -117,6 +127,14 @@ impl From<CoreError> for ApiError {
             }
         }
     }
+}
+
+/// ENOSPC and EDQUOT (a quota is a full disk for this process).
+fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
 }
 
 impl From<AuthError> for ApiError {
@@ -146,5 +164,23 @@ impl IntoResponse for ApiError {
                 .insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         }
         r
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn storage_full_is_507_with_its_own_code() {
+        for errno in [28 /* ENOSPC */, 122 /* EDQUOT */] {
+            let e = ApiError::from(CoreError::Io(std::io::Error::from_raw_os_error(errno)));
+            assert_eq!(e.status, StatusCode::INSUFFICIENT_STORAGE);
+            assert_eq!(e.code, codes::INSUFFICIENT_STORAGE);
+            assert!(!e.message.contains("os error"), "no internal detail");
+        }
+        // Other I/O errors stay internal.
+        let e = ApiError::from(CoreError::Io(std::io::Error::from_raw_os_error(5)));
+        assert_eq!(e.status, StatusCode::INTERNAL_SERVER_ERROR);
     }
 }

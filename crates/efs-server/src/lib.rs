@@ -4,6 +4,7 @@
 //! - [`app`]: the routes (control under `/_efs/`, files everywhere else).
 //! - [`auth`] / [`ratelimit`]: the Ed25519 challenge → signature → JWT login.
 //! - [`cache`]: the decrypted-content cache.
+//! - [`first_bytes`]: the deadline on a new connection's first bytes (idle clients).
 //! - [`tls`]: certificates (given, or generated and sealed), mutual TLS.
 //! - [`admin_socket`]: `efsctl` while the server runs.
 //! - [`users`]: the in-memory user directory.
@@ -16,6 +17,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod error;
+pub mod first_bytes;
 pub mod ratelimit;
 pub mod server;
 pub mod tls;

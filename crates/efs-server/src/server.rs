@@ -25,6 +25,10 @@ use crate::users::UserCache;
 /// Most concurrent connections (each holds a task and its buffers).
 const MAX_CONNECTIONS: usize = 10_000;
 
+/// How long a client may wait between the TLS handshake and its first request bytes, and
+/// (HTTP/1) to send a request's headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// Everything `efs-server` is started with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -219,7 +223,7 @@ async fn serve(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(30))
+        .header_read_timeout(HEADER_READ_TIMEOUT)
         .max_buf_size(64 * 1024);
     // Wider HTTP/2 flow-control windows and frames than hyper's defaults: with 1 MiB
     // windows and 16 KiB frames one stream cannot fill a fast link.
@@ -289,7 +293,9 @@ async fn serve(
                     }
                 },
             );
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(tls), svc);
+            // Idle TLS connections are dropped too (see `first_bytes`).
+            let io = crate::first_bytes::FirstBytesDeadline::new(tls, HEADER_READ_TIMEOUT);
+            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
             let conn = watcher.watch(conn.into_owned());
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");

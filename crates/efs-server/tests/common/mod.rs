@@ -232,6 +232,11 @@ impl TestServer {
         self.stdout_lines.lock().unwrap().join("\n")
     }
 
+    /// The server's process id while it runs (for /proc/PID/status: memory, fds).
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
     /// Everything the server printed on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr_lines.lock().unwrap().join("\n")

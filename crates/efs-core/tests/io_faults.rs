@@ -1,0 +1,288 @@
+//! I/O faults at the storage traits: a failed blob write, a failed fsync, a full disk and a
+//! failed index commit. Each must make the operation fail with a clear error while the
+//! previous version of the file stays intact, byte-exact, and nothing half-written is
+//! visible (no new blob, no temporary file left, fsck clean); the next operation works.
+
+mod common;
+#[path = "common/faulty.rs"]
+mod faulty;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use common::{p, pattern, put_with, read_all};
+use efs_core::blob::LocalBlobStore;
+use efs_core::fs::FsOptions;
+use efs_core::keyring::Keyring;
+use efs_core::redb_index::RedbIndex;
+use efs_core::{CoreError, Filesystem, Precondition};
+use faulty::{EIO, ENOSPC, Fault, Faults, FaultyBlobStore, FaultyIndex};
+
+/// Files up to this size are inline (index only); larger ones are blobs.
+const INLINE_MAX: usize = 1024;
+
+/// A filesystem on a real redb index and a real local blob store, both behind the
+/// fault-injecting wrappers.
+struct FaultyFs {
+    _tmp: tempfile::TempDir,
+    blobs_dir: PathBuf,
+    fs: Arc<Filesystem>,
+    faults: Faults,
+}
+
+impl FaultyFs {
+    fn new() -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let blobs_dir = tmp.path().join("blobs");
+        let faults = Faults::default();
+        let blobs = FaultyBlobStore {
+            inner: Arc::new(LocalBlobStore::open(&blobs_dir).unwrap()),
+            faults: faults.clone(),
+        };
+        let index = FaultyIndex {
+            inner: Arc::new(
+                RedbIndex::open(
+                    &tmp.path().join("index.redb"),
+                    efs_core::digest::DigestKey::from_root(&efs_format::Key32::random(), &[0; 16]),
+                )
+                .unwrap(),
+            ),
+            faults: faults.clone(),
+        };
+        let mut id = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut id).unwrap();
+        let fs = Arc::new(Filesystem::new(
+            "faulty".into(),
+            id,
+            Arc::new(index),
+            Arc::new(blobs),
+            Keyring::generate(),
+            FsOptions {
+                inline_max: INLINE_MAX,
+            },
+        ));
+        Self {
+            _tmp: tmp,
+            blobs_dir,
+            fs,
+            faults,
+        }
+    }
+
+    /// Finished blob files (the temporary directory excluded).
+    fn blob_files(&self) -> Vec<PathBuf> {
+        common::walk(&self.blobs_dir)
+            .into_iter()
+            .filter(|f| !f.starts_with(self.blobs_dir.join("tmp")))
+            .collect()
+    }
+
+    fn tmp_files(&self) -> usize {
+        std::fs::read_dir(self.blobs_dir.join("tmp"))
+            .unwrap()
+            .count()
+    }
+
+    async fn put(&self, path: &str, data: &[u8]) -> Result<efs_core::Entry, CoreError> {
+        put_with(&self.fs, path, data, None, Precondition::None).await
+    }
+
+    /// Arms `fault`, runs a write of `new` over `path` (which holds `old`) and checks that it
+    /// failed with `errno`, that `path` still reads `old` with the same ETag, that no blob
+    /// or temporary file was added, and that fsck is clean. Then writes `new` for real.
+    async fn check_write_fault(
+        &self,
+        path: &str,
+        old: &[u8],
+        new: &[u8],
+        fault: Fault,
+        errno: i32,
+    ) {
+        let before = self.fs.stat(&p(path)).await.unwrap();
+        let blobs_before = self.blob_files();
+        let fired = self.faults.fired();
+        self.faults.arm(fault);
+
+        let err = self
+            .put(path, new)
+            .await
+            .expect_err("the write must fail while the fault is armed");
+        assert_eq!(self.faults.fired(), fired + 1, "{fault:?} fired");
+        assert_io_error(&err, errno);
+
+        assert_eq!(
+            read_all(&self.fs, path).await.unwrap(),
+            old,
+            "{path} after {fault:?}"
+        );
+        let after = self.fs.stat(&p(path)).await.unwrap();
+        assert_eq!(after.etag(), before.etag(), "the version did not change");
+        assert_eq!(after.size, old.len() as u64);
+        assert_eq!(
+            self.blob_files(),
+            blobs_before,
+            "no blob appeared or vanished"
+        );
+        assert_eq!(self.tmp_files(), 0, "no partial write is left behind");
+        let rep = self.fs.fsck().await.unwrap();
+        assert!(rep.is_clean(), "fsck after {fault:?}: {rep:?}");
+
+        // Disarmed: the same write now succeeds.
+        self.put(path, new).await.unwrap();
+        assert_eq!(read_all(&self.fs, path).await.unwrap(), new);
+        // Put the old version back for the next check.
+        self.put(path, old).await.unwrap();
+    }
+}
+
+/// A clear error: an I/O error carrying the OS error, whose message names it
+/// ("No space left on device", "Input/output error") and nothing else.
+fn assert_io_error(err: &CoreError, errno: i32) {
+    match err {
+        CoreError::Io(e) => {
+            assert_eq!(e.raw_os_error(), Some(errno), "{e}");
+            if errno == ENOSPC {
+                assert_eq!(e.kind(), std::io::ErrorKind::StorageFull);
+            }
+        }
+        other => panic!("expected an I/O error (os error {errno}), got {other:?}"),
+    }
+    let msg = err.to_string();
+    let expected = std::io::Error::from_raw_os_error(errno).to_string();
+    assert_eq!(msg, format!("I/O error: {expected}"));
+}
+
+#[tokio::test]
+async fn failed_blob_write_keeps_the_previous_version() {
+    let f = FaultyFs::new();
+    let old = pattern(1, 300_000);
+    f.put("/a/big.bin", &old).await.unwrap();
+    // 3 MiB: several 1 MiB blob writes; the second one fails (after one has reached disk).
+    let new = pattern(2, 3 << 20);
+    f.check_write_fault("/a/big.bin", &old, &new, Fault::FailWrite { nth: 2 }, EIO)
+        .await;
+    // The first write failing (nothing on disk yet) is handled the same way.
+    f.check_write_fault("/a/big.bin", &old, &new, Fault::FailWrite { nth: 1 }, EIO)
+        .await;
+    // An inline file replaced by a blob whose write fails.
+    let small = pattern(3, 100);
+    f.put("/a/small", &small).await.unwrap();
+    f.check_write_fault("/a/small", &small, &new, Fault::FailWrite { nth: 1 }, EIO)
+        .await;
+}
+
+#[tokio::test]
+async fn failed_fsync_keeps_the_previous_version() {
+    let f = FaultyFs::new();
+    let old = pattern(4, 2 << 20);
+    f.put("/b.bin", &old).await.unwrap();
+    let new = pattern(5, 5_000);
+    f.check_write_fault("/b.bin", &old, &new, Fault::FailFsync, EIO)
+        .await;
+}
+
+#[tokio::test]
+async fn full_disk_keeps_the_previous_version() {
+    let f = FaultyFs::new();
+    let old = pattern(6, 1_500_000);
+    f.put("/c.bin", &old).await.unwrap();
+    let new = pattern(7, 4 << 20);
+    f.check_write_fault(
+        "/c.bin",
+        &old,
+        &new,
+        Fault::DiskFull {
+            after_bytes: 2 << 20,
+        },
+        ENOSPC,
+    )
+    .await;
+    // Full before the first byte.
+    f.check_write_fault(
+        "/c.bin",
+        &old,
+        &new,
+        Fault::DiskFull { after_bytes: 0 },
+        ENOSPC,
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn failed_index_commit_keeps_the_previous_version_and_drops_the_new_blob() {
+    let f = FaultyFs::new();
+    // Blob over blob: the new blob was finished before the commit failed; it must not stay.
+    let old = pattern(8, 200_000);
+    f.put("/d/e.bin", &old).await.unwrap();
+    let new = pattern(9, 1_200_000);
+    f.check_write_fault("/d/e.bin", &old, &new, Fault::CommitNoSpace, ENOSPC)
+        .await;
+    // Inline over inline.
+    let old = pattern(10, 10);
+    f.put("/d/tiny", &old).await.unwrap();
+    f.check_write_fault(
+        "/d/tiny",
+        &old,
+        &pattern(11, 20),
+        Fault::CommitNoSpace,
+        ENOSPC,
+    )
+    .await;
+    // A new file under a new directory: neither appears.
+    f.faults.arm(Fault::CommitNoSpace);
+    let err = f.put("/new/dir/f", &pattern(12, 5000)).await.unwrap_err();
+    assert_io_error(&err, ENOSPC);
+    assert!(matches!(
+        f.fs.stat(&p("/new")).await,
+        Err(CoreError::NotFound)
+    ));
+    assert!(f.fs.fsck().await.unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn failed_commit_of_a_delete_or_rename_changes_nothing() {
+    let f = FaultyFs::new();
+    let data = pattern(13, 70_000);
+    f.put("/x/f.bin", &data).await.unwrap();
+    let blobs = f.blob_files();
+
+    f.faults.arm(Fault::CommitNoSpace);
+    let err =
+        f.fs.delete(&p("/x/f.bin"), Precondition::None, false)
+            .await
+            .unwrap_err();
+    assert_io_error(&err, ENOSPC);
+    assert_eq!(read_all(&f.fs, "/x/f.bin").await.unwrap(), data);
+    assert_eq!(
+        f.blob_files(),
+        blobs,
+        "the blob of a file not deleted stays"
+    );
+
+    f.faults.arm(Fault::CommitNoSpace);
+    let err =
+        f.fs.rename(&p("/x/f.bin"), &p("/y/g.bin"), false)
+            .await
+            .unwrap_err();
+    assert_io_error(&err, ENOSPC);
+    assert_eq!(read_all(&f.fs, "/x/f.bin").await.unwrap(), data);
+    assert!(matches!(
+        f.fs.stat(&p("/y")).await,
+        Err(CoreError::NotFound)
+    ));
+    assert!(f.fs.fsck().await.unwrap().is_clean());
+
+    // Disarmed: both work.
+    f.fs.rename(&p("/x/f.bin"), &p("/y/g.bin"), false)
+        .await
+        .unwrap();
+    assert_eq!(read_all(&f.fs, "/y/g.bin").await.unwrap(), data);
+    f.fs.delete(&p("/y/g.bin"), Precondition::None, false)
+        .await
+        .unwrap();
+    assert!(
+        f.blob_files().is_empty(),
+        "a deleted file's blob is removed"
+    );
+    assert!(!f.faults.armed());
+}
