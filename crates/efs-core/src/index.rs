@@ -54,6 +54,17 @@ pub struct Batch {
     pub ops: Vec<Op>,
 }
 
+/// One item of [`Index::visit_snapshot`].
+#[derive(Debug, Clone, Copy)]
+pub enum SnapshotItem<'a> {
+    /// An entry record.
+    Entry(&'a EntryKey, &'a [u8]),
+    /// A small file's encrypted content.
+    Inline(&'a ContentId, &'a [u8]),
+    /// A metadata value.
+    Meta(&'a str, &'a [u8]),
+}
+
 /// Storage of the index. Implementations: [`crate::redb_index::RedbIndex`] (embedded default).
 #[async_trait]
 pub trait Index: Send + Sync {
@@ -87,5 +98,12 @@ pub trait Index: Send + Sync {
     async fn visit_entries(
         &self,
         visit: &mut (dyn for<'k, 'v> FnMut(&'k EntryKey, &'v [u8]) -> Result<()> + Send),
+    ) -> Result<()>;
+    /// Every meta value, entry and inline content, in that order, from ONE consistent
+    /// snapshot (backups: the records, the contents they name and the keyring that opens
+    /// them, all of one moment).
+    async fn visit_snapshot(
+        &self,
+        visit: &mut (dyn for<'a> FnMut(SnapshotItem<'a>) -> Result<()> + Send),
     ) -> Result<()>;
 }

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use async_trait::async_trait;
 
 use crate::error::Result;
-use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op};
+use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, SnapshotItem};
 
 #[derive(Default)]
 struct State {
@@ -158,6 +158,26 @@ impl Index for MemIndex {
             .collect();
         for (k, v) in &entries {
             visit(k, v)?;
+        }
+        Ok(())
+    }
+
+    async fn visit_snapshot(
+        &self,
+        visit: &mut (dyn for<'a> FnMut(SnapshotItem<'a>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let (meta, entries, inline) = {
+            let st = self.state();
+            (st.meta.clone(), st.entries.clone(), st.inline.clone())
+        };
+        for (k, v) in &meta {
+            visit(SnapshotItem::Meta(k, v))?;
+        }
+        for (k, v) in &entries {
+            visit(SnapshotItem::Entry(k, v))?;
+        }
+        for (k, v) in &inline {
+            visit(SnapshotItem::Inline(k, v))?;
         }
         Ok(())
     }

@@ -14,7 +14,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use tokio::sync::oneshot;
 
 use crate::error::{CoreError, Result};
-use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op};
+use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, SnapshotItem};
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const INLINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inline");
@@ -307,6 +307,37 @@ impl Index for RedbIndex {
                 .try_into()
                 .map_err(|_| CoreError::Corrupt("index key length"))?;
             visit(&key, v.value())?;
+        }
+        Ok(())
+    }
+
+    async fn visit_snapshot(
+        &self,
+        visit: &mut (dyn for<'a> FnMut(SnapshotItem<'a>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let r = self.db.begin_read().map_err(ix)?;
+        let meta = r.open_table(META).map_err(ix)?;
+        for item in meta.iter().map_err(ix)? {
+            let (k, v) = item.map_err(ix)?;
+            visit(SnapshotItem::Meta(k.value(), v.value()))?;
+        }
+        let t = r.open_table(ENTRIES).map_err(ix)?;
+        for item in t.iter().map_err(ix)? {
+            let (k, v) = item.map_err(ix)?;
+            let key: EntryKey = k
+                .value()
+                .try_into()
+                .map_err(|_| CoreError::Corrupt("index key length"))?;
+            visit(SnapshotItem::Entry(&key, v.value()))?;
+        }
+        let t = r.open_table(INLINE).map_err(ix)?;
+        for item in t.iter().map_err(ix)? {
+            let (k, v) = item.map_err(ix)?;
+            let id: ContentId = k
+                .value()
+                .try_into()
+                .map_err(|_| CoreError::Corrupt("inline key length"))?;
+            visit(SnapshotItem::Inline(&id, v.value()))?;
         }
         Ok(())
     }
