@@ -414,7 +414,7 @@ impl DataDir {
         name: &str,
         src: &Path,
         backup_parts: &[KeyPartSpec],
-        prompt: &dyn Fn(&str) -> std::io::Result<String>,
+        prompt: &(dyn Fn(&str) -> std::io::Result<String> + Sync),
     ) -> Result<Vec<String>> {
         check_name("filesystem", name)?;
         if self.system.filesystem(name)?.is_some() {
