@@ -363,6 +363,16 @@ impl DataDir {
         Ok((started, prog))
     }
 
+    /// Only the first step of [`DataDir::reencrypt`]: adds the term and the progress
+    /// record, rewrites nothing ([`reencrypt::run`] does; a later open resumes it). For
+    /// tools and tests.
+    pub async fn begin_reencryption(&self, name: &str) -> Result<ReencryptProgress> {
+        let fs = self.require_open_fs(name)?;
+        match reencrypt::begin(&fs, &self.starter).await? {
+            reencrypt::Begun::Started(p) | reencrypt::Begun::Unfinished(p) => Ok(p),
+        }
+    }
+
     /// Runs every unfinished re-encryption to completion (efsctl without a server);
     /// returns the names of the filesystems it finished.
     pub async fn finish_reencryptions(&self) -> Result<Vec<String>> {
@@ -392,10 +402,17 @@ impl DataDir {
     /// Backs up filesystem `name` into the new directory `dest` while it serves (see
     /// [`crate::fs::backup`]). With `include_keys`, the keyring goes along, still sealed
     /// under this data dir's starter key, with the public `keyparts.json`.
-    pub async fn backup(&self, name: &str, dest: &Path, include_keys: bool) -> Result<BackupReport> {
+    pub async fn backup(
+        &self,
+        name: &str,
+        dest: &Path,
+        include_keys: bool,
+    ) -> Result<BackupReport> {
         let fs = self.require_open_fs(name)?;
         let keyparts = if include_keys {
-            Some(std::fs::read(self.root.join("system").join("keyparts.json"))?)
+            Some(std::fs::read(
+                self.root.join("system").join("keyparts.json"),
+            )?)
         } else {
             None
         };
@@ -435,8 +452,9 @@ impl DataDir {
         let keyring = if source.manifest.keys_included {
             let kdir = src.join("keys");
             let sealed = std::fs::read(kdir.join("keyring.sealed"))?;
-            if Some(crate::fs::backup::file_sha256(&kdir.join("keyring.sealed"))?)
-                != source.manifest.keyring_sha256
+            if Some(crate::fs::backup::file_sha256(
+                &kdir.join("keyring.sealed"),
+            )?) != source.manifest.keyring_sha256
             {
                 return Err(CoreError::Invalid(
                     "keys/keyring.sealed does not match the manifest".into(),
@@ -484,7 +502,10 @@ impl DataDir {
         let index = RedbIndex::open(&dir.join("index.redb"))?;
         let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
         let first = crate::index::Batch {
-            ops: vec![Op::PutMeta(META_KEYRING.into(), keyring.seal(&self.starter, &id))],
+            ops: vec![Op::PutMeta(
+                META_KEYRING.into(),
+                keyring.seal(&self.starter, &id),
+            )],
             ..Default::default()
         };
         commit(&index, first).await?;
@@ -710,9 +731,8 @@ async fn copy_blob(
     use crate::blob::BlobStore;
     use sha2::Digest;
     use std::io::Read;
-    let mut f = std::fs::File::open(src).map_err(|_| {
-        CoreError::Invalid(format!("the backup lacks blob {}", hex::encode(id)))
-    })?;
+    let mut f = std::fs::File::open(src)
+        .map_err(|_| CoreError::Invalid(format!("the backup lacks blob {}", hex::encode(id))))?;
     let mut w = blobs.create(id).await?;
     let mut h = sha2::Sha256::new();
     loop {

@@ -28,7 +28,7 @@ use efs_format::wrap;
 use serde::{Deserialize, Serialize};
 
 use super::rotation::{self, RotationState};
-use super::{FinishedUpload, Filesystem};
+use super::{Filesystem, FinishedUpload};
 use crate::error::{CoreError, Result};
 use crate::index::{Batch, EntryKey, Expect, Op};
 use crate::keyparts::StarterKey;
@@ -304,7 +304,10 @@ pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<Reen
             ));
         }
         let page = budget.map_or(PAGE, |b| (b as usize).min(PAGE));
-        let rows = fs.index.scan_entries(prog.cursor_key()?.as_ref(), page).await?;
+        let rows = fs
+            .index
+            .scan_entries(prog.cursor_key()?.as_ref(), page)
+            .await?;
         if rows.is_empty() {
             let mut next = prog.clone();
             if prog.pass_changed == 0 || prog.pass >= MAX_PASSES {
