@@ -8,6 +8,7 @@
 //! - [`admin_socket`]: `efsctl` while the server runs.
 //! - [`users`]: the in-memory user directory.
 //! - [`error`]: `ApiError`, the one mapping from failures to HTTP.
+//! - [`fsmetrics`]: per-filesystem gauges (files, bytes, rotation progress).
 
 #![warn(missing_docs)]
 
@@ -16,6 +17,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod error;
+pub mod fsmetrics;
 pub mod ratelimit;
 pub mod server;
 pub mod tls;
