@@ -113,7 +113,7 @@ fn is_new(root: &Path) -> Result<bool> {
     }
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     {
@@ -180,7 +180,13 @@ impl DataDir {
                     "system/keyparts.json is malformed: {e}"
                 )))
             })?;
-            keyparts::open(&file, specs, prompt)?
+            let starter = keyparts::open(&file, specs, prompt)?;
+            // An interrupted re-keying of the starter key: finish or discard it first.
+            if let Some(line) = futures_block(crate::rekey::recover(root))? {
+                tracing::warn!("{line}");
+            }
+            // (recover never changes keyparts.json: the parts that opened it are current.)
+            starter
         };
         let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
         let dd = Self {

@@ -48,6 +48,7 @@ macro_rules! say {
   efsctl --data ./efs-data reencrypt --fs user-data    # every file under a fresh data key
   efsctl --data ./efs-data backup --fs user-data -o /backups/user-data-1 --include-keys
   efsctl --data ./efs-data restore --fs user-data-restored -i /backups/user-data-1
+  efsctl --data ./efs-data --key-part file:/old.key rekey-starter --new-key-part file:/new.key   # server stopped
 
 Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck found problems."
 )]
@@ -207,6 +208,15 @@ enum Cmd {
         #[arg(long = "backup-key-part", value_name = "SPEC")]
         backup_key_parts: Vec<String>,
     },
+    /// Move the data dir to new key parts: every keyring and system secret is sealed
+    /// again under the new starter key; afterwards only the new parts open it. The server
+    /// must be stopped. The current parts are given with --key-part as usual.
+    /// Crash-safe: an interruption leaves either the old parts or the new ones working.
+    RekeyStarter {
+        /// A new key part (repeat; same syntax as --key-part).
+        #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
+        new_key_parts: Vec<KeyPartSpec>,
+    },
 }
 
 fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
@@ -226,6 +236,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<u8> {
     let json = args.json;
+    if let Cmd::RekeyStarter { new_key_parts } = &args.cmd {
+        return rekey_starter(&args.data, &args.key_parts, new_key_parts);
+    }
     let req = match args.cmd {
         Cmd::CreateFs { name } => AdminRequest::CreateFs { name },
         Cmd::ListFs => AdminRequest::ListFs,
@@ -288,6 +301,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::RotateKey { fs, wait } => AdminRequest::RotateKey { fs, wait },
         Cmd::Status { fs } => AdminRequest::Status { fs },
         Cmd::Reencrypt { fs, wait } => AdminRequest::Reencrypt { fs, wait },
+        Cmd::RekeyStarter { .. } => unreachable!("handled above"),
         Cmd::Backup {
             fs,
             dest,
@@ -381,6 +395,37 @@ fn send(
             Ok(rt.block_on(efs_core::admin::execute(&dd, req)))
         }
     }
+}
+
+/// `rekey-starter`: only on a stopped data dir (see efs_core::rekey).
+fn rekey_starter(data: &Path, old: &[KeyPartSpec], new: &[KeyPartSpec]) -> anyhow::Result<u8> {
+    if UnixStream::connect(efs_core::datadir::admin_socket_path(data)).is_ok() {
+        bail!(
+            "efs-server is running on {}: stop it first. rekey-starter rewrites the system \
+             database and every filesystem's keyring, which the running server holds open \
+             with the old starter key",
+            data.display()
+        );
+    }
+    if !data.join("system").join("keyparts.json").exists() {
+        bail!("{} is not an EFS data dir", data.display());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let lines = rt
+        .block_on(efs_core::rekey::rekey_starter(
+            data,
+            old,
+            new,
+            efs_core::keyparts::Argon2Params::default(),
+            &|p: &str| prompt(p),
+        ))
+        .context("re-keying the starter key")?;
+    for l in lines {
+        say!("{l}");
+    }
+    Ok(0)
 }
 
 fn absolute(p: &Path) -> anyhow::Result<String> {
