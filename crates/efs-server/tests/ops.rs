@@ -243,6 +243,23 @@ async fn backup_while_serving_then_restore_into_a_new_fs() {
     // A name in use is refused.
     let again = srv.efsctl(&["restore", "--fs", "files", "-i", dest2.to_str().unwrap()]);
     assert!(!again.status.success());
+
+    // New key parts (server stopped): afterwards only they open the data dir, and the
+    // server starts with them and serves every file.
+    let new_part = srv.dir.path().join("new.keypart");
+    efs_core::keyparts::generate_part_file(&new_part).unwrap();
+    let spec = format!("file:{}", new_part.display());
+    let out = srv.efsctl_ok(&["rekey-starter", "--new-key-part", &spec]);
+    assert!(out.contains("only the new key parts open"), "{out}");
+    assert!(
+        !srv.efsctl(&["list-fs"]).status.success(),
+        "old part refused"
+    );
+    let srv = TestServer::start_in(srv.dir.clone(), &["--key-part", &spec], &[]);
+    let t = srv.login("app", &s.key, Some("files")).await;
+    for (path, data) in files.iter() {
+        assert!(srv.get_ok(path, &t).await == *data, "{path} after rekey");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -267,6 +284,18 @@ async fn reencrypt_and_rotate_under_load_with_metrics() {
 
     let load = Load::start(&srv, &s.token, files.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // rekey-starter is refused while the server runs.
+    let s2 = srv.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        s2.efsctl(&["rekey-starter", "--new-key-part", "env:UNUSED_PART"])
+    })
+    .await
+    .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop it first"),
+        "{refused:?}"
+    );
     let out = efsctl(&srv, &["reencrypt", "--fs", "files"]).await;
     assert!(out.contains("Added key term 2"), "{out}");
     let t0 = Instant::now();
