@@ -32,9 +32,14 @@ async fn put(fs: &Arc<Filesystem>, path: &str, data: &[u8]) {
     for c in data.chunks(1 << 20) {
         up.write(c).await.expect("write");
     }
-    fs.commit(&EfsPath::parse(path).expect("path"), up, None, Precondition::None)
-        .await
-        .expect("commit");
+    fs.commit(
+        &EfsPath::parse(path).expect("path"),
+        up,
+        None,
+        Precondition::None,
+    )
+    .await
+    .expect("commit");
 }
 
 #[tokio::main(flavor = "multi_thread")]
@@ -63,7 +68,10 @@ async fn main() {
     // Mixed sizes, written by 4 tasks.
     let mut plan = Vec::new();
     for i in 0..3000 * scale {
-        plan.push((format!("/small/d{}/f{i}", i % 30), 4096 + (i * 7919) % (120 * 1024)));
+        plan.push((
+            format!("/small/d{}/f{i}", i % 30),
+            4096 + (i * 7919) % (120 * 1024),
+        ));
     }
     for i in 0..100 * scale {
         plan.push((format!("/medium/f{i}"), 1 << 20));
@@ -89,7 +97,10 @@ async fn main() {
     }
     let mb = bytes as f64 / 1e6;
     let w = t0.elapsed().as_secs_f64();
-    println!("wrote {files} files, {mb:.0} MB in {w:.2} s ({:.0} MB/s)", mb / w);
+    println!(
+        "wrote {files} files, {mb:.0} MB in {w:.2} s ({:.0} MB/s)",
+        mb / w
+    );
 
     let t0 = Instant::now();
     let (_, p) = dd.reencrypt("bench", true).await.expect("reencrypt");

@@ -4,7 +4,7 @@
 //! content and the keyring of one moment) plus every blob that snapshot names, copied
 //! as they are: still encrypted, never decrypted. Requests go on meanwhile. An overwrite
 //! or delete normally removes the old blob right after its commit; while a backup runs,
-//! the filesystem is *pinned* ([`Pins`]) and such removals (and gc's) are deferred until
+//! the filesystem is *pinned* (`Pins`) and such removals (and gc's) are deferred until
 //! the last backup ends, so every blob of the snapshot is still there to copy.
 //!
 //! Layout of a backup directory (`DEST`):

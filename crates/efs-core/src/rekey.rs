@@ -17,7 +17,7 @@
 //! 3. Finish: in each index, `keyring` := `keyring.rekey` (emptied in the same batch);
 //!    then rename `system.redb.rekey` over `system.redb`.
 //!
-//! [`recover`] runs at every open: `keyparts.json.rekey` present means the switch did not
+//! `recover` runs at every open: `keyparts.json.rekey` present means the switch did not
 //! happen (the staged files are discarded; the old parts still open everything);
 //! `system.redb.rekey` present without it means the switch did happen (step 3 is
 //! completed, idempotently).
