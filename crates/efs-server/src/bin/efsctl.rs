@@ -163,7 +163,7 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Show each filesystem's key terms and key-rotation progress.
+    /// Show each filesystem's key terms, key-rotation and re-encryption progress.
     Status {
         /// Only this filesystem.
         #[arg(long)]
