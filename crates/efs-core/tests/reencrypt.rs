@@ -325,3 +325,35 @@ async fn reencryption_under_concurrent_reads_writes_and_renames() {
     let rep = env.fs.fsck().await.unwrap();
     assert!(rep.is_clean(), "{rep:?}");
 }
+
+/// A rename during a re-encryption keeps the file's old term (a plain rotation would
+/// rewrap it), so a file moved behind the cursor is still found and rewritten.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn files_renamed_during_a_reencryption_still_get_new_keys() {
+    let env = Env::new();
+    let files = write_many(&env.fs, 120).await;
+    let before = versions(&env.fs, &files).await;
+    env.dd.begin_reencryption("docs").await.unwrap();
+    let part = reencrypt::run(&env.fs, Some(40)).await.unwrap().unwrap();
+    assert_eq!(part.state, RotationState::Running);
+    // Move everything: about half lands behind the cursor.
+    let mut moved = BTreeMap::new();
+    for (path, data) in &files {
+        let to = format!("/moved{}", path.replace('/', "_"));
+        env.fs.rename(&p(path), &p(&to), false).await.unwrap();
+        moved.insert(to, (path.clone(), data.clone()));
+    }
+    let done = reencrypt::run(&env.fs, None).await.unwrap().unwrap();
+    assert_eq!(done.state, RotationState::Done);
+    assert!(done.pass >= 2, "the moved files needed another pass");
+    for (to, (from, data)) in &moved {
+        assert!(read_all(&env.fs, to).await.unwrap() == *data, "{to}");
+        let v = env.fs.stat(&p(to)).await.unwrap().version;
+        assert_ne!(v, before[from], "{from} → {to} has new content");
+    }
+    assert_eq!(
+        env.fs.key_terms_in_use().await.unwrap(),
+        BTreeSet::from([2])
+    );
+    assert!(env.fs.fsck().await.unwrap().is_clean());
+}
