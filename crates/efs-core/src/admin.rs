@@ -112,9 +112,9 @@ pub enum AdminRequest {
         #[serde(default)]
         include_keys: bool,
     },
-    /// Restore a backup as a new filesystem.
+    /// Restore a backup into a new filesystem or an existing empty one.
     Restore {
-        /// Name of the new filesystem.
+        /// Name of the new (or empty) filesystem.
         fs: String,
         /// Absolute path of the backup directory.
         src: String,

@@ -20,6 +20,10 @@
 //! `index.dump` is a sequence of `kind (1: entry, 2: inline) || u32 BE key length || key
 //! || u32 BE value length || value`. Without `keys/`, the backup can only be restored in
 //! a data dir that still holds the same filesystem (same id) to take its keyring from.
+//!
+//! Restore (`DataDir::restore`) makes a new filesystem with the backup's keyring, or
+//! fills an existing empty one under that filesystem's own keyring
+//! (`Filesystem::restore_into`).
 
 use std::collections::BTreeMap;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -73,6 +77,97 @@ impl Filesystem {
     pub(crate) fn pin(self: &Arc<Self>) -> Pin {
         self.pins.lock().expect("pins lock poisoned").count += 1;
         Pin { fs: self.clone() }
+    }
+
+    /// True if the filesystem has no entry at all.
+    pub(crate) async fn is_empty(&self) -> Result<bool> {
+        Ok(self.index.scan_entries(None, 1).await?.is_empty())
+    }
+
+    /// Restores a backup into this (empty, possibly serving) filesystem under ITS OWN
+    /// keyring: `backup_kr` opens the backup's records; each is placed at the key this
+    /// filesystem's name tags give it (the parent directory found by its tag under the
+    /// backup's keyring), its data key rewrapped under the current term, and committed
+    /// with the expectation that nothing is there yet, so a client writing into the
+    /// filesystem meanwhile makes the restore fail instead of being overwritten. Blobs
+    /// are copied (and checked) before any record names them. Returns (entries, blobs).
+    pub(crate) async fn restore_into(
+        self: &Arc<Self>,
+        src: &Source,
+        backup_kr: &crate::keyring::Keyring,
+    ) -> Result<(u64, u64)> {
+        use crate::index::{Batch, Expect, Op};
+        let old_id = src.fs_id;
+        let kr = self.keyring();
+        // Pass 1: the backup's directory tags → directory ids.
+        let mut dirs = std::collections::HashMap::new();
+        dirs.insert(self.dir_tag(backup_kr, &super::ROOT_ID), super::ROOT_ID);
+        let mut reader = DumpReader::open(src)?;
+        while let Some(item) = reader.next_item()? {
+            if let DumpItem::Entry(k, v) = item {
+                let rec = crate::record::Record::open(backup_kr, &old_id, &k, &v)?;
+                if rec.kind == Kind::Dir {
+                    dirs.insert(self.dir_tag(backup_kr, &rec.id), rec.id);
+                }
+            }
+        }
+        // Blobs first: a record never names a missing blob.
+        for (hexid, sha) in &src.manifest.blobs {
+            let cid: ContentId = hex::decode(hexid)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or(CoreError::Corrupt("backup blob name"))?;
+            crate::datadir::copy_blob(self.blobs.as_ref(), &cid, &source_blob(src, hexid), sha)
+                .await?;
+        }
+        let term = kr.current();
+        let mut reader = DumpReader::open(src)?;
+        let mut batch = Batch::default();
+        let mut entries = 0u64;
+        loop {
+            let item = reader.next_item()?;
+            let flush = item.is_none() || batch.ops.len() >= 1024;
+            if flush
+                && !batch.ops.is_empty()
+                && !self.index.commit(std::mem::take(&mut batch)).await?
+            {
+                return Err(CoreError::Invalid(
+                    "a client wrote into the filesystem during the restore; restore into a new filesystem".into(),
+                ));
+            }
+            match item {
+                None => break,
+                Some(DumpItem::Inline(cid, v)) => batch.ops.push(Op::PutInline(cid, v)),
+                Some(DumpItem::Entry(k, v)) => {
+                    let mut rec = crate::record::Record::open(backup_kr, &old_id, &k, &v)?;
+                    let ptag: [u8; 16] = k[..16].try_into().expect("32-byte key");
+                    let parent = dirs
+                        .get(&ptag)
+                        .ok_or(CoreError::Corrupt("backup entry without its directory"))?;
+                    let key = self.entry_key(&kr, parent, &rec.name);
+                    if rec.kind == Kind::File {
+                        let dk = rec.data_key(backup_kr, &old_id)?;
+                        rec.key_term = term.number;
+                        rec.wrapped_key = efs_format::wrap::seal(
+                            term.data_key_wrap(),
+                            &crate::record::data_key_aad(&self.id, &rec.id),
+                            dk.as_bytes(),
+                        );
+                    }
+                    batch.expect.push(Expect { key, value: None });
+                    batch
+                        .ops
+                        .push(Op::PutEntry(key, rec.seal(&kr, &self.id, &key)));
+                    entries += 1;
+                }
+            }
+        }
+        if entries != src.manifest.entries {
+            return Err(CoreError::Invalid(
+                "the backup's index dump does not hold what its manifest counts".into(),
+            ));
+        }
+        Ok((entries, src.manifest.blobs.len() as u64))
     }
 
     /// The keyring as stored (sealed under the starter key).

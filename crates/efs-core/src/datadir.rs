@@ -425,11 +425,13 @@ impl DataDir {
         backup::backup(&fs, dest, keyparts.as_deref()).await
     }
 
-    /// Restores the backup at `src` as the new filesystem `name`. The keyring comes from
+    /// Restores the backup at `src` as the new filesystem `name`, or into filesystem `name`
+    /// if it exists and is empty (then under that filesystem's own keyring, each record
+    /// committed only where nothing is yet). The backup's keyring comes from
     /// the backup's `keys/` (opened with `backup_parts`, the key parts of the data dir
     /// the backup was taken in; none: this data dir's) or else from the filesystem with
-    /// the backup's id in this data dir. Every record and data key is rebound to the new
-    /// filesystem's id; content is copied as it is, each blob checked against the
+    /// the backup's id in this data dir. For a new filesystem, every record and data key
+    /// is rebound to its new id; content is copied as it is, each blob checked against the
     /// manifest. The filesystem is registered last: an interrupted restore leaves only an
     /// unregistered directory under `fs/`.
     pub async fn restore(
@@ -440,11 +442,18 @@ impl DataDir {
         prompt: &(dyn Fn(&str) -> std::io::Result<String> + Sync),
     ) -> Result<Vec<String>> {
         check_name("filesystem", name)?;
-        if self.system.filesystem(name)?.is_some() {
-            return Err(CoreError::Invalid(format!(
-                "a filesystem named '{name}' exists; restore into a new name"
-            )));
-        }
+        let existing = match self.system.filesystem(name)? {
+            None => None,
+            Some(_) => {
+                let fs = self.require_open_fs(name)?;
+                if !fs.is_empty().await? {
+                    return Err(CoreError::Invalid(format!(
+                        "filesystem '{name}' is not empty; restore into a new name or an empty filesystem"
+                    )));
+                }
+                Some(fs)
+            }
+        };
         let source = backup::open_source(src)?;
         let old_id = source.fs_id;
         let mut lines = vec![format!(
@@ -501,6 +510,14 @@ impl DataDir {
             ));
             Keyring::open(&self.starter, &old_id, &sealed)?
         };
+        if let Some(fs) = existing {
+            let (entries, blobs) = fs.restore_into(&source, &keyring).await?;
+            lines.push(format!(
+                "Restored {entries} entries and {blobs} blobs (checked against the manifest) into the empty filesystem '{name}', under its own keyring"
+            ));
+            lines.push(format!("Check it with: efsctl fsck --fs {name}"));
+            return Ok(lines);
+        }
         let mut id = [0u8; 16];
         aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
         let dir = self.fs_dir(&id);
@@ -728,13 +745,12 @@ fn rebind(
 }
 
 /// Copies a backup's blob into a blob store, checking its SHA-256 on the way.
-async fn copy_blob(
-    blobs: &LocalBlobStore,
+pub(crate) async fn copy_blob(
+    blobs: &dyn crate::blob::BlobStore,
     id: &crate::index::ContentId,
     src: &Path,
     sha: &str,
 ) -> Result<()> {
-    use crate::blob::BlobStore;
     use sha2::Digest;
     use std::io::Read;
     let mut f = std::fs::File::open(src)

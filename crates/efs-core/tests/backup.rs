@@ -261,6 +261,34 @@ async fn keys_go_along_only_when_asked_and_then_restore_in_another_data_dir() {
     let rep = x.fsck().await.unwrap();
     assert!(rep.is_clean(), "{rep:?}");
     assert_eq!(all_files(&x).await, files);
+    // Into an existing empty filesystem: placed under that filesystem's own keyring.
+    other.create_fs("empty").unwrap();
+    other
+        .restore(
+            "empty",
+            &keyed,
+            std::slice::from_ref(&env.part),
+            &efs_core::keyparts::no_prompt,
+        )
+        .await
+        .unwrap();
+    let empty = other.fs("empty").unwrap();
+    let rep = empty.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+    assert_eq!(all_files(&empty).await, files);
+    assert_eq!(empty.term_numbers(), vec![1], "its own keyring, one term");
+    // A filesystem that is not empty is refused.
+    let e = other
+        .restore(
+            "x",
+            &keyed,
+            std::slice::from_ref(&env.part),
+            &efs_core::keyparts::no_prompt,
+        )
+        .await
+        .unwrap_err();
+    assert!(e.to_string().contains("not empty"), "{e}");
+    drop(empty);
     // It stays usable after a reopen with the other data dir's parts only.
     drop(x);
     drop(other);
@@ -269,4 +297,8 @@ async fn keys_go_along_only_when_asked_and_then_restore_in_another_data_dir() {
     assert_eq!(all_files(&x).await, files);
     put(&x, "/k/new", b"new").await;
     assert!(x.fsck().await.unwrap().is_clean());
+    let empty = other.fs("empty").unwrap();
+    assert_eq!(all_files(&empty).await, files);
+    put(&empty, "/k/f1", b"overwritten").await;
+    assert!(empty.fsck().await.unwrap().is_clean());
 }

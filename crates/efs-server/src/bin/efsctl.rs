@@ -195,9 +195,10 @@ enum Cmd {
         #[arg(long)]
         include_keys: bool,
     },
-    /// Restore a backup as a new filesystem (then run fsck on it).
+    /// Restore a backup into a new filesystem, or into an existing empty one (then run
+    /// fsck on it).
     Restore {
-        /// Name of the new filesystem.
+        /// Name of the new (or empty) filesystem.
         #[arg(long)]
         fs: String,
         /// The backup directory.
