@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::datadir::DataDir;
 use crate::error::CoreError;
+use crate::fs::reencrypt;
 use crate::fs::rotation::{self, RotationState};
 use crate::system::GrantRecord;
 
@@ -94,6 +95,37 @@ pub enum AdminRequest {
         /// Filesystem, or none for all.
         #[serde(default)]
         fs: Option<String>,
+    },
+    /// Rewrite every file under a fresh data key and a new keyring term (in the background
+    /// unless `wait`).
+    Reencrypt {
+        /// Filesystem.
+        fs: String,
+        /// Answer only once every file is rewritten.
+        #[serde(default)]
+        wait: bool,
+    },
+    /// Back up a filesystem's encrypted store into a new directory (written by whoever
+    /// runs the command: the server through the socket).
+    Backup {
+        /// Filesystem.
+        fs: String,
+        /// Absolute path of the new backup directory.
+        dest: String,
+        /// Include the keyring, sealed under the starter key.
+        #[serde(default)]
+        include_keys: bool,
+    },
+    /// Restore a backup into a new filesystem or an existing empty one.
+    Restore {
+        /// Name of the new (or empty) filesystem.
+        fs: String,
+        /// Absolute path of the backup directory.
+        src: String,
+        /// Key parts (`env:`/`file:` specs) of the data dir the backup was taken in, if
+        /// not this one.
+        #[serde(default)]
+        backup_key_parts: Vec<String>,
     },
 }
 
@@ -374,6 +406,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{name}'")))?;
                 let terms = f.term_numbers();
                 let prog = rotation::progress(&f).await?;
+                let re = reencrypt::progress(&f).await?;
                 let rot = match &prog {
                     None => "no rotation yet".to_owned(),
                     Some(p) => format!(
@@ -393,12 +426,28 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     f.current_term(),
                     terms.len()
                 ));
+                if let Some(p) = &re {
+                    lines.push(format!(
+                        "{name}: re-encryption to term {}: {} ({} of {} files, {} bytes rewritten; {} changed by clients first; pass {})",
+                        p.current_term,
+                        match p.state {
+                            RotationState::Running => "running",
+                            RotationState::Done => "done",
+                        },
+                        p.files_done,
+                        p.total_files,
+                        p.bytes_done,
+                        p.skipped,
+                        p.pass
+                    ));
+                }
                 data.push(serde_json::json!({
                     "name": name,
                     "current_term": f.current_term(),
                     "terms": terms.len(),
                     "term_numbers": terms,
                     "rotation": prog,
+                    "reencryption": re,
                 }));
             }
             AdminResponse::ok(lines, serde_json::Value::Array(data))
@@ -407,6 +456,78 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             vec!["No server is running: there is no cache to clear".into()],
             serde_json::Value::Null,
         ),
+        AdminRequest::Reencrypt { fs, wait } => {
+            let (started, p) = dd.reencrypt(&fs, wait).await?;
+            let mut lines = vec![if started {
+                format!(
+                    "Added key term {} to '{fs}'; new writes use it now; every existing file is rewritten under a fresh data key",
+                    p.current_term
+                )
+            } else {
+                format!(
+                    "A re-encryption of '{fs}' to term {} was unfinished: resuming it",
+                    p.current_term
+                )
+            }];
+            lines.push(match p.state {
+                RotationState::Done => format!(
+                    "Re-encrypted {} files ({} bytes); {} were changed by clients first; done",
+                    p.files_done, p.bytes_done, p.skipped
+                ),
+                RotationState::Running => format!(
+                    "Re-encrypting in the background; follow it with: efsctl status --fs {fs}"
+                ),
+            });
+            AdminResponse::ok(
+                lines,
+                serde_json::json!({ "fs": fs, "started": started, "reencryption": p }),
+            )
+        }
+        AdminRequest::Backup {
+            fs,
+            dest,
+            include_keys,
+        } => {
+            let rep = dd
+                .backup(&fs, std::path::Path::new(&dest), include_keys)
+                .await?;
+            let m = &rep.manifest;
+            let mut lines = vec![format!(
+                "Backed up '{fs}' to {dest}: {} entries, {} files ({} bytes), {} blobs; {} encrypted bytes written",
+                m.entries,
+                m.files,
+                m.bytes,
+                m.blobs.len(),
+                rep.stored_bytes
+            )];
+            lines.push(if include_keys {
+                "The keyring is included, sealed under this data dir's starter key: restoring needs these key parts (and keys/keyparts.json, which is in the backup)".into()
+            } else {
+                "WARNING: no key material included. This backup can only be restored into this data dir while filesystem '".to_owned()
+                    + &fs
+                    + "' exists; to survive the loss of the data dir, back up with --include-keys"
+            });
+            AdminResponse::ok(lines, serde_json::to_value(m).unwrap_or_default())
+        }
+        AdminRequest::Restore {
+            fs,
+            src,
+            backup_key_parts,
+        } => {
+            let parts = backup_key_parts
+                .iter()
+                .map(|s| crate::KeyPartSpec::parse(s))
+                .collect::<Result<Vec<_>, _>>()?;
+            let lines = dd
+                .restore(
+                    &fs,
+                    std::path::Path::new(&src),
+                    &parts,
+                    &crate::keyparts::no_prompt,
+                )
+                .await?;
+            AdminResponse::ok(lines, serde_json::json!({ "fs": fs }))
+        }
     })
 }
 

@@ -20,6 +20,8 @@ use zeroize::Zeroizing;
 use crate::blob::LocalBlobStore;
 use crate::digest::DigestKey;
 use crate::error::{CoreError, Result};
+use crate::fs::backup::{self, BackupReport, DumpItem};
+use crate::fs::reencrypt::{self, ReencryptProgress};
 use crate::fs::rotation::{self, RotationProgress};
 use crate::fs::{Filesystem, FsOptions};
 use crate::index::Op;
@@ -94,7 +96,7 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Name of the system secret that marks filesystem `id`'s index as having a digest.
+/// Name of the system secret that holds the root of filesystem `id`'s index-digest key.
 fn digest_mark(id: &[u8; 16]) -> String {
     format!("index-digest/{}", hex::encode(id))
 }
@@ -117,7 +119,7 @@ fn is_new(root: &Path) -> Result<bool> {
     }
 }
 
-fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     {
@@ -184,7 +186,13 @@ impl DataDir {
                     "system/keyparts.json is malformed: {e}"
                 )))
             })?;
-            keyparts::open(&file, specs, prompt)?
+            let starter = keyparts::open(&file, specs, prompt)?;
+            // An interrupted re-keying of the starter key: finish or discard it first.
+            if let Some(line) = futures_block(crate::rekey::recover(root))? {
+                tracing::warn!("{line}");
+            }
+            // (recover never changes keyparts.json: the parts that opened it are current.)
+            starter
         };
         let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
         let dd = Self {
@@ -196,6 +204,13 @@ impl DataDir {
         };
         for rec in dd.system.filesystems()? {
             let fs = Arc::new(dd.open_fs(&rec)?);
+            if futures_block(reencrypt::pending(&fs))? {
+                // Renames must keep old terms before any request is served.
+                reencrypt::mark_running(&fs);
+                if reencrypt::spawn(fs.clone()) {
+                    tracing::info!(fs = rec.name, "resuming an unfinished re-encryption");
+                }
+            }
             if futures_block(rotation::pending(&fs))? {
                 // An interrupted key rotation: resume it in the background (efsctl, with
                 // no runtime, finishes it in the foreground: DataDir::finish_rotations).
@@ -226,20 +241,32 @@ impl DataDir {
     }
 
     fn open_fs(&self, rec: &FsRecord) -> Result<Filesystem> {
-        // The system DB remembers (sealed) that this index has a digest, so that a digest
-        // removed from the index file is reported, not silently rebuilt over records put
-        // back meanwhile. An index from before digests gets one now, and the mark.
-        let mark = digest_mark(&rec.id);
-        let had_digest = self.system.secret(&mark)?.is_some();
-        let index = RedbIndex::open_with(
-            &self.fs_dir(&rec.id).join("index.redb"),
-            DigestKey::derive(&self.starter, &rec.id),
-            !had_digest,
-        )?;
-        if !had_digest {
-            self.system.put_secret(&mark, b"1")?;
-        }
+        // An index whose digest key already existed has a digest: a digest removed from the
+        // index file is reported, not silently rebuilt over records put back meanwhile. An
+        // index from before digests gets its key and its digest now.
+        let (key, had_digest) = self.digest_key(&rec.id)?;
+        let index =
+            RedbIndex::open_with(&self.fs_dir(&rec.id).join("index.redb"), key, !had_digest)?;
         self.assemble_fs(rec, index)
+    }
+
+    /// The key of filesystem `id`'s index digest, and whether it existed. Its root is a
+    /// random 32-byte key kept as a sealed system secret (`index-digest/<fs id>`): sealed
+    /// under the starter key like every secret, and carried over unchanged when
+    /// `rekey-starter` moves the data dir to new key parts. Created on first use.
+    fn digest_key(&self, id: &[u8; 16]) -> Result<(DigestKey, bool)> {
+        let name = digest_mark(id);
+        if let Some(v) = self.system.secret(&name)? {
+            let bytes: [u8; 32] = v
+                .as_slice()
+                .try_into()
+                .map_err(|_| CoreError::Corrupt("index digest key length"))?;
+            let root = efs_format::Key32::from_bytes(bytes);
+            return Ok((DigestKey::from_root(&root, id), true));
+        }
+        let root = efs_format::Key32::random();
+        self.system.put_secret(&name, root.as_bytes())?;
+        Ok((DigestKey::from_root(&root, id), false))
     }
 
     fn assemble_fs(&self, rec: &FsRecord, index: RedbIndex) -> Result<Filesystem> {
@@ -281,10 +308,8 @@ impl DataDir {
         lines.push(format!(
             "Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"
         ));
-        let index = RedbIndex::open(
-            &dir.join("index.redb"),
-            DigestKey::derive(&self.starter, &id),
-        )?;
+        let (key, _) = self.digest_key(&id)?;
+        let index = RedbIndex::open(&dir.join("index.redb"), key)?;
         lines.push(format!(
             "Creating blob directory '{rel}/blobs' (sharded, random names)"
         ));
@@ -300,7 +325,6 @@ impl DataDir {
             ..Default::default()
         };
         futures_block(commit(&index, batch))?;
-        self.system.put_secret(&digest_mark(&id), b"1")?;
         self.system.put_filesystem(&rec)?;
         let fs = self.assemble_fs(&rec, index)?;
         self.filesystems
@@ -359,6 +383,251 @@ impl DataDir {
             }
         }
         Ok(out)
+    }
+
+    /// Starts (or resumes) re-encrypting every file of filesystem `name` under fresh data
+    /// keys and a new keyring term; in the background unless `wait` (or no runtime).
+    pub async fn reencrypt(&self, name: &str, wait: bool) -> Result<(bool, ReencryptProgress)> {
+        let fs = self.require_open_fs(name)?;
+        let (started, prog) = match reencrypt::begin(&fs, &self.starter).await? {
+            reencrypt::Begun::Started(p) => (true, p),
+            reencrypt::Begun::Unfinished(p) => (false, p),
+        };
+        if wait || !reencrypt::spawn(fs.clone()) {
+            let done = reencrypt::run(&fs, None).await?.unwrap_or(prog);
+            return Ok((started, done));
+        }
+        Ok((started, prog))
+    }
+
+    /// Only the first step of [`DataDir::reencrypt`]: adds the term and the progress
+    /// record, rewrites nothing ([`reencrypt::run`] does; a later open resumes it). For
+    /// tools and tests.
+    pub async fn begin_reencryption(&self, name: &str) -> Result<ReencryptProgress> {
+        let fs = self.require_open_fs(name)?;
+        match reencrypt::begin(&fs, &self.starter).await? {
+            reencrypt::Begun::Started(p) | reencrypt::Begun::Unfinished(p) => Ok(p),
+        }
+    }
+
+    /// Runs every unfinished re-encryption to completion (efsctl without a server);
+    /// returns the names of the filesystems it finished.
+    pub async fn finish_reencryptions(&self) -> Result<Vec<String>> {
+        let all: Vec<Arc<Filesystem>> = self
+            .filesystems
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        let mut out = Vec::new();
+        for fs in all {
+            if reencrypt::pending(&fs).await? {
+                reencrypt::run(&fs, None).await?;
+                out.push(fs.name().to_owned());
+            }
+        }
+        Ok(out)
+    }
+
+    fn require_open_fs(&self, name: &str) -> Result<Arc<Filesystem>> {
+        self.fs(name).ok_or_else(|| {
+            CoreError::Invalid(format!("no filesystem named '{name}' (see efsctl list-fs)"))
+        })
+    }
+
+    /// Backs up filesystem `name` into the new directory `dest` while it serves (see
+    /// [`crate::fs::backup`]). With `include_keys`, the keyring goes along, still sealed
+    /// under this data dir's starter key, with the public `keyparts.json`.
+    pub async fn backup(
+        &self,
+        name: &str,
+        dest: &Path,
+        include_keys: bool,
+    ) -> Result<BackupReport> {
+        let fs = self.require_open_fs(name)?;
+        let keyparts = if include_keys {
+            Some(std::fs::read(
+                self.root.join("system").join("keyparts.json"),
+            )?)
+        } else {
+            None
+        };
+        backup::backup(&fs, dest, keyparts.as_deref()).await
+    }
+
+    /// Restores the backup at `src` as the new filesystem `name`, or into filesystem `name`
+    /// if it exists and is empty (then under that filesystem's own keyring, each record
+    /// committed only where nothing is yet). The backup's keyring comes from
+    /// the backup's `keys/` (opened with `backup_parts`, the key parts of the data dir
+    /// the backup was taken in; none: this data dir's) or else from the filesystem with
+    /// the backup's id in this data dir. For a new filesystem, every record and data key
+    /// is rebound to its new id; content is copied as it is, each blob checked against the
+    /// manifest. The filesystem is registered last: an interrupted restore leaves only an
+    /// unregistered directory under `fs/`.
+    pub async fn restore(
+        &self,
+        name: &str,
+        src: &Path,
+        backup_parts: &[KeyPartSpec],
+        prompt: &(dyn Fn(&str) -> std::io::Result<String> + Sync),
+    ) -> Result<Vec<String>> {
+        check_name("filesystem", name)?;
+        let existing = match self.system.filesystem(name)? {
+            None => None,
+            Some(_) => {
+                let fs = self.require_open_fs(name)?;
+                if !fs.is_empty().await? {
+                    return Err(CoreError::Invalid(format!(
+                        "filesystem '{name}' is not empty; restore into a new name or an empty filesystem"
+                    )));
+                }
+                Some(fs)
+            }
+        };
+        let source = backup::open_source(src)?;
+        let old_id = source.fs_id;
+        let mut lines = vec![format!(
+            "Backup of '{}' taken at {} (Unix ms): {} entries, {} files, {} blobs",
+            source.manifest.fs_name,
+            source.manifest.created_ms,
+            source.manifest.entries,
+            source.manifest.files,
+            source.manifest.blobs.len()
+        )];
+        let keyring = if source.manifest.keys_included {
+            let kdir = src.join("keys");
+            let sealed = std::fs::read(kdir.join("keyring.sealed"))?;
+            if Some(crate::fs::backup::file_sha256(
+                &kdir.join("keyring.sealed"),
+            )?) != source.manifest.keyring_sha256
+            {
+                return Err(CoreError::Invalid(
+                    "keys/keyring.sealed does not match the manifest".into(),
+                ));
+            }
+            let opened = if backup_parts.is_empty() {
+                Keyring::open(&self.starter, &old_id, &sealed)
+            } else {
+                let text = std::fs::read(kdir.join("keyparts.json"))?;
+                let file: KeyPartsFile = serde_json::from_slice(&text).map_err(|_| {
+                    CoreError::Invalid("keys/keyparts.json of the backup is malformed".into())
+                })?;
+                let starter = keyparts::open(&file, backup_parts, prompt)?;
+                Keyring::open(&starter, &old_id, &sealed)
+            };
+            lines.push("Opened the keyring of the backup".into());
+            opened.map_err(|_| {
+                CoreError::Invalid(
+                    "the backup's keyring does not open: give the key parts of the data dir it was taken in (--backup-key-part)".into(),
+                )
+            })?
+        } else {
+            let same = self
+                .system
+                .filesystems()?
+                .into_iter()
+                .find(|f| f.id == old_id)
+                .and_then(|f| self.fs(&f.name))
+                .ok_or_else(|| {
+                    CoreError::Invalid(
+                        "the backup holds no keys (taken without --include-keys) and this data dir has no filesystem with its id: it cannot be decrypted here".into(),
+                    )
+                })?;
+            let sealed = same.sealed_keyring().await?;
+            lines.push(format!(
+                "Using the keyring of filesystem '{}' (the backup holds no keys)",
+                same.name()
+            ));
+            Keyring::open(&self.starter, &old_id, &sealed)?
+        };
+        if let Some(fs) = existing {
+            let (entries, blobs) = fs.restore_into(&source, &keyring).await?;
+            lines.push(format!(
+                "Restored {entries} entries and {blobs} blobs (checked against the manifest) into the empty filesystem '{name}', under its own keyring"
+            ));
+            lines.push(format!("Check it with: efsctl fsck --fs {name}"));
+            return Ok(lines);
+        }
+        let mut id = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
+        let dir = self.fs_dir(&id);
+        std::fs::create_dir_all(&dir)?;
+        let (key, _) = self.digest_key(&id)?;
+        let index = RedbIndex::open(&dir.join("index.redb"), key)?;
+        let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
+        let first = crate::index::Batch {
+            ops: vec![Op::PutMeta(
+                META_KEYRING.into(),
+                keyring.seal(&self.starter, &id),
+            )],
+            ..Default::default()
+        };
+        commit(&index, first).await?;
+        let mut reader = backup::DumpReader::open(&source)?;
+        let mut batch = crate::index::Batch::default();
+        let mut referenced = std::collections::BTreeSet::new();
+        let (mut entries, mut inline) = (0u64, 0u64);
+        while let Some(item) = reader.next_item()? {
+            match item {
+                DumpItem::Entry(k, v) => {
+                    let rec = crate::record::Record::open(&keyring, &old_id, &k, &v)?;
+                    let rebound = rebind(&keyring, &old_id, &id, rec)?;
+                    if rebound.storage == crate::record::Storage::Blob {
+                        referenced.insert(hex::encode(rebound.id));
+                    }
+                    batch
+                        .ops
+                        .push(Op::PutEntry(k, rebound.seal(&keyring, &id, &k)));
+                    entries += 1;
+                }
+                DumpItem::Inline(cid, v) => {
+                    batch.ops.push(Op::PutInline(cid, v));
+                    inline += 1;
+                }
+            }
+            if batch.ops.len() >= 1024 {
+                commit(&index, std::mem::take(&mut batch)).await?;
+            }
+        }
+        commit(&index, batch).await?;
+        if entries != source.manifest.entries || inline != source.manifest.inline {
+            return Err(CoreError::Invalid(
+                "the backup's index dump does not hold what its manifest counts".into(),
+            ));
+        }
+        let listed: std::collections::BTreeSet<String> =
+            source.manifest.blobs.keys().cloned().collect();
+        if listed != referenced {
+            return Err(CoreError::Invalid(
+                "the backup's blobs differ from those its records name".into(),
+            ));
+        }
+        for (hexid, sha) in &source.manifest.blobs {
+            let cid: crate::index::ContentId = hex::decode(hexid)
+                .ok()
+                .and_then(|v| v.try_into().ok())
+                .ok_or(CoreError::Corrupt("backup blob name"))?;
+            copy_blob(&blobs, &cid, &backup::source_blob(&source, hexid), sha).await?;
+        }
+        lines.push(format!(
+            "Restored {entries} entries, {inline} inline contents and {} blobs (checked against the manifest) into '{name}'",
+            source.manifest.blobs.len()
+        ));
+        let rec = FsRecord {
+            name: name.to_owned(),
+            id,
+            created_ms: now_ms(),
+        };
+        drop(index);
+        self.system.put_filesystem(&rec)?;
+        let fs = self.open_fs(&rec)?;
+        self.filesystems
+            .write()
+            .expect("lock poisoned")
+            .insert(name.to_owned(), Arc::new(fs));
+        lines.push(format!("Check it with: efsctl fsck --fs {name}"));
+        Ok(lines)
     }
 
     /// Every filesystem.
@@ -485,6 +754,62 @@ impl DataDir {
     pub fn put_secret(&self, name: &str, value: &[u8]) -> Result<()> {
         self.system.put_secret(name, value)
     }
+}
+
+/// A record of filesystem `from` made a record of filesystem `to`: a file's data key is
+/// unwrapped and wrapped again (same term) with `to` in its binding.
+fn rebind(
+    kr: &Keyring,
+    from: &[u8; 16],
+    to: &[u8; 16],
+    mut rec: crate::record::Record,
+) -> Result<crate::record::Record> {
+    if rec.kind == crate::record::Kind::File {
+        let dk = rec.data_key(kr, from)?;
+        let term = kr.term(rec.key_term)?;
+        rec.wrapped_key = efs_format::wrap::seal(
+            term.data_key_wrap(),
+            &crate::record::data_key_aad(to, &rec.id),
+            dk.as_bytes(),
+        );
+    }
+    Ok(rec)
+}
+
+/// Copies a backup's blob into a blob store, checking its SHA-256 on the way.
+pub(crate) async fn copy_blob(
+    blobs: &dyn crate::blob::BlobStore,
+    id: &crate::index::ContentId,
+    src: &Path,
+    sha: &str,
+) -> Result<()> {
+    use sha2::Digest;
+    use std::io::Read;
+    let mut f = std::fs::File::open(src)
+        .map_err(|_| CoreError::Invalid(format!("the backup lacks blob {}", hex::encode(id))))?;
+    let mut w = blobs.create(id).await?;
+    let mut h = sha2::Sha256::new();
+    loop {
+        let mut buf = vec![0u8; 4 << 20];
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        buf.truncate(n);
+        h.update(&buf);
+        if let Err(e) = w.write(buf).await {
+            w.abort().await;
+            return Err(e);
+        }
+    }
+    if hex::encode(h.finalize()) != sha {
+        w.abort().await;
+        return Err(CoreError::Invalid(format!(
+            "blob {} of the backup does not match its SHA-256 in the manifest",
+            hex::encode(id)
+        )));
+    }
+    w.finish().await
 }
 
 /// Path of the admin socket of the data dir at `root`.

@@ -31,7 +31,6 @@ use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
-use crate::keyparts::StarterKey;
 use crate::labels;
 
 /// Index metadata name of the stored digest; reserved (a batch may not write it).
@@ -53,14 +52,10 @@ impl std::fmt::Debug for DigestKey {
 }
 
 impl DigestKey {
-    /// The key of filesystem `fs_id`'s index: `HKDF(HKDF(starter, "efs/starter/index-digest/v1"),
-    /// salt = fs id, "efs/index-digest/v1")`. It does not depend on the keyring, so key
-    /// rotation leaves the digest untouched.
-    pub fn derive(starter: &StarterKey, fs_id: &[u8; 16]) -> Self {
-        Self::from_root(&starter.derive(labels::INDEX_DIGEST_ROOT), fs_id)
-    }
-
-    /// The key for `fs_id` under any root key (tests, tools without a data dir).
+    /// The key of filesystem `fs_id`'s index under `root`: `HKDF(root, salt = fs id,
+    /// "efs/index-digest/v1")`. The data dir keeps `root` as a random sealed system secret
+    /// (not derived from the starter key, so re-keying the starter carries it over; not
+    /// from the keyring, so rotation leaves the digest alone).
     pub fn from_root(root: &Key32, fs_id: &[u8; 16]) -> Self {
         DigestKey(root.derive(fs_id, labels::INDEX_DIGEST))
     }

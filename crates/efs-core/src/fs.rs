@@ -25,6 +25,11 @@ use crate::record::{Kind, Record, Storage, data_key_aad};
 // A child module: rotation rewraps records through the filesystem's private parts.
 #[path = "rotation.rs"]
 pub mod rotation;
+// Re-encryption and backups too (new content under the filesystem's keys; blob pins).
+#[path = "backup.rs"]
+pub mod backup;
+#[path = "reencrypt.rs"]
+pub mod reencrypt;
 
 /// The root directory's id.
 const ROOT_ID: [u8; 16] = [0u8; 16];
@@ -176,12 +181,18 @@ pub struct Filesystem {
     blobs: Arc<dyn BlobStore>,
     keyring: RwLock<Arc<Keyring>>,
     opts: FsOptions,
-    /// Held while a rotation changes the keyring or rewraps (one at a time).
+    /// Held while a rotation or a re-encryption changes the keyring or rewrites (one at
+    /// a time).
     rotation: tokio::sync::Mutex<()>,
     /// Whether operations may use the index (a rollback made while the server was stopped
     /// holds them all: a record put back with its content cannot be told from a current one
     /// on the read path).
     trust: tokio::sync::watch::Sender<IndexTrust>,
+    /// Set while a re-encryption runs: a rename then keeps a file's old key term, so that
+    /// the re-encryption still recognises (by its term) a file it has not rewritten yet.
+    reencrypting: std::sync::atomic::AtomicBool,
+    /// Blob removals deferred while a backup copies its snapshot (see `backup.rs`).
+    pins: std::sync::Mutex<backup::Pins>,
 }
 
 impl std::fmt::Debug for Filesystem {
@@ -234,6 +245,8 @@ impl Filesystem {
             opts,
             rotation: tokio::sync::Mutex::new(()),
             trust: tokio::sync::watch::Sender::new(IndexTrust::Trusted),
+            reencrypting: std::sync::atomic::AtomicBool::new(false),
+            pins: std::sync::Mutex::new(backup::Pins::default()),
         }
     }
 
@@ -647,10 +660,18 @@ impl Filesystem {
 
     async fn remove_blob_of(&self, old: &Record) {
         if old.storage == Storage::Blob
-            && let Err(e) = self.blobs.delete(&old.id).await
+            && let Err(e) = self.remove_blob(&old.id).await
         {
             tracing::warn!(error = %e, "could not remove a replaced blob; gc will");
         }
+    }
+
+    /// Removes a blob, or defers its removal while a backup may still copy it.
+    async fn remove_blob(&self, id: &ContentId) -> Result<()> {
+        if self.pins.lock().expect("pins lock poisoned").defer(id) {
+            return Ok(());
+        }
+        self.blobs.delete(id).await
     }
 
     /// Creates directory `path` (and its parents). Existing directory: returned as is.
@@ -801,7 +822,10 @@ impl Filesystem {
             }
             let mut moved = src_rec.clone();
             moved.name = to.name().expect("not the root").to_owned();
-            if moved.kind == Kind::File && moved.key_term < kr.current_number() {
+            if moved.kind == Kind::File
+                && moved.key_term < kr.current_number()
+                && !self.reencrypting.load(std::sync::atomic::Ordering::SeqCst)
+            {
                 // A key rotation may have passed this entry already: rewrap while moving.
                 let dk = self.data_key_of(&kr, &moved)?;
                 let term = kr.current();
@@ -1043,7 +1067,7 @@ impl Filesystem {
         for (id, age) in blobs {
             if !rep.0.contains(&id) {
                 if age >= grace_secs {
-                    self.blobs.delete(&id).await?;
+                    self.remove_blob(&id).await?;
                     out.blobs_removed += 1;
                 } else {
                     out.blobs_kept_young += 1;

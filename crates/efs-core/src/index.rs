@@ -70,6 +70,17 @@ pub(crate) fn check_reserved(batch: &Batch) -> Result<()> {
     Ok(())
 }
 
+/// One item of [`Index::visit_snapshot`].
+#[derive(Debug, Clone, Copy)]
+pub enum SnapshotItem<'a> {
+    /// An entry record.
+    Entry(&'a EntryKey, &'a [u8]),
+    /// A small file's encrypted content.
+    Inline(&'a ContentId, &'a [u8]),
+    /// A metadata value.
+    Meta(&'a str, &'a [u8]),
+}
+
 /// Storage of the index. Implementations: [`crate::redb_index::RedbIndex`] (embedded default),
 /// [`crate::mem_index::MemIndex`] (reference model).
 ///
@@ -117,4 +128,11 @@ pub trait Index: Send + Sync {
     /// operator has decided that the index as it is now is the one to trust). Returns the
     /// check of the new digest.
     async fn accept_digest(&self) -> Result<DigestCheck>;
+    /// Every meta value, entry and inline content, in that order, from ONE consistent
+    /// snapshot (backups: the records, the contents they name and the keyring that opens
+    /// them, all of one moment).
+    async fn visit_snapshot(
+        &self,
+        visit: &mut (dyn for<'a> FnMut(SnapshotItem<'a>) -> Result<()> + Send),
+    ) -> Result<()>;
 }

@@ -20,8 +20,6 @@ pub const SYSTEM_TAG: &[u8] = b"efs/starter/system-tag/v1";
 /// Starter subkey that encrypts the records of the system database.
 pub const SYSTEM_RECORD: &[u8] = b"efs/starter/system-record/v1";
 
-/// Starter subkey from which each filesystem's index-digest key is derived.
-pub const INDEX_DIGEST_ROOT: &[u8] = b"efs/starter/index-digest/v1";
 /// A filesystem's index-digest key (HKDF info; the salt is the filesystem id).
 pub const INDEX_DIGEST: &[u8] = b"efs/index-digest/v1";
 

@@ -12,6 +12,9 @@
 //! - [`fs`]: a filesystem's operations (stat, list, write, read, move, delete, fsck, gc).
 //! - [`system`] / [`datadir`]: users, filesystems and secrets; the data dir's layout.
 //! - [`rotation`]: key rotation while serving (new term, background rewrap, resumable).
+//! - [`rekey`]: moving a stopped data dir to new key parts (crash-safe switch).
+//! - [`fs::backup`] / [`fs::reencrypt`]: backups while serving and their restore;
+//!   every file rewritten under a fresh data key while serving.
 //! - [`admin`]: the admin commands shared by `efsctl` and the server's admin socket.
 //! - [`labels`]: every key-derivation label (frozen).
 
@@ -31,6 +34,7 @@ pub mod mem_index;
 pub mod path;
 pub mod record;
 pub mod redb_index;
+pub mod rekey;
 pub use fs::rotation;
 pub mod system;
 

@@ -15,7 +15,7 @@ use efs_format::Key32;
 
 use crate::digest::{Accumulator, DigestCheck, DigestKey, META_DIGEST};
 use crate::error::Result;
-use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, check_reserved};
+use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, SnapshotItem, check_reserved};
 
 struct State {
     entries: BTreeMap<EntryKey, Vec<u8>>,
@@ -252,5 +252,25 @@ impl Index for MemIndex {
             st.meta.get(META_DIGEST).map(Vec::as_slice),
             st.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
         ))
+    }
+
+    async fn visit_snapshot(
+        &self,
+        visit: &mut (dyn for<'a> FnMut(SnapshotItem<'a>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let (meta, entries, inline) = {
+            let st = self.state();
+            (st.meta.clone(), st.entries.clone(), st.inline.clone())
+        };
+        for (k, v) in &meta {
+            visit(SnapshotItem::Meta(k, v))?;
+        }
+        for (k, v) in &entries {
+            visit(SnapshotItem::Entry(k, v))?;
+        }
+        for (k, v) in &inline {
+            visit(SnapshotItem::Inline(k, v))?;
+        }
+        Ok(())
     }
 }

@@ -25,7 +25,7 @@ use tokio::sync::oneshot;
 
 use crate::digest::{Accumulator, DigestCheck, DigestKey, META_DIGEST};
 use crate::error::{CoreError, Result};
-use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, check_reserved};
+use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, SnapshotItem, check_reserved};
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const INLINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inline");
@@ -507,5 +507,36 @@ impl Index for RedbIndex {
             stored.as_deref(),
             &found,
         ))
+    }
+
+    async fn visit_snapshot(
+        &self,
+        visit: &mut (dyn for<'a> FnMut(SnapshotItem<'a>) -> Result<()> + Send),
+    ) -> Result<()> {
+        let r = self.db.current()?.begin_read().map_err(ix)?;
+        let meta = r.open_table(META).map_err(ix)?;
+        for item in meta.iter().map_err(ix)? {
+            let (k, v) = item.map_err(ix)?;
+            visit(SnapshotItem::Meta(k.value(), v.value()))?;
+        }
+        let t = r.open_table(ENTRIES).map_err(ix)?;
+        for item in t.iter().map_err(ix)? {
+            let (k, v) = item.map_err(ix)?;
+            let key: EntryKey = k
+                .value()
+                .try_into()
+                .map_err(|_| CoreError::Corrupt("index key length"))?;
+            visit(SnapshotItem::Entry(&key, v.value()))?;
+        }
+        let t = r.open_table(INLINE).map_err(ix)?;
+        for item in t.iter().map_err(ix)? {
+            let (k, v) = item.map_err(ix)?;
+            let id: ContentId = k
+                .value()
+                .try_into()
+                .map_err(|_| CoreError::Corrupt("inline key length"))?;
+            visit(SnapshotItem::Inline(&id, v.value()))?;
+        }
+        Ok(())
     }
 }

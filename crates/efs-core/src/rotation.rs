@@ -152,6 +152,12 @@ pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
     {
         return Ok(Begun::Unfinished(p));
     }
+    if super::reencrypt::pending(fs).await? {
+        return Err(CoreError::Invalid(
+            "a re-encryption of this filesystem is unfinished; it must end first (efsctl status)"
+                .into(),
+        ));
+    }
     let sealed = fs
         .index
         .get_meta(crate::datadir::META_KEYRING)
@@ -190,7 +196,7 @@ pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
 }
 
 /// Re-seals one record under `kr`'s current term if it needs it.
-fn rewrap_value(
+pub(super) fn rewrap_value(
     fs: &Filesystem,
     kr: &Keyring,
     key: &EntryKey,

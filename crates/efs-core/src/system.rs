@@ -234,4 +234,31 @@ impl SystemDb {
         };
         Ok(Some(wrap::open(&self.secret, &aad, v.value())?))
     }
+
+    /// Copies everything into `other` (a database under another starter key: re-keying
+    /// the starter key). Every table must be listed here.
+    pub fn copy_to(&self, other: &SystemDb) -> Result<()> {
+        for u in self.users()? {
+            other.put_user(&u)?;
+        }
+        for f in self.filesystems()? {
+            other.put_filesystem(&f)?;
+        }
+        let names: Vec<String> = {
+            let r = self.db.begin_read().map_err(ix)?;
+            let t = r.open_table(SECRETS).map_err(ix)?;
+            let mut names = Vec::new();
+            for item in t.iter().map_err(ix)? {
+                names.push(item.map_err(ix)?.0.value().to_owned());
+            }
+            names
+        };
+        for name in names {
+            let v = self
+                .secret(&name)?
+                .ok_or(CoreError::Corrupt("a secret vanished while copying"))?;
+            other.put_secret(&name, &v)?;
+        }
+        Ok(())
+    }
 }

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use efs_core::digest::{DigestCheck, DigestKey, META_DIGEST};
-use efs_core::index::{Batch, ContentId, EntryKey, Expect, Index, Op};
+use efs_core::index::{Batch, ContentId, EntryKey, Expect, Index, Op, SnapshotItem};
 use efs_core::mem_index::MemIndex;
 use efs_core::redb_index::RedbIndex;
 use efs_format::Key32;
@@ -497,6 +497,40 @@ async fn scanning(ix: &dyn Index) {
     .await
     .unwrap();
     assert_eq!(visited, all, "visit_entries");
+    // The whole snapshot: meta first, then the same entries, then every inline content.
+    write(ix, vec![Op::PutInline([9u8; 16], b"inline".to_vec())]).await;
+    let (mut order, mut entries, mut inline, mut metas) = (Vec::new(), Vec::new(), Vec::new(), 0);
+    ix.visit_snapshot(&mut |item| {
+        match item {
+            SnapshotItem::Meta(name, _) => {
+                assert!(!name.is_empty());
+                metas += 1;
+                order.push(0);
+            }
+            SnapshotItem::Entry(k, v) => {
+                assert_eq!(v, b"v");
+                entries.push(*k);
+                order.push(1);
+            }
+            SnapshotItem::Inline(id, v) => {
+                assert_eq!(v, b"inline");
+                inline.push(*id);
+                order.push(2);
+            }
+        }
+        Ok(())
+    })
+    .await
+    .unwrap();
+    assert!(order.is_sorted(), "meta, then entries, then inline");
+    assert_eq!(entries, all, "visit_snapshot entries");
+    let mut ids = ix.inline_ids().await.unwrap();
+    ids.sort();
+    inline.sort();
+    assert_eq!(inline, ids, "visit_snapshot inline contents");
+    assert_eq!(inline, vec![[9u8; 16]]);
+    assert!(metas >= 1, "the meta written by earlier steps");
+    write(ix, vec![Op::DeleteInline([9u8; 16])]).await;
     assert!(
         ix.scan_entries(None, 0).await.unwrap().is_empty(),
         "limit 0 gives nothing"

@@ -68,6 +68,8 @@ async fn handle(st: &AppState, req: AdminRequest) -> AdminResponse {
             | AdminRequest::Fsck { .. }
             | AdminRequest::Status { .. }
             | AdminRequest::RotateKey { .. }
+            | AdminRequest::Reencrypt { .. }
+            | AdminRequest::Backup { .. }
     );
     // Changes run one at a time, each with its reload: two concurrent read-modify-writes of a
     // user (a grant and a revoke) would otherwise lose one, and an older snapshot of the

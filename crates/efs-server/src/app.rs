@@ -116,11 +116,15 @@ async fn health() -> axum::Json<Health> {
 
 async fn metrics_text(State(st): St) -> Response {
     match &st.metrics {
-        Some(h) => (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-            h.render(),
-        )
-            .into_response(),
+        Some(h) => {
+            // Per-filesystem gauges (cheap: files and bytes are recounted in the background).
+            crate::fsmetrics::before_render(&st.data).await;
+            (
+                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+                h.render(),
+            )
+                .into_response()
+        }
         None => ApiError::new(
             StatusCode::NOT_FOUND,
             efs_proto::codes::NOT_FOUND,

@@ -9,6 +9,7 @@
 //! - [`admin_socket`]: `efsctl` while the server runs.
 //! - [`users`]: the in-memory user directory.
 //! - [`error`]: `ApiError`, the one mapping from failures to HTTP.
+//! - [`fsmetrics`]: per-filesystem gauges (files, bytes, rotation progress).
 
 #![warn(missing_docs)]
 
@@ -18,6 +19,7 @@ pub mod auth;
 pub mod cache;
 pub mod error;
 pub mod first_bytes;
+pub mod fsmetrics;
 pub mod ratelimit;
 pub mod server;
 pub mod tls;

@@ -205,6 +205,12 @@ impl Index for FaultyIndex {
     ) -> Result<()> {
         self.inner.visit_entries(visit).await
     }
+    async fn visit_snapshot(
+        &self,
+        visit: &mut (dyn for<'a> FnMut(efs_core::index::SnapshotItem<'a>) -> Result<()> + Send),
+    ) -> Result<()> {
+        self.inner.visit_snapshot(visit).await
+    }
     async fn check_digest(&self) -> Result<efs_core::digest::DigestCheck> {
         self.inner.check_digest().await
     }

@@ -45,6 +45,10 @@ macro_rules! say {
   efsctl --data ./efs-data fsck --fs user-data
   efsctl --data ./efs-data rotate-key --fs user-data   # new key term, data keys rewrapped in the background
   efsctl --data ./efs-data status                      # key terms and rotation progress
+  efsctl --data ./efs-data reencrypt --fs user-data    # every file under a fresh data key
+  efsctl --data ./efs-data backup --fs user-data -o /backups/user-data-1 --include-keys
+  efsctl --data ./efs-data restore --fs user-data-restored -i /backups/user-data-1
+  efsctl --data ./efs-data --key-part file:/old.key rekey-starter --new-key-part file:/new.key   # server stopped
 
 Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck found problems."
 )]
@@ -169,11 +173,60 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Show each filesystem's key terms and key-rotation progress.
+    /// Show each filesystem's key terms, key-rotation and re-encryption progress.
     Status {
         /// Only this filesystem.
         #[arg(long)]
         fs: Option<String>,
+    },
+    /// Rewrite every file of a filesystem under a fresh data key (and a new key term),
+    /// in the background while it serves. Resumable. ETags change (new content ids).
+    Reencrypt {
+        /// Filesystem.
+        #[arg(long)]
+        fs: String,
+        /// Return only once every file is rewritten (always so without a server).
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Back up a filesystem's encrypted store (a consistent snapshot, taken while the
+    /// server serves) into a new directory. Without --include-keys the backup holds no
+    /// key material and can only be restored into this data dir while the filesystem
+    /// exists: see docs/operations.md.
+    Backup {
+        /// Filesystem.
+        #[arg(long)]
+        fs: String,
+        /// New (or empty) directory to write (by the server, when one runs).
+        #[arg(short = 'o', long = "output", value_name = "DEST")]
+        dest: PathBuf,
+        /// Include the keyring, sealed under the starter key (restorable with the same key
+        /// parts, in any data dir).
+        #[arg(long)]
+        include_keys: bool,
+    },
+    /// Restore a backup into a new filesystem, or into an existing empty one (then run
+    /// fsck on it).
+    Restore {
+        /// Name of the new (or empty) filesystem.
+        #[arg(long)]
+        fs: String,
+        /// The backup directory.
+        #[arg(short = 'i', long = "input", value_name = "SRC")]
+        src: PathBuf,
+        /// Key part of the data dir the backup was taken in (repeat, env:/file: only),
+        /// when restoring a backup made with --include-keys into another data dir.
+        #[arg(long = "backup-key-part", value_name = "SPEC")]
+        backup_key_parts: Vec<String>,
+    },
+    /// Move the data dir to new key parts: every keyring and system secret is sealed
+    /// again under the new starter key; afterwards only the new parts open it. The server
+    /// must be stopped. The current parts are given with --key-part as usual.
+    /// Crash-safe: an interruption leaves either the old parts or the new ones working.
+    RekeyStarter {
+        /// A new key part (repeat; same syntax as --key-part).
+        #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
+        new_key_parts: Vec<KeyPartSpec>,
     },
 }
 
@@ -194,6 +247,9 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<u8> {
     let json = args.json;
+    if let Cmd::RekeyStarter { new_key_parts } = &args.cmd {
+        return rekey_starter(&args.data, &args.key_parts, new_key_parts);
+    }
     let req = match args.cmd {
         Cmd::CreateFs { name } => AdminRequest::CreateFs { name },
         Cmd::ListFs => AdminRequest::ListFs,
@@ -255,6 +311,32 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::CacheClear => AdminRequest::CacheClear,
         Cmd::RotateKey { fs, wait } => AdminRequest::RotateKey { fs, wait },
         Cmd::Status { fs } => AdminRequest::Status { fs },
+        Cmd::Reencrypt { fs, wait } => AdminRequest::Reencrypt { fs, wait },
+        Cmd::RekeyStarter { .. } => unreachable!("handled above"),
+        Cmd::Backup {
+            fs,
+            dest,
+            include_keys,
+        } => AdminRequest::Backup {
+            fs,
+            // The server's working directory is not ours.
+            dest: absolute(&dest)?,
+            include_keys,
+        },
+        Cmd::Restore {
+            fs,
+            src,
+            backup_key_parts,
+        } => {
+            for s in &backup_key_parts {
+                parse_part(s).map_err(anyhow::Error::msg)?;
+            }
+            AdminRequest::Restore {
+                fs,
+                src: absolute(&src)?,
+                backup_key_parts,
+            }
+        }
     };
     let resp = send(&args.data, &args.key_parts, req)?;
     if !resp.ok {
@@ -308,17 +390,60 @@ fn send(
             // Without a server nothing would carry on in the background: an unfinished key
             // rotation is finished first (except for `status`, which shows it), and a new
             // one runs to completion before efsctl returns.
-            if let AdminRequest::RotateKey { wait, .. } = &mut req {
+            if let AdminRequest::RotateKey { wait, .. } | AdminRequest::Reencrypt { wait, .. } =
+                &mut req
+            {
                 *wait = true;
             }
             if !matches!(req, AdminRequest::Status { .. }) {
                 for name in rt.block_on(dd.finish_rotations())? {
                     eprintln!("efsctl: finished an interrupted key rotation of '{name}'");
                 }
+                for name in rt.block_on(dd.finish_reencryptions())? {
+                    eprintln!("efsctl: finished an interrupted re-encryption of '{name}'");
+                }
             }
             Ok(rt.block_on(efs_core::admin::execute(&dd, req)))
         }
     }
+}
+
+/// `rekey-starter`: only on a stopped data dir (see efs_core::rekey).
+fn rekey_starter(data: &Path, old: &[KeyPartSpec], new: &[KeyPartSpec]) -> anyhow::Result<u8> {
+    if UnixStream::connect(efs_core::datadir::admin_socket_path(data)).is_ok() {
+        bail!(
+            "efs-server is running on {}: stop it first. rekey-starter rewrites the system \
+             database and every filesystem's keyring, which the running server holds open \
+             with the old starter key",
+            data.display()
+        );
+    }
+    if !data.join("system").join("keyparts.json").exists() {
+        bail!("{} is not an EFS data dir", data.display());
+    }
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let lines = rt
+        .block_on(efs_core::rekey::rekey_starter(
+            data,
+            old,
+            new,
+            efs_core::keyparts::Argon2Params::default(),
+            &|p: &str| prompt(p),
+        ))
+        .context("re-keying the starter key")?;
+    for l in lines {
+        say!("{l}");
+    }
+    Ok(0)
+}
+
+fn absolute(p: &Path) -> anyhow::Result<String> {
+    let abs = std::path::absolute(p).with_context(|| format!("bad path {}", p.display()))?;
+    abs.to_str()
+        .map(str::to_owned)
+        .with_context(|| format!("{} is not UTF-8", abs.display()))
 }
 
 /// Asks for a passphrase without echo on a terminal; reads a line from a pipe (scripts).

@@ -1,0 +1,464 @@
+//! Re-encryption while serving: every file rewritten under a fresh data key, in the
+//! background, resumable, with reads and writes served throughout.
+//!
+//! It is a key rotation that also replaces content. [`begin`] adds a keyring term
+//! exactly as `rotate-key` does (persisted with a progress record, meta `reencryption`,
+//! in one batch), so a file still to do is recognisable by its data key's term: older
+//! than the current one. [`run`] then walks the index page by page; for each such file
+//! it decrypts the current version and writes it again as new content (new content id,
+//! new random data key wrapped under the new term), and commits a page of these
+//! together with the cursor, in one batch that expects every old record exactly. A
+//! concurrent write, rename or delete makes that batch fail: the page is then retried
+//! one file at a time, the request wins where it changed a file (its new version already
+//! has a fresh key, or is gone), and the new content made for it is discarded. Old blobs
+//! are removed only after the commit (deferred while a backup copies them); a reader
+//! that opened the old version keeps reading it (an open blob survives its removal).
+//!
+//! While a re-encryption runs, a rename keeps the file's old data-key term (instead of
+//! rewrapping it as during a plain rotation): a file moved behind the cursor is still
+//! recognised as not done and found by the next pass. A pass that changed nothing ends
+//! the re-encryption. A crash leaves the record `running` with the last committed
+//! cursor: the next open resumes it; new content written but not committed is an orphan
+//! that `gc` removes.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use efs_format::wrap;
+use serde::{Deserialize, Serialize};
+
+use super::rotation::{self, RotationState};
+use super::{Filesystem, FinishedUpload};
+use crate::error::{CoreError, Result};
+use crate::index::{Batch, EntryKey, Expect, Op};
+use crate::keyparts::StarterKey;
+use crate::keyring::Keyring;
+use crate::record::{Kind, Record, Storage, data_key_aad};
+
+/// Index metadata key of the re-encryption progress.
+pub const META_REENCRYPTION: &str = "reencryption";
+/// Entries examined per page at most.
+const PAGE: usize = 64;
+/// Plaintext bytes rewritten per page at most (bounds the work a crash can lose).
+const PAGE_BYTES: u64 = 64 << 20;
+/// Passes after which stragglers are left to the next `reencrypt`.
+const MAX_PASSES: u32 = 16;
+
+/// Progress of the last re-encryption of a filesystem (clear in the index meta: counts,
+/// term numbers and an entry key, which is a keyed hash).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ReencryptProgress {
+    /// Running or done.
+    pub state: RotationState,
+    /// The term every data key is made under.
+    pub current_term: u32,
+    /// Files when it started (for a percentage; files written meanwhile are not counted).
+    pub total_files: u64,
+    /// Files rewritten under a fresh data key, all passes.
+    pub files_done: u64,
+    /// Plaintext bytes rewritten, all passes.
+    pub bytes_done: u64,
+    /// Files a concurrent write, rename or delete changed first (they needed nothing).
+    pub skipped: u64,
+    /// Records only re-sealed (directories, or files already under the current term).
+    pub resealed: u64,
+    /// Entries examined, all passes.
+    pub seen: u64,
+    /// Current pass (1 for the first).
+    pub pass: u32,
+    /// Changes in the current pass.
+    pub pass_changed: u64,
+    /// Last entry key of the current pass that is done (hex).
+    pub cursor: Option<String>,
+    /// Start, Unix ms.
+    pub started_ms: i64,
+    /// End, Unix ms.
+    pub finished_ms: Option<i64>,
+}
+
+impl ReencryptProgress {
+    fn cursor_key(&self) -> Result<Option<EntryKey>> {
+        self.cursor
+            .as_deref()
+            .map(|c| {
+                hex::decode(c)
+                    .ok()
+                    .and_then(|v| EntryKey::try_from(v).ok())
+                    .ok_or(CoreError::Corrupt("re-encryption cursor"))
+            })
+            .transpose()
+    }
+
+    fn to_op(&self) -> Op {
+        Op::PutMeta(
+            META_REENCRYPTION.into(),
+            serde_json::to_vec(self).expect("serialising JSON cannot fail"),
+        )
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}
+
+/// The stored progress of the filesystem's last re-encryption, if any.
+pub async fn progress(fs: &Filesystem) -> Result<Option<ReencryptProgress>> {
+    match fs.index.get_meta(META_REENCRYPTION).await? {
+        None => Ok(None),
+        Some(v) => serde_json::from_slice(&v)
+            .map(Some)
+            .map_err(|_| CoreError::Corrupt("re-encryption progress")),
+    }
+}
+
+/// True if a re-encryption is unfinished (to be resumed).
+pub async fn pending(fs: &Filesystem) -> Result<bool> {
+    Ok(progress(fs)
+        .await?
+        .is_some_and(|p| p.state == RotationState::Running))
+}
+
+/// Marks the filesystem as re-encrypting (renames keep old terms); called at open for an
+/// unfinished one before any request is served.
+pub(crate) fn mark_running(fs: &Filesystem) {
+    fs.reencrypting.store(true, Ordering::SeqCst);
+}
+
+/// What [`begin`] did.
+#[derive(Debug, Clone)]
+pub enum Begun {
+    /// A new term was added and a re-encryption started.
+    Started(ReencryptProgress),
+    /// An unfinished re-encryption exists: it must be resumed.
+    Unfinished(ReencryptProgress),
+}
+
+/// Adds a term and persists it with a fresh progress record; from then on new writes use
+/// the new term and renames keep old ones. Refused while a key rotation is unfinished.
+pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
+    let Ok(_guard) = fs.rotation.try_lock() else {
+        if let Some(p) = progress(fs).await?
+            && p.state == RotationState::Running
+        {
+            return Ok(Begun::Unfinished(p));
+        }
+        return Err(CoreError::Invalid(
+            "a key rotation or re-encryption of this filesystem is running; wait for it (efsctl status)".into(),
+        ));
+    };
+    if let Some(p) = progress(fs).await?
+        && p.state == RotationState::Running
+    {
+        return Ok(Begun::Unfinished(p));
+    }
+    if rotation::pending(fs).await? {
+        return Err(CoreError::Invalid(
+            "a key rotation of this filesystem is unfinished; it must end first (efsctl status)"
+                .into(),
+        ));
+    }
+    let total_files = fs.stats().await?.files;
+    let sealed = fs
+        .index
+        .get_meta(crate::datadir::META_KEYRING)
+        .await?
+        .ok_or(CoreError::Corrupt("filesystem without keyring"))?;
+    let mut kr = Keyring::open(starter, &fs.id, &sealed)?;
+    let n = kr.add_term();
+    let prog = ReencryptProgress {
+        state: RotationState::Running,
+        current_term: n,
+        total_files,
+        files_done: 0,
+        bytes_done: 0,
+        skipped: 0,
+        resealed: 0,
+        seen: 0,
+        pass: 1,
+        pass_changed: 0,
+        cursor: None,
+        started_ms: now_ms(),
+        finished_ms: None,
+    };
+    let batch = Batch {
+        ops: vec![
+            Op::PutMeta(
+                crate::datadir::META_KEYRING.into(),
+                kr.seal(starter, &fs.id),
+            ),
+            prog.to_op(),
+        ],
+        ..Default::default()
+    };
+    // Before the new term is visible: no rename may rewrap to it without new content.
+    mark_running(fs);
+    if !fs.index.commit(batch).await? {
+        fs.reencrypting.store(false, Ordering::SeqCst);
+        return Err(CoreError::Contention);
+    }
+    fs.set_keyring(kr);
+    tracing::info!(fs = fs.name(), term = n, "re-encryption started");
+    Ok(Begun::Started(prog))
+}
+
+/// One planned change of a page.
+struct Change {
+    key: EntryKey,
+    old: Vec<u8>,
+    new: Vec<u8>,
+    /// The old record (its blob is removed after the commit).
+    old_rec: Option<Record>,
+    /// The new content (discarded if the change loses to a request).
+    content: Option<FinishedUpload>,
+}
+
+impl Change {
+    fn ops(&self, batch: &mut Batch) {
+        batch.expect.push(Expect {
+            key: self.key,
+            value: Some(self.old.clone()),
+        });
+        if let Some(c) = &self.content
+            && let Some(inline) = &c.inline
+        {
+            batch.ops.push(Op::PutInline(c.content_id, inline.clone()));
+        }
+        if let Some(old) = &self.old_rec
+            && old.storage == Storage::Inline
+        {
+            batch.ops.push(Op::DeleteInline(old.id));
+        }
+        batch.ops.push(Op::PutEntry(self.key, self.new.clone()));
+    }
+}
+
+/// Decrypts a file version and writes it again under a fresh data key and the current
+/// term. `None` if the version vanished meanwhile (a request replaced it).
+async fn rewrite(
+    fs: &Arc<Filesystem>,
+    kr: &Keyring,
+    key: &EntryKey,
+    rec: &Record,
+) -> Result<Option<(Vec<u8>, FinishedUpload)>> {
+    let reader = match fs.open_record(kr, rec).await {
+        Ok(r) => r,
+        Err(CoreError::NotFound) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut up = fs.begin_upload().await?;
+    let n = reader.segment_count();
+    let mut i = 0;
+    while i < n {
+        let end = (i + 16).min(n);
+        let plain = match reader.read_plain(i, end).await {
+            Ok(p) => p,
+            Err(e) => {
+                up.abort().await;
+                return Err(e);
+            }
+        };
+        for r in &plain.segments {
+            if let Err(e) = up.write(&plain.buf[r.clone()]).await {
+                up.abort().await;
+                return Err(e);
+            }
+        }
+        i = end;
+    }
+    let fin = up.finish().await?;
+    let term = kr.current();
+    let mut new = rec.clone();
+    new.id = fin.content_id;
+    new.storage = fin.storage;
+    new.key_term = term.number;
+    new.wrapped_key = wrap::seal(
+        term.data_key_wrap(),
+        &data_key_aad(&fs.id, &fin.content_id),
+        fin.data_key.as_bytes(),
+    );
+    Ok(Some((new.seal(kr, &fs.id, key), fin)))
+}
+
+/// Re-encrypts from the stored cursor until done, or until `limit` entries have been
+/// examined (tests simulate a crash with it). Returns the progress as stored.
+pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<ReencryptProgress>> {
+    let _guard = fs.rotation.lock().await;
+    let Some(mut prog) = progress(fs).await? else {
+        return Ok(None);
+    };
+    if prog.state == RotationState::Running {
+        mark_running(fs);
+    }
+    let mut budget = limit;
+    while prog.state == RotationState::Running {
+        if budget == Some(0) {
+            break;
+        }
+        let kr = fs.keyring();
+        if kr.current_number() != prog.current_term {
+            return Err(CoreError::Corrupt(
+                "re-encryption term differs from the keyring",
+            ));
+        }
+        let page = budget.map_or(PAGE, |b| (b as usize).min(PAGE));
+        let rows = fs
+            .index
+            .scan_entries(prog.cursor_key()?.as_ref(), page)
+            .await?;
+        if rows.is_empty() {
+            let mut next = prog.clone();
+            if prog.pass_changed == 0 || prog.pass >= MAX_PASSES {
+                next.state = RotationState::Done;
+                next.finished_ms = Some(now_ms());
+            } else {
+                next.pass += 1;
+            }
+            next.pass_changed = 0;
+            next.cursor = None;
+            commit_meta(fs, &next).await?;
+            if next.state == RotationState::Done {
+                fs.reencrypting.store(false, Ordering::SeqCst);
+            }
+            prog = next;
+            continue;
+        }
+        let mut changes = Vec::new();
+        let mut next = prog.clone();
+        let mut bytes = 0u64;
+        let mut files = 0u64;
+        let mut vanished = 0u64;
+        for (k, v) in &rows {
+            next.cursor = Some(hex::encode(k));
+            next.seen += 1;
+            let rec = fs.open_rec(&kr, k, v)?;
+            if rec.kind == Kind::File && rec.key_term != kr.current_number() {
+                match rewrite(fs, &kr, k, &rec).await {
+                    Ok(Some((new, fin))) => {
+                        bytes += rec.size;
+                        files += 1;
+                        changes.push(Change {
+                            key: *k,
+                            old: v.clone(),
+                            new,
+                            old_rec: Some(rec),
+                            content: Some(fin),
+                        });
+                    }
+                    Ok(None) => vanished += 1,
+                    Err(e) => {
+                        discard_all(fs, changes).await;
+                        return Err(e);
+                    }
+                }
+            } else if let Some(new) = rotation::rewrap_value(fs, &kr, k, v)? {
+                changes.push(Change {
+                    key: *k,
+                    old: v.clone(),
+                    new,
+                    old_rec: None,
+                    content: None,
+                });
+            }
+            if bytes >= PAGE_BYTES {
+                break;
+            }
+        }
+        let examined = next.seen - prog.seen;
+        let resealed = changes.len() as u64 - files;
+        let mut batch = Batch::default();
+        for c in &changes {
+            c.ops(&mut batch);
+        }
+        next.files_done += files;
+        next.bytes_done += bytes;
+        next.resealed += resealed;
+        next.skipped += vanished;
+        next.pass_changed += changes.len() as u64 + vanished;
+        batch.ops.push(next.to_op());
+        if fs.index.commit(batch).await? {
+            for c in &changes {
+                if let Some(old) = &c.old_rec {
+                    fs.remove_blob_of(old).await;
+                }
+            }
+        } else {
+            // A request changed one of them: one at a time; the request wins where it did.
+            next.files_done = prog.files_done;
+            next.bytes_done = prog.bytes_done;
+            next.resealed = prog.resealed;
+            for c in changes {
+                let mut b = Batch::default();
+                c.ops(&mut b);
+                if fs.index.commit(b).await? {
+                    match &c.old_rec {
+                        Some(old) => {
+                            next.files_done += 1;
+                            next.bytes_done += old.size;
+                            fs.remove_blob_of(old).await;
+                        }
+                        None => next.resealed += 1,
+                    }
+                } else {
+                    next.skipped += 1;
+                    if let Some(fin) = &c.content {
+                        fs.discard(fin).await;
+                    }
+                }
+            }
+            // Something changed under us: another pass looks again.
+            next.pass_changed = next.pass_changed.max(1);
+            commit_meta(fs, &next).await?;
+        }
+        if let Some(b) = budget.as_mut() {
+            *b = b.saturating_sub(examined);
+        }
+        prog = next;
+    }
+    if prog.state == RotationState::Done {
+        tracing::info!(
+            fs = fs.name(),
+            term = prog.current_term,
+            files = prog.files_done,
+            bytes = prog.bytes_done,
+            "re-encryption done"
+        );
+    }
+    Ok(Some(prog))
+}
+
+async fn discard_all(fs: &Filesystem, changes: Vec<Change>) {
+    for c in changes {
+        if let Some(fin) = &c.content {
+            fs.discard(fin).await;
+        }
+    }
+}
+
+async fn commit_meta(fs: &Filesystem, p: &ReencryptProgress) -> Result<()> {
+    let b = Batch {
+        ops: vec![p.to_op()],
+        ..Default::default()
+    };
+    if fs.index.commit(b).await? {
+        Ok(())
+    } else {
+        Err(CoreError::Contention)
+    }
+}
+
+/// Runs an unfinished re-encryption in a background task of the current tokio runtime.
+/// Returns false (nothing spawned) outside a runtime: the caller runs [`run`] itself.
+pub fn spawn(fs: Arc<Filesystem>) -> bool {
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    rt.spawn(async move {
+        if let Err(e) = run(&fs, None).await {
+            tracing::error!(fs = fs.name(), error = %e, "re-encryption stopped; it resumes at the next start or reencrypt");
+        }
+    });
+    true
+}

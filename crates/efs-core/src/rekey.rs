@@ -1,0 +1,256 @@
+//! Re-keying the starter key: new key parts, every keyring and every system record
+//! sealed again under the starter key they make, with the server stopped.
+//!
+//! The server holds the starter key's subkeys, the system database and every index
+//! open for as long as it runs, so this runs only on a stopped data dir (efsctl refuses
+//! while the admin socket answers; redb's lock refuses too).
+//!
+//! Crash safety: everything new is written beside the old, then one atomic rename
+//! switches, then the old is replaced.
+//!
+//! 1. Stage: `system/keyparts.json.rekey` (the new parts' public facts) first, then
+//!    `system/system.redb.rekey` (users, filesystems, secrets sealed under the new
+//!    starter key), then in each index the meta `keyring.rekey` (the keyring sealed under
+//!    the new starter key). The old files and the `keyring` metas are untouched.
+//! 2. Switch: rename `keyparts.json.rekey` over `keyparts.json` (atomic, directory
+//!    synced). From here on only the new parts open the data dir.
+//! 3. Finish: in each index, `keyring` := `keyring.rekey` (emptied in the same batch);
+//!    then rename `system.redb.rekey` over `system.redb`.
+//!
+//! `recover` runs at every open: `keyparts.json.rekey` present means the switch did not
+//! happen (the staged files are discarded; the old parts still open everything);
+//! `system.redb.rekey` present without it means the switch did happen (step 3 is
+//! completed, idempotently).
+
+use std::path::Path;
+
+use crate::digest::DigestKey;
+use crate::error::{CoreError, Result};
+use crate::index::{Batch, Index, Op};
+use crate::keyparts::{self, Argon2Params, KeyPartSpec, StarterKey};
+use crate::keyring::Keyring;
+use crate::redb_index::RedbIndex;
+use crate::system::SystemDb;
+
+/// Index meta of a staged keyring.
+const META_KEYRING_NEXT: &str = "keyring.rekey";
+const KEYPARTS_NEXT: &str = "keyparts.json.rekey";
+const SYSTEM_NEXT: &str = "system.redb.rekey";
+
+/// Where [`rekey_starter_until`] stops (tests simulate crashes with it).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Run to the end.
+    Never,
+    /// After staging, before the switch.
+    BeforeSwitch,
+    /// After the switch, before the finish.
+    AfterSwitch,
+}
+
+/// Every filesystem directory's index (`fs/<id>/index.redb`) with its id.
+fn fs_indexes(root: &Path) -> Result<Vec<([u8; 16], std::path::PathBuf)>> {
+    let mut out = Vec::new();
+    let dir = root.join("fs");
+    let rd = match std::fs::read_dir(&dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(e.into()),
+    };
+    for e in rd {
+        let e = e?;
+        let Some(id) = e
+            .file_name()
+            .to_str()
+            .and_then(|s| hex::decode(s).ok())
+            .and_then(|v| <[u8; 16]>::try_from(v).ok())
+        else {
+            continue;
+        };
+        let p = e.path().join("index.redb");
+        if p.exists() {
+            out.push((id, p));
+        }
+    }
+    Ok(out)
+}
+
+fn sync_dir(p: &Path) -> Result<()> {
+    std::fs::File::open(p)?.sync_all()?;
+    Ok(())
+}
+
+/// Opens a filesystem's index for the keyring metadata only. The digest covers entries,
+/// never metadata, and a meta-only batch neither reads nor updates it, so a throwaway key
+/// is enough (and a missing digest is left missing).
+fn meta_index(path: &Path) -> Result<RedbIndex> {
+    RedbIndex::open_with(
+        path,
+        DigestKey::from_root(&efs_format::Key32::random(), &[0; 16]),
+        false,
+    )
+}
+
+async fn put_meta(index: &RedbIndex, ops: Vec<Op>) -> Result<()> {
+    if index
+        .commit(Batch {
+            ops,
+            ..Default::default()
+        })
+        .await?
+    {
+        Ok(())
+    } else {
+        Err(CoreError::Contention)
+    }
+}
+
+/// Completes or discards an interrupted re-keying (see the module docs). Called at
+/// every open, before the system database is opened. Returns a line if it did anything.
+pub(crate) async fn recover(root: &Path) -> Result<Option<String>> {
+    let sys = root.join("system");
+    if sys.join(KEYPARTS_NEXT).exists() {
+        // Not switched: the old parts are current; forget the staged state.
+        for (_, p) in fs_indexes(root)? {
+            let index = meta_index(&p)?;
+            put_meta(
+                &index,
+                vec![Op::PutMeta(META_KEYRING_NEXT.into(), Vec::new())],
+            )
+            .await?;
+        }
+        let _ = std::fs::remove_file(sys.join(SYSTEM_NEXT));
+        std::fs::remove_file(sys.join(KEYPARTS_NEXT))?;
+        sync_dir(&sys)?;
+        return Ok(Some(
+            "discarded an interrupted re-keying of the starter key (the old key parts stay in use)"
+                .into(),
+        ));
+    }
+    if sys.join(SYSTEM_NEXT).exists() {
+        finish(root).await?;
+        return Ok(Some(
+            "finished an interrupted re-keying of the starter key (the new key parts are in use)"
+                .into(),
+        ));
+    }
+    Ok(None)
+}
+
+/// Step 3: promote the staged keyrings, then the staged system database.
+async fn finish(root: &Path) -> Result<()> {
+    for (_, p) in fs_indexes(root)? {
+        let index = meta_index(&p)?;
+        if let Some(next) = index.get_meta(META_KEYRING_NEXT).await?
+            && !next.is_empty()
+        {
+            put_meta(
+                &index,
+                vec![
+                    Op::PutMeta(crate::datadir::META_KEYRING.into(), next),
+                    Op::PutMeta(META_KEYRING_NEXT.into(), Vec::new()),
+                ],
+            )
+            .await?;
+        }
+    }
+    let sys = root.join("system");
+    std::fs::rename(sys.join(SYSTEM_NEXT), sys.join("system.redb"))?;
+    sync_dir(&sys)
+}
+
+/// Moves the data dir at `root` (server stopped) from the key parts `old` to `new`.
+/// Returns lines for the operator.
+pub async fn rekey_starter(
+    root: &Path,
+    old: &[KeyPartSpec],
+    new: &[KeyPartSpec],
+    argon: Argon2Params,
+    prompt: &(dyn Fn(&str) -> std::io::Result<String> + Sync),
+) -> Result<Vec<String>> {
+    rekey_starter_until(root, old, new, argon, prompt, Stop::Never).await
+}
+
+/// [`rekey_starter`], stopping early where `stop` says (tests).
+#[doc(hidden)]
+pub async fn rekey_starter_until(
+    root: &Path,
+    old: &[KeyPartSpec],
+    new: &[KeyPartSpec],
+    argon: Argon2Params,
+    prompt: &(dyn Fn(&str) -> std::io::Result<String> + Sync),
+    stop: Stop,
+) -> Result<Vec<String>> {
+    if new.is_empty() {
+        return Err(CoreError::Invalid(
+            "give the new key parts (--new-key-part, as many as wanted)".into(),
+        ));
+    }
+    let mut lines = Vec::new();
+    if let Some(l) = recover(root).await? {
+        lines.push(l);
+    }
+    let sys = root.join("system");
+    let text = std::fs::read(sys.join("keyparts.json"))?;
+    let file: keyparts::KeyPartsFile = serde_json::from_slice(&text).map_err(|e| {
+        CoreError::Key(keyparts::KeyError::Corrupt(format!(
+            "system/keyparts.json is malformed: {e}"
+        )))
+    })?;
+    let old_starter: StarterKey = keyparts::open(&file, old, prompt)?;
+    let (new_starter, new_file) = keyparts::create(new, None, argon, prompt)?;
+
+    // 1. Stage, the marker first.
+    let json = serde_json::to_vec_pretty(&new_file).expect("serialising JSON cannot fail");
+    crate::datadir::write_atomic(&sys.join(KEYPARTS_NEXT), &json)?;
+    let _ = std::fs::remove_file(sys.join(SYSTEM_NEXT));
+    {
+        let old_db = SystemDb::open(&sys.join("system.redb"), &old_starter)?;
+        let new_db = SystemDb::open(&sys.join(SYSTEM_NEXT), &new_starter)?;
+        old_db.copy_to(&new_db)?;
+        lines.push(format!(
+            "Sealed {} users, {} filesystems and the system secrets under the new starter key",
+            old_db.users()?.len(),
+            old_db.filesystems()?.len()
+        ));
+    }
+    std::fs::File::open(sys.join(SYSTEM_NEXT))?.sync_all()?;
+    let mut n = 0;
+    for (id, p) in fs_indexes(root)? {
+        let index = meta_index(&p)?;
+        let sealed = index
+            .get_meta(crate::datadir::META_KEYRING)
+            .await?
+            .ok_or(CoreError::Corrupt("filesystem without keyring"))?;
+        let kr = Keyring::open(&old_starter, &id, &sealed)?;
+        put_meta(
+            &index,
+            vec![Op::PutMeta(
+                META_KEYRING_NEXT.into(),
+                kr.seal(&new_starter, &id),
+            )],
+        )
+        .await?;
+        n += 1;
+    }
+    lines.push(format!(
+        "Sealed the keyrings of {n} filesystems under the new starter key"
+    ));
+    if stop == Stop::BeforeSwitch {
+        return Ok(lines);
+    }
+    // 2. Switch.
+    std::fs::rename(sys.join(KEYPARTS_NEXT), sys.join("keyparts.json"))?;
+    sync_dir(&sys)?;
+    lines.push("Switched system/keyparts.json to the new key parts".into());
+    if stop == Stop::AfterSwitch {
+        return Ok(lines);
+    }
+    // 3. Finish.
+    finish(root).await?;
+    lines.push(
+        "Done: only the new key parts open this data dir now; start efs-server with them".into(),
+    );
+    Ok(lines)
+}

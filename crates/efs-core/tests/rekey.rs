@@ -1,0 +1,193 @@
+//! Re-keying the starter key: new parts open everything, old parts nothing, nothing is
+//! lost, and an interruption at either side of the switch leaves a working data dir.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use common::*;
+use efs_core::keyparts::{Argon2Params, no_prompt};
+use efs_core::rekey::{self, Stop};
+use efs_core::{DataDir, KeyPartSpec};
+
+/// Fills the data dir: two filesystems (one rotated), users, a secret. Returns the files.
+async fn fill(dd: &DataDir) -> BTreeMap<(String, String), Vec<u8>> {
+    dd.create_fs("other").unwrap();
+    let mut files = BTreeMap::new();
+    for name in ["docs", "other"] {
+        let fs = dd.fs(name).unwrap();
+        for i in 0..40u64 {
+            let path = format!("/d{}/f{i}", i % 3);
+            let data = pattern(i + 1, if i % 8 == 0 { 5000 } else { 100 + i as usize });
+            put(&fs, &path, &data).await;
+            files.insert((name.to_owned(), path), data);
+        }
+    }
+    dd.rotate_key("other", true).await.unwrap();
+    dd.create_user("alice", [7u8; 32], vec![]).unwrap();
+    dd.grant("alice", "docs", true).unwrap();
+    dd.put_secret("test-secret", b"a secret value").unwrap();
+    files
+}
+
+async fn check(dd: &DataDir, files: &BTreeMap<(String, String), Vec<u8>>) {
+    for ((name, path), data) in files {
+        let fs = dd.fs(name).unwrap();
+        assert!(read_all(&fs, path).await.unwrap() == *data, "{name}:{path}");
+    }
+    for name in ["docs", "other"] {
+        let rep = dd.fs(name).unwrap().fsck().await.unwrap();
+        assert!(rep.is_clean(), "{name}: {rep:?}");
+    }
+    let users = dd.users().unwrap();
+    assert_eq!(users.len(), 1);
+    assert_eq!(users[0].public_key, [7u8; 32]);
+    assert!(users[0].grants[0].read_only);
+    assert_eq!(
+        dd.secret("test-secret").unwrap().unwrap().as_slice(),
+        b"a secret value"
+    );
+    assert!(
+        dd.secret(efs_core::datadir::SECRET_SIGNING_KEY)
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(dd.fs("other").unwrap().term_numbers(), vec![1, 2]);
+}
+
+fn leftovers(root: &Path) -> Vec<String> {
+    walk(root)
+        .into_iter()
+        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .filter(|n| n.ends_with(".rekey"))
+        .collect()
+}
+
+async fn rekey_until(root: &Path, old: &KeyPartSpec, new: &[KeyPartSpec], stop: Stop) {
+    rekey::rekey_starter_until(
+        root,
+        std::slice::from_ref(old),
+        new,
+        Argon2Params::default(),
+        &no_prompt,
+        stop,
+    )
+    .await
+    .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn new_parts_open_everything_and_old_ones_nothing() {
+    let env = Env::new();
+    let files = fill(&env.dd).await;
+    let Env {
+        tmp,
+        root,
+        part,
+        dd,
+        fs,
+    } = env;
+    drop(fs);
+    drop(dd);
+    let old_keyparts = std::fs::read(root.join("system/keyparts.json")).unwrap();
+    let new = vec![
+        new_part(&tmp.path().join("new1.key")),
+        new_part(&tmp.path().join("new2.key")),
+    ];
+    let lines = rekey::rekey_starter(
+        &root,
+        std::slice::from_ref(&part),
+        &new,
+        Argon2Params::default(),
+        &no_prompt,
+    )
+    .await
+    .unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("keyrings of 2 filesystems")),
+        "{lines:?}"
+    );
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+
+    assert!(
+        open(&root, std::slice::from_ref(&part)).is_err(),
+        "old parts refused"
+    );
+    assert!(
+        open(&root, &new[..1]).is_err(),
+        "one of two new parts is not enough"
+    );
+    let dd = open(&root, &new).unwrap();
+    check(&dd, &files).await;
+    put(&dd.fs("docs").unwrap(), "/after", b"after").await;
+    drop(dd);
+
+    // Nothing is left under the old starter key: with the old keyparts.json put back,
+    // the old parts pass the part checks but open neither the system db nor a keyring.
+    let saved_new = std::fs::read(root.join("system/keyparts.json")).unwrap();
+    std::fs::write(root.join("system/keyparts.json"), &old_keyparts).unwrap();
+    assert!(open(&root, std::slice::from_ref(&part)).is_err());
+    std::fs::write(root.join("system/keyparts.json"), &saved_new).unwrap();
+    let dd = open(&root, &new).unwrap();
+    check(&dd, &files).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_before_the_switch_keeps_the_old_parts() {
+    let env = Env::new();
+    let files = fill(&env.dd).await;
+    let Env {
+        tmp,
+        root,
+        part,
+        dd,
+        fs,
+    } = env;
+    drop(fs);
+    drop(dd);
+    let new = vec![new_part(&tmp.path().join("new.key"))];
+    rekey_until(&root, &part, &new, Stop::BeforeSwitch).await;
+    assert!(!leftovers(&root).is_empty(), "staged files exist");
+    assert!(
+        open(&root, &new).is_err(),
+        "not switched: new parts refused"
+    );
+    let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+    assert!(leftovers(&root).is_empty(), "the staged state is discarded");
+    check(&dd, &files).await;
+    drop(dd);
+    // A later re-keying goes through.
+    rekey_until(&root, &part, &new, Stop::Never).await;
+    let dd = open(&root, &new).unwrap();
+    check(&dd, &files).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_after_the_switch_is_finished_at_the_next_open() {
+    let env = Env::new();
+    let files = fill(&env.dd).await;
+    let Env {
+        tmp,
+        root,
+        part,
+        dd,
+        fs,
+    } = env;
+    drop(fs);
+    drop(dd);
+    let new = vec![new_part(&tmp.path().join("new.key"))];
+    rekey_until(&root, &part, &new, Stop::AfterSwitch).await;
+    assert!(
+        open(&root, std::slice::from_ref(&part)).is_err(),
+        "switched: old refused"
+    );
+    let dd = open(&root, &new).unwrap();
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+    check(&dd, &files).await;
+    drop(dd);
+    let dd = open(&root, &new).unwrap();
+    check(&dd, &files).await;
+}

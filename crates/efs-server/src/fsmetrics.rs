@@ -1,0 +1,91 @@
+//! Per-filesystem gauges for `/_efs/metrics`: files and bytes, key terms, and the
+//! progress of key rotations and re-encryptions.
+//!
+//! Counting files and bytes is a full index scan, so a scrape never does it: a scrape
+//! starts a background recount only if the last one is older than [`RECOUNT_EVERY`],
+//! and reports the last counts (a scrape right after a start therefore shows them a
+//! moment later). Progress is one index metadata read per filesystem and is current at
+//! every scrape. Filesystem names are labels: they are chosen by the administrator and
+//! are not personal data.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use efs_core::DataDir;
+use efs_core::fs::reencrypt;
+use efs_core::fs::rotation::{self, RotationState};
+
+/// Least time between two recounts of files and bytes.
+pub const RECOUNT_EVERY: Duration = Duration::from_secs(10);
+
+static LAST_RECOUNT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
+static RECOUNTING: AtomicBool = AtomicBool::new(false);
+
+/// Updates the gauges before a scrape is rendered.
+pub async fn before_render(data: &Arc<DataDir>) {
+    let names: Vec<String> = match data.list_fs() {
+        Ok(all) => all.into_iter().map(|f| f.name).collect(),
+        Err(e) => {
+            tracing::warn!(error = %e, "metrics: cannot list filesystems");
+            return;
+        }
+    };
+    for name in &names {
+        let Some(fs) = data.fs(name) else { continue };
+        let label = name.clone();
+        metrics::gauge!("efs_fs_key_term", "fs" => label.clone()).set(fs.current_term() as f64);
+        if let Ok(Some(p)) = rotation::progress(&fs).await {
+            let running = p.state == RotationState::Running;
+            metrics::gauge!("efs_rotation_running", "fs" => label.clone()).set(if running {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("efs_rotation_records_rewrapped", "fs" => label.clone())
+                .set(p.rewrapped as f64);
+            metrics::gauge!("efs_rotation_entries_seen", "fs" => label.clone()).set(p.seen as f64);
+        }
+        if let Ok(Some(p)) = reencrypt::progress(&fs).await {
+            let running = p.state == RotationState::Running;
+            metrics::gauge!("efs_reencryption_running", "fs" => label.clone()).set(if running {
+                1.0
+            } else {
+                0.0
+            });
+            metrics::gauge!("efs_reencryption_files_done", "fs" => label.clone())
+                .set(p.files_done as f64);
+            metrics::gauge!("efs_reencryption_files_total", "fs" => label.clone())
+                .set(p.total_files as f64);
+            metrics::gauge!("efs_reencryption_bytes_done", "fs" => label.clone())
+                .set(p.bytes_done as f64);
+        }
+    }
+    let due = {
+        let mut last = LAST_RECOUNT.lock().expect("metrics lock poisoned");
+        let due = last.is_none_or(|t| t.elapsed() >= RECOUNT_EVERY);
+        if due && !RECOUNTING.swap(true, Ordering::SeqCst) {
+            *last = Some(Instant::now());
+            true
+        } else {
+            false
+        }
+    };
+    if due {
+        let data = data.clone();
+        tokio::spawn(async move {
+            for name in names {
+                let Some(fs) = data.fs(&name) else { continue };
+                match fs.stats().await {
+                    Ok(s) => {
+                        metrics::gauge!("efs_fs_files", "fs" => name.clone()).set(s.files as f64);
+                        metrics::gauge!("efs_fs_bytes", "fs" => name.clone()).set(s.bytes as f64);
+                        metrics::gauge!("efs_fs_dirs", "fs" => name.clone()).set(s.dirs as f64);
+                    }
+                    Err(e) => tracing::warn!(fs = name, error = %e, "metrics: recount failed"),
+                }
+            }
+            RECOUNTING.store(false, Ordering::SeqCst);
+        });
+    }
+}

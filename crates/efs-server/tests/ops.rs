@@ -1,0 +1,347 @@
+//! Operations end to end with the real server: `efsctl backup` while clients read and
+//! write, `efsctl restore` into a new filesystem, fsck, files equal through HTTP;
+//! `efsctl reencrypt` under concurrent reads and writes with no failed request; the
+//! per-filesystem gauges of `/_efs/metrics`.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Clients that read `files` and write their own files until `stop`; every request
+/// must succeed. Returns each client's last written versions.
+struct Load {
+    stop: Arc<AtomicBool>,
+    failures: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+    tasks: tokio::task::JoinSet<BTreeMap<String, Vec<u8>>>,
+}
+
+impl Load {
+    fn start(srv: &TestServer, token: &str, files: Arc<BTreeMap<String, Vec<u8>>>) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let failures = Arc::new(AtomicU64::new(0));
+        let requests = Arc::new(AtomicU64::new(0));
+        let mut tasks = tokio::task::JoinSet::new();
+        for t in 0..4u64 {
+            let client = srv.client.clone();
+            let base = srv.base.clone();
+            let token = token.to_owned();
+            let (stop, failures, requests, files) = (
+                stop.clone(),
+                failures.clone(),
+                requests.clone(),
+                files.clone(),
+            );
+            tasks.spawn(async move {
+                let keys: Vec<String> = files.keys().cloned().collect();
+                let mut last = BTreeMap::new();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    n += 1;
+                    let path = &keys[((n * 7 + t * 31) % keys.len() as u64) as usize];
+                    match client
+                        .get(format!("{base}{path}"))
+                        .bearer_auth(&token)
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 200 => {
+                            let b = r.bytes().await.unwrap_or_default();
+                            if b.as_ref() != files[path].as_slice() {
+                                eprintln!("GET {path}: wrong content");
+                                failures.fetch_add(1, Ordering::Relaxed);
+                            }
+                        }
+                        Ok(r) => {
+                            eprintln!("GET {path}: {}", r.status());
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("GET {path}: {e}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    let wpath = format!("/w{t}/f{}.bin", n % 9);
+                    let len = if n.is_multiple_of(3) { 150_000 } else { 300 };
+                    let body = pattern(len, n * 100 + t);
+                    match client
+                        .put(format!("{base}{wpath}"))
+                        .bearer_auth(&token)
+                        .body(body.clone())
+                        .send()
+                        .await
+                    {
+                        Ok(r) if r.status() == 200 || r.status() == 201 => {
+                            last.insert(wpath, body);
+                        }
+                        Ok(r) => {
+                            eprintln!("PUT {wpath}: {}", r.status());
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                        Err(e) => {
+                            eprintln!("PUT {wpath}: {e}");
+                            failures.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                    requests.fetch_add(2, Ordering::Relaxed);
+                }
+                last
+            });
+        }
+        Load {
+            stop,
+            failures,
+            requests,
+            tasks,
+        }
+    }
+
+    /// Stops the clients; asserts that no request failed; returns what they wrote.
+    async fn finish(mut self, what: &str) -> BTreeMap<String, Vec<u8>> {
+        self.stop.store(true, Ordering::Relaxed);
+        let mut written = BTreeMap::new();
+        while let Some(r) = self.tasks.join_next().await {
+            written.extend(r.unwrap());
+        }
+        let (n, f) = (
+            self.requests.load(Ordering::Relaxed),
+            self.failures.load(Ordering::Relaxed),
+        );
+        eprintln!("{n} requests during the {what}, {f} failed");
+        assert!(n > 0, "the clients ran");
+        assert_eq!(f, 0, "no failed request during the {what}");
+        written
+    }
+}
+
+async fn put_files(srv: &TestServer, token: &str, n: u64) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for i in 0..n {
+        let path = format!("/r/d{}/f{i}.bin", i % 5);
+        let len = if i.is_multiple_of(10) {
+            200_000 + i as usize
+        } else {
+            50 + i as usize * 3
+        };
+        let data = pattern(len, i);
+        srv.put_ok(&path, token, data.clone()).await;
+        files.insert(path, data);
+    }
+    files
+}
+
+async fn efsctl(srv: &Arc<TestServer>, args: &[&str]) -> String {
+    let s = srv.clone();
+    let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+    // efsctl is a blocking child process: off the runtime's workers.
+    tokio::task::spawn_blocking(move || {
+        let a: Vec<&str> = args.iter().map(String::as_str).collect();
+        s.efsctl_ok(&a)
+    })
+    .await
+    .unwrap()
+}
+
+async fn metrics(srv: &TestServer) -> String {
+    srv.client
+        .get(srv.url("/_efs/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
+fn gauge(text: &str, name: &str, fs: &str) -> Option<f64> {
+    let prefix = format!("{name}{{fs=\"{fs}\"}} ");
+    text.lines()
+        .find_map(|l| l.strip_prefix(&prefix))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn backup_while_serving_then_restore_into_a_new_fs() {
+    let s = session(&[]).await;
+    let files = Arc::new(put_files(&s.srv, &s.token, 150).await);
+    let srv = Arc::new(s.srv);
+    let load = Load::start(&srv, &s.token, files.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let dest = srv.dir.path().join("backup-1");
+    let out = efsctl(
+        &srv,
+        &["backup", "--fs", "files", "-o", dest.to_str().unwrap()],
+    )
+    .await;
+    assert!(out.contains("Backed up 'files'"), "{out}");
+    assert!(out.contains("WARNING: no key material included"), "{out}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let written = load.finish("backup").await;
+    let manifest: Value =
+        serde_json::from_slice(&std::fs::read(dest.join("manifest.json")).unwrap()).unwrap();
+    assert_eq!(manifest["format"], "efs-backup/1");
+    assert!(manifest["files"].as_u64().unwrap() >= 150, "{manifest}");
+
+    // The live filesystem is clean too (removals deferred by the backup are done).
+    let fsck = efsctl(&srv, &["fsck", "--fs", "files"]).await;
+    assert!(fsck.contains(" 0 errors, 0 orphan blobs"), "{fsck}");
+
+    let out = efsctl(
+        &srv,
+        &["restore", "--fs", "restored", "-i", dest.to_str().unwrap()],
+    )
+    .await;
+    assert!(out.contains("into 'restored'"), "{out}");
+    let fsck = efsctl(&srv, &["fsck", "--fs", "restored"]).await;
+    assert!(
+        fsck.contains(" 0 errors, 0 orphan blobs, 0 orphan inline"),
+        "{fsck}"
+    );
+    efsctl(&srv, &["grant", "app", "--fs", "restored"]).await;
+    let t = srv.login("app", &s.key, Some("restored")).await;
+    for (path, data) in files.iter() {
+        assert!(srv.get_ok(path, &t).await == *data, "{path} restored");
+    }
+    // The clients' files are whole versions of the snapshot (or absent if written later).
+    let mut present = 0;
+    for path in written.keys() {
+        let (status, body) = srv.get(path, &t).await;
+        if status == 200 {
+            present += 1;
+            let len = body.len();
+            assert!(len == 300 || len == 150_000, "{path}: a whole version");
+        } else {
+            assert_eq!(status, 404, "{path}");
+        }
+    }
+    assert!(present > 0);
+
+    // With the server stopped, efsctl backs up and restores on the data dir itself.
+    let mut srv = Arc::into_inner(srv).expect("no other reference");
+    assert!(srv.stop().await.unwrap().success());
+    let dest2 = srv.dir.path().join("backup-2");
+    let out = srv.efsctl_ok(&[
+        "backup",
+        "--fs",
+        "files",
+        "-o",
+        dest2.to_str().unwrap(),
+        "--include-keys",
+    ]);
+    assert!(out.contains("keyring is included"), "{out}");
+    assert!(dest2.join("keys/keyring.sealed").exists());
+    srv.efsctl_ok(&["restore", "--fs", "again", "-i", dest2.to_str().unwrap()]);
+    let fsck = srv.efsctl(&["fsck", "--fs", "again"]);
+    assert!(fsck.status.success(), "{fsck:?}");
+    // A name in use is refused.
+    let again = srv.efsctl(&["restore", "--fs", "files", "-i", dest2.to_str().unwrap()]);
+    assert!(!again.status.success());
+
+    // New key parts (server stopped): afterwards only they open the data dir, and the
+    // server starts with them and serves every file.
+    let new_part = srv.dir.path().join("new.keypart");
+    efs_core::keyparts::generate_part_file(&new_part).unwrap();
+    let spec = format!("file:{}", new_part.display());
+    let out = srv.efsctl_ok(&["rekey-starter", "--new-key-part", &spec]);
+    assert!(out.contains("only the new key parts open"), "{out}");
+    assert!(
+        !srv.efsctl(&["list-fs"]).status.success(),
+        "old part refused"
+    );
+    let srv = TestServer::start_in(srv.dir.clone(), &["--key-part", &spec], &[]);
+    let t = srv.login("app", &s.key, Some("files")).await;
+    for (path, data) in files.iter() {
+        assert!(srv.get_ok(path, &t).await == *data, "{path} after rekey");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reencrypt_and_rotate_under_load_with_metrics() {
+    let s = session(&[]).await;
+    let files = Arc::new(put_files(&s.srv, &s.token, 200).await);
+    let srv = Arc::new(s.srv);
+
+    // Files and bytes per filesystem: recounted in the background after a scrape.
+    let total: u64 = files.values().map(|d| d.len() as u64).sum();
+    let t0 = Instant::now();
+    loop {
+        let m = metrics(&srv).await;
+        if gauge(&m, "efs_fs_files", "files") == Some(200.0) {
+            assert_eq!(gauge(&m, "efs_fs_bytes", "files"), Some(total as f64));
+            assert_eq!(gauge(&m, "efs_fs_key_term", "files"), Some(1.0));
+            break;
+        }
+        assert!(t0.elapsed() < Duration::from_secs(20), "{m}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    let load = Load::start(&srv, &s.token, files.clone());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // rekey-starter is refused while the server runs.
+    let s2 = srv.clone();
+    let refused = tokio::task::spawn_blocking(move || {
+        s2.efsctl(&["rekey-starter", "--new-key-part", "env:UNUSED_PART"])
+    })
+    .await
+    .unwrap();
+    assert!(!refused.status.success());
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("stop it first"),
+        "{refused:?}"
+    );
+    let out = efsctl(&srv, &["reencrypt", "--fs", "files"]).await;
+    assert!(out.contains("Added key term 2"), "{out}");
+    let t0 = Instant::now();
+    let st = loop {
+        let out = efsctl(&srv, &["status", "--fs", "files", "--json"]).await;
+        let st: Value = serde_json::from_str(&out).unwrap();
+        if st[0]["reencryption"]["state"] == "done" {
+            break st[0].clone();
+        }
+        assert!(t0.elapsed() < Duration::from_secs(60), "{st}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Then a key rotation, under the same load.
+    let out = efsctl(&srv, &["rotate-key", "--fs", "files", "--wait"]).await;
+    assert!(out.contains("rotation done"), "{out}");
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let written = load.finish("re-encryption and rotation").await;
+    assert!(
+        st["reencryption"]["files_done"].as_u64().unwrap() >= 200,
+        "{st}"
+    );
+    // The clients' files written before it started count too.
+    let total_files = st["reencryption"]["total_files"].as_u64().unwrap();
+    assert!((200..=236).contains(&total_files), "{st}");
+
+    let m = metrics(&srv).await;
+    assert_eq!(
+        gauge(&m, "efs_reencryption_running", "files"),
+        Some(0.0),
+        "{m}"
+    );
+    assert!(gauge(&m, "efs_reencryption_files_done", "files").unwrap() >= 200.0);
+    assert_eq!(
+        gauge(&m, "efs_reencryption_files_total", "files"),
+        Some(total_files as f64)
+    );
+    assert_eq!(gauge(&m, "efs_rotation_running", "files"), Some(0.0));
+    assert!(gauge(&m, "efs_rotation_records_rewrapped", "files").unwrap() >= 200.0);
+    assert_eq!(gauge(&m, "efs_fs_key_term", "files"), Some(3.0));
+
+    let fsck = efsctl(&srv, &["fsck", "--fs", "files"]).await;
+    assert!(
+        fsck.contains(" 0 errors, 0 orphan blobs, 0 orphan inline"),
+        "{fsck}"
+    );
+    for (path, data) in files.iter().chain(written.iter()) {
+        assert!(srv.get_ok(path, &s.token).await == *data, "{path}");
+    }
+}
