@@ -11,12 +11,14 @@
 //! - [`fs`]: a filesystem's operations (stat, list, write, read, move, delete, fsck, gc).
 //! - [`system`] / [`datadir`]: users, filesystems and secrets; the data dir's layout.
 //! - [`rotation`]: key rotation while serving (new term, background rewrap, resumable).
+//! - [`audit`]: the tamper-evident, encrypted audit log and its verification.
 //! - [`admin`]: the admin commands shared by `efsctl` and the server's admin socket.
 //! - [`labels`]: every key-derivation label (frozen).
 
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod audit;
 pub mod blob;
 pub mod datadir;
 pub mod error;
