@@ -6,6 +6,7 @@
 //!   system/keyparts.json       public facts about the key parts (kinds, salt, check tags)
 //!   system/system.redb         users, filesystems, wrapped secrets (all sealed)
 //!   system/admin.sock          the running server's admin socket (0600)
+//!   system/audit/              the audit log: audit-NNNNNN.log (chained, sealed), HEAD
 //!   fs/<random id>/index.redb  one filesystem's index (sealed records, inline content)
 //!   fs/<random id>/blobs/      its large files' content, sharded by random id
 //! ```
@@ -17,6 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditKeys, AuditLog, AuditOptions};
 use crate::blob::LocalBlobStore;
 use crate::error::{CoreError, Result};
 use crate::fs::rotation::{self, RotationProgress};
@@ -43,6 +45,8 @@ pub struct OpenOptions {
     pub argon2: Argon2Params,
     /// Filesystem tunables.
     pub fs: FsOptions,
+    /// Audit log tunables.
+    pub audit: AuditOptions,
 }
 
 /// What happened at open: lines for the operator.
@@ -61,6 +65,9 @@ pub struct DataDir {
     filesystems: RwLock<HashMap<String, Arc<Filesystem>>>,
     starter: StarterKey,
     opts: OpenOptions,
+    audit_keys: AuditKeys,
+    /// Last, so that it is dropped (flushed, anchored) after everything that records.
+    audit: AuditLog,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -181,12 +188,22 @@ impl DataDir {
             keyparts::open(&file, specs, prompt)?
         };
         let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
+        // After the system database: its lock keeps a second process, and so a second
+        // audit writer, out of this data dir.
+        let audit_keys = AuditKeys::derive(&starter);
+        let audit = AuditLog::open(
+            &root.join(crate::audit::AUDIT_DIR),
+            &audit_keys,
+            opts.audit.clone(),
+        )?;
         let dd = Self {
             root: root.to_path_buf(),
             system,
             filesystems: RwLock::new(HashMap::new()),
             starter,
             opts,
+            audit_keys,
+            audit,
         };
         for rec in dd.system.filesystems()? {
             let fs = Arc::new(dd.open_fs(&rec)?);
@@ -208,6 +225,32 @@ impl DataDir {
     /// The data dir's path.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Checks the whole audit log (see [`crate::audit::verify`]).
+    pub fn audit_verify(
+        &self,
+        expect_head: Option<(u64, &str)>,
+    ) -> Result<crate::audit::VerifyReport> {
+        Ok(crate::audit::verify(
+            self.audit.dir(),
+            &self.audit_keys,
+            expect_head,
+        )?)
+    }
+
+    /// The audit entries matching `filter` (see [`crate::audit::show`]).
+    pub fn audit_show(&self, filter: &crate::audit::Filter) -> Result<crate::audit::ShowReport> {
+        Ok(crate::audit::show(
+            self.audit.dir(),
+            &self.audit_keys,
+            filter,
+        )?)
     }
 
     /// Path of the admin socket.

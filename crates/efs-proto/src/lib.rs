@@ -51,6 +51,9 @@ pub mod codes {
     pub const INTERNAL: &str = "internal";
     /// 503: the server is shutting down or a dependency is unavailable.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// 503: the audit log cannot be written, so the server refuses to act unrecorded (fail
+    /// closed) until an operator fixes the disk and restarts it.
+    pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 }
 
 /// Kind of a directory entry.

@@ -6,6 +6,7 @@
 //! - [`cache`]: the decrypted-content cache.
 //! - [`tls`]: certificates (given, or generated and sealed), mutual TLS.
 //! - [`admin_socket`]: `efsctl` while the server runs.
+//! - [`audit`]: the audit entries of logins and file requests (fail closed).
 //! - [`users`]: the in-memory user directory.
 //! - [`error`]: `ApiError`, the one mapping from failures to HTTP.
 
@@ -13,6 +14,7 @@
 
 pub mod admin_socket;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod error;

@@ -165,7 +165,10 @@ pub(crate) fn push_entry(out: &mut Vec<u8>, seq: u64, time_ms: i64, sealed: &[u8
     use std::io::Write;
     write!(out, "{seq} {time_ms} ").expect("writing to a Vec cannot fail");
     let start = out.len();
-    out.resize(start + base64::encoded_len(sealed.len(), true).expect("short"), 0);
+    out.resize(
+        start + base64::encoded_len(sealed.len(), true).expect("short"),
+        0,
+    );
     let n = B64
         .encode_slice(sealed, &mut out[start..])
         .expect("the buffer was sized for it");

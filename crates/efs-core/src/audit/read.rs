@@ -218,8 +218,8 @@ pub fn verify(
     if problem.is_none()
         && let Some((seq, want)) = expect_head
     {
-        let ok = seq == 0
-            || mac_at_expect.is_some_and(|m| want.eq_ignore_ascii_case(&hex::encode(m)));
+        let ok =
+            seq == 0 || mac_at_expect.is_some_and(|m| want.eq_ignore_ascii_case(&hex::encode(m)));
         if !ok {
             problem = Some(Problem {
                 entry: seq,

@@ -129,7 +129,10 @@ async fn edited_byte_names_that_entry() {
     put_lines(f, &l);
     let p = problem(&dir, &keys);
     assert_eq!((p.entry, p.line), (6, 7), "{p:?}");
-    assert!(p.message.starts_with("entry 6 (file audit-000001.log line 7): MAC mismatch"));
+    assert!(
+        p.message
+            .starts_with("entry 6 (file audit-000001.log line 7): MAC mismatch")
+    );
 }
 
 #[tokio::test]
@@ -188,12 +191,17 @@ async fn truncated_tail_is_detected_by_the_anchor() {
     put_lines(f, &l);
     let p = problem(&dir, &keys);
     assert!(
-        p.message.contains("truncated: the anchor records entry 8 but the log ends at entry 5"),
+        p.message
+            .contains("truncated: the anchor records entry 8 but the log ends at entry 5"),
         "{p:?}"
     );
     // A writer opened on the cut log continues from the anchor, so the gap stays visible.
     let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
-    assert!(log.notes()[0].contains("entries were removed"), "{:?}", log.notes());
+    assert!(
+        log.notes()[0].contains("entries were removed"),
+        "{:?}",
+        log.notes()
+    );
     log.record(rec(99)).await.unwrap();
     log.close();
     let p = problem(&dir, &keys);
@@ -263,7 +271,11 @@ async fn reopen_continues_the_chain_and_rotation_splits_files() {
     let r = verify(&dir, &keys, None).unwrap();
     assert!(r.is_clean(), "{r:?}");
     assert_eq!(r.entries, 30);
-    assert!(r.files > 3, "rotation made more files than restarts: {}", r.files);
+    assert!(
+        r.files > 3,
+        "rotation made more files than restarts: {}",
+        r.files
+    );
     // A head kept elsewhere: still in the log, so it verifies; a made-up one does not.
     let h = (r.head_seq, r.head_mac.clone());
     assert!(verify(&dir, &keys, Some((h.0, &h.1))).unwrap().is_clean());
@@ -273,7 +285,10 @@ async fn reopen_continues_the_chain_and_rotation_splits_files() {
     let f = files(&dir);
     std::fs::remove_file(&f[1]).unwrap();
     let p = problem(&dir, &keys);
-    assert!(p.file == f[2].file_name().unwrap().to_string_lossy(), "{p:?}");
+    assert!(
+        p.file == f[2].file_name().unwrap().to_string_lossy(),
+        "{p:?}"
+    );
 }
 
 #[tokio::test]
