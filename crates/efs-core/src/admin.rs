@@ -219,9 +219,16 @@ fn fmt_time(ms: i64) -> String {
     format!("{secs}")
 }
 
-/// Runs one command on an open data dir and records it in the audit log. `CacheClear` is
-/// answered by the server itself. Refused when the audit log cannot be written (fail closed).
-pub async fn execute(dd: &DataDir, req: AdminRequest, op: &Operator) -> AdminResponse {
+/// Runs one command on an open data dir, recorded as run by this process's account (see
+/// [`execute_as`]).
+pub async fn execute(dd: &DataDir, req: AdminRequest) -> AdminResponse {
+    execute_as(dd, req, &Operator::this_process("local")).await
+}
+
+/// Runs one command on an open data dir and records it in the audit log as run by `op`.
+/// `CacheClear` is answered by the server itself. Refused when the audit log cannot be
+/// written (fail closed).
+pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> AdminResponse {
     if dd.audit().is_failed() {
         return AdminResponse::err(AuditError::Failed.to_string());
     }

@@ -88,7 +88,7 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     } else {
         None
     };
-    let resp = admin::execute(&st.data, req, op).await;
+    let resp = admin::execute_as(&st.data, req, op).await;
     if mutates && resp.ok {
         if let Err(e) = st.users.reload(&st.data) {
             tracing::error!(error = %e, "reloading users after an admin change failed");

@@ -84,8 +84,7 @@ fn scan(
     let files = list_files(dir)?;
     for (_, name) in &files {
         let data = std::fs::read(dir.join(name))?;
-        let mut lines = data.split_inclusive(|&b| b == b'\n').enumerate().peekable();
-        while let Some((i, l)) = lines.next() {
+        for (i, l) in data.split_inclusive(|&b| b == b'\n').enumerate() {
             let no = i as u64 + 1;
             let item = match l.strip_suffix(b"\n") {
                 None => Item::Torn,

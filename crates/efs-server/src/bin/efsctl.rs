@@ -398,7 +398,7 @@ fn send(
                 }
             }
             let op = efs_core::admin::Operator::this_process("data-dir");
-            Ok(rt.block_on(efs_core::admin::execute(&dd, req, &op)))
+            Ok(rt.block_on(efs_core::admin::execute_as(&dd, req, &op)))
         }
     }
 }
