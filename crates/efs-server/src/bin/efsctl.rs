@@ -177,17 +177,20 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum AuditCmd {
-    /// Check the whole audit log: any edited, inserted, deleted or reordered entry is named
-    /// (the first one), and so is a log cut short (through its HEAD anchor). Prints the
-    /// head to keep elsewhere. Exit code 3 when something is wrong.
+    /// Check the whole audit log (exit code 3 when something is wrong).
+    ///
+    /// Names the first edited, inserted, deleted or reordered entry, and detects a log cut
+    /// short (through its HEAD anchor). Prints the head to keep elsewhere.
     Verify {
         /// A head printed by an earlier verify (SEQ:MAC): fails if the log no longer
         /// contains it (a rollback of both the log and its anchor).
         #[arg(long, value_name = "SEQ:MAC")]
         expect_head: Option<String>,
     },
-    /// Show audit entries, oldest first: time, entry number, user, action, filesystem,
-    /// path, HTTP status, client address. Answers "who read this file, and when".
+    /// Who did what, when: "who read this file, and when".
+    ///
+    /// Entries oldest first: time, entry number, user, action, filesystem, path, HTTP
+    /// status, client address, reason.
     Show {
         /// Only this user.
         #[arg(long)]
