@@ -7,8 +7,8 @@
 //! Everything that names a person or a path is inside an AES-256-GCM sealed body. The byte
 //! layout, the keys and what is and is not detected are in docs/audit.md.
 //!
-//! - [`line`]: the line format, the MAC and the sealing (frozen, versioned).
-//! - [`writer`]: [`AuditLog`], the one writer per data dir (group appends, fsync in groups,
+//! - `line`: the line format, the MAC and the sealing (frozen, versioned).
+//! - `writer`: [`AuditLog`], the one writer per data dir (group appends, fsync in groups,
 //!   fail closed).
 //! - [`read`]: [`verify`] and [`show`], for `efsctl audit`.
 
