@@ -194,6 +194,14 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
             .map_err(|_| ApiError::audit_unavailable())?;
         return Err(e);
     }
+    if !crate::auth::is_valid_user_name(&body.user) {
+        // Refused before the authenticator reports anything: recorded here, without the
+        // (arbitrary) name.
+        let mut rec = Record::new(Action::LoginFailed, 400);
+        rec.client = Some(ip.to_string());
+        rec.detail = Some("malformed user name".into());
+        let _ = st.data.audit().submit(rec);
+    }
     let r = st.auth.login(&body, ip);
     // The hook queued the login's entry: no token leaves before it is written.
     st.data

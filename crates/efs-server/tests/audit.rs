@@ -43,6 +43,10 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
     let body = srv.signed_body("app", &new_signing_key(), None).await;
     assert_eq!(srv.token_request(&body).await.status(), 401);
     let nurse = srv.login("nurse-kim", &nurse_key, None).await;
+    // A malformed user name: refused (400) and recorded, without the name.
+    let mut bad = body.clone();
+    bad["user"] = json!("no spaces allowed");
+    assert_eq!(srv.token_request(&bad).await.status(), 400);
 
     let file = "/patients/173/prescription.pdf";
     srv.put_ok(file, &app, b"dose: 2x daily".to_vec()).await;
@@ -123,6 +127,13 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
     assert!(failed[0]["detail"].as_str().is_some());
     assert!(app_entries.iter().any(|e| e["action"] == "login-ok"));
     assert!(show(&srv, &["--user", "app", "--until", "1h"]).is_empty());
+    let malformed: Vec<Value> = show(&srv, &[])
+        .into_iter()
+        .filter(|e| e["detail"] == "malformed user name")
+        .collect();
+    assert_eq!(malformed.len(), 1, "{malformed:?}");
+    assert_eq!(malformed[0]["action"], "login-failed");
+    assert_eq!(malformed[0]["user"], Value::Null);
     // Admin commands, with the operator's account and how it came.
     let admin: Vec<Value> = show(&srv, &[])
         .into_iter()
