@@ -191,11 +191,13 @@ impl DataDir {
         // After the system database: its lock keeps a second process, and so a second
         // audit writer, out of this data dir.
         let audit_keys = AuditKeys::derive(&starter);
-        let audit = AuditLog::open(
-            &root.join(crate::audit::AUDIT_DIR),
-            &audit_keys,
-            opts.audit.clone(),
-        )?;
+        let audit_dir = root.join(crate::audit::AUDIT_DIR);
+        let audit = AuditLog::open(&audit_dir, &audit_keys, opts.audit.clone()).map_err(|e| {
+            CoreError::Invalid(format!(
+                "cannot open the audit log {}: {e} (nothing is served without it)",
+                audit_dir.display()
+            ))
+        })?;
         let dd = Self {
             root: root.to_path_buf(),
             system,

@@ -260,6 +260,15 @@ async fn unwritable_audit_log_fails_closed() {
     // The refused write did not happen: after a restart on a repaired log, /b.txt is absent.
     let mut srv = srv;
     srv.stop().await;
+    // Nor does a server start without its audit log.
+    let f = TestServer::try_start_in(srv.dir.clone(), &[], &[])
+        .err()
+        .expect("a server started with its audit directory replaced by a file");
+    assert!(
+        f.stderr.contains("cannot open the audit log"),
+        "{}",
+        f.stderr
+    );
     std::fs::remove_file(&dir).unwrap();
     std::fs::rename(srv.data.join("system/audit.moved"), &dir).unwrap();
     let srv2 = TestServer::start_in(srv.dir.clone(), &[], &[]);
