@@ -6,6 +6,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
 use serde::{Deserialize, Serialize};
 
+use crate::audit::{Action, AuditError, Filter, Record};
 use crate::datadir::DataDir;
 use crate::error::CoreError;
 use crate::fs::reencrypt;
@@ -127,6 +128,92 @@ pub enum AdminRequest {
         #[serde(default)]
         backup_key_parts: Vec<String>,
     },
+    /// Check the audit log: the whole chain, the anchor, and optionally a head kept
+    /// elsewhere.
+    AuditVerify {
+        /// `SEQ:MAC-HEX`, as an earlier verify printed it.
+        #[serde(default)]
+        expect_head: Option<String>,
+    },
+    /// The audit entries matching a filter.
+    AuditShow {
+        /// What to match.
+        #[serde(default)]
+        filter: Filter,
+    },
+}
+
+impl AdminRequest {
+    /// The command and its arguments for the audit log (public key text left out).
+    pub fn summary(&self) -> String {
+        let mut v = serde_json::to_value(self).expect("serialising JSON cannot fail");
+        let obj = v
+            .as_object_mut()
+            .expect("a tagged enum serialises to an object");
+        let cmd = obj
+            .remove("cmd")
+            .and_then(|c| c.as_str().map(str::to_owned))
+            .unwrap_or_default();
+        obj.remove("public_key");
+        if obj.is_empty() {
+            cmd
+        } else {
+            format!("{cmd} {v}")
+        }
+    }
+
+    fn fs(&self) -> Option<&str> {
+        match self {
+            AdminRequest::CreateFs { name } => Some(name),
+            AdminRequest::Grant { fs, .. }
+            | AdminRequest::Fsck { fs, .. }
+            | AdminRequest::Gc { fs, .. }
+            | AdminRequest::RotateKey { fs, .. }
+            | AdminRequest::Reencrypt { fs, .. }
+            | AdminRequest::Backup { fs, .. }
+            | AdminRequest::Restore { fs, .. } => Some(fs),
+            AdminRequest::Revoke { fs, .. } | AdminRequest::Status { fs } => fs.as_deref(),
+            _ => None,
+        }
+    }
+}
+
+/// Who runs an admin command, as the audit log records it.
+#[derive(Debug, Clone)]
+pub struct Operator {
+    /// The local account (`uid:N`).
+    pub user: String,
+    /// How it came: `admin-socket` or `data-dir` (efsctl with no server running).
+    pub via: String,
+}
+
+impl Operator {
+    /// The account running this process, for efsctl on the data dir.
+    pub fn this_process(via: &str) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self")
+            .map(|m| m.uid().to_string())
+            .unwrap_or_else(|_| "unknown".into());
+        Self {
+            user: format!("uid:{uid}"),
+            via: via.to_owned(),
+        }
+    }
+}
+
+/// Records an admin command and its outcome in the audit log, and waits until it is written.
+pub async fn record_admin(
+    dd: &DataDir,
+    op: &Operator,
+    req: &AdminRequest,
+    ok: bool,
+) -> Result<(), AuditError> {
+    let mut rec = Record::new(Action::Admin, if ok { 200 } else { 400 });
+    rec.user = Some(op.user.clone());
+    rec.client = Some(op.via.clone());
+    rec.fs = req.fs().map(str::to_owned);
+    rec.detail = Some(req.summary());
+    dd.audit().record(rec).await
 }
 
 /// The answer to an admin command.
@@ -171,11 +258,30 @@ fn fmt_time(ms: i64) -> String {
     format!("{secs}")
 }
 
-/// Runs one command on an open data dir. `CacheClear` is answered by the server itself.
+/// Runs one command on an open data dir, recorded as run by this process's account (see
+/// [`execute_as`]).
 pub async fn execute(dd: &DataDir, req: AdminRequest) -> AdminResponse {
-    match run(dd, req).await {
+    execute_as(dd, req, &Operator::this_process("local")).await
+}
+
+/// Runs one command on an open data dir and records it in the audit log as run by `op`.
+/// `CacheClear` is answered by the server itself. Refused when the audit log cannot be
+/// written (fail closed).
+pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> AdminResponse {
+    if dd.audit().is_failed() {
+        return AdminResponse::err(AuditError::Failed.to_string());
+    }
+    let recorded = req.clone();
+    let resp = match run(dd, req).await {
         Ok(r) => r,
         Err(e) => AdminResponse::err(e.to_string()),
+    };
+    match record_admin(dd, op, &recorded, resp.ok).await {
+        Ok(()) => resp,
+        Err(e) => AdminResponse::err(format!(
+            "{e} (the command itself {})",
+            if resp.ok { "was carried out" } else { "failed" }
+        )),
     }
 }
 
@@ -452,6 +558,8 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             }
             AdminResponse::ok(lines, serde_json::Value::Array(data))
         }
+        AdminRequest::AuditVerify { expect_head } => audit_verify(dd, expect_head.as_deref())?,
+        AdminRequest::AuditShow { filter } => audit_show(dd, &filter)?,
         AdminRequest::CacheClear => AdminResponse::ok(
             vec!["No server is running: there is no cache to clear".into()],
             serde_json::Value::Null,
@@ -550,4 +658,112 @@ fn digest_json(d: Option<&crate::digest::DigestCheck>) -> serde_json::Value {
 
 fn grant_text(g: &GrantRecord) -> String {
     format!("{}{}", g.fs, if g.read_only { " (read-only)" } else { "" })
+}
+
+fn audit_verify(dd: &DataDir, expect: Option<&str>) -> Result<AdminResponse, CoreError> {
+    let expect = match expect {
+        None => None,
+        Some(e) => {
+            let parsed = e
+                .split_once(':')
+                .and_then(|(s, m)| Some((s.parse::<u64>().ok()?, m)))
+                .filter(|(_, m)| m.len() == 64 && m.bytes().all(|b| b.is_ascii_hexdigit()));
+            Some(parsed.ok_or_else(|| {
+                CoreError::Invalid(
+                    "--expect-head takes SEQ:MAC as audit verify printed it (e.g. 42:3fa1…, 64 hex digits)"
+                        .into(),
+                )
+            })?)
+        }
+    };
+    let rep = dd.audit_verify(expect)?;
+    let mut lines = Vec::new();
+    match &rep.problem {
+        Some(p) => lines.push(format!("audit verify: FAILED: {}", p.message)),
+        None => lines.push(format!(
+            "audit verify: OK: {} entries in {} files, chain intact",
+            rep.entries, rep.files
+        )),
+    }
+    use crate::audit::AnchorCheck;
+    match &rep.anchor {
+        AnchorCheck::Match => lines.push("anchor: matches the last entry".into()),
+        AnchorCheck::Behind { anchor } => lines.push(format!(
+            "anchor: at entry {anchor}; the {} entries after it were written since the last fsync group (normal while the server runs, or after a crash)",
+            rep.entries - anchor
+        )),
+        AnchorCheck::Empty => lines.push("anchor: none yet (empty log)".into()),
+        AnchorCheck::NotChecked => {}
+    }
+    for t in &rep.torn {
+        lines.push(format!(
+            "torn last line (a write cut short by a crash, or in progress; not an entry): {t}"
+        ));
+    }
+    lines.push(format!(
+        "head: entry {} mac {} (keep it off this machine; later: efsctl audit verify --expect-head {}:{})",
+        rep.head_seq, rep.head_mac, rep.head_seq, rep.head_mac
+    ));
+    let mut r = AdminResponse::ok(
+        lines,
+        serde_json::to_value(&rep).expect("serialising JSON cannot fail"),
+    );
+    r.clean = Some(rep.is_clean());
+    Ok(r)
+}
+
+fn audit_show(dd: &DataDir, filter: &Filter) -> Result<AdminResponse, CoreError> {
+    let rep = dd.audit_show(filter)?;
+    let mut lines = Vec::new();
+    let mut data = Vec::new();
+    for e in &rep.entries {
+        let r = &e.record;
+        let time = rfc3339_ms(e.time_ms);
+        let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
+        let what = match (&r.path, &r.to) {
+            (Some(p), Some(t)) => format!("{p} -> {t}"),
+            (Some(p), None) => p.clone(),
+            _ => "-".into(),
+        };
+        lines.push(format!(
+            "{time}  #{}  {}  {}  {}  {}  {}  {}{}",
+            e.seq,
+            dash(&r.user),
+            r.action.name(),
+            dash(&r.fs),
+            what,
+            r.status,
+            dash(&r.client),
+            r.detail
+                .as_ref()
+                .map(|d| format!("  {d}"))
+                .unwrap_or_default()
+        ));
+        let mut v = serde_json::to_value(e).expect("serialising JSON cannot fail");
+        v["time"] = serde_json::Value::String(time);
+        data.push(v);
+    }
+    if let Some(n) = rep.chain_broken_at {
+        lines.push(format!(
+            "warning: the audit chain breaks at entry {n}: entries from there on cannot be trusted (run efsctl audit verify)"
+        ));
+    }
+    if rep.undecryptable > 0 {
+        lines.push(format!(
+            "warning: {} entries did not decrypt (run efsctl audit verify)",
+            rep.undecryptable
+        ));
+    }
+    let mut r = AdminResponse::ok(lines, serde_json::Value::Array(data));
+    // A broken chain makes the answer untrustworthy: say so in the exit code too.
+    r.clean = Some(rep.chain_broken_at.is_none() && rep.undecryptable == 0);
+    Ok(r)
+}
+
+/// Unix ms as RFC 3339 UTC with milliseconds.
+fn rfc3339_ms(ms: i64) -> String {
+    let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
+        .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }

@@ -6,6 +6,7 @@
 //!   system/keyparts.json       public facts about the key parts (kinds, salt, check tags)
 //!   system/system.redb         users, filesystems, wrapped secrets (all sealed)
 //!   system/admin.sock          the running server's admin socket (0600)
+//!   system/audit/              the audit log: audit-NNNNNN.log (chained, sealed), HEAD
 //!   fs/<random id>/index.redb  one filesystem's index (sealed records, inline content)
 //!   fs/<random id>/blobs/      its large files' content, sharded by random id
 //! ```
@@ -17,6 +18,7 @@ use std::sync::{Arc, RwLock};
 
 use zeroize::Zeroizing;
 
+use crate::audit::{AuditKeys, AuditLog, AuditOptions};
 use crate::blob::LocalBlobStore;
 use crate::digest::DigestKey;
 use crate::error::{CoreError, Result};
@@ -46,6 +48,8 @@ pub struct OpenOptions {
     pub argon2: Argon2Params,
     /// Filesystem tunables.
     pub fs: FsOptions,
+    /// Audit log tunables.
+    pub audit: AuditOptions,
 }
 
 /// What happened at open: lines for the operator.
@@ -64,6 +68,9 @@ pub struct DataDir {
     filesystems: RwLock<HashMap<String, Arc<Filesystem>>>,
     starter: StarterKey,
     opts: OpenOptions,
+    audit_keys: AuditKeys,
+    /// Last, so that it is dropped (flushed, anchored) after everything that records.
+    audit: AuditLog,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -94,6 +101,24 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+/// Name of the system secret that holds the audit log's root key.
+const SECRET_AUDIT_ROOT: &str = "audit-root";
+
+/// The audit log's root key: random, made at the first open, kept sealed in the system DB
+/// (re-keying the starter re-seals it unchanged, so the log stays verifiable).
+fn audit_root(system: &SystemDb) -> Result<efs_format::Key32> {
+    if let Some(v) = system.secret(SECRET_AUDIT_ROOT)? {
+        let bytes: [u8; 32] = v
+            .as_slice()
+            .try_into()
+            .map_err(|_| CoreError::Corrupt("audit root key length"))?;
+        return Ok(efs_format::Key32::from_bytes(bytes));
+    }
+    let root = efs_format::Key32::random();
+    system.put_secret(SECRET_AUDIT_ROOT, root.as_bytes())?;
+    Ok(root)
 }
 
 /// Name of the system secret that holds the root of filesystem `id`'s index-digest key.
@@ -195,12 +220,24 @@ impl DataDir {
             starter
         };
         let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
+        // After the system database: its lock keeps a second process, and so a second
+        // audit writer, out of this data dir.
+        let audit_keys = AuditKeys::derive(&audit_root(&system)?);
+        let audit_dir = root.join(crate::audit::AUDIT_DIR);
+        let audit = AuditLog::open(&audit_dir, &audit_keys, opts.audit.clone()).map_err(|e| {
+            CoreError::Invalid(format!(
+                "cannot open the audit log {}: {e} (nothing is served without it)",
+                audit_dir.display()
+            ))
+        })?;
         let dd = Self {
             root: root.to_path_buf(),
             system,
             filesystems: RwLock::new(HashMap::new()),
             starter,
             opts,
+            audit_keys,
+            audit,
         };
         for rec in dd.system.filesystems()? {
             let fs = Arc::new(dd.open_fs(&rec)?);
@@ -229,6 +266,32 @@ impl DataDir {
     /// The data dir's path.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The audit log.
+    pub fn audit(&self) -> &AuditLog {
+        &self.audit
+    }
+
+    /// Checks the whole audit log (see [`crate::audit::verify`]).
+    pub fn audit_verify(
+        &self,
+        expect_head: Option<(u64, &str)>,
+    ) -> Result<crate::audit::VerifyReport> {
+        Ok(crate::audit::verify(
+            self.audit.dir(),
+            &self.audit_keys,
+            expect_head,
+        )?)
+    }
+
+    /// The audit entries matching `filter` (see [`crate::audit::show`]).
+    pub fn audit_show(&self, filter: &crate::audit::Filter) -> Result<crate::audit::ShowReport> {
+        Ok(crate::audit::show(
+            self.audit.dir(),
+            &self.audit_keys,
+            filter,
+        )?)
     }
 
     /// Path of the admin socket.

@@ -47,3 +47,14 @@ pub const TAG_DIR: &[u8] = b"d";
 pub const TAG_NAME: &[u8] = b"n";
 /// Domain byte of an ETag (HMAC input prefix).
 pub const TAG_ETAG: &[u8] = b"e";
+
+/// Audit-root subkey that keys the audit log's hash chain (HMAC-SHA256).
+pub const AUDIT_MAC: &[u8] = b"efs/audit/mac/v1";
+/// Audit-root subkey from which each audit file's body key is derived (with the file's salt).
+pub const AUDIT_RECORD: &[u8] = b"efs/audit/record/v1";
+/// Audit-root subkey that authenticates the audit log's head anchor (HMAC-SHA256).
+pub const AUDIT_HEAD: &[u8] = b"efs/audit/head/v1";
+/// HKDF info of one audit file's body key (salt: the file's random 16-byte salt).
+pub const AUDIT_FILE_KEY: &[u8] = b"efs/audit/file-key/v1";
+/// AAD prefix of an audit entry's sealed body (followed by seq and time, big-endian).
+pub const AAD_AUDIT_ENTRY: &[u8] = b"efs-audit-entry-v1";

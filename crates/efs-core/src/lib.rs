@@ -15,12 +15,14 @@
 //! - [`rekey`]: moving a stopped data dir to new key parts (crash-safe switch).
 //! - [`fs::backup`] / [`fs::reencrypt`]: backups while serving and their restore;
 //!   every file rewritten under a fresh data key while serving.
+//! - [`audit`]: the tamper-evident, encrypted audit log and its verification.
 //! - [`admin`]: the admin commands shared by `efsctl` and the server's admin socket.
 //! - [`labels`]: every key-derivation label (frozen).
 
 #![warn(missing_docs)]
 
 pub mod admin;
+pub mod audit;
 pub mod blob;
 pub mod datadir;
 pub mod digest;

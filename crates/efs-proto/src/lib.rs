@@ -57,6 +57,9 @@ pub mod codes {
     /// 507: the server's storage is full; nothing was written (the previous version of the
     /// file, if any, is unchanged). Retry once space is freed.
     pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
+    /// 503: the audit log cannot be written, so the server refuses to act unrecorded (fail
+    /// closed) until an operator fixes the disk and restarts it.
+    pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 }
 
 /// Kind of a directory entry.

@@ -7,7 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use anyhow::Context;
-use efs_core::admin::{self, AdminRequest, AdminResponse};
+use efs_core::admin::{self, AdminRequest, AdminResponse, Operator};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
@@ -33,12 +33,20 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             continue;
         };
         let st = state.clone();
+        // The audit log names the local account on the other end of the socket.
+        let op = Operator {
+            user: stream
+                .peer_cred()
+                .map(|c| format!("uid:{}", c.uid()))
+                .unwrap_or_else(|_| "uid:unknown".into()),
+            via: "admin-socket".into(),
+        };
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
             let mut lines = BufReader::new(r).lines();
             while let Ok(Some(line)) = lines.next_line().await {
                 let resp = match serde_json::from_str::<AdminRequest>(&line) {
-                    Ok(req) => handle(&st, req).await,
+                    Ok(req) => handle(&st, req, &op).await,
                     Err(e) => AdminResponse::err(format!("bad admin request: {e}")),
                 };
                 let mut out = serde_json::to_vec(&resp).expect("serialising JSON cannot fail");
@@ -51,8 +59,11 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
     }
 }
 
-async fn handle(st: &AppState, req: AdminRequest) -> AdminResponse {
+async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminResponse {
     if matches!(req, AdminRequest::CacheClear) {
+        if let Err(e) = admin::record_admin(&st.data, op, &req, true).await {
+            return AdminResponse::err(e.to_string());
+        }
         let before = st.cache.weighted_size();
         st.cache.clear();
         return AdminResponse {
@@ -79,7 +90,7 @@ async fn handle(st: &AppState, req: AdminRequest) -> AdminResponse {
     } else {
         None
     };
-    let resp = admin::execute(&st.data, req).await;
+    let resp = admin::execute_as(&st.data, req, op).await;
     if mutates && resp.ok {
         if let Err(e) = st.users.reload(&st.data) {
             tracing::error!(error = %e, "reloading users after an admin change failed");

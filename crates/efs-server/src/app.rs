@@ -20,10 +20,12 @@ use efs_core::{DataDir, EfsPath, Filesystem, Kind};
 use efs_proto::{EntryType, Health, ListEntry, ListPage, MoveRequest};
 use futures_util::StreamExt;
 
+use crate::audit::{Who, refuse_if_failed, seal_answer};
 use crate::auth::{Authenticator, Caller, ChallengeRequest, TokenRequest};
 use crate::cache::{CachedFile, ContentCache};
 use crate::error::ApiError;
 use crate::users::Users;
+use efs_core::audit::{Action, Record};
 
 /// Facts about the connection a request came on, set by the accept loop.
 #[derive(Clone, Debug)]
@@ -107,11 +109,14 @@ fn route_label(path: &str) -> &'static str {
     }
 }
 
-async fn health() -> axum::Json<Health> {
-    axum::Json(Health {
+/// 503 `audit_unavailable` once the audit log has failed: the server then refuses every
+/// request, and a health check should say so.
+async fn health(State(st): St) -> Result<axum::Json<Health>, ApiError> {
+    refuse_if_failed(&st.data)?;
+    Ok(axum::Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
-    })
+    }))
 }
 
 async fn metrics_text(State(st): St) -> Response {
@@ -179,8 +184,35 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
         .get::<ConnInfo>()
         .and_then(|c| c.client_cert_sha256);
     let body: TokenRequest = json_body(req.into_body()).await?;
-    check_cert_binding(&st, &body.user, cert)?;
+    refuse_if_failed(&st.data)?;
+    if let Err(e) = check_cert_binding(&st, &body.user, cert) {
+        let mut rec = Record::new(Action::LoginFailed, 401);
+        rec.user = Some(body.user.clone());
+        rec.fs = body.fs.clone();
+        rec.client = Some(ip.to_string());
+        rec.detail = Some("client certificate does not match the one bound to the user".into());
+        st.data
+            .audit()
+            .record(rec)
+            .await
+            .map_err(|_| ApiError::audit_unavailable())?;
+        return Err(e);
+    }
+    if !crate::auth::is_valid_user_name(&body.user) {
+        // Refused before the authenticator reports anything: recorded here, without the
+        // (arbitrary) name.
+        let mut rec = Record::new(Action::LoginFailed, 400);
+        rec.client = Some(ip.to_string());
+        rec.detail = Some("malformed user name".into());
+        let _ = st.data.audit().submit(rec);
+    }
     let r = st.auth.login(&body, ip);
+    // The hook queued the login's entry: no token leaves before it is written.
+    st.data
+        .audit()
+        .sync_point()
+        .await
+        .map_err(|_| ApiError::audit_unavailable())?;
     metrics::counter!("efs_logins_total", "result" => if r.is_ok() { "ok" } else { "failed" })
         .increment(1);
     Ok(axum::Json(r?).into_response())
@@ -188,16 +220,37 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
 
 async fn refresh(State(st): St, req: Request) -> Result<Response, ApiError> {
     let ip = client_ip(req.extensions());
+    refuse_if_failed(&st.data)?;
     let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized)?;
     // A user bound to a client certificate renews only over a connection that has it.
-    let caller = st.auth.verify(token)?;
-    let cert = req
-        .extensions()
-        .get::<ConnInfo>()
-        .and_then(|c| c.client_cert_sha256);
-    check_cert_binding(&st, &caller.user, cert)?;
-    let r = st.auth.refresh(token, ip)?;
-    Ok(axum::Json(r).into_response())
+    let r = match st.auth.verify(token) {
+        Err(e) => Err(e.into()),
+        Ok(caller) => {
+            let cert = req
+                .extensions()
+                .get::<ConnInfo>()
+                .and_then(|c| c.client_cert_sha256);
+            match check_cert_binding(&st, &caller.user, cert) {
+                Err(e) => {
+                    let mut rec = Record::new(Action::RefreshFailed, 401);
+                    rec.user = Some(caller.user.clone());
+                    rec.fs = Some(caller.fs.clone());
+                    rec.client = Some(ip.to_string());
+                    rec.detail =
+                        Some("client certificate does not match the one bound to the user".into());
+                    let _ = st.data.audit().submit(rec);
+                    Err(e)
+                }
+                Ok(()) => st.auth.refresh(token, ip).map_err(ApiError::from),
+            }
+        }
+    };
+    st.data
+        .audit()
+        .sync_point()
+        .await
+        .map_err(|_| ApiError::audit_unavailable())?;
+    Ok(axum::Json(r?).into_response())
 }
 
 /// With mutual TLS, a user bound to a certificate must come with exactly that one.
@@ -247,11 +300,23 @@ fn require_write(c: &Caller) -> Result<(), ApiError> {
 }
 
 async fn move_json(State(st): St, req: Request) -> Result<Response, ApiError> {
-    let (caller, fs) = authorise(&st, req.headers(), req.extensions())?;
+    refuse_if_failed(&st.data)?;
+    let ip = client_ip(req.extensions());
+    let mut who = Who::new(Action::Move);
+    let r = move_json_inner(&st, req, &mut who).await;
+    seal_answer(&st.data, who, ip, r).await
+}
+
+async fn move_json_inner(st: &AppState, req: Request, who: &mut Who) -> Result<Response, ApiError> {
+    let (caller, fs) = authorise(st, req.headers(), req.extensions())?;
+    who.user = Some(caller.user.clone());
+    who.fs = Some(caller.fs.clone());
     require_write(&caller)?;
     let body: MoveRequest = json_body(req.into_body()).await?;
     let from = EfsPath::parse(&body.from).map_err(efs_core::CoreError::from)?;
+    who.path = Some(from.to_string());
     let to = EfsPath::parse(&body.to).map_err(efs_core::CoreError::from)?;
+    who.to = Some(to.to_string());
     do_move(&fs, &from, &to, body.overwrite).await
 }
 
@@ -298,11 +363,33 @@ fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
     Ok(out)
 }
 
-/// Every file route.
+/// The audit action of a file route.
+fn file_action(method: &Method, is_dir: bool) -> Action {
+    match (method.as_str(), is_dir) {
+        ("GET", false) => Action::Read,
+        ("GET", true) => Action::List,
+        ("HEAD", _) => Action::Stat,
+        ("PUT" | "POST", false) => Action::Write,
+        ("PUT" | "POST", true) | ("MKCOL", _) => Action::Mkdir,
+        ("DELETE", _) => Action::Delete,
+        ("MOVE", _) => Action::Move,
+        _ => Action::Other,
+    }
+}
+
+/// Every file route. Each request's audit entry is written before its answer leaves.
 async fn files(State(st): St, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
-    match files_inner(st, &parts, &mut body).await {
+    let result = match refuse_if_failed(&st.data) {
+        Err(e) => Err(e),
+        Ok(()) => {
+            let mut who = Who::new(file_action(&parts.method, parts.uri.path().ends_with('/')));
+            let r = files_inner(st.clone(), &parts, &mut body, &mut who).await;
+            seal_answer(&st.data, who, client_ip(&parts.extensions), r).await
+        }
+    };
+    match result {
         Ok(r) => r,
         Err(e) => {
             if let Some(b) = body {
@@ -337,6 +424,7 @@ async fn files_inner(
     st: Arc<AppState>,
     parts: &axum::http::request::Parts,
     body: &mut Option<Body>,
+    who: &mut Who,
 ) -> Result<Response, ApiError> {
     let raw_path = parts.uri.path().to_owned();
     if raw_path == "/_efs" || raw_path.starts_with("/_efs/") {
@@ -352,7 +440,10 @@ async fn files_inner(
     if st.http.log_paths {
         tracing::info!(path = %path, "path");
     }
+    who.path = Some(path.to_string());
     let (caller, fs) = authorise(&st, &parts.headers, &parts.extensions)?;
+    who.user = Some(caller.user.clone());
+    who.fs = Some(caller.fs.clone());
     let query = parse_query(parts.uri.query())?;
     let method = parts.method.clone();
     match (method.as_str(), is_dir) {
@@ -400,6 +491,7 @@ async fn files_inner(
                 None => dest,
             };
             let to = EfsPath::parse_uri_path(dest_path).map_err(efs_core::CoreError::from)?;
+            who.to = Some(to.to_string());
             let overwrite = parts
                 .headers
                 .get("overwrite")

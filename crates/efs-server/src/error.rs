@@ -69,6 +69,15 @@ impl ApiError {
         )
     }
 
+    /// 503 audit_unavailable: the audit log cannot be written (fail closed).
+    pub fn audit_unavailable() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::AUDIT_UNAVAILABLE,
+            "the audit log cannot be written, so nothing is served (an operator must fix the server's disk and restart it)",
+        )
+    }
+
     /// 500 internal; log the cause before calling.
     pub fn internal() -> Self {
         Self::new(

@@ -7,6 +7,7 @@
 //! - [`first_bytes`]: the deadline on a new connection's first bytes (idle clients).
 //! - [`tls`]: certificates (given, or generated and sealed), mutual TLS.
 //! - [`admin_socket`]: `efsctl` while the server runs.
+//! - [`audit`]: the audit entries of logins and file requests (fail closed).
 //! - [`users`]: the in-memory user directory.
 //! - [`error`]: `ApiError`, the one mapping from failures to HTTP.
 //! - [`fsmetrics`]: per-filesystem gauges (files, bytes, rotation progress).
@@ -15,6 +16,7 @@
 
 pub mod admin_socket;
 pub mod app;
+pub mod audit;
 pub mod auth;
 pub mod cache;
 pub mod error;

@@ -115,17 +115,23 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let signing_key = ed25519_dalek::SigningKey::from_bytes(&signing);
     let users = Arc::new(UserCache::default());
     users.reload(&data)?;
-    let auth = Arc::new(Authenticator::new(
-        &signing_key,
-        AuthConfig {
-            server_id: String::new(),
-            token_ttl: cfg.token_ttl,
-            nonce_ttl: cfg.nonce_ttl,
-            max_renewals: cfg.max_renewals,
-        },
-        users.clone(),
-    ));
+    let auth = Arc::new(
+        Authenticator::new(
+            &signing_key,
+            AuthConfig {
+                server_id: String::new(),
+                token_ttl: cfg.token_ttl,
+                nonce_ttl: cfg.nonce_ttl,
+                max_renewals: cfg.max_renewals,
+            },
+            users.clone(),
+        )
+        .with_audit(Arc::new(crate::audit::AuditHook(data.clone()))),
+    );
     drop(signing_key);
+    for note in data.audit().notes() {
+        println!("Warning: {note}");
+    }
 
     let material = match &cfg.tls {
         Some((c, k)) => crate::tls::load_pem(c, k)?,
@@ -181,6 +187,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     )
     .await;
     let _ = std::fs::remove_file(data.admin_socket());
+    // Tasks still holding the data dir may outlive this function: make the audit log
+    // durable and its anchor current now.
+    data.audit().close();
     println!("Stopped.");
     Ok(())
 }

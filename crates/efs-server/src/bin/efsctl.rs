@@ -1,7 +1,8 @@
 //! `efsctl`: administers an EFS data dir — through the running server's admin socket, or
 //! directly on the data dir when no server runs.
 //!
-//! Exit codes: 0 success; 1 error; 2 bad usage; 3 `fsck` found problems.
+//! Exit codes: 0 success; 1 error; 2 bad usage; 3 `fsck` or `audit verify` found problems
+//! (or `audit show` met a broken chain).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -49,8 +50,10 @@ macro_rules! say {
   efsctl --data ./efs-data backup --fs user-data -o /backups/user-data-1 --include-keys
   efsctl --data ./efs-data restore --fs user-data-restored -i /backups/user-data-1
   efsctl --data ./efs-data --key-part file:/old.key rekey-starter --new-key-part file:/new.key   # server stopped
+  efsctl --data ./efs-data audit show --path /patients/173/prescription.pdf --since 7d
+  efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
 
-Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck found problems."
+Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found problems."
 )]
 struct Args {
     /// Data directory.
@@ -228,6 +231,76 @@ enum Cmd {
         #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
         new_key_parts: Vec<KeyPartSpec>,
     },
+    /// The audit log: every login, file request and admin command, encrypted and chained.
+    Audit {
+        #[command(subcommand)]
+        cmd: AuditCmd,
+    },
+}
+
+#[derive(Subcommand, Debug)]
+enum AuditCmd {
+    /// Check the whole audit log (exit code 3 when something is wrong).
+    ///
+    /// Names the first edited, inserted, deleted or reordered entry, and detects a log cut
+    /// short (through its HEAD anchor). Prints the head to keep elsewhere.
+    Verify {
+        /// A head printed by an earlier verify (SEQ:MAC): fails if the log no longer
+        /// contains it (a rollback of both the log and its anchor).
+        #[arg(long, value_name = "SEQ:MAC")]
+        expect_head: Option<String>,
+    },
+    /// Who did what, when: "who read this file, and when".
+    ///
+    /// Entries oldest first: time, entry number, user, action, filesystem, path, HTTP
+    /// status, client address, reason.
+    Show {
+        /// Only this user.
+        #[arg(long)]
+        user: Option<String>,
+        /// Only this path (exact); with a trailing '/', that directory and everything in it.
+        /// A move matches by its source or its destination.
+        #[arg(long)]
+        path: Option<String>,
+        /// Only this filesystem.
+        #[arg(long)]
+        fs: Option<String>,
+        /// From this time: RFC 3339 (2026-12-01T09:00:00Z) or an age (30m, 12h, 7d).
+        #[arg(long, value_name = "T", value_parser = parse_time)]
+        since: Option<i64>,
+        /// Before this time (same forms as --since).
+        #[arg(long, value_name = "T", value_parser = parse_time)]
+        until: Option<i64>,
+    },
+}
+
+/// RFC 3339, or an age before now (`90s`, `30m`, `12h`, `7d`, `2w`), as Unix ms.
+fn parse_time(s: &str) -> Result<i64, String> {
+    use time::format_description::well_known::Rfc3339;
+    if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
+        return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let unit = s.chars().last().unwrap_or(' ');
+    let secs: i64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        'w' => 7 * 86_400,
+        _ => 0,
+    };
+    let n = s[..s.len() - unit.len_utf8().min(s.len())]
+        .parse::<i64>()
+        .ok();
+    match n {
+        Some(n) if secs > 0 && n >= 0 => {
+            let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
+            Ok(now as i64 - n * secs * 1000)
+        }
+        _ => Err(format!(
+            "'{s}' is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor an age (30m, 12h, 7d)"
+        )),
+    }
 }
 
 fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
@@ -337,6 +410,27 @@ fn run(args: Args) -> anyhow::Result<u8> {
                 backup_key_parts,
             }
         }
+        Cmd::Audit {
+            cmd: AuditCmd::Verify { expect_head },
+        } => AdminRequest::AuditVerify { expect_head },
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Show {
+                    user,
+                    path,
+                    fs,
+                    since,
+                    until,
+                },
+        } => AdminRequest::AuditShow {
+            filter: efs_core::audit::Filter {
+                user,
+                fs,
+                path,
+                since_ms: since,
+                until_ms: until,
+            },
+        },
     };
     let resp = send(&args.data, &args.key_parts, req)?;
     if !resp.ok {
@@ -403,7 +497,8 @@ fn send(
                     eprintln!("efsctl: finished an interrupted re-encryption of '{name}'");
                 }
             }
-            Ok(rt.block_on(efs_core::admin::execute(&dd, req)))
+            let op = efs_core::admin::Operator::this_process("data-dir");
+            Ok(rt.block_on(efs_core::admin::execute_as(&dd, req, &op)))
         }
     }
 }

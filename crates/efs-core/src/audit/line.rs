@@ -1,0 +1,266 @@
+//! The audit log's byte layout (docs/audit.md). DO NOT CHANGE: a new layout gets a new
+//! version number in the header line and the old one keeps its reader.
+//!
+//! ```text
+//! file  audit-NNNNNN.log:  header line, then entry lines, each ending in '\n'
+//! header: "efs-audit 1 " salt(16 bytes, 32 lowercase hex)
+//! entry:  seq(decimal) " " time_ms(decimal) " " base64(sealed body) " " mac(64 lowercase hex)
+//! mac   = HMAC-SHA256(mac key, prev_mac(32) ‖ seq(u64 BE) ‖ time_ms(i64 BE) ‖ salt(16) ‖ sealed)
+//! sealed= AES-256-GCM(file key, nonce = 0u32 BE ‖ seq u64 BE,
+//!                     aad = "efs-audit-entry-v1" ‖ seq BE ‖ time BE, postcard(Record)) ‖ tag
+//! file key = HKDF-SHA256(ikm = record key, salt = file salt, info = "efs/audit/file-key/v1")
+//! HEAD: "efs-audit-head 1 " seq " " mac(hex) " " HMAC-SHA256(head key, seq BE ‖ mac)(hex)
+//! ```
+//!
+//! Nonce rule: a file key is used by one writer for one file only (each file gets a fresh
+//! random salt, and a writer never appends to a file it did not create), and within a file
+//! `seq` strictly increases; so a (key, nonce) pair never repeats, across restarts, crashes
+//! and rollbacks of the log alike.
+
+use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as B64;
+use hmac::{Hmac, Mac};
+use sha2::Sha256;
+use subtle::ConstantTimeEq;
+use zeroize::Zeroizing;
+
+use super::{AuditKeys, Record};
+use crate::labels;
+
+/// First field of a header line.
+pub(crate) const HEADER_MAGIC: &str = "efs-audit";
+/// First field of the HEAD anchor.
+pub(crate) const HEAD_MAGIC: &str = "efs-audit-head";
+/// The only layout version so far.
+pub(crate) const VERSION: &str = "1";
+/// The previous MAC of the very first entry.
+pub(crate) const GENESIS: [u8; 32] = [0; 32];
+
+/// The chain's position: the last entry's number and MAC.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Head {
+    pub seq: u64,
+    pub mac: [u8; 32],
+}
+
+impl Head {
+    pub(crate) const START: Head = Head {
+        seq: 0,
+        mac: GENESIS,
+    };
+}
+
+/// An entry line, split but not checked.
+pub(crate) struct RawEntry {
+    pub seq: u64,
+    pub time_ms: i64,
+    pub sealed: Vec<u8>,
+    pub mac: [u8; 32],
+}
+
+/// The chain MAC, keyed once and cloned per entry (HMAC's key setup costs two compressions).
+#[derive(Clone)]
+pub(crate) struct ChainMac(Hmac<Sha256>);
+
+impl ChainMac {
+    pub(crate) fn new(keys: &AuditKeys) -> Self {
+        Self(
+            <Hmac<Sha256> as Mac>::new_from_slice(keys.mac.as_bytes())
+                .expect("HMAC takes any key length"),
+        )
+    }
+
+    pub(crate) fn compute(
+        &self,
+        prev: &[u8; 32],
+        seq: u64,
+        time_ms: i64,
+        salt: &[u8; 16],
+        sealed: &[u8],
+    ) -> [u8; 32] {
+        let mut m = self.0.clone();
+        m.update(prev);
+        m.update(&seq.to_be_bytes());
+        m.update(&time_ms.to_be_bytes());
+        m.update(salt);
+        m.update(sealed);
+        m.finalize().into_bytes().into()
+    }
+}
+
+/// One file's body key, expanded once.
+pub(crate) struct FileKey(LessSafeKey);
+
+impl FileKey {
+    pub(crate) fn new(keys: &AuditKeys, salt: &[u8; 16]) -> Self {
+        let k = keys.record.derive(salt, labels::AUDIT_FILE_KEY);
+        Self(LessSafeKey::new(
+            UnboundKey::new(&AES_256_GCM, k.as_bytes())
+                .expect("a 32-byte key is a valid AES-256-GCM key"),
+        ))
+    }
+
+    fn nonce(seq: u64) -> Nonce {
+        let mut n = [0u8; 12];
+        n[4..].copy_from_slice(&seq.to_be_bytes());
+        Nonce::assume_unique_for_key(n)
+    }
+
+    fn aad(seq: u64, time_ms: i64) -> [u8; 34] {
+        let mut a = [0u8; 34];
+        a[..18].copy_from_slice(labels::AAD_AUDIT_ENTRY);
+        a[18..26].copy_from_slice(&seq.to_be_bytes());
+        a[26..].copy_from_slice(&time_ms.to_be_bytes());
+        a
+    }
+
+    /// Seals a record. The caller guarantees `seq` is used once with this key (module doc).
+    pub(crate) fn seal(&self, seq: u64, time_ms: i64, rec: &Record) -> Vec<u8> {
+        // The plaintext is encrypted in place: no copy of it outlives this call.
+        let mut buf = postcard::to_allocvec(rec).expect("serialising to a Vec cannot fail");
+        self.0
+            .seal_in_place_append_tag(
+                Self::nonce(seq),
+                Aad::from(Self::aad(seq, time_ms)),
+                &mut buf,
+            )
+            .expect("sealing a short record cannot fail");
+        buf
+    }
+
+    /// Opens a sealed body; `None` if it does not authenticate or decode.
+    pub(crate) fn open(&self, seq: u64, time_ms: i64, sealed: &[u8]) -> Option<Record> {
+        let mut buf = Zeroizing::new(sealed.to_vec());
+        let plain = self
+            .0
+            .open_in_place(
+                Self::nonce(seq),
+                Aad::from(Self::aad(seq, time_ms)),
+                &mut buf,
+            )
+            .ok()?;
+        postcard::from_bytes(plain).ok()
+    }
+}
+
+/// The header line of a new file (with its '\n').
+pub(crate) fn header_line(salt: &[u8; 16]) -> String {
+    format!("{HEADER_MAGIC} {VERSION} {}\n", hex::encode(salt))
+}
+
+/// Parses a header line (without '\n'): the file's salt.
+pub(crate) fn parse_header(line: &[u8]) -> Option<[u8; 16]> {
+    let s = std::str::from_utf8(line).ok()?;
+    let mut it = s.split(' ');
+    if it.next()? != HEADER_MAGIC || it.next()? != VERSION {
+        return None;
+    }
+    let salt = hex::decode(it.next()?).ok()?.try_into().ok()?;
+    it.next().is_none().then_some(salt)
+}
+
+/// Appends one entry line (with its '\n') to `out`.
+pub(crate) fn push_entry(out: &mut Vec<u8>, seq: u64, time_ms: i64, sealed: &[u8], mac: &[u8; 32]) {
+    use std::io::Write;
+    write!(out, "{seq} {time_ms} ").expect("writing to a Vec cannot fail");
+    let start = out.len();
+    out.resize(
+        start + base64::encoded_len(sealed.len(), true).expect("short"),
+        0,
+    );
+    let n = B64
+        .encode_slice(sealed, &mut out[start..])
+        .expect("the buffer was sized for it");
+    out.truncate(start + n);
+    out.push(b' ');
+    let start = out.len();
+    out.resize(start + 64, 0);
+    hex::encode_to_slice(mac, &mut out[start..]).expect("64 bytes hold a 32-byte MAC in hex");
+    out.push(b'\n');
+}
+
+/// Splits an entry line (without '\n'). Strict: canonical decimal, base64 and lowercase
+/// hex only, so that a line has exactly one reading.
+pub(crate) fn parse_entry(line: &[u8]) -> Option<RawEntry> {
+    let s = std::str::from_utf8(line).ok()?;
+    let mut it = s.split(' ');
+    let seq_s = it.next()?;
+    let time_s = it.next()?;
+    let body = it.next()?;
+    let mac_s = it.next()?;
+    if it.next().is_some() {
+        return None;
+    }
+    let seq: u64 = canonical_number(seq_s)?;
+    let time_ms: i64 = canonical_number(time_s)?;
+    let sealed = B64.decode(body).ok()?;
+    if mac_s.len() != 64 || mac_s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    let mac = hex::decode(mac_s).ok()?.try_into().ok()?;
+    Some(RawEntry {
+        seq,
+        time_ms,
+        sealed,
+        mac,
+    })
+}
+
+fn canonical_number<T: std::str::FromStr + ToString>(s: &str) -> Option<T> {
+    let v: T = s.parse().ok()?;
+    (v.to_string() == s).then_some(v)
+}
+
+/// The HEAD anchor's text for `head`.
+pub(crate) fn head_text(keys: &AuditKeys, head: &Head) -> String {
+    format!(
+        "{HEAD_MAGIC} {VERSION} {} {} {}\n",
+        head.seq,
+        hex::encode(head.mac),
+        hex::encode(head_tag(keys, head))
+    )
+}
+
+fn head_tag(keys: &AuditKeys, head: &Head) -> [u8; 32] {
+    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(keys.head.as_bytes())
+        .expect("HMAC takes any key length");
+    m.update(&head.seq.to_be_bytes());
+    m.update(&head.mac);
+    m.finalize().into_bytes().into()
+}
+
+/// Parses and authenticates the HEAD anchor; `None` if malformed or forged.
+pub(crate) fn parse_head(keys: &AuditKeys, text: &[u8]) -> Option<Head> {
+    let s = std::str::from_utf8(text).ok()?.strip_suffix('\n')?;
+    let mut it = s.split(' ');
+    if it.next()? != HEAD_MAGIC || it.next()? != VERSION {
+        return None;
+    }
+    let seq = canonical_number(it.next()?)?;
+    let mac: [u8; 32] = hex::decode(it.next()?).ok()?.try_into().ok()?;
+    let tag: [u8; 32] = hex::decode(it.next()?).ok()?.try_into().ok()?;
+    if it.next().is_some() {
+        return None;
+    }
+    let head = Head { seq, mac };
+    bool::from(head_tag(keys, &head).ct_eq(&tag)).then_some(head)
+}
+
+/// Constant-time equality of two MACs.
+pub(crate) fn mac_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
+    bool::from(a.ct_eq(b))
+}
+
+/// The name of audit file number `n`.
+pub(crate) fn file_name(n: u32) -> String {
+    format!("audit-{n:06}.log")
+}
+
+/// The number of an audit file name, if it is one.
+pub(crate) fn file_number(name: &str) -> Option<u32> {
+    let d = name.strip_prefix("audit-")?.strip_suffix(".log")?;
+    (d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
+        .then(|| d.parse().ok())
+        .flatten()
+}

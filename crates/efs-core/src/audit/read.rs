@@ -1,0 +1,354 @@
+//! Reading the audit log: [`verify`] walks the chain and names the first bad entry;
+//! [`show`] decrypts the entries that match a [`Filter`]. Both read the files as they are,
+//! so they work beside a running writer (a group being written shows as a torn last line).
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::line::{self, ChainMac, FileKey, GENESIS, Head};
+use super::writer::{HeadFile, list_files, read_head};
+use super::{AuditKeys, Record};
+
+/// The first thing wrong in the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Problem {
+    /// The entry number expected at that place (0: not about one entry).
+    pub entry: u64,
+    /// The file.
+    pub file: String,
+    /// The line (1-based; 0: not about one line).
+    pub line: u64,
+    /// What is wrong, for people.
+    pub message: String,
+}
+
+/// What the HEAD anchor says about the end of the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case", tag = "state")]
+pub enum AnchorCheck {
+    /// The log ends exactly at the anchor.
+    Match,
+    /// The log goes on past the anchor (entries written since the last fsync group; normal
+    /// while the server runs, or after a crash).
+    Behind {
+        /// The anchor's entry.
+        anchor: u64,
+    },
+    /// The log has no anchor (and no entry either: a new log).
+    Empty,
+    /// Not checked: the chain broke before.
+    NotChecked,
+}
+
+/// The result of [`verify`].
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// Audit files read.
+    pub files: usize,
+    /// Entries whose MAC checked out, in order, before any problem.
+    pub entries: u64,
+    /// The last good entry: number and MAC (hex). Keep it off the box to detect a later
+    /// rollback of both the log and its anchor (`--expect-head`).
+    pub head_seq: u64,
+    /// See `head_seq`.
+    pub head_mac: String,
+    /// The anchor's verdict.
+    pub anchor: AnchorCheck,
+    /// Torn last lines (writes cut short by a crash, or in progress): "FILE line N".
+    pub torn: Vec<String>,
+    /// The first problem, if any.
+    pub problem: Option<Problem>,
+}
+
+impl VerifyReport {
+    /// True when the chain, the anchor and the expected head (if given) all check out.
+    pub fn is_clean(&self) -> bool {
+        self.problem.is_none()
+    }
+}
+
+/// One line of the log, as read.
+enum Item {
+    Header(Option<[u8; 16]>),
+    Entry(Option<line::RawEntry>),
+    Torn,
+}
+
+/// Calls `f(file, line_no, item)` for every line of every file, in order; stops early when
+/// `f` returns false.
+fn scan(
+    dir: &Path,
+    mut f: impl FnMut(&str, u64, Item) -> bool,
+) -> std::io::Result<Vec<(u32, String)>> {
+    let files = list_files(dir)?;
+    for (_, name) in &files {
+        let data = std::fs::read(dir.join(name))?;
+        for (i, l) in data.split_inclusive(|&b| b == b'\n').enumerate() {
+            let no = i as u64 + 1;
+            let item = match l.strip_suffix(b"\n") {
+                None => Item::Torn,
+                Some(l) if i == 0 => Item::Header(line::parse_header(l)),
+                Some(l) => Item::Entry(line::parse_entry(l)),
+            };
+            if !f(name, no, item) {
+                return Ok(files);
+            }
+        }
+    }
+    Ok(files)
+}
+
+fn bad_line(entry: u64, file: &str, line: u64, what: &str) -> Problem {
+    Problem {
+        entry,
+        file: file.to_owned(),
+        line,
+        message: format!(
+            "entry {entry} (file {file} line {line}): {what} — edited, inserted or deleted from here on"
+        ),
+    }
+}
+
+/// Walks the whole chain and checks it against the anchor and, if given, against a head
+/// (`seq`, MAC hex) that the operator kept elsewhere.
+pub fn verify(
+    dir: &Path,
+    keys: &AuditKeys,
+    expect_head: Option<(u64, &str)>,
+) -> std::io::Result<VerifyReport> {
+    // The anchor first: it only ever names entries already written, so reading it before
+    // the files never makes a log that grows meanwhile look truncated.
+    let anchor = read_head(dir, keys)?;
+    let anchor_seq = match &anchor {
+        HeadFile::Valid(h) => Some(h.seq),
+        _ => None,
+    };
+    let expect_seq = expect_head.map(|(s, _)| s);
+    let mac = ChainMac::new(keys);
+    let mut prev = GENESIS;
+    let mut expected = 1u64;
+    let mut salt: Option<[u8; 16]> = None;
+    let mut problem = None;
+    let mut torn = Vec::new();
+    let mut mac_at_anchor = None;
+    let mut mac_at_expect = None;
+    let files = scan(dir, |file, no, item| {
+        match item {
+            Item::Torn => torn.push(format!("{file} line {no}")),
+            Item::Header(s) => {
+                salt = s;
+                if s.is_none() {
+                    problem = Some(bad_line(expected, file, no, "damaged file header"));
+                }
+            }
+            Item::Entry(None) => {
+                problem = Some(bad_line(expected, file, no, "unreadable line"));
+            }
+            Item::Entry(Some(e)) => {
+                let s = salt.expect("a header precedes every entry of a file");
+                let m = mac.compute(&prev, e.seq, e.time_ms, &s, &e.sealed);
+                if !line::mac_eq(&m, &e.mac) || e.seq != expected {
+                    problem = Some(bad_line(expected, file, no, "MAC mismatch"));
+                } else {
+                    if Some(e.seq) == anchor_seq {
+                        mac_at_anchor = Some(e.mac);
+                    }
+                    if Some(e.seq) == expect_seq {
+                        mac_at_expect = Some(e.mac);
+                    }
+                    prev = e.mac;
+                    expected += 1;
+                }
+            }
+        }
+        problem.is_none()
+    })?;
+    let head = Head {
+        seq: expected - 1,
+        mac: prev,
+    };
+    let last_file = files.last().map(|(_, n)| n.clone()).unwrap_or_default();
+    let mut check = AnchorCheck::NotChecked;
+    if problem.is_none() {
+        let at_end = |message: String| Problem {
+            entry: head.seq + 1,
+            file: last_file.clone(),
+            line: 0,
+            message,
+        };
+        match anchor {
+            HeadFile::Missing if head.seq == 0 => check = AnchorCheck::Empty,
+            HeadFile::Missing => {
+                problem = Some(at_end(format!(
+                    "the HEAD anchor is missing (the log has {} entries): it was deleted, or the log was copied without it",
+                    head.seq
+                )))
+            }
+            HeadFile::Invalid => {
+                problem = Some(at_end(
+                    "the HEAD anchor is damaged or was not written with this data dir's key".into(),
+                ))
+            }
+            HeadFile::Valid(a) if a.seq > head.seq => {
+                problem = Some(at_end(format!(
+                    "truncated: the anchor records entry {} but the log ends at entry {} — entries were removed from the end",
+                    a.seq, head.seq
+                )))
+            }
+            HeadFile::Valid(a) => match mac_at_anchor {
+                Some(m) if line::mac_eq(&m, &a.mac) => {
+                    check = if a.seq == head.seq {
+                        AnchorCheck::Match
+                    } else {
+                        AnchorCheck::Behind { anchor: a.seq }
+                    }
+                }
+                _ if a.seq == 0 => check = AnchorCheck::Behind { anchor: 0 },
+                _ => {
+                    problem = Some(at_end(format!(
+                        "entry {} differs from the one the anchor records — the log was replaced or rewritten",
+                        a.seq
+                    )))
+                }
+            },
+        }
+    }
+    if problem.is_none()
+        && let Some((seq, want)) = expect_head
+    {
+        let ok =
+            seq == 0 || mac_at_expect.is_some_and(|m| want.eq_ignore_ascii_case(&hex::encode(m)));
+        if !ok {
+            problem = Some(Problem {
+                entry: seq,
+                file: last_file.clone(),
+                line: 0,
+                message: format!(
+                    "the expected head (entry {seq}) is not in this log — it was rolled back or replaced"
+                ),
+            });
+        }
+    }
+    Ok(VerifyReport {
+        files: files.len(),
+        entries: head.seq,
+        head_seq: head.seq,
+        head_mac: hex::encode(head.mac),
+        anchor: check,
+        torn,
+        problem,
+    })
+}
+
+/// Which entries [`show`] returns. Every set field must match.
+#[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
+pub struct Filter {
+    /// The user, exactly.
+    pub user: Option<String>,
+    /// The filesystem, exactly.
+    pub fs: Option<String>,
+    /// A path, exactly; with a trailing `/`, that directory and everything under it. A move
+    /// matches by its source or its destination.
+    pub path: Option<String>,
+    /// Entries at or after this time (Unix ms).
+    pub since_ms: Option<i64>,
+    /// Entries before this time (Unix ms).
+    pub until_ms: Option<i64>,
+}
+
+impl Filter {
+    fn path_matches(want: &str, got: &str) -> bool {
+        match want.strip_suffix('/') {
+            Some(dir) if !dir.is_empty() => got == dir || got.starts_with(want),
+            Some(_) => true,
+            None => got == want,
+        }
+    }
+
+    fn matches(&self, time_ms: i64, r: &Record) -> bool {
+        let eq = |want: &Option<String>, got: &Option<String>| {
+            want.as_ref().is_none_or(|w| got.as_deref() == Some(w))
+        };
+        eq(&self.user, &r.user)
+            && eq(&self.fs, &r.fs)
+            && self.since_ms.is_none_or(|t| time_ms >= t)
+            && self.until_ms.is_none_or(|t| time_ms < t)
+            && self.path.as_ref().is_none_or(|p| {
+                r.path.as_deref().is_some_and(|g| Self::path_matches(p, g))
+                    || r.to.as_deref().is_some_and(|g| Self::path_matches(p, g))
+            })
+    }
+}
+
+/// One decrypted entry.
+#[derive(Debug, Clone, Serialize)]
+pub struct ShownEntry {
+    /// Entry number.
+    pub seq: u64,
+    /// Time, Unix ms.
+    pub time_ms: i64,
+    /// The record.
+    #[serde(flatten)]
+    pub record: Record,
+}
+
+/// The result of [`show`].
+#[derive(Debug, Clone, Serialize)]
+pub struct ShowReport {
+    /// Matching entries, oldest first.
+    pub entries: Vec<ShownEntry>,
+    /// Entries whose body did not decrypt (not shown).
+    pub undecryptable: u64,
+    /// The first entry where the chain breaks, if it does (entries from there on are shown
+    /// but cannot be trusted: run `efsctl audit verify`).
+    pub chain_broken_at: Option<u64>,
+}
+
+/// Decrypts every entry and returns those matching `filter`.
+pub fn show(dir: &Path, keys: &AuditKeys, filter: &Filter) -> std::io::Result<ShowReport> {
+    let mac = ChainMac::new(keys);
+    let mut prev = GENESIS;
+    let mut expected = 1u64;
+    let mut file: Option<([u8; 16], FileKey)> = None;
+    let mut out = ShowReport {
+        entries: Vec::new(),
+        undecryptable: 0,
+        chain_broken_at: None,
+    };
+    scan(dir, |_, _, item| {
+        match item {
+            Item::Torn => {}
+            Item::Header(s) => file = s.map(|s| (s, FileKey::new(keys, &s))),
+            Item::Entry(None) => {
+                out.chain_broken_at.get_or_insert(expected);
+            }
+            Item::Entry(Some(e)) => {
+                let Some((salt, key)) = &file else {
+                    out.undecryptable += 1;
+                    return true;
+                };
+                if out.chain_broken_at.is_none() {
+                    let m = mac.compute(&prev, e.seq, e.time_ms, salt, &e.sealed);
+                    if line::mac_eq(&m, &e.mac) && e.seq == expected {
+                        prev = e.mac;
+                        expected += 1;
+                    } else {
+                        out.chain_broken_at = Some(expected);
+                    }
+                }
+                match key.open(e.seq, e.time_ms, &e.sealed) {
+                    Some(r) if filter.matches(e.time_ms, &r) => out.entries.push(ShownEntry {
+                        seq: e.seq,
+                        time_ms: e.time_ms,
+                        record: r,
+                    }),
+                    Some(_) => {}
+                    None => out.undecryptable += 1,
+                }
+            }
+        }
+        true
+    })?;
+    Ok(out)
+}

@@ -1,0 +1,370 @@
+//! The chain against every kind of hand edit: each test writes a real log with the real
+//! writer, damages the files the way a person (or a crash) would, and checks what `verify`
+//! says: the first bad entry, by number, file and line.
+
+use std::path::{Path, PathBuf};
+
+use super::*;
+
+fn rec(i: u64) -> Record {
+    Record {
+        action: Action::Read,
+        user: Some(format!("user{}", i % 3)),
+        fs: Some("files".into()),
+        path: Some(format!("/patients/{i}/report.pdf")),
+        to: None,
+        client: Some("127.0.0.1".into()),
+        status: 200,
+        detail: None,
+    }
+}
+
+/// Writes `n` entries (numbered from `first`) with a fresh writer and closes it.
+async fn write_entries(dir: &Path, keys: &AuditKeys, first: u64, n: u64, opts: AuditOptions) {
+    let log = AuditLog::open(dir, keys, opts).unwrap();
+    assert!(log.notes().is_empty(), "{:?}", log.notes());
+    let mut tickets = Vec::new();
+    for i in first..first + n {
+        tickets.push(log.submit(rec(i)).unwrap());
+    }
+    for t in tickets {
+        log.wait(t).await.unwrap();
+    }
+    log.close();
+}
+
+fn files(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    v.sort();
+    v
+}
+
+fn lines(p: &Path) -> Vec<String> {
+    std::fs::read_to_string(p)
+        .unwrap()
+        .split_inclusive('\n')
+        .map(str::to_owned)
+        .collect()
+}
+
+fn put_lines(p: &Path, l: &[String]) {
+    std::fs::write(p, l.concat()).unwrap();
+}
+
+async fn log_of(n: u64) -> (tempfile::TempDir, PathBuf, AuditKeys) {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("audit");
+    let keys = AuditKeys::for_tests(7);
+    write_entries(&dir, &keys, 1, n, AuditOptions::default()).await;
+    (t, dir, keys)
+}
+
+fn problem(dir: &Path, keys: &AuditKeys) -> Problem {
+    let r = verify(dir, keys, None).unwrap();
+    r.problem
+        .clone()
+        .unwrap_or_else(|| panic!("verify found nothing wrong: {r:?}"))
+}
+
+#[tokio::test]
+async fn clean_log_verifies_and_shows() {
+    let (_t, dir, keys) = log_of(10).await;
+    let r = verify(&dir, &keys, None).unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(r.entries, 10);
+    assert_eq!(r.anchor, AnchorCheck::Match);
+    let s = show(
+        &dir,
+        &keys,
+        &Filter {
+            path: Some("/patients/4/report.pdf".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(s.entries.len(), 1);
+    assert_eq!(s.entries[0].seq, 4);
+    assert_eq!(s.entries[0].record, rec(4));
+    assert_eq!(s.chain_broken_at, None);
+    let by_user = show(
+        &dir,
+        &keys,
+        &Filter {
+            user: Some("user1".into()),
+            path: Some("/patients/".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let seqs: Vec<u64> = by_user.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![1, 4, 7, 10]);
+}
+
+#[tokio::test]
+async fn no_plaintext_on_disk() {
+    let (_t, dir, _keys) = log_of(5).await;
+    for f in files(&dir) {
+        let text = std::fs::read_to_string(&f).unwrap();
+        for needle in ["patients", "user1", "files", "127.0.0.1", "report"] {
+            assert!(!text.contains(needle), "{needle} in {}", f.display());
+        }
+    }
+}
+
+#[tokio::test]
+async fn edited_byte_names_that_entry() {
+    let (_t, dir, keys) = log_of(10).await;
+    let f = &files(&dir)[0];
+    let mut l = lines(f);
+    // Line 1 is the header, so entry 6 is line 7. Change one character of its body.
+    let mut b = l[6].clone().into_bytes();
+    let i = b.iter().position(|&c| c == b' ').unwrap() + 1;
+    let i = i + b[i..].iter().position(|&c| c == b' ').unwrap() + 3;
+    b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+    l[6] = String::from_utf8(b).unwrap();
+    put_lines(f, &l);
+    let p = problem(&dir, &keys);
+    assert_eq!((p.entry, p.line), (6, 7), "{p:?}");
+    assert!(
+        p.message
+            .starts_with("entry 6 (file audit-000001.log line 7): MAC mismatch")
+    );
+}
+
+#[tokio::test]
+async fn edited_time_is_detected() {
+    let (_t, dir, keys) = log_of(4).await;
+    let f = &files(&dir)[0];
+    let mut l = lines(f);
+    let fields: Vec<&str> = l[2].splitn(3, ' ').collect();
+    let t: i64 = fields[1].parse().unwrap();
+    l[2] = format!("{} {} {}", fields[0], t - 3_600_000, fields[2]);
+    put_lines(f, &l);
+    assert_eq!(problem(&dir, &keys).entry, 2);
+}
+
+#[tokio::test]
+async fn inserted_line_is_detected_where_it_is() {
+    let (_t, dir, keys) = log_of(6).await;
+    let f = &files(&dir)[0];
+    let mut l = lines(f);
+    // A copy of entry 2 inserted after entry 3 (a replayed line).
+    let copy = l[2].clone();
+    l.insert(4, copy);
+    put_lines(f, &l);
+    let p = problem(&dir, &keys);
+    assert_eq!((p.entry, p.line), (4, 5), "{p:?}");
+}
+
+#[tokio::test]
+async fn deleted_line_is_detected() {
+    let (_t, dir, keys) = log_of(6).await;
+    let f = &files(&dir)[0];
+    let mut l = lines(f);
+    l.remove(3); // entry 3
+    put_lines(f, &l);
+    let p = problem(&dir, &keys);
+    assert_eq!((p.entry, p.line), (3, 4), "{p:?}");
+}
+
+#[tokio::test]
+async fn reordered_lines_are_detected() {
+    let (_t, dir, keys) = log_of(6).await;
+    let f = &files(&dir)[0];
+    let mut l = lines(f);
+    l.swap(2, 3); // entries 2 and 3
+    put_lines(f, &l);
+    let p = problem(&dir, &keys);
+    assert_eq!((p.entry, p.line), (2, 3), "{p:?}");
+}
+
+#[tokio::test]
+async fn truncated_tail_is_detected_by_the_anchor() {
+    let (_t, dir, keys) = log_of(8).await;
+    let f = &files(&dir)[0];
+    let mut l = lines(f);
+    l.truncate(1 + 5); // header + entries 1..=5
+    put_lines(f, &l);
+    let p = problem(&dir, &keys);
+    assert!(
+        p.message
+            .contains("truncated: the anchor records entry 8 but the log ends at entry 5"),
+        "{p:?}"
+    );
+    // A writer opened on the cut log continues from the anchor, so the gap stays visible.
+    let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+    assert!(
+        log.notes()[0].contains("entries were removed"),
+        "{:?}",
+        log.notes()
+    );
+    log.record(rec(99)).await.unwrap();
+    log.close();
+    let p = problem(&dir, &keys);
+    assert_eq!(p.entry, 6, "{p:?}");
+    assert!(p.file.ends_with("000002.log"), "{p:?}");
+}
+
+#[tokio::test]
+async fn deleted_anchor_or_forged_anchor_is_reported() {
+    let (_t, dir, keys) = log_of(3).await;
+    let head = writer::head_path(&dir);
+    let good = std::fs::read_to_string(&head).unwrap();
+    std::fs::remove_file(&head).unwrap();
+    assert!(problem(&dir, &keys).message.contains("anchor is missing"));
+    // An anchor rewritten by hand to claim an earlier end (to hide a truncation).
+    let forged = good.replacen(" 3 ", " 2 ", 1);
+    std::fs::write(&head, forged).unwrap();
+    assert!(problem(&dir, &keys).message.contains("anchor is damaged"));
+    std::fs::write(&head, good).unwrap();
+    assert!(verify(&dir, &keys, None).unwrap().is_clean());
+}
+
+#[tokio::test]
+async fn wrong_key_fails_everything() {
+    let (_t, dir, _keys) = log_of(3).await;
+    let p = problem(&dir, &AuditKeys::for_tests(8));
+    assert_eq!(p.entry, 1);
+}
+
+#[tokio::test]
+async fn torn_last_line_is_reported_and_the_chain_continues() {
+    let (_t, dir, keys) = log_of(5).await;
+    let f = files(&dir)[0].clone();
+    // A crash in the middle of a write: half a line, no newline.
+    let mut text = std::fs::read(&f).unwrap();
+    text.extend_from_slice(b"6 1700000000000 AAAA");
+    std::fs::write(&f, &text).unwrap();
+    let r = verify(&dir, &keys, None).unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(r.torn, vec!["audit-000001.log line 7".to_owned()]);
+    // The next writer starts a new file and continues from entry 5.
+    write_entries(&dir, &keys, 6, 3, AuditOptions::default()).await;
+    let r = verify(&dir, &keys, None).unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!((r.entries, r.files), (8, 2));
+    let all = show(&dir, &keys, &Filter::default()).unwrap();
+    assert_eq!(all.entries.len(), 8);
+    assert_eq!(all.entries[7].record, rec(8));
+}
+
+#[tokio::test]
+async fn reopen_continues_the_chain_and_rotation_splits_files() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("audit");
+    let keys = AuditKeys::for_tests(1);
+    let small = AuditOptions {
+        max_file_bytes: 600,
+        ..Default::default()
+    };
+    for round in 0..3 {
+        // One at a time: rotation is checked per written group.
+        let log = AuditLog::open(&dir, &keys, small.clone()).unwrap();
+        for i in 0..10 {
+            log.record(rec(round * 10 + i + 1)).await.unwrap();
+        }
+    }
+    let r = verify(&dir, &keys, None).unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(r.entries, 30);
+    assert!(
+        r.files > 3,
+        "rotation made more files than restarts: {}",
+        r.files
+    );
+    // A head kept elsewhere: still in the log, so it verifies; a made-up one does not.
+    let h = (r.head_seq, r.head_mac.clone());
+    assert!(verify(&dir, &keys, Some((h.0, &h.1))).unwrap().is_clean());
+    let other = "0".repeat(64);
+    assert!(!verify(&dir, &keys, Some((12, &other))).unwrap().is_clean());
+    // A whole middle file removed.
+    let f = files(&dir);
+    std::fs::remove_file(&f[1]).unwrap();
+    let p = problem(&dir, &keys);
+    assert!(
+        p.file == f[2].file_name().unwrap().to_string_lossy(),
+        "{p:?}"
+    );
+}
+
+#[tokio::test]
+async fn rollback_of_log_and_anchor_is_caught_only_by_an_expected_head() {
+    let (t, dir, keys) = log_of(4).await;
+    let saved = t.path().join("saved");
+    std::fs::create_dir(&saved).unwrap();
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), saved.join(e.file_name())).unwrap();
+    }
+    write_entries(&dir, &keys, 5, 4, AuditOptions::default()).await;
+    let head = verify(&dir, &keys, None).unwrap();
+    // Roll back both the log and its anchor to the saved copy.
+    std::fs::remove_dir_all(&dir).unwrap();
+    std::fs::rename(&saved, &dir).unwrap();
+    assert!(verify(&dir, &keys, None).unwrap().is_clean());
+    let r = verify(&dir, &keys, Some((head.head_seq, &head.head_mac))).unwrap();
+    assert!(r.problem.unwrap().message.contains("rolled back"));
+}
+
+#[tokio::test]
+async fn failed_write_refuses_every_later_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("audit");
+    let keys = AuditKeys::for_tests(3);
+    let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+    log.record(rec(1)).await.unwrap();
+    // The directory swapped for a file: the next anchor update cannot be written.
+    std::fs::rename(&dir, t.path().join("moved")).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    let mut refused = false;
+    for i in 2..200 {
+        if log.record(rec(i)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(refused, "the log never failed");
+    assert!(log.is_failed());
+    assert!(log.submit(rec(500)).is_err());
+    assert!(log.sync_point().await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_writers_make_one_clean_chain() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("audit");
+    let keys = AuditKeys::for_tests(5);
+    let log = std::sync::Arc::new(AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap());
+    let mut tasks = tokio::task::JoinSet::new();
+    for w in 0..8u64 {
+        let log = log.clone();
+        tasks.spawn(async move {
+            for i in 0..250u64 {
+                log.record(rec(w * 1000 + i)).await.unwrap();
+            }
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        r.unwrap();
+    }
+    log.close();
+    let r = verify(&dir, &keys, None).unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!((r.entries, r.anchor.clone()), (2000, AnchorCheck::Match));
+    // Every record is there exactly once, and each writer's records are in its order.
+    let all = show(&dir, &keys, &Filter::default()).unwrap().entries;
+    let mut per_writer = vec![Vec::new(); 8];
+    for e in &all {
+        let p = e.record.path.as_deref().unwrap();
+        let n: u64 = p.split('/').nth(2).unwrap().parse().unwrap();
+        per_writer[(n / 1000) as usize].push(n % 1000);
+    }
+    for (w, got) in per_writer.iter().enumerate() {
+        assert_eq!(*got, (0..250u64).collect::<Vec<_>>(), "writer {w}");
+    }
+}

@@ -1,0 +1,516 @@
+//! [`AuditLog`]: the one writer of a data dir's audit log.
+//!
+//! Requests hand their [`Record`] to a queue and wait until it is written (`write(2)`
+//! returned), never for an fsync: a writer thread takes everything queued, seals and chains
+//! it, and appends the whole group with one `write`. A second thread makes the log durable
+//! in groups (fdatasync, then the HEAD anchor), at most once per
+//! [`AuditOptions::flush_interval`], so a burst of reads costs a handful of fsyncs, not one
+//! each. If a write, an fsync or the anchor fails, the log is *failed*: every waiting and
+//! every later entry is refused ([`AuditError::Failed`]) until a restart, and callers
+//! refuse the request they wanted to record (fail closed).
+//!
+//! Each writer starts a new file (fresh salt, so a fresh body key) the first time it writes,
+//! and rotates to another past [`AuditOptions::max_file_bytes`]; the chain runs on across
+//! files. Only one writer exists per data dir: the data dir's redb lock already keeps a
+//! second process out.
+
+use std::fs::File;
+use std::io::Write;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::Duration;
+
+use tokio::sync::watch;
+
+use super::line::{self, ChainMac, FileKey, Head};
+use super::{AuditError, AuditKeys, Record, now_ms};
+
+/// Tunables of the audit log.
+#[derive(Debug, Clone)]
+pub struct AuditOptions {
+    /// Start a new file once the current one is larger than this.
+    pub max_file_bytes: u64,
+    /// At most one fsync group (log fdatasync + anchor) per this interval.
+    pub flush_interval: Duration,
+}
+
+impl Default for AuditOptions {
+    fn default() -> Self {
+        Self {
+            max_file_bytes: 64 << 20,
+            flush_interval: Duration::from_millis(5),
+        }
+    }
+}
+
+/// A place in the queue: [`AuditLog::wait`] resolves once the entry is written.
+#[derive(Debug, Clone, Copy)]
+#[must_use = "an entry counts only once it is written: wait for it"]
+pub struct Ticket(u64);
+
+#[derive(Debug, Clone, Copy, Default)]
+struct Progress {
+    /// Entries written since open (compared with tickets).
+    written: u64,
+    failed: bool,
+}
+
+struct State {
+    pending: Vec<Record>,
+    submitted: u64,
+    closing: bool,
+    failed: bool,
+    writer_done: bool,
+    /// The chain after the last successful write, and the file it went to.
+    written_head: Head,
+    current_file: Option<Arc<File>>,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    writer_wake: Condvar,
+    syncer_wake: Condvar,
+    progress: watch::Sender<Progress>,
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // Every mutation leaves `State` consistent before anything can panic.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn fail(&self, what: &str, e: &std::io::Error) {
+        tracing::error!(
+            error = %e,
+            "the audit log failed while {what}: every request that needs an audit entry is refused until a restart"
+        );
+        let mut st = self.lock();
+        st.failed = true;
+        st.pending.clear();
+        drop(st);
+        self.progress.send_modify(|p| p.failed = true);
+        self.writer_wake.notify_all();
+        self.syncer_wake.notify_all();
+    }
+}
+
+/// The audit log of one data dir. Dropping it writes what is queued, syncs and stops.
+pub struct AuditLog {
+    dir: PathBuf,
+    shared: Arc<Shared>,
+    progress: watch::Receiver<Progress>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+    notes: Vec<String>,
+}
+
+impl std::fmt::Debug for AuditLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "AuditLog({})", self.dir.display())
+    }
+}
+
+impl AuditLog {
+    /// Opens (creating `dir` if needed) and starts the writer. The chain continues from the
+    /// last complete entry of the log, or from the anchor if the anchor is further on (the
+    /// log was cut: new entries then chain to the anchor, so `verify` keeps reporting the
+    /// gap instead of the writer hiding it).
+    pub fn open(dir: &Path, keys: &AuditKeys, opts: AuditOptions) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir)?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        let files = list_files(dir)?;
+        let mut notes = Vec::new();
+        let log_head = last_entry(dir, &files)?;
+        let start = match read_head(dir, keys)? {
+            HeadFile::Missing => {
+                if log_head.seq > 0 {
+                    notes.push("the audit log has no HEAD anchor: run efsctl audit verify".into());
+                }
+                log_head
+            }
+            HeadFile::Invalid => {
+                notes.push(
+                    "the audit log's HEAD anchor is damaged or forged: run efsctl audit verify"
+                        .into(),
+                );
+                log_head
+            }
+            HeadFile::Valid(anchor) if anchor.seq > log_head.seq => {
+                notes.push(format!(
+                    "the audit log ends at entry {} but its anchor records entry {}: entries were removed; new entries continue from the anchor (run efsctl audit verify)",
+                    log_head.seq, anchor.seq
+                ));
+                anchor
+            }
+            HeadFile::Valid(_) => log_head,
+        };
+        for n in &notes {
+            tracing::warn!("{n}");
+        }
+        let next_number = files.last().map(|(n, _)| n + 1).unwrap_or(1);
+        let (tx, rx) = watch::channel(Progress::default());
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                pending: Vec::new(),
+                submitted: 0,
+                closing: false,
+                failed: false,
+                writer_done: false,
+                written_head: start,
+                current_file: None,
+            }),
+            writer_wake: Condvar::new(),
+            syncer_wake: Condvar::new(),
+            progress: tx,
+        });
+        let writer = Writer {
+            dir: dir.to_path_buf(),
+            mac: ChainMac::new(keys),
+            keys: keys.duplicate(),
+            head: start,
+            file: None,
+            next_number,
+            max_file_bytes: opts.max_file_bytes,
+            buf: Vec::new(),
+        };
+        let syncer = Syncer {
+            dir: dir.to_path_buf(),
+            keys: keys.duplicate(),
+            synced: start,
+            interval: opts.flush_interval,
+        };
+        let s1 = shared.clone();
+        let t1 = std::thread::Builder::new()
+            .name("efs-audit-write".into())
+            .spawn(move || writer.run(&s1))?;
+        let s2 = shared.clone();
+        let t2 = std::thread::Builder::new()
+            .name("efs-audit-sync".into())
+            .spawn(move || syncer.run(&s2))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            shared,
+            progress: rx,
+            threads: Mutex::new(vec![t1, t2]),
+            notes,
+        })
+    }
+
+    /// The log's directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// What opening found wrong (also logged as warnings).
+    pub fn notes(&self) -> &[String] {
+        &self.notes
+    }
+
+    /// True once a write or fsync failed: nothing can be recorded any more.
+    pub fn is_failed(&self) -> bool {
+        self.progress.borrow().failed
+    }
+
+    /// Queues an entry without waiting (see [`AuditLog::wait`]).
+    pub fn submit(&self, rec: Record) -> Result<Ticket, AuditError> {
+        let mut st = self.shared.lock();
+        if st.failed || st.closing {
+            return Err(AuditError::Failed);
+        }
+        let wake = st.pending.is_empty();
+        st.pending.push(rec);
+        st.submitted += 1;
+        let t = Ticket(st.submitted);
+        drop(st);
+        if wake {
+            self.shared.writer_wake.notify_one();
+        }
+        Ok(t)
+    }
+
+    /// Waits until the entry of `t` is written (not necessarily fsynced).
+    pub async fn wait(&self, t: Ticket) -> Result<(), AuditError> {
+        let mut rx = self.progress.clone();
+        let p = *rx
+            .wait_for(|p| p.failed || p.written >= t.0)
+            .await
+            .map_err(|_| AuditError::Failed)?;
+        if p.written >= t.0 {
+            Ok(())
+        } else {
+            Err(AuditError::Failed)
+        }
+    }
+
+    /// Queues an entry and waits until it is written.
+    pub async fn record(&self, rec: Record) -> Result<(), AuditError> {
+        let t = self.submit(rec)?;
+        self.wait(t).await
+    }
+
+    /// Waits until everything queued so far is written (for entries queued by code that
+    /// cannot wait, like the login hook).
+    pub async fn sync_point(&self) -> Result<(), AuditError> {
+        let t = {
+            let st = self.shared.lock();
+            if st.failed {
+                return Err(AuditError::Failed);
+            }
+            Ticket(st.submitted)
+        };
+        self.wait(t).await
+    }
+
+    /// Writes what is queued, makes it durable, updates the anchor and stops the threads.
+    /// Called by `Drop`; later entries are refused.
+    pub fn close(&self) {
+        self.shared.lock().closing = true;
+        self.shared.writer_wake.notify_all();
+        self.shared.syncer_wake.notify_all();
+        let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+impl Drop for AuditLog {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+struct OpenFile {
+    file: Arc<File>,
+    key: FileKey,
+    salt: [u8; 16],
+    size: u64,
+}
+
+struct Writer {
+    dir: PathBuf,
+    mac: ChainMac,
+    keys: AuditKeys,
+    head: Head,
+    file: Option<OpenFile>,
+    next_number: u32,
+    max_file_bytes: u64,
+    buf: Vec<u8>,
+}
+
+impl Writer {
+    fn run(mut self, shared: &Shared) {
+        let mut batch = Vec::new();
+        loop {
+            {
+                let mut st = shared.lock();
+                while st.pending.is_empty() && !st.closing && !st.failed {
+                    st = shared
+                        .writer_wake
+                        .wait(st)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                if st.failed || st.pending.is_empty() {
+                    st.writer_done = true;
+                    drop(st);
+                    shared.syncer_wake.notify_all();
+                    return;
+                }
+                std::mem::swap(&mut st.pending, &mut batch);
+            }
+            let n = batch.len() as u64;
+            match self.append(&batch) {
+                Ok(()) => {
+                    let mut st = shared.lock();
+                    st.written_head = self.head;
+                    st.current_file = self.file.as_ref().map(|f| f.file.clone());
+                    drop(st);
+                    shared.syncer_wake.notify_one();
+                    shared.progress.send_modify(|p| p.written += n);
+                }
+                Err(e) => {
+                    shared.fail("writing", &e);
+                }
+            }
+            batch.clear();
+        }
+    }
+
+    fn append(&mut self, batch: &[Record]) -> std::io::Result<()> {
+        if self
+            .file
+            .as_ref()
+            .is_none_or(|f| f.size >= self.max_file_bytes)
+        {
+            self.rotate()?;
+        }
+        let of = self.file.as_mut().expect("rotate opened a file");
+        self.buf.clear();
+        let mut head = self.head;
+        for rec in batch {
+            let seq = head.seq + 1;
+            let t = now_ms();
+            let sealed = of.key.seal(seq, t, rec);
+            let mac = self.mac.compute(&head.mac, seq, t, &of.salt, &sealed);
+            line::push_entry(&mut self.buf, seq, t, &sealed, &mac);
+            head = line::Head { seq, mac };
+        }
+        // One write(2) for the group: O_APPEND, so a reader sees whole groups or a torn tail.
+        (&*of.file).write_all(&self.buf)?;
+        of.size += self.buf.len() as u64;
+        self.head = head;
+        Ok(())
+    }
+
+    /// Closes the current file (durably) and starts the next one with a fresh salt.
+    fn rotate(&mut self) -> std::io::Result<()> {
+        if let Some(old) = self.file.take() {
+            // The anchor may only name entries that are durable; the syncer syncs the
+            // current file only, so the old one is synced here, before anything goes on.
+            old.file.sync_all()?;
+        }
+        let mut salt = [0u8; 16];
+        aws_lc_rs::rand::fill(&mut salt).map_err(|_| std::io::Error::other("the RNG failed"))?;
+        let path = self.dir.join(line::file_name(self.next_number));
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        let header = line::header_line(&salt);
+        f.write_all(header.as_bytes())?;
+        f.sync_all()?;
+        File::open(&self.dir)?.sync_all()?;
+        self.next_number += 1;
+        self.file = Some(OpenFile {
+            file: Arc::new(f),
+            key: FileKey::new(&self.keys, &salt),
+            salt,
+            size: header.len() as u64,
+        });
+        Ok(())
+    }
+}
+
+struct Syncer {
+    dir: PathBuf,
+    keys: AuditKeys,
+    synced: Head,
+    interval: Duration,
+}
+
+impl Syncer {
+    fn run(mut self, shared: &Shared) {
+        loop {
+            let (head, file) = {
+                let mut st = shared.lock();
+                loop {
+                    if st.failed {
+                        return;
+                    }
+                    if st.written_head != self.synced {
+                        break;
+                    }
+                    if st.writer_done {
+                        return;
+                    }
+                    st = shared
+                        .syncer_wake
+                        .wait(st)
+                        .unwrap_or_else(|e| e.into_inner());
+                }
+                (st.written_head, st.current_file.clone())
+            };
+            let r = match file {
+                Some(f) => f.sync_data(),
+                None => Ok(()),
+            }
+            .and_then(|()| write_head(&self.dir, &self.keys, &head));
+            if let Err(e) = r {
+                shared.fail("syncing", &e);
+                return;
+            }
+            self.synced = head;
+            std::thread::sleep(self.interval);
+        }
+    }
+}
+
+/// The HEAD anchor's path.
+pub(crate) fn head_path(dir: &Path) -> PathBuf {
+    dir.join("HEAD")
+}
+
+/// Replaces the anchor atomically (temporary file, fsync, rename, directory fsync).
+fn write_head(dir: &Path, keys: &AuditKeys, head: &Head) -> std::io::Result<()> {
+    let tmp = dir.join("HEAD.tmp");
+    {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(line::head_text(keys, head).as_bytes())?;
+        f.sync_data()?;
+    }
+    std::fs::rename(&tmp, head_path(dir))?;
+    File::open(dir)?.sync_all()
+}
+
+pub(crate) enum HeadFile {
+    Missing,
+    Invalid,
+    Valid(Head),
+}
+
+pub(crate) fn read_head(dir: &Path, keys: &AuditKeys) -> std::io::Result<HeadFile> {
+    match std::fs::read(head_path(dir)) {
+        Ok(t) => Ok(match line::parse_head(keys, &t) {
+            Some(h) => HeadFile::Valid(h),
+            None => HeadFile::Invalid,
+        }),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(HeadFile::Missing),
+        Err(e) => Err(e),
+    }
+}
+
+/// The audit files in `dir`, by number.
+pub(crate) fn list_files(dir: &Path) -> std::io::Result<Vec<(u32, String)>> {
+    let mut v = Vec::new();
+    let rd = match std::fs::read_dir(dir) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(v),
+        Err(e) => return Err(e),
+    };
+    for e in rd {
+        let name = e?.file_name().to_string_lossy().into_owned();
+        if let Some(n) = line::file_number(&name) {
+            v.push((n, name));
+        }
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// The last complete, well-formed entry of the log (not verified: that is `verify`'s job).
+fn last_entry(dir: &Path, files: &[(u32, String)]) -> std::io::Result<Head> {
+    for (_, name) in files.iter().rev() {
+        let data = std::fs::read(dir.join(name))?;
+        // Only '\n'-terminated lines count: a torn last line is a write a crash cut short.
+        let complete = match data.iter().rposition(|&b| b == b'\n') {
+            Some(i) => &data[..i],
+            None => continue,
+        };
+        for l in complete.split(|&b| b == b'\n').rev() {
+            if let Some(e) = line::parse_entry(l) {
+                return Ok(Head {
+                    seq: e.seq,
+                    mac: e.mac,
+                });
+            }
+        }
+    }
+    Ok(Head::START)
+}

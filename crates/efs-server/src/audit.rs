@@ -1,0 +1,102 @@
+//! What the server writes to the audit log (`efs_core::audit`): one entry per login event
+//! (through the [`AuthAudit`] hook) and per file request, written before the answer leaves.
+//! A request whose entry cannot be written is answered 503 `audit_unavailable`.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+
+use axum::response::Response;
+use efs_core::DataDir;
+use efs_core::audit::{Action, Record};
+
+use crate::auth::{AuthAudit, AuthEvent, AuthEventKind};
+use crate::error::ApiError;
+
+/// Sends the authenticator's events to the data dir's audit log. `record` cannot wait (it
+/// runs inside the login code): it queues the entry, and the route waits with
+/// [`efs_core::audit::AuditLog::sync_point`] before answering.
+pub struct AuditHook(pub Arc<DataDir>);
+
+impl AuthAudit for AuditHook {
+    fn record(&self, e: &AuthEvent<'_>) {
+        let (action, status) = match e.kind {
+            AuthEventKind::LoginSucceeded => (Action::LoginOk, 200),
+            AuthEventKind::LoginFailed => (Action::LoginFailed, 401),
+            AuthEventKind::LoginRateLimited => (Action::LoginRateLimited, 429),
+            AuthEventKind::RefreshSucceeded => (Action::RefreshOk, 200),
+            AuthEventKind::RefreshFailed => (Action::RefreshFailed, 401),
+            AuthEventKind::TokenRejected => (Action::TokenRejected, 401),
+        };
+        let mut rec = Record::new(action, status);
+        rec.user = e.user.map(str::to_owned);
+        rec.fs = e.fs.map(str::to_owned);
+        rec.client = e.client_ip.map(|ip| ip.to_string());
+        rec.detail = (e.reason != "ok").then(|| e.reason.to_owned());
+        // A refused entry means the log has failed: the route's sync point answers 503.
+        let _ = self.0.audit().submit(rec);
+    }
+}
+
+/// What a request did, filled in as the handler learns it.
+#[derive(Debug)]
+pub struct Who {
+    /// The operation.
+    pub action: Action,
+    /// The user, once the token checked out.
+    pub user: Option<String>,
+    /// The filesystem, once the token checked out.
+    pub fs: Option<String>,
+    /// The path, once it parsed.
+    pub path: Option<String>,
+    /// A move's destination.
+    pub to: Option<String>,
+}
+
+impl Who {
+    /// Nothing known yet but the operation.
+    pub fn new(action: Action) -> Self {
+        Self {
+            action,
+            user: None,
+            fs: None,
+            path: None,
+            to: None,
+        }
+    }
+}
+
+/// Writes the request's entry, then lets the answer go; 503 if the entry cannot be written.
+pub async fn seal_answer(
+    data: &DataDir,
+    who: Who,
+    client: IpAddr,
+    result: Result<Response, ApiError>,
+) -> Result<Response, ApiError> {
+    let (status, detail) = match &result {
+        Ok(r) => (r.status(), None),
+        Err(e) => (e.status, Some(e.code)),
+    };
+    let rec = Record {
+        action: who.action,
+        user: who.user,
+        fs: who.fs,
+        path: who.path,
+        to: who.to,
+        client: Some(client.to_string()),
+        status: status.as_u16(),
+        detail: detail.map(str::to_owned),
+    };
+    match data.audit().record(rec).await {
+        Ok(()) => result,
+        Err(_) => Err(ApiError::audit_unavailable()),
+    }
+}
+
+/// 503 before doing anything, when the log has already failed.
+pub fn refuse_if_failed(data: &DataDir) -> Result<(), ApiError> {
+    if data.audit().is_failed() {
+        Err(ApiError::audit_unavailable())
+    } else {
+        Ok(())
+    }
+}

@@ -1,0 +1,278 @@
+//! The audit log end to end, as an operator uses it from the README: a real server, real
+//! logins, file requests and efsctl commands; `efsctl audit show` answers "who read this
+//! file, and when"; `efsctl audit verify` is clean, then names the entry a person edited by
+//! hand; the log on disk shows no path, user or address; and when the log cannot be written
+//! the server refuses to serve (fail closed).
+
+mod common;
+
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+fn show(srv: &TestServer, args: &[&str]) -> Vec<Value> {
+    let mut a = vec!["audit", "show", "--json"];
+    a.extend_from_slice(args);
+    let out = srv.efsctl_ok(&a);
+    serde_json::from_str::<Value>(&out)
+        .expect("audit show --json prints JSON")
+        .as_array()
+        .expect("an array of entries")
+        .clone()
+}
+
+fn audit_files(data: &Path) -> Vec<std::path::PathBuf> {
+    let mut v: Vec<_> = std::fs::read_dir(data.join("system/audit"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    v.sort();
+    v
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let app = s.token;
+    let nurse_key = srv.create_user("nurse-kim", &["files"], true);
+
+    // A failed login: right user, wrong key.
+    let body = srv.signed_body("app", &new_signing_key(), None).await;
+    assert_eq!(srv.token_request(&body).await.status(), 401);
+    let nurse = srv.login("nurse-kim", &nurse_key, None).await;
+    // A malformed user name: refused (400) and recorded, without the name.
+    let mut bad = body.clone();
+    bad["user"] = json!("no spaces allowed");
+    assert_eq!(srv.token_request(&bad).await.status(), 400);
+
+    let file = "/patients/173/prescription.pdf";
+    srv.put_ok(file, &app, b"dose: 2x daily".to_vec()).await;
+    assert_eq!(srv.get_ok(file, &app).await, b"dose: 2x daily");
+    assert_eq!(srv.get_ok(file, &nurse).await, b"dose: 2x daily");
+    // The read-only nurse may not write: refused, and recorded as refused.
+    assert_eq!(srv.put(file, &nurse, b"x".to_vec()).await.status(), 403);
+    let listing = srv.list_all("/patients/173/", &app, 100).await;
+    assert_eq!(listing.len(), 1);
+    let r = srv
+        .req("POST", "/_efs/move", &app)
+        .json(&json!({"from": file, "to": "/patients/173/rx.pdf"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = srv
+        .req("DELETE", "/patients/173/rx.pdf", &app)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    srv.efsctl_ok(&["grant", "nurse-kim", "--fs", "files", "--read-only"]);
+
+    // Who read this file, and when (through the admin socket: the server runs).
+    let reads: Vec<Value> = show(&srv, &["--path", file])
+        .into_iter()
+        .filter(|e| e["action"] == "read")
+        .collect();
+    assert_eq!(reads.len(), 2, "{reads:?}");
+    assert_eq!(reads[0]["user"], "app");
+    assert_eq!(reads[1]["user"], "nurse-kim");
+    for r in &reads {
+        assert_eq!(r["status"], 200);
+        assert_eq!(r["fs"], "files");
+        assert_eq!(r["client"], "127.0.0.1");
+        let t = r["time"].as_str().unwrap();
+        time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
+            .unwrap_or_else(|e| panic!("{t}: {e}"));
+    }
+    // Everything that touched the file, in order: write, 2 reads, refused write, move.
+    let all: Vec<(String, String, u64)> = show(&srv, &["--path", file])
+        .iter()
+        .map(|e| {
+            (
+                e["action"].as_str().unwrap().to_owned(),
+                e["user"].as_str().unwrap().to_owned(),
+                e["status"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    let want = [
+        ("write", "app", 201),
+        ("read", "app", 200),
+        ("read", "nurse-kim", 200),
+        ("write", "nurse-kim", 403),
+        ("move", "app", 200),
+    ];
+    let want: Vec<(String, String, u64)> = want
+        .iter()
+        .map(|(a, u, s)| (a.to_string(), u.to_string(), *s))
+        .collect();
+    assert_eq!(all, want);
+    // The directory prefix finds the listing and the delete of the moved file too.
+    let under: Vec<String> = show(&srv, &["--path", "/patients/173/"])
+        .iter()
+        .map(|e| e["action"].as_str().unwrap().to_owned())
+        .collect();
+    assert!(under.contains(&"list".to_owned()) && under.contains(&"delete".to_owned()));
+    // Logins, failed and not, with the reason; by user and time.
+    let app_entries = show(&srv, &["--user", "app", "--since", "1h"]);
+    let failed: Vec<&Value> = app_entries
+        .iter()
+        .filter(|e| e["action"] == "login-failed")
+        .collect();
+    assert_eq!(failed.len(), 1, "{app_entries:?}");
+    assert_eq!(failed[0]["status"], 401);
+    assert!(failed[0]["detail"].as_str().is_some());
+    assert!(app_entries.iter().any(|e| e["action"] == "login-ok"));
+    assert!(show(&srv, &["--user", "app", "--until", "1h"]).is_empty());
+    let malformed: Vec<Value> = show(&srv, &[])
+        .into_iter()
+        .filter(|e| e["detail"] == "malformed user name")
+        .collect();
+    assert_eq!(malformed.len(), 1, "{malformed:?}");
+    assert_eq!(malformed[0]["action"], "login-failed");
+    assert_eq!(malformed[0]["user"], Value::Null);
+    // Admin commands, with the operator's account and how it came.
+    let admin: Vec<Value> = show(&srv, &[])
+        .into_iter()
+        .filter(|e| e["action"] == "admin")
+        .collect();
+    assert!(admin.iter().any(|e| {
+        e["detail"].as_str().unwrap().starts_with("create-user")
+            && e["client"] == "admin-socket"
+            && e["user"].as_str().unwrap().starts_with("uid:")
+    }));
+    assert!(
+        admin
+            .iter()
+            .any(|e| e["detail"].as_str().unwrap().starts_with("grant"))
+    );
+    let text = srv.efsctl_ok(&["audit", "show", "--path", file]);
+    assert!(text.contains("nurse-kim  read  files  /patients/173/prescription.pdf  200"));
+
+    let v = srv.efsctl_ok(&["audit", "verify"]);
+    assert!(v.starts_with("audit verify: OK"), "{v}");
+
+    // Nothing readable on disk: no path, name, user or address.
+    for f in audit_files(&srv.data) {
+        let bytes = std::fs::read(&f).unwrap();
+        let text = String::from_utf8_lossy(&bytes);
+        for needle in ["patients", "prescription", "nurse-kim", "127.0.0.1"] {
+            assert!(!text.contains(needle), "{needle} in {}", f.display());
+        }
+    }
+
+    // With the server stopped, efsctl reads the log itself.
+    let mut srv = srv;
+    srv.stop().await;
+    let v = srv.efsctl_ok(&["audit", "verify", "--json"]);
+    let rep: Value = serde_json::from_str(&v).unwrap();
+    assert_eq!(rep["problem"], Value::Null, "{rep}");
+    assert_eq!(rep["anchor"]["state"], "match", "{rep}");
+    let head = format!("{}:{}", rep["head_seq"], rep["head_mac"].as_str().unwrap());
+    assert_eq!(
+        show(&srv, &["--path", file, "--user", "nurse-kim"]).len(),
+        2
+    );
+
+    // A person edits one byte in the body of a middle entry of the first file.
+    let first = audit_files(&srv.data)
+        .into_iter()
+        .find(|p| p.ends_with("audit-000001.log"))
+        .unwrap();
+    let text = std::fs::read_to_string(&first).unwrap();
+    let mut lines: Vec<String> = text.split_inclusive('\n').map(str::to_owned).collect();
+    let mid = lines.len() / 2;
+    let seq: u64 = lines[mid].split(' ').next().unwrap().parse().unwrap();
+    let fields: Vec<&str> = lines[mid].split(' ').collect();
+    let mut body = fields[2].as_bytes().to_vec();
+    body[5] = if body[5] == b'Q' { b'R' } else { b'Q' };
+    lines[mid] = format!(
+        "{} {} {} {}",
+        fields[0],
+        fields[1],
+        String::from_utf8(body).unwrap(),
+        fields[3]
+    );
+    std::fs::write(&first, lines.concat()).unwrap();
+    let out = srv.efsctl(&["audit", "verify"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(3), "{stdout}");
+    let want = format!(
+        "entry {seq} (file audit-000001.log line {}): MAC mismatch — edited, inserted or deleted from here on",
+        mid + 1
+    );
+    assert!(stdout.contains(&want), "{stdout}\nwanted: {want}");
+    // `show` warns that from there on nothing can be trusted (exit 3 too).
+    let out = srv.efsctl(&["audit", "show", "--user", "nurse-kim"]);
+    assert_eq!(out.status.code(), Some(3));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("chain breaks at entry"));
+    // A head kept from before: named as missing, since the log was rewritten.
+    let out = srv.efsctl(&["audit", "verify", "--expect-head", &head]);
+    assert_eq!(out.status.code(), Some(3));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unwritable_audit_log_fails_closed() {
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let token = s.token;
+    srv.put_ok("/a.txt", &token, b"before".to_vec()).await;
+    assert_eq!(srv.get_ok("/a.txt", &token).await, b"before");
+
+    // The audit directory swapped for a plain file (root ignores permissions, so a chmod
+    // would prove nothing): the next fsync group cannot write the HEAD anchor.
+    let dir = srv.data.join("system/audit");
+    std::fs::rename(&dir, srv.data.join("system/audit.moved")).unwrap();
+    std::fs::write(&dir, b"in the way").unwrap();
+
+    let mut refused = None;
+    for _ in 0..100 {
+        let r = srv.req("GET", "/a.txt", &token).send().await.unwrap();
+        if r.status() == 503 {
+            refused = Some(r);
+            break;
+        }
+        assert_eq!(r.status(), 200);
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let r = refused.expect("the server never refused a request with an unwritable audit log");
+    assert_error(r, 503, "audit_unavailable").await;
+    // From then on nothing is served, written, granted or logged in, and health says so.
+    let r = srv.req("GET", "/a.txt", &token).send().await.unwrap();
+    assert_error(r, 503, "audit_unavailable").await;
+    let r = srv.put("/b.txt", &token, b"after".to_vec()).await;
+    assert_error(r, 503, "audit_unavailable").await;
+    let body = srv.signed_body("app", &s.key, None).await;
+    assert_error(srv.token_request(&body).await, 503, "audit_unavailable").await;
+    let r = srv
+        .client
+        .get(srv.url("/_efs/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 503, "audit_unavailable").await;
+    let out = srv.efsctl(&["create-fs", "other"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("audit log cannot be written"));
+    // The refused write did not happen: after a restart on a repaired log, /b.txt is absent.
+    let mut srv = srv;
+    srv.stop().await;
+    // Nor does a server start without its audit log.
+    let f = TestServer::try_start_in(srv.dir.clone(), &[], &[])
+        .err()
+        .expect("a server started with its audit directory replaced by a file");
+    assert!(
+        f.stderr.contains("cannot open the audit log"),
+        "{}",
+        f.stderr
+    );
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(srv.data.join("system/audit.moved"), &dir).unwrap();
+    let srv2 = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let token = srv2.login("app", &s.key, None).await;
+    assert_eq!(srv2.get("/b.txt", &token).await.0, 404);
+    assert_eq!(srv2.get_ok("/a.txt", &token).await, b"before");
+}
