@@ -108,7 +108,7 @@ const SECRET_AUDIT_ROOT: &str = "audit-root";
 
 /// The audit log's root key: random, made at the first open, kept sealed in the system DB
 /// (re-keying the starter re-seals it unchanged, so the log stays verifiable).
-fn audit_root(system: &SystemDb) -> Result<efs_format::Key32> {
+pub(crate) fn audit_root(system: &SystemDb) -> Result<efs_format::Key32> {
     if let Some(v) = system.secret(SECRET_AUDIT_ROOT)? {
         let bytes: [u8; 32] = v
             .as_slice()

@@ -249,8 +249,35 @@ pub async fn rekey_starter_until(
     }
     // 3. Finish.
     finish(root).await?;
+    record_in_audit_log(root, &new_starter, new).await?;
     lines.push(
         "Done: only the new key parts open this data dir now; start efs-server with them".into(),
     );
     Ok(lines)
+}
+
+/// Records the re-keying in the audit log, like every other admin command (the audit keys
+/// come from a root sealed in the system DB, so the chain simply goes on).
+async fn record_in_audit_log(root: &Path, starter: &StarterKey, new: &[KeyPartSpec]) -> Result<()> {
+    let system = SystemDb::open(&root.join("system").join("system.redb"), starter)?;
+    let keys = crate::audit::AuditKeys::derive(&crate::datadir::audit_root(&system)?);
+    let log = crate::audit::AuditLog::open(
+        &root.join(crate::audit::AUDIT_DIR),
+        &keys,
+        crate::audit::AuditOptions::default(),
+    )?;
+    let op = crate::admin::Operator::this_process("data-dir");
+    let mut rec = crate::audit::Record::new(crate::audit::Action::Admin, 200);
+    rec.user = Some(op.user);
+    rec.client = Some(op.via);
+    let kinds: Vec<&str> = new.iter().map(KeyPartSpec::kind).collect();
+    rec.detail = Some(format!(
+        "rekey-starter (new key parts: {})",
+        kinds.join(", ")
+    ));
+    log.record(rec)
+        .await
+        .map_err(|e| CoreError::Invalid(format!("the audit log refused the entry: {e}")))?;
+    log.close();
+    Ok(())
 }

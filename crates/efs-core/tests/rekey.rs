@@ -65,6 +65,17 @@ async fn check(dd: &DataDir, files: &BTreeMap<(String, String), Vec<u8>>) {
     assert!(audit.entries > 0);
 }
 
+/// The re-keying itself is an admin action, in the audit log like every other one.
+fn rekey_recorded(dd: &DataDir) -> bool {
+    let shown = dd.audit_show(&efs_core::audit::Filter::default()).unwrap();
+    shown.entries.iter().any(|e| {
+        e.record
+            .detail
+            .as_deref()
+            .is_some_and(|d| d.starts_with("rekey-starter"))
+    })
+}
+
 fn leftovers(root: &Path) -> Vec<String> {
     walk(root)
         .into_iter()
@@ -131,6 +142,7 @@ async fn new_parts_open_everything_and_old_ones_nothing() {
     );
     let dd = open(&root, &new).unwrap();
     check(&dd, &files).await;
+    assert!(rekey_recorded(&dd), "the re-keying is in the audit log");
     put(&dd.fs("docs").unwrap(), "/after", b"after").await;
     drop(dd);
 
