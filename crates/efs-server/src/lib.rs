@@ -2,6 +2,7 @@
 //!
 //! - [`server`]: start-up, TLS accept loop, graceful shutdown.
 //! - [`app`]: the routes (control under `/_efs/`, files everywhere else).
+//! - [`http_headers`]: the `Range` and `If-Match` / `If-None-Match` parsers.
 //! - [`auth`] / [`ratelimit`]: the Ed25519 challenge → signature → JWT login.
 //! - [`cache`]: the decrypted-content cache.
 //! - [`tls`]: certificates (given, or generated and sealed), mutual TLS.
@@ -16,6 +17,7 @@ pub mod app;
 pub mod auth;
 pub mod cache;
 pub mod error;
+pub mod http_headers;
 pub mod ratelimit;
 pub mod server;
 pub mod tls;
