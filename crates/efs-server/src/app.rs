@@ -23,7 +23,7 @@ use futures_util::StreamExt;
 use crate::auth::{Authenticator, Caller, ChallengeRequest, TokenRequest};
 use crate::cache::{CachedFile, ContentCache};
 use crate::error::ApiError;
-use crate::http_headers::{parse_etags, parse_range};
+use crate::http_headers::{Unsatisfiable, parse_etags, parse_range};
 use crate::users::Users;
 
 /// Facts about the connection a request came on, set by the accept loop.
@@ -601,7 +601,7 @@ async fn read_version(
     let len = entry.size;
     let range = match parse_range(h, len) {
         Ok(r) => r,
-        Err(()) => {
+        Err(Unsatisfiable) => {
             let mut r = ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 efs_proto::codes::RANGE_NOT_SATISFIABLE,

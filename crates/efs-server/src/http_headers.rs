@@ -7,10 +7,14 @@
 
 use axum::http::{HeaderMap, header};
 
+/// A `Range` that lies outside the file: answered with 416.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
 /// A `Range` header against a file of `len` bytes: `Ok(None)` = the whole file,
 /// `Ok(Some((start, end)))` = bytes `start..end` (end exclusive, `start < end <= len`),
-/// `Err(())` = unsatisfiable (416). Malformed or multi-range headers are ignored (RFC 9110).
-pub fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
+/// `Err(Unsatisfiable)` = 416. Malformed or multi-range headers are ignored (RFC 9110).
+pub fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
     match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
         Some(v) => parse_range_value(v, len),
         None => Ok(None),
@@ -18,7 +22,7 @@ pub fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
 }
 
 /// [`parse_range`] on the header's text.
-pub fn parse_range_value(v: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
+pub fn parse_range_value(v: &str, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
     let Some(spec) = v.trim().strip_prefix("bytes=") else {
         return Ok(None);
     };
@@ -34,7 +38,7 @@ pub fn parse_range_value(v: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
             return Ok(None);
         };
         if n == 0 || len == 0 {
-            return Err(());
+            return Err(Unsatisfiable);
         }
         let n = n.min(len);
         return Ok(Some((len - n, len)));
@@ -54,7 +58,7 @@ pub fn parse_range_value(v: &str, len: u64) -> Result<Option<(u64, u64)>, ()> {
         e.saturating_add(1).min(len)
     };
     if start >= len {
-        return Err(());
+        return Err(Unsatisfiable);
     }
     Ok(Some((start, end)))
 }
@@ -99,9 +103,9 @@ mod tests {
         assert_eq!(parse_range_value("bytes=-3", 10), Ok(Some((7, 10))));
         assert_eq!(parse_range_value("bytes=-30", 10), Ok(Some((0, 10))));
         assert_eq!(parse_range_value("bytes=5-100", 10), Ok(Some((5, 10))));
-        assert_eq!(parse_range_value("bytes=10-", 10), Err(()));
-        assert_eq!(parse_range_value("bytes=-0", 10), Err(()));
-        assert_eq!(parse_range_value("bytes=-1", 0), Err(()));
+        assert_eq!(parse_range_value("bytes=10-", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range_value("bytes=-0", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range_value("bytes=-1", 0), Err(Unsatisfiable));
         assert_eq!(parse_range_value("bytes=3-2", 10), Ok(None));
         assert_eq!(parse_range_value("bytes=0-1,3-4", 10), Ok(None));
         assert_eq!(parse_range_value("items=0-1", 10), Ok(None));

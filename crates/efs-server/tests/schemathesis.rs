@@ -42,8 +42,8 @@ async fn schemathesis_finds_no_server_error_and_no_mismatch_with_the_openapi_doc
     let key = srv.create_user("alice", &["main"], false);
     let token = srv.login("alice", &key, None).await;
     // Something to read, list, move and delete, besides what Schemathesis writes itself.
-    srv.put_ok("/docs/report.txt", &token, "quarterly figures")
-        .await;
+    srv.put_ok("/report.txt", &token, "quarterly figures").await;
+    srv.put_ok("/docs/notes.txt", &token, "minutes").await;
 
     let report = srv.dir.path().join("schemathesis-report");
     let started = Instant::now();
