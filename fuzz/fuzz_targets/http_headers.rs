@@ -2,7 +2,7 @@
 //!
 //! Input: 8 bytes of file length (big-endian), then the header text. Oracle: nothing panics;
 //! a range served lies inside the file, non-empty, and came from a header of digits only
-//! (RFC 9110 `1*DIGIT`); an entity-tag list never yields more tags than it has elements, and
+//! (RFC 9110 `1*DIGIT`, with spaces and tabs only as whitespace); an entity-tag list never yields more tags than it has elements, and
 //! the tags it yields, written back, parse to themselves.
 
 #![no_main]
@@ -23,15 +23,16 @@ fuzz_target!(|data: &[u8]| {
     match parse_range_value(text, len) {
         Ok(Some((start, end))) => {
             assert!(start < end && end <= len, "range {start}..{end} of {len}");
-            let spec = text.trim().strip_prefix("bytes=").expect("a bytes= range");
+            let spec = text.trim_matches([' ', '\t']).strip_prefix("bytes=");
+            let spec = spec.expect("a bytes= range");
             assert!(
                 spec.bytes()
-                    .all(|b| b.is_ascii_digit() || b == b'-' || b.is_ascii_whitespace()),
+                    .all(|b| b.is_ascii_digit() || b"- \t".contains(&b)),
                 "a range with characters other than digits was served"
             );
         }
         Ok(None) => {}
-        Err(Unsatisfiable) => assert!(text.trim().starts_with("bytes=")),
+        Err(Unsatisfiable) => assert!(text.trim_matches([' ', '\t']).starts_with("bytes=")),
     }
 
     if let Some(tags) = parse_etags(text) {

@@ -23,16 +23,16 @@ pub fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, Unsati
 
 /// [`parse_range`] on the header's text.
 pub fn parse_range_value(v: &str, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
-    let Some(spec) = v.trim().strip_prefix("bytes=") else {
+    let Some(spec) = ows(v).strip_prefix("bytes=") else {
         return Ok(None);
     };
     if spec.contains(',') {
         return Ok(None);
     }
-    let Some((a, b)) = spec.trim().split_once('-') else {
+    let Some((a, b)) = ows(spec).split_once('-') else {
         return Ok(None);
     };
-    let (a, b) = (a.trim(), b.trim());
+    let (a, b) = (ows(a), ows(b));
     if a.is_empty() {
         let Some(n) = parse_digits(b) else {
             return Ok(None);
@@ -61,6 +61,12 @@ pub fn parse_range_value(v: &str, len: u64) -> Result<Option<(u64, u64)>, Unsati
         return Err(Unsatisfiable);
     }
     Ok(Some((start, end)))
+}
+
+/// Strips optional whitespace (RFC 9110 `OWS`: spaces and tabs). `str::trim` would also strip
+/// vertical tabs, form feeds and Unicode spaces, which are not whitespace in HTTP.
+fn ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
 }
 
 /// RFC 9110 positions are `1*DIGIT`. `u64::from_str` alone also takes a leading `+`.
@@ -123,6 +129,16 @@ mod tests {
         assert_eq!(parse_range_value("bytes=1-+2", 10), Ok(None));
         assert_eq!(parse_range_value("bytes=-+2", 10), Ok(None));
         assert_eq!(parse_range_value("bytes=+10-", 10), Ok(None));
+    }
+
+    /// Found by the `http_headers` fuzz target (`bytes=-` + vertical tabs + digits was served as
+    /// a suffix range): only spaces and tabs are whitespace in a header.
+    #[test]
+    fn range_with_a_vertical_tab_or_form_feed_is_ignored() {
+        assert_eq!(parse_range_value("bytes=-\u{b}5", 10), Ok(None));
+        assert_eq!(parse_range_value("bytes=\u{c}1-2", 10), Ok(None));
+        assert_eq!(parse_range_value("bytes=1-2\u{a0}", 10), Ok(None));
+        assert_eq!(parse_range_value("\tbytes=1 -\t2 ", 10), Ok(Some((1, 3))));
     }
 
     #[test]
