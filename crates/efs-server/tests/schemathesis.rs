@@ -119,6 +119,8 @@ fn run_schemathesis(
             "--report-dir",
         ])
         .arg(&report)
+        // Schemathesis and Hypothesis keep caches in the working directory: not in the tree.
+        .current_dir(srv.dir.path())
         .stdin(Stdio::null())
         .output()
         .expect("running schemathesis");
