@@ -46,19 +46,20 @@ async fn schemathesis_finds_no_server_error_and_no_mismatch_with_the_openapi_doc
     srv.put_ok("/report.txt", &token, "quarterly figures").await;
     srv.put_ok("/docs/notes.txt", &token, "minutes").await;
 
-    // The control routes answer JSON: every check, body schemas included. File routes serve
-    // the caller's bytes with the Content-Type they were stored with (`*/*`, binary, in the
-    // document), which Schemathesis parses all the same (an empty or cut JSON file fails its
-    // schema check): every check but the body schema.
+    // The control routes and directories answer JSON: every check, body schemas included.
+    // Files are the caller's bytes served with the Content-Type they were stored with (`*/*`,
+    // binary, in the document), which Schemathesis parses all the same (an empty or cut JSON
+    // file fails its schema check): every check but the body schema.
     let all = "not_a_server_error,status_code_conformance,content_type_conformance,\
                response_headers_conformance,response_schema_conformance";
     let files = "not_a_server_error,status_code_conformance,content_type_conformance,\
                  response_headers_conformance";
     for (what, filter, checks) in [
-        ("control routes", "--include-path-regex", all),
+        ("control and directory routes", "--include-path-regex", all),
         ("file routes", "--exclude-path-regex", files),
     ] {
-        run_schemathesis(&bin, &srv, &token, what, &[filter, "^/_efs/"], checks);
+        let json_routes = r"^/(_efs/|\{dir\}/$)";
+        run_schemathesis(&bin, &srv, &token, what, &[filter, json_routes], checks);
     }
     // The server is still healthy after all that.
     let r = srv
