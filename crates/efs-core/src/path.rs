@@ -147,6 +147,9 @@ impl EfsPath {
     /// A child of this path. The name must be a valid segment.
     pub fn join(&self, name: &str) -> Result<EfsPath, PathError> {
         check_segment(name)?;
+        if self.is_root() && name == RESERVED {
+            return Err(PathError::Reserved);
+        }
         let mut segments = self.segments.clone();
         segments.push(name.to_owned());
         let p = Self { segments };
@@ -283,6 +286,15 @@ mod tests {
         for (raw, want) in cases {
             assert_eq!(EfsPath::parse_uri_path(raw).unwrap_err(), *want, "{raw}");
         }
+    }
+
+    /// Found by the `path` fuzz target: `join` at the root took `_efs`, making a path that
+    /// `parse` refuses.
+    #[test]
+    fn join_refuses_the_reserved_name_at_the_root() {
+        assert_eq!(EfsPath::root().join(RESERVED), Err(PathError::Reserved));
+        let below = EfsPath::parse("/a").unwrap().join(RESERVED).unwrap();
+        assert_eq!(below.to_string(), "/a/_efs");
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl Record {
     /// Seals the record for entry `key` under the keyring's current term.
     pub fn seal(&self, keyring: &Keyring, fs_id: &[u8; 16], key: &EntryKey) -> Vec<u8> {
         let term = keyring.current();
-        let plain = postcard::to_allocvec(self).expect("serialising to a Vec cannot fail");
+        let plain = self.encode();
         let sealed = wrap::seal(term.record_key(), &record_aad(fs_id, key), &plain);
         let mut out = Vec::with_capacity(5 + sealed.len());
         out.push(LAYOUT);
@@ -96,7 +96,22 @@ impl Record {
         let term = u32::from_be_bytes(value[1..5].try_into().expect("4 bytes checked above"));
         let term = keyring.term(term)?;
         let plain = wrap::open(term.record_key(), &record_aad(fs_id, key), &value[5..])?;
-        postcard::from_bytes(&plain).map_err(|_| CoreError::Corrupt("record encoding"))
+        Self::decode(&plain)
+    }
+
+    /// The record's plaintext encoding (postcard), before sealing. Public for the fuzz
+    /// targets only.
+    #[doc(hidden)]
+    pub fn encode(&self) -> Vec<u8> {
+        postcard::to_allocvec(self).expect("serialising to a Vec cannot fail")
+    }
+
+    /// Decodes a record's plaintext, as [`Record::open`] does after authenticating it. Public
+    /// for the fuzz targets only: the plaintext is authenticated, but its decoder is the part
+    /// with structure.
+    #[doc(hidden)]
+    pub fn decode(plain: &[u8]) -> Result<Self> {
+        postcard::from_bytes(plain).map_err(|_| CoreError::Corrupt("record encoding"))
     }
 
     /// Unwraps the file's data key.

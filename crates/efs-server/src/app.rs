@@ -24,6 +24,7 @@ use crate::audit::{Who, refuse_if_failed, seal_answer};
 use crate::auth::{Authenticator, Caller, ChallengeRequest, TokenRequest};
 use crate::cache::{CachedFile, ContentCache};
 use crate::error::ApiError;
+use crate::http_headers::{Unsatisfiable, parse_etags, parse_range};
 use crate::users::Users;
 use efs_core::audit::{Action, Record};
 
@@ -564,24 +565,6 @@ fn set_etag(h: &mut HeaderMap, e: &efs_core::Entry) {
     }
 }
 
-/// Parses an entity-tag list (`"a", "b"` or `*`). Returns None for `*`.
-fn parse_etags(v: &str) -> Option<Vec<[u8; 16]>> {
-    if v.trim() == "*" {
-        return None;
-    }
-    Some(
-        v.split(',')
-            .filter_map(|t| {
-                let t = t.trim();
-                let t = t.strip_prefix('"')?.strip_suffix('"')?;
-                hex::decode(t)
-                    .ok()
-                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
-            })
-            .collect(),
-    )
-}
-
 fn write_precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
     if let Some(v) = h.get(header::IF_MATCH) {
         let v = v
@@ -661,52 +644,6 @@ async fn write(
     Ok(r)
 }
 
-/// Parses a single `bytes=` range against `len`: `Ok(None)` = whole file,
-/// `Err(())` = unsatisfiable (416). Malformed or multi-range headers are ignored (RFC 9110).
-fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, ()> {
-    let Some(v) = h.get(header::RANGE).and_then(|v| v.to_str().ok()) else {
-        return Ok(None);
-    };
-    let Some(spec) = v.trim().strip_prefix("bytes=") else {
-        return Ok(None);
-    };
-    if spec.contains(',') {
-        return Ok(None);
-    }
-    let Some((a, b)) = spec.trim().split_once('-') else {
-        return Ok(None);
-    };
-    let (a, b) = (a.trim(), b.trim());
-    if a.is_empty() {
-        let Ok(n) = b.parse::<u64>() else {
-            return Ok(None);
-        };
-        if n == 0 || len == 0 {
-            return Err(());
-        }
-        let n = n.min(len);
-        return Ok(Some((len - n, len)));
-    }
-    let Ok(start) = a.parse::<u64>() else {
-        return Ok(None);
-    };
-    let end = if b.is_empty() {
-        len
-    } else {
-        let Ok(e) = b.parse::<u64>() else {
-            return Ok(None);
-        };
-        if e < start {
-            return Ok(None);
-        }
-        e.saturating_add(1).min(len)
-    };
-    if start >= len {
-        return Err(());
-    }
-    Ok(Some((start, end)))
-}
-
 async fn read(
     st: &AppState,
     fs: &Arc<Filesystem>,
@@ -760,7 +697,7 @@ async fn read_version(
     let len = entry.size;
     let range = match parse_range(h, len) {
         Ok(r) => r,
-        Err(()) => {
+        Err(Unsatisfiable) => {
             let mut r = ApiError::new(
                 StatusCode::RANGE_NOT_SATISFIABLE,
                 efs_proto::codes::RANGE_NOT_SATISFIABLE,

@@ -1,0 +1,155 @@
+//! Parsers of the request headers that steer a file read or write: `Range` and the entity-tag
+//! lists of `If-Match` / `If-None-Match`.
+//!
+//! They take header text from anyone on the network, so they live apart from the routes, with
+//! no state, where the fuzz targets (`fuzz/fuzz_targets/http_headers.rs`) and the unit tests
+//! call them directly.
+
+use axum::http::{HeaderMap, header};
+
+/// A `Range` that lies outside the file: answered with 416.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Unsatisfiable;
+
+/// A `Range` header against a file of `len` bytes: `Ok(None)` = the whole file,
+/// `Ok(Some((start, end)))` = bytes `start..end` (end exclusive, `start < end <= len`),
+/// `Err(Unsatisfiable)` = 416. Malformed or multi-range headers are ignored (RFC 9110).
+pub fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
+    match h.get(header::RANGE).and_then(|v| v.to_str().ok()) {
+        Some(v) => parse_range_value(v, len),
+        None => Ok(None),
+    }
+}
+
+/// [`parse_range`] on the header's text.
+pub fn parse_range_value(v: &str, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
+    let Some(spec) = ows(v).strip_prefix("bytes=") else {
+        return Ok(None);
+    };
+    if spec.contains(',') {
+        return Ok(None);
+    }
+    let Some((a, b)) = ows(spec).split_once('-') else {
+        return Ok(None);
+    };
+    let (a, b) = (ows(a), ows(b));
+    if a.is_empty() {
+        let Some(n) = parse_digits(b) else {
+            return Ok(None);
+        };
+        if n == 0 || len == 0 {
+            return Err(Unsatisfiable);
+        }
+        let n = n.min(len);
+        return Ok(Some((len - n, len)));
+    }
+    let Some(start) = parse_digits(a) else {
+        return Ok(None);
+    };
+    let end = if b.is_empty() {
+        len
+    } else {
+        let Some(e) = parse_digits(b) else {
+            return Ok(None);
+        };
+        if e < start {
+            return Ok(None);
+        }
+        e.saturating_add(1).min(len)
+    };
+    if start >= len {
+        return Err(Unsatisfiable);
+    }
+    Ok(Some((start, end)))
+}
+
+/// Strips optional whitespace (RFC 9110 `OWS`: spaces and tabs). `str::trim` would also strip
+/// vertical tabs, form feeds and Unicode spaces, which are not whitespace in HTTP.
+fn ows(s: &str) -> &str {
+    s.trim_matches([' ', '\t'])
+}
+
+/// RFC 9110 positions are `1*DIGIT`. `u64::from_str` alone also takes a leading `+`.
+fn parse_digits(s: &str) -> Option<u64> {
+    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    s.parse().ok()
+}
+
+/// Parses an entity-tag list (`"a", "b"` or `*`). Returns None for `*`.
+///
+/// EFS entity tags are 16 bytes in hex; anything else in the list can match no version of any
+/// file, so it is left out (and a list of only such tags matches nothing).
+pub fn parse_etags(v: &str) -> Option<Vec<[u8; 16]>> {
+    if v.trim() == "*" {
+        return None;
+    }
+    Some(
+        v.split(',')
+            .filter_map(|t| {
+                let t = t.trim();
+                let t = t.strip_prefix('"')?.strip_suffix('"')?;
+                hex::decode(t)
+                    .ok()
+                    .and_then(|b| <[u8; 16]>::try_from(b).ok())
+            })
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges() {
+        assert_eq!(parse_range_value("bytes=0-0", 10), Ok(Some((0, 1))));
+        assert_eq!(parse_range_value("bytes=2-", 10), Ok(Some((2, 10))));
+        assert_eq!(parse_range_value("bytes=-3", 10), Ok(Some((7, 10))));
+        assert_eq!(parse_range_value("bytes=-30", 10), Ok(Some((0, 10))));
+        assert_eq!(parse_range_value("bytes=5-100", 10), Ok(Some((5, 10))));
+        assert_eq!(parse_range_value("bytes=10-", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range_value("bytes=-0", 10), Err(Unsatisfiable));
+        assert_eq!(parse_range_value("bytes=-1", 0), Err(Unsatisfiable));
+        assert_eq!(parse_range_value("bytes=3-2", 10), Ok(None));
+        assert_eq!(parse_range_value("bytes=0-1,3-4", 10), Ok(None));
+        assert_eq!(parse_range_value("items=0-1", 10), Ok(None));
+        assert_eq!(
+            parse_range_value(&format!("bytes=0-{}", u64::MAX), 10),
+            Ok(Some((0, 10)))
+        );
+    }
+
+    /// Seen while writing the `http_headers` fuzz target's oracle: `u64::from_str` takes a
+    /// leading `+`, so `bytes=+1-2` was served as a range although RFC 9110 allows digits only.
+    #[test]
+    fn range_with_a_plus_sign_is_ignored() {
+        assert_eq!(parse_range_value("bytes=+1-2", 10), Ok(None));
+        assert_eq!(parse_range_value("bytes=1-+2", 10), Ok(None));
+        assert_eq!(parse_range_value("bytes=-+2", 10), Ok(None));
+        assert_eq!(parse_range_value("bytes=+10-", 10), Ok(None));
+    }
+
+    /// Found by the `http_headers` fuzz target (`bytes=-` + vertical tabs + digits was served as
+    /// a suffix range): only spaces and tabs are whitespace in a header.
+    #[test]
+    fn range_with_a_vertical_tab_or_form_feed_is_ignored() {
+        assert_eq!(parse_range_value("bytes=-\u{b}5", 10), Ok(None));
+        assert_eq!(parse_range_value("bytes=\u{c}1-2", 10), Ok(None));
+        assert_eq!(parse_range_value("bytes=1-2\u{a0}", 10), Ok(None));
+        assert_eq!(parse_range_value("\tbytes=1 -\t2 ", 10), Ok(Some((1, 3))));
+    }
+
+    #[test]
+    fn etag_lists() {
+        let a = "00112233445566778899aabbccddeeff";
+        let b = "ffeeddccbbaa99887766554433221100";
+        assert_eq!(parse_etags(" * "), None);
+        let tags = parse_etags(&format!("\"{a}\" , \"{b}\",W/\"{a}\", junk")).unwrap();
+        assert_eq!(tags.len(), 2);
+        assert_eq!(hex::encode(tags[0]), a);
+        assert_eq!(hex::encode(tags[1]), b);
+        assert_eq!(parse_etags(""), Some(vec![]));
+    }
+}

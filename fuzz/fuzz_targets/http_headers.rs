@@ -1,0 +1,48 @@
+//! `Range` and `If-Match` / `If-None-Match` parsing on arbitrary header text.
+//!
+//! Input: 8 bytes of file length (big-endian), then the header text. Oracle: nothing panics;
+//! a range served lies inside the file, non-empty, and came from a header of digits only
+//! (RFC 9110 `1*DIGIT`, with spaces and tabs only as whitespace); an entity-tag list never yields more tags than it has elements, and
+//! the tags it yields, written back, parse to themselves.
+
+#![no_main]
+
+use efs_server::http_headers::{Unsatisfiable, parse_etags, parse_range_value};
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    if data.len() < 8 {
+        return;
+    }
+    let (len, text) = data.split_at(8);
+    let len = u64::from_be_bytes(len.try_into().unwrap());
+    let Ok(text) = std::str::from_utf8(text) else {
+        return;
+    };
+
+    match parse_range_value(text, len) {
+        Ok(Some((start, end))) => {
+            assert!(start < end && end <= len, "range {start}..{end} of {len}");
+            let spec = text.trim_matches([' ', '\t']).strip_prefix("bytes=");
+            let spec = spec.expect("a bytes= range");
+            assert!(
+                spec.bytes()
+                    .all(|b| b.is_ascii_digit() || b"- \t".contains(&b)),
+                "a range with characters other than digits was served"
+            );
+        }
+        Ok(None) => {}
+        Err(Unsatisfiable) => assert!(text.trim_matches([' ', '\t']).starts_with("bytes=")),
+    }
+
+    if let Some(tags) = parse_etags(text) {
+        assert!(tags.len() <= text.split(',').count());
+        let written: Vec<String> = tags
+            .iter()
+            .map(|t| format!("\"{}\"", hex::encode(t)))
+            .collect();
+        assert_eq!(parse_etags(&written.join(", ")), Some(tags));
+    } else {
+        assert_eq!(text.trim(), "*");
+    }
+});
