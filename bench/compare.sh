@@ -84,6 +84,7 @@ SPID=     # the server under test
 cleanup() {
   if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi
   if [ -n "$OUT" ]; then mkdir -p "$OUT"; cp "$W"/results.* "$W"/table.txt "$OUT"/ 2>/dev/null || true; fi
+  echo "removing $W" >&2
   rm -rf "$W"
 }
 trap cleanup EXIT
@@ -277,7 +278,8 @@ stop_server() {
   kill "$SPID" 2>/dev/null || true
   wait "$SPID" 2>/dev/null || true
   SPID=
-  rm -rf "${W:?}/$S"
+  # The data dir stays until the end: removing ~100,000 small files (nginx after the 4 KiB
+  # PUTs) can take minutes on a busy disk, and would run between two servers' workloads.
 }
 
 cat > put.lua <<'LUA'
@@ -304,13 +306,15 @@ run_workloads() {
   "${CURL[@]}" "${AUTH[@]}" --fail -T f4k -o /dev/null "$BASE/small/f4k"
   "${CURL[@]}" "${AUTH[@]}" --fail -T f1m -o /dev/null "$BASE/small/f1m"
   "${CURL[@]}" "${AUTH[@]}" --fail -T f64m -o /dev/null "$BASE/big/f64m"
-  wrk_run get_4k 4096 "${WRK_H[@]}" "$BASE/small/f4k"
-  wrk_run get_1m $((1 << 20)) "${WRK_H[@]}" "$BASE/small/f1m"
-  curl_run get_64m $((64 << 20)) "$REPS" get "$W/f64m" /big/f64m
-  wrk_run put_4k 4096 "${WRK_H[@]}" -s "$W/put.lua" "$BASE" -- "$path_prefix"
-  curl_run put_64m $((64 << 20)) "$REPS" put "$W/f64m" /big/p64m-
+  # The one-stream transfers first: RSS never shrinks back, so their peak RSS is measured
+  # before the 16-client runs have grown the heap.
   curl_run put_big $((BIG_MIB << 20)) 1 put "$W/fbig" /big/pbig-
   curl_run get_big $((BIG_MIB << 20)) 1 get "$W/fbig" /big/pbig-1
+  curl_run put_64m $((64 << 20)) "$REPS" put "$W/f64m" /big/p64m-
+  curl_run get_64m $((64 << 20)) "$REPS" get "$W/f64m" /big/f64m
+  wrk_run get_4k 4096 "${WRK_H[@]}" "$BASE/small/f4k"
+  wrk_run get_1m $((1 << 20)) "${WRK_H[@]}" "$BASE/small/f1m"
+  wrk_run put_4k 4096 "${WRK_H[@]}" -s "$W/put.lua" "$BASE" -- "$path_prefix"
   # Listing: LIST_N entries made with curl --parallel (16 at a time), then listed page by
   # page on one keep-alive connection (median of 5; pages of 1,000 for EFS and S3).
   local cfg=$W/populate.cfg i
@@ -319,7 +323,7 @@ run_workloads() {
     printf 'url = "%s/list/e%s"\nupload-file = "%s/tiny"\noutput = "/dev/null"\n' "$BASE" "$i" "$W" >> "$cfg"
   done
   local t0 t1; t0=$(date +%s.%N)
-  "${CURL[@]}" "${AUTH[@]}" -Z --parallel-max 16 -K "$cfg"
+  "${CURL[@]}" --no-progress-meter "${AUTH[@]}" -Z --parallel-max 16 -K "$cfg"
   t1=$(date +%s.%N)
   log "$S populated $LIST_N entries in $(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.1f", b - a}') s"
   rss_reset

@@ -22,6 +22,7 @@ MAIN = {
     "put_big": ("mb_s", "PUT big file, one stream"),
     "get_big": ("mb_s", "GET big file, one stream"),
 }
+ORDER = ["get_4k", "get_1m", "get_64m", "get_big", "put_4k", "put_64m", "put_big"]
 # (workload, efs server, minimum ratio to nginx) from issue 5.
 NGINX_TARGETS = [
     ("get_4k", "efs", 0.8), ("get_4k", "efs-nocache", 0.5),
@@ -60,7 +61,7 @@ def main():
             "errors": int(f[7]), "note": f[8], "load1": num(f[9]),
         })
     by = {(r["server"], r["workload"]): r for r in rows}
-    workloads = []
+    workloads = [w for w in ORDER if any(r["workload"] == w for r in rows)]
     for r in rows:
         if r["workload"] not in workloads:
             workloads.append(r["workload"])
