@@ -2,8 +2,9 @@
 # Scale runs: a filesystem of 1,000 files against one of 1,000,000 (same shape: files of
 # 512 B - 2 KiB in /records/dNNNN/, 1,000 per directory), measured the same way:
 #   - start-up time (exec of efs-server to "Listening on"), index bytes per file,
-#   - stat (HEAD) and GET latency p50/p99 of random existing files, wrk -t1 -c4, real token,
-#     cache off (the index, not the cache, is measured),
+#   - stat (HEAD) and GET latency p50/p99 of random existing files, one request at a time on
+#     one keep-alive connection (bench/scale_latency.py), real token, cache off (the index,
+#     not the cache, is measured),
 #   - `efsctl fsck` time (server stopped),
 # and a directory of 100,000 entries listed page by page (1,000 per page, one connection).
 # The files are written by crates/efs-core/examples/scale_gen.rs through efs-core's own
@@ -32,7 +33,6 @@ while [ $# -gt 0 ]; do
     *) echo "scale.sh: unknown option $1" >&2; exit 2 ;;
   esac
 done
-command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 cargo build --release --quiet --bin efs-server --bin efsctl
 cargo build --release --quiet -p efs-core --example scale_gen
 BIN=$REPO/target/release
@@ -48,19 +48,6 @@ RES=$W/scale.tsv
 : > "$RES"
 log() { echo "[$(date +%T)] $*" >&2; }
 
-cat > "$W/random.lua" <<'LUA'
--- HEAD or GET a random existing file: /records/dNNNN/fNNNNNNN.bin, file i in dir i % dirs.
-local counter = 0
-function setup(thread) counter = counter + 1; thread:set("tid", counter) end
-function init(args)
-  method, files, dirs = args[1], tonumber(args[2]), tonumber(args[3])
-  math.randomseed(os.time() * 100 + tid)
-end
-function request()
-  local i = math.random(0, files - 1)
-  return wrk.format(method, string.format("/records/d%04d/f%07d.bin", i % dirs, i))
-end
-LUA
 
 # measure NAME FILES DIRS BIGDIR
 measure() {
@@ -85,16 +72,13 @@ measure() {
   local token
   token=$(EFS_URL=$url EFS_USER=$user EFS_KEY=$d/key-$user.pem CURL_OPTS="--cacert $d/data/system/tls-cert.pem" \
           "$REPO/scripts/login-curl-openssl.sh")
-  local m
+  local m out
   for m in HEAD GET; do
-    wrk -t1 -c4 -d"${DUR}s" --latency -s "$W/random.lua" -H "Authorization: Bearer $token" "$url" \
-      -- "$m" "$n" "$dirs" > "$d.wrk" 2>&1
-    awk -v name="$name" -v m="$m" '
-      function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
-      /Requests\/sec/ { rps = $2 } / 50%/ { p50 = ms($2) } / 99%/ { p99 = ms($2) } /Non-2xx/ { err = $NF }
-      END { printf "%s\t%s\trps\t%.0f\n%s\t%s\tp50_ms\t%.3f\n%s\t%s\tp99_ms\t%.3f\n%s\t%s\terrors\t%d\n", name, m, rps, name, m, p50, name, m, p99, name, m, err }
-    ' "$d.wrk" >> "$RES"
-    log "$name $m: $(grep -E 'Requests/sec|Non-2xx' "$d.wrk" | tr -s ' ' | tr '\n' ' ')"
+    out=$(python3 "$REPO/bench/scale_latency.py" "$m" "$url" "$d/data/system/tls-cert.pem" "$token" "$n" "$dirs" "$DUR")
+    local reqs p50 p99 err; read -r reqs p50 p99 err <<< "$out"
+    printf '%s\t%s\trequests\t%s\n%s\t%s\tp50_ms\t%s\n%s\t%s\tp99_ms\t%s\n%s\t%s\terrors\t%s\n' \
+      "$name" "$m" "$reqs" "$name" "$m" "$p50" "$name" "$m" "$p99" "$name" "$m" "$err" >> "$RES"
+    log "$name $m: $reqs requests, p50 $p50 ms, p99 $p99 ms, $err errors"
   done
   if [ "$big" -gt 0 ]; then
     local out; out=$(python3 "$REPO/bench/compare_list.py" efs "$url/bigdir/" "$d/data/system/tls-cert.pem" \
@@ -106,7 +90,7 @@ measure() {
   fi
   kill "$SPID"; wait "$SPID" 2>/dev/null || true; SPID=
   t0=$(date +%s.%N)
-  "$BIN/efsctl" --data "$d/data" fsck bench > "$d.fsck" 2>&1 || { cat "$d.fsck" >&2; exit 1; }
+  "$BIN/efsctl" --data "$d/data" fsck --fs bench > "$d.fsck" 2>&1 || { cat "$d.fsck" >&2; exit 1; }
   t1=$(date +%s.%N)
   local fsck; fsck=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
   log "$name: fsck $fsck s: $(tail -1 "$d.fsck")"
@@ -131,9 +115,9 @@ print(f"# {sys.argv[3].strip()}")
 print("| | 1,000 files | 1,000,000 files | ratio |")
 print("|---|---:|---:|---:|")
 for what, key, label in [("HEAD", "p50_ms", "stat p50 ms"), ("HEAD", "p99_ms", "stat p99 ms"),
-                         ("HEAD", "rps", "stat req/s (4 clients)"),
+
                          ("GET", "p50_ms", "GET p50 ms"), ("GET", "p99_ms", "GET p99 ms"),
-                         ("GET", "rps", "GET req/s (4 clients)"),
+
                          ("startup", "seconds", "start-up s"), ("index", "bytes_per_file", "index bytes per file"),
                          ("fsck", "seconds", "efsctl fsck s")]:
     a, b = s[what][key], l[what][key]
