@@ -95,7 +95,7 @@ measure() {
   local fsck; fsck=$(awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}')
   log "$name: fsck $fsck s: $(tail -1 "$d.fsck")"
   printf '%s\tstartup\tseconds\t%s\n%s\tindex\tbytes\t%s\n%s\tindex\tbytes_per_file\t%s\n%s\tfsck\tseconds\t%s\n' \
-    "$name" "$startup" "$name" "$index" "$name" "$index" "$(awk -v b="$index" -v n="$((n + big))" 'BEGIN {printf "%.0f", b / n}')" "$name" "$fsck" >> "$RES"
+    "$name" "$startup" "$name" "$index" "$name" "$(awk -v b="$index" -v n="$((n + big))" 'BEGIN {printf "%.0f", b / n}')" "$name" "$fsck" >> "$RES"
 }
 
 mkdir -p "$W/small" "$W/large"
