@@ -258,6 +258,45 @@ impl Encryptor {
     pub fn finish(mut self, out: &mut Vec<u8>) {
         self.sealer.seal(&self.buf, true, out);
     }
+
+    /// Seals the next segment inside the caller's buffer, copying nothing: on entry
+    /// `segment` holds exactly [`SEGMENT_SIZE`] bytes of plaintext, on return that
+    /// segment's ciphertext and tag (16 bytes longer). For callers that fill whole segments
+    /// themselves (reading a file 64 KiB at a time); [`Encryptor::update`] costs one copy
+    /// more. The segment is sealed as "not the last": end with
+    /// [`Encryptor::finish_in_place`]. Produces the same bytes as `update` would.
+    ///
+    /// [`FormatError::Length`] (and `segment` untouched) if `segment` is not exactly one
+    /// segment long or if plaintext given to `update` is still waiting: the two ways of
+    /// feeding one content do not mix.
+    pub fn seal_in_place(&mut self, segment: &mut Vec<u8>) -> Result<(), FormatError> {
+        if segment.len() != SEGMENT_SIZE || !self.buf.is_empty() {
+            return Err(FormatError::Length);
+        }
+        self.sealer.seal_in_place(segment, false);
+        Ok(())
+    }
+
+    /// Seals the last segment inside the caller's buffer: 0..=[`SEGMENT_SIZE`] bytes of
+    /// plaintext on entry (0 only for an empty content, or after `update` fed the
+    /// whole content), ciphertext and tag on return. Errors as for
+    /// [`Encryptor::seal_in_place`], and for an empty last segment after full ones (a
+    /// content ends with the segment that holds its last byte).
+    pub fn finish_in_place(mut self, segment: &mut Vec<u8>) -> Result<(), FormatError> {
+        if !self.buf.is_empty() {
+            if !segment.is_empty() {
+                return Err(FormatError::Length);
+            }
+            // Plaintext fed by `update`: it is the last segment.
+            let plain = std::mem::take(&mut *self.buf);
+            segment.extend_from_slice(&plain);
+            drop(Zeroizing::new(plain));
+        } else if segment.len() > SEGMENT_SIZE || (segment.is_empty() && self.sealer.next > 0) {
+            return Err(FormatError::Length);
+        }
+        self.sealer.seal_in_place(segment, true);
+        Ok(())
+    }
 }
 
 /// The sealing half of an [`Encryptor`]: key, header (the AAD) and segment counter.
@@ -274,20 +313,36 @@ impl SegmentSealer {
         out.reserve(plain.len() + TAG_LEN);
         let start = out.len();
         out.extend_from_slice(plain);
+        let tag = self.seal_slice(&mut out[start..], last);
+        out.extend_from_slice(&tag);
+    }
+
+    /// Seals all of `buf` (one segment's plaintext) and appends the tag.
+    fn seal_in_place(&mut self, buf: &mut Vec<u8>, last: bool) {
+        // Reserve before sealing: a realloc for the tag would leave a copy of the
+        // ciphertext, not of the plaintext, but there is no reason to move it at all.
+        buf.reserve(TAG_LEN);
+        let tag = self.seal_slice(&mut buf[..], last);
+        buf.extend_from_slice(&tag);
+    }
+
+    fn seal_slice(&mut self, plain: &mut [u8], last: bool) -> [u8; TAG_LEN] {
         let tag = self
             .ck
             .key
             .seal_in_place_separate_tag(
                 self.ck.nonce(self.next, last),
                 Aad::from(&self.header[..]),
-                &mut out[start..],
+                plain,
             )
             .expect("AES-256-GCM seals one segment of 64 KiB");
-        out.extend_from_slice(tag.as_ref());
         self.next = self
             .next
             .checked_add(1)
             .expect("a u64 plaintext length has at most 2^48 segments, so a u64 index never wraps");
+        tag.as_ref()
+            .try_into()
+            .expect("an AES-256-GCM tag is 16 bytes")
     }
 }
 
@@ -500,6 +555,77 @@ mod tests {
                 assert_eq!(decrypt(&ct).unwrap(), plain, "len {len} chunk {chunk}");
             }
         }
+    }
+
+    /// The in-place API gives the same bytes as `update`/`finish` at every edge size, and
+    /// refuses wrong segment lengths and a mix with buffered `update` input.
+    #[test]
+    fn in_place_sealing_matches_update() {
+        let key = Key32::from_bytes(KEY);
+        for len in [
+            0,
+            1,
+            SEGMENT_SIZE - 1,
+            SEGMENT_SIZE,
+            SEGMENT_SIZE + 1,
+            3 * SEGMENT_SIZE + 5,
+        ] {
+            let plain = pattern(len);
+            let mut want = Vec::new();
+            let mut enc = Encryptor::with_salt(&key, ID, [9; 32]);
+            enc.update(&plain, &mut want);
+            enc.finish(&mut want);
+
+            let mut enc = Encryptor::with_salt(&key, ID, [9; 32]);
+            let mut got = Vec::new();
+            let mut segs = plain.chunks(SEGMENT_SIZE).peekable();
+            let mut last = Vec::new();
+            while let Some(seg) = segs.next() {
+                let mut buf = seg.to_vec();
+                if segs.peek().is_none() {
+                    last = buf;
+                    break;
+                }
+                enc.seal_in_place(&mut buf).unwrap();
+                got.extend_from_slice(&buf);
+            }
+            enc.finish_in_place(&mut last).unwrap();
+            got.extend_from_slice(&last);
+            assert_eq!(got, want, "len {len}");
+            let mut ct = Encryptor::with_salt(&key, ID, [9; 32]).header().to_vec();
+            ct.extend_from_slice(&got);
+            assert_eq!(decrypt(&ct).unwrap(), plain, "len {len}");
+        }
+
+        let mut enc = Encryptor::new(&key, ID);
+        let mut short = pattern(SEGMENT_SIZE - 1);
+        assert_eq!(enc.seal_in_place(&mut short), Err(FormatError::Length));
+        assert_eq!(
+            short,
+            pattern(SEGMENT_SIZE - 1),
+            "a refused segment is left as it was"
+        );
+        let mut long = pattern(SEGMENT_SIZE + 1);
+        assert_eq!(
+            Encryptor::new(&key, ID).finish_in_place(&mut long),
+            Err(FormatError::Length)
+        );
+        // An empty last segment after a full one would be a different, wrong content.
+        let mut full = pattern(SEGMENT_SIZE);
+        enc.seal_in_place(&mut full).unwrap();
+        assert_eq!(
+            enc.finish_in_place(&mut Vec::new()),
+            Err(FormatError::Length)
+        );
+        // Buffered `update` input and an in-place segment do not mix...
+        let mut enc = Encryptor::new(&key, ID);
+        enc.update(&[1, 2, 3], &mut Vec::new());
+        let mut seg = pattern(SEGMENT_SIZE);
+        assert_eq!(enc.seal_in_place(&mut seg), Err(FormatError::Length));
+        // ...but `finish_in_place` with an empty buffer seals what `update` buffered.
+        let mut tail = Vec::new();
+        enc.finish_in_place(&mut tail).unwrap();
+        assert_eq!(tail.len(), 3 + TAG_LEN);
     }
 
     #[test]

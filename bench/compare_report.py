@@ -1,0 +1,133 @@
+#!/usr/bin/env python3
+"""Turn one bench/compare.sh run into a table (stdout) and JSON (a file).
+
+    compare_report.py META_TSV RESULTS_TSV OUT_JSON
+
+RESULTS_TSV has one line per server and workload: server, workload, req/s, MB/s, p50 ms,
+p99 ms, peak RSS KiB, errors, note, load average. Ratios compare EFS (cache on and off)
+with nginx and with the faster of the two rclone servers, on the workload's main figure
+(MB/s for the large transfers, req/s otherwise), and the issue's targets are checked.
+"""
+
+import json
+import sys
+
+# workload -> (main figure, label)
+MAIN = {
+    "get_4k": ("req_s", "GET 4 KiB, 16 clients"),
+    "get_1m": ("mb_s", "GET 1 MiB, 16 clients"),
+    "get_64m": ("mb_s", "GET 64 MiB, one stream"),
+    "put_4k": ("req_s", "PUT 4 KiB new names, 16 clients"),
+    "put_64m": ("mb_s", "PUT 64 MiB, one stream"),
+    "put_big": ("mb_s", "PUT big file, one stream"),
+    "get_big": ("mb_s", "GET big file, one stream"),
+}
+ORDER = ["get_4k", "get_1m", "get_64m", "get_big", "put_4k", "put_64m", "put_big"]
+# (workload, efs server, minimum ratio to nginx) from issue 5.
+NGINX_TARGETS = [
+    ("get_4k", "efs", 0.8), ("get_4k", "efs-nocache", 0.5),
+    ("get_1m", "efs", 0.8), ("get_1m", "efs-nocache", 0.8),
+    ("get_64m", "efs", 0.9), ("get_64m", "efs-nocache", 0.9),
+    ("get_big", "efs", 0.9), ("get_big", "efs-nocache", 0.9),
+    ("put_64m", "efs", 1.0), ("put_64m", "efs-nocache", 1.0),
+    ("put_big", "efs", 1.0), ("put_big", "efs-nocache", 1.0),
+    ("put_4k", "efs", 1.0), ("put_4k", "efs-nocache", 1.0),
+]
+RCLONE_MIN = 3.0
+RSS_MAX_KIB = 100 * 1024  # during the big transfers, cache off
+
+
+def num(s):
+    try:
+        return float(s)
+    except ValueError:
+        return None
+
+
+def main():
+    meta_path, res_path, out_path = sys.argv[1:4]
+    meta = {}
+    for line in open(meta_path):
+        k, _, v = line.rstrip("\n").partition("\t")
+        meta[k] = v
+    rows = []
+    for line in open(res_path):
+        f = line.rstrip("\n").split("\t")
+        if len(f) < 10:
+            continue
+        rows.append({
+            "server": f[0], "workload": f[1], "req_s": num(f[2]), "mb_s": num(f[3]),
+            "p50_ms": num(f[4]), "p99_ms": num(f[5]), "peak_rss_mib": round(int(f[6]) / 1024, 1),
+            "errors": int(f[7]), "note": f[8], "load1": num(f[9]),
+        })
+    by = {(r["server"], r["workload"]): r for r in rows}
+    workloads = [w for w in ORDER if any(r["workload"] == w for r in rows)]
+    for r in rows:
+        if r["workload"] not in workloads:
+            workloads.append(r["workload"])
+
+    def main_fig(w):
+        return MAIN.get(w, ("req_s", ""))[0]
+
+    def fig(server, w):
+        r = by.get((server, w))
+        return r[main_fig(w)] if r and r["errors"] == 0 else None
+
+    def ratio(a, b):
+        return round(a / b, 2) if a is not None and b else None
+
+    for r in rows:
+        w = r["workload"]
+        peers = [fig(s, w) for s in ("rclone-webdav", "rclone-s3")]
+        peers = [p for p in peers if p is not None]
+        r["vs_nginx"] = ratio(fig(r["server"], w), fig("nginx", w)) if r["server"].startswith("efs") else None
+        r["vs_rclone"] = ratio(fig(r["server"], w), max(peers) if peers else None) if r["server"].startswith("efs") else None
+
+    targets = []
+    for w, s, m in NGINX_TARGETS:
+        r = by.get((s, w))
+        if r is not None and r["vs_nginx"] is not None:
+            targets.append({"target": f"{w} {s} >= {m}x nginx", "value": r["vs_nginx"], "met": r["vs_nginx"] >= m})
+    for r in rows:
+        if r["server"].startswith("efs") and r["vs_rclone"] is not None:
+            targets.append({"target": f"{r['workload']} {r['server']} >= {RCLONE_MIN}x faster rclone",
+                            "value": r["vs_rclone"], "met": r["vs_rclone"] >= RCLONE_MIN})
+    for w in ("put_big", "get_big"):
+        r = by.get(("efs-nocache", w))
+        if r is not None:
+            targets.append({"target": f"{w} efs-nocache peak RSS <= 100 MiB", "value": r["peak_rss_mib"],
+                            "met": r["peak_rss_mib"] * 1024 <= RSS_MAX_KIB})
+
+    out = {"meta": meta, "results": rows, "targets": targets}
+    with open(out_path, "w") as fh:
+        json.dump(out, fh, indent=2)
+
+    def f(v, d=0):
+        return "-" if v is None else f"{v:,.{d}f}"
+
+    for k in ("date", "machine", "uptime", "versions", "params"):
+        if k in meta:
+            print(f"# {k}: {meta[k]}")
+    print("# nginx and rclone do not fsync; EFS acknowledges a write only once it is fsynced,")
+    print("# and every EFS request carries a real login token. Ratios: EFS / peer on the main figure")
+    print("# (MB/s for 1 MiB and larger, req/s otherwise; listing: listings per second).")
+    print()
+    print("| workload | server | req/s | MB/s | p50 ms | p99 ms | peak RSS MiB | errors | load | EFS/nginx | EFS/rclone |")
+    print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    for w in workloads:
+        for r in rows:
+            if r["workload"] != w:
+                continue
+            label = MAIN.get(w, ("", w.replace("_", " ")))[1] or w
+            print(f"| {label} | {r['server']} | {f(r['req_s'])} | {f(r['mb_s'])} | {f(r['p50_ms'], 2)} | "
+                  f"{f(r['p99_ms'], 2)} | {f(r['peak_rss_mib'], 1)} | {r['errors']} | {f(r['load1'], 2)} | "
+                  f"{f(r['vs_nginx'], 2)} | {f(r['vs_rclone'], 2)} |")
+    print()
+    print("| target (issue 5) | value | met |")
+    print("|---|---:|---|")
+    for t in targets:
+        print(f"| {t['target']} | {t['value']} | {'yes' if t['met'] else 'NO'} |")
+
+
+if __name__ == "__main__":
+    main()
