@@ -405,6 +405,7 @@ impl DataDir {
         let fs = self.fs(name).ok_or_else(|| {
             CoreError::Invalid(format!("no filesystem named '{name}' (see efsctl list-fs)"))
         })?;
+        fs.trusted().await?;
         let (started, prog) = match rotation::begin(&fs, &self.starter).await? {
             rotation::Begun::Started(p) => (true, p),
             rotation::Begun::Unfinished(p) => (false, p),
@@ -423,6 +424,7 @@ impl DataDir {
         let fs = self.fs(name).ok_or_else(|| {
             CoreError::Invalid(format!("no filesystem named '{name}' (see efsctl list-fs)"))
         })?;
+        fs.trusted().await?;
         match rotation::begin(&fs, &self.starter).await? {
             rotation::Begun::Started(p) | rotation::Begun::Unfinished(p) => Ok(p),
         }
@@ -452,6 +454,7 @@ impl DataDir {
     /// keys and a new keyring term; in the background unless `wait` (or no runtime).
     pub async fn reencrypt(&self, name: &str, wait: bool) -> Result<(bool, ReencryptProgress)> {
         let fs = self.require_open_fs(name)?;
+        fs.trusted().await?;
         let (started, prog) = match reencrypt::begin(&fs, &self.starter).await? {
             reencrypt::Begun::Started(p) => (true, p),
             reencrypt::Begun::Unfinished(p) => (false, p),
@@ -468,6 +471,7 @@ impl DataDir {
     /// tools and tests.
     pub async fn begin_reencryption(&self, name: &str) -> Result<ReencryptProgress> {
         let fs = self.require_open_fs(name)?;
+        fs.trusted().await?;
         match reencrypt::begin(&fs, &self.starter).await? {
             reencrypt::Begun::Started(p) | reencrypt::Begun::Unfinished(p) => Ok(p),
         }
@@ -509,6 +513,7 @@ impl DataDir {
         include_keys: bool,
     ) -> Result<BackupReport> {
         let fs = self.require_open_fs(name)?;
+        fs.trusted().await?;
         let keyparts = if include_keys {
             Some(std::fs::read(
                 self.root.join("system").join("keyparts.json"),

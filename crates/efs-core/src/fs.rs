@@ -295,8 +295,11 @@ impl Filesystem {
         Ok(check)
     }
 
-    /// Waits for a running index check; fails if the filesystem is on hold.
-    async fn trusted(&self) -> Result<()> {
+    /// Waits for a running index check; fails with [`CoreError::IndexHold`] if the
+    /// filesystem is on hold. Admin operations that read the whole index (backup, gc, key
+    /// rotation, re-encryption) call it too: a backup of a held index would otherwise turn
+    /// a rolled-back state into a clean-digest copy without the operator's decision.
+    pub async fn trusted(&self) -> Result<()> {
         if *self.trust.borrow() == IndexTrust::Trusted {
             return Ok(());
         }
@@ -1053,6 +1056,7 @@ impl Filesystem {
 
     /// Removes orphan blobs older than `grace_secs` and orphan inline contents.
     pub async fn gc(&self, grace_secs: u64) -> Result<GcReport> {
+        self.trusted().await?;
         // Candidates are listed before the references are scanned: content and its record
         // are committed together, so a content that existed before the scan has its record
         // in the scan, and one written during the scan is not a candidate. (The other order

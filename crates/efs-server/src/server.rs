@@ -141,9 +141,15 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let generated = material.generated;
     let tls = crate::tls::server_config(material, cfg.client_ca.as_deref())?;
 
+    // Buckets make the latency series Prometheus histograms (without them the exporter
+    // renders summaries, which cannot be aggregated across servers).
     let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .install_recorder()
-        .ok();
+        .set_buckets(&[
+            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            30.0,
+        ])
+        .ok()
+        .and_then(|b| b.install_recorder().ok());
     let state = Arc::new(AppState {
         data: data.clone(),
         auth: auth.clone(),

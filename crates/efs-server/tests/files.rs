@@ -1407,6 +1407,20 @@ async fn control_routes() {
     srv.put_ok("/patients/173/prescription.pdf", &s.token, "x")
         .await;
     srv.get_ok("/patients/173/prescription.pdf", &s.token).await;
+    srv.get_ok("/patients/173/prescription.pdf", &s.token).await;
+    // A failed login (a nonce never issued).
+    let r = srv
+        .client
+        .post(srv.url("/_efs/auth/token"))
+        .json(&serde_json::json!({
+            "user": "nobody-here",
+            "nonce": "A".repeat(43),
+            "signature": "A".repeat(86),
+        }))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     let r = srv
         .client
         .get(srv.url("/_efs/metrics"))
@@ -1423,6 +1437,18 @@ async fn control_routes() {
     assert!(m.contains("efs_http_requests_total{"), "{m}");
     assert!(m.contains("route=\"file\""), "{m}");
     assert!(m.contains("efs_logins_total{result=\"ok\"}"), "{m}");
+    // Every series issue 4 names: failures, bytes both ways, latency as a histogram, cache.
+    for series in [
+        "efs_logins_total{result=\"failed\"}",
+        "efs_bytes_in_total",
+        "efs_bytes_out_total",
+        "efs_http_request_duration_seconds_bucket{",
+        "efs_http_request_duration_seconds_count{",
+        "efs_cache_hits_total",
+        "efs_cache_misses_total",
+    ] {
+        assert!(m.contains(series), "{series} missing from\n{m}");
+    }
     assert!(
         !m.contains("patients") && !m.contains("prescription"),
         "{m}"

@@ -506,6 +506,22 @@ async fn held_until_accepted(srv: &TestServer, tok: &str, paths: &[&str]) {
     let (code, text) = fsck_text(srv);
     assert_eq!(code, Some(3), "{text}");
     assert!(text.contains("differ from the index digest"), "{text}");
+    // Nor does an admin operation launder the held index into a clean-digest copy.
+    let dest = srv.dir.path().join(format!("held-backup-{}", paths.len()));
+    for args in [
+        vec!["backup", "--fs", "files", "-o", dest.to_str().unwrap()],
+        vec!["gc", "--fs", "files"],
+        vec!["rotate-key", "--fs", "files"],
+    ] {
+        let out = srv.efsctl(&args);
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(!out.status.success(), "{args:?}: {text}");
+        assert!(text.contains("on hold"), "{args:?}: {text}");
+    }
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
     while !srv.stderr().contains("differs from its digest") {
         assert!(std::time::Instant::now() < deadline, "{}", srv.stderr());
