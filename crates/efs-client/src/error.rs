@@ -84,7 +84,13 @@ impl Error {
     pub fn is_transient(&self) -> bool {
         match self {
             Error::Transport(_) | Error::RateLimited { .. } => true,
-            Error::Server { status, .. } => matches!(status, 502..=504),
+            // A held filesystem or a failed audit log answer 503 too, but only an operator
+            // ends them: retrying would only delay the error.
+            Error::Server { status, code, .. } => {
+                matches!(status, 502..=504)
+                    && code != codes::INTEGRITY_HOLD
+                    && code != codes::AUDIT_UNAVAILABLE
+            }
             _ => false,
         }
     }
@@ -113,6 +119,15 @@ impl Error {
             Error::FsRequired => "this user has several filesystems: choose one with --fs",
             Error::RateLimited { .. } => {
                 "wait until the window ends; repeated failures usually mean a wrong key or user name"
+            }
+            Error::Server { code, .. } if code == codes::INTEGRITY_HOLD => {
+                "the filesystem is on hold: its index failed its integrity check at the server's start; the operator must run efsctl fsck (retrying will not help)"
+            }
+            Error::Server { code, .. } if code == codes::AUDIT_UNAVAILABLE => {
+                "the server cannot write its audit log and refuses to act: the operator must fix the log's disk (retrying will not help)"
+            }
+            Error::Server { code, .. } if code == codes::INSUFFICIENT_STORAGE => {
+                "the server's disk is full: nothing was written; retry once the operator has freed space"
             }
             Error::Server { status: 503, .. } => "the server is busy or restarting: retry shortly",
             Error::Server { status: 500, .. } => {
@@ -186,6 +201,18 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_integrity_hold_or_a_failed_audit_log_is_not_retried() {
+        for code in ["integrity_hold", "audit_unavailable"] {
+            let body = format!(r#"{{"error":"{code}","message":"x"}}"#);
+            let e = Error::from_response(503, body.as_bytes(), None);
+            assert!(!e.is_transient(), "{code}");
+            assert!(e.hint().unwrap().contains("operator"), "{code}");
+        }
+        let busy = Error::from_response(503, br#"{"error":"unavailable","message":"x"}"#, None);
+        assert!(busy.is_transient());
+    }
 
     #[test]
     fn maps_codes_from_json() {
