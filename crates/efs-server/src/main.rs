@@ -69,6 +69,10 @@ struct Args {
     /// Refreshes allowed per login.
     #[arg(long, default_value_t = 24)]
     max_renewals: u32,
+    /// Failed-login counting window in seconds: 10 failures for one user, or 20 from one
+    /// address, inside it refuse further logins (429) until it ends.
+    #[arg(long, default_value_t = 60)]
+    login_fail_window: u64,
     /// Write request paths to the log (they are personal data; off by default).
     #[arg(long)]
     log_paths: bool,
@@ -106,6 +110,7 @@ fn main() -> std::process::ExitCode {
         token_ttl: Duration::from_secs(a.token_ttl.max(1)),
         nonce_ttl: Duration::from_secs(a.nonce_ttl.max(1)),
         max_renewals: a.max_renewals,
+        login_fail_window: Duration::from_secs(a.login_fail_window.max(1)),
         shutdown_timeout: Duration::from_secs(30),
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -54,6 +54,8 @@ pub struct ServerConfig {
     pub nonce_ttl: Duration,
     /// Renewals.
     pub max_renewals: u32,
+    /// Failed-login counting window (the other limits keep their defaults).
+    pub login_fail_window: Duration,
     /// Wait at most this long for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
 }
@@ -126,6 +128,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             },
             users.clone(),
         )
+        .with_rate_limits(&crate::ratelimit::RateLimitConfig {
+            window: cfg.login_fail_window,
+            ..crate::ratelimit::RateLimitConfig::default()
+        })
         .with_audit(Arc::new(crate::audit::AuditHook(data.clone()))),
     );
     drop(signing_key);

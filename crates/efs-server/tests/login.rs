@@ -640,6 +640,30 @@ async fn brute_force_is_rate_limited_per_user_and_spares_others() {
     assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
 }
 
+/// The limit engages, then lifts by itself when its window ends (a 2 s window here).
+#[tokio::test]
+async fn brute_force_is_refused_then_the_user_recovers() {
+    let (srv, key, _) = alice_server(&["--login-fail-window", "2"]).await;
+    let wrong = new_signing_key();
+    let mut limited = None;
+    for _ in 0..15 {
+        let body = srv.signed_body("alice", &wrong, None).await;
+        let r = srv.token_request(&body).await;
+        if r.status() == 429 {
+            limited = Some(r);
+            break;
+        }
+    }
+    let r = limited.expect("the limit engages");
+    let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=2).contains(&retry), "Retry-After {retry}");
+    let body = srv.signed_body("alice", &key, None).await;
+    assert_error(srv.token_request(&body).await, 429, "rate_limited").await;
+    tokio::time::sleep(std::time::Duration::from_millis(retry * 1000 + 300)).await;
+    let t = srv.login("alice", &key, None).await;
+    assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
+}
+
 #[tokio::test]
 async fn brute_force_from_one_address_is_rate_limited() {
     let (srv, key, _) = alice_server(&[]).await;
