@@ -79,3 +79,93 @@ fn one_gib_up_and_down_with_constant_client_memory() {
         );
     }
 }
+
+/// `efs tar` and `efs untar` stream: a 256 MiB file goes through gzip and age and back with
+/// the client's memory far below the file's size, and `untar` restores it byte-exact.
+#[test]
+fn tar_and_untar_stream_in_constant_memory() {
+    const TAR_SIZE: u64 = 256 << 20;
+    let env = Env::new();
+    let src = env.path("tar-src.bin");
+    {
+        let mut f = std::io::BufWriter::new(std::fs::File::create(&src).unwrap());
+        let mut block = vec![0u8; 1 << 20];
+        aws_lc_rs::rand::fill(&mut block).unwrap();
+        for i in 0..(TAR_SIZE >> 20) {
+            block[..8].copy_from_slice(&i.to_le_bytes());
+            f.write_all(&block).unwrap();
+        }
+        f.flush().unwrap();
+    }
+    let (ok, _) = run_measured(
+        &env,
+        &["cp", "-q", src.to_str().unwrap(), "drive:/t/big.bin"],
+    );
+    assert!(ok, "upload failed");
+    let key = env.path("age-key.txt");
+    let out = std::process::Command::new("age-keygen")
+        .arg("-o")
+        .arg(&key)
+        .output()
+        .expect("age-keygen (apt-get install age) runs");
+    assert!(out.status.success(), "{out:?}");
+    let recipient = std::fs::read_to_string(&key)
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("# public key: ").map(str::to_owned))
+        .expect("age-keygen writes the public key");
+    let archive = env.path("t.tar.gz.age");
+    let (ok, tar_peak) = run_measured(
+        &env,
+        &[
+            "tar",
+            "-q",
+            "drive:/t",
+            "-o",
+            archive.to_str().unwrap(),
+            "-r",
+            &recipient,
+        ],
+    );
+    assert!(ok, "efs tar failed");
+    assert!(std::fs::metadata(&archive).unwrap().len() > TAR_SIZE / 2);
+    let (ok, untar_peak) = run_measured(
+        &env,
+        &[
+            "untar",
+            "-q",
+            archive.to_str().unwrap(),
+            "drive:/restored",
+            "-i",
+            key.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "efs untar failed");
+    let back = env.path("restored.bin");
+    let (ok, _) = run_measured(
+        &env,
+        &[
+            "cp",
+            "-q",
+            "drive:/restored/big.bin",
+            back.to_str().unwrap(),
+        ],
+    );
+    assert!(ok, "download of the restored file failed");
+    let same = std::process::Command::new("cmp")
+        .arg("-s")
+        .arg(&src)
+        .arg(&back)
+        .status()
+        .unwrap()
+        .success();
+    assert!(same, "the restored file differs");
+    eprintln!("efs client peak RSS: tar {tar_peak} KiB, untar {untar_peak} KiB");
+    for (what, kib) in [("tar", tar_peak), ("untar", untar_peak)] {
+        assert!(kib > 0, "{what}: could not read the client's RSS");
+        assert!(
+            kib < 96 * 1024,
+            "{what}: client peak RSS {kib} KiB is not constant memory"
+        );
+    }
+}

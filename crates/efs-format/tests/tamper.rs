@@ -219,7 +219,8 @@ fn every_single_byte_flip_of_every_segment_fails() {
         let seg = &ct[off as usize..off as usize + len];
         buf.clear();
         buf.extend_from_slice(seg);
-        d.open_segment(idx, &mut buf).expect("the honest segment opens");
+        d.open_segment(idx, &mut buf)
+            .expect("the honest segment opens");
         for i in 0..len {
             buf.clear();
             buf.extend_from_slice(seg);
