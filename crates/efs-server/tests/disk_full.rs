@@ -84,6 +84,22 @@ async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_witho
     let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
     srv.create_fs("files");
     let key = srv.create_user("app", &["files"], false);
+    // The audit log on a filesystem of its own (docs/operations.md): on the full disk it
+    // could not be written, and the server would refuse everything (fail closed, proven
+    // in tests/audit.rs) instead of showing how the storage itself copes.
+    srv.stop().await;
+    let audit = data.join("system").join("audit");
+    let elsewhere = dir.path().join("audit-elsewhere");
+    let copied = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&audit)
+        .arg(&elsewhere)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_dir_all(&audit).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &audit).unwrap();
+    let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
     let token = srv.login("app", &key, None).await;
 
     let big_v1 = pattern(3 << 20, 1);
