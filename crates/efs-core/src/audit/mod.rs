@@ -8,7 +8,7 @@
 //! layout, the keys and what is and is not detected are in docs/audit.md.
 //!
 //! - `line`: the line format, the MAC and the sealing (frozen, versioned).
-//! - `writer`: [`AuditLog`], the one writer per data dir (group appends, fsync in groups,
+//! - `writer`: [`AuditLog`], the one writer per data dir (inline appends, fsync in groups,
 //!   fail closed).
 //! - [`read`]: [`verify`] and [`show`], for `efsctl audit`.
 
@@ -149,7 +149,7 @@ impl AuditKeys {
         }
     }
 
-    /// An explicit copy (the writer thread owns one, readers another).
+    /// An explicit copy (the writer owns one, readers another).
     pub fn duplicate(&self) -> Self {
         Self {
             mac: self.mac.duplicate(),

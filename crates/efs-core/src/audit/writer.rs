@@ -1,9 +1,10 @@
 //! [`AuditLog`]: the one writer of a data dir's audit log.
 //!
-//! Requests hand their [`Record`] to a queue and wait until it is written (`write(2)`
-//! returned), never for an fsync: a writer thread takes everything queued, seals and chains
-//! it, and appends the whole group with one `write`. A second thread makes the log durable
-//! in groups (fdatasync, then the HEAD anchor), at most once per
+//! A request seals, chains and appends its own [`Record`] under the writer's mutex, and
+//! answers once that `write(2)` has returned, never waiting for an fsync. (An earlier
+//! version handed records to a writer thread and waited for it: the hand-off and wake-ups
+//! cost about 40 % of small-GET throughput on two cores, docs/benchmarks.md run 3.) A
+//! thread makes the log durable in groups (fdatasync, then the HEAD anchor), at most once per
 //! [`AuditOptions::flush_interval`], so a burst of reads costs a handful of fsyncs, not one
 //! each. If a write, an fsync or the anchor fails, the log is *failed*: every waiting and
 //! every later entry is refused ([`AuditError::Failed`]) until a restart, and callers
@@ -58,7 +59,6 @@ struct Progress {
 }
 
 struct State {
-    pending: Vec<Record>,
     submitted: u64,
     closing: bool,
     failed: bool,
@@ -70,7 +70,8 @@ struct State {
 
 struct Shared {
     state: Mutex<State>,
-    writer_wake: Condvar,
+    /// Sealing, chaining and appending happen under this lock (taken before `state`).
+    writer: Mutex<Writer>,
     syncer_wake: Condvar,
     progress: watch::Sender<Progress>,
 }
@@ -88,10 +89,8 @@ impl Shared {
         );
         let mut st = self.lock();
         st.failed = true;
-        st.pending.clear();
         drop(st);
         self.progress.send_modify(|p| p.failed = true);
-        self.writer_wake.notify_all();
         self.syncer_wake.notify_all();
     }
 }
@@ -101,6 +100,7 @@ pub struct AuditLog {
     dir: PathBuf,
     shared: Arc<Shared>,
     progress: watch::Receiver<Progress>,
+    /// The syncer thread.
     threads: Mutex<Vec<JoinHandle<()>>>,
     notes: Vec<String>,
 }
@@ -150,20 +150,6 @@ impl AuditLog {
         }
         let next_number = files.last().map(|(n, _)| n + 1).unwrap_or(1);
         let (tx, rx) = watch::channel(Progress::default());
-        let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                pending: Vec::new(),
-                submitted: 0,
-                closing: false,
-                failed: false,
-                writer_done: false,
-                written_head: start,
-                current_file: None,
-            }),
-            writer_wake: Condvar::new(),
-            syncer_wake: Condvar::new(),
-            progress: tx,
-        });
         let writer = Writer {
             dir: dir.to_path_buf(),
             mac: ChainMac::new(keys),
@@ -174,16 +160,25 @@ impl AuditLog {
             max_file_bytes: opts.max_file_bytes,
             buf: Vec::new(),
         };
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                submitted: 0,
+                closing: false,
+                failed: false,
+                writer_done: false,
+                written_head: start,
+                current_file: None,
+            }),
+            writer: Mutex::new(writer),
+            syncer_wake: Condvar::new(),
+            progress: tx,
+        });
         let syncer = Syncer {
             dir: dir.to_path_buf(),
             keys: keys.duplicate(),
             synced: start,
             interval: opts.flush_interval,
         };
-        let s1 = shared.clone();
-        let t1 = std::thread::Builder::new()
-            .name("efs-audit-write".into())
-            .spawn(move || writer.run(&s1))?;
         let s2 = shared.clone();
         let t2 = std::thread::Builder::new()
             .name("efs-audit-sync".into())
@@ -192,7 +187,7 @@ impl AuditLog {
             dir: dir.to_path_buf(),
             shared,
             progress: rx,
-            threads: Mutex::new(vec![t1, t2]),
+            threads: Mutex::new(vec![t2]),
             notes,
         })
     }
@@ -212,20 +207,37 @@ impl AuditLog {
         self.progress.borrow().failed
     }
 
-    /// Queues an entry without waiting (see [`AuditLog::wait`]).
+    /// Writes an entry now (seal, chain, `write(2)`), for callers that cannot wait (the
+    /// login hook); the ticket is already satisfied (see [`AuditLog::wait`]).
     pub fn submit(&self, rec: Record) -> Result<Ticket, AuditError> {
-        let mut st = self.shared.lock();
-        if st.failed || st.closing {
+        self.append(&rec)
+    }
+
+    /// Seals, chains and appends `rec` under the writer's lock. A failed write fails the
+    /// whole log (fail closed).
+    fn append(&self, rec: &Record) -> Result<Ticket, AuditError> {
+        let mut w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+        {
+            let st = self.shared.lock();
+            if st.failed || st.closing {
+                return Err(AuditError::Failed);
+            }
+        }
+        if let Err(e) = w.append(std::slice::from_ref(rec)) {
+            self.shared.fail("writing", &e);
             return Err(AuditError::Failed);
         }
-        let wake = st.pending.is_empty();
-        st.pending.push(rec);
+        let mut st = self.shared.lock();
+        st.written_head = w.head;
+        st.current_file = w.file.as_ref().map(|f| f.file.clone());
         st.submitted += 1;
         let t = Ticket(st.submitted);
         drop(st);
-        if wake {
-            self.shared.writer_wake.notify_one();
-        }
+        drop(w);
+        self.shared.syncer_wake.notify_one();
+        self.shared
+            .progress
+            .send_modify(|p| p.written = p.written.max(t.0));
         Ok(t)
     }
 
@@ -243,10 +255,9 @@ impl AuditLog {
         }
     }
 
-    /// Queues an entry and waits until it is written.
+    /// Writes an entry (returns once its `write(2)` has returned).
     pub async fn record(&self, rec: Record) -> Result<(), AuditError> {
-        let t = self.submit(rec)?;
-        self.wait(t).await
+        self.append(&rec).map(|_| ())
     }
 
     /// Waits until everything queued so far is written (for entries queued by code that
@@ -265,8 +276,14 @@ impl AuditLog {
     /// Writes what is queued, makes it durable, updates the anchor and stops the threads.
     /// Called by `Drop`; later entries are refused.
     pub fn close(&self) {
-        self.shared.lock().closing = true;
-        self.shared.writer_wake.notify_all();
+        {
+            // The writer's lock first: an append in progress finishes before the syncer is
+            // told that nothing more comes.
+            let _w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
+            let mut st = self.shared.lock();
+            st.closing = true;
+            st.writer_done = true;
+        }
         self.shared.syncer_wake.notify_all();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
@@ -300,43 +317,6 @@ struct Writer {
 }
 
 impl Writer {
-    fn run(mut self, shared: &Shared) {
-        let mut batch = Vec::new();
-        loop {
-            {
-                let mut st = shared.lock();
-                while st.pending.is_empty() && !st.closing && !st.failed {
-                    st = shared
-                        .writer_wake
-                        .wait(st)
-                        .unwrap_or_else(|e| e.into_inner());
-                }
-                if st.failed || st.pending.is_empty() {
-                    st.writer_done = true;
-                    drop(st);
-                    shared.syncer_wake.notify_all();
-                    return;
-                }
-                std::mem::swap(&mut st.pending, &mut batch);
-            }
-            let n = batch.len() as u64;
-            match self.append(&batch) {
-                Ok(()) => {
-                    let mut st = shared.lock();
-                    st.written_head = self.head;
-                    st.current_file = self.file.as_ref().map(|f| f.file.clone());
-                    drop(st);
-                    shared.syncer_wake.notify_one();
-                    shared.progress.send_modify(|p| p.written += n);
-                }
-                Err(e) => {
-                    shared.fail("writing", &e);
-                }
-            }
-            batch.clear();
-        }
-    }
-
     fn append(&mut self, batch: &[Record]) -> std::io::Result<()> {
         if self
             .file
