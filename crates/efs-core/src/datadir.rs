@@ -402,9 +402,7 @@ impl DataDir {
     /// background if `wait` is false (and a runtime exists), else before returning.
     /// An unfinished rotation is resumed instead (no new term).
     pub async fn rotate_key(&self, name: &str, wait: bool) -> Result<(bool, RotationProgress)> {
-        let fs = self.fs(name).ok_or_else(|| {
-            CoreError::Invalid(format!("no filesystem named '{name}' (see efsctl list-fs)"))
-        })?;
+        let fs = self.require_open_fs(name)?;
         fs.trusted().await?;
         let (started, prog) = match rotation::begin(&fs, &self.starter).await? {
             rotation::Begun::Started(p) => (true, p),
@@ -421,9 +419,7 @@ impl DataDir {
     /// swaps the in-memory keyring, but rewraps nothing ([`rotation::run`] does; a later
     /// open resumes it). For tools and tests.
     pub async fn begin_rotation(&self, name: &str) -> Result<RotationProgress> {
-        let fs = self.fs(name).ok_or_else(|| {
-            CoreError::Invalid(format!("no filesystem named '{name}' (see efsctl list-fs)"))
-        })?;
+        let fs = self.require_open_fs(name)?;
         fs.trusted().await?;
         match rotation::begin(&fs, &self.starter).await? {
             rotation::Begun::Started(p) | rotation::Begun::Unfinished(p) => Ok(p),
@@ -433,15 +429,8 @@ impl DataDir {
     /// Runs every unfinished key rotation to completion (efsctl without a server);
     /// returns the names of the filesystems it finished.
     pub async fn finish_rotations(&self) -> Result<Vec<String>> {
-        let all: Vec<Arc<Filesystem>> = self
-            .filesystems
-            .read()
-            .expect("lock poisoned")
-            .values()
-            .cloned()
-            .collect();
         let mut out = Vec::new();
-        for fs in all {
+        for fs in self.open_filesystems() {
             if rotation::pending(&fs).await? {
                 rotation::run(&fs, None).await?;
                 out.push(fs.name().to_owned());
@@ -480,21 +469,24 @@ impl DataDir {
     /// Runs every unfinished re-encryption to completion (efsctl without a server);
     /// returns the names of the filesystems it finished.
     pub async fn finish_reencryptions(&self) -> Result<Vec<String>> {
-        let all: Vec<Arc<Filesystem>> = self
-            .filesystems
-            .read()
-            .expect("lock poisoned")
-            .values()
-            .cloned()
-            .collect();
         let mut out = Vec::new();
-        for fs in all {
+        for fs in self.open_filesystems() {
             if reencrypt::pending(&fs).await? {
                 reencrypt::run(&fs, None).await?;
                 out.push(fs.name().to_owned());
             }
         }
         Ok(out)
+    }
+
+    /// Every open filesystem (a snapshot of the table).
+    fn open_filesystems(&self) -> Vec<Arc<Filesystem>> {
+        self.filesystems
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .collect()
     }
 
     fn require_open_fs(&self, name: &str) -> Result<Arc<Filesystem>> {

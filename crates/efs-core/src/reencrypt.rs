@@ -78,15 +78,7 @@ pub struct ReencryptProgress {
 
 impl ReencryptProgress {
     fn cursor_key(&self) -> Result<Option<EntryKey>> {
-        self.cursor
-            .as_deref()
-            .map(|c| {
-                hex::decode(c)
-                    .ok()
-                    .and_then(|v| EntryKey::try_from(v).ok())
-                    .ok_or(CoreError::Corrupt("re-encryption cursor"))
-            })
-            .transpose()
+        super::rotation::parse_cursor(self.cursor.as_deref(), "re-encryption cursor")
     }
 
     fn to_op(&self) -> Op {

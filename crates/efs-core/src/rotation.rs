@@ -77,15 +77,7 @@ pub struct RotationProgress {
 
 impl RotationProgress {
     fn cursor_key(&self) -> Result<Option<EntryKey>> {
-        self.cursor
-            .as_deref()
-            .map(|c| {
-                hex::decode(c)
-                    .ok()
-                    .and_then(|v| EntryKey::try_from(v).ok())
-                    .ok_or(CoreError::Corrupt("rotation cursor"))
-            })
-            .transpose()
+        parse_cursor(self.cursor.as_deref(), "rotation cursor")
     }
 
     fn to_op(&self) -> Op {
@@ -97,6 +89,19 @@ impl RotationProgress {
 }
 
 /// The term that sealed a record value (its clear header; see `record.rs`).
+/// The entry key a background pass stored as its cursor (hex), shared by key rotation and
+/// re-encryption.
+pub(crate) fn parse_cursor(cursor: Option<&str>, what: &'static str) -> Result<Option<EntryKey>> {
+    cursor
+        .map(|c| {
+            hex::decode(c)
+                .ok()
+                .and_then(|v| EntryKey::try_from(v).ok())
+                .ok_or(CoreError::Corrupt(what))
+        })
+        .transpose()
+}
+
 pub(crate) fn sealing_term(value: &[u8]) -> Result<u32> {
     if value.len() < 5 || value[0] != 1 {
         return Err(CoreError::Corrupt("record layout"));
