@@ -82,6 +82,11 @@ fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
     KeyPartSpec::parse(s).map_err(|e| e.to_string())
 }
 
+/// mimalloc instead of glibc malloc: the per-request allocations of hyper, axum and the
+/// handlers cost ~8 % of a small GET under glibc (perf, docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> std::process::ExitCode {
     efs_server::install_crypto_provider();
     tracing_subscriber::fmt()
