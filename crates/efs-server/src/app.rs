@@ -208,7 +208,7 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
         let _ = st.data.audit().submit(rec);
     }
     let r = st.auth.login(&body, ip);
-    // The hook queued the login's entry: no token leaves before it is written.
+    // The hook wrote the login's entry: no token leaves if that write failed.
     st.data
         .audit()
         .sync_point()

@@ -12,9 +12,10 @@ use efs_core::audit::{Action, Record};
 use crate::auth::{AuthAudit, AuthEvent, AuthEventKind};
 use crate::error::ApiError;
 
-/// Sends the authenticator's events to the data dir's audit log. `record` cannot wait (it
-/// runs inside the login code): it queues the entry, and the route waits with
-/// [`efs_core::audit::AuditLog::sync_point`] before answering.
+/// Sends the authenticator's events to the data dir's audit log. `record` cannot return an
+/// error (it runs inside the login code): it writes the entry and drops the result, and the
+/// route checks [`efs_core::audit::AuditLog::sync_point`] before answering, so no answer
+/// leaves whose entry could not be written.
 pub struct AuditHook(pub Arc<DataDir>);
 
 impl AuthAudit for AuditHook {

@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::labels;
 
 pub use read::{AnchorCheck, Filter, Problem, ShowReport, ShownEntry, VerifyReport, show, verify};
-pub use writer::{AuditLog, AuditOptions, Ticket};
+pub use writer::{AuditLog, AuditOptions};
 
 /// The directory of the audit log inside the data dir.
 pub const AUDIT_DIR: &str = "system/audit";

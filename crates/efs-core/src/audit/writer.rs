@@ -4,11 +4,12 @@
 //! answers once that `write(2)` has returned, never waiting for an fsync. (An earlier
 //! version handed records to a writer thread and waited for it: the hand-off and wake-ups
 //! cost about 40 % of small-GET throughput on two cores, docs/benchmarks.md run 3.) A
-//! thread makes the log durable in groups (fdatasync, then the HEAD anchor), at most once per
-//! [`AuditOptions::flush_interval`], so a burst of reads costs a handful of fsyncs, not one
-//! each. If a write, an fsync or the anchor fails, the log is *failed*: every waiting and
-//! every later entry is refused ([`AuditError::Failed`]) until a restart, and callers
-//! refuse the request they wanted to record (fail closed).
+//! thread makes the log durable in groups: an fdatasync at most once per
+//! [`AuditOptions::flush_interval`], and the HEAD anchor rewritten after one of those at most
+//! once per [`AuditOptions::anchor_interval`] (and at close), so a burst of reads costs a
+//! handful of fsyncs, not one each. If a write, an fsync or the anchor fails, the log is
+//! *failed*: every later entry is refused ([`AuditError::Failed`]) until a restart, and
+//! callers refuse the request they wanted to record (fail closed).
 //!
 //! Each writer starts a new file (fresh salt, so a fresh body key) the first time it writes,
 //! and rotates to another past [`AuditOptions::max_file_bytes`]; the chain runs on across
@@ -19,11 +20,10 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
-use std::time::Duration;
-
-use tokio::sync::watch;
+use std::time::{Duration, Instant};
 
 use super::line::{self, ChainMac, FileKey, Head};
 use super::{AuditError, AuditKeys, Record, now_ms};
@@ -33,8 +33,12 @@ use super::{AuditError, AuditKeys, Record, now_ms};
 pub struct AuditOptions {
     /// Start a new file once the current one is larger than this.
     pub max_file_bytes: u64,
-    /// At most one fsync group (log fdatasync + anchor) per this interval.
+    /// At most one fdatasync of the log per this interval (entries written since the last
+    /// one can be lost by a power failure, not by a crash of the process).
     pub flush_interval: Duration,
+    /// At most one rewrite of the HEAD anchor per this interval (it always follows an
+    /// fdatasync, and is also written at close).
+    pub anchor_interval: Duration,
 }
 
 impl Default for AuditOptions {
@@ -42,44 +46,27 @@ impl Default for AuditOptions {
         Self {
             max_file_bytes: 64 << 20,
             flush_interval: Duration::from_millis(5),
+            anchor_interval: Duration::from_millis(200),
         }
     }
 }
 
-/// A place in the queue: [`AuditLog::wait`] resolves once the entry is written.
-#[derive(Debug, Clone, Copy)]
-#[must_use = "an entry counts only once it is written: wait for it"]
-pub struct Ticket(u64);
-
-#[derive(Debug, Clone, Copy, Default)]
-struct Progress {
-    /// Entries written since open (compared with tickets).
-    written: u64,
-    failed: bool,
-}
-
-struct State {
-    submitted: u64,
-    closing: bool,
-    failed: bool,
-    writer_done: bool,
-    /// The chain after the last successful write, and the file it went to.
-    written_head: Head,
-    current_file: Option<Arc<File>>,
-}
-
 struct Shared {
-    state: Mutex<State>,
-    /// Sealing, chaining and appending happen under this lock (taken before `state`).
+    /// Sealing, chaining and appending happen under this lock.
     writer: Mutex<Writer>,
-    syncer_wake: Condvar,
-    progress: watch::Sender<Progress>,
+    /// Set once a write, fsync or anchor update failed; never cleared.
+    failed: AtomicBool,
+    /// True while the syncer waits for something to sync (appends then wake it).
+    syncer_idle: AtomicBool,
+    /// The syncer waits on `wake` with this lock.
+    idle_lock: Mutex<()>,
+    wake: Condvar,
 }
 
 impl Shared {
-    fn lock(&self) -> MutexGuard<'_, State> {
-        // Every mutation leaves `State` consistent before anything can panic.
-        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    fn writer(&self) -> MutexGuard<'_, Writer> {
+        // Every mutation leaves `Writer` consistent before anything can panic.
+        self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     fn fail(&self, what: &str, e: &std::io::Error) {
@@ -87,19 +74,24 @@ impl Shared {
             error = %e,
             "the audit log failed while {what}: every request that needs an audit entry is refused until a restart"
         );
-        let mut st = self.lock();
-        st.failed = true;
-        drop(st);
-        self.progress.send_modify(|p| p.failed = true);
-        self.syncer_wake.notify_all();
+        self.failed.store(true, Ordering::SeqCst);
+        self.wake_syncer();
+    }
+
+    /// Wakes the syncer if it is waiting. Called after the writer's lock is released.
+    fn wake_syncer(&self) {
+        if self.syncer_idle.load(Ordering::SeqCst) {
+            let _g = self.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
+            self.wake.notify_one();
+        }
     }
 }
 
-/// The audit log of one data dir. Dropping it writes what is queued, syncs and stops.
+/// The audit log of one data dir. Dropping it syncs what was written, updates the anchor and
+/// stops the syncer.
 pub struct AuditLog {
     dir: PathBuf,
     shared: Arc<Shared>,
-    progress: watch::Receiver<Progress>,
     /// The syncer thread.
     threads: Mutex<Vec<JoinHandle<()>>>,
     notes: Vec<String>,
@@ -149,7 +141,6 @@ impl AuditLog {
             tracing::warn!("{n}");
         }
         let next_number = files.last().map(|(n, _)| n + 1).unwrap_or(1);
-        let (tx, rx) = watch::channel(Progress::default());
         let writer = Writer {
             dir: dir.to_path_buf(),
             mac: ChainMac::new(keys),
@@ -159,25 +150,23 @@ impl AuditLog {
             next_number,
             max_file_bytes: opts.max_file_bytes,
             buf: Vec::new(),
+            closing: false,
         };
         let shared = Arc::new(Shared {
-            state: Mutex::new(State {
-                submitted: 0,
-                closing: false,
-                failed: false,
-                writer_done: false,
-                written_head: start,
-                current_file: None,
-            }),
             writer: Mutex::new(writer),
-            syncer_wake: Condvar::new(),
-            progress: tx,
+            failed: AtomicBool::new(false),
+            syncer_idle: AtomicBool::new(false),
+            idle_lock: Mutex::new(()),
+            wake: Condvar::new(),
         });
         let syncer = Syncer {
             dir: dir.to_path_buf(),
             keys: keys.duplicate(),
             synced: start,
+            anchored: start,
+            last_anchor: None,
             interval: opts.flush_interval,
+            anchor_interval: opts.anchor_interval,
         };
         let s2 = shared.clone();
         let t2 = std::thread::Builder::new()
@@ -186,7 +175,6 @@ impl AuditLog {
         Ok(Self {
             dir: dir.to_path_buf(),
             shared,
-            progress: rx,
             threads: Mutex::new(vec![t2]),
             notes,
         })
@@ -204,87 +192,56 @@ impl AuditLog {
 
     /// True once a write or fsync failed: nothing can be recorded any more.
     pub fn is_failed(&self) -> bool {
-        self.progress.borrow().failed
+        self.shared.failed.load(Ordering::SeqCst)
     }
 
-    /// Writes an entry now (seal, chain, `write(2)`), for callers that cannot wait (the
-    /// login hook); the ticket is already satisfied (see [`AuditLog::wait`]).
-    pub fn submit(&self, rec: Record) -> Result<Ticket, AuditError> {
-        self.append(&rec)
-    }
-
-    /// Seals, chains and appends `rec` under the writer's lock. A failed write fails the
-    /// whole log (fail closed).
-    fn append(&self, rec: &Record) -> Result<Ticket, AuditError> {
-        let mut w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
-        {
-            let st = self.shared.lock();
-            if st.failed || st.closing {
-                return Err(AuditError::Failed);
-            }
+    /// Seals, chains and appends `rec` now, under the writer's lock, and returns once its
+    /// `write(2)` has returned. A failed write fails the whole log (fail closed). For callers
+    /// that are not async (the login hook); [`AuditLog::record`] is the same for async code.
+    pub fn submit(&self, rec: Record) -> Result<(), AuditError> {
+        let mut w = self.shared.writer();
+        if w.closing || self.is_failed() {
+            return Err(AuditError::Failed);
         }
-        if let Err(e) = w.append(std::slice::from_ref(rec)) {
+        if let Err(e) = w.append(std::slice::from_ref(&rec)) {
+            drop(w);
             self.shared.fail("writing", &e);
             return Err(AuditError::Failed);
         }
-        let mut st = self.shared.lock();
-        st.written_head = w.head;
-        st.current_file = w.file.as_ref().map(|f| f.file.clone());
-        st.submitted += 1;
-        let t = Ticket(st.submitted);
-        drop(st);
         drop(w);
-        self.shared.syncer_wake.notify_one();
-        self.shared
-            .progress
-            .send_modify(|p| p.written = p.written.max(t.0));
-        Ok(t)
-    }
-
-    /// Waits until the entry of `t` is written (not necessarily fsynced).
-    pub async fn wait(&self, t: Ticket) -> Result<(), AuditError> {
-        let mut rx = self.progress.clone();
-        let p = *rx
-            .wait_for(|p| p.failed || p.written >= t.0)
-            .await
-            .map_err(|_| AuditError::Failed)?;
-        if p.written >= t.0 {
-            Ok(())
-        } else {
-            Err(AuditError::Failed)
-        }
+        self.shared.wake_syncer();
+        Ok(())
     }
 
     /// Writes an entry (returns once its `write(2)` has returned).
     pub async fn record(&self, rec: Record) -> Result<(), AuditError> {
-        self.append(&rec).map(|_| ())
+        self.submit(rec)
     }
 
-    /// Waits until everything queued so far is written (for entries queued by code that
-    /// cannot wait, like the login hook).
+    /// `Err` once the log has failed: an entry submitted earlier without looking at the
+    /// result (the login hook) may then be missing, so the answer it belongs to must not go.
     pub async fn sync_point(&self) -> Result<(), AuditError> {
-        let t = {
-            let st = self.shared.lock();
-            if st.failed {
-                return Err(AuditError::Failed);
-            }
-            Ticket(st.submitted)
-        };
-        self.wait(t).await
+        if self.is_failed() {
+            Err(AuditError::Failed)
+        } else {
+            Ok(())
+        }
     }
 
-    /// Writes what is queued, makes it durable, updates the anchor and stops the threads.
-    /// Called by `Drop`; later entries are refused.
+    /// Makes everything written durable, updates the anchor and stops the syncer. Called by
+    /// `Drop`; later entries are refused.
     pub fn close(&self) {
+        // Under the writer's lock: an append in progress finishes before the syncer is told
+        // that nothing more comes.
+        self.shared.writer().closing = true;
         {
-            // The writer's lock first: an append in progress finishes before the syncer is
-            // told that nothing more comes.
-            let _w = self.shared.writer.lock().unwrap_or_else(|e| e.into_inner());
-            let mut st = self.shared.lock();
-            st.closing = true;
-            st.writer_done = true;
+            let _g = self
+                .shared
+                .idle_lock
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            self.shared.wake.notify_all();
         }
-        self.shared.syncer_wake.notify_all();
         let threads = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
         for t in threads {
             let _ = t.join();
@@ -314,6 +271,8 @@ struct Writer {
     next_number: u32,
     max_file_bytes: u64,
     buf: Vec<u8>,
+    /// Set by [`AuditLog::close`]: no more appends.
+    closing: bool,
 }
 
 impl Writer {
@@ -376,43 +335,90 @@ impl Writer {
 struct Syncer {
     dir: PathBuf,
     keys: AuditKeys,
+    /// The last entry fdatasync'd.
     synced: Head,
+    /// The last entry the anchor names.
+    anchored: Head,
+    /// When the anchor was last written by this writer (`None`: not yet, so the first sync
+    /// writes it at once).
+    last_anchor: Option<Instant>,
     interval: Duration,
+    anchor_interval: Duration,
 }
 
 impl Syncer {
+    /// What the writer has written (and the file it went to), and whether it is closing.
+    fn written(shared: &Shared) -> (Head, Option<Arc<File>>, bool) {
+        let w = shared.writer();
+        (w.head, w.file.as_ref().map(|f| f.file.clone()), w.closing)
+    }
+
+    /// Waits up to `timeout` for an append (or close, or failure) when the writer's head is
+    /// still `seen`. `syncer_idle` is set before looking again, under `idle_lock`, so an
+    /// append that comes after the second look sees it set and wakes us (it takes
+    /// `idle_lock`, which `wait_timeout` releases).
+    fn idle_wait(shared: &Shared, seen: Head, timeout: Duration) {
+        let g = shared.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
+        shared.syncer_idle.store(true, Ordering::SeqCst);
+        let (again, _, closing) = Self::written(shared);
+        if again == seen && !closing && !shared.failed.load(Ordering::SeqCst) {
+            let _ = shared
+                .wake
+                .wait_timeout(g, timeout)
+                .unwrap_or_else(|e| e.into_inner());
+        }
+        shared.syncer_idle.store(false, Ordering::SeqCst);
+    }
+
     fn run(mut self, shared: &Shared) {
         loop {
-            let (head, file) = {
-                let mut st = shared.lock();
-                loop {
-                    if st.failed {
-                        return;
-                    }
-                    if st.written_head != self.synced {
-                        break;
-                    }
-                    if st.writer_done {
-                        return;
-                    }
-                    st = shared
-                        .syncer_wake
-                        .wait(st)
-                        .unwrap_or_else(|e| e.into_inner());
-                }
-                (st.written_head, st.current_file.clone())
-            };
-            let r = match file {
-                Some(f) => f.sync_data(),
-                None => Ok(()),
+            if shared.failed.load(Ordering::SeqCst) {
+                return;
             }
-            .and_then(|()| write_head(&self.dir, &self.keys, &head));
+            let (head, file, closing) = Self::written(shared);
+            let need_sync = head != self.synced;
+            let since_anchor = self
+                .last_anchor
+                .map_or(self.anchor_interval, |t| t.elapsed());
+            let anchor_due = closing || since_anchor >= self.anchor_interval;
+            if !need_sync && (head == self.anchored || !anchor_due) {
+                if closing {
+                    return;
+                }
+                // Nothing to do now: wait for an append, or until the anchor is due. (The
+                // one-minute bound is only a safety net: appends wake the syncer.)
+                let timeout = if head == self.anchored {
+                    Duration::from_secs(60)
+                } else {
+                    self.anchor_interval - since_anchor
+                };
+                Self::idle_wait(shared, head, timeout);
+                continue;
+            }
+            let r = match (&file, need_sync) {
+                (Some(f), true) => f.sync_data(),
+                _ => Ok(()),
+            }
+            .and_then(|()| {
+                // The anchor only ever names entries already fsynced.
+                if anchor_due && head != self.anchored {
+                    write_head(&self.dir, &self.keys, &head)
+                } else {
+                    Ok(())
+                }
+            });
             if let Err(e) = r {
                 shared.fail("syncing", &e);
                 return;
             }
             self.synced = head;
-            std::thread::sleep(self.interval);
+            if anchor_due {
+                self.anchored = head;
+                self.last_anchor = Some(Instant::now());
+            }
+            if !closing {
+                std::thread::sleep(self.interval);
+            }
         }
     }
 }
