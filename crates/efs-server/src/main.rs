@@ -82,13 +82,6 @@ fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
     KeyPartSpec::parse(s).map_err(|e| e.to_string())
 }
 
-/// jemalloc instead of glibc malloc: +6 % GET 4 KiB throughput (the per-request allocations
-/// of hyper, axum and the handlers were ~8 % of a small GET's CPU under glibc), at about the
-/// same peak RSS under load (137 against 126 MiB in tests/load.rs). mimalloc was as fast but
-/// peaked at 2.6 × glibc's RSS there (docs/benchmarks.md).
-#[global_allocator]
-static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
-
 fn main() -> std::process::ExitCode {
     efs_server::install_crypto_provider();
     tracing_subscriber::fmt()
