@@ -82,30 +82,86 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'sta
         .map_err(|e| CoreError::Io(std::io::Error::other(e.to_string())))?
 }
 
+/// Dirty bytes after which a writer starts an fdatasync in the background, so that the disk
+/// writes while more content arrives and the final fsync finds little left to do. Without
+/// it the kernel starts writing only at its dirty thresholds (gigabytes on a large
+/// machine) and the final fsync of a large blob wrote the whole of it at once.
+const SYNC_AHEAD: u64 = 32 << 20;
+
+type Pending<T> = tokio::task::JoinHandle<Result<T>>;
+
+/// Writes a blob to `tmp` with a one-deep pipeline: `write` hands a chunk to a blocking
+/// thread and returns; the next `write` (or `finish`) waits for it first. So receiving and
+/// sealing the next chunk overlaps the `write(2)` of this one, with at most one chunk in
+/// flight.
 struct LocalWriter {
     file: Option<std::fs::File>,
+    /// The write in flight; it hands the file back.
+    pending: Option<Pending<std::fs::File>>,
+    /// The background fdatasync in flight (see [`SYNC_AHEAD`]).
+    syncing: Option<Pending<()>>,
+    /// Bytes written since the last background fdatasync started.
+    unsynced: u64,
     tmp: PathBuf,
     dest: PathBuf,
+}
+
+fn joined<T>(r: std::result::Result<Result<T>, tokio::task::JoinError>) -> Result<T> {
+    r.map_err(|e| CoreError::Io(std::io::Error::other(e.to_string())))?
+}
+
+impl LocalWriter {
+    /// Waits for the write in flight, if any, and takes the file back.
+    async fn settle(&mut self) -> Result<()> {
+        if let Some(p) = self.pending.take() {
+            self.file = Some(joined(p.await)?);
+        }
+        Ok(())
+    }
+
+    /// Waits for the background fdatasync, if any (its error is the upload's).
+    async fn settle_sync(&mut self) -> Result<()> {
+        if let Some(s) = self.syncing.take() {
+            joined(s.await)?;
+        }
+        Ok(())
+    }
 }
 
 #[async_trait]
 impl BlobWriter for LocalWriter {
     async fn write(&mut self, data: Vec<u8>) -> Result<()> {
         use std::io::Write;
+        self.settle().await?;
         let mut f = self
             .file
             .take()
             .ok_or(CoreError::Corrupt("blob writer closed"))?;
-        let f = blocking(move || {
+        self.unsynced += data.len() as u64;
+        if self.unsynced >= SYNC_AHEAD && self.syncing.as_ref().is_none_or(|s| s.is_finished()) {
+            self.settle_sync().await?;
+            // Everything written so far (the file is back: no write is in flight).
+            let g = f.try_clone()?;
+            self.syncing = Some(tokio::task::spawn_blocking(move || Ok(g.sync_data()?)));
+            self.unsynced = data.len() as u64;
+        }
+        self.pending = Some(tokio::task::spawn_blocking(move || {
             f.write_all(&data)?;
             Ok(f)
-        })
-        .await?;
-        self.file = Some(f);
+        }));
         Ok(())
     }
 
     async fn finish(mut self: Box<Self>) -> Result<()> {
+        let settled = match self.settle().await {
+            Ok(()) => self.settle_sync().await,
+            Err(e) => Err(e),
+        };
+        if let Err(e) = settled {
+            self.file.take();
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
+        }
         let f = self
             .file
             .take()
@@ -129,15 +185,20 @@ impl BlobWriter for LocalWriter {
     }
 
     async fn abort(mut self: Box<Self>) {
+        // A write in flight finishes first, so the file is not removed under it.
+        let _ = self.settle().await;
+        let _ = self.settle_sync().await;
         self.file.take();
         let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
 impl Drop for LocalWriter {
-    /// A writer dropped without finish (a cancelled upload) leaves no temporary file.
+    /// A writer dropped without finish (a cancelled upload) leaves no temporary file. (A
+    /// write still in flight then completes into the unlinked file, which the kernel frees
+    /// when that thread closes it.)
     fn drop(&mut self) {
-        if self.file.take().is_some() {
+        if self.file.take().is_some() || self.pending.take().is_some() {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -181,6 +242,9 @@ impl BlobStore for LocalBlobStore {
         .await?;
         Ok(Box::new(LocalWriter {
             file: Some(file),
+            pending: None,
+            syncing: None,
+            unsynced: 0,
             tmp,
             dest,
         }))

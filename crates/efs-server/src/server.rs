@@ -156,6 +156,18 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         ])
         .ok()
         .and_then(|b| b.install_recorder().ok());
+    if let Some(h) = metrics.clone() {
+        // The exporter keeps every histogram sample until upkeep folds it into the buckets:
+        // without this task, a server nobody scraped grew by 8 bytes per request (about
+        // 1.4 GB an hour at 50,000 requests a second).
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                tick.tick().await;
+                h.run_upkeep();
+            }
+        });
+    }
     let state = Arc::new(AppState {
         data: data.clone(),
         auth: auth.clone(),
