@@ -491,6 +491,27 @@ impl Filesystem {
         ))
     }
 
+    /// Resolves `path` once, for a read that needs the entry (headers, cache key) before it
+    /// decides whether to open the content: [`Filesystem::open_looked_up`] then opens that
+    /// same version without resolving the path again.
+    pub async fn look_up(&self, path: &EfsPath) -> Result<LookedUp> {
+        let kr = self.keyring();
+        let rec = self.lookup_record(&kr, path).await?;
+        Ok(LookedUp {
+            entry: Entry::from_record(&kr, &rec),
+            rec,
+        })
+    }
+
+    /// Opens the version that [`Filesystem::look_up`] found. [`CoreError::NotFound`] if it
+    /// is gone (replaced or deleted since): look the path up again.
+    pub async fn open_looked_up(&self, found: &LookedUp) -> Result<FileReader> {
+        if found.rec.kind != Kind::File {
+            return Err(CoreError::Conflict("not a file"));
+        }
+        self.open_record(&self.keyring(), &found.rec).await
+    }
+
     /// A page of directory `path`: up to `limit` entries after `cursor`, and the cursor of
     /// the next page if there may be more.
     pub async fn list(
@@ -1164,6 +1185,19 @@ fn check_precondition(kr: &Keyring, cond: &Precondition, current: Option<&Record
         Ok(())
     } else {
         Err(CoreError::Precondition)
+    }
+}
+
+/// A path resolved by [`Filesystem::look_up`]: its entry, and the record to open it by.
+pub struct LookedUp {
+    entry: Entry,
+    rec: Record,
+}
+
+impl LookedUp {
+    /// What was found.
+    pub fn entry(&self) -> &Entry {
+        &self.entry
     }
 }
 

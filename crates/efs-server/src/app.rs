@@ -669,7 +669,8 @@ async fn read_version(
     h: &HeaderMap,
     head: bool,
 ) -> Result<Option<Response>, ApiError> {
-    let entry = fs.stat(path).await?;
+    let found = fs.look_up(path).await?;
+    let entry = found.entry();
     if entry.kind == Kind::Dir {
         return Err(ApiError::new(
             StatusCode::CONFLICT,
@@ -753,10 +754,9 @@ async fn read_version(
         let cached = match st.cache.get(&entry.version) {
             Some(c) => c,
             None => {
-                let reader = fs.open(path).await?;
-                if reader.entry().version != entry.version {
+                let Some(reader) = open_found(fs, &found).await? else {
                     return Ok(None);
-                }
+                };
                 let mut data = zeroize::Zeroizing::new(Vec::with_capacity(len as usize));
                 let n = reader.segment_count();
                 let mut i = 0;
@@ -779,10 +779,9 @@ async fn read_version(
         let body = Body::from(cached.slice(start as usize, end as usize));
         return Ok(Some((status, headers, body).into_response()));
     }
-    let reader = fs.open(path).await?;
-    if reader.entry().version != entry.version {
+    let Some(reader) = open_found(fs, &found).await? else {
         return Ok(None);
-    }
+    };
     // The first batch is decrypted before the status is sent: content broken there (all
     // of a file up to 1 MiB) is a clean 500, not a 200 cut short.
     let segs = reader.segments_for(start, end);
@@ -792,6 +791,19 @@ async fn read_version(
     push_slices(&mut pending, first, segs.start, start, end);
     let body = Body::from_stream(stream_range(reader, start, end, first_end, pending));
     Ok(Some((status, headers, body).into_response()))
+}
+
+/// Opens the version a read looked up; `None` if it was replaced or deleted since (the
+/// caller looks the path up again).
+async fn open_found(
+    fs: &Filesystem,
+    found: &efs_core::fs::LookedUp,
+) -> Result<Option<efs_core::FileReader>, ApiError> {
+    match fs.open_looked_up(found).await {
+        Ok(r) => Ok(Some(r)),
+        Err(efs_core::CoreError::NotFound) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
 }
 
 /// Segments decrypted per read while streaming (1 MiB).
