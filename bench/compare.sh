@@ -134,9 +134,17 @@ load1() { cut -d' ' -f1 /proc/loadavg; }
 # rec SERVER WORKLOAD REQ_S MB_S P50_MS P99_MS RSS_KIB ERRORS NOTE
 rec() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$(load1)" >> "$RES"; }
 
+# Every timed run starts on a quiet disk: `sync` (untimed) first writes back what earlier
+# runs left dirty. nginx and rclone never fsync, so without it the gigabytes they left in
+# the page cache were being written back during the next server's runs, and EFS's fsyncs
+# (which flush the device) waited behind them: PUT 64 MiB measured 330 MB/s after the
+# other servers and 950 MB/s on its own in the same hour.
+quiet_disk() { sync; }
+
 # wrk_run NAME SIZE_BYTES [wrk args...]: one wrk run, recorded.
 wrk_run() {
   local name=$1 size=$2; shift 2
+  quiet_disk
   rss_reset
   wrk -t2 -c16 -d"${DUR}s" --latency "$@" > wrk.out 2>&1 || true
   local rss; rss=$(rss_peak)
@@ -158,6 +166,7 @@ curl_run() {
   local times=() err=0 i t code
   rss_reset
   for i in $(seq "$reps"); do
+    quiet_disk
     if [ "$dir" = put ]; then
       out=$("${CURL[@]}" $HTTPV "${AUTH[@]}" -T "$src" -o /dev/null -w '%{time_total} %{http_code}' "$BASE$path$i" || echo "0 000")
     else
@@ -322,6 +331,7 @@ run_workloads() {
   for i in $(seq -w 1 "$LIST_N"); do
     printf 'url = "%s/list/e%s"\nupload-file = "%s/tiny"\noutput = "/dev/null"\n' "$BASE" "$i" "$W" >> "$cfg"
   done
+  quiet_disk
   local t0 t1; t0=$(date +%s.%N)
   "${CURL[@]}" --no-progress-meter "${AUTH[@]}" -Z --parallel-max 16 -K "$cfg"
   t1=$(date +%s.%N)
