@@ -204,8 +204,13 @@ impl Drop for LocalWriter {
     }
 }
 
+/// Reads one blob through its own open file (so a blob unlinked by an overwrite stays
+/// readable until the reader is dropped).
 struct LocalReader {
-    file: Arc<std::fs::File>,
+    /// Seek and read under this lock: reading into the buffer's spare capacity
+    /// (`read_to_end`) leaves it uninitialised until the kernel fills it, where a positional
+    /// `read_exact_at` needs a zeroed buffer first; zeroing was 4 % of a large GET's CPU.
+    file: Arc<std::sync::Mutex<std::fs::File>>,
     len: u64,
 }
 
@@ -218,9 +223,14 @@ impl BlobReader for LocalReader {
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
         let f = self.file.clone();
         blocking(move || {
-            use std::os::unix::fs::FileExt;
-            let mut buf = vec![0u8; len];
-            f.read_exact_at(&mut buf, offset)?;
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
+            f.seek(SeekFrom::Start(offset))?;
+            let mut buf = Vec::with_capacity(len);
+            (&mut *f).take(len as u64).read_to_end(&mut buf)?;
+            if buf.len() != len {
+                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
+            }
             Ok(buf)
         })
         .await
@@ -256,7 +266,7 @@ impl BlobStore for LocalBlobStore {
             Ok(f) => {
                 let len = f.metadata()?.len();
                 Ok(Arc::new(LocalReader {
-                    file: Arc::new(f),
+                    file: Arc::new(std::sync::Mutex::new(f)),
                     len,
                 }) as Arc<dyn BlobReader>)
             }

@@ -86,12 +86,37 @@ async fn observe(req: Request, next: axum::middleware::Next) -> Response {
     let method = req.method().clone();
     let route = route_label(req.uri().path());
     let resp = next.run(req).await;
-    let status = resp.status().as_u16().to_string();
+    let status = status_label(resp.status());
     let elapsed = start.elapsed().as_secs_f64();
-    metrics::counter!("efs_http_requests_total", "route" => route, "method" => method.to_string(), "status" => status.clone()).increment(1);
+    metrics::counter!("efs_http_requests_total", "route" => route, "method" => method_label(&method), "status" => status).increment(1);
     metrics::histogram!("efs_http_request_duration_seconds", "route" => route).record(elapsed);
-    tracing::info!(%method, route, status, ms = (elapsed * 1000.0) as u64, "request");
+    tracing::info!(%method, route, status = resp.status().as_u16(), ms = (elapsed * 1000.0) as u64, "request");
     resp
+}
+
+/// The method as a metrics label, without an allocation for the usual ones.
+fn method_label(m: &Method) -> metrics::SharedString {
+    match *m {
+        Method::GET => "GET".into(),
+        Method::HEAD => "HEAD".into(),
+        Method::PUT => "PUT".into(),
+        Method::POST => "POST".into(),
+        Method::DELETE => "DELETE".into(),
+        _ => m.as_str().to_owned().into(),
+    }
+}
+
+/// The status as a metrics label, without an allocation for the usual ones.
+fn status_label(s: StatusCode) -> metrics::SharedString {
+    match s.as_u16() {
+        200 => "200".into(),
+        201 => "201".into(),
+        204 => "204".into(),
+        206 => "206".into(),
+        304 => "304".into(),
+        404 => "404".into(),
+        n => n.to_string().into(),
+    }
 }
 
 fn route_label(path: &str) -> &'static str {
