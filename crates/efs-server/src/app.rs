@@ -716,7 +716,7 @@ async fn read_version(
         };
         if hit {
             let mut r = StatusCode::NOT_MODIFIED.into_response();
-            set_etag(r.headers_mut(), &entry);
+            set_etag(r.headers_mut(), entry);
             return Ok(Some(r));
         }
     }
@@ -738,7 +738,7 @@ async fn read_version(
     };
     let (start, end) = range.unwrap_or((0, len));
     let mut headers = HeaderMap::new();
-    set_etag(&mut headers, &entry);
+    set_etag(&mut headers, entry);
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert(
         "x-content-type-options",
