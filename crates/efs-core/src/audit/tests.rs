@@ -364,3 +364,55 @@ async fn concurrent_writers_make_one_clean_chain() {
         assert_eq!(*got, (0..250u64).collect::<Vec<_>>(), "writer {w}");
     }
 }
+
+/// The anchor follows a running writer: written right after the first fsync, then at most
+/// every `anchor_interval`, and caught up once the writer goes idle (not only at close).
+#[tokio::test]
+async fn the_anchor_follows_a_running_writer_within_its_interval() {
+    use super::writer::{HeadFile, read_head};
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("audit");
+    let keys = AuditKeys::for_tests(9);
+    let opts = AuditOptions {
+        anchor_interval: std::time::Duration::from_secs(1),
+        ..Default::default()
+    };
+    let log = AuditLog::open(&dir, &keys, opts).unwrap();
+    let anchored = |dir: &Path| match read_head(dir, &keys).unwrap() {
+        HeadFile::Valid(h) => h.seq,
+        HeadFile::Missing => 0,
+        HeadFile::Invalid => panic!("the anchor is damaged"),
+    };
+    log.record(rec(1)).await.unwrap();
+    // The first fsync group writes the anchor at once.
+    let mut first = 0;
+    for _ in 0..100 {
+        first = anchored(&dir);
+        if first == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(first, 1, "the first entry was never anchored");
+    // More entries right after: synced, but the anchor waits for its interval...
+    log.record(rec(2)).await.unwrap();
+    log.record(rec(3)).await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    assert_eq!(
+        anchored(&dir),
+        1,
+        "the anchor was rewritten before its interval"
+    );
+    // ...and then catches up although nothing more is written and the log stays open.
+    let mut caught_up = false;
+    for _ in 0..500 {
+        if anchored(&dir) == 3 {
+            caught_up = true;
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    assert!(caught_up, "the anchor never caught up with an idle writer");
+    assert!(verify(&dir, &keys, None).unwrap().is_clean());
+    log.close();
+}
