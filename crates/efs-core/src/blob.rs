@@ -102,6 +102,8 @@ struct LocalWriter {
     syncing: Option<Pending<()>>,
     /// Bytes written since the last background fdatasync started.
     unsynced: u64,
+    /// Set once the blob is in place: from then on `tmp` is not ours to remove.
+    finished: bool,
     tmp: PathBuf,
     dest: PathBuf,
 }
@@ -133,18 +135,22 @@ impl BlobWriter for LocalWriter {
     async fn write(&mut self, data: Vec<u8>) -> Result<()> {
         use std::io::Write;
         self.settle().await?;
-        let mut f = self
-            .file
-            .take()
-            .ok_or(CoreError::Corrupt("blob writer closed"))?;
         self.unsynced += data.len() as u64;
         if self.unsynced >= SYNC_AHEAD && self.syncing.as_ref().is_none_or(|s| s.is_finished()) {
             self.settle_sync().await?;
             // Everything written so far (the file is back: no write is in flight).
-            let g = f.try_clone()?;
+            let g = self
+                .file
+                .as_ref()
+                .ok_or(CoreError::Corrupt("blob writer closed"))?
+                .try_clone()?;
             self.syncing = Some(tokio::task::spawn_blocking(move || Ok(g.sync_data()?)));
             self.unsynced = data.len() as u64;
         }
+        let mut f = self
+            .file
+            .take()
+            .ok_or(CoreError::Corrupt("blob writer closed"))?;
         self.pending = Some(tokio::task::spawn_blocking(move || {
             f.write_all(&data)?;
             Ok(f)
@@ -153,15 +159,9 @@ impl BlobWriter for LocalWriter {
     }
 
     async fn finish(mut self: Box<Self>) -> Result<()> {
-        let settled = match self.settle().await {
-            Ok(()) => self.settle_sync().await,
-            Err(e) => Err(e),
-        };
-        if let Err(e) = settled {
-            self.file.take();
-            let _ = std::fs::remove_file(&self.tmp);
-            return Err(e);
-        }
+        // On an error `Drop` removes the temporary file.
+        self.settle().await?;
+        self.settle_sync().await?;
         let f = self
             .file
             .take()
@@ -178,27 +178,25 @@ impl BlobWriter for LocalWriter {
             Ok(())
         })
         .await;
-        if res.is_err() {
-            let _ = std::fs::remove_file(&self.tmp);
-        }
+        // On success the blob is in place; on failure `Drop` removes the temporary file.
+        self.finished = res.is_ok();
         res
     }
 
     async fn abort(mut self: Box<Self>) {
         // A write in flight finishes first, so the file is not removed under it.
+        // `Drop` then removes the temporary file.
         let _ = self.settle().await;
         let _ = self.settle_sync().await;
-        self.file.take();
-        let _ = std::fs::remove_file(&self.tmp);
     }
 }
 
 impl Drop for LocalWriter {
-    /// A writer dropped without finish (a cancelled upload) leaves no temporary file. (A
-    /// write still in flight then completes into the unlinked file, which the kernel frees
-    /// when that thread closes it.)
+    /// A writer dropped without finish (a cancelled upload, or an error on the way) leaves
+    /// no temporary file. (A write still in flight then completes into the unlinked file,
+    /// which the kernel frees when that thread closes it.)
     fn drop(&mut self) {
-        if self.file.take().is_some() || self.pending.take().is_some() {
+        if !self.finished {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
@@ -255,6 +253,7 @@ impl BlobStore for LocalBlobStore {
             pending: None,
             syncing: None,
             unsynced: 0,
+            finished: false,
             tmp,
             dest,
         }))
@@ -349,5 +348,63 @@ impl BlobStore for LocalBlobStore {
             Ok(out)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp_files(root: &Path) -> usize {
+        std::fs::read_dir(root.join("tmp")).unwrap().count()
+    }
+
+    /// Past [`SYNC_AHEAD`], so a background fdatasync runs while writes are still in flight.
+    fn chunks() -> Vec<Vec<u8>> {
+        (0..40u8).map(|i| vec![i; 1 << 20]).collect()
+    }
+
+    #[tokio::test]
+    async fn a_finished_blob_reads_back_and_leaves_no_temporary_file() {
+        let t = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(t.path()).unwrap();
+        let id = [7u8; 16];
+        let mut w = store.create(&id).await.unwrap();
+        for c in chunks() {
+            w.write(c).await.unwrap();
+        }
+        w.finish().await.unwrap();
+        assert_eq!(tmp_files(t.path()), 0);
+        let r = store.open(&id).await.unwrap();
+        assert_eq!(r.len(), 40 << 20);
+        for (i, c) in chunks().iter().enumerate() {
+            assert_eq!(&r.read_at((i as u64) << 20, 1 << 20).await.unwrap(), c);
+        }
+        // Reading past the end is an error, not a short buffer.
+        assert!(r.read_at((40 << 20) - 10, 20).await.is_err());
+    }
+
+    #[tokio::test]
+    async fn an_aborted_or_dropped_writer_leaves_no_temporary_file() {
+        let t = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(t.path()).unwrap();
+        let mut w = store.create(&[1u8; 16]).await.unwrap();
+        for c in chunks() {
+            w.write(c).await.unwrap();
+        }
+        assert_eq!(tmp_files(t.path()), 1);
+        w.abort().await;
+        assert_eq!(tmp_files(t.path()), 0);
+        // Dropped with a write still in flight (a cancelled upload).
+        let mut w = store.create(&[2u8; 16]).await.unwrap();
+        for c in chunks().into_iter().take(3) {
+            w.write(c).await.unwrap();
+        }
+        drop(w);
+        assert_eq!(tmp_files(t.path()), 0);
+        assert!(matches!(
+            store.open(&[2u8; 16]).await.err(),
+            Some(CoreError::NotFound)
+        ));
     }
 }
