@@ -180,7 +180,7 @@ async fn tampered_blobs_are_never_served() {
             std::fs::write($target, $new).unwrap();
             let got = fetch(srv, $path, tok).await;
             let cut = assert_refused(&got, $honest, &format!("{} on {}", $kind, $path));
-            // A file within the first MiB is checked before the answer starts.
+            // A file within the first batch (256 KiB) is checked before the answer starts.
             assert!(!cut, "{}: a clean error status, not a cut: {got:?}", $kind);
             if !fsck_checked.contains_key($kind) {
                 let (code, text) = fsck_text(srv);
