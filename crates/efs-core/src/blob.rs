@@ -205,11 +205,37 @@ impl Drop for LocalWriter {
 /// Reads one blob through its own open file (so a blob unlinked by an overwrite stays
 /// readable until the reader is dropped).
 struct LocalReader {
-    /// Seek and read under this lock: reading into the buffer's spare capacity
-    /// (`read_to_end`) leaves it uninitialised until the kernel fills it, where a positional
-    /// `read_exact_at` needs a zeroed buffer first; zeroing was 4 % of a large GET's CPU.
-    file: Arc<std::sync::Mutex<std::fs::File>>,
+    file: Arc<std::fs::File>,
     len: u64,
+}
+
+/// Reads what the page cache holds of `buf.len()` bytes at `offset` without blocking:
+/// `preadv2(RWF_NOWAIT)` copies cached pages and stops (or fails with `EAGAIN`) where the
+/// disk would have to be read. Returns the bytes read; the caller reads the rest on the
+/// blocking pool. Handing every read to that pool cost a thread wake-up and a context
+/// switch per read: reading cached blobs on the async thread made GET 1 MiB with the cache
+/// off about 11 % faster (docs/benchmarks.md). A cold read still never blocks this thread.
+#[cfg(target_os = "linux")]
+fn read_cached(file: &std::fs::File, buf: &mut [u8], offset: u64) -> usize {
+    use rustix::io::{Errno, ReadWriteFlags, preadv2};
+    let mut done = 0;
+    while done < buf.len() {
+        let mut iov = [std::io::IoSliceMut::new(&mut buf[done..])];
+        match preadv2(file, &mut iov, offset + done as u64, ReadWriteFlags::NOWAIT) {
+            Ok(0) => break,
+            Ok(n) => done += n,
+            Err(Errno::INTR) => continue,
+            // EAGAIN (not cached), EOPNOTSUPP (a kernel or filesystem without NOWAIT),
+            // or a real error, which the blocking read reports.
+            Err(_) => break,
+        }
+    }
+    done
+}
+
+#[cfg(not(target_os = "linux"))]
+fn read_cached(_file: &std::fs::File, _buf: &mut [u8], _offset: u64) -> usize {
+    0
 }
 
 #[async_trait]
@@ -219,16 +245,16 @@ impl BlobReader for LocalReader {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let cached = read_cached(&self.file, &mut buf, offset);
+        if cached == len {
+            return Ok(buf);
+        }
         let f = self.file.clone();
         blocking(move || {
-            use std::io::{Read, Seek, SeekFrom};
-            let mut f = f.lock().unwrap_or_else(|e| e.into_inner());
-            f.seek(SeekFrom::Start(offset))?;
-            let mut buf = Vec::with_capacity(len);
-            (&mut *f).take(len as u64).read_to_end(&mut buf)?;
-            if buf.len() != len {
-                return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
-            }
+            use std::os::unix::fs::FileExt;
+            // An end of file before `len` bytes is `UnexpectedEof`.
+            f.read_exact_at(&mut buf[cached..], offset + cached as u64)?;
             Ok(buf)
         })
         .await
@@ -265,7 +291,7 @@ impl BlobStore for LocalBlobStore {
             Ok(f) => {
                 let len = f.metadata()?.len();
                 Ok(Arc::new(LocalReader {
-                    file: Arc::new(std::sync::Mutex::new(f)),
+                    file: Arc::new(f),
                     len,
                 }) as Arc<dyn BlobReader>)
             }
@@ -382,6 +408,50 @@ mod tests {
         }
         // Reading past the end is an error, not a short buffer.
         assert!(r.read_at((40 << 20) - 10, 20).await.is_err());
+    }
+
+    /// A blob the page cache does not hold is not read on the async thread (that would
+    /// block it on the disk) but on the blocking pool, and reads back the same; so does one
+    /// the cache holds only in part.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_blob_out_of_the_page_cache_is_read_on_the_blocking_pool() {
+        use rustix::fs::{Advice, fadvise};
+        let t = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(t.path()).unwrap();
+        let id = [9u8; 16];
+        let mut w = store.create(&id).await.unwrap();
+        let content: Vec<u8> = (0..(4u32 << 20)).map(|i| (i % 251) as u8).collect();
+        w.write(content.clone()).await.unwrap();
+        // Finished means fsynced: the cached pages are clean and can be dropped.
+        w.finish().await.unwrap();
+        let path = store.path_of(&id);
+        let evict = || {
+            let f = std::fs::File::open(&path).unwrap();
+            fadvise(&f, 0, None, Advice::DontNeed).unwrap();
+        };
+        evict();
+        let f = std::fs::File::open(&path).unwrap();
+        let mut probe = vec![0u8; 1 << 20];
+        assert!(
+            read_cached(&f, &mut probe, 0) < probe.len(),
+            "an evicted blob must not be read without blocking"
+        );
+        evict();
+        let r = store.open(&id).await.unwrap();
+        assert_eq!(r.read_at(0, 4 << 20).await.unwrap(), content);
+        // Evicted again, then a first read caches the start (and what the kernel reads
+        // ahead): a longer read is served partly from the cache, partly from the disk.
+        evict();
+        assert_eq!(r.read_at(0, 1 << 20).await.unwrap(), &content[..1 << 20]);
+        assert_eq!(
+            r.read_at(1000, (3 << 20) + 5).await.unwrap(),
+            &content[1000..(3 << 20) + 1005]
+        );
+        // Cached now: the whole read is served without the blocking pool.
+        let mut all = vec![0u8; 4 << 20];
+        assert_eq!(read_cached(&f, &mut all, 0), 4 << 20);
+        assert_eq!(all, content);
     }
 
     #[tokio::test]
