@@ -43,14 +43,27 @@ const WRITE_CHUNK: usize = 1 << 20;
 pub struct FsOptions {
     /// Files up to this many plaintext bytes are stored inline in the index.
     pub inline_max: usize,
+    /// Paths whose lookup ([`Filesystem::look_up`]) is remembered; 0 turns the cache off.
+    /// An entry is used only while the index has not changed since it was read
+    /// ([`Index::changes`]): any write empties the cache in effect, so a read never sees
+    /// an older version than one a write has already acknowledged.
+    pub lookup_cache: usize,
 }
 
 impl Default for FsOptions {
     fn default() -> Self {
         Self {
             inline_max: 128 * 1024,
+            lookup_cache: 0,
         }
     }
+}
+
+/// Paths looked up while the index stayed at `changes` (see [`FsOptions::lookup_cache`]).
+#[derive(Default)]
+struct LookupCache {
+    changes: u64,
+    found: std::collections::HashMap<String, Arc<LookedUp>>,
 }
 
 /// A precondition on the current state of a path (HTTP `If-Match` / `If-None-Match`).
@@ -193,6 +206,7 @@ pub struct Filesystem {
     reencrypting: std::sync::atomic::AtomicBool,
     /// Blob removals deferred while a backup copies its snapshot (see `backup.rs`).
     pins: std::sync::Mutex<backup::Pins>,
+    lookups: std::sync::Mutex<LookupCache>,
 }
 
 impl std::fmt::Debug for Filesystem {
@@ -247,6 +261,7 @@ impl Filesystem {
             trust: tokio::sync::watch::Sender::new(IndexTrust::Trusted),
             reencrypting: std::sync::atomic::AtomicBool::new(false),
             pins: std::sync::Mutex::new(backup::Pins::default()),
+            lookups: std::sync::Mutex::new(LookupCache::default()),
         }
     }
 
@@ -494,7 +509,49 @@ impl Filesystem {
     /// Resolves `path` once, for a read that needs the entry (headers, cache key) before it
     /// decides whether to open the content: [`Filesystem::open_looked_up`] then opens that
     /// same version without resolving the path again.
-    pub async fn look_up(&self, path: &EfsPath) -> Result<LookedUp> {
+    ///
+    /// With [`FsOptions::lookup_cache`], a path looked up since the index last changed is
+    /// answered from memory (after the same index-trust check).
+    pub async fn look_up(&self, path: &EfsPath) -> Result<Arc<LookedUp>> {
+        let cap = self.opts.lookup_cache;
+        if cap == 0 || path.is_root() {
+            return self.look_up_in_index(path).await.map(Arc::new);
+        }
+        let key = path.to_string();
+        // Read before the lookup: if a write lands meanwhile, the count has moved on and
+        // what was read is not kept.
+        let changes = self.index.changes();
+        if let Some(hit) = self.cached_lookup(changes, &key) {
+            self.trusted().await?;
+            return Ok(hit);
+        }
+        let found = Arc::new(self.look_up_in_index(path).await?);
+        let mut c = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        if self.index.changes() == changes && c.changes == changes {
+            if c.found.len() >= cap {
+                c.found.clear();
+            }
+            c.found.insert(key, found.clone());
+        }
+        Ok(found)
+    }
+
+    /// The remembered lookup of `key`, if the index is still at `changes`; forgets every
+    /// lookup when it has moved on.
+    fn cached_lookup(&self, changes: u64, key: &str) -> Option<Arc<LookedUp>> {
+        let mut c = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        if c.changes != changes {
+            // (A reader that read the count before a later one filled the cache leaves it.)
+            if changes > c.changes {
+                c.found.clear();
+                c.changes = changes;
+            }
+            return None;
+        }
+        c.found.get(key).cloned()
+    }
+
+    async fn look_up_in_index(&self, path: &EfsPath) -> Result<LookedUp> {
         let kr = self.keyring();
         let rec = self.lookup_record(&kr, path).await?;
         Ok(LookedUp {

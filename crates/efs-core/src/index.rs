@@ -105,6 +105,10 @@ pub trait Index: Send + Sync {
     /// Applies `batch` atomically and durably if every expectation holds; `Ok(false)`
     /// (nothing written) if one does not. Returns only once the write is durable.
     async fn commit(&self, batch: Batch) -> Result<bool>;
+    /// A counter that moves on every write transaction (a commit, an accepted digest),
+    /// before the commit returns: what was read while it stayed the same is still current.
+    /// The path lookup cache ([`crate::fs::FsOptions::lookup_cache`]) relies on this.
+    fn changes(&self) -> u64;
     /// Every entry, in key order, `limit` at a time after `after` (fsck, gc, rotation).
     async fn scan_entries(
         &self,

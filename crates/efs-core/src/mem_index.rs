@@ -26,6 +26,8 @@ struct State {
 /// An [`Index`] held in memory (tests, reference model).
 pub struct MemIndex {
     state: Mutex<State>,
+    /// See [`Index::changes`].
+    changes: std::sync::atomic::AtomicU64,
     digest: DigestKey,
 }
 
@@ -51,6 +53,7 @@ impl MemIndex {
                 inline: BTreeMap::new(),
                 meta,
             }),
+            changes: std::sync::atomic::AtomicU64::new(0),
             digest,
         }
     }
@@ -59,6 +62,8 @@ impl MemIndex {
     /// index would (tamper tests).
     pub fn tamper_meta(&self, name: &str, value: Option<Vec<u8>>) {
         let mut st = self.state();
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         match value {
             Some(v) => st.meta.insert(name.to_owned(), v),
             None => st.meta.remove(name),
@@ -69,6 +74,8 @@ impl MemIndex {
     /// digest, as someone editing the stored index would (tamper tests).
     pub fn tamper_entry(&self, key: &EntryKey, value: Option<Vec<u8>>) {
         let mut st = self.state();
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         match value {
             Some(v) => st.entries.insert(*key, v),
             None => st.entries.remove(key),
@@ -100,6 +107,10 @@ fn range_after(
 impl Index for MemIndex {
     async fn get_entry(&self, key: &EntryKey) -> Result<Option<Vec<u8>>> {
         Ok(self.state().entries.get(key).cloned())
+    }
+
+    fn changes(&self) -> u64 {
+        self.changes.load(std::sync::atomic::Ordering::Acquire)
     }
 
     async fn list_dir(
@@ -149,6 +160,9 @@ impl Index for MemIndex {
         if !holds {
             return Ok(false);
         }
+        // Under the state lock, so no read sees the new state with the old count.
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         // As in the redb index: an unreadable digest is left as it is, for fsck to report.
         let mut digest = st
             .meta
@@ -229,6 +243,8 @@ impl Index for MemIndex {
 
     async fn accept_digest(&self) -> Result<DigestCheck> {
         let mut st = self.state.lock().expect("index lock poisoned");
+        self.changes
+            .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
         let generation = st
             .meta
             .get(META_DIGEST)

@@ -15,6 +15,7 @@
 //! once space is freed, without a restart.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::{Duration, Instant};
@@ -41,6 +42,8 @@ pub struct RedbIndex {
     db: Arc<Handle>,
     digest: Arc<DigestKey>,
     tx: mpsc::Sender<(Batch, Reply)>,
+    /// See [`Index::changes`]: moved by the committer after each group, before it answers.
+    changes: Arc<AtomicU64>,
     /// Joined on drop: the committer holds the database open until it has stopped.
     committer: Option<std::thread::JoinHandle<()>>,
 }
@@ -179,20 +182,28 @@ impl RedbIndex {
         let (tx, rx) = mpsc::channel::<(Batch, Reply)>();
         let db2 = db.clone();
         let key2 = digest.clone();
+        let changes = Arc::new(AtomicU64::new(0));
+        let changes2 = changes.clone();
         let committer = std::thread::Builder::new()
             .name("efs-index-commit".into())
-            .spawn(move || committer(db2, key2, rx))
+            .spawn(move || committer(db2, key2, changes2, rx))
             .map_err(CoreError::Io)?;
         Ok(Self {
             db,
             digest,
             tx,
+            changes,
             committer: Some(committer),
         })
     }
 }
 
-fn committer(handle: Arc<Handle>, key: Arc<DigestKey>, rx: mpsc::Receiver<(Batch, Reply)>) {
+fn committer(
+    handle: Arc<Handle>,
+    key: Arc<DigestKey>,
+    changes: Arc<AtomicU64>,
+    rx: mpsc::Receiver<(Batch, Reply)>,
+) {
     let mut failed = false;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
@@ -210,6 +221,9 @@ fn committer(handle: Arc<Handle>, key: Arc<DigestKey>, rx: mpsc::Receiver<(Batch
             .current()
             .and_then(|db| apply_group(&db, &key, &group));
         failed = outcome.is_err();
+        // Before any answer: a read that starts after a writer has its answer sees the new
+        // count. (Also after a failed group: whatever it did, lookups read again.)
+        changes.fetch_add(1, Ordering::AcqRel);
         match outcome {
             Ok(results) => {
                 for ((_, reply), ok) in group.into_iter().zip(results) {
@@ -328,6 +342,10 @@ impl Index for RedbIndex {
         Ok(t.get(key.as_slice())
             .map_err(ix)?
             .map(|v| v.value().to_vec()))
+    }
+
+    fn changes(&self) -> u64 {
+        self.changes.load(Ordering::Acquire)
     }
 
     async fn list_dir(
@@ -458,6 +476,7 @@ impl Index for RedbIndex {
     async fn accept_digest(&self) -> Result<DigestCheck> {
         let db = self.db.current()?;
         let key = self.digest.clone();
+        let changes = self.changes.clone();
         // redb runs one write transaction at a time: this one is serialised with the
         // committer's groups, so no batch slips between the scan and the new digest.
         tokio::task::spawn_blocking(move || -> Result<DigestCheck> {
@@ -481,6 +500,7 @@ impl Index for RedbIndex {
                 meta.insert(META_DIGEST, sealed.as_slice()).map_err(ix)?;
                 (sealed, acc)
             };
+            changes.fetch_add(1, Ordering::AcqRel);
             w.commit().map_err(ix)?;
             Ok(DigestCheck::compare(&key, Some(&sealed.0), &sealed.1))
         })

@@ -424,6 +424,77 @@ async fn rename_file_and_directory() {
     assert_eq!(env.blob_files().len(), 2);
 }
 
+/// The lookup cache (on in these tests, 8 paths): a path looked up again with no write in
+/// between is answered from memory; after any write (to that path or another, a rename of
+/// a parent, a delete) it is looked up again and never shows an older version.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn remembered_lookups_never_outlive_a_write() {
+    let env = Env::new();
+    let fs = &env.fs;
+    let v1 = put(fs, "/c/a.txt", b"one").await;
+    let first = fs.look_up(&p("/c/a.txt")).await.unwrap();
+    assert_eq!(first.entry().version, v1.version);
+    let again = fs.look_up(&p("/c/a.txt")).await.unwrap();
+    assert!(
+        std::sync::Arc::ptr_eq(&first, &again),
+        "a hit is the remembered lookup"
+    );
+
+    // Overwritten: the new version at once, and its content.
+    let v2 = put(fs, "/c/a.txt", b"two").await;
+    let found = fs.look_up(&p("/c/a.txt")).await.unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&first, &found));
+    assert_eq!(found.entry().version, v2.version);
+    let r = fs.open_looked_up(&found).await.unwrap();
+    assert_eq!(common::read_reader(&r).await.unwrap(), b"two");
+
+    // A write elsewhere also ends the remembered lookups (the cache does not know what a
+    // batch touched); the answer is the same version.
+    fs.look_up(&p("/c/a.txt")).await.unwrap();
+    put(fs, "/other.txt", b"x").await;
+    let after = fs.look_up(&p("/c/a.txt")).await.unwrap();
+    assert!(!std::sync::Arc::ptr_eq(&found, &after));
+    assert_eq!(after.entry().version, v2.version);
+
+    // A parent renamed: the old path is gone, the new one found.
+    fs.look_up(&p("/c/a.txt")).await.unwrap();
+    fs.rename(&p("/c"), &p("/d"), false).await.unwrap();
+    assert!(matches!(
+        fs.look_up(&p("/c/a.txt")).await,
+        Err(CoreError::NotFound)
+    ));
+    assert_eq!(
+        fs.look_up(&p("/d/a.txt")).await.unwrap().entry().version,
+        v2.version
+    );
+
+    // Deleted: not found, though it was looked up just before.
+    fs.look_up(&p("/d/a.txt")).await.unwrap();
+    fs.delete(&p("/d/a.txt"), Precondition::None, false)
+        .await
+        .unwrap();
+    assert!(matches!(
+        fs.look_up(&p("/d/a.txt")).await,
+        Err(CoreError::NotFound)
+    ));
+
+    // More paths than the cache holds: every answer is still right.
+    for i in 0..20 {
+        put(fs, &format!("/many/{i}"), format!("{i}").as_bytes()).await;
+    }
+    for round in 0..2 {
+        for i in 0..20 {
+            let f = fs.look_up(&p(&format!("/many/{i}"))).await.unwrap();
+            let r = fs.open_looked_up(&f).await.unwrap();
+            assert_eq!(
+                common::read_reader(&r).await.unwrap(),
+                format!("{i}").as_bytes(),
+                "round {round}"
+            );
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rename_conflicts_and_overwrite() {
     let env = Env::new();

@@ -59,6 +59,7 @@ impl FaultyFs {
             Keyring::generate(),
             FsOptions {
                 inline_max: INLINE_MAX,
+                ..Default::default()
             },
         ));
         Self {

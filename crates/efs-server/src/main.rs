@@ -51,7 +51,8 @@ struct Args {
     /// Largest file accepted, in bytes (larger: 413).
     #[arg(long, default_value_t = 16 << 30)]
     max_body_size: u64,
-    /// Decrypted cache size in bytes (0 turns it off).
+    /// Decrypted cache size in bytes (0 turns it off, and with it the cache of path
+    /// lookups, which is emptied by every write).
     #[arg(long, default_value_t = 256 << 20)]
     cache_size: u64,
     /// Largest file kept in the cache, in bytes.

@@ -75,11 +75,22 @@ fn spawn_index_checks(data: &Arc<DataDir>) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Paths per filesystem whose lookup is remembered while the index does not change
+/// (a few hundred bytes each).
+const LOOKUP_CACHE_PATHS: usize = 4096;
+
 /// Opens the data dir, prints the start-up facts and serves until a signal.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let opts = OpenOptions {
         fs: FsOptions {
             inline_max: cfg.inline_max,
+            // Path lookups are remembered with the cache on (see `FsOptions::lookup_cache`):
+            // a GET of a small file then skips walking the path in the index.
+            lookup_cache: if cfg.cache.capacity > 0 {
+                LOOKUP_CACHE_PATHS
+            } else {
+                0
+            },
         },
         ..Default::default()
     };

@@ -169,6 +169,9 @@ impl Index for FaultyIndex {
     async fn get_entry(&self, key: &EntryKey) -> Result<Option<Vec<u8>>> {
         self.inner.get_entry(key).await
     }
+    fn changes(&self) -> u64 {
+        self.inner.changes()
+    }
     async fn list_dir(
         &self,
         dir: &DirTag,

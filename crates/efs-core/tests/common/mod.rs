@@ -19,6 +19,7 @@ pub fn opts() -> OpenOptions {
     OpenOptions {
         fs: FsOptions {
             inline_max: INLINE_MAX,
+            lookup_cache: 8,
         },
         ..Default::default()
     }
