@@ -2,12 +2,13 @@
 //!
 //! Input: 8 bytes of file length (big-endian), then the header text. Oracle: nothing panics;
 //! a range served lies inside the file, non-empty, and came from a header of digits only
-//! (RFC 9110 `1*DIGIT`, with spaces and tabs only as whitespace); an entity-tag list never yields more tags than it has elements, and
-//! the tags it yields, written back, parse to themselves.
+//! (RFC 9110 `1*DIGIT`, with spaces and tabs only as whitespace); an entity-tag list never yields more tags than it has elements,
+//! the tags it yields, written back, parse to themselves, and a strong comparison yields a
+//! subset of what a weak one does.
 
 #![no_main]
 
-use efs_server::http_headers::{Unsatisfiable, parse_etags, parse_range_value};
+use efs_server::http_headers::{EtagCompare, Unsatisfiable, parse_etags, parse_range_value};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -35,14 +36,22 @@ fuzz_target!(|data: &[u8]| {
         Err(Unsatisfiable) => assert!(text.trim_matches([' ', '\t']).starts_with("bytes=")),
     }
 
-    if let Some(tags) = parse_etags(text) {
-        assert!(tags.len() <= text.split(',').count());
-        let written: Vec<String> = tags
-            .iter()
-            .map(|t| format!("\"{}\"", hex::encode(t)))
-            .collect();
-        assert_eq!(parse_etags(&written.join(", ")), Some(tags));
-    } else {
-        assert_eq!(text.trim(), "*");
+    for compare in [EtagCompare::Strong, EtagCompare::Weak] {
+        if let Some(tags) = parse_etags(text, compare) {
+            assert!(tags.len() <= text.split(',').count());
+            let written: Vec<String> = tags
+                .iter()
+                .map(|t| format!("\"{}\"", hex::encode(t)))
+                .collect();
+            assert_eq!(parse_etags(&written.join(", "), compare), Some(tags));
+        } else {
+            assert_eq!(text.trim(), "*");
+        }
+    }
+    if let (Some(strong), Some(weak)) = (
+        parse_etags(text, EtagCompare::Strong),
+        parse_etags(text, EtagCompare::Weak),
+    ) {
+        assert!(strong.iter().all(|t| weak.contains(t)));
     }
 });

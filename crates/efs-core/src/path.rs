@@ -105,6 +105,10 @@ impl EfsPath {
             return Err(PathError::PathTooLong);
         }
         let body = &text[1..];
+        if body == "/" {
+            // `//`: an empty segment, not the root with a trailing slash.
+            return Err(PathError::EmptySegment);
+        }
         let body = body.strip_suffix('/').unwrap_or(body);
         let mut segments = Vec::new();
         if !body.is_empty() {
@@ -269,6 +273,7 @@ mod tests {
             ("/./a", DotSegment),
             ("/a//b", EmptySegment),
             ("//a", EmptySegment),
+            ("//", EmptySegment),
             ("/a%2F/b", EncodedSlash),
             ("/a%2fb", EncodedSlash),
             ("/a\\b", Backslash),

@@ -24,7 +24,7 @@ use crate::audit::{Who, refuse_if_failed, seal_answer};
 use crate::auth::{Authenticator, Caller, ChallengeRequest, TokenRequest};
 use crate::cache::{CachedFile, ContentCache};
 use crate::error::ApiError;
-use crate::http_headers::{Unsatisfiable, parse_etags, parse_range};
+use crate::http_headers::{EtagCompare, Unsatisfiable, parse_etags, parse_range};
 use crate::users::Users;
 use efs_core::audit::{Action, Record};
 
@@ -595,7 +595,7 @@ fn write_precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
         let v = v
             .to_str()
             .map_err(|_| ApiError::bad_request("bad If-Match"))?;
-        return Ok(match parse_etags(v) {
+        return Ok(match parse_etags(v, EtagCompare::Strong) {
             None => Precondition::IfExists,
             Some(tags) => Precondition::IfMatch(tags),
         });
@@ -704,13 +704,13 @@ async fn read_version(
         ));
     }
     if let Some(v) = h.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-        && let Some(tags) = parse_etags(v)
+        && let Some(tags) = parse_etags(v, EtagCompare::Strong)
         && !tags.contains(&entry.version)
     {
         return Err(efs_core::CoreError::Precondition.into());
     }
     if let Some(v) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        let hit = match parse_etags(v) {
+        let hit = match parse_etags(v, EtagCompare::Weak) {
             None => true,
             Some(tags) => tags.contains(&entry.version),
         };

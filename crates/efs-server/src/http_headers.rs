@@ -77,11 +77,20 @@ fn parse_digits(s: &str) -> Option<u64> {
     s.parse().ok()
 }
 
+/// How an entity tag in a condition is compared with the current one (RFC 9110 §8.8.3.2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EtagCompare {
+    /// `If-Match`: a weak tag (`W/"…"`) matches nothing.
+    Strong,
+    /// `If-None-Match`: `W/"x"` matches as `"x"` (a client may have weakened the tag).
+    Weak,
+}
+
 /// Parses an entity-tag list (`"a", "b"` or `*`). Returns None for `*`.
 ///
 /// EFS entity tags are 16 bytes in hex; anything else in the list can match no version of any
 /// file, so it is left out (and a list of only such tags matches nothing).
-pub fn parse_etags(v: &str) -> Option<Vec<[u8; 16]>> {
+pub fn parse_etags(v: &str, compare: EtagCompare) -> Option<Vec<[u8; 16]>> {
     if v.trim() == "*" {
         return None;
     }
@@ -89,6 +98,11 @@ pub fn parse_etags(v: &str) -> Option<Vec<[u8; 16]>> {
         v.split(',')
             .filter_map(|t| {
                 let t = t.trim();
+                let t = match (compare, t.strip_prefix("W/")) {
+                    (EtagCompare::Weak, Some(weak)) => weak,
+                    (EtagCompare::Strong, Some(_)) => return None,
+                    (_, None) => t,
+                };
                 let t = t.strip_prefix('"')?.strip_suffix('"')?;
                 hex::decode(t)
                     .ok()
@@ -145,11 +159,20 @@ mod tests {
     fn etag_lists() {
         let a = "00112233445566778899aabbccddeeff";
         let b = "ffeeddccbbaa99887766554433221100";
-        assert_eq!(parse_etags(" * "), None);
-        let tags = parse_etags(&format!("\"{a}\" , \"{b}\",W/\"{a}\", junk")).unwrap();
+        use EtagCompare::*;
+        assert_eq!(parse_etags(" * ", Strong), None);
+        assert_eq!(parse_etags(" * ", Weak), None);
+        let list = format!("\"{a}\" , \"{b}\",W/\"{b}\", junk, w/\"{a}\"");
+        // Strong comparison: the weak tag is left out.
+        let tags = parse_etags(&list, Strong).unwrap();
         assert_eq!(tags.len(), 2);
         assert_eq!(hex::encode(tags[0]), a);
         assert_eq!(hex::encode(tags[1]), b);
-        assert_eq!(parse_etags(""), Some(vec![]));
+        // Weak comparison: `W/"b"` counts as "b"; a lower-case `w/` is not the weak marker.
+        let tags = parse_etags(&list, Weak).unwrap();
+        assert_eq!(tags.len(), 3);
+        assert_eq!(hex::encode(tags[2]), b);
+        assert_eq!(parse_etags(&format!("W/\"{a}\""), Strong), Some(vec![]));
+        assert_eq!(parse_etags("", Strong), Some(vec![]));
     }
 }

@@ -860,6 +860,23 @@ async fn overwrite_etags_and_conditional_requests() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.bytes().await.unwrap(), "five");
+    // If-None-Match compares weakly (RFC 9110): the current tag made weak still gives 304;
+    // If-Match compares strongly: the same weak tag matches nothing (412).
+    let weak = format!("W/{e5}");
+    let r = srv
+        .req("GET", "/c.txt", &s.token)
+        .header("if-none-match", &weak)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304, "a weak tag in If-None-Match");
+    let r = srv
+        .req("GET", "/c.txt", &s.token)
+        .header("if-match", &weak)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 412, "precondition_failed").await;
     let r = srv
         .req("GET", "/c.txt", &s.token)
         .header("if-match", &e4)

@@ -21,6 +21,7 @@ fn bad_targets() -> Vec<(String, &'static str)> {
         ("/a/.%2e/b", "half-encoded dot-dot"),
         ("/a/%2e/b", "encoded dot"),
         ("//a", "empty first segment"),
+        ("//", "the root with an empty segment"),
         ("/a//b", "empty segment"),
         ("/a/b//", "empty last segment"),
         ("/a%5cb", "backslash"),
