@@ -17,7 +17,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -58,6 +58,7 @@ impl Drop for RedbIndex {
         if let Some(h) = self.committer.take() {
             let _ = h.join();
         }
+        self.db.drop_snapshot();
     }
 }
 
@@ -91,6 +92,58 @@ struct Handle {
     path: PathBuf,
     /// `None` between a close and a successful reopen.
     db: RwLock<Option<Arc<Database>>>,
+    /// The latest read snapshot, shared by point reads while the index does not change.
+    snapshot: Mutex<Option<Arc<Snapshot>>>,
+}
+
+/// A read transaction's open tables, reused by [`Index::get_entry`] and
+/// [`Index::get_inline`] while [`Index::changes`] stays at `changes`: a GET then costs no
+/// transaction start and no table lookup (about 5 % of a small GET with the cache off).
+/// The committer drops it after every group, so it never holds old pages for long (redb
+/// cannot reuse a page that a live snapshot still sees), nor the file open across a reopen.
+struct Snapshot {
+    /// The count read before the transaction began: it holds every commit up to this one.
+    changes: u64,
+    /// The database it was read from (a reopen makes a new one).
+    db: Arc<Database>,
+    entries: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    inline: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+}
+
+impl Handle {
+    /// Forgets the shared snapshot (dropped once the reads using it finish).
+    fn drop_snapshot(&self) {
+        let old = self
+            .snapshot
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        drop(old);
+    }
+
+    /// A snapshot holding at least every commit up to `changes`.
+    fn snapshot(&self, changes: u64) -> Result<Arc<Snapshot>> {
+        let db = self.current()?;
+        if let Some(s) = &*self.snapshot.lock().unwrap_or_else(PoisonError::into_inner)
+            && s.changes == changes
+            && Arc::ptr_eq(&s.db, &db)
+        {
+            return Ok(s.clone());
+        }
+        let r = db.begin_read().map_err(ix)?;
+        let s = Arc::new(Snapshot {
+            changes,
+            entries: r.open_table(ENTRIES).map_err(ix)?,
+            inline: r.open_table(INLINE).map_err(ix)?,
+            db,
+        });
+        let mut slot = self.snapshot.lock().unwrap_or_else(PoisonError::into_inner);
+        // A reader that read the count before a newer snapshot was shared leaves it.
+        if slot.as_ref().is_none_or(|cur| cur.changes <= changes) {
+            *slot = Some(s.clone());
+        }
+        Ok(s)
+    }
 }
 
 /// How long a reopen waits for readers to let go of the failed database.
@@ -115,6 +168,8 @@ impl Handle {
         drop(slot.take());
         let deadline = Instant::now() + REOPEN_WAIT;
         loop {
+            // A reader may have shared a snapshot of the old database meanwhile.
+            self.drop_snapshot();
             match Database::create(&self.path) {
                 Ok(db) => {
                     *slot = Some(Arc::new(db));
@@ -177,6 +232,7 @@ impl RedbIndex {
         let db = Arc::new(Handle {
             path: path.to_path_buf(),
             db: RwLock::new(Some(Arc::new(db))),
+            snapshot: Mutex::new(None),
         });
         let digest = Arc::new(digest);
         let (tx, rx) = mpsc::channel::<(Batch, Reply)>();
@@ -222,7 +278,9 @@ fn committer(
             .and_then(|db| apply_group(&db, &key, &group));
         failed = outcome.is_err();
         // Before any answer: a read that starts after a writer has its answer sees the new
-        // count. (Also after a failed group: whatever it did, lookups read again.)
+        // count, and does not use the snapshot shared before. (Also after a failed group:
+        // whatever it did, lookups read again.)
+        handle.drop_snapshot();
         changes.fetch_add(1, Ordering::AcqRel);
         match outcome {
             Ok(results) => {
@@ -337,9 +395,9 @@ fn apply_group(db: &Database, key: &DigestKey, group: &[(Batch, Reply)]) -> Resu
 #[async_trait]
 impl Index for RedbIndex {
     async fn get_entry(&self, key: &EntryKey) -> Result<Option<Vec<u8>>> {
-        let r = self.db.current()?.begin_read().map_err(ix)?;
-        let t = r.open_table(ENTRIES).map_err(ix)?;
-        Ok(t.get(key.as_slice())
+        let s = self.db.snapshot(self.changes())?;
+        Ok(s.entries
+            .get(key.as_slice())
             .map_err(ix)?
             .map(|v| v.value().to_vec()))
     }
@@ -388,9 +446,9 @@ impl Index for RedbIndex {
     }
 
     async fn get_inline(&self, id: &ContentId) -> Result<Option<Vec<u8>>> {
-        let r = self.db.current()?.begin_read().map_err(ix)?;
-        let t = r.open_table(INLINE).map_err(ix)?;
-        Ok(t.get(id.as_slice())
+        let s = self.db.snapshot(self.changes())?;
+        Ok(s.inline
+            .get(id.as_slice())
             .map_err(ix)?
             .map(|v| v.value().to_vec()))
     }
