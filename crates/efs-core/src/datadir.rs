@@ -308,8 +308,12 @@ impl DataDir {
         // index file is reported, not silently rebuilt over records put back meanwhile. An
         // index from before digests gets its key and its digest now.
         let (key, had_digest) = self.digest_key(&rec.id)?;
-        let index =
-            RedbIndex::open_with(&self.fs_dir(&rec.id).join("index.redb"), key, !had_digest)?;
+        let index = RedbIndex::open_with_cache(
+            &self.fs_dir(&rec.id).join("index.redb"),
+            key,
+            !had_digest,
+            self.opts.fs.index_cache,
+        )?;
         self.assemble_fs(rec, index)
     }
 

@@ -48,6 +48,8 @@ pub struct FsOptions {
     /// ([`Index::changes`]): any write empties the cache in effect, so a read never sees
     /// an older version than one a write has already acknowledged.
     pub lookup_cache: usize,
+    /// Bytes of the index's own page cache (redb), per filesystem.
+    pub index_cache: usize,
 }
 
 impl Default for FsOptions {
@@ -55,6 +57,7 @@ impl Default for FsOptions {
         Self {
             inline_max: 128 * 1024,
             lookup_cache: 0,
+            index_cache: crate::redb_index::DEFAULT_CACHE_BYTES,
         }
     }
 }

@@ -61,6 +61,10 @@ struct Args {
     /// Files up to this size are stored inline in the index (one transaction, no blob).
     #[arg(long, default_value_t = 128 * 1024)]
     inline_max: usize,
+    /// Page cache of each filesystem's index, in bytes (index pages beyond it are read
+    /// from the kernel's page cache).
+    #[arg(long, default_value_t = efs_core::redb_index::DEFAULT_CACHE_BYTES)]
+    index_cache_size: usize,
     /// Token lifetime in seconds.
     #[arg(long, default_value_t = 3600)]
     token_ttl: u64,
@@ -108,6 +112,7 @@ fn main() -> std::process::ExitCode {
             max_file: a.cache_max_file,
         },
         inline_max: a.inline_max,
+        index_cache: a.index_cache_size,
         token_ttl: Duration::from_secs(a.token_ttl.max(1)),
         nonce_ttl: Duration::from_secs(a.nonce_ttl.max(1)),
         max_renewals: a.max_renewals,

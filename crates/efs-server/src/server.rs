@@ -48,6 +48,8 @@ pub struct ServerConfig {
     pub cache: CacheConfig,
     /// Inline threshold.
     pub inline_max: usize,
+    /// Bytes of each filesystem index's page cache.
+    pub index_cache: usize,
     /// Login protocol lifetimes.
     pub token_ttl: Duration,
     /// Nonce lifetime.
@@ -91,6 +93,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             } else {
                 0
             },
+            index_cache: cfg.index_cache,
         },
         ..Default::default()
     };

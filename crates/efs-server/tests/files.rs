@@ -1544,3 +1544,59 @@ async fn a_reader_finishes_with_the_version_it_started_with() {
     assert_eq!(hex::encode(h.finalize()), old_sha, "the old version, whole");
     assert_eq!(srv.get("/v.bin", &s.token).await.0, 404);
 }
+
+/// `--index-cache-size`: with a 64 KiB page cache the index is read mostly from the kernel's
+/// page cache, every page evicted again and again; files, overwrites and listings come back
+/// the same.
+#[tokio::test]
+async fn a_tiny_index_cache_serves_the_same() {
+    let s = session(&["--index-cache-size", "65536"]).await;
+    let (srv, tok) = (&s.srv, s.token.as_str());
+    for i in 0..200u32 {
+        srv.put_ok(
+            &format!("/d{}/f{i}", i % 7),
+            tok,
+            pattern(100 + i as usize, i as u64),
+        )
+        .await;
+    }
+    for i in (0..200u32).step_by(3) {
+        srv.put_ok(
+            &format!("/d{}/f{i}", i % 7),
+            tok,
+            pattern(50, 1000 + i as u64),
+        )
+        .await;
+    }
+    for i in 0..200u32 {
+        let want = if i % 3 == 0 {
+            pattern(50, 1000 + i as u64)
+        } else {
+            pattern(100 + i as usize, i as u64)
+        };
+        assert_eq!(
+            srv.get_ok(&format!("/d{}/f{i}", i % 7), tok).await,
+            want,
+            "f{i}"
+        );
+    }
+    let listed: usize = {
+        let mut n = 0;
+        for d in 0..7 {
+            n += srv.list_all(&format!("/d{d}/"), tok, 10).await.len();
+        }
+        n
+    };
+    assert_eq!(listed, 200);
+    // A bad value is refused at start, with the option named.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_efs-server"))
+        .args(["--index-cache-size", "lots"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("--index-cache-size"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

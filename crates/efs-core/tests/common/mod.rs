@@ -20,6 +20,7 @@ pub fn opts() -> OpenOptions {
         fs: FsOptions {
             inline_max: INLINE_MAX,
             lookup_cache: 8,
+            ..Default::default()
         },
         ..Default::default()
     }
