@@ -141,6 +141,20 @@ rec() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$(load1)" >> "$R
 # other servers and 950 MB/s on its own in the same hour.
 quiet_disk() { sync; }
 
+# The disk's own fsynced write rate right now (256 MiB, dd conv=fdatasync), recorded as the
+# workload "disk" of the current server: durable PUTs depend on it, and on this shared
+# virtual disk it swings between runs and even between servers of one run.
+disk_probe() {
+  quiet_disk
+  local out mbs
+  # The same file each time (allocated at the first probe, then overwritten in place): no
+  # blocks freed between servers (this disk is mounted with discard).
+  out=$(LC_ALL=C dd if=/dev/zero of="$W/disk-probe" bs=1M count=256 conv=notrunc,fdatasync 2>&1 | tail -1)
+  mbs=$(awk '{for (i = 1; i < NF; i++) if ($(i + 1) ~ /^s,?$/) t = $i} END {if (t > 0) printf "%.1f", 268435456 / t / 1e6}' <<<"$out")
+  printf '%s\tdisk\t-\t%s\t-\t-\t0\t0\tdd 256 MiB conv=fdatasync\t%s\n' "$S" "${mbs:-0}" "$(load1)" >> "$RES"
+  log "$S disk: ${mbs:-?} MB/s (dd, fdatasync)"
+}
+
 # wrk_run NAME SIZE_BYTES [wrk args...]: one wrk run, recorded.
 wrk_run() {
   local name=$1 size=$2; shift 2
@@ -317,6 +331,7 @@ run_workloads() {
   "${CURL[@]}" "${AUTH[@]}" --fail -T f64m -o /dev/null "$BASE/big/f64m"
   # The one-stream transfers first: RSS never shrinks back, so their peak RSS is measured
   # before the 16-client runs have grown the heap.
+  disk_probe
   curl_run put_big $((BIG_MIB << 20)) 1 put "$W/fbig" /big/pbig-
   curl_run get_big $((BIG_MIB << 20)) 1 get "$W/fbig" /big/pbig-1
   curl_run put_64m $((64 << 20)) "$REPS" put "$W/f64m" /big/p64m-
