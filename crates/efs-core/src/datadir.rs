@@ -376,7 +376,12 @@ impl DataDir {
             "Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"
         ));
         let (key, _) = self.digest_key(&id)?;
-        let index = RedbIndex::open(&dir.join("index.redb"), key)?;
+        let index = RedbIndex::open_with_cache(
+            &dir.join("index.redb"),
+            key,
+            true,
+            self.opts.fs.index_cache,
+        )?;
         lines.push(format!(
             "Creating blob directory '{rel}/blobs' (sharded, random names)"
         ));
@@ -618,7 +623,12 @@ impl DataDir {
         let dir = self.fs_dir(&id);
         std::fs::create_dir_all(&dir)?;
         let (key, _) = self.digest_key(&id)?;
-        let index = RedbIndex::open(&dir.join("index.redb"), key)?;
+        let index = RedbIndex::open_with_cache(
+            &dir.join("index.redb"),
+            key,
+            true,
+            self.opts.fs.index_cache,
+        )?;
         let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
         let first = crate::index::Batch {
             ops: vec![Op::PutMeta(

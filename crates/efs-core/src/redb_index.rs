@@ -108,15 +108,19 @@ struct Handle {
 /// A read transaction's open tables, reused by [`Index::get_entry`] and
 /// [`Index::get_inline`] while [`Index::changes`] stays at `changes`: a GET then costs no
 /// transaction start and no table lookup (about 5 % of a small GET with the cache off).
-/// The committer drops it after every group, so it never holds old pages for long (redb
-/// cannot reuse a page that a live snapshot still sees), nor the file open across a reopen.
+/// The committer drops it after every group, so it holds old pages only until the next
+/// group or the next read (redb cannot reuse a page a live snapshot still sees; a reader
+/// that began just before a group may share its snapshot after it, never to be used at
+/// the new count), and a reopen drops it before each attempt.
 struct Snapshot {
     /// The count read before the transaction began: it holds every commit up to this one.
     changes: u64,
-    /// The database it was read from (a reopen makes a new one).
-    db: Arc<Database>,
+    // The tables are declared (and so dropped) before the database: a snapshot holding the
+    // last handle of a reopened database ends its read transaction before the close.
     entries: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
     inline: redb::ReadOnlyTable<&'static [u8], &'static [u8]>,
+    /// The database it was read from (a reopen makes a new one).
+    db: Arc<Database>,
 }
 
 impl Handle {
@@ -588,8 +592,11 @@ impl Index for RedbIndex {
                 meta.insert(META_DIGEST, sealed.as_slice()).map_err(ix)?;
                 (sealed, acc)
             };
+            let committed = w.commit().map_err(ix);
+            // After the commit (as the committer does): a snapshot tagged with the new count
+            // holds this transaction. Also after a failed one, like the committer.
             changes.fetch_add(1, Ordering::AcqRel);
-            w.commit().map_err(ix)?;
+            committed?;
             Ok(DigestCheck::compare(&key, Some(&sealed.0), &sealed.1))
         })
         .await

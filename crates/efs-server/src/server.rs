@@ -77,8 +77,9 @@ fn spawn_index_checks(data: &Arc<DataDir>) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Paths per filesystem whose lookup is remembered while the index does not change
-/// (a few hundred bytes each).
+/// Paths per filesystem whose lookup is remembered while the index does not change (a few
+/// hundred bytes each for usual paths; at most about 5 KiB, a 4 KiB path and its record:
+/// 20 MiB per filesystem in the worst case).
 const LOOKUP_CACHE_PATHS: usize = 4096;
 
 /// Opens the data dir, prints the start-up facts and serves until a signal.
