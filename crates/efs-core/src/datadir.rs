@@ -307,14 +307,21 @@ impl DataDir {
         // An index whose digest key already existed has a digest: a digest removed from the
         // index file is reported, not silently rebuilt over records put back meanwhile. An
         // index from before digests gets its key and its digest now.
-        let (key, had_digest) = self.digest_key(&rec.id)?;
-        let index = RedbIndex::open_with_cache(
-            &self.fs_dir(&rec.id).join("index.redb"),
+        let index = self.open_index(&rec.id)?;
+        self.assemble_fs(rec, index)
+    }
+
+    /// Opens (or creates) filesystem `id`'s index with its digest key and the configured
+    /// page cache. A digest key that already existed means the index has a digest: a digest
+    /// missing from the file is then reported, not computed (see [`RedbIndex::open_with`]).
+    fn open_index(&self, id: &[u8; 16]) -> Result<RedbIndex> {
+        let (key, had_digest) = self.digest_key(id)?;
+        RedbIndex::open_with_cache(
+            &self.fs_dir(id).join("index.redb"),
             key,
             !had_digest,
             self.opts.fs.index_cache,
-        )?;
-        self.assemble_fs(rec, index)
+        )
     }
 
     /// The key of filesystem `id`'s index digest, and whether it existed. Its root is a
@@ -375,13 +382,7 @@ impl DataDir {
         lines.push(format!(
             "Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"
         ));
-        let (key, _) = self.digest_key(&id)?;
-        let index = RedbIndex::open_with_cache(
-            &dir.join("index.redb"),
-            key,
-            true,
-            self.opts.fs.index_cache,
-        )?;
+        let index = self.open_index(&id)?;
         lines.push(format!(
             "Creating blob directory '{rel}/blobs' (sharded, random names)"
         ));
@@ -622,13 +623,7 @@ impl DataDir {
         aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
         let dir = self.fs_dir(&id);
         std::fs::create_dir_all(&dir)?;
-        let (key, _) = self.digest_key(&id)?;
-        let index = RedbIndex::open_with_cache(
-            &dir.join("index.redb"),
-            key,
-            true,
-            self.opts.fs.index_cache,
-        )?;
+        let index = self.open_index(&id)?;
         let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
         let first = crate::index::Batch {
             ops: vec![Op::PutMeta(
@@ -716,6 +711,19 @@ impl DataDir {
             .expect("lock poisoned")
             .get(name)
             .cloned()
+    }
+
+    /// Forgets every filesystem's remembered path lookups ([`Filesystem::forget_lookups`]);
+    /// returns how many there were.
+    pub fn forget_lookups(&self) -> usize {
+        let open: Vec<_> = self
+            .filesystems
+            .read()
+            .expect("lock poisoned")
+            .values()
+            .cloned()
+            .collect();
+        open.iter().map(|fs| fs.forget_lookups()).sum()
     }
 
     /// Creates a user with a raw Ed25519 public key and grants.

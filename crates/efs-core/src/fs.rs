@@ -554,6 +554,15 @@ impl Filesystem {
         c.found.get(key).cloned()
     }
 
+    /// Forgets every remembered lookup (they hold decrypted names and records: `efsctl
+    /// cache-clear` empties them with the content cache); returns how many there were.
+    pub fn forget_lookups(&self) -> usize {
+        let mut c = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
+        let n = c.found.len();
+        c.found.clear();
+        n
+    }
+
     async fn look_up_in_index(&self, path: &EfsPath) -> Result<LookedUp> {
         let kr = self.keyring();
         let rec = self.lookup_record(&kr, path).await?;

@@ -66,9 +66,12 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
         }
         let before = st.cache.weighted_size();
         st.cache.clear();
+        let lookups = st.data.forget_lookups();
         return AdminResponse {
             ok: true,
-            lines: vec![format!("Cleared the decrypted cache ({before} bytes)")],
+            lines: vec![format!(
+                "Cleared the decrypted cache ({before} bytes) and {lookups} remembered path lookups"
+            )],
             ..Default::default()
         };
     }

@@ -1241,12 +1241,28 @@ async fn cache_clear_works_while_serving() {
     let cleared: u64 = out
         .trim()
         .strip_prefix("Cleared the decrypted cache (")
-        .and_then(|r| r.strip_suffix(" bytes)"))
-        .and_then(|n| n.parse().ok())
+        .and_then(|r| r.split_once(" bytes) and "))
+        .and_then(|(n, rest)| Some((n.parse::<u64>().ok()?, rest)))
+        .and_then(|(n, rest)| {
+            let l = rest.strip_suffix(" remembered path lookups")?;
+            Some((n, l.parse::<usize>().ok()?))
+        })
+        .map(|(n, _)| n)
         .unwrap_or_else(|| panic!("cache-clear output: {out}"));
     assert!(
         cleared >= 1 << 20,
         "the cached file was in the cache: {cleared}"
+    );
+    // The lookup of /hot.bin was remembered, and is forgotten now (a second clear finds
+    // none left).
+    assert!(
+        out.trim().ends_with(" 1 remembered path lookups"),
+        "cache-clear output: {out}"
+    );
+    let again = srv.efsctl_ok(&["cache-clear"]);
+    assert!(
+        again.trim().ends_with(" 0 remembered path lookups"),
+        "cache-clear output: {again}"
     );
 
     // Readers keep reading while the cache is cleared again and again.
@@ -1275,7 +1291,10 @@ async fn cache_clear_works_while_serving() {
     let out = srv.efsctl_ok(&["cache-clear"]);
     let out2 = srv.efsctl_ok(&["cache-clear"]);
     assert!(out.starts_with("Cleared the decrypted cache"), "{out}");
-    assert_eq!(out2.trim(), "Cleared the decrypted cache (0 bytes)");
+    assert_eq!(
+        out2.trim(),
+        "Cleared the decrypted cache (0 bytes) and 0 remembered path lookups"
+    );
     assert!(srv.get_ok("/hot.bin", &token).await == data);
 }
 

@@ -163,7 +163,7 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         grace: u64,
     },
-    /// Empty the running server's decrypted cache.
+    /// Empty the running server's decrypted cache and its remembered path lookups.
     CacheClear,
     /// Rotate a filesystem's key: add a keyring term (new writes use it at once) and
     /// rewrap every file's data key to it in the background, without touching content.
