@@ -101,6 +101,7 @@ head -c 4096 /dev/urandom > f4k
 head -c $((1 << 20)) /dev/urandom > f1m
 head -c $((64 << 20)) /dev/urandom > f64m
 head -c $((BIG_MIB << 20)) /dev/urandom > fbig
+head -c $((256 << 20)) /dev/urandom > fprobe
 printf 'entry\n' > tiny
 CURL=(curl -sS --cacert "$W/cert.pem")
 
@@ -141,18 +142,31 @@ rec() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$(load1)" >> "$R
 # other servers and 950 MB/s on its own in the same hour.
 quiet_disk() { sync; }
 
-# The disk's own fsynced write rate right now (256 MiB, dd conv=fdatasync), recorded as the
-# workload "disk" of the current server: durable PUTs depend on it, and on this shared
-# virtual disk it swings between runs and even between servers of one run.
+# The disk's own fsynced write rate right now, recorded as two workloads of the current
+# server: durable PUTs depend on it, and on this shared virtual disk it swings between runs
+# and even between servers of one run. 256 MiB of random bytes (zeros can be short-cut by
+# the virtual disk) written with dd conv=fdatasync:
+# - "disk": into a new file, as every EFS blob is. The disk is mounted with `discard`; in
+#   one dd series here new files took 302-1,200 MB/s while rewriting a file in place took
+#   1.4-1.5 GB/s (docs/benchmarks.md, "Run 12").
+# - "disk_inplace": over the same file again (allocated at the first probe), which is what
+#   this probe measured before run 12 (with zeros).
 disk_probe() {
   quiet_disk
-  local out mbs
-  # The same file each time (allocated at the first probe, then overwritten in place): no
-  # blocks freed between servers (this disk is mounted with discard).
-  out=$(LC_ALL=C dd if=/dev/zero of="$W/disk-probe" bs=1M count=256 conv=notrunc,fdatasync 2>&1 | tail -1)
-  mbs=$(awk '{for (i = 1; i < NF; i++) if ($(i + 1) ~ /^s,?$/) t = $i} END {if (t > 0) printf "%.1f", 268435456 / t / 1e6}' <<<"$out")
-  printf '%s\tdisk\t-\t%s\t-\t-\t0\t0\tdd 256 MiB conv=fdatasync\t%s\n' "$S" "${mbs:-0}" "$(load1)" >> "$RES"
-  log "$S disk: ${mbs:-?} MB/s (dd, fdatasync)"
+  local out mbs name file
+  for name in disk disk_inplace; do
+    if [ "$name" = disk ]; then
+      file=$W/disk-probe-new
+      rm -f "$file"
+      sync
+    else
+      file=$W/disk-probe
+    fi
+    out=$(LC_ALL=C dd if="$W/fprobe" of="$file" bs=1M count=256 conv=notrunc,fdatasync 2>&1 | tail -1)
+    mbs=$(awk '{for (i = 1; i < NF; i++) if ($(i + 1) ~ /^s,?$/) t = $i} END {if (t > 0) printf "%.1f", 268435456 / t / 1e6}' <<<"$out")
+    printf '%s\t%s\t-\t%s\t-\t-\t0\t0\tdd 256 MiB conv=fdatasync\t%s\n' "$S" "$name" "${mbs:-0}" "$(load1)" >> "$RES"
+    log "$S $name: ${mbs:-?} MB/s (dd, fdatasync)"
+  done
 }
 
 # wrk_run NAME SIZE_BYTES [wrk args...]: one wrk run, recorded.

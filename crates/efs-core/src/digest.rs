@@ -27,8 +27,6 @@
 //! prints, noted by the operator, never go backwards.
 
 use efs_format::Key32;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use subtle::ConstantTimeEq;
 
 use crate::labels;
@@ -61,13 +59,10 @@ impl DigestKey {
     }
 
     fn mac(&self, domain: u8, parts: &[&[u8]]) -> [u8; 32] {
-        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(self.0.as_bytes())
-            .expect("HMAC takes any key length");
-        m.update(&[domain]);
-        for p in parts {
-            m.update(p);
-        }
-        m.finalize().into_bytes().into()
+        let mut all = Vec::with_capacity(parts.len() + 1);
+        all.push(std::slice::from_ref(&domain));
+        all.extend_from_slice(parts);
+        self.0.mac(&all)
     }
 
     /// The set element of one entry.

@@ -10,8 +10,6 @@
 use std::sync::Arc;
 
 use efs_format::{Decryptor, Encryptor, HEADER_LEN, Key32, SEGMENT_SIZE, TAG_LEN, wrap};
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
 use std::sync::RwLock;
 
 use crate::blob::{BlobReader, BlobStore, BlobWriter};
@@ -405,14 +403,12 @@ impl Filesystem {
     }
 
     fn tag(&self, kr: &Keyring, domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(kr.tag_key().as_bytes())
-            .expect("HMAC takes any key length");
-        mac.update(domain);
-        for p in parts {
-            mac.update(p);
-        }
-        let out = mac.finalize().into_bytes();
-        out[..16].try_into().expect("SHA-256 output is 32 bytes")
+        let mut all = Vec::with_capacity(parts.len() + 1);
+        all.push(domain);
+        all.extend_from_slice(parts);
+        kr.tag_key().mac(&all)[..16]
+            .try_into()
+            .expect("SHA-256 output is 32 bytes")
     }
 
     fn dir_tag(&self, kr: &Keyring, dir: &[u8; 16]) -> DirTag {
@@ -1231,11 +1227,7 @@ fn new_dir_record(name: &str, id: [u8; 16], now: i64) -> Record {
 
 /// The ETag bytes of a file version.
 fn etag_of(kr: &Keyring, content: &ContentId) -> [u8; 16] {
-    let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(kr.tag_key().as_bytes())
-        .expect("HMAC takes any key length");
-    mac.update(labels::TAG_ETAG);
-    mac.update(content);
-    mac.finalize().into_bytes()[..16]
+    kr.tag_key().mac(&[labels::TAG_ETAG, content])[..16]
         .try_into()
         .expect("SHA-256 output is 32 bytes")
 }

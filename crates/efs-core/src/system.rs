@@ -6,10 +6,8 @@
 use std::path::Path;
 
 use efs_format::{Key32, wrap};
-use hmac::{Hmac, Mac};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::error::{CoreError, Result};
@@ -95,12 +93,7 @@ impl SystemDb {
     }
 
     fn name_tag(&self, table: &str, name: &str) -> [u8; 32] {
-        let mut mac = <Hmac<Sha256> as Mac>::new_from_slice(self.tag.as_bytes())
-            .expect("HMAC takes any key length");
-        mac.update(table.as_bytes());
-        mac.update(&[0]);
-        mac.update(name.as_bytes());
-        mac.finalize().into_bytes().into()
+        self.tag.mac(&[table.as_bytes(), &[0], name.as_bytes()])
     }
 
     fn aad(table: &str, key: &[u8]) -> Vec<u8> {

@@ -26,7 +26,7 @@ pub mod stream;
 pub mod wrap;
 
 pub use error::FormatError;
-pub use secret::Key32;
+pub use secret::{Key32, MacKey};
 pub use stream::{
     Decryptor, Encryptor, HEADER_LEN, SEGMENT_SIZE, TAG_LEN, encrypted_len, plaintext_len,
 };

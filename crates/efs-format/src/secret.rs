@@ -2,8 +2,7 @@
 
 use std::fmt;
 
-use hkdf::Hkdf;
-use sha2::Sha256;
+use aws_lc_rs::{hkdf, hmac};
 use zeroize::{Zeroize, ZeroizeOnDrop};
 
 /// A 32-byte secret key (a data key, a keyring term, a derived subkey).
@@ -44,11 +43,68 @@ impl Key32 {
     /// different purposes are independent.
     pub fn derive(&self, salt: &[u8], label: &[u8]) -> Key32 {
         let mut out = Key32([0u8; 32]);
-        Hkdf::<Sha256>::new(Some(salt), &self.0)
-            .expand(label, &mut out.0)
-            .expect("32 bytes is far below HKDF-SHA256's limit of 255 * 32 bytes");
+        hkdf_sha256(salt, &self.0, &[label], &mut out.0);
         out
     }
+
+    /// HMAC-SHA256 keyed by this key over the concatenation of `parts`.
+    ///
+    /// `aws_lc_rs`'s: the keyed HMAC state is cleansed when dropped (the `hmac` crate's,
+    /// 0.12, is not, and it is as good as the key).
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        MacKey::new(self).mac(parts)
+    }
+}
+
+/// A key set up for HMAC-SHA256 once, for many MACs (the key setup costs two SHA-256
+/// compressions). Its state is cleansed when dropped, and its `Debug` prints nothing of it.
+pub struct MacKey(hmac::Key);
+
+impl MacKey {
+    /// Keys HMAC-SHA256 with `key`.
+    pub fn new(key: &Key32) -> Self {
+        MacKey(hmac::Key::new(hmac::HMAC_SHA256, &key.0))
+    }
+
+    /// HMAC-SHA256 over the concatenation of `parts`.
+    pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        let mut ctx = hmac::Context::with_key(&self.0);
+        for p in parts {
+            ctx.update(p);
+        }
+        ctx.sign()
+            .as_ref()
+            .try_into()
+            .expect("HMAC-SHA256 gives 32 bytes")
+    }
+}
+
+impl fmt::Debug for MacKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MacKey(<redacted>)")
+    }
+}
+
+/// The output length handed to `aws_lc_rs`'s HKDF expansion.
+struct OkmLen(usize);
+
+impl hkdf::KeyType for OkmLen {
+    fn len(&self) -> usize {
+        self.0
+    }
+}
+
+/// HKDF-SHA256 (RFC 5869) of `ikm` with `salt`, `info` = the concatenation of `info`, filling
+/// `out` (at most 255 * 32 bytes).
+///
+/// `aws_lc_rs`'s: its pseudorandom key (key-equivalent, as an HMAC state keyed by the PRK) is
+/// zeroized when dropped, which the `hkdf` crate's (over `hmac` 0.12) is not.
+pub(crate) fn hkdf_sha256(salt: &[u8], ikm: &[u8], info: &[&[u8]], out: &mut [u8]) {
+    hkdf::Salt::new(hkdf::HKDF_SHA256, salt)
+        .extract(ikm)
+        .expand(info, OkmLen(out.len()))
+        .and_then(|okm| okm.fill(out))
+        .expect("the outputs derived here are far below HKDF-SHA256's limit of 255 * 32 bytes");
 }
 
 impl fmt::Debug for Key32 {
@@ -82,11 +138,43 @@ mod tests {
         // Pins the argument order: a swap of salt and info would still "work" but change
         // every derived key on disk.
         let k = Key32::from_bytes([0x0b; 32]);
+        // Checked against a second implementation (RustCrypto's `hkdf`).
         let mut want = [0u8; 32];
-        Hkdf::<Sha256>::new(Some(b"the salt"), &[0x0b; 32])
+        ::hkdf::Hkdf::<sha2::Sha256>::new(Some(b"the salt"), &[0x0b; 32])
             .expand(b"the label", &mut want)
             .unwrap();
         assert_eq!(k.derive(b"the salt", b"the label").as_bytes(), &want);
+    }
+
+    #[test]
+    fn hkdf_matches_rfc_5869_test_case_1() {
+        // RFC 5869, appendix A.1 (42 bytes: not a whole number of SHA-256 blocks).
+        let ikm = [0x0b; 22];
+        let salt: Vec<u8> = (0x00..=0x0c).collect();
+        let info: Vec<u8> = (0xf0..=0xf9).collect();
+        let mut okm = [0u8; 42];
+        hkdf_sha256(&salt, &ikm, &[&info[..4], &info[4..]], &mut okm);
+        assert_eq!(
+            okm.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            "3cb25f25faacd57a90434f64d0362f2a2d2d0a90cf1a5a4c5db02d56ecc4c5bf34007208d5b887185865"
+        );
+    }
+
+    #[test]
+    fn mac_is_hmac_sha256_of_the_concatenated_parts() {
+        // Checked against a second implementation (RustCrypto's `hmac`), with the message
+        // split into parts, one of them empty.
+        use ::hmac::Mac;
+        let k = Key32::from_bytes([0x42; 32]);
+        let mut want = <::hmac::Hmac<sha2::Sha256>>::new_from_slice(&[0x42; 32]).unwrap();
+        want.update(b"what do ya want for nothing?");
+        let want: [u8; 32] = want.finalize().into_bytes().into();
+        assert_eq!(k.mac(&[b"what do ya ", b"", b"want for nothing?"]), want);
+        assert_eq!(
+            MacKey::new(&k).mac(&[b"what do ya want for nothing?"]),
+            want
+        );
+        assert_ne!(k.mac(&[b"what do ya want for nothing!"]), want);
     }
 
     #[test]

@@ -25,8 +25,6 @@ use std::fmt;
 use std::ops::Range;
 
 use aws_lc_rs::aead::{Aad, LessSafeKey, NONCE_LEN, Nonce};
-use hkdf::Hkdf;
-use sha2::Sha256;
 use zeroize::Zeroizing;
 
 use crate::wrap::{aead_key, fill_random};
@@ -147,9 +145,12 @@ impl ContentKey {
     /// is also every segment's AAD.
     fn derive(data_key: &Key32, header: &[u8; HEADER_LEN]) -> Self {
         let mut okm = Zeroizing::new([0u8; 32 + NONCE_LEN]);
-        Hkdf::<Sha256>::new(Some(&header[SALT_AT..]), data_key.as_bytes())
-            .expand_multi_info(&[labels::CONTENT_V1, header], &mut okm[..])
-            .expect("44 bytes is far below HKDF-SHA256's limit of 255 * 32 bytes");
+        crate::secret::hkdf_sha256(
+            &header[SALT_AT..],
+            data_key.as_bytes(),
+            &[labels::CONTENT_V1, header],
+            &mut okm[..],
+        );
         let mut key = Zeroizing::new([0u8; 32]);
         key.copy_from_slice(&okm[..32]);
         let mut nonce_base = Zeroizing::new([0u8; NONCE_LEN]);

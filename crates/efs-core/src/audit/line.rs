@@ -20,8 +20,7 @@
 use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as B64;
-use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use efs_format::MacKey;
 use subtle::ConstantTimeEq;
 use zeroize::Zeroizing;
 
@@ -59,16 +58,13 @@ pub(crate) struct RawEntry {
     pub mac: [u8; 32],
 }
 
-/// The chain MAC, keyed once and cloned per entry (HMAC's key setup costs two compressions).
-#[derive(Clone)]
-pub(crate) struct ChainMac(Hmac<Sha256>);
+/// The chain MAC, keyed once (HMAC's key setup costs two compressions); its state is
+/// cleansed when dropped.
+pub(crate) struct ChainMac(MacKey);
 
 impl ChainMac {
     pub(crate) fn new(keys: &AuditKeys) -> Self {
-        Self(
-            <Hmac<Sha256> as Mac>::new_from_slice(keys.mac.as_bytes())
-                .expect("HMAC takes any key length"),
-        )
+        Self(MacKey::new(&keys.mac))
     }
 
     pub(crate) fn compute(
@@ -79,13 +75,13 @@ impl ChainMac {
         salt: &[u8; 16],
         sealed: &[u8],
     ) -> [u8; 32] {
-        let mut m = self.0.clone();
-        m.update(prev);
-        m.update(&seq.to_be_bytes());
-        m.update(&time_ms.to_be_bytes());
-        m.update(salt);
-        m.update(sealed);
-        m.finalize().into_bytes().into()
+        self.0.mac(&[
+            prev,
+            &seq.to_be_bytes(),
+            &time_ms.to_be_bytes(),
+            salt,
+            sealed,
+        ])
     }
 }
 
@@ -223,11 +219,7 @@ pub(crate) fn head_text(keys: &AuditKeys, head: &Head) -> String {
 }
 
 fn head_tag(keys: &AuditKeys, head: &Head) -> [u8; 32] {
-    let mut m = <Hmac<Sha256> as Mac>::new_from_slice(keys.head.as_bytes())
-        .expect("HMAC takes any key length");
-    m.update(&head.seq.to_be_bytes());
-    m.update(&head.mac);
-    m.finalize().into_bytes().into()
+    keys.head.mac(&[&head.seq.to_be_bytes(), &head.mac])
 }
 
 /// Parses and authenticates the HEAD anchor; `None` if malformed or forged.
