@@ -26,7 +26,7 @@
 //! counter of the batches that changed entries) and the anchor that `efsctl fsck`
 //! prints, noted by the operator, never go backwards.
 
-use efs_format::Key32;
+use efs_format::{Key32, MacKey};
 use subtle::ConstantTimeEq;
 
 use crate::labels;
@@ -40,8 +40,9 @@ const DOMAIN_MASK: u8 = 0;
 const DOMAIN_ENTRY: u8 = 1;
 const DOMAIN_ANCHOR: u8 = 2;
 
-/// The secret key of one filesystem's index digest (zeroized on drop, no `Debug` of it).
-pub struct DigestKey(Key32);
+/// The secret key of one filesystem's index digest, set up for HMAC (cleansed on drop, no
+/// `Debug` of it).
+pub struct DigestKey(MacKey);
 
 impl std::fmt::Debug for DigestKey {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -55,14 +56,11 @@ impl DigestKey {
     /// (not derived from the starter key, so re-keying the starter carries it over; not
     /// from the keyring, so rotation leaves the digest alone).
     pub fn from_root(root: &Key32, fs_id: &[u8; 16]) -> Self {
-        DigestKey(root.derive(fs_id, labels::INDEX_DIGEST))
+        DigestKey(MacKey::new(&root.derive(fs_id, labels::INDEX_DIGEST)))
     }
 
     fn mac(&self, domain: u8, parts: &[&[u8]]) -> [u8; 32] {
-        let mut all = Vec::with_capacity(parts.len() + 1);
-        all.push(std::slice::from_ref(&domain));
-        all.extend_from_slice(parts);
-        self.0.mac(&all)
+        self.0.mac_prefixed(&[domain], parts)
     }
 
     /// The set element of one entry.

@@ -403,10 +403,7 @@ impl Filesystem {
     }
 
     fn tag(&self, kr: &Keyring, domain: &[u8], parts: &[&[u8]]) -> [u8; 16] {
-        let mut all = Vec::with_capacity(parts.len() + 1);
-        all.push(domain);
-        all.extend_from_slice(parts);
-        kr.tag_key().mac(&all)[..16]
+        kr.tag_mac().mac_prefixed(domain, parts)[..16]
             .try_into()
             .expect("SHA-256 output is 32 bytes")
     }
@@ -1227,7 +1224,7 @@ fn new_dir_record(name: &str, id: [u8; 16], now: i64) -> Record {
 
 /// The ETag bytes of a file version.
 fn etag_of(kr: &Keyring, content: &ContentId) -> [u8; 16] {
-    kr.tag_key().mac(&[labels::TAG_ETAG, content])[..16]
+    kr.tag_mac().mac(&[labels::TAG_ETAG, content])[..16]
         .try_into()
         .expect("SHA-256 output is 32 bytes")
 }

@@ -8,7 +8,7 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use efs_format::{Key32, wrap};
+use efs_format::{Key32, MacKey, wrap};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -22,15 +22,19 @@ pub struct Term {
     pub number: u32,
     wrap: Key32,
     tag: Key32,
+    /// `tag`, set up for HMAC once (a GET computes several tags).
+    tag_mac: MacKey,
     record: Key32,
 }
 
 impl Term {
     fn new(number: u32, key: &Key32) -> Self {
+        let tag = key.derive(b"", labels::TERM_NAME_TAG);
         Self {
             number,
             wrap: key.derive(b"", labels::TERM_DATA_KEY_WRAP),
-            tag: key.derive(b"", labels::TERM_NAME_TAG),
+            tag_mac: MacKey::new(&tag),
+            tag,
             record: key.derive(b"", labels::TERM_INDEX_RECORD),
         }
     }
@@ -48,6 +52,11 @@ impl Term {
     /// Key of the name tags.
     pub fn tag_key(&self) -> &Key32 {
         &self.tag
+    }
+
+    /// The key of the name tags, set up for HMAC.
+    pub fn tag_mac(&self) -> &MacKey {
+        &self.tag_mac
     }
 }
 
@@ -139,10 +148,18 @@ impl Keyring {
 
     /// The key of the name tags.
     pub fn tag_key(&self) -> &Key32 {
+        self.tag_term().tag_key()
+    }
+
+    /// The key of the name tags, set up for HMAC.
+    pub fn tag_mac(&self) -> &MacKey {
+        self.tag_term().tag_mac()
+    }
+
+    fn tag_term(&self) -> &Term {
         self.terms
             .get(&self.tag_term)
             .expect("the tag term is never removed")
-            .tag_key()
     }
 
     /// Wraps the keyring under the starter key for filesystem `fs_id`.

@@ -5,7 +5,7 @@
 
 use std::path::Path;
 
-use efs_format::{Key32, wrap};
+use efs_format::{Key32, MacKey, wrap};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
@@ -59,7 +59,7 @@ pub struct FsRecord {
 /// The open system database.
 pub struct SystemDb {
     db: Database,
-    tag: Key32,
+    tag: MacKey,
     record: Key32,
     secret: Key32,
 }
@@ -86,7 +86,7 @@ impl SystemDb {
         w.commit().map_err(ix)?;
         Ok(Self {
             db,
-            tag: starter.derive(labels::SYSTEM_TAG),
+            tag: MacKey::new(&starter.derive(labels::SYSTEM_TAG)),
             record: starter.derive(labels::SYSTEM_RECORD),
             secret: starter.derive(labels::SYSTEM_SECRET_WRAP),
         })

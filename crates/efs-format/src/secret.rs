@@ -68,7 +68,13 @@ impl MacKey {
 
     /// HMAC-SHA256 over the concatenation of `parts`.
     pub fn mac(&self, parts: &[&[u8]]) -> [u8; 32] {
+        self.mac_prefixed(&[], parts)
+    }
+
+    /// HMAC-SHA256 over `prefix` followed by the concatenation of `parts`.
+    pub fn mac_prefixed(&self, prefix: &[u8], parts: &[&[u8]]) -> [u8; 32] {
         let mut ctx = hmac::Context::with_key(&self.0);
+        ctx.update(prefix);
         for p in parts {
             ctx.update(p);
         }
@@ -172,6 +178,10 @@ mod tests {
         assert_eq!(k.mac(&[b"what do ya ", b"", b"want for nothing?"]), want);
         assert_eq!(
             MacKey::new(&k).mac(&[b"what do ya want for nothing?"]),
+            want
+        );
+        assert_eq!(
+            MacKey::new(&k).mac_prefixed(b"what ", &[b"do ya want", b" for nothing?"]),
             want
         );
         assert_ne!(k.mac(&[b"what do ya want for nothing!"]), want);
