@@ -14,8 +14,8 @@
 //! - [`FormatError`]: the one error type; every authentication failure is
 //!   [`FormatError::Decrypt`].
 //!
-//! Primitives come from `aws-lc-rs` (AES-256-GCM, randomness) and `hkdf`/`sha2`
-//! (HKDF-SHA256); this crate only composes them.
+//! Primitives come from `aws-lc-rs` (AES-256-GCM, HKDF-SHA256, HMAC-SHA256, randomness),
+//! whose keyed states are cleansed when dropped; this crate only composes them.
 
 #![warn(missing_docs)]
 
