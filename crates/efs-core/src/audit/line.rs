@@ -145,15 +145,24 @@ pub(crate) fn header_line(salt: &[u8; 16]) -> String {
     format!("{HEADER_MAGIC} {VERSION} {}\n", hex::encode(salt))
 }
 
-/// Parses a header line (without '\n'): the file's salt.
+/// Parses a header line (without '\n'): the file's salt. Strict, like [`parse_entry`]:
+/// lowercase hex only (the MAC chain covers the salt's bytes, not its spelling).
 pub(crate) fn parse_header(line: &[u8]) -> Option<[u8; 16]> {
     let s = std::str::from_utf8(line).ok()?;
     let mut it = s.split(' ');
     if it.next()? != HEADER_MAGIC || it.next()? != VERSION {
         return None;
     }
-    let salt = hex::decode(it.next()?).ok()?.try_into().ok()?;
+    let salt = lower_hex(it.next()?)?;
     it.next().is_none().then_some(salt)
+}
+
+/// `N` bytes from exactly `2 * N` lowercase hex digits.
+fn lower_hex<const N: usize>(s: &str) -> Option<[u8; N]> {
+    if s.len() != 2 * N || s.bytes().any(|b| b.is_ascii_uppercase()) {
+        return None;
+    }
+    hex::decode(s).ok()?.try_into().ok()
 }
 
 /// Appends one entry line (with its '\n') to `out`.
@@ -191,10 +200,7 @@ pub(crate) fn parse_entry(line: &[u8]) -> Option<RawEntry> {
     let seq: u64 = canonical_number(seq_s)?;
     let time_ms: i64 = canonical_number(time_s)?;
     let sealed = B64.decode(body).ok()?;
-    if mac_s.len() != 64 || mac_s.bytes().any(|b| b.is_ascii_uppercase()) {
-        return None;
-    }
-    let mac = hex::decode(mac_s).ok()?.try_into().ok()?;
+    let mac = lower_hex(mac_s)?;
     Some(RawEntry {
         seq,
         time_ms,
@@ -230,8 +236,8 @@ pub(crate) fn parse_head(keys: &AuditKeys, text: &[u8]) -> Option<Head> {
         return None;
     }
     let seq = canonical_number(it.next()?)?;
-    let mac: [u8; 32] = hex::decode(it.next()?).ok()?.try_into().ok()?;
-    let tag: [u8; 32] = hex::decode(it.next()?).ok()?.try_into().ok()?;
+    let mac: [u8; 32] = lower_hex(it.next()?)?;
+    let tag: [u8; 32] = lower_hex(it.next()?)?;
     if it.next().is_some() {
         return None;
     }

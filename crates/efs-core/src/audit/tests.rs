@@ -221,6 +221,37 @@ async fn deleted_anchor_or_forged_anchor_is_reported() {
 }
 
 #[tokio::test]
+async fn a_log_or_anchor_respelled_in_uppercase_hex_is_reported() {
+    // Same bytes once decoded, so the MACs would still check out: the readers accept one
+    // spelling only, so that a file that verifies is the file that was written.
+    let (_t, dir, keys) = log_of(3).await;
+    let log = files(&dir).remove(0);
+    let good = lines(&log);
+    let mut l = good.clone();
+    let (magic, salt) = l[0].trim_end().rsplit_once(' ').unwrap();
+    assert!(salt.bytes().any(|b| b.is_ascii_lowercase()), "{salt}");
+    l[0] = format!("{magic} {}\n", salt.to_ascii_uppercase());
+    put_lines(&log, &l);
+    assert_eq!(problem(&dir, &keys).entry, 1);
+    put_lines(&log, &good);
+    assert!(verify(&dir, &keys, None).unwrap().is_clean());
+
+    let head = writer::head_path(&dir);
+    let anchor = std::fs::read_to_string(&head).unwrap();
+    let fields: Vec<&str> = anchor.trim_end().split(' ').collect();
+    for i in [fields.len() - 2, fields.len() - 1] {
+        let mut f = fields.clone();
+        let upper = f[i].to_ascii_uppercase();
+        assert_ne!(upper, f[i]);
+        f[i] = &upper;
+        std::fs::write(&head, f.join(" ") + "\n").unwrap();
+        assert!(problem(&dir, &keys).message.contains("anchor is damaged"));
+    }
+    std::fs::write(&head, anchor).unwrap();
+    assert!(verify(&dir, &keys, None).unwrap().is_clean());
+}
+
+#[tokio::test]
 async fn wrong_key_fails_everything() {
     let (_t, dir, _keys) = log_of(3).await;
     let p = problem(&dir, &AuditKeys::for_tests(8));
