@@ -91,3 +91,11 @@ for length, value in [(10, "bytes=0-0"), (1000, "bytes=100-"), (1000, "bytes=-20
                       (10, "*"), (10, '"00112233445566778899aabbccddeeff"'),
                       (10, '"00112233445566778899aabbccddeeff", W/"abc", "ffeeddccbbaa99887766554433221100"')]:
     write("http_headers", struct.pack(">Q", length) + value.encode())
+
+# audit_log: edit scripts on a genuine five-entry log and its anchor, 4 bytes per edit
+# (position u16 LE; operation, +128 for the anchor: 0 overwrite, 1 insert, 2 delete,
+# 3 truncate, 4 flip a letter's case; then the byte).
+for ops in [[], [(0, 0, ord("E"))], [(40, 0, ord("A"))], [(200, 1, ord("\n"))], [(120, 2, 0)],
+            [(300, 3, 0)], [(65535, 1, ord("x"))], [(70, 0, ord("0")), (71, 2, 0)],
+            [(30, 4, 0)], [(20, 128 + 4, 0)], [(15, 128 + 0, ord("9"))], [(40, 128 + 3, 0)]]:
+    write("audit_log", b"".join(struct.pack("<HBB", p, o, b) for p, o, b in ops))
