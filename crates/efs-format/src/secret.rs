@@ -150,6 +150,11 @@ mod tests {
             .expand(b"the label", &mut want)
             .unwrap();
         assert_eq!(k.derive(b"the salt", b"the label").as_bytes(), &want);
+        // An empty salt (the keyring's subkeys): RFC 5869's "HashLen zeros".
+        ::hkdf::Hkdf::<sha2::Sha256>::new(None, &[0x0b; 32])
+            .expand(b"the label", &mut want)
+            .unwrap();
+        assert_eq!(k.derive(b"", b"the label").as_bytes(), &want);
     }
 
     #[test]
