@@ -572,11 +572,13 @@ fn read_window(f: &std::fs::File, at: u64) -> Result<AlignedBuf> {
 }
 
 impl DirectReads {
-    /// Fills `out` with the blob's bytes at `offset`, window by window.
-    async fn read(&self, out: &mut [u8], offset: u64, blob_len: u64) -> Result<()> {
+    /// The blob's `len` bytes at `offset`, window by window (copied out of the windows
+    /// into a buffer that is not zeroed first).
+    async fn read(&self, offset: u64, len: usize, blob_len: u64) -> Result<Vec<u8>> {
+        let mut out = Vec::with_capacity(len);
         let mut w = self.windows.lock().await;
         let mut done = 0;
-        while done < out.len() {
+        while done < len {
             let at = offset + done as u64;
             let win = at / DIRECT_BUF as u64 * DIRECT_BUF as u64;
             if w.cur.as_ref().is_none_or(|(s, _)| *s != win) {
@@ -605,11 +607,11 @@ impl DirectReads {
             if from >= have.len() {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
-            let n = (have.len() - from).min(out.len() - done);
-            out[done..done + n].copy_from_slice(&have[from..from + n]);
+            let n = (have.len() - from).min(len - done);
+            out.extend_from_slice(&have[from..from + n]);
             done += n;
         }
-        Ok(())
+        Ok(out)
     }
 }
 
@@ -659,11 +661,10 @@ impl BlobReader for LocalReader {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        let mut buf = vec![0u8; len];
         if let Some(d) = &self.direct {
-            d.read(&mut buf, offset, self.len).await?;
-            return Ok(buf);
+            return d.read(offset, len, self.len).await;
         }
+        let mut buf = vec![0u8; len];
         let cached = read_cached(&self.file, &mut buf, offset);
         if cached == len {
             return Ok(buf);
