@@ -524,7 +524,7 @@ struct LocalReader {
 /// large files: a long sequential read gains little from the page cache but pays for every
 /// page it allocates there (see [`DirectWriter`]). Measured here (docs/benchmarks.md): a
 /// 1 GiB blob just written, read through the cache 344–364 MB/s, directly 1,545–1,750 MB/s;
-/// a 64 MiB blob read again and again, directly 866–1,098 MB/s, from the cache about
+/// a 64 MiB blob read again and again, directly 700–1,098 MB/s, from the cache about
 /// 1,500 MB/s. Smaller blobs are read through the cache, which then serves their next
 /// reads. There is no asking the cache first: a page-cache probe (`RWF_NOWAIT`) of an
 /// uncached range starts the kernel's readahead into the cache, so probing a cold blob
