@@ -232,7 +232,7 @@ fn open_new(path: &Path, direct: bool) -> Result<(std::fs::File, bool)> {
         d.custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32);
         match d.open(path) {
             Ok(f) => return Ok((f, true)),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
+            Err(e) if is_einval(&e) => {
                 // Some kernels create the file before they refuse the flag.
                 let _ = std::fs::remove_file(path);
             }
@@ -255,7 +255,7 @@ fn open_direct(path: &Path) -> Result<Option<std::fs::File>> {
             .open(path)
         {
             Ok(f) => Ok(Some(f)),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => Ok(None),
+            Err(e) if is_einval(&e) => Ok(None),
             Err(e) => Err(e.into()),
         }
     }
@@ -263,6 +263,19 @@ fn open_direct(path: &Path) -> Result<Option<std::fs::File>> {
     {
         let _ = path;
         Ok(None)
+    }
+}
+
+/// True for `EINVAL`: how a filesystem refuses `O_DIRECT` or a direct transfer's alignment.
+fn is_einval(e: &std::io::Error) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = e;
+        false
     }
 }
 
@@ -342,9 +355,7 @@ fn write_at(f: &std::fs::File, data: &[u8], offset: u64, direct: bool) -> Result
     if direct {
         match f.write_all_at(data, offset) {
             Ok(()) => return Ok(true),
-            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::INVAL.raw_os_error()) => {
-                set_buffered(f)?
-            }
+            Err(e) if is_einval(&e) => set_buffered(f)?,
             Err(e) => return Err(e.into()),
         }
     }
@@ -537,6 +548,9 @@ const DIRECT_READ_MIN: u64 = 128 << 20;
 struct DirectReads {
     file: Arc<std::fs::File>,
     windows: tokio::sync::Mutex<Windows>,
+    /// Set once the filesystem refused a direct read (`EINVAL`, an alignment it requires
+    /// beyond [`DIRECT_ALIGN`]): the reader reads through the page cache from then on.
+    refused: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Default)]
@@ -661,8 +675,14 @@ impl BlobReader for LocalReader {
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
-        if let Some(d) = &self.direct {
-            return d.read(offset, len, self.len).await;
+        use std::sync::atomic::Ordering::Relaxed;
+        if let Some(d) = &self.direct
+            && !d.refused.load(Relaxed)
+        {
+            match d.read(offset, len, self.len).await {
+                Err(CoreError::Io(e)) if is_einval(&e) => d.refused.store(true, Relaxed),
+                r => return r,
+            }
         }
         let mut buf = vec![0u8; len];
         let cached = read_cached(&self.file, &mut buf, offset);
@@ -721,6 +741,7 @@ impl BlobStore for LocalBlobStore {
                     open_direct(&p)?.map(|f| DirectReads {
                         file: Arc::new(f),
                         windows: Default::default(),
+                        refused: false.into(),
                     })
                 } else {
                     None
@@ -1015,6 +1036,36 @@ mod tests {
                 "direct reads must leave the page cache alone"
             );
         }
+    }
+
+    /// A direct write the kernel refuses (here: memory not aligned to a block, which every
+    /// filesystem refuses with `EINVAL`) is written through the page cache instead, and the
+    /// file stays buffered for the writes after it.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn a_refused_direct_write_goes_through_the_page_cache() {
+        use rustix::fs::{OFlags, fcntl_getfl};
+        let t = tempfile::tempdir().unwrap();
+        let path = t.path().join("f");
+        let (f, direct) = open_new(&path, true).unwrap();
+        if !direct {
+            eprintln!("skipped: this filesystem refuses O_DIRECT at open");
+            return;
+        }
+        let mut buf = AlignedBuf::take();
+        buf.fill(&vec![3u8; 2 * DIRECT_ALIGN]);
+        // One byte past the aligned start: misaligned memory and length.
+        let misaligned = &buf.filled()[1..];
+        assert!(!write_at(&f, misaligned, 0, true).unwrap());
+        assert!(!fcntl_getfl(&f).unwrap().contains(OFlags::DIRECT));
+        assert!(!write_at(&f, b"tail", misaligned.len() as u64, false).unwrap());
+        let mut want = misaligned.to_vec();
+        want.extend_from_slice(b"tail");
+        assert_eq!(std::fs::read(&path).unwrap(), want);
+        // While the file is still direct, an aligned write stays direct.
+        let (g, _) = open_new(&t.path().join("g"), true).unwrap();
+        assert!(write_at(&g, &buf.filled()[..DIRECT_ALIGN], 0, true).unwrap());
+        assert!(fcntl_getfl(&g).unwrap().contains(OFlags::DIRECT));
     }
 
     /// The direct writer really bypasses the page cache: right after `finish` the blob's
