@@ -185,16 +185,7 @@ impl BlobWriter for LocalWriter {
             .ok_or(CoreError::Corrupt("blob writer closed"))?;
         let tmp = self.tmp.clone();
         let dest = self.dest.clone();
-        let res = blocking(move || {
-            f.sync_all()?;
-            drop(f);
-            let dir = dest.parent().expect("a blob path has a shard directory");
-            std::fs::create_dir_all(dir)?;
-            std::fs::rename(&tmp, &dest)?;
-            std::fs::File::open(dir)?.sync_all()?;
-            Ok(())
-        })
-        .await;
+        let res = blocking(move || put_in_place(f, &tmp, &dest)).await;
         // On success the blob is in place; on failure `Drop` removes the temporary file.
         self.finished = res.is_ok();
         res
@@ -424,17 +415,18 @@ impl DirectWriter {
         Ok(Some(buf))
     }
 
+    /// The file and the buffer being filled, taken out (no write may be in flight).
+    fn take_parts(&mut self) -> Result<(std::fs::File, AlignedBuf)> {
+        match (self.file.take(), self.buf.take()) {
+            (Some(f), Some(b)) => Ok((f, b)),
+            _ => Err(CoreError::Corrupt("blob writer closed")),
+        }
+    }
+
     /// Hands the full buffer to a blocking thread and starts filling another.
     async fn flush_full(&mut self) -> Result<()> {
         let spare = self.settle().await?;
-        let buf = self
-            .buf
-            .take()
-            .ok_or(CoreError::Corrupt("blob writer closed"))?;
-        let f = self
-            .file
-            .take()
-            .ok_or(CoreError::Corrupt("blob writer closed"))?;
+        let (f, buf) = self.take_parts()?;
         let (offset, direct) = (self.offset, self.direct);
         self.offset += buf.len as u64;
         self.pending = Some(tokio::task::spawn_blocking(move || {
@@ -466,14 +458,7 @@ impl BlobWriter for DirectWriter {
     async fn finish(mut self: Box<Self>) -> Result<()> {
         // On an error `Drop` removes the temporary file.
         self.settle().await?;
-        let f = self
-            .file
-            .take()
-            .ok_or(CoreError::Corrupt("blob writer closed"))?;
-        let buf = self
-            .buf
-            .take()
-            .ok_or(CoreError::Corrupt("blob writer closed"))?;
+        let (f, buf) = self.take_parts()?;
         let (offset, direct) = (self.offset, self.direct);
         let tmp = self.tmp.clone();
         let dest = self.dest.clone();
@@ -492,14 +477,7 @@ impl BlobWriter for DirectWriter {
                 write_at(&f, &data[whole..], offset + whole as u64, false)?;
             }
             drop(buf);
-            // The size, the new extents, and the disk's own write cache.
-            f.sync_all()?;
-            drop(f);
-            let dir = dest.parent().expect("a blob path has a shard directory");
-            std::fs::create_dir_all(dir)?;
-            std::fs::rename(&tmp, &dest)?;
-            std::fs::File::open(dir)?.sync_all()?;
-            Ok(())
+            put_in_place(f, &tmp, &dest)
         })
         .await;
         self.finished = res.is_ok();
@@ -519,6 +497,19 @@ impl Drop for DirectWriter {
             let _ = std::fs::remove_file(&self.tmp);
         }
     }
+}
+
+/// The end of both writers: fsync of the written file (its data, size and extents, and the
+/// disk's own write cache), rename into its shard directory (created if missing), fsync of
+/// that directory.
+fn put_in_place(f: std::fs::File, tmp: &Path, dest: &Path) -> Result<()> {
+    f.sync_all()?;
+    drop(f);
+    let dir = dest.parent().expect("a blob path has a shard directory");
+    std::fs::create_dir_all(dir)?;
+    std::fs::rename(tmp, dest)?;
+    std::fs::File::open(dir)?.sync_all()?;
+    Ok(())
 }
 
 /// Reads one blob through its own open file (so a blob unlinked by an overwrite stays
