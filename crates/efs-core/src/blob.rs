@@ -18,6 +18,18 @@ use crate::index::ContentId;
 pub trait BlobWriter: Send {
     /// Appends bytes.
     async fn write(&mut self, data: Vec<u8>) -> Result<()>;
+    /// The writer's own buffer, for a caller that produces the next bytes itself (sealing a
+    /// segment) and can append them there instead of handing them to
+    /// [`BlobWriter::write`], which would copy them once more. Append only, at most
+    /// [`TAIL_MAX`] bytes, then call [`BlobWriter::wrote_tail`] before anything else.
+    /// `None` (the default): use `write`.
+    fn tail(&mut self) -> Option<&mut Vec<u8>> {
+        None
+    }
+    /// Takes in what was appended to [`BlobWriter::tail`] (writing out a full buffer).
+    async fn wrote_tail(&mut self) -> Result<()> {
+        Ok(())
+    }
     /// Makes the blob durable and visible under its id.
     async fn finish(self: Box<Self>) -> Result<()>;
     /// Drops the partial blob.
@@ -279,6 +291,14 @@ const DIRECT_ALIGN: usize = 4096;
 /// buffers per upload (one filling, one being written) keep the memory per upload at 16 MiB.
 const DIRECT_BUF: usize = 8 << 20;
 
+/// Most bytes a caller may append to [`BlobWriter::tail`] at a time: one sealed segment
+/// (64 KiB and its tag) with room to spare.
+pub const TAIL_MAX: usize = 96 << 10;
+
+/// Capacity of an [`AlignedBuf`]: the alignment padding, a full buffer, and one more
+/// [`TAIL_MAX`] appended past it before the writer flushes.
+const BUF_CAP: usize = DIRECT_ALIGN + DIRECT_BUF + TAIL_MAX;
+
 /// Free [`AlignedBuf`]s kept for the next upload, so that a new upload reuses memory the
 /// process has already touched instead of faulting in fresh pages (see [`DirectWriter`]).
 static BUF_POOL: std::sync::Mutex<Vec<Vec<u8>>> = std::sync::Mutex::new(Vec::new());
@@ -289,40 +309,82 @@ const BUF_POOL_MAX: usize = 8;
 
 /// A buffer of [`DIRECT_BUF`] bytes at a [`DIRECT_ALIGN`]-aligned address, filled from the
 /// start. It holds sealed content only (ciphertext), never a key or plaintext. Safe code:
-/// an over-allocated `Vec` and the aligned window inside it (the `Vec` never reallocates).
+/// an over-allocated `Vec` whose bytes from `start` on (an aligned address) are the
+/// buffer's contents; `v.len() - start` is how much it holds. The `Vec` is created with
+/// [`BUF_CAP`] bytes of capacity so that filling it never reallocates (a writer still
+/// checks the alignment before a direct write, in case a caller appended too much).
 struct AlignedBuf {
     v: Vec<u8>,
     start: usize,
-    len: usize,
 }
 
 impl AlignedBuf {
-    /// A buffer from the pool, or a new one.
-    fn take() -> Self {
+    /// A `Vec` from the pool, or a new one (not zeroed: nothing reads it before it is
+    /// written), and the offset of its first aligned byte.
+    fn pooled() -> (Vec<u8>, usize) {
         let v = BUF_POOL
             .lock()
             .ok()
             .and_then(|mut p| p.pop())
-            .unwrap_or_else(|| vec![0u8; DIRECT_BUF + DIRECT_ALIGN]);
+            .unwrap_or_else(|| Vec::with_capacity(BUF_CAP));
         let start = v.as_ptr().align_offset(DIRECT_ALIGN);
-        Self { v, start, len: 0 }
+        (v, start)
     }
 
-    /// Copies as much of `data` as fits; returns how many bytes.
+    /// An empty buffer, to fill.
+    fn take() -> Self {
+        let (mut v, start) = Self::pooled();
+        // Shorten first: `resize` only zeroes what it adds (the padding, below 4 KiB).
+        v.truncate(start);
+        v.resize(start, 0);
+        Self { v, start }
+    }
+
+    /// A buffer holding [`DIRECT_BUF`] bytes (zeroes, or what its last user left), to read
+    /// into. Zeroes only what a pooled `Vec` does not already hold.
+    fn take_full() -> Self {
+        let (mut v, start) = Self::pooled();
+        v.resize(start + DIRECT_BUF, 0);
+        Self { v, start }
+    }
+
+    fn len(&self) -> usize {
+        self.v.len() - self.start
+    }
+
+    /// Copies as much of `data` as fits in [`DIRECT_BUF`] bytes; returns how many bytes.
     fn fill(&mut self, data: &[u8]) -> usize {
-        let n = data.len().min(DIRECT_BUF - self.len);
-        let at = self.start + self.len;
-        self.v[at..at + n].copy_from_slice(&data[..n]);
-        self.len += n;
+        let n = data.len().min(DIRECT_BUF.saturating_sub(self.len()));
+        self.v.extend_from_slice(&data[..n]);
         n
     }
 
     fn is_full(&self) -> bool {
-        self.len == DIRECT_BUF
+        self.len() >= DIRECT_BUF
     }
 
     fn filled(&self) -> &[u8] {
-        &self.v[self.start..self.start + self.len]
+        &self.v[self.start..]
+    }
+
+    /// Empties the buffer (keeping its memory).
+    fn clear(&mut self) {
+        self.v.truncate(self.start);
+    }
+
+    /// True while the contents start at an aligned address (the `Vec` never reallocated).
+    fn is_aligned(&self) -> bool {
+        (self.v.as_ptr() as usize + self.start).is_multiple_of(DIRECT_ALIGN)
+    }
+
+    /// The same contents in a buffer whose start is aligned (a copy, if it is not).
+    fn realigned(self) -> Self {
+        if self.is_aligned() {
+            return self;
+        }
+        let mut b = Self::take();
+        b.v.extend_from_slice(self.filled());
+        b
     }
 }
 
@@ -411,7 +473,7 @@ impl DirectWriter {
         let (file, mut buf, direct) = joined(p.await)?;
         self.file = Some(file);
         self.direct = direct;
-        buf.len = 0;
+        buf.clear();
         Ok(Some(buf))
     }
 
@@ -423,17 +485,25 @@ impl DirectWriter {
         }
     }
 
-    /// Hands the full buffer to a blocking thread and starts filling another.
+    /// Hands the full buffer to a blocking thread and starts filling another, with what
+    /// was appended past [`DIRECT_BUF`] (through [`BlobWriter::tail`]).
     async fn flush_full(&mut self) -> Result<()> {
         let spare = self.settle().await?;
-        let (f, buf) = self.take_parts()?;
+        let (f, mut buf) = self.take_parts()?;
+        let mut next = spare.unwrap_or_else(AlignedBuf::take);
+        let cut = buf.start + DIRECT_BUF;
+        if buf.v.len() > cut {
+            next.v.extend_from_slice(&buf.v[cut..]);
+            buf.v.truncate(cut);
+        }
+        let buf = buf.realigned();
         let (offset, direct) = (self.offset, self.direct);
-        self.offset += buf.len as u64;
+        self.offset += buf.len() as u64;
         self.pending = Some(tokio::task::spawn_blocking(move || {
             let direct = write_at(&f, buf.filled(), offset, direct)?;
             Ok((f, buf, direct))
         }));
-        self.buf = Some(spare.unwrap_or_else(AlignedBuf::take));
+        self.buf = Some(next);
         Ok(())
     }
 }
@@ -455,10 +525,29 @@ impl BlobWriter for DirectWriter {
         Ok(())
     }
 
+    fn tail(&mut self) -> Option<&mut Vec<u8>> {
+        self.buf.as_mut().map(|b| &mut b.v)
+    }
+
+    async fn wrote_tail(&mut self) -> Result<()> {
+        let buf = self
+            .buf
+            .as_ref()
+            .ok_or(CoreError::Corrupt("blob writer closed"))?;
+        if buf.v.len() < buf.start {
+            return Err(CoreError::Corrupt("blob writer buffer shortened"));
+        }
+        while self.buf.as_ref().is_some_and(AlignedBuf::is_full) {
+            self.flush_full().await?;
+        }
+        Ok(())
+    }
+
     async fn finish(mut self: Box<Self>) -> Result<()> {
         // On an error `Drop` removes the temporary file.
         self.settle().await?;
         let (f, buf) = self.take_parts()?;
+        let buf = buf.realigned();
         let (offset, direct) = (self.offset, self.direct);
         let tmp = self.tmp.clone();
         let dest = self.dest.clone();
@@ -556,15 +645,16 @@ struct Windows {
 /// the file.
 fn read_window(f: &std::fs::File, at: u64) -> Result<AlignedBuf> {
     use std::os::unix::fs::FileExt;
-    let mut buf = AlignedBuf::take();
-    while buf.len < DIRECT_BUF {
+    let mut buf = AlignedBuf::take_full();
+    let mut got = 0;
+    while got < DIRECT_BUF {
         // Whole blocks only: the remaining room is a multiple of the block size as long as
         // every read before it was (a short read happens only at the end of the file).
-        let (start, len) = (buf.start + buf.len, DIRECT_BUF - buf.len);
-        match f.read_at(&mut buf.v[start..start + len], at + buf.len as u64) {
+        let (from, to) = (buf.start + got, buf.start + DIRECT_BUF);
+        match f.read_at(&mut buf.v[from..to], at + got as u64) {
             Ok(0) => break,
             Ok(n) => {
-                buf.len += n;
+                got += n;
                 if n % DIRECT_ALIGN != 0 {
                     break;
                 }
@@ -573,6 +663,7 @@ fn read_window(f: &std::fs::File, at: u64) -> Result<AlignedBuf> {
             Err(e) => return Err(e.into()),
         }
     }
+    buf.v.truncate(buf.start + got);
     Ok(buf)
 }
 
@@ -955,6 +1046,63 @@ mod tests {
             }
             assert_eq!(tmp_files(&store.root), 0);
         }
+    }
+
+    /// Bytes appended to a writer's tail (as an upload seals into it), mixed with `write`s,
+    /// read back byte for byte across buffer edges, from both writers (the buffered one has
+    /// no tail: everything goes through `write`).
+    #[tokio::test]
+    async fn bytes_appended_to_the_tail_read_back_like_written_ones() {
+        let t = tempfile::tempdir().unwrap();
+        let len = 3 * DIRECT_BUF + 54_321;
+        let content: Vec<u8> = (0..len).map(|i| (i % 251) as u8).collect();
+        // Sealed segments and odd sizes, all within TAIL_MAX; every fifth through `write`.
+        let sizes = [65_552, 1, DIRECT_ALIGN + 3, TAIL_MAX, 77_777, 65_552];
+        for store in stores(t.path()) {
+            let id = [9u8; 16];
+            let mut w = store.create(&id).await.unwrap();
+            let (mut at, mut n) = (0, 0);
+            while at < len {
+                let part = &content[at..(at + sizes[n % sizes.len()]).min(len)];
+                match w.tail() {
+                    Some(tail) if n % 5 != 4 => {
+                        tail.extend_from_slice(part);
+                        w.wrote_tail().await.unwrap();
+                    }
+                    _ => w.write(part.to_vec()).await.unwrap(),
+                }
+                at += part.len();
+                n += 1;
+            }
+            w.finish().await.unwrap();
+            let r = store.open(&id).await.unwrap();
+            assert!(
+                r.read_at(0, len).await.unwrap() == content,
+                "direct: {}",
+                store.direct
+            );
+        }
+    }
+
+    /// A caller appending far more than [`TAIL_MAX`] at once makes the buffer reallocate
+    /// (its start no longer aligned): the writer copies into an aligned buffer before each
+    /// direct write instead of failing, and the bytes read back.
+    #[tokio::test]
+    async fn an_overfilled_tail_is_realigned_not_lost() {
+        let t = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(t.path()).unwrap();
+        let content: Vec<u8> = (0..2 * BUF_CAP + 999).map(|i| (i % 241) as u8).collect();
+        let id = [10u8; 16];
+        let mut w = store.create(&id).await.unwrap();
+        match w.tail() {
+            Some(tail) => tail.extend_from_slice(&content),
+            None => w.write(content.clone()).await.unwrap(),
+        }
+        w.wrote_tail().await.unwrap();
+        w.finish().await.unwrap();
+        let r = store.open(&id).await.unwrap();
+        assert!(r.read_at(0, content.len()).await.unwrap() == content);
+        assert_eq!(tmp_files(&store.root), 0);
     }
 
     /// A blob read with direct reads (the threshold lowered to one block): sequential

@@ -36,6 +36,9 @@ const MAX_ATTEMPTS: usize = 64;
 /// Bytes buffered before a blob write is issued.
 const WRITE_CHUNK: usize = 1 << 20;
 
+// `Upload::write` appends at most one sealed segment to a blob writer's tail at a time.
+const _: () = assert!(SEGMENT_SIZE + TAG_LEN <= crate::blob::TAIL_MAX);
+
 /// Tunables of a filesystem.
 #[derive(Debug, Clone)]
 pub struct FsOptions {
@@ -1297,12 +1300,26 @@ impl Upload {
         if self.size > self.max_size {
             return Err(CoreError::TooLarge);
         }
-        self.enc
-            .as_mut()
-            .expect("the encryptor lives until finish")
-            .update(data, &mut self.buf);
+        let enc = self.enc.as_mut().expect("the encryptor lives until finish");
+        if let Some(blob) = self.blob.as_mut()
+            && blob.tail().is_some()
+        {
+            // Sealed straight into the blob writer's buffer, one segment at a time (at most
+            // one sealed segment per `update` of at most a segment of plaintext).
+            for piece in data.chunks(SEGMENT_SIZE) {
+                enc.update(piece, blob.tail().expect("checked above"));
+                blob.wrote_tail().await?;
+            }
+            return Ok(());
+        }
+        enc.update(data, &mut self.buf);
         if self.blob.is_none() && self.size > self.fs.opts.inline_max as u64 {
-            self.blob = Some(self.fs.blobs.create(&self.content_id).await?);
+            let mut blob = self.fs.blobs.create(&self.content_id).await?;
+            if blob.tail().is_some() {
+                // What was sealed so far goes first; the rest is sealed into the writer.
+                blob.write(std::mem::take(&mut self.buf)).await?;
+            }
+            self.blob = Some(blob);
         }
         if let Some(blob) = self.blob.as_mut()
             && self.buf.len() >= WRITE_CHUNK

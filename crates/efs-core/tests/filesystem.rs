@@ -24,6 +24,10 @@ async fn round_trip_at_edge_sizes_inline_and_blob() {
         SEG,
         SEG + 1,
         3 * SEG + 7,
+        // Past one and two of the direct blob writer's 8 MiB buffers, sealed straight into
+        // them (`put_with` writes 10,007 bytes at a time).
+        (8 << 20) + 1,
+        2 * (8 << 20) + 3 * SEG + 7,
     ];
     let mut blobs_expected = 0;
     for (i, &n) in sizes.iter().enumerate() {
