@@ -58,8 +58,9 @@ pub struct AppState {
     pub cache: ContentCache,
     /// Limits.
     pub http: HttpConfig,
-    /// Prometheus renderer.
-    pub metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    /// Prometheus renderer, and the SHA-256 of the bearer token a scrape must present
+    /// (`--metrics-token-file`); `None`: metrics are off.
+    pub metrics: Option<(metrics_exporter_prometheus::PrometheusHandle, [u8; 32])>,
 }
 
 type St = State<Arc<AppState>>;
@@ -145,24 +146,41 @@ async fn health(State(st): St) -> Result<axum::Json<Health>, ApiError> {
     }))
 }
 
-async fn metrics_text(State(st): St) -> Response {
-    match &st.metrics {
-        Some(h) => {
-            // Per-filesystem gauges (cheap: files and bytes are recounted in the background).
-            crate::fsmetrics::before_render(&st.data).await;
-            (
-                [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-                h.render(),
-            )
-                .into_response()
-        }
-        None => ApiError::new(
+/// `/_efs/metrics`, for a scraper presenting the metrics token (`Authorization: Bearer`).
+/// The gauges name every filesystem and count its files and bytes, so they are not public;
+/// the token is not a user's login (a scraper needs no key, and no user sees the others'
+/// filesystems). Compared as SHA-256 digests in constant time.
+async fn metrics_text(State(st): St, headers: HeaderMap) -> Response {
+    let Some((h, token_hash)) = &st.metrics else {
+        return ApiError::new(
             StatusCode::NOT_FOUND,
             efs_proto::codes::NOT_FOUND,
-            "metrics are off",
+            "metrics are off (start the server with --metrics-token-file)",
         )
-        .into_response(),
+        .into_response();
+    };
+    let presented = headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|t| crate::metrics_token::digest(t.trim()));
+    let ok = presented
+        .is_some_and(|d| bool::from(subtle::ConstantTimeEq::ct_eq(&d[..], &token_hash[..])));
+    if !ok {
+        return ApiError::new(
+            StatusCode::UNAUTHORIZED,
+            efs_proto::codes::UNAUTHORIZED,
+            "metrics need the metrics token: Authorization: Bearer <token>",
+        )
+        .into_response();
     }
+    // Per-filesystem gauges (cheap: files and bytes are recounted in the background).
+    crate::fsmetrics::before_render(&st.data).await;
+    (
+        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+        h.render(),
+    )
+        .into_response()
 }
 
 async fn openapi() -> Response {

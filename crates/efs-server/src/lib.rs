@@ -12,6 +12,7 @@
 //! - [`users`]: the in-memory user directory.
 //! - [`error`]: `ApiError`, the one mapping from failures to HTTP.
 //! - [`fsmetrics`]: per-filesystem gauges (files, bytes, rotation progress).
+//! - [`metrics_token`]: the bearer token `/_efs/metrics` requires.
 
 #![warn(missing_docs)]
 
@@ -24,6 +25,7 @@ pub mod error;
 pub mod first_bytes;
 pub mod fsmetrics;
 pub mod http_headers;
+pub mod metrics_token;
 pub mod ratelimit;
 pub mod server;
 pub mod tls;

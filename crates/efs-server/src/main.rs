@@ -78,6 +78,11 @@ struct Args {
     /// address, inside it refuse further logins (429) until it ends.
     #[arg(long, default_value_t = 60)]
     login_fail_window: u64,
+    /// Serve Prometheus metrics at /_efs/metrics to scrapers presenting the token in this
+    /// file (Authorization: Bearer; at least 16 visible ASCII characters). Without it,
+    /// metrics are off: they name every filesystem and count its files and bytes.
+    #[arg(long, env = "EFS_METRICS_TOKEN_FILE", value_name = "PATH")]
+    metrics_token_file: Option<PathBuf>,
     /// Write request paths to the log (they are personal data; off by default).
     #[arg(long)]
     log_paths: bool,
@@ -97,6 +102,18 @@ fn main() -> std::process::ExitCode {
         .with_writer(std::io::stderr)
         .init();
     let a = Args::parse();
+    let metrics_token = match a
+        .metrics_token_file
+        .as_deref()
+        .map(efs_server::metrics_token::load)
+    {
+        None => None,
+        Some(Ok(t)) => Some(t),
+        Some(Err(e)) => {
+            eprintln!("efs-server: error: {e:#}");
+            return std::process::ExitCode::from(1);
+        }
+    };
     let cfg = ServerConfig {
         data: a.data,
         listen: a.listen,
@@ -118,6 +135,7 @@ fn main() -> std::process::ExitCode {
         max_renewals: a.max_renewals,
         login_fail_window: Duration::from_secs(a.login_fail_window.max(1)),
         shutdown_timeout: Duration::from_secs(30),
+        metrics_token,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

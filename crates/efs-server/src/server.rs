@@ -60,6 +60,9 @@ pub struct ServerConfig {
     pub login_fail_window: Duration,
     /// Wait at most this long for in-flight requests at shutdown.
     pub shutdown_timeout: Duration,
+    /// SHA-256 of the token `/_efs/metrics` requires ([`crate::metrics_token`]); `None`:
+    /// metrics are off (and not recorded).
+    pub metrics_token: Option<[u8; 32]>,
 }
 
 /// Checks every filesystem's index against its digest in the background (a full scan of
@@ -164,14 +167,17 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 
     // Buckets make the latency series Prometheus histograms (without them the exporter
     // renders summaries, which cannot be aggregated across servers).
-    let metrics = metrics_exporter_prometheus::PrometheusBuilder::new()
-        .set_buckets(&[
-            0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
-            30.0,
-        ])
-        .ok()
-        .and_then(|b| b.install_recorder().ok());
-    if let Some(h) = metrics.clone() {
+    let metrics = cfg.metrics_token.and_then(|token| {
+        metrics_exporter_prometheus::PrometheusBuilder::new()
+            .set_buckets(&[
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                10.0, 30.0,
+            ])
+            .ok()
+            .and_then(|b| b.install_recorder().ok())
+            .map(|h| (h, token))
+    });
+    if let Some((h, _)) = metrics.clone() {
         // The exporter keeps every histogram sample until upkeep folds it into the buckets:
         // without this task, a server nobody scraped grew by 8 bytes per request (about
         // 1.4 GB an hour at 50,000 requests a second).

@@ -1131,16 +1131,7 @@ async fn cache_on_and_off_serve_identical_bytes() {
         assert_eq!(s.srv.get_ok("/c/f4", &s.token).await, b"replaced");
     }
     // The cached server did use its cache.
-    let m = on
-        .srv
-        .client
-        .get(on.srv.url("/_efs/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = on.srv.metrics().await.text().await.unwrap();
     let hits: f64 = m
         .lines()
         .find(|l| l.starts_with("efs_cache_hits_total"))
@@ -1148,16 +1139,7 @@ async fn cache_on_and_off_serve_identical_bytes() {
         .and_then(|v| v.parse().ok())
         .unwrap_or_else(|| panic!("efs_cache_hits_total in\n{m}"));
     assert!(hits >= 10.0, "cache hits: {hits}");
-    let m = off
-        .srv
-        .client
-        .get(off.srv.url("/_efs/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let m = off.srv.metrics().await.text().await.unwrap();
     assert!(
         !m.lines().any(|l| l.starts_with("efs_cache_hits_total")),
         "no cache, no hits"
@@ -1380,6 +1362,35 @@ async fn fsck_is_clean_after_a_stop_and_finds_corruption() {
     );
 }
 
+/// Without `--metrics-token-file` metrics are off (404, whatever the request carries); a token file
+/// that is too short stops the server at start, naming the problem but not the token.
+#[tokio::test]
+async fn metrics_are_off_without_a_token_and_a_weak_token_is_refused() {
+    let s = session(&[NO_METRICS]).await;
+    s.srv.put_ok("/m/f", &s.token, "x").await;
+    for token in [None, Some(METRICS_TOKEN), Some(s.token.as_str())] {
+        let mut rb = s.srv.client.get(s.srv.url("/_efs/metrics"));
+        if let Some(t) = token {
+            rb = rb.bearer_auth(t);
+        }
+        let msg = assert_error(rb.send().await.unwrap(), 404, "not_found").await;
+        assert!(msg.contains("--metrics-token-file"), "{msg}");
+    }
+
+    let dir = std::sync::Arc::new(new_tempdir());
+    let weak = dir.path().join("weak-token");
+    std::fs::write(&weak, "pass123\n").unwrap();
+    let f = TestServer::try_start_in(
+        dir,
+        &[NO_METRICS, "--metrics-token-file", weak.to_str().unwrap()],
+        &[],
+    )
+    .err()
+    .expect("a 7-byte metrics token is refused");
+    assert!(f.stderr.contains("shorter than 16 bytes"), "{}", f.stderr);
+    assert!(!f.stderr.contains("pass123"), "{}", f.stderr);
+}
+
 #[tokio::test]
 async fn control_routes() {
     let s = session(&[]).await;
@@ -1457,12 +1468,20 @@ async fn control_routes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    let r = srv
-        .client
-        .get(srv.url("/_efs/metrics"))
-        .send()
-        .await
-        .unwrap();
+    // Metrics only with the metrics token (a user's login is not it).
+    for r in [
+        srv.client.get(srv.url("/_efs/metrics")),
+        srv.client
+            .get(srv.url("/_efs/metrics"))
+            .bearer_auth("test-metrics-token-012345678"),
+        srv.client
+            .get(srv.url("/_efs/metrics"))
+            .bearer_auth(&s.token),
+    ] {
+        let r = r.send().await.unwrap();
+        assert_error(r, 401, "unauthorized").await;
+    }
+    let r = srv.metrics().await;
     assert_eq!(r.status(), 200);
     assert!(
         header(&r, "content-type")

@@ -149,14 +149,7 @@ async fn efsctl(srv: &Arc<TestServer>, args: &[&str]) -> String {
 }
 
 async fn metrics(srv: &TestServer) -> String {
-    srv.client
-        .get(srv.url("/_efs/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap()
+    srv.metrics().await.text().await.unwrap()
 }
 
 fn gauge(text: &str, name: &str, fs: &str) -> Option<f64> {

@@ -28,6 +28,12 @@ pub const SERVER_BIN: &str = env!("CARGO_BIN_EXE_efs-server");
 /// The admin tool under test.
 pub const EFSCTL_BIN: &str = env!("CARGO_BIN_EXE_efsctl");
 
+/// The metrics token every test server is started with (`<dir>/metrics-token`), unless
+/// its options include [`NO_METRICS`]; [`TestServer::metrics`] presents it.
+pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
+/// An option of the harness, not of the server: start without `--metrics-token-file`.
+pub const NO_METRICS: &str = "--harness-no-metrics";
+
 /// How long a server may take to print "Listening on" (debug build, 2 busy cores).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -97,8 +103,13 @@ impl TestServer {
             .arg(&data)
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .args(extra)
-            .env_remove("EFS_PASSPHRASE")
+            .args(extra.iter().filter(|a| **a != NO_METRICS));
+        if !extra.contains(&NO_METRICS) {
+            let token_file = dir.path().join("metrics-token");
+            std::fs::write(&token_file, format!("{METRICS_TOKEN}\n")).expect("metrics token");
+            cmd.arg("--metrics-token-file").arg(token_file);
+        }
+        cmd.env_remove("EFS_PASSPHRASE")
             .env_remove("EFS_DATA")
             .env_remove("EFS_LISTEN")
             .env_remove("EFS_LOG")
@@ -240,6 +251,16 @@ impl TestServer {
     /// Everything the server printed on stderr so far.
     pub fn stderr(&self) -> String {
         self.stderr_lines.lock().unwrap().join("\n")
+    }
+
+    /// `GET /_efs/metrics` with the metrics token.
+    pub async fn metrics(&self) -> reqwest::Response {
+        self.client
+            .get(self.url("/_efs/metrics"))
+            .bearer_auth(METRICS_TOKEN)
+            .send()
+            .await
+            .unwrap()
     }
 
     /// The URL of `path` (already percent-encoded as needed).
