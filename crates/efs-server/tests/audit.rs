@@ -214,6 +214,34 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
     assert_eq!(out.status.code(), Some(3));
 }
 
+/// `efsctl health` (the container's health check, every 30 s) answers "ok" through the
+/// admin socket and adds nothing to the audit log, while other admin commands are recorded.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_health_check_is_not_recorded() {
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let admin = |cmd: &str| {
+        show(&srv, &[])
+            .iter()
+            .filter(|e| e["detail"].as_str().is_some_and(|d| d.starts_with(cmd)))
+            .count()
+    };
+    for _ in 0..3 {
+        assert_eq!(srv.efsctl_ok(&["health"]).trim(), "ok");
+    }
+    srv.efsctl_ok(&["list-fs"]);
+    // Entries reach `audit show` once fsynced (every 5 ms).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while admin("list-fs") == 0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "list-fs never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(admin("health"), 0, "health checks recorded");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn unwritable_audit_log_fails_closed() {
     let s = session(&[]).await;
@@ -257,9 +285,21 @@ async fn unwritable_audit_log_fails_closed() {
     let out = srv.efsctl(&["create-fs", "other"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("audit log cannot be written"));
+    // The container health check fails too.
+    let out = srv.efsctl(&["health"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot serve") && err.contains("audit log cannot be written"),
+        "{err}"
+    );
     // The refused write did not happen: after a restart on a repaired log, /b.txt is absent.
     let mut srv = srv;
     srv.stop().await;
+    let out = srv.efsctl(&["health"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no efs-server is running"), "{err}");
     // Nor does a server start without its audit log.
     let f = TestServer::try_start_in(srv.dir.clone(), &[], &[])
         .err()

@@ -123,6 +123,9 @@ enum Cmd {
     },
     /// List users and their grants.
     ListUsers,
+    /// Check that efs-server runs on this data dir and can serve (for container health
+    /// checks): exit 0 and "ok", else 1. Not recorded in the audit log.
+    Health,
     /// Bind a client certificate to a user (with efs-server --client-ca).
     BindCert {
         /// User.
@@ -362,6 +365,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::Revoke { user, fs } => AdminRequest::Revoke { user, fs },
         Cmd::DeleteUser { name } => AdminRequest::DeleteUser { name },
         Cmd::ListUsers => AdminRequest::ListUsers,
+        Cmd::Health => return health(&args.data),
         Cmd::BindCert {
             user,
             cert,
@@ -454,19 +458,7 @@ fn send(
 ) -> anyhow::Result<AdminResponse> {
     let sock = efs_core::datadir::admin_socket_path(data);
     match UnixStream::connect(&sock) {
-        Ok(mut s) => {
-            let mut line = serde_json::to_vec(&req)?;
-            line.push(b'\n');
-            s.write_all(&line).context("writing to the admin socket")?;
-            let mut r = BufReader::new(s);
-            let mut out = String::new();
-            r.read_line(&mut out)
-                .context("reading from the admin socket")?;
-            if out.is_empty() {
-                bail!("the server closed the admin socket without answering");
-            }
-            Ok(serde_json::from_str(&out).context("the server's answer is not valid JSON")?)
-        }
+        Ok(s) => ask(s, &req),
         Err(_) => {
             if !data.join("system").join("keyparts.json").exists() {
                 bail!(
@@ -500,6 +492,36 @@ fn send(
             let op = efs_core::admin::Operator::this_process("data-dir");
             Ok(rt.block_on(efs_core::admin::execute_as(&dd, req, &op)))
         }
+    }
+}
+
+/// One request over the admin socket, and the server's answer.
+fn ask(mut s: UnixStream, req: &AdminRequest) -> anyhow::Result<AdminResponse> {
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line).context("writing to the admin socket")?;
+    let mut r = BufReader::new(s);
+    let mut out = String::new();
+    r.read_line(&mut out)
+        .context("reading from the admin socket")?;
+    if out.is_empty() {
+        bail!("the server closed the admin socket without answering");
+    }
+    Ok(serde_json::from_str(&out).context("the server's answer is not valid JSON")?)
+}
+
+/// `health`: only a running server answers (no fallback to the data dir, which would need
+/// the key parts and would not say whether anything serves).
+fn health(data: &Path) -> anyhow::Result<u8> {
+    let s = UnixStream::connect(efs_core::datadir::admin_socket_path(data))
+        .map_err(|_| anyhow::anyhow!("no efs-server is running on {}", data.display()))?;
+    let resp = ask(s, &AdminRequest::Health)?;
+    match resp.error {
+        None if resp.ok => {
+            say!("ok");
+            Ok(0)
+        }
+        e => bail!("efs-server cannot serve: {}", e.unwrap_or_default()),
     }
 }
 
