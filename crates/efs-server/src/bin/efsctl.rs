@@ -507,7 +507,7 @@ fn ask(mut s: UnixStream, req: &AdminRequest) -> anyhow::Result<AdminResponse> {
     if out.is_empty() {
         bail!("the server closed the admin socket without answering");
     }
-    Ok(serde_json::from_str(&out).context("the server's answer is not valid JSON")?)
+    serde_json::from_str(&out).context("the server's answer is not valid JSON")
 }
 
 /// `health`: only a running server answers (no fallback to the data dir, which would need
