@@ -99,3 +99,13 @@ for ops in [[], [(0, 0, ord("E"))], [(40, 0, ord("A"))], [(200, 1, ord("\n"))], 
             [(300, 3, 0)], [(65535, 1, ord("x"))], [(70, 0, ord("0")), (71, 2, 0)],
             [(30, 4, 0)], [(20, 128 + 4, 0)], [(15, 128 + 0, ord("9"))], [(40, 128 + 3, 0)]]:
     write("audit_log", b"".join(struct.pack("<HBB", p, o, b) for p, o, b in ops))
+
+# backup_dump: index dumps as a backup writes them (kind 1: entry, 32-byte key; kind 2: inline
+# content, 16-byte id; each with u32 big-endian lengths).
+def dump_item(kind, key, value):
+    return bytes([kind]) + struct.pack(">I", len(key)) + key + struct.pack(">I", len(value)) + value
+write("backup_dump", b"")
+write("backup_dump", dump_item(1, bytes(range(32)), b"\x00\x01sealed record bytes"))
+write("backup_dump", dump_item(1, b"\xaa" * 32, b"r" * 90) + dump_item(2, b"\x07" * 16, b"c" * 300)
+      + dump_item(1, b"\xab" * 32, b""))
+write("backup_dump", dump_item(2, b"\x01" * 16, b"") + dump_item(2, b"\x02" * 16, b"x"))

@@ -38,9 +38,11 @@ for t in "${targets[@]}"; do
   found="../target/fuzz-corpus/$t"
   mkdir -p "$found"
   log="../target/fuzz-corpus/$t.log"
-  # -rss_limit_mb: the content target holds whole contents; -max_len: one segment and a bit.
+  # -rss_limit_mb: the content target holds whole contents; -max_len: one segment and a bit;
+  # -malloc_limit_mb: no input of at most 70,000 bytes justifies one allocation of 256 MiB (a
+  # length field believed before the bytes it announces were read).
   if ! cargo fuzz run --codegen-units 16 "$t" "$found" "corpus/$t" -- \
-      -max_total_time="$secs" -max_len=70000 -rss_limit_mb=4096 -print_final_stats=1 \
+      -max_total_time="$secs" -max_len=70000 -rss_limit_mb=4096 -malloc_limit_mb=256 -print_final_stats=1 \
       >"$log" 2>&1; then
     tail -n 60 "$log"
     echo "fuzz target $t FAILED; the input is in fuzz/artifacts/$t/" >&2
