@@ -536,10 +536,14 @@ impl<R: Read> DumpReader<R> {
     }
 }
 
-/// Every item of an index dump held in memory, as (kind, key, value): 1 an entry, 2 an
-/// inline content. The restore's reader, for the fuzz target `backup_dump`; not an API.
+/// One item of an index dump as (kind, key, value): kind 1 an entry, 2 an inline content.
 #[doc(hidden)]
-pub fn parse_dump(bytes: &[u8]) -> Result<Vec<(u8, Vec<u8>, Vec<u8>)>> {
+pub type DumpRow = (u8, Vec<u8>, Vec<u8>);
+
+/// Every item of an index dump held in memory. The restore's reader, for the fuzz target
+/// `backup_dump`; not an API.
+#[doc(hidden)]
+pub fn parse_dump(bytes: &[u8]) -> Result<Vec<DumpRow>> {
     let mut r = DumpReader { r: bytes };
     let mut out = Vec::new();
     while let Some(item) = r.next_item()? {
