@@ -44,6 +44,9 @@ pub struct HttpConfig {
     pub max_body: u64,
     /// Log paths (personal data!) in request logs. Off by default.
     pub log_paths: bool,
+    /// An upload whose body sends no byte for this long is abandoned (408), so a client
+    /// that stops sending does not hold a connection and a partial blob for ever.
+    pub body_idle: std::time::Duration,
 }
 
 /// Everything a handler needs.
@@ -660,7 +663,19 @@ async fn write(
         .take()
         .expect("the body is taken only here")
         .into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    loop {
+        let Ok(next) = tokio::time::timeout(st.http.body_idle, stream.next()).await else {
+            upload.abort().await;
+            return Err(ApiError::new(
+                StatusCode::REQUEST_TIMEOUT,
+                efs_proto::codes::REQUEST_TIMEOUT,
+                format!(
+                    "no body bytes for {} s: the upload was abandoned and nothing was written",
+                    st.http.body_idle.as_secs()
+                ),
+            ));
+        };
+        let Some(chunk) = next else { break };
         let chunk = match chunk {
             Ok(c) => c,
             Err(_) => {

@@ -51,6 +51,10 @@ struct Args {
     /// Largest file accepted, in bytes (larger: 413).
     #[arg(long, default_value_t = 16 << 30)]
     max_body_size: u64,
+    /// Abandon an upload whose body sends no byte for this many seconds (408, nothing
+    /// written), as nginx's client_body_timeout does.
+    #[arg(long, default_value_t = 60, value_name = "SECS")]
+    body_timeout: u64,
     /// Decrypted cache size in bytes (0 turns it off, and with it the cache of path
     /// lookups, which is emptied by every write).
     #[arg(long, default_value_t = 256 << 20)]
@@ -123,6 +127,7 @@ fn main() -> std::process::ExitCode {
         http: HttpConfig {
             max_body: a.max_body_size,
             log_paths: a.log_paths,
+            body_idle: Duration::from_secs(a.body_timeout.max(1)),
         },
         cache: CacheConfig {
             capacity: a.cache_size,

@@ -1362,6 +1362,58 @@ async fn fsck_is_clean_after_a_stop_and_finds_corruption() {
     );
 }
 
+/// An upload whose body stops arriving is abandoned after `--body-timeout` (here 1 s): 408,
+/// nothing visible, no partial blob left; the previous version stays; the server serves on.
+#[tokio::test]
+async fn a_stalled_upload_is_abandoned_and_leaves_nothing() {
+    let s = session(&["--body-timeout", "1"]).await;
+    let srv = &s.srv;
+    srv.put_ok("/stall/kept.bin", &s.token, b"version 1".to_vec())
+        .await;
+    for (path, sent) in [("/stall/new.bin", 200_000), ("/stall/kept.bin", 10)] {
+        // Announce 500,000 bytes, send `sent` (past the inline size for the first: a blob
+        // is being written), then nothing more.
+        let mut req = format!(
+            "PUT {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+             Content-Length: 500000\r\nConnection: close\r\n\r\n",
+            s.token
+        )
+        .into_bytes();
+        req.extend_from_slice(&pattern(sent, 9));
+        let t0 = std::time::Instant::now();
+        let r = srv.raw_http(req).await;
+        assert_eq!(r.status, 408, "{:?}", String::from_utf8_lossy(&r.body));
+        assert_eq!(r.json()["error"], "request_timeout");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+    }
+    assert_eq!(srv.get("/stall/new.bin", &s.token).await.0, 404);
+    assert_eq!(srv.get_ok("/stall/kept.bin", &s.token).await, b"version 1");
+    for fs_dir in std::fs::read_dir(srv.data.join("fs")).unwrap() {
+        let tmp = fs_dir.unwrap().path().join("blobs").join("tmp");
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+        assert!(left.is_empty(), "partial writes left in {}", tmp.display());
+    }
+    // A body that keeps coming, slower than the timeout in total, is fine.
+    let chunks = (0..4).map(|i| {
+        let c = pattern(50_000, 40 + i);
+        async move {
+            tokio::time::sleep(std::time::Duration::from_millis(400)).await;
+            Ok::<_, std::io::Error>(c)
+        }
+    });
+    let want: Vec<u8> = (0..4).flat_map(|i| pattern(50_000, 40 + i)).collect();
+    let r = srv
+        .req("PUT", "/stall/slow.bin", &s.token)
+        .body(reqwest::Body::wrap_stream(
+            futures_util::stream::iter(chunks).then(|f| f),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    assert_eq!(srv.get_ok("/stall/slow.bin", &s.token).await, want);
+}
+
 /// Without `--metrics-token-file` metrics are off (404, whatever the request carries); a token file
 /// that is too short stops the server at start, naming the problem but not the token.
 #[tokio::test]
