@@ -36,8 +36,8 @@ pub mod codes {
     pub const NOT_FOUND: &str = "not_found";
     /// 405: the method is not allowed on this path.
     pub const METHOD_NOT_ALLOWED: &str = "method_not_allowed";
-    /// 408: an upload's body stopped arriving (no byte for the server's `--body-timeout`);
-    /// nothing was written.
+    /// 408: a request body stopped arriving (an upload: no byte for the server's
+    /// `--body-timeout`; a JSON body: not complete within it); nothing was done.
     pub const REQUEST_TIMEOUT: &str = "request_timeout";
     /// 409: the operation conflicts with what exists (a file where a directory is needed,
     /// a non-empty directory, a move into itself).

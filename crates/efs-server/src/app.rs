@@ -210,16 +210,35 @@ fn client_ip(req_ext: &axum::http::Extensions) -> IpAddr {
 }
 
 /// Reads a small JSON body (at most 64 KiB).
-async fn json_body<T: serde::de::DeserializeOwned>(body: Body) -> Result<T, ApiError> {
-    let bytes = axum::body::to_bytes(body, 64 * 1024)
+/// A JSON request body of at most 64 KiB, whole within `--body-timeout` (408 otherwise, as
+/// for a stalled upload: a client that stops sending does not hold the connection).
+async fn json_body<T: serde::de::DeserializeOwned>(
+    st: &AppState,
+    body: Body,
+) -> Result<T, ApiError> {
+    let limit = st.http.body_idle;
+    let bytes = tokio::time::timeout(limit, axum::body::to_bytes(body, 64 * 1024))
         .await
+        .map_err(|_| body_timeout(limit))?
         .map_err(|_| ApiError::bad_request("the JSON body is unreadable or larger than 64 KiB"))?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
 
+/// `408 request_timeout`: a request body stopped arriving; nothing was done.
+fn body_timeout(limit: std::time::Duration) -> ApiError {
+    ApiError::new(
+        StatusCode::REQUEST_TIMEOUT,
+        efs_proto::codes::REQUEST_TIMEOUT,
+        format!(
+            "the request body did not arrive within {} s: nothing was done",
+            limit.as_secs()
+        ),
+    )
+}
+
 async fn challenge(State(st): St, req: Request) -> Result<Response, ApiError> {
-    let body: ChallengeRequest = json_body(req.into_body()).await?;
+    let body: ChallengeRequest = json_body(&st, req.into_body()).await?;
     let r = st.auth.challenge(&body)?;
     Ok(axum::Json(r).into_response())
 }
@@ -230,7 +249,7 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
         .extensions()
         .get::<ConnInfo>()
         .and_then(|c| c.client_cert_sha256);
-    let body: TokenRequest = json_body(req.into_body()).await?;
+    let body: TokenRequest = json_body(&st, req.into_body()).await?;
     refuse_if_failed(&st.data)?;
     if let Err(e) = check_cert_binding(&st, &body.user, cert) {
         let mut rec = Record::new(Action::LoginFailed, 401);
@@ -359,7 +378,7 @@ async fn move_json_inner(st: &AppState, req: Request, who: &mut Who) -> Result<R
     who.user = Some(caller.user.clone());
     who.fs = Some(caller.fs.clone());
     require_write(&caller)?;
-    let body: MoveRequest = json_body(req.into_body()).await?;
+    let body: MoveRequest = json_body(st, req.into_body()).await?;
     let from = EfsPath::parse(&body.from).map_err(efs_core::CoreError::from)?;
     who.path = Some(from.to_string());
     let to = EfsPath::parse(&body.to).map_err(efs_core::CoreError::from)?;
@@ -666,14 +685,7 @@ async fn write(
     loop {
         let Ok(next) = tokio::time::timeout(st.http.body_idle, stream.next()).await else {
             upload.abort().await;
-            return Err(ApiError::new(
-                StatusCode::REQUEST_TIMEOUT,
-                efs_proto::codes::REQUEST_TIMEOUT,
-                format!(
-                    "no body bytes for {} s: the upload was abandoned and nothing was written",
-                    st.http.body_idle.as_secs()
-                ),
-            ));
+            return Err(body_timeout(st.http.body_idle));
         };
         let Some(chunk) = next else { break };
         let chunk = match chunk {

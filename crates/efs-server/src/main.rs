@@ -51,8 +51,9 @@ struct Args {
     /// Largest file accepted, in bytes (larger: 413).
     #[arg(long, default_value_t = 16 << 30)]
     max_body_size: u64,
-    /// Abandon an upload whose body sends no byte for this many seconds (408, nothing
-    /// written), as nginx's client_body_timeout does.
+    /// Abandon an upload whose body sends no byte for this many seconds, or a JSON request
+    /// body (login, move) not complete within it (408, nothing done), as nginx's
+    /// client_body_timeout does.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     body_timeout: u64,
     /// Decrypted cache size in bytes (0 turns it off, and with it the cache of path

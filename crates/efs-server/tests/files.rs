@@ -1364,6 +1364,7 @@ async fn fsck_is_clean_after_a_stop_and_finds_corruption() {
 
 /// An upload whose body stops arriving is abandoned after `--body-timeout` (here 1 s): 408,
 /// nothing visible, no partial blob left; the previous version stays; the server serves on.
+/// A JSON body that stops arriving gets 408 too.
 #[tokio::test]
 async fn a_stalled_upload_is_abandoned_and_leaves_nothing() {
     let s = session(&["--body-timeout", "1"]).await;
@@ -1386,6 +1387,14 @@ async fn a_stalled_upload_is_abandoned_and_leaves_nothing() {
         assert_eq!(r.json()["error"], "request_timeout");
         assert!(t0.elapsed() < std::time::Duration::from_secs(30));
     }
+    // A JSON body (a login challenge) that stops arriving: 408 too.
+    let req = b"POST /_efs/auth/challenge HTTP/1.1\r\nHost: localhost\r\n\
+        Content-Type: application/json\r\nContent-Length: 100\r\nConnection: close\r\n\r\n\
+        {\"user\": \"ap"
+        .to_vec();
+    let r = srv.raw_http(req).await;
+    assert_eq!(r.status, 408, "{:?}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json()["error"], "request_timeout");
     assert_eq!(srv.get("/stall/new.bin", &s.token).await.0, 404);
     assert_eq!(srv.get_ok("/stall/kept.bin", &s.token).await, b"version 1");
     for fs_dir in std::fs::read_dir(srv.data.join("fs")).unwrap() {
