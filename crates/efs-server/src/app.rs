@@ -44,8 +44,9 @@ pub struct HttpConfig {
     pub max_body: u64,
     /// Log paths (personal data!) in request logs. Off by default.
     pub log_paths: bool,
-    /// An upload whose body sends no byte for this long is abandoned (408), so a client
-    /// that stops sending does not hold a connection and a partial blob for ever.
+    /// `--body-timeout`: an upload whose body sends no byte for this long, or a JSON body not
+    /// complete within it, is abandoned (408), so a client that stops sending does not hold
+    /// a connection (and an upload's partial blob) for ever.
     pub body_idle: std::time::Duration,
 }
 
@@ -209,7 +210,6 @@ fn client_ip(req_ext: &axum::http::Extensions) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
-/// Reads a small JSON body (at most 64 KiB).
 /// A JSON request body of at most 64 KiB, whole within `--body-timeout` (408 otherwise, as
 /// for a stalled upload: a client that stops sending does not hold the connection).
 async fn json_body<T: serde::de::DeserializeOwned>(
