@@ -99,15 +99,20 @@ async fn observe(req: Request, next: axum::middleware::Next) -> Response {
     resp
 }
 
-/// The method as a metrics label, without an allocation for the usual ones.
-fn method_label(m: &Method) -> metrics::SharedString {
-    match *m {
-        Method::GET => "GET".into(),
-        Method::HEAD => "HEAD".into(),
-        Method::PUT => "PUT".into(),
-        Method::POST => "POST".into(),
-        Method::DELETE => "DELETE".into(),
-        _ => m.as_str().to_owned().into(),
+/// The method as a metrics label. Any method EFS does not serve is `OTHER`: a label per
+/// unknown method would let anyone, without a login, add series that the recorder keeps for
+/// ever.
+fn method_label(m: &Method) -> &'static str {
+    match m.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "PUT" => "PUT",
+        "POST" => "POST",
+        "DELETE" => "DELETE",
+        "MOVE" => "MOVE",
+        "MKCOL" => "MKCOL",
+        "OPTIONS" => "OPTIONS",
+        _ => "OTHER",
     }
 }
 
@@ -366,6 +371,36 @@ fn require_write(c: &Caller) -> Result<(), ApiError> {
 }
 
 async fn move_json(State(st): St, req: Request) -> Result<Response, ApiError> {
+    to_completion(move_json_now(st, req)).await?
+}
+
+/// Runs a request that may change the filesystem to its end, even if the client goes away.
+///
+/// hyper drops the handler of a request whose connection closed (an HTTP/1 EOF, an HTTP/2
+/// reset). A write, move or delete dropped while the index commits it would still land, but
+/// its audit entry, written once the commit has answered, never would. In a task of its
+/// own the request finishes and is recorded whatever the client does. Reads need no such
+/// care, and do without the task.
+async fn to_completion<F>(request: F) -> Result<F::Output, ApiError>
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    match tokio::spawn(request).await {
+        Ok(answer) => Ok(answer),
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            // Only when the runtime shuts down.
+            Err(_) => Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                efs_proto::codes::UNAVAILABLE,
+                "the server is shutting down",
+            )),
+        },
+    }
+}
+
+async fn move_json_now(st: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
     refuse_if_failed(&st.data)?;
     let ip = client_ip(req.extensions());
     let mut who = Who::new(Action::Move);
@@ -445,6 +480,16 @@ fn file_action(method: &Method, is_dir: bool) -> Action {
 
 /// Every file route. Each request's audit entry is written before its answer leaves.
 async fn files(State(st): St, req: Request) -> Response {
+    if matches!(*req.method(), Method::GET | Method::HEAD) {
+        files_now(st, req).await
+    } else {
+        to_completion(files_now(st, req))
+            .await
+            .unwrap_or_else(IntoResponse::into_response)
+    }
+}
+
+async fn files_now(st: Arc<AppState>, req: Request) -> Response {
     let (parts, body) = req.into_parts();
     let mut body = Some(body);
     let result = match refuse_if_failed(&st.data) {

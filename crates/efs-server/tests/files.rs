@@ -1542,6 +1542,17 @@ async fn control_routes() {
         let r = r.send().await.unwrap();
         assert_error(r, 401, "unauthorized").await;
     }
+    // Methods EFS does not serve share one label: no series per made-up method.
+    for m in ["FROBNICATE", "XYZZY-1"] {
+        let method = reqwest::Method::from_bytes(m.as_bytes()).unwrap();
+        let r = srv
+            .client
+            .request(method, srv.url("/any/file"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401, "{m}");
+    }
     let r = srv.metrics().await;
     assert_eq!(r.status(), 200);
     assert!(
@@ -1552,6 +1563,8 @@ async fn control_routes() {
     let m = r.text().await.unwrap();
     assert!(m.contains("efs_http_requests_total{"), "{m}");
     assert!(m.contains("route=\"file\""), "{m}");
+    assert!(m.contains("method=\"OTHER\""), "{m}");
+    assert!(!m.contains("FROBNICATE") && !m.contains("XYZZY"), "{m}");
     assert!(m.contains("efs_logins_total{result=\"ok\"}"), "{m}");
     // Every series issue 4 names: failures, bytes both ways, latency as a histogram, cache.
     for series in [
