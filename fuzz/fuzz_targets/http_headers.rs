@@ -4,11 +4,14 @@
 //! a range served lies inside the file, non-empty, and came from a header of digits only
 //! (RFC 9110 `1*DIGIT`, with spaces and tabs only as whitespace); an entity-tag list never yields more tags than it has elements,
 //! the tags it yields, written back, parse to themselves, and a strong comparison yields a
-//! subset of what a weak one does.
+//! subset of what a weak one does; `If-Range` allows a range only for exactly one strong tag,
+//! and that tag is the current one.
 
 #![no_main]
 
-use efs_server::http_headers::{EtagCompare, Unsatisfiable, parse_etags, parse_range_value};
+use efs_server::http_headers::{
+    EtagCompare, Unsatisfiable, if_range_value_allows, parse_etags, parse_range_value,
+};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
@@ -53,5 +56,11 @@ fuzz_target!(|data: &[u8]| {
         parse_etags(text, EtagCompare::Weak),
     ) {
         assert!(strong.iter().all(|t| weak.contains(t)));
+    }
+
+    let current = [0xabu8; 16];
+    if if_range_value_allows(text, &current) {
+        assert_eq!(parse_etags(text, EtagCompare::Strong), Some(vec![current]));
+        assert!(!text.contains(','));
     }
 });

@@ -24,7 +24,7 @@ use crate::audit::{Who, refuse_if_failed, seal_answer};
 use crate::auth::{Authenticator, Caller, ChallengeRequest, TokenRequest};
 use crate::cache::{CachedFile, ContentCache};
 use crate::error::ApiError;
-use crate::http_headers::{EtagCompare, Unsatisfiable, parse_etags, parse_range};
+use crate::http_headers::{EtagCompare, Unsatisfiable, if_range_allows, parse_etags, parse_range};
 use crate::users::Users;
 use efs_core::audit::{Action, Record};
 
@@ -811,7 +811,12 @@ async fn read_version(
         }
     }
     let len = entry.size;
-    let range = match parse_range(h, len) {
+    let range = if if_range_allows(h, &entry.version) {
+        parse_range(h, len)
+    } else {
+        Ok(None)
+    };
+    let range = match range {
         Ok(r) => r,
         Err(Unsatisfiable) => {
             let mut r = ApiError::new(
@@ -864,10 +869,14 @@ async fn read_version(
         return Ok(Some((status, headers).into_response()));
     }
     metrics::counter!("efs_bytes_out_total").increment(end - start);
-    // The cache: a hit serves from memory; a miss on a small enough file fills it.
+    // The cache: a hit serves from memory; a miss on a small enough file fills it when the
+    // whole file is asked for. A range that misses is streamed like any large file: it
+    // decrypts only the segments it covers, and a burst of one-byte ranges on a cold cache
+    // cannot make the server decrypt whole files into memory.
     if st.cache.admits(len) {
         let cached = match st.cache.get(&entry.version) {
-            Some(c) => c,
+            Some(c) => Some(c),
+            None if range.is_some() => None,
             None => {
                 let Some(reader) = open_found(fs, &found).await? else {
                     return Ok(None);
@@ -888,11 +897,13 @@ async fn read_version(
                     data,
                 });
                 st.cache.insert(c.clone());
-                c
+                Some(c)
             }
         };
-        let body = Body::from(cached.slice(start as usize, end as usize));
-        return Ok(Some((status, headers, body).into_response()));
+        if let Some(cached) = cached {
+            let body = Body::from(cached.slice(start as usize, end as usize));
+            return Ok(Some((status, headers, body).into_response()));
+        }
     }
     let Some(reader) = open_found(fs, &found).await? else {
         return Ok(None);

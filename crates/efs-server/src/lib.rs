@@ -2,7 +2,7 @@
 //!
 //! - [`server`]: start-up, TLS accept loop, graceful shutdown.
 //! - [`app`]: the routes (control under `/_efs/`, files everywhere else).
-//! - [`http_headers`]: the `Range` and `If-Match` / `If-None-Match` parsers.
+//! - [`http_headers`]: the `Range`, `If-Range` and `If-Match` / `If-None-Match` parsers.
 //! - [`auth`] / [`ratelimit`]: the Ed25519 challenge → signature → JWT login.
 //! - [`cache`]: the decrypted-content cache.
 //! - [`first_bytes`]: the deadline on a new connection's first bytes (idle clients).

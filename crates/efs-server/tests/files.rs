@@ -354,6 +354,79 @@ async fn ranges_without_the_cache() {
     check_ranges(&["--cache-size", "0"]).await;
 }
 
+/// A client resuming a download sends `If-Range` with the ETag it started with: if the file
+/// was replaced since, it gets the whole new version (200), never a range of it joined to
+/// the old bytes. With the current ETag it gets the range. A date, a weak tag or a list
+/// gets the whole file.
+#[tokio::test]
+async fn if_range_sends_the_whole_file_once_it_changed() {
+    for extra in [&[][..], &["--cache-size", "0"][..]] {
+        let s = session(extra).await;
+        let srv = &s.srv;
+        let old_tag = srv
+            .put_ok("/resume.bin", &s.token, pattern(100_000, 1))
+            .await;
+        let new = pattern(100_000, 2);
+        let new_tag = srv.put_ok("/resume.bin", &s.token, new.clone()).await;
+        assert_ne!(old_tag, new_tag);
+        let get = |if_range: String| {
+            srv.req("GET", "/resume.bin", &s.token)
+                .header("range", "bytes=50000-")
+                .header("if-range", if_range)
+                .send()
+        };
+        let r = get(new_tag.clone()).await.unwrap();
+        assert_eq!(r.status(), 206, "{extra:?}");
+        assert!(r.bytes().await.unwrap() == new[50_000..]);
+        for stale in [
+            old_tag.clone(),
+            format!("W/{new_tag}"),
+            format!("{new_tag}, {old_tag}"),
+            "Wed, 02 Dec 2026 04:00:00 GMT".to_owned(),
+        ] {
+            let r = get(stale.clone()).await.unwrap();
+            assert_eq!(r.status(), 200, "If-Range: {stale} {extra:?}");
+            assert!(header(&r, "content-range").is_none());
+            assert!(r.bytes().await.unwrap() == new, "If-Range: {stale}");
+        }
+    }
+}
+
+/// A range that misses the cache is streamed (only its segments decrypted) and does not fill
+/// the cache: only a whole-file read does. A burst of one-byte ranges on a cold cache then
+/// cannot make the server decrypt whole files into memory.
+#[tokio::test]
+async fn a_range_that_misses_the_cache_does_not_fill_it() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let data = pattern(300_000, 3);
+    srv.put_ok("/r.bin", &s.token, data.clone()).await;
+    let counter = |m: &str, name: &str| -> u64 {
+        m.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.split_whitespace().last())
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0) as u64
+    };
+    let range = |r: &'static str| srv.req("GET", "/r.bin", &s.token).header("range", r).send();
+    for _ in 0..3 {
+        let r = range("bytes=0-0").await.unwrap();
+        assert_eq!(r.status(), 206);
+        assert!(r.bytes().await.unwrap() == data[..1]);
+    }
+    let m = srv.metrics().await.text().await.unwrap();
+    assert_eq!(counter(&m, "efs_cache_hits_total"), 0, "{m}");
+    assert_eq!(counter(&m, "efs_cache_misses_total"), 3, "{m}");
+    // A whole read fills it; ranges then hit.
+    assert!(srv.get_ok("/r.bin", &s.token).await == data);
+    let r = range("bytes=1000-1999").await.unwrap();
+    assert_eq!(r.status(), 206);
+    assert!(r.bytes().await.unwrap() == data[1000..2000]);
+    let m = srv.metrics().await.text().await.unwrap();
+    assert_eq!(counter(&m, "efs_cache_hits_total"), 1, "{m}");
+    assert_eq!(counter(&m, "efs_cache_misses_total"), 4, "{m}");
+}
+
 #[tokio::test]
 async fn listing_pagination_returns_every_name_exactly_once() {
     let s = session(&[]).await;
