@@ -765,12 +765,21 @@ impl Filesystem {
 
     /// Creates directory `path` (and its parents). Existing directory: returned as is.
     pub async fn mkdir(&self, path: &EfsPath) -> Result<Entry> {
+        self.mkdir_if(path, Precondition::None).await
+    }
+
+    /// [`Filesystem::mkdir`] under a precondition on what the path holds now: with
+    /// [`Precondition::IfNoneMatch`] (HTTP `If-None-Match: *`, "create only") an existing
+    /// directory is [`CoreError::Precondition`] instead of a success.
+    pub async fn mkdir_if(&self, path: &EfsPath, cond: Precondition) -> Result<Entry> {
         for _ in 0..MAX_ATTEMPTS {
             let kr = self.keyring();
             if path.is_root() {
+                check_precondition(&kr, &cond, Some(&new_dir_record("", ROOT_ID, 0)))?;
                 return Ok(Entry::from_record(&kr, &new_dir_record("", ROOT_ID, 0)));
             }
             let res = self.resolve(&kr, path, true).await?;
+            check_precondition(&kr, &cond, res.current.as_ref().map(|(_, r)| r))?;
             if let Some((_, cur)) = &res.current {
                 if cur.kind == Kind::Dir {
                     return Ok(Entry::from_record(&kr, cur));
@@ -885,11 +894,30 @@ impl Filesystem {
     /// Moves (renames) a file or directory. A directory moves as one entry: its content is
     /// not touched. `overwrite` lets a file replace a file at `to`.
     pub async fn rename(&self, from: &EfsPath, to: &EfsPath, overwrite: bool) -> Result<Entry> {
+        self.rename_if(from, to, overwrite, Precondition::None)
+            .await
+    }
+
+    /// [`Filesystem::rename`] if the source's current version meets `cond` (HTTP `If-Match`
+    /// on `MOVE`), else [`CoreError::Precondition`]. The check and the move are one commit:
+    /// it expects the source exactly as checked.
+    pub async fn rename_if(
+        &self,
+        from: &EfsPath,
+        to: &EfsPath,
+        overwrite: bool,
+        cond: Precondition,
+    ) -> Result<Entry> {
         if from.is_root() || to.is_root() {
             return Err(CoreError::Conflict("the root cannot be moved"));
         }
         if to.starts_with(from) {
             if to == from {
+                if cond != Precondition::None {
+                    let kr = self.keyring();
+                    let res = self.resolve(&kr, from, false).await?;
+                    check_precondition(&kr, &cond, res.current.as_ref().map(|(_, r)| r))?;
+                }
                 return self.stat(from).await;
             }
             return Err(CoreError::Conflict("cannot move a directory into itself"));
@@ -900,6 +928,7 @@ impl Filesystem {
             let Some((src_val, src_rec)) = &src.current else {
                 return Err(CoreError::NotFound);
             };
+            check_precondition(&kr, &cond, Some(src_rec))?;
             let dst = self.resolve(&kr, to, true).await?;
             if let Some((_, d)) = &dst.current {
                 if !overwrite {

@@ -413,12 +413,13 @@ async fn move_json_inner(st: &AppState, req: Request, who: &mut Who) -> Result<R
     who.user = Some(caller.user.clone());
     who.fs = Some(caller.fs.clone());
     require_write(&caller)?;
+    let cond = write_precondition(req.headers())?;
     let body: MoveRequest = json_body(st, req.into_body()).await?;
     let from = EfsPath::parse(&body.from).map_err(efs_core::CoreError::from)?;
     who.path = Some(from.to_string());
     let to = EfsPath::parse(&body.to).map_err(efs_core::CoreError::from)?;
     who.to = Some(to.to_string());
-    do_move(&fs, &from, &to, body.overwrite).await
+    do_move(&fs, &from, &to, body.overwrite, cond).await
 }
 
 async fn do_move(
@@ -426,8 +427,9 @@ async fn do_move(
     from: &EfsPath,
     to: &EfsPath,
     overwrite: bool,
+    cond: Precondition,
 ) -> Result<Response, ApiError> {
-    let e = fs.rename(from, to, overwrite).await?;
+    let e = fs.rename_if(from, to, overwrite, cond).await?;
     let mut r = (StatusCode::OK, axum::Json(list_entry(&e))).into_response();
     if e.kind == Kind::File {
         set_etag(r.headers_mut(), &e);
@@ -575,7 +577,8 @@ async fn files_inner(
         }
         ("PUT", true) | ("POST", true) | ("MKCOL", _) => {
             require_write(&caller)?;
-            let e = fs.mkdir(&path).await?;
+            let cond = write_precondition(&parts.headers)?;
+            let e = fs.mkdir_if(&path, cond).await?;
             Ok((StatusCode::CREATED, axum::Json(list_entry(&e))).into_response())
         }
         ("DELETE", _) => {
@@ -594,26 +597,58 @@ async fn files_inner(
                 .get("destination")
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| ApiError::bad_request("MOVE needs a Destination header"))?;
-            let dest_path = match dest.find("://") {
-                Some(i) => {
-                    let rest = &dest[i + 3..];
-                    rest.find('/').map(|j| &rest[j..]).unwrap_or("/")
-                }
-                None => dest,
-            };
-            let to = EfsPath::parse_uri_path(dest_path).map_err(efs_core::CoreError::from)?;
+            let dest_path = destination_path(dest, request_authority(parts))?;
+            let to = EfsPath::parse_uri_path(&dest_path).map_err(efs_core::CoreError::from)?;
             who.to = Some(to.to_string());
             let overwrite = parts
                 .headers
                 .get("overwrite")
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("T"));
-            do_move(&fs, &path, &to, overwrite).await
+            let cond = write_precondition(&parts.headers)?;
+            do_move(&fs, &path, &to, overwrite, cond).await
         }
         _ => Err(ApiError::method_not_allowed(
             "use GET, HEAD, PUT, POST, DELETE or MOVE on files; GET, PUT, POST or DELETE on directories (trailing '/')",
         )),
     }
+}
+
+/// The host and port the client addressed: the HTTP/2 `:authority`, else the `Host` header.
+fn request_authority(parts: &axum::http::request::Parts) -> Option<&str> {
+    parts
+        .uri
+        .authority()
+        .map(|a| a.as_str())
+        .or_else(|| parts.headers.get(header::HOST)?.to_str().ok())
+}
+
+/// The path a `MOVE` names in its `Destination` (RFC 4918 §10.3): an absolute path, or an
+/// absolute `http(s)` URI whose host and port are the ones this request was sent to. A query
+/// or fragment, another server, or anything else is refused (400): a file is never moved to
+/// a path the client did not mean.
+fn destination_path(dest: &str, authority: Option<&str>) -> Result<String, ApiError> {
+    let bad = |why: &str| {
+        ApiError::new(
+            StatusCode::BAD_REQUEST,
+            efs_proto::codes::INVALID_PATH,
+            format!("Destination {why}"),
+        )
+    };
+    if dest.contains(['?', '#']) {
+        return Err(bad("may not carry a query or a fragment"));
+    }
+    let uri: axum::http::Uri = dest
+        .parse()
+        .map_err(|_| bad("must be an absolute path or URL"))?;
+    match (uri.scheme_str(), uri.authority()) {
+        (None, None) if dest.starts_with('/') => {}
+        (Some("https" | "http"), Some(a))
+            if authority.is_some_and(|h| h.eq_ignore_ascii_case(a.as_str())) => {}
+        (Some("https" | "http"), Some(_)) => return Err(bad("names another server")),
+        _ => return Err(bad("must be an absolute path or URL")),
+    }
+    Ok(uri.path().to_owned())
 }
 
 fn list_entry(e: &efs_core::Entry) -> ListEntry {

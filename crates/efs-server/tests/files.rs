@@ -658,6 +658,75 @@ async fn mkdir_and_delete() {
     .await;
 }
 
+/// `Destination` is an absolute path or a URL on this server, nothing else; `If-Match` holds
+/// a `MOVE` (and the JSON move) to the version the client saw; `If-None-Match: *` makes a
+/// directory creation "create only".
+#[tokio::test]
+async fn move_destinations_and_conditions() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let etag = srv.put_ok("/m/a.txt", &s.token, "alpha").await;
+    let stale = srv.put_ok("/m/old.txt", &s.token, "old").await;
+    let mv = |dest: String| {
+        srv.req("MOVE", "/m/a.txt", &s.token)
+            .header("destination", dest)
+            .send()
+    };
+    for dest in [
+        "/x/http://y/z".to_owned(),
+        "https://other.example/z".to_owned(),
+        srv.url("/z?q=1"),
+        srv.url("/z#frag"),
+        "z.txt".to_owned(),
+        "ftp://127.0.0.1/z".to_owned(),
+    ] {
+        let r = mv(dest.clone()).await.unwrap();
+        assert_error(r, 400, "invalid_path").await;
+        assert_eq!(srv.get_ok("/m/a.txt", &s.token).await, b"alpha", "{dest}");
+    }
+    assert_eq!(srv.get("/z", &s.token).await.0, 404);
+    // If-Match on MOVE: a stale version is 412 and nothing moves; the current one moves.
+    let r = srv
+        .req("MOVE", "/m/a.txt", &s.token)
+        .header("destination", "/m/b.txt")
+        .header("if-match", &stale)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 412, "precondition_failed").await;
+    assert_eq!(srv.get_ok("/m/a.txt", &s.token).await, b"alpha");
+    let r = srv
+        .req("MOVE", "/m/a.txt", &s.token)
+        .header("destination", "/m/b.txt")
+        .header("if-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // The JSON route takes the same header.
+    let r = srv
+        .req("POST", "/_efs/move", &s.token)
+        .header("if-match", &stale)
+        .json(&json!({"from": "/m/b.txt", "to": "/m/c.txt"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 412, "precondition_failed").await;
+    assert_eq!(srv.get_ok("/m/b.txt", &s.token).await, b"alpha");
+    // Create only: a new directory is 201, an existing one 412 (without the header, 201).
+    for method in ["PUT", "MKCOL"] {
+        let dir = format!("/made-by-{method}/");
+        for (want, cond) in [(201, true), (412, true), (201, false)] {
+            let mut r = srv.req(method, &dir, &s.token);
+            if cond {
+                r = r.header("if-none-match", "*");
+            }
+            let r = r.send().await.unwrap();
+            assert_eq!(r.status(), want, "{method} {dir} create-only {cond}");
+        }
+    }
+}
+
 #[tokio::test]
 async fn rename_files_and_directories_with_move_and_the_json_route() {
     let s = session(&[]).await;
