@@ -81,8 +81,15 @@ pub fn router(state: Arc<AppState>) -> Router {
         .route("/_efs/auth/public-key", get(public_key))
         .route("/_efs/move", post(move_json))
         .fallback(files)
+        .method_not_allowed_fallback(control_method_not_allowed)
         .layer(axum::middleware::from_fn(observe))
         .with_state(state)
+}
+
+/// A control route called with a method it does not take: the JSON error body every error
+/// has, not axum's empty 405.
+async fn control_method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed("this control route does not take this method (see docs/api.md)")
 }
 
 /// Request metrics and a log line per request; never a path unless `--log-paths`.

@@ -1854,3 +1854,21 @@ async fn a_tiny_index_cache_serves_the_same() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A control route called with the wrong method answers 405 with the JSON error body every
+/// error has (axum's own 405 had an empty body).
+#[tokio::test]
+async fn a_wrong_method_on_a_control_route_is_a_json_405() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    for (method, path) in [
+        ("DELETE", "/_efs/health"),
+        ("PUT", "/_efs/auth/challenge"),
+        ("GET", "/_efs/move"),
+    ] {
+        let r = srv.req(method, path, &s.token).send().await.unwrap();
+        let allow = header(&r, "allow");
+        assert_error(r, 405, "method_not_allowed").await;
+        assert!(allow.is_some(), "{method} {path}: no Allow header");
+    }
+}
