@@ -48,6 +48,13 @@ pub struct HttpConfig {
     /// complete within it, is abandoned (408), so a client that stops sending does not hold
     /// a connection (and an upload's partial blob) for ever.
     pub body_idle: std::time::Duration,
+    /// `--idle-timeout`: a connection with no request in flight for this long is closed
+    /// (gracefully: an answer still streaming finishes), so idle keep-alive connections, an
+    /// HTTP/2 one that only answers pings included, do not hold a connection slot for ever.
+    pub conn_idle: std::time::Duration,
+    /// `--max-connections-per-address`: most connections open at once from one IPv4 address
+    /// or IPv6 /64 (0: no limit); beyond, a new one is closed at once.
+    pub max_conns_per_address: usize,
 }
 
 /// Everything a handler needs.

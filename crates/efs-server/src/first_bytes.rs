@@ -6,7 +6,8 @@
 //! connection (and one of the accept loop's slots) forever, and a few thousand such
 //! clients would stop the server from accepting anyone. [`FirstBytesDeadline`] makes reads
 //! fail with `TimedOut` unless the peer has sent its first bytes in time; after that, the
-//! protocol's own timeouts take over (HTTP/1 header read timeout, HTTP/2 keep-alive pings).
+//! protocol's own timeouts take over (HTTP/1 header read timeout, HTTP/2 keep-alive pings),
+//! and the idle timeout of [`crate::connections`] closes a connection that stays quiet.
 
 use std::future::Future;
 use std::io;

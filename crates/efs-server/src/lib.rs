@@ -6,6 +6,7 @@
 //! - [`auth`] / [`ratelimit`]: the Ed25519 challenge → signature → JWT login.
 //! - [`cache`]: the decrypted-content cache.
 //! - [`first_bytes`]: the deadline on a new connection's first bytes (idle clients).
+//! - [`connections`]: connections per client address, and the idle timeout.
 //! - [`tls`]: certificates (given, or generated and sealed), mutual TLS.
 //! - [`admin_socket`]: `efsctl` while the server runs.
 //! - [`audit`]: the audit entries of logins and file requests (fail closed).
@@ -21,6 +22,7 @@ pub mod app;
 pub mod audit;
 pub mod auth;
 pub mod cache;
+pub mod connections;
 pub mod error;
 pub mod first_bytes;
 pub mod fsmetrics;

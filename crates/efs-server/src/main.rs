@@ -56,6 +56,14 @@ struct Args {
     /// client_body_timeout does.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     body_timeout: u64,
+    /// Close a connection that has had no request in flight for this many seconds (an
+    /// answer still being sent finishes first), as nginx's keepalive_timeout does.
+    #[arg(long, default_value_t = 120, value_name = "SECS")]
+    idle_timeout: u64,
+    /// Most connections open at once from one IPv4 address or IPv6 /64; a new one beyond
+    /// is closed at once. 0: no limit (behind a proxy that is the only client, say).
+    #[arg(long, default_value_t = 256, value_name = "N")]
+    max_connections_per_address: usize,
     /// Decrypted cache size in bytes (0 turns it off, and with it the cache of path
     /// lookups, which is emptied by every write).
     #[arg(long, default_value_t = 256 << 20)]
@@ -129,6 +137,8 @@ fn main() -> std::process::ExitCode {
             max_body: a.max_body_size,
             log_paths: a.log_paths,
             body_idle: Duration::from_secs(a.body_timeout.max(1)),
+            conn_idle: Duration::from_secs(a.idle_timeout.max(1)),
+            max_conns_per_address: a.max_connections_per_address,
         },
         cache: CacheConfig {
             capacity: a.cache_size,

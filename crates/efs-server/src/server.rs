@@ -1,7 +1,7 @@
 //! Start-up and the accept loop.
 //!
 //! Shutdown protocol: on SIGTERM or Ctrl-C the listener stops accepting, every open
-//! connection is told to finish its in-flight requests (`GracefulShutdown`), and the
+//! connection is told to finish its in-flight requests (hyper's graceful shutdown), and the
 //! process waits for them at most [`ServerConfig::shutdown_timeout`].
 
 use std::net::SocketAddr;
@@ -227,6 +227,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         listener,
         tls,
         crate::app::router(state),
+        &cfg.http,
         cfg.shutdown_timeout,
         signal,
     )
@@ -268,11 +269,11 @@ async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     app: axum::Router,
+    http: &crate::app::HttpConfig,
     timeout: Duration,
     signal: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -294,8 +295,14 @@ async fn serve(
         .keep_alive_timeout(Duration::from_secs(20));
     let builder = Arc::new(builder);
     tokio::pin!(signal);
-    // At most this many connections at once: beyond, accepting waits for one to end.
+    // At most this many connections at once: beyond, accepting waits for one to end. At
+    // shutdown, holding every permit again means every connection has ended.
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let per_address = Arc::new(crate::connections::PerAddress::new(
+        http.max_conns_per_address,
+    ));
+    let idle = http.conn_idle;
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else {
             break;
@@ -311,13 +318,21 @@ async fn serve(
             },
             _ = &mut signal => break,
         };
+        let Some(address_slot) = per_address.try_take(remote.ip()) else {
+            tracing::debug!("connection refused: too many from one address");
+            metrics::counter!("efs_connections_refused_total", "reason" => "per_address")
+                .increment(1);
+            drop(tcp);
+            continue;
+        };
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
         let builder = builder.clone();
-        let watcher = graceful.watcher();
+        let mut stop = stop_rx.clone();
         tokio::spawn(async move {
             let _permit = permit;
+            let _address_slot = address_slot;
             let tls =
                 match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
                     Ok(Ok(s)) => s,
@@ -337,28 +352,72 @@ async fn serve(
                 remote,
                 client_cert_sha256: cert,
             };
+            let activity = Arc::new(crate::connections::Activity::new());
+            let act = activity.clone();
             let svc = hyper::service::service_fn(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
                     let app = app.clone();
+                    let in_flight = act.begin();
                     async move {
                         use tower::ServiceExt;
-                        app.oneshot(req.map(axum::body::Body::new)).await
+                        let r = app.oneshot(req.map(axum::body::Body::new)).await;
+                        // In flight until its body is sent (or dropped).
+                        r.map(|resp| resp.map(|b| crate::connections::guarded(b, in_flight)))
                     }
                 },
             );
             // Idle TLS connections are dropped too (see `first_bytes`).
             let io = crate::first_bytes::FirstBytesDeadline::new(tls, HEADER_READ_TIMEOUT);
-            let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-            let conn = watcher.watch(conn.into_owned());
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
+            let conn = builder
+                .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                .into_owned();
+            tokio::pin!(conn);
+            let mut tick = tokio::time::interval(crate::connections::idle_check_period(idle));
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut closing = false;
+            // Set once an idle connection was asked to close: it is dropped if it has not
+            // closed by then (an HTTP/2 peer that does not answer the closing ping).
+            let mut idle_deadline: Option<tokio::time::Instant> = None;
+            loop {
+                tokio::select! {
+                    r = conn.as_mut() => {
+                        if let Err(e) = r {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.wait_for(|s| *s), if !closing => {
+                        conn.as_mut().graceful_shutdown();
+                        closing = true;
+                        idle_deadline = None;
+                    }
+                    _ = tick.tick(), if !closing || idle_deadline.is_some() => {
+                        if let Some(d) = idle_deadline {
+                            if tokio::time::Instant::now() >= d
+                                && activity.idle_for().is_some()
+                            {
+                                tracing::debug!("dropping an idle connection that did not close");
+                                break;
+                            }
+                        } else if activity.idle_for().is_some_and(|d| d >= idle) {
+                            tracing::debug!("closing an idle connection");
+                            conn.as_mut().graceful_shutdown();
+                            closing = true;
+                            idle_deadline = Some(
+                                tokio::time::Instant::now() + crate::connections::CLOSE_GRACE,
+                            );
+                        }
+                    }
+                }
             }
         });
     }
     drop(listener);
+    let _ = stop_tx.send(true);
+    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
     tokio::select! {
-        _ = graceful.shutdown() => {},
+        _ = slots.acquire_many(all) => {},
         _ = tokio::time::sleep(timeout) => {
             tracing::warn!("shutdown timeout: closing connections with requests still in flight");
         }

@@ -345,7 +345,9 @@ async fn closed_by_server(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn slow_and_idle_clients_do_not_stop_others() {
-    let s = session(&[]).await;
+    // Over 400 connections from one address: this test is about the timeouts, so the
+    // per-address limit (tested below) is off.
+    let s = session(&["--max-connections-per-address", "0"]).await;
     let srv = &s.srv;
     // The server gives up on a client that has not sent its headers after 30 s (HTTP/1
     // header read timeout) and on a TLS handshake after 10 s; allow margin on 2 busy cores.
@@ -487,6 +489,111 @@ async fn idle_tls_connections_sending_nothing_are_dropped() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+}
+
+/// Reads until the peer closes `tls`; how long that took, or None after `max`.
+async fn eof_within(
+    mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    max: Duration,
+) -> Option<Duration> {
+    let t0 = Instant::now();
+    let mut buf = vec![0u8; 64 * 1024];
+    tokio::time::timeout(max, async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return t0.elapsed(),
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .ok()
+}
+
+/// A keep-alive connection with no request in flight for `--idle-timeout` is closed, over
+/// HTTP/1 after a request and over HTTP/2 when the client only answers the handshake (hyper
+/// has no idle timeout of its own, and HTTP/2 pings keep a silent peer alive): enough such
+/// connections would otherwise hold every connection slot. A download still being sent
+/// when the timeout passes is finished, not cut.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_idle_past_the_idle_timeout_are_closed() {
+    let s = session(&["--idle-timeout", "1"]).await;
+    let srv = &s.srv;
+    let max = Duration::from_secs(15);
+    let mut h1 = tls_connect(srv).await;
+    h1.write_all(b"GET /_efs/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut h2 = tls_connect_alpn(srv, b"h2").await;
+    // The client preface and an empty SETTINGS frame, then silence.
+    h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
+        .await
+        .unwrap();
+    let (t1, t2) = tokio::join!(eof_within(h1, max), eof_within(h2, max));
+    let t1 = t1.expect("an idle HTTP/1 keep-alive connection still open");
+    let t2 = t2.expect("an idle HTTP/2 connection still open");
+    println!("idle: HTTP/1 closed after {t1:?}, HTTP/2 after {t2:?} (--idle-timeout 1)");
+    assert!(t1 >= Duration::from_millis(900) && t2 >= Duration::from_millis(900));
+
+    // A slow download outlives the timeout: 8 MiB read at about 2.5 MiB/s.
+    let data = pattern(8 << 20, 7);
+    srv.put_ok("/slow-reader.bin", &s.token, data.clone()).await;
+    let r = srv
+        .req("GET", "/slow-reader.bin", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let mut stream = r.bytes_stream();
+    let mut got = Vec::new();
+    let t0 = Instant::now();
+    while let Some(chunk) = futures_util::StreamExt::next(&mut stream).await {
+        got.extend_from_slice(&chunk.expect("the download was cut"));
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    println!("idle: a slow download took {:?}", t0.elapsed());
+    assert!(got == data, "the slow download came back whole");
+}
+
+/// At most `--max-connections-per-address` connections from one address: beyond, a new one
+/// is closed before its TLS handshake; one closed frees its place.
+#[tokio::test]
+async fn connections_per_address_are_limited() {
+    let srv = TestServer::start(&["--max-connections-per-address", "3"]);
+    let connect = || async {
+        let mut cfg = rustls_client_config(&srv.cert_pem);
+        cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
+        let connector = tokio_rustls::TlsConnector::from(Arc::new(cfg));
+        let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        connector.connect(name, tcp).await
+    };
+    let mut open = Vec::new();
+    for i in 0..3 {
+        open.push(
+            connect()
+                .await
+                .unwrap_or_else(|e| panic!("connection {i}: {e}")),
+        );
+    }
+    assert!(
+        connect().await.is_err(),
+        "a fourth connection from one address"
+    );
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        if let Ok(c) = connect().await {
+            open.push(c);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "a closed connection's place never freed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(connect().await.is_err(), "again four");
 }
 
 async fn futures_join<T: Send + 'static>(hs: Vec<tokio::task::JoinHandle<T>>) -> Vec<T> {

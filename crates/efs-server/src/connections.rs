@@ -1,0 +1,244 @@
+//! Bounds on connections that cost a slot but do no work: at most so many per client
+//! address ([`PerAddress`]), and none idle for longer than `--idle-timeout` ([`Activity`]).
+//!
+//! The accept loop holds one of 10,000 connection slots per connection, and the
+//! first-bytes deadline ([`crate::first_bytes`]) only covers a connection's start. Without
+//! these, one client could open connections, send a request or an HTTP/2 preface on each,
+//! answer pings and keep every slot: the server would then accept nobody.
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Which clients share a limit: one IPv4 address, or one IPv6 /64 (what a single host or
+/// customer is usually given; it can pick any address in it).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+enum AddressKey {
+    V4([u8; 4]),
+    V6Prefix([u8; 8]),
+}
+
+fn key_of(ip: IpAddr) -> AddressKey {
+    match ip {
+        IpAddr::V4(v4) => AddressKey::V4(v4.octets()),
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => AddressKey::V4(v4.octets()),
+            None => {
+                let mut p = [0u8; 8];
+                p.copy_from_slice(&v6.octets()[..8]);
+                AddressKey::V6Prefix(p)
+            }
+        },
+    }
+}
+
+/// Open connections per client address, up to a limit.
+#[derive(Debug)]
+pub struct PerAddress {
+    max: usize,
+    open: Mutex<HashMap<AddressKey, usize>>,
+}
+
+impl PerAddress {
+    /// At most `max` connections per address; 0: no limit.
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// A slot for a new connection from `ip`, given back when dropped; `None` if that
+    /// address already has `max` open.
+    pub fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
+        if self.max == 0 {
+            return Some(AddressSlot { owner: None });
+        }
+        let key = key_of(ip);
+        let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(key).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(AddressSlot {
+            owner: Some((self.clone(), key)),
+        })
+    }
+
+    /// Connections open from `ip`'s address (tests).
+    pub fn open_from(&self, ip: IpAddr) -> usize {
+        let open = self.open.lock().unwrap_or_else(|e| e.into_inner());
+        open.get(&key_of(ip)).copied().unwrap_or(0)
+    }
+}
+
+/// One connection's place in its address's count.
+#[derive(Debug)]
+pub struct AddressSlot {
+    owner: Option<(Arc<PerAddress>, AddressKey)>,
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        if let Some((owner, key)) = self.owner.take() {
+            let mut open = owner.open.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(n) = open.get_mut(&key) {
+                *n -= 1;
+                if *n == 0 {
+                    open.remove(&key);
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection, and when the last one ended.
+#[derive(Debug)]
+pub struct Activity {
+    start: Instant,
+    in_flight: AtomicUsize,
+    /// Milliseconds after `start` at which the last request ended (or the connection began).
+    last_ms: AtomicU64,
+}
+
+impl Default for Activity {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Activity {
+    /// A connection that has just begun (it counts as active now).
+    pub fn new() -> Self {
+        Self {
+            start: Instant::now(),
+            in_flight: AtomicUsize::new(0),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+
+    /// A request begins; it ends when the guard drops (answered, or dropped by hyper).
+    pub fn begin(self: &Arc<Self>) -> InFlight {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        InFlight(self.clone())
+    }
+
+    /// How long the connection has had no request in flight; `None` while one is.
+    pub fn idle_for(&self) -> Option<Duration> {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return None;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::SeqCst));
+        Some(self.start.elapsed().saturating_sub(last))
+    }
+}
+
+/// A request in flight on a connection (see [`Activity::begin`]).
+#[derive(Debug)]
+pub struct InFlight(Arc<Activity>);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        let now = self.0.start.elapsed().as_millis() as u64;
+        self.0.last_ms.fetch_max(now, Ordering::SeqCst);
+        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// How long an idle connection asked to close may take to do so before it is dropped.
+pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
+
+/// `body` holding `in_flight` until it is sent in full or dropped: a download that is
+/// still being sent keeps its connection busy.
+pub fn guarded(body: axum::body::Body, in_flight: InFlight) -> axum::body::Body {
+    axum::body::Body::new(GuardedBody {
+        inner: body,
+        _in_flight: in_flight,
+    })
+}
+
+struct GuardedBody {
+    inner: axum::body::Body,
+    _in_flight: InFlight,
+}
+
+impl hyper::body::Body for GuardedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// How often a connection looks at its idle time: a quarter of the timeout, between 250 ms
+/// and 5 s (a connection is closed at most that late).
+pub fn idle_check_period(idle: Duration) -> Duration {
+    (idle / 4).clamp(Duration::from_millis(250), Duration::from_secs(5))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn per_address_counts_and_gives_back() {
+        let pa = Arc::new(PerAddress::new(2));
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let b: IpAddr = "192.0.2.2".parse().unwrap();
+        let s1 = pa.try_take(a).unwrap();
+        let _s2 = pa.try_take(a).unwrap();
+        assert!(pa.try_take(a).is_none(), "a third from one address");
+        let _t = pa.try_take(b).expect("another address has its own count");
+        drop(s1);
+        assert_eq!(pa.open_from(a), 1);
+        let _s3 = pa.try_take(a).expect("a slot given back is free again");
+        // An IPv4-mapped IPv6 address is the IPv4 address.
+        assert!(pa.try_take("::ffff:192.0.2.1".parse().unwrap()).is_none());
+    }
+
+    #[test]
+    fn ipv6_shares_a_limit_per_64() {
+        let pa = Arc::new(PerAddress::new(1));
+        let _s = pa.try_take("2001:db8:1:2::1".parse().unwrap()).unwrap();
+        assert!(
+            pa.try_take("2001:db8:1:2:ffff::9".parse().unwrap())
+                .is_none()
+        );
+        assert!(pa.try_take("2001:db8:1:3::1".parse().unwrap()).is_some());
+    }
+
+    #[test]
+    fn no_limit_when_zero() {
+        let pa = Arc::new(PerAddress::new(0));
+        let ip: IpAddr = "192.0.2.1".parse().unwrap();
+        let slots: Vec<_> = (0..1000).map(|_| pa.try_take(ip).unwrap()).collect();
+        assert_eq!(slots.len(), 1000);
+    }
+
+    #[test]
+    fn idle_only_without_a_request_in_flight() {
+        let a = Arc::new(Activity::new());
+        let r = a.begin();
+        assert_eq!(a.idle_for(), None);
+        let r2 = a.begin();
+        drop(r);
+        assert_eq!(a.idle_for(), None, "one still in flight");
+        drop(r2);
+        assert!(a.idle_for().unwrap() < Duration::from_secs(1));
+    }
+}
