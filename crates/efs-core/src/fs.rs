@@ -1366,7 +1366,8 @@ impl Upload {
         self.enc
             .take()
             .expect("the encryptor lives until finish")
-            .finish(&mut self.buf);
+            .finish(&mut self.buf)
+            .map_err(|_| CoreError::Invalid("an upload's last segment was sealed empty".into()))?;
         let content_id = self.content_id;
         let data_key = self.data_key.duplicate();
         match self.blob.take() {

@@ -64,7 +64,7 @@ fn bench(c: &mut Criterion) {
             let mut enc = Encryptor::new(&key, id);
             out.extend_from_slice(&enc.header());
             enc.update(black_box(&plain), &mut out);
-            enc.finish(&mut out);
+            enc.finish(&mut out).unwrap();
             black_box(out.len());
         })
     });
@@ -111,7 +111,7 @@ fn bench(c: &mut Criterion) {
     let mut enc = Encryptor::new(&key, id);
     let mut ct = enc.header().to_vec();
     enc.update(&plain, &mut ct);
-    enc.finish(&mut ct);
+    enc.finish(&mut ct).unwrap();
     let dec = Decryptor::new(&key, &ct[..HEADER_LEN], ct.len() as u64, &id).unwrap();
 
     let mut g = c.benchmark_group("open_16MiB");

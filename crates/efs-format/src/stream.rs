@@ -256,8 +256,17 @@ impl Encryptor {
 
     /// Seals the buffered plaintext as the last segment (flag set) and appends it to `out`.
     /// An empty content is one empty last segment: just its 16-byte tag.
-    pub fn finish(mut self, out: &mut Vec<u8>) {
+    ///
+    /// [`FormatError::Length`] (and nothing written) if segments were sealed with
+    /// [`Encryptor::seal_in_place`] and nothing is buffered: the last segment would be an
+    /// empty one after full ones, which no reader accepts (end those with
+    /// [`Encryptor::finish_in_place`] and the last segment's bytes).
+    pub fn finish(mut self, out: &mut Vec<u8>) -> Result<(), FormatError> {
+        if self.buf.is_empty() && self.sealer.next > 0 {
+            return Err(FormatError::Length);
+        }
         self.sealer.seal(&self.buf, true, out);
+        Ok(())
     }
 
     /// Seals the next segment inside the caller's buffer, copying nothing: on entry
@@ -320,9 +329,8 @@ impl SegmentSealer {
 
     /// Seals all of `buf` (one segment's plaintext) and appends the tag.
     fn seal_in_place(&mut self, buf: &mut Vec<u8>, last: bool) {
-        // Reserve before sealing: a realloc for the tag would leave a copy of the
-        // ciphertext, not of the plaintext, but there is no reason to move it at all.
-        buf.reserve(TAG_LEN);
+        // Seal before growing: if appending the tag reallocates, the buffer given back to
+        // the allocator holds ciphertext, never plaintext.
         let tag = self.seal_slice(&mut buf[..], last);
         buf.extend_from_slice(&tag);
     }
@@ -516,7 +524,7 @@ mod tests {
             let held = fed - body / SEGMENT_CIPHER_LEN * SEGMENT_SIZE;
             assert!((1..=SEGMENT_SIZE).contains(&held), "held {held}");
         }
-        enc.finish(&mut out);
+        enc.finish(&mut out).unwrap();
         out
     }
 
@@ -575,7 +583,7 @@ mod tests {
             let mut want = Vec::new();
             let mut enc = Encryptor::with_salt(&key, ID, [9; 32]);
             enc.update(&plain, &mut want);
-            enc.finish(&mut want);
+            enc.finish(&mut want).unwrap();
 
             let mut enc = Encryptor::with_salt(&key, ID, [9; 32]);
             let mut got = Vec::new();
@@ -618,6 +626,13 @@ mod tests {
             enc.finish_in_place(&mut Vec::new()),
             Err(FormatError::Length)
         );
+        // The same through `finish`, with nothing buffered: refused, nothing written.
+        let mut enc = Encryptor::new(&key, ID);
+        let mut full = pattern(SEGMENT_SIZE);
+        enc.seal_in_place(&mut full).unwrap();
+        let mut out = Vec::new();
+        assert_eq!(enc.finish(&mut out), Err(FormatError::Length));
+        assert!(out.is_empty());
         // Buffered `update` input and an in-place segment do not mix...
         let mut enc = Encryptor::new(&key, ID);
         enc.update(&[1, 2, 3], &mut Vec::new());
@@ -640,7 +655,7 @@ mod tests {
                 enc.update(c, &mut out);
             }
             enc.update(&[], &mut out);
-            enc.finish(&mut out);
+            enc.finish(&mut out).unwrap();
             out
         };
         let whole = run(plain.len());

@@ -32,7 +32,7 @@ fn encrypt_chunked(key: &Key32, plain: &[u8], chunks: &[usize]) -> Vec<u8> {
         enc.update(now, &mut out);
         rest = later;
     }
-    enc.finish(&mut out);
+    enc.finish(&mut out).unwrap();
     out
 }
 

@@ -15,7 +15,7 @@ pub fn encrypt_with(enc: Encryptor, plain: &[u8], chunk: usize) -> Vec<u8> {
     for c in plain.chunks(chunk.max(1)) {
         enc.update(c, &mut out);
     }
-    enc.finish(&mut out);
+    enc.finish(&mut out).unwrap();
     out
 }
 
