@@ -288,7 +288,9 @@ pub enum AuthEventKind {
     /// `/token` refused (401 or 400); counted by the rate limiter unless `reason` says
     /// otherwise.
     LoginFailed,
-    /// `/token` refused because of earlier failures (429).
+    /// `/token` refused with 429: the address is over its failure limit (reason
+    /// `"rate limited"`, nothing checked), or the user is and this attempt failed too (the
+    /// attempt's own reason; counted).
     LoginRateLimited,
     /// A token was issued by `/refresh`.
     RefreshSucceeded,
@@ -467,10 +469,16 @@ impl Authenticator {
     }
 
     /// Trades a signed challenge for a token.
+    ///
+    /// An address over its failure limit is refused (429) before any check. A user name over
+    /// its limit is not: anyone can fail logins in any name, so refusing there would let
+    /// anyone keep any user out. The attempt is checked as usual, a valid signature gets its
+    /// token, and only a failed attempt is answered 429 instead of its own error (and still
+    /// counted).
     pub fn login(&self, req: &TokenRequest, client_ip: IpAddr) -> Result<TokenResponse, AuthError> {
         check_user_name(&req.user)?;
         let now = self.clock.now_ms();
-        if let Err(RetryAfter(retry_after_secs)) = self.limiter.check(&req.user, client_ip, now) {
+        if let Err(RetryAfter(retry_after_secs)) = self.limiter.check_address(client_ip, now) {
             self.report(AuthEvent {
                 kind: AuthEventKind::LoginRateLimited,
                 user: Some(&req.user),
@@ -480,6 +488,7 @@ impl Authenticator {
             });
             return Err(AuthError::RateLimited { retry_after_secs });
         }
+        let user_limited = self.limiter.check_user(&req.user, now).err();
         match self.login_checked(req, now) {
             Ok(resp) => {
                 self.report(AuthEvent {
@@ -499,14 +508,25 @@ impl Authenticator {
                         self.limiter.record_address_failure(client_ip, now);
                     }
                 }
+                // Refusals after a valid signature (`counts` false) keep their own answer.
+                let limited = user_limited.filter(|_| failure.counts);
                 self.report(AuthEvent {
-                    kind: AuthEventKind::LoginFailed,
+                    kind: if limited.is_some() {
+                        AuthEventKind::LoginRateLimited
+                    } else {
+                        AuthEventKind::LoginFailed
+                    },
                     user: Some(&req.user),
                     fs: req.fs.as_deref(),
                     client_ip: Some(client_ip),
                     reason: failure.error.internal_reason(),
                 });
-                Err(failure.error)
+                match limited {
+                    Some(RetryAfter(retry_after_secs)) => {
+                        Err(AuthError::RateLimited { retry_after_secs })
+                    }
+                    None => Err(failure.error),
+                }
             }
         }
     }
@@ -587,9 +607,11 @@ impl Authenticator {
     }
 
     fn login_checked(&self, req: &TokenRequest, now: u64) -> Result<TokenResponse, LoginFailure> {
-        // Until a nonce issued to this user is presented, a failure proves nothing about the
-        // user: it counts against the address only, so nobody can lock a user out by
-        // posting garbage in its name.
+        // Until a nonce issued to this user is presented, a failure is not even an attempt at
+        // the user's key: it counts against the address only. From there on (an expired nonce
+        // of this user, a bad signature) it counts against the user too; anyone can get that
+        // far, which is why a user over its limit is still let in with a valid signature
+        // (`login`).
         let nonce: [u8; NONCE_LEN] = decode_fixed(&req.nonce).ok_or(LoginFailure::address_only(
             AuthError::BadRequest("nonce must be 32 bytes in base64url without padding"),
         ))?;
@@ -600,13 +622,14 @@ impl Authenticator {
             .ok_or(LoginFailure::address_only(AuthError::Unauthorized(
                 "unknown or already used nonce",
             )))?;
-        if now >= pending.expires_ms {
-            return Err(LoginFailure::unauthorized("expired nonce"));
-        }
+        // The user first: an expired nonce of another name must not count against this one.
         if pending.user != req.user {
             return Err(LoginFailure::address_only(AuthError::Unauthorized(
                 "nonce issued for another user",
             )));
+        }
+        if now >= pending.expires_ms {
+            return Err(LoginFailure::unauthorized("expired nonce"));
         }
         let signature: [u8; 64] = decode_fixed(&req.signature).ok_or(LoginFailure::counted(
             AuthError::BadRequest("signature must be 64 bytes in base64url without padding"),
@@ -1653,21 +1676,83 @@ mod tests {
                 &format!("failure {i}"),
             );
         }
-        // Even the right key is refused now, with a retry-after.
-        let err = login(&f.auth, "app1", &f.app1, None).unwrap_err();
+        // A further wrong key is answered 429, with a retry-after…
+        let err = login(&f.auth, "app1", &wrong, None).unwrap_err();
         assert_eq!((err.status(), err.code()), (429, "rate_limited"));
         assert_eq!(err.retry_after_secs(), Some(60));
-        // Another user from the same address logs in (10 address failures < 20).
-        login(&f.auth, "app2", &app2, None).unwrap();
-        // After the window, app1 recovers.
-        f.advance(Duration::from_secs(60));
+        // …but the right key still logs in: a key cannot be guessed, and anyone can spend
+        // app1's failures.
         login(&f.auth, "app1", &f.app1, None).unwrap();
+        // Another user from the same address logs in (11 address failures < 20).
+        login(&f.auth, "app2", &app2, None).unwrap();
+        // After the window, a wrong key is a plain 401 again.
+        f.advance(Duration::from_secs(60));
+        assert_unauthorized(login(&f.auth, "app1", &wrong, None), "after the window");
     }
 
     #[test]
-    fn garbage_in_a_users_name_does_not_lock_the_user_out() {
-        // Regression: posts with unknown nonces in app1's name counted against app1, so
-        // anyone could keep app1 at 429. They now count against the sender's address only.
+    fn bad_signatures_in_a_users_name_do_not_lock_the_user_out() {
+        // Regression: anyone can get a nonce for app1 and sign it with any key; those failures
+        // count against app1, and once app1 was over its limit even the right key got 429,
+        // so anyone could keep app1 out for good. Now a valid signature gets through.
+        let f = fixture();
+        let attacker = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+        let wrong = key(66);
+        let attempt = |k: &SigningKey, ip: IpAddr| {
+            let ch = challenge(&f.auth, "app1");
+            let sig = sign(k, &ch.server, "app1", &ch.nonce);
+            f.auth.login(&request("app1", &ch.nonce, sig, None), ip)
+        };
+        for i in 0..10 {
+            assert_unauthorized(attempt(&wrong, attacker), &format!("failure {i}"));
+        }
+        assert_eq!(
+            attempt(&wrong, attacker).unwrap_err().code(),
+            "rate_limited"
+        );
+        // app1's budget is spent; the right key logs in, from its own address and from the
+        // attacker's (11 failures there, under the address limit of 20).
+        attempt(&f.app1, IP).unwrap();
+        attempt(&f.app1, attacker).unwrap();
+        // The per-address limit is as before: at 20 failures even the right key gets 429.
+        for _ in 11..20 {
+            assert_eq!(
+                attempt(&wrong, attacker).unwrap_err().code(),
+                "rate_limited"
+            );
+        }
+        let err = attempt(&f.app1, attacker).unwrap_err();
+        assert_eq!((err.status(), err.code()), (429, "rate_limited"));
+        attempt(&f.app1, IP).unwrap();
+    }
+
+    #[test]
+    fn expired_nonces_of_another_user_do_not_count_against_the_user() {
+        // Regression: expiry was judged before the nonce's user, so an expired nonce issued
+        // for any name counted against the name claimed with it.
+        let f = fixture_with(AuthConfig {
+            nonce_ttl: Duration::from_secs(1),
+            ..AuthConfig::default()
+        });
+        let nonces: Vec<String> = (0..10).map(|_| challenge(&f.auth, "other").nonce).collect();
+        f.advance(Duration::from_secs(2));
+        let attacker = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+        for nonce in &nonces {
+            let sig = sign(&key(66), f.auth.server_id(), "app1", nonce);
+            assert_unauthorized(
+                f.auth.login(&request("app1", nonce, sig, None), attacker),
+                "foreign expired nonce",
+            );
+        }
+        // app1 is not over its limit: a wrong key is a plain 401, not 429.
+        assert_unauthorized(login(&f.auth, "app1", &key(66), None), "first own failure");
+    }
+
+    #[test]
+    fn garbage_in_a_users_name_does_not_count_against_the_user() {
+        // Posts with unknown nonces in app1's name count against the sender's address only
+        // (bad signatures over real nonces do count against app1: see
+        // `bad_signatures_in_a_users_name_do_not_lock_the_user_out`).
         let f = fixture();
         let attacker = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
         let unknown_nonce = URL_SAFE_NO_PAD.encode([7u8; NONCE_LEN]);
