@@ -99,10 +99,21 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     };
     let resp = admin::execute_as(&st.data, req, op).await;
     if mutates && resp.ok {
-        if let Err(e) = st.users.reload(&st.data) {
-            tracing::error!(error = %e, "reloading users after an admin change failed");
-        }
+        // On failure `reload` empties the user cache: every login and token is refused until
+        // a later reload succeeds, never checked against the list from before the change.
+        let reloaded = st.users.reload(&st.data);
         st.auth.invalidate_cache();
+        if let Err(e) = reloaded {
+            tracing::error!(
+                error = %e,
+                "reloading users after an admin change failed; refusing every login and token"
+            );
+            return AdminResponse::err(format!(
+                "the change was saved, but the server could not reload its users ({e}); it \
+                 refuses every login and token until a reload succeeds: fix the cause, then \
+                 restart the server (or run another user or grant change)"
+            ));
+        }
     }
     resp
 }
