@@ -46,6 +46,10 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 const JTI_LEN: usize = 16;
 /// Longest accepted user name.
 const MAX_USER_NAME_LEN: usize = 64;
+/// How far a token's `iat` may lie in the future, and its `exp` beyond now + the token
+/// lifetime, in seconds: room for server nodes whose clocks differ a little. A token minted
+/// while a clock ran further ahead is refused once the clock is right again.
+pub const TOKEN_CLOCK_SKEW_SECS: u64 = 60;
 
 /// Tunables of the login protocol.
 #[derive(Clone, Debug)]
@@ -714,8 +718,20 @@ impl Authenticator {
     /// Everything [`Authenticator::verify`] checks.
     fn check_token(&self, token: &str, now_ms: u64) -> Result<Caller, Refusal> {
         let claims = self.verified_claims(token, now_ms)?;
-        if now_ms / 1000 >= claims.exp {
+        let now_s = now_ms / 1000;
+        if now_s >= claims.exp {
             return Err(Refusal::of("token expired", &claims));
+        }
+        // Signed by our key, but minted while a clock ran fast: its `exp` would outlive the
+        // lifetime it was given.
+        if claims.iat > now_s.saturating_add(TOKEN_CLOCK_SKEW_SECS) {
+            return Err(Refusal::of("token issued in the future", &claims));
+        }
+        let max_exp = now_s
+            .saturating_add(self.config.token_ttl.as_secs().max(1))
+            .saturating_add(TOKEN_CLOCK_SKEW_SECS);
+        if claims.exp > max_exp {
+            return Err(Refusal::of("token expires too far ahead", &claims));
         }
         let Some(user) = self.users.lookup(&claims.sub) else {
             return Err(Refusal::of("user no longer exists", &claims));
@@ -1527,6 +1543,65 @@ mod tests {
         f.advance(Duration::from_millis(1));
         assert_unauthorized(f.auth.verify(&resp.token), "expired");
         assert_unauthorized(f.auth.refresh(&resp.token, IP), "refresh of expired");
+    }
+
+    #[test]
+    fn token_minted_by_a_fast_clock_is_refused() {
+        // Regression: only `now >= exp` was checked, so a token signed while the clock ran
+        // ahead stayed valid for that much longer once the clock was put right.
+        let f = fixture();
+        let now = T0_MS / 1000;
+        let ttl = 3600;
+        let skew = TOKEN_CLOCK_SKEW_SECS;
+        let signing = EncodingKey::from_ed_der(key(100).to_pkcs8_der().unwrap().as_bytes());
+        let token = |iat: u64, exp: u64| {
+            let claims = Claims {
+                iss: f.auth.server_id().to_owned(),
+                sub: "app1".into(),
+                fs: "records".into(),
+                iat,
+                exp,
+                ren: 0,
+                r#gen: 1,
+                jti: "x".into(),
+            };
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &signing).unwrap()
+        };
+        // Minted a day ahead: both `iat` and `exp` too far.
+        let day = 24 * 3600;
+        assert_unauthorized(
+            f.auth.verify(&token(now + day, now + day + ttl)),
+            "a day ahead",
+        );
+        // `iat` just past the allowed skew.
+        let t = token(now + skew + 1, now + ttl);
+        assert_eq!(
+            f.auth.verify(&t).unwrap_err().internal_reason(),
+            "token issued in the future"
+        );
+        assert_unauthorized(f.auth.refresh(&t, IP), "refresh of a future token");
+        // `exp` just past now + lifetime + skew.
+        let t = token(now, now + ttl + skew + 1);
+        assert_eq!(
+            f.auth.verify(&t).unwrap_err().internal_reason(),
+            "token expires too far ahead"
+        );
+        // At the limits, accepted.
+        f.auth.verify(&token(now + skew, now + ttl + skew)).unwrap();
+        // Refused again when it comes back: its claims were cached after the signature check,
+        // the bounds are checked on every call.
+        let t = token(now + skew + 1, now + ttl);
+        assert_unauthorized(f.auth.verify(&t), "again");
+        // A server with a shorter token lifetime (--token-ttl lowered) refuses a token that
+        // would outlive it.
+        let short = fixture_with(AuthConfig {
+            token_ttl: Duration::from_secs(60),
+            ..AuthConfig::default()
+        });
+        assert_unauthorized(
+            short.auth.verify(&token(now, now + ttl)),
+            "longer than the ttl",
+        );
     }
 
     #[test]
