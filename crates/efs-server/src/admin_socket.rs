@@ -29,8 +29,14 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 /// Serves admin connections.
 pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Without a pause, an error that persists (EMFILE) would spin a core.
+                tracing::warn!(error = %e, "admin socket accept failed");
+                tokio::time::sleep(crate::server::ACCEPT_RETRY_DELAY).await;
+                continue;
+            }
         };
         let st = state.clone();
         // The audit log names the local account on the other end of the socket.
