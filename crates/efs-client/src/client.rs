@@ -232,6 +232,9 @@ impl ClientBuilder {
 
     /// The server identity (`efs-…`, printed by the server at start) to insist on: a
     /// challenge from a server naming another identity is not signed ([`Error::Config`]).
+    /// Without it (the default) any identity is signed, so a server this client logs in to
+    /// can relay another server's challenge and get a login there when the same key and user
+    /// name are used on both; take the value from the operator, not from the server itself.
     pub fn server_id(mut self, id: impl Into<String>) -> Self {
         self.server_id = Some(id.into());
         self
@@ -362,7 +365,8 @@ impl Client {
     /// The server's identity `S` (docs/protocol.md), as its challenge answer names it for
     /// this client's user. Nothing is signed. A client records it once (as `efs remote add`
     /// does) and pins it with [`ClientBuilder::server_id`], so that a server relaying another
-    /// server's challenge gets no signature.
+    /// server's challenge later gets no signature. Read from the server, it is only as
+    /// trustworthy as the server was then: a hostile one can name another server's identity.
     pub async fn server_identity(&self) -> Result<String> {
         self.retrying(|| self.challenge_server()).await
     }

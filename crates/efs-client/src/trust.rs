@@ -34,7 +34,10 @@ pub enum Trust {
 pub fn parse_fingerprint(s: &str) -> Result<[u8; 32]> {
     let mut t = s.trim();
     for prefix in ["sha256 fingerprint=", "sha256:"] {
-        if t.len() >= prefix.len() && t[..prefix.len()].eq_ignore_ascii_case(prefix) {
+        // `get`, not slicing: the cut may fall inside a multi-byte character (user input).
+        if let Some(head) = t.get(..prefix.len())
+            && head.eq_ignore_ascii_case(prefix)
+        {
             t = t[prefix.len()..].trim();
         }
     }
@@ -375,6 +378,32 @@ mod tests {
         assert!(parse_fingerprint("").is_err());
         let bad = text.replacen("AB", "XY", 1);
         assert!(matches!(parse_fingerprint(&bad), Err(Error::Config(_))));
+    }
+
+    #[test]
+    fn fingerprint_non_ascii_is_an_error_not_a_panic() {
+        // Regression: the prefix check sliced the input by bytes and panicked when the cut
+        // fell inside a multi-byte character.
+        let text = format_fingerprint(&[0xabu8; 32]);
+        for bad in [
+            "éééé".to_owned(),
+            "é".repeat(10),
+            "sha256é".to_owned(),
+            "sha256 fingerprintéé".to_owned(),
+            format!("SHA256:é{text}"),
+            "é".repeat(32),
+            "ü".repeat(64),
+        ] {
+            assert!(
+                matches!(parse_fingerprint(&bad), Err(Error::Config(_))),
+                "{bad:?}"
+            );
+        }
+        // A prefix in another case still works.
+        assert_eq!(
+            parse_fingerprint(&format!("Sha256:{text}")).unwrap(),
+            [0xab; 32]
+        );
     }
 
     #[test]

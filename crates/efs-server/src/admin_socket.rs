@@ -29,8 +29,14 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 /// Serves admin connections.
 pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
     loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
+        let stream = match listener.accept().await {
+            Ok((stream, _)) => stream,
+            Err(e) => {
+                // Without a pause, an error that persists (EMFILE) would spin a core.
+                tracing::warn!(error = %e, "admin socket accept failed");
+                tokio::time::sleep(crate::server::ACCEPT_RETRY_DELAY).await;
+                continue;
+            }
         };
         let st = state.clone();
         // The audit log names the local account on the other end of the socket.
@@ -99,10 +105,21 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     };
     let resp = admin::execute_as(&st.data, req, op).await;
     if mutates && resp.ok {
-        if let Err(e) = st.users.reload(&st.data) {
-            tracing::error!(error = %e, "reloading users after an admin change failed");
-        }
+        // On failure `reload` empties the user cache: every login and token is refused until
+        // a later reload succeeds, never checked against the list from before the change.
+        let reloaded = st.users.reload(&st.data);
         st.auth.invalidate_cache();
+        if let Err(e) = reloaded {
+            tracing::error!(
+                error = %e,
+                "reloading users after an admin change failed; refusing every login and token"
+            );
+            return AdminResponse::err(format!(
+                "the change was saved, but the server could not reload its users ({e}); it \
+                 refuses every login and token until a reload succeeds: fix the cause, then \
+                 restart the server (or run another user or grant change)"
+            ));
+        }
     }
     resp
 }

@@ -46,6 +46,10 @@ const MAX_TOKEN_LEN: usize = 8 * 1024;
 const JTI_LEN: usize = 16;
 /// Longest accepted user name.
 const MAX_USER_NAME_LEN: usize = 64;
+/// How far a token's `iat` may lie in the future, and its `exp` beyond now + the token
+/// lifetime, in seconds: room for server nodes whose clocks differ a little. A token minted
+/// while a clock ran further ahead is refused once the clock is right again.
+pub const TOKEN_CLOCK_SKEW_SECS: u64 = 60;
 
 /// Tunables of the login protocol.
 #[derive(Clone, Debug)]
@@ -288,7 +292,9 @@ pub enum AuthEventKind {
     /// `/token` refused (401 or 400); counted by the rate limiter unless `reason` says
     /// otherwise.
     LoginFailed,
-    /// `/token` refused because of earlier failures (429).
+    /// `/token` refused with 429: the address is over its failure limit (reason
+    /// `"rate limited"`, nothing checked), or the user is and this attempt failed too (the
+    /// attempt's own reason; counted).
     LoginRateLimited,
     /// A token was issued by `/refresh`.
     RefreshSucceeded,
@@ -467,10 +473,16 @@ impl Authenticator {
     }
 
     /// Trades a signed challenge for a token.
+    ///
+    /// An address over its failure limit is refused (429) before any check. A user name over
+    /// its limit is not: anyone can fail logins in any name, so refusing there would let
+    /// anyone keep any user out. The attempt is checked as usual, a valid signature gets its
+    /// token, and only a failed attempt is answered 429 instead of its own error (and still
+    /// counted).
     pub fn login(&self, req: &TokenRequest, client_ip: IpAddr) -> Result<TokenResponse, AuthError> {
         check_user_name(&req.user)?;
         let now = self.clock.now_ms();
-        if let Err(RetryAfter(retry_after_secs)) = self.limiter.check(&req.user, client_ip, now) {
+        if let Err(RetryAfter(retry_after_secs)) = self.limiter.check_address(client_ip, now) {
             self.report(AuthEvent {
                 kind: AuthEventKind::LoginRateLimited,
                 user: Some(&req.user),
@@ -480,6 +492,7 @@ impl Authenticator {
             });
             return Err(AuthError::RateLimited { retry_after_secs });
         }
+        let user_limited = self.limiter.check_user(&req.user, now).err();
         match self.login_checked(req, now) {
             Ok(resp) => {
                 self.report(AuthEvent {
@@ -499,14 +512,25 @@ impl Authenticator {
                         self.limiter.record_address_failure(client_ip, now);
                     }
                 }
+                // Refusals after a valid signature (`counts` false) keep their own answer.
+                let limited = user_limited.filter(|_| failure.counts);
                 self.report(AuthEvent {
-                    kind: AuthEventKind::LoginFailed,
+                    kind: if limited.is_some() {
+                        AuthEventKind::LoginRateLimited
+                    } else {
+                        AuthEventKind::LoginFailed
+                    },
                     user: Some(&req.user),
                     fs: req.fs.as_deref(),
                     client_ip: Some(client_ip),
                     reason: failure.error.internal_reason(),
                 });
-                Err(failure.error)
+                match limited {
+                    Some(RetryAfter(retry_after_secs)) => {
+                        Err(AuthError::RateLimited { retry_after_secs })
+                    }
+                    None => Err(failure.error),
+                }
             }
         }
     }
@@ -587,9 +611,11 @@ impl Authenticator {
     }
 
     fn login_checked(&self, req: &TokenRequest, now: u64) -> Result<TokenResponse, LoginFailure> {
-        // Until a nonce issued to this user is presented, a failure proves nothing about the
-        // user: it counts against the address only, so nobody can lock a user out by
-        // posting garbage in its name.
+        // Until a nonce issued to this user is presented, a failure is not even an attempt at
+        // the user's key: it counts against the address only. From there on (an expired nonce
+        // of this user, a bad signature) it counts against the user too; anyone can get that
+        // far, which is why a user over its limit is still let in with a valid signature
+        // (`login`).
         let nonce: [u8; NONCE_LEN] = decode_fixed(&req.nonce).ok_or(LoginFailure::address_only(
             AuthError::BadRequest("nonce must be 32 bytes in base64url without padding"),
         ))?;
@@ -600,13 +626,14 @@ impl Authenticator {
             .ok_or(LoginFailure::address_only(AuthError::Unauthorized(
                 "unknown or already used nonce",
             )))?;
-        if now >= pending.expires_ms {
-            return Err(LoginFailure::unauthorized("expired nonce"));
-        }
+        // The user first: an expired nonce of another name must not count against this one.
         if pending.user != req.user {
             return Err(LoginFailure::address_only(AuthError::Unauthorized(
                 "nonce issued for another user",
             )));
+        }
+        if now >= pending.expires_ms {
+            return Err(LoginFailure::unauthorized("expired nonce"));
         }
         let signature: [u8; 64] = decode_fixed(&req.signature).ok_or(LoginFailure::counted(
             AuthError::BadRequest("signature must be 64 bytes in base64url without padding"),
@@ -691,8 +718,20 @@ impl Authenticator {
     /// Everything [`Authenticator::verify`] checks.
     fn check_token(&self, token: &str, now_ms: u64) -> Result<Caller, Refusal> {
         let claims = self.verified_claims(token, now_ms)?;
-        if now_ms / 1000 >= claims.exp {
+        let now_s = now_ms / 1000;
+        if now_s >= claims.exp {
             return Err(Refusal::of("token expired", &claims));
+        }
+        // Signed by our key, but minted while a clock ran fast: its `exp` would outlive the
+        // lifetime it was given.
+        if claims.iat > now_s.saturating_add(TOKEN_CLOCK_SKEW_SECS) {
+            return Err(Refusal::of("token issued in the future", &claims));
+        }
+        let max_exp = now_s
+            .saturating_add(self.config.token_ttl.as_secs().max(1))
+            .saturating_add(TOKEN_CLOCK_SKEW_SECS);
+        if claims.exp > max_exp {
+            return Err(Refusal::of("token expires too far ahead", &claims));
         }
         let Some(user) = self.users.lookup(&claims.sub) else {
             return Err(Refusal::of("user no longer exists", &claims));
@@ -1507,6 +1546,65 @@ mod tests {
     }
 
     #[test]
+    fn token_minted_by_a_fast_clock_is_refused() {
+        // Regression: only `now >= exp` was checked, so a token signed while the clock ran
+        // ahead stayed valid for that much longer once the clock was put right.
+        let f = fixture();
+        let now = T0_MS / 1000;
+        let ttl = 3600;
+        let skew = TOKEN_CLOCK_SKEW_SECS;
+        let signing = EncodingKey::from_ed_der(key(100).to_pkcs8_der().unwrap().as_bytes());
+        let token = |iat: u64, exp: u64| {
+            let claims = Claims {
+                iss: f.auth.server_id().to_owned(),
+                sub: "app1".into(),
+                fs: "records".into(),
+                iat,
+                exp,
+                ren: 0,
+                r#gen: 1,
+                jti: "x".into(),
+            };
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &signing).unwrap()
+        };
+        // Minted a day ahead: both `iat` and `exp` too far.
+        let day = 24 * 3600;
+        assert_unauthorized(
+            f.auth.verify(&token(now + day, now + day + ttl)),
+            "a day ahead",
+        );
+        // `iat` just past the allowed skew.
+        let t = token(now + skew + 1, now + ttl);
+        assert_eq!(
+            f.auth.verify(&t).unwrap_err().internal_reason(),
+            "token issued in the future"
+        );
+        assert_unauthorized(f.auth.refresh(&t, IP), "refresh of a future token");
+        // `exp` just past now + lifetime + skew.
+        let t = token(now, now + ttl + skew + 1);
+        assert_eq!(
+            f.auth.verify(&t).unwrap_err().internal_reason(),
+            "token expires too far ahead"
+        );
+        // At the limits, accepted.
+        f.auth.verify(&token(now + skew, now + ttl + skew)).unwrap();
+        // Refused again when it comes back: its claims were cached after the signature check,
+        // the bounds are checked on every call.
+        let t = token(now + skew + 1, now + ttl);
+        assert_unauthorized(f.auth.verify(&t), "again");
+        // A server with a shorter token lifetime (--token-ttl lowered) refuses a token that
+        // would outlive it.
+        let short = fixture_with(AuthConfig {
+            token_ttl: Duration::from_secs(60),
+            ..AuthConfig::default()
+        });
+        assert_unauthorized(
+            short.auth.verify(&token(now, now + ttl)),
+            "longer than the ttl",
+        );
+    }
+
+    #[test]
     fn expired_token_is_refused_on_the_system_clock() {
         let dir = Arc::new(Dir::default());
         let app1 = key(1);
@@ -1653,21 +1751,83 @@ mod tests {
                 &format!("failure {i}"),
             );
         }
-        // Even the right key is refused now, with a retry-after.
-        let err = login(&f.auth, "app1", &f.app1, None).unwrap_err();
+        // A further wrong key is answered 429, with a retry-after…
+        let err = login(&f.auth, "app1", &wrong, None).unwrap_err();
         assert_eq!((err.status(), err.code()), (429, "rate_limited"));
         assert_eq!(err.retry_after_secs(), Some(60));
-        // Another user from the same address logs in (10 address failures < 20).
-        login(&f.auth, "app2", &app2, None).unwrap();
-        // After the window, app1 recovers.
-        f.advance(Duration::from_secs(60));
+        // …but the right key still logs in: a key cannot be guessed, and anyone can spend
+        // app1's failures.
         login(&f.auth, "app1", &f.app1, None).unwrap();
+        // Another user from the same address logs in (11 address failures < 20).
+        login(&f.auth, "app2", &app2, None).unwrap();
+        // After the window, a wrong key is a plain 401 again.
+        f.advance(Duration::from_secs(60));
+        assert_unauthorized(login(&f.auth, "app1", &wrong, None), "after the window");
     }
 
     #[test]
-    fn garbage_in_a_users_name_does_not_lock_the_user_out() {
-        // Regression: posts with unknown nonces in app1's name counted against app1, so
-        // anyone could keep app1 at 429. They now count against the sender's address only.
+    fn bad_signatures_in_a_users_name_do_not_lock_the_user_out() {
+        // Regression: anyone can get a nonce for app1 and sign it with any key; those failures
+        // count against app1, and once app1 was over its limit even the right key got 429,
+        // so anyone could keep app1 out for good. Now a valid signature gets through.
+        let f = fixture();
+        let attacker = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+        let wrong = key(66);
+        let attempt = |k: &SigningKey, ip: IpAddr| {
+            let ch = challenge(&f.auth, "app1");
+            let sig = sign(k, &ch.server, "app1", &ch.nonce);
+            f.auth.login(&request("app1", &ch.nonce, sig, None), ip)
+        };
+        for i in 0..10 {
+            assert_unauthorized(attempt(&wrong, attacker), &format!("failure {i}"));
+        }
+        assert_eq!(
+            attempt(&wrong, attacker).unwrap_err().code(),
+            "rate_limited"
+        );
+        // app1's budget is spent; the right key logs in, from its own address and from the
+        // attacker's (11 failures there, under the address limit of 20).
+        attempt(&f.app1, IP).unwrap();
+        attempt(&f.app1, attacker).unwrap();
+        // The per-address limit is as before: at 20 failures even the right key gets 429.
+        for _ in 11..20 {
+            assert_eq!(
+                attempt(&wrong, attacker).unwrap_err().code(),
+                "rate_limited"
+            );
+        }
+        let err = attempt(&f.app1, attacker).unwrap_err();
+        assert_eq!((err.status(), err.code()), (429, "rate_limited"));
+        attempt(&f.app1, IP).unwrap();
+    }
+
+    #[test]
+    fn expired_nonces_of_another_user_do_not_count_against_the_user() {
+        // Regression: expiry was judged before the nonce's user, so an expired nonce issued
+        // for any name counted against the name claimed with it.
+        let f = fixture_with(AuthConfig {
+            nonce_ttl: Duration::from_secs(1),
+            ..AuthConfig::default()
+        });
+        let nonces: Vec<String> = (0..10).map(|_| challenge(&f.auth, "other").nonce).collect();
+        f.advance(Duration::from_secs(2));
+        let attacker = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
+        for nonce in &nonces {
+            let sig = sign(&key(66), f.auth.server_id(), "app1", nonce);
+            assert_unauthorized(
+                f.auth.login(&request("app1", nonce, sig, None), attacker),
+                "foreign expired nonce",
+            );
+        }
+        // app1 is not over its limit: a wrong key is a plain 401, not 429.
+        assert_unauthorized(login(&f.auth, "app1", &key(66), None), "first own failure");
+    }
+
+    #[test]
+    fn garbage_in_a_users_name_does_not_count_against_the_user() {
+        // Posts with unknown nonces in app1's name count against the sender's address only
+        // (bad signatures over real nonces do count against app1: see
+        // `bad_signatures_in_a_users_name_do_not_lock_the_user_out`).
         let f = fixture();
         let attacker = IpAddr::V4(Ipv4Addr::new(203, 0, 113, 9));
         let unknown_nonce = URL_SAFE_NO_PAD.encode([7u8; NONCE_LEN]);

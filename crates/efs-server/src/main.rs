@@ -87,8 +87,9 @@ struct Args {
     /// Refreshes allowed per login.
     #[arg(long, default_value_t = 24)]
     max_renewals: u32,
-    /// Failed-login counting window in seconds: 10 failures for one user, or 20 from one
-    /// address, inside it refuse further logins (429) until it ends.
+    /// Failed-login counting window in seconds: after 20 failures from one address inside
+    /// it, logins from there are refused (429) until it ends; after 10 for one user, its
+    /// failed attempts get 429 but a valid signature still logs in.
     #[arg(long, default_value_t = 60)]
     login_fail_window: u64,
     /// Serve Prometheus metrics at /_efs/metrics to scrapers presenting the token in this

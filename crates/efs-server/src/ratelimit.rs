@@ -1,10 +1,13 @@
 //! Failed-login rate limiting: a fixed window of failures per key, in bounded memory.
 //!
-//! Every failed login counts once against the user name it claimed and once against the
-//! client's address; once either key has `limit` failures inside one window, further login
-//! attempts for it are refused (HTTP 429 `rate_limited`) until the window that started with
-//! its first failure ends. Successful logins count nothing and reset nothing, so a success
-//! cannot be used to wash away an attacker's failures.
+//! A failed login counts against the client's address, and against the user name it claimed
+//! when it got as far as a nonce issued for that name. Once an address has `limit` failures
+//! inside one window, every login attempt from it is refused (HTTP 429 `rate_limited`) before
+//! any check, until the window that started with its first failure ends. A user name over its
+//! limit is not refused outright: anyone can fail logins in any name, and an Ed25519 key cannot
+//! be guessed, so the caller still checks the signature, lets a valid one through and answers
+//! only a failed attempt with 429 (see `Authenticator::login`). Successful logins count nothing
+//! and reset nothing, so a success cannot be used to wash away an attacker's failures.
 //!
 //! Memory is bounded: at most `max_keys` keys are tracked per limiter. Expired windows are
 //! dropped first; when the table is still full, the oldest window is evicted. An attacker who
@@ -185,15 +188,15 @@ impl LoginRateLimiter {
         }
     }
 
-    /// `Err` with the longer wait if the user or the address is blocked.
-    pub fn check(&self, user: &str, ip: IpAddr, now_ms: u64) -> Result<(), RetryAfter> {
-        let by_user = self.users.check(&user.to_owned(), now_ms);
-        let by_ip = self.addresses.check(&address_key(ip), now_ms);
-        match (by_user, by_ip) {
-            (Ok(()), Ok(())) => Ok(()),
-            (Err(a), Ok(())) | (Ok(()), Err(a)) => Err(a),
-            (Err(a), Err(b)) => Err(RetryAfter(a.0.max(b.0))),
-        }
+    /// `Err` with the wait if the address (IPv6: its /64) has used up its failures.
+    pub fn check_address(&self, ip: IpAddr, now_ms: u64) -> Result<(), RetryAfter> {
+        self.addresses.check(&address_key(ip), now_ms)
+    }
+
+    /// `Err` with the wait if the user name has used up its failures. Not a reason to refuse
+    /// a login whose signature is valid: anyone can spend a user's failures.
+    pub fn check_user(&self, user: &str, now_ms: u64) -> Result<(), RetryAfter> {
+        self.users.check(&user.to_owned(), now_ms)
     }
 
     /// Counts one failed login against both the user name and the address.
@@ -297,7 +300,7 @@ mod tests {
     }
 
     #[test]
-    fn login_limiter_takes_the_longer_wait() {
+    fn login_limiter_counts_users_and_addresses_apart() {
         let cfg = RateLimitConfig {
             window: MIN,
             max_failures_per_user: 2,
@@ -308,11 +311,17 @@ mod tests {
         let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
         l.record_failure("u", ip, 0);
         l.record_failure("u", ip, 10_000);
-        // The user is blocked; another user from the same address is not (2 < 3).
-        assert_eq!(l.check("u", ip, 10_000), Err(RetryAfter(50)));
-        assert_eq!(l.check("v", ip, 10_000), Ok(()));
+        // The user is over its limit; another user is not, nor the address (2 < 3).
+        assert_eq!(l.check_user("u", 10_000), Err(RetryAfter(50)));
+        assert_eq!(l.check_user("v", 10_000), Ok(()));
+        assert_eq!(l.check_address(ip, 10_000), Ok(()));
         l.record_failure("v", ip, 20_000);
-        assert_eq!(l.check("w", ip, 20_000), Err(RetryAfter(40)));
+        assert_eq!(l.check_address(ip, 20_000), Err(RetryAfter(40)));
+        assert_eq!(l.check_user("w", 20_000), Ok(()));
+        // An address-only failure leaves the user names alone.
+        let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 2));
+        l.record_address_failure(other, 20_000);
+        assert_eq!(l.check_user("v", 20_000), Ok(()));
     }
 
     #[test]

@@ -25,6 +25,11 @@ use crate::users::UserCache;
 /// Most concurrent connections (each holds a task and its buffers).
 const MAX_CONNECTIONS: usize = 10_000;
 
+/// Pause after a failed `accept` (the HTTP and the admin listener) before trying again: the
+/// usual cause, running out of file descriptors (EMFILE), persists for a while, and an
+/// immediate retry would spin a core.
+pub(crate) const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
+
 /// How long a client may wait between the TLS handshake and its first request bytes, and
 /// (HTTP/1) to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -312,7 +317,7 @@ async fn serve(
                 Ok(x) => x,
                 Err(e) => {
                     tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
                     continue;
                 }
             },

@@ -19,10 +19,25 @@ pub struct UserCache {
 }
 
 impl UserCache {
-    /// Reloads every user from the data dir.
+    /// Reloads every user from the data dir. When that fails the cache is emptied (fail
+    /// closed): until a reload succeeds every login and token is refused, rather than
+    /// checked against a list that may still hold a deleted user, a removed grant or a
+    /// revoked generation.
     pub fn reload(&self, data: &DataDir) -> efs_core::Result<()> {
+        self.install(data.users())
+    }
+
+    /// Installs the outcome of reading the users: the new list, or on an error none at all.
+    fn install(&self, users: efs_core::Result<Vec<UserRecord>>) -> efs_core::Result<()> {
+        let users = match users {
+            Ok(users) => users,
+            Err(e) => {
+                self.users.write().expect("lock poisoned").clear();
+                return Err(e);
+            }
+        };
         let mut map = HashMap::new();
-        for u in data.users()? {
+        for u in users {
             if let Some(a) = to_auth(&u) {
                 map.insert(u.name.clone(), (a, u.cert_sha256));
             } else {
@@ -90,3 +105,40 @@ impl UserDirectory for UserCache {
 
 /// Shared handle.
 pub type Users = Arc<UserCache>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use efs_core::CoreError;
+
+    fn record(name: &str) -> UserRecord {
+        UserRecord {
+            name: name.to_owned(),
+            public_key: ed25519_dalek::SigningKey::from_bytes(&[1; 32])
+                .verifying_key()
+                .to_bytes(),
+            grants: Vec::new(),
+            generation: 1,
+            created_ms: 1,
+            cert_sha256: Some([7; 32]),
+        }
+    }
+
+    #[test]
+    fn a_failed_reload_refuses_every_user_until_one_succeeds() {
+        // Regression: a reload failing after an admin change (delete-user, revoke, grant)
+        // left the old list in place, so a deleted or revoked user's tokens kept working.
+        let cache = UserCache::default();
+        cache.install(Ok(vec![record("alice")])).unwrap();
+        assert!(cache.lookup("alice").is_some());
+        let err = cache
+            .install(Err(CoreError::Index("injected read failure".into())))
+            .unwrap_err();
+        assert!(err.to_string().contains("injected"), "{err}");
+        assert!(cache.lookup("alice").is_none(), "stale user still served");
+        assert!(!cache.exists("alice"));
+        assert_eq!(cache.cert_binding("alice"), None);
+        cache.install(Ok(vec![record("alice")])).unwrap();
+        assert!(cache.lookup("alice").is_some());
+    }
+}

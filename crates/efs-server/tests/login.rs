@@ -632,12 +632,21 @@ async fn brute_force_is_rate_limited_per_user_and_spares_others() {
         .expect("Retry-After in seconds");
     assert!((1..=60).contains(&retry), "Retry-After {retry}");
     assert_error(r, 429, "rate_limited").await;
-    // Even the right key is held back while the window lasts.
-    let body = srv.signed_body("alice", &key, None).await;
-    assert_error(srv.token_request(&body).await, 429, "rate_limited").await;
+    // The right key still logs in, from the same client: anyone can spend alice's failures,
+    // nobody can guess her key (regression: it got 429 too, so anyone could keep her out).
+    let t = srv.login("alice", &key, None).await;
+    assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
     // Another user logs in normally.
     let t = srv.login("bob", &bob, None).await;
     assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
+    // The per-address limit holds as before: 20 failures from this client (11 so far), then
+    // even the right key gets 429.
+    for _ in 11..20 {
+        let body = srv.signed_body("alice", &wrong, None).await;
+        assert_error(srv.token_request(&body).await, 429, "rate_limited").await;
+    }
+    let body = srv.signed_body("alice", &key, None).await;
+    assert_error(srv.token_request(&body).await, 429, "rate_limited").await;
 }
 
 /// The limit engages, then lifts by itself when its window ends (a 2 s window here).
@@ -657,9 +666,14 @@ async fn brute_force_is_refused_then_the_user_recovers() {
     let r = limited.expect("the limit engages");
     let retry: u64 = header(&r, "retry-after").unwrap().parse().unwrap();
     assert!((1..=2).contains(&retry), "Retry-After {retry}");
-    let body = srv.signed_body("alice", &key, None).await;
-    assert_error(srv.token_request(&body).await, 429, "rate_limited").await;
     tokio::time::sleep(std::time::Duration::from_millis(retry * 1000 + 300)).await;
+    // A wrong key is a plain 401 again, and the right key logs in.
+    let body = srv.signed_body("alice", &wrong, None).await;
+    assert_401(
+        srv.token_request(&body).await,
+        "a wrong key after the window",
+    )
+    .await;
     let t = srv.login("alice", &key, None).await;
     assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
 }
