@@ -4,7 +4,7 @@
 //! async, no policy about where bytes go. The byte-by-byte description, with its rationale and
 //! test vectors, is `docs/format.md`.
 //!
-//! - [`labels`]: every HKDF info and AAD label, as named constants (DO NOT CHANGE them).
+//! - [`labels`]: the content format's HKDF info label (DO NOT CHANGE it; the rest are in efs-core).
 //! - [`secret`]: [`Key32`], a 32-byte key that zeroizes on drop and derives subkeys with HKDF.
 //! - [`stream`]: the chunked content format (the STREAM construction of age and C2SP
 //!   chunked encryption, with AES-256-GCM): [`Encryptor`] writes it segment by segment,
