@@ -36,6 +36,22 @@ const MAX_ATTEMPTS: usize = 64;
 /// Bytes buffered before a blob write is issued.
 const WRITE_CHUNK: usize = 1 << 20;
 
+/// Why a commit of new content failed: what may be done with that content depends on it.
+enum Failed {
+    /// The index certainly holds nothing of it (refused before, or answered `Ok(false)`,
+    /// a failed precondition, contention): the new content may be removed.
+    NotCommitted(CoreError),
+    /// The index commit itself failed: it may have landed (or land when the index is
+    /// reopened), so the new content must stay; gc removes it if it is an orphan.
+    Unknown(CoreError),
+}
+
+impl From<CoreError> for Failed {
+    fn from(e: CoreError) -> Self {
+        Failed::NotCommitted(e)
+    }
+}
+
 // `Upload::write` appends at most one sealed segment to a blob writer's tail at a time.
 const _: () = assert!(SEGMENT_SIZE + TAG_LEN <= crate::blob::TAIL_MAX);
 
@@ -647,13 +663,24 @@ impl Filesystem {
         cond: Precondition,
     ) -> Result<(Entry, bool)> {
         let finished = upload.finish().await?;
-        let res = self
+        match self
             .commit_finished(path, &finished, content_type, cond)
-            .await;
-        if res.is_err() {
-            self.discard(&finished).await;
+            .await
+        {
+            Ok(done) => Ok(done),
+            Err(Failed::NotCommitted(e)) => {
+                self.discard(&finished).await;
+                Err(e)
+            }
+            // The index may still hold the commit (redb writes its new header before the
+            // final sync, and may recover that commit when it reopens the database): the
+            // record may name this blob, so it stays. If it is an orphan after all, gc
+            // removes it once its grace period has passed.
+            Err(Failed::Unknown(e)) => {
+                tracing::warn!(error = %e, "a commit failed with an unknown outcome; its new blob is left for gc");
+                Err(e)
+            }
         }
-        res
     }
 
     async fn discard(&self, f: &FinishedUpload) {
@@ -670,14 +697,14 @@ impl Filesystem {
         f: &FinishedUpload,
         content_type: Option<String>,
         cond: Precondition,
-    ) -> Result<(Entry, bool)> {
+    ) -> Result<(Entry, bool), Failed> {
         for _ in 0..MAX_ATTEMPTS {
             let kr = self.keyring();
             let res = self.resolve(&kr, path, true).await?;
             if let Some((_, cur)) = &res.current
                 && cur.kind == Kind::Dir
             {
-                return Err(CoreError::Conflict("a directory exists at this path"));
+                return Err(CoreError::Conflict("a directory exists at this path").into());
             }
             check_precondition(&kr, &cond, res.current.as_ref().map(|(_, r)| r))?;
             let now = now_ms();
@@ -718,14 +745,14 @@ impl Filesystem {
             {
                 batch.ops.push(Op::DeleteInline(old.id));
             }
-            if self.index.commit(batch).await? {
+            if self.index.commit(batch).await.map_err(Failed::Unknown)? {
                 if let Some((_, old)) = &res.current {
                     self.remove_blob_of(old).await;
                 }
                 return Ok((Entry::from_record(&kr, &record), res.current.is_some()));
             }
         }
-        Err(CoreError::Contention)
+        Err(CoreError::Contention.into())
     }
 
     /// A batch that expects the resolved ancestors unchanged and creates the missing ones.
