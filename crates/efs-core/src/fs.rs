@@ -1168,8 +1168,19 @@ impl Filesystem {
     }
 
     /// Removes orphan blobs older than `grace_secs` and orphan inline contents.
+    ///
+    /// Refused ([`CoreError::Conflict`]) while a restore into this filesystem runs, or if
+    /// one started during the scan: a restore copies blobs and commits inline contents
+    /// before the records that name them, so they look orphaned until it ends, however
+    /// long it takes (a grace period would not protect a restore longer than it).
     pub async fn gc(&self, grace_secs: u64) -> Result<GcReport> {
         self.trusted().await?;
+        let restoring =
+            || CoreError::Conflict("a restore into this filesystem is running; run gc after it");
+        let before = self.restore_state();
+        if before.0 > 0 {
+            return Err(restoring());
+        }
         // Candidates are listed before the references are scanned: content and its record
         // are committed together, so a content that existed before the scan has its record
         // in the scan, and one written during the scan is not a candidate. (The other order
@@ -1177,6 +1188,11 @@ impl Filesystem {
         let blobs = self.blobs.list().await?;
         let inline = self.index.inline_ids().await?;
         let rep = self.fsck_refs().await?;
+        // A restore that started after the first check may have copied content that the
+        // listings above hold and the scan does not name yet.
+        if self.restore_state() != before {
+            return Err(restoring());
+        }
         let mut out = GcReport {
             partials_removed: self.blobs.remove_stale_partials(grace_secs).await?,
             ..GcReport::default()
