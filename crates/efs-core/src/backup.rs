@@ -389,8 +389,7 @@ fn blob_rel(id: &str) -> PathBuf {
 }
 
 fn sync_dir(p: &Path) -> Result<()> {
-    std::fs::File::open(p)?.sync_all()?;
-    Ok(())
+    Ok(crate::blob::sync_dir(p)?)
 }
 
 /// Backs up `fs` into the new (or empty) directory `dest` while it keeps serving. With
@@ -453,11 +452,17 @@ pub async fn backup(
         .await?;
     let (sha, mut stored) = dump.finish()?;
     m.index_sha256 = sha;
+    // Shard directories written into: their entries are synced before the manifest.
+    let mut shards = std::collections::BTreeSet::new();
     for id in blob_ids {
         let name = hex::encode(id);
         let rel = blob_rel(&name);
         let path = dest.join(&rel);
-        std::fs::create_dir_all(path.parent().expect("a blob path has a directory"))?;
+        let shard = path.parent().expect("a blob path has a directory");
+        if !shards.contains(shard) {
+            crate::blob::create_dir_all_synced(shard)?;
+            shards.insert(shard.to_path_buf());
+        }
         let src = fs.blobs.open(&id).await?;
         let mut out = HashedFile::create(&path)?;
         let mut off = 0u64;
@@ -472,7 +477,7 @@ pub async fn backup(
     }
     if let Some(keyparts_json) = keys {
         let kr = keyring.ok_or(CoreError::Corrupt("filesystem without keyring"))?;
-        std::fs::create_dir_all(dest.join("keys"))?;
+        crate::blob::create_dir_all_synced(&dest.join("keys"))?;
         let mut f = HashedFile::create(&dest.join("keys").join("keyring.sealed"))?;
         f.write(&kr)?;
         m.keyring_sha256 = Some(f.finish()?.0);
@@ -480,6 +485,16 @@ pub async fn backup(
         f.write(keyparts_json)?;
         f.finish()?;
     }
+    // Every entry made durable before the manifest (each file was fsynced as it was
+    // written; their names in their directories were not): a manifest must never outlive
+    // a file it lists.
+    for shard in &shards {
+        sync_dir(shard)?;
+    }
+    if keys.is_some() {
+        sync_dir(&dest.join("keys"))?;
+    }
+    sync_dir(dest)?;
     // The manifest last: a directory without one is an unfinished backup.
     let json = serde_json::to_vec_pretty(&m).expect("serialising JSON cannot fail");
     let tmp = dest.join("manifest.json.tmp");
@@ -510,7 +525,9 @@ fn prepare_dest(dest: &Path) -> Result<()> {
                 )));
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dest)?,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            crate::blob::create_dir_all_synced(dest)?
+        }
         Err(e) => return Err(e.into()),
     }
     Ok(())
@@ -943,5 +960,47 @@ mod restore_tests {
         // Once the restore has ended, gc runs, and finds nothing to remove.
         let rep = dst.gc(0).await.unwrap();
         assert_eq!((rep.blobs_removed, rep.inline_removed), (0, 0));
+    }
+    /// Regression: a backup fsynced only `dest` (after the manifest), never its blob shard
+    /// directories or `keys/`: a crash could leave a manifest listing files whose names were
+    /// lost. Every directory is now synced before the manifest is written.
+    #[tokio::test]
+    async fn a_backup_makes_every_directory_durable_before_its_manifest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, _) = new_fs(&tmp.path().join("src"), None);
+        put(&src, "/big", &[3u8; 5000]).await;
+        // A keyring to include (copied as stored: any bytes do).
+        let meta = crate::index::Op::PutMeta(crate::datadir::META_KEYRING.into(), vec![1; 8]);
+        assert!(
+            src.index
+                .commit(Batch {
+                    ops: vec![meta],
+                    ..Default::default()
+                })
+                .await
+                .unwrap()
+        );
+        let dest = tmp.path().join("backup");
+        let m = backup(&src, &dest, Some(b"{}")).await.unwrap().manifest;
+        let id = m.blobs.keys().next().unwrap();
+        let shard = dest.join("blobs").join(&id[..2]);
+        let synced = crate::blob::synced::under(&dest);
+        let last = |d: &Path| synced.iter().rposition(|x| x == d);
+        // The final sync (after the manifest's rename) is the last one of dest.
+        let before_manifest = &synced[..synced.len() - 1];
+        for d in [
+            shard.as_path(),
+            &dest.join("blobs"),
+            &dest.join("keys"),
+            &dest,
+        ] {
+            assert!(
+                before_manifest.contains(&d.to_path_buf()),
+                "{} not synced: {synced:?}",
+                d.display()
+            );
+        }
+        assert_eq!(last(&dest), Some(synced.len() - 1));
+        assert!(last(&shard) < before_manifest.iter().rposition(|x| x == &dest));
     }
 }
