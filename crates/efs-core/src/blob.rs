@@ -269,6 +269,27 @@ fn open_direct(path: &Path) -> Result<Option<std::fs::File>> {
     }
 }
 
+/// The file `f` is open on, opened again for direct reads; `None` where the filesystem
+/// refuses `O_DIRECT` (or `/proc` is not mounted). Through `/proc/self/fd/N`, not the
+/// blob's path: an overwrite or delete may unlink the blob between the two opens, and the
+/// reader must keep the version it opened (by path that was `ENOENT`, a 500).
+fn reopen_direct(f: &std::fs::File) -> Result<Option<std::fs::File>> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let own = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        match open_direct(&own) {
+            Err(CoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            other => other,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = f;
+        Ok(None)
+    }
+}
+
 /// True for `EINVAL`: how a filesystem refuses `O_DIRECT` or a direct transfer's alignment.
 fn is_einval(e: &std::io::Error) -> bool {
     #[cfg(target_os = "linux")]
@@ -897,7 +918,7 @@ impl BlobStore for LocalBlobStore {
             Ok(f) => {
                 let len = f.metadata()?.len();
                 let direct = if direct && len >= direct_read_min {
-                    open_direct(&p)?.map(|f| DirectReads {
+                    reopen_direct(&f)?.map(|f| DirectReads {
                         file: Arc::new(f),
                         windows: Default::default(),
                         refused: false.into(),
@@ -1049,6 +1070,25 @@ mod tests {
             w.write(vec![2; 5000]).await.unwrap();
             w.finish().await.unwrap();
             assert_eq!(synced::under(&root)[before..], [shard]);
+        }
+    }
+
+    /// Regression: a blob of `DIRECT_READ_MIN` bytes or more was opened a second time, for
+    /// direct reads, by its path: an overwrite or delete unlinking it between the two opens
+    /// made the read fail with an I/O error (500) instead of reading the version it opened.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_blob_unlinked_after_its_first_open_is_still_opened_for_direct_reads() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("blob");
+        let content: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&p, &content).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        // tmpfs refuses O_DIRECT (None): the reader then uses the page cache.
+        if let Some(d) = reopen_direct(&f).unwrap() {
+            let w = read_window(&d, 0).unwrap();
+            assert_eq!(&w.v[w.start..], &content[..]);
         }
     }
 

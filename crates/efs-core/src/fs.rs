@@ -577,20 +577,50 @@ impl Filesystem {
 
     async fn look_up_in_index(&self, path: &EfsPath) -> Result<LookedUp> {
         let kr = self.keyring();
-        let rec = self.lookup_record(&kr, path).await?;
+        let (rec, key) = if path.is_root() {
+            (self.lookup_record(&kr, path).await?, None)
+        } else {
+            let r = self.resolve(&kr, path, false).await?;
+            let (_, rec) = r.current.ok_or(CoreError::NotFound)?;
+            (rec, Some(r.key))
+        };
         Ok(LookedUp {
             entry: Entry::from_record(&kr, &rec),
             rec,
+            key,
         })
     }
 
     /// Opens the version that [`Filesystem::look_up`] found. [`CoreError::NotFound`] if it
-    /// is gone (replaced or deleted since): look the path up again.
+    /// is gone (replaced or deleted since): look the path up again. [`CoreError::Corrupt`]
+    /// if its content is missing while its record is still current: content is removed
+    /// only after the commit that stops naming it, so that is damage, not a race.
     pub async fn open_looked_up(&self, found: &LookedUp) -> Result<FileReader> {
         if found.rec.kind != Kind::File {
             return Err(CoreError::Conflict("not a file"));
         }
-        self.open_record(&self.keyring(), &found.rec).await
+        let kr = self.keyring();
+        match self.open_record(&kr, &found.rec).await {
+            Err(CoreError::NotFound) => match found.key {
+                Some(key) if self.still_names(&kr, &key, &found.rec.id).await? => {
+                    tracing::error!(
+                        entry = %hex::encode(key),
+                        "a file's content is missing while its record names it"
+                    );
+                    Err(CoreError::Corrupt("a file's content is missing"))
+                }
+                _ => Err(CoreError::NotFound),
+            },
+            other => other,
+        }
+    }
+
+    /// True if entry `key` still names content `id` (read again from the index).
+    async fn still_names(&self, kr: &Keyring, key: &EntryKey, id: &ContentId) -> Result<bool> {
+        let Some(v) = self.index.get_entry(key).await? else {
+            return Ok(false);
+        };
+        Ok(self.open_rec(kr, key, &v)?.id == *id)
     }
 
     /// A page of directory `path`: up to `limit` entries after `cursor`, and the cursor of
@@ -990,15 +1020,12 @@ impl Filesystem {
     /// Opens the current version of file `path` for reading. The reader keeps that version
     /// even if the file is replaced or deleted meanwhile.
     pub async fn open(&self, path: &EfsPath) -> Result<FileReader> {
-        let kr = self.keyring();
         // A writer may replace the file between our record read and the blob open; the old
-        // blob is then gone, so read the record again (bounded).
+        // blob is then gone, so read the record again (bounded). Content missing under a
+        // record that did not change is damage: open_looked_up reports it as such.
         for _ in 0..8 {
-            let rec = self.lookup_record(&kr, path).await?;
-            if rec.kind != Kind::File {
-                return Err(CoreError::Conflict("not a file"));
-            }
-            match self.open_record(&kr, &rec).await {
+            let found = self.look_up_in_index(path).await?;
+            match self.open_looked_up(&found).await {
                 Err(CoreError::NotFound) => continue,
                 other => return other,
             }
@@ -1296,6 +1323,8 @@ fn check_precondition(kr: &Keyring, cond: &Precondition, current: Option<&Record
 pub struct LookedUp {
     entry: Entry,
     rec: Record,
+    /// Where the record was found (`None`: the root).
+    key: Option<EntryKey>,
 }
 
 impl LookedUp {

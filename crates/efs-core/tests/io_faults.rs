@@ -338,3 +338,31 @@ async fn commit_error_of_unknown_outcome_keeps_the_new_blob() {
     assert_eq!(read_all(&f.fs, "/u/f.bin").await.unwrap(), new);
     assert_eq!(f.blob_files().len(), 1);
 }
+
+/// Regression: a blob missing through damage (its record unchanged) was retried as if a
+/// writer had replaced the file, then reported as Contention (503 "retry") instead of an
+/// integrity error. Both ways of opening a file now say it is corrupt.
+#[tokio::test]
+async fn a_missing_blob_under_an_unchanged_record_is_corruption() {
+    let f = FaultyFs::new();
+    f.put("/m/f.bin", &pattern(16, 100_000)).await.unwrap();
+    let blobs = f.blob_files();
+    assert_eq!(blobs.len(), 1);
+    std::fs::remove_file(&blobs[0]).unwrap();
+
+    let err = f.fs.open(&p("/m/f.bin")).await.err().unwrap();
+    assert!(matches!(err, CoreError::Corrupt(_)), "{err:?}");
+    let found = f.fs.look_up(&p("/m/f.bin")).await.unwrap();
+    let err = f.fs.open_looked_up(&found).await.err().unwrap();
+    assert!(matches!(err, CoreError::Corrupt(_)), "{err:?}");
+
+    // Replaced since the lookup: the old version is gone, not damaged.
+    let found = f.fs.look_up(&p("/m/f.bin")).await.unwrap();
+    f.put("/m/f.bin", &pattern(17, 100_000)).await.unwrap();
+    let err = f.fs.open_looked_up(&found).await.err().unwrap();
+    assert!(matches!(err, CoreError::NotFound), "{err:?}");
+    assert_eq!(
+        read_all(&f.fs, "/m/f.bin").await.unwrap(),
+        pattern(17, 100_000)
+    );
+}
