@@ -299,7 +299,7 @@ impl DataDir {
         admin_socket_path(&self.root)
     }
 
-    fn fs_dir(&self, id: &[u8; 16]) -> PathBuf {
+    pub(crate) fn fs_dir(&self, id: &[u8; 16]) -> PathBuf {
         self.root.join("fs").join(hex::encode(id))
     }
 
