@@ -533,7 +533,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 let rot = match &prog {
                     None => "no rotation yet".to_owned(),
                     Some(p) => format!(
-                        "rotation to term {}: {} ({} records rewrapped, {} entries seen, pass {})",
+                        "rotation to term {}: {} ({} records rewrapped, {} entries seen, pass {}{})",
                         p.current_term,
                         match p.state {
                             RotationState::Running => "running",
@@ -541,7 +541,8 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                         },
                         p.rewrapped,
                         p.seen,
-                        p.pass
+                        p.pass,
+                        p.damaged.describe()
                     ),
                 };
                 lines.push(format!(
@@ -551,7 +552,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 ));
                 if let Some(p) = &re {
                     lines.push(format!(
-                        "{name}: re-encryption to term {}: {} ({} of {} files, {} bytes rewritten; {} changed by clients first; pass {})",
+                        "{name}: re-encryption to term {}: {} ({} of {} files, {} bytes rewritten; {} changed by clients first; pass {}{})",
                         p.current_term,
                         match p.state {
                             RotationState::Running => "running",
@@ -561,7 +562,8 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                         p.total_files,
                         p.bytes_done,
                         p.skipped,
-                        p.pass
+                        p.pass,
+                        p.damaged.describe()
                     ));
                 }
                 data.push(serde_json::json!({

@@ -81,7 +81,7 @@ pub struct LocalBlobStore {
 impl LocalBlobStore {
     /// Uses (and creates) `root`, with `root/tmp` for partial writes.
     pub fn open(root: &Path) -> Result<Self> {
-        std::fs::create_dir_all(root.join("tmp"))?;
+        create_dir_all_synced(&root.join("tmp"))?;
         Ok(Self {
             root: root.to_path_buf(),
             direct: cfg!(target_os = "linux"),
@@ -265,6 +265,27 @@ fn open_direct(path: &Path) -> Result<Option<std::fs::File>> {
     #[cfg(not(target_os = "linux"))]
     {
         let _ = path;
+        Ok(None)
+    }
+}
+
+/// The file `f` is open on, opened again for direct reads; `None` where the filesystem
+/// refuses `O_DIRECT` (or `/proc` is not mounted). Through `/proc/self/fd/N`, not the
+/// blob's path: an overwrite or delete may unlink the blob between the two opens, and the
+/// reader must keep the version it opened (by path that was `ENOENT`, a 500).
+fn reopen_direct(f: &std::fs::File) -> Result<Option<std::fs::File>> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd;
+        let own = PathBuf::from(format!("/proc/self/fd/{}", f.as_raw_fd()));
+        match open_direct(&own) {
+            Err(CoreError::Io(e)) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            other => other,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = f;
         Ok(None)
     }
 }
@@ -589,16 +610,93 @@ impl Drop for DirectWriter {
 }
 
 /// The end of both writers: fsync of the written file (its data, size and extents, and the
-/// disk's own write cache), rename into its shard directory (created if missing), fsync of
-/// that directory.
+/// disk's own write cache), rename into its shard directory (created if missing, with its
+/// parents' entries made durable), fsync of that directory.
 fn put_in_place(f: std::fs::File, tmp: &Path, dest: &Path) -> Result<()> {
     f.sync_all()?;
     drop(f);
     let dir = dest.parent().expect("a blob path has a shard directory");
-    std::fs::create_dir_all(dir)?;
+    create_dir_all_synced(dir)?;
     std::fs::rename(tmp, dest)?;
-    std::fs::File::open(dir)?.sync_all()?;
+    sync_dir(dir)?;
     Ok(())
+}
+
+/// fsync of a directory: makes the entries added to (or removed from) it durable.
+pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()?;
+    #[cfg(test)]
+    synced::record(dir);
+    Ok(())
+}
+
+/// As `std::fs::create_dir_all`, and makes what it created durable: every directory it
+/// created, deepest first, then the parent of the topmost one (which holds its entry). A
+/// directory that exists already costs one `mkdir` attempt, as with `create_dir_all`, and
+/// no fsync: the write path pays only when a shard directory is new.
+pub(crate) fn create_dir_all_synced(dir: &Path) -> std::io::Result<()> {
+    let mut created = Vec::new();
+    make_dirs(dir, &mut created)?;
+    // `created` is in creation order (topmost first).
+    for d in created.iter().rev() {
+        sync_dir(d)?;
+    }
+    if let Some(parent) = created.first().and_then(|top| top.parent()) {
+        sync_dir(if parent.as_os_str().is_empty() {
+            Path::new(".")
+        } else {
+            parent
+        })?;
+    }
+    Ok(())
+}
+
+fn make_dirs(dir: &Path, created: &mut Vec<std::path::PathBuf>) -> std::io::Result<()> {
+    let exists = |e: &std::io::Error| e.kind() == std::io::ErrorKind::AlreadyExists && dir.is_dir();
+    match std::fs::create_dir(dir) {
+        Ok(()) => {}
+        Err(e) if exists(&e) => return Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) else {
+                return Err(e);
+            };
+            make_dirs(parent, created)?;
+            match std::fs::create_dir(dir) {
+                Ok(()) => {}
+                // Another writer made it meanwhile (and makes it durable).
+                Err(e) if exists(&e) => return Ok(()),
+                Err(e) => return Err(e),
+            }
+        }
+        Err(e) => return Err(e),
+    }
+    created.push(dir.to_path_buf());
+    Ok(())
+}
+
+/// The directories fsynced so far, for the tests of the code that must sync them.
+#[cfg(test)]
+pub(crate) mod synced {
+    use std::path::{Path, PathBuf};
+    use std::sync::Mutex;
+
+    static SYNCED: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
+    pub(super) fn record(dir: &Path) {
+        SYNCED.lock().unwrap().push(dir.to_path_buf());
+    }
+
+    /// Every directory fsynced so far under `root` (tests run in parallel: each looks at
+    /// its own tempdir), in order.
+    pub(crate) fn under(root: &Path) -> Vec<PathBuf> {
+        SYNCED
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|d| d.starts_with(root))
+            .cloned()
+            .collect()
+    }
 }
 
 /// Reads one blob through its own open file (so a blob unlinked by an overwrite stays
@@ -820,7 +918,7 @@ impl BlobStore for LocalBlobStore {
             Ok(f) => {
                 let len = f.metadata()?.len();
                 let direct = if direct && len >= direct_read_min {
-                    open_direct(&p)?.map(|f| DirectReads {
+                    reopen_direct(&f)?.map(|f| DirectReads {
                         file: Arc::new(f),
                         windows: Default::default(),
                         refused: false.into(),
@@ -935,6 +1033,63 @@ mod tests {
             LocalBlobStore::open(&root.join("direct")).unwrap(),
             LocalBlobStore::open_buffered(&root.join("buffered")).unwrap(),
         ]
+    }
+
+    /// Regression: a blob into a new shard directory fsynced only that directory, never
+    /// the entries that `create_dir_all` added to `blobs/` and `blobs/ab/`: a crash after
+    /// the commit could lose the shard, and the blob with it.
+    #[tokio::test]
+    async fn a_new_shard_directory_is_made_durable_up_to_the_store_root() {
+        let t = tempfile::tempdir().unwrap();
+        for store in stores(t.path()) {
+            let root = store.root.clone();
+            let id = [0xa1; 16];
+            let shard = store.path_of(&id).parent().unwrap().to_path_buf();
+            let before = synced::under(&root).len();
+            let mut w = store.create(&id).await.unwrap();
+            w.write(vec![1; 5000]).await.unwrap();
+            w.finish().await.unwrap();
+            let top = shard.parent().unwrap();
+            assert_eq!(top.parent().unwrap(), root);
+            // Created deepest first, each synced, then the root; then the rename's sync.
+            assert_eq!(
+                synced::under(&root)[before..],
+                [
+                    shard.clone(),
+                    top.to_path_buf(),
+                    root.clone(),
+                    shard.clone()
+                ]
+            );
+            // The same shard again: only the rename's sync (the write path pays nothing).
+            let before = synced::under(&root).len();
+            let mut id2 = id;
+            id2[15] = 0;
+            assert_eq!(store.path_of(&id2).parent().unwrap(), shard);
+            let mut w = store.create(&id2).await.unwrap();
+            w.write(vec![2; 5000]).await.unwrap();
+            w.finish().await.unwrap();
+            assert_eq!(synced::under(&root)[before..], [shard]);
+        }
+    }
+
+    /// Regression: a blob of `DIRECT_READ_MIN` bytes or more was opened a second time, for
+    /// direct reads, by its path: an overwrite or delete unlinking it between the two opens
+    /// made the read fail with an I/O error (500) instead of reading the version it opened.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_blob_unlinked_after_its_first_open_is_still_opened_for_direct_reads() {
+        let t = tempfile::tempdir().unwrap();
+        let p = t.path().join("blob");
+        let content: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 253) as u8).collect();
+        std::fs::write(&p, &content).unwrap();
+        let f = std::fs::File::open(&p).unwrap();
+        std::fs::remove_file(&p).unwrap();
+        // tmpfs refuses O_DIRECT (None): the reader then uses the page cache.
+        if let Some(d) = reopen_direct(&f).unwrap() {
+            let w = read_window(&d, 0).unwrap();
+            assert_eq!(&w.v[w.start..], &content[..]);
+        }
     }
 
     #[tokio::test]

@@ -181,8 +181,8 @@ impl DataDir {
             }
             let (starter, file) =
                 keyparts::create(&specs, generated.as_deref(), opts.argon2, prompt)?;
-            std::fs::create_dir_all(root.join("system"))?;
-            std::fs::create_dir_all(root.join("fs"))?;
+            crate::blob::create_dir_all_synced(&root.join("system"))?;
+            crate::blob::create_dir_all_synced(&root.join("fs"))?;
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
             let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
             let signing = efs_format::Key32::random();
@@ -299,7 +299,7 @@ impl DataDir {
         admin_socket_path(&self.root)
     }
 
-    fn fs_dir(&self, id: &[u8; 16]) -> PathBuf {
+    pub(crate) fn fs_dir(&self, id: &[u8; 16]) -> PathBuf {
         self.root.join("fs").join(hex::encode(id))
     }
 
@@ -314,6 +314,18 @@ impl DataDir {
     /// Opens (or creates) filesystem `id`'s index with its digest key and the configured
     /// page cache. A digest key that already existed means the index has a digest: a digest
     /// missing from the file is then reported, not computed (see [`RedbIndex::open_with`]).
+    /// Creates a new filesystem's directory, its index and its blob store, every new
+    /// directory entry (`fs/<id>` in `fs/`, the index file and `blobs/` in `fs/<id>`)
+    /// made durable before anything refers to them.
+    fn create_fs_dir(&self, id: &[u8; 16]) -> Result<(RedbIndex, LocalBlobStore)> {
+        let dir = self.fs_dir(id);
+        crate::blob::create_dir_all_synced(&dir)?;
+        let index = self.open_index(id)?;
+        let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
+        crate::blob::sync_dir(&dir)?;
+        Ok((index, blobs))
+    }
+
     fn open_index(&self, id: &[u8; 16]) -> Result<RedbIndex> {
         let (key, had_digest) = self.digest_key(id)?;
         RedbIndex::open_with_cache(
@@ -372,21 +384,18 @@ impl DataDir {
             id,
             created_ms: now_ms(),
         };
-        let dir = self.fs_dir(&id);
         let rel = format!("fs/{}", hex::encode(id));
         let mut lines = vec![format!(
             "Creating filesystem '{name}' in '{}/{rel}' (a random id: names never appear on disk)",
             self.root.display()
         )];
-        std::fs::create_dir_all(&dir)?;
         lines.push(format!(
             "Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"
         ));
-        let index = self.open_index(&id)?;
         lines.push(format!(
             "Creating blob directory '{rel}/blobs' (sharded, random names)"
         ));
-        LocalBlobStore::open(&dir.join("blobs"))?;
+        let (index, _) = self.create_fs_dir(&id)?;
         let keyring = Keyring::generate();
         lines.push("Creating keyring (term 1), wrapped under the starter key".into());
         let batch = crate::index::Batch {
@@ -621,10 +630,7 @@ impl DataDir {
         }
         let mut id = [0u8; 16];
         aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
-        let dir = self.fs_dir(&id);
-        std::fs::create_dir_all(&dir)?;
-        let index = self.open_index(&id)?;
-        let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
+        let (index, blobs) = self.create_fs_dir(&id)?;
         let first = crate::index::Batch {
             ops: vec![Op::PutMeta(
                 META_KEYRING.into(),
@@ -926,4 +932,39 @@ where
         .join()
         .expect("the helper thread does not panic")
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: `create_fs` (and a restore into a new filesystem) made `fs/<id>` with
+    /// `create_dir_all` and never fsynced `fs/`: a crash could lose the new filesystem's
+    /// directory while the system database already named it.
+    #[test]
+    fn a_new_filesystem_directory_is_durable_before_it_is_registered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        let part = tmp.path().join("part.key");
+        keyparts::generate_part_file(&part).unwrap();
+        let (dd, _) = DataDir::open(
+            &root,
+            &[KeyPartSpec::File(part)],
+            OpenOptions::default(),
+            &keyparts::no_prompt,
+        )
+        .unwrap();
+        dd.create_fs("a").unwrap();
+        let dir = dd.fs_dir(dd.fs("a").unwrap().id());
+        let synced = crate::blob::synced::under(&root);
+        let pos = |d: &Path| synced.iter().position(|x| x == d);
+        // fs/ synced after fs/<id> was made (its entry), and fs/<id> last (after its index
+        // file and blobs/ were made).
+        let fs_last = synced.iter().rposition(|x| x == &root.join("fs"));
+        assert!(pos(&dir).is_some() && fs_last > pos(&dir), "{synced:?}");
+        assert_eq!(
+            synced.iter().rposition(|x| x == &dir),
+            Some(synced.len() - 1)
+        );
+    }
 }

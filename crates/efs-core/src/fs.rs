@@ -36,6 +36,22 @@ const MAX_ATTEMPTS: usize = 64;
 /// Bytes buffered before a blob write is issued.
 const WRITE_CHUNK: usize = 1 << 20;
 
+/// Why a commit of new content failed: what may be done with that content depends on it.
+enum Failed {
+    /// The index certainly holds nothing of it (refused before, or answered `Ok(false)`,
+    /// a failed precondition, contention): the new content may be removed.
+    NotCommitted(CoreError),
+    /// The index commit itself failed: it may have landed (or land when the index is
+    /// reopened), so the new content must stay; gc removes it if it is an orphan.
+    Unknown(CoreError),
+}
+
+impl From<CoreError> for Failed {
+    fn from(e: CoreError) -> Self {
+        Failed::NotCommitted(e)
+    }
+}
+
 // `Upload::write` appends at most one sealed segment to a blob writer's tail at a time.
 const _: () = assert!(SEGMENT_SIZE + TAG_LEN <= crate::blob::TAIL_MAX);
 
@@ -561,20 +577,50 @@ impl Filesystem {
 
     async fn look_up_in_index(&self, path: &EfsPath) -> Result<LookedUp> {
         let kr = self.keyring();
-        let rec = self.lookup_record(&kr, path).await?;
+        let (rec, key) = if path.is_root() {
+            (self.lookup_record(&kr, path).await?, None)
+        } else {
+            let r = self.resolve(&kr, path, false).await?;
+            let (_, rec) = r.current.ok_or(CoreError::NotFound)?;
+            (rec, Some(r.key))
+        };
         Ok(LookedUp {
             entry: Entry::from_record(&kr, &rec),
             rec,
+            key,
         })
     }
 
     /// Opens the version that [`Filesystem::look_up`] found. [`CoreError::NotFound`] if it
-    /// is gone (replaced or deleted since): look the path up again.
+    /// is gone (replaced or deleted since): look the path up again. [`CoreError::Corrupt`]
+    /// if its content is missing while its record is still current: content is removed
+    /// only after the commit that stops naming it, so that is damage, not a race.
     pub async fn open_looked_up(&self, found: &LookedUp) -> Result<FileReader> {
         if found.rec.kind != Kind::File {
             return Err(CoreError::Conflict("not a file"));
         }
-        self.open_record(&self.keyring(), &found.rec).await
+        let kr = self.keyring();
+        match self.open_record(&kr, &found.rec).await {
+            Err(CoreError::NotFound) => match found.key {
+                Some(key) if self.still_names(&kr, &key, &found.rec.id).await? => {
+                    tracing::error!(
+                        entry = %hex::encode(key),
+                        "a file's content is missing while its record names it"
+                    );
+                    Err(CoreError::Corrupt("a file's content is missing"))
+                }
+                _ => Err(CoreError::NotFound),
+            },
+            other => other,
+        }
+    }
+
+    /// True if entry `key` still names content `id` (read again from the index).
+    async fn still_names(&self, kr: &Keyring, key: &EntryKey, id: &ContentId) -> Result<bool> {
+        let Some(v) = self.index.get_entry(key).await? else {
+            return Ok(false);
+        };
+        Ok(self.open_rec(kr, key, &v)?.id == *id)
     }
 
     /// A page of directory `path`: up to `limit` entries after `cursor`, and the cursor of
@@ -647,13 +693,24 @@ impl Filesystem {
         cond: Precondition,
     ) -> Result<(Entry, bool)> {
         let finished = upload.finish().await?;
-        let res = self
+        match self
             .commit_finished(path, &finished, content_type, cond)
-            .await;
-        if res.is_err() {
-            self.discard(&finished).await;
+            .await
+        {
+            Ok(done) => Ok(done),
+            Err(Failed::NotCommitted(e)) => {
+                self.discard(&finished).await;
+                Err(e)
+            }
+            // The index may still hold the commit (redb writes its new header before the
+            // final sync, and may recover that commit when it reopens the database): the
+            // record may name this blob, so it stays. If it is an orphan after all, gc
+            // removes it once its grace period has passed.
+            Err(Failed::Unknown(e)) => {
+                tracing::warn!(error = %e, "a commit failed with an unknown outcome; its new blob is left for gc");
+                Err(e)
+            }
         }
-        res
     }
 
     async fn discard(&self, f: &FinishedUpload) {
@@ -670,14 +727,14 @@ impl Filesystem {
         f: &FinishedUpload,
         content_type: Option<String>,
         cond: Precondition,
-    ) -> Result<(Entry, bool)> {
+    ) -> Result<(Entry, bool), Failed> {
         for _ in 0..MAX_ATTEMPTS {
             let kr = self.keyring();
             let res = self.resolve(&kr, path, true).await?;
             if let Some((_, cur)) = &res.current
                 && cur.kind == Kind::Dir
             {
-                return Err(CoreError::Conflict("a directory exists at this path"));
+                return Err(CoreError::Conflict("a directory exists at this path").into());
             }
             check_precondition(&kr, &cond, res.current.as_ref().map(|(_, r)| r))?;
             let now = now_ms();
@@ -718,14 +775,14 @@ impl Filesystem {
             {
                 batch.ops.push(Op::DeleteInline(old.id));
             }
-            if self.index.commit(batch).await? {
+            if self.index.commit(batch).await.map_err(Failed::Unknown)? {
                 if let Some((_, old)) = &res.current {
                     self.remove_blob_of(old).await;
                 }
                 return Ok((Entry::from_record(&kr, &record), res.current.is_some()));
             }
         }
-        Err(CoreError::Contention)
+        Err(CoreError::Contention.into())
     }
 
     /// A batch that expects the resolved ancestors unchanged and creates the missing ones.
@@ -992,15 +1049,12 @@ impl Filesystem {
     /// Opens the current version of file `path` for reading. The reader keeps that version
     /// even if the file is replaced or deleted meanwhile.
     pub async fn open(&self, path: &EfsPath) -> Result<FileReader> {
-        let kr = self.keyring();
         // A writer may replace the file between our record read and the blob open; the old
-        // blob is then gone, so read the record again (bounded).
+        // blob is then gone, so read the record again (bounded). Content missing under a
+        // record that did not change is damage: open_looked_up reports it as such.
         for _ in 0..8 {
-            let rec = self.lookup_record(&kr, path).await?;
-            if rec.kind != Kind::File {
-                return Err(CoreError::Conflict("not a file"));
-            }
-            match self.open_record(&kr, &rec).await {
+            let found = self.look_up_in_index(path).await?;
+            match self.open_looked_up(&found).await {
                 Err(CoreError::NotFound) => continue,
                 other => return other,
             }
@@ -1170,8 +1224,19 @@ impl Filesystem {
     }
 
     /// Removes orphan blobs older than `grace_secs` and orphan inline contents.
+    ///
+    /// Refused ([`CoreError::Conflict`]) while a restore into this filesystem runs, or if
+    /// one started during the scan: a restore copies blobs and commits inline contents
+    /// before the records that name them, so they look orphaned until it ends, however
+    /// long it takes (a grace period would not protect a restore longer than it).
     pub async fn gc(&self, grace_secs: u64) -> Result<GcReport> {
         self.trusted().await?;
+        let restoring =
+            || CoreError::Conflict("a restore into this filesystem is running; run gc after it");
+        let before = self.restore_state();
+        if before.0 > 0 {
+            return Err(restoring());
+        }
         // Candidates are listed before the references are scanned: content and its record
         // are committed together, so a content that existed before the scan has its record
         // in the scan, and one written during the scan is not a candidate. (The other order
@@ -1179,6 +1244,11 @@ impl Filesystem {
         let blobs = self.blobs.list().await?;
         let inline = self.index.inline_ids().await?;
         let rep = self.fsck_refs().await?;
+        // A restore that started after the first check may have copied content that the
+        // listings above hold and the scan does not name yet.
+        if self.restore_state() != before {
+            return Err(restoring());
+        }
         let mut out = GcReport {
             partials_removed: self.blobs.remove_stale_partials(grace_secs).await?,
             ..GcReport::default()
@@ -1282,6 +1352,8 @@ fn check_precondition(kr: &Keyring, cond: &Precondition, current: Option<&Record
 pub struct LookedUp {
     entry: Entry,
     rec: Record,
+    /// Where the record was found (`None`: the root).
+    key: Option<EntryKey>,
 }
 
 impl LookedUp {

@@ -27,7 +27,7 @@ use std::sync::atomic::Ordering;
 use efs_format::wrap;
 use serde::{Deserialize, Serialize};
 
-use super::rotation::{self, RotationState};
+use super::rotation::{self, Damaged, RotationState};
 use super::{Filesystem, FinishedUpload};
 use crate::error::{CoreError, Result};
 use crate::index::{Batch, EntryKey, Expect, Op};
@@ -74,6 +74,9 @@ pub struct ReencryptProgress {
     pub started_ms: i64,
     /// End, Unix ms.
     pub finished_ms: Option<i64>,
+    /// Entries skipped because their record or content is damaged.
+    #[serde(default)]
+    pub damaged: Damaged,
 }
 
 impl ReencryptProgress {
@@ -119,6 +122,29 @@ pub(crate) fn mark_running(fs: &Filesystem) {
     fs.reencrypting.store(true, Ordering::SeqCst);
 }
 
+/// Files in the filesystem, for the progress percentage (as [`Filesystem::stats`], but a
+/// damaged record is not counted instead of stopping the count: [`run`] skips it).
+async fn count_files(fs: &Filesystem) -> Result<u64> {
+    let kr = fs.keyring();
+    let mut files = 0;
+    let mut after = None;
+    loop {
+        let rows = fs.index.scan_entries(after.as_ref(), 1024).await?;
+        let Some((last, _)) = rows.last() else {
+            return Ok(files);
+        };
+        after = Some(*last);
+        for (k, v) in &rows {
+            match fs.open_rec(&kr, k, v) {
+                Ok(r) if r.kind == Kind::File => files += 1,
+                Ok(_) => {}
+                Err(e) if Damaged::is_damage(&e) => {}
+                Err(e) => return Err(e),
+            }
+        }
+    }
+}
+
 /// What [`begin`] did.
 #[derive(Debug, Clone)]
 pub enum Begun {
@@ -152,7 +178,7 @@ pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
                 .into(),
         ));
     }
-    let total_files = fs.stats().await?.files;
+    let total_files = count_files(fs).await?;
     let sealed = fs
         .index
         .get_meta(crate::datadir::META_KEYRING)
@@ -174,6 +200,7 @@ pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
         cursor: None,
         started_ms: now_ms(),
         finished_ms: None,
+        damaged: Damaged::default(),
     };
     let batch = Batch {
         ops: vec![
@@ -325,7 +352,18 @@ pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<Reen
         for (k, v) in &rows {
             next.cursor = Some(hex::encode(k));
             next.seen += 1;
-            let rec = fs.open_rec(&kr, k, v)?;
+            let rec = match fs.open_rec(&kr, k, v) {
+                Ok(r) => r,
+                Err(e) if Damaged::is_damage(&e) => {
+                    next.damaged
+                        .note(fs.name(), "re-encryption", k, prog.pass, &e);
+                    continue;
+                }
+                Err(e) => {
+                    discard_all(fs, changes).await;
+                    return Err(e);
+                }
+            };
             if rec.kind == Kind::File && rec.key_term != kr.current_number() {
                 match rewrite(fs, &kr, k, &rec).await {
                     Ok(Some((new, fin))) => {
@@ -340,19 +378,34 @@ pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<Reen
                         });
                     }
                     Ok(None) => vanished += 1,
+                    Err(e) if Damaged::is_damage(&e) => {
+                        next.damaged
+                            .note(fs.name(), "re-encryption", k, prog.pass, &e);
+                    }
                     Err(e) => {
                         discard_all(fs, changes).await;
                         return Err(e);
                     }
                 }
-            } else if let Some(new) = rotation::rewrap_value(fs, &kr, k, v)? {
-                changes.push(Change {
-                    key: *k,
-                    old: v.clone(),
-                    new,
-                    old_rec: None,
-                    content: None,
-                });
+            } else {
+                match rotation::rewrap_value(fs, &kr, k, v) {
+                    Ok(Some(new)) => changes.push(Change {
+                        key: *k,
+                        old: v.clone(),
+                        new,
+                        old_rec: None,
+                        content: None,
+                    }),
+                    Ok(None) => {}
+                    Err(e) if Damaged::is_damage(&e) => {
+                        next.damaged
+                            .note(fs.name(), "re-encryption", k, prog.pass, &e);
+                    }
+                    Err(e) => {
+                        discard_all(fs, changes).await;
+                        return Err(e);
+                    }
+                }
             }
             if bytes >= PAGE_BYTES {
                 break;
@@ -415,6 +468,7 @@ pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<Reen
             term = prog.current_term,
             files = prog.files_done,
             bytes = prog.bytes_done,
+            damaged = prog.damaged.count,
             "re-encryption done"
         );
     }

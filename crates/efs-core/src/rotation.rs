@@ -73,6 +73,71 @@ pub struct RotationProgress {
     pub started_ms: i64,
     /// End, Unix ms.
     pub finished_ms: Option<i64>,
+    /// Records skipped because they are damaged.
+    #[serde(default)]
+    pub damaged: Damaged,
+}
+
+/// Entries a rotation or re-encryption skipped because their record or content failed
+/// to decrypt or is malformed ([`CoreError::Decrypt`], [`CoreError::Corrupt`]): damage
+/// for `efsctl fsck` to look at, which must not stop the run (it would stop at the same
+/// entry every time, and no rotation could ever finish again). They keep their old term.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Damaged {
+    /// Damaged entries met (each once while its key is listed: a later pass meets it again).
+    pub count: u64,
+    /// Their entry keys (hex: keyed hashes, no name or path), the first [`Damaged::LISTED`].
+    pub keys: Vec<String>,
+}
+
+impl Damaged {
+    /// Keys listed at most.
+    pub const LISTED: usize = 64;
+
+    /// Whether `e` means the entry is damaged (skip it) rather than that the run cannot go
+    /// on (an index or I/O error: stop, and resume later).
+    pub(crate) fn is_damage(e: &CoreError) -> bool {
+        matches!(e, CoreError::Decrypt | CoreError::Corrupt(_))
+    }
+
+    /// Counts entry `key` (unless already listed; once the list is full, only in the
+    /// first pass) and logs it with its key, never a name.
+    pub(crate) fn note(&mut self, fs: &str, what: &str, key: &EntryKey, pass: u32, e: &CoreError) {
+        let hex = hex::encode(key);
+        tracing::warn!(
+            fs,
+            entry = %hex,
+            error = %e,
+            "{what}: skipped a damaged entry (it keeps its old term); check it with efsctl fsck"
+        );
+        if self.keys.contains(&hex) {
+            return;
+        }
+        if self.keys.len() < Self::LISTED {
+            self.keys.push(hex);
+            self.count += 1;
+        } else if pass == 1 {
+            self.count += 1;
+        }
+    }
+
+    /// For `efsctl status`: empty, or "; N damaged entries skipped (keys …)".
+    pub fn describe(&self) -> String {
+        if self.count == 0 {
+            return String::new();
+        }
+        let shown: Vec<&str> = self.keys.iter().take(8).map(String::as_str).collect();
+        let more = if (self.count as usize) > shown.len() {
+            ", …"
+        } else {
+            ""
+        };
+        format!(
+            "; {} damaged entries skipped, left under their old term (entry keys: {}{more}; see efsctl fsck)",
+            self.count,
+            shown.join(", ")
+        )
+    }
 }
 
 impl RotationProgress {
@@ -181,6 +246,7 @@ pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
         cursor: None,
         started_ms: now_ms(),
         finished_ms: None,
+        damaged: Damaged::default(),
     };
     let batch = Batch {
         ops: vec![
@@ -263,12 +329,18 @@ pub async fn run(fs: &Filesystem, limit: Option<u64>) -> Result<Option<RotationP
             continue;
         };
         let mut changes = Vec::new();
+        let mut next = prog.clone();
         for (k, v) in &rows {
-            if let Some(nv) = rewrap_value(fs, &kr, k, v)? {
-                changes.push((*k, v.clone(), nv));
+            match rewrap_value(fs, &kr, k, v) {
+                Ok(Some(nv)) => changes.push((*k, v.clone(), nv)),
+                Ok(None) => {}
+                Err(e) if Damaged::is_damage(&e) => {
+                    next.damaged
+                        .note(fs.name(), "key rotation", k, prog.pass, &e)
+                }
+                Err(e) => return Err(e),
             }
         }
-        let mut next = prog.clone();
         next.cursor = Some(hex::encode(last));
         next.seen += rows.len() as u64;
         let mut batch = Batch::default();
@@ -316,6 +388,7 @@ pub async fn run(fs: &Filesystem, limit: Option<u64>) -> Result<Option<RotationP
             fs = fs.name(),
             term = prog.current_term,
             rewrapped = prog.rewrapped,
+            damaged = prog.damaged.count,
             "key rotation done"
         );
     }
@@ -346,4 +419,130 @@ pub fn spawn(fs: Arc<Filesystem>) -> bool {
         }
     });
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyparts::{self, KeyPartSpec};
+    use crate::{DataDir, EfsPath, OpenOptions, Precondition};
+
+    /// A data dir on real files (real redb index) with filesystem `docs`.
+    fn env() -> (tempfile::TempDir, DataDir, Arc<Filesystem>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let part = tmp.path().join("part.key");
+        keyparts::generate_part_file(&part).unwrap();
+        let (dd, _) = DataDir::open(
+            &tmp.path().join("data"),
+            &[KeyPartSpec::File(part)],
+            OpenOptions::default(),
+            &keyparts::no_prompt,
+        )
+        .unwrap();
+        dd.create_fs("docs").unwrap();
+        let fs = dd.fs("docs").unwrap();
+        (tmp, dd, fs)
+    }
+
+    async fn put(fs: &Arc<Filesystem>, path: &str, data: &[u8]) {
+        let mut up = fs.begin_upload().await.unwrap();
+        up.write(data).await.unwrap();
+        fs.commit(&EfsPath::parse(path).unwrap(), up, None, Precondition::None)
+            .await
+            .unwrap();
+    }
+
+    /// Flips the last byte of `path`'s sealed record in the index; returns its key.
+    async fn damage(fs: &Filesystem, path: &str) -> EntryKey {
+        let kr = fs.keyring();
+        let r = fs
+            .resolve(&kr, &EfsPath::parse(path).unwrap(), false)
+            .await
+            .unwrap();
+        let (mut v, _) = r.current.unwrap();
+        *v.last_mut().unwrap() ^= 1;
+        let b = Batch {
+            ops: vec![Op::PutEntry(r.key, v)],
+            ..Default::default()
+        };
+        assert!(fs.index.commit(b).await.unwrap());
+        r.key
+    }
+
+    async fn status(dd: &DataDir) -> String {
+        let r = crate::admin::execute(
+            dd,
+            crate::admin::AdminRequest::Status {
+                fs: Some("docs".into()),
+            },
+        )
+        .await;
+        assert!(r.ok, "{:?}", r.error);
+        r.lines.join("\n")
+    }
+
+    /// Regression: one damaged record (Decrypt from rewrap) stopped the rotation at the
+    /// same entry on every run, without naming it: no rotation could ever finish. It is
+    /// now skipped, counted, and named by its entry key in the progress and the status.
+    #[tokio::test]
+    async fn a_damaged_record_is_skipped_and_named_by_rotation() {
+        let (_tmp, dd, fs) = env();
+        put(&fs, "/a/one", b"one").await;
+        put(&fs, "/a/two", &[2u8; 200_000]).await;
+        put(&fs, "/b/three", b"three").await;
+        let bad = damage(&fs, "/a/two").await;
+
+        let (started, p) = dd.rotate_key("docs", true).await.unwrap();
+        assert!(started);
+        assert_eq!(p.state, RotationState::Done);
+        assert_eq!(p.damaged.count, 1, "{p:?}");
+        assert_eq!(p.damaged.keys, [hex::encode(bad)]);
+        // Stored, and shown by efsctl status, with the key and no path.
+        assert_eq!(progress(&fs).await.unwrap().unwrap().damaged, p.damaged);
+        let text = status(&dd).await;
+        assert!(text.contains(&hex::encode(bad)), "{text}");
+        assert!(!text.contains("/a/two"), "{text}");
+        // The others were rewrapped and read back; a next rotation can start.
+        let f = fs.open(&EfsPath::parse("/b/three").unwrap()).await.unwrap();
+        assert_eq!(f.len(), 5);
+        let (started, p) = dd.rotate_key("docs", true).await.unwrap();
+        assert!(started && p.state == RotationState::Done);
+    }
+
+    /// The same for a re-encryption: a damaged record, and a file whose content does not
+    /// decrypt, are skipped and named; the others are rewritten.
+    #[tokio::test]
+    async fn damaged_entries_are_skipped_and_named_by_reencryption() {
+        let (_tmp, dd, fs) = env();
+        put(&fs, "/a/one", b"one").await;
+        put(&fs, "/a/two", b"two").await;
+        put(&fs, "/b/big", &[5u8; 300_000]).await;
+        let bad = damage(&fs, "/a/two").await;
+        // Content damage: a flipped byte inside the big file's blob.
+        let kr = fs.keyring();
+        let big = fs
+            .resolve(&kr, &EfsPath::parse("/b/big").unwrap(), false)
+            .await
+            .unwrap();
+        let (_, rec) = big.current.unwrap();
+        let h = hex::encode(rec.id);
+        let blob = dd
+            .fs_dir(&fs.id)
+            .join("blobs")
+            .join(&h[0..2])
+            .join(&h[2..4])
+            .join(&h);
+        let mut bytes = std::fs::read(&blob).unwrap();
+        bytes[100_000] ^= 1;
+        std::fs::write(&blob, bytes).unwrap();
+
+        let (_, p) = dd.reencrypt("docs", true).await.unwrap();
+        assert_eq!(p.state, RotationState::Done, "{p:?}");
+        assert_eq!(p.damaged.count, 2, "{p:?}");
+        assert!(p.damaged.keys.contains(&hex::encode(bad)));
+        assert!(p.damaged.keys.contains(&hex::encode(big.key)));
+        assert_eq!(p.files_done, 1, "{p:?}");
+        let text = status(&dd).await;
+        assert!(text.contains(&hex::encode(big.key)), "{text}");
+    }
 }

@@ -2,6 +2,8 @@
 //! failed index commit. Each must make the operation fail with a clear error while the
 //! previous version of the file stays intact, byte-exact, and nothing half-written is
 //! visible (no new blob, no temporary file left, fsck clean); the next operation works.
+//! A failed index commit is the exception for blobs: its outcome is unknown (it may have
+//! landed), so the new blob stays, an orphan that gc removes when it did not land.
 
 mod common;
 #[path = "common/faulty.rs"]
@@ -119,12 +121,26 @@ impl FaultyFs {
         let after = self.fs.stat(&p(path)).await.unwrap();
         assert_eq!(after.etag(), before.etag(), "the version did not change");
         assert_eq!(after.size, old.len() as u64);
+        assert_eq!(self.tmp_files(), 0, "no partial write is left behind");
+        if fault == Fault::CommitNoSpace {
+            // A failed index commit has an unknown outcome for the filesystem (it may land
+            // when the index is reopened): a new blob stays, an orphan that gc removes.
+            let after = self.blob_files();
+            assert!(
+                blobs_before.iter().all(|b| after.contains(b)),
+                "no blob vanished"
+            );
+            assert!(after.len() <= blobs_before.len() + 1, "{after:?}");
+            let rep = self.fs.fsck().await.unwrap();
+            assert!(rep.errors.is_empty(), "fsck after {fault:?}: {rep:?}");
+            assert_eq!(rep.orphan_blobs.len(), after.len() - blobs_before.len());
+            self.fs.gc(0).await.unwrap();
+        }
         assert_eq!(
             self.blob_files(),
             blobs_before,
             "no blob appeared or vanished"
         );
-        assert_eq!(self.tmp_files(), 0, "no partial write is left behind");
         let rep = self.fs.fsck().await.unwrap();
         assert!(rep.is_clean(), "fsck after {fault:?}: {rep:?}");
 
@@ -210,9 +226,9 @@ async fn full_disk_keeps_the_previous_version() {
 }
 
 #[tokio::test]
-async fn failed_index_commit_keeps_the_previous_version_and_drops_the_new_blob() {
+async fn failed_index_commit_keeps_the_previous_version_and_leaves_the_new_blob_to_gc() {
     let f = FaultyFs::new();
-    // Blob over blob: the new blob was finished before the commit failed; it must not stay.
+    // Blob over blob: the new blob was finished before the commit failed; gc removes it.
     let old = pattern(8, 200_000);
     f.put("/d/e.bin", &old).await.unwrap();
     let new = pattern(9, 1_200_000);
@@ -237,6 +253,13 @@ async fn failed_index_commit_keeps_the_previous_version_and_drops_the_new_blob()
         f.fs.stat(&p("/new")).await,
         Err(CoreError::NotFound)
     ));
+    // Its blob stays (the outcome was unknown) as an orphan, which gc removes.
+    let rep = f.fs.fsck().await.unwrap();
+    assert!(
+        rep.errors.is_empty() && rep.orphan_blobs.len() == 1,
+        "{rep:?}"
+    );
+    f.fs.gc(0).await.unwrap();
     assert!(f.fs.fsck().await.unwrap().is_clean());
 }
 
@@ -286,4 +309,60 @@ async fn failed_commit_of_a_delete_or_rename_changes_nothing() {
         "a deleted file's blob is removed"
     );
     assert!(!f.faults.armed());
+}
+
+/// Regression: a commit that failed with an I/O error was treated as not done, and its new
+/// blob deleted, although the index may hold it (redb writes the new header before its
+/// last sync, and recovers that commit on reopen). The record then named a deleted blob and
+/// the old blob had lost its record: both versions lost.
+#[tokio::test]
+async fn commit_error_of_unknown_outcome_keeps_the_new_blob() {
+    let f = FaultyFs::new();
+    let old = pattern(14, 200_000);
+    f.put("/u/f.bin", &old).await.unwrap();
+    let new = pattern(15, 300_000);
+
+    f.faults.arm(Fault::CommitLandsThenEio);
+    let err = f.put("/u/f.bin", &new).await.unwrap_err();
+    assert_io_error(&err, EIO);
+    assert!(!f.faults.armed());
+
+    // The commit landed: the record names the new blob, which must still be there.
+    assert_eq!(read_all(&f.fs, "/u/f.bin").await.unwrap(), new);
+    let rep = f.fs.fsck().await.unwrap();
+    assert!(rep.errors.is_empty(), "{rep:?}");
+    // The old blob (whose removal the failed answer skipped) is the orphan gc removes.
+    assert_eq!(rep.orphan_blobs.len(), 1, "{rep:?}");
+    f.fs.gc(0).await.unwrap();
+    assert!(f.fs.fsck().await.unwrap().is_clean());
+    assert_eq!(read_all(&f.fs, "/u/f.bin").await.unwrap(), new);
+    assert_eq!(f.blob_files().len(), 1);
+}
+
+/// Regression: a blob missing through damage (its record unchanged) was retried as if a
+/// writer had replaced the file, then reported as Contention (503 "retry") instead of an
+/// integrity error. Both ways of opening a file now say it is corrupt.
+#[tokio::test]
+async fn a_missing_blob_under_an_unchanged_record_is_corruption() {
+    let f = FaultyFs::new();
+    f.put("/m/f.bin", &pattern(16, 100_000)).await.unwrap();
+    let blobs = f.blob_files();
+    assert_eq!(blobs.len(), 1);
+    std::fs::remove_file(&blobs[0]).unwrap();
+
+    let err = f.fs.open(&p("/m/f.bin")).await.err().unwrap();
+    assert!(matches!(err, CoreError::Corrupt(_)), "{err:?}");
+    let found = f.fs.look_up(&p("/m/f.bin")).await.unwrap();
+    let err = f.fs.open_looked_up(&found).await.err().unwrap();
+    assert!(matches!(err, CoreError::Corrupt(_)), "{err:?}");
+
+    // Replaced since the lookup: the old version is gone, not damaged.
+    let found = f.fs.look_up(&p("/m/f.bin")).await.unwrap();
+    f.put("/m/f.bin", &pattern(17, 100_000)).await.unwrap();
+    let err = f.fs.open_looked_up(&found).await.err().unwrap();
+    assert!(matches!(err, CoreError::NotFound), "{err:?}");
+    assert_eq!(
+        read_all(&f.fs, "/m/f.bin").await.unwrap(),
+        pattern(17, 100_000)
+    );
 }

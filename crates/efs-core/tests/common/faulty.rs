@@ -31,6 +31,10 @@ pub enum Fault {
     /// The next index commit fails with ENOSPC (nothing applied), as a redb commit on a
     /// full disk does.
     CommitNoSpace,
+    /// The next index commit is applied and durable, yet reported as failed with EIO: a
+    /// redb commit whose final sync fails after its new header was written, recovered when
+    /// the database is reopened. The caller cannot tell this from [`Fault::CommitNoSpace`].
+    CommitLandsThenEio,
 }
 
 /// The switch shared by the wrappers and the test.
@@ -158,7 +162,8 @@ impl BlobStore for FaultyBlobStore {
     }
 }
 
-/// An [`Index`] whose commits fail on [`Fault::CommitNoSpace`].
+/// An [`Index`] whose commits fail on [`Fault::CommitNoSpace`] and
+/// [`Fault::CommitLandsThenEio`].
 pub struct FaultyIndex {
     pub inner: Arc<dyn Index>,
     pub faults: Faults,
@@ -189,6 +194,10 @@ impl Index for FaultyIndex {
     async fn commit(&self, batch: Batch) -> Result<bool> {
         if self.faults.take_if(Fault::CommitNoSpace) {
             return Err(CoreError::Io(std::io::Error::from_raw_os_error(ENOSPC)));
+        }
+        if self.faults.take_if(Fault::CommitLandsThenEio) {
+            self.inner.commit(batch).await?;
+            return Err(CoreError::Io(std::io::Error::from_raw_os_error(EIO)));
         }
         self.inner.commit(batch).await
     }
