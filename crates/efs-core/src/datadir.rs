@@ -110,11 +110,8 @@ const SECRET_AUDIT_ROOT: &str = "audit-root";
 /// (re-keying the starter re-seals it unchanged, so the log stays verifiable).
 pub(crate) fn audit_root(system: &SystemDb) -> Result<efs_format::Key32> {
     if let Some(v) = system.secret(SECRET_AUDIT_ROOT)? {
-        let bytes: [u8; 32] = v
-            .as_slice()
-            .try_into()
-            .map_err(|_| CoreError::Corrupt("audit root key length"))?;
-        return Ok(efs_format::Key32::from_bytes(bytes));
+        return efs_format::Key32::from_slice(&v)
+            .ok_or(CoreError::Corrupt("audit root key length"));
     }
     let root = efs_format::Key32::random();
     system.put_secret(SECRET_AUDIT_ROOT, root.as_bytes())?;
@@ -343,11 +340,8 @@ impl DataDir {
     fn digest_key(&self, id: &[u8; 16]) -> Result<(DigestKey, bool)> {
         let name = digest_mark(id);
         if let Some(v) = self.system.secret(&name)? {
-            let bytes: [u8; 32] = v
-                .as_slice()
-                .try_into()
-                .map_err(|_| CoreError::Corrupt("index digest key length"))?;
-            let root = efs_format::Key32::from_bytes(bytes);
+            let root = efs_format::Key32::from_slice(&v)
+                .ok_or(CoreError::Corrupt("index digest key length"))?;
             return Ok((DigestKey::from_root(&root, id), true));
         }
         let root = efs_format::Key32::random();

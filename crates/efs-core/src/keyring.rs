@@ -169,9 +169,13 @@ impl Keyring {
             tag_term: self.tag_term,
             terms: self.raw.iter().map(|(n, k)| (*n, *k.as_bytes())).collect(),
         };
-        let plain = Zeroizing::new(
-            postcard::to_allocvec(&stored).expect("serialising to a Vec cannot fail"),
-        );
+        // Into a buffer of its final size: a growing Vec would leave copies of the terms in
+        // the memory it gives back.
+        let mut plain = Zeroizing::new(vec![0u8; stored_size(stored.terms.len())]);
+        let used = postcard::to_slice(&stored, &mut plain)
+            .expect("the buffer holds the largest encoding")
+            .len();
+        plain.truncate(used);
         wrap::seal(&starter.derive(labels::KEYRING_WRAP), &aad(fs_id), &plain)
     }
 
@@ -211,6 +215,12 @@ impl fmt::Debug for Keyring {
     }
 }
 
+/// The largest postcard encoding of a [`StoredKeyring`] of `terms` terms: two u32 varints (5
+/// bytes each), the length varint, and per term a u32 varint and 32 key bytes.
+fn stored_size(terms: usize) -> usize {
+    5 + 5 + 10 + terms * (5 + 32)
+}
+
 fn aad(fs_id: &[u8; 16]) -> Vec<u8> {
     [labels::AAD_KEYRING, fs_id.as_slice()].concat()
 }
@@ -239,6 +249,26 @@ mod tests {
         let mut bad = sealed.clone();
         bad[20] ^= 1;
         assert!(Keyring::open(&starter, &id, &bad).is_err());
+    }
+
+    /// The keyring is encoded into a buffer of its largest size, which must hold any
+    /// keyring: term numbers of every varint length, hundreds of terms.
+    #[test]
+    fn large_keyrings_seal_into_their_bound() {
+        let starter = StarterKey::for_tests(Key32::random());
+        let mut kr = Keyring::generate();
+        for _ in 0..300 {
+            kr.add_term();
+        }
+        let big = u32::MAX;
+        kr.raw.insert(big, Key32::random());
+        kr.terms
+            .insert(big, Term::new(big, kr.raw.get(&big).unwrap()));
+        kr.current = big;
+        let id = [3u8; 16];
+        let back = Keyring::open(&starter, &id, &kr.seal(&starter, &id)).unwrap();
+        assert_eq!(back.term_numbers(), kr.term_numbers());
+        assert_eq!(back.current_number(), big);
     }
 
     #[test]

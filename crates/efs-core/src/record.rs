@@ -122,7 +122,6 @@ impl Record {
             &data_key_aad(fs_id, &self.id),
             &self.wrapped_key,
         )?;
-        let arr: [u8; 32] = k.as_slice().try_into().map_err(|_| CoreError::Decrypt)?;
-        Ok(Key32::from_bytes(arr))
+        Key32::from_slice(&k).ok_or(CoreError::Decrypt)
     }
 }

@@ -18,6 +18,17 @@ impl Key32 {
         Key32(b)
     }
 
+    /// Copies key bytes held in a slice straight into a key, with no intermediate copy on
+    /// the stack; `None` unless the slice is exactly 32 bytes.
+    pub fn from_slice(b: &[u8]) -> Option<Self> {
+        let mut k = Key32([0u8; 32]);
+        if b.len() != k.0.len() {
+            return None;
+        }
+        k.0.copy_from_slice(b);
+        Some(k)
+    }
+
     /// A fresh key from the operating system's secure random generator.
     ///
     /// # Panics

@@ -113,8 +113,12 @@ impl FileKey {
 
     /// Seals a record. The caller guarantees `seq` is used once with this key (module doc).
     pub(crate) fn seal(&self, seq: u64, time_ms: i64, rec: &Record) -> Vec<u8> {
-        // The plaintext is encrypted in place: no copy of it outlives this call.
-        let mut buf = postcard::to_allocvec(rec).expect("serialising to a Vec cannot fail");
+        // The plaintext is encrypted in place in a buffer sized for it and the tag up front:
+        // no reallocation leaves a copy of it (user, path, address) behind.
+        let size = postcard::serialize_with_flavor(rec, postcard::ser_flavors::Size::default())
+            .expect("sizing a record cannot fail");
+        let mut buf = postcard::to_extend(rec, Vec::with_capacity(size + AES_256_GCM.tag_len()))
+            .expect("serialising to a Vec cannot fail");
         self.0
             .seal_in_place_append_tag(
                 Self::nonce(seq),
