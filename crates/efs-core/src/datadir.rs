@@ -308,9 +308,6 @@ impl DataDir {
         self.assemble_fs(rec, index)
     }
 
-    /// Opens (or creates) filesystem `id`'s index with its digest key and the configured
-    /// page cache. A digest key that already existed means the index has a digest: a digest
-    /// missing from the file is then reported, not computed (see [`RedbIndex::open_with`]).
     /// Creates a new filesystem's directory, its index and its blob store, every new
     /// directory entry (`fs/<id>` in `fs/`, the index file and `blobs/` in `fs/<id>`)
     /// made durable before anything refers to them.
@@ -323,6 +320,9 @@ impl DataDir {
         Ok((index, blobs))
     }
 
+    /// Opens (or creates) filesystem `id`'s index with its digest key and the configured
+    /// page cache. A digest key that already existed means the index has a digest: a digest
+    /// missing from the file is then reported, not computed (see [`RedbIndex::open_with`]).
     fn open_index(&self, id: &[u8; 16]) -> Result<RedbIndex> {
         let (key, had_digest) = self.digest_key(id)?;
         RedbIndex::open_with_cache(
