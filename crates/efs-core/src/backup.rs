@@ -263,7 +263,7 @@ impl Filesystem {
                 }
             }
         }
-        // The dump is checked by its SHA-256; a file changed between the passes is not.
+        // Defence in depth: the passes read the private copy whose SHA-256 was checked.
         if committed != entries {
             return Err(mismatch());
         }
@@ -655,6 +655,8 @@ pub(crate) struct Source {
     pub(crate) summary: Option<Summary>,
     /// What [`Source::authenticate`] found; nothing is restored before it ran.
     pub(crate) authenticity: Authenticity,
+    /// The checked copy of `index.dump` that the restore reads.
+    dump: DumpCopy,
 }
 
 /// Whether an opened backup's manifest was checked.
@@ -747,7 +749,11 @@ pub(crate) fn v1_refused(root: &Path) -> CoreError {
 
 /// Opens a backup and checks its manifest's shape and the SHA-256 of its index dump. The
 /// manifest is authenticated later ([`Source::authenticate`]), once the keyring is known.
-pub(crate) fn open_source(root: &Path) -> Result<Source> {
+///
+/// `index.dump` is copied into `work` (a directory of the data dir) as it is hashed, and the
+/// restore reads only that private copy ([`DumpCopy`], removed when the source is dropped):
+/// a dump changed in the backup store after the check is never read.
+pub(crate) fn open_source(root: &Path, work: &Path) -> Result<Source> {
     let bad = |what: &str| {
         CoreError::Invalid(format!(
             "{} is not a complete EFS backup: {what}",
@@ -800,7 +806,23 @@ pub(crate) fn open_source(root: &Path) -> Result<Source> {
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| bad("fs_id is malformed"))?;
-    if file_sha256(&root.join("index.dump"))? != manifest.index_sha256 {
+    let mut f = std::fs::File::open(root.join("index.dump")).map_err(|_| bad("no index.dump"))?;
+    let mut rnd = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut rnd).expect("the system RNG does not fail on Linux");
+    let dump = DumpCopy {
+        path: work.join(format!("restore-{}.dump", hex::encode(rnd))),
+    };
+    let mut out = HashedFile::create(&dump.path)?;
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        out.write(&buf[..n])?;
+    }
+    let (sha, _) = out.finish()?;
+    if sha != manifest.index_sha256 {
         return Err(bad("index.dump does not match its SHA-256 in the manifest"));
     }
     Ok(Source {
@@ -809,21 +831,21 @@ pub(crate) fn open_source(root: &Path) -> Result<Source> {
         fs_id,
         summary,
         authenticity: Authenticity::Unchecked,
+        dump,
     })
 }
 
-pub(crate) fn file_sha256(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf)?;
-        if n == 0 {
-            break;
+/// The private copy of a backup's `index.dump` that a restore reads; removed on drop.
+pub(crate) struct DumpCopy {
+    path: PathBuf,
+}
+
+impl Drop for DumpCopy {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(error = %e, path = %self.path.display(), "could not remove a restore's copy of an index dump");
         }
-        h.update(&buf[..n]);
     }
-    Ok(hex::encode(h.finalize()))
 }
 
 /// One item of an index dump.
@@ -840,7 +862,7 @@ pub(crate) struct DumpReader<R = BufReader<std::fs::File>> {
 impl DumpReader {
     pub(crate) fn open(src: &Source) -> Result<Self> {
         Ok(Self {
-            r: BufReader::with_capacity(1 << 20, std::fs::File::open(src.root.join("index.dump"))?),
+            r: BufReader::with_capacity(1 << 20, std::fs::File::open(&src.dump.path)?),
         })
     }
 }
@@ -1177,7 +1199,7 @@ mod restore_tests {
         }
         let dest = tmp.path().join("backup");
         backup(&src, &dest, None).await.unwrap();
-        let mut source = open_source(&dest).unwrap();
+        let mut source = open_source(&dest, tmp.path()).unwrap();
         source.authenticate(&src.keyring(), false).unwrap();
 
         // The restore's second commit fails: it stops half-way.
@@ -1216,7 +1238,7 @@ mod restore_tests {
                 serde_json::from_slice(&std::fs::read(dest.join("manifest.json")).unwrap())
                     .unwrap();
             f(&mut m);
-            let mut source = open_source(&dest).unwrap();
+            let mut source = open_source(&dest, tmp.path()).unwrap();
             source.authenticate(&src.keyring(), false).unwrap();
             // Changed after the MAC check: restore_into's own checks are under test.
             source.manifest = m;
@@ -1242,6 +1264,32 @@ mod restore_tests {
         );
         assert_eq!(read(&dst, "/big").await.unwrap(), [7u8; 5000]);
     }
+    /// Regression: the restore hashed `index.dump` once, then read it from the backup store
+    /// three more times; a dump changed there after the check (here: emptied) was read. It
+    /// now reads the private copy it checked, removed afterwards.
+    #[tokio::test]
+    async fn a_dump_changed_in_the_backup_after_its_check_is_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, _) = new_fs(&tmp.path().join("src"), None);
+        put(&src, "/small", b"inline").await;
+        put(&src, "/big", &[5u8; 5000]).await;
+        let dest = tmp.path().join("backup");
+        backup(&src, &dest, None).await.unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let mut source = open_source(&dest, &work).unwrap();
+        source.authenticate(&src.keyring(), false).unwrap();
+        std::fs::write(dest.join("index.dump"), b"").unwrap();
+        let (dst, _) = new_fs(&tmp.path().join("dst"), None);
+        assert_eq!(
+            dst.restore_into(&source, &src.keyring()).await.unwrap(),
+            (2, 1)
+        );
+        assert_eq!(read(&dst, "/big").await.unwrap(), [5u8; 5000]);
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 1);
+        drop(source);
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0, "copy removed");
+    }
     /// Regression: gc during a restore removed the blobs the restore had copied but not
     /// yet named by a record (their age counts from the copy, so a restore longer than
     /// gc's grace period lost them; here the grace is 0). gc now refuses while a restore runs.
@@ -1253,7 +1301,7 @@ mod restore_tests {
         put(&src, "/big", &[9u8; 70_000]).await;
         let dest = tmp.path().join("backup");
         backup(&src, &dest, None).await.unwrap();
-        let mut source = open_source(&dest).unwrap();
+        let mut source = open_source(&dest, tmp.path()).unwrap();
         source.authenticate(&src.keyring(), false).unwrap();
 
         // gc(0) runs at the restore's first commit: after the blobs were copied.

@@ -570,7 +570,7 @@ impl DataDir {
                 Some(fs)
             }
         };
-        let mut source = backup::open_source(src)?;
+        let mut source = backup::open_source(src, &self.root.join("system"))?;
         if source.is_v1() && !accept_unauthenticated {
             // Refused before any key part is asked for.
             return Err(backup::v1_refused(src));
@@ -586,10 +586,11 @@ impl DataDir {
                     src.display()
                 ))
             })?;
-            if Some(crate::fs::backup::file_sha256(
-                &kdir.join("keyring.sealed"),
-            )?) != source.manifest.keyring_sha256
-            {
+            let sha = {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(&sealed))
+            };
+            if Some(sha) != source.manifest.keyring_sha256 {
                 return Err(CoreError::Invalid(
                     "keys/keyring.sealed does not match the manifest; nothing was restored".into(),
                 ));
