@@ -198,7 +198,10 @@ enum Cmd {
     /// Back up a filesystem's encrypted store (a consistent snapshot, taken while the
     /// server serves) into a new directory. Without --include-keys the backup holds no
     /// key material and can only be restored into this data dir while the filesystem
-    /// exists: see docs/operations.md.
+    /// exists: see docs/operations.md. The manifest is authenticated (HMAC-SHA256 under a
+    /// key derived from the filesystem's keyring) and holds the filesystem's name and
+    /// counts only sealed; the MAC's first bytes are printed: note them to recognise the
+    /// backup later.
     Backup {
         /// Filesystem.
         #[arg(long)]
