@@ -835,6 +835,24 @@ pub(crate) fn open_source(root: &Path, work: &Path) -> Result<Source> {
     })
 }
 
+/// Removes the copies of index dumps that interrupted restores left in `work` (no restore
+/// may be running).
+pub(crate) fn remove_dump_copies(work: &Path) {
+    let Ok(dir) = std::fs::read_dir(work) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("restore-")
+            && name.ends_with(".dump")
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!(error = %err, "could not remove an interrupted restore's copy of an index dump");
+        }
+    }
+}
+
 /// The private copy of a backup's `index.dump` that a restore reads; removed on drop.
 pub(crate) struct DumpCopy {
     path: PathBuf,

@@ -220,6 +220,9 @@ impl DataDir {
             starter
         };
         let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
+        // Under the system database's lock, no restore runs: a copy of an index dump left
+        // by one that was interrupted (a crash) is removed.
+        backup::remove_dump_copies(&root.join("system"));
         // After the system database: its lock keeps a second process, and so a second
         // audit writer, out of this data dir.
         let audit_keys = AuditKeys::derive(&audit_root(&system)?);

@@ -438,6 +438,14 @@ async fn refused(env: &Env, dir: &Path, name: &str, want: &str, accept_v1: bool)
     assert!(copied.is_empty(), "{name}: no blob copied: {copied:?}");
     let gc = empty.gc(0).await.unwrap();
     assert_eq!(gc.inline_removed, 0, "{name}: no inline content committed");
+    let copies: Vec<_> = walk(&env.root.join("system"))
+        .into_iter()
+        .filter(|f| f.to_string_lossy().ends_with(".dump"))
+        .collect();
+    assert!(
+        copies.is_empty(),
+        "{name}: the dump's copy removed: {copies:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -716,7 +724,11 @@ async fn every_restore_path_authenticates_after_rotation_and_rekeying() {
     )
     .await
     .unwrap();
+    // A restore's private copy of the dump, as a crash would leave it: removed at open.
+    let leftover = root.join("system").join("restore-0123.dump");
+    std::fs::write(&leftover, b"dump").unwrap();
     let dd = open(&root, std::slice::from_ref(&new)).unwrap();
+    assert!(!leftover.exists());
     dd.restore("r2", &plain, &[], &efs_core::keyparts::no_prompt, false)
         .await
         .unwrap();
