@@ -131,6 +131,10 @@ pub enum AdminRequest {
         /// not this one.
         #[serde(default)]
         backup_key_parts: Vec<String>,
+        /// Restore a format-1 backup, which has no MAC (refused otherwise). Recorded in
+        /// the audit entry's detail with the rest of the request.
+        #[serde(default)]
+        accept_unauthenticated_backup: bool,
     },
     /// Check the audit log: the whole chain, the anchor, and optionally a head kept
     /// elsewhere.
@@ -619,14 +623,21 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 .backup(&fs, std::path::Path::new(&dest), include_keys)
                 .await?;
             let m = &rep.manifest;
-            let mut lines = vec![format!(
-                "Backed up '{fs}' to {dest}: {} entries, {} files ({} bytes), {} blobs; {} encrypted bytes written",
-                m.entries,
-                m.files,
-                m.bytes,
-                m.blobs.len(),
-                rep.stored_bytes
-            )];
+            let mut lines = vec![
+                format!(
+                    "Backed up '{fs}' to {dest}: {} entries, {} files ({} bytes), {} blobs; {} encrypted bytes written",
+                    m.entries,
+                    rep.summary.files,
+                    rep.summary.bytes,
+                    m.blobs.len(),
+                    rep.stored_bytes
+                ),
+                format!(
+                    "Manifest authenticated (HMAC-SHA256 under key term {}; name and counts sealed); MAC {} (note it to recognise this backup at restore)",
+                    m.mac_term,
+                    &m.mac[..32]
+                ),
+            ];
             lines.push(if include_keys {
                 "The keyring is included, sealed under this data dir's starter key: restoring needs these key parts (and keys/keyparts.json, which is in the backup)".into()
             } else {
@@ -634,12 +645,20 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     + &fs
                     + "' exists; to survive the loss of the data dir, back up with --include-keys"
             });
-            AdminResponse::ok(lines, serde_json::to_value(m).unwrap_or_default())
+            // The manifest as written, with the summary it holds sealed.
+            let mut data = serde_json::to_value(m).unwrap_or_default();
+            if let (Some(obj), Ok(serde_json::Value::Object(sum))) =
+                (data.as_object_mut(), serde_json::to_value(&rep.summary))
+            {
+                obj.extend(sum);
+            }
+            AdminResponse::ok(lines, data)
         }
         AdminRequest::Restore {
             fs,
             src,
             backup_key_parts,
+            accept_unauthenticated_backup,
         } => {
             let parts = backup_key_parts
                 .iter()
@@ -651,9 +670,16 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     std::path::Path::new(&src),
                     &parts,
                     &crate::keyparts::no_prompt,
+                    accept_unauthenticated_backup,
                 )
                 .await?;
-            AdminResponse::ok(lines, serde_json::json!({ "fs": fs }))
+            let authenticated = lines
+                .iter()
+                .any(|l| l.starts_with("Manifest authenticated"));
+            AdminResponse::ok(
+                lines,
+                serde_json::json!({ "fs": fs, "authenticated": authenticated }),
+            )
         }
     })
 }

@@ -10,7 +10,8 @@
 //! Layout of a backup directory (`DEST`):
 //!
 //! ```text
-//! DEST/manifest.json          written last: counts, SHA-256 of every other file
+//! DEST/manifest.json          written last: counts, SHA-256 of every other file, the
+//!                             sealed summary (name, files, bytes) and a MAC over it all
 //! DEST/index.dump             the snapshot: records and inline contents (sealed as stored)
 //! DEST/blobs/ab/ab12…         every referenced blob, byte for byte
 //! DEST/keys/keyring.sealed    only with include_keys: the keyring, sealed under the
@@ -20,6 +21,14 @@
 //! `index.dump` is a sequence of `kind (1: entry, 2: inline) || u32 BE key length || key
 //! || u32 BE value length || value`. Without `keys/`, the backup can only be restored in
 //! a data dir that still holds the same filesystem (same id) to take its keyring from.
+//!
+//! The manifest (format 2, [`FORMAT`]) is authenticated: HMAC-SHA256 under a subkey of the
+//! keyring term current at the backup ([`Manifest::mac_input`] lists what it covers), so
+//! whoever can write to the backup store cannot drop records, splice in older ones or
+//! change a field without the restore refusing it ([`Source::authenticate`], before
+//! anything is written). The filesystem's name and plaintext counts are sealed under
+//! another subkey of that term. A format-1 manifest has neither and is restored only when
+//! the operator accepts an unauthenticated backup.
 //!
 //! Restore (`DataDir::restore`) makes a new filesystem with the backup's keyring, or
 //! fills an existing empty one under that filesystem's own keyring
@@ -40,8 +49,12 @@ use crate::error::{CoreError, Result};
 use crate::index::{ContentId, EntryKey, SnapshotItem};
 use crate::record::{Kind, Storage};
 
-/// Format name in the manifest. DO NOT CHANGE for this layout.
-pub const FORMAT: &str = "efs-backup/1";
+/// Format name in the manifest: authenticated (HMAC-SHA256 under a keyring subkey), the
+/// summary sealed. DO NOT CHANGE for this layout.
+pub const FORMAT: &str = "efs-backup/2";
+/// The first format: no MAC, the filesystem's name and counts in clear. Still read, but
+/// restored only when the operator accepts an unauthenticated backup. DO NOT CHANGE.
+pub const FORMAT_V1: &str = "efs-backup/1";
 const KIND_ENTRY: u8 = 1;
 const KIND_INLINE: u8 = 2;
 /// Copy buffer of a blob.
@@ -134,6 +147,7 @@ impl Filesystem {
         backup_kr: &crate::keyring::Keyring,
     ) -> Result<(u64, u64)> {
         use crate::index::{Batch, Expect, Op};
+        src.require_checked()?;
         let old_id = src.fs_id;
         let kr = self.keyring();
         let mismatch = || {
@@ -249,7 +263,7 @@ impl Filesystem {
                 }
             }
         }
-        // The dump is checked by its SHA-256; a file changed between the passes is not.
+        // Defence in depth: the passes read the private copy whose SHA-256 was checked.
         if committed != entries {
             return Err(mismatch());
         }
@@ -296,23 +310,23 @@ impl Drop for Pin {
     }
 }
 
-/// The manifest of a backup.
+/// The manifest of a backup (format [`FORMAT`]), as `manifest.json` holds it. Every field
+/// is covered by [`Manifest::mac`]; the filesystem's name, file count and plaintext bytes
+/// are only in the sealed [`Manifest::summary`].
 #[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     /// [`FORMAT`].
     pub format: String,
-    /// Name of the filesystem backed up.
-    pub fs_name: String,
-    /// Its id (hex): records and data keys are bound to it.
+    /// The filesystem's id (hex): records and data keys are bound to it.
     pub fs_id: String,
     /// When the snapshot was taken, Unix ms.
     pub created_ms: i64,
+    /// The keyring term current at the backup: the MAC key and the summary's key are
+    /// derived from it (every later keyring of the filesystem still holds it).
+    pub mac_term: u32,
     /// Entry records (files and directories).
     pub entries: u64,
-    /// Files.
-    pub files: u64,
-    /// Plaintext bytes of all files.
-    pub bytes: u64,
     /// Inline contents.
     pub inline: u64,
     /// SHA-256 of `index.dump` (hex).
@@ -322,8 +336,88 @@ pub struct Manifest {
     /// True if `keys/` holds the wrapped keyring.
     pub keys_included: bool,
     /// SHA-256 of `keys/keyring.sealed`, if included.
-    #[serde(default)]
     pub keyring_sha256: Option<String>,
+    /// The [`Summary`] as JSON, sealed (wrap format, hex) under the term's summary key
+    /// with AAD `efs-backup-summary-v1 || fs id`.
+    pub summary: String,
+    /// HMAC-SHA256 (hex) of [`Manifest::mac_input`] under the term's manifest key.
+    pub mac: String,
+}
+
+impl Manifest {
+    /// The bytes the MAC covers: every other field, in a fixed order, each string as
+    /// `u32 BE length || UTF-8 bytes`, each integer big-endian (docs/format.md, "Backup
+    /// manifest"). DO NOT CHANGE for format 2.
+    pub fn mac_input(&self) -> Vec<u8> {
+        fn text(out: &mut Vec<u8>, s: &str) {
+            out.extend_from_slice(&(s.len() as u32).to_be_bytes());
+            out.extend_from_slice(s.as_bytes());
+        }
+        let mut out = Vec::with_capacity(256 + self.blobs.len() * 140);
+        text(&mut out, &self.format);
+        text(&mut out, &self.fs_id);
+        out.extend_from_slice(&self.created_ms.to_be_bytes());
+        out.extend_from_slice(&self.mac_term.to_be_bytes());
+        out.extend_from_slice(&self.entries.to_be_bytes());
+        out.extend_from_slice(&self.inline.to_be_bytes());
+        text(&mut out, &self.index_sha256);
+        out.push(u8::from(self.keys_included));
+        match &self.keyring_sha256 {
+            None => out.push(0),
+            Some(h) => {
+                out.push(1);
+                text(&mut out, h);
+            }
+        }
+        text(&mut out, &self.summary);
+        out.extend_from_slice(&(self.blobs.len() as u64).to_be_bytes());
+        for (id, sha) in &self.blobs {
+            text(&mut out, id);
+            text(&mut out, sha);
+        }
+        out
+    }
+
+    /// The MAC of this manifest under filesystem keyring `kr` (term [`Manifest::mac_term`]).
+    fn compute_mac(&self, kr: &crate::keyring::Keyring) -> Result<[u8; 32]> {
+        Ok(kr
+            .backup_manifest_mac(self.mac_term)?
+            .mac(&[&self.mac_input()]))
+    }
+}
+
+/// What a backup says about its filesystem beyond the encrypted store: sealed in a
+/// format-2 manifest (in clear in format 1).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Summary {
+    /// Name of the filesystem backed up.
+    pub fs_name: String,
+    /// Files.
+    pub files: u64,
+    /// Plaintext bytes of all files.
+    pub bytes: u64,
+}
+
+fn summary_aad(fs_id: &[u8; 16]) -> Vec<u8> {
+    [crate::labels::AAD_BACKUP_SUMMARY, fs_id.as_slice()].concat()
+}
+
+/// The manifest of format 1 ([`FORMAT_V1`]): no MAC, the summary in clear. Read only when
+/// the operator accepts an unauthenticated backup.
+#[derive(Deserialize)]
+struct ManifestV1 {
+    fs_name: String,
+    fs_id: String,
+    created_ms: i64,
+    entries: u64,
+    files: u64,
+    bytes: u64,
+    inline: u64,
+    index_sha256: String,
+    blobs: BTreeMap<String, String>,
+    keys_included: bool,
+    #[serde(default)]
+    keyring_sha256: Option<String>,
 }
 
 /// What [`backup`] wrote.
@@ -331,6 +425,8 @@ pub struct Manifest {
 pub struct BackupReport {
     /// Its manifest.
     pub manifest: Manifest,
+    /// What its manifest holds sealed.
+    pub summary: Summary,
     /// Encrypted bytes copied (index dump and blobs).
     pub stored_bytes: u64,
 }
@@ -404,21 +500,29 @@ pub async fn backup(
     // The pin first: any removal after the snapshot is deferred; any before it removed a
     // blob the snapshot does not name (its commit came first).
     let _pin = fs.pin();
+    // Taken before the snapshot: a rotation persists its keyring before it swaps the one
+    // in memory, so this keyring's current term is in the snapshot's keyring too (and in
+    // every later one: terms are never removed). It keys the manifest's MAC.
     let kr = fs.keyring();
     let mut dump = HashedFile::create(&dest.join("index.dump"))?;
     let mut m = Manifest {
         format: FORMAT.into(),
-        fs_name: fs.name().to_owned(),
         fs_id: hex::encode(fs.id),
         created_ms: now_ms(),
+        mac_term: kr.current_number(),
         entries: 0,
-        files: 0,
-        bytes: 0,
         inline: 0,
         index_sha256: String::new(),
         blobs: BTreeMap::new(),
         keys_included: keys.is_some(),
         keyring_sha256: None,
+        summary: String::new(),
+        mac: String::new(),
+    };
+    let mut summary = Summary {
+        fs_name: fs.name().to_owned(),
+        files: 0,
+        bytes: 0,
     };
     let mut blob_ids = Vec::new();
     let mut keyring = None;
@@ -433,8 +537,8 @@ pub async fn backup(
                 SnapshotItem::Entry(k, v) => {
                     let rec = fs.open_rec(&kr, k, v)?;
                     if rec.kind == Kind::File {
-                        m.files += 1;
-                        m.bytes += rec.size;
+                        summary.files += 1;
+                        summary.bytes += rec.size;
                         if rec.storage == Storage::Blob {
                             blob_ids.push(rec.id);
                         }
@@ -495,6 +599,14 @@ pub async fn backup(
         sync_dir(&dest.join("keys"))?;
     }
     sync_dir(dest)?;
+    // Sealed and authenticated under the term's subkeys: the manifest holds no name and no
+    // plaintext count, and restore refuses it if any field (hence any file it hashes) changed.
+    m.summary = hex::encode(efs_format::wrap::seal(
+        &kr.backup_summary_key(m.mac_term)?,
+        &summary_aad(&fs.id),
+        &serde_json::to_vec(&summary).expect("serialising JSON cannot fail"),
+    ));
+    m.mac = hex::encode(m.compute_mac(&kr)?);
     // The manifest last: a directory without one is an unfinished backup.
     let json = serde_json::to_vec_pretty(&m).expect("serialising JSON cannot fail");
     let tmp = dest.join("manifest.json.tmp");
@@ -511,6 +623,7 @@ pub async fn backup(
     );
     Ok(BackupReport {
         manifest: m,
+        summary,
         stored_bytes: stored,
     })
 }
@@ -538,10 +651,109 @@ pub(crate) struct Source {
     pub(crate) root: PathBuf,
     pub(crate) manifest: Manifest,
     pub(crate) fs_id: [u8; 16],
+    /// In clear in a format-1 manifest; unsealed by [`Source::authenticate`] in format 2.
+    pub(crate) summary: Option<Summary>,
+    /// What [`Source::authenticate`] found; nothing is restored before it ran.
+    pub(crate) authenticity: Authenticity,
+    /// The checked copy of `index.dump` that the restore reads.
+    dump: DumpCopy,
 }
 
-/// Opens a backup and checks its manifest and the SHA-256 of its index dump.
-pub(crate) fn open_source(root: &Path) -> Result<Source> {
+/// Whether an opened backup's manifest was checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Authenticity {
+    /// Not yet checked: restore refuses to write anything.
+    Unchecked,
+    /// Its MAC holds under the filesystem's keyring.
+    Authenticated,
+    /// A format-1 manifest (no MAC), accepted by the operator.
+    AcceptedUnauthenticated,
+}
+
+impl Source {
+    /// True for a format-1 manifest (no MAC).
+    pub(crate) fn is_v1(&self) -> bool {
+        self.manifest.format == FORMAT_V1
+    }
+
+    /// Checks the manifest's MAC under `kr`, the keyring of the filesystem the backup was
+    /// taken of (from `keys/`, or the live filesystem's), in constant time, and unseals the
+    /// summary. A format-1 manifest (no MAC) passes only with `accept_unauthenticated`.
+    /// Reads nothing but the manifest; writes nothing.
+    pub(crate) fn authenticate(
+        &mut self,
+        kr: &crate::keyring::Keyring,
+        accept_unauthenticated: bool,
+    ) -> Result<()> {
+        use subtle::ConstantTimeEq;
+        if self.is_v1() {
+            if !accept_unauthenticated {
+                return Err(v1_refused(&self.root));
+            }
+            self.authenticity = Authenticity::AcceptedUnauthenticated;
+            return Ok(());
+        }
+        let forged = || {
+            CoreError::Invalid(format!(
+                "{} does not authenticate: the MAC of its manifest.json does not hold under \
+                 the filesystem's keyring, so the backup was altered (records or blobs \
+                 removed, replaced or put back from another backup, or a manifest field \
+                 changed) or it belongs to another filesystem; nothing was restored",
+                self.root.display()
+            ))
+        };
+        let claimed: [u8; 32] = hex::decode(&self.manifest.mac)
+            .ok()
+            .and_then(|v| v.try_into().ok())
+            .ok_or_else(forged)?;
+        // A term the keyring lacks is a forged manifest too: terms are never removed.
+        let found = self.manifest.compute_mac(kr).map_err(|_| forged())?;
+        if !bool::from(found.ct_eq(&claimed)) {
+            return Err(forged());
+        }
+        // Authenticated: from here on a failure is not an attacker's edit.
+        let sealed = hex::decode(&self.manifest.summary).map_err(|_| forged())?;
+        let plain = efs_format::wrap::open(
+            &kr.backup_summary_key(self.manifest.mac_term)?,
+            &summary_aad(&self.fs_id),
+            &sealed,
+        )
+        .map_err(|_| CoreError::Decrypt)?;
+        self.summary =
+            Some(serde_json::from_slice(&plain).map_err(|_| CoreError::Corrupt("backup summary"))?);
+        self.authenticity = Authenticity::Authenticated;
+        Ok(())
+    }
+
+    /// Refuses unless [`Source::authenticate`] accepted the manifest.
+    pub(crate) fn require_checked(&self) -> Result<()> {
+        match self.authenticity {
+            Authenticity::Unchecked => Err(CoreError::Invalid(
+                "the backup's manifest was not authenticated; nothing was restored".into(),
+            )),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The refusal of a format-1 backup without `--accept-unauthenticated-backup`.
+pub(crate) fn v1_refused(root: &Path) -> CoreError {
+    CoreError::Invalid(format!(
+        "{} is a format-1 backup ({FORMAT_V1}, made before backups were authenticated): its \
+         manifest has no MAC, so records removed from it or put back from an older backup \
+         would go unnoticed; nothing was restored. If you know where it has been kept and \
+         trust it, restore it with --accept-unauthenticated-backup",
+        root.display()
+    ))
+}
+
+/// Opens a backup and checks its manifest's shape and the SHA-256 of its index dump. The
+/// manifest is authenticated later ([`Source::authenticate`]), once the keyring is known.
+///
+/// `index.dump` is copied into `work` (a directory of the data dir) as it is hashed, and the
+/// restore reads only that private copy ([`DumpCopy`], removed when the source is dropped):
+/// a dump changed in the backup store after the check is never read.
+pub(crate) fn open_source(root: &Path, work: &Path) -> Result<Source> {
     let bad = |what: &str| {
         CoreError::Invalid(format!(
             "{} is not a complete EFS backup: {what}",
@@ -550,37 +762,108 @@ pub(crate) fn open_source(root: &Path) -> Result<Source> {
     };
     let text = std::fs::read(root.join("manifest.json"))
         .map_err(|_| bad("no manifest.json (an interrupted backup has none)"))?;
-    let manifest: Manifest =
+    let value: serde_json::Value =
         serde_json::from_slice(&text).map_err(|_| bad("manifest.json is malformed"))?;
-    if manifest.format != FORMAT {
-        return Err(bad("unknown format (newer EFS?)"));
-    }
+    let (manifest, summary) = match value.get("format").and_then(|f| f.as_str()) {
+        Some(FORMAT) => {
+            if value.get("mac").is_none() {
+                return Err(bad(
+                    "its manifest.json has no MAC, which every format-2 manifest has: it was \
+                     altered; nothing was restored",
+                ));
+            }
+            let m: Manifest =
+                serde_json::from_value(value).map_err(|_| bad("manifest.json is malformed"))?;
+            (m, None)
+        }
+        Some(FORMAT_V1) => {
+            let v1: ManifestV1 =
+                serde_json::from_value(value).map_err(|_| bad("manifest.json is malformed"))?;
+            let summary = Summary {
+                fs_name: v1.fs_name,
+                files: v1.files,
+                bytes: v1.bytes,
+            };
+            let m = Manifest {
+                format: FORMAT_V1.into(),
+                fs_id: v1.fs_id,
+                created_ms: v1.created_ms,
+                mac_term: 0,
+                entries: v1.entries,
+                inline: v1.inline,
+                index_sha256: v1.index_sha256,
+                blobs: v1.blobs,
+                keys_included: v1.keys_included,
+                keyring_sha256: v1.keyring_sha256,
+                summary: String::new(),
+                mac: String::new(),
+            };
+            (m, Some(summary))
+        }
+        _ => return Err(bad("unknown format (newer EFS?)")),
+    };
     let fs_id: [u8; 16] = hex::decode(&manifest.fs_id)
         .ok()
         .and_then(|v| v.try_into().ok())
         .ok_or_else(|| bad("fs_id is malformed"))?;
-    if file_sha256(&root.join("index.dump"))? != manifest.index_sha256 {
-        return Err(bad("index.dump does not match its SHA-256 in the manifest"));
-    }
-    Ok(Source {
-        root: root.to_path_buf(),
-        manifest,
-        fs_id,
-    })
-}
-
-pub(crate) fn file_sha256(p: &Path) -> Result<String> {
-    let mut f = std::fs::File::open(p)?;
-    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(root.join("index.dump")).map_err(|_| bad("no index.dump"))?;
+    let mut rnd = [0u8; 16];
+    aws_lc_rs::rand::fill(&mut rnd).expect("the system RNG does not fail on Linux");
+    let dump = DumpCopy {
+        path: work.join(format!("restore-{}.dump", hex::encode(rnd))),
+    };
+    let mut out = HashedFile::create(&dump.path)?;
     let mut buf = vec![0u8; 1 << 20];
     loop {
         let n = f.read(&mut buf)?;
         if n == 0 {
             break;
         }
-        h.update(&buf[..n]);
+        out.write(&buf[..n])?;
     }
-    Ok(hex::encode(h.finalize()))
+    let (sha, _) = out.finish()?;
+    if sha != manifest.index_sha256 {
+        return Err(bad("index.dump does not match its SHA-256 in the manifest"));
+    }
+    Ok(Source {
+        root: root.to_path_buf(),
+        manifest,
+        fs_id,
+        summary,
+        authenticity: Authenticity::Unchecked,
+        dump,
+    })
+}
+
+/// Removes the copies of index dumps that interrupted restores left in `work` (no restore
+/// may be running).
+pub(crate) fn remove_dump_copies(work: &Path) {
+    let Ok(dir) = std::fs::read_dir(work) else {
+        return;
+    };
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with("restore-")
+            && name.ends_with(".dump")
+            && let Err(err) = std::fs::remove_file(e.path())
+        {
+            tracing::warn!(error = %err, "could not remove an interrupted restore's copy of an index dump");
+        }
+    }
+}
+
+/// The private copy of a backup's `index.dump` that a restore reads; removed on drop.
+pub(crate) struct DumpCopy {
+    path: PathBuf,
+}
+
+impl Drop for DumpCopy {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(error = %e, path = %self.path.display(), "could not remove a restore's copy of an index dump");
+        }
+    }
 }
 
 /// One item of an index dump.
@@ -597,7 +880,7 @@ pub(crate) struct DumpReader<R = BufReader<std::fs::File>> {
 impl DumpReader {
     pub(crate) fn open(src: &Source) -> Result<Self> {
         Ok(Self {
-            r: BufReader::with_capacity(1 << 20, std::fs::File::open(src.root.join("index.dump"))?),
+            r: BufReader::with_capacity(1 << 20, std::fs::File::open(&src.dump.path)?),
         })
     }
 }
@@ -674,6 +957,67 @@ mod tests {
         v.extend_from_slice(&(value.len() as u32).to_be_bytes());
         v.extend_from_slice(value);
         v
+    }
+
+    /// Pins the MAC input byte for byte as docs/format.md gives it ("Backup manifest,
+    /// format 2"), and that every field (and every blob) changes it.
+    #[test]
+    fn the_manifest_mac_input_is_the_documented_encoding_of_every_field() {
+        let m = Manifest {
+            format: FORMAT.into(),
+            fs_id: "00".repeat(16),
+            created_ms: 0x0102_0304_0506_0708,
+            mac_term: 3,
+            entries: 5,
+            inline: 2,
+            index_sha256: "ab".into(),
+            blobs: [("b1".to_owned(), "s1".to_owned())].into(),
+            keys_included: true,
+            keyring_sha256: Some("k".into()),
+            summary: "5e".into(),
+            mac: "ignored".into(),
+        };
+        let mut want = Vec::new();
+        want.extend_from_slice(b"\0\0\0\x0cefs-backup/2");
+        want.extend_from_slice(b"\0\0\0\x20");
+        want.extend_from_slice(&[b'0'; 32]);
+        want.extend_from_slice(&[1, 2, 3, 4, 5, 6, 7, 8]);
+        want.extend_from_slice(&[0, 0, 0, 3]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 5]);
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 2]);
+        want.extend_from_slice(b"\0\0\0\x02ab");
+        want.push(1);
+        want.extend_from_slice(b"\x01\0\0\0\x01k");
+        want.extend_from_slice(b"\0\0\0\x025e");
+        want.extend_from_slice(&[0, 0, 0, 0, 0, 0, 0, 1]);
+        want.extend_from_slice(b"\0\0\0\x02b1\0\0\0\x02s1");
+        assert_eq!(m.mac_input(), want);
+
+        let edits: [fn(&mut Manifest); 12] = [
+            |m| m.format = FORMAT_V1.into(),
+            |m| m.fs_id = "11".repeat(16),
+            |m| m.created_ms += 1,
+            |m| m.mac_term += 1,
+            |m| m.entries += 1,
+            |m| m.inline += 1,
+            |m| m.index_sha256 = "ac".into(),
+            |m| m.keys_included = false,
+            |m| m.keyring_sha256 = None,
+            |m| m.summary = "5f".into(),
+            |m| m.blobs.clear(),
+            |m| {
+                m.blobs.insert("b2".into(), "s2".into());
+            },
+        ];
+        for (i, edit) in edits.iter().enumerate() {
+            let mut e = m.clone();
+            edit(&mut e);
+            assert_ne!(e.mac_input(), m.mac_input(), "edit {i}");
+        }
+        // The MAC itself is not part of its input.
+        let mut e = m.clone();
+        e.mac = "other".into();
+        assert_eq!(e.mac_input(), m.mac_input());
     }
 
     #[test]
@@ -873,7 +1217,8 @@ mod restore_tests {
         }
         let dest = tmp.path().join("backup");
         backup(&src, &dest, None).await.unwrap();
-        let source = open_source(&dest).unwrap();
+        let mut source = open_source(&dest, tmp.path()).unwrap();
+        source.authenticate(&src.keyring(), false).unwrap();
 
         // The restore's second commit fails: it stops half-way.
         let (dst, _) = new_fs(&tmp.path().join("dst"), Some(2));
@@ -911,7 +1256,9 @@ mod restore_tests {
                 serde_json::from_slice(&std::fs::read(dest.join("manifest.json")).unwrap())
                     .unwrap();
             f(&mut m);
-            let mut source = open_source(&dest).unwrap();
+            let mut source = open_source(&dest, tmp.path()).unwrap();
+            source.authenticate(&src.keyring(), false).unwrap();
+            // Changed after the MAC check: restore_into's own checks are under test.
             source.manifest = m;
             source
         };
@@ -935,6 +1282,32 @@ mod restore_tests {
         );
         assert_eq!(read(&dst, "/big").await.unwrap(), [7u8; 5000]);
     }
+    /// Regression: the restore hashed `index.dump` once, then read it from the backup store
+    /// three more times; a dump changed there after the check (here: emptied) was read. It
+    /// now reads the private copy it checked, removed afterwards.
+    #[tokio::test]
+    async fn a_dump_changed_in_the_backup_after_its_check_is_not_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, _) = new_fs(&tmp.path().join("src"), None);
+        put(&src, "/small", b"inline").await;
+        put(&src, "/big", &[5u8; 5000]).await;
+        let dest = tmp.path().join("backup");
+        backup(&src, &dest, None).await.unwrap();
+        let work = tmp.path().join("work");
+        std::fs::create_dir(&work).unwrap();
+        let mut source = open_source(&dest, &work).unwrap();
+        source.authenticate(&src.keyring(), false).unwrap();
+        std::fs::write(dest.join("index.dump"), b"").unwrap();
+        let (dst, _) = new_fs(&tmp.path().join("dst"), None);
+        assert_eq!(
+            dst.restore_into(&source, &src.keyring()).await.unwrap(),
+            (2, 1)
+        );
+        assert_eq!(read(&dst, "/big").await.unwrap(), [5u8; 5000]);
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 1);
+        drop(source);
+        assert_eq!(std::fs::read_dir(&work).unwrap().count(), 0, "copy removed");
+    }
     /// Regression: gc during a restore removed the blobs the restore had copied but not
     /// yet named by a record (their age counts from the copy, so a restore longer than
     /// gc's grace period lost them; here the grace is 0). gc now refuses while a restore runs.
@@ -946,7 +1319,8 @@ mod restore_tests {
         put(&src, "/big", &[9u8; 70_000]).await;
         let dest = tmp.path().join("backup");
         backup(&src, &dest, None).await.unwrap();
-        let source = open_source(&dest).unwrap();
+        let mut source = open_source(&dest, tmp.path()).unwrap();
+        source.authenticate(&src.keyring(), false).unwrap();
 
         // gc(0) runs at the restore's first commit: after the blobs were copied.
         let (dst, index) = new_fs(&tmp.path().join("dst"), None);

@@ -217,6 +217,9 @@ impl DataDir {
             starter
         };
         let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
+        // Under the system database's lock, no restore runs: a copy of an index dump left
+        // by one that was interrupted (a crash) is removed.
+        backup::remove_dump_copies(&root.join("system"));
         // After the system database: its lock keeps a second process, and so a second
         // audit writer, out of this data dir.
         let audit_keys = AuditKeys::derive(&audit_root(&system)?);
@@ -538,12 +541,18 @@ impl DataDir {
     /// is rebound to its new id; content is copied as it is, each blob checked against the
     /// manifest. The filesystem is registered last: an interrupted restore leaves only an
     /// unregistered directory under `fs/`.
+    ///
+    /// Before anything is written, the manifest's MAC is checked under the backup's
+    /// keyring (so a dump or blob list changed, or spliced from another backup, is
+    /// refused). A format-1 backup has no MAC: it is refused unless
+    /// `accept_unauthenticated`, and then restored with a warning among the lines.
     pub async fn restore(
         &self,
         name: &str,
         src: &Path,
         backup_parts: &[KeyPartSpec],
         prompt: &(dyn Fn(&str) -> std::io::Result<String> + Sync),
+        accept_unauthenticated: bool,
     ) -> Result<Vec<String>> {
         check_name("filesystem", name)?;
         let existing = match self.system.filesystem(name)? {
@@ -558,25 +567,29 @@ impl DataDir {
                 Some(fs)
             }
         };
-        let source = backup::open_source(src)?;
+        let mut source = backup::open_source(src, &self.root.join("system"))?;
+        if source.is_v1() && !accept_unauthenticated {
+            // Refused before any key part is asked for.
+            return Err(backup::v1_refused(src));
+        }
         let old_id = source.fs_id;
-        let mut lines = vec![format!(
-            "Backup of '{}' taken at {} (Unix ms): {} entries, {} files, {} blobs",
-            source.manifest.fs_name,
-            source.manifest.created_ms,
-            source.manifest.entries,
-            source.manifest.files,
-            source.manifest.blobs.len()
-        )];
+        let mut lines = Vec::new();
         let keyring = if source.manifest.keys_included {
             let kdir = src.join("keys");
-            let sealed = std::fs::read(kdir.join("keyring.sealed"))?;
-            if Some(crate::fs::backup::file_sha256(
-                &kdir.join("keyring.sealed"),
-            )?) != source.manifest.keyring_sha256
-            {
+            let sealed = std::fs::read(kdir.join("keyring.sealed")).map_err(|e| {
+                CoreError::Invalid(format!(
+                    "{}: its manifest says the keyring is included, but keys/keyring.sealed \
+                     cannot be read ({e}); nothing was restored",
+                    src.display()
+                ))
+            })?;
+            let sha = {
+                use sha2::Digest;
+                hex::encode(sha2::Sha256::digest(&sealed))
+            };
+            if Some(sha) != source.manifest.keyring_sha256 {
                 return Err(CoreError::Invalid(
-                    "keys/keyring.sealed does not match the manifest".into(),
+                    "keys/keyring.sealed does not match the manifest; nothing was restored".into(),
                 ));
             }
             let opened = if backup_parts.is_empty() {
@@ -614,6 +627,34 @@ impl DataDir {
             ));
             Keyring::open(&self.starter, &old_id, &sealed)?
         };
+        // Nothing is written before this.
+        source.authenticate(&keyring, accept_unauthenticated)?;
+        let summary = source
+            .summary
+            .clone()
+            .ok_or(CoreError::Corrupt("backup summary"))?;
+        lines.push(format!(
+            "Backup of '{}' (id {}) taken at {} (Unix ms): {} entries, {} files, {} blobs",
+            summary.fs_name,
+            source.manifest.fs_id,
+            source.manifest.created_ms,
+            source.manifest.entries,
+            summary.files,
+            source.manifest.blobs.len()
+        ));
+        if source.authenticity == backup::Authenticity::Authenticated {
+            lines.push(format!(
+                "Manifest authenticated (HMAC-SHA256 under key term {}); MAC {}",
+                source.manifest.mac_term,
+                &source.manifest.mac[..32]
+            ));
+        } else {
+            let warning = "WARNING: format-1 backup restored WITHOUT authentication \
+                 (--accept-unauthenticated-backup): records removed from it or put back from \
+                 an older backup would not have been detected";
+            tracing::warn!(backup = %src.display(), "{warning}");
+            lines.push(warning.into());
+        }
         if let Some(fs) = existing {
             let (entries, blobs) = fs.restore_into(&source, &keyring).await?;
             lines.push(format!(
@@ -622,6 +663,7 @@ impl DataDir {
             lines.push(format!("Check it with: efsctl fsck --fs {name}"));
             return Ok(lines);
         }
+        source.require_checked()?;
         let mut id = [0u8; 16];
         aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
         let (index, blobs) = self.create_fs_dir(&id)?;

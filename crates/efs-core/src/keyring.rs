@@ -162,6 +162,27 @@ impl Keyring {
             .expect("the tag term is never removed")
     }
 
+    /// The key that authenticates the manifest of a backup taken while term `n` was
+    /// current: HKDF-SHA256(term `n`'s key, empty salt, [`labels::TERM_BACKUP_MANIFEST`]),
+    /// set up for HMAC-SHA256. Derived on demand: backups are rare.
+    pub(crate) fn backup_manifest_mac(&self, n: u32) -> Result<MacKey> {
+        Ok(MacKey::new(
+            &self.raw_term(n)?.derive(b"", labels::TERM_BACKUP_MANIFEST),
+        ))
+    }
+
+    /// The key that seals the summary of a backup taken while term `n` was current:
+    /// HKDF-SHA256(term `n`'s key, empty salt, [`labels::TERM_BACKUP_SUMMARY`]).
+    pub(crate) fn backup_summary_key(&self, n: u32) -> Result<Key32> {
+        Ok(self.raw_term(n)?.derive(b"", labels::TERM_BACKUP_SUMMARY))
+    }
+
+    fn raw_term(&self, n: u32) -> Result<&Key32> {
+        self.raw
+            .get(&n)
+            .ok_or(CoreError::Corrupt("unknown key term"))
+    }
+
     /// Wraps the keyring under the starter key for filesystem `fs_id`.
     pub fn seal(&self, starter: &StarterKey, fs_id: &[u8; 16]) -> Vec<u8> {
         let stored = StoredKeyring {

@@ -29,6 +29,11 @@ pub const TERM_DATA_KEY_WRAP: &[u8] = b"efs/term/data-key-wrap/v1";
 pub const TERM_NAME_TAG: &[u8] = b"efs/term/name-tag/v1";
 /// Term subkey that encrypts index records (names, sizes, times, wrapped keys).
 pub const TERM_INDEX_RECORD: &[u8] = b"efs/term/index-record/v1";
+/// Term subkey that authenticates a backup's manifest (HMAC-SHA256; the term is the one
+/// current when the backup was taken, named in the manifest as `mac_term`).
+pub const TERM_BACKUP_MANIFEST: &[u8] = b"efs/term/backup-manifest/v1";
+/// Term subkey that seals a backup's summary (filesystem name, file count, bytes).
+pub const TERM_BACKUP_SUMMARY: &[u8] = b"efs/term/backup-summary/v1";
 
 /// AAD prefix of a wrapped keyring (followed by the filesystem id).
 pub const AAD_KEYRING: &[u8] = b"efs-keyring-v1";
@@ -38,6 +43,8 @@ pub const AAD_DATA_KEY: &[u8] = b"efs-data-key-v1";
 pub const AAD_RECORD: &[u8] = b"efs-record-v1";
 /// AAD prefix of a system-database record (followed by table name and key).
 pub const AAD_SYSTEM_RECORD: &[u8] = b"efs-system-record-v1";
+/// AAD prefix of a backup's sealed summary (followed by the filesystem id).
+pub const AAD_BACKUP_SUMMARY: &[u8] = b"efs-backup-summary-v1";
 /// AAD of a wrapped system secret (followed by its name).
 pub const AAD_SYSTEM_SECRET: &[u8] = b"efs-system-secret-v1";
 

@@ -134,7 +134,8 @@ async fn backup_under_concurrent_writes_restores_a_consistent_complete_snapshot(
     let m = &rep.manifest;
     assert!(!m.keys_included);
     assert!(!dest.join("keys").exists(), "no key material by default");
-    assert!(m.files >= 150 && m.files <= 190, "{}", m.files);
+    let sum = &rep.summary;
+    assert!(sum.files >= 150 && sum.files <= 190, "{}", sum.files);
 
     // No blob the backup deferred is left behind once it ended.
     tokio::time::sleep(Duration::from_millis(200)).await;
@@ -148,6 +149,7 @@ async fn backup_under_concurrent_writes_restores_a_consistent_complete_snapshot(
             fs: "restored".into(),
             src: dest.to_str().unwrap().into(),
             backup_key_parts: vec![],
+            accept_unauthenticated_backup: false,
         },
     )
     .await;
@@ -156,9 +158,9 @@ async fn backup_under_concurrent_writes_restores_a_consistent_complete_snapshot(
     assert_ne!(restored.id(), env.fs.id(), "a new filesystem id");
     let rep2 = restored.fsck().await.unwrap();
     assert!(rep2.is_clean(), "{rep2:?}");
-    assert_eq!(rep2.files_verified, m.files);
+    assert_eq!(rep2.files_verified, sum.files);
     let got = all_files(&restored).await;
-    assert_eq!(got.len() as u64, m.files);
+    assert_eq!(got.len() as u64, sum.files);
     for (path, data) in &stable {
         assert!(
             got.get(path) == Some(data),
@@ -169,7 +171,7 @@ async fn backup_under_concurrent_writes_restores_a_consistent_complete_snapshot(
         assert!(is_some_version(path, data), "{path}: a whole version");
     }
     let bytes: u64 = got.values().map(|d| d.len() as u64).sum();
-    assert_eq!(bytes, m.bytes, "the snapshot's bytes, all of them");
+    assert_eq!(bytes, sum.bytes, "the snapshot's bytes, all of them");
 
     // The restored copy is independent: writing to it leaves the original alone.
     put(&restored, "/stable/s0/f0", b"changed in the copy").await;
@@ -186,7 +188,13 @@ async fn backup_under_concurrent_writes_restores_a_consistent_complete_snapshot(
     std::fs::write(&bad, b).unwrap();
     let e = env
         .dd
-        .restore("restored2", &dest, &[], &efs_core::keyparts::no_prompt)
+        .restore(
+            "restored2",
+            &dest,
+            &[],
+            &efs_core::keyparts::no_prompt,
+            false,
+        )
         .await
         .unwrap_err();
     assert!(e.to_string().contains("SHA-256"), "{e}");
@@ -238,13 +246,13 @@ async fn keys_go_along_only_when_asked_and_then_restore_in_another_data_dir() {
     let other_part = new_part(&env.tmp.path().join("other.key"));
     let other = open(&other_root, std::slice::from_ref(&other_part)).unwrap();
     let e = other
-        .restore("x", &plain, &[], &efs_core::keyparts::no_prompt)
+        .restore("x", &plain, &[], &efs_core::keyparts::no_prompt, false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("holds no keys"), "{e}");
     // The keyed one needs the original data dir's key parts, not the new one's.
     let e = other
-        .restore("x", &keyed, &[], &efs_core::keyparts::no_prompt)
+        .restore("x", &keyed, &[], &efs_core::keyparts::no_prompt, false)
         .await
         .unwrap_err();
     assert!(e.to_string().contains("--backup-key-part"), "{e}");
@@ -254,6 +262,7 @@ async fn keys_go_along_only_when_asked_and_then_restore_in_another_data_dir() {
             &keyed,
             std::slice::from_ref(&env.part),
             &efs_core::keyparts::no_prompt,
+            false,
         )
         .await
         .unwrap();
@@ -269,6 +278,7 @@ async fn keys_go_along_only_when_asked_and_then_restore_in_another_data_dir() {
             &keyed,
             std::slice::from_ref(&env.part),
             &efs_core::keyparts::no_prompt,
+            false,
         )
         .await
         .unwrap();
@@ -284,6 +294,7 @@ async fn keys_go_along_only_when_asked_and_then_restore_in_another_data_dir() {
             &keyed,
             std::slice::from_ref(&env.part),
             &efs_core::keyparts::no_prompt,
+            false,
         )
         .await
         .unwrap_err();
@@ -301,4 +312,441 @@ async fn keys_go_along_only_when_asked_and_then_restore_in_another_data_dir() {
     assert_eq!(all_files(&empty).await, files);
     put(&empty, "/k/f1", b"overwritten").await;
     assert!(empty.fsck().await.unwrap().is_clean());
+}
+
+// ---- Authenticated manifests (format 2) ----
+//
+// A backup store is outside the data dir: whoever can write there could drop records from
+// index.dump, or splice in a record and its blob from an older backup of the same
+// filesystem, and recompute every SHA-256 and count of manifest.json. Format 1 accepted
+// that (and the rebuilt index digest then made fsck clean); format 2's MAC is keyed by
+// the filesystem's keyring, so every such backup is refused before anything is written.
+
+use efs_core::fs::backup::parse_dump;
+use serde_json::Value;
+use sha2::Digest;
+use std::path::{Path, PathBuf};
+
+fn sha_hex(b: &[u8]) -> String {
+    hex::encode(sha2::Sha256::digest(b))
+}
+
+fn read_manifest(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("manifest.json")).unwrap()).unwrap()
+}
+
+fn write_manifest(dir: &Path, m: &Value) {
+    std::fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(m).unwrap(),
+    )
+    .unwrap();
+}
+
+/// The items of `dir/index.dump`, as (kind, key, value).
+fn read_dump(dir: &Path) -> Vec<(u8, Vec<u8>, Vec<u8>)> {
+    parse_dump(&std::fs::read(dir.join("index.dump")).unwrap()).unwrap()
+}
+
+/// Writes `items` as `dir/index.dump` and fixes the manifest's hash and counts, as an
+/// attacker would.
+fn write_dump(dir: &Path, items: &[(u8, Vec<u8>, Vec<u8>)]) {
+    let mut out = Vec::new();
+    for (kind, k, v) in items {
+        out.push(*kind);
+        out.extend_from_slice(&(k.len() as u32).to_be_bytes());
+        out.extend_from_slice(k);
+        out.extend_from_slice(&(v.len() as u32).to_be_bytes());
+        out.extend_from_slice(v);
+    }
+    std::fs::write(dir.join("index.dump"), &out).unwrap();
+    let mut m = read_manifest(dir);
+    m["index_sha256"] = sha_hex(&out).into();
+    m["entries"] = (items.iter().filter(|i| i.0 == 1).count() as u64).into();
+    m["inline"] = (items.iter().filter(|i| i.0 == 2).count() as u64).into();
+    write_manifest(dir, &m);
+}
+
+/// A change to a manifest.
+type Edit = dyn Fn(&mut Value);
+
+fn copy_dir(from: &Path, to: &Path) {
+    for f in walk(from) {
+        let dest = to.join(f.strip_prefix(from).unwrap());
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(&f, &dest).unwrap();
+    }
+}
+
+fn blob_file(dir: &Path, id: &str) -> PathBuf {
+    dir.join("blobs").join(&id[..2]).join(id)
+}
+
+/// Names under `DATA/fs/`: a restore that wrote anything made a directory there.
+fn fs_dirs(root: &Path) -> usize {
+    std::fs::read_dir(root.join("fs")).unwrap().count()
+}
+
+/// Two backups of one filesystem, `old` then `new`, between which `/a` (a blob) was
+/// overwritten and `/s2` (inline) created; returns (old, new).
+async fn two_backups(env: &Env) -> (PathBuf, PathBuf) {
+    put(&env.fs, "/a", &pattern(1, 5000)).await;
+    put(&env.fs, "/big", &pattern(2, 70_000)).await;
+    put(&env.fs, "/s1", b"small one").await;
+    let old = env.tmp.path().join("old");
+    env.dd.backup("docs", &old, false).await.unwrap();
+    put(&env.fs, "/a", &pattern(3, 5000)).await;
+    put(&env.fs, "/s2", b"small two").await;
+    let new = env.tmp.path().join("new");
+    env.dd.backup("docs", &new, false).await.unwrap();
+    (old, new)
+}
+
+/// Restores `dir` as a new filesystem `name` and into the empty filesystem `empty`; both
+/// must be refused with a message containing `want`, and nothing written.
+async fn refused(env: &Env, dir: &Path, name: &str, want: &str, accept_v1: bool) {
+    let before = fs_dirs(&env.root);
+    let e = env
+        .dd
+        .restore(name, dir, &[], &efs_core::keyparts::no_prompt, accept_v1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(want), "{name}: {e}");
+    assert!(e.contains("nothing was restored"), "{name}: {e}");
+    assert!(env.dd.fs(name).is_none(), "{name}: not registered");
+    assert_eq!(fs_dirs(&env.root), before, "{name}: no directory made");
+    let e = env
+        .dd
+        .restore("empty", dir, &[], &efs_core::keyparts::no_prompt, accept_v1)
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains(want), "{name} into empty: {e}");
+    let empty = env.dd.fs("empty").unwrap();
+    let (listed, _) = empty.list(&p("/"), None, 10).await.unwrap();
+    assert!(listed.is_empty(), "{name}: nothing restored into 'empty'");
+    let blobs = env
+        .root
+        .join("fs")
+        .join(hex::encode(empty.id()))
+        .join("blobs");
+    let copied: Vec<_> = walk(&blobs)
+        .into_iter()
+        .filter(|f| !f.starts_with(blobs.join("tmp")))
+        .collect();
+    assert!(copied.is_empty(), "{name}: no blob copied: {copied:?}");
+    let gc = empty.gc(0).await.unwrap();
+    assert_eq!(gc.inline_removed, 0, "{name}: no inline content committed");
+    let copies: Vec<_> = walk(&env.root.join("system"))
+        .into_iter()
+        .filter(|f| f.to_string_lossy().ends_with(".dump"))
+        .collect();
+    assert!(
+        copies.is_empty(),
+        "{name}: the dump's copy removed: {copies:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tampered_backup_is_refused_before_anything_is_written() {
+    let env = Env::new();
+    env.dd.create_fs("empty").unwrap();
+    let (old, new) = two_backups(&env).await;
+    let (old_dump, new_dump) = (read_dump(&old), read_dump(&new));
+    let (old_m, new_m) = (read_manifest(&old), read_manifest(&new));
+    let case = |name: &str| {
+        let d = env.tmp.path().join(name);
+        copy_dir(&new, &d);
+        d
+    };
+
+    // An entry (/s2, absent from the older backup) and its inline content removed from
+    // index.dump; hash and counts fixed.
+    let d = case("dropped");
+    let in_old = |kind: u8, k: &Vec<u8>| old_dump.iter().any(|i| i.0 == kind && &i.1 == k);
+    let kept: Vec<_> = new_dump
+        .iter()
+        .filter(|i| in_old(i.0, &i.1))
+        .cloned()
+        .collect();
+    assert_eq!(
+        kept.len(),
+        new_dump.len() - 2,
+        "/s2's entry and inline content"
+    );
+    write_dump(&d, &kept);
+    refused(&env, &d, "dropped", "does not authenticate", false).await;
+
+    // /a's older record and blob, from the older backup, spliced in; hashes fixed.
+    let d = case("spliced");
+    let mut items = new_dump.clone();
+    let mut swapped = 0;
+    for item in items.iter_mut() {
+        if let Some(o) = old_dump.iter().find(|o| o.1 == item.1 && o.2 != item.2) {
+            item.2 = o.2.clone();
+            swapped += 1;
+        }
+    }
+    assert_eq!(swapped, 1, "only /a's record differs");
+    let ids =
+        |m: &Value| -> Vec<String> { m["blobs"].as_object().unwrap().keys().cloned().collect() };
+    let (old_ids, new_ids) = (ids(&old_m), ids(&new_m));
+    let a_old = old_ids.iter().find(|i| !new_ids.contains(i)).unwrap();
+    let a_new = new_ids.iter().find(|i| !old_ids.contains(i)).unwrap();
+    std::fs::remove_file(blob_file(&d, a_new)).unwrap();
+    std::fs::create_dir_all(blob_file(&d, a_old).parent().unwrap()).unwrap();
+    std::fs::copy(blob_file(&old, a_old), blob_file(&d, a_old)).unwrap();
+    write_dump(&d, &items);
+    let mut m = read_manifest(&d);
+    let blobs = m["blobs"].as_object_mut().unwrap();
+    blobs.remove(a_new);
+    blobs.insert(a_old.clone(), old_m["blobs"][a_old].clone());
+    write_manifest(&d, &m);
+    refused(&env, &d, "spliced", "does not authenticate", false).await;
+
+    // One manifest field changed at a time (the files it hashes untouched).
+    let edits: [(&str, &Edit); 6] = [
+        ("created", &|m| {
+            m["created_ms"] = (m["created_ms"].as_i64().unwrap() + 1).into()
+        }),
+        ("term", &|m| m["mac_term"] = 7.into()),
+        ("summary", &|m| {
+            let s = m["summary"].as_str().unwrap().to_owned();
+            let flipped = if s.ends_with('0') { "1" } else { "0" };
+            m["summary"] = format!("{}{flipped}", &s[..s.len() - 1]).into();
+        }),
+        ("keyring", &|m| {
+            m["keyring_sha256"] = sha_hex(b"keyring").into()
+        }),
+        ("blobsha", &|m| {
+            let first = m["blobs"]
+                .as_object()
+                .unwrap()
+                .keys()
+                .next()
+                .unwrap()
+                .clone();
+            m["blobs"][&first] = sha_hex(b"other").into();
+        }),
+        ("mac", &|m| m["mac"] = "00".repeat(32).into()),
+    ];
+    for (name, edit) in edits {
+        let d = case(&format!("field-{name}"));
+        let mut m = read_manifest(&d);
+        edit(&mut m);
+        write_manifest(&d, &m);
+        refused(
+            &env,
+            &d,
+            &format!("field-{name}"),
+            "does not authenticate",
+            false,
+        )
+        .await;
+    }
+
+    // The MAC removed: refused, even when a format-1 backup would be accepted.
+    let d = case("no-mac");
+    let mut m = read_manifest(&d);
+    m.as_object_mut().unwrap().remove("mac");
+    write_manifest(&d, &m);
+    refused(&env, &d, "no-mac", "no MAC", false).await;
+    refused(&env, &d, "no-mac", "no MAC", true).await;
+
+    // The untouched backup restores, /a at its newer version, /s2 present.
+    env.dd
+        .restore("whole", &new, &[], &efs_core::keyparts::no_prompt, false)
+        .await
+        .unwrap();
+    let whole = env.dd.fs("whole").unwrap();
+    assert_eq!(read_all(&whole, "/a").await.unwrap(), pattern(3, 5000));
+    assert_eq!(read_all(&whole, "/s2").await.unwrap(), b"small two");
+    assert!(whole.fsck().await.unwrap().is_clean());
+}
+
+/// Makes the format-1 manifest a backup of the earlier version would have had.
+fn to_format_1(dir: &Path, fs_name: &str, files: u64, bytes: u64) {
+    let m = read_manifest(dir);
+    let v1 = serde_json::json!({
+        "format": "efs-backup/1",
+        "fs_name": fs_name,
+        "fs_id": m["fs_id"],
+        "created_ms": m["created_ms"],
+        "entries": m["entries"],
+        "files": files,
+        "bytes": bytes,
+        "inline": m["inline"],
+        "index_sha256": m["index_sha256"],
+        "blobs": m["blobs"],
+        "keys_included": m["keys_included"],
+        "keyring_sha256": m["keyring_sha256"],
+    });
+    write_manifest(dir, &v1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_1_backup_is_restored_only_when_the_operator_accepts_it() {
+    let env = Env::new();
+    env.dd.create_fs("empty").unwrap();
+    put(&env.fs, "/a", &pattern(1, 5000)).await;
+    put(&env.fs, "/s", b"small").await;
+    let dir = env.tmp.path().join("v1");
+    let rep = env.dd.backup("docs", &dir, false).await.unwrap();
+    to_format_1(&dir, "docs", rep.summary.files, rep.summary.bytes);
+
+    refused(&env, &dir, "v1", "--accept-unauthenticated-backup", false).await;
+
+    let r = admin::execute(
+        &env.dd,
+        AdminRequest::Restore {
+            fs: "v1".into(),
+            src: dir.to_str().unwrap().into(),
+            backup_key_parts: vec![],
+            accept_unauthenticated_backup: true,
+        },
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    assert!(
+        r.lines.iter().any(|l| l.starts_with("WARNING: format-1")),
+        "{:?}",
+        r.lines
+    );
+    assert_eq!(r.data["authenticated"], false);
+    let v1 = env.dd.fs("v1").unwrap();
+    assert_eq!(read_all(&v1, "/a").await.unwrap(), pattern(1, 5000));
+    assert_eq!(read_all(&v1, "/s").await.unwrap(), b"small");
+    // The audit entry of the restore says the operator accepted it.
+    let shown = env
+        .dd
+        .audit_show(&efs_core::audit::Filter {
+            fs: Some("v1".into()),
+            ..Default::default()
+        })
+        .unwrap();
+    let detail = shown.entries.last().unwrap().record.detail.clone().unwrap();
+    assert!(
+        detail.contains("\"accept_unauthenticated_backup\":true"),
+        "{detail}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_manifest_holds_no_filesystem_name_and_no_plaintext_counts() {
+    let env = Env::new();
+    env.dd.create_fs("ward-7-records").unwrap();
+    let fs = env.dd.fs("ward-7-records").unwrap();
+    put(&fs, "/a", &pattern(1, 5000)).await;
+    put(&fs, "/b", b"small").await;
+    let dir = env.tmp.path().join("b");
+    let rep = env.dd.backup("ward-7-records", &dir, false).await.unwrap();
+    assert_eq!((rep.summary.files, rep.summary.bytes), (2, 5005));
+    let text = std::fs::read_to_string(dir.join("manifest.json")).unwrap();
+    assert!(!text.contains("ward-7"), "{text}");
+    let m: Value = serde_json::from_str(&text).unwrap();
+    for k in ["fs_name", "files", "bytes"] {
+        assert!(m.get(k).is_none(), "{k} in clear: {text}");
+    }
+    assert_eq!(m["format"], "efs-backup/2");
+    // Restore prints them, unsealed.
+    let lines = env
+        .dd
+        .restore("copy", &dir, &[], &efs_core::keyparts::no_prompt, false)
+        .await
+        .unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Backup of 'ward-7-records'") && l.contains(" 2 files")),
+        "{lines:?}"
+    );
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("Manifest authenticated")),
+        "{lines:?}"
+    );
+}
+
+/// Every way restore gets the backup's keyring gives the MAC's key: the same data dir
+/// without keys after a rotation (the live keyring keeps the backup's term), and a new
+/// data dir after the original one moved to new key parts (the old parts open `keys/`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_restore_path_authenticates_after_rotation_and_rekeying() {
+    let Env {
+        tmp,
+        root,
+        part,
+        dd,
+        fs,
+    } = Env::new();
+    put(&fs, "/a", &pattern(1, 5000)).await;
+    let plain = tmp.path().join("plain");
+    let keyed = tmp.path().join("keyed");
+    assert_eq!(
+        dd.backup("docs", &plain, false)
+            .await
+            .unwrap()
+            .manifest
+            .mac_term,
+        1
+    );
+    dd.backup("docs", &keyed, true).await.unwrap();
+    dd.rotate_key("docs", true).await.unwrap();
+    assert_eq!(fs.current_term(), 2);
+    dd.restore("r1", &plain, &[], &efs_core::keyparts::no_prompt, false)
+        .await
+        .unwrap();
+    dd.create_fs("into").unwrap();
+    dd.restore("into", &plain, &[], &efs_core::keyparts::no_prompt, false)
+        .await
+        .unwrap();
+    // A backup after the rotation is keyed by term 2.
+    let later = tmp.path().join("later");
+    assert_eq!(
+        dd.backup("docs", &later, false)
+            .await
+            .unwrap()
+            .manifest
+            .mac_term,
+        2
+    );
+    drop(fs);
+    drop(dd);
+    let new = new_part(&tmp.path().join("new.key"));
+    efs_core::rekey::rekey_starter(
+        &root,
+        std::slice::from_ref(&part),
+        std::slice::from_ref(&new),
+        Default::default(),
+        &efs_core::keyparts::no_prompt,
+    )
+    .await
+    .unwrap();
+    // A restore's private copy of the dump, as a crash would leave it: removed at open.
+    let leftover = root.join("system").join("restore-0123.dump");
+    std::fs::write(&leftover, b"dump").unwrap();
+    let dd = open(&root, std::slice::from_ref(&new)).unwrap();
+    assert!(!leftover.exists());
+    dd.restore("r2", &plain, &[], &efs_core::keyparts::no_prompt, false)
+        .await
+        .unwrap();
+    dd.restore(
+        "r3",
+        &keyed,
+        std::slice::from_ref(&part),
+        &efs_core::keyparts::no_prompt,
+        false,
+    )
+    .await
+    .unwrap();
+    for name in ["r1", "into", "r2", "r3"] {
+        let f = dd.fs(name).unwrap();
+        assert_eq!(
+            read_all(&f, "/a").await.unwrap(),
+            pattern(1, 5000),
+            "{name}"
+        );
+    }
 }

@@ -179,8 +179,18 @@ async fn backup_while_serving_then_restore_into_a_new_fs() {
     let written = load.finish("backup").await;
     let manifest: Value =
         serde_json::from_slice(&std::fs::read(dest.join("manifest.json")).unwrap()).unwrap();
-    assert_eq!(manifest["format"], "efs-backup/1");
-    assert!(manifest["files"].as_u64().unwrap() >= 150, "{manifest}");
+    assert_eq!(manifest["format"], "efs-backup/2");
+    // The filesystem's name and counts are sealed in the manifest; efsctl prints them.
+    assert!(manifest.get("files").is_none(), "{manifest}");
+    assert!(!manifest.to_string().contains("files"), "{manifest}");
+    let counted: u64 = out
+        .split(" files (")
+        .next()
+        .and_then(|h| h.rsplit(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{out}"));
+    assert!(counted >= 150, "{out}");
+    assert!(out.contains("Manifest authenticated"), "{out}");
 
     // The live filesystem is clean too (removals deferred by the backup are done).
     let fsck = efsctl(&srv, &["fsck", "--fs", "files"]).await;
@@ -236,6 +246,66 @@ async fn backup_while_serving_then_restore_into_a_new_fs() {
     // A name in use is refused.
     let again = srv.efsctl(&["restore", "--fs", "files", "-i", dest2.to_str().unwrap()]);
     assert!(!again.status.success());
+
+    // A manifest changed by whoever can write to the backup store is refused, nothing
+    // registered.
+    let copy = |name: &str| {
+        let d = srv.dir.path().join(name);
+        for (path, bytes) in all_files(&dest2) {
+            let to = d.join(path.strip_prefix(&dest2).unwrap());
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
+            std::fs::write(to, bytes).unwrap();
+        }
+        let m: Value =
+            serde_json::from_slice(&std::fs::read(d.join("manifest.json")).unwrap()).unwrap();
+        (d, m)
+    };
+    let (tampered, mut m) = copy("backup-tampered");
+    m["created_ms"] = (m["created_ms"].as_i64().unwrap() - 1).into();
+    std::fs::write(tampered.join("manifest.json"), m.to_string()).unwrap();
+    let out = srv.efsctl(&["restore", "--fs", "t", "-i", tampered.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("does not authenticate"),
+        "{err}"
+    );
+    let listed = srv.efsctl_ok(&["list-fs"]);
+    assert!(!listed.lines().any(|l| l.starts_with("t\t")), "{listed}");
+
+    // A format-1 backup (no MAC) only with --accept-unauthenticated-backup, audited.
+    let (v1, m) = copy("backup-v1");
+    let mut legacy = m.clone();
+    let obj = legacy.as_object_mut().unwrap();
+    for k in ["mac", "mac_term", "summary"] {
+        obj.remove(k);
+    }
+    obj.insert("format".into(), "efs-backup/1".into());
+    obj.insert("fs_name".into(), "files".into());
+    obj.insert("files".into(), counted.into());
+    obj.insert("bytes".into(), 0.into());
+    std::fs::write(v1.join("manifest.json"), legacy.to_string()).unwrap();
+    let out = srv.efsctl(&["restore", "--fs", "old", "-i", v1.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains("--accept-unauthenticated-backup"),
+        "{err}"
+    );
+    let out = srv.efsctl(&[
+        "restore",
+        "--fs",
+        "old",
+        "-i",
+        v1.to_str().unwrap(),
+        "--accept-unauthenticated-backup",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("WARNING: format-1"));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("WARNING"));
+    let audit = srv.efsctl_ok(&["audit", "show", "--fs", "old"]);
+    assert!(
+        audit.contains("accept_unauthenticated_backup\":true"),
+        "{audit}"
+    );
 
     // New key parts (server stopped): afterwards only they open the data dir, and the
     // server starts with them and serves every file.

@@ -198,7 +198,10 @@ enum Cmd {
     /// Back up a filesystem's encrypted store (a consistent snapshot, taken while the
     /// server serves) into a new directory. Without --include-keys the backup holds no
     /// key material and can only be restored into this data dir while the filesystem
-    /// exists: see docs/operations.md.
+    /// exists: see docs/operations.md. The manifest is authenticated (HMAC-SHA256 under a
+    /// key derived from the filesystem's keyring) and holds the filesystem's name and
+    /// counts only sealed; the MAC's first bytes are printed: note them to recognise the
+    /// backup later.
     Backup {
         /// Filesystem.
         #[arg(long)]
@@ -212,7 +215,11 @@ enum Cmd {
         include_keys: bool,
     },
     /// Restore a backup into a new filesystem, or into an existing empty one (then run
-    /// fsck on it).
+    /// fsck on it). Before anything is written, the manifest's MAC (HMAC-SHA256 under a
+    /// key derived from the filesystem's keyring) is checked: a backup whose records,
+    /// blobs or manifest were changed, or spliced from another backup, is refused. A
+    /// backup alone does not prove it is the latest one: compare the MAC printed at
+    /// backup time.
     Restore {
         /// Name of the new (or empty) filesystem.
         #[arg(long)]
@@ -224,6 +231,11 @@ enum Cmd {
         /// when restoring a backup made with --include-keys into another data dir.
         #[arg(long = "backup-key-part", value_name = "SPEC")]
         backup_key_parts: Vec<String>,
+        /// Restore a format-1 backup (efs-backup/1, made before backups were
+        /// authenticated), whose manifest has no MAC: removed or rolled-back records would
+        /// go unnoticed. Refused without this flag; recorded in the audit log.
+        #[arg(long)]
+        accept_unauthenticated_backup: bool,
     },
     /// Move the data dir to new key parts: every keyring and system secret is sealed
     /// again under the new starter key; afterwards only the new parts open it. The server
@@ -404,14 +416,21 @@ fn run(args: Args) -> anyhow::Result<u8> {
             fs,
             src,
             backup_key_parts,
+            accept_unauthenticated_backup,
         } => {
             for s in &backup_key_parts {
                 parse_part(s).map_err(anyhow::Error::msg)?;
+            }
+            if accept_unauthenticated_backup {
+                eprintln!(
+                    "WARNING: --accept-unauthenticated-backup: a format-1 backup is restored without checking that it is whole and unaltered"
+                );
             }
             AdminRequest::Restore {
                 fs,
                 src: absolute(&src)?,
                 backup_key_parts,
+                accept_unauthenticated_backup,
             }
         }
         Cmd::Audit {
