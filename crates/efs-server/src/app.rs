@@ -48,9 +48,10 @@ pub struct HttpConfig {
     /// complete within it, is abandoned (408), so a client that stops sending does not hold
     /// a connection (and an upload's partial blob) for ever.
     pub body_idle: std::time::Duration,
-    /// `--idle-timeout`: a connection with no request in flight for this long is closed
-    /// (gracefully: an answer still streaming finishes), so idle keep-alive connections, an
-    /// HTTP/2 one that only answers pings included, do not hold a connection slot for ever.
+    /// `--idle-timeout`: a connection that has handled no request and sent no part of an
+    /// answer for this long is closed (gracefully, then dropped if it does not close), so idle
+    /// keep-alive connections, an HTTP/2 one that only answers pings, and one whose peer
+    /// stopped reading its answer do not hold a connection slot for ever.
     pub conn_idle: std::time::Duration,
     /// `--max-connections-per-address`: most connections open at once from one IPv4 address
     /// or IPv6 /64 (0: no limit); beyond, a new one is closed at once.
@@ -72,6 +73,9 @@ pub struct AppState {
     /// Prometheus renderer, and the SHA-256 of the bearer token a scrape must present
     /// (`--metrics-token-file`); `None`: metrics are off.
     pub metrics: Option<(metrics_exporter_prometheus::PrometheusHandle, [u8; 32])>,
+    /// The requests running to their end in tasks of their own ([`to_completion`]): a
+    /// shutdown waits for them, so their audit entries are written before the log closes.
+    pub detached: tokio_util::task::TaskTracker,
 }
 
 type St = State<Arc<AppState>>;
@@ -385,7 +389,8 @@ fn require_write(c: &Caller) -> Result<(), ApiError> {
 }
 
 async fn move_json(State(st): St, req: Request) -> Result<Response, ApiError> {
-    to_completion(move_json_now(st, req)).await?
+    let tasks = st.detached.clone();
+    to_completion(&tasks, move_json_now(st, req)).await?
 }
 
 /// Runs a request that may change the filesystem to its end, even if the client goes away.
@@ -393,14 +398,17 @@ async fn move_json(State(st): St, req: Request) -> Result<Response, ApiError> {
 /// hyper drops the handler of a request whose connection closed (an HTTP/1 EOF, an HTTP/2
 /// reset). A write, move or delete dropped while the index commits it would still land, but
 /// its audit entry, written once the commit has answered, never would. In a task of its
-/// own the request finishes and is recorded whatever the client does. Reads need no such
-/// care, and do without the task.
-async fn to_completion<F>(request: F) -> Result<F::Output, ApiError>
+/// own the request finishes and is recorded whatever the client does; a shutdown waits for
+/// it (`tasks`). Reads need no such care, and do without the task.
+async fn to_completion<F>(
+    tasks: &tokio_util::task::TaskTracker,
+    request: F,
+) -> Result<F::Output, ApiError>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match tokio::spawn(request).await {
+    match tasks.spawn(request).await {
         Ok(answer) => Ok(answer),
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
@@ -499,7 +507,8 @@ async fn files(State(st): St, req: Request) -> Response {
     if matches!(*req.method(), Method::GET | Method::HEAD) {
         files_now(st, req).await
     } else {
-        to_completion(files_now(st, req))
+        let tasks = st.detached.clone();
+        to_completion(&tasks, files_now(st, req))
             .await
             .unwrap_or_else(IntoResponse::into_response)
     }
@@ -919,13 +928,14 @@ async fn read_version(
     }
     metrics::counter!("efs_bytes_out_total").increment(end - start);
     // The cache: a hit serves from memory; a miss on a small enough file fills it when the
-    // whole file is asked for. A range that misses is streamed like any large file: it
-    // decrypts only the segments it covers, and a burst of one-byte ranges on a cold cache
-    // cannot make the server decrypt whole files into memory.
+    // whole file is asked for, or when the file is no larger than one streamed batch (a
+    // range of it costs a whole decryption anyway). A range of a larger file that misses is
+    // streamed: it decrypts only the segments it covers, and a burst of one-byte ranges on a
+    // cold cache cannot make the server decrypt whole files into memory.
     if st.cache.admits(len) {
         let cached = match st.cache.get(&entry.version) {
             Some(c) => Some(c),
-            None if range.is_some() => None,
+            None if range.is_some() && len > efs_core::fs::segment_offset(STREAM_BATCH) => None,
             None => {
                 let Some(reader) = open_found(fs, &found).await? else {
                     return Ok(None);

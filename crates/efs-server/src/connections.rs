@@ -95,12 +95,19 @@ impl Drop for AddressSlot {
     }
 }
 
-/// Requests in flight on one connection, and when the last one ended.
+/// What one connection is doing: how many requests are being handled, and when it last made
+/// progress (a request began or was answered, a frame of an answer's body went out, or a
+/// body ended).
+///
+/// A connection is idle while no handler runs and it has made no progress: either nothing is
+/// happening, or an answer's body is stuck because the peer does not read it (an HTTP/2 peer
+/// that keeps its window at zero, an HTTP/1 one that stops reading). Both are closed after
+/// the idle timeout, the way nginx's `keepalive_timeout` and `send_timeout` do.
 #[derive(Debug)]
 pub struct Activity {
     start: Instant,
-    in_flight: AtomicUsize,
-    /// Milliseconds after `start` at which the last request ended (or the connection began).
+    handlers: AtomicUsize,
+    /// Milliseconds after `start` of the last progress (0: the connection's start).
     last_ms: AtomicU64,
 }
 
@@ -115,20 +122,28 @@ impl Activity {
     pub fn new() -> Self {
         Self {
             start: Instant::now(),
-            in_flight: AtomicUsize::new(0),
+            handlers: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
         }
     }
 
-    /// A request begins; it ends when the guard drops (answered, or dropped by hyper).
+    fn touch(&self) {
+        let now = self.start.elapsed().as_millis() as u64;
+        self.last_ms.fetch_max(now, Ordering::SeqCst);
+    }
+
+    /// A request's handler begins; [`InFlight::answered`] when it has its answer (or the
+    /// guard drops, if hyper drops the request).
     pub fn begin(self: &Arc<Self>) -> InFlight {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
+        self.handlers.fetch_add(1, Ordering::SeqCst);
+        self.touch();
         InFlight(self.clone())
     }
 
-    /// How long the connection has had no request in flight; `None` while one is.
+    /// How long the connection has made no progress with no handler running; `None` while
+    /// a handler runs (a handler's own time limits bound it: the body timeout, the commit).
     pub fn idle_for(&self) -> Option<Duration> {
-        if self.in_flight.load(Ordering::SeqCst) > 0 {
+        if self.handlers.load(Ordering::SeqCst) > 0 {
             return None;
         }
         let last = Duration::from_millis(self.last_ms.load(Ordering::SeqCst));
@@ -136,33 +151,49 @@ impl Activity {
     }
 }
 
-/// A request in flight on a connection (see [`Activity::begin`]).
+/// A request whose handler runs (see [`Activity::begin`]).
 #[derive(Debug)]
 pub struct InFlight(Arc<Activity>);
 
+impl InFlight {
+    /// The handler has its answer: its body now counts progress as it goes out.
+    pub fn answered(self) -> BodyProgress {
+        BodyProgress(self.0.clone())
+    }
+}
+
 impl Drop for InFlight {
     fn drop(&mut self) {
-        let now = self.0.start.elapsed().as_millis() as u64;
-        self.0.last_ms.fetch_max(now, Ordering::SeqCst);
-        self.0.in_flight.fetch_sub(1, Ordering::SeqCst);
+        self.0.touch();
+        self.0.handlers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// An answer's body on its way out: each frame sent, and its end, count as progress.
+#[derive(Debug)]
+pub struct BodyProgress(Arc<Activity>);
+
+impl Drop for BodyProgress {
+    fn drop(&mut self) {
+        self.0.touch();
     }
 }
 
 /// How long an idle connection asked to close may take to do so before it is dropped.
 pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 
-/// `body` holding `in_flight` until it is sent in full or dropped: a download that is
-/// still being sent keeps its connection busy.
-pub fn guarded(body: axum::body::Body, in_flight: InFlight) -> axum::body::Body {
+/// `body`, counting each frame it yields as its connection's progress: a download that is
+/// being read keeps its connection busy; one the peer stopped reading does not.
+pub fn guarded(body: axum::body::Body, progress: BodyProgress) -> axum::body::Body {
     axum::body::Body::new(GuardedBody {
         inner: body,
-        _in_flight: in_flight,
+        progress,
     })
 }
 
 struct GuardedBody {
     inner: axum::body::Body,
-    _in_flight: InFlight,
+    progress: BodyProgress,
 }
 
 impl hyper::body::Body for GuardedBody {
@@ -173,7 +204,11 @@ impl hyper::body::Body for GuardedBody {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
-        std::pin::Pin::new(&mut self.inner).poll_frame(cx)
+        let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
+        if let std::task::Poll::Ready(Some(Ok(_))) = &r {
+            self.progress.0.touch();
+        }
+        r
     }
 
     fn is_end_stream(&self) -> bool {
@@ -231,14 +266,42 @@ mod tests {
     }
 
     #[test]
-    fn idle_only_without_a_request_in_flight() {
+    fn idle_only_without_a_handler_running() {
         let a = Arc::new(Activity::new());
         let r = a.begin();
         assert_eq!(a.idle_for(), None);
         let r2 = a.begin();
         drop(r);
         assert_eq!(a.idle_for(), None, "one still in flight");
-        drop(r2);
+        let body = r2.answered();
+        assert!(
+            a.idle_for().unwrap() < Duration::from_secs(1),
+            "an answer's body counts by its progress, not as a running handler"
+        );
+        drop(body);
         assert!(a.idle_for().unwrap() < Duration::from_secs(1));
+    }
+
+    /// A body that yields frames keeps its connection from counting as idle; one that
+    /// yields nothing (its peer does not read) lets the idle time grow.
+    #[tokio::test]
+    async fn body_frames_are_progress() {
+        use http_body_util::BodyExt;
+        let a = Arc::new(Activity::new());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, axum::Error>>(4);
+        let stream = tokio_stream_from(rx);
+        let mut body = guarded(axum::body::Body::from_stream(stream), a.begin().answered());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let before = a.idle_for().unwrap();
+        assert!(before >= Duration::from_millis(250), "{before:?}");
+        tx.send(Ok(bytes::Bytes::from_static(b"x"))).await.unwrap();
+        body.frame().await.unwrap().unwrap();
+        assert!(a.idle_for().unwrap() < Duration::from_millis(100));
+    }
+
+    fn tokio_stream_from<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Send {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
     }
 }

@@ -56,8 +56,10 @@ struct Args {
     /// client_body_timeout does.
     #[arg(long, default_value_t = 60, value_name = "SECS")]
     body_timeout: u64,
-    /// Close a connection that has had no request in flight for this many seconds (an
-    /// answer still being sent finishes first), as nginx's keepalive_timeout does.
+    /// Close a connection that has handled no request and sent no part of an answer for
+    /// this many seconds, as nginx's keepalive_timeout and send_timeout do (an answer the
+    /// client is still reading finishes first; one it stopped reading does not hold the
+    /// connection).
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     idle_timeout: u64,
     /// Most connections open at once from one IPv4 address or IPv6 /64; a new one beyond

@@ -201,7 +201,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         cache: ContentCache::new(cfg.cache),
         http: cfg.http.clone(),
         metrics,
+        detached: tokio_util::task::TaskTracker::new(),
     });
+    let detached = state.detached.clone();
 
     let admin = crate::admin_socket::bind(&data.admin_socket()).await?;
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
@@ -233,6 +235,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         tls,
         crate::app::router(state),
         &cfg.http,
+        &detached,
         cfg.shutdown_timeout,
         signal,
     )
@@ -275,6 +278,7 @@ async fn serve(
     tls: Arc<rustls::ServerConfig>,
     app: axum::Router,
     http: &crate::app::HttpConfig,
+    detached: &tokio_util::task::TaskTracker,
     timeout: Duration,
     signal: impl std::future::Future<Output = ()>,
 ) {
@@ -309,8 +313,13 @@ async fn serve(
     let idle = http.conn_idle;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     loop {
-        let Ok(permit) = slots.clone().acquire_owned().await else {
-            break;
+        // With every slot taken, a shutdown signal must still be seen.
+        let permit = tokio::select! {
+            p = slots.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = &mut signal => break,
         };
         let (tcp, remote) = tokio::select! {
             r = listener.accept() => match r {
@@ -367,8 +376,9 @@ async fn serve(
                     async move {
                         use tower::ServiceExt;
                         let r = app.oneshot(req.map(axum::body::Body::new)).await;
-                        // In flight until its body is sent (or dropped).
-                        r.map(|resp| resp.map(|b| crate::connections::guarded(b, in_flight)))
+                        // From here, the body's frames are the connection's progress.
+                        let progress = in_flight.answered();
+                        r.map(|resp| resp.map(|b| crate::connections::guarded(b, progress)))
                     }
                 },
             );
@@ -398,20 +408,24 @@ async fn serve(
                         idle_deadline = None;
                     }
                     _ = tick.tick(), if !closing || idle_deadline.is_some() => {
-                        if let Some(d) = idle_deadline {
-                            if tokio::time::Instant::now() >= d
-                                && activity.idle_for().is_some()
-                            {
+                        let idle_now = activity.idle_for().is_some_and(|d| d >= idle);
+                        match idle_deadline {
+                            // Asked to close and still making no progress past the grace:
+                            // a peer that neither reads nor lets go.
+                            Some(d) if idle_now && tokio::time::Instant::now() >= d => {
                                 tracing::debug!("dropping an idle connection that did not close");
                                 break;
                             }
-                        } else if activity.idle_for().is_some_and(|d| d >= idle) {
-                            tracing::debug!("closing an idle connection");
-                            conn.as_mut().graceful_shutdown();
-                            closing = true;
-                            idle_deadline = Some(
-                                tokio::time::Instant::now() + crate::connections::CLOSE_GRACE,
-                            );
+                            Some(_) => {}
+                            None if idle_now => {
+                                tracing::debug!("closing an idle connection");
+                                conn.as_mut().graceful_shutdown();
+                                closing = true;
+                                idle_deadline = Some(
+                                    tokio::time::Instant::now() + crate::connections::CLOSE_GRACE,
+                                );
+                            }
+                            None => {}
                         }
                     }
                 }
@@ -420,9 +434,13 @@ async fn serve(
     }
     drop(listener);
     let _ = stop_tx.send(true);
+    // Every connection has ended once every slot is free again; the writes whose clients
+    // hung up run on in their own tasks, and their audit entries must be written before the
+    // log closes.
     let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    detached.close();
     tokio::select! {
-        _ = slots.acquire_many(all) => {},
+        _ = async { let _ = slots.acquire_many(all).await; detached.wait().await } => {},
         _ = tokio::time::sleep(timeout) => {
             tracing::warn!("shutdown timeout: closing connections with requests still in flight");
         }

@@ -392,8 +392,8 @@ async fn if_range_sends_the_whole_file_once_it_changed() {
     }
 }
 
-/// A range that misses the cache is streamed (only its segments decrypted) and does not fill
-/// the cache: only a whole-file read does. A burst of one-byte ranges on a cold cache then
+/// A range of a file larger than one streamed batch that misses the cache is streamed (only
+/// its segments decrypted) and does not fill the cache: only a whole-file read does. A burst of one-byte ranges on a cold cache then
 /// cannot make the server decrypt whole files into memory.
 #[tokio::test]
 async fn a_range_that_misses_the_cache_does_not_fill_it() {
@@ -425,6 +425,23 @@ async fn a_range_that_misses_the_cache_does_not_fill_it() {
     let m = srv.metrics().await.text().await.unwrap();
     assert_eq!(counter(&m, "efs_cache_hits_total"), 1, "{m}");
     assert_eq!(counter(&m, "efs_cache_misses_total"), 4, "{m}");
+    // A file no larger than one streamed batch (256 KiB) is filled by a range too: the range
+    // costs a whole decryption anyway.
+    let small = pattern(200_000, 4);
+    srv.put_ok("/small.bin", &s.token, small.clone()).await;
+    for _ in 0..2 {
+        let r = srv
+            .req("GET", "/small.bin", &s.token)
+            .header("range", "bytes=5-9")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 206);
+        assert!(r.bytes().await.unwrap() == small[5..10]);
+    }
+    let m = srv.metrics().await.text().await.unwrap();
+    assert_eq!(counter(&m, "efs_cache_hits_total"), 2, "{m}");
+    assert_eq!(counter(&m, "efs_cache_misses_total"), 5, "{m}");
 }
 
 #[tokio::test]

@@ -555,6 +555,31 @@ async fn connections_idle_past_the_idle_timeout_are_closed() {
     assert!(got == data, "the slow download came back whole");
 }
 
+/// An HTTP/2 peer that asks for an answer and never opens its flow-control window (so the
+/// answer's body can never go out) and answers nothing else is dropped after the idle
+/// timeout and the close grace: a stuck answer does not keep a connection slot for ever.
+/// No login is needed to get an answer (a 401 has a body too).
+#[tokio::test]
+async fn a_peer_that_never_reads_its_answer_is_dropped() {
+    let s = session(&["--idle-timeout", "1"]).await;
+    let mut h2 = tls_connect_alpn(&s.srv, b"h2").await;
+    let mut out = Vec::new();
+    out.extend_from_slice(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n");
+    // SETTINGS with INITIAL_WINDOW_SIZE (0x4) = 0.
+    out.extend_from_slice(&[0, 0, 6, 4, 0, 0, 0, 0, 0, 0, 4, 0, 0, 0, 0]);
+    // HEADERS on stream 1, END_STREAM | END_HEADERS: GET / (HPACK: the static entries
+    // :method GET, :scheme https, :path /, then :authority as a literal).
+    let block = [&[0x82u8, 0x87, 0x84, 0x41, 9][..], b"localhost"].concat();
+    out.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
+    out.extend_from_slice(&block);
+    h2.write_all(&out).await.unwrap();
+    let t = eof_within(h2, Duration::from_secs(25))
+        .await
+        .expect("a connection whose answer cannot go out was still open after 25 s");
+    println!("idle: a peer with a zero window was dropped after {t:?} (--idle-timeout 1)");
+    assert!(t >= Duration::from_millis(900), "{t:?}");
+}
+
 /// At most `--max-connections-per-address` connections from one address: beyond, a new one
 /// is closed before its TLS handshake; one closed frees its place.
 #[tokio::test]
