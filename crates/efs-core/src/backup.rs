@@ -148,6 +148,8 @@ impl Filesystem {
     ) -> Result<(u64, u64)> {
         use crate::index::{Batch, Expect, Op};
         src.require_checked()?;
+        // A gc running now finishes first; none starts until this restore ends.
+        let _exclusive = self.gc_or_restore.lock().await;
         let old_id = src.fs_id;
         let kr = self.keyring();
         let mismatch = || {

@@ -226,6 +226,10 @@ pub struct Filesystem {
     reencrypting: std::sync::atomic::AtomicBool,
     /// Blob removals deferred while a backup copies its snapshot (see `backup.rs`).
     pins: std::sync::Mutex<backup::Pins>,
+    /// Held by gc from its listings to its last removal, and by a restore into this
+    /// filesystem for its whole run: a gc that had listed a restore's content as orphaned
+    /// must not remove it after the restore copied it again.
+    gc_or_restore: tokio::sync::Mutex<()>,
     lookups: std::sync::Mutex<LookupCache>,
 }
 
@@ -281,6 +285,7 @@ impl Filesystem {
             trust: tokio::sync::watch::Sender::new(IndexTrust::Trusted),
             reencrypting: std::sync::atomic::AtomicBool::new(false),
             pins: std::sync::Mutex::new(backup::Pins::default()),
+            gc_or_restore: tokio::sync::Mutex::new(()),
             lookups: std::sync::Mutex::new(LookupCache::default()),
         }
     }
@@ -1233,6 +1238,7 @@ impl Filesystem {
         self.trusted().await?;
         let restoring =
             || CoreError::Conflict("a restore into this filesystem is running; run gc after it");
+        let _exclusive = self.gc_or_restore.try_lock().map_err(|_| restoring())?;
         let before = self.restore_state();
         if before.0 > 0 {
             return Err(restoring());
