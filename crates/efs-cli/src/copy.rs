@@ -722,6 +722,11 @@ async fn stream_copy(
     let (down, up) = tokio::join!(down, up);
     match (down, up) {
         (Ok(_), Ok(_)) => Ok(()),
+        // The upload stopped reading (the destination refused it, or it failed): the
+        // download's closed pipe follows from the upload's error, which is the one to tell.
+        (Err(d), Err(u)) if exit::is_broken_pipe(&d) => {
+            Err(u).with_context(|| format!("writing {to}"))
+        }
         (Err(e), _) => Err(e).with_context(|| format!("reading {from}")),
         (Ok(_), Err(e)) => Err(e).with_context(|| format!("writing {to}")),
     }

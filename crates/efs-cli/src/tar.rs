@@ -287,13 +287,17 @@ fn write_archive(
         };
         match (appended, downloaded) {
             (Ok(()), Ok(n)) if n == size => {}
+            // Writing the archive failed (a full disk, a size limit): the download's closed
+            // pipe, or its success, follows from it; the write's error is the one to tell.
+            (Err(e), Ok(n)) if n == size => {
+                return Err(e).with_context(|| format!("writing {}", part.display()));
+            }
+            (Err(e), Err(d)) if exit::is_broken_pipe(&d) => {
+                return Err(e).with_context(|| format!("writing {}", part.display()));
+            }
             (_, Ok(_)) => return Err(changed()),
             // More than `size` bytes came: the tar entry stopped reading.
-            (Ok(()), Err(efs_client::Error::Io(e)))
-                if e.kind() == std::io::ErrorKind::BrokenPipe =>
-            {
-                return Err(changed());
-            }
+            (Ok(()), Err(d)) if exit::is_broken_pipe(&d) => return Err(changed()),
             (_, Err(e)) => return Err(e).with_context(|| format!("downloading {path}")),
         }
         if verbose {

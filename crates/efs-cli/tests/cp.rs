@@ -319,3 +319,19 @@ fn progress_shows_on_a_terminal_only() {
         "{out:?}"
     );
 }
+
+/// Regression: the destination refusing a remote → remote copy closed the pipe the download
+/// was writing into, that broken pipe was taken for `efs cat | head`, and the copy exited 0.
+#[test]
+fn a_remote_to_remote_copy_the_destination_refuses_fails() {
+    let env = Env::new();
+    env.add_read_only_user();
+    // Larger than the 256 KiB pipe, so the download is still writing when the upload fails.
+    env.write("big.bin", &common::noise(3 * 1024 * 1024));
+    env.ok(&["cp", "big.bin", "drive:/big.bin"]);
+    let err = env.fails(&["cp", "drive:/big.bin", "ro:/copy.bin"], 4);
+    assert!(err.contains("writing /copy.bin"), "{err}");
+    assert!(err.contains("read-only access"), "{err}");
+    assert!(!err.contains("broken pipe"), "{err}");
+    env.fails(&["stat", "drive:/copy.bin"], 3);
+}

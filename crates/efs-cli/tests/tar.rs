@@ -313,3 +313,36 @@ fn a_single_file_and_a_missing_source() {
     assert!(!env.path("m.age").exists());
     assert!(!env.path("m.age.efs-part").exists());
 }
+
+/// Regression: the archive's file failing to grow (here a size limit, as a full disk would)
+/// closed the pipe the download was writing into, that broken pipe was taken for
+/// `efs cat | head`, and `efs tar` exited 0 without a backup.
+#[test]
+fn an_output_that_cannot_be_written_fails() {
+    let env = Env::new();
+    env.write("noise.bin", &common::noise(3 * 1024 * 1024));
+    env.ok(&["cp", "noise.bin", "drive:/noise.bin"]);
+    env.write("pass.txt", b"correct horse battery staple\n");
+    // `ulimit -f`: writes past 16 blocks fail with EFBIG (SIGXFSZ ignored, so not a kill).
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "trap '' XFSZ; ulimit -f 16 && exec \"$0\" \"$@\"",
+        common::EFS,
+        "tar",
+        "drive:/noise.bin",
+        "-o",
+        "b.age",
+        "-p",
+        "pass.txt",
+    ]);
+    env.configure(&mut cmd);
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let err = common::assert_code(&["tar"], &out, 1);
+    assert!(
+        err.contains("writing b.age") && err.contains("too large"),
+        "{err}"
+    );
+    assert!(!env.path("b.age").exists());
+    assert!(!env.path("b.age.efs-part").exists());
+}
