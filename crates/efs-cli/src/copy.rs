@@ -55,10 +55,23 @@ impl Endpoint {
         matches!(self, Endpoint::Local(_))
     }
 
-    /// The path below this one (`rel` is `/`-separated).
-    fn child(&self, rel: &str) -> Endpoint {
-        match self {
-            Endpoint::Local(p) => Endpoint::Local(p.join(rel)),
+    /// The path below this one (`rel` is `/`-separated, maybe from a server's listing). A
+    /// local one must stay below: a `rel` with `..`, `.`, empty or absolute segments is
+    /// refused before anything is written there.
+    fn child(&self, rel: &str) -> Result<Endpoint> {
+        Ok(match self {
+            Endpoint::Local(p) => {
+                Endpoint::Local(location::local_child(p, rel).ok_or_else(|| {
+                    fail(
+                        exit::ERROR,
+                        format!(
+                            "refusing the name {:?} below {}: it is not a plain relative path",
+                            rel.chars().take(80).collect::<String>(),
+                            p.display()
+                        ),
+                    )
+                })?)
+            }
             Endpoint::Remote {
                 client,
                 remote,
@@ -68,7 +81,7 @@ impl Endpoint {
                 remote: remote.clone(),
                 path: location::join(path, rel),
             },
-        }
+        })
     }
 
     /// The last component, for "copy into a directory". `None` for a root (its contents
@@ -321,7 +334,7 @@ async fn plan_source(
     let (target, target_meta) = if into_dir && !(opts.sync && src_meta.kind == Kind::Dir) {
         match src.name() {
             Some(name) => {
-                let t = dst.child(&name);
+                let t = dst.child(&name)?;
                 let m = t.stat().await?;
                 (t, m)
             }
@@ -428,10 +441,10 @@ fn plan_tree(
             && d.kind != m.kind
         {
             if opts.delete {
-                plan.make_room.push((target.child(rel), d.kind));
+                plan.make_room.push((target.child(rel)?, d.kind));
                 removed.insert(rel);
             } else {
-                conflicts.push(target.child(rel).display());
+                conflicts.push(target.child(rel)?.display());
                 continue;
             }
         }
@@ -439,7 +452,7 @@ fn plan_tree(
         match m.kind {
             Kind::Dir => {
                 if !same_kind && (local_target || !has_children.contains(rel.as_str())) {
-                    plan.mkdirs.push(target.child(rel));
+                    plan.mkdirs.push(target.child(rel)?);
                 }
             }
             Kind::File => {
@@ -452,8 +465,8 @@ fn plan_tree(
                     continue;
                 }
                 plan.copies.push(CopyJob {
-                    src: src.child(rel),
-                    dst: target.child(rel),
+                    src: src.child(rel)?,
+                    dst: target.child(rel)?,
                     meta: m.clone(),
                 });
             }
@@ -464,7 +477,7 @@ fn plan_tree(
             if src_tree.contains_key(rel) || has_removed_ancestor(&removed, rel) {
                 continue;
             }
-            plan.deletes.push((target.child(rel), d.kind));
+            plan.deletes.push((target.child(rel)?, d.kind));
             if d.kind == Kind::Dir {
                 removed.insert(rel);
             }
@@ -866,6 +879,15 @@ mod tests {
         assert!(!has_removed_ancestor(&removed, "a"));
         assert!(!has_removed_ancestor(&removed, "ab/c"));
         assert!(!has_removed_ancestor(&removed, "x/z"));
+    }
+
+    #[test]
+    fn local_children_never_leave_their_directory() {
+        let dir = Endpoint::Local(PathBuf::from("/tmp/dl"));
+        assert_eq!(dir.child("a/b").unwrap().display(), "/tmp/dl/a/b");
+        for bad in ["../x", "/etc/passwd", "a/../../x", ".", ""] {
+            assert!(dir.child(bad).is_err(), "{bad:?}");
+        }
     }
 
     #[test]

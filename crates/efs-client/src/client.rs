@@ -514,6 +514,9 @@ impl Client {
 
     /// One page of the directory `dir` (with or without a trailing `/`): at most `limit`
     /// entries (1–10000, server default 1000), starting at `cursor` (from the previous page).
+    ///
+    /// Every name is one path segment, safe to join to a local directory: a page listing an
+    /// empty name, `.`, `..`, or a name with `/`, `\\` or NUL is [`Error::InvalidAnswer`].
     pub async fn list_page(
         &self,
         dir: &str,
@@ -537,10 +540,7 @@ impl Client {
                 http::json(resp).await
             })
             .await?;
-        Ok(ListPage {
-            entries: page.entries.into_iter().map(Entry::from).collect(),
-            next_cursor: page.next_cursor,
-        })
+        checked_page(dir, page)
     }
 
     /// Every entry of the directory `dir`, all pages.
@@ -871,6 +871,26 @@ impl Client {
     }
 }
 
+/// A listing page as the SDK returns it, or [`Error::InvalidAnswer`] when a name is not one
+/// path segment (see [`paths::entry_name_problem`]).
+fn checked_page(dir: &str, page: efs_proto::ListPage) -> Result<ListPage> {
+    if let Some((e, why)) = page
+        .entries
+        .iter()
+        .find_map(|e| paths::entry_name_problem(&e.name).map(|why| (e, why)))
+    {
+        // Escaped and cut short: the name is the server's, not to be printed raw.
+        let shown: String = format!("{:?}", e.name).chars().take(80).collect();
+        return Err(Error::InvalidAnswer(format!(
+            "the listing of {dir} names the entry {shown}, which is not a file name: {why}"
+        )));
+    }
+    Ok(ListPage {
+        entries: page.entries.into_iter().map(Entry::from).collect(),
+        next_cursor: page.next_cursor,
+    })
+}
+
 /// `path` with a leading `/` (for JSON bodies, which carry plain paths).
 fn absolute(path: &str) -> String {
     if path.starts_with('/') {
@@ -962,6 +982,45 @@ mod tests {
                 content_type: Some("application/pdf".into()),
             }
         );
+    }
+
+    /// A listing as a hostile server could send it: only one-segment names get through.
+    fn page_naming(name: &str) -> Result<ListPage> {
+        let body = serde_json::json!({
+            "path": "/elsewhere/",
+            "entries": [
+                {"name": "fine.txt", "type": "file", "size": 1, "modified": "2026-01-01T00:00:00Z"},
+                {"name": name, "type": "dir", "size": 0, "modified": "2026-01-01T00:00:00Z"},
+            ],
+        });
+        checked_page("/docs", serde_json::from_value(body).unwrap())
+    }
+
+    #[test]
+    fn listings_with_unsafe_names_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../.bashrc",
+            "/etc/cron.d/x",
+            "a/b",
+            "..\\evil",
+            "nul\0byte",
+        ] {
+            match page_naming(bad) {
+                Err(Error::InvalidAnswer(m)) => {
+                    assert!(
+                        m.contains("of /docs ") && m.contains("not a file name"),
+                        "{m}"
+                    )
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let page = page_naming(".hidden").unwrap();
+        let names: Vec<&str> = page.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["fine.txt", ".hidden"]);
     }
 
     #[test]
