@@ -50,28 +50,51 @@ fn read_passphrase(file: &Path) -> Result<SecretString> {
 
 /// The recipients of `-r` and of the files of `-R` (one `age1…` key a line, `#` comments).
 fn read_recipients(args: &TarArgs) -> Result<Vec<age::x25519::Recipient>> {
-    let mut keys: Vec<String> = args.recipients.clone();
-    for f in &args.recipients_files {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading the recipients file {}", f.display()))?;
-        keys.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned),
-        );
+    let mut out = Vec::new();
+    for (i, k) in args.recipients.iter().enumerate() {
+        out.push(parse_recipient(&format!("-r value {}", i + 1), k.trim())?);
     }
-    keys.iter()
-        .map(|k| {
-            k.parse::<age::x25519::Recipient>().map_err(|e| {
-                fail_hint(
-                    exit::USAGE,
-                    format!("'{k}' is not an age recipient: {e}"),
-                    "a recipient is an age X25519 public key (age1…), as `age-keygen -y key.txt` prints it",
-                )
-            })
-        })
-        .collect()
+    for f in &args.recipients_files {
+        // The file may hold a secret key by mistake: wiped once read.
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the recipients file {}", f.display()))?,
+        );
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            out.push(parse_recipient(
+                &format!("line {} of {}", n + 1, f.display()),
+                line,
+            )?);
+        }
+    }
+    Ok(out)
+}
+
+/// The recipient `value`, found at `at` ("line 3 of keys.txt"). No message quotes `value`:
+/// it may be a secret key put there by mistake, or a typo of one.
+fn parse_recipient(at: &str, value: &str) -> Result<age::x25519::Recipient> {
+    const SECRET_PREFIX: &str = "AGE-SECRET-KEY-";
+    let is_secret = value
+        .get(..SECRET_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(SECRET_PREFIX));
+    if is_secret {
+        return Err(fail_hint(
+            exit::USAGE,
+            format!("{at} is an age secret key, not a recipient (its value is not shown)"),
+            "recipients are public keys (age1…): `age-keygen -y KEYFILE` prints the one of a secret key; keep the secret key out of recipient lists and rotate it if it was shared",
+        ));
+    }
+    value.parse::<age::x25519::Recipient>().map_err(|_| {
+        fail_hint(
+            exit::USAGE,
+            format!("{at} is not an age recipient"),
+            "a recipient is an age X25519 public key (age1…), as `age-keygen -y key.txt` prints it",
+        )
+    })
 }
 
 /// The encryptor for `efs tar`'s options.
@@ -706,6 +729,57 @@ mod tests {
         assert!(safe_rel(Path::new("../evil")).is_err());
         assert!(safe_rel(Path::new("a/../../evil")).is_err());
         assert!(safe_rel(Path::new("/etc/passwd")).is_err());
+    }
+
+    fn tar_args(recipients: &[&str], files: &[&Path]) -> TarArgs {
+        TarArgs {
+            source: "drive:/x".into(),
+            output: PathBuf::from("out.age"),
+            passphrase_file: None,
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            recipients_files: files.iter().map(|f| f.to_path_buf()).collect(),
+            force: false,
+        }
+    }
+
+    #[test]
+    fn a_secret_key_among_recipients_is_refused_unquoted() {
+        const SECRET: &str =
+            "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX";
+        const PUBLIC: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("recipients.txt");
+        std::fs::write(&file, format!("# team\n{PUBLIC}\n\n{SECRET}\n")).unwrap();
+        let e = read_recipients(&tar_args(&[], &[&file])).unwrap_err();
+        let shown = format!("{e:#} {:?}", exit::hint_of(&e));
+        assert!(shown.contains("line 4 of"), "{shown}");
+        assert!(shown.contains("secret key"), "{shown}");
+        assert!(!shown.contains("GFPYYSJZ"), "{shown}");
+        assert_eq!(exit::code_of(&e), exit::USAGE);
+        // Lower case, and on the command line, too.
+        let e = read_recipients(&tar_args(&[PUBLIC, &SECRET.to_lowercase()], &[])).unwrap_err();
+        let shown = format!("{e:#}");
+        assert!(
+            shown.contains("-r value 2") && shown.contains("secret key"),
+            "{shown}"
+        );
+        assert!(!shown.to_lowercase().contains("gfpyysjz"), "{shown}");
+        // Anything else unparsable is named by its place, never quoted.
+        std::fs::write(&file, format!("{PUBLIC}\nage1-almost-a-key\n")).unwrap();
+        let e = read_recipients(&tar_args(&[], &[&file])).unwrap_err();
+        let shown = format!("{e:#}");
+        assert!(
+            shown.contains("line 2 of") && !shown.contains("almost"),
+            "{shown}"
+        );
+        // And good ones parse.
+        std::fs::write(&file, format!("# team\n  {PUBLIC}  \n")).unwrap();
+        assert_eq!(
+            read_recipients(&tar_args(&[PUBLIC], &[&file]))
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]
