@@ -397,7 +397,8 @@ impl Client {
     }
 
     /// Runs `op` until it succeeds, fails for good, or the retry policy is spent. Only for
-    /// idempotent operations (GET, HEAD, listing, DELETE, move, mkdir, replayable uploads).
+    /// idempotent operations (GET, HEAD, listing, DELETE, mkdir, replayable uploads); not
+    /// moves (see [`Client::rename`]).
     async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -840,6 +841,11 @@ impl Client {
 
     /// Moves a file or directory (`POST /_efs/move`). With `overwrite`, a file may replace
     /// a file; otherwise an existing destination is [`Error::Conflict`].
+    ///
+    /// A move is not idempotent: once it was done, doing it again fails (404). So it is
+    /// retried only when the server cannot have acted: the connection could not be made, or
+    /// the server answered 429 or 503. When the request went out and no answer came back,
+    /// the [`Error::Transport`] says the move may have been done.
     pub async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<Entry> {
         let url = self.inner.http.url("/_efs/move");
         let body = efs_proto::MoveRequest {
@@ -847,14 +853,40 @@ impl Client {
             to: absolute(to),
             overwrite,
         };
-        self.retrying(|| async {
-            let resp = self
-                .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t).json(&body)))
-                .await?;
-            http::json::<efs_proto::ListEntry>(resp).await
-        })
-        .await
-        .map(Entry::from)
+        let mut backoff = Backoff::new(&self.inner.retry);
+        loop {
+            let attempt = async {
+                let resp = self
+                    .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t).json(&body)))
+                    .await?;
+                http::json::<efs_proto::ListEntry>(resp).await
+            };
+            let f = match attempt.await {
+                Ok(e) => return Ok(Entry::from(e)),
+                Err(f) => f,
+            };
+            let not_done = f.unsent
+                || matches!(
+                    f.err,
+                    Error::RateLimited { .. } | Error::Server { status: 503, .. }
+                );
+            if !not_done {
+                return Err(match f.err {
+                    Error::Transport(m) => Error::Transport(format!(
+                        "{m} (the move may have been done: look at {} before trying again)",
+                        body.to
+                    )),
+                    e => e,
+                });
+            }
+            match backoff.next_delay(&f) {
+                Some(delay) => {
+                    tracing::debug!(?delay, "the move was not done, retrying: {}", f.err);
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(f.err),
+            }
+        }
     }
 
     /// Creates the directory `path` and its missing parents.
