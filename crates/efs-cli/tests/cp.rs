@@ -335,3 +335,37 @@ fn a_remote_to_remote_copy_the_destination_refuses_fails() {
     assert!(!err.contains("broken pipe"), "{err}");
     env.fails(&["stat", "drive:/copy.bin"], 3);
 }
+
+/// Regression: downloads went through the fixed `<dest>.efs-part` opened with
+/// `File::create`, which emptied (then renamed away) a file of that name and wrote through a
+/// symbolic link planted there.
+#[test]
+fn a_download_never_touches_an_existing_part_file_or_link() {
+    let env = Env::new();
+    env.write("x.txt", b"remote content");
+    env.ok(&["cp", "x.txt", "drive:/x.txt"]);
+    let dl = env.path("dl");
+    std::fs::create_dir_all(&dl).unwrap();
+    std::fs::write(dl.join("a.txt.efs-part"), b"mine").unwrap();
+    let victim = env.write("victim.txt", b"untouched");
+    std::os::unix::fs::symlink(&victim, dl.join("b.txt.efs-part")).unwrap();
+
+    env.ok(&["cp", "drive:/x.txt", "dl/a.txt"]);
+    env.ok(&["cp", "drive:/x.txt", "dl/b.txt"]);
+    assert_eq!(std::fs::read(dl.join("a.txt")).unwrap(), b"remote content");
+    assert_eq!(std::fs::read(dl.join("a.txt.efs-part")).unwrap(), b"mine");
+    let b = std::fs::symlink_metadata(dl.join("b.txt")).unwrap();
+    assert!(b.file_type().is_file(), "{b:?}");
+    assert_eq!(std::fs::read(dl.join("b.txt")).unwrap(), b"remote content");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    // Nothing else is left behind.
+    let mut names: Vec<String> = std::fs::read_dir(&dl)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["a.txt", "a.txt.efs-part", "b.txt", "b.txt.efs-part"]
+    );
+}

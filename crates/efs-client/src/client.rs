@@ -7,7 +7,7 @@ use std::time::Duration;
 pub use efs_proto::EntryType;
 
 use futures_util::StreamExt as _;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio_util::io::ReaderStream;
 
 use crate::auth::{Auth, OnToken};
@@ -345,8 +345,35 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 /// Write buffer of [`Client::download_file`].
 const DOWNLOAD_BUFFER: usize = 1 << 20;
 
-/// The name a temporary download file gets next to its destination.
+/// The suffix of a temporary download file next to its destination (after a random part).
 const PART_SUFFIX: &str = ".efs-part";
+
+/// A new, empty temporary file next to `local`: `<local>.<16 random hex digits>.efs-part`,
+/// created exclusively (`O_CREAT | O_EXCL`, which also refuses a symbolic link of that name).
+async fn create_part(local: &Path) -> std::io::Result<(std::path::PathBuf, tokio::fs::File)> {
+    for _ in 0..8 {
+        let mut random = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut random)
+            .map_err(|_| std::io::Error::other("no random bytes for a temporary file name"))?;
+        let mut name = local.as_os_str().to_owned();
+        name.push(format!(".{}{PART_SUFFIX}", hex::encode(random)));
+        let part = std::path::PathBuf::from(name);
+        match tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+            .await
+        {
+            Ok(file) => return Ok((part, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "every temporary file name tried next to the destination exists",
+    ))
+}
 
 impl Client {
     /// A valid token: logs in if none; refreshes when less than 1/4 of its lifetime (at most
@@ -759,22 +786,26 @@ impl Client {
         Ok(())
     }
 
-    /// Downloads to a local file via a temporary file (`<local>.efs-part`) + rename
-    /// (retried whole on transient errors). The temporary file is removed on failure.
+    /// Downloads to a local file via a temporary file + rename (retried whole on transient
+    /// errors). The temporary file, `<local>.<random>.efs-part` in the same directory, is
+    /// created anew (`O_EXCL`): an existing file is never emptied, a link planted there never
+    /// followed, and parallel downloads of one destination never share one. It is removed on
+    /// failure.
     pub async fn download_file(
         &self,
         path: &str,
         local: &Path,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<u64> {
-        let mut part = local.as_os_str().to_owned();
-        part.push(PART_SUFFIX);
-        let part = std::path::PathBuf::from(part);
         let url = self.inner.http.url(&paths::encode_path(path)?);
+        let (part, file) = create_part(local).await.map_err(Error::Io)?;
         let mut backoff = Backoff::new(&self.inner.retry);
         let result = loop {
             let attempt = async {
-                let file = tokio::fs::File::create(&part).await.map_err(Error::Io)?;
+                // Each attempt starts the same file again, through its handle, never its name.
+                let mut file = file.try_clone().await.map_err(Error::Io)?;
+                file.set_len(0).await.map_err(Error::Io)?;
+                file.rewind().await.map_err(Error::Io)?;
                 // Network chunks are small (HTTP/2 frames); each write to a tokio file is
                 // a trip to the blocking pool, so gather them first.
                 let mut out = tokio::io::BufWriter::with_capacity(DOWNLOAD_BUFFER, file);
@@ -795,6 +826,7 @@ impl Client {
                 },
             }
         };
+        drop(file);
         match result {
             Ok(n) => {
                 if let Err(e) = tokio::fs::rename(&part, local).await {
@@ -1053,6 +1085,28 @@ mod tests {
         let page = page_naming(".hidden").unwrap();
         let names: Vec<&str> = page.entries.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(names, ["fine.txt", ".hidden"]);
+    }
+
+    #[tokio::test]
+    async fn temporary_download_files_are_new() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("report.pdf");
+        // What a fixed name would have emptied.
+        let fixed = d.path().join("report.pdf.efs-part");
+        std::fs::write(&fixed, b"keep me").unwrap();
+        let (a, _fa) = create_part(&dest).await.unwrap();
+        let (b, _fb) = create_part(&dest).await.unwrap();
+        assert_ne!(a, b);
+        for p in [&a, &b] {
+            assert_eq!(p.parent(), Some(d.path()));
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(
+                name.starts_with("report.pdf.") && name.ends_with(".efs-part"),
+                "{name}"
+            );
+            assert_eq!(std::fs::metadata(p).unwrap().len(), 0);
+        }
+        assert_eq!(std::fs::read(&fixed).unwrap(), b"keep me");
     }
 
     #[test]
