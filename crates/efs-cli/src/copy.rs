@@ -124,10 +124,14 @@ impl Endpoint {
         }
     }
 
-    async fn walk(&self) -> Result<Tree> {
+    /// The tree below this directory, and an error for each entry left out of it because it
+    /// cannot be copied (a local name that is not UTF-8).
+    async fn walk(&self) -> Result<(Tree, Vec<anyhow::Error>)> {
         match self {
             Endpoint::Local(p) => walk::walk_local(p.clone()).await,
-            Endpoint::Remote { client, path, .. } => walk::walk_remote(client, path).await,
+            Endpoint::Remote { client, path, .. } => {
+                Ok((walk::walk_remote(client, path).await?, Vec::new()))
+            }
         }
     }
 }
@@ -182,6 +186,8 @@ struct Plan {
     /// Destination entries the source lacks (`--sync` without `--no-delete`).
     deletes: Vec<(Endpoint, Kind)>,
     unchanged: u64,
+    /// Source entries that cannot be copied, found while planning.
+    failed: Vec<anyhow::Error>,
 }
 
 struct Opts {
@@ -239,6 +245,7 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         }
     }
 
+    errors.append(&mut plan.failed);
     if args.dry_run {
         print_plan(&plan);
         return finish(errors, 0);
@@ -390,10 +397,19 @@ async fn plan_source(
                     }
                     Tree::new()
                 }
-                Some(_) if opts.sync => target.walk().await?,
+                Some(_) if opts.sync => {
+                    // At the destination, such an entry is only left alone.
+                    let (tree, unnamed) = target.walk().await?;
+                    for e in unnamed {
+                        tracing::warn!("leaving alone {e:#}");
+                    }
+                    tree
+                }
                 _ => Tree::new(),
             };
-            let src_tree = src.walk().await?;
+            let (src_tree, unnamed) = src.walk().await?;
+            // Each counts as a failed file: the copy goes on, and its exit code says so.
+            plan.failed.extend(unnamed);
             let target_exists = matches!(&target_meta, Some(m) if m.kind == Kind::Dir);
             plan_tree(
                 plan,

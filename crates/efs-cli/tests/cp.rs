@@ -369,3 +369,25 @@ fn a_download_never_touches_an_existing_part_file_or_link() {
         ["a.txt", "a.txt.efs-part", "b.txt", "b.txt.efs-part"]
     );
 }
+
+/// Regression: a local file whose name is not UTF-8 was skipped with a log line only, and
+/// the copy exited 0 without it.
+#[test]
+fn a_local_name_that_is_not_utf8_fails_the_copy() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    env.write("up/fine.txt", b"fine");
+    std::fs::write(
+        env.path("up")
+            .join(std::ffi::OsStr::from_bytes(b"r\xe9sum\xe9.txt")),
+        b"latin-1 name",
+    )
+    .unwrap();
+    let err = env.fails(&["cp", "-r", "up", "drive:/"], 1);
+    assert!(
+        err.contains("r\u{FFFD}sum\u{FFFD}.txt") && err.contains("not UTF-8"),
+        "{err}"
+    );
+    // The others were copied.
+    assert_eq!(env.cat("drive:/up/fine.txt"), b"fine");
+}
