@@ -451,7 +451,26 @@ fn plan_tree(
     // Destination entries removed (to make room or as extras): their contents go with them.
     let mut removed: BTreeSet<&str> = BTreeSet::new();
     let mut conflicts = Vec::new();
+    let local_root = match target {
+        Endpoint::Local(p) => Some(p),
+        Endpoint::Remote { .. } => None,
+    };
     for (rel, m) in src_tree {
+        // A link to a directory planted in a local destination would take the download
+        // elsewhere (walk_local does not list such links, so nothing here replaces them).
+        if let Some(root) = local_root
+            && let Some(link) = linked_component(root, rel, m.kind == Kind::Dir)
+        {
+            plan.failed.push(fail(
+                exit::ERROR,
+                format!(
+                    "{}: not written, {} is a symbolic link and a copy never writes through one",
+                    target.child(rel)?.display(),
+                    link.display()
+                ),
+            ));
+            continue;
+        }
         let d = dst_tree.get(rel);
         if let Some(d) = d
             && d.kind != m.kind
@@ -511,6 +530,29 @@ fn plan_tree(
         ));
     }
     Ok(())
+}
+
+/// The first of `root/a`, `root/a/b`, … (the parents of `root/rel`, and `root/rel` itself
+/// when `with_self`) that is a symbolic link, if any. `root` itself, which the user named,
+/// may be one.
+fn linked_component(root: &Path, rel: &str, with_self: bool) -> Option<PathBuf> {
+    let segments: Vec<&str> = rel.split('/').collect();
+    let upto = if with_self {
+        segments.len()
+    } else {
+        segments.len() - 1
+    };
+    let mut p = root.to_path_buf();
+    for seg in &segments[..upto] {
+        p.push(seg);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => return Some(p),
+            Ok(_) => {}
+            // Missing: nothing below it exists either, and it will be created as a directory.
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 fn has_removed_ancestor(removed: &BTreeSet<&str>, rel: &str) -> bool {
@@ -904,6 +946,31 @@ mod tests {
         for bad in ["../x", "/etc/passwd", "a/../../x", ".", ""] {
             assert!(dir.child(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn links_below_a_local_destination_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("real/deeper")).unwrap();
+        std::fs::create_dir_all(d.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), root.join("link")).unwrap();
+        assert_eq!(linked_component(&root, "real/deeper/f.txt", false), None);
+        assert_eq!(linked_component(&root, "new/dir/f.txt", false), None);
+        assert_eq!(
+            linked_component(&root, "link/f.txt", false),
+            Some(root.join("link"))
+        );
+        assert_eq!(
+            linked_component(&root, "link", true),
+            Some(root.join("link"))
+        );
+        // A file's own name may be a link: the download is renamed over it, not through it.
+        assert_eq!(linked_component(&root, "link", false), None);
+        // The named root may be a link.
+        let via = d.path().join("via");
+        std::os::unix::fs::symlink(&root, &via).unwrap();
+        assert_eq!(linked_component(&via, "real/x", false), None);
     }
 
     #[test]

@@ -391,3 +391,27 @@ fn a_local_name_that_is_not_utf8_fails_the_copy() {
     // The others were copied.
     assert_eq!(env.cat("drive:/up/fine.txt"), b"fine");
 }
+
+/// Regression: a symbolic link to a directory planted in a local destination was followed,
+/// so a download wrote below whatever it pointed to.
+#[test]
+fn a_download_never_writes_through_a_planted_link() {
+    let env = Env::new();
+    env.write("t/top.txt", b"top");
+    env.write("t/sub/f.txt", b"through the link?");
+    env.ok(&["cp", "-r", "t", "drive:/"]);
+    std::fs::create_dir_all(env.path("down")).unwrap();
+    std::fs::create_dir_all(env.path("outside")).unwrap();
+    std::os::unix::fs::symlink(env.path("outside"), env.path("down/sub")).unwrap();
+
+    let err = env.fails(&["cp", "--sync", "drive:/t", "down"], 1);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_dir(env.path("outside")).unwrap().count(), 0);
+    assert_eq!(std::fs::read(env.path("down/top.txt")).unwrap(), b"top");
+    assert!(
+        std::fs::symlink_metadata(env.path("down/sub"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}
