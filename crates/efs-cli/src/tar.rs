@@ -31,7 +31,7 @@ use crate::walk::{self, Kind, Meta};
 /// The size of the in-memory pipe between a transfer and the tar stream.
 const PIPE: usize = 256 * 1024;
 
-/// The suffix of the output while it is being written.
+/// The suffix of the output while it is being written (after a random part).
 const PART_SUFFIX: &str = ".efs-part";
 
 /// The passphrase: the first line of `file` (without its line ending).
@@ -200,19 +200,26 @@ pub(crate) async fn tar(
         .sum();
     let dirs = items.len() as u64 - files;
 
-    let mut part = out_path.as_os_str().to_owned();
-    part.push(PART_SUFFIX);
-    let part = PathBuf::from(part);
+    let (part, file) = create_part(&out_path)?;
     let progress = Progress::new(quiet, files, bytes);
     let handle = Handle::current();
     let job = {
         let part = part.clone();
         let progress = progress.clone();
         tokio::task::spawn_blocking(move || {
-            write_archive(&handle, &client, enc, &part, items, &progress, verbose)
+            write_archive(
+                &handle, &client, enc, file, &part, items, &progress, verbose,
+            )
         })
     };
-    let result = job.await.context("the archive writer stopped")?;
+    let result = job.await.context("the archive writer stopped");
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    };
     progress.finish();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&part);
@@ -242,18 +249,46 @@ pub(crate) async fn tar(
     Ok(())
 }
 
-/// The blocking half of `efs tar`: tar -> gzip -> age -> `part`.
+/// A new, empty file next to `out` for the archive being written:
+/// `<out>.<16 random hex digits>.efs-part`, created exclusively (`O_CREAT | O_EXCL`), so an
+/// existing file is never emptied and a link planted there never followed.
+fn create_part(out: &Path) -> Result<(PathBuf, std::fs::File)> {
+    for _ in 0..8 {
+        let mut random = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut random)
+            .map_err(|_| anyhow::anyhow!("no random bytes for a temporary file name"))?;
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let mut name = out.as_os_str().to_owned();
+        name.push(format!(".{hex}{PART_SUFFIX}"));
+        let part = PathBuf::from(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+        {
+            Ok(file) => return Ok((part, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", part.display())),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "every temporary file name tried next to {} exists",
+        out.display()
+    ))
+}
+
+/// The blocking half of `efs tar`: tar -> gzip -> age -> `file` (at `part`).
+#[allow(clippy::too_many_arguments)]
 fn write_archive(
     handle: &Handle,
     client: &Client,
     enc: age::Encryptor,
+    file: std::fs::File,
     part: &Path,
     items: Vec<(String, String, Meta)>,
     progress: &Arc<Progress>,
     verbose: bool,
 ) -> Result<()> {
-    let file =
-        std::fs::File::create(part).with_context(|| format!("creating {}", part.display()))?;
     let out = std::io::BufWriter::with_capacity(PIPE, file);
     let aged = enc
         .wrap_output(out)
