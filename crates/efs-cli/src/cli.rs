@@ -258,8 +258,9 @@ Open it without EFS:
 
 Paths inside the tar are relative to REMOTE:/path; directories are included (empty ones too).
 The passphrase is the first line of PASSFILE. Each file is streamed from the server into the
-archive: memory stays constant, whatever the sizes. FILE is written as FILE.efs-part and
-renamed at the end; an existing FILE is refused (exit 5) unless --force.")]
+archive: memory stays constant, whatever the sizes. FILE is written as a new
+FILE.<random>.efs-part and renamed at the end; an existing FILE is refused (exit 5) unless
+--force.")]
     Tar(TarArgs),
 
     /// Restore an `efs tar` backup (any gzip'd tar encrypted with age) into a remote directory.

@@ -55,10 +55,23 @@ impl Endpoint {
         matches!(self, Endpoint::Local(_))
     }
 
-    /// The path below this one (`rel` is `/`-separated).
-    fn child(&self, rel: &str) -> Endpoint {
-        match self {
-            Endpoint::Local(p) => Endpoint::Local(p.join(rel)),
+    /// The path below this one (`rel` is `/`-separated, maybe from a server's listing). A
+    /// local one must stay below: a `rel` with `..`, `.`, empty or absolute segments is
+    /// refused before anything is written there.
+    fn child(&self, rel: &str) -> Result<Endpoint> {
+        Ok(match self {
+            Endpoint::Local(p) => {
+                Endpoint::Local(location::local_child(p, rel).ok_or_else(|| {
+                    fail(
+                        exit::ERROR,
+                        format!(
+                            "refusing the name {:?} below {}: it is not a plain relative path",
+                            rel.chars().take(80).collect::<String>(),
+                            p.display()
+                        ),
+                    )
+                })?)
+            }
             Endpoint::Remote {
                 client,
                 remote,
@@ -68,7 +81,7 @@ impl Endpoint {
                 remote: remote.clone(),
                 path: location::join(path, rel),
             },
-        }
+        })
     }
 
     /// The last component, for "copy into a directory". `None` for a root (its contents
@@ -111,10 +124,14 @@ impl Endpoint {
         }
     }
 
-    async fn walk(&self) -> Result<Tree> {
+    /// The tree below this directory, and an error for each entry left out of it because it
+    /// cannot be copied (a local name that is not UTF-8).
+    async fn walk(&self) -> Result<(Tree, Vec<anyhow::Error>)> {
         match self {
             Endpoint::Local(p) => walk::walk_local(p.clone()).await,
-            Endpoint::Remote { client, path, .. } => walk::walk_remote(client, path).await,
+            Endpoint::Remote { client, path, .. } => {
+                Ok((walk::walk_remote(client, path).await?, Vec::new()))
+            }
         }
     }
 }
@@ -169,6 +186,8 @@ struct Plan {
     /// Destination entries the source lacks (`--sync` without `--no-delete`).
     deletes: Vec<(Endpoint, Kind)>,
     unchanged: u64,
+    /// Source entries that cannot be copied, found while planning.
+    failed: Vec<anyhow::Error>,
 }
 
 struct Opts {
@@ -226,6 +245,7 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         }
     }
 
+    errors.append(&mut plan.failed);
     if args.dry_run {
         print_plan(&plan);
         return finish(errors, 0);
@@ -321,7 +341,7 @@ async fn plan_source(
     let (target, target_meta) = if into_dir && !(opts.sync && src_meta.kind == Kind::Dir) {
         match src.name() {
             Some(name) => {
-                let t = dst.child(&name);
+                let t = dst.child(&name)?;
                 let m = t.stat().await?;
                 (t, m)
             }
@@ -377,10 +397,19 @@ async fn plan_source(
                     }
                     Tree::new()
                 }
-                Some(_) if opts.sync => target.walk().await?,
+                Some(_) if opts.sync => {
+                    // At the destination, such an entry is only left alone.
+                    let (tree, unnamed) = target.walk().await?;
+                    for e in unnamed {
+                        tracing::warn!("leaving alone {e:#}");
+                    }
+                    tree
+                }
                 _ => Tree::new(),
             };
-            let src_tree = src.walk().await?;
+            let (src_tree, unnamed) = src.walk().await?;
+            // Each counts as a failed file: the copy goes on, and its exit code says so.
+            plan.failed.extend(unnamed);
             let target_exists = matches!(&target_meta, Some(m) if m.kind == Kind::Dir);
             plan_tree(
                 plan,
@@ -422,16 +451,35 @@ fn plan_tree(
     // Destination entries removed (to make room or as extras): their contents go with them.
     let mut removed: BTreeSet<&str> = BTreeSet::new();
     let mut conflicts = Vec::new();
+    let local_root = match target {
+        Endpoint::Local(p) => Some(p),
+        Endpoint::Remote { .. } => None,
+    };
     for (rel, m) in src_tree {
+        // A link to a directory planted in a local destination would take the download
+        // elsewhere (walk_local does not list such links, so nothing here replaces them).
+        if let Some(root) = local_root
+            && let Some(link) = linked_component(root, rel, m.kind == Kind::Dir)
+        {
+            plan.failed.push(fail(
+                exit::ERROR,
+                format!(
+                    "{}: not written, {} is a symbolic link and a copy never writes through one",
+                    target.child(rel)?.display(),
+                    link.display()
+                ),
+            ));
+            continue;
+        }
         let d = dst_tree.get(rel);
         if let Some(d) = d
             && d.kind != m.kind
         {
             if opts.delete {
-                plan.make_room.push((target.child(rel), d.kind));
+                plan.make_room.push((target.child(rel)?, d.kind));
                 removed.insert(rel);
             } else {
-                conflicts.push(target.child(rel).display());
+                conflicts.push(target.child(rel)?.display());
                 continue;
             }
         }
@@ -439,7 +487,7 @@ fn plan_tree(
         match m.kind {
             Kind::Dir => {
                 if !same_kind && (local_target || !has_children.contains(rel.as_str())) {
-                    plan.mkdirs.push(target.child(rel));
+                    plan.mkdirs.push(target.child(rel)?);
                 }
             }
             Kind::File => {
@@ -452,8 +500,8 @@ fn plan_tree(
                     continue;
                 }
                 plan.copies.push(CopyJob {
-                    src: src.child(rel),
-                    dst: target.child(rel),
+                    src: src.child(rel)?,
+                    dst: target.child(rel)?,
                     meta: m.clone(),
                 });
             }
@@ -464,7 +512,7 @@ fn plan_tree(
             if src_tree.contains_key(rel) || has_removed_ancestor(&removed, rel) {
                 continue;
             }
-            plan.deletes.push((target.child(rel), d.kind));
+            plan.deletes.push((target.child(rel)?, d.kind));
             if d.kind == Kind::Dir {
                 removed.insert(rel);
             }
@@ -482,6 +530,29 @@ fn plan_tree(
         ));
     }
     Ok(())
+}
+
+/// The first of `root/a`, `root/a/b`, … (the parents of `root/rel`, and `root/rel` itself
+/// when `with_self`) that is a symbolic link, if any. `root` itself, which the user named,
+/// may be one.
+fn linked_component(root: &Path, rel: &str, with_self: bool) -> Option<PathBuf> {
+    let segments: Vec<&str> = rel.split('/').collect();
+    let upto = if with_self {
+        segments.len()
+    } else {
+        segments.len() - 1
+    };
+    let mut p = root.to_path_buf();
+    for seg in &segments[..upto] {
+        p.push(seg);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.file_type().is_symlink() => return Some(p),
+            Ok(_) => {}
+            // Missing: nothing below it exists either, and it will be created as a directory.
+            Err(_) => return None,
+        }
+    }
+    None
 }
 
 fn has_removed_ancestor(removed: &BTreeSet<&str>, rel: &str) -> bool {
@@ -722,6 +793,11 @@ async fn stream_copy(
     let (down, up) = tokio::join!(down, up);
     match (down, up) {
         (Ok(_), Ok(_)) => Ok(()),
+        // The upload stopped reading (the destination refused it, or it failed): the
+        // download's closed pipe follows from the upload's error, which is the one to tell.
+        (Err(d), Err(u)) if exit::is_broken_pipe(&d) => {
+            Err(u).with_context(|| format!("writing {to}"))
+        }
         (Err(e), _) => Err(e).with_context(|| format!("reading {from}")),
         (Ok(_), Err(e)) => Err(e).with_context(|| format!("writing {to}")),
     }
@@ -861,6 +937,40 @@ mod tests {
         assert!(!has_removed_ancestor(&removed, "a"));
         assert!(!has_removed_ancestor(&removed, "ab/c"));
         assert!(!has_removed_ancestor(&removed, "x/z"));
+    }
+
+    #[test]
+    fn local_children_never_leave_their_directory() {
+        let dir = Endpoint::Local(PathBuf::from("/tmp/dl"));
+        assert_eq!(dir.child("a/b").unwrap().display(), "/tmp/dl/a/b");
+        for bad in ["../x", "/etc/passwd", "a/../../x", ".", ""] {
+            assert!(dir.child(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn links_below_a_local_destination_are_found() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        std::fs::create_dir_all(root.join("real/deeper")).unwrap();
+        std::fs::create_dir_all(d.path().join("outside")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("outside"), root.join("link")).unwrap();
+        assert_eq!(linked_component(&root, "real/deeper/f.txt", false), None);
+        assert_eq!(linked_component(&root, "new/dir/f.txt", false), None);
+        assert_eq!(
+            linked_component(&root, "link/f.txt", false),
+            Some(root.join("link"))
+        );
+        assert_eq!(
+            linked_component(&root, "link", true),
+            Some(root.join("link"))
+        );
+        // A file's own name may be a link: the download is renamed over it, not through it.
+        assert_eq!(linked_component(&root, "link", false), None);
+        // The named root may be a link.
+        let via = d.path().join("via");
+        std::os::unix::fs::symlink(&root, &via).unwrap();
+        assert_eq!(linked_component(&via, "real/x", false), None);
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `./a:b` for a local file whose name has a colon). Remote paths are normalised here:
 //! `/`-separated, absolute, no empty, `.` or `..` segment.
 
-use std::path::PathBuf;
+use std::path::{Component, Path, PathBuf};
 
 use crate::config::valid_remote_name;
 
@@ -101,6 +101,26 @@ pub(crate) fn parent(path: &str) -> String {
     }
 }
 
+/// `base` joined with `rel` (`/`-separated, from a listing), when every segment of `rel` is
+/// a plain name: never a path that leaves `base` (`..`, an absolute path, an empty or `.`
+/// segment, NUL). The SDK refuses such names in listings already; this is checked again
+/// right before a local path is made from them.
+pub(crate) fn local_child(base: &Path, rel: &str) -> Option<PathBuf> {
+    let mut out = base.to_path_buf();
+    for seg in rel.split('/') {
+        let mut comps = Path::new(seg).components();
+        let plain = !seg.contains('\0')
+            && !seg.contains('\\')
+            && matches!(comps.next(), Some(Component::Normal(n)) if n == seg)
+            && comps.next().is_none();
+        if !plain {
+            return None;
+        }
+        out.push(seg);
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -162,5 +182,33 @@ mod tests {
         assert_eq!(parent("/a/b"), "/a");
         assert_eq!(parent("/a"), "/");
         assert_eq!(parent("/"), "/");
+    }
+
+    #[test]
+    fn local_children_stay_below_their_base() {
+        let base = Path::new("/tmp/dl");
+        assert_eq!(
+            local_child(base, "a/b.txt"),
+            Some(PathBuf::from("/tmp/dl/a/b.txt"))
+        );
+        assert_eq!(
+            local_child(base, ".hidden/a..b"),
+            Some(PathBuf::from("/tmp/dl/.hidden/a..b"))
+        );
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../.bashrc",
+            "a/../../x",
+            "/etc/passwd",
+            "a//b",
+            "a/./b",
+            "a/",
+            "nul\0",
+            "..\\x",
+        ] {
+            assert_eq!(local_child(base, bad), None, "{bad:?}");
+        }
     }
 }

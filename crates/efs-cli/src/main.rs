@@ -49,9 +49,10 @@ fn main() -> ExitCode {
     let mut session = None;
     let result = run(&rt, cli, &mut session);
     let code = match result {
+        // A closed stdout (`efs cat big | head`) is handled, as success, where stdout is
+        // written: a broken pipe seen here is an inner pipe whose reader failed, and that
+        // failure is the error.
         Ok(()) => ExitCode::from(exit::OK),
-        // `efs cat big | head`: the reader had enough, which is success.
-        Err(e) if exit::is_broken_pipe(&e) => ExitCode::from(exit::OK),
         Err(e) => {
             if let (Some(sdk), Some(s)) = (exit::sdk_error(&e), &session)
                 && exit::is_tls(sdk)

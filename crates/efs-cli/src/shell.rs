@@ -425,9 +425,9 @@ struct Cache {
 
 impl Cache {
     fn create() -> Result<Cache> {
-        let dir = config::cache_home()?
-            .join("efs")
-            .join(format!("shell-{}", std::process::id()));
+        let parent = config::cache_home()?.join("efs");
+        remove_abandoned(&parent);
+        let dir = parent.join(format!("shell-{}", std::process::id()));
         config::create_private_dir(&dir)?;
         Ok(Cache { dir })
     }
@@ -458,6 +458,41 @@ impl Cache {
 impl Drop for Cache {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Removes the caches (`shell-PID` below `parent`) of shells that ended without removing
+/// theirs (SIGHUP, SIGTERM, a crash): decrypted copies must not outlive their shell. A
+/// process is alive when `/proc/PID` exists; without `/proc` nothing can be told, so nothing
+/// is removed. A PID reused since only keeps a dead shell's cache until the next start.
+fn remove_abandoned(parent: &Path) {
+    let proc = Path::new("/proc");
+    if !proc.join("self").exists() {
+        return;
+    }
+    let Ok(items) = std::fs::read_dir(parent) else {
+        return;
+    };
+    for item in items.flatten() {
+        let name = item.file_name();
+        let Some(pid) = name
+            .to_str()
+            .and_then(|n| n.strip_prefix("shell-"))
+            .and_then(|p| p.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        if pid == std::process::id() || proc.join(pid.to_string()).exists() {
+            continue;
+        }
+        // remove_dir_all removes a link itself, never what it points to.
+        match std::fs::remove_dir_all(item.path()) {
+            Ok(()) => tracing::info!("removed the cache of an ended shell (PID {pid})"),
+            Err(e) => tracing::warn!(
+                "cannot remove {}, the cache of an ended shell: {e}",
+                item.path().display()
+            ),
+        }
     }
 }
 

@@ -31,7 +31,7 @@ use crate::walk::{self, Kind, Meta};
 /// The size of the in-memory pipe between a transfer and the tar stream.
 const PIPE: usize = 256 * 1024;
 
-/// The suffix of the output while it is being written.
+/// The suffix of the output while it is being written (after a random part).
 const PART_SUFFIX: &str = ".efs-part";
 
 /// The passphrase: the first line of `file` (without its line ending).
@@ -50,28 +50,51 @@ fn read_passphrase(file: &Path) -> Result<SecretString> {
 
 /// The recipients of `-r` and of the files of `-R` (one `age1…` key a line, `#` comments).
 fn read_recipients(args: &TarArgs) -> Result<Vec<age::x25519::Recipient>> {
-    let mut keys: Vec<String> = args.recipients.clone();
-    for f in &args.recipients_files {
-        let text = std::fs::read_to_string(f)
-            .with_context(|| format!("reading the recipients file {}", f.display()))?;
-        keys.extend(
-            text.lines()
-                .map(str::trim)
-                .filter(|l| !l.is_empty() && !l.starts_with('#'))
-                .map(str::to_owned),
-        );
+    let mut out = Vec::new();
+    for (i, k) in args.recipients.iter().enumerate() {
+        out.push(parse_recipient(&format!("-r value {}", i + 1), k.trim())?);
     }
-    keys.iter()
-        .map(|k| {
-            k.parse::<age::x25519::Recipient>().map_err(|e| {
-                fail_hint(
-                    exit::USAGE,
-                    format!("'{k}' is not an age recipient: {e}"),
-                    "a recipient is an age X25519 public key (age1…), as `age-keygen -y key.txt` prints it",
-                )
-            })
-        })
-        .collect()
+    for f in &args.recipients_files {
+        // The file may hold a secret key by mistake: wiped once read.
+        let text = zeroize::Zeroizing::new(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading the recipients file {}", f.display()))?,
+        );
+        for (n, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            out.push(parse_recipient(
+                &format!("line {} of {}", n + 1, f.display()),
+                line,
+            )?);
+        }
+    }
+    Ok(out)
+}
+
+/// The recipient `value`, found at `at` ("line 3 of keys.txt"). No message quotes `value`:
+/// it may be a secret key put there by mistake, or a typo of one.
+fn parse_recipient(at: &str, value: &str) -> Result<age::x25519::Recipient> {
+    const SECRET_PREFIX: &str = "AGE-SECRET-KEY-";
+    let is_secret = value
+        .get(..SECRET_PREFIX.len())
+        .is_some_and(|p| p.eq_ignore_ascii_case(SECRET_PREFIX));
+    if is_secret {
+        return Err(fail_hint(
+            exit::USAGE,
+            format!("{at} is an age secret key, not a recipient (its value is not shown)"),
+            "recipients are public keys (age1…): `age-keygen -y KEYFILE` prints the one of a secret key; keep the secret key out of recipient lists and rotate it if it was shared",
+        ));
+    }
+    value.parse::<age::x25519::Recipient>().map_err(|_| {
+        fail_hint(
+            exit::USAGE,
+            format!("{at} is not an age recipient"),
+            "a recipient is an age X25519 public key (age1…), as `age-keygen -y key.txt` prints it",
+        )
+    })
 }
 
 /// The encryptor for `efs tar`'s options.
@@ -177,19 +200,26 @@ pub(crate) async fn tar(
         .sum();
     let dirs = items.len() as u64 - files;
 
-    let mut part = out_path.as_os_str().to_owned();
-    part.push(PART_SUFFIX);
-    let part = PathBuf::from(part);
+    let (part, file) = create_part(&out_path)?;
     let progress = Progress::new(quiet, files, bytes);
     let handle = Handle::current();
     let job = {
         let part = part.clone();
         let progress = progress.clone();
         tokio::task::spawn_blocking(move || {
-            write_archive(&handle, &client, enc, &part, items, &progress, verbose)
+            write_archive(
+                &handle, &client, enc, file, &part, items, &progress, verbose,
+            )
         })
     };
-    let result = job.await.context("the archive writer stopped")?;
+    let result = job.await.context("the archive writer stopped");
+    let result = match result {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = std::fs::remove_file(&part);
+            return Err(e);
+        }
+    };
     progress.finish();
     if let Err(e) = result {
         let _ = std::fs::remove_file(&part);
@@ -219,18 +249,46 @@ pub(crate) async fn tar(
     Ok(())
 }
 
-/// The blocking half of `efs tar`: tar -> gzip -> age -> `part`.
+/// A new, empty file next to `out` for the archive being written:
+/// `<out>.<16 random hex digits>.efs-part`, created exclusively (`O_CREAT | O_EXCL`), so an
+/// existing file is never emptied and a link planted there never followed.
+fn create_part(out: &Path) -> Result<(PathBuf, std::fs::File)> {
+    for _ in 0..8 {
+        let mut random = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut random)
+            .map_err(|_| anyhow::anyhow!("no random bytes for a temporary file name"))?;
+        let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
+        let mut name = out.as_os_str().to_owned();
+        name.push(format!(".{hex}{PART_SUFFIX}"));
+        let part = PathBuf::from(name);
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+        {
+            Ok(file) => return Ok((part, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e).with_context(|| format!("creating {}", part.display())),
+        }
+    }
+    Err(anyhow::anyhow!(
+        "every temporary file name tried next to {} exists",
+        out.display()
+    ))
+}
+
+/// The blocking half of `efs tar`: tar -> gzip -> age -> `file` (at `part`).
+#[allow(clippy::too_many_arguments)]
 fn write_archive(
     handle: &Handle,
     client: &Client,
     enc: age::Encryptor,
+    file: std::fs::File,
     part: &Path,
     items: Vec<(String, String, Meta)>,
     progress: &Arc<Progress>,
     verbose: bool,
 ) -> Result<()> {
-    let file =
-        std::fs::File::create(part).with_context(|| format!("creating {}", part.display()))?;
     let out = std::io::BufWriter::with_capacity(PIPE, file);
     let aged = enc
         .wrap_output(out)
@@ -287,13 +345,17 @@ fn write_archive(
         };
         match (appended, downloaded) {
             (Ok(()), Ok(n)) if n == size => {}
+            // Writing the archive failed (a full disk, a size limit): the download's closed
+            // pipe, or its success, follows from it; the write's error is the one to tell.
+            (Err(e), Ok(n)) if n == size => {
+                return Err(e).with_context(|| format!("writing {}", part.display()));
+            }
+            (Err(e), Err(d)) if exit::is_broken_pipe(&d) => {
+                return Err(e).with_context(|| format!("writing {}", part.display()));
+            }
             (_, Ok(_)) => return Err(changed()),
             // More than `size` bytes came: the tar entry stopped reading.
-            (Ok(()), Err(efs_client::Error::Io(e)))
-                if e.kind() == std::io::ErrorKind::BrokenPipe =>
-            {
-                return Err(changed());
-            }
+            (Ok(()), Err(d)) if exit::is_broken_pipe(&d) => return Err(changed()),
             (_, Err(e)) => return Err(e).with_context(|| format!("downloading {path}")),
         }
         if verbose {
@@ -702,6 +764,57 @@ mod tests {
         assert!(safe_rel(Path::new("../evil")).is_err());
         assert!(safe_rel(Path::new("a/../../evil")).is_err());
         assert!(safe_rel(Path::new("/etc/passwd")).is_err());
+    }
+
+    fn tar_args(recipients: &[&str], files: &[&Path]) -> TarArgs {
+        TarArgs {
+            source: "drive:/x".into(),
+            output: PathBuf::from("out.age"),
+            passphrase_file: None,
+            recipients: recipients.iter().map(|r| r.to_string()).collect(),
+            recipients_files: files.iter().map(|f| f.to_path_buf()).collect(),
+            force: false,
+        }
+    }
+
+    #[test]
+    fn a_secret_key_among_recipients_is_refused_unquoted() {
+        const SECRET: &str =
+            "AGE-SECRET-KEY-1GFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPYYSJZGFPQ4EGAEX";
+        const PUBLIC: &str = "age1ql3z7hjy54pw3hyww5ayyfg7zqgvc7w3j2elw8zmrj2kg5sfn9aqmcac8p";
+        let d = tempfile::tempdir().unwrap();
+        let file = d.path().join("recipients.txt");
+        std::fs::write(&file, format!("# team\n{PUBLIC}\n\n{SECRET}\n")).unwrap();
+        let e = read_recipients(&tar_args(&[], &[&file])).unwrap_err();
+        let shown = format!("{e:#} {:?}", exit::hint_of(&e));
+        assert!(shown.contains("line 4 of"), "{shown}");
+        assert!(shown.contains("secret key"), "{shown}");
+        assert!(!shown.contains("GFPYYSJZ"), "{shown}");
+        assert_eq!(exit::code_of(&e), exit::USAGE);
+        // Lower case, and on the command line, too.
+        let e = read_recipients(&tar_args(&[PUBLIC, &SECRET.to_lowercase()], &[])).unwrap_err();
+        let shown = format!("{e:#}");
+        assert!(
+            shown.contains("-r value 2") && shown.contains("secret key"),
+            "{shown}"
+        );
+        assert!(!shown.to_lowercase().contains("gfpyysjz"), "{shown}");
+        // Anything else unparsable is named by its place, never quoted.
+        std::fs::write(&file, format!("{PUBLIC}\nage1-almost-a-key\n")).unwrap();
+        let e = read_recipients(&tar_args(&[], &[&file])).unwrap_err();
+        let shown = format!("{e:#}");
+        assert!(
+            shown.contains("line 2 of") && !shown.contains("almost"),
+            "{shown}"
+        );
+        // And good ones parse.
+        std::fs::write(&file, format!("# team\n  {PUBLIC}  \n")).unwrap();
+        assert_eq!(
+            read_recipients(&tar_args(&[PUBLIC], &[&file]))
+                .unwrap()
+                .len(),
+            2
+        );
     }
 
     #[test]

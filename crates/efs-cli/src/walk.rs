@@ -111,12 +111,14 @@ pub(crate) async fn stat_remote(client: &Client, path: &str) -> Result<Option<Me
     }
 }
 
-/// Every file and directory below the local directory `root`. Symbolic links to files are
-/// followed; links to directories are skipped (they can loop), as are sockets and FIFOs,
-/// with a warning.
-pub(crate) async fn walk_local(root: PathBuf) -> Result<Tree> {
+/// Every file and directory below the local directory `root`, and an error for each entry
+/// that cannot be named on a remote (its name is not UTF-8), which is left out. Symbolic
+/// links to files are followed; links to directories are skipped (they can loop), as are
+/// sockets and FIFOs, with a warning.
+pub(crate) async fn walk_local(root: PathBuf) -> Result<(Tree, Vec<anyhow::Error>)> {
     tokio::task::spawn_blocking(move || {
         let mut tree = Tree::new();
+        let mut unnamed = Vec::new();
         let mut stack = vec![(root, String::new())];
         while let Some((dir, rel)) = stack.pop() {
             let rd =
@@ -124,7 +126,13 @@ pub(crate) async fn walk_local(root: PathBuf) -> Result<Tree> {
             for item in rd {
                 let item = item.with_context(|| format!("reading {}", dir.display()))?;
                 let Some(name) = item.file_name().to_str().map(str::to_owned) else {
-                    tracing::warn!("skipping {}: the name is not UTF-8", item.path().display());
+                    unnamed.push(crate::exit::fail(
+                        crate::exit::ERROR,
+                        format!(
+                            "{}: not copied, the name is not UTF-8 as EFS names must be (what is not is shown as \u{FFFD})",
+                            item.path().display()
+                        ),
+                    ));
                     continue;
                 };
                 let path = item.path();
@@ -161,7 +169,7 @@ pub(crate) async fn walk_local(root: PathBuf) -> Result<Tree> {
                 tree.insert(r, Meta::from_fs(&meta));
             }
         }
-        Ok(tree)
+        Ok((tree, unnamed))
     })
     .await
     .context("walking a local directory")?
@@ -242,10 +250,29 @@ mod tests {
         std::fs::write(d.path().join("top"), b"").unwrap();
         std::os::unix::fs::symlink(d.path().join("a"), d.path().join("loop")).unwrap();
         std::os::unix::fs::symlink(d.path().join("top"), d.path().join("link")).unwrap();
-        let t = walk_local(d.path().to_path_buf()).await.unwrap();
+        let (t, unnamed) = walk_local(d.path().to_path_buf()).await.unwrap();
+        assert!(unnamed.is_empty());
         let names: Vec<&str> = t.keys().map(String::as_str).collect();
         assert_eq!(names, ["a", "a/b", "a/b/x.txt", "empty", "link", "top"]);
         assert_eq!(t["a/b/x.txt"].size, 3);
         assert_eq!(t["a"].kind, Kind::Dir);
+    }
+
+    #[tokio::test]
+    async fn a_name_that_is_not_utf8_is_an_error_not_a_silent_skip() {
+        use std::os::unix::ffi::OsStrExt;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("fine.txt"), b"x").unwrap();
+        let bad = std::ffi::OsStr::from_bytes(b"bad-\xff.txt");
+        std::fs::write(d.path().join(bad), b"y").unwrap();
+        let (t, unnamed) = walk_local(d.path().to_path_buf()).await.unwrap();
+        assert_eq!(t.keys().collect::<Vec<_>>(), ["fine.txt"]);
+        assert_eq!(unnamed.len(), 1);
+        let msg = format!("{:#}", unnamed[0]);
+        assert!(
+            msg.contains("bad-\u{FFFD}.txt") && msg.contains("not UTF-8"),
+            "{msg}"
+        );
+        assert_eq!(crate::exit::code_of(&unnamed[0]), crate::exit::ERROR);
     }
 }

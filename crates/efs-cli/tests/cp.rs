@@ -319,3 +319,99 @@ fn progress_shows_on_a_terminal_only() {
         "{out:?}"
     );
 }
+
+/// Regression: the destination refusing a remote → remote copy closed the pipe the download
+/// was writing into, that broken pipe was taken for `efs cat | head`, and the copy exited 0.
+#[test]
+fn a_remote_to_remote_copy_the_destination_refuses_fails() {
+    let env = Env::new();
+    env.add_read_only_user();
+    // Larger than the 256 KiB pipe, so the download is still writing when the upload fails.
+    env.write("big.bin", &common::noise(3 * 1024 * 1024));
+    env.ok(&["cp", "big.bin", "drive:/big.bin"]);
+    let err = env.fails(&["cp", "drive:/big.bin", "ro:/copy.bin"], 4);
+    assert!(err.contains("writing /copy.bin"), "{err}");
+    assert!(err.contains("read-only access"), "{err}");
+    assert!(!err.contains("broken pipe"), "{err}");
+    env.fails(&["stat", "drive:/copy.bin"], 3);
+}
+
+/// Regression: downloads went through the fixed `<dest>.efs-part` opened with
+/// `File::create`, which emptied (then renamed away) a file of that name and wrote through a
+/// symbolic link planted there.
+#[test]
+fn a_download_never_touches_an_existing_part_file_or_link() {
+    let env = Env::new();
+    env.write("x.txt", b"remote content");
+    env.ok(&["cp", "x.txt", "drive:/x.txt"]);
+    let dl = env.path("dl");
+    std::fs::create_dir_all(&dl).unwrap();
+    std::fs::write(dl.join("a.txt.efs-part"), b"mine").unwrap();
+    let victim = env.write("victim.txt", b"untouched");
+    std::os::unix::fs::symlink(&victim, dl.join("b.txt.efs-part")).unwrap();
+
+    env.ok(&["cp", "drive:/x.txt", "dl/a.txt"]);
+    env.ok(&["cp", "drive:/x.txt", "dl/b.txt"]);
+    assert_eq!(std::fs::read(dl.join("a.txt")).unwrap(), b"remote content");
+    assert_eq!(std::fs::read(dl.join("a.txt.efs-part")).unwrap(), b"mine");
+    let b = std::fs::symlink_metadata(dl.join("b.txt")).unwrap();
+    assert!(b.file_type().is_file(), "{b:?}");
+    assert_eq!(std::fs::read(dl.join("b.txt")).unwrap(), b"remote content");
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    // Nothing else is left behind.
+    let mut names: Vec<String> = std::fs::read_dir(&dl)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["a.txt", "a.txt.efs-part", "b.txt", "b.txt.efs-part"]
+    );
+}
+
+/// Regression: a local file whose name is not UTF-8 was skipped with a log line only, and
+/// the copy exited 0 without it.
+#[test]
+fn a_local_name_that_is_not_utf8_fails_the_copy() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    env.write("up/fine.txt", b"fine");
+    std::fs::write(
+        env.path("up")
+            .join(std::ffi::OsStr::from_bytes(b"r\xe9sum\xe9.txt")),
+        b"latin-1 name",
+    )
+    .unwrap();
+    let err = env.fails(&["cp", "-r", "up", "drive:/"], 1);
+    assert!(
+        err.contains("r\u{FFFD}sum\u{FFFD}.txt") && err.contains("not UTF-8"),
+        "{err}"
+    );
+    // The others were copied.
+    assert_eq!(env.cat("drive:/up/fine.txt"), b"fine");
+}
+
+/// Regression: a symbolic link to a directory planted in a local destination was followed,
+/// so a download wrote below whatever it pointed to.
+#[test]
+fn a_download_never_writes_through_a_planted_link() {
+    let env = Env::new();
+    env.write("t/top.txt", b"top");
+    env.write("t/sub/f.txt", b"through the link?");
+    env.ok(&["cp", "-r", "t", "drive:/"]);
+    std::fs::create_dir_all(env.path("down")).unwrap();
+    std::fs::create_dir_all(env.path("outside")).unwrap();
+    std::os::unix::fs::symlink(env.path("outside"), env.path("down/sub")).unwrap();
+
+    let err = env.fails(&["cp", "--sync", "drive:/t", "down"], 1);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_dir(env.path("outside")).unwrap().count(), 0);
+    assert_eq!(std::fs::read(env.path("down/top.txt")).unwrap(), b"top");
+    assert!(
+        std::fs::symlink_metadata(env.path("down/sub"))
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+}

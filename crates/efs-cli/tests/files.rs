@@ -202,29 +202,7 @@ fn stat_ls_mkdir_mv_rm() {
 #[test]
 fn a_read_only_grant_writing_is_exit_4() {
     let env = Env::new();
-    let key = env.path("reader_key");
-    env.ok(&["keygen", "-o", key.to_str().unwrap()]);
-    env.server.efsctl(&[
-        "create-user",
-        "reader",
-        "--fs",
-        "drive",
-        "--read-only",
-        "--pubkey",
-        &format!("{}.pub", key.display()),
-    ]);
-    env.ok(&[
-        "remote",
-        "add",
-        "ro",
-        &env.server.url,
-        "--user",
-        "reader",
-        "--key",
-        key.to_str().unwrap(),
-        "--ca",
-        env.server.cert().to_str().unwrap(),
-    ]);
+    env.add_read_only_user();
     assert_ok(
         &["put"],
         &env.efs_input(&["put", "drive:/shared.txt"], b"shared"),

@@ -154,3 +154,24 @@ fn shell_on_a_terminal_has_a_prompt_history_and_completion() {
         .mode();
     assert_eq!(mode & 0o777, 0o600);
 }
+
+/// Regression: a shell ended by SIGHUP or SIGTERM left its decrypted cache
+/// (`~/.cache/efs/shell-PID`) behind for good; the next shell removes those of dead shells.
+#[test]
+fn a_shell_removes_the_caches_of_ended_shells() {
+    let env = Env::new();
+    let caches = env.path("cache/efs");
+    // Above any pid_max (at most 2^22): never a live process.
+    let dead = caches.join("shell-999999999");
+    let alive = caches.join(format!("shell-{}", std::process::id()));
+    let other = caches.join("not-a-shell");
+    for d in [&dead, &alive, &other] {
+        std::fs::create_dir_all(d.join("records")).unwrap();
+        std::fs::write(d.join("records/decrypted.txt"), b"secret").unwrap();
+    }
+    let out = env.efs_input(&["shell", "drive"], b"pwd\n");
+    assert_ok(&["shell"], &out);
+    assert!(!dead.exists(), "the dead shell's cache is still there");
+    assert!(alive.join("records/decrypted.txt").exists());
+    assert!(other.join("records/decrypted.txt").exists());
+}

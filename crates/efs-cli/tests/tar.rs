@@ -311,5 +311,73 @@ fn a_single_file_and_a_missing_source() {
         3,
     );
     assert!(!env.path("m.age").exists());
-    assert!(!env.path("m.age.efs-part").exists());
+    assert_eq!(leftovers(&env, "m.age."), Vec::<String>::new());
+}
+
+/// The files of the temporary directory whose name starts with `prefix`.
+fn leftovers(env: &Env, prefix: &str) -> Vec<String> {
+    std::fs::read_dir(env.tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with(prefix))
+        .collect()
+}
+
+/// Regression: the archive was written to the fixed `FILE.efs-part` opened with
+/// `File::create`, which emptied (then renamed away) a file of that name and wrote through
+/// a link planted there.
+#[test]
+fn tar_never_touches_an_existing_part_file() {
+    let env = Env::new();
+    env.write("pass.txt", b"pw");
+    env.write("one.txt", b"just one");
+    env.ok(&["cp", "./one.txt", "drive:/docs/"]);
+    env.write("one.age.efs-part", b"mine");
+    let victim = env.write("victim.txt", b"untouched");
+    std::os::unix::fs::symlink(&victim, env.path("two.age.efs-part")).unwrap();
+    env.ok(&["tar", "drive:/docs", "-o", "one.age", "-p", "pass.txt"]);
+    env.ok(&["tar", "drive:/docs", "-o", "two.age", "-p", "pass.txt"]);
+    assert_eq!(
+        std::fs::read(env.path("one.age.efs-part")).unwrap(),
+        b"mine"
+    );
+    assert_eq!(std::fs::read(&victim).unwrap(), b"untouched");
+    for f in ["one.age", "two.age"] {
+        let m = std::fs::symlink_metadata(env.path(f)).unwrap();
+        assert!(m.file_type().is_file(), "{f}: {m:?}");
+    }
+    assert_eq!(leftovers(&env, "one.age."), ["one.age.efs-part"]);
+}
+
+/// Regression: the archive's file failing to grow (here a size limit, as a full disk would)
+/// closed the pipe the download was writing into, that broken pipe was taken for
+/// `efs cat | head`, and `efs tar` exited 0 without a backup.
+#[test]
+fn an_output_that_cannot_be_written_fails() {
+    let env = Env::new();
+    env.write("noise.bin", &common::noise(3 * 1024 * 1024));
+    env.ok(&["cp", "noise.bin", "drive:/noise.bin"]);
+    env.write("pass.txt", b"correct horse battery staple\n");
+    // `ulimit -f`: writes past 16 blocks fail with EFBIG (SIGXFSZ ignored, so not a kill).
+    let mut cmd = Command::new("sh");
+    cmd.args([
+        "-c",
+        "trap '' XFSZ; ulimit -f 16 && exec \"$0\" \"$@\"",
+        common::EFS,
+        "tar",
+        "drive:/noise.bin",
+        "-o",
+        "b.age",
+        "-p",
+        "pass.txt",
+    ]);
+    env.configure(&mut cmd);
+    let out = cmd.stdin(Stdio::null()).output().unwrap();
+    let err = common::assert_code(&["tar"], &out, 1);
+    assert!(
+        err.contains("writing b.age") && err.contains("too large"),
+        "{err}"
+    );
+    assert!(!env.path("b.age").exists());
+    assert_eq!(leftovers(&env, "b.age."), Vec::<String>::new());
 }

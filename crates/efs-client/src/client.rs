@@ -7,7 +7,7 @@ use std::time::Duration;
 pub use efs_proto::EntryType;
 
 use futures_util::StreamExt as _;
-use tokio::io::AsyncWriteExt as _;
+use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio_util::io::ReaderStream;
 
 use crate::auth::{Auth, OnToken};
@@ -345,8 +345,35 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 /// Write buffer of [`Client::download_file`].
 const DOWNLOAD_BUFFER: usize = 1 << 20;
 
-/// The name a temporary download file gets next to its destination.
+/// The suffix of a temporary download file next to its destination (after a random part).
 const PART_SUFFIX: &str = ".efs-part";
+
+/// A new, empty temporary file next to `local`: `<local>.<16 random hex digits>.efs-part`,
+/// created exclusively (`O_CREAT | O_EXCL`, which also refuses a symbolic link of that name).
+async fn create_part(local: &Path) -> std::io::Result<(std::path::PathBuf, tokio::fs::File)> {
+    for _ in 0..8 {
+        let mut random = [0u8; 8];
+        aws_lc_rs::rand::fill(&mut random)
+            .map_err(|_| std::io::Error::other("no random bytes for a temporary file name"))?;
+        let mut name = local.as_os_str().to_owned();
+        name.push(format!(".{}{PART_SUFFIX}", hex::encode(random)));
+        let part = std::path::PathBuf::from(name);
+        match tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&part)
+            .await
+        {
+            Ok(file) => return Ok((part, file)),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(e),
+        }
+    }
+    Err(std::io::Error::new(
+        std::io::ErrorKind::AlreadyExists,
+        "every temporary file name tried next to the destination exists",
+    ))
+}
 
 impl Client {
     /// A valid token: logs in if none; refreshes when less than 1/4 of its lifetime (at most
@@ -397,7 +424,8 @@ impl Client {
     }
 
     /// Runs `op` until it succeeds, fails for good, or the retry policy is spent. Only for
-    /// idempotent operations (GET, HEAD, listing, DELETE, move, mkdir, replayable uploads).
+    /// idempotent operations (GET, HEAD, listing, DELETE, mkdir, replayable uploads); not
+    /// moves (see [`Client::rename`]).
     async fn retrying<T, F, Fut>(&self, mut op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
@@ -514,6 +542,9 @@ impl Client {
 
     /// One page of the directory `dir` (with or without a trailing `/`): at most `limit`
     /// entries (1–10000, server default 1000), starting at `cursor` (from the previous page).
+    ///
+    /// Every name is one path segment, safe to join to a local directory: a page listing an
+    /// empty name, `.`, `..`, or a name with `/`, `\\` or NUL is [`Error::InvalidAnswer`].
     pub async fn list_page(
         &self,
         dir: &str,
@@ -537,10 +568,7 @@ impl Client {
                 http::json(resp).await
             })
             .await?;
-        Ok(ListPage {
-            entries: page.entries.into_iter().map(Entry::from).collect(),
-            next_cursor: page.next_cursor,
-        })
+        checked_page(dir, page)
     }
 
     /// Every entry of the directory `dir`, all pages.
@@ -758,22 +786,26 @@ impl Client {
         Ok(())
     }
 
-    /// Downloads to a local file via a temporary file (`<local>.efs-part`) + rename
-    /// (retried whole on transient errors). The temporary file is removed on failure.
+    /// Downloads to a local file via a temporary file + rename (retried whole on transient
+    /// errors). The temporary file, `<local>.<random>.efs-part` in the same directory, is
+    /// created anew (`O_EXCL`): an existing file is never emptied, a link planted there never
+    /// followed, and parallel downloads of one destination never share one. It is removed on
+    /// failure.
     pub async fn download_file(
         &self,
         path: &str,
         local: &Path,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<u64> {
-        let mut part = local.as_os_str().to_owned();
-        part.push(PART_SUFFIX);
-        let part = std::path::PathBuf::from(part);
         let url = self.inner.http.url(&paths::encode_path(path)?);
+        let (part, file) = create_part(local).await.map_err(Error::Io)?;
         let mut backoff = Backoff::new(&self.inner.retry);
         let result = loop {
             let attempt = async {
-                let file = tokio::fs::File::create(&part).await.map_err(Error::Io)?;
+                // Each attempt starts the same file again, through its handle, never its name.
+                let mut file = file.try_clone().await.map_err(Error::Io)?;
+                file.set_len(0).await.map_err(Error::Io)?;
+                file.rewind().await.map_err(Error::Io)?;
                 // Network chunks are small (HTTP/2 frames); each write to a tokio file is
                 // a trip to the blocking pool, so gather them first.
                 let mut out = tokio::io::BufWriter::with_capacity(DOWNLOAD_BUFFER, file);
@@ -794,6 +826,7 @@ impl Client {
                 },
             }
         };
+        drop(file);
         match result {
             Ok(n) => {
                 if let Err(e) = tokio::fs::rename(&part, local).await {
@@ -840,6 +873,11 @@ impl Client {
 
     /// Moves a file or directory (`POST /_efs/move`). With `overwrite`, a file may replace
     /// a file; otherwise an existing destination is [`Error::Conflict`].
+    ///
+    /// A move is not idempotent: once it was done, doing it again fails (404). So it is
+    /// retried only when the server cannot have acted: the connection could not be made, or
+    /// the server answered 429 or 503. When the request went out and no answer came back,
+    /// the [`Error::Transport`] says the move may have been done.
     pub async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<Entry> {
         let url = self.inner.http.url("/_efs/move");
         let body = efs_proto::MoveRequest {
@@ -847,14 +885,40 @@ impl Client {
             to: absolute(to),
             overwrite,
         };
-        self.retrying(|| async {
-            let resp = self
-                .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t).json(&body)))
-                .await?;
-            http::json::<efs_proto::ListEntry>(resp).await
-        })
-        .await
-        .map(Entry::from)
+        let mut backoff = Backoff::new(&self.inner.retry);
+        loop {
+            let attempt = async {
+                let resp = self
+                    .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t).json(&body)))
+                    .await?;
+                http::json::<efs_proto::ListEntry>(resp).await
+            };
+            let f = match attempt.await {
+                Ok(e) => return Ok(Entry::from(e)),
+                Err(f) => f,
+            };
+            let not_done = f.unsent
+                || matches!(
+                    f.err,
+                    Error::RateLimited { .. } | Error::Server { status: 503, .. }
+                );
+            if !not_done {
+                return Err(match f.err {
+                    Error::Transport(m) => Error::Transport(format!(
+                        "{m} (the move may have been done: look at {} before trying again)",
+                        body.to
+                    )),
+                    e => e,
+                });
+            }
+            match backoff.next_delay(&f) {
+                Some(delay) => {
+                    tracing::debug!(?delay, "the move was not done, retrying: {}", f.err);
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(f.err),
+            }
+        }
     }
 
     /// Creates the directory `path` and its missing parents.
@@ -869,6 +933,26 @@ impl Client {
         .await
         .map(Entry::from)
     }
+}
+
+/// A listing page as the SDK returns it, or [`Error::InvalidAnswer`] when a name is not one
+/// path segment (see [`paths::entry_name_problem`]).
+fn checked_page(dir: &str, page: efs_proto::ListPage) -> Result<ListPage> {
+    if let Some((e, why)) = page
+        .entries
+        .iter()
+        .find_map(|e| paths::entry_name_problem(&e.name).map(|why| (e, why)))
+    {
+        // Escaped and cut short: the name is the server's, not to be printed raw.
+        let shown: String = format!("{:?}", e.name).chars().take(80).collect();
+        return Err(Error::InvalidAnswer(format!(
+            "the listing of {dir} names the entry {shown}, which is not a file name: {why}"
+        )));
+    }
+    Ok(ListPage {
+        entries: page.entries.into_iter().map(Entry::from).collect(),
+        next_cursor: page.next_cursor,
+    })
 }
 
 /// `path` with a leading `/` (for JSON bodies, which carry plain paths).
@@ -962,6 +1046,67 @@ mod tests {
                 content_type: Some("application/pdf".into()),
             }
         );
+    }
+
+    /// A listing as a hostile server could send it: only one-segment names get through.
+    fn page_naming(name: &str) -> Result<ListPage> {
+        let body = serde_json::json!({
+            "path": "/elsewhere/",
+            "entries": [
+                {"name": "fine.txt", "type": "file", "size": 1, "modified": "2026-01-01T00:00:00Z"},
+                {"name": name, "type": "dir", "size": 0, "modified": "2026-01-01T00:00:00Z"},
+            ],
+        });
+        checked_page("/docs", serde_json::from_value(body).unwrap())
+    }
+
+    #[test]
+    fn listings_with_unsafe_names_are_refused() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../.bashrc",
+            "/etc/cron.d/x",
+            "a/b",
+            "..\\evil",
+            "nul\0byte",
+        ] {
+            match page_naming(bad) {
+                Err(Error::InvalidAnswer(m)) => {
+                    assert!(
+                        m.contains("of /docs ") && m.contains("not a file name"),
+                        "{m}"
+                    )
+                }
+                other => panic!("{bad:?}: {other:?}"),
+            }
+        }
+        let page = page_naming(".hidden").unwrap();
+        let names: Vec<&str> = page.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["fine.txt", ".hidden"]);
+    }
+
+    #[tokio::test]
+    async fn temporary_download_files_are_new() {
+        let d = tempfile::tempdir().unwrap();
+        let dest = d.path().join("report.pdf");
+        // What a fixed name would have emptied.
+        let fixed = d.path().join("report.pdf.efs-part");
+        std::fs::write(&fixed, b"keep me").unwrap();
+        let (a, _fa) = create_part(&dest).await.unwrap();
+        let (b, _fb) = create_part(&dest).await.unwrap();
+        assert_ne!(a, b);
+        for p in [&a, &b] {
+            assert_eq!(p.parent(), Some(d.path()));
+            let name = p.file_name().unwrap().to_str().unwrap();
+            assert!(
+                name.starts_with("report.pdf.") && name.ends_with(".efs-part"),
+                "{name}"
+            );
+            assert_eq!(std::fs::metadata(p).unwrap().len(), 0);
+        }
+        assert_eq!(std::fs::read(&fixed).unwrap(), b"keep me");
     }
 
     #[test]

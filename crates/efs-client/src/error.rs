@@ -63,6 +63,10 @@ pub enum Error {
     /// A key could not be read or used (file, format, passphrase, agent).
     #[error("key: {0}")]
     Key(String),
+    /// The server's answer is not one an EFS server gives (e.g. a listed name that is not
+    /// one path segment): refused rather than trusted.
+    #[error("invalid answer from the server: {0}")]
+    InvalidAnswer(String),
     /// A local file could not be read or written.
     #[error("local I/O: {0}")]
     Io(#[from] std::io::Error),
@@ -140,6 +144,9 @@ impl Error {
             }
             Error::Key(_) => {
                 "use an Ed25519 key (OpenSSH or PKCS#8 PEM); for an encrypted one set its passphrase"
+            }
+            Error::InvalidAnswer(_) => {
+                "no EFS server answers this: check that the remote's URL names an EFS server you trust"
             }
             Error::Io(_) => return None,
             Error::Config(_) => return None,

@@ -27,11 +27,15 @@ impl Http {
     }
 }
 
-/// A failed attempt: the error, and how long the server asked us to wait before the next.
+/// A failed attempt: the error, how long the server asked us to wait before the next, and
+/// whether the request surely never reached the server.
 #[derive(Debug)]
 pub(crate) struct Fail {
     pub(crate) err: Error,
     pub(crate) retry_after: Option<Duration>,
+    /// The connection could not be made (TCP or TLS): nothing was sent, so even a request
+    /// that is not idempotent can be sent again.
+    pub(crate) unsent: bool,
 }
 
 impl From<Error> for Fail {
@@ -39,15 +43,18 @@ impl From<Error> for Fail {
         Fail {
             err,
             retry_after: None,
+            unsent: false,
         }
     }
 }
 
 /// Sends a request; a transport failure becomes [`Error::Transport`] / [`Error::Tls`].
 pub(crate) async fn send(rb: reqwest::RequestBuilder) -> Result<reqwest::Response, Fail> {
-    rb.send()
-        .await
-        .map_err(|e| Fail::from(map_reqwest_error(&e)))
+    rb.send().await.map_err(|e| Fail {
+        err: map_reqwest_error(&e),
+        retry_after: None,
+        unsent: e.is_connect(),
+    })
 }
 
 /// Passes a success (2xx) through; turns an error answer into its [`Error`].
@@ -67,7 +74,11 @@ pub(crate) async fn check(resp: reqwest::Response) -> Result<reqwest::Response, 
         429 | 503 => retry_after_secs.map(Duration::from_secs),
         _ => None,
     };
-    Err(Fail { err, retry_after })
+    Err(Fail {
+        err,
+        retry_after,
+        unsent: false,
+    })
 }
 
 async fn read_limited(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
@@ -300,6 +311,7 @@ mod tests {
                 message: String::new(),
             },
             retry_after: Some(Duration::from_secs(2)),
+            unsent: false,
         };
         assert_eq!(b.next_delay(&busy), Some(Duration::from_secs(2)));
         let long = Fail {
@@ -307,6 +319,7 @@ mod tests {
                 retry_after_secs: Some(45),
             },
             retry_after: Some(Duration::from_secs(45)),
+            unsent: false,
         };
         assert_eq!(b.next_delay(&long), None, "too long to wait silently");
     }

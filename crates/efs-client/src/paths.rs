@@ -52,6 +52,22 @@ pub(crate) fn encode_dir(path: &str) -> Result<String> {
     }
 }
 
+/// Why `name`, an entry name from a listing, cannot be one segment of a path, if it cannot.
+///
+/// A server never lists such names; a hostile or broken one could, and a caller that joins
+/// the name to a local directory would then write outside it (`../../.bashrc`, `/etc/x`,
+/// `a/b`), or list the same directory forever (`.`).
+pub(crate) fn entry_name_problem(name: &str) -> Option<&'static str> {
+    match name {
+        "" => Some("it is empty"),
+        "." | ".." => Some("it is '.' or '..'"),
+        _ if name.contains('/') => Some("it contains '/'"),
+        _ if name.contains('\\') => Some("it contains '\\'"),
+        _ if name.contains('\0') => Some("it contains a NUL character"),
+        _ => None,
+    }
+}
+
 /// The last segment of a plain path ("" for the root).
 pub(crate) fn file_name(path: &str) -> &str {
     path.trim_end_matches('/').rsplit('/').next().unwrap_or("")
@@ -114,6 +130,25 @@ mod tests {
         assert_eq!(encode_dir("").unwrap(), "/");
         assert_eq!(encode_dir("/a b").unwrap(), "/a%20b/");
         assert_eq!(encode_dir("/a/b/").unwrap(), "/a/b/");
+    }
+
+    #[test]
+    fn listed_names_must_be_one_segment() {
+        for bad in [
+            "",
+            ".",
+            "..",
+            "../../.bashrc",
+            "/etc/passwd",
+            "a/b",
+            "..\\x",
+            "a\0b",
+        ] {
+            assert!(entry_name_problem(bad).is_some(), "{bad:?}");
+        }
+        for good in ["a", ".hidden", "a..b", "...", "été 日本.pdf", "a b"] {
+            assert_eq!(entry_name_problem(good), None, "{good:?}");
+        }
     }
 
     #[test]

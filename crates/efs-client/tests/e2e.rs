@@ -922,3 +922,75 @@ async fn one_login_for_many_requests_and_cached_tokens() {
     assert_eq!(count.load(Ordering::SeqCst), 1, "one new login");
     assert_ne!(c3.token().await.unwrap().token, "not-a-token");
 }
+
+/// A TCP relay on 127.0.0.1 to `port`. While `lose` is set, the first bytes the server sends
+/// on a connection are not passed on: the relay waits half a second (the server has acted on
+/// the request by then) and cuts that connection, and clears `lose`. The answer is lost.
+async fn answer_losing_relay(port: u16, lose: Arc<AtomicBool>) -> u16 {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let relay_port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let lose = lose.clone();
+            tokio::spawn(async move {
+                let Ok(server) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
+                    return;
+                };
+                let (mut cr, mut cw) = client.into_split();
+                let (mut sr, mut sw) = server.into_split();
+                let up = tokio::io::copy(&mut cr, &mut sw);
+                let down = async {
+                    let mut buf = vec![0u8; 16 * 1024];
+                    loop {
+                        let n = sr.read(&mut buf).await?;
+                        if n == 0 {
+                            return Ok::<(), std::io::Error>(());
+                        }
+                        if lose.load(Ordering::SeqCst) {
+                            tokio::time::sleep(Duration::from_millis(500)).await;
+                            lose.store(false, Ordering::SeqCst);
+                            return Ok(());
+                        }
+                        cw.write_all(&buf[..n]).await?;
+                    }
+                };
+                // Whichever ends first, both connections close when the halves drop.
+                tokio::select! {
+                    _ = up => {}
+                    _ = down => {}
+                }
+            });
+        }
+    });
+    relay_port
+}
+
+/// Regression: a move whose answer was lost was retried, the retry found the source gone,
+/// and the caller was told 404 although the file had moved.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_whose_answer_is_lost_is_not_retried_into_a_404() {
+    let s = setup(&[]);
+    let lose = Arc::new(AtomicBool::new(false));
+    let relay = answer_losing_relay(s.server.port, lose.clone()).await;
+    let c = Client::builder(&format!("https://127.0.0.1:{relay}"))
+        .user(USER)
+        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
+        .trust(Trust::CaPem(s.server.cert_pem()))
+        .build()
+        .unwrap();
+    c.put_bytes("/a.txt", "moved".into(), PutOptions::default())
+        .await
+        .unwrap();
+    // The connection is open and idle: the next bytes the server sends answer the move.
+    lose.store(true, Ordering::SeqCst);
+    let r = c.rename("/a.txt", "/b.txt", false).await;
+    assert!(!lose.load(Ordering::SeqCst), "the relay lost an answer");
+    match r {
+        Err(Error::Transport(m)) => assert!(m.contains("may have"), "{m}"),
+        other => panic!("expected a transport error that says the move may be done: {other:?}"),
+    }
+    // It did move.
+    assert_eq!(c.get_bytes("/b.txt").await.unwrap().as_ref(), b"moved");
+    assert!(matches!(c.stat("/a.txt").await, Err(Error::NotFound)));
+}

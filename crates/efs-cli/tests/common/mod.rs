@@ -234,7 +234,8 @@ impl Env {
         c
     }
 
-    fn configure(&self, c: &mut Command) {
+    /// Gives `c` this environment (for a command that runs `efs` itself, e.g. a shell).
+    pub fn configure(&self, c: &mut Command) {
         c.current_dir(self.tmp.path())
             .env("EFS_CONFIG_DIR", self.cfg())
             .env("HOME", self.tmp.path())
@@ -283,6 +284,33 @@ impl Env {
     pub fn fails(&self, args: &[&str], code: i32) -> String {
         let out = self.efs(args);
         assert_code(args, &out, code)
+    }
+
+    /// Adds the user `reader` with a read-only grant on `drive`, and the remote `ro` for it.
+    pub fn add_read_only_user(&self) {
+        let key = self.path("reader_key");
+        self.ok(&["keygen", "-o", key.to_str().unwrap()]);
+        self.server.efsctl(&[
+            "create-user",
+            "reader",
+            "--fs",
+            "drive",
+            "--read-only",
+            "--pubkey",
+            &format!("{}.pub", key.display()),
+        ]);
+        self.ok(&[
+            "remote",
+            "add",
+            "ro",
+            &self.server.url,
+            "--user",
+            "reader",
+            "--key",
+            key.to_str().unwrap(),
+            "--ca",
+            self.server.cert().to_str().unwrap(),
+        ]);
     }
 
     /// Writes a local file below the temporary directory (parents created).
@@ -348,6 +376,20 @@ pub fn assert_code(args: &[&str], out: &Output, code: i32) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// `len` bytes that do not compress (xorshift), so that what is written of them is as
+/// large as they are.
+pub fn noise(len: usize) -> Vec<u8> {
+    let mut x: u64 = 0x9E37_79B9_7F4A_7C15;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            (x >> 24) as u8
+        })
+        .collect()
 }
 
 /// Reads everything from `r` into a shared buffer, in a thread.
