@@ -504,7 +504,12 @@ fn file_action(method: &Method, is_dir: bool) -> Action {
 
 /// Every file route. Each request's audit entry is written before its answer leaves.
 async fn files(State(st): St, req: Request) -> Response {
-    if matches!(*req.method(), Method::GET | Method::HEAD) {
+    let upload =
+        matches!(*req.method(), Method::PUT | Method::POST) && !req.uri().path().ends_with('/');
+    if matches!(*req.method(), Method::GET | Method::HEAD) || upload {
+        // Reads need nothing more; an upload records its own entry if dropped once its
+        // commit is issued (`Who::committing`), and stays in this task so that its body
+        // chunks are not handed from task to task.
         files_now(st, req).await
     } else {
         let tasks = st.detached.clone();
@@ -596,7 +601,8 @@ async fn files_inner(
         }
         ("PUT", false) | ("POST", false) => {
             require_write(&caller)?;
-            write(&st, &fs, &path, &parts.headers, body).await
+            let client = client_ip(&parts.extensions);
+            write(&st, &fs, &path, &parts.headers, body, (who, client)).await
         }
         ("PUT", true) | ("POST", true) | ("MKCOL", _) => {
             require_write(&caller)?;
@@ -763,6 +769,7 @@ async fn write(
     path: &EfsPath,
     headers: &HeaderMap,
     body: &mut Option<Body>,
+    (who, client): (&mut Who, IpAddr),
 ) -> Result<Response, ApiError> {
     let cond = write_precondition(headers)?;
     if let Some(len) = headers
@@ -804,6 +811,9 @@ async fn write(
             return Err(e.into());
         }
     }
+    // From here the change may land even if the client hangs up and this request is
+    // dropped: its audit entry must then be written on drop.
+    who.committing(&st.data, client);
     let (entry, replaced) = fs
         .commit_upload(path, upload, Some(content_type), cond)
         .await?;

@@ -393,3 +393,70 @@ async fn a_client_that_hangs_up_cannot_change_a_file_unrecorded() {
         }
     }
 }
+
+/// The same for uploads, which run in their connection's task: a PUT whose client hangs up
+/// while it commits writes its own entry when dropped (status 499, `client_closed`), so
+/// every file that exists afterwards has an entry for its write.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_up_upload_that_landed_is_recorded() {
+    use tokio::io::AsyncWriteExt;
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let token = s.token;
+    const N: usize = 32;
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(rustls_client_config(
+        &std::fs::read(srv.cert_file()).unwrap(),
+    )));
+    let mut landed: Vec<String> = Vec::new();
+    for round in 0..5 {
+        for i in 0..N {
+            let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+            let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            let req = format!(
+                "PUT /up/r{round}-f{i} HTTP/1.1\r\nHost: localhost\r\n\
+                 Authorization: Bearer {token}\r\nContent-Length: 5\r\n\r\nhello"
+            );
+            tls.write_all(req.as_bytes()).await.unwrap();
+            tls.flush().await.unwrap();
+            tokio::time::sleep(Duration::from_micros((i as u64 % 16) * 250)).await;
+            let _ = tls.shutdown().await;
+            drop(tls);
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (status, _) = srv.get("/up/", &token).await;
+        if status == 200 {
+            landed = srv
+                .list_all("/up/", &token, 1000)
+                .await
+                .iter()
+                .map(|e| e["name"].as_str().unwrap().to_owned())
+                .collect();
+        }
+        if !landed.is_empty() {
+            break;
+        }
+    }
+    assert!(!landed.is_empty(), "no hung-up PUT landed");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    for name in &landed {
+        let path = format!("/up/{name}");
+        loop {
+            let writes: Vec<Value> = show(&srv, &["--path", &path])
+                .into_iter()
+                .filter(|e| e["action"] == "write")
+                .collect();
+            if let Some(w) = writes.first() {
+                let st = w["status"].as_u64().unwrap();
+                assert!(st == 201 || st == 499, "{path}: {w}");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "{path} was written with no audit entry ({} landed)",
+                landed.len()
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+}
