@@ -25,7 +25,7 @@
 //! The manifest (format 2, [`FORMAT`]) is authenticated: HMAC-SHA256 under a subkey of the
 //! keyring term current at the backup ([`Manifest::mac_input`] lists what it covers), so
 //! whoever can write to the backup store cannot drop records, splice in older ones or
-//! change a field without the restore refusing it ([`Source::authenticate`], before
+//! change a field without the restore refusing it (`Source::authenticate`, before
 //! anything is written). The filesystem's name and plaintext counts are sealed under
 //! another subkey of that term. A format-1 manifest has neither and is restored only when
 //! the operator accepts an unauthenticated backup.
