@@ -1,6 +1,7 @@
 //! The commands on remote paths that are one or two SDK calls each: ls, stat, cat, put, rm,
 //! mv, mkdir, token.
 
+use crate::exit::outln;
 use std::pin::Pin;
 use std::task::{Context as TaskContext, Poll};
 
@@ -108,17 +109,17 @@ pub(crate) async fn ls(
             if json {
                 all_json.push(serde_json::to_value(JsonEntry::new(rp.path.clone(), e))?);
             } else if long {
-                println!("{}", long_line(e, &e.name));
+                outln!("{}", long_line(e, &e.name));
             } else {
-                println!("{}", e.name);
+                outln!("{}", e.name);
             }
             continue;
         }
         if several && !json {
             if i > 0 {
-                println!();
+                outln!();
             }
-            println!("{}:", rp.display());
+            outln!("{}:", rp.display());
         }
         if recursive {
             // One walk, then the tree in order: each entry shown by its path below the
@@ -153,7 +154,7 @@ pub(crate) async fn ls(
         }
     }
     if json {
-        println!("{}", serde_json::to_string_pretty(&all_json)?);
+        outln!("{}", serde_json::to_string_pretty(&all_json)?);
     }
     Ok(())
 }
@@ -169,11 +170,11 @@ fn print_entry(
     if json {
         all_json.push(serde_json::to_value(JsonEntry::new(path.to_owned(), e))?);
     } else if long {
-        println!("{}", long_line(e, shown));
+        outln!("{}", long_line(e, shown));
     } else if e.kind == EntryType::Dir {
-        println!("{shown}/");
+        outln!("{shown}/");
     } else {
-        println!("{shown}");
+        outln!("{shown}");
     }
     Ok(())
 }
@@ -213,21 +214,21 @@ pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Res
             continue;
         }
         if i > 0 {
-            println!();
+            outln!();
         }
-        println!("path:          {}", rp.display());
-        println!("type:          {}", kind_name(&e));
+        outln!("path:          {}", rp.display());
+        outln!("type:          {}", kind_name(&e));
         if e.kind != EntryType::Dir {
-            println!("size:          {}", e.size);
+            outln!("size:          {}", e.size);
         }
         if !e.modified.is_empty() {
-            println!("modified:      {}", e.modified);
+            outln!("modified:      {}", e.modified);
         }
         if let Some(etag) = &e.etag {
-            println!("etag:          {etag}");
+            outln!("etag:          {etag}");
         }
         if let Some(ct) = &e.content_type {
-            println!("content-type:  {ct}");
+            outln!("content-type:  {ct}");
         }
     }
     if json {
@@ -236,7 +237,7 @@ pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Res
         } else {
             serde_json::Value::Array(out)
         };
-        println!("{}", serde_json::to_string_pretty(&v)?);
+        outln!("{}", serde_json::to_string_pretty(&v)?);
     }
     Ok(())
 }
@@ -335,7 +336,7 @@ pub(crate) async fn put(
         .await
         .with_context(|| format!("writing {}", rp.display()))?;
     if json {
-        println!(
+        outln!(
             "{}",
             serde_json::to_string_pretty(&JsonEntry::new(rp.path.clone(), &e))?
         );
@@ -474,9 +475,9 @@ pub(crate) async fn token(session: &Session, remote: &str, json: bool) -> Result
         .await
         .with_context(|| format!("logging in to remote '{name}'"))?;
     if json {
-        println!("{}", serde_json::to_string_pretty(&t)?);
+        outln!("{}", serde_json::to_string_pretty(&t)?);
     } else {
-        println!("{}", t.token);
+        outln!("{}", t.token);
     }
     Ok(())
 }

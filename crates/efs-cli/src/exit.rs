@@ -23,6 +23,32 @@ pub(crate) const TLS: u8 = 6;
 /// Network: connection failures or busy server, after the retries were used up.
 pub(crate) const NETWORK: u8 = 7;
 
+/// Writes one line to stdout (what [`outln!`] expands to). A reader that went away (`efs ls
+/// | head`) ends the program quietly with exit 0, as `efs cat` does: what it wanted, it has.
+/// `println!` panicked there. Any other failure to write stdout is exit 1 with a message.
+pub(crate) fn out_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+        if e.kind() == std::io::ErrorKind::BrokenPipe {
+            std::process::exit(i32::from(OK));
+        }
+        eprintln!("efs: error: writing to stdout: {e}");
+        std::process::exit(i32::from(ERROR));
+    }
+}
+
+/// `println!` for command output: see [`out_line`].
+macro_rules! outln {
+    () => {
+        $crate::exit::out_line(format_args!(""))
+    };
+    ($($arg:tt)*) => {
+        $crate::exit::out_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use outln;
+
 /// An error of the command line itself, with its exit code and, maybe, what to do.
 #[derive(Debug)]
 pub(crate) struct Failure {

@@ -2,6 +2,7 @@
 //! trusted: a CA file, a fingerprint given by the operator, or trust on first use — the
 //! fingerprint is shown and the user asked, as ssh does, then pinned.
 
+use crate::exit::outln;
 use std::io::{BufRead, IsTerminal, Write};
 use std::path::PathBuf;
 use std::time::Duration;
@@ -195,7 +196,7 @@ pub(crate) fn list(session: &Session, json: bool) -> Result<()> {
             .iter()
             .map(|(name, remote)| Listed { name, remote })
             .collect();
-        println!("{}", serde_json::to_string_pretty(&all)?);
+        outln!("{}", serde_json::to_string_pretty(&all)?);
         return Ok(());
     }
     if remotes.is_empty() {
@@ -210,7 +211,7 @@ pub(crate) fn list(session: &Session, json: bool) -> Result<()> {
         } else {
             "system roots".to_owned()
         };
-        println!(
+        outln!(
             "{name}\t{}\tuser={}\tfs={}\tkey={}\t{trust}",
             r.url,
             r.user,

@@ -95,6 +95,36 @@ fn cat_into_a_closed_pipe_is_success() {
     );
 }
 
+/// `efs ls -l drive:/many/ | head -1`: the listing is longer than a pipe holds (over 64 KiB),
+/// the reader goes away after one line, and `efs` ends quietly with exit 0 (it panicked
+/// with "failed printing to stdout").
+#[test]
+fn ls_into_a_closed_pipe_is_success() {
+    let env = Env::new();
+    for i in 0..1200 {
+        env.write(
+            &format!("many/a-rather-long-file-name-for-the-listing-{i:05}.txt"),
+            b"x",
+        );
+    }
+    env.ok(&["cp", "-r", "-j", "8", "many", "drive:/"]);
+    let mut child = env
+        .cmd(&["ls", "-l", "drive:/many/"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let mut first = [0u8; 10];
+    stdout.read_exact(&mut first).unwrap();
+    drop(stdout);
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {err}", out.status.code());
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 #[test]
 fn stat_ls_mkdir_mv_rm() {
     let env = Env::new();

@@ -323,14 +323,10 @@ async fn unwritable_audit_log_fails_closed() {
 /// still committed the delete, and the entry, written after the commit, never was.)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_client_that_hangs_up_cannot_change_a_file_unrecorded() {
-    use tokio::io::AsyncWriteExt;
     let s = session(&[]).await;
     let srv = s.srv;
     let token = s.token;
     const N: usize = 32;
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(rustls_client_config(
-        &std::fs::read(srv.cert_file()).unwrap(),
-    )));
     // Rounds until some hung-up DELETE was served: on busy cores hyper may drop all of a
     // round before serving any (nothing changed then, and nothing needs recording).
     let mut gone: Vec<String> = Vec::new();
@@ -340,20 +336,12 @@ async fn a_client_that_hangs_up_cannot_change_a_file_unrecorded() {
                 .await;
         }
         for i in 0..N {
-            let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+            // Hang up after 0 to 4 ms: some while the delete is being committed.
             let req = format!(
                 "DELETE /gone/r{round}-f{i} HTTP/1.1\r\nHost: localhost\r\n\
                  Authorization: Bearer {token}\r\n\r\n"
             );
-            tls.write_all(req.as_bytes()).await.unwrap();
-            tls.flush().await.unwrap();
-            // Hang up after 0 to 4 ms, without reading the answer: some while the delete
-            // is being committed.
-            tokio::time::sleep(Duration::from_micros((i as u64 % 16) * 250)).await;
-            let _ = tls.shutdown().await;
-            drop(tls);
+            send_and_hang_up(&srv, req, Duration::from_micros((i as u64 % 16) * 250)).await;
         }
         // Whatever the server still does finishes well within this.
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -399,29 +387,18 @@ async fn a_client_that_hangs_up_cannot_change_a_file_unrecorded() {
 /// every file that exists afterwards has an entry for its write.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_up_upload_that_landed_is_recorded() {
-    use tokio::io::AsyncWriteExt;
     let s = session(&[]).await;
     let srv = s.srv;
     let token = s.token;
     const N: usize = 32;
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(rustls_client_config(
-        &std::fs::read(srv.cert_file()).unwrap(),
-    )));
     let mut landed: Vec<String> = Vec::new();
     for round in 0..5 {
         for i in 0..N {
-            let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
-            let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-            let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
             let req = format!(
                 "PUT /up/r{round}-f{i} HTTP/1.1\r\nHost: localhost\r\n\
                  Authorization: Bearer {token}\r\nContent-Length: 5\r\n\r\nhello"
             );
-            tls.write_all(req.as_bytes()).await.unwrap();
-            tls.flush().await.unwrap();
-            tokio::time::sleep(Duration::from_micros((i as u64 % 16) * 250)).await;
-            let _ = tls.shutdown().await;
-            drop(tls);
+            send_and_hang_up(&srv, req, Duration::from_micros((i as u64 % 16) * 250)).await;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
         let (status, _) = srv.get("/up/", &token).await;
@@ -459,4 +436,19 @@ async fn a_hung_up_upload_that_landed_is_recorded() {
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
+}
+
+/// Sends `request` on a new TLS connection, waits `after`, then hangs up without reading
+/// the answer.
+async fn send_and_hang_up(srv: &TestServer, request: String, after: Duration) {
+    use tokio::io::AsyncWriteExt;
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(rustls_client_config(&srv.cert_pem)));
+    let tcp = tokio::net::TcpStream::connect(srv.addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.expect("TLS handshake");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep(after).await;
+    let _ = tls.shutdown().await;
 }
