@@ -212,11 +212,7 @@ impl Filesystem {
         let mut batch = Batch::default();
         loop {
             let item = reader.next_item()?;
-            let flush = item.is_none() || batch.ops.len() >= 1024;
-            if flush
-                && !batch.ops.is_empty()
-                && !self.index.commit(std::mem::take(&mut batch)).await?
-            {
+            if !self.commit_full(&mut batch, item.is_none()).await? {
                 return Err(conflict());
             }
             match item {
@@ -231,11 +227,7 @@ impl Filesystem {
         let mut committed = 0u64;
         loop {
             let item = reader.next_item()?;
-            let flush = item.is_none() || batch.ops.len() >= 1024;
-            if flush
-                && !batch.ops.is_empty()
-                && !self.index.commit(std::mem::take(&mut batch)).await?
-            {
+            if !self.commit_full(&mut batch, item.is_none()).await? {
                 return Err(conflict());
             }
             match item {
@@ -270,6 +262,15 @@ impl Filesystem {
             return Err(mismatch());
         }
         Ok((entries, src.manifest.blobs.len() as u64))
+    }
+
+    /// Commits `batch` (and empties it) once it holds 1,024 operations, or at the end of a
+    /// pass (`last`); `Ok(false)` if its expectations did not hold.
+    async fn commit_full(&self, batch: &mut crate::index::Batch, last: bool) -> Result<bool> {
+        if (last || batch.ops.len() >= 1024) && !batch.ops.is_empty() {
+            return self.index.commit(std::mem::take(batch)).await;
+        }
+        Ok(true)
     }
 
     /// The keyring as stored (sealed under the starter key).
