@@ -535,8 +535,10 @@ async fn connections_idle_past_the_idle_timeout_are_closed() {
     println!("idle: HTTP/1 closed after {t1:?}, HTTP/2 after {t2:?} (--idle-timeout 1)");
     assert!(t1 >= Duration::from_millis(900) && t2 >= Duration::from_millis(900));
 
-    // A slow download outlives the timeout: 8 MiB read at about 2.5 MiB/s.
-    let data = pattern(8 << 20, 7);
+    // A slow download outlives the timeout and the close grace (1 s + 5 s): 24 MiB, more
+    // than the socket buffers hold, read for well over 8 s. Its frames keep the connection
+    // busy; if they did not count, it would be dropped mid-way.
+    let data = pattern(24 << 20, 7);
     srv.put_ok("/slow-reader.bin", &s.token, data.clone()).await;
     let r = srv
         .req("GET", "/slow-reader.bin", &s.token)
@@ -551,8 +553,13 @@ async fn connections_idle_past_the_idle_timeout_are_closed() {
         got.extend_from_slice(&chunk.expect("the download was cut"));
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    println!("idle: a slow download took {:?}", t0.elapsed());
+    let took = t0.elapsed();
+    println!("idle: a slow download took {took:?}");
     assert!(got == data, "the slow download came back whole");
+    assert!(
+        took > Duration::from_secs(8),
+        "not slow enough to prove anything: {took:?}"
+    );
 }
 
 /// An HTTP/2 peer that asks for an answer and never opens its flow-control window (so the
