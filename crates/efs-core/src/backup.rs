@@ -243,8 +243,7 @@ impl Filesystem {
                     if rec.kind == Kind::File {
                         let dk = rec.data_key(backup_kr, &old_id)?;
                         rec.key_term = term.number;
-                        rec.wrapped_key = efs_format::wrap::seal(
-                            term.data_key_wrap(),
+                        rec.wrapped_key = term.data_key_sealer().seal(
                             &crate::record::data_key_aad(&self.id, &rec.id),
                             dk.as_bytes(),
                         );

@@ -891,11 +891,9 @@ fn rebind(
     if rec.kind == crate::record::Kind::File {
         let dk = rec.data_key(kr, from)?;
         let term = kr.term(rec.key_term)?;
-        rec.wrapped_key = efs_format::wrap::seal(
-            term.data_key_wrap(),
-            &crate::record::data_key_aad(to, &rec.id),
-            dk.as_bytes(),
-        );
+        rec.wrapped_key = term
+            .data_key_sealer()
+            .seal(&crate::record::data_key_aad(to, &rec.id), dk.as_bytes());
     }
     Ok(rec)
 }

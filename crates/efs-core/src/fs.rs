@@ -9,7 +9,7 @@
 
 use std::sync::Arc;
 
-use efs_format::{Decryptor, Encryptor, HEADER_LEN, Key32, SEGMENT_SIZE, TAG_LEN, wrap};
+use efs_format::{Decryptor, Encryptor, HEADER_LEN, Key32, SEGMENT_SIZE, TAG_LEN};
 use std::sync::RwLock;
 
 use crate::blob::{BlobReader, BlobStore, BlobWriter};
@@ -758,8 +758,7 @@ impl Filesystem {
                 content_type: content_type.clone(),
                 storage: f.storage,
                 key_term: term.number,
-                wrapped_key: wrap::seal(
-                    term.data_key_wrap(),
+                wrapped_key: term.data_key_sealer().seal(
                     &data_key_aad(&self.id, &f.content_id),
                     f.data_key.as_bytes(),
                 ),
@@ -1010,11 +1009,9 @@ impl Filesystem {
                 let dk = self.data_key_of(&kr, &moved)?;
                 let term = kr.current();
                 moved.key_term = term.number;
-                moved.wrapped_key = wrap::seal(
-                    term.data_key_wrap(),
-                    &data_key_aad(&self.id, &moved.id),
-                    dk.as_bytes(),
-                );
+                moved.wrapped_key = term
+                    .data_key_sealer()
+                    .seal(&data_key_aad(&self.id, &moved.id), dk.as_bytes());
             }
             moved.modified_ms = now_ms();
             let mut batch = self.base_batch(&kr, &dst);

@@ -8,7 +8,8 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
-use efs_format::{Key32, MacKey, wrap};
+use efs_format::wrap::{self, Sealer};
+use efs_format::{Key32, MacKey};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
@@ -25,17 +26,25 @@ pub struct Term {
     /// `tag`, set up for HMAC once (a GET computes several tags).
     tag_mac: MacKey,
     record: Key32,
+    /// `wrap` and `record`, expanded for AES-256-GCM once: a GET opens two or three records
+    /// and a data key, a listing one record per entry.
+    wrap_sealer: Sealer,
+    record_sealer: Sealer,
 }
 
 impl Term {
     fn new(number: u32, key: &Key32) -> Self {
         let tag = key.derive(b"", labels::TERM_NAME_TAG);
+        let wrap = key.derive(b"", labels::TERM_DATA_KEY_WRAP);
+        let record = key.derive(b"", labels::TERM_INDEX_RECORD);
         Self {
             number,
-            wrap: key.derive(b"", labels::TERM_DATA_KEY_WRAP),
+            wrap_sealer: Sealer::new(&wrap),
+            record_sealer: Sealer::new(&record),
+            wrap,
             tag_mac: MacKey::new(&tag),
             tag,
-            record: key.derive(b"", labels::TERM_INDEX_RECORD),
+            record,
         }
     }
 
@@ -47,6 +56,16 @@ impl Term {
     /// Key of the index records.
     pub fn record_key(&self) -> &Key32 {
         &self.record
+    }
+
+    /// [`Term::data_key_wrap`], expanded once: seals and opens wrapped data keys.
+    pub fn data_key_sealer(&self) -> &Sealer {
+        &self.wrap_sealer
+    }
+
+    /// [`Term::record_key`], expanded once: seals and opens index records.
+    pub fn record_sealer(&self) -> &Sealer {
+        &self.record_sealer
     }
 
     /// Key of the name tags.

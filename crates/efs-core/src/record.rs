@@ -5,7 +5,7 @@
 //! AAD = `"efs-record-v1" || fs id || entry key`, so a record moved to another entry or
 //! another filesystem does not open.
 
-use efs_format::{Key32, wrap};
+use efs_format::Key32;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{CoreError, Result};
@@ -80,7 +80,7 @@ impl Record {
     pub fn seal(&self, keyring: &Keyring, fs_id: &[u8; 16], key: &EntryKey) -> Vec<u8> {
         let term = keyring.current();
         let plain = self.encode();
-        let sealed = wrap::seal(term.record_key(), &record_aad(fs_id, key), &plain);
+        let sealed = term.record_sealer().seal(&record_aad(fs_id, key), &plain);
         let mut out = Vec::with_capacity(5 + sealed.len());
         out.push(LAYOUT);
         out.extend_from_slice(&term.number.to_be_bytes());
@@ -95,7 +95,9 @@ impl Record {
         }
         let term = u32::from_be_bytes(value[1..5].try_into().expect("4 bytes checked above"));
         let term = keyring.term(term)?;
-        let plain = wrap::open(term.record_key(), &record_aad(fs_id, key), &value[5..])?;
+        let plain = term
+            .record_sealer()
+            .open(&record_aad(fs_id, key), &value[5..])?;
         Self::decode(&plain)
     }
 
@@ -117,11 +119,9 @@ impl Record {
     /// Unwraps the file's data key.
     pub fn data_key(&self, keyring: &Keyring, fs_id: &[u8; 16]) -> Result<Key32> {
         let term = keyring.term(self.key_term)?;
-        let k = wrap::open(
-            term.data_key_wrap(),
-            &data_key_aad(fs_id, &self.id),
-            &self.wrapped_key,
-        )?;
+        let k = term
+            .data_key_sealer()
+            .open(&data_key_aad(fs_id, &self.id), &self.wrapped_key)?;
         Key32::from_slice(&k).ok_or(CoreError::Decrypt)
     }
 }

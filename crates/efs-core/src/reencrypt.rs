@@ -24,7 +24,6 @@
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use efs_format::wrap;
 use serde::{Deserialize, Serialize};
 
 use super::rotation::{self, Damaged, RotationState};
@@ -293,8 +292,7 @@ async fn rewrite(
     new.id = fin.content_id;
     new.storage = fin.storage;
     new.key_term = term.number;
-    new.wrapped_key = wrap::seal(
-        term.data_key_wrap(),
+    new.wrapped_key = term.data_key_sealer().seal(
         &data_key_aad(&fs.id, &fin.content_id),
         fin.data_key.as_bytes(),
     );

@@ -21,7 +21,6 @@
 
 use std::sync::Arc;
 
-use efs_format::wrap;
 use serde::{Deserialize, Serialize};
 
 use super::Filesystem;
@@ -283,11 +282,9 @@ pub(super) fn rewrap_value(
         let dk = fs.data_key_of(kr, &rec)?;
         let term = kr.current();
         rec.key_term = term.number;
-        rec.wrapped_key = wrap::seal(
-            term.data_key_wrap(),
-            &data_key_aad(&fs.id, &rec.id),
-            dk.as_bytes(),
-        );
+        rec.wrapped_key = term
+            .data_key_sealer()
+            .seal(&data_key_aad(&fs.id, &rec.id), dk.as_bytes());
     }
     Ok(Some(rec.seal(kr, &fs.id, key)))
 }
