@@ -570,6 +570,18 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                         p.damaged.describe()
                     ));
                 }
+                let seals = f.seal_counts();
+                let current_seals = seals.get(&f.current_term()).copied().unwrap_or(0);
+                lines.push(format!(
+                    "{name}: {current_seals} records sealed under the current term (AES-GCM with random nonces allows one key {} seals; the server warns from {})",
+                    crate::fs::SEAL_LIMIT,
+                    crate::fs::SEAL_WARNING
+                ));
+                if current_seals >= crate::fs::SEAL_WARNING {
+                    lines.push(format!(
+                        "{name}: WARNING: past half of that limit: rotate the keyring now (efsctl rotate-key --fs {name})"
+                    ));
+                }
                 data.push(serde_json::json!({
                     "name": name,
                     "current_term": f.current_term(),
@@ -577,6 +589,12 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "term_numbers": terms,
                     "rotation": prog,
                     "reencryption": re,
+                    "records_sealed": seals
+                        .iter()
+                        .map(|(t, n)| (t.to_string(), serde_json::Value::from(*n)))
+                        .collect::<serde_json::Map<String, serde_json::Value>>(),
+                    "records_sealed_limit": crate::fs::SEAL_LIMIT,
+                    "rotate_now": current_seals >= crate::fs::SEAL_WARNING,
                 }));
             }
             AdminResponse::ok(lines, serde_json::Value::Array(data))

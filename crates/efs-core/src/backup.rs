@@ -267,7 +267,7 @@ impl Filesystem {
     /// pass (`last`); `Ok(false)` if its expectations did not hold.
     async fn commit_full(&self, batch: &mut crate::index::Batch, last: bool) -> Result<bool> {
         if (last || batch.ops.len() >= 1024) && !batch.ops.is_empty() {
-            return self.index.commit(std::mem::take(batch)).await;
+            return self.commit_batch(std::mem::take(batch)).await;
         }
         Ok(true)
     }

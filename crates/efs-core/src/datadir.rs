@@ -357,15 +357,18 @@ impl DataDir {
         let sealed = futures_block(index_meta(&index, META_KEYRING))?
             .ok_or(CoreError::Corrupt("filesystem without keyring"))?;
         let keyring = Keyring::open(&self.starter, &rec.id, &sealed)?;
+        let seals = futures_block(index_meta(&index, crate::fs::META_SEALS))?;
         let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
-        Ok(Filesystem::new(
+        let fs = Filesystem::new(
             rec.name.clone(),
             rec.id,
             Arc::new(index),
             Arc::new(blobs),
             keyring,
             self.opts.fs.clone(),
-        ))
+        );
+        fs.load_seal_counts(seals.as_deref())?;
+        Ok(fs)
     }
 
     /// Creates a filesystem; returns what was created, one line each.
@@ -701,6 +704,14 @@ impl DataDir {
                 commit(&index, std::mem::take(&mut batch)).await?;
             }
         }
+        // The restored records were sealed under the backup keyring's current term: the new
+        // filesystem starts counting from them (the original's count is its own).
+        let mut sealed = std::collections::BTreeMap::new();
+        sealed.insert(keyring.current_number(), entries);
+        batch.ops.push(Op::PutMeta(
+            crate::fs::META_SEALS.into(),
+            crate::fs::encode_seal_counts(&sealed),
+        ));
         commit(&index, batch).await?;
         if entries != source.manifest.entries || inline != source.manifest.inline {
             return Err(CoreError::Invalid(

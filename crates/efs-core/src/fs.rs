@@ -67,6 +67,9 @@ pub struct FsOptions {
     pub lookup_cache: usize,
     /// Bytes of the index's own page cache (redb), per filesystem.
     pub index_cache: usize,
+    /// How many more records sealed under a key term make a batch also store the counts
+    /// ([`Filesystem::seal_counts`]): after a crash the stored count may be this many short.
+    pub seal_count_step: u64,
 }
 
 impl Default for FsOptions {
@@ -75,8 +78,56 @@ impl Default for FsOptions {
             inline_max: 128 * 1024,
             lookup_cache: 0,
             index_cache: crate::redb_index::DEFAULT_CACHE_BYTES,
+            seal_count_step: 65_536,
         }
     }
+}
+
+/// Records one key term may seal: its keys seal with random 96-bit nonces, and NIST SP
+/// 800-38D bounds one AES-GCM key with random nonces at 2^32 seals. A term's record key seals
+/// every record written under it, and its data-key wrapping key at most one data key per
+/// record, so counting records counts both keys' uses.
+pub const SEAL_LIMIT: u64 = 1 << 32;
+
+/// From this many records sealed under the current term on, the server warns and `efsctl
+/// status` tells the operator to rotate the keyring (`efsctl rotate-key`).
+pub const SEAL_WARNING: u64 = 1 << 31;
+
+/// Index metadata holding [`Filesystem::seal_counts`]: `(term u32 BE, count u64 BE)` pairs.
+pub(crate) const META_SEALS: &str = "seal-counts";
+
+/// Records sealed under each key term (see [`Filesystem::seal_counts`]).
+#[derive(Default)]
+struct SealCounts {
+    /// Per term: the stored count plus the records this process has had committed since.
+    counts: std::collections::BTreeMap<u32, u64>,
+    /// The counts as last put in a batch.
+    stored: std::collections::BTreeMap<u32, u64>,
+    /// Terms over [`SEAL_WARNING`] already warned about by this process.
+    warned: std::collections::BTreeSet<u32>,
+}
+
+pub(crate) fn encode_seal_counts(counts: &std::collections::BTreeMap<u32, u64>) -> Vec<u8> {
+    let mut out = Vec::with_capacity(counts.len() * 12);
+    for (t, n) in counts {
+        out.extend_from_slice(&t.to_be_bytes());
+        out.extend_from_slice(&n.to_be_bytes());
+    }
+    out
+}
+
+fn decode_seal_counts(v: &[u8]) -> Result<std::collections::BTreeMap<u32, u64>> {
+    if !v.len().is_multiple_of(12) {
+        return Err(CoreError::Corrupt("seal counts"));
+    }
+    Ok(v.chunks_exact(12)
+        .map(|c| {
+            (
+                u32::from_be_bytes(c[..4].try_into().expect("12-byte chunk")),
+                u64::from_be_bytes(c[4..].try_into().expect("12-byte chunk")),
+            )
+        })
+        .collect())
 }
 
 /// Paths looked up while the index stayed at `changes` (see [`FsOptions::lookup_cache`]).
@@ -231,6 +282,7 @@ pub struct Filesystem {
     /// must not remove it after the restore copied it again.
     gc_or_restore: tokio::sync::Mutex<()>,
     lookups: std::sync::Mutex<LookupCache>,
+    seals: std::sync::Mutex<SealCounts>,
 }
 
 impl std::fmt::Debug for Filesystem {
@@ -287,6 +339,75 @@ impl Filesystem {
             pins: std::sync::Mutex::new(backup::Pins::default()),
             gc_or_restore: tokio::sync::Mutex::new(()),
             lookups: std::sync::Mutex::new(LookupCache::default()),
+            seals: std::sync::Mutex::new(SealCounts::default()),
+        }
+    }
+
+    /// Starts counting from the counts stored in the index ([`META_SEALS`]); called once
+    /// when the filesystem is opened, before it serves.
+    pub(crate) fn load_seal_counts(&self, stored: Option<&[u8]>) -> Result<()> {
+        let counts = stored
+            .map(decode_seal_counts)
+            .transpose()?
+            .unwrap_or_default();
+        let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
+        c.stored = counts.clone();
+        c.counts = counts;
+        Ok(())
+    }
+
+    /// Records sealed under each key term, as far as this filesystem knows: what the index
+    /// stores plus what this process has committed since (the stored counts may lag by
+    /// [`FsOptions::seal_count_step`] after a crash). Compare with [`SEAL_LIMIT`].
+    pub fn seal_counts(&self) -> std::collections::BTreeMap<u32, u64> {
+        self.seals
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .counts
+            .clone()
+    }
+
+    /// Commits `batch` to the index, counting the records it seals per key term; every
+    /// [`FsOptions::seal_count_step`] records, and when a term reaches [`SEAL_WARNING`], the
+    /// counts go into the same batch. Every writer of a filesystem's index commits here.
+    pub(crate) async fn commit_batch(&self, mut batch: Batch) -> Result<bool> {
+        self.count_seals(&mut batch);
+        self.index.commit(batch).await
+    }
+
+    fn count_seals(&self, batch: &mut Batch) {
+        let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
+        let mut store = false;
+        for op in &batch.ops {
+            let Op::PutEntry(_, value) = op else { continue };
+            let Ok(term) = rotation::sealing_term(value) else {
+                continue;
+            };
+            let n = c.counts.entry(term).or_default();
+            *n += 1;
+            let n = *n;
+            let stored = c.stored.get(&term).copied().unwrap_or(0);
+            if n - stored.min(n) >= self.opts.seal_count_step.max(1)
+                || (n >= SEAL_WARNING && stored < SEAL_WARNING)
+            {
+                store = true;
+            }
+            if n >= SEAL_WARNING && c.warned.insert(term) {
+                tracing::warn!(
+                    fs = self.name(),
+                    term,
+                    sealed = n,
+                    limit = SEAL_LIMIT,
+                    "key term {term} has sealed {n} records, past half of the 2^32 that AES-GCM with random nonces allows one key: rotate the keyring now (efsctl rotate-key)"
+                );
+            }
+        }
+        if store {
+            batch.ops.push(Op::PutMeta(
+                META_SEALS.into(),
+                encode_seal_counts(&c.counts),
+            ));
+            c.stored = c.counts.clone();
         }
     }
 
@@ -779,7 +900,7 @@ impl Filesystem {
             {
                 batch.ops.push(Op::DeleteInline(old.id));
             }
-            if self.index.commit(batch).await.map_err(Failed::Unknown)? {
+            if self.commit_batch(batch).await.map_err(Failed::Unknown)? {
                 if let Some((_, old)) = &res.current {
                     self.remove_blob_of(old).await;
                 }
@@ -856,7 +977,7 @@ impl Filesystem {
             batch
                 .ops
                 .push(Op::PutEntry(res.key, record.seal(&kr, &self.id, &res.key)));
-            if self.index.commit(batch).await? {
+            if self.commit_batch(batch).await? {
                 return Ok(Entry::from_record(&kr, &record));
             }
         }
@@ -905,7 +1026,7 @@ impl Filesystem {
             if rec.storage == Storage::Inline {
                 batch.ops.push(Op::DeleteInline(rec.id));
             }
-            if self.index.commit(batch).await? {
+            if self.commit_batch(batch).await? {
                 self.remove_blob_of(rec).await;
                 return Ok(());
             }
@@ -944,7 +1065,7 @@ impl Filesystem {
                     if rec.storage == Storage::Inline {
                         batch.ops.push(Op::DeleteInline(rec.id));
                     }
-                    if self.index.commit(batch).await? {
+                    if self.commit_batch(batch).await? {
                         self.remove_blob_of(&rec).await;
                     }
                 }
@@ -1038,7 +1159,7 @@ impl Filesystem {
             batch
                 .ops
                 .push(Op::PutEntry(dst.key, moved.seal(&kr, &self.id, &dst.key)));
-            if self.index.commit(batch).await? {
+            if self.commit_batch(batch).await? {
                 if let Some((_, d)) = &dst.current {
                     self.remove_blob_of(d).await;
                 }
@@ -1277,7 +1398,7 @@ impl Filesystem {
                 ops: orphans.into_iter().map(Op::DeleteInline).collect(),
                 ..Default::default()
             };
-            self.index.commit(batch).await?;
+            self.commit_batch(batch).await?;
         }
         Ok(out)
     }

@@ -213,7 +213,7 @@ pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
     };
     // Before the new term is visible: no rename may rewrap to it without new content.
     mark_running(fs);
-    if !fs.index.commit(batch).await? {
+    if !fs.commit_batch(batch).await? {
         fs.reencrypting.store(false, Ordering::SeqCst);
         return Err(CoreError::Contention);
     }
@@ -421,7 +421,7 @@ pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<Reen
         next.skipped += vanished;
         next.pass_changed += changes.len() as u64 + vanished;
         batch.ops.push(next.to_op());
-        if fs.index.commit(batch).await? {
+        if fs.commit_batch(batch).await? {
             for c in &changes {
                 if let Some(old) = &c.old_rec {
                     fs.remove_blob_of(old).await;
@@ -435,7 +435,7 @@ pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<Reen
             for c in changes {
                 let mut b = Batch::default();
                 c.ops(&mut b);
-                if fs.index.commit(b).await? {
+                if fs.commit_batch(b).await? {
                     match &c.old_rec {
                         Some(old) => {
                             next.files_done += 1;
@@ -486,7 +486,7 @@ async fn commit_meta(fs: &Filesystem, p: &ReencryptProgress) -> Result<()> {
         ops: vec![p.to_op()],
         ..Default::default()
     };
-    if fs.index.commit(b).await? {
+    if fs.commit_batch(b).await? {
         Ok(())
     } else {
         Err(CoreError::Contention)

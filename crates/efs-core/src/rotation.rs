@@ -257,7 +257,7 @@ pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
         ],
         ..Default::default()
     };
-    if !fs.index.commit(batch).await? {
+    if !fs.commit_batch(batch).await? {
         return Err(CoreError::Contention);
     }
     fs.set_keyring(kr);
@@ -352,7 +352,7 @@ pub async fn run(fs: &Filesystem, limit: Option<u64>) -> Result<Option<RotationP
         next.rewrapped += all;
         next.pass_rewrapped += all;
         batch.ops.push(next.to_op());
-        if !fs.index.commit(batch).await? {
+        if !fs.commit_batch(batch).await? {
             // A concurrent request changed one of them: one at a time, and the request
             // wins where it did (its record already uses the new term, or is gone).
             let mut done = 0u64;
@@ -365,7 +365,7 @@ pub async fn run(fs: &Filesystem, limit: Option<u64>) -> Result<Option<RotationP
                     ops: vec![Op::PutEntry(k, new)],
                     ..Default::default()
                 };
-                if fs.index.commit(b).await? {
+                if fs.commit_batch(b).await? {
                     done += 1;
                 }
             }
@@ -397,7 +397,7 @@ async fn commit_meta(fs: &Filesystem, p: &RotationProgress) -> Result<()> {
         ops: vec![p.to_op()],
         ..Default::default()
     };
-    if fs.index.commit(b).await? {
+    if fs.commit_batch(b).await? {
         Ok(())
     } else {
         Err(CoreError::Contention)
@@ -462,7 +462,7 @@ mod tests {
             ops: vec![Op::PutEntry(r.key, v)],
             ..Default::default()
         };
-        assert!(fs.index.commit(b).await.unwrap());
+        assert!(fs.commit_batch(b).await.unwrap());
         r.key
     }
 

@@ -172,6 +172,13 @@ async fn backup_under_concurrent_writes_restores_a_consistent_complete_snapshot(
     }
     let bytes: u64 = got.values().map(|d| d.len() as u64).sum();
     assert_eq!(bytes, sum.bytes, "the snapshot's bytes, all of them");
+    // Every restored record was sealed anew: the new filesystem counts them.
+    let sealed = restored.seal_counts();
+    assert!(
+        sealed.get(&restored.current_term()).copied().unwrap_or(0) >= m.entries,
+        "{sealed:?} for {} entries",
+        m.entries
+    );
 
     // The restored copy is independent: writing to it leaves the original alone.
     put(&restored, "/stable/s0/f0", b"changed in the copy").await;

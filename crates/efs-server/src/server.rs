@@ -103,6 +103,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 0
             },
             index_cache: cfg.index_cache,
+            ..Default::default()
         },
         ..Default::default()
     };

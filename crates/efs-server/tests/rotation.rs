@@ -37,6 +37,9 @@ async fn rotate_key_while_serving_then_restart() {
     let st = status_json(&srv);
     assert_eq!(st["current_term"], 1);
     assert_eq!(st["rotation"], Value::Null);
+    // The running server's count: 300 file records and the directories /r and /r/d0..d4.
+    assert_eq!(st["records_sealed"]["1"], 306, "{st}");
+    assert_eq!(st["rotate_now"], false);
 
     // A client loop: reads of the files above, writes of its own, all must succeed.
     let stop = Arc::new(AtomicBool::new(false));

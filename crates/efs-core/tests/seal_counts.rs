@@ -1,0 +1,137 @@
+//! Records sealed under each key term are counted, stored with the index and reported by
+//! `status`: a term's keys seal with random 96-bit nonces, and AES-GCM allows one such key
+//! 2^32 seals (NIST SP 800-38D), so the operator must rotate before that.
+
+mod common;
+
+use std::path::{Path, PathBuf};
+
+use common::{new_part, opts, put, walk};
+use efs_core::admin::{AdminRequest, AdminResponse, execute};
+use efs_core::fs::SEAL_WARNING;
+use efs_core::keyparts::no_prompt;
+use efs_core::{DataDir, KeyPartSpec};
+
+fn open_with_step(root: &Path, part: &KeyPartSpec, step: u64) -> DataDir {
+    let mut o = opts();
+    o.fs.seal_count_step = step;
+    DataDir::open(root, std::slice::from_ref(part), o, &no_prompt)
+        .unwrap()
+        .0
+}
+
+async fn status(dd: &DataDir) -> AdminResponse {
+    let st = execute(
+        dd,
+        AdminRequest::Status {
+            fs: Some("docs".into()),
+        },
+    )
+    .await;
+    assert!(st.ok, "status failed: {:?}", st.error);
+    st
+}
+
+fn index_file(root: &Path) -> PathBuf {
+    let found: Vec<_> = walk(root)
+        .into_iter()
+        .filter(|f| f.file_name().is_some_and(|n| n == "index.redb"))
+        .collect();
+    assert_eq!(found.len(), 1, "one filesystem, one index: {found:?}");
+    found.into_iter().next().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_sealed_are_counted_stored_and_reported() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    {
+        let dd = open_with_step(&root, &part, 4);
+        dd.create_fs("docs").unwrap();
+        let fs = dd.fs("docs").unwrap();
+        for i in 0..10 {
+            put(&fs, &format!("/a/f{i}"), b"x").await;
+        }
+        // Ten file records and the directory /a, all under term 1.
+        assert_eq!(fs.seal_counts().get(&1), Some(&11));
+        let st = status(&dd).await;
+        assert_eq!(st.data[0]["records_sealed"]["1"], 11, "{}", st.data);
+        assert_eq!(st.data[0]["rotate_now"], false);
+        assert!(
+            st.lines
+                .iter()
+                .any(|l| l.contains("11 records sealed under the current term")),
+            "{:?}",
+            st.lines
+        );
+    }
+    // Reopened: the count stored with the index, at most one step (4) behind.
+    let dd = open_with_step(&root, &part, 4);
+    let fs = dd.fs("docs").unwrap();
+    let stored = fs.seal_counts()[&1];
+    assert!((8..=11).contains(&stored), "stored count {stored}");
+    // A rotation reseals every record under the new term: counted for term 2.
+    let r = execute(
+        &dd,
+        AdminRequest::RotateKey {
+            fs: "docs".into(),
+            wait: true,
+        },
+    )
+    .await;
+    assert!(r.ok, "rotate-key failed: {:?}", r.error);
+    let after = fs.seal_counts();
+    assert!(after[&2] >= 11, "records resealed under term 2: {after:?}");
+    assert_eq!(after[&1], stored, "term 1 sealed nothing more");
+    let st = status(&dd).await;
+    assert_eq!(st.data[0]["current_term"], 2);
+    assert_eq!(st.data[0]["records_sealed"]["2"], after[&2]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_half_the_limit_the_status_says_rotate() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    {
+        let dd = open_with_step(&root, &part, 65_536);
+        dd.create_fs("docs").unwrap();
+    }
+    // As if term 1 had sealed SEAL_WARNING - 1 records already (the stored counts are a
+    // row of the index's metadata: term u32 BE, count u64 BE).
+    {
+        let db = redb::Database::open(index_file(&root)).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut meta = w
+                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+                .unwrap();
+            let mut row = 1u32.to_be_bytes().to_vec();
+            row.extend_from_slice(&(SEAL_WARNING - 1).to_be_bytes());
+            meta.insert("seal-counts", row.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    {
+        let dd = open_with_step(&root, &part, 65_536);
+        let fs = dd.fs("docs").unwrap();
+        assert_eq!(fs.seal_counts()[&1], SEAL_WARNING - 1);
+        assert_eq!(status(&dd).await.data[0]["rotate_now"], false);
+        put(&fs, "/one", b"x").await;
+        assert_eq!(fs.seal_counts()[&1], SEAL_WARNING);
+        let st = status(&dd).await;
+        assert_eq!(st.data[0]["rotate_now"], true);
+        assert!(
+            st.lines
+                .iter()
+                .any(|l| l.contains("WARNING") && l.contains("efsctl rotate-key --fs docs")),
+            "{:?}",
+            st.lines
+        );
+    }
+    // Reaching the warning stores the count at once, whatever the step.
+    let dd = open_with_step(&root, &part, 65_536);
+    assert_eq!(dd.fs("docs").unwrap().seal_counts()[&1], SEAL_WARNING);
+    assert_eq!(status(&dd).await.data[0]["rotate_now"], true);
+}
