@@ -326,14 +326,26 @@ impl DataDir {
     /// Opens (or creates) filesystem `id`'s index with its digest key and the configured
     /// page cache. A digest key that already existed means the index has a digest: a digest
     /// missing from the file is then reported, not computed (see [`RedbIndex::open_with`]).
+    ///
+    /// The keyring, sealed in the index, also says whether the index keeps a digest
+    /// ([`Keyring::digest_kept`]): if it does and the key is missing from the system
+    /// database (deleted together with the digest, to have a new digest made over records
+    /// put back), the digest is not recomputed either, and the filesystem is held.
     fn open_index(&self, id: &[u8; 16]) -> Result<RedbIndex> {
         let (key, had_digest) = self.digest_key(id)?;
-        RedbIndex::open_with_cache(
-            &self.fs_dir(id).join("index.redb"),
-            key,
-            !had_digest,
-            self.opts.fs.index_cache,
-        )
+        let path = self.fs_dir(id).join("index.redb");
+        let mut compute_missing = !had_digest;
+        if !had_digest
+            && let Some(sealed) = crate::redb_index::peek_meta(&path, META_KEYRING)?
+            && Keyring::open(&self.starter, id, &sealed)?.digest_kept()
+        {
+            tracing::error!(
+                fs_id = %hex::encode(id),
+                "the key of this filesystem's index digest is missing from the system database, though its keyring says the index keeps a digest (the system database was edited or replaced): the filesystem is held until an operator runs efsctl fsck (and, once satisfied, efsctl fsck --accept-index)"
+            );
+            compute_missing = false;
+        }
+        RedbIndex::open_with_cache(&path, key, compute_missing, self.opts.fs.index_cache)
     }
 
     /// The key of filesystem `id`'s index digest, and whether it existed. Its root is a
@@ -356,7 +368,22 @@ impl DataDir {
         let dir = self.fs_dir(&rec.id);
         let sealed = futures_block(index_meta(&index, META_KEYRING))?
             .ok_or(CoreError::Corrupt("filesystem without keyring"))?;
-        let keyring = Keyring::open(&self.starter, &rec.id, &sealed)?;
+        let mut keyring = Keyring::open(&self.starter, &rec.id, &sealed)?;
+        if !keyring.digest_kept() {
+            // A filesystem from before the mark (its index has a digest by now: open_index
+            // made one): mark it, so that from now on a missing digest key holds it.
+            keyring.set_digest_kept();
+            futures_block(commit(
+                &index,
+                crate::index::Batch {
+                    ops: vec![Op::PutMeta(
+                        META_KEYRING.into(),
+                        keyring.seal(&self.starter, &rec.id),
+                    )],
+                    ..Default::default()
+                },
+            ))?;
+        }
         let seals = futures_block(index_meta(&index, crate::fs::META_SEALS))?;
         let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
         let fs = Filesystem::new(
@@ -396,7 +423,8 @@ impl DataDir {
             "Creating blob directory '{rel}/blobs' (sharded, random names)"
         ));
         let (index, _) = self.create_fs_dir(&id)?;
-        let keyring = Keyring::generate();
+        let mut keyring = Keyring::generate();
+        keyring.set_digest_kept();
         lines.push("Creating keyring (term 1), wrapped under the starter key".into());
         let batch = crate::index::Batch {
             expect: vec![],

@@ -168,6 +168,28 @@ fn create_db(
         .create(path)
 }
 
+/// A metadata value read straight from the index file at `path`, without opening it as an
+/// index (no table created, no digest computed); `None` if the file, its metadata table or
+/// the value is missing.
+pub(crate) fn peek_meta(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+    if !path.exists() {
+        return Ok(None);
+    }
+    let db = Database::open(path).map_err(|e| match e {
+        redb::DatabaseError::DatabaseAlreadyOpen => CoreError::Index(
+            "the index is open in another process (is efs-server running on this data dir?)".into(),
+        ),
+        e => ix(e),
+    })?;
+    let r = db.begin_read().map_err(ix)?;
+    let meta = match r.open_table(META) {
+        Ok(t) => t,
+        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
+        Err(e) => return Err(ix(e)),
+    };
+    Ok(meta.get(name).map_err(ix)?.map(|v| v.value().to_vec()))
+}
+
 /// How long a reopen waits for readers to let go of the failed database.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
 

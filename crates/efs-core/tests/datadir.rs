@@ -596,6 +596,99 @@ async fn admin_commands() {
     assert_eq!(r.lines, vec!["svc\tdocs".to_string()]);
 }
 
+/// Regression: deleting the index digest together with its key (the system secret
+/// `index-digest/<fs id>`) made the next open start a new digest over whatever the index
+/// held, here with a file's record removed. The sealed keyring now says that the index keeps
+/// a digest: the missing key is reported and the filesystem held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_index_digest_and_key_are_reported_not_rebuilt() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let index_file = {
+        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+        dd.create_fs("docs").unwrap();
+        let fs = dd.fs("docs").unwrap();
+        put(&fs, "/a.txt", b"one").await;
+        put(&fs, "/b.txt", b"two").await;
+        walk(&root)
+            .into_iter()
+            .find(|f| f.ends_with("index.redb"))
+            .unwrap()
+    };
+    let fs_id = index_file
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    {
+        const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+        const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
+        let db = redb::Database::create(&index_file).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(META).unwrap().remove("digest").unwrap();
+        {
+            // One file's record gone (the root's two files, the last key).
+            use redb::{ReadableTable, ReadableTableMetadata};
+            let mut entries = w.open_table(ENTRIES).unwrap();
+            assert_eq!(entries.len().unwrap(), 2);
+            let last = entries.last().unwrap().unwrap().0.value().to_vec();
+            entries.remove(last.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    {
+        const SECRETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("secrets");
+        let db = redb::Database::create(root.join("system/system.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        let name = format!("index-digest/{fs_id}");
+        assert!(
+            w.open_table(SECRETS)
+                .unwrap()
+                .remove(name.as_str())
+                .unwrap()
+                .is_some()
+        );
+        w.commit().unwrap();
+    }
+    let dd = std::sync::Arc::new(open(&root, std::slice::from_ref(&part)).unwrap());
+    let fs = dd.fs("docs").unwrap();
+    assert_eq!(
+        fs.check_index_digest().await.unwrap(),
+        efs_core::digest::DigestCheck::Unreadable,
+        "no digest was made over the index as it was found"
+    );
+    let verdict = fs.hold_until_index_checked().await.unwrap();
+    assert_eq!(verdict, efs_core::IndexTrust::Failed);
+    assert!(matches!(
+        read_all(&fs, "/a.txt").await,
+        Err(CoreError::IndexHold)
+    ));
+    // Held across a restart too (the new key now exists; the digest still does not).
+    drop(fs);
+    drop(dd);
+    let dd = std::sync::Arc::new(open(&root, std::slice::from_ref(&part)).unwrap());
+    let fs = dd.fs("docs").unwrap();
+    assert_eq!(
+        fs.hold_until_index_checked().await.unwrap(),
+        efs_core::IndexTrust::Failed
+    );
+    // The operator, once satisfied, accepts the index as it is.
+    let r = execute(
+        &dd,
+        AdminRequest::Fsck {
+            fs: "docs".into(),
+            accept_index: true,
+        },
+    )
+    .await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(fs.index_trust(), efs_core::IndexTrust::Trusted);
+}
+
 /// Regression: a digest removed from the index file was rebuilt at the next open from the
 /// entries as they were, so records put back by hand became the trusted state. The data
 /// dir now remembers that the index has a digest: a missing one is reported and holds the
