@@ -384,7 +384,39 @@ impl DataDir {
                 },
             ))?;
         }
-        let seals = futures_block(index_meta(&index, crate::fs::META_SEALS))?;
+        let seals = match futures_block(index_meta(&index, crate::fs::META_SEALS))? {
+            Some(v) => match crate::fs::decode_seal_counts(&v) {
+                Ok(c) => Some(c),
+                Err(_) => {
+                    tracing::warn!(
+                        fs = %rec.name,
+                        "the stored counts of records sealed per key term are damaged: counting the records the index holds instead"
+                    );
+                    None
+                }
+            },
+            None => None,
+        };
+        let seals = match seals {
+            Some(c) => c,
+            None => {
+                // A new filesystem, or one from before the counts: start from the records the
+                // index holds now (a lower bound: records replaced or deleted before are not
+                // counted), and store them.
+                let c = futures_block(count_sealed_records(&index))?;
+                futures_block(commit(
+                    &index,
+                    crate::index::Batch {
+                        ops: vec![Op::PutMeta(
+                            crate::fs::META_SEALS.into(),
+                            crate::fs::encode_seal_counts(&c),
+                        )],
+                        ..Default::default()
+                    },
+                ))?;
+                c
+            }
+        };
         let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
         let fs = Filesystem::new(
             rec.name.clone(),
@@ -394,7 +426,7 @@ impl DataDir {
             keyring,
             self.opts.fs.clone(),
         );
-        fs.load_seal_counts(seals.as_deref())?;
+        fs.set_seal_counts(seals);
         Ok(fs)
     }
 
@@ -695,6 +727,12 @@ impl DataDir {
             return Ok(lines);
         }
         source.require_checked()?;
+        // The new filesystem seals under a term of its own: the backup keyring's terms are
+        // the original filesystem's keys too, and each key's seals are counted (and bounded
+        // at 2^32) by the filesystem that uses it.
+        let mut keyring = keyring;
+        keyring.add_term();
+        keyring.set_digest_kept();
         let mut id = [0u8; 16];
         aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
         let (index, blobs) = self.create_fs_dir(&id)?;
@@ -732,8 +770,7 @@ impl DataDir {
                 commit(&index, std::mem::take(&mut batch)).await?;
             }
         }
-        // The restored records were sealed under the backup keyring's current term: the new
-        // filesystem starts counting from them (the original's count is its own).
+        // Every restored record was sealed under the new term: the count starts from them.
         let mut sealed = std::collections::BTreeMap::new();
         sealed.insert(keyring.current_number(), entries);
         batch.ops.push(Op::PutMeta(
@@ -920,7 +957,7 @@ impl DataDir {
 }
 
 /// A record of filesystem `from` made a record of filesystem `to`: a file's data key is
-/// unwrapped and wrapped again (same term) with `to` in its binding.
+/// unwrapped and wrapped again, under the keyring's current term, with `to` in its binding.
 fn rebind(
     kr: &Keyring,
     from: &[u8; 16],
@@ -929,7 +966,8 @@ fn rebind(
 ) -> Result<crate::record::Record> {
     if rec.kind == crate::record::Kind::File {
         let dk = rec.data_key(kr, from)?;
-        let term = kr.term(rec.key_term)?;
+        let term = kr.current();
+        rec.key_term = term.number;
         rec.wrapped_key = term
             .data_key_sealer()
             .seal(&crate::record::data_key_aad(to, &rec.id), dk.as_bytes());
@@ -976,6 +1014,19 @@ pub(crate) async fn copy_blob(
 /// Path of the admin socket of the data dir at `root`.
 pub fn admin_socket_path(root: &Path) -> PathBuf {
     root.join("system").join("admin.sock")
+}
+
+/// The records of `index` per key term that sealed them (one snapshot).
+async fn count_sealed_records(index: &RedbIndex) -> Result<std::collections::BTreeMap<u32, u64>> {
+    let mut counts = std::collections::BTreeMap::new();
+    crate::index::Index::visit_entries(index, &mut |_, v| {
+        if let Ok(term) = crate::rotation::sealing_term(v) {
+            *counts.entry(term).or_default() += 1;
+        }
+        Ok(())
+    })
+    .await?;
+    Ok(counts)
 }
 
 async fn index_meta(index: &RedbIndex, name: &str) -> Result<Option<Vec<u8>>> {

@@ -116,7 +116,7 @@ pub(crate) fn encode_seal_counts(counts: &std::collections::BTreeMap<u32, u64>) 
     out
 }
 
-fn decode_seal_counts(v: &[u8]) -> Result<std::collections::BTreeMap<u32, u64>> {
+pub(crate) fn decode_seal_counts(v: &[u8]) -> Result<std::collections::BTreeMap<u32, u64>> {
     if !v.len().is_multiple_of(12) {
         return Err(CoreError::Corrupt("seal counts"));
     }
@@ -343,17 +343,12 @@ impl Filesystem {
         }
     }
 
-    /// Starts counting from the counts stored in the index ([`META_SEALS`]); called once
-    /// when the filesystem is opened, before it serves.
-    pub(crate) fn load_seal_counts(&self, stored: Option<&[u8]>) -> Result<()> {
-        let counts = stored
-            .map(decode_seal_counts)
-            .transpose()?
-            .unwrap_or_default();
+    /// Starts counting from `counts` (stored in the index, [`META_SEALS`], or counted from
+    /// its records); called once when the filesystem is opened, before it serves.
+    pub(crate) fn set_seal_counts(&self, counts: std::collections::BTreeMap<u32, u64>) {
         let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
         c.stored = counts.clone();
         c.counts = counts;
-        Ok(())
     }
 
     /// Records sealed under each key term, as far as this filesystem knows: what the index
@@ -371,11 +366,22 @@ impl Filesystem {
     /// [`FsOptions::seal_count_step`] records, and when a term reaches [`SEAL_WARNING`], the
     /// counts go into the same batch. Every writer of a filesystem's index commits here.
     pub(crate) async fn commit_batch(&self, mut batch: Batch) -> Result<bool> {
-        self.count_seals(&mut batch);
-        self.index.commit(batch).await
+        let storing = self.count_seals(&mut batch);
+        let committed = self.index.commit(batch).await?;
+        if committed && let Some(counts) = storing {
+            // Only now are they stored: a batch that failed leaves the next one to store them.
+            let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
+            for (t, n) in counts {
+                let s = c.stored.entry(t).or_default();
+                *s = (*s).max(n);
+            }
+        }
+        Ok(committed)
     }
 
-    fn count_seals(&self, batch: &mut Batch) {
+    /// Counts the records `batch` seals (before it is committed: a batch that fails still
+    /// drew its nonces); adds the counts to it when they are due, and returns them then.
+    fn count_seals(&self, batch: &mut Batch) -> Option<std::collections::BTreeMap<u32, u64>> {
         let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
         let mut store = false;
         for op in &batch.ops {
@@ -402,13 +408,14 @@ impl Filesystem {
                 );
             }
         }
-        if store {
-            batch.ops.push(Op::PutMeta(
-                META_SEALS.into(),
-                encode_seal_counts(&c.counts),
-            ));
-            c.stored = c.counts.clone();
+        if !store {
+            return None;
         }
+        batch.ops.push(Op::PutMeta(
+            META_SEALS.into(),
+            encode_seal_counts(&c.counts),
+        ));
+        Some(c.counts.clone())
     }
 
     /// Checks the index against its digest in the background, holding every file

@@ -41,6 +41,33 @@ fn index_file(root: &Path) -> PathBuf {
     found.into_iter().next().unwrap()
 }
 
+/// The stored counts: a row of the index's metadata, `(term u32 BE, count u64 BE)` pairs.
+fn counts_row(term: u32, n: u64) -> Vec<u8> {
+    let mut row = term.to_be_bytes().to_vec();
+    row.extend_from_slice(&n.to_be_bytes());
+    row
+}
+
+/// Writes (or, with `None`, removes) the stored counts while the data dir is closed.
+fn set_counts_row(root: &Path, row: Option<&[u8]>) {
+    let db = redb::Database::open(index_file(root)).unwrap();
+    let w = db.begin_write().unwrap();
+    {
+        let mut meta = w
+            .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+            .unwrap();
+        match row {
+            Some(r) => {
+                meta.insert("seal-counts", r).unwrap();
+            }
+            None => {
+                meta.remove("seal-counts").unwrap();
+            }
+        }
+    }
+    w.commit().unwrap();
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_sealed_are_counted_stored_and_reported() {
     let tmp = tempfile::tempdir().unwrap();
@@ -67,10 +94,27 @@ async fn records_sealed_are_counted_stored_and_reported() {
         );
     }
     // Reopened: the count stored with the index, at most one step (4) behind.
+    {
+        let dd = open_with_step(&root, &part, 4);
+        let stored = dd.fs("docs").unwrap().seal_counts()[&1];
+        assert!((8..=11).contains(&stored), "stored count {stored}");
+    }
+    // A filesystem from before the counts (no row), or with a damaged row, starts from the
+    // records its index holds: 11 under term 1.
+    for row in [None, Some(vec![1u8, 2, 3])] {
+        set_counts_row(&root, row.as_deref());
+        let dd = open_with_step(&root, &part, 4);
+        assert_eq!(
+            dd.fs("docs").unwrap().seal_counts().get(&1),
+            Some(&11),
+            "{row:?}"
+        );
+    }
+    set_counts_row(&root, Some(&counts_row(1, 9)));
     let dd = open_with_step(&root, &part, 4);
     let fs = dd.fs("docs").unwrap();
     let stored = fs.seal_counts()[&1];
-    assert!((8..=11).contains(&stored), "stored count {stored}");
+    assert_eq!(stored, 9, "the stored row");
     // A rotation reseals every record under the new term: counted for term 2.
     let r = execute(
         &dd,
@@ -98,21 +142,8 @@ async fn past_half_the_limit_the_status_says_rotate() {
         let dd = open_with_step(&root, &part, 65_536);
         dd.create_fs("docs").unwrap();
     }
-    // As if term 1 had sealed SEAL_WARNING - 1 records already (the stored counts are a
-    // row of the index's metadata: term u32 BE, count u64 BE).
-    {
-        let db = redb::Database::open(index_file(&root)).unwrap();
-        let w = db.begin_write().unwrap();
-        {
-            let mut meta = w
-                .open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
-                .unwrap();
-            let mut row = 1u32.to_be_bytes().to_vec();
-            row.extend_from_slice(&(SEAL_WARNING - 1).to_be_bytes());
-            meta.insert("seal-counts", row.as_slice()).unwrap();
-        }
-        w.commit().unwrap();
-    }
+    // As if term 1 had sealed SEAL_WARNING - 1 records already.
+    set_counts_row(&root, Some(&counts_row(1, SEAL_WARNING - 1)));
     {
         let dd = open_with_step(&root, &part, 65_536);
         let fs = dd.fs("docs").unwrap();

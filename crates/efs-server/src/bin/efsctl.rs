@@ -45,7 +45,7 @@ macro_rules! say {
   efsctl --data ./efs-data grant alice --fs archive --read-only
   efsctl --data ./efs-data fsck --fs user-data
   efsctl --data ./efs-data rotate-key --fs user-data   # new key term, data keys rewrapped in the background
-  efsctl --data ./efs-data status                      # key terms and rotation progress
+  efsctl --data ./efs-data status                      # key terms, records sealed, rotation progress
   efsctl --data ./efs-data reencrypt --fs user-data    # every file under a fresh data key
   efsctl --data ./efs-data backup --fs user-data -o /backups/user-data-1 --include-keys
   efsctl --data ./efs-data restore --fs user-data-restored -i /backups/user-data-1
@@ -179,7 +179,8 @@ enum Cmd {
         #[arg(long)]
         wait: bool,
     },
-    /// Show each filesystem's key terms, key-rotation and re-encryption progress.
+    /// Show each filesystem's key terms, the records sealed under the current term (rotate
+    /// before 2^32; a WARNING from 2^31), key-rotation and re-encryption progress.
     Status {
         /// Only this filesystem.
         #[arg(long)]
