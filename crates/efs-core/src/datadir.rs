@@ -306,7 +306,7 @@ impl DataDir {
     fn open_fs(&self, rec: &FsRecord) -> Result<Filesystem> {
         // An index whose digest key already existed has a digest: a digest removed from the
         // index file is reported, not silently rebuilt over records put back meanwhile. An
-        // index from before digests gets its key and its digest now.
+        // index with entries but no key gets a key and no digest: held (see open_index).
         let index = self.open_index(&rec.id)?;
         self.assemble_fs(rec, index)
     }
@@ -327,21 +327,19 @@ impl DataDir {
     /// page cache. A digest key that already existed means the index has a digest: a digest
     /// missing from the file is then reported, not computed (see [`RedbIndex::open_with`]).
     ///
-    /// The keyring, sealed in the index, also says whether the index keeps a digest
-    /// ([`Keyring::digest_kept`]): if it does and the key is missing from the system
-    /// database (deleted together with the digest, to have a new digest made over records
-    /// put back), the digest is not recomputed either, and the filesystem is held.
+    /// A missing key is made now, but a digest is computed only for an index without
+    /// entries (a new filesystem). An index that has entries and no key (the key was deleted
+    /// together with the digest, to have a new digest made over records edited by hand; or
+    /// a filesystem from before digests) gets none: the filesystem is held until an operator
+    /// accepts the index (`efsctl fsck --accept-index`).
     fn open_index(&self, id: &[u8; 16]) -> Result<RedbIndex> {
-        let (key, had_digest) = self.digest_key(id)?;
         let path = self.fs_dir(id).join("index.redb");
+        let (key, had_digest) = self.digest_key(id)?;
         let mut compute_missing = !had_digest;
-        if !had_digest
-            && let Some(sealed) = crate::redb_index::peek_meta(&path, META_KEYRING)?
-            && Keyring::open(&self.starter, id, &sealed)?.digest_kept()
-        {
+        if !had_digest && crate::redb_index::has_entries(&path)? {
             tracing::error!(
                 fs_id = %hex::encode(id),
-                "the key of this filesystem's index digest is missing from the system database, though its keyring says the index keeps a digest (the system database was edited or replaced): the filesystem is held until an operator runs efsctl fsck (and, once satisfied, efsctl fsck --accept-index)"
+                "the key of this filesystem's index digest is missing from the system database while its index has entries (the system database was edited or replaced, or the filesystem is from before digests): no digest is made over the entries as they are; the filesystem is held until an operator runs efsctl fsck (and, once satisfied, efsctl fsck --accept-index)"
             );
             compute_missing = false;
         }
@@ -368,22 +366,7 @@ impl DataDir {
         let dir = self.fs_dir(&rec.id);
         let sealed = futures_block(index_meta(&index, META_KEYRING))?
             .ok_or(CoreError::Corrupt("filesystem without keyring"))?;
-        let mut keyring = Keyring::open(&self.starter, &rec.id, &sealed)?;
-        if !keyring.digest_kept() {
-            // A filesystem from before the mark (its index has a digest by now: open_index
-            // made one): mark it, so that from now on a missing digest key holds it.
-            keyring.set_digest_kept();
-            futures_block(commit(
-                &index,
-                crate::index::Batch {
-                    ops: vec![Op::PutMeta(
-                        META_KEYRING.into(),
-                        keyring.seal(&self.starter, &rec.id),
-                    )],
-                    ..Default::default()
-                },
-            ))?;
-        }
+        let keyring = Keyring::open(&self.starter, &rec.id, &sealed)?;
         let seals = match futures_block(index_meta(&index, crate::fs::META_SEALS))? {
             Some(v) => match crate::fs::decode_seal_counts(&v) {
                 Ok(c) => Some(c),
@@ -403,6 +386,7 @@ impl DataDir {
                 // A new filesystem, or one from before the counts: start from the records the
                 // index holds now (a lower bound: records replaced or deleted before are not
                 // counted), and store them.
+                tracing::info!(fs = %rec.name, "counting the records sealed per key term (once)");
                 let c = futures_block(count_sealed_records(&index))?;
                 futures_block(commit(
                     &index,
@@ -455,8 +439,7 @@ impl DataDir {
             "Creating blob directory '{rel}/blobs' (sharded, random names)"
         ));
         let (index, _) = self.create_fs_dir(&id)?;
-        let mut keyring = Keyring::generate();
-        keyring.set_digest_kept();
+        let keyring = Keyring::generate();
         lines.push("Creating keyring (term 1), wrapped under the starter key".into());
         let batch = crate::index::Batch {
             expect: vec![],
@@ -732,7 +715,6 @@ impl DataDir {
         // at 2^32) by the filesystem that uses it.
         let mut keyring = keyring;
         keyring.add_term();
-        keyring.set_digest_kept();
         let mut id = [0u8; 16];
         aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
         let (index, blobs) = self.create_fs_dir(&id)?;

@@ -108,12 +108,7 @@ pub struct Keyring {
     tag_term: u32,
     terms: BTreeMap<u32, Term>,
     raw: BTreeMap<u32, Key32>,
-    digest_kept: bool,
 }
-
-/// Flags byte sealed after the encoded [`StoredKeyring`] (a keyring sealed before it had none:
-/// every flag clear). Bit 0: the filesystem's index keeps a digest ([`Keyring::digest_kept`]).
-const FLAG_DIGEST_KEPT: u8 = 1;
 
 impl Keyring {
     /// A new keyring with one random term.
@@ -128,23 +123,7 @@ impl Keyring {
             tag_term: 1,
             terms,
             raw,
-            digest_kept: false,
         }
-    }
-
-    /// True once the filesystem's index keeps a digest, whose key is a sealed system secret
-    /// (`index-digest/<fs id>`): at open, a data dir that finds that secret missing while the
-    /// keyring says it existed holds the filesystem instead of starting a new digest over
-    /// whatever the index holds (deleting the secret and the digest was a way around the
-    /// hold; the keyring, sealed under the starter key, cannot be edited that way).
-    pub fn digest_kept(&self) -> bool {
-        self.digest_kept
-    }
-
-    /// Marks that the index keeps a digest (see [`Keyring::digest_kept`]); takes effect in
-    /// the index once the keyring is sealed and stored again.
-    pub fn set_digest_kept(&mut self) {
-        self.digest_kept = true;
     }
 
     /// Adds a term and makes it current; returns its number.
@@ -232,16 +211,11 @@ impl Keyring {
         };
         // Into a buffer of its final size: a growing Vec would leave copies of the terms in
         // the memory it gives back.
-        let mut plain = Zeroizing::new(vec![0u8; stored_size(stored.terms.len()) + 1]);
+        let mut plain = Zeroizing::new(vec![0u8; stored_size(stored.terms.len())]);
         let used = postcard::to_slice(&stored, &mut plain)
             .expect("the buffer holds the largest encoding")
             .len();
-        plain[used] = if self.digest_kept {
-            FLAG_DIGEST_KEPT
-        } else {
-            0
-        };
-        plain.truncate(used + 1);
+        plain.truncate(used);
         wrap::seal(&starter.derive(labels::KEYRING_WRAP), &aad(fs_id), &plain)
     }
 
@@ -249,13 +223,8 @@ impl Keyring {
     pub fn open(starter: &StarterKey, fs_id: &[u8; 16], sealed: &[u8]) -> Result<Self> {
         let plain = wrap::open(&starter.derive(labels::KEYRING_WRAP), &aad(fs_id), sealed)
             .map_err(|_| CoreError::Decrypt)?;
-        let (stored, flags): (StoredKeyring, &[u8]) =
-            postcard::take_from_bytes(&plain).map_err(|_| CoreError::Corrupt("keyring"))?;
-        let digest_kept = match flags {
-            [] => false,
-            [f] if f & !FLAG_DIGEST_KEPT == 0 => f & FLAG_DIGEST_KEPT != 0,
-            _ => return Err(CoreError::Corrupt("keyring flags")),
-        };
+        let stored: StoredKeyring =
+            postcard::from_bytes(&plain).map_err(|_| CoreError::Corrupt("keyring"))?;
         let mut terms = BTreeMap::new();
         let mut raw = BTreeMap::new();
         for (n, k) in &stored.terms {
@@ -271,7 +240,6 @@ impl Keyring {
             tag_term: stored.tag_term,
             terms,
             raw,
-            digest_kept,
         })
     }
 }
@@ -321,47 +289,6 @@ mod tests {
         let mut bad = sealed.clone();
         bad[20] ^= 1;
         assert!(Keyring::open(&starter, &id, &bad).is_err());
-    }
-
-    /// A keyring sealed before the flags byte existed (the postcard encoding alone) still
-    /// opens, with every flag clear; the digest flag survives sealing; unknown flags and
-    /// trailing bytes are refused.
-    #[test]
-    fn flags_byte_old_layout_and_round_trip() {
-        let starter = StarterKey::for_tests(Key32::random());
-        let id = [9u8; 16];
-        let kr = Keyring::generate();
-        let old = StoredKeyring {
-            current: 1,
-            tag_term: 1,
-            terms: kr.raw.iter().map(|(n, k)| (*n, *k.as_bytes())).collect(),
-        };
-        let seal_plain =
-            |plain: &[u8]| wrap::seal(&starter.derive(labels::KEYRING_WRAP), &aad(&id), plain);
-        let old_plain = postcard::to_allocvec(&old).unwrap();
-        let back = Keyring::open(&starter, &id, &seal_plain(&old_plain)).unwrap();
-        assert!(!back.digest_kept());
-        assert_eq!(back.tag_key().as_bytes(), kr.tag_key().as_bytes());
-
-        let mut marked = back;
-        assert!(
-            !Keyring::open(&starter, &id, &marked.seal(&starter, &id))
-                .unwrap()
-                .digest_kept()
-        );
-        marked.set_digest_kept();
-        marked.add_term();
-        let again = Keyring::open(&starter, &id, &marked.seal(&starter, &id)).unwrap();
-        assert!(again.digest_kept(), "the flag is sealed with the keyring");
-        assert_eq!(again.current_number(), 2);
-
-        for bad in [vec![2u8], vec![1, 0]] {
-            let plain = [old_plain.as_slice(), &bad].concat();
-            assert!(
-                Keyring::open(&starter, &id, &seal_plain(&plain)).is_err(),
-                "{bad:?}"
-            );
-        }
     }
 
     /// The keyring is encoded into a buffer of its largest size, which must hold any

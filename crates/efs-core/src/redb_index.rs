@@ -168,12 +168,12 @@ fn create_db(
         .create(path)
 }
 
-/// A metadata value read straight from the index file at `path`, without opening it as an
-/// index (no table created, no digest computed); `None` if the file, its metadata table or
-/// the value is missing.
-pub(crate) fn peek_meta(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
+/// Whether the index file at `path` holds any entry, read straight from the file without
+/// opening it as an index (no table created, no digest computed); false if the file or its
+/// entries table does not exist.
+pub(crate) fn has_entries(path: &Path) -> Result<bool> {
     if !path.exists() {
-        return Ok(None);
+        return Ok(false);
     }
     let db = Database::open(path).map_err(|e| match e {
         redb::DatabaseError::DatabaseAlreadyOpen => CoreError::Index(
@@ -182,12 +182,11 @@ pub(crate) fn peek_meta(path: &Path, name: &str) -> Result<Option<Vec<u8>>> {
         e => ix(e),
     })?;
     let r = db.begin_read().map_err(ix)?;
-    let meta = match r.open_table(META) {
-        Ok(t) => t,
-        Err(redb::TableError::TableDoesNotExist(_)) => return Ok(None),
-        Err(e) => return Err(ix(e)),
-    };
-    Ok(meta.get(name).map_err(ix)?.map(|v| v.value().to_vec()))
+    match r.open_table(ENTRIES) {
+        Ok(t) => Ok(!t.is_empty().map_err(ix)?),
+        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
+        Err(e) => Err(ix(e)),
+    }
 }
 
 /// How long a reopen waits for readers to let go of the failed database.

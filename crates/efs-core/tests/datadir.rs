@@ -598,8 +598,8 @@ async fn admin_commands() {
 
 /// Regression: deleting the index digest together with its key (the system secret
 /// `index-digest/<fs id>`) made the next open start a new digest over whatever the index
-/// held, here with a file's record removed. The sealed keyring now says that the index keeps
-/// a digest: the missing key is reported and the filesystem held.
+/// held, here with a file's record removed. A digest is now computed at open only for an
+/// index without entries: the missing key is reported and the filesystem held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_index_digest_and_key_are_reported_not_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();
