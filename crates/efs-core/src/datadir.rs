@@ -108,10 +108,23 @@ const SECRET_AUDIT_ROOT: &str = "audit-root";
 
 /// The audit log's root key: random, made at the first open, kept sealed in the system DB
 /// (re-keying the starter re-seals it unchanged, so the log stays verifiable).
-pub(crate) fn audit_root(system: &SystemDb) -> Result<efs_format::Key32> {
+///
+/// Made only while `audit_dir` holds no log: a missing key with a log present means the
+/// system database was edited or replaced, and a new key would make every entry before
+/// unverifiable without a word, so the data dir does not open.
+pub(crate) fn audit_root(system: &SystemDb, audit_dir: &Path) -> Result<efs_format::Key32> {
     if let Some(v) = system.secret(SECRET_AUDIT_ROOT)? {
         return efs_format::Key32::from_slice(&v)
             .ok_or(CoreError::Corrupt("audit root key length"));
+    }
+    let files = crate::audit::list_files(audit_dir)?;
+    if !files.is_empty() {
+        return Err(CoreError::Invalid(format!(
+            "the audit log's root key (system secret `audit-root`) is missing from the system database, but {} holds a log of {} files: the system database was edited or replaced, and without that key no entry of the log can be verified. Nothing is served. Put back the system database that goes with this log; or, to start a new log on purpose, move {} aside (keep it: its anchor and entries are the evidence)",
+            audit_dir.display(),
+            files.len(),
+            audit_dir.display()
+        )));
     }
     let root = efs_format::Key32::random();
     system.put_secret(SECRET_AUDIT_ROOT, root.as_bytes())?;
@@ -222,8 +235,8 @@ impl DataDir {
         backup::remove_dump_copies(&root.join("system"));
         // After the system database: its lock keeps a second process, and so a second
         // audit writer, out of this data dir.
-        let audit_keys = AuditKeys::derive(&audit_root(&system)?);
         let audit_dir = root.join(crate::audit::AUDIT_DIR);
+        let audit_keys = AuditKeys::derive(&audit_root(&system, &audit_dir)?);
         let audit = AuditLog::open(&audit_dir, &audit_keys, opts.audit.clone()).map_err(|e| {
             CoreError::Invalid(format!(
                 "cannot open the audit log {}: {e} (nothing is served without it)",

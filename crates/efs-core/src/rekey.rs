@@ -260,7 +260,10 @@ pub async fn rekey_starter_until(
 /// come from a root sealed in the system DB, so the chain simply goes on).
 async fn record_in_audit_log(root: &Path, starter: &StarterKey, new: &[KeyPartSpec]) -> Result<()> {
     let system = SystemDb::open(&root.join("system").join("system.redb"), starter)?;
-    let keys = crate::audit::AuditKeys::derive(&crate::datadir::audit_root(&system)?);
+    let keys = crate::audit::AuditKeys::derive(&crate::datadir::audit_root(
+        &system,
+        &root.join(crate::audit::AUDIT_DIR),
+    )?);
     let log = crate::audit::AuditLog::open(
         &root.join(crate::audit::AUDIT_DIR),
         &keys,

@@ -689,6 +689,57 @@ async fn a_removed_index_digest_and_key_are_reported_not_rebuilt() {
     assert_eq!(fs.index_trust(), efs_core::IndexTrust::Trusted);
 }
 
+/// Regression: deleting the audit log's root key (the system secret `audit-root`) made the
+/// next open start a new key, after which no entry before it could be verified (the open only
+/// warned about the HEAD anchor). The data dir now refuses to open while a log is there;
+/// moving the log aside, on purpose, starts a new one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_removed_audit_root_key_is_refused_while_a_log_exists() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    {
+        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+        dd.create_fs("docs").unwrap();
+        assert!(execute(&dd, AdminRequest::ListFs).await.ok);
+    }
+    let audit_dir = root.join("system/audit");
+    let log_files = std::fs::read_dir(&audit_dir).unwrap().count();
+    assert!(log_files > 0, "the admin command was recorded");
+    {
+        const SECRETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("secrets");
+        let db = redb::Database::create(root.join("system/system.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        assert!(
+            w.open_table(SECRETS)
+                .unwrap()
+                .remove("audit-root")
+                .unwrap()
+                .is_some()
+        );
+        w.commit().unwrap();
+    }
+    let e = open(&root, std::slice::from_ref(&part))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("`audit-root`") && e.contains("is missing") && e.contains("move"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&audit_dir).unwrap().count(),
+        log_files,
+        "the log is left as it was"
+    );
+    std::fs::rename(&audit_dir, tmp.path().join("audit-before")).unwrap();
+    let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+    assert!(dd.fs("docs").is_some());
+    assert!(
+        execute(&dd, AdminRequest::ListFs).await.ok,
+        "a new log takes entries"
+    );
+}
+
 /// Regression: a digest removed from the index file was rebuilt at the next open from the
 /// entries as they were, so records put back by hand became the trusted state. The data
 /// dir now remembers that the index has a digest: a missing one is reported and holds the
