@@ -481,6 +481,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             let f = dd
                 .fs(&fs)
                 .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{fs}'")))?;
+            f.ensure_index_checked().await?;
             let rep = f.gc(grace_secs).await?;
             AdminResponse::ok(
                 vec![format!(

@@ -117,12 +117,17 @@ pub(crate) fn audit_root(system: &SystemDb, audit_dir: &Path) -> Result<efs_form
         return efs_format::Key32::from_slice(&v)
             .ok_or(CoreError::Corrupt("audit root key length"));
     }
-    let files = crate::audit::list_files(audit_dir)?;
-    if !files.is_empty() {
+    // Any file counts (a log file, or the HEAD anchor left after the log files were
+    // deleted): only an absent or empty directory means "no log yet".
+    let present = match std::fs::read_dir(audit_dir) {
+        Ok(mut rd) => rd.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e.into()),
+    };
+    if present {
         return Err(CoreError::Invalid(format!(
-            "the audit log's root key (system secret `audit-root`) is missing from the system database, but {} holds a log of {} files: the system database was edited or replaced, and without that key no entry of the log can be verified. Nothing is served. Put back the system database that goes with this log; or, to start a new log on purpose, move {} aside (keep it: its anchor and entries are the evidence)",
+            "the audit log's root key (system secret `audit-root`) is missing from the system database, but {} holds a log: the system database was edited or replaced, and without that key no entry of the log can be verified. Nothing is served. Put back the system database that goes with this log; or, to start a new log on purpose, move {} aside (keep it: its anchor and entries are the evidence)",
             audit_dir.display(),
-            files.len(),
             audit_dir.display()
         )));
     }
@@ -320,7 +325,7 @@ impl DataDir {
         // An index whose digest key already existed has a digest: a digest removed from the
         // index file is reported, not silently rebuilt over records put back meanwhile. An
         // index with entries but no key gets a key and no digest: held (see open_index).
-        let index = self.open_index(&rec.id)?;
+        let index = self.open_index(&rec.id, false)?;
         self.assemble_fs(rec, index)
     }
 
@@ -330,7 +335,7 @@ impl DataDir {
     fn create_fs_dir(&self, id: &[u8; 16]) -> Result<(RedbIndex, LocalBlobStore)> {
         let dir = self.fs_dir(id);
         crate::blob::create_dir_all_synced(&dir)?;
-        let index = self.open_index(id)?;
+        let index = self.open_index(id, true)?;
         let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
         crate::blob::sync_dir(&dir)?;
         Ok((index, blobs))
@@ -340,22 +345,21 @@ impl DataDir {
     /// page cache. A digest key that already existed means the index has a digest: a digest
     /// missing from the file is then reported, not computed (see [`RedbIndex::open_with`]).
     ///
-    /// A missing key is made now, but a digest is computed only for an index without
-    /// entries (a new filesystem). An index that has entries and no key (the key was deleted
-    /// together with the digest, to have a new digest made over records edited by hand; or
-    /// a filesystem from before digests) gets none: the filesystem is held until an operator
-    /// accepts the index (`efsctl fsck --accept-index`).
-    fn open_index(&self, id: &[u8; 16]) -> Result<RedbIndex> {
+    /// A missing key is made now, but a digest is computed only for an index being created
+    /// (`creating`). An existing index without a key (the key was deleted together with the
+    /// digest, to have a new digest made over records edited by hand, or over an emptied
+    /// index; or a filesystem from before digests) gets none: the filesystem is held until
+    /// an operator accepts the index (`efsctl fsck --accept-index`).
+    fn open_index(&self, id: &[u8; 16], creating: bool) -> Result<RedbIndex> {
         let path = self.fs_dir(id).join("index.redb");
         let (key, had_digest) = self.digest_key(id)?;
-        let mut compute_missing = !had_digest;
-        if !had_digest && crate::redb_index::has_entries(&path)? {
+        if !had_digest && !creating {
             tracing::error!(
                 fs_id = %hex::encode(id),
-                "the key of this filesystem's index digest is missing from the system database while its index has entries (the system database was edited or replaced, or the filesystem is from before digests): no digest is made over the entries as they are; the filesystem is held until an operator runs efsctl fsck (and, once satisfied, efsctl fsck --accept-index)"
+                "the key of this filesystem's index digest is missing from the system database (the system database was edited or replaced, or the filesystem is from before digests): no digest is made over the index as it is; the filesystem is held until an operator runs efsctl fsck (and, once satisfied, efsctl fsck --accept-index)"
             );
-            compute_missing = false;
         }
+        let compute_missing = !had_digest && creating;
         RedbIndex::open_with_cache(&path, key, compute_missing, self.opts.fs.index_cache)
     }
 
@@ -478,7 +482,7 @@ impl DataDir {
     /// An unfinished rotation is resumed instead (no new term).
     pub async fn rotate_key(&self, name: &str, wait: bool) -> Result<(bool, RotationProgress)> {
         let fs = self.require_open_fs(name)?;
-        fs.trusted().await?;
+        fs.ensure_index_checked().await?;
         let (started, prog) = match rotation::begin(&fs, &self.starter).await? {
             rotation::Begun::Started(p) => (true, p),
             rotation::Begun::Unfinished(p) => (false, p),
@@ -495,7 +499,7 @@ impl DataDir {
     /// open resumes it). For tools and tests.
     pub async fn begin_rotation(&self, name: &str) -> Result<RotationProgress> {
         let fs = self.require_open_fs(name)?;
-        fs.trusted().await?;
+        fs.ensure_index_checked().await?;
         match rotation::begin(&fs, &self.starter).await? {
             rotation::Begun::Started(p) | rotation::Begun::Unfinished(p) => Ok(p),
         }
@@ -507,6 +511,7 @@ impl DataDir {
         let mut out = Vec::new();
         for fs in self.open_filesystems() {
             if rotation::pending(&fs).await? {
+                fs.ensure_index_checked().await?;
                 rotation::run(&fs, None).await?;
                 out.push(fs.name().to_owned());
             }
@@ -518,7 +523,7 @@ impl DataDir {
     /// keys and a new keyring term; in the background unless `wait` (or no runtime).
     pub async fn reencrypt(&self, name: &str, wait: bool) -> Result<(bool, ReencryptProgress)> {
         let fs = self.require_open_fs(name)?;
-        fs.trusted().await?;
+        fs.ensure_index_checked().await?;
         let (started, prog) = match reencrypt::begin(&fs, &self.starter).await? {
             reencrypt::Begun::Started(p) => (true, p),
             reencrypt::Begun::Unfinished(p) => (false, p),
@@ -535,7 +540,7 @@ impl DataDir {
     /// tools and tests.
     pub async fn begin_reencryption(&self, name: &str) -> Result<ReencryptProgress> {
         let fs = self.require_open_fs(name)?;
-        fs.trusted().await?;
+        fs.ensure_index_checked().await?;
         match reencrypt::begin(&fs, &self.starter).await? {
             reencrypt::Begun::Started(p) | reencrypt::Begun::Unfinished(p) => Ok(p),
         }
@@ -547,6 +552,7 @@ impl DataDir {
         let mut out = Vec::new();
         for fs in self.open_filesystems() {
             if reencrypt::pending(&fs).await? {
+                fs.ensure_index_checked().await?;
                 reencrypt::run(&fs, None).await?;
                 out.push(fs.name().to_owned());
             }
@@ -580,7 +586,7 @@ impl DataDir {
         include_keys: bool,
     ) -> Result<BackupReport> {
         let fs = self.require_open_fs(name)?;
-        fs.trusted().await?;
+        fs.ensure_index_checked().await?;
         let keyparts = if include_keys {
             Some(std::fs::read(
                 self.root.join("system").join("keyparts.json"),
@@ -618,6 +624,7 @@ impl DataDir {
             None => None,
             Some(_) => {
                 let fs = self.require_open_fs(name)?;
+                fs.ensure_index_checked().await?;
                 if !fs.is_empty().await? {
                     return Err(CoreError::Invalid(format!(
                         "filesystem '{name}' is not empty; restore into a new name or an empty filesystem"

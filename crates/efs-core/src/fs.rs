@@ -283,6 +283,9 @@ pub struct Filesystem {
     gc_or_restore: tokio::sync::Mutex<()>,
     lookups: std::sync::Mutex<LookupCache>,
     seals: std::sync::Mutex<SealCounts>,
+    /// Set once the index was checked against its digest in this process (or accepted by
+    /// an operator): see [`Filesystem::ensure_index_checked`].
+    index_checked: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Filesystem {
@@ -340,6 +343,7 @@ impl Filesystem {
             gc_or_restore: tokio::sync::Mutex::new(()),
             lookups: std::sync::Mutex::new(LookupCache::default()),
             seals: std::sync::Mutex::new(SealCounts::default()),
+            index_checked: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -424,6 +428,8 @@ impl Filesystem {
     /// [`Filesystem::accept_index`]. The server calls this at start, so that a record put
     /// back to an older version with its content while it was stopped is never served.
     pub fn hold_until_index_checked(self: &Arc<Self>) -> tokio::task::JoinHandle<IndexTrust> {
+        self.index_checked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.trust.send_replace(IndexTrust::Checking);
         let fs = self.clone();
         tokio::spawn(async move {
@@ -459,8 +465,24 @@ impl Filesystem {
     /// digest (the generation goes on) and lifts a hold.
     pub async fn accept_index(&self) -> Result<crate::digest::DigestCheck> {
         let check = self.index.accept_digest().await?;
+        self.index_checked
+            .store(true, std::sync::atomic::Ordering::SeqCst);
         self.trust.send_replace(IndexTrust::Trusted);
         Ok(check)
+    }
+
+    /// As [`Filesystem::trusted`], after checking the index against its digest first if
+    /// nothing in this process has (the server checks at start; efsctl without a server
+    /// does not, so its commands that read or rewrite the whole index, backup, gc, key
+    /// rotation, re-encryption and restore, check here: a held index is refused as the
+    /// server would refuse it, instead of being copied or rewritten as if trusted).
+    pub async fn ensure_index_checked(self: &Arc<Self>) -> Result<()> {
+        if !self.index_checked.load(std::sync::atomic::Ordering::SeqCst) {
+            self.hold_until_index_checked()
+                .await
+                .map_err(|e| CoreError::Io(std::io::Error::other(e.to_string())))?;
+        }
+        self.trusted().await
     }
 
     /// Waits for a running index check; fails with [`CoreError::IndexHold`] if the

@@ -168,27 +168,6 @@ fn create_db(
         .create(path)
 }
 
-/// Whether the index file at `path` holds any entry, read straight from the file without
-/// opening it as an index (no table created, no digest computed); false if the file or its
-/// entries table does not exist.
-pub(crate) fn has_entries(path: &Path) -> Result<bool> {
-    if !path.exists() {
-        return Ok(false);
-    }
-    let db = Database::open(path).map_err(|e| match e {
-        redb::DatabaseError::DatabaseAlreadyOpen => CoreError::Index(
-            "the index is open in another process (is efs-server running on this data dir?)".into(),
-        ),
-        e => ix(e),
-    })?;
-    let r = db.begin_read().map_err(ix)?;
-    match r.open_table(ENTRIES) {
-        Ok(t) => Ok(!t.is_empty().map_err(ix)?),
-        Err(redb::TableError::TableDoesNotExist(_)) => Ok(false),
-        Err(e) => Err(ix(e)),
-    }
-}
-
 /// How long a reopen waits for readers to let go of the failed database.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
 

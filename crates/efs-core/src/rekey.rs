@@ -199,6 +199,13 @@ pub async fn rekey_starter_until(
         )))
     })?;
     let old_starter: StarterKey = keyparts::open(&file, old, prompt)?;
+    // The audit log's root key must be there before anything is staged: the re-keying is
+    // recorded in the log at its end, and a missing key with a log present is refused
+    // (see `datadir::audit_root`) — better now than after the switch.
+    crate::datadir::audit_root(
+        &SystemDb::open(&sys.join("system.redb"), &old_starter)?,
+        &root.join(crate::audit::AUDIT_DIR),
+    )?;
     let (new_starter, new_file) = keyparts::create(new, None, argon, prompt)?;
 
     // 1. Stage, the marker first.

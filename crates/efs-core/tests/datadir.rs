@@ -602,6 +602,13 @@ async fn admin_commands() {
 /// index without entries: the missing key is reported and the filesystem held.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_removed_index_digest_and_key_are_reported_not_rebuilt() {
+    // One record removed; then every record (a new digest over the emptied index would
+    // have served the filesystem as trusted and empty).
+    removed_digest_and_key(false).await;
+    removed_digest_and_key(true).await;
+}
+
+async fn removed_digest_and_key(wipe: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     let part = new_part(&tmp.path().join("part.key"));
@@ -637,6 +644,11 @@ async fn a_removed_index_digest_and_key_are_reported_not_rebuilt() {
             assert_eq!(entries.len().unwrap(), 2);
             let last = entries.last().unwrap().unwrap().0.value().to_vec();
             entries.remove(last.as_slice()).unwrap();
+            if wipe {
+                let first = entries.first().unwrap().unwrap().0.value().to_vec();
+                entries.remove(first.as_slice()).unwrap();
+                assert!(entries.is_empty().unwrap());
+            }
         }
         w.commit().unwrap();
     }
@@ -689,6 +701,79 @@ async fn a_removed_index_digest_and_key_are_reported_not_rebuilt() {
     assert_eq!(fs.index_trust(), efs_core::IndexTrust::Trusted);
 }
 
+/// Regression: without a server, nothing checked an index against its digest before efsctl
+/// copied or rewrote it: a backup of an index edited while the server was stopped
+/// succeeded (and its restore got a fresh digest). Backup, gc, key rotation and
+/// re-encryption now check first, as the server does at start, and refuse a held index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn efsctl_without_a_server_refuses_to_copy_or_rewrite_a_held_index() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let index_file = {
+        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+        dd.create_fs("docs").unwrap();
+        let fs = dd.fs("docs").unwrap();
+        put(&fs, "/a.txt", b"one").await;
+        put(&fs, "/b.txt", b"two").await;
+        walk(&root)
+            .into_iter()
+            .find(|f| f.ends_with("index.redb"))
+            .unwrap()
+    };
+    {
+        // One record removed by hand; the digest and its key are left alone.
+        use redb::ReadableTable;
+        const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
+        let db = redb::Database::create(&index_file).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut entries = w.open_table(ENTRIES).unwrap();
+            let first = entries.first().unwrap().unwrap().0.value().to_vec();
+            entries.remove(first.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+    let dest = tmp.path().join("backup");
+    for req in [
+        AdminRequest::Backup {
+            fs: "docs".into(),
+            dest: dest.to_str().unwrap().into(),
+            include_keys: false,
+        },
+        AdminRequest::Gc {
+            fs: "docs".into(),
+            grace_secs: 0,
+        },
+        AdminRequest::RotateKey {
+            fs: "docs".into(),
+            wait: true,
+        },
+        AdminRequest::Reencrypt {
+            fs: "docs".into(),
+            wait: true,
+        },
+    ] {
+        let what = format!("{req:?}");
+        let r = execute(&dd, req).await;
+        assert!(!r.ok, "{what} ran on a held index");
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("hold"),
+            "{what}: {:?}",
+            r.error
+        );
+    }
+    assert!(
+        !dest.join("manifest.json").exists(),
+        "no backup was written"
+    );
+    assert_eq!(
+        dd.fs("docs").unwrap().index_trust(),
+        efs_core::IndexTrust::Failed
+    );
+}
+
 /// Regression: deleting the audit log's root key (the system secret `audit-root`) made the
 /// next open start a new key, after which no entry before it could be verified (the open only
 /// warned about the HEAD anchor). The data dir now refuses to open while a log is there;
@@ -731,6 +816,18 @@ async fn a_removed_audit_root_key_is_refused_while_a_log_exists() {
         log_files,
         "the log is left as it was"
     );
+    // The log files deleted too, the HEAD anchor left: still a log.
+    for f in std::fs::read_dir(&audit_dir).unwrap() {
+        let f = f.unwrap().path();
+        if f.file_name().unwrap() != "HEAD" {
+            std::fs::remove_file(f).unwrap();
+        }
+    }
+    assert!(audit_dir.join("HEAD").exists());
+    let e = open(&root, std::slice::from_ref(&part))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`audit-root`"), "{e}");
     std::fs::rename(&audit_dir, tmp.path().join("audit-before")).unwrap();
     let dd = open(&root, std::slice::from_ref(&part)).unwrap();
     assert!(dd.fs("docs").is_some());

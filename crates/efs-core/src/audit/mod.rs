@@ -22,7 +22,6 @@ use serde::{Deserialize, Serialize};
 use crate::labels;
 
 pub use read::{AnchorCheck, Filter, Problem, ShowReport, ShownEntry, VerifyReport, show, verify};
-pub(crate) use writer::list_files;
 pub use writer::{AuditLog, AuditOptions};
 
 /// The directory of the audit log inside the data dir.
