@@ -61,6 +61,15 @@ pub struct OpenReport {
     pub generated_key_part: Option<PathBuf>,
 }
 
+/// What [`DataDir::finish_rotations`] or [`DataDir::finish_reencryptions`] did.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Finished {
+    /// Filesystems whose unfinished work ran to completion.
+    pub done: Vec<String>,
+    /// Filesystems whose unfinished work was left: their index is on hold.
+    pub held: Vec<String>,
+}
+
 /// An open data dir.
 pub struct DataDir {
     root: PathBuf,
@@ -322,9 +331,10 @@ impl DataDir {
     }
 
     fn open_fs(&self, rec: &FsRecord) -> Result<Filesystem> {
-        // An index whose digest key already existed has a digest: a digest removed from the
-        // index file is reported, not silently rebuilt over records put back meanwhile. An
-        // index with entries but no key gets a key and no digest: held (see open_index).
+        // An existing index is never given a new digest: a digest (or its key) removed is
+        // reported, not silently rebuilt over records put back meanwhile; an index without
+        // a digest or a key, even an emptied one, is held until fsck --accept-index (see
+        // open_index, which computes a digest only when `creating`).
         let index = self.open_index(&rec.id, false)?;
         self.assemble_fs(rec, index)
     }
@@ -469,6 +479,8 @@ impl DataDir {
         futures_block(commit(&index, batch))?;
         self.system.put_filesystem(&rec)?;
         let fs = self.assemble_fs(&rec, index)?;
+        // A new, empty index with its digest made here: nothing to check.
+        fs.mark_index_checked();
         self.filesystems
             .write()
             .expect("lock poisoned")
@@ -506,14 +518,22 @@ impl DataDir {
     }
 
     /// Runs every unfinished key rotation to completion (efsctl without a server);
-    /// returns the names of the filesystems it finished.
-    pub async fn finish_rotations(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
+    /// returns the filesystems it finished, and those it left because their index is on
+    /// hold (nothing is rewritten over an index that differs from its digest; the
+    /// rotation resumes once `efsctl fsck --accept-index` lifts the hold).
+    pub async fn finish_rotations(&self) -> Result<Finished> {
+        let mut out = Finished::default();
         for fs in self.open_filesystems() {
             if rotation::pending(&fs).await? {
-                fs.ensure_index_checked().await?;
+                match fs.ensure_index_checked().await {
+                    Err(CoreError::IndexHold) => {
+                        out.held.push(fs.name().to_owned());
+                        continue;
+                    }
+                    r => r?,
+                }
                 rotation::run(&fs, None).await?;
-                out.push(fs.name().to_owned());
+                out.done.push(fs.name().to_owned());
             }
         }
         Ok(out)
@@ -547,14 +567,21 @@ impl DataDir {
     }
 
     /// Runs every unfinished re-encryption to completion (efsctl without a server);
-    /// returns the names of the filesystems it finished.
-    pub async fn finish_reencryptions(&self) -> Result<Vec<String>> {
-        let mut out = Vec::new();
+    /// returns the filesystems it finished, and those it left on hold (as
+    /// [`DataDir::finish_rotations`]).
+    pub async fn finish_reencryptions(&self) -> Result<Finished> {
+        let mut out = Finished::default();
         for fs in self.open_filesystems() {
             if reencrypt::pending(&fs).await? {
-                fs.ensure_index_checked().await?;
+                match fs.ensure_index_checked().await {
+                    Err(CoreError::IndexHold) => {
+                        out.held.push(fs.name().to_owned());
+                        continue;
+                    }
+                    r => r?,
+                }
                 reencrypt::run(&fs, None).await?;
-                out.push(fs.name().to_owned());
+                out.done.push(fs.name().to_owned());
             }
         }
         Ok(out)
@@ -811,6 +838,8 @@ impl DataDir {
         drop(index);
         self.system.put_filesystem(&rec)?;
         let fs = self.open_fs(&rec)?;
+        // Its digest was computed here, over what this restore wrote: no check at start.
+        fs.mark_index_checked();
         self.filesystems
             .write()
             .expect("lock poisoned")

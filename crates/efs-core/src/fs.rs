@@ -285,7 +285,17 @@ pub struct Filesystem {
     seals: std::sync::Mutex<SealCounts>,
     /// Set once the index was checked against its digest in this process (or accepted by
     /// an operator): see [`Filesystem::ensure_index_checked`].
-    index_checked: std::sync::atomic::AtomicBool,
+    index_checked: std::sync::Mutex<bool>,
+}
+
+/// Puts a filesystem on hold when dropped: armed for the length of an index check, so that
+/// a check that panics leaves [`IndexTrust::Failed`], not `Checking`.
+struct HoldUnlessDisarmed<'a>(&'a tokio::sync::watch::Sender<IndexTrust>);
+
+impl Drop for HoldUnlessDisarmed<'_> {
+    fn drop(&mut self) {
+        self.0.send_replace(IndexTrust::Failed);
+    }
 }
 
 impl std::fmt::Debug for Filesystem {
@@ -343,7 +353,7 @@ impl Filesystem {
             gc_or_restore: tokio::sync::Mutex::new(()),
             lookups: std::sync::Mutex::new(LookupCache::default()),
             seals: std::sync::Mutex::new(SealCounts::default()),
-            index_checked: std::sync::atomic::AtomicBool::new(false),
+            index_checked: std::sync::Mutex::new(false),
         }
     }
 
@@ -425,14 +435,41 @@ impl Filesystem {
     /// Checks the index against its digest in the background, holding every file
     /// operation until the check ends; if the index differs (records changed, removed,
     /// added or put back outside EFS), operations fail with [`CoreError::IndexHold`] until
-    /// [`Filesystem::accept_index`]. The server calls this at start, so that a record put
-    /// back to an older version with its content while it was stopped is never served.
+    /// [`Filesystem::accept_index`]. Always starts a new check (tools and tests that
+    /// changed the index); the server uses [`Filesystem::begin_index_check`].
     pub fn hold_until_index_checked(self: &Arc<Self>) -> tokio::task::JoinHandle<IndexTrust> {
-        self.index_checked
-            .store(true, std::sync::atomic::Ordering::SeqCst);
-        self.trust.send_replace(IndexTrust::Checking);
+        self.start_index_check(true)
+            .expect("a forced check always starts")
+    }
+
+    /// Starts the check of [`Filesystem::hold_until_index_checked`] unless one was started
+    /// (or the index accepted, or created) in this process already: the server calls it at
+    /// start, so that a record put back to an older version with its content while it was
+    /// stopped is never served; a resumed key rotation or re-encryption calls it before
+    /// rewriting anything. None if a check had started.
+    pub fn begin_index_check(self: &Arc<Self>) -> Option<tokio::task::JoinHandle<IndexTrust>> {
+        self.start_index_check(false)
+    }
+
+    fn start_index_check(
+        self: &Arc<Self>,
+        force: bool,
+    ) -> Option<tokio::task::JoinHandle<IndexTrust>> {
+        {
+            // The flag and the Checking state change together: a caller that finds the
+            // flag set finds the check's state too, never a Trusted from before it.
+            let mut checked = self.index_checked.lock().expect("lock poisoned");
+            if *checked && !force {
+                return None;
+            }
+            *checked = true;
+            self.trust.send_replace(IndexTrust::Checking);
+        }
         let fs = self.clone();
-        tokio::spawn(async move {
+        Some(tokio::spawn(async move {
+            // A check that panics (or whose task is dropped) leaves the filesystem on
+            // hold, never waiting in Checking for ever.
+            let guard = HoldUnlessDisarmed(&fs.trust);
             let verdict = match fs.index.check_digest().await {
                 Ok(c) if c.holds() => {
                     tracing::debug!(fs = fs.name(), "index digest verified");
@@ -451,9 +488,16 @@ impl Filesystem {
                     IndexTrust::Failed
                 }
             };
+            std::mem::forget(guard);
             fs.trust.send_replace(verdict);
             verdict
-        })
+        }))
+    }
+
+    /// Marks the index as checked without a check: for a filesystem this process has just
+    /// created or restored (its digest was computed here, over what it wrote).
+    pub(crate) fn mark_index_checked(&self) {
+        *self.index_checked.lock().expect("lock poisoned") = true;
     }
 
     /// Whether the index may be used now.
@@ -465,8 +509,7 @@ impl Filesystem {
     /// digest (the generation goes on) and lifts a hold.
     pub async fn accept_index(&self) -> Result<crate::digest::DigestCheck> {
         let check = self.index.accept_digest().await?;
-        self.index_checked
-            .store(true, std::sync::atomic::Ordering::SeqCst);
+        self.mark_index_checked();
         self.trust.send_replace(IndexTrust::Trusted);
         Ok(check)
     }
@@ -477,18 +520,23 @@ impl Filesystem {
     /// rotation, re-encryption and restore, check here: a held index is refused as the
     /// server would refuse it, instead of being copied or rewritten as if trusted).
     pub async fn ensure_index_checked(self: &Arc<Self>) -> Result<()> {
-        if !self.index_checked.load(std::sync::atomic::Ordering::SeqCst) {
-            self.hold_until_index_checked()
-                .await
-                .map_err(|e| CoreError::Io(std::io::Error::other(e.to_string())))?;
+        if let Some(check) = self.begin_index_check()
+            && let Err(e) = check.await
+        {
+            // The guard in the task has put the filesystem on hold already.
+            return Err(CoreError::Io(std::io::Error::other(format!(
+                "the index check did not finish: {e}"
+            ))));
         }
         self.trusted().await
     }
 
     /// Waits for a running index check; fails with [`CoreError::IndexHold`] if the
-    /// filesystem is on hold. Admin operations that read the whole index (backup, gc, key
-    /// rotation, re-encryption) call it too: a backup of a held index would otherwise turn
-    /// a rolled-back state into a clean-digest copy without the operator's decision.
+    /// filesystem is on hold. Every file operation calls it. Admin operations that read or
+    /// rewrite the whole index (backup, gc, key rotation, re-encryption, restore) call
+    /// [`Filesystem::ensure_index_checked`] instead, which first checks an index nothing
+    /// in this process has checked: a backup of a held index would otherwise turn a
+    /// rolled-back state into a clean-digest copy without the operator's decision.
     pub async fn trusted(&self) -> Result<()> {
         if *self.trust.borrow() == IndexTrust::Trusted {
             return Ok(());

@@ -40,7 +40,7 @@ pub mod rekey;
 pub use fs::rotation;
 pub mod system;
 
-pub use datadir::{DataDir, OpenOptions, OpenReport};
+pub use datadir::{DataDir, Finished, OpenOptions, OpenReport};
 pub use error::{CoreError, Result};
 pub use fs::{Entry, FileReader, Filesystem, FsOptions, IndexTrust, Precondition, Upload};
 pub use keyparts::KeyPartSpec;

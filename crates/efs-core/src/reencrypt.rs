@@ -500,6 +500,12 @@ pub fn spawn(fs: Arc<Filesystem>) -> bool {
         return false;
     };
     rt.spawn(async move {
+        // Resumed at start, before the server's own index check: nothing is rewritten (and
+        // no rolled-back record resealed as if current) until the index holds its digest.
+        if let Err(e) = fs.ensure_index_checked().await {
+            tracing::error!(fs = fs.name(), error = %e, "re-encryption not resumed: the index is not trusted (see efsctl fsck); it resumes at the next start or reencrypt once the index is accepted");
+            return;
+        }
         if let Err(e) = run(&fs, None).await {
             tracing::error!(fs = fs.name(), error = %e, "re-encryption stopped; it resumes at the next start or reencrypt");
         }

@@ -75,11 +75,13 @@ pub struct ServerConfig {
 /// cannot change under a running server, so this is where a change made while it was
 /// stopped is caught — a record put back to an older version with its content, which reads
 /// alone cannot tell from the current one. A filesystem whose index differs stays on hold
-/// (503 integrity_hold) until `efsctl fsck --accept-index`; see SECURITY.md.
+/// (503 integrity_hold) until `efsctl fsck --accept-index`; see SECURITY.md. A key rotation
+/// or re-encryption resumed by `DataDir::open` has started its filesystem's check already
+/// (it rewrites nothing before the check holds); that check is not run twice.
 fn spawn_index_checks(data: &Arc<DataDir>) -> anyhow::Result<()> {
     for rec in data.list_fs()? {
         if let Some(fs) = data.fs(&rec.name) {
-            fs.hold_until_index_checked();
+            fs.begin_index_check();
         }
     }
     Ok(())

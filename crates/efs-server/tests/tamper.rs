@@ -913,3 +913,91 @@ async fn tampered_index_records_and_inline_content_are_never_served() {
         started.elapsed()
     );
 }
+
+/// Regression: efsctl without a server finishes an interrupted key rotation before each
+/// command but `status`; once that refused to rewrite a held index, it failed every
+/// command, `efsctl fsck --accept-index` (the way out of a hold) included. Now a held
+/// filesystem's rotation is left with a warning, fsck runs, a server started on it does
+/// not resume it, and once the index is accepted the next command finishes it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_interrupted_rotation_over_a_held_index_waits_for_fsck_accept_index() {
+    let s = session(&["--cache-size", "0"]).await;
+    let mut srv = s.srv;
+    for i in 0..5u64 {
+        srv.put_ok(&format!("/r{i}"), &s.token, pattern(100 + i as usize, i))
+            .await;
+    }
+    srv.stop().await;
+    {
+        // The first step of a rotation only (a new term, nothing rewrapped): what a server
+        // stopped in the middle of one leaves.
+        let (dd, _) = efs_core::DataDir::open(
+            &srv.data,
+            &[],
+            efs_core::OpenOptions::default(),
+            &efs_core::keyparts::no_prompt,
+        )
+        .unwrap();
+        dd.begin_rotation("files").await.unwrap();
+    }
+    let ixf = index_file(&srv.data);
+    edit_index(&ixf, |entries, _| {
+        entries.pop_first().unwrap().unwrap();
+    });
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    // Any other command runs, leaving the rotation with a warning.
+    let out = srv.efsctl(&["list-fs"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("interrupted key rotation of 'files' was not finished"),
+        "{}",
+        text(&out)
+    );
+    let st = srv.efsctl_ok(&["status", "--fs", "files", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st[0]["rotation"]["state"], "running", "still pending: {st}");
+    let (code, fsck) = fsck_text(&srv);
+    assert_eq!(code, Some(3), "{fsck}");
+    assert!(fsck.contains("differ from the index digest"), "{fsck}");
+    // Nor does a server started on it resume the rotation (it would reseal the records
+    // as they are, rolled back or not) before its index check holds.
+    let mut again = restart(&srv);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !again.stderr().contains("key rotation not resumed") {
+        assert!(std::time::Instant::now() < deadline, "{}", again.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    again.stop().await;
+    let st = srv.efsctl_ok(&["status", "--fs", "files", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st[0]["rotation"]["state"], "running", "{st}");
+    assert_eq!(st[0]["rotation"]["rewrapped"], 0, "{st}");
+    let out = srv.efsctl(&["fsck", "--fs", "files", "--accept-index"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(text(&out).contains("accepted the index"), "{}", text(&out));
+    // The next command finishes the rotation over the accepted index.
+    let out = srv.efsctl(&["list-fs"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(
+        text(&out).contains("finished an interrupted key rotation of 'files'"),
+        "{}",
+        text(&out)
+    );
+    let st = srv.efsctl_ok(&["status", "--fs", "files", "--json"]);
+    let st: serde_json::Value = serde_json::from_str(&st).unwrap();
+    assert_eq!(st[0]["rotation"]["state"], "done", "{st}");
+    assert_eq!(
+        st[0]["rotation"]["rewrapped"], 4,
+        "the 4 records left: {st}"
+    );
+    assert_eq!(st[0]["current_term"], 2, "{st}");
+    // Every file left reads under the new term (the removed record's content is an orphan).
+    let (_, fsck) = fsck_text(&srv);
+    assert!(fsck.contains("4 files verified, 0 errors"), "{fsck}");
+}

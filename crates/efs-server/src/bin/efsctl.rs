@@ -501,12 +501,23 @@ fn send(
             {
                 *wait = true;
             }
-            if !matches!(req, AdminRequest::Status { .. }) {
-                for name in rt.block_on(dd.finish_rotations())? {
-                    eprintln!("efsctl: finished an interrupted key rotation of '{name}'");
-                }
-                for name in rt.block_on(dd.finish_reencryptions())? {
-                    eprintln!("efsctl: finished an interrupted re-encryption of '{name}'");
+            // Nor for `fsck`: it is how an operator looks at (and accepts) an index on
+            // hold, and finishing is refused on a held one.
+            if !matches!(req, AdminRequest::Status { .. } | AdminRequest::Fsck { .. }) {
+                let rotations = rt.block_on(dd.finish_rotations())?;
+                let reencryptions = rt.block_on(dd.finish_reencryptions())?;
+                for (work, done) in [
+                    ("key rotation", &rotations),
+                    ("re-encryption", &reencryptions),
+                ] {
+                    for name in &done.done {
+                        eprintln!("efsctl: finished an interrupted {work} of '{name}'");
+                    }
+                    for name in &done.held {
+                        eprintln!(
+                            "efsctl: WARNING: the interrupted {work} of '{name}' was not finished: its index differs from its digest (on hold; see efsctl fsck --fs {name})"
+                        );
+                    }
                 }
             }
             let op = efs_core::admin::Operator::this_process("data-dir");
