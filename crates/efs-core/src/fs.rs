@@ -285,16 +285,24 @@ pub struct Filesystem {
     seals: std::sync::Mutex<SealCounts>,
     /// Set once the index was checked against its digest in this process (or accepted by
     /// an operator): see [`Filesystem::ensure_index_checked`].
-    index_checked: std::sync::Mutex<bool>,
+    index_checked: std::sync::Mutex<IndexCheck>,
+}
+
+/// Whether this process has checked a filesystem's index, and which check (or acceptance)
+/// is the latest: only the latest may publish its verdict.
+#[derive(Default)]
+struct IndexCheck {
+    started: bool,
+    generation: u64,
 }
 
 /// Puts a filesystem on hold when dropped: armed for the length of an index check, so that
 /// a check that panics leaves [`IndexTrust::Failed`], not `Checking`.
-struct HoldUnlessDisarmed<'a>(&'a tokio::sync::watch::Sender<IndexTrust>);
+struct HoldUnlessDisarmed<'a>(&'a Filesystem, u64);
 
 impl Drop for HoldUnlessDisarmed<'_> {
     fn drop(&mut self) {
-        self.0.send_replace(IndexTrust::Failed);
+        self.0.publish_verdict(self.1, IndexTrust::Failed);
     }
 }
 
@@ -353,7 +361,7 @@ impl Filesystem {
             gc_or_restore: tokio::sync::Mutex::new(()),
             lookups: std::sync::Mutex::new(LookupCache::default()),
             seals: std::sync::Mutex::new(SealCounts::default()),
-            index_checked: std::sync::Mutex::new(false),
+            index_checked: std::sync::Mutex::new(IndexCheck::default()),
         }
     }
 
@@ -455,21 +463,12 @@ impl Filesystem {
         self: &Arc<Self>,
         force: bool,
     ) -> Option<tokio::task::JoinHandle<IndexTrust>> {
-        {
-            // The flag and the Checking state change together: a caller that finds the
-            // flag set finds the check's state too, never a Trusted from before it.
-            let mut checked = self.index_checked.lock().expect("lock poisoned");
-            if *checked && !force {
-                return None;
-            }
-            *checked = true;
-            self.trust.send_replace(IndexTrust::Checking);
-        }
+        let generation = self.claim_check(force)?;
         let fs = self.clone();
         Some(tokio::spawn(async move {
             // A check that panics (or whose task is dropped) leaves the filesystem on
             // hold, never waiting in Checking for ever.
-            let guard = HoldUnlessDisarmed(&fs.trust);
+            let guard = HoldUnlessDisarmed(&fs, generation);
             let verdict = match fs.index.check_digest().await {
                 Ok(c) if c.holds() => {
                     tracing::debug!(fs = fs.name(), "index digest verified");
@@ -489,15 +488,40 @@ impl Filesystem {
                 }
             };
             std::mem::forget(guard);
-            fs.trust.send_replace(verdict);
+            fs.publish_verdict(generation, verdict);
             verdict
         }))
+    }
+
+    /// Claims the next check (None if one had started and not `force`): its generation,
+    /// with the state set to Checking.
+    fn claim_check(&self, force: bool) -> Option<u64> {
+        // The flag and the Checking state change together: a caller that finds the flag
+        // set finds the check's state too, never a Trusted from before it.
+        let mut c = self.index_checked.lock().expect("lock poisoned");
+        if c.started && !force {
+            return None;
+        }
+        c.started = true;
+        c.generation += 1;
+        self.trust.send_replace(IndexTrust::Checking);
+        Some(c.generation)
+    }
+
+    /// Publishes the verdict of check `generation` unless a later check or an operator's
+    /// acceptance came meanwhile (an `fsck --accept-index` while the start-up check of a
+    /// large index still runs must not be undone by that check's late verdict).
+    fn publish_verdict(&self, generation: u64, verdict: IndexTrust) {
+        let c = self.index_checked.lock().expect("lock poisoned");
+        if c.generation == generation {
+            self.trust.send_replace(verdict);
+        }
     }
 
     /// Marks the index as checked without a check: for a filesystem this process has just
     /// created or restored (its digest was computed here, over what it wrote).
     pub(crate) fn mark_index_checked(&self) {
-        *self.index_checked.lock().expect("lock poisoned") = true;
+        self.index_checked.lock().expect("lock poisoned").started = true;
     }
 
     /// Whether the index may be used now.
@@ -509,7 +533,10 @@ impl Filesystem {
     /// digest (the generation goes on) and lifts a hold.
     pub async fn accept_index(&self) -> Result<crate::digest::DigestCheck> {
         let check = self.index.accept_digest().await?;
-        self.mark_index_checked();
+        let mut c = self.index_checked.lock().expect("lock poisoned");
+        c.started = true;
+        // A check still running verifies the index as it was: its verdict no longer counts.
+        c.generation += 1;
         self.trust.send_replace(IndexTrust::Trusted);
         Ok(check)
     }
@@ -1768,4 +1795,46 @@ pub struct PlainSegments {
 /// The plaintext offset where segment `idx` starts.
 pub fn segment_offset(idx: u64) -> u64 {
     idx * SEGMENT_SIZE as u64
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::keyparts::{self, KeyPartSpec};
+    use crate::{DataDir, OpenOptions};
+
+    /// A check's verdict counts only while that check is the latest: an operator's
+    /// acceptance (or a later check) made while it ran wins over its late verdict.
+    #[tokio::test]
+    async fn a_late_verdict_does_not_undo_an_acceptance() {
+        let tmp = tempfile::tempdir().unwrap();
+        let part = tmp.path().join("part.key");
+        keyparts::generate_part_file(&part).unwrap();
+        let (dd, _) = DataDir::open(
+            &tmp.path().join("data"),
+            &[KeyPartSpec::File(part)],
+            OpenOptions::default(),
+            &keyparts::no_prompt,
+        )
+        .unwrap();
+        dd.create_fs("docs").unwrap();
+        let fs = dd.fs("docs").unwrap();
+        // A created filesystem counts as checked: no check starts.
+        assert!(fs.claim_check(false).is_none());
+        // A check starts; the operator accepts the index before it ends; it ends Failed.
+        let first = fs.claim_check(true).unwrap();
+        assert_eq!(fs.index_trust(), IndexTrust::Checking);
+        fs.accept_index().await.unwrap();
+        fs.publish_verdict(first, IndexTrust::Failed);
+        assert_eq!(fs.index_trust(), IndexTrust::Trusted);
+        // Of two checks, only the later one's verdict is published.
+        let older = fs.claim_check(true).unwrap();
+        let newer = fs.claim_check(true).unwrap();
+        fs.publish_verdict(older, IndexTrust::Trusted);
+        assert_eq!(fs.index_trust(), IndexTrust::Checking);
+        // A check that panics (its guard dropped) leaves the filesystem held.
+        drop(HoldUnlessDisarmed(&fs, newer));
+        assert_eq!(fs.index_trust(), IndexTrust::Failed);
+        assert!(matches!(fs.trusted().await, Err(CoreError::IndexHold)));
+    }
 }

@@ -76,8 +76,8 @@ pub struct ServerConfig {
 /// stopped is caught — a record put back to an older version with its content, which reads
 /// alone cannot tell from the current one. A filesystem whose index differs stays on hold
 /// (503 integrity_hold) until `efsctl fsck --accept-index`; see SECURITY.md. A key rotation
-/// or re-encryption resumed by `DataDir::open` has started its filesystem's check already
-/// (it rewrites nothing before the check holds); that check is not run twice.
+/// or re-encryption resumed by `DataDir::open` may have started its filesystem's check
+/// already (it rewrites nothing before the check holds): the check is not run twice.
 fn spawn_index_checks(data: &Arc<DataDir>) -> anyhow::Result<()> {
     for rec in data.list_fs()? {
         if let Some(fs) = data.fs(&rec.name) {

@@ -515,7 +515,7 @@ fn send(
                     }
                     for name in &done.held {
                         eprintln!(
-                            "efsctl: WARNING: the interrupted {work} of '{name}' was not finished: its index differs from its digest (on hold; see efsctl fsck --fs {name})"
+                            "efsctl: WARNING: the interrupted {work} of '{name}' was not finished: its index is on hold (it differs from its digest, or the digest could not be checked; see efsctl fsck --fs {name})"
                         );
                     }
                 }
