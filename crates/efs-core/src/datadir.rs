@@ -587,6 +587,22 @@ impl DataDir {
         Ok(out)
     }
 
+    /// Stores every filesystem's counts of records sealed per key term that changed since
+    /// they were last stored ([`Filesystem::store_seal_counts`]): at the end of a server's
+    /// or efsctl's run. Tries every filesystem; returns the first error.
+    pub async fn store_seal_counts(&self) -> Result<()> {
+        let mut first = Ok(());
+        for fs in self.open_filesystems() {
+            if let Err(e) = fs.store_seal_counts().await {
+                tracing::warn!(fs = fs.name(), error = %e, "could not store the counts of records sealed per key term");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
     /// Every open filesystem (a snapshot of the table).
     fn open_filesystems(&self) -> Vec<Arc<Filesystem>> {
         self.filesystems

@@ -375,7 +375,8 @@ impl Filesystem {
 
     /// Records sealed under each key term, as far as this filesystem knows: what the index
     /// stores plus what this process has committed since (the stored counts may lag by
-    /// [`FsOptions::seal_count_step`] after a crash). Compare with [`SEAL_LIMIT`].
+    /// [`FsOptions::seal_count_step`] after a crash; a clean stop stores them, see
+    /// [`Filesystem::store_seal_counts`]). Compare with [`SEAL_LIMIT`].
     pub fn seal_counts(&self) -> std::collections::BTreeMap<u32, u64> {
         self.seals
             .lock()
@@ -438,6 +439,33 @@ impl Filesystem {
             encode_seal_counts(&c.counts),
         ));
         Some(c.counts.clone())
+    }
+
+    /// Stores the counts of records sealed per term if this process has counted any since
+    /// they were last stored (a batch of its own, metadata only). The server calls it when
+    /// it stops, efsctl when its command ends: without it, counts below one
+    /// [`FsOptions::seal_count_step`] were lost at every stop, and a filesystem restarted
+    /// often would never store them. Only a crash loses counts (at most a step per term).
+    pub async fn store_seal_counts(&self) -> Result<()> {
+        let counts = {
+            let c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
+            if c.counts == c.stored {
+                return Ok(());
+            }
+            c.counts.clone()
+        };
+        let batch = Batch {
+            ops: vec![Op::PutMeta(META_SEALS.into(), encode_seal_counts(&counts))],
+            ..Default::default()
+        };
+        if self.index.commit(batch).await? {
+            let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
+            for (t, n) in counts {
+                let s = c.stored.entry(t).or_default();
+                *s = (*s).max(n);
+            }
+        }
+        Ok(())
     }
 
     /// Checks the index against its digest in the background, holding every file

@@ -166,3 +166,43 @@ async fn past_half_the_limit_the_status_says_rotate() {
     assert_eq!(dd.fs("docs").unwrap().seal_counts()[&1], SEAL_WARNING);
     assert_eq!(status(&dd).await.data[0]["rotate_now"], true);
 }
+
+/// Regression: counts were stored only by steps (65,536 records by default), so what a run
+/// counted below a step was lost at every stop, and a filesystem restarted more often than
+/// it sealed a step's worth of records never stored any. A clean end now stores them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clean_stop_stores_the_counts_below_a_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let step = 1_000;
+    {
+        let dd = open_with_step(&root, &part, step);
+        dd.create_fs("docs").unwrap();
+        let fs = dd.fs("docs").unwrap();
+        for i in 0..6 {
+            put(&fs, &format!("/f{i}"), b"x").await;
+        }
+        assert_eq!(fs.seal_counts().get(&1), Some(&6));
+        // Gone without a clean end: nothing stored (below a step).
+    }
+    let counts = |dd: &DataDir| {
+        let c = dd.fs("docs").unwrap().seal_counts();
+        c.get(&1).copied().unwrap_or(0)
+    };
+    {
+        let dd = open_with_step(&root, &part, step);
+        assert_eq!(counts(&dd), 0, "a crash loses less than a step");
+        let fs = dd.fs("docs").unwrap();
+        for i in 0..5 {
+            put(&fs, &format!("/g{i}"), b"x").await;
+        }
+        dd.store_seal_counts().await.unwrap();
+    }
+    let dd = open_with_step(&root, &part, step);
+    assert_eq!(counts(&dd), 5, "stored at the clean end");
+    // Nothing new: nothing written (the same row).
+    dd.store_seal_counts().await.unwrap();
+    drop(dd);
+    assert_eq!(counts(&open_with_step(&root, &part, step)), 5);
+}

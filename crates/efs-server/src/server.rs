@@ -244,6 +244,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     )
     .await;
     let _ = std::fs::remove_file(data.admin_socket());
+    // Counts of records sealed per key term are stored by steps while serving; what this
+    // run counted since the last step is stored now (logged if it cannot be).
+    let _ = data.store_seal_counts().await;
     // Tasks still holding the data dir may outlive this function: make the audit log
     // durable and its anchor current now.
     data.audit().close();

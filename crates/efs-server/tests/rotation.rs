@@ -182,3 +182,29 @@ async fn rotate_key_while_serving_then_restart() {
     srv.put_ok("/after.txt", &t, "after").await;
     assert_eq!(srv.get_ok("/after.txt", &t).await, b"after");
 }
+
+/// Counts of records sealed per key term survive a stop: the server stores what it counted
+/// below a step when it stops, efsctl without a server when its command ends (before, both
+/// were lost, and `status` after a restart showed the count of the last full step).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn seal_counts_are_stored_when_the_server_and_efsctl_stop() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    for i in 0..7u64 {
+        srv.put_ok(&format!("/c/f{i}"), &s.token, pattern(10, i))
+            .await;
+    }
+    assert_eq!(
+        status_json(&srv)["records_sealed"]["1"],
+        8,
+        "7 files and /c"
+    );
+    srv.stop().await;
+    // Read by efsctl without a server: what the stopped server stored.
+    assert_eq!(status_json(&srv)["records_sealed"]["1"], 8);
+    // A rotation by efsctl without a server reseals the 8 records under term 2.
+    srv.efsctl_ok(&["rotate-key", "--fs", "files"]);
+    let st = status_json(&srv);
+    assert_eq!(st["current_term"], 2, "{st}");
+    assert_eq!(st["records_sealed"]["2"], 8, "{st}");
+}

@@ -521,7 +521,15 @@ fn send(
                 }
             }
             let op = efs_core::admin::Operator::this_process("data-dir");
-            Ok(rt.block_on(efs_core::admin::execute_as(&dd, req, &op)))
+            let resp = rt.block_on(efs_core::admin::execute_as(&dd, req, &op));
+            // What this command sealed (a rotation, a re-encryption, a restore) is counted
+            // in the index before efsctl exits.
+            if let Err(e) = rt.block_on(dd.store_seal_counts()) {
+                eprintln!(
+                    "efsctl: WARNING: could not store the counts of records sealed per key term: {e}"
+                );
+            }
+            Ok(resp)
         }
     }
 }
