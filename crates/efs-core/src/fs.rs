@@ -283,6 +283,8 @@ pub struct Filesystem {
     gc_or_restore: tokio::sync::Mutex<()>,
     lookups: std::sync::Mutex<LookupCache>,
     seals: std::sync::Mutex<SealCounts>,
+    /// Held by a batch that stores the seal counts, from taking them to its commit.
+    seal_store: tokio::sync::Mutex<()>,
     /// Set once the index was checked against its digest in this process (or accepted by
     /// an operator): see [`Filesystem::ensure_index_checked`].
     index_checked: std::sync::Mutex<IndexCheck>,
@@ -361,6 +363,7 @@ impl Filesystem {
             gc_or_restore: tokio::sync::Mutex::new(()),
             lookups: std::sync::Mutex::new(LookupCache::default()),
             seals: std::sync::Mutex::new(SealCounts::default()),
+            seal_store: tokio::sync::Mutex::new(()),
             index_checked: std::sync::Mutex::new(IndexCheck::default()),
         }
     }
@@ -389,22 +392,35 @@ impl Filesystem {
     /// [`FsOptions::seal_count_step`] records, and when a term reaches [`SEAL_WARNING`], the
     /// counts go into the same batch. Every writer of a filesystem's index commits here.
     pub(crate) async fn commit_batch(&self, mut batch: Batch) -> Result<bool> {
-        let storing = self.count_seals(&mut batch);
+        if !self.count_seals(&batch) {
+            return self.index.commit(batch).await;
+        }
+        // Batches that store the counts go one at a time, each with the counts as they are
+        // when it goes: a later store never writes lower counts than an earlier one.
+        let _order = self.seal_store.lock().await;
+        let counts = self.seal_counts();
+        batch
+            .ops
+            .push(Op::PutMeta(META_SEALS.into(), encode_seal_counts(&counts)));
         let committed = self.index.commit(batch).await?;
-        if committed && let Some(counts) = storing {
+        if committed {
             // Only now are they stored: a batch that failed leaves the next one to store them.
-            let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
-            for (t, n) in counts {
-                let s = c.stored.entry(t).or_default();
-                *s = (*s).max(n);
-            }
+            self.note_stored(counts);
         }
         Ok(committed)
     }
 
+    fn note_stored(&self, counts: std::collections::BTreeMap<u32, u64>) {
+        let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
+        for (t, n) in counts {
+            let s = c.stored.entry(t).or_default();
+            *s = (*s).max(n);
+        }
+    }
+
     /// Counts the records `batch` seals (before it is committed: a batch that fails still
-    /// drew its nonces); adds the counts to it when they are due, and returns them then.
-    fn count_seals(&self, batch: &mut Batch) -> Option<std::collections::BTreeMap<u32, u64>> {
+    /// drew its nonces); true when the counts are due to be stored with it.
+    fn count_seals(&self, batch: &Batch) -> bool {
         let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
         let mut store = false;
         for op in &batch.ops {
@@ -431,22 +447,18 @@ impl Filesystem {
                 );
             }
         }
-        if !store {
-            return None;
-        }
-        batch.ops.push(Op::PutMeta(
-            META_SEALS.into(),
-            encode_seal_counts(&c.counts),
-        ));
-        Some(c.counts.clone())
+        store
     }
 
     /// Stores the counts of records sealed per term if this process has counted any since
     /// they were last stored (a batch of its own, metadata only). The server calls it when
     /// it stops, efsctl when its command ends: without it, counts below one
     /// [`FsOptions::seal_count_step`] were lost at every stop, and a filesystem restarted
-    /// often would never store them. Only a crash loses counts (at most a step per term).
+    /// often would never store them. What is lost now: after a crash, at most about a step
+    /// per term; after a stop, the records sealed by work still running as the process exits
+    /// (a background rotation or re-encryption, requests past the shutdown timeout).
     pub async fn store_seal_counts(&self) -> Result<()> {
+        let _order = self.seal_store.lock().await;
         let counts = {
             let c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
             if c.counts == c.stored {
@@ -459,11 +471,7 @@ impl Filesystem {
             ..Default::default()
         };
         if self.index.commit(batch).await? {
-            let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
-            for (t, n) in counts {
-                let s = c.stored.entry(t).or_default();
-                *s = (*s).max(n);
-            }
+            self.note_stored(counts);
         }
         Ok(())
     }

@@ -503,9 +503,27 @@ fn send(
             }
             // Nor for `fsck`: it is how an operator looks at (and accepts) an index on
             // hold, and finishing is refused on a held one.
+            // What this run seals (finishing, then the command: a rotation, a
+            // re-encryption, a restore) is counted in the index before efsctl exits, also
+            // when it fails part way.
+            let store_counts = || {
+                if let Err(e) = rt.block_on(dd.store_seal_counts()) {
+                    eprintln!(
+                        "efsctl: WARNING: could not store the counts of records sealed per key term: {e}"
+                    );
+                }
+            };
             if !matches!(req, AdminRequest::Status { .. } | AdminRequest::Fsck { .. }) {
-                let rotations = rt.block_on(dd.finish_rotations())?;
-                let reencryptions = rt.block_on(dd.finish_reencryptions())?;
+                let finishing = rt
+                    .block_on(dd.finish_rotations())
+                    .and_then(|r| Ok((r, rt.block_on(dd.finish_reencryptions())?)));
+                let (rotations, reencryptions) = match finishing {
+                    Ok(f) => f,
+                    Err(e) => {
+                        store_counts();
+                        return Err(e.into());
+                    }
+                };
                 for (work, done) in [
                     ("key rotation", &rotations),
                     ("re-encryption", &reencryptions),
@@ -522,13 +540,7 @@ fn send(
             }
             let op = efs_core::admin::Operator::this_process("data-dir");
             let resp = rt.block_on(efs_core::admin::execute_as(&dd, req, &op));
-            // What this command sealed (a rotation, a re-encryption, a restore) is counted
-            // in the index before efsctl exits.
-            if let Err(e) = rt.block_on(dd.store_seal_counts()) {
-                eprintln!(
-                    "efsctl: WARNING: could not store the counts of records sealed per key term: {e}"
-                );
-            }
+            store_counts();
             Ok(resp)
         }
     }
