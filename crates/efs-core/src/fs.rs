@@ -1836,25 +1836,12 @@ pub fn segment_offset(idx: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::keyparts::{self, KeyPartSpec};
-    use crate::{DataDir, OpenOptions};
 
     /// A check's verdict counts only while that check is the latest: an operator's
     /// acceptance (or a later check) made while it ran wins over its late verdict.
     #[tokio::test]
     async fn a_late_verdict_does_not_undo_an_acceptance() {
-        let tmp = tempfile::tempdir().unwrap();
-        let part = tmp.path().join("part.key");
-        keyparts::generate_part_file(&part).unwrap();
-        let (dd, _) = DataDir::open(
-            &tmp.path().join("data"),
-            &[KeyPartSpec::File(part)],
-            OpenOptions::default(),
-            &keyparts::no_prompt,
-        )
-        .unwrap();
-        dd.create_fs("docs").unwrap();
-        let fs = dd.fs("docs").unwrap();
+        let (_tmp, _dd, fs) = crate::rotation::tests::env();
         // A created filesystem counts as checked: no check starts.
         assert!(fs.claim_check(false).is_none());
         // A check starts; the operator accepts the index before it ends; it ends Failed.

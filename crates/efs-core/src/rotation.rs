@@ -425,13 +425,14 @@ pub fn spawn(fs: Arc<Filesystem>) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::keyparts::{self, KeyPartSpec};
     use crate::{DataDir, EfsPath, OpenOptions, Precondition};
 
-    /// A data dir on real files (real redb index) with filesystem `docs`.
-    fn env() -> (tempfile::TempDir, DataDir, Arc<Filesystem>) {
+    /// A data dir on real files (real redb index) with filesystem `docs` (also used by
+    /// other modules' unit tests).
+    pub(crate) fn env() -> (tempfile::TempDir, DataDir, Arc<Filesystem>) {
         let tmp = tempfile::tempdir().unwrap();
         let part = tmp.path().join("part.key");
         keyparts::generate_part_file(&part).unwrap();

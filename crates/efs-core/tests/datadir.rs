@@ -608,21 +608,44 @@ async fn a_removed_index_digest_and_key_are_reported_not_rebuilt() {
     removed_digest_and_key(true).await;
 }
 
+/// `efsctl fsck --fs docs --accept-index`, which must lift the hold on `fs`.
+async fn accept_index(dd: &DataDir, fs: &efs_core::Filesystem) {
+    let r = execute(
+        dd,
+        AdminRequest::Fsck {
+            fs: "docs".into(),
+            accept_index: true,
+        },
+    )
+    .await;
+    assert!(r.ok, "{:?}", r.error);
+    assert_eq!(fs.index_trust(), efs_core::IndexTrust::Trusted);
+}
+
+/// A data dir at `root` with filesystem `docs` holding `files`, closed again; the path of
+/// its index file (for tests that edit it behind EFS's back).
+async fn docs_with_files(
+    root: &Path,
+    part: &KeyPartSpec,
+    files: &[(&str, &[u8])],
+) -> std::path::PathBuf {
+    let dd = open(root, std::slice::from_ref(part)).unwrap();
+    dd.create_fs("docs").unwrap();
+    let fs = dd.fs("docs").unwrap();
+    for (path, data) in files {
+        put(&fs, path, data).await;
+    }
+    walk(root)
+        .into_iter()
+        .find(|f| f.ends_with("index.redb"))
+        .unwrap()
+}
+
 async fn removed_digest_and_key(wipe: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     let part = new_part(&tmp.path().join("part.key"));
-    let index_file = {
-        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
-        dd.create_fs("docs").unwrap();
-        let fs = dd.fs("docs").unwrap();
-        put(&fs, "/a.txt", b"one").await;
-        put(&fs, "/b.txt", b"two").await;
-        walk(&root)
-            .into_iter()
-            .find(|f| f.ends_with("index.redb"))
-            .unwrap()
-    };
+    let index_file = docs_with_files(&root, &part, &[("/a.txt", b"one"), ("/b.txt", b"two")]).await;
     let fs_id = index_file
         .parent()
         .unwrap()
@@ -689,16 +712,7 @@ async fn removed_digest_and_key(wipe: bool) {
         efs_core::IndexTrust::Failed
     );
     // The operator, once satisfied, accepts the index as it is.
-    let r = execute(
-        &dd,
-        AdminRequest::Fsck {
-            fs: "docs".into(),
-            accept_index: true,
-        },
-    )
-    .await;
-    assert!(r.ok, "{:?}", r.error);
-    assert_eq!(fs.index_trust(), efs_core::IndexTrust::Trusted);
+    accept_index(&dd, &fs).await;
 }
 
 /// Regression: without a server, nothing checked an index against its digest before efsctl
@@ -710,17 +724,7 @@ async fn efsctl_without_a_server_refuses_to_copy_or_rewrite_a_held_index() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     let part = new_part(&tmp.path().join("part.key"));
-    let index_file = {
-        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
-        dd.create_fs("docs").unwrap();
-        let fs = dd.fs("docs").unwrap();
-        put(&fs, "/a.txt", b"one").await;
-        put(&fs, "/b.txt", b"two").await;
-        walk(&root)
-            .into_iter()
-            .find(|f| f.ends_with("index.redb"))
-            .unwrap()
-    };
+    let index_file = docs_with_files(&root, &part, &[("/a.txt", b"one"), ("/b.txt", b"two")]).await;
     {
         // One record removed by hand; the digest and its key are left alone.
         use redb::ReadableTable;
@@ -846,16 +850,7 @@ async fn a_removed_index_digest_is_reported_not_rebuilt() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     let part = new_part(&tmp.path().join("part.key"));
-    let index_file = {
-        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
-        dd.create_fs("docs").unwrap();
-        let fs = dd.fs("docs").unwrap();
-        put(&fs, "/a.txt", b"one").await;
-        walk(&root)
-            .into_iter()
-            .find(|f| f.ends_with("index.redb"))
-            .unwrap()
-    };
+    let index_file = docs_with_files(&root, &part, &[("/a.txt", b"one")]).await;
     {
         const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
         let db = redb::Database::create(&index_file).unwrap();
@@ -877,16 +872,7 @@ async fn a_removed_index_digest_is_reported_not_rebuilt() {
         read_all(&fs, "/a.txt").await,
         Err(CoreError::IndexHold)
     ));
-    let r = execute(
-        &dd,
-        AdminRequest::Fsck {
-            fs: "docs".into(),
-            accept_index: true,
-        },
-    )
-    .await;
-    assert!(r.ok, "{:?}", r.error);
-    assert_eq!(fs.index_trust(), efs_core::IndexTrust::Trusted);
+    accept_index(&dd, &fs).await;
     assert_eq!(read_all(&fs, "/a.txt").await.unwrap(), b"one");
     assert!(fs.fsck().await.unwrap().is_clean());
 }
