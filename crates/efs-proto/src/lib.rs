@@ -61,7 +61,7 @@ pub mod codes {
     /// file, if any, is unchanged). Retry once space is freed.
     pub const INSUFFICIENT_STORAGE: &str = "insufficient_storage";
     /// 503: the audit log cannot be written, so the server refuses to act unrecorded (fail
-    /// closed) until an operator fixes the disk and restarts it.
+    /// closed) until the log can be written again (the server retries by itself).
     pub const AUDIT_UNAVAILABLE: &str = "audit_unavailable";
 }
 

@@ -20,7 +20,7 @@ use efs_core::{DataDir, EfsPath, Filesystem, Kind};
 use efs_proto::{EntryType, Health, ListEntry, ListPage, MoveRequest};
 use futures_util::StreamExt;
 
-use crate::audit::{Who, refuse_if_failed, seal_answer};
+use crate::audit::{Who, audit_mark, refuse_if_failed, seal_answer};
 use crate::auth::{Authenticator, Caller, ChallengeRequest, TokenRequest};
 use crate::cache::{CachedFile, ContentCache};
 use crate::error::ApiError;
@@ -273,7 +273,7 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
         .get::<ConnInfo>()
         .and_then(|c| c.client_cert_sha256);
     let body: TokenRequest = json_body(&st, req.into_body()).await?;
-    refuse_if_failed(&st.data)?;
+    let mark = audit_mark(&st.data)?;
     if let Err(e) = check_cert_binding(&st, &body.user, cert) {
         let mut rec = Record::new(Action::LoginFailed, 401);
         rec.user = Some(body.user.clone());
@@ -299,7 +299,7 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
     // The hook wrote the login's entry: no token leaves if that write failed.
     st.data
         .audit()
-        .sync_point()
+        .sync_point(mark)
         .await
         .map_err(|_| ApiError::audit_unavailable())?;
     metrics::counter!("efs_logins_total", "result" => if r.is_ok() { "ok" } else { "failed" })
@@ -309,7 +309,7 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
 
 async fn refresh(State(st): St, req: Request) -> Result<Response, ApiError> {
     let ip = client_ip(req.extensions());
-    refuse_if_failed(&st.data)?;
+    let mark = audit_mark(&st.data)?;
     let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized)?;
     // A user bound to a client certificate renews only over a connection that has it.
     let r = match st.auth.verify(token) {
@@ -336,7 +336,7 @@ async fn refresh(State(st): St, req: Request) -> Result<Response, ApiError> {
     };
     st.data
         .audit()
-        .sync_point()
+        .sync_point(mark)
         .await
         .map_err(|_| ApiError::audit_unavailable())?;
     Ok(axum::Json(r?).into_response())

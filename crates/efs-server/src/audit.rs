@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use axum::response::Response;
 use efs_core::DataDir;
-use efs_core::audit::{Action, Record};
+use efs_core::audit::{Action, AuditMark, RECOVER_FIRST, RECOVER_MAX, Record};
 
 use crate::auth::{AuthAudit, AuthEvent, AuthEventKind};
 use crate::error::ApiError;
@@ -128,9 +128,47 @@ pub async fn seal_answer(
 
 /// 503 before doing anything, when the log has already failed.
 pub fn refuse_if_failed(data: &DataDir) -> Result<(), ApiError> {
+    audit_mark(data).map(|_| ())
+}
+
+/// The log's state before a route submits entries without looking at the result (the
+/// login hook), for its [`efs_core::audit::AuditLog::sync_point`]; 503 when the log has
+/// already failed.
+pub fn audit_mark(data: &DataDir) -> Result<AuditMark, ApiError> {
+    let mark = data.audit().mark();
     if data.audit().is_failed() {
         Err(ApiError::audit_unavailable())
     } else {
-        Ok(())
+        Ok(mark)
+    }
+}
+
+/// Tries [`efs_core::audit::AuditLog::recover`] while the audit log is failed: the first
+/// try within [`RECOVER_FIRST`] of the failure, then after waits doubling up to
+/// [`RECOVER_MAX`]. Runs for as long as the server.
+pub async fn recover_when_failed(data: Arc<DataDir>) {
+    let mut wait = RECOVER_FIRST;
+    loop {
+        tokio::time::sleep(wait).await;
+        if !data.audit().is_failed() {
+            wait = RECOVER_FIRST;
+            continue;
+        }
+        let d = data.clone();
+        match tokio::task::spawn_blocking(move || d.audit().recover()).await {
+            Ok(Ok(_)) => wait = RECOVER_FIRST,
+            Ok(Err(e)) => {
+                wait = (wait * 2).min(RECOVER_MAX);
+                tracing::error!(
+                    error = %e,
+                    "the audit log still cannot be written: requests stay refused (503); next try in {} s",
+                    wait.as_secs()
+                );
+            }
+            Err(e) => {
+                wait = (wait * 2).min(RECOVER_MAX);
+                tracing::error!(error = %e, "the audit log's recovery did not finish");
+            }
+        }
     }
 }

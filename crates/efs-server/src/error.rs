@@ -74,7 +74,7 @@ impl ApiError {
         Self::new(
             StatusCode::SERVICE_UNAVAILABLE,
             codes::AUDIT_UNAVAILABLE,
-            "the audit log cannot be written, so nothing is served (an operator must fix the server's disk and restart it)",
+            "the audit log cannot be written, so nothing is served (until its disk is fixed or has room again: the server retries by itself)",
         )
     }
 

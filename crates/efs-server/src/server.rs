@@ -210,6 +210,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 
     let admin = crate::admin_socket::bind(&data.admin_socket()).await?;
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
+    // A failed audit log refuses every request (fail closed) until it can be written again.
+    tokio::spawn(crate::audit::recover_when_failed(data.clone()));
 
     let listener = TcpListener::bind(cfg.listen)
         .await

@@ -179,3 +179,104 @@ async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_witho
         "fsck after the full disk: {out}"
     );
 }
+
+/// The audit log on the full disk (its default place): the server fails closed, keeps
+/// refusing while the disk stays full, and serves again by itself once space is freed,
+/// without a restart; what it refused meanwhile was not done, and the log verifies.
+#[tokio::test]
+async fn a_full_audit_disk_refuses_everything_then_recovers_by_itself_once_space_is_freed() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let _mount = match mount_tmpfs(&data, "48m") {
+        Ok(m) => m,
+        Err(e) => {
+            println!(
+                "disk_full: SKIPPED the audit log's full-disk recovery: cannot mount a tmpfs \
+                 here ({e}); the recovery is covered only by efs-core's audit unit tests"
+            );
+            return;
+        }
+    };
+    let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    srv.put_ok("/a.txt", &token, b"before".to_vec()).await;
+
+    let filler = data.join("filler");
+    fill(&filler);
+    // Each GET appends an entry; within a page or so of entries the append hits ENOSPC.
+    let mut refused = false;
+    for _ in 0..2000 {
+        let r = srv.req("GET", "/a.txt", &token).send().await.unwrap();
+        if r.status() == 503 {
+            assert_error(r, 503, "audit_unavailable").await;
+            refused = true;
+            break;
+        }
+        assert_eq!(r.status(), 200);
+    }
+    assert!(
+        refused,
+        "the server never refused a request with its audit disk full"
+    );
+    let r = srv.put("/b.txt", &token, b"during".to_vec()).await;
+    assert_error(r, 503, "audit_unavailable").await;
+    let body = srv.signed_body("app", &key, None).await;
+    assert_error(srv.token_request(&body).await, 503, "audit_unavailable").await;
+
+    // The disk still full: tries to recover fail (a new audit file cannot take its
+    // header), and everything stays refused.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !srv
+        .stderr()
+        .contains("the audit log still cannot be written")
+    {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no failed recovery logged: {}",
+            srv.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    assert!(!srv.stderr().contains("the audit log recovered"));
+    let r = srv.req("GET", "/a.txt", &token).send().await.unwrap();
+    assert_error(r, 503, "audit_unavailable").await;
+
+    // Space freed: served again without a restart (the next try is at most 4 s away).
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = srv.req("GET", "/a.txt", &token).send().await.unwrap();
+        if r.status() == 200 {
+            assert_eq!(r.bytes().await.unwrap().as_ref(), b"before");
+            break;
+        }
+        assert_error(r, 503, "audit_unavailable").await;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not recover: {}",
+            srv.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert!(srv.stderr().contains("the audit log recovered"));
+    // The refused PUT was not done; logins and writes work again.
+    assert_eq!(srv.get("/b.txt", &token).await.0, 404);
+    let token = srv.login("app", &key, None).await;
+    srv.put_ok("/c.txt", &token, b"after".to_vec()).await;
+    assert_eq!(srv.get_ok("/c.txt", &token).await, b"after");
+
+    // The chain runs on across the failure: the log verifies, and holds the entries of
+    // the requests answered after the recovery.
+    srv.stop().await;
+    let out = srv.efsctl(&["audit", "verify"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "audit verify after the recovery: {text}"
+    );
+    let shown = srv.efsctl_ok(&["audit", "show", "--path", "/c.txt"]);
+    assert!(shown.contains("/c.txt"), "{shown}");
+}

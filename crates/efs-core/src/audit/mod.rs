@@ -22,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::labels;
 
 pub use read::{AnchorCheck, Filter, Problem, ShowReport, ShownEntry, VerifyReport, show, verify};
-pub use writer::{AuditLog, AuditOptions};
+pub use writer::{AuditLog, AuditMark, AuditOptions, RECOVER_FIRST, RECOVER_MAX};
 
 /// The directory of the audit log inside the data dir.
 pub const AUDIT_DIR: &str = "system/audit";
@@ -172,8 +172,8 @@ impl AuditKeys {
 #[derive(Debug, Clone, thiserror::Error)]
 #[non_exhaustive]
 pub enum AuditError {
-    /// A write or an fsync failed earlier: the log is closed to new entries until the
-    /// server restarts (fail closed).
+    /// A write or an fsync failed earlier: the log is closed to new entries (fail closed)
+    /// until [`AuditLog::recover`] succeeds or the process restarts.
     #[error("the audit log cannot be written (see the server log); refusing to act unrecorded")]
     Failed,
 }

@@ -358,7 +358,60 @@ async fn failed_write_refuses_every_later_entry() {
     assert!(refused, "the log never failed");
     assert!(log.is_failed());
     assert!(log.submit(rec(500)).is_err());
-    assert!(log.sync_point().await.is_err());
+    assert!(log.sync_point(log.mark()).await.is_err());
+}
+
+#[tokio::test]
+async fn a_failed_log_recovers_once_it_can_be_written_and_the_chain_goes_on() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("audit");
+    let keys = AuditKeys::for_tests(4);
+    let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+    for i in 1..=3 {
+        log.record(rec(i)).await.unwrap();
+    }
+    let healthy = log.mark();
+    assert!(log.sync_point(healthy).await.is_ok());
+    assert!(
+        !log.recover().unwrap(),
+        "a working log has nothing to recover"
+    );
+    // The directory swapped for a file: the next anchor update fails the log.
+    let moved = t.path().join("moved");
+    std::fs::rename(&dir, &moved).unwrap();
+    std::fs::write(&dir, b"not a directory").unwrap();
+    let mut written = 3;
+    for i in 4..400 {
+        if log.record(rec(i)).await.is_err() {
+            break;
+        }
+        written = i;
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert!(log.is_failed(), "the log never failed");
+    let during = log.mark();
+    // Still unwritable: the recovery fails and the log stays failed.
+    assert!(log.recover().is_err());
+    assert!(log.is_failed());
+    assert!(log.record(rec(1000)).await.is_err());
+    // Repaired: the log recovers and takes entries again, in a new file, chained on.
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(&moved, &dir).unwrap();
+    assert!(log.recover().unwrap());
+    assert!(!log.is_failed());
+    for i in 0..3 {
+        log.record(rec(2000 + i)).await.unwrap();
+    }
+    // A mark from before the failure, or from during it, never passes again: an entry
+    // submitted then may be missing.
+    assert!(log.sync_point(healthy).await.is_err());
+    assert!(log.sync_point(during).await.is_err());
+    assert!(log.sync_point(log.mark()).await.is_ok());
+    drop(log);
+    let r = verify(&dir, &keys, None).unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(r.entries, written + 3, "{r:?}");
+    assert_eq!(r.files, 2, "the recovery started a new file: {r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

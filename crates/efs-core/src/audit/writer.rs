@@ -8,8 +8,10 @@
 //! [`AuditOptions::flush_interval`], and the HEAD anchor rewritten after one of those at most
 //! once per [`AuditOptions::anchor_interval`] (and at close), so a burst of reads costs a
 //! handful of fsyncs, not one each. If a write, an fsync or the anchor fails, the log is
-//! *failed*: every later entry is refused ([`AuditError::Failed`]) until a restart, and
-//! callers refuse the request they wanted to record (fail closed).
+//! *failed*: every later entry is refused ([`AuditError::Failed`]) and callers refuse the
+//! request they wanted to record (fail closed), until [`AuditLog::recover`] finds the log
+//! writable again (the server tries it by itself, [`RECOVER_FIRST`] after the failure and
+//! then less and less often) or the process restarts.
 //!
 //! Each writer starts a new file (fresh salt, so a fresh body key) the first time it writes,
 //! and rotates to another past [`AuditOptions::max_file_bytes`]; the chain runs on across
@@ -20,7 +22,7 @@ use std::fs::File;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -51,11 +53,23 @@ impl Default for AuditOptions {
     }
 }
 
+/// How long after a failure the server first tries [`AuditLog::recover`]; each failed try
+/// doubles the wait, up to [`RECOVER_MAX`].
+pub const RECOVER_FIRST: Duration = Duration::from_secs(1);
+/// The longest wait between two tries of [`AuditLog::recover`] (a try on a still-full disk
+/// may leave a new, empty audit file behind: this bounds them to one a minute).
+pub const RECOVER_MAX: Duration = Duration::from_secs(60);
+
+/// The log's state at one moment ([`AuditLog::mark`]), for [`AuditLog::sync_point`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditMark(u64);
+
 struct Shared {
     /// Sealing, chaining and appending happen under this lock.
     writer: Mutex<Writer>,
-    /// Set once a write, fsync or anchor update failed; never cleared.
-    failed: AtomicBool,
+    /// Odd while the log is failed (a write, fsync or anchor update failed), even while it
+    /// works; a failure and a recovery each add one, so it never repeats a value.
+    state: AtomicU64,
     /// True while the syncer waits for something to sync (appends then wake it).
     syncer_idle: AtomicBool,
     /// The syncer waits on `wake` with this lock.
@@ -69,12 +83,23 @@ impl Shared {
         self.writer.lock().unwrap_or_else(|e| e.into_inner())
     }
 
+    fn is_failed(&self) -> bool {
+        self.state.load(Ordering::SeqCst) % 2 == 1
+    }
+
     fn fail(&self, what: &str, e: &std::io::Error) {
-        tracing::error!(
-            error = %e,
-            "the audit log failed while {what}: every request that needs an audit entry is refused until a restart"
-        );
-        self.failed.store(true, Ordering::SeqCst);
+        let now_failed = self
+            .state
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
+                (s % 2 == 0).then_some(s + 1)
+            })
+            .is_ok();
+        if now_failed {
+            tracing::error!(
+                error = %e,
+                "the audit log failed while {what}: every request that needs an audit entry is refused until it can be written again"
+            );
+        }
         self.wake_syncer();
     }
 
@@ -95,6 +120,9 @@ pub struct AuditLog {
     /// The syncer thread.
     threads: Mutex<Vec<JoinHandle<()>>>,
     notes: Vec<String>,
+    opts: AuditOptions,
+    /// Held by [`AuditLog::recover`]: one at a time.
+    recovering: Mutex<()>,
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -154,29 +182,19 @@ impl AuditLog {
         };
         let shared = Arc::new(Shared {
             writer: Mutex::new(writer),
-            failed: AtomicBool::new(false),
+            state: AtomicU64::new(0),
             syncer_idle: AtomicBool::new(false),
             idle_lock: Mutex::new(()),
             wake: Condvar::new(),
         });
-        let syncer = Syncer {
-            dir: dir.to_path_buf(),
-            keys: keys.duplicate(),
-            synced: start,
-            anchored: start,
-            last_anchor: None,
-            interval: opts.flush_interval,
-            anchor_interval: opts.anchor_interval,
-        };
-        let s2 = shared.clone();
-        let t2 = std::thread::Builder::new()
-            .name("efs-audit-sync".into())
-            .spawn(move || syncer.run(&s2))?;
+        let syncer = spawn_syncer(&shared, dir, keys, start, &opts)?;
         Ok(Self {
             dir: dir.to_path_buf(),
             shared,
-            threads: Mutex::new(vec![t2]),
+            threads: Mutex::new(vec![syncer]),
             notes,
+            opts,
+            recovering: Mutex::new(()),
         })
     }
 
@@ -190,9 +208,79 @@ impl AuditLog {
         &self.notes
     }
 
-    /// True once a write or fsync failed: nothing can be recorded any more.
+    /// True while the log is failed (a write or fsync failed, and no [`AuditLog::recover`]
+    /// has succeeded since): nothing can be recorded.
     pub fn is_failed(&self) -> bool {
-        self.shared.failed.load(Ordering::SeqCst)
+        self.shared.is_failed()
+    }
+
+    /// The log's state now, for a later [`AuditLog::sync_point`].
+    pub fn mark(&self) -> AuditMark {
+        AuditMark(self.shared.state.load(Ordering::SeqCst))
+    }
+
+    /// Makes a failed log usable again, as a restart would: the syncer that stopped at the
+    /// failure is joined, what was written before the failure is made durable, the chain
+    /// goes on from the last complete entry on disk (a torn entry the failure left is not
+    /// one, as after a crash) in a new file, and a new syncer starts. `Ok(false)`: the log
+    /// had not failed. `Err`: it still cannot be written (it stays failed; try later).
+    ///
+    /// Entries refused while the log was failed stay refused: their requests were answered
+    /// 503 and not carried out, and [`AuditLog::sync_point`] fails for any mark taken before
+    /// the recovery.
+    pub fn recover(&self) -> std::io::Result<bool> {
+        let _one = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
+        if !self.is_failed() {
+            return Ok(false);
+        }
+        // The syncer returns once it sees the failure (`fail` woke it). Joined without the
+        // writer's lock, which it takes.
+        let old = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for t in old {
+            let _ = t.join();
+        }
+        let mut w = self.shared.writer();
+        if w.closing {
+            return Err(std::io::Error::other("the audit log is closing"));
+        }
+        // The anchor may only name durable entries: what the old file holds is synced (as
+        // a rotation does) before anything chains to it.
+        if let Some(old) = w.file.take() {
+            old.file.sync_all()?;
+        }
+        let files = list_files(&self.dir)?;
+        w.next_number = files.last().map(|(n, _)| n + 1).unwrap_or(1);
+        // A new file first: the cheap test of whether the disk takes writes again.
+        w.rotate()?;
+        let start = last_entry(&self.dir, &files)?;
+        // From the anchor if it is further on, as `open` does (the log was cut).
+        let start = match read_head(&self.dir, &w.keys)? {
+            HeadFile::Valid(anchor) if anchor.seq > start.seq => anchor,
+            _ => start,
+        };
+        w.head = start;
+        // Working again before the syncer starts (it returns at once from a failed log);
+        // no append can come in before `w` is dropped.
+        self.shared.state.fetch_add(1, Ordering::SeqCst);
+        match spawn_syncer(&self.shared, &self.dir, &w.keys, start, &self.opts) {
+            Ok(t) => self
+                .threads
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .push(t),
+            Err(e) => {
+                drop(w);
+                self.shared.fail("starting its syncer", &e);
+                return Err(e);
+            }
+        }
+        drop(w);
+        tracing::warn!(
+            seq = start.seq,
+            "the audit log recovered: it is written again, continuing after entry {} (run efsctl audit verify)",
+            start.seq
+        );
+        Ok(true)
     }
 
     /// Seals, chains and appends `rec` now, under the writer's lock, and returns once its
@@ -218,10 +306,12 @@ impl AuditLog {
         self.submit(rec)
     }
 
-    /// `Err` once the log has failed: an entry submitted earlier without looking at the
-    /// result (the login hook) may then be missing, so the answer it belongs to must not go.
-    pub async fn sync_point(&self) -> Result<(), AuditError> {
-        if self.is_failed() {
+    /// `Err` if the log was failed at `since` ([`AuditLog::mark`], taken before submitting
+    /// entries without looking at the result, as the login hook does) or has failed since,
+    /// even if it recovered meanwhile: such an entry may be missing, so the answer it
+    /// belongs to must not go.
+    pub async fn sync_point(&self, since: AuditMark) -> Result<(), AuditError> {
+        if since.0 % 2 == 1 || self.mark() != since {
             Err(AuditError::Failed)
         } else {
             Ok(())
@@ -361,7 +451,7 @@ impl Syncer {
         let g = shared.idle_lock.lock().unwrap_or_else(|e| e.into_inner());
         shared.syncer_idle.store(true, Ordering::SeqCst);
         let (again, _, closing) = Self::written(shared);
-        if again == seen && !closing && !shared.failed.load(Ordering::SeqCst) {
+        if again == seen && !closing && !shared.is_failed() {
             let _ = shared
                 .wake
                 .wait_timeout(g, timeout)
@@ -372,7 +462,7 @@ impl Syncer {
 
     fn run(mut self, shared: &Shared) {
         loop {
-            if shared.failed.load(Ordering::SeqCst) {
+            if shared.is_failed() {
                 return;
             }
             let (head, file, closing) = Self::written(shared);
@@ -421,6 +511,29 @@ impl Syncer {
             }
         }
     }
+}
+
+/// Starts the syncer of a log whose entries up to `start` are durable.
+fn spawn_syncer(
+    shared: &Arc<Shared>,
+    dir: &Path,
+    keys: &AuditKeys,
+    start: Head,
+    opts: &AuditOptions,
+) -> std::io::Result<JoinHandle<()>> {
+    let syncer = Syncer {
+        dir: dir.to_path_buf(),
+        keys: keys.duplicate(),
+        synced: start,
+        anchored: start,
+        last_anchor: None,
+        interval: opts.flush_interval,
+        anchor_interval: opts.anchor_interval,
+    };
+    let shared = shared.clone();
+    std::thread::Builder::new()
+        .name("efs-audit-sync".into())
+        .spawn(move || syncer.run(&shared))
 }
 
 /// The HEAD anchor's path.
