@@ -89,7 +89,8 @@ impl Error {
         match self {
             Error::Transport(_) | Error::RateLimited { .. } => true,
             // A held filesystem or a failed audit log answer 503 too, but only an operator
-            // ends them: retrying would only delay the error.
+            // ends them (freeing space or fixing the disk, after which the server's audit
+            // log recovers by itself): the client's short retries would only delay the error.
             Error::Server { status, code, .. } => {
                 matches!(status, 502..=504)
                     && code != codes::INTEGRITY_HOLD
@@ -128,7 +129,7 @@ impl Error {
                 "the filesystem is on hold: its index failed its integrity check at the server's start; the operator must run efsctl fsck (retrying will not help)"
             }
             Error::Server { code, .. } if code == codes::AUDIT_UNAVAILABLE => {
-                "the server cannot write its audit log and refuses to act: the operator must fix the log's disk (retrying will not help)"
+                "the server cannot write its audit log and refuses to act until the operator frees space on or fixes its disk; it then recovers by itself: retry later"
             }
             Error::Server { code, .. } if code == codes::INSUFFICIENT_STORAGE => {
                 "the server's disk is full: nothing was written; retry once the operator has freed space"

@@ -4,6 +4,7 @@
 
 use std::net::IpAddr;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use axum::response::Response;
 use efs_core::DataDir;
@@ -144,31 +145,42 @@ pub fn audit_mark(data: &DataDir) -> Result<AuditMark, ApiError> {
 }
 
 /// Tries [`efs_core::audit::AuditLog::recover`] while the audit log is failed: the first
-/// try within [`RECOVER_FIRST`] of the failure, then after waits doubling up to
-/// [`RECOVER_MAX`]. Runs for as long as the server.
+/// try [`RECOVER_FIRST`] after the failure is seen, and each try, failed or not, doubles the
+/// wait before the next one up to [`RECOVER_MAX`]; the wait starts over once the log has
+/// worked for [`RECOVER_MAX`]. So a disk that stays full, or fills again as soon as space
+/// is freed, costs a try (and a new audit file) a minute at most. Runs as long as the
+/// server.
 pub async fn recover_when_failed(data: Arc<DataDir>) {
+    const POLL: Duration = Duration::from_millis(250);
     let mut wait = RECOVER_FIRST;
+    let mut next_try: Option<Instant> = None;
+    let mut recovered_at: Option<Instant> = None;
     loop {
-        tokio::time::sleep(wait).await;
+        tokio::time::sleep(POLL).await;
         if !data.audit().is_failed() {
-            wait = RECOVER_FIRST;
+            next_try = None;
+            if recovered_at.is_some_and(|t| t.elapsed() >= RECOVER_MAX) {
+                wait = RECOVER_FIRST;
+                recovered_at = None;
+            }
             continue;
         }
+        let due = *next_try.get_or_insert_with(|| Instant::now() + wait);
+        if Instant::now() < due {
+            continue;
+        }
+        wait = (wait * 2).min(RECOVER_MAX);
+        next_try = Some(Instant::now() + wait);
         let d = data.clone();
         match tokio::task::spawn_blocking(move || d.audit().recover()).await {
-            Ok(Ok(_)) => wait = RECOVER_FIRST,
-            Ok(Err(e)) => {
-                wait = (wait * 2).min(RECOVER_MAX);
-                tracing::error!(
-                    error = %e,
-                    "the audit log still cannot be written: requests stay refused (503); next try in {} s",
-                    wait.as_secs()
-                );
-            }
-            Err(e) => {
-                wait = (wait * 2).min(RECOVER_MAX);
-                tracing::error!(error = %e, "the audit log's recovery did not finish");
-            }
+            Ok(Ok(true)) => recovered_at = Some(Instant::now()),
+            Ok(Ok(false)) => {}
+            Ok(Err(e)) => tracing::error!(
+                error = %e,
+                "the audit log still cannot be written: requests stay refused (503); next try in {} s",
+                wait.as_secs()
+            ),
+            Err(e) => tracing::error!(error = %e, "the audit log's recovery did not finish"),
         }
     }
 }

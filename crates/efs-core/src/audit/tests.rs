@@ -407,11 +407,18 @@ async fn a_failed_log_recovers_once_it_can_be_written_and_the_chain_goes_on() {
     assert!(log.sync_point(healthy).await.is_err());
     assert!(log.sync_point(during).await.is_err());
     assert!(log.sync_point(log.mark()).await.is_ok());
+    // A closed log passes no sync point (the hook's entries are refused from then on).
+    let before_close = log.mark();
+    log.close();
+    assert!(log.sync_point(before_close).await.is_err());
+    assert!(log.sync_point(log.mark()).await.is_err());
     drop(log);
     let r = verify(&dir, &keys, None).unwrap();
     assert!(r.is_clean(), "{r:?}");
     assert_eq!(r.entries, written + 3, "{r:?}");
     assert_eq!(r.files, 2, "the recovery started a new file: {r:?}");
+    // A syncer ran after the recovery: the anchor names the last entry.
+    assert_eq!(r.anchor, crate::audit::AnchorCheck::Match, "{r:?}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

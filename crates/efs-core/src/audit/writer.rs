@@ -53,11 +53,13 @@ impl Default for AuditOptions {
     }
 }
 
-/// How long after a failure the server first tries [`AuditLog::recover`]; each failed try
-/// doubles the wait, up to [`RECOVER_MAX`].
+/// How long after a failure the server first tries [`AuditLog::recover`]; each try, failed
+/// or not, doubles the wait before the next one, up to [`RECOVER_MAX`], and the wait starts
+/// over only once the log has worked for [`RECOVER_MAX`].
 pub const RECOVER_FIRST: Duration = Duration::from_secs(1);
-/// The longest wait between two tries of [`AuditLog::recover`] (a try on a still-full disk
-/// may leave a new, empty audit file behind: this bounds them to one a minute).
+/// The longest wait between two tries of [`AuditLog::recover`]: a try on a disk that is
+/// still full, or that fills again at once, leaves a new audit file behind, so this bounds
+/// those to one a minute.
 pub const RECOVER_MAX: Duration = Duration::from_secs(60);
 
 /// The log's state at one moment ([`AuditLog::mark`]), for [`AuditLog::sync_point`].
@@ -70,6 +72,13 @@ struct Shared {
     /// Odd while the log is failed (a write, fsync or anchor update failed), even while it
     /// works; a failure and a recovery each add one, so it never repeats a value.
     state: AtomicU64,
+    /// An fsync of a log file failed. Linux may then have dropped the unwritten pages and
+    /// reports the error only once: entries the file shows may not be on the disk, so no
+    /// recovery chains onto them (a restart, an operator's decision, is needed).
+    sync_failed: AtomicBool,
+    /// Set by [`AuditLog::close`]: entries are refused from then on, so no
+    /// [`AuditLog::sync_point`] passes either.
+    closed: AtomicBool,
     /// True while the syncer waits for something to sync (appends then wake it).
     syncer_idle: AtomicBool,
     /// The syncer waits on `wake` with this lock.
@@ -87,7 +96,13 @@ impl Shared {
         self.state.load(Ordering::SeqCst) % 2 == 1
     }
 
-    fn fail(&self, what: &str, e: &std::io::Error) {
+    /// Fails the log. `sync`: the failure was an fsync of a log file (see `sync_failed`).
+    /// Called under the writer's lock after a failed append, so that no other append can
+    /// follow a torn one; the caller then wakes the syncer, after releasing the lock.
+    fn mark_failed(&self, what: &str, e: &std::io::Error, sync: bool) {
+        if sync {
+            self.sync_failed.store(true, Ordering::SeqCst);
+        }
         let now_failed = self
             .state
             .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |s| {
@@ -100,6 +115,11 @@ impl Shared {
                 "the audit log failed while {what}: every request that needs an audit entry is refused until it can be written again"
             );
         }
+    }
+
+    /// [`Shared::mark_failed`] and wakes the syncer (not under the writer's lock).
+    fn fail(&self, what: &str, e: &std::io::Error, sync: bool) {
+        self.mark_failed(what, e, sync);
         self.wake_syncer();
     }
 
@@ -179,10 +199,13 @@ impl AuditLog {
             max_file_bytes: opts.max_file_bytes,
             buf: Vec::new(),
             closing: false,
+            sync_error: false,
         };
         let shared = Arc::new(Shared {
             writer: Mutex::new(writer),
             state: AtomicU64::new(0),
+            sync_failed: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
             syncer_idle: AtomicBool::new(false),
             idle_lock: Mutex::new(()),
             wake: Condvar::new(),
@@ -223,15 +246,23 @@ impl AuditLog {
     /// failure is joined, what was written before the failure is made durable, the chain
     /// goes on from the last complete entry on disk (a torn entry the failure left is not
     /// one, as after a crash) in a new file, and a new syncer starts. `Ok(false)`: the log
-    /// had not failed. `Err`: it still cannot be written (it stays failed; try later).
+    /// had not failed. `Err`: it still cannot be written (it stays failed; try later), or an
+    /// fsync of the log failed, which only a restart may get over (see `sync_failed`).
     ///
     /// Entries refused while the log was failed stay refused: their requests were answered
     /// 503 and not carried out, and [`AuditLog::sync_point`] fails for any mark taken before
-    /// the recovery.
+    /// the recovery. Requests arriving meanwhile are refused at once: the slow part (fsyncs,
+    /// reading the last file) runs without the writer's lock, which nothing else needs while
+    /// the log is failed.
     pub fn recover(&self) -> std::io::Result<bool> {
         let _one = self.recovering.lock().unwrap_or_else(|e| e.into_inner());
         if !self.is_failed() {
             return Ok(false);
+        }
+        if self.shared.sync_failed.load(Ordering::SeqCst) {
+            return Err(std::io::Error::other(
+                "an fsync of the audit log failed, so entries it holds may not be on the disk: check the disk, restart the server and run efsctl audit verify",
+            ));
         }
         // The syncer returns once it sees the failure (`fail` woke it). Joined without the
         // writer's lock, which it takes.
@@ -239,38 +270,52 @@ impl AuditLog {
         for t in old {
             let _ = t.join();
         }
+        // Nothing appends to a failed log and its syncer is gone: what the writer holds
+        // stays as it is while the lock is not held.
+        let (old_file, keys) = {
+            let w = self.shared.writer();
+            if w.closing {
+                return Err(std::io::Error::other("the audit log is closing"));
+            }
+            (w.file.as_ref().map(|f| f.file.clone()), w.keys.duplicate())
+        };
+        // The anchor may only name durable entries: what the old file holds is synced (as
+        // a rotation does) before anything chains to it.
+        if let Some(f) = old_file
+            && let Err(e) = f.sync_all()
+        {
+            self.shared
+                .mark_failed("syncing before a recovery", &e, true);
+            return Err(e);
+        }
+        let files = list_files(&self.dir)?;
+        let number = files.last().map(|(n, _)| n + 1).unwrap_or(1);
+        // A new file first: the cheap test of whether the disk takes writes again.
+        let new_file = OpenFile::create(&self.dir, number, &keys)?;
+        let start = last_entry(&self.dir, &files)?;
+        // From the anchor if it is further on, as `open` does (the log was cut).
+        let start = match read_head(&self.dir, &keys)? {
+            HeadFile::Valid(anchor) if anchor.seq > start.seq => anchor,
+            _ => start,
+        };
         let mut w = self.shared.writer();
         if w.closing {
             return Err(std::io::Error::other("the audit log is closing"));
         }
-        // The anchor may only name durable entries: what the old file holds is synced (as
-        // a rotation does) before anything chains to it.
-        if let Some(old) = w.file.take() {
-            old.file.sync_all()?;
-        }
-        let files = list_files(&self.dir)?;
-        w.next_number = files.last().map(|(n, _)| n + 1).unwrap_or(1);
-        // A new file first: the cheap test of whether the disk takes writes again.
-        w.rotate()?;
-        let start = last_entry(&self.dir, &files)?;
-        // From the anchor if it is further on, as `open` does (the log was cut).
-        let start = match read_head(&self.dir, &w.keys)? {
-            HeadFile::Valid(anchor) if anchor.seq > start.seq => anchor,
-            _ => start,
-        };
+        w.file = Some(new_file);
+        w.next_number = number + 1;
         w.head = start;
         // Working again before the syncer starts (it returns at once from a failed log);
         // no append can come in before `w` is dropped.
         self.shared.state.fetch_add(1, Ordering::SeqCst);
-        match spawn_syncer(&self.shared, &self.dir, &w.keys, start, &self.opts) {
+        match spawn_syncer(&self.shared, &self.dir, &keys, start, &self.opts) {
             Ok(t) => self
                 .threads
                 .lock()
                 .unwrap_or_else(|e| e.into_inner())
                 .push(t),
             Err(e) => {
-                drop(w);
-                self.shared.fail("starting its syncer", &e);
+                self.shared.mark_failed("starting its syncer", &e, false);
                 return Err(e);
             }
         }
@@ -287,13 +332,19 @@ impl AuditLog {
     /// `write(2)` has returned. A failed write fails the whole log (fail closed). For callers
     /// that are not async (the login hook); [`AuditLog::record`] is the same for async code.
     pub fn submit(&self, rec: Record) -> Result<(), AuditError> {
+        // Refused without waiting for the lock (a recovery may be working).
+        if self.is_failed() {
+            return Err(AuditError::Failed);
+        }
         let mut w = self.shared.writer();
         if w.closing || self.is_failed() {
             return Err(AuditError::Failed);
         }
         if let Err(e) = w.append(std::slice::from_ref(&rec)) {
+            let sync = std::mem::take(&mut w.sync_error);
+            self.shared.mark_failed("writing", &e, sync);
             drop(w);
-            self.shared.fail("writing", &e);
+            self.shared.wake_syncer();
             return Err(AuditError::Failed);
         }
         drop(w);
@@ -311,7 +362,7 @@ impl AuditLog {
     /// even if it recovered meanwhile: such an entry may be missing, so the answer it
     /// belongs to must not go.
     pub async fn sync_point(&self, since: AuditMark) -> Result<(), AuditError> {
-        if since.0 % 2 == 1 || self.mark() != since {
+        if since.0 % 2 == 1 || self.mark() != since || self.shared.closed.load(Ordering::SeqCst) {
             Err(AuditError::Failed)
         } else {
             Ok(())
@@ -323,7 +374,11 @@ impl AuditLog {
     pub fn close(&self) {
         // Under the writer's lock: an append in progress finishes before the syncer is told
         // that nothing more comes.
-        self.shared.writer().closing = true;
+        {
+            let mut w = self.shared.writer();
+            w.closing = true;
+            self.shared.closed.store(true, Ordering::SeqCst);
+        }
         {
             let _g = self
                 .shared
@@ -363,6 +418,8 @@ struct Writer {
     buf: Vec<u8>,
     /// Set by [`AuditLog::close`]: no more appends.
     closing: bool,
+    /// Set when the error `append` returns is a failed fsync of a log file.
+    sync_error: bool,
 }
 
 impl Writer {
@@ -394,14 +451,28 @@ impl Writer {
 
     /// Closes the current file (durably) and starts the next one with a fresh salt.
     fn rotate(&mut self) -> std::io::Result<()> {
-        if let Some(old) = self.file.take() {
+        if let Some(old) = &self.file {
             // The anchor may only name entries that are durable; the syncer syncs the
             // current file only, so the old one is synced here, before anything goes on.
-            old.file.sync_all()?;
+            if let Err(e) = old.file.sync_all() {
+                self.sync_error = true;
+                return Err(e);
+            }
         }
+        self.file = None;
+        self.file = Some(OpenFile::create(&self.dir, self.next_number, &self.keys)?);
+        self.next_number += 1;
+        Ok(())
+    }
+}
+
+impl OpenFile {
+    /// A new audit file `number` in `dir`: a fresh salt, its header written and synced,
+    /// and the directory entry synced.
+    fn create(dir: &Path, number: u32, keys: &AuditKeys) -> std::io::Result<Self> {
         let mut salt = [0u8; 16];
         aws_lc_rs::rand::fill(&mut salt).map_err(|_| std::io::Error::other("the RNG failed"))?;
-        let path = self.dir.join(line::file_name(self.next_number));
+        let path = dir.join(line::file_name(number));
         let mut f = std::fs::OpenOptions::new()
             .append(true)
             .create_new(true)
@@ -410,15 +481,13 @@ impl Writer {
         let header = line::header_line(&salt);
         f.write_all(header.as_bytes())?;
         f.sync_all()?;
-        File::open(&self.dir)?.sync_all()?;
-        self.next_number += 1;
-        self.file = Some(OpenFile {
+        File::open(dir)?.sync_all()?;
+        Ok(Self {
             file: Arc::new(f),
-            key: FileKey::new(&self.keys, &salt),
+            key: FileKey::new(keys, &salt),
             salt,
             size: header.len() as u64,
-        });
-        Ok(())
+        })
     }
 }
 
@@ -485,20 +554,18 @@ impl Syncer {
                 Self::idle_wait(shared, head, timeout);
                 continue;
             }
-            let r = match (&file, need_sync) {
-                (Some(f), true) => f.sync_data(),
-                _ => Ok(()),
+            if let (Some(f), true) = (&file, need_sync)
+                && let Err(e) = f.sync_data()
+            {
+                shared.fail("syncing", &e, true);
+                return;
             }
-            .and_then(|()| {
-                // The anchor only ever names entries already fsynced.
-                if anchor_due && head != self.anchored {
-                    write_head(&self.dir, &self.keys, &head)
-                } else {
-                    Ok(())
-                }
-            });
-            if let Err(e) = r {
-                shared.fail("syncing", &e);
+            // The anchor only ever names entries already fsynced.
+            if anchor_due
+                && head != self.anchored
+                && let Err(e) = write_head(&self.dir, &self.keys, &head)
+            {
+                shared.fail("updating its anchor", &e, false);
                 return;
             }
             self.synced = head;
