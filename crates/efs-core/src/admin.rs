@@ -12,6 +12,7 @@ use crate::error::CoreError;
 use crate::fs::reencrypt;
 use crate::fs::rotation::{self, RotationState};
 use crate::system::GrantRecord;
+use crate::system::SystemTrust;
 
 /// One admin command.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -95,6 +96,10 @@ pub enum AdminRequest {
         #[serde(default)]
         wait: bool,
     },
+    /// Trust the system database as it is when it failed its check against its digest
+    /// (refused at open otherwise), and print the digest's generation and anchor. Only
+    /// without a server: a running server opened a database that matched.
+    AcceptSystem,
     /// Key terms and rotation progress of one filesystem or all.
     Status {
         /// Filesystem, or none for all.
@@ -521,7 +526,47 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 serde_json::json!({ "fs": fs, "started": started, "rotation": p }),
             )
         }
+        AdminRequest::AcceptSystem => {
+            let (lines, data) = match dd.system_trust() {
+                SystemTrust::Accepted {
+                    found,
+                    generation,
+                    anchor,
+                } => (
+                    vec![
+                        format!("Accepted the system database as it is ({found})"),
+                        format!(
+                            "system database digest: generation {generation}, anchor {anchor} (note them outside the data dir)"
+                        ),
+                    ],
+                    serde_json::json!({ "accepted": true, "found": found, "generation": generation, "anchor": anchor }),
+                ),
+                SystemTrust::Holds { .. } | SystemTrust::Created => {
+                    let (generation, anchor) = match dd.system_digest()? {
+                        crate::digest::DigestCheck::Holds {
+                            generation, anchor, ..
+                        } => (generation, anchor),
+                        other => {
+                            return Err(CoreError::SystemHold(crate::system::SystemDb::describe(
+                                &other,
+                            )));
+                        }
+                    };
+                    (
+                        vec![
+                            "The system database matches its digest: nothing to accept".into(),
+                            format!(
+                                "system database digest: generation {generation}, anchor {anchor}"
+                            ),
+                        ],
+                        serde_json::json!({ "accepted": false, "generation": generation, "anchor": anchor }),
+                    )
+                }
+            };
+            AdminResponse::ok(lines, data)
+        }
         AdminRequest::Status { fs } => {
+            let all = fs.is_none();
             let names = match fs {
                 Some(n) => vec![n],
                 None => dd.list_fs()?.into_iter().map(|f| f.name).collect(),
@@ -597,6 +642,15 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "records_sealed_limit": crate::fs::SEAL_LIMIT,
                     "rotate_now": current_seals >= crate::fs::SEAL_WARNING,
                 }));
+            }
+            if all
+                && let crate::digest::DigestCheck::Holds {
+                    generation, anchor, ..
+                } = dd.system_digest()?
+            {
+                lines.push(format!(
+                    "system database digest: generation {generation}, anchor {anchor}"
+                ));
             }
             AdminResponse::ok(lines, serde_json::Value::Array(data))
         }

@@ -30,7 +30,7 @@ use crate::index::Op;
 use crate::keyparts::{self, Argon2Params, KeyPartSpec, KeyPartsFile, StarterKey};
 use crate::keyring::Keyring;
 use crate::redb_index::RedbIndex;
-use crate::system::{FsRecord, GrantRecord, SystemDb, UserRecord};
+use crate::system::{FsRecord, GrantRecord, SystemDb, SystemTrust, UserRecord};
 
 /// Name of the token-signing key secret.
 pub const SECRET_SIGNING_KEY: &str = "token-signing-key";
@@ -50,6 +50,9 @@ pub struct OpenOptions {
     pub fs: FsOptions,
     /// Audit log tunables.
     pub audit: AuditOptions,
+    /// Trust the system database as it is if it does not match its digest (or has none),
+    /// instead of refusing to open: `efsctl accept-system`.
+    pub accept_system: bool,
 }
 
 /// What happened at open: lines for the operator.
@@ -74,6 +77,8 @@ pub struct Finished {
 pub struct DataDir {
     root: PathBuf,
     system: SystemDb,
+    /// What the open found of the system database's digest.
+    system_trust: SystemTrust,
     filesystems: RwLock<HashMap<String, Arc<Filesystem>>>,
     starter: StarterKey,
     opts: OpenOptions,
@@ -243,7 +248,14 @@ impl DataDir {
             // (recover never changes keyparts.json: the parts that opened it are current.)
             starter
         };
-        let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
+        let (system, system_trust) = SystemDb::open_checked(
+            &root.join("system").join("system.redb"),
+            &starter,
+            opts.accept_system,
+        )?;
+        if let SystemTrust::Accepted { found, .. } = &system_trust {
+            tracing::warn!("accepted the system database as it is: {found}");
+        }
         // Under the system database's lock, no restore runs: a copy of an index dump left
         // by one that was interrupted (a crash) is removed.
         backup::remove_dump_copies(&root.join("system"));
@@ -260,6 +272,7 @@ impl DataDir {
         let dd = Self {
             root: root.to_path_buf(),
             system,
+            system_trust,
             filesystems: RwLock::new(HashMap::new()),
             starter,
             opts,
@@ -995,6 +1008,16 @@ impl DataDir {
     /// A system secret (signing key, TLS key).
     pub fn secret(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
         self.system.secret(name)
+    }
+
+    /// What opening found of the system database's digest (see [`crate::system`]).
+    pub fn system_trust(&self) -> &SystemTrust {
+        &self.system_trust
+    }
+
+    /// The system database's digest now: generation and anchor (a full scan of it).
+    pub fn system_digest(&self) -> Result<crate::digest::DigestCheck> {
+        self.system.digest_state()
     }
 
     /// Stores a system secret, sealed under the starter key.

@@ -59,6 +59,12 @@ impl DigestKey {
         DigestKey(MacKey::new(&root.derive(fs_id, labels::INDEX_DIGEST)))
     }
 
+    /// The key of the system database's digest: a starter subkey
+    /// ([`labels::SYSTEM_DIGEST`]), so re-keying the starter recomputes it with the rest.
+    pub(crate) fn for_system(subkey: &Key32) -> Self {
+        DigestKey(MacKey::new(subkey))
+    }
+
     fn mac(&self, domain: u8, parts: &[&[u8]]) -> [u8; 32] {
         self.0.mac_prefixed(&[domain], parts)
     }

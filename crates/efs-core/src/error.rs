@@ -51,6 +51,13 @@ pub enum CoreError {
     /// has not yet decided what to trust (`efsctl fsck --accept-index`).
     #[error("this filesystem is on hold: its index failed its integrity check")]
     IndexHold,
+    /// The system database does not match its digest (or has none): a user, grant,
+    /// filesystem or secret was changed, removed, added or put back outside EFS. Nothing
+    /// opens the data dir until an operator accepts it as it is (`efsctl accept-system`).
+    #[error(
+        "{0}: nothing is served; inspect the data dir, then run `efsctl accept-system` to trust it as it is"
+    )]
+    SystemHold(String),
     /// Too many concurrent conflicting writers; the operation was not applied.
     #[error("too much contention on this path; retry")]
     Contention,

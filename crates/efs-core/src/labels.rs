@@ -22,6 +22,9 @@ pub const SYSTEM_RECORD: &[u8] = b"efs/starter/system-record/v1";
 
 /// A filesystem's index-digest key (HKDF info; the salt is the filesystem id).
 pub const INDEX_DIGEST: &[u8] = b"efs/index-digest/v1";
+/// Starter subkey that keys the system database's digest (its users, filesystems and
+/// secrets; see `digest`).
+pub const SYSTEM_DIGEST: &[u8] = b"efs/starter/system-digest/v1";
 
 /// Term subkey that wraps per-file data keys.
 pub const TERM_DATA_KEY_WRAP: &[u8] = b"efs/term/data-key-wrap/v1";

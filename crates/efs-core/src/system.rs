@@ -2,6 +2,19 @@
 //!
 //! Keys are keyed hashes of names and values are sealed under starter subkeys, so the
 //! file shows neither user names nor filesystem names nor public keys.
+//!
+//! A sealed row opens only under its own key, but an older value of the *same* row opens
+//! fine: a user's row from before a revocation or a key change, written back by someone
+//! with write access to the data dir, would bring the old key or grant back. So the
+//! database keeps a digest of its whole content ([`crate::digest`], the same keyed multiset
+//! hash as the indexes, under a starter subkey), updated in the transaction of every
+//! write and checked at every open: a row changed, removed, added or put back outside EFS
+//! makes the open fail until an operator accepts the database as it is
+//! (`efsctl accept-system`). A database whose digest is missing (deleted, or from before
+//! digests) is refused the same way: a digest is only ever created with the database.
+//! What it cannot see: the whole file put back to an earlier state, digest included; the
+//! generation and anchor that `efsctl accept-system` and `efsctl status` print never go
+//! backwards, so an operator who notes them elsewhere can.
 
 use std::path::Path;
 
@@ -10,6 +23,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
+use crate::digest::{Accumulator, DigestCheck, DigestKey};
 use crate::error::{CoreError, Result};
 use crate::keyparts::StarterKey;
 use crate::labels;
@@ -17,6 +31,9 @@ use crate::labels;
 const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
 const FILESYSTEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("filesystems");
 const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
+/// The digest (row `digest`), reserved.
+const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
+const META_DIGEST: &str = "digest";
 
 /// A user's access to one filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -62,6 +79,36 @@ pub struct SystemDb {
     tag: MacKey,
     record: Key32,
     secret: Key32,
+    digest: DigestKey,
+}
+
+/// The system database's digest as an open found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SystemTrust {
+    /// The database was created now, with its digest.
+    Created,
+    /// The rows are exactly the set the digest describes.
+    Holds {
+        /// Writes since the database was created.
+        generation: u64,
+        /// A short keyed fingerprint of this state (hex), to note outside the data dir.
+        anchor: String,
+    },
+    /// The rows differed from the digest (or it was missing or unreadable), and the open
+    /// was told to accept them: the digest now describes them.
+    Accepted {
+        /// What was found (see [`SystemDb::describe`]).
+        found: String,
+        /// The new digest's generation (one past the old one's, when it was readable).
+        generation: u64,
+        /// Its anchor.
+        anchor: String,
+    },
+}
+
+/// The digest's element of one row: table name, a zero byte, the row's key.
+fn element_key(table: &str, key: &[u8]) -> Vec<u8> {
+    [table.as_bytes(), &[0], key].concat()
 }
 
 fn ix<E: std::fmt::Display>(e: E) -> CoreError {
@@ -69,27 +116,182 @@ fn ix<E: std::fmt::Display>(e: E) -> CoreError {
 }
 
 impl SystemDb {
-    /// Opens or creates the database.
+    /// Opens or creates the database; an existing one must match its digest (else
+    /// [`CoreError::SystemHold`]).
     pub fn open(path: &Path, starter: &StarterKey) -> Result<Self> {
+        Ok(Self::open_checked(path, starter, false)?.0)
+    }
+
+    /// Opens or creates the database. `accept`: an existing one that does not match its
+    /// digest (or has none) is trusted as it is, and its digest recomputed; otherwise that
+    /// is refused with [`CoreError::SystemHold`].
+    pub fn open_checked(
+        path: &Path,
+        starter: &StarterKey,
+        accept: bool,
+    ) -> Result<(Self, SystemTrust)> {
+        let creating = !path.exists();
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => CoreError::Index(
                 "the data dir is in use by another process (is efs-server running? then efsctl talks to it through system/admin.sock)".into(),
             ),
             e => ix(e),
         })?;
-        let w = db.begin_write().map_err(ix)?;
-        {
-            w.open_table(USERS).map_err(ix)?;
-            w.open_table(FILESYSTEMS).map_err(ix)?;
-            w.open_table(SECRETS).map_err(ix)?;
-        }
-        w.commit().map_err(ix)?;
-        Ok(Self {
+        let me = Self {
             db,
             tag: MacKey::new(&starter.derive(labels::SYSTEM_TAG)),
             record: starter.derive(labels::SYSTEM_RECORD),
             secret: starter.derive(labels::SYSTEM_SECRET_WRAP),
-        })
+            digest: DigestKey::for_system(&starter.derive(labels::SYSTEM_DIGEST)),
+        };
+        if creating {
+            // The tables and the empty set's digest in one transaction: a database left
+            // without its digest by a crash here is refused like one whose digest was
+            // deleted (the data dir, or the re-keying that created it, is not finished).
+            let w = me.db.begin_write().map_err(ix)?;
+            {
+                w.open_table(USERS).map_err(ix)?;
+                w.open_table(FILESYSTEMS).map_err(ix)?;
+                w.open_table(SECRETS).map_err(ix)?;
+                let mut meta = w.open_table(META).map_err(ix)?;
+                let sealed = Accumulator::empty().seal(&me.digest);
+                meta.insert(META_DIGEST, sealed.as_slice()).map_err(ix)?;
+            }
+            w.commit().map_err(ix)?;
+            return Ok((me, SystemTrust::Created));
+        }
+        let (check, found) = me.check()?;
+        let trust = match check {
+            DigestCheck::Holds {
+                generation, anchor, ..
+            } => SystemTrust::Holds { generation, anchor },
+            other if accept => {
+                let w = me.db.begin_write().map_err(ix)?;
+                let mut acc = found;
+                if let Some(g) = match &other {
+                    DigestCheck::Differs { generation, .. } => Some(*generation),
+                    _ => None,
+                } {
+                    acc.set_generation(g);
+                }
+                acc.bump();
+                let sealed = acc.seal(&me.digest);
+                {
+                    let mut meta = w.open_table(META).map_err(ix)?;
+                    meta.insert(META_DIGEST, sealed.as_slice()).map_err(ix)?;
+                }
+                w.commit().map_err(ix)?;
+                let anchor = match DigestCheck::compare(&me.digest, Some(&sealed), &acc) {
+                    DigestCheck::Holds { anchor, .. } => anchor,
+                    _ => return Err(CoreError::Corrupt("the new system digest")),
+                };
+                SystemTrust::Accepted {
+                    found: Self::describe(&other),
+                    generation: acc.generation(),
+                    anchor,
+                }
+            }
+            other => return Err(CoreError::SystemHold(Self::describe(&other))),
+        };
+        Ok((me, trust))
+    }
+
+    /// What a failed check found, for the operator.
+    pub fn describe(check: &DigestCheck) -> String {
+        match check {
+            DigestCheck::Holds { .. } => "the system database matches its digest".into(),
+            DigestCheck::Differs {
+                claimed_entries,
+                entries,
+                ..
+            } => format!(
+                "the system database differs from its digest: a user, grant, filesystem or secret was changed, removed, added or put back outside EFS ({entries} rows found, the digest describes {claimed_entries})"
+            ),
+            DigestCheck::Unreadable => "the system database has no readable digest: it was deleted or damaged, or the data dir is from before system digests".into(),
+        }
+    }
+
+    /// Every row of the three tables against the stored digest (one snapshot), and the
+    /// accumulator of what was found.
+    fn check(&self) -> Result<(DigestCheck, Accumulator)> {
+        let r = self.db.begin_read().map_err(ix)?;
+        let mut found = Accumulator::empty();
+        for (def, table) in [(USERS, "users"), (FILESYSTEMS, "filesystems")] {
+            let t = match r.open_table(def) {
+                Ok(t) => t,
+                Err(redb::TableError::TableDoesNotExist(_)) => continue,
+                Err(e) => return Err(ix(e)),
+            };
+            for item in t.iter().map_err(ix)? {
+                let (k, v) = item.map_err(ix)?;
+                found.insert(&self.digest, &element_key(table, k.value()), v.value());
+            }
+        }
+        match r.open_table(SECRETS) {
+            Ok(t) => {
+                for item in t.iter().map_err(ix)? {
+                    let (k, v) = item.map_err(ix)?;
+                    found.insert(
+                        &self.digest,
+                        &element_key("secrets", k.value().as_bytes()),
+                        v.value(),
+                    );
+                }
+            }
+            Err(redb::TableError::TableDoesNotExist(_)) => {}
+            Err(e) => return Err(ix(e)),
+        }
+        let stored = match r.open_table(META) {
+            Ok(t) => t.get(META_DIGEST).map_err(ix)?.map(|v| v.value().to_vec()),
+            Err(redb::TableError::TableDoesNotExist(_)) => None,
+            Err(e) => return Err(ix(e)),
+        };
+        Ok((
+            DigestCheck::compare(&self.digest, stored.as_deref(), &found),
+            found,
+        ))
+    }
+
+    /// The digest's generation and anchor now (for `efsctl status`).
+    pub fn digest_state(&self) -> Result<DigestCheck> {
+        Ok(self.check()?.0)
+    }
+
+    /// Writes (`Some`) or removes (`None`) row `key` of `table`, updating the digest in
+    /// the same transaction. Returns whether the row existed.
+    fn write_row(
+        &self,
+        table: &str,
+        key: &[u8],
+        value: Option<&[u8]>,
+        apply: impl FnOnce(&redb::WriteTransaction) -> Result<Option<Vec<u8>>>,
+    ) -> Result<bool> {
+        let w = self.db.begin_write().map_err(ix)?;
+        let old = apply(&w)?;
+        {
+            let mut meta = w.open_table(META).map_err(ix)?;
+            let stored = meta
+                .get(META_DIGEST)
+                .map_err(ix)?
+                .map(|v| v.value().to_vec());
+            // Checked at open: unreadable now means it was damaged while open.
+            let mut acc = stored
+                .as_deref()
+                .and_then(|s| Accumulator::open(&self.digest, s))
+                .ok_or(CoreError::Corrupt("the system database's digest"))?;
+            let ek = element_key(table, key);
+            if let Some(old) = &old {
+                acc.remove(&self.digest, &ek, old);
+            }
+            if let Some(new) = value {
+                acc.insert(&self.digest, &ek, new);
+            }
+            acc.bump();
+            meta.insert(META_DIGEST, acc.seal(&self.digest).as_slice())
+                .map_err(ix)?;
+        }
+        w.commit().map_err(ix)?;
+        Ok(old.is_some())
     }
 
     fn name_tag(&self, table: &str, name: &str) -> [u8; 32] {
@@ -111,12 +313,15 @@ impl SystemDb {
         let plain =
             Zeroizing::new(postcard::to_allocvec(v).expect("serialising to a Vec cannot fail"));
         let sealed = wrap::seal(&self.record, &Self::aad(table, &key), &plain);
-        let w = self.db.begin_write().map_err(ix)?;
-        {
+        self.write_row(table, &key, Some(&sealed), |w| {
             let mut t = w.open_table(def).map_err(ix)?;
-            t.insert(key.as_slice(), sealed.as_slice()).map_err(ix)?;
-        }
-        w.commit().map_err(ix)
+            let old = t
+                .insert(key.as_slice(), sealed.as_slice())
+                .map_err(ix)?
+                .map(|v| v.value().to_vec());
+            Ok(old)
+        })?;
+        Ok(())
     }
 
     fn get<T: for<'de> Deserialize<'de>>(
@@ -139,13 +344,14 @@ impl SystemDb {
 
     fn remove(&self, def: TableDefinition<&[u8], &[u8]>, table: &str, name: &str) -> Result<bool> {
         let key = self.name_tag(table, name);
-        let w = self.db.begin_write().map_err(ix)?;
-        let existed = {
+        self.write_row(table, &key, None, |w| {
             let mut t = w.open_table(def).map_err(ix)?;
-            t.remove(key.as_slice()).map_err(ix)?.is_some()
-        };
-        w.commit().map_err(ix)?;
-        Ok(existed)
+            let old = t
+                .remove(key.as_slice())
+                .map_err(ix)?
+                .map(|v| v.value().to_vec());
+            Ok(old)
+        })
     }
 
     fn all<T: for<'de> Deserialize<'de>>(
@@ -209,12 +415,15 @@ impl SystemDb {
     pub fn put_secret(&self, name: &str, secret: &[u8]) -> Result<()> {
         let aad = [labels::AAD_SYSTEM_SECRET, name.as_bytes()].concat();
         let sealed = wrap::seal(&self.secret, &aad, secret);
-        let w = self.db.begin_write().map_err(ix)?;
-        {
+        self.write_row("secrets", name.as_bytes(), Some(&sealed), |w| {
             let mut t = w.open_table(SECRETS).map_err(ix)?;
-            t.insert(name, sealed.as_slice()).map_err(ix)?;
-        }
-        w.commit().map_err(ix)
+            let old = t
+                .insert(name, sealed.as_slice())
+                .map_err(ix)?
+                .map(|v| v.value().to_vec());
+            Ok(old)
+        })?;
+        Ok(())
     }
 
     /// A stored secret, unsealed.

@@ -8,7 +8,10 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use base64::Engine;
-use common::{new_part, open, opts, p, pattern, put, read_all, walk};
+use common::{
+    assert_system_held, new_part, open, open_accepting_system, opts, p, pattern, put, read_all,
+    walk,
+};
 use efs_core::admin::{AdminRequest, execute};
 use efs_core::datadir::check_name;
 use efs_core::keyparts::{KeyError, no_prompt};
@@ -689,6 +692,10 @@ async fn removed_digest_and_key(wipe: bool) {
         );
         w.commit().unwrap();
     }
+    // The system database's own digest sees its row removed first; once the operator
+    // accepts the system database as it is, the index's own check still holds the fs.
+    assert_system_held(&root, std::slice::from_ref(&part));
+    drop(open_accepting_system(&root, std::slice::from_ref(&part)).unwrap());
     let dd = std::sync::Arc::new(open(&root, std::slice::from_ref(&part)).unwrap());
     let fs = dd.fs("docs").unwrap();
     assert_eq!(
@@ -808,6 +815,13 @@ async fn a_removed_audit_root_key_is_refused_while_a_log_exists() {
         );
         w.commit().unwrap();
     }
+    // The system database's digest sees the row removed first; accepted as it is, the
+    // missing key is still refused.
+    assert_system_held(&root, std::slice::from_ref(&part));
+    let e = open_accepting_system(&root, std::slice::from_ref(&part))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("`audit-root`"), "{e}");
     let e = open(&root, std::slice::from_ref(&part))
         .unwrap_err()
         .to_string();
@@ -875,4 +889,148 @@ async fn a_removed_index_digest_is_reported_not_rebuilt() {
     accept_index(&dd, &fs).await;
     assert_eq!(read_all(&fs, "/a.txt").await.unwrap(), b"one");
     assert!(fs.fsck().await.unwrap().is_clean());
+}
+
+const SYSTEM_USERS: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("users");
+
+/// Every row of the system database's `users` table, as stored (sealed).
+fn user_rows(root: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
+    use redb::{ReadableDatabase, ReadableTable};
+    let db = redb::Database::create(root.join("system/system.redb")).unwrap();
+    let r = db.begin_read().unwrap();
+    let t = r.open_table(SYSTEM_USERS).unwrap();
+    t.iter()
+        .unwrap()
+        .map(|i| {
+            let (k, v) = i.unwrap();
+            (k.value().to_vec(), v.value().to_vec())
+        })
+        .collect()
+}
+
+/// Regression: the system database had no freshness. A user's sealed row from before a
+/// revocation, written back by someone with write access to the data dir, opened fine and
+/// brought the revoked grant back. Now every open checks the database against its digest:
+/// the old row is refused until an operator accepts the database as it is.
+#[tokio::test]
+async fn an_old_user_row_written_back_is_refused_until_the_operator_accepts_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let parts = std::slice::from_ref(&part);
+    {
+        let dd = open(&root, parts).unwrap();
+        dd.create_fs("docs").unwrap();
+        dd.create_user("alice", [7u8; 32], vec![grant("docs", false)])
+            .unwrap();
+    }
+    let granted = user_rows(&root);
+    assert_eq!(granted.len(), 1);
+    {
+        let dd = open(&root, parts).unwrap();
+        dd.revoke("alice", Some("docs")).unwrap();
+        assert!(dd.user("alice").unwrap().unwrap().grants.is_empty());
+    }
+    // The old row, written back by hand.
+    {
+        let db = redb::Database::create(root.join("system/system.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(SYSTEM_USERS)
+            .unwrap()
+            .insert(granted[0].0.as_slice(), granted[0].1.as_slice())
+            .unwrap();
+        w.commit().unwrap();
+    }
+    assert_system_held(&root, parts);
+    // Refused again (nothing was rebuilt by the refusal).
+    assert_system_held(&root, parts);
+    // The operator accepts it (here: the old grant is what they want back).
+    let dd = open_accepting_system(&root, parts).unwrap();
+    match dd.system_trust() {
+        efs_core::system::SystemTrust::Accepted {
+            found, generation, ..
+        } => {
+            assert!(found.contains("differs from its digest"), "{found}");
+            assert!(*generation > 3, "the generation goes on: {generation}");
+        }
+        other => panic!("not accepted: {other:?}"),
+    }
+    assert_eq!(dd.user("alice").unwrap().unwrap().grants.len(), 1);
+    drop(dd);
+    let dd = open(&root, parts).unwrap();
+    assert!(matches!(
+        dd.system_trust(),
+        efs_core::system::SystemTrust::Holds { .. }
+    ));
+    // Writes after the acceptance keep the digest: a removed user stays removed.
+    dd.delete_user("alice").unwrap();
+    drop(dd);
+    let dd = open(&root, parts).unwrap();
+    assert!(dd.user("alice").unwrap().is_none());
+}
+
+/// A row removed, a row added (copied under another key) and the digest deleted are each
+/// refused; a data dir whose digest is missing is never given a new one silently.
+#[tokio::test]
+async fn a_removed_or_added_system_row_or_a_deleted_digest_is_refused() {
+    for case in ["remove", "add", "digest"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        let part = new_part(&tmp.path().join("part.key"));
+        let parts = std::slice::from_ref(&part);
+        {
+            let dd = open(&root, parts).unwrap();
+            dd.create_fs("docs").unwrap();
+            dd.create_user("alice", [7u8; 32], vec![grant("docs", false)])
+                .unwrap();
+            dd.create_user("bob", [8u8; 32], vec![grant("docs", true)])
+                .unwrap();
+        }
+        {
+            const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+            let rows = user_rows(&root);
+            let db = redb::Database::create(root.join("system/system.redb")).unwrap();
+            let w = db.begin_write().unwrap();
+            match case {
+                "remove" => {
+                    w.open_table(SYSTEM_USERS)
+                        .unwrap()
+                        .remove(rows[0].0.as_slice())
+                        .unwrap();
+                }
+                "add" => {
+                    let mut k = rows[0].0.clone();
+                    k[0] ^= 1;
+                    w.open_table(SYSTEM_USERS)
+                        .unwrap()
+                        .insert(k.as_slice(), rows[1].1.as_slice())
+                        .unwrap();
+                }
+                _ => {
+                    assert!(
+                        w.open_table(META)
+                            .unwrap()
+                            .remove("digest")
+                            .unwrap()
+                            .is_some()
+                    );
+                }
+            }
+            w.commit().unwrap();
+        }
+        match open(&root, parts) {
+            Err(CoreError::SystemHold(why)) => {
+                let expect = if case == "digest" {
+                    "no readable digest"
+                } else {
+                    "differs from its digest"
+                };
+                assert!(why.contains(expect), "{case}: {why}");
+            }
+            Err(e) => panic!("{case}: refused for another reason: {e}"),
+            Ok(_) => panic!("{case}: opened"),
+        }
+        drop(open_accepting_system(&root, parts).unwrap());
+        assert!(open(&root, parts).is_ok(), "{case}: accepted, then opens");
+    }
 }

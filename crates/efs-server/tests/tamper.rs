@@ -1001,3 +1001,62 @@ async fn an_interrupted_rotation_over_a_held_index_waits_for_fsck_accept_index()
     let (_, fsck) = fsck_text(&srv);
     assert!(fsck.contains("4 files verified, 0 errors"), "{fsck}");
 }
+
+/// The system database changed while the server was stopped (a user's row from before a
+/// revocation written back): the server refuses to start, and so does efsctl, until the
+/// operator runs `efsctl accept-system`, which is recorded in the audit log.
+#[tokio::test]
+async fn an_old_user_row_put_back_stops_the_server_until_efsctl_accept_system() {
+    use redb::{ReadableDatabase, ReadableTable};
+    const USERS: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("users");
+    let mut srv = TestServer::start(&[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    srv.stop().await;
+    let db_path = srv.data.join("system/system.redb");
+    let granted: (Vec<u8>, Vec<u8>) = {
+        let db = redb::Database::create(&db_path).unwrap();
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(USERS).unwrap();
+        let (k, v) = t.first().unwrap().unwrap();
+        (k.value().to_vec(), v.value().to_vec())
+    };
+    srv.efsctl_ok(&["revoke", "app", "--fs", "files"]);
+    {
+        let db = redb::Database::create(&db_path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(USERS)
+            .unwrap()
+            .insert(granted.0.as_slice(), granted.1.as_slice())
+            .unwrap();
+        w.commit().unwrap();
+    }
+    let f = TestServer::try_start_in(srv.dir.clone(), &[], &[])
+        .err()
+        .expect("a server started on a system database changed outside EFS");
+    assert!(
+        f.stderr.contains("differs from its digest") && f.stderr.contains("efsctl accept-system"),
+        "{}",
+        f.stderr
+    );
+    let out = srv.efsctl(&["list-users"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("accept-system"));
+    // The operator accepts the database as it is: the old grant is back.
+    let out = srv.efsctl_ok(&["accept-system"]);
+    assert!(
+        out.contains("Accepted the system database as it is") && out.contains("anchor"),
+        "{out}"
+    );
+    let out = srv.efsctl_ok(&["accept-system"]);
+    assert!(out.contains("nothing to accept"), "{out}");
+    let shown = srv.efsctl_ok(&["audit", "show"]);
+    assert!(shown.contains("accept-system"), "{shown}");
+    let srv2 = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    srv2.login("app", &key, None).await;
+    let status = srv2.efsctl_ok(&["status"]);
+    assert!(
+        status.contains("system database digest: generation"),
+        "{status}"
+    );
+}

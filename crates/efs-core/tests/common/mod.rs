@@ -39,6 +39,24 @@ pub fn open(root: &Path, parts: &[KeyPartSpec]) -> Result<DataDir, CoreError> {
     DataDir::open(root, parts, opts(), &no_prompt).map(|(dd, _)| dd)
 }
 
+/// Opens trusting the system database as it is (`efsctl accept-system`).
+pub fn open_accepting_system(root: &Path, parts: &[KeyPartSpec]) -> Result<DataDir, CoreError> {
+    let o = OpenOptions {
+        accept_system: true,
+        ..opts()
+    };
+    DataDir::open(root, parts, o, &no_prompt).map(|(dd, _)| dd)
+}
+
+/// Asserts that opening `root` is refused because its system database failed its digest.
+pub fn assert_system_held(root: &Path, parts: &[KeyPartSpec]) {
+    match open(root, parts) {
+        Err(CoreError::SystemHold(why)) => assert!(why.contains("system database"), "{why}"),
+        Err(e) => panic!("refused, but not for the system digest: {e}"),
+        Ok(_) => panic!("a system database changed outside EFS was opened"),
+    }
+}
+
 /// A data dir with one filesystem, `docs`.
 pub struct Env {
     pub tmp: tempfile::TempDir,

@@ -157,6 +157,16 @@ enum Cmd {
         #[arg(long)]
         accept_index: bool,
     },
+    /// Trust the system database (users, grants, filesystems, secrets) as it is, when it
+    /// failed its check against its digest.
+    ///
+    /// Every open checks the system database against a digest kept with it: a row changed,
+    /// removed, added or put back outside EFS (an old user row written back to restore a
+    /// revoked key, say) makes the server and efsctl refuse the data dir. Inspect it (who
+    /// could write to it? `list-users`, `list-fs` work once accepted), restore the data dir
+    /// from a backup if you need to, then run this with the server stopped. Prints the
+    /// digest's generation and anchor: note them outside the data dir.
+    AcceptSystem,
     /// Remove orphan blobs and inline contents (left by crashes).
     Gc {
         /// Filesystem.
@@ -401,6 +411,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::CacheClear => AdminRequest::CacheClear,
         Cmd::RotateKey { fs, wait } => AdminRequest::RotateKey { fs, wait },
         Cmd::Status { fs } => AdminRequest::Status { fs },
+        Cmd::AcceptSystem => AdminRequest::AcceptSystem,
         Cmd::Reencrypt { fs, wait } => AdminRequest::Reencrypt { fs, wait },
         Cmd::RekeyStarter { .. } => unreachable!("handled above"),
         Cmd::Backup {
@@ -487,7 +498,11 @@ fn send(
                     data.display()
                 );
             }
-            let (dd, _) = DataDir::open(data, parts, OpenOptions::default(), &|p: &str| prompt(p))
+            let opts = OpenOptions {
+                accept_system: matches!(req, AdminRequest::AcceptSystem),
+                ..OpenOptions::default()
+            };
+            let (dd, _) = DataDir::open(data, parts, opts, &|p: &str| prompt(p))
                 .with_context(|| format!("cannot open the data dir {}", data.display()))?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
@@ -513,7 +528,12 @@ fn send(
                     );
                 }
             };
-            if !matches!(req, AdminRequest::Status { .. } | AdminRequest::Fsck { .. }) {
+            if !matches!(
+                req,
+                AdminRequest::Status { .. }
+                    | AdminRequest::Fsck { .. }
+                    | AdminRequest::AcceptSystem
+            ) {
                 let finishing = rt
                     .block_on(dd.finish_rotations())
                     .and_then(|r| Ok((r, rt.block_on(dd.finish_reencryptions())?)));
