@@ -527,7 +527,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             )
         }
         AdminRequest::AcceptSystem => {
-            let (lines, data) = match dd.system_trust() {
+            let (lines, data) = match dd.accept_system()? {
                 SystemTrust::Accepted {
                     found,
                     generation,
@@ -541,26 +541,17 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     ],
                     serde_json::json!({ "accepted": true, "found": found, "generation": generation, "anchor": anchor }),
                 ),
-                SystemTrust::Holds { .. } | SystemTrust::Created => {
-                    let (generation, anchor) = match dd.system_digest()? {
-                        crate::digest::DigestCheck::Holds {
-                            generation, anchor, ..
-                        } => (generation, anchor),
-                        other => {
-                            return Err(CoreError::SystemHold(crate::system::SystemDb::describe(
-                                &other,
-                            )));
-                        }
-                    };
-                    (
-                        vec![
-                            "The system database matches its digest: nothing to accept".into(),
-                            format!(
-                                "system database digest: generation {generation}, anchor {anchor}"
-                            ),
-                        ],
-                        serde_json::json!({ "accepted": false, "generation": generation, "anchor": anchor }),
-                    )
+                SystemTrust::Holds { generation, anchor } => (
+                    vec![
+                        "The system database matches its digest: nothing to accept".into(),
+                        format!("system database digest: generation {generation}, anchor {anchor}"),
+                    ],
+                    serde_json::json!({ "accepted": false, "generation": generation, "anchor": anchor }),
+                ),
+                other => {
+                    return Err(CoreError::Invalid(format!(
+                        "unexpected state of the system database: {other:?}"
+                    )));
                 }
             };
             AdminResponse::ok(lines, data)
@@ -643,14 +634,18 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "rotate_now": current_seals >= crate::fs::SEAL_WARNING,
                 }));
             }
-            if all
-                && let crate::digest::DigestCheck::Holds {
-                    generation, anchor, ..
-                } = dd.system_digest()?
-            {
-                lines.push(format!(
-                    "system database digest: generation {generation}, anchor {anchor}"
-                ));
+            if all {
+                match dd.system_digest()? {
+                    crate::digest::DigestCheck::Holds {
+                        generation, anchor, ..
+                    } => lines.push(format!(
+                        "system database digest: generation {generation}, anchor {anchor}"
+                    )),
+                    other => lines.push(format!(
+                        "WARNING: {}",
+                        crate::system::SystemDb::describe(&other)
+                    )),
+                }
             }
             AdminResponse::ok(lines, serde_json::Value::Array(data))
         }

@@ -77,8 +77,9 @@ pub struct Finished {
 pub struct DataDir {
     root: PathBuf,
     system: SystemDb,
-    /// What the open found of the system database's digest.
-    system_trust: SystemTrust,
+    /// What the open found of the system database's digest (and whether it was accepted
+    /// since).
+    system_trust: std::sync::Mutex<SystemTrust>,
     filesystems: RwLock<HashMap<String, Arc<Filesystem>>>,
     starter: StarterKey,
     opts: OpenOptions,
@@ -213,7 +214,7 @@ impl DataDir {
             crate::blob::create_dir_all_synced(&root.join("system"))?;
             crate::blob::create_dir_all_synced(&root.join("fs"))?;
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
-            let system = SystemDb::open(&root.join("system").join("system.redb"), &starter)?;
+            let system = SystemDb::create(&root.join("system").join("system.redb"), &starter)?;
             let signing = efs_format::Key32::random();
             system.put_secret(SECRET_SIGNING_KEY, signing.as_bytes())?;
             drop(system);
@@ -253,8 +254,8 @@ impl DataDir {
             &starter,
             opts.accept_system,
         )?;
-        if let SystemTrust::Accepted { found, .. } = &system_trust {
-            tracing::warn!("accepted the system database as it is: {found}");
+        if let SystemTrust::Pending { found } = &system_trust {
+            tracing::warn!("{found}: opened to be accepted (efsctl accept-system)");
         }
         // Under the system database's lock, no restore runs: a copy of an index dump left
         // by one that was interrupted (a crash) is removed.
@@ -272,7 +273,7 @@ impl DataDir {
         let dd = Self {
             root: root.to_path_buf(),
             system,
-            system_trust,
+            system_trust: std::sync::Mutex::new(system_trust),
             filesystems: RwLock::new(HashMap::new()),
             starter,
             opts,
@@ -1010,9 +1011,36 @@ impl DataDir {
         self.system.secret(name)
     }
 
-    /// What opening found of the system database's digest (see [`crate::system`]).
-    pub fn system_trust(&self) -> &SystemTrust {
-        &self.system_trust
+    /// What opening found of the system database's digest (see [`crate::system`]), or
+    /// [`SystemTrust::Accepted`] once [`DataDir::accept_system`] ran.
+    pub fn system_trust(&self) -> SystemTrust {
+        self.system_trust.lock().expect("lock poisoned").clone()
+    }
+
+    /// Trusts the system database as it is, when this data dir was opened with
+    /// [`OpenOptions::accept_system`] and it failed its check (`efsctl accept-system`, which
+    /// records it in the audit log). Returns the digest's state after: `Accepted` with the
+    /// generation and anchor now, or `Holds` when there was nothing to accept.
+    pub fn accept_system(&self) -> Result<SystemTrust> {
+        let mut trust = self.system_trust.lock().expect("lock poisoned");
+        let now = match &*trust {
+            SystemTrust::Pending { .. } => self.system.accept_now()?,
+            _ => match self.system.digest_state()? {
+                crate::digest::DigestCheck::Holds {
+                    generation, anchor, ..
+                } => SystemTrust::Holds { generation, anchor },
+                other => {
+                    return Err(CoreError::SystemHold(format!(
+                        "{} (while this data dir is open: stop the server, then run efsctl accept-system)",
+                        SystemDb::describe(&other)
+                    )));
+                }
+            },
+        };
+        if matches!(now, SystemTrust::Accepted { .. }) {
+            *trust = now.clone();
+        }
+        Ok(now)
     }
 
     /// The system database's digest now: generation and anchor (a full scan of it).

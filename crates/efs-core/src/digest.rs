@@ -218,6 +218,23 @@ impl DigestCheck {
         matches!(self, DigestCheck::Holds { .. })
     }
 
+    /// The same check failed for a reason the digest cannot see (a row that cannot be an
+    /// entry): a holding one becomes [`DigestCheck::Differs`].
+    pub fn differs(self) -> Self {
+        match self {
+            DigestCheck::Holds {
+                generation,
+                entries,
+                ..
+            } => DigestCheck::Differs {
+                generation,
+                claimed_entries: entries,
+                entries,
+            },
+            other => other,
+        }
+    }
+
     /// Checks `entries` (every entry, from the same snapshot as `stored`).
     pub fn run<'a>(
         key: &DigestKey,

@@ -613,15 +613,16 @@ impl Index for RedbIndex {
             .map(|v| v.value().to_vec());
         let t = r.open_table(ENTRIES).map_err(ix)?;
         let mut found = Accumulator::empty();
+        let mut odd_keys = false;
         for item in t.iter().map_err(ix)? {
             let (k, v) = item.map_err(ix)?;
+            // An element does not say where the key ends: a row (K ‖ b, v) moved to (K, b ‖ v)
+            // hashes the same. Every entry key has one length, so any other is a change.
+            odd_keys |= k.value().len() != std::mem::size_of::<EntryKey>();
             found.insert(&self.digest, k.value(), v.value());
         }
-        Ok(DigestCheck::compare(
-            &self.digest,
-            stored.as_deref(),
-            &found,
-        ))
+        let check = DigestCheck::compare(&self.digest, stored.as_deref(), &found);
+        Ok(if odd_keys { check.differs() } else { check })
     }
 
     async fn visit_snapshot(

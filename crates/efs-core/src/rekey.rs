@@ -214,8 +214,20 @@ pub async fn rekey_starter_until(
     let _ = std::fs::remove_file(sys.join(SYSTEM_NEXT));
     {
         let old_db = SystemDb::open(&sys.join("system.redb"), &old_starter)?;
-        let new_db = SystemDb::open(&sys.join(SYSTEM_NEXT), &new_starter)?;
+        let new_db = SystemDb::create(&sys.join(SYSTEM_NEXT), &new_starter)?;
         old_db.copy_to(&new_db)?;
+        // The digest's generation goes on: an operator's noted one never goes back.
+        if let crate::digest::DigestCheck::Holds { generation, .. } = old_db.digest_state()? {
+            new_db.continue_generation(generation.saturating_add(1))?;
+        }
+        if let crate::digest::DigestCheck::Holds {
+            generation, anchor, ..
+        } = new_db.digest_state()?
+        {
+            lines.push(format!(
+                "system database digest under the new key: generation {generation}, anchor {anchor} (note them outside the data dir)"
+            ));
+        }
         lines.push(format!(
             "Sealed {} users, {} filesystems and the system secrets under the new starter key",
             old_db.users()?.len(),

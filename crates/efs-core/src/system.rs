@@ -10,8 +10,10 @@
 //! hash as the indexes, under a starter subkey), updated in the transaction of every
 //! write and checked at every open: a row changed, removed, added or put back outside EFS
 //! makes the open fail until an operator accepts the database as it is
-//! (`efsctl accept-system`). A database whose digest is missing (deleted, or from before
-//! digests) is refused the same way: a digest is only ever created with the database.
+//! (`efsctl accept-system`; rows that do not decrypt are never accepted). A database whose
+//! digest is missing (deleted, or from before digests) is refused the same way: a digest is
+//! only ever created with the database, and a missing database file is refused by
+//! [`crate::DataDir::open`].
 //! What it cannot see: the whole file put back to an earlier state, digest included; the
 //! generation and anchor that `efsctl accept-system` and `efsctl status` print never go
 //! backwards, so an operator who notes them elsewhere can.
@@ -94,21 +96,35 @@ pub enum SystemTrust {
         /// A short keyed fingerprint of this state (hex), to note outside the data dir.
         anchor: String,
     },
-    /// The rows differed from the digest (or it was missing or unreadable), and the open
-    /// was told to accept them: the digest now describes them.
+    /// The rows differ from the digest (or it is missing or unreadable) and the open was
+    /// told it may accept them: nothing is written until [`SystemDb::accept_now`] (the
+    /// `accept-system` command, once the data dir is open and its audit log with it).
+    Pending {
+        /// What was found (see [`SystemDb::describe`]).
+        found: String,
+    },
+    /// Accepted by [`SystemDb::accept_now`]: the digest now describes the rows.
     Accepted {
         /// What was found (see [`SystemDb::describe`]).
         found: String,
-        /// The new digest's generation (one past the old one's, when it was readable).
+        /// The new digest's generation: one past the one the old digest claimed (not
+        /// verified: it was part of what differed), or 1.
         generation: u64,
         /// Its anchor.
         anchor: String,
     },
 }
 
-/// The digest's element of one row: table name, a zero byte, the row's key.
+/// Why an open fails when no row of the system database decrypts.
+const WRONG_KEYS: &str = "the system database does not open under these key parts (no row decrypts): \
+    is system/keyparts.json from another state of this data dir (from before a rekey-starter?)? \
+    Restore the data dir from a copy you trust";
+
+/// The digest's element key of one row: table name, a zero byte, the row key's length (u32
+/// BE) and the row key. The length keeps a row (K ‖ b, v) from hashing like (K, b ‖ v).
 fn element_key(table: &str, key: &[u8]) -> Vec<u8> {
-    [table.as_bytes(), &[0], key].concat()
+    let len = u32::try_from(key.len()).unwrap_or(u32::MAX).to_be_bytes();
+    [table.as_bytes(), &[0], &len, key].concat()
 }
 
 fn ix<E: std::fmt::Display>(e: E) -> CoreError {
@@ -116,21 +132,49 @@ fn ix<E: std::fmt::Display>(e: E) -> CoreError {
 }
 
 impl SystemDb {
-    /// Opens or creates the database; an existing one must match its digest (else
+    /// Creates a new database, with the digest of its empty set (a new data dir, or the
+    /// one `rekey-starter` builds). An existing file is refused.
+    pub fn create(path: &Path, starter: &StarterKey) -> Result<Self> {
+        if path.exists() {
+            return Err(CoreError::Invalid(format!(
+                "{} exists already: not creating a system database over it",
+                path.display()
+            )));
+        }
+        Ok(Self::open_with(path, starter, false, true)?.0)
+    }
+
+    /// Opens an existing database, which must match its digest (else
     /// [`CoreError::SystemHold`]).
     pub fn open(path: &Path, starter: &StarterKey) -> Result<Self> {
         Ok(Self::open_checked(path, starter, false)?.0)
     }
 
-    /// Opens or creates the database. `accept`: an existing one that does not match its
-    /// digest (or has none) is trusted as it is, and its digest recomputed; otherwise that
-    /// is refused with [`CoreError::SystemHold`].
+    /// Opens an existing database. `accept`: one that does not match its digest (or has
+    /// none) opens as [`SystemTrust::Pending`], for [`SystemDb::accept_now`]; otherwise that
+    /// is refused with [`CoreError::SystemHold`]. A missing file is refused (it is not
+    /// created again: users and grants would vanish silently).
     pub fn open_checked(
         path: &Path,
         starter: &StarterKey,
         accept: bool,
     ) -> Result<(Self, SystemTrust)> {
-        let creating = !path.exists();
+        if !path.exists() {
+            return Err(CoreError::Invalid(format!(
+                "{} is missing: this data dir's users, grants, filesystems and secrets are gone \
+                 (restore the data dir from a copy you trust)",
+                path.display()
+            )));
+        }
+        Self::open_with(path, starter, accept, false)
+    }
+
+    fn open_with(
+        path: &Path,
+        starter: &StarterKey,
+        accept: bool,
+        creating: bool,
+    ) -> Result<(Self, SystemTrust)> {
         let db = Database::create(path).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => CoreError::Index(
                 "the data dir is in use by another process (is efs-server running? then efsctl talks to it through system/admin.sock)".into(),
@@ -160,40 +204,148 @@ impl SystemDb {
             w.commit().map_err(ix)?;
             return Ok((me, SystemTrust::Created));
         }
-        let (check, found) = me.check()?;
-        let trust = match check {
+        let trust = match me.check()?.0 {
             DigestCheck::Holds {
                 generation, anchor, ..
             } => SystemTrust::Holds { generation, anchor },
-            other if accept => {
-                let w = me.db.begin_write().map_err(ix)?;
-                let mut acc = found;
-                if let Some(g) = match &other {
-                    DigestCheck::Differs { generation, .. } => Some(*generation),
-                    _ => None,
-                } {
-                    acc.set_generation(g);
+            other => {
+                // Rows that do not open under these keys at all are not a change but the
+                // wrong keys (keyparts.json from another state of the data dir, say):
+                // accepting them would only seal a digest the right keys then refuse.
+                let (rows, failing) = me.count_failing_rows()?;
+                if rows > 0 && failing == rows {
+                    return Err(CoreError::Invalid(WRONG_KEYS.into()));
                 }
-                acc.bump();
-                let sealed = acc.seal(&me.digest);
-                {
-                    let mut meta = w.open_table(META).map_err(ix)?;
-                    meta.insert(META_DIGEST, sealed.as_slice()).map_err(ix)?;
+                if failing > 0 {
+                    return Err(CoreError::SystemHold(format!(
+                        "{}; {failing} of its {rows} rows do not decrypt (rows EFS did not write: they cannot be accepted, restore the data dir from a copy you trust)",
+                        Self::describe(&other)
+                    )));
                 }
-                w.commit().map_err(ix)?;
-                let anchor = match DigestCheck::compare(&me.digest, Some(&sealed), &acc) {
-                    DigestCheck::Holds { anchor, .. } => anchor,
-                    _ => return Err(CoreError::Corrupt("the new system digest")),
-                };
-                SystemTrust::Accepted {
+                if !accept {
+                    return Err(CoreError::SystemHold(Self::describe(&other)));
+                }
+                SystemTrust::Pending {
                     found: Self::describe(&other),
-                    generation: acc.generation(),
-                    anchor,
                 }
             }
-            other => return Err(CoreError::SystemHold(Self::describe(&other))),
         };
         Ok((me, trust))
+    }
+
+    /// How many rows the three tables hold, and how many of them do not decrypt (and
+    /// parse) under this database's keys.
+    fn count_failing_rows(&self) -> Result<(usize, usize)> {
+        let r = self.db.begin_read().map_err(ix)?;
+        let (mut rows, mut failing) = (0, 0);
+        for (def, table) in [(USERS, "users"), (FILESYSTEMS, "filesystems")] {
+            let t = r.open_table(def).map_err(ix)?;
+            for item in t.iter().map_err(ix)? {
+                let (k, v) = item.map_err(ix)?;
+                rows += 1;
+                let ok = wrap::open(&self.record, &Self::aad(table, k.value()), v.value())
+                    .ok()
+                    .is_some_and(|plain| match table {
+                        "users" => postcard::from_bytes::<UserRecord>(&plain).is_ok(),
+                        _ => postcard::from_bytes::<FsRecord>(&plain).is_ok(),
+                    });
+                failing += usize::from(!ok);
+            }
+        }
+        let t = r.open_table(SECRETS).map_err(ix)?;
+        for item in t.iter().map_err(ix)? {
+            let (k, v) = item.map_err(ix)?;
+            rows += 1;
+            let aad = [labels::AAD_SYSTEM_SECRET, k.value().as_bytes()].concat();
+            failing += usize::from(wrap::open(&self.secret, &aad, v.value()).is_err());
+        }
+        Ok((rows, failing))
+    }
+
+    /// Every row decrypts: `Err` otherwise (such rows are never accepted).
+    fn require_rows_open(&self) -> Result<()> {
+        match self.count_failing_rows()? {
+            (_, 0) => Ok(()),
+            (rows, failing) if failing == rows => Err(CoreError::Invalid(WRONG_KEYS.into())),
+            (rows, failing) => Err(CoreError::SystemHold(format!(
+                "{failing} of the system database's {rows} rows do not decrypt (rows EFS did not write: they cannot be accepted, restore the data dir from a copy you trust)"
+            ))),
+        }
+    }
+
+    /// Trusts the rows as they are now: every row must open, then the digest is recomputed
+    /// and stored, its generation one past what the old one claimed (or 1). Returns
+    /// [`SystemTrust::Holds`] when the rows match the digest already (nothing written).
+    pub fn accept_now(&self) -> Result<SystemTrust> {
+        let (check, mut acc) = self.check()?;
+        let found = match check {
+            DigestCheck::Holds {
+                generation, anchor, ..
+            } => return Ok(SystemTrust::Holds { generation, anchor }),
+            other => other,
+        };
+        self.require_rows_open()?;
+        let claimed = match &found {
+            DigestCheck::Differs { generation, .. } => *generation,
+            _ => 0,
+        };
+        acc.set_generation(claimed.saturating_add(1));
+        let sealed = acc.seal(&self.digest);
+        let w = self.db.begin_write().map_err(ix)?;
+        {
+            let mut meta = w.open_table(META).map_err(ix)?;
+            meta.insert(META_DIGEST, sealed.as_slice()).map_err(ix)?;
+        }
+        w.commit().map_err(ix)?;
+        // Checked again from the database: what is stored now must hold.
+        match self.check()?.0 {
+            DigestCheck::Holds {
+                generation, anchor, ..
+            } => Ok(SystemTrust::Accepted {
+                found: Self::describe(&found),
+                generation,
+                anchor,
+            }),
+            _ => Err(CoreError::Corrupt(
+                "the system database changed while it was accepted",
+            )),
+        }
+    }
+
+    /// Continues the generation of another database's digest (`rekey-starter` rebuilds
+    /// the database under a new starter key: the generation an operator noted must not go
+    /// back). Keeps the larger of the two.
+    pub fn continue_generation(&self, at_least: u64) -> Result<()> {
+        let w = self.db.begin_write().map_err(ix)?;
+        {
+            let mut meta = w.open_table(META).map_err(ix)?;
+            let stored = meta
+                .get(META_DIGEST)
+                .map_err(ix)?
+                .map(|v| v.value().to_vec());
+            let mut acc = stored
+                .as_deref()
+                .and_then(|s| Accumulator::open(&self.digest, s))
+                .ok_or(CoreError::Corrupt("the system database's digest"))?;
+            if acc.generation() >= at_least {
+                return Ok(());
+            }
+            acc.set_generation(at_least);
+            meta.insert(META_DIGEST, acc.seal(&self.digest).as_slice())
+                .map_err(ix)?;
+        }
+        w.commit().map_err(ix)
+    }
+
+    /// The names of the stored secrets.
+    fn secret_names(&self) -> Result<Vec<String>> {
+        let r = self.db.begin_read().map_err(ix)?;
+        let t = r.open_table(SECRETS).map_err(ix)?;
+        let mut names = Vec::new();
+        for item in t.iter().map_err(ix)? {
+            names.push(item.map_err(ix)?.0.value().to_owned());
+        }
+        Ok(names)
     }
 
     /// What a failed check found, for the operator.
@@ -446,16 +598,7 @@ impl SystemDb {
         for f in self.filesystems()? {
             other.put_filesystem(&f)?;
         }
-        let names: Vec<String> = {
-            let r = self.db.begin_read().map_err(ix)?;
-            let t = r.open_table(SECRETS).map_err(ix)?;
-            let mut names = Vec::new();
-            for item in t.iter().map_err(ix)? {
-                names.push(item.map_err(ix)?.0.value().to_owned());
-            }
-            names
-        };
-        for name in names {
+        for name in self.secret_names()? {
             let v = self
                 .secret(&name)?
                 .ok_or(CoreError::Corrupt("a secret vanished while copying"))?;

@@ -9,8 +9,8 @@ use std::path::Path;
 
 use base64::Engine;
 use common::{
-    assert_system_held, new_part, open, open_accepting_system, opts, p, pattern, put, read_all,
-    walk,
+    accept_system, assert_system_held, new_part, open, open_accepting_system, opts, p, pattern,
+    put, read_all, walk,
 };
 use efs_core::admin::{AdminRequest, execute};
 use efs_core::datadir::check_name;
@@ -695,7 +695,7 @@ async fn removed_digest_and_key(wipe: bool) {
     // The system database's own digest sees its row removed first; once the operator
     // accepts the system database as it is, the index's own check still holds the fs.
     assert_system_held(&root, std::slice::from_ref(&part));
-    drop(open_accepting_system(&root, std::slice::from_ref(&part)).unwrap());
+    accept_system(&root, std::slice::from_ref(&part));
     let dd = std::sync::Arc::new(open(&root, std::slice::from_ref(&part)).unwrap());
     let fs = dd.fs("docs").unwrap();
     assert_eq!(
@@ -815,20 +815,17 @@ async fn a_removed_audit_root_key_is_refused_while_a_log_exists() {
         );
         w.commit().unwrap();
     }
-    // The system database's digest sees the row removed first; accepted as it is, the
-    // missing key is still refused.
+    // The system database's digest sees the row removed first; opened to accept it, the
+    // missing key is still refused (and nothing was accepted: no audit log, no acceptance).
     assert_system_held(&root, std::slice::from_ref(&part));
     let e = open_accepting_system(&root, std::slice::from_ref(&part))
-        .unwrap_err()
-        .to_string();
-    assert!(e.contains("`audit-root`"), "{e}");
-    let e = open(&root, std::slice::from_ref(&part))
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("`audit-root`") && e.contains("is missing") && e.contains("move"),
         "{e}"
     );
+    assert_system_held(&root, std::slice::from_ref(&part));
     assert_eq!(
         std::fs::read_dir(&audit_dir).unwrap().count(),
         log_files,
@@ -842,11 +839,14 @@ async fn a_removed_audit_root_key_is_refused_while_a_log_exists() {
         }
     }
     assert!(audit_dir.join("HEAD").exists());
-    let e = open(&root, std::slice::from_ref(&part))
+    let e = open_accepting_system(&root, std::slice::from_ref(&part))
         .unwrap_err()
         .to_string();
     assert!(e.contains("`audit-root`"), "{e}");
     std::fs::rename(&audit_dir, tmp.path().join("audit-before")).unwrap();
+    // The log moved aside: the operator accepts the system database (a new audit key is
+    // made with the new log), and it opens.
+    accept_system(&root, std::slice::from_ref(&part));
     let dd = open(&root, std::slice::from_ref(&part)).unwrap();
     assert!(dd.fs("docs").is_some());
     assert!(
@@ -944,14 +944,22 @@ async fn an_old_user_row_written_back_is_refused_until_the_operator_accepts_it()
     assert_system_held(&root, parts);
     // Refused again (nothing was rebuilt by the refusal).
     assert_system_held(&root, parts);
+    // Opened to be accepted, nothing is written yet.
+    let dd = open_accepting_system(&root, parts).unwrap();
+    assert!(matches!(
+        dd.system_trust(),
+        efs_core::system::SystemTrust::Pending { .. }
+    ));
+    drop(dd);
+    assert_system_held(&root, parts);
     // The operator accepts it (here: the old grant is what they want back).
     let dd = open_accepting_system(&root, parts).unwrap();
-    match dd.system_trust() {
+    match dd.accept_system().unwrap() {
         efs_core::system::SystemTrust::Accepted {
             found, generation, ..
         } => {
             assert!(found.contains("differs from its digest"), "{found}");
-            assert!(*generation > 3, "the generation goes on: {generation}");
+            assert!(generation > 3, "the generation goes on: {generation}");
         }
         other => panic!("not accepted: {other:?}"),
     }
@@ -969,11 +977,16 @@ async fn an_old_user_row_written_back_is_refused_until_the_operator_accepts_it()
     assert!(dd.user("alice").unwrap().is_none());
 }
 
-/// A row removed, a row added (copied under another key) and the digest deleted are each
-/// refused; a data dir whose digest is missing is never given a new one silently.
+/// Each change outside EFS is refused: a row removed, a deleted user's row put back, the
+/// digest deleted (all three acceptable by the operator), a row that does not decrypt (a
+/// value under another key) and a secret's name and value with their boundary moved
+/// (`audit-roo` = `t` ‖ value: the digest's element keeps the key's length); those last two
+/// are refused even to `accept-system`.
 #[tokio::test]
 async fn a_removed_or_added_system_row_or_a_deleted_digest_is_refused() {
-    for case in ["remove", "add", "digest"] {
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    const SECRETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("secrets");
+    for case in ["remove", "put-back", "digest", "junk", "shift"] {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path().join("data");
         let part = new_part(&tmp.path().join("part.key"));
@@ -986,9 +999,13 @@ async fn a_removed_or_added_system_row_or_a_deleted_digest_is_refused() {
             dd.create_user("bob", [8u8; 32], vec![grant("docs", true)])
                 .unwrap();
         }
+        let rows = user_rows(&root);
+        if case == "put-back" {
+            let dd = open(&root, parts).unwrap();
+            dd.delete_user("alice").unwrap();
+            dd.delete_user("bob").unwrap();
+        }
         {
-            const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
-            let rows = user_rows(&root);
             let db = redb::Database::create(root.join("system/system.redb")).unwrap();
             let w = db.begin_write().unwrap();
             match case {
@@ -998,15 +1015,13 @@ async fn a_removed_or_added_system_row_or_a_deleted_digest_is_refused() {
                         .remove(rows[0].0.as_slice())
                         .unwrap();
                 }
-                "add" => {
-                    let mut k = rows[0].0.clone();
-                    k[0] ^= 1;
+                "put-back" => {
                     w.open_table(SYSTEM_USERS)
                         .unwrap()
-                        .insert(k.as_slice(), rows[1].1.as_slice())
+                        .insert(rows[1].0.as_slice(), rows[1].1.as_slice())
                         .unwrap();
                 }
-                _ => {
+                "digest" => {
                     assert!(
                         w.open_table(META)
                             .unwrap()
@@ -1015,22 +1030,99 @@ async fn a_removed_or_added_system_row_or_a_deleted_digest_is_refused() {
                             .is_some()
                     );
                 }
+                "junk" => {
+                    let mut k = rows[0].0.clone();
+                    k[0] ^= 1;
+                    w.open_table(SYSTEM_USERS)
+                        .unwrap()
+                        .insert(k.as_slice(), rows[1].1.as_slice())
+                        .unwrap();
+                }
+                _ => {
+                    let mut t = w.open_table(SECRETS).unwrap();
+                    let v = t.remove("audit-root").unwrap().unwrap().value().to_vec();
+                    let shifted = [b"t".as_slice(), &v].concat();
+                    t.insert("audit-roo", shifted.as_slice()).unwrap();
+                }
             }
             w.commit().unwrap();
         }
-        match open(&root, parts) {
-            Err(CoreError::SystemHold(why)) => {
-                let expect = if case == "digest" {
-                    "no readable digest"
-                } else {
-                    "differs from its digest"
-                };
-                assert!(why.contains(expect), "{case}: {why}");
-            }
+        let why = match open(&root, parts) {
+            Err(CoreError::SystemHold(why)) => why,
             Err(e) => panic!("{case}: refused for another reason: {e}"),
             Ok(_) => panic!("{case}: opened"),
+        };
+        let expect = match case {
+            "digest" => "no readable digest",
+            "junk" | "shift" => "do not decrypt",
+            _ => "differs from its digest",
+        };
+        assert!(why.contains(expect), "{case}: {why}");
+        if matches!(case, "junk" | "shift") {
+            assert!(
+                open_accepting_system(&root, parts).is_err(),
+                "{case}: rows that do not decrypt are never accepted"
+            );
+            continue;
         }
-        drop(open_accepting_system(&root, parts).unwrap());
-        assert!(open(&root, parts).is_ok(), "{case}: accepted, then opens");
+        accept_system(&root, parts);
+        let dd = open(&root, parts).unwrap();
+        if case == "put-back" {
+            assert!(
+                dd.user("bob").unwrap().is_some(),
+                "what was accepted is there"
+            );
+        }
     }
+}
+
+/// A data dir whose system database file is gone is refused (users, grants, secrets
+/// would vanish), not given a new, empty one.
+#[tokio::test]
+async fn a_missing_system_database_is_refused_not_recreated() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let parts = std::slice::from_ref(&part);
+    drop(open(&root, parts).unwrap());
+    std::fs::remove_file(root.join("system/system.redb")).unwrap();
+    let e = open(&root, parts).unwrap_err().to_string();
+    assert!(e.contains("system.redb is missing"), "{e}");
+    assert!(open_accepting_system(&root, parts).is_err());
+    assert!(!root.join("system/system.redb").exists());
+}
+
+/// Regression: the index digest's element does not mark where an entry's key ends, so an
+/// entry (K ‖ b, v) moved by hand to (K, b ‖ v) hashed the same and the check held while
+/// the file was gone. Every entry key is 32 bytes: any other length now fails the check.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_key_shortened_by_hand_fails_the_index_digest() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let index_file = docs_with_files(&root, &part, &[("/a.txt", b"one"), ("/b.txt", b"two")]).await;
+    {
+        use redb::ReadableTable;
+        const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
+        let db = redb::Database::create(&index_file).unwrap();
+        let w = db.begin_write().unwrap();
+        {
+            let mut entries = w.open_table(ENTRIES).unwrap();
+            let (k, v) = {
+                let last = entries.last().unwrap().unwrap();
+                (last.0.value().to_vec(), last.1.value().to_vec())
+            };
+            entries.remove(k.as_slice()).unwrap();
+            let moved = [&k[31..], v.as_slice()].concat();
+            entries.insert(&k[..31], moved.as_slice()).unwrap();
+        }
+        w.commit().unwrap();
+    }
+    let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+    let fs = dd.fs("docs").unwrap();
+    let check = fs.check_index_digest().await.unwrap();
+    assert!(
+        matches!(check, efs_core::digest::DigestCheck::Differs { .. }),
+        "{check:?}"
+    );
 }

@@ -108,6 +108,10 @@ async fn new_parts_open_everything_and_old_ones_nothing() {
         dd,
         fs,
     } = env;
+    let generation_before = match dd.system_digest().unwrap() {
+        efs_core::digest::DigestCheck::Holds { generation, .. } => generation,
+        other => panic!("{other:?}"),
+    };
     drop(fs);
     drop(dd);
     let old_keyparts = std::fs::read(root.join("system/keyparts.json")).unwrap();
@@ -143,6 +147,18 @@ async fn new_parts_open_everything_and_old_ones_nothing() {
     let dd = open(&root, &new).unwrap();
     check(&dd, &files).await;
     assert!(rekey_recorded(&dd), "the re-keying is in the audit log");
+    // The system database was rebuilt under the new key; its digest's generation went on.
+    match dd.system_digest().unwrap() {
+        efs_core::digest::DigestCheck::Holds { generation, .. } => assert!(
+            generation > generation_before,
+            "{generation} after {generation_before}"
+        ),
+        other => panic!("{other:?}"),
+    }
+    assert!(
+        lines.iter().any(|l| l.contains("system database digest")),
+        "{lines:?}"
+    );
     put(&dd.fs("docs").unwrap(), "/after", b"after").await;
     drop(dd);
 
@@ -150,7 +166,10 @@ async fn new_parts_open_everything_and_old_ones_nothing() {
     // the old parts pass the part checks but open neither the system db nor a keyring.
     let saved_new = std::fs::read(root.join("system/keyparts.json")).unwrap();
     std::fs::write(root.join("system/keyparts.json"), &old_keyparts).unwrap();
-    assert!(open(&root, std::slice::from_ref(&part)).is_err());
+    let e = open(&root, std::slice::from_ref(&part))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("does not open under these key parts"), "{e}");
     std::fs::write(root.join("system/keyparts.json"), &saved_new).unwrap();
     let dd = open(&root, &new).unwrap();
     check(&dd, &files).await;

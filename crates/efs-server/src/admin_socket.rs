@@ -91,6 +91,7 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
             | AdminRequest::ListUsers
             | AdminRequest::Fsck { .. }
             | AdminRequest::Status { .. }
+            | AdminRequest::AcceptSystem
             | AdminRequest::RotateKey { .. }
             | AdminRequest::Reencrypt { .. }
             | AdminRequest::Backup { .. }

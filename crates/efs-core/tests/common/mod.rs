@@ -39,13 +39,25 @@ pub fn open(root: &Path, parts: &[KeyPartSpec]) -> Result<DataDir, CoreError> {
     DataDir::open(root, parts, opts(), &no_prompt).map(|(dd, _)| dd)
 }
 
-/// Opens trusting the system database as it is (`efsctl accept-system`).
+/// Opens allowing the system database to be accepted as it is (what `efsctl
+/// accept-system` opens with; nothing is accepted until [`DataDir::accept_system`]).
 pub fn open_accepting_system(root: &Path, parts: &[KeyPartSpec]) -> Result<DataDir, CoreError> {
     let o = OpenOptions {
         accept_system: true,
         ..opts()
     };
     DataDir::open(root, parts, o, &no_prompt).map(|(dd, _)| dd)
+}
+
+/// What `efsctl accept-system` does without a server: opens, accepts, closes.
+pub fn accept_system(root: &Path, parts: &[KeyPartSpec]) -> efs_core::system::SystemTrust {
+    let dd = open_accepting_system(root, parts).unwrap();
+    let trust = dd.accept_system().unwrap();
+    assert!(
+        matches!(trust, efs_core::system::SystemTrust::Accepted { .. }),
+        "{trust:?}"
+    );
+    trust
 }
 
 /// Asserts that opening `root` is refused because its system database failed its digest.
