@@ -319,14 +319,7 @@ impl SystemDb {
         let w = self.db.begin_write().map_err(ix)?;
         {
             let mut meta = w.open_table(META).map_err(ix)?;
-            let stored = meta
-                .get(META_DIGEST)
-                .map_err(ix)?
-                .map(|v| v.value().to_vec());
-            let mut acc = stored
-                .as_deref()
-                .and_then(|s| Accumulator::open(&self.digest, s))
-                .ok_or(CoreError::Corrupt("the system database's digest"))?;
+            let mut acc = self.stored_digest(&meta)?;
             if acc.generation() >= at_least {
                 return Ok(());
             }
@@ -335,6 +328,15 @@ impl SystemDb {
                 .map_err(ix)?;
         }
         w.commit().map_err(ix)
+    }
+
+    /// The stored digest, unmasked, for an update in the same transaction. Checked at
+    /// open: unreadable now means it was damaged while open.
+    fn stored_digest(&self, meta: &redb::Table<&str, &[u8]>) -> Result<Accumulator> {
+        meta.get(META_DIGEST)
+            .map_err(ix)?
+            .and_then(|v| Accumulator::open(&self.digest, v.value()))
+            .ok_or(CoreError::Corrupt("the system database's digest"))
     }
 
     /// The names of the stored secrets.
@@ -422,15 +424,7 @@ impl SystemDb {
         let old = apply(&w)?;
         {
             let mut meta = w.open_table(META).map_err(ix)?;
-            let stored = meta
-                .get(META_DIGEST)
-                .map_err(ix)?
-                .map(|v| v.value().to_vec());
-            // Checked at open: unreadable now means it was damaged while open.
-            let mut acc = stored
-                .as_deref()
-                .and_then(|s| Accumulator::open(&self.digest, s))
-                .ok_or(CoreError::Corrupt("the system database's digest"))?;
+            let mut acc = self.stored_digest(&meta)?;
             let ek = element_key(table, key);
             if let Some(old) = &old {
                 acc.remove(&self.digest, &ek, old);

@@ -44,6 +44,20 @@ fn mount_tmpfs(at: &Path, size: &str) -> Result<Mount, String> {
     }
 }
 
+/// A 48 MiB tmpfs at `at`, or `None` (said on a printed line) where this sandbox cannot
+/// mount: the test then checks nothing, and `covered_by` is what still covers `what`.
+fn mount_or_skip(at: &Path, what: &str, covered_by: &str) -> Option<Mount> {
+    match mount_tmpfs(at, "48m") {
+        Ok(m) => Some(m),
+        Err(e) => {
+            println!(
+                "disk_full: SKIPPED {what}: cannot mount a tmpfs here ({e}); covered only by {covered_by}"
+            );
+            None
+        }
+    }
+}
+
 /// Writes `path` until the disk refuses (ENOSPC); returns the bytes written.
 fn fill(path: &Path) -> u64 {
     let mut f = std::fs::File::create(path).unwrap();
@@ -71,15 +85,12 @@ fn fill(path: &Path) -> u64 {
 async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_without_restart() {
     let dir = Arc::new(new_tempdir());
     let data = dir.path().join("d");
-    let _mount = match mount_tmpfs(&data, "48m") {
-        Ok(m) => m,
-        Err(e) => {
-            println!(
-                "disk_full: SKIPPED the real full-disk check: cannot mount a tmpfs here ({e}); \
-                 full-disk behaviour is covered only by efs-core/tests/io_faults.rs"
-            );
-            return;
-        }
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "the real full-disk check",
+        "efs-core/tests/io_faults.rs",
+    ) else {
+        return;
     };
     let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
     srv.create_fs("files");
@@ -187,15 +198,12 @@ async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_witho
 async fn a_full_audit_disk_refuses_everything_then_recovers_by_itself_once_space_is_freed() {
     let dir = Arc::new(new_tempdir());
     let data = dir.path().join("d");
-    let _mount = match mount_tmpfs(&data, "48m") {
-        Ok(m) => m,
-        Err(e) => {
-            println!(
-                "disk_full: SKIPPED the audit log's full-disk recovery: cannot mount a tmpfs \
-                 here ({e}); the recovery is covered only by efs-core's audit unit tests"
-            );
-            return;
-        }
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "the audit log's full-disk recovery",
+        "efs-core's audit unit tests",
+    ) else {
+        return;
     };
     let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
     srv.create_fs("files");
