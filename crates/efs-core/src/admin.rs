@@ -221,11 +221,25 @@ pub async fn record_admin(
     req: &AdminRequest,
     ok: bool,
 ) -> Result<(), AuditError> {
+    record_admin_with(dd, op, req, ok, None).await
+}
+
+/// [`record_admin`] with the command's result appended to the entry's detail (JSON).
+async fn record_admin_with(
+    dd: &DataDir,
+    op: &Operator,
+    req: &AdminRequest,
+    ok: bool,
+    result: Option<&serde_json::Value>,
+) -> Result<(), AuditError> {
     let mut rec = Record::new(Action::Admin, if ok { 200 } else { 400 });
     rec.user = Some(op.user.clone());
     rec.client = Some(op.via.clone());
     rec.fs = req.fs().map(str::to_owned);
-    rec.detail = Some(req.summary());
+    rec.detail = Some(match result {
+        Some(r) => format!("{} {r}", req.summary()),
+        None => req.summary(),
+    });
     dd.audit().record(rec).await
 }
 
@@ -299,7 +313,14 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
         Ok(r) => r,
         Err(e) => AdminResponse::err(e.to_string()),
     };
-    match record_admin(dd, op, &recorded, resp.ok).await {
+    let recorded_ok = match (&recorded, resp.ok) {
+        // What was accepted, and the digest it got, belong in the log with the command.
+        (AdminRequest::AcceptSystem, true) => {
+            record_admin_with(dd, op, &recorded, true, Some(&resp.data)).await
+        }
+        _ => record_admin(dd, op, &recorded, resp.ok).await,
+    };
+    match recorded_ok {
         Ok(()) => resp,
         Err(e) => AdminResponse::err(format!(
             "{e} (the command itself {})",

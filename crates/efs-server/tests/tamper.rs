@@ -1054,6 +1054,10 @@ async fn an_old_user_row_put_back_stops_the_server_until_efsctl_accept_system() 
         1,
         "the acceptance is recorded: {shown}"
     );
+    assert!(
+        shown.contains("differs from its digest") && shown.contains("\"anchor\""),
+        "with what was found and the new digest: {shown}"
+    );
     let srv2 = TestServer::start_in(srv.dir.clone(), &[], &[]);
     // Through the running server: nothing to accept.
     let out = srv2.efsctl_ok(&["accept-system"]);
