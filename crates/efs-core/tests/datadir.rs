@@ -644,6 +644,15 @@ async fn docs_with_files(
         .unwrap()
 }
 
+/// Edits an index's `entries` table by hand (the server stopped), in one transaction.
+fn edit_entries(index_file: &std::path::Path, edit: impl FnOnce(&mut redb::Table<&[u8], &[u8]>)) {
+    const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
+    let db = redb::Database::create(index_file).unwrap();
+    let w = db.begin_write().unwrap();
+    edit(&mut w.open_table(ENTRIES).unwrap());
+    w.commit().unwrap();
+}
+
 async fn removed_digest_and_key(wipe: bool) {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
@@ -732,19 +741,12 @@ async fn efsctl_without_a_server_refuses_to_copy_or_rewrite_a_held_index() {
     let root = tmp.path().join("data");
     let part = new_part(&tmp.path().join("part.key"));
     let index_file = docs_with_files(&root, &part, &[("/a.txt", b"one"), ("/b.txt", b"two")]).await;
-    {
-        // One record removed by hand; the digest and its key are left alone.
+    // One record removed by hand; the digest and its key are left alone.
+    edit_entries(&index_file, |entries| {
         use redb::ReadableTable;
-        const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
-        let db = redb::Database::create(&index_file).unwrap();
-        let w = db.begin_write().unwrap();
-        {
-            let mut entries = w.open_table(ENTRIES).unwrap();
-            let first = entries.first().unwrap().unwrap().0.value().to_vec();
-            entries.remove(first.as_slice()).unwrap();
-        }
-        w.commit().unwrap();
-    }
+        let first = entries.first().unwrap().unwrap().0.value().to_vec();
+        entries.remove(first.as_slice()).unwrap();
+    });
     let dd = open(&root, std::slice::from_ref(&part)).unwrap();
     let dest = tmp.path().join("backup");
     for req in [
@@ -891,6 +893,21 @@ async fn a_removed_index_digest_is_reported_not_rebuilt() {
     assert!(fs.fsck().await.unwrap().is_clean());
 }
 
+/// A new data dir with filesystem `docs` and the named users, each granted it (its
+/// tempdir, root and key part).
+fn data_dir_with_users(users: &[&str]) -> (tempfile::TempDir, std::path::PathBuf, KeyPartSpec) {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+    dd.create_fs("docs").unwrap();
+    for (i, name) in users.iter().enumerate() {
+        dd.create_user(name, [7 + i as u8; 32], vec![grant("docs", i > 0)])
+            .unwrap();
+    }
+    (tmp, root, part)
+}
+
 const SYSTEM_USERS: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("users");
 
 /// Every row of the system database's `users` table, as stored (sealed).
@@ -914,16 +931,8 @@ fn user_rows(root: &std::path::Path) -> Vec<(Vec<u8>, Vec<u8>)> {
 /// the old row is refused until an operator accepts the database as it is.
 #[tokio::test]
 async fn an_old_user_row_written_back_is_refused_until_the_operator_accepts_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let root = tmp.path().join("data");
-    let part = new_part(&tmp.path().join("part.key"));
+    let (_tmp, root, part) = data_dir_with_users(&["alice"]);
     let parts = std::slice::from_ref(&part);
-    {
-        let dd = open(&root, parts).unwrap();
-        dd.create_fs("docs").unwrap();
-        dd.create_user("alice", [7u8; 32], vec![grant("docs", false)])
-            .unwrap();
-    }
     let granted = user_rows(&root);
     assert_eq!(granted.len(), 1);
     {
@@ -987,18 +996,8 @@ async fn a_removed_or_added_system_row_or_a_deleted_digest_is_refused() {
     const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
     const SECRETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("secrets");
     for case in ["remove", "put-back", "digest", "junk", "shift"] {
-        let tmp = tempfile::tempdir().unwrap();
-        let root = tmp.path().join("data");
-        let part = new_part(&tmp.path().join("part.key"));
+        let (_tmp, root, part) = data_dir_with_users(&["alice", "bob"]);
         let parts = std::slice::from_ref(&part);
-        {
-            let dd = open(&root, parts).unwrap();
-            dd.create_fs("docs").unwrap();
-            dd.create_user("alice", [7u8; 32], vec![grant("docs", false)])
-                .unwrap();
-            dd.create_user("bob", [8u8; 32], vec![grant("docs", true)])
-                .unwrap();
-        }
         let rows = user_rows(&root);
         if case == "put-back" {
             let dd = open(&root, parts).unwrap();
@@ -1100,23 +1099,16 @@ async fn an_entry_key_shortened_by_hand_fails_the_index_digest() {
     let root = tmp.path().join("data");
     let part = new_part(&tmp.path().join("part.key"));
     let index_file = docs_with_files(&root, &part, &[("/a.txt", b"one"), ("/b.txt", b"two")]).await;
-    {
+    edit_entries(&index_file, |entries| {
         use redb::ReadableTable;
-        const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
-        let db = redb::Database::create(&index_file).unwrap();
-        let w = db.begin_write().unwrap();
-        {
-            let mut entries = w.open_table(ENTRIES).unwrap();
-            let (k, v) = {
-                let last = entries.last().unwrap().unwrap();
-                (last.0.value().to_vec(), last.1.value().to_vec())
-            };
-            entries.remove(k.as_slice()).unwrap();
-            let moved = [&k[31..], v.as_slice()].concat();
-            entries.insert(&k[..31], moved.as_slice()).unwrap();
-        }
-        w.commit().unwrap();
-    }
+        let (k, v) = {
+            let last = entries.last().unwrap().unwrap();
+            (last.0.value().to_vec(), last.1.value().to_vec())
+        };
+        entries.remove(k.as_slice()).unwrap();
+        let moved = [&k[31..], v.as_slice()].concat();
+        entries.insert(&k[..31], moved.as_slice()).unwrap();
+    });
     let dd = open(&root, std::slice::from_ref(&part)).unwrap();
     let fs = dd.fs("docs").unwrap();
     let check = fs.check_index_digest().await.unwrap();
