@@ -131,6 +131,20 @@ impl Accumulator {
         self.count = self.count.wrapping_sub(1);
     }
 
+    /// Adds every element of `other` (the union of two disjoint sets: the XOR of their
+    /// elements, the sum of their sizes), so that parts of a set can be hashed apart, in
+    /// any order, and combined. The generation stays this one's.
+    pub fn merge(&mut self, other: &Accumulator) {
+        xor_into(&mut self.xor, &other.xor);
+        self.count = self.count.wrapping_add(other.count);
+    }
+
+    /// The set's XOR and size, for tests that compare two accumulators.
+    #[cfg(test)]
+    pub(crate) fn state(&self) -> ([u8; 32], u64) {
+        (self.xor, self.count)
+    }
+
     /// Batches that changed entries since the digest was created.
     pub fn generation(&self) -> u64 {
         self.generation

@@ -36,6 +36,7 @@ pub mod mem_index;
 pub mod path;
 pub mod record;
 pub mod redb_index;
+mod redb_scan;
 pub mod rekey;
 pub use fs::rotation;
 pub mod system;

@@ -27,6 +27,7 @@ use tokio::sync::oneshot;
 use crate::digest::{Accumulator, DigestCheck, DigestKey, META_DIGEST};
 use crate::error::{CoreError, Result};
 use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, SnapshotItem, check_reserved};
+use crate::redb_scan;
 
 const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 const INLINE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("inline");
@@ -604,25 +605,25 @@ impl Index for RedbIndex {
     }
 
     async fn check_digest(&self) -> Result<DigestCheck> {
-        // One read transaction: the digest and the entries of the same commit.
-        let r = self.db.current()?.begin_read().map_err(ix)?;
-        let meta = r.open_table(META).map_err(ix)?;
-        let stored = meta
-            .get(META_DIGEST)
-            .map_err(ix)?
-            .map(|v| v.value().to_vec());
-        let t = r.open_table(ENTRIES).map_err(ix)?;
-        let mut found = Accumulator::empty();
-        let mut odd_keys = false;
-        for item in t.iter().map_err(ix)? {
-            let (k, v) = item.map_err(ix)?;
-            // An element does not say where the key ends: a row (K ‖ b, v) moved to (K, b ‖ v)
-            // hashes the same. Every entry key has one length, so any other is a change.
-            odd_keys |= k.value().len() != std::mem::size_of::<EntryKey>();
-            found.insert(&self.digest, k.value(), v.value());
-        }
-        let check = DigestCheck::compare(&self.digest, stored.as_deref(), &found);
-        Ok(if odd_keys { check.differs() } else { check })
+        let db = self.db.current()?;
+        let key = self.digest.clone();
+        // A full scan: seconds at a million entries, so not on the async workers.
+        tokio::task::spawn_blocking(move || -> Result<DigestCheck> {
+            // One read transaction: the digest and the entries of the same commit.
+            let r = db.begin_read().map_err(ix)?;
+            let meta = r.open_table(META).map_err(ix)?;
+            let stored = meta
+                .get(META_DIGEST)
+                .map_err(ix)?
+                .map(|v| v.value().to_vec());
+            let t = r.open_table(ENTRIES).map_err(ix)?;
+            let threads = redb_scan::parts(t.len().map_err(ix)?);
+            let (found, odd_keys) = redb_scan::hash_entries(&t, &key, threads, ix)?;
+            let check = DigestCheck::compare(&key, stored.as_deref(), &found);
+            Ok(if odd_keys { check.differs() } else { check })
+        })
+        .await
+        .map_err(|e| CoreError::Index(format!("digest task failed: {e}")))?
     }
 
     async fn visit_snapshot(

@@ -768,3 +768,68 @@ async fn redb_index_digest_sees_an_old_value_put_back_in_the_file() {
     let ix = RedbIndex::open(&path, digest_key()).unwrap();
     assert_eq!(holds(ix.check_digest().await.unwrap()), (0, 2));
 }
+
+/// The check hashes the key space in parts, in parallel: entries spread over every first
+/// byte are each counted once, and a change in any part is seen, at either end of the
+/// key space and in between, as is a key of another length (empty, or past the last entry
+/// key) that no part's bounds would be expected to hold.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_index_digest_check_covers_the_whole_key_space() {
+    const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    // 40 entries for each first byte, 0x00 to 0xff: enough for the check to use threads.
+    let keys: Vec<EntryKey> = (0..=255u8)
+        .flat_map(|d| (0..40u8).map(move |n| key(d, name(d, n))))
+        .collect();
+    {
+        let ix = RedbIndex::open(&path, digest_key()).unwrap();
+        for chunk in keys.chunks(512) {
+            write(&ix, chunk.iter().map(|k| put(*k, &k[..2])).collect()).await;
+        }
+        let (_, n) = holds(ix.check_digest().await.unwrap());
+        assert_eq!(n, keys.len() as u64);
+    }
+    type Entries<'a> = redb::Table<'a, &'static [u8], &'static [u8]>;
+    let edit = |f: &dyn Fn(&mut Entries)| {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        f(&mut w.open_table(ENTRIES).unwrap());
+        w.commit().unwrap();
+    };
+    let check = || async {
+        let ix = RedbIndex::open(&path, digest_key()).unwrap();
+        ix.check_digest().await.unwrap()
+    };
+    for first in [0x00u8, 0x01, 0x3f, 0x40, 0x7f, 0x80, 0xbf, 0xc0, 0xfe, 0xff] {
+        let k = key(first, name(first, 1));
+        edit(&|t| {
+            t.insert(k.as_slice(), b"changed".as_slice()).unwrap();
+        });
+        let c = check().await;
+        assert!(
+            matches!(c, DigestCheck::Differs { .. }),
+            "a changed entry under first byte {first:#04x}: {c:?}"
+        );
+        edit(&|t| {
+            t.insert(k.as_slice(), &k[..2]).unwrap();
+        });
+        holds(check().await);
+    }
+    let long = [0xffu8; 40];
+    for odd in [&[][..], &[0x00][..], &[0x80; 31][..], &long[..]] {
+        edit(&|t| {
+            t.insert(odd, b"x".as_slice()).unwrap();
+        });
+        let c = check().await;
+        assert!(
+            matches!(c, DigestCheck::Differs { .. }),
+            "a key of {} bytes: {c:?}",
+            odd.len()
+        );
+        edit(&|t| {
+            t.remove(odd).unwrap();
+        });
+        holds(check().await);
+    }
+}
