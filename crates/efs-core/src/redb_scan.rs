@@ -136,12 +136,10 @@ impl Work {
         let mut acc = Accumulator::empty();
         let mut odd_keys = false;
         while let Some(range) = self.take() {
-            let done = self.hash_range(t, key, err, range, &mut acc, &mut odd_keys);
-            let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            st.running -= 1;
-            self.changed.notify_all();
-            drop(st);
-            done?;
+            // Ends the range also if hashing it panics: the threads waiting for a cut must
+            // not wait for ever (the panic is reported when the thread is joined).
+            let _running = Running(self);
+            self.hash_range(t, key, err, range, &mut acc, &mut odd_keys)?;
         }
         Ok((acc, odd_keys))
     }
@@ -206,6 +204,17 @@ impl Work {
             }
             return Ok(());
         }
+    }
+}
+
+/// A range being hashed: dropped when it ends, however it ends.
+struct Running<'a>(&'a Work);
+
+impl Drop for Running<'_> {
+    fn drop(&mut self) {
+        let mut st = self.0.state.lock().unwrap_or_else(PoisonError::into_inner);
+        st.running -= 1;
+        self.0.changed.notify_all();
     }
 }
 
@@ -388,6 +397,36 @@ mod tests {
         });
         assert_eq!(midpoint(&one, &one), one);
         assert_eq!(midpoint(&half, &[0; 32])[0], 0x40);
+    }
+
+    /// A thread that panics while hashing its range still ends it: a thread waiting for a
+    /// cut of it sees that nothing is left, instead of waiting for ever.
+    #[test]
+    fn a_thread_that_panics_does_not_leave_the_others_waiting() {
+        let work = std::sync::Arc::new(Work {
+            state: Mutex::new(State {
+                queue: first_cuts(1),
+                running: 0,
+            }),
+            changed: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+        });
+        let range = work.take().expect("one range");
+        let (tx, rx) = std::sync::mpsc::channel();
+        let w = work.clone();
+        std::thread::spawn(move || tx.send(w.take().is_none()).unwrap());
+        let w = work.clone();
+        let panicked = std::thread::spawn(move || {
+            let _running = Running(&w);
+            drop(range);
+            panic!("hashing failed (on purpose)");
+        })
+        .join();
+        assert!(panicked.is_err());
+        let ended = rx
+            .recv_timeout(std::time::Duration::from_secs(10))
+            .expect("the waiting thread returned");
+        assert!(ended, "nothing is left to take");
     }
 
     #[test]
