@@ -58,18 +58,33 @@ pub(crate) fn hash_entries(
     threads: usize,
     err: fn(redb::StorageError) -> CoreError,
 ) -> Result<(Accumulator, bool)> {
+    hash_entries_with(
+        t,
+        key,
+        threads,
+        err,
+        &Work::new(threads, Cuts::WHEN_WAITED_FOR),
+    )
+}
+
+fn hash_entries_with(
+    t: &Table,
+    key: &DigestKey,
+    threads: usize,
+    err: fn(redb::StorageError) -> CoreError,
+    work: &Work,
+) -> Result<(Accumulator, bool)> {
     let threads = threads.clamp(1, 256);
-    let work = Work {
-        state: Mutex::new(State {
-            queue: first_cuts(threads),
-            running: 0,
-        }),
-        changed: Condvar::new(),
-        waiting: AtomicUsize::new(0),
-    };
     let results: Vec<Result<(Accumulator, bool)>> = std::thread::scope(|s| {
+        // A thread the system refuses is one fewer: the ranges stay in the queue for the
+        // others (this one at least), so the scan is only slower.
         let handles: Vec<_> = (1..threads)
-            .map(|_| s.spawn(|| work.run(t, key, err)))
+            .map_while(|_| {
+                std::thread::Builder::new()
+                    .name("efs-digest-scan".into())
+                    .spawn_scoped(s, || work.run(t, key, err))
+                    .ok()
+            })
             .collect();
         let mut out = vec![work.run(t, key, err)];
         for h in handles {
@@ -118,14 +133,47 @@ struct State {
     running: usize,
 }
 
+/// When a thread cuts what is left of its range.
+#[derive(Clone, Copy)]
+struct Cuts {
+    /// Looks every this many rows.
+    every: u64,
+    /// Cuts even if no thread waits (tests: every path of the cut, whatever the timing).
+    always: bool,
+}
+
+impl Cuts {
+    const WHEN_WAITED_FOR: Cuts = Cuts {
+        every: SPLIT_EVERY,
+        always: false,
+    };
+}
+
 struct Work {
     state: Mutex<State>,
     changed: Condvar,
     /// Threads waiting for a range (read without the lock, to decide whether to cut).
     waiting: AtomicUsize,
+    cuts: Cuts,
+    /// Ranges cut so far.
+    made: AtomicUsize,
 }
 
 impl Work {
+    /// Work for `threads` threads: the key space cut by first byte.
+    fn new(threads: usize, cuts: Cuts) -> Self {
+        Work {
+            state: Mutex::new(State {
+                queue: first_cuts(threads.clamp(1, 256)),
+                running: 0,
+            }),
+            changed: Condvar::new(),
+            waiting: AtomicUsize::new(0),
+            cuts,
+            made: AtomicUsize::new(0),
+        }
+    }
+
     /// One thread: takes ranges until none is left and no other thread can cut one off.
     fn run(
         &self,
@@ -135,23 +183,22 @@ impl Work {
     ) -> Result<(Accumulator, bool)> {
         let mut acc = Accumulator::empty();
         let mut odd_keys = false;
-        while let Some(range) = self.take() {
-            // Ends the range also if hashing it panics: the threads waiting for a cut must
-            // not wait for ever (the panic is reported when the thread is joined).
-            let _running = Running(self);
+        while let Some((range, _running)) = self.take() {
             self.hash_range(t, key, err, range, &mut acc, &mut odd_keys)?;
         }
         Ok((acc, odd_keys))
     }
 
     /// The next range, waiting while others still run (they may cut one off); `None` when
-    /// every range is done.
-    fn take(&self) -> Option<KeyRange> {
+    /// every range is done. The range is held until the [`Running`] handed with it is
+    /// dropped, however hashing it ends (an error, a panic): a thread waiting for a cut of
+    /// it must not wait for ever.
+    fn take(&self) -> Option<(KeyRange, Running<'_>)> {
         let mut st = self.state.lock().unwrap_or_else(PoisonError::into_inner);
         loop {
             if let Some(r) = st.queue.pop() {
                 st.running += 1;
-                return Some(r);
+                return Some((r, Running(self)));
             }
             if st.running == 0 {
                 self.changed.notify_all();
@@ -186,8 +233,8 @@ impl Work {
                 *odd_keys |= k.len() != std::mem::size_of::<EntryKey>();
                 acc.insert(key, k, v.value());
                 seen += 1;
-                if seen.is_multiple_of(SPLIT_EVERY)
-                    && self.waiting.load(Ordering::Relaxed) > 0
+                if seen.is_multiple_of(self.cuts.every)
+                    && (self.cuts.always || self.waiting.load(Ordering::Relaxed) > 0)
                     && let Some(cut) = cut_after(k, &hi)
                 {
                     // Hand [cut, hi) to a waiting thread; go on with (k, cut).
@@ -197,6 +244,7 @@ impl Work {
                         st.queue.push(rest);
                         self.changed.notify_one();
                     }
+                    self.made.fetch_add(1, Ordering::Relaxed);
                     lo = Bound::Excluded(k.to_vec());
                     hi = Bound::Excluded(cut.to_vec());
                     continue 'range;
@@ -281,12 +329,16 @@ fn midpoint(a: &[u8; 32], b: &[u8; 32]) -> [u8; 32] {
 mod tests {
     use super::*;
     use efs_format::Key32;
-    use redb::{Database, ReadableDatabase, TableDefinition};
+    use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 
     const ENTRIES: TableDefinition<&[u8], &[u8]> = TableDefinition::new("entries");
 
     fn storage(e: redb::StorageError) -> CoreError {
         CoreError::Index(e.to_string())
+    }
+
+    fn digest_key() -> DigestKey {
+        DigestKey::from_root(&Key32::from_bytes([7; 32]), &[1; 16])
     }
 
     fn write(db: &Database, rows: &[Vec<u8>]) {
@@ -300,39 +352,54 @@ mod tests {
         w.commit().unwrap();
     }
 
-    fn scan(db: &Database, key: &DigestKey, threads: usize) -> (([u8; 32], u64), bool) {
+    type Found = (([u8; 32], u64), bool);
+
+    /// The parallel scan with `cuts`, and how many ranges it cut.
+    fn scan_with(db: &Database, threads: usize, cuts: Cuts) -> (Found, usize) {
         let r = db.begin_read().unwrap();
         let t = r.open_table(ENTRIES).unwrap();
-        let (acc, odd) = hash_entries(&t, key, threads, storage).unwrap();
+        let work = Work::new(threads, cuts);
+        let (acc, odd) = hash_entries_with(&t, &digest_key(), threads, storage, &work).unwrap();
+        ((acc.state(), odd), work.made.load(Ordering::Relaxed))
+    }
+
+    fn scan(db: &Database, threads: usize) -> Found {
+        scan_with(db, threads, Cuts::WHEN_WAITED_FOR).0
+    }
+
+    /// One thread, one plain iteration: what every scan must find.
+    fn reference(db: &Database) -> Found {
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(ENTRIES).unwrap();
+        let key = digest_key();
+        let mut acc = Accumulator::empty();
+        let mut odd = false;
+        for item in t.iter().unwrap() {
+            let (k, v) = item.unwrap();
+            odd |= k.value().len() != std::mem::size_of::<EntryKey>();
+            acc.insert(&key, k.value(), v.value());
+        }
         (acc.state(), odd)
     }
 
-    /// However many threads, and however they cut the key space, every row is hashed once:
-    /// the same set, the same size; a key of another length (empty, one byte on a cut, at
-    /// either end) is found and reported. One directory of 20,000 entries is cut inside.
+    /// However many threads, every row is hashed once: the same set, the same size; a key
+    /// of another length (empty, one byte on a first-byte cut, at either end) is found and
+    /// reported. One directory of 20,000 entries, cut inside while others wait.
     #[test]
-    fn every_cut_of_the_key_space_hashes_the_same_set() {
+    fn every_thread_count_hashes_the_same_set() {
         let dir = tempfile::tempdir().unwrap();
         let db = Database::create(dir.path().join("ix.redb")).unwrap();
-        let key = DigestKey::from_root(&Key32::from_bytes([7; 32]), &[1; 16]);
-        // Five entries in a directory under every first byte, and one large directory.
         let mut rows: Vec<Vec<u8>> = (0..=255u8)
             .flat_map(|b| (0..5u8).map(move |n| [[b; 31].as_slice(), &[n]].concat()))
             .collect();
-        rows.extend((0..20_000u32).map(|i| {
-            let mut k = vec![0x42; 16];
-            k.extend_from_slice(
-                &aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, &i.to_be_bytes()).as_ref()
-                    [..16],
-            );
-            k
-        }));
+        let mut rng = Rng(0x5eed);
+        rows.extend((0..20_000).map(|_| [[0x42; 16].as_slice(), &rng.bytes(16)].concat()));
         write(&db, &rows);
-        let whole = scan(&db, &key, 1);
+        let whole = reference(&db);
         assert_eq!(whole.0.1, rows.len() as u64);
         assert!(!whole.1);
-        for threads in [2, 3, 4, 7, 16, 32, 255, 256, 1000] {
-            assert_eq!(scan(&db, &key, threads), whole, "{threads} threads");
+        for threads in [1, 2, 3, 4, 7, 16, 32, 255, 256, 1000] {
+            assert_eq!(scan(&db, threads), whole, "{threads} threads");
         }
         for odd in [
             vec![],
@@ -343,12 +410,12 @@ mod tests {
             vec![0xff; 40],
         ] {
             write(&db, std::slice::from_ref(&odd));
-            let one = scan(&db, &key, 1);
+            let one = reference(&db);
             assert_eq!(one.0.1, rows.len() as u64 + 1, "key of {} bytes", odd.len());
             assert!(one.1, "key of {} bytes", odd.len());
-            for threads in [2, 3, 32, 256] {
+            for threads in [1, 2, 3, 32, 256] {
                 assert_eq!(
-                    scan(&db, &key, threads),
+                    scan(&db, threads),
                     one,
                     "{threads} threads, key of {} bytes",
                     odd.len()
@@ -361,6 +428,108 @@ mod tests {
                 .unwrap();
             w.commit().unwrap();
         }
+    }
+
+    /// xorshift64: the same "random" keys in every run.
+    struct Rng(u64);
+
+    impl Rng {
+        fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+        fn below(&mut self, n: u64) -> u64 {
+            self.next() % n
+        }
+        fn bytes(&mut self, n: usize) -> Vec<u8> {
+            (0..n).map(|_| self.next() as u8).collect()
+        }
+    }
+
+    /// Keys an attacker editing the file could write, beside entry keys: any length, runs
+    /// of 0x00 and 0xff, one byte on a first-byte cut, entry keys extended, dense name
+    /// tags in a few directories, and keys on the points a cut would choose.
+    fn odd_key_set(rng: &mut Rng, n: usize) -> Vec<Vec<u8>> {
+        let mut dirs: Vec<Vec<u8>> = (0..1 + rng.below(5)).map(|_| rng.bytes(16)).collect();
+        dirs.push(vec![0xff; 16]);
+        dirs.push(vec![0x00; 16]);
+        let mut keys = std::collections::BTreeSet::new();
+        while keys.len() < n {
+            let d = dirs[rng.below(dirs.len() as u64) as usize].clone();
+            let k = match rng.below(10) {
+                0 => {
+                    let l = rng.below(70) as usize;
+                    rng.bytes(l)
+                }
+                1 => vec![0xff; rng.below(40) as usize],
+                2 => vec![0x00; rng.below(40) as usize],
+                3 => {
+                    let mut k = vec![rng.next() as u8];
+                    let l = rng.below(3) as usize;
+                    k.extend(rng.bytes(l));
+                    k
+                }
+                4 => {
+                    let mut k = [d, rng.bytes(16)].concat();
+                    k.extend(vec![0u8; rng.below(3) as usize]);
+                    k
+                }
+                5 => {
+                    let mut k = d;
+                    k.extend([0u8; 14]);
+                    k.push((rng.below(2) as u8) * 0xff);
+                    k.push(rng.next() as u8);
+                    k
+                }
+                6 => {
+                    // On the cut of an entry key before the end of the key space.
+                    let k: [u8; 32] = [d, rng.bytes(16)].concat().try_into().unwrap();
+                    keys.insert(k.to_vec());
+                    match cut_after(&k, &Bound::Unbounded) {
+                        Some(c) => c.to_vec(),
+                        None => continue,
+                    }
+                }
+                _ => [d, rng.bytes(16)].concat(),
+            };
+            keys.insert(k);
+        }
+        keys.into_iter().collect()
+    }
+
+    /// Random key sets of odd keys, hashed with cuts forced (every row, every few rows) and
+    /// as the server cuts, on 1 to 256 threads: always exactly the rows a plain iteration
+    /// finds. A cut that counted its key twice, or lost the row on the cut, fails here.
+    #[test]
+    fn forced_cuts_hash_every_row_once_whatever_the_keys() {
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        let mut made = 0;
+        for round in 0..12 {
+            let dir = tempfile::tempdir().unwrap();
+            let db = Database::create(dir.path().join("ix.redb")).unwrap();
+            let n = 50 + rng.below(1500) as usize;
+            let rows = odd_key_set(&mut rng, n);
+            write(&db, &rows);
+            let want = reference(&db);
+            assert_eq!(want.0.1, rows.len() as u64);
+            for every in [1, 1 + rng.below(7), SPLIT_EVERY] {
+                let cuts = Cuts {
+                    every,
+                    always: every != SPLIT_EVERY,
+                };
+                for threads in [1, 2, 3, 5, 8, 17, 64, 256] {
+                    let (got, m) = scan_with(&db, threads, cuts);
+                    assert_eq!(
+                        got, want,
+                        "round {round}, cuts every {every}, {threads} threads"
+                    );
+                    made += m;
+                }
+            }
+        }
+        assert!(made > 10_000, "the cuts were exercised ({made})");
     }
 
     #[test]
@@ -399,26 +568,23 @@ mod tests {
         assert_eq!(midpoint(&half, &[0; 32])[0], 0x40);
     }
 
-    /// A thread that panics while hashing its range still ends it: a thread waiting for a
-    /// cut of it sees that nothing is left, instead of waiting for ever.
+    /// A thread that panics while it holds a range (as `run` holds it, from `take`) still
+    /// ends it: a thread waiting for a cut sees that nothing is left, instead of waiting
+    /// for ever.
     #[test]
     fn a_thread_that_panics_does_not_leave_the_others_waiting() {
-        let work = std::sync::Arc::new(Work {
-            state: Mutex::new(State {
-                queue: first_cuts(1),
-                running: 0,
-            }),
-            changed: Condvar::new(),
-            waiting: AtomicUsize::new(0),
-        });
-        let range = work.take().expect("one range");
+        let work: &'static Work = Box::leak(Box::new(Work::new(1, Cuts::WHEN_WAITED_FOR)));
+        let held = work.take().expect("one range");
         let (tx, rx) = std::sync::mpsc::channel();
-        let w = work.clone();
-        std::thread::spawn(move || tx.send(w.take().is_none()).unwrap());
-        let w = work.clone();
+        std::thread::spawn(move || tx.send(work.take().is_none()).unwrap());
+        // The other thread waits for a cut before the holder panics.
+        let t0 = std::time::Instant::now();
+        while work.waiting.load(Ordering::SeqCst) == 0 {
+            assert!(t0.elapsed().as_secs() < 10, "the other thread never waited");
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
         let panicked = std::thread::spawn(move || {
-            let _running = Running(&w);
-            drop(range);
+            let _held = held;
             panic!("hashing failed (on purpose)");
         })
         .join();

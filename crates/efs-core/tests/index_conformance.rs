@@ -778,9 +778,10 @@ async fn redb_index_digest_check_covers_the_whole_key_space() {
     const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("index.redb");
-    // 40 entries for each first byte, 0x00 to 0xff: enough for the check to use threads.
+    // 72 entries for each first byte, 0x00 to 0xff: 18,432, enough for the check to hash
+    // on two threads (one per 8,192 entries).
     let keys: Vec<EntryKey> = (0..=255u8)
-        .flat_map(|d| (0..40u8).map(move |n| key(d, name(d, n))))
+        .flat_map(|d| (0..72u8).map(move |n| key(d, name(d, n))))
         .collect();
     {
         let ix = RedbIndex::open(&path, digest_key()).unwrap();
