@@ -544,3 +544,37 @@ async fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
         "seed {seed}: no operation was acknowledged at all"
     );
 }
+
+/// A server killed with SIGKILL leaves its index open: the next start has redb check and
+/// repair it before the filesystem opens (which reads the whole file), says so in the log
+/// instead of looking like a start that hangs, and serves what was acknowledged. A clean
+/// stop leaves nothing to repair, and the log says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_servers_index_is_repaired_at_the_next_start_and_the_log_says_so() {
+    const SAID: &str = "the index was not closed cleanly";
+    let dir = Arc::new(new_tempdir());
+    let srv = TestServer::start_in(dir.clone(), &[], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    srv.put_ok("/files/a.txt", &token, "acknowledged").await;
+    // SIGKILL: dropping the harness's server kills it (-9) and waits for it.
+    drop(srv);
+    let srv = TestServer::start_in(dir.clone(), &[], &[]);
+    let token = srv.login("app", &key, None).await;
+    assert_eq!(srv.get_ok("/files/a.txt", &token).await, b"acknowledged");
+    let log = srv.stderr();
+    assert!(
+        log.contains(SAID) && log.contains("progress"),
+        "the repair is not in the log:\n{log}"
+    );
+    // A clean stop (SIGTERM) closes the index: nothing to repair at the next start.
+    let mut srv = srv;
+    assert!(srv.stop().await.expect("it was running").success());
+    drop(srv);
+    let srv = TestServer::start_in(dir.clone(), &[], &[]);
+    let token = srv.login("app", &key, None).await;
+    assert_eq!(srv.get_ok("/files/a.txt", &token).await, b"acknowledged");
+    let log = srv.stderr();
+    assert!(!log.contains(SAID), "a repair after a clean stop:\n{log}");
+}
