@@ -300,6 +300,31 @@ struct IndexCheck {
 
 /// Puts a filesystem on hold when dropped: armed for the length of an index check, so that
 /// a check that panics leaves [`IndexTrust::Failed`], not `Checking`.
+/// An index check claimed by [`Filesystem::claim_index_check`] and not started yet: the
+/// filesystem's operations wait for it. Dropped without [`ClaimedCheck::start`], it leaves
+/// the filesystem on hold (fail closed), as a check that did not finish does.
+pub struct ClaimedCheck {
+    fs: Arc<Filesystem>,
+    generation: u64,
+    started: bool,
+}
+
+impl ClaimedCheck {
+    /// Starts the scan in the background; its verdict releases or holds the filesystem.
+    pub fn start(mut self) -> tokio::task::JoinHandle<IndexTrust> {
+        self.started = true;
+        self.fs.run_index_check(self.generation)
+    }
+}
+
+impl Drop for ClaimedCheck {
+    fn drop(&mut self) {
+        if !self.started {
+            self.fs.publish_verdict(self.generation, IndexTrust::Failed);
+        }
+    }
+}
+
 struct HoldUnlessDisarmed<'a>(&'a Filesystem, u64);
 
 impl Drop for HoldUnlessDisarmed<'_> {
@@ -495,13 +520,30 @@ impl Filesystem {
         self.start_index_check(false)
     }
 
+    /// Claims the check of [`Filesystem::begin_index_check`] (its operations wait from now
+    /// on) without starting it: the server claims every filesystem's check before it serves
+    /// anything, and starts them once it listens, so that the scans (threads that keep every
+    /// core busy for a moment) do not delay its start. None if a check had started.
+    pub fn claim_index_check(self: &Arc<Self>) -> Option<ClaimedCheck> {
+        let generation = self.claim_check(false)?;
+        Some(ClaimedCheck {
+            fs: self.clone(),
+            generation,
+            started: false,
+        })
+    }
+
     fn start_index_check(
         self: &Arc<Self>,
         force: bool,
     ) -> Option<tokio::task::JoinHandle<IndexTrust>> {
         let generation = self.claim_check(force)?;
+        Some(self.run_index_check(generation))
+    }
+
+    fn run_index_check(self: &Arc<Self>, generation: u64) -> tokio::task::JoinHandle<IndexTrust> {
         let fs = self.clone();
-        Some(tokio::spawn(async move {
+        tokio::spawn(async move {
             // A check that panics (or whose task is dropped) leaves the filesystem on
             // hold, never waiting in Checking for ever.
             let guard = HoldUnlessDisarmed(&fs, generation);
@@ -526,7 +568,7 @@ impl Filesystem {
             std::mem::forget(guard);
             fs.publish_verdict(generation, verdict);
             verdict
-        }))
+        })
     }
 
     /// Claims the next check (None if one had started and not `force`): its generation,
@@ -1836,6 +1878,34 @@ pub fn segment_offset(idx: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A claimed check holds the filesystem's operations until it has run (the server
+    /// claims before it serves, starts once it listens); dropped without being started, it
+    /// leaves the filesystem on hold.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_claimed_check_holds_operations_until_it_has_run() {
+        let (_tmp, _dd, fs) = crate::rotation::tests::env();
+        // As a filesystem opened (not created) by this process.
+        fs.index_checked.lock().unwrap().started = false;
+        let claimed = fs.claim_index_check().expect("no check has started");
+        assert!(fs.claim_index_check().is_none(), "claimed once");
+        assert_eq!(fs.index_trust(), IndexTrust::Checking);
+        let waiting = tokio::spawn({
+            let fs = fs.clone();
+            async move { fs.trusted().await }
+        });
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        assert!(
+            !waiting.is_finished(),
+            "an operation waits for the claimed check"
+        );
+        assert_eq!(claimed.start().await.unwrap(), IndexTrust::Trusted);
+        waiting.await.unwrap().unwrap();
+        fs.index_checked.lock().unwrap().started = false;
+        drop(fs.claim_index_check().unwrap());
+        assert_eq!(fs.index_trust(), IndexTrust::Failed);
+        assert!(matches!(fs.trusted().await, Err(CoreError::IndexHold)));
+    }
 
     /// A check's verdict counts only while that check is the latest: an operator's
     /// acceptance (or a later check) made while it ran wins over its late verdict.

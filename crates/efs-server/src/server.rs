@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
+use efs_core::fs::ClaimedCheck;
 use efs_core::{DataDir, FsOptions, KeyPartSpec, OpenOptions};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -70,21 +71,25 @@ pub struct ServerConfig {
     pub metrics_token: Option<[u8; 32]>,
 }
 
-/// Checks every filesystem's index against its digest in the background (a full scan of
-/// the entries each), holding that filesystem's requests until its check ends. The index
-/// cannot change under a running server, so this is where a change made while it was
-/// stopped is caught — a record put back to an older version with its content, which reads
-/// alone cannot tell from the current one. A filesystem whose index differs stays on hold
-/// (503 integrity_hold) until `efsctl fsck --accept-index`; see SECURITY.md. A key rotation
-/// or re-encryption resumed by `DataDir::open` may have started its filesystem's check
-/// already (it rewrites nothing before the check holds): the check is not run twice.
-fn spawn_index_checks(data: &Arc<DataDir>) -> anyhow::Result<()> {
+/// Claims the check of every filesystem's index against its digest: from here on, that
+/// filesystem's requests wait for its verdict (a full scan of the entries, started by
+/// [`ClaimedCheck::start`] once the server listens). The index cannot change under a running
+/// server, so this is where a change made while it was stopped is caught — a record put back
+/// to an older version with its content, which reads alone cannot tell from the current one.
+/// A filesystem whose index differs stays on hold (503 integrity_hold) until `efsctl fsck
+/// --accept-index`; see SECURITY.md. A key rotation or re-encryption resumed by
+/// `DataDir::open` may have started its filesystem's check already (it rewrites nothing
+/// before the check holds): the check is not run twice.
+fn claim_index_checks(data: &Arc<DataDir>) -> anyhow::Result<Vec<ClaimedCheck>> {
+    let mut out = Vec::new();
     for rec in data.list_fs()? {
-        if let Some(fs) = data.fs(&rec.name) {
-            fs.begin_index_check();
+        if let Some(fs) = data.fs(&rec.name)
+            && let Some(c) = fs.claim_index_check()
+        {
+            out.push(c);
         }
     }
-    Ok(())
+    Ok(out)
 }
 
 /// Paths per filesystem whose lookup is remembered while the index does not change (a few
@@ -129,7 +134,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         );
     }
     let data = Arc::new(data);
-    spawn_index_checks(&data)?;
+    let index_checks = claim_index_checks(&data)?;
 
     let signing = data
         .secret(efs_core::datadir::SECRET_SIGNING_KEY)?
@@ -234,6 +239,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     println!("Listening on https://{local}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
+    // The scans keep every core busy for a moment (0.5 s at 1,000,000 files): started before
+    // the lines above, they held the start for as long.
+    for check in index_checks {
+        check.start();
+    }
 
     serve(
         listener,
