@@ -568,6 +568,20 @@ async fn a_killed_servers_index_is_repaired_at_the_next_start_and_the_log_says_s
         log.contains(SAID) && log.contains("progress"),
         "the repair is not in the log:\n{log}"
     );
+    // Killed again, then efsctl without a server: it repairs the index and says so too.
+    let mut srv = srv;
+    srv.kill();
+    let out = srv.efsctl(&["status"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "efsctl status: {err}");
+    assert!(err.contains(SAID), "efsctl does not say it repairs:\n{err}");
+    let srv = TestServer::start_in(dir.clone(), &[], &[]);
+    let token = srv.login("app", &key, None).await;
+    assert_eq!(srv.get_ok("/files/a.txt", &token).await, b"acknowledged");
+    assert!(
+        !srv.stderr().contains(SAID),
+        "efsctl closed the repaired index"
+    );
     // A clean stop (SIGTERM) closes the index: nothing to repair at the next start.
     let mut srv = srv;
     assert!(srv.stop().await.expect("it was running").success());

@@ -238,6 +238,17 @@ impl TestServer {
         Some(status)
     }
 
+    /// Kills the server with SIGKILL and waits for it (the harness stays, for efsctl).
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        for t in self.readers.drain(..) {
+            let _ = t.join();
+        }
+    }
+
     /// Everything the server printed on stdout so far.
     pub fn stdout(&self) -> String {
         self.stdout_lines.lock().unwrap().join("\n")
