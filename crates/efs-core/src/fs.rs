@@ -298,11 +298,10 @@ struct IndexCheck {
     generation: u64,
 }
 
-/// Puts a filesystem on hold when dropped: armed for the length of an index check, so that
-/// a check that panics leaves [`IndexTrust::Failed`], not `Checking`.
 /// An index check claimed by [`Filesystem::claim_index_check`] and not started yet: the
 /// filesystem's operations wait for it. Dropped without [`ClaimedCheck::start`], it leaves
 /// the filesystem on hold (fail closed), as a check that did not finish does.
+#[must_use = "a claimed check holds its filesystem until it is started"]
 pub struct ClaimedCheck {
     fs: Arc<Filesystem>,
     generation: u64,
@@ -312,8 +311,11 @@ pub struct ClaimedCheck {
 impl ClaimedCheck {
     /// Starts the scan in the background; its verdict releases or holds the filesystem.
     pub fn start(mut self) -> tokio::task::JoinHandle<IndexTrust> {
+        // Marked started only once the task exists: if spawning fails (no runtime), the
+        // drop puts the filesystem on hold instead of leaving it checking for ever.
+        let check = self.fs.run_index_check(self.generation);
         self.started = true;
-        self.fs.run_index_check(self.generation)
+        check
     }
 }
 
@@ -325,6 +327,8 @@ impl Drop for ClaimedCheck {
     }
 }
 
+/// Puts a filesystem on hold when dropped: armed for the length of an index check, so that
+/// a check that panics leaves [`IndexTrust::Failed`], not `Checking`.
 struct HoldUnlessDisarmed<'a>(&'a Filesystem, u64);
 
 impl Drop for HoldUnlessDisarmed<'_> {

@@ -565,7 +565,7 @@ async fn a_killed_servers_index_is_repaired_at_the_next_start_and_the_log_says_s
     assert_eq!(srv.get_ok("/files/a.txt", &token).await, b"acknowledged");
     let log = srv.stderr();
     assert!(
-        log.contains(SAID) && log.contains("progress"),
+        log.contains(SAID) && log.contains("progress") && log.contains("repaired and is open"),
         "the repair is not in the log:\n{log}"
     );
     // Killed again, then efsctl without a server: it repairs the index and says so too.

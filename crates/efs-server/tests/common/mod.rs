@@ -290,6 +290,7 @@ impl TestServer {
             .args(args)
             .env_remove("EFS_PASSPHRASE")
             .env_remove("EFS_DATA")
+            .env_remove("EFS_LOG")
             .stdin(Stdio::null());
         for (k, v) in &self.envs {
             cmd.env(k, v);
