@@ -4,7 +4,8 @@
 //! Counting files and bytes is a full index scan, so a scrape never does it: a scrape
 //! starts a background recount only if the last one is older than [`RECOUNT_EVERY`],
 //! and reports the last counts (a scrape right after a start therefore shows them a
-//! moment later). Progress is one index metadata read per filesystem and is current at
+//! moment later, once the filesystem's start-up index check has passed; a held
+//! filesystem's are not counted). Progress is one index metadata read per filesystem and is current at
 //! every scrape. Filesystem names are labels: they are chosen by the administrator and
 //! are not personal data.
 
@@ -76,6 +77,11 @@ pub async fn before_render(data: &Arc<DataDir>) {
         tokio::spawn(async move {
             for name in names {
                 let Some(fs) = data.fs(&name) else { continue };
+                // Counted only from an index its start-up check has passed (waiting while the
+                // check reads it): a held index's counts are not published.
+                if fs.trusted().await.is_err() {
+                    continue;
+                }
                 match fs.stats().await {
                     Ok(s) => {
                         metrics::gauge!("efs_fs_files", "fs" => name.clone()).set(s.files as f64);
