@@ -160,38 +160,49 @@ impl Handle {
     }
 }
 
-/// Opens (or creates) the index file. An index that was not closed (the server killed, a
-/// crash, a power cut, or a reopen after an I/O error) is checked and repaired by redb before
-/// it opens: that reads the whole file (about 10 s at 1,000,000 files, 3 GB, from the page
-/// cache), so it is said in the log, with its progress and its end, rather than looking like
-/// a start that hangs.
+/// Opens (or creates) the index file ([`open_redb`], with `cache_bytes` of page cache).
 fn create_db(
     path: &Path,
     cache_bytes: usize,
 ) -> std::result::Result<Database, redb::DatabaseError> {
+    open_redb(path, Some(cache_bytes))
+}
+
+/// Opens (or creates) a redb file (an index, the system database). One that was not closed
+/// (the process killed, a crash, a power cut, or a reopen after an I/O error) is checked and
+/// repaired by redb before it opens: that reads the whole file (about 10 s for the index of
+/// 1,000,000 files, 3 GB, from the page cache), so it is said in the log, with its progress
+/// and its end, rather than looking like a start that hangs.
+pub(crate) fn open_redb(
+    path: &Path,
+    cache_bytes: Option<usize>,
+) -> std::result::Result<Database, redb::DatabaseError> {
     let shown = path.display().to_string();
     let repairing = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let started = Instant::now();
-    let db = redb::Builder::new()
-        .set_cache_size(cache_bytes)
+    let mut builder = redb::Builder::new();
+    if let Some(bytes) = cache_bytes {
+        builder.set_cache_size(bytes);
+    }
+    let db = builder
         .set_repair_callback({
             let shown = shown.clone();
             let repairing = repairing.clone();
             move |session| {
                 repairing.store(true, Ordering::Relaxed);
                 tracing::warn!(
-                    index = %shown,
+                    file = %shown,
                     progress = %format_args!("{:.0} %", session.progress() * 100.0),
-                    "the index was not closed cleanly (the process was killed, the machine stopped, or an I/O error): repairing it before it opens, which reads the whole file"
+                    "the database was not closed cleanly (the process was killed, the machine stopped, or an I/O error): repairing it before it opens, which reads the whole file"
                 );
             }
         })
         .create(path)?;
     if repairing.load(Ordering::Relaxed) {
         tracing::warn!(
-            index = %shown,
+            file = %shown,
             seconds = %format_args!("{:.1}", started.elapsed().as_secs_f64()),
-            "the index was repaired and is open"
+            "the database was repaired and is open"
         );
     }
     Ok(db)

@@ -175,7 +175,7 @@ impl SystemDb {
         accept: bool,
         creating: bool,
     ) -> Result<(Self, SystemTrust)> {
-        let db = Database::create(path).map_err(|e| match e {
+        let db = crate::redb_index::open_redb(path, None).map_err(|e| match e {
             redb::DatabaseError::DatabaseAlreadyOpen => CoreError::Index(
                 "the data dir is in use by another process (is efs-server running? then efsctl talks to it through system/admin.sock)".into(),
             ),
