@@ -41,3 +41,16 @@ pub const OPENAPI_JSON: &str = include_str!("../openapi.json");
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
+
+/// Logs to stderr at the level `EFS_LOG` names (`warn` by default), for efs-server and
+/// efsctl alike (without a server, efsctl opens the data dir itself: the core's warnings —
+/// an index repaired after a kill, a damaged entry a rotation skips — are its too).
+pub fn init_logging() {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EFS_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+}

@@ -110,13 +110,7 @@ fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
 
 fn main() -> std::process::ExitCode {
     efs_server::install_crypto_provider();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EFS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    efs_server::init_logging();
     let a = Args::parse();
     let metrics_token = match a
         .metrics_token_file

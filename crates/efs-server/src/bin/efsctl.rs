@@ -334,15 +334,7 @@ fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
 }
 
 fn main() -> std::process::ExitCode {
-    // Warnings of the core on stderr, as the server's (without a server, efsctl opens the
-    // data dir itself: an index repaired after a kill, a damaged entry a rotation skips).
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EFS_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    efs_server::init_logging();
     let args = Args::parse();
     match run(args) {
         Ok(code) => std::process::ExitCode::from(code),
