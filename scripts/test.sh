@@ -31,6 +31,8 @@ cargo build --workspace --bins
 cargo test --workspace --all-targets "$@"
 # Doc tests (--all-targets does not run them).
 cargo test --workspace --doc
+# The benchmark report's arithmetic (medians over rounds, ratios, targets): Python's stdlib.
+python3 -m unittest discover -s bench -p 'test_*.py'
 
 # Every fuzz target for a bounded time (10 s each; longer by hand: CONTRIBUTING.md).
 ./scripts/fuzz.sh "${EFS_FUZZ_SECONDS:-10}"
