@@ -21,10 +21,10 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use base64::Engine as _;
 use base64::engine::general_purpose::{STANDARD, STANDARD_NO_PAD, URL_SAFE_NO_PAD};
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{DecodePublicKey, EncodePrivateKey, EncodePublicKey};
 use ed25519_dalek::{Signature, SigningKey, VerifyingKey};
 use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use sha2::{Digest, Sha256};
 
 use crate::ratelimit::{LoginRateLimiter, RateLimitConfig, RetryAfter};
@@ -331,11 +331,9 @@ pub struct Authenticator {
     /// `server_id` is resolved (never empty).
     config: AuthConfig,
     users: Arc<dyn UserDirectory>,
-    /// Token-signing key (zeroized on drop). Tokens are signed here with ed25519-dalek
-    /// ([`sign_jwt`]), not by jsonwebtoken, whose `EncodingKey` keeps a PKCS#8 copy of the
-    /// key in a plain `Vec` that is never zeroized; jsonwebtoken only verifies, with the
-    /// public key.
-    signing_key: SigningKey,
+    /// Token-signing key. jsonwebtoken keeps its PKCS#8 copy in a plain `Vec` that is not
+    /// zeroized on drop, so exactly one copy is made, for the life of the server.
+    encoding_key: EncodingKey,
     decoding_key: DecodingKey,
     verifying_key: VerifyingKey,
     validation: Validation,
@@ -372,6 +370,10 @@ impl Authenticator {
         if config.server_id.is_empty() {
             config.server_id = server_id_for(&verifying_key);
         }
+        let pkcs8 = signing_key
+            .to_pkcs8_der()
+            .expect("PKCS#8 encoding of a 32-byte Ed25519 seed cannot fail");
+        let encoding_key = EncodingKey::from_ed_der(pkcs8.as_bytes());
         // jsonwebtoken's aws-lc backend takes the raw 32-byte public key as "DER".
         let decoding_key = DecodingKey::from_ed_der(verifying_key.as_bytes());
 
@@ -392,11 +394,11 @@ impl Authenticator {
             .expire_after(CacheExpiry)
             .build();
 
-        Self {
+        let auth = Self {
             limiter: LoginRateLimiter::new(&RateLimitConfig::default()),
             config,
             users,
-            signing_key: signing_key.clone(),
+            encoding_key,
             decoding_key,
             verifying_key,
             validation,
@@ -407,7 +409,15 @@ impl Authenticator {
             audit: None,
             signature_checks: AtomicU64::new(0),
             clock: Clock::System,
-        }
+        };
+        // Sign once now, so that `issue` can rely on signing working.
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::EdDSA),
+            &serde_json::json!({}),
+            &auth.encoding_key,
+        )
+        .expect("aws-lc accepts the PKCS#8 document ed25519-dalek produces");
+        auth
     }
 
     /// Replaces the failed-login limits (default: [`RateLimitConfig::default`]).
@@ -692,7 +702,11 @@ impl Authenticator {
             r#gen: generation,
             jti: URL_SAFE_NO_PAD.encode(jti),
         };
-        let token = sign_jwt(&self.signing_key, &claims);
+        let token =
+            jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &self.encoding_key)
+                .expect(
+                    "signing works: checked in Authenticator::new, and the claims always serialize",
+                );
         TokenResponse {
             token,
             expires_in: ttl,
@@ -812,26 +826,6 @@ impl Authenticator {
         self.max_pending_challenges = max;
         self
     }
-}
-
-/// The JOSE header of every EFS token: `{"typ":"JWT","alg":"EdDSA"}` (RFC 7519, RFC 8037),
-/// byte for byte what jsonwebtoken wrote for `Header::new(Algorithm::EdDSA)`.
-const JWT_HEADER: &str = r#"{"typ":"JWT","alg":"EdDSA"}"#;
-
-/// A token: the JWS compact serialization (RFC 7515 §7.1) of `claims` under [`JWT_HEADER`],
-/// `BASE64URL(header) . BASE64URL(claims) . BASE64URL(Ed25519 signature of the first two
-/// parts, as ASCII)`. Signed by ed25519-dalek with the server's key; verified by
-/// jsonwebtoken ([`Authenticator::verify`]) like any other EdDSA JWT.
-fn sign_jwt(key: &SigningKey, claims: &Claims) -> String {
-    use ed25519_dalek::Signer;
-    let claims = serde_json::to_vec(claims).expect("the claims are strings and integers");
-    let mut token = URL_SAFE_NO_PAD.encode(JWT_HEADER);
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(claims, &mut token);
-    let signature = key.sign(token.as_bytes());
-    token.push('.');
-    URL_SAFE_NO_PAD.encode_string(signature.to_bytes(), &mut token);
-    token
 }
 
 /// The exact message a client signs:
@@ -1136,8 +1130,6 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use ed25519_dalek::pkcs8::EncodePrivateKey;
-    use jsonwebtoken::{EncodingKey, Header};
     use std::net::Ipv4Addr;
 
     const T0_MS: u64 = 1_700_000_000_000;
@@ -1506,50 +1498,6 @@ mod tests {
         )
         .unwrap();
         f.auth.verify(&good).unwrap();
-    }
-
-    /// Tokens are signed by ed25519-dalek (`sign_jwt`), whose key zeroizes on drop. Ed25519
-    /// signatures are deterministic, so the same claims signed by jsonwebtoken (an
-    /// independent JWS implementation, as the server used before) give the same bytes; and
-    /// jsonwebtoken, as used in `verify`, accepts what `sign_jwt` wrote.
-    #[test]
-    fn tokens_are_byte_for_byte_the_jws_jsonwebtoken_would_write() {
-        let f = fixture();
-        let signing = key(100);
-        for (sub, fs, ren) in [("app1", "records", 0), ("ops-é", "billing", 7)] {
-            let claims = Claims {
-                iss: f.auth.server_id().to_owned(),
-                sub: sub.into(),
-                fs: fs.into(),
-                iat: T0_MS / 1000,
-                exp: T0_MS / 1000 + 3600,
-                ren,
-                r#gen: 3,
-                jti: "AAECAwQFBgcICQoLDA0ODw".into(),
-            };
-            let ours = sign_jwt(&signing, &claims);
-            let theirs = jsonwebtoken::encode(
-                &Header::new(Algorithm::EdDSA),
-                &claims,
-                &EncodingKey::from_ed_der(signing.to_pkcs8_der().unwrap().as_bytes()),
-            )
-            .unwrap();
-            assert_eq!(ours, theirs);
-            let decoded =
-                jsonwebtoken::decode::<Claims>(&ours, &f.auth.decoding_key, &f.auth.validation)
-                    .unwrap();
-            assert_eq!(decoded.claims, claims);
-        }
-        // What login issues verifies, and carries the standard header.
-        let token = login(&f.auth, "app1", &f.app1, Some("records"))
-            .unwrap()
-            .token;
-        f.auth.verify(&token).unwrap();
-        let header = token.split('.').next().unwrap();
-        assert_eq!(
-            URL_SAFE_NO_PAD.decode(header).unwrap(),
-            JWT_HEADER.as_bytes()
-        );
     }
 
     #[test]
