@@ -331,8 +331,9 @@ pub struct Authenticator {
     /// `server_id` is resolved (never empty).
     config: AuthConfig,
     users: Arc<dyn UserDirectory>,
-    /// Token-signing key. jsonwebtoken keeps its PKCS#8 copy in a plain `Vec` that is not
-    /// zeroized on drop, so exactly one copy is made, for the life of the server.
+    /// Token-signing key: jsonwebtoken's PKCS#8 copy, zeroized on drop (`EncodingKey` is
+    /// `ZeroizeOnDrop` since jsonwebtoken 10.4); exactly one copy is made, for the life of the
+    /// server.
     encoding_key: EncodingKey,
     decoding_key: DecodingKey,
     verifying_key: VerifyingKey,
