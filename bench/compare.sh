@@ -15,7 +15,7 @@
 # (req/s, MB/s, p50/p99 latency, the server's peak RSS during the workload) with the ratios
 # EFS/nginx and EFS/(faster rclone), and writes the same as JSON.
 #
-#   bench/compare.sh                 # full set, about 7-10 minutes
+#   bench/compare.sh                 # full set, about 3.5 minutes after the build
 #   bench/compare.sh --quick         # shorter runs, 256 MiB instead of 1 GiB: about 2 minutes
 #   bench/compare.sh --servers "nginx efs" --duration 5 --big-mib 512 --list-entries 5000
 #   bench/compare.sh --out DIR       # keep results.json, results.tsv, table.txt in DIR

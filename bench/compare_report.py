@@ -82,17 +82,20 @@ def main():
         })
     rounds = sorted({r["round"] for r in raw})
 
-    # One row per server and workload: each figure's median over the rounds, the peak RSS's
-    # maximum, the errors' sum.
+    # One row per server and workload: each figure's median over the rounds without errors
+    # (over all rounds if every one had some), p99 and the peak RSS the highest, the errors'
+    # sum.
     rows = []
     for r in raw:
         if any(x["server"] == r["server"] and x["workload"] == r["workload"] for x in rows):
             continue
         same = [x for x in raw if x["server"] == r["server"] and x["workload"] == r["workload"]]
+        clean = [x for x in same if x["errors"] == 0] or same
         row = dict(same[0])
         del row["round"]
-        for k in ("req_s", "mb_s", "p50_ms", "p99_ms", "load1"):
-            row[k] = median([x[k] for x in same])
+        for k in ("req_s", "mb_s", "p50_ms", "load1"):
+            row[k] = median([x[k] for x in clean])
+        row["p99_ms"] = max((x["p99_ms"] for x in clean if x["p99_ms"] is not None), default=None)
         row["peak_rss_mib"] = max(x["peak_rss_mib"] for x in same)
         row["errors"] = sum(x["errors"] for x in same)
         row["rounds"] = len(same)
@@ -158,11 +161,13 @@ def main():
         return "-" if v is None else f"{v:,.{d}f}"
 
     def fr(v, per_round):
-        """A ratio, with its range over the rounds when there are several."""
+        """A ratio, with its range over the rounds when there are several, and how many
+        rounds it rests on when some had errors."""
         got = [x for x in per_round if x is not None]
         if v is None or len(rounds) < 2 or not got:
             return f(v, 2)
-        return f"{v:.2f} ({min(got):.2f}–{max(got):.2f})"
+        of = f", {len(got)} of {len(rounds)} rounds" if len(got) < len(rounds) else ""
+        return f"{v:.2f} ({min(got):.2f}–{max(got):.2f}{of})"
 
     for k in ("date", "machine", "uptime", "versions", "params"):
         if k in meta:
@@ -171,9 +176,10 @@ def main():
     print("# and every EFS request carries a real login token. Ratios: EFS / peer on the main figure")
     print("# (MB/s for 1 MiB and larger, req/s otherwise; listing: listings per second).")
     if len(rounds) > 1:
-        print(f"# {len(rounds)} rounds: each figure is the median of its rounds, peak RSS the highest,")
-        print("# errors the sum; each ratio is the median of the rounds' own ratios (their range in")
-        print("# brackets), a round's ratio comparing figures taken minutes apart at most.")
+        print(f"# {len(rounds)} rounds: each figure is the median of its rounds without errors, p99 and")
+        print("# peak RSS the highest, errors the sum; each ratio is the median of the rounds' own")
+        print("# ratios (their range in brackets; a round with errors on either side has none), a")
+        print("# round's ratio comparing figures taken minutes apart at most.")
     print()
     print("| workload | server | req/s | MB/s | p50 ms | p99 ms | peak RSS MiB | errors | load | EFS/nginx | EFS/rclone |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")

@@ -110,7 +110,22 @@ class Report(unittest.TestCase):
         self.assertEqual(efs["peak_rss_mib"], 24.0)  # the highest of the rounds
         self.assertEqual(self.row(data, "nginx", "put_64m")["errors"], 4)  # summed
         self.assertEqual(efs["mb_s"], 1050)  # median of an even count: the mean of the middle two
+        # nginx's figure is the median of its rounds without errors (1,000 each here).
+        self.assertEqual(self.row(data, "nginx", "put_64m")["mb_s"], 1000)
         self.assertIn("| put_64m efs-nocache >= 1.0x nginx | 1.1 | yes | 0.90, -, 1.10, 1.20 |", table)
+        self.assertIn("1.10 (0.90–1.20, 3 of 4 rounds)", table)
+
+    def test_a_failed_rounds_figure_is_not_in_the_median_and_p99_is_the_highest(self):
+        lines = []
+        for rnd, mb_s, errors in ((1, 900, 0), (2, 0, 1), (3, 1000, 0)):
+            f = line("efs", "get_64m", mb_s=mb_s, errors=errors, rnd=rnd).split("\t")
+            f[5] = str(10 * rnd)  # p99 ms
+            lines.append("\t".join(f))
+        data, _ = self.run_report(lines)
+        efs = self.row(data, "efs", "get_64m")
+        self.assertEqual(efs["mb_s"], 950)  # 900 and 1,000; the failed round's 0 left out
+        self.assertEqual(efs["p99_ms"], 30)
+        self.assertEqual(efs["errors"], 1)
 
 
 if __name__ == "__main__":
