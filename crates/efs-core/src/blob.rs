@@ -769,7 +769,7 @@ impl DirectReads {
     /// The blob's `len` bytes at `offset`, window by window (copied out of the windows
     /// into a buffer that is not zeroed first).
     async fn read(&self, offset: u64, len: usize, blob_len: u64) -> Result<Vec<u8>> {
-        let mut out = Vec::with_capacity(len);
+        let mut out = crate::plainbuf::with_capacity(len);
         let mut w = self.windows.lock().await;
         let mut done = 0;
         while done < len {
@@ -864,7 +864,8 @@ impl BlobReader for LocalReader {
                 r => return r,
             }
         }
-        let mut buf = vec![0u8; len];
+        // A pooled buffer: the reader decrypts in place and gives it back (`PlainBuf`).
+        let mut buf = crate::plainbuf::zeroed(len);
         let cached = read_cached(&self.file, &mut buf, offset);
         if cached == len {
             return Ok(buf);

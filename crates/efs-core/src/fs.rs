@@ -18,6 +18,7 @@ use crate::index::{Batch, ContentId, DirTag, EntryKey, Expect, Index, Op};
 use crate::keyring::Keyring;
 use crate::labels;
 use crate::path::EfsPath;
+use crate::plainbuf::PlainBuf;
 use crate::record::{Kind, Record, Storage, data_key_aad};
 
 // A child module: rotation rewraps records through the filesystem's private parts.
@@ -1839,7 +1840,7 @@ impl FileReader {
     pub async fn read_plain(&self, first: u64, end: u64) -> Result<PlainSegments> {
         if first >= end {
             return Ok(PlainSegments {
-                buf: Vec::new(),
+                buf: PlainBuf::from_vec(Vec::new()),
                 segments: Vec::new(),
             });
         }
@@ -1847,11 +1848,11 @@ impl FileReader {
         let (offl, lenl) = self.dec.segment_location(end - 1)?;
         let total = (offl + lenl as u64 - off0) as usize;
         let mut buf = match &self.source {
-            Source::Inline(b) => b
-                .get(off0 as usize..off0 as usize + total)
-                .ok_or(CoreError::Decrypt)?
-                .to_vec(),
-            Source::Blob(b) => b.read_at(off0, total).await?,
+            Source::Inline(b) => PlainBuf::copy_of(
+                b.get(off0 as usize..off0 as usize + total)
+                    .ok_or(CoreError::Decrypt)?,
+            ),
+            Source::Blob(b) => PlainBuf::from_vec(b.read_at(off0, total).await?),
         };
         let mut segments = Vec::with_capacity((end - first) as usize);
         let mut pos = 0usize;
@@ -1868,8 +1869,9 @@ impl FileReader {
 
 /// Decrypted segments sharing one buffer (see [`FileReader::read_plain`]).
 pub struct PlainSegments {
-    /// The buffer: plaintext of each segment followed by its (now meaningless) tag bytes.
-    pub buf: Vec<u8>,
+    /// The buffer: plaintext of each segment followed by its (now meaningless) tag bytes;
+    /// wiped when dropped (and reused, see [`crate::plainbuf`]).
+    pub buf: PlainBuf,
     /// Where each segment's plaintext is in `buf`, in order.
     pub segments: Vec<std::ops::Range<usize>>,
 }

@@ -18,6 +18,7 @@
 //! - [`audit`]: the tamper-evident, encrypted audit log and its verification.
 //! - [`admin`]: the admin commands shared by `efsctl` and the server's admin socket.
 //! - [`labels`]: every key-derivation label (frozen).
+//! - [`plainbuf`]: the buffers decrypted content is read into, wiped and reused.
 
 #![warn(missing_docs)]
 
@@ -34,6 +35,7 @@ pub mod keyring;
 pub mod labels;
 pub mod mem_index;
 pub mod path;
+pub mod plainbuf;
 pub mod record;
 pub mod redb_index;
 mod redb_scan;

@@ -1015,7 +1015,8 @@ fn push_slices(
     start: u64,
     end: u64,
 ) {
-    let buf = Bytes::from(plain.buf);
+    // The slices share the buffer, which is wiped and pooled once the last one is sent.
+    let buf = Bytes::from_owner(plain.buf);
     for (k, r) in plain.segments.into_iter().enumerate() {
         let seg_start = efs_core::fs::segment_offset(first + k as u64);
         let seg_len = (r.end - r.start) as u64;
