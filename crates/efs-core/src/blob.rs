@@ -864,7 +864,8 @@ impl BlobReader for LocalReader {
                 r => return r,
             }
         }
-        // A pooled buffer: the reader decrypts in place and gives it back (`PlainBuf`).
+        // From the pool (`plainbuf`): `FileReader::read_plain` decrypts in it and gives it
+        // back wiped; other readers (a blob's header, a backup) free it.
         let mut buf = crate::plainbuf::zeroed(len);
         let cached = read_cached(&self.file, &mut buf, offset);
         if cached == len {

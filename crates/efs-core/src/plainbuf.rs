@@ -17,22 +17,24 @@
 //! 916–1,331 MB/s against 855–1,206 (medians 1,305 and 979); GET 1 MiB, GET 64 MiB and GET
 //! 4 KiB with the cache off unchanged within noise.
 
-use std::sync::Mutex;
+use std::sync::{Mutex, MutexGuard, PoisonError};
 
 use zeroize::Zeroize;
 
-/// Buffers up to this capacity go into the small pool (an inline content, a segment).
+/// Shorter requests are not served from the pools (a blob's 56-byte header, read and freed).
+const MIN_POOLED: usize = 1 << 10;
+/// The small class: every buffer in it has this capacity (an inline content, a segment).
 const SMALL_CAP: usize = 16 << 10;
-/// Buffers up to this capacity (and above [`SMALL_CAP`]) go into the large pool: a
-/// streamed batch of four segments is 262,208 bytes. Larger ones (the cache's 16-segment
-/// fills, a whole-file read) are freed.
+/// The large class: a streamed batch of four segments is 262,208 bytes. Longer requests
+/// (the cache's 16-segment fills, a whole-file read) get their own buffer, freed after use.
 const LARGE_CAP: usize = 320 << 10;
-/// Idle buffers kept per pool: 48 large ones (15 MiB at most) cover 16 downloads with a
-/// batch being sent, one read ahead and one in the socket.
+/// Idle buffers kept per class: 64 small ones (1 MiB) and 48 large ones (15 MiB), enough for
+/// 16 downloads with a batch being sent, one read ahead and one in the socket.
 const SMALL_MAX: usize = 64;
 const LARGE_MAX: usize = 48;
 
-/// Idle buffers, by size. One for the process ([`POOL`]); the tests make their own.
+/// Idle buffers, by class; every buffer has its class's capacity, so any fits any request
+/// of the class. One for the process ([`POOL`]); the tests make their own.
 pub(crate) struct Pool {
     small: Mutex<Vec<Vec<u8>>>,
     large: Mutex<Vec<Vec<u8>>>,
@@ -40,6 +42,11 @@ pub(crate) struct Pool {
 
 /// The process's pool.
 static POOL: Pool = Pool::new();
+
+/// The list, recovered if a thread panicked holding it (it only ever holds zeroed buffers).
+fn lock(list: &Mutex<Vec<Vec<u8>>>) -> MutexGuard<'_, Vec<Vec<u8>>> {
+    list.lock().unwrap_or_else(PoisonError::into_inner)
+}
 
 impl Pool {
     const fn new() -> Self {
@@ -49,28 +56,28 @@ impl Pool {
         }
     }
 
-    /// The list for a buffer of `cap` bytes' capacity, and its limit; `None`: not pooled.
-    fn list(&self, cap: usize) -> Option<(&Mutex<Vec<Vec<u8>>>, usize)> {
-        match cap {
-            0 => None,
-            c if c <= SMALL_CAP => Some((&self.small, SMALL_MAX)),
-            c if c <= LARGE_CAP => Some((&self.large, LARGE_MAX)),
+    /// The class of a request of `len` bytes: its list and its buffers' capacity.
+    fn class(&self, len: usize) -> Option<(&Mutex<Vec<Vec<u8>>>, usize)> {
+        match len {
+            l if l < MIN_POOLED => None,
+            l if l <= SMALL_CAP => Some((&self.small, SMALL_CAP)),
+            l if l <= LARGE_CAP => Some((&self.large, LARGE_CAP)),
             _ => None,
         }
     }
 
-    /// An idle `Vec` with room for `len` bytes (its contents zero), if there is one.
+    /// An idle buffer of the class of `len` (its bytes zero), or a new one; `None` for a
+    /// length no class takes.
     fn take(&self, len: usize) -> Option<Vec<u8>> {
-        let (list, _) = self.list(len)?;
-        let mut l = list.lock().ok()?;
-        let i = l.iter().position(|v| v.capacity() >= len)?;
-        Some(l.swap_remove(i))
+        let (list, cap) = self.class(len)?;
+        let v = lock(list).pop();
+        Some(v.unwrap_or_else(|| Vec::with_capacity(cap)))
     }
 
     fn zeroed(&self, len: usize) -> Vec<u8> {
         match self.take(len) {
             Some(mut v) => {
-                // Only what the buffer did not already hold is written: its bytes are zero.
+                // Only what the buffer does not hold yet is written: its bytes are zero.
                 if v.len() >= len {
                     v.truncate(len);
                 } else {
@@ -92,18 +99,20 @@ impl Pool {
         }
     }
 
-    /// Wipes `v` and keeps it if its size is pooled and there is room; frees it otherwise.
+    /// Wipes all of `v` (its length and its spare capacity), then keeps it if it is one of a
+    /// class's buffers and that class has room; frees it otherwise.
     fn give_back(&self, mut v: Vec<u8>) {
-        if let Some((list, max)) = self.list(v.capacity()) {
-            v.as_mut_slice().zeroize();
-            if let Ok(mut l) = list.lock()
-                && l.len() < max
-            {
-                l.push(v);
-                return;
-            }
+        v.as_mut_slice().zeroize();
+        v.spare_capacity_mut().zeroize();
+        let (list, max) = match v.capacity() {
+            SMALL_CAP => (&self.small, SMALL_MAX),
+            LARGE_CAP => (&self.large, LARGE_MAX),
+            _ => return,
+        };
+        let mut l = lock(list);
+        if l.len() < max {
+            l.push(v);
         }
-        v.zeroize();
     }
 }
 
@@ -126,8 +135,8 @@ pub struct PlainBuf {
 }
 
 impl PlainBuf {
-    /// Takes over `v` (from [`zeroed`] or [`with_capacity`], or any `Vec`): it will be
-    /// wiped with the content it holds then.
+    /// Takes over `v` (from [`zeroed`] or [`with_capacity`], or any `Vec`): all of it, its
+    /// spare capacity too, is wiped when this is dropped.
     pub(crate) fn from_vec(v: Vec<u8>) -> Self {
         Self { v, pool: &POOL }
     }
@@ -174,14 +183,14 @@ mod tests {
     }
 
     /// A buffer handed out again reads as zeros, whatever its last user left in it, for
-    /// both pools, asked for less or as much as it held; a freed one is reused.
+    /// both classes, asked for less or more than it held; a dropped buffer is reused.
     #[test]
     fn a_reused_buffer_holds_nothing_of_its_last_content() {
         for (first, second) in [
-            (4096, 100),
-            (4096, 4096),
+            (4096, 2000),
+            (2000, 4096),
             (262_208, 70_000),
-            (262_208, 262_208),
+            (70_000, 262_208),
         ] {
             let pool = pool();
             let mut b = PlainBuf {
@@ -203,24 +212,27 @@ mod tests {
             drop(b);
             let w = pool.with_capacity(first);
             assert_eq!(w.as_ptr(), addr);
-            assert!(w.is_empty() && w.capacity() >= first);
+            assert!(w.is_empty() && w.capacity() >= first.max(second));
         }
     }
 
-    /// Too large for the pools: freed. A full pool frees the rest. The smallest buffer
-    /// that fits is not required, any that fits is taken.
+    /// Only a class's own buffers are kept (by capacity, whatever their length), at most a
+    /// class's limit; too short or too long a request gets a buffer of its own.
     #[test]
-    fn only_pooled_sizes_are_kept_and_the_pools_are_bounded() {
+    fn only_class_buffers_are_kept_and_the_classes_are_bounded() {
         let pool = pool();
-        let big = PlainBuf {
-            v: vec![7u8; LARGE_CAP + 1],
-            pool,
-        };
-        drop(big);
+        for v in [
+            vec![7u8; 200_000],
+            vec![7u8; LARGE_CAP + 1],
+            Vec::with_capacity(SMALL_CAP - 1),
+        ] {
+            drop(PlainBuf { v, pool });
+        }
         assert!(pool.large.lock().unwrap().is_empty());
+        assert!(pool.small.lock().unwrap().is_empty());
         let many: Vec<PlainBuf> = (0..LARGE_MAX + 8)
-            .map(|_| PlainBuf {
-                v: pool.zeroed(200_000),
+            .map(|i| PlainBuf {
+                v: pool.zeroed(SMALL_CAP + 1 + i * 1000),
                 pool,
             })
             .collect();
@@ -228,15 +240,15 @@ mod tests {
         assert_eq!(pool.large.lock().unwrap().len(), LARGE_MAX);
         let small: Vec<PlainBuf> = (0..SMALL_MAX + 1)
             .map(|_| PlainBuf {
-                v: pool.zeroed(4096),
+                v: pool.zeroed(MIN_POOLED),
                 pool,
             })
             .collect();
         drop(small);
         assert_eq!(pool.small.lock().unwrap().len(), SMALL_MAX);
-        // A 200,000-byte buffer serves a 70,000-byte read; a 300,000-byte read finds none.
-        assert!(pool.take(70_000).is_some());
-        assert!(pool.take(300_000).is_none());
-        assert!(pool.take(0).is_none());
+        assert!(pool.take(MIN_POOLED - 1).is_none());
+        assert!(pool.take(LARGE_CAP + 1).is_none());
+        assert_eq!(pool.zeroed(100).capacity(), 100);
+        assert_eq!(pool.take(LARGE_CAP).map(|v| v.capacity()), Some(LARGE_CAP));
     }
 }
