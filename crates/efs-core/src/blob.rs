@@ -47,7 +47,20 @@ pub trait BlobReader: Send + Sync {
     }
     /// Exactly `len` bytes at `offset` (an error if the blob is shorter).
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>>;
+    /// The same `len` bytes handed to `sink` in order, as one or more borrowed pieces, for a
+    /// caller that transforms them into a buffer of its own anyway (decrypts them) and so
+    /// needs no copy of them first. `Ok(false)`: this reader has no such path now and
+    /// called nothing, so use [`BlobReader::read_at`] (the default). An error from `sink`
+    /// ends the read and is returned; a blob shorter than asked is an error, possibly after
+    /// some pieces.
+    async fn lend_at(&self, offset: u64, len: usize, sink: &mut PieceSink<'_>) -> Result<bool> {
+        let _ = (offset, len, sink);
+        Ok(false)
+    }
 }
+
+/// What [`BlobReader::lend_at`] hands each piece to.
+pub type PieceSink<'a> = dyn FnMut(&[u8]) -> Result<()> + Send + 'a;
 
 /// A store of blobs.
 #[async_trait]
@@ -766,10 +779,27 @@ fn read_window(f: &std::fs::File, at: u64) -> Result<AlignedBuf> {
 }
 
 impl DirectReads {
-    /// The blob's `len` bytes at `offset`, window by window (copied out of the windows
-    /// into a buffer that is not zeroed first).
+    /// The blob's `len` bytes at `offset`, copied out of the windows into a buffer that is
+    /// not zeroed first.
     async fn read(&self, offset: u64, len: usize, blob_len: u64) -> Result<Vec<u8>> {
         let mut out = crate::plainbuf::with_capacity(len);
+        self.lend(offset, len, blob_len, &mut |piece| {
+            out.extend_from_slice(piece);
+            Ok(())
+        })
+        .await?;
+        Ok(out)
+    }
+
+    /// The blob's `len` bytes at `offset`, handed to `sink` window by window, as slices of
+    /// the windows (no copy).
+    async fn lend(
+        &self,
+        offset: u64,
+        len: usize,
+        blob_len: u64,
+        sink: &mut PieceSink<'_>,
+    ) -> Result<()> {
         let mut w = self.windows.lock().await;
         let mut done = 0;
         while done < len {
@@ -802,10 +832,10 @@ impl DirectReads {
                 return Err(std::io::Error::from(std::io::ErrorKind::UnexpectedEof).into());
             }
             let n = (have.len() - from).min(len - done);
-            out.extend_from_slice(&have[from..from + n]);
+            sink(&have[from..from + n])?;
             done += n;
         }
-        Ok(out)
+        Ok(())
     }
 }
 
@@ -852,6 +882,35 @@ fn read_cached(_file: &std::fs::File, _buf: &mut [u8], _offset: u64) -> usize {
 impl BlobReader for LocalReader {
     fn len(&self) -> u64 {
         self.len
+    }
+
+    /// Lends the direct-read windows of a large blob (what would otherwise be copied out of
+    /// them by `read_at`); blobs read through the page cache are read by `read_at`.
+    async fn lend_at(&self, offset: u64, len: usize, sink: &mut PieceSink<'_>) -> Result<bool> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let Some(d) = self.direct.as_ref().filter(|d| !d.refused.load(Relaxed)) else {
+            return Ok(false);
+        };
+        let mut lent = false;
+        let r = d
+            .lend(offset, len, self.len, &mut |piece| {
+                lent = true;
+                sink(piece)
+            })
+            .await;
+        match r {
+            Err(CoreError::Io(e)) if is_einval(&e) => {
+                // The filesystem wants another alignment: through the page cache from now
+                // on, this read too unless part of it was already handed over.
+                d.refused.store(true, Relaxed);
+                if lent {
+                    Err(CoreError::Io(e))
+                } else {
+                    Ok(false)
+                }
+            }
+            r => r.map(|()| true),
+        }
     }
 
     async fn read_at(&self, offset: u64, len: usize) -> Result<Vec<u8>> {
@@ -1332,6 +1391,74 @@ mod tests {
                 "direct reads must leave the page cache alone"
             );
         }
+    }
+
+    /// A blob read directly lends its windows: the pieces, in order, are the bytes asked
+    /// for, one piece per window touched; a sink's error ends the read and comes back; a
+    /// read past the end is an error. A blob read through the page cache lends nothing
+    /// (`Ok(false)`, the sink never called) and is read by `read_at`.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn direct_reads_lend_their_windows_and_cached_reads_lend_nothing() {
+        let t = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore {
+            direct_read_min: 2 * DIRECT_BUF as u64,
+            ..LocalBlobStore::open(t.path()).unwrap()
+        };
+        let len = 2 * DIRECT_BUF + 5_000;
+        let content: Vec<u8> = (0..len)
+            .map(|i| (i % 247) as u8 ^ (i >> 16) as u8)
+            .collect();
+        let (big, small) = ([6u8; 16], [7u8; 16]);
+        for (id, n) in [(big, len), (small, DIRECT_BUF)] {
+            let mut w = store.create(&id).await.unwrap();
+            w.write(content[..n].to_vec()).await.unwrap();
+            w.finish().await.unwrap();
+        }
+        let r = store.open(&big).await.unwrap();
+        for (at, n, pieces) in [
+            (0, 1000, 1),
+            (DIRECT_BUF - 100, 262_208, 2),
+            (7, len - 7, 3),
+            (len - 10, 10, 1),
+        ] {
+            let mut got: Vec<Vec<u8>> = Vec::new();
+            let lent = r
+                .lend_at(at as u64, n, &mut |p| {
+                    got.push(p.to_vec());
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            assert!(lent, "a direct reader lends");
+            assert_eq!(got.len(), pieces, "pieces of {n} at {at}");
+            assert!(got.concat() == content[at..at + n], "{n} at {at}");
+        }
+        let mut calls = 0;
+        let err = r
+            .lend_at(0, len, &mut |_| {
+                calls += 1;
+                Err(CoreError::Decrypt)
+            })
+            .await;
+        assert!(matches!(err, Err(CoreError::Decrypt)) && calls == 1);
+        assert!(
+            r.lend_at(len as u64 - 10, 20, &mut |_| Ok(()))
+                .await
+                .is_err()
+        );
+
+        let r = store.open(&small).await.unwrap();
+        let mut called = false;
+        let lent = r
+            .lend_at(0, 100, &mut |_| {
+                called = true;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(!lent && !called, "a cached reader lends nothing");
+        assert_eq!(r.read_at(0, 100).await.unwrap(), content[..100]);
     }
 
     /// A direct write the kernel refuses (here: memory not aligned to a block, which every

@@ -1852,7 +1852,17 @@ impl FileReader {
                 b.get(off0 as usize..off0 as usize + total)
                     .ok_or(CoreError::Decrypt)?,
             ),
-            Source::Blob(b) => PlainBuf::from_vec(b.read_at(off0, total).await?),
+            Source::Blob(b) => {
+                // Where the blob lends what it read (large blobs' direct reads), each
+                // segment is decrypted from there into the buffer that is sent: no copy.
+                let mut opener = Opener::new(&self.dec, first..end, total);
+                if b.lend_at(off0, total, &mut |piece| opener.feed(piece))
+                    .await?
+                {
+                    return opener.finish();
+                }
+                PlainBuf::from_vec(b.read_at(off0, total).await?)
+            }
         };
         let mut segments = Vec::with_capacity((end - first) as usize);
         let mut pos = 0usize;
@@ -1864,6 +1874,88 @@ impl FileReader {
             pos += len;
         }
         Ok(PlainSegments { buf, segments })
+    }
+}
+
+/// Decrypts consecutive segments out of place as their ciphertext arrives in pieces of any
+/// size (a blob's direct-read windows, see [`BlobReader::lend_at`]), into the layout
+/// [`FileReader::read_plain`] gives: each segment's plaintext where its ciphertext would be
+/// in one read of them all. A segment split between two pieces is gathered first (once per
+/// window, 8 MiB).
+struct Opener<'a> {
+    dec: &'a Decryptor,
+    /// The next segment, and the end of the segments wanted.
+    next: u64,
+    end: u64,
+    /// The ciphertext's length, and the buffer of that length the plaintext goes to
+    /// (taken when the first piece comes: a reader that lends nothing costs nothing).
+    total: usize,
+    out: Option<PlainBuf>,
+    /// Where the next segment's plaintext goes (its ciphertext's offset in the read).
+    pos: usize,
+    /// The part of the next segment's ciphertext (not secret) received so far, when it
+    /// did not come in one piece.
+    split: Vec<u8>,
+    segments: Vec<std::ops::Range<usize>>,
+}
+
+impl<'a> Opener<'a> {
+    fn new(dec: &'a Decryptor, segments: std::ops::Range<u64>, total: usize) -> Self {
+        Self {
+            dec,
+            next: segments.start,
+            end: segments.end,
+            total,
+            out: None,
+            pos: 0,
+            split: Vec::new(),
+            segments: Vec::with_capacity((segments.end - segments.start) as usize),
+        }
+    }
+
+    /// Decrypts every segment `piece` completes.
+    fn feed(&mut self, mut piece: &[u8]) -> Result<()> {
+        while !piece.is_empty() {
+            if self.next >= self.end {
+                return Err(CoreError::Decrypt);
+            }
+            let (_, len) = self.dec.segment_location(self.next)?;
+            let sealed = if self.split.is_empty() && piece.len() >= len {
+                let (sealed, rest) = piece.split_at(len);
+                piece = rest;
+                sealed
+            } else {
+                let take = (len - self.split.len()).min(piece.len());
+                self.split.extend_from_slice(&piece[..take]);
+                piece = &piece[take..];
+                if self.split.len() < len {
+                    continue;
+                }
+                &self.split[..]
+            };
+            let total = self.total;
+            let out = self
+                .out
+                .get_or_insert_with(|| PlainBuf::from_vec(crate::plainbuf::zeroed(total)));
+            let out = out.get_mut(self.pos..).ok_or(CoreError::Decrypt)?;
+            let n = self.dec.open_segment_to(self.next, sealed, out)?;
+            self.split.clear();
+            self.segments.push(self.pos..self.pos + n);
+            self.pos += len;
+            self.next += 1;
+        }
+        Ok(())
+    }
+
+    /// The plaintext, once every segment has come.
+    fn finish(self) -> Result<PlainSegments> {
+        match self.out {
+            Some(buf) if self.next == self.end && self.split.is_empty() => Ok(PlainSegments {
+                buf,
+                segments: self.segments,
+            }),
+            _ => Err(CoreError::Decrypt),
+        }
     }
 }
 
@@ -1884,6 +1976,75 @@ pub fn segment_offset(idx: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Out-of-place opening of ciphertext lent in pieces ([`Opener`]) gives what one read
+    /// decrypted in place gives, however the pieces cut the segments (whole, cut inside a
+    /// segment or its tag, byte by byte, one byte short of a segment), for a run of
+    /// segments from the middle and for the last, short one; an altered byte, missing bytes
+    /// or bytes beyond the segments are errors.
+    #[test]
+    fn segments_lent_in_pieces_decrypt_as_one_read_does() {
+        let key = Key32::from_bytes([7; 32]);
+        let id = [3u8; 16];
+        let plain: Vec<u8> = (0..5 * SEGMENT_SIZE + 1234)
+            .map(|i| (i % 253) as u8)
+            .collect();
+        let mut enc = Encryptor::new(&key, id);
+        let mut ct = enc.header().to_vec();
+        enc.update(&plain, &mut ct);
+        enc.finish(&mut ct).unwrap();
+        let dec = Decryptor::new(&key, &ct[..HEADER_LEN], ct.len() as u64, &id).unwrap();
+        let seg_ct = SEGMENT_SIZE + TAG_LEN;
+        for (first, end) in [(0u64, 4u64), (1, 3), (2, 6), (5, 6)] {
+            let (off0, _) = dec.segment_location(first).unwrap();
+            let (offl, lenl) = dec.segment_location(end - 1).unwrap();
+            let read = &ct[off0 as usize..(offl as usize + lenl)];
+            // Piece sizes (the rest follows in one piece): each list cuts differently.
+            let cuts: Vec<Vec<usize>> = vec![
+                vec![read.len()],
+                vec![seg_ct - 1, 1],
+                vec![10, seg_ct - 20, 40],
+                vec![seg_ct - 5, 7],
+                vec![lenl - 1],
+                vec![1; read.len().min(3 * seg_ct)],
+            ];
+            for sizes in cuts {
+                let mut o = Opener::new(&dec, first..end, read.len());
+                let mut at = 0;
+                for n in sizes {
+                    let n = n.min(read.len() - at);
+                    o.feed(&read[at..at + n]).unwrap();
+                    at += n;
+                }
+                o.feed(&read[at..]).unwrap();
+                let got = o.finish().unwrap();
+                let text: Vec<u8> = got
+                    .segments
+                    .iter()
+                    .flat_map(|r| got.buf[r.clone()].iter().copied())
+                    .collect();
+                let from = segment_offset(first) as usize;
+                let to = (segment_offset(end) as usize).min(plain.len());
+                assert!(text == plain[from..to], "segments {first}..{end}");
+                // The same ranges as in place: plaintext where its ciphertext was read.
+                assert_eq!(got.segments[0].start, 0);
+                if got.segments.len() > 1 {
+                    assert_eq!(got.segments[1].start, seg_ct);
+                }
+            }
+            // An altered byte, bytes missing, bytes beyond the last segment.
+            let mut bad = read.to_vec();
+            bad[read.len() / 2] ^= 1;
+            let mut o = Opener::new(&dec, first..end, read.len());
+            assert!(matches!(o.feed(&bad), Err(CoreError::Decrypt)));
+            let mut o = Opener::new(&dec, first..end, read.len());
+            o.feed(&read[..read.len() - 1]).unwrap();
+            assert!(matches!(o.finish(), Err(CoreError::Decrypt)));
+            let mut o = Opener::new(&dec, first..end, read.len());
+            o.feed(read).unwrap();
+            assert!(matches!(o.feed(&[0]), Err(CoreError::Decrypt)));
+        }
+    }
 
     /// A claimed check holds the filesystem's operations until it has run (the server
     /// claims before it serves, starts once it listens); dropped without being started, it
