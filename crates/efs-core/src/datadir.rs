@@ -170,7 +170,10 @@ fn is_new(root: &Path) -> Result<bool> {
     match std::fs::read_dir(root) {
         Ok(mut it) => Ok(it.next().is_none()),
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(true),
-        Err(e) => Err(e.into()),
+        Err(e) => Err(CoreError::Invalid(format!(
+            "cannot read the data dir {}: {e}",
+            root.display()
+        ))),
     }
 }
 
@@ -199,12 +202,25 @@ impl DataDir {
         let mut report = OpenReport::default();
         let keyparts_path = root.join("system").join("keyparts.json");
         let starter = if is_new(root)? {
+            // Created with its parents, as `mkdir -p` would: the generated key part goes
+            // beside it, so its parent must exist too.
+            crate::blob::create_dir_all_synced(root).map_err(|e| {
+                CoreError::Invalid(format!(
+                    "cannot create the data dir {}: {e}",
+                    root.display()
+                ))
+            })?;
             let mut specs = specs.to_vec();
             let mut generated = None;
             if specs.is_empty() {
                 let p = default_key_part_path(root);
                 if !p.exists() {
-                    keyparts::generate_part_file(&p)?;
+                    keyparts::generate_part_file(&p).map_err(|e| {
+                        CoreError::Invalid(format!(
+                            "cannot write the new key part {}: {e}",
+                            p.display()
+                        ))
+                    })?;
                 }
                 specs.push(KeyPartSpec::File(p.clone()));
                 generated = Some(p);

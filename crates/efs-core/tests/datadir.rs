@@ -305,6 +305,40 @@ async fn quick_start_generates_a_part_beside_the_data_dir() {
     );
 }
 
+/// A data dir whose parent directories do not exist yet is created with them (the quick
+/// start's key part goes beside it); one that cannot be created says which and why.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_is_created_with_its_missing_parents() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("srv").join("efs").join("data");
+    let (dd, rep) = DataDir::open(&root, &[], opts(), &no_prompt).unwrap();
+    assert!(rep.initialised);
+    assert_eq!(
+        rep.generated_key_part.as_deref(),
+        Some(tmp.path().join("srv/efs/data.keypart").as_path())
+    );
+    dd.create_fs("docs").unwrap();
+    drop(dd);
+    assert!(open(&root, &[]).unwrap().fs("docs").is_some());
+
+    // Under a plain file (no directory can be made there), or where a parent is a file:
+    // the message names the data dir.
+    std::fs::write(tmp.path().join("file"), b"x").unwrap();
+    for bad in [
+        tmp.path().join("file").join("data"),
+        tmp.path().join("file").join("a").join("data"),
+    ] {
+        let e = DataDir::open(&bad, &[], opts(), &no_prompt).err().unwrap();
+        let msg = e.to_string();
+        assert!(
+            matches!(e, CoreError::Invalid(_))
+                && msg.contains("data dir")
+                && msg.contains(&bad.display().to_string()),
+            "{msg}"
+        );
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_non_empty_dir_without_keyparts_is_refused() {
     let tmp = tempfile::tempdir().unwrap();

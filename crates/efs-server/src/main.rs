@@ -29,7 +29,8 @@ Key parts (all required, in the same order at every start):
   passphrase   typed at a prompt, or taken from EFS_PASSPHRASE; stretched with Argon2id"
 )]
 struct Args {
-    /// Data directory.
+    /// Data directory (created, with any missing parent, at the first start; the generated
+    /// key part goes beside it).
     #[arg(long, env = "EFS_DATA", default_value = "./efs-data")]
     data: PathBuf,
     /// Address and port to listen on (port 0 picks a free port).
