@@ -1861,6 +1861,9 @@ impl FileReader {
                 {
                     return opener.finish();
                 }
+                // Nothing lent, or a direct read refused midway: what was decrypted so far
+                // is wiped (the opener's buffer is a `PlainBuf`) and the range read again.
+                drop(opener);
                 PlainBuf::from_vec(b.read_at(off0, total).await?)
             }
         };
@@ -1888,7 +1891,7 @@ struct Opener<'a> {
     next: u64,
     end: u64,
     /// The ciphertext's length, and the buffer of that length the plaintext goes to
-    /// (taken when the first piece comes: a reader that lends nothing costs nothing).
+    /// (taken from the pool when the first piece comes, not before).
     total: usize,
     out: Option<PlainBuf>,
     /// Where the next segment's plaintext goes (its ciphertext's offset in the read).
@@ -2039,6 +2042,14 @@ mod tests {
             assert!(matches!(o.feed(&bad), Err(CoreError::Decrypt)));
             let mut o = Opener::new(&dec, first..end, read.len());
             o.feed(&read[..read.len() - 1]).unwrap();
+            assert!(matches!(o.finish(), Err(CoreError::Decrypt)));
+            // Whole segments, but not all of them; and nothing at all.
+            if end - first > 1 {
+                let mut o = Opener::new(&dec, first..end, read.len());
+                o.feed(&read[..seg_ct]).unwrap();
+                assert!(matches!(o.finish(), Err(CoreError::Decrypt)));
+            }
+            let o = Opener::new(&dec, first..end, read.len());
             assert!(matches!(o.finish(), Err(CoreError::Decrypt)));
             let mut o = Opener::new(&dec, first..end, read.len());
             o.feed(read).unwrap();

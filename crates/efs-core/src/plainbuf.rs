@@ -1,5 +1,6 @@
 //! Buffers that hold decrypted file content on its way out ([`PlainBuf`]): read into
-//! (ciphertext), decrypted in place, sent, then wiped and kept for the next read.
+//! (ciphertext) and decrypted in place, or decrypted into from a large blob's direct-read
+//! window ([`crate::blob::BlobReader::lend_at`]); sent, then wiped and kept for the next read.
 //!
 //! Why the wipe: before, the plaintext of a download stayed in freed memory until the
 //! allocator reused it. A [`PlainBuf`] is zeroized when dropped (once hyper has sent the last

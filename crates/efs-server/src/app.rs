@@ -1029,7 +1029,8 @@ fn push_slices(
 }
 
 /// Streams plaintext `[start, end)` from segment `next` on, after the slices already in
-/// `pending`, decrypting [`STREAM_BATCH`] segments per read, in place. One batch is read
+/// `pending`, decrypting [`STREAM_BATCH`] segments per read (in place, or out of the
+/// direct-read window for a blob of 128 MiB or more, see `FileReader::read_plain`). One batch is read
 /// ahead: while the slices of one batch go out, a task reads and decrypts the next, so the
 /// disk read and the decryption overlap the TLS encryption and the socket writes (at most
 /// two batches, 512 KiB, per stream in memory). An integrity failure mid-stream aborts the
