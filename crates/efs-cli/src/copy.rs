@@ -173,6 +173,10 @@ fn needs_copy(src: &Meta, dst: &Meta, dir: Direction) -> bool {
 struct CopyJob {
     src: Endpoint,
     dst: Endpoint,
+    /// For a local destination below a directory the copy walks: the `/`-separated path
+    /// below it (`dst` is that directory joined with it). Its directories are entered
+    /// without following links when the file is written (see [`open_dest_dir`]).
+    dst_rel: Option<String>,
     meta: Meta,
 }
 
@@ -373,6 +377,7 @@ async fn plan_source(
             plan.copies.push(CopyJob {
                 src,
                 dst: target,
+                dst_rel: None,
                 meta: src_meta,
             });
             Ok(())
@@ -502,6 +507,7 @@ fn plan_tree(
                 plan.copies.push(CopyJob {
                     src: src.child(rel)?,
                     dst: target.child(rel)?,
+                    dst_rel: local_target.then(|| rel.clone()),
                     meta: m.clone(),
                 });
             }
@@ -711,15 +717,17 @@ async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
             Ok(())
         }
         (Endpoint::Remote { client, path, .. }, Endpoint::Local(to)) => {
-            if let Some(parent) = to.parent().filter(|p| !p.as_os_str().is_empty()) {
-                tokio::fs::create_dir_all(parent)
-                    .await
-                    .with_context(|| format!("creating {}", parent.display()))?;
-            }
+            let (to, rel) = (to.clone(), job.dst_rel.clone());
+            let (dir, name) =
+                tokio::task::spawn_blocking(move || open_dest_dir(&to, rel.as_deref())).await??;
             let cb = fp.callback();
-            client.download_file(path, to, Some(&*cb)).await?;
+            client
+                .download_file_at(path, &dir, &name, Some(&*cb))
+                .await?;
             if let Some(t) = job.meta.modified {
-                set_mtime(to, t)?;
+                set_mtime_at(&dir, &name, t).with_context(|| {
+                    format!("setting the modification time of {}", job.dst.display())
+                })?;
             }
             Ok(())
         }
@@ -830,12 +838,76 @@ impl AsyncRead for FailOnEarlyEof {
     }
 }
 
-fn set_mtime(path: &Path, t: SystemTime) -> Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|f| f.set_modified(t))
-        .with_context(|| format!("setting the modification time of {}", path.display()))
+/// Sets the modification time of the file `name` in `dir` (not through a link of that name).
+fn set_mtime_at(dir: &std::fs::File, name: &std::ffi::OsStr, t: SystemTime) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags, openat};
+    let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let f = std::fs::File::from(openat(dir, name, flags, Mode::empty())?);
+    f.set_modified(t)
+}
+
+/// The directory a download to `to` goes into, open, and the file's name in it. `rel`: the
+/// part of `to` below a directory the copy walks (see [`CopyJob::dst_rel`]). That directory
+/// is opened as named (the user may name a link), created with its parents if missing; each
+/// directory of `rel` below it is then created if missing and entered with `O_NOFOLLOW`, so
+/// a link put in the way after planning (which refused the links it saw) is refused too, not
+/// followed out of the destination. Without `rel`, `to`'s directory is opened as named.
+/// Blocking.
+fn open_dest_dir(to: &Path, rel: Option<&str>) -> Result<(std::fs::File, std::ffi::OsString)> {
+    use rustix::fs::{Mode, OFlags, mkdirat, openat};
+    let name = to
+        .file_name()
+        .with_context(|| format!("{} does not name a file", to.display()))?
+        .to_owned();
+    let mut top = match to.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    // The directories of `rel` (all of it but the file's name), walked below `top`.
+    let depth = rel.map_or(0, |r| r.split('/').count() - 1);
+    let mut below = Vec::with_capacity(depth);
+    for _ in 0..depth {
+        below.push(
+            top.file_name()
+                .context("a copy's path below its destination")?
+                .to_owned(),
+        );
+        top.pop();
+    }
+    below.reverse();
+    std::fs::create_dir_all(&top).with_context(|| format!("creating {}", top.display()))?;
+    let mut dir =
+        std::fs::File::open(&top).with_context(|| format!("opening {}", top.display()))?;
+    let mut at = top;
+    for seg in below {
+        at.push(&seg);
+        match mkdirat(&dir, &seg, Mode::from_bits_truncate(0o777)) {
+            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("creating {}", at.display()));
+            }
+        }
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        dir = match openat(&dir, &seg, flags, Mode::empty()) {
+            Ok(fd) => std::fs::File::from(fd),
+            Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
+                return Err(fail(
+                    exit::ERROR,
+                    format!(
+                        "{}: not written, {} is a symbolic link or not a directory, and a copy never writes through one",
+                        to.display(),
+                        at.display()
+                    ),
+                ));
+            }
+            Err(e) => {
+                return Err(std::io::Error::from(e))
+                    .with_context(|| format!("opening {}", at.display()));
+            }
+        };
+    }
+    Ok((dir, name))
 }
 
 /// A Content-Type for common extensions, so that services reading the file get a useful
@@ -971,6 +1043,56 @@ mod tests {
         let via = d.path().join("via");
         std::os::unix::fs::symlink(&root, &via).unwrap();
         assert_eq!(linked_component(&via, "real/x", false), None);
+    }
+
+    /// A download's directories below the destination are created and entered without
+    /// following links: a link put there after planning is refused and nothing is created
+    /// through it; the destination itself, and a single file's directory, may be links the
+    /// user named.
+    #[test]
+    fn downloads_enter_the_destination_without_following_links() {
+        use std::os::unix::fs::MetadataExt;
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(&outside).unwrap();
+        let same = |f: &std::fs::File, p: &Path| {
+            f.metadata().unwrap().ino() == std::fs::metadata(p).unwrap().ino()
+        };
+        // Missing directories are made, the destination's own too.
+        let (dir, name) = open_dest_dir(&root.join("a/b/f.txt"), Some("a/b/f.txt")).unwrap();
+        assert_eq!(name, "f.txt");
+        assert!(same(&dir, &root.join("a/b")));
+        // A link in the way.
+        std::os::unix::fs::symlink(&outside, root.join("l")).unwrap();
+        let e = open_dest_dir(&root.join("l/x/f.txt"), Some("l/x/f.txt")).unwrap_err();
+        assert!(format!("{e:#}").contains("symbolic link"), "{e:#}");
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // A file where a directory goes.
+        std::fs::write(root.join("file"), b"x").unwrap();
+        assert!(open_dest_dir(&root.join("file/f.txt"), Some("file/f.txt")).is_err());
+        // Named by the user: followed.
+        let via = d.path().join("via");
+        std::os::unix::fs::symlink(&root, &via).unwrap();
+        let (dir, _) = open_dest_dir(&via.join("a/f.txt"), Some("a/f.txt")).unwrap();
+        assert!(same(&dir, &root.join("a")));
+        let (dir, _) = open_dest_dir(&root.join("l/one.txt"), None).unwrap();
+        assert!(same(&dir, &outside));
+        // The modification time is set on the file itself, never through a link.
+        std::fs::write(outside.join("target"), b"t").unwrap();
+        std::os::unix::fs::symlink(outside.join("target"), root.join("a/ln")).unwrap();
+        let (dir, _) = open_dest_dir(&root.join("a/f.txt"), Some("a/f.txt")).unwrap();
+        let t = UNIX_EPOCH + Duration::from_secs(1_000_000);
+        assert!(set_mtime_at(&dir, std::ffi::OsStr::new("ln"), t).is_err());
+        std::fs::write(root.join("a/g"), b"g").unwrap();
+        set_mtime_at(&dir, std::ffi::OsStr::new("g"), t).unwrap();
+        assert_eq!(
+            std::fs::metadata(root.join("a/g"))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            t
+        );
     }
 
     #[test]

@@ -348,31 +348,50 @@ const DOWNLOAD_BUFFER: usize = 1 << 20;
 /// The suffix of a temporary download file next to its destination (after a random part).
 const PART_SUFFIX: &str = ".efs-part";
 
-/// A new, empty temporary file next to `local`: `<local>.<16 random hex digits>.efs-part`,
-/// created exclusively (`O_CREAT | O_EXCL`, which also refuses a symbolic link of that name).
-async fn create_part(local: &Path) -> std::io::Result<(std::path::PathBuf, tokio::fs::File)> {
+/// A new, empty temporary file in the directory `dir`, beside `name`:
+/// `<name>.<16 random hex digits>.efs-part`, created exclusively (`O_CREAT | O_EXCL |
+/// O_NOFOLLOW`: an existing file is never emptied, a symbolic link of that name never
+/// followed). Blocking.
+fn create_part_at(
+    dir: &std::fs::File,
+    name: &std::ffi::OsStr,
+) -> std::io::Result<(std::ffi::OsString, std::fs::File)> {
+    use rustix::fs::{Mode, OFlags, openat};
     for _ in 0..8 {
         let mut random = [0u8; 8];
         aws_lc_rs::rand::fill(&mut random)
             .map_err(|_| std::io::Error::other("no random bytes for a temporary file name"))?;
-        let mut name = local.as_os_str().to_owned();
-        name.push(format!(".{}{PART_SUFFIX}", hex::encode(random)));
-        let part = std::path::PathBuf::from(name);
-        match tokio::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&part)
-            .await
-        {
-            Ok(file) => return Ok((part, file)),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e),
+        let mut part = name.to_owned();
+        part.push(format!(".{}{PART_SUFFIX}", hex::encode(random)));
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
+        match openat(
+            dir,
+            &part,
+            flags | OFlags::CLOEXEC,
+            Mode::from_bits_truncate(0o666),
+        ) {
+            Ok(fd) => return Ok((part, std::fs::File::from(fd))),
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
     Err(std::io::Error::new(
         std::io::ErrorKind::AlreadyExists,
         "every temporary file name tried next to the destination exists",
     ))
+}
+
+/// `name` if it is one plain component of a path (not empty, `.`, `..`, nor with a `/`).
+fn plain_name(name: &std::ffi::OsStr) -> std::io::Result<&std::ffi::OsStr> {
+    use std::os::unix::ffi::OsStrExt;
+    let b = name.as_bytes();
+    if b.is_empty() || b == b"." || b == b".." || b.contains(&b'/') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            format!("{name:?} is not a file name"),
+        ));
+    }
+    Ok(name)
 }
 
 impl Client {
@@ -790,15 +809,58 @@ impl Client {
     /// errors). The temporary file, `<local>.<random>.efs-part` in the same directory, is
     /// created anew (`O_EXCL`): an existing file is never emptied, a link planted there never
     /// followed, and parallel downloads of one destination never share one. It is removed on
-    /// failure.
+    /// failure. `local`'s directory is opened once, as named (a link to a directory there is
+    /// followed), and everything after happens in the directory so opened; see
+    /// [`Client::download_file_at`].
     pub async fn download_file(
         &self,
         path: &str,
         local: &Path,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<u64> {
+        let name = local
+            .file_name()
+            .ok_or_else(|| {
+                Error::Io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    format!("{} does not name a file", local.display()),
+                ))
+            })?
+            .to_owned();
+        let parent = match local.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => std::path::PathBuf::from("."),
+        };
+        let dir = tokio::task::spawn_blocking(move || std::fs::File::open(parent))
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            .map_err(Error::Io)?;
+        self.download_file_at(path, &dir, &name, progress).await
+    }
+
+    /// As [`Client::download_file`], into the file `name` of the open directory `dir`: the
+    /// temporary file is created, renamed and (on failure) removed relative to `dir`
+    /// (`openat`, `renameat`, `unlinkat`), so a directory on the way to it swapped for a
+    /// symbolic link after `dir` was opened cannot send the download elsewhere. `name` must
+    /// be a plain file name (no `/`).
+    pub async fn download_file_at(
+        &self,
+        path: &str,
+        dir: &std::fs::File,
+        name: &std::ffi::OsStr,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+    ) -> Result<u64> {
         let url = self.inner.http.url(&paths::encode_path(path)?);
-        let (part, file) = create_part(local).await.map_err(Error::Io)?;
+        let name = plain_name(name).map_err(Error::Io)?.to_owned();
+        let dir = dir.try_clone().map_err(Error::Io)?;
+        let (part, file) = {
+            let (dir, name) = (dir.try_clone().map_err(Error::Io)?, name.clone());
+            tokio::task::spawn_blocking(move || create_part_at(&dir, &name))
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?
+                .map_err(Error::Io)?
+        };
+        let file = tokio::fs::File::from_std(file);
         let mut backoff = Backoff::new(&self.inner.retry);
         let result = loop {
             let attempt = async {
@@ -827,19 +889,24 @@ impl Client {
             }
         };
         drop(file);
-        match result {
-            Ok(n) => {
-                if let Err(e) = tokio::fs::rename(&part, local).await {
-                    let _ = tokio::fs::remove_file(&part).await;
-                    return Err(Error::Io(e));
-                }
-                Ok(n)
+        // Renamed into place, or removed, in the directory opened at the start.
+        let ok = result.is_ok();
+        tokio::task::spawn_blocking(move || {
+            use rustix::fs::{AtFlags, renameat, unlinkat};
+            let r = if ok {
+                renameat(&dir, &part, &dir, &name).map_err(std::io::Error::from)
+            } else {
+                Ok(())
+            };
+            if !ok || r.is_err() {
+                let _ = unlinkat(&dir, &part, AtFlags::empty());
             }
-            Err(e) => {
-                let _ = tokio::fs::remove_file(&part).await;
-                Err(e)
-            }
-        }
+            r
+        })
+        .await
+        .map_err(|e| Error::Io(std::io::Error::other(e)))?
+        .map_err(Error::Io)?;
+        result
     }
 
     /// Downloads a whole file into memory (retried on transient errors).
@@ -1087,26 +1154,31 @@ mod tests {
         assert_eq!(names, ["fine.txt", ".hidden"]);
     }
 
-    #[tokio::test]
-    async fn temporary_download_files_are_new() {
+    /// Temporary download files are new files beside the destination: never the fixed name
+    /// an earlier version used (which it would have emptied), never a link of their name.
+    #[test]
+    fn temporary_download_files_are_new() {
         let d = tempfile::tempdir().unwrap();
-        let dest = d.path().join("report.pdf");
+        let dir = std::fs::File::open(d.path()).unwrap();
+        let name = std::ffi::OsStr::new("report.pdf");
         // What a fixed name would have emptied.
         let fixed = d.path().join("report.pdf.efs-part");
         std::fs::write(&fixed, b"keep me").unwrap();
-        let (a, _fa) = create_part(&dest).await.unwrap();
-        let (b, _fb) = create_part(&dest).await.unwrap();
+        let (a, _fa) = create_part_at(&dir, name).unwrap();
+        let (b, _fb) = create_part_at(&dir, name).unwrap();
         assert_ne!(a, b);
         for p in [&a, &b] {
-            assert_eq!(p.parent(), Some(d.path()));
-            let name = p.file_name().unwrap().to_str().unwrap();
+            let name = p.to_str().unwrap();
             assert!(
                 name.starts_with("report.pdf.") && name.ends_with(".efs-part"),
                 "{name}"
             );
-            assert_eq!(std::fs::metadata(p).unwrap().len(), 0);
+            assert_eq!(std::fs::metadata(d.path().join(p)).unwrap().len(), 0);
         }
         assert_eq!(std::fs::read(&fixed).unwrap(), b"keep me");
+        assert!(plain_name(std::ffi::OsStr::new("a/b")).is_err());
+        assert!(plain_name(std::ffi::OsStr::new("..")).is_err());
+        assert!(plain_name(std::ffi::OsStr::new("ok.txt")).is_ok());
     }
 
     #[test]

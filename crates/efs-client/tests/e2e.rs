@@ -469,6 +469,56 @@ async fn files_round_trip_and_operations() {
     ));
 }
 
+/// A download into an open directory lands in that directory even when its path is
+/// swapped for a link to another place after it was opened (the TOCTOU a check of the path
+/// before the download cannot close); a name that is not a plain file name is refused; a
+/// failed download leaves nothing behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_into_an_open_directory_stays_there() {
+    let s = setup(&[]);
+    let c = s.client();
+    let data = content(70_000, 9);
+    c.put_bytes("/doc.bin", data.clone().into(), PutOptions::default())
+        .await
+        .expect("put");
+    let dest = s.tmp.path().join("dest");
+    let elsewhere = s.tmp.path().join("elsewhere");
+    std::fs::create_dir_all(&dest).unwrap();
+    std::fs::create_dir_all(&elsewhere).unwrap();
+    let dir = std::fs::File::open(&dest).unwrap();
+    // The path now leads elsewhere; the open directory is the one renamed away.
+    let moved = s.tmp.path().join("moved");
+    std::fs::rename(&dest, &moved).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &dest).unwrap();
+    let n = c
+        .download_file_at("/doc.bin", &dir, std::ffi::OsStr::new("doc.bin"), None)
+        .await
+        .expect("download_file_at");
+    assert_eq!(n, data.len() as u64);
+    assert_eq!(std::fs::read(moved.join("doc.bin")).unwrap(), data);
+    assert_eq!(
+        std::fs::read_dir(&elsewhere).unwrap().count(),
+        0,
+        "nothing written through the link"
+    );
+    // Only the file: no temporary file left.
+    assert_eq!(std::fs::read_dir(&moved).unwrap().count(), 1);
+    for bad in ["", ".", "..", "a/b", "/etc/x"] {
+        let e = c
+            .download_file_at("/doc.bin", &dir, std::ffi::OsStr::new(bad), None)
+            .await
+            .expect_err(bad);
+        assert!(matches!(e, efs_client::Error::Io(_)), "{bad:?}: {e}");
+    }
+    // A missing remote file: an error, and no temporary file.
+    assert!(
+        c.download_file_at("/missing.bin", &dir, std::ffi::OsStr::new("m.bin"), None)
+            .await
+            .is_err()
+    );
+    assert_eq!(std::fs::read_dir(&moved).unwrap().count(), 1);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn lists_in_pages() {
     let s = setup(&[]);
