@@ -3,8 +3,9 @@
 //! so that the seeds decrypt and mutations start from real contents.
 //!
 //! Oracle: nothing panics; a content that opens completely is exactly the encryption of its
-//! plaintext under its own header (so no other bytes open to the same plaintext); and a sealed
-//! value (`wrap::open`) never opens without the key having sealed it.
+//! plaintext under its own header (so no other bytes open to the same plaintext); opening a
+//! segment out of place gives the verdict and the bytes opening it in place gives; and a
+//! sealed value (`wrap::open`) never opens without the key having sealed it.
 
 #![no_main]
 
@@ -49,10 +50,21 @@ fuzz_target!(|data: &[u8]| {
         assert!(offset + len <= data.len() && len >= TAG_LEN);
         buf.clear();
         buf.extend_from_slice(&data[offset..offset + len]);
+        // Out of place (from where the bytes were read into another buffer), as the server
+        // decrypts large blobs: the same verdict and the same plaintext as in place.
+        let mut out = vec![0xa5u8; len];
+        let outside = dec.open_segment_to(idx, &data[offset..offset + len], &mut out);
         if dec.open_segment(idx, &mut buf).is_err() {
             assert!(buf.is_empty(), "a failed segment left bytes behind");
+            assert_eq!(outside, Err(FormatError::Decrypt), "out of place opened it");
+            assert!(
+                out[..len - TAG_LEN].iter().all(|&b| b == 0),
+                "a failed out-of-place open left bytes behind"
+            );
             return;
         }
+        assert_eq!(outside, Ok(buf.len()));
+        assert!(out[..buf.len()] == buf[..], "out of place gave other bytes");
         plain.extend_from_slice(&buf);
     }
     assert_eq!(

@@ -31,7 +31,10 @@ use crate::walk::{self, Kind, Meta, Tree};
 /// One end of a copy: a local path or a path on a remote.
 #[derive(Clone)]
 pub(crate) enum Endpoint {
-    Local(PathBuf),
+    /// A local path, and how many of its last components the copy added below the path the
+    /// user named (0: the named path itself). Those are entered without following links when
+    /// written or deleted (see [`enter_dirs`]); the named part may be a link.
+    Local(PathBuf, usize),
     Remote {
         client: Client,
         remote: String,
@@ -42,7 +45,7 @@ pub(crate) enum Endpoint {
 impl Endpoint {
     async fn open(session: &Session, loc: &Location) -> Result<Endpoint> {
         Ok(match loc {
-            Location::Local(p) => Endpoint::Local(p.clone()),
+            Location::Local(p) => Endpoint::Local(p.clone(), 0),
             Location::Remote(r) => Endpoint::Remote {
                 client: session.client(&r.remote).await?,
                 remote: r.remote.clone(),
@@ -52,7 +55,7 @@ impl Endpoint {
     }
 
     fn is_local(&self) -> bool {
-        matches!(self, Endpoint::Local(_))
+        matches!(self, Endpoint::Local(..))
     }
 
     /// The path below this one (`rel` is `/`-separated, maybe from a server's listing). A
@@ -60,8 +63,8 @@ impl Endpoint {
     /// refused before anything is written there.
     fn child(&self, rel: &str) -> Result<Endpoint> {
         Ok(match self {
-            Endpoint::Local(p) => {
-                Endpoint::Local(location::local_child(p, rel).ok_or_else(|| {
+            Endpoint::Local(p, below) => Endpoint::Local(
+                location::local_child(p, rel).ok_or_else(|| {
                     fail(
                         exit::ERROR,
                         format!(
@@ -70,8 +73,9 @@ impl Endpoint {
                             p.display()
                         ),
                     )
-                })?)
-            }
+                })?,
+                below + rel.split('/').count(),
+            ),
             Endpoint::Remote {
                 client,
                 remote,
@@ -88,7 +92,7 @@ impl Endpoint {
     /// are copied).
     fn name(&self) -> Option<String> {
         match self {
-            Endpoint::Local(p) => {
+            Endpoint::Local(p, _) => {
                 let name = match p.file_name() {
                     Some(n) => Some(n.to_owned()),
                     // `.`, `..`, `dir/..`: the name of the directory they resolve to.
@@ -106,14 +110,14 @@ impl Endpoint {
 
     fn display(&self) -> String {
         match self {
-            Endpoint::Local(p) => p.display().to_string(),
+            Endpoint::Local(p, _) => p.display().to_string(),
             Endpoint::Remote { remote, path, .. } => format!("{remote}:{path}"),
         }
     }
 
     async fn stat(&self) -> Result<Option<Meta>> {
         match self {
-            Endpoint::Local(p) => walk::stat_local(p),
+            Endpoint::Local(p, _) => walk::stat_local(p),
             Endpoint::Remote {
                 client,
                 remote,
@@ -128,7 +132,7 @@ impl Endpoint {
     /// cannot be copied (a local name that is not UTF-8).
     async fn walk(&self) -> Result<(Tree, Vec<anyhow::Error>)> {
         match self {
-            Endpoint::Local(p) => walk::walk_local(p.clone()).await,
+            Endpoint::Local(p, _) => walk::walk_local(p.clone()).await,
             Endpoint::Remote { client, path, .. } => {
                 Ok((walk::walk_remote(client, path).await?, Vec::new()))
             }
@@ -173,10 +177,6 @@ fn needs_copy(src: &Meta, dst: &Meta, dir: Direction) -> bool {
 struct CopyJob {
     src: Endpoint,
     dst: Endpoint,
-    /// For a local destination below a directory the copy walks: the `/`-separated path
-    /// below it (`dst` is that directory joined with it). Its directories are entered
-    /// without following links when the file is written (see [`open_dest_dir`]).
-    dst_rel: Option<String>,
     meta: Meta,
 }
 
@@ -377,7 +377,6 @@ async fn plan_source(
             plan.copies.push(CopyJob {
                 src,
                 dst: target,
-                dst_rel: None,
                 meta: src_meta,
             });
             Ok(())
@@ -457,7 +456,7 @@ fn plan_tree(
     let mut removed: BTreeSet<&str> = BTreeSet::new();
     let mut conflicts = Vec::new();
     let local_root = match target {
-        Endpoint::Local(p) => Some(p),
+        Endpoint::Local(p, _) => Some(p),
         Endpoint::Remote { .. } => None,
     };
     for (rel, m) in src_tree {
@@ -507,7 +506,6 @@ fn plan_tree(
                 plan.copies.push(CopyJob {
                     src: src.child(rel)?,
                     dst: target.child(rel)?,
-                    dst_rel: local_target.then(|| rel.clone()),
                     meta: m.clone(),
                 });
             }
@@ -610,9 +608,17 @@ fn dir_suffix(kind: Kind) -> &'static str {
 
 async fn mkdir(dir: &Endpoint) -> Result<()> {
     match dir {
-        Endpoint::Local(p) => tokio::fs::create_dir_all(p)
+        Endpoint::Local(p, 0) => tokio::fs::create_dir_all(p)
             .await
             .with_context(|| format!("creating {}", p.display())),
+        Endpoint::Local(p, below) => {
+            let (p, below) = (p.clone(), *below);
+            tokio::task::spawn_blocking(move || {
+                let (top, comps) = split_named(&p, below)?;
+                enter_dirs(&top, &comps, true).map(drop)
+            })
+            .await?
+        }
         Endpoint::Remote { client, path, .. } => match client.mkdir(path).await {
             Ok(_) => Ok(()),
             Err(e) => Err(e).with_context(|| format!("creating {}", dir.display())),
@@ -654,12 +660,31 @@ async fn delete_all(
 
 async fn delete(e: &Endpoint, kind: Kind) -> Result<()> {
     let r = match e {
-        Endpoint::Local(p) => if kind == Kind::Dir {
+        Endpoint::Local(p, 0) => if kind == Kind::Dir {
             tokio::fs::remove_dir_all(p).await
         } else {
             tokio::fs::remove_file(p).await
         }
         .map_err(anyhow::Error::from),
+        // Below the named destination: in the directory reached without following links.
+        Endpoint::Local(p, below) => {
+            let (p, below) = (p.clone(), *below);
+            tokio::task::spawn_blocking(move || {
+                let (top, mut comps) = split_named(&p, below)?;
+                let name = comps.pop().context("a path below a copy's destination")?;
+                let parent = enter_dirs(&top, &comps, false)?;
+                if kind == Kind::Dir {
+                    remove_tree_at(&parent, &name)?;
+                } else {
+                    rustix::fs::unlinkat(&parent, &name, rustix::fs::AtFlags::empty())
+                        .map_err(std::io::Error::from)?;
+                }
+                Ok(())
+            })
+            .await
+            .map_err(anyhow::Error::from)
+            .and_then(|r| r)
+        }
         Endpoint::Remote { client, path, .. } => client
             .delete(path, kind == Kind::Dir)
             .await
@@ -707,7 +732,7 @@ const STREAM_ATTEMPTS: u32 = 3;
 
 async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
     match (&job.src, &job.dst) {
-        (Endpoint::Local(from), Endpoint::Remote { client, path, .. }) => {
+        (Endpoint::Local(from, _), Endpoint::Remote { client, path, .. }) => {
             let opts = PutOptions {
                 content_type: guess_content_type(from).map(str::to_owned),
                 progress: Some(fp.callback()),
@@ -716,10 +741,10 @@ async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
             client.upload_file(path, from, opts).await?;
             Ok(())
         }
-        (Endpoint::Remote { client, path, .. }, Endpoint::Local(to)) => {
-            let (to, rel) = (to.clone(), job.dst_rel.clone());
+        (Endpoint::Remote { client, path, .. }, Endpoint::Local(to, below)) => {
+            let (to, below) = (to.clone(), *below);
             let (dir, name) =
-                tokio::task::spawn_blocking(move || open_dest_dir(&to, rel.as_deref())).await??;
+                tokio::task::spawn_blocking(move || open_dest_dir(&to, below)).await??;
             let cb = fp.callback();
             client
                 .download_file_at(path, &dir, &name, Some(&*cb))
@@ -755,7 +780,7 @@ async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
                 }
             }
         }
-        (Endpoint::Local(_), Endpoint::Local(_)) => unreachable!("refused before planning"),
+        (Endpoint::Local(..), Endpoint::Local(..)) => unreachable!("refused before planning"),
     }
 }
 
@@ -838,65 +863,88 @@ impl AsyncRead for FailOnEarlyEof {
     }
 }
 
-/// Sets the modification time of the file `name` in `dir` (not through a link of that name).
+/// Sets the modification time of the file `name` in `dir`, not through a link of that name,
+/// without opening it (a FIFO planted there cannot block, a read-only file is fine).
 fn set_mtime_at(dir: &std::fs::File, name: &std::ffi::OsStr, t: SystemTime) -> std::io::Result<()> {
-    use rustix::fs::{Mode, OFlags, openat};
-    let flags = OFlags::WRONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-    let f = std::fs::File::from(openat(dir, name, flags, Mode::empty())?);
-    f.set_modified(t)
+    use rustix::fs::{AtFlags, Timespec, Timestamps, UTIME_OMIT, utimensat};
+    let d = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map_err(|_| std::io::Error::other("a modification time before 1970"))?;
+    let times = Timestamps {
+        last_access: Timespec {
+            tv_sec: 0,
+            tv_nsec: UTIME_OMIT,
+        },
+        last_modification: Timespec {
+            tv_sec: i64::try_from(d.as_secs()).map_err(std::io::Error::other)?,
+            tv_nsec: d.subsec_nanos().into(),
+        },
+    };
+    utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
 }
 
-/// The directory a download to `to` goes into, open, and the file's name in it. `rel`: the
-/// part of `to` below a directory the copy walks (see [`CopyJob::dst_rel`]). That directory
-/// is opened as named (the user may name a link), created with its parents if missing; each
-/// directory of `rel` below it is then created if missing and entered with `O_NOFOLLOW`, so
-/// a link put in the way after planning (which refused the links it saw) is refused too, not
-/// followed out of the destination. Without `rel`, `to`'s directory is opened as named.
-/// Blocking.
-fn open_dest_dir(to: &Path, rel: Option<&str>) -> Result<(std::fs::File, std::ffi::OsString)> {
-    use rustix::fs::{Mode, OFlags, mkdirat, openat};
-    let name = to
-        .file_name()
-        .with_context(|| format!("{} does not name a file", to.display()))?
-        .to_owned();
-    let mut top = match to.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    // The directories of `rel` (all of it but the file's name), walked below `top`.
-    let depth = rel.map_or(0, |r| r.split('/').count() - 1);
-    let mut below = Vec::with_capacity(depth);
-    for _ in 0..depth {
-        below.push(
-            top.file_name()
-                .context("a copy's path below its destination")?
-                .to_owned(),
-        );
+/// Opens a directory only as the base of `*at` calls: `O_PATH` on Linux, so that one the
+/// user may write into but not list (mode 0300) works as it did with paths.
+#[cfg(target_os = "linux")]
+const DIR_BASE: rustix::fs::OFlags = rustix::fs::OFlags::PATH
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::CLOEXEC);
+#[cfg(not(target_os = "linux"))]
+const DIR_BASE: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
+    .union(rustix::fs::OFlags::DIRECTORY)
+    .union(rustix::fs::OFlags::CLOEXEC);
+
+/// A local path the copy made, split into the path the user named and the `below`
+/// components the copy added under it (see [`Endpoint::Local`]).
+fn split_named(path: &Path, below: usize) -> Result<(PathBuf, Vec<std::ffi::OsString>)> {
+    let mut top = path.to_path_buf();
+    let mut comps = Vec::with_capacity(below);
+    for _ in 0..below {
+        let c = top
+            .file_name()
+            .with_context(|| format!("{}: not a path below a destination", path.display()))?;
+        comps.push(c.to_owned());
         top.pop();
     }
-    below.reverse();
-    std::fs::create_dir_all(&top).with_context(|| format!("creating {}", top.display()))?;
-    let mut dir =
-        std::fs::File::open(&top).with_context(|| format!("opening {}", top.display()))?;
-    let mut at = top;
-    for seg in below {
-        at.push(&seg);
-        match mkdirat(&dir, &seg, Mode::from_bits_truncate(0o777)) {
-            Ok(()) | Err(rustix::io::Errno::EXIST) => {}
-            Err(e) => {
-                return Err(std::io::Error::from(e))
-                    .with_context(|| format!("creating {}", at.display()));
+    comps.reverse();
+    if top.as_os_str().is_empty() {
+        top = PathBuf::from(".");
+    }
+    Ok((top, comps))
+}
+
+/// The directory `top` (opened as named: the user may name a link; created with its parents
+/// when `create`), then each of `comps` below it, created if missing when `create`, entered
+/// with `O_NOFOLLOW`: a link there, even one put there after planning (which refused the
+/// links it saw), is refused, never followed out of the destination.
+fn enter_dirs(top: &Path, comps: &[std::ffi::OsString], create: bool) -> Result<std::fs::File> {
+    use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
+    if create {
+        std::fs::create_dir_all(top).with_context(|| format!("creating {}", top.display()))?;
+    }
+    let mut dir = openat(CWD, top, DIR_BASE, Mode::empty())
+        .map(std::fs::File::from)
+        .map_err(std::io::Error::from)
+        .with_context(|| format!("opening the directory {}", top.display()))?;
+    let mut at = top.to_path_buf();
+    for seg in comps {
+        at.push(seg);
+        if create {
+            match mkdirat(&dir, seg, Mode::from_bits_truncate(0o777)) {
+                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Err(e) => {
+                    return Err(std::io::Error::from(e))
+                        .with_context(|| format!("creating {}", at.display()));
+                }
             }
         }
-        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
-        dir = match openat(&dir, &seg, flags, Mode::empty()) {
+        dir = match openat(&dir, seg, DIR_BASE | OFlags::NOFOLLOW, Mode::empty()) {
             Ok(fd) => std::fs::File::from(fd),
             Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
                 return Err(fail(
                     exit::ERROR,
                     format!(
-                        "{}: not written, {} is a symbolic link or not a directory, and a copy never writes through one",
-                        to.display(),
+                        "{} is a symbolic link or not a directory, and a copy never writes through one",
                         at.display()
                     ),
                 ));
@@ -907,7 +955,75 @@ fn open_dest_dir(to: &Path, rel: Option<&str>) -> Result<(std::fs::File, std::ff
             }
         };
     }
-    Ok((dir, name))
+    Ok(dir)
+}
+
+/// The directory a download to `to` goes into, open, and the file's name in it: `to`'s
+/// directories below the named destination are entered as [`enter_dirs`] does (created if
+/// missing); for a file the user named (`below` 0), its directory as named.
+fn open_dest_dir(to: &Path, below: usize) -> Result<(std::fs::File, std::ffi::OsString)> {
+    let (top, comps, name) = if below == 0 {
+        // `dir/`, `dir/.`, `..`: a directory, not a file name (file_name() would give one).
+        let raw = to.as_os_str().as_encoded_bytes();
+        if raw.ends_with(b"/") || raw.ends_with(b"/.") || raw.ends_with(b"..") || raw == b"." {
+            return Err(fail(
+                exit::USAGE,
+                format!("{} names a directory, not a file", to.display()),
+            ));
+        }
+        let name = to
+            .file_name()
+            .with_context(|| format!("{} does not name a file", to.display()))?
+            .to_owned();
+        let top = match to.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        (top, Vec::new(), name)
+    } else {
+        let (top, mut comps) = split_named(to, below)?;
+        let name = comps.pop().context("a path below a copy's destination")?;
+        (top, comps, name)
+    };
+    Ok((enter_dirs(&top, &comps, true)?, name))
+}
+
+/// Removes the directory `name` of `parent` and everything in it, each level opened with
+/// `O_NOFOLLOW` relative to the one above: a link met on the way (or put where `name` was) is
+/// removed itself, never what it points to.
+fn remove_tree_at(parent: &std::fs::File, name: &std::ffi::OsStr) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, Dir, FileType, Mode, OFlags, openat, unlinkat};
+    use rustix::io::Errno;
+    use std::os::unix::ffi::OsStrExt;
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let dir = match openat(parent, name, flags, Mode::empty()) {
+        Ok(fd) => std::fs::File::from(fd),
+        Err(Errno::LOOP | Errno::NOTDIR) => {
+            return unlinkat(parent, name, AtFlags::empty()).map_err(Into::into);
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let mut entries = Vec::new();
+    for e in Dir::read_from(&dir)? {
+        let e = e?;
+        let n = e.file_name().to_bytes();
+        if n != b"." && n != b".." {
+            entries.push((std::ffi::OsStr::from_bytes(n).to_owned(), e.file_type()));
+        }
+    }
+    for (n, t) in entries {
+        if t == FileType::Directory {
+            remove_tree_at(&dir, &n)?;
+        } else {
+            match unlinkat(&dir, &n, AtFlags::empty()) {
+                Ok(()) => {}
+                // A directory the listing did not type as one.
+                Err(Errno::ISDIR | Errno::PERM) => remove_tree_at(&dir, &n)?,
+                Err(e) => return Err(e.into()),
+            }
+        }
+    }
+    unlinkat(parent, name, AtFlags::REMOVEDIR).map_err(Into::into)
 }
 
 /// A Content-Type for common extensions, so that services reading the file get a useful
@@ -1013,7 +1129,7 @@ mod tests {
 
     #[test]
     fn local_children_never_leave_their_directory() {
-        let dir = Endpoint::Local(PathBuf::from("/tmp/dl"));
+        let dir = Endpoint::Local(PathBuf::from("/tmp/dl"), 0);
         assert_eq!(dir.child("a/b").unwrap().display(), "/tmp/dl/a/b");
         for bad in ["../x", "/etc/passwd", "a/../../x", ".", ""] {
             assert!(dir.child(bad).is_err(), "{bad:?}");
@@ -1048,7 +1164,7 @@ mod tests {
     /// A download's directories below the destination are created and entered without
     /// following links: a link put there after planning is refused and nothing is created
     /// through it; the destination itself, and a single file's directory, may be links the
-    /// user named.
+    /// user named; a name that is a directory's is refused.
     #[test]
     fn downloads_enter_the_destination_without_following_links() {
         use std::os::unix::fs::MetadataExt;
@@ -1060,30 +1176,44 @@ mod tests {
             f.metadata().unwrap().ino() == std::fs::metadata(p).unwrap().ino()
         };
         // Missing directories are made, the destination's own too.
-        let (dir, name) = open_dest_dir(&root.join("a/b/f.txt"), Some("a/b/f.txt")).unwrap();
+        let (dir, name) = open_dest_dir(&root.join("a/b/f.txt"), 3).unwrap();
         assert_eq!(name, "f.txt");
         assert!(same(&dir, &root.join("a/b")));
         // A link in the way.
         std::os::unix::fs::symlink(&outside, root.join("l")).unwrap();
-        let e = open_dest_dir(&root.join("l/x/f.txt"), Some("l/x/f.txt")).unwrap_err();
+        let e = open_dest_dir(&root.join("l/x/f.txt"), 3).unwrap_err();
         assert!(format!("{e:#}").contains("symbolic link"), "{e:#}");
         assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
         // A file where a directory goes.
         std::fs::write(root.join("file"), b"x").unwrap();
-        assert!(open_dest_dir(&root.join("file/f.txt"), Some("file/f.txt")).is_err());
+        assert!(open_dest_dir(&root.join("file/f.txt"), 2).is_err());
         // Named by the user: followed.
         let via = d.path().join("via");
         std::os::unix::fs::symlink(&root, &via).unwrap();
-        let (dir, _) = open_dest_dir(&via.join("a/f.txt"), Some("a/f.txt")).unwrap();
+        let (dir, _) = open_dest_dir(&via.join("a/f.txt"), 2).unwrap();
         assert!(same(&dir, &root.join("a")));
-        let (dir, _) = open_dest_dir(&root.join("l/one.txt"), None).unwrap();
+        let (dir, _) = open_dest_dir(&root.join("l/one.txt"), 0).unwrap();
         assert!(same(&dir, &outside));
+        for bad in ["dir/", "dir/.", "..", "."] {
+            assert!(open_dest_dir(Path::new(bad), 0).is_err(), "{bad}");
+        }
         // The modification time is set on the file itself, never through a link.
         std::fs::write(outside.join("target"), b"t").unwrap();
+        let before = std::fs::metadata(outside.join("target"))
+            .unwrap()
+            .modified()
+            .unwrap();
         std::os::unix::fs::symlink(outside.join("target"), root.join("a/ln")).unwrap();
-        let (dir, _) = open_dest_dir(&root.join("a/f.txt"), Some("a/f.txt")).unwrap();
+        let (dir, _) = open_dest_dir(&root.join("a/f.txt"), 2).unwrap();
         let t = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        assert!(set_mtime_at(&dir, std::ffi::OsStr::new("ln"), t).is_err());
+        let _ = set_mtime_at(&dir, std::ffi::OsStr::new("ln"), t);
+        assert_eq!(
+            std::fs::metadata(outside.join("target"))
+                .unwrap()
+                .modified()
+                .unwrap(),
+            before
+        );
         std::fs::write(root.join("a/g"), b"g").unwrap();
         set_mtime_at(&dir, std::ffi::OsStr::new("g"), t).unwrap();
         assert_eq!(
@@ -1093,6 +1223,74 @@ mod tests {
                 .unwrap(),
             t
         );
+    }
+
+    /// Every path a copy adds below the named destination counts its components: the name
+    /// a copy into a directory adds, and the tree's paths below it.
+    #[test]
+    fn local_children_count_what_the_copy_added() {
+        let dst = Endpoint::Local(PathBuf::from("dest"), 0);
+        let below = |e: &Endpoint| match e {
+            Endpoint::Local(_, b) => *b,
+            Endpoint::Remote { .. } => unreachable!(),
+        };
+        let x = dst.child("x").unwrap();
+        assert_eq!(below(&x), 1);
+        assert_eq!(below(&x.child("a/b/f.txt").unwrap()), 4);
+        let (top, comps) = split_named(Path::new("dest/x/a/f.txt"), 3).unwrap();
+        assert_eq!(top, Path::new("dest"));
+        assert_eq!(comps, ["x", "a", "f.txt"]);
+        assert_eq!(split_named(Path::new("x/f"), 2).unwrap().0, Path::new("."));
+    }
+
+    /// Deleting and creating below the destination goes through the directories reached
+    /// without following links: a directory swapped for a link after planning is refused,
+    /// and nothing outside is deleted or created; a tree is removed with what is in it, a
+    /// link inside it removed itself (not what it points to).
+    #[tokio::test]
+    async fn deletes_and_mkdirs_below_the_destination_never_follow_links() {
+        let d = tempfile::tempdir().unwrap();
+        let root = d.path().join("root");
+        let outside = d.path().join("outside");
+        std::fs::create_dir_all(outside.join("keep")).unwrap();
+        std::fs::write(outside.join("keep/f"), b"keep").unwrap();
+        std::fs::create_dir_all(root.join("t/sub/deeper")).unwrap();
+        std::fs::write(root.join("t/sub/deeper/f"), b"x").unwrap();
+        std::fs::write(root.join("t/file"), b"x").unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("t/sub/link")).unwrap();
+        let dst = Endpoint::Local(root.clone(), 0);
+        // A tree, with a link in it.
+        delete(&dst.child("t/sub").unwrap(), Kind::Dir)
+            .await
+            .unwrap();
+        assert!(!root.join("t/sub").exists());
+        assert!(
+            outside.join("keep/f").exists(),
+            "a link in a tree is removed itself"
+        );
+        // A directory on the way swapped for a link: refused, nothing outside touched.
+        std::fs::rename(root.join("t"), root.join("t-real")).unwrap();
+        std::os::unix::fs::symlink(&outside, root.join("t")).unwrap();
+        assert!(
+            delete(&dst.child("t/keep").unwrap(), Kind::Dir)
+                .await
+                .is_err()
+        );
+        assert!(
+            delete(&dst.child("t/keep/f").unwrap(), Kind::File)
+                .await
+                .is_err()
+        );
+        assert!(mkdir(&dst.child("t/new").unwrap()).await.is_err());
+        assert!(outside.join("keep/f").exists());
+        assert!(!outside.join("new").exists());
+        // Without the link: a file, a new directory.
+        delete(&dst.child("t-real/file").unwrap(), Kind::File)
+            .await
+            .unwrap();
+        assert!(!root.join("t-real/file").exists());
+        mkdir(&dst.child("t-real/n1/n2").unwrap()).await.unwrap();
+        assert!(root.join("t-real/n1/n2").is_dir());
     }
 
     #[test]

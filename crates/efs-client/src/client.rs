@@ -381,6 +381,22 @@ fn create_part_at(
     ))
 }
 
+/// The directory `path` (as named), opened only as the base of `*at` calls: `O_PATH` on
+/// Linux, so that a directory one may write into but not list (mode 0300) works.
+fn open_dir_base(path: &Path) -> std::io::Result<std::fs::File> {
+    use rustix::fs::{CWD, Mode, OFlags, openat};
+    #[cfg(target_os = "linux")]
+    let flags = OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    #[cfg(not(target_os = "linux"))]
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    Ok(std::fs::File::from(openat(
+        CWD,
+        path,
+        flags,
+        Mode::empty(),
+    )?))
+}
+
 /// `name` if it is one plain component of a path (not empty, `.`, `..`, nor with a `/`).
 fn plain_name(name: &std::ffi::OsStr) -> std::io::Result<&std::ffi::OsStr> {
     use std::os::unix::ffi::OsStrExt;
@@ -818,20 +834,23 @@ impl Client {
         local: &Path,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<u64> {
-        let name = local
-            .file_name()
-            .ok_or_else(|| {
-                Error::Io(std::io::Error::new(
-                    std::io::ErrorKind::InvalidInput,
-                    format!("{} does not name a file", local.display()),
-                ))
-            })?
-            .to_owned();
+        let not_a_file = || {
+            Error::Io(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("{} does not name a file", local.display()),
+            ))
+        };
+        // `dir/`, `dir/.`: `file_name()` would name `dir` itself.
+        let raw = local.as_os_str().as_encoded_bytes();
+        if raw.ends_with(b"/") || raw.ends_with(b"/.") || raw == b"." {
+            return Err(not_a_file());
+        }
+        let name = local.file_name().ok_or_else(not_a_file)?.to_owned();
         let parent = match local.parent() {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => std::path::PathBuf::from("."),
         };
-        let dir = tokio::task::spawn_blocking(move || std::fs::File::open(parent))
+        let dir = tokio::task::spawn_blocking(move || open_dir_base(&parent))
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))?
             .map_err(Error::Io)?;
