@@ -13,7 +13,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context as TaskContext, Poll};
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use anyhow::{Context, Result};
 use efs_client::{Client, PutOptions};
@@ -346,6 +346,20 @@ async fn plan_source(
         match src.name() {
             Some(name) => {
                 let t = dst.child(&name)?;
+                // A directory goes below the name it adds; a link there would take every file
+                // elsewhere (each would then be refused when written): refused once, here.
+                if let Endpoint::Local(p, _) = &t
+                    && src_meta.kind == Kind::Dir
+                    && std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink())
+                {
+                    return Err(fail(
+                        exit::ERROR,
+                        format!(
+                            "{}: not written, it is a symbolic link and a copy never writes through one",
+                            p.display()
+                        ),
+                    ));
+                }
                 let m = t.stat().await?;
                 (t, m)
             }
@@ -747,13 +761,8 @@ async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
                 tokio::task::spawn_blocking(move || open_dest_dir(&to, below)).await??;
             let cb = fp.callback();
             client
-                .download_file_at(path, &dir, &name, Some(&*cb))
+                .download_file_at(path, &dir, &name, job.meta.modified, Some(&*cb))
                 .await?;
-            if let Some(t) = job.meta.modified {
-                set_mtime_at(&dir, &name, t).with_context(|| {
-                    format!("setting the modification time of {}", job.dst.display())
-                })?;
-            }
             Ok(())
         }
         (
@@ -863,26 +872,6 @@ impl AsyncRead for FailOnEarlyEof {
     }
 }
 
-/// Sets the modification time of the file `name` in `dir`, not through a link of that name,
-/// without opening it (a FIFO planted there cannot block, a read-only file is fine).
-fn set_mtime_at(dir: &std::fs::File, name: &std::ffi::OsStr, t: SystemTime) -> std::io::Result<()> {
-    use rustix::fs::{AtFlags, Timespec, Timestamps, UTIME_OMIT, utimensat};
-    let d = t
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .map_err(|_| std::io::Error::other("a modification time before 1970"))?;
-    let times = Timestamps {
-        last_access: Timespec {
-            tv_sec: 0,
-            tv_nsec: UTIME_OMIT,
-        },
-        last_modification: Timespec {
-            tv_sec: i64::try_from(d.as_secs()).map_err(std::io::Error::other)?,
-            tv_nsec: d.subsec_nanos().into(),
-        },
-    };
-    utimensat(dir, name, &times, AtFlags::SYMLINK_NOFOLLOW).map_err(Into::into)
-}
-
 /// Opens a directory only as the base of `*at` calls: `O_PATH` on Linux, so that one the
 /// user may write into but not list (mode 0300) works as it did with paths.
 #[cfg(target_os = "linux")]
@@ -929,16 +918,19 @@ fn enter_dirs(top: &Path, comps: &[std::ffi::OsString], create: bool) -> Result<
     let mut at = top.to_path_buf();
     for seg in comps {
         at.push(seg);
-        if create {
+        let enter =
+            |dir: &std::fs::File| openat(dir, seg, DIR_BASE | OFlags::NOFOLLOW, Mode::empty());
+        let mut entered = enter(&dir);
+        if create && matches!(entered, Err(rustix::io::Errno::NOENT)) {
             match mkdirat(&dir, seg, Mode::from_bits_truncate(0o777)) {
-                Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                Ok(()) | Err(rustix::io::Errno::EXIST) => entered = enter(&dir),
                 Err(e) => {
                     return Err(std::io::Error::from(e))
                         .with_context(|| format!("creating {}", at.display()));
                 }
             }
         }
-        dir = match openat(&dir, seg, DIR_BASE | OFlags::NOFOLLOW, Mode::empty()) {
+        dir = match entered {
             Ok(fd) => std::fs::File::from(fd),
             Err(rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) => {
                 return Err(fail(
@@ -965,7 +957,7 @@ fn open_dest_dir(to: &Path, below: usize) -> Result<(std::fs::File, std::ffi::Os
     let (top, comps, name) = if below == 0 {
         // `dir/`, `dir/.`, `..`: a directory, not a file name (file_name() would give one).
         let raw = to.as_os_str().as_encoded_bytes();
-        if raw.ends_with(b"/") || raw.ends_with(b"/.") || raw.ends_with(b"..") || raw == b"." {
+        if raw.ends_with(b"/") || raw.ends_with(b"/.") || raw == b"." {
             return Err(fail(
                 exit::USAGE,
                 format!("{} names a directory, not a file", to.display()),
@@ -1194,35 +1186,12 @@ mod tests {
         assert!(same(&dir, &root.join("a")));
         let (dir, _) = open_dest_dir(&root.join("l/one.txt"), 0).unwrap();
         assert!(same(&dir, &outside));
-        for bad in ["dir/", "dir/.", "..", "."] {
+        for bad in ["dir/", "dir/.", "..", ".", "a/.."] {
             assert!(open_dest_dir(Path::new(bad), 0).is_err(), "{bad}");
         }
-        // The modification time is set on the file itself, never through a link.
-        std::fs::write(outside.join("target"), b"t").unwrap();
-        let before = std::fs::metadata(outside.join("target"))
-            .unwrap()
-            .modified()
-            .unwrap();
-        std::os::unix::fs::symlink(outside.join("target"), root.join("a/ln")).unwrap();
-        let (dir, _) = open_dest_dir(&root.join("a/f.txt"), 2).unwrap();
-        let t = UNIX_EPOCH + Duration::from_secs(1_000_000);
-        let _ = set_mtime_at(&dir, std::ffi::OsStr::new("ln"), t);
-        assert_eq!(
-            std::fs::metadata(outside.join("target"))
-                .unwrap()
-                .modified()
-                .unwrap(),
-            before
-        );
-        std::fs::write(root.join("a/g"), b"g").unwrap();
-        set_mtime_at(&dir, std::ffi::OsStr::new("g"), t).unwrap();
-        assert_eq!(
-            std::fs::metadata(root.join("a/g"))
-                .unwrap()
-                .modified()
-                .unwrap(),
-            t
-        );
+        let (dir, name) = open_dest_dir(&root.join("notes.."), 0).unwrap();
+        assert_eq!(name, "notes..");
+        assert!(same(&dir, &root));
     }
 
     /// Every path a copy adds below the named destination counts its components: the name

@@ -415,3 +415,20 @@ fn a_download_never_writes_through_a_planted_link() {
             .is_symlink()
     );
 }
+
+/// A directory copied into a local destination goes below the name it adds there; a link in
+/// that place (planted before the copy) is refused once, at planning, and nothing is written
+/// through it.
+#[test]
+fn a_copy_into_a_directory_never_writes_through_a_link_at_its_name() {
+    let env = Env::new();
+    env.write("x/a.txt", b"a");
+    env.write("x/sub/b.txt", b"b");
+    env.ok(&["cp", "-r", "x", "drive:/"]);
+    std::fs::create_dir_all(env.path("dest")).unwrap();
+    std::fs::create_dir_all(env.path("outside")).unwrap();
+    std::os::unix::fs::symlink(env.path("outside"), env.path("dest/x")).unwrap();
+    let err = env.fails(&["cp", "-r", "drive:/x", "dest/"], 1);
+    assert!(err.contains("symbolic link"), "{err}");
+    assert_eq!(std::fs::read_dir(env.path("outside")).unwrap().count(), 0);
+}

@@ -854,19 +854,22 @@ impl Client {
             .await
             .map_err(|e| Error::Io(std::io::Error::other(e)))?
             .map_err(Error::Io)?;
-        self.download_file_at(path, &dir, &name, progress).await
+        self.download_file_at(path, &dir, &name, None, progress)
+            .await
     }
 
     /// As [`Client::download_file`], into the file `name` of the open directory `dir`: the
     /// temporary file is created, renamed and (on failure) removed relative to `dir`
     /// (`openat`, `renameat`, `unlinkat`), so a directory on the way to it swapped for a
     /// symbolic link after `dir` was opened cannot send the download elsewhere. `name` must
-    /// be a plain file name (no `/`).
+    /// be a plain file name (no `/`). `modified`: the modification time to give the file,
+    /// set through its descriptor before it is renamed into place.
     pub async fn download_file_at(
         &self,
         path: &str,
         dir: &std::fs::File,
         name: &std::ffi::OsStr,
+        modified: Option<std::time::SystemTime>,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<u64> {
         let url = self.inner.http.url(&paths::encode_path(path)?);
@@ -907,7 +910,15 @@ impl Client {
                 },
             }
         };
-        drop(file);
+        let result = match (result, modified) {
+            (Ok(n), Some(t)) => file
+                .into_std()
+                .await
+                .set_modified(t)
+                .map(|()| n)
+                .map_err(Error::Io),
+            (r, _) => r,
+        };
         // Renamed into place, or removed, in the directory opened at the start.
         let ok = result.is_ok();
         tokio::task::spawn_blocking(move || {

@@ -491,11 +491,25 @@ async fn a_download_into_an_open_directory_stays_there() {
     std::fs::rename(&dest, &moved).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &dest).unwrap();
     let n = c
-        .download_file_at("/doc.bin", &dir, std::ffi::OsStr::new("doc.bin"), None)
+        .download_file_at(
+            "/doc.bin",
+            &dir,
+            std::ffi::OsStr::new("doc.bin"),
+            Some(std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000)),
+            None,
+        )
         .await
         .expect("download_file_at");
     assert_eq!(n, data.len() as u64);
     assert_eq!(std::fs::read(moved.join("doc.bin")).unwrap(), data);
+    assert_eq!(
+        std::fs::metadata(moved.join("doc.bin"))
+            .unwrap()
+            .modified()
+            .unwrap(),
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_000_000),
+        "the modification time, set before the rename"
+    );
     assert_eq!(
         std::fs::read_dir(&elsewhere).unwrap().count(),
         0,
@@ -505,17 +519,32 @@ async fn a_download_into_an_open_directory_stays_there() {
     assert_eq!(std::fs::read_dir(&moved).unwrap().count(), 1);
     for bad in ["", ".", "..", "a/b", "/etc/x"] {
         let e = c
-            .download_file_at("/doc.bin", &dir, std::ffi::OsStr::new(bad), None)
+            .download_file_at("/doc.bin", &dir, std::ffi::OsStr::new(bad), None, None)
             .await
             .expect_err(bad);
         assert!(matches!(e, efs_client::Error::Io(_)), "{bad:?}: {e}");
     }
     // A missing remote file: an error, and no temporary file.
     assert!(
-        c.download_file_at("/missing.bin", &dir, std::ffi::OsStr::new("m.bin"), None)
-            .await
-            .is_err()
+        c.download_file_at(
+            "/missing.bin",
+            &dir,
+            std::ffi::OsStr::new("m.bin"),
+            None,
+            None
+        )
+        .await
+        .is_err()
     );
+    assert_eq!(std::fs::read_dir(&moved).unwrap().count(), 1);
+    // A local path naming a directory, not a file: refused, nothing written.
+    for bad in ["x/", "x/."] {
+        let e = c
+            .download_file("/doc.bin", &moved.join(bad), None)
+            .await
+            .expect_err(bad);
+        assert!(matches!(e, efs_client::Error::Io(_)), "{bad}: {e}");
+    }
     assert_eq!(std::fs::read_dir(&moved).unwrap().count(), 1);
 }
 
