@@ -83,12 +83,17 @@ impl EfsPath {
         text.push('/');
         let mut segs = rest.split('/').peekable();
         while let Some(seg) = segs.next() {
-            let decoded = percent_decode(seg.as_bytes())?;
-            let decoded = String::from_utf8(decoded).map_err(|_| PathError::NotUtf8)?;
-            if decoded.contains('/') {
-                return Err(PathError::EncodedSlash);
+            if seg.contains('%') {
+                let decoded = percent_decode(seg.as_bytes())?;
+                let decoded = String::from_utf8(decoded).map_err(|_| PathError::NotUtf8)?;
+                if decoded.contains('/') {
+                    return Err(PathError::EncodedSlash);
+                }
+                text.push_str(&decoded);
+            } else {
+                // Nothing to decode (the usual case): no copy of the segment first.
+                text.push_str(seg);
             }
-            text.push_str(&decoded);
             if segs.peek().is_some() {
                 text.push('/');
             }

@@ -319,11 +319,11 @@ async fn refresh(State(st): St, req: Request) -> Result<Response, ApiError> {
                 .extensions()
                 .get::<ConnInfo>()
                 .and_then(|c| c.client_cert_sha256);
-            match check_cert_binding(&st, &caller.user, cert) {
+            match check_cert_binding(&st, caller.user(), cert) {
                 Err(e) => {
                     let mut rec = Record::new(Action::RefreshFailed, 401);
-                    rec.user = Some(caller.user.clone());
-                    rec.fs = Some(caller.fs.clone());
+                    rec.user = Some(caller.user().to_owned());
+                    rec.fs = Some(caller.fs().to_owned());
                     rec.client = Some(ip.to_string());
                     rec.detail =
                         Some("client certificate does not match the one bound to the user".into());
@@ -374,8 +374,8 @@ fn authorise(
     let token = bearer(req_headers).ok_or_else(ApiError::unauthorized)?;
     let caller = st.auth.verify(token)?;
     let cert = ext.get::<ConnInfo>().and_then(|c| c.client_cert_sha256);
-    check_cert_binding(st, &caller.user, cert)?;
-    let fs = st.data.fs(&caller.fs).ok_or_else(ApiError::unauthorized)?;
+    check_cert_binding(st, caller.user(), cert)?;
+    let fs = st.data.fs(caller.fs()).ok_or_else(ApiError::unauthorized)?;
     Ok((caller, fs))
 }
 
@@ -432,8 +432,8 @@ async fn move_json_now(st: Arc<AppState>, req: Request) -> Result<Response, ApiE
 
 async fn move_json_inner(st: &AppState, req: Request, who: &mut Who) -> Result<Response, ApiError> {
     let (caller, fs) = authorise(st, req.headers(), req.extensions())?;
-    who.user = Some(caller.user.clone());
-    who.fs = Some(caller.fs.clone());
+    who.user = Some(caller.user().to_owned());
+    who.fs = Some(caller.fs().to_owned());
     require_write(&caller)?;
     let cond = write_precondition(req.headers())?;
     let body: MoveRequest = json_body(st, req.into_body()).await?;
@@ -567,7 +567,7 @@ async fn files_inner(
     body: &mut Option<Body>,
     who: &mut Who,
 ) -> Result<Response, ApiError> {
-    let raw_path = parts.uri.path().to_owned();
+    let raw_path = parts.uri.path();
     if raw_path == "/_efs" || raw_path.starts_with("/_efs/") {
         return Err(ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -577,14 +577,14 @@ async fn files_inner(
     }
     let is_dir = raw_path.ends_with('/');
     // Validate the path before anything else: a bad path is a 400 even without a token.
-    let path = EfsPath::parse_uri_path(&raw_path).map_err(efs_core::CoreError::from)?;
+    let path = EfsPath::parse_uri_path(raw_path).map_err(efs_core::CoreError::from)?;
     if st.http.log_paths {
         tracing::info!(path = %path, "path");
     }
     who.path = Some(path.to_string());
     let (caller, fs) = authorise(&st, &parts.headers, &parts.extensions)?;
-    who.user = Some(caller.user.clone());
-    who.fs = Some(caller.fs.clone());
+    who.user = Some(caller.user().to_owned());
+    who.fs = Some(caller.fs().to_owned());
     let query = parse_query(parts.uri.query())?;
     let method = parts.method.clone();
     match (method.as_str(), is_dir) {
@@ -733,8 +733,13 @@ async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, Ap
     Ok(r)
 }
 
+/// `ETag`: the version in hex between quotes, as [`efs_core::Entry::etag`] spells it,
+/// written on the stack (one allocation, the header value's, where the `String` took three).
 fn set_etag(h: &mut HeaderMap, e: &efs_core::Entry) {
-    if let Ok(v) = HeaderValue::from_str(&e.etag()) {
+    let mut tag = [b'"'; 2 + 2 * 16];
+    if hex::encode_to_slice(e.version, &mut tag[1..33]).is_ok()
+        && let Ok(v) = HeaderValue::from_bytes(&tag)
+    {
         h.insert(header::ETAG, v);
     }
 }
@@ -900,7 +905,8 @@ async fn read_version(
         }
     };
     let (start, end) = range.unwrap_or((0, len));
-    let mut headers = HeaderMap::new();
+    // Room for every header below, so that the map is not grown while it is filled.
+    let mut headers = HeaderMap::with_capacity(12);
     set_etag(&mut headers, entry);
     headers.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     headers.insert(
@@ -919,13 +925,13 @@ async fn read_version(
         header::CONTENT_TYPE,
         HeaderValue::from_str(ct).unwrap_or(HeaderValue::from_static("application/octet-stream")),
     );
-    if let Ok(v) = HeaderValue::from_str(&http_date(entry.modified_ms)) {
+    if let Ok(v) = HeaderValue::try_from(http_date(entry.modified_ms)) {
         headers.insert(header::LAST_MODIFIED, v);
     }
     headers.insert(header::CONTENT_LENGTH, HeaderValue::from(end - start));
     let status = if range.is_some() {
         if let Ok(v) =
-            HeaderValue::from_str(&format!("bytes {}-{}/{len}", start, end.saturating_sub(1)))
+            HeaderValue::try_from(format!("bytes {}-{}/{len}", start, end.saturating_sub(1)))
         {
             headers.insert(header::CONTENT_RANGE, v);
         }
@@ -934,7 +940,7 @@ async fn read_version(
         StatusCode::OK
     };
     if head {
-        return Ok(Some((status, headers).into_response()));
+        return Ok(Some(answer(status, headers, Body::empty())));
     }
     metrics::counter!("efs_bytes_out_total").increment(end - start);
     // The cache: a hit serves from memory; a miss on a small enough file fills it when the
@@ -971,7 +977,7 @@ async fn read_version(
         };
         if let Some(cached) = cached {
             let body = Body::from(cached.slice(start as usize, end as usize));
-            return Ok(Some((status, headers, body).into_response()));
+            return Ok(Some(answer(status, headers, body)));
         }
     }
     let Some(reader) = open_found(fs, &found).await? else {
@@ -985,7 +991,16 @@ async fn read_version(
     let mut pending = std::collections::VecDeque::new();
     push_slices(&mut pending, first, segs.start, start, end);
     let body = Body::from_stream(stream_range(reader, start, end, first_end, pending));
-    Ok(Some((status, headers, body).into_response()))
+    Ok(Some(answer(status, headers, body)))
+}
+
+/// A response with these headers: the map is moved in, where `(status, headers, body)`
+/// would copy it entry by entry into the response's own.
+fn answer(status: StatusCode, headers: HeaderMap, body: Body) -> Response {
+    let mut r = Response::new(body);
+    *r.status_mut() = status;
+    *r.headers_mut() = headers;
+    r
 }
 
 /// Opens the version a read looked up; `None` if it was replaced or deleted since (the

@@ -102,8 +102,8 @@ pub struct Grant {
 /// The server's user store, as the authenticator sees it. Called on every verification, so
 /// it must be an in-memory lookup.
 pub trait UserDirectory: Send + Sync {
-    /// The user named `user`, if it exists.
-    fn lookup(&self, user: &str) -> Option<AuthUser>;
+    /// The user named `user`, if it exists (shared: a token check copies nothing).
+    fn lookup(&self, user: &str) -> Option<Arc<AuthUser>>;
 }
 
 /// The claims of an EFS token.
@@ -130,14 +130,22 @@ pub struct Claims {
 /// A verified caller: claims + the grant in force now.
 #[derive(Clone, Debug)]
 pub struct Caller {
-    /// The user name.
-    pub user: String,
-    /// The filesystem the token is for.
-    pub fs: String,
     /// Whether the grant in force *now* is read-only.
     pub read_only: bool,
-    /// The token's claims.
-    pub claims: Claims,
+    /// The token's claims, shared with the token cache (a request copies none of them).
+    pub claims: Arc<Claims>,
+}
+
+impl Caller {
+    /// The user name (`sub`).
+    pub fn user(&self) -> &str {
+        &self.claims.sub
+    }
+
+    /// The filesystem the token is for.
+    pub fn fs(&self) -> &str {
+        &self.claims.fs
+    }
 }
 
 /// Body of `POST /_efs/auth/challenge`.
@@ -550,8 +558,8 @@ impl Authenticator {
                 return Err(Refusal::of("renewals exhausted", &caller.claims));
             }
             let resp = self.issue(
-                &caller.user,
-                &caller.fs,
+                caller.user(),
+                caller.fs(),
                 caller.claims.r#gen,
                 caller.claims.ren + 1,
                 now,
@@ -562,8 +570,8 @@ impl Authenticator {
             Ok((caller, resp)) => {
                 self.report(AuthEvent {
                     kind: AuthEventKind::RefreshSucceeded,
-                    user: Some(&caller.user),
-                    fs: Some(&caller.fs),
+                    user: Some(caller.user()),
+                    fs: Some(caller.fs()),
                     client_ip: Some(client_ip),
                     reason: "ok",
                 });
@@ -747,8 +755,6 @@ impl Authenticator {
             return Err(Refusal::of("filesystem no longer granted", &claims));
         };
         Ok(Caller {
-            user: claims.sub.clone(),
-            fs: claims.fs.clone(),
             read_only: grant.read_only,
             claims,
         })
@@ -756,7 +762,7 @@ impl Authenticator {
 
     /// The claims of a token whose signature, algorithm and issuer are good, from the cache
     /// when this exact token was checked before.
-    fn verified_claims(&self, token: &str, now_ms: u64) -> Result<Claims, Refusal> {
+    fn verified_claims(&self, token: &str, now_ms: u64) -> Result<Arc<Claims>, Refusal> {
         if token.is_empty() {
             return Err(Refusal::anonymous("missing token"));
         }
@@ -780,7 +786,7 @@ impl Authenticator {
                     _ => "malformed token",
                 })
             })?;
-        let claims = data.claims;
+        let claims = Arc::new(data.claims);
         // jsonwebtoken checked `iss` already; this keeps the rule visible here.
         if claims.iss != self.config.server_id {
             return Err(Refusal::anonymous("token issued by another server"));
@@ -1089,7 +1095,7 @@ impl Challenges {
 
 #[derive(Clone)]
 struct CachedClaims {
-    claims: Claims,
+    claims: Arc<Claims>,
     /// Time until the token expires (at most the token lifetime) when it was cached.
     ttl: Duration,
 }
@@ -1153,8 +1159,8 @@ mod tests {
     }
 
     impl UserDirectory for Dir {
-        fn lookup(&self, user: &str) -> Option<AuthUser> {
-            self.0.lock().unwrap().get(user).cloned()
+        fn lookup(&self, user: &str) -> Option<Arc<AuthUser>> {
+            self.0.lock().unwrap().get(user).cloned().map(Arc::new)
         }
     }
 
@@ -1294,8 +1300,8 @@ mod tests {
         assert_eq!(c["jti"].as_str().unwrap().len(), 22);
 
         let caller = f.auth.verify(&resp.token).unwrap();
-        assert_eq!(caller.user, "app1");
-        assert_eq!(caller.fs, "records");
+        assert_eq!(caller.user(), "app1");
+        assert_eq!(caller.fs(), "records");
         assert!(!caller.read_only);
         assert_eq!(caller.claims.ren, 0);
     }
@@ -1718,7 +1724,7 @@ mod tests {
         assert!(!f.auth.verify(&token).unwrap().read_only);
         f.dir.edit("app1", |u| u.grants[1].read_only = true);
         let caller = f.auth.verify(&token).unwrap();
-        assert_eq!(caller.fs, "billing");
+        assert_eq!(caller.fs(), "billing");
         assert!(caller.read_only, "the grant in force now applies");
         f.dir.edit("app1", |u| u.grants.truncate(1));
         assert_unauthorized(f.auth.verify(&token), "grant removed");
@@ -1737,7 +1743,7 @@ mod tests {
         assert_eq!((err.status(), err.code()), (400, "fs_required"));
         let r = login(&f.auth, "app1", &f.app1, Some("billing")).unwrap();
         assert_eq!(r.fs, "billing");
-        assert_eq!(f.auth.verify(&r.token).unwrap().fs, "billing");
+        assert_eq!(f.auth.verify(&r.token).unwrap().fs(), "billing");
     }
 
     #[test]
@@ -2179,7 +2185,7 @@ mod tests {
                 IP,
             )
             .unwrap();
-        assert_eq!(f.auth.verify(&resp.token).unwrap().user, "ossl");
+        assert_eq!(f.auth.verify(&resp.token).unwrap().user(), "ossl");
     }
 
     /// ssh-keygen agrees with `parse_public_key`, `openssh_public_key` and

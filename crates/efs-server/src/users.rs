@@ -10,7 +10,7 @@ use efs_core::system::UserRecord;
 use crate::auth::{AuthUser, Grant, UserDirectory};
 
 /// A user as the server needs it: login facts and the bound client certificate.
-type Cached = (AuthUser, Option<[u8; 32]>);
+type Cached = (Arc<AuthUser>, Option<[u8; 32]>);
 
 /// Users by name.
 #[derive(Default)]
@@ -39,7 +39,7 @@ impl UserCache {
         let mut map = HashMap::new();
         for u in users {
             if let Some(a) = to_auth(&u) {
-                map.insert(u.name.clone(), (a, u.cert_sha256));
+                map.insert(u.name.clone(), (Arc::new(a), u.cert_sha256));
             } else {
                 tracing::warn!("a stored user has an invalid public key; it cannot log in");
             }
@@ -94,7 +94,7 @@ fn token_generation(u: &UserRecord) -> u64 {
 }
 
 impl UserDirectory for UserCache {
-    fn lookup(&self, user: &str) -> Option<AuthUser> {
+    fn lookup(&self, user: &str) -> Option<Arc<AuthUser>> {
         self.users
             .read()
             .expect("lock poisoned")
