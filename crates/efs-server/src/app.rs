@@ -103,12 +103,34 @@ async fn control_method_not_allowed() -> ApiError {
     ApiError::method_not_allowed("this control route does not take this method (see docs/api.md)")
 }
 
+/// A request to a file path (anything outside `/_efs`), answered without the router: what
+/// [`router`] does for it (the `observe` layer, then the `files` fallback) minus the route
+/// matching and the boxing of every layer's future, which cost about a tenth of a small
+/// GET's CPU (docs/benchmarks.md). The server sends only control routes through the router.
+pub async fn file_request(st: Arc<AppState>, req: Request) -> Response {
+    observed(req, |req| files(State(st), req)).await
+}
+
+/// True for the paths [`file_request`] must not take: the control routes' prefix.
+pub fn is_control_path(path: &str) -> bool {
+    path.starts_with("/_efs")
+}
+
 /// Request metrics and a log line per request; never a path unless `--log-paths`.
 async fn observe(req: Request, next: axum::middleware::Next) -> Response {
+    observed(req, |req| next.run(req)).await
+}
+
+/// [`observe`]'s work around `run`.
+async fn observed<F, Fut>(req: Request, run: F) -> Response
+where
+    F: FnOnce(Request) -> Fut,
+    Fut: std::future::Future<Output = Response>,
+{
     let start = Instant::now();
     let method = req.method().clone();
     let route = route_label(req.uri().path());
-    let resp = next.run(req).await;
+    let resp = run(req).await;
     let status = status_label(resp.status());
     let elapsed = start.elapsed().as_secs_f64();
     metrics::counter!("efs_http_requests_total", "route" => route, "method" => method_label(&method), "status" => status).increment(1);

@@ -248,7 +248,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     serve(
         listener,
         tls,
-        crate::app::router(state),
+        state,
         &cfg.http,
         &detached,
         cfg.shutdown_timeout,
@@ -294,13 +294,15 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    app: axum::Router,
+    state: Arc<crate::app::AppState>,
     http: &crate::app::HttpConfig,
     detached: &tokio_util::task::TaskTracker,
     timeout: Duration,
     signal: impl std::future::Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    // Control routes go through the router; file requests straight to `file_request`.
+    let app = crate::app::router(state.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -360,6 +362,7 @@ async fn serve(
         let _ = tcp.set_nodelay(true);
         let acceptor = acceptor.clone();
         let app = app.clone();
+        let state = state.clone();
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
         tokio::spawn(async move {
@@ -390,10 +393,17 @@ async fn serve(
                 move |mut req: hyper::Request<hyper::body::Incoming>| {
                     req.extensions_mut().insert(info.clone());
                     let app = app.clone();
+                    let state = state.clone();
                     let in_flight = act.begin();
                     async move {
                         use tower::ServiceExt;
-                        let r = app.oneshot(req.map(axum::body::Body::new)).await;
+                        let req = req.map(axum::body::Body::new);
+                        // File requests skip the router (the same work, see `file_request`).
+                        let r = if crate::app::is_control_path(req.uri().path()) {
+                            app.oneshot(req).await
+                        } else {
+                            Ok(crate::app::file_request(state, req).await)
+                        };
                         // From here, the body's frames are the connection's progress.
                         let progress = in_flight.answered();
                         r.map(|resp| resp.map(|b| crate::connections::guarded(b, progress)))
