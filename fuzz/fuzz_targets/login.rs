@@ -27,10 +27,10 @@ const USER: &str = "alice";
 const FS: &str = "records";
 const IP: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
-struct OneUser(AuthUser);
+struct OneUser(Arc<AuthUser>);
 
 impl UserDirectory for OneUser {
-    fn lookup(&self, user: &str) -> Option<AuthUser> {
+    fn lookup(&self, user: &str) -> Option<Arc<AuthUser>> {
         (user == self.0.name).then(|| self.0.clone())
     }
 }
@@ -40,14 +40,14 @@ struct Fixture {
     user_key: SigningKey,
     /// A token the server issued by a real login, and its claims.
     token: String,
-    claims: Claims,
+    claims: Arc<Claims>,
 }
 
 fn fixture() -> &'static Fixture {
     static F: OnceLock<Fixture> = OnceLock::new();
     F.get_or_init(|| {
         let user_key = SigningKey::from_bytes(&[7; 32]);
-        let users = OneUser(AuthUser {
+        let users = OneUser(Arc::new(AuthUser {
             name: USER.into(),
             public_key: user_key.verifying_key(),
             grants: vec![Grant {
@@ -55,7 +55,7 @@ fn fixture() -> &'static Fixture {
                 read_only: false,
             }],
             generation: 1,
-        });
+        }));
         let config = AuthConfig {
             // Long enough that the fixture's token outlives any fuzz run.
             token_ttl: Duration::from_secs(30 * 24 * 3600),
@@ -146,7 +146,7 @@ fuzz_target!(|data: &[u8]| {
                         assert!(signed_honestly && req.user == USER);
                         assert_eq!(resp.fs, FS);
                         let caller = f.auth.verify(&resp.token).expect("a fresh token verifies");
-                        assert_eq!((caller.user.as_str(), caller.fs.as_str()), (USER, FS));
+                        assert_eq!((caller.user(), caller.fs()), (USER, FS));
                     }
                     Err(_) => assert!(
                         !signed_honestly

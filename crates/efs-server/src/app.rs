@@ -104,11 +104,32 @@ async fn control_method_not_allowed() -> ApiError {
 }
 
 /// A request to a file path (anything outside `/_efs`), answered without the router: what
-/// [`router`] does for it (the `observe` layer, then the `files` fallback) minus the route
-/// matching and the boxing of every layer's future, which cost about a tenth of a small
-/// GET's CPU (docs/benchmarks.md). The server sends only control routes through the router.
+/// [`router`] does for it (the `observe` layer, the `files` fallback, and what axum's router
+/// does to every answer it routes, see [`finish_routed`]) minus the route matching and the
+/// boxing of every layer's future, which cost about a tenth of a small GET's CPU
+/// (docs/benchmarks.md). The server sends only control routes through the router.
 pub async fn file_request(st: Arc<AppState>, req: Request) -> Response {
-    observed(req, |req| files(State(st), req)).await
+    let head = req.method() == Method::HEAD;
+    let res = observed(req, |req| files(State(st), req)).await;
+    finish_routed(res, head)
+}
+
+/// What axum 0.8's router does to the answer of a route (`RouteFuture`): a `Content-Length`
+/// from a body of known size when there is none, then, for `HEAD`, the body dropped. Over
+/// HTTP/1.1 hyper drops a `HEAD` answer's body itself; over HTTP/2 it would send it, and the
+/// client would reset the stream (an error to a `HEAD` carries a JSON body).
+fn finish_routed(mut res: Response, head: bool) -> Response {
+    use axum::body::HttpBody;
+    if !res.headers().contains_key(header::CONTENT_LENGTH)
+        && let Some(n) = res.body().size_hint().exact()
+    {
+        res.headers_mut()
+            .insert(header::CONTENT_LENGTH, HeaderValue::from(n));
+    }
+    if head {
+        *res.body_mut() = Body::empty();
+    }
+    res
 }
 
 /// True for the paths [`file_request`] must not take: the control routes' prefix.

@@ -1889,3 +1889,53 @@ async fn a_wrong_method_on_a_control_route_is_a_json_405() {
         assert!(allow.is_some(), "{method} {path}: no Allow header");
     }
 }
+
+/// A `HEAD` answer has no body over HTTP/2 as over HTTP/1.1, errors included (their JSON
+/// body is dropped), and says how long the `GET` answer would be. Over HTTP/2 a body on a
+/// `HEAD` answer makes the client reset the stream.
+#[tokio::test]
+async fn head_answers_carry_no_body_over_http2_and_http1() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    srv.put_ok("/docs/readme.txt", &s.token, "readme, 19 bytes...")
+        .await;
+    let cases = [
+        ("/docs/readme.txt", 200, Some("19")),
+        ("/docs/", 200, Some("0")),
+        ("/missing.txt", 404, None),
+        ("/docs", 409, None),
+        ("/bad%2Fname", 400, None),
+    ];
+    for (path, status, length) in cases {
+        let r = srv.req("HEAD", path, &s.token).send().await.unwrap();
+        assert_eq!(r.version(), reqwest::Version::HTTP_2, "{path}");
+        assert_eq!(r.status(), status, "{path}");
+        let announced = header(&r, "content-length");
+        if let Some(want) = length {
+            assert_eq!(announced.as_deref(), Some(want), "{path}");
+        }
+        let body = r
+            .bytes()
+            .await
+            .unwrap_or_else(|e| panic!("HEAD {path}: the stream did not end cleanly: {e}"));
+        assert!(body.is_empty(), "HEAD {path} over HTTP/2 sent a body");
+        // curl, over each protocol: a clean end (exit 0) and the same status.
+        for proto in ["--http2", "--http1.1"] {
+            let url = srv.url(path);
+            let auth = format!("Authorization: Bearer {}", s.token);
+            let out = srv.curl(&[proto, "-I", "-H", &auth, &url]);
+            let text = String::from_utf8_lossy(&out.stdout);
+            assert!(
+                out.status.success(),
+                "curl {proto} -I {path}: {}\n{text}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            assert!(
+                text.lines()
+                    .next()
+                    .is_some_and(|l| l.contains(&status.to_string())),
+                "curl {proto} -I {path}: {text}"
+            );
+        }
+    }
+}
