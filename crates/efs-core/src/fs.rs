@@ -193,7 +193,15 @@ impl Entry {
 
     /// The strong ETag of this version, quoted.
     pub fn etag(&self) -> String {
-        format!("\"{}\"", hex::encode(self.version))
+        String::from_utf8_lossy(&self.etag_bytes()).into_owned()
+    }
+
+    /// [`Entry::etag`] as bytes on the stack (the server writes it into a header with no
+    /// `String` in between): the version in lowercase hex between double quotes.
+    pub fn etag_bytes(&self) -> [u8; 34] {
+        let mut tag = [b'"'; 34];
+        hex::encode_to_slice(self.version, &mut tag[1..33]).expect("16 bytes are 32 hex digits");
+        tag
     }
 }
 
@@ -1979,6 +1987,25 @@ pub fn segment_offset(idx: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_etag_is_the_version_in_lowercase_hex_between_quotes() {
+        let mut version = [0u8; 16];
+        version[0] = 0xAB;
+        version[15] = 0x09;
+        let e = Entry {
+            name: "f".into(),
+            kind: Kind::File,
+            size: 0,
+            created_ms: 0,
+            modified_ms: 0,
+            content_type: None,
+            version,
+        };
+        let want = "\"ab000000000000000000000000000009\"";
+        assert_eq!(e.etag(), want);
+        assert_eq!(&e.etag_bytes()[..], want.as_bytes());
+    }
 
     /// Out-of-place opening of ciphertext lent in pieces ([`Opener`]) gives what one read
     /// decrypted in place gives, however the pieces cut the segments (whole, cut inside a

@@ -776,13 +776,10 @@ async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, Ap
     Ok(r)
 }
 
-/// `ETag`: the version in hex between quotes, as [`efs_core::Entry::etag`] spells it,
-/// written on the stack (one allocation, the header value's, where the `String` took three).
+/// `ETag`, from the bytes [`efs_core::Entry::etag_bytes`] writes on the stack (one
+/// allocation, the header value's, where the `String` took three).
 fn set_etag(h: &mut HeaderMap, e: &efs_core::Entry) {
-    let mut tag = [b'"'; 2 + 2 * 16];
-    if hex::encode_to_slice(e.version, &mut tag[1..33]).is_ok()
-        && let Ok(v) = HeaderValue::from_bytes(&tag)
-    {
+    if let Ok(v) = HeaderValue::from_bytes(&e.etag_bytes()) {
         h.insert(header::ETAG, v);
     }
 }
