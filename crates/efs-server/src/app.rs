@@ -105,7 +105,7 @@ async fn control_method_not_allowed() -> ApiError {
 
 /// A request to a file path (anything outside `/_efs`), answered without the router: what
 /// [`router`] does for it (the `observe` layer, the `files` fallback, and what axum's router
-/// does to every answer it routes, see [`finish_routed`]) minus the route matching and the
+/// does to every answer it routes, see `finish_routed`) minus the route matching and the
 /// boxing of every layer's future, which cost about a tenth of a small GET's CPU
 /// (docs/benchmarks.md). The server sends only control routes through the router.
 pub async fn file_request(st: Arc<AppState>, req: Request) -> Response {
