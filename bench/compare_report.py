@@ -117,8 +117,8 @@ def main():
     def ratio(a, b):
         return a / b if a is not None and b else None
 
-    # Ratios are taken within each round (the peer measured minutes apart at most), then
-    # their median is the result.
+    # Ratios are taken within each round (each workload runs on every server back to back,
+    # so the peer was measured seconds apart), then their median is the result.
     for r in rows:
         w = r["workload"]
         r["vs_nginx"] = r["vs_rclone"] = None
@@ -179,7 +179,8 @@ def main():
         print(f"# {len(rounds)} rounds: each figure is the median of its rounds without errors, p99 and")
         print("# peak RSS the highest, errors the sum; each ratio is the median of the rounds' own")
         print("# ratios (their range in brackets; a round with errors on either side has none), a")
-        print("# round's ratio comparing figures taken minutes apart at most.")
+        print("# round's ratio comparing figures taken seconds apart (each workload runs on every")
+        print("# server back to back).")
     print()
     print("| workload | server | req/s | MB/s | p50 ms | p99 ms | peak RSS MiB | errors | load | EFS/nginx | EFS/rclone |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
