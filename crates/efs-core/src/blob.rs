@@ -90,6 +90,10 @@ pub struct LocalBlobStore {
     /// Read blobs of this many bytes or more with `O_DIRECT` ([`DIRECT_READ_MIN`]; the
     /// tests lower it).
     direct_read_min: u64,
+    /// Tests only: direct reads of windows at this offset or beyond fail with `EINVAL`, as
+    /// on a filesystem that refuses them midway (no filesystem here does so on demand).
+    #[cfg(test)]
+    refuse_direct_from: Option<u64>,
 }
 
 impl LocalBlobStore {
@@ -100,6 +104,8 @@ impl LocalBlobStore {
             root: root.to_path_buf(),
             direct: cfg!(target_os = "linux"),
             direct_read_min: DIRECT_READ_MIN,
+            #[cfg(test)]
+            refuse_direct_from: None,
         })
     }
 
@@ -109,6 +115,22 @@ impl LocalBlobStore {
     fn open_buffered(root: &Path) -> Result<Self> {
         Ok(Self {
             direct: false,
+            ..Self::open(root)?
+        })
+    }
+
+    /// Tests only: blobs of `direct_read_min` bytes or more read directly, and direct
+    /// reads of windows at `refuse_from` or beyond refused with `EINVAL` (see
+    /// `refuse_direct_from`).
+    #[cfg(test)]
+    pub(crate) fn refusing_direct_reads(
+        root: &Path,
+        direct_read_min: u64,
+        refuse_from: u64,
+    ) -> Result<Self> {
+        Ok(Self {
+            direct_read_min,
+            refuse_direct_from: Some(refuse_from),
             ..Self::open(root)?
         })
     }
@@ -301,6 +323,19 @@ fn reopen_direct(f: &std::fs::File) -> Result<Option<std::fs::File>> {
     {
         let _ = f;
         Ok(None)
+    }
+}
+
+/// Tests only: the error [`is_einval`] recognises, for a refusal made on demand.
+#[cfg(test)]
+fn einval() -> std::io::Error {
+    #[cfg(target_os = "linux")]
+    {
+        std::io::Error::from_raw_os_error(rustix::io::Errno::INVAL.raw_os_error())
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        std::io::Error::from(std::io::ErrorKind::InvalidInput)
     }
 }
 
@@ -743,6 +778,9 @@ struct DirectReads {
     /// Set once the filesystem refused a direct read (`EINVAL`, an alignment it requires
     /// beyond [`DIRECT_ALIGN`]): the reader reads through the page cache from then on.
     refused: std::sync::atomic::AtomicBool,
+    /// See [`LocalBlobStore::refuse_direct_from`].
+    #[cfg(test)]
+    refuse_from: Option<u64>,
 }
 
 #[derive(Default)]
@@ -806,6 +844,10 @@ impl DirectReads {
         while done < len {
             let at = offset + done as u64;
             let win = at / DIRECT_BUF as u64 * DIRECT_BUF as u64;
+            #[cfg(test)]
+            if self.refuse_from.is_some_and(|r| win >= r) {
+                return Err(einval().into());
+            }
             if w.cur.as_ref().is_none_or(|(s, _)| *s != win) {
                 let buf = match w.next.take() {
                     Some((s, task)) if s == win => joined(task.await)?,
@@ -965,6 +1007,8 @@ impl BlobStore for LocalBlobStore {
     async fn open(&self, id: &ContentId) -> Result<Arc<dyn BlobReader>> {
         let p = self.path_of(id);
         let (direct, direct_read_min) = (self.direct, self.direct_read_min);
+        #[cfg(test)]
+        let refuse_from = self.refuse_direct_from;
         blocking(move || match std::fs::File::open(&p) {
             Ok(f) => {
                 let len = f.metadata()?.len();
@@ -973,6 +1017,8 @@ impl BlobStore for LocalBlobStore {
                         file: Arc::new(f),
                         windows: Default::default(),
                         refused: false.into(),
+                        #[cfg(test)]
+                        refuse_from,
                     })
                 } else {
                     None
@@ -1462,6 +1508,78 @@ mod tests {
             .unwrap();
         assert!(!lent && !called, "a cached reader lends nothing");
         assert_eq!(r.read_at(0, 100).await.unwrap(), content[..100]);
+    }
+
+    /// A direct read the filesystem refuses after the first window (`EINVAL` midway, made
+    /// on demand: see `refuse_direct_from`) ends the lending with `Ok(false)` after the first
+    /// window's piece, so the caller discards it and reads the range with `read_at`, which
+    /// (and every read after it, lending included) goes through the page cache and returns the
+    /// written bytes.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_direct_read_refused_midway_falls_back_to_the_page_cache() {
+        let t = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore {
+            direct_read_min: DIRECT_ALIGN as u64,
+            refuse_direct_from: Some(DIRECT_BUF as u64),
+            ..LocalBlobStore::open(t.path()).unwrap()
+        };
+        let len = 2 * DIRECT_BUF + 777;
+        let content: Vec<u8> = (0..len)
+            .map(|i| (i % 239) as u8 ^ (i >> 18) as u8)
+            .collect();
+        let id = [8u8; 16];
+        let mut w = store.create(&id).await.unwrap();
+        w.write(content.clone()).await.unwrap();
+        w.finish().await.unwrap();
+        if reopen_direct(&std::fs::File::open(store.path_of(&id)).unwrap())
+            .unwrap()
+            .is_none()
+        {
+            eprintln!("skipped: this filesystem takes no direct reads");
+            return;
+        }
+        let r = store.open(&id).await.unwrap();
+        // Within the first window: lent as usual.
+        let mut got = Vec::new();
+        assert!(
+            r.lend_at(5, 1000, &mut |p| {
+                got.extend_from_slice(p);
+                Ok(())
+            })
+            .await
+            .unwrap()
+        );
+        assert!(got == content[5..1005]);
+        // Across into the refused window: the first window's piece, then `Ok(false)`.
+        let (at, n) = (DIRECT_BUF - 300, 262_208);
+        let mut pieces = Vec::new();
+        let lent = r
+            .lend_at(at as u64, n, &mut |p| {
+                pieces.push(p.to_vec());
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(!lent, "a refusal midway is reported as nothing lent");
+        assert_eq!(
+            pieces.len(),
+            1,
+            "only the first window's piece came before it"
+        );
+        assert!(pieces[0] == content[at..DIRECT_BUF]);
+        // Read again, as the caller then does, and from then on: through the page cache.
+        assert!(r.read_at(at as u64, n).await.unwrap() == content[at..at + n]);
+        assert!(r.read_at(0, len).await.unwrap() == content);
+        let mut called = false;
+        let lent = r
+            .lend_at(0, 100, &mut |_| {
+                called = true;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        assert!(!lent && !called, "once refused, the reader lends nothing");
     }
 
     /// A direct write the kernel refuses (here: memory not aligned to a block, which every

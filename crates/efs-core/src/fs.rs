@@ -2084,6 +2084,64 @@ mod tests {
         }
     }
 
+    /// A download whose direct reads the filesystem refuses midway (`EINVAL` from the second
+    /// window on, made on demand) still gets the right plaintext from `read_plain`: what
+    /// was decrypted out of the first window is discarded and the range read again through
+    /// the page cache, in batches that start before, at and across the refused window.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_direct_read_refused_midway_still_decrypts_the_right_bytes() {
+        use crate::blob::{BlobStore, LocalBlobStore};
+        let t = tempfile::tempdir().unwrap();
+        let window = 8u64 << 20;
+        let store = LocalBlobStore::refusing_direct_reads(t.path(), 4096, window).unwrap();
+        let key = Key32::from_bytes([9; 32]);
+        let id = [4u8; 16];
+        let plain: Vec<u8> = (0..(2 * window as usize + 3 * SEGMENT_SIZE + 99))
+            .map(|i| (i % 251) as u8 ^ (i >> 20) as u8)
+            .collect();
+        let mut enc = Encryptor::new(&key, id);
+        let mut ct = enc.header().to_vec();
+        enc.update(&plain, &mut ct);
+        enc.finish(&mut ct).unwrap();
+        let mut w = store.create(&id).await.unwrap();
+        w.write(ct.clone()).await.unwrap();
+        w.finish().await.unwrap();
+        let dec = Decryptor::new(&key, &ct[..HEADER_LEN], ct.len() as u64, &id).unwrap();
+        let segments = dec.segment_count();
+        let reader = FileReader {
+            entry: Entry {
+                name: "f".into(),
+                kind: Kind::File,
+                size: plain.len() as u64,
+                created_ms: 0,
+                modified_ms: 0,
+                content_type: None,
+                version: id,
+            },
+            dec,
+            source: Source::Blob(store.open(&id).await.unwrap()),
+        };
+        // The segment holding the first byte of the refused window.
+        let cut = window / (SEGMENT_SIZE + TAG_LEN) as u64;
+        for (first, end) in [
+            (0, 4),
+            (cut - 2, cut + 2),
+            (cut, cut + 4),
+            (segments - 3, segments),
+        ] {
+            let got = reader.read_plain(first, end).await.unwrap();
+            let text: Vec<u8> = got
+                .segments
+                .iter()
+                .flat_map(|r| got.buf[r.clone()].iter().copied())
+                .collect();
+            let from = segment_offset(first) as usize;
+            let to = (segment_offset(end) as usize).min(plain.len());
+            assert!(text == plain[from..to], "segments {first}..{end}");
+        }
+    }
+
     /// A claimed check holds the filesystem's operations until it has run (the server
     /// claims before it serves, starts once it listens); dropped without being started, it
     /// leaves the filesystem on hold.
