@@ -1429,6 +1429,19 @@ mod tests {
         }
     }
 
+    /// True if `r` answers a `lend_at` with `Ok(false)` without calling the sink.
+    async fn lends_nothing(r: &dyn BlobReader) -> bool {
+        let mut called = false;
+        let lent = r
+            .lend_at(0, 100, &mut |_| {
+                called = true;
+                Ok(())
+            })
+            .await
+            .unwrap();
+        !lent && !called
+    }
+
     /// A blob read directly lends its windows: the pieces, in order, are the bytes asked
     /// for, one piece per window touched; a sink's error ends the read and comes back; a
     /// read past the end is an error. A blob read through the page cache lends nothing
@@ -1498,15 +1511,7 @@ mod tests {
         }
 
         let r = store.open(&small).await.unwrap();
-        let mut called = false;
-        let lent = r
-            .lend_at(0, 100, &mut |_| {
-                called = true;
-                Ok(())
-            })
-            .await
-            .unwrap();
-        assert!(!lent && !called, "a cached reader lends nothing");
+        assert!(lends_nothing(&*r).await, "a cached reader lends nothing");
         assert_eq!(r.read_at(0, 100).await.unwrap(), content[..100]);
     }
 
@@ -1571,15 +1576,10 @@ mod tests {
         // Read again, as the caller then does, and from then on: through the page cache.
         assert!(r.read_at(at as u64, n).await.unwrap() == content[at..at + n]);
         assert!(r.read_at(0, len).await.unwrap() == content);
-        let mut called = false;
-        let lent = r
-            .lend_at(0, 100, &mut |_| {
-                called = true;
-                Ok(())
-            })
-            .await
-            .unwrap();
-        assert!(!lent && !called, "once refused, the reader lends nothing");
+        assert!(
+            lends_nothing(&*r).await,
+            "once refused, the reader lends nothing"
+        );
     }
 
     /// A direct write the kernel refuses (here: memory not aligned to a block, which every

@@ -2007,6 +2007,18 @@ mod tests {
         assert_eq!(&e.etag_bytes()[..], want.as_bytes());
     }
 
+    /// `got` (segments `first..end`) holds exactly their part of `plain`.
+    fn assert_plaintext_of_segments(got: &PlainSegments, plain: &[u8], first: u64, end: u64) {
+        let text: Vec<u8> = got
+            .segments
+            .iter()
+            .flat_map(|r| got.buf[r.clone()].iter().copied())
+            .collect();
+        let from = segment_offset(first) as usize;
+        let to = (segment_offset(end) as usize).min(plain.len());
+        assert!(text == plain[from..to], "segments {first}..{end}");
+    }
+
     /// Out-of-place opening of ciphertext lent in pieces ([`Opener`]) gives what one read
     /// decrypted in place gives, however the pieces cut the segments (whole, cut inside a
     /// segment or its tag, byte by byte, one byte short of a segment), for a run of
@@ -2048,14 +2060,7 @@ mod tests {
                 }
                 o.feed(&read[at..]).unwrap();
                 let got = o.finish().unwrap();
-                let text: Vec<u8> = got
-                    .segments
-                    .iter()
-                    .flat_map(|r| got.buf[r.clone()].iter().copied())
-                    .collect();
-                let from = segment_offset(first) as usize;
-                let to = (segment_offset(end) as usize).min(plain.len());
-                assert!(text == plain[from..to], "segments {first}..{end}");
+                assert_plaintext_of_segments(&got, &plain, first, end);
                 // The same ranges as in place: plaintext where its ciphertext was read.
                 assert_eq!(got.segments[0].start, 0);
                 if got.segments.len() > 1 {
@@ -2131,14 +2136,7 @@ mod tests {
             (segments - 3, segments),
         ] {
             let got = reader.read_plain(first, end).await.unwrap();
-            let text: Vec<u8> = got
-                .segments
-                .iter()
-                .flat_map(|r| got.buf[r.clone()].iter().copied())
-                .collect();
-            let from = segment_offset(first) as usize;
-            let to = (segment_offset(end) as usize).min(plain.len());
-            assert!(text == plain[from..to], "segments {first}..{end}");
+            assert_plaintext_of_segments(&got, &plain, first, end);
         }
     }
 
