@@ -24,8 +24,8 @@
 #
 # All the servers of a round run at once, each on a fresh data dir, and the workloads go step
 # by step: each step (say GET 4 KiB) runs on every server back to back before the next step,
-# so a ratio compares figures taken seconds apart, not minutes (the order of the servers is
-# reversed every other round). With --rounds N (default 1) the table shows each figure's
+# so a ratio compares figures taken within about half a minute, not up to three minutes (the
+# order of the servers is reversed every other round; nginx runs next to efs). With --rounds N (default 1) the table shows each figure's
 # median over the rounds and each ratio as the median of the per-round ratios, with their
 # range. These shared machines swing by up to 2x within an hour: a peer's one lucky or
 # unlucky minute then moves one round's ratio, not the result. The full set takes about
@@ -44,7 +44,9 @@ LIST_N=10000
 REPS=5
 ROUNDS=1
 ROUND=1
-SERVERS="nginx rclone-webdav rclone-s3 efs efs-nocache"
+# The order each round's workloads go through the servers (reversed every other round):
+# nginx next to efs, the rclone servers next to nginx, so each ratio's two figures are close.
+SERVERS="rclone-webdav rclone-s3 nginx efs efs-nocache"
 OUT=
 HTTPV=--http1.1
 while [ $# -gt 0 ]; do
@@ -371,14 +373,14 @@ LUA
 # The workloads, one step at a time: every step runs on every server back to back (see the
 # loop at the end). The one-stream transfers come first: RSS never shrinks back, so their
 # peak RSS is measured before the 16-client runs have grown the heap.
-STEPS="upload disk put_big get_big put_64m get_64m get_4k get_1m put_4k list"
+STEPS="upload put_big get_big put_64m get_64m get_4k get_1m put_4k list"
 step_upload() {
   "${CURL[@]}" "${AUTH[@]}" --fail -T f4k -o /dev/null "$BASE/small/f4k"
   "${CURL[@]}" "${AUTH[@]}" --fail -T f1m -o /dev/null "$BASE/small/f1m"
   "${CURL[@]}" "${AUTH[@]}" --fail -T f64m -o /dev/null "$BASE/big/f64m"
 }
-step_disk() { disk_probe; }
-step_put_big() { curl_run put_big $((BIG_MIB << 20)) 1 put "$W/fbig" /big/pbig-; }
+# The disk's own rate is probed right before each server's large PUT (see disk_probe).
+step_put_big() { disk_probe; curl_run put_big $((BIG_MIB << 20)) 1 put "$W/fbig" /big/pbig-; }
 step_get_big() { curl_run get_big $((BIG_MIB << 20)) 1 get "$W/fbig" /big/pbig-1; }
 step_put_64m() { curl_run put_64m $((64 << 20)) "$REPS" put "$W/f64m" /big/p64m-; }
 step_get_64m() { curl_run get_64m $((64 << 20)) "$REPS" get "$W/f64m" /big/f64m; }
@@ -424,12 +426,15 @@ step_list() {
 
 # Each round starts every server afresh, then runs the workloads step by step, each step on
 # every server in turn (the order reversed every other round), so that each ratio compares
-# figures taken seconds apart rather than minutes: on these shared machines a peer's figure
-# moved by 1.6x between rounds a few minutes apart (nginx GET 4 KiB, run 34). The servers
-# not being measured sit idle meanwhile.
+# figures taken within about half a minute rather than up to three: on these shared machines
+# a peer's figure moved by 1.6x between rounds a few minutes apart (nginx GET 4 KiB, run 34).
+# The servers not being measured sit idle meanwhile.
+seen=" "
 for S in $SERVERS; do
   case $S in nginx|rclone-webdav|rclone-s3|efs|efs-nocache) ;;
     *) echo "unknown server $S" >&2; exit 2 ;; esac
+  [[ "$seen" != *" $S "* ]] || { echo "compare.sh: server $S named twice" >&2; exit 2; }
+  seen="$seen$S "
 done
 for ROUND in $(seq "$ROUNDS"); do
   ORDER=$SERVERS

@@ -122,7 +122,7 @@ impl LocalBlobStore {
     /// Tests only: blobs of `direct_read_min` bytes or more read directly, and direct
     /// reads of windows at `refuse_from` or beyond refused with `EINVAL` (see
     /// `refuse_direct_from`).
-    #[cfg(test)]
+    #[cfg(all(test, target_os = "linux"))]
     pub(crate) fn refusing_direct_reads(
         root: &Path,
         direct_read_min: u64,
@@ -326,6 +326,30 @@ fn reopen_direct(f: &std::fs::File) -> Result<Option<std::fs::File>> {
     }
 }
 
+/// Tests only: true if `r` answers a `lend_at` with `Ok(false)` without calling the sink
+/// (a reader that reads through the page cache, or that a refusal turned to it).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) async fn lends_nothing(r: &dyn BlobReader) -> bool {
+    let mut called = false;
+    let lent = r
+        .lend_at(0, 100, &mut |_| {
+            called = true;
+            Ok(())
+        })
+        .await
+        .unwrap();
+    !lent && !called
+}
+
+/// Tests only: true if this filesystem takes direct reads of blob `id` (tmpfs before Linux
+/// 6.6 and some FUSE filesystems do not).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) fn takes_direct_reads(store: &LocalBlobStore, id: &ContentId) -> bool {
+    reopen_direct(&std::fs::File::open(store.path_of(id)).unwrap())
+        .unwrap()
+        .is_some()
+}
+
 /// Tests only: the error [`is_einval`] recognises, for a refusal made on demand.
 #[cfg(test)]
 fn einval() -> std::io::Error {
@@ -359,7 +383,7 @@ const DIRECT_ALIGN: usize = 4096;
 /// Bytes per direct write. Measured here with `dd oflag=direct` into a new file, one write
 /// in flight: 1 MiB 536 MB/s, 8 MiB 867 MB/s, 32 MiB 996 MB/s (docs/benchmarks.md). Two
 /// buffers per upload (one filling, one being written) keep the memory per upload at 16 MiB.
-const DIRECT_BUF: usize = 8 << 20;
+pub(crate) const DIRECT_BUF: usize = 8 << 20;
 
 /// Most bytes a caller may append to [`BlobWriter::tail`] at a time: one sealed segment
 /// (64 KiB and its tag) with room to spare.
@@ -1429,19 +1453,6 @@ mod tests {
         }
     }
 
-    /// True if `r` answers a `lend_at` with `Ok(false)` without calling the sink.
-    async fn lends_nothing(r: &dyn BlobReader) -> bool {
-        let mut called = false;
-        let lent = r
-            .lend_at(0, 100, &mut |_| {
-                called = true;
-                Ok(())
-            })
-            .await
-            .unwrap();
-        !lent && !called
-    }
-
     /// A blob read directly lends its windows: the pieces, in order, are the bytes asked
     /// for, one piece per window touched; a sink's error ends the read and comes back; a
     /// read past the end is an error. A blob read through the page cache lends nothing
@@ -1466,9 +1477,7 @@ mod tests {
         }
         // Where this filesystem takes no direct reads (tmpfs before Linux 6.6, some FUSE),
         // nothing is lent, and the reads are `read_at`'s (tested elsewhere).
-        let direct = reopen_direct(&std::fs::File::open(store.path_of(&big)).unwrap())
-            .unwrap()
-            .is_some();
+        let direct = takes_direct_reads(&store, &big);
         if !direct {
             eprintln!("no direct reads on this filesystem: only the cached half is tested");
         }
@@ -1537,10 +1546,7 @@ mod tests {
         let mut w = store.create(&id).await.unwrap();
         w.write(content.clone()).await.unwrap();
         w.finish().await.unwrap();
-        if reopen_direct(&std::fs::File::open(store.path_of(&id)).unwrap())
-            .unwrap()
-            .is_none()
-        {
+        if !takes_direct_reads(&store, &id) {
             eprintln!("skipped: this filesystem takes no direct reads");
             return;
         }
