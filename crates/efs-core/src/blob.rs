@@ -350,6 +350,20 @@ pub(crate) fn takes_direct_reads(store: &LocalBlobStore, id: &ContentId) -> bool
         .is_some()
 }
 
+/// Tests only: writes blob `id` with `bytes`; true if this filesystem then takes direct reads
+/// of it (the tests of direct reads skip otherwise).
+#[cfg(all(test, target_os = "linux"))]
+pub(crate) async fn write_for_direct_reads(
+    store: &LocalBlobStore,
+    id: &ContentId,
+    bytes: Vec<u8>,
+) -> bool {
+    let mut w = store.create(id).await.unwrap();
+    w.write(bytes).await.unwrap();
+    w.finish().await.unwrap();
+    takes_direct_reads(store, id)
+}
+
 /// Tests only: the error [`is_einval`] recognises, for a refusal made on demand.
 #[cfg(test)]
 fn einval() -> std::io::Error {
@@ -1533,20 +1547,15 @@ mod tests {
     #[tokio::test]
     async fn a_direct_read_refused_midway_falls_back_to_the_page_cache() {
         let t = tempfile::tempdir().unwrap();
-        let store = LocalBlobStore {
-            direct_read_min: DIRECT_ALIGN as u64,
-            refuse_direct_from: Some(DIRECT_BUF as u64),
-            ..LocalBlobStore::open(t.path()).unwrap()
-        };
+        let store =
+            LocalBlobStore::refusing_direct_reads(t.path(), DIRECT_ALIGN as u64, DIRECT_BUF as u64)
+                .unwrap();
         let len = 2 * DIRECT_BUF + 777;
         let content: Vec<u8> = (0..len)
             .map(|i| (i % 239) as u8 ^ (i >> 18) as u8)
             .collect();
         let id = [8u8; 16];
-        let mut w = store.create(&id).await.unwrap();
-        w.write(content.clone()).await.unwrap();
-        w.finish().await.unwrap();
-        if !takes_direct_reads(&store, &id) {
+        if !write_for_direct_reads(&store, &id, content.clone()).await {
             eprintln!("skipped: this filesystem takes no direct reads");
             return;
         }
