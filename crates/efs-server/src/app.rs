@@ -107,7 +107,7 @@ async fn control_method_not_allowed() -> ApiError {
 /// [`router`] does for it (the `observe` layer, the `files` fallback, and what axum's router
 /// does to every answer it routes, see `finish_routed`) minus the route matching and the
 /// boxing of every layer's future, which cost about a tenth of a small GET's CPU
-/// (docs/benchmarks.md). The server sends only control routes through the router.
+/// (docs/benchmarks-history.md). The server sends only control routes through the router.
 pub async fn file_request(st: Arc<AppState>, req: Request) -> Response {
     let head = req.method() == Method::HEAD;
     let res = observed(req, |req| files(State(st), req)).await;
@@ -304,8 +304,9 @@ fn body_timeout(limit: std::time::Duration) -> ApiError {
 }
 
 async fn challenge(State(st): St, req: Request) -> Result<Response, ApiError> {
+    let ip = client_ip(req.extensions());
     let body: ChallengeRequest = json_body(&st, req.into_body()).await?;
-    let r = st.auth.challenge(&body)?;
+    let r = st.auth.challenge(&body, ip)?;
     Ok(axum::Json(r).into_response())
 }
 
@@ -317,28 +318,9 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
         .and_then(|c| c.client_cert_sha256);
     let body: TokenRequest = json_body(&st, req.into_body()).await?;
     let mark = audit_mark(&st.data)?;
-    if let Err(e) = check_cert_binding(&st, &body.user, cert) {
-        let mut rec = Record::new(Action::LoginFailed, 401);
-        rec.user = Some(body.user.clone());
-        rec.fs = body.fs.clone();
-        rec.client = Some(ip.to_string());
-        rec.detail = Some("client certificate does not match the one bound to the user".into());
-        st.data
-            .audit()
-            .record(rec)
-            .await
-            .map_err(|_| ApiError::audit_unavailable())?;
-        return Err(e);
-    }
-    if !crate::auth::is_valid_user_name(&body.user) {
-        // Refused before the authenticator reports anything: recorded here, without the
-        // (arbitrary) name.
-        let mut rec = Record::new(Action::LoginFailed, 400);
-        rec.client = Some(ip.to_string());
-        rec.detail = Some("malformed user name".into());
-        let _ = st.data.audit().submit(rec);
-    }
-    let r = st.auth.login(&body, ip);
+    // The certificate binding is checked by the login, after the signature: refused before
+    // it, a bound user would be told apart from others by anyone.
+    let r = st.auth.login_with_cert(&body, ip, cert);
     // The hook wrote the login's entry: no token leaves if that write failed.
     st.data
         .audit()
@@ -1058,7 +1040,7 @@ async fn open_found(
 
 /// Segments decrypted per read while streaming (256 KiB). Smaller batches keep the buffer
 /// being decrypted and then encrypted for TLS in the CPU's cache: 1 MiB batches were about
-/// 15 % slower for 1 MiB and 512 MiB downloads (docs/benchmarks.md); 64 and 128 KiB no faster.
+/// 15 % slower for 1 MiB and 512 MiB downloads (docs/benchmarks-history.md); 64 and 128 KiB no faster.
 const STREAM_BATCH: u64 = 4;
 
 /// Queues the parts of decrypted segments (the first is segment `first`) that fall in

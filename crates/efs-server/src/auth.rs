@@ -27,7 +27,7 @@ use jsonwebtoken::errors::ErrorKind as JwtErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use sha2::{Digest, Sha256};
 
-use crate::ratelimit::{LoginRateLimiter, RateLimitConfig, RetryAfter};
+use crate::ratelimit::{LoginRateLimiter, RateLimitConfig, RetryAfter, address_key};
 
 /// First line of every signed login message: the protocol's label and version.
 /// DO NOT CHANGE: clients sign it; a new message layout gets a new version label.
@@ -38,6 +38,9 @@ pub const NONCE_LEN: usize = 32;
 
 /// Outstanding challenges kept at most; past this the oldest is dropped.
 const MAX_PENDING_CHALLENGES: usize = 100_000;
+/// Outstanding challenges kept at most per client address (IPv6: per /64); past this the
+/// address's own oldest is dropped, so one address cannot push other clients' challenges out.
+const MAX_PENDING_CHALLENGES_PER_ADDRESS: usize = 64;
 /// Verified tokens kept in the cache at most.
 const TOKEN_CACHE_CAPACITY: u64 = 10_000;
 /// Longer bearer tokens are refused before any parsing (ours are about 400 bytes).
@@ -88,6 +91,9 @@ pub struct AuthUser {
     pub grants: Vec<Grant>,
     /// Bumped on revoke-all or delete: every token issued under an older generation is refused.
     pub generation: u64,
+    /// SHA-256 of the client certificate the user is bound to (mutual TLS), if any: a login
+    /// then succeeds only over a connection that presented exactly that certificate.
+    pub cert_sha256: Option<[u8; 32]>,
 }
 
 /// A user's right to one filesystem.
@@ -351,6 +357,7 @@ pub struct Authenticator {
     decoy_key: VerifyingKey,
     challenges: Mutex<Challenges>,
     max_pending_challenges: usize,
+    max_pending_challenges_per_address: usize,
     /// SHA-256 of a token string → its claims, once the signature and issuer checked out.
     token_cache: moka::sync::Cache<[u8; 32], CachedClaims>,
     limiter: LoginRateLimiter,
@@ -414,6 +421,7 @@ impl Authenticator {
             decoy_key,
             challenges: Mutex::new(Challenges::default()),
             max_pending_challenges: MAX_PENDING_CHALLENGES,
+            max_pending_challenges_per_address: MAX_PENDING_CHALLENGES_PER_ADDRESS,
             token_cache,
             audit: None,
             signature_checks: AtomicU64::new(0),
@@ -461,7 +469,13 @@ impl Authenticator {
 
     /// Issues a challenge. A well-formed user name gets one whether the user exists or not,
     /// without even looking it up: the answer has the same shape and timing either way.
-    pub fn challenge(&self, req: &ChallengeRequest) -> Result<ChallengeResponse, AuthError> {
+    /// `client_ip` bounds the challenges outstanding per address
+    /// ([`MAX_PENDING_CHALLENGES_PER_ADDRESS`]).
+    pub fn challenge(
+        &self,
+        req: &ChallengeRequest,
+        client_ip: IpAddr,
+    ) -> Result<ChallengeResponse, AuthError> {
         check_user_name(&req.user)?;
         let mut nonce = [0u8; NONCE_LEN];
         fill_random(&mut nonce);
@@ -469,10 +483,16 @@ impl Authenticator {
         let expires_ms = now.saturating_add(duration_ms(self.config.nonce_ttl));
         self.lock_challenges().insert(
             nonce,
-            req.user.clone(),
+            PendingChallenge {
+                user: req.user.clone(),
+                address: address_key(client_ip),
+                expires_ms,
+            },
             now,
-            expires_ms,
-            self.max_pending_challenges,
+            ChallengeLimits {
+                total: self.max_pending_challenges,
+                per_address: self.max_pending_challenges_per_address,
+            },
         );
         Ok(ChallengeResponse {
             nonce: URL_SAFE_NO_PAD.encode(nonce),
@@ -481,28 +501,58 @@ impl Authenticator {
         })
     }
 
-    /// Trades a signed challenge for a token.
+    /// Trades a signed challenge for a token, over a connection without a client
+    /// certificate ([`Authenticator::login_with_cert`]).
+    pub fn login(&self, req: &TokenRequest, client_ip: IpAddr) -> Result<TokenResponse, AuthError> {
+        self.login_with_cert(req, client_ip, None)
+    }
+
+    /// Trades a signed challenge for a token. `client_cert`: SHA-256 of the certificate the
+    /// connection presented (mutual TLS); a user bound to a certificate logs in only with
+    /// exactly that one, checked after its signature, so that the refusal says nothing to
+    /// whoever does not hold the user's key.
     ///
-    /// An address over its failure limit is refused (429) before any check. A user name over
-    /// its limit is not: anyone can fail logins in any name, so refusing there would let
+    /// An address over its failure limit is refused (429) before any other check. A user name
+    /// over its limit is not: anyone can fail logins in any name, so refusing there would let
     /// anyone keep any user out. The attempt is checked as usual, a valid signature gets its
     /// token, and only a failed attempt is answered 429 instead of its own error (and still
-    /// counted).
-    pub fn login(&self, req: &TokenRequest, client_ip: IpAddr) -> Result<TokenResponse, AuthError> {
-        check_user_name(&req.user)?;
+    /// counted). A malformed user or filesystem name is refused (400) and counts against the
+    /// address; its entry carries neither name.
+    pub fn login_with_cert(
+        &self,
+        req: &TokenRequest,
+        client_ip: IpAddr,
+        client_cert: Option<[u8; 32]>,
+    ) -> Result<TokenResponse, AuthError> {
         let now = self.clock.now_ms();
+        let well_formed = check_user_name(&req.user)
+            .map_err(|e| (e, "malformed user name"))
+            .and_then(|()| check_fs_name(&req.fs).map_err(|e| (e, "malformed filesystem name")));
         if let Err(RetryAfter(retry_after_secs)) = self.limiter.check_address(client_ip, now) {
+            // Names are recorded only when well-formed: their length is bounded then.
+            let names = well_formed.is_ok();
             self.report(AuthEvent {
                 kind: AuthEventKind::LoginRateLimited,
-                user: Some(&req.user),
-                fs: req.fs.as_deref(),
+                user: names.then_some(req.user.as_str()),
+                fs: req.fs.as_deref().filter(|_| names),
                 client_ip: Some(client_ip),
                 reason: "rate limited",
             });
             return Err(AuthError::RateLimited { retry_after_secs });
         }
+        if let Err((e, reason)) = well_formed {
+            self.limiter.record_address_failure(client_ip, now);
+            self.report(AuthEvent {
+                kind: AuthEventKind::LoginFailed,
+                user: None,
+                fs: None,
+                client_ip: Some(client_ip),
+                reason,
+            });
+            return Err(e);
+        }
         let user_limited = self.limiter.check_user(&req.user, now).err();
-        match self.login_checked(req, now) {
+        match self.login_checked(req, now, client_cert) {
             Ok(resp) => {
                 self.report(AuthEvent {
                     kind: AuthEventKind::LoginSucceeded,
@@ -619,7 +669,12 @@ impl Authenticator {
         self.signature_checks.load(Ordering::Relaxed)
     }
 
-    fn login_checked(&self, req: &TokenRequest, now: u64) -> Result<TokenResponse, LoginFailure> {
+    fn login_checked(
+        &self,
+        req: &TokenRequest,
+        now: u64,
+        client_cert: Option<[u8; 32]>,
+    ) -> Result<TokenResponse, LoginFailure> {
         // Until a nonce issued to this user is presented, a failure is not even an attempt at
         // the user's key: it counts against the address only. From there on (an expired nonce
         // of this user, a bad signature) it counts against the user too; anyone can get that
@@ -665,6 +720,18 @@ impl Authenticator {
         }
 
         // The key is proven from here on: the remaining refusals are not counted as failures.
+        if let Some(bound) = user.cert_sha256 {
+            use subtle::ConstantTimeEq;
+            if !client_cert.is_some_and(|c| bool::from(c.ct_eq(&bound))) {
+                return Err(LoginFailure {
+                    error: AuthError::Unauthorized(
+                        "client certificate does not match the one bound to the user",
+                    ),
+                    counts: false,
+                    per_user: false,
+                });
+            }
+        }
         let grant = match &req.fs {
             Some(fs) => user
                 .grants
@@ -833,6 +900,12 @@ impl Authenticator {
         self.max_pending_challenges = max;
         self
     }
+
+    #[cfg(test)]
+    fn with_max_pending_challenges_per_address(mut self, max: usize) -> Self {
+        self.max_pending_challenges_per_address = max;
+        self
+    }
 }
 
 /// The exact message a client signs:
@@ -876,6 +949,18 @@ fn check_user_name(name: &str) -> Result<(), AuthError> {
         Err(AuthError::BadRequest(
             "user must be 1 to 64 characters of A-Z a-z 0-9 . _ -",
         ))
+    }
+}
+
+/// A login's `fs`, when given, must be a possible filesystem name (the data dir's rule).
+fn check_fs_name(fs: &Option<String>) -> Result<(), AuthError> {
+    match fs {
+        Some(name) if efs_core::datadir::check_name("filesystem", name).is_err() => {
+            Err(AuthError::BadRequest(
+                "fs must be 1 to 64 characters of A-Z a-z 0-9 . _ -, not starting with '.'",
+            ))
+        }
+        _ => Ok(()),
     }
 }
 
@@ -1054,42 +1139,68 @@ struct Challenges {
     /// Nonces in issue order, so that the expired ones sit at the front. Used-up nonces stay
     /// here until they reach the front; their removal from `pending` is then a no-op.
     order: VecDeque<([u8; NONCE_LEN], u64)>,
+    /// The outstanding nonces of each address key ([`address_key`]), in issue order: exactly
+    /// the nonces of `pending`, grouped.
+    by_address: HashMap<IpAddr, VecDeque<[u8; NONCE_LEN]>>,
 }
 
 struct PendingChallenge {
     user: String,
+    /// The [`address_key`] of the client it was issued to.
+    address: IpAddr,
     expires_ms: u64,
+}
+
+/// How many challenges may be outstanding.
+#[derive(Clone, Copy)]
+struct ChallengeLimits {
+    total: usize,
+    per_address: usize,
 }
 
 impl Challenges {
     fn insert(
         &mut self,
         nonce: [u8; NONCE_LEN],
-        user: String,
+        challenge: PendingChallenge,
         now_ms: u64,
-        expires_ms: u64,
-        max: usize,
+        max: ChallengeLimits,
     ) {
         while let Some((_, exp)) = self.order.front() {
             // Pop what expired, and keep `order` bounded too (used-up nonces linger in it).
-            if *exp > now_ms && self.pending.len() < max && self.order.len() < 2 * max {
+            if *exp > now_ms && self.pending.len() < max.total && self.order.len() < 2 * max.total {
                 break;
             }
             self.pop_oldest();
         }
-        self.pending
-            .insert(nonce, PendingChallenge { user, expires_ms });
-        self.order.push_back((nonce, expires_ms));
+        // An address at its own limit loses its own oldest challenge, nobody else's.
+        let own = self.by_address.entry(challenge.address).or_default();
+        while own.len() >= max.per_address.max(1) {
+            if let Some(oldest) = own.pop_front() {
+                self.pending.remove(&oldest);
+            }
+        }
+        own.push_back(nonce);
+        self.order.push_back((nonce, challenge.expires_ms));
+        self.pending.insert(nonce, challenge);
     }
 
     fn pop_oldest(&mut self) {
         if let Some((nonce, _)) = self.order.pop_front() {
-            self.pending.remove(&nonce);
+            self.take(&nonce);
         }
     }
 
     fn take(&mut self, nonce: &[u8; NONCE_LEN]) -> Option<PendingChallenge> {
-        self.pending.remove(nonce)
+        let taken = self.pending.remove(nonce)?;
+        if let Some(own) = self.by_address.get_mut(&taken.address) {
+            use subtle::ConstantTimeEq;
+            own.retain(|n| !bool::from(n.ct_eq(nonce)));
+            if own.is_empty() {
+                self.by_address.remove(&taken.address);
+            }
+        }
+        Some(taken)
     }
 }
 
@@ -1137,7 +1248,7 @@ impl Clock {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::net::Ipv4Addr;
+    use std::net::{Ipv4Addr, Ipv6Addr};
 
     const T0_MS: u64 = 1_700_000_000_000;
     const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
@@ -1181,6 +1292,7 @@ mod tests {
             public_key: key.verifying_key(),
             grants: grants.iter().map(|g| grant(g)).collect(),
             generation: 1,
+            cert_sha256: None,
         }
     }
 
@@ -1223,9 +1335,12 @@ mod tests {
     }
 
     fn challenge(auth: &Authenticator, user: &str) -> ChallengeResponse {
-        auth.challenge(&ChallengeRequest {
-            user: user.to_owned(),
-        })
+        auth.challenge(
+            &ChallengeRequest {
+                user: user.to_owned(),
+            },
+            IP,
+        )
         .unwrap()
     }
 
@@ -1337,9 +1452,12 @@ mod tests {
         for bad in ["", "a b", "a/b", "ü", "x\n", &"a".repeat(65)] {
             let err = f
                 .auth
-                .challenge(&ChallengeRequest {
-                    user: bad.to_owned(),
-                })
+                .challenge(
+                    &ChallengeRequest {
+                        user: bad.to_owned(),
+                    },
+                    IP,
+                )
                 .unwrap_err();
             assert_eq!((err.status(), err.code()), (400, "bad_request"), "{bad:?}");
         }
@@ -1974,6 +2092,160 @@ mod tests {
         );
     }
 
+    /// A user bound to a client certificate: refused without it or with another one (the
+    /// same public answer as a bad signature, so nobody learns of the binding without the
+    /// key), let in with it; the refusal after a valid signature counts as no failure.
+    #[test]
+    fn certificate_binding_is_checked_after_the_signature() {
+        let f = fixture();
+        let rec = Arc::new(Recorder::default());
+        let auth = Authenticator::new(&key(100), AuthConfig::default(), f.dir.clone())
+            .with_manual_clock(f.clock.clone())
+            .with_audit(rec.clone());
+        let bound = [7u8; 32];
+        f.dir.edit("app1", |u| u.cert_sha256 = Some(bound));
+        let login_over = |k: &SigningKey, cert: Option<[u8; 32]>| {
+            let ch = challenge(&auth, "app1");
+            let sig = sign(k, &ch.server, "app1", &ch.nonce);
+            auth.login_with_cert(&request("app1", &ch.nonce, sig, None), IP, cert)
+        };
+        // More refusals than the address's and the user's limits: none counts.
+        for i in 0..25 {
+            let cert = (i % 2 == 1).then_some([8u8; 32]);
+            let err = login_over(&f.app1, cert).unwrap_err();
+            assert_eq!(
+                (err.status(), err.public_message()),
+                (401, "authentication failed".to_owned()),
+                "attempt {i}"
+            );
+        }
+        let wrong_key = login_over(&key(3), None).unwrap_err();
+        assert_eq!(
+            (wrong_key.status(), wrong_key.public_message()),
+            (401, "authentication failed".to_owned())
+        );
+        login_over(&f.app1, Some(bound)).expect("the bound certificate logs in");
+        let events = rec.0.lock().unwrap().clone();
+        assert_eq!(events.len(), 27);
+        assert_eq!(
+            events[0],
+            (
+                AuthEventKind::LoginFailed,
+                Some("app1".to_owned()),
+                "client certificate does not match the one bound to the user"
+            )
+        );
+        assert_eq!(events[25].2, "bad signature");
+        assert_eq!(events[26].0, AuthEventKind::LoginSucceeded);
+    }
+
+    /// A login naming a malformed filesystem (or user) is refused before anything else, its
+    /// entry carries no name (an attacker chooses its length), and it counts against the
+    /// address.
+    #[test]
+    fn malformed_names_in_a_login_are_refused_and_counted() {
+        let f = fixture();
+        let rec = Arc::new(Recorder::default());
+        let auth = Authenticator::new(&key(100), AuthConfig::default(), f.dir.clone())
+            .with_manual_clock(f.clock.clone())
+            .with_audit(rec.clone());
+        let long = "a".repeat(65);
+        for (i, fs) in ["", ".hidden", "a b", "x/y", long.as_str()]
+            .iter()
+            .enumerate()
+        {
+            let ch = challenge(&auth, "app1");
+            let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+            let err = auth
+                .login(&request("app1", &ch.nonce, sig, Some(fs)), IP)
+                .unwrap_err();
+            assert_eq!((err.status(), err.code()), (400, "bad_request"), "{fs:?}");
+            assert_eq!(
+                rec.0.lock().unwrap()[i],
+                (
+                    AuthEventKind::LoginFailed,
+                    None,
+                    "malformed filesystem name"
+                )
+            );
+        }
+        // 15 more malformed user names reach the address's limit of 20.
+        for _ in 0..15 {
+            let err = auth
+                .login(&request("a b", "x", "x".into(), None), IP)
+                .unwrap_err();
+            assert_eq!(err.status(), 400);
+        }
+        let err = login(&auth, "app1", &f.app1, None).unwrap_err();
+        assert_eq!(err.code(), "rate_limited");
+        // Another address is not affected, and a well-formed `fs` logs in.
+        let ch = challenge(&auth, "app1");
+        let sig = sign(&f.app1, &ch.server, "app1", &ch.nonce);
+        let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
+        auth.login(&request("app1", &ch.nonce, sig, Some("records")), other)
+            .unwrap();
+    }
+
+    /// One address asking for many challenges drops only its own oldest ones: another
+    /// client's challenge, issued before the flood, still logs in.
+    #[test]
+    fn challenges_are_bounded_per_address() {
+        let f = fixture();
+        let auth = Authenticator::new(&key(100), AuthConfig::default(), f.dir.clone())
+            .with_manual_clock(f.clock.clone())
+            .with_max_pending_challenges(1_000)
+            .with_max_pending_challenges_per_address(4);
+        let victim = auth
+            .challenge(
+                &ChallengeRequest {
+                    user: "app1".into(),
+                },
+                IpAddr::V4(Ipv4Addr::new(198, 51, 100, 1)),
+            )
+            .unwrap();
+        // The attacker's addresses: one IPv6 /64 (any host in it), then one IPv4.
+        let attacker_v6 = |i: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 0, 1, i, 0, 0, 1));
+        let first = auth
+            .challenge(
+                &ChallengeRequest {
+                    user: "app1".into(),
+                },
+                attacker_v6(0),
+            )
+            .unwrap();
+        for i in 1..500 {
+            auth.challenge(
+                &ChallengeRequest {
+                    user: "app1".into(),
+                },
+                attacker_v6(i),
+            )
+            .unwrap();
+            let c = auth.lock_challenges();
+            assert!(c.pending.len() <= 5, "{}", c.pending.len());
+            let grouped: usize = c.by_address.values().map(VecDeque::len).sum();
+            assert_eq!(grouped, c.pending.len());
+        }
+        for _ in 0..500 {
+            challenge(&auth, "app1");
+        }
+        assert_eq!(auth.lock_challenges().pending.len(), 9);
+        // The attacker's first challenge went; the victim's stayed.
+        let sig = sign(&f.app1, &first.server, "app1", &first.nonce);
+        assert_unauthorized(
+            auth.login(&request("app1", &first.nonce, sig, None), IP),
+            "dropped by its own address's flood",
+        );
+        let sig = sign(&f.app1, &victim.server, "app1", &victim.nonce);
+        auth.login(&request("app1", &victim.nonce, sig, None), IP)
+            .expect("another address's challenge survives the flood");
+        // Using and expiring challenges empties the per-address index too.
+        f.advance(Duration::from_secs(61));
+        challenge(&auth, "app1");
+        let c = auth.lock_challenges();
+        assert_eq!((c.pending.len(), c.by_address.len()), (1, 1));
+    }
+
     #[test]
     fn signed_message_layout() {
         assert_eq!(
@@ -2154,6 +2426,7 @@ mod tests {
             public_key: vk,
             grants: vec![grant("records")],
             generation: 1,
+            cert_sha256: None,
         });
         let ch = challenge(&f.auth, "ossl");
         std::fs::write(

@@ -15,9 +15,10 @@
 //! by spending `max_keys` failed attempts per eviction round, each of which is itself counted
 //! against the attacker's own address.
 //!
-//! Time is passed in by the caller (milliseconds on any clock that does not run backwards for
-//! long; a backwards step only makes a window last longer), which keeps this module free of
-//! clocks and makes its tests exact.
+//! Time is passed in by the caller (milliseconds since the Unix epoch), which keeps this module
+//! free of clocks and makes its tests exact. A clock that steps backwards makes the windows
+//! that started before the step last longer; a key whose window ended is always counted in a
+//! fresh one, even when an older window still sits before it in the pruning order.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
@@ -111,9 +112,22 @@ impl<K: Hash + Eq + Clone> FailureLimiter<K> {
     pub fn record_failure(&self, key: &K, now_ms: u64) {
         let mut table = self.lock();
         self.prune(&mut table, now_ms);
+        // After a backwards step of the clock `order` is not sorted by start, so `prune` may
+        // stop before a window that ended: such a window starts afresh here, and `order`
+        // (which then holds stale elements) is bounded on its own.
+        while table.order.len() >= 2 * self.max_keys {
+            Self::evict_oldest(&mut table);
+        }
         if let Some(w) = table.windows.get_mut(key) {
-            // `prune` removed every window that ended, so this one is current.
-            w.failures = w.failures.saturating_add(1);
+            if now_ms < w.start_ms.saturating_add(self.window_ms) {
+                w.failures = w.failures.saturating_add(1);
+                return;
+            }
+            *w = Window {
+                start_ms: now_ms,
+                failures: 1,
+            };
+            table.order.push_back((key.clone(), now_ms));
             return;
         }
         while table.windows.len() >= self.max_keys {
@@ -253,6 +267,33 @@ mod tests {
         l.record_failure(&k, 61_000);
         assert_eq!(l.check(&k, 61_001), Ok(()));
         assert_eq!(l.tracked_keys(), 1);
+    }
+
+    /// After the clock steps back, a key first seen then sits behind older windows in the
+    /// pruning order; once its own window ends it must still count afresh and block again,
+    /// not keep adding failures to an ended window that never blocks.
+    #[test]
+    fn a_backwards_clock_step_does_not_lift_the_limit() {
+        let l = FailureLimiter::new(3, MIN, 100);
+        let old = "before-the-step".to_owned();
+        l.record_failure(&old, 1_000_000);
+        // The clock steps back by ten minutes.
+        let k = "after-the-step".to_owned();
+        for t in 400_000..400_003 {
+            l.record_failure(&k, t);
+        }
+        assert!(l.check(&k, 400_010).is_err());
+        // k's window ended (the older window still sits before it): new failures count again.
+        for t in 470_000..470_003 {
+            assert_eq!(l.check(&k, t), Ok(()));
+            l.record_failure(&k, t);
+        }
+        assert_eq!(l.check(&k, 470_010), Err(RetryAfter(60)));
+        // The order index stays bounded however long the step is.
+        for i in 0..1_000u64 {
+            l.record_failure(&k, 500_000 + i * 60_000);
+        }
+        assert!(l.lock().order.len() <= 200);
     }
 
     #[test]

@@ -9,13 +9,10 @@ use efs_core::system::UserRecord;
 
 use crate::auth::{AuthUser, Grant, UserDirectory};
 
-/// A user as the server needs it: login facts and the bound client certificate.
-type Cached = (Arc<AuthUser>, Option<[u8; 32]>);
-
 /// Users by name.
 #[derive(Default)]
 pub struct UserCache {
-    users: RwLock<HashMap<String, Cached>>,
+    users: RwLock<HashMap<String, Arc<AuthUser>>>,
 }
 
 impl UserCache {
@@ -39,7 +36,7 @@ impl UserCache {
         let mut map = HashMap::new();
         for u in users {
             if let Some(a) = to_auth(&u) {
-                map.insert(u.name.clone(), (Arc::new(a), u.cert_sha256));
+                map.insert(u.name.clone(), Arc::new(a));
             } else {
                 tracing::warn!("a stored user has an invalid public key; it cannot log in");
             }
@@ -54,7 +51,7 @@ impl UserCache {
             .read()
             .expect("lock poisoned")
             .get(user)
-            .and_then(|(_, c)| *c)
+            .and_then(|u| u.cert_sha256)
     }
 
     /// Whether `user` exists.
@@ -76,6 +73,7 @@ fn to_auth(u: &UserRecord) -> Option<AuthUser> {
             })
             .collect(),
         generation: token_generation(u),
+        cert_sha256: u.cert_sha256,
     })
 }
 
@@ -95,11 +93,7 @@ fn token_generation(u: &UserRecord) -> u64 {
 
 impl UserDirectory for UserCache {
     fn lookup(&self, user: &str) -> Option<Arc<AuthUser>> {
-        self.users
-            .read()
-            .expect("lock poisoned")
-            .get(user)
-            .map(|(a, _)| a.clone())
+        self.users.read().expect("lock poisoned").get(user).cloned()
     }
 }
 
