@@ -5,6 +5,7 @@
 //! directories so that none holds more than 65,536 files below four billion blobs), with
 //! the write protocol of DESIGN.md: temporary file → fsync → rename → fsync directory.
 
+use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -74,10 +75,15 @@ pub trait BlobStore: Send + Sync {
     async fn delete(&self, id: &ContentId) -> Result<()>;
     /// Every blob id with its age in seconds (fsck, gc).
     async fn list(&self) -> Result<Vec<(ContentId, u64)>>;
-    /// Removes partial writes (left by a crash) older than `older_than_secs`; returns how
-    /// many. Stores without partial writes keep the default.
-    async fn remove_stale_partials(&self, older_than_secs: u64) -> Result<u64> {
-        let _ = older_than_secs;
+    /// Removes partial writes (left by a crash) older than `older_than_secs`, except those of
+    /// the blobs in `writing` (uploads still running); returns how many. Stores without
+    /// partial writes keep the default.
+    async fn remove_stale_partials(
+        &self,
+        older_than_secs: u64,
+        writing: &HashSet<ContentId>,
+    ) -> Result<u64> {
+        let _ = (older_than_secs, writing);
         Ok(0)
     }
 }
@@ -395,7 +401,7 @@ fn is_einval(e: &std::io::Error) -> bool {
 const DIRECT_ALIGN: usize = 4096;
 
 /// Bytes per direct write. Measured here with `dd oflag=direct` into a new file, one write
-/// in flight: 1 MiB 536 MB/s, 8 MiB 867 MB/s, 32 MiB 996 MB/s (docs/benchmarks.md). Two
+/// in flight: 1 MiB 536 MB/s, 8 MiB 867 MB/s, 32 MiB 996 MB/s (docs/benchmarks-history.md). Two
 /// buffers per upload (one filling, one being written) keep the memory per upload at 16 MiB.
 pub(crate) const DIRECT_BUF: usize = 8 << 20;
 
@@ -798,7 +804,7 @@ struct LocalReader {
 
 /// Blobs at least this long are always read with `O_DIRECT`, as nginx's `directio` reads
 /// large files: a long sequential read gains little from the page cache but pays for every
-/// page it allocates there (see [`DirectWriter`]). Measured here (docs/benchmarks.md): a
+/// page it allocates there (see [`DirectWriter`]). Measured here (docs/benchmarks-history.md): a
 /// 1 GiB blob just written, read through the cache 344–364 MB/s, directly 1,545–1,750 MB/s;
 /// a 64 MiB blob read again and again, directly 700–1,098 MB/s, from the cache about
 /// 1,500 MB/s. Smaller blobs are read through the cache, which then serves their next
@@ -933,7 +939,7 @@ impl Drop for DirectReads {
 /// disk would have to be read. Returns the bytes read; the caller reads the rest on the
 /// blocking pool. Handing every read to that pool cost a thread wake-up and a context
 /// switch per read: reading cached blobs on the async thread made GET 1 MiB with the cache
-/// off about 11 % faster (docs/benchmarks.md). A cold read goes to the blocking pool (as far
+/// off about 11 % faster (docs/benchmarks-history.md). A cold read goes to the blocking pool (as far
 /// as the kernel allows: `RWF_NOWAIT` may still start readahead, which can wait briefly for
 /// the filesystem's own metadata).
 #[cfg(target_os = "linux")]
@@ -1083,20 +1089,25 @@ impl BlobStore for LocalBlobStore {
         .await
     }
 
-    async fn remove_stale_partials(&self, older_than_secs: u64) -> Result<u64> {
+    async fn remove_stale_partials(
+        &self,
+        older_than_secs: u64,
+        writing: &HashSet<ContentId>,
+    ) -> Result<u64> {
         let tmp = self.root.join("tmp");
+        let writing: HashSet<String> = writing.iter().map(hex::encode).collect();
         blocking(move || {
             let now = std::time::SystemTime::now();
             let mut n = 0;
             for f in std::fs::read_dir(&tmp)? {
                 let f = f?;
-                let age = f
-                    .metadata()?
-                    .modified()
-                    .ok()
-                    .and_then(|m| now.duration_since(m).ok())
-                    .map(|d| d.as_secs())
-                    .unwrap_or(0);
+                if f.file_name().to_str().is_some_and(|n| writing.contains(n)) {
+                    continue;
+                }
+                // Gone since the listing (an upload finished or was discarded): skipped.
+                let Some(age) = age_secs(&f, now)? else {
+                    continue;
+                };
                 if age >= older_than_secs {
                     match std::fs::remove_file(f.path()) {
                         Ok(()) => n += 1,
@@ -1122,6 +1133,9 @@ impl BlobStore for LocalBlobStore {
                 }
                 for b in std::fs::read_dir(a.path())? {
                     let b = b?;
+                    if !b.file_type()?.is_dir() {
+                        continue;
+                    }
                     for f in std::fs::read_dir(b.path())? {
                         let f = f?;
                         let name = f.file_name();
@@ -1132,13 +1146,11 @@ impl BlobStore for LocalBlobStore {
                         else {
                             continue;
                         };
-                        let age = f
-                            .metadata()?
-                            .modified()
-                            .ok()
-                            .and_then(|m| now.duration_since(m).ok())
-                            .map(|d| d.as_secs())
-                            .unwrap_or(0);
+                        // A blob deleted since the listing (an overwrite, a delete) is not
+                        // one: a running server removes blobs all the time.
+                        let Some(age) = age_secs(&f, now)? else {
+                            continue;
+                        };
                         out.push((id, age));
                     }
                 }
@@ -1147,6 +1159,23 @@ impl BlobStore for LocalBlobStore {
         })
         .await
     }
+}
+
+/// Seconds since `entry` was last written (0 if its time is in the future), or `None` if it
+/// no longer exists: a directory listing is not a snapshot, and a running server removes
+/// files (finished uploads, replaced contents) while one is walked.
+fn age_secs(entry: &std::fs::DirEntry, now: std::time::SystemTime) -> std::io::Result<Option<u64>> {
+    let meta = match entry.metadata() {
+        Ok(m) => m,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    Ok(Some(
+        meta.modified()
+            .ok()
+            .and_then(|m| now.duration_since(m).ok())
+            .map_or(0, |d| d.as_secs()),
+    ))
 }
 
 #[cfg(test)]
@@ -1250,6 +1279,51 @@ mod tests {
         }
         // Reading past the end is an error, not a short buffer.
         assert!(r.read_at((40 << 20) - 10, 20).await.is_err());
+    }
+
+    /// A file removed between the directory listing and its `stat` (routine while a server
+    /// writes: an overwrite deletes the old blob, an upload leaves `tmp/`) is skipped, not an
+    /// error that stops a whole gc or fsck; so is a stray file where a shard directory
+    /// belongs.
+    #[tokio::test]
+    async fn files_vanishing_during_a_walk_are_skipped() {
+        let t = tempfile::tempdir().unwrap();
+        let dir = t.path().join("walk");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("gone"), b"x").unwrap();
+        std::fs::write(dir.join("kept"), b"x").unwrap();
+        let mut entries: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        entries.sort_by_key(std::fs::DirEntry::file_name);
+        std::fs::remove_file(dir.join("gone")).unwrap();
+        let now = std::time::SystemTime::now();
+        assert_eq!(age_secs(&entries[0], now).unwrap(), None);
+        assert_eq!(age_secs(&entries[1], now).unwrap(), Some(0));
+
+        let store = LocalBlobStore::open(&t.path().join("blobs")).unwrap();
+        let id = [0xabu8; 16];
+        let mut w = store.create(&id).await.unwrap();
+        w.write(b"content".to_vec()).await.unwrap();
+        w.finish().await.unwrap();
+        let shard = store
+            .path_of(&id)
+            .parent()
+            .unwrap()
+            .parent()
+            .unwrap()
+            .to_owned();
+        std::fs::write(shard.join("stray"), b"not a shard directory").unwrap();
+        let listed = store.list().await.unwrap();
+        assert_eq!(listed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![id]);
+        assert_eq!(
+            store
+                .remove_stale_partials(0, &HashSet::new())
+                .await
+                .unwrap(),
+            0
+        );
     }
 
     /// A blob the page cache does not hold is not read on the async thread (that would

@@ -7,6 +7,7 @@
 //! switched in one conditional index batch, and the old content is removed only after
 //! that batch is durable. A crash leaves the old version or the new one, never a mix.
 
+use std::collections::HashSet;
 use std::sync::Arc;
 
 use efs_format::{Decryptor, Encryptor, HEADER_LEN, Key32, SEGMENT_SIZE, TAG_LEN};
@@ -290,6 +291,10 @@ pub struct Filesystem {
     /// filesystem for its whole run: a gc that had listed a restore's content as orphaned
     /// must not remove it after the restore copied it again.
     gc_or_restore: tokio::sync::Mutex<()>,
+    /// The content ids of uploads begun and not yet committed or dropped: gc leaves their
+    /// blobs and partial writes alone, whatever its grace period (a blob is in its shard
+    /// before its record is committed).
+    uploads: Arc<std::sync::Mutex<HashSet<ContentId>>>,
     lookups: std::sync::Mutex<LookupCache>,
     seals: std::sync::Mutex<SealCounts>,
     /// Held by a batch that stores the seal counts, from taking them to its commit.
@@ -399,6 +404,7 @@ impl Filesystem {
             reencrypting: std::sync::atomic::AtomicBool::new(false),
             pins: std::sync::Mutex::new(backup::Pins::default()),
             gc_or_restore: tokio::sync::Mutex::new(()),
+            uploads: Arc::default(),
             lookups: std::sync::Mutex::new(LookupCache::default()),
             seals: std::sync::Mutex::new(SealCounts::default()),
             seal_store: tokio::sync::Mutex::new(()),
@@ -980,6 +986,7 @@ impl Filesystem {
         buf.extend_from_slice(&enc.header());
         Ok(Upload {
             fs: self.clone(),
+            running: UploadRunning::new(&self.uploads, content_id),
             content_id,
             data_key,
             enc: Some(enc),
@@ -1561,6 +1568,13 @@ impl Filesystem {
         // in the scan, and one written during the scan is not a candidate. (The other order
         // deleted inline contents committed between the scan and the listing.)
         let blobs = self.blobs.list().await?;
+        // Uploads running now may have put their blob in its shard without a committed record
+        // yet; one that is over by now committed before the scan below (or dropped its blob).
+        let writing = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
         let inline = self.index.inline_ids().await?;
         let rep = self.fsck_refs().await?;
         // A restore that started after the first check may have copied content that the
@@ -1569,11 +1583,14 @@ impl Filesystem {
             return Err(restoring());
         }
         let mut out = GcReport {
-            partials_removed: self.blobs.remove_stale_partials(grace_secs).await?,
+            partials_removed: self
+                .blobs
+                .remove_stale_partials(grace_secs, &writing)
+                .await?,
             ..GcReport::default()
         };
         for (id, age) in blobs {
-            if !rep.0.contains(&id) {
+            if !rep.0.contains(&id) && !writing.contains(&id) {
                 if age >= grace_secs {
                     self.remove_blob(&id).await?;
                     out.blobs_removed += 1;
@@ -1685,6 +1702,8 @@ impl LookedUp {
 /// A file version being written. Memory: at most one segment plus one write chunk.
 pub struct Upload {
     fs: Arc<Filesystem>,
+    /// Keeps gc away from this upload's blob until it is committed or dropped.
+    running: UploadRunning,
     content_id: ContentId,
     data_key: Key32,
     enc: Option<Encryptor>,
@@ -1695,7 +1714,35 @@ pub struct Upload {
     max_size: u64,
 }
 
+/// Membership of a content id in [`Filesystem::uploads`], from [`Filesystem::begin_upload`]
+/// until dropped (after the commit, or with an upload that is abandoned).
+struct UploadRunning {
+    set: Arc<std::sync::Mutex<HashSet<ContentId>>>,
+    id: ContentId,
+}
+
+impl UploadRunning {
+    fn new(set: &Arc<std::sync::Mutex<HashSet<ContentId>>>, id: ContentId) -> Self {
+        set.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
+        Self {
+            set: set.clone(),
+            id,
+        }
+    }
+}
+
+impl Drop for UploadRunning {
+    fn drop(&mut self) {
+        self.set
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&self.id);
+    }
+}
+
 struct FinishedUpload {
+    /// Dropped once the commit is over (see [`UploadRunning`]).
+    _running: UploadRunning,
     content_id: ContentId,
     data_key: Key32,
     size: u64,
@@ -1761,8 +1808,10 @@ impl Upload {
             .map_err(|_| CoreError::Invalid("an upload's last segment was sealed empty".into()))?;
         let content_id = self.content_id;
         let data_key = self.data_key.duplicate();
+        let running = self.running;
         match self.blob.take() {
             None => Ok(FinishedUpload {
+                _running: running,
                 content_id,
                 data_key,
                 size: self.size,
@@ -1777,6 +1826,7 @@ impl Upload {
                 }
                 w.finish().await?;
                 Ok(FinishedUpload {
+                    _running: running,
                     content_id,
                     data_key,
                     size: self.size,
@@ -1987,6 +2037,71 @@ pub fn segment_offset(idx: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A blob is in its shard directory before its record is committed: a gc that runs in
+    /// between, with a grace period of zero, must not take it for an orphan (and no gc may
+    /// remove a running upload's partial write). Once the upload is over, its blob is gc's
+    /// to judge again.
+    #[tokio::test]
+    async fn gc_leaves_running_uploads_alone_whatever_its_grace() {
+        let t = tempfile::tempdir().unwrap();
+        let index = crate::redb_index::RedbIndex::open(
+            &t.path().join("index.redb"),
+            crate::digest::DigestKey::from_root(&Key32::random(), &[0; 16]),
+        )
+        .unwrap();
+        let fs = Arc::new(Filesystem::new(
+            "t".into(),
+            [5; 16],
+            Arc::new(index),
+            Arc::new(crate::blob::LocalBlobStore::open(&t.path().join("blobs")).unwrap()),
+            Keyring::generate(),
+            FsOptions {
+                inline_max: 1024,
+                ..Default::default()
+            },
+        ));
+        let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        let path = EfsPath::parse("/a/b.bin").unwrap();
+
+        // A partial write in tmp/ survives gc(0), and the upload then commits.
+        let mut up = fs.begin_upload().await.unwrap();
+        up.write(&data).await.unwrap();
+        let g = fs.gc(0).await.unwrap();
+        assert_eq!(g.partials_removed, 0);
+        fs.commit(&path, up, None, Precondition::None)
+            .await
+            .unwrap();
+
+        // A finished blob, its record not committed yet, survives gc(0).
+        let mut up = fs.begin_upload().await.unwrap();
+        up.write(&data).await.unwrap();
+        let finished = up.finish().await.unwrap();
+        let g = fs.gc(0).await.unwrap();
+        assert_eq!((g.blobs_removed, g.blobs_kept_young), (0, 0));
+        fs.commit_finished(&path, &finished, None, Precondition::None)
+            .await
+            .map_err(|_| "commit")
+            .unwrap();
+        drop(finished);
+        let r = fs.open(&path).await.unwrap();
+        let plain = r.read_plain(0, r.segment_count()).await.unwrap();
+        let got: Vec<u8> = plain
+            .segments
+            .iter()
+            .flat_map(|seg| plain.buf[seg.clone()].iter().copied())
+            .collect();
+        assert!(got == data, "the file reads back");
+        assert!(fs.uploads.lock().unwrap().is_empty());
+
+        // An upload dropped after finishing leaves a real orphan, which gc(0) removes.
+        let mut up = fs.begin_upload().await.unwrap();
+        up.write(&data).await.unwrap();
+        drop(up.finish().await.unwrap());
+        let g = fs.gc(0).await.unwrap();
+        assert_eq!(g.blobs_removed, 1);
+        assert!(fs.fsck().await.unwrap().is_clean());
+    }
 
     #[test]
     fn the_etag_is_the_version_in_lowercase_hex_between_quotes() {

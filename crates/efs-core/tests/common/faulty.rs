@@ -157,8 +157,14 @@ impl BlobStore for FaultyBlobStore {
     async fn list(&self) -> Result<Vec<(ContentId, u64)>> {
         self.inner.list().await
     }
-    async fn remove_stale_partials(&self, older_than_secs: u64) -> Result<u64> {
-        self.inner.remove_stale_partials(older_than_secs).await
+    async fn remove_stale_partials(
+        &self,
+        older_than_secs: u64,
+        writing: &std::collections::HashSet<ContentId>,
+    ) -> Result<u64> {
+        self.inner
+            .remove_stale_partials(older_than_secs, writing)
+            .await
     }
 }
 
