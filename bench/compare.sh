@@ -167,7 +167,7 @@ quiet_disk() { sync; }
 # the virtual disk) written with dd conv=fdatasync:
 # - "disk": into a new file, as every EFS blob is. The disk is mounted with `discard`; in
 #   one dd series here new files took 302-1,200 MB/s while rewriting a file in place took
-#   1.4-1.5 GB/s (docs/benchmarks.md, "Run 12").
+#   1.4-1.5 GB/s (docs/benchmarks-history.md, "Run 12").
 # - "disk_inplace": over the same file again (allocated at the first probe), which is what
 #   this probe measured before run 12 (with zeros).
 disk_probe() {

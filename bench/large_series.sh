@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # A series of large one-stream PUTs to new names against one efs-server, each followed by two
 # GETs of the file just written: MB/s of each, and the server's CPU time per PUT. What
-# docs/benchmarks.md's direct I/O figures (run 14, "What this session changed") came from.
+# docs/benchmarks-history.md's direct I/O figures (run 14, "What this session changed") came from.
 #
 #   bench/large_series.sh                     # 5 × 1 GiB, 5 s pause (with `sync`) before each
 #   bench/large_series.sh --mib 64 --count 8 --pause 0

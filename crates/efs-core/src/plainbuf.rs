@@ -13,7 +13,7 @@
 //! bytes), each into a new buffer. A new buffer of that size is above glibc's `mmap`
 //! threshold or at the top of a heap it trims, so it came with a page fault per 4 KiB and the
 //! kernel zeroing each page; a pooled one is memory this process has touched already. The
-//! wipe costs what the allocation's own zeroing did. Measured here (docs/benchmarks.md, run
+//! wipe costs what the allocation's own zeroing did. Measured here (docs/benchmarks-history.md, run
 //! 30's section, "Wiped, pooled read buffers"), alternating series on one machine: GET 1 GiB
 //! (direct reads) 916–1,331 MB/s against 855–1,206 (medians 1,305 and 979); GET 1 MiB, GET
 //! 64 MiB and GET 4 KiB with the cache off unchanged within noise.

@@ -3,7 +3,7 @@
 //! A request seals, chains and appends its own [`Record`] under the writer's mutex, and
 //! answers once that `write(2)` has returned, never waiting for an fsync. (An earlier
 //! version handed records to a writer thread and waited for it: the hand-off and wake-ups
-//! cost about 40 % of small-GET throughput on two cores, docs/benchmarks.md run 3.) A
+//! cost about 40 % of small-GET throughput on two cores, docs/benchmarks-history.md run 3.) A
 //! thread makes the log durable in groups: an fdatasync at most once per
 //! [`AuditOptions::flush_interval`], and the HEAD anchor rewritten after one of those at most
 //! once per [`AuditOptions::anchor_interval`] (and at close), so a burst of reads costs a
