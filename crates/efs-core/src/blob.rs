@@ -76,17 +76,21 @@ pub trait BlobStore: Send + Sync {
     /// Every blob id with its age in seconds (fsck, gc).
     async fn list(&self) -> Result<Vec<(ContentId, u64)>>;
     /// Removes partial writes (left by a crash) older than `older_than_secs`, except those of
-    /// the blobs in `writing` (uploads still running); returns how many. Stores without
-    /// partial writes keep the default.
+    /// the blobs in `writing` (uploads still running, looked up right before each removal);
+    /// returns how many. Stores without partial writes keep the default.
     async fn remove_stale_partials(
         &self,
         older_than_secs: u64,
-        writing: &HashSet<ContentId>,
+        writing: &RunningUploads,
     ) -> Result<u64> {
         let _ = (older_than_secs, writing);
         Ok(0)
     }
 }
+
+/// The content ids of the uploads running in a filesystem (see `Filesystem::gc`): their
+/// blobs and partial writes are not orphans, whatever their age.
+pub type RunningUploads = Arc<std::sync::Mutex<HashSet<ContentId>>>;
 
 /// Blobs in a sharded local directory.
 pub struct LocalBlobStore {
@@ -709,9 +713,69 @@ fn put_in_place(f: std::fs::File, tmp: &Path, dest: &Path) -> Result<()> {
     f.sync_all()?;
     drop(f);
     let dir = dest.parent().expect("a blob path has a shard directory");
-    create_dir_all_synced(dir)?;
+    shard_dir_durable(dir)?;
     std::fs::rename(tmp, dest)?;
     sync_dir(dir)?;
+    Ok(())
+}
+
+/// The shard directories (`ROOT/ab/cd`) whose entries this process has made durable, per
+/// store root: one bit per shard.
+static DURABLE_SHARDS: std::sync::LazyLock<
+    std::sync::Mutex<std::collections::HashMap<PathBuf, Box<[u64]>>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// The store root and shard number of a shard directory `ROOT/ab/cd`.
+fn shard_of(dir: &Path) -> Option<(&Path, usize)> {
+    let cd = dir.file_name()?.to_str()?;
+    let top = dir.parent()?;
+    let ab = top.file_name()?.to_str()?;
+    let (hi, lo) = (hex::decode(ab).ok()?, hex::decode(cd).ok()?);
+    let (&[hi], &[lo]) = (hi.as_slice(), lo.as_slice()) else {
+        return None;
+    };
+    Some((top.parent()?, usize::from(hi) << 8 | usize::from(lo)))
+}
+
+/// Makes shard directory `dir` (`ROOT/ab/cd`) exist with its entries durable (its own in
+/// `ROOT/ab`, and that one's in `ROOT`), before a blob is renamed into it. Directories it
+/// creates are synced as [`create_dir_all_synced`] does; and the first time this process
+/// uses a shard that existed already, its entries are synced too: another writer may have
+/// just made it and not synced it yet (or have died before it did). Later blobs into the
+/// shard pay nothing.
+fn shard_dir_durable(dir: &Path) -> std::io::Result<()> {
+    let shard = shard_of(dir);
+    let known = |(root, n): (&Path, usize)| {
+        DURABLE_SHARDS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(root)
+            .is_some_and(|bits| bits[n / 64] & (1 << (n % 64)) != 0)
+    };
+    if shard.is_some_and(known) {
+        return Ok(());
+    }
+    let mut created = Vec::new();
+    make_dirs(dir, &mut created)?;
+    // `created` is in creation order (topmost first): each synced, deepest first.
+    for d in created.iter().rev() {
+        sync_dir(d)?;
+    }
+    // The directories holding the two entries, unless synced just above.
+    let top = dir.parent().expect("a shard directory is ROOT/ab/cd");
+    let root = top.parent().expect("a shard directory is ROOT/ab/cd");
+    for holder in [top, root] {
+        if !created.iter().any(|c| c == holder) {
+            sync_dir(holder)?;
+        }
+    }
+    if let Some((root, n)) = shard {
+        let mut all = DURABLE_SHARDS.lock().unwrap_or_else(|e| e.into_inner());
+        let bits = all
+            .entry(root.to_path_buf())
+            .or_insert_with(|| vec![0u64; (1 << 16) / 64].into_boxed_slice());
+        bits[n / 64] |= 1 << (n % 64);
+    }
     Ok(())
 }
 
@@ -726,7 +790,8 @@ pub(crate) fn sync_dir(dir: &Path) -> std::io::Result<()> {
 /// As `std::fs::create_dir_all`, and makes what it created durable: every directory it
 /// created, deepest first, then the parent of the topmost one (which holds its entry). A
 /// directory that exists already costs one `mkdir` attempt, as with `create_dir_all`, and
-/// no fsync: the write path pays only when a shard directory is new.
+/// no fsync (the blob write path uses [`shard_dir_durable`], which also syncs the entries
+/// of a shard another writer made).
 pub(crate) fn create_dir_all_synced(dir: &Path) -> std::io::Result<()> {
     let mut created = Vec::new();
     make_dirs(dir, &mut created)?;
@@ -1092,23 +1157,32 @@ impl BlobStore for LocalBlobStore {
     async fn remove_stale_partials(
         &self,
         older_than_secs: u64,
-        writing: &HashSet<ContentId>,
+        writing: &RunningUploads,
     ) -> Result<u64> {
         let tmp = self.root.join("tmp");
-        let writing: HashSet<String> = writing.iter().map(hex::encode).collect();
+        let writing = writing.clone();
         blocking(move || {
             let now = std::time::SystemTime::now();
             let mut n = 0;
             for f in std::fs::read_dir(&tmp)? {
                 let f = f?;
-                if f.file_name().to_str().is_some_and(|n| writing.contains(n)) {
-                    continue;
-                }
                 // Gone since the listing (an upload finished or was discarded): skipped.
                 let Some(age) = age_secs(&f, now)? else {
                     continue;
                 };
-                if age >= older_than_secs {
+                // An upload registers before it creates its file: one listed here that is
+                // not running (now) is over, and its file is a leftover.
+                let running = f
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| <ContentId>::try_from(hex::decode(n).ok()?).ok())
+                    .is_some_and(|id| {
+                        writing
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(&id)
+                    });
+                if age >= older_than_secs && !running {
                     match std::fs::remove_file(f.path()) {
                         Ok(()) => n += 1,
                         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
@@ -1237,6 +1311,39 @@ mod tests {
         }
     }
 
+    /// Regression: a shard directory that existed already was taken as durable, but another
+    /// writer may have just made it without syncing its entries yet (or died before it
+    /// did): a blob acknowledged into it could vanish with it in a power failure. The first
+    /// blob of this process into such a shard syncs the directories holding its entries;
+    /// the next one pays nothing more.
+    #[tokio::test]
+    async fn a_shard_directory_found_existing_has_its_entries_synced_once() {
+        let t = tempfile::tempdir().unwrap();
+        for store in stores(t.path()) {
+            let root = store.root.clone();
+            let id = [0x5e; 16];
+            let shard = store.path_of(&id).parent().unwrap().to_path_buf();
+            let top = shard.parent().unwrap().to_path_buf();
+            // As another writer leaves it: made, nothing synced.
+            std::fs::create_dir_all(&shard).unwrap();
+            let before = synced::under(&root).len();
+            let mut w = store.create(&id).await.unwrap();
+            w.write(vec![1; 5000]).await.unwrap();
+            w.finish().await.unwrap();
+            assert_eq!(
+                synced::under(&root)[before..],
+                [top.clone(), root.clone(), shard.clone()]
+            );
+            let before = synced::under(&root).len();
+            let mut id2 = id;
+            id2[15] = 0;
+            let mut w = store.create(&id2).await.unwrap();
+            w.write(vec![2; 5000]).await.unwrap();
+            w.finish().await.unwrap();
+            assert_eq!(synced::under(&root)[before..], [shard]);
+        }
+    }
+
     /// Regression: a blob of `DIRECT_READ_MIN` bytes or more was opened a second time, for
     /// direct reads, by its path: an overwrite or delete unlinking it between the two opens
     /// made the read fail with an I/O error (500) instead of reading the version it opened.
@@ -1319,7 +1426,7 @@ mod tests {
         assert_eq!(listed.iter().map(|(i, _)| *i).collect::<Vec<_>>(), vec![id]);
         assert_eq!(
             store
-                .remove_stale_partials(0, &HashSet::new())
+                .remove_stale_partials(0, &RunningUploads::default())
                 .await
                 .unwrap(),
             0

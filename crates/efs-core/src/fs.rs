@@ -13,7 +13,7 @@ use std::sync::Arc;
 use efs_format::{Decryptor, Encryptor, HEADER_LEN, Key32, SEGMENT_SIZE, TAG_LEN};
 use std::sync::RwLock;
 
-use crate::blob::{BlobReader, BlobStore, BlobWriter};
+use crate::blob::{BlobReader, BlobStore, BlobWriter, RunningUploads};
 use crate::error::{CoreError, Result};
 use crate::index::{Batch, ContentId, DirTag, EntryKey, Expect, Index, Op};
 use crate::keyring::Keyring;
@@ -241,6 +241,18 @@ impl FsckReport {
     }
 }
 
+/// What one snapshot of the index holds, for fsck.
+#[derive(Default)]
+struct SnapshotTree {
+    /// The tags of every directory (the root's included).
+    dirs: HashSet<DirTag>,
+    /// Each entry's key with the tag of the directory it says it is in.
+    parents: Vec<(DirTag, EntryKey)>,
+    /// Contents named by file records.
+    blobs: HashSet<ContentId>,
+    inline: HashSet<ContentId>,
+}
+
 /// Result of [`Filesystem::gc`].
 #[derive(Debug, Clone, Default)]
 pub struct GcReport {
@@ -294,7 +306,7 @@ pub struct Filesystem {
     /// The content ids of uploads begun and not yet committed or dropped: gc leaves their
     /// blobs and partial writes alone, whatever its grace period (a blob is in its shard
     /// before its record is committed).
-    uploads: Arc<std::sync::Mutex<HashSet<ContentId>>>,
+    uploads: RunningUploads,
     lookups: std::sync::Mutex<LookupCache>,
     seals: std::sync::Mutex<SealCounts>,
     /// Held by a batch that stores the seal counts, from taking them to its commit.
@@ -1020,7 +1032,39 @@ impl Filesystem {
         content_type: Option<String>,
         cond: Precondition,
     ) -> Result<(Entry, bool)> {
+        let fs = upload.fs.clone();
+        debug_assert!(
+            std::ptr::eq(Arc::as_ptr(&fs), self),
+            "an upload of this filesystem"
+        );
         let finished = upload.finish().await?;
+        let path = path.clone();
+        // In a task of its own, which runs to its end even if this future is dropped (a
+        // client hanging up): the index's committer would still apply the batch, but the
+        // upload would leave the set of running uploads at once, and a gc in between could
+        // take its blob for an orphan. (It also removes the replaced version's blob.)
+        let commit = tokio::spawn(async move {
+            fs.commit_or_discard(&path, finished, content_type, cond)
+                .await
+        });
+        match commit.await {
+            Ok(done) => done,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(CoreError::Index(
+                    "the commit was cancelled: the runtime is shutting down".into(),
+                )),
+            },
+        }
+    }
+
+    async fn commit_or_discard(
+        &self,
+        path: &EfsPath,
+        finished: FinishedUpload,
+        content_type: Option<String>,
+        cond: Precondition,
+    ) -> Result<(Entry, bool)> {
         match self
             .commit_finished(path, &finished, content_type, cond)
             .await
@@ -1472,11 +1516,38 @@ impl Filesystem {
                 .push("index: the index digest is unreadable: it was changed outside EFS".into()),
         }
         rep.digest = Some(digest);
-        let mut referenced_blobs = std::collections::HashSet::new();
-        let mut referenced_inline = std::collections::HashSet::new();
-        let mut dir_ids = std::collections::HashSet::new();
-        let mut parent_tags = Vec::new();
-        dir_ids.insert(self.dir_tag(&kr, &ROOT_ID));
+        // The tree and the references from one snapshot, the candidates for orphans listed
+        // before it (as gc does): the server may write, rename and delete meanwhile, and a
+        // scan page by page could then see a file under no name or under two, or a
+        // directory's children without it.
+        let blobs = self.blobs.list().await?;
+        let writing = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let inline = self.index.inline_ids().await?;
+        let tree = self.snapshot_tree(&kr).await?;
+        for (ptag, k) in &tree.parents {
+            if !tree.dirs.contains(ptag) {
+                rep.errors.push(format!(
+                    "entry {}: its parent directory does not exist",
+                    hex::encode(k)
+                ));
+            }
+        }
+        let orphan_blobs: Vec<ContentId> = blobs
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| !tree.blobs.contains(id) && !writing.contains(id))
+            .collect();
+        let orphan_inline: Vec<ContentId> = inline
+            .into_iter()
+            .filter(|id| !tree.inline.contains(id))
+            .collect();
+        // Every record and every byte of content, page by page (a snapshot held that long
+        // would keep the index from reusing its pages). A content that fails is an error
+        // only if its record still names it: one replaced or deleted meanwhile is not.
         let mut after = None;
         loop {
             let rows = self.index.scan_entries(after.as_ref(), 1024).await?;
@@ -1492,46 +1563,63 @@ impl Filesystem {
                         continue;
                     }
                 };
-                let ptag: DirTag = k[..16].try_into().expect("32-byte key");
-                parent_tags.push((ptag, *k));
-                match rec.kind {
-                    Kind::Dir => {
-                        dir_ids.insert(self.dir_tag(&kr, &rec.id));
-                    }
-                    Kind::File => {
-                        match rec.storage {
-                            Storage::Blob => referenced_blobs.insert(rec.id),
-                            _ => referenced_inline.insert(rec.id),
-                        };
-                        match self.verify_content(&kr, &rec).await {
-                            Ok(()) => rep.files_verified += 1,
-                            Err(e) => rep
-                                .errors
-                                .push(format!("entry {}: content: {e}", hex::encode(k))),
-                        }
-                    }
+                if rec.kind != Kind::File {
+                    continue;
+                }
+                match self.verify_content(&kr, &rec).await {
+                    Ok(()) => rep.files_verified += 1,
+                    Err(_) if !self.still_names(&kr, k, &rec.id).await.unwrap_or(true) => {}
+                    Err(e) => rep
+                        .errors
+                        .push(format!("entry {}: content: {e}", hex::encode(k))),
                 }
             }
         }
-        for (ptag, k) in parent_tags {
-            if !dir_ids.contains(&ptag) {
-                rep.errors.push(format!(
-                    "entry {}: its parent directory does not exist",
-                    hex::encode(k)
-                ));
+        // A candidate is an orphan if it is still there after the scan: the content of a
+        // version replaced or deleted between the listing and the snapshot was on its way
+        // out (a replaced inline content goes with the batch that replaces it, a blob right
+        // after its commit).
+        for id in orphan_blobs {
+            match self.blobs.open(&id).await {
+                Err(CoreError::NotFound) => {}
+                _ => rep.orphan_blobs.push(hex::encode(id)),
             }
         }
-        for (id, _) in self.blobs.list().await? {
-            if !referenced_blobs.contains(&id) {
-                rep.orphan_blobs.push(hex::encode(id));
-            }
-        }
-        for id in self.index.inline_ids().await? {
-            if !referenced_inline.contains(&id) {
+        for id in orphan_inline {
+            if self.index.get_inline(&id).await?.is_some() {
                 rep.orphan_inline.push(hex::encode(id));
             }
         }
         Ok(rep)
+    }
+
+    /// The directory tree and the contents named in one snapshot of the index, for fsck.
+    /// A record that does not open is left out (the scan of fsck reports it).
+    async fn snapshot_tree(&self, kr: &Keyring) -> Result<SnapshotTree> {
+        let mut tree = SnapshotTree::default();
+        tree.dirs.insert(self.dir_tag(kr, &ROOT_ID));
+        self.index
+            .visit_entries(&mut |k, v| {
+                let Ok(rec) = self.open_rec(kr, k, v) else {
+                    return Ok(());
+                };
+                let ptag: DirTag = k[..16].try_into().expect("32-byte key");
+                tree.parents.push((ptag, *k));
+                match (rec.kind, rec.storage) {
+                    (Kind::Dir, _) => {
+                        tree.dirs.insert(self.dir_tag(kr, &rec.id));
+                    }
+                    (Kind::File, Storage::Blob) => {
+                        tree.blobs.insert(rec.id);
+                    }
+                    (Kind::File, _) => {
+                        tree.inline.insert(rec.id);
+                    }
+                }
+                Ok(())
+            })
+            .await?;
+        Ok(tree)
     }
 
     async fn verify_content(&self, kr: &Keyring, rec: &Record) -> Result<()> {
@@ -1585,7 +1673,7 @@ impl Filesystem {
         let mut out = GcReport {
             partials_removed: self
                 .blobs
-                .remove_stale_partials(grace_secs, &writing)
+                .remove_stale_partials(grace_secs, &self.uploads)
                 .await?,
             ..GcReport::default()
         };
@@ -1717,12 +1805,12 @@ pub struct Upload {
 /// Membership of a content id in [`Filesystem::uploads`], from [`Filesystem::begin_upload`]
 /// until dropped (after the commit, or with an upload that is abandoned).
 struct UploadRunning {
-    set: Arc<std::sync::Mutex<HashSet<ContentId>>>,
+    set: RunningUploads,
     id: ContentId,
 }
 
 impl UploadRunning {
-    fn new(set: &Arc<std::sync::Mutex<HashSet<ContentId>>>, id: ContentId) -> Self {
+    fn new(set: &RunningUploads, id: ContentId) -> Self {
         set.lock().unwrap_or_else(|e| e.into_inner()).insert(id);
         Self {
             set: set.clone(),

@@ -21,15 +21,15 @@ pub struct AuditHook(pub Arc<DataDir>);
 
 impl AuthAudit for AuditHook {
     fn record(&self, e: &AuthEvent<'_>) {
-        let (action, status) = match e.kind {
-            AuthEventKind::LoginSucceeded => (Action::LoginOk, 200),
-            AuthEventKind::LoginFailed => (Action::LoginFailed, 401),
-            AuthEventKind::LoginRateLimited => (Action::LoginRateLimited, 429),
-            AuthEventKind::RefreshSucceeded => (Action::RefreshOk, 200),
-            AuthEventKind::RefreshFailed => (Action::RefreshFailed, 401),
-            AuthEventKind::TokenRejected => (Action::TokenRejected, 401),
+        let action = match e.kind {
+            AuthEventKind::LoginSucceeded => Action::LoginOk,
+            AuthEventKind::LoginFailed => Action::LoginFailed,
+            AuthEventKind::LoginRateLimited => Action::LoginRateLimited,
+            AuthEventKind::RefreshSucceeded => Action::RefreshOk,
+            AuthEventKind::RefreshFailed => Action::RefreshFailed,
+            AuthEventKind::TokenRejected => Action::TokenRejected,
         };
-        let mut rec = Record::new(action, status);
+        let mut rec = Record::new(action, e.status);
         rec.user = e.user.map(str::to_owned);
         rec.fs = e.fs.map(str::to_owned);
         rec.client = e.client_ip.map(|ip| ip.to_string());

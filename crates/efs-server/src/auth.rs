@@ -332,6 +332,8 @@ pub struct AuthEvent<'a> {
     pub client_ip: Option<IpAddr>,
     /// The precise reason; `"ok"` on success.
     pub reason: &'static str,
+    /// The HTTP status the client is answered with.
+    pub status: u16,
 }
 
 /// Receives authentication events (the server's encrypted audit log).
@@ -537,6 +539,7 @@ impl Authenticator {
                 fs: req.fs.as_deref().filter(|_| names),
                 client_ip: Some(client_ip),
                 reason: "rate limited",
+                status: 429,
             });
             return Err(AuthError::RateLimited { retry_after_secs });
         }
@@ -548,6 +551,7 @@ impl Authenticator {
                 fs: None,
                 client_ip: Some(client_ip),
                 reason,
+                status: e.status(),
             });
             return Err(e);
         }
@@ -560,6 +564,7 @@ impl Authenticator {
                     fs: Some(&resp.fs),
                     client_ip: Some(client_ip),
                     reason: "ok",
+                    status: 200,
                 });
                 Ok(resp)
             }
@@ -583,6 +588,11 @@ impl Authenticator {
                     fs: req.fs.as_deref(),
                     client_ip: Some(client_ip),
                     reason: failure.error.internal_reason(),
+                    status: if limited.is_some() {
+                        429
+                    } else {
+                        failure.error.status()
+                    },
                 });
                 match limited {
                     Some(RetryAfter(retry_after_secs)) => {
@@ -624,6 +634,7 @@ impl Authenticator {
                     fs: Some(caller.fs()),
                     client_ip: Some(client_ip),
                     reason: "ok",
+                    status: 200,
                 });
                 Ok(resp)
             }
@@ -634,6 +645,7 @@ impl Authenticator {
                     fs: refusal.fs.as_deref(),
                     client_ip: Some(client_ip),
                     reason: refusal.reason,
+                    status: 401,
                 });
                 Err(AuthError::Unauthorized(refusal.reason))
             }
@@ -652,6 +664,7 @@ impl Authenticator {
                 fs: refusal.fs.as_deref(),
                 client_ip: None,
                 reason: refusal.reason,
+                status: 401,
             });
             AuthError::Unauthorized(refusal.reason)
         })
@@ -1166,8 +1179,15 @@ impl Challenges {
         now_ms: u64,
         max: ChallengeLimits,
     ) {
+        // Used-up and evicted nonces linger in `order`: it is compacted once it holds twice
+        // the table (so at most once per `total` inserts), rather than popping its front,
+        // which may be another client's live challenge.
+        if self.order.len() >= 2 * max.total {
+            let pending = &self.pending;
+            self.order.retain(|(n, _)| pending.contains_key(n));
+        }
         while let Some((_, exp)) = self.order.front() {
-            // Pop what expired, and keep `order` bounded too (used-up nonces linger in it).
+            // Pop what expired, and the oldest while the table is full.
             if *exp > now_ms && self.pending.len() < max.total && self.order.len() < 2 * max.total {
                 break;
             }

@@ -133,6 +133,7 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
         .collect();
     assert_eq!(malformed.len(), 1, "{malformed:?}");
     assert_eq!(malformed[0]["action"], "login-failed");
+    assert_eq!(malformed[0]["status"], 400);
     assert_eq!(malformed[0]["user"], Value::Null);
     // Admin commands, with the operator's account and how it came.
     let admin: Vec<Value> = show(&srv, &[])

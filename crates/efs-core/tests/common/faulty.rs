@@ -160,7 +160,7 @@ impl BlobStore for FaultyBlobStore {
     async fn remove_stale_partials(
         &self,
         older_than_secs: u64,
-        writing: &std::collections::HashSet<ContentId>,
+        writing: &efs_core::blob::RunningUploads,
     ) -> Result<u64> {
         self.inner
             .remove_stale_partials(older_than_secs, writing)
