@@ -714,7 +714,16 @@ fn put_in_place(f: std::fs::File, tmp: &Path, dest: &Path) -> Result<()> {
     drop(f);
     let dir = dest.parent().expect("a blob path has a shard directory");
     shard_dir_durable(dir)?;
-    std::fs::rename(tmp, dest)?;
+    match std::fs::rename(tmp, dest) {
+        // The shard directory was removed since this process made it durable (by hand):
+        // made again.
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && tmp.exists() && !dir.exists() => {
+            forget_shard(dir);
+            shard_dir_durable(dir)?;
+            std::fs::rename(tmp, dest)?;
+        }
+        r => r?,
+    }
     sync_dir(dir)?;
     Ok(())
 }
@@ -735,6 +744,18 @@ fn shard_of(dir: &Path) -> Option<(&Path, usize)> {
         return None;
     };
     Some((top.parent()?, usize::from(hi) << 8 | usize::from(lo)))
+}
+
+/// Forgets that shard directory `dir` was made durable (it is gone).
+fn forget_shard(dir: &Path) {
+    if let Some((root, n)) = shard_of(dir)
+        && let Some(bits) = DURABLE_SHARDS
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get_mut(root)
+    {
+        bits[n / 64] &= !(1 << (n % 64));
+    }
 }
 
 /// Makes shard directory `dir` (`ROOT/ab/cd`) exist with its entries durable (its own in
@@ -1340,7 +1361,13 @@ mod tests {
             let mut w = store.create(&id2).await.unwrap();
             w.write(vec![2; 5000]).await.unwrap();
             w.finish().await.unwrap();
-            assert_eq!(synced::under(&root)[before..], [shard]);
+            assert_eq!(&synced::under(&root)[before..], std::slice::from_ref(&shard));
+            // Removed by hand while the process runs: made again by the next blob.
+            std::fs::remove_dir_all(&top).unwrap();
+            let mut w = store.create(&id).await.unwrap();
+            w.write(vec![3; 5000]).await.unwrap();
+            w.finish().await.unwrap();
+            assert_eq!(std::fs::read(store.path_of(&id)).unwrap().len(), 5000);
         }
     }
 

@@ -841,9 +841,15 @@ async fn write(
     // From here the change may land even if the client hangs up and this request is
     // dropped: its audit entry must then be written on drop.
     who.committing(&st.data, client);
-    let (entry, replaced) = fs
-        .commit_upload(path, upload, Some(content_type), cond)
-        .await?;
+    // Tracked by the server, so that a shutdown waits for a commit whose client hung up.
+    let commit = {
+        let (fs, path) = (fs.clone(), path.clone());
+        async move {
+            fs.commit_upload(&path, upload, Some(content_type), cond)
+                .await
+        }
+    };
+    let (entry, replaced) = to_completion(&st.detached, commit).await??;
     let status = if replaced {
         StatusCode::OK
     } else {
