@@ -1361,7 +1361,10 @@ mod tests {
             let mut w = store.create(&id2).await.unwrap();
             w.write(vec![2; 5000]).await.unwrap();
             w.finish().await.unwrap();
-            assert_eq!(&synced::under(&root)[before..], std::slice::from_ref(&shard));
+            assert_eq!(
+                &synced::under(&root)[before..],
+                std::slice::from_ref(&shard)
+            );
             // Removed by hand while the process runs: made again by the next blob.
             std::fs::remove_dir_all(&top).unwrap();
             let mut w = store.create(&id).await.unwrap();

@@ -472,7 +472,7 @@ impl Authenticator {
     /// Issues a challenge. A well-formed user name gets one whether the user exists or not,
     /// without even looking it up: the answer has the same shape and timing either way.
     /// `client_ip` bounds the challenges outstanding per address
-    /// ([`MAX_PENDING_CHALLENGES_PER_ADDRESS`]).
+    /// (64 per address, IPv6 per /64: docs/protocol.md).
     pub fn challenge(
         &self,
         req: &ChallengeRequest,
