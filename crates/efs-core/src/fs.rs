@@ -1520,13 +1520,7 @@ impl Filesystem {
         // before it (as gc does): the server may write, rename and delete meanwhile, and a
         // scan page by page could then see a file under no name or under two, or a
         // directory's children without it.
-        let blobs = self.blobs.list().await?;
-        let writing = self
-            .uploads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let inline = self.index.inline_ids().await?;
+        let (blobs, writing, inline) = self.orphan_candidates().await?;
         let tree = self.snapshot_tree(&kr).await?;
         for (ptag, k) in &tree.parents {
             if !tree.dirs.contains(ptag) {
@@ -1593,6 +1587,23 @@ impl Filesystem {
         Ok(rep)
     }
 
+    /// What may be orphaned, for gc and fsck, to be taken before their snapshot of the
+    /// index: every blob (with its age), the uploads running now, every inline content.
+    /// Uploads running now may have put their blob in its shard without a committed record
+    /// yet; one that is over by now committed before the snapshot (or dropped its blob).
+    async fn orphan_candidates(
+        &self,
+    ) -> Result<(Vec<(ContentId, u64)>, HashSet<ContentId>, Vec<ContentId>)> {
+        let blobs = self.blobs.list().await?;
+        let writing = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let inline = self.index.inline_ids().await?;
+        Ok((blobs, writing, inline))
+    }
+
     /// The directory tree and the contents named in one snapshot of the index, for fsck.
     /// A record that does not open is left out (the scan of fsck reports it).
     async fn snapshot_tree(&self, kr: &Keyring) -> Result<SnapshotTree> {
@@ -1655,15 +1666,7 @@ impl Filesystem {
         // are committed together, so a content that existed before the scan has its record
         // in the scan, and one written during the scan is not a candidate. (The other order
         // deleted inline contents committed between the scan and the listing.)
-        let blobs = self.blobs.list().await?;
-        // Uploads running now may have put their blob in its shard without a committed record
-        // yet; one that is over by now committed before the scan below (or dropped its blob).
-        let writing = self
-            .uploads
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .clone();
-        let inline = self.index.inline_ids().await?;
+        let (blobs, writing, inline) = self.orphan_candidates().await?;
         let rep = self.fsck_refs().await?;
         // A restore that started after the first check may have copied content that the
         // listings above hold and the scan does not name yet.
