@@ -55,6 +55,7 @@ fn fixture() -> &'static Fixture {
                 read_only: false,
             }],
             generation: 1,
+            cert_sha256: None,
         }));
         let config = AuthConfig {
             // Long enough that the fixture's token outlives any fuzz run.
@@ -89,7 +90,7 @@ fn login(
     user: &str,
     fs: Option<String>,
 ) -> Result<efs_server::auth::TokenResponse, efs_server::auth::AuthError> {
-    let ch = auth.challenge(&ChallengeRequest { user: user.into() })?;
+    let ch = auth.challenge(&ChallengeRequest { user: user.into() }, IP)?;
     let sig = key.sign(&signed_message(&ch.server, user, &ch.nonce));
     auth.login(
         &TokenRequest {
@@ -112,7 +113,7 @@ fuzz_target!(|data: &[u8]| {
         // A challenge request body.
         0 => {
             if let Ok(req) = serde_json::from_slice::<ChallengeRequest>(rest)
-                && f.auth.challenge(&req).is_ok()
+                && f.auth.challenge(&req, IP).is_ok()
             {
                 assert!(is_valid_user_name(&req.user));
             }
@@ -127,9 +128,12 @@ fuzz_target!(|data: &[u8]| {
         // only when signed by the user's key for the user's filesystem.
         2 => {
             if let Ok(mut req) = serde_json::from_slice::<TokenRequest>(rest)
-                && let Ok(ch) = f.auth.challenge(&ChallengeRequest {
-                    user: req.user.clone(),
-                })
+                && let Ok(ch) = f.auth.challenge(
+                    &ChallengeRequest {
+                        user: req.user.clone(),
+                    },
+                    IP,
+                )
             {
                 let honest = URL_SAFE_NO_PAD.encode(
                     f.user_key
