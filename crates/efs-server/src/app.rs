@@ -76,6 +76,9 @@ pub struct AppState {
     /// The requests running to their end in tasks of their own (`to_completion`): a
     /// shutdown waits for them, so their audit entries are written before the log closes.
     pub detached: tokio_util::task::TaskTracker,
+    /// The budget of audit entries of requests that proved nobody (shared with the login
+    /// hook).
+    pub audit_budget: Arc<crate::audit_budget::AuditBudget>,
 }
 
 type St = State<Arc<AppState>>;
@@ -337,7 +340,7 @@ async fn refresh(State(st): St, req: Request) -> Result<Response, ApiError> {
     let mark = audit_mark(&st.data)?;
     let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized)?;
     // A user bound to a client certificate renews only over a connection that has it.
-    let r = match st.auth.verify(token) {
+    let r = match st.auth.verify_from(token, ip) {
         Err(e) => Err(e.into()),
         Ok(caller) => {
             let cert = req
@@ -397,7 +400,7 @@ fn authorise(
     ext: &axum::http::Extensions,
 ) -> Result<(Caller, Arc<Filesystem>), ApiError> {
     let token = bearer(req_headers).ok_or_else(ApiError::unauthorized)?;
-    let caller = st.auth.verify(token)?;
+    let caller = st.auth.verify_from(token, client_ip(ext))?;
     let cert = ext.get::<ConnInfo>().and_then(|c| c.client_cert_sha256);
     check_cert_binding(st, caller.user(), cert)?;
     let fs = st.data.fs(caller.fs()).ok_or_else(ApiError::unauthorized)?;
@@ -452,7 +455,7 @@ async fn move_json_now(st: Arc<AppState>, req: Request) -> Result<Response, ApiE
     let ip = client_ip(req.extensions());
     let mut who = Who::new(Action::Move);
     let r = move_json_inner(&st, req, &mut who).await;
-    seal_answer(&st.data, who, ip, r).await
+    seal_answer(&st.data, &st.audit_budget, who, ip, r).await
 }
 
 async fn move_json_inner(st: &AppState, req: Request, who: &mut Who) -> Result<Response, ApiError> {
@@ -552,7 +555,14 @@ async fn files_now(st: Arc<AppState>, req: Request) -> Response {
         Ok(()) => {
             let mut who = Who::new(file_action(&parts.method, parts.uri.path().ends_with('/')));
             let r = files_inner(st.clone(), &parts, &mut body, &mut who).await;
-            seal_answer(&st.data, who, client_ip(&parts.extensions), r).await
+            seal_answer(
+                &st.data,
+                &st.audit_budget,
+                who,
+                client_ip(&parts.extensions),
+                r,
+            )
+            .await
         }
     };
     match result {

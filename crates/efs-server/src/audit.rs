@@ -10,14 +10,22 @@ use axum::response::Response;
 use efs_core::DataDir;
 use efs_core::audit::{Action, AuditMark, RECOVER_FIRST, RECOVER_MAX, Record};
 
+use crate::audit_budget::{AuditBudget, cut_path};
 use crate::auth::{AuthAudit, AuthEvent, AuthEventKind};
 use crate::error::ApiError;
 
 /// Sends the authenticator's events to the data dir's audit log. `record` cannot return an
 /// error (it runs inside the login code): it writes the entry and drops the result, and the
 /// route checks [`efs_core::audit::AuditLog::sync_point`] before answering, so no answer
-/// leaves whose entry could not be written.
-pub struct AuditHook(pub Arc<DataDir>);
+/// leaves whose entry could not be written. Events of nobody proved (a refused token that
+/// named no verified user, a login from an address over its failure limit) are written
+/// within the [`AuditBudget`].
+pub struct AuditHook {
+    /// The data dir whose log gets the entries.
+    pub data: Arc<DataDir>,
+    /// The budget of entries without a verified identity (shared with the file routes).
+    pub budget: Arc<AuditBudget>,
+}
 
 impl AuthAudit for AuditHook {
     fn record(&self, e: &AuthEvent<'_>) {
@@ -29,13 +37,28 @@ impl AuthAudit for AuditHook {
             AuthEventKind::RefreshFailed => Action::RefreshFailed,
             AuthEventKind::TokenRejected => Action::TokenRejected,
         };
+        let unverified = match e.kind {
+            // The login limiter bounds these (each counts against the address).
+            AuthEventKind::LoginSucceeded | AuthEventKind::LoginFailed => false,
+            // The address is over its limit already: nothing bounds these but the budget.
+            AuthEventKind::LoginRateLimited => true,
+            AuthEventKind::RefreshSucceeded => false,
+            // `user` is set when the token's signature held (expired, revoked, …).
+            AuthEventKind::RefreshFailed | AuthEventKind::TokenRejected => e.user.is_none(),
+        };
+        if unverified {
+            let client = e.client_ip.unwrap_or(IpAddr::from([0u8; 4]));
+            if !self.budget.admit(client) {
+                return;
+            }
+        }
         let mut rec = Record::new(action, e.status);
         rec.user = e.user.map(str::to_owned);
         rec.fs = e.fs.map(str::to_owned);
         rec.client = e.client_ip.map(|ip| ip.to_string());
         rec.detail = (e.reason != "ok").then(|| e.reason.to_owned());
         // A refused entry means the log has failed: the route's sync point answers 503.
-        let _ = self.0.audit().submit(rec);
+        let _ = self.data.audit().submit(rec);
     }
 }
 
@@ -108,8 +131,12 @@ impl Drop for Who {
 }
 
 /// Writes the request's entry, then lets the answer go; 503 if the entry cannot be written.
+/// A request refused before it proved who sent it is recorded within `budget` (counted,
+/// not written, over it), with its paths cut to
+/// [`MAX_UNVERIFIED_PATH`](crate::audit_budget::MAX_UNVERIFIED_PATH) bytes.
 pub async fn seal_answer(
     data: &DataDir,
+    budget: &AuditBudget,
     mut who: Who,
     client: IpAddr,
     result: Result<Response, ApiError>,
@@ -120,6 +147,13 @@ pub async fn seal_answer(
     };
     // Sealed here: no second entry on drop.
     who.on_drop = None;
+    if who.user.is_none() && status.as_u16() >= 400 {
+        if !budget.admit(client) {
+            return result;
+        }
+        who.path = who.path.take().map(cut_path);
+        who.to = who.to.take().map(cut_path);
+    }
     let rec = who.record(client, status.as_u16(), detail);
     match data.audit().record(rec).await {
         Ok(()) => result,

@@ -656,13 +656,23 @@ impl Authenticator {
     /// not checked again (cache); expiry, the user's generation and the grant are checked on
     /// every call.
     pub fn verify(&self, bearer_token: &str) -> Result<Caller, AuthError> {
+        self.check(bearer_token, None)
+    }
+
+    /// [`Authenticator::verify`] for a request from `client_ip` (its refusal is reported
+    /// with the address).
+    pub fn verify_from(&self, bearer_token: &str, client_ip: IpAddr) -> Result<Caller, AuthError> {
+        self.check(bearer_token, Some(client_ip))
+    }
+
+    fn check(&self, bearer_token: &str, client_ip: Option<IpAddr>) -> Result<Caller, AuthError> {
         let now = self.clock.now_ms();
         self.check_token(bearer_token, now).map_err(|refusal| {
             self.report(AuthEvent {
                 kind: AuthEventKind::TokenRejected,
                 user: refusal.user.as_deref(),
                 fs: refusal.fs.as_deref(),
-                client_ip: None,
+                client_ip,
                 reason: refusal.reason,
                 status: 401,
             });

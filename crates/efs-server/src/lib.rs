@@ -10,6 +10,7 @@
 //! - [`tls`]: certificates (given, or generated and sealed), mutual TLS.
 //! - [`admin_socket`]: `efsctl` while the server runs.
 //! - [`audit`]: the audit entries of logins and file requests (fail closed).
+//! - [`audit_budget`]: how many entries requests that proved nobody may write.
 //! - [`users`]: the in-memory user directory.
 //! - [`error`]: `ApiError`, the one mapping from failures to HTTP.
 //! - [`fsmetrics`]: per-filesystem gauges (files, bytes, rotation progress).
@@ -20,6 +21,7 @@
 pub mod admin_socket;
 pub mod app;
 pub mod audit;
+pub mod audit_budget;
 pub mod auth;
 pub mod cache;
 pub mod connections;

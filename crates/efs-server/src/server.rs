@@ -148,6 +148,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let signing_key = ed25519_dalek::SigningKey::from_bytes(&signing);
     let users = Arc::new(UserCache::default());
     users.reload(&data)?;
+    let audit_budget = Arc::new(crate::audit_budget::AuditBudget::default());
     let auth = Arc::new(
         Authenticator::new(
             &signing_key,
@@ -163,7 +164,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             window: cfg.login_fail_window,
             ..crate::ratelimit::RateLimitConfig::default()
         })
-        .with_audit(Arc::new(crate::audit::AuditHook(data.clone()))),
+        .with_audit(Arc::new(crate::audit::AuditHook {
+            data: data.clone(),
+            budget: audit_budget.clone(),
+        })),
     );
     drop(signing_key);
     for note in data.audit().notes() {
@@ -210,6 +214,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         http: cfg.http.clone(),
         metrics,
         detached: tokio_util::task::TaskTracker::new(),
+        audit_budget: audit_budget.clone(),
     });
     let detached = state.detached.clone();
 
@@ -217,6 +222,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
     // A failed audit log refuses every request (fail closed) until it can be written again.
     tokio::spawn(crate::audit::recover_when_failed(data.clone()));
+    tokio::spawn(crate::audit_budget::write_summaries_periodically(
+        audit_budget.clone(),
+        data.clone(),
+    ));
 
     let listener = TcpListener::bind(cfg.listen)
         .await
@@ -259,6 +268,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     // Counts of records sealed per key term are stored by steps while serving; what this
     // run counted since the last step is stored now (logged if it cannot be).
     let _ = data.store_seal_counts().await;
+    // What went unrecorded in the last window is counted in the log before it closes.
+    audit_budget.write_summaries(&data);
     // Tasks still holding the data dir may outlive this function: make the audit log
     // durable and its anchor current now.
     data.audit().close();

@@ -534,3 +534,109 @@ async fn hang_up_at(
     let _ = tls.shutdown().await;
     Ok(())
 }
+
+/// Requests that prove nobody cannot fill the disk through the audit log: a client sending
+/// bad tokens gets its first entries (paths cut to 512 bytes) and then one `unrecorded`
+/// entry with the count, written at the latest when the server stops; a verified caller's
+/// refused requests are all recorded; the chain stays intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_without_a_verified_identity_are_recorded_within_a_budget() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let app = s.token;
+    let long = format!("/flood{}", format!("/{}", "p".repeat(99)).repeat(20));
+    const BAD: usize = 100;
+    for i in 0..BAD {
+        let token = if i % 2 == 0 { "garbage" } else { "" }; // malformed, missing
+        let r = srv.req("GET", &long, token).send().await.unwrap();
+        assert_eq!(
+            r.status(),
+            401,
+            "the answer does not change over the budget"
+        );
+    }
+    // A verified caller's refusals are not budgeted: all 40 recorded.
+    const MISSING: usize = 40;
+    for i in 0..MISSING {
+        let (status, _) = srv.get(&format!("/missing/{i}"), &app).await;
+        assert_eq!(status, 404);
+    }
+    srv.stop().await;
+
+    let entries = show(&srv, &[]);
+    let unverified: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["user"].is_null() && e["action"] != "admin" && e["action"] != "unrecorded")
+        .collect();
+    // The budget is 30 entries per address per minute; each bad request writes two (the
+    // refused token, the request).
+    assert_eq!(unverified.len(), 30, "{unverified:#?}");
+    for e in &unverified {
+        if let Some(p) = e["path"].as_str() {
+            assert!(p.len() <= 512 + '…'.len_utf8() && p.ends_with('…'), "{p}");
+        }
+    }
+    let summaries: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "unrecorded")
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:#?}");
+    assert_eq!(summaries[0]["client"], "127.0.0.1");
+    let written_or_not = BAD * 2;
+    let want = format!(
+        "{} refused requests without a verified identity not recorded one by one",
+        written_or_not - 30
+    );
+    assert_eq!(summaries[0]["detail"], want.as_str());
+    let missing = entries
+        .iter()
+        .filter(|e| {
+            e["status"] == 404
+                && e["path"]
+                    .as_str()
+                    .is_some_and(|p| p.starts_with("/missing/"))
+        })
+        .count();
+    assert_eq!(missing, MISSING);
+    let v = srv.efsctl_ok(&["audit", "verify"]);
+    assert!(v.starts_with("audit verify: OK"), "{v}");
+}
+
+/// Failed logins are all recorded (the login rate limit bounds them); the attempts refused
+/// with 429 once the address is over its limit are recorded within the budget.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_attempts_over_the_limit_are_recorded_within_the_budget() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let wrong = new_signing_key();
+    const TRIES: usize = 80;
+    let mut statuses = std::collections::BTreeMap::<u16, usize>::new();
+    for _ in 0..TRIES {
+        let body = srv.signed_body("app", &wrong, None).await;
+        *statuses
+            .entry(srv.token_request(&body).await.status().as_u16())
+            .or_default() += 1;
+    }
+    // The default limits: 10 failures per user name, 20 per address per minute, then 429.
+    assert_eq!(statuses.get(&401), Some(&10), "{statuses:?}");
+    assert_eq!(statuses.get(&429), Some(&(TRIES - 10)), "{statuses:?}");
+    srv.stop().await;
+
+    let entries = show(&srv, &[]);
+    let count = |action: &str| entries.iter().filter(|e| e["action"] == action).count();
+    assert_eq!(count("login-failed"), 10);
+    assert_eq!(count("login-rate-limited"), 30);
+    let summaries: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "unrecorded")
+        .collect();
+    assert_eq!(summaries.len(), 1, "{summaries:#?}");
+    assert_eq!(
+        summaries[0]["detail"],
+        format!(
+            "{} refused requests without a verified identity not recorded one by one",
+            TRIES - 10 - 30
+        )
+        .as_str()
+    );
+}

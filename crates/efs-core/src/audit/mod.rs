@@ -62,6 +62,10 @@ pub enum Action {
     Admin,
     /// A request refused before it named a known operation (bad method, bad path).
     Other,
+    /// Refused requests without a verified identity that were not recorded one by one (over
+    /// the server's budget for them): `client` is the address (IPv6: its /64) or `other
+    /// addresses`, `detail` says how many, in the minute before the entry's time.
+    Unrecorded,
 }
 
 impl Action {
@@ -83,6 +87,7 @@ impl Action {
             Action::List => "list",
             Action::Admin => "admin",
             Action::Other => "other",
+            Action::Unrecorded => "unrecorded",
         }
     }
 }
