@@ -175,6 +175,19 @@ impl AdminRequest {
         }
     }
 
+    /// Commands that change or export data for long (minutes to hours): recorded when they
+    /// start as well as when they end.
+    fn runs_long(&self) -> bool {
+        matches!(
+            self,
+            AdminRequest::Backup { .. }
+                | AdminRequest::Restore { .. }
+                | AdminRequest::Gc { .. }
+                | AdminRequest::RotateKey { .. }
+                | AdminRequest::Reencrypt { .. }
+        )
+    }
+
     fn fs(&self) -> Option<&str> {
         match self {
             AdminRequest::CreateFs { name } => Some(name),
@@ -232,7 +245,18 @@ async fn record_admin_with(
     ok: bool,
     result: Option<&serde_json::Value>,
 ) -> Result<(), AuditError> {
-    let mut rec = Record::new(Action::Admin, if ok { 200 } else { 400 });
+    record_admin_status(dd, op, req, if ok { 200 } else { 400 }, result).await
+}
+
+/// An admin entry with `status`: 202 started, 200 done, 400 refused or failed.
+async fn record_admin_status(
+    dd: &DataDir,
+    op: &Operator,
+    req: &AdminRequest,
+    status: u16,
+    result: Option<&serde_json::Value>,
+) -> Result<(), AuditError> {
+    let mut rec = Record::new(Action::Admin, status);
     rec.user = Some(op.user.clone());
     rec.client = Some(op.via.clone());
     rec.fs = req.fs().map(str::to_owned);
@@ -309,6 +333,14 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
         return AdminResponse::err(AuditError::Failed.to_string());
     }
     let recorded = req.clone();
+    if req.runs_long() {
+        // Recorded before it starts (status 202), and refused if that cannot be written: a
+        // backup, a restore or a rotation interrupted by a crash, or by a failure of the
+        // log while it runs, still has its entry.
+        if let Err(e) = record_admin_status(dd, op, &recorded, 202, None).await {
+            return AdminResponse::err(e.to_string());
+        }
+    }
     let resp = match run(dd, req).await {
         Ok(r) => r,
         Err(e) => AdminResponse::err(e.to_string()),

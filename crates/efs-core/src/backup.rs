@@ -449,9 +449,13 @@ struct HashedFile {
 
 impl HashedFile {
     fn create(p: &Path) -> Result<Self> {
+        use std::os::unix::fs::OpenOptionsExt;
+        // Owner only, as in the data dir: a backup holds the sealed keyring and the key
+        // parts' check tags, which would let another local account attack a passphrase.
         let f = std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(0o600)
             .open(p)?;
         Ok(Self {
             w: BufWriter::with_capacity(1 << 20, f),
@@ -645,6 +649,17 @@ fn prepare_dest(dest: &Path) -> Result<()> {
         }
         Err(e) => return Err(e.into()),
     }
+    // Owner only (its files are 0600 too); an empty directory of another account is
+    // refused, since its owner could read what is written into it.
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let owner = std::fs::metadata(dest)?.uid();
+    if owner != rustix::process::geteuid().as_raw() {
+        return Err(CoreError::Invalid(format!(
+            "{} belongs to another account (uid {owner}); give a directory of this one",
+            dest.display()
+        )));
+    }
+    std::fs::set_permissions(dest, std::fs::Permissions::from_mode(0o700))?;
     Ok(())
 }
 

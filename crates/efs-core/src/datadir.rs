@@ -811,67 +811,88 @@ impl DataDir {
         let mut id = [0u8; 16];
         aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
         let (index, blobs) = self.create_fs_dir(&id)?;
-        let first = crate::index::Batch {
-            ops: vec![Op::PutMeta(
-                META_KEYRING.into(),
-                keyring.seal(&self.starter, &id),
-            )],
-            ..Default::default()
-        };
-        commit(&index, first).await?;
-        let mut reader = backup::DumpReader::open(&source)?;
-        let mut batch = crate::index::Batch::default();
-        let mut referenced = std::collections::BTreeSet::new();
-        let (mut entries, mut inline) = (0u64, 0u64);
-        while let Some(item) = reader.next_item()? {
-            match item {
-                DumpItem::Entry(k, v) => {
-                    let rec = crate::record::Record::open(&keyring, &old_id, &k, &v)?;
-                    let rebound = rebind(&keyring, &old_id, &id, rec)?;
-                    if rebound.storage == crate::record::Storage::Blob {
-                        referenced.insert(hex::encode(rebound.id));
+        // A restore that fails midway (a damaged blob, a full disk) leaves nothing behind:
+        // the new filesystem is registered only at the end, and its directory is removed.
+        let filled = async {
+            let first = crate::index::Batch {
+                ops: vec![Op::PutMeta(
+                    META_KEYRING.into(),
+                    keyring.seal(&self.starter, &id),
+                )],
+                ..Default::default()
+            };
+            commit(&index, first).await?;
+            let mut reader = backup::DumpReader::open(&source)?;
+            let mut batch = crate::index::Batch::default();
+            let mut referenced = std::collections::BTreeSet::new();
+            let (mut entries, mut inline) = (0u64, 0u64);
+            while let Some(item) = reader.next_item()? {
+                match item {
+                    DumpItem::Entry(k, v) => {
+                        let rec = crate::record::Record::open(&keyring, &old_id, &k, &v)?;
+                        let rebound = rebind(&keyring, &old_id, &id, rec)?;
+                        if rebound.storage == crate::record::Storage::Blob {
+                            referenced.insert(hex::encode(rebound.id));
+                        }
+                        batch
+                            .ops
+                            .push(Op::PutEntry(k, rebound.seal(&keyring, &id, &k)));
+                        entries += 1;
                     }
-                    batch
-                        .ops
-                        .push(Op::PutEntry(k, rebound.seal(&keyring, &id, &k)));
-                    entries += 1;
+                    DumpItem::Inline(cid, v) => {
+                        batch.ops.push(Op::PutInline(cid, v));
+                        inline += 1;
+                    }
                 }
-                DumpItem::Inline(cid, v) => {
-                    batch.ops.push(Op::PutInline(cid, v));
-                    inline += 1;
+                if batch.ops.len() >= 1024 {
+                    commit(&index, std::mem::take(&mut batch)).await?;
                 }
             }
-            if batch.ops.len() >= 1024 {
-                commit(&index, std::mem::take(&mut batch)).await?;
+            // Every restored record was sealed under the new term: the count starts from them.
+            let mut sealed = std::collections::BTreeMap::new();
+            sealed.insert(keyring.current_number(), entries);
+            batch.ops.push(Op::PutMeta(
+                crate::fs::META_SEALS.into(),
+                crate::fs::encode_seal_counts(&sealed),
+            ));
+            commit(&index, batch).await?;
+            if entries != source.manifest.entries || inline != source.manifest.inline {
+                return Err(CoreError::Invalid(
+                    "the backup's index dump does not hold what its manifest counts".into(),
+                ));
             }
+            let listed: std::collections::BTreeSet<String> =
+                source.manifest.blobs.keys().cloned().collect();
+            if listed != referenced {
+                return Err(CoreError::Invalid(
+                    "the backup's blobs differ from those its records name".into(),
+                ));
+            }
+            for (hexid, sha) in &source.manifest.blobs {
+                let cid: crate::index::ContentId = hex::decode(hexid)
+                    .ok()
+                    .and_then(|v| v.try_into().ok())
+                    .ok_or(CoreError::Corrupt("backup blob name"))?;
+                copy_blob(&blobs, &cid, &backup::source_blob(&source, hexid), sha).await?;
+            }
+            Ok::<_, CoreError>((entries, inline))
         }
-        // Every restored record was sealed under the new term: the count starts from them.
-        let mut sealed = std::collections::BTreeMap::new();
-        sealed.insert(keyring.current_number(), entries);
-        batch.ops.push(Op::PutMeta(
-            crate::fs::META_SEALS.into(),
-            crate::fs::encode_seal_counts(&sealed),
-        ));
-        commit(&index, batch).await?;
-        if entries != source.manifest.entries || inline != source.manifest.inline {
-            return Err(CoreError::Invalid(
-                "the backup's index dump does not hold what its manifest counts".into(),
-            ));
-        }
-        let listed: std::collections::BTreeSet<String> =
-            source.manifest.blobs.keys().cloned().collect();
-        if listed != referenced {
-            return Err(CoreError::Invalid(
-                "the backup's blobs differ from those its records name".into(),
-            ));
-        }
-        for (hexid, sha) in &source.manifest.blobs {
-            let cid: crate::index::ContentId = hex::decode(hexid)
-                .ok()
-                .and_then(|v| v.try_into().ok())
-                .ok_or(CoreError::Corrupt("backup blob name"))?;
-            copy_blob(&blobs, &cid, &backup::source_blob(&source, hexid), sha).await?;
-        }
+        .await;
+        let (entries, inline) = match filled {
+            Ok(counts) => counts,
+            Err(e) => {
+                drop((index, blobs));
+                let dir = self.fs_dir(&id);
+                if let Err(re) = std::fs::remove_dir_all(&dir) {
+                    tracing::warn!(
+                        dir = %dir.display(),
+                        error = %re,
+                        "a failed restore's directory could not be removed: remove it by hand"
+                    );
+                }
+                return Err(e);
+            }
+        };
         lines.push(format!(
             "Restored {entries} entries, {inline} inline contents and {} blobs (checked against the manifest) into '{name}'",
             source.manifest.blobs.len()
@@ -881,7 +902,7 @@ impl DataDir {
             id,
             created_ms: now_ms(),
         };
-        drop(index);
+        drop((index, blobs));
         self.system.put_filesystem(&rec)?;
         let fs = self.open_fs(&rec)?;
         // Its digest was computed here, over what this restore wrote: no check at start.

@@ -8,10 +8,14 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use efs_core::admin::{self, AdminRequest, AdminResponse, Operator};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixListener;
 
 use crate::app::AppState;
+
+/// The longest request line the socket reads (the connection is answered an error and
+/// closed past it).
+pub const MAX_REQUEST_LINE: u64 = 1 << 20;
 
 /// Binds the socket (replacing a stale one) and serves it until the task is dropped.
 pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
@@ -49,15 +53,34 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
         };
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
-            let mut lines = BufReader::new(r).lines();
-            while let Ok(Some(line)) = lines.next_line().await {
-                let resp = match serde_json::from_str::<AdminRequest>(&line) {
-                    Ok(req) => handle(&st, req, &op).await,
-                    Err(e) => AdminResponse::err(format!("bad admin request: {e}")),
+            let mut r = BufReader::new(r);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                // A request line is a few hundred bytes; one without an end is not read
+                // into memory whole.
+                match (&mut r)
+                    .take(MAX_REQUEST_LINE + 1)
+                    .read_until(b'\n', &mut line)
+                    .await
+                {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                }
+                let too_long = line.len() as u64 > MAX_REQUEST_LINE;
+                let resp = if too_long {
+                    AdminResponse::err(format!(
+                        "bad admin request: longer than {MAX_REQUEST_LINE} bytes"
+                    ))
+                } else {
+                    match serde_json::from_slice::<AdminRequest>(&line) {
+                        Ok(req) => handle(&st, req, &op).await,
+                        Err(e) => AdminResponse::err(format!("bad admin request: {e}")),
+                    }
                 };
                 let mut out = serde_json::to_vec(&resp).expect("serialising JSON cannot fail");
                 out.push(b'\n');
-                if w.write_all(&out).await.is_err() {
+                if w.write_all(&out).await.is_err() || too_long {
                     break;
                 }
             }
@@ -85,27 +108,50 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
             ..Default::default()
         };
     }
-    let mutates = !matches!(
+    // User and grant changes run one at a time, each with its reload: two concurrent
+    // read-modify-writes of a user (a grant and a revoke) would otherwise lose one, and an
+    // older snapshot of the users could be installed after a newer one, bringing back
+    // revoked tokens. Filesystem creations (a restore makes one) and gc run one at a time
+    // under a lock of their own, so that a revoke never waits behind an hours-long restore;
+    // reading commands take no lock.
+    let users_change = matches!(
         req,
-        AdminRequest::ListFs
-            | AdminRequest::ListUsers
-            | AdminRequest::Fsck { .. }
-            | AdminRequest::Status { .. }
-            | AdminRequest::AcceptSystem
-            | AdminRequest::RotateKey { .. }
-            | AdminRequest::Reencrypt { .. }
-            | AdminRequest::Backup { .. }
+        AdminRequest::CreateUser { .. }
+            | AdminRequest::Grant { .. }
+            | AdminRequest::Revoke { .. }
+            | AdminRequest::DeleteUser { .. }
+            | AdminRequest::BindCert { .. }
     );
-    // Changes run one at a time, each with its reload: two concurrent read-modify-writes of a
-    // user (a grant and a revoke) would otherwise lose one, and an older snapshot of the
-    // users could be installed after a newer one, bringing back revoked tokens.
-    let _guard = if mutates {
-        Some(ADMIN_CHANGES.lock().await)
+    let fs_change = matches!(
+        req,
+        AdminRequest::CreateFs { .. } | AdminRequest::Restore { .. } | AdminRequest::Gc { .. }
+    );
+    let _users = if users_change {
+        Some(USER_CHANGES.lock().await)
     } else {
         None
     };
-    let resp = admin::execute_as(&st.data, req, op).await;
-    if mutates && resp.ok {
+    let _fs = if fs_change {
+        Some(FS_CHANGES.lock().await)
+    } else {
+        None
+    };
+    // Backups, restores, gc, fsck and the audit commands read and write files for minutes
+    // with blocking calls: on a thread of the blocking pool, not on one of the runtime's
+    // workers (one per core), which would otherwise stop serving HTTPS meanwhile.
+    let (data, op) = (st.data.clone(), op.clone());
+    let rt = tokio::runtime::Handle::current();
+    let resp =
+        match tokio::task::spawn_blocking(move || rt.block_on(admin::execute_as(&data, req, &op)))
+            .await
+        {
+            Ok(resp) => resp,
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => AdminResponse::err("the server is shutting down".to_owned()),
+            },
+        };
+    if users_change && resp.ok {
         // On failure `reload` empties the user cache: every login and token is refused until
         // a later reload succeeds, never checked against the list from before the change.
         let reloaded = st.users.reload(&st.data);
@@ -125,5 +171,7 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     resp
 }
 
-/// Serialises admin changes (see [`handle`]).
-static ADMIN_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Serialises user and grant changes (see [`handle`]).
+static USER_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+/// Serialises filesystem creations, restores and gc runs (see [`handle`]).
+static FS_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

@@ -398,9 +398,14 @@ fn authorise(
     st: &AppState,
     req_headers: &HeaderMap,
     ext: &axum::http::Extensions,
+    who: &mut Who,
 ) -> Result<(Caller, Arc<Filesystem>), ApiError> {
     let token = bearer(req_headers).ok_or_else(ApiError::unauthorized)?;
     let caller = st.auth.verify_from(token, client_ip(ext))?;
+    // Named in the entry from here on, whatever follows: a valid token presented without
+    // its bound certificate is recorded with its user, outside the audit budget.
+    who.user = Some(caller.user().to_owned());
+    who.fs = Some(caller.fs().to_owned());
     let cert = ext.get::<ConnInfo>().and_then(|c| c.client_cert_sha256);
     check_cert_binding(st, caller.user(), cert)?;
     let fs = st.data.fs(caller.fs()).ok_or_else(ApiError::unauthorized)?;
@@ -459,9 +464,7 @@ async fn move_json_now(st: Arc<AppState>, req: Request) -> Result<Response, ApiE
 }
 
 async fn move_json_inner(st: &AppState, req: Request, who: &mut Who) -> Result<Response, ApiError> {
-    let (caller, fs) = authorise(st, req.headers(), req.extensions())?;
-    who.user = Some(caller.user().to_owned());
-    who.fs = Some(caller.fs().to_owned());
+    let (caller, fs) = authorise(st, req.headers(), req.extensions(), who)?;
     require_write(&caller)?;
     let cond = write_precondition(req.headers())?;
     let body: MoveRequest = json_body(st, req.into_body()).await?;
@@ -617,9 +620,7 @@ async fn files_inner(
         tracing::info!(path = %path, "path");
     }
     who.path = Some(path.to_string());
-    let (caller, fs) = authorise(&st, &parts.headers, &parts.extensions)?;
-    who.user = Some(caller.user().to_owned());
-    who.fs = Some(caller.fs().to_owned());
+    let (caller, fs) = authorise(&st, &parts.headers, &parts.extensions, who)?;
     let query = parse_query(parts.uri.query())?;
     let method = parts.method.clone();
     match (method.as_str(), is_dir) {

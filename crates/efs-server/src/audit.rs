@@ -17,8 +17,8 @@ use crate::error::ApiError;
 /// Sends the authenticator's events to the data dir's audit log. `record` cannot return an
 /// error (it runs inside the login code): it writes the entry and drops the result, and the
 /// route checks [`efs_core::audit::AuditLog::sync_point`] before answering, so no answer
-/// leaves whose entry could not be written. Events of nobody proved (a refused token that
-/// named no verified user, a login from an address over its failure limit) are written
+/// leaves whose entry could not be written. Refusals of callers that proved nobody
+/// ([`AuthEvent::proven`] false: a failed login, a refused token or refresh) are written
 /// within the [`AuditBudget`].
 pub struct AuditHook {
     /// The data dir whose log gets the entries.
@@ -37,16 +37,8 @@ impl AuthAudit for AuditHook {
             AuthEventKind::RefreshFailed => Action::RefreshFailed,
             AuthEventKind::TokenRejected => Action::TokenRejected,
         };
-        let unverified = match e.kind {
-            // The login limiter bounds these (each counts against the address).
-            AuthEventKind::LoginSucceeded | AuthEventKind::LoginFailed => false,
-            // The address is over its limit already: nothing bounds these but the budget.
-            AuthEventKind::LoginRateLimited => true,
-            AuthEventKind::RefreshSucceeded => false,
-            // `user` is set when the token's signature held (expired, revoked, …).
-            AuthEventKind::RefreshFailed | AuthEventKind::TokenRejected => e.user.is_none(),
-        };
-        if unverified {
+        // A refusal of a caller that proved nobody is written within the budget.
+        if !e.proven {
             let client = e.client_ip.unwrap_or(IpAddr::from([0u8; 4]));
             if !self.budget.admit(client) {
                 return;

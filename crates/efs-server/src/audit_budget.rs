@@ -1,20 +1,21 @@
-//! How many audit entries refused requests *without a verified identity* may write.
+//! How many audit entries refusals of callers that proved nobody may write.
 //!
 //! Every file request and every login event is recorded, refused ones too. A request that
-//! proved nobody (no token, a forged or malformed one, a path refused before the token was
-//! looked at, a login attempt from an address already over its failure limit) costs its
-//! sender nothing but a TLS connection, and each one used to write an entry: a flood of
-//! them filled the disk at the audit log's speed, and a full disk fails the log, which then
-//! refuses every request (fail closed). So such entries are written one by one only within
-//! a budget: [`AuditBudget::per_address`] per client address (IPv6: per /64) and
-//! [`AuditBudget::total`] over all addresses, per window ([`SUMMARY_INTERVAL`] by default).
-//! What goes over it is counted, and at the end of the window one `unrecorded` entry per
-//! address says how many were not written (the [`MAX_SUMMARIES`] busiest addresses by name,
+//! proved nobody (no token, a forged, malformed or expired one, a path refused before the
+//! token was looked at, a login whose signature did not check out or that was answered
+//! 429) costs its sender nothing but a TLS connection, and each one used to write an entry:
+//! a flood of them filled the disk at the audit log's speed, and a full disk fails the log,
+//! which then refuses every request (fail closed). So such entries are written one by one
+//! only within a budget: [`AuditBudget::per_address`] per client address (IPv6: per /64)
+//! and [`AuditBudget::total`] over all addresses, per window ([`SUMMARY_INTERVAL`]). What
+//! goes over it is counted, and at the end of the window one `unrecorded` entry per address
+//! says how many entries were not written (the [`MAX_SUMMARIES`] busiest addresses by name,
 //! the rest together under `other addresses`), so the log still shows that, when and from
 //! where it happened. The client's answer does not change.
 //!
-//! Requests of a verified caller, and failed logins (the login rate limit bounds those),
-//! are always recorded one by one.
+//! Every request of a caller whose token checked out (its refusals included, and a valid
+//! token presented without its bound client certificate), and every login whose signature
+//! checked out, is recorded one by one.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -31,7 +32,7 @@ pub const SUMMARY_INTERVAL: Duration = Duration::from_secs(60);
 /// At most this many addresses get an `unrecorded` entry of their own per window; the
 /// others are summed up in one entry.
 pub const MAX_SUMMARIES: usize = 64;
-/// The longest path (in bytes) an entry without a verified identity keeps; a longer one is
+/// The longest path (in bytes) an entry of a caller that proved nobody keeps; a longer one is
 /// cut at a character boundary and ends with `…`.
 pub const MAX_UNVERIFIED_PATH: usize = 512;
 
@@ -48,7 +49,7 @@ struct Window {
     untracked: u64,
 }
 
-/// The budget of entries without a verified identity (see the module's documentation).
+/// The budget of entries of callers that proved nobody (see the module's documentation).
 pub struct AuditBudget {
     per_address: u32,
     total: u32,
@@ -90,8 +91,8 @@ impl AuditBudget {
         self.window.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Whether an entry without a verified identity from `client` may be written now; if
-    /// not, it is counted for the window's `unrecorded` entry.
+    /// Whether an entry of a refusal of a caller that proved nobody, from `client`, may be
+    /// written now; if not, it is counted for the window's `unrecorded` entry.
     pub fn admit(&self, client: IpAddr) -> bool {
         let key = address_key(client);
         let mut w = self.lock();
@@ -142,12 +143,18 @@ impl AuditBudget {
         out
     }
 
-    /// Writes the window's `unrecorded` entries and starts a fresh budget. An entry the log
-    /// refuses (it has failed) is lost with its count: nothing else could be recorded then
-    /// either.
+    /// Writes the window's `unrecorded` entries and starts a fresh budget. A count the log
+    /// refuses (it has failed or closed) goes to the server's log instead.
     pub fn write_summaries(&self, data: &DataDir) {
         for rec in self.take_summaries() {
-            let _ = data.audit().submit(rec);
+            let (client, detail) = (rec.client.clone(), rec.detail.clone());
+            if data.audit().submit(rec).is_err() {
+                tracing::warn!(
+                    client = client.as_deref().unwrap_or("-"),
+                    detail = detail.as_deref().unwrap_or("-"),
+                    "the audit log refused an `unrecorded` entry"
+                );
+            }
         }
     }
 }
@@ -156,7 +163,7 @@ fn summary(client: String, n: u64) -> Record {
     let mut rec = Record::new(Action::Unrecorded, 0);
     rec.client = Some(client);
     rec.detail = Some(format!(
-        "{n} refused requests without a verified identity not recorded one by one"
+        "{n} entries of refusals of callers that proved nobody not written one by one"
     ));
     rec
 }
@@ -176,16 +183,17 @@ pub fn cut_path(path: String) -> String {
     cut
 }
 
-/// Writes the budget's `unrecorded` entries every [`SUMMARY_INTERVAL`]. Runs as long as the
-/// server; the server writes the last window's at shutdown.
+/// Writes the budget's `unrecorded` entries every [`SUMMARY_INTERVAL`]. Runs until the
+/// server aborts it at shutdown, then writes the last window's itself.
 pub async fn write_summaries_periodically(budget: Arc<AuditBudget>, data: Arc<DataDir>) {
     let mut tick = tokio::time::interval(SUMMARY_INTERVAL);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     tick.tick().await;
     loop {
         tick.tick().await;
-        let (b, d) = (budget.clone(), data.clone());
-        let _ = tokio::task::spawn_blocking(move || b.write_summaries(&d)).await;
+        // At most MAX_SUMMARIES + 1 appends of a few hundred bytes (as every request does
+        // one): written here, so that aborting the task never stops it midway.
+        budget.write_summaries(&data);
     }
 }
 
@@ -207,7 +215,7 @@ mod tests {
     }
 
     fn detail(n: u64) -> String {
-        format!("{n} refused requests without a verified identity not recorded one by one")
+        format!("{n} entries of refusals of callers that proved nobody not written one by one")
     }
 
     #[test]

@@ -334,6 +334,10 @@ pub struct AuthEvent<'a> {
     pub reason: &'static str,
     /// The HTTP status the client is answered with.
     pub status: u16,
+    /// The caller proved now who it is: a login whose signature checked out (even if it was
+    /// then refused, e.g. for a filesystem not granted), a token or refresh that succeeded.
+    /// `false` for every other refusal: an expired token or a wrong signature proves nobody.
+    pub proven: bool,
 }
 
 /// Receives authentication events (the server's encrypted audit log).
@@ -540,6 +544,7 @@ impl Authenticator {
                 client_ip: Some(client_ip),
                 reason: "rate limited",
                 status: 429,
+                proven: false,
             });
             return Err(AuthError::RateLimited { retry_after_secs });
         }
@@ -552,6 +557,7 @@ impl Authenticator {
                 client_ip: Some(client_ip),
                 reason,
                 status: e.status(),
+                proven: false,
             });
             return Err(e);
         }
@@ -565,6 +571,7 @@ impl Authenticator {
                     client_ip: Some(client_ip),
                     reason: "ok",
                     status: 200,
+                    proven: true,
                 });
                 Ok(resp)
             }
@@ -593,6 +600,7 @@ impl Authenticator {
                     } else {
                         failure.error.status()
                     },
+                    proven: !failure.counts,
                 });
                 match limited {
                     Some(RetryAfter(retry_after_secs)) => {
@@ -635,6 +643,7 @@ impl Authenticator {
                     client_ip: Some(client_ip),
                     reason: "ok",
                     status: 200,
+                    proven: true,
                 });
                 Ok(resp)
             }
@@ -646,6 +655,7 @@ impl Authenticator {
                     client_ip: Some(client_ip),
                     reason: refusal.reason,
                     status: 401,
+                    proven: false,
                 });
                 Err(AuthError::Unauthorized(refusal.reason))
             }
@@ -675,6 +685,7 @@ impl Authenticator {
                 client_ip,
                 reason: refusal.reason,
                 status: 401,
+                proven: false,
             });
             AuthError::Unauthorized(refusal.reason)
         })

@@ -222,7 +222,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
     // A failed audit log refuses every request (fail closed) until it can be written again.
     tokio::spawn(crate::audit::recover_when_failed(data.clone()));
-    tokio::spawn(crate::audit_budget::write_summaries_periodically(
+    let summaries = tokio::spawn(crate::audit_budget::write_summaries_periodically(
         audit_budget.clone(),
         data.clone(),
     ));
@@ -268,7 +268,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     // Counts of records sealed per key term are stored by steps while serving; what this
     // run counted since the last step is stored now (logged if it cannot be).
     let _ = data.store_seal_counts().await;
-    // What went unrecorded in the last window is counted in the log before it closes.
+    // What went unrecorded in the last window is counted in the log before it closes (the
+    // periodic writer stopped first, so that no count of its reaches a closed log).
+    summaries.abort();
+    let _ = summaries.await;
     audit_budget.write_summaries(&data);
     // Tasks still holding the data dir may outlive this function: make the audit log
     // durable and its anchor current now.

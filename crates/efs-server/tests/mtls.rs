@@ -197,6 +197,43 @@ async fn client_certificates_are_required_and_bound() {
     assert_eq!(get.status(), 200);
     assert_eq!(get.bytes().await.unwrap(), "hello");
 
+    // The token over another certificate is recorded with its user (outside the budget of
+    // refusals of callers that proved nobody, which other refusals from c2 cannot spend).
+    for _ in 0..40 {
+        let r = c2
+            .get(server.url("/a.txt"))
+            .bearer_auth("forged")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let get = c2
+        .get(server.url("/a.txt"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(get.status(), 401);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let out = server.efsctl_ok(&[
+            "audit", "show", "--path", "/a.txt", "--user", "app1", "--json",
+        ]);
+        let refused = serde_json::from_str::<serde_json::Value>(&out)
+            .unwrap()
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|e| e["action"] == "read" && e["status"] == 401)
+            .count();
+        if refused == 2 {
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{out}");
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+
     // Unbind: c2 works again (with a new login: binding changes revoke earlier tokens).
     server.efsctl_ok(&["bind-cert", "app1", "--unbind"]);
     assert_eq!(login_with(&server, &c2, "app1", &key).await.status(), 200);

@@ -306,6 +306,20 @@ async fn backup_while_serving_then_restore_into_a_new_fs() {
         audit.contains("accept_unauthenticated_backup\":true"),
         "{audit}"
     );
+    // A restore is recorded when it starts (202) and when it ends: the refused one without
+    // the flag (400), then the accepted one (200).
+    let entries: Vec<Value> =
+        serde_json::from_str(&srv.efsctl_ok(&["audit", "show", "--fs", "old", "--json"])).unwrap();
+    let statuses: Vec<u64> = entries
+        .iter()
+        .filter(|e| {
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("restore"))
+        })
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses, [202, 400, 202, 200], "{entries:#?}");
 
     // New key parts (server stopped): afterwards only they open the data dir, and the
     // server starts with them and serves every file.
@@ -407,4 +421,54 @@ async fn reencrypt_and_rotate_under_load_with_metrics() {
     for (path, data) in files.iter().chain(written.iter()) {
         assert!(srv.get_ok(path, &s.token).await == *data, "{path}");
     }
+}
+
+/// The admin socket reads a request line of at most 1 MiB: a longer one (here without an
+/// end) is answered with an error and the connection closed, and the server goes on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_request_longer_than_a_mebibyte_is_refused() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let sock = tokio::net::UnixStream::connect(srv.data.join("system").join("admin.sock"))
+        .await
+        .unwrap();
+    let (r, mut w) = sock.into_split();
+    let writer = tokio::spawn(async move {
+        let chunk = vec![b'a'; 64 * 1024];
+        // 2 MiB, no newline; the server stops reading after 1 MiB and closes.
+        for _ in 0..32 {
+            if w.write_all(&chunk).await.is_err() {
+                break;
+            }
+        }
+    });
+    let mut lines = BufReader::new(r).lines();
+    let line = tokio::time::timeout(Duration::from_secs(30), lines.next_line())
+        .await
+        .expect("an answer")
+        .unwrap()
+        .expect("a line");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert!(
+        v["error"]
+            .as_str()
+            .unwrap()
+            .contains("longer than 1048576 bytes"),
+        "{v}"
+    );
+    // Closed after the answer: an end of file, or a reset (the server closed with the
+    // rest of the line unread).
+    let next = lines.next_line().await;
+    assert!(
+        matches!(next, Ok(None))
+            || next
+                .as_ref()
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionReset),
+        "closed after the answer: {next:?}"
+    );
+    writer.abort();
+    let out = srv.efsctl_ok(&["list-fs"]);
+    assert!(out.contains("files"), "{out}");
 }

@@ -62,9 +62,9 @@ pub enum Action {
     Admin,
     /// A request refused before it named a known operation (bad method, bad path).
     Other,
-    /// Refused requests without a verified identity that were not recorded one by one (over
-    /// the server's budget for them): `client` is the address (IPv6: its /64) or `other
-    /// addresses`, `detail` says how many, in the minute before the entry's time.
+    /// Entries of refusals of callers that proved nobody that were not written one by one
+    /// (over the server's budget for them): `client` is the address (IPv6: its /64) or
+    /// `other addresses`, `detail` says how many, in the minute before the entry's time.
     Unrecorded,
 }
 
