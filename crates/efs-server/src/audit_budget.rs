@@ -144,13 +144,13 @@ impl AuditBudget {
     }
 
     /// Writes the window's `unrecorded` entries and starts a fresh budget. A count the log
-    /// refuses (it has failed or closed) goes to the server's log instead.
+    /// refuses (it has failed or closed) goes to the server's log instead, without the
+    /// address (addresses are kept only inside the encrypted audit log).
     pub fn write_summaries(&self, data: &DataDir) {
         for rec in self.take_summaries() {
-            let (client, detail) = (rec.client.clone(), rec.detail.clone());
+            let detail = rec.detail.clone();
             if data.audit().submit(rec).is_err() {
                 tracing::warn!(
-                    client = client.as_deref().unwrap_or("-"),
                     detail = detail.as_deref().unwrap_or("-"),
                     "the audit log refused an `unrecorded` entry"
                 );
