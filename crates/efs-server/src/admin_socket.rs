@@ -1,6 +1,7 @@
 //! The admin socket (`system/admin.sock`, mode 0600): `efsctl` sends one JSON
 //! [`AdminRequest`] per line and reads one JSON [`AdminResponse`] per line. Only a local
-//! user that can open the data dir can reach it.
+//! user that can open the data dir can reach it, and only root and the server's own account
+//! are answered (checked with `SO_PEERCRED`).
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
@@ -44,15 +45,28 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
         };
         let st = state.clone();
         // The audit log names the local account on the other end of the socket.
+        let uid = stream.peer_cred().map(|c| c.uid());
         let op = Operator {
-            user: stream
-                .peer_cred()
-                .map(|c| format!("uid:{}", c.uid()))
+            user: uid
+                .as_ref()
+                .map(|u| format!("uid:{u}"))
                 .unwrap_or_else(|_| "uid:unknown".into()),
             via: "admin-socket".into(),
         };
         tokio::spawn(async move {
             let (r, mut w) = stream.into_split();
+            // The socket's mode (0600) and the data dir's (0700) keep other accounts out;
+            // this holds also when those were loosened by mistake (a volume mounted with
+            // other permissions, a chmod -R): only root and the server's own account run
+            // admin commands.
+            if let Err(refusal) = allowed_peer(uid.ok(), rustix::process::geteuid().as_raw()) {
+                tracing::warn!(peer = %op.user, "admin socket: {refusal}");
+                let mut out = serde_json::to_vec(&AdminResponse::err(refusal))
+                    .expect("serialising JSON cannot fail");
+                out.push(b'\n');
+                let _ = w.write_all(&out).await;
+                return;
+            }
             let mut r = BufReader::new(r);
             let mut line = Vec::new();
             loop {
@@ -85,6 +99,19 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
                 }
             }
         });
+    }
+}
+
+/// Whether the account on the other end of the socket may run admin commands: root, or
+/// the account the server runs as (`server_uid`). An unknown peer is refused.
+fn allowed_peer(peer: Option<u32>, server_uid: u32) -> Result<(), String> {
+    match peer {
+        Some(0) => Ok(()),
+        Some(uid) if uid == server_uid => Ok(()),
+        Some(uid) => Err(format!(
+            "refused: uid {uid} is neither root nor the server's account (uid {server_uid})"
+        )),
+        None => Err("refused: the peer's account could not be read".to_owned()),
     }
 }
 
@@ -175,3 +202,19 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
 static USER_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 /// Serialises filesystem creations, restores and gc runs (see [`handle`]).
 static FS_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[cfg(test)]
+mod tests {
+    use super::allowed_peer;
+
+    #[test]
+    fn only_root_and_the_server_account_are_answered() {
+        assert!(allowed_peer(Some(0), 1000).is_ok());
+        assert!(allowed_peer(Some(1000), 1000).is_ok());
+        assert!(allowed_peer(Some(0), 0).is_ok());
+        let e = allowed_peer(Some(65534), 1000).unwrap_err();
+        assert!(e.contains("uid 65534") && e.contains("uid 1000"), "{e}");
+        assert!(allowed_peer(Some(1000), 0).is_err());
+        assert!(allowed_peer(None, 0).is_err());
+    }
+}

@@ -472,3 +472,70 @@ async fn an_admin_request_longer_than_a_mebibyte_is_refused() {
     let out = srv.efsctl_ok(&["list-fs"]);
     assert!(out.contains("files"), "{out}");
 }
+
+/// The admin socket answers only root and the server's own account, also when the socket's
+/// and the data dir's modes were loosened by mistake: another local account (here `nobody`,
+/// uid 65534, through a world-writable socket) is refused before its request is read, and
+/// no filesystem is created.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_admin_socket_refuses_other_local_accounts() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let me = rustix::process::geteuid().as_raw();
+    if me != 0 {
+        // Another account's process cannot be started here; CI runs as root.
+        eprintln!("not root: the refusal of another account is not exercised");
+        return;
+    }
+    let sock = srv.data.join("system").join("admin.sock");
+    // Every directory on the way made passable, the socket writable by all.
+    let mut p = sock.parent().unwrap().to_path_buf();
+    while p.as_os_str().len() > 1 {
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode | 0o011)).unwrap();
+        if !p.pop() {
+            break;
+        }
+    }
+    std::fs::set_permissions(&sock, std::fs::Permissions::from_mode(0o666)).unwrap();
+    let script = r#"
+import socket, sys
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.connect(sys.argv[1])
+s.sendall(b'{"cmd":"create-fs","name":"intruder"}\n')
+print(s.makefile().readline(), end="")
+"#;
+    let sock_arg = sock.clone();
+    let out = tokio::task::spawn_blocking(move || {
+        std::process::Command::new("python3")
+            .arg("-c")
+            .arg(script)
+            .arg(&sock_arg)
+            .uid(65534)
+            .gid(65534)
+            .output()
+            .expect("python3 runs")
+    })
+    .await
+    .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    let e = v["error"].as_str().unwrap();
+    assert!(
+        e.contains("uid 65534 is neither root nor the server's account"),
+        "{e}"
+    );
+    // The server's own account (root here) is still answered, and nothing was created.
+    let list = srv.efsctl_ok(&["list-fs"]);
+    assert!(
+        list.contains("files") && !list.contains("intruder"),
+        "{list}"
+    );
+}
