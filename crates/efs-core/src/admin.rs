@@ -148,13 +148,23 @@ pub enum AdminRequest {
         #[serde(default)]
         expect_head: Option<String>,
     },
-    /// The audit entries matching a filter.
+    /// The newest audit entries matching a filter.
     AuditShow {
         /// What to match.
         #[serde(default)]
         filter: Filter,
+        /// At most this many entries, the newest (default [`AUDIT_SHOW_DEFAULT`], at most
+        /// [`AUDIT_SHOW_MAX`]).
+        #[serde(default)]
+        limit: Option<u64>,
     },
 }
+
+/// Entries `efsctl audit show` returns unless told otherwise.
+pub const AUDIT_SHOW_DEFAULT: u64 = 1_000;
+/// The most entries one `audit show` returns: the answer is built in the server's memory
+/// (about a kilobyte an entry, as text and JSON), and the log grows by an entry a request.
+pub const AUDIT_SHOW_MAX: u64 = 100_000;
 
 impl AdminRequest {
     /// The command and its arguments for the audit log (public key text left out).
@@ -703,7 +713,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             AdminResponse::ok(lines, serde_json::Value::Array(data))
         }
         AdminRequest::AuditVerify { expect_head } => audit_verify(dd, expect_head.as_deref())?,
-        AdminRequest::AuditShow { filter } => audit_show(dd, &filter)?,
+        AdminRequest::AuditShow { filter, limit } => audit_show(dd, &filter, limit)?,
         AdminRequest::CacheClear => AdminResponse::ok(
             vec!["No server is running: there is no cache to clear".into()],
             serde_json::Value::Null,
@@ -878,8 +888,18 @@ fn audit_verify(dd: &DataDir, expect: Option<&str>) -> Result<AdminResponse, Cor
     Ok(r)
 }
 
-fn audit_show(dd: &DataDir, filter: &Filter) -> Result<AdminResponse, CoreError> {
-    let rep = dd.audit_show(filter)?;
+fn audit_show(
+    dd: &DataDir,
+    filter: &Filter,
+    limit: Option<u64>,
+) -> Result<AdminResponse, CoreError> {
+    let limit = limit.unwrap_or(AUDIT_SHOW_DEFAULT);
+    if !(1..=AUDIT_SHOW_MAX).contains(&limit) {
+        return Err(CoreError::Invalid(format!(
+            "--limit {limit}: give 1 to {AUDIT_SHOW_MAX} (narrow a larger answer with --since, --until, --user, --fs or --path)"
+        )));
+    }
+    let rep = dd.audit_show_last(filter, limit as usize)?;
     let mut lines = Vec::new();
     let mut data = Vec::new();
     for e in &rep.entries {
@@ -908,6 +928,12 @@ fn audit_show(dd: &DataDir, filter: &Filter) -> Result<AdminResponse, CoreError>
         let mut v = serde_json::to_value(e).expect("serialising JSON cannot fail");
         v["time"] = serde_json::Value::String(time);
         data.push(v);
+    }
+    if rep.omitted > 0 {
+        lines.push(format!(
+            "warning: {} older matching entries not shown (the newest {limit} are): narrow with --since, --until, --user, --fs or --path, or raise --limit (at most {AUDIT_SHOW_MAX})",
+            rep.omitted
+        ));
     }
     if let Some(n) = rep.chain_broken_at {
         lines.push(format!(

@@ -344,10 +344,20 @@ impl DataDir {
 
     /// The audit entries matching `filter` (see [`crate::audit::show`]).
     pub fn audit_show(&self, filter: &crate::audit::Filter) -> Result<crate::audit::ShowReport> {
-        Ok(crate::audit::show(
+        self.audit_show_last(filter, usize::MAX)
+    }
+
+    /// The newest `limit` audit entries matching `filter` (see [`crate::audit::show_last`]).
+    pub fn audit_show_last(
+        &self,
+        filter: &crate::audit::Filter,
+        limit: usize,
+    ) -> Result<crate::audit::ShowReport> {
+        Ok(crate::audit::show_last(
             self.audit.dir(),
             &self.audit_keys,
             filter,
+            limit,
         )?)
     }
 

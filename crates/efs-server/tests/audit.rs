@@ -642,3 +642,55 @@ async fn login_attempts_over_the_limit_are_recorded_within_the_budget() {
         .as_str()
     );
 }
+
+/// `audit show` answers the newest matching entries only (1,000 by default, `--limit N` up
+/// to 100,000: the answer is built in the server's memory and the log grows by an entry a
+/// request), oldest first, and says how many older ones it left out: on standard error with
+/// `--json`, in the text otherwise.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn audit_show_answers_the_newest_entries_within_a_limit() {
+    let s = session(&[]).await;
+    let srv = s.srv;
+    for i in 1..=5 {
+        srv.put_ok(&format!("/lim/{i}"), &s.token, format!("{i}"))
+            .await;
+    }
+    // Entries reach `audit show` once fsynced (every 5 ms).
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while show(&srv, &["--path", "/lim/"]).len() < 5 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "5 writes never recorded"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let out = srv.efsctl(&["audit", "show", "--json", "--path", "/lim/", "--limit", "3"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let paths: Vec<&str> = v
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["/lim/3", "/lim/4", "/lim/5"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning: 2 older matching entries not shown (the newest 3 are)"),
+        "{err}"
+    );
+    let text = srv.efsctl_ok(&["audit", "show", "--path", "/lim/", "--limit", "1"]);
+    let lines: Vec<&str> = text.lines().collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert!(lines[0].contains("/lim/5"), "{text}");
+    assert!(
+        lines[1].starts_with("warning: 4 older matching entries"),
+        "{text}"
+    );
+    for bad in ["0", "100001"] {
+        let out = srv.efsctl(&["audit", "show", "--limit", bad]);
+        assert!(!out.status.success());
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("give 1 to 100000"), "{err}");
+    }
+}

@@ -10,7 +10,7 @@
 //! - `line`: the line format, the MAC and the sealing (frozen, versioned).
 //! - `writer`: [`AuditLog`], the one writer per data dir (inline appends, fsync in groups,
 //!   fail closed).
-//! - [`read`]: [`verify`] and [`show`], for `efsctl audit`.
+//! - [`read`]: [`verify`], [`show`] and [`show_last`], for `efsctl audit`.
 
 mod line;
 pub mod read;
@@ -21,7 +21,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::labels;
 
-pub use read::{AnchorCheck, Filter, Problem, ShowReport, ShownEntry, VerifyReport, show, verify};
+pub use read::{
+    AnchorCheck, Filter, Problem, ShowReport, ShownEntry, VerifyReport, show, show_last, verify,
+};
 pub use writer::{AuditLog, AuditMark, AuditOptions, RECOVER_FIRST, RECOVER_MAX};
 
 /// The directory of the audit log inside the data dir.

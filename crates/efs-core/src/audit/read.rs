@@ -296,8 +296,10 @@ pub struct ShownEntry {
 /// The result of [`show`].
 #[derive(Debug, Clone, Serialize)]
 pub struct ShowReport {
-    /// Matching entries, oldest first.
+    /// Matching entries, oldest first (the newest `limit` of them, see [`show_last`]).
     pub entries: Vec<ShownEntry>,
+    /// Matching entries older than those in `entries`, left out by the limit.
+    pub omitted: u64,
     /// Entries whose body did not decrypt (not shown).
     pub undecryptable: u64,
     /// The first entry where the chain breaks, if it does (entries from there on are shown
@@ -307,12 +309,26 @@ pub struct ShowReport {
 
 /// Decrypts every entry and returns those matching `filter`.
 pub fn show(dir: &Path, keys: &AuditKeys, filter: &Filter) -> std::io::Result<ShowReport> {
+    show_last(dir, keys, filter, usize::MAX)
+}
+
+/// Decrypts every entry and returns the newest `limit` of those matching `filter` (oldest
+/// first), counting the older ones in [`ShowReport::omitted`]: the memory it takes is
+/// bounded by `limit`, not by the log (which grows by an entry per request).
+pub fn show_last(
+    dir: &Path,
+    keys: &AuditKeys,
+    filter: &Filter,
+    limit: usize,
+) -> std::io::Result<ShowReport> {
     let mac = ChainMac::new(keys);
     let mut prev = GENESIS;
     let mut expected = 1u64;
     let mut file: Option<([u8; 16], FileKey)> = None;
+    let mut kept = std::collections::VecDeque::new();
     let mut out = ShowReport {
         entries: Vec::new(),
+        omitted: 0,
         undecryptable: 0,
         chain_broken_at: None,
     };
@@ -338,11 +354,20 @@ pub fn show(dir: &Path, keys: &AuditKeys, filter: &Filter) -> std::io::Result<Sh
                     }
                 }
                 match key.open(e.seq, e.time_ms, &e.sealed) {
-                    Some(r) if filter.matches(e.time_ms, &r) => out.entries.push(ShownEntry {
-                        seq: e.seq,
-                        time_ms: e.time_ms,
-                        record: r,
-                    }),
+                    Some(r) if filter.matches(e.time_ms, &r) => {
+                        if kept.len() == limit {
+                            // The oldest kept one, or (with a limit of 0) this one.
+                            kept.pop_front();
+                            out.omitted += 1;
+                        }
+                        if limit > 0 {
+                            kept.push_back(ShownEntry {
+                                seq: e.seq,
+                                time_ms: e.time_ms,
+                                record: r,
+                            });
+                        }
+                    }
                     Some(_) => {}
                     None => out.undecryptable += 1,
                 }
@@ -350,5 +375,6 @@ pub fn show(dir: &Path, keys: &AuditKeys, filter: &Filter) -> std::io::Result<Sh
         }
         true
     })?;
+    out.entries = kept.into();
     Ok(out)
 }

@@ -100,6 +100,34 @@ async fn clean_log_verifies_and_shows() {
     assert_eq!(seqs, vec![1, 4, 7, 10]);
 }
 
+/// `show_last` keeps the newest matches only, oldest first, and counts the rest; the
+/// count covers matches only.
+#[tokio::test]
+async fn show_last_keeps_the_newest_matches_and_counts_the_rest() {
+    let (_t, dir, keys) = log_of(10).await;
+    let all = Filter::default();
+    let s = show_last(&dir, &keys, &all, 3).unwrap();
+    let seqs: Vec<u64> = s.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![8, 9, 10]);
+    assert_eq!(s.omitted, 7);
+    assert_eq!(s.chain_broken_at, None);
+    let user1 = Filter {
+        user: Some("user1".into()),
+        ..Default::default()
+    };
+    let s = show_last(&dir, &keys, &user1, 2).unwrap();
+    let seqs: Vec<u64> = s.entries.iter().map(|e| e.seq).collect();
+    assert_eq!(seqs, vec![7, 10]);
+    assert_eq!(s.omitted, 2);
+    let s = show_last(&dir, &keys, &user1, 4).unwrap();
+    assert_eq!(s.entries.len(), 4);
+    assert_eq!(s.omitted, 0);
+    let s = show_last(&dir, &keys, &all, 0).unwrap();
+    assert!(s.entries.is_empty());
+    assert_eq!(s.omitted, 10);
+    assert_eq!(show(&dir, &keys, &all).unwrap().entries.len(), 10);
+}
+
 #[tokio::test]
 async fn no_plaintext_on_disk() {
     let (_t, dir, _keys) = log_of(5).await;

@@ -278,8 +278,9 @@ enum AuditCmd {
     },
     /// Who did what, when: "who read this file, and when".
     ///
-    /// Entries oldest first: time, entry number, user, action, filesystem, path, HTTP
-    /// status, client address, reason.
+    /// The newest matching entries (1,000 unless --limit says otherwise), oldest first:
+    /// time, entry number, user, action, filesystem, path, HTTP status, client address,
+    /// reason.
     Show {
         /// Only this user.
         #[arg(long)]
@@ -297,6 +298,10 @@ enum AuditCmd {
         /// Before this time (same forms as --since).
         #[arg(long, value_name = "T", value_parser = parse_time)]
         until: Option<i64>,
+        /// Show only the newest N matching entries (1 to 100000); the older ones are
+        /// counted in a warning.
+        #[arg(long, value_name = "N", default_value_t = efs_core::admin::AUDIT_SHOW_DEFAULT)]
+        limit: u64,
     },
 }
 
@@ -457,8 +462,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
                     fs,
                     since,
                     until,
+                    limit,
                 },
         } => AdminRequest::AuditShow {
+            limit: Some(limit),
             filter: efs_core::audit::Filter {
                 user,
                 fs,
@@ -473,6 +480,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
         bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
     }
     if json {
+        // The data stays a value scripts can parse; what would be lost with the text (a
+        // broken audit chain, entries left out) goes to standard error.
+        for l in resp.lines.iter().filter(|l| l.starts_with("warning: ")) {
+            eprintln!("efsctl: {l}");
+        }
         say!("{}", serde_json::to_string_pretty(&resp.data)?);
     } else {
         for l in &resp.lines {
