@@ -136,6 +136,11 @@ pub enum AdminRequest {
         /// not this one.
         #[serde(default)]
         backup_key_parts: Vec<String>,
+        /// The same parts read by the sender (efsctl through the admin socket), in the same
+        /// order: used instead of reading `backup_key_parts` here, where the environment
+        /// and working directory are the server's. Never recorded.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        backup_key_given: Vec<SentKeyPart>,
         /// Restore a format-1 backup, which has no MAC (refused otherwise). Recorded in
         /// the audit entry's detail with the rest of the request.
         #[serde(default)]
@@ -160,6 +165,54 @@ pub enum AdminRequest {
     },
 }
 
+/// An `env:` or `file:` key part read by efsctl and handed to the server in a restore
+/// request ([`crate::keyparts::GivenPart`]): its spec as given, its contents in base64.
+/// Zeroized on drop; left out of `Debug` and of the audit entry.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct SentKeyPart {
+    /// `env:NAME` or `file:PATH`, as efsctl was given it.
+    pub spec: String,
+    material: String,
+}
+
+impl SentKeyPart {
+    /// Reads `spec` (`env:` or `file:`) in this process.
+    pub fn read(spec: &str) -> Result<Self, CoreError> {
+        let given = crate::keyparts::GivenPart::read(&crate::KeyPartSpec::parse(spec)?)?;
+        Ok(Self {
+            spec: spec.to_owned(),
+            material: B64.encode(given.material()),
+        })
+    }
+
+    /// The part, as the receiver uses it.
+    pub fn to_spec(&self) -> Result<crate::KeyPartSpec, CoreError> {
+        let material = zeroize::Zeroizing::new(B64.decode(&self.material).map_err(|_| {
+            CoreError::Invalid(format!(
+                "key part {}: its contents are not base64",
+                self.spec
+            ))
+        })?);
+        Ok(crate::KeyPartSpec::Given(crate::keyparts::GivenPart::new(
+            &self.spec, material,
+        )?))
+    }
+}
+
+impl Drop for SentKeyPart {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.material);
+    }
+}
+
+impl std::fmt::Debug for SentKeyPart {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SentKeyPart")
+            .field("spec", &self.spec)
+            .finish_non_exhaustive()
+    }
+}
+
 /// Entries `efsctl audit show` returns unless told otherwise.
 pub const AUDIT_SHOW_DEFAULT: u64 = 1_000;
 /// The most entries one `audit show` returns: the answer is built in the server's memory
@@ -169,7 +222,23 @@ pub const AUDIT_SHOW_MAX: u64 = 100_000;
 impl AdminRequest {
     /// The command and its arguments for the audit log (public key text left out).
     pub fn summary(&self) -> String {
-        let mut v = serde_json::to_value(self).expect("serialising JSON cannot fail");
+        let mut v = match self {
+            // Key parts' contents never reach the entry, not even in a value removed after.
+            AdminRequest::Restore {
+                backup_key_given, ..
+            } if !backup_key_given.is_empty() => {
+                let mut bare = self.clone();
+                if let AdminRequest::Restore {
+                    backup_key_given, ..
+                } = &mut bare
+                {
+                    backup_key_given.clear();
+                }
+                serde_json::to_value(&bare)
+            }
+            _ => serde_json::to_value(self),
+        }
+        .expect("serialising JSON cannot fail");
         let obj = v
             .as_object_mut()
             .expect("a tagged enum serialises to an object");
@@ -789,12 +858,20 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             fs,
             src,
             backup_key_parts,
+            backup_key_given,
             accept_unauthenticated_backup,
         } => {
-            let parts = backup_key_parts
-                .iter()
-                .map(|s| crate::KeyPartSpec::parse(s))
-                .collect::<Result<Vec<_>, _>>()?;
+            let parts = if backup_key_given.is_empty() {
+                backup_key_parts
+                    .iter()
+                    .map(|s| crate::KeyPartSpec::parse(s).map_err(CoreError::from))
+                    .collect::<Result<Vec<_>, _>>()?
+            } else {
+                backup_key_given
+                    .iter()
+                    .map(SentKeyPart::to_spec)
+                    .collect::<Result<Vec<_>, _>>()?
+            };
             let lines = dd
                 .restore(
                     &fs,

@@ -32,7 +32,76 @@ pub enum KeyPartSpec {
     File(PathBuf),
     /// `passphrase`: typed at a prompt, or read from `EFS_PASSPHRASE`; stretched with Argon2id.
     Passphrase,
+    /// An `env:` or `file:` part whose contents another process already read and handed
+    /// over: `efsctl restore --backup-key-part` reads them in its own environment and working
+    /// directory and sends them through the admin socket (the server's environment is not the
+    /// operator's). Never parsed from text.
+    Given(GivenPart),
 }
+
+/// The contents of an `env:` or `file:` part, read by the caller ([`KeyPartSpec::Given`]).
+/// Zeroized on drop; its `Debug` and `Display` show where it was read from, never the bytes.
+#[derive(Clone)]
+pub struct GivenPart {
+    /// The `env:` or `file:` spec it was read from.
+    from: Box<KeyPartSpec>,
+    material: Zeroizing<Vec<u8>>,
+}
+
+impl GivenPart {
+    /// Reads an `env:` or `file:` part now, in this process (a passphrase part is refused:
+    /// it is typed where it is used).
+    pub fn read(spec: &KeyPartSpec) -> Result<Self, KeyError> {
+        match spec {
+            KeyPartSpec::Env(_) | KeyPartSpec::File(_) => {
+                let PartMaterial(material) = read_part(1, spec, &no_prompt)?;
+                Ok(Self {
+                    from: Box::new(spec.clone()),
+                    material,
+                })
+            }
+            other => Err(KeyError::Spec(format!(
+                "'{other}': only env: and file: parts can be read and handed over"
+            ))),
+        }
+    }
+
+    /// A part handed over as `spec` (`env:NAME` or `file:PATH`, as the sender was given it)
+    /// with its contents.
+    pub fn new(spec: &str, material: Zeroizing<Vec<u8>>) -> Result<Self, KeyError> {
+        let from = KeyPartSpec::parse(spec)?;
+        if !matches!(from, KeyPartSpec::Env(_) | KeyPartSpec::File(_)) {
+            return Err(KeyError::Spec(format!(
+                "'{spec}': only env: and file: parts can be handed over"
+            )));
+        }
+        Ok(Self {
+            from: Box::new(from),
+            material,
+        })
+    }
+
+    /// The contents, as read.
+    pub fn material(&self) -> &[u8] {
+        &self.material
+    }
+
+    /// The spec it was read from.
+    pub fn from(&self) -> &KeyPartSpec {
+        &self.from
+    }
+}
+
+impl PartialEq for GivenPart {
+    fn eq(&self, other: &Self) -> bool {
+        use subtle::ConstantTimeEq;
+        self.from == other.from
+            && self.material.len() == other.material.len()
+            && bool::from(self.material.ct_eq(&other.material))
+    }
+}
+
+impl Eq for GivenPart {}
 
 impl KeyPartSpec {
     /// Parses `env:NAME`, `file:PATH` or `passphrase`.
@@ -62,6 +131,7 @@ impl KeyPartSpec {
             Self::Env(_) => "env",
             Self::File(_) => "file",
             Self::Passphrase => "passphrase",
+            Self::Given(g) => g.from.kind(),
         }
     }
 }
@@ -72,6 +142,7 @@ impl fmt::Display for KeyPartSpec {
             Self::Env(n) => write!(f, "env:{n}"),
             Self::File(p) => write!(f, "file:{}", p.display()),
             Self::Passphrase => f.write_str("passphrase"),
+            Self::Given(g) => write!(f, "{}", g.from),
         }
     }
 }
@@ -229,6 +300,7 @@ fn read_part(
                 Zeroizing::new(v.into_bytes())
             }
         },
+        KeyPartSpec::Given(g) => g.material.clone(),
     };
     // Trailing newlines from `echo … > file` or a secret manager are not part of the key.
     let mut bytes = bytes;
@@ -365,10 +437,10 @@ pub fn open(
     for (i, (spec, rec)) in specs.iter().zip(&file.parts).enumerate() {
         if spec.kind() != rec.kind {
             return Err(KeyError::Mismatch(format!(
-                "key part {} is a {} part, but this data dir expects a {} part there ({})",
+                "key part {} is {} part, but this data dir expects {} part there ({})",
                 i + 1,
-                spec.kind(),
-                rec.kind,
+                with_article(spec.kind()),
+                with_article(&rec.kind),
                 kinds(file)
             )));
         }
@@ -393,6 +465,12 @@ pub fn open(
         return Err(KeyError::WrongStarter);
     }
     Ok(StarterKey(starter))
+}
+
+/// "an env", "a file", "a passphrase".
+fn with_article(kind: &str) -> String {
+    let an = kind.starts_with(['a', 'e', 'i', 'o', 'u']);
+    format!("{} {kind}", if an { "an" } else { "a" })
 }
 
 fn ct_eq_str(a: &str, b: &str) -> bool {
@@ -465,6 +543,46 @@ mod tests {
         for bad in ["", "env:", "file:", "pass", "usb:/x"] {
             assert!(KeyPartSpec::parse(bad).is_err(), "{bad}");
         }
+    }
+
+    /// A part read and handed over opens what the part itself opens, shows where it came
+    /// from and never its contents, and a passphrase cannot be handed over.
+    #[test]
+    fn a_given_part_opens_like_the_part_it_was_read_from() {
+        let d = tempfile::tempdir().unwrap();
+        let a = file_part(d.path(), "a", "aaaaaaaaaaaaaaaaaaaaaaaa\n");
+        let (k, rec) = create(std::slice::from_ref(&a), None, FAST, &no_prompt).unwrap();
+        let given = KeyPartSpec::Given(GivenPart::read(&a).unwrap());
+        assert_eq!(given.kind(), "file");
+        let shown = format!("{given} {given:?}");
+        assert!(!shown.contains("aaaa"), "{shown}");
+        assert!(shown.contains(&a.to_string()), "{shown}");
+        let k2 = open(&rec, &[given], &no_prompt).unwrap();
+        assert_eq!(k.derive(b"x").as_bytes(), k2.derive(b"x").as_bytes());
+        // Handed over as contents with its spec (what the admin socket carries).
+        let sent = GivenPart::new(
+            &a.to_string(),
+            Zeroizing::new(b"aaaaaaaaaaaaaaaaaaaaaaaa".to_vec()),
+        )
+        .unwrap();
+        assert!(open(&rec, &[KeyPartSpec::Given(sent)], &no_prompt).is_ok());
+        let wrong = GivenPart::new(
+            &a.to_string(),
+            Zeroizing::new(b"bbbbbbbbbbbbbbbbbbbbbbbb".to_vec()),
+        )
+        .unwrap();
+        let e = open(&rec, &[KeyPartSpec::Given(wrong)], &no_prompt).unwrap_err();
+        assert!(matches!(e, KeyError::WrongPart { index: 1, .. }), "{e}");
+        // An env part handed over is an env part: refused where a file part is expected.
+        let env = GivenPart::new(
+            "env:X",
+            Zeroizing::new(b"aaaaaaaaaaaaaaaaaaaaaaaa".to_vec()),
+        )
+        .unwrap();
+        let e = open(&rec, &[KeyPartSpec::Given(env)], &no_prompt).unwrap_err();
+        assert!(e.to_string().contains("is an env part"), "{e}");
+        assert!(GivenPart::read(&KeyPartSpec::Passphrase).is_err());
+        assert!(GivenPart::new("passphrase", Zeroizing::new(vec![b'p'; 20])).is_err());
     }
 
     #[test]

@@ -149,6 +149,7 @@ async fn backup_under_concurrent_writes_restores_a_consistent_complete_snapshot(
             fs: "restored".into(),
             src: dest.to_str().unwrap().into(),
             backup_key_parts: vec![],
+            backup_key_given: vec![],
             accept_unauthenticated_backup: false,
         },
     )
@@ -612,6 +613,7 @@ async fn a_format_1_backup_is_restored_only_when_the_operator_accepts_it() {
             fs: "v1".into(),
             src: dir.to_str().unwrap().into(),
             backup_key_parts: vec![],
+            backup_key_given: vec![],
             accept_unauthenticated_backup: true,
         },
     )

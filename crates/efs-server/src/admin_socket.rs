@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use anyhow::Context;
 use efs_core::admin::{self, AdminRequest, AdminResponse, Operator};
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixListener;
+use zeroize::Zeroizing;
 
 use crate::app::AppState;
 
@@ -67,20 +68,14 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
                 let _ = w.write_all(&out).await;
                 return;
             }
-            let mut r = BufReader::new(r);
-            let mut line = Vec::new();
+            let mut r = LineReader::new(r);
             loop {
-                line.clear();
                 // A request line is a few hundred bytes; one without an end is not read
                 // into memory whole.
-                match (&mut r)
-                    .take(MAX_REQUEST_LINE + 1)
-                    .read_until(b'\n', &mut line)
-                    .await
-                {
-                    Ok(0) | Err(_) => break,
-                    Ok(_) => {}
-                }
+                let line = match r.next_line().await {
+                    Ok(Some(line)) => line,
+                    Ok(None) | Err(_) => break,
+                };
                 let too_long = line.len() as u64 > MAX_REQUEST_LINE;
                 let resp = if too_long {
                     AdminResponse::err(format!(
@@ -100,6 +95,61 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             }
         });
     }
+}
+
+/// Reads request lines into buffers that are wiped once used (a restore's request carries
+/// the contents of key parts): every buffer is zeroized before it is freed or grown.
+struct LineReader<R> {
+    r: R,
+    /// Bytes read and not yet returned.
+    pending: Zeroizing<Vec<u8>>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> LineReader<R> {
+    fn new(r: R) -> Self {
+        Self {
+            r,
+            pending: Zeroizing::new(Vec::with_capacity(16 << 10)),
+        }
+    }
+
+    /// The next line with its `\n`; past [`MAX_REQUEST_LINE`] bytes without one, those
+    /// bytes (longer than the limit: the caller refuses them). `None` at the end.
+    async fn next_line(&mut self) -> std::io::Result<Option<Zeroizing<Vec<u8>>>> {
+        let mut chunk = Zeroizing::new([0u8; 8 << 10]);
+        let mut searched = 0;
+        loop {
+            if let Some(i) = self.pending[searched..].iter().position(|&b| b == b'\n') {
+                let end = searched + i + 1;
+                let line = Zeroizing::new(self.pending[..end].to_vec());
+                let rest = Zeroizing::new(self.pending[end..].to_vec());
+                self.pending = wiped_copy(&rest, rest.len().max(16 << 10));
+                return Ok(Some(line));
+            }
+            searched = self.pending.len();
+            if self.pending.len() as u64 > MAX_REQUEST_LINE {
+                return Ok(Some(std::mem::take(&mut self.pending)));
+            }
+            let n = self.r.read(&mut chunk[..]).await?;
+            if n == 0 {
+                // A last line without its end is still a request.
+                return Ok((!self.pending.is_empty()).then(|| std::mem::take(&mut self.pending)));
+            }
+            if self.pending.len() + n > self.pending.capacity() {
+                // Grown here, not by `Vec`, which would free the old buffer unwiped.
+                let cap = (self.pending.len() + n).max(self.pending.capacity() * 2);
+                self.pending = wiped_copy(&self.pending, cap);
+            }
+            self.pending.extend_from_slice(&chunk[..n]);
+        }
+    }
+}
+
+/// `bytes` in a new buffer of `capacity` (the old one is zeroized when dropped).
+fn wiped_copy(bytes: &[u8], capacity: usize) -> Zeroizing<Vec<u8>> {
+    let mut v = Vec::with_capacity(capacity);
+    v.extend_from_slice(bytes);
+    Zeroizing::new(v)
 }
 
 /// Whether the account on the other end of the socket may run admin commands: root, or

@@ -539,3 +539,109 @@ print(s.makefile().readline(), end="")
         "{list}"
     );
 }
+
+/// `efsctl restore --backup-key-part` through a running server (the recipe "After losing the
+/// disk" in docs/operations.md): efsctl reads `env:` and `file:` parts in its own environment
+/// and working directory, not the server's, and hands their contents over the socket; the
+/// audit entry records the specs, never the contents.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_restores_with_key_parts_read_by_efsctl() {
+    // The lost data dir: two key parts, one from the environment, one from a file.
+    let a_dir = Arc::new(new_tempdir());
+    let env_part = "an environment key part of 32 bytes";
+    let file_part = "a file key part, 16 bytes or more\n";
+    let a_file = a_dir.path().join("a.keypart");
+    std::fs::write(&a_file, file_part).unwrap();
+    let a_file_spec = format!("file:{}", a_file.display());
+    let a = Arc::new(TestServer::start_in(
+        a_dir.clone(),
+        &["--key-part", "env:A_ENV_PART", "--key-part", &a_file_spec],
+        &[("A_ENV_PART", env_part)],
+    ));
+    a.create_fs("files");
+    let key = a.create_user("app", &["files"], false);
+    let token = a.login("app", &key, None).await;
+    let mut files = BTreeMap::new();
+    for i in 0..5 {
+        let (path, body) = (format!("/k/f{i}"), format!("file {i}").into_bytes());
+        a.put_ok(&path, &token, body.clone()).await;
+        files.insert(path, body);
+    }
+    let dest = a_dir.path().join("bk");
+    efsctl(
+        &a,
+        &[
+            "backup",
+            "--fs",
+            "files",
+            "-o",
+            dest.to_str().unwrap(),
+            "--include-keys",
+        ],
+    )
+    .await;
+
+    // Another data dir, with its own key part, serving. The old parts are only in efsctl's
+    // environment and working directory.
+    let b = Arc::new(TestServer::start(&[]));
+    std::fs::copy(&a_file, b.dir.path().join("old.keypart")).unwrap();
+    let restore = |fs: &str, env_spec: &str| {
+        let mut cmd = std::process::Command::new(EFSCTL_BIN);
+        // The server's working directory is the test's, not this one.
+        cmd.current_dir(b.dir.path())
+            .arg("--data")
+            .arg(&b.data)
+            .args(["restore", "--fs", fs, "-i"])
+            .arg(&dest)
+            .args(["--backup-key-part", env_spec])
+            .args(["--backup-key-part", "file:old.keypart"])
+            .env_remove("EFS_DATA")
+            .env("OLD_EFS_PART", env_part)
+            .stdin(std::process::Stdio::null());
+        cmd.output().unwrap()
+    };
+    let out = restore("copy", "env:OLD_EFS_PART");
+    assert!(out.status.success(), "{out:?}");
+    let out = restore("unset", "env:EFS_TEST_UNSET_PART");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reading --backup-key-part") && err.contains("not set"),
+        "{err}"
+    );
+
+    let list = b.efsctl_ok(&["list-fs"]);
+    assert!(list.contains("copy") && !list.contains("unset"), "{list}");
+    let key = b.create_user("reader", &["copy"], true);
+    let token = b.login("reader", &key, Some("copy")).await;
+    for (path, body) in &files {
+        let (status, got) = b.get(path, &token).await;
+        assert_eq!((status, &got), (200, body), "{path}");
+    }
+    // Recorded with the specs; the parts' contents appear nowhere in the entries.
+    let me = format!("uid:{}", rustix::process::geteuid().as_raw());
+    let shown = b.efsctl_ok(&["audit", "show", "--json", "--user", &me]);
+    assert!(
+        !shown.contains(env_part) && !shown.contains(file_part.trim()),
+        "{shown}"
+    );
+    assert!(!shown.contains("backup_key_given"), "{shown}");
+    let restores: Vec<Value> = serde_json::from_str::<Value>(&shown)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("restore"))
+        })
+        .cloned()
+        .collect();
+    assert!(
+        restores
+            .iter()
+            .any(|e| e["detail"].as_str().unwrap().contains("env:OLD_EFS_PART")),
+        "{restores:?}"
+    );
+}

@@ -239,7 +239,8 @@ enum Cmd {
         #[arg(short = 'i', long = "input", value_name = "SRC")]
         src: PathBuf,
         /// Key part of the data dir the backup was taken in (repeat, env:/file: only),
-        /// when restoring a backup made with --include-keys into another data dir.
+        /// when restoring a backup made with --include-keys into another data dir. Read
+        /// by efsctl, in its environment and working directory, also when a server runs.
         #[arg(long = "backup-key-part", value_name = "SPEC")]
         backup_key_parts: Vec<String>,
         /// Restore a format-1 backup (efs-backup/1, made before backups were
@@ -448,6 +449,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
                 fs,
                 src: absolute(&src)?,
                 backup_key_parts,
+                backup_key_given: Vec::new(),
                 accept_unauthenticated_backup,
             }
         }
@@ -502,7 +504,24 @@ fn send(
 ) -> anyhow::Result<AdminResponse> {
     let sock = efs_core::datadir::admin_socket_path(data);
     match UnixStream::connect(&sock) {
-        Ok(s) => ask(s, &req),
+        Ok(s) => {
+            // The server would read env: and file: parts in its own environment and working
+            // directory: efsctl reads them here, where the operator named them.
+            if let AdminRequest::Restore {
+                backup_key_parts,
+                backup_key_given,
+                ..
+            } = &mut req
+            {
+                for spec in backup_key_parts.iter() {
+                    backup_key_given.push(
+                        efs_core::admin::SentKeyPart::read(spec)
+                            .with_context(|| "reading --backup-key-part".to_owned())?,
+                    );
+                }
+            }
+            ask(s, &req)
+        }
         Err(_) => {
             if !data.join("system").join("keyparts.json").exists() {
                 bail!(
@@ -581,7 +600,8 @@ fn send(
 
 /// One request over the admin socket, and the server's answer.
 fn ask(mut s: UnixStream, req: &AdminRequest) -> anyhow::Result<AdminResponse> {
-    let mut line = serde_json::to_vec(req)?;
+    // A restore's key parts travel in it: the line is wiped once sent.
+    let mut line = zeroize::Zeroizing::new(serde_json::to_vec(req)?);
     line.push(b'\n');
     s.write_all(&line).context("writing to the admin socket")?;
     let mut r = BufReader::new(s);
