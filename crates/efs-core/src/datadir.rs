@@ -900,6 +900,13 @@ impl DataDir {
                         "a failed restore's directory could not be removed: remove it by hand"
                     );
                 }
+                // And the key of its index digest, made with the index.
+                if let Err(re) = self.system.delete_secret(&digest_mark(&id)) {
+                    tracing::warn!(
+                        error = %re,
+                        "a failed restore's index digest key could not be removed (32 unused bytes in the system database)"
+                    );
+                }
                 return Err(e);
             }
         };

@@ -572,6 +572,15 @@ impl SystemDb {
         Ok(())
     }
 
+    /// Removes a secret; whether there was one.
+    pub fn delete_secret(&self, name: &str) -> Result<bool> {
+        self.write_row("secrets", name.as_bytes(), None, |w| {
+            let mut t = w.open_table(SECRETS).map_err(ix)?;
+            let old = t.remove(name).map_err(ix)?.map(|v| v.value().to_vec());
+            Ok(old)
+        })
+    }
+
     /// A stored secret, unsealed.
     pub fn secret(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
         let aad = [labels::AAD_SYSTEM_SECRET, name.as_bytes()].concat();

@@ -826,6 +826,11 @@ async fn a_restore_failing_midway_leaves_nothing_behind() {
     std::fs::write(&blob, &bad).unwrap();
 
     let before = fs_dirs(&env.root);
+    let system_entries = || match env.dd.system_digest().unwrap() {
+        efs_core::digest::DigestCheck::Holds { entries, .. } => entries,
+        other => panic!("the system database differs from its digest: {other:?}"),
+    };
+    let entries_before = system_entries();
     let r = env
         .dd
         .restore("copy", &dir, &[], &efs_core::keyparts::no_prompt, false)
@@ -833,6 +838,11 @@ async fn a_restore_failing_midway_leaves_nothing_behind() {
     assert!(r.is_err(), "{r:?}");
     assert!(env.dd.fs("copy").is_none());
     assert_eq!(fs_dirs(&env.root), before, "the new directory removed");
+    assert_eq!(
+        system_entries(),
+        entries_before,
+        "the new index's digest key removed from the system database"
+    );
 
     std::fs::write(&blob, &good).unwrap();
     env.dd
