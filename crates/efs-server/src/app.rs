@@ -21,7 +21,7 @@ use efs_proto::{EntryType, Health, ListEntry, ListPage, MoveRequest};
 use futures_util::StreamExt;
 
 use crate::audit::{Who, audit_mark, refuse_if_failed, seal_answer};
-use crate::auth::{Authenticator, Caller, ChallengeRequest, TokenRequest};
+use crate::auth::{AuthError, Authenticator, Caller, ChallengeRequest, TokenRequest};
 use crate::cache::{CachedFile, ContentCache};
 use crate::error::ApiError;
 use crate::http_headers::{EtagCompare, Unsatisfiable, if_range_allows, parse_etags, parse_range};
@@ -341,7 +341,7 @@ async fn refresh(State(st): St, req: Request) -> Result<Response, ApiError> {
     let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized)?;
     // A user bound to a client certificate renews only over a connection that has it.
     let r = match st.auth.verify_from(token, ip) {
-        Err(e) => Err(e.into()),
+        Err(e) => Err(token_refused(e)),
         Ok(caller) => {
             let cert = req
                 .extensions()
@@ -393,6 +393,19 @@ fn bearer(headers: &HeaderMap) -> Option<&str> {
         .then_some(token.trim())
 }
 
+/// A refused token as its answer: the one 401 of every refusal of a request's token (none,
+/// malformed, forged, expired, revoked, or valid without its bound certificate), so that the
+/// answer does not tell a thief holding a live token apart from one holding a dead one.
+fn token_refused(e: AuthError) -> ApiError {
+    match e {
+        AuthError::Unauthorized(_) => {
+            tracing::debug!(reason = e.internal_reason(), "token refused");
+            ApiError::unauthorized()
+        }
+        other => other.into(),
+    }
+}
+
 /// Authenticates a file request: the token, the certificate binding, the filesystem.
 fn authorise(
     st: &AppState,
@@ -401,7 +414,10 @@ fn authorise(
     who: &mut Who,
 ) -> Result<(Caller, Arc<Filesystem>), ApiError> {
     let token = bearer(req_headers).ok_or_else(ApiError::unauthorized)?;
-    let caller = st.auth.verify_from(token, client_ip(ext))?;
+    let caller = st
+        .auth
+        .verify_from(token, client_ip(ext))
+        .map_err(token_refused)?;
     // Named in the entry from here on, whatever follows: a valid token presented without
     // its bound certificate is recorded with its user, outside the audit budget.
     who.user = Some(caller.user().to_owned());
@@ -637,8 +653,7 @@ async fn files_inner(
         }
         ("PUT", false) | ("POST", false) => {
             require_write(&caller)?;
-            let client = client_ip(&parts.extensions);
-            write(&st, &fs, &path, &parts.headers, body, (who, client)).await
+            write(&st, &fs, &path, parts, body, who).await
         }
         ("PUT", true) | ("POST", true) | ("MKCOL", _) => {
             require_write(&caller)?;
@@ -805,10 +820,12 @@ async fn write(
     st: &AppState,
     fs: &Arc<Filesystem>,
     path: &EfsPath,
-    headers: &HeaderMap,
+    parts: &axum::http::request::Parts,
     body: &mut Option<Body>,
-    (who, client): (&mut Who, IpAddr),
+    who: &mut Who,
 ) -> Result<Response, ApiError> {
+    let headers = &parts.headers;
+    let client = client_ip(&parts.extensions);
     let cond = write_precondition(headers)?;
     if let Some(len) = headers
         .get(header::CONTENT_LENGTH)
@@ -848,6 +865,19 @@ async fn write(
             upload.abort().await;
             return Err(e.into());
         }
+    }
+    // An upload can last hours: its token, certificate binding and write access are checked
+    // again before it lands, so that a revoke, a read-only grant or an expiry meanwhile
+    // refuses it (a cached check: about a microsecond).
+    if let Err(e) = authorise(st, headers, &parts.extensions, who).and_then(|(caller, now)| {
+        require_write(&caller)?;
+        if !Arc::ptr_eq(&now, fs) {
+            return Err(ApiError::unauthorized());
+        }
+        Ok(())
+    }) {
+        upload.abort().await;
+        return Err(e);
     }
     // From here the change may land even if the client hangs up and this request is
     // dropped: its audit entry must then be written on drop.

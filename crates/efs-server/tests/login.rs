@@ -811,3 +811,46 @@ async fn an_efsctl_generated_key_pair_logs_in() {
     srv.put_ok("/g.txt", &t, "gina").await;
     assert_eq!(srv.get_ok("/g.txt", &t).await, b"gina");
 }
+
+/// An upload is authorised again when its body ends, before it lands: a revoke or a
+/// read-only grant while the body is still coming refuses it (401: a grant change ends the
+/// user's earlier tokens), and nothing is stored. (An upload can last hours; the token was
+/// checked only when it began.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_under_way_is_refused_once_its_access_is_withdrawn() {
+    let (srv, key, _) = alice_server(&[]).await;
+    let srv = std::sync::Arc::new(srv);
+    let changes: [(&[&str], u16); 2] = [
+        (&["revoke", "alice"], 401),
+        (&["grant", "alice", "--fs", "main", "--read-only"], 401),
+    ];
+    for (change, status) in changes {
+        let token = srv.login("alice", &key, None).await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        let body =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
+        let put = srv
+            .req("PUT", "/slow.txt", &token)
+            .body(reqwest::Body::wrap_stream(body))
+            .send();
+        let put = tokio::spawn(put);
+        tx.send(Ok(b"the first half, ".to_vec())).await.unwrap();
+        // The upload has begun (its token checked) well before the change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (s, args) = (srv.clone(), change.to_vec());
+        tokio::task::spawn_blocking(move || s.efsctl_ok(&args))
+            .await
+            .unwrap();
+        tx.send(Ok(b"then the second".to_vec())).await.unwrap();
+        drop(tx);
+        let r = put.await.unwrap().unwrap();
+        let got = r.status().as_u16();
+        assert_eq!(got, status, "{change:?}: {}", r.text().await.unwrap());
+    }
+    let token = srv.login("alice", &key, None).await;
+    let (status, _) = srv.get("/slow.txt", &token).await;
+    assert_eq!(status, 404, "nothing stored");
+}

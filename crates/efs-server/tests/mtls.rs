@@ -199,6 +199,7 @@ async fn client_certificates_are_required_and_bound() {
 
     // The token over another certificate is recorded with its user (outside the budget of
     // refusals of callers that proved nobody, which other refusals from c2 cannot spend).
+    let mut forged_answer = String::new();
     for _ in 0..40 {
         let r = c2
             .get(server.url("/a.txt"))
@@ -207,6 +208,7 @@ async fn client_certificates_are_required_and_bound() {
             .await
             .unwrap();
         assert_eq!(r.status(), 401);
+        forged_answer = r.text().await.unwrap();
     }
     let get = c2
         .get(server.url("/a.txt"))
@@ -215,6 +217,9 @@ async fn client_certificates_are_required_and_bound() {
         .await
         .unwrap();
     assert_eq!(get.status(), 401);
+    // The same answer as a forged token's: it does not tell a thief without the certificate
+    // that the token is alive.
+    assert_eq!(get.text().await.unwrap(), forged_answer);
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     loop {
         let out = server.efsctl_ok(&[
