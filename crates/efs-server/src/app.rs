@@ -279,17 +279,50 @@ fn client_ip(req_ext: &axum::http::Extensions) -> IpAddr {
         .unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST))
 }
 
+/// The largest body of a login request (a challenge request or a signed token request:
+/// a few hundred bytes).
+const LOGIN_BODY_MAX: usize = 8 << 10;
+/// The longest a login request's body may take to arrive (at most `--body-timeout`): the
+/// login routes take requests from anyone, and a handler waiting for a body holds memory
+/// and keeps its connection from counting as idle.
+const LOGIN_BODY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// A JSON request body of at most 64 KiB, whole within `--body-timeout` (408 otherwise, as
 /// for a stalled upload: a client that stops sending does not hold the connection).
 async fn json_body<T: serde::de::DeserializeOwned>(
     st: &AppState,
     body: Body,
 ) -> Result<T, ApiError> {
-    let limit = st.http.body_idle;
-    let bytes = tokio::time::timeout(limit, axum::body::to_bytes(body, 64 * 1024))
+    json_body_within(body, 64 << 10, st.http.body_idle).await
+}
+
+/// A login request's JSON body: at most [`LOGIN_BODY_MAX`], within [`LOGIN_BODY_DEADLINE`].
+async fn login_body<T: serde::de::DeserializeOwned>(
+    st: &AppState,
+    body: Body,
+) -> Result<T, ApiError> {
+    json_body_within(
+        body,
+        LOGIN_BODY_MAX,
+        st.http.body_idle.min(LOGIN_BODY_DEADLINE),
+    )
+    .await
+}
+
+async fn json_body_within<T: serde::de::DeserializeOwned>(
+    body: Body,
+    max: usize,
+    deadline: std::time::Duration,
+) -> Result<T, ApiError> {
+    let bytes = tokio::time::timeout(deadline, axum::body::to_bytes(body, max))
         .await
-        .map_err(|_| body_timeout(limit))?
-        .map_err(|_| ApiError::bad_request("the JSON body is unreadable or larger than 64 KiB"))?;
+        .map_err(|_| body_timeout(deadline))?
+        .map_err(|_| {
+            ApiError::bad_request(format!(
+                "the JSON body is unreadable or larger than {} KiB",
+                max >> 10
+            ))
+        })?;
     serde_json::from_slice(&bytes)
         .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
 }
@@ -308,7 +341,7 @@ fn body_timeout(limit: std::time::Duration) -> ApiError {
 
 async fn challenge(State(st): St, req: Request) -> Result<Response, ApiError> {
     let ip = client_ip(req.extensions());
-    let body: ChallengeRequest = json_body(&st, req.into_body()).await?;
+    let body: ChallengeRequest = login_body(&st, req.into_body()).await?;
     let r = st.auth.challenge(&body, ip)?;
     Ok(axum::Json(r).into_response())
 }
@@ -319,7 +352,7 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
         .extensions()
         .get::<ConnInfo>()
         .and_then(|c| c.client_cert_sha256);
-    let body: TokenRequest = json_body(&st, req.into_body()).await?;
+    let body: TokenRequest = login_body(&st, req.into_body()).await?;
     let mark = audit_mark(&st.data)?;
     // The certificate binding is checked by the login, after the signature: refused before
     // it, a bound user would be told apart from others by anyone.

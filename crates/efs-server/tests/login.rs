@@ -854,3 +854,39 @@ async fn an_upload_under_way_is_refused_once_its_access_is_withdrawn() {
     let (status, _) = srv.get("/slow.txt", &token).await;
     assert_eq!(status, 404, "nothing stored");
 }
+
+/// The login routes take requests from anyone: their bodies are small (8 KiB at most) and
+/// must arrive within 10 s (not the 60 s of `--body-timeout`), so that stalled logins do not
+/// hold the server's memory and connections for long.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_bodies_are_small_and_arrive_quickly() {
+    let (srv, _, _) = alice_server(&[]).await;
+    for route in ["/_efs/auth/challenge", "/_efs/auth/token"] {
+        let big = json!({ "user": "a".repeat(9 << 10) }).to_string();
+        let r = srv
+            .client
+            .post(srv.url(route))
+            .body(big)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{route}");
+        let text = r.text().await.unwrap();
+        assert!(text.contains("larger than 8 KiB"), "{route}: {text}");
+    }
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    tx.send(Ok(b"{\"user\":".to_vec())).await.unwrap();
+    let body =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    let r = srv
+        .client
+        .post(srv.url("/_efs/auth/token"))
+        .body(reqwest::Body::wrap_stream(body))
+        .send()
+        .await
+        .unwrap();
+    drop(tx);
+    assert_eq!(r.status(), 408);
+    let text = r.text().await.unwrap();
+    assert!(text.contains("within 10 s"), "{text}");
+}
