@@ -1250,7 +1250,11 @@ impl Filesystem {
                     if !recursive {
                         return Err(CoreError::Conflict("the directory is not empty"));
                     }
-                    self.delete_children(&kr, &rec.id).await?;
+                    // Emptied only while it stays where it was found (else resolved again:
+                    // moved away, it is no longer at `path`).
+                    let mut chain = res.ancestors.clone();
+                    chain.push((res.key, value.clone()));
+                    self.delete_children(&kr, &rec.id, chain).await?;
                     continue;
                 }
             }
@@ -1280,25 +1284,41 @@ impl Filesystem {
         Err(CoreError::Contention)
     }
 
-    /// Deletes everything below directory `dir` (depth first), page by page.
+    /// Deletes everything below directory `dir` (depth first), page by page, while `chain`
+    /// (the directories from the root down to `dir`, as found) stays as it was: every batch
+    /// expects it. A directory keeps its id, hence its children's keys, when it is moved; without
+    /// this, a recursive DELETE racing a MOVE of the tree (or of a directory in it) went on
+    /// emptying it at its new place, writes acknowledged there after the move included.
+    /// `false` once the chain has changed: the caller resolves the path again.
     fn delete_children<'a>(
         &'a self,
         kr: &'a Keyring,
         dir: &'a [u8; 16],
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<()>> + Send + 'a>> {
+        mut chain: Vec<(EntryKey, Vec<u8>)>,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool>> + Send + 'a>> {
         Box::pin(async move {
             let tag = self.dir_tag(kr, dir);
             loop {
                 let rows = self.index.list_dir(&tag, None, 256).await?;
                 if rows.is_empty() {
-                    return Ok(());
+                    return Ok(true);
                 }
                 for (k, v) in rows {
                     let rec = self.open_rec(kr, &k, &v)?;
                     if rec.kind == Kind::Dir {
-                        self.delete_children(kr, &rec.id).await?;
+                        let mut below = chain.clone();
+                        below.push((k, v.clone()));
+                        if !self.delete_children(kr, &rec.id, below).await? {
+                            return Ok(false);
+                        }
                     }
                     let mut batch = Batch::default();
+                    for (ck, cv) in &chain {
+                        batch.expect.push(Expect {
+                            key: *ck,
+                            value: Some(cv.clone()),
+                        });
+                    }
                     batch.expect.push(Expect {
                         key: k,
                         value: Some(v),
@@ -1313,10 +1333,31 @@ impl Filesystem {
                     }
                     if self.commit_batch(batch).await? {
                         self.remove_blob_of(&rec).await;
+                    } else if !self.chain_holds(kr, &mut chain).await? {
+                        return Ok(false);
                     }
                 }
             }
         })
+    }
+
+    /// Whether every directory of `chain` is still where it was found, the same directory
+    /// (a record sealed again by a key rotation is taken with its new value).
+    async fn chain_holds(&self, kr: &Keyring, chain: &mut [(EntryKey, Vec<u8>)]) -> Result<bool> {
+        for (k, v) in chain.iter_mut() {
+            match self.index.get_entry(k).await? {
+                None => return Ok(false),
+                Some(now) if now == *v => {}
+                Some(now) => {
+                    let (was, is) = (self.open_rec(kr, k, v)?, self.open_rec(kr, k, &now)?);
+                    if is.kind != Kind::Dir || is.id != was.id {
+                        return Ok(false);
+                    }
+                    *v = now;
+                }
+            }
+        }
+        Ok(true)
     }
 
     /// Moves (renames) a file or directory. A directory moves as one entry: its content is

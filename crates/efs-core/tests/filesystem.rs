@@ -952,6 +952,54 @@ async fn deleting_a_directory_never_loses_an_entry_moved_into_it() {
     assert!(rep.is_clean(), "{rep:?}");
 }
 
+/// A recursive delete racing a move of the tree it empties: once the tree is moved, nothing
+/// more is deleted from it, and a file written at its new place after the move stays (the
+/// delete went on emptying the tree by its directory's id, wherever it had gone).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recursive_delete_stops_at_a_tree_moved_away() {
+    let env = Env::new();
+    let fs = env.fs.clone();
+    const N: usize = 800;
+    for i in 0..N {
+        put(&fs, &format!("/d/sub/f{i}"), &pattern(i as u64, 20)).await;
+    }
+    let count = |path: &'static str| {
+        let fs = fs.clone();
+        async move {
+            match fs.list(&p(path), None, 10_000).await {
+                Ok((entries, _)) => entries.len(),
+                Err(CoreError::NotFound) => 0,
+                Err(e) => panic!("{e}"),
+            }
+        }
+    };
+    let fs2 = fs.clone();
+    let deleter = tokio::spawn(async move { fs2.delete(&p("/d"), Precondition::None, true).await });
+    // Once the delete has begun (and long before it can end), the tree moves away, and a
+    // file is written into it at its new place.
+    while count("/d/sub/").await == N {
+        tokio::task::yield_now().await;
+    }
+    fs.rename(&p("/d"), &p("/archive"), false).await.unwrap();
+    put(&fs, "/archive/sub/new.txt", b"written after the move").await;
+    let deleted = deleter.await.unwrap();
+    assert!(
+        matches!(deleted, Err(CoreError::NotFound)),
+        "the delete finds nothing at /d any more: {deleted:?}"
+    );
+    assert_eq!(
+        read_all(&fs, "/archive/sub/new.txt").await.unwrap(),
+        b"written after the move"
+    );
+    let left = count("/archive/sub/").await;
+    assert!(
+        left > 1,
+        "the delete stopped once the tree had moved ({left} left of {N})"
+    );
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+}
+
 /// Regression: gc scanned the references first and listed inline contents after, so a
 /// small file committed in between looked orphaned and its content was deleted (most
 /// files written during a gc loop were lost). Blobs are protected by the grace period;
