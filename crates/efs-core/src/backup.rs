@@ -67,6 +67,8 @@ pub(crate) struct Pins {
     count: usize,
     /// Blobs whose removal waits for the last backup to end.
     deferred: Vec<ContentId>,
+    /// Background tasks removing the blobs deferred by backups that have ended.
+    removing: usize,
     /// Restores running into this filesystem ([`Filesystem::restore_into`]).
     restores: usize,
     /// Restores started so far: gc compares it before and after its scan.
@@ -150,6 +152,17 @@ impl Filesystem {
         src.require_checked()?;
         // A gc running now finishes first; none starts until this restore ends.
         let _exclusive = self.gc_or_restore.lock().await;
+        // The blobs removed while a backup runs are removed when it ends: among them, maybe
+        // the very contents this restore puts back under the same ids (a filesystem emptied,
+        // then restored, during a nightly backup).
+        {
+            let p = self.pins.lock().expect("pins lock poisoned");
+            if p.count > 0 || p.removing > 0 {
+                return Err(CoreError::Invalid(
+                    "a backup of this filesystem is running (or removing the contents replaced while it ran): restore once it has ended".into(),
+                ));
+            }
+        }
         let old_id = src.fs_id;
         let kr = self.keyring();
         let mismatch = || {
@@ -160,7 +173,14 @@ impl Filesystem {
         // Pass 1: check the dump against the manifest, and map the backup's directory
         // tags to directory ids. Nothing is written yet.
         let mut dirs = std::collections::HashMap::new();
-        dirs.insert(self.dir_tag(backup_kr, &super::ROOT_ID), super::ROOT_ID);
+        let root_tag = self.dir_tag(backup_kr, &super::ROOT_ID);
+        dirs.insert(root_tag, super::ROOT_ID);
+        // The directory records, kept (a directory is a small record, and a tree has far
+        // fewer than files) to be committed first, each after its parent: a restore stopped
+        // half-way then leaves only records reachable from the root, which a client can
+        // list and delete.
+        let mut dir_records: Vec<(usize, EntryKey, Vec<u8>)> = Vec::new();
+        let mut parent_of = std::collections::HashMap::new();
         let mut referenced = std::collections::BTreeSet::new();
         let (mut entries, mut inline) = (0u64, 0u64);
         let mut reader = DumpReader::open(src)?;
@@ -170,7 +190,11 @@ impl Filesystem {
                     let rec = crate::record::Record::open(backup_kr, &old_id, &k, &v)?;
                     match (rec.kind, rec.storage) {
                         (Kind::Dir, _) => {
-                            dirs.insert(self.dir_tag(backup_kr, &rec.id), rec.id);
+                            let tag = self.dir_tag(backup_kr, &rec.id);
+                            dirs.insert(tag, rec.id);
+                            let ptag: [u8; 16] = k[..16].try_into().expect("32-byte key");
+                            parent_of.insert(tag, ptag);
+                            dir_records.push((0, k, v));
                         }
                         (Kind::File, Storage::Blob) => {
                             referenced.insert(hex::encode(rec.id));
@@ -185,6 +209,22 @@ impl Filesystem {
         if entries != src.manifest.entries || inline != src.manifest.inline {
             return Err(mismatch());
         }
+        // Each directory's depth below the root (a chain longer than the number of
+        // directories is a loop: a damaged backup).
+        for (depth, k, _) in dir_records.iter_mut() {
+            let mut tag: [u8; 16] = k[..16].try_into().expect("32-byte key");
+            *depth = 1;
+            while tag != root_tag {
+                tag = *parent_of
+                    .get(&tag)
+                    .ok_or(CoreError::Corrupt("backup entry without its directory"))?;
+                *depth += 1;
+                if *depth > parent_of.len() + 1 {
+                    return Err(CoreError::Corrupt("backup directories form a loop"));
+                }
+            }
+        }
+        dir_records.sort_by_key(|(depth, ..)| *depth);
         if !referenced.iter().eq(src.manifest.blobs.keys()) {
             return Err(CoreError::Invalid(
                 "the backup's blobs differ from those its records name".into(),
@@ -221,10 +261,28 @@ impl Filesystem {
                 Some(DumpItem::Entry(..)) => {}
             }
         }
-        // Pass 4: the records, each expected absent.
+        // Pass 4: the records, each expected absent: the directories first, each after its
+        // parent, then the files.
         let term = kr.current();
-        let mut reader = DumpReader::open(src)?;
         let mut committed = 0u64;
+        let dir_count = dir_records.len();
+        for (i, (_, k, v)) in dir_records.into_iter().enumerate() {
+            let rec = crate::record::Record::open(backup_kr, &old_id, &k, &v)?;
+            let ptag: [u8; 16] = k[..16].try_into().expect("32-byte key");
+            let parent = dirs
+                .get(&ptag)
+                .ok_or(CoreError::Corrupt("backup entry without its directory"))?;
+            let key = self.entry_key(&kr, parent, &rec.name);
+            batch.expect.push(Expect { key, value: None });
+            batch
+                .ops
+                .push(Op::PutEntry(key, rec.seal(&kr, &self.id, &key)));
+            committed += 1;
+            if !self.commit_full(&mut batch, i + 1 == dir_count).await? {
+                return Err(conflict());
+            }
+        }
+        let mut reader = DumpReader::open(src)?;
         loop {
             let item = reader.next_item()?;
             if !self.commit_full(&mut batch, item.is_none()).await? {
@@ -235,6 +293,9 @@ impl Filesystem {
                 Some(DumpItem::Inline(..)) => {}
                 Some(DumpItem::Entry(k, v)) => {
                     let mut rec = crate::record::Record::open(backup_kr, &old_id, &k, &v)?;
+                    if rec.kind == Kind::Dir {
+                        continue;
+                    }
                     let ptag: [u8; 16] = k[..16].try_into().expect("32-byte key");
                     let parent = dirs
                         .get(&ptag)
@@ -286,28 +347,32 @@ impl Drop for Pin {
         let deferred = {
             let mut p = self.fs.pins.lock().expect("pins lock poisoned");
             p.count -= 1;
-            if p.count > 0 {
+            if p.count > 0 || p.deferred.is_empty() {
                 return;
             }
+            // Counted until done: a restore into this filesystem waits for it.
+            p.removing += 1;
             std::mem::take(&mut p.deferred)
         };
-        if deferred.is_empty() {
-            return;
-        }
-        let blobs: Arc<dyn BlobStore> = self.fs.blobs.clone();
+        let fs = self.fs.clone();
         let remove = async move {
+            let blobs: Arc<dyn BlobStore> = fs.blobs.clone();
             for id in deferred {
                 if let Err(e) = blobs.delete(&id).await {
                     tracing::warn!(error = %e, "could not remove a replaced blob; gc will");
                 }
             }
+            fs.pins.lock().expect("pins lock poisoned").removing -= 1;
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
                 rt.spawn(remove);
             }
             // No runtime (cannot happen: backups run in one): gc removes the orphans.
-            Err(_) => drop(remove),
+            Err(_) => {
+                drop(remove);
+                self.fs.pins.lock().expect("pins lock poisoned").removing -= 1;
+            }
         }
     }
 }
@@ -1257,6 +1322,96 @@ mod restore_tests {
         assert!(dst.fsck().await.unwrap().is_clean());
         assert_eq!(read(&dst, "/d3/f1099").await.unwrap(), b"file 1099");
     }
+    /// Every entry reachable by listing from the root, against every entry in the index.
+    async fn reachable_and_stored(fs: &Arc<Filesystem>) -> (usize, usize) {
+        let mut reachable = 0;
+        let mut todo = vec![EfsPath::parse("/").unwrap()];
+        while let Some(dir) = todo.pop() {
+            let (entries, _) = fs.list(&dir, None, 100_000).await.unwrap();
+            for e in entries {
+                reachable += 1;
+                if e.kind == Kind::Dir {
+                    let sub = format!("{}/{}", dir.to_string().trim_end_matches('/'), e.name);
+                    todo.push(EfsPath::parse(&sub).unwrap());
+                }
+            }
+        }
+        let stored = fs.index.scan_entries(None, 100_000).await.unwrap().len();
+        (reachable, stored)
+    }
+
+    /// A restore into an existing filesystem stopped during its records (here its third or
+    /// fourth commit fails: the directories', or the first batch of files) leaves only records
+    /// reachable from the root, which a client can list and delete. They were committed in
+    /// key order, where a file comes before its parent directory as often as after: files
+    /// without their directory could be neither read, nor deleted, nor restored over.
+    #[tokio::test]
+    async fn a_restore_stopped_among_its_records_leaves_them_reachable() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (src, _) = new_fs(&tmp.path().join("src"), None);
+        for i in 0..1100 {
+            let path = format!("/a{}/b{}/f{i}", i % 4, i % 25);
+            put(&src, &path, format!("file {i}").as_bytes()).await;
+        }
+        let dest = tmp.path().join("backup");
+        backup(&src, &dest, None).await.unwrap();
+        let mut source = open_source(&dest, tmp.path()).unwrap();
+        source.authenticate(&src.keyring(), false).unwrap();
+        // Commits 1 and 2: the inline contents; 3: the 104 directories; 4: 1,024 files.
+        for (fail_at, dirs) in [(3, 0), (4, 104)] {
+            let (dst, _) = new_fs(&tmp.path().join(format!("dst{fail_at}")), Some(fail_at));
+            let err = dst.restore_into(&source, &src.keyring()).await.unwrap_err();
+            assert!(matches!(err, CoreError::Io(_)), "{err:?}");
+            let (reachable, stored) = reachable_and_stored(&dst).await;
+            assert_eq!(
+                reachable, stored,
+                "failing commit {fail_at}: unreachable records"
+            );
+            assert_eq!(stored, dirs, "failing commit {fail_at}");
+            let rep = dst.fsck().await.unwrap();
+            assert!(
+                rep.errors.is_empty(),
+                "{:?}",
+                &rep.errors[..rep.errors.len().min(3)]
+            );
+        }
+    }
+
+    /// A backup running while the filesystem is emptied defers the removal of its blobs
+    /// until it ends; a restore putting the same contents back meanwhile would lose them
+    /// then. It is refused until the backup, and its removals, are over.
+    #[tokio::test]
+    async fn a_restore_waits_for_the_end_of_a_backup_of_the_filesystem() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (fs, _) = new_fs(&tmp.path().join("fs"), None);
+        put(&fs, "/big", &[9u8; 5000]).await;
+        let dest = tmp.path().join("backup");
+        backup(&fs, &dest, None).await.unwrap();
+        let mut source = open_source(&dest, tmp.path()).unwrap();
+        source.authenticate(&fs.keyring(), false).unwrap();
+
+        let running = fs.pin();
+        fs.delete(&EfsPath::parse("/big").unwrap(), Precondition::None, false)
+            .await
+            .unwrap();
+        let err = fs.restore_into(&source, &fs.keyring()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("a backup of this filesystem is running"),
+            "{err}"
+        );
+        drop(running);
+        while fs.pins.lock().unwrap().removing > 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        assert_eq!(
+            fs.restore_into(&source, &fs.keyring()).await.unwrap(),
+            (1, 1)
+        );
+        assert_eq!(read(&fs, "/big").await.unwrap(), [9u8; 5000]);
+        assert!(fs.fsck().await.unwrap().is_clean());
+    }
+
     /// restore_into lacked two checks the new-filesystem restore makes: the inline count,
     /// and that the manifest's blobs are exactly those the records name. Either mismatch
     /// is refused before anything is written.
