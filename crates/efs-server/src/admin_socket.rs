@@ -60,14 +60,7 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             // this holds also when those were loosened by mistake (a volume mounted with
             // other permissions, a chmod -R): only root and the server's own account run
             // admin commands.
-            if let Err(refusal) = allowed_peer(uid.ok(), rustix::process::geteuid().as_raw()) {
-                tracing::warn!(peer = %op.user, "admin socket: {refusal}");
-                let mut out = serde_json::to_vec(&AdminResponse::err(refusal))
-                    .expect("serialising JSON cannot fail");
-                out.push(b'\n');
-                let _ = w.write_all(&out).await;
-                return;
-            }
+            let refused = allowed_peer(uid.ok(), rustix::process::geteuid().as_raw()).err();
             let mut r = LineReader::new(r);
             loop {
                 // A request line is a few hundred bytes; one without an end is not read
@@ -76,6 +69,16 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
                     Ok(Some(line)) => line,
                     Ok(None) | Err(_) => break,
                 };
+                // A refused peer's request is read (so that its client, which writes before
+                // it reads, gets the answer rather than a broken pipe) but never parsed.
+                if let Some(refusal) = &refused {
+                    tracing::warn!(peer = %op.user, "admin socket: {refusal}");
+                    let mut out = serde_json::to_vec(&AdminResponse::err(refusal.clone()))
+                        .expect("serialising JSON cannot fail");
+                    out.push(b'\n');
+                    let _ = w.write_all(&out).await;
+                    break;
+                }
                 let too_long = line.len() as u64 > MAX_REQUEST_LINE;
                 let resp = if too_long {
                     AdminResponse::err(format!(

@@ -475,8 +475,8 @@ async fn an_admin_request_longer_than_a_mebibyte_is_refused() {
 
 /// The admin socket answers only root and the server's own account, also when the socket's
 /// and the data dir's modes were loosened by mistake: another local account (here `nobody`,
-/// uid 65534, through a world-writable socket) is refused before its request is read, and
-/// no filesystem is created.
+/// uid 65534, through a world-writable socket) is refused, its request never parsed, and no
+/// filesystem is created.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_admin_socket_refuses_other_local_accounts() {
     use std::os::unix::fs::PermissionsExt;
