@@ -113,6 +113,14 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, session: &Session, name: &str) -
         cache,
         interactive,
     };
+    // Scripted (stdin not a terminal), the shell goes on after a failed command, as `sh`
+    // does, and exits with the first failure's code: a script must not take a failed `post`
+    // for a stored file.
+    let mut failed: Option<(u8, usize)> = None;
+    let mut note_failure = |code: u8| match &mut failed {
+        Some((_, n)) => *n += 1,
+        None => failed = Some((code, 1)),
+    };
     loop {
         let prompt = format!("efs {name}:{}> ", shell.cwd());
         match rl.readline(&prompt) {
@@ -124,6 +132,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, session: &Session, name: &str) -
                     Ok(w) => w,
                     Err(e) => {
                         eprintln!("error: {e}");
+                        note_failure(exit::USAGE);
                         continue;
                     }
                 };
@@ -135,6 +144,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, session: &Session, name: &str) -
                         if let Some(h) = exit::hint_of(&e) {
                             eprintln!("hint: {h}");
                         }
+                        note_failure(exit::code_of(&e));
                     }
                 }
             }
@@ -150,7 +160,16 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, session: &Session, name: &str) -
         }
         println!("Bye.");
     }
-    Ok(())
+    match failed {
+        Some((code, n)) if !interactive => Err(exit::fail(
+            code,
+            format!(
+                "{n} command{} failed (the exit code is the first one's)",
+                if n == 1 { "" } else { "s" }
+            ),
+        )),
+        _ => Ok(()),
+    }
 }
 
 fn save_history(rl: &mut Editor<ShellHelper, DefaultHistory>, path: &Path) -> Result<()> {

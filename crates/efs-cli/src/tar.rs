@@ -36,8 +36,10 @@ const PART_SUFFIX: &str = ".efs-part";
 
 /// The passphrase: the first line of `file` (without its line ending).
 fn read_passphrase(file: &Path) -> Result<SecretString> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("reading the passphrase file {}", file.display()))?;
+    let text = zeroize::Zeroizing::new(
+        std::fs::read_to_string(file)
+            .with_context(|| format!("reading the passphrase file {}", file.display()))?,
+    );
     let line = text.lines().next().unwrap_or("").trim_end_matches('\r');
     if line.is_empty() {
         return Err(usage(format!(

@@ -39,8 +39,14 @@ line one
 line two
 ";
     let out = env.efs_input(&["shell", "drive"], script.as_bytes());
-    let stdout = assert_ok(&["shell"], &out);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+    // Scripted, the shell goes on after a failure and exits with the first one's code:
+    // `cd /nope`, not found.
+    let stderr = common::assert_code(&["shell"], &out, 3);
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        stderr.contains("efs: error: 3 commands failed (the exit code is the first one's)"),
+        "{stderr}"
+    );
     // help
     assert!(
         stdout.contains("clear-cache") && stdout.contains("post PATH"),
@@ -87,6 +93,35 @@ line two
         .map(|d| d.collect())
         .unwrap_or_default();
     assert!(left.is_empty(), "{left:?}");
+}
+
+/// A scripted shell whose upload fails exits non-zero, so that `… | efs shell drive && rm
+/// ./a.pdf` keeps the only copy; one whose commands all succeed exits 0.
+#[test]
+fn a_scripted_shell_exits_with_its_first_failure() {
+    let env = Env::new();
+    env.write("a.pdf", b"the only copy");
+    // A file stands where the upload's parent directory would be: 409.
+    env.ok(&["cp", "a.pdf", "drive:/taken"]);
+    let out = env.efs_input(
+        &["shell", "drive"],
+        b"post /taken/a.pdf a.pdf
+pwd
+",
+    );
+    let stderr = common::assert_code(&["shell"], &out, 5);
+    assert!(stderr.contains("1 command failed"), "{stderr}");
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "/\n",
+        "it went on after the failure"
+    );
+    let out = env.efs_input(
+        &["shell", "drive"],
+        b"post /ok/a.pdf a.pdf
+",
+    );
+    assert_ok(&["shell"], &out);
 }
 
 #[test]
