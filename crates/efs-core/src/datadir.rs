@@ -226,7 +226,16 @@ impl DataDir {
                 generated = Some(p);
             }
             let (starter, file) =
-                keyparts::create(&specs, generated.as_deref(), opts.argon2, prompt)?;
+                keyparts::create(&specs, generated.as_deref(), opts.argon2, &|_| {
+                    prompt("EFS passphrase for the new data dir: ")
+                })?;
+            // Each part read a second time and checked against what was just made: a
+            // mistyped passphrase stops here, not at the next start, once data is stored.
+            keyparts::open(&file, &specs, &|_| prompt("EFS passphrase, again: ")).map_err(|e| {
+                CoreError::Invalid(format!(
+                    "the key parts did not read the same twice ({e}); nothing was stored"
+                ))
+            })?;
             crate::blob::create_dir_all_synced(&root.join("system"))?;
             crate::blob::create_dir_all_synced(&root.join("fs"))?;
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;

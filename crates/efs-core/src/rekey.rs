@@ -187,6 +187,18 @@ pub async fn rekey_starter_until(
             "give the new key parts (--new-key-part, as many as wanted)".into(),
         ));
     }
+    let has_passphrase = |s: &[KeyPartSpec]| s.iter().any(|p| matches!(p, KeyPartSpec::Passphrase));
+    if has_passphrase(old)
+        && has_passphrase(new)
+        && std::env::var_os(keyparts::PASSPHRASE_ENV).is_some()
+    {
+        return Err(CoreError::Invalid(format!(
+            "{env} is set: it would be read as the new passphrase as well as the old one. \
+             Unset it and type them at the prompts (or pipe them, one a line: the current one, \
+             the new one, the new one again); nothing was changed",
+            env = keyparts::PASSPHRASE_ENV
+        )));
+    }
     let mut lines = Vec::new();
     if let Some(l) = recover(root).await? {
         lines.push(l);
@@ -206,7 +218,16 @@ pub async fn rekey_starter_until(
         &SystemDb::open(&sys.join("system.redb"), &old_starter)?,
         &root.join(crate::audit::AUDIT_DIR),
     )?;
-    let (new_starter, new_file) = keyparts::create(new, None, argon, prompt)?;
+    let (new_starter, new_file) =
+        keyparts::create(new, None, argon, &|_| prompt("New EFS passphrase: "))?;
+    // Every new part is read a second time and checked against what was just made: a
+    // mistyped new passphrase (or a part file or variable changed meanwhile) stops here,
+    // before anything is staged, instead of locking the data dir for good.
+    keyparts::open(&new_file, new, &|_| prompt("New EFS passphrase, again: ")).map_err(|e| {
+        CoreError::Invalid(format!(
+            "the new key parts did not read the same twice ({e}); nothing was changed"
+        ))
+    })?;
 
     // 1. Stage, the marker first.
     let json = serde_json::to_vec_pretty(&new_file).expect("serialising JSON cannot fail");

@@ -1151,3 +1151,54 @@ async fn an_entry_key_shortened_by_hand_fails_the_index_digest() {
         "{check:?}"
     );
 }
+
+/// A new data dir asks for its passphrase twice: a typo stops the creation (nothing stored)
+/// instead of locking the data dir at its next start, once data is in it.
+#[test]
+fn a_new_data_dir_reads_its_passphrase_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("d");
+    let asked = std::sync::Mutex::new(Vec::new());
+    let typed = |answers: [&'static str; 2]| {
+        let asked = &asked;
+        move |p: &str| {
+            let mut a = asked.lock().unwrap();
+            a.push(p.to_owned());
+            Ok(answers[(a.len() - 1) % 2].to_owned())
+        }
+    };
+    let e = match DataDir::open(
+        &root,
+        &[KeyPartSpec::Passphrase],
+        opts(),
+        &typed(["a long passphrase", "a long passphrasf"]),
+    ) {
+        Ok(_) => panic!("created with a mistyped passphrase"),
+        Err(e) => e.to_string(),
+    };
+    assert!(e.contains("did not read the same twice"), "{e}");
+    assert_eq!(
+        *asked.lock().unwrap(),
+        [
+            "EFS passphrase for the new data dir: ",
+            "EFS passphrase, again: "
+        ]
+    );
+    assert!(
+        !root.join("system/keyparts.json").exists(),
+        "nothing stored"
+    );
+    asked.lock().unwrap().clear();
+    let (dd, _) = DataDir::open(
+        &root,
+        &[KeyPartSpec::Passphrase],
+        opts(),
+        &typed(["a long passphrase", "a long passphrase"]),
+    )
+    .unwrap();
+    drop(dd);
+    DataDir::open(&root, &[KeyPartSpec::Passphrase], opts(), &|_: &str| {
+        Ok("a long passphrase".to_owned())
+    })
+    .unwrap();
+}

@@ -231,3 +231,49 @@ async fn a_crash_after_the_switch_is_finished_at_the_next_open() {
     let dd = open(&root, &new).unwrap();
     check(&dd, &files).await;
 }
+
+/// A new passphrase is asked for twice, and a mistyped second one changes nothing: the data
+/// dir was locked for good by one typo (no other copy of the new passphrase exists).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mistyped_new_passphrase_changes_nothing() {
+    let env = Env::new();
+    let files = fill(&env.dd).await;
+    let Env {
+        root, part, dd, fs, ..
+    } = env;
+    drop(fs);
+    drop(dd);
+    let before = std::fs::read(root.join("system/keyparts.json")).unwrap();
+    let asked = std::sync::Mutex::new(Vec::new());
+    let typed = |p: &str| {
+        let mut a = asked.lock().unwrap();
+        a.push(p.to_owned());
+        Ok(if a.len() == 1 {
+            "the new passphrase".to_owned()
+        } else {
+            "the new passphrasf".to_owned()
+        })
+    };
+    let e = rekey::rekey_starter(
+        &root,
+        std::slice::from_ref(&part),
+        &[KeyPartSpec::Passphrase],
+        Argon2Params::default(),
+        &typed,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("did not read the same twice"), "{e}");
+    assert_eq!(
+        *asked.lock().unwrap(),
+        ["New EFS passphrase: ", "New EFS passphrase, again: "]
+    );
+    assert_eq!(
+        std::fs::read(root.join("system/keyparts.json")).unwrap(),
+        before
+    );
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+    let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+    check(&dd, &files).await;
+}
