@@ -1680,9 +1680,8 @@ impl Filesystem {
         let mut i = 0;
         while i < n {
             let end = (i + 16).min(n);
-            for seg in r.read_segments(i, end).await? {
-                drop(seg);
-            }
+            // Decrypted (and so authenticated) into a buffer wiped when dropped.
+            drop(r.read_plain(i, end).await?);
             i = end;
         }
         Ok(())
@@ -2015,13 +2014,18 @@ impl FileReader {
         self.dec.segments_for(start, end)
     }
 
-    /// Decrypts segments `[first, end)` (one read of the source), in order.
-    pub async fn read_segments(&self, first: u64, end: u64) -> Result<Vec<Vec<u8>>> {
+    /// Decrypts segments `[first, end)` (one read of the source), in order, each in a
+    /// buffer wiped when dropped.
+    pub async fn read_segments(
+        &self,
+        first: u64,
+        end: u64,
+    ) -> Result<Vec<zeroize::Zeroizing<Vec<u8>>>> {
         let plain = self.read_plain(first, end).await?;
         Ok(plain
             .segments
             .iter()
-            .map(|r| plain.buf[r.clone()].to_vec())
+            .map(|r| zeroize::Zeroizing::new(plain.buf[r.clone()].to_vec()))
             .collect())
     }
 

@@ -491,7 +491,9 @@ pub fn generate_part_file(path: &Path) -> std::io::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let k = Key32::random();
-    let text = Zeroizing::new(format!("{}\n", B64.encode(k.as_bytes())));
+    let mut text = Zeroizing::new(String::with_capacity(46));
+    B64.encode_string(k.as_bytes(), &mut text);
+    text.push('\n');
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -1064,7 +1064,6 @@ async fn read_version(
                 while i < n {
                     let e = (i + 16).min(n);
                     for seg in reader.read_segments(i, e).await? {
-                        let seg = zeroize::Zeroizing::new(seg);
                         data.extend_from_slice(&seg);
                     }
                     i = e;
