@@ -1489,7 +1489,28 @@ mod tests {
             let f = std::fs::File::open(&path).unwrap();
             fadvise(&f, 0, None, Advice::DontNeed).unwrap();
         };
-        evict();
+        // The kernel may keep a page a moment longer (one in another core's LRU batch, under
+        // load): evicted again until util-linux's fincore(1) sees less than a MiB of it
+        // resident (without fincore, one eviction, as before).
+        let resident = || {
+            let out = std::process::Command::new("fincore")
+                .args(["--bytes", "--noheadings", "--raw", "--output", "RES"])
+                .arg(&path)
+                .output()
+                .ok()?;
+            String::from_utf8(out.stdout)
+                .ok()?
+                .trim()
+                .parse::<u64>()
+                .ok()
+        };
+        for _ in 0..20 {
+            evict();
+            if resident().is_none_or(|r| r < 1 << 20) {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let f = std::fs::File::open(&path).unwrap();
         let mut probe = vec![0u8; 1 << 20];
         assert!(
