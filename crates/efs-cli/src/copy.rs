@@ -250,6 +250,26 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
     }
 
     errors.append(&mut plan.failed);
+    // Two sources landing on one destination (the same name in two directories, two trees
+    // with a path in common): the later one is refused, as GNU cp does ("will not overwrite
+    // just-created"), instead of both racing to it and one being lost without a word.
+    let mut landed = std::collections::HashSet::new();
+    let mut copies = Vec::with_capacity(plan.copies.len());
+    for job in std::mem::take(&mut plan.copies) {
+        let to = job.dst.display();
+        if landed.insert(to.clone()) {
+            copies.push(job);
+        } else {
+            errors.push(fail(
+                exit::CONFLICT,
+                format!(
+                    "will not overwrite just-created {to} with {}",
+                    job.src.display()
+                ),
+            ));
+        }
+    }
+    plan.copies = copies;
     if args.dry_run {
         print_plan(&plan);
         return finish(errors, 0);

@@ -320,6 +320,18 @@ impl Shell<'_> {
                 } else {
                     local.to_path_buf()
                 };
+                // A file it replaces keeps its permissions: `fs::copy` gives it the cache
+                // file's (a 0600 file came back 0644), so the cache file (in a 0700
+                // directory) takes them first.
+                if let Some(p) = std::fs::symlink_metadata(&dest)
+                    .ok()
+                    .filter(|m| m.is_file())
+                    .map(|m| m.permissions())
+                {
+                    std::fs::set_permissions(&cached, p).with_context(|| {
+                        format!("setting the permissions of {}", cached.display())
+                    })?;
+                }
                 std::fs::copy(&cached, &dest)
                     .with_context(|| format!("writing {}", dest.display()))?;
                 println!("Saved {path} to {} ({}).", dest.display(), human_bytes(n));

@@ -432,3 +432,83 @@ fn a_copy_into_a_directory_never_writes_through_a_link_at_its_name() {
     assert!(err.contains("symbolic link"), "{err}");
     assert_eq!(std::fs::read_dir(env.path("outside")).unwrap().count(), 0);
 }
+
+/// Two sources landing on one destination name: the first is copied, the later one refused
+/// (exit 5, as GNU cp's "will not overwrite just-created"), both ways; before, both raced to
+/// the name, one was lost, and the copy exited 0.
+#[test]
+fn two_sources_on_one_destination_name_are_refused_not_raced() {
+    let env = Env::new();
+    env.write("2024/report.pdf", b"the 2024 report");
+    env.write("2025/report.pdf", b"the 2025 report");
+    let a = env.path("2024/report.pdf");
+    let b = env.path("2025/report.pdf");
+    let (a, b) = (a.to_str().unwrap(), b.to_str().unwrap());
+    let err = env.fails(&["cp", a, b, "drive:/inbox/"], 5);
+    assert!(
+        err.contains("will not overwrite just-created drive:/inbox/report.pdf"),
+        "{err}"
+    );
+    assert_eq!(env.cat("drive:/inbox/report.pdf"), b"the 2024 report");
+
+    env.ok(&["cp", a, "drive:/2024/report.pdf"]);
+    env.ok(&["cp", b, "drive:/2025/report.pdf"]);
+    let out = env.path("out");
+    std::fs::create_dir(&out).unwrap();
+    let err = env.fails(
+        &[
+            "cp",
+            "drive:/2024/report.pdf",
+            "drive:/2025/report.pdf",
+            out.to_str().unwrap(),
+        ],
+        5,
+    );
+    assert!(err.contains("will not overwrite just-created"), "{err}");
+    assert_eq!(
+        std::fs::read(out.join("report.pdf")).unwrap(),
+        b"the 2024 report"
+    );
+}
+
+/// A download that replaces a local file keeps that file's permissions (a 0600 file of
+/// decrypted data came back 0644 under the usual umask); a new file gets the usual ones.
+#[test]
+fn a_download_over_a_file_keeps_its_permissions() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.write("tax.pdf", b"version 1");
+    env.ok(&[
+        "cp",
+        env.path("tax.pdf").to_str().unwrap(),
+        "drive:/tax.pdf",
+    ]);
+    env.write("tax.pdf", b"old local");
+    let local = env.path("tax.pdf");
+    for mode in [0o600, 0o640] {
+        std::fs::set_permissions(&local, std::fs::Permissions::from_mode(mode)).unwrap();
+        env.ok(&["cp", "drive:/tax.pdf", local.to_str().unwrap()]);
+        assert_eq!(std::fs::read(&local).unwrap(), b"version 1");
+        let got = std::fs::metadata(&local).unwrap().permissions().mode() & 0o777;
+        assert_eq!(got, mode, "{got:o}");
+    }
+    // The shell's `get PATH LOCAL` too.
+    std::fs::set_permissions(&local, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let script = format!("get /tax.pdf {}\n", local.display());
+    let out = env.efs_input(&["shell", "drive"], script.as_bytes());
+    common::assert_ok(&["shell"], &out);
+    assert_eq!(
+        std::fs::metadata(&local).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+    let fresh = env.path("fresh.pdf");
+    env.ok(&["cp", "drive:/tax.pdf", fresh.to_str().unwrap()]);
+    env.write("probe", b"");
+    let usual = std::fs::metadata(env.path("probe"))
+        .unwrap()
+        .permissions()
+        .mode()
+        & 0o777;
+    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, usual, "a new file gets the usual permissions");
+}

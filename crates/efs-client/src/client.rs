@@ -356,7 +356,13 @@ fn create_part_at(
     dir: &std::fs::File,
     name: &std::ffi::OsStr,
 ) -> std::io::Result<(std::ffi::OsString, std::fs::File)> {
-    use rustix::fs::{Mode, OFlags, openat};
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags, fchmod, openat, statat};
+    // A file it replaces keeps its permissions (as `cp` and rsync keep them): a 0600 file of
+    // decrypted data must not come back 0644. The temporary file has them from its creation.
+    let keep = statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
+        .ok()
+        .filter(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
+        .map(|st| Mode::from_raw_mode(st.st_mode & 0o777));
     for _ in 0..8 {
         let mut random = [0u8; 8];
         aws_lc_rs::rand::fill(&mut random)
@@ -368,9 +374,15 @@ fn create_part_at(
             dir,
             &part,
             flags | OFlags::CLOEXEC,
-            Mode::from_bits_truncate(0o666),
+            keep.unwrap_or(Mode::from_bits_truncate(0o666)),
         ) {
-            Ok(fd) => return Ok((part, std::fs::File::from(fd))),
+            Ok(fd) => {
+                // Exactly those, whatever the umask removed.
+                if let Some(mode) = keep {
+                    fchmod(&fd, mode)?;
+                }
+                return Ok((part, std::fs::File::from(fd)));
+            }
             Err(rustix::io::Errno::EXIST) => continue,
             Err(e) => return Err(e.into()),
         }
