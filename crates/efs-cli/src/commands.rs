@@ -470,6 +470,13 @@ pub(crate) async fn mkdir(session: &Session, paths: &[String], parents: bool) ->
 pub(crate) async fn token(session: &Session, remote: &str, json: bool) -> Result<()> {
     let name = remote.strip_suffix(':').unwrap_or(remote);
     let client = session.client(name).await?;
+    // A cached token the server no longer takes (revoked, its grant changed) would be
+    // handed to curl: one request checks it, and a refusal logs in again (and caches the
+    // new token) before it is printed.
+    client
+        .stat("/")
+        .await
+        .with_context(|| format!("logging in to remote '{name}'"))?;
     let t = client
         .token()
         .await

@@ -487,3 +487,25 @@ fn remote_add_pins_the_server_identity() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to sign"), "{err}");
 }
+
+/// A cached token the server no longer takes (here: every token of the user revoked) is
+/// replaced: `efs token` prints a new one, and a stdin upload, which cannot be sent again,
+/// fails once but leaves a new token for the next command (the dead one was kept on disk and
+/// every later run failed with it).
+#[test]
+fn a_revoked_cached_token_is_replaced() {
+    let env = Env::new();
+    let old = env.ok(&["token", "drive"]).trim().to_owned();
+    env.server.efsctl(&["revoke", "alice"]);
+    let new = env.ok(&["token", "drive"]).trim().to_owned();
+    assert_ne!(new, old, "a new token after the revoke");
+    let cached = std::fs::read_to_string(env.cfg().join("tokens/drive.json")).unwrap();
+    assert!(cached.contains(&new), "the new token is cached");
+
+    env.server.efsctl(&["revoke", "alice"]);
+    let out = env.efs_input(&["put", "drive:/from-stdin.txt"], b"first try");
+    assert!(!out.status.success(), "the upload met the revoked token");
+    let out = env.efs_input(&["put", "drive:/from-stdin.txt"], b"second try");
+    common::assert_ok(&["put"], &out);
+    assert_eq!(env.cat("drive:/from-stdin.txt"), b"second try");
+}

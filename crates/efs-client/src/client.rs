@@ -519,6 +519,10 @@ impl Client {
         // another key, clock skew): it is useless now in any case.
         auth.invalidate(&tok.token).await;
         if !replayable {
+            // This request cannot be sent again, but the next one must not meet the same
+            // refusal: a new login now replaces the refused token wherever it is kept (the
+            // command line's token cache), or fails as the request did.
+            let _ = auth.token(http).await;
             return http::check(resp).await;
         }
         drop(resp);
