@@ -970,16 +970,33 @@ impl Client {
         if recursive {
             url.push_str("?recursive=true");
         }
-        let mut attempts = 0u32;
+        // A 404 after a failed attempt that may have reached the server (no answer came
+        // back) means that attempt deleted it; after attempts that certainly did nothing
+        // (no connection, 429, 503), it means there was nothing to delete.
+        let maybe_done = std::sync::atomic::AtomicBool::new(false);
         let r = self
-            .retrying(|| {
-                attempts += 1;
-                self.authed(true, |c, t| Ok(c.delete(&url).bearer_auth(t)))
+            .retrying(|| async {
+                let r = self
+                    .authed(true, |c, t| Ok(c.delete(&url).bearer_auth(t)))
+                    .await;
+                if let Err(f) = &r {
+                    let not_done = f.unsent
+                        || matches!(
+                            f.err,
+                            Error::NotFound
+                                | Error::RateLimited { .. }
+                                | Error::Server { status: 503, .. }
+                        );
+                    if !not_done {
+                        maybe_done.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                }
+                r
             })
             .await;
         match r {
             Ok(_) => Ok(()),
-            Err(Error::NotFound) if attempts > 1 => Ok(()),
+            Err(Error::NotFound) if maybe_done.load(std::sync::atomic::Ordering::Relaxed) => Ok(()),
             Err(e) => Err(e),
         }
     }

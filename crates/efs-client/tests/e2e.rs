@@ -1073,3 +1073,29 @@ async fn a_move_whose_answer_is_lost_is_not_retried_into_a_404() {
     assert_eq!(c.get_bytes("/b.txt").await.unwrap().as_ref(), b"moved");
     assert!(matches!(c.stat("/a.txt").await, Err(Error::NotFound)));
 }
+
+/// A delete whose answer is lost is retried, and the retry's 404 means the lost attempt
+/// did it: success. A delete of a path that never existed is still "not found".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_delete_whose_answer_is_lost_succeeds_and_a_missing_path_is_not_found() {
+    let s = setup(&[]);
+    let lose = Arc::new(AtomicBool::new(false));
+    let relay = answer_losing_relay(s.server.port, lose.clone()).await;
+    let c = Client::builder(&format!("https://127.0.0.1:{relay}"))
+        .user(USER)
+        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
+        .trust(Trust::CaPem(s.server.cert_pem()))
+        .build()
+        .unwrap();
+    c.put_bytes("/gone.txt", "x".into(), PutOptions::default())
+        .await
+        .unwrap();
+    lose.store(true, Ordering::SeqCst);
+    c.delete("/gone.txt", false).await.unwrap();
+    assert!(!lose.load(Ordering::SeqCst), "the relay lost an answer");
+    assert!(matches!(c.stat("/gone.txt").await, Err(Error::NotFound)));
+    assert!(matches!(
+        c.delete("/never-there.txt", false).await,
+        Err(Error::NotFound)
+    ));
+}

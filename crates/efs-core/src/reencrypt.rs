@@ -375,7 +375,24 @@ pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<Reen
                             content: Some(fin),
                         });
                     }
-                    Ok(None) => vanished += 1,
+                    // Its content is gone: a request replaced the version meanwhile, or
+                    // (its record unchanged) the content is missing, which is damage, not a
+                    // change (counted as one, every pass met it again, and the run ended
+                    // `done` with the file still under its old key, unreported).
+                    Ok(None) => match fs.index.get_entry(k).await {
+                        Ok(Some(now)) if now == *v => next.damaged.note(
+                            fs.name(),
+                            "re-encryption",
+                            k,
+                            prog.pass,
+                            &CoreError::Corrupt("the file's content is missing"),
+                        ),
+                        Ok(_) => vanished += 1,
+                        Err(e) => {
+                            discard_all(fs, changes).await;
+                            return Err(e);
+                        }
+                    },
                     Err(e) if Damaged::is_damage(&e) => {
                         next.damaged
                             .note(fs.name(), "re-encryption", k, prog.pass, &e);

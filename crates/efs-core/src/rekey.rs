@@ -262,7 +262,14 @@ pub async fn rekey_starter_until(
         let sealed = index
             .get_meta(crate::datadir::META_KEYRING)
             .await?
-            .ok_or(CoreError::Corrupt("filesystem without keyring"))?;
+            .ok_or_else(|| {
+                CoreError::Invalid(format!(
+                    "{} holds no keyring: it is no filesystem of this data dir (what a restore \
+                     cut short by a crash leaves); move its directory out of fs/ and run \
+                     rekey-starter again (nothing was switched)",
+                    p.display()
+                ))
+            })?;
         let kr = Keyring::open(&old_starter, &id, &sealed)?;
         put_meta(
             &index,

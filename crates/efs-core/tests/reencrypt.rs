@@ -357,3 +357,24 @@ async fn files_renamed_during_a_reencryption_still_get_new_keys() {
     );
     assert!(env.fs.fsck().await.unwrap().is_clean());
 }
+
+/// A file whose content is missing (its blob deleted behind EFS's back) is reported as
+/// damaged by a re-encryption, not counted as changed by a client: the run ended `done`
+/// after 16 passes with the file skipped and unreported.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_without_its_content_is_reported_damaged_by_a_reencryption() {
+    let env = Env::new();
+    let files = write_many(&env.fs, 20).await;
+    let blobs = env.blob_files();
+    assert_eq!(blobs.len(), 2, "every 10th file is a blob");
+    std::fs::remove_file(&blobs[0]).unwrap();
+    let (_, prog) = env.dd.reencrypt("docs", true).await.unwrap();
+    assert_eq!(prog.state, RotationState::Done);
+    assert_eq!(prog.damaged.count, 1, "{prog:?}");
+    assert_eq!(prog.skipped, 0, "{prog:?}");
+    // The first pass rewrites the others, the second changes nothing and ends the run (it
+    // went on to the 16-pass limit when the missing content counted as a change).
+    assert_eq!(prog.pass, 2, "{prog:?}");
+    assert_eq!(prog.pass_changed, 0, "{prog:?}");
+    assert_eq!(prog.files_done, files.len() as u64 - 1);
+}

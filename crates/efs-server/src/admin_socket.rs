@@ -231,7 +231,10 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
                 Err(_) => AdminResponse::err("the server is shutting down".to_owned()),
             },
         };
-    if users_change && resp.ok {
+    // Reloaded after every user change, also one that answered an error: the change may
+    // have been saved before something after it failed (its audit entry, say), and a
+    // revoke saved but not loaded would leave the user's tokens working.
+    if users_change {
         // On failure `reload` empties the user cache: every login and token is refused until
         // a later reload succeeds, never checked against the list from before the change.
         let reloaded = st.users.reload(&st.data);
