@@ -645,3 +645,27 @@ async fn a_running_server_restores_with_key_parts_read_by_efsctl() {
         "{restores:?}"
     );
 }
+
+/// `efsctl create-user` checks the name before it writes a key pair named after it: a name
+/// with `../` wrote `../../x_ed25519` (a path from an unchecked name) before the server
+/// refused it, and left the keys behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_user_checks_the_name_before_writing_a_key() {
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let out = srv.efsctl(&["create-user", "../escaped", "--fs", "files"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("user"), "{err}");
+    let parent = srv.dir.path().parent().unwrap();
+    for suffix in ["_ed25519", "_ed25519.pem", "_ed25519.pub"] {
+        let p = parent.join(format!("escaped{suffix}"));
+        assert!(!p.exists(), "{} written", p.display());
+    }
+    let left: Vec<_> = std::fs::read_dir(srv.dir.path())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().contains("ed25519"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}

@@ -366,6 +366,8 @@ fn run(args: Args) -> anyhow::Result<u8> {
             read_only,
             out,
         } => {
+            // Checked here too, before a key pair named after it is written anywhere.
+            efs_core::datadir::check_name("user", &name)?;
             let key = match pubkey {
                 Some(p) => read_public_key(&p)?,
                 None => generate_key_pair(&name, out)?,
