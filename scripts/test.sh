@@ -26,6 +26,14 @@ if [ ! -x "$venv/bin/schemathesis" ]; then
   "$venv/bin/pip" install --quiet --disable-pip-version-check 'schemathesis==4.32.5'
 fi
 
+# The big-file tests write a 1 GiB file three times (source, stored, downloaded) and a 256 MiB
+# archive round trip into the temporary directory: say so up front rather than fail on ENOSPC.
+tmp="${TMPDIR:-/tmp}"
+free_kib=$(df -Pk "$tmp" | awk 'NR == 2 { print $4 }')
+if [ -n "$free_kib" ] && [ "$free_kib" -lt $((6 * 1024 * 1024)) ]; then
+  echo "warning: $tmp has $((free_kib / 1024)) MiB free; the big-file tests need about 6 GiB" >&2
+fi
+
 # The client's end-to-end tests run the server's binaries: build every binary first.
 cargo build --workspace --bins
 cargo test --workspace --all-targets "$@"

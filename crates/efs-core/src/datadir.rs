@@ -526,8 +526,10 @@ impl DataDir {
             ..Default::default()
         };
         futures_block(commit(&index, batch))?;
-        self.system.put_filesystem(&rec)?;
+        // Opened before it is registered: a registered filesystem that failed to open would
+        // answer "exists" to a retry yet serve nothing until a restart.
         let fs = self.assemble_fs(&rec, index)?;
+        self.system.put_filesystem(&rec)?;
         // A new, empty index with its digest made here: nothing to check.
         fs.mark_index_checked();
         self.filesystems
@@ -929,8 +931,8 @@ impl DataDir {
             created_ms: now_ms(),
         };
         drop((index, blobs));
-        self.system.put_filesystem(&rec)?;
         let fs = self.open_fs(&rec)?;
+        self.system.put_filesystem(&rec)?;
         // Its digest was computed here, over what this restore wrote: no check at start.
         fs.mark_index_checked();
         self.filesystems

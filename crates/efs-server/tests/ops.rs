@@ -669,3 +669,52 @@ async fn create_user_checks_the_name_before_writing_a_key() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A key pair `efsctl create-user` generates is kept only when the server creates the user:
+/// refused (an unknown filesystem), it is removed again. `--json` keeps standard output one
+/// JSON value (the key pair's description goes to standard error), and `--out` inside the
+/// data dir is refused before a private key lands beside the data.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_user_keeps_a_generated_key_only_for_a_created_user() {
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let key_files = |stem: &str| {
+        ["", ".pem", ".pub"].map(|suffix| srv.dir.path().join(format!("{stem}{suffix}")))
+    };
+
+    let out = srv.efsctl(&["create-user", "nobody-fs", "--fs", "missing"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("missing"), "{err}");
+    for p in key_files("nobody-fs_ed25519") {
+        assert!(!p.exists(), "{} left behind by a refused user", p.display());
+    }
+
+    let out = srv.efsctl(&["create-user", "scripted", "--fs", "files", "--json"]);
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stdout is not one JSON value ({e}): {out:?}"));
+    assert!(v.is_object() || v.is_null(), "{v}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("scripted_ed25519"), "{err}");
+    for p in key_files("scripted_ed25519") {
+        assert!(p.exists(), "{} not written", p.display());
+    }
+
+    let inside = srv.data.join("keys-here");
+    let out = srv.efsctl(&[
+        "create-user",
+        "inside",
+        "--fs",
+        "files",
+        "--out",
+        inside.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("inside the data dir"), "{err}");
+    assert!(!inside.exists());
+    let users = srv.efsctl_ok(&["list-users"]);
+    assert!(!users.contains("inside"), "{users}");
+    assert!(!users.contains("nobody-fs"), "{users}");
+}

@@ -160,6 +160,14 @@ impl AuditLog {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         let files = list_files(dir)?;
+        // A process that ended without closing its log (a crash, a kill) left entries in its
+        // last file that no fsync covered. New entries go to a new file whose fsync and anchor
+        // would name them: a power failure would then cut the old file's tail and leave a gap
+        // that `verify` reports as removed entries. Earlier files were synced at rotation.
+        if let Some((_, name)) = files.last() {
+            File::open(dir.join(name))?.sync_all()?;
+            File::open(dir)?.sync_all()?;
+        }
         let mut notes = Vec::new();
         let log_head = last_entry(dir, &files)?;
         let start = match read_head(dir, keys)? {

@@ -79,7 +79,8 @@ enum Cmd {
     /// List filesystems.
     ListFs,
     /// Create a user. Without --pubkey, generates an Ed25519 key pair and writes the
-    /// private key to files it names.
+    /// private key to files it names (removed again if the user is not created; never inside
+    /// the data dir).
     CreateUser {
         /// Login name.
         name: String,
@@ -356,6 +357,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
     if let Cmd::RekeyStarter { new_key_parts } = &args.cmd {
         return rekey_starter(&args.data, &args.key_parts, new_key_parts);
     }
+    // A key pair `create-user` generated: removed again if the server refuses the user, its
+    // description shown (on standard error with --json) once the user exists.
+    let mut generated: Option<GeneratedPair> = None;
+    let mut extra_lines: Vec<String> = Vec::new();
     let req = match args.cmd {
         Cmd::CreateFs { name } => AdminRequest::CreateFs { name },
         Cmd::ListFs => AdminRequest::ListFs,
@@ -370,12 +375,16 @@ fn run(args: Args) -> anyhow::Result<u8> {
             efs_core::datadir::check_name("user", &name)?;
             let key = match pubkey {
                 Some(p) => read_public_key(&p)?,
-                None => generate_key_pair(&name, out)?,
+                None => {
+                    let (key, pair) = generate_key_pair(&name, out, &args.data)?;
+                    generated = Some(pair);
+                    key
+                }
             };
-            say!(
+            extra_lines.push(format!(
                 "Public key SHA-256 fingerprint: {}",
                 efs_server::auth::fingerprint_sha256(&key)
-            );
+            ));
             AdminRequest::CreateUser {
                 name,
                 public_key: base64::engine::general_purpose::STANDARD.encode(key.as_bytes()),
@@ -479,9 +488,28 @@ fn run(args: Args) -> anyhow::Result<u8> {
             },
         },
     };
-    let resp = send(&args.data, &args.key_parts, req)?;
-    if !resp.ok {
-        bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+    let resp = match send(&args.data, &args.key_parts, req) {
+        Ok(r) if r.ok => r,
+        refused => {
+            if let Some(pair) = &generated {
+                pair.remove();
+                eprintln!(
+                    "efsctl: the user was not created; the key pair generated for it is removed"
+                );
+            }
+            let resp = refused?;
+            bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+        }
+    };
+    if let Some(pair) = &generated {
+        extra_lines.splice(0..0, pair.describe());
+    }
+    for l in &extra_lines {
+        if json {
+            eprintln!("{l}");
+        } else {
+            say!("{l}");
+        }
     }
     if json {
         // The data stays a value scripts can parse; what would be lost with the text (a
@@ -696,10 +724,51 @@ fn read_public_key(p: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
     })
 }
 
+/// The three files of a key pair `create-user` wrote.
+struct GeneratedPair {
+    name: String,
+    openssh: PathBuf,
+    pem: PathBuf,
+    public: PathBuf,
+}
+
+impl GeneratedPair {
+    /// Removes the files again (the server refused the user: the keys would name no one).
+    fn remove(&self) {
+        for p in [&self.openssh, &self.pem, &self.public] {
+            if let Err(e) = std::fs::remove_file(p) {
+                eprintln!("efsctl: could not remove {}: {e}", p.display());
+            }
+        }
+    }
+
+    fn describe(&self) -> Vec<String> {
+        vec![
+            format!("Generated an Ed25519 key pair for '{}':", self.name),
+            format!(
+                "  private key (OpenSSH, for the efs client): {} (mode 0600)",
+                self.openssh.display()
+            ),
+            format!(
+                "  private key (PKCS#8 PEM, for openssl):     {} (mode 0600)",
+                self.pem.display()
+            ),
+            format!(
+                "  public key:                                {}",
+                self.public.display()
+            ),
+            "Give the private key to the user only, over a safe channel.".into(),
+        ]
+    }
+}
+
+/// Generates a key pair for user `name` and writes it next to `out` (default
+/// `NAME_ed25519` in the working directory), never inside the data dir `data`.
 fn generate_key_pair(
     name: &str,
     out: Option<PathBuf>,
-) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
+    data: &Path,
+) -> anyhow::Result<(ed25519_dalek::VerifyingKey, GeneratedPair)> {
     use ed25519_dalek::pkcs8::EncodePrivateKey;
     use std::os::unix::fs::OpenOptionsExt;
     let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}_ed25519")));
@@ -712,6 +781,20 @@ fn generate_key_pair(
                 p.display()
             );
         }
+    }
+    // A private key in the data dir would sit beside the data it opens, in every copy of it.
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if let (Ok(dir), Ok(data)) = (parent.canonicalize(), data.canonicalize())
+        && dir.starts_with(&data)
+    {
+        bail!(
+            "{} is inside the data dir {}; write the private key elsewhere (--out)",
+            out.display(),
+            data.display()
+        );
     }
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
     aws_lc_rs::rand::fill(seed.as_mut()).map_err(|_| anyhow::anyhow!("the system RNG failed"))?;
@@ -739,29 +822,37 @@ fn generate_key_pair(
             .mode(mode)
             .open(p)
             .with_context(|| format!("cannot create {}", p.display()))?;
-        f.write_all(data)?;
+        if let Err(e) = f.write_all(data) {
+            let _ = std::fs::remove_file(p);
+            return Err(anyhow::Error::new(e).context(format!("cannot write {}", p.display())));
+        }
         Ok(())
     };
-    write(&out, openssh.as_bytes(), 0o600)?;
-    write(&pem_path, pem.as_bytes(), 0o600)?;
     let vk = signing.verifying_key();
     let line = format!("{} efs:{name}\n", efs_server::auth::openssh_public_key(&vk));
-    write(&pub_path, line.as_bytes(), 0o644)?;
-    say!("Generated an Ed25519 key pair for '{name}':");
-    say!(
-        "  private key (OpenSSH, for the efs client): {} (mode 0600)",
-        out.display()
-    );
-    say!(
-        "  private key (PKCS#8 PEM, for openssl):     {} (mode 0600)",
-        pem_path.display()
-    );
-    say!(
-        "  public key:                                {}",
-        pub_path.display()
-    );
-    say!("Give the private key to the user only, over a safe channel.");
-    Ok(vk)
+    let files: [(&Path, &[u8], u32); 3] = [
+        (&out, openssh.as_bytes(), 0o600),
+        (&pem_path, pem.as_bytes(), 0o600),
+        (&pub_path, line.as_bytes(), 0o644),
+    ];
+    for (i, (p, data, mode)) in files.iter().enumerate() {
+        if let Err(e) = write(p, data, *mode) {
+            // All three or none: the ones written already go again.
+            for (written, _, _) in &files[..i] {
+                let _ = std::fs::remove_file(written);
+            }
+            return Err(e);
+        }
+    }
+    Ok((
+        vk,
+        GeneratedPair {
+            name: name.to_owned(),
+            openssh: out,
+            pem: pem_path,
+            public: pub_path,
+        },
+    ))
 }
 
 fn cert_sha256(p: &Path) -> anyhow::Result<String> {
