@@ -216,21 +216,26 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     } else {
         None
     };
+    // A shutdown closes the audit log once the tracked work has ended (or its timeout has
+    // passed): a command started after it began is refused, and one running is tracked, so
+    // that its change is not carried out after the log closed, unrecorded.
+    if st.detached.is_closed() {
+        return AdminResponse::err("the server is shutting down".to_owned());
+    }
     // Backups, restores, gc, fsck and the audit commands read and write files for minutes
     // with blocking calls: on a thread of the blocking pool, not on one of the runtime's
     // workers (one per core), which would otherwise stop serving HTTPS meanwhile.
     let (data, op) = (st.data.clone(), op.clone());
     let rt = tokio::runtime::Handle::current();
-    let resp =
-        match tokio::task::spawn_blocking(move || rt.block_on(admin::execute_as(&data, req, &op)))
-            .await
-        {
-            Ok(resp) => resp,
-            Err(e) => match e.try_into_panic() {
-                Ok(panic) => std::panic::resume_unwind(panic),
-                Err(_) => AdminResponse::err("the server is shutting down".to_owned()),
-            },
-        };
+    let command =
+        tokio::task::spawn_blocking(move || rt.block_on(admin::execute_as(&data, req, &op)));
+    let resp = match st.detached.track_future(command).await {
+        Ok(resp) => resp,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => AdminResponse::err("the server is shutting down".to_owned()),
+        },
+    };
     // Reloaded after every user change, also one that answered an error: the change may
     // have been saved before something after it failed (its audit entry, say), and a
     // revoke saved but not loaded would leave the user's tokens working.

@@ -73,8 +73,9 @@ pub struct AppState {
     /// Prometheus renderer, and the SHA-256 of the bearer token a scrape must present
     /// (`--metrics-token-file`); `None`: metrics are off.
     pub metrics: Option<(metrics_exporter_prometheus::PrometheusHandle, [u8; 32])>,
-    /// The requests running to their end in tasks of their own (`to_completion`): a
-    /// shutdown waits for them, so their audit entries are written before the log closes.
+    /// The requests running to their end in tasks of their own (`to_completion`) and the
+    /// admin commands running: a shutdown waits for them, so their audit entries are written
+    /// before the log closes.
     pub detached: tokio_util::task::TaskTracker,
     /// The budget of audit entries of requests that proved nobody (shared with the login
     /// hook).

@@ -718,3 +718,89 @@ async fn create_user_keeps_a_generated_key_only_for_a_created_user() {
     assert!(!users.contains("inside"), "{users}");
     assert!(!users.contains("nobody-fs"), "{users}");
 }
+
+/// A shutdown waits for an admin command that is running, so that its audit entry is written
+/// before the log closes. Here a restore reads a backup whose `manifest.json` is a FIFO: it
+/// blocks inside the command until the test writes to it, after SIGTERM. Before, the log
+/// closed at once, and the command's entry was refused ("the audit log has failed … the
+/// command itself failed").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_running_admin_command_and_records_it() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let src = srv.dir.path().join("held-backup");
+    std::fs::create_dir(&src).unwrap();
+    let fifo = src.join("manifest.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let restore = srv
+        .efsctl_command(&["restore", "--fs", "held", "-i", src.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running efsctl restore");
+    // Opening the FIFO for writing without blocking succeeds once a reader has it open: the
+    // restore is then inside the command, waiting for the manifest.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(libc_o_nonblock())
+            .open(&fifo)
+        {
+            Ok(f) => break f,
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the restore never opened the manifest: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    let pid = srv.pid().expect("the server runs");
+    let term = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(term.success());
+    // The shutdown has begun: the connections go, the HTTPS port stops answering.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    writer.write_all(b"not a manifest").unwrap();
+    drop(writer);
+    let out = restore.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("malformed"), "{err}");
+    assert!(!err.to_lowercase().contains("audit"), "{err}");
+    let status = srv.stop().await.expect("the server was running");
+    assert!(status.success(), "{status:?}\n{}", srv.stderr());
+    // Offline now: the restore's closing entry (not only its 202 at the start) is in the log.
+    let me = format!("uid:{}", rustix::process::geteuid().as_raw());
+    let shown = srv.efsctl_ok(&["audit", "show", "--json", "--user", &me]);
+    let statuses: Vec<u64> = serde_json::from_str::<Value>(&shown)
+        .unwrap()
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("restore"))
+        })
+        .map(|e| e["status"].as_u64().unwrap())
+        .collect();
+    assert_eq!(statuses.len(), 2, "{shown}");
+    assert!(statuses.contains(&202), "{shown}");
+}
+
+/// O_NONBLOCK on Linux.
+fn libc_o_nonblock() -> i32 {
+    rustix::fs::OFlags::NONBLOCK.bits() as i32
+}

@@ -282,6 +282,11 @@ impl TestServer {
     /// Runs `efsctl --data <data> [key parts] args…` (with the server's key parts and
     /// environment, so that it also works when the server is stopped).
     pub fn efsctl(&self, args: &[&str]) -> Output {
+        self.efsctl_command(args).output().expect("running efsctl")
+    }
+
+    /// The `efsctl` command [`TestServer::efsctl`] runs, to be spawned by the caller.
+    pub fn efsctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(EFSCTL_BIN);
         cmd.current_dir(self.dir.path())
             .arg("--data")
@@ -295,7 +300,7 @@ impl TestServer {
         for (k, v) in &self.envs {
             cmd.env(k, v);
         }
-        cmd.output().expect("running efsctl")
+        cmd
     }
 
     /// Runs efsctl and asserts it succeeded; returns its stdout.
