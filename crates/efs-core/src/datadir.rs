@@ -86,6 +86,8 @@ pub struct DataDir {
     audit_keys: AuditKeys,
     /// Last, so that it is dropped (flushed, anchored) after everything that records.
     audit: AuditLog,
+    /// The data dir's lock ([`lock_data_dir`]), released after everything else is closed.
+    _lock: std::fs::File,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -166,6 +168,39 @@ pub fn default_key_part_path(data: &Path) -> PathBuf {
     abs.with_file_name(format!("{name}.keypart"))
 }
 
+/// The lock file of a data dir, in `system/`.
+const LOCK_FILE: &str = "lock";
+
+/// Takes the data dir's lock: one process at a time opens, repairs or re-keys a data dir.
+/// An exclusive `flock(2)` on `system/lock`, held as long as the returned file is open (the
+/// kernel drops it when the process ends, however it ends). Taken before anything is read
+/// for recovery: a server starting while `efsctl rekey-starter` stages its files would
+/// otherwise discard them as an interrupted re-keying, under the re-keying's feet.
+pub(crate) fn lock_data_dir(root: &Path) -> Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = root.join("system").join(LOCK_FILE);
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .open(&path)
+        .map_err(|e| CoreError::Invalid(format!("cannot open {}: {e}", path.display())))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => Err(CoreError::Invalid(format!(
+            "the data dir {} is in use by another process (a running efs-server, or an efsctl \
+             command working on it without a server): let it finish or stop it first",
+            root.display()
+        ))),
+        Err(std::fs::TryLockError::Error(e)) => Err(CoreError::Invalid(format!(
+            "cannot lock {}: {e}",
+            path.display()
+        ))),
+    }
+}
+
 fn is_new(root: &Path) -> Result<bool> {
     match std::fs::read_dir(root) {
         Ok(mut it) => Ok(it.next().is_none()),
@@ -200,6 +235,7 @@ impl DataDir {
         prompt: &dyn Fn(&str) -> std::io::Result<String>,
     ) -> Result<(Self, OpenReport)> {
         let mut report = OpenReport::default();
+        let lock;
         let keyparts_path = root.join("system").join("keyparts.json");
         let starter = if is_new(root)? {
             // Created with its parents, as `mkdir -p` would: the generated key part goes
@@ -239,6 +275,7 @@ impl DataDir {
             crate::blob::create_dir_all_synced(&root.join("system"))?;
             crate::blob::create_dir_all_synced(&root.join("fs"))?;
             std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o700))?;
+            lock = lock_data_dir(root)?;
             let system = SystemDb::create(&root.join("system").join("system.redb"), &starter)?;
             let signing = efs_format::Key32::random();
             system.put_secret(SECRET_SIGNING_KEY, signing.as_bytes())?;
@@ -267,7 +304,9 @@ impl DataDir {
                 )))
             })?;
             let starter = keyparts::open(&file, specs, prompt)?;
-            // An interrupted re-keying of the starter key: finish or discard it first.
+            lock = lock_data_dir(root)?;
+            // An interrupted re-keying of the starter key: finish or discard it first (under
+            // the lock: not one that is running).
             if let Some(line) = futures_block(crate::rekey::recover(root))? {
                 tracing::warn!("{line}");
             }
@@ -304,6 +343,7 @@ impl DataDir {
             opts,
             audit_keys,
             audit,
+            _lock: lock,
         };
         for rec in dd.system.filesystems()? {
             let fs = Arc::new(dd.open_fs(&rec)?);

@@ -199,6 +199,9 @@ pub async fn rekey_starter_until(
             env = keyparts::PASSPHRASE_ENV
         )));
     }
+    // Held to the end: a server or efsctl opening the data dir meanwhile is refused instead
+    // of taking the staged files for an interrupted re-keying and discarding them.
+    let _lock = crate::datadir::lock_data_dir(root)?;
     let mut lines = Vec::new();
     if let Some(l) = recover(root).await? {
         lines.push(l);

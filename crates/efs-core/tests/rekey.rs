@@ -277,3 +277,63 @@ async fn a_mistyped_new_passphrase_changes_nothing() {
     let dd = open(&root, std::slice::from_ref(&part)).unwrap();
     check(&dd, &files).await;
 }
+
+/// A re-keying holds the data dir's lock from before it looks for an interrupted one until
+/// it ends: a server (or efsctl) opening the data dir meanwhile is refused. Before, such an
+/// open ran `recover`, took the re-keying's staged files for an interrupted one and
+/// discarded them under its feet. The prompt for the new passphrase comes while the
+/// re-keying runs; the open is tried there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_being_rekeyed_is_not_opened_meanwhile() {
+    let env = Env::new();
+    let files = fill(&env.dd).await;
+    let Env {
+        tmp: _tmp,
+        root,
+        part,
+        dd,
+        fs,
+    } = env;
+    drop(fs);
+    drop(dd);
+    // And a data dir that is open is not opened a second time, with the same message.
+    {
+        let held = open(&root, std::slice::from_ref(&part)).unwrap();
+        let e = open(&root, std::slice::from_ref(&part))
+            .err()
+            .expect("a second open is refused")
+            .to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+        drop(held);
+    }
+    let seen = std::sync::Mutex::new(Vec::<String>::new());
+    let prompt = |_: &str| -> std::io::Result<String> {
+        let tried = match open(&root, std::slice::from_ref(&part)) {
+            Ok(_) => "opened".to_owned(),
+            Err(e) => e.to_string(),
+        };
+        seen.lock().unwrap().push(tried);
+        Ok("a new passphrase, long enough to be accepted".to_owned())
+    };
+    rekey::rekey_starter(
+        &root,
+        std::slice::from_ref(&part),
+        &[KeyPartSpec::Passphrase],
+        Argon2Params::default(),
+        &prompt,
+    )
+    .await
+    .unwrap();
+    let seen = seen.into_inner().unwrap();
+    assert!(!seen.is_empty(), "the new passphrase was asked for");
+    for tried in &seen {
+        assert!(tried.contains("in use by another process"), "{seen:?}");
+    }
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+    let dd = DataDir::open(&root, &[KeyPartSpec::Passphrase], opts(), &|_| {
+        Ok("a new passphrase, long enough to be accepted".to_owned())
+    })
+    .unwrap()
+    .0;
+    check(&dd, &files).await;
+}
