@@ -80,6 +80,9 @@ pub struct AppState {
     /// The budget of audit entries of requests that proved nobody (shared with the login
     /// hook).
     pub audit_budget: Arc<crate::audit_budget::AuditBudget>,
+    /// Login bodies being read, per client address (IPv4 address, IPv6 /64): at most
+    /// [`LOGIN_BODIES_PER_ADDRESS`] at once.
+    pub login_bodies: Arc<crate::connections::PerAddress>,
 }
 
 type St = State<Arc<AppState>>;
@@ -297,11 +300,32 @@ async fn json_body<T: serde::de::DeserializeOwned>(
     json_body_within(body, 64 << 10, st.http.body_idle).await
 }
 
-/// A login request's JSON body: at most [`LOGIN_BODY_MAX`], within [`LOGIN_BODY_DEADLINE`].
+/// The most login bodies read at once from one client address (IPv4 address, IPv6 /64).
+/// The login routes answer anyone: without it, one address could hold a handler and up to
+/// [`LOGIN_BODY_MAX`] of memory per stream, on every stream of every connection it may
+/// open (256 × 256 by default: 512 MiB), for [`LOGIN_BODY_DEADLINE`] each. An honest client
+/// has one login in flight; a gateway in front of many, a few dozen.
+pub const LOGIN_BODIES_PER_ADDRESS: usize = 64;
+
+/// A login request's JSON body: at most [`LOGIN_BODY_MAX`], within [`LOGIN_BODY_DEADLINE`],
+/// and at most [`LOGIN_BODIES_PER_ADDRESS`] read at once from `ip`'s address (429 beyond).
 async fn login_body<T: serde::de::DeserializeOwned>(
     st: &AppState,
+    ip: IpAddr,
     body: Body,
 ) -> Result<T, ApiError> {
+    let Some(_slot) = st.login_bodies.try_take(ip) else {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            efs_proto::codes::RATE_LIMITED,
+            format!(
+                "too many login requests in progress from this address (at most \
+                 {LOGIN_BODIES_PER_ADDRESS}); retry"
+            ),
+        );
+        e.retry_after = Some(1);
+        return Err(e);
+    };
     json_body_within(
         body,
         LOGIN_BODY_MAX,
@@ -342,7 +366,7 @@ fn body_timeout(limit: std::time::Duration) -> ApiError {
 
 async fn challenge(State(st): St, req: Request) -> Result<Response, ApiError> {
     let ip = client_ip(req.extensions());
-    let body: ChallengeRequest = login_body(&st, req.into_body()).await?;
+    let body: ChallengeRequest = login_body(&st, ip, req.into_body()).await?;
     let r = st.auth.challenge(&body, ip)?;
     Ok(axum::Json(r).into_response())
 }
@@ -353,7 +377,7 @@ async fn token(State(st): St, req: Request) -> Result<Response, ApiError> {
         .extensions()
         .get::<ConnInfo>()
         .and_then(|c| c.client_cert_sha256);
-    let body: TokenRequest = login_body(&st, req.into_body()).await?;
+    let body: TokenRequest = login_body(&st, ip, req.into_body()).await?;
     let mark = audit_mark(&st.data)?;
     // The certificate binding is checked by the login, after the signature: refused before
     // it, a bound user would be told apart from others by anyone.

@@ -215,6 +215,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         metrics,
         detached: tokio_util::task::TaskTracker::new(),
         audit_budget: audit_budget.clone(),
+        login_bodies: Arc::new(crate::connections::PerAddress::new(
+            crate::app::LOGIN_BODIES_PER_ADDRESS,
+        )),
     });
     let detached = state.detached.clone();
 

@@ -890,3 +890,64 @@ async fn login_bodies_are_small_and_arrive_quickly() {
     let text = r.text().await.unwrap();
     assert!(text.contains("within 10 s"), "{text}");
 }
+
+/// At most 64 login bodies are read at once from one address: the 65th login while 64 stall
+/// their bodies is answered 429 at once (with `Retry-After`), instead of holding one more
+/// handler and its buffer; once the stalled ones end, logins from the address work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stalled_login_bodies_from_one_address_are_capped() {
+    let (srv, _, _) = alice_server(&[]).await;
+    let mut senders = Vec::new();
+    let mut stalled = Vec::new();
+    for _ in 0..64 {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+        tx.send(Ok(b"{\"user\":".to_vec())).await.unwrap();
+        let body =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
+        let req = srv
+            .client
+            .post(srv.url("/_efs/auth/challenge"))
+            .body(reqwest::Body::wrap_stream(body));
+        stalled.push(tokio::spawn(async move { req.send().await }));
+        senders.push(tx);
+    }
+    // The stalled requests reach their handlers one by one: the 65th is refused once all 64
+    // hold their places (well within the 10 s a login body may take).
+    let deadline = std::time::Instant::now() + Duration::from_secs(8);
+    let refused = loop {
+        let r = srv
+            .client
+            .post(srv.url("/_efs/auth/challenge"))
+            .json(&json!({ "user": "alice" }))
+            .send()
+            .await
+            .unwrap();
+        if r.status() == 429 {
+            break r;
+        }
+        assert_eq!(r.status(), 200);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "64 stalled login bodies did not keep a 65th login out"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(header(&refused, "retry-after").as_deref(), Some("1"));
+    let text = refused.text().await.unwrap();
+    assert!(
+        text.contains("rate_limited") && text.contains("at most 64"),
+        "{text}"
+    );
+    // The stalled bodies end (complete, valid): their places are given back.
+    for tx in senders {
+        tx.send(Ok(b"\"alice\"}".to_vec())).await.unwrap();
+    }
+    for t in stalled {
+        let r = t.await.unwrap().unwrap();
+        assert_eq!(r.status(), 200);
+    }
+    srv.challenge("alice").await;
+}
