@@ -299,10 +299,10 @@ async fn a_data_dir_being_rekeyed_is_not_opened_meanwhile() {
     // And a data dir that is open is not opened a second time, with the same message.
     {
         let held = open(&root, std::slice::from_ref(&part)).unwrap();
-        let e = open(&root, std::slice::from_ref(&part))
-            .err()
-            .expect("a second open is refused")
-            .to_string();
+        let e = match open(&root, std::slice::from_ref(&part)) {
+            Ok(_) => panic!("a second open is refused"),
+            Err(e) => e.to_string(),
+        };
         assert!(e.contains("in use by another process"), "{e}");
         drop(held);
     }

@@ -302,8 +302,8 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 
 /// The most login bodies read at once from one client address (IPv4 address, IPv6 /64).
 /// The login routes answer anyone: without it, one address could hold a handler and up to
-/// [`LOGIN_BODY_MAX`] of memory per stream, on every stream of every connection it may
-/// open (256 × 256 by default: 512 MiB), for [`LOGIN_BODY_DEADLINE`] each. An honest client
+/// 8 KiB of memory per stream, on every stream of every connection it may open (256 × 256
+/// by default: 512 MiB), for 10 s each. An honest client
 /// has one login in flight; a gateway in front of many, a few dozen.
 pub const LOGIN_BODIES_PER_ADDRESS: usize = 64;
 
