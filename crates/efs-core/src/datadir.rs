@@ -530,6 +530,29 @@ impl DataDir {
         Ok(fs)
     }
 
+    /// Removes what a creation or a restore of filesystem `id` made before it failed, and
+    /// before it was registered: its directory and the key of its index digest (made with
+    /// the index). Logged, not returned, when it cannot: the caller's error is the one to
+    /// report.
+    fn discard_new_fs(&self, id: &[u8; 16]) {
+        let dir = self.fs_dir(id);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(
+                dir = %dir.display(),
+                error = %e,
+                "a failed creation's or restore's directory could not be removed: remove it by hand"
+            );
+        }
+        if let Err(e) = self.system.delete_secret(&digest_mark(id)) {
+            tracing::warn!(
+                error = %e,
+                "a failed creation's or restore's index digest key could not be removed (32 unused bytes in the system database)"
+            );
+        }
+    }
+
     /// Creates a filesystem; returns what was created, one line each.
     pub fn create_fs(&self, name: &str) -> Result<Vec<String>> {
         check_name("filesystem", name)?;
@@ -554,7 +577,9 @@ impl DataDir {
         lines.push(format!(
             "Creating blob directory '{rel}/blobs' (sharded, random names)"
         ));
-        let (index, _) = self.create_fs_dir(&id)?;
+        let (index, _) = self
+            .create_fs_dir(&id)
+            .inspect_err(|_| self.discard_new_fs(&id))?;
         let keyring = Keyring::generate();
         lines.push("Creating keyring (term 1), wrapped under the starter key".into());
         let batch = crate::index::Batch {
@@ -565,11 +590,19 @@ impl DataDir {
             )],
             ..Default::default()
         };
-        futures_block(commit(&index, batch))?;
         // Opened before it is registered: a registered filesystem that failed to open would
-        // answer "exists" to a retry yet serve nothing until a restart.
-        let fs = self.assemble_fs(&rec, index)?;
-        self.system.put_filesystem(&rec)?;
+        // answer "exists" to a retry yet serve nothing until a restart. Anything failing
+        // before it is registered leaves nothing behind.
+        let made = futures_block(commit(&index, batch))
+            .and_then(|()| self.assemble_fs(&rec, index))
+            .and_then(|fs| self.system.put_filesystem(&rec).map(|()| fs));
+        let fs = match made {
+            Ok(fs) => fs,
+            Err(e) => {
+                self.discard_new_fs(&id);
+                return Err(e);
+            }
+        };
         // A new, empty index with its digest made here: nothing to check.
         fs.mark_index_checked();
         self.filesystems
@@ -943,21 +976,7 @@ impl DataDir {
             Ok(counts) => counts,
             Err(e) => {
                 drop((index, blobs));
-                let dir = self.fs_dir(&id);
-                if let Err(re) = std::fs::remove_dir_all(&dir) {
-                    tracing::warn!(
-                        dir = %dir.display(),
-                        error = %re,
-                        "a failed restore's directory could not be removed: remove it by hand"
-                    );
-                }
-                // And the key of its index digest, made with the index.
-                if let Err(re) = self.system.delete_secret(&digest_mark(&id)) {
-                    tracing::warn!(
-                        error = %re,
-                        "a failed restore's index digest key could not be removed (32 unused bytes in the system database)"
-                    );
-                }
+                self.discard_new_fs(&id);
                 return Err(e);
             }
         };
@@ -971,8 +990,16 @@ impl DataDir {
             created_ms: now_ms(),
         };
         drop((index, blobs));
-        let fs = self.open_fs(&rec)?;
-        self.system.put_filesystem(&rec)?;
+        let opened = self
+            .open_fs(&rec)
+            .and_then(|fs| self.system.put_filesystem(&rec).map(|()| fs));
+        let fs = match opened {
+            Ok(fs) => fs,
+            Err(e) => {
+                self.discard_new_fs(&id);
+                return Err(e);
+            }
+        };
         // Its digest was computed here, over what this restore wrote: no check at start.
         fs.mark_index_checked();
         self.filesystems

@@ -173,6 +173,15 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
         // Not recorded: it reads nothing and changes nothing.
         return admin::health(&st.data);
     }
+    // A shutdown closes the audit log once the tracked work has ended (or its timeout has
+    // passed): a command arriving after it began is refused, and one running is tracked
+    // (the token taken before the check, so that a shutdown closing the tracker in between
+    // still waits for it), so that its change is not carried out unrecorded after the log
+    // closed.
+    let _tracked = st.detached.token();
+    if st.detached.is_closed() {
+        return AdminResponse::err("the server is shutting down".to_owned());
+    }
     if matches!(req, AdminRequest::CacheClear) {
         if let Err(e) = admin::record_admin(&st.data, op, &req, true).await {
             return AdminResponse::err(e.to_string());
@@ -216,9 +225,8 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     } else {
         None
     };
-    // A shutdown closes the audit log once the tracked work has ended (or its timeout has
-    // passed): a command started after it began is refused, and one running is tracked, so
-    // that its change is not carried out after the log closed, unrecorded.
+    // Checked again once the locks are held: a command that waited for one through the
+    // start of a shutdown does not begin.
     if st.detached.is_closed() {
         return AdminResponse::err("the server is shutting down".to_owned());
     }
@@ -229,7 +237,7 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     let rt = tokio::runtime::Handle::current();
     let command =
         tokio::task::spawn_blocking(move || rt.block_on(admin::execute_as(&data, req, &op)));
-    let resp = match st.detached.track_future(command).await {
+    let resp = match command.await {
         Ok(resp) => resp,
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),

@@ -303,8 +303,9 @@ async fn json_body<T: serde::de::DeserializeOwned>(
 /// The most login bodies read at once from one client address (IPv4 address, IPv6 /64).
 /// The login routes answer anyone: without it, one address could hold a handler and up to
 /// 8 KiB of memory per stream, on every stream of every connection it may open (256 × 256
-/// by default: 512 MiB), for 10 s each. An honest client
-/// has one login in flight; a gateway in front of many, a few dozen.
+/// by default: 512 MiB), for 10 s each. An honest client has one login in flight; a
+/// gateway in front of many, a few dozen. Off where `--max-connections-per-address` is 0
+/// (behind a proxy, every client has the proxy's address).
 pub const LOGIN_BODIES_PER_ADDRESS: usize = 64;
 
 /// A login request's JSON body: at most [`LOGIN_BODY_MAX`], within [`LOGIN_BODY_DEADLINE`],

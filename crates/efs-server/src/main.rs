@@ -64,7 +64,8 @@ struct Args {
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     idle_timeout: u64,
     /// Most connections open at once from one IPv4 address or IPv6 /64; a new one beyond
-    /// is closed at once. 0: no limit (behind a proxy that is the only client, say).
+    /// is closed at once; also at most 64 login bodies read at once per address. 0: no
+    /// limits (behind a proxy that is the only client, say).
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_connections_per_address: usize,
     /// Decrypted cache size in bytes (0 turns it off, and with it the cache of path

@@ -215,8 +215,14 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         metrics,
         detached: tokio_util::task::TaskTracker::new(),
         audit_budget: audit_budget.clone(),
+        // Behind a proxy every client has the proxy's address: with the per-address limit
+        // of connections off (0, as README.md says to run there), this one is off too.
         login_bodies: Arc::new(crate::connections::PerAddress::new(
-            crate::app::LOGIN_BODIES_PER_ADDRESS,
+            if cfg.http.max_conns_per_address == 0 {
+                0
+            } else {
+                crate::app::LOGIN_BODIES_PER_ADDRESS
+            },
         )),
     });
     let detached = state.detached.clone();

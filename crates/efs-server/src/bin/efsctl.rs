@@ -492,10 +492,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Ok(r) if r.ok => r,
         refused => {
             if let Some(pair) = &generated {
-                pair.remove();
-                eprintln!(
-                    "efsctl: the user was not created; the key pair generated for it is removed"
-                );
+                pair.settle(&args.data, &args.key_parts);
             }
             let resp = refused?;
             bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
@@ -727,18 +724,53 @@ fn read_public_key(p: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
 /// The three files of a key pair `create-user` wrote.
 struct GeneratedPair {
     name: String,
+    /// The public key, base64, as the user list shows it.
+    public_b64: String,
     openssh: PathBuf,
     pem: PathBuf,
     public: PathBuf,
 }
 
 impl GeneratedPair {
-    /// Removes the files again (the server refused the user: the keys would name no one).
-    fn remove(&self) {
-        for p in [&self.openssh, &self.pem, &self.public] {
-            if let Err(e) = std::fs::remove_file(p) {
-                eprintln!("efsctl: could not remove {}: {e}", p.display());
+    /// After `create-user` failed: removes the files if the user does not exist with this
+    /// key (refused, nothing saved: the keys would name no one); keeps them if it does (an
+    /// error came after the user was saved: its audit entry, the server's reload, a lost
+    /// answer) or if that cannot be told, and says which.
+    fn settle(&self, data: &Path, parts: &[KeyPartSpec]) {
+        let created = send(data, parts, AdminRequest::ListUsers).and_then(|r| {
+            if !r.ok {
+                bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
             }
+            Ok(r.data.as_array().is_some_and(|users| {
+                users.iter().any(|u| {
+                    u["name"].as_str() == Some(self.name.as_str())
+                        && u["public_key"].as_str() == Some(self.public_b64.as_str())
+                })
+            }))
+        });
+        match created {
+            Ok(false) => {
+                for p in [&self.openssh, &self.pem, &self.public] {
+                    if let Err(e) = std::fs::remove_file(p) {
+                        eprintln!("efsctl: could not remove {}: {e}", p.display());
+                    }
+                }
+                eprintln!(
+                    "efsctl: the user was not created; the key pair generated for it is removed"
+                );
+            }
+            Ok(true) => eprintln!(
+                "efsctl: the user '{}' was created with the generated key despite the error \
+                 below; its private key is {}",
+                self.name,
+                self.openssh.display()
+            ),
+            Err(e) => eprintln!(
+                "efsctl: could not tell whether the user '{}' was created ({e:#}); the key pair \
+                 stays at {}: remove it if efsctl list-users does not show the user",
+                self.name,
+                self.openssh.display()
+            ),
         }
     }
 
@@ -848,6 +880,7 @@ fn generate_key_pair(
         vk,
         GeneratedPair {
             name: name.to_owned(),
+            public_b64: base64::engine::general_purpose::STANDARD.encode(vk.as_bytes()),
             openssh: out,
             pem: pem_path,
             public: pub_path,
