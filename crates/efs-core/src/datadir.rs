@@ -177,16 +177,37 @@ const LOCK_FILE: &str = "lock";
 /// for recovery: a server starting while `efsctl rekey-starter` stages its files would
 /// otherwise discard them as an interrupted re-keying, under the re-keying's feet.
 pub(crate) fn lock_data_dir(root: &Path) -> Result<std::fs::File> {
-    use std::os::unix::fs::OpenOptionsExt;
+    use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
     let path = root.join("system").join(LOCK_FILE);
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(0o600)
-        .open(&path)
-        .map_err(|e| CoreError::Invalid(format!("cannot open {}: {e}", path.display())))?;
+    let cannot =
+        |e: std::io::Error| CoreError::Invalid(format!("cannot open {}: {e}", path.display()));
+    // Read-only is enough for flock(2). Made when missing (a data dir from before the lock),
+    // owned like system/ itself: root running efsctl on a stopped server's data dir must not
+    // leave a file the server's account cannot open.
+    let f = match std::fs::File::open(&path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            let f = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .create(true)
+                .truncate(false)
+                .mode(0o600)
+                .open(&path)
+                .map_err(cannot)?;
+            if rustix::process::geteuid().is_root() {
+                let sys = std::fs::metadata(root.join("system")).map_err(cannot)?;
+                rustix::fs::fchown(
+                    &f,
+                    Some(rustix::fs::Uid::from_raw(sys.uid())),
+                    Some(rustix::fs::Gid::from_raw(sys.gid())),
+                )
+                .map_err(|e| cannot(e.into()))?;
+            }
+            f
+        }
+        Err(e) => return Err(cannot(e)),
+    };
     match f.try_lock() {
         Ok(()) => Ok(f),
         Err(std::fs::TryLockError::WouldBlock) => Err(CoreError::Invalid(format!(
@@ -287,8 +308,8 @@ impl DataDir {
             report.generated_key_part = generated;
             starter
         } else {
-            let text = match std::fs::read(&keyparts_path) {
-                Ok(t) => t,
+            match std::fs::metadata(&keyparts_path) {
+                Ok(_) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                     return Err(CoreError::Invalid(format!(
                         "{} is not empty but is not an EFS data dir (no system/keyparts.json); \
@@ -298,13 +319,16 @@ impl DataDir {
                 }
                 Err(e) => return Err(e.into()),
             };
+            // An EFS data dir (it has system/): locked before a passphrase is asked for and
+            // before keyparts.json is read (a re-keying may be switching it).
+            lock = lock_data_dir(root)?;
+            let text = std::fs::read(&keyparts_path)?;
             let file: KeyPartsFile = serde_json::from_slice(&text).map_err(|e| {
                 CoreError::Key(keyparts::KeyError::Corrupt(format!(
                     "system/keyparts.json is malformed: {e}"
                 )))
             })?;
             let starter = keyparts::open(&file, specs, prompt)?;
-            lock = lock_data_dir(root)?;
             // An interrupted re-keying of the starter key: finish or discard it first (under
             // the lock: not one that is running).
             if let Some(line) = futures_block(crate::rekey::recover(root))? {
@@ -1291,6 +1315,32 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The lock file made by root (efsctl on a stopped server's data dir) belongs to the
+    /// owner of `system/`, so that the server's account can still open the data dir. Needs
+    /// root to give files away (the suite runs as root in CI).
+    #[test]
+    fn a_lock_file_made_by_root_belongs_to_the_data_dirs_owner() {
+        use std::os::unix::fs::MetadataExt;
+        if !rustix::process::geteuid().is_root() {
+            eprintln!("skipped: needs root to change a file's owner");
+            return;
+        }
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path().join("data");
+        std::fs::create_dir_all(root.join("system")).unwrap();
+        let nobody = rustix::fs::Uid::from_raw(65534);
+        rustix::fs::chown(&root.join("system"), Some(nobody), None).unwrap();
+        let lock = lock_data_dir(&root).unwrap();
+        let meta = std::fs::metadata(root.join("system").join(LOCK_FILE)).unwrap();
+        assert_eq!(meta.uid(), 65534);
+        assert_eq!(meta.mode() & 0o777, 0o600);
+        // Held: a second lock is refused, then given back when the first is dropped.
+        let e = lock_data_dir(&root).unwrap_err().to_string();
+        assert!(e.contains("in use by another process"), "{e}");
+        drop(lock);
+        lock_data_dir(&root).unwrap();
+    }
 
     /// Regression: `create_fs` (and a restore into a new filesystem) made `fs/<id>` with
     /// `create_dir_all` and never fsynced `fs/`: a crash could lose the new filesystem's
