@@ -1330,7 +1330,7 @@ mod tests {
         let root = tmp.path().join("data");
         std::fs::create_dir_all(root.join("system")).unwrap();
         let nobody = rustix::fs::Uid::from_raw(65534);
-        rustix::fs::chown(&root.join("system"), Some(nobody), None).unwrap();
+        rustix::fs::chown(root.join("system"), Some(nobody), None).unwrap();
         let lock = lock_data_dir(&root).unwrap();
         let meta = std::fs::metadata(root.join("system").join(LOCK_FILE)).unwrap();
         assert_eq!(meta.uid(), 65534);
