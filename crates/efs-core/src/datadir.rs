@@ -577,6 +577,14 @@ impl DataDir {
         }
     }
 
+    /// Registers a filesystem just created or restored, once `opened` it; if opening or
+    /// registering failed, removes what was made for it ([`DataDir::discard_new_fs`]).
+    fn register_new_fs(&self, rec: &FsRecord, opened: Result<Filesystem>) -> Result<Filesystem> {
+        opened
+            .and_then(|fs| self.system.put_filesystem(rec).map(|()| fs))
+            .inspect_err(|_| self.discard_new_fs(&rec.id))
+    }
+
     /// Creates a filesystem; returns what was created, one line each.
     pub fn create_fs(&self, name: &str) -> Result<Vec<String>> {
         check_name("filesystem", name)?;
@@ -617,16 +625,10 @@ impl DataDir {
         // Opened before it is registered: a registered filesystem that failed to open would
         // answer "exists" to a retry yet serve nothing until a restart. Anything failing
         // before it is registered leaves nothing behind.
-        let made = futures_block(commit(&index, batch))
-            .and_then(|()| self.assemble_fs(&rec, index))
-            .and_then(|fs| self.system.put_filesystem(&rec).map(|()| fs));
-        let fs = match made {
-            Ok(fs) => fs,
-            Err(e) => {
-                self.discard_new_fs(&id);
-                return Err(e);
-            }
-        };
+        let fs = self.register_new_fs(
+            &rec,
+            futures_block(commit(&index, batch)).and_then(|()| self.assemble_fs(&rec, index)),
+        )?;
         // A new, empty index with its digest made here: nothing to check.
         fs.mark_index_checked();
         self.filesystems
@@ -1014,16 +1016,7 @@ impl DataDir {
             created_ms: now_ms(),
         };
         drop((index, blobs));
-        let opened = self
-            .open_fs(&rec)
-            .and_then(|fs| self.system.put_filesystem(&rec).map(|()| fs));
-        let fs = match opened {
-            Ok(fs) => fs,
-            Err(e) => {
-                self.discard_new_fs(&id);
-                return Err(e);
-            }
-        };
+        let fs = self.register_new_fs(&rec, self.open_fs(&rec))?;
         // Its digest was computed here, over what this restore wrote: no check at start.
         fs.mark_index_checked();
         self.filesystems
