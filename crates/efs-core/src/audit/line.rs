@@ -35,6 +35,10 @@ pub(crate) const HEAD_MAGIC: &str = "efs-audit-head";
 pub(crate) const VERSION: &str = "1";
 /// The previous MAC of the very first entry.
 pub(crate) const GENESIS: [u8; 32] = [0; 32];
+/// The previous MAC of the first entry a writer appends after finding the log's anchor
+/// missing or damaged (no MAC is this value, so `verify` always stops at that entry and
+/// names it; see `writer::chain_start`).
+pub(crate) const UNANCHORED: [u8; 32] = [0xff; 32];
 
 /// The chain's position: the last entry's number and MAC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

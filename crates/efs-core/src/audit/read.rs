@@ -6,7 +6,7 @@ use std::path::Path;
 
 use serde::Serialize;
 
-use super::line::{self, ChainMac, FileKey, GENESIS, Head};
+use super::line::{self, ChainMac, FileKey, GENESIS, Head, UNANCHORED};
 use super::writer::{HeadFile, list_files, read_head};
 use super::{AuditKeys, Record};
 
@@ -149,7 +149,23 @@ pub fn verify(
                 let s = salt.expect("a header precedes every entry of a file");
                 let m = mac.compute(&prev, e.seq, e.time_ms, &s, &e.sealed);
                 if !line::mac_eq(&m, &e.mac) || e.seq != expected {
-                    problem = Some(bad_line(expected, file, no, "MAC mismatch"));
+                    let unanchored = e.seq == expected
+                        && line::mac_eq(
+                            &mac.compute(&UNANCHORED, e.seq, e.time_ms, &s, &e.sealed),
+                            &e.mac,
+                        );
+                    problem = Some(if unanchored {
+                        Problem {
+                            entry: expected,
+                            file: file.to_owned(),
+                            line: no,
+                            message: format!(
+                                "entry {expected} (file {file} line {no}): written by a writer that found the HEAD anchor missing or damaged — entries may have been cut off the log's end before it, which the lost anchor would have shown"
+                            ),
+                        }
+                    } else {
+                        bad_line(expected, file, no, "MAC mismatch")
+                    });
                 } else {
                     if Some(e.seq) == anchor_seq {
                         mac_at_anchor = Some(e.mac);
@@ -204,6 +220,7 @@ pub fn verify(
                         AnchorCheck::Behind { anchor: a.seq }
                     }
                 }
+                _ if a.seq == 0 && head.seq == 0 => check = AnchorCheck::Empty,
                 _ if a.seq == 0 => check = AnchorCheck::Behind { anchor: 0 },
                 _ => {
                     problem = Some(at_end(format!(

@@ -248,6 +248,83 @@ async fn deleted_anchor_or_forged_anchor_is_reported() {
     assert!(verify(&dir, &keys, None).unwrap().is_clean());
 }
 
+/// Regression: deleting the anchor together with cutting the log's end was hidden as soon as
+/// a writer opened the log: it chained on from the cut end and wrote a fresh anchor, and
+/// `verify` was clean. New entries now chain to a mark that `verify` names for good.
+#[tokio::test]
+async fn a_writer_after_a_lost_anchor_keeps_the_loss_visible() {
+    for damage in ["deleted", "damaged"] {
+        let (_t, dir, keys) = log_of(8).await;
+        let f = &files(&dir)[0];
+        let mut l = lines(f);
+        l.truncate(1 + 5); // header + entries 1..=5: entries 6..=8 cut off
+        put_lines(f, &l);
+        let head = writer::head_path(&dir);
+        if damage == "deleted" {
+            std::fs::remove_file(&head).unwrap();
+        } else {
+            std::fs::write(&head, "efs-audit-head 1 5 00 00\n").unwrap();
+        }
+        let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+        assert!(
+            log.notes()[0].contains("entries may have been cut off"),
+            "{damage}: {:?}",
+            log.notes()
+        );
+        log.record(rec(99)).await.unwrap();
+        log.close();
+        assert!(head.exists(), "{damage}: the writer wrote a new anchor");
+        // Two more writers later, the first entry after the loss is still named.
+        for _ in 0..2 {
+            let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+            assert!(log.notes().is_empty(), "{damage}: {:?}", log.notes());
+            log.record(rec(100)).await.unwrap();
+            log.close();
+        }
+        let p = problem(&dir, &keys);
+        assert_eq!((p.entry, p.line), (6, 2), "{damage}: {p:?}");
+        assert!(p.file.ends_with("000002.log"), "{damage}: {p:?}");
+        assert!(
+            p.message
+                .contains("found the HEAD anchor missing or damaged"),
+            "{damage}: {p:?}"
+        );
+        // `show` still shows every entry, with the break.
+        let shown = show(&dir, &keys, &Filter::default()).unwrap();
+        assert_eq!(shown.entries.len(), 8, "{damage}");
+        assert_eq!(shown.chain_broken_at, Some(6), "{damage}");
+    }
+}
+
+/// A new log's anchor is written before its first entry: a log with entries and no anchor
+/// is then always one whose anchor was removed, never one whose first writer crashed before
+/// its first anchor update (which the mark above would report as a loss).
+#[tokio::test]
+async fn a_new_log_is_anchored_before_its_first_entry() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("audit");
+    let keys = AuditKeys::for_tests(7);
+    let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+    let head = writer::head_path(&dir);
+    assert!(head.exists(), "anchored before any entry");
+    let r = verify(&dir, &keys, None).unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert!(matches!(r.anchor, AnchorCheck::Empty), "{r:?}");
+    // The process dies right after its first entry, before its syncer updates the anchor
+    // (simulated: the anchor put back as it was before that entry).
+    let genesis = std::fs::read(&head).unwrap();
+    log.record(rec(1)).await.unwrap();
+    log.close();
+    std::fs::write(&head, genesis).unwrap();
+    let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+    assert!(log.notes().is_empty(), "{:?}", log.notes());
+    log.record(rec(2)).await.unwrap();
+    log.close();
+    let r = verify(&dir, &keys, None).unwrap();
+    assert!(r.is_clean(), "{r:?}");
+    assert_eq!(r.entries, 2);
+}
+
 #[tokio::test]
 async fn a_log_or_anchor_respelled_in_uppercase_hex_is_reported() {
     // Same bytes once decoded, so the MACs would still check out: the readers accept one

@@ -27,7 +27,7 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::line::{self, ChainMac, FileKey, Head};
+use super::line::{self, ChainMac, FileKey, Head, UNANCHORED};
 use super::{AuditError, AuditKeys, Record, now_ms};
 
 /// Tunables of the audit log.
@@ -170,29 +170,15 @@ impl AuditLog {
         }
         let mut notes = Vec::new();
         let log_head = last_entry(dir, &files)?;
-        let start = match read_head(dir, keys)? {
-            HeadFile::Missing => {
-                if log_head.seq > 0 {
-                    notes.push("the audit log has no HEAD anchor: run efsctl audit verify".into());
-                }
-                log_head
-            }
-            HeadFile::Invalid => {
-                notes.push(
-                    "the audit log's HEAD anchor is damaged or forged: run efsctl audit verify"
-                        .into(),
-                );
-                log_head
-            }
-            HeadFile::Valid(anchor) if anchor.seq > log_head.seq => {
-                notes.push(format!(
-                    "the audit log ends at entry {} but its anchor records entry {}: entries were removed; new entries continue from the anchor (run efsctl audit verify)",
-                    log_head.seq, anchor.seq
-                ));
-                anchor
-            }
-            HeadFile::Valid(_) => log_head,
-        };
+        let head_file = read_head(dir, keys)?;
+        if matches!(head_file, HeadFile::Missing) && log_head.seq == 0 {
+            // A new log: its anchor is written before its first entry, so that a log with
+            // entries and no anchor can only be one whose anchor was removed (see
+            // `chain_start`), not one whose first writer crashed before its first anchor.
+            write_head(dir, keys, &Head::START)?;
+        }
+        let (start, note) = chain_start(log_head, &head_file);
+        notes.extend(note);
         for n in &notes {
             tracing::warn!("{n}");
         }
@@ -300,12 +286,15 @@ impl AuditLog {
         let number = files.last().map(|(n, _)| n + 1).unwrap_or(1);
         // A new file first: the cheap test of whether the disk takes writes again.
         let new_file = OpenFile::create(&self.dir, number, &keys)?;
-        let start = last_entry(&self.dir, &files)?;
-        // From the anchor if it is further on, as `open` does (the log was cut).
-        let start = match read_head(&self.dir, &keys)? {
-            HeadFile::Valid(anchor) if anchor.seq > start.seq => anchor,
-            _ => start,
-        };
+        // As `open` does: from the anchor if it is further on (the log was cut), marked if
+        // the anchor is gone.
+        let (start, note) = chain_start(
+            last_entry(&self.dir, &files)?,
+            &read_head(&self.dir, &keys)?,
+        );
+        if let Some(n) = note {
+            tracing::warn!("{n}");
+        }
         let mut w = self.shared.writer();
         if w.closing {
             return Err(std::io::Error::other("the audit log is closing"));
@@ -609,6 +598,48 @@ fn spawn_syncer(
     std::thread::Builder::new()
         .name("efs-audit-sync".into())
         .spawn(move || syncer.run(&shared))
+}
+
+/// Where new entries chain on, given the log's last complete entry and its anchor, and what
+/// to warn about:
+/// - the anchor further on than the log: the log was cut; new entries chain to the anchor,
+///   so `verify` keeps reporting the missing entries;
+/// - the anchor missing (while the log holds entries; a new log's anchor is written before
+///   its first entry) or not valid under this key: whether entries were cut off the log's
+///   end cannot be told any more, and a new anchor would hide that for good. New entries
+///   chain to [`UNANCHORED`] instead of the last entry, so every later `verify` names the
+///   first of them as written after the anchor was lost;
+/// - otherwise from the log's last entry.
+fn chain_start(log_head: Head, anchor: &HeadFile) -> (Head, Option<String>) {
+    let unanchored = Head {
+        seq: log_head.seq,
+        mac: UNANCHORED,
+    };
+    match anchor {
+        HeadFile::Missing if log_head.seq == 0 => (log_head, None),
+        HeadFile::Missing => (
+            unanchored,
+            Some(format!(
+                "the audit log (entries 1 to {}) has no HEAD anchor: it was deleted, and entries may have been cut off the log's end; new entries are marked so that efsctl audit verify keeps reporting it",
+                log_head.seq
+            )),
+        ),
+        HeadFile::Invalid => (
+            unanchored,
+            Some(
+                "the audit log's HEAD anchor is damaged or forged, so entries may have been cut off the log's end; new entries are marked so that efsctl audit verify keeps reporting it"
+                    .into(),
+            ),
+        ),
+        HeadFile::Valid(a) if a.seq > log_head.seq => (
+            *a,
+            Some(format!(
+                "the audit log ends at entry {} but its anchor records entry {}: entries were removed; new entries continue from the anchor (run efsctl audit verify)",
+                log_head.seq, a.seq
+            )),
+        ),
+        HeadFile::Valid(_) => (log_head, None),
+    }
 }
 
 /// The HEAD anchor's path.
