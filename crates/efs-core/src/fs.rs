@@ -72,6 +72,23 @@ pub struct FsOptions {
     /// How many more records sealed under a key term make a batch also store the counts
     /// ([`Filesystem::seal_counts`]): after a crash the stored count may be this many short.
     pub seal_count_step: u64,
+    /// Told the version ([`Entry::version`]) of each file content the filesystem removes
+    /// (a file replaced, deleted, or moved over), once the change is committed: the server
+    /// drops it from its decrypted cache.
+    pub on_content_removed: Option<ContentRemoved>,
+}
+
+/// What [`ContentRemoved`] calls with each removed version.
+pub type OnRemoved = dyn Fn(&[u8; 16]) + Send + Sync;
+
+/// See [`FsOptions::on_content_removed`].
+#[derive(Clone)]
+pub struct ContentRemoved(pub Arc<OnRemoved>);
+
+impl std::fmt::Debug for ContentRemoved {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("ContentRemoved(..)")
+    }
 }
 
 impl Default for FsOptions {
@@ -81,6 +98,7 @@ impl Default for FsOptions {
             lookup_cache: 0,
             index_cache: crate::redb_index::DEFAULT_CACHE_BYTES,
             seal_count_step: 65_536,
+            on_content_removed: None,
         }
     }
 }
@@ -446,8 +464,39 @@ impl Filesystem {
 
     /// Commits `batch` to the index, counting the records it seals per key term; every
     /// [`FsOptions::seal_count_step`] records, and when a term reaches [`SEAL_WARNING`], the
-    /// counts go into the same batch. Every writer of a filesystem's index commits here.
-    pub(crate) async fn commit_batch(&self, mut batch: Batch) -> Result<bool> {
+    /// counts go into the same batch. Every writer of a filesystem's index commits here;
+    /// the inline contents a committed batch removes are told to
+    /// [`FsOptions::on_content_removed`] (blobs are, by `remove_blob`).
+    pub(crate) async fn commit_batch(&self, batch: Batch) -> Result<bool> {
+        let removed: Vec<ContentId> = match &self.opts.on_content_removed {
+            None => Vec::new(),
+            Some(_) => batch
+                .ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::DeleteInline(id) => Some(*id),
+                    _ => None,
+                })
+                .collect(),
+        };
+        let committed = self.commit_counted(batch).await?;
+        if committed {
+            for id in &removed {
+                self.content_removed(id);
+            }
+        }
+        Ok(committed)
+    }
+
+    /// Tells [`FsOptions::on_content_removed`] that a content is gone.
+    fn content_removed(&self, id: &ContentId) {
+        if let Some(f) = &self.opts.on_content_removed {
+            (f.0)(&etag_of(&self.keyring(), id));
+        }
+    }
+
+    /// [`Filesystem::commit_batch`] without the removal notices.
+    async fn commit_counted(&self, mut batch: Batch) -> Result<bool> {
         if !self.count_seals(&batch) {
             return self.index.commit(batch).await;
         }
@@ -1185,6 +1234,7 @@ impl Filesystem {
 
     /// Removes a blob, or defers its removal while a backup may still copy it.
     async fn remove_blob(&self, id: &ContentId) -> Result<()> {
+        self.content_removed(id);
         if self.pins.lock().expect("pins lock poisoned").defer(id) {
             return Ok(());
         }

@@ -1202,3 +1202,66 @@ async fn a_commit_dropped_midway_leaves_no_file_without_content() {
     assert!(rep.is_clean(), "{rep:?}");
     assert_eq!(rep.files_verified, committed);
 }
+
+/// The versions a filesystem removes are told to `FsOptions::on_content_removed` (the server
+/// drops them from its decrypted cache, so a deleted file's plaintext does not stay in
+/// memory): a file replaced, deleted, moved over, or deleted with its directory, inline and
+/// blob alike, once the change is committed. A new file or a plain move tells nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removed_versions_are_told_to_the_listener() {
+    use std::sync::{Arc, Mutex};
+    let tmp = tempfile::tempdir().unwrap();
+    let removed = Arc::new(Mutex::new(Vec::<[u8; 16]>::new()));
+    let listener = {
+        let removed = removed.clone();
+        efs_core::fs::ContentRemoved(Arc::new(move |v: &[u8; 16]| {
+            removed.lock().unwrap().push(*v)
+        }))
+    };
+    let base = common::opts();
+    let opts = efs_core::OpenOptions {
+        fs: efs_core::FsOptions {
+            on_content_removed: Some(listener),
+            ..base.fs.clone()
+        },
+        ..base
+    };
+    let part = common::new_part(&tmp.path().join("part.key"));
+    let (dd, _) = efs_core::DataDir::open(
+        &tmp.path().join("data"),
+        &[part],
+        opts,
+        &efs_core::keyparts::no_prompt,
+    )
+    .unwrap();
+    dd.create_fs("docs").unwrap();
+    let fs = dd.fs("docs").unwrap();
+    let take = || {
+        let mut v = std::mem::take(&mut *removed.lock().unwrap());
+        v.sort();
+        v
+    };
+    let (small, big) = (pattern(1, 10), pattern(2, INLINE_MAX + 1));
+    let a = put(&fs, "/a", &small).await;
+    let b = put(&fs, "/b", &big).await;
+    assert_eq!(take(), Vec::<[u8; 16]>::new(), "new files");
+    let a2 = put(&fs, "/a", &big).await;
+    assert_eq!(take(), vec![a.version], "inline replaced by a blob");
+    let b2 = put(&fs, "/b", &small).await;
+    assert_eq!(take(), vec![b.version], "blob replaced by inline");
+    fs.delete(&p("/a"), Precondition::None, false)
+        .await
+        .unwrap();
+    assert_eq!(take(), vec![a2.version], "deleted");
+    let c = put(&fs, "/c", &big).await;
+    fs.rename(&p("/c"), &p("/b"), true).await.unwrap();
+    assert_eq!(take(), vec![b2.version], "moved over");
+    fs.mkdir(&p("/d")).await.unwrap();
+    fs.rename(&p("/b"), &p("/d/b"), false).await.unwrap();
+    assert_eq!(take(), Vec::<[u8; 16]>::new(), "a plain move");
+    let x = put(&fs, "/d/x", &small).await;
+    fs.delete(&p("/d"), Precondition::None, true).await.unwrap();
+    let mut want = vec![c.version, x.version];
+    want.sort();
+    assert_eq!(take(), want, "deleted with their directory");
+}

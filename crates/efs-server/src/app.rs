@@ -107,7 +107,11 @@ pub fn router(state: Arc<AppState>) -> Router {
 /// A control route called with a method it does not take: the JSON error body every error
 /// has, not axum's empty 405.
 async fn control_method_not_allowed() -> ApiError {
-    ApiError::method_not_allowed("this control route does not take this method (see docs/api.md)")
+    // axum's method router puts the route's methods in `Allow`.
+    ApiError::method_not_allowed(
+        None,
+        "this control route does not take this method (see docs/api.md)",
+    )
 }
 
 /// A request to a file path (anything outside `/_efs`), answered without the router: what
@@ -349,8 +353,23 @@ async fn json_body_within<T: serde::de::DeserializeOwned>(
                 max >> 10
             ))
         })?;
-    serde_json::from_slice(&bytes)
-        .map_err(|e| ApiError::bad_request(format!("invalid JSON body: {e}")))
+    serde_json::from_slice(&bytes).map_err(|e| {
+        // Not serde's own text: it quotes the client's values (`invalid type: string
+        // "/patients/173"`), and an error message never carries a path.
+        let what = match e.classify() {
+            serde_json::error::Category::Syntax => "not valid JSON",
+            serde_json::error::Category::Eof => "it ends too early",
+            serde_json::error::Category::Data => {
+                "a field is missing, unknown or of the wrong type (see docs/api.md)"
+            }
+            serde_json::error::Category::Io => "unreadable",
+        };
+        ApiError::bad_request(format!(
+            "invalid JSON body: {what} (line {}, column {})",
+            e.line(),
+            e.column()
+        ))
+    })
 }
 
 /// `408 request_timeout`: a request body stopped arriving; nothing was done.
@@ -417,7 +436,9 @@ async fn refresh(State(st): St, req: Request) -> Result<Response, ApiError> {
                     let _ = st.data.audit().submit(rec);
                     Err(e)
                 }
-                Ok(()) => st.auth.refresh(token, ip).map_err(ApiError::from),
+                // Renewals used up, or the token refused since the check above: the one
+                // 401 body of every refused token.
+                Ok(()) => st.auth.refresh(token, ip).map_err(token_refused),
             }
         }
     };
@@ -547,16 +568,39 @@ async fn move_json_inner(st: &AppState, req: Request, who: &mut Who) -> Result<R
     who.path = Some(from.to_string());
     let to = EfsPath::parse(&body.to).map_err(efs_core::CoreError::from)?;
     who.to = Some(to.to_string());
-    do_move(&fs, &from, &to, body.overwrite, cond).await
+    let dir_only = names_dir(&body.from) || names_dir(&body.to);
+    do_move(&fs, &from, &to, body.overwrite, cond, dir_only).await
 }
 
+/// Whether a path names a directory by its trailing `/` (the root aside).
+fn names_dir(path: &str) -> bool {
+    path.len() > 1 && path.ends_with('/')
+}
+
+/// `409` if `path` holds a file: a path ending in `/` names a directory (docs/api.md), so a
+/// delete or move of `/a.pdf/` must not act on the file `/a.pdf`.
+async fn require_dir(fs: &Filesystem, path: &EfsPath) -> Result<(), ApiError> {
+    if fs.stat(path).await?.kind != Kind::Dir {
+        return Err(efs_core::CoreError::Conflict(
+            "a path ending in '/' names a directory, and this is a file",
+        )
+        .into());
+    }
+    Ok(())
+}
+
+/// A move; `dir_only`: the source or the destination ended in `/`, so only a directory moves.
 async fn do_move(
     fs: &Filesystem,
     from: &EfsPath,
     to: &EfsPath,
     overwrite: bool,
     cond: Precondition,
+    dir_only: bool,
 ) -> Result<Response, ApiError> {
+    if dir_only {
+        require_dir(fs, from).await?;
+    }
     let e = fs.rename_if(from, to, overwrite, cond).await?;
     let mut r = (StatusCode::OK, axum::Json(list_entry(&e))).into_response();
     if e.kind == Kind::File {
@@ -564,6 +608,9 @@ async fn do_move(
     }
     Ok(r)
 }
+
+/// Most entries in one page of a listing (`?limit=`).
+const MAX_PAGE: usize = 10_000;
 
 struct Query {
     cursor: Option<String>,
@@ -577,17 +624,36 @@ fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
         limit: None,
         recursive: false,
     };
+    let decode = |s: &str| {
+        percent_encoding::percent_decode_str(s)
+            .decode_utf8()
+            .map(|c| c.into_owned())
+            .map_err(|_| ApiError::bad_request("the query is not UTF-8 once percent-decoded"))
+    };
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        match k {
-            "cursor" => out.cursor = Some(v.to_owned()),
+        let v = decode(v)?;
+        match decode(k)?.as_str() {
+            "cursor" => out.cursor = Some(v),
             "limit" => {
                 out.limit = Some(
                     v.parse()
-                        .map_err(|_| ApiError::bad_request("limit must be a number"))?,
+                        .ok()
+                        .filter(|n| (1..=MAX_PAGE).contains(n))
+                        .ok_or_else(|| {
+                            ApiError::bad_request(format!(
+                                "limit must be a whole number from 1 to {MAX_PAGE}"
+                            ))
+                        })?,
                 )
             }
-            "recursive" => out.recursive = matches!(v, "" | "1" | "true"),
+            "recursive" => {
+                out.recursive = match v.as_str() {
+                    "" | "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => return Err(ApiError::bad_request("recursive must be true or false")),
+                }
+            }
             _ => {}
         }
     }
@@ -723,8 +789,10 @@ async fn files_inner(
         ("DELETE", _) => {
             require_write(&caller)?;
             let cond = write_precondition(&parts.headers)?;
-            if !is_dir {
-                // `DELETE /a` on a directory works too, like `rm -r` needs.
+            // `DELETE /a` on a directory works too, like `rm -r` needs; `DELETE /a/` only
+            // on a directory.
+            if is_dir && !path.is_root() {
+                require_dir(&fs, &path).await?;
             }
             fs.delete(&path, cond, query.recursive).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
@@ -745,10 +813,12 @@ async fn files_inner(
                 .and_then(|v| v.to_str().ok())
                 .is_some_and(|v| v.eq_ignore_ascii_case("T"));
             let cond = write_precondition(&parts.headers)?;
-            do_move(&fs, &path, &to, overwrite, cond).await
+            let dir_only = is_dir || names_dir(&dest_path);
+            do_move(&fs, &path, &to, overwrite, cond, dir_only).await
         }
         _ => Err(ApiError::method_not_allowed(
-            "use GET, HEAD, PUT, POST, DELETE or MOVE on files; GET, PUT, POST or DELETE on directories (trailing '/')",
+            Some("GET, HEAD, PUT, POST, DELETE, MOVE, MKCOL"),
+            "use GET, HEAD, PUT, POST, DELETE or MOVE on files; GET, HEAD, PUT, POST, MKCOL, DELETE or MOVE on directories (trailing '/')",
         )),
     }
 }
@@ -782,12 +852,22 @@ fn destination_path(dest: &str, authority: Option<&str>) -> Result<String, ApiEr
         .map_err(|_| bad("must be an absolute path or URL"))?;
     match (uri.scheme_str(), uri.authority()) {
         (None, None) if dest.starts_with('/') => {}
-        (Some("https" | "http"), Some(a))
-            if authority.is_some_and(|h| h.eq_ignore_ascii_case(a.as_str())) => {}
-        (Some("https" | "http"), Some(_)) => return Err(bad("names another server")),
-        _ => return Err(bad("must be an absolute path or URL")),
+        (Some("https"), Some(a)) if authority.is_some_and(|h| same_authority(h, a)) => {}
+        (Some("https"), Some(_)) => return Err(bad("names another server")),
+        _ => return Err(bad("must be an absolute path or an https:// URL")),
     }
     Ok(uri.path().to_owned())
+}
+
+/// Whether the authority the request was sent to (`Host` or `:authority`) and the one a
+/// `Destination` URL names are the same host and port, the port being 443 where it is left
+/// out (the server speaks only HTTPS).
+fn same_authority(request: &str, dest: &axum::http::uri::Authority) -> bool {
+    let Ok(request) = request.parse::<axum::http::uri::Authority>() else {
+        return false;
+    };
+    request.host().eq_ignore_ascii_case(dest.host())
+        && request.port_u16().unwrap_or(443) == dest.port_u16().unwrap_or(443)
 }
 
 fn list_entry(e: &efs_core::Entry) -> ListEntry {
@@ -817,7 +897,7 @@ fn http_date(ms: i64) -> String {
 }
 
 async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, ApiError> {
-    let limit = q.limit.unwrap_or(1000).clamp(1, 10_000);
+    let limit = q.limit.unwrap_or(1000);
     let cursor = match &q.cursor {
         None => None,
         Some(c) => Some(
@@ -1075,32 +1155,35 @@ async fn read_version(
     // whole file is asked for, or when the file is no larger than one streamed batch (a
     // range of it costs a whole decryption anyway). A range of a larger file that misses is
     // streamed: it decrypts only the segments it covers, and a burst of one-byte ranges on a
-    // cold cache cannot make the server decrypt whole files into memory.
+    // cold cache cannot make the server decrypt whole files into memory. Nor can many
+    // misses at once, or clients that stop reading what they asked for: a miss fills the
+    // cache only while the cache's plaintext budget allows (`ContentCache::reserve`), and
+    // is streamed otherwise.
     if st.cache.admits(len) {
         let cached = match st.cache.get(&entry.version) {
             Some(c) => Some(c),
             None if range.is_some() && len > efs_core::fs::segment_offset(STREAM_BATCH) => None,
-            None => {
-                let Some(reader) = open_found(fs, &found).await? else {
-                    return Ok(None);
-                };
-                let mut data = zeroize::Zeroizing::new(Vec::with_capacity(len as usize));
-                let n = reader.segment_count();
-                let mut i = 0;
-                while i < n {
-                    let e = (i + 16).min(n);
-                    for seg in reader.read_segments(i, e).await? {
-                        data.extend_from_slice(&seg);
+            None => match st.cache.reserve(len) {
+                None => None,
+                Some(share) => {
+                    let Some(reader) = open_found(fs, &found).await? else {
+                        return Ok(None);
+                    };
+                    let mut data = zeroize::Zeroizing::new(Vec::with_capacity(len as usize));
+                    let n = reader.segment_count();
+                    let mut i = 0;
+                    while i < n {
+                        let e = (i + 16).min(n);
+                        for seg in reader.read_segments(i, e).await? {
+                            data.extend_from_slice(&seg);
+                        }
+                        i = e;
                     }
-                    i = e;
+                    let c = Arc::new(CachedFile::new(entry.clone(), data, share));
+                    st.cache.insert(c.clone());
+                    Some(c)
                 }
-                let c = Arc::new(CachedFile {
-                    entry: entry.clone(),
-                    data,
-                });
-                st.cache.insert(c.clone());
-                Some(c)
-            }
+            },
         };
         if let Some(cached) = cached {
             let body = Body::from(cached.slice(start as usize, end as usize));

@@ -3,13 +3,33 @@
 //! A key is a content id, and every write makes a new content id, so a cached entry can
 //! never be a stale version of a path. Values are zeroized when the last reference goes
 //! (eviction, clear, or the end of a response that was still sending them).
+//!
+//! A version replaced or deleted is dropped from the cache when the filesystem removes its
+//! content ([`ContentCache::invalidate`], called from `FsOptions::on_content_removed`), and
+//! an entry nobody reads expires after [`TIME_TO_IDLE`]: the plaintext of a deleted file
+//! does not stay in memory until something evicts it.
+//!
+//! Every cached version holds a share of a byte budget ([`PLAINTEXT_OVERHEAD`] beyond the
+//! cache's capacity) for as long as it lives, in the cache or only in responses still
+//! sending it: a cache miss that finds the budget spent streams the file instead of
+//! decrypting it whole into memory, so clients that stop reading cannot pin more than the
+//! budget in evicted versions.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
 
 use bytes::Bytes;
 use efs_core::Entry;
 use moka::sync::Cache;
 use zeroize::Zeroizing;
+
+/// An entry not read for this long is dropped (and zeroized).
+pub const TIME_TO_IDLE: Duration = Duration::from_secs(300);
+
+/// Bytes of cached versions allowed beyond the cache's capacity: versions evicted while a
+/// response still sends them, and versions being decrypted to fill the cache.
+pub const PLAINTEXT_OVERHEAD: u64 = 64 << 20;
 
 /// One cached file version.
 pub struct CachedFile {
@@ -17,6 +37,31 @@ pub struct CachedFile {
     pub entry: Entry,
     /// Its plaintext; zeroized on drop.
     pub data: Zeroizing<Vec<u8>>,
+    /// Its share of the budget, given back when the last reference goes.
+    _share: Share,
+}
+
+impl CachedFile {
+    /// A version to fill with `data` (at most the share's bytes; see [`ContentCache::reserve`]).
+    pub fn new(entry: Entry, data: Zeroizing<Vec<u8>>, share: Share) -> Self {
+        Self {
+            entry,
+            data,
+            _share: share,
+        }
+    }
+}
+
+/// A reservation of bytes of the plaintext budget; given back on drop.
+pub struct Share {
+    budget: Arc<AtomicU64>,
+    bytes: u64,
+}
+
+impl Drop for Share {
+    fn drop(&mut self) {
+        self.budget.fetch_sub(self.bytes, Ordering::AcqRel);
+    }
 }
 
 impl CachedFile {
@@ -56,6 +101,10 @@ pub struct CacheConfig {
 pub struct ContentCache {
     inner: Option<Cache<[u8; 16], Arc<CachedFile>>>,
     max_file: u64,
+    /// Bytes of plaintext held by cached versions (in the cache or not any more).
+    held: Arc<AtomicU64>,
+    /// The most `held` may reach: the capacity plus [`PLAINTEXT_OVERHEAD`].
+    budget: u64,
 }
 
 impl ContentCache {
@@ -67,12 +116,43 @@ impl ContentCache {
                 .weigher(|_k: &[u8; 16], v: &Arc<CachedFile>| {
                     u32::try_from(v.data.len() + 256).unwrap_or(u32::MAX)
                 })
+                .time_to_idle(TIME_TO_IDLE)
                 .build()
         });
         Self {
             inner,
             max_file: cfg.max_file,
+            held: Arc::new(AtomicU64::new(0)),
+            budget: cfg.capacity.saturating_add(PLAINTEXT_OVERHEAD),
         }
+    }
+
+    /// Reserves `bytes` of the plaintext budget for a version about to be decrypted into
+    /// the cache; `None` when it is spent (serve that request without the cache).
+    pub fn reserve(&self, bytes: u64) -> Option<Share> {
+        self.inner.as_ref()?;
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&n| n <= self.budget)
+            })
+            .ok()?;
+        Some(Share {
+            budget: self.held.clone(),
+            bytes,
+        })
+    }
+
+    /// Drops a version (its content was removed: the file was replaced or deleted).
+    pub fn invalidate(&self, version: &[u8; 16]) {
+        if let Some(c) = &self.inner {
+            c.invalidate(version);
+        }
+    }
+
+    /// Plaintext bytes held by cached versions, in the cache or in responses still sending
+    /// them.
+    pub fn held_bytes(&self) -> u64 {
+        self.held.load(Ordering::Acquire)
     }
 
     /// True if the cache may hold a file of `size` bytes.
@@ -99,9 +179,14 @@ impl ContentCache {
         }
     }
 
-    /// Empties the cache.
+    /// Empties the cache: every entry is dropped (and zeroized unless a response still sends
+    /// it) before this returns. (moka's `invalidate_all` alone only hides the entries and
+    /// leaves their removal to later maintenance.)
     pub fn clear(&self) {
         if let Some(c) = &self.inner {
+            for (k, _) in c.iter() {
+                c.invalidate(&*k);
+            }
             c.invalidate_all();
             c.run_pending_tasks();
             metrics::gauge!("efs_cache_bytes").set(c.weighted_size() as f64);
@@ -117,5 +202,94 @@ impl ContentCache {
                 c.weighted_size()
             })
             .unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn file(cache: &ContentCache, version: u8, len: usize) -> Option<Arc<CachedFile>> {
+        let share = cache.reserve(len as u64)?;
+        let entry = Entry {
+            name: "f".into(),
+            kind: efs_core::Kind::File,
+            size: len as u64,
+            created_ms: 0,
+            modified_ms: 0,
+            content_type: None,
+            version: [version; 16],
+        };
+        Some(Arc::new(CachedFile::new(
+            entry,
+            Zeroizing::new(vec![version; len]),
+            share,
+        )))
+    }
+
+    /// Cached versions hold the budget (capacity + PLAINTEXT_OVERHEAD) for as long as they
+    /// live, in the cache or only in a response: a fill past it is refused (and streamed).
+    #[test]
+    fn the_plaintext_budget_bounds_evicted_versions_still_in_use() {
+        const MIB: usize = 1 << 20;
+        let cache = ContentCache::new(CacheConfig {
+            capacity: 16 << 20,
+            max_file: 8 << 20,
+        });
+        let budget = (16 << 20) + PLAINTEXT_OVERHEAD as usize;
+        // Versions handed to responses that never finish: the cache evicts most of them,
+        // the responses keep them.
+        let mut in_use = Vec::new();
+        while let Some(f) = file(&cache, in_use.len() as u8, 4 * MIB) {
+            cache.insert(f.clone());
+            in_use.push(f);
+        }
+        assert_eq!(in_use.len(), budget / (4 * MIB));
+        assert_eq!(cache.held_bytes(), (in_use.len() * 4 * MIB) as u64);
+        assert!(cache.weighted_size() <= 16 << 20, "the oldest were evicted");
+        // Refused even for one byte more, until a response of an evicted one ends.
+        assert!(cache.reserve(1).is_none());
+        let evicted = in_use
+            .iter()
+            .position(|f| {
+                cache
+                    .inner
+                    .as_ref()
+                    .unwrap()
+                    .get(&f.entry.version)
+                    .is_none()
+            })
+            .expect("most were evicted");
+        in_use.remove(evicted);
+        cache.weighted_size(); // runs moka's pending tasks, which hold the value until then
+        assert!(cache.reserve(4 * MIB as u64).is_some());
+        in_use.clear();
+        cache.clear();
+        assert_eq!(cache.held_bytes(), 0, "every share given back");
+    }
+
+    #[test]
+    fn an_invalidated_version_leaves_the_cache_and_gives_its_bytes_back() {
+        let cache = ContentCache::new(CacheConfig {
+            capacity: 1 << 20,
+            max_file: 1 << 20,
+        });
+        let f = file(&cache, 1, 1000).unwrap();
+        cache.insert(f);
+        assert!(cache.get(&[1; 16]).is_some());
+        assert_eq!(cache.held_bytes(), 1000);
+        cache.invalidate(&[1; 16]);
+        assert!(cache.get(&[1; 16]).is_none());
+        cache.weighted_size(); // runs moka's pending tasks, which drop the value
+        assert_eq!(cache.held_bytes(), 0);
+    }
+
+    #[test]
+    fn a_cache_that_is_off_reserves_nothing() {
+        let cache = ContentCache::new(CacheConfig {
+            capacity: 0,
+            max_file: 1 << 20,
+        });
+        assert!(cache.reserve(1).is_none());
     }
 }

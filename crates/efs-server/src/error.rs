@@ -19,6 +19,8 @@ pub struct ApiError {
     pub message: String,
     /// Seconds for `Retry-After` (429).
     pub retry_after: Option<u64>,
+    /// The methods for `Allow` (405).
+    pub allow: Option<&'static str>,
 }
 
 impl ApiError {
@@ -29,6 +31,7 @@ impl ApiError {
             code,
             message: message.into(),
             retry_after: None,
+            allow: None,
         }
     }
 
@@ -60,13 +63,17 @@ impl ApiError {
         )
     }
 
-    /// 405.
-    pub fn method_not_allowed(message: impl Into<String>) -> Self {
-        Self::new(
-            StatusCode::METHOD_NOT_ALLOWED,
-            codes::METHOD_NOT_ALLOWED,
-            message,
-        )
+    /// 405, with the methods the resource takes in `Allow` (RFC 9110 §15.5.6; `None` where
+    /// axum's method router adds it).
+    pub fn method_not_allowed(allow: Option<&'static str>, message: impl Into<String>) -> Self {
+        Self {
+            allow,
+            ..Self::new(
+                StatusCode::METHOD_NOT_ALLOWED,
+                codes::METHOD_NOT_ALLOWED,
+                message,
+            )
+        }
     }
 
     /// 503 audit_unavailable: the audit log cannot be written (fail closed).
@@ -167,6 +174,10 @@ impl IntoResponse for ApiError {
             && let Ok(v) = HeaderValue::from_str(&s.to_string())
         {
             r.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        if let Some(allow) = self.allow {
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static(allow));
         }
         if self.status == StatusCode::UNAUTHORIZED {
             r.headers_mut()

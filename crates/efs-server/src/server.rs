@@ -99,6 +99,7 @@ const LOOKUP_CACHE_PATHS: usize = 4096;
 
 /// Opens the data dir, prints the start-up facts and serves until a signal.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    let cache = ContentCache::new(cfg.cache);
     let opts = OpenOptions {
         fs: FsOptions {
             inline_max: cfg.inline_max,
@@ -110,6 +111,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 0
             },
             index_cache: cfg.index_cache,
+            // A version replaced or deleted leaves the decrypted cache at once.
+            on_content_removed: (cfg.cache.capacity > 0).then(|| {
+                let cache = cache.clone();
+                efs_core::fs::ContentRemoved(Arc::new(move |v| cache.invalidate(v)))
+            }),
             ..Default::default()
         },
         ..Default::default()
@@ -210,7 +216,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         data: data.clone(),
         auth: auth.clone(),
         users,
-        cache: ContentCache::new(cfg.cache),
+        cache,
         http: cfg.http.clone(),
         metrics,
         detached: tokio_util::task::TaskTracker::new(),

@@ -444,6 +444,54 @@ async fn a_range_that_misses_the_cache_does_not_fill_it() {
     assert_eq!(counter(&m, "efs_cache_misses_total"), 5, "{m}");
 }
 
+/// Query values are percent-decoded, and a value the server does not understand is a 400,
+/// not a silent default: `?recursive=yes` was taken as false (a puzzling 409) and
+/// `?limit=0` / `?limit=20000` were clamped.
+#[tokio::test]
+async fn query_values_are_decoded_and_checked() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    for name in ["a", "b", "c"] {
+        srv.put_ok(&format!("/d/{name}"), &s.token, b"x".to_vec())
+            .await;
+    }
+    let token = &s.token;
+    let status = |method: &'static str, path: &'static str| async move {
+        srv.req(method, path, token)
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    for bad in [
+        "/d/?limit=0",
+        "/d/?limit=10001",
+        "/d/?limit=-1",
+        "/d/?limit=two",
+    ] {
+        let r = srv.req("GET", bad, &s.token).send().await.unwrap();
+        assert_error(r, 400, "bad_request").await;
+    }
+    let page: Value = srv
+        .req("GET", "/d/?%6Cimit=%32", &s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(page["entries"].as_array().unwrap().len(), 2, "{page}");
+    let r = srv
+        .req("DELETE", "/d/?recursive=yes", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "bad_request").await;
+    assert_eq!(status("DELETE", "/d/?recursive=false").await, 409);
+    assert_eq!(status("DELETE", "/d/?recursive=%74rue").await, 204);
+}
+
 #[tokio::test]
 async fn listing_pagination_returns_every_name_exactly_once() {
     let s = session(&[]).await;
@@ -666,13 +714,16 @@ async fn mkdir_and_delete() {
         "conflict",
     )
     .await;
-    // Unknown methods.
-    assert_error(
-        srv.req("PATCH", "/x", &s.token).send().await.unwrap(),
-        405,
-        "method_not_allowed",
-    )
-    .await;
+    // Unknown methods: 405 with the methods a path takes in `Allow` (RFC 9110 §15.5.6).
+    for path in ["/x", "/dir/"] {
+        let r = srv.req("PATCH", path, &s.token).send().await.unwrap();
+        assert_eq!(
+            header(&r, "allow").as_deref(),
+            Some("GET, HEAD, PUT, POST, DELETE, MOVE, MKCOL"),
+            "{path}"
+        );
+        assert_error(r, 405, "method_not_allowed").await;
+    }
 }
 
 /// `Destination` is an absolute path or a URL on this server, nothing else; `If-Match` holds
@@ -702,6 +753,86 @@ async fn move_destinations_and_conditions() {
         assert_eq!(srv.get_ok("/m/a.txt", &s.token).await, b"alpha", "{dest}");
     }
     assert_eq!(srv.get("/z", &s.token).await.0, 404);
+    // The port left out is 443, as written out: the same server either way (the names
+    // are compared without case). It was refused as "another server".
+    // (HTTP/1.1, to choose the Host header.)
+    let raw_move = |host: &str, from: &str, dest: &str| {
+        srv.raw_http(
+            format!(
+                "MOVE {from} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\nDestination: {dest}\r\nConnection: close\r\n\r\n",
+                s.token
+            )
+            .into_bytes(),
+        )
+    };
+    for (host, dest, from) in [
+        ("efs.example", "https://efs.example:443/m/p.txt", "/m/a.txt"),
+        ("efs.example:443", "https://EFS.example/m/a.txt", "/m/p.txt"),
+    ] {
+        let r = raw_move(host, from, dest).await;
+        assert_eq!(r.status, 200, "{host} {dest}");
+    }
+    let r = raw_move(
+        "efs.example:8443",
+        "/m/a.txt",
+        "https://efs.example/m/p.txt",
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(srv.get_ok("/m/a.txt", &s.token).await, b"alpha");
+    // A move onto itself changes nothing (as rename(2)), with or without Overwrite.
+    for (overwrite, want) in [("F", 200), ("T", 200)] {
+        let r = srv
+            .req("MOVE", "/m/a.txt", &s.token)
+            .header("destination", "/m/a.txt")
+            .header("overwrite", overwrite)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), want, "Overwrite: {overwrite}");
+    }
+    // A path ending in '/' names a directory: a file is not deleted or moved through one,
+    // nor moved to one (the file was deleted, moved, or became a file named "q").
+    let r = srv.req("MKCOL", "/m/sub/", &s.token).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    for (method, path, dest) in [
+        ("DELETE", "/m/a.txt/", None),
+        ("MOVE", "/m/a.txt/", Some("/m/q.txt")),
+        ("MOVE", "/m/a.txt", Some("/m/q/")),
+    ] {
+        let mut r = srv.req(method, path, &s.token);
+        if let Some(d) = dest {
+            r = r.header("destination", d);
+        }
+        assert_error(r.send().await.unwrap(), 409, "conflict").await;
+        assert_eq!(
+            srv.get_ok("/m/a.txt", &s.token).await,
+            b"alpha",
+            "{method} {path}"
+        );
+    }
+    let r = srv
+        .req("POST", "/_efs/move", &s.token)
+        .json(&json!({"from": "/m/a.txt", "to": "/m/q/"}))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 409, "conflict").await;
+    assert_eq!(srv.get("/m/q", &s.token).await.0, 404);
+    // Directories move and go through such paths as before.
+    let r = srv
+        .req("MOVE", "/m/sub/", &s.token)
+        .header("destination", "/m/sub2/")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = srv
+        .req("DELETE", "/m/sub2/", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
     // If-Match on MOVE: a stale version is 412 and nothing moves; the current one moves.
     let r = srv
         .req("MOVE", "/m/a.txt", &s.token)
@@ -897,6 +1028,19 @@ async fn rename_files_and_directories_with_move_and_the_json_route() {
         .await
         .unwrap();
     assert_error(r, 400, "bad_request").await;
+    // A field of the wrong type: the message does not quote the value (a path, here).
+    let r = srv
+        .req("POST", "/_efs/move", &s.token)
+        .json(&json!({"from": "/d.txt", "to": "/e.txt", "overwrite": "/patients/173"}))
+        .send()
+        .await
+        .unwrap();
+    let msg = assert_error(r, 400, "bad_request").await;
+    assert!(!msg.contains("patients"), "{msg}");
+    assert!(
+        msg.contains("wrong type") && msg.contains("line 1"),
+        "{msg}"
+    );
     assert_error(
         mv("/d.txt", "/a/../b", false).await.unwrap(),
         400,
@@ -1367,6 +1511,53 @@ async fn a_64_mib_file_streams_up_and_down() {
         .unwrap();
     assert_eq!(r.status(), 206);
     assert_eq!(r.bytes().await.unwrap().len(), 100_000);
+}
+
+/// Regression: the decrypted cache kept a replaced or deleted version's plaintext until
+/// something evicted it (on a quiet server, days). The filesystem now tells the cache which
+/// versions it removes; `efsctl cache-clear` says how many bytes it found to clear.
+#[tokio::test]
+async fn replaced_and_deleted_versions_leave_the_cache() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let cleared = |out: String| -> u64 {
+        out.trim()
+            .strip_prefix("Cleared the decrypted cache (")
+            .and_then(|r| r.split_once(" bytes)"))
+            .and_then(|(n, _)| n.parse().ok())
+            .unwrap_or_else(|| panic!("cache-clear output: {out}"))
+    };
+    let (one, two) = (pattern(300_000, 1), pattern(300_000, 2));
+    srv.put_ok("/kept.bin", &s.token, one.clone()).await;
+    assert!(srv.get_ok("/kept.bin", &s.token).await == one);
+    assert!(
+        cleared(srv.efsctl_ok(&["cache-clear"])) >= 300_000,
+        "a read fills the cache"
+    );
+    // Replaced after it was read.
+    srv.put_ok("/a.bin", &s.token, one.clone()).await;
+    assert!(srv.get_ok("/a.bin", &s.token).await == one);
+    srv.put_ok("/a.bin", &s.token, two.clone()).await;
+    assert_eq!(cleared(srv.efsctl_ok(&["cache-clear"])), 0, "replaced");
+    // Deleted after it was read.
+    assert!(srv.get_ok("/a.bin", &s.token).await == two);
+    let r = srv.req("DELETE", "/a.bin", &s.token).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(cleared(srv.efsctl_ok(&["cache-clear"])), 0, "deleted");
+    // Deleted with its directory.
+    srv.put_ok("/d/b.bin", &s.token, one.clone()).await;
+    assert!(srv.get_ok("/d/b.bin", &s.token).await == one);
+    let r = srv
+        .req("DELETE", "/d/?recursive=true", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        cleared(srv.efsctl_ok(&["cache-clear"])),
+        0,
+        "deleted with /d/"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

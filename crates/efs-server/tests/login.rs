@@ -464,16 +464,14 @@ async fn refresh_chain(srv: &TestServer, key: &SigningKey, max: u64) {
     }
     let r = refresh(srv, &token).await;
     assert_401(r, &format!("refresh {}", max + 1)).await;
+    let exhausted = refresh(srv, &token).await.text().await.unwrap();
     // The last token still works for files until it expires.
     assert_eq!(srv.get_ok("/probe.txt", &token).await, b"probe");
     // Refresh needs a token.
-    let r = srv
-        .client
-        .post(srv.url("/_efs/auth/refresh"))
-        .send()
-        .await
-        .unwrap();
-    assert_401(r, "refresh without a token").await;
+    let refused = || srv.client.post(srv.url("/_efs/auth/refresh")).send();
+    assert_401(refused().await.unwrap(), "refresh without a token").await;
+    // One 401 body for every refused token (renewals used up was "authentication failed").
+    assert_eq!(refused().await.unwrap().text().await.unwrap(), exhausted);
 }
 
 #[tokio::test]
