@@ -295,10 +295,9 @@ pub struct Operator {
 impl Operator {
     /// The account running this process, for efsctl on the data dir.
     pub fn this_process(via: &str) -> Self {
-        use std::os::unix::fs::MetadataExt;
-        let uid = std::fs::metadata("/proc/self")
-            .map(|m| m.uid().to_string())
-            .unwrap_or_else(|_| "unknown".into());
+        // Not the owner of /proc/self: a process made non-dumpable (efsctl is) shows root
+        // there.
+        let uid = rustix::process::getuid().as_raw();
         Self {
             user: format!("uid:{uid}"),
             via: via.to_owned(),

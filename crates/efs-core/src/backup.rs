@@ -182,6 +182,10 @@ impl Filesystem {
         let mut dir_records: Vec<(usize, EntryKey, Vec<u8>)> = Vec::new();
         let mut parent_of = std::collections::HashMap::new();
         let mut referenced = std::collections::BTreeSet::new();
+        // The directory tags files are in: each must be the root or a directory of the
+        // backup, checked before anything is written (a damaged backup failed midway
+        // through the records, leaving the filesystem no longer empty, so not retryable).
+        let mut files_in = std::collections::HashSet::<[u8; 16]>::new();
         let (mut entries, mut inline) = (0u64, 0u64);
         let mut reader = DumpReader::open(src)?;
         while let Some(item) = reader.next_item()? {
@@ -198,8 +202,11 @@ impl Filesystem {
                         }
                         (Kind::File, Storage::Blob) => {
                             referenced.insert(hex::encode(rec.id));
+                            files_in.insert(k[..16].try_into().expect("32-byte key"));
                         }
-                        _ => {}
+                        _ => {
+                            files_in.insert(k[..16].try_into().expect("32-byte key"));
+                        }
                     }
                     entries += 1;
                 }
@@ -223,6 +230,12 @@ impl Filesystem {
                     return Err(CoreError::Corrupt("backup directories form a loop"));
                 }
             }
+        }
+        if files_in
+            .iter()
+            .any(|t| *t != root_tag && !dirs.contains_key(t))
+        {
+            return Err(CoreError::Corrupt("backup entry without its directory"));
         }
         dir_records.sort_by_key(|(depth, ..)| *depth);
         if !referenced.iter().eq(src.manifest.blobs.keys()) {
@@ -262,10 +275,19 @@ impl Filesystem {
             }
         }
         // Pass 4: the records, each expected absent: the directories first, each after its
-        // parent, then the files.
+        // parent, then the files. Each also expects its parent directory (unless the root)
+        // as this restore committed it, or in the same batch: a client deleting a restored
+        // directory while it is still empty (before its children land) makes the restore
+        // stop with a conflict, not commit children under a directory that is gone (records
+        // no path reaches, which nothing can list or delete).
         let term = kr.current();
         let mut committed = 0u64;
         let dir_count = dir_records.len();
+        // A restored directory's tag in the backup → its key and sealed record here.
+        let mut placed: std::collections::HashMap<[u8; 16], (EntryKey, Vec<u8>)> =
+            std::collections::HashMap::new();
+        // Keys this batch creates (their expectation of absence covers their children).
+        let mut in_batch = std::collections::HashSet::<EntryKey>::new();
         for (i, (_, k, v)) in dir_records.into_iter().enumerate() {
             let rec = crate::record::Record::open(backup_kr, &old_id, &k, &v)?;
             let ptag: [u8; 16] = k[..16].try_into().expect("32-byte key");
@@ -273,15 +295,21 @@ impl Filesystem {
                 .get(&ptag)
                 .ok_or(CoreError::Corrupt("backup entry without its directory"))?;
             let key = self.entry_key(&kr, parent, &rec.name);
+            expect_parent(&mut batch, &placed, &in_batch, &ptag);
+            let sealed = rec.seal(&kr, &self.id, &key);
             batch.expect.push(Expect { key, value: None });
-            batch
-                .ops
-                .push(Op::PutEntry(key, rec.seal(&kr, &self.id, &key)));
+            batch.ops.push(Op::PutEntry(key, sealed.clone()));
+            in_batch.insert(key);
+            placed.insert(self.dir_tag(backup_kr, &rec.id), (key, sealed));
             committed += 1;
             if !self.commit_full(&mut batch, i + 1 == dir_count).await? {
                 return Err(conflict());
             }
+            if batch.ops.is_empty() {
+                in_batch.clear();
+            }
         }
+        in_batch.clear();
         let mut reader = DumpReader::open(src)?;
         loop {
             let item = reader.next_item()?;
@@ -309,6 +337,7 @@ impl Filesystem {
                             dk.as_bytes(),
                         );
                     }
+                    expect_parent(&mut batch, &placed, &in_batch, &ptag);
                     batch.expect.push(Expect { key, value: None });
                     batch
                         .ops
@@ -339,6 +368,25 @@ impl Filesystem {
             .get_meta(crate::datadir::META_KEYRING)
             .await?
             .ok_or(CoreError::Corrupt("filesystem without keyring"))
+    }
+}
+
+/// Makes `batch` expect the restored directory the backup's tag `ptag` names, as the restore
+/// committed it, unless `batch` itself creates it (its expectation of absence covers it) or
+/// it is the root (no record).
+fn expect_parent(
+    batch: &mut crate::index::Batch,
+    placed: &std::collections::HashMap<[u8; 16], (EntryKey, Vec<u8>)>,
+    in_batch: &std::collections::HashSet<EntryKey>,
+    ptag: &[u8; 16],
+) {
+    if let Some((key, value)) = placed.get(ptag)
+        && !in_batch.contains(key)
+    {
+        batch.expect.push(crate::index::Expect {
+            key: *key,
+            value: Some(value.clone()),
+        });
     }
 }
 

@@ -86,6 +86,14 @@ pub trait BlobStore: Send + Sync {
         let _ = (older_than_secs, writing);
         Ok(0)
     }
+    /// Removes the partial write of blob `id` a crash left, if any: only for a caller that
+    /// knows nothing writes `id` now (a restore, which reuses the backup's content ids and
+    /// runs alone; a retry after a crashed restore found the old one in its way). Stores
+    /// without partial writes keep the default.
+    async fn remove_partial(&self, id: &ContentId) -> Result<()> {
+        let _ = id;
+        Ok(())
+    }
 }
 
 /// The content ids of the uploads running in a filesystem (see `Filesystem::gc`): their
@@ -1171,6 +1179,15 @@ impl BlobStore for LocalBlobStore {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(e.into()),
+        })
+        .await
+    }
+
+    async fn remove_partial(&self, id: &ContentId) -> Result<()> {
+        let tmp = self.root.join("tmp").join(hex::encode(id));
+        blocking(move || match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
+            _ => Ok(()),
         })
         .await
     }

@@ -930,7 +930,9 @@ impl DataDir {
         keyring.add_term();
         let mut id = [0u8; 16];
         aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
-        let (index, blobs) = self.create_fs_dir(&id)?;
+        let (index, blobs) = self
+            .create_fs_dir(&id)
+            .inspect_err(|_| self.discard_new_fs(&id))?;
         // A restore that fails midway (a damaged blob, a full disk) leaves nothing behind:
         // the new filesystem is registered only at the end, and its directory is removed.
         let filled = async {
@@ -1233,6 +1235,8 @@ pub(crate) async fn copy_blob(
     use std::io::Read;
     let mut f = std::fs::File::open(src)
         .map_err(|_| CoreError::Invalid(format!("the backup lacks blob {}", hex::encode(id))))?;
+    // A restore that crashed (or was killed) while copying this blob left its partial write.
+    blobs.remove_partial(id).await?;
     let mut w = blobs.create(id).await?;
     let mut h = sha2::Sha256::new();
     loop {

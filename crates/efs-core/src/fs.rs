@@ -325,6 +325,11 @@ pub struct Filesystem {
     /// blobs and partial writes alone, whatever its grace period (a blob is in its shard
     /// before its record is committed).
     uploads: RunningUploads,
+    /// Blobs of commits that failed with an unknown outcome (`Failed::Unknown`): redb may
+    /// have written such a commit and recover it when the index is reopened (the committer
+    /// reopens it for the next batch), while reads of the failed database do not show it
+    /// yet. gc and fsck treat them as being written until [`Filesystem::settle_index`].
+    unsettled: std::sync::Mutex<HashSet<ContentId>>,
     lookups: std::sync::Mutex<LookupCache>,
     seals: std::sync::Mutex<SealCounts>,
     /// Held by a batch that stores the seal counts, from taking them to its commit.
@@ -435,6 +440,7 @@ impl Filesystem {
             pins: std::sync::Mutex::new(backup::Pins::default()),
             gc_or_restore: tokio::sync::Mutex::new(()),
             uploads: Arc::default(),
+            unsettled: std::sync::Mutex::default(),
             lookups: std::sync::Mutex::new(LookupCache::default()),
             seals: std::sync::Mutex::new(SealCounts::default()),
             seal_store: tokio::sync::Mutex::new(()),
@@ -1129,6 +1135,12 @@ impl Filesystem {
             // removes it once its grace period has passed.
             Err(Failed::Unknown(e)) => {
                 tracing::warn!(error = %e, "a commit failed with an unknown outcome; its new blob is left for gc");
+                if finished.storage == Storage::Blob {
+                    self.unsettled
+                        .lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .insert(finished.content_id);
+                }
                 Err(e)
             }
         }
@@ -1685,14 +1697,32 @@ impl Filesystem {
     async fn orphan_candidates(
         &self,
     ) -> Result<(Vec<(ContentId, u64)>, HashSet<ContentId>, Vec<ContentId>)> {
+        let unsettled = self.settle_index().await?;
         let blobs = self.blobs.list().await?;
-        let writing = self
+        let mut writing = self
             .uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
+        writing.extend(unsettled);
         let inline = self.index.inline_ids().await?;
         Ok((blobs, writing, inline))
+    }
+
+    /// Makes the index show the outcome of every commit that failed with an unknown outcome
+    /// before now: an empty batch goes through the committer, which first reopens a failed
+    /// database (redb then recovers a commit it had written), and once it has committed
+    /// those blobs are settled: the index says whether a record names them. Returns the
+    /// blobs of failures since, still unsettled. (gc removed the blob of such a commit,
+    /// whose record redb recovered at the next write: a file naming a deleted blob.)
+    async fn settle_index(&self) -> Result<HashSet<ContentId>> {
+        let unsettled = || self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+        let before = unsettled().clone();
+        if !before.is_empty() {
+            self.index.commit(Batch::default()).await?;
+            unsettled().retain(|id| !before.contains(id));
+        }
+        Ok(unsettled().clone())
     }
 
     /// The directory tree and the contents named in one snapshot of the index, for fsck.

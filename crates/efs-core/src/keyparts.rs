@@ -501,7 +501,12 @@ pub fn generate_part_file(path: &Path) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
-    Ok(())
+    // And its name: data stored under a key whose only part a power cut could unlink is lost.
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    crate::blob::sync_dir(parent)
 }
 
 /// A prompt that never works, for non-interactive callers.
@@ -645,6 +650,8 @@ mod tests {
         let mode =
             std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(&p).unwrap().permissions());
         assert_eq!(mode & 0o777, 0o600);
+        // Its directory entry is made durable too (a power cut could unlink the only part).
+        assert_eq!(crate::blob::synced::under(d.path()), [d.path()]);
         let (_, rec) = create(&[KeyPartSpec::File(p.clone())], Some(&p), FAST, &no_prompt).unwrap();
         assert!(open(&rec, &[], &no_prompt).is_ok());
         assert!(generate_part_file(&p).is_err(), "never overwrites a key");

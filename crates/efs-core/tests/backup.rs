@@ -280,8 +280,27 @@ async fn keys_go_along_only_when_asked_and_then_restore_in_another_data_dir() {
     let rep = x.fsck().await.unwrap();
     assert!(rep.is_clean(), "{rep:?}");
     assert_eq!(all_files(&x).await, files);
-    // Into an existing empty filesystem: placed under that filesystem's own keyring.
+    // Into an existing empty filesystem: placed under that filesystem's own keyring. A
+    // restore into it that crashed while copying blobs left their partial writes (a restore
+    // keeps the backup's content ids, as x's blob files show): the retry replaces them (it
+    // failed "File exists").
     other.create_fs("empty").unwrap();
+    let blobs_of = |fs: &Filesystem| {
+        other_root
+            .join("fs")
+            .join(hex::encode(fs.id()))
+            .join("blobs")
+    };
+    let ids: Vec<std::ffi::OsString> = walk(&blobs_of(&x))
+        .into_iter()
+        .filter(|p| !p.starts_with(blobs_of(&x).join("tmp")))
+        .map(|p| p.file_name().unwrap().to_owned())
+        .collect();
+    assert!(!ids.is_empty());
+    let tmp = blobs_of(&other.fs("empty").unwrap()).join("tmp");
+    for id in &ids {
+        std::fs::write(tmp.join(id), b"partial").unwrap();
+    }
     other
         .restore(
             "empty",
@@ -851,4 +870,77 @@ async fn a_restore_failing_midway_leaves_nothing_behind() {
         .unwrap();
     let copy = env.dd.fs("copy").unwrap();
     assert_eq!(all_files(&copy).await.len(), 2);
+}
+
+/// Regression: a restore into an existing filesystem committed a directory's children
+/// without expecting the directory. A client deleting a restored directory while it was
+/// still empty (its children not in yet) left them under no path: records nothing can
+/// list or delete, whose blobs gc can never free (fsck: "its parent directory does not
+/// exist"). Each child now expects its directory: the restore stops with a conflict.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_deleted_during_a_restore_leaves_nothing_unreachable() {
+    let env = Env::new();
+    let dirs: Vec<String> = (0..24).map(|d| format!("/d{d}")).collect();
+    let mut tasks = Vec::new();
+    for (i, d) in dirs.iter().enumerate() {
+        let (fs, d) = (env.fs.clone(), d.clone());
+        tasks.push(tokio::spawn(async move {
+            for f in 0..120 {
+                put(&fs, &format!("{d}/f{f}"), format!("{i}/{f}").as_bytes()).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let dir = env.tmp.path().join("b");
+    env.dd.backup("docs", &dir, false).await.unwrap();
+    let mut raced = 0;
+    for round in 0..5 {
+        let name = format!("target{round}");
+        env.dd.create_fs(&name).unwrap();
+        let target = env.dd.fs(&name).unwrap();
+        let stop = Arc::new(AtomicBool::new(false));
+        // Deletes every restored directory it finds still empty, until the restore ends.
+        let deleter = {
+            let (target, stop, dirs) = (target.clone(), stop.clone(), dirs.clone());
+            tokio::spawn(async move {
+                let mut deleted = 0;
+                while !stop.load(Ordering::SeqCst) {
+                    for d in &dirs {
+                        if target
+                            .delete(&p(d), efs_core::Precondition::None, false)
+                            .await
+                            .is_ok()
+                        {
+                            deleted += 1;
+                        }
+                    }
+                    tokio::task::yield_now().await;
+                }
+                deleted
+            })
+        };
+        let restored = env
+            .dd
+            .restore(&name, &dir, &[], &efs_core::keyparts::no_prompt, false)
+            .await;
+        stop.store(true, Ordering::SeqCst);
+        let deleted = deleter.await.unwrap();
+        let rep = target.fsck().await.unwrap();
+        assert!(
+            rep.errors.is_empty(),
+            "round {round}: {deleted} directories deleted during the restore ({restored:?}): {rep:?}"
+        );
+        if deleted > 0 {
+            raced += 1;
+            let e = restored.expect_err("a directory went away under the restore");
+            assert!(e.to_string().contains("a client wrote"), "{e}");
+            break;
+        }
+    }
+    assert!(
+        raced > 0,
+        "no delete landed while a restore ran, in 5 rounds"
+    );
 }

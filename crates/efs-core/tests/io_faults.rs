@@ -339,6 +339,36 @@ async fn commit_error_of_unknown_outcome_keeps_the_new_blob() {
     assert_eq!(f.blob_files().len(), 1);
 }
 
+/// Regression: gc removed the new blob of a commit that failed with an unknown outcome
+/// while the index had not been reopened since: reads of the failed database did not show
+/// the record, but redb recovered it at the next write, and the file then named a deleted
+/// blob (every GET a 500, the old version orphaned too). gc and fsck now settle the index
+/// first (an empty batch through the committer, which reopens it).
+#[tokio::test]
+async fn gc_right_after_a_commit_of_unknown_outcome_keeps_its_blob() {
+    let f = FaultyFs::new();
+    let old = pattern(24, 200_000);
+    f.put("/u/f.bin", &old).await.unwrap();
+    let new = pattern(25, 300_000);
+    f.faults.arm(Fault::CommitLandsAtReopen);
+    let err = f.put("/u/f.bin", &new).await.unwrap_err();
+    assert_io_error(&err, EIO);
+    // Not visible yet: the old version reads.
+    assert_eq!(read_all(&f.fs, "/u/f.bin").await.unwrap(), old);
+    assert_eq!(f.blob_files().len(), 2, "the new blob stays");
+    // fsck first: it settles the index too, and finds the old blob the orphan.
+    let rep = f.fs.fsck().await.unwrap();
+    assert!(rep.errors.is_empty(), "{rep:?}");
+    assert_eq!(rep.orphan_blobs.len(), 1, "{rep:?}");
+    f.fs.gc(0).await.unwrap();
+    // The commit landed: the new version reads, whole.
+    assert_eq!(read_all(&f.fs, "/u/f.bin").await.unwrap(), new);
+    f.put("/u/g.bin", b"later").await.unwrap();
+    assert_eq!(read_all(&f.fs, "/u/f.bin").await.unwrap(), new);
+    assert!(f.fs.fsck().await.unwrap().is_clean());
+    assert_eq!(f.blob_files().len(), 1);
+}
+
 /// Regression: a blob missing through damage (its record unchanged) was retried as if a
 /// writer had replaced the file, then reported as Contention (503 "retry") instead of an
 /// integrity error. Both ways of opening a file now say it is corrupt.

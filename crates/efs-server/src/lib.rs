@@ -44,6 +44,26 @@ pub fn install_crypto_provider() {
     let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
 }
 
+/// Keeps this process's memory out of core files and away from other processes of its
+/// account: no core dump (`RLIMIT_CORE` 0) and not dumpable (`PR_SET_DUMPABLE` 0, which also
+/// refuses `ptrace` and `/proc/PID/mem` to everyone but root). The process holds the starter
+/// key's subkeys, every keyring and decrypted content; a crash in C code, an abort or a
+/// `SIGQUIT` would otherwise write them to a core file. Called first by efs-server and
+/// efsctl; a failure is only warned about (it changes no behaviour of EFS).
+pub fn forbid_core_dumps() {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    let none = Rlimit {
+        current: Some(0),
+        maximum: Some(0),
+    };
+    if let Err(e) = setrlimit(Resource::Core, none) {
+        eprintln!("warning: cannot turn core dumps off (RLIMIT_CORE): {e}");
+    }
+    if let Err(e) = set_dumpable_behavior(DumpableBehavior::NotDumpable) {
+        eprintln!("warning: cannot make this process non-dumpable (PR_SET_DUMPABLE): {e}");
+    }
+}
+
 /// Logs to stderr at the level `EFS_LOG` names (`warn` by default), for efs-server and
 /// efsctl alike (without a server, efsctl opens the data dir itself: the core's warnings —
 /// an index repaired after a kill, a damaged entry a rotation skips — are its too).

@@ -111,6 +111,7 @@ fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    efs_server::forbid_core_dumps();
     efs_server::install_crypto_provider();
     efs_server::init_logging();
     let a = Args::parse();

@@ -804,3 +804,19 @@ async fn shutdown_waits_for_a_running_admin_command_and_records_it() {
 fn libc_o_nonblock() -> i32 {
     rustix::fs::OFlags::NONBLOCK.bits() as i32
 }
+
+/// The server keeps its memory (every key layer, decrypted content) out of core files: its
+/// core-size limit is 0, soft and hard (it is also made non-dumpable, which a test running as
+/// root cannot tell apart).
+#[tokio::test]
+async fn the_server_writes_no_core_file() {
+    let srv = TestServer::start(&[]);
+    let pid = srv.pid().expect("running");
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max core file size"))
+        .unwrap_or_else(|| panic!("{limits}"));
+    let fields: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(&fields[4..6], ["0", "0"], "{line}");
+}

@@ -35,6 +35,11 @@ pub enum Fault {
     /// redb commit whose final sync fails after its new header was written, recovered when
     /// the database is reopened. The caller cannot tell this from [`Fault::CommitNoSpace`].
     CommitLandsThenEio,
+    /// The next index commit fails with EIO and is not seen by reads, then lands just
+    /// before the commit after it: a redb commit whose final sync failed after its new
+    /// header was written, recovered when the committer reopens the database for the next
+    /// batch (reads of the failed database do not show it meanwhile).
+    CommitLandsAtReopen,
 }
 
 /// The switch shared by the wrappers and the test.
@@ -47,6 +52,8 @@ struct State {
     writes_seen: u32,
     bytes_seen: u64,
     fired: u32,
+    /// The batch of a [`Fault::CommitLandsAtReopen`], applied before the next commit.
+    pending: Option<Batch>,
 }
 
 impl Faults {
@@ -157,6 +164,9 @@ impl BlobStore for FaultyBlobStore {
     async fn list(&self) -> Result<Vec<(ContentId, u64)>> {
         self.inner.list().await
     }
+    async fn remove_partial(&self, id: &ContentId) -> Result<()> {
+        self.inner.remove_partial(id).await
+    }
     async fn remove_stale_partials(
         &self,
         older_than_secs: u64,
@@ -204,6 +214,14 @@ impl Index for FaultyIndex {
         if self.faults.take_if(Fault::CommitLandsThenEio) {
             self.inner.commit(batch).await?;
             return Err(CoreError::Io(std::io::Error::from_raw_os_error(EIO)));
+        }
+        if self.faults.take_if(Fault::CommitLandsAtReopen) {
+            self.faults.0.lock().unwrap().pending = Some(batch);
+            return Err(CoreError::Io(std::io::Error::from_raw_os_error(EIO)));
+        }
+        let pending = self.faults.0.lock().unwrap().pending.take();
+        if let Some(p) = pending {
+            self.inner.commit(p).await?;
         }
         self.inner.commit(batch).await
     }

@@ -341,6 +341,7 @@ fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
 }
 
 fn main() -> std::process::ExitCode {
+    efs_server::forbid_core_dumps();
     efs_server::init_logging();
     let args = Args::parse();
     match run(args) {
