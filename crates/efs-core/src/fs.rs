@@ -315,6 +315,17 @@ pub struct Filesystem {
     /// Set while a re-encryption runs: a rename then keeps a file's old key term, so that
     /// the re-encryption still recognises (by its term) a file it has not rewritten yet.
     reencrypting: std::sync::atomic::AtomicBool,
+    /// Renames that kept a file's old key term while a re-encryption ran: a file moved from
+    /// ahead of the run's cursor to behind it is found only by another pass, so a pass with
+    /// such a rename is not a quiet one (see `reencrypt::run`).
+    old_term_renames: std::sync::atomic::AtomicU64,
+    /// `old_term_renames` when the running re-encryption's current pass began in this
+    /// process; `None` if it began before this process started (renames unknown).
+    reencrypt_pass_start: std::sync::Mutex<Option<u64>>,
+    /// Held (shared) by a file rename from its look at `reencrypting` to its commit, and
+    /// (exclusive) by a re-encryption deciding that a pass was its last: no rename keeps an
+    /// old term unseen by that decision.
+    rename_gate: tokio::sync::RwLock<()>,
     /// Blob removals deferred while a backup copies its snapshot (see `backup.rs`).
     pins: std::sync::Mutex<backup::Pins>,
     /// Held by gc from its listings to its last removal, and by a restore into this
@@ -437,6 +448,9 @@ impl Filesystem {
             rotation: tokio::sync::Mutex::new(()),
             trust: tokio::sync::watch::Sender::new(IndexTrust::Trusted),
             reencrypting: std::sync::atomic::AtomicBool::new(false),
+            old_term_renames: std::sync::atomic::AtomicU64::new(0),
+            reencrypt_pass_start: std::sync::Mutex::new(None),
+            rename_gate: tokio::sync::RwLock::new(()),
             pins: std::sync::Mutex::new(backup::Pins::default()),
             gc_or_restore: tokio::sync::Mutex::new(()),
             uploads: Arc::default(),
@@ -1079,6 +1093,21 @@ impl Filesystem {
             .0)
     }
 
+    /// Whether an upload to `path` under `cond` would be refused as things stand: the
+    /// precondition first ([`CoreError::Precondition`]), then a directory in the way
+    /// ([`CoreError::Conflict`]), as the commit checks them. For refusing an upload before
+    /// its body is read; the commit checks again.
+    pub async fn check_write(&self, path: &EfsPath, cond: &Precondition) -> Result<()> {
+        let kr = self.keyring();
+        let res = self.resolve(&kr, path, true).await?;
+        let current = res.current.as_ref().map(|(_, r)| r);
+        check_precondition(&kr, cond, current)?;
+        if current.is_some_and(|cur| cur.kind == Kind::Dir) {
+            return Err(CoreError::Conflict("a directory exists at this path"));
+        }
+        Ok(())
+    }
+
     /// As [`Filesystem::commit`], and also says whether a previous version was replaced.
     pub async fn commit_upload(
         &self,
@@ -1164,12 +1193,14 @@ impl Filesystem {
         for _ in 0..MAX_ATTEMPTS {
             let kr = self.keyring();
             let res = self.resolve(&kr, path, true).await?;
+            // The precondition first, as `mkdir_if` and `check_write` do: `If-None-Match: *`
+            // on a directory is 412, not 409.
+            check_precondition(&kr, &cond, res.current.as_ref().map(|(_, r)| r))?;
             if let Some((_, cur)) = &res.current
                 && cur.kind == Kind::Dir
             {
                 return Err(CoreError::Conflict("a directory exists at this path").into());
             }
-            check_precondition(&kr, &cond, res.current.as_ref().map(|(_, r)| r))?;
             let now = now_ms();
             let term = kr.current();
             let record = Record {
@@ -1454,6 +1485,7 @@ impl Filesystem {
             return Err(CoreError::Conflict("cannot move a directory into itself"));
         }
         for _ in 0..MAX_ATTEMPTS {
+            let _gate = self.rename_gate.read().await;
             let kr = self.keyring();
             let src = self.resolve(&kr, from, false).await?;
             let Some((src_val, src_rec)) = &src.current else {
@@ -1471,10 +1503,13 @@ impl Filesystem {
             }
             let mut moved = src_rec.clone();
             moved.name = to.name().expect("not the root").to_owned();
-            if moved.kind == Kind::File
-                && moved.key_term < kr.current_number()
-                && !self.reencrypting.load(std::sync::atomic::Ordering::SeqCst)
-            {
+            let old_term = moved.kind == Kind::File && moved.key_term < kr.current_number();
+            if old_term && self.reencrypting.load(std::sync::atomic::Ordering::SeqCst) {
+                // Kept, so that the re-encryption still finds it by its term; counted, so
+                // that a pass it moved behind the cursor is not taken for a quiet one.
+                self.old_term_renames
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            } else if old_term {
                 // A key rotation may have passed this entry already: rewrap while moving.
                 let dk = self.data_key_of(&kr, &moved)?;
                 let term = kr.current();

@@ -212,6 +212,9 @@ pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
         ..Default::default()
     };
     // Before the new term is visible: no rename may rewrap to it without new content.
+    *fs.reencrypt_pass_start
+        .lock()
+        .unwrap_or_else(|e| e.into_inner()) = Some(fs.old_term_renames.load(Ordering::SeqCst));
     mark_running(fs);
     if !fs.commit_batch(batch).await? {
         fs.reencrypting.store(false, Ordering::SeqCst);
@@ -326,8 +329,19 @@ pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<Reen
             .scan_entries(prog.cursor_key()?.as_ref(), page)
             .await?;
         if rows.is_empty() {
+            // No rename may keep an old term between this decision and the flag's clearing.
+            let _gate = fs.rename_gate.write().await;
+            let renames = fs.old_term_renames.load(Ordering::SeqCst);
+            let pass_start = *fs
+                .reencrypt_pass_start
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            // A pass that changed nothing ends the run, unless a file kept its old term in a
+            // rename during it (it may have moved behind the cursor), or it began before this
+            // process did (such renames unknown).
+            let quiet = prog.pass_changed == 0 && pass_start == Some(renames);
             let mut next = prog.clone();
-            if prog.pass_changed == 0 || prog.pass >= MAX_PASSES {
+            if quiet || prog.pass >= MAX_PASSES {
                 next.state = RotationState::Done;
                 next.finished_ms = Some(now_ms());
             } else {
@@ -338,6 +352,10 @@ pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<Reen
             commit_meta(fs, &next).await?;
             if next.state == RotationState::Done {
                 fs.reencrypting.store(false, Ordering::SeqCst);
+            } else {
+                *fs.reencrypt_pass_start
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner()) = Some(renames);
             }
             prog = next;
             continue;
@@ -528,4 +546,116 @@ pub fn spawn(fs: Arc<Filesystem>) -> bool {
         }
     });
     true
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::fs::rotation::tests::env;
+    use crate::{EfsPath, Precondition};
+
+    async fn put(fs: &Arc<Filesystem>, path: &str, data: &[u8]) {
+        let mut up = fs.begin_upload().await.unwrap();
+        up.write(data).await.unwrap();
+        fs.commit(&EfsPath::parse(path).unwrap(), up, None, Precondition::None)
+            .await
+            .unwrap();
+    }
+
+    /// One entry further (or the end of a pass).
+    async fn step(fs: &Arc<Filesystem>) -> ReencryptProgress {
+        run(fs, Some(1)).await.unwrap().unwrap()
+    }
+
+    /// Every (key, name, key term) of the root's files, in key order.
+    async fn files(fs: &Filesystem) -> Vec<(EntryKey, String, u32)> {
+        let kr = fs.keyring();
+        let rows = fs.index.scan_entries(None, 10_000).await.unwrap();
+        rows.iter()
+            .map(|(k, v)| {
+                let r = fs.open_rec(&kr, k, v).unwrap();
+                (*k, r.name, r.key_term)
+            })
+            .collect()
+    }
+
+    /// A new root-level name whose entry key lies strictly between `lo` and `hi`.
+    fn name_between(fs: &Filesystem, lo: Option<&EntryKey>, hi: &EntryKey) -> String {
+        let kr = fs.keyring();
+        (0..1_000_000)
+            .map(|i| format!("moved-{i}"))
+            .find(|n| {
+                let k = fs.entry_key(&kr, &super::super::ROOT_ID, n);
+                k < *hi && lo.is_none_or(|lo| k > *lo)
+            })
+            .expect("a name in range")
+    }
+
+    async fn rename(fs: &Filesystem, from: &str, to: &str) {
+        fs.rename(
+            &EfsPath::parse(&format!("/{from}")).unwrap(),
+            &EfsPath::parse(&format!("/{to}")).unwrap(),
+            false,
+        )
+        .await
+        .unwrap();
+    }
+
+    /// Regression: a rename that kept a file's old term during a re-encryption (so that the
+    /// run still finds it) was not counted as a change. A file moved from ahead of the cursor
+    /// to behind it in a pass that changed nothing else ended the run `done` with that file
+    /// still under its old data key (the one a re-encryption is run to replace).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_moved_behind_the_cursor_in_a_quiet_pass_still_gets_a_new_key() {
+        let (_t, dd, fs) = env();
+        for i in 0..40 {
+            put(&fs, &format!("/f{i}"), format!("{i}").as_bytes()).await;
+        }
+        dd.begin_reencryption("docs").await.unwrap();
+        let new_term = fs.keyring().current_number();
+        // Pass 1, half way: F, a file ahead of the cursor, moves behind it (but not to the
+        // very start, which pass 2's first step would take).
+        let mut p = step(&fs).await;
+        while p.seen < 20 {
+            p = step(&fs).await;
+        }
+        let cursor = p.cursor_key().unwrap().unwrap();
+        let all = files(&fs).await;
+        let f = all
+            .iter()
+            .find(|(k, _, t)| *k > cursor && *t < new_term)
+            .expect("an old file ahead")
+            .1
+            .clone();
+        let g = name_between(&fs, Some(&all[0].0), &cursor);
+        rename(&fs, &f, &g).await;
+        // The rest of pass 1 rewrites the others, then pass 2 takes its first entry.
+        while p.pass == 1 || p.cursor.is_none() {
+            p = step(&fs).await;
+        }
+        let cursor = p.cursor_key().unwrap().unwrap();
+        let all = files(&fs).await;
+        let (gk, _, gt) = all.iter().find(|(_, n, _)| *n == g).unwrap();
+        assert!(*gk > cursor && *gt < new_term, "F is still ahead, old");
+        assert!(
+            all.iter()
+                .filter(|(_, n, _)| *n != g)
+                .all(|(_, _, t)| *t == new_term),
+            "every other file has its new key"
+        );
+        // Pass 2 changes nothing else: F moves behind its cursor.
+        let h = name_between(&fs, None, &cursor);
+        rename(&fs, &g, &h).await;
+        let done = run(&fs, None).await.unwrap().unwrap();
+        assert_eq!(done.state, RotationState::Done);
+        let left: Vec<_> = files(&fs)
+            .await
+            .into_iter()
+            .filter(|(_, _, t)| *t != new_term)
+            .collect();
+        assert!(
+            left.is_empty(),
+            "left under an old key: {left:?} ({done:?})"
+        );
+    }
 }

@@ -609,6 +609,10 @@ async fn do_move(
     Ok(r)
 }
 
+/// Uploads larger than this (or of unknown length) are checked against what their path holds
+/// before their body is read (see `write`).
+const EARLY_CHECK_MIN: u64 = 1 << 20;
+
 /// Most entries in one page of a listing (`?limit=`).
 const MAX_PAGE: usize = 10_000;
 
@@ -966,13 +970,18 @@ async fn write(
     let headers = &parts.headers;
     let client = client_ip(&parts.extensions);
     let cond = write_precondition(headers)?;
-    if let Some(len) = headers
+    let length = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok())
-        && len > st.http.max_body
-    {
+        .and_then(|v| v.parse::<u64>().ok());
+    if length.is_some_and(|len| len > st.http.max_body) {
         return Err(efs_core::CoreError::TooLarge.into());
+    }
+    // An upload its precondition or a directory at its path refuses is refused before its
+    // body is read, encrypted and written (checked again, atomically, at the commit). Small
+    // bodies without a condition skip it: their refusal costs little, the lookup a PUT.
+    if cond != Precondition::None || length.is_none_or(|len| len > EARLY_CHECK_MIN) {
+        fs.check_write(path, &cond).await?;
     }
     let content_type = headers
         .get(header::CONTENT_TYPE)

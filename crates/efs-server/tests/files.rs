@@ -2130,3 +2130,43 @@ async fn head_answers_carry_no_body_over_http2_and_http1() {
         }
     }
 }
+
+/// An upload its precondition or a directory at its path refuses is refused before its
+/// body is read: a 100 MiB PUT announced with `If-None-Match: *` onto an existing file (or
+/// onto a directory) was received, encrypted and written before the 412 (409). Here no body
+/// is sent at all: the answer comes at once, where the server waited for it (408 after the
+/// body timeout). The precondition comes first, as for directories: `If-None-Match: *` onto
+/// a directory is 412.
+#[tokio::test]
+async fn a_refused_upload_is_refused_before_its_body() {
+    let s = session(&["--body-timeout", "5"]).await;
+    let srv = &s.srv;
+    srv.put_ok("/exists.bin", &s.token, b"here".to_vec()).await;
+    let r = srv.req("MKCOL", "/dir/", &s.token).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    for (path, cond, want) in [
+        ("/exists.bin", "If-None-Match: *\r\n", 412),
+        ("/dir", "", 409),
+        ("/dir", "If-None-Match: *\r\n", 412),
+        ("/new.bin", "If-Match: *\r\n", 412),
+    ] {
+        let r = srv
+            .raw_http(
+                format!(
+                    "PUT {path} HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n{cond}Content-Length: 104857600\r\nConnection: close\r\n\r\n",
+                    s.token
+                )
+                .into_bytes(),
+            )
+            .await;
+        // (Without the early check: 408, once the body timeout passed.)
+        assert_eq!(
+            r.status,
+            want,
+            "{path} {cond:?}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    assert_eq!(srv.get_ok("/exists.bin", &s.token).await, b"here");
+    assert_eq!(srv.get("/new.bin", &s.token).await.0, 404);
+}
