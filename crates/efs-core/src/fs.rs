@@ -21,6 +21,8 @@ use crate::labels;
 use crate::path::EfsPath;
 use crate::plainbuf::PlainBuf;
 use crate::record::{Kind, Record, Storage, data_key_aad};
+use base64::Engine as _;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64URL;
 
 // A child module: rotation rewraps records through the filesystem's private parts.
 #[path = "rotation.rs"]
@@ -1056,6 +1058,25 @@ impl Filesystem {
             last = Some(k);
         }
         Ok((out, if more { last } else { None }))
+    }
+
+    /// A listing cursor for a client: the index key a page ended at ([`Filesystem::list`]),
+    /// sealed (AES-256-GCM under a key of the tag term, [`labels::TERM_LIST_CURSOR`]) and
+    /// base64url. In clear it would tell, beside the directory's path in the same URL and
+    /// with a copy of the data dir, which entries on disk are that directory's.
+    pub fn seal_cursor(&self, key: &EntryKey) -> String {
+        let kr = self.keyring();
+        let aad = [labels::AAD_LIST_CURSOR, &self.id[..]].concat();
+        B64URL.encode(efs_format::wrap::seal(&kr.list_cursor_key(), &aad, key))
+    }
+
+    /// The index key of a cursor [`Filesystem::seal_cursor`] made; `None` for anything else.
+    pub fn open_cursor(&self, cursor: &str) -> Option<EntryKey> {
+        let kr = self.keyring();
+        let aad = [labels::AAD_LIST_CURSOR, &self.id[..]].concat();
+        let sealed = B64URL.decode(cursor).ok()?;
+        let key = efs_format::wrap::open(&kr.list_cursor_key(), &aad, &sealed).ok()?;
+        EntryKey::try_from(key.as_slice()).ok()
     }
 
     /// Starts a new file version. Feed it with [`Upload::write`], then [`Filesystem::commit`].

@@ -196,6 +196,15 @@ impl Keyring {
         Ok(self.raw_term(n)?.derive(b"", labels::TERM_BACKUP_SUMMARY))
     }
 
+    /// The key that seals listing cursors: HKDF-SHA256(the tag term's key, empty salt,
+    /// [`labels::TERM_LIST_CURSOR`]); the tag term never changes, so a cursor outlives a key
+    /// rotation.
+    pub(crate) fn list_cursor_key(&self) -> Key32 {
+        self.raw_term(self.tag_term)
+            .expect("the tag term is never removed")
+            .derive(b"", labels::TERM_LIST_CURSOR)
+    }
+
     fn raw_term(&self, n: u32) -> Result<&Key32> {
         self.raw
             .get(&n)

@@ -37,6 +37,10 @@ pub const TERM_INDEX_RECORD: &[u8] = b"efs/term/index-record/v1";
 pub const TERM_BACKUP_MANIFEST: &[u8] = b"efs/term/backup-manifest/v1";
 /// Term subkey that seals a backup's summary (filesystem name, file count, bytes).
 pub const TERM_BACKUP_SUMMARY: &[u8] = b"efs/term/backup-summary/v1";
+/// Term subkey (of the tag term) that seals a listing's cursor: the index key a page ends
+/// at, which in clear would tie a directory's plaintext path (in the same URL) to its
+/// entries' keys on disk.
+pub const TERM_LIST_CURSOR: &[u8] = b"efs/term/list-cursor/v1";
 
 /// AAD prefix of a wrapped keyring (followed by the filesystem id).
 pub const AAD_KEYRING: &[u8] = b"efs-keyring-v1";
@@ -48,6 +52,8 @@ pub const AAD_RECORD: &[u8] = b"efs-record-v1";
 pub const AAD_SYSTEM_RECORD: &[u8] = b"efs-system-record-v1";
 /// AAD prefix of a backup's sealed summary (followed by the filesystem id).
 pub const AAD_BACKUP_SUMMARY: &[u8] = b"efs-backup-summary-v1";
+/// AAD prefix of a sealed listing cursor (followed by the filesystem id).
+pub const AAD_LIST_CURSOR: &[u8] = b"efs-list-cursor-v1";
 /// AAD of a wrapped system secret (followed by its name).
 pub const AAD_SYSTEM_SECRET: &[u8] = b"efs-system-secret-v1";
 

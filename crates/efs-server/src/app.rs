@@ -902,14 +902,12 @@ fn http_date(ms: i64) -> String {
 
 async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, ApiError> {
     let limit = q.limit.unwrap_or(1000);
+    // Sealed: in clear a cursor is the index key the page ended at (see `seal_cursor`).
     let cursor = match &q.cursor {
         None => None,
-        Some(c) => Some(
-            hex::decode(c)
-                .ok()
-                .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                .ok_or_else(|| ApiError::bad_request("invalid cursor"))?,
-        ),
+        Some(c) => Some(fs.open_cursor(c).ok_or_else(|| {
+            ApiError::bad_request("invalid cursor: use the next_cursor of a page of this directory")
+        })?),
     };
     let (entries, next) = fs.list(path, cursor.as_ref(), limit).await?;
     let page = ListPage {
@@ -919,7 +917,7 @@ async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, Ap
             format!("{path}/")
         },
         entries: entries.iter().map(list_entry).collect(),
-        next_cursor: next.map(hex::encode),
+        next_cursor: next.map(|k| fs.seal_cursor(&k)),
     };
     let mut r = axum::Json(page).into_response();
     r.headers_mut()

@@ -2170,3 +2170,68 @@ async fn a_refused_upload_is_refused_before_its_body() {
     assert_eq!(srv.get_ok("/exists.bin", &s.token).await, b"here");
     assert_eq!(srv.get("/new.bin", &s.token).await.0, 404);
 }
+
+/// A listing's cursor is sealed: it was the hex of the index key the page ended at, which
+/// beside the directory's path in the same URL (proxy and access logs keep both) tied that
+/// directory to its entries in a copy of the data dir. Its bytes, read as hex or as
+/// base64url, now appear nowhere in the data dir; it still pages, and a cursor the server
+/// did not make (an old hex one included) is a 400.
+#[tokio::test]
+async fn listing_cursors_do_not_show_index_keys() {
+    use base64::Engine as _;
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    for i in 0..5 {
+        srv.put_ok(&format!("/p/173/r{i}.pdf"), &s.token, b"x".to_vec())
+            .await;
+    }
+    let page: Value = srv
+        .req("GET", "/p/173/?limit=2", &s.token)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let cursor = page["next_cursor"].as_str().expect("more pages").to_owned();
+    let mut forms = Vec::new();
+    if let Ok(b) = hex::decode(&cursor) {
+        forms.push(b);
+    }
+    if let Ok(b) = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(&cursor) {
+        forms.push(b);
+    }
+    assert!(!forms.is_empty(), "{cursor}");
+    let mut files = vec![srv.data.clone()];
+    while let Some(p) = files.pop() {
+        if p.is_dir() {
+            files.extend(std::fs::read_dir(&p).unwrap().map(|e| e.unwrap().path()));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            for f in &forms {
+                assert!(
+                    !bytes.windows(f.len()).any(|w| w == f.as_slice()),
+                    "the cursor's bytes are in {}",
+                    p.display()
+                );
+            }
+        }
+    }
+    // It pages on.
+    let rest = srv
+        .req("GET", &format!("/p/173/?cursor={cursor}"), &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(rest.status(), 200);
+    let rest: Value = rest.json().await.unwrap();
+    assert_eq!(rest["entries"].as_array().unwrap().len(), 3, "{rest}");
+    // A cursor it did not make: 400.
+    for bad in ["00".repeat(32), format!("{cursor}A"), "AAAA".into()] {
+        let r = srv
+            .req("GET", &format!("/p/173/?cursor={bad}"), &s.token)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 400, "bad_request").await;
+    }
+}
