@@ -551,16 +551,8 @@ pub fn spawn(fs: Arc<Filesystem>) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fs::rotation::tests::env;
-    use crate::{EfsPath, Precondition};
-
-    async fn put(fs: &Arc<Filesystem>, path: &str, data: &[u8]) {
-        let mut up = fs.begin_upload().await.unwrap();
-        up.write(data).await.unwrap();
-        fs.commit(&EfsPath::parse(path).unwrap(), up, None, Precondition::None)
-            .await
-            .unwrap();
-    }
+    use crate::EfsPath;
+    use crate::fs::rotation::tests::{env, put};
 
     /// One entry further (or the end of a pass).
     async fn step(fs: &Arc<Filesystem>) -> ReencryptProgress {

@@ -448,7 +448,8 @@ pub(crate) mod tests {
         (tmp, dd, fs)
     }
 
-    async fn put(fs: &Arc<Filesystem>, path: &str, data: &[u8]) {
+    /// Writes `data` at `path` (also used by other modules' unit tests).
+    pub(crate) async fn put(fs: &Arc<Filesystem>, path: &str, data: &[u8]) {
         let mut up = fs.begin_upload().await.unwrap();
         up.write(data).await.unwrap();
         fs.commit(&EfsPath::parse(path).unwrap(), up, None, Precondition::None)
