@@ -367,10 +367,16 @@ pub(crate) async fn rm(
             ));
         }
         let client = session.client(&rp.remote).await?;
-        match client.delete(&rp.path, recursive).await {
+        // `NAME:/a/` names a directory, as for `rm a/` (the server refuses a file there).
+        let target = if rp.dir_hint {
+            format!("{}/", rp.path)
+        } else {
+            rp.path.clone()
+        };
+        match client.delete(&target, recursive).await {
             Ok(()) => {}
             Err(efs_client::Error::NotFound) if force => {}
-            Err(efs_client::Error::Conflict(_)) if !recursive => {
+            Err(efs_client::Error::Conflict(m)) if !recursive && m.contains("not empty") => {
                 return Err(fail_hint(
                     exit::CONFLICT,
                     format!(

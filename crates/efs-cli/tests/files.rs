@@ -221,6 +221,13 @@ fn stat_ls_mkdir_mv_rm() {
 
     // rm: a non-empty directory needs -r (5); missing is 3 unless -f.
     env.fails(&["rm", "drive:/Documents/2026"], 5);
+    // A trailing '/' names a directory: a file is not removed through it, and is not called
+    // a directory that is not empty.
+    let out = env.fails(&["rm", "drive:/Documents/2026/final.pdf/"], 5);
+    assert!(
+        !out.contains("a directory that is not empty") && out.contains("names a directory"),
+        "{out}"
+    );
     env.ok(&["rm", "drive:/Documents/2026/final.pdf"]);
     env.ok(&["rm", "-r", "drive:/Documents/2026"]);
     assert_eq!(env.ok(&["ls", "drive:/Documents"]), "");

@@ -152,6 +152,14 @@ impl Filesystem {
         src.require_checked()?;
         // A gc running now finishes first; none starts until this restore ends.
         let _exclusive = self.gc_or_restore.lock().await;
+        // No key rotation or re-encryption meanwhile: they reseal the directory records
+        // this restore's records expect as it committed them (the restore would stop,
+        // blaming a client).
+        let Ok(_no_rotation) = self.rotation.try_lock() else {
+            return Err(CoreError::Invalid(
+                "a key rotation or re-encryption of this filesystem is running: restore once it has ended (efsctl status)".into(),
+            ));
+        };
         // The blobs removed while a backup runs are removed when it ends: among them, maybe
         // the very contents this restore puts back under the same ids (a filesystem emptied,
         // then restored, during a nightly backup).

@@ -1753,14 +1753,15 @@ impl Filesystem {
     async fn orphan_candidates(
         &self,
     ) -> Result<(Vec<(ContentId, u64)>, HashSet<ContentId>, Vec<ContentId>)> {
-        let unsettled = self.settle_index().await?;
         let blobs = self.blobs.list().await?;
         let mut writing = self
             .uploads
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .clone();
-        writing.extend(unsettled);
+        // After the uploads: a commit of unknown outcome joins `unsettled` before its
+        // upload leaves the running ones, so a blob is in one set or the other.
+        writing.extend(self.settle_index().await?);
         let inline = self.index.inline_ids().await?;
         Ok((blobs, writing, inline))
     }

@@ -156,6 +156,11 @@ pub enum Begun {
 /// Adds a term and persists it with a fresh progress record; from then on new writes use
 /// the new term and renames keep old ones. Refused while a key rotation is unfinished.
 pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
+    if fs.restore_state().0 > 0 {
+        return Err(CoreError::Invalid(
+            "a restore into this filesystem is running: re-encrypt once it has ended".into(),
+        ));
+    }
     let Ok(_guard) = fs.rotation.try_lock() else {
         if let Some(p) = progress(fs).await?
             && p.state == RotationState::Running

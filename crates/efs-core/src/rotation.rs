@@ -212,6 +212,11 @@ pub enum Begun {
 /// the in-memory keyring: new writes use the new term from now on. The rewrap itself is
 /// [`run`]'s.
 pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
+    if fs.restore_state().0 > 0 {
+        return Err(CoreError::Invalid(
+            "a restore into this filesystem is running: rotate once it has ended".into(),
+        ));
+    }
     let Ok(_guard) = fs.rotation.try_lock() else {
         let p = progress(fs).await?.ok_or(CoreError::Contention)?;
         return Ok(Begun::Unfinished(p));

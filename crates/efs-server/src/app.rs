@@ -616,50 +616,57 @@ const EARLY_CHECK_MIN: u64 = 1 << 20;
 /// Most entries in one page of a listing (`?limit=`).
 const MAX_PAGE: usize = 10_000;
 
+/// The query parameters a file route may use, percent-decoded, not yet checked: each is
+/// checked by the route that uses it (a cache-busting `?v=%E9` on a GET is nobody's concern).
+#[derive(Default)]
 struct Query {
     cursor: Option<String>,
-    limit: Option<usize>,
-    recursive: bool,
+    limit: Option<String>,
+    recursive: Option<String>,
+}
+
+impl Query {
+    /// `?limit=`: 1 to [`MAX_PAGE`], 1000 if absent.
+    fn limit(&self) -> Result<usize, ApiError> {
+        let Some(v) = &self.limit else {
+            return Ok(1000);
+        };
+        v.parse()
+            .ok()
+            .filter(|n| (1..=MAX_PAGE).contains(n))
+            .ok_or_else(|| {
+                ApiError::bad_request(format!("limit must be a whole number from 1 to {MAX_PAGE}"))
+            })
+    }
+
+    /// `?recursive=`: `true`, `1` or empty; `false` or `0`; false if absent.
+    fn recursive(&self) -> Result<bool, ApiError> {
+        match self.recursive.as_deref() {
+            None | Some("0" | "false") => Ok(false),
+            Some("" | "1" | "true") => Ok(true),
+            Some(_) => Err(ApiError::bad_request("recursive must be true or false")),
+        }
+    }
 }
 
 fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
-    let mut out = Query {
-        cursor: None,
-        limit: None,
-        recursive: false,
-    };
+    let mut out = Query::default();
     let decode = |s: &str| {
         percent_encoding::percent_decode_str(s)
             .decode_utf8()
             .map(|c| c.into_owned())
-            .map_err(|_| ApiError::bad_request("the query is not UTF-8 once percent-decoded"))
     };
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let v = decode(v)?;
-        match decode(k)?.as_str() {
-            "cursor" => out.cursor = Some(v),
-            "limit" => {
-                out.limit = Some(
-                    v.parse()
-                        .ok()
-                        .filter(|n| (1..=MAX_PAGE).contains(n))
-                        .ok_or_else(|| {
-                            ApiError::bad_request(format!(
-                                "limit must be a whole number from 1 to {MAX_PAGE}"
-                            ))
-                        })?,
-                )
-            }
-            "recursive" => {
-                out.recursive = match v.as_str() {
-                    "" | "1" | "true" => true,
-                    "0" | "false" => false,
-                    _ => return Err(ApiError::bad_request("recursive must be true or false")),
-                }
-            }
-            _ => {}
-        }
+        let slot = match decode(k).as_deref() {
+            Ok("cursor") => &mut out.cursor,
+            Ok("limit") => &mut out.limit,
+            Ok("recursive") => &mut out.recursive,
+            _ => continue,
+        };
+        *slot = Some(decode(v).map_err(|_| {
+            ApiError::bad_request("a query value is not UTF-8 once percent-decoded")
+        })?);
     }
     Ok(out)
 }
@@ -798,7 +805,7 @@ async fn files_inner(
             if is_dir && !path.is_root() {
                 require_dir(&fs, &path).await?;
             }
-            fs.delete(&path, cond, query.recursive).await?;
+            fs.delete(&path, cond, query.recursive()?).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("MOVE", _) => {
@@ -901,7 +908,7 @@ fn http_date(ms: i64) -> String {
 }
 
 async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, ApiError> {
-    let limit = q.limit.unwrap_or(1000);
+    let limit = q.limit()?;
     // Sealed: in clear a cursor is the index key the page ended at (see `seal_cursor`).
     let cursor = match &q.cursor {
         None => None,

@@ -96,10 +96,18 @@ pub struct CacheConfig {
     pub max_file: u64,
 }
 
+/// How often [`ContentCache::upkeep`] runs: moka has no thread of its own, and frees what
+/// was invalidated or expired only in the upkeep that a later call of the cache runs (and at
+/// most every 300 ms): a quiet server would keep such plaintext indefinitely without it.
+pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
+
 /// The cache.
 #[derive(Clone)]
 pub struct ContentCache {
     inner: Option<Cache<[u8; 16], Arc<CachedFile>>>,
+    /// Versions removed in the last minute: a fill that decrypted one of them while it was
+    /// being removed (the invalidation came first) drops it again (see `insert`).
+    removed: Option<Cache<[u8; 16], ()>>,
     max_file: u64,
     /// Bytes of plaintext held by cached versions (in the cache or not any more).
     held: Arc<AtomicU64>,
@@ -119,8 +127,15 @@ impl ContentCache {
                 .time_to_idle(TIME_TO_IDLE)
                 .build()
         });
+        let removed = inner.is_some().then(|| {
+            Cache::builder()
+                .max_capacity(1 << 20)
+                .time_to_live(Duration::from_secs(60))
+                .build()
+        });
         Self {
             inner,
+            removed,
             max_file: cfg.max_file,
             held: Arc::new(AtomicU64::new(0)),
             budget: cfg.capacity.saturating_add(PLAINTEXT_OVERHEAD),
@@ -142,10 +157,27 @@ impl ContentCache {
         })
     }
 
-    /// Drops a version (its content was removed: the file was replaced or deleted).
+    /// Drops a version (its content was removed: the file was replaced or deleted). Its
+    /// plaintext is freed (and zeroized) by the next [`ContentCache::upkeep`], or when the
+    /// last response sending it ends.
     pub fn invalidate(&self, version: &[u8; 16]) {
-        if let Some(c) = &self.inner {
+        if let (Some(c), Some(removed)) = (&self.inner, &self.removed) {
+            // Noted first: a fill inserting it after this invalidation sees the note.
+            removed.insert(*version, ());
             c.invalidate(version);
+        }
+    }
+
+    /// Runs moka's pending work: frees what was invalidated or has expired. Called every
+    /// [`UPKEEP_INTERVAL`] by the server.
+    pub fn upkeep(&self) {
+        if let Some(c) = &self.inner {
+            c.run_pending_tasks();
+            metrics::gauge!("efs_cache_bytes").set(c.weighted_size() as f64);
+            metrics::gauge!("efs_cache_plaintext_bytes").set(self.held_bytes() as f64);
+        }
+        if let Some(r) = &self.removed {
+            r.run_pending_tasks();
         }
     }
 
@@ -171,10 +203,15 @@ impl ContentCache {
         hit
     }
 
-    /// Stores a version.
+    /// Stores a version, unless it was removed meanwhile: a fill decrypts for milliseconds,
+    /// and a delete or replacement committed then found nothing to invalidate yet.
     pub fn insert(&self, file: Arc<CachedFile>) {
-        if let Some(c) = &self.inner {
-            c.insert(file.entry.version, file);
+        if let (Some(c), Some(removed)) = (&self.inner, &self.removed) {
+            let version = file.entry.version;
+            c.insert(version, file);
+            if removed.contains_key(&version) {
+                c.invalidate(&version);
+            }
             metrics::gauge!("efs_cache_bytes").set(c.weighted_size() as f64);
         }
     }
@@ -280,7 +317,39 @@ mod tests {
         assert_eq!(cache.held_bytes(), 1000);
         cache.invalidate(&[1; 16]);
         assert!(cache.get(&[1; 16]).is_none());
-        cache.weighted_size(); // runs moka's pending tasks, which drop the value
+        cache.upkeep(); // moka's pending tasks drop the value
+        assert_eq!(cache.held_bytes(), 0);
+    }
+
+    /// A fill that decrypted a version while it was being removed does not put it back.
+    #[test]
+    fn a_version_removed_during_its_fill_is_not_kept() {
+        let cache = ContentCache::new(CacheConfig {
+            capacity: 1 << 20,
+            max_file: 1 << 20,
+        });
+        let f = file(&cache, 2, 1000).unwrap();
+        cache.invalidate(&[2; 16]); // the delete commits while the fill decrypts
+        cache.insert(f);
+        assert!(cache.get(&[2; 16]).is_none());
+        cache.upkeep();
+        assert_eq!(cache.held_bytes(), 0);
+        // Another version is cached as usual.
+        cache.insert(file(&cache, 3, 1000).unwrap());
+        assert!(cache.get(&[3; 16]).is_some());
+    }
+
+    /// `upkeep` frees an invalidated version without any other call of the cache (moka
+    /// only does that work when called).
+    #[test]
+    fn upkeep_frees_an_invalidated_version() {
+        let cache = ContentCache::new(CacheConfig {
+            capacity: 1 << 20,
+            max_file: 1 << 20,
+        });
+        cache.insert(file(&cache, 4, 1000).unwrap());
+        cache.invalidate(&[4; 16]);
+        cache.upkeep();
         assert_eq!(cache.held_bytes(), 0);
     }
 

@@ -212,6 +212,19 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
+    // moka frees invalidated and expired entries only when called: on a quiet server a
+    // deleted file's plaintext would stay in memory without this.
+    {
+        let cache = cache.clone();
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(crate::cache::UPKEEP_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                cache.upkeep();
+            }
+        });
+    }
     let state = Arc::new(AppState {
         data: data.clone(),
         auth: auth.clone(),

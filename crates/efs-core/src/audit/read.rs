@@ -133,6 +133,7 @@ pub fn verify(
     let mut torn = Vec::new();
     let mut mac_at_anchor = None;
     let mut mac_at_expect = None;
+    let mut lost_anchor: Option<Problem> = None;
     let files = scan(dir, |file, no, item| {
         match item {
             Item::Torn => torn.push(format!("{file} line {no}")),
@@ -148,24 +149,27 @@ pub fn verify(
             Item::Entry(Some(e)) => {
                 let s = salt.expect("a header precedes every entry of a file");
                 let m = mac.compute(&prev, e.seq, e.time_ms, &s, &e.sealed);
-                if !line::mac_eq(&m, &e.mac) || e.seq != expected {
-                    let unanchored = e.seq == expected
-                        && line::mac_eq(
-                            &mac.compute(&UNANCHORED, e.seq, e.time_ms, &s, &e.sealed),
-                            &e.mac,
-                        );
-                    problem = Some(if unanchored {
-                        Problem {
-                            entry: expected,
-                            file: file.to_owned(),
-                            line: no,
-                            message: format!(
-                                "entry {expected} (file {file} line {no}): written by a writer that found the HEAD anchor missing or damaged — entries may have been cut off the log's end before it, which the lost anchor would have shown"
-                            ),
-                        }
-                    } else {
-                        bad_line(expected, file, no, "MAC mismatch")
+                let chained = line::mac_eq(&m, &e.mac) && e.seq == expected;
+                // The first entry of a writer that found the anchor lost: named (for good),
+                // and the walk goes on, so that damage after it is still found.
+                let unanchored = !chained
+                    && e.seq == expected
+                    && line::mac_eq(
+                        &mac.compute(&UNANCHORED, e.seq, e.time_ms, &s, &e.sealed),
+                        &e.mac,
+                    );
+                if unanchored {
+                    lost_anchor.get_or_insert(Problem {
+                        entry: expected,
+                        file: file.to_owned(),
+                        line: no,
+                        message: format!(
+                            "entry {expected} (file {file} line {no}): written by a writer that found the HEAD anchor missing or damaged — entries may have been cut off the log's end before it, which the lost anchor would have shown"
+                        ),
                     });
+                }
+                if !chained && !unanchored {
+                    problem = Some(bad_line(expected, file, no, "MAC mismatch"));
                 } else {
                     if Some(e.seq) == anchor_seq {
                         mac_at_anchor = Some(e.mac);
@@ -247,6 +251,15 @@ pub fn verify(
             });
         }
     }
+    // A lost anchor is reported when nothing else is, and beside what else is found.
+    problem = match (problem, lost_anchor) {
+        (None, lost) => lost,
+        (Some(mut p), Some(lost)) => {
+            p.message = format!("{}; and {}", p.message, lost.message);
+            Some(p)
+        }
+        (p, None) => p,
+    };
     Ok(VerifyReport {
         files: files.len(),
         entries: head.seq,

@@ -293,6 +293,20 @@ async fn a_writer_after_a_lost_anchor_keeps_the_loss_visible() {
         let shown = show(&dir, &keys, &Filter::default()).unwrap();
         assert_eq!(shown.entries.len(), 8, "{damage}");
         assert_eq!(shown.chain_broken_at, Some(6), "{damage}");
+        // Damage made later is still found: the walk goes on past the mark, and the anchor
+        // (now naming entry 8) shows the end cut off again.
+        let last = files(&dir).last().unwrap().clone();
+        let mut l = lines(&last);
+        assert_eq!(l.len(), 2, "{damage}: header + entry 8");
+        l.truncate(1);
+        put_lines(&last, &l);
+        let p = problem(&dir, &keys);
+        assert!(
+            p.message
+                .contains("truncated: the anchor records entry 8 but the log ends at entry 7")
+                && p.message.contains("found the HEAD anchor missing"),
+            "{damage}: {p:?}"
+        );
     }
 }
 
