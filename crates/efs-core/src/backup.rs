@@ -152,6 +152,9 @@ impl Filesystem {
         src.require_checked()?;
         // A gc running now finishes first; none starts until this restore ends.
         let _exclusive = self.gc_or_restore.lock().await;
+        // Marked first (gc and a rotation's or re-encryption's start refuse while it is set;
+        // from pass 2 on the copied contents are named by no record until pass 4).
+        let _mark = self.restoring();
         // No key rotation or re-encryption meanwhile: they reseal the directory records
         // this restore's records expect as it committed them (the restore would stop,
         // blaming a client).
@@ -252,8 +255,7 @@ impl Filesystem {
             ));
         }
         // Pass 2: blobs. From here until the records are committed, the copied blobs and
-        // inline contents are named by no record: gc must not run meanwhile.
-        let _mark = self.restoring();
+        // inline contents are named by no record: gc must not run meanwhile (`_mark`).
         for (hexid, sha) in &src.manifest.blobs {
             let cid: ContentId = hex::decode(hexid)
                 .ok()

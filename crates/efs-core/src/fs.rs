@@ -1061,21 +1061,29 @@ impl Filesystem {
     }
 
     /// A listing cursor for a client: the index key a page ended at ([`Filesystem::list`]),
-    /// sealed (AES-256-GCM under a key of the tag term, [`labels::TERM_LIST_CURSOR`]) and
-    /// base64url. In clear it would tell, beside the directory's path in the same URL and
+    /// sealed (AES-256-GCM under a key of its own from the tag term and 16 random bytes,
+    /// [`labels::TERM_LIST_CURSOR`]), base64url of the random bytes and the sealed key. In clear it would tell, beside the directory's path in the same URL and
     /// with a copy of the data dir, which entries on disk are that directory's.
     pub fn seal_cursor(&self, key: &EntryKey) -> String {
         let kr = self.keyring();
         let aad = [labels::AAD_LIST_CURSOR, &self.id[..]].concat();
-        B64URL.encode(efs_format::wrap::seal(&kr.list_cursor_key(), &aad, key))
+        let salt = random_id();
+        let mut out = salt.to_vec();
+        out.extend(efs_format::wrap::seal(
+            &kr.list_cursor_key(&salt),
+            &aad,
+            key,
+        ));
+        B64URL.encode(out)
     }
 
     /// The index key of a cursor [`Filesystem::seal_cursor`] made; `None` for anything else.
     pub fn open_cursor(&self, cursor: &str) -> Option<EntryKey> {
         let kr = self.keyring();
         let aad = [labels::AAD_LIST_CURSOR, &self.id[..]].concat();
-        let sealed = B64URL.decode(cursor).ok()?;
-        let key = efs_format::wrap::open(&kr.list_cursor_key(), &aad, &sealed).ok()?;
+        let bytes = B64URL.decode(cursor).ok()?;
+        let (salt, sealed) = bytes.split_at_checked(16)?;
+        let key = efs_format::wrap::open(&kr.list_cursor_key(salt), &aad, sealed).ok()?;
         EntryKey::try_from(key.as_slice()).ok()
     }
 

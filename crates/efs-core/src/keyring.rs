@@ -196,13 +196,15 @@ impl Keyring {
         Ok(self.raw_term(n)?.derive(b"", labels::TERM_BACKUP_SUMMARY))
     }
 
-    /// The key that seals listing cursors: HKDF-SHA256(the tag term's key, empty salt,
-    /// [`labels::TERM_LIST_CURSOR`]); the tag term never changes, so a cursor outlives a key
-    /// rotation.
-    pub(crate) fn list_cursor_key(&self) -> Key32 {
+    /// The key that seals one listing cursor: HKDF-SHA256(the tag term's key, `salt` (16
+    /// random bytes of that cursor), [`labels::TERM_LIST_CURSOR`]). A key per cursor: anyone
+    /// who may list can have cursors made at will, and no count of them is kept, so no key
+    /// seals more than one under a random nonce. The tag term never changes: a cursor
+    /// outlives a key rotation.
+    pub(crate) fn list_cursor_key(&self, salt: &[u8]) -> Key32 {
         self.raw_term(self.tag_term)
             .expect("the tag term is never removed")
-            .derive(b"", labels::TERM_LIST_CURSOR)
+            .derive(salt, labels::TERM_LIST_CURSOR)
     }
 
     fn raw_term(&self, n: u32) -> Result<&Key32> {

@@ -218,8 +218,15 @@ pub async fn begin(fs: &Filesystem, starter: &StarterKey) -> Result<Begun> {
         ));
     }
     let Ok(_guard) = fs.rotation.try_lock() else {
-        let p = progress(fs).await?.ok_or(CoreError::Contention)?;
-        return Ok(Begun::Unfinished(p));
+        // Held by a rotation running (report it), or by a re-encryption or a restore.
+        if let Some(p) = progress(fs).await?
+            && p.state == RotationState::Running
+        {
+            return Ok(Begun::Unfinished(p));
+        }
+        return Err(CoreError::Invalid(
+            "a key rotation, re-encryption or restore of this filesystem is running; wait for it (efsctl status)".into(),
+        ));
     };
     if let Some(p) = progress(fs).await?
         && p.state == RotationState::Running
@@ -489,6 +496,26 @@ pub(crate) mod tests {
         .await;
         assert!(r.ok, "{:?}", r.error);
         r.lines.join("\n")
+    }
+
+    /// Regression: `rotate-key` while the rotation lock was held by something else than a
+    /// rotation (a restore into the filesystem, a re-encryption) answered with the last,
+    /// finished rotation as "unfinished: resuming it", added no term, and reported success.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotation_refused_while_the_lock_is_busy_says_so() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        let (started, done) = dd.rotate_key("docs", true).await.unwrap();
+        assert!(started && done.state == RotationState::Done);
+        let terms = fs.term_numbers();
+        let busy = fs.rotation.lock().await; // as a restore holds it
+        let e = dd.rotate_key("docs", false).await.unwrap_err();
+        assert!(e.to_string().contains("is running"), "{e}");
+        drop(busy);
+        assert_eq!(fs.term_numbers(), terms, "no term added");
+        let (started, _) = dd.rotate_key("docs", true).await.unwrap();
+        assert!(started);
+        assert_eq!(fs.term_numbers().len(), terms.len() + 1);
     }
 
     /// Regression: one damaged record (Decrypt from rewrap) stopped the rotation at the

@@ -616,8 +616,9 @@ const EARLY_CHECK_MIN: u64 = 1 << 20;
 /// Most entries in one page of a listing (`?limit=`).
 const MAX_PAGE: usize = 10_000;
 
-/// The query parameters a file route may use, percent-decoded, not yet checked: each is
-/// checked by the route that uses it (a cache-busting `?v=%E9` on a GET is nobody's concern).
+/// The query parameters a file route may use, as sent (percent-encoded), not yet checked:
+/// each is decoded and checked by the route that uses it (a cache-busting `?v=%E9` or a
+/// stray `?limit=0` on a GET of a file is nobody's concern).
 #[derive(Default)]
 struct Query {
     cursor: Option<String>,
@@ -625,13 +626,30 @@ struct Query {
     recursive: Option<String>,
 }
 
+/// A query value percent-decoded, as UTF-8.
+fn query_value(raw: &str, name: &str) -> Result<String, ApiError> {
+    percent_encoding::percent_decode_str(raw)
+        .decode_utf8()
+        .map(|c| c.into_owned())
+        .map_err(|_| ApiError::bad_request(format!("{name} is not UTF-8 once percent-decoded")))
+}
+
 impl Query {
+    /// `?cursor=`, decoded.
+    fn cursor(&self) -> Result<Option<String>, ApiError> {
+        self.cursor
+            .as_deref()
+            .map(|c| query_value(c, "cursor"))
+            .transpose()
+    }
+
     /// `?limit=`: 1 to [`MAX_PAGE`], 1000 if absent.
     fn limit(&self) -> Result<usize, ApiError> {
         let Some(v) = &self.limit else {
             return Ok(1000);
         };
-        v.parse()
+        query_value(v, "limit")?
+            .parse()
             .ok()
             .filter(|n| (1..=MAX_PAGE).contains(n))
             .ok_or_else(|| {
@@ -641,34 +659,31 @@ impl Query {
 
     /// `?recursive=`: `true`, `1` or empty; `false` or `0`; false if absent.
     fn recursive(&self) -> Result<bool, ApiError> {
-        match self.recursive.as_deref() {
-            None | Some("0" | "false") => Ok(false),
-            Some("" | "1" | "true") => Ok(true),
-            Some(_) => Err(ApiError::bad_request("recursive must be true or false")),
+        let Some(v) = &self.recursive else {
+            return Ok(false);
+        };
+        match query_value(v, "recursive")?.as_str() {
+            "0" | "false" => Ok(false),
+            "" | "1" | "true" => Ok(true),
+            _ => Err(ApiError::bad_request("recursive must be true or false")),
         }
     }
 }
 
-fn parse_query(q: Option<&str>) -> Result<Query, ApiError> {
+fn parse_query(q: Option<&str>) -> Query {
     let mut out = Query::default();
-    let decode = |s: &str| {
-        percent_encoding::percent_decode_str(s)
-            .decode_utf8()
-            .map(|c| c.into_owned())
-    };
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
-        let slot = match decode(k).as_deref() {
+        let name = percent_encoding::percent_decode_str(k).decode_utf8();
+        let slot = match name.as_deref() {
             Ok("cursor") => &mut out.cursor,
             Ok("limit") => &mut out.limit,
             Ok("recursive") => &mut out.recursive,
             _ => continue,
         };
-        *slot = Some(decode(v).map_err(|_| {
-            ApiError::bad_request("a query value is not UTF-8 once percent-decoded")
-        })?);
+        *slot = Some(v.to_owned());
     }
-    Ok(out)
+    out
 }
 
 /// The audit action of a file route.
@@ -773,7 +788,7 @@ async fn files_inner(
     }
     who.path = Some(path.to_string());
     let (caller, fs) = authorise(&st, &parts.headers, &parts.extensions, who)?;
-    let query = parse_query(parts.uri.query())?;
+    let query = parse_query(parts.uri.query());
     let method = parts.method.clone();
     match (method.as_str(), is_dir) {
         ("GET", true) => list(&fs, &path, &query).await,
@@ -910,9 +925,9 @@ fn http_date(ms: i64) -> String {
 async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, ApiError> {
     let limit = q.limit()?;
     // Sealed: in clear a cursor is the index key the page ended at (see `seal_cursor`).
-    let cursor = match &q.cursor {
+    let cursor = match q.cursor()? {
         None => None,
-        Some(c) => Some(fs.open_cursor(c).ok_or_else(|| {
+        Some(c) => Some(fs.open_cursor(&c).ok_or_else(|| {
             ApiError::bad_request("invalid cursor: use the next_cursor of a page of this directory")
         })?),
     };

@@ -15,8 +15,8 @@
 //! decrypting it whole into memory, so clients that stop reading cannot pin more than the
 //! budget in evicted versions.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -56,13 +56,53 @@ impl CachedFile {
 pub struct Share {
     budget: Arc<AtomicU64>,
     bytes: u64,
+    /// The fill this share was reserved for: its place in the removals' order, and whether
+    /// it is still running (until its version is inserted, or it is dropped).
+    removals: Arc<Mutex<Removals>>,
+    epoch: u64,
+    filling: AtomicBool,
+}
+
+impl Share {
+    /// Marks the fill over (once); under the removals' lock.
+    fn fill_over(&self, r: &mut Removals) {
+        if self.filling.swap(false, Ordering::AcqRel) {
+            r.in_flight -= 1;
+            if r.in_flight == 0 {
+                r.recent.clear();
+                r.overflow = false;
+            }
+        }
+    }
 }
 
 impl Drop for Share {
     fn drop(&mut self) {
         self.budget.fetch_sub(self.bytes, Ordering::AcqRel);
+        if self.filling.load(Ordering::Acquire) {
+            let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+            self.fill_over(&mut r);
+        }
     }
 }
+
+/// Versions removed while fills were running: a fill decrypts for milliseconds, and a
+/// delete or replacement committed meanwhile found nothing in the cache to drop; the fill
+/// checks here when it inserts. Kept only while a fill runs, at most [`REMOVALS_KEPT`].
+#[derive(Default)]
+struct Removals {
+    /// The number the next recorded removal gets.
+    next: u64,
+    /// Fills running.
+    in_flight: usize,
+    recent: std::collections::VecDeque<(u64, [u8; 16])>,
+    /// More removals than [`REMOVALS_KEPT`] came while fills ran: every running fill drops
+    /// its version rather than guess.
+    overflow: bool,
+}
+
+/// Removals remembered for running fills (24 bytes each).
+const REMOVALS_KEPT: usize = 65_536;
 
 impl CachedFile {
     /// A `Bytes` view that keeps this entry alive while the response is being sent.
@@ -105,9 +145,8 @@ pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct ContentCache {
     inner: Option<Cache<[u8; 16], Arc<CachedFile>>>,
-    /// Versions removed in the last minute: a fill that decrypted one of them while it was
-    /// being removed (the invalidation came first) drops it again (see `insert`).
-    removed: Option<Cache<[u8; 16], ()>>,
+    /// Versions removed while fills run (see [`Removals`]).
+    removals: Arc<Mutex<Removals>>,
     max_file: u64,
     /// Bytes of plaintext held by cached versions (in the cache or not any more).
     held: Arc<AtomicU64>,
@@ -127,15 +166,9 @@ impl ContentCache {
                 .time_to_idle(TIME_TO_IDLE)
                 .build()
         });
-        let removed = inner.is_some().then(|| {
-            Cache::builder()
-                .max_capacity(1 << 20)
-                .time_to_live(Duration::from_secs(60))
-                .build()
-        });
         Self {
             inner,
-            removed,
+            removals: Arc::default(),
             max_file: cfg.max_file,
             held: Arc::new(AtomicU64::new(0)),
             budget: cfg.capacity.saturating_add(PLAINTEXT_OVERHEAD),
@@ -151,9 +184,17 @@ impl ContentCache {
                 held.checked_add(bytes).filter(|&n| n <= self.budget)
             })
             .ok()?;
+        let epoch = {
+            let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+            r.in_flight += 1;
+            r.next
+        };
         Some(Share {
             budget: self.held.clone(),
             bytes,
+            removals: self.removals.clone(),
+            epoch,
+            filling: AtomicBool::new(true),
         })
     }
 
@@ -161,11 +202,21 @@ impl ContentCache {
     /// plaintext is freed (and zeroized) by the next [`ContentCache::upkeep`], or when the
     /// last response sending it ends.
     pub fn invalidate(&self, version: &[u8; 16]) {
-        if let (Some(c), Some(removed)) = (&self.inner, &self.removed) {
-            // Noted first: a fill inserting it after this invalidation sees the note.
-            removed.insert(*version, ());
-            c.invalidate(version);
+        let Some(c) = &self.inner else { return };
+        // Noted first: a fill inserting it after this invalidation sees the note.
+        {
+            let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+            if r.in_flight > 0 {
+                let n = r.next;
+                r.next += 1;
+                if r.recent.len() < REMOVALS_KEPT {
+                    r.recent.push_back((n, *version));
+                } else {
+                    r.overflow = true;
+                }
+            }
         }
+        c.invalidate(version);
     }
 
     /// Runs moka's pending work: frees what was invalidated or has expired. Called every
@@ -175,9 +226,6 @@ impl ContentCache {
             c.run_pending_tasks();
             metrics::gauge!("efs_cache_bytes").set(c.weighted_size() as f64);
             metrics::gauge!("efs_cache_plaintext_bytes").set(self.held_bytes() as f64);
-        }
-        if let Some(r) = &self.removed {
-            r.run_pending_tasks();
         }
     }
 
@@ -206,14 +254,24 @@ impl ContentCache {
     /// Stores a version, unless it was removed meanwhile: a fill decrypts for milliseconds,
     /// and a delete or replacement committed then found nothing to invalidate yet.
     pub fn insert(&self, file: Arc<CachedFile>) {
-        if let (Some(c), Some(removed)) = (&self.inner, &self.removed) {
-            let version = file.entry.version;
-            c.insert(version, file);
-            if removed.contains_key(&version) {
-                c.invalidate(&version);
-            }
-            metrics::gauge!("efs_cache_bytes").set(c.weighted_size() as f64);
+        let Some(c) = &self.inner else { return };
+        let version = file.entry.version;
+        c.insert(version, file.clone());
+        let removed = {
+            let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+            let share = &file._share;
+            let removed = share.filling.load(Ordering::Acquire)
+                && (r.overflow
+                    || r.recent
+                        .iter()
+                        .any(|(n, v)| *n >= share.epoch && *v == version));
+            share.fill_over(&mut r);
+            removed
+        };
+        if removed {
+            c.invalidate(&version);
         }
+        metrics::gauge!("efs_cache_bytes").set(c.weighted_size() as f64);
     }
 
     /// Empties the cache: every entry is dropped (and zeroized unless a response still sends

@@ -221,7 +221,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                cache.upkeep();
+                // A panic here (inside moka) would end the task, and with it the freeing of
+                // plaintext, silently: logged, and the next tick tries again.
+                let upkeep = std::panic::AssertUnwindSafe(|| cache.upkeep());
+                if std::panic::catch_unwind(upkeep).is_err() {
+                    tracing::error!("the decrypted cache's upkeep panicked; retrying in a second");
+                }
             }
         });
     }

@@ -133,7 +133,8 @@ pub fn verify(
     let mut torn = Vec::new();
     let mut mac_at_anchor = None;
     let mut mac_at_expect = None;
-    let mut lost_anchor: Option<Problem> = None;
+    // Every first entry of a writer that found the anchor lost: (entry, file, line).
+    let mut lost_anchor: Vec<(u64, String, u64)> = Vec::new();
     let files = scan(dir, |file, no, item| {
         match item {
             Item::Torn => torn.push(format!("{file} line {no}")),
@@ -159,14 +160,7 @@ pub fn verify(
                         &e.mac,
                     );
                 if unanchored {
-                    lost_anchor.get_or_insert(Problem {
-                        entry: expected,
-                        file: file.to_owned(),
-                        line: no,
-                        message: format!(
-                            "entry {expected} (file {file} line {no}): written by a writer that found the HEAD anchor missing or damaged — entries may have been cut off the log's end before it, which the lost anchor would have shown"
-                        ),
-                    });
+                    lost_anchor.push((expected, file.to_owned(), no));
                 }
                 if !chained && !unanchored {
                     problem = Some(bad_line(expected, file, no, "MAC mismatch"));
@@ -251,8 +245,30 @@ pub fn verify(
             });
         }
     }
-    // A lost anchor is reported when nothing else is, and beside what else is found.
-    problem = match (problem, lost_anchor) {
+    // Lost anchors are reported (each of them: a second loss must not hide behind a first
+    // one already looked into) when nothing else is, and beside what else is found.
+    let lost = lost_anchor.first().map(|(entry, file, line)| {
+        let which = match lost_anchor.len() {
+            1 => format!("entry {entry} (file {file} line {line})"),
+            _ => format!(
+                "entries {} (the first in file {file} line {line})",
+                lost_anchor
+                    .iter()
+                    .map(|(e, ..)| e.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+        };
+        Problem {
+            entry: *entry,
+            file: file.clone(),
+            line: *line,
+            message: format!(
+                "{which}: written by a writer that found the HEAD anchor missing or damaged — entries may have been cut off the log's end before it, which the lost anchor would have shown"
+            ),
+        }
+    });
+    problem = match (problem, lost) {
         (None, lost) => lost,
         (Some(mut p), Some(lost)) => {
             p.message = format!("{}; and {}", p.message, lost.message);

@@ -307,6 +307,17 @@ async fn a_writer_after_a_lost_anchor_keeps_the_loss_visible() {
                 && p.message.contains("found the HEAD anchor missing"),
             "{damage}: {p:?}"
         );
+        // The same again (anchor deleted with the cut): a second mark, named beside the first
+        // (entry 8 again: the cut entry's number is reused).
+        std::fs::remove_file(&head).unwrap();
+        let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+        log.record(rec(101)).await.unwrap();
+        log.close();
+        let p = problem(&dir, &keys);
+        assert!(
+            p.message.starts_with("entries 6, 8 (the first in file"),
+            "{damage}: {p:?}"
+        );
     }
 }
 
