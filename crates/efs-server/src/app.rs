@@ -1094,6 +1094,8 @@ async fn read_version(
     h: &HeaderMap,
     head: bool,
 ) -> Result<Option<Response>, ApiError> {
+    // Before the lookup: a fill of the cache drops what was removed from here on.
+    let removal_epoch = st.cache.removal_epoch();
     let found = fs.look_up(path).await?;
     let entry = found.entry();
     if entry.kind == Kind::Dir {
@@ -1209,7 +1211,7 @@ async fn read_version(
                         i = e;
                     }
                     let c = Arc::new(CachedFile::new(entry.clone(), data, share));
-                    st.cache.insert(c.clone());
+                    st.cache.insert(c.clone(), removal_epoch);
                     Some(c)
                 }
             },

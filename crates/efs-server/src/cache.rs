@@ -15,7 +15,7 @@
 //! decrypting it whole into memory, so clients that stop reading cannot pin more than the
 //! budget in evicted versions.
 
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -56,52 +56,30 @@ impl CachedFile {
 pub struct Share {
     budget: Arc<AtomicU64>,
     bytes: u64,
-    /// The fill this share was reserved for: its place in the removals' order, and whether
-    /// it is still running (until its version is inserted, or it is dropped).
-    removals: Arc<Mutex<Removals>>,
-    epoch: u64,
-    filling: AtomicBool,
-}
-
-impl Share {
-    /// Marks the fill over (once); under the removals' lock.
-    fn fill_over(&self, r: &mut Removals) {
-        if self.filling.swap(false, Ordering::AcqRel) {
-            r.in_flight -= 1;
-            if r.in_flight == 0 {
-                r.recent.clear();
-                r.overflow = false;
-            }
-        }
-    }
 }
 
 impl Drop for Share {
     fn drop(&mut self) {
         self.budget.fetch_sub(self.bytes, Ordering::AcqRel);
-        if self.filling.load(Ordering::Acquire) {
-            let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
-            self.fill_over(&mut r);
-        }
     }
 }
 
-/// Versions removed while fills were running: a fill decrypts for milliseconds, and a
+/// The latest removals, numbered: a fill decrypts for milliseconds after its lookup, and a
 /// delete or replacement committed meanwhile found nothing in the cache to drop; the fill
-/// checks here when it inserts. Kept only while a fill runs, at most [`REMOVALS_KEPT`].
+/// looks here when it inserts, for a removal of its version numbered at or after the count
+/// it read before its lookup ([`ContentCache::removal_epoch`]).
 #[derive(Default)]
 struct Removals {
-    /// The number the next recorded removal gets.
-    next: u64,
-    /// Fills running.
-    in_flight: usize,
-    recent: std::collections::VecDeque<(u64, [u8; 16])>,
-    /// More removals than [`REMOVALS_KEPT`] came while fills ran: every running fill drops
-    /// its version rather than guess.
-    overflow: bool,
+    /// Each version's latest removal.
+    latest: std::collections::HashMap<[u8; 16], u64>,
+    /// The removals in order, at most [`REMOVALS_KEPT`].
+    order: std::collections::VecDeque<(u64, [u8; 16])>,
+    /// The number of the latest removal forgotten (beyond [`REMOVALS_KEPT`]): a fill that
+    /// began before it cannot tell, and drops its version.
+    forgotten: Option<u64>,
 }
 
-/// Removals remembered for running fills (24 bytes each).
+/// Removals remembered (about 60 bytes each).
 const REMOVALS_KEPT: usize = 65_536;
 
 impl CachedFile {
@@ -145,8 +123,9 @@ pub const UPKEEP_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Clone)]
 pub struct ContentCache {
     inner: Option<Cache<[u8; 16], Arc<CachedFile>>>,
-    /// Versions removed while fills run (see [`Removals`]).
+    /// The latest removals (see [`Removals`]), and the number the next one gets.
     removals: Arc<Mutex<Removals>>,
+    next_removal: Arc<AtomicU64>,
     max_file: u64,
     /// Bytes of plaintext held by cached versions (in the cache or not any more).
     held: Arc<AtomicU64>,
@@ -169,6 +148,7 @@ impl ContentCache {
         Self {
             inner,
             removals: Arc::default(),
+            next_removal: Arc::default(),
             max_file: cfg.max_file,
             held: Arc::new(AtomicU64::new(0)),
             budget: cfg.capacity.saturating_add(PLAINTEXT_OVERHEAD),
@@ -184,17 +164,9 @@ impl ContentCache {
                 held.checked_add(bytes).filter(|&n| n <= self.budget)
             })
             .ok()?;
-        let epoch = {
-            let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
-            r.in_flight += 1;
-            r.next
-        };
         Some(Share {
             budget: self.held.clone(),
             bytes,
-            removals: self.removals.clone(),
-            epoch,
-            filling: AtomicBool::new(true),
         })
     }
 
@@ -206,14 +178,15 @@ impl ContentCache {
         // Noted first: a fill inserting it after this invalidation sees the note.
         {
             let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
-            if r.in_flight > 0 {
-                let n = r.next;
-                r.next += 1;
-                if r.recent.len() < REMOVALS_KEPT {
-                    r.recent.push_back((n, *version));
-                } else {
-                    r.overflow = true;
+            let n = self.next_removal.fetch_add(1, Ordering::SeqCst);
+            r.latest.insert(*version, n);
+            r.order.push_back((n, *version));
+            while r.order.len() > REMOVALS_KEPT {
+                let (old, v) = r.order.pop_front().expect("longer than the limit");
+                if r.latest.get(&v) == Some(&old) {
+                    r.latest.remove(&v);
                 }
+                r.forgotten = Some(old);
             }
         }
         c.invalidate(version);
@@ -223,7 +196,7 @@ impl ContentCache {
     /// [`UPKEEP_INTERVAL`] by the server.
     pub fn upkeep(&self) {
         if let Some(c) = &self.inner {
-            c.run_pending_tasks();
+            drain(c);
             metrics::gauge!("efs_cache_bytes").set(c.weighted_size() as f64);
             metrics::gauge!("efs_cache_plaintext_bytes").set(self.held_bytes() as f64);
         }
@@ -251,22 +224,23 @@ impl ContentCache {
         hit
     }
 
-    /// Stores a version, unless it was removed meanwhile: a fill decrypts for milliseconds,
-    /// and a delete or replacement committed then found nothing to invalidate yet.
-    pub fn insert(&self, file: Arc<CachedFile>) {
+    /// The count of removals so far: read before the lookup that leads to a fill, and given
+    /// to [`ContentCache::insert`].
+    pub fn removal_epoch(&self) -> u64 {
+        self.next_removal.load(Ordering::SeqCst)
+    }
+
+    /// Stores a version, unless it was removed since `epoch` ([`ContentCache::removal_epoch`]
+    /// read before the lookup that found it): a fill decrypts for milliseconds, and a delete or
+    /// replacement committed meanwhile found nothing in the cache to drop.
+    pub fn insert(&self, file: Arc<CachedFile>, epoch: u64) {
         let Some(c) = &self.inner else { return };
         let version = file.entry.version;
-        c.insert(version, file.clone());
+        c.insert(version, file);
         let removed = {
-            let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
-            let share = &file._share;
-            let removed = share.filling.load(Ordering::Acquire)
-                && (r.overflow
-                    || r.recent
-                        .iter()
-                        .any(|(n, v)| *n >= share.epoch && *v == version));
-            share.fill_over(&mut r);
-            removed
+            let r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+            r.forgotten.is_some_and(|f| f >= epoch)
+                || r.latest.get(&version).is_some_and(|n| *n >= epoch)
         };
         if removed {
             c.invalidate(&version);
@@ -283,7 +257,7 @@ impl ContentCache {
                 c.invalidate(&*k);
             }
             c.invalidate_all();
-            c.run_pending_tasks();
+            drain(c);
             metrics::gauge!("efs_cache_bytes").set(c.weighted_size() as f64);
         }
     }
@@ -300,9 +274,32 @@ impl ContentCache {
     }
 }
 
+/// Runs moka's pending work until its queues are empty: one run handles a bounded batch of
+/// the writes queued (inserts, invalidations), each of which may hold a version's plaintext
+/// until it is handled (a single run left one behind under load).
+fn drain(c: &Cache<[u8; 16], Arc<CachedFile>>) {
+    for _ in 0..8 {
+        c.run_pending_tasks();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Runs the upkeep until the plaintext held satisfies `ok`: moka frees a removed entry's
+    /// value once its queues are handled and its concurrent map's epoch-based reclamation
+    /// lets go of it, which on a loaded machine can take more than one upkeep.
+    fn settles(cache: &ContentCache, ok: impl Fn(u64) -> bool) -> bool {
+        for _ in 0..5000 {
+            cache.upkeep();
+            if ok(cache.held_bytes()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        false
+    }
 
     fn file(cache: &ContentCache, version: u8, len: usize) -> Option<Arc<CachedFile>> {
         let share = cache.reserve(len as u64)?;
@@ -336,7 +333,7 @@ mod tests {
         // the responses keep them.
         let mut in_use = Vec::new();
         while let Some(f) = file(&cache, in_use.len() as u8, 4 * MIB) {
-            cache.insert(f.clone());
+            cache.insert(f.clone(), cache.removal_epoch());
             in_use.push(f);
         }
         assert_eq!(in_use.len(), budget / (4 * MIB));
@@ -356,11 +353,11 @@ mod tests {
             })
             .expect("most were evicted");
         in_use.remove(evicted);
-        cache.weighted_size(); // runs moka's pending tasks, which hold the value until then
+        assert!(settles(&cache, |held| held <= (budget - 4 * MIB) as u64));
         assert!(cache.reserve(4 * MIB as u64).is_some());
         in_use.clear();
         cache.clear();
-        assert_eq!(cache.held_bytes(), 0, "every share given back");
+        assert!(settles(&cache, |held| held == 0), "every share given back");
     }
 
     #[test]
@@ -370,31 +367,54 @@ mod tests {
             max_file: 1 << 20,
         });
         let f = file(&cache, 1, 1000).unwrap();
-        cache.insert(f);
+        cache.insert(f, cache.removal_epoch());
         assert!(cache.get(&[1; 16]).is_some());
         assert_eq!(cache.held_bytes(), 1000);
         cache.invalidate(&[1; 16]);
         assert!(cache.get(&[1; 16]).is_none());
-        cache.upkeep(); // moka's pending tasks drop the value
-        assert_eq!(cache.held_bytes(), 0);
+        assert!(settles(&cache, |held| held == 0));
     }
 
-    /// A fill that decrypted a version while it was being removed does not put it back.
+    /// A fill whose version was removed after its lookup (before or while it decrypts)
+    /// does not put it back; one removed before its lookup could not have found it, and a
+    /// version removed long ago and written again is cached.
     #[test]
     fn a_version_removed_during_its_fill_is_not_kept() {
         let cache = ContentCache::new(CacheConfig {
             capacity: 1 << 20,
             max_file: 1 << 20,
         });
+        let epoch = cache.removal_epoch(); // read before the lookup
+        cache.invalidate(&[2; 16]); // the delete commits before the fill even starts
         let f = file(&cache, 2, 1000).unwrap();
-        cache.invalidate(&[2; 16]); // the delete commits while the fill decrypts
-        cache.insert(f);
+        cache.insert(f, epoch);
         assert!(cache.get(&[2; 16]).is_none());
-        cache.upkeep();
-        assert_eq!(cache.held_bytes(), 0);
-        // Another version is cached as usual.
-        cache.insert(file(&cache, 3, 1000).unwrap());
+        assert!(settles(&cache, |held| held == 0));
+        // Another version, and one removed before this fill's lookup, are cached as usual.
+        cache.insert(file(&cache, 3, 1000).unwrap(), cache.removal_epoch());
         assert!(cache.get(&[3; 16]).is_some());
+        cache.insert(file(&cache, 2, 1000).unwrap(), cache.removal_epoch());
+        assert!(cache.get(&[2; 16]).is_some());
+    }
+
+    /// Beyond the removals kept, a fill older than the forgotten ones drops its version;
+    /// later fills cache as usual (a flood of removals does not stop caching).
+    #[test]
+    fn a_fill_older_than_the_removals_kept_drops_its_version() {
+        let cache = ContentCache::new(CacheConfig {
+            capacity: 1 << 20,
+            max_file: 1 << 20,
+        });
+        let old = cache.removal_epoch();
+        for i in 0..=REMOVALS_KEPT as u32 {
+            let mut v = [9u8; 16];
+            v[..4].copy_from_slice(&i.to_be_bytes());
+            cache.invalidate(&v);
+        }
+        cache.insert(file(&cache, 5, 1000).unwrap(), old);
+        assert!(cache.get(&[5; 16]).is_none(), "it cannot tell: dropped");
+        cache.insert(file(&cache, 6, 1000).unwrap(), cache.removal_epoch());
+        assert!(cache.get(&[6; 16]).is_some());
     }
 
     /// `upkeep` frees an invalidated version without any other call of the cache (moka
@@ -405,10 +425,9 @@ mod tests {
             capacity: 1 << 20,
             max_file: 1 << 20,
         });
-        cache.insert(file(&cache, 4, 1000).unwrap());
+        cache.insert(file(&cache, 4, 1000).unwrap(), cache.removal_epoch());
         cache.invalidate(&[4; 16]);
-        cache.upkeep();
-        assert_eq!(cache.held_bytes(), 0);
+        assert!(settles(&cache, |held| held == 0));
     }
 
     #[test]
