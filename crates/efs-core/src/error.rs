@@ -61,6 +61,9 @@ pub enum CoreError {
     /// Too many concurrent conflicting writers; the operation was not applied.
     #[error("too much contention on this path; retry")]
     Contention,
+    /// A listing cursor that is not one of this directory's pages.
+    #[error("invalid cursor: use the next_cursor of a page of this directory")]
+    BadCursor,
 }
 
 impl From<efs_format::FormatError> for CoreError {

@@ -1034,7 +1034,8 @@ impl Filesystem {
     }
 
     /// A page of directory `path`: up to `limit` entries after `cursor`, and the cursor of
-    /// the next page if there may be more.
+    /// the next page if there may be more. A cursor of another directory is
+    /// [`CoreError::BadCursor`].
     pub async fn list(
         &self,
         path: &EfsPath,
@@ -1047,6 +1048,11 @@ impl Filesystem {
             return Err(CoreError::Conflict("not a directory"));
         }
         let tag = self.dir_tag(&kr, &dir.id);
+        // A cursor names the directory it pages (the key's first half is the directory's
+        // tag): one of another directory would start this one at its start or past its end.
+        if cursor.is_some_and(|c| c[..16] != tag) {
+            return Err(CoreError::BadCursor);
+        }
         let limit = limit.max(1);
         let rows = self.index.list_dir(&tag, cursor, limit + 1).await?;
         let more = rows.len() > limit;

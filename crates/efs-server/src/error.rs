@@ -113,6 +113,9 @@ impl From<CoreError> for ApiError {
                 codes::TOO_LARGE,
                 "the body is larger than this server accepts",
             ),
+            CoreError::BadCursor => ApiError::bad_request(
+                "invalid cursor: use the next_cursor of a page of this directory",
+            ),
             CoreError::Contention => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 codes::UNAVAILABLE,

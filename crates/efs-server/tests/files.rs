@@ -2257,6 +2257,17 @@ async fn listing_cursors_do_not_show_index_keys() {
     assert_eq!(rest.status(), 200);
     let rest: Value = rest.json().await.unwrap();
     assert_eq!(rest["entries"].as_array().unwrap().len(), 3, "{rest}");
+    // A cursor of another directory: 400 (it listed that one from its start or from past its
+    // end, by where the two directories' tags sort).
+    srv.put_ok("/p/174/s.pdf", &s.token, b"y".to_vec()).await;
+    for dir in ["/p/174/", "/p/", "/"] {
+        let r = srv
+            .req("GET", &format!("{dir}?cursor={cursor}"), &s.token)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 400, "bad_request").await;
+    }
     // A cursor it did not make: 400.
     for bad in ["00".repeat(32), format!("{cursor}A"), "AAAA".into()] {
         let r = srv
