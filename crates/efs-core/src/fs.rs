@@ -1361,6 +1361,28 @@ impl Filesystem {
     /// Deletes the file or directory at `path`. A non-empty directory needs `recursive`.
     /// Deleting a file destroys its wrapped data key (crypto-erasure) with its record.
     pub async fn delete(&self, path: &EfsPath, cond: Precondition, recursive: bool) -> Result<()> {
+        self.delete_kind(path, cond, recursive, false).await
+    }
+
+    /// [`Filesystem::delete`] of a directory only (HTTP `DELETE /a/`): a file at `path` is
+    /// [`CoreError::Conflict`]. The kind is checked on the record the delete commits against,
+    /// so a directory replaced by a file in between is not deleted.
+    pub async fn delete_dir(
+        &self,
+        path: &EfsPath,
+        cond: Precondition,
+        recursive: bool,
+    ) -> Result<()> {
+        self.delete_kind(path, cond, recursive, true).await
+    }
+
+    async fn delete_kind(
+        &self,
+        path: &EfsPath,
+        cond: Precondition,
+        recursive: bool,
+        dir_only: bool,
+    ) -> Result<()> {
         if path.is_root() {
             return Err(CoreError::Conflict("the root cannot be deleted"));
         }
@@ -1371,6 +1393,9 @@ impl Filesystem {
                 return Err(CoreError::NotFound);
             };
             check_precondition(&kr, &cond, Some(rec))?;
+            if dir_only && rec.kind != Kind::Dir {
+                return Err(CoreError::Conflict(NOT_A_DIR));
+            }
             if rec.kind == Kind::Dir {
                 let tag = self.dir_tag(&kr, &rec.id);
                 let children = self.index.list_dir(&tag, None, 1).await?;
@@ -1495,6 +1520,19 @@ impl Filesystem {
             .await
     }
 
+    /// [`Filesystem::rename_if`] of a directory only (HTTP `MOVE /a/`, or a destination
+    /// ending in `/`): a file at `from` is [`CoreError::Conflict`], checked on the record the
+    /// move commits against.
+    pub async fn rename_dir_if(
+        &self,
+        from: &EfsPath,
+        to: &EfsPath,
+        overwrite: bool,
+        cond: Precondition,
+    ) -> Result<Entry> {
+        self.rename_kind(from, to, overwrite, cond, true).await
+    }
+
     /// [`Filesystem::rename`] if the source's current version meets `cond` (HTTP `If-Match`
     /// on `MOVE`), else [`CoreError::Precondition`]. The check and the move are one commit:
     /// it expects the source exactly as checked.
@@ -1504,6 +1542,17 @@ impl Filesystem {
         to: &EfsPath,
         overwrite: bool,
         cond: Precondition,
+    ) -> Result<Entry> {
+        self.rename_kind(from, to, overwrite, cond, false).await
+    }
+
+    async fn rename_kind(
+        &self,
+        from: &EfsPath,
+        to: &EfsPath,
+        overwrite: bool,
+        cond: Precondition,
+        dir_only: bool,
     ) -> Result<Entry> {
         if from.is_root() || to.is_root() {
             return Err(CoreError::Conflict("the root cannot be moved"));
@@ -1515,7 +1564,11 @@ impl Filesystem {
                     let res = self.resolve(&kr, from, false).await?;
                     check_precondition(&kr, &cond, res.current.as_ref().map(|(_, r)| r))?;
                 }
-                return self.stat(from).await;
+                let e = self.stat(from).await?;
+                if dir_only && e.kind != Kind::Dir {
+                    return Err(CoreError::Conflict(NOT_A_DIR));
+                }
+                return Ok(e);
             }
             return Err(CoreError::Conflict("cannot move a directory into itself"));
         }
@@ -1527,6 +1580,9 @@ impl Filesystem {
                 return Err(CoreError::NotFound);
             };
             check_precondition(&kr, &cond, Some(src_rec))?;
+            if dir_only && src_rec.kind != Kind::Dir {
+                return Err(CoreError::Conflict(NOT_A_DIR));
+            }
             let dst = self.resolve(&kr, to, true).await?;
             if let Some((_, d)) = &dst.current {
                 if !overwrite {
@@ -1948,6 +2004,9 @@ fn etag_of(kr: &Keyring, content: &ContentId) -> [u8; 16] {
         .try_into()
         .expect("SHA-256 output is 32 bytes")
 }
+
+/// A delete or move of a path ending in `/` found a file there.
+const NOT_A_DIR: &str = "a path ending in '/' names a directory, and this is a file";
 
 fn check_precondition(kr: &Keyring, cond: &Precondition, current: Option<&Record>) -> Result<()> {
     let ok = match (cond, current) {

@@ -613,6 +613,84 @@ async fn delete_files_and_directories() {
     assert_eq!(rep.records, 4, "/del, /del/small, /tree, /tree/a");
 }
 
+/// `delete_dir` / `rename_dir_if` (HTTP `DELETE /a/`, `MOVE /a/`) act only on a directory,
+/// checked on the record they commit against: a directory replaced by a file between the
+/// check and the commit is not deleted (the server checked with a `stat` first, so a racing
+/// writer's file could go).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn directory_only_deletes_and_moves_never_touch_a_file() {
+    let env = Env::new();
+    let fs = &env.fs;
+    put(fs, "/f.pdf", b"file").await;
+    let r = fs.delete_dir(&p("/f.pdf"), Precondition::None, true).await;
+    assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
+    let r = fs
+        .rename_dir_if(&p("/f.pdf"), &p("/g"), false, Precondition::None)
+        .await;
+    assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
+    let r = fs
+        .rename_dir_if(&p("/f.pdf"), &p("/f.pdf"), false, Precondition::None)
+        .await;
+    assert!(matches!(r, Err(CoreError::Conflict(_))), "{r:?}");
+    assert_eq!(read_all(fs, "/f.pdf").await.unwrap(), b"file");
+    put(fs, "/d/x", b"x").await;
+    let e = fs
+        .rename_dir_if(&p("/d"), &p("/e"), false, Precondition::None)
+        .await
+        .unwrap();
+    assert_eq!(e.kind, Kind::Dir);
+    fs.delete_dir(&p("/e"), Precondition::None, true)
+        .await
+        .unwrap();
+    assert!(matches!(fs.stat(&p("/e")).await, Err(CoreError::NotFound)));
+
+    // The race: one task deletes `/x/` over and over while another turns `/x` from a
+    // directory into a file and back. The file's owner must always find its file.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let deleter = {
+        let (fs, stop) = (fs.clone(), stop.clone());
+        tokio::spawn(async move {
+            let mut deleted = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                match fs.delete_dir(&p("/x"), Precondition::None, true).await {
+                    Ok(()) => deleted += 1,
+                    Err(CoreError::NotFound | CoreError::Conflict(_)) => {}
+                    Err(e) => panic!("{e}"),
+                }
+                tokio::task::yield_now().await;
+            }
+            deleted
+        })
+    };
+    for i in 0..400u32 {
+        match fs.mkdir(&p("/x")).await {
+            Ok(_) | Err(CoreError::Exists(_) | CoreError::Conflict(_)) => {}
+            Err(e) => panic!("{e}"),
+        }
+        // The directory goes (by the deleter or here), then a file takes its name.
+        let _ = fs.delete(&p("/x"), Precondition::None, true).await;
+        let body = i.to_be_bytes();
+        match put_with(fs, "/x", &body, None, Precondition::IfNoneMatch).await {
+            Ok(_) => {}
+            Err(CoreError::Precondition | CoreError::Conflict(_)) => continue,
+            Err(e) => panic!("{e}"),
+        }
+        assert_eq!(
+            read_all(fs, "/x").await.unwrap(),
+            body,
+            "round {i}: the file written is there"
+        );
+        let r = fs.delete(&p("/x"), Precondition::None, false).await;
+        assert!(
+            r.is_ok(),
+            "round {i}: the file was deleted by `DELETE /x/`: {r:?}"
+        );
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let deleted = deleter.await.unwrap();
+    assert!(deleted > 0, "the deleter raced the writer");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_reader_keeps_the_version_it_opened() {
     let env = Env::new();

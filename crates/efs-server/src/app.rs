@@ -577,18 +577,6 @@ fn names_dir(path: &str) -> bool {
     path.len() > 1 && path.ends_with('/')
 }
 
-/// `409` if `path` holds a file: a path ending in `/` names a directory (docs/api.md), so a
-/// delete or move of `/a.pdf/` must not act on the file `/a.pdf`.
-async fn require_dir(fs: &Filesystem, path: &EfsPath) -> Result<(), ApiError> {
-    if fs.stat(path).await?.kind != Kind::Dir {
-        return Err(efs_core::CoreError::Conflict(
-            "a path ending in '/' names a directory, and this is a file",
-        )
-        .into());
-    }
-    Ok(())
-}
-
 /// A move; `dir_only`: the source or the destination ended in `/`, so only a directory moves.
 async fn do_move(
     fs: &Filesystem,
@@ -598,10 +586,13 @@ async fn do_move(
     cond: Precondition,
     dir_only: bool,
 ) -> Result<Response, ApiError> {
-    if dir_only {
-        require_dir(fs, from).await?;
-    }
-    let e = fs.rename_if(from, to, overwrite, cond).await?;
+    // A path ending in `/` names a directory (docs/api.md): a move of `/a.pdf/` must not move
+    // the file `/a.pdf`; the kind is checked in the move's own commit.
+    let e = if dir_only {
+        fs.rename_dir_if(from, to, overwrite, cond).await?
+    } else {
+        fs.rename_if(from, to, overwrite, cond).await?
+    };
     let mut r = (StatusCode::OK, axum::Json(list_entry(&e))).into_response();
     if e.kind == Kind::File {
         set_etag(r.headers_mut(), &e);
@@ -818,9 +809,10 @@ async fn files_inner(
             // `DELETE /a` on a directory works too, like `rm -r` needs; `DELETE /a/` only
             // on a directory.
             if is_dir && !path.is_root() {
-                require_dir(&fs, &path).await?;
+                fs.delete_dir(&path, cond, query.recursive()?).await?;
+            } else {
+                fs.delete(&path, cond, query.recursive()?).await?;
             }
-            fs.delete(&path, cond, query.recursive()?).await?;
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("MOVE", _) => {
