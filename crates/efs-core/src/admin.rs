@@ -100,6 +100,10 @@ pub enum AdminRequest {
     /// (refused at open otherwise), and print the digest's generation and anchor. Only
     /// without a server: a running server opened a database that matched.
     AcceptSystem,
+    /// Replace the token-signing key by a fresh one: every token issued before is refused,
+    /// and the server identity changes. Only without a server: a running server keeps the
+    /// key it started with.
+    RotateSigningKey,
     /// Key terms and rotation progress of one filesystem or all.
     Status {
         /// Filesystem, or none for all.
@@ -655,6 +659,19 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             AdminResponse::ok(
                 lines,
                 serde_json::json!({ "fs": fs, "started": started, "rotation": p }),
+            )
+        }
+        AdminRequest::RotateSigningKey => {
+            let (old, new) = dd.rotate_signing_key()?;
+            AdminResponse::ok(
+                vec![
+                    format!("Replaced the token-signing key: server identity {old} -> {new}"),
+                    "Every token issued before is refused once the server starts: clients log in again.".into(),
+                    format!(
+                        "Tell users the new identity: clients pinned to {old} refuse to sign for {new} (efs: remove the remote and add it again)"
+                    ),
+                ],
+                serde_json::json!({ "old_server_id": old, "server_id": new }),
             )
         }
         AdminRequest::AcceptSystem => {

@@ -1203,6 +1203,37 @@ impl DataDir {
     pub fn put_secret(&self, name: &str, value: &[u8]) -> Result<()> {
         self.system.put_secret(name, value)
     }
+
+    /// Replaces the token-signing key by a fresh one (`efsctl rotate-signing-key`, with the
+    /// server stopped: a running server keeps the key it started with). Every token signed
+    /// before is refused from then on, and the server identity changes with the key. Returns
+    /// the server identities before and after.
+    pub fn rotate_signing_key(&self) -> Result<(String, String)> {
+        let old = self
+            .secret(SECRET_SIGNING_KEY)?
+            .ok_or(CoreError::Corrupt("the data dir has no token-signing key"))?;
+        let old: &[u8; 32] = old
+            .as_slice()
+            .try_into()
+            .map_err(|_| CoreError::Corrupt("token-signing key length"))?;
+        let old_id = server_id_of(old);
+        let new = efs_format::Key32::random();
+        self.put_secret(SECRET_SIGNING_KEY, new.as_bytes())?;
+        Ok((old_id, server_id_of(new.as_bytes())))
+    }
+}
+
+/// The server identity `S` of a token-signing key's seed: `efs-` + hex of the first 16 bytes
+/// of SHA-256 of its Ed25519 public key (docs/protocol.md).
+pub fn server_id_of(signing_seed: &[u8; 32]) -> String {
+    server_id_for_public(&ed25519_dalek::SigningKey::from_bytes(signing_seed).verifying_key())
+}
+
+/// The server identity `S` of a token-verification (public) key.
+pub fn server_id_for_public(key: &ed25519_dalek::VerifyingKey) -> String {
+    use sha2::Digest as _;
+    let digest = sha2::Sha256::digest(key.as_bytes());
+    format!("efs-{}", hex::encode(&digest[..16]))
 }
 
 /// A record of filesystem `from` made a record of filesystem `to`: a file's data key is

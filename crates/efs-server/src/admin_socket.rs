@@ -182,6 +182,15 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     if st.detached.is_closed() {
         return AdminResponse::err("the server is shutting down".to_owned());
     }
+    if matches!(req, AdminRequest::RotateSigningKey) {
+        // The server signs and checks tokens with the key it started with; a new key stored
+        // under it would take effect only at the next start, silently.
+        let refused = "efs-server is running: stop it first. rotate-signing-key replaces the key the running server signs and checks tokens with";
+        if let Err(e) = admin::record_admin(&st.data, op, &req, false).await {
+            return AdminResponse::err(e.to_string());
+        }
+        return AdminResponse::err(refused.to_owned());
+    }
     if matches!(req, AdminRequest::CacheClear) {
         if let Err(e) = admin::record_admin(&st.data, op, &req, true).await {
             return AdminResponse::err(e.to_string());

@@ -964,8 +964,7 @@ pub fn signed_message(server_id: &str, user: &str, nonce_b64: &str) -> Vec<u8> {
 /// `"efs-"` + hex of the first 16 bytes of SHA-256 of the raw 32-byte token-verification key:
 /// stable as long as the signing key is.
 pub fn server_id_for(key: &VerifyingKey) -> String {
-    let digest = Sha256::digest(key.as_bytes());
-    format!("efs-{}", hex::encode(&digest[..16]))
+    efs_core::datadir::server_id_for_public(key)
 }
 
 /// Whether `name` is a valid user name: 1 to 64 characters of `[A-Za-z0-9._-]`.

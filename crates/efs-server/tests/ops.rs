@@ -820,3 +820,50 @@ async fn the_server_writes_no_core_file() {
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&fields[4..6], ["0", "0"], "{line}");
 }
+
+/// `efsctl rotate-signing-key`: refused while the server runs (the new key would take effect
+/// only at its next start, silently); with the server stopped, a new key: tokens signed
+/// before are refused after the restart, the server identity changes as printed, logins
+/// work, and the audit log has both attempts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_signing_key_refuses_old_tokens_and_changes_the_identity() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/a.txt", &s.token, b"kept".to_vec()).await;
+    let old_id = srv.server_id.clone();
+
+    let out = srv.efsctl(&["rotate-signing-key"]);
+    assert!(!out.status.success(), "refused while the server runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stop it first"), "{err}");
+    assert_eq!(
+        srv.get_ok("/a.txt", &s.token).await,
+        b"kept",
+        "token still good"
+    );
+
+    srv.stop().await;
+    let said = srv.efsctl_ok(&["rotate-signing-key"]);
+    assert!(said.contains(&old_id), "{said}");
+    let json: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["--json", "rotate-signing-key"])).expect("JSON");
+    let newest = json["server_id"].as_str().expect("server_id").to_owned();
+    assert_ne!(newest, old_id);
+
+    let srv2 = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    assert_eq!(
+        srv2.server_id, newest,
+        "the identity printed is the server's"
+    );
+    let (status, _) = srv2.get("/a.txt", &s.token).await;
+    assert_eq!(status, 401, "a token signed with the old key");
+    let token = srv2.login(&s.user, &s.key, None).await;
+    assert_eq!(srv2.get_ok("/a.txt", &token).await, b"kept");
+
+    let log = srv2.efsctl_ok(&["audit", "show"]);
+    let rotations: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rotate-signing-key"))
+        .collect();
+    assert_eq!(rotations.len(), 3, "refused, then twice: {log}");
+}

@@ -50,6 +50,7 @@ macro_rules! say {
   efsctl --data ./efs-data backup --fs user-data -o /backups/user-data-1 --include-keys
   efsctl --data ./efs-data restore --fs user-data-restored -i /backups/user-data-1
   efsctl --data ./efs-data --key-part file:/old.key rekey-starter --new-key-part file:/new.key   # server stopped
+  efsctl --data ./efs-data rotate-signing-key          # server stopped: new token-signing key and server identity
   efsctl --data ./efs-data audit show --path /patients/173/prescription.pdf --since 7d
   efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
 
@@ -259,6 +260,12 @@ enum Cmd {
         #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
         new_key_parts: Vec<KeyPartSpec>,
     },
+    /// Replace the token-signing key by a fresh one, with the server stopped: every token
+    /// issued before is refused, and the server identity (efs-…, derived from the key)
+    /// changes. Prints both identities. For a signing key that may have leaked (with a copy
+    /// of the data dir and its key parts). Clients that pinned the old identity refuse to
+    /// log in until told the new one (efs: remove the remote and add it again).
+    RotateSigningKey,
     /// The audit log: every login, file request and admin command, encrypted and chained.
     Audit {
         #[command(subcommand)]
@@ -431,6 +438,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::RotateKey { fs, wait } => AdminRequest::RotateKey { fs, wait },
         Cmd::Status { fs } => AdminRequest::Status { fs },
         Cmd::AcceptSystem => AdminRequest::AcceptSystem,
+        Cmd::RotateSigningKey => AdminRequest::RotateSigningKey,
         Cmd::Reencrypt { fs, wait } => AdminRequest::Reencrypt { fs, wait },
         Cmd::RekeyStarter { .. } => unreachable!("handled above"),
         Cmd::Backup {
