@@ -20,6 +20,10 @@ usage() { echo "login-curl-openssl.sh: $*" >&2; exit 2; }
 [ -n "${EFS_USER:-}" ] || usage "set EFS_USER to the user name"
 [ -n "${EFS_KEY:-}" ] || usage "set EFS_KEY to the user's PEM Ed25519 private key"
 [ -r "$EFS_KEY" ] || usage "cannot read EFS_KEY=$EFS_KEY"
+# OpenSSL reads PEM (PKCS#8) Ed25519 keys, not OpenSSH's format: efsctl create-user writes both.
+if grep -q 'BEGIN OPENSSH PRIVATE KEY' "$EFS_KEY"; then
+    usage "EFS_KEY=$EFS_KEY is an OpenSSH key; openssl needs the PEM one (efsctl create-user writes NAME_ed25519.pem beside it; or convert a copy: ssh-keygen -p -m PKCS8 -f COPY)"
+fi
 EFS_FS="${EFS_FS:-}"
 # User and filesystem names are put into JSON as they are: keep them to safe characters.
 printf '%s' "$EFS_USER" | grep -Eqx '[A-Za-z0-9._-]{1,64}' \
@@ -44,9 +48,18 @@ json_str() { sed -n 's/.*"'"$1"'"[[:space:]]*:[[:space:]]*"\([^"]*\)".*/\1/p'; }
 post() {
     local path="$1" body="$2" out status
     out="$tmp/answer.json"
+    local rc=0
     status="$(curl -sS "${curl_opts[@]}" -o "$out" -w '%{http_code}' \
-        -H 'Content-Type: application/json' --data-binary "$body" "$url$path")" \
-        || { echo "login-curl-openssl.sh: cannot reach $url$path" >&2; exit 1; }
+        -H 'Content-Type: application/json' --data-binary "$body" "$url$path")" || rc=$?
+    case "$rc" in
+        0) ;;
+        35|51|58|60|77|83|90|91)
+            echo "login-curl-openssl.sh: TLS with $url failed (curl exit $rc, above): for a self-signed server certificate set CURL_OPTS=\"--cacert DATA/system/tls-cert.pem\"" >&2
+            exit 1 ;;
+        *)
+            echo "login-curl-openssl.sh: cannot reach $url$path (curl exit $rc, above)" >&2
+            exit 1 ;;
+    esac
     if [ "$status" != 200 ]; then
         echo "login-curl-openssl.sh: $path answered HTTP $status: $(cat "$out")" >&2
         exit 1
@@ -67,7 +80,8 @@ fi
 
 # 2. Sign "efs-auth-v1" LF server LF user LF nonce (no trailing newline), raw Ed25519.
 printf 'efs-auth-v1\n%s\n%s\n%s' "$server" "$EFS_USER" "$nonce" > "$tmp/msg.bin"
-openssl pkeyutl -sign -inkey "$EFS_KEY" -rawin -in "$tmp/msg.bin" -out "$tmp/sig.bin"
+openssl pkeyutl -sign -inkey "$EFS_KEY" -rawin -in "$tmp/msg.bin" -out "$tmp/sig.bin" 2> "$tmp/openssl.err" \
+    || { echo "login-curl-openssl.sh: openssl could not sign with EFS_KEY=$EFS_KEY (an Ed25519 private key in PEM is needed): $(head -c 300 "$tmp/openssl.err")" >&2; exit 1; }
 signature="$(b64url < "$tmp/sig.bin")"
 
 # 3. Trade the signature for a token.

@@ -925,6 +925,11 @@ fn digest_json(d: Option<&crate::digest::DigestCheck>) -> serde_json::Value {
     }
 }
 
+/// `1 entry`, `2 entries`.
+fn counted(n: u64, one: &str, many: &str) -> String {
+    format!("{n} {}", if n == 1 { one } else { many })
+}
+
 fn grant_text(g: &GrantRecord) -> String {
     format!("{}{}", g.fs, if g.read_only { " (read-only)" } else { "" })
 }
@@ -950,16 +955,18 @@ fn audit_verify(dd: &DataDir, expect: Option<&str>) -> Result<AdminResponse, Cor
     match &rep.problem {
         Some(p) => lines.push(format!("audit verify: FAILED: {}", p.message)),
         None => lines.push(format!(
-            "audit verify: OK: {} entries in {} files, chain intact",
-            rep.entries, rep.files
+            "audit verify: OK: {} in {}, chain intact",
+            counted(rep.entries, "entry", "entries"),
+            counted(rep.files as u64, "file", "files")
         )),
     }
     use crate::audit::AnchorCheck;
     match &rep.anchor {
         AnchorCheck::Match => lines.push("anchor: matches the last entry".into()),
         AnchorCheck::Behind { anchor } => lines.push(format!(
-            "anchor: at entry {anchor}; the {} entries after it were written since the last fsync group (normal while the server runs, or after a crash)",
-            rep.entries - anchor
+            "anchor: at entry {anchor}; {} after it {} written since the last fsync group (normal while the server runs, or after a crash)",
+            counted(rep.entries - anchor, "entry", "entries"),
+            if rep.entries - anchor == 1 { "was" } else { "were" }
         )),
         AnchorCheck::Empty => lines.push("anchor: none yet (empty log)".into()),
         AnchorCheck::NotChecked => {}
@@ -969,10 +976,18 @@ fn audit_verify(dd: &DataDir, expect: Option<&str>) -> Result<AdminResponse, Cor
             "torn last line (a write cut short by a crash, or in progress; not an entry): {t}"
         ));
     }
-    lines.push(format!(
-        "head: entry {} mac {} (keep it off this machine; later: efsctl audit verify --expect-head {}:{})",
-        rep.head_seq, rep.head_mac, rep.head_seq, rep.head_mac
-    ));
+    if rep.is_clean() {
+        lines.push(format!(
+            "head: entry {} mac {} (keep it off this machine; later: efsctl audit verify --expect-head {}:{})",
+            rep.head_seq, rep.head_mac, rep.head_seq, rep.head_mac
+        ));
+    } else {
+        // Not offered for keeping: it is the head of a log that failed its check.
+        lines.push(format!(
+            "head: entry {} mac {} (of a log that failed its check: do not keep it as a trusted head)",
+            rep.head_seq, rep.head_mac
+        ));
+    }
     let mut r = AdminResponse::ok(
         lines,
         serde_json::to_value(&rep).expect("serialising JSON cannot fail"),
@@ -1024,8 +1039,8 @@ fn audit_show(
     }
     if rep.omitted > 0 {
         lines.push(format!(
-            "warning: {} older matching entries not shown (the newest {limit} are): narrow with --since, --until, --user, --fs or --path, or raise --limit (at most {AUDIT_SHOW_MAX})",
-            rep.omitted
+            "warning: {} not shown (the newest {limit} are): narrow with --since, --until, --user, --fs or --path, or raise --limit (at most {AUDIT_SHOW_MAX})",
+            counted(rep.omitted, "older matching entry", "older matching entries")
         ));
     }
     if let Some(n) = rep.chain_broken_at {
@@ -1045,10 +1060,30 @@ fn audit_show(
     Ok(r)
 }
 
-/// Unix ms as RFC 3339 UTC with milliseconds.
-fn rfc3339_ms(ms: i64) -> String {
+/// Unix ms as RFC 3339 UTC with three digits of milliseconds always (a fixed width, so that
+/// columns of times line up: `…:18.280Z`, not `…:18.28Z`).
+pub(crate) fn rfc3339_ms(ms: i64) -> String {
+    const FORMAT: &[time::format_description::BorrowedFormatItem<'_>] = time::macros::format_description!(
+        "[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:3]Z"
+    );
     let t = time::OffsetDateTime::from_unix_timestamp_nanos(ms as i128 * 1_000_000)
         .unwrap_or(time::OffsetDateTime::UNIX_EPOCH);
-    t.format(&time::format_description::well_known::Rfc3339)
-        .unwrap_or_default()
+    t.format(FORMAT).unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    /// Times have one width, so that columns of them line up (`…:18.280Z`, never `…:18.28Z`).
+    #[test]
+    fn times_have_three_digits_of_milliseconds() {
+        assert_eq!(
+            super::rfc3339_ms(1_796_366_778_280),
+            "2026-12-04T06:46:18.280Z"
+        );
+        assert_eq!(
+            super::rfc3339_ms(1_796_366_778_000),
+            "2026-12-04T06:46:18.000Z"
+        );
+        assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
 }

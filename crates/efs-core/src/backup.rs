@@ -900,6 +900,21 @@ pub(crate) fn open_source(root: &Path, work: &Path) -> Result<Source> {
             root.display()
         ))
     };
+    match std::fs::metadata(root) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => {
+            return Err(CoreError::Invalid(format!(
+                "{} is not a directory (give the backup's directory)",
+                root.display()
+            )));
+        }
+        Err(e) => {
+            return Err(CoreError::Invalid(format!(
+                "cannot read the backup directory {}: {e}",
+                root.display()
+            )));
+        }
+    }
     let text = std::fs::read(root.join("manifest.json"))
         .map_err(|_| bad("no manifest.json (an interrupted backup has none)"))?;
     let value: serde_json::Value =

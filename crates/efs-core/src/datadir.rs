@@ -893,10 +893,10 @@ impl DataDir {
             .clone()
             .ok_or(CoreError::Corrupt("backup summary"))?;
         lines.push(format!(
-            "Backup of '{}' (id {}) taken at {} (Unix ms): {} entries, {} files, {} blobs",
+            "Backup of '{}' (id {}) taken at {}: {} entries, {} files, {} blobs",
             summary.fs_name,
             source.manifest.fs_id,
-            source.manifest.created_ms,
+            crate::admin::rfc3339_ms(source.manifest.created_ms),
             source.manifest.entries,
             summary.files,
             source.manifest.blobs.len()

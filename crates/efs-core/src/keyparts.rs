@@ -175,7 +175,7 @@ pub enum KeyError {
     Mismatch(String),
     /// One part does not match what the data dir was created with.
     #[error(
-        "key part {index} ({spec}) is wrong: it is not the part this data dir was created with"
+        "key part {index} ({spec}) is wrong: it is not the part this data dir was created (or last re-keyed) with"
     )]
     WrongPart {
         /// 1-based position.

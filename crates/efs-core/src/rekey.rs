@@ -303,6 +303,14 @@ pub async fn rekey_starter_until(
     lines.push(
         "Done: only the new key parts open this data dir now; start efs-server with them".into(),
     );
+    // A variable set for this one command is gone with its shell, and the data dir with it.
+    for spec in new {
+        if let KeyPartSpec::Env(name) = spec {
+            lines.push(format!(
+                "WARNING: the new key part env:{name} exists only in an environment variable: store its value somewhere lasting (a secrets manager, a file kept apart from the data) now; without it the data dir can never be opened again"
+            ));
+        }
+    }
     Ok(lines)
 }
 

@@ -99,6 +99,11 @@ const LOOKUP_CACHE_PATHS: usize = 4096;
 
 /// Opens the data dir, prints the start-up facts and serves until a signal.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    // Bound first: a port in use fails the start before a new data dir and key part are
+    // made for a server that could not serve them.
+    let listener = TcpListener::bind(cfg.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let cache = ContentCache::new(cfg.cache);
     let opts = OpenOptions {
         fs: FsOptions {
@@ -260,9 +265,6 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         data.clone(),
     ));
 
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let local = listener.local_addr()?;
     println!("Server identity: {}", auth.server_id());
     println!(

@@ -206,6 +206,11 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
         mid + 1
     );
     assert!(stdout.contains(&want), "{stdout}\nwanted: {want}");
+    // The head of a failed log is not offered as one to keep.
+    assert!(
+        stdout.contains("do not keep it as a trusted head") && !stdout.contains("keep it off"),
+        "{stdout}"
+    );
     // `show` warns that from there on nothing can be trusted (exit 3 too).
     let out = srv.efsctl(&["audit", "show", "--user", "nurse-kim"]);
     assert_eq!(out.status.code(), Some(3));

@@ -339,3 +339,31 @@ async fn nothing_readable_on_disk() {
             .any(|(p, _)| p.ends_with("d.keypart"))
     );
 }
+
+/// A port in use fails the start before anything is made: no data dir and no key part are
+/// left behind for a server that never served (they were, and the key part's file beside).
+#[test]
+fn a_port_in_use_creates_no_data_dir() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let dir = new_tempdir();
+    let data = dir.path().join("d");
+    let out = std::process::Command::new(SERVER_BIN)
+        .arg("--data")
+        .arg(&data)
+        .args(["--listen", &addr])
+        .env_remove("EFS_PASSPHRASE")
+        .env_remove("EFS_DATA")
+        .env_remove("EFS_LISTEN")
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("cannot listen on"), "{err}");
+    assert!(!data.exists(), "a data dir was made");
+    assert!(
+        !dir.path().join("d.keypart").exists(),
+        "a key part was made"
+    );
+}

@@ -230,6 +230,25 @@ async fn the_script_reports_refusals() {
     ]);
     assert_eq!(out.status.code(), Some(1));
     assert!(out.stdout.is_empty());
+    assert!(
+        text(&out.stderr).contains("CURL_OPTS=\"--cacert"),
+        "says how to trust it: {}",
+        text(&out.stderr)
+    );
+    // An OpenSSH private key (efsctl create-user writes one beside the PEM): named as such.
+    let ssh_key = key.with_extension("openssh");
+    std::fs::write(
+        &ssh_key,
+        "-----BEGIN OPENSSH PRIVATE KEY-----\nb3BlbnNzaC1rZXktdjEAAAAA\n-----END OPENSSH PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let out = with(&[("EFS_KEY", ssh_key.to_str().unwrap()), ("EFS_FS", "one")]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("is an OpenSSH key"),
+        "{}",
+        text(&out.stderr)
+    );
     // Usage errors.
     let out = run_script(&[("EFS_USER", "duo"), ("EFS_KEY", key_s)]);
     assert_eq!(out.status.code(), Some(2));
