@@ -473,14 +473,26 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 .ok_or_else(|| CoreError::Invalid("public_key must be 32 bytes, base64".into()))?;
             let u = dd.create_user(&name, raw, grants)?;
             let g: Vec<String> = u.grants.iter().map(grant_text).collect();
-            AdminResponse::ok(
-                vec![format!(
-                    "Created user '{}' with access to {}",
-                    u.name,
-                    g.join(", ")
-                )],
-                serde_json::json!({"name": u.name}),
-            )
+            let mut lines = vec![format!(
+                "Created user '{}' with access to {}",
+                u.name,
+                g.join(", ")
+            )];
+            // Allowed (one person, two roles), but whoever holds the key is both users, and
+            // revoking one leaves the key working as the other: worth a second look.
+            let same: Vec<String> = dd
+                .users()?
+                .into_iter()
+                .filter(|o| o.name != u.name && o.public_key == u.public_key)
+                .map(|o| o.name)
+                .collect();
+            if !same.is_empty() {
+                lines.push(format!(
+                    "WARNING: user(s) {} have the same public key: whoever holds the private key logs in as each of them (give every user a key of its own unless that is meant)",
+                    same.join(", ")
+                ));
+            }
+            AdminResponse::ok(lines, serde_json::json!({"name": u.name}))
         }
         AdminRequest::Grant {
             user,

@@ -668,6 +668,22 @@ async fn create_user_checks_the_name_before_writing_a_key() {
         .filter(|e| e.file_name().to_string_lossy().contains("ed25519"))
         .collect();
     assert!(left.is_empty(), "{left:?}");
+
+    // A user created with another user's public key: allowed, with a warning naming them.
+    let pub_path = srv.dir.path().join("shared.pub");
+    std::fs::write(&pub_path, format!("{} x\n", openssh_public_line(&s.key))).unwrap();
+    let said = srv.efsctl_ok(&[
+        "create-user",
+        "app-twin",
+        "--fs",
+        "files",
+        "--pubkey",
+        pub_path.to_str().unwrap(),
+    ]);
+    assert!(
+        said.contains("WARNING: user(s) app have the same public key"),
+        "{said}"
+    );
 }
 
 /// A key pair `efsctl create-user` generates is kept only when the server creates the user:
