@@ -53,8 +53,14 @@ post() {
         -H 'Content-Type: application/json' --data-binary "$body" "$url$path")" || rc=$?
     case "$rc" in
         0) ;;
-        35|51|58|60|77|83|90|91)
-            echo "login-curl-openssl.sh: TLS with $url failed (curl exit $rc, above): for a self-signed server certificate set CURL_OPTS=\"--cacert DATA/system/tls-cert.pem\"" >&2
+        60|83|90|91)
+            echo "login-curl-openssl.sh: curl could not verify the server's certificate (curl exit $rc, above): for a self-signed one set CURL_OPTS=\"--cacert DATA/system/tls-cert.pem\"" >&2
+            exit 1 ;;
+        58|77)
+            echo "login-curl-openssl.sh: curl could not use a certificate or key file of CURL_OPTS (curl exit $rc, above)" >&2
+            exit 1 ;;
+        35|56)
+            echo "login-curl-openssl.sh: the TLS connection to $url failed (curl exit $rc, above); a server started with --client-ca needs a client certificate: CURL_OPTS=\"--cert C.pem --key K.pem ...\"" >&2
             exit 1 ;;
         *)
             echo "login-curl-openssl.sh: cannot reach $url$path (curl exit $rc, above)" >&2

@@ -97,13 +97,32 @@ fn claim_index_checks(data: &Arc<DataDir>) -> anyhow::Result<Vec<ClaimedCheck>> 
 /// 20 MiB per filesystem in the worst case).
 const LOOKUP_CACHE_PATHS: usize = 4096;
 
+/// Pending connections the kernel keeps for the server (tokio's own `TcpListener::bind` uses
+/// the same).
+const LISTEN_BACKLOG: u32 = 1024;
+
+/// A socket bound to `addr`, not yet listening. `SO_REUSEADDR` as `TcpListener::bind` sets it
+/// (a restart does not wait for the old connections' TIME_WAIT); Linux still refuses the
+/// address while another socket listens on it.
+fn bind_only(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocket> {
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    Ok(socket)
+}
+
 /// Opens the data dir, prints the start-up facts and serves until a signal.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
-    // Bound first: a port in use fails the start before a new data dir and key part are
-    // made for a server that could not serve them.
-    let listener = TcpListener::bind(cfg.listen)
-        .await
-        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
+    // The address is taken first, so that a port in use fails the start before a new data
+    // dir and key part are made for a server that could not serve them; it listens only once
+    // it can answer (until then a client is refused at once instead of hanging, and a TCP
+    // health check does not see it up).
+    let socket =
+        bind_only(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let cache = ContentCache::new(cfg.cache);
     let opts = OpenOptions {
         fs: FsOptions {
@@ -265,6 +284,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         data.clone(),
     ));
 
+    let listener = socket
+        .listen(LISTEN_BACKLOG)
+        .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let local = listener.local_addr()?;
     println!("Server identity: {}", auth.server_id());
     println!(

@@ -876,10 +876,27 @@ async fn rotate_signing_key_refuses_old_tokens_and_changes_the_identity() {
     let token = srv2.login(&s.user, &s.key, None).await;
     assert_eq!(srv2.get_ok("/a.txt", &token).await, b"kept");
 
+    // Refused (400) by the running server; then each run recorded as it starts (202) and
+    // with the identities it ended with (200).
     let log = srv2.efsctl_ok(&["audit", "show"]);
-    let rotations: Vec<&str> = log
+    let statuses: Vec<&str> = log
         .lines()
         .filter(|l| l.contains("rotate-signing-key"))
+        .map(|l| {
+            ["  400  ", "  202  ", "  200  "]
+                .into_iter()
+                .find(|s| l.contains(s))
+                .unwrap_or(l)
+        })
         .collect();
-    assert_eq!(rotations.len(), 3, "refused, then twice: {log}");
+    assert_eq!(
+        statuses,
+        ["  400  ", "  202  ", "  200  ", "  202  ", "  200  "],
+        "{log}"
+    );
+    assert!(
+        log.lines()
+            .any(|l| l.contains("  200  ") && l.contains(&newest) && !l.contains(&old_id)),
+        "the last run's entry names the identity it made: {log}"
+    );
 }

@@ -249,6 +249,21 @@ async fn the_script_reports_refusals() {
         "{}",
         text(&out.stderr)
     );
+    // A PEM file openssl cannot sign with: its error, said to be about the key.
+    let bad_pem = key.with_extension("bad");
+    std::fs::write(
+        &bad_pem,
+        "-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n",
+    )
+    .unwrap();
+    let out = with(&[("EFS_KEY", bad_pem.to_str().unwrap()), ("EFS_FS", "one")]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("openssl could not sign with EFS_KEY="),
+        "{}",
+        text(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
     // Usage errors.
     let out = run_script(&[("EFS_USER", "duo"), ("EFS_KEY", key_s)]);
     assert_eq!(out.status.code(), Some(2));
