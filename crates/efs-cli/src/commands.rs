@@ -17,7 +17,7 @@ use crate::walk;
 
 /// `NAME:/path`, or a usage error naming the command.
 pub(crate) fn remote_arg(cmd: &str, arg: &str) -> Result<RemotePath> {
-    parse_remote(arg).ok_or_else(|| {
+    parse_remote(arg)?.ok_or_else(|| {
         fail_hint(
             exit::USAGE,
             format!("efs {cmd} needs a remote path, not '{arg}'"),

@@ -2,10 +2,13 @@
 //! several files at a time, and `--sync`, which copies only what changed and deletes what the
 //! source lacks.
 //!
-//! A copy is planned first (what to create, copy and delete), then carried out: deletions
-//! that make room (a file where the source has a directory, or the reverse), directories,
-//! the copies in parallel, and last the other deletions — so an interrupted sync never
-//! deleted something before its replacement arrived. `--dry-run` prints the plan.
+//! A copy is planned first (what to create, copy and delete), then carried out: files that
+//! make room for a directory of the source, directories, the copies in parallel, and last
+//! the other deletions. Nothing is deleted once something failed (see
+//! [`hold_replacements`]); a directory that a file replaces goes only once that file is
+//! complete beside it ([`copy_replacing_dir`]); the extras go after every copy succeeded. A
+//! file that a directory replaces is the one thing deleted before its replacement arrived.
+//! `--dry-run` prints the plan.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -22,7 +25,7 @@ use futures_util::stream;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use crate::cli::CpArgs;
-use crate::exit::{self, fail, fail_hint, usage};
+use crate::exit::{self, fail, fail_hint, outln, usage};
 use crate::location::{self, Location};
 use crate::progress::{FileProgress, Progress};
 use crate::session::Session;
@@ -128,14 +131,15 @@ impl Endpoint {
         }
     }
 
-    /// The tree below this directory, and an error for each entry left out of it because it
-    /// cannot be copied (a local name that is not UTF-8).
-    async fn walk(&self) -> Result<(Tree, Vec<anyhow::Error>)> {
+    /// The tree below this directory, and what was left out of it (see [`walk::Walked`]; a
+    /// remote walk leaves nothing out).
+    async fn walk(&self) -> Result<walk::Walked> {
         match self {
             Endpoint::Local(p, _) => walk::walk_local(p.clone()).await,
-            Endpoint::Remote { client, path, .. } => {
-                Ok((walk::walk_remote(client, path).await?, Vec::new()))
-            }
+            Endpoint::Remote { client, path, .. } => Ok(walk::Walked {
+                tree: walk::walk_remote(client, path).await?,
+                ..walk::Walked::default()
+            }),
         }
     }
 }
@@ -178,18 +182,26 @@ struct CopyJob {
     src: Endpoint,
     dst: Endpoint,
     meta: Meta,
+    /// A directory is at `dst` (`--sync` replaces it): it is removed only once the file is
+    /// complete beside it, right before it takes its place (see [`copy_replacing_dir`]).
+    replaces_dir: bool,
 }
 
 /// What a copy will do, in the order it does it.
 #[derive(Default)]
 struct Plan {
-    /// Destination entries in the way of a source entry of the other kind.
-    make_room: Vec<(Endpoint, Kind)>,
+    /// Destination files where the source has a directory (`--sync`): deleted right before
+    /// the directories are made. (A directory where the source has a file is replaced by its
+    /// copy job: [`CopyJob::replaces_dir`].)
+    make_room: Vec<Endpoint>,
     mkdirs: Vec<Endpoint>,
     copies: Vec<CopyJob>,
     /// Destination entries the source lacks (`--sync` without `--no-delete`).
     deletes: Vec<(Endpoint, Kind)>,
     unchanged: u64,
+    /// Destination entries kept although the source has none of their name, because the
+    /// source's entry of that name was skipped (see [`walk::Walked::skipped`]).
+    kept: u64,
     /// Source entries that cannot be copied, found while planning.
     failed: Vec<anyhow::Error>,
 }
@@ -202,8 +214,11 @@ struct Opts {
 
 pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: bool) -> Result<()> {
     let (dst_arg, src_args) = args.paths.split_last().expect("clap requires 2 paths");
-    let dst_loc = Location::parse(dst_arg);
-    let src_locs: Vec<Location> = src_args.iter().map(|s| Location::parse(s)).collect();
+    let dst_loc = Location::parse(dst_arg)?;
+    let src_locs = src_args
+        .iter()
+        .map(|s| Location::parse(s))
+        .collect::<Result<Vec<Location>>>()?;
     if args.sync && src_locs.len() != 1 {
         return Err(usage(
             "--sync takes one source: efs cp --sync SRC DST makes DST a mirror of SRC",
@@ -274,13 +289,21 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         print_plan(&plan);
         return finish(errors, 0);
     }
+    if !errors.is_empty() {
+        hold_replacements(&mut plan, &mut errors);
+    }
     let total_ops =
         plan.make_room.len() + plan.mkdirs.len() + plan.copies.len() + plan.deletes.len();
     let bytes: u64 = plan.copies.iter().map(|j| j.meta.size).sum();
     let progress = Progress::new(quiet, plan.copies.len() as u64, bytes);
     let jobs = usize::from(args.jobs);
 
-    let room = std::mem::take(&mut plan.make_room);
+    // Only when nothing failed (see hold_replacements), and right before the directories
+    // that take their place are made.
+    let room = std::mem::take(&mut plan.make_room)
+        .into_iter()
+        .map(|e| (e, Kind::File))
+        .collect();
     let (mut deleted, errs) = delete_all(room, jobs, &progress, verbose).await;
     errors.extend(errs);
     for dir in std::mem::take(&mut plan.mkdirs) {
@@ -289,6 +312,7 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         }
     }
     let copies = std::mem::take(&mut plan.copies);
+    deleted += copies.iter().filter(|j| j.replaces_dir).count();
     let copied = copies.len();
     let copy_errors = copy_all(copies, jobs, &progress, verbose).await;
     let copied_ok = copied - copy_errors.len();
@@ -309,15 +333,56 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
     progress.finish();
 
     if opts.sync && !quiet {
-        println!(
-            "sync: {copied_ok} copied ({}), {deleted} deleted, {} unchanged",
+        outln!(
+            "sync: {copied_ok} copied ({}), {deleted} deleted, {} unchanged{}",
             human_bytes(bytes),
-            plan.unchanged
+            plan.unchanged,
+            kept_note(plan.kept)
         );
     } else if verbose {
         eprintln!("{copied_ok} files copied ({})", human_bytes(bytes));
     }
     finish(errors, total_ops)
+}
+
+/// Something failed already (planning found a source entry that cannot be copied, a
+/// conflict): the destination is behind the source, so nothing is deleted there, not even
+/// an entry of the other kind that a copy would replace. Those replacements, and what would
+/// go below a directory replacing a file, are left out, each with an error.
+fn hold_replacements(plan: &mut Plan, errors: &mut Vec<anyhow::Error>) {
+    let held: Vec<String> = plan.make_room.drain(..).map(|e| e.display()).collect();
+    let below_held = |shown: &str| {
+        held.iter().any(|h| {
+            shown == h
+                || shown
+                    .strip_prefix(h.as_str())
+                    .is_some_and(|rest| rest.starts_with('/'))
+        })
+    };
+    for h in &held {
+        errors.push(fail(
+            exit::ERROR,
+            format!(
+                "{h}: not replaced by the source's directory, because something else failed (a sync deletes nothing then)"
+            ),
+        ));
+    }
+    plan.mkdirs.retain(|d| !below_held(&d.display()));
+    let mut kept = Vec::with_capacity(plan.copies.len());
+    for job in std::mem::take(&mut plan.copies) {
+        if job.replaces_dir {
+            errors.push(fail(
+                exit::ERROR,
+                format!(
+                    "{}/: not replaced by the source's file, because something else failed (a sync deletes nothing then)",
+                    job.dst.display()
+                ),
+            ));
+        } else if !below_held(&job.dst.display()) {
+            kept.push(job);
+        }
+    }
+    plan.copies = kept;
 }
 
 /// Nothing failed: Ok. One error: that error. Several: each printed, and a summary with the
@@ -391,10 +456,11 @@ async fn plan_source(
 
     match src_meta.kind {
         Kind::File => {
+            let mut replaces_dir = false;
             match &target_meta {
                 Some(m) if m.kind == Kind::Dir => {
                     if opts.delete {
-                        plan.make_room.push((target.clone(), Kind::Dir));
+                        replaces_dir = true;
                     } else {
                         return Err(fail(
                             exit::CONFLICT,
@@ -412,6 +478,7 @@ async fn plan_source(
                 src,
                 dst: target,
                 meta: src_meta,
+                replaces_dir,
             });
             Ok(())
         }
@@ -426,7 +493,7 @@ async fn plan_source(
             let dst_tree = match &target_meta {
                 Some(m) if m.kind == Kind::File => {
                     if opts.delete {
-                        plan.make_room.push((target.clone(), Kind::File));
+                        plan.make_room.push(target.clone());
                     } else {
                         return Err(fail(
                             exit::CONFLICT,
@@ -436,18 +503,18 @@ async fn plan_source(
                     Tree::new()
                 }
                 Some(_) if opts.sync => {
-                    // At the destination, such an entry is only left alone.
-                    let (tree, unnamed) = target.walk().await?;
-                    for e in unnamed {
+                    // At the destination, what the walk leaves out is only left alone.
+                    let walked = target.walk().await?;
+                    for e in walked.failed {
                         tracing::warn!("leaving alone {e:#}");
                     }
-                    tree
+                    walked.tree
                 }
                 _ => Tree::new(),
             };
-            let (src_tree, unnamed) = src.walk().await?;
+            let walked = src.walk().await?;
             // Each counts as a failed file: the copy goes on, and its exit code says so.
-            plan.failed.extend(unnamed);
+            plan.failed.extend(walked.failed);
             let target_exists = matches!(&target_meta, Some(m) if m.kind == Kind::Dir);
             plan_tree(
                 plan,
@@ -455,7 +522,10 @@ async fn plan_source(
                 &src,
                 &target,
                 target_exists,
-                &src_tree,
+                &Source {
+                    tree: &walked.tree,
+                    skipped: &walked.skipped,
+                },
                 &dst_tree,
                 dir,
             )
@@ -463,7 +533,13 @@ async fn plan_source(
     }
 }
 
-/// Plans the copy of `src_tree` (below `src`) onto `target`, whose tree is `dst_tree`.
+/// A source tree and the names its walk skipped.
+struct Source<'a> {
+    tree: &'a Tree,
+    skipped: &'a BTreeSet<String>,
+}
+
+/// Plans the copy of `source` (below `src`) onto `target`, whose tree is `dst_tree`.
 #[allow(clippy::too_many_arguments)]
 fn plan_tree(
     plan: &mut Plan,
@@ -471,10 +547,11 @@ fn plan_tree(
     src: &Endpoint,
     target: &Endpoint,
     target_exists: bool,
-    src_tree: &Tree,
+    source: &Source<'_>,
     dst_tree: &Tree,
     dir: Direction,
 ) -> Result<()> {
+    let src_tree = source.tree;
     let local_target = target.is_local();
     if !target_exists && (local_target || src_tree.is_empty()) {
         plan.mkdirs.push(target.clone());
@@ -514,7 +591,9 @@ fn plan_tree(
             && d.kind != m.kind
         {
             if opts.delete {
-                plan.make_room.push((target.child(rel)?, d.kind));
+                if d.kind == Kind::File {
+                    plan.make_room.push(target.child(rel)?);
+                }
                 removed.insert(rel);
             } else {
                 conflicts.push(target.child(rel)?.display());
@@ -541,13 +620,25 @@ fn plan_tree(
                     src: src.child(rel)?,
                     dst: target.child(rel)?,
                     meta: m.clone(),
+                    replaces_dir: d.is_some_and(|d| d.kind == Kind::Dir),
                 });
             }
         }
     }
     if opts.delete {
+        // What the source walk skipped (a dangling link, a link to a directory, …) is there
+        // at the source, only not copied: the destination's entry of that name, and what is
+        // below it, are not extras.
+        let skipped: BTreeSet<&str> = source.skipped.iter().map(String::as_str).collect();
         for (rel, d) in dst_tree {
-            if src_tree.contains_key(rel) || has_removed_ancestor(&removed, rel) {
+            if src_tree.contains_key(rel)
+                || has_removed_ancestor(&removed, rel)
+                || skipped.contains(rel.as_str())
+                || has_removed_ancestor(&skipped, rel)
+            {
+                if skipped.contains(rel.as_str()) {
+                    plan.kept += 1;
+                }
                 continue;
             }
             plan.deletes.push((target.child(rel)?, d.kind));
@@ -605,14 +696,17 @@ fn has_removed_ancestor(removed: &BTreeSet<&str>, rel: &str) -> bool {
 }
 
 fn print_plan(plan: &Plan) {
-    for (e, kind) in &plan.make_room {
-        println!("would delete {}{}", e.display(), dir_suffix(*kind));
+    for e in &plan.make_room {
+        outln!("would delete {}", e.display());
+    }
+    for j in plan.copies.iter().filter(|j| j.replaces_dir) {
+        outln!("would delete {}{}", j.dst.display(), dir_suffix(Kind::Dir));
     }
     for d in &plan.mkdirs {
-        println!("would create {}/", d.display());
+        outln!("would create {}/", d.display());
     }
     for j in &plan.copies {
-        println!(
+        outln!(
             "would copy {} -> {} ({})",
             j.src.display(),
             j.dst.display(),
@@ -620,16 +714,28 @@ fn print_plan(plan: &Plan) {
         );
     }
     for (e, kind) in &plan.deletes {
-        println!("would delete {}{}", e.display(), dir_suffix(*kind));
+        outln!("would delete {}{}", e.display(), dir_suffix(*kind));
     }
     let bytes: u64 = plan.copies.iter().map(|j| j.meta.size).sum();
-    println!(
-        "dry run: would copy {} files ({}), delete {}, {} unchanged",
+    outln!(
+        "dry run: would copy {} files ({}), delete {}, {} unchanged{}",
         plan.copies.len(),
         human_bytes(bytes),
-        plan.make_room.len() + plan.deletes.len(),
-        plan.unchanged
+        plan.make_room.len()
+            + plan.copies.iter().filter(|j| j.replaces_dir).count()
+            + plan.deletes.len(),
+        plan.unchanged,
+        kept_note(plan.kept)
     );
+}
+
+/// The summary's mention of destination entries a sync kept because the source's entry of
+/// that name was skipped (empty when there are none).
+fn kept_note(kept: u64) -> String {
+    match kept {
+        0 => String::new(),
+        n => format!(", {n} kept (skipped at the source, see the warnings)"),
+    }
 }
 
 fn dir_suffix(kind: Kind) -> &'static str {
@@ -642,9 +748,13 @@ fn dir_suffix(kind: Kind) -> &'static str {
 
 async fn mkdir(dir: &Endpoint) -> Result<()> {
     match dir {
-        Endpoint::Local(p, 0) => tokio::fs::create_dir_all(p)
-            .await
-            .with_context(|| format!("creating {}", p.display())),
+        Endpoint::Local(p, 0) => {
+            let p = p.clone();
+            tokio::task::spawn_blocking(move || {
+                create_private_dir_all(&p).with_context(|| format!("creating {}", p.display()))
+            })
+            .await?
+        }
         Endpoint::Local(p, below) => {
             let (p, below) = (p.clone(), *below);
             tokio::task::spawn_blocking(move || {
@@ -737,7 +847,7 @@ async fn copy_all(
     let results: Vec<Result<()>> = stream::iter(copies)
         .map(|job| {
             let progress = progress.clone();
-            tokio::spawn(async move {
+            AbortOnDrop(tokio::spawn(async move {
                 let fp = progress.file(&job.dst.display(), job.meta.size);
                 let r = copy_one(&job, &fp).await.with_context(|| {
                     format!("copying {} to {}", job.src.display(), job.dst.display())
@@ -751,7 +861,7 @@ async fn copy_all(
                     ));
                 }
                 r
-            })
+            }))
         })
         .buffer_unordered(jobs)
         .map(|joined| joined.unwrap_or_else(|e| Err(anyhow::anyhow!("a copy task failed: {e}"))))
@@ -760,11 +870,33 @@ async fn copy_all(
     results.into_iter().filter_map(Result::err).collect()
 }
 
+/// A spawned copy, cancelled when its handle is dropped (a dropped `JoinHandle` would let it
+/// run on): when `efs cp` is interrupted, every copy stops, and a download's drop removes its
+/// temporary file.
+struct AbortOnDrop<T>(tokio::task::JoinHandle<T>);
+
+impl<T> Drop for AbortOnDrop<T> {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+impl<T> std::future::Future for AbortOnDrop<T> {
+    type Output = std::result::Result<T, tokio::task::JoinError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.0).poll(cx)
+    }
+}
+
 /// How many times a remote → remote copy is tried (the SDK retries downloads and file
 /// uploads itself, but not an upload from a stream, which it cannot rewind).
 const STREAM_ATTEMPTS: u32 = 3;
 
 async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
+    if job.replaces_dir {
+        return copy_replacing_dir(job, fp).await;
+    }
     match (&job.src, &job.dst) {
         (Endpoint::Local(from, _), Endpoint::Remote { client, path, .. }) => {
             let opts = PutOptions {
@@ -811,6 +943,69 @@ async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
         }
         (Endpoint::Local(..), Endpoint::Local(..)) => unreachable!("refused before planning"),
     }
+}
+
+/// A file copied where the destination has a directory (`--sync`): the directory is
+/// removed only once the file is complete beside it, so that a failed copy loses neither.
+///
+/// - Download: into a temporary file next to the directory; once complete, the directory
+///   is removed (level by level, without following links) and the file renamed into place.
+/// - Upload or remote → remote: to `NAME.<random>.efs-part` in the same remote directory,
+///   then the directory is deleted and the file moved to its name (the server cannot move a
+///   file over a directory). Should that delete or move fail, the error names the file.
+async fn copy_replacing_dir(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
+    if let (Endpoint::Remote { client, path, .. }, Endpoint::Local(to, below)) =
+        (&job.src, &job.dst)
+    {
+        let (to, below) = (to.clone(), *below);
+        let (dir, name) = tokio::task::spawn_blocking(move || open_dest_dir(&to, below)).await??;
+        let cb = fp.callback();
+        client
+            .download_file_at_then(
+                path,
+                &dir,
+                &name,
+                job.meta.modified,
+                Some(&*cb),
+                remove_tree_at,
+            )
+            .await?;
+        return Ok(());
+    }
+    let Endpoint::Remote { client, path, .. } = &job.dst else {
+        unreachable!("local → local is refused before planning");
+    };
+    let mut random = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| anyhow::anyhow!("no random bytes"))?;
+    let staged = format!(
+        "{path}.{}.efs-part",
+        random
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    let staged_job = CopyJob {
+        src: job.src.clone(),
+        dst: match &job.dst {
+            Endpoint::Remote { client, remote, .. } => Endpoint::Remote {
+                client: client.clone(),
+                remote: remote.clone(),
+                path: staged.clone(),
+            },
+            Endpoint::Local(..) => unreachable!("matched above"),
+        },
+        meta: job.meta.clone(),
+        replaces_dir: false,
+    };
+    Box::pin(copy_one(&staged_job, fp)).await?;
+    if let Err(e) = client.delete(path, true).await {
+        let _ = client.delete(&staged, false).await;
+        return Err(e).with_context(|| format!("deleting the directory {path} it replaces"));
+    }
+    client.rename(&staged, path, false).await.with_context(|| {
+        format!("moving the copy from {staged} to {path} (the directory there was deleted; the file is at {staged})")
+    })?;
+    Ok(())
 }
 
 fn is_transient(e: &anyhow::Error) -> bool {
@@ -903,6 +1098,19 @@ const DIR_BASE: rustix::fs::OFlags = rustix::fs::OFlags::RDONLY
     .union(rustix::fs::OFlags::DIRECTORY)
     .union(rustix::fs::OFlags::CLOEXEC);
 
+/// The mode of a local directory a download creates: decrypted records below it are the
+/// user's alone (the files are 0600, see the SDK's `download_file_at`).
+const PRIVATE_DIR: u32 = 0o700;
+
+/// `mkdir -p` with new directories [`PRIVATE_DIR`] (an existing one is left as it is).
+fn create_private_dir_all(path: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(PRIVATE_DIR)
+        .create(path)
+}
+
 /// A local path the copy made, split into the path the user named and the `below`
 /// components the copy added under it (see [`Endpoint::Local`]).
 fn split_named(path: &Path, below: usize) -> Result<(PathBuf, Vec<std::ffi::OsString>)> {
@@ -929,7 +1137,7 @@ fn split_named(path: &Path, below: usize) -> Result<(PathBuf, Vec<std::ffi::OsSt
 fn enter_dirs(top: &Path, comps: &[std::ffi::OsString], create: bool) -> Result<std::fs::File> {
     use rustix::fs::{CWD, Mode, OFlags, mkdirat, openat};
     if create {
-        std::fs::create_dir_all(top).with_context(|| format!("creating {}", top.display()))?;
+        create_private_dir_all(top).with_context(|| format!("creating {}", top.display()))?;
     }
     let mut dir = openat(CWD, top, DIR_BASE, Mode::empty())
         .map(std::fs::File::from)
@@ -942,7 +1150,7 @@ fn enter_dirs(top: &Path, comps: &[std::ffi::OsString], create: bool) -> Result<
             |dir: &std::fs::File| openat(dir, seg, DIR_BASE | OFlags::NOFOLLOW, Mode::empty());
         let mut entered = enter(&dir);
         if create && matches!(entered, Err(rustix::io::Errno::NOENT)) {
-            match mkdirat(&dir, seg, Mode::from_bits_truncate(0o777)) {
+            match mkdirat(&dir, seg, Mode::from_bits_truncate(PRIVATE_DIR)) {
                 Ok(()) | Err(rustix::io::Errno::EXIST) => entered = enter(&dir),
                 Err(e) => {
                     return Err(std::io::Error::from(e))

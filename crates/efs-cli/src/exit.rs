@@ -22,6 +22,10 @@ pub(crate) const CONFLICT: u8 = 5;
 pub(crate) const TLS: u8 = 6;
 /// Network: connection failures or busy server, after the retries were used up.
 pub(crate) const NETWORK: u8 = 7;
+/// `efs cp` stopped by SIGINT (Ctrl-C), as a shell reports a process it killed (128 + 2).
+pub(crate) const INTERRUPTED: u8 = 130;
+/// `efs cp` stopped by SIGTERM (128 + 15).
+pub(crate) const TERMINATED: u8 = 143;
 
 /// Writes one line to stdout (what [`outln!`] expands to). A reader that went away (`efs ls
 /// | head`) ends the program quietly with exit 0, as `efs cat` does: what it wanted, it has.
@@ -169,10 +173,32 @@ pub(crate) fn hint_of(err: &anyhow::Error) -> Option<String> {
                     .hint()
                     .map(str::to_owned);
             }
-            return e.hint().map(str::to_owned);
+            return cli_hint(e).or_else(|| e.hint().map(str::to_owned));
         }
     }
     None
+}
+
+/// Hints that name what to type at this command line, where the SDK's would name options
+/// that only `efs remote add` has.
+fn cli_hint(e: &efs_client::Error) -> Option<String> {
+    match e {
+        efs_client::Error::FsRequired => Some(
+            "the remote names no filesystem (--fs exists only on `efs remote add`): add one, \
+             e.g. `efs remote remove NAME && efs remote add NAME URL --user USER --fs FILESYSTEM` \
+             with the rest as `efs remote list` shows it, or write fs = \"FILESYSTEM\" under \
+             [remotes.NAME] in config.toml; the operator can tell you the filesystem names"
+                .to_owned(),
+        ),
+        efs_client::Error::Config(m) if m.contains("refusing to sign its challenge") => Some(
+            "if the operator replaced the server's signing key (efsctl rotate-signing-key) and \
+             gave you the new identity, remove the remote and add it again (efs remote remove \
+             NAME, efs remote add …), then compare server_id in config.toml with it; otherwise \
+             do not log in: another server may be relaying this one's login"
+                .to_owned(),
+        ),
+        _ => None,
+    }
 }
 
 /// Whether `e` is a write into a closed pipe: the download feeding one of the command's
@@ -220,5 +246,26 @@ mod tests {
         let e = efs_client::Error::Io(std::io::Error::from(std::io::ErrorKind::StorageFull));
         assert!(!is_broken_pipe(&e));
         assert!(!is_broken_pipe(&efs_client::Error::NotFound));
+    }
+
+    /// Regression: "choose one with --fs" named an option that only `efs remote add` has,
+    /// and a server-identity mismatch said nothing about what to do.
+    #[test]
+    fn login_hints_name_commands_that_exist() {
+        let e = anyhow::Error::from(efs_client::Error::FsRequired);
+        let h = hint_of(&e).unwrap();
+        assert!(
+            h.contains("efs remote add NAME URL --user USER --fs"),
+            "{h}"
+        );
+        let e = anyhow::Error::from(efs_client::Error::Config(
+            "the server identifies as efs-1, not the expected efs-2: refusing to sign its challenge"
+                .into(),
+        ));
+        let h = hint_of(&e).unwrap();
+        assert!(
+            h.contains("rotate-signing-key") && h.contains("relaying"),
+            "{h}"
+        );
     }
 }

@@ -1,6 +1,8 @@
 //! `NAME:/path` names a path on a remote; anything else is a local path (as with scp: write
 //! `./a:b` for a local file whose name has a colon). Remote paths are normalised here:
-//! `/`-separated, absolute, no empty, `.` or `..` segment.
+//! `/`-separated, absolute, no empty segment. A `.` or `..` segment in a remote path argument
+//! is refused, not resolved: the SDK refuses `..` so that a path never means another one, and
+//! `efs rm -r drive:/Records/2019/..` must not remove `/Records`.
 
 use std::path::{Component, Path, PathBuf};
 
@@ -32,26 +34,35 @@ impl RemotePath {
 }
 
 impl Location {
-    pub fn parse(arg: &str) -> Location {
+    /// The location `arg` names; a remote path with a `.` or `..` segment is a usage error.
+    pub fn parse(arg: &str) -> anyhow::Result<Location> {
         if let Some((name, path)) = arg.split_once(':')
             && valid_remote_name(name)
         {
-            return Location::Remote(RemotePath {
+            if path.split('/').any(|seg| seg == "." || seg == "..") {
+                return Err(crate::exit::fail_hint(
+                    crate::exit::USAGE,
+                    format!("'{arg}': a remote path cannot have '.' or '..' segments"),
+                    "write the path the segments would lead to, from the root (NAME:/a/b); efs does not resolve them, so a path never means another one",
+                ));
+            }
+            return Ok(Location::Remote(RemotePath {
                 remote: name.to_owned(),
                 path: normalize(path),
                 dir_hint: path.is_empty() || path.ends_with('/'),
-            });
+            }));
         }
-        Location::Local(PathBuf::from(arg))
+        Ok(Location::Local(PathBuf::from(arg)))
     }
 }
 
-/// Splits `NAME:/path` into a remote path, or `None` for a local path.
-pub(crate) fn parse_remote(arg: &str) -> Option<RemotePath> {
-    match Location::parse(arg) {
+/// Splits `NAME:/path` into a remote path, or `None` for a local path (see
+/// [`Location::parse`] for the error).
+pub(crate) fn parse_remote(arg: &str) -> anyhow::Result<Option<RemotePath>> {
+    Ok(match Location::parse(arg)? {
         Location::Remote(r) => Some(r),
         Location::Local(_) => None,
-    }
+    })
 }
 
 /// Absolute, `/`-separated, without empty, `.` or `..` segments (`..` at the root stays at
@@ -128,7 +139,7 @@ mod tests {
     #[test]
     fn parses_remote_and_local() {
         assert_eq!(
-            Location::parse("drive:/Documents/"),
+            Location::parse("drive:/Documents/").unwrap(),
             Location::Remote(RemotePath {
                 remote: "drive".into(),
                 path: "/Documents".into(),
@@ -136,7 +147,7 @@ mod tests {
             })
         );
         assert_eq!(
-            Location::parse("drive:"),
+            Location::parse("drive:").unwrap(),
             Location::Remote(RemotePath {
                 remote: "drive".into(),
                 path: "/".into(),
@@ -144,7 +155,7 @@ mod tests {
             })
         );
         assert_eq!(
-            Location::parse("drive:a/b.txt"),
+            Location::parse("drive:a/b.txt").unwrap(),
             Location::Remote(RemotePath {
                 remote: "drive".into(),
                 path: "/a/b.txt".into(),
@@ -152,17 +163,38 @@ mod tests {
             })
         );
         assert_eq!(
-            Location::parse("./a:b"),
+            Location::parse("./a:b").unwrap(),
             Location::Local(PathBuf::from("./a:b"))
         );
         assert_eq!(
-            Location::parse("/tmp/x"),
+            Location::parse("/tmp/x").unwrap(),
             Location::Local(PathBuf::from("/tmp/x"))
         );
         assert_eq!(
-            Location::parse("Important-Document.pdf"),
+            Location::parse("Important-Document.pdf").unwrap(),
             Location::Local(PathBuf::from("Important-Document.pdf"))
         );
+    }
+
+    /// Regression: `efs rm -r drive:/Records/2019/..` removed `/Records`: the command line
+    /// resolved what the SDK refuses.
+    #[test]
+    fn dot_segments_in_remote_paths_are_refused() {
+        for bad in [
+            "drive:/Records/2019/..",
+            "drive:..",
+            "drive:/a/./b",
+            "drive:.",
+            "drive:/../etc",
+        ] {
+            let e = Location::parse(bad).unwrap_err();
+            assert_eq!(crate::exit::code_of(&e), crate::exit::USAGE, "{bad}");
+            assert!(format!("{e}").contains("'..'"), "{e}");
+        }
+        // Names with dots are names.
+        for fine in ["drive:/a..b", "drive:/.hidden/...", "./x/../y"] {
+            assert!(Location::parse(fine).is_ok(), "{fine}");
+        }
     }
 
     #[test]

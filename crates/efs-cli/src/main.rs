@@ -92,7 +92,7 @@ async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: boo
         Command::Remote(RemoteCmd::Add(args)) => remote::add(session, args).await,
         Command::Remote(RemoteCmd::List { json }) => remote::list(session, json),
         Command::Remote(RemoteCmd::Remove { name }) => remote::remove(session, &name),
-        Command::Cp(args) => copy::run(session, args, quiet, verbose).await,
+        Command::Cp(args) => until_signalled(copy::run(session, args, quiet, verbose)).await,
         Command::Ls {
             long,
             recursive,
@@ -121,6 +121,26 @@ async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: boo
         Command::Keygen { .. } | Command::Completions { .. } | Command::Shell { .. } => {
             unreachable!("handled before the runtime")
         }
+    }
+}
+
+/// Runs `op` unless SIGINT or SIGTERM comes first; then `op` is dropped, which removes its
+/// unfinished downloads (their temporary files, which hold decrypted data and which a later
+/// upload would otherwise find), and the exit code says which signal it was.
+async fn until_signalled(op: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut term = signal(SignalKind::terminate())?;
+    let stopped = |code, name| {
+        exit::fail(
+            code,
+            format!("{name}: stopped; files being copied were abandoned (those done are kept)"),
+        )
+    };
+    tokio::select! {
+        r = op => r,
+        _ = int.recv() => Err(stopped(exit::INTERRUPTED, "interrupted")),
+        _ = term.recv() => Err(stopped(exit::TERMINATED, "terminated")),
     }
 }
 

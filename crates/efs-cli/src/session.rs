@@ -127,10 +127,22 @@ fn changed_warning(name: &str, remote: &Remote, pinned: &str, presented: &str) -
          Nothing was sent to the server. If you expected this change, check the new fingerprint\n\
          with the operator (the server prints it at start), then run:\n  \
          efs remote remove {name}\n  \
-         efs remote add {name} {url} --user {user} --fingerprint NEW-FINGERPRINT",
+         efs remote add {name} {url} --user {user}{rest} --fingerprint NEW-FINGERPRINT",
         url = remote.url,
         user = remote.user,
+        rest = remote_add_rest(remote),
     )
+}
+
+/// The options of `efs remote add` besides the trust ones that the remote was added with:
+/// a recovery command that dropped them would log in elsewhere (another filesystem) or fail
+/// (another key).
+fn remote_add_rest(remote: &Remote) -> String {
+    let mut rest = format!(" --key {}", remote.key.display());
+    if let Some(fs) = &remote.fs {
+        rest.push_str(&format!(" --fs {fs}"));
+    }
+    rest
 }
 
 /// The trust a remote's configuration asks for.

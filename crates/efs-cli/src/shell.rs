@@ -26,7 +26,7 @@ use rustyline::{Editor, Helper};
 use crate::commands::{list_or_file, long_line};
 use crate::config;
 use crate::copy::{guess_content_type, human_bytes};
-use crate::exit;
+use crate::exit::{self, outln};
 use crate::location;
 use crate::session::Session;
 
@@ -77,9 +77,11 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, session: &Session, name: &str) -
         .with_context(|| format!("connecting to remote '{name}'"))?;
     let interactive = std::io::stdin().is_terminal();
     if interactive {
-        println!(
+        outln!(
             "Connected to {} as {} (filesystem {}). Type help.",
-            remote.url, remote.user, token.fs
+            remote.url,
+            remote.user,
+            token.fs
         );
     }
 
@@ -158,7 +160,7 @@ pub(crate) fn run(rt: &tokio::runtime::Runtime, session: &Session, name: &str) -
         if let Err(e) = save_history(&mut rl, &history) {
             eprintln!("efs: warning: the history was not saved: {e:#}");
         }
-        println!("Bye.");
+        outln!("Bye.");
     }
     match failed {
         Some((code, n)) if !interactive => Err(exit::fail(
@@ -229,9 +231,9 @@ impl Shell<'_> {
         };
         let args: Vec<&str> = args.iter().map(String::as_str).collect();
         match (cmd.as_str(), args.as_slice()) {
-            ("help" | "?", _) => println!("{HELP}"),
+            ("help" | "?", _) => outln!("{HELP}"),
             ("stop" | "exit" | "quit", _) => return Ok(Flow::Stop),
-            ("pwd", []) => println!("{}", self.cwd()),
+            ("pwd", []) => outln!("{}", self.cwd()),
             ("cd", []) => *self.cwd.lock().expect("not poisoned") = "/".to_owned(),
             ("cd", [dir]) => {
                 let path = self.path(dir);
@@ -247,12 +249,12 @@ impl Shell<'_> {
             ("stat", [p]) => {
                 let path = self.path(p);
                 let e = self.block(self.client.stat(&path))?;
-                println!("{}", long_line(&e, &path));
+                outln!("{}", long_line(&e, &path));
                 if let Some(etag) = &e.etag {
-                    println!("etag: {etag}");
+                    outln!("etag: {etag}");
                 }
                 if let Some(ct) = &e.content_type {
-                    println!("content-type: {ct}");
+                    outln!("content-type: {ct}");
                 }
             }
             ("get", [p]) => self.get(p, None)?,
@@ -296,11 +298,11 @@ impl Shell<'_> {
         let (_, entries) = self.block(list_or_file(&self.client, &path))?;
         for e in &entries {
             if long {
-                println!("{}", long_line(e, &e.name));
+                outln!("{}", long_line(e, &e.name));
             } else if e.kind == EntryType::Dir {
-                println!("{}/", e.name);
+                outln!("{}/", e.name);
             } else {
-                println!("{}", e.name);
+                outln!("{}", e.name);
             }
         }
         Ok(())
@@ -308,43 +310,37 @@ impl Shell<'_> {
 
     fn get(&self, arg: &str, local: Option<&Path>) -> Result<()> {
         let path = self.path(arg);
+        if let Some(local) = local {
+            let dest = if local.is_dir() {
+                local.join(location::basename(&path))
+            } else {
+                local.to_path_buf()
+            };
+            // As `efs cp` downloads: a temporary file renamed into place, so the destination
+            // is never truncated in place, a link at its name is replaced rather than
+            // followed, a failure leaves it as it was, and a file it replaces keeps its
+            // permissions (a new one is 0600).
+            let n = self
+                .block(self.client.download_file(&path, &dest, None))
+                .with_context(|| format!("writing {}", dest.display()))?;
+            outln!("Saved {path} to {} ({}).", dest.display(), human_bytes(n));
+            return Ok(());
+        }
         let cached = self.cache.path_for(&path);
         if let Some(dir) = cached.parent() {
             config::create_private_dir(dir)?;
         }
         let n = self.block(self.client.download_file(&path, &cached, None))?;
         match local {
-            Some(local) => {
-                let dest = if local.is_dir() {
-                    local.join(location::basename(&path))
-                } else {
-                    local.to_path_buf()
-                };
-                // A file it replaces keeps its permissions: `fs::copy` gives it the cache
-                // file's (a 0600 file came back 0644), so the cache file (in a 0700
-                // directory) takes them first.
-                if let Some(p) = std::fs::symlink_metadata(&dest)
-                    .ok()
-                    .filter(|m| m.is_file())
-                    .map(|m| m.permissions())
-                {
-                    std::fs::set_permissions(&cached, p).with_context(|| {
-                        format!("setting the permissions of {}", cached.display())
-                    })?;
-                }
-                std::fs::copy(&cached, &dest)
-                    .with_context(|| format!("writing {}", dest.display()))?;
-                println!("Saved {path} to {} ({}).", dest.display(), human_bytes(n));
-            }
+            Some(_) => unreachable!("saved above"),
             None => {
                 let printable = n <= PRINT_MAX && {
                     let data = std::fs::read(&cached)
                         .with_context(|| format!("reading {}", cached.display()))?;
                     match std::str::from_utf8(&data) {
                         Ok(text) => {
-                            print!("{text}");
-                            if !text.is_empty() && !text.ends_with('\n') {
-                                println!();
+                            if !text.is_empty() {
+                                outln!("{}", text.strip_suffix('\n').unwrap_or(text));
                             }
                             true
                         }
@@ -352,7 +348,7 @@ impl Shell<'_> {
                     }
                 };
                 if !printable {
-                    println!(
+                    outln!(
                         "{path}: {} of binary or large content, saved as {}",
                         human_bytes(n),
                         cached.display()
@@ -372,14 +368,14 @@ impl Shell<'_> {
         let e = self
             .block(self.client.upload_file(&path, local, opts))
             .with_context(|| format!("storing {} as {path}", local.display()))?;
-        println!("Encrypted and stored {path} ({}).", human_bytes(e.size));
+        outln!("Encrypted and stored {path} ({}).", human_bytes(e.size));
         Ok(())
     }
 
     fn post_pasted(&self, rl: &mut Editor<ShellHelper, DefaultHistory>, arg: &str) -> Result<()> {
         let path = self.path(arg);
         if self.interactive {
-            println!("Paste content (end with Ctrl-D on a line of its own; Ctrl-C cancels):");
+            outln!("Paste content (end with Ctrl-D on a line of its own; Ctrl-C cancels):");
         }
         // Line by line through the editor: Ctrl-D on an empty line ends (Eof), Ctrl-C
         // cancels; from a pipe, the rest of the input is the content.
@@ -392,7 +388,7 @@ impl Shell<'_> {
                 }
                 Err(ReadlineError::Eof) => break,
                 Err(ReadlineError::Interrupted) => {
-                    println!("Cancelled: nothing stored.");
+                    outln!("Cancelled: nothing stored.");
                     return Ok(());
                 }
                 Err(e) => return Err(e).context("reading the content"),
@@ -405,7 +401,7 @@ impl Shell<'_> {
         let n = data.len() as u64;
         self.block(self.client.put_bytes(&path, data.into_bytes().into(), opts))
             .with_context(|| format!("storing {path}"))?;
-        println!("Encrypted and stored {path} ({}).", human_bytes(n));
+        outln!("Encrypted and stored {path} ({}).", human_bytes(n));
         Ok(())
     }
 
@@ -428,7 +424,8 @@ impl Shell<'_> {
         );
         if !self.interactive {
             // rustyline shows no prompt when reading from a pipe.
-            print!("{question}");
+            // A closed stdout shows at the next line written (outln!), not here.
+            let _ = write!(std::io::stdout(), "{question}");
             let _ = std::io::stdout().flush();
         }
         let answer = match rl.readline(&question) {
@@ -437,13 +434,13 @@ impl Shell<'_> {
             Err(e) => return Err(e).context("reading the answer"),
         };
         if !self.interactive {
-            println!();
+            outln!();
         }
         if matches!(answer.trim().to_ascii_lowercase().as_str(), "y" | "yes") {
             self.cache.clear()?;
-            println!("Cache cleared.");
+            outln!("Cache cleared.");
         } else {
-            println!("Nothing deleted.");
+            outln!("Nothing deleted.");
         }
         Ok(())
     }

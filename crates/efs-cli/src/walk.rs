@@ -1,7 +1,7 @@
 //! What is at a path, local or remote: one entry (`stat`) or a whole tree (`walk`), in one
 //! shape, so that copying and syncing compare like with like.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -111,14 +111,44 @@ pub(crate) async fn stat_remote(client: &Client, path: &str) -> Result<Option<Me
     }
 }
 
-/// Every file and directory below the local directory `root`, and an error for each entry
-/// that cannot be named on a remote (its name is not UTF-8), which is left out. Symbolic
-/// links to files are followed; links to directories are skipped (they can loop), as are
-/// sockets and FIFOs, with a warning.
-pub(crate) async fn walk_local(root: PathBuf) -> Result<(Tree, Vec<anyhow::Error>)> {
+/// What a walk of a source found.
+#[derive(Default)]
+pub(crate) struct Walked {
+    pub tree: Tree,
+    /// One error for each entry that should have been copied but cannot be: a name that is
+    /// not UTF-8 (EFS names are), a dangling symbolic link (its target is missing: an
+    /// unmounted disk, a moved folder). Each counts as a failed file.
+    pub failed: Vec<anyhow::Error>,
+    /// The relative paths left out of `tree` (with or without an error in `failed`). A sync
+    /// never deletes the destination's entry of such a name: the source has something
+    /// there, it was only not copied.
+    pub skipped: BTreeSet<String>,
+}
+
+/// Whether `name` is a temporary download file (`NAME.<16 hex digits>.efs-part`, see the
+/// SDK's `download_file_at`): a download cut short by a crash or a kill leaves one, and it is
+/// never a file to copy.
+pub(crate) fn is_part_file(name: &str) -> bool {
+    let Some(stem) = name.strip_suffix(".efs-part") else {
+        return false;
+    };
+    let Some((head, random)) = stem.rsplit_once('.') else {
+        return false;
+    };
+    !head.is_empty()
+        && random.len() == 16
+        && random
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+/// Every file and directory below the local directory `root` (see [`Walked`]). Symbolic
+/// links to files are followed. Skipped, with a warning: links to directories (they can
+/// loop), sockets, FIFOs, temporary download files ([`is_part_file`]); skipped and failed:
+/// names that are not UTF-8 and dangling links.
+pub(crate) async fn walk_local(root: PathBuf) -> Result<Walked> {
     tokio::task::spawn_blocking(move || {
-        let mut tree = Tree::new();
-        let mut unnamed = Vec::new();
+        let mut w = Walked::default();
         let mut stack = vec![(root, String::new())];
         while let Some((dir, rel)) = stack.pop() {
             let rd =
@@ -126,7 +156,8 @@ pub(crate) async fn walk_local(root: PathBuf) -> Result<(Tree, Vec<anyhow::Error
             for item in rd {
                 let item = item.with_context(|| format!("reading {}", dir.display()))?;
                 let Some(name) = item.file_name().to_str().map(str::to_owned) else {
-                    unnamed.push(crate::exit::fail(
+                    // No remote entry can have this name, so there is none to keep.
+                    w.failed.push(crate::exit::fail(
                         crate::exit::ERROR,
                         format!(
                             "{}: not copied, the name is not UTF-8 as EFS names must be (what is not is shown as \u{FFFD})",
@@ -140,19 +171,39 @@ pub(crate) async fn walk_local(root: PathBuf) -> Result<(Tree, Vec<anyhow::Error
                     .file_type()
                     .with_context(|| format!("reading {}", path.display()))?;
                 let r = if rel.is_empty() {
-                    name
+                    name.clone()
                 } else {
                     format!("{rel}/{name}")
+                };
+                let skip = |why: &str, w: &mut Walked| {
+                    tracing::warn!(
+                        "skipping {}: {why} (a sync keeps what the destination has of that name)",
+                        path.display()
+                    );
+                    w.skipped.insert(r.clone());
                 };
                 let meta = if ft.is_symlink() {
                     match std::fs::metadata(&path) {
                         Ok(m) if m.is_file() => m,
-                        Ok(_) => {
-                            tracing::warn!("skipping {}: a link to a directory", path.display());
+                        Ok(m) if m.is_dir() => {
+                            skip("a link to a directory", &mut w);
                             continue;
                         }
-                        Err(_) => {
-                            tracing::warn!("skipping {}: a dangling link", path.display());
+                        Ok(_) => {
+                            skip("a link to something that is not a regular file", &mut w);
+                            continue;
+                        }
+                        Err(e) => {
+                            // Where it points is missing (an unmounted disk?): the user's data
+                            // is not here to copy, and that is a failure, not a choice.
+                            w.skipped.insert(r.clone());
+                            w.failed.push(crate::exit::fail(
+                                crate::exit::ERROR,
+                                format!(
+                                    "{}: not copied, a symbolic link whose target cannot be read ({e}); a sync keeps what the destination has of that name",
+                                    path.display()
+                                ),
+                            ));
                             continue;
                         }
                     }
@@ -161,15 +212,18 @@ pub(crate) async fn walk_local(root: PathBuf) -> Result<(Tree, Vec<anyhow::Error
                         .with_context(|| format!("reading {}", path.display()))?
                 };
                 if meta.is_dir() {
-                    stack.push((path, r.clone()));
+                    stack.push((path.clone(), r.clone()));
                 } else if !meta.is_file() {
-                    tracing::warn!("skipping {}: not a regular file", path.display());
+                    skip("not a regular file", &mut w);
+                    continue;
+                } else if is_part_file(&name) {
+                    skip("a temporary file of an unfinished download", &mut w);
                     continue;
                 }
-                tree.insert(r, Meta::from_fs(&meta));
+                w.tree.insert(r, Meta::from_fs(&meta));
             }
         }
-        Ok((tree, unnamed))
+        Ok(w)
     })
     .await
     .context("walking a local directory")?
@@ -250,8 +304,10 @@ mod tests {
         std::fs::write(d.path().join("top"), b"").unwrap();
         std::os::unix::fs::symlink(d.path().join("a"), d.path().join("loop")).unwrap();
         std::os::unix::fs::symlink(d.path().join("top"), d.path().join("link")).unwrap();
-        let (t, unnamed) = walk_local(d.path().to_path_buf()).await.unwrap();
-        assert!(unnamed.is_empty());
+        let w = walk_local(d.path().to_path_buf()).await.unwrap();
+        let t = w.tree;
+        assert!(w.failed.is_empty());
+        assert_eq!(w.skipped.iter().collect::<Vec<_>>(), ["loop"]);
         let names: Vec<&str> = t.keys().map(String::as_str).collect();
         assert_eq!(names, ["a", "a/b", "a/b/x.txt", "empty", "link", "top"]);
         assert_eq!(t["a/b/x.txt"].size, 3);
@@ -265,7 +321,8 @@ mod tests {
         std::fs::write(d.path().join("fine.txt"), b"x").unwrap();
         let bad = std::ffi::OsStr::from_bytes(b"bad-\xff.txt");
         std::fs::write(d.path().join(bad), b"y").unwrap();
-        let (t, unnamed) = walk_local(d.path().to_path_buf()).await.unwrap();
+        let w = walk_local(d.path().to_path_buf()).await.unwrap();
+        let (t, unnamed) = (w.tree, w.failed);
         assert_eq!(t.keys().collect::<Vec<_>>(), ["fine.txt"]);
         assert_eq!(unnamed.len(), 1);
         let msg = format!("{:#}", unnamed[0]);
@@ -274,5 +331,58 @@ mod tests {
             "{msg}"
         );
         assert_eq!(crate::exit::code_of(&unnamed[0]), crate::exit::ERROR);
+    }
+
+    /// Regression: a dangling link (a folder on an unmounted disk) was skipped with only a
+    /// warning, and `cp --sync` then deleted the server's copy of it.
+    #[tokio::test]
+    async fn a_dangling_link_is_a_failed_and_skipped_name() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("fine.txt"), b"x").unwrap();
+        std::os::unix::fs::symlink(d.path().join("missing"), d.path().join("imaging")).unwrap();
+        let w = walk_local(d.path().to_path_buf()).await.unwrap();
+        assert_eq!(w.tree.keys().collect::<Vec<_>>(), ["fine.txt"]);
+        assert_eq!(w.skipped.iter().collect::<Vec<_>>(), ["imaging"]);
+        assert_eq!(w.failed.len(), 1);
+        let msg = format!("{:#}", w.failed[0]);
+        assert!(
+            msg.contains("imaging") && msg.contains("symbolic link"),
+            "{msg}"
+        );
+    }
+
+    /// Regression: a download cut short left `NAME.<random>.efs-part`, and the next upload
+    /// sync stored it as a record.
+    #[tokio::test]
+    async fn temporary_download_files_are_not_walked() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("scan.pdf"), b"x").unwrap();
+        std::fs::write(d.path().join("scan.pdf.0123456789abcdef.efs-part"), b"x").unwrap();
+        std::fs::write(d.path().join("notes.efs-part"), b"x").unwrap();
+        let w = walk_local(d.path().to_path_buf()).await.unwrap();
+        assert_eq!(
+            w.tree.keys().collect::<Vec<_>>(),
+            ["notes.efs-part", "scan.pdf"]
+        );
+        assert_eq!(
+            w.skipped.iter().collect::<Vec<_>>(),
+            ["scan.pdf.0123456789abcdef.efs-part"]
+        );
+        assert!(w.failed.is_empty());
+    }
+
+    #[test]
+    fn part_file_names() {
+        assert!(is_part_file("a.pdf.0123456789abcdef.efs-part"));
+        assert!(is_part_file("a.ffffffffffffffff.efs-part"));
+        for not in [
+            ".0123456789abcdef.efs-part",
+            "a.0123456789ABCDEF.efs-part",
+            "a.0123456789abcde.efs-part",
+            "a.efs-part",
+            "a.0123456789abcdef.efs-partx",
+        ] {
+            assert!(!is_part_file(not), "{not}");
+        }
     }
 }

@@ -501,14 +501,167 @@ fn a_download_over_a_file_keeps_its_permissions() {
         std::fs::metadata(&local).unwrap().permissions().mode() & 0o777,
         0o600
     );
+}
+
+/// Regression: new downloaded files were 0644 and new directories 0755 under the usual
+/// umask: decrypted medical records readable by every local user.
+#[test]
+fn new_downloaded_files_and_directories_are_private() {
+    use std::os::unix::fs::PermissionsExt;
+    let env = Env::new();
+    env.write("up/a/tax.pdf", b"decrypted");
+    env.write("up/top.txt", b"top");
+    env.ok(&["cp", "-r", env.path("up").to_str().unwrap(), "drive:/"]);
+    let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
     let fresh = env.path("fresh.pdf");
-    env.ok(&["cp", "drive:/tax.pdf", fresh.to_str().unwrap()]);
-    env.write("probe", b"");
-    let usual = std::fs::metadata(env.path("probe"))
-        .unwrap()
-        .permissions()
-        .mode()
-        & 0o777;
-    let mode = std::fs::metadata(&fresh).unwrap().permissions().mode() & 0o777;
-    assert_eq!(mode, usual, "a new file gets the usual permissions");
+    env.ok(&["cp", "drive:/up/a/tax.pdf", fresh.to_str().unwrap()]);
+    assert_eq!(mode(&fresh), 0o600, "{:o}", mode(&fresh));
+    env.ok(&[
+        "cp",
+        "-r",
+        "drive:/up",
+        env.path("new/deeper/").to_str().unwrap(),
+    ]);
+    for (rel, want) in [
+        ("new/deeper", 0o700),
+        ("new/deeper/up", 0o700),
+        ("new/deeper/up/a", 0o700),
+        ("new/deeper/up/a/tax.pdf", 0o600),
+        ("new/deeper/up/top.txt", 0o600),
+    ] {
+        let got = mode(&env.path(rel));
+        assert_eq!(got, want, "{rel}: {got:o}");
+    }
+    env.ok(&[
+        "cp",
+        "--sync",
+        "drive:/up",
+        env.path("mirror").to_str().unwrap(),
+    ]);
+    for (rel, want) in [
+        ("mirror", 0o700),
+        ("mirror/a", 0o700),
+        ("mirror/a/tax.pdf", 0o600),
+    ] {
+        let got = mode(&env.path(rel));
+        assert_eq!(got, want, "{rel}: {got:o}");
+    }
+}
+
+/// Regression: a local entry the walk skipped (a dangling link to an unmounted disk) looked
+/// like a deletion to `cp --sync`, which deleted the server's copy and exited 0.
+#[test]
+fn sync_up_never_deletes_what_the_source_skipped() {
+    let env = Env::new();
+    env.write("rec/notes.txt", b"notes");
+    env.write("rec/imaging/scan.dcm", b"scan");
+    env.ok(&["cp", "--sync", "rec", "drive:/Records"]);
+    // The NAS is unmounted: ./rec/imaging -> /mnt/nas/imaging dangles.
+    std::fs::remove_dir_all(env.path("rec/imaging")).unwrap();
+    std::os::unix::fs::symlink(env.path("nas/imaging"), env.path("rec/imaging")).unwrap();
+    let err = env.fails(&["cp", "--sync", "rec", "drive:/Records"], 1);
+    assert!(
+        err.contains("imaging") && err.contains("symbolic link"),
+        "{err}"
+    );
+    assert_eq!(env.cat("drive:/Records/imaging/scan.dcm"), b"scan");
+    // A link to a directory (the mount point, empty) is skipped by choice: exit 0, and the
+    // server's entry of that name is kept and counted.
+    std::fs::create_dir_all(env.path("nas/imaging")).unwrap();
+    let out = env.ok(&["cp", "--sync", "rec", "drive:/Records"]);
+    assert!(out.contains("1 kept (skipped at the source"), "{out}");
+    assert_eq!(env.cat("drive:/Records/imaging/scan.dcm"), b"scan");
+    // A temporary download file is never uploaded, nor its remote namesake deleted.
+    env.write("rec/notes.txt.0123456789abcdef.efs-part", b"half");
+    env.ok(&["cp", "--sync", "rec", "drive:/Records"]);
+    let listing = env.ok(&["ls", "drive:/Records"]);
+    assert!(!listing.contains("efs-part"), "{listing}");
+}
+
+/// Regression: an entry of the other kind was deleted before its replacement arrived, even
+/// when something had already failed, so a failed copy lost both versions.
+#[test]
+fn sync_replaces_an_entry_of_the_other_kind_only_when_nothing_failed() {
+    use std::os::unix::ffi::OsStrExt;
+    let env = Env::new();
+    env.write("up/x/keep.txt", b"remote dir");
+    env.write("up/y", b"remote file");
+    env.ok(&["cp", "--sync", "up", "drive:/t"]);
+    // Locally, x becomes a file and y a directory; and a name that cannot be copied fails.
+    std::fs::remove_dir_all(env.path("up/x")).unwrap();
+    env.write("up/x", b"local file");
+    std::fs::remove_file(env.path("up/y")).unwrap();
+    env.write("up/y/in.txt", b"local dir");
+    let bad = env
+        .path("up")
+        .join(std::ffi::OsStr::from_bytes(b"bad-\xff"));
+    std::fs::write(&bad, b"?").unwrap();
+    let err = env.fails(&["cp", "--sync", "up", "drive:/t"], 1);
+    assert!(err.contains("not replaced"), "{err}");
+    assert_eq!(env.cat("drive:/t/x/keep.txt"), b"remote dir");
+    assert_eq!(env.cat("drive:/t/y"), b"remote file");
+    // Nothing fails: both are replaced, up and then down.
+    std::fs::remove_file(&bad).unwrap();
+    let out = env.ok(&["cp", "--sync", "up", "drive:/t"]);
+    assert!(out.contains("2 deleted"), "{out}");
+    assert_eq!(env.cat("drive:/t/x"), b"local file");
+    assert_eq!(env.cat("drive:/t/y/in.txt"), b"local dir");
+    let listing = env.ok(&["ls", "drive:/t"]);
+    assert!(!listing.contains("efs-part"), "{listing}");
+    env.write("down/x/old.txt", b"a local dir");
+    env.write("down/y", b"a local file");
+    env.ok(&[
+        "cp",
+        "--sync",
+        "drive:/t",
+        env.path("down").to_str().unwrap(),
+    ]);
+    assert_eq!(std::fs::read(env.path("down/x")).unwrap(), b"local file");
+    assert_eq!(
+        std::fs::read(env.path("down/y/in.txt")).unwrap(),
+        b"local dir"
+    );
+}
+
+/// Regression: `efs cp` stopped by Ctrl-C left the decrypted `NAME.<random>.efs-part` of
+/// the download it was in, which a later `cp --sync` uploaded as a record.
+#[test]
+fn an_interrupted_download_leaves_no_temporary_file_and_exits_130() {
+    use std::process::Stdio;
+    use std::time::{Duration, Instant};
+    let env = Env::new();
+    let data = common::noise(128 << 20);
+    let out = env.efs_input(&["put", "drive:/big.bin"], &data);
+    common::assert_ok(&["put"], &out);
+    std::fs::create_dir_all(env.path("dl")).unwrap();
+    let child = env
+        .cmd(&["cp", "drive:/big.bin", "dl/big.bin"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let parts = || {
+        std::fs::read_dir(env.path("dl"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".efs-part"))
+            .collect::<Vec<_>>()
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while parts().is_empty() {
+        assert!(Instant::now() < deadline, "no temporary file appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    let killed = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(err.contains("interrupted"), "{err}");
+    assert!(parts().is_empty(), "{:?}", parts());
+    assert!(!env.path("dl/big.bin").exists());
 }

@@ -249,3 +249,31 @@ fn a_read_only_grant_writing_is_exit_4() {
     let err = assert_code(&["put"], &out, 4);
     assert!(err.contains("efs: hint:"), "{err}");
 }
+
+/// Regression: the command line resolved `..` in remote paths, so `efs rm -r
+/// drive:/Records/2019/..` removed `/Records`. Every command refuses such a path (exit 2).
+#[test]
+fn dot_segments_in_remote_paths_are_refused_by_every_command() {
+    let env = Env::new();
+    env.write("r.txt", b"record");
+    env.ok(&[
+        "cp",
+        env.path("r.txt").to_str().unwrap(),
+        "drive:/Records/2019/r.txt",
+    ]);
+    for args in [
+        &["rm", "-r", "drive:/Records/2019/.."][..],
+        &["ls", "drive:/Records/./2019"],
+        &[
+            "mv",
+            "drive:/Records/2019/r.txt",
+            "drive:/Records/2019/../x.txt",
+        ],
+        &["cp", "-r", "drive:/Records/..", "out"],
+        &["mkdir", "drive:/a/../b"],
+    ] {
+        let err = env.fails(args, 2);
+        assert!(err.contains("'.' or '..'"), "{args:?}: {err}");
+    }
+    assert_eq!(env.cat("drive:/Records/2019/r.txt"), b"record");
+}

@@ -259,6 +259,13 @@ fn a_changed_certificate_is_refused_with_a_warning() {
         "{err}"
     );
     assert!(err.contains("efs remote remove pinned"), "{err}");
+    // The recovery command keeps the remote's key (regression: it dropped --key and --fs).
+    assert!(
+        err.contains(&format!(
+            "--user alice --key {key} --fingerprint NEW-FINGERPRINT"
+        )),
+        "{err}"
+    );
     assert!(err.contains("efs: error:"), "{err}");
     // Trust by CA file: refused too, with its own explanation.
     let err = env.fails(&["cat", "drive:/x"], 6);

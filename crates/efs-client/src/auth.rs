@@ -41,20 +41,21 @@ pub(crate) struct Auth {
 /// A token and when it needs attention.
 struct Held {
     info: TokenInfo,
-    /// When the server stops accepting it, in ms since the epoch.
+    /// When the server stops accepting it, in ms since the epoch by this machine's clock.
     expires_at_ms: u64,
     /// Its full lifetime, to compute the refresh margin.
     lifetime_ms: u64,
 }
 
 impl Held {
+    /// `info.expires_at_unix` is by this machine's clock (when the answer came, plus its
+    /// `expires_in`: see [`Auth::install`]). The token's own `exp` is by the server's clock,
+    /// which may be minutes away from ours: compared with our clock, a fast client would
+    /// refresh on every request, and log in on every one once an hour ahead. Only `exp - iat`,
+    /// the token's lifetime, is taken from it.
     fn from_info(info: TokenInfo, fallback_lifetime_ms: u64) -> Held {
         let claims = claims(&info.token);
-        let expires_at_ms = claims
-            .as_ref()
-            .and_then(|c| c.exp)
-            .unwrap_or(info.expires_at_unix)
-            .saturating_mul(1000);
+        let expires_at_ms = info.expires_at_unix.saturating_mul(1000);
         let lifetime_ms = claims
             .and_then(|c| Some(c.exp?.checked_sub(c.iat?)? * 1000))
             .filter(|l| *l > 0)
@@ -269,9 +270,13 @@ impl Auth {
         Ok(answer)
     }
 
+    /// Holds a new token, due by this machine's clock at the answer's receipt plus its
+    /// `expires_in`, less one second: the server counts `exp` from its time of issue rounded
+    /// down to the second, so the token may have up to a second less. (The answer's transit
+    /// is not counted; the refresh margin, a quarter of the lifetime, absorbs it.)
     fn install(&self, held: &mut Option<Held>, answer: TokenAnswer) -> TokenInfo {
         let lifetime_ms = answer.expires_in.saturating_mul(1000);
-        let by_answer = now_ms().saturating_add(lifetime_ms);
+        let by_answer = now_ms().saturating_add(lifetime_ms.saturating_sub(1000));
         let mut h = Held::from_info(
             TokenInfo {
                 token: answer.token,
@@ -281,10 +286,7 @@ impl Auth {
             },
             lifetime_ms,
         );
-        // The token's own `exp` is exact; the answer's `expires_in` counts from when the
-        // server answered, rounded. Trust whichever is earlier.
-        h.expires_at_ms = h.expires_at_ms.min(by_answer);
-        h.info.expires_at_unix = h.expires_at_ms / 1000;
+        h.expires_at_ms = by_answer;
         let info = h.info.clone();
         *held = Some(h);
         if let Some(cb) = &self.on_token {
@@ -361,5 +363,42 @@ mod tests {
         let h = Held::from_info(info("opaque".into(), now + 100), 100_000);
         assert_eq!(h.margin_ms(), 25_000);
         assert!(h.remaining_ms() > 90_000);
+    }
+
+    /// Regression: the token's `exp` (server clock) was compared with this machine's clock,
+    /// so a client 55 minutes fast thought a fresh one-hour token had 5 minutes left and
+    /// refreshed it on every request.
+    #[test]
+    fn a_fast_client_clock_does_not_shorten_a_new_token() {
+        let auth = Auth::new(None, None, None, None, None, None);
+        let server_now = now_ms() / 1000 - 55 * 60;
+        let mut held = None;
+        let info = auth.install(
+            &mut held,
+            TokenAnswer {
+                token: jwt(server_now, server_now + 3600),
+                expires_in: 3600,
+                renewals_left: 3,
+                fs: "f".into(),
+            },
+        );
+        let h = held.expect("installed");
+        assert_eq!(h.lifetime_ms, 3_600_000);
+        assert!(h.remaining_ms() > 3_590_000, "{}", h.remaining_ms());
+        assert!(h.remaining_ms() > h.margin_ms());
+        assert!(info.expires_at_unix >= now_ms() / 1000 + 3590);
+        // And a slow clock does not lengthen it.
+        let server_now = now_ms() / 1000 + 55 * 60;
+        let mut held = None;
+        auth.install(
+            &mut held,
+            TokenAnswer {
+                token: jwt(server_now, server_now + 3600),
+                expires_in: 3600,
+                renewals_left: 3,
+                fs: "f".into(),
+            },
+        );
+        assert!(held.expect("installed").remaining_ms() <= 3_600_000);
     }
 }

@@ -283,7 +283,14 @@ impl ClientBuilder {
                 self.url
             )));
         }
-        if url.query().is_some() || url.fragment().is_some() || !url.username().is_empty() {
+        // Any userinfo, a password alone (`https://:pw@host`) too: it would be kept in the
+        // base URL, sent nowhere useful and printed by Debug. Not echoed here either.
+        if !url.username().is_empty() || url.password().is_some() {
+            return Err(Error::Config(
+                "the server URL must not contain a user name or password (USER:PASSWORD@): EFS logs in with a key, and the user is given apart".into(),
+            ));
+        }
+        if url.query().is_some() || url.fragment().is_some() {
             return Err(Error::Config(format!(
                 "the server URL must be https://host[:port][/prefix], without user, query or fragment (got {:?})",
                 self.url
@@ -359,6 +366,7 @@ fn create_part_at(
     use rustix::fs::{AtFlags, FileType, Mode, OFlags, fchmod, openat, statat};
     // A file it replaces keeps its permissions (as `cp` and rsync keep them): a 0600 file of
     // decrypted data must not come back 0644. The temporary file has them from its creation.
+    // A new file is 0600 (decrypted records are nobody else's business), whatever the umask.
     let keep = statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)
         .ok()
         .filter(|st| FileType::from_raw_mode(st.st_mode) == FileType::RegularFile)
@@ -374,7 +382,7 @@ fn create_part_at(
             dir,
             &part,
             flags | OFlags::CLOEXEC,
-            keep.unwrap_or(Mode::from_bits_truncate(0o666)),
+            keep.unwrap_or(Mode::from_bits_truncate(0o600)),
         ) {
             Ok(fd) => {
                 // Exactly those, whatever the umask removed.
@@ -391,6 +399,21 @@ fn create_part_at(
         std::io::ErrorKind::AlreadyExists,
         "every temporary file name tried next to the destination exists",
     ))
+}
+
+/// A temporary download file, removed (relative to its directory) when this is dropped
+/// while `part` is set: on an error, and when the download's future is dropped.
+struct PartGuard {
+    dir: std::fs::File,
+    part: Option<std::ffi::OsString>,
+}
+
+impl Drop for PartGuard {
+    fn drop(&mut self) {
+        if let Some(part) = self.part.take() {
+            let _ = rustix::fs::unlinkat(&self.dir, &part, rustix::fs::AtFlags::empty());
+        }
+    }
 }
 
 /// The directory `path` (as named), opened only as the base of `*at` calls: `O_PATH` on
@@ -694,10 +717,11 @@ impl Client {
     }
 
     /// Uploads a local file, streaming; retried from the start on transient errors (the file
-    /// is opened again for each attempt).
+    /// is opened again for each attempt). A conditional upload (`if_match`, `create_only`)
+    /// is retried only when the server cannot have stored it: see [`Client::put_bytes`].
     pub async fn upload_file(&self, path: &str, local: &Path, opts: PutOptions) -> Result<Entry> {
         let url = self.inner.http.url(&paths::encode_path(path)?);
-        self.retrying(|| async {
+        self.retrying_put(path, &opts, || async {
             let resp = self
                 .authed(true, |c, t| {
                     let file = std::fs::File::open(local)?;
@@ -713,6 +737,13 @@ impl Client {
     }
 
     /// Uploads `data` (retried on transient errors: the bytes can be sent again).
+    ///
+    /// A conditional upload (`if_match`, `create_only`) is not idempotent: once stored, the
+    /// same request fails its condition (412). So, as [`Client::rename`], it is retried only
+    /// when the server cannot have acted (no connection, or a 429 or 503 answer); when the
+    /// request went out and no answer came back, the [`Error::Transport`] says the file may
+    /// have been stored, rather than a retry reporting [`Error::PreconditionFailed`] for the
+    /// caller's own write.
     pub async fn put_bytes(
         &self,
         path: &str,
@@ -721,7 +752,7 @@ impl Client {
     ) -> Result<Entry> {
         let url = self.inner.http.url(&paths::encode_path(path)?);
         let len = data.len() as u64;
-        self.retrying(|| async {
+        self.retrying_put(path, &opts, || async {
             let resp = self
                 .authed(true, |c, t| {
                     let body =
@@ -733,6 +764,41 @@ impl Client {
         })
         .await
         .map(Entry::from)
+    }
+
+    /// [`Client::retrying`] for an upload that can be sent again; for a conditional one,
+    /// only while no attempt may have been stored (see [`Client::put_bytes`]).
+    async fn retrying_put<T, F, Fut>(&self, path: &str, opts: &PutOptions, mut op: F) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Fail>>,
+    {
+        if opts.if_match.is_none() && !opts.create_only {
+            return self.retrying(op).await;
+        }
+        let mut backoff = Backoff::new(&self.inner.retry);
+        loop {
+            let f = match op().await {
+                Ok(v) => return Ok(v),
+                Err(f) => f,
+            };
+            if !f.cannot_have_acted() {
+                return Err(match f.err {
+                    Error::Transport(m) => Error::Transport(format!(
+                        "{m} (the upload may have been stored: look at {} before trying again)",
+                        absolute(path)
+                    )),
+                    e => e,
+                });
+            }
+            match backoff.next_delay(&f) {
+                Some(delay) => {
+                    tracing::debug!(?delay, "the upload was not stored, retrying: {}", f.err);
+                    tokio::time::sleep(delay).await;
+                }
+                None => return Err(f.err),
+            }
+        }
     }
 
     /// Streams the file (or `range`, end exclusive) into `out`; returns bytes written.
@@ -841,7 +907,9 @@ impl Client {
     /// errors). The temporary file, `<local>.<random>.efs-part` in the same directory, is
     /// created anew (`O_EXCL`): an existing file is never emptied, a link planted there never
     /// followed, and parallel downloads of one destination never share one. It is removed on
-    /// failure. `local`'s directory is opened once, as named (a link to a directory there is
+    /// failure, and when the returned future is dropped before it ends (a timeout, a
+    /// cancelled task). A new file is created with mode 0600 (it holds decrypted data); a file
+    /// it replaces keeps its permissions. `local`'s directory is opened once, as named (a link to a directory there is
     /// followed), and everything after happens in the directory so opened; see
     /// [`Client::download_file_at`].
     pub async fn download_file(
@@ -888,15 +956,45 @@ impl Client {
         modified: Option<std::time::SystemTime>,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<u64> {
+        self.download_file_at_then(path, dir, name, modified, progress, |_, _| Ok(()))
+            .await
+    }
+
+    /// As [`Client::download_file_at`], and `before_rename(dir, name)` runs (on a blocking
+    /// thread) once the whole file is on disk, right before it is renamed into place: e.g. to
+    /// remove a directory the file replaces, which then goes only once its replacement
+    /// arrived. If it fails, the download is removed and its error returned.
+    pub async fn download_file_at_then<B>(
+        &self,
+        path: &str,
+        dir: &std::fs::File,
+        name: &std::ffi::OsStr,
+        modified: Option<std::time::SystemTime>,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+        before_rename: B,
+    ) -> Result<u64>
+    where
+        B: FnOnce(&std::fs::File, &std::ffi::OsStr) -> std::io::Result<()> + Send + 'static,
+    {
         let url = self.inner.http.url(&paths::encode_path(path)?);
         let name = plain_name(name).map_err(Error::Io)?.to_owned();
-        let dir = dir.try_clone().map_err(Error::Io)?;
-        let (part, file) = {
+        // The guard is made on the blocking thread with the file: if this future is dropped
+        // meanwhile (a timeout, Ctrl-C), the finished task's guard still removes the file.
+        let (guard, file) = {
             let (dir, name) = (dir.try_clone().map_err(Error::Io)?, name.clone());
-            tokio::task::spawn_blocking(move || create_part_at(&dir, &name))
-                .await
-                .map_err(|e| Error::Io(std::io::Error::other(e)))?
-                .map_err(Error::Io)?
+            tokio::task::spawn_blocking(move || {
+                let (part, file) = create_part_at(&dir, &name)?;
+                Ok::<_, std::io::Error>((
+                    PartGuard {
+                        dir,
+                        part: Some(part),
+                    },
+                    file,
+                ))
+            })
+            .await
+            .map_err(|e| Error::Io(std::io::Error::other(e)))?
+            .map_err(Error::Io)?
         };
         let file = tokio::fs::File::from_std(file);
         let mut backoff = Backoff::new(&self.inner.retry);
@@ -935,24 +1033,21 @@ impl Client {
                 .map_err(Error::Io),
             (r, _) => r,
         };
-        // Renamed into place, or removed, in the directory opened at the start.
-        let ok = result.is_ok();
+        let n = result?;
+        // Renamed into place in the directory opened at the start; on any failure the guard
+        // removes the temporary file.
         tokio::task::spawn_blocking(move || {
-            use rustix::fs::{AtFlags, renameat, unlinkat};
-            let r = if ok {
-                renameat(&dir, &part, &dir, &name).map_err(std::io::Error::from)
-            } else {
-                Ok(())
-            };
-            if !ok || r.is_err() {
-                let _ = unlinkat(&dir, &part, AtFlags::empty());
-            }
-            r
+            let mut guard = guard;
+            before_rename(&guard.dir, &name)?;
+            let part = guard.part.as_deref().expect("armed until renamed");
+            rustix::fs::renameat(&guard.dir, part, &guard.dir, &name)?;
+            guard.part = None;
+            Ok::<(), std::io::Error>(())
         })
         .await
         .map_err(|e| Error::Io(std::io::Error::other(e)))?
         .map_err(Error::Io)?;
-        result
+        Ok(n)
     }
 
     /// Downloads a whole file into memory (retried on transient errors).
@@ -1027,12 +1122,7 @@ impl Client {
                 Ok(e) => return Ok(Entry::from(e)),
                 Err(f) => f,
             };
-            let not_done = f.unsent
-                || matches!(
-                    f.err,
-                    Error::RateLimited { .. } | Error::Server { status: 503, .. }
-                );
-            if !not_done {
+            if !f.cannot_have_acted() {
                 return Err(match f.err {
                     Error::Transport(m) => Error::Transport(format!(
                         "{m} (the move may have been done: look at {} before trying again)",
@@ -1264,5 +1354,21 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(c.base_url(), "https://efs.example/prefix");
+    }
+
+    /// Regression: a URL with a password but no user name (`https://:pw@host`) was taken,
+    /// kept in the base URL and printed by Debug.
+    #[test]
+    fn builder_refuses_any_userinfo_without_echoing_it() {
+        for url in [
+            "https://:secret-pw@efs.example",
+            "https://me:secret-pw@efs.example",
+            "https://me@efs.example",
+        ] {
+            match Client::builder(url).build() {
+                Err(Error::Config(m)) => assert!(!m.contains("secret-pw"), "{m}"),
+                other => panic!("{url}: {other:?}"),
+            }
+        }
     }
 }

@@ -38,6 +38,19 @@ pub(crate) struct Fail {
     pub(crate) unsent: bool,
 }
 
+impl Fail {
+    /// Whether the server certainly did not act on the request: it was never sent, or the
+    /// server answered that it did nothing (429, 503). Any other failure of a request that
+    /// went out (above all a lost answer) may follow a change the server made.
+    pub(crate) fn cannot_have_acted(&self) -> bool {
+        self.unsent
+            || matches!(
+                self.err,
+                Error::RateLimited { .. } | Error::Server { status: 503, .. }
+            )
+    }
+}
+
 impl From<Error> for Fail {
     fn from(err: Error) -> Self {
         Fail {

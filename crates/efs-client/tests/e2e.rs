@@ -1099,3 +1099,81 @@ async fn a_delete_whose_answer_is_lost_succeeds_and_a_missing_path_is_not_found(
         Err(Error::NotFound)
     ));
 }
+
+/// Regression: a conditional upload whose answer was lost was retried, the retry failed its
+/// condition, and the caller was told 412 although its own write had been stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_conditional_upload_whose_answer_is_lost_says_it_may_be_stored() {
+    let s = setup(&[]);
+    let lose = Arc::new(AtomicBool::new(false));
+    let relay = answer_losing_relay(s.server.port, lose.clone()).await;
+    let c = Client::builder(&format!("https://127.0.0.1:{relay}"))
+        .user(USER)
+        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
+        .trust(Trust::CaPem(s.server.cert_pem()))
+        .build()
+        .unwrap();
+    let v1 = c
+        .put_bytes("/v.txt", "one".into(), PutOptions::default())
+        .await
+        .unwrap();
+    let create_only = PutOptions {
+        create_only: true,
+        ..PutOptions::default()
+    };
+    let if_match = PutOptions {
+        if_match: v1.etag.clone(),
+        ..PutOptions::default()
+    };
+    // The connection is open and idle: the next bytes the server sends answer the upload.
+    lose.store(true, Ordering::SeqCst);
+    let r = c.put_bytes("/new.txt", "mine".into(), create_only).await;
+    assert!(!lose.load(Ordering::SeqCst), "the relay lost an answer");
+    match r {
+        Err(Error::Transport(m)) => assert!(m.contains("may have been stored"), "{m}"),
+        other => panic!("expected a transport error saying it may be stored: {other:?}"),
+    }
+    assert_eq!(c.get_bytes("/new.txt").await.unwrap().as_ref(), b"mine");
+
+    let local = s.tmp.path().join("two.txt");
+    std::fs::write(&local, "two").unwrap();
+    lose.store(true, Ordering::SeqCst);
+    let r = c.upload_file("/v.txt", &local, if_match).await;
+    assert!(!lose.load(Ordering::SeqCst), "the relay lost an answer");
+    match r {
+        Err(Error::Transport(m)) => assert!(m.contains("may have been stored"), "{m}"),
+        other => panic!("expected a transport error saying it may be stored: {other:?}"),
+    }
+    assert_eq!(c.get_bytes("/v.txt").await.unwrap().as_ref(), b"two");
+}
+
+/// Regression: a download whose future was dropped (a timeout, Ctrl-C in the shell) left
+/// its decrypted `NAME.<random>.efs-part` behind, which a later upload sync stored.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dropped_download_leaves_no_temporary_file() {
+    let s = setup(&[]);
+    let c = s.client();
+    c.put_bytes(
+        "/big.bin",
+        content(48 << 20, 3).into(),
+        PutOptions::default(),
+    )
+    .await
+    .expect("put");
+    let dest = s.tmp.path().join("dest");
+    std::fs::create_dir_all(&dest).unwrap();
+    let r = tokio::time::timeout(
+        Duration::from_millis(50),
+        c.download_file("/big.bin", &dest.join("big.bin"), None),
+    )
+    .await;
+    assert!(r.is_err(), "the download should not finish in 50 ms");
+    // The guard's removal runs when the future is dropped, or when the blocking task that
+    // created the file ends: give that a moment.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let left: Vec<_> = std::fs::read_dir(&dest)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+}
