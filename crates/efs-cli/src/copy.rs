@@ -25,7 +25,7 @@ use futures_util::stream;
 use tokio::io::{AsyncRead, AsyncWriteExt, ReadBuf};
 
 use crate::cli::CpArgs;
-use crate::exit::{self, fail, fail_hint, outln, usage};
+use crate::exit::{self, fail, fail_hint, reportln, usage};
 use crate::location::{self, Location};
 use crate::progress::{FileProgress, Progress};
 use crate::session::Session;
@@ -285,12 +285,12 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         }
     }
     plan.copies = copies;
+    if !errors.is_empty() {
+        hold_replacements(&mut plan, &mut errors);
+    }
     if args.dry_run {
         print_plan(&plan);
         return finish(errors, 0);
-    }
-    if !errors.is_empty() {
-        hold_replacements(&mut plan, &mut errors);
     }
     let total_ops =
         plan.make_room.len() + plan.mkdirs.len() + plan.copies.len() + plan.deletes.len();
@@ -311,10 +311,22 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
             errors.push(e);
         }
     }
-    let copies = std::mem::take(&mut plan.copies);
-    deleted += copies.iter().filter(|j| j.replaces_dir).count();
-    let copied = copies.len();
-    let copy_errors = copy_all(copies, jobs, &progress, verbose).await;
+    // Files replacing a directory go last, and only if nothing failed until then (a copy
+    // running beside them included): the directory is the destination's only copy of what
+    // it holds.
+    let (replacing, copies): (Vec<CopyJob>, Vec<CopyJob>) = std::mem::take(&mut plan.copies)
+        .into_iter()
+        .partition(|j| j.replaces_dir);
+    let copied = copies.len() + replacing.len();
+    let mut copy_errors = copy_all(copies, jobs, &progress, verbose).await;
+    if errors.is_empty() && copy_errors.is_empty() {
+        let n = replacing.len();
+        let errs = copy_all(replacing, jobs, &progress, verbose).await;
+        deleted += n - errs.len();
+        copy_errors.extend(errs);
+    } else {
+        copy_errors.extend(replacing.iter().map(held_replacement));
+    }
     let copied_ok = copied - copy_errors.len();
     errors.extend(copy_errors);
     // After a failure the destination is behind the source: deleting there now could
@@ -333,7 +345,7 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
     progress.finish();
 
     if opts.sync && !quiet {
-        outln!(
+        reportln!(
             "sync: {copied_ok} copied ({}), {deleted} deleted, {} unchanged{}",
             human_bytes(bytes),
             plan.unchanged,
@@ -371,18 +383,23 @@ fn hold_replacements(plan: &mut Plan, errors: &mut Vec<anyhow::Error>) {
     let mut kept = Vec::with_capacity(plan.copies.len());
     for job in std::mem::take(&mut plan.copies) {
         if job.replaces_dir {
-            errors.push(fail(
-                exit::ERROR,
-                format!(
-                    "{}/: not replaced by the source's file, because something else failed (a sync deletes nothing then)",
-                    job.dst.display()
-                ),
-            ));
+            errors.push(held_replacement(&job));
         } else if !below_held(&job.dst.display()) {
             kept.push(job);
         }
     }
     plan.copies = kept;
+}
+
+/// The error of a file not copied over a directory because something else failed.
+fn held_replacement(job: &CopyJob) -> anyhow::Error {
+    fail(
+        exit::ERROR,
+        format!(
+            "{}/: not replaced by the source's file, because something else failed (a sync deletes nothing then)",
+            job.dst.display()
+        ),
+    )
 }
 
 /// Nothing failed: Ok. One error: that error. Several: each printed, and a summary with the
@@ -697,16 +714,16 @@ fn has_removed_ancestor(removed: &BTreeSet<&str>, rel: &str) -> bool {
 
 fn print_plan(plan: &Plan) {
     for e in &plan.make_room {
-        outln!("would delete {}", e.display());
+        reportln!("would delete {}", e.display());
     }
     for j in plan.copies.iter().filter(|j| j.replaces_dir) {
-        outln!("would delete {}{}", j.dst.display(), dir_suffix(Kind::Dir));
+        reportln!("would delete {}{}", j.dst.display(), dir_suffix(Kind::Dir));
     }
     for d in &plan.mkdirs {
-        outln!("would create {}/", d.display());
+        reportln!("would create {}/", d.display());
     }
     for j in &plan.copies {
-        outln!(
+        reportln!(
             "would copy {} -> {} ({})",
             j.src.display(),
             j.dst.display(),
@@ -714,10 +731,10 @@ fn print_plan(plan: &Plan) {
         );
     }
     for (e, kind) in &plan.deletes {
-        outln!("would delete {}{}", e.display(), dir_suffix(*kind));
+        reportln!("would delete {}{}", e.display(), dir_suffix(*kind));
     }
     let bytes: u64 = plan.copies.iter().map(|j| j.meta.size).sum();
-    outln!(
+    reportln!(
         "dry run: would copy {} files ({}), delete {}, {} unchanged{}",
         plan.copies.len(),
         human_bytes(bytes),
@@ -945,45 +962,67 @@ async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
     }
 }
 
-/// A file copied where the destination has a directory (`--sync`): the directory is
-/// removed only once the file is complete beside it, so that a failed copy loses neither.
-///
-/// - Download: into a temporary file next to the directory; once complete, the directory
-///   is removed (level by level, without following links) and the file renamed into place.
-/// - Upload or remote → remote: to `NAME.<random>.efs-part` in the same remote directory,
-///   then the directory is deleted and the file moved to its name (the server cannot move a
-///   file over a directory). Should that delete or move fail, the error names the file.
+/// A file copied where the destination has a directory (`--sync`), without a moment where
+/// neither is there: the file is made complete beside the directory, the directory moved
+/// aside (to `NAME.<random>.efs-part`, a name local walks skip), the file moved to `NAME`,
+/// and only then the old directory deleted. A failure before the file is in place puts the
+/// directory back; one after leaves the old directory at its temporary name, said in the
+/// error.
 async fn copy_replacing_dir(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
     if let (Endpoint::Remote { client, path, .. }, Endpoint::Local(to, below)) =
         (&job.src, &job.dst)
     {
         let (to, below) = (to.clone(), *below);
         let (dir, name) = tokio::task::spawn_blocking(move || open_dest_dir(&to, below)).await??;
+        let mut aside = name.clone();
+        aside.push(format!(".{}.efs-part", random_hex()?));
         let cb = fp.callback();
-        client
+        let moved = aside.clone();
+        let got = client
             .download_file_at_then(
                 path,
                 &dir,
                 &name,
                 job.meta.modified,
                 Some(&*cb),
-                remove_tree_at,
+                move |dir, name| match rustix::fs::renameat(dir, name, dir, &moved) {
+                    // Gone meanwhile: nothing to replace.
+                    Ok(()) | Err(rustix::io::Errno::NOENT) => Ok(()),
+                    Err(e) => Err(e.into()),
+                },
             )
+            .await;
+        let dir2 = dir.try_clone()?;
+        let (name2, aside2) = (name.clone(), aside.clone());
+        if let Err(e) = got {
+            // The directory back where it was, if it was moved and nothing took its place.
+            tokio::task::spawn_blocking(move || {
+                use rustix::fs::{AtFlags, statat};
+                if statat(&dir2, &aside2, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+                    && statat(&dir2, &name2, AtFlags::SYMLINK_NOFOLLOW).is_err()
+                {
+                    let _ = rustix::fs::renameat(&dir2, &aside2, &dir2, &name2);
+                }
+            })
             .await?;
-        return Ok(());
+            return Err(e.into());
+        }
+        let shown = job.dst.display();
+        return tokio::task::spawn_blocking(move || match remove_tree_at(&dir, &aside) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(anyhow::Error::new(e).context(format!(
+                "removing the directory {shown} replaced (the file is in place; the old directory is left as {})",
+                Path::new(&aside).display()
+            ))),
+        })
+        .await?;
     }
     let Endpoint::Remote { client, path, .. } = &job.dst else {
         unreachable!("local → local is refused before planning");
     };
-    let mut random = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut random).map_err(|_| anyhow::anyhow!("no random bytes"))?;
-    let staged = format!(
-        "{path}.{}.efs-part",
-        random
-            .iter()
-            .map(|b| format!("{b:02x}"))
-            .collect::<String>()
-    );
+    let staged = format!("{path}.{}.efs-part", random_hex()?);
+    let aside = format!("{path}.{}.efs-part", random_hex()?);
     let staged_job = CopyJob {
         src: job.src.clone(),
         dst: match &job.dst {
@@ -998,14 +1037,32 @@ async fn copy_replacing_dir(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()>
         replaces_dir: false,
     };
     Box::pin(copy_one(&staged_job, fp)).await?;
-    if let Err(e) = client.delete(path, true).await {
+    if let Err(e) = client.rename(path, &aside, false).await {
         let _ = client.delete(&staged, false).await;
-        return Err(e).with_context(|| format!("deleting the directory {path} it replaces"));
+        return Err(e).with_context(|| format!("moving the directory {path} aside to replace it"));
     }
-    client.rename(&staged, path, false).await.with_context(|| {
-        format!("moving the copy from {staged} to {path} (the directory there was deleted; the file is at {staged})")
+    if let Err(e) = client.rename(&staged, path, false).await {
+        let back = client.rename(&aside, path, false).await;
+        return Err(e).with_context(|| match back {
+            Ok(_) => format!(
+                "moving the copy from {staged} to {path} (the directory is back at {path}; the copy is at {staged})"
+            ),
+            Err(_) => format!(
+                "moving the copy from {staged} to {path} (the directory is at {aside}; the copy at {staged})"
+            ),
+        });
+    }
+    client.delete(&aside, true).await.with_context(|| {
+        format!("deleting the directory {path} replaced (the file is in place; what is left of the directory is at {aside})")
     })?;
     Ok(())
+}
+
+/// 16 random hex digits, for temporary names.
+fn random_hex() -> Result<String> {
+    let mut random = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut random).map_err(|_| anyhow::anyhow!("no random bytes"))?;
+    Ok(random.iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn is_transient(e: &anyhow::Error) -> bool {

@@ -22,6 +22,8 @@ pub(crate) const CONFLICT: u8 = 5;
 pub(crate) const TLS: u8 = 6;
 /// Network: connection failures or busy server, after the retries were used up.
 pub(crate) const NETWORK: u8 = 7;
+/// `efs cp` stopped by SIGHUP (its terminal or ssh session went away; 128 + 1).
+pub(crate) const HUNG_UP: u8 = 129;
 /// `efs cp` stopped by SIGINT (Ctrl-C), as a shell reports a process it killed (128 + 2).
 pub(crate) const INTERRUPTED: u8 = 130;
 /// `efs cp` stopped by SIGTERM (128 + 15).
@@ -41,6 +43,23 @@ pub(crate) fn out_line(args: std::fmt::Arguments<'_>) {
         std::process::exit(i32::from(ERROR));
     }
 }
+
+/// A line of a report that comes before the command's own exit code (`efs cp`'s plan and
+/// summary): a reader that went away, or any error writing, ends only the report, not the
+/// command, whose failures must still show in its exit status.
+pub(crate) fn report_line(args: std::fmt::Arguments<'_>) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    let _ = out.write_fmt(args).and_then(|()| out.write_all(b"\n"));
+}
+
+/// [`report_line`] with `println!`'s syntax.
+macro_rules! reportln {
+    ($($arg:tt)*) => {
+        $crate::exit::report_line(format_args!($($arg)*))
+    };
+}
+pub(crate) use reportln;
 
 /// `println!` for command output: see [`out_line`].
 macro_rules! outln {

@@ -131,6 +131,9 @@ async fn until_signalled(op: impl std::future::Future<Output = Result<()>>) -> R
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
+    // An ssh session or terminal that goes away: the same clean stop, so that no decrypted
+    // part file of an unfinished download stays behind.
+    let mut hup = signal(SignalKind::hangup())?;
     let stopped = |code, name| {
         exit::fail(
             code,
@@ -141,6 +144,7 @@ async fn until_signalled(op: impl std::future::Future<Output = Result<()>>) -> R
         r = op => r,
         _ = int.recv() => Err(stopped(exit::INTERRUPTED, "interrupted")),
         _ = term.recv() => Err(stopped(exit::TERMINATED, "terminated")),
+        _ = hup.recv() => Err(stopped(exit::HUNG_UP, "hung up")),
     }
 }
 

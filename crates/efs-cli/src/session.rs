@@ -52,12 +52,33 @@ impl Session {
         if let Some(c) = self.clients.lock().expect("not poisoned").get(name) {
             return Ok(c.clone());
         }
-        let remote = self.remote(name)?.clone();
+        let mut remote = self.remote(name)?.clone();
         self.used
             .lock()
             .expect("not poisoned")
             .push(name.to_owned());
-        let client = build_client(&self.dirs, name, &remote).await?;
+        let mut client = build_client(&self.dirs, name, &remote).await?;
+        if remote.server_id.is_none() {
+            // `remote add` could not ask the server for its identity: asked now, before
+            // anything is signed, recorded and pinned (trust on first use, as documented),
+            // so that this remote does not sign for whatever server answers from then on.
+            match client.server_identity().await {
+                Ok(id) => {
+                    remote.server_id = Some(id.clone());
+                    if let Err(e) = record_server_id(&self.dirs, name, &id) {
+                        eprintln!(
+                            "efs: warning: could not record the identity {id} of remote '{name}' in config.toml ({e:#}); it is pinned for this run only"
+                        );
+                    }
+                    client = build_client(&self.dirs, name, &remote).await?;
+                }
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!(
+                        "asking remote '{name}' for its identity (not yet recorded), before logging in"
+                    )));
+                }
+            }
+        }
         self.clients
             .lock()
             .expect("not poisoned")
@@ -138,11 +159,22 @@ fn changed_warning(name: &str, remote: &Remote, pinned: &str, presented: &str) -
 /// a recovery command that dropped them would log in elsewhere (another filesystem) or fail
 /// (another key).
 fn remote_add_rest(remote: &Remote) -> String {
-    let mut rest = format!(" --key {}", remote.key.display());
+    let mut rest = format!(" --key {}", shell_quoted(&remote.key.display().to_string()));
     if let Some(fs) = &remote.fs {
         rest.push_str(&format!(" --fs {fs}"));
     }
     rest
+}
+
+/// `s` as one word for a POSIX shell: as it is when it holds only safe characters, else in
+/// single quotes (a key path with a space must not break the printed command).
+fn shell_quoted(s: &str) -> String {
+    let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:@%,".contains(c);
+    if !s.is_empty() && s.chars().all(safe) {
+        s.to_owned()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
 }
 
 /// The trust a remote's configuration asks for.
@@ -170,6 +202,19 @@ fn retry_policy() -> RetryPolicy {
         policy.max_attempts = n.max(1);
     }
     policy
+}
+
+/// Writes the identity of remote `name` into the configuration file, read again first so
+/// that what another `efs` changed there meanwhile is kept.
+fn record_server_id(dirs: &Dirs, name: &str, id: &str) -> Result<()> {
+    let mut config = Config::load(dirs)?;
+    if let Some(r) = config.remotes.get_mut(name)
+        && r.server_id.is_none()
+    {
+        r.server_id = Some(id.to_owned());
+        config.save(dirs)?;
+    }
+    Ok(())
 }
 
 async fn build_client(dirs: &Dirs, name: &str, remote: &Remote) -> Result<Client> {
@@ -204,4 +249,22 @@ async fn build_client(dirs: &Dirs, name: &str, remote: &Remote) -> Result<Client
     builder
         .build()
         .with_context(|| format!("setting up remote '{name}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    /// The printed recovery command stays one word per option, whatever the key's path.
+    #[test]
+    fn key_paths_are_quoted_for_the_shell() {
+        assert_eq!(
+            super::shell_quoted("/home/m/.ssh/id_ed25519"),
+            "/home/m/.ssh/id_ed25519"
+        );
+        assert_eq!(
+            super::shell_quoted("/home/m/my keys/k"),
+            "'/home/m/my keys/k'"
+        );
+        assert_eq!(super::shell_quoted("/k/it's"), "'/k/it'\\''s'");
+        assert_eq!(super::shell_quoted("~/k"), "'~/k'");
+    }
 }

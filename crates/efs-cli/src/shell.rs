@@ -268,6 +268,7 @@ impl Shell<'_> {
                 self.block(self.client.mkdir(&path))?;
             }
             ("mv", [from, to]) => {
+                refuse_dot_segments("mv", from)?;
                 let (from, mut to) = (self.path(from), self.path(to));
                 if let Ok(e) = self.block(self.client.stat(&to))
                     && e.kind == EntryType::Dir
@@ -406,6 +407,7 @@ impl Shell<'_> {
     }
 
     fn rm(&self, arg: &str, recursive: bool) -> Result<()> {
+        refuse_dot_segments("rm", arg)?;
         let path = self.path(arg);
         if path == "/" {
             bail!("refusing to remove the root directory");
@@ -668,6 +670,15 @@ impl Highlighter for ShellHelper {}
 impl Validator for ShellHelper {}
 
 impl Helper for ShellHelper {}
+
+/// `rm` and `mv` take no `.` or `..` in what they act on, as `rm` refuses them: `rm -r
+/// /a/b/..` would remove `/a` (`cd ..` and the other commands resolve them as usual).
+fn refuse_dot_segments(cmd: &str, arg: &str) -> Result<()> {
+    if arg.split('/').any(|s| s == "." || s == "..") {
+        bail!("{cmd}: refusing a path with '.' or '..' in it ({arg}): name what to {cmd} itself");
+    }
+    Ok(())
+}
 
 #[cfg(test)]
 mod tests {

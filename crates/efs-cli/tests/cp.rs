@@ -623,6 +623,24 @@ fn sync_replaces_an_entry_of_the_other_kind_only_when_nothing_failed() {
     );
 }
 
+/// A copy failing while the sync runs (here a file over the server's size limit: 413), not
+/// while it plans, holds back a file replacing a directory too: the directory was deleted
+/// because only planning failures were looked at.
+#[test]
+fn a_failure_while_copying_holds_back_a_directory_replacement() {
+    let env = Env::with_server_args(&["--max-body-size", "1000"]);
+    env.write("up/x/keep.txt", b"remote dir");
+    env.ok(&["cp", "--sync", "up", "drive:/t"]);
+    std::fs::remove_dir_all(env.path("up/x")).unwrap();
+    env.write("up/x", b"local file");
+    env.write("up/big.bin", &[7u8; 2000]);
+    let err = env.fails(&["cp", "--sync", "up", "drive:/t"], 1);
+    assert!(err.contains("not replaced"), "{err}");
+    assert_eq!(env.cat("drive:/t/x/keep.txt"), b"remote dir");
+    let listing = env.ok(&["ls", "drive:/t"]);
+    assert!(!listing.contains("efs-part"), "{listing}");
+}
+
 /// Regression: `efs cp` stopped by Ctrl-C left the decrypted `NAME.<random>.efs-part` of
 /// the download it was in, which a later `cp --sync` uploaded as a record.
 #[test]

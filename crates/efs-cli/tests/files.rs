@@ -275,5 +275,17 @@ fn dot_segments_in_remote_paths_are_refused_by_every_command() {
         let err = env.fails(args, 2);
         assert!(err.contains("'.' or '..'"), "{args:?}: {err}");
     }
+    // The shell resolves `..` for `cd`, but its `rm` and `mv` refuse it.
+    let out = env.efs_input(
+        &["shell", "drive"],
+        b"cd /Records/2019\nrm -r ..\nrm -r /Records/2019/..\nmv ../2019 /moved\ncd ..\npwd\n",
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(
+        err.matches("refusing a path with '.' or '..'").count(),
+        3,
+        "{err}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("/Records"));
     assert_eq!(env.cat("drive:/Records/2019/r.txt"), b"record");
 }

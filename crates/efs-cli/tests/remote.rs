@@ -493,6 +493,23 @@ fn remote_add_pins_the_server_identity() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to sign"), "{err}");
+
+    // A remote added without it (the server could not be asked then): the first command
+    // asks, records and pins it (it signed for any server for good before).
+    let without: String = cfg
+        .lines()
+        .filter(|l| !l.trim_start().starts_with("server_id"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    std::fs::write(&cfg_path, without).unwrap();
+    let _ = std::fs::remove_dir_all(env.cfg().join("tokens"));
+    env.ok(&["ls", "drive:/"]);
+    let now = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(
+        now.lines()
+            .any(|l| l.trim_start().starts_with("server_id") && l.contains(&id)),
+        "recorded at first use:\n{now}"
+    );
 }
 
 /// A cached token the server no longer takes (here: every token of the user revoked) is

@@ -177,11 +177,16 @@ pub struct Env {
 
 impl Env {
     pub fn new() -> Env {
+        Self::with_server_args(&[])
+    }
+
+    /// [`Env::new`] with `extra` options for efs-server.
+    pub fn with_server_args(extra: &[&str]) -> Env {
         let tmp = tempfile::Builder::new()
             .prefix("efs-cli-e2e-")
             .tempdir()
             .expect("a temporary directory");
-        let server = Server::start(tmp.path(), "d");
+        let server = Server::start_with(tmp.path(), "d", extra);
         let env = Env {
             key: tmp.path().join("alice_key"),
             tmp,
