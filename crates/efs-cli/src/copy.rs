@@ -1037,9 +1037,18 @@ async fn copy_replacing_dir(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()>
         replaces_dir: false,
     };
     Box::pin(copy_one(&staged_job, fp)).await?;
-    if let Err(e) = client.rename(path, &aside, false).await {
-        let _ = client.delete(&staged, false).await;
-        return Err(e).with_context(|| format!("moving the directory {path} aside to replace it"));
+    // `{path}/`: only a directory moves (the server checks it in the move's commit), should
+    // the name have become a file since the plan.
+    if let Err(e) = client.rename(&format!("{path}/"), &aside, false).await {
+        // A lost answer may hide a move that happened: go on from what is there.
+        let moved = matches!(e, efs_client::Error::Transport(_))
+            && client.stat(&aside).await.is_ok()
+            && matches!(client.stat(path).await, Err(efs_client::Error::NotFound));
+        if !moved {
+            let _ = client.delete(&staged, false).await;
+            return Err(e)
+                .with_context(|| format!("moving the directory {path} aside to replace it"));
+        }
     }
     if let Err(e) = client.rename(&staged, path, false).await {
         let back = client.rename(&aside, path, false).await;

@@ -22,8 +22,6 @@ pub(crate) const CONFLICT: u8 = 5;
 pub(crate) const TLS: u8 = 6;
 /// Network: connection failures or busy server, after the retries were used up.
 pub(crate) const NETWORK: u8 = 7;
-/// `efs cp` stopped by SIGHUP (its terminal or ssh session went away; 128 + 1).
-pub(crate) const HUNG_UP: u8 = 129;
 /// `efs cp` stopped by SIGINT (Ctrl-C), as a shell reports a process it killed (128 + 2).
 pub(crate) const INTERRUPTED: u8 = 130;
 /// `efs cp` stopped by SIGTERM (128 + 15).

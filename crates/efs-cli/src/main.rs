@@ -131,9 +131,8 @@ async fn until_signalled(op: impl std::future::Future<Output = Result<()>>) -> R
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
-    // An ssh session or terminal that goes away: the same clean stop, so that no decrypted
-    // part file of an unfinished download stays behind.
-    let mut hup = signal(SignalKind::hangup())?;
+    // Not SIGHUP: a handler would replace the `SIG_IGN` that `nohup efs cp …` relies on. A
+    // part file a hang-up leaves is never uploaded (walks skip part files).
     let stopped = |code, name| {
         exit::fail(
             code,
@@ -144,7 +143,6 @@ async fn until_signalled(op: impl std::future::Future<Output = Result<()>>) -> R
         r = op => r,
         _ = int.recv() => Err(stopped(exit::INTERRUPTED, "interrupted")),
         _ = term.recv() => Err(stopped(exit::TERMINATED, "terminated")),
-        _ = hup.recv() => Err(stopped(exit::HUNG_UP, "hung up")),
     }
 }
 

@@ -65,7 +65,7 @@ impl Session {
             match client.server_identity().await {
                 Ok(id) => {
                     remote.server_id = Some(id.clone());
-                    if let Err(e) = record_server_id(&self.dirs, name, &id) {
+                    if let Err(e) = record_server_id(&self.dirs, name, &remote, &id) {
                         eprintln!(
                             "efs: warning: could not record the identity {id} of remote '{name}' in config.toml ({e:#}); it is pinned for this run only"
                         );
@@ -205,11 +205,15 @@ fn retry_policy() -> RetryPolicy {
 }
 
 /// Writes the identity of remote `name` into the configuration file, read again first so
-/// that what another `efs` changed there meanwhile is kept.
-fn record_server_id(dirs: &Dirs, name: &str, id: &str) -> Result<()> {
+/// that what another `efs` changed there meanwhile is kept; only if the remote there is still
+/// the one asked (a remote removed and added again meanwhile is another server maybe).
+fn record_server_id(dirs: &Dirs, name: &str, asked: &Remote, id: &str) -> Result<()> {
     let mut config = Config::load(dirs)?;
     if let Some(r) = config.remotes.get_mut(name)
         && r.server_id.is_none()
+        && r.url == asked.url
+        && r.user == asked.user
+        && r.fs == asked.fs
     {
         r.server_id = Some(id.to_owned());
         config.save(dirs)?;

@@ -674,6 +674,10 @@ impl Helper for ShellHelper {}
 /// `rm` and `mv` take no `.` or `..` in what they act on, as `rm` refuses them: `rm -r
 /// /a/b/..` would remove `/a` (`cd ..` and the other commands resolve them as usual).
 fn refuse_dot_segments(cmd: &str, arg: &str) -> Result<()> {
+    // An empty argument (`rm -r ''`) would resolve to the current directory.
+    if arg.is_empty() {
+        bail!("{cmd}: refusing an empty path");
+    }
     if arg.split('/').any(|s| s == "." || s == "..") {
         bail!("{cmd}: refusing a path with '.' or '..' in it ({arg}): name what to {cmd} itself");
     }

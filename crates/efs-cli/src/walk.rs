@@ -211,13 +211,16 @@ pub(crate) async fn walk_local(root: PathBuf) -> Result<Walked> {
                     item.metadata()
                         .with_context(|| format!("reading {}", path.display()))?
                 };
+                // A directory of such a name is one a sync moved aside to replace it (left by
+                // an interruption): not the user's data to copy either.
+                if is_part_file(&name) {
+                    skip("a temporary file or directory of an unfinished copy", &mut w);
+                    continue;
+                }
                 if meta.is_dir() {
                     stack.push((path.clone(), r.clone()));
                 } else if !meta.is_file() {
                     skip("not a regular file", &mut w);
-                    continue;
-                } else if is_part_file(&name) {
-                    skip("a temporary file of an unfinished download", &mut w);
                     continue;
                 }
                 w.tree.insert(r, Meta::from_fs(&meta));
@@ -258,6 +261,20 @@ pub(crate) async fn walk_remote(client: &Client, root: &str) -> Result<Tree> {
         };
         let (rel, entries) = done?;
         for e in entries {
+            // What an interrupted `efs cp` left on the server (a staged upload, a directory
+            // moved aside to be replaced): never copied, nor taken for the user's data.
+            if is_part_file(&e.name) {
+                tracing::warn!(
+                    "skipping {}/{}: a temporary file or directory of an unfinished copy",
+                    if rel.is_empty() {
+                        root.trim_end_matches('/').to_owned()
+                    } else {
+                        location::join(root, &rel)
+                    },
+                    e.name
+                );
+                continue;
+            }
             let r = if rel.is_empty() {
                 e.name.clone()
             } else {
@@ -359,6 +376,9 @@ mod tests {
         std::fs::write(d.path().join("scan.pdf"), b"x").unwrap();
         std::fs::write(d.path().join("scan.pdf.0123456789abcdef.efs-part"), b"x").unwrap();
         std::fs::write(d.path().join("notes.efs-part"), b"x").unwrap();
+        // A directory a sync moved aside to replace it, left by an interruption.
+        std::fs::create_dir_all(d.path().join("x.fedcba9876543210.efs-part/old")).unwrap();
+        std::fs::write(d.path().join("x.fedcba9876543210.efs-part/old/f"), b"x").unwrap();
         let w = walk_local(d.path().to_path_buf()).await.unwrap();
         assert_eq!(
             w.tree.keys().collect::<Vec<_>>(),
@@ -366,7 +386,10 @@ mod tests {
         );
         assert_eq!(
             w.skipped.iter().collect::<Vec<_>>(),
-            ["scan.pdf.0123456789abcdef.efs-part"]
+            [
+                "scan.pdf.0123456789abcdef.efs-part",
+                "x.fedcba9876543210.efs-part"
+            ]
         );
         assert!(w.failed.is_empty());
     }

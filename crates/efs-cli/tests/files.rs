@@ -278,7 +278,7 @@ fn dot_segments_in_remote_paths_are_refused_by_every_command() {
     // The shell resolves `..` for `cd`, but its `rm` and `mv` refuse it.
     let out = env.efs_input(
         &["shell", "drive"],
-        b"cd /Records/2019\nrm -r ..\nrm -r /Records/2019/..\nmv ../2019 /moved\ncd ..\npwd\n",
+        b"cd /Records/2019\nrm -r ..\nrm -r /Records/2019/..\nmv ../2019 /moved\nrm -r ''\ncd ..\npwd\n",
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(
@@ -286,6 +286,7 @@ fn dot_segments_in_remote_paths_are_refused_by_every_command() {
         3,
         "{err}"
     );
+    assert!(err.contains("rm: refusing an empty path"), "{err}");
     assert!(String::from_utf8_lossy(&out.stdout).contains("/Records"));
     assert_eq!(env.cat("drive:/Records/2019/r.txt"), b"record");
 }
