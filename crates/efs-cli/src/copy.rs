@@ -3,11 +3,11 @@
 //! source lacks.
 //!
 //! A copy is planned first (what to create, copy and delete), then carried out: files that
-//! make room for a directory of the source, directories, the copies in parallel, and last
-//! the other deletions. Nothing is deleted once something failed (see
-//! [`hold_replacements`]); a directory that a file replaces goes only once that file is
-//! complete beside it ([`copy_replacing_dir`]); the extras go after every copy succeeded. A
-//! file that a directory replaces is the one thing deleted before its replacement arrived.
+//! make room for a directory of the source are moved aside ([`move_aside`]), directories are
+//! made, the copies run in parallel, files replacing a directory last
+//! ([`copy_replacing_dir`]: only once the file is complete beside it), and last the
+//! deletions: the files moved aside and the extras. Nothing is deleted once something failed
+//! (see [`hold_replacements`]): a file moved aside is then kept, named in an error.
 //! `--dry-run` prints the plan.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -299,13 +299,15 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
     let jobs = usize::from(args.jobs);
 
     // Only when nothing failed (see hold_replacements), and right before the directories
-    // that take their place are made.
-    let room = std::mem::take(&mut plan.make_room)
-        .into_iter()
-        .map(|e| (e, Kind::File))
-        .collect();
-    let (mut deleted, errs) = delete_all(room, jobs, &progress, verbose).await;
-    errors.extend(errs);
+    // that take their place are made: moved aside, deleted once everything else succeeded.
+    let mut deleted = 0;
+    let mut asides = Vec::new();
+    for e in std::mem::take(&mut plan.make_room) {
+        match move_aside(&e).await {
+            Ok(aside) => asides.push((e, aside)),
+            Err(err) => errors.push(err),
+        }
+    }
     for dir in std::mem::take(&mut plan.mkdirs) {
         if let Err(e) = mkdir(&dir).await {
             errors.push(e);
@@ -331,6 +333,23 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
     errors.extend(copy_errors);
     // After a failure the destination is behind the source: deleting there now could
     // remove the only copy of something the user moved, so wait for a clean run.
+    if errors.is_empty() {
+        let old = asides.into_iter().map(|(_, a)| (a, Kind::File)).collect();
+        let (n, errs) = delete_all(old, jobs, &progress, verbose).await;
+        deleted += n;
+        errors.extend(errs);
+    } else {
+        errors.extend(asides.iter().map(|(e, aside)| {
+            fail(
+                exit::ERROR,
+                format!(
+                    "{}: the file there is kept as {} because something failed (rename it back, or run the sync again and delete it)",
+                    e.display(),
+                    aside.display()
+                ),
+            )
+        }));
+    }
     let deletes = std::mem::take(&mut plan.deletes);
     if !errors.is_empty() && !deletes.is_empty() {
         progress.println(&format!(
@@ -1065,6 +1084,47 @@ async fn copy_replacing_dir(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()>
         format!("deleting the directory {path} replaced (the file is in place; what is left of the directory is at {aside})")
     })?;
     Ok(())
+}
+
+/// Moves a file that a directory replaces out of the way, to `NAME.<random>.efs-part` beside
+/// it (a name walks skip): it is deleted only once every copy succeeded, and otherwise kept
+/// there, named in an error, instead of lost with a directory whose files failed to copy.
+/// Returns where it is now.
+async fn move_aside(e: &Endpoint) -> Result<Endpoint> {
+    let suffix = format!(".{}.efs-part", random_hex()?);
+    match e {
+        Endpoint::Local(p, below) => {
+            let (at, below, s) = (p.clone(), *below, suffix.clone());
+            tokio::task::spawn_blocking(move || -> Result<()> {
+                let (dir, name) = open_dest_dir(&at, below)?;
+                let mut aside = name.clone();
+                aside.push(&s);
+                rustix::fs::renameat(&dir, &name, &dir, &aside)
+                    .with_context(|| format!("moving {} aside to replace it", at.display()))?;
+                Ok(())
+            })
+            .await??;
+            let mut aside = p.clone().into_os_string();
+            aside.push(&suffix);
+            Ok(Endpoint::Local(PathBuf::from(aside), below))
+        }
+        Endpoint::Remote {
+            client,
+            remote,
+            path,
+        } => {
+            let aside = format!("{path}{suffix}");
+            client
+                .rename(path, &aside, false)
+                .await
+                .with_context(|| format!("moving {path} aside to replace it"))?;
+            Ok(Endpoint::Remote {
+                client: client.clone(),
+                remote: remote.clone(),
+                path: aside,
+            })
+        }
+    }
 }
 
 /// 16 random hex digits, for temporary names.

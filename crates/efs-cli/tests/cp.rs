@@ -641,6 +641,35 @@ fn a_failure_while_copying_holds_back_a_directory_replacement() {
     assert!(!listing.contains("efs-part"), "{listing}");
 }
 
+/// A file replaced by a directory whose files then fail to copy is kept aside, named in the
+/// error, not lost: it was deleted before the directory was made.
+#[test]
+fn a_file_replaced_by_a_failing_directory_is_kept() {
+    let env = Env::with_server_args(&["--max-body-size", "1000"]);
+    env.write("up/y", b"remote file");
+    env.ok(&["cp", "--sync", "up", "drive:/t"]);
+    std::fs::remove_file(env.path("up/y")).unwrap();
+    env.write("up/y/big.bin", &[7u8; 2000]);
+    let err = env.fails(&["cp", "--sync", "up", "drive:/t"], 1);
+    assert!(
+        err.contains("the file there is kept as drive:/t/y."),
+        "{err}"
+    );
+    let kept = err
+        .split("kept as ")
+        .nth(1)
+        .and_then(|s| s.split_whitespace().next())
+        .expect("a name");
+    assert!(kept.ends_with(".efs-part"), "{kept}");
+    assert_eq!(env.cat(kept), b"remote file");
+    // The next sync that succeeds leaves it alone (walks skip such names).
+    std::fs::remove_file(env.path("up/y/big.bin")).unwrap();
+    env.write("up/y/small.txt", b"ok");
+    env.ok(&["cp", "--sync", "up", "drive:/t"]);
+    assert_eq!(env.cat("drive:/t/y/small.txt"), b"ok");
+    assert_eq!(env.cat(kept), b"remote file");
+}
+
 /// Regression: `efs cp` stopped by Ctrl-C left the decrypted `NAME.<random>.efs-part` of
 /// the download it was in, which a later `cp --sync` uploaded as a record.
 #[test]
