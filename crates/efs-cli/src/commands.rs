@@ -124,7 +124,7 @@ pub(crate) async fn ls(
         if recursive {
             // One walk, then the tree in order: each entry shown by its path below the
             // listed directory.
-            let mut tree: Vec<_> = walk::walk_remote(&client, &rp.path)
+            let mut tree: Vec<_> = walk::walk_remote(&client, &rp.path, false)
                 .await?
                 .into_iter()
                 .collect();

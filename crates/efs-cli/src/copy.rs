@@ -132,12 +132,12 @@ impl Endpoint {
     }
 
     /// The tree below this directory, and what was left out of it (see [`walk::Walked`]; a
-    /// remote walk leaves nothing out).
+    /// remote walk leaves out only the temporary names of an unfinished copy, with a warning).
     async fn walk(&self) -> Result<walk::Walked> {
         match self {
             Endpoint::Local(p, _) => walk::walk_local(p.clone()).await,
             Endpoint::Remote { client, path, .. } => Ok(walk::Walked {
-                tree: walk::walk_remote(client, path).await?,
+                tree: walk::walk_remote(client, path, true).await?,
                 ..walk::Walked::default()
             }),
         }
@@ -1059,11 +1059,9 @@ async fn copy_replacing_dir(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()>
     // `{path}/`: only a directory moves (the server checks it in the move's commit), should
     // the name have become a file since the plan.
     if let Err(e) = client.rename(&format!("{path}/"), &aside, false).await {
-        // A lost answer may hide a move that happened: go on from what is there.
-        let moved = matches!(e, efs_client::Error::Transport(_))
-            && client.stat(&aside).await.is_ok()
-            && matches!(client.stat(path).await, Err(efs_client::Error::NotFound));
-        if !moved {
+        // An error may hide a move that happened (a lost answer, a proxy's 502): go on from
+        // what is there.
+        if client.stat(&aside).await.is_err() {
             let _ = client.delete(&staged, false).await;
             return Err(e)
                 .with_context(|| format!("moving the directory {path} aside to replace it"));
@@ -1114,10 +1112,12 @@ async fn move_aside(e: &Endpoint) -> Result<Endpoint> {
             path,
         } => {
             let aside = format!("{path}{suffix}");
-            client
-                .rename(path, &aside, false)
-                .await
-                .with_context(|| format!("moving {path} aside to replace it"))?;
+            if let Err(e) = client.rename(path, &aside, false).await {
+                // Moved after all (a lost answer): it is there, and kept track of.
+                if client.stat(&aside).await.is_err() {
+                    return Err(e).with_context(|| format!("moving {path} aside to replace it"));
+                }
+            }
             Ok(Endpoint::Remote {
                 client: client.clone(),
                 remote: remote.clone(),

@@ -186,7 +186,7 @@ pub(crate) async fn tar(
         let name = location::basename(&rp.path).to_owned();
         items.push((name, rp.path.clone(), root));
     } else {
-        let tree = walk::walk_remote(&client, &rp.path).await?;
+        let tree = walk::walk_remote(&client, &rp.path, false).await?;
         for (rel, meta) in tree {
             let path = location::join(&rp.path, &rel);
             items.push((rel, path, meta));

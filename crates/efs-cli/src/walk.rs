@@ -234,7 +234,9 @@ pub(crate) async fn walk_local(root: PathBuf) -> Result<Walked> {
 
 /// Every file and directory below the remote directory `root`, listing up to
 /// [`LIST_CONCURRENCY`] directories at a time.
-pub(crate) async fn walk_remote(client: &Client, root: &str) -> Result<Tree> {
+/// With `skip_parts` (`efs cp`), names of an unfinished copy's temporary files and directories
+/// are left out; `efs tar` and `efs ls -R` show everything.
+pub(crate) async fn walk_remote(client: &Client, root: &str, skip_parts: bool) -> Result<Tree> {
     let mut tree = Tree::new();
     let mut waiting = vec![String::new()];
     let mut running = FuturesUnordered::new();
@@ -263,7 +265,7 @@ pub(crate) async fn walk_remote(client: &Client, root: &str) -> Result<Tree> {
         for e in entries {
             // What an interrupted `efs cp` left on the server (a staged upload, a directory
             // moved aside to be replaced): never copied, nor taken for the user's data.
-            if is_part_file(&e.name) {
+            if skip_parts && is_part_file(&e.name) {
                 tracing::warn!(
                     "skipping {}/{}: a temporary file or directory of an unfinished copy",
                     if rel.is_empty() {

@@ -662,6 +662,9 @@ fn a_file_replaced_by_a_failing_directory_is_kept() {
         .expect("a name");
     assert!(kept.ends_with(".efs-part"), "{kept}");
     assert_eq!(env.cat(kept), b"remote file");
+    // `ls -R` (and `tar`) show it; only copies leave such names out.
+    let name = kept.rsplit('/').next().unwrap();
+    assert!(env.ok(&["ls", "-R", "drive:/t"]).contains(name));
     // The next sync that succeeds leaves it alone (walks skip such names).
     std::fs::remove_file(env.path("up/y/big.bin")).unwrap();
     env.write("up/y/small.txt", b"ok");
