@@ -768,7 +768,7 @@ impl Client {
 
     /// [`Client::retrying`] for an upload that can be sent again; for a conditional one,
     /// only while no attempt may have been stored (see [`Client::put_bytes`]).
-    async fn retrying_put<T, F, Fut>(&self, path: &str, opts: &PutOptions, mut op: F) -> Result<T>
+    async fn retrying_put<T, F, Fut>(&self, path: &str, opts: &PutOptions, op: F) -> Result<T>
     where
         F: FnMut() -> Fut,
         Fut: std::future::Future<Output = std::result::Result<T, Fail>>,
@@ -776,6 +776,24 @@ impl Client {
         if opts.if_match.is_none() && !opts.create_only {
             return self.retrying(op).await;
         }
+        self.retrying_until_sent("the upload may have been stored", &absolute(path), op)
+            .await
+    }
+
+    /// Retries `op` only while the server cannot have acted on it (not sent, or answered 429
+    /// or 503): for requests that are not idempotent (a move, a conditional upload). A
+    /// transport error after the request went out says `may_have` and where to `look_at`,
+    /// rather than a retry reporting the request's own effect as a failure.
+    async fn retrying_until_sent<T, F, Fut>(
+        &self,
+        may_have: &str,
+        look_at: &str,
+        mut op: F,
+    ) -> Result<T>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Fail>>,
+    {
         let mut backoff = Backoff::new(&self.inner.retry);
         loop {
             let f = match op().await {
@@ -785,15 +803,14 @@ impl Client {
             if !f.cannot_have_acted() {
                 return Err(match f.err {
                     Error::Transport(m) => Error::Transport(format!(
-                        "{m} (the upload may have been stored: look at {} before trying again)",
-                        absolute(path)
+                        "{m} ({may_have}: look at {look_at} before trying again)"
                     )),
                     e => e,
                 });
             }
             match backoff.next_delay(&f) {
                 Some(delay) => {
-                    tracing::debug!(?delay, "the upload was not stored, retrying: {}", f.err);
+                    tracing::debug!(?delay, "not acted on, retrying: {}", f.err);
                     tokio::time::sleep(delay).await;
                 }
                 None => return Err(f.err),
@@ -1110,35 +1127,14 @@ impl Client {
             to: absolute(to),
             overwrite,
         };
-        let mut backoff = Backoff::new(&self.inner.retry);
-        loop {
-            let attempt = async {
-                let resp = self
-                    .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t).json(&body)))
-                    .await?;
-                http::json::<efs_proto::ListEntry>(resp).await
-            };
-            let f = match attempt.await {
-                Ok(e) => return Ok(Entry::from(e)),
-                Err(f) => f,
-            };
-            if !f.cannot_have_acted() {
-                return Err(match f.err {
-                    Error::Transport(m) => Error::Transport(format!(
-                        "{m} (the move may have been done: look at {} before trying again)",
-                        body.to
-                    )),
-                    e => e,
-                });
-            }
-            match backoff.next_delay(&f) {
-                Some(delay) => {
-                    tracing::debug!(?delay, "the move was not done, retrying: {}", f.err);
-                    tokio::time::sleep(delay).await;
-                }
-                None => return Err(f.err),
-            }
-        }
+        self.retrying_until_sent("the move may have been done", &body.to, || async {
+            let resp = self
+                .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t).json(&body)))
+                .await?;
+            http::json::<efs_proto::ListEntry>(resp).await
+        })
+        .await
+        .map(Entry::from)
     }
 
     /// Creates the directory `path` and its missing parents.
