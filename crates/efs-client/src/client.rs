@@ -979,7 +979,7 @@ impl Client {
 
     /// As [`Client::download_file_at`], and `before_rename(dir, name)` runs (on a blocking
     /// thread) once the whole file is on disk, right before it is renamed into place: e.g. to
-    /// remove a directory the file replaces, which then goes only once its replacement
+    /// move aside a directory the file replaces, which then goes only once its replacement
     /// arrived. If it fails, the download is removed and its error returned.
     pub async fn download_file_at_then<B>(
         &self,

@@ -1002,6 +1002,20 @@ async fn one_login_for_many_requests_and_cached_tokens() {
     assert_ne!(c3.token().await.unwrap().token, "not-a-token");
 }
 
+/// A client of `s`'s server through [`answer_losing_relay`], and the switch that makes the
+/// relay lose the next answer.
+async fn client_losing_answers(s: &Setup) -> (Client, Arc<AtomicBool>) {
+    let lose = Arc::new(AtomicBool::new(false));
+    let relay = answer_losing_relay(s.server.port, lose.clone()).await;
+    let c = Client::builder(&format!("https://127.0.0.1:{relay}"))
+        .user(USER)
+        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
+        .trust(Trust::CaPem(s.server.cert_pem()))
+        .build()
+        .unwrap();
+    (c, lose)
+}
+
 /// A TCP relay on 127.0.0.1 to `port`. While `lose` is set, the first bytes the server sends
 /// on a connection are not passed on: the relay waits half a second (the server has acted on
 /// the request by then) and cuts that connection, and clears `lose`. The answer is lost.
@@ -1050,14 +1064,7 @@ async fn answer_losing_relay(port: u16, lose: Arc<AtomicBool>) -> u16 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_move_whose_answer_is_lost_is_not_retried_into_a_404() {
     let s = setup(&[]);
-    let lose = Arc::new(AtomicBool::new(false));
-    let relay = answer_losing_relay(s.server.port, lose.clone()).await;
-    let c = Client::builder(&format!("https://127.0.0.1:{relay}"))
-        .user(USER)
-        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
-        .trust(Trust::CaPem(s.server.cert_pem()))
-        .build()
-        .unwrap();
+    let (c, lose) = client_losing_answers(&s).await;
     c.put_bytes("/a.txt", "moved".into(), PutOptions::default())
         .await
         .unwrap();
@@ -1079,14 +1086,7 @@ async fn a_move_whose_answer_is_lost_is_not_retried_into_a_404() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_delete_whose_answer_is_lost_succeeds_and_a_missing_path_is_not_found() {
     let s = setup(&[]);
-    let lose = Arc::new(AtomicBool::new(false));
-    let relay = answer_losing_relay(s.server.port, lose.clone()).await;
-    let c = Client::builder(&format!("https://127.0.0.1:{relay}"))
-        .user(USER)
-        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
-        .trust(Trust::CaPem(s.server.cert_pem()))
-        .build()
-        .unwrap();
+    let (c, lose) = client_losing_answers(&s).await;
     c.put_bytes("/gone.txt", "x".into(), PutOptions::default())
         .await
         .unwrap();
@@ -1105,14 +1105,7 @@ async fn a_delete_whose_answer_is_lost_succeeds_and_a_missing_path_is_not_found(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_conditional_upload_whose_answer_is_lost_says_it_may_be_stored() {
     let s = setup(&[]);
-    let lose = Arc::new(AtomicBool::new(false));
-    let relay = answer_losing_relay(s.server.port, lose.clone()).await;
-    let c = Client::builder(&format!("https://127.0.0.1:{relay}"))
-        .user(USER)
-        .signer(Arc::new(KeySigner::from_signing_key(s.key.clone())))
-        .trust(Trust::CaPem(s.server.cert_pem()))
-        .build()
-        .unwrap();
+    let (c, lose) = client_losing_answers(&s).await;
     let v1 = c
         .put_bytes("/v.txt", "one".into(), PutOptions::default())
         .await
