@@ -34,7 +34,8 @@ sign; EFS_MAX_ATTEMPTS bounds the retries of transient failures; EFS_LOG=debug l
   5  conflict or precondition failed (destination exists, directory not empty, file changed)
   6  TLS trust failure (the certificate changed or is not trusted)
   7  network failure (connection refused/reset/timed out, server busy) after retries
-  130, 143  efs cp interrupted by SIGINT (Ctrl-C) or SIGTERM; unfinished downloads removed")
+  129, 130, 143  efs cp or efs tar stopped by SIGHUP, SIGINT (Ctrl-C) or SIGTERM; unfinished
+                 downloads and archive removed (under nohup, SIGHUP stays ignored)")
 )]
 pub(crate) struct Cli {
     /// No progress bars, no summaries.

@@ -22,9 +22,13 @@ pub(crate) const CONFLICT: u8 = 5;
 pub(crate) const TLS: u8 = 6;
 /// Network: connection failures or busy server, after the retries were used up.
 pub(crate) const NETWORK: u8 = 7;
-/// `efs cp` stopped by SIGINT (Ctrl-C), as a shell reports a process it killed (128 + 2).
+/// `efs cp` or `efs tar` stopped by SIGHUP (its terminal went away), unless started under
+/// `nohup` (128 + 1).
+pub(crate) const HANGUP: u8 = 129;
+/// `efs cp` or `efs tar` stopped by SIGINT (Ctrl-C), as a shell reports a process it killed
+/// (128 + 2).
 pub(crate) const INTERRUPTED: u8 = 130;
-/// `efs cp` stopped by SIGTERM (128 + 15).
+/// `efs cp` or `efs tar` stopped by SIGTERM (128 + 15).
 pub(crate) const TERMINATED: u8 = 143;
 
 /// Writes one line to stdout (what [`outln!`] expands to). A reader that went away (`efs ls

@@ -116,7 +116,7 @@ async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: boo
         Command::Mv { force, paths } => commands::mv(session, &paths, force).await,
         Command::Mkdir { parents, paths } => commands::mkdir(session, &paths, parents).await,
         Command::Token { json, remote } => commands::token(session, &remote, json).await,
-        Command::Tar(args) => tar::tar(session, args, quiet, verbose).await,
+        Command::Tar(args) => until_signalled(tar::tar(session, args, quiet, verbose)).await,
         Command::Untar(args) => tar::untar(session, args, quiet, verbose).await,
         Command::Keygen { .. } | Command::Completions { .. } | Command::Shell { .. } => {
             unreachable!("handled before the runtime")
@@ -124,15 +124,27 @@ async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: boo
     }
 }
 
-/// Runs `op` unless SIGINT or SIGTERM comes first; then `op` is dropped, which removes its
-/// unfinished downloads (their temporary files, which hold decrypted data and which a later
-/// upload would otherwise find), and the exit code says which signal it was.
+/// Runs `op` unless SIGINT, SIGTERM or SIGHUP comes first; then `op` is dropped, which
+/// removes its unfinished output (a download's temporary file, which holds decrypted data and
+/// which a later upload would otherwise find; `efs tar`'s unfinished archive), and the exit
+/// code says which signal it was.
 async fn until_signalled(op: impl std::future::Future<Output = Result<()>>) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
-    // Not SIGHUP: a handler would replace the `SIG_IGN` that `nohup efs cp …` relies on. A
-    // part file a hang-up leaves is never uploaded (walks skip part files).
+    // A handler for SIGHUP would replace the `SIG_IGN` that `nohup efs cp …` relies on to
+    // outlive its terminal: installed only when the signal is not ignored already.
+    let mut hup = if hangup_ignored() {
+        None
+    } else {
+        Some(signal(SignalKind::hangup())?)
+    };
+    let hangup = async {
+        match hup.as_mut() {
+            Some(h) => h.recv().await,
+            None => std::future::pending().await,
+        }
+    };
     let stopped = |code, name| {
         exit::fail(
             code,
@@ -143,7 +155,29 @@ async fn until_signalled(op: impl std::future::Future<Output = Result<()>>) -> R
         r = op => r,
         _ = int.recv() => Err(stopped(exit::INTERRUPTED, "interrupted")),
         _ = term.recv() => Err(stopped(exit::TERMINATED, "terminated")),
+        _ = hangup => Err(stopped(exit::HANGUP, "hang-up")),
     }
+}
+
+/// Whether this process inherited SIGHUP as ignored (`nohup`), read from the `SigIgn` mask of
+/// `/proc/self/status` (asking `sigaction` would take unsafe code). Where that file cannot be
+/// read, the signal counts as ignored: better a part file left behind than a `nohup` run
+/// killed by the hang-up it was started to survive.
+fn hangup_ignored() -> bool {
+    let Ok(status) = std::fs::read_to_string("/proc/self/status") else {
+        return true;
+    };
+    sighup_in_mask(&status).unwrap_or(true)
+}
+
+/// The SIGHUP bit (signal 1: the lowest bit) of the `SigIgn:` line of a `/proc/PID/status`.
+fn sighup_in_mask(status: &str) -> Option<bool> {
+    let mask = status
+        .lines()
+        .find_map(|l| l.strip_prefix("SigIgn:"))?
+        .trim();
+    let low = u64::from_str_radix(mask.get(mask.len().saturating_sub(16)..)?, 16).ok()?;
+    Some(low & 1 == 1)
 }
 
 /// Prints `efs: error: …` and the hint, and returns the exit code.
@@ -165,4 +199,20 @@ fn init_tracing(verbose: bool) {
         .with_writer(std::io::stderr)
         .with_target(false)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::sighup_in_mask;
+
+    #[test]
+    fn the_sighup_bit_is_read_from_the_ignored_mask() {
+        let nohup = "Name:\tefs\nSigBlk:\t0000000000000000\nSigIgn:\t0000000000000001\n";
+        assert_eq!(sighup_in_mask(nohup), Some(true));
+        let plain = "SigPnd:\t0000000000000001\nSigIgn:\t0000000000001000\nSigCgt:\t1\n";
+        assert_eq!(sighup_in_mask(plain), Some(false));
+        assert_eq!(sighup_in_mask("SigIgn:\t1\n"), Some(true));
+        assert_eq!(sighup_in_mask("SigIgn:\tzz\n"), None);
+        assert_eq!(sighup_in_mask("Name:\tefs\n"), None);
+    }
 }

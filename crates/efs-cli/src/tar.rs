@@ -203,6 +203,9 @@ pub(crate) async fn tar(
     let dirs = items.len() as u64 - files;
 
     let (part, file) = create_part(&out_path)?;
+    // Removes the unfinished archive on every way out but the rename below, including this
+    // future being dropped (`efs tar` stopped by a signal).
+    let mut guard = RemoveOnDrop(Some(part.clone()));
     let progress = Progress::new(quiet, files, bytes);
     let handle = Handle::current();
     let job = {
@@ -214,21 +217,9 @@ pub(crate) async fn tar(
             )
         })
     };
-    let result = job.await.context("the archive writer stopped");
-    let result = match result {
-        Ok(r) => r,
-        Err(e) => {
-            let _ = std::fs::remove_file(&part);
-            return Err(e);
-        }
-    };
+    job.await.context("the archive writer stopped")??;
     progress.finish();
-    if let Err(e) = result {
-        let _ = std::fs::remove_file(&part);
-        return Err(e);
-    }
     if !args.force && out_path.exists() {
-        let _ = std::fs::remove_file(&part);
         return Err(fail_hint(
             exit::CONFLICT,
             format!(
@@ -240,6 +231,7 @@ pub(crate) async fn tar(
     }
     std::fs::rename(&part, &out_path)
         .with_context(|| format!("renaming {} to {}", part.display(), out_path.display()))?;
+    guard.0 = None;
     if !quiet {
         eprintln!(
             "tar: {files} files, {dirs} directories, {} bytes from {} -> {}",
@@ -249,6 +241,17 @@ pub(crate) async fn tar(
         );
     }
     Ok(())
+}
+
+/// Removes the file it names when dropped (unless emptied first).
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// A new, empty file next to `out` for the archive being written:

@@ -673,45 +673,108 @@ fn a_file_replaced_by_a_failing_directory_is_kept() {
     assert_eq!(env.cat(kept), b"remote file");
 }
 
-/// Regression: `efs cp` stopped by Ctrl-C left the decrypted `NAME.<random>.efs-part` of
-/// the download it was in, which a later `cp --sync` uploaded as a record.
-#[test]
-fn an_interrupted_download_leaves_no_temporary_file_and_exits_130() {
+/// The names of the part files in `dir`.
+fn part_files(dir: &std::path::Path) -> Vec<String> {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".efs-part"))
+        .collect()
+}
+
+/// Starts `cmd` (whose output goes into `dir`), waits for its first part file there, sends it
+/// `signal`, and returns how it ended.
+fn signal_once_a_part_exists(
+    mut cmd: std::process::Command,
+    dir: &std::path::Path,
+    signal: &str,
+) -> std::process::Output {
     use std::process::Stdio;
     use std::time::{Duration, Instant};
-    let env = Env::new();
-    let data = common::noise(128 << 20);
-    let out = env.efs_input(&["put", "drive:/big.bin"], &data);
-    common::assert_ok(&["put"], &out);
-    std::fs::create_dir_all(env.path("dl")).unwrap();
-    let child = env
-        .cmd(&["cp", "drive:/big.bin", "dl/big.bin"])
+    let child = cmd
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let parts = || {
-        std::fs::read_dir(env.path("dl"))
-            .unwrap()
-            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-            .filter(|n| n.ends_with(".efs-part"))
-            .collect::<Vec<_>>()
-    };
     let deadline = Instant::now() + Duration::from_secs(30);
-    while parts().is_empty() {
+    while part_files(dir).is_empty() {
         assert!(Instant::now() < deadline, "no temporary file appeared");
         std::thread::sleep(Duration::from_millis(2));
     }
     let killed = std::process::Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
+        .args([&format!("-{signal}"), &child.id().to_string()])
         .status()
         .unwrap();
     assert!(killed.success());
-    let out = child.wait_with_output().unwrap();
+    child.wait_with_output().unwrap()
+}
+
+/// A 128 MiB remote file `drive:/big.bin` and an empty local `dl/`.
+fn env_with_a_big_file() -> (Env, Vec<u8>) {
+    let env = Env::new();
+    let data = common::noise(128 << 20);
+    let out = env.efs_input(&["put", "drive:/big.bin"], &data);
+    common::assert_ok(&["put"], &out);
+    std::fs::create_dir_all(env.path("dl")).unwrap();
+    (env, data)
+}
+
+/// Regression: `efs cp` stopped by Ctrl-C left the decrypted `NAME.<random>.efs-part` of
+/// the download it was in, which a later `cp --sync` uploaded as a record.
+#[test]
+fn an_interrupted_download_leaves_no_temporary_file_and_exits_130() {
+    let (env, _) = env_with_a_big_file();
+    let cmd = env.cmd(&["cp", "drive:/big.bin", "dl/big.bin"]);
+    let out = signal_once_a_part_exists(cmd, &env.path("dl"), "INT");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(130), "{err}");
     assert!(err.contains("interrupted"), "{err}");
-    assert!(parts().is_empty(), "{:?}", parts());
+    assert!(part_files(&env.path("dl")).is_empty());
     assert!(!env.path("dl/big.bin").exists());
+}
+
+/// Regression: a hang-up (the ssh session of an `efs cp` dropped) killed the process and left
+/// the decrypted part file of the download in progress behind.
+#[test]
+fn a_hang_up_removes_the_unfinished_download_and_exits_129() {
+    let (env, _) = env_with_a_big_file();
+    let cmd = env.cmd(&["cp", "drive:/big.bin", "dl/big.bin"]);
+    let out = signal_once_a_part_exists(cmd, &env.path("dl"), "HUP");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(129), "{err}");
+    assert!(err.contains("hang-up"), "{err}");
+    assert!(part_files(&env.path("dl")).is_empty());
+    assert!(!env.path("dl/big.bin").exists());
+}
+
+/// `nohup efs cp …` must outlive its terminal: the handler that removes part files on a
+/// hang-up is not installed over an ignored SIGHUP.
+#[test]
+fn under_nohup_a_hang_up_does_not_stop_a_copy() {
+    let (env, data) = env_with_a_big_file();
+    let mut cmd = std::process::Command::new("nohup");
+    cmd.arg(common::EFS)
+        .args(["cp", "drive:/big.bin", "dl/big.bin"]);
+    env.configure(&mut cmd);
+    let out = signal_once_a_part_exists(cmd, &env.path("dl"), "HUP");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{err}");
+    assert!(std::fs::read(env.path("dl/big.bin")).unwrap() == data);
+    assert!(part_files(&env.path("dl")).is_empty());
+}
+
+/// Regression: `efs tar` stopped by a signal left its unfinished `FILE.<random>.efs-part`.
+#[test]
+fn a_stopped_tar_removes_its_unfinished_archive() {
+    let (env, _) = env_with_a_big_file();
+    std::fs::write(env.path("pass.txt"), b"correct horse\n").unwrap();
+    for (signal, code) in [("TERM", 143), ("HUP", 129)] {
+        let cmd = env.cmd(&["tar", "drive:/", "-o", "dl/b.tar.gz.age", "-p", "pass.txt"]);
+        let out = signal_once_a_part_exists(cmd, &env.path("dl"), signal);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(code), "{signal}: {err}");
+        assert!(part_files(&env.path("dl")).is_empty(), "{signal}");
+        assert!(!env.path("dl/b.tar.gz.age").exists(), "{signal}");
+    }
 }
