@@ -43,7 +43,7 @@ WORKDIR /home/efs
 HEALTHCHECK --interval=30s --timeout=10s --start-period=60s --retries=3 \
     CMD ["efsctl", "health"]
 
-# SIGTERM (docker stop) lets in-flight requests finish; give it time: docker stop -t 35.
+# SIGTERM (docker stop) lets in-flight requests finish; give it time: docker stop -t 45.
 STOPSIGNAL SIGTERM
 ENTRYPOINT ["/usr/local/bin/efs-entrypoint"]
 CMD []

@@ -246,16 +246,10 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     let rt = tokio::runtime::Handle::current();
     let command =
         tokio::task::spawn_blocking(move || rt.block_on(admin::execute_as(&data, req, &op)));
-    let resp = match command.await {
-        Ok(resp) => resp,
-        Err(e) => match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(_) => AdminResponse::err("the server is shutting down".to_owned()),
-        },
-    };
-    // Reloaded after every user change, also one that answered an error: the change may
-    // have been saved before something after it failed (its audit entry, say), and a
-    // revoke saved but not loaded would leave the user's tokens working.
+    let outcome = command.await;
+    // Reloaded after every user change, also one that answered an error or panicked: the
+    // change may have been saved before something after it failed (its audit entry, say),
+    // and a revoke saved but not loaded would leave the user's tokens working.
     if users_change {
         // On failure `reload` empties the user cache: every login and token is refused until
         // a later reload succeeds, never checked against the list from before the change.
@@ -273,7 +267,13 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
             ));
         }
     }
-    resp
+    match outcome {
+        Ok(resp) => resp,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => AdminResponse::err("the server is shutting down".to_owned()),
+        },
+    }
 }
 
 /// Serialises user and grant changes (see [`handle`]).

@@ -77,6 +77,11 @@ pub struct AppState {
     /// admin commands running: a shutdown waits for them, so their audit entries are written
     /// before the log closes.
     pub detached: tokio_util::task::TaskTracker,
+    /// Set once the shutdown timeout has passed: a change that has not begun (a request not
+    /// yet run by `to_completion`, an upload whose commit is not issued) is refused with 503,
+    /// so that nothing lands after the audit log closes; the shutdown waits a little longer
+    /// for those already begun.
+    pub changes_refused: Arc<std::sync::atomic::AtomicBool>,
     /// The budget of audit entries of requests that proved nobody (shared with the login
     /// hook).
     pub audit_budget: Arc<crate::audit_budget::AuditBudget>,
@@ -518,8 +523,8 @@ fn require_write(c: &Caller) -> Result<(), ApiError> {
 }
 
 async fn move_json(State(st): St, req: Request) -> Result<Response, ApiError> {
-    let tasks = st.detached.clone();
-    to_completion(&tasks, move_json_now(st, req)).await?
+    let run = move_json_now(st.clone(), req);
+    to_completion(&st, run).await?
 }
 
 /// Runs a request that may change the filesystem to its end, even if the client goes away.
@@ -528,27 +533,40 @@ async fn move_json(State(st): St, req: Request) -> Result<Response, ApiError> {
 /// reset). A write, move or delete dropped while the index commits it would still land, but
 /// its audit entry, written once the commit has answered, never would. In a task of its
 /// own the request finishes and is recorded whatever the client does; a shutdown waits for
-/// it (`tasks`). Reads need no such care, and do without the task.
-async fn to_completion<F>(
-    tasks: &tokio_util::task::TaskTracker,
-    request: F,
-) -> Result<F::Output, ApiError>
+/// it (`st.detached`). Reads need no such care, and do without the task.
+///
+/// Past the shutdown timeout (`st.changes_refused`) the request is not run: 503. The check is
+/// made inside the tracked task, so that the shutdown's last wait covers every request that
+/// passed it.
+async fn to_completion<F>(st: &AppState, request: F) -> Result<F::Output, ApiError>
 where
     F: std::future::Future + Send + 'static,
     F::Output: Send + 'static,
 {
-    match tasks.spawn(request).await {
-        Ok(answer) => Ok(answer),
+    let refused = st.changes_refused.clone();
+    let task = st.detached.spawn(async move {
+        if refused.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        Some(request.await)
+    });
+    match task.await {
+        Ok(Some(answer)) => Ok(answer),
+        Ok(None) => Err(shutting_down()),
         Err(e) => match e.try_into_panic() {
             Ok(panic) => std::panic::resume_unwind(panic),
             // Only when the runtime shuts down.
-            Err(_) => Err(ApiError::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                efs_proto::codes::UNAVAILABLE,
-                "the server is shutting down",
-            )),
+            Err(_) => Err(shutting_down()),
         },
     }
+}
+
+fn shutting_down() -> ApiError {
+    ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        efs_proto::codes::UNAVAILABLE,
+        "the server is shutting down",
+    )
 }
 
 async fn move_json_now(st: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
@@ -701,8 +719,8 @@ async fn files(State(st): St, req: Request) -> Response {
         // chunks are not handed from task to task.
         files_now(st, req).await
     } else {
-        let tasks = st.detached.clone();
-        to_completion(&tasks, files_now(st, req))
+        let run = files_now(st.clone(), req);
+        to_completion(&st, run)
             .await
             .unwrap_or_else(IntoResponse::into_response)
     }
@@ -1029,13 +1047,19 @@ async fn write(
     // An upload can last hours: its token, certificate binding and write access are checked
     // again before it lands, so that a revoke, a read-only grant or an expiry meanwhile
     // refuses it (a cached check: about a microsecond).
-    if let Err(e) = authorise(st, headers, &parts.extensions, who).and_then(|(caller, now)| {
-        require_write(&caller)?;
-        if !Arc::ptr_eq(&now, fs) {
-            return Err(ApiError::unauthorized());
-        }
-        Ok(())
-    }) {
+    // The audit log too was checked only when the request began, and the body may have
+    // taken minutes: a log that failed meanwhile refuses the change before it lands, not
+    // after (its entry could not be written then).
+    if let Err(e) = refuse_if_failed(&st.data)
+        .and_then(|()| authorise(st, headers, &parts.extensions, who))
+        .and_then(|(caller, now)| {
+            require_write(&caller)?;
+            if !Arc::ptr_eq(&now, fs) {
+                return Err(ApiError::unauthorized());
+            }
+            Ok(())
+        })
+    {
         upload.abort().await;
         return Err(e);
     }
@@ -1050,7 +1074,7 @@ async fn write(
                 .await
         }
     };
-    let (entry, replaced) = to_completion(&st.detached, commit).await??;
+    let (entry, replaced) = to_completion(st, commit).await??;
     let status = if replaced {
         StatusCode::OK
     } else {

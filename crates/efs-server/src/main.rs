@@ -101,6 +101,12 @@ struct Args {
     /// metrics are off: they name every filesystem and count its files and bytes.
     #[arg(long, env = "EFS_METRICS_TOKEN_FILE", value_name = "PATH")]
     metrics_token_file: Option<PathBuf>,
+    /// On SIGTERM, wait at most this many seconds for the requests and admin commands in
+    /// flight; then no new change begins (503), changes already begun get 10 s more, and the
+    /// audit log closes. Give the supervisor more (`docker stop -t`, systemd's
+    /// TimeoutStopSec).
+    #[arg(long, default_value_t = 30, value_name = "SECS")]
+    shutdown_timeout: u64,
     /// Write request paths to the log (they are personal data; off by default).
     #[arg(long)]
     log_paths: bool,
@@ -150,7 +156,7 @@ fn main() -> std::process::ExitCode {
         nonce_ttl: Duration::from_secs(a.nonce_ttl.max(1)),
         max_renewals: a.max_renewals,
         login_fail_window: Duration::from_secs(a.login_fail_window.max(1)),
-        shutdown_timeout: Duration::from_secs(30),
+        shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         metrics_token,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()

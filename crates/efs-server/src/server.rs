@@ -262,6 +262,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         http: cfg.http.clone(),
         metrics,
         detached: tokio_util::task::TaskTracker::new(),
+        changes_refused: Default::default(),
         audit_budget: audit_budget.clone(),
         // Behind a proxy every client has the proxy's address: with the per-address limit
         // of connections off (0, as README.md says to run there), this one is off too.
@@ -542,6 +543,25 @@ async fn serve(
         _ = async { let _ = slots.acquire_many(all).await; detached.wait().await } => {},
         _ = tokio::time::sleep(timeout) => {
             tracing::warn!("shutdown timeout: closing connections with requests still in flight");
+            // No change begins any more (503); the ones begun (commits issued, admin
+            // commands) get a little longer, so that they land before the audit log closes
+            // and are recorded, rather than landing unrecorded or being answered 503 after
+            // they landed.
+            state
+                .changes_refused
+                .store(true, std::sync::atomic::Ordering::Release);
+            if tokio::time::timeout(LATE_CHANGES, detached.wait())
+                .await
+                .is_err()
+            {
+                tracing::warn!(
+                    "changes begun before the shutdown timeout are still running 10 s after \
+                     it; the audit log closes without their entries"
+                );
+            }
         }
     }
 }
+
+/// How long a shutdown waits, after its timeout, for the changes begun before it.
+const LATE_CHANGES: Duration = Duration::from_secs(10);

@@ -323,6 +323,51 @@ async fn unwritable_audit_log_fails_closed() {
     assert_eq!(srv2.get_ok("/a.txt", &token).await, b"before");
 }
 
+/// Regression: the audit log was checked only when an upload began; one that failed while
+/// the body arrived let the change land and answered 503 (its entry could not be written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_whose_body_outlasts_the_audit_log_does_not_land() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let size = 1 << 20;
+    let head = format!(
+        "PUT /slow.bin HTTP/1.1\r\nHost: localhost\r\n\
+         Authorization: Bearer {}\r\nContent-Length: {size}\r\n\r\n",
+        s.token
+    );
+    let end = tokio::time::Instant::now() + Duration::from_secs(3);
+    let (addr, cert) = (srv.addr, srv.cert_pem.clone());
+    let upload = tokio::spawn(async move { upload_ending_at(addr, &cert, head, size, end).await });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let dir = srv.data.join("system/audit");
+    std::fs::rename(&dir, srv.data.join("system/audit.moved")).unwrap();
+    std::fs::write(&dir, b"in the way").unwrap();
+    let mut failed = false;
+    for _ in 0..100 {
+        if srv.get("/other", &s.token).await.0 == 503 {
+            failed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(failed, "the audit log never failed");
+    assert!(
+        tokio::time::Instant::now() < end,
+        "the body ended before the log failed: the test proves nothing"
+    );
+    assert_eq!(upload.await.unwrap(), Some(503));
+    srv.stop().await;
+    std::fs::remove_file(&dir).unwrap();
+    std::fs::rename(srv.data.join("system/audit.moved"), &dir).unwrap();
+    let srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let token = srv.login("app", &s.key, None).await;
+    assert_eq!(
+        srv.get("/slow.bin", &token).await.0,
+        404,
+        "the refused upload landed"
+    );
+}
+
 /// A client that hangs up while its write commits cannot change a file unrecorded: the
 /// server finishes the request, and every file a hung-up DELETE removed is named by a
 /// delete entry. (Before, hyper dropped the handler when the connection closed: the index
@@ -510,6 +555,116 @@ async fn a_shutdown_finishes_and_records_hung_up_changes() {
         eprintln!("round {round}: {} of {N} deleted", N - left.len());
     }
     assert!(landed > 0, "no DELETE sent before SIGTERM landed");
+}
+
+/// Regression: once the shutdown timeout had passed, the audit log closed while commits
+/// issued just before it still ran; they landed with no audit entry (or were answered 503
+/// after they landed). Uploads whose bodies end around the timeout must now either land and
+/// be recorded, or be refused and not land.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn changes_around_the_shutdown_timeout_land_recorded_or_not_at_all() {
+    const N: usize = 24;
+    const SIZE: usize = 4 << 20;
+    let (mut landed, mut refused) = (0, 0);
+    for round in 0..4 {
+        let s = session(&["--shutdown-timeout", "1"]).await;
+        let mut srv = s.srv;
+        let sigterm_at = tokio::time::Instant::now() + Duration::from_millis(300);
+        let mut uploads = Vec::new();
+        for i in 0..N {
+            let head = format!(
+                "PUT /late/f{i} HTTP/1.1\r\nHost: localhost\r\n\
+                 Authorization: Bearer {}\r\nContent-Length: {SIZE}\r\n\r\n",
+                s.token
+            );
+            // The bodies' last bytes go out 0.80 … 1.26 s after SIGTERM, around the
+            // 1 s timeout.
+            let end = sigterm_at + Duration::from_millis(800 + 20 * i as u64);
+            let (addr, cert) = (srv.addr, srv.cert_pem.clone());
+            uploads.push(tokio::spawn(async move {
+                upload_ending_at(addr, &cert, head, SIZE, end).await
+            }));
+        }
+        tokio::time::sleep_until(sigterm_at).await;
+        let status = srv.stop().await.expect("the server was running");
+        assert!(status.success(), "efs-server exited with {status:?}");
+        let mut answers = Vec::new();
+        for u in uploads {
+            answers.push(u.await.unwrap());
+        }
+        let srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
+        let token = srv.login("app", &s.key, None).await;
+        let present: Vec<String> = srv
+            .list_all("/late/", &token, 1000)
+            .await
+            .iter()
+            .map(|e| e["name"].as_str().unwrap().to_owned())
+            .collect();
+        for (i, answer) in answers.iter().enumerate() {
+            let name = format!("f{i}");
+            let path = format!("/late/{name}");
+            let writes = show(&srv, &["--path", &path])
+                .into_iter()
+                .filter(|e| e["action"] == "write")
+                .count();
+            if present.contains(&name) {
+                landed += 1;
+                assert_eq!(
+                    writes, 1,
+                    "{path} landed with {writes} audit entries (answer {answer:?}, round {round})"
+                );
+                assert_ne!(answer, &Some(503), "{path} landed but was answered 503");
+            } else {
+                assert!(
+                    !matches!(answer, Some(200 | 201)),
+                    "{path} was acknowledged ({answer:?}) and is gone"
+                );
+                if *answer == Some(503) {
+                    refused += 1;
+                }
+            }
+        }
+        eprintln!("round {round}: {landed} landed, {refused} refused so far");
+    }
+    assert!(landed > 0, "no upload landed: the test missed the timeout");
+}
+
+/// Sends `head` and a body of `size` bytes on a new TLS connection, the body's last 64 KiB
+/// at `end`; returns the answer's status (`None`: no answer).
+async fn upload_ending_at(
+    addr: std::net::SocketAddr,
+    cert_pem: &[u8],
+    head: String,
+    size: usize,
+    end: tokio::time::Instant,
+) -> Option<u16> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(rustls_client_config(cert_pem)));
+    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.ok()?;
+    let body = pattern(size, size as u64);
+    let (first, last) = body.split_at(size - (64 << 10));
+    tls.write_all(head.as_bytes()).await.ok()?;
+    tls.write_all(first).await.ok()?;
+    tls.flush().await.ok()?;
+    tokio::time::sleep_until(end).await;
+    tls.write_all(last).await.ok()?;
+    tls.flush().await.ok()?;
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 1024];
+    let read = async {
+        while !answer.windows(2).any(|w| w == b"\r\n") {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+    let line = String::from_utf8_lossy(&answer);
+    line.split(' ').nth(1)?.parse().ok()
 }
 
 /// Sends `request` on a new TLS connection, waits `after`, then hangs up without reading

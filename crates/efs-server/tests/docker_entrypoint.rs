@@ -424,7 +424,7 @@ fn dockerfile_and_compose_as_text() {
         "efs_key_part1",
         "file: ./secrets/efs_key_part1",
         "restart: unless-stopped",
-        "stop_grace_period: 35s",
+        "stop_grace_period: 45s",
     ] {
         assert!(compose.contains(needle), "docker-compose.yml has {needle}");
     }
