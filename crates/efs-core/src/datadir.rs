@@ -555,7 +555,7 @@ impl DataDir {
     }
 
     /// Removes what a creation or a restore of filesystem `id` made before it failed, and
-    /// before it was registered: its directory and the key of its index digest (made with
+    /// certainly before it was registered: its directory and the key of its index digest (made with
     /// the index). Logged, not returned, when it cannot: the caller's error is the one to
     /// report.
     fn discard_new_fs(&self, id: &[u8; 16]) {
@@ -577,12 +577,51 @@ impl DataDir {
         }
     }
 
-    /// Registers a filesystem just created or restored, once `opened` it; if opening or
-    /// registering failed, removes what was made for it ([`DataDir::discard_new_fs`]).
+    /// Registers a filesystem just created or restored, once `opened` it; if opening
+    /// failed, or registering certainly did not happen, removes what was made for it
+    /// ([`DataDir::discard_new_fs`]).
+    ///
+    /// A failed commit of the system database has an unknown outcome (an fsync that
+    /// failed may have come after the row reached the disk): the row is read back, and
+    /// the directory and its digest key are removed only when it is certainly absent. A
+    /// registered filesystem whose directory is gone would stop every later open of the
+    /// data dir; an unregistered directory left behind only takes room (see
+    /// docs/operations.md, "A filesystem directory nothing lists").
     fn register_new_fs(&self, rec: &FsRecord, opened: Result<Filesystem>) -> Result<Filesystem> {
-        opened
-            .and_then(|fs| self.system.put_filesystem(rec).map(|()| fs))
-            .inspect_err(|_| self.discard_new_fs(&rec.id))
+        let fs = opened.inspect_err(|_| self.discard_new_fs(&rec.id))?;
+        let Err(e) = self.system.put_filesystem(rec) else {
+            return Ok(fs);
+        };
+        // Closed before its directory may go.
+        drop(fs);
+        let id = hex::encode(rec.id);
+        let name = &rec.name;
+        match self.system.filesystem(name) {
+            Ok(None) => {
+                self.discard_new_fs(&rec.id);
+                Err(e)
+            }
+            Ok(Some(found)) if found.id == rec.id => Err(CoreError::Invalid(format!(
+                "registering filesystem '{name}' reported an error ({e}), yet it reads back as \
+                 registered: fs/{id} is kept. Restart efs-server (or run efsctl on the stopped \
+                 data dir): if efsctl list-fs shows '{name}' with id {id}, the filesystem is \
+                 there; if not, fs/{id} is unregistered and may be removed (docs/operations.md)"
+            ))),
+            read => {
+                let read = match read {
+                    Err(r) => r.to_string(),
+                    Ok(_) => "the name is registered with another id".into(),
+                };
+                Err(CoreError::Invalid(format!(
+                    "registering filesystem '{name}' failed with an unknown outcome ({e}; reading \
+                     it back: {read}): it may be registered, so fs/{id} and its key are kept. \
+                     Restart efs-server (or run efsctl on the stopped data dir) and compare the \
+                     ids efsctl list-fs shows with {id}: if it is listed, the filesystem is \
+                     there; if not, fs/{id} is unregistered and may be removed \
+                     (docs/operations.md)"
+                )))
+            }
+        }
     }
 
     /// Creates a filesystem; returns what was created, one line each.
@@ -624,7 +663,8 @@ impl DataDir {
         };
         // Opened before it is registered: a registered filesystem that failed to open would
         // answer "exists" to a retry yet serve nothing until a restart. Anything failing
-        // before it is registered leaves nothing behind.
+        // before it is registered leaves nothing behind (a registration whose outcome is
+        // unknown keeps the directory: see register_new_fs).
         let fs = self.register_new_fs(
             &rec,
             futures_block(commit(&index, batch)).and_then(|()| self.assemble_fs(&rec, index)),
@@ -797,8 +837,9 @@ impl DataDir {
     /// the backup was taken in; none: this data dir's) or else from the filesystem with
     /// the backup's id in this data dir. For a new filesystem, every record and data key
     /// is rebound to its new id; content is copied as it is, each blob checked against the
-    /// manifest. The filesystem is registered last: an interrupted restore leaves only an
-    /// unregistered directory under `fs/`.
+    /// manifest. The filesystem is registered last: an interrupted restore (or one whose
+    /// registration has an unknown outcome) leaves only an unregistered directory under
+    /// `fs/`.
     ///
     /// Before anything is written, the manifest's MAC is checked under the backup's
     /// keyring (so a dump or blob list changed, or spliced from another backup, is
@@ -1197,6 +1238,13 @@ impl DataDir {
     /// The system database's digest now: generation and anchor (a full scan of it).
     pub fn system_digest(&self) -> Result<crate::digest::DigestCheck> {
         self.system.digest_state()
+    }
+
+    /// Injects `fault` into the system database's next commit of a filesystem row (tests; see
+    /// [`crate::system::Fault`]). Not an API.
+    #[doc(hidden)]
+    pub fn inject_system_fault(&self, fault: crate::system::Fault) {
+        self.system.inject(fault);
     }
 
     /// Stores a system secret, sealed under the starter key.

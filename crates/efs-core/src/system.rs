@@ -19,6 +19,7 @@
 //! backwards, so an operator who notes them elsewhere can.
 
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use efs_format::{Key32, MacKey, wrap};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -82,6 +83,31 @@ pub struct SystemDb {
     record: Key32,
     secret: Key32,
     digest: DigestKey,
+    /// The injected fault of the next commit of a filesystem row ([`Fault`] as a `u8`;
+    /// tests).
+    fault: AtomicU8,
+    /// Reads fail from now on (set by [`Fault::CommitLandsThenReadsFail`]).
+    reads_fail: AtomicBool,
+}
+
+/// A fault injected into the next commit of a filesystem row (a create-fs's or a restore's
+/// registration) in the system database, as an I/O error would show it (tests of commits
+/// whose outcome is unknown: see
+/// [`crate::DataDir::inject_system_fault`]). Not an API.
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Fault {
+    /// None: commits as usual.
+    Never,
+    /// The commit does not happen, and reports an error.
+    CommitFails,
+    /// The commit happens (it is durable), then reports an error: an fsync that failed
+    /// after the data reached the disk.
+    CommitLandsThenFails,
+    /// As [`Fault::CommitLandsThenFails`], and every read after it fails too (redb refuses
+    /// everything after an I/O error), until [`Fault::Never`] is injected.
+    CommitLandsThenReadsFail,
 }
 
 /// The system database's digest as an open found it.
@@ -187,6 +213,8 @@ impl SystemDb {
             record: starter.derive(labels::SYSTEM_RECORD),
             secret: starter.derive(labels::SYSTEM_SECRET_WRAP),
             digest: DigestKey::for_system(&starter.derive(labels::SYSTEM_DIGEST)),
+            fault: AtomicU8::new(Fault::Never as u8),
+            reads_fail: AtomicBool::new(false),
         };
         if creating {
             // The tables and the empty set's digest in one transaction: a database left
@@ -436,8 +464,54 @@ impl SystemDb {
             meta.insert(META_DIGEST, acc.seal(&self.digest).as_slice())
                 .map_err(ix)?;
         }
-        w.commit().map_err(ix)?;
+        self.commit(w, table == "filesystems")?;
         Ok(old.is_some())
+    }
+
+    /// Injects `fault` into the next commit of a filesystem row ([`Fault::Never`] also lets
+    /// reads work again).
+    #[doc(hidden)]
+    pub fn inject(&self, fault: Fault) {
+        self.fault.store(fault as u8, Ordering::SeqCst);
+        if fault == Fault::Never {
+            self.reads_fail.store(false, Ordering::SeqCst);
+        }
+    }
+
+    /// Commits `w`, or fails as an injected [`Fault`] says (once, and only in a commit of a
+    /// filesystem row: `fs_row`).
+    fn commit(&self, w: redb::WriteTransaction, fs_row: bool) -> Result<()> {
+        let injected =
+            || CoreError::Index("injected fault: the commit reported an I/O error".into());
+        if !fs_row {
+            return w.commit().map_err(ix);
+        }
+        match self.fault.swap(Fault::Never as u8, Ordering::SeqCst) {
+            f if f == Fault::CommitFails as u8 => {
+                w.abort().map_err(ix)?;
+                Err(injected())
+            }
+            f if f == Fault::CommitLandsThenFails as u8 => {
+                w.commit().map_err(ix)?;
+                Err(injected())
+            }
+            f if f == Fault::CommitLandsThenReadsFail as u8 => {
+                w.commit().map_err(ix)?;
+                self.reads_fail.store(true, Ordering::SeqCst);
+                Err(injected())
+            }
+            _ => w.commit().map_err(ix),
+        }
+    }
+
+    /// A read transaction (refused after an injected [`Fault::CommitLandsThenReadsFail`]).
+    fn begin_read(&self) -> Result<redb::ReadTransaction> {
+        if self.reads_fail.load(Ordering::SeqCst) {
+            return Err(CoreError::Index(
+                "injected fault: reads fail after an I/O error".into(),
+            ));
+        }
+        self.db.begin_read().map_err(ix)
     }
 
     fn name_tag(&self, table: &str, name: &str) -> [u8; 32] {
@@ -477,7 +551,7 @@ impl SystemDb {
         name: &str,
     ) -> Result<Option<T>> {
         let key = self.name_tag(table, name);
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.begin_read()?;
         let t = r.open_table(def).map_err(ix)?;
         let Some(v) = t.get(key.as_slice()).map_err(ix)? else {
             return Ok(None);
@@ -505,7 +579,7 @@ impl SystemDb {
         def: TableDefinition<&[u8], &[u8]>,
         table: &str,
     ) -> Result<Vec<T>> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.begin_read()?;
         let t = r.open_table(def).map_err(ix)?;
         let mut out = Vec::new();
         for item in t.iter().map_err(ix)? {

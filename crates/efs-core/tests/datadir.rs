@@ -175,6 +175,68 @@ async fn reopen_with_the_same_part_finds_everything() {
     assert!(e.to_string().contains("in use"), "{e}");
 }
 
+/// A create-fs whose registration (a commit of the system database) reports an error has an
+/// unknown outcome: the row may be on disk. Its directory must stay unless the row certainly
+/// is not there; before, it was always removed, and a row that had landed then named a
+/// missing directory: the data dir no longer opened, for any filesystem.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_create_fs_whose_registration_may_have_landed_keeps_its_directory() {
+    use efs_core::system::Fault;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let parts = std::slice::from_ref(&part);
+    let fs_dirs = || -> Vec<String> {
+        let mut v: Vec<String> = std::fs::read_dir(root.join("fs"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        v.sort();
+        v
+    };
+    {
+        let dd = open(&root, parts).unwrap();
+        dd.create_fs("before").unwrap();
+        // Certainly not committed: removed, as before.
+        dd.inject_system_fault(Fault::CommitFails);
+        let e = dd.create_fs("refused").unwrap_err().to_string();
+        assert!(e.contains("injected fault"), "{e}");
+        assert_eq!(
+            fs_dirs().len(),
+            1,
+            "a registration that did not happen leaves nothing"
+        );
+        // Committed, then an error; the row reads back: kept.
+        dd.inject_system_fault(Fault::CommitLandsThenFails);
+        let e = dd.create_fs("landed").unwrap_err().to_string();
+        assert!(e.contains("reads back as registered"), "{e}");
+        assert_eq!(fs_dirs().len(), 2, "{e}");
+        // Committed, then an error, and nothing reads: unknown, kept, and said so.
+        dd.inject_system_fault(Fault::CommitLandsThenReadsFail);
+        let e = dd.create_fs("unknown").unwrap_err().to_string();
+        assert!(e.contains("unknown outcome"), "{e}");
+        assert!(e.contains("list-fs"), "{e}");
+        assert_eq!(fs_dirs().len(), 3, "{e}");
+    }
+    // A restart: every registered filesystem has its directory; both that landed serve.
+    let dd = open(&root, parts).expect("the data dir opens after a registration that landed");
+    let listed: Vec<String> = dd
+        .list_fs()
+        .unwrap()
+        .into_iter()
+        .map(|f| hex::encode(f.id))
+        .collect();
+    let mut sorted = listed.clone();
+    sorted.sort();
+    assert_eq!(sorted, fs_dirs());
+    for name in ["before", "landed", "unknown"] {
+        let fs = dd.fs(name).unwrap_or_else(|| panic!("{name} is served"));
+        put(&fs, "/a.txt", b"a").await;
+        assert_eq!(read_all(&fs, "/a.txt").await.unwrap(), b"a");
+    }
+    assert!(dd.fs("refused").is_none());
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_wrong_part_is_refused_and_nothing_changes() {
     let tmp = tempfile::tempdir().unwrap();
