@@ -37,7 +37,7 @@ const META_KEYRING_NEXT: &str = "keyring.rekey";
 const KEYPARTS_NEXT: &str = "keyparts.json.rekey";
 const SYSTEM_NEXT: &str = "system.redb.rekey";
 
-/// Where [`rekey_starter_until`] stops (tests simulate crashes with it).
+/// Where [`rekey_starter_until`] stops (tests simulate crashes and failures with it).
 #[doc(hidden)]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stop {
@@ -47,6 +47,42 @@ pub enum Stop {
     BeforeSwitch,
     /// After the switch, before the finish.
     AfterSwitch,
+    /// After the switch, the finish fails (as a failed rename or fsync would).
+    FinishFails,
+    /// After the finish, recording the re-keying in the audit log fails.
+    AuditEntryFails,
+}
+
+/// A warning for every new part that exists only in an environment variable: gone with
+/// the shell that set it, and the data dir with it.
+fn env_part_warnings(new: &[KeyPartSpec]) -> Vec<String> {
+    new.iter()
+        .filter_map(|spec| match spec {
+            KeyPartSpec::Env(name) => Some(format!(
+                "WARNING: the new key part env:{name} exists only in an environment variable: store its value somewhere lasting (a secrets manager, a file kept apart from the data) now; without it the data dir can never be opened again"
+            )),
+            _ => None,
+        })
+        .collect()
+}
+
+/// An error after the switch: it must not read as "nothing changed" (an operator who
+/// believed that could throw the new parts away, and the data dir with them).
+fn after_switch(new: &[KeyPartSpec], step: &str, e: CoreError) -> CoreError {
+    let mut msg = format!(
+        "the data dir is re-keyed: only the NEW key parts open it now (keep the old ones too \
+         until it has opened with the new ones), but {step} failed: {e}. Start efs-server (or \
+         efsctl) with the new key parts: that open finishes the re-keying"
+    );
+    for w in env_part_warnings(new) {
+        msg.push_str(". ");
+        msg.push_str(&w);
+    }
+    CoreError::Invalid(msg)
+}
+
+fn injected() -> CoreError {
+    CoreError::Io(std::io::Error::other("injected fault"))
 }
 
 /// Every filesystem directory's index (`fs/<id>/index.redb`) with its id.
@@ -290,27 +326,33 @@ pub async fn rekey_starter_until(
     if stop == Stop::BeforeSwitch {
         return Ok(lines);
     }
-    // 2. Switch.
+    // 2. Switch. From here on only the new parts open the data dir: every error says so.
     std::fs::rename(sys.join(KEYPARTS_NEXT), sys.join("keyparts.json"))?;
-    sync_dir(&sys)?;
+    sync_dir(&sys).map_err(|e| after_switch(new, "syncing system/ after the switch", e))?;
     lines.push("Switched system/keyparts.json to the new key parts".into());
     if stop == Stop::AfterSwitch {
         return Ok(lines);
     }
     // 3. Finish.
-    finish(root).await?;
-    record_in_audit_log(root, &new_starter, new).await?;
+    let finished = match stop {
+        Stop::FinishFails => Err(injected()),
+        _ => finish(root).await,
+    };
+    finished.map_err(|e| after_switch(new, "finishing it (step 3)", e))?;
     lines.push(
         "Done: only the new key parts open this data dir now; start efs-server with them".into(),
     );
-    // A variable set for this one command is gone with its shell, and the data dir with it.
-    for spec in new {
-        if let KeyPartSpec::Env(name) = spec {
-            lines.push(format!(
-                "WARNING: the new key part env:{name} exists only in an environment variable: store its value somewhere lasting (a secrets manager, a file kept apart from the data) now; without it the data dir can never be opened again"
-            ));
-        }
+    // Done whether or not it is recorded: a failure here is no reason to doubt the switch.
+    let recorded = match stop {
+        Stop::AuditEntryFails => Err(injected()),
+        _ => record_in_audit_log(root, &new_starter, new).await,
+    };
+    if let Err(e) = recorded {
+        lines.push(format!(
+            "WARNING: the re-keying is done, but it is not in the audit log ({e}); check the log with efsctl audit verify"
+        ));
     }
+    lines.extend(env_part_warnings(new));
     Ok(lines)
 }
 

@@ -232,6 +232,78 @@ async fn a_crash_after_the_switch_is_finished_at_the_next_open() {
     check(&dd, &files).await;
 }
 
+/// After the switch only the new parts open the data dir: a failure of a later step must
+/// say so (and still warn about new `env:` parts), not read as "nothing changed", and a
+/// failure only to record the re-keying in the audit log is a warning. Before, both were a
+/// plain error, without the warnings: an operator could throw the new parts away.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failure_after_the_switch_says_only_the_new_parts_open_it() {
+    let env = Env::new();
+    let files = fill(&env.dd).await;
+    let Env {
+        tmp,
+        root,
+        part,
+        dd,
+        fs,
+    } = env;
+    drop(fs);
+    drop(dd);
+    // An env: part the test process has (cargo sets it; at least 16 bytes).
+    let new = vec![
+        new_part(&tmp.path().join("new.key")),
+        KeyPartSpec::Env("CARGO_MANIFEST_DIR".into()),
+    ];
+    let rekey = |old: Vec<KeyPartSpec>, new: Vec<KeyPartSpec>, stop: Stop| {
+        let root = root.clone();
+        async move {
+            rekey::rekey_starter_until(&root, &old, &new, Argon2Params::default(), &no_prompt, stop)
+                .await
+        }
+    };
+    let e = rekey(vec![part.clone()], new.clone(), Stop::FinishFails)
+        .await
+        .expect_err("the finish failed")
+        .to_string();
+    assert!(e.contains("only the NEW key parts open it now"), "{e}");
+    assert!(
+        e.contains("env:CARGO_MANIFEST_DIR exists only in an environment variable"),
+        "{e}"
+    );
+    assert!(
+        open(&root, std::slice::from_ref(&part)).is_err(),
+        "switched: old refused"
+    );
+    let dd = open(&root, &new).unwrap();
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+    check(&dd, &files).await;
+    drop(dd);
+
+    let newer = vec![new_part(&tmp.path().join("newer.key"))];
+    let lines = rekey(new.clone(), newer.clone(), Stop::AuditEntryFails)
+        .await
+        .expect("an audit entry that fails is a warning");
+    assert!(lines.iter().any(|l| l.starts_with("Done")), "{lines:?}");
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("WARNING") && l.contains("not in the audit log")),
+        "{lines:?}"
+    );
+    let dd = open(&root, &newer).unwrap();
+    check(&dd, &files).await;
+    drop(dd);
+
+    // A complete run still warns about every new env: part.
+    let lines = rekey(newer, new, Stop::Never).await.unwrap();
+    assert!(
+        lines
+            .iter()
+            .any(|l| l.contains("env:CARGO_MANIFEST_DIR exists only")),
+        "{lines:?}"
+    );
+}
+
 /// A new passphrase is asked for twice, and a mistyped second one changes nothing: the data
 /// dir was locked for good by one typo (no other copy of the new passphrase exists).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

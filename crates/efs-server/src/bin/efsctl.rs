@@ -254,7 +254,10 @@ enum Cmd {
     /// Move the data dir to new key parts: every keyring and system secret is sealed
     /// again under the new starter key; afterwards only the new parts open it. The server
     /// must be stopped. The current parts are given with --key-part as usual.
-    /// Crash-safe: an interruption leaves either the old parts or the new ones working.
+    /// Crash-safe: an interruption leaves either the old parts or the new ones working. An
+    /// error after the switch says "the data dir is re-keyed: only the NEW key parts open it
+    /// now": keep them and start with them. A failure only to write its audit entry is a
+    /// warning.
     RekeyStarter {
         /// A new key part (repeat; same syntax as --key-part).
         #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
