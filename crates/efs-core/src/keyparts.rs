@@ -488,20 +488,30 @@ fn kinds(file: &KeyPartsFile) -> String {
 
 /// Generates a new random key-part file (0600) for the quick start. Fails if it exists.
 pub fn generate_part_file(path: &Path) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let k = Key32::random();
     let mut text = Zeroizing::new(String::with_capacity(46));
     B64.encode_string(k.as_bytes(), &mut text);
     text.push('\n');
+    write_key_file(path, text.as_bytes(), 0o600)
+}
+
+/// Writes a new file `path` (never over an existing one) with permissions `mode`, and makes
+/// it durable before returning: its contents, then its name (an fsync of its directory).
+/// Data stored under a key whose only copy a power cut could empty or unlink is lost, and
+/// so is a user whose private key is. A file that could not be written whole is removed.
+pub fn write_key_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    // And its name: data stored under a key whose only part a power cut could unlink is lost.
+    if let Err(e) = f.write_all(data).and_then(|()| f.sync_all()) {
+        drop(f);
+        let _ = std::fs::remove_file(path);
+        return Err(e);
+    }
     let parent = match path.parent() {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),

@@ -735,6 +735,97 @@ async fn create_user_keeps_a_generated_key_only_for_a_created_user() {
     assert!(!users.contains("nobody-fs"), "{users}");
 }
 
+/// The key pair `efsctl create-user` generates is durable before the request is sent (file
+/// and directory fsynced: the user row is durable, and a power cut left a user with an empty
+/// private key), seen with strace where it runs. A request certainly never delivered (no
+/// server, and the data dir did not open) removes the key pair: it was kept as "could not
+/// tell whether the user was created", and the next try refused to overwrite it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_user_syncs_its_generated_key_and_removes_it_when_never_delivered() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let dir = srv.dir.path().canonicalize().unwrap();
+    let key_files =
+        |stem: &str| ["", ".pem", ".pub"].map(|suffix| dir.join(format!("{stem}{suffix}")));
+
+    let traced = std::process::Command::new("strace")
+        .args(["-f", "-e", "trace=none", "true"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if traced {
+        let trace = dir.join("create-user.trace");
+        let cmd = srv.efsctl_command(&["create-user", "traced", "--fs", "files"]);
+        let mut strace = std::process::Command::new("strace");
+        strace
+            .args(["-f", "-y", "-e", "trace=fsync,connect", "-o"])
+            .arg(&trace)
+            .arg(cmd.get_program())
+            .args(cmd.get_args())
+            .current_dir(cmd.get_current_dir().unwrap())
+            .stdin(std::process::Stdio::null());
+        for (k, v) in cmd.get_envs() {
+            match v {
+                Some(v) => strace.env(k, v),
+                None => strace.env_remove(k),
+            };
+        }
+        let out = strace.output().unwrap();
+        assert!(out.status.success(), "{out:?}");
+        let trace = std::fs::read_to_string(&trace).unwrap();
+        let lines: Vec<&str> = trace.lines().collect();
+        let sent = lines
+            .iter()
+            .position(|l| l.contains("connect(") && l.contains("admin.sock"))
+            .unwrap_or_else(|| panic!("no connect to the admin socket:\n{trace}"));
+        let mut wanted: Vec<std::path::PathBuf> = key_files("traced_ed25519").into();
+        wanted.push(dir.clone());
+        for p in wanted {
+            let at = lines
+                .iter()
+                .position(|l| l.contains("fsync(") && l.contains(&format!("<{}>)", p.display())));
+            assert!(
+                at.is_some_and(|at| at < sent),
+                "{} not fsynced before the request was sent:\n{trace}",
+                p.display()
+            );
+        }
+    } else {
+        eprintln!("strace cannot trace here: the fsync of the generated key is not checked");
+    }
+
+    srv.stop().await.expect("the server was running");
+    // No server, and a key part that does not open the data dir: never delivered.
+    let wrong = dir.join("wrong.keypart");
+    efs_core::keyparts::generate_part_file(&wrong).unwrap();
+    let wrong = format!("file:{}", wrong.display());
+    let out = srv.efsctl(&[
+        "--key-part",
+        &wrong,
+        "create-user",
+        "offline",
+        "--fs",
+        "files",
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("not delivered"), "{err}");
+    for p in key_files("offline_ed25519") {
+        assert!(
+            !p.exists(),
+            "{} kept for a request never delivered",
+            p.display()
+        );
+    }
+    // So the same command with the right parts goes through, with a new key pair.
+    let out = srv.efsctl(&["create-user", "offline", "--fs", "files"]);
+    assert!(out.status.success(), "{out:?}");
+    for p in key_files("offline_ed25519") {
+        assert!(p.exists(), "{} not written", p.display());
+    }
+    let users = srv.efsctl_ok(&["list-users"]);
+    assert!(users.contains("offline"), "{users}");
+}
+
 /// A shutdown waits for an admin command that is running, so that its audit entry is written
 /// before the log closes. Here a restore reads a backup whose `manifest.json` is a FIFO: it
 /// blocks inside the command until the test writes to it, after SIGTERM. Before, the log

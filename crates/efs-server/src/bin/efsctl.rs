@@ -80,8 +80,9 @@ enum Cmd {
     /// List filesystems.
     ListFs,
     /// Create a user. Without --pubkey, generates an Ed25519 key pair and writes the
-    /// private key to files it names (removed again if the user is not created; never inside
-    /// the data dir).
+    /// private key to files it names, fsynced before the user is created (removed again if
+    /// the user is not created, or the request never reached a server or the data dir;
+    /// never inside the data dir).
     CreateUser {
         /// Login name.
         name: String,
@@ -504,7 +505,12 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Ok(r) if r.ok => r,
         refused => {
             if let Some(pair) = &generated {
-                pair.settle(&args.data, &args.key_parts);
+                match &refused {
+                    Err(e) if e.downcast_ref::<NotDelivered>().is_some() => {
+                        pair.remove("the request was not delivered (nothing was done)");
+                    }
+                    _ => pair.settle(&args.data, &args.key_parts),
+                }
             }
             let resp = refused?;
             bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
@@ -535,7 +541,23 @@ fn run(args: Args) -> anyhow::Result<u8> {
     Ok(if resp.clean == Some(false) { 3 } else { 0 })
 }
 
-/// Sends a request to the running server, or runs it on the data dir.
+/// An error of [`send`] from before the request reached anything that could carry it out:
+/// no server answered and the data dir did not open (its lock refuses a second opener, so
+/// no server was running either). Nothing was done. Other errors leave that unknown (an
+/// answer lost after the server acted on it).
+#[derive(Debug)]
+struct NotDelivered(String);
+
+impl std::fmt::Display for NotDelivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotDelivered {}
+
+/// Sends a request to the running server, or runs it on the data dir. An error that is a
+/// [`NotDelivered`] (`downcast_ref`) means nothing was done.
 fn send(
     data: &Path,
     parts: &[KeyPartSpec],
@@ -563,18 +585,21 @@ fn send(
         }
         Err(_) => {
             if !data.join("system").join("keyparts.json").exists() {
-                bail!(
+                return Err(NotDelivered(format!(
                     "{} is not an EFS data dir (start efs-server --data {} once to create it)",
                     data.display(),
                     data.display()
-                );
+                ))
+                .into());
             }
             let opts = OpenOptions {
                 accept_system: matches!(req, AdminRequest::AcceptSystem),
                 ..OpenOptions::default()
             };
-            let (dd, _) = DataDir::open(data, parts, opts, &|p: &str| prompt(p))
-                .with_context(|| format!("cannot open the data dir {}", data.display()))?;
+            let (dd, _) =
+                DataDir::open(data, parts, opts, &|p: &str| prompt(p)).with_context(|| {
+                    NotDelivered(format!("cannot open the data dir {}", data.display()))
+                })?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
@@ -746,7 +771,8 @@ struct GeneratedPair {
 }
 
 impl GeneratedPair {
-    /// After `create-user` failed: removes the files if the user does not exist with this
+    /// After `create-user` failed, but maybe not before it was delivered (else
+    /// [`GeneratedPair::remove`]): removes the files if the user does not exist with this
     /// key (refused, nothing saved: the keys would name no one); keeps them if it does (an
     /// error came after the user was saved: its audit entry, the server's reload, a lost
     /// answer) or if that cannot be told, and says which.
@@ -763,16 +789,7 @@ impl GeneratedPair {
             }))
         });
         match created {
-            Ok(false) => {
-                for p in [&self.openssh, &self.pem, &self.public] {
-                    if let Err(e) = std::fs::remove_file(p) {
-                        eprintln!("efsctl: could not remove {}: {e}", p.display());
-                    }
-                }
-                eprintln!(
-                    "efsctl: the user was not created; the key pair generated for it is removed"
-                );
-            }
+            Ok(false) => self.remove("the user was not created"),
             Ok(true) => eprintln!(
                 "efsctl: the user '{}' was created with the generated key despite the error \
                  below; its private key is {}",
@@ -786,6 +803,16 @@ impl GeneratedPair {
                 self.openssh.display()
             ),
         }
+    }
+
+    /// Removes the files: the user certainly does not exist with this key (`why`).
+    fn remove(&self, why: &str) {
+        for p in [&self.openssh, &self.pem, &self.public] {
+            if let Err(e) = std::fs::remove_file(p) {
+                eprintln!("efsctl: could not remove {}: {e}", p.display());
+            }
+        }
+        eprintln!("efsctl: {why}; the key pair generated for the user is removed");
     }
 
     fn describe(&self) -> Vec<String> {
@@ -816,7 +843,6 @@ fn generate_key_pair(
     data: &Path,
 ) -> anyhow::Result<(ed25519_dalek::VerifyingKey, GeneratedPair)> {
     use ed25519_dalek::pkcs8::EncodePrivateKey;
-    use std::os::unix::fs::OpenOptionsExt;
     let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}_ed25519")));
     let pem_path = PathBuf::from(format!("{}.pem", out.display()));
     let pub_path = PathBuf::from(format!("{}.pub", out.display()));
@@ -861,18 +887,11 @@ fn generate_key_pair(
     }
     .to_pkcs8_pem(ed25519_dalek::pkcs8::spki::der::pem::LineEnding::LF)
     .context("encoding the PEM key")?;
+    // Durable (file and directory) before the request is sent: the user's row is, and a
+    // user whose private key a power cut emptied could never log in.
     let write = |p: &Path, data: &[u8], mode: u32| -> anyhow::Result<()> {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(mode)
-            .open(p)
-            .with_context(|| format!("cannot create {}", p.display()))?;
-        if let Err(e) = f.write_all(data) {
-            let _ = std::fs::remove_file(p);
-            return Err(anyhow::Error::new(e).context(format!("cannot write {}", p.display())));
-        }
-        Ok(())
+        efs_core::keyparts::write_key_file(p, data, mode)
+            .with_context(|| format!("cannot write {}", p.display()))
     };
     let vk = signing.verifying_key();
     let line = format!("{} efs:{name}\n", efs_server::auth::openssh_public_key(&vk));
