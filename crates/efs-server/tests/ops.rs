@@ -540,6 +540,58 @@ print(s.makefile().readline(), end="")
     );
 }
 
+/// Regression: root running efsctl on a stopped server's data dir that the server's account
+/// owns made root-owned files there (a new filesystem's index), which that account could not
+/// open: the server's next start failed. Now refused before anything is written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn root_is_refused_on_a_stopped_data_dir_another_account_owns() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: the refusal of root is not exercised");
+        return;
+    }
+    let mut srv = TestServer::start(&[]);
+    srv.create_fs("files");
+    srv.stop().await;
+    let chown = |owner: &str| {
+        let st = std::process::Command::new("chown")
+            .args(["-R", owner])
+            .arg(&srv.data)
+            .status()
+            .unwrap();
+        assert!(st.success());
+    };
+    chown("65534:65534");
+    for args in [
+        &["create-fs", "late"][..],
+        &["list-fs"],
+        &["rekey-starter", "--new-key-part", "env:NOPE"],
+    ] {
+        let out = srv.efsctl(args);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success(), "{args:?}: {err}");
+        assert!(err.contains("belongs to uid 65534"), "{args:?}: {err}");
+    }
+    let mut root_owned = Vec::new();
+    let mut dirs = vec![srv.data.clone()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let e = e.unwrap();
+            let meta = std::fs::symlink_metadata(e.path()).unwrap();
+            if meta.uid() == 0 {
+                root_owned.push(e.path());
+            }
+            if meta.is_dir() {
+                dirs.push(e.path());
+            }
+        }
+    }
+    assert!(root_owned.is_empty(), "root-owned: {root_owned:?}");
+    // Owned by root again, root's efsctl works on it.
+    chown("0:0");
+    assert!(srv.efsctl_ok(&["list-fs"]).contains("files"));
+}
+
 /// `efsctl restore --backup-key-part` through a running server (the recipe "After losing the
 /// disk" in docs/operations.md): efsctl reads `env:` and `file:` parts in its own environment
 /// and working directory, not the server's, and hands their contents over the socket; the

@@ -583,8 +583,17 @@ fn send(
             }
             ask(s, &req)
         }
-        Err(_) => {
-            if !data.join("system").join("keyparts.json").exists() {
+        Err(e) => {
+            if e.kind() == std::io::ErrorKind::PermissionDenied {
+                return Err(NotDelivered(format!(
+                    "cannot reach {}: permission denied: run efsctl as root or as the account \
+                     efs-server runs as",
+                    sock.display()
+                ))
+                .into());
+            }
+            refuse_root_on_anothers_data_dir(data)?;
+            if !is_data_dir(data)? {
                 return Err(NotDelivered(format!(
                     "{} is not an EFS data dir (start efs-server --data {} once to create it)",
                     data.display(),
@@ -664,6 +673,44 @@ fn send(
     }
 }
 
+/// Whether `data` holds a data dir (its `system/keyparts.json`); an error, not `false`, when
+/// that cannot be looked at (another account's 0700 data dir).
+fn is_data_dir(data: &Path) -> Result<bool, NotDelivered> {
+    data.join("system")
+        .join("keyparts.json")
+        .try_exists()
+        .map_err(|e| {
+            NotDelivered(format!(
+                "cannot look into the data dir {}: {e}: run efsctl as root or as the account \
+                 efs-server runs as",
+                data.display()
+            ))
+        })
+}
+
+/// Without a server, efsctl works on the data dir itself, and the files it creates there (a
+/// new filesystem's index, a re-keyed system database) are its own: root's, when run with
+/// sudo, and the server's account could not open them at its next start. So root is refused
+/// on a data dir another account owns (nothing done), and told to run as that account.
+fn refuse_root_on_anothers_data_dir(data: &Path) -> Result<(), NotDelivered> {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let Ok(meta) = std::fs::metadata(data.join("system")) else {
+        return Ok(());
+    };
+    match meta.uid() {
+        0 => Ok(()),
+        uid => Err(NotDelivered(format!(
+            "no efs-server is running, and the data dir {} belongs to uid {uid}: run efsctl as \
+             that account (e.g. sudo -u '#{uid}' efsctl …), so that the files it writes stay \
+             readable by the server",
+            data.display()
+        ))),
+    }
+}
+
 /// One request over the admin socket, and the server's answer.
 fn ask(mut s: UnixStream, req: &AdminRequest) -> anyhow::Result<AdminResponse> {
     // A restore's key parts travel in it: the line is wiped once sent.
@@ -705,7 +752,8 @@ fn rekey_starter(data: &Path, old: &[KeyPartSpec], new: &[KeyPartSpec]) -> anyho
             data.display()
         );
     }
-    if !data.join("system").join("keyparts.json").exists() {
+    refuse_root_on_anothers_data_dir(data)?;
+    if !is_data_dir(data)? {
         bail!("{} is not an EFS data dir", data.display());
     }
     let rt = tokio::runtime::Builder::new_current_thread()
