@@ -181,10 +181,14 @@ fn sighup_in_mask(status: &str) -> Option<bool> {
 }
 
 /// Prints `efs: error: …` and the hint, and returns the exit code.
+/// A stderr that cannot be written (the terminal of a hang-up answers EIO) loses the
+/// message, not the exit code: `eprintln!` would panic (exit 101).
 fn report(err: &anyhow::Error) -> ExitCode {
-    eprintln!("efs: error: {err:#}");
+    use std::io::Write;
+    let mut stderr = std::io::stderr().lock();
+    let _ = writeln!(stderr, "efs: error: {err:#}");
     if let Some(hint) = exit::hint_of(err) {
-        eprintln!("efs: hint: {hint}");
+        let _ = writeln!(stderr, "efs: hint: {hint}");
     }
     ExitCode::from(exit::code_of(err))
 }

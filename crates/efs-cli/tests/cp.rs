@@ -739,11 +739,72 @@ fn an_interrupted_download_leaves_no_temporary_file_and_exits_130() {
 #[test]
 fn a_hang_up_removes_the_unfinished_download_and_exits_129() {
     let (env, _) = env_with_a_big_file();
-    let cmd = env.cmd(&["cp", "drive:/big.bin", "dl/big.bin"]);
+    let cmd = with_sighup_default(&env, &["cp", "drive:/big.bin", "dl/big.bin"]);
     let out = signal_once_a_part_exists(cmd, &env.path("dl"), "HUP");
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(129), "{err}");
     assert!(err.contains("hang-up"), "{err}");
+    assert!(part_files(&env.path("dl")).is_empty());
+    assert!(!env.path("dl/big.bin").exists());
+}
+
+/// `efs ARGS` with SIGHUP at its default disposition, also when this test runs under `nohup`
+/// (whose ignored SIGHUP `efs` would inherit, and rightly keep).
+fn with_sighup_default(env: &Env, args: &[&str]) -> std::process::Command {
+    let mut cmd = std::process::Command::new("env");
+    cmd.args(["--default-signal=HUP", common::EFS]).args(args);
+    env.configure(&mut cmd);
+    cmd
+}
+
+/// Regression: the terminal of an `efs cp` going away (an ssh session dropped) made the
+/// message of its hang-up unwritable (EIO), and `eprintln!` panicked: exit 101, not 129.
+/// As there, the terminal closes, then the login shell passes the SIGHUP on to its jobs.
+#[test]
+fn a_closed_terminal_stops_a_copy_with_129() {
+    use std::time::{Duration, Instant};
+    let (env, _) = env_with_a_big_file();
+    // The shell ignores the hang-up to report efs's exit code; efs gets SIGHUP's default.
+    let cmdline = format!(
+        "trap '' HUP; env --default-signal=HUP {} cp drive:/big.bin dl/big.bin & \
+         echo $! > pid.txt; wait $!; echo $? > code.txt",
+        common::EFS
+    );
+    let mut terminal = env
+        .under_terminal(&cmdline)
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while part_files(&env.path("dl")).is_empty() {
+        assert!(Instant::now() < deadline, "no temporary file appeared");
+        std::thread::sleep(Duration::from_millis(2));
+    }
+    // The terminal goes away (its master side closes), then the hang-up reaches efs.
+    terminal.kill().unwrap();
+    terminal.wait().unwrap();
+    let pid = loop {
+        match std::fs::read_to_string(env.path("pid.txt")) {
+            Ok(p) if p.ends_with('\n') => break p,
+            _ => {
+                assert!(Instant::now() < deadline, "the shell wrote no pid");
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        }
+    };
+    let hup = std::process::Command::new("kill")
+        .args(["-HUP", pid.trim()])
+        .status()
+        .unwrap();
+    assert!(hup.success());
+    let code = env.path("code.txt");
+    while std::fs::read_to_string(&code).map_or(true, |c| !c.ends_with('\n')) {
+        assert!(Instant::now() < deadline, "efs did not end");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(std::fs::read_to_string(&code).unwrap().trim(), "129");
     assert!(part_files(&env.path("dl")).is_empty());
     assert!(!env.path("dl/big.bin").exists());
 }
@@ -770,7 +831,10 @@ fn a_stopped_tar_removes_its_unfinished_archive() {
     let (env, _) = env_with_a_big_file();
     std::fs::write(env.path("pass.txt"), b"correct horse\n").unwrap();
     for (signal, code) in [("TERM", 143), ("HUP", 129)] {
-        let cmd = env.cmd(&["tar", "drive:/", "-o", "dl/b.tar.gz.age", "-p", "pass.txt"]);
+        let cmd = with_sighup_default(
+            &env,
+            &["tar", "drive:/", "-o", "dl/b.tar.gz.age", "-p", "pass.txt"],
+        );
         let out = signal_once_a_part_exists(cmd, &env.path("dl"), signal);
         let err = String::from_utf8_lossy(&out.stderr);
         assert_eq!(out.status.code(), Some(code), "{signal}: {err}");

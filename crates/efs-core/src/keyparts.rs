@@ -516,7 +516,11 @@ pub fn write_key_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    crate::blob::sync_dir(parent)
+    // A file whose name may not survive a crash is no key to hand out either: the caller
+    // fails, and finds no file left by this call.
+    crate::blob::sync_dir(parent).inspect_err(|_| {
+        let _ = std::fs::remove_file(path);
+    })
 }
 
 /// A prompt that never works, for non-interactive callers.

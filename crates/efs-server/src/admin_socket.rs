@@ -260,6 +260,12 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
                 error = %e,
                 "reloading users after an admin change failed; refusing every login and token"
             );
+            if let Err(failed) = outcome {
+                // Whether the change was saved is not known: the panic goes on as it came.
+                if let Ok(panic) = failed.try_into_panic() {
+                    std::panic::resume_unwind(panic);
+                }
+            }
             return AdminResponse::err(format!(
                 "the change was saved, but the server could not reload its users ({e}); it \
                  refuses every login and token until a reload succeeds: fix the cause, then \

@@ -561,6 +561,18 @@ where
     }
 }
 
+/// Whether a change may begin now: not past the shutdown timeout (503 `unavailable`), not
+/// with a failed audit log (503 `audit_unavailable`). For a change that read a body first.
+fn may_begin(st: &AppState) -> Result<(), ApiError> {
+    if st
+        .changes_refused
+        .load(std::sync::atomic::Ordering::Acquire)
+    {
+        return Err(shutting_down());
+    }
+    refuse_if_failed(&st.data)
+}
+
 fn shutting_down() -> ApiError {
     ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
@@ -586,6 +598,9 @@ async fn move_json_inner(st: &AppState, req: Request, who: &mut Who) -> Result<R
     who.path = Some(from.to_string());
     let to = EfsPath::parse(&body.to).map_err(efs_core::CoreError::from)?;
     who.to = Some(to.to_string());
+    // The body may have taken up to --body-timeout: past a shutdown's timeout, or with an
+    // audit log that failed meanwhile, the move does not begin.
+    may_begin(st)?;
     let dir_only = names_dir(&body.from) || names_dir(&body.to);
     do_move(&fs, &from, &to, body.overwrite, cond, dir_only).await
 }
@@ -1050,7 +1065,7 @@ async fn write(
     // The audit log too was checked only when the request began, and the body may have
     // taken minutes: a log that failed meanwhile refuses the change before it lands, not
     // after (its entry could not be written then).
-    if let Err(e) = refuse_if_failed(&st.data)
+    if let Err(e) = may_begin(st)
         .and_then(|()| authorise(st, headers, &parts.extensions, who))
         .and_then(|(caller, now)| {
             require_write(&caller)?;
@@ -1065,7 +1080,7 @@ async fn write(
     }
     // From here the change may land even if the client hangs up and this request is
     // dropped: its audit entry must then be written on drop.
-    who.committing(&st.data, client);
+    who.committing(&st.data, client, &st.detached);
     // Tracked by the server, so that a shutdown waits for a commit whose client hung up.
     let commit = {
         let (fs, path) = (fs.clone(), path.clone());

@@ -76,6 +76,10 @@ pub struct Who {
     /// Set when a commit has been issued; with it, the log and the client's address for
     /// the entry written on drop.
     on_drop: Option<(Arc<DataDir>, IpAddr)>,
+    /// Held from [`Who::committing`] until the entry is written (by [`seal_answer`] or on
+    /// drop): a shutdown waits for it before the log closes, also when the request itself
+    /// runs in no tracked task (an upload's body and answer stay in the connection's task).
+    _tracked: Option<tokio_util::task::task_tracker::TaskTrackerToken>,
 }
 
 impl Who {
@@ -88,14 +92,21 @@ impl Who {
             path: None,
             to: None,
             on_drop: None,
+            _tracked: None,
         }
     }
 
     /// The request is about to issue a change that may land even if the request is then
     /// dropped: from now on, dropping this `Who` unsealed writes an entry (status 499,
-    /// detail `client_closed`).
-    pub fn committing(&mut self, data: &Arc<DataDir>, client: IpAddr) {
+    /// detail `client_closed`), and `tasks` (the server's shutdown) waits for that entry.
+    pub fn committing(
+        &mut self,
+        data: &Arc<DataDir>,
+        client: IpAddr,
+        tasks: &tokio_util::task::TaskTracker,
+    ) {
         self.on_drop = Some((data.clone(), client));
+        self._tracked = Some(tasks.token());
     }
 
     fn record(&mut self, client: IpAddr, status: u16, detail: Option<&str>) -> Record {

@@ -101,7 +101,7 @@ struct Args {
     /// metrics are off: they name every filesystem and count its files and bytes.
     #[arg(long, env = "EFS_METRICS_TOKEN_FILE", value_name = "PATH")]
     metrics_token_file: Option<PathBuf>,
-    /// On SIGTERM, wait at most this many seconds for the requests and admin commands in
+    /// On SIGTERM (or SIGINT), wait at most this many seconds for the requests and admin commands in
     /// flight; then no new change begins (503), changes already begun get 10 s more, and the
     /// audit log closes. Give the supervisor more (`docker stop -t`, systemd's
     /// TimeoutStopSec).

@@ -542,7 +542,9 @@ async fn serve(
     tokio::select! {
         _ = async { let _ = slots.acquire_many(all).await; detached.wait().await } => {},
         _ = tokio::time::sleep(timeout) => {
-            tracing::warn!("shutdown timeout: closing connections with requests still in flight");
+            tracing::warn!(
+                "shutdown timeout with requests still in flight: no change begins from now on"
+            );
             // No change begins any more (503); the ones begun (commits issued, admin
             // commands) get a little longer, so that they land before the audit log closes
             // and are recorded, rather than landing unrecorded or being answered 503 after

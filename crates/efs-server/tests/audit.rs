@@ -629,6 +629,142 @@ async fn changes_around_the_shutdown_timeout_land_recorded_or_not_at_all() {
     assert!(landed > 0, "no upload landed: the test missed the timeout");
 }
 
+/// Past the shutdown timeout no change begins: a move whose JSON body and an upload whose
+/// body arrive then are refused with 503 `unavailable`, recorded, and not carried out (they
+/// were carried out, and the audit log closed under them). A restore held inside the
+/// server (its manifest a FIFO) keeps the shutdown in its last wait meanwhile.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn past_the_shutdown_timeout_no_change_begins() {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let s = session(&["--shutdown-timeout", "1"]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/a.txt", &s.token, b"a".to_vec()).await;
+    let src = srv.dir.path().join("held-backup");
+    std::fs::create_dir(&src).unwrap();
+    let fifo = src.join("manifest.json");
+    let made = std::process::Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let restore = srv
+        .efsctl_command(&["restore", "--fs", "held", "-i", src.to_str().unwrap()])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running efsctl restore");
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let mut writer = loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&fifo)
+        {
+            Ok(f) => break f,
+            Err(e) => {
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the restore never opened the manifest: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
+    };
+    // Two requests in flight, their bodies held back until after the timeout.
+    let late = tokio::time::Instant::now() + Duration::from_millis(2500);
+    let body = br#"{"from":"/a.txt","to":"/b.txt"}"#;
+    let head = format!(
+        "POST /_efs/move HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+        s.token,
+        body.len()
+    );
+    let (addr, cert) = (srv.addr, srv.cert_pem.clone());
+    let mv = tokio::spawn(async move {
+        send_late(addr, &cert, head.into_bytes(), body.to_vec(), late).await
+    });
+    let head = format!(
+        "PUT /c.txt HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 2\r\n\r\nc",
+        s.token
+    );
+    let (addr, cert) = (srv.addr, srv.cert_pem.clone());
+    let put = tokio::spawn(async move {
+        send_late(addr, &cert, head.into_bytes(), b"c".to_vec(), late).await
+    });
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let pid = srv.pid().expect("the server runs");
+    let term = std::process::Command::new("kill")
+        .arg("-TERM")
+        .arg(pid.to_string())
+        .status()
+        .unwrap();
+    assert!(term.success());
+    for (what, answer) in [("move", mv.await.unwrap()), ("upload", put.await.unwrap())] {
+        assert!(
+            answer.starts_with("HTTP/1.1 503") && answer.contains("\"unavailable\""),
+            "{what}: {answer}"
+        );
+    }
+    writer.write_all(b"not a manifest").unwrap();
+    drop(writer);
+    let _ = restore.wait_with_output().unwrap();
+    let status = srv.stop().await.expect("the server was running");
+    assert!(status.success(), "{status:?}\n{}", srv.stderr());
+    let srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let token = srv.login("app", &s.key, None).await;
+    assert_eq!(
+        srv.get_ok("/a.txt", &token).await,
+        b"a",
+        "the move happened"
+    );
+    assert_eq!(srv.get("/b.txt", &token).await.0, 404);
+    assert_eq!(srv.get("/c.txt", &token).await.0, 404, "the upload landed");
+    for (path, action) in [("/a.txt", "move"), ("/c.txt", "write")] {
+        let statuses: Vec<u64> = show(&srv, &["--path", path])
+            .into_iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| e["status"].as_u64().unwrap())
+            .collect();
+        assert_eq!(statuses, [503], "{path}");
+    }
+}
+
+/// Sends `head` on a new TLS connection, then `rest` at `at`; returns what the server
+/// answers (up to its JSON body) or what it had sent when it closed.
+async fn send_late(
+    addr: std::net::SocketAddr,
+    cert_pem: &[u8],
+    head: Vec<u8>,
+    rest: Vec<u8>,
+    at: tokio::time::Instant,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let connector =
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(rustls_client_config(cert_pem)));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(&head).await.unwrap();
+    tls.flush().await.unwrap();
+    tokio::time::sleep_until(at).await;
+    tls.write_all(&rest).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let read = async {
+        while !answer.ends_with(b"}") {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => answer.extend_from_slice(&buf[..n]),
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(20), read).await;
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Sends `head` and a body of `size` bytes on a new TLS connection, the body's last 64 KiB
 /// at `end`; returns the answer's status (`None`: no answer).
 async fn upload_ending_at(
