@@ -54,7 +54,8 @@ macro_rules! say {
   efsctl --data ./efs-data audit show --path /patients/173/prescription.pdf --since 7d
   efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
 
-Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found problems."
+Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found problems (or audit show
+met a broken chain)."
 )]
 struct Args {
     /// Data directory.
