@@ -157,6 +157,9 @@ pub(crate) fn decode_seal_counts(v: &[u8]) -> Result<std::collections::BTreeMap<
 struct LookupCache {
     changes: u64,
     found: std::collections::HashMap<String, Arc<LookedUp>>,
+    /// Counts the times `found` was emptied by a write or by `efsctl cache-clear`: a lookup
+    /// that began before does not put its result back afterwards.
+    emptied: u64,
 }
 
 /// A precondition on the current state of a path (HTTP `If-Match` / `If-None-Match`).
@@ -501,13 +504,18 @@ impl Filesystem {
                 })
                 .collect(),
         };
-        let committed = self.commit_counted(batch).await?;
-        if committed {
+        let committed = self.commit_counted(batch).await;
+        // The lookups remembered are stale now (the index's count moved on): dropped at once,
+        // not at the next lookup, which on a quiet filesystem may never come (they hold
+        // decrypted paths and records).
+        self.forget_lookups();
+        if committed? {
             for id in &removed {
                 self.content_removed(id);
             }
+            return Ok(true);
         }
-        Ok(committed)
+        Ok(false)
     }
 
     /// Tells [`FsOptions::on_content_removed`] that a content is gone.
@@ -946,13 +954,14 @@ impl Filesystem {
         // Read before the lookup: if a write lands meanwhile, the count has moved on and
         // what was read is not kept.
         let changes = self.index.changes();
-        if let Some(hit) = self.cached_lookup(changes, &key) {
+        let (hit, emptied) = self.cached_lookup(changes, &key);
+        if let Some(hit) = hit {
             self.trusted().await?;
             return Ok(hit);
         }
         let found = Arc::new(self.look_up_in_index(path).await?);
         let mut c = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
-        if self.index.changes() == changes && c.changes == changes {
+        if self.index.changes() == changes && c.changes == changes && c.emptied == emptied {
             if c.found.len() >= cap {
                 c.found.clear();
             }
@@ -962,8 +971,8 @@ impl Filesystem {
     }
 
     /// The remembered lookup of `key`, if the index is still at `changes`; forgets every
-    /// lookup when it has moved on.
-    fn cached_lookup(&self, changes: u64, key: &str) -> Option<Arc<LookedUp>> {
+    /// lookup when it has moved on. Also the count of emptyings, for the caller's insert.
+    fn cached_lookup(&self, changes: u64, key: &str) -> (Option<Arc<LookedUp>>, u64) {
         let mut c = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
         if c.changes != changes {
             // (A reader that read the count before a later one filled the cache leaves it.)
@@ -971,17 +980,19 @@ impl Filesystem {
                 c.found.clear();
                 c.changes = changes;
             }
-            return None;
+            return (None, c.emptied);
         }
-        c.found.get(key).cloned()
+        (c.found.get(key).cloned(), c.emptied)
     }
 
     /// Forgets every remembered lookup (they hold decrypted names and records: `efsctl
-    /// cache-clear` empties them with the content cache); returns how many there were.
+    /// cache-clear` empties them with the content cache, every write after its commit);
+    /// returns how many there were. A lookup under way does not put its result back.
     pub fn forget_lookups(&self) -> usize {
         let mut c = self.lookups.lock().unwrap_or_else(|e| e.into_inner());
         let n = c.found.len();
         c.found.clear();
+        c.emptied += 1;
         n
     }
 

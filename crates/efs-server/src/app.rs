@@ -133,10 +133,16 @@ pub async fn file_request(st: Arc<AppState>, req: Request) -> Response {
 /// What axum 0.8's router does to the answer of a route (`RouteFuture`): a `Content-Length`
 /// from a body of known size when there is none, then, for `HEAD`, the body dropped. Over
 /// HTTP/1.1 hyper drops a `HEAD` answer's body itself; over HTTP/2 it would send it, and the
-/// client would reset the stream (an error to a `HEAD` carries a JSON body).
+/// client would reset the stream (an error to a `HEAD` carries a JSON body). A 304 or 204
+/// gets no `Content-Length` (RFC 9110 §8.6: a 304's would have to be the 200's length).
 fn finish_routed(mut res: Response, head: bool) -> Response {
     use axum::body::HttpBody;
-    if !res.headers().contains_key(header::CONTENT_LENGTH)
+    let bodiless = matches!(
+        res.status(),
+        StatusCode::NOT_MODIFIED | StatusCode::NO_CONTENT
+    );
+    if !bodiless
+        && !res.headers().contains_key(header::CONTENT_LENGTH)
         && let Some(n) = res.body().size_hint().exact()
     {
         res.headers_mut()
@@ -816,13 +822,9 @@ async fn files_inner(
     let method = parts.method.clone();
     match (method.as_str(), is_dir) {
         ("GET", true) => list(&fs, &path, &query).await,
-        ("HEAD", true) => {
-            let e = fs.stat(&path).await?;
-            if e.kind != Kind::Dir {
-                return Err(efs_core::CoreError::Conflict("not a directory").into());
-            }
-            Ok(StatusCode::OK.into_response())
-        }
+        // The listing GET would send (its body dropped on the way out): the same checks,
+        // status and headers, its length included.
+        ("HEAD", true) => list(&fs, &path, &query).await,
         ("GET", false) | ("HEAD", false) => {
             read(&st, &fs, &path, &parts.headers, method == Method::HEAD).await
         }
@@ -1148,8 +1150,13 @@ async fn read_version(
             Some(tags) => tags.contains(&entry.version),
         };
         if hit {
+            // With the headers a 200 would carry about caching (RFC 9110 §15.4.5).
             let mut r = StatusCode::NOT_MODIFIED.into_response();
             set_etag(r.headers_mut(), entry);
+            r.headers_mut().insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("private, no-store"),
+            );
             return Ok(Some(r));
         }
     }

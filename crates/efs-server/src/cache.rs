@@ -186,7 +186,7 @@ impl ContentCache {
                 if r.latest.get(&v) == Some(&old) {
                     r.latest.remove(&v);
                 }
-                r.forgotten = Some(old);
+                r.forgotten = r.forgotten.max(Some(old));
             }
         }
         c.invalidate(version);
@@ -250,9 +250,16 @@ impl ContentCache {
 
     /// Empties the cache: every entry is dropped (and zeroized unless a response still sends
     /// it) before this returns. (moka's `invalidate_all` alone only hides the entries and
-    /// leaves their removal to later maintenance.)
+    /// leaves their removal to later maintenance.) A fill that began before (decrypting while
+    /// this runs) drops its version when it inserts it: the clear counts as a removal of
+    /// every version.
     pub fn clear(&self) {
         if let Some(c) = &self.inner {
+            {
+                let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
+                let n = self.next_removal.fetch_add(1, Ordering::SeqCst);
+                r.forgotten = r.forgotten.max(Some(n));
+            }
             for (k, _) in c.iter() {
                 c.invalidate(&*k);
             }
@@ -415,6 +422,31 @@ mod tests {
         assert!(cache.get(&[5; 16]).is_none(), "it cannot tell: dropped");
         cache.insert(file(&cache, 6, 1000).unwrap(), cache.removal_epoch());
         assert!(cache.get(&[6; 16]).is_some());
+    }
+
+    /// Regression: a fill decrypting while `efsctl cache-clear` ran inserted its plaintext
+    /// after the clear had reported success; it now drops it. Fills begun after the clear
+    /// cache as usual.
+    #[test]
+    fn a_fill_begun_before_a_clear_drops_its_version() {
+        let cache = ContentCache::new(CacheConfig {
+            capacity: 1 << 20,
+            max_file: 1 << 20,
+        });
+        let before = cache.removal_epoch();
+        cache.clear();
+        cache.insert(file(&cache, 7, 1000).unwrap(), before);
+        assert!(
+            cache.get(&[7; 16]).is_none(),
+            "a fill from before the clear stayed"
+        );
+        cache.insert(file(&cache, 8, 1000).unwrap(), cache.removal_epoch());
+        assert!(cache.get(&[8; 16]).is_some());
+        // A later invalidation does not lower what the clear set.
+        let after_clear = cache.removal_epoch();
+        cache.invalidate(&[1; 16]);
+        cache.insert(file(&cache, 9, 1000).unwrap(), after_clear);
+        assert!(cache.get(&[9; 16]).is_some());
     }
 
     /// `upkeep` frees an invalidated version without any other call of the cache (moka

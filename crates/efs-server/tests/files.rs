@@ -1162,6 +1162,12 @@ async fn overwrite_etags_and_conditional_requests() {
         .unwrap();
     assert_eq!(r.status(), 304);
     assert_eq!(header(&r, "etag").as_deref(), Some(e5.as_str()));
+    // As a 200 would say about caching; no length (a 304's would be the 200's, RFC 9110).
+    assert_eq!(
+        header(&r, "cache-control").as_deref(),
+        Some("private, no-store")
+    );
+    assert_eq!(header(&r, "content-length"), None);
     assert!(r.bytes().await.unwrap().is_empty());
     let r = srv
         .req("GET", "/c.txt", &s.token)
@@ -1589,6 +1595,41 @@ async fn replaced_and_deleted_versions_leave_the_cache() {
         cleared(srv.efsctl_ok(&["cache-clear"])),
         0,
         "deleted with /d/"
+    );
+}
+
+/// Regression: the path lookups reads remembered (decrypted paths and records) stayed after
+/// the file was deleted, until the next lookup on that filesystem: on a quiet one, for good.
+/// A write now forgets them once it commits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_forgets_the_remembered_path_lookups() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let lookups = |out: String| -> u64 {
+        out.trim()
+            .rsplit_once(" and ")
+            .and_then(|(_, rest)| rest.split_whitespace().next())
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("cache-clear output: {out}"))
+    };
+    srv.put_ok("/p/a.txt", &s.token, b"a".to_vec()).await;
+    assert_eq!(srv.get_ok("/p/a.txt", &s.token).await, b"a");
+    assert_eq!(
+        lookups(srv.efsctl_ok(&["cache-clear"])),
+        1,
+        "a read is remembered"
+    );
+    assert_eq!(srv.get_ok("/p/a.txt", &s.token).await, b"a");
+    let r = srv
+        .req("DELETE", "/p/a.txt", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204);
+    assert_eq!(
+        lookups(srv.efsctl_ok(&["cache-clear"])),
+        0,
+        "kept after the delete"
     );
 }
 
@@ -2122,9 +2163,16 @@ async fn head_answers_carry_no_body_over_http2_and_http1() {
     let srv = &s.srv;
     srv.put_ok("/docs/readme.txt", &s.token, "readme, 19 bytes...")
         .await;
+    // A directory's HEAD announces the length of the listing its GET sends (it said 0).
+    let listing = srv.req("GET", "/docs/", &s.token).send().await.unwrap();
+    assert_eq!(
+        header(&listing, "cache-control").as_deref(),
+        Some("no-store")
+    );
+    let listed = listing.bytes().await.unwrap().len().to_string();
     let cases = [
         ("/docs/readme.txt", 200, Some("19")),
-        ("/docs/", 200, Some("0")),
+        ("/docs/", 200, Some(listed.as_str())),
         ("/missing.txt", 404, None),
         ("/docs", 409, None),
         ("/bad%2Fname", 400, None),
