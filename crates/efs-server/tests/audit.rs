@@ -636,41 +636,10 @@ async fn changes_around_the_shutdown_timeout_land_recorded_or_not_at_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn past_the_shutdown_timeout_no_change_begins() {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let s = session(&["--shutdown-timeout", "1"]).await;
     let mut srv = s.srv;
     srv.put_ok("/a.txt", &s.token, b"a".to_vec()).await;
-    let src = srv.dir.path().join("held-backup");
-    std::fs::create_dir(&src).unwrap();
-    let fifo = src.join("manifest.json");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
-    let restore = srv
-        .efsctl_command(&["restore", "--fs", "held", "-i", src.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running efsctl restore");
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut writer = loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-            .open(&fifo)
-        {
-            Ok(f) => break f,
-            Err(e) => {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "the restore never opened the manifest: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let (restore, mut writer) = restore_held_on_a_fifo(&srv).await;
     // Two requests in flight, their bodies held back until after the timeout.
     let late = tokio::time::Instant::now() + Duration::from_millis(2500);
     let body = br#"{"from":"/a.txt","to":"/b.txt"}"#;
@@ -741,11 +710,7 @@ async fn send_late(
     at: tokio::time::Instant,
 ) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let connector =
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(rustls_client_config(cert_pem)));
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.unwrap();
+    let mut tls = tls_connect(addr, cert_pem).await.unwrap();
     tls.write_all(&head).await.unwrap();
     tls.flush().await.unwrap();
     tokio::time::sleep_until(at).await;
@@ -775,11 +740,7 @@ async fn upload_ending_at(
     end: tokio::time::Instant,
 ) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let connector =
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(rustls_client_config(cert_pem)));
-    let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await.ok()?;
+    let mut tls = tls_connect(addr, cert_pem).await.ok()?;
     let body = pattern(size, size as u64);
     let (first, last) = body.split_at(size - (64 << 10));
     tls.write_all(head.as_bytes()).await.ok()?;
@@ -819,11 +780,7 @@ async fn hang_up_at(
     after: Duration,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
-    let connector =
-        tokio_rustls::TlsConnector::from(std::sync::Arc::new(rustls_client_config(cert_pem)));
-    let tcp = tokio::net::TcpStream::connect(addr).await?;
-    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    let mut tls = connector.connect(name, tcp).await?;
+    let mut tls = tls_connect(addr, cert_pem).await?;
     tls.write_all(request.as_bytes()).await?;
     tls.flush().await?;
     tokio::time::sleep(after).await;

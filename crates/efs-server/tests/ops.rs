@@ -886,42 +886,9 @@ async fn create_user_syncs_its_generated_key_and_removes_it_when_never_delivered
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn shutdown_waits_for_a_running_admin_command_and_records_it() {
     use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let s = session(&[]).await;
     let mut srv = s.srv;
-    let src = srv.dir.path().join("held-backup");
-    std::fs::create_dir(&src).unwrap();
-    let fifo = src.join("manifest.json");
-    let made = std::process::Command::new("mkfifo")
-        .arg(&fifo)
-        .status()
-        .expect("mkfifo runs");
-    assert!(made.success());
-    let restore = srv
-        .efsctl_command(&["restore", "--fs", "held", "-i", src.to_str().unwrap()])
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("running efsctl restore");
-    // Opening the FIFO for writing without blocking succeeds once a reader has it open: the
-    // restore is then inside the command, waiting for the manifest.
-    let deadline = Instant::now() + Duration::from_secs(20);
-    let mut writer = loop {
-        match std::fs::OpenOptions::new()
-            .write(true)
-            .custom_flags(libc_o_nonblock())
-            .open(&fifo)
-        {
-            Ok(f) => break f,
-            Err(e) => {
-                assert!(
-                    Instant::now() < deadline,
-                    "the restore never opened the manifest: {e}"
-                );
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-        }
-    };
+    let (restore, mut writer) = restore_held_on_a_fifo(&srv).await;
     let pid = srv.pid().expect("the server runs");
     let term = std::process::Command::new("kill")
         .arg("-TERM")
@@ -957,11 +924,6 @@ async fn shutdown_waits_for_a_running_admin_command_and_records_it() {
         .collect();
     assert_eq!(statuses.len(), 2, "{shown}");
     assert!(statuses.contains(&202), "{shown}");
-}
-
-/// O_NONBLOCK on Linux.
-fn libc_o_nonblock() -> i32 {
-    rustix::fs::OFlags::NONBLOCK.bits() as i32
 }
 
 /// The server keeps its memory (every key layer, decrypted content) out of core files: its

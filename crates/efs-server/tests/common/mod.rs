@@ -517,11 +517,9 @@ impl TestServer {
     /// so an early answer is seen), reads to EOF. Send `Connection: close`.
     pub async fn raw_http(&self, request: Vec<u8>) -> RawResponse {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let connector =
-            tokio_rustls::TlsConnector::from(Arc::new(rustls_client_config(&self.cert_pem)));
-        let tcp = tokio::net::TcpStream::connect(self.addr).await.unwrap();
-        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-        let tls = connector.connect(name, tcp).await.expect("TLS handshake");
+        let tls = tls_connect(self.addr, &self.cert_pem)
+            .await
+            .expect("TLS handshake");
         let (mut r, mut w) = tokio::io::split(tls);
         let writer = async move {
             for chunk in request.chunks(16 * 1024) {
@@ -909,5 +907,56 @@ pub async fn session(extra: &[&str]) -> Session {
         user: "app".into(),
         key,
         token,
+    }
+}
+
+/// A TLS connection to a test server at `addr` whose certificate is `cert_pem`.
+pub async fn tls_connect(
+    addr: SocketAddr,
+    cert_pem: &[u8],
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(rustls_client_config(cert_pem)));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// An admin command held inside the running server: `efsctl restore` of a backup whose
+/// `manifest.json` is a FIFO, which blocks in the command until the returned writer is
+/// written to (and dropped). Returns once the restore has the FIFO open.
+pub async fn restore_held_on_a_fifo(srv: &TestServer) -> (Child, std::fs::File) {
+    use std::os::unix::fs::OpenOptionsExt;
+    let src = srv.dir.path().join("held-backup");
+    std::fs::create_dir(&src).unwrap();
+    let fifo = src.join("manifest.json");
+    let made = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .expect("mkfifo runs");
+    assert!(made.success());
+    let restore = srv
+        .efsctl_command(&["restore", "--fs", "held", "-i", src.to_str().unwrap()])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running efsctl restore");
+    // Opening the FIFO for writing without blocking succeeds once a reader has it open: the
+    // restore is then inside the command, waiting for the manifest.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        match std::fs::OpenOptions::new()
+            .write(true)
+            .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+            .open(&fifo)
+        {
+            Ok(f) => return (restore, f),
+            Err(e) => {
+                assert!(
+                    Instant::now() < deadline,
+                    "the restore never opened the manifest: {e}"
+                );
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+        }
     }
 }
