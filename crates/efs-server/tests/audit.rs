@@ -640,8 +640,12 @@ async fn past_the_shutdown_timeout_no_change_begins() {
     let mut srv = s.srv;
     srv.put_ok("/a.txt", &s.token, b"a".to_vec()).await;
     let (restore, mut writer) = restore_held_on_a_fifo(&srv).await;
-    // Two requests in flight, their bodies held back until after the timeout.
-    let late = tokio::time::Instant::now() + Duration::from_millis(2500);
+    // Two requests in flight, their bodies held back until after the timeout: sent once
+    // both heads are in and SIGTERM has gone, 2 s later (the timeout is 1 s).
+    let (mv_sent, mv_head) = tokio::sync::oneshot::channel();
+    let (put_sent, put_head) = tokio::sync::oneshot::channel();
+    let (mv_go, mv_when) = tokio::sync::oneshot::channel();
+    let (put_go, put_when) = tokio::sync::oneshot::channel();
     let body = br#"{"from":"/a.txt","to":"/b.txt"}"#;
     let head = format!(
         "POST /_efs/move HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
@@ -651,7 +655,15 @@ async fn past_the_shutdown_timeout_no_change_begins() {
     );
     let (addr, cert) = (srv.addr, srv.cert_pem.clone());
     let mv = tokio::spawn(async move {
-        send_late(addr, &cert, head.into_bytes(), body.to_vec(), late).await
+        send_late(
+            addr,
+            &cert,
+            head.into_bytes(),
+            mv_sent,
+            body.to_vec(),
+            mv_when,
+        )
+        .await
     });
     let head = format!(
         "PUT /c.txt HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
@@ -660,8 +672,20 @@ async fn past_the_shutdown_timeout_no_change_begins() {
     );
     let (addr, cert) = (srv.addr, srv.cert_pem.clone());
     let put = tokio::spawn(async move {
-        send_late(addr, &cert, head.into_bytes(), b"c".to_vec(), late).await
+        send_late(
+            addr,
+            &cert,
+            head.into_bytes(),
+            put_sent,
+            b"c".to_vec(),
+            put_when,
+        )
+        .await
     });
+    mv_head.await.unwrap();
+    put_head.await.unwrap();
+    // Read by the server, so that their requests are in flight (a connection whose request
+    // has not begun is closed by the shutdown).
     tokio::time::sleep(Duration::from_millis(300)).await;
     let pid = srv.pid().expect("the server runs");
     let term = std::process::Command::new("kill")
@@ -670,6 +694,9 @@ async fn past_the_shutdown_timeout_no_change_begins() {
         .status()
         .unwrap();
     assert!(term.success());
+    let late = tokio::time::Instant::now() + Duration::from_secs(2);
+    mv_go.send(late).unwrap();
+    put_go.send(late).unwrap();
     for (what, answer) in [("move", mv.await.unwrap()), ("upload", put.await.unwrap())] {
         assert!(
             answer.starts_with("HTTP/1.1 503") && answer.contains("\"unavailable\""),
@@ -700,20 +727,23 @@ async fn past_the_shutdown_timeout_no_change_begins() {
     }
 }
 
-/// Sends `head` on a new TLS connection, then `rest` at `at`; returns what the server
-/// answers (up to its JSON body) or what it had sent when it closed.
+/// Sends `head` on a new TLS connection (then says so on `sent`), then `rest` at the time
+/// `at` gives; returns what the server answers (up to its JSON body) or what it had sent
+/// when it closed.
 async fn send_late(
     addr: std::net::SocketAddr,
     cert_pem: &[u8],
     head: Vec<u8>,
+    sent: tokio::sync::oneshot::Sender<()>,
     rest: Vec<u8>,
-    at: tokio::time::Instant,
+    at: tokio::sync::oneshot::Receiver<tokio::time::Instant>,
 ) -> String {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tls = tls_connect(addr, cert_pem).await.unwrap();
     tls.write_all(&head).await.unwrap();
     tls.flush().await.unwrap();
-    tokio::time::sleep_until(at).await;
+    sent.send(()).unwrap();
+    tokio::time::sleep_until(at.await.unwrap()).await;
     tls.write_all(&rest).await.unwrap();
     tls.flush().await.unwrap();
     let mut answer = Vec::new();
