@@ -116,11 +116,93 @@ impl Config {
         toml::from_str(&text).with_context(|| format!("{} is not valid", path.display()))
     }
 
+    /// Writes `config.toml`: into the file as it is when there is one (what is unchanged
+    /// keeps its place and the comments written around it by hand), else a new one.
     pub fn save(&self, dirs: &Dirs) -> Result<()> {
-        let text = toml::to_string_pretty(self).context("serialising the configuration")?;
-        let header = "# efs client configuration: `efs remote add|list|remove` edit it.\n\
-                      # Tokens are cached apart, in tokens/NAME.json.\n\n";
-        write_private(&dirs.config_file(), format!("{header}{text}").as_bytes())
+        let path = dirs.config_file();
+        let edited = match fs::read_to_string(&path) {
+            Ok(old) => match old.parse::<toml_edit::DocumentMut>() {
+                Ok(mut doc) => self.edit(&mut doc)?.then(|| doc.to_string()),
+                Err(_) => None,
+            },
+            Err(_) => None,
+        };
+        let text = match edited {
+            Some(text) => text,
+            None => {
+                let text = toml::to_string_pretty(self).context("serialising the configuration")?;
+                let header = "# efs client configuration: `efs remote add|list|remove` edit it.\n\
+                              # Tokens are cached apart, in tokens/NAME.json.\n\n";
+                format!("{header}{text}")
+            }
+        };
+        write_private(&path, text.as_bytes())
+    }
+
+    /// Makes `doc` say what this configuration says, changing only what differs; `false`
+    /// when its shape is not the one `save` writes (`remotes` not a table of tables): the
+    /// caller then writes a new file.
+    fn edit(&self, doc: &mut toml_edit::DocumentMut) -> Result<bool> {
+        use toml_edit::{Item, Table, value};
+        if !doc.contains_key("remotes") {
+            let mut t = Table::new();
+            t.set_implicit(true);
+            doc.insert("remotes", Item::Table(t));
+        }
+        let Some(remotes) = doc.get_mut("remotes").and_then(Item::as_table_mut) else {
+            return Ok(false);
+        };
+        if remotes.iter().any(|(_, item)| !item.is_table()) {
+            return Ok(false);
+        }
+        let gone: Vec<String> = remotes
+            .iter()
+            .map(|(name, _)| name.to_owned())
+            .filter(|name| !self.remotes.contains_key(name))
+            .collect();
+        for name in gone {
+            remotes.remove(&name);
+        }
+        for (name, r) in &self.remotes {
+            if !remotes.contains_key(name) {
+                remotes.insert(name, Item::Table(Table::new()));
+            }
+            let Some(t) = remotes.get_mut(name).and_then(Item::as_table_mut) else {
+                return Ok(false);
+            };
+            for (key, v) in r.fields()? {
+                match v {
+                    Some(v) if t.get(key).and_then(Item::as_str) != Some(v.as_str()) => {
+                        t.insert(key, value(v));
+                    }
+                    Some(_) => {}
+                    None => {
+                        t.remove(key);
+                    }
+                }
+            }
+        }
+        Ok(true)
+    }
+}
+
+impl Remote {
+    /// Every field as `config.toml` spells it, `None` for one left out.
+    fn fields(&self) -> Result<[(&'static str, Option<String>); 7]> {
+        let path = |p: &Path| {
+            p.to_str()
+                .map(str::to_owned)
+                .with_context(|| format!("{} is not UTF-8", p.display()))
+        };
+        Ok([
+            ("url", Some(self.url.clone())),
+            ("user", Some(self.user.clone())),
+            ("key", Some(path(&self.key)?)),
+            ("fs", self.fs.clone()),
+            ("ca", self.ca.as_deref().map(path).transpose()?),
+            ("fingerprint", self.fingerprint.clone()),
+            ("server_id", self.server_id.clone()),
+        ])
     }
 }
 
@@ -268,6 +350,51 @@ mod tests {
         assert_eq!(mode & 0o777, 0o700);
         // No temporary file is left behind.
         assert_eq!(fs::read_dir(&dirs.config).unwrap().count(), 1);
+    }
+
+    /// Regression: every rewrite (`remote add`, `remote remove`, the server identity recorded
+    /// at first use) dropped the comments written into config.toml by hand.
+    #[test]
+    fn a_rewrite_keeps_what_was_written_by_hand() {
+        let dir = tempfile::tempdir().unwrap();
+        let dirs = Dirs {
+            config: dir.path().to_path_buf(),
+        };
+        let by_hand = "# my remotes\n\
+                       [remotes.drive]\n\
+                       # the clinic's server\n\
+                       url = \"https://a:1\"  # its port\n\
+                       user = \"alice\"\n\
+                       key = \"/k\"\n\
+                       \n\
+                       [remotes.old]\n\
+                       url = \"https://b\"\n\
+                       user = \"bob\"\n\
+                       key = \"/k2\"\n\
+                       fs = \"x\"\n";
+        fs::write(dirs.config_file(), by_hand).unwrap();
+        let mut c = Config::load(&dirs).unwrap();
+        let drive = c.remotes.get_mut("drive").unwrap();
+        drive.server_id = Some("efs-0123456789abcdef0123456789abcdef".into());
+        drive.fs = Some("records".into());
+        c.remotes.remove("old");
+        let mut new = c.remotes["drive"].clone();
+        new.url = "https://c".into();
+        new.ca = Some("/ca.pem".into());
+        c.remotes.insert("new".into(), new);
+        c.save(&dirs).unwrap();
+        let text = fs::read_to_string(dirs.config_file()).unwrap();
+        for kept in ["# my remotes", "# the clinic's server", "# its port"] {
+            assert!(text.contains(kept), "{kept} is gone:\n{text}");
+        }
+        assert!(!text.contains("[remotes.old]"), "{text}");
+        assert_eq!(Config::load(&dirs).unwrap().remotes, c.remotes, "{text}");
+        // A field set to nothing goes.
+        c.remotes.get_mut("new").unwrap().ca = None;
+        c.save(&dirs).unwrap();
+        let text = fs::read_to_string(dirs.config_file()).unwrap();
+        assert!(!text.contains("ca.pem"), "{text}");
+        assert_eq!(Config::load(&dirs).unwrap().remotes, c.remotes, "{text}");
     }
 
     #[test]
