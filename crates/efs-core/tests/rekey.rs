@@ -11,6 +11,26 @@ use efs_core::keyparts::{Argon2Params, no_prompt};
 use efs_core::rekey::{self, Stop};
 use efs_core::{DataDir, KeyPartSpec};
 
+/// A data dir [`fill`]ed, then closed (re-keying needs it closed): its temporary directory
+/// (kept alive by the caller), root and key part, and the files.
+async fn filled_and_closed() -> (
+    (tempfile::TempDir, std::path::PathBuf, KeyPartSpec),
+    BTreeMap<(String, String), Vec<u8>>,
+) {
+    let env = Env::new();
+    let files = fill(&env.dd).await;
+    let Env {
+        tmp,
+        root,
+        part,
+        dd,
+        fs,
+    } = env;
+    drop(fs);
+    drop(dd);
+    ((tmp, root, part), files)
+}
+
 /// Fills the data dir: two filesystems (one rotated), users, a secret. Returns the files.
 async fn fill(dd: &DataDir) -> BTreeMap<(String, String), Vec<u8>> {
     dd.create_fs("other").unwrap();
@@ -177,17 +197,7 @@ async fn new_parts_open_everything_and_old_ones_nothing() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_before_the_switch_keeps_the_old_parts() {
-    let env = Env::new();
-    let files = fill(&env.dd).await;
-    let Env {
-        tmp,
-        root,
-        part,
-        dd,
-        fs,
-    } = env;
-    drop(fs);
-    drop(dd);
+    let ((tmp, root, part), files) = filled_and_closed().await;
     let new = vec![new_part(&tmp.path().join("new.key"))];
     rekey_until(&root, &part, &new, Stop::BeforeSwitch).await;
     assert!(!leftovers(&root).is_empty(), "staged files exist");
@@ -207,17 +217,7 @@ async fn a_crash_before_the_switch_keeps_the_old_parts() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_crash_after_the_switch_is_finished_at_the_next_open() {
-    let env = Env::new();
-    let files = fill(&env.dd).await;
-    let Env {
-        tmp,
-        root,
-        part,
-        dd,
-        fs,
-    } = env;
-    drop(fs);
-    drop(dd);
+    let ((tmp, root, part), files) = filled_and_closed().await;
     let new = vec![new_part(&tmp.path().join("new.key"))];
     rekey_until(&root, &part, &new, Stop::AfterSwitch).await;
     assert!(
@@ -238,17 +238,7 @@ async fn a_crash_after_the_switch_is_finished_at_the_next_open() {
 /// plain error, without the warnings: an operator could throw the new parts away.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_failure_after_the_switch_says_only_the_new_parts_open_it() {
-    let env = Env::new();
-    let files = fill(&env.dd).await;
-    let Env {
-        tmp,
-        root,
-        part,
-        dd,
-        fs,
-    } = env;
-    drop(fs);
-    drop(dd);
+    let ((tmp, root, part), files) = filled_and_closed().await;
     // An env: part the test process has (cargo sets it; at least 16 bytes).
     let new = vec![
         new_part(&tmp.path().join("new.key")),
@@ -308,13 +298,7 @@ async fn a_failure_after_the_switch_says_only_the_new_parts_open_it() {
 /// dir was locked for good by one typo (no other copy of the new passphrase exists).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_mistyped_new_passphrase_changes_nothing() {
-    let env = Env::new();
-    let files = fill(&env.dd).await;
-    let Env {
-        root, part, dd, fs, ..
-    } = env;
-    drop(fs);
-    drop(dd);
+    let ((_tmp, root, part), files) = filled_and_closed().await;
     let before = std::fs::read(root.join("system/keyparts.json")).unwrap();
     let asked = std::sync::Mutex::new(Vec::new());
     let typed = |p: &str| {
@@ -357,17 +341,7 @@ async fn a_mistyped_new_passphrase_changes_nothing() {
 /// re-keying runs; the open is tried there.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_data_dir_being_rekeyed_is_not_opened_meanwhile() {
-    let env = Env::new();
-    let files = fill(&env.dd).await;
-    let Env {
-        tmp: _tmp,
-        root,
-        part,
-        dd,
-        fs,
-    } = env;
-    drop(fs);
-    drop(dd);
+    let ((_tmp, root, part), files) = filled_and_closed().await;
     // And a data dir that is open is not opened a second time, with the same message.
     {
         let held = open(&root, std::slice::from_ref(&part)).unwrap();

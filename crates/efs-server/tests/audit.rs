@@ -687,13 +687,7 @@ async fn past_the_shutdown_timeout_no_change_begins() {
     // Read by the server, so that their requests are in flight (a connection whose request
     // has not begun is closed by the shutdown).
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let pid = srv.pid().expect("the server runs");
-    let term = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(term.success());
+    srv.terminate();
     let late = tokio::time::Instant::now() + Duration::from_secs(2);
     mv_go.send(late).unwrap();
     put_go.send(late).unwrap();

@@ -889,13 +889,7 @@ async fn shutdown_waits_for_a_running_admin_command_and_records_it() {
     let s = session(&[]).await;
     let mut srv = s.srv;
     let (restore, mut writer) = restore_held_on_a_fifo(&srv).await;
-    let pid = srv.pid().expect("the server runs");
-    let term = std::process::Command::new("kill")
-        .arg("-TERM")
-        .arg(pid.to_string())
-        .status()
-        .unwrap();
-    assert!(term.success());
+    srv.terminate();
     // The shutdown has begun: the connections go, the HTTPS port stops answering.
     tokio::time::sleep(Duration::from_millis(500)).await;
     writer.write_all(b"not a manifest").unwrap();

@@ -238,6 +238,17 @@ impl TestServer {
         Some(status)
     }
 
+    /// Sends the running server SIGTERM (a shutdown begins) without waiting for it to end.
+    pub fn terminate(&self) {
+        let pid = self.pid().expect("the server runs");
+        let term = Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status()
+            .unwrap();
+        assert!(term.success(), "kill -TERM {pid}");
+    }
+
     /// Kills the server with SIGKILL and waits for it (the harness stays, for efsctl).
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
