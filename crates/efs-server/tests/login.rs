@@ -895,25 +895,25 @@ async fn login_bodies_are_small_and_arrive_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stalled_login_bodies_from_one_address_are_capped() {
     let (srv, _, _) = alice_server(&[]).await;
-    let mut senders = Vec::new();
-    let mut stalled = Vec::new();
-    for _ in 0..64 {
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
-        tx.send(Ok(b"{\"user\":".to_vec())).await.unwrap();
-        let body =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
-            );
-        let req = srv
-            .client
-            .post(srv.url("/_efs/auth/challenge"))
-            .body(reqwest::Body::wrap_stream(body));
-        stalled.push(tokio::spawn(async move { req.send().await }));
-        senders.push(tx);
-    }
+    // A login whose body stops after its first bytes, and the sender that ends it.
+    let stall =
+        || {
+            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
+            tx.try_send(Ok(b"{\"user\":".to_vec())).unwrap();
+            let body = futures_util::stream::unfold(rx, |mut rx| async move {
+                rx.recv().await.map(|c| (c, rx))
+            });
+            let req = srv
+                .client
+                .post(srv.url("/_efs/auth/challenge"))
+                .body(reqwest::Body::wrap_stream(body));
+            (tx, tokio::spawn(async move { req.send().await }))
+        };
+    let (mut senders, mut stalled): (Vec<_>, Vec<_>) = (0..64).map(|_| stall()).unzip();
     // The stalled requests reach their handlers one by one: the 65th is refused once all 64
-    // hold their places (well within the 10 s a login body may take).
+    // hold their places (well within the 10 s a login body may take). While they arrive, a
+    // probe holds a place for a moment, so a stalled one may be the one refused: it is sent
+    // again.
     let deadline = std::time::Instant::now() + Duration::from_secs(8);
     let refused = loop {
         let r = srv
@@ -927,6 +927,17 @@ async fn stalled_login_bodies_from_one_address_are_capped() {
             break r;
         }
         assert_eq!(r.status(), 200);
+        for i in 0..stalled.len() {
+            if stalled[i].is_finished() {
+                let (tx, t) = stall();
+                let r = std::mem::replace(&mut stalled[i], t)
+                    .await
+                    .unwrap()
+                    .unwrap();
+                assert_eq!(r.status(), 429, "a stalled login ended early");
+                senders[i] = tx;
+            }
+        }
         assert!(
             std::time::Instant::now() < deadline,
             "64 stalled login bodies did not keep a 65th login out"
