@@ -1257,7 +1257,6 @@ async fn a_commit_dropped_midway_leaves_no_file_without_content() {
     let env = Env::new();
     let fs = env.fs.clone();
     let data = pattern(7, 3 * INLINE_MAX);
-    let mut committed = 0;
     for (i, wait_us) in [0u64, 50, 200, 500, 1_000, 2_000, 4_000, 8_000]
         .iter()
         .cycle()
@@ -1272,22 +1271,42 @@ async fn a_commit_dropped_midway_leaves_no_file_without_content() {
         let _ = tokio::time::timeout(std::time::Duration::from_micros(*wait_us), commit).await;
         // The caller is gone; gc runs at once, with no grace.
         fs.gc(0).await.unwrap();
-        // Whatever was started finishes; then the file is whole or absent.
+        // The file is whole or absent (its commit may still land later).
         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
         match read_all(&fs, &path).await {
-            Ok(got) => {
-                assert!(got == data, "{path}: wrong content");
-                committed += 1;
-            }
+            Ok(got) => assert!(got == data, "{path}: wrong content"),
             Err(CoreError::NotFound) => {}
             Err(e) => panic!("{path} exists without its content: {e}"),
         }
     }
-    // Uploads that never committed left nothing behind once gc has run.
-    fs.gc(0).await.unwrap();
-    let rep = fs.fsck().await.unwrap();
-    assert!(rep.is_clean(), "{rep:?}");
-    assert_eq!(rep.files_verified, committed);
+    // Uploads that never committed left nothing behind once gc has run; commits still
+    // running when the loop ended may land meanwhile, so this is asked until the files
+    // listed and the files fsck verified agree (each listed one read back whole).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        fs.gc(0).await.unwrap();
+        let listed = match fs.list(&p("/drop"), None, 100).await {
+            Ok((entries, _)) => entries,
+            Err(CoreError::NotFound) => Vec::new(),
+            Err(e) => panic!("listing /drop: {e}"),
+        };
+        for e in &listed {
+            let got = read_all(&fs, &format!("/drop/{}", e.name)).await.unwrap();
+            assert!(got == data, "/drop/{}: wrong content", e.name);
+        }
+        let rep = fs.fsck().await.unwrap();
+        assert!(rep.is_clean(), "{rep:?}");
+        if rep.files_verified == listed.len() as u64 {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{} listed, {} verified by fsck",
+            listed.len(),
+            rep.files_verified
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
 }
 
 /// The versions a filesystem removes are told to `FsOptions::on_content_removed` (the server

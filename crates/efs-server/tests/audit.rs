@@ -337,8 +337,12 @@ async fn an_upload_whose_body_outlasts_the_audit_log_does_not_land() {
     );
     let end = tokio::time::Instant::now() + Duration::from_secs(3);
     let (addr, cert) = (srv.addr, srv.cert_pem.clone());
-    let upload = tokio::spawn(async move { upload_ending_at(addr, &cert, head, size, end).await });
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (started, begun) = tokio::sync::oneshot::channel();
+    let upload =
+        tokio::spawn(
+            async move { upload_ending_at(addr, &cert, head, size, end, Some(started)).await },
+        );
+    begun.await.expect("the upload began");
     let dir = srv.data.join("system/audit");
     std::fs::rename(&dir, srv.data.join("system/audit.moved")).unwrap();
     std::fs::write(&dir, b"in the way").unwrap();
@@ -506,6 +510,7 @@ async fn a_shutdown_finishes_and_records_hung_up_changes() {
                 .await;
         }
         let mut burst = Vec::new();
+        let (written_tx, mut written) = tokio::sync::mpsc::unbounded_channel();
         for i in 0..N {
             let req = format!(
                 "DELETE /sd/f{i} HTTP/1.1\r\nHost: localhost\r\n\
@@ -513,16 +518,22 @@ async fn a_shutdown_finishes_and_records_hung_up_changes() {
                 s.token
             );
             let (addr, cert) = (srv.addr, srv.cert_pem.clone());
+            let written_tx = written_tx.clone();
             burst.push(tokio::spawn(async move {
                 hang_up_at(
                     addr,
                     &cert,
                     req,
                     Duration::from_micros((i as u64 % 8) * 250),
+                    Some(written_tx),
                 )
                 .await
             }));
         }
+        // SIGTERM goes 0 to 8 ms after the first request is out (not before: on a busy
+        // machine the handshakes could take all the rounds' time, and nothing would race).
+        let first = tokio::time::timeout(Duration::from_secs(30), written.recv()).await;
+        assert!(matches!(first, Ok(Some(()))), "no DELETE was sent");
         tokio::time::sleep(Duration::from_millis(round % 6 * 8 / 5)).await;
         let status = srv.stop().await.expect("the server was running");
         assert!(status.success(), "efs-server exited with {status:?}");
@@ -582,7 +593,7 @@ async fn changes_around_the_shutdown_timeout_land_recorded_or_not_at_all() {
             let end = sigterm_at + Duration::from_millis(800 + 20 * i as u64);
             let (addr, cert) = (srv.addr, srv.cert_pem.clone());
             uploads.push(tokio::spawn(async move {
-                upload_ending_at(addr, &cert, head, SIZE, end).await
+                upload_ending_at(addr, &cert, head, SIZE, end, None).await
             }));
         }
         tokio::time::sleep_until(sigterm_at).await;
@@ -649,7 +660,7 @@ async fn past_the_shutdown_timeout_no_change_begins() {
     let body = br#"{"from":"/a.txt","to":"/b.txt"}"#;
     let head = format!(
         "POST /_efs/move HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
-         Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+         Content-Type: application/json\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
         s.token,
         body.len()
     );
@@ -667,7 +678,7 @@ async fn past_the_shutdown_timeout_no_change_begins() {
     });
     let head = format!(
         "PUT /c.txt HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
-         Content-Length: 2\r\n\r\nc",
+         Content-Length: 2\r\nExpect: 100-continue\r\n\r\nc",
         s.token
     );
     let (addr, cert) = (srv.addr, srv.cert_pem.clone());
@@ -682,11 +693,10 @@ async fn past_the_shutdown_timeout_no_change_begins() {
         )
         .await
     });
+    // Both requests are in flight (their handlers asked for the bodies): a connection whose
+    // request has not begun would be closed by the shutdown.
     mv_head.await.unwrap();
     put_head.await.unwrap();
-    // Read by the server, so that their requests are in flight (a connection whose request
-    // has not begun is closed by the shutdown).
-    tokio::time::sleep(Duration::from_millis(300)).await;
     srv.terminate();
     let late = tokio::time::Instant::now() + Duration::from_secs(2);
     mv_go.send(late).unwrap();
@@ -721,9 +731,10 @@ async fn past_the_shutdown_timeout_no_change_begins() {
     }
 }
 
-/// Sends `head` on a new TLS connection (then says so on `sent`), then `rest` at the time
-/// `at` gives; returns what the server answers (up to its JSON body) or what it had sent
-/// when it closed.
+/// Sends `head` (with `Expect: 100-continue`) on a new TLS connection and, once the server
+/// answered `100 Continue` (its handler began to read the body), says so on `sent`; then
+/// sends `rest` at the time `at` gives; returns what the server answers after the 100 (up to
+/// its JSON body) or what it had sent when it closed.
 async fn send_late(
     addr: std::net::SocketAddr,
     cert_pem: &[u8],
@@ -736,6 +747,19 @@ async fn send_late(
     let mut tls = tls_connect(addr, cert_pem).await.unwrap();
     tls.write_all(&head).await.unwrap();
     tls.flush().await.unwrap();
+    let mut interim = Vec::new();
+    let mut byte = [0u8; 1];
+    while !interim.ends_with(b"\r\n\r\n") {
+        match tls.read(&mut byte).await {
+            Ok(1) => interim.push(byte[0]),
+            _ => break,
+        }
+    }
+    assert!(
+        interim.starts_with(b"HTTP/1.1 100 "),
+        "{}",
+        String::from_utf8_lossy(&interim)
+    );
     sent.send(()).unwrap();
     tokio::time::sleep_until(at.await.unwrap()).await;
     tls.write_all(&rest).await.unwrap();
@@ -755,21 +779,43 @@ async fn send_late(
 }
 
 /// Sends `head` and a body of `size` bytes on a new TLS connection, the body's last 64 KiB
-/// at `end`; returns the answer's status (`None`: no answer).
+/// at `end`; returns the answer's status (`None`: no answer). With `started`, the request
+/// carries `Expect: 100-continue` and `started` is told once the server answered
+/// `100 Continue` (its handler reads the body).
 async fn upload_ending_at(
     addr: std::net::SocketAddr,
     cert_pem: &[u8],
     head: String,
     size: usize,
     end: tokio::time::Instant,
+    started: Option<tokio::sync::oneshot::Sender<()>>,
 ) -> Option<u16> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let mut tls = tls_connect(addr, cert_pem).await.ok()?;
     let body = pattern(size, size as u64);
     let (first, last) = body.split_at(size - (64 << 10));
+    let head = match started {
+        Some(_) => head.replacen("\r\n\r\n", "\r\nExpect: 100-continue\r\n\r\n", 1),
+        None => head,
+    };
     tls.write_all(head.as_bytes()).await.ok()?;
     tls.write_all(first).await.ok()?;
     tls.flush().await.ok()?;
+    if let Some(started) = started {
+        let mut interim = Vec::new();
+        let mut byte = [0u8; 1];
+        while !interim.ends_with(b"\r\n\r\n") {
+            match tls.read(&mut byte).await {
+                Ok(1) => interim.push(byte[0]),
+                _ => return None,
+            }
+        }
+        if !interim.starts_with(b"HTTP/1.1 100 ") {
+            let line = String::from_utf8_lossy(&interim);
+            return line.split(' ').nth(1)?.parse().ok();
+        }
+        let _ = started.send(());
+    }
     tokio::time::sleep_until(end).await;
     tls.write_all(last).await.ok()?;
     tls.flush().await.ok()?;
@@ -791,22 +837,27 @@ async fn upload_ending_at(
 /// Sends `request` on a new TLS connection, waits `after`, then hangs up without reading
 /// the answer.
 async fn send_and_hang_up(srv: &TestServer, request: String, after: Duration) {
-    hang_up_at(srv.addr, &srv.cert_pem, request, after)
+    hang_up_at(srv.addr, &srv.cert_pem, request, after, None)
         .await
         .expect("the server takes the request");
 }
 
-/// [`send_and_hang_up`] to `addr`; `Err` if the server is gone before the request is sent.
+/// [`send_and_hang_up`] to `addr`, telling `written` once the request is out; `Err` if the
+/// server is gone before the request is sent.
 async fn hang_up_at(
     addr: std::net::SocketAddr,
     cert_pem: &[u8],
     request: String,
     after: Duration,
+    written: Option<tokio::sync::mpsc::UnboundedSender<()>>,
 ) -> std::io::Result<()> {
     use tokio::io::AsyncWriteExt;
     let mut tls = tls_connect(addr, cert_pem).await?;
     tls.write_all(request.as_bytes()).await?;
     tls.flush().await?;
+    if let Some(w) = written {
+        let _ = w.send(());
+    }
     tokio::time::sleep(after).await;
     let _ = tls.shutdown().await;
     Ok(())

@@ -491,12 +491,12 @@ async fn idle_tls_connections_sending_nothing_are_dropped() {
     assert_eq!(r.status(), 200);
 }
 
-/// Reads until the peer closes `tls`; how long that took, or None after `max`.
+/// Reads until the peer closes `tls`; how long after `t0` that was, or None after `max`.
 async fn eof_within(
     mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    t0: Instant,
     max: Duration,
 ) -> Option<Duration> {
-    let t0 = Instant::now();
     let mut buf = vec![0u8; 64 * 1024];
     tokio::time::timeout(max, async {
         loop {
@@ -521,15 +521,19 @@ async fn connections_idle_past_the_idle_timeout_are_closed() {
     let srv = &s.srv;
     let max = Duration::from_secs(15);
     let mut h1 = tls_connect(srv).await;
+    // Each connection's time is taken from before its request (the idle time starts after
+    // the answer) and from its handshake's end (before the server began to serve it).
+    let h1_start = Instant::now();
     h1.write_all(b"GET /_efs/health HTTP/1.1\r\nHost: localhost\r\n\r\n")
         .await
         .unwrap();
     let mut h2 = tls_connect_alpn(srv, b"h2").await;
+    let h2_start = Instant::now();
     // The client preface and an empty SETTINGS frame, then silence.
     h2.write_all(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\0\0\0\x04\0\0\0\0\0")
         .await
         .unwrap();
-    let (t1, t2) = tokio::join!(eof_within(h1, max), eof_within(h2, max));
+    let (t1, t2) = tokio::join!(eof_within(h1, h1_start, max), eof_within(h2, h2_start, max));
     let t1 = t1.expect("an idle HTTP/1 keep-alive connection still open");
     let t2 = t2.expect("an idle HTTP/2 connection still open");
     println!("idle: HTTP/1 closed after {t1:?}, HTTP/2 after {t2:?} (--idle-timeout 1)");
@@ -579,8 +583,9 @@ async fn a_peer_that_never_reads_its_answer_is_dropped() {
     let block = [&[0x82u8, 0x87, 0x84, 0x41, 9][..], b"localhost"].concat();
     out.extend_from_slice(&[0, 0, block.len() as u8, 1, 5, 0, 0, 0, 1]);
     out.extend_from_slice(&block);
+    let t0 = Instant::now();
     h2.write_all(&out).await.unwrap();
-    let t = eof_within(h2, Duration::from_secs(25))
+    let t = eof_within(h2, t0, Duration::from_secs(25))
         .await
         .expect("a connection whose answer cannot go out was still open after 25 s");
     println!("idle: a peer with a zero window was dropped after {t:?} (--idle-timeout 1)");

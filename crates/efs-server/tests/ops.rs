@@ -102,6 +102,18 @@ impl Load {
         }
     }
 
+    /// Waits (30 s at most) until the clients have made `n` requests: the load is running.
+    async fn running(&self, n: u64) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while self.requests.load(Ordering::Relaxed) < n {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the clients made fewer than {n} requests in 30 s"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// Stops the clients; asserts that no request failed; returns what they wrote.
     async fn finish(mut self, what: &str) -> BTreeMap<String, Vec<u8>> {
         self.stop.store(true, Ordering::Relaxed);
@@ -165,7 +177,8 @@ async fn backup_while_serving_then_restore_into_a_new_fs() {
     let files = Arc::new(put_files(&s.srv, &s.token, 150).await);
     let srv = Arc::new(s.srv);
     let load = Load::start(&srv, &s.token, files.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Some uploads were acknowledged before the snapshot (each pair of requests ends with one).
+    load.running(8).await;
 
     let dest = srv.dir.path().join("backup-1");
     let out = efsctl(
@@ -360,7 +373,8 @@ async fn reencrypt_and_rotate_under_load_with_metrics() {
     }
 
     let load = Load::start(&srv, &s.token, files.clone());
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Some uploads were acknowledged before the snapshot (each pair of requests ends with one).
+    load.running(8).await;
     // rekey-starter is refused while the server runs.
     let s2 = srv.clone();
     let refused = tokio::task::spawn_blocking(move || {
