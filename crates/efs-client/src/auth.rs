@@ -130,6 +130,33 @@ pub(crate) fn signed_message(server: &str, user: &str, nonce: &str) -> Vec<u8> {
     format!("{PROTOCOL_LABEL}\n{server}\n{user}\n{nonce}").into_bytes()
 }
 
+/// A server identity as servers form it (docs/protocol.md): `efs-` and 32 lowercase hex digits.
+pub(crate) fn valid_server_id(server: &str) -> bool {
+    server.strip_prefix("efs-").is_some_and(|hex| {
+        hex.len() == 32 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+    })
+}
+
+/// Only a challenge of the protocol's shape is signed (`S` a server identity, `N` 32 bytes in
+/// base64url): the user's key, often an SSH key in an agent, signs nothing else a server
+/// chooses.
+fn check_challenge(server: &str, nonce: &str) -> Result<(), Error> {
+    if !valid_server_id(server) {
+        return Err(bad_answer(
+            "the challenge's server identity is not of the form efs-<32 hex digits>: not signed",
+        ));
+    }
+    let canonical = URL_SAFE_NO_PAD
+        .decode(nonce)
+        .is_ok_and(|b| b.len() == 32 && URL_SAFE_NO_PAD.encode(&b) == nonce);
+    if !canonical {
+        return Err(bad_answer(
+            "the challenge's nonce is not 32 bytes in base64url: not signed",
+        ));
+    }
+    Ok(())
+}
+
 /// 1 to 64 characters of `A-Z a-z 0-9 . _ -`, as the server requires.
 fn valid_user_name(user: &str) -> bool {
     (1..=64).contains(&user.len())
@@ -224,10 +251,9 @@ impl Auth {
                 .json(&ChallengeRequest { user }),
         )
         .await?;
-        let challenge: Challenge = http::json(http::check(resp).await?).await?;
-        if challenge.server.contains('\n') || challenge.nonce.contains('\n') {
-            return Err(bad_answer("the challenge holds a line feed").into());
-        }
+        let challenge: Challenge =
+            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
+        check_challenge(&challenge.server, &challenge.nonce)?;
         if let Some(expected) = &self.server_id
             && *expected != challenge.server
         {
@@ -253,7 +279,8 @@ impl Auth {
                 }),
         )
         .await?;
-        let answer: TokenAnswer = http::json(http::check(resp).await?).await?;
+        let answer: TokenAnswer =
+            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
         tracing::debug!(fs = %answer.fs, "logged in");
         Ok(self.install(held, answer))
     }
@@ -265,7 +292,8 @@ impl Auth {
                 .bearer_auth(token),
         )
         .await?;
-        let answer: TokenAnswer = http::json(http::check(resp).await?).await?;
+        let answer: TokenAnswer =
+            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
         tracing::debug!(renewals_left = answer.renewals_left, "token refreshed");
         Ok(answer)
     }
@@ -328,6 +356,43 @@ mod tests {
             URL_SAFE_NO_PAD.encode(sig.to_bytes()),
             "3hmvE800gqmmBgProPhEm0dp5oh3hGeVY9Hl2Svhj084I19RTEjNvenuRnidibHfDo9N2OUKI9VJRr8ZXbFLCw"
         );
+    }
+
+    #[test]
+    fn only_challenges_of_the_protocols_shape_are_signed() {
+        let nonce = URL_SAFE_NO_PAD.encode([7u8; 32]);
+        let server = "efs-39f713d0a644253f04529421b9f51b9b";
+        assert!(check_challenge(server, &nonce).is_ok());
+        for bad in [
+            "",
+            "efs-",
+            "efs-39F713D0A644253F04529421B9F51B9B",
+            "efs-39f713d0a644253f04529421b9f51b9",
+            "efs-39f713d0a644253f04529421b9f51b9b0",
+            "xfs-39f713d0a644253f04529421b9f51b9b",
+            "efs-39f713d0a644253f04529421b9f51b9b\nx",
+        ] {
+            let e = check_challenge(bad, &nonce).unwrap_err().to_string();
+            assert!(e.contains("server identity"), "{bad:?}: {e}");
+        }
+        let long = URL_SAFE_NO_PAD.encode([7u8; 33]);
+        let short = URL_SAFE_NO_PAD.encode([7u8; 31]);
+        let padded = base64::engine::general_purpose::URL_SAFE.encode([7u8; 32]);
+        // The last character carries 2 unused bits: another value of them is not canonical.
+        let mut loose = nonce.clone();
+        loose.pop();
+        loose.push('x');
+        for bad in [
+            "".to_owned(),
+            long,
+            short,
+            padded,
+            loose,
+            format!("{}\n", &nonce[..42]),
+        ] {
+            let e = check_challenge(server, &bad).unwrap_err().to_string();
+            assert!(e.contains("nonce"), "{bad:?}: {e}");
+        }
     }
 
     #[test]

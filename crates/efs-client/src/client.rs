@@ -484,7 +484,17 @@ impl Client {
                 .json(&serde_json::json!({ "user": user })),
         )
         .await?;
-        let c: Challenge = http::json(http::check(resp).await?).await?;
+        let c: Challenge =
+            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
+        if !crate::auth::valid_server_id(&c.server) {
+            return Err(Error::Server {
+                status: 200,
+                code: "bad_response".into(),
+                message: "the challenge's server identity is not of the form efs-<32 hex digits>"
+                    .into(),
+            }
+            .into());
+        }
         Ok(c.server)
     }
 

@@ -105,22 +105,56 @@ async fn read_limited(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
     out
 }
 
-/// Reads a JSON answer.
+/// The largest JSON answer read: a listing page of 10,000 entries with the longest names,
+/// each character escaped, stays below it.
+pub(crate) const MAX_JSON_ANSWER: usize = 64 << 20;
+
+/// The largest login answer read (a challenge or a token: a few hundred bytes).
+pub(crate) const MAX_LOGIN_ANSWER: usize = 64 << 10;
+
+/// Reads a JSON answer of at most [`MAX_JSON_ANSWER`] bytes.
 pub(crate) async fn json<T: serde::de::DeserializeOwned>(
     resp: reqwest::Response,
 ) -> Result<T, Fail> {
+    json_within(resp, MAX_JSON_ANSWER).await
+}
+
+/// Reads a JSON answer of at most `max` bytes: a longer one is refused as it arrives, not
+/// held in memory.
+pub(crate) async fn json_within<T: serde::de::DeserializeOwned>(
+    mut resp: reqwest::Response,
+    max: usize,
+) -> Result<T, Fail> {
     let status = resp.status().as_u16();
-    let body = resp
-        .bytes()
-        .await
-        .map_err(|e| Fail::from(map_reqwest_error(&e)))?;
-    serde_json::from_slice(&body).map_err(|e| {
+    let bad = |message: String| {
         Fail::from(Error::Server {
             status,
             code: "bad_response".into(),
-            message: format!("the server's answer is not the expected JSON: {e}"),
+            message,
         })
-    })
+    };
+    if resp.content_length().is_some_and(|n| n > max as u64) {
+        return Err(bad(format!(
+            "the server's answer is larger than the {} KiB expected",
+            max >> 10
+        )));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = resp
+        .chunk()
+        .await
+        .map_err(|e| Fail::from(map_reqwest_error(&e)))?
+    {
+        if body.len() + chunk.len() > max {
+            return Err(bad(format!(
+                "the server's answer is larger than the {} KiB expected",
+                max >> 10
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body)
+        .map_err(|e| bad(format!("the server's answer is not the expected JSON: {e}")))
 }
 
 /// An error reading the local source of an upload, told apart from network errors in the
@@ -342,6 +376,33 @@ mod tests {
         for _ in 0..100 {
             let j = jitter();
             assert!((0.0..1.0).contains(&j));
+        }
+    }
+
+    #[tokio::test]
+    async fn json_answers_are_read_up_to_their_limit() {
+        let answer = |body: Vec<u8>, with_length: bool| {
+            let mut r = ::http::Response::builder().status(200);
+            if with_length {
+                r = r.header("content-length", body.len());
+            }
+            reqwest::Response::from(r.body(body).unwrap())
+        };
+        let small = br#"{"a":1}"#.to_vec();
+        for with_length in [true, false] {
+            let v: serde_json::Value = json_within(answer(small.clone(), with_length), 7)
+                .await
+                .unwrap();
+            assert_eq!(v["a"], 1);
+            let e = json_within::<serde_json::Value>(answer(small.clone(), with_length), 6)
+                .await
+                .unwrap_err();
+            assert!(
+                matches!(&e.err, Error::Server { code, message, .. }
+                    if code == "bad_response" && message.contains("larger than")),
+                "{:?}",
+                e.err
+            );
         }
     }
 }

@@ -88,7 +88,14 @@ pub struct AppState {
     /// Login bodies being read, per client address (IPv4 address, IPv6 /64): at most
     /// [`LOGIN_BODIES_PER_ADDRESS`] at once.
     pub login_bodies: Arc<crate::connections::PerAddress>,
+    /// Wrong metrics tokens, per client address (IPv6: per /64): past
+    /// [`METRICS_FAILURES_PER_MINUTE`] in a minute, `/_efs/metrics` answers 429 there.
+    pub metrics_failures: crate::ratelimit::FailureLimiter<IpAddr>,
 }
+
+/// Wrong metrics tokens an address may present in a minute before `/_efs/metrics` refuses
+/// it (429): a scraper sends one every few seconds, a guesser many.
+pub const METRICS_FAILURES_PER_MINUTE: u32 = 20;
 
 type St = State<Arc<AppState>>;
 
@@ -242,7 +249,7 @@ async fn health(State(st): St) -> Result<axum::Json<Health>, ApiError> {
 /// The gauges name every filesystem and count its files and bytes, so they are not public;
 /// the token is not a user's login (a scraper needs no key, and no user sees the others'
 /// filesystems). Compared as SHA-256 digests in constant time.
-async fn metrics_text(State(st): St, headers: HeaderMap) -> Response {
+async fn metrics_text(State(st): St, req: Request) -> Response {
     let Some((h, token_hash)) = &st.metrics else {
         return ApiError::new(
             StatusCode::NOT_FOUND,
@@ -251,14 +258,29 @@ async fn metrics_text(State(st): St, headers: HeaderMap) -> Response {
         )
         .into_response();
     };
-    let presented = headers
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .map(|t| crate::metrics_token::digest(t.trim()));
+    // Wrong tokens count against the address, as failed logins do: a guesser is slowed to
+    // METRICS_FAILURES_PER_MINUTE tries a minute.
+    let ip = crate::ratelimit::address_key(client_ip(req.extensions()));
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+    if let Err(crate::ratelimit::RetryAfter(secs)) = st.metrics_failures.check(&ip, now) {
+        let mut e = ApiError::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            efs_proto::codes::RATE_LIMITED,
+            format!(
+                "too many wrong metrics tokens from this address (at most \
+                 {METRICS_FAILURES_PER_MINUTE} a minute); retry later"
+            ),
+        );
+        e.retry_after = Some(secs);
+        return e.into_response();
+    }
+    let presented = bearer(req.headers()).map(crate::metrics_token::digest);
     let ok = presented
         .is_some_and(|d| bool::from(subtle::ConstantTimeEq::ct_eq(&d[..], &token_hash[..])));
     if !ok {
+        st.metrics_failures.record_failure(&ip, now);
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             efs_proto::codes::UNAUTHORIZED,

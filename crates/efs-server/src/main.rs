@@ -64,8 +64,9 @@ struct Args {
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     idle_timeout: u64,
     /// Most connections open at once from one IPv4 address or IPv6 /64; a new one beyond
-    /// is closed at once; also at most 64 login bodies read at once per address. 0: no
-    /// limits (behind a proxy that is the only client, say).
+    /// is closed at once; also at most 64 login bodies read at once per address. 0: neither
+    /// limit (behind a TCP proxy, whose one address every client then has; the failed-login
+    /// limit and the 64 open challenges per address still apply to it).
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_connections_per_address: usize,
     /// Decrypted cache size in bytes (0 turns it off, and with it the cache of path

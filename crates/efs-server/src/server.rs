@@ -273,6 +273,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 crate::app::LOGIN_BODIES_PER_ADDRESS
             },
         )),
+        metrics_failures: crate::ratelimit::FailureLimiter::new(
+            crate::app::METRICS_FAILURES_PER_MINUTE,
+            Duration::from_secs(60),
+            100_000,
+        ),
     });
     let detached = state.detached.clone();
 

@@ -104,12 +104,15 @@ pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
         .self_signed(&key)
         .context("self-signing the TLS certificate")?;
     let der = cert.der().clone();
-    data.put_secret(SECRET_TLS_KEY, &key.serialize_der())?;
+    // Wiped once stored (rcgen's `KeyPair` keeps a copy of its own, freed unwiped: noted in
+    // docs/design.md).
+    let key_der = zeroize::Zeroizing::new(key.serialize_der());
+    data.put_secret(SECRET_TLS_KEY, &key_der)?;
     data.put_secret(SECRET_TLS_CERT, &der)?;
     write_cert_pem(&pem_path, &der)?;
     Ok(TlsMaterial {
         certs: vec![der],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der())),
+        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec())),
         generated: true,
     })
 }
@@ -167,9 +170,20 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    let mut cfg = builder
-        .with_single_cert(material.certs, material.key)
-        .context("the TLS certificate and key do not match or are unsupported")?;
+    // The key is parsed from a borrowed DER, then that DER is wiped (`with_single_cert` would
+    // take it by value and free it unwiped); the parsed key lives in aws-lc, which wipes what
+    // it frees.
+    let mismatch = "the TLS certificate and key do not match or are unsupported";
+    let mut key_der = material.key;
+    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der);
+    zeroize::Zeroize::zeroize(&mut key_der);
+    let certified = rustls::sign::CertifiedKey::new(material.certs, signing.context(mismatch)?);
+    match certified.keys_match() {
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(e) => return Err(anyhow::Error::new(e).context(mismatch)),
+    }
+    let mut cfg =
+        builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

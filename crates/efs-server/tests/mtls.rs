@@ -243,3 +243,109 @@ async fn client_certificates_are_required_and_bound() {
     server.efsctl_ok(&["bind-cert", "app1", "--unbind"]);
     assert_eq!(login_with(&server, &c2, "app1", &key).await.status(), 200);
 }
+
+/// An operator's certificate and key (`--tls-cert`, `--tls-key`), made by openssl: served as
+/// they are (curl trusting only that certificate gets through, and the fingerprint printed
+/// at start is openssl's), in PKCS#8 (EC) and PKCS#1 (RSA); a key of another certificate or
+/// a file holding no key stops the start with the reason, and no server runs.
+#[tokio::test]
+async fn an_operators_certificate_and_key_are_served_as_given() {
+    let dir = std::sync::Arc::new(new_tempdir());
+    let d = dir.path();
+    let cert_args = |key: &str, cert: &str, algo: &[&str]| {
+        let mut a: Vec<String> = ["req", "-x509", "-newkey"]
+            .iter()
+            .chain(algo)
+            .map(|s| s.to_string())
+            .collect();
+        for x in [
+            "-nodes",
+            "-keyout",
+            key,
+            "-out",
+            cert,
+            "-days",
+            "30",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ] {
+            a.push(x.to_owned());
+        }
+        a
+    };
+    let ec = cert_args(
+        "ec.key",
+        "ec.pem",
+        &["ec", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    openssl(d, &ec.iter().map(String::as_str).collect::<Vec<_>>());
+    let rsa = cert_args("rsa8.key", "rsa.pem", &["rsa:2048"]);
+    openssl(d, &rsa.iter().map(String::as_str).collect::<Vec<_>>());
+    // The RSA key again as PKCS#1 ("BEGIN RSA PRIVATE KEY").
+    openssl(
+        d,
+        &["rsa", "-in", "rsa8.key", "-traditional", "-out", "rsa1.key"],
+    );
+    assert!(
+        std::fs::read_to_string(d.join("rsa1.key"))
+            .unwrap()
+            .contains("BEGIN RSA PRIVATE KEY")
+    );
+    for (cert, key) in [("ec.pem", "ec.key"), ("rsa.pem", "rsa1.key")] {
+        let (cert, key) = (d.join(cert), d.join(key));
+        let srv = TestServer::start_in(
+            std::sync::Arc::new(new_tempdir()),
+            &[
+                "--tls-cert",
+                cert.to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+            &[],
+        );
+        let out = Command::new("openssl")
+            .args(["x509", "-noout", "-fingerprint", "-sha256", "-in"])
+            .arg(&cert)
+            .output()
+            .unwrap();
+        let theirs = String::from_utf8_lossy(&out.stdout);
+        let theirs = theirs.trim().rsplit('=').next().unwrap();
+        assert_eq!(srv.fingerprint, theirs, "{}", cert.display());
+        let out = Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&cert)
+            .arg(format!("https://localhost:{}/_efs/health", srv.addr.port()))
+            .output()
+            .expect("curl is installed (scripts/test.sh)");
+        assert_eq!(
+            String::from_utf8_lossy(&out.stdout),
+            "200",
+            "{}: {}",
+            cert.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    // The EC certificate with the RSA key; then a key file holding only a certificate.
+    for (key, says) in [
+        ("rsa1.key", "do not match"),
+        ("ec.pem", "holds no private key"),
+    ] {
+        let key = d.join(key);
+        let f = TestServer::try_start_in(
+            std::sync::Arc::new(new_tempdir()),
+            &[
+                "--tls-cert",
+                d.join("ec.pem").to_str().unwrap(),
+                "--tls-key",
+                key.to_str().unwrap(),
+            ],
+            &[],
+        )
+        .err()
+        .unwrap_or_else(|| panic!("a server started with --tls-key {}", key.display()));
+        assert!(f.stderr.contains(says), "{says}: {}", f.stderr);
+        assert!(!f.stderr.contains("PRIVATE KEY"), "{}", f.stderr);
+    }
+}

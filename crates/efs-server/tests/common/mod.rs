@@ -59,7 +59,8 @@ pub struct TestServer {
     pub server_id: String,
     /// The `TLS certificate SHA-256 fingerprint:` line's value (without the remark).
     pub fingerprint: String,
-    /// The server's certificate (PEM), read from `<data>/system/tls-cert.pem`.
+    /// The server's certificate (PEM), read from `<data>/system/tls-cert.pem` (or the
+    /// `--tls-cert` file it was started with).
     pub cert_pem: Vec<u8>,
     /// A client that trusts only that certificate.
     pub client: reqwest::Client,
@@ -187,8 +188,15 @@ impl TestServer {
             }
         }
         let addr = addr.expect("checked");
-        let cert_pem = std::fs::read(data.join("system").join("tls-cert.pem"))
-            .expect("the generated certificate is at <data>/system/tls-cert.pem");
+        // The operator's certificate (`--tls-cert`), else the generated one.
+        let cert_path = extra
+            .iter()
+            .position(|a| *a == "--tls-cert")
+            .and_then(|i| extra.get(i + 1))
+            .map(PathBuf::from)
+            .unwrap_or_else(|| data.join("system").join("tls-cert.pem"));
+        let cert_pem = std::fs::read(&cert_path)
+            .unwrap_or_else(|e| panic!("the certificate at {}: {e}", cert_path.display()));
         let client = client_trusting(&cert_pem);
         let key_args = key_part_args(extra);
         Ok(TestServer {
