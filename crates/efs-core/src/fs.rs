@@ -346,6 +346,11 @@ pub struct Filesystem {
     /// reopens it for the next batch), while reads of the failed database do not show it
     /// yet. gc and fsck treat them as being written until [`Filesystem::settle_index`].
     unsettled: std::sync::Mutex<HashSet<ContentId>>,
+    /// Set when any commit through [`Filesystem::commit_batch`] failed (a re-encryption's,
+    /// a restore's, a rotation's: their new blobs are in no upload's `unsettled`): the next
+    /// [`Filesystem::settle_index`] reopens the index even with `unsettled` empty, so that
+    /// gc and fsck see such a commit if redb recovers it.
+    commit_failed: std::sync::atomic::AtomicBool,
     lookups: std::sync::Mutex<LookupCache>,
     seals: std::sync::Mutex<SealCounts>,
     /// Held by a batch that stores the seal counts, from taking them to its commit.
@@ -460,6 +465,7 @@ impl Filesystem {
             gc_or_restore: tokio::sync::Mutex::new(()),
             uploads: Arc::default(),
             unsettled: std::sync::Mutex::default(),
+            commit_failed: Default::default(),
             lookups: std::sync::Mutex::new(LookupCache::default()),
             seals: std::sync::Mutex::new(SealCounts::default()),
             seal_store: tokio::sync::Mutex::new(()),
@@ -505,6 +511,13 @@ impl Filesystem {
                 .collect(),
         };
         let committed = self.commit_counted(batch).await;
+        if committed.is_err() {
+            // Set before the caller drops the uploads of the batch (their blobs leave the
+            // running ones): gc, which copies those first and settles after, sees one or
+            // the other.
+            self.commit_failed
+                .store(true, std::sync::atomic::Ordering::SeqCst);
+        }
         // The lookups remembered are stale now (the index's count moved on): dropped at once,
         // not at the next lookup, which on a quiet filesystem may never come (they hold
         // decrypted paths and records).
@@ -1812,8 +1825,10 @@ impl Filesystem {
         // A candidate is an orphan if it is still there after the scan: the content of a
         // version replaced or deleted between the listing and the snapshot was on its way
         // out (a replaced inline content goes with the batch that replaces it, a blob right
-        // after its commit).
-        for id in orphan_blobs {
+        // after its commit). One whose removal a running backup defers is on its way out
+        // too (removed when the backup ends), not an orphan.
+        let deferred: HashSet<ContentId> = self.removals_deferred();
+        for id in orphan_blobs.into_iter().filter(|id| !deferred.contains(id)) {
             match self.blobs.open(&id).await {
                 Err(CoreError::NotFound) => {}
                 _ => rep.orphan_blobs.push(hex::encode(id)),
@@ -1852,12 +1867,22 @@ impl Filesystem {
     /// database (redb then recovers a commit it had written), and once it has committed
     /// those blobs are settled: the index says whether a record names them. Returns the
     /// blobs of failures since, still unsettled. (gc removed the blob of such a commit,
-    /// whose record redb recovered at the next write: a file naming a deleted blob.)
+    /// whose record redb recovered at the next write: a file naming a deleted blob.) Any
+    /// failed commit since the last settling is settled too ([`Filesystem::commit_failed`]).
     async fn settle_index(&self) -> Result<HashSet<ContentId>> {
         let unsettled = || self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
         let before = unsettled().clone();
-        if !before.is_empty() {
-            self.index.commit(Batch::default()).await?;
+        let failed = self
+            .commit_failed
+            .swap(false, std::sync::atomic::Ordering::SeqCst);
+        if failed || !before.is_empty() {
+            if let Err(e) = self.index.commit(Batch::default()).await {
+                if failed {
+                    self.commit_failed
+                        .store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                return Err(e);
+            }
             unsettled().retain(|id| !before.contains(id));
         }
         Ok(unsettled().clone())
