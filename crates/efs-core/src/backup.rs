@@ -723,7 +723,14 @@ async fn write_backup(
                     }
                 }
                 SnapshotItem::Entry(k, v) => {
-                    let rec = fs.open_rec(&kr, k, v)?;
+                    // Named, so that fsck's report and the operator can find it.
+                    let rec = fs.open_rec(&kr, k, v).map_err(|e| {
+                        CoreError::Invalid(format!(
+                            "entry {} of the index does not open ({e}): not backed up \
+                             (efsctl fsck reports it)",
+                            hex::encode(k)
+                        ))
+                    })?;
                     if rec.kind == Kind::File {
                         summary.files += 1;
                         summary.bytes += rec.size;
@@ -755,7 +762,12 @@ async fn write_backup(
             crate::blob::create_dir_all_synced(shard)?;
             shards.insert(shard.to_path_buf());
         }
-        let src = fs.blobs.open(&id).await?;
+        let src = fs.blobs.open(&id).await.map_err(|e| {
+            CoreError::Invalid(format!(
+                "blob {name}, named by the index, cannot be read ({e}): not backed up \
+                 (efsctl fsck reports it)"
+            ))
+        })?;
         let mut out = HashedFile::create(&path)?;
         let mut off = 0u64;
         while off < src.len() {
@@ -1446,7 +1458,9 @@ pub(crate) mod restore_tests {
             .expect("a blob file");
         std::fs::remove_file(&lost).unwrap();
         let dest = tmp.path().join("new");
-        backup(&fs, &dest, None).await.unwrap_err();
+        let err = backup(&fs, &dest, None).await.unwrap_err().to_string();
+        let name = lost.file_name().unwrap().to_str().unwrap();
+        assert!(err.contains(&format!("blob {name}")), "{err}");
         assert!(!dest.exists(), "the unfinished backup stayed");
         let given = tmp.path().join("given");
         std::fs::create_dir(&given).unwrap();
@@ -1455,6 +1469,23 @@ pub(crate) mod restore_tests {
         backup(&fs, &given, None).await.unwrap_err();
         assert!(given.is_dir(), "the directory given is kept");
         assert_eq!(std::fs::read_dir(&given).unwrap().count(), 0);
+    }
+
+    /// A record that does not open stops the backup, which names it (it said "decryption
+    /// failed", naming nothing).
+    #[tokio::test]
+    async fn a_backup_names_the_record_that_does_not_open() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (fs, _) = new_fs(&tmp.path().join("fs"), None);
+        put(&fs, "/a", b"a").await;
+        let key = crate::fs::rotation::tests::damage(&fs, "/a").await;
+        let dest = tmp.path().join("new");
+        let err = backup(&fs, &dest, None).await.unwrap_err().to_string();
+        assert!(
+            err.contains(&format!("entry {}", hex::encode(key))),
+            "{err}"
+        );
+        assert!(!dest.exists());
     }
 
     fn walk_files(dir: &Path) -> Vec<PathBuf> {

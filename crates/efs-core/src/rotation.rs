@@ -470,7 +470,8 @@ pub(crate) mod tests {
     }
 
     /// Flips the last byte of `path`'s sealed record in the index; returns its key.
-    async fn damage(fs: &Filesystem, path: &str) -> EntryKey {
+    /// (Also used by other modules' unit tests.)
+    pub(crate) async fn damage(fs: &Filesystem, path: &str) -> EntryKey {
         let kr = fs.keyring();
         let r = fs
             .resolve(&kr, &EfsPath::parse(path).unwrap(), false)
