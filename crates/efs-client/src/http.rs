@@ -381,12 +381,21 @@ mod tests {
 
     #[tokio::test]
     async fn json_answers_are_read_up_to_their_limit() {
+        // With a length (a body of known size), or streamed in chunks of 3 bytes with no
+        // size known ahead, as a chunked answer arrives: refused as the chunks come.
         let answer = |body: Vec<u8>, with_length: bool| {
-            let mut r = ::http::Response::builder().status(200);
+            let r = ::http::Response::builder().status(200);
             if with_length {
-                r = r.header("content-length", body.len());
+                let len = body.len();
+                reqwest::Response::from(r.header("content-length", len).body(body).unwrap())
+            } else {
+                let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                    body.chunks(3).map(|c| Ok(c.to_vec())).collect();
+                let stream = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+                let r = reqwest::Response::from(r.body(stream).unwrap());
+                assert_eq!(r.content_length(), None, "no size known ahead");
+                r
             }
-            reqwest::Response::from(r.body(body).unwrap())
         };
         let small = br#"{"a":1}"#.to_vec();
         for with_length in [true, false] {

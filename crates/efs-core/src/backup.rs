@@ -69,6 +69,8 @@ pub(crate) struct Pins {
     deferred: Vec<ContentId>,
     /// Background tasks removing the blobs deferred by backups that have ended.
     removing: usize,
+    /// The blobs those tasks are removing (fsck does not take them for orphans either).
+    being_removed: std::collections::HashSet<ContentId>,
     /// Restores running into this filesystem ([`Filesystem::restore_into`]).
     restores: usize,
     /// Restores started so far: gc compares it before and after its scan.
@@ -133,10 +135,11 @@ impl Filesystem {
         Ok(Pin { fs: self.clone() })
     }
 
-    /// The blobs whose removal running backups defer (fsck does not report them).
+    /// The blobs whose removal running backups defer, or that are being removed now that
+    /// they ended (fsck does not report them).
     pub(super) fn removals_deferred(&self) -> std::collections::HashSet<ContentId> {
         let p = self.pins.lock().expect("pins lock poisoned");
-        p.deferred.iter().copied().collect()
+        p.deferred.iter().chain(&p.being_removed).copied().collect()
     }
 
     /// Defers blob removals until the pin is dropped (tests: a backup held open).
@@ -431,15 +434,22 @@ impl Drop for Pin {
             }
             // Counted until done: a restore into this filesystem waits for it.
             p.removing += 1;
-            std::mem::take(&mut p.deferred)
+            let ids = std::mem::take(&mut p.deferred);
+            p.being_removed.extend(ids.iter().copied());
+            ids
         };
         let fs = self.fs.clone();
         let remove = async move {
             let blobs: Arc<dyn BlobStore> = fs.blobs.clone();
-            for id in deferred {
-                if let Err(e) = blobs.delete(&id).await {
+            for id in &deferred {
+                if let Err(e) = blobs.delete(id).await {
                     tracing::warn!(error = %e, "could not remove a replaced blob; gc will");
                 }
+                fs.pins
+                    .lock()
+                    .expect("pins lock poisoned")
+                    .being_removed
+                    .remove(id);
             }
             fs.pins.lock().expect("pins lock poisoned").removing -= 1;
         };
@@ -450,7 +460,9 @@ impl Drop for Pin {
             // No runtime (cannot happen: backups run in one): gc removes the orphans.
             Err(_) => {
                 drop(remove);
-                self.fs.pins.lock().expect("pins lock poisoned").removing -= 1;
+                let mut p = self.fs.pins.lock().expect("pins lock poisoned");
+                p.removing -= 1;
+                p.being_removed.clear();
             }
         }
     }
@@ -652,8 +664,20 @@ pub async fn backup(
     // blob the snapshot does not name (its commit came first).
     let _pin = fs.pin_for_backup()?;
     let created = !dest.exists();
-    prepare_dest(dest)?;
-    let written = write_backup(fs, dest, keys).await;
+    // The dump, created exclusively (`create_new`), claims DEST: a second backup started
+    // into the same DEST fails here and removes nothing but the empty DEST it may have made.
+    let dump = prepare_dest(dest).and_then(|()| HashedFile::create(&dest.join("index.dump")));
+    let dump = match dump {
+        Ok(d) => d,
+        Err(e) => {
+            if created {
+                // Only if empty: another backup may have claimed it meanwhile.
+                let _ = std::fs::remove_dir(dest);
+            }
+            return Err(e);
+        }
+    };
+    let written = write_backup(fs, dest, keys, dump).await;
     if written.is_err() {
         remove_unfinished(dest, created);
     }
@@ -687,12 +711,12 @@ async fn write_backup(
     fs: &Arc<Filesystem>,
     dest: &Path,
     keys: Option<&[u8]>,
+    mut dump: HashedFile,
 ) -> Result<BackupReport> {
     // Taken before the snapshot: a rotation persists its keyring before it swaps the one
     // in memory, so this keyring's current term is in the snapshot's keyring too (and in
     // every later one: terms are never removed). It keys the manifest's MAC.
     let kr = fs.keyring();
-    let mut dump = HashedFile::create(&dest.join("index.dump"))?;
     let mut m = Manifest {
         format: FORMAT.into(),
         fs_id: hex::encode(fs.id),
@@ -762,17 +786,16 @@ async fn write_backup(
             crate::blob::create_dir_all_synced(shard)?;
             shards.insert(shard.to_path_buf());
         }
-        let src = fs.blobs.open(&id).await.map_err(|e| {
-            CoreError::Invalid(format!(
-                "blob {name}, named by the index, cannot be read ({e}): not backed up \
-                 (efsctl fsck reports it)"
-            ))
-        })?;
+        let src = fs.blobs.open(&id).await.map_err(|e| blob_error(&name, e))?;
         let mut out = HashedFile::create(&path)?;
         let mut off = 0u64;
         while off < src.len() {
             let n = (src.len() - off).min(COPY_CHUNK as u64) as usize;
-            out.write(&src.read_at(off, n).await?)?;
+            let chunk = src
+                .read_at(off, n)
+                .await
+                .map_err(|e| blob_error(&name, e))?;
+            out.write(&chunk)?;
             off += n as u64;
         }
         let (sha, n) = out.finish()?;
@@ -826,6 +849,20 @@ async fn write_backup(
         summary,
         stored_bytes: stored,
     })
+}
+
+/// A blob the backup could not read, named: an I/O error keeps its kind (it may pass, as a
+/// full table of open files does); a blob missing or damaged is what fsck reports.
+fn blob_error(name: &str, e: CoreError) -> CoreError {
+    match e {
+        CoreError::Io(io) => {
+            CoreError::Io(std::io::Error::new(io.kind(), format!("blob {name}: {io}")))
+        }
+        e => CoreError::Invalid(format!(
+            "blob {name}, named by the index, cannot be read ({e}): not backed up (efsctl fsck \
+             reports it)"
+        )),
+    }
 }
 
 fn prepare_dest(dest: &Path) -> Result<()> {
@@ -1519,7 +1556,12 @@ pub(crate) mod restore_tests {
         let rep = fs.fsck().await.unwrap();
         assert!(rep.is_clean(), "{rep:?}");
         drop(running);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while fs.pins.lock().unwrap().removing > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the deferred removals never ended"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         assert!(fs.fsck().await.unwrap().is_clean());
@@ -1667,7 +1709,12 @@ pub(crate) mod restore_tests {
             "{err}"
         );
         drop(running);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         while fs.pins.lock().unwrap().removing > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the deferred removals never ended"
+            );
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
         assert_eq!(

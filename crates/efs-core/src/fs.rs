@@ -346,11 +346,14 @@ pub struct Filesystem {
     /// reopens it for the next batch), while reads of the failed database do not show it
     /// yet. gc and fsck treat them as being written until [`Filesystem::settle_index`].
     unsettled: std::sync::Mutex<HashSet<ContentId>>,
-    /// Set when any commit through [`Filesystem::commit_batch`] failed (a re-encryption's,
-    /// a restore's, a rotation's: their new blobs are in no upload's `unsettled`): the next
-    /// [`Filesystem::settle_index`] reopens the index even with `unsettled` empty, so that
-    /// gc and fsck see such a commit if redb recovers it.
-    commit_failed: std::sync::atomic::AtomicBool,
+    /// Commits through [`Filesystem::commit_batch`] that failed so far (a re-encryption's, a
+    /// restore's, a rotation's: their new blobs are in no upload's `unsettled`), and how
+    /// many of them a [`Filesystem::settle_index`] has settled: while the two differ, a
+    /// settling reopens the index even with `unsettled` empty, so that gc and fsck see such
+    /// a commit if redb recovers it. (Counted, not a flag: a second settler that starts
+    /// while the first one's reopening is under way reopens too, rather than go on.)
+    commits_failed: std::sync::atomic::AtomicU64,
+    failures_settled: std::sync::atomic::AtomicU64,
     lookups: std::sync::Mutex<LookupCache>,
     seals: std::sync::Mutex<SealCounts>,
     /// Held by a batch that stores the seal counts, from taking them to its commit.
@@ -465,7 +468,8 @@ impl Filesystem {
             gc_or_restore: tokio::sync::Mutex::new(()),
             uploads: Arc::default(),
             unsettled: std::sync::Mutex::default(),
-            commit_failed: Default::default(),
+            commits_failed: Default::default(),
+            failures_settled: Default::default(),
             lookups: std::sync::Mutex::new(LookupCache::default()),
             seals: std::sync::Mutex::new(SealCounts::default()),
             seal_store: tokio::sync::Mutex::new(()),
@@ -512,11 +516,11 @@ impl Filesystem {
         };
         let committed = self.commit_counted(batch).await;
         if committed.is_err() {
-            // Set before the caller drops the uploads of the batch (their blobs leave the
-            // running ones): gc, which copies those first and settles after, sees one or
-            // the other.
-            self.commit_failed
-                .store(true, std::sync::atomic::Ordering::SeqCst);
+            // Counted before the caller drops the uploads of the batch (their blobs leave
+            // the running ones): gc, which copies those first and settles after, sees one
+            // or the other.
+            self.commits_failed
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         }
         // The lookups remembered are stale now (the index's count moved on): dropped at once,
         // not at the next lookup, which on a quiet filesystem may never come (they hold
@@ -1868,21 +1872,16 @@ impl Filesystem {
     /// those blobs are settled: the index says whether a record names them. Returns the
     /// blobs of failures since, still unsettled. (gc removed the blob of such a commit,
     /// whose record redb recovered at the next write: a file naming a deleted blob.) Any
-    /// failed commit since the last settling is settled too ([`Filesystem::commit_failed`]).
+    /// failed commit since the last settling is settled too ([`Filesystem::commits_failed`]).
     async fn settle_index(&self) -> Result<HashSet<ContentId>> {
         let unsettled = || self.unsettled.lock().unwrap_or_else(|e| e.into_inner());
+        use std::sync::atomic::Ordering::SeqCst;
         let before = unsettled().clone();
-        let failed = self
-            .commit_failed
-            .swap(false, std::sync::atomic::Ordering::SeqCst);
-        if failed || !before.is_empty() {
-            if let Err(e) = self.index.commit(Batch::default()).await {
-                if failed {
-                    self.commit_failed
-                        .store(true, std::sync::atomic::Ordering::SeqCst);
-                }
-                return Err(e);
-            }
+        let failures = self.commits_failed.load(SeqCst);
+        if failures != self.failures_settled.load(SeqCst) || !before.is_empty() {
+            self.index.commit(Batch::default()).await?;
+            // Only once the index has been reopened are those failures settled.
+            self.failures_settled.fetch_max(failures, SeqCst);
             unsettled().retain(|id| !before.contains(id));
         }
         Ok(unsettled().clone())

@@ -280,7 +280,10 @@ async fn metrics_text(State(st): St, req: Request) -> Response {
     let ok = presented
         .is_some_and(|d| bool::from(subtle::ConstantTimeEq::ct_eq(&d[..], &token_hash[..])));
     if !ok {
-        st.metrics_failures.record_failure(&ip, now);
+        // A request with no token guesses nothing: only wrong tokens count.
+        if presented.is_some() {
+            st.metrics_failures.record_failure(&ip, now);
+        }
         return ApiError::new(
             StatusCode::UNAUTHORIZED,
             efs_proto::codes::UNAUTHORIZED,

@@ -65,8 +65,9 @@ struct Args {
     idle_timeout: u64,
     /// Most connections open at once from one IPv4 address or IPv6 /64; a new one beyond
     /// is closed at once; also at most 64 login bodies read at once per address. 0: neither
-    /// limit (behind a TCP proxy, whose one address every client then has; the failed-login
-    /// limit and the 64 open challenges per address still apply to it).
+    /// limit (behind a TCP proxy, whose one address every client then has; the per-address
+    /// limits of failed logins, open challenges and wrong metrics tokens still apply to it:
+    /// docs/operations.md).
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_connections_per_address: usize,
     /// Decrypted cache size in bytes (0 turns it off, and with it the cache of path

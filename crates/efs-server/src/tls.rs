@@ -170,20 +170,11 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    // The key is parsed from a borrowed DER, then that DER is wiped (`with_single_cert` would
-    // take it by value and free it unwiped); the parsed key lives in aws-lc, which wipes what
-    // it frees.
-    let mismatch = "the TLS certificate and key do not match or are unsupported";
-    let mut key_der = material.key;
-    let signing = rustls::crypto::aws_lc_rs::sign::any_supported_type(&key_der);
-    zeroize::Zeroize::zeroize(&mut key_der);
-    let certified = rustls::sign::CertifiedKey::new(material.certs, signing.context(mismatch)?);
-    match certified.keys_match() {
-        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
-        Err(e) => return Err(anyhow::Error::new(e).context(mismatch)),
-    }
-    let mut cfg =
-        builder.with_cert_resolver(Arc::new(rustls::sign::SingleCertAndKey::from(certified)));
+    // rustls parses the key from a `Zeroizing` wrapper of the DER (`AwsLcRs::load_private_key`),
+    // so the DER handed over is wiped once parsed; aws-lc holds the parsed key.
+    let mut cfg = builder
+        .with_single_cert(material.certs, material.key)
+        .context("the TLS certificate and key do not match or are unsupported")?;
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
 }

@@ -1896,6 +1896,17 @@ async fn metrics_token_guesses_are_limited_per_address() {
             .unwrap();
         assert_eq!(r.status(), 200, "{scheme}");
     }
+    // Requests with no token are not guesses: they do not count.
+    for _ in 0..25 {
+        let r = s
+            .srv
+            .client
+            .get(s.srv.url("/_efs/metrics"))
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 401, "unauthorized").await;
+    }
     for i in 0..20 {
         let r = s
             .srv
