@@ -1525,6 +1525,18 @@ pub(crate) mod restore_tests {
         assert!(!dest.exists());
     }
 
+    /// Waits (30 s at most) until the removals deferred by ended backups are done.
+    async fn removals_ended(fs: &Filesystem) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while fs.pins.lock().unwrap().removing > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the deferred removals never ended"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+    }
+
     fn walk_files(dir: &Path) -> Vec<PathBuf> {
         let mut out = Vec::new();
         for e in std::fs::read_dir(dir).unwrap() {
@@ -1556,14 +1568,7 @@ pub(crate) mod restore_tests {
         let rep = fs.fsck().await.unwrap();
         assert!(rep.is_clean(), "{rep:?}");
         drop(running);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while fs.pins.lock().unwrap().removing > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the deferred removals never ended"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        removals_ended(&fs).await;
         assert!(fs.fsck().await.unwrap().is_clean());
         assert_eq!(read(&fs, "/big").await.unwrap(), [8u8; 6000]);
     }
@@ -1709,14 +1714,7 @@ pub(crate) mod restore_tests {
             "{err}"
         );
         drop(running);
-        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-        while fs.pins.lock().unwrap().removing > 0 {
-            assert!(
-                std::time::Instant::now() < deadline,
-                "the deferred removals never ended"
-            );
-            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
-        }
+        removals_ended(&fs).await;
         assert_eq!(
             fs.restore_into(&source, &fs.keyring()).await.unwrap(),
             (1, 1)
