@@ -642,14 +642,23 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             f.ensure_index_checked().await?;
             let rep = f.gc(grace_secs).await?;
             AdminResponse::ok(
-                vec![format!(
-                    "gc '{fs}': removed {} orphan blobs, {} orphan inline contents and {} stale partial writes; kept {} blobs younger than {grace_secs} s",
-                    rep.blobs_removed,
-                    rep.inline_removed,
-                    rep.partials_removed,
-                    rep.blobs_kept_young
-                )],
-                serde_json::json!({"blobs_removed": rep.blobs_removed, "inline_removed": rep.inline_removed, "partials_removed": rep.partials_removed, "blobs_kept_young": rep.blobs_kept_young}),
+                {
+                    let mut lines = vec![format!(
+                        "gc '{fs}': removed {} orphan blobs, {} orphan inline contents and {} stale partial writes; kept {} blobs younger than {grace_secs} s",
+                        rep.blobs_removed,
+                        rep.inline_removed,
+                        rep.partials_removed,
+                        rep.blobs_kept_young
+                    )];
+                    if rep.blobs_deferred > 0 {
+                        lines.push(format!(
+                            "{} more orphan blobs are removed when the backup of '{fs}' running now ends",
+                            rep.blobs_deferred
+                        ));
+                    }
+                    lines
+                },
+                serde_json::json!({"blobs_removed": rep.blobs_removed, "inline_removed": rep.inline_removed, "partials_removed": rep.partials_removed, "blobs_kept_young": rep.blobs_kept_young, "blobs_deferred": rep.blobs_deferred}),
             )
         }
         AdminRequest::RotateKey { fs, wait } => {

@@ -1573,6 +1573,34 @@ pub(crate) mod restore_tests {
         assert_eq!(read(&fs, "/big").await.unwrap(), [8u8; 6000]);
     }
 
+    /// Regression: gc during a backup reported the orphan blobs whose removal the backup
+    /// defers as removed (they were still on disk), and every gc deferred the same blob
+    /// again. Now they are counted apart, once, and removed when the backup ends.
+    #[tokio::test]
+    async fn gc_during_a_backup_counts_deferred_removals_apart() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (fs, _) = new_fs(&tmp.path().join("fs"), None);
+        put(&fs, "/big", &[7u8; 5000]).await;
+        let running = fs.pin();
+        // One removal deferred by a replace, one orphan found by gc itself.
+        put(&fs, "/big", &[8u8; 6000]).await;
+        let mut up = fs.begin_upload().await.unwrap();
+        up.write(&[9u8; 7000]).await.unwrap();
+        drop(up.finish().await.unwrap());
+        for _ in 0..2 {
+            let g = fs.gc(0).await.unwrap();
+            assert_eq!((g.blobs_removed, g.blobs_deferred), (0, 2), "{g:?}");
+            assert_eq!(fs.pins.lock().unwrap().deferred.len(), 2);
+            assert_eq!(fs.blobs.list().await.unwrap().len(), 3);
+        }
+        drop(running);
+        removals_ended(&fs).await;
+        let g = fs.gc(0).await.unwrap();
+        assert_eq!((g.blobs_removed, g.blobs_deferred), (0, 0), "{g:?}");
+        assert_eq!(fs.blobs.list().await.unwrap().len(), 1);
+        assert_eq!(read(&fs, "/big").await.unwrap(), [8u8; 6000]);
+    }
+
     /// Regression: a backup taken while a restore into the same filesystem ran was allowed,
     /// and reported complete with the restore half done. Now refused (and no destination
     /// is created), until the restore ends.

@@ -288,6 +288,10 @@ pub struct GcReport {
     /// Partial blob writes (temporary files left by a crash) older than the grace period,
     /// removed.
     pub partials_removed: u64,
+    /// Orphan blobs a running backup may still copy: removed once the last backup of the
+    /// filesystem ends (also those an earlier gc or a replace left waiting), not counted in
+    /// `blobs_removed`.
+    pub blobs_deferred: u64,
 }
 
 /// Whether a filesystem's index may be used (see [`Filesystem::hold_until_index_checked`]).
@@ -1338,13 +1342,14 @@ impl Filesystem {
         }
     }
 
-    /// Removes a blob, or defers its removal while a backup may still copy it.
-    async fn remove_blob(&self, id: &ContentId) -> Result<()> {
+    /// Removes a blob (true), or defers its removal while a backup may still copy it
+    /// (false).
+    async fn remove_blob(&self, id: &ContentId) -> Result<bool> {
         self.content_removed(id);
         if self.pins.lock().expect("pins lock poisoned").defer(id) {
-            return Ok(());
+            return Ok(false);
         }
-        self.blobs.delete(id).await
+        self.blobs.delete(id).await.map(|()| true)
     }
 
     /// Creates directory `path` (and its parents). Existing directory: returned as is.
@@ -1950,6 +1955,8 @@ impl Filesystem {
         // deleted inline contents committed between the scan and the listing.)
         let (blobs, writing, inline) = self.orphan_candidates().await?;
         let rep = self.fsck_refs().await?;
+        // Removals a backup defers, or that the end of one is making now: not again.
+        let deferred = self.removals_deferred();
         // A restore that started after the first check may have copied content that the
         // listings above hold and the scan does not name yet.
         if self.restore_state() != before {
@@ -1964,9 +1971,14 @@ impl Filesystem {
         };
         for (id, age) in blobs {
             if !rep.0.contains(&id) && !writing.contains(&id) {
-                if age >= grace_secs {
-                    self.remove_blob(&id).await?;
-                    out.blobs_removed += 1;
+                if deferred.contains(&id) {
+                    out.blobs_deferred += 1;
+                } else if age >= grace_secs {
+                    if self.remove_blob(&id).await? {
+                        out.blobs_removed += 1;
+                    } else {
+                        out.blobs_deferred += 1;
+                    }
                 } else {
                     out.blobs_kept_young += 1;
                 }
