@@ -1007,7 +1007,27 @@ fn set_etag(h: &mut HeaderMap, e: &efs_core::Entry) {
     }
 }
 
+/// An HTTP-date header as seconds since the epoch; `None` when absent or not a date.
+fn header_date(h: &HeaderMap, name: header::HeaderName) -> Option<u64> {
+    let v = h.get(name)?.to_str().ok()?;
+    let t = httpdate::parse_http_date(v).ok()?;
+    t.duration_since(std::time::UNIX_EPOCH)
+        .ok()
+        .map(|d| d.as_secs())
+}
+
+/// An entry's modification time as `Last-Modified` gives it (whole seconds).
+fn modified_secs(e: &efs_core::Entry) -> u64 {
+    (e.modified_ms.max(0) as u64) / 1000
+}
+
 fn write_precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
+    // Dates are a second coarse and clocks differ: a write is conditioned on the version.
+    if h.contains_key(header::IF_UNMODIFIED_SINCE) && !h.contains_key(header::IF_MATCH) {
+        return Err(ApiError::bad_request(
+            "If-Unmodified-Since is not supported on writes: use If-Match with the ETag",
+        ));
+    }
     if let Some(v) = h.get(header::IF_MATCH) {
         let v = v
             .to_str()
@@ -1169,21 +1189,35 @@ async fn read_version(
     {
         return Err(efs_core::CoreError::Precondition.into());
     }
-    if let Some(v) = h.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        let hit = match parse_etags(v, EtagCompare::Weak) {
-            None => true,
-            Some(tags) => tags.contains(&entry.version),
-        };
-        if hit {
-            // With the headers a 200 would carry about caching (RFC 9110 §15.4.5).
-            let mut r = StatusCode::NOT_MODIFIED.into_response();
-            set_etag(r.headers_mut(), entry);
-            r.headers_mut().insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("private, no-store"),
-            );
-            return Ok(Some(r));
-        }
+    // RFC 9110 §13.2.2's order: If-Match, else If-Unmodified-Since; If-None-Match, else
+    // If-Modified-Since. Dates compare at Last-Modified's resolution (whole seconds); one
+    // that does not parse is ignored, as the RFC says.
+    if !h.contains_key(header::IF_MATCH)
+        && let Some(since) = header_date(h, header::IF_UNMODIFIED_SINCE)
+        && modified_secs(entry) > since
+    {
+        return Err(efs_core::CoreError::Precondition.into());
+    }
+    let not_modified = match h.get(header::IF_NONE_MATCH) {
+        Some(v) => v
+            .to_str()
+            .ok()
+            .is_some_and(|v| match parse_etags(v, EtagCompare::Weak) {
+                None => true,
+                Some(tags) => tags.contains(&entry.version),
+            }),
+        None => header_date(h, header::IF_MODIFIED_SINCE)
+            .is_some_and(|since| modified_secs(entry) <= since),
+    };
+    if not_modified {
+        // With the headers a 200 would carry about caching (RFC 9110 §15.4.5).
+        let mut r = StatusCode::NOT_MODIFIED.into_response();
+        set_etag(r.headers_mut(), entry);
+        r.headers_mut().insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("private, no-store"),
+        );
+        return Ok(Some(r));
     }
     let len = entry.size;
     let range = if if_range_allows(h, &entry.version) {

@@ -1208,6 +1208,63 @@ async fn overwrite_etags_and_conditional_requests() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let modified = header(&r, "last-modified").unwrap();
+    let at = httpdate::parse_http_date(&modified).unwrap();
+    let date = |t: std::time::SystemTime| httpdate::fmt_http_date(t);
+    let (before, after) = (
+        date(at - std::time::Duration::from_secs(1)),
+        date(at + std::time::Duration::from_secs(1)),
+    );
+    // Dates (RFC 9110 §13.1.3, §13.1.4): If-Modified-Since gives 304 unless the file
+    // changed after the date (Last-Modified's own value included); If-Unmodified-Since
+    // gives 412 when it did. A date that does not parse is ignored.
+    for (name, value, status) in [
+        ("if-modified-since", &modified, 304),
+        ("if-modified-since", &after, 304),
+        ("if-modified-since", &before, 200),
+        ("if-modified-since", &"yesterday".to_string(), 200),
+        ("if-unmodified-since", &modified, 200),
+        ("if-unmodified-since", &before, 412),
+        ("if-unmodified-since", &"yesterday".to_string(), 200),
+    ] {
+        let r = srv
+            .req("GET", "/c.txt", &s.token)
+            .header(name, value)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{name}: {value} (modified {modified})");
+        if status == 304 {
+            assert_eq!(header(&r, "etag").as_deref(), Some(e5.as_str()));
+        }
+    }
+    // If-None-Match decides over If-Modified-Since, If-Match over If-Unmodified-Since.
+    let r = srv
+        .req("GET", "/c.txt", &s.token)
+        .header("if-none-match", &e4)
+        .header("if-modified-since", &after)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = srv
+        .req("GET", "/c.txt", &s.token)
+        .header("if-match", &e5)
+        .header("if-unmodified-since", &before)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // On writes a date is refused, not ignored: the version is the condition.
+    let r = srv
+        .req("PUT", "/c.txt", &s.token)
+        .header("if-unmodified-since", &after)
+        .body("six")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "bad_request").await;
+    assert_eq!(srv.get_ok("/c.txt", &s.token).await, b"five");
 
     // Conditional DELETE.
     let r = srv
