@@ -56,6 +56,9 @@ pub struct HttpConfig {
     /// `--max-connections-per-address`: most connections open at once from one IPv4 address
     /// or IPv6 /64 (0: no limit); beyond, a new one is closed at once.
     pub max_conns_per_address: usize,
+    /// `--max-connections`: most connections open at once (further ones wait to be
+    /// accepted), lowered at start to what the open-files limit allows.
+    pub max_connections: usize,
 }
 
 /// Everything a handler needs.

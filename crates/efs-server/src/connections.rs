@@ -13,11 +13,28 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 /// Which clients share a limit: one IPv4 address, or one IPv6 /64 (what a single host or
-/// customer is usually given; it can pick any address in it).
+/// customer is usually given; it can pick any address in it); and, for IPv6, the /48 around
+/// it (a site, which holds 65,536 /64s: one per address would let it take every slot).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum AddressKey {
     V4([u8; 4]),
     V6Prefix([u8; 8]),
+    V6Site([u8; 6]),
+}
+
+/// How many times the per-address limit one IPv6 /48 may hold in all.
+pub const SITE_FACTOR: usize = 4;
+
+/// The /48 of an IPv6 /64 key.
+fn site_of(key: AddressKey) -> Option<AddressKey> {
+    match key {
+        AddressKey::V6Prefix(p) => {
+            let mut s = [0u8; 6];
+            s.copy_from_slice(&p[..6]);
+            Some(AddressKey::V6Site(s))
+        }
+        _ => None,
+    }
 }
 
 fn key_of(ip: IpAddr) -> AddressKey {
@@ -51,18 +68,25 @@ impl PerAddress {
     }
 
     /// A slot for a new connection from `ip`, given back when dropped; `None` if that
-    /// address already has `max` open.
+    /// address already has `max` open, or its IPv6 /48 `max` × [`SITE_FACTOR`].
     pub fn try_take(self: &Arc<Self>, ip: IpAddr) -> Option<AddressSlot> {
         if self.max == 0 {
             return Some(AddressSlot { owner: None });
         }
         let key = key_of(ip);
+        let site = site_of(key);
         let mut open = self.open.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(key).or_insert(0);
-        if *n >= self.max {
+        if open.get(&key).is_some_and(|n| *n >= self.max)
+            || site.is_some_and(|s| {
+                open.get(&s)
+                    .is_some_and(|n| *n >= self.max.saturating_mul(SITE_FACTOR))
+            })
+        {
             return None;
         }
-        *n += 1;
+        for k in std::iter::once(key).chain(site) {
+            *open.entry(k).or_insert(0) += 1;
+        }
         Some(AddressSlot {
             owner: Some((self.clone(), key)),
         })
@@ -85,10 +109,12 @@ impl Drop for AddressSlot {
     fn drop(&mut self) {
         if let Some((owner, key)) = self.owner.take() {
             let mut open = owner.open.lock().unwrap_or_else(|e| e.into_inner());
-            if let Some(n) = open.get_mut(&key) {
-                *n -= 1;
-                if *n == 0 {
-                    open.remove(&key);
+            for k in std::iter::once(key).chain(site_of(key)) {
+                if let Some(n) = open.get_mut(&k) {
+                    *n -= 1;
+                    if *n == 0 {
+                        open.remove(&k);
+                    }
                 }
             }
         }
@@ -255,6 +281,35 @@ mod tests {
                 .is_none()
         );
         assert!(pa.try_take("2001:db8:1:3::1".parse().unwrap()).is_some());
+    }
+
+    /// Regression: each /64 had its own limit, so one /48 (65,536 /64s) could take every
+    /// connection slot of the server. A /48 holds [`SITE_FACTOR`] times the limit in all.
+    #[test]
+    fn ipv6_sites_share_a_limit_per_48() {
+        let pa = Arc::new(PerAddress::new(2));
+        let in_site = |i: u16| -> IpAddr { format!("2001:db8:1:{i:x}::1").parse().unwrap() };
+        let mut held: Vec<_> = (0..4)
+            .flat_map(|i| [pa.try_take(in_site(i)), pa.try_take(in_site(i))])
+            .map(|s| s.expect("within both limits"))
+            .collect();
+        assert_eq!(held.len(), 2 * SITE_FACTOR);
+        assert!(pa.try_take(in_site(9)).is_none(), "a ninth from the /48");
+        assert!(
+            pa.try_take("2001:db8:2::1".parse().unwrap()).is_some(),
+            "another /48 has its own count"
+        );
+        assert!(pa.try_take("192.0.2.1".parse().unwrap()).is_some());
+        held.pop();
+        let again = pa
+            .try_take(in_site(9))
+            .expect("a slot given back frees the /48's too");
+        drop(held);
+        drop(again);
+        assert!(
+            pa.open.lock().unwrap().is_empty(),
+            "counts at zero are removed"
+        );
     }
 
     #[test]

@@ -64,6 +64,27 @@ pub fn forbid_core_dumps() {
     }
 }
 
+/// Raises this process's soft limit of open files to its hard limit (a systemd service or a
+/// container often starts with 1,024, which a few hundred connections use up; out of file
+/// descriptors, the audit log cannot be written and every request is refused). Returns
+/// the soft limit now in force, or `None` when it cannot be read (unlimited included).
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let lim = getrlimit(Resource::Nofile);
+    if let (Some(cur), Some(max)) = (lim.current, lim.maximum)
+        && cur < max
+    {
+        let raised = Rlimit {
+            current: Some(max),
+            maximum: Some(max),
+        };
+        if let Err(e) = setrlimit(Resource::Nofile, raised) {
+            eprintln!("warning: cannot raise the open-files limit from {cur} to {max}: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
 /// Logs to stderr at the level `EFS_LOG` names (`warn` by default), for efs-server and
 /// efsctl alike (without a server, efsctl opens the data dir itself: the core's warnings —
 /// an index repaired after a kill, a damaged entry a rotation skips — are its too).

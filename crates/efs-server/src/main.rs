@@ -60,11 +60,17 @@ struct Args {
     /// Close a connection that has handled no request and sent no part of an answer for
     /// this many seconds, as nginx's keepalive_timeout and send_timeout do (an answer the
     /// client is still reading finishes first; one it stopped reading does not hold the
-    /// connection).
+    /// connection). An HTTP/1.1 connection waiting for its next request is closed after
+    /// 30 s already (the header timeout).
     #[arg(long, default_value_t = 120, value_name = "SECS")]
     idle_timeout: u64,
-    /// Most connections open at once from one IPv4 address or IPv6 /64; a new one beyond
-    /// is closed at once; also at most 64 login bodies read at once per address. 0: neither
+    /// Most connections open at once; further ones wait to be accepted. Lowered at start to
+    /// what the open-files limit allows (its hard limit, to which the server raises it,
+    /// less 256, halved), with a warning.
+    #[arg(long, default_value_t = 10_000, value_name = "N")]
+    max_connections: usize,
+    /// Most connections open at once from one IPv4 address or IPv6 /64 (and four times it
+    /// from one IPv6 /48); a new one beyond is closed at once; also at most 64 login bodies read at once per address. 0: neither
     /// limit (behind a TCP proxy, whose one address every client then has; the per-address
     /// limits of failed logins, open challenges and wrong metrics tokens still apply to it:
     /// docs/operations.md).
@@ -123,6 +129,16 @@ fn main() -> std::process::ExitCode {
     efs_server::install_crypto_provider();
     efs_server::init_logging();
     let a = Args::parse();
+    let mut max_connections = a.max_connections.max(1);
+    if let Some(nofile) = efs_server::raise_open_files_limit() {
+        let room = efs_server::server::connections_for_open_files(nofile);
+        if room < max_connections {
+            eprintln!(
+                "warning: the open-files limit ({nofile}) leaves room for {room} connections, not {max_connections}: at most {room} are served at once (raise it: systemd's LimitNOFILE, docker run --ulimit nofile=...)"
+            );
+            max_connections = room;
+        }
+    }
     let metrics_token = match a
         .metrics_token_file
         .as_deref()
@@ -147,6 +163,7 @@ fn main() -> std::process::ExitCode {
             body_idle: Duration::from_secs(a.body_timeout.max(1)),
             conn_idle: Duration::from_secs(a.idle_timeout.max(1)),
             max_conns_per_address: a.max_connections_per_address,
+            max_connections,
         },
         cache: CacheConfig {
             capacity: a.cache_size,
@@ -165,11 +182,16 @@ fn main() -> std::process::ExitCode {
         .enable_all()
         .build()
         .expect("the tokio runtime builds");
-    match rt.block_on(run(cfg)) {
+    let code = match rt.block_on(run(cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("efs-server: error: {e:#}");
             std::process::ExitCode::from(1)
         }
-    }
+    };
+    // Past the shutdown timeout and its 10 s for changes begun, the audit log is closed:
+    // an admin command still running on the blocking pool (a backup, a gc) would go on
+    // unrecorded, and dropping the runtime would wait for it without end.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    code
 }

@@ -23,8 +23,17 @@ use crate::auth::{AuthConfig, Authenticator};
 use crate::cache::{CacheConfig, ContentCache};
 use crate::users::UserCache;
 
-/// Most concurrent connections (each holds a task and its buffers).
-const MAX_CONNECTIONS: usize = 10_000;
+/// File descriptors kept for what is not a connection: the indexes, the audit log, the
+/// admin socket and its clients, blob files of admin commands.
+const RESERVED_FDS: u64 = 256;
+
+/// How many connections the open-files limit leaves room for: a connection holds its
+/// socket, and often a blob file (a download, an upload past the inline size).
+pub fn connections_for_open_files(nofile: u64) -> usize {
+    usize::try_from(nofile.saturating_sub(RESERVED_FDS) / 2)
+        .unwrap_or(usize::MAX)
+        .max(1)
+}
 
 /// Pause after a failed `accept` (the HTTP and the admin listener) before trying again: the
 /// usual cause, running out of file descriptors (EMFILE), persists for a while, and an
@@ -395,6 +404,9 @@ async fn serve(
         .initial_connection_window_size(8 << 20)
         .max_frame_size(256 << 10)
         .max_send_buf_size(1 << 20)
+        // Request headers up to 64 KiB, as over HTTP/1.1 (hyper's HTTP/2 default is 16 KiB:
+        // a long path and its Destination were 431 there only).
+        .max_header_list_size(64 << 10)
         // An HTTP/2 peer that stops answering pings is dropped (HTTP/1 has the header timeout).
         .timer(TokioTimer::new())
         .keep_alive_interval(Duration::from_secs(30))
@@ -403,12 +415,14 @@ async fn serve(
     tokio::pin!(signal);
     // At most this many connections at once: beyond, accepting waits for one to end. At
     // shutdown, holding every permit again means every connection has ended.
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
+    let max_connections = http.max_connections.max(1);
+    let slots = Arc::new(tokio::sync::Semaphore::new(max_connections));
     let per_address = Arc::new(crate::connections::PerAddress::new(
         http.max_conns_per_address,
     ));
     let idle = http.conn_idle;
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let mut accept_warned: Option<std::time::Instant> = None;
     loop {
         // With every slot taken, a shutdown signal must still be seen.
         let permit = tokio::select! {
@@ -422,7 +436,13 @@ async fn serve(
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
+                    // Once a minute at most: out of file descriptors, this repeats 20
+                    // times a second.
+                    if accept_warned.is_none_or(|t: std::time::Instant| t.elapsed() >= Duration::from_secs(60)) {
+                        tracing::warn!(error = %e, "accept failed (said at most once a minute)");
+                        accept_warned = Some(std::time::Instant::now());
+                    }
+                    metrics::counter!("efs_accept_failures_total").increment(1);
                     tokio::time::sleep(ACCEPT_RETRY_DELAY).await;
                     continue;
                 }
@@ -542,7 +562,7 @@ async fn serve(
     // Every connection has ended once every slot is free again; the writes whose clients
     // hung up run on in their own tasks, and their audit entries must be written before the
     // log closes.
-    let all = u32::try_from(MAX_CONNECTIONS).unwrap_or(u32::MAX);
+    let all = u32::try_from(max_connections).unwrap_or(u32::MAX);
     detached.close();
     tokio::select! {
         _ = async { let _ = slots.acquire_many(all).await; detached.wait().await } => {},

@@ -2322,6 +2322,44 @@ async fn head_answers_carry_no_body_over_http2_and_http1() {
     }
 }
 
+/// Regression: request headers could be 64 KiB over HTTP/1.1 but only 16 KiB over HTTP/2
+/// (hyper's default there): a long path with its `Destination` was served over one and 431
+/// over the other. Both take 64 KiB now, and refuse more.
+#[tokio::test]
+async fn request_headers_have_one_limit_over_http2_and_http1() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    srv.put_ok("/a.txt", &s.token, "a").await;
+    let cert = reqwest::Certificate::from_pem(&srv.cert_pem).unwrap();
+    let http1 = reqwest::Client::builder()
+        .tls_certs_only([cert])
+        .no_proxy()
+        .http1_only()
+        .build()
+        .unwrap();
+    for (pad, fits) in [(40 << 10, true), (100 << 10, false)] {
+        let filler = "x".repeat(pad);
+        let h2 = srv
+            .req("GET", "/a.txt", &s.token)
+            .header("x-filler", &filler);
+        let h1 = http1
+            .get(srv.url("/a.txt"))
+            .bearer_auth(&s.token)
+            .header("x-filler", &filler);
+        for (proto, req) in [("HTTP/2", h2), ("HTTP/1.1", h1)] {
+            match req.send().await {
+                Ok(r) if fits => {
+                    assert_eq!(r.status(), 200, "{proto}, {pad} bytes of headers");
+                    assert_eq!(r.bytes().await.unwrap(), "a");
+                }
+                Ok(r) => assert_eq!(r.status(), 431, "{proto}, {pad} bytes of headers"),
+                // Refused by closing the connection or resetting the stream: also a no.
+                Err(e) => assert!(!fits, "{proto}, {pad} bytes of headers: {e}"),
+            }
+        }
+    }
+}
+
 /// An upload its precondition or a directory at its path refuses is refused before its
 /// body is read: a 100 MiB PUT announced with `If-None-Match: *` onto an existing file (or
 /// onto a directory) was received, encrypted and written before the 412 (409). Here no body

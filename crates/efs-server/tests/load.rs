@@ -725,3 +725,64 @@ async fn raw_exchange(srv: &TestServer, req: Vec<u8>) -> Vec<u8> {
     let (_w, buf) = tokio::join!(writer, reader);
     buf
 }
+
+/// Regression: the server kept its open-files limit as started (often 1,024 under systemd
+/// or a container) and accepted up to 10,000 connections: a few hundred idle ones used up
+/// the descriptors, the audit log could not update its anchor, and every request was
+/// refused (503) until they went away. It now raises the limit to the hard one, and serves
+/// only as many connections as the limit leaves room for (with a warning); the others wait
+/// in the kernel's queue while the ones open go on working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_open_files_limit_bounds_the_connections_served() {
+    use common::PRLIMIT;
+    // A soft limit below the hard one is raised.
+    let limit = format!("{PRLIMIT}--nofile=300:4096");
+    let srv = TestServer::start(&[limit.as_str()]);
+    let limits = std::fs::read_to_string(format!("/proc/{}/limits", srv.pid().unwrap())).unwrap();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap();
+    assert_eq!(
+        line.split_whitespace().collect::<Vec<_>>()[3..5],
+        ["4096", "4096"],
+        "{line}"
+    );
+    drop(srv);
+
+    // A hard limit of 300 leaves room for (300 - 256) / 2 = 22 connections.
+    let limit = format!("{PRLIMIT}--nofile=300:300");
+    // (No per-address limit: the 400 come from one address.)
+    let s = session(&[limit.as_str(), "--max-connections-per-address", "0"]).await;
+    let srv = &s.srv;
+    assert!(
+        srv.stderr()
+            .contains("leaves room for 22 connections, not 10000"),
+        "{}",
+        srv.stderr()
+    );
+    // One working connection (the harness's client keeps it), then 400 others that send
+    // nothing: without the bound they took every descriptor.
+    srv.put_ok("/files/before.txt", &s.token, "before").await;
+    let mut idle = Vec::new();
+    for _ in 0..400 {
+        idle.push(tokio::net::TcpStream::connect(srv.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Over the connection already open: a blob upload (a file of its own), reads, and the
+    // audit log's anchor (rewritten every 200 ms) all still work.
+    let big = pattern(300 << 10, 7);
+    for i in 0..5 {
+        srv.put_ok(&format!("/files/big{i}.bin"), &s.token, big.clone())
+            .await;
+        assert!(srv.get_ok(&format!("/files/big{i}.bin"), &s.token).await == big);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(srv.get_ok("/files/before.txt", &s.token).await, b"before");
+    assert!(
+        !srv.stderr().contains("audit log failed"),
+        "{}",
+        srv.stderr()
+    );
+    drop(idle);
+}

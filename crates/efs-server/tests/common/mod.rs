@@ -34,6 +34,11 @@ pub const METRICS_TOKEN: &str = "test-metrics-token-0123456789";
 /// An option of the harness, not of the server: start without `--metrics-token-file`.
 pub const NO_METRICS: &str = "--harness-no-metrics";
 
+/// An option of [`TestServer::start`] that runs the server under `prlimit` with the
+/// limits after it (`--harness-prlimit=--nofile=300:300`); `prlimit` execs the server, so
+/// the child's pid is the server's.
+pub const PRLIMIT: &str = "--harness-prlimit=";
+
 /// How long a server may take to print "Listening on" (debug build, 2 busy cores).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -99,12 +104,26 @@ impl TestServer {
     ) -> Result<TestServer, StartFailure> {
         efs_server::install_crypto_provider();
         let data = dir.path().join("d");
-        let mut cmd = Command::new(SERVER_BIN);
+        let limits: Vec<&str> = extra
+            .iter()
+            .filter_map(|a| a.strip_prefix(PRLIMIT))
+            .collect();
+        let mut cmd = if limits.is_empty() {
+            Command::new(SERVER_BIN)
+        } else {
+            let mut c = Command::new("prlimit");
+            c.args(&limits).arg("--").arg(SERVER_BIN);
+            c
+        };
         cmd.arg("--data")
             .arg(&data)
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .args(extra.iter().filter(|a| **a != NO_METRICS));
+            .args(
+                extra
+                    .iter()
+                    .filter(|a| **a != NO_METRICS && !a.starts_with(PRLIMIT)),
+            );
         if !extra.contains(&NO_METRICS) {
             let token_file = dir.path().join("metrics-token");
             std::fs::write(&token_file, format!("{METRICS_TOKEN}\n")).expect("metrics token");
