@@ -112,6 +112,8 @@ pub struct LocalBlobStore {
     /// on a filesystem that refuses them midway (no filesystem here does so on demand).
     #[cfg(test)]
     refuse_direct_from: Option<u64>,
+    /// Places for direct-read windows ([`DIRECT_WINDOWS`]), shared by the store's readers.
+    windows: Arc<tokio::sync::Semaphore>,
 }
 
 impl LocalBlobStore {
@@ -124,6 +126,7 @@ impl LocalBlobStore {
             direct_read_min: DIRECT_READ_MIN,
             #[cfg(test)]
             refuse_direct_from: None,
+            windows: Arc::new(tokio::sync::Semaphore::new(DIRECT_WINDOWS)),
         })
     }
 
@@ -912,6 +915,8 @@ const DIRECT_READ_MIN: u64 = 128 << 20;
 /// reads while the caller decrypts and sends (two pooled buffers, 16 MiB, per stream).
 struct DirectReads {
     file: Arc<std::fs::File>,
+    /// The store's window budget.
+    budget: Arc<tokio::sync::Semaphore>,
     windows: tokio::sync::Mutex<Windows>,
     /// Set once the filesystem refused a direct read (`EINVAL`, an alignment it requires
     /// beyond [`DIRECT_ALIGN`]): the reader reads through the page cache from then on.
@@ -921,12 +926,21 @@ struct DirectReads {
     refuse_from: Option<u64>,
 }
 
+/// Direct-read windows held at once by all readers of one store (256 MiB): past it a
+/// download reads through the page cache instead (512 KiB a download) and no window is
+/// read ahead, so a crowd of large downloads (or of clients that do not read theirs)
+/// cannot grow the server's memory 16 MiB at a time without bound.
+pub(crate) const DIRECT_WINDOWS: usize = 32;
+
+/// One window's place in its store's budget ([`DIRECT_WINDOWS`]).
+type WindowPermit = tokio::sync::OwnedSemaphorePermit;
+
 #[derive(Default)]
 struct Windows {
     /// The window read last, at its file offset.
-    cur: Option<(u64, AlignedBuf)>,
+    cur: Option<(u64, AlignedBuf, WindowPermit)>,
     /// The window being read ahead, at its file offset.
-    next: Option<(u64, Pending<AlignedBuf>)>,
+    next: Option<(u64, Pending<AlignedBuf>, WindowPermit)>,
 }
 
 /// Reads the [`DIRECT_BUF`]-byte window at `at` (aligned) directly; shorter at the end of
@@ -957,26 +971,28 @@ fn read_window(f: &std::fs::File, at: u64) -> Result<AlignedBuf> {
 
 impl DirectReads {
     /// The blob's `len` bytes at `offset`, copied out of the windows into a buffer that is
-    /// not zeroed first.
-    async fn read(&self, offset: u64, len: usize, blob_len: u64) -> Result<Vec<u8>> {
+    /// not zeroed first; `None` when the store's window budget has no place for a window.
+    async fn read(&self, offset: u64, len: usize, blob_len: u64) -> Result<Option<Vec<u8>>> {
         let mut out = crate::plainbuf::with_capacity(len);
-        self.lend(offset, len, blob_len, &mut |piece| {
-            out.extend_from_slice(piece);
-            Ok(())
-        })
-        .await?;
-        Ok(out)
+        let lent = self
+            .lend(offset, len, blob_len, &mut |piece| {
+                out.extend_from_slice(piece);
+                Ok(())
+            })
+            .await?;
+        Ok(lent.then_some(out))
     }
 
     /// The blob's `len` bytes at `offset`, handed to `sink` window by window, as slices of
-    /// the windows (no copy).
+    /// the windows (no copy). False (possibly after some pieces) when a window was needed
+    /// and the store's window budget had no place for it.
     async fn lend(
         &self,
         offset: u64,
         len: usize,
         blob_len: u64,
         sink: &mut PieceSink<'_>,
-    ) -> Result<()> {
+    ) -> Result<bool> {
         let mut w = self.windows.lock().await;
         let mut done = 0;
         while done < len {
@@ -986,27 +1002,35 @@ impl DirectReads {
             if self.refuse_from.is_some_and(|r| win >= r) {
                 return Err(einval().into());
             }
-            if w.cur.as_ref().is_none_or(|(s, _)| *s != win) {
-                let buf = match w.next.take() {
-                    Some((s, task)) if s == win => joined(task.await)?,
+            if w.cur.as_ref().is_none_or(|(s, _, _)| *s != win) {
+                let (buf, permit) = match w.next.take() {
+                    Some((s, task, permit)) if s == win => (joined(task.await)?, permit),
                     other => {
                         // Not the window read ahead (the first read, or a seek): read it
-                        // now, and drop the one read ahead.
-                        if let Some((_, task)) = other {
+                        // now, and drop the one read ahead. The current window's place
+                        // goes first, so that a reader always has one of its own.
+                        if let Some((_, task, _)) = other {
                             task.abort();
                         }
+                        w.cur = None;
+                        let Ok(permit) = self.budget.clone().try_acquire_owned() else {
+                            return Ok(false);
+                        };
                         let f = self.file.clone();
-                        blocking(move || read_window(&f, win)).await?
+                        (blocking(move || read_window(&f, win)).await?, permit)
                     }
                 };
-                w.cur = Some((win, buf));
+                w.cur = Some((win, buf, permit));
             }
-            if w.next.is_none() && win + (DIRECT_BUF as u64) < blob_len {
+            if w.next.is_none()
+                && win + (DIRECT_BUF as u64) < blob_len
+                && let Ok(permit) = self.budget.clone().try_acquire_owned()
+            {
                 let (f, ahead) = (self.file.clone(), win + DIRECT_BUF as u64);
                 let task = tokio::task::spawn_blocking(move || read_window(&f, ahead));
-                w.next = Some((ahead, task));
+                w.next = Some((ahead, task, permit));
             }
-            let (_, buf) = w.cur.as_ref().expect("set above");
+            let (_, buf, _) = w.cur.as_ref().expect("set above");
             let have = buf.filled();
             let from = (at - win) as usize;
             if from >= have.len() {
@@ -1016,13 +1040,13 @@ impl DirectReads {
             sink(&have[from..from + n])?;
             done += n;
         }
-        Ok(())
+        Ok(true)
     }
 }
 
 impl Drop for DirectReads {
     fn drop(&mut self) {
-        if let Some((_, task)) = self.windows.get_mut().next.take() {
+        if let Some((_, task, _)) = self.windows.get_mut().next.take() {
             task.abort();
         }
     }
@@ -1079,7 +1103,8 @@ impl BlobReader for LocalReader {
                 d.refused.store(true, Relaxed);
                 Ok(false)
             }
-            r => r.map(|()| true),
+            // No window to be had: this read through the page cache (the next may find one).
+            r => r,
         }
     }
 
@@ -1090,7 +1115,10 @@ impl BlobReader for LocalReader {
         {
             match d.read(offset, len, self.len).await {
                 Err(CoreError::Io(e)) if is_einval(&e) => d.refused.store(true, Relaxed),
-                r => return r,
+                // No window to be had: this read through the page cache.
+                Ok(None) => {}
+                Ok(Some(b)) => return Ok(b),
+                Err(e) => return Err(e),
             }
         }
         // From the pool (`plainbuf`): `FileReader::read_plain` decrypts in it and gives it
@@ -1145,6 +1173,7 @@ impl BlobStore for LocalBlobStore {
     async fn open(&self, id: &ContentId) -> Result<Arc<dyn BlobReader>> {
         let p = self.path_of(id);
         let (direct, direct_read_min) = (self.direct, self.direct_read_min);
+        let budget = self.windows.clone();
         #[cfg(test)]
         let refuse_from = self.refuse_direct_from;
         blocking(move || match std::fs::File::open(&p) {
@@ -1153,6 +1182,7 @@ impl BlobStore for LocalBlobStore {
                 let direct = if direct && len >= direct_read_min {
                     reopen_direct(&f)?.map(|f| DirectReads {
                         file: Arc::new(f),
+                        budget,
                         windows: Default::default(),
                         refused: false.into(),
                         #[cfg(test)]
@@ -1785,6 +1815,68 @@ mod tests {
         let r = store.open(&small).await.unwrap();
         assert!(lends_nothing(&*r).await, "a cached reader lends nothing");
         assert_eq!(r.read_at(0, 100).await.unwrap(), content[..100]);
+    }
+
+    /// Regression: every direct reader held two 8 MiB windows, however many there were:
+    /// 32 downloads that did not read their answers took 512 MiB. The windows of a store's
+    /// readers are bounded; a reader finding no place reads through the page cache (the
+    /// same bytes), and lends again once a place is free.
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn direct_read_windows_are_bounded_per_store() {
+        let t = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore {
+            direct_read_min: DIRECT_ALIGN as u64,
+            windows: Arc::new(tokio::sync::Semaphore::new(3)),
+            ..LocalBlobStore::open(t.path()).unwrap()
+        };
+        let len = 2 * DIRECT_BUF + 999;
+        let content: Vec<u8> = (0..len)
+            .map(|i| (i % 233) as u8 ^ (i >> 17) as u8)
+            .collect();
+        let id = [9u8; 16];
+        if !write_for_direct_reads(&store, &id, content.clone()).await {
+            eprintln!("skipped: this filesystem takes no direct reads");
+            return;
+        }
+        let lend = |r: Arc<dyn BlobReader>, at: usize, n: usize| async move {
+            let mut got = Vec::new();
+            let lent = r
+                .lend_at(at as u64, n, &mut |p| {
+                    got.extend_from_slice(p);
+                    Ok(())
+                })
+                .await
+                .unwrap();
+            (lent, got)
+        };
+        // A: its window and the next read ahead (2 places); B: its window only (the last).
+        let a = store.open(&id).await.unwrap();
+        let b = store.open(&id).await.unwrap();
+        assert!(lend(a.clone(), 0, 4096).await.0);
+        let (lent, got) = lend(b.clone(), 100, 5000).await;
+        assert!(lent && got == content[100..5100]);
+        assert_eq!(store.windows.available_permits(), 0);
+        // C finds no place: nothing lent, and the page cache gives the bytes.
+        let c = store.open(&id).await.unwrap();
+        assert!(lends_nothing(&*c).await, "a reader past the budget lends");
+        assert!(
+            c.read_at(DIRECT_BUF as u64 - 10, 20_000).await.unwrap()
+                == content[DIRECT_BUF - 10..DIRECT_BUF + 19_990]
+        );
+        // B goes on past its window into the next one (its own place moves with it).
+        let (lent, got) = lend(b.clone(), DIRECT_BUF + 1, 3000).await;
+        assert!(lent && got == content[DIRECT_BUF + 1..DIRECT_BUF + 3001]);
+        // Once A is dropped, C lends.
+        drop(a);
+        let (lent, got) = lend(c.clone(), 7, 70_000).await;
+        assert!(lent && got == content[7..70_007]);
+        drop((b, c));
+        assert_eq!(
+            store.windows.available_permits(),
+            3,
+            "every place given back"
+        );
     }
 
     /// A direct read the filesystem refuses after the first window (`EINVAL` midway, made

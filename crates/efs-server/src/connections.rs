@@ -129,13 +129,25 @@ impl Drop for AddressSlot {
 /// happening, or an answer's body is stuck because the peer does not read it (an HTTP/2 peer
 /// that keeps its window at zero, an HTTP/1 one that stops reading). Both are closed after
 /// the idle timeout, the way nginx's `keepalive_timeout` and `send_timeout` do.
+///
+/// Over HTTP/2 one stream's progress would keep the connection from ever counting as idle
+/// while its other answers stay stuck (each holding its buffers); so each large answer
+/// also keeps its own clock, and one stuck for the idle timeout closes the connection too
+/// ([`Activity::stalled_for`]), as nginx's `send_timeout` ends each request that stalls.
 #[derive(Debug)]
 pub struct Activity {
     start: Instant,
     handlers: AtomicUsize,
     /// Milliseconds after `start` of the last progress (0: the connection's start).
     last_ms: AtomicU64,
+    /// The clocks (milliseconds after `start` of their last frame) of the large answers'
+    /// bodies on their way out; a body dropped leaves a dead one, pruned at each look.
+    bodies: Mutex<Vec<std::sync::Weak<AtomicU64>>>,
 }
+
+/// Answers whose body may be larger than this keep a clock of their own (smaller ones fit
+/// the peer's first flow-control window, and cost no bookkeeping).
+const OWN_CLOCK_MIN: u64 = 64 << 10;
 
 impl Default for Activity {
     fn default() -> Self {
@@ -150,12 +162,38 @@ impl Activity {
             start: Instant::now(),
             handlers: AtomicUsize::new(0),
             last_ms: AtomicU64::new(0),
+            bodies: Mutex::new(Vec::new()),
         }
     }
 
+    fn now_ms(&self) -> u64 {
+        self.start.elapsed().as_millis() as u64
+    }
+
     fn touch(&self) {
-        let now = self.start.elapsed().as_millis() as u64;
-        self.last_ms.fetch_max(now, Ordering::SeqCst);
+        self.last_ms.fetch_max(self.now_ms(), Ordering::SeqCst);
+    }
+
+    /// A new clock for a large answer's body, started now.
+    fn body_clock(&self) -> Arc<AtomicU64> {
+        let clock = Arc::new(AtomicU64::new(self.now_ms()));
+        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        bodies.retain(|b| b.strong_count() > 0);
+        bodies.push(Arc::downgrade(&clock));
+        clock
+    }
+
+    /// How long the most stuck of the large answers still being sent has sent nothing;
+    /// `None` without any.
+    pub fn stalled_for(&self) -> Option<Duration> {
+        let now = self.now_ms();
+        let mut bodies = self.bodies.lock().unwrap_or_else(|e| e.into_inner());
+        bodies.retain(|b| b.strong_count() > 0);
+        bodies
+            .iter()
+            .filter_map(|b| b.upgrade())
+            .map(|c| Duration::from_millis(now.saturating_sub(c.load(Ordering::SeqCst))))
+            .max()
     }
 
     /// A request's handler begins; [`InFlight::answered`] when it has its answer (or the
@@ -211,15 +249,24 @@ pub const CLOSE_GRACE: Duration = Duration::from_secs(5);
 /// `body`, counting each frame it yields as its connection's progress: a download that is
 /// being read keeps its connection busy; one the peer stopped reading does not.
 pub fn guarded(body: axum::body::Body, progress: BodyProgress) -> axum::body::Body {
+    use hyper::body::Body as _;
+    let clock = body
+        .size_hint()
+        .upper()
+        .is_none_or(|n| n > OWN_CLOCK_MIN)
+        .then(|| progress.0.body_clock());
     axum::body::Body::new(GuardedBody {
         inner: body,
         progress,
+        clock,
     })
 }
 
 struct GuardedBody {
     inner: axum::body::Body,
     progress: BodyProgress,
+    /// This answer's own clock (a large one: see [`Activity::stalled_for`]).
+    clock: Option<Arc<AtomicU64>>,
 }
 
 impl hyper::body::Body for GuardedBody {
@@ -232,7 +279,11 @@ impl hyper::body::Body for GuardedBody {
     ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
         let r = std::pin::Pin::new(&mut self.inner).poll_frame(cx);
         if let std::task::Poll::Ready(Some(Ok(_))) = &r {
-            self.progress.0.touch();
+            let a = &self.progress.0;
+            a.touch();
+            if let Some(c) = &self.clock {
+                c.store(a.now_ms(), Ordering::SeqCst);
+            }
         }
         r
     }
@@ -352,6 +403,43 @@ mod tests {
         tx.send(Ok(bytes::Bytes::from_static(b"x"))).await.unwrap();
         body.frame().await.unwrap().unwrap();
         assert!(a.idle_for().unwrap() < Duration::from_millis(100));
+    }
+
+    /// Regression: over HTTP/2 one answer going out kept the connection from counting as
+    /// idle while its other answers were stuck (a peer reading one stream and holding the
+    /// window of 255 others at zero kept their buffers for ever). Each large answer has
+    /// its own clock: the stuck one's grows while the connection's idle time does not.
+    #[tokio::test]
+    async fn a_stuck_answer_shows_beside_one_going_out() {
+        use http_body_util::BodyExt;
+        let a = Arc::new(Activity::new());
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<bytes::Bytes, axum::Error>>(4);
+        let mut moving = guarded(
+            axum::body::Body::from_stream(tokio_stream_from(rx)),
+            a.begin().answered(),
+        );
+        let (_stuck_tx, stuck_rx) =
+            tokio::sync::mpsc::channel::<Result<bytes::Bytes, axum::Error>>(4);
+        let stuck = guarded(
+            axum::body::Body::from_stream(tokio_stream_from(stuck_rx)),
+            a.begin().answered(),
+        );
+        // A small answer of known size keeps no clock.
+        let small = guarded(axum::body::Body::from("small"), a.begin().answered());
+        assert_eq!(a.bodies.lock().unwrap().len(), 2);
+        for _ in 0..4 {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send(Ok(bytes::Bytes::from_static(b"x"))).await.unwrap();
+            moving.frame().await.unwrap().unwrap();
+        }
+        assert!(a.idle_for().unwrap() < Duration::from_millis(100));
+        let stalled = a.stalled_for().unwrap();
+        assert!(stalled >= Duration::from_millis(350), "{stalled:?}");
+        // Once the stuck one is gone, only the moving one counts.
+        drop((stuck, small));
+        assert!(a.stalled_for().unwrap() < Duration::from_millis(150));
+        drop(moving);
+        assert_eq!(a.stalled_for(), None);
     }
 
     fn tokio_stream_from<T: Send + 'static>(

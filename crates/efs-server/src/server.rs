@@ -533,7 +533,9 @@ async fn serve(
                         idle_deadline = None;
                     }
                     _ = tick.tick(), if !closing || idle_deadline.is_some() => {
-                        let idle_now = activity.idle_for().is_some_and(|d| d >= idle);
+                        // Idle, or one of its answers stuck (see `Activity`).
+                        let idle_now = activity.idle_for().is_some_and(|d| d >= idle)
+                            || activity.stalled_for().is_some_and(|d| d >= idle);
                         match idle_deadline {
                             // Asked to close and still making no progress past the grace:
                             // a peer that neither reads nor lets go.
