@@ -392,6 +392,71 @@ fn token_works_with_curl_and_is_cached_privately() {
     assert!(json["expires_at_unix"].as_u64().unwrap() > 0);
 }
 
+/// scripts/login-curl-openssl.sh, given an OpenSSH key, suggested `ssh-keygen -p -m PKCS8`,
+/// which leaves an Ed25519 key in OpenSSH's format (the script then refused it again). The
+/// advice it gives now works: `efs token` (covered above) or a PEM key made by openssl and
+/// registered for a user.
+#[test]
+fn the_curl_login_script_gives_advice_that_works_for_an_openssh_key() {
+    let env = Env::new();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/login-curl-openssl.sh");
+    let run = |key: &std::path::Path, user: &str| {
+        Command::new("bash")
+            .arg(&script)
+            .env("EFS_URL", &env.server.url)
+            .env("EFS_USER", user)
+            .env("EFS_KEY", key)
+            .env(
+                "CURL_OPTS",
+                format!("--cacert {}", env.server.cert().display()),
+            )
+            .env_remove("EFS_FS")
+            .env_remove("EFS_SERVER_ID")
+            .output()
+            .expect("bash is installed")
+    };
+    let out = run(&env.key, "alice");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is an OpenSSH key") && err.contains("TOKEN=$(efs token NAME)"),
+        "{err}"
+    );
+    assert!(!err.contains("ssh-keygen -p"), "{err}");
+    // The PEM route, as the hint says it.
+    let pem = env.path("key.pem");
+    let pubkey = env.path("pub.pem");
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&pem)
+        .status()
+        .expect("openssl is installed (scripts/test.sh installs it)");
+    assert!(ok.success());
+    let out = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(&pubkey, &out.stdout).unwrap();
+    env.server.efsctl(&[
+        "create-user",
+        "pemuser",
+        "--fs",
+        "drive",
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+    ]);
+    let out = run(&pem, "pemuser");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split('.').count(), 3);
+}
+
 #[test]
 fn exit_codes_for_usage_and_network() {
     let env = Env::new();
