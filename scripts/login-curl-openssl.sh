@@ -20,9 +20,13 @@ usage() { echo "login-curl-openssl.sh: $*" >&2; exit 2; }
 [ -n "${EFS_USER:-}" ] || usage "set EFS_USER to the user name"
 [ -n "${EFS_KEY:-}" ] || usage "set EFS_KEY to the user's PEM Ed25519 private key"
 [ -r "$EFS_KEY" ] || usage "cannot read EFS_KEY=$EFS_KEY"
-# OpenSSL reads PEM (PKCS#8) Ed25519 keys, not OpenSSH's format: efsctl create-user writes both.
+# OpenSSL reads PEM (PKCS#8) Ed25519 keys, not OpenSSH's format, and ssh-keygen does not
+# convert an Ed25519 key to PEM (`-m PKCS8` leaves it in OpenSSH's format).
 if grep -q 'BEGIN OPENSSH PRIVATE KEY' "$EFS_KEY"; then
-    usage "EFS_KEY=$EFS_KEY is an OpenSSH key; openssl needs the PEM one (efsctl create-user writes NAME_ed25519.pem beside it; or convert a copy: ssh-keygen -p -m PKCS8 -f COPY)"
+    usage "EFS_KEY=$EFS_KEY is an OpenSSH key, which openssl cannot read (and ssh-keygen does not convert Ed25519 keys to PEM).
+  With this key, take the token from efs, which reads OpenSSH keys and ssh-agent: TOKEN=\$(efs token NAME), NAME being a remote added with efs remote add.
+  Or make a PEM key, openssl genpkey -algorithm ed25519 -out key.pem, and have the operator register its public half (openssl pkey -in key.pem -pubout > pub.pem): efsctl create-user USER --fs FS --pubkey pub.pem.
+  (efsctl create-user without --pubkey writes USER_ed25519.pem itself: use that one.)"
 fi
 EFS_FS="${EFS_FS:-}"
 # User and filesystem names are put into JSON as they are: keep them to safe characters.

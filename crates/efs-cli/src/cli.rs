@@ -30,7 +30,8 @@ sign; EFS_MAX_ATTEMPTS bounds the retries of transient failures; EFS_LOG=debug l
   1  error
   2  bad usage (options, arguments, unknown remote, invalid path)
   3  not found
-  4  login refused, key unusable, or permission denied (401/403)
+  4  login refused, key unusable, or permission denied (401/403); a token refused during a
+     streamed upload after which a new login succeeded (run the command again)
   5  conflict or precondition failed (destination exists, directory not empty, file changed)
   6  TLS trust failure (the certificate changed or is not trusted)
   7  network failure (connection refused/reset/timed out, server busy) after retries
@@ -68,7 +69,17 @@ The key is never overwritten; the private file is created with mode 0600.")]
     },
 
     /// Add, list or remove remotes (servers, with a user, a key and TLS trust).
-    #[command(subcommand)]
+    #[command(
+        subcommand,
+        after_help = "\
+Examples:
+  efs remote add drive https://files.example:8443 --user alice --ca ./tls-cert.pem
+  efs ls drive:/                        # the remote's name, then a path
+  efs remote list
+  efs remote remove drive
+
+`efs remote add --help` lists the ways to trust the server's certificate."
+    )]
     Remote(RemoteCmd),
 
     /// Copy files and directories between local paths and remotes, or sync them.
@@ -143,13 +154,18 @@ Examples:
         paths: Vec<String>,
     },
 
-    /// Store stdin as a remote file, streaming.
+    /// Store stdin as a remote file (read first if at most 4 MiB, else streamed).
     #[command(after_help = "\
 Examples:
   echo hello | efs put drive:/notes/hello.txt
   tar -c ./project | efs put --content-type application/x-tar drive:/backup/project.tar
   efs put --no-clobber drive:/locks/job < /dev/null      # exit 5 if it exists
-  efs put --if-match '\"ETAG\"' drive:/config.json < new.json   # exit 5 if it changed")]
+  efs put --if-match '\"ETAG\"' drive:/config.json < new.json   # exit 5 if it changed
+
+A body of at most 4 MiB is read whole before it is sent, so it is sent again after a transient
+failure or a refused token (efsctl revoke or grant ends tokens). A longer one streams and is
+sent once: if the server refuses the token, efs logs in again and asks you to run the command
+again (exit 4).")]
     Put {
         /// The Content-Type stored with the file (default: from the extension).
         #[arg(long, value_name = "TYPE")]
@@ -371,6 +387,9 @@ Examples:
 Without --ca, --fingerprint or --system-roots, efs shows the certificate's SHA-256 fingerprint and asks
 (trust on first use, as ssh does), then pins it: a changed certificate is refused later (exit 6).
 Without a terminal it refuses, unless --accept-fingerprint.
+A server that answers with a certificate that --ca, --fingerprint or --system-roots does not
+trust is refused (exit 6) and the remote is not added; a server that does not answer yet is
+added with a warning.
 The key defaults to $EFS_CONFIG_DIR/id_ed25519 if `efs keygen` made it, else ~/.ssh/id_ed25519.")]
     Add(RemoteAdd),
     /// List the remotes.

@@ -8,7 +8,7 @@ use std::task::{Context as TaskContext, Poll};
 use anyhow::{Context, Result};
 use efs_client::{Client, Entry, EntryType, PutOptions};
 use serde::Serialize;
-use tokio::io::{AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 use crate::exit::{self, fail, fail_hint, usage};
 use crate::location::{self, RemotePath, parse_remote};
@@ -308,6 +308,10 @@ impl AsyncWrite for PipeWriter {
     }
 }
 
+/// The largest stdin body `efs put` holds in memory, so that it can be sent again; a longer
+/// one streams and is sent once.
+const PUT_REPLAYABLE_MAX: u64 = 4 << 20;
+
 pub(crate) async fn put(
     session: &Session,
     arg: &str,
@@ -331,10 +335,38 @@ pub(crate) async fn put(
         create_only,
         ..PutOptions::default()
     };
-    let e = client
-        .upload(&rp.path, tokio::io::stdin(), None, opts)
+    // A short body is read whole first, so that it can be sent again after a transient
+    // failure or a refused token (a revoke or a grant change ends every token); a longer one
+    // streams, with what was read already in front, and is sent once.
+    let mut stdin = tokio::io::stdin();
+    let mut head = Vec::new();
+    (&mut stdin)
+        .take(PUT_REPLAYABLE_MAX + 1)
+        .read_to_end(&mut head)
         .await
-        .with_context(|| format!("writing {}", rp.display()))?;
+        .context("reading standard input")?;
+    let stored = if head.len() as u64 <= PUT_REPLAYABLE_MAX {
+        client.put_bytes(&rp.path, head.into(), opts).await
+    } else {
+        let body = std::io::Cursor::new(head).chain(stdin);
+        client.upload(&rp.path, body, None, opts).await
+    };
+    let e = match stored {
+        Err(efs_client::Error::TokenRefusedNotResent) => {
+            return Err(fail_hint(
+                exit::AUTH,
+                format!(
+                    "writing {}: the server refused the token (revoked, grants changed or \
+                     expired); a new login succeeded, but the body from standard input \
+                     (over {} MiB, so streamed) could not be sent twice",
+                    rp.display(),
+                    PUT_REPLAYABLE_MAX >> 20
+                ),
+                "run the command again: the new login is in place",
+            ));
+        }
+        r => r.with_context(|| format!("writing {}", rp.display()))?,
+    };
     if json {
         outln!(
             "{}",

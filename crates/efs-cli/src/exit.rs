@@ -13,7 +13,8 @@ pub(crate) const ERROR: u8 = 1;
 pub(crate) const USAGE: u8 = 2;
 /// No such file, directory or remote path.
 pub(crate) const NOT_FOUND: u8 = 3;
-/// Login refused, key unusable, or permission denied (401/403).
+/// Login refused, key unusable, or permission denied (401/403); also a token refused during
+/// an upload of a stream that could not be sent again, after a new login succeeded.
 pub(crate) const AUTH: u8 = 4;
 /// Conflict or failed precondition: the destination exists, a directory is not empty, the
 /// file changed (409/412).
@@ -164,7 +165,7 @@ pub(crate) fn sdk_code(e: &efs_client::Error) -> u8 {
     }
     match e {
         E::NotFound => NOT_FOUND,
-        E::Unauthorized | E::Forbidden(_) | E::Key(_) => AUTH,
+        E::Unauthorized | E::TokenRefusedNotResent | E::Forbidden(_) | E::Key(_) => AUTH,
         E::Conflict(_) | E::PreconditionFailed => CONFLICT,
         E::Tls(_) => TLS,
         E::InvalidPath(_) | E::FsRequired => USAGE,
@@ -216,6 +217,10 @@ fn cli_hint(e: &efs_client::Error) -> Option<String> {
              gave you the new identity, remove the remote and add it again (efs remote remove \
              NAME, efs remote add …), then compare server_id in config.toml with it; otherwise \
              do not log in: another server may be relaying this one's login"
+                .to_owned(),
+        ),
+        efs_client::Error::TokenRefusedNotResent => Some(
+            "run the command again: the new login is in place (the key and the grant are fine)"
                 .to_owned(),
         ),
         _ => None,

@@ -193,14 +193,23 @@ fn report(err: &anyhow::Error) -> ExitCode {
     ExitCode::from(exit::code_of(err))
 }
 
-/// Logs go to stderr: warnings by default, `EFS_LOG` (e.g. `debug`) to see more.
+/// Logs go to stderr: efs's own warnings by default (`-v`: its info messages too), never
+/// those of the libraries it uses (rustls logs a refused certificate as an error, which efs
+/// reports itself, better); `EFS_LOG` (a tracing filter, e.g. `debug`) shows more. Colour
+/// only on a terminal.
 fn init_tracing(verbose: bool) {
-    let default = if verbose { "info" } else { "warn" };
+    use std::io::IsTerminal;
+    let default = if verbose {
+        "efs=info,efs_client=info"
+    } else {
+        "efs=warn,efs_client=warn"
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("EFS_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_target(false)
         .try_init();
 }

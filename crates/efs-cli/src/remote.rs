@@ -137,11 +137,27 @@ pub(crate) async fn add(session: &mut Session, args: RemoteAdd) -> Result<()> {
         remote.fingerprint = Some(shown);
     }
 
-    // Record the server's identity now, over the connection just trusted, and pin it.
+    // Record the server's identity now, over the connection just trusted, and pin it. A
+    // server that answers with a certificate this trust refuses would refuse every command
+    // too: the remote is not added. A server that does not answer may be down for now.
     match server_identity(&remote).await {
         Ok(id) => remote.server_id = Some(id),
+        Err(e) if exit::sdk_error(&e).is_some_and(exit::is_tls) => {
+            let by = match &remote.ca {
+                Some(ca) => format!("the CA certificate {}", ca.display()),
+                None if remote.fingerprint.is_some() => "the fingerprint given".to_owned(),
+                None => "the system's root certificates".to_owned(),
+            };
+            return Err(fail_hint(
+                exit::TLS,
+                format!(
+                    "the certificate of {url} is not trusted by {by} ({e:#}); remote '{name}' not added, as every command on it would fail"
+                ),
+                "for EFS's self-signed certificate, add the remote with --ca FILE (the operator's DATA/system/tls-cert.pem) or --fingerprint HEX (the server prints it at start)",
+            ));
+        }
         Err(e) => eprintln!(
-            "efs: warning: could not ask {url} for its identity ({e}); the remote is added without it"
+            "efs: warning: could not ask {url} for its identity ({e:#}); the remote is added without it, and the first command that uses it asks"
         ),
     }
     session.config.remotes.insert(name.clone(), remote.clone());
@@ -224,8 +240,9 @@ pub(crate) fn list(session: &Session, json: bool) -> Result<()> {
 
 pub(crate) fn remove(session: &mut Session, name: &str) -> Result<()> {
     if session.config.remotes.remove(name).is_none() {
+        // Exit 2, as for an unknown remote in a path (`efs ls nope:/`).
         return Err(fail_hint(
-            exit::NOT_FOUND,
+            exit::USAGE,
             format!("no remote named '{name}'"),
             "efs remote list shows the configured remotes",
         ));

@@ -279,9 +279,9 @@ impl Shell<'_> {
             }
             ("clear-cache", []) => self.clear_cache(rl)?,
             (c, _) if COMMANDS.contains(&c) => {
-                bail!("wrong arguments for {c}: see help");
+                return Err(exit::usage(format!("wrong arguments for {c}: see help")));
             }
-            (c, _) => bail!("unknown command '{c}': type help"),
+            (c, _) => return Err(exit::usage(format!("unknown command '{c}': type help"))),
         }
         Ok(Flow::Continue)
     }
@@ -294,7 +294,7 @@ impl Shell<'_> {
         let path = match rest {
             [] => self.cwd(),
             [p] => self.path(p),
-            _ => bail!("ls takes one path"),
+            _ => return Err(exit::usage("ls takes one path")),
         };
         let (_, entries) = self.block(list_or_file(&self.client, &path))?;
         for e in &entries {
@@ -672,14 +672,17 @@ impl Validator for ShellHelper {}
 impl Helper for ShellHelper {}
 
 /// `rm` and `mv` take no `.` or `..` in what they act on, as `rm` refuses them: `rm -r
-/// /a/b/..` would remove `/a` (`cd ..` and the other commands resolve them as usual).
+/// /a/b/..` would remove `/a` (`cd ..` and the other commands resolve them as usual). Such a
+/// path is an invalid one, a usage error (exit 2), as everywhere else in `efs`.
 fn refuse_dot_segments(cmd: &str, arg: &str) -> Result<()> {
     // An empty argument (`rm -r ''`) would resolve to the current directory.
     if arg.is_empty() {
-        bail!("{cmd}: refusing an empty path");
+        return Err(exit::usage(format!("{cmd}: refusing an empty path")));
     }
     if arg.split('/').any(|s| s == "." || s == "..") {
-        bail!("{cmd}: refusing a path with '.' or '..' in it ({arg}): name what to {cmd} itself");
+        return Err(exit::usage(format!(
+            "{cmd}: refusing a path with '.' or '..' in it ({arg}): name what to {cmd} itself"
+        )));
     }
     Ok(())
 }

@@ -149,7 +149,9 @@ fn remotes_by_ca_fingerprint_and_accepted_fingerprint() {
     assert!(env.cfg().join("tokens/fp.json").exists());
     env.ok(&["remote", "remove", "fp"]);
     assert!(!env.cfg().join("tokens/fp.json").exists());
-    env.fails(&["remote", "remove", "fp"], 3);
+    // An unknown remote is a usage error here too, as in `efs ls fp:/`.
+    let err = env.fails(&["remote", "remove", "fp"], 2);
+    assert!(err.contains("no remote named 'fp'"), "{err}");
     let err = env.fails(&["ls", "fp:/"], 2);
     assert!(err.contains("no remote named 'fp'"), "{err}");
 }
@@ -270,20 +272,32 @@ fn a_changed_certificate_is_refused_with_a_warning() {
     // Trust by CA file: refused too, with its own explanation.
     let err = env.fails(&["cat", "drive:/x"], 6);
     assert!(err.contains("is not signed by the CA"), "{err}");
-    // Trusting the system's roots: a self-signed certificate is not trusted.
-    env.ok(&[
-        "remote",
-        "add",
-        "sys",
-        &env.server.url,
-        "--user",
-        "alice",
-        "--key",
-        key,
-        "--system-roots",
-    ]);
-    let err = env.fails(&["ls", "sys:/"], 6);
-    assert!(err.contains("not trusted by the system's roots"), "{err}");
+    // Trusting the system's roots: a self-signed certificate is not trusted, which `remote
+    // add` says plainly (exit 6) rather than adding a remote every command would refuse; and
+    // without rustls's own log line, coloured on a stderr that is no terminal (regression).
+    let err = env.fails(
+        &[
+            "remote",
+            "add",
+            "sys",
+            &env.server.url,
+            "--user",
+            "alice",
+            "--key",
+            key,
+            "--system-roots",
+        ],
+        6,
+    );
+    assert!(
+        err.contains("is not trusted by the system's root certificates")
+            && err.contains("remote 'sys' not added")
+            && err.contains("--ca FILE"),
+        "{err}"
+    );
+    assert!(!err.contains("ERROR") && !err.contains('\x1b'), "{err}");
+    assert!(!err.contains("Added remote"), "{err}");
+    env.fails(&["ls", "sys:/"], 2);
     // A fingerprint given at `remote add` is checked against what the server presents.
     let err = env.fails(
         &[
@@ -378,6 +392,71 @@ fn token_works_with_curl_and_is_cached_privately() {
     assert!(json["expires_at_unix"].as_u64().unwrap() > 0);
 }
 
+/// scripts/login-curl-openssl.sh, given an OpenSSH key, suggested `ssh-keygen -p -m PKCS8`,
+/// which leaves an Ed25519 key in OpenSSH's format (the script then refused it again). The
+/// advice it gives now works: `efs token` (covered above) or a PEM key made by openssl and
+/// registered for a user.
+#[test]
+fn the_curl_login_script_gives_advice_that_works_for_an_openssh_key() {
+    let env = Env::new();
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../scripts/login-curl-openssl.sh");
+    let run = |key: &std::path::Path, user: &str| {
+        Command::new("bash")
+            .arg(&script)
+            .env("EFS_URL", &env.server.url)
+            .env("EFS_USER", user)
+            .env("EFS_KEY", key)
+            .env(
+                "CURL_OPTS",
+                format!("--cacert {}", env.server.cert().display()),
+            )
+            .env_remove("EFS_FS")
+            .env_remove("EFS_SERVER_ID")
+            .output()
+            .expect("bash is installed")
+    };
+    let out = run(&env.key, "alice");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("is an OpenSSH key") && err.contains("TOKEN=$(efs token NAME)"),
+        "{err}"
+    );
+    assert!(!err.contains("ssh-keygen -p"), "{err}");
+    // The PEM route, as the hint says it.
+    let pem = env.path("key.pem");
+    let pubkey = env.path("pub.pem");
+    let ok = Command::new("openssl")
+        .args(["genpkey", "-algorithm", "ed25519", "-out"])
+        .arg(&pem)
+        .status()
+        .expect("openssl is installed (scripts/test.sh installs it)");
+    assert!(ok.success());
+    let out = Command::new("openssl")
+        .args(["pkey", "-pubout", "-in"])
+        .arg(&pem)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(&pubkey, &out.stdout).unwrap();
+    env.server.efsctl(&[
+        "create-user",
+        "pemuser",
+        "--fs",
+        "drive",
+        "--pubkey",
+        pubkey.to_str().unwrap(),
+    ]);
+    let out = run(&pem, "pemuser");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout).split('.').count(), 3);
+}
+
 #[test]
 fn exit_codes_for_usage_and_network() {
     let env = Env::new();
@@ -425,6 +504,7 @@ fn exit_codes_for_usage_and_network() {
     );
     for cmd in [
         "keygen",
+        "remote",
         "cp",
         "ls",
         "stat",
@@ -513,9 +593,11 @@ fn remote_add_pins_the_server_identity() {
 }
 
 /// A cached token the server no longer takes (here: every token of the user revoked) is
-/// replaced: `efs token` prints a new one, and a stdin upload, which cannot be sent again,
-/// fails once but leaves a new token for the next command (the dead one was kept on disk and
-/// every later run failed with it).
+/// replaced: `efs token` prints a new one, and `efs put` logs in again and sends a short
+/// stdin body again (it used to fail with "login refused … check the key", exit 4, and work
+/// only when run again). A body too long to hold, which streams and cannot be sent twice,
+/// fails with what happened (not the "check the key" hint) and leaves a new token for the next
+/// command (the dead one was kept on disk and every later run failed with it).
 #[test]
 fn a_revoked_cached_token_is_replaced() {
     let env = Env::new();
@@ -528,8 +610,23 @@ fn a_revoked_cached_token_is_replaced() {
 
     env.server.efsctl(&["revoke", "alice"]);
     let out = env.efs_input(&["put", "drive:/from-stdin.txt"], b"first try");
-    assert!(!out.status.success(), "the upload met the revoked token");
-    let out = env.efs_input(&["put", "drive:/from-stdin.txt"], b"second try");
-    common::assert_ok(&["put"], &out);
-    assert_eq!(env.cat("drive:/from-stdin.txt"), b"second try");
+    assert_ok(&["put"], &out);
+    assert_eq!(env.cat("drive:/from-stdin.txt"), b"first try");
+
+    // Over 4 MiB: streamed, so sent once.
+    let big = common::noise((4 << 20) + 1);
+    env.server.efsctl(&["revoke", "alice"]);
+    let out = env.efs_input(&["put", "drive:/big.bin"], &big);
+    let err = assert_code(&["put"], &out, 4);
+    assert!(
+        err.contains("the server refused the token (revoked, grants changed or expired)")
+            && err.contains("a new login succeeded")
+            && err.contains("standard input")
+            && err.contains("run the command again"),
+        "{err}"
+    );
+    assert!(!err.contains("check the user name"), "{err}");
+    let out = env.efs_input(&["put", "drive:/big.bin"], &big);
+    assert_ok(&["put"], &out);
+    assert_eq!(env.cat("drive:/big.bin"), big);
 }

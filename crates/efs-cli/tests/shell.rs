@@ -124,6 +124,29 @@ pwd
     assert_ok(&["shell"], &out);
 }
 
+/// `rm` and `mv` refuse a path with `.` or `..`: an invalid path, exit 2 as everywhere else in
+/// `efs` (it was 1), and the file is left alone. An unknown command is bad usage too.
+#[test]
+fn a_scripted_shell_refusing_a_dot_segment_exits_2() {
+    let env = Env::new();
+    env.write("note.txt", b"keep me");
+    env.ok(&["cp", "note.txt", "drive:/Documents/note.txt"]);
+    let out = env.efs_input(
+        &["shell", "drive"],
+        b"cd /Documents\nrm ../Documents/note.txt\n",
+    );
+    let stderr = common::assert_code(&["shell"], &out, 2);
+    assert!(
+        stderr.contains("refusing a path with '.' or '..'"),
+        "{stderr}"
+    );
+    assert_eq!(env.cat("drive:/Documents/note.txt"), b"keep me");
+    let out = env.efs_input(&["shell", "drive"], b"mv ./note.txt x\n");
+    common::assert_code(&["shell"], &out, 2);
+    let out = env.efs_input(&["shell", "drive"], b"frobnicate\n");
+    common::assert_code(&["shell"], &out, 2);
+}
+
 #[test]
 fn stop_ends_the_shell() {
     let env = Env::new();

@@ -554,8 +554,13 @@ impl Client {
         if !replayable {
             // This request cannot be sent again, but the next one must not meet the same
             // refusal: a new login now replaces the refused token wherever it is kept (the
-            // command line's token cache), or fails as the request did.
-            let _ = auth.token(http).await;
+            // command line's token cache). When it succeeds, the refusal was about the old
+            // token, not the user's key or grant, and the error says so; when it fails, the
+            // request fails as it was answered.
+            if auth.token(http).await.is_ok() {
+                drop(resp);
+                return Err(Error::TokenRefusedNotResent.into());
+            }
             return http::check(resp).await;
         }
         drop(resp);
@@ -700,6 +705,11 @@ impl Client {
     }
 
     /// Streams `body` (not retried: it is consumed). `len` if known (Content-Length).
+    ///
+    /// A token the server refuses (401) cannot be answered by sending the body again: a new
+    /// login is made for the next request, and when it succeeds the upload fails with
+    /// [`Error::TokenRefusedNotResent`]. Use [`Client::put_bytes`] or [`Client::upload_file`]
+    /// for a body that can be sent again after a refused token or a transient error.
     ///
     /// Missing parent directories are created by the server.
     pub async fn upload<R: tokio::io::AsyncRead + Send + Unpin + 'static>(

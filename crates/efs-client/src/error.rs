@@ -13,6 +13,14 @@ pub enum Error {
     /// The login was refused, or the server refused the token (401).
     #[error("login refused or token invalid")]
     Unauthorized,
+    /// The server refused the token of a request whose body is a stream (an upload with
+    /// [`Client::upload`](crate::Client::upload)), which cannot be sent twice: the token
+    /// was revoked, the user's grants changed, or it expired. A new login then succeeded, so
+    /// the same request made again with a fresh body can succeed.
+    #[error(
+        "the server refused the token (revoked, grants changed or expired); a new login succeeded, but the request's body was a stream and could not be sent twice"
+    )]
+    TokenRefusedNotResent,
     /// Logged in, but not allowed to do this, e.g. a read-only grant writing (403).
     #[error("forbidden: {0}")]
     Forbidden(String),
@@ -106,6 +114,7 @@ impl Error {
             Error::Unauthorized => {
                 "check the user name, the key, and that the operator granted this filesystem"
             }
+            Error::TokenRefusedNotResent => "make the request again: the new token is in place",
             Error::Forbidden(_) => {
                 "this login may only read here: ask the operator for write access"
             }

@@ -722,6 +722,42 @@ async fn renews_tokens_transparently() {
     assert_eq!(unique.len(), seen.len(), "every callback has a new token");
 }
 
+/// Every token of the user ended (`efsctl revoke`): a body that can be sent again is, after a
+/// new login; a stream cannot be, and its upload says what happened instead of the
+/// "login refused" of a wrong key (it was `Error::Unauthorized`), while the next request
+/// uses the new login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_revoked_token_is_replaced_and_a_stream_says_it_was_not_resent() {
+    let s = setup(&[]);
+    let c = s.client();
+    c.token().await.unwrap();
+    s.server.efsctl(&["revoke", USER]);
+    c.put_bytes("/bytes.txt", "b".into(), PutOptions::default())
+        .await
+        .expect("sent again after a new login");
+    s.server.efsctl(&["revoke", USER]);
+    let e = c
+        .upload(
+            "/stream.txt",
+            std::io::Cursor::new(b"s".to_vec()),
+            None,
+            PutOptions::default(),
+        )
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::TokenRefusedNotResent), "{e:?}");
+    assert!(!e.hint().unwrap().contains("key"), "{:?}", e.hint());
+    c.upload(
+        "/stream.txt",
+        std::io::Cursor::new(b"s".to_vec()),
+        None,
+        PutOptions::default(),
+    )
+    .await
+    .expect("the new login is in place");
+    assert_eq!(c.get_bytes("/stream.txt").await.unwrap(), "s");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_is_retried_across_a_server_restart() {
     let mut s = setup(&[]);
