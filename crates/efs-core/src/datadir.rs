@@ -794,7 +794,7 @@ impl DataDir {
     }
 
     /// Every open filesystem (a snapshot of the table).
-    fn open_filesystems(&self) -> Vec<Arc<Filesystem>> {
+    pub fn open_filesystems(&self) -> Vec<Arc<Filesystem>> {
         self.filesystems
             .read()
             .expect("lock poisoned")

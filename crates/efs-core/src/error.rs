@@ -61,6 +61,13 @@ pub enum CoreError {
     /// Too many concurrent conflicting writers; the operation was not applied.
     #[error("too much contention on this path; retry")]
     Contention,
+    /// The filesystem's current key term has sealed [`crate::fs::SEAL_LIMIT`] records, the
+    /// most AES-GCM with random nonces allows one key; nothing was written. A key rotation
+    /// (started by the server itself past half of it) gives writes a new term.
+    #[error(
+        "the filesystem's current key has sealed as many records as it may (2^32): writes wait for a key rotation (efsctl rotate-key)"
+    )]
+    SealLimit,
     /// A listing cursor that is not one of this directory's pages.
     #[error("invalid cursor: use the next_cursor of a page of this directory")]
     BadCursor,

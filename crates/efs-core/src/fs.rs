@@ -548,7 +548,7 @@ impl Filesystem {
 
     /// [`Filesystem::commit_batch`] without the removal notices.
     async fn commit_counted(&self, mut batch: Batch) -> Result<bool> {
-        if !self.count_seals(&batch) {
+        if !self.count_seals(&batch)? {
             return self.index.commit(batch).await;
         }
         // Batches that store the counts go one at a time, each with the counts as they are
@@ -576,7 +576,10 @@ impl Filesystem {
 
     /// Counts the records `batch` seals (before it is committed: a batch that fails still
     /// drew its nonces); true when the counts are due to be stored with it.
-    fn count_seals(&self, batch: &Batch) -> bool {
+    ///
+    /// Past [`SEAL_LIMIT`] for a term, the batch is refused ([`CoreError::SealLimit`]): its
+    /// records were sealed in memory only, and are never stored.
+    fn count_seals(&self, batch: &Batch) -> Result<bool> {
         let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
         let mut store = false;
         for op in &batch.ops {
@@ -587,6 +590,14 @@ impl Filesystem {
             let n = c.counts.entry(term).or_default();
             *n += 1;
             let n = *n;
+            if n > SEAL_LIMIT {
+                tracing::error!(
+                    fs = self.name(),
+                    term,
+                    "key term {term} has sealed 2^32 records: writes are refused until a key rotation (efsctl rotate-key)"
+                );
+                return Err(CoreError::SealLimit);
+            }
             let stored = c.stored.get(&term).copied().unwrap_or(0);
             if n - stored.min(n) >= self.opts.seal_count_step.max(1)
                 || (n >= SEAL_WARNING && stored < SEAL_WARNING)
@@ -603,7 +614,15 @@ impl Filesystem {
                 );
             }
         }
-        store
+        Ok(store)
+    }
+
+    /// True once the current key term has sealed [`SEAL_WARNING`] records: the server then
+    /// starts a key rotation by itself (`efsctl rotate-key` does the same).
+    pub fn rotation_due(&self) -> bool {
+        let term = self.keyring().current().number;
+        let c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
+        c.counts.get(&term).is_some_and(|n| *n >= SEAL_WARNING)
     }
 
     /// Stores the counts of records sealed per term if this process has counted any since

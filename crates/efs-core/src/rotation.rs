@@ -519,6 +519,44 @@ pub(crate) mod tests {
         assert_eq!(fs.term_numbers().len(), terms.len() + 1);
     }
 
+    /// Regression: the 2^32 bound of AES-GCM with random nonces was only warned about: a
+    /// term past it went on sealing. Past half of it a rotation is due (the server starts
+    /// one), and past all of it writes are refused, nothing stored, until a new term.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_term_that_sealed_its_limit_seals_no_more() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        assert!(!fs.rotation_due());
+        let term = fs.keyring().current().number;
+        let mut counts = fs.seal_counts();
+        counts.insert(term, crate::fs::SEAL_WARNING);
+        fs.set_seal_counts(counts.clone());
+        assert!(fs.rotation_due(), "due from half the limit on");
+        counts.insert(term, crate::fs::SEAL_LIMIT - 1);
+        fs.set_seal_counts(counts);
+        put(&fs, "/b", b"the last record this term seals").await;
+        let mut up = fs.begin_upload().await.unwrap();
+        up.write(b"c").await.unwrap();
+        let e = fs
+            .commit(&EfsPath::parse("/c").unwrap(), up, None, Precondition::None)
+            .await
+            .unwrap_err();
+        assert!(matches!(e, CoreError::SealLimit), "{e}");
+        let e = fs.mkdir(&EfsPath::parse("/d").unwrap()).await.unwrap_err();
+        assert!(matches!(e, CoreError::SealLimit), "{e}");
+        assert!(fs.open(&EfsPath::parse("/c").unwrap()).await.is_err());
+        // A rotation gives writes a new term: they work again, and none is due.
+        let (started, done) = dd.rotate_key("docs", true).await.unwrap();
+        assert!(started && done.state == RotationState::Done);
+        assert!(!fs.rotation_due());
+        put(&fs, "/c", b"c").await;
+        let mut r = fs.open(&EfsPath::parse("/b").unwrap()).await.unwrap();
+        assert_eq!(r.len(), 31);
+        drop(r.read_plain(0, 1).await.unwrap());
+        r = fs.open(&EfsPath::parse("/c").unwrap()).await.unwrap();
+        assert_eq!(r.len(), 1);
+    }
+
     /// Regression: one damaged record (Decrypt from rewrap) stopped the rotation at the
     /// same entry on every run, without naming it: no rotation could ever finish. It is
     /// now skipped, counted, and named by its entry key in the progress and the status.

@@ -168,6 +168,48 @@ fn allowed_peer(peer: Option<u32>, server_uid: u32) -> Result<(), String> {
     }
 }
 
+/// How often the server looks for key terms due for rotation ([`rotate_when_due`]).
+const ROTATION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Starts a key rotation of every filesystem whose current key term has sealed half of the
+/// records AES-GCM with random nonces allows one key ([`efs_core::Filesystem::rotation_due`]),
+/// as an operator would with `efsctl rotate-key`, and recorded as that command by the
+/// account `efs-server`, `automatic`: past the whole limit, writes would be refused. Looks
+/// once a minute; a rotation refused (a re-encryption runs) is tried again a minute later.
+pub async fn rotate_when_due(st: Arc<AppState>) {
+    let mut tick = tokio::time::interval(ROTATION_CHECK);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        if st.detached.is_closed() {
+            return;
+        }
+        for fs in st.data.open_filesystems() {
+            if !fs.rotation_due() {
+                continue;
+            }
+            let name = fs.name().to_owned();
+            let op = Operator {
+                user: "efs-server".into(),
+                via: "automatic".into(),
+            };
+            let req = AdminRequest::RotateKey {
+                fs: name.clone(),
+                wait: false,
+            };
+            let r = handle(&st, req, &op).await;
+            if r.ok {
+                tracing::warn!(
+                    fs = %name,
+                    "started a key rotation: the current key term has sealed half of the 2^32 records AES-GCM allows it"
+                );
+            } else {
+                tracing::warn!(fs = %name, error = ?r.error, "a key rotation is due and could not start; trying again in a minute");
+            }
+        }
+    }
+}
+
 async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminResponse {
     if matches!(req, AdminRequest::Health) {
         // Not recorded: it reads nothing and changes nothing.

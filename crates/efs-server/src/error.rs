@@ -116,6 +116,11 @@ impl From<CoreError> for ApiError {
             CoreError::BadCursor => ApiError::bad_request(
                 "invalid cursor: use the next_cursor of a page of this directory",
             ),
+            CoreError::SealLimit => ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                codes::UNAVAILABLE,
+                "this filesystem's key must be rotated before more writes (the server started the rotation); retry later",
+            ),
             CoreError::Contention => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,
                 codes::UNAVAILABLE,

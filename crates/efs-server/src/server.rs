@@ -292,6 +292,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 
     let admin = crate::admin_socket::bind(&data.admin_socket()).await?;
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
+    tokio::spawn(crate::admin_socket::rotate_when_due(state.clone()));
     // A failed audit log refuses every request (fail closed) until it can be written again.
     tokio::spawn(crate::audit::recover_when_failed(data.clone()));
     let summaries = tokio::spawn(crate::audit_budget::write_summaries_periodically(
