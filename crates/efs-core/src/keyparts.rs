@@ -392,13 +392,44 @@ pub fn create(
     }
     let starter = combine(&keys, salt.as_bytes());
     let file = KeyPartsFile {
-        version: 1,
+        version: KEYPARTS_VERSION,
         salt: B64.encode(salt.as_bytes()),
         argon2: argon,
         parts,
         check: check_tag(&starter),
     };
     Ok((StarterKey(starter), file))
+}
+
+/// The `keyparts.json` layout this EFS writes and reads.
+pub const KEYPARTS_VERSION: u32 = 1;
+
+/// Largest Argon2id parameters a `keyparts.json` may ask for (EFS writes 64 MiB, 3 passes,
+/// 1 lane): the file is not authenticated, and a start must not be made to allocate
+/// without bound or to stretch for hours.
+const ARGON2_MAX: Argon2Params = Argon2Params {
+    m_kib: 4 << 20,
+    t: 64,
+    p: 64,
+};
+
+/// Refuses a `keyparts.json` of another layout, or Argon2id parameters beyond
+/// [`ARGON2_MAX`] (before anything is derived).
+fn check_file(file: &KeyPartsFile) -> Result<(), KeyError> {
+    if file.version != KEYPARTS_VERSION {
+        return Err(KeyError::Corrupt(format!(
+            "keyparts.json has layout version {}; this EFS reads version {KEYPARTS_VERSION}",
+            file.version
+        )));
+    }
+    let a = file.argon2;
+    if a.m_kib > ARGON2_MAX.m_kib || a.t > ARGON2_MAX.t || a.p > ARGON2_MAX.p {
+        return Err(KeyError::Corrupt(format!(
+            "keyparts.json asks for Argon2id with {} KiB, {} passes, {} lanes: beyond what EFS writes or accepts ({} KiB, {} passes, {} lanes at most)",
+            a.m_kib, a.t, a.p, ARGON2_MAX.m_kib, ARGON2_MAX.t, ARGON2_MAX.p
+        )));
+    }
+    Ok(())
 }
 
 /// Rebuilds the starter key of an existing data dir and checks it, part by part.
@@ -408,6 +439,7 @@ pub fn open(
     specs: &[KeyPartSpec],
     prompt: &dyn Fn(&str) -> std::io::Result<String>,
 ) -> Result<StarterKey, KeyError> {
+    check_file(file)?;
     let defaulted: Vec<KeyPartSpec>;
     let specs = if specs.is_empty() {
         defaulted = file
@@ -604,6 +636,28 @@ mod tests {
         assert!(e.to_string().contains("is an env part"), "{e}");
         assert!(GivenPart::read(&KeyPartSpec::Passphrase).is_err());
         assert!(GivenPart::new("passphrase", Zeroizing::new(vec![b'p'; 20])).is_err());
+    }
+
+    /// Regression: keyparts.json (not authenticated) was read whatever its `version`, and
+    /// its Argon2id parameters were used as found: a huge memory size made every start
+    /// allocate it. Both are refused before anything is derived.
+    #[test]
+    fn a_keyparts_file_of_another_layout_or_with_huge_argon2_is_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let a = file_part(d.path(), "a", "aaaaaaaaaaaaaaaaaaaaaaaa\n");
+        let (_, rec) = create(std::slice::from_ref(&a), None, FAST, &no_prompt).unwrap();
+        assert_eq!(rec.version, KEYPARTS_VERSION);
+        assert!(open(&rec, std::slice::from_ref(&a), &no_prompt).is_ok());
+        let mut other = rec.clone();
+        other.version = 2;
+        let e = open(&other, std::slice::from_ref(&a), &no_prompt).unwrap_err();
+        assert!(e.to_string().contains("layout version 2"), "{e}");
+        for (m_kib, t, p) in [(u32::MAX, 3, 1), (64, 1_000_000, 1), (64, 3, 1000)] {
+            let mut huge = rec.clone();
+            huge.argon2 = Argon2Params { m_kib, t, p };
+            let e = open(&huge, std::slice::from_ref(&a), &no_prompt).unwrap_err();
+            assert!(e.to_string().contains("beyond what EFS"), "{e}");
+        }
     }
 
     #[test]
