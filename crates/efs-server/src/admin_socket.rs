@@ -19,6 +19,13 @@ use crate::app::AppState;
 /// closed past it).
 pub const MAX_REQUEST_LINE: u64 = 1 << 20;
 
+/// Admin connections served at once; further ones wait to be accepted.
+pub const MAX_ADMIN_CONNECTIONS: usize = 64;
+
+/// How long an admin connection may take to send its next request line (efsctl sends its
+/// one request at once; a command's own run time is not counted).
+pub const IDLE: std::time::Duration = std::time::Duration::from_secs(60);
+
 /// Binds the socket (replacing a stale one) and serves it until the task is dropped.
 pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     if path.exists() {
@@ -34,7 +41,13 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
 
 /// Serves admin connections.
 pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
+    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
+        // At most so many connections at once: a process that opens them and sends
+        // nothing holds no more than these (and each for IDLE at most).
+        let Ok(slot) = slots.clone().acquire_owned().await else {
+            return;
+        };
         let stream = match listener.accept().await {
             Ok((stream, _)) => stream,
             Err(e) => {
@@ -55,6 +68,7 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             via: "admin-socket".into(),
         };
         tokio::spawn(async move {
+            let _slot = slot;
             let (r, mut w) = stream.into_split();
             // The socket's mode (0600) and the data dir's (0700) keep other accounts out;
             // this holds also when those were loosened by mistake (a volume mounted with
@@ -65,9 +79,9 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             loop {
                 // A request line is a few hundred bytes; one without an end is not read
                 // into memory whole.
-                let line = match r.next_line().await {
-                    Ok(Some(line)) => line,
-                    Ok(None) | Err(_) => break,
+                let line = match tokio::time::timeout(IDLE, r.next_line()).await {
+                    Ok(Ok(Some(line))) => line,
+                    Ok(Ok(None) | Err(_)) | Err(_) => break,
                 };
                 // A refused peer's request is read (so that its client, which writes before
                 // it reads, gets the answer rather than a broken pipe) but never parsed.

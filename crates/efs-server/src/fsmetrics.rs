@@ -36,30 +36,33 @@ pub async fn before_render(data: &Arc<DataDir>) {
         let Some(fs) = data.fs(name) else { continue };
         let label = name.clone();
         metrics::gauge!("efs_fs_key_term", "fs" => label.clone()).set(fs.current_term() as f64);
-        if let Ok(Some(p)) = rotation::progress(&fs).await {
-            let running = p.state == RotationState::Running;
-            metrics::gauge!("efs_rotation_running", "fs" => label.clone()).set(if running {
-                1.0
-            } else {
-                0.0
+        // A filesystem that never had a rotation (or re-encryption) shows 0s, as one whose
+        // last has ended, rather than no series (an alert on it would never fire).
+        if let Ok(p) = rotation::progress(&fs).await {
+            let (running, rewrapped, seen) = p.map_or((false, 0, 0), |p| {
+                (p.state == RotationState::Running, p.rewrapped, p.seen)
             });
+            metrics::gauge!("efs_rotation_running", "fs" => label.clone())
+                .set(f64::from(u8::from(running)));
             metrics::gauge!("efs_rotation_records_rewrapped", "fs" => label.clone())
-                .set(p.rewrapped as f64);
-            metrics::gauge!("efs_rotation_entries_seen", "fs" => label.clone()).set(p.seen as f64);
+                .set(rewrapped as f64);
+            metrics::gauge!("efs_rotation_entries_seen", "fs" => label.clone()).set(seen as f64);
         }
-        if let Ok(Some(p)) = reencrypt::progress(&fs).await {
-            let running = p.state == RotationState::Running;
-            metrics::gauge!("efs_reencryption_running", "fs" => label.clone()).set(if running {
-                1.0
-            } else {
-                0.0
+        if let Ok(p) = reencrypt::progress(&fs).await {
+            let (running, done, total, bytes) = p.map_or((false, 0, 0, 0), |p| {
+                (
+                    p.state == RotationState::Running,
+                    p.files_done,
+                    p.total_files,
+                    p.bytes_done,
+                )
             });
-            metrics::gauge!("efs_reencryption_files_done", "fs" => label.clone())
-                .set(p.files_done as f64);
+            metrics::gauge!("efs_reencryption_running", "fs" => label.clone())
+                .set(f64::from(u8::from(running)));
+            metrics::gauge!("efs_reencryption_files_done", "fs" => label.clone()).set(done as f64);
             metrics::gauge!("efs_reencryption_files_total", "fs" => label.clone())
-                .set(p.total_files as f64);
-            metrics::gauge!("efs_reencryption_bytes_done", "fs" => label.clone())
-                .set(p.bytes_done as f64);
+                .set(total as f64);
+            metrics::gauge!("efs_reencryption_bytes_done", "fs" => label.clone()).set(bytes as f64);
         }
     }
     let due = {

@@ -366,6 +366,15 @@ async fn reencrypt_and_rotate_under_load_with_metrics() {
         if gauge(&m, "efs_fs_files", "files") == Some(200.0) {
             assert_eq!(gauge(&m, "efs_fs_bytes", "files"), Some(total as f64));
             assert_eq!(gauge(&m, "efs_fs_key_term", "files"), Some(1.0));
+            // Before any rotation or re-encryption: 0s, not missing series.
+            for g in [
+                "efs_rotation_running",
+                "efs_rotation_records_rewrapped",
+                "efs_reencryption_running",
+                "efs_reencryption_files_total",
+            ] {
+                assert_eq!(gauge(&m, g, "files"), Some(0.0), "{g}: {m}");
+            }
             break;
         }
         assert!(t0.elapsed() < Duration::from_secs(20), "{m}");
@@ -485,6 +494,40 @@ async fn an_admin_request_longer_than_a_mebibyte_is_refused() {
     writer.abort();
     let out = srv.efsctl_ok(&["list-fs"]);
     assert!(out.contains("files"), "{out}");
+}
+
+/// Regression: the admin socket took any number of connections, each held for ever
+/// without sending a line. 64 are served at once; the 65th is answered once one of them
+/// ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_connections_are_bounded() {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let s = session(&[]).await;
+    let path = s.srv.data.join("system").join("admin.sock");
+    let mut idle = Vec::new();
+    for _ in 0..64 {
+        idle.push(tokio::net::UnixStream::connect(&path).await.unwrap());
+    }
+    let waiting = tokio::spawn({
+        let path = path.clone();
+        async move {
+            let sock = tokio::net::UnixStream::connect(&path).await.unwrap();
+            let (r, mut w) = sock.into_split();
+            w.write_all(b"{\"cmd\":\"list-fs\"}\n").await.unwrap();
+            BufReader::new(r).lines().next_line().await
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!waiting.is_finished(), "a 65th connection was served");
+    drop(idle.pop());
+    let line = tokio::time::timeout(Duration::from_secs(10), waiting)
+        .await
+        .expect("answered once a place was free")
+        .unwrap()
+        .unwrap()
+        .expect("a line");
+    let v: Value = serde_json::from_str(&line).unwrap();
+    assert_eq!(v["ok"], true, "{v}");
 }
 
 /// The admin socket answers only root and the server's own account, also when the socket's
@@ -1012,4 +1055,23 @@ async fn rotate_signing_key_refuses_old_tokens_and_changes_the_identity() {
             .any(|l| l.contains("  200  ") && l.contains(&newest) && !l.contains(&old_id)),
         "the last run's entry names the identity it made: {log}"
     );
+}
+
+/// Regression: `efsctl --version` said `efs-server 0.1.0` (clap took the package's name).
+/// Each binary names itself.
+#[test]
+fn each_binary_names_itself_in_its_version() {
+    for (bin, name) in [(EFSCTL_BIN, "efsctl"), (SERVER_BIN, "efs-server")] {
+        let out = std::process::Command::new(bin)
+            .arg("--version")
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{bin} --version");
+        assert_eq!(
+            text.split_whitespace().next(),
+            Some(name),
+            "{bin} --version: {text}"
+        );
+    }
 }

@@ -37,6 +37,7 @@ macro_rules! say {
 /// efsctl opens the data dir itself and needs the same --key-part options as the server.
 #[derive(Parser, Debug)]
 #[command(
+    name = "efsctl",
     version,
     after_help = "Examples:
   efsctl --data ./efs-data create-fs user-data
