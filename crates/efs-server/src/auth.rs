@@ -1175,6 +1175,20 @@ struct Challenges {
     /// The outstanding nonces of each address key ([`address_key`]), in issue order: exactly
     /// the nonces of `pending`, grouped.
     by_address: HashMap<IpAddr, VecDeque<[u8; NONCE_LEN]>>,
+    /// The same for each IPv6 /48 ([`site_key`]): a site holds 65,536 /64s, and with only
+    /// the per-address limit one site could push every other client's challenge out.
+    by_site: HashMap<IpAddr, VecDeque<[u8; NONCE_LEN]>>,
+}
+
+/// How many times the per-address limit of outstanding challenges one IPv6 /48 holds.
+const CHALLENGES_SITE_FACTOR: usize = 4;
+
+/// The /48 of an IPv6 address key; `None` for IPv4.
+fn site_key(address: IpAddr) -> Option<IpAddr> {
+    match address {
+        IpAddr::V4(_) => None,
+        IpAddr::V6(v6) => Some(IpAddr::V6((u128::from(v6) & !((1u128 << 80) - 1)).into())),
+    }
 }
 
 struct PendingChallenge {
@@ -1213,16 +1227,88 @@ impl Challenges {
             }
             self.pop_oldest();
         }
-        // An address at its own limit loses its own oldest challenge, nobody else's.
-        let own = self.by_address.entry(challenge.address).or_default();
-        while own.len() >= max.per_address.max(1) {
-            if let Some(oldest) = own.pop_front() {
-                self.pending.remove(&oldest);
-            }
+        // An address at its own limit loses its own oldest challenge, nobody else's; so does
+        // an IPv6 /48 at its limit.
+        let per_address = max.per_address.max(1);
+        Self::make_room(
+            &mut self.pending,
+            &mut self.by_address,
+            &mut self.by_site,
+            challenge.address,
+            per_address,
+            true,
+        );
+        if let Some(site) = site_key(challenge.address) {
+            Self::make_room(
+                &mut self.pending,
+                &mut self.by_address,
+                &mut self.by_site,
+                site,
+                per_address.saturating_mul(CHALLENGES_SITE_FACTOR),
+                false,
+            );
+            self.by_site.entry(site).or_default().push_back(nonce);
         }
-        own.push_back(nonce);
+        self.by_address
+            .entry(challenge.address)
+            .or_default()
+            .push_back(nonce);
         self.order.push_back((nonce, challenge.expires_ms));
         self.pending.insert(nonce, challenge);
+    }
+
+    /// Drops the oldest outstanding challenges of `key` (an address key, or a site key if
+    /// not `by_address`) until it holds fewer than `limit`.
+    fn make_room(
+        pending: &mut HashMap<[u8; NONCE_LEN], PendingChallenge>,
+        by_address: &mut HashMap<IpAddr, VecDeque<[u8; NONCE_LEN]>>,
+        by_site: &mut HashMap<IpAddr, VecDeque<[u8; NONCE_LEN]>>,
+        key: IpAddr,
+        limit: usize,
+        address: bool,
+    ) {
+        loop {
+            let group = if address {
+                &mut *by_address
+            } else {
+                &mut *by_site
+            };
+            let Some(list) = group.get_mut(&key) else {
+                return;
+            };
+            if list.len() < limit {
+                return;
+            }
+            let Some(oldest) = list.pop_front() else {
+                return;
+            };
+            if list.is_empty() {
+                group.remove(&key);
+            }
+            if let Some(taken) = pending.remove(&oldest) {
+                Self::forget(by_address, by_site, &taken, &oldest);
+            }
+        }
+    }
+
+    /// Removes `nonce` from the groups of `taken`'s address and site.
+    fn forget(
+        by_address: &mut HashMap<IpAddr, VecDeque<[u8; NONCE_LEN]>>,
+        by_site: &mut HashMap<IpAddr, VecDeque<[u8; NONCE_LEN]>>,
+        taken: &PendingChallenge,
+        nonce: &[u8; NONCE_LEN],
+    ) {
+        use subtle::ConstantTimeEq;
+        let groups = std::iter::once((&mut *by_address, taken.address))
+            .chain(site_key(taken.address).map(|s| (&mut *by_site, s)));
+        for (group, key) in groups {
+            if let Some(list) = group.get_mut(&key) {
+                list.retain(|n| !bool::from(n.ct_eq(nonce)));
+                if list.is_empty() {
+                    group.remove(&key);
+                }
+            }
+        }
     }
 
     fn pop_oldest(&mut self) {
@@ -1233,13 +1319,7 @@ impl Challenges {
 
     fn take(&mut self, nonce: &[u8; NONCE_LEN]) -> Option<PendingChallenge> {
         let taken = self.pending.remove(nonce)?;
-        if let Some(own) = self.by_address.get_mut(&taken.address) {
-            use subtle::ConstantTimeEq;
-            own.retain(|n| !bool::from(n.ct_eq(nonce)));
-            if own.is_empty() {
-                self.by_address.remove(&taken.address);
-            }
-        }
+        Self::forget(&mut self.by_address, &mut self.by_site, &taken, nonce);
         Some(taken)
     }
 }
@@ -2224,6 +2304,51 @@ mod tests {
         let other = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 99));
         auth.login(&request("app1", &ch.nonce, sig, Some("records")), other)
             .unwrap();
+    }
+
+    /// Regression: each IPv6 /64 had its own limit, so one /48 (65,536 /64s) could fill the
+    /// whole table and push every other client's challenge out. A /48 holds 4 times the
+    /// per-address limit; its own oldest go first.
+    #[test]
+    fn challenges_are_bounded_per_ipv6_site() {
+        let f = fixture();
+        let auth = Authenticator::new(&key(100), AuthConfig::default(), f.dir.clone())
+            .with_manual_clock(f.clock.clone())
+            .with_max_pending_challenges(1_000)
+            .with_max_pending_challenges_per_address(4);
+        let ask = |ip: IpAddr| {
+            auth.challenge(
+                &ChallengeRequest {
+                    user: "app1".into(),
+                },
+                ip,
+            )
+            .unwrap()
+        };
+        // The victim in another /48 of the same /32.
+        let victim = ask(IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 8, 0, 0, 0, 0, 1)));
+        // One /48, a new /64 for each challenge.
+        let attacker = |i: u16| IpAddr::V6(Ipv6Addr::new(0x2001, 0xdb8, 7, i, 0, 0, 0, 1));
+        for i in 0..500 {
+            ask(attacker(i));
+            let c = auth.lock_challenges();
+            assert!(c.pending.len() <= 17, "{}", c.pending.len());
+            let by_address: usize = c.by_address.values().map(VecDeque::len).sum();
+            let by_site: usize = c.by_site.values().map(VecDeque::len).sum();
+            assert_eq!((by_address, by_site), (c.pending.len(), c.pending.len()));
+        }
+        let sig = sign(&f.app1, &victim.server, "app1", &victim.nonce);
+        auth.login(&request("app1", &victim.nonce, sig, None), IP)
+            .expect("another site's challenge survives the flood");
+        assert_eq!(auth.lock_challenges().pending.len(), 16);
+        // Expired, they leave every group.
+        f.advance(Duration::from_secs(61));
+        challenge(&auth, "app1");
+        let c = auth.lock_challenges();
+        assert_eq!(
+            (c.pending.len(), c.by_address.len(), c.by_site.len()),
+            (1, 1, 0)
+        );
     }
 
     /// One address asking for many challenges drops only its own oldest ones: another
