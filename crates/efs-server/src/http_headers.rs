@@ -104,6 +104,11 @@ pub fn parse_etags(v: &str, compare: EtagCompare) -> Option<Vec<[u8; 16]>> {
                     (_, None) => t,
                 };
                 let t = t.strip_prefix('"')?.strip_suffix('"')?;
+                // Entity tags compare octet by octet (RFC 9110 §8.8.3.2): ours are lower
+                // case, so an upper-case one is another tag, matching no version.
+                if t.bytes().any(|b| b.is_ascii_uppercase()) {
+                    return None;
+                }
                 hex::decode(t)
                     .ok()
                     .and_then(|b| <[u8; 16]>::try_from(b).ok())
@@ -216,5 +221,9 @@ mod tests {
         assert_eq!(hex::encode(tags[2]), b);
         assert_eq!(parse_etags(&format!("W/\"{a}\""), Strong), Some(vec![]));
         assert_eq!(parse_etags("", Strong), Some(vec![]));
+        // Octet by octet: the same tag in upper case is another tag.
+        let upper = format!("\"{}\"", a.to_uppercase());
+        assert_eq!(parse_etags(&upper, Strong), Some(vec![]));
+        assert_eq!(parse_etags(&upper, Weak), Some(vec![]));
     }
 }
