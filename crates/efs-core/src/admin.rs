@@ -652,7 +652,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     )];
                     if rep.blobs_deferred > 0 {
                         lines.push(format!(
-                            "{} more orphan blobs are removed when the backup of '{fs}' running now ends",
+                            "{} more orphan blobs wait for a backup of '{fs}' to end, or are being removed as one has ended",
                             rep.blobs_deferred
                         ));
                     }

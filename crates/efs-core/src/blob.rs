@@ -126,8 +126,17 @@ impl LocalBlobStore {
             direct_read_min: DIRECT_READ_MIN,
             #[cfg(test)]
             refuse_direct_from: None,
-            windows: Arc::new(tokio::sync::Semaphore::new(DIRECT_WINDOWS)),
+            windows: window_budget(),
         })
+    }
+
+    /// The same store, its direct reads taking windows from `budget` (shared with other
+    /// stores) instead of a budget of its own.
+    pub(crate) fn sharing_windows(self, budget: Arc<tokio::sync::Semaphore>) -> Self {
+        Self {
+            windows: budget,
+            ..self
+        }
     }
 
     /// The same store writing every blob through the page cache (the tests compare both
@@ -926,11 +935,17 @@ struct DirectReads {
     refuse_from: Option<u64>,
 }
 
-/// Direct-read windows held at once by all readers of one store (256 MiB): past it a
-/// download reads through the page cache instead (512 KiB a download) and no window is
+/// Direct-read windows held at once (256 MiB) by all readers of one store, or of every
+/// store sharing a budget (a data dir's filesystems share one: [`window_budget`]): past it
+/// a download reads through the page cache instead (512 KiB a download) and no window is
 /// read ahead, so a crowd of large downloads (or of clients that do not read theirs)
 /// cannot grow the server's memory 16 MiB at a time without bound.
 pub(crate) const DIRECT_WINDOWS: usize = 32;
+
+/// A new budget of [`DIRECT_WINDOWS`] direct-read windows.
+pub(crate) fn window_budget() -> Arc<tokio::sync::Semaphore> {
+    Arc::new(tokio::sync::Semaphore::new(DIRECT_WINDOWS))
+}
 
 /// One window's place in its store's budget ([`DIRECT_WINDOWS`]).
 type WindowPermit = tokio::sync::OwnedSemaphorePermit;
@@ -973,14 +988,25 @@ impl DirectReads {
     /// The blob's `len` bytes at `offset`, copied out of the windows into a buffer that is
     /// not zeroed first; `None` when the store's window budget has no place for a window.
     async fn read(&self, offset: u64, len: usize, blob_len: u64) -> Result<Option<Vec<u8>>> {
-        let mut out = crate::plainbuf::with_capacity(len);
+        // Taken from the pool at the first piece, and given back (wiped) if the read ends
+        // without a window: with the budget spent, every read would otherwise take a
+        // pooled buffer and free it.
+        let mut out: Option<Vec<u8>> = None;
         let lent = self
             .lend(offset, len, blob_len, &mut |piece| {
-                out.extend_from_slice(piece);
+                out.get_or_insert_with(|| crate::plainbuf::with_capacity(len))
+                    .extend_from_slice(piece);
                 Ok(())
             })
             .await?;
-        Ok(lent.then_some(out))
+        match (lent, out) {
+            (true, out) => Ok(Some(out.unwrap_or_default())),
+            (false, Some(partial)) => {
+                drop(crate::plainbuf::PlainBuf::from_vec(partial));
+                Ok(None)
+            }
+            (false, None) => Ok(None),
+        }
     }
 
     /// The blob's `len` bytes at `offset`, handed to `sink` window by window, as slices of

@@ -88,6 +88,9 @@ pub struct DataDir {
     audit: AuditLog,
     /// The data dir's lock ([`lock_data_dir`]), released after everything else is closed.
     _lock: std::fs::File,
+    /// The direct-read windows every filesystem's blob store takes from (one budget for the
+    /// process: see `blob::DIRECT_WINDOWS`).
+    windows: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -368,6 +371,7 @@ impl DataDir {
             audit_keys,
             audit,
             _lock: lock,
+            windows: crate::blob::window_budget(),
         };
         for rec in dd.system.filesystems()? {
             let fs = Arc::new(dd.open_fs(&rec)?);
@@ -459,7 +463,7 @@ impl DataDir {
         let dir = self.fs_dir(id);
         crate::blob::create_dir_all_synced(&dir)?;
         let index = self.open_index(id, true)?;
-        let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
+        let blobs = LocalBlobStore::open(&dir.join("blobs"))?.sharing_windows(self.windows.clone());
         crate::blob::sync_dir(&dir)?;
         Ok((index, blobs))
     }
@@ -541,7 +545,7 @@ impl DataDir {
                 c
             }
         };
-        let blobs = LocalBlobStore::open(&dir.join("blobs"))?;
+        let blobs = LocalBlobStore::open(&dir.join("blobs"))?.sharing_windows(self.windows.clone());
         let fs = Filesystem::new(
             rec.name.clone(),
             rec.id,

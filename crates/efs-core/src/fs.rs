@@ -519,7 +519,11 @@ impl Filesystem {
                 .collect(),
         };
         let committed = self.commit_counted(batch).await;
-        if committed.is_err() {
+        // (A batch refused at the seal limit never reached the index: nothing to settle.)
+        if committed
+            .as_ref()
+            .is_err_and(|e| !matches!(e, CoreError::SealLimit))
+        {
             // Counted before the caller drops the uploads of the batch (their blobs leave
             // the running ones): gc, which copies those first and settles after, sees one
             // or the other.
@@ -1324,7 +1328,12 @@ impl Filesystem {
             {
                 batch.ops.push(Op::DeleteInline(old.id));
             }
-            if self.commit_batch(batch).await.map_err(Failed::Unknown)? {
+            // A batch refused at the seal limit never reached the index: its content goes.
+            let committed = self.commit_batch(batch).await.map_err(|e| match e {
+                CoreError::SealLimit => Failed::NotCommitted(e),
+                e => Failed::Unknown(e),
+            })?;
+            if committed {
                 if let Some((_, old)) = &res.current {
                     self.remove_blob_of(old).await;
                 }

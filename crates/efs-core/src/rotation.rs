@@ -535,13 +535,18 @@ pub(crate) mod tests {
         counts.insert(term, crate::fs::SEAL_LIMIT - 1);
         fs.set_seal_counts(counts);
         put(&fs, "/b", b"the last record this term seals").await;
+        // A blob-sized upload refused: its blob goes too (it was left for gc, as after a
+        // commit of unknown outcome, though nothing had reached the index).
+        let blobs_before = fs.blobs.list().await.unwrap().len();
         let mut up = fs.begin_upload().await.unwrap();
-        up.write(b"c").await.unwrap();
+        up.write(&[3u8; 300_000]).await.unwrap();
         let e = fs
             .commit(&EfsPath::parse("/c").unwrap(), up, None, Precondition::None)
             .await
             .unwrap_err();
         assert!(matches!(e, CoreError::SealLimit), "{e}");
+        assert_eq!(fs.blobs.list().await.unwrap().len(), blobs_before);
+        assert!(fs.unsettled.lock().unwrap().is_empty());
         let e = fs.mkdir(&EfsPath::parse("/d").unwrap()).await.unwrap_err();
         assert!(matches!(e, CoreError::SealLimit), "{e}");
         assert!(fs.open(&EfsPath::parse("/c").unwrap()).await.is_err());

@@ -189,10 +189,16 @@ const ROTATION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// records AES-GCM with random nonces allows one key ([`efs_core::Filesystem::rotation_due`]),
 /// as an operator would with `efsctl rotate-key`, and recorded as that command by the
 /// account `efs-server`, `automatic`: past the whole limit, writes would be refused. Looks
-/// once a minute; a rotation refused (a re-encryption runs) is tried again a minute later.
+/// once a minute; a rotation that could not start (a re-encryption or a restore runs, the
+/// index is on hold) is tried again after a wait that doubles each time, up to an hour, so
+/// that a long obstacle does not write two audit entries a minute.
 pub async fn rotate_when_due(st: Arc<AppState>) {
+    use std::collections::HashMap;
+    use std::time::{Duration, Instant};
     let mut tick = tokio::time::interval(ROTATION_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // Per filesystem whose last try failed: when to try again, and the wait after that.
+    let mut backoff: HashMap<String, (Instant, Duration)> = HashMap::new();
     loop {
         tick.tick().await;
         if st.detached.is_closed() {
@@ -200,6 +206,13 @@ pub async fn rotate_when_due(st: Arc<AppState>) {
         }
         for fs in st.data.open_filesystems() {
             if !fs.rotation_due() {
+                backoff.remove(fs.name());
+                continue;
+            }
+            if backoff
+                .get(fs.name())
+                .is_some_and(|(next, _)| Instant::now() < *next)
+            {
                 continue;
             }
             let name = fs.name().to_owned();
@@ -213,12 +226,17 @@ pub async fn rotate_when_due(st: Arc<AppState>) {
             };
             let r = handle(&st, req, &op).await;
             if r.ok {
+                backoff.remove(&name);
                 tracing::warn!(
                     fs = %name,
                     "started a key rotation: the current key term has sealed half of the 2^32 records AES-GCM allows it"
                 );
             } else {
-                tracing::warn!(fs = %name, error = ?r.error, "a key rotation is due and could not start; trying again in a minute");
+                let wait = backoff.get(&name).map_or(ROTATION_CHECK, |(_, w)| {
+                    (*w * 2).min(Duration::from_secs(3600))
+                });
+                backoff.insert(name.clone(), (Instant::now() + wait, wait));
+                tracing::warn!(fs = %name, error = ?r.error, retry_in_secs = wait.as_secs(), "a key rotation is due and could not start");
             }
         }
     }

@@ -504,7 +504,15 @@ async fn serve(
                         };
                         // From here, the body's frames are the connection's progress.
                         let progress = in_flight.answered();
-                        r.map(|resp| resp.map(|b| crate::connections::guarded(b, progress)))
+                        // A download's length is in its headers (its streamed body knows none).
+                        r.map(|resp| {
+                            let len = resp
+                                .headers()
+                                .get(hyper::header::CONTENT_LENGTH)
+                                .and_then(|v| v.to_str().ok())
+                                .and_then(|v| v.parse::<u64>().ok());
+                            resp.map(|b| crate::connections::guarded(b, progress, len))
+                        })
                     }
                 },
             );
