@@ -519,6 +519,23 @@ async fn admin_connections_are_bounded() {
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert!(!waiting.is_finished(), "a 65th connection was served");
+    // `efsctl health` gets no answer either: it says so within its 5 s and fails, instead
+    // of waiting for ever (a probe without a timeout of its own hung with it).
+    let t0 = Instant::now();
+    let health = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking({
+            let mut cmd = s.srv.efsctl_command(&["health"]);
+            move || cmd.output().unwrap()
+        }),
+    )
+    .await
+    .expect("efsctl health ended")
+    .unwrap();
+    let err = String::from_utf8_lossy(&health.stderr);
+    assert!(!health.status.success(), "{err}");
+    assert!(err.contains("did not answer within 5 s"), "{err}");
+    assert!(t0.elapsed() < Duration::from_secs(15), "{:?}", t0.elapsed());
     drop(idle.pop());
     let line = tokio::time::timeout(Duration::from_secs(10), waiting)
         .await

@@ -729,12 +729,40 @@ fn ask(mut s: UnixStream, req: &AdminRequest) -> anyhow::Result<AdminResponse> {
     serde_json::from_str(&out).context("the server's answer is not valid JSON")
 }
 
+/// How long `efsctl health` waits for the server's answer (less than the Dockerfile's
+/// HEALTHCHECK timeout of 10 s, so that the probe's own message is what is seen).
+const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `health`: only a running server answers (no fallback to the data dir, which would need
 /// the key parts and would not say whether anything serves).
+///
+/// A server that does not answer within [`HEALTH_TIMEOUT`] is not healthy: without a limit a
+/// server whose admin socket accepts nothing (out of descriptors, every admin place taken)
+/// made `health` wait for ever, and a probe without its own timeout with it.
 fn health(data: &Path) -> anyhow::Result<u8> {
     let s = UnixStream::connect(efs_core::datadir::admin_socket_path(data))
         .map_err(|_| anyhow::anyhow!("no efs-server is running on {}", data.display()))?;
-    let resp = ask(s, &AdminRequest::Health)?;
+    s.set_read_timeout(Some(HEALTH_TIMEOUT))?;
+    s.set_write_timeout(Some(HEALTH_TIMEOUT))?;
+    let resp = ask(s, &AdminRequest::Health).map_err(|e| {
+        let timed_out = e.chain().any(|c| {
+            c.downcast_ref::<std::io::Error>().is_some_and(|io| {
+                matches!(
+                    io.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                )
+            })
+        });
+        if timed_out {
+            anyhow::anyhow!(
+                "efs-server on {} did not answer within {} s",
+                data.display(),
+                HEALTH_TIMEOUT.as_secs()
+            )
+        } else {
+            e
+        }
+    })?;
     match resp.error {
         None if resp.ok => {
             say!("ok");
