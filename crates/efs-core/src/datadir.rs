@@ -123,6 +123,16 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// A new user's first token generation: random below 2^48 (and at least 1). Tokens carry a
+/// digest of the user's creation time and generation (`gen`); a user deleted and created again
+/// under the same name within one millisecond would otherwise start at the same generation as
+/// the deleted one and accept its tokens. Every change adds one, so 2^48 leaves room for them.
+fn first_generation() -> u64 {
+    let mut b = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut b[2..]).expect("the system RNG does not fail on Linux");
+    u64::from_be_bytes(b).max(1)
+}
+
 /// Name of the system secret that holds the audit log's root key.
 const SECRET_AUDIT_ROOT: &str = "audit-root";
 
@@ -1119,7 +1129,7 @@ impl DataDir {
             name: name.to_owned(),
             public_key,
             grants,
-            generation: 1,
+            generation: first_generation(),
             created_ms: now_ms(),
             cert_sha256: None,
         };

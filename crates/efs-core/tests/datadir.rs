@@ -426,6 +426,7 @@ async fn users_grants_and_revocation() {
     let tmp = tempfile::tempdir().unwrap();
     let root = tmp.path().join("data");
     let part = new_part(&tmp.path().join("part.key"));
+    let g;
     {
         let dd = open(&root, std::slice::from_ref(&part)).unwrap();
         dd.create_fs("docs").unwrap();
@@ -433,35 +434,38 @@ async fn users_grants_and_revocation() {
         let u = dd
             .create_user("alice", [1; 32], vec![grant("docs", false)])
             .unwrap();
-        assert_eq!(u.generation, 1);
+        // A random first generation (below 2^48), so that a user deleted and created again
+        // under the same name does not start where the deleted one started.
+        g = u.generation;
+        assert!((1..1 << 48).contains(&g), "{g}");
 
         let u = dd.grant("alice", "photos", true).unwrap();
-        assert_eq!(u.generation, 2, "a grant revokes earlier tokens");
+        assert_eq!(u.generation, g + 1, "a grant revokes earlier tokens");
         assert_eq!(u.grants, vec![grant("docs", false), grant("photos", true)]);
         // Changing a grant replaces it.
         let u = dd.grant("alice", "docs", true).unwrap();
-        assert_eq!(u.generation, 3);
+        assert_eq!(u.generation, g + 2);
         assert_eq!(u.grants.len(), 2);
         assert!(u.grants.contains(&grant("docs", true)));
 
         let u = dd.revoke("alice", None).unwrap();
-        assert_eq!(u.generation, 4, "revoking all tokens keeps the grants");
+        assert_eq!(u.generation, g + 3, "revoking all tokens keeps the grants");
         assert_eq!(u.grants.len(), 2);
         let u = dd.revoke("alice", Some("photos")).unwrap();
         assert_eq!(
             (u.generation, u.grants.clone()),
-            (5, vec![grant("docs", true)])
+            (g + 4, vec![grant("docs", true)])
         );
         let e = dd.revoke("alice", Some("photos")).err().unwrap();
         assert!(matches!(e, CoreError::Invalid(_)), "{e}");
         assert_eq!(
             dd.user("alice").unwrap().unwrap().generation,
-            5,
+            g + 4,
             "unchanged"
         );
 
         let u = dd.bind_cert("alice", Some([9; 32])).unwrap();
-        assert_eq!((u.generation, u.cert_sha256), (6, Some([9; 32])));
+        assert_eq!((u.generation, u.cert_sha256), (g + 5, Some([9; 32])));
 
         // Refusals.
         assert!(matches!(
@@ -492,11 +496,20 @@ async fn users_grants_and_revocation() {
         dd.delete_user("bob").unwrap();
         assert!(dd.user("bob").unwrap().is_none());
         assert!(matches!(dd.delete_user("bob"), Err(CoreError::Invalid(_))));
+
+        // A user created again under a deleted user's name starts at another generation:
+        // tokens hash the creation time (ms) and the generation, so within one millisecond
+        // the same first generation would make the deleted user's tokens the new one's.
+        let first = dd.create_user("bob", [2; 32], vec![]).unwrap();
+        dd.delete_user("bob").unwrap();
+        let again = dd.create_user("bob", [2; 32], vec![]).unwrap();
+        assert_ne!(first.generation, again.generation);
+        dd.delete_user("bob").unwrap();
     }
     // All of it survives a restart.
     let dd = open(&root, &[part]).unwrap();
     let alice = dd.user("alice").unwrap().unwrap();
-    assert_eq!(alice.generation, 6);
+    assert_eq!(alice.generation, g + 5);
     assert_eq!(alice.grants, vec![grant("docs", true)]);
     assert_eq!(alice.cert_sha256, Some([9; 32]));
     assert!(dd.user("bob").unwrap().is_none());

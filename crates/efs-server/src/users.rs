@@ -77,10 +77,10 @@ fn to_auth(u: &UserRecord) -> Option<AuthUser> {
     })
 }
 
-/// The generation a token carries (`gen`). The stored generation restarts at 1 when a
-/// deleted user's name is given to a new user, which would bring the old user's tokens back
-/// to life; mixing in the creation time tells the two users apart. 53 bits, so that the
-/// claim stays an exact number in any JSON reader.
+/// The generation a token carries (`gen`). A deleted user's name given to a new user must not
+/// bring the old user's tokens back to life: a new user's stored generation starts at a random
+/// number (below 2^48; users created before that started at 1), and the creation time is mixed
+/// in as well. 53 bits, so that the claim stays an exact number in any JSON reader.
 fn token_generation(u: &UserRecord) -> u64 {
     use sha2::{Digest, Sha256};
     let mut h = Sha256::new();
