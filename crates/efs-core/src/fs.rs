@@ -489,6 +489,16 @@ impl Filesystem {
         c.counts = counts;
     }
 
+    /// Counts `n` records as sealed under the current key term, as if this process had
+    /// sealed them (stored by the next [`Filesystem::store_seal_counts`]): tests of what
+    /// happens near the seal limit, which no test can reach by sealing. Not an API.
+    #[doc(hidden)]
+    pub fn set_current_term_seals_for_tests(&self, n: u64) {
+        let term = self.keyring().current().number;
+        let mut c = self.seals.lock().unwrap_or_else(|e| e.into_inner());
+        c.counts.insert(term, n);
+    }
+
     /// Records sealed under each key term, as far as this filesystem knows: what the index
     /// stores plus what this process has committed since (the stored counts may lag by
     /// [`FsOptions::seal_count_step`] after a crash; a clean stop stores them, see

@@ -87,13 +87,19 @@ pub fn raise_open_files_limit() -> Option<u64> {
 
 /// Logs to stderr at the level `EFS_LOG` names (`warn` by default), for efs-server and
 /// efsctl alike (without a server, efsctl opens the data dir itself: the core's warnings —
-/// an index repaired after a kill, a damaged entry a rotation skips — are its too).
+/// an index repaired after a kill, a damaged entry a rotation skips — are its too). Coloured
+/// only on a terminal (and not with `NO_COLOR`): journald, `docker logs` and log files get
+/// plain text.
 pub fn init_logging() {
+    use std::io::IsTerminal;
+    let colour = std::io::stderr().is_terminal()
+        && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("EFS_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
         )
+        .with_ansi(colour)
         .with_writer(std::io::stderr)
         .init();
 }

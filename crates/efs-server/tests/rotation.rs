@@ -208,3 +208,89 @@ async fn seal_counts_are_stored_when_the_server_and_efsctl_stop() {
     assert_eq!(st["current_term"], 2, "{st}");
     assert_eq!(st["records_sealed"]["2"], 8, "{st}");
 }
+
+/// Counts records as sealed under the current term of `files` until it has sealed `n`, with
+/// the server stopped (what a long life of writes would leave; no test can seal 2^31).
+async fn set_sealed(srv: &TestServer, n: u64) {
+    let (dd, _) = efs_core::DataDir::open(
+        &srv.data,
+        &[],
+        efs_core::OpenOptions::default(),
+        &efs_core::keyparts::no_prompt,
+    )
+    .unwrap();
+    let fs = dd.fs("files").expect("the filesystem is open");
+    fs.set_current_term_seals_for_tests(n);
+    dd.store_seal_counts().await.unwrap();
+}
+
+/// The running server starts a key rotation by itself once the current term has sealed half
+/// of the 2^32 records AES-GCM with random nonces allows one key
+/// (`admin_socket::rotate_when_due`, which looks at start and then once a minute), recorded
+/// in the audit log as `rotate-key` by `efs-server`, `automatic`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_rotates_a_term_that_sealed_half_its_limit() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/before", &s.token, pattern(100, 1)).await;
+    srv.stop().await;
+    let rotations = |srv: &TestServer| -> Vec<Value> {
+        let out = srv.efsctl_ok(&["audit", "show", "--json"]);
+        let v: Value = serde_json::from_str(&out).expect("audit show --json prints JSON");
+        v.as_array()
+            .expect("an array of entries")
+            .iter()
+            .filter(|e| e.to_string().contains("rotate-key"))
+            .cloned()
+            .collect()
+    };
+    // One record short of half the limit: not due.
+    set_sealed(&srv, efs_core::fs::SEAL_WARNING - 1).await;
+    let st = status_json(&srv);
+    assert_eq!(st["rotate_now"], false, "{st}");
+    // At half the limit: the server rotates at start, by itself, and says so.
+    set_sealed(&srv, efs_core::fs::SEAL_WARNING).await;
+    let st = status_json(&srv);
+    assert_eq!(st["rotate_now"], true, "{st}");
+    assert!(rotations(&srv).is_empty(), "{:#?}", rotations(&srv));
+    let mut again = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let st = status_json(&again);
+        if st["current_term"] == 2 && st["rotation"]["state"] == "done" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no rotation: {st}\n{}",
+            again.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        again.stderr().contains("started a key rotation"),
+        "{}",
+        again.stderr()
+    );
+    // Log lines off a terminal are plain text (they carried colour codes into journald,
+    // `docker logs` and files).
+    assert!(!again.stderr().contains('\u{1b}'), "{:?}", again.stderr());
+    let token = again.login("app", &s.key, None).await;
+    assert_eq!(again.get_ok("/before", &token).await, pattern(100, 1));
+    again.put_ok("/after", &token, pattern(10, 2)).await;
+    again.stop().await;
+    // One rotation: recorded when it started (202) and when it ended (200).
+    let r = rotations(&srv);
+    let statuses: Vec<&Value> = r.iter().map(|e| &e["status"]).collect();
+    assert_eq!(statuses, [202, 200], "{r:#?}");
+    for e in &r {
+        assert!(
+            e["user"] == "efs-server" && e["client"] == "automatic",
+            "{e}"
+        );
+    }
+    // The new term is not due.
+    let st = status_json(&srv);
+    assert_eq!(st["current_term"], 2, "{st}");
+    assert_eq!(st["rotate_now"], false, "{st}");
+}
