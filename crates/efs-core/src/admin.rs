@@ -129,6 +129,9 @@ pub enum AdminRequest {
         /// Include the keyring, sealed under the starter key.
         #[serde(default)]
         include_keys: bool,
+        /// Leave damaged entries out (named) instead of stopping at the first.
+        #[serde(default)]
+        skip_damaged: bool,
     },
     /// Restore a backup into a new filesystem or an existing empty one.
     Restore {
@@ -861,9 +864,15 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             fs,
             dest,
             include_keys,
+            skip_damaged,
         } => {
             let rep = dd
-                .backup(&fs, std::path::Path::new(&dest), include_keys)
+                .backup_skipping_damaged(
+                    &fs,
+                    std::path::Path::new(&dest),
+                    include_keys,
+                    skip_damaged,
+                )
                 .await?;
             let m = &rep.manifest;
             let mut lines = vec![
@@ -888,14 +897,42 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     + &fs
                     + "' exists; to survive the loss of the data dir, back up with --include-keys"
             });
+            for e in &rep.skipped {
+                lines.push(format!("warning: entry {} left out: {}", e.entry, e.reason));
+            }
+            if !rep.skipped.is_empty() {
+                lines.push(format!(
+                    "warning: {} entries left out of this backup{} (efsctl fsck --fs {fs} names the damage); everything else is backed up and restores as usual",
+                    rep.skipped.len(),
+                    if rep.skipped_inline > 0 {
+                        format!(
+                            ", and {} inline contents no entry backed up names",
+                            rep.skipped_inline
+                        )
+                    } else {
+                        String::new()
+                    }
+                ));
+            }
             // The manifest as written, with the summary it holds sealed.
             let mut data = serde_json::to_value(m).unwrap_or_default();
             if let (Some(obj), Ok(serde_json::Value::Object(sum))) =
                 (data.as_object_mut(), serde_json::to_value(&rep.summary))
             {
                 obj.extend(sum);
+                if skip_damaged {
+                    obj.insert(
+                        "skipped".into(),
+                        serde_json::to_value(&rep.skipped).unwrap_or_default(),
+                    );
+                    obj.insert("skipped_inline".into(), rep.skipped_inline.into());
+                }
             }
-            AdminResponse::ok(lines, data)
+            let mut resp = AdminResponse::ok(lines, data);
+            // Exit code 3, as fsck's for damage: a nightly job must not take it for a
+            // complete backup.
+            resp.clean = Some(rep.skipped.is_empty());
+            resp
         }
         AdminRequest::Restore {
             fs,

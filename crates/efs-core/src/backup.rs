@@ -587,6 +587,20 @@ pub struct BackupReport {
     pub summary: Summary,
     /// Encrypted bytes copied (index dump and blobs).
     pub stored_bytes: u64,
+    /// Entries left out ([`backup_skipping_damaged`] only), in entry-key order.
+    pub skipped: Vec<SkippedEntry>,
+    /// Inline contents left out with them (named by no entry backed up).
+    pub skipped_inline: u64,
+}
+
+/// An entry a backup left out: one that does not open, one whose content cannot be read,
+/// or one below a directory left out (it could not be restored without it).
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedEntry {
+    /// The entry key (hex, a keyed hash; never a path), as fsck and the rotation name it.
+    pub entry: String,
+    /// Why.
+    pub reason: String,
 }
 
 fn now_ms() -> i64 {
@@ -660,6 +674,21 @@ pub async fn backup(
     dest: &Path,
     keys: Option<&[u8]>,
 ) -> Result<BackupReport> {
+    backup_skipping_damaged(fs, dest, keys, false).await
+}
+
+/// [`backup`], and with `skip_damaged`, past damaged entries: an entry whose record does
+/// not open, a file whose blob is missing or cannot be read (not a passing failure such
+/// as a full table of open files), and what lies below a directory left out are left out
+/// of the backup and named in [`BackupReport::skipped`] (without it, the first of them
+/// stops the backup: one damaged record stopped every backup of the filesystem). What is
+/// backed up is a consistent part of the snapshot, which restores as any backup does.
+pub async fn backup_skipping_damaged(
+    fs: &Arc<Filesystem>,
+    dest: &Path,
+    keys: Option<&[u8]>,
+    skip_damaged: bool,
+) -> Result<BackupReport> {
     // The pin first: any removal after the snapshot is deferred; any before it removed a
     // blob the snapshot does not name (its commit came first).
     let _pin = fs.pin_for_backup()?;
@@ -677,7 +706,7 @@ pub async fn backup(
             return Err(e);
         }
     };
-    let written = write_backup(fs, dest, keys, dump).await;
+    let written = write_backup(fs, dest, keys, dump, skip_damaged).await;
     if written.is_err() {
         remove_unfinished(dest, created);
     }
@@ -712,6 +741,7 @@ async fn write_backup(
     dest: &Path,
     keys: Option<&[u8]>,
     mut dump: HashedFile,
+    skip_damaged: bool,
 ) -> Result<BackupReport> {
     // Taken before the snapshot: a rotation persists its keyring before it swaps the one
     // in memory, so this keyring's current term is in the snapshot's keyring too (and in
@@ -738,6 +768,9 @@ async fn write_backup(
     };
     let mut blob_ids = Vec::new();
     let mut keyring = None;
+    let mut skipped = Vec::new();
+    // With `skip_damaged`: each directory backed up, by its tag, with its parent's tag.
+    let mut dirs = std::collections::HashMap::new();
     fs.index
         .visit_snapshot(&mut |item| {
             match item {
@@ -748,13 +781,28 @@ async fn write_backup(
                 }
                 SnapshotItem::Entry(k, v) => {
                     // Named, so that fsck's report and the operator can find it.
-                    let rec = fs.open_rec(&kr, k, v).map_err(|e| {
-                        CoreError::Invalid(format!(
-                            "entry {} of the index does not open ({e}): not backed up \
-                             (efsctl fsck reports it)",
-                            hex::encode(k)
-                        ))
-                    })?;
+                    let rec = match fs.open_rec(&kr, k, v) {
+                        Ok(rec) => rec,
+                        Err(e) if skip_damaged => {
+                            skipped.push(SkippedEntry {
+                                entry: hex::encode(k),
+                                reason: format!("does not open ({e})"),
+                            });
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            return Err(CoreError::Invalid(format!(
+                                "entry {} of the index does not open ({e}): not backed up \
+                                 (efsctl fsck reports it; efsctl backup --skip-damaged backs \
+                                 up the rest)",
+                                hex::encode(k)
+                            )));
+                        }
+                    };
+                    if skip_damaged && rec.kind == Kind::Dir {
+                        let parent: [u8; 16] = k[..16].try_into().expect("32-byte key");
+                        dirs.insert(fs.dir_tag(&kr, &rec.id), parent);
+                    }
                     if rec.kind == Kind::File {
                         summary.files += 1;
                         summary.bytes += rec.size;
@@ -774,7 +822,10 @@ async fn write_backup(
         })
         .await?;
     let (sha, mut stored) = dump.finish()?;
+    let m_dump_len = stored;
     m.index_sha256 = sha;
+    // With `skip_damaged`: the files whose blob cannot be read, by content id.
+    let mut unreadable = std::collections::HashMap::new();
     // Shard directories written into: their entries are synced before the manifest.
     let mut shards = std::collections::BTreeSet::new();
     for id in blob_ids {
@@ -786,21 +837,35 @@ async fn write_backup(
             crate::blob::create_dir_all_synced(shard)?;
             shards.insert(shard.to_path_buf());
         }
-        let src = fs.blobs.open(&id).await.map_err(|e| blob_error(&name, e))?;
-        let mut out = HashedFile::create(&path)?;
-        let mut off = 0u64;
-        while off < src.len() {
-            let n = (src.len() - off).min(COPY_CHUNK as u64) as usize;
-            let chunk = src
-                .read_at(off, n)
-                .await
-                .map_err(|e| blob_error(&name, e))?;
-            out.write(&chunk)?;
-            off += n as u64;
+        match copy_blob_out(fs, &id, &path).await {
+            Ok((sha, n)) => {
+                stored += n;
+                m.blobs.insert(name, sha);
+            }
+            Err(BlobCopy::Read(e)) if skip_damaged && is_damage(&e) => {
+                let _ = std::fs::remove_file(&path);
+                tracing::warn!(blob = %name, error = %e, "blob cannot be read: its file is left out of the backup");
+                unreadable.insert(id, e.to_string());
+            }
+            Err(BlobCopy::Read(e)) => return Err(blob_error(&name, e)),
+            Err(BlobCopy::Write(e)) => return Err(e),
         }
-        let (sha, n) = out.finish()?;
-        stored += n;
-        m.blobs.insert(name, sha);
+    }
+    let mut skipped_inline = 0;
+    if !skipped.is_empty() || !unreadable.is_empty() {
+        let root_tag = fs.dir_tag(&kr, &super::ROOT_ID);
+        let kept = rewrite_dump(fs, &kr, dest, root_tag, &dirs, &unreadable, &mut skipped)?;
+        stored = stored - m_dump_len + kept.dump_len;
+        m.index_sha256 = kept.sha;
+        m.entries = kept.entries;
+        m.inline = kept.inline;
+        summary.files = kept.files;
+        summary.bytes = kept.bytes;
+        skipped_inline = kept.skipped_inline;
+        skipped.sort_by(|a, b| a.entry.cmp(&b.entry));
+        for e in &skipped {
+            tracing::warn!(fs = fs.name(), entry = %e.entry, reason = %e.reason, "entry left out of the backup");
+        }
     }
     if let Some(keyparts_json) = keys {
         let kr = keyring.ok_or(CoreError::Corrupt("filesystem without keyring"))?;
@@ -848,7 +913,163 @@ async fn write_backup(
         manifest: m,
         summary,
         stored_bytes: stored,
+        skipped,
+        skipped_inline,
     })
+}
+
+/// Why a blob's copy failed: reading it (the store's error) or writing the copy.
+enum BlobCopy {
+    Read(CoreError),
+    Write(CoreError),
+}
+
+/// Copies one blob into the backup at `path`, fsynced; returns its SHA-256 and length.
+async fn copy_blob_out(
+    fs: &Filesystem,
+    id: &ContentId,
+    path: &Path,
+) -> std::result::Result<(String, u64), BlobCopy> {
+    let src = fs.blobs.open(id).await.map_err(BlobCopy::Read)?;
+    let mut out = HashedFile::create(path).map_err(BlobCopy::Write)?;
+    let mut off = 0u64;
+    while off < src.len() {
+        let n = (src.len() - off).min(COPY_CHUNK as u64) as usize;
+        let chunk = src.read_at(off, n).await.map_err(BlobCopy::Read)?;
+        out.write(&chunk).map_err(BlobCopy::Write)?;
+        off += n as u64;
+    }
+    out.finish().map_err(BlobCopy::Write)
+}
+
+/// A blob read failure that says the blob is damaged or gone, not that reading it may pass
+/// (a full table of open files, no memory): what `--skip-damaged` leaves out.
+fn is_damage(e: &CoreError) -> bool {
+    match e {
+        CoreError::Io(io) => {
+            matches!(
+                io.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::InvalidData
+            ) || io.raw_os_error() == Some(5) // EIO: the disk could not read it
+        }
+        _ => true,
+    }
+}
+
+/// What the rewritten dump holds.
+struct KeptDump {
+    sha: String,
+    dump_len: u64,
+    entries: u64,
+    inline: u64,
+    files: u64,
+    bytes: u64,
+    skipped_inline: u64,
+}
+
+/// Writes `index.dump` again without the entries a `--skip-damaged` backup leaves out: the
+/// files whose blob is in `unreadable`, every entry below a directory that is not backed up
+/// (one left out as damaged, or below one: `dirs` maps each directory backed up to its
+/// parent's tag), and the inline contents no entry backed up names. Entries left out are
+/// added to `skipped`.
+fn rewrite_dump(
+    fs: &Filesystem,
+    kr: &crate::keyring::Keyring,
+    dest: &Path,
+    root_tag: crate::index::DirTag,
+    dirs: &std::collections::HashMap<crate::index::DirTag, [u8; 16]>,
+    unreadable: &std::collections::HashMap<ContentId, String>,
+    skipped: &mut Vec<SkippedEntry>,
+) -> Result<KeptDump> {
+    // A directory is restorable if its chain of parents reaches the root through
+    // directories backed up (a chain longer than their number is a loop).
+    let reachable = |mut tag: [u8; 16]| {
+        for _ in 0..=dirs.len() {
+            if tag == root_tag {
+                return true;
+            }
+            match dirs.get(&tag) {
+                Some(parent) => tag = *parent,
+                None => return false,
+            }
+        }
+        false
+    };
+    let path = dest.join("index.dump");
+    let tmp = dest.join("index.dump.tmp");
+    let mut out = HashedFile::create(&tmp)?;
+    let mut kept = KeptDump {
+        sha: String::new(),
+        dump_len: 0,
+        entries: 0,
+        inline: 0,
+        files: 0,
+        bytes: 0,
+        skipped_inline: 0,
+    };
+    let mut named_inline = std::collections::HashSet::new();
+    let read = || -> Result<DumpReader> {
+        Ok(DumpReader {
+            r: BufReader::with_capacity(1 << 20, std::fs::File::open(&path)?),
+        })
+    };
+    // Entries first (they decide which inline contents are named), then inline contents.
+    let mut r = read()?;
+    while let Some(item) = r.next_item()? {
+        let DumpItem::Entry(k, v) = item else {
+            continue;
+        };
+        let parent: [u8; 16] = k[..16].try_into().expect("32-byte key");
+        let rec = fs.open_rec(kr, &k, &v)?;
+        let why = if !reachable(parent) {
+            Some("its directory is left out of the backup".to_owned())
+        } else if rec.kind == Kind::Dir && !reachable(fs.dir_tag(kr, &rec.id)) {
+            // Its own tag's chain is broken by a loop: not restorable either.
+            Some("its directories form a loop".to_owned())
+        } else if rec.kind == Kind::File && rec.storage == Storage::Blob {
+            unreadable.get(&rec.id).map(|e| {
+                format!(
+                    "its content (blob {}) cannot be read ({e})",
+                    hex::encode(rec.id)
+                )
+            })
+        } else {
+            None
+        };
+        if let Some(reason) = why {
+            skipped.push(SkippedEntry {
+                entry: hex::encode(k),
+                reason,
+            });
+            continue;
+        }
+        if rec.kind == Kind::File {
+            kept.files += 1;
+            kept.bytes += rec.size;
+            if rec.storage == Storage::Inline {
+                named_inline.insert(rec.id);
+            }
+        }
+        kept.entries += 1;
+        write_item(&mut out, KIND_ENTRY, &k, &v)?;
+    }
+    let mut r = read()?;
+    while let Some(item) = r.next_item()? {
+        let DumpItem::Inline(id, v) = item else {
+            continue;
+        };
+        if named_inline.contains(&id) {
+            kept.inline += 1;
+            write_item(&mut out, KIND_INLINE, &id, &v)?;
+        } else {
+            kept.skipped_inline += 1;
+        }
+    }
+    let (sha, n) = out.finish()?;
+    std::fs::rename(&tmp, &path)?;
+    kept.sha = sha;
+    kept.dump_len = n;
+    Ok(kept)
 }
 
 /// A blob the backup could not read, named: an I/O error keeps its kind (it may pass, as a
@@ -1523,6 +1744,104 @@ pub(crate) mod restore_tests {
             "{err}"
         );
         assert!(!dest.exists());
+    }
+
+    /// With `skip_damaged`, a backup goes past what stopped it before (one damaged record
+    /// stopped every backup of the filesystem, and no command removes one): a record that
+    /// does not open, a file whose blob is gone, and everything below a damaged directory
+    /// are left out and named; their inline contents are not copied; the rest restores and
+    /// reads as usual, and fsck finds the restored filesystem clean.
+    #[tokio::test]
+    async fn a_backup_skipping_damaged_entries_leaves_them_out_and_restores() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (fs, _) = new_fs(&tmp.path().join("fs"), None);
+        put(&fs, "/lost", &[1u8; 2000]).await;
+        let blobs = walk_files(&tmp.path().join("fs").join("blobs"));
+        assert_eq!(blobs.len(), 1, "{blobs:?}");
+        put(&fs, "/keep/one", b"one").await;
+        put(&fs, "/keep/big", &[2u8; 300_000]).await;
+        put(&fs, "/ok", b"ok").await;
+        put(&fs, "/bad-file", b"bad").await;
+        put(&fs, "/bad-dir/child", b"child").await;
+        put(&fs, "/bad-dir/sub/deep", b"deep").await;
+        let kr = fs.keyring();
+        let key_of = async |p: &str| {
+            hex::encode(
+                fs.resolve(&kr, &EfsPath::parse(p).unwrap(), false)
+                    .await
+                    .unwrap()
+                    .key,
+            )
+        };
+        let mut expected = vec![
+            (key_of("/lost").await, "cannot be read"),
+            (key_of("/bad-dir/child").await, "its directory is left out"),
+            (key_of("/bad-dir/sub").await, "its directory is left out"),
+            (
+                key_of("/bad-dir/sub/deep").await,
+                "its directory is left out",
+            ),
+        ];
+        expected.push((
+            hex::encode(crate::fs::rotation::tests::damage(&fs, "/bad-file").await),
+            "does not open",
+        ));
+        expected.push((
+            hex::encode(crate::fs::rotation::tests::damage(&fs, "/bad-dir").await),
+            "does not open",
+        ));
+        expected.sort();
+        std::fs::remove_file(&blobs[0]).unwrap();
+
+        // Without it, the first damage stops the backup, as before.
+        let dest = tmp.path().join("stopped");
+        backup(&fs, &dest, None).await.unwrap_err();
+        assert!(!dest.exists());
+
+        let dest = tmp.path().join("backup");
+        let rep = backup_skipping_damaged(&fs, &dest, None, true)
+            .await
+            .unwrap();
+        let got: Vec<(String, String)> = rep
+            .skipped
+            .iter()
+            .map(|e| (e.entry.clone(), e.reason.clone()))
+            .collect();
+        assert_eq!(got.len(), expected.len(), "{got:#?}");
+        for ((entry, reason), (want, why)) in got.iter().zip(&expected) {
+            assert_eq!(entry, want);
+            assert!(reason.contains(why), "{entry}: {reason} (expected {why})");
+        }
+        // /keep, /keep/one, /keep/big, /ok; the inline contents of /bad-file,
+        // /bad-dir/child and /bad-dir/sub/deep are named by no entry backed up.
+        assert_eq!(rep.manifest.entries, 4);
+        assert_eq!((rep.summary.files, rep.summary.bytes), (3, 300_005));
+        assert_eq!((rep.manifest.inline, rep.skipped_inline), (2, 3));
+        assert_eq!(rep.manifest.blobs.len(), 1);
+        assert!(!dest.join("index.dump.tmp").exists());
+
+        let mut source = open_source(&dest, tmp.path()).unwrap();
+        source.authenticate(&fs.keyring(), false).unwrap();
+        let (dst, _) = new_fs(&tmp.path().join("dst"), None);
+        assert_eq!(
+            dst.restore_into(&source, &fs.keyring()).await.unwrap(),
+            (4, 1)
+        );
+        assert!(dst.fsck().await.unwrap().is_clean());
+        assert_eq!(read(&dst, "/keep/one").await.unwrap(), b"one");
+        assert_eq!(read(&dst, "/keep/big").await.unwrap(), vec![2u8; 300_000]);
+        assert_eq!(read(&dst, "/ok").await.unwrap(), b"ok");
+        assert!(read(&dst, "/lost").await.is_err());
+        assert!(read(&dst, "/bad-dir/child").await.is_err());
+
+        // Nothing damaged: the same backup as without the option.
+        let (clean, _) = new_fs(&tmp.path().join("clean"), None);
+        put(&clean, "/a", b"a").await;
+        let rep = backup_skipping_damaged(&clean, &tmp.path().join("b2"), None, true)
+            .await
+            .unwrap();
+        assert!(rep.skipped.is_empty() && rep.skipped_inline == 0);
+        assert_eq!((rep.manifest.entries, rep.manifest.inline), (1, 1));
     }
 
     /// Waits (30 s at most) until the removals deferred by ended backups are done.

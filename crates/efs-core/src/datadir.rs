@@ -832,6 +832,19 @@ impl DataDir {
         dest: &Path,
         include_keys: bool,
     ) -> Result<BackupReport> {
+        self.backup_skipping_damaged(name, dest, include_keys, false)
+            .await
+    }
+
+    /// [`DataDir::backup`], past damaged entries with `skip_damaged`
+    /// ([`backup::backup_skipping_damaged`]: `efsctl backup --skip-damaged`).
+    pub async fn backup_skipping_damaged(
+        &self,
+        name: &str,
+        dest: &Path,
+        include_keys: bool,
+        skip_damaged: bool,
+    ) -> Result<BackupReport> {
         let fs = self.require_open_fs(name)?;
         fs.ensure_index_checked().await?;
         let keyparts = if include_keys {
@@ -841,7 +854,7 @@ impl DataDir {
         } else {
             None
         };
-        backup::backup(&fs, dest, keyparts.as_deref()).await
+        backup::backup_skipping_damaged(&fs, dest, keyparts.as_deref(), skip_damaged).await
     }
 
     /// Restores the backup at `src` as the new filesystem `name`, or into filesystem `name`

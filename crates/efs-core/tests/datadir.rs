@@ -863,6 +863,7 @@ async fn efsctl_without_a_server_refuses_to_copy_or_rewrite_a_held_index() {
             fs: "docs".into(),
             dest: dest.to_str().unwrap().into(),
             include_keys: false,
+            skip_damaged: false,
         },
         AdminRequest::Gc {
             fs: "docs".into(),

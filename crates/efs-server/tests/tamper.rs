@@ -1080,3 +1080,83 @@ async fn an_old_user_row_put_back_stops_the_server_until_efsctl_accept_system() 
         "{status}"
     );
 }
+
+/// One damaged index record (a flipped byte, accepted with `fsck --accept-index` as an
+/// operator would after a disk fault) stopped every backup of the filesystem, and no
+/// command removes it. `efsctl backup --skip-damaged` backs up the rest, names what it left
+/// out, exits 3; the backup restores into a new filesystem that fsck finds clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_skipping_damaged_entries_backs_up_the_rest() {
+    let s = session(&["--cache-size", "0"]).await;
+    let mut srv = s.srv;
+    for i in 0..6u64 {
+        srv.put_ok(
+            &format!("/p{i}.pdf"),
+            &s.token,
+            pattern(100 + i as usize, i),
+        )
+        .await;
+    }
+    srv.stop().await;
+    let ixf = index_file(&srv.data);
+    let mut damaged = Vec::new();
+    edit_index(&ixf, |entries, _| {
+        use redb::ReadableTable;
+        let (k, mut v) = {
+            let first = entries.first().unwrap().unwrap();
+            (first.0.value().to_vec(), first.1.value().to_vec())
+        };
+        *v.last_mut().unwrap() ^= 1;
+        entries.insert(k.as_slice(), v.as_slice()).unwrap();
+        damaged = k;
+    });
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let out = srv.efsctl(&["fsck", "--fs", "files", "--accept-index"]);
+    assert!(out.status.success(), "{}", text(&out));
+    let dest = srv.dir.path().join("backup");
+    let dest_arg = dest.to_str().unwrap();
+    // As before: the first damaged entry stops the backup, which names it and the way on.
+    let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    let entry = hex::encode(&damaged);
+    assert!(text(&out).contains(&entry), "{}", text(&out));
+    assert!(text(&out).contains("--skip-damaged"), "{}", text(&out));
+    assert!(!dest.exists());
+
+    let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest_arg, "--skip-damaged"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(
+        text(&out).contains(&format!("warning: entry {entry} left out: does not open")),
+        "{}",
+        text(&out)
+    );
+    assert!(
+        text(&out).contains("1 entries left out of this backup"),
+        "{}",
+        text(&out)
+    );
+    let out = srv.efsctl(&["restore", "--fs", "restored", "-i", dest_arg]);
+    assert!(out.status.success(), "{}", text(&out));
+    let out = srv.efsctl(&["fsck", "--fs", "restored"]);
+    assert!(out.status.success(), "{}", text(&out));
+    srv.efsctl_ok(&["grant", "app", "--fs", "restored"]);
+    let again = TestServer::start_in(srv.dir.clone(), &["--cache-size", "0"], &[]);
+    let token = again.login("app", &s.key, Some("restored")).await;
+    let mut served = 0;
+    for i in 0..6u64 {
+        let (code, body) = again.get(&format!("/p{i}.pdf"), &token).await;
+        if code == 200 {
+            assert_eq!(body, pattern(100 + i as usize, i));
+            served += 1;
+        } else {
+            assert_eq!(code, 404, "/p{i}.pdf");
+        }
+    }
+    assert_eq!(served, 5, "every file but the damaged one");
+}

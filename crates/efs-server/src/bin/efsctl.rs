@@ -229,6 +229,12 @@ enum Cmd {
         /// parts, in any data dir).
         #[arg(long)]
         include_keys: bool,
+        /// Back up past damaged entries instead of stopping at the first: an entry that
+        /// does not open, a file whose content cannot be read, and what lies below a
+        /// directory left out are left out and named (entry keys, as fsck names them);
+        /// exit code 3 when any was.
+        #[arg(long)]
+        skip_damaged: bool,
     },
     /// Restore a backup into a new filesystem, or into an existing empty one (then run
     /// fsck on it). Before anything is written, the manifest's MAC (HMAC-SHA256 under a
@@ -451,11 +457,13 @@ fn run(args: Args) -> anyhow::Result<u8> {
             fs,
             dest,
             include_keys,
+            skip_damaged,
         } => AdminRequest::Backup {
             fs,
             // The server's working directory is not ours.
             dest: absolute(&dest)?,
             include_keys,
+            skip_damaged,
         },
         Cmd::Restore {
             fs,
