@@ -71,6 +71,13 @@ pub trait BlobStore: Send + Sync {
     async fn create(&self, id: &ContentId) -> Result<Box<dyn BlobWriter>>;
     /// Opens blob `id`; [`CoreError::NotFound`] if absent.
     async fn open(&self, id: &ContentId) -> Result<Arc<dyn BlobReader>>;
+    /// How many file descriptors a reader of a blob of `len` bytes (as stored) may hold open
+    /// for as long as it lives, for a caller that bounds the files open at once (the server:
+    /// docs/operations.md, "Connections and open files"). One by default.
+    fn files_per_reader(&self, len: u64) -> u32 {
+        let _ = len;
+        1
+    }
     /// Removes blob `id` (absent is not an error).
     async fn delete(&self, id: &ContentId) -> Result<()>;
     /// Every blob id with its age in seconds (fsck, gc).
@@ -1229,6 +1236,16 @@ impl BlobStore for LocalBlobStore {
         .await
     }
 
+    /// The blob's file, and from 128 MiB on (`DIRECT_READ_MIN`) its `O_DIRECT` twin (where the
+    /// filesystem takes `O_DIRECT`: counted whether or not it does).
+    fn files_per_reader(&self, len: u64) -> u32 {
+        if self.direct && len >= self.direct_read_min {
+            2
+        } else {
+            1
+        }
+    }
+
     async fn delete(&self, id: &ContentId) -> Result<()> {
         let p = self.path_of(id);
         blocking(move || match std::fs::remove_file(&p) {
@@ -1445,6 +1462,19 @@ mod tests {
             w.finish().await.unwrap();
             assert_eq!(std::fs::read(store.path_of(&id)).unwrap().len(), 5000);
         }
+    }
+
+    /// A reader holds the blob's file, and its `O_DIRECT` twin from the direct-read size on:
+    /// what a caller bounding the open files counts.
+    #[test]
+    fn a_reader_of_a_large_blob_counts_two_files() {
+        let t = tempfile::tempdir().unwrap();
+        let store = LocalBlobStore::open(t.path()).unwrap();
+        assert_eq!(store.files_per_reader(0), 1);
+        assert_eq!(store.files_per_reader(DIRECT_READ_MIN - 1), 1);
+        let twin = if cfg!(target_os = "linux") { 2 } else { 1 };
+        assert_eq!(store.files_per_reader(DIRECT_READ_MIN), twin);
+        assert_eq!(store.files_per_reader(u64::MAX), twin);
     }
 
     /// Regression: a blob of `DIRECT_READ_MIN` bytes or more was opened a second time, for

@@ -1178,6 +1178,19 @@ impl Filesystem {
         })
     }
 
+    /// How many file descriptors reading the version [`Filesystem::look_up`] found holds
+    /// for as long as its [`FileReader`] lives: none for content stored inline, one or two
+    /// for a blob ([`BlobStore::files_per_reader`]). For a caller that bounds the files open
+    /// at once.
+    pub fn files_to_read(&self, found: &LookedUp) -> u32 {
+        match found.rec.storage {
+            Storage::Blob => self
+                .blobs
+                .files_per_reader(efs_format::stream::encrypted_len(found.rec.size)),
+            Storage::Inline | Storage::None => 0,
+        }
+    }
+
     /// Makes an upload the current version of `path` if `cond` holds, creating missing
     /// parent directories. Returns the new entry. Durable when it returns.
     pub async fn commit(
@@ -2187,6 +2200,15 @@ impl Upload {
         self.size
     }
 
+    /// Whether this upload holds a blob file open once `more` further bytes are written to
+    /// it: from its first byte past the filesystem's inline size until it is committed or
+    /// dropped (until then its content is in memory). For a caller that bounds the files
+    /// open at once: it takes its place before the [`Upload::write`] that opens the file.
+    pub fn holds_file_after(&self, more: usize) -> bool {
+        self.blob.is_some()
+            || self.size.saturating_add(more as u64) > self.fs.opts.inline_max as u64
+    }
+
     /// Appends plaintext.
     pub async fn write(&mut self, data: &[u8]) -> Result<()> {
         self.size += data.len() as u64;
@@ -2532,6 +2554,61 @@ mod tests {
         let g = fs.gc(0).await.unwrap();
         assert_eq!(g.blobs_removed, 1);
         assert!(fs.fsck().await.unwrap().is_clean());
+    }
+
+    /// What a caller bounding the open files counts: an upload holds a blob file from its
+    /// first byte past the inline size (not at it), and a read holds one for a blob, none
+    /// for inline content.
+    #[tokio::test]
+    async fn an_upload_holds_a_file_from_its_first_byte_past_the_inline_size() {
+        let t = tempfile::tempdir().unwrap();
+        let index = crate::redb_index::RedbIndex::open(
+            &t.path().join("index.redb"),
+            crate::digest::DigestKey::from_root(&Key32::random(), &[0; 16]),
+        )
+        .unwrap();
+        let fs = Arc::new(Filesystem::new(
+            "t".into(),
+            [6; 16],
+            Arc::new(index),
+            Arc::new(crate::blob::LocalBlobStore::open(&t.path().join("blobs")).unwrap()),
+            Keyring::generate(),
+            FsOptions {
+                inline_max: 1024,
+                ..Default::default()
+            },
+        ));
+        let tmp_files = || {
+            std::fs::read_dir(t.path().join("blobs/tmp"))
+                .unwrap()
+                .count()
+        };
+        let mut up = fs.begin_upload().await.unwrap();
+        assert!(!up.holds_file_after(0));
+        assert!(!up.holds_file_after(1024));
+        assert!(up.holds_file_after(1025));
+        up.write(&[1; 1000]).await.unwrap();
+        assert!(!up.holds_file_after(24));
+        assert!(up.holds_file_after(25));
+        up.write(&[1; 24]).await.unwrap();
+        assert_eq!(tmp_files(), 0, "exactly the inline size: no file yet");
+        assert!(up.holds_file_after(1));
+        up.write(&[1]).await.unwrap();
+        assert_eq!(tmp_files(), 1);
+        assert!(up.holds_file_after(0));
+        let blob = EfsPath::parse("/blob").unwrap();
+        fs.commit(&blob, up, None, Precondition::None)
+            .await
+            .unwrap();
+
+        let mut up = fs.begin_upload().await.unwrap();
+        up.write(&[2; 1024]).await.unwrap();
+        let inline = EfsPath::parse("/inline").unwrap();
+        fs.commit(&inline, up, None, Precondition::None)
+            .await
+            .unwrap();
+        assert_eq!(fs.files_to_read(&fs.look_up(&blob).await.unwrap()), 1);
+        assert_eq!(fs.files_to_read(&fs.look_up(&inline).await.unwrap()), 0);
     }
 
     #[test]

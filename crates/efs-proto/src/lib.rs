@@ -54,6 +54,10 @@ pub mod codes {
     pub const INTERNAL: &str = "internal";
     /// 503: the server is shutting down or a dependency is unavailable.
     pub const UNAVAILABLE: &str = "unavailable";
+    /// 503: the server holds as many files open for uploads and downloads as its open-files
+    /// limit allows (an upload past the inline size, a download of a blob); nothing was
+    /// done. Retry after `Retry-After` seconds.
+    pub const BUSY: &str = "busy";
     /// 503: the filesystem is on hold: its index failed its integrity check at start (an
     /// administrator runs `efsctl fsck`, then `efsctl fsck --accept-index`).
     pub const INTEGRITY_HOLD: &str = "integrity_hold";

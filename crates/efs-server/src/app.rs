@@ -59,6 +59,11 @@ pub struct HttpConfig {
     /// `--max-connections`: most connections open at once (further ones wait to be
     /// accepted), lowered at start to what the open-files limit allows.
     pub max_connections: usize,
+    /// Most blob files requests hold open at once (uploads past the inline size, reads of
+    /// blob content); beyond, such a request is refused with 503 `busy`. What the open-files
+    /// limit leaves beside the connections and the reserve
+    /// ([`crate::server::blob_files_for_open_files`]).
+    pub max_blob_files: usize,
 }
 
 /// Everything a handler needs.
@@ -94,6 +99,29 @@ pub struct AppState {
     /// Wrong metrics tokens, per client address (IPv6: per /64): past
     /// [`METRICS_FAILURES_PER_MINUTE`] in a minute, `/_efs/metrics` answers 429 there.
     pub metrics_failures: crate::ratelimit::FailureLimiter<IpAddr>,
+    /// Places for the blob files requests hold open (`HttpConfig::max_blob_files`): an
+    /// upload takes one before the write that opens its temporary file and keeps it to the
+    /// end of its commit; a read of a blob takes one (two from the direct-read size on:
+    /// `Filesystem::files_to_read`) for as long as its answer streams. Content stored inline
+    /// takes none, nor do logins, the audit log or admin commands (those are in the
+    /// reserve), so running out of places refuses only the requests that would open a file.
+    pub blob_files: Arc<tokio::sync::Semaphore>,
+}
+
+/// `Retry-After` of a request refused for want of a blob-file place: places free as
+/// uploads and downloads end, often within the second.
+const BLOB_FILES_RETRY_SECS: u64 = 1;
+
+/// `503 busy`: every place for an open blob file is taken (`AppState::blob_files`).
+fn blob_files_busy() -> ApiError {
+    metrics::counter!("efs_requests_refused_total", "reason" => "open_files").increment(1);
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        efs_proto::codes::BUSY,
+        "the server holds as many files open for uploads and downloads as its open-files limit allows; retry shortly",
+    );
+    e.retry_after = Some(BLOB_FILES_RETRY_SECS);
+    e
 }
 
 /// Wrong metrics tokens an address may present in a minute before `/_efs/metrics` refuses
@@ -1090,6 +1118,9 @@ async fn write(
         .take()
         .expect("the body is taken only here")
         .into_data_stream();
+    // The upload's place among the blob files open (taken before the write that opens its
+    // temporary file, kept to the end of its commit).
+    let mut file_place = None;
     loop {
         let Ok(next) = tokio::time::timeout(st.http.body_idle, stream.next()).await else {
             upload.abort().await;
@@ -1104,6 +1135,13 @@ async fn write(
             }
         };
         metrics::counter!("efs_bytes_in_total").increment(chunk.len() as u64);
+        if file_place.is_none() && upload.holds_file_after(chunk.len()) {
+            let Ok(place) = st.blob_files.clone().try_acquire_owned() else {
+                upload.abort().await;
+                return Err(blob_files_busy());
+            };
+            file_place = Some(place);
+        }
         if let Err(e) = upload.write(&chunk).await {
             upload.abort().await;
             return Err(e.into());
@@ -1135,6 +1173,7 @@ async fn write(
     let commit = {
         let (fs, path) = (fs.clone(), path.clone());
         async move {
+            let _file_place = file_place;
             fs.commit_upload(&path, upload, Some(content_type), cond)
                 .await
         }
@@ -1297,6 +1336,7 @@ async fn read_version(
             None => match st.cache.reserve(len) {
                 None => None,
                 Some(share) => {
+                    let _file_places = take_file_places(st, fs, &found)?;
                     let Some(reader) = open_found(fs, &found).await? else {
                         return Ok(None);
                     };
@@ -1321,6 +1361,7 @@ async fn read_version(
             return Ok(Some(answer(status, headers, body)));
         }
     }
+    let file_places = take_file_places(st, fs, &found)?;
     let Some(reader) = open_found(fs, &found).await? else {
         return Ok(None);
     };
@@ -1331,8 +1372,31 @@ async fn read_version(
     let first = reader.read_plain(segs.start, first_end).await?;
     let mut pending = std::collections::VecDeque::new();
     push_slices(&mut pending, first, segs.start, start, end);
-    let body = Body::from_stream(stream_range(reader, start, end, first_end, pending));
+    let body = Body::from_stream(stream_range(
+        reader,
+        file_places,
+        start,
+        end,
+        first_end,
+        pending,
+    ));
     Ok(Some(answer(status, headers, body)))
+}
+
+/// The places among the blob files open that reading `found` needs, taken at once (`None`
+/// for content stored inline); 503 `busy` when they are not all free.
+fn take_file_places(
+    st: &AppState,
+    fs: &Filesystem,
+    found: &efs_core::fs::LookedUp,
+) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, ApiError> {
+    match fs.files_to_read(found) {
+        0 => Ok(None),
+        n => match st.blob_files.clone().try_acquire_many_owned(n) {
+            Ok(p) => Ok(Some(p)),
+            Err(_) => Err(blob_files_busy()),
+        },
+    }
 }
 
 /// A response with these headers: the map is moved in, where `(status, headers, body)`
@@ -1393,6 +1457,7 @@ fn push_slices(
 /// response (the client sees a truncated transfer, never wrong bytes).
 fn stream_range(
     reader: efs_core::FileReader,
+    file_places: Option<tokio::sync::OwnedSemaphorePermit>,
     start: u64,
     end: u64,
     next: u64,
@@ -1409,6 +1474,8 @@ fn stream_range(
         last: u64,
         pending: std::collections::VecDeque<Bytes>,
         ahead: Option<Ahead>,
+        /// The reader's places among the blob files open, given back with it.
+        _file_places: Option<tokio::sync::OwnedSemaphorePermit>,
     }
     impl Drop for Streaming {
         fn drop(&mut self) {
@@ -1438,6 +1505,7 @@ fn stream_range(
         last,
         pending,
         ahead: None,
+        _file_places: file_places,
     };
     futures_util::stream::unfold(state, move |mut s| async move {
         loop {

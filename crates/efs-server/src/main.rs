@@ -66,7 +66,9 @@ struct Args {
     idle_timeout: u64,
     /// Most connections open at once; further ones wait to be accepted. Lowered at start to
     /// what the open-files limit allows (its hard limit, to which the server raises it,
-    /// less 256, halved), with a warning.
+    /// less 256, halved), with a warning. What the limit leaves beside the connections and
+    /// the 256 bounds the files that uploads and downloads hold open at once (beyond: 503
+    /// busy, docs/operations.md).
     #[arg(long, default_value_t = 10_000, value_name = "N")]
     max_connections: usize,
     /// Most connections open at once from one IPv4 address or IPv6 /64 (and four times it
@@ -130,14 +132,18 @@ fn main() -> std::process::ExitCode {
     efs_server::init_logging();
     let a = Args::parse();
     let mut max_connections = a.max_connections.max(1);
+    // Without a limit (unlimited, or unreadable) nothing bounds the blob files open.
+    let mut max_blob_files = usize::MAX;
     if let Some(nofile) = efs_server::raise_open_files_limit() {
         let room = efs_server::server::connections_for_open_files(nofile);
         if room < max_connections {
+            let files = efs_server::server::blob_files_for_open_files(nofile, room);
             eprintln!(
-                "warning: the open-files limit ({nofile}) leaves room for {room} connections, not {max_connections}: at most {room} are served at once (raise it: systemd's LimitNOFILE, docker run --ulimit nofile=...)"
+                "warning: the open-files limit ({nofile}) leaves room for {room} connections, not {max_connections}: at most {room} are served at once, and at most {files} files of uploads and downloads are open at once (raise it: systemd's LimitNOFILE, docker run --ulimit nofile=...)"
             );
             max_connections = room;
         }
+        max_blob_files = efs_server::server::blob_files_for_open_files(nofile, max_connections);
     }
     let metrics_token = match a
         .metrics_token_file
@@ -164,6 +170,7 @@ fn main() -> std::process::ExitCode {
             conn_idle: Duration::from_secs(a.idle_timeout.max(1)),
             max_conns_per_address: a.max_connections_per_address,
             max_connections,
+            max_blob_files,
         },
         cache: CacheConfig {
             capacity: a.cache_size,

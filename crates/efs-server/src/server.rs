@@ -23,16 +23,32 @@ use crate::auth::{AuthConfig, Authenticator};
 use crate::cache::{CacheConfig, ContentCache};
 use crate::users::UserCache;
 
-/// File descriptors kept for what is not a connection: the indexes, the audit log, the
-/// admin socket and its clients, blob files of admin commands.
+/// File descriptors kept for what is neither a connection nor a request's blob file: the
+/// indexes, the audit log (and the rewrite of its anchor), the admin socket and its
+/// clients, blob files of admin commands.
 const RESERVED_FDS: u64 = 256;
 
-/// How many connections the open-files limit leaves room for: a connection holds its
-/// socket, and often a blob file (a download, an upload past the inline size).
+/// How many connections the open-files limit leaves room for: half of what the reserve
+/// leaves; the other half is for the blob files requests hold open
+/// ([`blob_files_for_open_files`]).
 pub fn connections_for_open_files(nofile: u64) -> usize {
     usize::try_from(nofile.saturating_sub(RESERVED_FDS) / 2)
         .unwrap_or(usize::MAX)
         .max(1)
+}
+
+/// How many blob files requests may hold open at once (uploads past the inline size, reads
+/// of blob content: `AppState::blob_files`) beside `connections` connections of one socket
+/// each: what the open-files limit leaves once the reserve and the connections have theirs,
+/// so that connections and blob files together stay within the limit less the reserve, and
+/// the audit log always finds a descriptor. At least one.
+pub fn blob_files_for_open_files(nofile: u64, connections: usize) -> usize {
+    let room = nofile
+        .saturating_sub(RESERVED_FDS)
+        .saturating_sub(connections as u64);
+    usize::try_from(room)
+        .unwrap_or(usize::MAX)
+        .clamp(1, tokio::sync::Semaphore::MAX_PERMITS)
 }
 
 /// Pause after a failed `accept` (the HTTP and the admin listener) before trying again: the
@@ -287,6 +303,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             Duration::from_secs(60),
             100_000,
         ),
+        blob_files: Arc::new(tokio::sync::Semaphore::new(
+            cfg.http
+                .max_blob_files
+                .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
+        )),
     });
     let detached = state.detached.clone();
 

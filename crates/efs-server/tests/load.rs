@@ -786,3 +786,213 @@ async fn the_open_files_limit_bounds_the_connections_served() {
     );
     drop(idle);
 }
+
+/// The body of a request sent with hyper's HTTP/2 client.
+type H2Body = http_body_util::combinators::UnsyncBoxBody<bytes::Bytes, std::convert::Infallible>;
+
+/// An HTTP/2 connection of its own to the server (hyper's client: every request a stream).
+async fn h2_connection(srv: &TestServer) -> hyper::client::conn::http2::SendRequest<H2Body> {
+    let tls = tls_connect_alpn(srv, b"h2").await;
+    let (send, conn) =
+        hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+            .handshake(hyper_util::rt::TokioIo::new(tls))
+            .await
+            .expect("HTTP/2 handshake");
+    tokio::spawn(conn);
+    send
+}
+
+/// What an upload was answered: status, `Retry-After`, body.
+type Answer = (u16, Option<String>, Vec<u8>);
+
+/// Starts a PUT of `path` on a stream of `h2` whose body is `first`, then whatever is sent
+/// on the returned sender, and ends when the sender is dropped: until then it holds, as a
+/// trickler does between its bytes. The answer goes to `answers` with `n`.
+fn held_upload(
+    h2: &hyper::client::conn::http2::SendRequest<H2Body>,
+    url: String,
+    token: &str,
+    first: bytes::Bytes,
+    n: usize,
+    answers: tokio::sync::mpsc::UnboundedSender<(usize, Answer)>,
+) -> tokio::sync::mpsc::Sender<bytes::Bytes> {
+    use futures_util::StreamExt;
+    use http_body_util::BodyExt;
+    let (tx, rx) = tokio::sync::mpsc::channel::<bytes::Bytes>(1);
+    let rest =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|b| (b, rx)) });
+    let frames = futures_util::stream::once(async move { first })
+        .chain(rest)
+        .map(|b| Ok(hyper::body::Frame::data(b)));
+    let body = http_body_util::StreamBody::new(frames).boxed_unsync();
+    let req = http::Request::put(url)
+        .header("authorization", format!("Bearer {token}"))
+        .body(body)
+        .unwrap();
+    let mut h2 = h2.clone();
+    tokio::spawn(async move {
+        // A connection that fails answers status 0 with the error.
+        let failed = |e: hyper::Error| (0, None, format!("no answer: {e:?}").into_bytes());
+        let answer = match h2.ready().await {
+            Err(e) => failed(e),
+            Ok(()) => match h2.send_request(req).await {
+                Err(e) => failed(e),
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let retry = r
+                        .headers()
+                        .get("retry-after")
+                        .map(|v| v.to_str().unwrap().to_owned());
+                    match r.into_body().collect().await {
+                        Ok(b) => (status, retry, b.to_bytes().to_vec()),
+                        Err(e) => failed(e),
+                    }
+                }
+            },
+        };
+        let _ = answers.send((n, answer));
+    });
+    tx
+}
+
+/// Regression: an upload past the inline size holds its temporary blob file for as long as
+/// its body trickles in (one byte per `--body-timeout` keeps it going), and an HTTP/2
+/// connection carries 256 of them, but nothing bounded the blob files open: a few
+/// connections took every descriptor the open-files limit allowed, and then the audit log's
+/// anchor could not be rewritten and every request was refused (503), the failure the
+/// connection bound exists to prevent. Now connections and blob files share what the limit
+/// leaves beside a reserve of 256: an upload beyond gets 503 `busy` with `Retry-After`, and
+/// a GET of inline content, a login and an audit-logged change still work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn trickled_uploads_cannot_take_every_open_file() {
+    use common::PRLIMIT;
+    const CONNECTIONS: usize = 3;
+    const STREAMS: usize = 100;
+    // (300 - 256) / 2 = 22 connections, and 300 - 256 - 22 = 22 blob files.
+    const PLACES: usize = 22;
+    let limit = format!("{PRLIMIT}--nofile=300:300");
+    // Files past 4 KiB are blobs; a held upload gives up after 10 minutes only.
+    let s = session(&[
+        limit.as_str(),
+        "--inline-max",
+        "4096",
+        "--body-timeout",
+        "600",
+    ])
+    .await;
+    let srv = &s.srv;
+    assert!(
+        srv.stderr().contains(&format!(
+            "at most {PLACES} files of uploads and downloads are open at once"
+        )),
+        "{}",
+        srv.stderr()
+    );
+    let small = pattern(4096, 1);
+    let big = pattern(64 << 10, 2);
+    srv.put_ok("/files/small.bin", &s.token, small.clone())
+        .await;
+    srv.put_ok("/files/big.bin", &s.token, big.clone()).await;
+
+    // 300 uploads on 3 HTTP/2 connections, each past the inline size and then held.
+    let (answers_tx, mut answers) = tokio::sync::mpsc::unbounded_channel();
+    let mut held = Vec::new();
+    for c in 0..CONNECTIONS {
+        let h2 = h2_connection(srv).await;
+        for i in 0..STREAMS {
+            let n = c * STREAMS + i;
+            held.push(held_upload(
+                &h2,
+                srv.url(&format!("/files/held/{n}.bin")),
+                &s.token,
+                bytes::Bytes::from(pattern(4097, n as u64)),
+                n,
+                answers_tx.clone(),
+            ));
+        }
+    }
+    drop(answers_tx);
+    // All but the places' worth are refused at once; the others hold their files.
+    let refused = CONNECTIONS * STREAMS - PLACES;
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for k in 0..refused {
+        let (n, (status, retry, body)) = tokio::time::timeout_at(deadline.into(), answers.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {k} of the {refused} extra uploads were answered"))
+            .expect("uploads still held");
+        let body = String::from_utf8_lossy(&body);
+        assert_eq!(
+            status,
+            503,
+            "upload {n} (answer {k}): {body}\n{}",
+            srv.stderr()
+        );
+        let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"], "busy", "{body}");
+        assert_eq!(retry.as_deref(), Some("1"), "{body}");
+    }
+
+    // Meanwhile: a read of inline content, a login, an audit-logged change.
+    assert!(srv.get_ok("/files/small.bin", &s.token).await == small);
+    let token = srv.login("app", &s.key, None).await;
+    let anchor = srv.data.join("system/audit/HEAD");
+    let before = std::fs::read(&anchor).unwrap();
+    srv.put_ok("/files/during.bin", &token, small.clone()).await;
+    // The audit log's anchor is rewritten after it (a new file: a descriptor).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while std::fs::read(&anchor).unwrap() == before {
+        assert!(
+            Instant::now() < deadline,
+            "the audit anchor was not rewritten: {}",
+            srv.stderr()
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // What needs a blob file waits for a place: 503 busy, with Retry-After.
+    let r = srv.put("/files/extra.bin", &token, big.clone()).await;
+    assert_eq!(common::header(&r, "retry-after").as_deref(), Some("1"));
+    assert_error(r, 503, "busy").await;
+    let r = srv
+        .req("GET", "/files/big.bin", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(common::header(&r, "retry-after").as_deref(), Some("1"));
+    assert_error(r, 503, "busy").await;
+    let metrics = srv.metrics().await.text().await.unwrap();
+    let line = format!(
+        "efs_requests_refused_total{{reason=\"open_files\"}} {}",
+        refused + 2
+    );
+    assert!(metrics.contains(&line), "{line} in:\n{metrics}");
+    assert!(
+        matches!(
+            answers.try_recv(),
+            Err(tokio::sync::mpsc::error::TryRecvError::Empty)
+        ),
+        "the held uploads are still running"
+    );
+
+    // The held uploads end: each lands, and its place is free again.
+    drop(held);
+    let deadline = Instant::now() + Duration::from_secs(120);
+    for k in 0..PLACES {
+        let (n, (status, _, body)) = tokio::time::timeout_at(deadline.into(), answers.recv())
+            .await
+            .unwrap_or_else(|_| panic!("only {k} of the {PLACES} held uploads ended"))
+            .expect("an answer");
+        assert_eq!(
+            status,
+            201,
+            "upload {n}: {}",
+            String::from_utf8_lossy(&body)
+        );
+    }
+    srv.put_ok("/files/after.bin", &token, big.clone()).await;
+    assert!(srv.get_ok("/files/big.bin", &token).await == big);
+    assert!(
+        !srv.stderr().contains("audit log failed"),
+        "{}",
+        srv.stderr()
+    );
+}
