@@ -655,16 +655,37 @@ async fn move_json_inner(st: &AppState, req: Request, who: &mut Who) -> Result<R
     let (caller, fs) = authorise(st, req.headers(), req.extensions(), who)?;
     require_write(&caller)?;
     let cond = write_precondition(req.headers())?;
-    let body: MoveRequest = json_body(st, req.into_body()).await?;
+    let (parts, body) = req.into_parts();
+    let body: MoveRequest = json_body(st, body).await?;
     let from = EfsPath::parse(&body.from).map_err(efs_core::CoreError::from)?;
     who.path = Some(from.to_string());
     let to = EfsPath::parse(&body.to).map_err(efs_core::CoreError::from)?;
     who.to = Some(to.to_string());
     // The body may have taken up to --body-timeout: past a shutdown's timeout, or with an
-    // audit log that failed meanwhile, the move does not begin.
-    may_begin(st)?;
+    // audit log that failed meanwhile, the move does not begin; nor after a revoke, a
+    // read-only grant or an expiry meanwhile (as for an upload).
+    may_begin(st)
+        .and_then(|()| authorise_write_again(st, &parts.headers, &parts.extensions, who, &fs))?;
     let dir_only = names_dir(&body.from) || names_dir(&body.to);
     do_move(&fs, &from, &to, body.overwrite, cond, dir_only).await
+}
+
+/// The caller's token, certificate binding and write access to the same filesystem,
+/// checked again before a change whose request body took a while lands (a cached check:
+/// about a microsecond): a revoke, a read-only grant or an expiry meanwhile refuses it.
+fn authorise_write_again(
+    st: &AppState,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+    who: &mut Who,
+    fs: &Arc<Filesystem>,
+) -> Result<(), ApiError> {
+    let (caller, now) = authorise(st, headers, extensions, who)?;
+    require_write(&caller)?;
+    if !Arc::ptr_eq(&now, fs) {
+        return Err(ApiError::unauthorized());
+    }
+    Ok(())
 }
 
 /// Whether a path names a directory by its trailing `/` (the root aside).
@@ -1153,15 +1174,8 @@ async fn write(
     // The audit log too was checked only when the request began, and the body may have
     // taken minutes: a log that failed meanwhile refuses the change before it lands, not
     // after (its entry could not be written then).
-    if let Err(e) = may_begin(st)
-        .and_then(|()| authorise(st, headers, &parts.extensions, who))
-        .and_then(|(caller, now)| {
-            require_write(&caller)?;
-            if !Arc::ptr_eq(&now, fs) {
-                return Err(ApiError::unauthorized());
-            }
-            Ok(())
-        })
+    if let Err(e) =
+        may_begin(st).and_then(|()| authorise_write_again(st, headers, &parts.extensions, who, fs))
     {
         upload.abort().await;
         return Err(e);

@@ -856,6 +856,59 @@ async fn an_upload_under_way_is_refused_once_its_access_is_withdrawn() {
     assert_eq!(status, 404, "nothing stored");
 }
 
+/// The same for a move (`POST /_efs/move`), whose JSON body may take up to
+/// `--body-timeout`: authorised again once the body has arrived, so that a revoke or a
+/// read-only grant meanwhile refuses it and nothing moves (it moved, and with `overwrite`
+/// replaced the destination; from a review of authorization).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_move_under_way_is_refused_once_its_access_is_withdrawn() {
+    let (srv, key, _) = alice_server(&[]).await;
+    let srv = std::sync::Arc::new(srv);
+    let token = srv.login("alice", &key, None).await;
+    srv.put_ok("/a.txt", &token, "alpha").await;
+    srv.put_ok("/b.txt", &token, "bravo").await;
+    let changes: [&[&str]; 2] = [
+        &["revoke", "alice"],
+        &["grant", "alice", "--fs", "main", "--read-only"],
+    ];
+    for change in changes {
+        let token = srv.login("alice", &key, None).await;
+        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+        let body =
+            futures_util::stream::unfold(
+                rx,
+                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
+            );
+        let mv = srv
+            .client
+            .post(srv.url("/_efs/move"))
+            .bearer_auth(&token)
+            .header("content-type", "application/json")
+            .body(reqwest::Body::wrap_stream(body))
+            .send();
+        let mv = tokio::spawn(mv);
+        tx.send(Ok(br#"{"from":"/a.txt","#.to_vec())).await.unwrap();
+        // The move has begun (its token checked) well before the change.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let (s, args) = (srv.clone(), change.to_vec());
+        tokio::task::spawn_blocking(move || s.efsctl_ok(&args))
+            .await
+            .unwrap();
+        let _ = tx
+            .send(Ok(br#""to":"/b.txt","overwrite":true}"#.to_vec()))
+            .await;
+        drop(tx);
+        let r = mv.await.unwrap().unwrap();
+        let got = r.status().as_u16();
+        assert_eq!(got, 401, "{change:?}: {}", r.text().await.unwrap());
+        // Back to read-write for the next case and the check below.
+        srv.efsctl_ok(&["grant", "alice", "--fs", "main"]);
+    }
+    let token = srv.login("alice", &key, None).await;
+    assert_eq!(srv.get_ok("/a.txt", &token).await, b"alpha", "not moved");
+    assert_eq!(srv.get_ok("/b.txt", &token).await, b"bravo", "not replaced");
+}
+
 /// The login routes take requests from anyone: their bodies are small (8 KiB at most) and
 /// must arrive within 10 s (not the 60 s of `--body-timeout`), so that stalled logins do not
 /// hold the server's memory and connections for long.
