@@ -133,6 +133,24 @@ fn first_generation() -> u64 {
     u64::from_be_bytes(b).max(1)
 }
 
+/// Warns when the data dir lets other accounts in (group or other permission bits): it is
+/// made 0700 when created, and its files are written without those bits, but a directory
+/// opened up later (`chmod 755`, a copy, a volume's defaults) shows every index, blob and the
+/// key-part file's check tags to every local account. Not changed here: the operator may
+/// have a reason; the warning says how.
+fn warn_if_open_to_others(root: &Path) {
+    if let Ok(m) = std::fs::metadata(root) {
+        let mode = m.permissions().mode() & 0o777;
+        if mode & 0o077 != 0 {
+            tracing::warn!(
+                "the data dir {} is open to other accounts (mode {mode:04o}): its encrypted indexes and blobs show their sizes and changes to them; run chmod 700 {}",
+                root.display(),
+                root.display()
+            );
+        }
+    }
+}
+
 /// Name of the system secret that holds the audit log's root key.
 const SECRET_AUDIT_ROOT: &str = "audit-root";
 
@@ -332,6 +350,7 @@ impl DataDir {
                 }
                 Err(e) => return Err(e.into()),
             };
+            warn_if_open_to_others(root);
             // An EFS data dir (it has system/): locked before a passphrase is asked for and
             // before keyparts.json is read (a re-keying may be switching it).
             lock = lock_data_dir(root)?;

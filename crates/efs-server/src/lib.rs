@@ -48,9 +48,14 @@ pub fn install_crypto_provider() {
 /// account: no core dump (`RLIMIT_CORE` 0) and not dumpable (`PR_SET_DUMPABLE` 0, which also
 /// refuses `ptrace` and `/proc/PID/mem` to everyone but root). The process holds the starter
 /// key's subkeys, every keyring and decrypted content; a crash in C code, an abort or a
-/// `SIGQUIT` would otherwise write them to a core file. Called first by efs-server and
-/// efsctl; a failure is only warned about (it changes no behaviour of EFS).
+/// `SIGQUIT` would otherwise write them to a core file. Also sets the umask to 077. Called
+/// first by efs-server and efsctl; a failure is only warned about (it changes no behaviour
+/// of EFS).
 pub fn forbid_core_dumps() {
+    // Files and directories this process makes are its account's only (umask 077): the data
+    // dir's indexes, blobs, audit files and key files were created 0644 and 0755 inside
+    // it, readable by every local account as soon as the data dir was opened up.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
     let none = Rlimit {
         current: Some(0),

@@ -6,6 +6,7 @@
 mod common;
 
 use std::collections::BTreeMap;
+use std::os::unix::fs::FileTypeExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -1008,6 +1009,52 @@ async fn the_server_writes_no_core_file() {
         .unwrap_or_else(|| panic!("{limits}"));
     let fields: Vec<&str> = line.split_whitespace().collect();
     assert_eq!(&fields[4..6], ["0", "0"], "{line}");
+}
+
+/// Every file and directory the server and efsctl make in the data dir is their account's
+/// only (umask 077): indexes, blobs, audit files and the key files were 0644 and 0755 inside
+/// the 0700 data dir, readable by every local account once the data dir was opened up (a
+/// `chmod`, a copy, a volume's defaults); a start on such a data dir warns (from a review
+/// of authorization).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_data_dir_is_private_and_a_start_warns_when_it_is_not() {
+    use std::os::unix::fs::PermissionsExt;
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/small", &s.token, pattern(10, 1)).await;
+    srv.put_ok("/large", &s.token, pattern(300_000, 2)).await;
+    srv.efsctl_ok(&["create-fs", "second"]);
+    srv.stop().await;
+    let mut todo = vec![srv.data.clone()];
+    let mut seen = 0;
+    while let Some(dir) = todo.pop() {
+        for e in std::fs::read_dir(&dir).unwrap() {
+            let e = e.unwrap();
+            let m = std::fs::symlink_metadata(e.path()).unwrap();
+            if m.file_type().is_socket() {
+                continue;
+            }
+            let mode = m.permissions().mode() & 0o777;
+            assert_eq!(mode & 0o077, 0, "{} is {mode:04o}", e.path().display());
+            seen += 1;
+            if m.is_dir() {
+                todo.push(e.path());
+            }
+        }
+    }
+    assert!(seen > 10, "{seen} files and directories");
+    assert!(!srv.stderr().contains("open to other accounts"));
+    std::fs::set_permissions(&srv.data, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let again = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    // Logged before it listens, on stderr, which is read apart from stdout: waited for.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !again
+        .stderr()
+        .contains("is open to other accounts (mode 0755)")
+    {
+        assert!(Instant::now() < deadline, "{}", again.stderr());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
 }
 
 /// `efsctl rotate-signing-key`: refused while the server runs (the new key would take effect
