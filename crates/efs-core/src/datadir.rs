@@ -29,7 +29,7 @@ use crate::fs::{Filesystem, FsOptions};
 use crate::index::Op;
 use crate::keyparts::{self, Argon2Params, KeyPartSpec, KeyPartsFile, StarterKey};
 use crate::keyring::Keyring;
-use crate::redb_index::RedbIndex;
+use crate::redb_index::{DigestOptions, RedbIndex};
 use crate::system::{FsRecord, GrantRecord, SystemDb, SystemTrust, UserRecord};
 
 /// Name of the token-signing key secret.
@@ -187,6 +187,31 @@ pub(crate) fn audit_root(system: &SystemDb, audit_dir: &Path) -> Result<efs_form
 /// Name of the system secret that holds the root of filesystem `id`'s index-digest key.
 fn digest_mark(id: &[u8; 16]) -> String {
     format!("index-digest/{}", hex::encode(id))
+}
+
+/// Name of the system secret that records that filesystem `id`'s index digest is of
+/// layout 2 (covers the metadata, the sealed keyring among it): from then on a layout-1
+/// digest is not upgraded at open, but reported (see [`DigestOptions`]). Its value is
+/// [`LAYOUT_MARK`].
+pub(crate) fn layout_mark(id: &[u8; 16]) -> String {
+    format!("index-digest-layout/{}", hex::encode(id))
+}
+
+/// The value of [`layout_mark`]: the digest layout recorded.
+const LAYOUT_MARK: u8 = 2;
+
+/// The root of filesystem `id`'s index-digest key as `system` keeps it (see
+/// [`DigestKey::from_root`]), if it does.
+pub(crate) fn stored_digest_root(
+    system: &SystemDb,
+    id: &[u8; 16],
+) -> Result<Option<efs_format::Key32>> {
+    let Some(v) = system.secret(&digest_mark(id))? else {
+        return Ok(None);
+    };
+    efs_format::Key32::from_slice(&v)
+        .map(Some)
+        .ok_or(CoreError::Corrupt("index digest key length"))
 }
 
 /// Where the quick start puts its generated key part: beside the data dir, never in it.
@@ -363,7 +388,7 @@ impl DataDir {
             let starter = keyparts::open(&file, specs, prompt)?;
             // An interrupted re-keying of the starter key: finish or discard it first (under
             // the lock: not one that is running).
-            if let Some(line) = futures_block(crate::rekey::recover(root))? {
+            if let Some(line) = futures_block(crate::rekey::recover(root, &starter))? {
                 tracing::warn!("{line}");
             }
             // (recover never changes keyparts.json: the parts that opened it are current.)
@@ -515,8 +540,19 @@ impl DataDir {
                 "the key of this filesystem's index digest is missing from the system database (the system database was edited or replaced, or the filesystem is from before digests): no digest is made over the index as it is; the filesystem is held until an operator runs efsctl fsck (and, once satisfied, efsctl fsck --accept-index)"
             );
         }
-        let compute_missing = !had_digest && creating;
-        RedbIndex::open_with_cache(&path, key, compute_missing, self.opts.fs.index_cache)
+        // A layout-1 digest is upgraded until the upgrade is recorded here (a new index is
+        // recorded at once): once it is, a layout-1 digest was put back from before it.
+        let mark = layout_mark(id);
+        let recorded = self.system.secret(&mark)?.is_some();
+        let opts = DigestOptions {
+            compute_missing: !had_digest && creating,
+            upgrade_layout_1: !recorded,
+        };
+        let index = RedbIndex::open_with_cache(&path, key, opts, self.opts.fs.index_cache)?;
+        if !recorded {
+            self.system.put_secret(&mark, &[LAYOUT_MARK])?;
+        }
+        Ok(index)
     }
 
     /// The key of filesystem `id`'s index digest, and whether it existed. Its root is a
@@ -524,14 +560,11 @@ impl DataDir {
     /// under the starter key like every secret, and carried over unchanged when
     /// `rekey-starter` moves the data dir to new key parts. Created on first use.
     fn digest_key(&self, id: &[u8; 16]) -> Result<(DigestKey, bool)> {
-        let name = digest_mark(id);
-        if let Some(v) = self.system.secret(&name)? {
-            let root = efs_format::Key32::from_slice(&v)
-                .ok_or(CoreError::Corrupt("index digest key length"))?;
+        if let Some(root) = stored_digest_root(&self.system, id)? {
             return Ok((DigestKey::from_root(&root, id), true));
         }
         let root = efs_format::Key32::random();
-        self.system.put_secret(&name, root.as_bytes())?;
+        self.system.put_secret(&digest_mark(id), root.as_bytes())?;
         Ok((DigestKey::from_root(&root, id), false))
     }
 
@@ -606,6 +639,12 @@ impl DataDir {
             tracing::warn!(
                 error = %e,
                 "a failed creation's or restore's index digest key could not be removed (32 unused bytes in the system database)"
+            );
+        }
+        if let Err(e) = self.system.delete_secret(&layout_mark(id)) {
+            tracing::warn!(
+                error = %e,
+                "a failed creation's or restore's index digest layout mark could not be removed (1 unused byte in the system database)"
             );
         }
     }

@@ -1,21 +1,33 @@
-//! The index digest: a keyed hash of the whole set of index entries, kept up to date in
-//! the same transaction as every batch, so that `fsck` can tell whether any entry was
-//! changed, removed, added or put back to an older value outside EFS.
+//! The index digest: a keyed hash of the whole set of an index's entries and metadata rows,
+//! kept up to date in the same transaction as every batch, so that `fsck` (and every start
+//! of the server) can tell whether any row was changed, removed, added or put back to an
+//! older value outside EFS.
 //!
 //! A sealed record cannot be moved to another entry (its AAD names the entry), but an
 //! older value of the *same* entry opens fine: putting back an old record (and its old
-//! content) is a rollback that no per-record check can see. The digest is the
+//! content) is a rollback that no per-record check can see. The same holds for the sealed
+//! keyring (metadata row `keyring`): it opens under the starter key whatever its age, so
+//! an older one put back after `rotate-key` added a term opens too. The digest is the
 //! MSet-XOR-Hash of Clarke, Devadas, van Dijk, Gassend and Suh ("Incremental Multiset
 //! Hash Functions and Their Application to Memory Integrity Checking", ASIACRYPT 2003),
-//! instantiated with HMAC-SHA256 under a key derived from the starter key:
+//! instantiated with HMAC-SHA256 under a key of its own ([`DigestKey`]). Layout 2, every
+//! index digest written now:
 //!
 //! ```text
 //! X(S)   = XOR over every entry (k, v) of HMAC(key, 0x01 || k || v)
-//! stored = 0x01 || r (16, random, fresh at every update) || generation (u64 BE)
-//!          || count (u64 BE) || HMAC(key, 0x00 || r || generation || count) XOR X(S)
+//!          XOR over every meta row (n, v) but the digest's own
+//!              of HMAC(key, 0x04 || len(n) (u32 BE) || n || v)
+//! stored = 0x02 || r (16, random, fresh at every update) || generation (u64 BE)
+//!          || count (u64 BE: entries) || HMAC(key, 0x03 || r || generation || count) XOR X(S)
 //! ```
 //!
-//! XOR makes an update cost one HMAC per entry written or removed (the old value comes
+//! Layout 1 (first byte `0x01`, mask `HMAC(key, 0x00 || ...)`) is the same without the
+//! metadata rows: the system database's digest (whose elements are its own), and an index
+//! digest written before layout 2, which the index upgrades once, at its open
+//! ([`Accumulator::upgrade`]). The masks' domains differ, so a layout-2 digest relabelled
+//! layout 1 unmasks to noise.
+//!
+//! XOR makes an update cost one HMAC per row written or removed (the old value comes
 //! for free: the write replaces it), whatever the size of the index. The random mask
 //! `r` makes digests of different states unrelated, so that whoever sees many of them
 //! cannot combine them into the digest of a state that never existed; without the key no
@@ -23,8 +35,8 @@
 //!
 //! What it cannot do: the whole index put back to an earlier state, digest included, is
 //! consistent again. Only state kept outside the data dir can tell: the generation (a
-//! counter of the batches that changed entries) and the anchor that `efsctl fsck`
-//! prints, noted by the operator, never go backwards.
+//! counter of the batches that changed what the digest covers) and the anchor that `efsctl
+//! fsck` prints, noted by the operator, never go backwards.
 
 use efs_format::{Key32, MacKey};
 use subtle::ConstantTimeEq;
@@ -34,11 +46,51 @@ use crate::labels;
 /// Index metadata name of the stored digest; reserved (a batch may not write it).
 pub const META_DIGEST: &str = "digest";
 
-const LAYOUT: u8 = 1;
 const STORED_LEN: usize = 1 + 16 + 8 + 8 + 32;
 const DOMAIN_MASK: u8 = 0;
 const DOMAIN_ENTRY: u8 = 1;
 const DOMAIN_ANCHOR: u8 = 2;
+const DOMAIN_MASK_V2: u8 = 3;
+const DOMAIN_META: u8 = 4;
+
+/// What a stored digest is (its first byte): how its mask is made, and so which rows its
+/// owner hashes into it. DO NOT CHANGE the values: they are stored.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Layout {
+    /// `0x01`: mask `HMAC(key, 0x00 || r || generation || count)`. The system database (all
+    /// its rows); an index written before layout 2 (its entries only), upgraded at its open.
+    V1,
+    /// `0x02`: mask `HMAC(key, 0x03 || r || generation || count)`. An index: its entries and
+    /// its metadata rows ([`Accumulator::insert_meta`]).
+    V2,
+}
+
+impl Layout {
+    /// The layout of every index digest written now.
+    pub const INDEX: Layout = Layout::V2;
+
+    fn byte(self) -> u8 {
+        match self {
+            Layout::V1 => 1,
+            Layout::V2 => 2,
+        }
+    }
+
+    fn from_byte(b: u8) -> Option<Self> {
+        match b {
+            1 => Some(Layout::V1),
+            2 => Some(Layout::V2),
+            _ => None,
+        }
+    }
+
+    fn mask_domain(self) -> u8 {
+        match self {
+            Layout::V1 => DOMAIN_MASK,
+            Layout::V2 => DOMAIN_MASK_V2,
+        }
+    }
+}
 
 /// The secret key of one filesystem's index digest, set up for HMAC (cleansed on drop, no
 /// `Debug` of it).
@@ -74,9 +126,16 @@ impl DigestKey {
         self.mac(DOMAIN_ENTRY, &[key, value])
     }
 
-    fn mask(&self, r: &[u8; 16], generation: u64, count: u64) -> [u8; 32] {
+    /// The set element of one metadata row. The name's length keeps bytes from moving
+    /// between the name and the value unseen.
+    fn meta_element(&self, name: &str, value: &[u8]) -> [u8; 32] {
+        let len = u32::try_from(name.len()).unwrap_or(u32::MAX).to_be_bytes();
+        self.mac(DOMAIN_META, &[&len, name.as_bytes(), value])
+    }
+
+    fn mask(&self, layout: Layout, r: &[u8; 16], generation: u64, count: u64) -> [u8; 32] {
         self.mac(
-            DOMAIN_MASK,
+            layout.mask_domain(),
             &[r, &generation.to_be_bytes(), &count.to_be_bytes()],
         )
     }
@@ -94,15 +153,22 @@ pub struct Accumulator {
     xor: [u8; 32],
     count: u64,
     generation: u64,
+    layout: Layout,
 }
 
 impl Accumulator {
-    /// The empty set at generation 0.
+    /// The empty set at generation 0, layout 1 (the system database's digest).
     pub fn empty() -> Self {
+        Self::empty_with(Layout::V1)
+    }
+
+    /// The empty set at generation 0, sealed as `layout` (an index: [`Layout::INDEX`]).
+    pub fn empty_with(layout: Layout) -> Self {
         Accumulator {
             xor: [0u8; 32],
             count: 0,
             generation: 0,
+            layout,
         }
     }
 
@@ -111,12 +177,44 @@ impl Accumulator {
     pub fn open(key: &DigestKey, stored: &[u8]) -> Option<Self> {
         let f = Fields::parse(stored)?;
         let mut xor = f.masked;
-        xor_into(&mut xor, &key.mask(&f.r, f.generation, f.count));
+        xor_into(&mut xor, &key.mask(f.layout, &f.r, f.generation, f.count));
         Some(Accumulator {
             xor,
             count: f.count,
             generation: f.generation,
+            layout: f.layout,
         })
+    }
+
+    /// The layout it is sealed as.
+    pub fn layout(&self) -> Layout {
+        self.layout
+    }
+
+    /// An index's layout-1 digest (its entries only), read at its open, made layout 2: the
+    /// metadata rows found now (`meta`, the digest's own row left out) are added, and the
+    /// upgrade counts as a batch. Incremental: the entries are not read, so an entry changed
+    /// before still differs. The metadata as it is at the upgrade is trusted (layout 1 never
+    /// described it). Nothing happens to a digest of layout 2.
+    pub fn upgrade<'a>(
+        &mut self,
+        key: &DigestKey,
+        meta: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+    ) {
+        if self.layout != Layout::V1 {
+            return;
+        }
+        self.layout = Layout::V2;
+        for (name, value) in meta {
+            self.insert_meta(key, name, value);
+        }
+        self.bump();
+    }
+
+    /// Sets the layout to seal as, for a set being recomputed (the element XOR and the size
+    /// do not depend on it).
+    pub fn set_layout(&mut self, layout: Layout) {
+        self.layout = layout;
     }
 
     /// Adds entry `(k, v)` to the set.
@@ -129,6 +227,19 @@ impl Accumulator {
     pub fn remove(&mut self, key: &DigestKey, k: &[u8], v: &[u8]) {
         xor_into(&mut self.xor, &key.element(k, v));
         self.count = self.count.wrapping_sub(1);
+    }
+
+    /// Adds metadata row `(name, v)` to the set (layout 2; not counted: the count stays the
+    /// number of entries, which `fsck` reports).
+    pub fn insert_meta(&mut self, key: &DigestKey, name: &str, v: &[u8]) {
+        debug_assert_eq!(self.layout, Layout::V2, "layout 1 covers no metadata");
+        xor_into(&mut self.xor, &key.meta_element(name, v));
+    }
+
+    /// Removes metadata row `(name, v)` from the set.
+    pub fn remove_meta(&mut self, key: &DigestKey, name: &str, v: &[u8]) {
+        // XOR: removing is adding again.
+        self.insert_meta(key, name, v);
     }
 
     /// Adds every element of `other` (the union of two disjoint sets: the XOR of their
@@ -145,7 +256,7 @@ impl Accumulator {
         (self.xor, self.count)
     }
 
-    /// Batches that changed entries since the digest was created.
+    /// Batches that changed what the digest covers since it was created.
     pub fn generation(&self) -> u64 {
         self.generation
     }
@@ -156,7 +267,7 @@ impl Accumulator {
         self.generation = generation;
     }
 
-    /// Counts one more batch that changed entries.
+    /// Counts one more batch that changed what the digest covers.
     pub fn bump(&mut self) {
         self.generation = self.generation.wrapping_add(1);
     }
@@ -166,9 +277,12 @@ impl Accumulator {
         let mut r = [0u8; 16];
         aws_lc_rs::rand::fill(&mut r).expect("the system RNG does not fail on Linux");
         let mut masked = self.xor;
-        xor_into(&mut masked, &key.mask(&r, self.generation, self.count));
+        xor_into(
+            &mut masked,
+            &key.mask(self.layout, &r, self.generation, self.count),
+        );
         let mut out = Vec::with_capacity(STORED_LEN);
-        out.push(LAYOUT);
+        out.push(self.layout.byte());
         out.extend_from_slice(&r);
         out.extend_from_slice(&self.generation.to_be_bytes());
         out.extend_from_slice(&self.count.to_be_bytes());
@@ -178,6 +292,7 @@ impl Accumulator {
 }
 
 struct Fields {
+    layout: Layout,
     r: [u8; 16],
     generation: u64,
     count: u64,
@@ -186,10 +301,11 @@ struct Fields {
 
 impl Fields {
     fn parse(stored: &[u8]) -> Option<Self> {
-        if stored.len() != STORED_LEN || stored[0] != LAYOUT {
+        if stored.len() != STORED_LEN {
             return None;
         }
         Some(Fields {
+            layout: Layout::from_byte(stored[0])?,
             r: stored[1..17].try_into().ok()?,
             generation: u64::from_be_bytes(stored[17..25].try_into().ok()?),
             count: u64::from_be_bytes(stored[25..33].try_into().ok()?),
@@ -203,7 +319,7 @@ impl Fields {
 pub enum DigestCheck {
     /// The entries are exactly the set the digest was last updated with.
     Holds {
-        /// Batches that changed entries since the digest was created.
+        /// Batches that changed what the digest covers since it was created.
         generation: u64,
         /// Entries.
         entries: u64,
@@ -212,8 +328,9 @@ pub enum DigestCheck {
         /// earlier generation, or the same generation with another anchor.
         anchor: String,
     },
-    /// The entries differ from the set the digest describes: an entry was changed,
-    /// removed, added or put back outside EFS (or the digest itself was changed).
+    /// The rows differ from the set the digest describes: an entry (or, in an index, a
+    /// metadata row) was changed, removed, added or put back outside EFS (or the digest
+    /// itself was changed).
     Differs {
         /// The generation the stored digest claims.
         generation: u64,
@@ -249,7 +366,8 @@ impl DigestCheck {
         }
     }
 
-    /// Checks `entries` (every entry, from the same snapshot as `stored`).
+    /// Checks `entries` (every entry, from the same snapshot as `stored`) against a
+    /// layout-1 digest (the set's elements are all entries: no metadata).
     pub fn run<'a>(
         key: &DigestKey,
         stored: Option<&[u8]>,
@@ -262,7 +380,10 @@ impl DigestCheck {
         Self::compare(key, stored, &found)
     }
 
-    /// Compares a recomputed accumulator (generation ignored) with the stored digest.
+    /// Compares a recomputed accumulator (generation ignored) with the stored digest. A
+    /// stored digest of another layout than `found`'s is not one of this set's kind
+    /// ([`DigestCheck::Unreadable`]): an index's digest is upgraded to layout 2 at its open,
+    /// so a layout-1 digest met later was put there behind its back.
     pub fn compare(key: &DigestKey, stored: Option<&[u8]>, found: &Accumulator) -> Self {
         let Some(stored) = stored else {
             return DigestCheck::Unreadable;
@@ -271,6 +392,9 @@ impl DigestCheck {
         else {
             return DigestCheck::Unreadable;
         };
+        if f.layout != found.layout {
+            return DigestCheck::Unreadable;
+        }
         let same = claimed.xor.ct_eq(&found.xor).into() && claimed.count == found.count;
         if same {
             let anchor = key.mac(DOMAIN_ANCHOR, &[stored]);

@@ -720,7 +720,7 @@ impl Filesystem {
                     tracing::error!(
                         fs = fs.name(),
                         check = ?c,
-                        "the index differs from its digest: records were changed, removed, added or put back to older versions while the server was stopped; the filesystem is on hold until an operator runs efsctl fsck (and, once satisfied, efsctl fsck --accept-index)"
+                        "the index differs from its digest: records or metadata rows (the sealed keyring, say) were changed, removed, added or put back to older versions while the server was stopped; the filesystem is on hold until an operator runs efsctl fsck (and, once satisfied, efsctl fsck --accept-index)"
                     );
                     IndexTrust::Failed
                 }
@@ -1821,8 +1821,9 @@ impl Filesystem {
                 entries,
             } => rep.errors.push(format!(
                 "index: the entries differ from the index digest (generation {generation}, \
-                 {claimed_entries} entries expected, {entries} found): a record was changed, \
-                 removed, added or put back to an older version outside EFS"
+                 {claimed_entries} entries expected, {entries} found): a record or a metadata \
+                 row (the sealed keyring, say) was changed, removed, added or put back to an \
+                 older version outside EFS"
             )),
             crate::digest::DigestCheck::Unreadable => rep
                 .errors

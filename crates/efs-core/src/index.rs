@@ -28,8 +28,9 @@ pub enum Op {
     PutInline(ContentId, Vec<u8>),
     /// Remove a small file's encrypted content.
     DeleteInline(ContentId),
-    /// Insert or replace a metadata value (the wrapped keyring). The name
-    /// [`crate::digest::META_DIGEST`] is the index's own: a batch that writes it is refused.
+    /// Insert or replace a metadata value (the wrapped keyring), covered by the digest like
+    /// an entry. The name [`crate::digest::META_DIGEST`] is the index's own: a batch that
+    /// writes it is refused.
     PutMeta(String, Vec<u8>),
 }
 
@@ -84,9 +85,10 @@ pub enum SnapshotItem<'a> {
 /// Storage of the index. Implementations: [`crate::redb_index::RedbIndex`] (embedded default),
 /// [`crate::mem_index::MemIndex`] (reference model).
 ///
-/// Every implementation keeps the index digest ([`crate::digest`]) of its entries up to
-/// date in the same transaction as each batch, under the key it was opened with, so that
-/// every writer (requests, rotation, gc, restore) maintains it without knowing it.
+/// Every implementation keeps the index digest ([`crate::digest`]) of its entries and its
+/// metadata rows up to date in the same transaction as each batch, under the key it was
+/// opened with, so that every writer (requests, rotation, gc, restore, a re-keying of the
+/// starter) maintains it without knowing it.
 #[async_trait]
 pub trait Index: Send + Sync {
     /// An entry's sealed record.
@@ -124,13 +126,13 @@ pub trait Index: Send + Sync {
         &self,
         visit: &mut (dyn for<'k, 'v> FnMut(&'k EntryKey, &'v [u8]) -> Result<()> + Send),
     ) -> Result<()>;
-    /// Recomputes the digest of every entry and compares it with the stored one, both
-    /// from ONE snapshot (fsck; the server may be writing meanwhile).
+    /// Recomputes the digest of every entry and metadata row and compares it with the
+    /// stored one, all from ONE snapshot (fsck; the server may be writing meanwhile).
     async fn check_digest(&self) -> Result<DigestCheck>;
-    /// Recomputes the digest from the entries as they are now and stores it, in one write
-    /// transaction serialised with the commits (`efsctl fsck --accept-index`, after an
-    /// operator has decided that the index as it is now is the one to trust). Returns the
-    /// check of the new digest.
+    /// Recomputes the digest from the entries and metadata as they are now and stores it,
+    /// in one write transaction serialised with the commits (`efsctl fsck --accept-index`,
+    /// after an operator has decided that the index as it is now is the one to trust).
+    /// Returns the check of the new digest.
     async fn accept_digest(&self) -> Result<DigestCheck>;
     /// Every meta value, entry and inline content, in that order, from ONE consistent
     /// snapshot (backups: the records, the contents they name and the keyring that opens

@@ -13,7 +13,7 @@ use async_trait::async_trait;
 
 use efs_format::Key32;
 
-use crate::digest::{Accumulator, DigestCheck, DigestKey, META_DIGEST};
+use crate::digest::{Accumulator, DigestCheck, DigestKey, Layout, META_DIGEST};
 use crate::error::Result;
 use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, SnapshotItem, check_reserved};
 
@@ -46,7 +46,10 @@ impl MemIndex {
     /// An empty index whose digest is keyed by `digest`.
     pub fn with_digest_key(digest: DigestKey) -> Self {
         let mut meta = BTreeMap::new();
-        meta.insert(META_DIGEST.to_owned(), Accumulator::empty().seal(&digest));
+        meta.insert(
+            META_DIGEST.to_owned(),
+            Accumulator::empty_with(Layout::INDEX).seal(&digest),
+        );
         Self {
             state: Mutex::new(State {
                 entries: BTreeMap::new(),
@@ -80,6 +83,20 @@ impl MemIndex {
             Some(v) => st.entries.insert(*key, v),
             None => st.entries.remove(key),
         };
+    }
+
+    /// The digest of the entries and metadata rows as they are (generation 0).
+    fn recompute(&self, st: &State) -> Accumulator {
+        let mut acc = Accumulator::empty_with(Layout::INDEX);
+        for (k, v) in &st.entries {
+            acc.insert(&self.digest, k, v);
+        }
+        for (name, v) in &st.meta {
+            if name != META_DIGEST {
+                acc.insert_meta(&self.digest, name, v);
+            }
+        }
+        acc
     }
 
     fn state(&self) -> std::sync::MutexGuard<'_, State> {
@@ -167,7 +184,8 @@ impl Index for MemIndex {
         let mut digest = st
             .meta
             .get(META_DIGEST)
-            .and_then(|v| Accumulator::open(&self.digest, v));
+            .and_then(|v| Accumulator::open(&self.digest, v))
+            .filter(|d| d.layout() == Layout::INDEX);
         let mut touched = false;
         for op in batch.ops {
             match op {
@@ -196,7 +214,14 @@ impl Index for MemIndex {
                     st.inline.remove(&k);
                 }
                 Op::PutMeta(k, v) => {
+                    if let Some(d) = digest.as_mut() {
+                        if let Some(old) = st.meta.get(&k) {
+                            d.remove_meta(&self.digest, &k, old);
+                        }
+                        d.insert_meta(&self.digest, &k, &v);
+                    }
                     st.meta.insert(k, v);
+                    touched = true;
                 }
             }
         }
@@ -250,10 +275,7 @@ impl Index for MemIndex {
             .get(META_DIGEST)
             .and_then(|v| Accumulator::open(&self.digest, v))
             .map_or(0, |a| a.generation());
-        let mut acc = Accumulator::empty();
-        for (k, v) in &st.entries {
-            acc.insert(&self.digest, k, v);
-        }
+        let mut acc = self.recompute(&st);
         acc.set_generation(generation);
         acc.bump();
         let sealed = acc.seal(&self.digest);
@@ -263,10 +285,10 @@ impl Index for MemIndex {
 
     async fn check_digest(&self) -> Result<DigestCheck> {
         let st = self.state();
-        Ok(DigestCheck::run(
+        Ok(DigestCheck::compare(
             &self.digest,
             st.meta.get(META_DIGEST).map(Vec::as_slice),
-            st.entries.iter().map(|(k, v)| (k.as_slice(), v.as_slice())),
+            &self.recompute(&st),
         ))
     }
 

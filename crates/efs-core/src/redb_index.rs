@@ -5,9 +5,9 @@
 //! checks and applies each in one transaction, commits once, and answers them all:
 //! under load, many writes share one fsync; alone, a write costs exactly one.
 //!
-//! The same transaction keeps the index digest ([`crate::digest`]) current: replacing or
-//! removing an entry hands back its old value, so an update costs one HMAC per entry
-//! written or removed, and no extra read.
+//! The same transaction keeps the index digest ([`crate::digest`]) of the entries and the
+//! metadata rows current: replacing or removing a row hands back its old value, so an
+//! update costs one HMAC per row written or removed, and no extra read.
 //!
 //! After a failed commit (a full disk, an I/O error) redb refuses every later transaction
 //! until the database is closed and opened again. The committer therefore reopens it before
@@ -24,7 +24,7 @@ use async_trait::async_trait;
 use redb::{Database, ReadableDatabase, ReadableTable, ReadableTableMetadata, TableDefinition};
 use tokio::sync::oneshot;
 
-use crate::digest::{Accumulator, DigestCheck, DigestKey, META_DIGEST};
+use crate::digest::{Accumulator, DigestCheck, DigestKey, Layout, META_DIGEST};
 use crate::error::{CoreError, Result};
 use crate::index::{Batch, ContentId, DirTag, EntryKey, Index, Op, SnapshotItem, check_reserved};
 use crate::redb_scan;
@@ -44,6 +44,29 @@ pub const DEFAULT_CACHE_BYTES: usize = 64 << 20;
 const MAX_GROUP: usize = 256;
 
 type Reply = oneshot::Sender<Result<bool>>;
+
+/// What [`RedbIndex::open_with`] does to the digest it finds, when it is not a layout-2 one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DigestOptions {
+    /// An index without a digest gets one, computed from its rows as they are. False for a
+    /// data dir that knows this index had a digest: a digest removed from the file must not
+    /// be silently rebuilt over records put back meanwhile (every check then reports it).
+    pub compute_missing: bool,
+    /// A layout-1 digest (entries only, written before the digest covered the metadata) is
+    /// upgraded to layout 2, taking in the metadata rows as they are now
+    /// ([`Accumulator::upgrade`]). False for a data dir that recorded the upgrade: a layout-1
+    /// digest found then was put back from before it (with an older keyring, say), and is
+    /// left as it is (every check reports it unreadable).
+    pub upgrade_layout_1: bool,
+}
+
+impl DigestOptions {
+    /// Both: an index opened on its own, with nothing known about it.
+    pub const ANY: DigestOptions = DigestOptions {
+        compute_missing: true,
+        upgrade_layout_1: true,
+    };
+}
 
 /// redb-backed [`Index`].
 pub struct RedbIndex {
@@ -249,17 +272,17 @@ impl Handle {
 
 impl RedbIndex {
     /// Opens or creates the index file; `digest` keys its digest. An index written before
-    /// digests existed gets one now, computed from its entries (generation 0).
+    /// digests existed gets one now, computed from its entries and metadata (generation 0);
+    /// a digest of layout 1 (written before the digest covered the metadata) is upgraded to
+    /// layout 2 ([`DigestOptions::ANY`]).
     pub fn open(path: &Path, digest: DigestKey) -> Result<Self> {
-        Self::open_with(path, digest, true)
+        Self::open_with(path, digest, DigestOptions::ANY)
     }
 
-    /// As [`RedbIndex::open`]; with `compute_missing` false, an index without a digest is
-    /// left without one (every check then reports it), for a data dir that knows this index
-    /// had a digest: a digest removed from the file must not be silently rebuilt over
-    /// records that were put back meanwhile.
-    pub fn open_with(path: &Path, digest: DigestKey, compute_missing: bool) -> Result<Self> {
-        Self::open_with_cache(path, digest, compute_missing, DEFAULT_CACHE_BYTES)
+    /// As [`RedbIndex::open`], with what is done to a missing or layout-1 digest said by
+    /// `opts`.
+    pub fn open_with(path: &Path, digest: DigestKey, opts: DigestOptions) -> Result<Self> {
+        Self::open_with_cache(path, digest, opts, DEFAULT_CACHE_BYTES)
     }
 
     /// As [`RedbIndex::open_with`], with a page cache of `cache_bytes` (see
@@ -267,7 +290,7 @@ impl RedbIndex {
     pub fn open_with_cache(
         path: &Path,
         digest: DigestKey,
-        compute_missing: bool,
+        opts: DigestOptions,
         cache_bytes: usize,
     ) -> Result<Self> {
         let db = create_db(path, cache_bytes).map_err(|e| match e {
@@ -283,22 +306,54 @@ impl RedbIndex {
             let entries = w.open_table(ENTRIES).map_err(ix)?;
             w.open_table(INLINE).map_err(ix)?;
             let mut meta = w.open_table(META).map_err(ix)?;
-            if compute_missing && meta.get(META_DIGEST).map_err(ix)?.is_none() {
-                let mut acc = Accumulator::empty();
-                for item in entries.iter().map_err(ix)? {
-                    let (k, v) = item.map_err(ix)?;
-                    acc.insert(&digest, k.value(), v.value());
+            let stored = meta
+                .get(META_DIGEST)
+                .map_err(ix)?
+                .map(|v| v.value().to_vec());
+            match stored {
+                None if opts.compute_missing => {
+                    let mut acc = Accumulator::empty_with(Layout::INDEX);
+                    for item in entries.iter().map_err(ix)? {
+                        let (k, v) = item.map_err(ix)?;
+                        acc.insert(&digest, k.value(), v.value());
+                    }
+                    for (name, v) in meta_rows(&meta)? {
+                        acc.insert_meta(&digest, &name, &v);
+                    }
+                    if !entries.is_empty().map_err(ix)? {
+                        // Expected once, after an upgrade. Otherwise someone removed the
+                        // digest: the generation restarts at 0, which the operator's anchor
+                        // shows.
+                        tracing::warn!(
+                            entries = entries.len().map_err(ix)?,
+                            "the index had no digest (written by an older version, or the digest was removed): computed it from the entries as they are now"
+                        );
+                    }
+                    meta.insert(META_DIGEST, acc.seal(&digest).as_slice())
+                        .map_err(ix)?;
                 }
-                if !entries.is_empty().map_err(ix)? {
-                    // Expected once, after an upgrade. Otherwise someone removed the digest:
-                    // the generation restarts at 0, which the operator's anchor shows.
-                    tracing::warn!(
-                        entries = entries.len().map_err(ix)?,
-                        "the index had no digest (written by an older version, or the digest was removed): computed it from the entries as they are now"
-                    );
+                Some(stored) if opts.upgrade_layout_1 => {
+                    if let Some(mut acc) = Accumulator::open(&digest, &stored)
+                        && acc.layout() == Layout::V1
+                    {
+                        // A digest of the entries only, written before metadata was covered:
+                        // the metadata rows as they are now join it, once (see
+                        // `Accumulator::upgrade`; the entries stay as the digest knew them).
+                        let rows = meta_rows(&meta)?;
+                        acc.upgrade(
+                            &digest,
+                            rows.iter().map(|(n, v)| (n.as_str(), v.as_slice())),
+                        );
+                        meta.insert(META_DIGEST, acc.seal(&digest).as_slice())
+                            .map_err(ix)?;
+                        tracing::info!(
+                            generation = acc.generation(),
+                            "the index digest now covers the index's metadata (the sealed keyring, the rotation state) too: upgraded once, from the metadata as it is now"
+                        );
+                    }
                 }
-                meta.insert(META_DIGEST, acc.seal(&digest).as_slice())
-                    .map_err(ix)?;
+                // Left as it is: every check reports it (see DigestOptions).
+                _ => {}
             }
         }
         w.commit().map_err(ix)?;
@@ -380,6 +435,20 @@ fn dir_range(dir: &DirTag) -> (EntryKey, EntryKey) {
     (lo, hi)
 }
 
+/// Every metadata row but the digest's own: what the digest covers besides the entries.
+fn meta_rows<T: ReadableTable<&'static str, &'static [u8]>>(
+    meta: &T,
+) -> Result<Vec<(String, Vec<u8>)>> {
+    let mut out = Vec::new();
+    for item in meta.iter().map_err(ix)? {
+        let (k, v) = item.map_err(ix)?;
+        if k.value() != META_DIGEST {
+            out.push((k.value().to_owned(), v.value().to_vec()));
+        }
+    }
+    Ok(out)
+}
+
 fn apply_group(db: &Database, key: &DigestKey, group: &[(Batch, Reply)]) -> Result<Vec<bool>> {
     let w = db.begin_write().map_err(ix)?;
     let mut results = Vec::with_capacity(group.len());
@@ -388,11 +457,13 @@ fn apply_group(db: &Database, key: &DigestKey, group: &[(Batch, Reply)]) -> Resu
         let mut inline = w.open_table(INLINE).map_err(ix)?;
         let mut meta = w.open_table(META).map_err(ix)?;
         // An unreadable digest is left as it is (fsck reports it); updating it would need
-        // its mask, and replacing it would hide whatever was done to the index.
+        // its mask, and replacing it would hide whatever was done to the index. So is one
+        // of layout 1 (upgraded at open: one met now was put there since).
         let mut digest = meta
             .get(META_DIGEST)
             .map_err(ix)?
-            .and_then(|v| Accumulator::open(key, v.value()));
+            .and_then(|v| Accumulator::open(key, v.value()))
+            .filter(|d| d.layout() == Layout::INDEX);
         let mut digest_changed = false;
         for (batch, _) in group {
             let mut ok = true;
@@ -446,7 +517,15 @@ fn apply_group(db: &Database, key: &DigestKey, group: &[(Batch, Reply)]) -> Resu
                             inline.remove(k.as_slice()).map_err(ix)?;
                         }
                         Op::PutMeta(k, v) => {
-                            meta.insert(k.as_str(), v.as_slice()).map_err(ix)?;
+                            // Never the digest's own row: `check_reserved` refused it.
+                            let old = meta.insert(k.as_str(), v.as_slice()).map_err(ix)?;
+                            if let Some(d) = digest.as_mut() {
+                                if let Some(old) = old {
+                                    d.remove_meta(key, k, old.value());
+                                }
+                                d.insert_meta(key, k, v);
+                            }
+                            touched = true;
                         }
                     }
                 }
@@ -621,10 +700,13 @@ impl Index for RedbIndex {
                     .map_err(ix)?
                     .and_then(|v| Accumulator::open(&key, v.value()))
                     .map_or(0, |a| a.generation());
-                let mut acc = Accumulator::empty();
+                let mut acc = Accumulator::empty_with(Layout::INDEX);
                 for item in entries.iter().map_err(ix)? {
                     let (k, v) = item.map_err(ix)?;
                     acc.insert(&key, k.value(), v.value());
+                }
+                for (name, v) in meta_rows(&meta)? {
+                    acc.insert_meta(&key, &name, &v);
                 }
                 acc.set_generation(generation);
                 acc.bump();
@@ -657,7 +739,11 @@ impl Index for RedbIndex {
                 .map(|v| v.value().to_vec());
             let t = r.open_table(ENTRIES).map_err(ix)?;
             let threads = redb_scan::parts(t.len().map_err(ix)?);
-            let (found, odd_keys) = redb_scan::hash_entries(&t, &key, threads, ix)?;
+            let (mut found, odd_keys) = redb_scan::hash_entries(&t, &key, threads, ix)?;
+            found.set_layout(Layout::INDEX);
+            for (name, v) in meta_rows(&meta)? {
+                found.insert_meta(&key, &name, &v);
+            }
             let check = DigestCheck::compare(&key, stored.as_deref(), &found);
             Ok(if odd_keys { check.differs() } else { check })
         })

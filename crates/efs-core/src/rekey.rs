@@ -22,14 +22,17 @@
 //! `system.redb.rekey` present without it means the switch did happen (step 3 is
 //! completed, idempotently).
 
+use std::collections::HashMap;
 use std::path::Path;
+
+use efs_format::Key32;
 
 use crate::digest::DigestKey;
 use crate::error::{CoreError, Result};
 use crate::index::{Batch, Index, Op};
 use crate::keyparts::{self, Argon2Params, KeyPartSpec, StarterKey};
 use crate::keyring::Keyring;
-use crate::redb_index::RedbIndex;
+use crate::redb_index::{DigestOptions, RedbIndex};
 use crate::system::SystemDb;
 
 /// Index meta of a staged keyring.
@@ -117,15 +120,49 @@ fn sync_dir(p: &Path) -> Result<()> {
     Ok(())
 }
 
-/// Opens a filesystem's index for the keyring metadata only. The digest covers entries,
-/// never metadata, and a meta-only batch neither reads nor updates it, so a throwaway key
-/// is enough (and a missing digest is left missing).
-fn meta_index(path: &Path) -> Result<RedbIndex> {
-    RedbIndex::open_with(
-        path,
-        DigestKey::from_root(&efs_format::Key32::random(), &[0; 16]),
-        false,
-    )
+/// The root of each filesystem's index-digest key, read from a system database: the
+/// keyring rows a re-keying writes are covered by the index digest, which it updates like
+/// every other write, under the filesystem's own key.
+struct DigestRoots(HashMap<[u8; 16], (Key32, bool)>);
+
+impl DigestRoots {
+    /// The roots of the filesystems under `root` as the system database `db` keeps them, and
+    /// whether it recorded their digests' upgrade to layout 2.
+    fn read(root: &Path, db: &SystemDb) -> Result<Self> {
+        let mut roots = HashMap::new();
+        for (id, _) in fs_indexes(root)? {
+            if let Some(r) = crate::datadir::stored_digest_root(db, &id)? {
+                let upgraded = db.secret(&crate::datadir::layout_mark(&id))?.is_some();
+                roots.insert(id, (r, upgraded));
+            }
+        }
+        Ok(DigestRoots(roots))
+    }
+
+    /// [`DigestRoots::read`] from the database file at `path`, whatever its own digest says:
+    /// the open that follows checks that (and refuses it, or opens it to be accepted); only
+    /// the keys are read here.
+    fn read_file(root: &Path, path: &Path, starter: &StarterKey) -> Result<Self> {
+        let (db, _) = SystemDb::open_checked(path, starter, true)?;
+        Self::read(root, &db)
+    }
+
+    /// Opens filesystem `id`'s index (at `path`) for its keyring metadata, with its digest
+    /// key, as the data dir would (a missing digest is left missing; a layout-1 one is
+    /// upgraded unless the upgrade was recorded: see `DataDir::open_index`). A filesystem
+    /// whose key row is missing gets a throwaway key: its digest cannot be checked anyway
+    /// (the data dir holds it until an operator accepts its index).
+    fn open_index(&self, id: &[u8; 16], path: &Path) -> Result<RedbIndex> {
+        let (key, upgraded) = match self.0.get(id) {
+            Some((r, upgraded)) => (DigestKey::from_root(r, id), *upgraded),
+            None => (DigestKey::from_root(&Key32::random(), id), false),
+        };
+        let opts = DigestOptions {
+            compute_missing: false,
+            upgrade_layout_1: !upgraded,
+        };
+        RedbIndex::open_with(path, key, opts)
+    }
 }
 
 async fn put_meta(index: &RedbIndex, ops: Vec<Op>) -> Result<()> {
@@ -143,13 +180,15 @@ async fn put_meta(index: &RedbIndex, ops: Vec<Op>) -> Result<()> {
 }
 
 /// Completes or discards an interrupted re-keying (see the module docs). Called at
-/// every open, before the system database is opened. Returns a line if it did anything.
-pub(crate) async fn recover(root: &Path) -> Result<Option<String>> {
+/// every open, before the system database is opened, with the starter key of the parts
+/// that opened `keyparts.json` (the current ones). Returns a line if it did anything.
+pub(crate) async fn recover(root: &Path, starter: &StarterKey) -> Result<Option<String>> {
     let sys = root.join("system");
     if sys.join(KEYPARTS_NEXT).exists() {
         // Not switched: the old parts are current; forget the staged state.
-        for (_, p) in fs_indexes(root)? {
-            let index = meta_index(&p)?;
+        let roots = DigestRoots::read_file(root, &sys.join("system.redb"), starter)?;
+        for (id, p) in fs_indexes(root)? {
+            let index = roots.open_index(&id, &p)?;
             put_meta(
                 &index,
                 vec![Op::PutMeta(META_KEYRING_NEXT.into(), Vec::new())],
@@ -165,7 +204,9 @@ pub(crate) async fn recover(root: &Path) -> Result<Option<String>> {
         ));
     }
     if sys.join(SYSTEM_NEXT).exists() {
-        finish(root).await?;
+        // Switched: the staged system database is the one `starter` opens.
+        let roots = DigestRoots::read_file(root, &sys.join(SYSTEM_NEXT), starter)?;
+        finish(root, &roots).await?;
         return Ok(Some(
             "finished an interrupted re-keying of the starter key (the new key parts are in use)"
                 .into(),
@@ -175,9 +216,9 @@ pub(crate) async fn recover(root: &Path) -> Result<Option<String>> {
 }
 
 /// Step 3: promote the staged keyrings, then the staged system database.
-async fn finish(root: &Path) -> Result<()> {
-    for (_, p) in fs_indexes(root)? {
-        let index = meta_index(&p)?;
+async fn finish(root: &Path, roots: &DigestRoots) -> Result<()> {
+    for (id, p) in fs_indexes(root)? {
+        let index = roots.open_index(&id, &p)?;
         if let Some(next) = index.get_meta(META_KEYRING_NEXT).await?
             && !next.is_empty()
         {
@@ -239,9 +280,6 @@ pub async fn rekey_starter_until(
     // of taking the staged files for an interrupted re-keying and discarding them.
     let _lock = crate::datadir::lock_data_dir(root)?;
     let mut lines = Vec::new();
-    if let Some(l) = recover(root).await? {
-        lines.push(l);
-    }
     let sys = root.join("system");
     let text = std::fs::read(sys.join("keyparts.json"))?;
     let file: keyparts::KeyPartsFile = serde_json::from_slice(&text).map_err(|e| {
@@ -250,6 +288,10 @@ pub async fn rekey_starter_until(
         )))
     })?;
     let old_starter: StarterKey = keyparts::open(&file, old, prompt)?;
+    // (recover never changes keyparts.json: the parts that opened it stay current.)
+    if let Some(l) = recover(root, &old_starter).await? {
+        lines.push(l);
+    }
     // The audit log's root key must be there before anything is staged: the re-keying is
     // recorded in the log at its end, and a missing key with a log present is refused
     // (see `datadir::audit_root`) — better now than after the switch.
@@ -272,7 +314,7 @@ pub async fn rekey_starter_until(
     let json = serde_json::to_vec_pretty(&new_file).expect("serialising JSON cannot fail");
     crate::datadir::write_atomic(&sys.join(KEYPARTS_NEXT), &json)?;
     let _ = std::fs::remove_file(sys.join(SYSTEM_NEXT));
-    {
+    let roots = {
         let old_db = SystemDb::open(&sys.join("system.redb"), &old_starter)?;
         let new_db = SystemDb::create(&sys.join(SYSTEM_NEXT), &new_starter)?;
         old_db.copy_to(&new_db)?;
@@ -293,11 +335,13 @@ pub async fn rekey_starter_until(
             old_db.users()?.len(),
             old_db.filesystems()?.len()
         ));
-    }
+        // The same in the new database (copied unchanged).
+        DigestRoots::read(root, &old_db)?
+    };
     std::fs::File::open(sys.join(SYSTEM_NEXT))?.sync_all()?;
     let mut n = 0;
     for (id, p) in fs_indexes(root)? {
-        let index = meta_index(&p)?;
+        let index = roots.open_index(&id, &p)?;
         let sealed = index
             .get_meta(crate::datadir::META_KEYRING)
             .await?
@@ -336,7 +380,7 @@ pub async fn rekey_starter_until(
     // 3. Finish.
     let finished = match stop {
         Stop::FinishFails => Err(injected()),
-        _ => finish(root).await,
+        _ => finish(root, &roots).await,
     };
     finished.map_err(|e| after_switch(new, "finishing it (step 3)", e))?;
     lines.push(

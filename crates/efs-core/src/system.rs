@@ -26,7 +26,7 @@ use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
 use serde::{Deserialize, Serialize};
 use zeroize::Zeroizing;
 
-use crate::digest::{Accumulator, DigestCheck, DigestKey};
+use crate::digest::{Accumulator, DigestCheck, DigestKey, Layout};
 use crate::error::{CoreError, Result};
 use crate::keyparts::StarterKey;
 use crate::labels;
@@ -364,6 +364,8 @@ impl SystemDb {
         meta.get(META_DIGEST)
             .map_err(ix)?
             .and_then(|v| Accumulator::open(&self.digest, v.value()))
+            // Layout 1, the only one of the system database (layout 2 is an index's).
+            .filter(|a| a.layout() == Layout::V1)
             .ok_or(CoreError::Corrupt("the system database's digest"))
     }
 

@@ -633,9 +633,10 @@ async fn admin_commands() {
         "{:?}",
         r.lines
     );
-    // Two batches changed entries (the first also created /x): generation 2.
+    // Four batches changed what the digest covers: the keyring and the counts of sealed
+    // records at the creation, then the two writes (the first also created /x).
     assert!(
-        r.lines[1].starts_with("index digest: generation 2, anchor "),
+        r.lines[1].starts_with("index digest: generation 4, anchor "),
         "{:?}",
         r.lines
     );
@@ -1001,6 +1002,216 @@ async fn a_removed_index_digest_is_reported_not_rebuilt() {
     accept_index(&dd, &fs).await;
     assert_eq!(read_all(&fs, "/a.txt").await.unwrap(), b"one");
     assert!(fs.fsck().await.unwrap().is_clean());
+}
+
+/// A metadata row of a (closed) index file, read with the redb crate.
+fn index_meta(index_file: &Path, name: &str) -> Vec<u8> {
+    use redb::ReadableDatabase;
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let db = redb::Database::create(index_file).unwrap();
+    let r = db.begin_read().unwrap();
+    let t = r.open_table(META).unwrap();
+    t.get(name).unwrap().unwrap().value().to_vec()
+}
+
+/// Writes a metadata row of a (closed) index file by hand, as someone with write access to
+/// the data dir would.
+fn put_index_meta(index_file: &Path, name: &str, value: &[u8]) {
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let db = redb::Database::create(index_file).unwrap();
+    let w = db.begin_write().unwrap();
+    w.open_table(META).unwrap().insert(name, value).unwrap();
+    w.commit().unwrap();
+}
+
+/// Regression: the sealed keyring (a metadata row of the index) was outside the index
+/// digest. Someone with write access to the data dir but no key part who kept a copy of it
+/// could put it back after `rotate-key`: it opened under the starter key as before, nothing
+/// noticed, records sealed under the newer term then failed to open and new files were
+/// sealed under the old term. It is now seen at open like any other row changed behind
+/// EFS's back: the filesystem is held, fsck says the index differs, and the operator's paths
+/// apply (put the right keyring back, or `fsck --accept-index`). What EFS itself wrote
+/// (creation, the rotation and its end, writes, a restart) never trips it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_put_back_after_a_rotation_holds_the_filesystem() {
+    use efs_core::IndexTrust;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let parts = std::slice::from_ref(&part);
+    let index_file = docs_with_files(&root, &part, &[("/a.txt", b"one")]).await;
+    let term_1 = index_meta(&index_file, "keyring");
+    {
+        let dd = std::sync::Arc::new(open(&root, parts).unwrap());
+        let fs = dd.fs("docs").unwrap();
+        assert_eq!(
+            fs.hold_until_index_checked().await.unwrap(),
+            IndexTrust::Trusted
+        );
+        dd.rotate_key("docs", true).await.unwrap();
+        assert_eq!(fs.term_numbers(), vec![1, 2]);
+        put(&fs, "/b.txt", b"two").await;
+        let rep = fs.fsck().await.unwrap();
+        assert!(rep.is_clean(), "{rep:?}");
+    }
+    let terms_1_2 = index_meta(&index_file, "keyring");
+    assert_ne!(terms_1_2, term_1);
+    let reopened = || {
+        let dd = std::sync::Arc::new(open(&root, parts).unwrap());
+        let fs = dd.fs("docs").unwrap();
+        (dd, fs)
+    };
+    {
+        let (_dd, fs) = reopened();
+        assert_eq!(
+            fs.hold_until_index_checked().await.unwrap(),
+            IndexTrust::Trusted,
+            "what EFS wrote holds"
+        );
+    }
+    // The term-1 keyring put back: it opens (the same starter key seals both), so only the
+    // digest can tell.
+    put_index_meta(&index_file, "keyring", &term_1);
+    {
+        let (dd, fs) = reopened();
+        assert_eq!(fs.term_numbers(), vec![1]);
+        assert!(matches!(
+            fs.check_index_digest().await.unwrap(),
+            efs_core::digest::DigestCheck::Differs { .. }
+        ));
+        assert!(!fs.fsck().await.unwrap().is_clean());
+        assert_eq!(
+            fs.hold_until_index_checked().await.unwrap(),
+            IndexTrust::Failed
+        );
+        assert!(matches!(
+            read_all(&fs, "/a.txt").await,
+            Err(CoreError::IndexHold)
+        ));
+        assert!(matches!(
+            fs.mkdir(&p("/new")).await,
+            Err(CoreError::IndexHold)
+        ));
+        // Nothing is rewritten over it: a rotation is refused too.
+        let e = dd.rotate_key("docs", true).await.unwrap_err();
+        assert!(matches!(e, CoreError::IndexHold), "{e}");
+    }
+    // The operator puts the right keyring back: it holds again, everything reads.
+    put_index_meta(&index_file, "keyring", &terms_1_2);
+    {
+        let (_dd, fs) = reopened();
+        assert_eq!(
+            fs.hold_until_index_checked().await.unwrap(),
+            IndexTrust::Trusted
+        );
+        assert_eq!(read_all(&fs, "/a.txt").await.unwrap(), b"one");
+        assert_eq!(read_all(&fs, "/b.txt").await.unwrap(), b"two");
+    }
+    // Or accepts the index as it is (here with the old keyring: records sealed under term 2
+    // no longer open, which is what the operator accepted).
+    put_index_meta(&index_file, "keyring", &term_1);
+    let (dd, fs) = reopened();
+    assert_eq!(
+        fs.hold_until_index_checked().await.unwrap(),
+        IndexTrust::Failed
+    );
+    accept_index(&dd, &fs).await;
+    assert!(fs.check_index_digest().await.unwrap().holds());
+}
+
+/// A data dir from before the index digest covered the metadata (a digest of layout 1, over
+/// the entries only; no record of an upgrade in the system database) opens and holds: its
+/// digest is upgraded once, the generation goes on by one, and the upgrade is recorded in the
+/// system database. From then on a layout-1 digest put back (from before the upgrade, to
+/// bring an older keyring back unseen with it) is no longer upgraded but reported: held.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_data_dir_from_before_keyring_coverage_is_upgraded_once() {
+    use efs_core::IndexTrust;
+    use efs_core::digest::{Accumulator, DigestCheck, DigestKey};
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let parts = std::slice::from_ref(&part);
+    let index_file = docs_with_files(&root, &part, &[("/a.txt", b"one"), ("/b.txt", b"two")]).await;
+    let (id, digest_root) = {
+        let dd = open(&root, parts).unwrap();
+        let id = *dd.fs("docs").unwrap().id();
+        let r = dd
+            .secret(&format!("index-digest/{}", hex::encode(id)))
+            .unwrap()
+            .unwrap();
+        (id, efs_format::Key32::from_slice(&r).unwrap())
+    };
+    // The digest an earlier version kept: the entries only, layout 1.
+    let layout_1 = {
+        use redb::{ReadableDatabase, ReadableTable};
+        const ENTRIES: redb::TableDefinition<&[u8], &[u8]> = redb::TableDefinition::new("entries");
+        let key = DigestKey::from_root(&digest_root, &id);
+        let db = redb::Database::create(&index_file).unwrap();
+        let r = db.begin_read().unwrap();
+        let mut acc = Accumulator::empty();
+        for row in r.open_table(ENTRIES).unwrap().iter().unwrap() {
+            let (k, v) = row.unwrap();
+            acc.insert(&key, k.value(), v.value());
+        }
+        acc.set_generation(5);
+        acc.seal(&key)
+    };
+    put_index_meta(&index_file, "digest", &layout_1);
+    {
+        const SECRETS: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("secrets");
+        let db = redb::Database::create(root.join("system/system.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        let mark = format!("index-digest-layout/{}", hex::encode(id));
+        w.open_table(SECRETS)
+            .unwrap()
+            .remove(mark.as_str())
+            .unwrap();
+        w.commit().unwrap();
+    }
+    // (Removing that row is a change the system database's own digest sees: accepted here,
+    // so that the data dir is as an earlier version left it. That open upgrades the index.)
+    open_accepting_system(&root, parts)
+        .unwrap()
+        .accept_system()
+        .unwrap();
+    {
+        let dd = std::sync::Arc::new(open(&root, parts).unwrap());
+        let fs = dd.fs("docs").unwrap();
+        assert_eq!(
+            fs.hold_until_index_checked().await.unwrap(),
+            IndexTrust::Trusted
+        );
+        match fs.check_index_digest().await.unwrap() {
+            DigestCheck::Holds {
+                generation,
+                entries,
+                ..
+            } => assert_eq!((generation, entries), (6, 2)),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(read_all(&fs, "/a.txt").await.unwrap(), b"one");
+        assert!(
+            dd.secret(&format!("index-digest-layout/{}", hex::encode(id)))
+                .unwrap()
+                .is_some(),
+            "the upgrade is recorded"
+        );
+    }
+    // The layout-1 digest put back: reported, not upgraded again.
+    put_index_meta(&index_file, "digest", &layout_1);
+    let dd = std::sync::Arc::new(open(&root, parts).unwrap());
+    let fs = dd.fs("docs").unwrap();
+    assert_eq!(
+        fs.check_index_digest().await.unwrap(),
+        DigestCheck::Unreadable
+    );
+    assert_eq!(
+        fs.hold_until_index_checked().await.unwrap(),
+        IndexTrust::Failed
+    );
+    accept_index(&dd, &fs).await;
+    assert_eq!(read_all(&fs, "/b.txt").await.unwrap(), b"two");
 }
 
 /// A new data dir with filesystem `docs` and the named users, each granted it (its

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use efs_core::digest::{DigestCheck, DigestKey, META_DIGEST};
+use efs_core::digest::{Accumulator, DigestCheck, DigestKey, META_DIGEST};
 use efs_core::index::{Batch, ContentId, EntryKey, Expect, Index, Op, SnapshotItem};
 use efs_core::mem_index::MemIndex;
 use efs_core::redb_index::RedbIndex;
@@ -111,8 +111,8 @@ fn holds(c: DigestCheck) -> (u64, u64) {
     }
 }
 
-/// The digest follows every batch: each one that changes entries counts once; refused,
-/// inline-only and meta-only batches change nothing; no batch may write the digest.
+/// The digest follows every batch: each one that changes entries or metadata counts once;
+/// refused and inline-only batches change nothing; no batch may write the digest.
 async fn digest(ix: &dyn Index) {
     let (g0, n0) = holds(ix.check_digest().await.unwrap());
     let all = ix.scan_entries(None, 100_000).await.unwrap().len() as u64;
@@ -128,15 +128,20 @@ async fn digest(ix: &dyn Index) {
             .unwrap()
     );
     write(ix, vec![Op::PutInline([40; 16], vec![1])]).await;
-    write(ix, vec![Op::PutMeta("other".into(), vec![1])]).await;
     write(ix, vec![Op::DeleteEntry(key(40, name(9, 9)))]).await;
     assert_eq!(
         holds(ix.check_digest().await.unwrap()),
         (g0 + 2, n0 + 2),
-        "nothing that leaves the entries as they were counts"
+        "nothing that leaves the entries and metadata as they were counts"
     );
+    // Metadata (the sealed keyring) is covered: a batch that writes it counts, its rows are
+    // not entries.
+    write(ix, vec![Op::PutMeta("other".into(), vec![1])]).await;
+    assert_eq!(holds(ix.check_digest().await.unwrap()), (g0 + 3, n0 + 2));
+    write(ix, vec![Op::PutMeta("other".into(), vec![2])]).await;
+    assert_eq!(holds(ix.check_digest().await.unwrap()), (g0 + 4, n0 + 2));
     write(ix, vec![Op::DeleteEntry(b), Op::DeleteInline([40; 16])]).await;
-    assert_eq!(holds(ix.check_digest().await.unwrap()), (g0 + 3, n0 + 1));
+    assert_eq!(holds(ix.check_digest().await.unwrap()), (g0 + 5, n0 + 1));
     let stored = ix.get_meta(META_DIGEST).await.unwrap().expect("stored");
     let e = ix
         .commit(batch(vec![], vec![Op::PutMeta(META_DIGEST.into(), stored)]))
@@ -144,7 +149,7 @@ async fn digest(ix: &dyn Index) {
         .expect_err("the digest is the index's own");
     assert!(e.to_string().contains("digest"), "{e}");
     write(ix, vec![Op::DeleteEntry(a)]).await;
-    assert_eq!(holds(ix.check_digest().await.unwrap()), (g0 + 4, n0));
+    assert_eq!(holds(ix.check_digest().await.unwrap()), (g0 + 6, n0));
 }
 
 async fn empty(ix: &dyn Index) {
@@ -713,6 +718,44 @@ async fn mem_index_digest_sees_changes_behind_its_back() {
     assert_eq!(ix.check_digest().await.unwrap(), DigestCheck::Unreadable);
 }
 
+/// Regression: the metadata rows (the sealed keyring above all) were outside the digest, so
+/// an older keyring put back after a key rotation went unseen. Every metadata row is covered
+/// now: one changed, put back, removed or added behind the index's back is seen, on the
+/// model, and a later write does not hide it.
+#[tokio::test]
+async fn mem_index_digest_sees_metadata_changed_behind_its_back() {
+    let ix = MemIndex::with_digest_key(digest_key());
+    write(&ix, vec![Op::PutMeta("keyring".into(), b"term 1".to_vec())]).await;
+    write(&ix, vec![put(key(1, name(1, 1)), b"a")]).await;
+    write(
+        &ix,
+        vec![Op::PutMeta("keyring".into(), b"terms 1, 2".to_vec())],
+    )
+    .await;
+    holds(ix.check_digest().await.unwrap());
+    type Change<'a> = (&'a str, &'a str, Option<&'a [u8]>);
+    let cases: Vec<Change> = vec![
+        ("an older keyring put back", "keyring", Some(b"term 1")),
+        ("the keyring removed", "keyring", None),
+        ("a row added", "rotation", Some(b"x")),
+    ];
+    for (what, name, value) in cases {
+        let saved = ix.get_meta(name).await.unwrap();
+        ix.tamper_meta(name, value.map(<[u8]>::to_vec));
+        let c = ix.check_digest().await.unwrap();
+        assert!(matches!(c, DigestCheck::Differs { .. }), "{what}: {c:?}");
+        ix.tamper_meta(name, saved);
+        holds(ix.check_digest().await.unwrap());
+    }
+    ix.tamper_meta("keyring", Some(b"term 1".to_vec()));
+    write(&ix, vec![Op::PutMeta("seal-counts".into(), vec![1])]).await;
+    write(&ix, vec![put(key(1, name(1, 2)), b"b")]).await;
+    assert!(!ix.check_digest().await.unwrap().holds());
+    // The operator's accept path takes the index as it is.
+    holds(ix.accept_digest().await.unwrap());
+    holds(ix.check_digest().await.unwrap());
+}
+
 /// The same on disk: an old value put back into the redb file by someone else (the index
 /// closed) is seen at the next check, and a later write does not hide it. An index without
 /// a digest (an older version's) gets one at open, at generation 0.
@@ -767,6 +810,97 @@ async fn redb_index_digest_sees_an_old_value_put_back_in_the_file() {
     });
     let ix = RedbIndex::open(&path, digest_key()).unwrap();
     assert_eq!(holds(ix.check_digest().await.unwrap()), (0, 2));
+}
+
+/// Regression: the sealed keyring (a metadata row) was outside the digest, so an older one
+/// put back into the file after a key rotation opened without a word. It is covered now, on
+/// disk too; and a digest of layout 1 (entries only, as an older version wrote it) is
+/// upgraded once at open, taking in the metadata as it is then: it holds, its generation
+/// moves on by one, an entry that differed before still differs, and from then on the
+/// metadata is covered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redb_index_digest_covers_metadata_and_upgrades_a_layout_1_digest() {
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("index.redb");
+    let a = key(1, name(1, 1));
+    let keyring = |v: &[u8]| Op::PutMeta("keyring".into(), v.to_vec());
+    {
+        let ix = RedbIndex::open(&path, digest_key()).unwrap();
+        write(&ix, vec![put(a, b"a"), keyring(b"term 1")]).await;
+        write(&ix, vec![keyring(b"terms 1, 2")]).await;
+        assert_eq!(holds(ix.check_digest().await.unwrap()), (2, 1));
+    }
+    let put_meta = |name: &str, v: &[u8]| {
+        let db = redb::Database::create(&path).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(META).unwrap().insert(name, v).unwrap();
+        w.commit().unwrap();
+    };
+    put_meta("keyring", b"term 1");
+    {
+        let ix = RedbIndex::open(&path, digest_key()).unwrap();
+        assert_eq!(
+            ix.check_digest().await.unwrap(),
+            DigestCheck::Differs {
+                generation: 2,
+                claimed_entries: 1,
+                entries: 1
+            }
+        );
+        // A write on top keeps the difference; the operator's accept takes the index as is.
+        write(&ix, vec![put(a, b"a2")]).await;
+        assert!(!ix.check_digest().await.unwrap().holds());
+        assert_eq!(holds(ix.accept_digest().await.unwrap()), (4, 1));
+    }
+    // A layout-1 digest over the entries as they are: upgraded at open, it holds.
+    let layout_1 = |entries: &[(EntryKey, &[u8])], generation: u64| {
+        let k = digest_key();
+        let mut acc = Accumulator::empty();
+        for (e, v) in entries {
+            acc.insert(&k, e, v);
+        }
+        acc.set_generation(generation);
+        acc.seal(&k)
+    };
+    put_meta(META_DIGEST, &layout_1(&[(a, b"a2")], 7));
+    {
+        let ix = RedbIndex::open(&path, digest_key()).unwrap();
+        assert_eq!(holds(ix.check_digest().await.unwrap()), (8, 1));
+        write(&ix, vec![keyring(b"terms 1, 2, 3")]).await;
+        assert_eq!(holds(ix.check_digest().await.unwrap()), (9, 1));
+    }
+    // Once, not at every open.
+    {
+        let ix = RedbIndex::open(&path, digest_key()).unwrap();
+        assert_eq!(holds(ix.check_digest().await.unwrap()), (9, 1));
+    }
+    // And the upgraded digest covers the keyring.
+    put_meta("keyring", b"term 1");
+    {
+        let ix = RedbIndex::open(&path, digest_key()).unwrap();
+        assert!(!ix.check_digest().await.unwrap().holds());
+        holds(ix.accept_digest().await.unwrap());
+    }
+    // A layout-1 digest of other entries still differs after the upgrade.
+    put_meta(META_DIGEST, &layout_1(&[(a, b"a-old")], 3));
+    {
+        let ix = RedbIndex::open(&path, digest_key()).unwrap();
+        assert!(matches!(
+            ix.check_digest().await.unwrap(),
+            DigestCheck::Differs { generation: 4, .. }
+        ));
+        holds(ix.accept_digest().await.unwrap());
+    }
+    // A layout-2 digest relabelled layout 1 unmasks to noise: no upgrade makes it hold.
+    let ix = RedbIndex::open(&path, digest_key()).unwrap();
+    let mut stored = ix.get_meta(META_DIGEST).await.unwrap().unwrap();
+    drop(ix);
+    assert_eq!(stored[0], 2);
+    stored[0] = 1;
+    put_meta(META_DIGEST, &stored);
+    let ix = RedbIndex::open(&path, digest_key()).unwrap();
+    assert!(!ix.check_digest().await.unwrap().holds());
 }
 
 /// The check hashes the key space in parts, in parallel: entries spread over every first

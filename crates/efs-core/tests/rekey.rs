@@ -383,3 +383,60 @@ async fn a_data_dir_being_rekeyed_is_not_opened_meanwhile() {
     .0;
     check(&dd, &files).await;
 }
+
+/// Regression: the sealed keyring was outside the index digest, so an older keyring put back
+/// after a rotation went unseen. A re-keying of the starter key re-seals every keyring: it
+/// writes those rows with each filesystem's digest key (here finished by the next open, after
+/// a crash past the switch), so that nothing it did is taken for a change, while an older
+/// keyring put back afterwards (sealed under the new key parts, so it opens) holds that
+/// filesystem, and only it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_keyring_put_back_after_a_rekeying_and_a_rotation_is_seen() {
+    use efs_core::IndexTrust;
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let ((tmp, root, part), files) = filled_and_closed().await;
+    let new = vec![new_part(&tmp.path().join("new.key"))];
+    rekey_until(&root, &part, &new, Stop::AfterSwitch).await;
+    let index_file = {
+        let dd = open(&root, &new).unwrap();
+        assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+        check(&dd, &files).await;
+        let id = hex::encode(dd.fs("docs").unwrap().id());
+        root.join("fs").join(id).join("index.redb")
+    };
+    let keyring_row = |value: Option<&[u8]>| -> Vec<u8> {
+        use redb::ReadableDatabase;
+        let db = redb::Database::create(&index_file).unwrap();
+        if let Some(v) = value {
+            let w = db.begin_write().unwrap();
+            w.open_table(META).unwrap().insert("keyring", v).unwrap();
+            w.commit().unwrap();
+        }
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(META).unwrap();
+        t.get("keyring").unwrap().unwrap().value().to_vec()
+    };
+    let term_1 = keyring_row(None);
+    {
+        let dd = open(&root, &new).unwrap();
+        dd.rotate_key("docs", true).await.unwrap();
+        check(&dd, &files).await;
+    }
+    keyring_row(Some(&term_1));
+    let dd = open(&root, &new).unwrap();
+    let docs = dd.fs("docs").unwrap();
+    assert_eq!(docs.term_numbers(), vec![1], "the old keyring opens");
+    assert_eq!(
+        docs.hold_until_index_checked().await.unwrap(),
+        IndexTrust::Failed
+    );
+    assert!(matches!(
+        read_all(&docs, "/d0/f0").await,
+        Err(efs_core::CoreError::IndexHold)
+    ));
+    let other = dd.fs("other").unwrap();
+    assert_eq!(
+        other.hold_until_index_checked().await.unwrap(),
+        IndexTrust::Trusted
+    );
+}

@@ -115,6 +115,20 @@ async fn records_sealed_are_counted_stored_and_reported() {
     let fs = dd.fs("docs").unwrap();
     let stored = fs.seal_counts()[&1];
     assert_eq!(stored, 9, "the stored row");
+    // The rows written by hand above are changes behind EFS's back, which the index digest
+    // covers (the metadata too): the filesystem is held until the operator accepts it.
+    let fsck = |accept_index| {
+        execute(
+            &dd,
+            AdminRequest::Fsck {
+                fs: "docs".into(),
+                accept_index,
+            },
+        )
+    };
+    assert_eq!(fsck(false).await.clean, Some(false));
+    let r = fsck(true).await;
+    assert!(r.ok, "{:?}", r.error);
     // A rotation reseals every record under the new term: counted for term 2.
     let r = execute(
         &dd,
