@@ -1445,7 +1445,25 @@ impl Filesystem {
     /// Deletes the file or directory at `path`. A non-empty directory needs `recursive`.
     /// Deleting a file destroys its wrapped data key (crypto-erasure) with its record.
     pub async fn delete(&self, path: &EfsPath, cond: Precondition, recursive: bool) -> Result<()> {
-        self.delete_kind(path, cond, recursive, false).await
+        self.delete_kind(path, cond, recursive, false, &|| true)
+            .await
+    }
+
+    /// [`Filesystem::delete`] (or, with `dir_only`, [`Filesystem::delete_dir`]) that asks
+    /// `allowed` again before each page of a recursive delete: once it says no, the delete
+    /// stops with [`CoreError::Withdrawn`] (what was deleted stays deleted). A recursive
+    /// delete of a large tree runs for minutes; the server asks whether the caller's token
+    /// and grant still hold, so that a revoke stops it.
+    pub async fn delete_while(
+        &self,
+        path: &EfsPath,
+        cond: Precondition,
+        recursive: bool,
+        dir_only: bool,
+        allowed: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<()> {
+        self.delete_kind(path, cond, recursive, dir_only, allowed)
+            .await
     }
 
     /// [`Filesystem::delete`] of a directory only (HTTP `DELETE /a/`): a file at `path` is
@@ -1457,7 +1475,8 @@ impl Filesystem {
         cond: Precondition,
         recursive: bool,
     ) -> Result<()> {
-        self.delete_kind(path, cond, recursive, true).await
+        self.delete_kind(path, cond, recursive, true, &|| true)
+            .await
     }
 
     async fn delete_kind(
@@ -1466,6 +1485,7 @@ impl Filesystem {
         cond: Precondition,
         recursive: bool,
         dir_only: bool,
+        allowed: &(dyn Fn() -> bool + Send + Sync),
     ) -> Result<()> {
         if path.is_root() {
             return Err(CoreError::Conflict("the root cannot be deleted"));
@@ -1491,7 +1511,7 @@ impl Filesystem {
                     // moved away, it is no longer at `path`).
                     let mut chain = res.ancestors.clone();
                     chain.push((res.key, value.clone()));
-                    self.delete_children(&kr, &rec.id, chain).await?;
+                    self.delete_children(&kr, &rec.id, chain, allowed).await?;
                     continue;
                 }
             }
@@ -1532,10 +1552,14 @@ impl Filesystem {
         kr: &'a Keyring,
         dir: &'a [u8; 16],
         mut chain: Vec<(EntryKey, Vec<u8>)>,
+        allowed: &'a (dyn Fn() -> bool + Send + Sync),
     ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool>> + Send + 'a>> {
         Box::pin(async move {
             let tag = self.dir_tag(kr, dir);
             loop {
+                if !allowed() {
+                    return Err(CoreError::Withdrawn);
+                }
                 let rows = self.index.list_dir(&tag, None, 256).await?;
                 if rows.is_empty() {
                     return Ok(true);
@@ -1545,7 +1569,7 @@ impl Filesystem {
                     if rec.kind == Kind::Dir {
                         let mut below = chain.clone();
                         below.push((k, v.clone()));
-                        if !self.delete_children(kr, &rec.id, below).await? {
+                        if !self.delete_children(kr, &rec.id, below, allowed).await? {
                             return Ok(false);
                         }
                     }
