@@ -940,6 +940,7 @@ impl Filesystem {
         for seg in parents {
             let key = self.entry_key(kr, &dir, seg);
             if !missing.is_empty() {
+                crate::path::check_new_name(seg)?;
                 let id = random_id();
                 missing.push((key, new_dir_record(seg, id, now)));
                 dir = id;
@@ -954,6 +955,7 @@ impl Filesystem {
                     ancestors.push((key, v));
                 }
                 None if create_parents => {
+                    crate::path::check_new_name(seg)?;
                     let id = random_id();
                     missing.push((key, new_dir_record(seg, id, now)));
                     dir = id;
@@ -1314,6 +1316,10 @@ impl Filesystem {
             {
                 return Err(CoreError::Conflict("a directory exists at this path").into());
             }
+            if res.current.is_none() {
+                crate::path::check_new_name(path.name().expect("resolve refuses the root"))
+                    .map_err(CoreError::from)?;
+            }
             let now = now_ms();
             let term = kr.current();
             let record = Record {
@@ -1426,6 +1432,7 @@ impl Filesystem {
                 }
                 return Err(CoreError::Conflict("a file exists at this path"));
             }
+            crate::path::check_new_name(path.name().expect("not the root"))?;
             let record = new_dir_record(path.name().expect("not the root"), random_id(), now_ms());
             let mut batch = self.base_batch(&kr, &res);
             batch.expect.push(Expect {
@@ -1699,6 +1706,10 @@ impl Filesystem {
                 if d.kind == Kind::Dir || src_rec.kind == Kind::Dir {
                     return Err(CoreError::Conflict("only a file can replace a file"));
                 }
+            }
+            // A new name (or a name that exists already, which was accepted when made).
+            if dst.current.is_none() {
+                crate::path::check_new_name(to.name().expect("not the root"))?;
             }
             let mut moved = src_rec.clone();
             moved.name = to.name().expect("not the root").to_owned();

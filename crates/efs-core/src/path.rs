@@ -55,6 +55,11 @@ pub enum PathError {
     /// The root (or a directory path) where a file path is needed.
     #[error("a file path is needed here, not a directory")]
     NotAFilePath,
+    /// A new name with an invisible or reserved character ([`check_new_name`]).
+    #[error(
+        "a new name may not hold invisible format characters (bidirectional controls, zero-width characters, the BOM, soft hyphens), line or paragraph separators, or noncharacters"
+    )]
+    InvisibleChar,
 }
 
 /// A validated, normalised path: zero segments is the root.
@@ -216,6 +221,35 @@ pub fn check_segment(seg: &str) -> Result<(), PathError> {
         if c == '/' {
             return Err(PathError::EmptySegment);
         }
+    }
+    Ok(())
+}
+
+/// Checks a name given to an entry created now (a new file or directory, a move's new
+/// name), beyond [`check_segment`]: no character of general category Cf (format: the
+/// bidirectional controls that make `\u{202E}fdp.exe` show as `exe.pdf`, zero-width spaces
+/// and joiners, the BOM, the soft hyphen), Zl or Zp (line and paragraph separators), and no
+/// noncharacter. Such names look like others, or like nothing, in a listing, an audit
+/// entry or a client's file manager. Existing names keep working: reads, listings and
+/// deletes check only [`check_segment`].
+pub fn check_new_name(seg: &str) -> Result<(), PathError> {
+    use icu_properties::props::{GeneralCategory, NoncharacterCodePoint};
+    use icu_properties::{CodePointMapData, CodePointSetData};
+    if seg.is_ascii() {
+        return Ok(());
+    }
+    let category = CodePointMapData::<GeneralCategory>::new();
+    let nonchar = CodePointSetData::new::<NoncharacterCodePoint>();
+    let refused = |c: char| {
+        matches!(
+            category.get(c),
+            GeneralCategory::Format
+                | GeneralCategory::LineSeparator
+                | GeneralCategory::ParagraphSeparator
+        ) || nonchar.contains(c)
+    };
+    if seg.chars().any(refused) {
+        return Err(PathError::InvisibleChar);
     }
     Ok(())
 }

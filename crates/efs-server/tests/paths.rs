@@ -315,6 +315,68 @@ async fn unusual_but_valid_paths_work() {
     assert_eq!(names, ["%41.txt"]);
 }
 
+/// A new name may not hold invisible format characters (bidirectional controls, zero-width
+/// characters, the BOM, the soft hyphen), line or paragraph separators, or noncharacters:
+/// `\u{202E}fdp.exe` listed as `exe.pdf`, `a\u{200B}b` beside `ab` (from a review of
+/// authorization). Refused (400 `invalid_path`, nothing written) for a new file, a new
+/// directory, a parent made on the way, a move's new name; a read of such a name is a plain
+/// 404 (names made before the rule stay readable).
+#[tokio::test]
+async fn new_names_with_invisible_characters_are_refused() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    srv.put_ok("/keep.txt", &s.token, "keep").await;
+    for bad in [
+        "%E2%80%AEfdp.exe",
+        "a%E2%80%8Bb",
+        "%EF%BB%BFx",
+        "a%C2%ADb",
+        "%E2%80%A8x",
+        "%EF%BF%BE",
+        "%F4%8F%BF%BF",
+        "a%E2%81%A6b",
+        "a%E2%80%8Db",
+    ] {
+        for (method, path) in [
+            ("PUT", format!("/{bad}")),
+            ("PUT", format!("/{bad}/child.txt")),
+            ("MKCOL", format!("/{bad}")),
+            ("PUT", format!("/{bad}/")),
+        ] {
+            let r = srv
+                .req(method, &path, &s.token)
+                .body("x")
+                .send()
+                .await
+                .unwrap();
+            let status = r.status();
+            let body: Value = r.json().await.unwrap();
+            assert_eq!(status, 400, "{method} {path}: {body}");
+            assert_eq!(body["error"], "invalid_path", "{method} {path}: {body}");
+        }
+        let r = srv
+            .req("MOVE", "/keep.txt", &s.token)
+            .header("destination", format!("/{bad}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "MOVE to {bad}");
+        let (status, _) = srv.get(&format!("/{bad}"), &s.token).await;
+        assert_eq!(status, 404, "GET {bad}");
+    }
+    let names: Vec<Value> = srv.list_all("/", &s.token, 100).await;
+    assert_eq!(names.len(), 1, "nothing but keep.txt: {names:?}");
+    // Other scripts, accents, emoji and private-use characters are names like any other.
+    for good in [
+        "caf%C3%A9",
+        "%E6%97%A5%E6%9C%AC",
+        "%F0%9F%98%80",
+        "%EE%80%80",
+    ] {
+        srv.put_ok(&format!("/{good}"), &s.token, "ok").await;
+    }
+}
+
 /// Percent-encodes everything but unreserved characters.
 fn percent_encode(s: &str) -> String {
     s.bytes()
