@@ -807,7 +807,7 @@ async fn write_backup(
                         summary.files += 1;
                         summary.bytes += rec.size;
                         if rec.storage == Storage::Blob {
-                            blob_ids.push(rec.id);
+                            blob_ids.push((rec.id, k[..16].try_into().expect("32-byte key")));
                         }
                     }
                     m.entries += 1;
@@ -828,7 +828,13 @@ async fn write_backup(
     let mut unreadable = std::collections::HashMap::new();
     // Shard directories written into: their entries are synced before the manifest.
     let mut shards = std::collections::BTreeSet::new();
-    for id in blob_ids {
+    let root_tag = fs.dir_tag(&kr, &super::ROOT_ID);
+    if !skipped.is_empty() {
+        // Blobs of files below a directory left out are not copied: the dump's rewrite
+        // leaves those files out, and a restore wants exactly the blobs its records name.
+        blob_ids.retain(|(_, parent)| reachable(root_tag, &dirs, *parent));
+    }
+    for (id, _) in blob_ids {
         let name = hex::encode(id);
         let rel = blob_rel(&name);
         let path = dest.join(&rel);
@@ -853,7 +859,6 @@ async fn write_backup(
     }
     let mut skipped_inline = 0;
     if !skipped.is_empty() || !unreadable.is_empty() {
-        let root_tag = fs.dir_tag(&kr, &super::ROOT_ID);
         let kept = rewrite_dump(fs, &kr, dest, root_tag, &dirs, &unreadable, &mut skipped)?;
         stored = stored - m_dump_len + kept.dump_len;
         m.index_sha256 = kept.sha;
@@ -956,6 +961,26 @@ fn is_damage(e: &CoreError) -> bool {
     }
 }
 
+/// Whether the directory tagged `tag` is restorable: its chain of parents reaches the root
+/// through directories backed up (`dirs`: each one's tag to its parent's; a chain longer
+/// than their number is a loop).
+fn reachable(
+    root_tag: crate::index::DirTag,
+    dirs: &std::collections::HashMap<crate::index::DirTag, [u8; 16]>,
+    mut tag: [u8; 16],
+) -> bool {
+    for _ in 0..=dirs.len() {
+        if tag == root_tag {
+            return true;
+        }
+        match dirs.get(&tag) {
+            Some(parent) => tag = *parent,
+            None => return false,
+        }
+    }
+    false
+}
+
 /// What the rewritten dump holds.
 struct KeptDump {
     sha: String,
@@ -981,20 +1006,7 @@ fn rewrite_dump(
     unreadable: &std::collections::HashMap<ContentId, String>,
     skipped: &mut Vec<SkippedEntry>,
 ) -> Result<KeptDump> {
-    // A directory is restorable if its chain of parents reaches the root through
-    // directories backed up (a chain longer than their number is a loop).
-    let reachable = |mut tag: [u8; 16]| {
-        for _ in 0..=dirs.len() {
-            if tag == root_tag {
-                return true;
-            }
-            match dirs.get(&tag) {
-                Some(parent) => tag = *parent,
-                None => return false,
-            }
-        }
-        false
-    };
+    let reachable = |tag: [u8; 16]| reachable(root_tag, dirs, tag);
     let path = dest.join("index.dump");
     let tmp = dest.join("index.dump.tmp");
     let mut out = HashedFile::create(&tmp)?;
@@ -1764,6 +1776,9 @@ pub(crate) mod restore_tests {
         put(&fs, "/bad-file", b"bad").await;
         put(&fs, "/bad-dir/child", b"child").await;
         put(&fs, "/bad-dir/sub/deep", b"deep").await;
+        // A blob below the damaged directory: not copied either (a restore wants exactly
+        // the blobs its records name; it was copied and listed, and every restore failed).
+        put(&fs, "/bad-dir/sub/big", &[3u8; 5000]).await;
         let kr = fs.keyring();
         let key_of = async |p: &str| {
             hex::encode(
@@ -1779,6 +1794,10 @@ pub(crate) mod restore_tests {
             (key_of("/bad-dir/sub").await, "its directory is left out"),
             (
                 key_of("/bad-dir/sub/deep").await,
+                "its directory is left out",
+            ),
+            (
+                key_of("/bad-dir/sub/big").await,
                 "its directory is left out",
             ),
         ];
@@ -1818,6 +1837,11 @@ pub(crate) mod restore_tests {
         assert_eq!((rep.summary.files, rep.summary.bytes), (3, 300_005));
         assert_eq!((rep.manifest.inline, rep.skipped_inline), (2, 3));
         assert_eq!(rep.manifest.blobs.len(), 1);
+        assert_eq!(
+            walk_files(&dest.join("blobs")).len(),
+            1,
+            "only /keep/big's blob"
+        );
         assert!(!dest.join("index.dump.tmp").exists());
 
         let mut source = open_source(&dest, tmp.path()).unwrap();

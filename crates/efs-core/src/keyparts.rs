@@ -539,7 +539,16 @@ pub fn write_key_file(path: &Path, data: &[u8], mode: u32) -> std::io::Result<()
         .create_new(true)
         .mode(mode)
         .open(path)?;
-    if let Err(e) = f.write_all(data).and_then(|()| f.sync_all()) {
+    // Exactly `mode`, whatever the umask took away (efs-server and efsctl run with 077: a
+    // public key asked for 0644 came out 0600).
+    let exact = {
+        use std::os::unix::fs::PermissionsExt;
+        f.set_permissions(std::fs::Permissions::from_mode(mode))
+    };
+    if let Err(e) = exact
+        .and_then(|()| f.write_all(data))
+        .and_then(|()| f.sync_all())
+    {
         drop(f);
         let _ = std::fs::remove_file(path);
         return Err(e);

@@ -843,6 +843,13 @@ async fn create_user_keeps_a_generated_key_only_for_a_created_user() {
     for p in key_files("scripted_ed25519") {
         assert!(p.exists(), "{} not written", p.display());
     }
+    // The private key and its PEM are the account's only; the public key is for anyone
+    // (0644, whatever efsctl's umask of 077 would make of it).
+    let modes = key_files("scripted_ed25519").map(|p| {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+    });
+    assert_eq!(modes, [0o600, 0o600, 0o644]);
 
     let inside = srv.data.join("keys-here");
     let out = srv.efsctl(&[
