@@ -2527,6 +2527,27 @@ pub fn segment_offset(idx: u64) -> u64 {
 mod tests {
     use super::*;
 
+    /// A filesystem on a real redb index and local blob store under `dir`, files above
+    /// 1 KiB in blobs.
+    fn test_fs(dir: &std::path::Path) -> Arc<Filesystem> {
+        let index = crate::redb_index::RedbIndex::open(
+            &dir.join("index.redb"),
+            crate::digest::DigestKey::from_root(&Key32::random(), &[0; 16]),
+        )
+        .unwrap();
+        Arc::new(Filesystem::new(
+            "t".into(),
+            random_id(),
+            Arc::new(index),
+            Arc::new(crate::blob::LocalBlobStore::open(&dir.join("blobs")).unwrap()),
+            Keyring::generate(),
+            FsOptions {
+                inline_max: 1024,
+                ..Default::default()
+            },
+        ))
+    }
+
     /// A blob is in its shard directory before its record is committed: a gc that runs in
     /// between, with a grace period of zero, must not take it for an orphan (and no gc may
     /// remove a running upload's partial write). Once the upload is over, its blob is gc's
@@ -2534,22 +2555,7 @@ mod tests {
     #[tokio::test]
     async fn gc_leaves_running_uploads_alone_whatever_its_grace() {
         let t = tempfile::tempdir().unwrap();
-        let index = crate::redb_index::RedbIndex::open(
-            &t.path().join("index.redb"),
-            crate::digest::DigestKey::from_root(&Key32::random(), &[0; 16]),
-        )
-        .unwrap();
-        let fs = Arc::new(Filesystem::new(
-            "t".into(),
-            [5; 16],
-            Arc::new(index),
-            Arc::new(crate::blob::LocalBlobStore::open(&t.path().join("blobs")).unwrap()),
-            Keyring::generate(),
-            FsOptions {
-                inline_max: 1024,
-                ..Default::default()
-            },
-        ));
+        let fs = test_fs(t.path());
         let data: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
         let path = EfsPath::parse("/a/b.bin").unwrap();
 
@@ -2598,22 +2604,7 @@ mod tests {
     #[tokio::test]
     async fn an_upload_holds_a_file_from_its_first_byte_past_the_inline_size() {
         let t = tempfile::tempdir().unwrap();
-        let index = crate::redb_index::RedbIndex::open(
-            &t.path().join("index.redb"),
-            crate::digest::DigestKey::from_root(&Key32::random(), &[0; 16]),
-        )
-        .unwrap();
-        let fs = Arc::new(Filesystem::new(
-            "t".into(),
-            [6; 16],
-            Arc::new(index),
-            Arc::new(crate::blob::LocalBlobStore::open(&t.path().join("blobs")).unwrap()),
-            Keyring::generate(),
-            FsOptions {
-                inline_max: 1024,
-                ..Default::default()
-            },
-        ));
+        let fs = test_fs(t.path());
         let tmp_files = || {
             std::fs::read_dir(t.path().join("blobs/tmp"))
                 .unwrap()

@@ -49,6 +49,18 @@ async fn refresh(srv: &TestServer, token: &str) -> reqwest::Response {
 }
 
 /// A server with fs "main", user "alice" (read-write) and a probe file.
+/// A request body sent chunk by chunk through the returned sender; dropping the sender ends
+/// it.
+fn body_channel() -> (
+    tokio::sync::mpsc::Sender<Result<Vec<u8>, std::io::Error>>,
+    reqwest::Body,
+) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
+    let body =
+        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
+    (tx, reqwest::Body::wrap_stream(body))
+}
+
 async fn alice_server(extra: &[&str]) -> (TestServer, SigningKey, String) {
     let srv = TestServer::start(extra);
     srv.create_fs("main");
@@ -825,16 +837,8 @@ async fn an_upload_under_way_is_refused_once_its_access_is_withdrawn() {
     ];
     for (change, status) in changes {
         let token = srv.login("alice", &key, None).await;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-        let body =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
-            );
-        let put = srv
-            .req("PUT", "/slow.txt", &token)
-            .body(reqwest::Body::wrap_stream(body))
-            .send();
+        let (tx, body) = body_channel();
+        let put = srv.req("PUT", "/slow.txt", &token).body(body).send();
         let put = tokio::spawn(put);
         tx.send(Ok(b"the first half, ".to_vec())).await.unwrap();
         // The upload has begun (its token checked) well before the change.
@@ -873,18 +877,13 @@ async fn a_move_under_way_is_refused_once_its_access_is_withdrawn() {
     ];
     for change in changes {
         let token = srv.login("alice", &key, None).await;
-        let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(4);
-        let body =
-            futures_util::stream::unfold(
-                rx,
-                |mut rx| async move { rx.recv().await.map(|c| (c, rx)) },
-            );
+        let (tx, body) = body_channel();
         let mv = srv
             .client
             .post(srv.url("/_efs/move"))
             .bearer_auth(&token)
             .header("content-type", "application/json")
-            .body(reqwest::Body::wrap_stream(body))
+            .body(body)
             .send();
         let mv = tokio::spawn(mv);
         tx.send(Ok(br#"{"from":"/a.txt","#.to_vec())).await.unwrap();
@@ -999,14 +998,12 @@ async fn login_bodies_are_small_and_arrive_quickly() {
         let text = r.text().await.unwrap();
         assert!(text.contains("larger than 8 KiB"), "{route}: {text}");
     }
-    let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(1);
+    let (tx, body) = body_channel();
     tx.send(Ok(b"{\"user\":".to_vec())).await.unwrap();
-    let body =
-        futures_util::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|c| (c, rx)) });
     let r = srv
         .client
         .post(srv.url("/_efs/auth/token"))
-        .body(reqwest::Body::wrap_stream(body))
+        .body(body)
         .send()
         .await
         .unwrap();
@@ -1023,19 +1020,12 @@ async fn login_bodies_are_small_and_arrive_quickly() {
 async fn stalled_login_bodies_from_one_address_are_capped() {
     let (srv, _, _) = alice_server(&[]).await;
     // A login whose body stops after its first bytes, and the sender that ends it.
-    let stall =
-        || {
-            let (tx, rx) = tokio::sync::mpsc::channel::<Result<Vec<u8>, std::io::Error>>(2);
-            tx.try_send(Ok(b"{\"user\":".to_vec())).unwrap();
-            let body = futures_util::stream::unfold(rx, |mut rx| async move {
-                rx.recv().await.map(|c| (c, rx))
-            });
-            let req = srv
-                .client
-                .post(srv.url("/_efs/auth/challenge"))
-                .body(reqwest::Body::wrap_stream(body));
-            (tx, tokio::spawn(async move { req.send().await }))
-        };
+    let stall = || {
+        let (tx, body) = body_channel();
+        tx.try_send(Ok(b"{\"user\":".to_vec())).unwrap();
+        let req = srv.client.post(srv.url("/_efs/auth/challenge")).body(body);
+        (tx, tokio::spawn(async move { req.send().await }))
+    };
     let (mut senders, mut stalled): (Vec<_>, Vec<_>) = (0..64).map(|_| stall()).unzip();
     // The stalled requests reach their handlers one by one: the 65th is refused once all 64
     // hold their places (well within the 10 s a login body may take). While they arrive, a

@@ -212,13 +212,7 @@ async fn seal_counts_are_stored_when_the_server_and_efsctl_stop() {
 /// Counts records as sealed under the current term of `files` until it has sealed `n`, with
 /// the server stopped (what a long life of writes would leave; no test can seal 2^31).
 async fn set_sealed(srv: &TestServer, n: u64) {
-    let (dd, _) = efs_core::DataDir::open(
-        &srv.data,
-        &[],
-        efs_core::OpenOptions::default(),
-        &efs_core::keyparts::no_prompt,
-    )
-    .unwrap();
+    let dd = srv.open_offline();
     let fs = dd.fs("files").expect("the filesystem is open");
     fs.set_current_term_seals_for_tests(n);
     dd.store_seal_counts().await.unwrap();

@@ -940,13 +940,7 @@ async fn an_interrupted_rotation_over_a_held_index_waits_for_fsck_accept_index()
     {
         // The first step of a rotation only (a new term, nothing rewrapped): what a server
         // stopped in the middle of one leaves.
-        let (dd, _) = efs_core::DataDir::open(
-            &srv.data,
-            &[],
-            efs_core::OpenOptions::default(),
-            &efs_core::keyparts::no_prompt,
-        )
-        .unwrap();
+        let dd = srv.open_offline();
         dd.begin_rotation("files").await.unwrap();
     }
     let ixf = index_file(&srv.data);

@@ -312,6 +312,19 @@ impl TestServer {
             .unwrap()
     }
 
+    /// The data dir opened by the test itself, as efsctl would without a server (the
+    /// server must be stopped; its generated key part is found as at a start).
+    pub fn open_offline(&self) -> efs_core::DataDir {
+        efs_core::DataDir::open(
+            &self.data,
+            &[],
+            efs_core::OpenOptions::default(),
+            &efs_core::keyparts::no_prompt,
+        )
+        .expect("the stopped server's data dir opens")
+        .0
+    }
+
     /// The URL of `path` (already percent-encoded as needed).
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
