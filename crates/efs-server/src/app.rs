@@ -903,7 +903,16 @@ async fn files_inner(
         // status and headers, its length included.
         ("HEAD", true) => list(&fs, &path, &query).await,
         ("GET", false) | ("HEAD", false) => {
-            read(&st, &fs, &path, &parts.headers, method == Method::HEAD).await
+            let allowed = StillAllowed {
+                st: st.clone(),
+                cert: parts
+                    .extensions
+                    .get::<ConnInfo>()
+                    .and_then(|c| c.client_cert_sha256),
+                caller,
+                fs: fs.clone(),
+            };
+            read(&allowed, &path, &parts.headers, method == Method::HEAD).await
         }
         ("PUT", false) | ("POST", false) => {
             require_write(&caller)?;
@@ -1208,9 +1217,46 @@ async fn write(
     Ok(r)
 }
 
+/// The caller of a download under way, checked again between its batches (about a
+/// microsecond each, per 256 KiB or 1 MiB sent): a revoke, a deletion of the user, a grant
+/// or a certificate binding withdrawn, or the filesystem deleted meanwhile cuts the download
+/// short (the connection is closed, over HTTP/2 the stream reset: the client sees fewer bytes
+/// than the Content-Length it was given). The token's expiry while the download is sent
+/// does not (`Authenticator::still_granted`).
+#[derive(Clone)]
+struct StillAllowed {
+    st: Arc<AppState>,
+    caller: Caller,
+    cert: Option<[u8; 32]>,
+    fs: Arc<Filesystem>,
+}
+
+impl StillAllowed {
+    fn check(&self) -> bool {
+        let ok = self.st.auth.still_granted(&self.caller)
+            && check_cert_binding(&self.st, self.caller.user(), self.cert).is_ok()
+            && self
+                .st
+                .data
+                .fs(self.caller.fs())
+                .is_some_and(|now| Arc::ptr_eq(&now, &self.fs));
+        if !ok {
+            tracing::info!(
+                user = %self.caller.user(),
+                "a download was cut short: its caller's access was withdrawn"
+            );
+        }
+        ok
+    }
+
+    /// The error that ends a body cut short.
+    fn withdrawn() -> std::io::Error {
+        std::io::Error::other("access withdrawn")
+    }
+}
+
 async fn read(
-    st: &AppState,
-    fs: &Arc<Filesystem>,
+    allowed: &StillAllowed,
     path: &EfsPath,
     h: &HeaderMap,
     head: bool,
@@ -1218,7 +1264,7 @@ async fn read(
     // The headers come from a stat and the content from an open: if the file is replaced
     // in between, start again with the new version rather than fail.
     for _ in 0..4 {
-        if let Some(r) = read_version(st, fs, path, h, head).await? {
+        if let Some(r) = read_version(allowed, path, h, head).await? {
             return Ok(r);
         }
     }
@@ -1227,12 +1273,12 @@ async fn read(
 
 /// One attempt of [`read`]; `None` if the version changed between stat and open.
 async fn read_version(
-    st: &AppState,
-    fs: &Arc<Filesystem>,
+    allowed: &StillAllowed,
     path: &EfsPath,
     h: &HeaderMap,
     head: bool,
 ) -> Result<Option<Response>, ApiError> {
+    let (st, fs) = (&*allowed.st, &allowed.fs);
     // Before the lookup: a fill of the cache drops what was removed from here on.
     let removal_epoch = st.cache.removal_epoch();
     let found = fs.look_up(path).await?;
@@ -1376,7 +1422,7 @@ async fn read_version(
             },
         };
         if let Some(cached) = cached {
-            let body = Body::from(cached.slice(start as usize, end as usize));
+            let body = cached_body(cached.slice(start as usize, end as usize), allowed);
             return Ok(Some(answer(status, headers, body)));
         }
     }
@@ -1398,9 +1444,36 @@ async fn read_version(
         end,
         first_end,
         pending,
+        allowed.clone(),
     ));
     Ok(Some(answer(status, headers, body)))
 }
+
+/// A body from the cache: in one piece up to [`CACHED_SLICE`], in slices of that size
+/// beyond, with the caller checked again before every slice after the first.
+fn cached_body(data: Bytes, allowed: &StillAllowed) -> Body {
+    if data.len() <= CACHED_SLICE {
+        return Body::from(data);
+    }
+    let allowed = allowed.clone();
+    let mut sent = 0;
+    Body::from_stream(futures_util::stream::poll_fn(move |_| {
+        if sent == data.len() {
+            return std::task::Poll::Ready(None);
+        }
+        if sent > 0 && !allowed.check() {
+            sent = data.len();
+            return std::task::Poll::Ready(Some(Err(StillAllowed::withdrawn())));
+        }
+        let to = (sent + CACHED_SLICE).min(data.len());
+        let slice = data.slice(sent..to);
+        sent = to;
+        std::task::Poll::Ready(Some(Ok::<_, std::io::Error>(slice)))
+    }))
+}
+
+/// The slices a large body from the cache is sent in (see [`cached_body`]).
+const CACHED_SLICE: usize = 1 << 20;
 
 /// The places among the blob files open that reading `found` needs, taken at once (`None`
 /// for content stored inline); 503 `busy` when they are not all free.
@@ -1481,6 +1554,7 @@ fn stream_range(
     end: u64,
     next: u64,
     pending: std::collections::VecDeque<Bytes>,
+    allowed: StillAllowed,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     struct Ahead {
         from: u64,
@@ -1495,6 +1569,7 @@ fn stream_range(
         ahead: Option<Ahead>,
         /// The reader's places among the blob files open, given back with it.
         _file_places: Option<tokio::sync::OwnedSemaphorePermit>,
+        allowed: StillAllowed,
     }
     impl Drop for Streaming {
         fn drop(&mut self) {
@@ -1525,6 +1600,7 @@ fn stream_range(
         pending,
         ahead: None,
         _file_places: file_places,
+        allowed,
     };
     futures_util::stream::unfold(state, move |mut s| async move {
         loop {
@@ -1534,6 +1610,13 @@ fn stream_range(
             }
             s.read_ahead();
             let a = s.ahead.take()?;
+            // Before each batch after the first: a withdrawal of the caller's access since
+            // the download began cuts it short (`StillAllowed`).
+            if !s.allowed.check() {
+                a.task.abort();
+                s.next = s.last;
+                return Some((Err(StillAllowed::withdrawn()), s));
+            }
             let r = a.task.await.unwrap_or_else(|e| {
                 Err(efs_core::CoreError::Io(std::io::Error::other(
                     e.to_string(),

@@ -691,6 +691,19 @@ impl Authenticator {
         })
     }
 
+    /// Whether the access `caller` was verified with is still in force, its expiry aside:
+    /// the user still exists with the token's generation (not revoked, not deleted and made
+    /// again) and still holds a grant to the token's filesystem. For a download under way,
+    /// checked between its batches: a withdrawal cuts it, the token's expiry while it is sent
+    /// does not (the request was authorised when it began, and a long download cannot
+    /// present a fresher token).
+    pub fn still_granted(&self, caller: &Caller) -> bool {
+        let claims = &caller.claims;
+        self.users.lookup(&claims.sub).is_some_and(|user| {
+            user.generation == claims.r#gen && user.grants.iter().any(|g| g.fs == claims.fs)
+        })
+    }
+
     /// Drops cached verifications (call after a user/grant change; verify re-checks
     /// gen/grants anyway).
     pub fn invalidate_cache(&self) {

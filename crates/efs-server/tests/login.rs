@@ -979,6 +979,68 @@ async fn a_recursive_delete_under_way_stops_once_its_access_is_withdrawn() {
     assert_eq!(r.status(), 204);
 }
 
+/// A download under way is cut short once its caller's access is withdrawn (here a revoke),
+/// whether it is streamed from the blob (checked before each batch of 256 KiB) or sent from
+/// the cache (before each slice of 1 MiB): the client gets fewer bytes than announced and
+/// an error. A download begun after a new login runs to its end.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_under_way_is_cut_short_once_its_access_is_withdrawn() {
+    // Larger than what the loopback socket buffers hold (a receive buffer grows to 32 MiB
+    // here), so that a download not cut would be seen to deliver every byte.
+    const CACHED: usize = 64 << 20;
+    const STREAMED: usize = 96 << 20;
+    let (srv, key, token) = alice_server(&["--cache-max-file", &CACHED.to_string()]).await;
+    let srv = std::sync::Arc::new(srv);
+    let content = |len: usize, seed: u8| -> Vec<u8> {
+        (0..len)
+            .map(|i| (i / 4096) as u8 ^ (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    };
+    srv.put_ok("/big/cached.bin", &token, content(CACHED, 1))
+        .await;
+    srv.put_ok("/big/streamed.bin", &token, content(STREAMED, 2))
+        .await;
+    // A first download puts the smaller file in the cache (and shows the whole of it comes).
+    let r = srv
+        .req("GET", "/big/cached.bin", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.bytes().await.unwrap() == content(CACHED, 1));
+    let mut token = token;
+    for (path, len) in [("/big/cached.bin", CACHED), ("/big/streamed.bin", STREAMED)] {
+        let mut r = srv.req("GET", path, &token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.content_length(), Some(len as u64), "{path}");
+        let mut got = 0;
+        while got < 1 << 20 {
+            got += r.chunk().await.unwrap().expect("more of the body").len();
+        }
+        let s = srv.clone();
+        tokio::task::spawn_blocking(move || s.efsctl_ok(&["revoke", "alice"]))
+            .await
+            .unwrap();
+        let end = loop {
+            match r.chunk().await {
+                Ok(Some(c)) => got += c.len(),
+                Ok(None) => break "the end of the body",
+                Err(_) => break "an error",
+            }
+        };
+        assert_eq!(
+            end, "an error",
+            "{path}: {got} of {len} bytes came after the revoke"
+        );
+        assert!(got < len, "{path}: every byte came after the revoke");
+        // Logged in again, the same download runs to its end.
+        token = srv.login("alice", &key, None).await;
+        let r = srv.req("GET", path, &token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{path}");
+        assert_eq!(r.bytes().await.unwrap().len(), len, "{path}");
+    }
+}
+
 /// The login routes take requests from anyone: their bodies are small (8 KiB at most) and
 /// must arrive within 10 s (not the 60 s of `--body-timeout`), so that stalled logins do not
 /// hold the server's memory and connections for long.
