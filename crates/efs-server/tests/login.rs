@@ -981,12 +981,14 @@ async fn a_recursive_delete_under_way_stops_once_its_access_is_withdrawn() {
 
 /// A download under way is cut short once its caller's access is withdrawn (here a revoke),
 /// whether it is streamed from the blob (checked before each batch of 256 KiB) or sent from
-/// the cache (before each slice of 1 MiB): the client gets fewer bytes than announced and
-/// an error. A download begun after a new login runs to its end.
+/// the cache (before each slice of 1 MiB), over HTTP/2 (the stream reset) and HTTP/1.1 (the
+/// connection closed): the client gets fewer bytes than announced and an error. A download
+/// begun after a new login runs to its end.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_download_under_way_is_cut_short_once_its_access_is_withdrawn() {
-    // Larger than what the loopback socket buffers hold (a receive buffer grows to 32 MiB
-    // here), so that a download not cut would be seen to deliver every byte.
+    // Larger than what can be in flight when the revoke lands: over HTTP/2 the stream's
+    // flow-control window, over HTTP/1.1 the loopback socket buffers (a receive buffer grows
+    // to 32 MiB here), so that a download not cut would be seen to deliver every byte.
     const CACHED: usize = 64 << 20;
     const STREAMED: usize = 96 << 20;
     let (srv, key, token) = alice_server(&["--cache-max-file", &CACHED.to_string()]).await;
@@ -1008,36 +1010,54 @@ async fn a_download_under_way_is_cut_short_once_its_access_is_withdrawn() {
         .unwrap();
     assert_eq!(r.status(), 200);
     assert!(r.bytes().await.unwrap() == content(CACHED, 1));
+    let http1 = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(&srv.cert_pem).unwrap()])
+        .no_proxy()
+        .http1_only()
+        .build()
+        .unwrap();
     let mut token = token;
-    for (path, len) in [("/big/cached.bin", CACHED), ("/big/streamed.bin", STREAMED)] {
-        let mut r = srv.req("GET", path, &token).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        assert_eq!(r.content_length(), Some(len as u64), "{path}");
-        let mut got = 0;
-        while got < 1 << 20 {
-            got += r.chunk().await.unwrap().expect("more of the body").len();
-        }
-        let s = srv.clone();
-        tokio::task::spawn_blocking(move || s.efsctl_ok(&["revoke", "alice"]))
-            .await
-            .unwrap();
-        let end = loop {
-            match r.chunk().await {
-                Ok(Some(c)) => got += c.len(),
-                Ok(None) => break "the end of the body",
-                Err(_) => break "an error",
+    for (client, proto) in [(&srv.client, "HTTP/2"), (&http1, "HTTP/1.1")] {
+        for (path, len) in [("/big/cached.bin", CACHED), ("/big/streamed.bin", STREAMED)] {
+            let get = |token: &str| client.get(srv.url(path)).bearer_auth(token).send();
+            let mut r = get(&token).await.unwrap();
+            assert_eq!(r.status(), 200, "{proto} {path}");
+            let expected = if proto == "HTTP/2" {
+                reqwest::Version::HTTP_2
+            } else {
+                reqwest::Version::HTTP_11
+            };
+            assert_eq!(r.version(), expected);
+            assert_eq!(r.content_length(), Some(len as u64), "{proto} {path}");
+            let mut got = 0;
+            while got < 1 << 20 {
+                got += r.chunk().await.unwrap().expect("more of the body").len();
             }
-        };
-        assert_eq!(
-            end, "an error",
-            "{path}: {got} of {len} bytes came after the revoke"
-        );
-        assert!(got < len, "{path}: every byte came after the revoke");
-        // Logged in again, the same download runs to its end.
-        token = srv.login("alice", &key, None).await;
-        let r = srv.req("GET", path, &token).send().await.unwrap();
-        assert_eq!(r.status(), 200, "{path}");
-        assert_eq!(r.bytes().await.unwrap().len(), len, "{path}");
+            let s = srv.clone();
+            tokio::task::spawn_blocking(move || s.efsctl_ok(&["revoke", "alice"]))
+                .await
+                .unwrap();
+            let end = loop {
+                match r.chunk().await {
+                    Ok(Some(c)) => got += c.len(),
+                    Ok(None) => break "the end of the body",
+                    Err(_) => break "an error",
+                }
+            };
+            assert_eq!(
+                end, "an error",
+                "{proto} {path}: {got} of {len} bytes came after the revoke"
+            );
+            assert!(
+                got < len,
+                "{proto} {path}: every byte came after the revoke"
+            );
+            // Logged in again, the same download runs to its end.
+            token = srv.login("alice", &key, None).await;
+            let r = get(&token).await.unwrap();
+            assert_eq!(r.status(), 200, "{proto} {path}");
+            assert_eq!(r.bytes().await.unwrap().len(), len, "{proto} {path}");
+        }
     }
 }
 
