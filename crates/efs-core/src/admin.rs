@@ -916,9 +916,11 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             }
             // The manifest as written, with the summary it holds sealed.
             let mut data = serde_json::to_value(m).unwrap_or_default();
-            if let (Some(obj), Ok(serde_json::Value::Object(sum))) =
+            if let (Some(obj), Ok(serde_json::Value::Object(mut sum))) =
                 (data.as_object_mut(), serde_json::to_value(&rep.summary))
             {
+                // Given as `skipped` below.
+                sum.remove("left_out");
                 obj.extend(sum);
                 if skip_damaged {
                     obj.insert(

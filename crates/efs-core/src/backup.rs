@@ -554,6 +554,10 @@ pub struct Summary {
     pub files: u64,
     /// Plaintext bytes of all files.
     pub bytes: u64,
+    /// The damaged entries a backup taken with `--skip-damaged` left out (absent when none
+    /// was): a restore says it is restoring a partial backup, and names them.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub left_out: Vec<SkippedEntry>,
 }
 
 fn summary_aad(fs_id: &[u8; 16]) -> Vec<u8> {
@@ -595,7 +599,7 @@ pub struct BackupReport {
 
 /// An entry a backup left out: one that does not open, one whose content cannot be read,
 /// or one below a directory left out (it could not be restored without it).
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SkippedEntry {
     /// The entry key (hex, a keyed hash; never a path), as fsck and the rotation name it.
     pub entry: String,
@@ -765,6 +769,7 @@ async fn write_backup(
         fs_name: fs.name().to_owned(),
         files: 0,
         bytes: 0,
+        left_out: Vec::new(),
     };
     let mut blob_ids = Vec::new();
     let mut keyring = None;
@@ -871,6 +876,9 @@ async fn write_backup(
         for e in &skipped {
             tracing::warn!(fs = fs.name(), entry = %e.entry, reason = %e.reason, "entry left out of the backup");
         }
+        // Recorded in the backup itself (sealed, under the MAC), so that a restore years
+        // later still knows the backup is partial, without the warnings of the day.
+        summary.left_out = skipped.clone();
     }
     if let Some(keyparts_json) = keys {
         let kr = keyring.ok_or(CoreError::Corrupt("filesystem without keyring"))?;
@@ -1279,6 +1287,7 @@ pub(crate) fn open_source(root: &Path, work: &Path) -> Result<Source> {
                 fs_name: v1.fs_name,
                 files: v1.files,
                 bytes: v1.bytes,
+                left_out: Vec::new(),
             };
             let m = Manifest {
                 format: FORMAT_V1.into(),
@@ -1846,6 +1855,8 @@ pub(crate) mod restore_tests {
 
         let mut source = open_source(&dest, tmp.path()).unwrap();
         source.authenticate(&fs.keyring(), false).unwrap();
+        // The backup itself says what it left out (sealed in its summary, under the MAC).
+        assert_eq!(source.summary.as_ref().unwrap().left_out, rep.skipped);
         let (dst, _) = new_fs(&tmp.path().join("dst"), None);
         assert_eq!(
             dst.restore_into(&source, &fs.keyring()).await.unwrap(),
@@ -1866,6 +1877,15 @@ pub(crate) mod restore_tests {
             .unwrap();
         assert!(rep.skipped.is_empty() && rep.skipped_inline == 0);
         assert_eq!((rep.manifest.entries, rep.manifest.inline), (1, 1));
+        let mut source = open_source(&tmp.path().join("b2"), tmp.path()).unwrap();
+        source.authenticate(&clean.keyring(), false).unwrap();
+        assert!(source.summary.as_ref().unwrap().left_out.is_empty());
+        // A complete backup's summary is the JSON it always was (older servers read it).
+        assert!(
+            !String::from_utf8(serde_json::to_vec(&rep.summary).unwrap())
+                .unwrap()
+                .contains("left_out")
+        );
     }
 
     /// Waits (30 s at most) until the removals deferred by ended backups are done.

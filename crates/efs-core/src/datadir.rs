@@ -1027,6 +1027,20 @@ impl DataDir {
             summary.files,
             source.manifest.blobs.len()
         ));
+        if !summary.left_out.is_empty() {
+            let warning = format!(
+                "WARNING: a partial backup: {} damaged entries were left out when it was taken (efsctl backup --skip-damaged); they are not restored",
+                summary.left_out.len()
+            );
+            tracing::warn!(backup = %src.display(), "{warning}");
+            lines.push(warning);
+            for e in &summary.left_out {
+                lines.push(format!(
+                    "warning: entry {} was left out: {}",
+                    e.entry, e.reason
+                ));
+            }
+        }
         if source.authenticity == backup::Authenticity::Authenticated {
             lines.push(format!(
                 "Manifest authenticated (HMAC-SHA256 under key term {}); MAC {}",

@@ -1137,6 +1137,13 @@ async fn a_backup_skipping_damaged_entries_backs_up_the_rest() {
     );
     let out = srv.efsctl(&["restore", "--fs", "restored", "-i", dest_arg]);
     assert!(out.status.success(), "{}", text(&out));
+    // The backup says it is partial, and what it left out, whenever it is restored.
+    for line in [
+        "WARNING: a partial backup: 1 damaged entries were left out when it was taken".to_owned(),
+        format!("warning: entry {entry} was left out: does not open"),
+    ] {
+        assert!(text(&out).contains(&line), "{}", text(&out));
+    }
     let out = srv.efsctl(&["fsck", "--fs", "restored"]);
     assert!(out.status.success(), "{}", text(&out));
     srv.efsctl_ok(&["grant", "app", "--fs", "restored"]);
