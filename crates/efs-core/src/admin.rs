@@ -916,12 +916,11 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             }
             // The manifest as written, with the summary it holds sealed.
             let mut data = serde_json::to_value(m).unwrap_or_default();
-            if let (Some(obj), Ok(serde_json::Value::Object(mut sum))) =
-                (data.as_object_mut(), serde_json::to_value(&rep.summary))
-            {
-                // Given as `skipped` below.
-                sum.remove("left_out");
-                obj.extend(sum);
+            if let Some(obj) = data.as_object_mut() {
+                // The summary but its `left_out`, which is `skipped` below.
+                obj.insert("fs_name".into(), rep.summary.fs_name.clone().into());
+                obj.insert("files".into(), rep.summary.files.into());
+                obj.insert("bytes".into(), rep.summary.bytes.into());
                 if skip_damaged {
                     obj.insert(
                         "skipped".into(),
@@ -966,10 +965,20 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             let authenticated = lines
                 .iter()
                 .any(|l| l.starts_with("Manifest authenticated"));
-            AdminResponse::ok(
+            // Entries the backup left out (`--skip-damaged`): not restored.
+            let left_out: u64 = lines
+                .iter()
+                .find_map(|l| l.strip_prefix(crate::datadir::PARTIAL_BACKUP))
+                .and_then(|rest| rest.split(' ').next()?.parse().ok())
+                .unwrap_or(0);
+            let mut resp = AdminResponse::ok(
                 lines,
-                serde_json::json!({ "fs": fs, "authenticated": authenticated }),
-            )
+                serde_json::json!({ "fs": fs, "authenticated": authenticated, "left_out": left_out }),
+            );
+            // Exit code 3, as the backup's own: a restore drill must not take it for a whole
+            // filesystem.
+            resp.clean = Some(left_out == 0);
+            resp
         }
     })
 }

@@ -64,6 +64,12 @@ pub struct OpenReport {
     pub generated_key_part: Option<PathBuf>,
 }
 
+/// How a restore's line saying its backup is partial begins (followed by the count).
+pub const PARTIAL_BACKUP: &str = "warning: a partial backup: ";
+
+/// How many of the entries a partial backup left out a restore names (then a count).
+const LEFT_OUT_NAMED: usize = 100;
+
 /// What [`DataDir::finish_rotations`] or [`DataDir::finish_reencryptions`] did.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Finished {
@@ -1016,7 +1022,7 @@ impl DataDir {
         source.authenticate(&keyring, accept_unauthenticated)?;
         let summary = source
             .summary
-            .clone()
+            .as_ref()
             .ok_or(CoreError::Corrupt("backup summary"))?;
         lines.push(format!(
             "Backup of '{}' (id {}) taken at {}: {} entries, {} files, {} blobs",
@@ -1028,16 +1034,22 @@ impl DataDir {
             source.manifest.blobs.len()
         ));
         if !summary.left_out.is_empty() {
+            let n = summary.left_out.len();
             let warning = format!(
-                "WARNING: a partial backup: {} damaged entries were left out when it was taken (efsctl backup --skip-damaged); they are not restored",
-                summary.left_out.len()
+                "{PARTIAL_BACKUP}{n} damaged entries were left out when it was taken (efsctl backup --skip-damaged); they are not restored"
             );
             tracing::warn!(backup = %src.display(), "{warning}");
             lines.push(warning);
-            for e in &summary.left_out {
+            for e in summary.left_out.iter().take(LEFT_OUT_NAMED) {
                 lines.push(format!(
                     "warning: entry {} was left out: {}",
                     e.entry, e.reason
+                ));
+            }
+            if n > LEFT_OUT_NAMED {
+                lines.push(format!(
+                    "warning: and {} more left out (the backup's own output named them all)",
+                    n - LEFT_OUT_NAMED
                 ));
             }
         }

@@ -1136,14 +1136,25 @@ async fn a_backup_skipping_damaged_entries_backs_up_the_rest() {
         text(&out)
     );
     let out = srv.efsctl(&["restore", "--fs", "restored", "-i", dest_arg]);
-    assert!(out.status.success(), "{}", text(&out));
+    // Exit code 3, as the backup's: not a whole filesystem.
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
     // The backup says it is partial, and what it left out, whenever it is restored.
     for line in [
-        "WARNING: a partial backup: 1 damaged entries were left out when it was taken".to_owned(),
+        "warning: a partial backup: 1 damaged entries were left out when it was taken".to_owned(),
         format!("warning: entry {entry} was left out: does not open"),
     ] {
         assert!(text(&out).contains(&line), "{}", text(&out));
     }
+    // With --json: the count in the data, the warning on standard error, exit code 3.
+    let out = srv.efsctl(&["restore", "--fs", "restored2", "-i", dest_arg, "--json"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["left_out"], 1, "{v}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning: a partial backup: 1 damaged"),
+        "{}",
+        text(&out)
+    );
     let out = srv.efsctl(&["fsck", "--fs", "restored"]);
     assert!(out.status.success(), "{}", text(&out));
     srv.efsctl_ok(&["grant", "app", "--fs", "restored"]);

@@ -2,7 +2,7 @@
 //! directly on the data dir when no server runs.
 //!
 //! Exit codes: 0 success; 1 error; 2 bad usage; 3 `fsck` or `audit verify` found problems
-//! (or `audit show` met a broken chain).
+//! (or `audit show` met a broken chain, or a backup or restore left damaged entries out).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -56,7 +56,7 @@ macro_rules! say {
   efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
 
 Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found problems (or audit show
-met a broken chain)."
+met a broken chain, or a backup --skip-damaged or the restore of one left damaged entries out)."
 )]
 struct Args {
     /// Data directory.
@@ -241,7 +241,8 @@ enum Cmd {
     /// key derived from the filesystem's keyring) is checked: a backup whose records,
     /// blobs or manifest were changed, or spliced from another backup, is refused. A
     /// backup alone does not prove it is the latest one: compare the MAC printed at
-    /// backup time.
+    /// backup time. A backup taken with --skip-damaged says so and names what it left out
+    /// (exit code 3).
     Restore {
         /// Name of the new (or empty) filesystem.
         #[arg(long)]
