@@ -1075,6 +1075,48 @@ async fn an_old_user_row_put_back_stops_the_server_until_efsctl_accept_system() 
     );
 }
 
+/// A restore of a backup that left many entries out names the first 100 and counts the rest.
+#[tokio::test]
+async fn a_restore_names_at_most_100_of_the_entries_its_backup_left_out() {
+    let s = session(&["--cache-size", "0"]).await;
+    let mut srv = s.srv;
+    for i in 0..103u64 {
+        srv.put_ok(&format!("/p{i}"), &s.token, "x").await;
+    }
+    srv.stop().await;
+    // Every record damaged but one (the root's lies elsewhere): 102 left out.
+    edit_index(&index_file(&srv.data), |entries, _| {
+        use redb::ReadableTable;
+        let all: Vec<(Vec<u8>, Vec<u8>)> = entries
+            .iter()
+            .unwrap()
+            .map(|e| {
+                let e = e.unwrap();
+                (e.0.value().to_vec(), e.1.value().to_vec())
+            })
+            .collect();
+        assert_eq!(all.len(), 103);
+        for (k, mut v) in all.into_iter().skip(1) {
+            *v.last_mut().unwrap() ^= 1;
+            entries.insert(k.as_slice(), v.as_slice()).unwrap();
+        }
+    });
+    srv.efsctl_ok(&["fsck", "--fs", "files", "--accept-index"]);
+    let dest = srv.dir.path().join("backup");
+    let dest_arg = dest.to_str().unwrap();
+    let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest_arg, "--skip-damaged"]);
+    assert_eq!(out.status.code(), Some(3));
+    let out = srv.efsctl(&["restore", "--fs", "restored", "-i", dest_arg]);
+    assert_eq!(out.status.code(), Some(3));
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        text.contains("warning: a partial backup: 102 damaged entries"),
+        "{text}"
+    );
+    assert_eq!(text.matches("warning: entry ").count(), 100, "{text}");
+    assert!(text.contains("warning: and 2 more left out"), "{text}");
+}
+
 /// One damaged index record (a flipped byte, accepted with `fsck --accept-index` as an
 /// operator would after a disk fault) stopped every backup of the filesystem, and no
 /// command removes it. `efsctl backup --skip-damaged` backs up the rest, names what it left
