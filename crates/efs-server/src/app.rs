@@ -903,7 +903,12 @@ async fn files_inner(
         // status and headers, its length included.
         ("HEAD", true) => list(&fs, &path, &query).await,
         ("GET", false) | ("HEAD", false) => {
-            let allowed = StillAllowed { st, caller };
+            let allowed = StillAllowed {
+                st,
+                caller,
+                client: client_ip(&parts.extensions),
+                path: None,
+            };
             read(&allowed, &fs, &path, &parts.headers, method == Method::HEAD).await
         }
         ("PUT", false) | ("POST", false) => {
@@ -1216,13 +1221,28 @@ async fn write(
 /// download short. The connection is closed (over HTTP/2, the stream reset): the client sees
 /// fewer bytes than the Content-Length it was given. The token's expiry while the download is
 /// sent does not cut it.
-#[derive(Clone)]
+/// A download cut short is recorded in the audit log: a second `read` entry, status 401,
+/// detail `cut_short` (the first, written when it began, says 200).
 struct StillAllowed {
     st: Arc<AppState>,
     caller: Caller,
+    client: IpAddr,
+    /// The file, for the audit entry of a cut; set by [`StillAllowed::for_body`].
+    path: Option<String>,
 }
 
 impl StillAllowed {
+    /// A copy for a body sent in more than one piece, which checks before each after the
+    /// first (a body of one piece takes none: no reference count touched, no path copied).
+    fn for_body(&self, path: &EfsPath) -> StillAllowed {
+        StillAllowed {
+            st: self.st.clone(),
+            caller: self.caller.clone(),
+            client: self.client,
+            path: Some(path.to_string()),
+        }
+    }
+
     fn check(&self) -> bool {
         // The certificate binding needs no check of its own: a connection's certificate does
         // not change, and binding another one changes the user's generation.
@@ -1233,6 +1253,14 @@ impl StillAllowed {
                 fs = %self.caller.fs(),
                 "a download was cut short: its caller's access was withdrawn"
             );
+            let mut rec = Record::new(Action::Read, 401);
+            rec.user = Some(self.caller.user().to_owned());
+            rec.fs = Some(self.caller.fs().to_owned());
+            rec.path = self.path.clone();
+            rec.client = Some(self.client.to_string());
+            rec.detail = Some("cut_short".to_owned());
+            // A refused entry means the log has failed; the body ends either way.
+            let _ = self.st.data.audit().submit(rec);
         }
         ok
     }
@@ -1412,7 +1440,7 @@ async fn read_version(
             },
         };
         if let Some(cached) = cached {
-            let body = cached_body(cached.slice(start as usize, end as usize), allowed);
+            let body = cached_body(cached.slice(start as usize, end as usize), allowed, path);
             return Ok(Some(answer(status, headers, body)));
         }
     }
@@ -1434,18 +1462,19 @@ async fn read_version(
         end,
         first_end,
         pending,
-        allowed.clone(),
+        // Only for a body of more than one batch: the checks come before each after the first.
+        (first_end < segs.end).then(|| allowed.for_body(path)),
     ));
     Ok(Some(answer(status, headers, body)))
 }
 
 /// A body from the cache: in one piece up to [`CACHED_SLICE`], in slices of that size
 /// beyond, with the caller checked again before every slice after the first.
-fn cached_body(data: Bytes, allowed: &StillAllowed) -> Body {
+fn cached_body(data: Bytes, allowed: &StillAllowed, path: &EfsPath) -> Body {
     if data.len() <= CACHED_SLICE {
         return Body::from(data);
     }
-    let allowed = allowed.clone();
+    let allowed = allowed.for_body(path);
     let mut sent = 0;
     Body::from_stream(futures_util::stream::poll_fn(move |_| {
         if sent == data.len() {
@@ -1544,7 +1573,7 @@ fn stream_range(
     end: u64,
     next: u64,
     pending: std::collections::VecDeque<Bytes>,
-    allowed: StillAllowed,
+    allowed: Option<StillAllowed>,
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     struct Ahead {
         from: u64,
@@ -1559,7 +1588,8 @@ fn stream_range(
         ahead: Option<Ahead>,
         /// The reader's places among the blob files open, given back with it.
         _file_places: Option<tokio::sync::OwnedSemaphorePermit>,
-        allowed: StillAllowed,
+        /// `None` for a body of one batch, which has nothing to check.
+        allowed: Option<StillAllowed>,
     }
     impl Drop for Streaming {
         fn drop(&mut self) {
@@ -1602,7 +1632,7 @@ fn stream_range(
             let a = s.ahead.take()?;
             // Before each batch after the first: a withdrawal of the caller's access since
             // the download began cuts it short (`StillAllowed`).
-            if !s.allowed.check() {
+            if s.allowed.as_ref().is_some_and(|a| !a.check()) {
                 a.task.abort();
                 s.next = s.last;
                 return Some((Err(StillAllowed::withdrawn()), s));

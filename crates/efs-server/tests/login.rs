@@ -1059,6 +1059,23 @@ async fn a_download_under_way_is_cut_short_once_its_access_is_withdrawn() {
             assert_eq!(r.bytes().await.unwrap().len(), len, "{proto} {path}");
         }
     }
+    // Each cut is in the audit log: a second `read` entry, 401, `cut_short`.
+    for path in ["/big/cached.bin", "/big/streamed.bin"] {
+        let out = srv.efsctl_ok(&["audit", "show", "--json", "--path", path]);
+        let entries: Vec<Value> = serde_json::from_str(&out).unwrap();
+        let cuts: Vec<&Value> = entries
+            .iter()
+            .filter(|e| e["detail"] == "cut_short")
+            .collect();
+        assert_eq!(cuts.len(), 2, "{path}: {out}");
+        for e in cuts {
+            assert_eq!(
+                (&e["action"], &e["status"], &e["user"], &e["path"]),
+                (&json!("read"), &json!(401), &json!("alice"), &json!(path)),
+                "{e}"
+            );
+        }
+    }
 }
 
 /// The login routes take requests from anyone: their bodies are small (8 KiB at most) and
