@@ -1452,24 +1452,7 @@ impl Filesystem {
     /// Deletes the file or directory at `path`. A non-empty directory needs `recursive`.
     /// Deleting a file destroys its wrapped data key (crypto-erasure) with its record.
     pub async fn delete(&self, path: &EfsPath, cond: Precondition, recursive: bool) -> Result<()> {
-        self.delete_kind(path, cond, recursive, false, &|| true)
-            .await
-    }
-
-    /// [`Filesystem::delete`] (or, with `dir_only`, [`Filesystem::delete_dir`]) that asks
-    /// `allowed` again before each page of a recursive delete: once it says no, the delete
-    /// stops with [`CoreError::Withdrawn`] (what was deleted stays deleted). A recursive
-    /// delete of a large tree runs for minutes; the server asks whether the caller's token
-    /// and grant still hold, so that a revoke stops it.
-    pub async fn delete_while(
-        &self,
-        path: &EfsPath,
-        cond: Precondition,
-        recursive: bool,
-        dir_only: bool,
-        allowed: &(dyn Fn() -> bool + Send + Sync),
-    ) -> Result<()> {
-        self.delete_kind(path, cond, recursive, dir_only, allowed)
+        self.delete_while(path, cond, recursive, false, &|| true)
             .await
     }
 
@@ -1482,11 +1465,16 @@ impl Filesystem {
         cond: Precondition,
         recursive: bool,
     ) -> Result<()> {
-        self.delete_kind(path, cond, recursive, true, &|| true)
+        self.delete_while(path, cond, recursive, true, &|| true)
             .await
     }
 
-    async fn delete_kind(
+    /// [`Filesystem::delete`] (or, with `dir_only`, [`Filesystem::delete_dir`]) that asks
+    /// `allowed` again before each page of a recursive delete: once it says no, the delete
+    /// stops with [`CoreError::Withdrawn`] (what was deleted stays deleted). A recursive
+    /// delete of a large tree runs for minutes; the server asks whether the caller's token
+    /// and grant still hold, so that a revoke stops it.
+    pub async fn delete_while(
         &self,
         path: &EfsPath,
         cond: Precondition,
