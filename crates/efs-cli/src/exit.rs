@@ -14,7 +14,8 @@ pub(crate) const USAGE: u8 = 2;
 /// No such file, directory or remote path.
 pub(crate) const NOT_FOUND: u8 = 3;
 /// Login refused, key unusable, or permission denied (401/403); also a token refused during
-/// an upload of a stream that could not be sent again, after a new login succeeded.
+/// an upload of a stream that could not be sent again, after a new login succeeded, and a
+/// download cut short because the server ended the login's access while sending it.
 pub(crate) const AUTH: u8 = 4;
 /// Conflict or failed precondition: the destination exists, a directory is not empty, the
 /// file changed (409/412).
@@ -159,6 +160,10 @@ pub(crate) fn sdk_code(e: &efs_client::Error) -> u8 {
     use efs_client::Error as E;
     if is_tls(e) {
         return TLS;
+    }
+    if matches!(e, E::AccessEnded { .. }) {
+        // Transient for the SDK (a new login may be allowed), but what stopped it is access.
+        return AUTH;
     }
     if e.is_transient() {
         return NETWORK;

@@ -592,6 +592,44 @@ fn remote_add_pins_the_server_identity() {
     );
 }
 
+/// `efs cat` of a file whose download the server cuts short (every token of the user
+/// revoked after its first bytes) stops with what happened and exit 4, where it said
+/// "connection failed: … stream error received: unexpected internal error" and exit 7 (a
+/// network failure to retry); the next command logs in again and reads it whole.
+#[test]
+fn a_download_to_a_stream_cut_short_by_a_revoke_says_so() {
+    use std::io::Read as _;
+    let env = Env::new();
+    let big = common::noise(48 << 20);
+    let out = env.efs_input(&["put", "drive:/big.bin"], &big);
+    assert_ok(&["put"], &out);
+    let mut child = env
+        .cmd(&["cat", "drive:/big.bin"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("running efs");
+    let mut stdout = child.stdout.take().expect("piped");
+    let mut first = vec![0u8; 64 << 10];
+    stdout
+        .read_exact(&mut first)
+        .expect("the file's first bytes");
+    env.server.efsctl(&["revoke", "alice"]);
+    let mut rest = Vec::new();
+    stdout.read_to_end(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = assert_code(&["cat"], &out, 4);
+    assert!(
+        err.contains("the server ended this login's access while sending the file")
+            && err.contains(&format!("of {} bytes", big.len()))
+            && err.contains("hint: what was written is incomplete"),
+        "{err}"
+    );
+    assert!(first.len() + rest.len() < big.len(), "cut short");
+    assert_eq!(env.cat("drive:/big.bin"), big);
+}
+
 /// A cached token the server no longer takes (here: every token of the user revoked) is
 /// replaced: `efs token` prints a new one, and `efs put` logs in again and sends a short
 /// stdin body again (it used to fail with "login refused … check the key", exit 4, and work

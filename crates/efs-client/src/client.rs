@@ -352,6 +352,10 @@ const UPLOAD_CHUNK: usize = 256 * 1024;
 /// Write buffer of [`Client::download_file`].
 const DOWNLOAD_BUFFER: usize = 1 << 20;
 
+/// How long a download that broke off waits for the server's answer to the question why
+/// ([`Client::broken_off`]).
+const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// The suffix of a temporary download file next to its destination (after a random part).
 const PART_SUFFIX: &str = ".efs-part";
 
@@ -536,8 +540,20 @@ impl Client {
     async fn authed<F>(
         &self,
         replayable: bool,
-        mut make: F,
+        make: F,
     ) -> std::result::Result<reqwest::Response, Fail>
+    where
+        F: FnMut(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
+    {
+        Ok(self.authed_as(replayable, make).await?.0)
+    }
+
+    /// [`Client::authed`], and the token the answer was given to.
+    async fn authed_as<F>(
+        &self,
+        replayable: bool,
+        mut make: F,
+    ) -> std::result::Result<(reqwest::Response, TokenInfo), Fail>
     where
         F: FnMut(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
     {
@@ -546,7 +562,7 @@ impl Client {
         let tok = auth.token(http).await?;
         let resp = http::send(make(&http.client, &tok.token)?).await?;
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return http::check(resp).await;
+            return Ok((http::check(resp).await?, tok));
         }
         // The server refused a token we thought valid (revoked, server restarted with
         // another key, clock skew): it is useless now in any case.
@@ -561,13 +577,13 @@ impl Client {
                 drop(resp);
                 return Err(Error::TokenRefusedNotResent.into());
             }
-            return http::check(resp).await;
+            return http::check(resp).await.map(|r| (r, tok));
         }
         drop(resp);
         tracing::debug!("the server refused the token; logging in again");
         let tok = auth.token(http).await?;
         let resp = http::send(make(&http.client, &tok.token)?).await?;
-        http::check(resp).await
+        Ok((http::check(resp).await?, tok))
     }
 
     /// The entry at `path`: `HEAD` for a file; for a directory, its entry in the parent's
@@ -881,8 +897,8 @@ impl Client {
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
         written: &mut u64,
     ) -> std::result::Result<(), Fail> {
-        let resp = self
-            .authed(true, |c, t| {
+        let (resp, tok) = self
+            .authed_as(true, |c, t| {
                 let mut rb = c.get(url).bearer_auth(t);
                 if let Some(r) = &range {
                     rb = rb.header(
@@ -908,7 +924,13 @@ impl Client {
             let Some(chunk) = stream.next().await else {
                 break;
             };
-            let chunk = chunk.map_err(|e| Fail::from(http::map_reqwest_error(&e)))?;
+            let chunk = match chunk {
+                Ok(c) => c,
+                Err(e) => {
+                    let cause = http::map_reqwest_error(&e);
+                    return Err(self.broken_off(url, &tok, *written, expected, cause).await);
+                }
+            };
             let mut data: &[u8] = &chunk;
             if skip > 0 {
                 let n = skip.min(data.len() as u64) as usize;
@@ -923,14 +945,14 @@ impl Client {
                 p(*written);
             }
         }
-        if let Some(expected) = expected
-            && *written < expected
+        if let Some(n) = expected
+            && *written < n
         {
-            return Err(Error::Transport(format!(
-                "the download was cut off after {} of {expected} bytes",
+            let cause = Error::Transport(format!(
+                "the download was cut off after {} of {n} bytes",
                 *written
-            ))
-            .into());
+            ));
+            return Err(self.broken_off(url, &tok, *written, expected, cause).await);
         }
         if range.is_some() && keep > 0 && keep != u64::MAX {
             // A range reaching past the end of the file: what exists was written.
@@ -938,6 +960,38 @@ impl Client {
         }
         out.flush().await.map_err(Error::Io)?;
         Ok(())
+    }
+
+    /// The error of a download that broke off after `written` bytes with `cause`: if the
+    /// server now refuses the token it was sent to, which had not expired, the server cut it
+    /// because that login's access ended meanwhile ([`Error::AccessEnded`]; the token is
+    /// dropped, so the next request logs in again). Asked with one `HEAD`, without retries
+    /// and for at most [`PROBE_TIMEOUT`]; any other answer, or none, leaves `cause`.
+    async fn broken_off(
+        &self,
+        url: &str,
+        tok: &TokenInfo,
+        written: u64,
+        expected: Option<u64>,
+        cause: Error,
+    ) -> Fail {
+        let unexpired = tok.expires_at_unix > crate::auth::now_ms() / 1000;
+        if written > 0 && unexpired {
+            let probe = self
+                .inner
+                .http
+                .client
+                .head(url)
+                .bearer_auth(&tok.token)
+                .timeout(PROBE_TIMEOUT);
+            if let Ok(r) = http::send(probe).await
+                && r.status() == reqwest::StatusCode::UNAUTHORIZED
+            {
+                self.inner.auth.invalidate(&tok.token).await;
+                return Error::AccessEnded { written, expected }.into();
+            }
+        }
+        cause.into()
     }
 
     /// Downloads to a local file via a temporary file + rename (retried whole on transient

@@ -62,6 +62,20 @@ pub enum Error {
         /// The server's message.
         message: String,
     },
+    /// A download was cut short because the server ended the access of the login it was
+    /// sent to while it was sent: a revoke of the user's tokens, a change of its grants or
+    /// bound certificate, or its deletion (the server checks again while it sends, and then
+    /// closes the connection or resets the stream; docs/protocol.md). Found out by asking the
+    /// server once more with the same token after the transfer broke off. What was written
+    /// is incomplete. Transient: a new login decides whether the user may still read it
+    /// ([`Client::download_file`](crate::Client::download_file) tries again with one).
+    #[error("{}", access_ended_text(*.written, *.expected))]
+    AccessEnded {
+        /// Bytes written before the cut.
+        written: u64,
+        /// Bytes the answer announced (of the range asked for), when it said.
+        expected: Option<u64>,
+    },
     /// Connection-level failure (refused, reset, timeout, truncated transfer): transient.
     #[error("connection failed: {0}")]
     Transport(String),
@@ -83,6 +97,17 @@ pub enum Error {
     Config(String),
 }
 
+fn access_ended_text(written: u64, expected: Option<u64>) -> String {
+    let of = match expected {
+        Some(n) => format!(" of {n}"),
+        None => String::new(),
+    };
+    format!(
+        "the server ended this login's access while sending the file (a revoke, a change of \
+         the user's grants, or its deletion): cut short after {written}{of} bytes"
+    )
+}
+
 fn retry_after_text(s: Option<u64>) -> String {
     match s {
         Some(s) => format!("; retry after {s} s"),
@@ -92,10 +117,11 @@ fn retry_after_text(s: Option<u64>) -> String {
 
 impl Error {
     /// Whether trying the same request again later can succeed: connection failures,
-    /// 502/503/504 and rate limiting.
+    /// 502/503/504, rate limiting, and a download cut short by the end of its login's
+    /// access (after a new login, which decides).
     pub fn is_transient(&self) -> bool {
         match self {
-            Error::Transport(_) | Error::RateLimited { .. } => true,
+            Error::Transport(_) | Error::RateLimited { .. } | Error::AccessEnded { .. } => true,
             // A held filesystem or a failed audit log answer 503 too, but only an operator
             // ends them (freeing space or fixing the disk, after which the server's audit
             // log recovers by itself): the client's short retries would only delay the error.
@@ -115,6 +141,9 @@ impl Error {
                 "check the user name, the key, and that the operator granted this filesystem"
             }
             Error::TokenRefusedNotResent => "make the request again: the new token is in place",
+            Error::AccessEnded { .. } => {
+                "what was written is incomplete; make the request again: a new login decides whether this user may still read it"
+            }
             Error::Forbidden(_) => {
                 "this login may only read here: ask the operator for write access"
             }

@@ -758,6 +758,115 @@ async fn a_revoked_token_is_replaced_and_a_stream_says_it_was_not_resent() {
     assert_eq!(c.get_bytes("/stream.txt").await.unwrap(), "s");
 }
 
+/// A writer that runs `then` (on the first write, before taking it), and counts.
+struct ActOnFirstWrite<F: FnMut()> {
+    then: Option<F>,
+    seen: Vec<u8>,
+}
+
+impl<F: FnMut() + Unpin> tokio::io::AsyncWrite for ActOnFirstWrite<F> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Some(mut f) = self.then.take() {
+            tokio::task::block_in_place(&mut f);
+        }
+        self.seen.extend_from_slice(buf);
+        std::task::Poll::Ready(Ok(buf.len()))
+    }
+    fn poll_flush(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// A download the server cuts short because the login's access ended while it was sent (here
+/// `efsctl revoke` after its first bytes) says so (`Error::AccessEnded`, with what was
+/// written of what was announced), where it was a bare "connection failed"; a download into a
+/// file starts again after a new login and lands whole. A download broken off by anything
+/// else (the server killed) stays a transport error: the question the client asks afterwards
+/// gets no answer, so it claims nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_short_by_a_revoke_says_so() {
+    const LEN: usize = 48 << 20;
+    let mut s = setup(&[]);
+    let c = s.client();
+    let data = content(LEN, 7);
+    c.put_bytes("/big.bin", data.clone().into(), PutOptions::default())
+        .await
+        .unwrap();
+
+    let server = &s.server;
+    let mut out = ActOnFirstWrite {
+        then: Some(|| {
+            server.efsctl(&["revoke", USER]);
+        }),
+        seen: Vec::new(),
+    };
+    let e = c
+        .download("/big.bin", &mut out, None, None)
+        .await
+        .unwrap_err();
+    match e {
+        Error::AccessEnded { written, expected } => {
+            assert_eq!(expected, Some(LEN as u64));
+            assert_eq!(written, out.seen.len() as u64);
+            assert!(0 < written && written < LEN as u64, "{written}");
+            assert_eq!(
+                out.seen[..],
+                data[..out.seen.len()],
+                "what came is the file's start"
+            );
+        }
+        other => panic!("expected AccessEnded, got {other:?}"),
+    }
+    assert!(e.to_string().contains("ended this login's access"), "{e}");
+    assert!(e.is_transient() && e.hint().is_some());
+
+    // Into a file: the cut attempt's part is dropped, a new login downloads it whole.
+    let dir = s.tmp.path().join("dl");
+    std::fs::create_dir(&dir).unwrap();
+    let local = dir.join("big.bin");
+    let revoked = AtomicBool::new(false);
+    let progress = |n: u64| {
+        if n > 0 && !revoked.swap(true, Ordering::SeqCst) {
+            tokio::task::block_in_place(|| server.efsctl(&["revoke", USER]));
+        }
+    };
+    let n = c
+        .download_file("/big.bin", &local, Some(&progress))
+        .await
+        .unwrap();
+    assert!(revoked.load(Ordering::SeqCst));
+    assert_eq!(n, LEN as u64);
+    assert!(
+        std::fs::read(&local).unwrap() == data,
+        "the whole file, once"
+    );
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1, "no part left");
+
+    // Broken off by the server's end: no answer to the question, no claim.
+    let mut out = ActOnFirstWrite {
+        then: Some(|| s.server.kill()),
+        seen: Vec::new(),
+    };
+    let e = c
+        .download("/big.bin", &mut out, None, None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Transport(_)), "{e:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_is_retried_across_a_server_restart() {
     let mut s = setup(&[]);
