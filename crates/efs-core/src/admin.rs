@@ -575,9 +575,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             )
         }
         AdminRequest::Fsck { fs, accept_index } => {
-            let f = dd
-                .fs(&fs)
-                .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{fs}'")))?;
+            let f = dd.require_open_fs(&fs)?;
             if accept_index {
                 let check = f.accept_index().await?;
                 let crate::digest::DigestCheck::Holds {
@@ -639,9 +637,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             r
         }
         AdminRequest::Gc { fs, grace_secs } => {
-            let f = dd
-                .fs(&fs)
-                .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{fs}'")))?;
+            let f = dd.require_open_fs(&fs)?;
             f.ensure_index_checked().await?;
             let rep = f.gc(grace_secs).await?;
             AdminResponse::ok(
@@ -743,9 +739,14 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             let mut lines = Vec::new();
             let mut data = Vec::new();
             for name in names {
-                let f = dd
-                    .fs(&name)
-                    .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{name}'")))?;
+                let f = match dd.unopened(&name) {
+                    Some(why) if all => {
+                        lines.push(format!("{name}: NOT SERVED: {why}"));
+                        data.push(serde_json::json!({ "name": name, "not_served": why }));
+                        continue;
+                    }
+                    _ => dd.require_open_fs(&name)?,
+                };
                 let terms = f.term_numbers();
                 let prog = rotation::progress(&f).await?;
                 let re = reencrypt::progress(&f).await?;

@@ -64,6 +64,13 @@ pub struct OpenReport {
     pub generated_key_part: Option<PathBuf>,
 }
 
+/// What an operation on filesystem `name`, whose index could not be opened (`why`), says.
+pub fn unopened_text(name: &str, why: &str) -> String {
+    format!(
+        "filesystem '{name}' is not served: {why}; put its own index file back (or restore its backup under a new name) and start again"
+    )
+}
+
 /// How a restore's line saying its backup is partial begins (followed by the count).
 pub const PARTIAL_BACKUP: &str = "warning: a partial backup: ";
 
@@ -87,6 +94,10 @@ pub struct DataDir {
     /// since).
     system_trust: std::sync::Mutex<SystemTrust>,
     filesystems: RwLock<HashMap<String, Arc<Filesystem>>>,
+    /// Filesystems whose index could not be opened when the data dir was (unreadable, not
+    /// a redb file, or holding another filesystem's keyring), with why: not served, while
+    /// every other filesystem is. See [`DataDir::unopened`].
+    unopened: RwLock<HashMap<String, String>>,
     starter: StarterKey,
     opts: OpenOptions,
     audit_keys: AuditKeys,
@@ -426,6 +437,7 @@ impl DataDir {
             system,
             system_trust: std::sync::Mutex::new(system_trust),
             filesystems: RwLock::new(HashMap::new()),
+            unopened: RwLock::new(HashMap::new()),
             starter,
             opts,
             audit_keys,
@@ -434,7 +446,29 @@ impl DataDir {
             windows: crate::blob::window_budget(),
         };
         for rec in dd.system.filesystems()? {
-            let fs = Arc::new(dd.open_fs(&rec)?);
+            let fs = match dd.open_fs(&rec) {
+                Ok(fs) => Arc::new(fs),
+                Err(e) => {
+                    // One filesystem's index replaced or damaged while the data dir was
+                    // closed does not take the others down: it alone is not served.
+                    let why = format!(
+                        "its index {} could not be opened: {e}",
+                        Path::new("fs")
+                            .join(hex::encode(rec.id))
+                            .join("index.redb")
+                            .display()
+                    );
+                    tracing::error!(
+                        fs = rec.name,
+                        "filesystem not served: {why}; its requests answer 503 integrity_hold until its own index is put back (or its backup restored under a new name) and the server restarted"
+                    );
+                    dd.unopened
+                        .write()
+                        .expect("lock poisoned")
+                        .insert(rec.name.clone(), why);
+                    continue;
+                }
+            };
             if futures_block(reencrypt::pending(&fs))? {
                 // Renames must keep old terms before any request is served.
                 reencrypt::mark_running(&fs);
@@ -881,10 +915,23 @@ impl DataDir {
             .collect()
     }
 
-    fn require_open_fs(&self, name: &str) -> Result<Arc<Filesystem>> {
-        self.fs(name).ok_or_else(|| {
-            CoreError::Invalid(format!("no filesystem named '{name}' (see efsctl list-fs)"))
+    pub(crate) fn require_open_fs(&self, name: &str) -> Result<Arc<Filesystem>> {
+        self.fs(name).ok_or_else(|| match self.unopened(name) {
+            Some(why) => CoreError::Invalid(unopened_text(name, &why)),
+            None => {
+                CoreError::Invalid(format!("no filesystem named '{name}' (see efsctl list-fs)"))
+            }
         })
+    }
+
+    /// Why filesystem `name` is not served, if its index could not be opened when the data
+    /// dir was: it exists (in the system database) but has no [`Filesystem`].
+    pub fn unopened(&self, name: &str) -> Option<String> {
+        self.unopened
+            .read()
+            .expect("lock poisoned")
+            .get(name)
+            .cloned()
     }
 
     /// Backs up filesystem `name` into the new directory `dest` while it serves (see

@@ -571,7 +571,14 @@ fn authorise(
     who.fs = Some(caller.fs().to_owned());
     let cert = ext.get::<ConnInfo>().and_then(|c| c.client_cert_sha256);
     check_cert_binding(st, caller.user(), cert)?;
-    let fs = st.data.fs(caller.fs()).ok_or_else(ApiError::unauthorized)?;
+    let fs = match st.data.fs(caller.fs()) {
+        Some(fs) => fs,
+        // Its index could not be opened at the start: held, as one that failed its check.
+        None if st.data.unopened(caller.fs()).is_some() => {
+            return Err(efs_core::CoreError::IndexHold.into());
+        }
+        None => return Err(ApiError::unauthorized()),
+    };
     Ok((caller, fs))
 }
 

@@ -1214,3 +1214,74 @@ async fn a_backup_skipping_damaged_entries_backs_up_the_rest() {
     }
     assert_eq!(served, 5, "every file but the damaged one");
 }
+
+/// One filesystem's index replaced while the server was stopped by another's (it holds the
+/// other's keyring, which does not open here), and a third's by bytes that are no redb file:
+/// the data dir still opens and serves the untouched filesystem, while those two answer 503
+/// integrity_hold, and efsctl says which and why (the whole data dir refused to open, naming
+/// neither: "decryption failed: stored data was altered or does not belong here").
+#[tokio::test]
+async fn a_replaced_index_holds_its_filesystem_not_the_data_dir() {
+    let mut srv = TestServer::start(&[]);
+    for fs in ["files", "swapped", "garbled"] {
+        srv.create_fs(fs);
+    }
+    let key = srv.create_user("app", &["files", "swapped", "garbled"], false);
+    for fs in ["files", "swapped", "garbled"] {
+        let tok = srv.login("app", &key, Some(fs)).await;
+        srv.put_ok(&format!("/in-{fs}.txt"), &tok, fs.as_bytes().to_vec())
+            .await;
+    }
+    // `list-fs`: a line `NAME<TAB>ID` each.
+    let ids: HashMap<String, String> = srv
+        .efsctl_ok(&["list-fs"])
+        .lines()
+        .filter_map(|l| l.split_once('\t'))
+        .map(|(n, id)| (n.to_owned(), id.to_owned()))
+        .collect();
+    assert_eq!(ids.len(), 3, "{ids:?}");
+    srv.stop().await;
+    let index = |fs: &str| srv.data.join("fs").join(&ids[fs]).join("index.redb");
+    std::fs::copy(index("files"), index("swapped")).unwrap();
+    std::fs::write(index("garbled"), vec![0x5a; 64 << 10]).unwrap();
+
+    let srv = restart(&srv);
+    let tok = srv.login("app", &key, Some("files")).await;
+    assert_eq!(srv.get_ok("/in-files.txt", &tok).await, b"files");
+    for fs in ["swapped", "garbled"] {
+        let tok = srv.login("app", &key, Some(fs)).await;
+        let r = srv
+            .req("GET", &format!("/in-{fs}.txt"), &tok)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 503, "integrity_hold").await;
+        let r = srv
+            .req("PUT", "/new.txt", &tok)
+            .body("x")
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 503, "integrity_hold").await;
+        assert!(
+            srv.stderr()
+                .contains(&format!("{}/index.redb could not be opened", ids[fs])),
+            "{}",
+            srv.stderr()
+        );
+        let out = srv.efsctl(&["fsck", "--fs", fs]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success());
+        assert!(
+            err.contains(&format!("filesystem '{fs}' is not served")) && err.contains("index.redb"),
+            "{err}"
+        );
+    }
+    let status = srv.efsctl_ok(&["status"]);
+    assert!(
+        status.contains("swapped: NOT SERVED: its index")
+            && status.contains("garbled: NOT SERVED: its index")
+            && status.contains("files: current key term"),
+        "{status}"
+    );
+}
