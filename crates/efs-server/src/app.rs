@@ -24,7 +24,9 @@ use crate::audit::{Who, audit_mark, refuse_if_failed, seal_answer};
 use crate::auth::{AuthError, Authenticator, Caller, ChallengeRequest, TokenRequest};
 use crate::cache::{CachedFile, ContentCache};
 use crate::error::ApiError;
-use crate::http_headers::{EtagCompare, Unsatisfiable, if_range_allows, parse_etags, parse_range};
+use crate::http_headers::{
+    EtagCompare, Unsatisfiable, if_range_allows, joined, parse_etags, parse_range, single,
+};
 use crate::users::Users;
 use efs_core::audit::{Action, Record};
 
@@ -533,7 +535,11 @@ fn check_cert_binding(st: &AppState, user: &str, cert: Option<[u8; 32]>) -> Resu
 }
 
 fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    // Two Authorization lines: no token (which one a proxy checked is unknown).
+    let v = single(headers, header::AUTHORIZATION.as_str())
+        .ok()??
+        .to_str()
+        .ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme
         .eq_ignore_ascii_case("bearer")
@@ -947,19 +953,23 @@ async fn files_inner(
         }
         ("MOVE", _) => {
             require_write(&caller)?;
-            let dest = parts
-                .headers
-                .get("destination")
+            let dest = single(&parts.headers, "destination")
+                .map_err(|_| ApiError::bad_request("more than one Destination header"))?
                 .and_then(|v| v.to_str().ok())
                 .ok_or_else(|| ApiError::bad_request("MOVE needs a Destination header"))?;
             let dest_path = destination_path(dest, request_authority(parts))?;
             let to = EfsPath::parse_uri_path(&dest_path).map_err(efs_core::CoreError::from)?;
             who.to = Some(to.to_string());
-            let overwrite = parts
-                .headers
-                .get("overwrite")
-                .and_then(|v| v.to_str().ok())
-                .is_some_and(|v| v.eq_ignore_ascii_case("T"));
+            // RFC 4918 §10.6: T or F (case-insensitive, as ABNF strings are); absent is F.
+            let overwrite = match single(&parts.headers, "overwrite")
+                .map_err(|_| ApiError::bad_request("more than one Overwrite header"))?
+                .map(|v| v.as_bytes())
+            {
+                None => false,
+                Some(b"T" | b"t") => true,
+                Some(b"F" | b"f") => false,
+                Some(_) => return Err(ApiError::bad_request("Overwrite must be T or F")),
+            };
             let cond = write_precondition(&parts.headers)?;
             let dir_only = is_dir || names_dir(&dest_path);
             do_move(&fs, &path, &to, overwrite, cond, dir_only).await
@@ -1079,7 +1089,8 @@ fn set_etag(h: &mut HeaderMap, e: &efs_core::Entry) {
 
 /// An HTTP-date header as seconds since the epoch; `None` when absent or not a date.
 fn header_date(h: &HeaderMap, name: header::HeaderName) -> Option<u64> {
-    let v = h.get(name)?.to_str().ok()?;
+    // More than one line is more than one member: ignored (RFC 9110 §13.1.3, §13.1.4).
+    let v = single(h, name.as_str()).ok()??.to_str().ok()?;
     let t = httpdate::parse_http_date(v).ok()?;
     t.duration_since(std::time::UNIX_EPOCH)
         .ok()
@@ -1098,27 +1109,28 @@ fn write_precondition(h: &HeaderMap) -> Result<Precondition, ApiError> {
             "If-Unmodified-Since is not supported on writes: use If-Match with the ETag",
         ));
     }
-    if let Some(v) = h.get(header::IF_MATCH) {
-        let v = v
-            .to_str()
-            .map_err(|_| ApiError::bad_request("bad If-Match"))?;
-        return Ok(match parse_etags(v, EtagCompare::Strong) {
-            None => Precondition::IfExists,
-            Some(tags) => Precondition::IfMatch(tags),
-        });
-    }
-    if let Some(v) = h.get(header::IF_NONE_MATCH) {
-        let v = v
-            .to_str()
-            .map_err(|_| ApiError::bad_request("bad If-None-Match"))?;
-        if v.trim() == "*" {
-            return Ok(Precondition::IfNoneMatch);
-        }
+    let if_match = joined(h, &header::IF_MATCH)
+        .transpose()
+        .map_err(|_| ApiError::bad_request("bad If-Match"))?;
+    let if_none_match = joined(h, &header::IF_NONE_MATCH)
+        .transpose()
+        .map_err(|_| ApiError::bad_request("bad If-None-Match"))?;
+    if if_none_match.as_deref().is_some_and(|v| v.trim() != "*") {
         return Err(ApiError::bad_request(
             "only If-None-Match: * is supported on writes",
         ));
     }
-    Ok(Precondition::None)
+    Ok(match (if_match, if_none_match) {
+        // If-Match wants a current version, If-None-Match: * none: both never hold (RFC
+        // 9110 §13.2.2 checks both). Taking only If-Match replaced or deleted the file.
+        (Some(_), Some(_)) => return Err(efs_core::CoreError::Precondition.into()),
+        (Some(v), None) => match parse_etags(&v, EtagCompare::Strong) {
+            None => Precondition::IfExists,
+            Some(tags) => Precondition::IfMatch(tags),
+        },
+        (None, Some(_)) => Precondition::IfNoneMatch,
+        (None, None) => Precondition::None,
+    })
 }
 
 async fn write(
@@ -1315,8 +1327,8 @@ async fn read_version(
             "this is a directory: list it with a trailing '/'",
         ));
     }
-    if let Some(v) = h.get(header::IF_MATCH).and_then(|v| v.to_str().ok())
-        && let Some(tags) = parse_etags(v, EtagCompare::Strong)
+    if let Some(Ok(v)) = joined(h, &header::IF_MATCH)
+        && let Some(tags) = parse_etags(&v, EtagCompare::Strong)
         && !tags.contains(&entry.version)
     {
         return Err(efs_core::CoreError::Precondition.into());
@@ -1330,11 +1342,10 @@ async fn read_version(
     {
         return Err(efs_core::CoreError::Precondition.into());
     }
-    let not_modified = match h.get(header::IF_NONE_MATCH) {
+    let not_modified = match joined(h, &header::IF_NONE_MATCH) {
         Some(v) => v
-            .to_str()
             .ok()
-            .is_some_and(|v| match parse_etags(v, EtagCompare::Weak) {
+            .is_some_and(|v| match parse_etags(&v, EtagCompare::Weak) {
                 None => true,
                 Some(tags) => tags.contains(&entry.version),
             }),

@@ -7,6 +7,52 @@
 
 use axum::http::{HeaderMap, header};
 
+/// A header line that is not visible ASCII.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NotText;
+
+/// A header that may come once, given more than once.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Repeated;
+
+/// Every line of the list header `name` as one value, joined by ", " (RFC 9110 §5.3: the
+/// lines of a list field are one list, so `If-None-Match: "a"` and `If-None-Match: *` on two
+/// lines are `"a", *`; reading only the first line dropped the `*`). `None` when absent,
+/// `Some(Err(NotText))` when a line is not visible ASCII.
+pub fn joined(h: &HeaderMap, name: &header::HeaderName) -> Option<Result<String, NotText>> {
+    let mut lines = h.get_all(name).iter();
+    let first = lines.next()?;
+    let mut out = match first.to_str() {
+        Ok(v) => v.to_owned(),
+        Err(_) => return Some(Err(NotText)),
+    };
+    for v in lines {
+        match v.to_str() {
+            Ok(v) => {
+                out.push_str(", ");
+                out.push_str(v);
+            }
+            Err(_) => return Some(Err(NotText)),
+        }
+    }
+    Some(Ok(out))
+}
+
+/// The one line of header `name`: `Ok(None)` when absent, `Err(Repeated)` when it comes more than
+/// once (a `Destination` or `Overwrite` given twice names two requests; which one a proxy
+/// before this server acted on is unknown).
+pub fn single<'h>(
+    h: &'h HeaderMap,
+    name: &str,
+) -> Result<Option<&'h axum::http::HeaderValue>, Repeated> {
+    let mut lines = h.get_all(name).iter();
+    let first = lines.next();
+    if lines.next().is_some() {
+        return Err(Repeated);
+    }
+    Ok(first)
+}
+
 /// A `Range` that lies outside the file: answered with 416.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Unsatisfiable;
@@ -23,7 +69,13 @@ pub fn parse_range(h: &HeaderMap, len: u64) -> Result<Option<(u64, u64)>, Unsati
 
 /// [`parse_range`] on the header's text.
 pub fn parse_range_value(v: &str, len: u64) -> Result<Option<(u64, u64)>, Unsatisfiable> {
-    let Some(spec) = ows(v).strip_prefix("bytes=") else {
+    // The range unit is case-insensitive (RFC 9110 §14.1).
+    let v = ows(v);
+    let Some(spec) = v
+        .get(..6)
+        .filter(|unit| unit.eq_ignore_ascii_case("bytes="))
+        .map(|_| &v[6..])
+    else {
         return Ok(None);
     };
     if spec.contains(',') {
@@ -154,6 +206,11 @@ mod tests {
         assert_eq!(parse_range_value("bytes=3-2", 10), Ok(None));
         assert_eq!(parse_range_value("bytes=0-1,3-4", 10), Ok(None));
         assert_eq!(parse_range_value("items=0-1", 10), Ok(None));
+        // The unit is case-insensitive (RFC 9110 §14.1); it was served whole.
+        assert_eq!(parse_range_value("BYTES=0-1", 10), Ok(Some((0, 2))));
+        assert_eq!(parse_range_value("Bytes=-3", 10), Ok(Some((7, 10))));
+        assert_eq!(parse_range_value("byte=0-1", 10), Ok(None));
+        assert_eq!(parse_range_value("bytés", 10), Ok(None));
         assert_eq!(
             parse_range_value(&format!("bytes=0-{}", u64::MAX), 10),
             Ok(Some((0, 10)))

@@ -2475,3 +2475,102 @@ async fn listing_cursors_do_not_show_index_keys() {
         assert_error(r, 400, "bad_request").await;
     }
 }
+
+/// Conditions and steering headers given twice, or together where they cannot both hold
+/// (found by a black-box review):
+/// - `If-Match: *` with `If-None-Match: *` on a PUT, DELETE or MOVE is 412 and changes
+///   nothing (only `If-Match` was looked at: the file was replaced, deleted or moved);
+/// - the lines of a list header are one list: `If-None-Match: "other"` and
+///   `If-None-Match: <current>` on two lines give 304 (only the first line was read);
+/// - two `If-Modified-Since` lines are ignored (RFC 9110 §13.1.3), not the first one taken;
+/// - two `Destination` or `Overwrite` headers, or an `Overwrite` other than T or F, are 400
+///   (the first one won; `Overwrite: X` was F); two `Authorization` headers are no token.
+#[tokio::test]
+async fn conditions_given_twice_or_both_are_all_checked() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let etag = srv.put_ok("/c.txt", &s.token, b"original".to_vec()).await;
+    for method in ["PUT", "DELETE", "MOVE"] {
+        let r = srv
+            .req(method, "/c.txt", &s.token)
+            .header("if-match", "*")
+            .header("if-none-match", "*")
+            .header("destination", "/moved.txt")
+            .body("REPLACED")
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 412, "precondition_failed").await;
+        assert_eq!(
+            srv.get_ok("/c.txt", &s.token).await,
+            b"original",
+            "{method}"
+        );
+    }
+    assert_eq!(srv.get("/moved.txt", &s.token).await.0, 404);
+
+    let r = srv
+        .req("GET", "/c.txt", &s.token)
+        .header("if-none-match", "\"00000000000000000000000000000000\"")
+        .header("if-none-match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 304, "the second line's tag is the current one");
+    let r = srv
+        .req("GET", "/c.txt", &s.token)
+        .header("if-modified-since", "Thu, 01 Jan 2099 00:00:00 GMT")
+        .header("if-modified-since", "Thu, 01 Jan 2099 00:00:00 GMT")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "two If-Modified-Since lines are ignored");
+
+    let r = srv
+        .req("MOVE", "/c.txt", &s.token)
+        .header("destination", "/d1.txt")
+        .header("destination", "/d2.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "bad_request").await;
+    for bad in ["X", "TRUE", ""] {
+        let r = srv
+            .req("MOVE", "/c.txt", &s.token)
+            .header("destination", "/d1.txt")
+            .header("overwrite", bad)
+            .send()
+            .await
+            .unwrap();
+        assert_error(r, 400, "bad_request").await;
+    }
+    let r = srv
+        .req("MOVE", "/c.txt", &s.token)
+        .header("destination", "/d1.txt")
+        .header("overwrite", "T")
+        .header("overwrite", "F")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "bad_request").await;
+    assert_eq!(srv.get("/d1.txt", &s.token).await.0, 404, "nothing moved");
+    srv.put_ok("/d1.txt", &s.token, b"in the way".to_vec())
+        .await;
+    let r = srv
+        .req("MOVE", "/c.txt", &s.token)
+        .header("destination", "/d1.txt")
+        .header("overwrite", "t")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "t is T");
+    assert_eq!(srv.get_ok("/d1.txt", &s.token).await, b"original");
+
+    let r = srv
+        .req("GET", "/d1.txt", &s.token)
+        .header("authorization", format!("Bearer {}", s.token))
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 401, "unauthorized").await;
+}
