@@ -859,19 +859,58 @@ async fn files_now(st: Arc<AppState>, req: Request) -> Response {
         Ok(r) => r,
         Err(e) => {
             if let Some(b) = body {
-                drain_small_body(&parts.headers, b).await;
+                drain_small_body(&parts, b).await;
             }
             e.into_response()
         }
     }
 }
 
+/// A directory is made without a body: one sent with `PUT /dir/` is most likely a file's
+/// upload to a path ending in '/' by mistake, and was thrown away under a `201`. Refused
+/// (`400`) when its length is announced, or when its first bytes arrive (a body of unknown
+/// length, read until it ends or brings a byte, within the body timeout).
+async fn no_body(
+    st: &AppState,
+    parts: &axum::http::request::Parts,
+    body: &mut Option<Body>,
+) -> Result<(), ApiError> {
+    const REFUSED: &str =
+        "a directory is made without a body: to upload a file, leave out the trailing '/'";
+    match parts
+        .headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        Some(0) => return Ok(()),
+        Some(_) => return Err(ApiError::bad_request(REFUSED)),
+        None => {}
+    }
+    let Some(b) = body.take() else { return Ok(()) };
+    match tokio::time::timeout(st.http.body_idle, axum::body::to_bytes(b, 0)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(_)) => Err(ApiError::bad_request(REFUSED)),
+        Err(_) => Err(body_timeout(st.http.body_idle)),
+    }
+}
+
 /// Reads and drops a small unread request body before an error answer. Over HTTP/2 an
 /// answer that leaves the body unread ends with a stream reset, which some clients (curl
 /// 7.88) report as a transport error instead of showing the answer. Bodies announced larger
-/// than 1 MiB, or slower than 2 s, are not waited for.
-async fn drain_small_body(headers: &HeaderMap, body: Body) {
+/// than 1 MiB, or slower than 2 s, are not waited for; nor is the body of an HTTP/1.1 request
+/// that waits for `100 Continue` before sending it: reading it would ask for the body
+/// (hyper sends the `100` when it is first read) that the refusal made useless.
+async fn drain_small_body(parts: &axum::http::request::Parts, body: Body) {
     const LIMIT: usize = 1 << 20;
+    let headers = &parts.headers;
+    if parts.version == axum::http::Version::HTTP_11
+        && headers
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
+    {
+        return;
+    }
     let announced = headers
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
@@ -931,6 +970,7 @@ async fn files_inner(
         ("PUT", true) | ("POST", true) | ("MKCOL", _) => {
             require_write(&caller)?;
             let cond = write_precondition(&parts.headers)?;
+            no_body(&st, parts, body).await?;
             let e = fs.mkdir_if(&path, cond).await?;
             Ok((StatusCode::CREATED, axum::Json(list_entry(&e))).into_response())
         }

@@ -2574,3 +2574,72 @@ async fn conditions_given_twice_or_both_are_all_checked() {
         .unwrap();
     assert_error(r, 401, "unauthorized").await;
 }
+
+/// An upload that waits for `100 Continue` before sending its body, refused by its condition
+/// (or its announced size) before the body is read, gets the refusal at once and no `100`: it
+/// got `100 Continue` (the refusal's answer read the small body first, for HTTP/2 clients),
+/// sent its body for nothing and only then the 412.
+#[tokio::test]
+async fn a_refused_upload_waiting_for_100_continue_gets_no_100() {
+    let s = session(&["--max-body-size", "1000"]).await;
+    let srv = &s.srv;
+    srv.put_ok("/exists.txt", &s.token, b"kept".to_vec()).await;
+    for (extra, len, status) in [("If-None-Match: *\r\n", 5, 412), ("", 5000, 413)] {
+        let head = format!(
+            "PUT /exists.txt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+             Authorization: Bearer {}\r\nExpect: 100-continue\r\nContent-Length: {len}\r\n{extra}\r\n",
+            s.token
+        );
+        let r = srv.raw_http(head.into_bytes()).await;
+        assert_eq!(
+            r.status, status,
+            "the first answer is the refusal, not 100 Continue"
+        );
+    }
+    assert_eq!(srv.get_ok("/exists.txt", &s.token).await, b"kept");
+}
+
+/// A body sent to make a directory (`PUT /dir/ --data-binary @file`: a file's upload whose
+/// path ends in '/' by mistake) is refused, with its length announced or chunked, and
+/// nothing is made: the directory was made and the body thrown away under a `201`.
+#[tokio::test]
+async fn a_directory_is_made_without_a_body() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    let r = srv
+        .req("PUT", "/with-body/", &s.token)
+        .body("content")
+        .send()
+        .await
+        .unwrap();
+    let msg = assert_error(r, 400, "bad_request").await;
+    assert!(msg.contains("leave out the trailing '/'"), "{msg}");
+    let head = format!(
+        "POST /chunked/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\n7\r\ncontent\r\n0\r\n\r\n",
+        s.token
+    );
+    assert_eq!(srv.raw_http(head.into_bytes()).await.status, 400);
+    for dir in ["/with-body/", "/chunked/"] {
+        assert_eq!(srv.get(dir, &s.token).await.0, 404, "{dir} not made");
+    }
+    // Without a body (none, empty, an empty chunked one): made.
+    let r = srv
+        .req("PUT", "/empty/", &s.token)
+        .body("")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201);
+    let r = srv.req("MKCOL", "/mkcol", &s.token).send().await.unwrap();
+    assert_eq!(r.status(), 201);
+    let head = format!(
+        "POST /empty-chunked/ HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        s.token
+    );
+    assert_eq!(srv.raw_http(head.into_bytes()).await.status, 201);
+    for dir in ["/empty/", "/mkcol/", "/empty-chunked/"] {
+        assert_eq!(srv.get(dir, &s.token).await.0, 200, "{dir} made");
+    }
+}
