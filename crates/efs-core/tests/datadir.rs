@@ -1367,24 +1367,44 @@ async fn a_removed_or_added_system_row_or_a_deleted_digest_is_refused() {
             }
             w.commit().unwrap();
         }
-        let why = match open(&root, parts) {
-            Err(CoreError::SystemHold(why)) => why,
-            Err(e) => panic!("{case}: refused for another reason: {e}"),
+        let refused = match open(&root, parts) {
+            Err(e) => e,
             Ok(_) => panic!("{case}: opened"),
         };
-        let expect = match case {
-            "digest" => "no readable digest",
-            "junk" | "shift" => "do not decrypt",
-            _ => "differs from its digest",
-        };
-        assert!(why.contains(expect), "{case}: {why}");
         if matches!(case, "junk" | "shift") {
+            // Rows that do not decrypt: the message sends the operator to a copy they
+            // trust, never to accept-system, which refuses them the same way.
+            let CoreError::SystemRowsCorrupt(why) = &refused else {
+                panic!("{case}: refused for another reason: {refused}");
+            };
+            assert!(why.contains("do not decrypt"), "{case}: {why}");
+            let shown = refused.to_string();
+            assert!(shown.contains("restore the data dir"), "{case}: {shown}");
             assert!(
-                open_accepting_system(&root, parts).is_err(),
-                "{case}: rows that do not decrypt are never accepted"
+                !shown.contains("then run `efsctl accept-system`"),
+                "{case}: must not advise accept-system: {shown}"
+            );
+            let again = open_accepting_system(&root, parts)
+                .err()
+                .unwrap_or_else(|| panic!("{case}: rows that do not decrypt are never accepted"));
+            assert!(
+                matches!(again, CoreError::SystemRowsCorrupt(_)),
+                "{case}: {again}"
             );
             continue;
         }
+        let CoreError::SystemHold(why) = &refused else {
+            panic!("{case}: refused for another reason: {refused}");
+        };
+        let expect = match case {
+            "digest" => "no readable digest",
+            _ => "differs from its digest",
+        };
+        assert!(why.contains(expect), "{case}: {why}");
+        assert!(
+            refused.to_string().contains("efsctl accept-system"),
+            "{case}"
+        );
         accept_system(&root, parts);
         let dd = open(&root, parts).unwrap();
         if case == "put-back" {

@@ -170,7 +170,8 @@ enum Cmd {
     /// revoked key, say) makes the server and efsctl refuse the data dir. Inspect it (who
     /// could write to it? `list-users`, `list-fs` work once accepted), restore the data dir
     /// from a backup if you need to, then run this with the server stopped. Prints the
-    /// digest's generation and anchor: note them outside the data dir.
+    /// digest's generation and anchor: note them outside the data dir. Rows that do not
+    /// decrypt (EFS did not write them) are never accepted: restore the data dir instead.
     AcceptSystem,
     /// Remove orphan blobs and inline contents (left by crashes).
     Gc {
