@@ -990,7 +990,7 @@ impl DataDir {
                 let file: KeyPartsFile = serde_json::from_slice(&text).map_err(|_| {
                     CoreError::Invalid("keys/keyparts.json of the backup is malformed".into())
                 })?;
-                let starter = keyparts::open(&file, backup_parts, prompt)?;
+                let starter = keyparts::open_backup(&file, backup_parts, prompt)?;
                 Keyring::open(&starter, &old_id, &sealed)
             };
             lines.push("Opened the keyring of the backup".into());
