@@ -812,20 +812,29 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "rotate_now": current_seals >= crate::fs::SEAL_WARNING,
                 }));
             }
-            if all {
-                match dd.system_digest()? {
-                    crate::digest::DigestCheck::Holds {
-                        generation, anchor, ..
-                    } => lines.push(format!(
-                        "system database digest: generation {generation}, anchor {anchor}"
-                    )),
-                    other => lines.push(format!(
-                        "WARNING: {}",
-                        crate::system::SystemDb::describe(&other)
-                    )),
-                }
+            if !all {
+                return Ok(AdminResponse::ok(lines, serde_json::Value::Array(data)));
             }
-            AdminResponse::ok(lines, serde_json::Value::Array(data))
+            // Every filesystem: the system database's digest too, the JSON an object then.
+            let digest = match dd.system_digest()? {
+                crate::digest::DigestCheck::Holds {
+                    generation, anchor, ..
+                } => {
+                    lines.push(format!(
+                        "system database digest: generation {generation}, anchor {anchor}"
+                    ));
+                    serde_json::json!({ "holds": true, "generation": generation, "anchor": anchor })
+                }
+                other => {
+                    let found = crate::system::SystemDb::describe(&other);
+                    lines.push(format!("WARNING: {found}"));
+                    serde_json::json!({ "holds": false, "found": found })
+                }
+            };
+            AdminResponse::ok(
+                lines,
+                serde_json::json!({ "filesystems": data, "system_digest": digest }),
+            )
         }
         AdminRequest::AuditVerify { expect_head } => audit_verify(dd, expect_head.as_deref())?,
         AdminRequest::AuditShow { filter, limit } => audit_show(dd, &filter, limit)?,

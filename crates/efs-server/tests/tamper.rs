@@ -1073,6 +1073,20 @@ async fn an_old_user_row_put_back_stops_the_server_until_efsctl_accept_system() 
         status.contains("system database digest: generation"),
         "{status}"
     );
+    // --json gives the same digest (and the filesystems under their own key).
+    let json: serde_json::Value =
+        serde_json::from_str(&srv2.efsctl_ok(&["status", "--json"])).unwrap();
+    let d = &json["system_digest"];
+    assert_eq!(d["holds"], true, "{json}");
+    let (generation, anchor) = (
+        d["generation"].as_u64().unwrap(),
+        d["anchor"].as_str().unwrap(),
+    );
+    assert!(
+        status.contains(&format!("generation {generation}, anchor {anchor}")),
+        "{status} / {json}"
+    );
+    assert_eq!(json["filesystems"][0]["name"], "files", "{json}");
 }
 
 /// A restore of a backup that left many entries out names the first 100 and counts the rest.
