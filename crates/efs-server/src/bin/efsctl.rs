@@ -270,7 +270,9 @@ enum Cmd {
     /// now": keep them and start with them. A failure only to write its audit entry is a
     /// warning.
     RekeyStarter {
-        /// A new key part (repeat; same syntax as --key-part).
+        /// A new key part (repeat; same syntax as --key-part). A file: part must exist
+        /// already (at least 16 bytes, e.g. `head -c 32 /dev/urandom | base64 > FILE`, mode
+        /// 0600): it is read, never created.
         #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
         new_key_parts: Vec<KeyPartSpec>,
     },
