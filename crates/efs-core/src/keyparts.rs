@@ -4,7 +4,8 @@
 //! concatenated part keys, salted with the data dir's random salt. All parts are needed;
 //! the starter key is never stored. `system/keyparts.json` records, in clear, only what is
 //! needed to give a helpful error: the salt, the kind of each part, its Argon2id
-//! parameters, and a short check tag per part and for the whole (see docs/design.md).
+//! parameters, and a short check tag per part and for the whole (see docs/design.md); and
+//! the path of a part file EFS generated itself, so that a later start finds it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
