@@ -716,9 +716,14 @@ impl DataDir {
             created_ms: now_ms(),
         };
         let rel = format!("fs/{}", hex::encode(id));
+        // Absolute: this line reaches efsctl, which may run elsewhere than the server (whose
+        // --data may be relative to its own working directory).
+        let root = std::fs::canonicalize(&self.root)
+            .or_else(|_| std::path::absolute(&self.root))
+            .unwrap_or_else(|_| self.root.clone());
         let mut lines = vec![format!(
             "Creating filesystem '{name}' in '{}/{rel}' (a random id: names never appear on disk)",
-            self.root.display()
+            root.display()
         )];
         lines.push(format!(
             "Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"
