@@ -590,16 +590,30 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                         "the new index digest does not hold (the index changed while it was computed?)".into(),
                     ));
                 };
+                let mut lines = vec![format!(
+                    "accepted the index of '{fs}' as it is now: {entries} entries, digest generation {generation}, anchor {anchor}; the filesystem is served again"
+                )];
+                // Accepting trusts the index, not its entries: what fsck finds damaged in it
+                // stays damaged, and the operator must hear so here (a request for one of
+                // them fails). The filesystem is served meanwhile.
+                let rep = f.fsck().await?;
+                if !rep.errors.is_empty() {
+                    lines.push(format!(
+                        "WARNING: fsck finds {} damaged entr{} in '{fs}' (listed below): accepted as they are, they fail to read (the server answers 500) until replaced or deleted",
+                        rep.errors.len(),
+                        if rep.errors.len() == 1 { "y" } else { "ies" }
+                    ));
+                    lines.extend(rep.errors.iter().map(|e| format!("error: {e}")));
+                }
                 return Ok(AdminResponse::ok(
-                    vec![format!(
-                        "accepted the index of '{fs}' as it is now: {entries} entries, digest generation {generation}, anchor {anchor}; the filesystem is served again"
-                    )],
+                    lines,
                     serde_json::json!({
                         "fs": fs,
                         "accepted": true,
                         "entries": entries,
                         "generation": generation,
                         "anchor": anchor,
+                        "damaged": rep.errors,
                     }),
                 ));
             }

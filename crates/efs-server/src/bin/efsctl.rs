@@ -158,7 +158,8 @@ enum Cmd {
         /// Filesystem.
         #[arg(long)]
         fs: String,
-        /// Trust the index as it is now: recompute and store its digest, lift a hold.
+        /// Trust the index as it is now: recompute and store its digest, lift a hold. Then
+        /// checks it as fsck does and warns of damaged entries (accepted, they fail to read).
         #[arg(long)]
         accept_index: bool,
     },
