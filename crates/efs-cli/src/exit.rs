@@ -39,7 +39,19 @@ pub(crate) const TERMINATED: u8 = 143;
 pub(crate) fn out_line(args: std::fmt::Arguments<'_>) {
     use std::io::Write;
     let mut out = std::io::stdout().lock();
-    if let Err(e) = out.write_fmt(args).and_then(|()| out.write_all(b"\n")) {
+    out_result(out.write_fmt(args).and_then(|()| out.write_all(b"\n")));
+}
+
+/// Writes `bytes` to stdout and flushes it, ending like [`out_line`] when that fails
+/// (`efs completions bash | head -1`: clap_complete's own writing panicked there).
+pub(crate) fn out_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out_result(out.write_all(bytes).and_then(|()| out.flush()));
+}
+
+fn out_result(r: std::io::Result<()>) {
+    if let Err(e) = r {
         if e.kind() == std::io::ErrorKind::BrokenPipe {
             std::process::exit(i32::from(OK));
         }

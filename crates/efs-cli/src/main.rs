@@ -70,8 +70,11 @@ fn main() -> ExitCode {
 fn run(rt: &tokio::runtime::Runtime, cli: Cli, slot: &mut Option<Session>) -> Result<()> {
     match cli.cmd {
         Command::Completions { shell } => {
+            // Into a buffer first: clap_complete panics on any error writing (a closed pipe).
             let mut cmd = Cli::command();
-            clap_complete::generate(shell, &mut cmd, "efs", &mut std::io::stdout());
+            let mut script = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "efs", &mut script);
+            exit::out_bytes(&script);
             Ok(())
         }
         Command::Keygen { output, comment } => {

@@ -543,6 +543,26 @@ fn completions_are_generated() {
     env.fails(&["completions", "tcsh"], 2);
 }
 
+/// `efs completions bash | head -1`: a reader that went away ends it quietly with exit 0, as
+/// `efs cat` (it panicked in clap_complete, exit 101). The pipe's read end is closed before
+/// `efs` writes anything.
+#[test]
+fn completions_into_a_closed_pipe_is_success() {
+    let env = Env::new();
+    let (reader, writer) = std::io::pipe().unwrap();
+    drop(reader);
+    let out = env
+        .cmd(&["completions", "bash"])
+        .stdin(Stdio::null())
+        .stdout(writer)
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "exit {:?}: {err}", out.status.code());
+    assert!(!err.contains("panicked"), "{err}");
+}
+
 /// `remote add` records the server identity the challenge names and the client pins it: a
 /// server that names another identity (a relay of another server's login challenge) gets no
 /// signature.

@@ -124,6 +124,24 @@ pwd
     assert_ok(&["shell"], &out);
 }
 
+/// A failed command is reported as `error: …` with each cause once: a missing local file
+/// printed "No such file or directory (os error 2)" twice.
+#[test]
+fn a_scripted_shell_prints_each_cause_once() {
+    let env = Env::new();
+    let out = env.efs_input(&["shell", "drive"], b"post /a.txt missing.txt\n");
+    let stderr = common::assert_code(&["shell"], &out, 3);
+    let line = stderr
+        .lines()
+        .find(|l| l.starts_with("error: "))
+        .unwrap_or_else(|| panic!("{stderr}"));
+    assert!(
+        line.contains("missing.txt") || line.contains("local I/O"),
+        "{line}"
+    );
+    assert_eq!(line.matches("os error 2").count(), 1, "{line}");
+}
+
 /// `rm` and `mv` refuse a path with `.` or `..`: an invalid path, exit 2 as everywhere else in
 /// `efs` (it was 1), and the file is left alone. An unknown command is bad usage too.
 #[test]

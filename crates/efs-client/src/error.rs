@@ -89,12 +89,20 @@ pub enum Error {
     /// one path segment): refused rather than trusted.
     #[error("invalid answer from the server: {0}")]
     InvalidAnswer(String),
-    /// A local file could not be read or written.
+    /// A local file could not be read or written. The I/O error is in the message, so it
+    /// is not also the `source()`: a printer that walks the chain (anyhow's `{:#}`) showed
+    /// it twice.
     #[error("local I/O: {0}")]
-    Io(#[from] std::io::Error),
+    Io(std::io::Error),
     /// The client is configured wrongly (URL, user name, missing signer, certificate file).
     #[error("configuration: {0}")]
     Config(String),
+}
+
+impl From<std::io::Error> for Error {
+    fn from(e: std::io::Error) -> Self {
+        Error::Io(e)
+    }
 }
 
 fn access_ended_text(written: u64, expected: Option<u64>) -> String {

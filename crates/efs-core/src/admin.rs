@@ -588,16 +588,30 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                         "the new index digest does not hold (the index changed while it was computed?)".into(),
                     ));
                 };
+                let mut lines = vec![format!(
+                    "accepted the index of '{fs}' as it is now: {entries} entries, digest generation {generation}, anchor {anchor}; the filesystem is served again"
+                )];
+                // Accepting trusts the index, not its entries: what fsck finds damaged in it
+                // stays damaged, and the operator must hear so here (a request for one of
+                // them fails). The filesystem is served meanwhile.
+                let rep = f.fsck().await?;
+                if !rep.errors.is_empty() {
+                    lines.push(format!(
+                        "WARNING: fsck finds {} damaged entr{} in '{fs}' (listed below): accepted as they are, they fail to read (the server answers 500) until replaced or deleted",
+                        rep.errors.len(),
+                        if rep.errors.len() == 1 { "y" } else { "ies" }
+                    ));
+                    lines.extend(rep.errors.iter().map(|e| format!("error: {e}")));
+                }
                 return Ok(AdminResponse::ok(
-                    vec![format!(
-                        "accepted the index of '{fs}' as it is now: {entries} entries, digest generation {generation}, anchor {anchor}; the filesystem is served again"
-                    )],
+                    lines,
                     serde_json::json!({
                         "fs": fs,
                         "accepted": true,
                         "entries": entries,
                         "generation": generation,
                         "anchor": anchor,
+                        "damaged": rep.errors,
                     }),
                 ));
             }
@@ -813,20 +827,29 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "rotate_now": current_seals >= crate::fs::SEAL_WARNING,
                 }));
             }
-            if all {
-                match dd.system_digest()? {
-                    crate::digest::DigestCheck::Holds {
-                        generation, anchor, ..
-                    } => lines.push(format!(
-                        "system database digest: generation {generation}, anchor {anchor}"
-                    )),
-                    other => lines.push(format!(
-                        "WARNING: {}",
-                        crate::system::SystemDb::describe(&other)
-                    )),
-                }
+            if !all {
+                return Ok(AdminResponse::ok(lines, serde_json::Value::Array(data)));
             }
-            AdminResponse::ok(lines, serde_json::Value::Array(data))
+            // Every filesystem: the system database's digest too, the JSON an object then.
+            let digest = match dd.system_digest()? {
+                crate::digest::DigestCheck::Holds {
+                    generation, anchor, ..
+                } => {
+                    lines.push(format!(
+                        "system database digest: generation {generation}, anchor {anchor}"
+                    ));
+                    serde_json::json!({ "holds": true, "generation": generation, "anchor": anchor })
+                }
+                other => {
+                    let found = crate::system::SystemDb::describe(&other);
+                    lines.push(format!("WARNING: {found}"));
+                    serde_json::json!({ "holds": false, "found": found })
+                }
+            };
+            AdminResponse::ok(
+                lines,
+                serde_json::json!({ "filesystems": data, "system_digest": digest }),
+            )
         }
         AdminRequest::AuditVerify { expect_head } => audit_verify(dd, expect_head.as_deref())?,
         AdminRequest::AuditShow { filter, limit } => audit_show(dd, &filter, limit)?,

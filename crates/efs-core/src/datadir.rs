@@ -750,9 +750,14 @@ impl DataDir {
             created_ms: now_ms(),
         };
         let rel = format!("fs/{}", hex::encode(id));
+        // Absolute: this line reaches efsctl, which may run elsewhere than the server (whose
+        // --data may be relative to its own working directory).
+        let root = std::fs::canonicalize(&self.root)
+            .or_else(|_| std::path::absolute(&self.root))
+            .unwrap_or_else(|_| self.root.clone());
         let mut lines = vec![format!(
             "Creating filesystem '{name}' in '{}/{rel}' (a random id: names never appear on disk)",
-            self.root.display()
+            root.display()
         )];
         lines.push(format!(
             "Creating index '{rel}/index.redb' (records encrypted, keys are keyed hashes)"
@@ -1037,7 +1042,7 @@ impl DataDir {
                 let file: KeyPartsFile = serde_json::from_slice(&text).map_err(|_| {
                     CoreError::Invalid("keys/keyparts.json of the backup is malformed".into())
                 })?;
-                let starter = keyparts::open(&file, backup_parts, prompt)?;
+                let starter = keyparts::open_backup(&file, backup_parts, prompt)?;
                 Keyring::open(&starter, &old_id, &sealed)
             };
             lines.push("Opened the keyring of the backup".into());

@@ -58,6 +58,13 @@ pub enum CoreError {
         "{0}: nothing is served; inspect the data dir, then run `efsctl accept-system` to trust it as it is"
     )]
     SystemHold(String),
+    /// The system database has rows that do not decrypt under this data dir's keys: rows
+    /// EFS did not write. They are never accepted (`efsctl accept-system` refuses them too):
+    /// the data dir must be restored from a copy the operator trusts.
+    #[error(
+        "{0}: nothing is served; these rows cannot be accepted (not even by `efsctl accept-system`): restore the data dir from a copy you trust"
+    )]
+    SystemRowsCorrupt(String),
     /// Too many concurrent conflicting writers; the operation was not applied.
     #[error("too much contention on this path; retry")]
     Contention,

@@ -4,7 +4,8 @@
 //! concatenated part keys, salted with the data dir's random salt. All parts are needed;
 //! the starter key is never stored. `system/keyparts.json` records, in clear, only what is
 //! needed to give a helpful error: the salt, the kind of each part, its Argon2id
-//! parameters, and a short check tag per part and for the whole (see docs/design.md).
+//! parameters, and a short check tag per part and for the whole (see docs/design.md); and
+//! the path of a part file EFS generated itself, so that a later start finds it.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -175,19 +176,24 @@ pub enum KeyError {
     Mismatch(String),
     /// One part does not match what the data dir was created with.
     #[error(
-        "key part {index} ({spec}) is wrong: it is not the part this data dir was created (or last re-keyed) with"
+        "key part {index} ({spec}) is wrong: it is not the part {dir} was created (or last re-keyed) with"
     )]
     WrongPart {
         /// 1-based position.
         index: usize,
         /// The spec as given.
         spec: String,
+        /// Whose parts: "this data dir", or the data dir a backup was taken from.
+        dir: &'static str,
     },
     /// All parts pass their own check but the combination does not open the data dir.
     #[error(
-        "the key parts do not open this data dir (the starter-key check failed); give the same parts, in the same order, as at creation"
+        "the key parts do not open {dir} (the starter-key check failed); give the same parts, in the same order, as at creation"
     )]
-    WrongStarter,
+    WrongStarter {
+        /// Whose parts: "this data dir", or the data dir a backup was taken from.
+        dir: &'static str,
+    },
     /// keyparts.json is unreadable or malformed.
     #[error("{0}")]
     Corrupt(String),
@@ -439,6 +445,30 @@ pub fn open(
     specs: &[KeyPartSpec],
     prompt: &dyn Fn(&str) -> std::io::Result<String>,
 ) -> Result<StarterKey, KeyError> {
+    open_of(file, specs, prompt, "this data dir")
+}
+
+/// [`open`] for the `keyparts.json` a backup carries (`efsctl restore --backup-key-part`):
+/// its messages name the data dir the backup was taken from, not the one restored into.
+pub fn open_backup(
+    file: &KeyPartsFile,
+    specs: &[KeyPartSpec],
+    prompt: &dyn Fn(&str) -> std::io::Result<String>,
+) -> Result<StarterKey, KeyError> {
+    open_of(
+        file,
+        specs,
+        prompt,
+        "the data dir this backup was taken from",
+    )
+}
+
+fn open_of(
+    file: &KeyPartsFile,
+    specs: &[KeyPartSpec],
+    prompt: &dyn Fn(&str) -> std::io::Result<String>,
+    dir: &'static str,
+) -> Result<StarterKey, KeyError> {
     check_file(file)?;
     let defaulted: Vec<KeyPartSpec>;
     let specs = if specs.is_empty() {
@@ -449,7 +479,7 @@ pub fn open(
             .collect();
         if defaulted.len() != file.parts.len() || defaulted.is_empty() {
             return Err(KeyError::Mismatch(format!(
-                "this data dir needs {} key part(s) ({}); give them with --key-part",
+                "{dir} needs {} key part(s) ({}); give them with --key-part",
                 file.parts.len(),
                 kinds(file)
             )));
@@ -460,7 +490,7 @@ pub fn open(
     };
     if specs.len() != file.parts.len() {
         return Err(KeyError::Mismatch(format!(
-            "this data dir was created with {} key part(s) ({}), but {} were given",
+            "{dir} was created with {} key part(s) ({}), but {} were given",
             file.parts.len(),
             kinds(file),
             specs.len()
@@ -469,7 +499,7 @@ pub fn open(
     for (i, (spec, rec)) in specs.iter().zip(&file.parts).enumerate() {
         if spec.kind() != rec.kind {
             return Err(KeyError::Mismatch(format!(
-                "key part {} is {} part, but this data dir expects {} part there ({})",
+                "key part {} is {} part, but {dir} expects {} part there ({})",
                 i + 1,
                 with_article(spec.kind()),
                 with_article(&rec.kind),
@@ -488,13 +518,14 @@ pub fn open(
             return Err(KeyError::WrongPart {
                 index: i + 1,
                 spec: spec.to_string(),
+                dir,
             });
         }
         keys.push(k);
     }
     let starter = combine(&keys, &salt);
     if !ct_eq_str(&check_tag(&starter), &file.check) {
-        return Err(KeyError::WrongStarter);
+        return Err(KeyError::WrongStarter { dir });
     }
     Ok(StarterKey(starter))
 }

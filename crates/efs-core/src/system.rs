@@ -178,7 +178,8 @@ impl SystemDb {
 
     /// Opens an existing database. `accept`: one that does not match its digest (or has
     /// none) opens as [`SystemTrust::Pending`], for [`SystemDb::accept_now`]; otherwise that
-    /// is refused with [`CoreError::SystemHold`]. A missing file is refused (it is not
+    /// is refused with [`CoreError::SystemHold`]; rows that do not decrypt are refused with
+    /// [`CoreError::SystemRowsCorrupt`] either way. A missing file is refused (it is not
     /// created again: users and grants would vanish silently).
     pub fn open_checked(
         path: &Path,
@@ -245,8 +246,8 @@ impl SystemDb {
                     return Err(CoreError::Invalid(WRONG_KEYS.into()));
                 }
                 if failing > 0 {
-                    return Err(CoreError::SystemHold(format!(
-                        "{}; {failing} of its {rows} rows do not decrypt (rows EFS did not write: they cannot be accepted, restore the data dir from a copy you trust)",
+                    return Err(CoreError::SystemRowsCorrupt(format!(
+                        "{}; {failing} of its {rows} rows do not decrypt (rows EFS did not write)",
                         Self::describe(&other)
                     )));
                 }
@@ -295,8 +296,8 @@ impl SystemDb {
         match self.count_failing_rows()? {
             (_, 0) => Ok(()),
             (rows, failing) if failing == rows => Err(CoreError::Invalid(WRONG_KEYS.into())),
-            (rows, failing) => Err(CoreError::SystemHold(format!(
-                "{failing} of the system database's {rows} rows do not decrypt (rows EFS did not write: they cannot be accepted, restore the data dir from a copy you trust)"
+            (rows, failing) => Err(CoreError::SystemRowsCorrupt(format!(
+                "{failing} of the system database's {rows} rows do not decrypt (rows EFS did not write)"
             ))),
         }
     }

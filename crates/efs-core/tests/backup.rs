@@ -274,6 +274,26 @@ async fn keys_go_along_only_when_asked_and_then_restore_in_another_data_dir() {
         .await
         .unwrap_err();
     assert!(e.to_string().contains("--backup-key-part"), "{e}");
+    // Wrong or too many backup key parts: the messages name the data dir the backup was
+    // taken from, not the one restored into (whose parts are right).
+    for (given, expect) in [
+        (
+            vec![other_part.clone()],
+            "is not the part the data dir this backup was taken from was created",
+        ),
+        (
+            vec![env.part.clone(), other_part.clone()],
+            "the data dir this backup was taken from was created with 1 key part(s) (file), but 2 were given",
+        ),
+    ] {
+        let e = other
+            .restore("x", &keyed, &given, &efs_core::keyparts::no_prompt, false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(expect), "{e}");
+        assert!(!e.contains("this data dir "), "{e}");
+    }
     other
         .restore(
             "x",

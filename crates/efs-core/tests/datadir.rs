@@ -179,6 +179,29 @@ async fn reopen_with_the_same_part_finds_everything() {
 /// unknown outcome: the row may be on disk. Its directory must stay unless the row certainly
 /// is not there; before, it was always removed, and a row that had landed then named a
 /// missing directory: the data dir no longer opened, for any filesystem.
+/// A data dir opened by a relative path (`efs-server --data ./efs-data`) names the new
+/// filesystem's directory by its absolute path: efsctl prints that line, wherever it runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn create_fs_names_the_directory_by_its_absolute_path() {
+    let tmp = tempfile::tempdir().unwrap();
+    let part = new_part(&tmp.path().join("part.key"));
+    // The same directory, relative to this process's working directory (which a test must
+    // not change: other tests run in this process).
+    let cwd = std::env::current_dir().unwrap();
+    let mut rel = std::path::PathBuf::new();
+    for _ in 1..cwd.components().count() {
+        rel.push("..");
+    }
+    let abs = tmp.path().join("data");
+    rel.push(abs.strip_prefix("/").unwrap());
+    assert!(rel.is_relative());
+    let dd = open(&rel, std::slice::from_ref(&part)).unwrap();
+    let lines = dd.create_fs("docs").unwrap();
+    let abs = std::fs::canonicalize(&abs).unwrap();
+    let want = format!("Creating filesystem 'docs' in '{}/fs/", abs.display());
+    assert!(lines[0].starts_with(&want), "{lines:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_create_fs_whose_registration_may_have_landed_keeps_its_directory() {
     use efs_core::system::Fault;
@@ -1367,24 +1390,44 @@ async fn a_removed_or_added_system_row_or_a_deleted_digest_is_refused() {
             }
             w.commit().unwrap();
         }
-        let why = match open(&root, parts) {
-            Err(CoreError::SystemHold(why)) => why,
-            Err(e) => panic!("{case}: refused for another reason: {e}"),
+        let refused = match open(&root, parts) {
+            Err(e) => e,
             Ok(_) => panic!("{case}: opened"),
         };
-        let expect = match case {
-            "digest" => "no readable digest",
-            "junk" | "shift" => "do not decrypt",
-            _ => "differs from its digest",
-        };
-        assert!(why.contains(expect), "{case}: {why}");
         if matches!(case, "junk" | "shift") {
+            // Rows that do not decrypt: the message sends the operator to a copy they
+            // trust, never to accept-system, which refuses them the same way.
+            let CoreError::SystemRowsCorrupt(why) = &refused else {
+                panic!("{case}: refused for another reason: {refused}");
+            };
+            assert!(why.contains("do not decrypt"), "{case}: {why}");
+            let shown = refused.to_string();
+            assert!(shown.contains("restore the data dir"), "{case}: {shown}");
             assert!(
-                open_accepting_system(&root, parts).is_err(),
-                "{case}: rows that do not decrypt are never accepted"
+                !shown.contains("then run `efsctl accept-system`"),
+                "{case}: must not advise accept-system: {shown}"
+            );
+            let again = open_accepting_system(&root, parts)
+                .err()
+                .unwrap_or_else(|| panic!("{case}: rows that do not decrypt are never accepted"));
+            assert!(
+                matches!(again, CoreError::SystemRowsCorrupt(_)),
+                "{case}: {again}"
             );
             continue;
         }
+        let CoreError::SystemHold(why) = &refused else {
+            panic!("{case}: refused for another reason: {refused}");
+        };
+        let expect = match case {
+            "digest" => "no readable digest",
+            _ => "differs from its digest",
+        };
+        assert!(why.contains(expect), "{case}: {why}");
+        assert!(
+            refused.to_string().contains("efsctl accept-system"),
+            "{case}"
+        );
         accept_system(&root, parts);
         let dd = open(&root, parts).unwrap();
         if case == "put-back" {

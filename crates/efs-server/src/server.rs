@@ -249,6 +249,14 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             .and_then(|b| b.install_recorder().ok())
             .map(|h| (h, token))
     });
+    if metrics.is_some() {
+        // Counters of rare refusals are there from the start, at 0: an alert rule on one
+        // (`rate(...) > 0`, `increase(...)`) sees no series at all until the first one
+        // otherwise. Labels as where they are incremented.
+        metrics::counter!("efs_connections_refused_total", "reason" => "per_address").absolute(0);
+        metrics::counter!("efs_requests_refused_total", "reason" => "open_files").absolute(0);
+        metrics::counter!("efs_accept_failures_total").absolute(0);
+    }
     if let Some((h, _)) = metrics.clone() {
         // The exporter keeps every histogram sample until upkeep folds it into the buckets:
         // without this task, a server nobody scraped grew by 8 bytes per request (about

@@ -1935,6 +1935,21 @@ async fn metrics_are_off_without_a_token_and_a_weak_token_is_refused() {
     assert!(!f.stderr.contains("pass123"), "{}", f.stderr);
 }
 
+/// The counters of refusals are in a fresh server's metrics at 0 (an alert rule on one
+/// sees a series before the first refusal), with the labels they are counted under.
+#[tokio::test]
+async fn a_fresh_server_shows_its_refusal_counters_at_zero() {
+    let srv = TestServer::start(&[]);
+    let m = srv.metrics().await.text().await.unwrap();
+    for series in [
+        "efs_connections_refused_total{reason=\"per_address\"} 0",
+        "efs_requests_refused_total{reason=\"open_files\"} 0",
+        "efs_accept_failures_total 0",
+    ] {
+        assert!(m.lines().any(|l| l == series), "{series} in:\n{m}");
+    }
+}
+
 /// The metrics token is read from `Authorization` with the scheme in any case, as login
 /// tokens are; wrong tokens count against the address: past 20 in a minute, `/_efs/metrics`
 /// answers 429 with `Retry-After` there, the right token included (else a guesser would

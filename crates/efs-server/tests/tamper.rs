@@ -540,6 +540,26 @@ async fn held_until_accepted(srv: &TestServer, tok: &str, paths: &[&str]) {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("accepted the index"), "{text}");
+    // Accepted with what is damaged in it (every caller breaks some): said, and counted.
+    let warning = text
+        .lines()
+        .find(|l| l.starts_with("WARNING: fsck finds "))
+        .unwrap_or_else(|| panic!("no warning about the damaged entries: {text}"));
+    let damaged: usize = warning["WARNING: fsck finds ".len()..]
+        .split(' ')
+        .next()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(damaged >= 1, "{warning}");
+    assert!(warning.contains("they fail to read"), "{warning}");
+    assert_eq!(
+        text.lines()
+            .filter(|l| l.starts_with("error: entry "))
+            .count(),
+        damaged,
+        "{text}"
+    );
     let r = srv.req("GET", "/ok-1", tok).send().await.unwrap();
     assert_eq!(
         r.status().as_u16(),
@@ -984,6 +1004,11 @@ async fn an_interrupted_rotation_over_a_held_index_waits_for_fsck_accept_index()
     let out = srv.efsctl(&["fsck", "--fs", "files", "--accept-index"]);
     assert!(out.status.success(), "{}", text(&out));
     assert!(text(&out).contains("accepted the index"), "{}", text(&out));
+    assert!(
+        !text(&out).contains("WARNING"),
+        "nothing damaged: {}",
+        text(&out)
+    );
     // The next command finishes the rotation over the accepted index.
     let out = srv.efsctl(&["list-fs"]);
     assert!(out.status.success(), "{}", text(&out));
@@ -1073,6 +1098,20 @@ async fn an_old_user_row_put_back_stops_the_server_until_efsctl_accept_system() 
         status.contains("system database digest: generation"),
         "{status}"
     );
+    // --json gives the same digest (and the filesystems under their own key).
+    let json: serde_json::Value =
+        serde_json::from_str(&srv2.efsctl_ok(&["status", "--json"])).unwrap();
+    let d = &json["system_digest"];
+    assert_eq!(d["holds"], true, "{json}");
+    let (generation, anchor) = (
+        d["generation"].as_u64().unwrap(),
+        d["anchor"].as_str().unwrap(),
+    );
+    assert!(
+        status.contains(&format!("generation {generation}, anchor {anchor}")),
+        "{status} / {json}"
+    );
+    assert_eq!(json["filesystems"][0]["name"], "files", "{json}");
 }
 
 /// A restore of a backup that left many entries out names the first 100 and counts the rest.

@@ -158,7 +158,8 @@ enum Cmd {
         /// Filesystem.
         #[arg(long)]
         fs: String,
-        /// Trust the index as it is now: recompute and store its digest, lift a hold.
+        /// Trust the index as it is now: recompute and store its digest, lift a hold. Then
+        /// checks it as fsck does and warns of damaged entries (accepted, they fail to read).
         #[arg(long)]
         accept_index: bool,
     },
@@ -170,7 +171,8 @@ enum Cmd {
     /// revoked key, say) makes the server and efsctl refuse the data dir. Inspect it (who
     /// could write to it? `list-users`, `list-fs` work once accepted), restore the data dir
     /// from a backup if you need to, then run this with the server stopped. Prints the
-    /// digest's generation and anchor: note them outside the data dir.
+    /// digest's generation and anchor: note them outside the data dir. Rows that do not
+    /// decrypt (EFS did not write them) are never accepted: restore the data dir instead.
     AcceptSystem,
     /// Remove orphan blobs and inline contents (left by crashes).
     Gc {
@@ -269,7 +271,9 @@ enum Cmd {
     /// now": keep them and start with them. A failure only to write its audit entry is a
     /// warning.
     RekeyStarter {
-        /// A new key part (repeat; same syntax as --key-part).
+        /// A new key part (repeat; same syntax as --key-part). A file: part must exist
+        /// already (at least 16 bytes, e.g. `head -c 32 /dev/urandom | base64 > FILE`, mode
+        /// 0600): it is read, never created.
         #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
         new_key_parts: Vec<KeyPartSpec>,
     },
