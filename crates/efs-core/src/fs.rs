@@ -1657,8 +1657,11 @@ impl Filesystem {
         cond: Precondition,
         dir_only: bool,
     ) -> Result<Entry> {
-        if from.is_root() || to.is_root() {
+        if from.is_root() {
             return Err(CoreError::Conflict("the root cannot be moved"));
+        }
+        if to.is_root() {
+            return Err(CoreError::Conflict("nothing can be moved onto the root"));
         }
         if to.starts_with(from) {
             if to == from {
@@ -1673,7 +1676,9 @@ impl Filesystem {
                 }
                 return Ok(e);
             }
-            return Err(CoreError::Conflict("cannot move a directory into itself"));
+            return Err(CoreError::Conflict(
+                "the destination lies inside what is moved (below its own path)",
+            ));
         }
         for _ in 0..MAX_ATTEMPTS {
             let _gate = self.rename_gate.read().await;

@@ -106,7 +106,7 @@ impl From<CoreError> for ApiError {
             CoreError::Precondition => ApiError::new(
                 StatusCode::PRECONDITION_FAILED,
                 codes::PRECONDITION_FAILED,
-                "the If-Match / If-None-Match condition does not hold",
+                "the request's condition (If-Match, If-None-Match or If-Unmodified-Since) does not hold",
             ),
             CoreError::TooLarge => ApiError::new(
                 StatusCode::PAYLOAD_TOO_LARGE,

@@ -2658,3 +2658,28 @@ async fn a_directory_is_made_without_a_body() {
         assert_eq!(srv.get(dir, &s.token).await.0, 200, "{dir} made");
     }
 }
+
+/// A refused move says what was wrong with it: a file moved below its own path, and a move
+/// onto the root, were "cannot move a directory into itself" and "the root cannot be moved".
+#[tokio::test]
+async fn a_refused_move_names_its_reason() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    srv.put_ok("/f.txt", &s.token, b"x".to_vec()).await;
+    let r = srv
+        .req("MOVE", "/f.txt", &s.token)
+        .header("destination", "/f.txt/below")
+        .send()
+        .await
+        .unwrap();
+    let msg = assert_error(r, 409, "conflict").await;
+    assert!(msg.contains("inside what is moved"), "{msg}");
+    let r = srv
+        .req("POST", "/_efs/move", &s.token)
+        .json(&serde_json::json!({"from": "/f.txt", "to": "/"}))
+        .send()
+        .await
+        .unwrap();
+    let msg = assert_error(r, 409, "conflict").await;
+    assert!(msg.contains("onto the root"), "{msg}");
+}
