@@ -172,20 +172,24 @@ pub enum AdminRequest {
     },
 }
 
-/// An `env:` or `file:` key part read by efsctl and handed to the server in a restore
-/// request ([`crate::keyparts::GivenPart`]): its spec as given, its contents in base64.
+/// A key part read by efsctl (an `env:` or `file:` part's contents, or a passphrase typed
+/// there) and handed to the server in a restore request ([`crate::keyparts::GivenPart`]): its
+/// spec as given, its contents in base64.
 /// Zeroized on drop; left out of `Debug` and of the audit entry.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct SentKeyPart {
-    /// `env:NAME` or `file:PATH`, as efsctl was given it.
+    /// `env:NAME`, `file:PATH` or `passphrase`, as efsctl was given it.
     pub spec: String,
     material: String,
 }
 
 impl SentKeyPart {
-    /// Reads `spec` (`env:` or `file:`) in this process.
-    pub fn read(spec: &str) -> Result<Self, CoreError> {
-        let given = crate::keyparts::GivenPart::read(&crate::KeyPartSpec::parse(spec)?)?;
+    /// Reads `spec` in this process (a passphrase from `EFS_PASSPHRASE`, else `prompt`).
+    pub fn read(
+        spec: &str,
+        prompt: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Result<Self, CoreError> {
+        let given = crate::keyparts::GivenPart::read(&crate::KeyPartSpec::parse(spec)?, prompt)?;
         Ok(Self {
             spec: spec.to_owned(),
             material: B64.encode(given.material()),

@@ -33,14 +33,17 @@ pub enum KeyPartSpec {
     File(PathBuf),
     /// `passphrase`: typed at a prompt, or read from `EFS_PASSPHRASE`; stretched with Argon2id.
     Passphrase,
-    /// An `env:` or `file:` part whose contents another process already read and handed
-    /// over: `efsctl restore --backup-key-part` reads them in its own environment and working
-    /// directory and sends them through the admin socket (the server's environment is not the
-    /// operator's). Never parsed from text.
+    /// A part whose contents another process already read and handed over: `efsctl restore
+    /// --backup-key-part` reads `env:` and `file:` parts in its own environment and working
+    /// directory, and asks for a `passphrase` on its own terminal (or takes `EFS_PASSPHRASE`
+    /// from its own environment), and sends them through the admin socket (the server's
+    /// environment and terminal are not the operator's). Never parsed from text.
     Given(GivenPart),
 }
 
-/// The contents of an `env:` or `file:` part, read by the caller ([`KeyPartSpec::Given`]).
+/// The contents of a part, read by the caller ([`KeyPartSpec::Given`]): an `env:` or `file:`
+/// part's bytes, or a passphrase as typed (stretched with Argon2id by the receiver, as a
+/// passphrase part is).
 /// Zeroized on drop; its `Debug` and `Display` show where it was read from, never the bytes.
 #[derive(Clone)]
 pub struct GivenPart {
@@ -50,32 +53,30 @@ pub struct GivenPart {
 }
 
 impl GivenPart {
-    /// Reads an `env:` or `file:` part now, in this process (a passphrase part is refused:
-    /// it is typed where it is used).
-    pub fn read(spec: &KeyPartSpec) -> Result<Self, KeyError> {
+    /// Reads a part now, in this process: an `env:` or `file:` part's contents, or a
+    /// passphrase from `EFS_PASSPHRASE` or else `prompt`.
+    pub fn read(
+        spec: &KeyPartSpec,
+        prompt: &dyn Fn(&str) -> std::io::Result<String>,
+    ) -> Result<Self, KeyError> {
         match spec {
-            KeyPartSpec::Env(_) | KeyPartSpec::File(_) => {
-                let PartMaterial(material) = read_part(1, spec, &no_prompt)?;
+            KeyPartSpec::Env(_) | KeyPartSpec::File(_) | KeyPartSpec::Passphrase => {
+                let PartMaterial(material) = read_part(1, spec, prompt)?;
                 Ok(Self {
                     from: Box::new(spec.clone()),
                     material,
                 })
             }
-            other => Err(KeyError::Spec(format!(
-                "'{other}': only env: and file: parts can be read and handed over"
-            ))),
+            KeyPartSpec::Given(_) => Err(KeyError::Spec(
+                "a part handed over cannot be handed over again".into(),
+            )),
         }
     }
 
-    /// A part handed over as `spec` (`env:NAME` or `file:PATH`, as the sender was given it)
-    /// with its contents.
+    /// A part handed over as `spec` (`env:NAME`, `file:PATH` or `passphrase`, as the sender
+    /// was given it) with its contents.
     pub fn new(spec: &str, material: Zeroizing<Vec<u8>>) -> Result<Self, KeyError> {
         let from = KeyPartSpec::parse(spec)?;
-        if !matches!(from, KeyPartSpec::Env(_) | KeyPartSpec::File(_)) {
-            return Err(KeyError::Spec(format!(
-                "'{spec}': only env: and file: parts can be handed over"
-            )));
-        }
         Ok(Self {
             from: Box::new(from),
             material,
@@ -123,6 +124,16 @@ impl KeyPartSpec {
             Err(KeyError::Spec(format!(
                 "'{s}' is not a key part: use env:NAME, file:PATH or passphrase"
             )))
+        }
+    }
+
+    /// Whether its contents are a passphrase (stretched with Argon2id), typed here or
+    /// handed over.
+    fn is_passphrase(&self) -> bool {
+        match self {
+            Self::Passphrase => true,
+            Self::Given(g) => g.from.is_passphrase(),
+            _ => false,
         }
     }
 
@@ -313,7 +324,7 @@ fn read_part(
     while matches!(bytes.last(), Some(b'\n' | b'\r')) {
         bytes.pop();
     }
-    let min = if matches!(spec, KeyPartSpec::Passphrase) {
+    let min = if spec.is_passphrase() {
         8
     } else {
         MIN_PART_BYTES
@@ -333,7 +344,7 @@ fn part_key(
     argon: Argon2Params,
 ) -> Result<Key32, KeyError> {
     match spec {
-        KeyPartSpec::Passphrase => {
+        _ if spec.is_passphrase() => {
             let params = argon2::Params::new(argon.m_kib, argon.t, argon.p, Some(32))
                 .map_err(|e| KeyError::Corrupt(format!("bad Argon2id parameters: {e}")))?;
             let a =
@@ -645,7 +656,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = file_part(d.path(), "a", "aaaaaaaaaaaaaaaaaaaaaaaa\n");
         let (k, rec) = create(std::slice::from_ref(&a), None, FAST, &no_prompt).unwrap();
-        let given = KeyPartSpec::Given(GivenPart::read(&a).unwrap());
+        let given = KeyPartSpec::Given(GivenPart::read(&a, &no_prompt).unwrap());
         assert_eq!(given.kind(), "file");
         let shown = format!("{given} {given:?}");
         assert!(!shown.contains("aaaa"), "{shown}");
@@ -674,8 +685,34 @@ mod tests {
         .unwrap();
         let e = open(&rec, &[KeyPartSpec::Given(env)], &no_prompt).unwrap_err();
         assert!(e.to_string().contains("is an env part"), "{e}");
-        assert!(GivenPart::read(&KeyPartSpec::Passphrase).is_err());
-        assert!(GivenPart::new("passphrase", Zeroizing::new(vec![b'p'; 20])).is_err());
+    }
+
+    /// A passphrase read by one process (from its prompt) and handed over opens, in another,
+    /// what the passphrase part opens (stretched with Argon2id there, as typed there), and a
+    /// wrong one is the wrong part: it was refused ("only env: and file: parts can be read
+    /// and handed over"), so a restore through a running server could not take a backup of a
+    /// data dir with a passphrase part.
+    #[test]
+    fn a_passphrase_handed_over_opens_like_one_typed() {
+        let d = tempfile::tempdir().unwrap();
+        let a = file_part(d.path(), "a", "aaaaaaaaaaaaaaaaaaaaaaaa\n");
+        let specs = [a.clone(), KeyPartSpec::Passphrase];
+        let typed = |_: &str| Ok("correct horse battery".to_owned());
+        let (k, rec) = create(&specs, None, FAST, &typed).unwrap();
+        let read = GivenPart::read(&KeyPartSpec::Passphrase, &typed).unwrap();
+        assert_eq!(KeyPartSpec::Given(read.clone()).kind(), "passphrase");
+        let shown = format!("{:?}", KeyPartSpec::Given(read.clone()));
+        assert!(!shown.contains("horse"), "{shown}");
+        let sent = GivenPart::new("passphrase", Zeroizing::new(read.material().to_vec())).unwrap();
+        let k2 = open(&rec, &[a.clone(), KeyPartSpec::Given(sent)], &no_prompt).unwrap();
+        assert_eq!(k.derive(b"x").as_bytes(), k2.derive(b"x").as_bytes());
+        let wrong = GivenPart::new(
+            "passphrase",
+            Zeroizing::new(b"wrong horse battery".to_vec()),
+        )
+        .unwrap();
+        let e = open(&rec, &[a, KeyPartSpec::Given(wrong)], &no_prompt).unwrap_err();
+        assert!(matches!(e, KeyError::WrongPart { index: 2, .. }), "{e}");
     }
 
     /// Regression: keyparts.json (not authenticated) was read whatever its `version`, and

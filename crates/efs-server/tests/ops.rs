@@ -669,21 +669,31 @@ async fn root_is_refused_on_a_stopped_data_dir_another_account_owns() {
 
 /// `efsctl restore --backup-key-part` through a running server (the recipe "After losing the
 /// disk" in docs/operations.md): efsctl reads `env:` and `file:` parts in its own environment
-/// and working directory, not the server's, and hands their contents over the socket; the
-/// audit entry records the specs, never the contents.
+/// and working directory, not the server's, and a passphrase from its own `EFS_PASSPHRASE`
+/// (else its terminal), and hands their contents over the socket; the audit entry records
+/// the specs, never the contents. (A passphrase part was refused through a running server:
+/// "only env: and file: parts can be read and handed over".)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_server_restores_with_key_parts_read_by_efsctl() {
-    // The lost data dir: two key parts, one from the environment, one from a file.
+    // The lost data dir: three key parts, from the environment, a file and a passphrase.
     let a_dir = Arc::new(new_tempdir());
     let env_part = "an environment key part of 32 bytes";
     let file_part = "a file key part, 16 bytes or more\n";
+    let passphrase = "the lost data dir's passphrase";
     let a_file = a_dir.path().join("a.keypart");
     std::fs::write(&a_file, file_part).unwrap();
     let a_file_spec = format!("file:{}", a_file.display());
     let a = Arc::new(TestServer::start_in(
         a_dir.clone(),
-        &["--key-part", "env:A_ENV_PART", "--key-part", &a_file_spec],
-        &[("A_ENV_PART", env_part)],
+        &[
+            "--key-part",
+            "env:A_ENV_PART",
+            "--key-part",
+            &a_file_spec,
+            "--key-part",
+            "passphrase",
+        ],
+        &[("A_ENV_PART", env_part), ("EFS_PASSPHRASE", passphrase)],
     ));
     a.create_fs("files");
     let key = a.create_user("app", &["files"], false);
@@ -712,7 +722,7 @@ async fn a_running_server_restores_with_key_parts_read_by_efsctl() {
     // environment and working directory.
     let b = Arc::new(TestServer::start(&[]));
     std::fs::copy(&a_file, b.dir.path().join("old.keypart")).unwrap();
-    let restore = |fs: &str, env_spec: &str| {
+    let restore = |fs: &str, env_spec: &str, pass: &str| {
         let mut cmd = std::process::Command::new(EFSCTL_BIN);
         // The server's working directory is the test's, not this one.
         cmd.current_dir(b.dir.path())
@@ -722,23 +732,35 @@ async fn a_running_server_restores_with_key_parts_read_by_efsctl() {
             .arg(&dest)
             .args(["--backup-key-part", env_spec])
             .args(["--backup-key-part", "file:old.keypart"])
+            .args(["--backup-key-part", "passphrase"])
             .env_remove("EFS_DATA")
             .env("OLD_EFS_PART", env_part)
+            .env("EFS_PASSPHRASE", pass)
             .stdin(std::process::Stdio::null());
         cmd.output().unwrap()
     };
-    let out = restore("copy", "env:OLD_EFS_PART");
+    let out = restore("copy", "env:OLD_EFS_PART", passphrase);
     assert!(out.status.success(), "{out:?}");
-    let out = restore("unset", "env:EFS_TEST_UNSET_PART");
+    let out = restore("unset", "env:EFS_TEST_UNSET_PART", passphrase);
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("reading --backup-key-part") && err.contains("not set"),
         "{err}"
     );
+    let out = restore("mistyped", "env:OLD_EFS_PART", "not the passphrase");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("key part 3 (passphrase) is wrong") && !err.contains("not the passphrase"),
+        "{err}"
+    );
 
     let list = b.efsctl_ok(&["list-fs"]);
-    assert!(list.contains("copy") && !list.contains("unset"), "{list}");
+    assert!(
+        list.contains("copy") && !list.contains("unset") && !list.contains("mistyped"),
+        "{list}"
+    );
     let key = b.create_user("reader", &["copy"], true);
     let token = b.login("reader", &key, Some("copy")).await;
     for (path, body) in &files {
@@ -749,7 +771,9 @@ async fn a_running_server_restores_with_key_parts_read_by_efsctl() {
     let me = format!("uid:{}", rustix::process::geteuid().as_raw());
     let shown = b.efsctl_ok(&["audit", "show", "--json", "--user", &me]);
     assert!(
-        !shown.contains(env_part) && !shown.contains(file_part.trim()),
+        !shown.contains(env_part)
+            && !shown.contains(file_part.trim())
+            && !shown.contains(passphrase),
         "{shown}"
     );
     assert!(!shown.contains("backup_key_given"), "{shown}");

@@ -252,9 +252,11 @@ enum Cmd {
         /// The backup directory.
         #[arg(short = 'i', long = "input", value_name = "SRC")]
         src: PathBuf,
-        /// Key part of the data dir the backup was taken in (repeat, env:/file: only),
-        /// when restoring a backup made with --include-keys into another data dir. Read
-        /// by efsctl, in its environment and working directory, also when a server runs.
+        /// Key part of the data dir the backup was taken in (repeat, in that data dir's
+        /// order: env:NAME, file:PATH or passphrase), when restoring a backup made with
+        /// --include-keys into another data dir. Read by efsctl, in its environment and
+        /// working directory, also when a server runs; a passphrase from EFS_PASSPHRASE in
+        /// efsctl's environment, else asked for on its terminal (a line from a pipe).
         #[arg(long = "backup-key-part", value_name = "SPEC")]
         backup_key_parts: Vec<String>,
         /// Restore a format-1 backup (efs-backup/1, made before backups were
@@ -582,7 +584,8 @@ fn send(
     match UnixStream::connect(&sock) {
         Ok(s) => {
             // The server would read env: and file: parts in its own environment and working
-            // directory: efsctl reads them here, where the operator named them.
+            // directory, and has no terminal to ask for a passphrase: efsctl reads them here,
+            // where the operator named them.
             if let AdminRequest::Restore {
                 backup_key_parts,
                 backup_key_given,
@@ -591,8 +594,10 @@ fn send(
             {
                 for spec in backup_key_parts.iter() {
                     backup_key_given.push(
-                        efs_core::admin::SentKeyPart::read(spec)
-                            .with_context(|| "reading --backup-key-part".to_owned())?,
+                        efs_core::admin::SentKeyPart::read(spec, &|_| {
+                            prompt("EFS passphrase of the data dir the backup was taken from: ")
+                        })
+                        .with_context(|| "reading --backup-key-part".to_owned())?,
                     );
                 }
             }
