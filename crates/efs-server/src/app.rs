@@ -1050,6 +1050,10 @@ fn destination_path(dest: &str, authority: Option<&str>) -> Result<String, ApiEr
         .map_err(|_| bad("must be an absolute path or URL"))?;
     match (uri.scheme_str(), uri.authority()) {
         (None, None) if dest.starts_with('/') => {}
+        // Credentials in a URL (`https://user:pass@host/…`) are no part of a destination.
+        (Some("https"), Some(a)) if a.as_str().contains('@') => {
+            return Err(bad("may not carry a user name or password"));
+        }
         (Some("https"), Some(a)) if authority.is_some_and(|h| same_authority(h, a)) => {}
         (Some("https"), Some(_)) => return Err(bad("names another server")),
         _ => return Err(bad("must be an absolute path or an https:// URL")),

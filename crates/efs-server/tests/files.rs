@@ -788,6 +788,10 @@ async fn move_destinations_and_conditions() {
     .await;
     assert_eq!(r.status, 400);
     assert_eq!(srv.get_ok("/m/a.txt", &s.token).await, b"alpha");
+    // Credentials in the URL are no part of a destination (they were ignored: 200).
+    let r = raw_move("efs.example", "/m/a.txt", "https://u:p@efs.example/m/p.txt").await;
+    assert_eq!(r.status, 400);
+    assert_eq!(srv.get_ok("/m/a.txt", &s.token).await, b"alpha");
     // A move onto itself changes nothing (as rename(2)), with or without Overwrite.
     for (overwrite, want) in [("F", 200), ("T", 200)] {
         let r = srv
