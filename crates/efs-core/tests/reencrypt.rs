@@ -140,7 +140,7 @@ async fn reencryption_gives_every_file_a_new_key_and_the_same_content() {
         "{:?}",
         r.lines
     );
-    assert_eq!(r.data[0]["reencryption"]["state"], "done");
+    assert_eq!(r.data["filesystems"][0]["reencryption"]["state"], "done");
 
     // A key rotation afterwards works as before; a second re-encryption again renews all.
     let (_, rot) = env.dd.rotate_key("docs", true).await.unwrap();

@@ -142,7 +142,7 @@ async fn rotation_rewraps_every_key_and_leaves_content_alone() {
         "{:?}",
         r.lines
     );
-    assert_eq!(r.data[0]["rotation"]["state"], "done");
+    assert_eq!(r.data["filesystems"][0]["rotation"]["state"], "done");
 
     // A second rotation adds term 3; term 1 and 2 are kept.
     let r = admin::execute(
