@@ -238,7 +238,9 @@ impl Shell<'_> {
             ("cd", [dir]) => {
                 let path = self.path(dir);
                 if path != "/" {
-                    let e = self.block(self.client.stat(&path))?;
+                    let e = self
+                        .block(self.client.stat(&path))
+                        .with_context(|| format!("cd {path}"))?;
                     if e.kind != EntryType::Dir {
                         bail!("{path} is not a directory");
                     }
@@ -321,9 +323,10 @@ impl Shell<'_> {
             // is never truncated in place, a link at its name is replaced rather than
             // followed, a failure leaves it as it was, and a file it replaces keeps its
             // permissions (a new one is 0600).
+            // Named by both ends: a missing remote file was reported as "writing LOCAL".
             let n = self
                 .block(self.client.download_file(&path, &dest, None))
-                .with_context(|| format!("writing {}", dest.display()))?;
+                .with_context(|| format!("getting {path} into {}", dest.display()))?;
             outln!("Saved {path} to {} ({}).", dest.display(), human_bytes(n));
             return Ok(());
         }
@@ -331,7 +334,9 @@ impl Shell<'_> {
         if let Some(dir) = cached.parent() {
             config::create_private_dir(dir)?;
         }
-        let n = self.block(self.client.download_file(&path, &cached, None))?;
+        let n = self
+            .block(self.client.download_file(&path, &cached, None))
+            .with_context(|| format!("getting {path}"))?;
         match local {
             Some(_) => unreachable!("saved above"),
             None => {

@@ -31,9 +31,6 @@ use crate::walk::{self, Kind, Meta};
 /// The size of the in-memory pipe between a transfer and the tar stream.
 const PIPE: usize = 256 * 1024;
 
-/// The suffix of the output while it is being written (after a random part).
-const PART_SUFFIX: &str = ".efs-part";
-
 /// The passphrase: the first line of `file` (without its line ending).
 fn read_passphrase(file: &Path) -> Result<SecretString> {
     let text = zeroize::Zeroizing::new(
@@ -263,9 +260,9 @@ fn create_part(out: &Path) -> Result<(PathBuf, std::fs::File)> {
         aws_lc_rs::rand::fill(&mut random)
             .map_err(|_| anyhow::anyhow!("no random bytes for a temporary file name"))?;
         let hex: String = random.iter().map(|b| format!("{b:02x}")).collect();
-        let mut name = out.as_os_str().to_owned();
-        name.push(format!(".{hex}{PART_SUFFIX}"));
-        let part = PathBuf::from(name);
+        // Cut to fit NAME_MAX beside an output whose own name is long.
+        let file_name = out.file_name().unwrap_or(out.as_os_str());
+        let part = out.with_file_name(efs_client::client::part_name(file_name, &hex));
         match std::fs::OpenOptions::new()
             .write(true)
             .create_new(true)

@@ -251,3 +251,29 @@ fn a_shell_removes_the_caches_of_ended_shells() {
     assert!(alive.join("records/decrypted.txt").exists());
     assert!(other.join("records/decrypted.txt").exists());
 }
+
+/// A `get` or `cd` of a remote path that is not there names that path: `get /nonexist lp.txt`
+/// said "writing lp.txt: no such file or directory", as if the local file were missing, and
+/// `cd /nonexist` named nothing. The local file is left as it was.
+#[test]
+fn a_missing_remote_path_is_named_by_get_and_cd() {
+    let env = Env::new();
+    env.write("lp.txt", b"kept");
+    let out = env.efs_input(
+        &["shell", "drive"],
+        b"get /nonexist lp.txt
+cd /nowhere
+",
+    );
+    let stderr = common::assert_code(&["shell"], &out, 3);
+    assert!(
+        stderr.contains("getting /nonexist into lp.txt: no such file or directory"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("writing lp.txt"), "{stderr}");
+    assert!(
+        stderr.contains("cd /nowhere: no such file or directory"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(env.path("lp.txt")).unwrap(), b"kept");
+}

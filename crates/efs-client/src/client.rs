@@ -363,6 +363,29 @@ const PART_SUFFIX: &str = ".efs-part";
 /// `<name>.<16 random hex digits>.efs-part`, created exclusively (`O_CREAT | O_EXCL |
 /// O_NOFOLLOW`: an existing file is never emptied, a symbolic link of that name never
 /// followed). Blocking.
+/// The longest name of a directory entry: Linux's `NAME_MAX`, and EFS's path segments.
+pub const NAME_MAX: usize = 255;
+
+/// The temporary name `NAME.<tag>.efs-part` beside `name` (`tag`: 16 hex digits), with NAME
+/// cut short as needed for the whole to fit in [`NAME_MAX`] bytes — at a character boundary
+/// when it is UTF-8 — so that a file whose own name is 230 to 255 bytes long (80 CJK
+/// characters) can be downloaded too: its temporary name was refused ("File name too long").
+/// It still ends in `.<tag>.efs-part`, as walks recognise a leftover one.
+pub fn part_name(name: &std::ffi::OsStr, tag: &str) -> std::ffi::OsString {
+    use std::os::unix::ffi::OsStrExt as _;
+    let suffix = format!(".{tag}{PART_SUFFIX}");
+    let bytes = name.as_bytes();
+    let mut cut = bytes.len().min(NAME_MAX.saturating_sub(suffix.len()));
+    if let Ok(text) = std::str::from_utf8(bytes) {
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+    }
+    let mut part = std::ffi::OsStr::from_bytes(&bytes[..cut]).to_owned();
+    part.push(suffix);
+    part
+}
+
 fn create_part_at(
     dir: &std::fs::File,
     name: &std::ffi::OsStr,
@@ -379,8 +402,7 @@ fn create_part_at(
         let mut random = [0u8; 8];
         aws_lc_rs::rand::fill(&mut random)
             .map_err(|_| std::io::Error::other("no random bytes for a temporary file name"))?;
-        let mut part = name.to_owned();
-        part.push(format!(".{}{PART_SUFFIX}", hex::encode(random)));
+        let part = part_name(name, &hex::encode(random));
         let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW;
         match openat(
             dir,
@@ -1301,6 +1323,37 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    /// A temporary name fits in NAME_MAX whatever the name's length, cut at a character
+    /// boundary, and keeps the suffix walks recognise; a short name is kept whole.
+    #[test]
+    fn part_names_fit_in_name_max() {
+        use std::ffi::OsStr;
+        use std::os::unix::ffi::OsStrExt as _;
+        let tag = "0123456789abcdef";
+        assert_eq!(
+            part_name(OsStr::new("a.pdf"), tag),
+            OsStr::new("a.pdf.0123456789abcdef.efs-part")
+        );
+        for name in [
+            "L".repeat(255),
+            "L".repeat(229),
+            "L".repeat(230),
+            "処方箋".repeat(28), // 252 bytes of 3-byte characters
+        ] {
+            let p = part_name(OsStr::new(&name), tag);
+            let text = p.to_str().expect("cut at a character boundary");
+            assert!(
+                p.as_bytes().len() <= NAME_MAX,
+                "{} bytes",
+                p.as_bytes().len()
+            );
+            assert!(text.ends_with(".0123456789abcdef.efs-part"), "{text}");
+            assert!(name.starts_with(text.strip_suffix(".0123456789abcdef.efs-part").unwrap()));
+        }
+        let raw = OsStr::from_bytes(&[0xff; 255]);
+        assert_eq!(part_name(raw, tag).as_bytes().len(), NAME_MAX);
+    }
     use super::*;
 
     #[test]

@@ -1325,3 +1325,26 @@ async fn a_dropped_download_leaves_no_temporary_file() {
         .collect();
     assert!(left.is_empty(), "{left:?}");
 }
+
+/// A file whose name is close to the 255-byte limit (here 85 CJK characters, 255 bytes)
+/// downloads into a file of that name: its temporary name, NAME.<16 hex>.efs-part, was
+/// longer than the file system takes ("File name too long").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_with_a_name_of_255_bytes_downloads() {
+    let s = setup(&[]);
+    let c = s.client();
+    let name = "処".repeat(85);
+    assert_eq!(name.len(), 255);
+    c.put_bytes(&format!("/{name}"), "long".into(), PutOptions::default())
+        .await
+        .unwrap();
+    let dir = s.tmp.path().join("dl");
+    std::fs::create_dir(&dir).unwrap();
+    let n = c
+        .download_file(&format!("/{name}"), &dir.join(&name), None)
+        .await
+        .unwrap();
+    assert_eq!(n, 4);
+    assert_eq!(std::fs::read(dir.join(&name)).unwrap(), b"long");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
+}
