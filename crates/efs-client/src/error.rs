@@ -235,7 +235,11 @@ impl Error {
             401 => Error::Unauthorized,
             403 => Error::Forbidden(message),
             404 => Error::NotFound,
-            409 => Error::Conflict(message),
+            // A HEAD's 409 has no body to say which conflict: what a lookup meets is a file
+            // on the way ("conflict: " and nothing else was printed).
+            409 => Error::Conflict(
+                "a file is where a directory is needed on this path (or the reverse)".into(),
+            ),
             412 => Error::PreconditionFailed,
             413 => Error::TooLarge,
             416 => Error::RangeNotSatisfiable,
@@ -266,6 +270,15 @@ mod tests {
         }
         let busy = Error::from_response(503, br#"{"error":"unavailable","message":"x"}"#, None);
         assert!(busy.is_transient());
+    }
+
+    /// A 409 without a body (a HEAD answer) says which conflict a lookup meets: it was
+    /// printed as "conflict: " and nothing more.
+    #[test]
+    fn a_conflict_without_a_body_says_what_it_is() {
+        let e = Error::from_response(409, b"", None);
+        assert!(matches!(&e, Error::Conflict(m) if m.contains("a file is where a directory")));
+        assert!(!e.to_string().ends_with(": "), "{e}");
     }
 
     #[test]
