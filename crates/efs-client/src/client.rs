@@ -346,6 +346,61 @@ where
     reqwest::Body::wrap_stream(stream)
 }
 
+/// A local file as an upload's body, which fails instead of giving its last bytes when the
+/// file changed while it was read (its size or modification time moved since it was opened):
+/// the server, missing those bytes of the `Content-Length`, stores nothing. A file appended
+/// to meanwhile was stored cut at its first size, with success; one rewritten in place, as a
+/// mix of two versions.
+struct UnchangedFile {
+    inner: tokio::io::Take<tokio::fs::File>,
+    /// The same open file, for its metadata.
+    file: std::fs::File,
+    len: u64,
+    modified: Option<std::time::SystemTime>,
+    read: u64,
+}
+
+impl UnchangedFile {
+    fn new(file: std::fs::File) -> std::io::Result<Self> {
+        use tokio::io::AsyncReadExt as _;
+        let meta = file.metadata()?;
+        let len = meta.len();
+        Ok(Self {
+            inner: tokio::fs::File::from_std(file.try_clone()?).take(len),
+            file,
+            len,
+            modified: meta.modified().ok(),
+            read: 0,
+        })
+    }
+}
+
+impl tokio::io::AsyncRead for UnchangedFile {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        std::task::ready!(std::pin::Pin::new(&mut this.inner).poll_read(cx, buf))?;
+        let n = buf.filled().len() - before;
+        this.read += n as u64;
+        // Before the last bytes go out (or at an early end): the file as it was opened?
+        if this.read == this.len || n == 0 {
+            let meta = this.file.metadata()?;
+            if meta.len() != this.len || meta.modified().ok() != this.modified {
+                buf.set_filled(before);
+                return std::task::Poll::Ready(Err(std::io::Error::other(
+                    "the file changed while it was uploaded (its size or modification time \
+                     moved): nothing was stored; upload it again once it is complete",
+                )));
+            }
+        }
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
 /// Read size of upload sources: large enough for few syscalls, small enough to not matter.
 const UPLOAD_CHUNK: usize = 256 * 1024;
 
@@ -359,10 +414,6 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(5);
 /// The suffix of a temporary download file next to its destination (after a random part).
 const PART_SUFFIX: &str = ".efs-part";
 
-/// A new, empty temporary file in the directory `dir`, beside `name`:
-/// `<name>.<16 random hex digits>.efs-part`, created exclusively (`O_CREAT | O_EXCL |
-/// O_NOFOLLOW`: an existing file is never emptied, a symbolic link of that name never
-/// followed). Blocking.
 /// The longest name of a directory entry: Linux's `NAME_MAX`, and EFS's path segments.
 pub const NAME_MAX: usize = 255;
 
@@ -386,6 +437,10 @@ pub fn part_name(name: &std::ffi::OsStr, tag: &str) -> std::ffi::OsString {
     part
 }
 
+/// A new, empty temporary file in the directory `dir`, beside `name`:
+/// [`part_name`], created exclusively (`O_CREAT | O_EXCL |
+/// O_NOFOLLOW`: an existing file is never emptied, a symbolic link of that name never
+/// followed). Blocking.
 fn create_part_at(
     dir: &std::fs::File,
     name: &std::ffi::OsStr,
@@ -783,8 +838,9 @@ impl Client {
             let resp = self
                 .authed(true, |c, t| {
                     let file = std::fs::File::open(local)?;
-                    let len = file.metadata()?.len();
-                    let body = body_stream(tokio::fs::File::from_std(file), opts.progress.clone());
+                    let source = UnchangedFile::new(file)?;
+                    let len = source.len;
+                    let body = body_stream(source, opts.progress.clone());
                     Self::put_request(c, &url, t, &opts, body, Some(len))
                 })
                 .await?;

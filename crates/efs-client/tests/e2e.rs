@@ -1348,3 +1348,35 @@ async fn a_file_with_a_name_of_255_bytes_downloads() {
     assert_eq!(std::fs::read(dir.join(&name)).unwrap(), b"long");
     assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 1);
 }
+
+/// A local file rewritten in place while it is uploaded is not stored as a mix of its two
+/// versions (it was, with success: the first chunks old, the rest new): the attempt fails
+/// before its last bytes go out (its modification time moved), and the upload's retry sends
+/// the file as it is now, whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_rewritten_while_it_is_uploaded_is_not_stored_mixed() {
+    let s = setup(&[]);
+    let c = s.client();
+    let local = s.tmp.path().join("rewritten.bin");
+    std::fs::write(&local, content(16 << 20, 3)).unwrap();
+    let second = content(16 << 20, 4);
+    let rewritten = Arc::new(AtomicBool::new(false));
+    let (path, flag, new) = (local.clone(), rewritten.clone(), second.clone());
+    let opts = PutOptions {
+        progress: Some(Arc::new(move |_| {
+            if !flag.swap(true, Ordering::SeqCst) {
+                use std::io::Write as _;
+                let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                f.write_all(&new).unwrap();
+            }
+        })),
+        ..PutOptions::default()
+    };
+    c.upload_file("/rewritten.bin", &local, opts).await.unwrap();
+    assert!(rewritten.load(Ordering::SeqCst));
+    let stored = c.get_bytes("/rewritten.bin").await.unwrap();
+    assert!(
+        stored[..] == second[..],
+        "the second version whole, not a mix"
+    );
+}
