@@ -812,7 +812,12 @@ async fn write_backup(
                         summary.files += 1;
                         summary.bytes += rec.size;
                         if rec.storage == Storage::Blob {
-                            blob_ids.push((rec.id, k[..16].try_into().expect("32-byte key")));
+                            // Kept to check the blob's content as it is copied (its data key);
+                            // not its name, the bulk of a record.
+                            let mut rec = rec;
+                            rec.name = String::new();
+                            rec.content_type = None;
+                            blob_ids.push((rec, k[..16].try_into().expect("32-byte key")));
                         }
                     }
                     m.entries += 1;
@@ -839,7 +844,8 @@ async fn write_backup(
         // leaves those files out, and a restore wants exactly the blobs its records name.
         blob_ids.retain(|(_, parent)| reachable(root_tag, &dirs, *parent));
     }
-    for (id, _) in blob_ids {
+    for (rec, _) in blob_ids {
+        let id = rec.id;
         let name = hex::encode(id);
         let rel = blob_rel(&name);
         let path = dest.join(&rel);
@@ -848,7 +854,7 @@ async fn write_backup(
             crate::blob::create_dir_all_synced(shard)?;
             shards.insert(shard.to_path_buf());
         }
-        match copy_blob_out(fs, &id, &path).await {
+        match copy_blob_out(fs, &kr, &rec, &path).await {
             Ok((sha, n)) => {
                 stored += n;
                 m.blobs.insert(name, sha);
@@ -937,22 +943,96 @@ enum BlobCopy {
     Write(CoreError),
 }
 
-/// Copies one blob into the backup at `path`, fsynced; returns its SHA-256 and length.
+/// Copies the blob of file record `rec` into the backup at `path`, fsynced; returns its
+/// SHA-256 and length. Its content is checked on the way, segment by segment, as a read
+/// checks it (each segment authenticated under the file's key, none missing or extra): a
+/// blob altered on disk (a flipped bit, another file's blob) is a damaged entry, not copied —
+/// it was copied as it was, and the backup's MAC then vouched for it.
 async fn copy_blob_out(
     fs: &Filesystem,
-    id: &ContentId,
+    kr: &crate::keyring::Keyring,
+    rec: &crate::record::Record,
     path: &Path,
 ) -> std::result::Result<(String, u64), BlobCopy> {
-    let src = fs.blobs.open(id).await.map_err(BlobCopy::Read)?;
+    let src = fs.blobs.open(&rec.id).await.map_err(BlobCopy::Read)?;
+    let key = fs.data_key_of(kr, rec).map_err(BlobCopy::Read)?;
+    let mut check = ContentCheck::new(key, src.len(), rec);
     let mut out = HashedFile::create(path).map_err(BlobCopy::Write)?;
     let mut off = 0u64;
     while off < src.len() {
         let n = (src.len() - off).min(COPY_CHUNK as u64) as usize;
         let chunk = src.read_at(off, n).await.map_err(BlobCopy::Read)?;
+        check.feed(&chunk).map_err(BlobCopy::Read)?;
         out.write(&chunk).map_err(BlobCopy::Write)?;
         off += n as u64;
     }
+    check.finish().map_err(BlobCopy::Read)?;
     out.finish().map_err(BlobCopy::Write)
+}
+
+/// A content's ciphertext checked as it streams past: its header, then each segment opened
+/// (authenticated) in a buffer wiped after it, then that it ended where its length says.
+struct ContentCheck<'r> {
+    key: efs_format::Key32,
+    enc_len: u64,
+    rec: &'r crate::record::Record,
+    header: Vec<u8>,
+    dec: Option<efs_format::stream::Decryptor>,
+    segment: u64,
+    buf: zeroize::Zeroizing<Vec<u8>>,
+}
+
+impl<'r> ContentCheck<'r> {
+    fn new(key: efs_format::Key32, enc_len: u64, rec: &'r crate::record::Record) -> Self {
+        Self {
+            key,
+            enc_len,
+            rec,
+            header: Vec::new(),
+            dec: None,
+            segment: 0,
+            buf: zeroize::Zeroizing::new(Vec::new()),
+        }
+    }
+
+    fn feed(&mut self, mut data: &[u8]) -> Result<()> {
+        use efs_format::stream::{Decryptor, HEADER_LEN};
+        if self.dec.is_none() {
+            let take = (HEADER_LEN - self.header.len()).min(data.len());
+            self.header.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.header.len() < HEADER_LEN {
+                return Ok(());
+            }
+            let dec = Decryptor::new(&self.key, &self.header, self.enc_len, &self.rec.id)?;
+            if dec.plaintext_len() != self.rec.size {
+                return Err(CoreError::Decrypt);
+            }
+            self.dec = Some(dec);
+        }
+        let dec = self.dec.as_ref().expect("made above");
+        while !data.is_empty() {
+            let (_, len) = dec
+                .segment_location(self.segment)
+                .map_err(|_| CoreError::Decrypt)?;
+            let take = (len - self.buf.len()).min(data.len());
+            self.buf.extend_from_slice(&data[..take]);
+            data = &data[take..];
+            if self.buf.len() == len {
+                dec.open_segment_in_place(self.segment, &mut self.buf)?;
+                zeroize::Zeroize::zeroize(&mut *self.buf);
+                self.segment += 1;
+            }
+        }
+        Ok(())
+    }
+
+    fn finish(self) -> Result<()> {
+        match &self.dec {
+            Some(dec) if self.segment == dec.segment_count() && self.buf.is_empty() => Ok(()),
+            _ => Err(CoreError::Decrypt),
+        }
+    }
 }
 
 /// A blob read failure that says the blob is damaged or gone, not that reading it may pass
