@@ -830,7 +830,9 @@ impl Client {
     }
 
     /// Uploads a local file, streaming; retried from the start on transient errors (the file
-    /// is opened again for each attempt). A conditional upload (`if_match`, `create_only`)
+    /// is opened again for each attempt). A file that changes while it is sent (its size or
+    /// modification time moves) fails the attempt before its last bytes go out, so nothing of
+    /// it is stored, and the retry sends it as it is then. A conditional upload (`if_match`, `create_only`)
     /// is retried only when the server cannot have stored it: see [`Client::put_bytes`].
     pub async fn upload_file(&self, path: &str, local: &Path, opts: PutOptions) -> Result<Entry> {
         let url = self.inner.http.url(&paths::encode_path(path)?);
