@@ -527,16 +527,14 @@ async fn plan_source(
                 ));
             }
             let dst_tree = match &target_meta {
+                // The destination named (or the name a copy into a directory adds) is a
+                // file: refused, as by `cp -r`, with or without --sync (which never replaces
+                // the destination itself; only entries below it).
                 Some(m) if m.kind == Kind::File => {
-                    if opts.delete {
-                        plan.make_room.push(target.clone());
-                    } else {
-                        return Err(fail(
-                            exit::CONFLICT,
-                            format!("{} is a file, not a directory", target.display()),
-                        ));
-                    }
-                    Tree::new()
+                    return Err(fail(
+                        exit::CONFLICT,
+                        format!("{} is a file, not a directory", target.display()),
+                    ));
                 }
                 Some(_) if opts.sync => {
                     // At the destination, what the walk leaves out is only left alone.

@@ -897,3 +897,29 @@ fn one_bad_local_entry_fails_alone_and_the_walk_goes_on() {
     assert_eq!(env.cat("drive:/s6/good/new.txt"), b"new");
     assert_eq!(env.cat("drive:/s6/bad/in.txt"), b"in");
 }
+
+/// Regression: `cp --sync DIR FILE` deleted the file and made a directory there, where
+/// `cp -r` refuses.
+#[test]
+fn sync_onto_a_file_is_refused_like_cp_r() {
+    let env = Env::new();
+    env.write("up/a.txt", b"a");
+    common::assert_ok(
+        &["put"],
+        &env.efs_input(&["put", "drive:/f"], b"remote file"),
+    );
+    for args in [
+        &["cp", "-r", "up", "drive:/f"][..],
+        &["cp", "--sync", "up", "drive:/f"][..],
+        &["cp", "--sync", "--no-delete", "up", "drive:/f"][..],
+    ] {
+        let err = env.fails(args, 5);
+        assert!(err.contains("drive:/f is a file, not a directory"), "{err}");
+    }
+    assert_eq!(env.cat("drive:/f"), b"remote file");
+    env.ok(&["cp", "-r", "up", "drive:/src"]);
+    env.write("dl", b"local file");
+    let err = env.fails(&["cp", "--sync", "drive:/src", "dl"], 5);
+    assert!(err.contains("dl is a file, not a directory"), "{err}");
+    assert_eq!(std::fs::read(env.path("dl")).unwrap(), b"local file");
+}
