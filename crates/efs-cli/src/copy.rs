@@ -204,6 +204,9 @@ struct Plan {
     kept: u64,
     /// Source entries that cannot be copied, found while planning.
     failed: Vec<anyhow::Error>,
+    /// Sources found (the others are missing or could not be read): a sync of a source that
+    /// is not there prints no summary.
+    sources_found: usize,
 }
 
 struct Opts {
@@ -292,8 +295,14 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         print_plan(&plan);
         return finish(errors, 0);
     }
-    let total_ops =
-        plan.make_room.len() + plan.mkdirs.len() + plan.copies.len() + plan.deletes.len();
+    // What failed before anything was done (a missing source, an entry the walk could not
+    // read, a conflict, a replacement held back) counts among the operations, beside those
+    // planned.
+    let total_ops = errors.len()
+        + plan.make_room.len()
+        + plan.mkdirs.len()
+        + plan.copies.len()
+        + plan.deletes.len();
     let bytes: u64 = plan.copies.iter().map(|j| j.meta.size).sum();
     let progress = Progress::new(quiet, plan.copies.len() as u64, bytes);
     let jobs = usize::from(args.jobs);
@@ -320,10 +329,11 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         .into_iter()
         .partition(|j| j.replaces_dir);
     let copied = copies.len() + replacing.len();
-    let mut copy_errors = copy_all(copies, jobs, &progress, verbose).await;
+    let (mut copied_bytes, mut copy_errors) = copy_all(copies, jobs, &progress, verbose).await;
     if errors.is_empty() && copy_errors.is_empty() {
         let n = replacing.len();
-        let errs = copy_all(replacing, jobs, &progress, verbose).await;
+        let (b, errs) = copy_all(replacing, jobs, &progress, verbose).await;
+        copied_bytes += b;
         deleted += n - errs.len();
         copy_errors.extend(errs);
     } else {
@@ -363,15 +373,19 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
     }
     progress.finish();
 
-    if opts.sync && !quiet {
+    if opts.sync && !quiet && plan.sources_found > 0 {
         reportln!(
             "sync: {copied_ok} copied ({}), {deleted} deleted, {} unchanged{}",
-            human_bytes(bytes),
+            human_bytes(copied_bytes),
             plan.unchanged,
             kept_note(plan.kept)
         );
     } else if verbose {
-        eprintln!("{copied_ok} files copied ({})", human_bytes(bytes));
+        eprintln!(
+            "{} copied ({})",
+            files(copied_ok as u64),
+            human_bytes(copied_bytes)
+        );
     }
     finish(errors, total_ops)
 }
@@ -461,6 +475,7 @@ async fn plan_source(
             format!("{}: no such file or directory", src.display()),
         ));
     };
+    plan.sources_found += 1;
     let dir = direction(&src, dst);
     // With --sync, a directory is mirrored onto DST itself (rsync's SRC/ DST/).
     let (target, target_meta) = if into_dir && !(opts.sync && src_meta.kind == Kind::Dir) {
@@ -752,8 +767,8 @@ fn print_plan(plan: &Plan) {
     }
     let bytes: u64 = plan.copies.iter().map(|j| j.meta.size).sum();
     reportln!(
-        "dry run: would copy {} files ({}), delete {}, {} unchanged{}",
-        plan.copies.len(),
+        "dry run: would copy {} ({}), delete {}, {} unchanged{}",
+        files(plan.copies.len() as u64),
         human_bytes(bytes),
         plan.make_room.len()
             + plan.copies.iter().filter(|j| j.replaces_dir).count()
@@ -761,6 +776,15 @@ fn print_plan(plan: &Plan) {
         plan.unchanged,
         kept_note(plan.kept)
     );
+}
+
+/// `1 file`, `2 files`.
+fn files(n: u64) -> String {
+    if n == 1 {
+        "1 file".to_owned()
+    } else {
+        format!("{n} files")
+    }
 }
 
 /// The summary's mention of destination entries a sync kept because the source's entry of
@@ -871,14 +895,15 @@ async fn delete(e: &Endpoint, kind: Kind) -> Result<()> {
     r.with_context(|| format!("deleting {}", e.display()))
 }
 
-/// Runs the copies, `jobs` at a time, each on its own task; returns the errors.
+/// Runs the copies, `jobs` at a time, each on its own task; returns the bytes of those that
+/// succeeded and the errors of the others.
 async fn copy_all(
     copies: Vec<CopyJob>,
     jobs: usize,
     progress: &Arc<Progress>,
     verbose: bool,
-) -> Vec<anyhow::Error> {
-    let results: Vec<Result<()>> = stream::iter(copies)
+) -> (u64, Vec<anyhow::Error>) {
+    let results: Vec<Result<u64>> = stream::iter(copies)
         .map(|job| {
             let progress = progress.clone();
             AbortOnDrop(tokio::spawn(async move {
@@ -894,14 +919,22 @@ async fn copy_all(
                         job.dst.display()
                     ));
                 }
-                r
+                r.map(|()| job.meta.size)
             }))
         })
         .buffer_unordered(jobs)
         .map(|joined| joined.unwrap_or_else(|e| Err(anyhow::anyhow!("a copy task failed: {e}"))))
         .collect()
         .await;
-    results.into_iter().filter_map(Result::err).collect()
+    let mut bytes = 0;
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(n) => bytes += n,
+            Err(e) => errors.push(e),
+        }
+    }
+    (bytes, errors)
 }
 
 /// A spawned copy, cancelled when its handle is dropped (a dropped `JoinHandle` would let it

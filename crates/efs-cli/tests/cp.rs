@@ -923,3 +923,38 @@ fn sync_onto_a_file_is_refused_like_cp_r() {
     assert!(err.contains("dl is a file, not a directory"), "{err}");
     assert_eq!(std::fs::read(env.path("dl")).unwrap(), b"local file");
 }
+
+/// Regression: failures of sources that were never planned were counted against the planned
+/// operations only ("2 operations failed (of 1)"), a sync counted the bytes of the copies
+/// that failed, a dry run said "1 files", and a sync of a missing source printed a summary.
+#[test]
+fn counts_and_totals_are_true() {
+    let env = Env::new();
+    env.write("up/a.txt", b"abc");
+    let err = env.fails(&["cp", "up/a.txt", "gone1", "gone2", "drive:/d/"], 3);
+    assert!(err.contains("2 operations failed (of 3)"), "{err}");
+    assert_eq!(env.cat("drive:/d/a.txt"), b"abc");
+
+    // Entries the walk fails count among the operations, beside the copies made.
+    env.write("w/x\\y", b"?");
+    env.write("w/x\\z", b"?");
+    for f in ["w/1", "w/2", "w/3"] {
+        env.write(f, b"fine");
+    }
+    let err = env.fails(&["cp", "-r", "w", "drive:/"], 1);
+    assert!(err.contains("2 operations failed (of 5)"), "{err}");
+
+    let dry = env.ok(&["cp", "--sync", "--dry-run", "up", "drive:/s"]);
+    assert!(dry.contains("would copy 1 file (3 B)"), "{dry}");
+
+    // Every upload refused (a read-only grant): nothing was copied, nor any byte.
+    env.add_read_only_user();
+    let out = env.efs(&["cp", "--sync", "up", "ro:/s"]);
+    common::assert_code(&["cp"], &out, 4);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("sync: 0 copied (0 B)"), "{stdout}");
+
+    let out = env.efs(&["cp", "--sync", "missing", "drive:/s"]);
+    common::assert_code(&["cp"], &out, 3);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+}
