@@ -189,10 +189,40 @@ fn format_time(t: std::time::SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// The end of a command that goes on after a path failed, as coreutils do: nothing failed,
+/// Ok; one failure, that error; several, each printed (with its hint) and a last one counting
+/// them, with the first one's exit code.
+fn each_path(mut errors: Vec<anyhow::Error>, total: usize) -> Result<()> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        n => {
+            for e in &errors {
+                eprintln!("efs: error: {e:#}");
+                if let Some(hint) = exit::hint_of(e) {
+                    eprintln!("efs: hint: {hint}");
+                }
+            }
+            Err(fail(
+                exit::code_of(&errors[0]),
+                format!("{n} of {total} paths failed"),
+            ))
+        }
+    }
+}
+
 pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Result<()> {
     let mut out = Vec::new();
-    for (i, arg) in paths.iter().enumerate() {
-        let rp = remote_arg("stat", arg)?;
+    let mut errors = Vec::new();
+    let mut shown = 0;
+    for arg in paths {
+        let rp = match remote_arg("stat", arg) {
+            Ok(rp) => rp,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
         let client = session.client(&rp.remote).await?;
         let e = if rp.path == "/" {
             Entry {
@@ -204,18 +234,26 @@ pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Res
                 content_type: None,
             }
         } else {
-            client
+            match client
                 .stat(&rp.path)
                 .await
-                .with_context(|| format!("reading {}", rp.display()))?
+                .with_context(|| format!("reading {}", rp.display()))
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            }
         };
         if json {
             out.push(serde_json::to_value(JsonEntry::new(rp.path.clone(), &e))?);
             continue;
         }
-        if i > 0 {
+        if shown > 0 {
             outln!();
         }
+        shown += 1;
         outln!("path:          {}", rp.display());
         outln!("type:          {}", kind_name(&e));
         if e.kind != EntryType::Dir {
@@ -231,15 +269,15 @@ pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Res
             outln!("content-type:  {ct}");
         }
     }
-    if json {
-        let v = if out.len() == 1 {
+    if json && (!out.is_empty() || errors.is_empty()) {
+        let v = if paths.len() == 1 {
             out.remove(0)
         } else {
             serde_json::Value::Array(out)
         };
         outln!("{}", serde_json::to_string_pretty(&v)?);
     }
-    Ok(())
+    each_path(errors, paths.len())
 }
 
 pub(crate) async fn cat(session: &Session, paths: &[String]) -> Result<()> {
@@ -247,15 +285,24 @@ pub(crate) async fn cat(session: &Session, paths: &[String]) -> Result<()> {
         inner: tokio::io::stdout(),
         broken: false,
     };
+    let mut errors = Vec::new();
     for arg in paths {
-        let rp = remote_arg("cat", arg)?;
+        let rp = match remote_arg("cat", arg) {
+            Ok(rp) => rp,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
         let client = session.client(&rp.remote).await?;
         let r = client.download(&rp.path, &mut out, None, None).await;
         if out.broken {
             // The reader closed the pipe (`| head`): what it wanted, it has.
             return Ok(());
         }
-        r.with_context(|| format!("reading {}", rp.display()))?;
+        if let Err(e) = r.with_context(|| format!("reading {}", rp.display())) {
+            errors.push(e);
+        }
         if let Err(e) = out.flush().await {
             if out.broken {
                 return Ok(());
@@ -263,7 +310,7 @@ pub(crate) async fn cat(session: &Session, paths: &[String]) -> Result<()> {
             return Err(e).context("writing to stdout");
         }
     }
-    Ok(())
+    each_path(errors, paths.len())
 }
 
 /// stdout, remembering whether the reader went away, however the SDK reports the failed
@@ -391,12 +438,20 @@ pub(crate) async fn rm(
     recursive: bool,
     force: bool,
 ) -> Result<()> {
+    let mut errors = Vec::new();
     for arg in paths {
-        let rp = remote_arg("rm", arg)?;
+        let rp = match remote_arg("rm", arg) {
+            Ok(rp) => rp,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
         if rp.path == "/" {
-            return Err(usage(
+            errors.push(usage(
                 "refusing to remove the root directory: remove what is in it instead",
             ));
+            continue;
         }
         let client = session.client(&rp.remote).await?;
         // `NAME:/a/` names a directory, as for `rm a/` (the server refuses a file there).
@@ -409,7 +464,7 @@ pub(crate) async fn rm(
             Ok(()) => {}
             Err(efs_client::Error::NotFound) if force => {}
             Err(efs_client::Error::Conflict(m)) if !recursive && m.contains("not empty") => {
-                return Err(fail_hint(
+                errors.push(fail_hint(
                     exit::CONFLICT,
                     format!(
                         "cannot remove {}: a directory that is not empty",
@@ -418,10 +473,12 @@ pub(crate) async fn rm(
                     "use rm -r to remove it with everything in it",
                 ));
             }
-            Err(e) => return Err(e).with_context(|| format!("removing {}", rp.display())),
+            Err(e) => {
+                errors.push(anyhow::Error::from(e).context(format!("removing {}", rp.display())));
+            }
         }
     }
-    Ok(())
+    each_path(errors, paths.len())
 }
 
 pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Result<()> {

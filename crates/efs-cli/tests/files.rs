@@ -290,3 +290,37 @@ fn dot_segments_in_remote_paths_are_refused_by_every_command() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("/Records"));
     assert_eq!(env.cat("drive:/Records/2019/r.txt"), b"record");
 }
+
+/// Regression: rm, stat and cat stopped at the first path that failed; like coreutils, they
+/// go on with the rest and exit with the first failure's code.
+#[test]
+fn rm_stat_and_cat_go_on_after_a_failing_path() {
+    let env = Env::new();
+    for (p, body) in [("drive:/r1", &b"one"[..]), ("drive:/r3", b"three")] {
+        assert_ok(&["put"], &env.efs_input(&["put", p], body));
+    }
+    let out = env.efs(&["cat", "drive:/r1", "drive:/r2", "drive:/r3"]);
+    let err = assert_code(&["cat"], &out, 3);
+    assert_eq!(out.stdout, b"onethree");
+    assert!(err.contains("drive:/r2"), "{err}");
+    let out = env.efs(&["stat", "drive:/r1", "drive:/r2", "drive:/r3"]);
+    let err = assert_code(&["stat"], &out, 3);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("drive:/r1") && stdout.contains("drive:/r3"),
+        "{stdout}"
+    );
+    assert!(err.contains("drive:/r2"), "{err}");
+    // Two failures: each reported, the first one's code.
+    env.ok(&["mkdir", "drive:/full"]);
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/full/x"], b"x"));
+    let err = env.fails(
+        &["rm", "drive:/r1", "drive:/r2", "drive:/full", "drive:/r3"],
+        3,
+    );
+    assert!(
+        err.contains("drive:/r2") && err.contains("drive:/full"),
+        "{err}"
+    );
+    assert_eq!(env.ok(&["ls", "drive:/"]), "full/\n");
+}
