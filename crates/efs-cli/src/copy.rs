@@ -505,6 +505,37 @@ async fn plan_source(
         (dst.clone(), dst_meta.cloned())
     };
 
+    // A copy onto itself, or a directory into itself (GNU cp refuses both): it would
+    // re-upload a file onto itself, or copy a tree into itself.
+    if let (
+        Endpoint::Remote {
+            remote: sr,
+            path: sp,
+            ..
+        },
+        Endpoint::Remote {
+            remote: tr,
+            path: tp,
+            ..
+        },
+    ) = (&src, &target)
+        && sr == tr
+    {
+        if sp == tp {
+            return Err(usage(format!(
+                "{} and {} are the same file",
+                src.display(),
+                target.display()
+            )));
+        }
+        if sp == "/" || tp.starts_with(&format!("{sp}/")) {
+            return Err(usage(format!(
+                "cannot copy {} into itself ({})",
+                src.display(),
+                target.display()
+            )));
+        }
+    }
     match src_meta.kind {
         Kind::File => {
             let mut replaces_dir = false;

@@ -958,3 +958,29 @@ fn counts_and_totals_are_true() {
     common::assert_code(&["cp"], &out, 3);
     assert_eq!(String::from_utf8_lossy(&out.stdout), "");
 }
+
+/// Regression: a remote copy onto itself re-uploaded the file, and a directory copied into
+/// itself (or below itself) made `/src/src` or `/src/sub/src`.
+#[test]
+fn a_copy_onto_or_into_its_own_source_is_refused() {
+    let env = Env::new();
+    env.write("src/a.txt", b"a");
+    env.write("src/sub/b.txt", b"b");
+    env.ok(&["cp", "-r", "src", "drive:/"]);
+    let before = env.ok(&["ls", "-l", "-R", "drive:/"]);
+    for args in [
+        &["cp", "drive:/src/a.txt", "drive:/src/a.txt"][..],
+        &["cp", "drive:/src/a.txt", "drive:/src/"][..],
+        &["cp", "-r", "drive:/src", "drive:/src"][..],
+        &["cp", "-r", "drive:/src", "drive:/src/sub/"][..],
+        &["cp", "--sync", "drive:/src", "drive:/src/sub"][..],
+        &["cp", "-r", "drive:/", "drive:/src/"][..],
+    ] {
+        let err = env.fails(args, 2);
+        assert!(
+            err.contains("the same file") || err.contains("into itself"),
+            "{args:?}: {err}"
+        );
+    }
+    assert_eq!(env.ok(&["ls", "-l", "-R", "drive:/"]), before);
+}
