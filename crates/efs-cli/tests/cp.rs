@@ -984,3 +984,35 @@ fn a_copy_onto_or_into_its_own_source_is_refused() {
     }
     assert_eq!(env.ok(&["ls", "-l", "-R", "drive:/"]), before);
 }
+
+/// Regression: an interrupted `efs tar` said "files being copied were abandoned", cp's
+/// message; it says what happened to the archive, and a file it was to replace is kept.
+#[test]
+fn an_interrupted_tar_says_what_happened_to_the_archive() {
+    let (env, _) = env_with_a_big_file();
+    std::fs::write(env.path("pass.txt"), b"correct horse\n").unwrap();
+    env.write("dl/b.tar.gz.age", b"last week's backup");
+    let cmd = env.cmd(&[
+        "tar",
+        "drive:/",
+        "-o",
+        "dl/b.tar.gz.age",
+        "-p",
+        "pass.txt",
+        "--force",
+    ]);
+    let out = signal_once_a_part_exists(cmd, &env.path("dl"), "INT");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(130), "{err}");
+    assert!(
+        err.contains("interrupted") && err.contains("unfinished archive was removed"),
+        "{err}"
+    );
+    assert!(!err.contains("files being copied"), "{err}");
+    assert!(err.contains("dl/b.tar.gz.age is kept as it was"), "{err}");
+    assert_eq!(
+        std::fs::read(env.path("dl/b.tar.gz.age")).unwrap(),
+        b"last week's backup"
+    );
+    assert!(part_files(&env.path("dl")).is_empty());
+}
