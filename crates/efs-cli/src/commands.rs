@@ -300,8 +300,19 @@ pub(crate) async fn cat(session: &Session, paths: &[String]) -> Result<()> {
             // The reader closed the pipe (`| head`): what it wanted, it has.
             return Ok(());
         }
-        if let Err(e) = r.with_context(|| format!("reading {}", rp.display())) {
-            errors.push(e);
+        match r {
+            Ok(_) => {}
+            // The server's "this is a directory" conflict: a usage error here (exit 2).
+            Err(efs_client::Error::Conflict(m)) if m.contains("directory") => {
+                errors.push(fail_hint(
+                    exit::USAGE,
+                    format!("{} is a directory: efs cat reads files", rp.display()),
+                    "efs ls lists a directory; efs cp -r copies one",
+                ));
+            }
+            Err(e) => {
+                errors.push(anyhow::Error::from(e).context(format!("reading {}", rp.display())))
+            }
         }
         if let Err(e) = out.flush().await {
             if out.broken {
@@ -399,6 +410,17 @@ pub(crate) async fn put(
         client.upload(&rp.path, body, None, opts).await
     };
     let e = match stored {
+        Err(efs_client::Error::PreconditionFailed) if create_only => {
+            return Err(fail_hint(
+                exit::CONFLICT,
+                format!(
+                    "writing {}: {} exists (--no-clobber)",
+                    rp.display(),
+                    rp.display()
+                ),
+                "leave out --no-clobber to replace it, or choose another name",
+            ));
+        }
         Err(efs_client::Error::TokenRefusedNotResent) => {
             return Err(fail_hint(
                 exit::AUTH,
@@ -511,10 +533,25 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
         } else {
             dst.path.clone()
         };
-        client
-            .rename(&src.path, &to, force)
-            .await
-            .with_context(|| format!("moving {} to {}:{to}", src.display(), dst.remote))?;
+        match client.rename(&src.path, &to, force).await {
+            Ok(_) => {}
+            Err(efs_client::Error::Conflict(m)) if !force && m.contains("destination exists") => {
+                return Err(fail_hint(
+                    exit::CONFLICT,
+                    format!(
+                        "moving {} to {}:{to}: {}:{to} exists",
+                        src.display(),
+                        dst.remote,
+                        dst.remote
+                    ),
+                    "efs mv -f replaces a file there",
+                ));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("moving {} to {}:{to}", src.display(), dst.remote));
+            }
+        }
     }
     Ok(())
 }
@@ -523,9 +560,17 @@ pub(crate) async fn mkdir(session: &Session, paths: &[String], parents: bool) ->
     for arg in paths {
         let rp = remote_arg("mkdir", arg)?;
         let client = session.client(&rp.remote).await?;
+        let existing = walk::stat_remote(&client, &rp.path).await?;
+        if matches!(&existing, Some(m) if m.kind == walk::Kind::File) {
+            return Err(fail_hint(
+                exit::CONFLICT,
+                format!("{} is a file: no directory can be made there", rp.display()),
+                "remove or move the file first (efs rm, efs mv), or choose another name",
+            ));
+        }
         if !parents {
             // The server creates parents as needed; plain mkdir keeps its usual meaning.
-            if walk::stat_remote(&client, &rp.path).await?.is_some() {
+            if existing.is_some() {
                 return Err(fail_hint(
                     exit::CONFLICT,
                     format!("{} exists already", rp.display()),
@@ -549,9 +594,7 @@ pub(crate) async fn mkdir(session: &Session, paths: &[String], parents: bool) ->
                     ));
                 }
             }
-        } else if let Some(m) = walk::stat_remote(&client, &rp.path).await?
-            && m.kind == walk::Kind::Dir
-        {
+        } else if existing.is_some() {
             continue;
         }
         client

@@ -324,3 +324,32 @@ fn rm_stat_and_cat_go_on_after_a_failing_path() {
     );
     assert_eq!(env.ok(&["ls", "drive:/"]), "full/\n");
 }
+
+/// Regression: refusals whose message or hint did not fit: a mv onto an existing file never
+/// named -f, put --no-clobber blamed "someone else", mkdir on a file said to use -p, and cat
+/// of a directory was exit 5 where the manual says 2.
+#[test]
+fn refusals_say_what_fits() {
+    let env = Env::new();
+    for p in ["drive:/a", "drive:/b"] {
+        assert_ok(&["put"], &env.efs_input(&["put", p], b"x"));
+    }
+    let err = env.fails(&["mv", "drive:/a", "drive:/b"], 5);
+    assert!(
+        err.contains("drive:/b exists") && err.contains("mv -f"),
+        "{err}"
+    );
+    let out = env.efs_input(&["put", "--no-clobber", "drive:/a"], b"y");
+    let err = assert_code(&["put"], &out, 5);
+    assert!(err.contains("drive:/a exists"), "{err}");
+    assert!(!err.contains("someone else"), "{err}");
+    assert_eq!(env.cat("drive:/a"), b"x");
+    for args in [&["mkdir", "drive:/a"][..], &["mkdir", "-p", "drive:/a"][..]] {
+        let err = env.fails(args, 5);
+        assert!(err.contains("drive:/a is a file"), "{err}");
+        assert!(!err.contains("mkdir -p accepts"), "{err}");
+    }
+    env.ok(&["mkdir", "drive:/dir"]);
+    let err = env.fails(&["cat", "drive:/dir"], 2);
+    assert!(err.contains("drive:/dir is a directory"), "{err}");
+}
