@@ -442,8 +442,13 @@ fn finish(mut errors: Vec<anyhow::Error>, total: usize) -> Result<()> {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
         n => {
+            // The same error for many entries (a destination that cannot be written) once.
+            let mut seen = std::collections::HashSet::new();
             for e in &errors {
-                eprintln!("efs: error: {e:#}");
+                let line = format!("{e:#}");
+                if seen.insert(line.clone()) {
+                    eprintln!("efs: error: {line}");
+                }
             }
             let code = exit::code_of(&errors[0]);
             Err(fail(
@@ -586,13 +591,22 @@ async fn plan_source(
                     // At the destination, what the walk leaves out is only left alone.
                     let walked = target.walk().await?;
                     for e in walked.failed {
-                        tracing::warn!("leaving alone {e:#}");
+                        eprintln!("efs: warning: leaving alone {e:#}");
                     }
                     walked.tree
                 }
                 _ => Tree::new(),
             };
             let walked = src.walk().await?;
+            for w in &walked.warnings {
+                if opts.sync {
+                    eprintln!(
+                        "efs: warning: {w} (a sync keeps what the destination has of that name)"
+                    );
+                } else {
+                    eprintln!("efs: warning: {w}");
+                }
+            }
             // Each counts as a failed file: the copy goes on, and its exit code says so.
             plan.failed.extend(walked.failed);
             let target_exists = matches!(&target_meta, Some(m) if m.kind == Kind::Dir);

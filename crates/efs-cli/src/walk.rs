@@ -123,6 +123,9 @@ pub(crate) struct Walked {
     /// never deletes the destination's entry of such a name: the source has something
     /// there, it was only not copied.
     pub skipped: BTreeSet<String>,
+    /// Why each entry skipped by choice (not failed) was: `skipping PATH: WHY`, for the
+    /// caller to print as a warning (saying what a sync does about it, when it syncs).
+    pub warnings: Vec<String>,
 }
 
 /// Whether `name` is a temporary download file (`NAME.<16 hex digits>.efs-part`, see the
@@ -254,10 +257,7 @@ pub(crate) async fn walk_local(root: PathBuf) -> Result<Walked> {
                     }
                 };
                 let skip = |why: &str, w: &mut Walked| {
-                    tracing::warn!(
-                        "skipping {}: {why} (a sync keeps what the destination has of that name)",
-                        path.display()
-                    );
+                    w.warnings.push(format!("skipping {}: {why}", shown(&path)));
                     w.skipped.insert(r.clone());
                 };
                 let meta = if ft.is_symlink() {
@@ -349,8 +349,8 @@ pub(crate) async fn walk_remote(client: &Client, root: &str, skip_parts: bool) -
             // What an interrupted `efs cp` left on the server (a staged upload, a directory
             // moved aside to be replaced): never copied, nor taken for the user's data.
             if skip_parts && is_part_file(&e.name) {
-                tracing::warn!(
-                    "skipping {}/{}: a temporary file or directory of an unfinished copy",
+                eprintln!(
+                    "efs: warning: skipping {}/{}: a temporary file or directory of an unfinished copy",
                     if rel.is_empty() {
                         root.trim_end_matches('/').to_owned()
                     } else {

@@ -1016,3 +1016,57 @@ fn an_interrupted_tar_says_what_happened_to_the_archive() {
     );
     assert!(part_files(&env.path("dl")).is_empty());
 }
+
+/// Regression: skipped entries were reported as tracing lines (`… WARN skipping …`) saying
+/// "a sync keeps …" on a plain copy too, and a destination that cannot be written printed the
+/// same error once for every file.
+#[test]
+fn skip_warnings_and_repeated_errors_read_well() {
+    let env = Env::new();
+    env.write("s3/a.txt", b"a");
+    let fifo = std::process::Command::new("mkfifo")
+        .arg(env.path("s3/fifo"))
+        .status()
+        .unwrap();
+    assert!(fifo.success());
+    let out = env.efs(&["cp", "-r", "s3", "drive:/"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    common::assert_ok(&["cp"], &out);
+    assert!(
+        err.starts_with("efs: warning: skipping s3/fifo: not a regular file"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("WARN") && !err.contains("a sync keeps"),
+        "{err}"
+    );
+    let out = env.efs(&["cp", "--sync", "s3", "drive:/s3"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    common::assert_ok(&["cp"], &out);
+    assert!(
+        err.contains("efs: warning: skipping s3/fifo") && err.contains("a sync keeps"),
+        "{err}"
+    );
+
+    // A destination that cannot be written: its error once, not once per file.
+    env.write("up/d1/a", b"a");
+    env.write("up/d1/b", b"b");
+    env.write("up/d2/c", b"c");
+    env.ok(&["cp", "-r", "up", "drive:/"]);
+    std::fs::create_dir_all(env.path("ro")).unwrap();
+    std::fs::set_permissions(
+        env.path("ro"),
+        std::os::unix::fs::PermissionsExt::from_mode(0o555),
+    )
+    .unwrap();
+    let Some(out) = common::efs_unprivileged(&env, &["cp", "-r", "drive:/up", "ro"]) else {
+        eprintln!("cannot drop root's capabilities here: the unwritable destination is not tested");
+        return;
+    };
+    let err = common::assert_code(&["cp"], &out, 4);
+    let lines: Vec<&str> = err.lines().collect();
+    let mut unique = lines.clone();
+    unique.sort();
+    unique.dedup();
+    assert_eq!(unique.len(), lines.len(), "{err}");
+}
