@@ -189,10 +189,40 @@ fn format_time(t: std::time::SystemTime) -> String {
         .unwrap_or_default()
 }
 
+/// The end of a command that goes on after a path failed, as coreutils do: nothing failed,
+/// Ok; one failure, that error; several, each printed (with its hint) and a last one counting
+/// them, with the first one's exit code.
+fn each_path(mut errors: Vec<anyhow::Error>, total: usize) -> Result<()> {
+    match errors.len() {
+        0 => Ok(()),
+        1 => Err(errors.remove(0)),
+        n => {
+            for e in &errors {
+                eprintln!("efs: error: {e:#}");
+                if let Some(hint) = exit::hint_of(e) {
+                    eprintln!("efs: hint: {hint}");
+                }
+            }
+            Err(fail(
+                exit::code_of(&errors[0]),
+                format!("{n} of {total} paths failed"),
+            ))
+        }
+    }
+}
+
 pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Result<()> {
     let mut out = Vec::new();
-    for (i, arg) in paths.iter().enumerate() {
-        let rp = remote_arg("stat", arg)?;
+    let mut errors = Vec::new();
+    let mut shown = 0;
+    for arg in paths {
+        let rp = match remote_arg("stat", arg) {
+            Ok(rp) => rp,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
         let client = session.client(&rp.remote).await?;
         let e = if rp.path == "/" {
             Entry {
@@ -204,18 +234,26 @@ pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Res
                 content_type: None,
             }
         } else {
-            client
+            match client
                 .stat(&rp.path)
                 .await
-                .with_context(|| format!("reading {}", rp.display()))?
+                .with_context(|| format!("reading {}", rp.display()))
+            {
+                Ok(e) => e,
+                Err(e) => {
+                    errors.push(e);
+                    continue;
+                }
+            }
         };
         if json {
             out.push(serde_json::to_value(JsonEntry::new(rp.path.clone(), &e))?);
             continue;
         }
-        if i > 0 {
+        if shown > 0 {
             outln!();
         }
+        shown += 1;
         outln!("path:          {}", rp.display());
         outln!("type:          {}", kind_name(&e));
         if e.kind != EntryType::Dir {
@@ -231,15 +269,15 @@ pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Res
             outln!("content-type:  {ct}");
         }
     }
-    if json {
-        let v = if out.len() == 1 {
+    if json && (!out.is_empty() || errors.is_empty()) {
+        let v = if paths.len() == 1 {
             out.remove(0)
         } else {
             serde_json::Value::Array(out)
         };
         outln!("{}", serde_json::to_string_pretty(&v)?);
     }
-    Ok(())
+    each_path(errors, paths.len())
 }
 
 pub(crate) async fn cat(session: &Session, paths: &[String]) -> Result<()> {
@@ -247,15 +285,35 @@ pub(crate) async fn cat(session: &Session, paths: &[String]) -> Result<()> {
         inner: tokio::io::stdout(),
         broken: false,
     };
+    let mut errors = Vec::new();
     for arg in paths {
-        let rp = remote_arg("cat", arg)?;
+        let rp = match remote_arg("cat", arg) {
+            Ok(rp) => rp,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
         let client = session.client(&rp.remote).await?;
         let r = client.download(&rp.path, &mut out, None, None).await;
         if out.broken {
             // The reader closed the pipe (`| head`): what it wanted, it has.
             return Ok(());
         }
-        r.with_context(|| format!("reading {}", rp.display()))?;
+        match r {
+            Ok(_) => {}
+            // The server's "this is a directory" conflict: a usage error here (exit 2).
+            Err(efs_client::Error::Conflict(m)) if m.contains("directory") => {
+                errors.push(fail_hint(
+                    exit::USAGE,
+                    format!("{} is a directory: efs cat reads files", rp.display()),
+                    "efs ls lists a directory; efs cp -r copies one",
+                ));
+            }
+            Err(e) => {
+                errors.push(anyhow::Error::from(e).context(format!("reading {}", rp.display())))
+            }
+        }
         if let Err(e) = out.flush().await {
             if out.broken {
                 return Ok(());
@@ -263,7 +321,7 @@ pub(crate) async fn cat(session: &Session, paths: &[String]) -> Result<()> {
             return Err(e).context("writing to stdout");
         }
     }
-    Ok(())
+    each_path(errors, paths.len())
 }
 
 /// stdout, remembering whether the reader went away, however the SDK reports the failed
@@ -352,6 +410,17 @@ pub(crate) async fn put(
         client.upload(&rp.path, body, None, opts).await
     };
     let e = match stored {
+        Err(efs_client::Error::PreconditionFailed) if create_only => {
+            return Err(fail_hint(
+                exit::CONFLICT,
+                format!(
+                    "writing {}: {} exists (--no-clobber)",
+                    rp.display(),
+                    rp.display()
+                ),
+                "leave out --no-clobber to replace it, or choose another name",
+            ));
+        }
         Err(efs_client::Error::TokenRefusedNotResent) => {
             return Err(fail_hint(
                 exit::AUTH,
@@ -391,12 +460,20 @@ pub(crate) async fn rm(
     recursive: bool,
     force: bool,
 ) -> Result<()> {
+    let mut errors = Vec::new();
     for arg in paths {
-        let rp = remote_arg("rm", arg)?;
+        let rp = match remote_arg("rm", arg) {
+            Ok(rp) => rp,
+            Err(e) => {
+                errors.push(e);
+                continue;
+            }
+        };
         if rp.path == "/" {
-            return Err(usage(
+            errors.push(usage(
                 "refusing to remove the root directory: remove what is in it instead",
             ));
+            continue;
         }
         let client = session.client(&rp.remote).await?;
         // `NAME:/a/` names a directory, as for `rm a/` (the server refuses a file there).
@@ -409,7 +486,7 @@ pub(crate) async fn rm(
             Ok(()) => {}
             Err(efs_client::Error::NotFound) if force => {}
             Err(efs_client::Error::Conflict(m)) if !recursive && m.contains("not empty") => {
-                return Err(fail_hint(
+                errors.push(fail_hint(
                     exit::CONFLICT,
                     format!(
                         "cannot remove {}: a directory that is not empty",
@@ -418,10 +495,12 @@ pub(crate) async fn rm(
                     "use rm -r to remove it with everything in it",
                 ));
             }
-            Err(e) => return Err(e).with_context(|| format!("removing {}", rp.display())),
+            Err(e) => {
+                errors.push(anyhow::Error::from(e).context(format!("removing {}", rp.display())));
+            }
         }
     }
-    Ok(())
+    each_path(errors, paths.len())
 }
 
 pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Result<()> {
@@ -454,10 +533,25 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
         } else {
             dst.path.clone()
         };
-        client
-            .rename(&src.path, &to, force)
-            .await
-            .with_context(|| format!("moving {} to {}:{to}", src.display(), dst.remote))?;
+        match client.rename(&src.path, &to, force).await {
+            Ok(_) => {}
+            Err(efs_client::Error::Conflict(m)) if !force && m.contains("destination exists") => {
+                return Err(fail_hint(
+                    exit::CONFLICT,
+                    format!(
+                        "moving {} to {}:{to}: {}:{to} exists",
+                        src.display(),
+                        dst.remote,
+                        dst.remote
+                    ),
+                    "efs mv -f replaces a file there",
+                ));
+            }
+            Err(e) => {
+                return Err(e)
+                    .with_context(|| format!("moving {} to {}:{to}", src.display(), dst.remote));
+            }
+        }
     }
     Ok(())
 }
@@ -466,9 +560,17 @@ pub(crate) async fn mkdir(session: &Session, paths: &[String], parents: bool) ->
     for arg in paths {
         let rp = remote_arg("mkdir", arg)?;
         let client = session.client(&rp.remote).await?;
+        let existing = walk::stat_remote(&client, &rp.path).await?;
+        if matches!(&existing, Some(m) if m.kind == walk::Kind::File) {
+            return Err(fail_hint(
+                exit::CONFLICT,
+                format!("{} is a file: no directory can be made there", rp.display()),
+                "remove or move the file first (efs rm, efs mv), or choose another name",
+            ));
+        }
         if !parents {
             // The server creates parents as needed; plain mkdir keeps its usual meaning.
-            if walk::stat_remote(&client, &rp.path).await?.is_some() {
+            if existing.is_some() {
                 return Err(fail_hint(
                     exit::CONFLICT,
                     format!("{} exists already", rp.display()),
@@ -492,9 +594,7 @@ pub(crate) async fn mkdir(session: &Session, paths: &[String], parents: bool) ->
                     ));
                 }
             }
-        } else if let Some(m) = walk::stat_remote(&client, &rp.path).await?
-            && m.kind == walk::Kind::Dir
-        {
+        } else if existing.is_some() {
             continue;
         }
         client

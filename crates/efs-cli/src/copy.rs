@@ -204,6 +204,9 @@ struct Plan {
     kept: u64,
     /// Source entries that cannot be copied, found while planning.
     failed: Vec<anyhow::Error>,
+    /// Sources found (the others are missing or could not be read): a sync of a source that
+    /// is not there prints no summary.
+    sources_found: usize,
 }
 
 struct Opts {
@@ -292,8 +295,14 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         print_plan(&plan);
         return finish(errors, 0);
     }
-    let total_ops =
-        plan.make_room.len() + plan.mkdirs.len() + plan.copies.len() + plan.deletes.len();
+    // What failed before anything was done (a missing source, an entry the walk could not
+    // read, a conflict, a replacement held back) counts among the operations, beside those
+    // planned.
+    let total_ops = errors.len()
+        + plan.make_room.len()
+        + plan.mkdirs.len()
+        + plan.copies.len()
+        + plan.deletes.len();
     let bytes: u64 = plan.copies.iter().map(|j| j.meta.size).sum();
     let progress = Progress::new(quiet, plan.copies.len() as u64, bytes);
     let jobs = usize::from(args.jobs);
@@ -320,10 +329,11 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         .into_iter()
         .partition(|j| j.replaces_dir);
     let copied = copies.len() + replacing.len();
-    let mut copy_errors = copy_all(copies, jobs, &progress, verbose).await;
+    let (mut copied_bytes, mut copy_errors) = copy_all(copies, jobs, &progress, verbose).await;
     if errors.is_empty() && copy_errors.is_empty() {
         let n = replacing.len();
-        let errs = copy_all(replacing, jobs, &progress, verbose).await;
+        let (b, errs) = copy_all(replacing, jobs, &progress, verbose).await;
+        copied_bytes += b;
         deleted += n - errs.len();
         copy_errors.extend(errs);
     } else {
@@ -363,15 +373,19 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
     }
     progress.finish();
 
-    if opts.sync && !quiet {
+    if opts.sync && !quiet && plan.sources_found > 0 {
         reportln!(
             "sync: {copied_ok} copied ({}), {deleted} deleted, {} unchanged{}",
-            human_bytes(bytes),
+            human_bytes(copied_bytes),
             plan.unchanged,
             kept_note(plan.kept)
         );
     } else if verbose {
-        eprintln!("{copied_ok} files copied ({})", human_bytes(bytes));
+        eprintln!(
+            "{} copied ({})",
+            files(copied_ok as u64),
+            human_bytes(copied_bytes)
+        );
     }
     finish(errors, total_ops)
 }
@@ -428,8 +442,13 @@ fn finish(mut errors: Vec<anyhow::Error>, total: usize) -> Result<()> {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
         n => {
+            // The same error for many entries (a destination that cannot be written) once.
+            let mut seen = std::collections::HashSet::new();
             for e in &errors {
-                eprintln!("efs: error: {e:#}");
+                let line = format!("{e:#}");
+                if seen.insert(line.clone()) {
+                    eprintln!("efs: error: {line}");
+                }
             }
             let code = exit::code_of(&errors[0]);
             Err(fail(
@@ -461,6 +480,7 @@ async fn plan_source(
             format!("{}: no such file or directory", src.display()),
         ));
     };
+    plan.sources_found += 1;
     let dir = direction(&src, dst);
     // With --sync, a directory is mirrored onto DST itself (rsync's SRC/ DST/).
     let (target, target_meta) = if into_dir && !(opts.sync && src_meta.kind == Kind::Dir) {
@@ -490,6 +510,37 @@ async fn plan_source(
         (dst.clone(), dst_meta.cloned())
     };
 
+    // A copy onto itself, or a directory into itself (GNU cp refuses both): it would
+    // re-upload a file onto itself, or copy a tree into itself.
+    if let (
+        Endpoint::Remote {
+            remote: sr,
+            path: sp,
+            ..
+        },
+        Endpoint::Remote {
+            remote: tr,
+            path: tp,
+            ..
+        },
+    ) = (&src, &target)
+        && sr == tr
+    {
+        if sp == tp {
+            return Err(usage(format!(
+                "{} and {} are the same file",
+                src.display(),
+                target.display()
+            )));
+        }
+        if sp == "/" || tp.starts_with(&format!("{sp}/")) {
+            return Err(usage(format!(
+                "cannot copy {} into itself ({})",
+                src.display(),
+                target.display()
+            )));
+        }
+    }
     match src_meta.kind {
         Kind::File => {
             let mut replaces_dir = false;
@@ -527,28 +578,35 @@ async fn plan_source(
                 ));
             }
             let dst_tree = match &target_meta {
+                // The destination named (or the name a copy into a directory adds) is a
+                // file: refused, as by `cp -r`, with or without --sync (which never replaces
+                // the destination itself; only entries below it).
                 Some(m) if m.kind == Kind::File => {
-                    if opts.delete {
-                        plan.make_room.push(target.clone());
-                    } else {
-                        return Err(fail(
-                            exit::CONFLICT,
-                            format!("{} is a file, not a directory", target.display()),
-                        ));
-                    }
-                    Tree::new()
+                    return Err(fail(
+                        exit::CONFLICT,
+                        format!("{} is a file, not a directory", target.display()),
+                    ));
                 }
                 Some(_) if opts.sync => {
                     // At the destination, what the walk leaves out is only left alone.
                     let walked = target.walk().await?;
                     for e in walked.failed {
-                        tracing::warn!("leaving alone {e:#}");
+                        eprintln!("efs: warning: leaving alone {e:#}");
                     }
                     walked.tree
                 }
                 _ => Tree::new(),
             };
             let walked = src.walk().await?;
+            for w in &walked.warnings {
+                if opts.sync {
+                    eprintln!(
+                        "efs: warning: {w} (a sync keeps what the destination has of that name)"
+                    );
+                } else {
+                    eprintln!("efs: warning: {w}");
+                }
+            }
             // Each counts as a failed file: the copy goes on, and its exit code says so.
             plan.failed.extend(walked.failed);
             let target_exists = matches!(&target_meta, Some(m) if m.kind == Kind::Dir);
@@ -754,8 +812,8 @@ fn print_plan(plan: &Plan) {
     }
     let bytes: u64 = plan.copies.iter().map(|j| j.meta.size).sum();
     reportln!(
-        "dry run: would copy {} files ({}), delete {}, {} unchanged{}",
-        plan.copies.len(),
+        "dry run: would copy {} ({}), delete {}, {} unchanged{}",
+        files(plan.copies.len() as u64),
         human_bytes(bytes),
         plan.make_room.len()
             + plan.copies.iter().filter(|j| j.replaces_dir).count()
@@ -763,6 +821,15 @@ fn print_plan(plan: &Plan) {
         plan.unchanged,
         kept_note(plan.kept)
     );
+}
+
+/// `1 file`, `2 files`.
+fn files(n: u64) -> String {
+    if n == 1 {
+        "1 file".to_owned()
+    } else {
+        format!("{n} files")
+    }
 }
 
 /// The summary's mention of destination entries a sync kept because the source's entry of
@@ -873,14 +940,15 @@ async fn delete(e: &Endpoint, kind: Kind) -> Result<()> {
     r.with_context(|| format!("deleting {}", e.display()))
 }
 
-/// Runs the copies, `jobs` at a time, each on its own task; returns the errors.
+/// Runs the copies, `jobs` at a time, each on its own task; returns the bytes of those that
+/// succeeded and the errors of the others.
 async fn copy_all(
     copies: Vec<CopyJob>,
     jobs: usize,
     progress: &Arc<Progress>,
     verbose: bool,
-) -> Vec<anyhow::Error> {
-    let results: Vec<Result<()>> = stream::iter(copies)
+) -> (u64, Vec<anyhow::Error>) {
+    let results: Vec<Result<u64>> = stream::iter(copies)
         .map(|job| {
             let progress = progress.clone();
             AbortOnDrop(tokio::spawn(async move {
@@ -896,14 +964,22 @@ async fn copy_all(
                         job.dst.display()
                     ));
                 }
-                r
+                r.map(|()| job.meta.size)
             }))
         })
         .buffer_unordered(jobs)
         .map(|joined| joined.unwrap_or_else(|e| Err(anyhow::anyhow!("a copy task failed: {e}"))))
         .collect()
         .await;
-    results.into_iter().filter_map(Result::err).collect()
+    let mut bytes = 0;
+    let mut errors = Vec::new();
+    for r in results {
+        match r {
+            Ok(n) => bytes += n,
+            Err(e) => errors.push(e),
+        }
+    }
+    (bytes, errors)
 }
 
 /// A spawned copy, cancelled when its handle is dropped (a dropped `JoinHandle` would let it

@@ -95,7 +95,13 @@ async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: boo
         Command::Remote(RemoteCmd::Add(args)) => remote::add(session, args).await,
         Command::Remote(RemoteCmd::List { json }) => remote::list(session, json),
         Command::Remote(RemoteCmd::Remove { name }) => remote::remove(session, &name),
-        Command::Cp(args) => until_signalled(copy::run(session, args, quiet, verbose)).await,
+        Command::Cp(args) => {
+            until_signalled(
+                copy::run(session, args, quiet, verbose),
+                "files being copied were abandoned (those done are kept)".to_owned(),
+            )
+            .await
+        }
         Command::Ls {
             long,
             recursive,
@@ -119,7 +125,13 @@ async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: boo
         Command::Mv { force, paths } => commands::mv(session, &paths, force).await,
         Command::Mkdir { parents, paths } => commands::mkdir(session, &paths, parents).await,
         Command::Token { json, remote } => commands::token(session, &remote, json).await,
-        Command::Tar(args) => until_signalled(tar::tar(session, args, quiet, verbose)).await,
+        Command::Tar(args) => {
+            let what = format!(
+                "the unfinished archive was removed; {} is kept as it was, if it existed",
+                args.output.display()
+            );
+            until_signalled(tar::tar(session, args, quiet, verbose), what).await
+        }
         Command::Untar(args) => tar::untar(session, args, quiet, verbose).await,
         Command::Keygen { .. } | Command::Completions { .. } | Command::Shell { .. } => {
             unreachable!("handled before the runtime")
@@ -130,8 +142,12 @@ async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: boo
 /// Runs `op` unless SIGINT, SIGTERM or SIGHUP comes first; then `op` is dropped, which
 /// removes its unfinished output (a download's temporary file, which holds decrypted data and
 /// which a later upload would otherwise find; `efs tar`'s unfinished archive), and the exit
-/// code says which signal it was.
-async fn until_signalled(op: impl std::future::Future<Output = Result<()>>) -> Result<()> {
+/// code says which signal it was; the message ends with `what`, what became of the
+/// command's output.
+async fn until_signalled(
+    op: impl std::future::Future<Output = Result<()>>,
+    what: String,
+) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut int = signal(SignalKind::interrupt())?;
     let mut term = signal(SignalKind::terminate())?;
@@ -148,12 +164,7 @@ async fn until_signalled(op: impl std::future::Future<Output = Result<()>>) -> R
             None => std::future::pending().await,
         }
     };
-    let stopped = |code, name| {
-        exit::fail(
-            code,
-            format!("{name}: stopped; files being copied were abandoned (those done are kept)"),
-        )
-    };
+    let stopped = |code, name| exit::fail(code, format!("{name}: stopped; {what}"));
     tokio::select! {
         r = op => r,
         _ = int.recv() => Err(stopped(exit::INTERRUPTED, "interrupted")),

@@ -123,6 +123,9 @@ pub(crate) struct Walked {
     /// never deletes the destination's entry of such a name: the source has something
     /// there, it was only not copied.
     pub skipped: BTreeSet<String>,
+    /// Why each entry skipped by choice (not failed) was: `skipping PATH: WHY`, for the
+    /// caller to print as a warning (saying what a sync does about it, when it syncs).
+    pub warnings: Vec<String>,
 }
 
 /// Whether `name` is a temporary download file (`NAME.<16 hex digits>.efs-part`, see the
@@ -142,44 +145,119 @@ pub(crate) fn is_part_file(name: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// `s` with what a terminal would not show as it is escaped (`\n`, `\t`, `\u{1b}`) and
+/// backslashes doubled: a name with a newline never splits an error line, and is told apart
+/// from one with a backslash and an `n`.
+pub(crate) fn escaped(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        if c == '\\' || c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// A path as errors and warnings show it: see [`escaped`].
+pub(crate) fn shown(path: &Path) -> String {
+    escaped(&path.display().to_string())
+}
+
+/// Why EFS cannot store a file named `name` (a server refuses control characters and
+/// backslashes in names), if it cannot.
+fn name_problem(name: &str) -> Option<&'static str> {
+    if name.contains('\\') {
+        Some("EFS names cannot hold a backslash")
+    } else if name.chars().any(char::is_control) {
+        Some("EFS names cannot hold control characters (a newline, a tab, …)")
+    } else {
+        None
+    }
+}
+
 /// Every file and directory below the local directory `root` (see [`Walked`]). Symbolic
 /// links to files are followed. Skipped, with a warning: links to directories (they can
-/// loop), sockets, FIFOs, temporary download files ([`is_part_file`]); skipped and failed:
-/// names that are not UTF-8 and dangling links.
+/// loop), sockets, FIFOs, temporary download files ([`is_part_file`]); skipped and failed
+/// (each a failed file, the walk going on with the rest): names that are not UTF-8 or that
+/// EFS cannot store (a backslash, a control character), dangling links, and entries that
+/// cannot be read (an unreadable directory: what is below it).
 pub(crate) async fn walk_local(root: PathBuf) -> Result<Walked> {
     tokio::task::spawn_blocking(move || {
         let mut w = Walked::default();
         let mut stack = vec![(root, String::new())];
         while let Some((dir, rel)) = stack.pop() {
-            let rd =
-                std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))?;
+            let rd = match std::fs::read_dir(&dir) {
+                Ok(rd) => rd,
+                // The named directory itself: the source cannot be read at all.
+                Err(e) if rel.is_empty() => {
+                    return Err(e).with_context(|| format!("reading {}", shown(&dir)));
+                }
+                Err(e) => {
+                    // What is below it is there, only not read: a sync keeps it.
+                    w.skipped.insert(rel.clone());
+                    w.failed.push(anyhow::Error::from(e).context(format!(
+                        "{}: not copied, the directory cannot be read",
+                        shown(&dir)
+                    )));
+                    continue;
+                }
+            };
             for item in rd {
-                let item = item.with_context(|| format!("reading {}", dir.display()))?;
+                let item = match item {
+                    Ok(item) => item,
+                    Err(e) => {
+                        // The rest of this listing is lost: a sync keeps the whole directory.
+                        w.skipped.insert(rel.clone());
+                        w.failed.push(anyhow::Error::from(e).context(format!(
+                            "{}: not copied completely, reading the directory failed",
+                            shown(&dir)
+                        )));
+                        break;
+                    }
+                };
                 let Some(name) = item.file_name().to_str().map(str::to_owned) else {
                     // No remote entry can have this name, so there is none to keep.
                     w.failed.push(crate::exit::fail(
                         crate::exit::ERROR,
                         format!(
                             "{}: not copied, the name is not UTF-8 as EFS names must be (what is not is shown as \u{FFFD})",
-                            item.path().display()
+                            shown(&item.path())
                         ),
                     ));
                     continue;
                 };
                 let path = item.path();
-                let ft = item
-                    .file_type()
-                    .with_context(|| format!("reading {}", path.display()))?;
+                if let Some(why) = name_problem(&name) {
+                    // No remote entry can have this name either.
+                    w.failed.push(crate::exit::fail(
+                        crate::exit::ERROR,
+                        format!("{}: not copied, {why}", shown(&path)),
+                    ));
+                    continue;
+                }
                 let r = if rel.is_empty() {
                     name.clone()
                 } else {
                     format!("{rel}/{name}")
                 };
-                let skip = |why: &str, w: &mut Walked| {
-                    tracing::warn!(
-                        "skipping {}: {why} (a sync keeps what the destination has of that name)",
-                        path.display()
+                let unreadable = |e: std::io::Error, w: &mut Walked| {
+                    w.skipped.insert(r.clone());
+                    w.failed.push(
+                        anyhow::Error::from(e)
+                            .context(format!("{}: not copied, it cannot be read", shown(&path))),
                     );
+                };
+                let ft = match item.file_type() {
+                    Ok(ft) => ft,
+                    Err(e) => {
+                        unreadable(e, &mut w);
+                        continue;
+                    }
+                };
+                let skip = |why: &str, w: &mut Walked| {
+                    w.warnings.push(format!("skipping {}: {why}", shown(&path)));
                     w.skipped.insert(r.clone());
                 };
                 let meta = if ft.is_symlink() {
@@ -201,15 +279,20 @@ pub(crate) async fn walk_local(root: PathBuf) -> Result<Walked> {
                                 crate::exit::ERROR,
                                 format!(
                                     "{}: not copied, a symbolic link whose target cannot be read ({e}); a sync keeps what the destination has of that name",
-                                    path.display()
+                                    shown(&path)
                                 ),
                             ));
                             continue;
                         }
                     }
                 } else {
-                    item.metadata()
-                        .with_context(|| format!("reading {}", path.display()))?
+                    match item.metadata() {
+                        Ok(m) => m,
+                        Err(e) => {
+                            unreadable(e, &mut w);
+                            continue;
+                        }
+                    }
                 };
                 // A directory of such a name is one a sync moved aside to replace it (left by
                 // an interruption): not the user's data to copy either.
@@ -266,8 +349,8 @@ pub(crate) async fn walk_remote(client: &Client, root: &str, skip_parts: bool) -
             // What an interrupted `efs cp` left on the server (a staged upload, a directory
             // moved aside to be replaced): never copied, nor taken for the user's data.
             if skip_parts && is_part_file(&e.name) {
-                tracing::warn!(
-                    "skipping {}/{}: a temporary file or directory of an unfinished copy",
+                eprintln!(
+                    "efs: warning: skipping {}/{}: a temporary file or directory of an unfinished copy",
                     if rel.is_empty() {
                         root.trim_end_matches('/').to_owned()
                     } else {

@@ -290,3 +290,66 @@ fn dot_segments_in_remote_paths_are_refused_by_every_command() {
     assert!(String::from_utf8_lossy(&out.stdout).contains("/Records"));
     assert_eq!(env.cat("drive:/Records/2019/r.txt"), b"record");
 }
+
+/// Regression: rm, stat and cat stopped at the first path that failed; like coreutils, they
+/// go on with the rest and exit with the first failure's code.
+#[test]
+fn rm_stat_and_cat_go_on_after_a_failing_path() {
+    let env = Env::new();
+    for (p, body) in [("drive:/r1", &b"one"[..]), ("drive:/r3", b"three")] {
+        assert_ok(&["put"], &env.efs_input(&["put", p], body));
+    }
+    let out = env.efs(&["cat", "drive:/r1", "drive:/r2", "drive:/r3"]);
+    let err = assert_code(&["cat"], &out, 3);
+    assert_eq!(out.stdout, b"onethree");
+    assert!(err.contains("drive:/r2"), "{err}");
+    let out = env.efs(&["stat", "drive:/r1", "drive:/r2", "drive:/r3"]);
+    let err = assert_code(&["stat"], &out, 3);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains("drive:/r1") && stdout.contains("drive:/r3"),
+        "{stdout}"
+    );
+    assert!(err.contains("drive:/r2"), "{err}");
+    // Two failures: each reported, the first one's code.
+    env.ok(&["mkdir", "drive:/full"]);
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/full/x"], b"x"));
+    let err = env.fails(
+        &["rm", "drive:/r1", "drive:/r2", "drive:/full", "drive:/r3"],
+        3,
+    );
+    assert!(
+        err.contains("drive:/r2") && err.contains("drive:/full"),
+        "{err}"
+    );
+    assert_eq!(env.ok(&["ls", "drive:/"]), "full/\n");
+}
+
+/// Regression: refusals whose message or hint did not fit: a mv onto an existing file never
+/// named -f, put --no-clobber blamed "someone else", mkdir on a file said to use -p, and cat
+/// of a directory was exit 5 where the manual says 2.
+#[test]
+fn refusals_say_what_fits() {
+    let env = Env::new();
+    for p in ["drive:/a", "drive:/b"] {
+        assert_ok(&["put"], &env.efs_input(&["put", p], b"x"));
+    }
+    let err = env.fails(&["mv", "drive:/a", "drive:/b"], 5);
+    assert!(
+        err.contains("drive:/b exists") && err.contains("mv -f"),
+        "{err}"
+    );
+    let out = env.efs_input(&["put", "--no-clobber", "drive:/a"], b"y");
+    let err = assert_code(&["put"], &out, 5);
+    assert!(err.contains("drive:/a exists"), "{err}");
+    assert!(!err.contains("someone else"), "{err}");
+    assert_eq!(env.cat("drive:/a"), b"x");
+    for args in [&["mkdir", "drive:/a"][..], &["mkdir", "-p", "drive:/a"][..]] {
+        let err = env.fails(args, 5);
+        assert!(err.contains("drive:/a is a file"), "{err}");
+        assert!(!err.contains("mkdir -p accepts"), "{err}");
+    }
+    env.ok(&["mkdir", "drive:/dir"]);
+    let err = env.fails(&["cat", "drive:/dir"], 2);
+    assert!(err.contains("drive:/dir is a directory"), "{err}");
+}

@@ -428,3 +428,24 @@ pub fn wait_for(buf: &Arc<Mutex<Vec<u8>>>, needle: &str, timeout: Duration) {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// `efs args` without the privilege to read or write what its mode forbids: as root (whose
+/// capabilities ignore modes), through `setpriv` with every capability dropped; `None` when
+/// root cannot drop them here.
+pub fn efs_unprivileged(env: &Env, args: &[&str]) -> Option<Output> {
+    let mut c = if rustix::process::geteuid().is_root() {
+        let mut c = Command::new("setpriv");
+        c.args(["--inh-caps=-all", "--bounding-set=-all", EFS]);
+        c
+    } else {
+        Command::new(EFS)
+    };
+    c.args(args);
+    env.configure(&mut c);
+    let out = c.stdin(Stdio::null()).output().ok()?;
+    // setpriv itself failed (not allowed here): no test.
+    if String::from_utf8_lossy(&out.stderr).starts_with("setpriv:") {
+        return None;
+    }
+    Some(out)
+}
