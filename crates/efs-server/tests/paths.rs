@@ -343,9 +343,15 @@ async fn new_names_with_invisible_characters_are_refused() {
             ("MKCOL", format!("/{bad}")),
             ("PUT", format!("/{bad}/")),
         ] {
+            // A directory is made without a body (a body is refused on its own).
+            let content = if method == "MKCOL" || path.ends_with('/') {
+                ""
+            } else {
+                "x"
+            };
             let r = srv
                 .req(method, &path, &s.token)
-                .body("x")
+                .body(content)
                 .send()
                 .await
                 .unwrap();
