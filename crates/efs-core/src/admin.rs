@@ -549,7 +549,16 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 .iter()
                 .map(|u| {
                     let g: Vec<String> = u.grants.iter().map(grant_text).collect();
-                    format!("{}\t{}", u.name, g.join(","))
+                    format!(
+                        "{}\t{}{}",
+                        u.name,
+                        g.join(","),
+                        if u.cert_sha256.is_some() {
+                            "\tclient certificate bound"
+                        } else {
+                            ""
+                        }
+                    )
                 })
                 .collect();
             let data = users

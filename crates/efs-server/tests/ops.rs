@@ -1170,3 +1170,41 @@ fn each_binary_names_itself_in_its_version() {
         );
     }
 }
+
+/// `efsctl bind-cert USER --cert|--sha256` through a server started without `--client-ca`
+/// is refused, saying to start it with one: it was saved, and from then on every login of
+/// the user failed (401), as no connection could present a certificate. Without a server
+/// (efsctl cannot know the flags the next one starts with), it is done with a warning; the
+/// text of `list-users` shows the binding (only `--json` had `cert_bound`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_cert_is_refused_by_a_server_without_a_client_ca() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let hash = "ab".repeat(32);
+    let out = srv.efsctl(&["bind-cert", "app", "--sha256", &hash]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Start efs-server with --client-ca"),
+        "the refusal says what to do: {err}"
+    );
+    let users = srv.efsctl_ok(&["list-users"]);
+    assert!(!users.contains("client certificate"), "{users}");
+    srv.login("app", &s.key, None).await;
+    // Unbinding (nothing bound) is no danger and stays allowed.
+    srv.efsctl_ok(&["bind-cert", "app", "--unbind"]);
+
+    srv.stop().await;
+    let out = srv.efsctl(&["bind-cert", "app", "--sha256", &hash]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("--client-ca") && err.contains("certificate"),
+        "{err}"
+    );
+    let users = srv.efsctl_ok(&["list-users"]);
+    let line = users.lines().find(|l| l.starts_with("app\t")).unwrap();
+    assert!(line.contains("client certificate bound"), "{users}");
+    let json: Value = serde_json::from_str(&srv.efsctl_ok(&["--json", "list-users"])).unwrap();
+    assert_eq!(json[0]["cert_bound"], true, "{json}");
+}

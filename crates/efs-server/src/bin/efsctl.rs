@@ -131,7 +131,9 @@ enum Cmd {
     /// Check that efs-server runs on this data dir and can serve (for container health
     /// checks): exit 0 and "ok", else 1. Not recorded in the audit log.
     Health,
-    /// Bind a client certificate to a user (with efs-server --client-ca).
+    /// Bind a client certificate to a user: from then on it logs in only over a connection
+    /// presenting that certificate, which needs efs-server --client-ca (a running server
+    /// without it refuses; without a server, efsctl warns).
     BindCert {
         /// User.
         user: String,
@@ -686,8 +688,24 @@ fn send(
                 }
             }
             let op = efs_core::admin::Operator::this_process("data-dir");
+            let binds = matches!(
+                req,
+                AdminRequest::BindCert {
+                    sha256: Some(_),
+                    ..
+                }
+            );
             let resp = rt.block_on(efs_core::admin::execute_as(&dd, req, &op));
             store_counts();
+            if binds && resp.ok {
+                // A running server refuses a binding it could never honour; efsctl on the data
+                // dir cannot know the flags of the next start.
+                eprintln!(
+                    "efsctl: warning: from now on the user logs in only over a connection that \
+                     presents this client certificate, verified by efs-server --client-ca: \
+                     start the server with --client-ca, or the user cannot log in"
+                );
+            }
             Ok(resp)
         }
     }
