@@ -1208,3 +1208,32 @@ async fn bind_cert_is_refused_by_a_server_without_a_client_ca() {
     let json: Value = serde_json::from_str(&srv.efsctl_ok(&["--json", "list-users"])).unwrap();
     assert_eq!(json[0]["cert_bound"], true, "{json}");
 }
+
+/// `efsctl backup -o DEST` refuses a DEST inside the data dir (beside the data it copies, in
+/// every copy of the data dir, and where the server keeps its own files), as `create-user
+/// --out` does: it wrote the backup there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_into_the_data_dir_is_refused() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/a.txt", &s.token, b"a".to_vec()).await;
+    let inside = [
+        srv.data.join("fs").join("inside"),
+        srv.data.join("system").join("audit").join("bk"),
+        srv.data.join("new").join("deeper"),
+    ];
+    for dest in &inside {
+        let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("inside the data dir"), "{err}");
+        assert!(!dest.exists(), "{} written", dest.display());
+    }
+    assert!(!srv.data.join("new").exists());
+    srv.stop().await;
+    let out = srv.efsctl(&["backup", "--fs", "files", "-o", inside[0].to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "without a server too: {out:?}");
+    assert!(!inside[0].exists());
+    let outside = srv.dir.path().join("bk");
+    srv.efsctl_ok(&["backup", "--fs", "files", "-o", outside.to_str().unwrap()]);
+}

@@ -226,7 +226,8 @@ enum Cmd {
         /// Filesystem.
         #[arg(long)]
         fs: String,
-        /// New (or empty) directory to write (by the server, when one runs).
+        /// New (or empty) directory to write (by the server, when one runs), outside the
+        /// data dir.
         #[arg(short = 'o', long = "output", value_name = "DEST")]
         dest: PathBuf,
         /// Include the keyring, sealed under the starter key (restorable with the same key
@@ -969,13 +970,7 @@ fn generate_key_pair(
         }
     }
     // A private key in the data dir would sit beside the data it opens, in every copy of it.
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if let (Ok(dir), Ok(data)) = (parent.canonicalize(), data.canonicalize())
-        && dir.starts_with(&data)
-    {
+    if efs_core::datadir::is_inside_data_dir(data, &out) {
         bail!(
             "{} is inside the data dir {}; write the private key elsewhere (--out)",
             out.display(),
