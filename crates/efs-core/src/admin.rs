@@ -884,9 +884,13 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 )
             }];
             lines.push(match p.state {
+                // Damaged entries skipped are said here too, not only by `status`.
                 RotationState::Done => format!(
-                    "Re-encrypted {} files ({} bytes); {} were changed by clients first; done",
-                    p.files_done, p.bytes_done, p.skipped
+                    "Re-encrypted {} files ({} bytes); {} were changed by clients first{}; done",
+                    p.files_done,
+                    p.bytes_done,
+                    p.skipped,
+                    p.damaged.describe()
                 ),
                 RotationState::Running => format!(
                     "Re-encrypting in the background; follow it with: efsctl status --fs {fs}"
@@ -894,7 +898,12 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             });
             AdminResponse::ok(
                 lines,
-                serde_json::json!({ "fs": fs, "started": started, "reencryption": p }),
+                serde_json::json!({
+                    "fs": fs,
+                    "started": started,
+                    "damaged": p.damaged,
+                    "reencryption": p,
+                }),
             )
         }
         AdminRequest::Backup {

@@ -1237,3 +1237,4 @@ async fn a_backup_into_the_data_dir_is_refused() {
     let outside = srv.dir.path().join("bk");
     srv.efsctl_ok(&["backup", "--fs", "files", "-o", outside.to_str().unwrap()]);
 }
+
