@@ -458,7 +458,12 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
     Ok(match req {
         AdminRequest::CreateFs { name } => {
             let lines = dd.create_fs(&name)?;
-            AdminResponse::ok(lines, serde_json::json!({ "name": name }))
+            let id = dd
+                .list_fs()?
+                .into_iter()
+                .find(|f| f.name == name)
+                .map(|f| hex::encode(f.id));
+            AdminResponse::ok(lines, serde_json::json!({ "name": name, "id": id }))
         }
         AdminRequest::ListFs => {
             let all = dd.list_fs()?;
@@ -519,25 +524,30 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     u.name,
                     if read_only { "read-only" } else { "read-write" }
                 )],
-                serde_json::Value::Null,
+                serde_json::json!({
+                    "user": u.name, "fs": fs, "read_only": read_only, "tokens_revoked": true,
+                }),
             )
         }
         AdminRequest::Revoke { user, fs } => {
             let u = dd.revoke(&user, fs.as_deref())?;
-            let line = match fs {
+            let line = match &fs {
                 Some(fs) => format!(
                     "Revoked '{}' access to '{fs}'; its tokens are revoked",
                     u.name
                 ),
                 None => format!("Revoked every token of '{}'", u.name),
             };
-            AdminResponse::ok(vec![line], serde_json::Value::Null)
+            AdminResponse::ok(
+                vec![line],
+                serde_json::json!({ "user": u.name, "fs": fs, "tokens_revoked": true }),
+            )
         }
         AdminRequest::DeleteUser { name } => {
             dd.delete_user(&name)?;
             AdminResponse::ok(
                 vec![format!("Deleted user '{name}'")],
-                serde_json::Value::Null,
+                serde_json::json!({ "user": name, "deleted": true }),
             )
         }
         AdminRequest::Health => AdminResponse::err(
@@ -584,7 +594,11 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     u.name,
                     if hash.is_some() { "bound" } else { "unbound" }
                 )],
-                serde_json::Value::Null,
+                serde_json::json!({
+                    "user": u.name,
+                    "cert_bound": hash.is_some(),
+                    "sha256": hash.map(hex::encode),
+                }),
             )
         }
         AdminRequest::Fsck { fs, accept_index } => {
@@ -868,7 +882,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
         AdminRequest::AuditShow { filter, limit } => audit_show(dd, &filter, limit)?,
         AdminRequest::CacheClear => AdminResponse::ok(
             vec!["No server is running: there is no cache to clear".into()],
-            serde_json::Value::Null,
+            serde_json::json!({ "cleared": false, "reason": "no server is running" }),
         ),
         AdminRequest::Reencrypt { fs, wait } => {
             let (started, p) = dd.reencrypt(&fs, wait).await?;
@@ -1017,9 +1031,25 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 .find_map(|l| l.strip_prefix(crate::datadir::PARTIAL_BACKUP))
                 .and_then(|rest| rest.split(' ').next()?.parse().ok())
                 .unwrap_or(0);
+            // The backup's date and the first bytes of its MAC, as the text prints them (to
+            // compare with what `efsctl backup` printed).
+            let taken_at = lines.iter().find_map(|l| {
+                let rest = &l[l.find(" taken at ")? + " taken at ".len()..];
+                Some(rest[..rest.find(": ")?].to_owned())
+            });
+            let mac = lines
+                .iter()
+                .filter(|l| l.starts_with("Manifest authenticated"))
+                .find_map(|l| Some(l.rsplit_once("MAC ")?.1.to_owned()));
             let mut resp = AdminResponse::ok(
                 lines,
-                serde_json::json!({ "fs": fs, "authenticated": authenticated, "left_out": left_out }),
+                serde_json::json!({
+                    "fs": fs,
+                    "authenticated": authenticated,
+                    "left_out": left_out,
+                    "taken_at": taken_at,
+                    "mac": mac,
+                }),
             );
             // Exit code 3, as the backup's own: a restore drill must not take it for a whole
             // filesystem.

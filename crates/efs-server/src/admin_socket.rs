@@ -295,6 +295,11 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
             lines: vec![format!(
                 "Cleared the decrypted cache ({before} bytes) and {lookups} remembered path lookups"
             )],
+            data: serde_json::json!({
+                "cleared": true,
+                "cache_bytes": before,
+                "path_lookups": lookups,
+            }),
             ..Default::default()
         };
     }

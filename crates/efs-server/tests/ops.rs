@@ -1238,3 +1238,86 @@ async fn a_backup_into_the_data_dir_is_refused() {
     srv.efsctl_ok(&["backup", "--fs", "files", "-o", outside.to_str().unwrap()]);
 }
 
+/// Every `--json` answer is an object with what the text says: `grant`, `revoke`,
+/// `delete-user`, `bind-cert` and `cache-clear` printed `null`, `health` printed `ok`,
+/// `rekey-starter` plain text, `create-fs` no id, `restore` neither the backup's date nor
+/// its MAC (which its text prints, to compare with the MAC `backup` printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_answers_are_objects_with_what_the_text_says() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/a.txt", &s.token, b"a".to_vec()).await;
+    let json = |srv: &TestServer, args: &[&str]| -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = srv.efsctl_ok(&all);
+        let v: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("efsctl {args:?} --json: {e}: {out}"));
+        assert!(v.is_object(), "efsctl {args:?} --json: {v}");
+        v
+    };
+    let v = json(&srv, &["create-fs", "more"]);
+    assert_eq!(v["name"], "more");
+    let listed = srv.efsctl_ok(&["list-fs"]);
+    let id = v["id"].as_str().expect("id");
+    assert!(listed.contains(&format!("more\t{id}")), "{listed}");
+
+    let v = json(&srv, &["grant", "app", "--fs", "more", "--read-only"]);
+    assert_eq!(
+        (&v["user"], &v["fs"], &v["read_only"]),
+        (&"app".into(), &"more".into(), &true.into())
+    );
+    let v = json(&srv, &["revoke", "app", "--fs", "more"]);
+    assert_eq!((&v["user"], &v["fs"]), (&"app".into(), &"more".into()));
+    let v = json(&srv, &["revoke", "app"]);
+    assert_eq!((&v["user"], &v["fs"]), (&"app".into(), &Value::Null));
+    srv.create_user("temp", &["more"], false);
+    let v = json(&srv, &["delete-user", "temp"]);
+    assert_eq!((&v["user"], &v["deleted"]), (&"temp".into(), &true.into()));
+    let v = json(&srv, &["bind-cert", "app", "--unbind"]);
+    assert_eq!(
+        (&v["user"], &v["cert_bound"]),
+        (&"app".into(), &false.into())
+    );
+    let v = json(&srv, &["cache-clear"]);
+    assert_eq!(v["cleared"], true, "{v}");
+    assert!(
+        v["cache_bytes"].is_u64() && v["path_lookups"].is_u64(),
+        "{v}"
+    );
+    let v = json(&srv, &["health"]);
+    assert_eq!(v["status"], "ok");
+
+    let dest = srv.dir.path().join("bk");
+    let backed = json(
+        &srv,
+        &["backup", "--fs", "files", "-o", dest.to_str().unwrap()],
+    );
+    let mac = backed["mac"].as_str().expect("the backup's MAC").to_owned();
+    let text = srv.efsctl_ok(&["restore", "--fs", "back", "-i", dest.to_str().unwrap()]);
+    assert!(
+        text.contains(" taken at 20") && text.contains(&format!("MAC {}", &mac[..32])),
+        "{text}"
+    );
+    let v = json(
+        &srv,
+        &["restore", "--fs", "back2", "-i", dest.to_str().unwrap()],
+    );
+    assert_eq!(
+        (&v["fs"], &v["authenticated"], &v["left_out"]),
+        (&"back2".into(), &true.into(), &0.into())
+    );
+    assert_eq!(v["mac"].as_str(), Some(&mac[..32]), "{v}");
+    let taken = v["taken_at"].as_str().expect("taken_at");
+    assert!(text.contains(&format!(" taken at {taken}:")), "{v} {text}");
+
+    srv.stop().await;
+    let v = json(&srv, &["cache-clear"]);
+    assert_eq!(v["cleared"], false, "{v}");
+    let new_part = srv.dir.path().join("new.keypart");
+    efs_core::keyparts::generate_part_file(&new_part).unwrap();
+    let spec = format!("file:{}", new_part.display());
+    let v = json(&srv, &["rekey-starter", "--new-key-part", &spec]);
+    assert_eq!(v["done"], true, "{v}");
+    assert!(v["lines"].as_array().is_some_and(|l| !l.is_empty()), "{v}");
+}

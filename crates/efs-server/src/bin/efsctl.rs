@@ -385,7 +385,7 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> anyhow::Result<u8> {
     let json = args.json;
     if let Cmd::RekeyStarter { new_key_parts } = &args.cmd {
-        return rekey_starter(&args.data, &args.key_parts, new_key_parts);
+        return rekey_starter(&args.data, &args.key_parts, new_key_parts, json);
     }
     // A key pair `create-user` generated: removed again if the server refuses the user, its
     // description shown (on standard error with --json) once the user exists.
@@ -436,7 +436,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::Revoke { user, fs } => AdminRequest::Revoke { user, fs },
         Cmd::DeleteUser { name } => AdminRequest::DeleteUser { name },
         Cmd::ListUsers => AdminRequest::ListUsers,
-        Cmd::Health => return health(&args.data),
+        Cmd::Health => return health(&args.data, json),
         Cmd::BindCert {
             user,
             cert,
@@ -776,7 +776,7 @@ const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A server that does not answer within [`HEALTH_TIMEOUT`] is not healthy: without a limit a
 /// server whose admin socket accepts nothing (out of descriptors, every admin place taken)
 /// made `health` wait for ever, and a probe without its own timeout with it.
-fn health(data: &Path) -> anyhow::Result<u8> {
+fn health(data: &Path, json: bool) -> anyhow::Result<u8> {
     let s = UnixStream::connect(efs_core::datadir::admin_socket_path(data))
         .map_err(|_| anyhow::anyhow!("no efs-server is running on {}", data.display()))?;
     s.set_read_timeout(Some(HEALTH_TIMEOUT))?;
@@ -802,7 +802,11 @@ fn health(data: &Path) -> anyhow::Result<u8> {
     })?;
     match resp.error {
         None if resp.ok => {
-            say!("ok");
+            if json {
+                say!("{}", serde_json::to_string_pretty(&resp.data)?);
+            } else {
+                say!("ok");
+            }
             Ok(0)
         }
         e => bail!("efs-server cannot serve: {}", e.unwrap_or_default()),
@@ -810,7 +814,12 @@ fn health(data: &Path) -> anyhow::Result<u8> {
 }
 
 /// `rekey-starter`: only on a stopped data dir (see efs_core::rekey).
-fn rekey_starter(data: &Path, old: &[KeyPartSpec], new: &[KeyPartSpec]) -> anyhow::Result<u8> {
+fn rekey_starter(
+    data: &Path,
+    old: &[KeyPartSpec],
+    new: &[KeyPartSpec],
+    json: bool,
+) -> anyhow::Result<u8> {
     if UnixStream::connect(efs_core::datadir::admin_socket_path(data)).is_ok() {
         bail!(
             "efs-server is running on {}: stop it first. rekey-starter rewrites the system \
@@ -835,8 +844,18 @@ fn rekey_starter(data: &Path, old: &[KeyPartSpec], new: &[KeyPartSpec]) -> anyho
             &|p: &str| prompt(p),
         ))
         .context("re-keying the starter key")?;
-    for l in lines {
-        say!("{l}");
+    if json {
+        // Warnings (an audit entry not written, an env: part to remove) also where a script's
+        // operator sees them.
+        for l in lines.iter().filter(|l| l.starts_with("WARNING")) {
+            eprintln!("efsctl: {l}");
+        }
+        let v = serde_json::json!({ "done": true, "lines": lines });
+        say!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for l in lines {
+            say!("{l}");
+        }
     }
     Ok(0)
 }
