@@ -1085,22 +1085,21 @@ fn grant_text(g: &GrantRecord) -> String {
     format!("{}{}", g.fs, if g.read_only { " (read-only)" } else { "" })
 }
 
+/// A head as `audit verify` prints it, `SEQ:MAC` (64 hex digits): its number and MAC.
+pub fn parse_audit_head(head: &str) -> Result<(u64, &str), CoreError> {
+    head.split_once(':')
+        .and_then(|(s, m)| Some((s.parse::<u64>().ok()?, m)))
+        .filter(|(_, m)| m.len() == 64 && m.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            CoreError::Invalid(
+                "--expect-head takes SEQ:MAC as audit verify printed it (e.g. 42:3fa1…, 64 hex digits)"
+                    .into(),
+            )
+        })
+}
+
 fn audit_verify(dd: &DataDir, expect: Option<&str>) -> Result<AdminResponse, CoreError> {
-    let expect = match expect {
-        None => None,
-        Some(e) => {
-            let parsed = e
-                .split_once(':')
-                .and_then(|(s, m)| Some((s.parse::<u64>().ok()?, m)))
-                .filter(|(_, m)| m.len() == 64 && m.bytes().all(|b| b.is_ascii_hexdigit()));
-            Some(parsed.ok_or_else(|| {
-                CoreError::Invalid(
-                    "--expect-head takes SEQ:MAC as audit verify printed it (e.g. 42:3fa1…, 64 hex digits)"
-                        .into(),
-                )
-            })?)
-        }
-    };
+    let expect = expect.map(parse_audit_head).transpose()?;
     let rep = dd.audit_verify(expect)?;
     let mut lines = Vec::new();
     match &rep.problem {

@@ -1321,3 +1321,30 @@ async fn json_answers_are_objects_with_what_the_text_says() {
     assert_eq!(v["done"], true, "{v}");
     assert!(v["lines"].as_array().is_some_and(|l| !l.is_empty()), "{v}");
 }
+
+/// Bad usage exits 2, as `efsctl --help` says (it exited 1): an `audit show --limit` out of
+/// range, an `--expect-head` that is not `SEQ:MAC`, `bind-cert` with neither `--cert`,
+/// `--sha256` nor `--unbind`, and a `--sha256` that is not 64 hex digits.
+#[test]
+fn usage_errors_exit_2() {
+    let dir = new_tempdir();
+    let data = dir.path().join("d");
+    for args in [
+        &["audit", "show", "--limit", "0"][..],
+        &["audit", "show", "--limit", "100001"],
+        &["audit", "verify", "--expect-head", "garbage"],
+        &["audit", "verify", "--expect-head", "12:abcd"],
+        &["bind-cert", "alice"],
+        &["bind-cert", "alice", "--sha256", "abcd"],
+        &["bind-cert", "alice", "--sha256", &"zz".repeat(32)],
+    ] {
+        let out = std::process::Command::new(EFSCTL_BIN)
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "efsctl {args:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "efsctl {args:?} says why");
+    }
+}

@@ -134,14 +134,15 @@ enum Cmd {
     /// Bind a client certificate to a user: from then on it logs in only over a connection
     /// presenting that certificate, which needs efs-server --client-ca (a running server
     /// without it refuses; without a server, efsctl warns).
+    #[command(group(clap::ArgGroup::new("binding").required(true).args(["cert", "sha256", "unbind"])))]
     BindCert {
         /// User.
         user: String,
         /// The client certificate (PEM).
         #[arg(long, conflicts_with_all = ["sha256", "unbind"])]
         cert: Option<PathBuf>,
-        /// Its SHA-256 fingerprint (hex, colons optional).
-        #[arg(long, conflicts_with = "unbind")]
+        /// Its SHA-256 fingerprint (64 hex digits, colons optional).
+        #[arg(long, conflicts_with = "unbind", value_parser = parse_sha256)]
         sha256: Option<String>,
         /// Remove the binding.
         #[arg(long)]
@@ -304,7 +305,7 @@ enum AuditCmd {
     Verify {
         /// A head printed by an earlier verify (SEQ:MAC): fails if the log no longer
         /// contains it (a rollback of both the log and its anchor).
-        #[arg(long, value_name = "SEQ:MAC")]
+        #[arg(long, value_name = "SEQ:MAC", value_parser = parse_head)]
         expect_head: Option<String>,
     },
     /// Who did what, when: "who read this file, and when".
@@ -331,7 +332,12 @@ enum AuditCmd {
         until: Option<i64>,
         /// Show only the newest N matching entries (1 to 100000); the older ones are
         /// counted in a warning.
-        #[arg(long, value_name = "N", default_value_t = efs_core::admin::AUDIT_SHOW_DEFAULT)]
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = efs_core::admin::AUDIT_SHOW_DEFAULT,
+            value_parser = clap::value_parser!(u64).range(1..=efs_core::admin::AUDIT_SHOW_MAX)
+        )]
         limit: u64,
     },
 }
@@ -362,6 +368,25 @@ fn parse_time(s: &str) -> Result<i64, String> {
         _ => Err(format!(
             "'{s}' is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor an age (30m, 12h, 7d)"
         )),
+    }
+}
+
+/// `--expect-head`: checked here, so that a malformed head is bad usage (exit code 2).
+fn parse_head(s: &str) -> Result<String, String> {
+    efs_core::admin::parse_audit_head(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// `bind-cert --sha256`: 64 hex digits, colons optional (`ab:cd:…`, as openssl prints it).
+fn parse_sha256(s: &str) -> Result<String, String> {
+    let hex = s.replace(':', "");
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(format!(
+            "'{s}' is not a SHA-256 fingerprint: give 64 hex digits (colons optional)"
+        ))
     }
 }
 
