@@ -779,9 +779,13 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             };
             let mut lines = Vec::new();
             let mut data = Vec::new();
+            // A filesystem listed as not served makes the answer "checked, not clean" (exit
+            // code 3, as fsck's), as `status --fs NAME` of it is an error.
+            let mut not_served = false;
             for name in names {
                 let f = match dd.unopened(&name) {
                     Some(why) if all => {
+                        not_served = true;
                         lines.push(format!("{name}: NOT SERVED: {why}"));
                         data.push(serde_json::json!({ "name": name, "not_served": why }));
                         continue;
@@ -873,10 +877,12 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     serde_json::json!({ "holds": false, "found": found })
                 }
             };
-            AdminResponse::ok(
+            let mut r = AdminResponse::ok(
                 lines,
                 serde_json::json!({ "filesystems": data, "system_digest": digest }),
-            )
+            );
+            r.clean = Some(!not_served);
+            r
         }
         AdminRequest::AuditVerify { expect_head } => audit_verify(dd, expect_head.as_deref())?,
         AdminRequest::AuditShow { filter, limit } => audit_show(dd, &filter, limit)?,

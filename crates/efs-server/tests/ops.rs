@@ -1348,3 +1348,4 @@ fn usage_errors_exit_2() {
         assert!(!out.stderr.is_empty(), "efsctl {args:?} says why");
     }
 }
+

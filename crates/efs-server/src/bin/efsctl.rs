@@ -2,7 +2,8 @@
 //! directly on the data dir when no server runs.
 //!
 //! Exit codes: 0 success; 1 error; 2 bad usage; 3 `fsck` or `audit verify` found problems
-//! (or `audit show` met a broken chain, or a backup or restore left damaged entries out).
+//! (or `audit show` met a broken chain, a backup or restore left damaged entries out, or
+//! `status` lists a filesystem not served).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -56,7 +57,8 @@ macro_rules! say {
   efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
 
 Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found problems (or audit show
-met a broken chain, or a backup --skip-damaged or the restore of one left damaged entries out)."
+met a broken chain, a backup --skip-damaged or the restore of one left damaged entries out, or
+status lists a filesystem as NOT SERVED)."
 )]
 struct Args {
     /// Data directory.
@@ -200,7 +202,8 @@ enum Cmd {
         wait: bool,
     },
     /// Show each filesystem's key terms, the records sealed under the current term (rotate
-    /// before 2^32; a WARNING from 2^31), key-rotation and re-encryption progress.
+    /// before 2^32; a WARNING from 2^31), key-rotation and re-encryption progress. Exit code
+    /// 3 when it lists a filesystem as NOT SERVED (its index did not open).
     Status {
         /// Only this filesystem.
         #[arg(long)]
