@@ -1360,6 +1360,8 @@ impl DataDir {
             let before = u.grants.len();
             u.grants.retain(|g| g.fs != fs);
             if u.grants.len() == before {
+                // A grant on a filesystem that is gone is still revoked above.
+                self.require_fs(fs)?;
                 return Err(CoreError::Invalid(format!(
                     "user '{user}' has no grant on '{fs}'"
                 )));

@@ -1349,3 +1349,52 @@ fn usage_errors_exit_2() {
     }
 }
 
+/// What efsctl says when refusing names the real problem, once: `create-user --out` onto an
+/// existing file said "(use --out)" although --out was given; a bad `--pubkey` said "not an
+/// Ed25519 public key" twice; `revoke --fs` of a filesystem that does not exist said the
+/// user had no grant on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn efsctl_refusals_name_the_problem_once() {
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let taken = srv.dir.path().join("alice");
+    std::fs::write(&taken, "mine").unwrap();
+    let out = srv.efsctl(&[
+        "create-user",
+        "carol",
+        "--fs",
+        "files",
+        "--out",
+        taken.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("choose another --out or remove it"), "{err}");
+    assert!(!err.contains("(use --out)"), "{err}");
+    assert_eq!(std::fs::read(&taken).unwrap(), b"mine");
+
+    let bad = srv.dir.path().join("bad.pub");
+    std::fs::write(&bad, "hello\n").unwrap();
+    let out = srv.efsctl(&[
+        "create-user",
+        "carol",
+        "--fs",
+        "files",
+        "--pubkey",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("Ed25519 public key").count(), 1, "{err}");
+    assert_eq!(err.matches("expected").count(), 1, "{err}");
+    assert!(err.contains(bad.to_str().unwrap()), "{err}");
+
+    let out = srv.efsctl(&["revoke", "app", "--fs", "nofs"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no filesystem named 'nofs'"), "{err}");
+    srv.create_fs("other");
+    let out = srv.efsctl(&["revoke", "app", "--fs", "other"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no grant on 'other'"), "{err}");
+}

@@ -914,12 +914,8 @@ fn read_public_key(p: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
     } else {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
     };
-    efs_server::auth::parse_public_key(&text).with_context(|| {
-        format!(
-            "{} is not an Ed25519 public key (expected an OpenSSH 'ssh-ed25519 AAAA…' line or a PEM 'BEGIN PUBLIC KEY' block)",
-            p.display()
-        )
-    })
+    // The parser's error says what was expected: said once, after the file's name.
+    efs_server::auth::parse_public_key(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
 }
 
 /// The three files of a key pair `create-user` wrote.
@@ -1005,14 +1001,20 @@ fn generate_key_pair(
     data: &Path,
 ) -> anyhow::Result<(ed25519_dalek::VerifyingKey, GeneratedPair)> {
     use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let chosen = out.is_some();
     let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}_ed25519")));
     let pem_path = PathBuf::from(format!("{}.pem", out.display()));
     let pub_path = PathBuf::from(format!("{}.pub", out.display()));
     for p in [&out, &pem_path, &pub_path] {
         if p.exists() {
             bail!(
-                "{} exists; refusing to overwrite a key (use --out)",
-                p.display()
+                "{} exists; refusing to overwrite a key: {}",
+                p.display(),
+                if chosen {
+                    "choose another --out or remove it"
+                } else {
+                    "write the key elsewhere with --out, or remove it"
+                }
             );
         }
     }
