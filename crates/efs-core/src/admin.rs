@@ -458,7 +458,12 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
     Ok(match req {
         AdminRequest::CreateFs { name } => {
             let lines = dd.create_fs(&name)?;
-            AdminResponse::ok(lines, serde_json::json!({ "name": name }))
+            let id = dd
+                .list_fs()?
+                .into_iter()
+                .find(|f| f.name == name)
+                .map(|f| hex::encode(f.id));
+            AdminResponse::ok(lines, serde_json::json!({ "name": name, "id": id }))
         }
         AdminRequest::ListFs => {
             let all = dd.list_fs()?;
@@ -519,25 +524,30 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     u.name,
                     if read_only { "read-only" } else { "read-write" }
                 )],
-                serde_json::Value::Null,
+                serde_json::json!({
+                    "user": u.name, "fs": fs, "read_only": read_only, "tokens_revoked": true,
+                }),
             )
         }
         AdminRequest::Revoke { user, fs } => {
             let u = dd.revoke(&user, fs.as_deref())?;
-            let line = match fs {
+            let line = match &fs {
                 Some(fs) => format!(
                     "Revoked '{}' access to '{fs}'; its tokens are revoked",
                     u.name
                 ),
                 None => format!("Revoked every token of '{}'", u.name),
             };
-            AdminResponse::ok(vec![line], serde_json::Value::Null)
+            AdminResponse::ok(
+                vec![line],
+                serde_json::json!({ "user": u.name, "fs": fs, "tokens_revoked": true }),
+            )
         }
         AdminRequest::DeleteUser { name } => {
             dd.delete_user(&name)?;
             AdminResponse::ok(
                 vec![format!("Deleted user '{name}'")],
-                serde_json::Value::Null,
+                serde_json::json!({ "user": name, "deleted": true }),
             )
         }
         AdminRequest::Health => AdminResponse::err(
@@ -549,7 +559,16 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 .iter()
                 .map(|u| {
                     let g: Vec<String> = u.grants.iter().map(grant_text).collect();
-                    format!("{}\t{}", u.name, g.join(","))
+                    format!(
+                        "{}\t{}{}",
+                        u.name,
+                        g.join(","),
+                        if u.cert_sha256.is_some() {
+                            "\tclient certificate bound"
+                        } else {
+                            ""
+                        }
+                    )
                 })
                 .collect();
             let data = users
@@ -575,7 +594,11 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     u.name,
                     if hash.is_some() { "bound" } else { "unbound" }
                 )],
-                serde_json::Value::Null,
+                serde_json::json!({
+                    "user": u.name,
+                    "cert_bound": hash.is_some(),
+                    "sha256": hash.map(hex::encode),
+                }),
             )
         }
         AdminRequest::Fsck { fs, accept_index } => {
@@ -756,9 +779,13 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             };
             let mut lines = Vec::new();
             let mut data = Vec::new();
+            // A filesystem listed as not served makes the answer "checked, not clean" (exit
+            // code 3, as fsck's), as `status --fs NAME` of it is an error.
+            let mut not_served = false;
             for name in names {
                 let f = match dd.unopened(&name) {
                     Some(why) if all => {
+                        not_served = true;
                         lines.push(format!("{name}: NOT SERVED: {why}"));
                         data.push(serde_json::json!({ "name": name, "not_served": why }));
                         continue;
@@ -850,16 +877,18 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     serde_json::json!({ "holds": false, "found": found })
                 }
             };
-            AdminResponse::ok(
+            let mut r = AdminResponse::ok(
                 lines,
                 serde_json::json!({ "filesystems": data, "system_digest": digest }),
-            )
+            );
+            r.clean = Some(!not_served);
+            r
         }
         AdminRequest::AuditVerify { expect_head } => audit_verify(dd, expect_head.as_deref())?,
         AdminRequest::AuditShow { filter, limit } => audit_show(dd, &filter, limit)?,
         AdminRequest::CacheClear => AdminResponse::ok(
             vec!["No server is running: there is no cache to clear".into()],
-            serde_json::Value::Null,
+            serde_json::json!({ "cleared": false, "reason": "no server is running" }),
         ),
         AdminRequest::Reencrypt { fs, wait } => {
             let (started, p) = dd.reencrypt(&fs, wait).await?;
@@ -875,9 +904,13 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 )
             }];
             lines.push(match p.state {
+                // Damaged entries skipped are said here too, not only by `status`.
                 RotationState::Done => format!(
-                    "Re-encrypted {} files ({} bytes); {} were changed by clients first; done",
-                    p.files_done, p.bytes_done, p.skipped
+                    "Re-encrypted {} files ({} bytes); {} were changed by clients first{}; done",
+                    p.files_done,
+                    p.bytes_done,
+                    p.skipped,
+                    p.damaged.describe()
                 ),
                 RotationState::Running => format!(
                     "Re-encrypting in the background; follow it with: efsctl status --fs {fs}"
@@ -885,7 +918,12 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             });
             AdminResponse::ok(
                 lines,
-                serde_json::json!({ "fs": fs, "started": started, "reencryption": p }),
+                serde_json::json!({
+                    "fs": fs,
+                    "started": started,
+                    "damaged": p.damaged,
+                    "reencryption": p,
+                }),
             )
         }
         AdminRequest::Backup {
@@ -999,9 +1037,25 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 .find_map(|l| l.strip_prefix(crate::datadir::PARTIAL_BACKUP))
                 .and_then(|rest| rest.split(' ').next()?.parse().ok())
                 .unwrap_or(0);
+            // The backup's date and the first bytes of its MAC, as the text prints them (to
+            // compare with what `efsctl backup` printed).
+            let taken_at = lines.iter().find_map(|l| {
+                let rest = &l[l.find(" taken at ")? + " taken at ".len()..];
+                Some(rest[..rest.find(": ")?].to_owned())
+            });
+            let mac = lines
+                .iter()
+                .filter(|l| l.starts_with("Manifest authenticated"))
+                .find_map(|l| Some(l.rsplit_once("MAC ")?.1.to_owned()));
             let mut resp = AdminResponse::ok(
                 lines,
-                serde_json::json!({ "fs": fs, "authenticated": authenticated, "left_out": left_out }),
+                serde_json::json!({
+                    "fs": fs,
+                    "authenticated": authenticated,
+                    "left_out": left_out,
+                    "taken_at": taken_at,
+                    "mac": mac,
+                }),
             );
             // Exit code 3, as the backup's own: a restore drill must not take it for a whole
             // filesystem.
@@ -1037,22 +1091,21 @@ fn grant_text(g: &GrantRecord) -> String {
     format!("{}{}", g.fs, if g.read_only { " (read-only)" } else { "" })
 }
 
+/// A head as `audit verify` prints it, `SEQ:MAC` (64 hex digits): its number and MAC.
+pub fn parse_audit_head(head: &str) -> Result<(u64, &str), CoreError> {
+    head.split_once(':')
+        .and_then(|(s, m)| Some((s.parse::<u64>().ok()?, m)))
+        .filter(|(_, m)| m.len() == 64 && m.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            CoreError::Invalid(
+                "--expect-head takes SEQ:MAC as audit verify printed it (e.g. 42:3fa1…, 64 hex digits)"
+                    .into(),
+            )
+        })
+}
+
 fn audit_verify(dd: &DataDir, expect: Option<&str>) -> Result<AdminResponse, CoreError> {
-    let expect = match expect {
-        None => None,
-        Some(e) => {
-            let parsed = e
-                .split_once(':')
-                .and_then(|(s, m)| Some((s.parse::<u64>().ok()?, m)))
-                .filter(|(_, m)| m.len() == 64 && m.bytes().all(|b| b.is_ascii_hexdigit()));
-            Some(parsed.ok_or_else(|| {
-                CoreError::Invalid(
-                    "--expect-head takes SEQ:MAC as audit verify printed it (e.g. 42:3fa1…, 64 hex digits)"
-                        .into(),
-                )
-            })?)
-        }
-    };
+    let expect = expect.map(parse_audit_head).transpose()?;
     let rep = dd.audit_verify(expect)?;
     let mut lines = Vec::new();
     match &rep.problem {

@@ -116,6 +116,34 @@ impl std::fmt::Debug for DataDir {
     }
 }
 
+/// Whether `path`, which need not exist yet, is the data dir `data` or lies inside it:
+/// resolved as far as it exists (symbolic links, `..`), the rest taken as written. A private
+/// key or a backup there would sit beside the data it opens or copies, in every copy of the
+/// data dir. False when `data` cannot be resolved (then nothing can be inside it).
+pub fn is_inside_data_dir(data: &Path, path: &Path) -> bool {
+    use std::path::Component;
+    let (Ok(data), Ok(abs)) = (data.canonicalize(), std::path::absolute(path)) else {
+        return false;
+    };
+    let mut resolved = PathBuf::new();
+    for c in abs.components() {
+        match c {
+            Component::Prefix(_) | Component::RootDir => resolved.push(c),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                resolved.pop();
+            }
+            Component::Normal(n) => {
+                resolved.push(n);
+                if let Ok(r) = resolved.canonicalize() {
+                    resolved = r;
+                }
+            }
+        }
+    }
+    resolved.starts_with(&data)
+}
+
 /// Acceptable user and filesystem names: 1–64 of `[A-Za-z0-9._-]`, not starting with `.`.
 pub fn check_name(what: &str, name: &str) -> Result<()> {
     let ok = !name.is_empty()
@@ -961,6 +989,14 @@ impl DataDir {
         include_keys: bool,
         skip_damaged: bool,
     ) -> Result<BackupReport> {
+        if is_inside_data_dir(&self.root, dest) {
+            return Err(CoreError::Invalid(format!(
+                "{} is inside the data dir {}; write the backup elsewhere (-o): there it would \
+                 sit beside the data it copies, in every copy of the data dir, and be lost with it",
+                dest.display(),
+                self.root.display()
+            )));
+        }
         let fs = self.require_open_fs(name)?;
         fs.ensure_index_checked().await?;
         let keyparts = if include_keys {
@@ -1324,6 +1360,8 @@ impl DataDir {
             let before = u.grants.len();
             u.grants.retain(|g| g.fs != fs);
             if u.grants.len() == before {
+                // A grant on a filesystem that is gone is still revoked above.
+                self.require_fs(fs)?;
                 return Err(CoreError::Invalid(format!(
                     "user '{user}' has no grant on '{fs}'"
                 )));

@@ -378,3 +378,35 @@ async fn a_file_without_its_content_is_reported_damaged_by_a_reencryption() {
     assert_eq!(prog.pass_changed, 0, "{prog:?}");
     assert_eq!(prog.files_done, files.len() as u64 - 1);
 }
+
+/// `efsctl reencrypt --wait` (and a re-encryption without a server) says in its own summary
+/// how many damaged entries it skipped, with their entry keys, and gives them in its JSON:
+/// it said `Re-encrypted N files (…); 0 were changed by clients first; done`, and only
+/// `efsctl status` showed the damaged entry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reencryption_names_the_damaged_entries_it_skipped_in_its_summary() {
+    let env = Env::new();
+    write_many(&env.fs, 20).await;
+    let blobs = env.blob_files();
+    std::fs::remove_file(&blobs[0]).unwrap();
+    let r = admin::execute(
+        &env.dd,
+        AdminRequest::Reencrypt {
+            fs: "docs".into(),
+            wait: true,
+        },
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    let summary = r
+        .lines
+        .iter()
+        .find(|l| l.starts_with("Re-encrypted "))
+        .unwrap_or_else(|| panic!("no summary: {:?}", r.lines));
+    assert!(
+        summary.contains("1 damaged entries skipped") && summary.contains("see efsctl fsck"),
+        "{summary}"
+    );
+    assert_eq!(r.data["damaged"]["count"], 1, "{}", r.data);
+    assert_eq!(r.data["damaged"]["keys"].as_array().unwrap().len(), 1);
+}

@@ -265,6 +265,24 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
         }
         return AdminResponse::err(refused.to_owned());
     }
+    if matches!(
+        req,
+        AdminRequest::BindCert {
+            sha256: Some(_),
+            ..
+        }
+    ) && !st.client_ca
+    {
+        // Saved, the binding would make every later login of the user fail: no connection to
+        // this server presents a client certificate.
+        let refused = "efs-server runs without --client-ca: no connection presents a client \
+            certificate, so a user bound to one could not log in any more. Start efs-server \
+            with --client-ca CA.pem first, then bind the certificate";
+        if let Err(e) = admin::record_admin(&st.data, op, &req, false).await {
+            return AdminResponse::err(e.to_string());
+        }
+        return AdminResponse::err(refused.to_owned());
+    }
     if matches!(req, AdminRequest::CacheClear) {
         if let Err(e) = admin::record_admin(&st.data, op, &req, true).await {
             return AdminResponse::err(e.to_string());
@@ -277,6 +295,11 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
             lines: vec![format!(
                 "Cleared the decrypted cache ({before} bytes) and {lookups} remembered path lookups"
             )],
+            data: serde_json::json!({
+                "cleared": true,
+                "cache_bytes": before,
+                "path_lookups": lookups,
+            }),
             ..Default::default()
         };
     }

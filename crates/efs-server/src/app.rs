@@ -108,6 +108,10 @@ pub struct AppState {
     /// takes none, nor do logins, the audit log or admin commands (those are in the
     /// reserve), so running out of places refuses only the requests that would open a file.
     pub blob_files: Arc<tokio::sync::Semaphore>,
+    /// Whether TLS requires a client certificate verified by `--client-ca`: without one, no
+    /// connection presents a certificate, and `efsctl bind-cert` is refused (a user bound to
+    /// a certificate could never log in).
+    pub client_ca: bool,
 }
 
 /// `Retry-After` of a request refused for want of a blob-file place: places free as

@@ -311,6 +311,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             Duration::from_secs(60),
             100_000,
         ),
+        client_ca: cfg.client_ca.is_some(),
         blob_files: Arc::new(tokio::sync::Semaphore::new(
             cfg.http
                 .max_blob_files

@@ -1170,3 +1170,231 @@ fn each_binary_names_itself_in_its_version() {
         );
     }
 }
+
+/// `efsctl bind-cert USER --cert|--sha256` through a server started without `--client-ca`
+/// is refused, saying to start it with one: it was saved, and from then on every login of
+/// the user failed (401), as no connection could present a certificate. Without a server
+/// (efsctl cannot know the flags the next one starts with), it is done with a warning; the
+/// text of `list-users` shows the binding (only `--json` had `cert_bound`).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bind_cert_is_refused_by_a_server_without_a_client_ca() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let hash = "ab".repeat(32);
+    let out = srv.efsctl(&["bind-cert", "app", "--sha256", &hash]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("Start efs-server with --client-ca"),
+        "the refusal says what to do: {err}"
+    );
+    let users = srv.efsctl_ok(&["list-users"]);
+    assert!(!users.contains("client certificate"), "{users}");
+    srv.login("app", &s.key, None).await;
+    // Unbinding (nothing bound) is no danger and stays allowed.
+    srv.efsctl_ok(&["bind-cert", "app", "--unbind"]);
+
+    srv.stop().await;
+    let out = srv.efsctl(&["bind-cert", "app", "--sha256", &hash]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("warning") && err.contains("--client-ca") && err.contains("certificate"),
+        "{err}"
+    );
+    let users = srv.efsctl_ok(&["list-users"]);
+    let line = users.lines().find(|l| l.starts_with("app\t")).unwrap();
+    assert!(line.contains("client certificate bound"), "{users}");
+    let json: Value = serde_json::from_str(&srv.efsctl_ok(&["--json", "list-users"])).unwrap();
+    assert_eq!(json[0]["cert_bound"], true, "{json}");
+}
+
+/// `efsctl backup -o DEST` refuses a DEST inside the data dir (beside the data it copies, in
+/// every copy of the data dir, and where the server keeps its own files), as `create-user
+/// --out` does: it wrote the backup there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_into_the_data_dir_is_refused() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/a.txt", &s.token, b"a".to_vec()).await;
+    let inside = [
+        srv.data.join("fs").join("inside"),
+        srv.data.join("system").join("audit").join("bk"),
+        srv.data.join("new").join("deeper"),
+    ];
+    for dest in &inside {
+        let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest.to_str().unwrap()]);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("inside the data dir"), "{err}");
+        assert!(!dest.exists(), "{} written", dest.display());
+    }
+    assert!(!srv.data.join("new").exists());
+    srv.stop().await;
+    let out = srv.efsctl(&["backup", "--fs", "files", "-o", inside[0].to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "without a server too: {out:?}");
+    assert!(!inside[0].exists());
+    let outside = srv.dir.path().join("bk");
+    srv.efsctl_ok(&["backup", "--fs", "files", "-o", outside.to_str().unwrap()]);
+}
+
+/// Every `--json` answer is an object with what the text says: `grant`, `revoke`,
+/// `delete-user`, `bind-cert` and `cache-clear` printed `null`, `health` printed `ok`,
+/// `rekey-starter` plain text, `create-fs` no id, `restore` neither the backup's date nor
+/// its MAC (which its text prints, to compare with the MAC `backup` printed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_answers_are_objects_with_what_the_text_says() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/a.txt", &s.token, b"a".to_vec()).await;
+    let json = |srv: &TestServer, args: &[&str]| -> Value {
+        let mut all = vec!["--json"];
+        all.extend_from_slice(args);
+        let out = srv.efsctl_ok(&all);
+        let v: Value = serde_json::from_str(&out)
+            .unwrap_or_else(|e| panic!("efsctl {args:?} --json: {e}: {out}"));
+        assert!(v.is_object(), "efsctl {args:?} --json: {v}");
+        v
+    };
+    let v = json(&srv, &["create-fs", "more"]);
+    assert_eq!(v["name"], "more");
+    let listed = srv.efsctl_ok(&["list-fs"]);
+    let id = v["id"].as_str().expect("id");
+    assert!(listed.contains(&format!("more\t{id}")), "{listed}");
+
+    let v = json(&srv, &["grant", "app", "--fs", "more", "--read-only"]);
+    assert_eq!(
+        (&v["user"], &v["fs"], &v["read_only"]),
+        (&"app".into(), &"more".into(), &true.into())
+    );
+    let v = json(&srv, &["revoke", "app", "--fs", "more"]);
+    assert_eq!((&v["user"], &v["fs"]), (&"app".into(), &"more".into()));
+    let v = json(&srv, &["revoke", "app"]);
+    assert_eq!((&v["user"], &v["fs"]), (&"app".into(), &Value::Null));
+    srv.create_user("temp", &["more"], false);
+    let v = json(&srv, &["delete-user", "temp"]);
+    assert_eq!((&v["user"], &v["deleted"]), (&"temp".into(), &true.into()));
+    let v = json(&srv, &["bind-cert", "app", "--unbind"]);
+    assert_eq!(
+        (&v["user"], &v["cert_bound"]),
+        (&"app".into(), &false.into())
+    );
+    let v = json(&srv, &["cache-clear"]);
+    assert_eq!(v["cleared"], true, "{v}");
+    assert!(
+        v["cache_bytes"].is_u64() && v["path_lookups"].is_u64(),
+        "{v}"
+    );
+    let v = json(&srv, &["health"]);
+    assert_eq!(v["status"], "ok");
+
+    let dest = srv.dir.path().join("bk");
+    let backed = json(
+        &srv,
+        &["backup", "--fs", "files", "-o", dest.to_str().unwrap()],
+    );
+    let mac = backed["mac"].as_str().expect("the backup's MAC").to_owned();
+    let text = srv.efsctl_ok(&["restore", "--fs", "back", "-i", dest.to_str().unwrap()]);
+    assert!(
+        text.contains(" taken at 20") && text.contains(&format!("MAC {}", &mac[..32])),
+        "{text}"
+    );
+    let v = json(
+        &srv,
+        &["restore", "--fs", "back2", "-i", dest.to_str().unwrap()],
+    );
+    assert_eq!(
+        (&v["fs"], &v["authenticated"], &v["left_out"]),
+        (&"back2".into(), &true.into(), &0.into())
+    );
+    assert_eq!(v["mac"].as_str(), Some(&mac[..32]), "{v}");
+    let taken = v["taken_at"].as_str().expect("taken_at");
+    assert!(text.contains(&format!(" taken at {taken}:")), "{v} {text}");
+
+    srv.stop().await;
+    let v = json(&srv, &["cache-clear"]);
+    assert_eq!(v["cleared"], false, "{v}");
+    let new_part = srv.dir.path().join("new.keypart");
+    efs_core::keyparts::generate_part_file(&new_part).unwrap();
+    let spec = format!("file:{}", new_part.display());
+    let v = json(&srv, &["rekey-starter", "--new-key-part", &spec]);
+    assert_eq!(v["done"], true, "{v}");
+    assert!(v["lines"].as_array().is_some_and(|l| !l.is_empty()), "{v}");
+}
+
+/// Bad usage exits 2, as `efsctl --help` says (it exited 1): an `audit show --limit` out of
+/// range, an `--expect-head` that is not `SEQ:MAC`, `bind-cert` with neither `--cert`,
+/// `--sha256` nor `--unbind`, and a `--sha256` that is not 64 hex digits.
+#[test]
+fn usage_errors_exit_2() {
+    let dir = new_tempdir();
+    let data = dir.path().join("d");
+    for args in [
+        &["audit", "show", "--limit", "0"][..],
+        &["audit", "show", "--limit", "100001"],
+        &["audit", "verify", "--expect-head", "garbage"],
+        &["audit", "verify", "--expect-head", "12:abcd"],
+        &["bind-cert", "alice"],
+        &["bind-cert", "alice", "--sha256", "abcd"],
+        &["bind-cert", "alice", "--sha256", &"zz".repeat(32)],
+    ] {
+        let out = std::process::Command::new(EFSCTL_BIN)
+            .arg("--data")
+            .arg(&data)
+            .args(args)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "efsctl {args:?}: {out:?}");
+        assert!(!out.stderr.is_empty(), "efsctl {args:?} says why");
+    }
+}
+
+/// What efsctl says when refusing names the real problem, once: `create-user --out` onto an
+/// existing file said "(use --out)" although --out was given; a bad `--pubkey` said "not an
+/// Ed25519 public key" twice; `revoke --fs` of a filesystem that does not exist said the
+/// user had no grant on it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn efsctl_refusals_name_the_problem_once() {
+    let s = session(&[]).await;
+    let srv = s.srv;
+    let taken = srv.dir.path().join("alice");
+    std::fs::write(&taken, "mine").unwrap();
+    let out = srv.efsctl(&[
+        "create-user",
+        "carol",
+        "--fs",
+        "files",
+        "--out",
+        taken.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("choose another --out or remove it"), "{err}");
+    assert!(!err.contains("(use --out)"), "{err}");
+    assert_eq!(std::fs::read(&taken).unwrap(), b"mine");
+
+    let bad = srv.dir.path().join("bad.pub");
+    std::fs::write(&bad, "hello\n").unwrap();
+    let out = srv.efsctl(&[
+        "create-user",
+        "carol",
+        "--fs",
+        "files",
+        "--pubkey",
+        bad.to_str().unwrap(),
+    ]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(err.matches("Ed25519 public key").count(), 1, "{err}");
+    assert_eq!(err.matches("expected").count(), 1, "{err}");
+    assert!(err.contains(bad.to_str().unwrap()), "{err}");
+
+    let out = srv.efsctl(&["revoke", "app", "--fs", "nofs"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no filesystem named 'nofs'"), "{err}");
+    srv.create_fs("other");
+    let out = srv.efsctl(&["revoke", "app", "--fs", "other"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("has no grant on 'other'"), "{err}");
+}

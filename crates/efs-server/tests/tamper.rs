@@ -1316,7 +1316,11 @@ async fn a_replaced_index_holds_its_filesystem_not_the_data_dir() {
             "{err}"
         );
     }
-    let status = srv.efsctl_ok(&["status"]);
+    // Listed, and the exit code says not clean (3, as fsck's): it was 0, while `status --fs`
+    // of it fails.
+    let out = srv.efsctl(&["status"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let status = String::from_utf8(out.stdout).unwrap();
     assert!(
         status.contains("swapped: NOT SERVED: its index")
             && status.contains("garbled: NOT SERVED: its index")

@@ -2,7 +2,8 @@
 //! directly on the data dir when no server runs.
 //!
 //! Exit codes: 0 success; 1 error; 2 bad usage; 3 `fsck` or `audit verify` found problems
-//! (or `audit show` met a broken chain, or a backup or restore left damaged entries out).
+//! (or `audit show` met a broken chain, a backup or restore left damaged entries out, or
+//! `status` lists a filesystem not served).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -56,7 +57,8 @@ macro_rules! say {
   efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
 
 Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found problems (or audit show
-met a broken chain, or a backup --skip-damaged or the restore of one left damaged entries out)."
+met a broken chain, a backup --skip-damaged or the restore of one left damaged entries out, or
+status lists a filesystem as NOT SERVED)."
 )]
 struct Args {
     /// Data directory.
@@ -131,15 +133,18 @@ enum Cmd {
     /// Check that efs-server runs on this data dir and can serve (for container health
     /// checks): exit 0 and "ok", else 1. Not recorded in the audit log.
     Health,
-    /// Bind a client certificate to a user (with efs-server --client-ca).
+    /// Bind a client certificate to a user: from then on it logs in only over a connection
+    /// presenting that certificate, which needs efs-server --client-ca (a running server
+    /// without it refuses; without a server, efsctl warns).
+    #[command(group(clap::ArgGroup::new("binding").required(true).args(["cert", "sha256", "unbind"])))]
     BindCert {
         /// User.
         user: String,
         /// The client certificate (PEM).
         #[arg(long, conflicts_with_all = ["sha256", "unbind"])]
         cert: Option<PathBuf>,
-        /// Its SHA-256 fingerprint (hex, colons optional).
-        #[arg(long, conflicts_with = "unbind")]
+        /// Its SHA-256 fingerprint (64 hex digits, colons optional).
+        #[arg(long, conflicts_with = "unbind", value_parser = parse_sha256)]
         sha256: Option<String>,
         /// Remove the binding.
         #[arg(long)]
@@ -197,7 +202,8 @@ enum Cmd {
         wait: bool,
     },
     /// Show each filesystem's key terms, the records sealed under the current term (rotate
-    /// before 2^32; a WARNING from 2^31), key-rotation and re-encryption progress.
+    /// before 2^32; a WARNING from 2^31), key-rotation and re-encryption progress. Exit code
+    /// 3 when it lists a filesystem as NOT SERVED (its index did not open).
     Status {
         /// Only this filesystem.
         #[arg(long)]
@@ -224,7 +230,8 @@ enum Cmd {
         /// Filesystem.
         #[arg(long)]
         fs: String,
-        /// New (or empty) directory to write (by the server, when one runs).
+        /// New (or empty) directory to write (by the server, when one runs), outside the
+        /// data dir.
         #[arg(short = 'o', long = "output", value_name = "DEST")]
         dest: PathBuf,
         /// Include the keyring, sealed under the starter key (restorable with the same key
@@ -301,7 +308,7 @@ enum AuditCmd {
     Verify {
         /// A head printed by an earlier verify (SEQ:MAC): fails if the log no longer
         /// contains it (a rollback of both the log and its anchor).
-        #[arg(long, value_name = "SEQ:MAC")]
+        #[arg(long, value_name = "SEQ:MAC", value_parser = parse_head)]
         expect_head: Option<String>,
     },
     /// Who did what, when: "who read this file, and when".
@@ -328,7 +335,12 @@ enum AuditCmd {
         until: Option<i64>,
         /// Show only the newest N matching entries (1 to 100000); the older ones are
         /// counted in a warning.
-        #[arg(long, value_name = "N", default_value_t = efs_core::admin::AUDIT_SHOW_DEFAULT)]
+        #[arg(
+            long,
+            value_name = "N",
+            default_value_t = efs_core::admin::AUDIT_SHOW_DEFAULT,
+            value_parser = clap::value_parser!(u64).range(1..=efs_core::admin::AUDIT_SHOW_MAX)
+        )]
         limit: u64,
     },
 }
@@ -362,6 +374,25 @@ fn parse_time(s: &str) -> Result<i64, String> {
     }
 }
 
+/// `--expect-head`: checked here, so that a malformed head is bad usage (exit code 2).
+fn parse_head(s: &str) -> Result<String, String> {
+    efs_core::admin::parse_audit_head(s)
+        .map(|_| s.to_owned())
+        .map_err(|e| e.to_string())
+}
+
+/// `bind-cert --sha256`: 64 hex digits, colons optional (`ab:cd:…`, as openssl prints it).
+fn parse_sha256(s: &str) -> Result<String, String> {
+    let hex = s.replace(':', "");
+    if hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()) {
+        Ok(hex)
+    } else {
+        Err(format!(
+            "'{s}' is not a SHA-256 fingerprint: give 64 hex digits (colons optional)"
+        ))
+    }
+}
+
 fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
     KeyPartSpec::parse(s).map_err(|e| e.to_string())
 }
@@ -382,7 +413,7 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> anyhow::Result<u8> {
     let json = args.json;
     if let Cmd::RekeyStarter { new_key_parts } = &args.cmd {
-        return rekey_starter(&args.data, &args.key_parts, new_key_parts);
+        return rekey_starter(&args.data, &args.key_parts, new_key_parts, json);
     }
     // A key pair `create-user` generated: removed again if the server refuses the user, its
     // description shown (on standard error with --json) once the user exists.
@@ -433,7 +464,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::Revoke { user, fs } => AdminRequest::Revoke { user, fs },
         Cmd::DeleteUser { name } => AdminRequest::DeleteUser { name },
         Cmd::ListUsers => AdminRequest::ListUsers,
-        Cmd::Health => return health(&args.data),
+        Cmd::Health => return health(&args.data, json),
         Cmd::BindCert {
             user,
             cert,
@@ -686,8 +717,24 @@ fn send(
                 }
             }
             let op = efs_core::admin::Operator::this_process("data-dir");
+            let binds = matches!(
+                req,
+                AdminRequest::BindCert {
+                    sha256: Some(_),
+                    ..
+                }
+            );
             let resp = rt.block_on(efs_core::admin::execute_as(&dd, req, &op));
             store_counts();
+            if binds && resp.ok {
+                // A running server refuses a binding it could never honour; efsctl on the data
+                // dir cannot know the flags of the next start.
+                eprintln!(
+                    "efsctl: warning: from now on the user logs in only over a connection that \
+                     presents this client certificate, verified by efs-server --client-ca: \
+                     start the server with --client-ca, or the user cannot log in"
+                );
+            }
             Ok(resp)
         }
     }
@@ -757,7 +804,7 @@ const HEALTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 /// A server that does not answer within [`HEALTH_TIMEOUT`] is not healthy: without a limit a
 /// server whose admin socket accepts nothing (out of descriptors, every admin place taken)
 /// made `health` wait for ever, and a probe without its own timeout with it.
-fn health(data: &Path) -> anyhow::Result<u8> {
+fn health(data: &Path, json: bool) -> anyhow::Result<u8> {
     let s = UnixStream::connect(efs_core::datadir::admin_socket_path(data))
         .map_err(|_| anyhow::anyhow!("no efs-server is running on {}", data.display()))?;
     s.set_read_timeout(Some(HEALTH_TIMEOUT))?;
@@ -783,7 +830,11 @@ fn health(data: &Path) -> anyhow::Result<u8> {
     })?;
     match resp.error {
         None if resp.ok => {
-            say!("ok");
+            if json {
+                say!("{}", serde_json::to_string_pretty(&resp.data)?);
+            } else {
+                say!("ok");
+            }
             Ok(0)
         }
         e => bail!("efs-server cannot serve: {}", e.unwrap_or_default()),
@@ -791,7 +842,12 @@ fn health(data: &Path) -> anyhow::Result<u8> {
 }
 
 /// `rekey-starter`: only on a stopped data dir (see efs_core::rekey).
-fn rekey_starter(data: &Path, old: &[KeyPartSpec], new: &[KeyPartSpec]) -> anyhow::Result<u8> {
+fn rekey_starter(
+    data: &Path,
+    old: &[KeyPartSpec],
+    new: &[KeyPartSpec],
+    json: bool,
+) -> anyhow::Result<u8> {
     if UnixStream::connect(efs_core::datadir::admin_socket_path(data)).is_ok() {
         bail!(
             "efs-server is running on {}: stop it first. rekey-starter rewrites the system \
@@ -816,8 +872,18 @@ fn rekey_starter(data: &Path, old: &[KeyPartSpec], new: &[KeyPartSpec]) -> anyho
             &|p: &str| prompt(p),
         ))
         .context("re-keying the starter key")?;
-    for l in lines {
-        say!("{l}");
+    if json {
+        // Warnings (an audit entry not written, an env: part to remove) also where a script's
+        // operator sees them.
+        for l in lines.iter().filter(|l| l.starts_with("WARNING")) {
+            eprintln!("efsctl: {l}");
+        }
+        let v = serde_json::json!({ "done": true, "lines": lines });
+        say!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        for l in lines {
+            say!("{l}");
+        }
     }
     Ok(0)
 }
@@ -848,12 +914,8 @@ fn read_public_key(p: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
     } else {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
     };
-    efs_server::auth::parse_public_key(&text).with_context(|| {
-        format!(
-            "{} is not an Ed25519 public key (expected an OpenSSH 'ssh-ed25519 AAAA…' line or a PEM 'BEGIN PUBLIC KEY' block)",
-            p.display()
-        )
-    })
+    // The parser's error says what was expected: said once, after the file's name.
+    efs_server::auth::parse_public_key(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
 }
 
 /// The three files of a key pair `create-user` wrote.
@@ -939,25 +1001,25 @@ fn generate_key_pair(
     data: &Path,
 ) -> anyhow::Result<(ed25519_dalek::VerifyingKey, GeneratedPair)> {
     use ed25519_dalek::pkcs8::EncodePrivateKey;
+    let chosen = out.is_some();
     let out = out.unwrap_or_else(|| PathBuf::from(format!("{name}_ed25519")));
     let pem_path = PathBuf::from(format!("{}.pem", out.display()));
     let pub_path = PathBuf::from(format!("{}.pub", out.display()));
     for p in [&out, &pem_path, &pub_path] {
         if p.exists() {
             bail!(
-                "{} exists; refusing to overwrite a key (use --out)",
-                p.display()
+                "{} exists; refusing to overwrite a key: {}",
+                p.display(),
+                if chosen {
+                    "choose another --out or remove it"
+                } else {
+                    "write the key elsewhere with --out, or remove it"
+                }
             );
         }
     }
     // A private key in the data dir would sit beside the data it opens, in every copy of it.
-    let parent = match out.parent() {
-        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-        _ => PathBuf::from("."),
-    };
-    if let (Ok(dir), Ok(data)) = (parent.canonicalize(), data.canonicalize())
-        && dir.starts_with(&data)
-    {
+    if efs_core::datadir::is_inside_data_dir(data, &out) {
         bail!(
             "{} is inside the data dir {}; write the private key elsewhere (--out)",
             out.display(),
