@@ -19,6 +19,7 @@ use std::task::{Context as TaskContext, Poll};
 use std::time::Duration;
 
 use anyhow::{Context, Result};
+use efs_client::client::part_name;
 use efs_client::{Client, PutOptions};
 use futures_util::StreamExt;
 use futures_util::stream;
@@ -1069,8 +1070,7 @@ async fn copy_replacing_dir(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()>
     {
         let (to, below) = (to.clone(), *below);
         let (dir, name) = tokio::task::spawn_blocking(move || open_dest_dir(&to, below)).await??;
-        let mut aside = name.clone();
-        aside.push(format!(".{}.efs-part", random_hex()?));
+        let aside = part_name(&name, &random_hex()?);
         let cb = fp.callback();
         let moved = aside.clone();
         let got = client
@@ -1116,8 +1116,8 @@ async fn copy_replacing_dir(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()>
     let Endpoint::Remote { client, path, .. } = &job.dst else {
         unreachable!("local → local is refused before planning");
     };
-    let staged = format!("{path}.{}.efs-part", random_hex()?);
-    let aside = format!("{path}.{}.efs-part", random_hex()?);
+    let staged = remote_part(path, &random_hex()?);
+    let aside = remote_part(path, &random_hex()?);
     let staged_job = CopyJob {
         src: job.src.clone(),
         dst: match &job.dst {
@@ -1165,29 +1165,30 @@ async fn copy_replacing_dir(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()>
 /// there, named in an error, instead of lost with a directory whose files failed to copy.
 /// Returns where it is now.
 async fn move_aside(e: &Endpoint) -> Result<Endpoint> {
-    let suffix = format!(".{}.efs-part", random_hex()?);
+    let hex = random_hex()?;
     match e {
         Endpoint::Local(p, below) => {
-            let (at, below, s) = (p.clone(), *below, suffix.clone());
+            let (at, below, tag) = (p.clone(), *below, hex.clone());
             tokio::task::spawn_blocking(move || -> Result<()> {
                 let (dir, name) = open_dest_dir(&at, below)?;
-                let mut aside = name.clone();
-                aside.push(&s);
+                let aside = part_name(&name, &tag);
                 rustix::fs::renameat(&dir, &name, &dir, &aside)
                     .with_context(|| format!("moving {} aside to replace it", at.display()))?;
                 Ok(())
             })
             .await??;
-            let mut aside = p.clone().into_os_string();
-            aside.push(&suffix);
-            Ok(Endpoint::Local(PathBuf::from(aside), below))
+            let name = p.file_name().unwrap_or(p.as_os_str());
+            Ok(Endpoint::Local(
+                p.with_file_name(part_name(name, &hex)),
+                below,
+            ))
         }
         Endpoint::Remote {
             client,
             remote,
             path,
         } => {
-            let aside = format!("{path}{suffix}");
+            let aside = remote_part(path, &hex);
             if let Err(e) = client.rename(path, &aside, false).await {
                 // Moved after all (a lost answer): it is there, and kept track of.
                 if client.stat(&aside).await.is_err() {
@@ -1204,6 +1205,17 @@ async fn move_aside(e: &Endpoint) -> Result<Endpoint> {
 }
 
 /// 16 random hex digits, for temporary names.
+/// `NAME.<hex>.efs-part` beside the remote `path`, its last segment cut to fit EFS's 255
+/// bytes (a name of 230 to 255 bytes made one too long to move aside).
+fn remote_part(path: &str, hex: &str) -> String {
+    let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let part = part_name(std::ffi::OsStr::new(name), hex);
+    let part = part
+        .to_str()
+        .expect("cut at a character boundary of a UTF-8 name");
+    format!("{dir}/{part}")
+}
+
 fn random_hex() -> Result<String> {
     let mut random = [0u8; 8];
     aws_lc_rs::rand::fill(&mut random).map_err(|_| anyhow::anyhow!("no random bytes"))?;

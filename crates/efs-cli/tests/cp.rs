@@ -1070,3 +1070,38 @@ fn skip_warnings_and_repeated_errors_read_well() {
     unique.dedup();
     assert_eq!(unique.len(), lines.len(), "{err}");
 }
+
+/// A sync swaps a file and a directory whose names are close to the 255-byte limit, both
+/// ways: the temporary `NAME.<random>.efs-part` they are moved aside to was too long ("a path
+/// segment is longer than 255 bytes" remotely, "File name too long" locally).
+#[test]
+fn sync_swaps_entries_with_names_of_240_bytes() {
+    let env = Env::new();
+    let long = "Q".repeat(240);
+    env.write(&format!("up/{long}/keep.txt"), b"remote dir");
+    env.write(&format!("up/f{long}"), b"remote file");
+    env.ok(&["cp", "--sync", "up", "drive:/t"]);
+    std::fs::remove_dir_all(env.path(&format!("up/{long}"))).unwrap();
+    env.write(&format!("up/{long}"), b"local file");
+    std::fs::remove_file(env.path(&format!("up/f{long}"))).unwrap();
+    env.write(&format!("up/f{long}/in.txt"), b"local dir");
+    env.ok(&["cp", "--sync", "up", "drive:/t"]);
+    assert_eq!(env.cat(&format!("drive:/t/{long}")), b"local file");
+    assert_eq!(env.cat(&format!("drive:/t/f{long}/in.txt")), b"local dir");
+    env.write(&format!("down/{long}/old.txt"), b"a local dir");
+    env.write(&format!("down/f{long}"), b"a local file");
+    env.ok(&[
+        "cp",
+        "--sync",
+        "drive:/t",
+        env.path("down").to_str().unwrap(),
+    ]);
+    assert_eq!(
+        std::fs::read(env.path(&format!("down/{long}"))).unwrap(),
+        b"local file"
+    );
+    assert_eq!(
+        std::fs::read(env.path(&format!("down/f{long}/in.txt"))).unwrap(),
+        b"local dir"
+    );
+}
