@@ -1015,10 +1015,11 @@ async fn audit_show_answers_the_newest_entries_within_a_limit() {
         lines[1].starts_with("warning: 4 older matching entries"),
         "{text}"
     );
+    // Bad usage (exit 2), said by the argument parser.
     for bad in ["0", "100001"] {
         let out = srv.efsctl(&["audit", "show", "--limit", bad]);
-        assert!(!out.status.success());
+        assert_eq!(out.status.code(), Some(2));
         let err = String::from_utf8_lossy(&out.stderr);
-        assert!(err.contains("give 1 to 100000"), "{err}");
+        assert!(err.contains("is not in 1..=100000"), "{err}");
     }
 }
