@@ -915,7 +915,15 @@ fn read_public_key(p: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
         std::fs::read_to_string(p).with_context(|| format!("cannot read {}", p.display()))?
     };
     // The parser's error says what was expected: said once, after the file's name.
-    efs_server::auth::parse_public_key(&text).map_err(|e| anyhow::anyhow!("{}: {e}", p.display()))
+    // (An RSA or EC PEM key's error says only that the PEM is not one it reads.)
+    efs_server::auth::parse_public_key(&text).map_err(|e| {
+        let e = e.to_string();
+        if e.contains("not an Ed25519 public key") {
+            anyhow::anyhow!("{}: {e}", p.display())
+        } else {
+            anyhow::anyhow!("{}: not an Ed25519 public key: {e}", p.display())
+        }
+    })
 }
 
 /// The three files of a key pair `create-user` wrote.
