@@ -46,6 +46,19 @@ pub(crate) enum Endpoint {
     },
 }
 
+/// Whether two remotes name one filesystem: the same remote, or two names for one server
+/// URL whose logins are to the same filesystem (both have logged in by the time a copy
+/// compares them).
+async fn same_filesystem(a_name: &str, a: &Client, b_name: &str, b: &Client) -> Result<bool> {
+    if a_name == b_name {
+        return Ok(true);
+    }
+    if !a.base_url().eq_ignore_ascii_case(b.base_url()) {
+        return Ok(false);
+    }
+    Ok(a.token().await?.fs == b.token().await?.fs)
+}
+
 impl Endpoint {
     async fn open(session: &Session, loc: &Location) -> Result<Endpoint> {
         Ok(match loc {
@@ -515,17 +528,17 @@ async fn plan_source(
     // re-upload a file onto itself, or copy a tree into itself.
     if let (
         Endpoint::Remote {
+            client: sc,
             remote: sr,
             path: sp,
-            ..
         },
         Endpoint::Remote {
+            client: tc,
             remote: tr,
             path: tp,
-            ..
         },
     ) = (&src, &target)
-        && sr == tr
+        && same_filesystem(sr, sc, tr, tc).await?
     {
         if sp == tp {
             return Err(usage(format!(

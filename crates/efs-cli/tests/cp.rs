@@ -967,6 +967,18 @@ fn a_copy_onto_or_into_its_own_source_is_refused() {
     env.write("src/a.txt", b"a");
     env.write("src/sub/b.txt", b"b");
     env.ok(&["cp", "-r", "src", "drive:/"]);
+    env.ok(&[
+        "remote",
+        "add",
+        "again",
+        &env.server.url,
+        "--user",
+        "alice",
+        "--key",
+        env.key.to_str().unwrap(),
+        "--ca",
+        env.server.cert().to_str().unwrap(),
+    ]);
     let before = env.ok(&["ls", "-l", "-R", "drive:/"]);
     for args in [
         &["cp", "drive:/src/a.txt", "drive:/src/a.txt"][..],
@@ -975,6 +987,9 @@ fn a_copy_onto_or_into_its_own_source_is_refused() {
         &["cp", "-r", "drive:/src", "drive:/src/sub/"][..],
         &["cp", "--sync", "drive:/src", "drive:/src/sub"][..],
         &["cp", "-r", "drive:/", "drive:/src/"][..],
+        // A second name for the same server and filesystem is the same place.
+        &["cp", "drive:/src/a.txt", "again:/src/a.txt"][..],
+        &["cp", "-r", "again:/src", "drive:/src/sub/"][..],
     ] {
         let err = env.fails(args, 2);
         assert!(
@@ -983,6 +998,9 @@ fn a_copy_onto_or_into_its_own_source_is_refused() {
         );
     }
     assert_eq!(env.ok(&["ls", "-l", "-R", "drive:/"]), before);
+    // Elsewhere in the same filesystem, under the other name: copied.
+    env.ok(&["cp", "again:/src/a.txt", "drive:/copy.txt"]);
+    assert_eq!(env.ok(&["cat", "drive:/copy.txt"]), "a");
 }
 
 /// Regression: an interrupted `efs tar` said "files being copied were abandoned", cp's

@@ -715,9 +715,12 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 )
             }];
             lines.push(match p.state {
+                // Damaged entries skipped are said here too, not only by `status`.
                 RotationState::Done => format!(
-                    "Rewrapped {} data keys and records to term {} (content untouched); rotation done",
-                    p.rewrapped, p.current_term
+                    "Rewrapped {} data keys and records to term {} (content untouched){}; rotation done",
+                    p.rewrapped,
+                    p.current_term,
+                    p.damaged.describe()
                 ),
                 RotationState::Running => format!(
                     "Rewrapping every data key in the background (content untouched); follow it with: efsctl status --fs {fs}"
@@ -1192,6 +1195,9 @@ fn audit_show(
         let mut v = serde_json::to_value(e).expect("serialising JSON cannot fail");
         v["time"] = serde_json::Value::String(time);
         data.push(v);
+    }
+    if rep.entries.is_empty() {
+        lines.push("no entry matches".into());
     }
     if rep.omitted > 0 {
         lines.push(format!(

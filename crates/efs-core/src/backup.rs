@@ -290,7 +290,7 @@ impl Filesystem {
         }
         let conflict = || {
             CoreError::Invalid(
-                "a client wrote into the filesystem during the restore; restore into a new filesystem".into(),
+                "a client wrote into the filesystem during the restore; restore into a new filesystem (the blobs and inline contents already copied are orphans that efsctl gc removes)".into(),
             )
         };
         // Pass 3: inline contents (no expectation: content ids are random, and nothing

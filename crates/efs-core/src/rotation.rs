@@ -588,6 +588,20 @@ pub(crate) mod tests {
         assert_eq!(f.len(), 5);
         let (started, p) = dd.rotate_key("docs", true).await.unwrap();
         assert!(started && p.state == RotationState::Done);
+        // `efsctl rotate-key --wait` names it in its summary too (it said "rotation done"
+        // alone, as if every record had been rewrapped).
+        let r = crate::admin::execute(
+            &dd,
+            crate::admin::AdminRequest::RotateKey {
+                fs: "docs".into(),
+                wait: true,
+            },
+        )
+        .await;
+        assert!(r.ok, "{:?}", r.error);
+        let text = r.lines.join("\n");
+        assert!(text.contains("1 damaged entries skipped"), "{text}");
+        assert!(text.contains(&hex::encode(bad)), "{text}");
     }
 
     /// The same for a re-encryption: a damaged record, and a file whose content does not

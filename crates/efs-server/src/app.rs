@@ -198,6 +198,23 @@ fn finish_routed(mut res: Response, head: bool) -> Response {
     res
 }
 
+/// 400 for an HTTP/1.1 request without exactly one `Host` header (RFC 9112 §3.2: a server
+/// MUST refuse it; hyper does not). The authority is what a `MOVE`'s `Destination` is checked
+/// against, so a request that names none, or two, is not guessed at.
+pub fn host_refusal<B>(req: &axum::http::Request<B>) -> Option<Response> {
+    if req.version() != axum::http::Version::HTTP_11 {
+        return None;
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), None) => None,
+        _ => Some(
+            ApiError::bad_request("an HTTP/1.1 request needs exactly one Host header")
+                .into_response(),
+        ),
+    }
+}
+
 /// True for the paths [`file_request`] must not take: the control routes' prefix.
 pub fn is_control_path(path: &str) -> bool {
     path.starts_with("/_efs")
@@ -772,9 +789,11 @@ impl Query {
         let Some(v) = &self.limit else {
             return Ok(1000);
         };
-        query_value(v, "limit")?
-            .parse()
-            .ok()
+        let v = query_value(v, "limit")?;
+        // Digits only: `str::parse` would also take `+5`.
+        Some(v.as_str())
+            .filter(|v| !v.is_empty() && v.bytes().all(|b| b.is_ascii_digit()))
+            .and_then(|v| v.parse().ok())
             .filter(|n| (1..=MAX_PAGE).contains(n))
             .ok_or_else(|| {
                 ApiError::bad_request(format!("limit must be a whole number from 1 to {MAX_PAGE}"))

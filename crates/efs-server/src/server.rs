@@ -527,7 +527,9 @@ async fn serve(
                         use tower::ServiceExt;
                         let req = req.map(axum::body::Body::new);
                         // File requests skip the router (the same work, see `file_request`).
-                        let r = if crate::app::is_control_path(req.uri().path()) {
+                        let r = if let Some(refusal) = crate::app::host_refusal(&req) {
+                            Ok(refusal)
+                        } else if crate::app::is_control_path(req.uri().path()) {
                             app.oneshot(req).await
                         } else {
                             Ok(crate::app::file_request(state, req).await)

@@ -1022,4 +1022,19 @@ async fn audit_show_answers_the_newest_entries_within_a_limit() {
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains("is not in 1..=100000"), "{err}");
     }
+    // No match is said, not printed as nothing; a range that is empty by its bounds is bad
+    // usage (both exited 0 with no output).
+    let text = srv.efsctl_ok(&["audit", "show", "--path", "/nothing-here"]);
+    assert_eq!(text.trim(), "no entry matches");
+    let out = srv.efsctl(&["audit", "show", "--since", "1h", "--until", "2h"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--since is not before --until"), "{err}");
+    // An age too large to count, or with a sign, is bad usage too (the first panicked).
+    for bad in ["99999999999999999d", "+5m", "d"] {
+        let out = srv.efsctl(&["audit", "show", "--since", bad]);
+        assert_eq!(out.status.code(), Some(2), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("is neither an RFC 3339 time"), "{bad}: {err}");
+    }
 }

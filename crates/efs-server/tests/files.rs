@@ -477,6 +477,9 @@ async fn query_values_are_decoded_and_checked() {
         "/d/?limit=10001",
         "/d/?limit=-1",
         "/d/?limit=two",
+        "/d/?limit=%2B5",
+        "/d/?limit=",
+        "/d/?limit=%205",
     ] {
         let r = srv.req("GET", bad, &s.token).send().await.unwrap();
         assert_error(r, 400, "bad_request").await;
@@ -2686,4 +2689,49 @@ async fn a_refused_move_names_its_reason() {
         .unwrap();
     let msg = assert_error(r, 409, "conflict").await;
     assert!(msg.contains("onto the root"), "{msg}");
+}
+
+/// An HTTP/1.1 request must carry exactly one `Host` (RFC 9112 §3.2): without one, or with
+/// two, it is a 400 before anything is read or written (hyper served it). HTTP/1.0 has no
+/// such rule, and an absolute-form target is accepted as RFC 9112 §3.2.2 says.
+#[tokio::test]
+async fn an_http_1_1_request_needs_one_host() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    srv.put_ok("/h.txt", &s.token, b"here".to_vec()).await;
+    let ask = |version: &str, target: &str, hosts: &str| {
+        format!(
+            "GET {target} {version}\r\n{hosts}Connection: close\r\n\
+             Authorization: Bearer {}\r\n\r\n",
+            s.token
+        )
+        .into_bytes()
+    };
+    for (hosts, status) in [
+        ("", 400),
+        ("Host: localhost\r\nHost: other\r\n", 400),
+        ("Host: localhost\r\n", 200),
+    ] {
+        let r = srv.raw_http(ask("HTTP/1.1", "/h.txt", hosts)).await;
+        assert_eq!(r.status, status, "hosts {hosts:?}");
+        if status == 400 {
+            let v: Value = serde_json::from_slice(&r.body).unwrap();
+            assert_eq!(v["error"], "bad_request", "{v}");
+            assert!(v["message"].as_str().unwrap().contains("Host"), "{v}");
+        } else {
+            assert_eq!(r.body, b"here");
+        }
+    }
+    let r = srv.raw_http(ask("HTTP/1.0", "/h.txt", "")).await;
+    assert_eq!(r.status, 200);
+    let absolute = format!("https://localhost:{}/h.txt", srv.addr.port());
+    let r = srv
+        .raw_http(ask("HTTP/1.1", &absolute, "Host: localhost\r\n"))
+        .await;
+    assert_eq!(r.status, 200);
+    // A control route too.
+    let r = srv
+        .raw_http(b"GET /_efs/health HTTP/1.1\r\nConnection: close\r\n\r\n".to_vec())
+        .await;
+    assert_eq!(r.status, 400);
 }

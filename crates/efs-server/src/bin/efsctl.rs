@@ -360,13 +360,15 @@ fn parse_time(s: &str) -> Result<i64, String> {
         'w' => 7 * 86_400,
         _ => 0,
     };
-    let n = s[..s.len() - unit.len_utf8().min(s.len())]
-        .parse::<i64>()
-        .ok();
-    match n {
-        Some(n) if secs > 0 && n >= 0 => {
+    let digits = &s[..s.len() - unit.len_utf8().min(s.len())];
+    let ms = Some(digits)
+        .filter(|d| !d.is_empty() && d.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|d| d.parse::<i64>().ok())
+        .and_then(|n| n.checked_mul(secs)?.checked_mul(1000));
+    match ms {
+        Some(ms) if secs > 0 => {
             let now = time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000;
-            Ok(now as i64 - n * secs * 1000)
+            Ok(now as i64 - ms)
         }
         _ => Err(format!(
             "'{s}' is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor an age (30m, 12h, 7d)"
@@ -401,6 +403,24 @@ fn main() -> std::process::ExitCode {
     efs_server::forbid_core_dumps();
     efs_server::init_logging();
     let args = Args::parse();
+    if let Cmd::Audit {
+        cmd:
+            AuditCmd::Show {
+                since: Some(since),
+                until: Some(until),
+                ..
+            },
+    } = &args.cmd
+        && since >= until
+    {
+        use clap::CommandFactory;
+        Args::command()
+            .error(
+                clap::error::ErrorKind::ArgumentConflict,
+                "--since is not before --until: no entry could match",
+            )
+            .exit();
+    }
     match run(args) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
