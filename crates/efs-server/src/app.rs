@@ -588,10 +588,16 @@ fn authorise(
     who: &mut Who,
 ) -> Result<(Caller, Arc<Filesystem>), ApiError> {
     let token = bearer(req_headers).ok_or_else(ApiError::unauthorized)?;
-    let caller = st
-        .auth
-        .verify_from(token, client_ip(ext))
-        .map_err(token_refused)?;
+    let caller = match st.auth.verify_named(token, client_ip(ext)) {
+        Ok(caller) => caller,
+        Err(refused) => {
+            // A token this server signed, refused (expired, revoked): its entry names the
+            // user, outside the audit budget.
+            who.user = refused.user;
+            who.fs = refused.fs;
+            return Err(token_refused(refused.error));
+        }
+    };
     // Named in the entry from here on, whatever follows: a valid token presented without
     // its bound certificate is recorded with its user, outside the audit budget.
     who.user = Some(caller.user().to_owned());

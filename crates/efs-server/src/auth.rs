@@ -334,9 +334,10 @@ pub struct AuthEvent<'a> {
     pub reason: &'static str,
     /// The HTTP status the client is answered with.
     pub status: u16,
-    /// The caller proved now who it is: a login whose signature checked out (even if it was
-    /// then refused, e.g. for a filesystem not granted), a token or refresh that succeeded.
-    /// `false` for every other refusal: an expired token or a wrong signature proves nobody.
+    /// The caller proved who it is, now or once: a login whose signature checked out (even
+    /// if it was then refused, e.g. for a filesystem not granted), a token this server signed
+    /// (accepted, or refused as expired, revoked, no longer granted, out of renewals).
+    /// `false` for every other refusal: a forged or malformed token, a wrong login signature.
     pub proven: bool,
 }
 
@@ -655,7 +656,8 @@ impl Authenticator {
                     client_ip: Some(client_ip),
                     reason: refusal.reason,
                     status: 401,
-                    proven: false,
+                    // Signed by this server (renewals used up, revoked): named, one by one.
+                    proven: refusal.user.is_some(),
                 });
                 Err(AuthError::Unauthorized(refusal.reason))
             }
@@ -667,15 +669,29 @@ impl Authenticator {
     /// every call.
     pub fn verify(&self, bearer_token: &str) -> Result<Caller, AuthError> {
         self.check(bearer_token, None)
+            .map_err(|refused| refused.error)
     }
 
     /// [`Authenticator::verify`] for a request from `client_ip` (its refusal is reported
     /// with the address).
     pub fn verify_from(&self, bearer_token: &str, client_ip: IpAddr) -> Result<Caller, AuthError> {
         self.check(bearer_token, Some(client_ip))
+            .map_err(|refused| refused.error)
     }
 
-    fn check(&self, bearer_token: &str, client_ip: Option<IpAddr>) -> Result<Caller, AuthError> {
+    /// [`Authenticator::verify_from`], and for a refused token that this server signed
+    /// (expired, revoked, its grant withdrawn) the user and filesystem it names: the
+    /// request's audit entry names them, one by one, outside the budget of callers that
+    /// proved nobody (a stolen token used after its revoke is seen with its user and path).
+    pub fn verify_named(
+        &self,
+        bearer_token: &str,
+        client_ip: IpAddr,
+    ) -> Result<Caller, TokenRefused> {
+        self.check(bearer_token, Some(client_ip))
+    }
+
+    fn check(&self, bearer_token: &str, client_ip: Option<IpAddr>) -> Result<Caller, TokenRefused> {
         let now = self.clock.now_ms();
         self.check_token(bearer_token, now).map_err(|refusal| {
             self.report(AuthEvent {
@@ -685,9 +701,14 @@ impl Authenticator {
                 client_ip,
                 reason: refusal.reason,
                 status: 401,
-                proven: false,
+                // Signed by this server: its holder once proved the user's key.
+                proven: refusal.user.is_some(),
             });
-            AuthError::Unauthorized(refusal.reason)
+            TokenRefused {
+                error: AuthError::Unauthorized(refusal.reason),
+                user: refusal.user,
+                fs: refusal.fs,
+            }
         })
     }
 
@@ -1122,6 +1143,18 @@ fn duration_ms(d: Duration) -> u64 {
 }
 
 /// A refused token, naming its user and filesystem when the token itself was genuine.
+/// A refused bearer token: the error to answer, and the user and filesystem the token
+/// names when this server signed it (else `None`).
+#[derive(Debug)]
+pub struct TokenRefused {
+    /// What to answer (401).
+    pub error: AuthError,
+    /// The token's user, when its signature checked out.
+    pub user: Option<String>,
+    /// The token's filesystem, when its signature checked out.
+    pub fs: Option<String>,
+}
+
 struct Refusal {
     reason: &'static str,
     user: Option<String>,

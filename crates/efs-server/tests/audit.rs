@@ -889,6 +889,18 @@ async fn requests_without_a_verified_identity_are_recorded_within_a_budget() {
         let (status, _) = srv.get(&format!("/missing/{i}"), &app).await;
         assert_eq!(status, 404);
     }
+    // Nor are the refusals of a token this server signed, once revoked, after the
+    // address's budget is spent: they were counted only, without the user or the path (a
+    // stolen token used after its revoke, behind 30 junk requests, went unseen).
+    srv.efsctl_ok(&["revoke", &s.user]);
+    let (status, _) = srv.get("/after-revoke/secret.txt", &app).await;
+    assert_eq!(status, 401);
+    let r = srv
+        .req("POST", "/_efs/auth/refresh", &app)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
     srv.stop().await;
 
     let entries = show(&srv, &[]);
@@ -926,8 +938,54 @@ async fn requests_without_a_verified_identity_are_recorded_within_a_budget() {
         })
         .count();
     assert_eq!(missing, MISSING);
+    let named = |action: &str| {
+        entries
+            .iter()
+            .filter(|e| e["action"] == action && e["user"] == s.user.as_str())
+            .count()
+    };
+    let read = entries
+        .iter()
+        .find(|e| e["path"] == "/after-revoke/secret.txt")
+        .expect("the revoked token's request is recorded");
+    assert_eq!(read["user"], s.user.as_str(), "{read}");
+    assert_eq!(read["status"], 401, "{read}");
+    // The refused token (the GET's, the refresh's), and the refresh.
+    assert_eq!(named("token-rejected"), 2, "{entries:#?}");
+    assert_eq!(named("refresh-failed"), 0, "{entries:#?}");
     let v = srv.efsctl_ok(&["audit", "verify"]);
     assert!(v.starts_with("audit verify: OK"), "{v}");
+}
+
+/// A refresh refused for its renewals, with a token this server signed, is recorded with
+/// its user also once the address has spent its budget on junk (it was counted only).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_out_of_renewals_is_recorded_after_junk() {
+    let s = session(&["--max-renewals", "0"]).await;
+    let mut srv = s.srv;
+    for _ in 0..40 {
+        let r = srv
+            .req("GET", "/junk", "forged.forged.forged")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = srv
+        .req("POST", "/_efs/auth/refresh", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    srv.stop().await;
+    let entries = show(&srv, &["--user", &s.user]);
+    let refused: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["action"] == "refresh-failed")
+        .collect();
+    assert_eq!(refused.len(), 1, "{entries:#?}");
+    assert_eq!(refused[0]["detail"], "renewals exhausted");
+    assert_eq!(refused[0]["fs"], s.fs.as_str());
 }
 
 /// Logins whose signature does not check out are recorded within the budget, the 401s and
