@@ -1155,6 +1155,24 @@ fn audit_verify(dd: &DataDir, expect: Option<&str>) -> Result<AdminResponse, Cor
     Ok(r)
 }
 
+/// A path as one unambiguous column of `audit show`'s text: as it is, unless it holds a
+/// space (the columns' separator: `/a  200  10.9.9.9` would pass for other columns, `/a -> /b`
+/// for a move), a quote, a backslash, or a character that prints as nothing or reorders the
+/// line (controls, U+202E and the other bidirectional overrides, U+2028, zero-width ones):
+/// then quoted and escaped as Rust's `{:?}` writes it (`"/a  200"`, `"/x\u{202e}y"`). A
+/// caller chooses the paths its reads and stats name, so they are the reader's, not the
+/// log's, to trust; `--json` carries them exactly.
+fn shown_path(p: &str) -> std::borrow::Cow<'_, str> {
+    let plain = p
+        .chars()
+        .all(|c| c != ' ' && c != '"' && c != '\\' && c.escape_debug().count() == 1);
+    if plain {
+        std::borrow::Cow::Borrowed(p)
+    } else {
+        std::borrow::Cow::Owned(format!("{p:?}"))
+    }
+}
+
 fn audit_show(
     dd: &DataDir,
     filter: &Filter,
@@ -1174,8 +1192,8 @@ fn audit_show(
         let time = rfc3339_ms(e.time_ms);
         let dash = |o: &Option<String>| o.clone().unwrap_or_else(|| "-".into());
         let what = match (&r.path, &r.to) {
-            (Some(p), Some(t)) => format!("{p} -> {t}"),
-            (Some(p), None) => p.clone(),
+            (Some(p), Some(t)) => format!("{} -> {}", shown_path(p), shown_path(t)),
+            (Some(p), None) => shown_path(p).into_owned(),
             _ => "-".into(),
         };
         lines.push(format!(
@@ -1247,5 +1265,26 @@ mod tests {
             "2026-12-04T06:46:18.000Z"
         );
         assert_eq!(super::rfc3339_ms(0), "1970-01-01T00:00:00.000Z");
+    }
+
+    /// A path a caller chose could pass for other columns of `audit show`'s text (a fake
+    /// status and address after two spaces, a fake move) or reorder the line (U+202E): such
+    /// paths are quoted and escaped; ordinary ones, non-ASCII included, are not.
+    #[test]
+    fn shown_path_quotes_what_could_mislead() {
+        use super::shown_path;
+        for plain in ["/patients/173/prescription.pdf", "/ü/日本/файл", "/a-b_c.d"] {
+            assert_eq!(shown_path(plain), plain);
+        }
+        assert_eq!(
+            shown_path("/fake  200  10.9.9.9  forged"),
+            "\"/fake  200  10.9.9.9  forged\""
+        );
+        assert_eq!(shown_path("/a -> /b"), "\"/a -> /b\"");
+        assert_eq!(shown_path("/inj\u{202e}RTL"), "\"/inj\\u{202e}RTL\"");
+        assert_eq!(shown_path("/ls\u{2028}x"), "\"/ls\\u{2028}x\"");
+        assert_eq!(shown_path("/zw\u{200b}"), "\"/zw\\u{200b}\"");
+        assert_eq!(shown_path("/bom\u{feff}"), "\"/bom\\u{feff}\"");
+        assert_eq!(shown_path("/q\"x"), "\"/q\\\"x\"");
     }
 }
