@@ -184,12 +184,17 @@ pub struct SentKeyPart {
 }
 
 impl SentKeyPart {
-    /// Reads `spec` in this process (a passphrase from `EFS_PASSPHRASE`, else `prompt`).
+    /// Reads a backup's key part `spec` in this process (a passphrase from
+    /// `EFS_BACKUP_PASSPHRASE`, else `prompt`).
     pub fn read(
         spec: &str,
         prompt: &dyn Fn(&str) -> std::io::Result<String>,
     ) -> Result<Self, CoreError> {
-        let given = crate::keyparts::GivenPart::read(&crate::KeyPartSpec::parse(spec)?, prompt)?;
+        let given = crate::keyparts::GivenPart::read(
+            &crate::KeyPartSpec::parse(spec)?,
+            crate::keyparts::BACKUP_PASSPHRASE_ENV,
+            prompt,
+        )?;
         Ok(Self {
             spec: spec.to_owned(),
             material: B64.encode(given.material()),

@@ -21,6 +21,11 @@ use crate::labels;
 /// Environment variable read for a `passphrase` part when there is no terminal.
 pub const PASSPHRASE_ENV: &str = "EFS_PASSPHRASE";
 
+/// Environment variable read for a `passphrase` part of the data dir a backup was taken from
+/// (`efsctl restore --backup-key-part passphrase`): not [`PASSPHRASE_ENV`], which is the
+/// passphrase of the data dir restored into when efsctl opens it itself.
+pub const BACKUP_PASSPHRASE_ENV: &str = "EFS_BACKUP_PASSPHRASE";
+
 /// Shortest accepted raw material for an `env:` or `file:` part.
 pub const MIN_PART_BYTES: usize = 16;
 
@@ -54,14 +59,15 @@ pub struct GivenPart {
 
 impl GivenPart {
     /// Reads a part now, in this process: an `env:` or `file:` part's contents, or a
-    /// passphrase from `EFS_PASSPHRASE` or else `prompt`.
+    /// passphrase from the environment variable `passphrase_env` or else `prompt`.
     pub fn read(
         spec: &KeyPartSpec,
+        passphrase_env: &str,
         prompt: &dyn Fn(&str) -> std::io::Result<String>,
     ) -> Result<Self, KeyError> {
         match spec {
             KeyPartSpec::Env(_) | KeyPartSpec::File(_) | KeyPartSpec::Passphrase => {
-                let PartMaterial(material) = read_part(1, spec, prompt)?;
+                let PartMaterial(material) = read_part(1, spec, passphrase_env, prompt)?;
                 Ok(Self {
                     from: Box::new(spec.clone()),
                     material,
@@ -284,11 +290,12 @@ impl fmt::Debug for StarterKey {
     }
 }
 
-/// Reads a part's raw material. `prompt` is asked for a passphrase when stdin is a terminal
-/// and `EFS_PASSPHRASE` is unset.
+/// Reads a part's raw material. `prompt` is asked for a passphrase when the environment
+/// variable `passphrase_env` is unset.
 fn read_part(
     index: usize,
     spec: &KeyPartSpec,
+    passphrase_env: &str,
     prompt: &dyn Fn(&str) -> std::io::Result<String>,
 ) -> Result<PartMaterial, KeyError> {
     let unreadable = |reason: String| KeyError::Unreadable {
@@ -305,15 +312,23 @@ fn read_part(
             Ok(v) => Zeroizing::new(v),
             Err(e) => return Err(unreadable(format!("cannot read the file: {}", e.kind()))),
         },
-        KeyPartSpec::Passphrase => match std::env::var(PASSPHRASE_ENV) {
+        KeyPartSpec::Passphrase => match std::env::var(passphrase_env) {
             Ok(v) => Zeroizing::new(v.into_bytes()),
             Err(_) => {
                 let v = prompt("EFS passphrase: ").map_err(|e| {
                     unreadable(format!(
-                        "no terminal to ask for it and {PASSPHRASE_ENV} is unset ({})",
+                        "no terminal to ask for it and {passphrase_env} is unset ({})",
                         e.kind()
                     ))
                 })?;
+                // Nothing typed, or an empty standard input that is no terminal: say so,
+                // not "too short".
+                if v.trim_end_matches(['\n', '\r']).is_empty() {
+                    return Err(unreadable(format!(
+                        "no passphrase given: {passphrase_env} is unset and nothing was typed \
+                         or read from standard input"
+                    )));
+                }
                 Zeroizing::new(v.into_bytes())
             }
         },
@@ -395,7 +410,7 @@ pub fn create(
     let mut keys = Vec::new();
     let mut parts = Vec::new();
     for (i, spec) in specs.iter().enumerate() {
-        let m = read_part(i + 1, spec, prompt)?;
+        let m = read_part(i + 1, spec, PASSPHRASE_ENV, prompt)?;
         let k = part_key(spec, &m, salt.as_bytes(), argon)?;
         parts.push(PartRecord {
             kind: spec.kind().into(),
@@ -523,7 +538,7 @@ fn open_of(
         .map_err(|_| KeyError::Corrupt("keyparts.json: bad salt".into()))?;
     let mut keys = Vec::new();
     for (i, (spec, rec)) in specs.iter().zip(&file.parts).enumerate() {
-        let m = read_part(i + 1, spec, prompt)?;
+        let m = read_part(i + 1, spec, PASSPHRASE_ENV, prompt)?;
         let k = part_key(spec, &m, &salt, file.argon2)?;
         if !ct_eq_str(&check_tag(&k), &rec.check) {
             return Err(KeyError::WrongPart {
@@ -656,7 +671,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let a = file_part(d.path(), "a", "aaaaaaaaaaaaaaaaaaaaaaaa\n");
         let (k, rec) = create(std::slice::from_ref(&a), None, FAST, &no_prompt).unwrap();
-        let given = KeyPartSpec::Given(GivenPart::read(&a, &no_prompt).unwrap());
+        let given = KeyPartSpec::Given(GivenPart::read(&a, PASSPHRASE_ENV, &no_prompt).unwrap());
         assert_eq!(given.kind(), "file");
         let shown = format!("{given} {given:?}");
         assert!(!shown.contains("aaaa"), "{shown}");
@@ -699,7 +714,7 @@ mod tests {
         let specs = [a.clone(), KeyPartSpec::Passphrase];
         let typed = |_: &str| Ok("correct horse battery".to_owned());
         let (k, rec) = create(&specs, None, FAST, &typed).unwrap();
-        let read = GivenPart::read(&KeyPartSpec::Passphrase, &typed).unwrap();
+        let read = GivenPart::read(&KeyPartSpec::Passphrase, PASSPHRASE_ENV, &typed).unwrap();
         assert_eq!(KeyPartSpec::Given(read.clone()).kind(), "passphrase");
         let shown = format!("{:?}", KeyPartSpec::Given(read.clone()));
         assert!(!shown.contains("horse"), "{shown}");

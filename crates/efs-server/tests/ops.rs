@@ -669,8 +669,8 @@ async fn root_is_refused_on_a_stopped_data_dir_another_account_owns() {
 
 /// `efsctl restore --backup-key-part` through a running server (the recipe "After losing the
 /// disk" in docs/operations.md): efsctl reads `env:` and `file:` parts in its own environment
-/// and working directory, not the server's, and a passphrase from its own `EFS_PASSPHRASE`
-/// (else its terminal), and hands their contents over the socket; the audit entry records
+/// and working directory, not the server's, and a passphrase from its own
+/// `EFS_BACKUP_PASSPHRASE` (else its terminal), and hands their contents over the socket; the audit entry records
 /// the specs, never the contents. (A passphrase part was refused through a running server:
 /// "only env: and file: parts can be read and handed over".)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -735,7 +735,7 @@ async fn a_running_server_restores_with_key_parts_read_by_efsctl() {
             .args(["--backup-key-part", "passphrase"])
             .env_remove("EFS_DATA")
             .env("OLD_EFS_PART", env_part)
-            .env("EFS_PASSPHRASE", pass)
+            .env("EFS_BACKUP_PASSPHRASE", pass)
             .stdin(std::process::Stdio::null());
         cmd.output().unwrap()
     };
@@ -795,6 +795,84 @@ async fn a_running_server_restores_with_key_parts_read_by_efsctl() {
             .any(|e| e["detail"].as_str().unwrap().contains("env:OLD_EFS_PART")),
         "{restores:?}"
     );
+
+    // With the server stopped, into a data dir that has a passphrase part of its own: its
+    // passphrase from EFS_PASSPHRASE (or the first line), the backup's from
+    // EFS_BACKUP_PASSPHRASE (or the next line). Without a server, efsctl gave the backup's
+    // parts no prompt, and EFS_PASSPHRASE was read for both.
+    let c_dir = Arc::new(new_tempdir());
+    let c_pass = "the new data dir's own passphrase";
+    let mut c = TestServer::start_in(
+        c_dir.clone(),
+        &["--key-part", "passphrase"],
+        &[("EFS_PASSPHRASE", c_pass)],
+    );
+    c.stop().await;
+    std::fs::copy(&a_file, c.dir.path().join("old.keypart")).unwrap();
+    let offline = |fs: &str, envs: &[(&str, &str)], stdin: &str| {
+        use std::io::Write as _;
+        let mut cmd = std::process::Command::new(EFSCTL_BIN);
+        cmd.current_dir(c.dir.path())
+            .arg("--data")
+            .arg(&c.data)
+            .args(["--key-part", "passphrase", "restore", "--fs", fs, "-i"])
+            .arg(&dest)
+            .args(["--backup-key-part", "env:OLD_EFS_PART"])
+            .args(["--backup-key-part", "file:old.keypart"])
+            .args(["--backup-key-part", "passphrase"])
+            .env_remove("EFS_DATA")
+            .env_remove("EFS_PASSPHRASE")
+            .env_remove("EFS_BACKUP_PASSPHRASE")
+            .env("OLD_EFS_PART", env_part)
+            .envs(envs.iter().copied())
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut child = cmd.spawn().unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(stdin.as_bytes())
+            .unwrap();
+        child.wait_with_output().unwrap()
+    };
+    let out = offline(
+        "from-env",
+        &[
+            ("EFS_PASSPHRASE", c_pass),
+            ("EFS_BACKUP_PASSPHRASE", passphrase),
+        ],
+        "",
+    );
+    assert!(out.status.success(), "{out:?}");
+    let out = offline("piped", &[], &format!("{c_pass}\n{passphrase}\n"));
+    assert!(out.status.success(), "{out:?}");
+    // Only this data dir's passphrase given: the backup's is said to be missing, not short.
+    let out = offline("missing", &[("EFS_PASSPHRASE", c_pass)], "");
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("reading --backup-key-part") && err.contains("no passphrase given"),
+        "{err}"
+    );
+    let mut c = TestServer::start_in(
+        c_dir.clone(),
+        &["--key-part", "passphrase"],
+        &[("EFS_PASSPHRASE", c_pass)],
+    );
+    let list = c.efsctl_ok(&["list-fs"]);
+    assert!(
+        list.contains("from-env") && list.contains("piped") && !list.contains("missing"),
+        "{list}"
+    );
+    let key = c.create_user("reader", &["piped"], true);
+    let token = c.login("reader", &key, Some("piped")).await;
+    for (path, body) in &files {
+        let (status, got) = c.get(path, &token).await;
+        assert_eq!((status, &got), (200, body), "{path}");
+    }
+    c.stop().await;
 }
 
 /// `efsctl create-user` checks the name before it writes a key pair named after it: a name

@@ -262,8 +262,9 @@ enum Cmd {
         /// Key part of the data dir the backup was taken in (repeat, in that data dir's
         /// order: env:NAME, file:PATH or passphrase), when restoring a backup made with
         /// --include-keys into another data dir. Read by efsctl, in its environment and
-        /// working directory, also when a server runs; a passphrase from EFS_PASSPHRASE in
-        /// efsctl's environment, else asked for on its terminal (a line from a pipe).
+        /// working directory, also when a server runs; a passphrase from
+        /// EFS_BACKUP_PASSPHRASE in efsctl's environment, else asked for on its terminal (a
+        /// line from a pipe; with the server stopped, after this data dir's own passphrase).
         #[arg(long = "backup-key-part", value_name = "SPEC")]
         backup_key_parts: Vec<String>,
         /// Restore a format-1 backup (efs-backup/1, made before backups were
@@ -624,6 +625,28 @@ impl std::fmt::Display for NotDelivered {
 
 impl std::error::Error for NotDelivered {}
 
+/// A restore's `--backup-key-part`s, read by efsctl (env: and file: parts in its
+/// environment and working directory, a passphrase from `EFS_BACKUP_PASSPHRASE` or its
+/// terminal) and handed over with the request, to the server or to the data dir efsctl opens.
+fn read_backup_key_parts(req: &mut AdminRequest) -> anyhow::Result<()> {
+    if let AdminRequest::Restore {
+        backup_key_parts,
+        backup_key_given,
+        ..
+    } = req
+    {
+        for spec in backup_key_parts.iter() {
+            backup_key_given.push(
+                efs_core::admin::SentKeyPart::read(spec, &|_| {
+                    prompt("EFS passphrase of the data dir the backup was taken from: ")
+                })
+                .with_context(|| "reading --backup-key-part".to_owned())?,
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Sends a request to the running server, or runs it on the data dir. An error that is a
 /// [`NotDelivered`] (`downcast_ref`) means nothing was done.
 fn send(
@@ -637,21 +660,7 @@ fn send(
             // The server would read env: and file: parts in its own environment and working
             // directory, and has no terminal to ask for a passphrase: efsctl reads them here,
             // where the operator named them.
-            if let AdminRequest::Restore {
-                backup_key_parts,
-                backup_key_given,
-                ..
-            } = &mut req
-            {
-                for spec in backup_key_parts.iter() {
-                    backup_key_given.push(
-                        efs_core::admin::SentKeyPart::read(spec, &|_| {
-                            prompt("EFS passphrase of the data dir the backup was taken from: ")
-                        })
-                        .with_context(|| "reading --backup-key-part".to_owned())?,
-                    );
-                }
-            }
+            read_backup_key_parts(&mut req)?;
             ask(s, &req)
         }
         Err(e) => {
@@ -680,6 +689,9 @@ fn send(
                 DataDir::open(data, parts, opts, &|p: &str| prompt(p)).with_context(|| {
                     NotDelivered(format!("cannot open the data dir {}", data.display()))
                 })?;
+            // After this data dir's parts (its passphrase from EFS_PASSPHRASE or the first
+            // prompt), the backup's (from EFS_BACKUP_PASSPHRASE or the next prompt).
+            read_backup_key_parts(&mut req).map_err(|e| NotDelivered(format!("{e:#}")))?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
                 .enable_all()
