@@ -1024,8 +1024,13 @@ async fn files_inner(
             require_write(&caller)?;
             let dest = single(&parts.headers, "destination")
                 .map_err(|_| ApiError::bad_request("more than one Destination header"))?
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| ApiError::bad_request("MOVE needs a Destination header"))?;
+                .ok_or_else(|| ApiError::bad_request("MOVE needs a Destination header"))?
+                .to_str()
+                .map_err(|_| {
+                    ApiError::bad_request(
+                        "the Destination header is not ASCII text: percent-encode the path (UTF-8)",
+                    )
+                })?;
             let dest_path = destination_path(dest, request_authority(parts))?;
             let to = EfsPath::parse_uri_path(&dest_path).map_err(efs_core::CoreError::from)?;
             who.to = Some(to.to_string());

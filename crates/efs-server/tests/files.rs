@@ -2735,3 +2735,27 @@ async fn an_http_1_1_request_needs_one_host() {
         .await;
     assert_eq!(r.status, 400);
 }
+
+/// A `Destination` with raw bytes above 0x7f (an unencoded `ü`) is said to be not ASCII
+/// text, not missing ("MOVE needs a Destination header"); nothing moves.
+#[tokio::test]
+async fn a_destination_that_is_not_ascii_text_is_named() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    srv.put_ok("/from.txt", &s.token, b"stays".to_vec()).await;
+    let mut req = format!(
+        "MOVE /from.txt HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\
+         Authorization: Bearer {}\r\nDestination: /to-",
+        s.token
+    )
+    .into_bytes();
+    req.extend_from_slice("ü.txt\r\n\r\n".as_bytes());
+    let r = srv.raw_http(req).await;
+    assert_eq!(r.status, 400);
+    let v: Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        v["message"].as_str().unwrap().contains("not ASCII text"),
+        "{v}"
+    );
+    assert_eq!(srv.get_ok("/from.txt", &s.token).await, b"stays");
+}
