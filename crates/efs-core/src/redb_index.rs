@@ -298,7 +298,11 @@ impl RedbIndex {
                 "the index is open in another process (is efs-server running on this data dir?)"
                     .into(),
             ),
-            e => ix(e),
+            // Named: "Permission denied" alone left the operator to guess which file.
+            e => match ix(e) {
+                CoreError::Index(m) => CoreError::Index(format!("{}: {m}", path.display())),
+                other => other,
+            },
         })?;
         // Create the tables once so readers never see "table does not exist".
         let w = db.begin_write().map_err(ix)?;

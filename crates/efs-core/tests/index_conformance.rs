@@ -662,6 +662,18 @@ async fn redb_index_refuses_a_second_open() {
     assert!(e.to_string().contains("open in another process"), "{e}");
 }
 
+/// An index that cannot be opened is named in the error ("I/O error: Permission denied"
+/// alone, at a start, left the operator to guess which file).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_that_does_not_open_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("missing-dir").join("index.redb");
+    let e = RedbIndex::open(&path, digest_key())
+        .err()
+        .expect("no directory to create it in");
+    assert!(e.to_string().contains(&path.display().to_string()), "{e}");
+}
+
 /// The digest after the concurrent suite still holds (group commits fold many batches).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn digest_holds_after_concurrent_group_commits() {

@@ -135,13 +135,15 @@ impl From<CoreError> for ApiError {
                 "this filesystem is on hold: its index failed its integrity check at start; an administrator must run efsctl fsck",
             ),
             // A full disk is the operator's to fix, not a bug: say so, with its own status,
-            // instead of a vague 500 (the write was not applied; see the I/O-fault tests).
+            // instead of a vague 500. Almost always nothing was applied (the I/O-fault tests),
+            // but an index commit that failed on the full disk has an unknown outcome: the
+            // message claims only what is sure, and a retried PUT is safe either way.
             CoreError::Io(e) if is_storage_full(&e) => {
                 tracing::error!(error = %e, "storage full: a write was refused");
                 ApiError::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     codes::INSUFFICIENT_STORAGE,
-                    "the server's storage is full: nothing was written; retry once space is freed",
+                    "the server's storage is full: the write failed (the file is as it was, or in the rare case of a commit cut short, whole as sent); retry once space is freed",
                 )
             }
             CoreError::Decrypt => {
