@@ -231,7 +231,8 @@ pub const AUDIT_SHOW_DEFAULT: u64 = 1_000;
 pub const AUDIT_SHOW_MAX: u64 = 100_000;
 
 impl AdminRequest {
-    /// The command and its arguments for the audit log (public key text left out).
+    /// The command and its arguments for the audit log; a public key appears as its
+    /// fingerprint (`public_key_sha256`), which names it as `ssh-keygen -lf` does.
     pub fn summary(&self) -> String {
         let mut v = match self {
             // Key parts' contents never reach the entry, not even in a value removed after.
@@ -257,7 +258,15 @@ impl AdminRequest {
             .remove("cmd")
             .and_then(|c| c.as_str().map(str::to_owned))
             .unwrap_or_default();
-        obj.remove("public_key");
+        if let Some(key) = obj.remove("public_key") {
+            let raw = key.as_str().and_then(decode_public_key);
+            obj.insert(
+                "public_key_sha256".into(),
+                raw.map_or(serde_json::Value::Null, |k| {
+                    crate::system::public_key_fingerprint(&k).into()
+                }),
+            );
+        }
         if obj.is_empty() {
             cmd
         } else {
@@ -482,11 +491,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             public_key,
             grants,
         } => {
-            let raw = B64
-                .decode(public_key.as_bytes())
-                .ok()
-                .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                .ok_or_else(|| CoreError::Invalid("public_key must be 32 bytes, base64".into()))?;
+            let raw = decode_public_key(&public_key).ok_or_else(bad_public_key)?;
             let u = dd.create_user(&name, raw, grants)?;
             let g: Vec<String> = u.grants.iter().map(grant_text).collect();
             let mut lines = vec![format!(
@@ -1086,6 +1091,17 @@ fn digest_json(d: Option<&crate::digest::DigestCheck>) -> serde_json::Value {
 }
 
 /// `1 entry`, `2 entries`.
+/// A raw Ed25519 public key from a request's base64, or `None` when it is not 32 bytes.
+fn decode_public_key(b64: &str) -> Option<[u8; 32]> {
+    B64.decode(b64.as_bytes())
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+}
+
+fn bad_public_key() -> CoreError {
+    CoreError::Invalid("public_key must be 32 bytes, base64".into())
+}
+
 fn counted(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
