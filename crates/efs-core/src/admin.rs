@@ -51,6 +51,15 @@ pub enum AdminRequest {
         /// Filesystem, or none for all tokens.
         fs: Option<String>,
     },
+    /// Replace a user's public key (grants kept) and end every token of the user: locks a
+    /// stolen key out, which `Revoke` does not.
+    ReplaceKey {
+        /// User.
+        user: String,
+        /// The new raw Ed25519 public key, base64 (the caller parsed the OpenSSH or PEM text,
+        /// or generated the pair).
+        public_key: String,
+    },
     /// Delete a user.
     DeleteUser {
         /// User.
@@ -287,6 +296,7 @@ impl AdminRequest {
                 // Not long, but a crash between the new key and its entry must not leave the
                 // key replaced without a record.
                 | AdminRequest::RotateSigningKey
+                | AdminRequest::ReplaceKey { .. }
         )
     }
 
@@ -448,10 +458,14 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
     };
     let recorded_ok = match (&recorded, resp.ok) {
         // What was accepted, and the digest it got, belong in the log with the command; so do
-        // the server identities before and after a new token-signing key.
-        (AdminRequest::AcceptSystem | AdminRequest::RotateSigningKey, true) => {
-            record_admin_with(dd, op, &recorded, true, Some(&resp.data)).await
-        }
+        // the server identities before and after a new token-signing key, and the keys before
+        // and after a user's new key (the old one names what a thief held).
+        (
+            AdminRequest::AcceptSystem
+            | AdminRequest::RotateSigningKey
+            | AdminRequest::ReplaceKey { .. },
+            true,
+        ) => record_admin_with(dd, op, &recorded, true, Some(&resp.data)).await,
         _ => record_admin(dd, op, &recorded, resp.ok).await,
     };
     match recorded_ok {
@@ -499,23 +513,51 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 u.name,
                 g.join(", ")
             )];
-            // Allowed (one person, two roles), but whoever holds the key is both users, and
-            // revoking one leaves the key working as the other: worth a second look.
-            // Best effort: the user exists by now, and this must not turn that into an error.
-            let same: Vec<String> = dd
+            lines.extend(same_key_warning(dd, &u));
+            AdminResponse::ok(lines, serde_json::json!({"name": u.name}))
+        }
+        AdminRequest::ReplaceKey { user, public_key } => {
+            let raw = decode_public_key(&public_key).ok_or_else(bad_public_key)?;
+            let (old_raw, u) = dd.replace_key(&user, raw)?;
+            let (old, new) = (
+                crate::system::public_key_fingerprint(&old_raw),
+                crate::system::public_key_fingerprint(&u.public_key),
+            );
+            let mut lines = vec![
+                format!(
+                    "Replaced the public key of '{}': {old} -> {new}; every token of '{}' is revoked, its grants are kept",
+                    u.name, u.name
+                ),
+                format!(
+                    "The old key no longer logs in as '{}'. What was done as '{}': efsctl audit show --user {}",
+                    u.name, u.name, u.name
+                ),
+            ];
+            // The old key still opens every other user that has it: the thief's way back in.
+            let still: Vec<String> = dd
                 .users()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|o| o.name != u.name && o.public_key == u.public_key)
+                .filter(|o| o.public_key == old_raw)
                 .map(|o| o.name)
                 .collect();
-            if !same.is_empty() {
+            if !still.is_empty() {
                 lines.push(format!(
-                    "WARNING: user(s) {} have the same public key: whoever holds the private key logs in as each of them (give every user a key of its own unless that is meant)",
-                    same.join(", ")
+                    "WARNING: user(s) {} still have the old public key: it still logs in as each of them (replace-key them too)",
+                    still.join(", ")
                 ));
             }
-            AdminResponse::ok(lines, serde_json::json!({"name": u.name}))
+            lines.extend(same_key_warning(dd, &u));
+            AdminResponse::ok(
+                lines,
+                serde_json::json!({
+                    "user": u.name,
+                    "old_key_sha256": old,
+                    "new_key_sha256": new,
+                    "tokens_revoked": true,
+                    "old_key_still_logs_in_as": still,
+                }),
+            )
         }
         AdminRequest::Grant {
             user,
@@ -1100,6 +1142,26 @@ fn decode_public_key(b64: &str) -> Option<[u8; 32]> {
 
 fn bad_public_key() -> CoreError {
     CoreError::Invalid("public_key must be 32 bytes, base64".into())
+}
+
+/// A warning when another user has `u`'s public key. Allowed (one person, two roles), but
+/// whoever holds the key is both users, and revoking one (or replacing its key) leaves the
+/// key working as the other: worth a second look. Best effort: `u` is saved by now, and this
+/// must not turn that into an error.
+fn same_key_warning(dd: &DataDir, u: &crate::system::UserRecord) -> Option<String> {
+    let same: Vec<String> = dd
+        .users()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| o.name != u.name && o.public_key == u.public_key)
+        .map(|o| o.name)
+        .collect();
+    (!same.is_empty()).then(|| {
+        format!(
+            "WARNING: user(s) {} have the same public key: whoever holds the private key logs in as each of them (give every user a key of its own unless that is meant)",
+            same.join(", ")
+        )
+    })
 }
 
 fn counted(n: u64, one: &str, many: &str) -> String {
