@@ -51,6 +51,15 @@ pub enum AdminRequest {
         /// Filesystem, or none for all tokens.
         fs: Option<String>,
     },
+    /// Replace a user's public key (grants kept) and end every token of the user: locks a
+    /// stolen key out, which `Revoke` does not.
+    ReplaceKey {
+        /// User.
+        user: String,
+        /// The new raw Ed25519 public key, base64 (the caller parsed the OpenSSH or PEM text,
+        /// or generated the pair).
+        public_key: String,
+    },
     /// Delete a user.
     DeleteUser {
         /// User.
@@ -236,7 +245,8 @@ pub const AUDIT_SHOW_DEFAULT: u64 = 1_000;
 pub const AUDIT_SHOW_MAX: u64 = 100_000;
 
 impl AdminRequest {
-    /// The command and its arguments for the audit log (public key text left out).
+    /// The command and its arguments for the audit log; a public key appears as its
+    /// fingerprint (`public_key_sha256`), which names it as `ssh-keygen -lf` does.
     pub fn summary(&self) -> String {
         let mut v = match self {
             // Key parts' contents never reach the entry, not even in a value removed after.
@@ -262,7 +272,15 @@ impl AdminRequest {
             .remove("cmd")
             .and_then(|c| c.as_str().map(str::to_owned))
             .unwrap_or_default();
-        obj.remove("public_key");
+        if let Some(key) = obj.remove("public_key") {
+            let raw = key.as_str().and_then(decode_public_key);
+            obj.insert(
+                "public_key_sha256".into(),
+                raw.map_or(serde_json::Value::Null, |k| {
+                    crate::system::public_key_fingerprint(&k).into()
+                }),
+            );
+        }
         if obj.is_empty() {
             cmd
         } else {
@@ -283,6 +301,7 @@ impl AdminRequest {
                 // Not long, but a crash between the new key and its entry must not leave the
                 // key replaced without a record.
                 | AdminRequest::RotateSigningKey
+                | AdminRequest::ReplaceKey { .. }
         )
     }
 
@@ -444,10 +463,14 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
     };
     let recorded_ok = match (&recorded, resp.ok) {
         // What was accepted, and the digest it got, belong in the log with the command; so do
-        // the server identities before and after a new token-signing key.
-        (AdminRequest::AcceptSystem | AdminRequest::RotateSigningKey, true) => {
-            record_admin_with(dd, op, &recorded, true, Some(&resp.data)).await
-        }
+        // the server identities before and after a new token-signing key, and the keys before
+        // and after a user's new key (the old one names what a thief held).
+        (
+            AdminRequest::AcceptSystem
+            | AdminRequest::RotateSigningKey
+            | AdminRequest::ReplaceKey { .. },
+            true,
+        ) => record_admin_with(dd, op, &recorded, true, Some(&resp.data)).await,
         _ => record_admin(dd, op, &recorded, resp.ok).await,
     };
     match recorded_ok {
@@ -487,11 +510,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             public_key,
             grants,
         } => {
-            let raw = B64
-                .decode(public_key.as_bytes())
-                .ok()
-                .and_then(|v| <[u8; 32]>::try_from(v).ok())
-                .ok_or_else(|| CoreError::Invalid("public_key must be 32 bytes, base64".into()))?;
+            let raw = decode_public_key(&public_key).ok_or_else(bad_public_key)?;
             let u = dd.create_user(&name, raw, grants)?;
             let g: Vec<String> = u.grants.iter().map(grant_text).collect();
             let mut lines = vec![format!(
@@ -499,23 +518,51 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 u.name,
                 g.join(", ")
             )];
-            // Allowed (one person, two roles), but whoever holds the key is both users, and
-            // revoking one leaves the key working as the other: worth a second look.
-            // Best effort: the user exists by now, and this must not turn that into an error.
-            let same: Vec<String> = dd
+            lines.extend(same_key_warning(dd, &u));
+            AdminResponse::ok(lines, serde_json::json!({"name": u.name}))
+        }
+        AdminRequest::ReplaceKey { user, public_key } => {
+            let raw = decode_public_key(&public_key).ok_or_else(bad_public_key)?;
+            let (old_raw, u) = dd.replace_key(&user, raw)?;
+            let (old, new) = (
+                crate::system::public_key_fingerprint(&old_raw),
+                crate::system::public_key_fingerprint(&u.public_key),
+            );
+            let mut lines = vec![
+                format!(
+                    "Replaced the public key of '{}': {old} -> {new}; every token of '{}' is revoked, its grants are kept",
+                    u.name, u.name
+                ),
+                format!(
+                    "The old key no longer logs in as '{}'. What was done as '{}': efsctl audit show --user {}",
+                    u.name, u.name, u.name
+                ),
+            ];
+            // The old key still opens every other user that has it: the thief's way back in.
+            let still: Vec<String> = dd
                 .users()
                 .unwrap_or_default()
                 .into_iter()
-                .filter(|o| o.name != u.name && o.public_key == u.public_key)
+                .filter(|o| o.public_key == old_raw)
                 .map(|o| o.name)
                 .collect();
-            if !same.is_empty() {
+            if !still.is_empty() {
                 lines.push(format!(
-                    "WARNING: user(s) {} have the same public key: whoever holds the private key logs in as each of them (give every user a key of its own unless that is meant)",
-                    same.join(", ")
+                    "WARNING: user(s) {} still have the old public key: it still logs in as each of them (replace-key them too)",
+                    still.join(", ")
                 ));
             }
-            AdminResponse::ok(lines, serde_json::json!({"name": u.name}))
+            lines.extend(same_key_warning(dd, &u));
+            AdminResponse::ok(
+                lines,
+                serde_json::json!({
+                    "user": u.name,
+                    "old_key_sha256": old,
+                    "new_key_sha256": new,
+                    "tokens_revoked": true,
+                    "old_key_still_logs_in_as": still,
+                }),
+            )
         }
         AdminRequest::Grant {
             user,
@@ -1091,6 +1138,37 @@ fn digest_json(d: Option<&crate::digest::DigestCheck>) -> serde_json::Value {
 }
 
 /// `1 entry`, `2 entries`.
+/// A raw Ed25519 public key from a request's base64, or `None` when it is not 32 bytes.
+fn decode_public_key(b64: &str) -> Option<[u8; 32]> {
+    B64.decode(b64.as_bytes())
+        .ok()
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+}
+
+fn bad_public_key() -> CoreError {
+    CoreError::Invalid("public_key must be 32 bytes, base64".into())
+}
+
+/// A warning when another user has `u`'s public key. Allowed (one person, two roles), but
+/// whoever holds the key is both users, and revoking one (or replacing its key) leaves the
+/// key working as the other: worth a second look. Best effort: `u` is saved by now, and this
+/// must not turn that into an error.
+fn same_key_warning(dd: &DataDir, u: &crate::system::UserRecord) -> Option<String> {
+    let same: Vec<String> = dd
+        .users()
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|o| o.name != u.name && o.public_key == u.public_key)
+        .map(|o| o.name)
+        .collect();
+    (!same.is_empty()).then(|| {
+        format!(
+            "WARNING: user(s) {} have the same public key: whoever holds the private key logs in as each of them (give every user a key of its own unless that is meant)",
+            same.join(", ")
+        )
+    })
+}
+
 fn counted(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }

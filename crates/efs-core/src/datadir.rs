@@ -1372,6 +1372,27 @@ impl DataDir {
         Ok(u)
     }
 
+    /// Replaces a user's public key, keeping its grants and bound certificate, and ends every
+    /// token of the user at once (a new generation): the way to lock out a stolen key, which
+    /// `revoke` alone does not (the key logs in again). Returns the key it replaced and the
+    /// user as saved.
+    pub fn replace_key(&self, user: &str, public_key: [u8; 32]) -> Result<([u8; 32], UserRecord)> {
+        let mut u = self.require_user(user)?;
+        if u.public_key == public_key {
+            // Most likely the stolen key's own public half: "replacing" it would leave the
+            // thief able to log in.
+            return Err(CoreError::Invalid(format!(
+                "the new public key is the one '{user}' has now ({}): give the user's new public \
+                 key, or leave out --pubkey to generate a key pair",
+                crate::system::public_key_fingerprint(&public_key)
+            )));
+        }
+        let old = std::mem::replace(&mut u.public_key, public_key);
+        u.generation += 1;
+        self.system.put_user(&u)?;
+        Ok((old, u))
+    }
+
     /// Binds (or unbinds) a client certificate to a user.
     pub fn bind_cert(&self, user: &str, cert_sha256: Option<[u8; 32]>) -> Result<UserRecord> {
         let mut u = self.require_user(user)?;

@@ -65,6 +65,24 @@ pub struct UserRecord {
     pub cert_sha256: Option<[u8; 32]>,
 }
 
+/// OpenSSH's fingerprint of a raw Ed25519 public key: `SHA256:` + base64 (no padding) of
+/// SHA-256 of its `ssh-ed25519` wire blob, as `ssh-keygen -lf KEY.pub` prints it. Here so
+/// that the audit log (which names keys by it) and efsctl's output agree.
+pub fn public_key_fingerprint(key: &[u8; 32]) -> String {
+    use base64::Engine;
+    use sha2::Digest;
+    let mut h = sha2::Sha256::new();
+    for part in [b"ssh-ed25519".as_slice(), key.as_slice()] {
+        let len = u32::try_from(part.len()).expect("11 or 32 bytes fit in a u32");
+        h.update(len.to_be_bytes());
+        h.update(part);
+    }
+    format!(
+        "SHA256:{}",
+        base64::engine::general_purpose::STANDARD_NO_PAD.encode(h.finalize())
+    )
+}
+
 /// A filesystem as stored.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct FsRecord {

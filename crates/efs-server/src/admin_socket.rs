@@ -315,6 +315,7 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
             | AdminRequest::Grant { .. }
             | AdminRequest::Revoke { .. }
             | AdminRequest::DeleteUser { .. }
+            | AdminRequest::ReplaceKey { .. }
             | AdminRequest::BindCert { .. }
     );
     let fs_change = matches!(

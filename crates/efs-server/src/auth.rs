@@ -1116,12 +1116,9 @@ pub fn openssh_public_key(key: &VerifyingKey) -> String {
 }
 
 /// OpenSSH's fingerprint of the key: `SHA256:` + base64 (no padding) of SHA-256 of the
-/// wire blob, as `ssh-keygen -lf` prints it.
+/// wire blob, as `ssh-keygen -lf` prints it (and as the audit log names keys).
 pub fn fingerprint_sha256(key: &VerifyingKey) -> String {
-    format!(
-        "SHA256:{}",
-        STANDARD_NO_PAD.encode(Sha256::digest(openssh_blob(key)))
-    )
+    efs_core::system::public_key_fingerprint(key.as_bytes())
 }
 
 /// Decodes base64url without padding into exactly `N` bytes (canonical encodings only).

@@ -145,6 +145,17 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
             && e["client"] == "admin-socket"
             && e["user"].as_str().unwrap().starts_with("uid:")
     }));
+    // A user's key is named by its fingerprint, as ssh-keygen -lf prints it.
+    let nurse_fp = efs_server::auth::fingerprint_sha256(&nurse_key.verifying_key());
+    assert!(
+        admin.iter().any(|e| {
+            let d = e["detail"].as_str().unwrap();
+            d.starts_with("create-user")
+                && d.contains("\"nurse-kim\"")
+                && d.contains(&format!("\"public_key_sha256\":\"{nurse_fp}\""))
+        }),
+        "{admin:?}"
+    );
     assert!(
         admin
             .iter()

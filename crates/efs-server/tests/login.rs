@@ -536,6 +536,189 @@ async fn deleted_user_loses_its_tokens_even_when_the_name_comes_back() {
     assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
 }
 
+/// The user's row as `efsctl list-users --json` shows it.
+fn listed_user(srv: &TestServer, name: &str) -> Value {
+    let out = srv.efsctl_ok(&["--json", "list-users"]);
+    let users: Value = serde_json::from_str(&out).unwrap();
+    users
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|u| u["name"] == name)
+        .unwrap_or_else(|| panic!("{name} in {out}"))
+        .clone()
+}
+
+/// `efsctl audit show --json`'s admin entries whose detail starts with `cmd`.
+fn admin_entries(srv: &TestServer, cmd: &str) -> Vec<Value> {
+    let out = srv.efsctl_ok(&["--json", "audit", "show"]);
+    let all: Value = serde_json::from_str(&out).unwrap();
+    all.as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| {
+            e["action"] == "admin"
+                && e["status"] == 200
+                && e["detail"]
+                    .as_str()
+                    .unwrap()
+                    .starts_with(&format!("{cmd} "))
+        })
+        .cloned()
+        .collect()
+}
+
+/// A stolen key: `revoke` ends its tokens but it logs in again; `replace-key` locks it out
+/// at once (its tokens and refreshes too) and keeps the grants; the new key logs in; the
+/// audit log names both keys by fingerprint.
+#[tokio::test]
+async fn replace_key_locks_a_stolen_key_out_and_keeps_the_grants() {
+    let (srv, old_key, token) = alice_server(&[]).await;
+    srv.create_fs("archive");
+    srv.efsctl_ok(&["grant", "alice", "--fs", "archive", "--read-only"]);
+    let token = {
+        // The grant ended the first token; the thief logs in again.
+        assert_token_refused(&srv, &token, "token from before the grant").await;
+        srv.login("alice", &old_key, Some("main")).await
+    };
+    let refreshed: Value = refresh(&srv, &token).await.json().await.unwrap();
+    let refreshed = refreshed["token"].as_str().unwrap().to_owned();
+    let before = listed_user(&srv, "alice");
+    // The same person's second role, with the same key: the replacement warns of it.
+    srv.create_user_with_key("alice-ops", &["archive"], true, &old_key);
+
+    let new_key = new_signing_key();
+    let pub_path = srv.dir.path().join("alice-new.pub");
+    std::fs::write(
+        &pub_path,
+        format!("{} alice@new\n", openssh_public_line(&new_key)),
+    )
+    .unwrap();
+    let out = srv.efsctl_ok(&[
+        "--json",
+        "replace-key",
+        "alice",
+        "--pubkey",
+        pub_path.to_str().unwrap(),
+    ]);
+    let v: Value = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}"));
+    let old_fp = efs_server::auth::fingerprint_sha256(&old_key.verifying_key());
+    let new_fp = efs_server::auth::fingerprint_sha256(&new_key.verifying_key());
+    assert_eq!(v["user"], "alice", "{v}");
+    assert_eq!(v["old_key_sha256"], old_fp.as_str(), "{v}");
+    assert_eq!(v["new_key_sha256"], new_fp.as_str(), "{v}");
+    assert_eq!(v["tokens_revoked"], true, "{v}");
+    assert_eq!(v["old_key_still_logs_in_as"], json!(["alice-ops"]), "{v}");
+
+    // At once, without a restart: the old tokens, their refreshes and the old key.
+    assert_token_refused(&srv, &token, "token of the replaced key").await;
+    assert_token_refused(&srv, &refreshed, "refreshed token of the replaced key").await;
+    let body = srv.signed_body("alice", &old_key, Some("main")).await;
+    assert_401(
+        srv.token_request(&body).await,
+        "login with the replaced key",
+    )
+    .await;
+    let t = srv.login("alice", &new_key, Some("main")).await;
+    assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
+    let after = listed_user(&srv, "alice");
+    assert_eq!(after["grants"], before["grants"]);
+    assert_ne!(after["public_key"], before["public_key"]);
+
+    // The same key again is refused (most likely the stolen key's own public half).
+    let out = srv.efsctl(&[
+        "replace-key",
+        "alice",
+        "--pubkey",
+        pub_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is the one 'alice' has now"), "{err}");
+    srv.login("alice", &new_key, Some("main")).await;
+
+    let replaced = admin_entries(&srv, "replace-key");
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    let detail = replaced[0]["detail"].as_str().unwrap();
+    assert!(
+        detail.contains(&old_fp) && detail.contains(&new_fp),
+        "{detail}"
+    );
+    assert_eq!(replaced[0]["client"], "admin-socket");
+    let text = srv.efsctl_ok(&["audit", "verify"]);
+    assert!(text.starts_with("audit verify: OK"), "{text}");
+    // revoke says it is not the way to lock a key out.
+    let help = srv.efsctl_ok(&["revoke", "--help"]);
+    assert!(
+        help.contains("can log in again") && help.contains("use replace-key"),
+        "{help}"
+    );
+}
+
+/// `replace-key` with the server stopped, generating the pair: the server started again
+/// refuses the old token and key and takes the new one; a pair generated for a replacement
+/// that is refused is removed again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replace_key_without_a_server_generates_a_pair() {
+    use ed25519_dalek::pkcs8::DecodePrivateKey;
+    let (mut srv, old_key, token) = alice_server(&[]).await;
+    let before = listed_user(&srv, "alice");
+    srv.create_user_with_key("alice-ops", &["main"], true, &old_key);
+    srv.stop().await;
+
+    let out_path = srv.dir.path().join("alice-2");
+    let out = srv.efsctl_ok(&["replace-key", "alice", "--out", out_path.to_str().unwrap()]);
+    assert!(
+        out.contains("Generated an Ed25519 key pair for 'alice'"),
+        "{out}"
+    );
+    let old_fp = efs_server::auth::fingerprint_sha256(&old_key.verifying_key());
+    assert!(
+        out.contains(&format!(
+            "Replaced the public key of 'alice': {old_fp} -> SHA256:"
+        )),
+        "{out}"
+    );
+    let new_key = SigningKey::from_pkcs8_pem(
+        &std::fs::read_to_string(format!("{}.pem", out_path.display())).unwrap(),
+    )
+    .unwrap();
+    let new_fp = efs_server::auth::fingerprint_sha256(&new_key.verifying_key());
+    assert!(out.contains(&new_fp), "{out}");
+    assert!(
+        out.contains("WARNING: user(s) alice-ops still have the old public key"),
+        "{out}"
+    );
+    let replaced = admin_entries(&srv, "replace-key");
+    assert_eq!(replaced.len(), 1, "{replaced:?}");
+    assert_eq!(replaced[0]["client"], "data-dir");
+    assert!(
+        replaced[0]["detail"].as_str().unwrap().contains(&old_fp),
+        "{replaced:?}"
+    );
+
+    // Refused (no such user): the pair generated for it goes again.
+    let gone = srv.dir.path().join("nobody-key");
+    let out = srv.efsctl(&["replace-key", "nobody", "--out", gone.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no user named 'nobody'"), "{err}");
+    assert!(err.contains("the user's key was not replaced"), "{err}");
+    assert!(!gone.exists());
+
+    let srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    assert_token_refused(&srv, &token, "token of the key replaced offline").await;
+    let body = srv.signed_body("alice", &old_key, None).await;
+    assert_401(
+        srv.token_request(&body).await,
+        "login with the key replaced offline",
+    )
+    .await;
+    let t = srv.login("alice", &new_key, None).await;
+    assert_eq!(srv.get_ok("/probe.txt", &t).await, b"probe");
+    assert_eq!(listed_user(&srv, "alice")["grants"], before["grants"]);
+}
+
 #[tokio::test]
 async fn filesystem_no_longer_granted_is_401() {
     let srv = TestServer::start(&[]);

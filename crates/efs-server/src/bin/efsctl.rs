@@ -45,6 +45,7 @@ macro_rules! say {
   efsctl --data ./efs-data create-user app1 --fs user-data                 # generates a key pair
   efsctl --data ./efs-data create-user alice --fs user-data --pubkey ~/.ssh/id_ed25519.pub
   efsctl --data ./efs-data grant alice --fs archive --read-only
+  efsctl --data ./efs-data replace-key alice --pubkey alice-new.pub   # a stolen key: locked out, grants kept
   efsctl --data ./efs-data fsck --fs user-data
   efsctl --data ./efs-data rotate-key --fs user-data   # new key term, data keys rewrapped in the background
   efsctl --data ./efs-data status                      # key terms, records sealed, rotation progress
@@ -115,13 +116,38 @@ enum Cmd {
         #[arg(long)]
         read_only: bool,
     },
-    /// Revoke a user's access to a filesystem; without --fs, revoke every token of the user.
+    /// Revoke a user's access to a filesystem; without --fs, revoke every token of the user
+    /// (its key can log in again).
+    ///
+    /// Without --fs, revoke ends the tokens the user holds now, but its key can log in again
+    /// at once: to lock a key out (a stolen private key), use replace-key (grants kept) or
+    /// delete-user.
     Revoke {
         /// User.
         user: String,
         /// Filesystem.
         #[arg(long)]
         fs: Option<String>,
+    },
+    /// Give a user a new public key, for a stolen private key: the old key no longer logs in,
+    /// every token of the user stops working at once, its grants are kept.
+    ///
+    /// Without --pubkey, generates an Ed25519 key pair as create-user does and writes the
+    /// private key to files it names (see --out), fsynced before the key is replaced (removed
+    /// again if it is not; never inside the data dir). Prints the SHA-256 fingerprints of the
+    /// old and the new key, which the audit log records too. Then see what was done with the
+    /// old key: efsctl audit show --user USER; and efsctl audit verify.
+    ReplaceKey {
+        /// User.
+        user: String,
+        /// The new public key file: an OpenSSH `ssh-ed25519` line or a PEM public key; `-`
+        /// for stdin.
+        #[arg(long)]
+        pubkey: Option<PathBuf>,
+        /// Where to write a generated private key (default ./USER_ed25519; a PKCS#8 PEM
+        /// copy for openssl goes to the same path + .pem).
+        #[arg(long)]
+        out: Option<PathBuf>,
     },
     /// Delete a user (its tokens stop working at once).
     DeleteUser {
@@ -436,8 +462,9 @@ fn run(args: Args) -> anyhow::Result<u8> {
     if let Cmd::RekeyStarter { new_key_parts } = &args.cmd {
         return rekey_starter(&args.data, &args.key_parts, new_key_parts, json);
     }
-    // A key pair `create-user` generated: removed again if the server refuses the user, its
-    // description shown (on standard error with --json) once the user exists.
+    // A key pair `create-user` or `replace-key` generated: removed again if the server
+    // refuses the user or the key, its description shown (on standard error with --json) once
+    // the user has it.
     let mut generated: Option<GeneratedPair> = None;
     let mut extra_lines: Vec<String> = Vec::new();
     let req = match args.cmd {
@@ -483,6 +510,22 @@ fn run(args: Args) -> anyhow::Result<u8> {
             read_only,
         },
         Cmd::Revoke { user, fs } => AdminRequest::Revoke { user, fs },
+        Cmd::ReplaceKey { user, pubkey, out } => {
+            // Checked here too, before a key pair named after it is written anywhere.
+            efs_core::datadir::check_name("user", &user)?;
+            let key = match pubkey {
+                Some(p) => read_public_key(&p)?,
+                None => {
+                    let (key, pair) = generate_key_pair(&user, out, &args.data)?;
+                    generated = Some(pair.replacing());
+                    key
+                }
+            };
+            AdminRequest::ReplaceKey {
+                user,
+                public_key: base64::engine::general_purpose::STANDARD.encode(key.as_bytes()),
+            }
+        }
         Cmd::DeleteUser { name } => AdminRequest::DeleteUser { name },
         Cmd::ListUsers => AdminRequest::ListUsers,
         Cmd::Health => return health(&args.data, json),
@@ -723,6 +766,7 @@ fn send(
                     | AdminRequest::AcceptSystem
                     // Urgent after a leak, and about no filesystem: not held up by one.
                     | AdminRequest::RotateSigningKey
+                    | AdminRequest::ReplaceKey { .. }
             ) {
                 let finishing = rt
                     .block_on(dd.finish_rotations())
@@ -958,9 +1002,12 @@ fn read_public_key(p: &Path) -> anyhow::Result<ed25519_dalek::VerifyingKey> {
     })
 }
 
-/// The three files of a key pair `create-user` wrote.
+/// The three files of a key pair `create-user` or `replace-key` wrote.
 struct GeneratedPair {
     name: String,
+    /// For `replace-key` (an existing user's new key), not a new user: what the messages
+    /// after a failure say.
+    replacing: bool,
     /// The public key, base64, as the user list shows it.
     public_b64: String,
     openssh: PathBuf,
@@ -969,10 +1016,18 @@ struct GeneratedPair {
 }
 
 impl GeneratedPair {
-    /// After `create-user` failed, but maybe not before it was delivered (else
-    /// [`GeneratedPair::remove`]): removes the files if the user does not exist with this
-    /// key (refused, nothing saved: the keys would name no one); keeps them if it does (an
-    /// error came after the user was saved: its audit entry, the server's reload, a lost
+    /// The pair is an existing user's new key (`replace-key`).
+    fn replacing(self) -> Self {
+        Self {
+            replacing: true,
+            ..self
+        }
+    }
+
+    /// After `create-user` or `replace-key` failed, but maybe not before it was delivered
+    /// (else [`GeneratedPair::remove`]): removes the files if the user does not exist with
+    /// this key (refused, nothing saved: the keys would name no one); keeps them if it does
+    /// (an error came after the user was saved: its audit entry, the server's reload, a lost
     /// answer) or if that cannot be told, and says which.
     fn settle(&self, data: &Path, parts: &[KeyPartSpec]) {
         let created = send(data, parts, AdminRequest::ListUsers).and_then(|r| {
@@ -986,19 +1041,28 @@ impl GeneratedPair {
                 })
             }))
         });
-        match created {
-            Ok(false) => self.remove("the user was not created"),
-            Ok(true) => eprintln!(
-                "efsctl: the user '{}' was created with the generated key despite the error \
-                 below; its private key is {}",
-                self.name,
-                self.openssh.display()
+        let name = &self.name;
+        let private = self.openssh.display();
+        match (created, self.replacing) {
+            (Ok(false), false) => self.remove("the user was not created"),
+            (Ok(false), true) => self.remove("the user's key was not replaced"),
+            (Ok(true), false) => eprintln!(
+                "efsctl: the user '{name}' was created with the generated key despite the error \
+                 below; its private key is {private}"
             ),
-            Err(e) => eprintln!(
-                "efsctl: could not tell whether the user '{}' was created ({e:#}); the key pair \
-                 stays at {}: remove it if efsctl list-users does not show the user",
-                self.name,
-                self.openssh.display()
+            (Ok(true), true) => eprintln!(
+                "efsctl: the user '{name}' has the generated key despite the error below; its \
+                 private key is {private}"
+            ),
+            (Err(e), false) => eprintln!(
+                "efsctl: could not tell whether the user '{name}' was created ({e:#}); the key \
+                 pair stays at {private}: remove it if efsctl list-users does not show the user"
+            ),
+            (Err(e), true) => eprintln!(
+                "efsctl: could not tell whether the key of '{name}' was replaced ({e:#}); the \
+                 key pair stays at {private}: remove it if the public_key efsctl list-users \
+                 --json shows for the user is not the one in {}",
+                self.public.display()
             ),
         }
     }
@@ -1111,6 +1175,7 @@ fn generate_key_pair(
         vk,
         GeneratedPair {
             name: name.to_owned(),
+            replacing: false,
             public_b64: base64::engine::general_purpose::STANDARD.encode(vk.as_bytes()),
             openssh: out,
             pem: pem_path,
