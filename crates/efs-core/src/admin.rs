@@ -559,10 +559,13 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 .iter()
                 .map(|u| {
                     let g: Vec<String> = u.grants.iter().map(grant_text).collect();
+                    // The key as `--json` has it, which `create-user --pubkey` reads:
+                    // this listing kept elsewhere recreates the users after a lost disk.
                     format!(
-                        "{}\t{}{}",
+                        "{}\t{}\t{}{}",
                         u.name,
                         g.join(","),
+                        B64.encode(u.public_key),
                         if u.cert_sha256.is_some() {
                             "\tclient certificate bound"
                         } else {
