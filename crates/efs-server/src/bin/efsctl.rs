@@ -156,7 +156,8 @@ enum Cmd {
     /// Check a filesystem: every record and every byte of content decrypts; index and
     /// blobs agree; the index matches its digest (no record changed, removed, added or put
     /// back to an older version outside EFS); orphans are listed. Prints the digest's
-    /// generation and anchor: note them elsewhere to detect a whole index put back.
+    /// generation and anchor: note them elsewhere to detect a whole index put back. A damaged
+    /// entry is named by its key, and by its path too when its record and directories decrypt.
     ///
     /// A server that finds at start that an index differs from its digest holds that
     /// filesystem (every request answers 503 integrity_hold). Inspect with `fsck`, restore
