@@ -114,17 +114,18 @@ impl Session {
                 eprintln!(
                     "efs: the certificate of remote '{name}' ({}) is not signed by the CA in {}.\n\
                      If the server's certificate was replaced, get its new CA file or fingerprint from the operator, then\n  \
-                     efs remote remove {name}\n  efs remote add {name} {} --user {} --ca NEW.pem",
+                     efs remote remove {name}\n  {}",
                     remote.url,
                     ca.display(),
-                    remote.url,
-                    remote.user
+                    remote_add_command(&name, remote, "--ca NEW.pem"),
                 );
             } else {
                 eprintln!(
                     "efs: the certificate of remote '{name}' ({}) is not trusted by the system's roots.\n\
-                     For a self-signed server certificate, add the remote again with --ca FILE or --fingerprint HEX.",
-                    remote.url
+                     For a self-signed server certificate, add the remote again with --ca FILE or --fingerprint HEX:\n  \
+                     efs remote remove {name}\n  {}",
+                    remote.url,
+                    remote_add_command(&name, remote, "--fingerprint NEW-FINGERPRINT"),
                 );
             }
         }
@@ -148,22 +149,31 @@ fn changed_warning(name: &str, remote: &Remote, pinned: &str, presented: &str) -
          Nothing was sent to the server. If you expected this change, check the new fingerprint\n\
          with the operator (the server prints it at start), then run:\n  \
          efs remote remove {name}\n  \
-         efs remote add {name} {url} --user {user}{rest} --fingerprint NEW-FINGERPRINT",
+         {add}",
         url = remote.url,
-        user = remote.user,
-        rest = remote_add_rest(remote),
+        add = remote_add_command(name, remote, "--fingerprint NEW-FINGERPRINT"),
     )
 }
 
-/// The options of `efs remote add` besides the trust ones that the remote was added with:
-/// a recovery command that dropped them would log in elsewhere (another filesystem) or fail
-/// (another key).
-fn remote_add_rest(remote: &Remote) -> String {
-    let mut rest = format!(" --key {}", shell_quoted(&remote.key.display().to_string()));
+/// The `efs remote add` command that adds `remote` again as it is configured, but trusting
+/// the certificate by `trust`: every recovery hint prints this one, because a command that
+/// dropped an option would log in elsewhere (another filesystem) or fail (the default key
+/// instead of the remote's). Each value is quoted for a POSIX shell, so the line runs as
+/// printed.
+fn remote_add_command(name: &str, remote: &Remote, trust: &str) -> String {
+    let mut cmd = format!(
+        "efs remote add {} {} --user {} --key {}",
+        shell_quoted(name),
+        shell_quoted(&remote.url),
+        shell_quoted(&remote.user),
+        shell_quoted(&remote.key.display().to_string())
+    );
     if let Some(fs) = &remote.fs {
-        rest.push_str(&format!(" --fs {fs}"));
+        cmd.push_str(&format!(" --fs {}", shell_quoted(fs)));
     }
-    rest
+    cmd.push(' ');
+    cmd.push_str(trust);
+    cmd
 }
 
 /// `s` as one word for a POSIX shell: as it is when it holds only safe characters, else in

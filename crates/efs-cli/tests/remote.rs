@@ -563,6 +563,86 @@ fn completions_into_a_closed_pipe_is_success() {
     assert!(!err.contains("panicked"), "{err}");
 }
 
+/// After a restore onto a new machine (another certificate, another identity), the hint for
+/// a remote trusted by a CA file is the whole `remote add` of that remote: with its --key and
+/// --fs, quoted for the shell, so that run as printed it works. Regression: it printed only
+/// `--user alice --ca NEW.pem`, which saved the default key instead of the remote's.
+#[test]
+fn a_replaced_ca_certificate_hint_re_adds_the_remote_as_configured() {
+    let env = Env::new();
+    let dir = env.path("my keys");
+    std::fs::create_dir_all(&dir).unwrap();
+    let key = dir.join("alice key");
+    std::fs::copy(&env.key, &key).unwrap();
+    let key = key.to_str().unwrap();
+    let cert = env.server.cert();
+    env.ok(&[
+        "remote",
+        "add",
+        "home",
+        &env.server.url,
+        "--user",
+        "alice",
+        "--key",
+        key,
+        "--fs",
+        "drive",
+        "--ca",
+        cert.to_str().unwrap(),
+    ]);
+    env.ok(&["ls", "home:/"]);
+
+    // The restored server: same filesystem and user, new certificate and identity, at the
+    // remote's address.
+    let other = Server::start(env.tmp.path(), "d2");
+    other.efsctl(&["create-fs", "drive"]);
+    other.efsctl(&[
+        "create-user",
+        "alice",
+        "--fs",
+        "drive",
+        "--pubkey",
+        &format!("{}.pub", env.key.display()),
+    ]);
+    let path = env.cfg().join("config.toml");
+    let config = std::fs::read_to_string(&path).unwrap();
+    std::fs::write(&path, config.replace(&env.server.url, &other.url)).unwrap();
+
+    let err = env.fails(&["ls", "home:/"], 6);
+    assert!(err.contains("is not signed by the CA"), "{err}");
+    let expected = format!(
+        "efs remote add home {} --user alice --key '{key}' --fs drive --ca NEW.pem",
+        other.url
+    );
+    let line = err
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("efs remote add home"))
+        .unwrap_or_else(|| panic!("no remote add hint:\n{err}"));
+    assert_eq!(line, expected, "{err}");
+
+    // Run as printed, with the new CA file: the remote works again, with its own key.
+    env.ok(&["remote", "remove", "home"]);
+    let line = line.replace("NEW.pem", other.cert().to_str().unwrap());
+    let bin_dir = std::path::Path::new(common::EFS).parent().unwrap();
+    let mut sh = Command::new("sh");
+    sh.arg("-c").arg(&line);
+    env.configure(&mut sh);
+    sh.env(
+        "PATH",
+        format!(
+            "{}:{}",
+            bin_dir.display(),
+            std::env::var("PATH").unwrap_or_default()
+        ),
+    );
+    let out = sh.stdin(Stdio::null()).output().unwrap();
+    assert_ok(&["sh", "-c", &line], &out);
+    let config = std::fs::read_to_string(&path).unwrap();
+    assert!(config.contains(&format!("key = \"{key}\"")), "{config}");
+    env.ok(&["ls", "home:/"]);
+}
+
 /// `remote add` records the server identity the challenge names and the client pins it: a
 /// server that names another identity (a relay of another server's login challenge) gets no
 /// signature.

@@ -611,10 +611,13 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 .iter()
                 .map(|u| {
                     let g: Vec<String> = u.grants.iter().map(grant_text).collect();
+                    // The key as `--json` has it, which `create-user --pubkey` reads:
+                    // this listing kept elsewhere recreates the users after a lost disk.
                     format!(
-                        "{}\t{}{}",
+                        "{}\t{}\t{}{}",
                         u.name,
                         g.join(","),
+                        B64.encode(u.public_key),
                         if u.cert_sha256.is_some() {
                             "\tclient certificate bound"
                         } else {
@@ -680,7 +683,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                         rep.errors.len(),
                         if rep.errors.len() == 1 { "y" } else { "ies" }
                     ));
-                    lines.extend(rep.errors.iter().map(|e| format!("error: {e}")));
+                    lines.extend(rep.errors.iter().map(|e| fsck_error_line(e, &rep.paths)));
                 }
                 return Ok(AdminResponse::ok(
                     lines,
@@ -691,6 +694,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                         "generation": generation,
                         "anchor": anchor,
                         "damaged": rep.errors,
+                        "paths": rep.paths,
                     }),
                 ));
             }
@@ -711,7 +715,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "index digest: generation {generation}, anchor {anchor} (keep both elsewhere: an index put back whole to an earlier state shows an earlier generation or another anchor)"
                 ));
             }
-            lines.extend(rep.errors.iter().map(|e| format!("error: {e}")));
+            lines.extend(rep.errors.iter().map(|e| fsck_error_line(e, &rep.paths)));
             lines.extend(rep.orphan_blobs.iter().map(|b| format!("orphan blob: {b}")));
             lines.extend(
                 rep.orphan_inline
@@ -722,7 +726,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 lines,
                 serde_json::json!({
                     "records": rep.records, "files_verified": rep.files_verified,
-                    "errors": rep.errors, "orphan_blobs": rep.orphan_blobs, "orphan_inline": rep.orphan_inline,
+                    "errors": rep.errors, "paths": rep.paths, "orphan_blobs": rep.orphan_blobs, "orphan_inline": rep.orphan_inline,
                     "digest": digest_json(rep.digest.as_ref()),
                 }),
             );
@@ -1173,6 +1177,30 @@ fn counted(n: u64, one: &str, many: &str) -> String {
     format!("{n} {}", if n == 1 { one } else { many })
 }
 
+/// An fsck error as efsctl prints it: `error: entry KEY (PATH): …` when the entry's path is
+/// known (the operator tells users which files to replace by it), else as fsck wrote it.
+/// Control characters of a name are escaped, so that a name cannot forge another line.
+fn fsck_error_line(e: &str, paths: &std::collections::BTreeMap<String, String>) -> String {
+    let named = e
+        .strip_prefix("entry ")
+        .and_then(|rest| rest.split_once(':'))
+        .and_then(|(key, tail)| Some((key, paths.get(key)?, tail)));
+    match named {
+        Some((key, path, tail)) => {
+            let mut shown = String::with_capacity(path.len());
+            for c in path.chars() {
+                if c.is_control() {
+                    shown.extend(c.escape_default());
+                } else {
+                    shown.push(c);
+                }
+            }
+            format!("error: entry {key} ({shown}):{tail}")
+        }
+        None => format!("error: {e}"),
+    }
+}
+
 fn grant_text(g: &GrantRecord) -> String {
     format!("{}{}", g.fs, if g.read_only { " (read-only)" } else { "" })
 }
@@ -1369,5 +1397,26 @@ mod tests {
         assert_eq!(shown_path("/zw\u{200b}"), "\"/zw\\u{200b}\"");
         assert_eq!(shown_path("/bom\u{feff}"), "\"/bom\\u{feff}\"");
         assert_eq!(shown_path("/q\"x"), "\"/q\\\"x\"");
+    }
+
+    /// A damaged entry's path goes after its key; a name's control characters are escaped
+    /// (a newline would start a line of its own); an entry without a path keeps its key alone.
+    #[test]
+    fn fsck_errors_name_the_path_when_known() {
+        let paths = [("ab".to_owned(), "/d/new\nline".to_owned())]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            super::fsck_error_line("entry ab: content: decryption failed", &paths),
+            "error: entry ab (/d/new\\nline): content: decryption failed"
+        );
+        assert_eq!(
+            super::fsck_error_line("entry cd: record: decryption failed", &paths),
+            "error: entry cd: record: decryption failed"
+        );
+        assert_eq!(
+            super::fsck_error_line("index: the index digest is unreadable", &paths),
+            "error: index: the index digest is unreadable"
+        );
     }
 }

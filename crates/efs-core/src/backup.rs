@@ -614,11 +614,43 @@ fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
+/// An I/O error writing `path`, carried inside the `io::Error` (whose kind it keeps, so
+/// that a full disk is still told apart): a backup that fails on its destination says where
+/// it was writing, rather than a bare "No space left on device" an operator would take for
+/// the data dir's disk.
+#[derive(Debug)]
+struct WriteError {
+    path: PathBuf,
+    err: std::io::Error,
+}
+
+impl std::fmt::Display for WriteError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "writing {}: {}", self.path.display(), self.err)
+    }
+}
+
+impl std::error::Error for WriteError {}
+
+/// Wraps an I/O error met writing `path` as a [`WriteError`].
+fn writing(path: &Path) -> impl FnOnce(std::io::Error) -> CoreError + '_ {
+    move |err| {
+        CoreError::Io(std::io::Error::new(
+            err.kind(),
+            WriteError {
+                path: path.to_path_buf(),
+                err,
+            },
+        ))
+    }
+}
+
 /// A path's file, created new, with its SHA-256 computed on the way.
 struct HashedFile {
     w: BufWriter<std::fs::File>,
     h: Sha256,
     n: u64,
+    path: PathBuf,
 }
 
 impl HashedFile {
@@ -630,24 +662,30 @@ impl HashedFile {
             .write(true)
             .create_new(true)
             .mode(0o600)
-            .open(p)?;
+            .open(p)
+            .map_err(writing(p))?;
         Ok(Self {
             w: BufWriter::with_capacity(1 << 20, f),
             h: Sha256::new(),
             n: 0,
+            path: p.to_path_buf(),
         })
     }
 
     fn write(&mut self, b: &[u8]) -> Result<()> {
-        self.w.write_all(b)?;
+        self.w.write_all(b).map_err(writing(&self.path))?;
         self.h.update(b);
         self.n += b.len() as u64;
         Ok(())
     }
 
     fn finish(self) -> Result<(String, u64)> {
-        let f = self.w.into_inner().map_err(|e| e.into_error())?;
-        f.sync_all()?;
+        let path = self.path;
+        let f = self
+            .w
+            .into_inner()
+            .map_err(|e| writing(&path)(e.into_error()))?;
+        f.sync_all().map_err(writing(&path))?;
         Ok((hex::encode(self.h.finalize()), self.n))
     }
 }
@@ -665,7 +703,12 @@ fn blob_rel(id: &str) -> PathBuf {
 }
 
 fn sync_dir(p: &Path) -> Result<()> {
-    Ok(crate::blob::sync_dir(p)?)
+    crate::blob::sync_dir(p).map_err(writing(p))
+}
+
+/// `dir` and its missing parents, created and synced, for the backup's files.
+fn create_dirs(dir: &Path) -> Result<()> {
+    crate::blob::create_dir_all_synced(dir).map_err(writing(dir))
 }
 
 /// Backs up `fs` into the new (or empty) directory `dest` while it keeps serving. With
@@ -711,15 +754,50 @@ pub async fn backup_skipping_damaged(
         }
     };
     let written = write_backup(fs, dest, keys, dump, skip_damaged).await;
-    if written.is_err() {
-        remove_unfinished(dest, created);
-    }
-    written
+    written.map_err(|e| {
+        let removed = remove_unfinished(dest, created);
+        said_removed(e, dest, removed)
+    })
+}
+
+/// A failure writing the backup (its destination full, say) named for the operator: the
+/// file it was writing, and what became of the unfinished backup. Other errors (reading the
+/// filesystem) are returned as they are.
+fn said_removed(e: CoreError, dest: &Path, removed: std::io::Result<()>) -> CoreError {
+    let CoreError::Io(io) = e else {
+        return e;
+    };
+    let Some(w) = io.get_ref().and_then(|i| i.downcast_ref::<WriteError>()) else {
+        return CoreError::Io(io);
+    };
+    let full = matches!(
+        io.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    );
+    let what = format!(
+        "the backup could not be written to its destination {} ({w})",
+        dest.display()
+    );
+    let after = match removed {
+        Ok(()) => format!(
+            "the unfinished backup was removed; {}",
+            if full {
+                "free space there or choose another destination (-o), then run the backup again"
+            } else {
+                "run the backup again once that is fixed"
+            }
+        ),
+        Err(r) => format!(
+            "the unfinished backup could not be removed ({r}): delete {} yourself",
+            dest.display()
+        ),
+    };
+    CoreError::Io(std::io::Error::new(io.kind(), format!("{what}; {after}")))
 }
 
 /// Removes an unfinished backup: `dest` itself if the backup created it, else what is in
-/// it (it was empty before). Best effort: what cannot be removed is logged.
-fn remove_unfinished(dest: &Path, created: bool) {
+/// it (it was empty before). What cannot be removed is logged, and returned.
+fn remove_unfinished(dest: &Path, created: bool) -> std::io::Result<()> {
     let removed = if created {
         std::fs::remove_dir_all(dest)
     } else {
@@ -735,9 +813,10 @@ fn remove_unfinished(dest: &Path, created: bool) {
             Ok(())
         })
     };
-    if let Err(e) = removed {
+    if let Err(e) = &removed {
         tracing::warn!(error = %e, dest = %dest.display(), "could not remove an unfinished backup");
     }
+    removed
 }
 
 async fn write_backup(
@@ -851,7 +930,7 @@ async fn write_backup(
         let path = dest.join(&rel);
         let shard = path.parent().expect("a blob path has a directory");
         if !shards.contains(shard) {
-            crate::blob::create_dir_all_synced(shard)?;
+            create_dirs(shard)?;
             shards.insert(shard.to_path_buf());
         }
         match copy_blob_out(fs, &kr, &rec, &path).await {
@@ -888,7 +967,7 @@ async fn write_backup(
     }
     if let Some(keyparts_json) = keys {
         let kr = keyring.ok_or(CoreError::Corrupt("filesystem without keyring"))?;
-        crate::blob::create_dir_all_synced(&dest.join("keys"))?;
+        create_dirs(&dest.join("keys"))?;
         let mut f = HashedFile::create(&dest.join("keys").join("keyring.sealed"))?;
         f.write(&kr)?;
         m.keyring_sha256 = Some(f.finish()?.0);
@@ -920,7 +999,8 @@ async fn write_backup(
     let mut f = HashedFile::create(&tmp)?;
     f.write(&json)?;
     f.finish()?;
-    std::fs::rename(&tmp, dest.join("manifest.json"))?;
+    let manifest = dest.join("manifest.json");
+    std::fs::rename(&tmp, &manifest).map_err(writing(&manifest))?;
     sync_dir(dest)?;
     tracing::info!(
         fs = fs.name(),
@@ -1166,7 +1246,7 @@ fn rewrite_dump(
         }
     }
     let (sha, n) = out.finish()?;
-    std::fs::rename(&tmp, &path)?;
+    std::fs::rename(&tmp, &path).map_err(writing(&path))?;
     kept.sha = sha;
     kept.dump_len = n;
     Ok(kept)
@@ -1196,9 +1276,7 @@ fn prepare_dest(dest: &Path) -> Result<()> {
                 )));
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            crate::blob::create_dir_all_synced(dest)?
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => create_dirs(dest)?,
         Err(e) => return Err(e.into()),
     }
     // Owner only (its files are 0600 too); an empty directory of another account is

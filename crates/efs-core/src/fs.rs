@@ -249,6 +249,12 @@ pub struct FsckReport {
     pub files_verified: u64,
     /// Problems: one line each, no names (entry keys in hex).
     pub errors: Vec<String>,
+    /// The path of each entry in `errors` (by its key in hex) whose record and directories
+    /// still open: for the operator (efsctl), who must tell users which files to replace
+    /// (after an index put back to an older state, say). An entry whose own record or one of
+    /// whose directories does not open has none here. Taken from the same snapshot as the
+    /// directories, so a file renamed while fsck runs may show its former path.
+    pub paths: std::collections::BTreeMap<String, String>,
     /// Blobs that no record references.
     pub orphan_blobs: Vec<String>,
     /// Inline contents that no record references.
@@ -271,9 +277,34 @@ struct SnapshotTree {
     dirs: HashSet<DirTag>,
     /// Each entry's key with the tag of the directory it says it is in.
     parents: Vec<(DirTag, EntryKey)>,
+    /// Each directory's tag with its parent's tag and its name, to name damaged entries.
+    dir_names: std::collections::HashMap<DirTag, (DirTag, String)>,
     /// Contents named by file records.
     blobs: HashSet<ContentId>,
     inline: HashSet<ContentId>,
+}
+
+impl SnapshotTree {
+    /// The path of `name` in the directory tagged `parent`, if every directory up to the
+    /// root (tagged `root`) opened; `None` for a broken chain or a loop.
+    fn path_of(&self, root: DirTag, parent: DirTag, name: &str) -> Option<String> {
+        let mut names = vec![name];
+        let mut tag = parent;
+        while tag != root {
+            let (up, dir) = self.dir_names.get(&tag)?;
+            if names.len() > self.dir_names.len() {
+                return None;
+            }
+            names.push(dir);
+            tag = *up;
+        }
+        let mut path = String::new();
+        for n in names.iter().rev() {
+            path.push('/');
+            path.push_str(n);
+        }
+        Some(path)
+    }
 }
 
 /// Result of [`Filesystem::gc`].
@@ -1864,6 +1895,7 @@ impl Filesystem {
         // directory's children without it.
         let (blobs, writing, inline) = self.orphan_candidates().await?;
         let tree = self.snapshot_tree(&kr).await?;
+        let root_tag = self.dir_tag(&kr, &ROOT_ID);
         for (ptag, k) in &tree.parents {
             if !tree.dirs.contains(ptag) {
                 rep.errors.push(format!(
@@ -1905,9 +1937,14 @@ impl Filesystem {
                 match self.verify_content(&kr, &rec).await {
                     Ok(()) => rep.files_verified += 1,
                     Err(_) if !self.still_names(&kr, k, &rec.id).await.unwrap_or(true) => {}
-                    Err(e) => rep
-                        .errors
-                        .push(format!("entry {}: content: {e}", hex::encode(k))),
+                    Err(e) => {
+                        let parent: DirTag = k[..16].try_into().expect("32-byte key");
+                        if let Some(path) = tree.path_of(root_tag, parent, &rec.name) {
+                            rep.paths.insert(hex::encode(k), path);
+                        }
+                        rep.errors
+                            .push(format!("entry {}: content: {e}", hex::encode(k)));
+                    }
                 }
             }
         }
@@ -1986,7 +2023,9 @@ impl Filesystem {
                 tree.parents.push((ptag, *k));
                 match (rec.kind, rec.storage) {
                     (Kind::Dir, _) => {
-                        tree.dirs.insert(self.dir_tag(kr, &rec.id));
+                        let tag = self.dir_tag(kr, &rec.id);
+                        tree.dirs.insert(tag);
+                        tree.dir_names.insert(tag, (ptag, rec.name));
                     }
                     (Kind::File, Storage::Blob) => {
                         tree.blobs.insert(rec.id);

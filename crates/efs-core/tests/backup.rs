@@ -977,3 +977,87 @@ async fn a_directory_deleted_during_a_restore_leaves_nothing_unreachable() {
         "no delete landed while a restore ran, in 5 rounds"
     );
 }
+
+/// Unmounts on drop.
+struct Mount(PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+/// A tmpfs of `size` at `at` (as `efs-server/tests/disk_full.rs` mounts one: needs root),
+/// or `None`, said on a printed line, where this sandbox cannot mount.
+fn small_tmpfs(at: &Path, size: &str) -> Option<Mount> {
+    std::fs::create_dir_all(at).unwrap();
+    let out = std::process::Command::new("mount")
+        .args([
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size},mode=0700"),
+            "tmpfs",
+        ])
+        .arg(at)
+        .output();
+    match out {
+        Ok(o) if o.status.success() => Some(Mount(at.to_path_buf())),
+        Ok(o) => {
+            println!(
+                "backup: SKIPPED a full destination: cannot mount a tmpfs here ({})",
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            None
+        }
+        Err(e) => {
+            println!("backup: SKIPPED a full destination: cannot run mount ({e})");
+            None
+        }
+    }
+}
+
+/// A backup whose destination fills up names the destination and the file it was writing,
+/// and says the unfinished backup was removed (it is). It said only "I/O error: No space
+/// left on device (os error 28)", which an operator would take for the data dir's disk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_to_a_full_destination_names_it_and_removes_the_partial_backup() {
+    let env = Env::new();
+    let mnt = env.tmp.path().join("small");
+    let Some(_mount) = small_tmpfs(&mnt, "256k") else {
+        return;
+    };
+    for i in 0..4u64 {
+        put(&env.fs, &format!("/f{i}"), &pattern(i, 200_000)).await;
+    }
+    let dest = mnt.join("b");
+    let r = admin::execute(
+        &env.dd,
+        AdminRequest::Backup {
+            fs: "docs".into(),
+            dest: dest.to_str().unwrap().into(),
+            include_keys: false,
+            skip_damaged: false,
+        },
+    )
+    .await;
+    assert!(!r.ok, "{r:?}");
+    let err = r.error.unwrap();
+    assert!(err.contains("No space left on device"), "{err}");
+    assert!(
+        err.contains(&format!("destination {}", dest.display()))
+            && err.contains(&format!("writing {}/blobs/", dest.display())),
+        "names the destination and the file: {err}"
+    );
+    assert!(err.contains("the unfinished backup was removed"), "{err}");
+    assert!(!err.contains("data dir"), "{err}");
+    assert!(!dest.exists(), "the partial backup is removed");
+    assert_eq!(std::fs::read_dir(&mnt).unwrap().count(), 0);
+
+    // Into a directory with room, the same backup works.
+    let ok = env.tmp.path().join("roomy");
+    env.dd.backup("docs", &ok, false).await.unwrap();
+}

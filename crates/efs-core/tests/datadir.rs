@@ -729,7 +729,8 @@ async fn admin_commands() {
         assert!(r.error.unwrap().contains("no filesystem named 'nope'"));
     }
     let r = execute(&dd, AdminRequest::ListUsers).await;
-    assert_eq!(r.lines, vec!["svc\tdocs".to_string()]);
+    // The key as --json has it, which create-user --pubkey reads back.
+    assert_eq!(r.lines, vec![format!("svc\tdocs\t{pk}")]);
 }
 
 /// Regression: deleting the index digest together with its key (the system secret

@@ -278,9 +278,9 @@ impl AuthError {
 #[non_exhaustive]
 #[derive(Debug, thiserror::Error)]
 pub enum KeyParseError {
-    /// Neither an OpenSSH `ssh-ed25519 …` line nor a PEM `PUBLIC KEY`.
+    /// Neither an OpenSSH `ssh-ed25519 …` line, a PEM `PUBLIC KEY`, nor the base64 of 32 bytes.
     #[error(
-        "not an Ed25519 public key: expected an OpenSSH `ssh-ed25519 AAAA…` line or a PEM `-----BEGIN PUBLIC KEY-----` block"
+        "not an Ed25519 public key: expected an OpenSSH `ssh-ed25519 AAAA…` line, a PEM `-----BEGIN PUBLIC KEY-----` block, or the base64 of its 32 bytes as `efsctl list-users --json` prints it"
     )]
     Unrecognized,
     /// An OpenSSH or PEM key of another algorithm.
@@ -1031,8 +1031,10 @@ fn check_fs_name(fs: &Option<String>) -> Result<(), AuthError> {
     }
 }
 
-/// Reads a user's public key: an OpenSSH `ssh-ed25519 AAAA… [comment]` line, or a PEM
-/// SubjectPublicKeyInfo block (`openssl pkey -pubout`).
+/// Reads a user's public key: an OpenSSH `ssh-ed25519 AAAA… [comment]` line, a PEM
+/// SubjectPublicKeyInfo block (`openssl pkey -pubout`), or the base64 of its 32 bytes, the
+/// form `efsctl list-users --json` prints: that listing, kept apart from the data dir, is
+/// what lets users be recreated with their keys after the disk is lost.
 pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyParseError> {
     let text = text.trim();
     let key = if text.starts_with("-----BEGIN") {
@@ -1040,6 +1042,8 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyParseError> {
             return Err(KeyParseError::MalformedPem);
         }
         VerifyingKey::from_public_key_pem(text).map_err(|_| KeyParseError::MalformedPem)?
+    } else if let Some(raw) = raw_key_base64(text) {
+        VerifyingKey::from_bytes(&raw).map_err(|_| KeyParseError::InvalidKey)?
     } else {
         parse_openssh_line(text)?
     };
@@ -1047,6 +1051,15 @@ pub fn parse_public_key(text: &str) -> Result<VerifyingKey, KeyParseError> {
         return Err(KeyParseError::InvalidKey);
     }
     Ok(key)
+}
+
+/// The 32 bytes of `text` when it is exactly their base64 (44 characters, padded, as
+/// `list-users --json` writes them), else `None` (then it is parsed as an OpenSSH line).
+fn raw_key_base64(text: &str) -> Option<[u8; 32]> {
+    if text.len() != 44 {
+        return None;
+    }
+    STANDARD.decode(text).ok()?.try_into().ok()
 }
 
 const SSH_ED25519: &str = "ssh-ed25519";
@@ -2531,6 +2544,33 @@ mod tests {
         let pem = vk.to_public_key_pem(LineEnding::LF).unwrap();
         assert_eq!(parse_public_key(&pem).unwrap(), vk);
         assert_eq!(parse_public_key(&pem.replace('\n', "\r\n")).unwrap(), vk);
+        // As `efsctl list-users --json` prints it (with the newline a saved file ends with).
+        let b64 = STANDARD.encode(vk.as_bytes());
+        assert_eq!(parse_public_key(&b64).unwrap(), vk);
+        assert_eq!(parse_public_key(&format!("{b64}\n")).unwrap(), vk);
+    }
+
+    /// Only exactly 32 bytes of canonical base64 are a bare key; a usable point too.
+    #[test]
+    fn parse_public_key_rejects_other_base64() {
+        let vk = key(42).verifying_key();
+        let mut weak = [0u8; 32];
+        weak[0] = 1; // the identity point
+        for text in [
+            STANDARD.encode(&vk.as_bytes()[..31]),
+            STANDARD.encode([vk.as_bytes().as_slice(), &[0]].concat()),
+            STANDARD_NO_PAD.encode(vk.as_bytes()),
+            URL_SAFE_NO_PAD.encode([0xff; 32]),
+        ] {
+            assert!(
+                matches!(parse_public_key(&text), Err(KeyParseError::Unrecognized)),
+                "{text}"
+            );
+        }
+        assert!(matches!(
+            parse_public_key(&STANDARD.encode(weak)),
+            Err(KeyParseError::InvalidKey)
+        ));
     }
 
     #[test]

@@ -1476,3 +1476,48 @@ async fn efsctl_refusals_name_the_problem_once() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("has no grant on 'other'"), "{err}");
 }
+
+/// After losing the disk, the users are recreated from `efsctl list-users --json` kept
+/// elsewhere: `create-user --pubkey` reads the key as that listing prints it (the base64 of
+/// its 32 bytes, in a file with a newline), and the user logs in with the key it had. It
+/// refused it ("not an Ed25519 public key"). The text listing shows the same key.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn users_are_recreated_from_list_users_json() {
+    let old = TestServer::start(&[]);
+    old.create_fs("drive");
+    let alice = old.create_user("alice", &["drive"], false);
+    let bob = old.create_user("bob", &["drive"], true);
+    let listing: Value = serde_json::from_str(&old.efsctl_ok(&["--json", "list-users"])).unwrap();
+    let text = old.efsctl_ok(&["list-users"]);
+    for u in listing.as_array().unwrap() {
+        let (name, key) = (
+            u["name"].as_str().unwrap(),
+            u["public_key"].as_str().unwrap(),
+        );
+        let line = text
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}\t")))
+            .unwrap_or_else(|| panic!("{name} is not listed: {text}"));
+        assert!(line.split('\t').any(|c| c == key), "{line} / {key}");
+    }
+    drop(old);
+
+    let new = TestServer::start(&[]);
+    new.create_fs("drive");
+    for u in listing.as_array().unwrap() {
+        let name = u["name"].as_str().unwrap();
+        let file = new.dir.path().join(format!("{name}.key"));
+        std::fs::write(&file, format!("{}\n", u["public_key"].as_str().unwrap())).unwrap();
+        let mut args = vec!["create-user", name, "--pubkey", file.to_str().unwrap()];
+        for g in u["grants"].as_array().unwrap() {
+            args.extend(["--fs", g["fs"].as_str().unwrap()]);
+            if g["read_only"].as_bool().unwrap() {
+                args.push("--read-only");
+            }
+        }
+        let out = new.efsctl_ok(&args);
+        assert!(out.contains(&format!("Created user '{name}'")), "{out}");
+    }
+    new.login("alice", &alice, None).await;
+    new.login("bob", &bob, None).await;
+}

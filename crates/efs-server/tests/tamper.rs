@@ -1386,3 +1386,63 @@ async fn a_backup_checks_the_contents_of_the_blobs_it_copies() {
     assert_eq!(again.get_ok("/small.txt", &token).await, b"inline");
     assert_eq!(again.get("/scan.pdf", &token).await.0, 404, "left out");
 }
+
+/// After an index put back to an older state, fsck names a damaged entry by its path too
+/// when its record and its directories still open, so that the operator can tell users
+/// which files to replace; an entry whose record does not open keeps its key alone. It
+/// named them all by key only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fsck_names_the_path_of_a_damaged_entry_whose_record_opens() {
+    let s = session(&["--cache-size", "0"]).await;
+    let mut srv = s.srv;
+    let tok = s.token;
+    srv.put_ok("/docs/q1/report.bin", &tok, pattern(SEG * 2, 1))
+        .await;
+    srv.stop().await;
+    let ixf = index_file(&srv.data);
+    let old = read_table(&ixf, ENTRIES);
+
+    srv = restart(&srv);
+    let tok = srv.login("app", &s.key, None).await;
+    srv.put_ok("/docs/q1/report.bin", &tok, pattern(SEG * 2, 2))
+        .await;
+    srv.put_ok("/top.txt", &tok, pattern(50, 3)).await;
+    srv.stop().await;
+    let now = read_table(&ixf, ENTRIES);
+    // The report's record is the one that changed; /top.txt's the one that is new.
+    let changed: Vec<&Vec<u8>> = now
+        .iter()
+        .filter(|(k, v)| old.get(*k).is_some_and(|o| o != *v))
+        .map(|(k, _)| k)
+        .collect();
+    let added: Vec<&Vec<u8>> = now.keys().filter(|k| !old.contains_key(*k)).collect();
+    assert_eq!((changed.len(), added.len()), (1, 1));
+    let (report, top) = (changed[0].clone(), added[0].clone());
+    // The report's record put back without its content (its blob was removed with the
+    // overwrite); /top.txt's record damaged.
+    edit_index(&ixf, |e, _| {
+        e.insert(report.as_slice(), old[&report].as_slice())
+            .unwrap();
+        let mut v = now[&top].clone();
+        *v.last_mut().unwrap() ^= 1;
+        e.insert(top.as_slice(), v.as_slice()).unwrap();
+    });
+
+    let (code, text) = fsck_text(&srv);
+    assert_eq!(code, Some(3), "{text}");
+    let (report, top) = (hex::encode(&report), hex::encode(&top));
+    assert!(
+        text.contains(&format!(
+            "error: entry {report} (/docs/q1/report.bin): content:"
+        )),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!("error: entry {top}: record:")),
+        "{text}"
+    );
+    let out = srv.efsctl(&["fsck", "--fs", "files", "--json"]);
+    let json: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(json["paths"][&report], "/docs/q1/report.bin", "{json}");
+    assert!(json["paths"].get(&top).is_none(), "{json}");
+}

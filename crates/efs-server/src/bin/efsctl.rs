@@ -94,7 +94,8 @@ enum Cmd {
         /// Filesystem to grant (repeatable).
         #[arg(long = "fs", required = true)]
         fs: Vec<String>,
-        /// Public key file: an OpenSSH `ssh-ed25519` line or a PEM public key; `-` for stdin.
+        /// Public key file: an OpenSSH `ssh-ed25519` line, a PEM public key, or the base64
+        /// key `list-users` prints (to recreate a user after a lost disk); `-` for stdin.
         #[arg(long)]
         pubkey: Option<PathBuf>,
         /// Grant read-only access.
@@ -154,7 +155,9 @@ enum Cmd {
         /// User.
         name: String,
     },
-    /// List users and their grants.
+    /// List users: name, grants and public key (base64, as `create-user --pubkey` reads it),
+    /// tab-separated. Keep `list-users --json` outside the data dir: after a lost disk it
+    /// recreates the users with their keys.
     ListUsers,
     /// Check that efs-server runs on this data dir and can serve (for container health
     /// checks): exit 0 and "ok", else 1. Not recorded in the audit log.
@@ -179,7 +182,8 @@ enum Cmd {
     /// Check a filesystem: every record and every byte of content decrypts; index and
     /// blobs agree; the index matches its digest (no record changed, removed, added or put
     /// back to an older version outside EFS); orphans are listed. Prints the digest's
-    /// generation and anchor: note them elsewhere to detect a whole index put back.
+    /// generation and anchor: note them elsewhere to detect a whole index put back. A damaged
+    /// entry is named by its key, and by its path too when its record and directories decrypt.
     ///
     /// A server that finds at start that an index differs from its digest holds that
     /// filesystem (every request answers 503 integrity_hold). Inspect with `fsck`, restore
