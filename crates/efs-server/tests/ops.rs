@@ -913,6 +913,23 @@ async fn create_user_checks_the_name_before_writing_a_key() {
         said.contains("WARNING: user(s) app have the same public key"),
         "{said}"
     );
+    // With --json too, on standard error (it was printed nowhere).
+    let out = srv.efsctl(&[
+        "--json",
+        "create-user",
+        "app-triplet",
+        "--fs",
+        "files",
+        "--pubkey",
+        pub_path.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("WARNING: user(s) app, app-twin have the same public key"),
+        "{err}"
+    );
+    serde_json::from_slice::<Value>(&out.stdout).expect("standard output stays one JSON value");
 }
 
 /// A key pair `efsctl create-user` generates is kept only when the server creates the user:

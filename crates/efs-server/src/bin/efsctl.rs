@@ -644,8 +644,13 @@ fn run(args: Args) -> anyhow::Result<u8> {
     }
     if json {
         // The data stays a value scripts can parse; what would be lost with the text (a
-        // broken audit chain, entries left out) goes to standard error.
-        for l in resp.lines.iter().filter(|l| l.starts_with("warning: ")) {
+        // broken audit chain, entries left out, a key shared by two users, a backup without
+        // its keys) goes to standard error.
+        for l in resp
+            .lines
+            .iter()
+            .filter(|l| l.starts_with("warning: ") || l.contains("WARNING: "))
+        {
             eprintln!("efsctl: {l}");
         }
         say!("{}", serde_json::to_string_pretty(&resp.data)?);
