@@ -715,6 +715,13 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "index digest: generation {generation}, anchor {anchor} (keep both elsewhere: an index put back whole to an earlier state shows an earlier generation or another anchor)"
                 ));
             }
+            let (partials, partial_bytes) = rep.partial_writes;
+            if partials > 0 {
+                lines.push(format!(
+                    "{} of uploads a crash cut short ({partial_bytes} bytes; not errors): efsctl gc --fs {fs} removes them once older than its --grace",
+                    counted(partials, "partial write", "partial writes")
+                ));
+            }
             lines.extend(rep.errors.iter().map(|e| fsck_error_line(e, &rep.paths)));
             lines.extend(rep.orphan_blobs.iter().map(|b| format!("orphan blob: {b}")));
             lines.extend(
@@ -727,6 +734,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 serde_json::json!({
                     "records": rep.records, "files_verified": rep.files_verified,
                     "errors": rep.errors, "paths": rep.paths, "orphan_blobs": rep.orphan_blobs, "orphan_inline": rep.orphan_inline,
+                    "partial_writes": partials, "partial_write_bytes": partial_bytes,
                     "digest": digest_json(rep.digest.as_ref()),
                 }),
             );

@@ -93,6 +93,13 @@ pub trait BlobStore: Send + Sync {
         let _ = (older_than_secs, writing);
         Ok(0)
     }
+    /// The partial writes (left by a crash) there are now, except those of the blobs in
+    /// `writing`: how many, and their bytes (fsck says them; gc removes them). Stores without
+    /// partial writes keep the default.
+    async fn partials(&self, writing: &RunningUploads) -> Result<(u64, u64)> {
+        let _ = writing;
+        Ok((0, 0))
+    }
     /// Removes the partial write of blob `id` a crash left, if any: only for a caller that
     /// knows nothing writes `id` now (a restore, which reuses the backup's content ids and
     /// runs alone; a retry after a crashed restore found the old one in its way). Stores
@@ -1261,6 +1268,46 @@ impl BlobStore for LocalBlobStore {
         blocking(move || match std::fs::remove_file(&tmp) {
             Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e.into()),
             _ => Ok(()),
+        })
+        .await
+    }
+
+    async fn partials(&self, writing: &RunningUploads) -> Result<(u64, u64)> {
+        let tmp = self.root.join("tmp");
+        let writing = writing.clone();
+        blocking(move || {
+            let (mut n, mut bytes) = (0, 0);
+            let entries = match std::fs::read_dir(&tmp) {
+                Ok(e) => e,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok((0, 0)),
+                Err(e) => return Err(e.into()),
+            };
+            for f in entries {
+                let f = f?;
+                let running = f
+                    .file_name()
+                    .to_str()
+                    .and_then(|n| <ContentId>::try_from(hex::decode(n).ok()?).ok())
+                    .is_some_and(|id| {
+                        writing
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .contains(&id)
+                    });
+                if running {
+                    continue;
+                }
+                // Gone since the listing (an upload finished or was discarded): skipped.
+                match f.metadata() {
+                    Ok(m) => {
+                        n += 1;
+                        bytes += m.len();
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            Ok((n, bytes))
         })
         .await
     }

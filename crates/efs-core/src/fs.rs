@@ -259,6 +259,10 @@ pub struct FsckReport {
     pub orphan_blobs: Vec<String>,
     /// Inline contents that no record references.
     pub orphan_inline: Vec<String>,
+    /// Partial writes of uploads a crash cut short (not of uploads running now), and their
+    /// bytes: not errors, and not orphans (no blob of them exists); `efsctl gc` removes them
+    /// once older than its grace.
+    pub partial_writes: (u64, u64),
     /// The index checked against its digest (a rollback of records shows here).
     pub digest: Option<crate::digest::DigestCheck>,
 }
@@ -1965,6 +1969,7 @@ impl Filesystem {
                 rep.orphan_inline.push(hex::encode(id));
             }
         }
+        rep.partial_writes = self.blobs.partials(&self.uploads).await?;
         Ok(rep)
     }
 

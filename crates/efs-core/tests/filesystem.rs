@@ -867,6 +867,8 @@ async fn orphan_blobs_are_listed_and_collected() {
     assert_eq!(rep.orphan_blobs, vec![hex::encode(id)]);
     assert!(rep.errors.is_empty(), "{rep:?}");
     assert!(!rep.is_clean());
+    // fsck counts the partial write (it said nothing of it: only gc did).
+    assert_eq!(rep.partial_writes, (1, b"partial ciphertext".len() as u64));
 
     // Young orphans are kept (uploads in flight), old ones removed.
     let gc = fs.gc(3600).await.unwrap();
@@ -878,7 +880,9 @@ async fn orphan_blobs_are_listed_and_collected() {
     assert_eq!(gc.partials_removed, 1);
     assert!(!orphan.exists());
     assert!(!partial.exists(), "gc removes stale partial writes");
-    assert!(fs.fsck().await.unwrap().is_clean());
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean());
+    assert_eq!(rep.partial_writes, (0, 0));
     assert!(
         read_all(fs, "/g/kept").await.unwrap() == data,
         "referenced blobs stay"
