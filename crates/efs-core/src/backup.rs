@@ -853,8 +853,11 @@ async fn write_backup(
     let mut blob_ids = Vec::new();
     let mut keyring = None;
     let mut skipped = Vec::new();
-    // With `skip_damaged`: each directory backed up, by its tag, with its parent's tag.
+    // Each directory backed up, by its tag, with its parent's tag: for `skip_damaged`, and
+    // to leave out what a recursive delete detached and has not emptied yet.
     let mut dirs = std::collections::HashMap::new();
+    let trash_tag = fs.dir_tag(&kr, &super::TRASH_ID);
+    let mut trash_seen = false;
     fs.index
         .visit_snapshot(&mut |item| {
             match item {
@@ -883,8 +886,9 @@ async fn write_backup(
                             )));
                         }
                     };
-                    if skip_damaged && rec.kind == Kind::Dir {
-                        let parent: [u8; 16] = k[..16].try_into().expect("32-byte key");
+                    let parent: [u8; 16] = k[..16].try_into().expect("32-byte key");
+                    trash_seen |= parent == trash_tag;
+                    if rec.kind == Kind::Dir {
                         dirs.insert(fs.dir_tag(&kr, &rec.id), parent);
                     }
                     if rec.kind == Kind::File {
@@ -918,9 +922,10 @@ async fn write_backup(
     // Shard directories written into: their entries are synced before the manifest.
     let mut shards = std::collections::BTreeSet::new();
     let root_tag = fs.dir_tag(&kr, &super::ROOT_ID);
-    if !skipped.is_empty() {
+    if !skipped.is_empty() || trash_seen {
         // Blobs of files below a directory left out are not copied: the dump's rewrite
         // leaves those files out, and a restore wants exactly the blobs its records name.
+        // Deleted data (below the "being deleted" directory) must not reach a backup.
         blob_ids.retain(|(_, parent)| reachable(root_tag, &dirs, *parent));
     }
     for (rec, _) in blob_ids {
@@ -948,7 +953,7 @@ async fn write_backup(
         }
     }
     let mut skipped_inline = 0;
-    if !skipped.is_empty() || !unreadable.is_empty() {
+    if !skipped.is_empty() || !unreadable.is_empty() || trash_seen {
         let kept = rewrite_dump(fs, &kr, dest, root_tag, &dirs, &unreadable, &mut skipped)?;
         stored = stored - m_dump_len + kept.dump_len;
         m.index_sha256 = kept.sha;
@@ -1174,7 +1179,11 @@ fn rewrite_dump(
     unreadable: &std::collections::HashMap<ContentId, String>,
     skipped: &mut Vec<SkippedEntry>,
 ) -> Result<KeptDump> {
+    let trash_tag = fs.dir_tag(kr, &super::TRASH_ID);
+    // Below the "being deleted" directory: deleted, left out without a word.
+    let deleted = |tag: [u8; 16]| reachable(trash_tag, dirs, tag);
     let reachable = |tag: [u8; 16]| reachable(root_tag, dirs, tag);
+    let mut deleted_inline = std::collections::HashSet::new();
     let path = dest.join("index.dump");
     let tmp = dest.join("index.dump.tmp");
     let mut out = HashedFile::create(&tmp)?;
@@ -1201,6 +1210,12 @@ fn rewrite_dump(
         };
         let parent: [u8; 16] = k[..16].try_into().expect("32-byte key");
         let rec = fs.open_rec(kr, &k, &v)?;
+        if deleted(parent) {
+            if rec.kind == Kind::File && rec.storage == Storage::Inline {
+                deleted_inline.insert(rec.id);
+            }
+            continue;
+        }
         let why = if !reachable(parent) {
             Some("its directory is left out of the backup".to_owned())
         } else if rec.kind == Kind::Dir && !reachable(fs.dir_tag(kr, &rec.id)) {
@@ -1241,6 +1256,8 @@ fn rewrite_dump(
         if named_inline.contains(&id) {
             kept.inline += 1;
             write_item(&mut out, KIND_INLINE, &id, &v)?;
+        } else if deleted_inline.contains(&id) {
+            // Deleted, not damaged: not counted as left out.
         } else {
             kept.skipped_inline += 1;
         }

@@ -75,9 +75,9 @@ pub enum CoreError {
         "the filesystem's current key has sealed as many records as it may (2^32): writes wait for a key rotation (efsctl rotate-key)"
     )]
     SealLimit,
-    /// The caller's access was withdrawn while a long operation (a recursive delete) ran:
-    /// it stopped part-way.
-    #[error("access withdrawn while the operation ran; it stopped part-way")]
+    /// The caller's access was withdrawn before an operation (a recursive delete) was
+    /// committed: nothing of it was done.
+    #[error("access withdrawn before the operation was committed; nothing was done")]
     Withdrawn,
     /// A listing cursor that is not one of this directory's pages.
     #[error("invalid cursor: use the next_cursor of a page of this directory")]

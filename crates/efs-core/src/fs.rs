@@ -35,6 +35,12 @@ pub mod reencrypt;
 
 /// The root directory's id.
 const ROOT_ID: [u8; 16] = [0u8; 16];
+/// The "being deleted" directory's id: a recursive delete moves the directory it deletes
+/// under it in one commit (the tree is then gone for every reader at once, and a crash
+/// leaves it whole or gone), then empties it ([`Filesystem::empty_trash`]). No entry
+/// names it, so nothing under it is reachable from the root; no real directory has it
+/// (their ids are random, the root's is zeros).
+const TRASH_ID: [u8; 16] = [0xffu8; 16];
 /// Attempts of a conditional batch before giving up with [`CoreError::Contention`].
 const MAX_ATTEMPTS: usize = 64;
 /// Bytes buffered before a blob write is issued.
@@ -400,6 +406,10 @@ pub struct Filesystem {
     /// Set once the index was checked against its digest in this process (or accepted by
     /// an operator): see [`Filesystem::ensure_index_checked`].
     index_checked: std::sync::Mutex<IndexCheck>,
+    /// Held by the one [`Filesystem::empty_trash`] that empties the "being deleted"
+    /// directory; `trash_wanted` asks it (or the next one) for another pass.
+    emptying: tokio::sync::Mutex<()>,
+    trash_wanted: std::sync::atomic::AtomicBool,
 }
 
 /// Whether this process has checked a filesystem's index, and which check (or acceptance)
@@ -513,6 +523,8 @@ impl Filesystem {
             seals: std::sync::Mutex::new(SealCounts::default()),
             seal_store: tokio::sync::Mutex::new(()),
             index_checked: std::sync::Mutex::new(IndexCheck::default()),
+            emptying: tokio::sync::Mutex::new(()),
+            trash_wanted: std::sync::atomic::AtomicBool::new(false),
         }
     }
 
@@ -1486,9 +1498,15 @@ impl Filesystem {
 
     /// Deletes the file or directory at `path`. A non-empty directory needs `recursive`.
     /// Deleting a file destroys its wrapped data key (crypto-erasure) with its record.
+    /// A recursive delete is one commit ([`Filesystem::delete_while`]); its content is
+    /// removed before this returns (by [`Filesystem::empty_trash`], unless one already runs).
     pub async fn delete(&self, path: &EfsPath, cond: Precondition, recursive: bool) -> Result<()> {
         self.delete_while(path, cond, recursive, false, &|| true)
-            .await
+            .await?;
+        if recursive {
+            self.empty_trash_logged().await;
+        }
+        Ok(())
     }
 
     /// [`Filesystem::delete`] of a directory only (HTTP `DELETE /a/`): a file at `path` is
@@ -1501,14 +1519,20 @@ impl Filesystem {
         recursive: bool,
     ) -> Result<()> {
         self.delete_while(path, cond, recursive, true, &|| true)
-            .await
+            .await?;
+        if recursive {
+            self.empty_trash_logged().await;
+        }
+        Ok(())
     }
 
     /// [`Filesystem::delete`] (or, with `dir_only`, [`Filesystem::delete_dir`]) that asks
-    /// `allowed` again before each page of a recursive delete: once it says no, the delete
-    /// stops with [`CoreError::Withdrawn`] (what was deleted stays deleted). A recursive
-    /// delete of a large tree runs for minutes; the server asks whether the caller's token
-    /// and grant still hold, so that a revoke stops it.
+    /// `allowed` before a recursive delete: if it says no, nothing is deleted
+    /// ([`CoreError::Withdrawn`]). A non-empty directory is detached in one commit: its
+    /// entry moves under the "being deleted" directory ([`TRASH_ID`]), so the whole tree is
+    /// gone for every reader at once and a crash leaves it whole or gone. Its content is
+    /// removed afterwards by [`Filesystem::empty_trash`] (the server runs it after the
+    /// delete and when it opens the filesystem).
     pub async fn delete_while(
         &self,
         path: &EfsPath,
@@ -1537,11 +1561,14 @@ impl Filesystem {
                     if !recursive {
                         return Err(CoreError::Conflict("the directory is not empty"));
                     }
-                    // Emptied only while it stays where it was found (else resolved again:
+                    if !allowed() {
+                        return Err(CoreError::Withdrawn);
+                    }
+                    // Detached only while it stays where it was found (else resolved again:
                     // moved away, it is no longer at `path`).
-                    let mut chain = res.ancestors.clone();
-                    chain.push((res.key, value.clone()));
-                    self.delete_children(&kr, &rec.id, chain, allowed).await?;
+                    if self.detach(&kr, &res, value, rec).await? {
+                        return Ok(());
+                    }
                     continue;
                 }
             }
@@ -1571,12 +1598,127 @@ impl Filesystem {
         Err(CoreError::Contention)
     }
 
+    /// Moves directory `rec` (found at `res` as `value`) under the "being deleted" directory,
+    /// in one commit that expects its ancestors and its entry unchanged, as a delete does.
+    /// It keeps its id (hence its children's keys) and gets a fresh random name there, so
+    /// that two deletes never collide; its record is sealed again for its new key, as a
+    /// move seals it. `false` if the expectations failed (resolve again).
+    async fn detach(
+        &self,
+        kr: &Keyring,
+        res: &Resolved,
+        value: &[u8],
+        rec: &Record,
+    ) -> Result<bool> {
+        let name = hex::encode(random_id());
+        let key = self.entry_key(kr, &TRASH_ID, &name);
+        let mut moved = rec.clone();
+        moved.name = name;
+        moved.modified_ms = now_ms();
+        let mut batch = Batch::default();
+        for (k, v) in &res.ancestors {
+            batch.expect.push(Expect {
+                key: *k,
+                value: Some(v.clone()),
+            });
+        }
+        batch.expect.push(Expect {
+            key: res.key,
+            value: Some(value.to_vec()),
+        });
+        batch.expect.push(Expect { key, value: None });
+        batch.ops.push(Op::DeleteEntry(res.key));
+        batch
+            .ops
+            .push(Op::PutEntry(key, moved.seal(kr, &self.id, &key)));
+        self.commit_batch(batch).await
+    }
+
+    /// Empties the "being deleted" directory: everything below each detached directory
+    /// (depth first, one commit per entry, blobs removed as a delete removes them), then its
+    /// entry there. One run at a time per filesystem: a call while one runs asks it for
+    /// another pass and returns at once. Nothing can reach these trees, so no reader sees
+    /// them half emptied, and one a crash left is emptied by the next run.
+    pub async fn empty_trash(&self) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.trash_wanted.store(true, SeqCst);
+        loop {
+            let Ok(_running) = self.emptying.try_lock() else {
+                return Ok(());
+            };
+            while self.trash_wanted.swap(false, SeqCst) {
+                self.empty_trash_pass().await?;
+            }
+            drop(_running);
+            // Asked for after the last pass began and before the lock was let go: no
+            // running one will see it.
+            if !self.trash_wanted.load(SeqCst) {
+                return Ok(());
+            }
+        }
+    }
+
+    /// [`Filesystem::empty_trash`] in a task of its own (the server: after a recursive
+    /// delete, and when it opens the filesystem); a failure is logged, and the next run
+    /// (the next recursive delete, or the next start) tries again.
+    pub fn empty_trash_in_background(self: &Arc<Self>) {
+        let fs = self.clone();
+        tokio::spawn(async move { fs.empty_trash_logged().await });
+    }
+
+    /// [`Filesystem::empty_trash`] after a delete that is done: a failure is logged (the
+    /// next run tries again), not the delete's.
+    async fn empty_trash_logged(&self) {
+        if let Err(e) = self.empty_trash().await {
+            tracing::warn!(fs = self.name(), error = %e, "could not empty what recursive deletes detached; the next delete or start tries again");
+        }
+    }
+
+    async fn empty_trash_pass(&self) -> Result<()> {
+        self.trusted().await?;
+        loop {
+            let kr = self.keyring();
+            let tag = self.dir_tag(&kr, &TRASH_ID);
+            let rows = self.index.list_dir(&tag, None, 64).await?;
+            if rows.is_empty() {
+                return Ok(());
+            }
+            for (k, v) in rows {
+                let rec = self.open_rec(&kr, &k, &v)?;
+                if rec.kind == Kind::Dir
+                    && !self
+                        .delete_children(&kr, &rec.id, vec![(k, v)], &|| true)
+                        .await?
+                {
+                    continue;
+                }
+                // Taken again: a key rotation may have sealed it again meanwhile.
+                let Some(now) = self.index.get_entry(&k).await? else {
+                    continue;
+                };
+                let mut batch = Batch::default();
+                batch.expect.push(Expect {
+                    key: k,
+                    value: Some(now),
+                });
+                if rec.kind == Kind::Dir {
+                    batch.empty_dirs.push(self.dir_tag(&kr, &rec.id));
+                }
+                batch.ops.push(Op::DeleteEntry(k));
+                if rec.storage == Storage::Inline {
+                    batch.ops.push(Op::DeleteInline(rec.id));
+                }
+                if self.commit_batch(batch).await? {
+                    self.remove_blob_of(&rec).await;
+                }
+            }
+        }
+    }
+
     /// Deletes everything below directory `dir` (depth first), page by page, while `chain`
-    /// (the directories from the root down to `dir`, as found) stays as it was: every batch
-    /// expects it. A directory keeps its id, hence its children's keys, when it is moved; without
-    /// this, a recursive DELETE racing a MOVE of the tree (or of a directory in it) went on
-    /// emptying it at its new place, writes acknowledged there after the move included.
-    /// `false` once the chain has changed: the caller resolves the path again.
+    /// (the directories from a detached directory's entry in the "being deleted" directory
+    /// down to `dir`, as found) stays as it was: every batch expects it (a key rotation may
+    /// seal it again: taken with its new value). `false` once the chain has changed.
     fn delete_children<'a>(
         &'a self,
         kr: &'a Keyring,
@@ -1843,10 +1985,15 @@ impl Filesystem {
         })
     }
 
-    /// Counts files, directories and bytes (a full scan).
+    /// Counts files, directories and bytes (a full scan). What a recursive delete detached
+    /// and has not emptied yet is deleted, so not counted.
     pub async fn stats(&self) -> Result<FsStats> {
         let kr = self.keyring();
-        let mut s = FsStats::default();
+        // Counted per parent directory, then summed over the directories not below the
+        // "being deleted" one (entries come in key order, children before their parent
+        // as often as after).
+        let mut per_parent: std::collections::HashMap<DirTag, FsStats> = Default::default();
+        let mut parent_of: std::collections::HashMap<DirTag, DirTag> = Default::default();
         let mut after = None;
         loop {
             let rows = self.index.scan_entries(after.as_ref(), 1024).await?;
@@ -1854,13 +2001,39 @@ impl Filesystem {
             after = Some(*last);
             for (k, v) in &rows {
                 let r = self.open_rec(&kr, k, v)?;
+                let ptag: DirTag = k[..16].try_into().expect("32-byte key");
+                let s = per_parent.entry(ptag).or_default();
                 match r.kind {
                     Kind::File => {
                         s.files += 1;
                         s.bytes += r.size;
                     }
-                    Kind::Dir => s.dirs += 1,
+                    Kind::Dir => {
+                        s.dirs += 1;
+                        parent_of.insert(self.dir_tag(&kr, &r.id), ptag);
+                    }
                 }
+            }
+        }
+        let trash = self.dir_tag(&kr, &TRASH_ID);
+        let deleted = |mut tag: DirTag| {
+            for _ in 0..=parent_of.len() {
+                if tag == trash {
+                    return true;
+                }
+                match parent_of.get(&tag) {
+                    Some(p) => tag = *p,
+                    None => return false,
+                }
+            }
+            false
+        };
+        let mut s = FsStats::default();
+        for (ptag, c) in &per_parent {
+            if !deleted(*ptag) {
+                s.files += c.files;
+                s.dirs += c.dirs;
+                s.bytes += c.bytes;
             }
         }
         Ok(s)
@@ -2019,6 +2192,9 @@ impl Filesystem {
     async fn snapshot_tree(&self, kr: &Keyring) -> Result<SnapshotTree> {
         let mut tree = SnapshotTree::default();
         tree.dirs.insert(self.dir_tag(kr, &ROOT_ID));
+        // What a recursive delete detached and has not emptied yet: its entries have a
+        // parent, and their contents are referenced until they are deleted (no path).
+        tree.dirs.insert(self.dir_tag(kr, &TRASH_ID));
         self.index
             .visit_entries(&mut |k, v| {
                 let Ok(rec) = self.open_rec(kr, k, v) else {

@@ -1061,3 +1061,75 @@ async fn a_backup_to_a_full_destination_names_it_and_removes_the_partial_backup(
     let ok = env.tmp.path().join("roomy");
     env.dd.backup("docs", &ok, false).await.unwrap();
 }
+
+/// A backup taken while a recursive delete's tree is detached and not emptied yet leaves it
+/// out (deleted data must not reach a backup), and restores clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_backup_leaves_out_a_deleted_tree_not_emptied_yet() {
+    let env = Env::new();
+    let fs = &env.fs;
+    put(fs, "/keep/x", b"kept").await;
+    let (_, keep_blob) = env.put_blob("/keep/big", &pattern(1, INLINE_MAX + 1)).await;
+    let (_, gone_blob) = env
+        .put_blob("/tree/a/big", &pattern(2, INLINE_MAX + 5))
+        .await;
+    put(fs, "/tree/a/small", b"secret").await;
+    put(fs, "/tree/b", b"also deleted").await;
+    // Detached only: the server empties it afterwards, in a task of its own.
+    fs.delete_while(
+        &p("/tree"),
+        efs_core::Precondition::None,
+        true,
+        false,
+        &|| true,
+    )
+    .await
+    .unwrap();
+    assert!(gone_blob.as_ref().unwrap().exists(), "not emptied yet");
+
+    let dest = env.tmp.path().join("backup1");
+    let rep = env.dd.backup("docs", &dest, false).await.unwrap();
+    assert_eq!(rep.summary.files, 2, "{:?}", rep.summary);
+    assert_eq!(rep.manifest.entries, 3, "/keep, /keep/x, /keep/big");
+    assert_eq!(rep.manifest.inline, 1, "/keep/x's content only");
+    assert!(
+        rep.summary.left_out.is_empty(),
+        "{:?}",
+        rep.summary.left_out
+    );
+    assert_eq!(rep.skipped_inline, 0);
+    let names: Vec<String> = rep.manifest.blobs.keys().cloned().collect();
+    let file_name = |p: &std::path::Path| p.file_name().unwrap().to_str().unwrap().to_owned();
+    assert_eq!(names, [file_name(keep_blob.as_ref().unwrap())]);
+    assert!(
+        !walk(&dest)
+            .iter()
+            .any(|f| file_name(f) == file_name(gone_blob.as_ref().unwrap()))
+    );
+
+    let r = admin::execute(
+        &env.dd,
+        AdminRequest::Restore {
+            fs: "restored".into(),
+            src: dest.to_str().unwrap().into(),
+            backup_key_parts: vec![],
+            backup_key_given: vec![],
+            accept_unauthenticated_backup: false,
+        },
+    )
+    .await;
+    assert!(r.ok, "{r:?}");
+    let restored = env.dd.fs("restored").unwrap();
+    let rep2 = restored.fsck().await.unwrap();
+    assert!(rep2.is_clean(), "{rep2:?}");
+    assert_eq!(rep2.records, 3);
+    let got = all_files(&restored).await;
+    assert_eq!(
+        got.keys().cloned().collect::<Vec<_>>(),
+        ["/keep/big", "/keep/x"]
+    );
+    // The live filesystem empties it later, as the server does.
+    fs.empty_trash().await.unwrap();
+    assert!(!gone_blob.unwrap().exists());
+    assert!(fs.fsck().await.unwrap().is_clean());
+}

@@ -1043,50 +1043,49 @@ async fn deleting_a_directory_never_loses_an_entry_moved_into_it() {
     assert!(rep.is_clean(), "{rep:?}");
 }
 
-/// A recursive delete racing a move of the tree it empties: once the tree is moved, nothing
-/// more is deleted from it, and a file written at its new place after the move stays (the
-/// delete went on emptying the tree by its directory's id, wherever it had gone).
+/// A recursive delete racing a move of the tree: one of them wins, whole. Either the tree
+/// is gone (the move finds nothing) or it moved whole and stays (the delete finds nothing
+/// at /d, and a file written at its new place after the move stays). The delete went on
+/// emptying a tree by its directory's id wherever it had gone, and then deleted page by
+/// page, so a move in between left part of the tree.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_recursive_delete_stops_at_a_tree_moved_away() {
+async fn a_recursive_delete_and_a_move_of_the_tree_never_split_it() {
     let env = Env::new();
     let fs = env.fs.clone();
-    const N: usize = 800;
-    for i in 0..N {
-        put(&fs, &format!("/d/sub/f{i}"), &pattern(i as u64, 20)).await;
-    }
-    let count = |path: &'static str| {
-        let fs = fs.clone();
-        async move {
-            match fs.list(&p(path), None, 10_000).await {
-                Ok((entries, _)) => entries.len(),
-                Err(CoreError::NotFound) => 0,
-                Err(e) => panic!("{e}"),
-            }
+    const N: usize = 200;
+    for round in 0..6 {
+        for i in 0..N {
+            put(&fs, &format!("/d/sub/f{i}"), &pattern(i as u64, 20)).await;
         }
-    };
-    let fs2 = fs.clone();
-    let deleter = tokio::spawn(async move { fs2.delete(&p("/d"), Precondition::None, true).await });
-    // Once the delete has begun (and long before it can end), the tree moves away, and a
-    // file is written into it at its new place.
-    while count("/d/sub/").await == N {
-        tokio::task::yield_now().await;
+        let archive = format!("/archive{round}");
+        let fs2 = fs.clone();
+        let deleter =
+            tokio::spawn(async move { fs2.delete(&p("/d"), Precondition::None, true).await });
+        if round % 2 == 1 {
+            tokio::task::yield_now().await;
+        }
+        let moved = fs.rename(&p("/d"), &p(&archive), false).await;
+        let deleted = deleter.await.unwrap();
+        match (&moved, &deleted) {
+            (Ok(_), Err(CoreError::NotFound)) => {
+                put(&fs, &format!("{archive}/sub/new.txt"), b"after the move").await;
+                let (left, _) = fs
+                    .list(&p(&format!("{archive}/sub/")), None, 10_000)
+                    .await
+                    .unwrap();
+                assert_eq!(left.len(), N + 1, "round {round}: the moved tree is whole");
+            }
+            (Err(CoreError::NotFound), Ok(())) => {
+                assert!(matches!(
+                    fs.stat(&p(&archive)).await,
+                    Err(CoreError::NotFound)
+                ));
+            }
+            other => panic!("round {round}: {other:?}"),
+        }
+        assert!(matches!(fs.stat(&p("/d")).await, Err(CoreError::NotFound)));
     }
-    fs.rename(&p("/d"), &p("/archive"), false).await.unwrap();
-    put(&fs, "/archive/sub/new.txt", b"written after the move").await;
-    let deleted = deleter.await.unwrap();
-    assert!(
-        matches!(deleted, Err(CoreError::NotFound)),
-        "the delete finds nothing at /d any more: {deleted:?}"
-    );
-    assert_eq!(
-        read_all(&fs, "/archive/sub/new.txt").await.unwrap(),
-        b"written after the move"
-    );
-    let left = count("/archive/sub/").await;
-    assert!(
-        left > 1,
-        "the delete stopped once the tree had moved ({left} left of {N})"
-    );
+    fs.empty_trash().await.unwrap();
     let rep = fs.fsck().await.unwrap();
     assert!(rep.is_clean(), "{rep:?}");
 }
@@ -1374,4 +1373,95 @@ async fn removed_versions_are_told_to_the_listener() {
     let mut want = vec![c.version, x.version];
     want.sort();
     assert_eq!(take(), want, "deleted with their directory");
+}
+
+/// A recursive delete is one commit: the tree is detached (gone for every reader) before the
+/// call returns, and a crash before it is emptied leaves it gone, never half deleted (it
+/// deleted entry by entry, one commit each, so a kill -9 left part of the tree). The
+/// emptying resumes at the next open and removes the content; fsck is clean throughout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_recursive_delete_is_detached_at_once_and_emptied_after_a_crash() {
+    let Env {
+        tmp: _tmp,
+        root,
+        part,
+        dd,
+        fs,
+    } = Env::new();
+    put(&fs, "/keep/x", b"kept").await;
+    put(&fs, "/tree/a/b/c.bin", &pattern(2, 3 * SEG + 7)).await;
+    put(&fs, "/tree/a/d", b"d").await;
+    put(&fs, "/tree/e.bin", &pattern(3, INLINE_MAX + 1)).await;
+    for i in 0..300 {
+        put(&fs, &format!("/tree/many/f{i}"), &pattern(i, 10)).await;
+    }
+    fs.mkdir(&p("/tree/empty")).await.unwrap();
+    let blobs_of = |dir: &std::path::Path| {
+        common::walk(dir)
+            .into_iter()
+            .filter(|f| !f.strip_prefix(dir).unwrap().starts_with("tmp"))
+            .count()
+    };
+    let blobs_dir = root.join("fs").join(hex::encode(fs.id())).join("blobs");
+    assert_eq!(blobs_of(&blobs_dir), 2);
+    // The delete as the server makes it: the emptying is left to a task of its own, which
+    // a crash (here: dropping everything) stops before it begins.
+    fs.delete_while(&p("/tree"), Precondition::None, true, false, &|| true)
+        .await
+        .unwrap();
+    assert!(matches!(
+        fs.stat(&p("/tree")).await,
+        Err(CoreError::NotFound)
+    ));
+    assert_eq!(
+        blobs_of(&blobs_dir),
+        2,
+        "the detached tree is emptied afterwards, not by the delete itself"
+    );
+    drop(fs);
+    drop(dd);
+
+    let dd = common::open(&root, std::slice::from_ref(&part)).unwrap();
+    let fs = dd.fs("docs").unwrap();
+    for gone in [
+        "/tree",
+        "/tree/a",
+        "/tree/a/d",
+        "/tree/many/f7",
+        "/tree/e.bin",
+    ] {
+        assert!(
+            matches!(fs.stat(&p(gone)).await, Err(CoreError::NotFound)),
+            "{gone}"
+        );
+    }
+    let (top, _) = fs.list(&efs_core::EfsPath::root(), None, 10).await.unwrap();
+    assert_eq!(
+        top.iter().map(|e| e.name.as_str()).collect::<Vec<_>>(),
+        ["keep"]
+    );
+    let st = fs.stats().await.unwrap();
+    assert_eq!(
+        (st.files, st.dirs),
+        (1, 1),
+        "what was deleted is not counted"
+    );
+    // Not emptied yet: its entries have a parent, its contents are referenced.
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+    assert!(rep.records > 300, "{}", rep.records);
+    let gc = fs.gc(0).await.unwrap();
+    assert_eq!(gc.blobs_removed + gc.inline_removed, 0, "{gc:?}");
+    assert_eq!(blobs_of(&blobs_dir), 2);
+
+    // What the server does when it opens the filesystem.
+    fs.empty_trash().await.unwrap();
+    assert_eq!(blobs_of(&blobs_dir), 0, "the tree's blobs are removed");
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "nothing left over: {rep:?}");
+    assert_eq!(rep.records, 2, "/keep, /keep/x");
+    assert_eq!(read_all(&fs, "/keep/x").await.unwrap(), b"kept");
+    // A new tree at the same path is a new, empty directory.
+    fs.mkdir(&p("/tree")).await.unwrap();
+    assert!(fs.list(&p("/tree"), None, 10).await.unwrap().0.is_empty());
 }

@@ -1007,17 +1007,22 @@ async fn files_inner(
             require_write(&caller)?;
             let cond = write_precondition(&parts.headers)?;
             // `DELETE /a` on a directory works too, like `rm -r` needs; `DELETE /a/` only
-            // on a directory. A recursive delete runs page by page, for minutes on a large
-            // tree: the caller's token and write access are checked again before each page
-            // (cached: about a microsecond), so that a revoke stops it (401).
+            // on a directory. A recursive delete detaches the tree in one commit (gone for
+            // every reader, whole or gone after a crash); the caller's token and write
+            // access are checked again just before it, and its content is removed in the
+            // background after the 204.
             let allowed = || {
                 let mut again = Who::new(Action::Delete);
                 authorise_write_again(&st, &parts.headers, &parts.extensions, &mut again, &fs)
                     .is_ok()
             };
             let dir_only = is_dir && !path.is_root();
-            fs.delete_while(&path, cond, query.recursive()?, dir_only, &allowed)
+            let recursive = query.recursive()?;
+            fs.delete_while(&path, cond, recursive, dir_only, &allowed)
                 .await?;
+            if recursive {
+                fs.empty_trash_in_background();
+            }
             Ok(StatusCode::NO_CONTENT.into_response())
         }
         ("MOVE", _) => {

@@ -116,8 +116,8 @@ impl From<CoreError> for ApiError {
             CoreError::BadCursor => ApiError::bad_request(
                 "invalid cursor: use the next_cursor of a page of this directory",
             ),
-            // A recursive delete whose caller's token or grant ended while it ran: the
-            // same answer as any refused token (what it deleted before stays deleted).
+            // A recursive delete whose caller's token or grant ended before its commit: the
+            // same answer as any refused token (nothing was deleted).
             CoreError::Withdrawn => ApiError::unauthorized(),
             CoreError::SealLimit => ApiError::new(
                 StatusCode::SERVICE_UNAVAILABLE,

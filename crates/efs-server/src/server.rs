@@ -356,6 +356,13 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     for check in index_checks {
         check.start();
     }
+    // What recursive deletes detached and a crash or stop left unemptied: emptied now
+    // (each waits for its filesystem's index check).
+    for rec in data.list_fs()? {
+        if let Some(fs) = data.fs(&rec.name) {
+            fs.empty_trash_in_background();
+        }
+    }
 
     serve(
         listener,

@@ -601,3 +601,118 @@ async fn a_killed_servers_index_is_repaired_at_the_next_start_and_the_log_says_s
     let log = srv.stderr();
     assert!(!log.contains(SAID), "a repair after a clean stop:\n{log}");
 }
+
+/// A recursive delete killed part-way (SIGKILL) leaves the tree whole or gone, never part
+/// of it: it is detached in one commit, then emptied in the background, and the emptying
+/// resumes at the next start. (It deleted entry by entry, one commit each: a kill left a
+/// half-deleted tree.) Eventually fsck is clean: nothing of the tree is left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_recursive_delete_killed_part_way_leaves_the_tree_whole_or_gone() {
+    const DIRS: usize = 10;
+    const PER_DIR: usize = 100;
+    let dir = Arc::new(new_tempdir());
+    let srv = TestServer::start_in(dir.clone(), &[], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    srv.put_ok("/files/keep.txt", &token, "kept").await;
+    let srv = Arc::new(srv);
+    let mut writers = tokio::task::JoinSet::new();
+    for d in 0..DIRS {
+        let (srv, token) = (srv.clone(), token.clone());
+        writers.spawn(async move {
+            for f in 0..PER_DIR {
+                // Some blobs among the inline files.
+                let len = if f % 25 == 0 { 200_000 } else { 100 };
+                srv.put_ok(
+                    &format!("/files/tree/d{d}/f{f}"),
+                    &token,
+                    pattern(len, (d * PER_DIR + f) as u64),
+                )
+                .await;
+            }
+        });
+    }
+    while let Some(r) = writers.join_next().await {
+        r.unwrap();
+    }
+    let srv = Arc::into_inner(srv).expect("the writers are done");
+    // What fsck says of the whole tree (its counts are the ones to expect if it is whole).
+    let whole = srv.efsctl_ok(&["fsck", "--fs", "files"]);
+    let whole = whole.lines().next().unwrap().to_owned();
+    let delete = srv
+        .req("DELETE", "/files/tree/?recursive=true", &token)
+        .send();
+    let deleting = tokio::spawn(delete);
+    // Long enough for the DELETE to reach the server, short of emptying 1,000 entries.
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    // SIGKILL: dropping the harness's server kills it (-9) and waits for it.
+    drop(srv);
+    let answer = deleting.await.unwrap();
+    println!(
+        "DELETE before the kill: {:?}",
+        answer.as_ref().map(|r| r.status())
+    );
+
+    let srv = TestServer::start_in(dir.clone(), &[], &[]);
+    let token = srv.login("app", &key, None).await;
+    let (status, _) = srv.get("/files/tree/", &token).await;
+    let left = if status == 404 {
+        0
+    } else {
+        assert_eq!(status, 200);
+        let mut n = 0;
+        for d in srv.list_all("/files/tree/", &token, 1000).await {
+            let name = d["name"].as_str().unwrap();
+            n += srv
+                .list_all(&format!("/files/tree/{name}/"), &token, 1000)
+                .await
+                .len();
+        }
+        n
+    };
+    assert!(
+        left == 0 || left == DIRS * PER_DIR,
+        "a part of the tree is left: {left} of {} files",
+        DIRS * PER_DIR
+    );
+    if let Ok(r) = &answer
+        && r.status() == 204
+    {
+        assert_eq!(left, 0, "an acknowledged delete is whole");
+    }
+    assert_eq!(srv.get_ok("/files/keep.txt", &token).await, b"kept");
+    // The emptying resumed at the start: eventually only what is left is in the index, and
+    // no content of the deleted tree remains.
+    let (tree_files, tree_dirs) = (DIRS * PER_DIR, 1 + DIRS);
+    let records_whole: usize = whole
+        .strip_prefix("fsck 'files': ")
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("{whole}"));
+    let want = if left == 0 {
+        let records = records_whole - tree_files - tree_dirs;
+        format!(
+            "fsck 'files': {records} records, 1 files verified, 0 errors, 0 orphan blobs, \
+             0 orphan inline contents"
+        )
+    } else {
+        whole.clone()
+    };
+    assert!(
+        whole.contains(&format!("{} files verified, 0 errors", 1 + tree_files)),
+        "{whole}"
+    );
+    let t0 = Instant::now();
+    loop {
+        let fsck = srv.efsctl_ok(&["fsck", "--fs", "files"]);
+        if fsck.contains(&want) {
+            break;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "fsck after the restart, never {want}:\n{fsck}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}

@@ -1657,6 +1657,9 @@ async fn replaced_and_deleted_versions_leave_the_cache() {
         .await
         .unwrap();
     assert_eq!(r.status(), 204);
+    // Its content is removed (and dropped from the cache) by the emptying that follows the
+    // delete's one commit, in the background.
+    assert!(reaches(|b| b == 0.0).await, "freed with /d/");
     assert_eq!(
         cleared(srv.efsctl_ok(&["cache-clear"])),
         0,
