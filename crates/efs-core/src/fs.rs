@@ -1529,7 +1529,7 @@ impl Filesystem {
     /// [`Filesystem::delete`] (or, with `dir_only`, [`Filesystem::delete_dir`]) that asks
     /// `allowed` before a recursive delete: if it says no, nothing is deleted
     /// ([`CoreError::Withdrawn`]). A non-empty directory is detached in one commit: its
-    /// entry moves under the "being deleted" directory ([`TRASH_ID`]), so the whole tree is
+    /// entry moves under the "being deleted" directory (`TRASH_ID`), so the whole tree is
     /// gone for every reader at once and a crash leaves it whole or gone. Its content is
     /// removed afterwards by [`Filesystem::empty_trash`] (the server runs it after the
     /// delete and when it opens the filesystem).
