@@ -1179,6 +1179,20 @@ impl BlobReader for LocalReader {
     }
 }
 
+/// Whether the partial write `f` in `tmp/` (named by its blob's hex id) is that of an upload
+/// running now: an upload registers before it creates its file.
+fn is_running(f: &std::fs::DirEntry, writing: &RunningUploads) -> bool {
+    f.file_name()
+        .to_str()
+        .and_then(|n| <ContentId>::try_from(hex::decode(n).ok()?).ok())
+        .is_some_and(|id| {
+            writing
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .contains(&id)
+        })
+}
+
 #[async_trait]
 impl BlobStore for LocalBlobStore {
     async fn create(&self, id: &ContentId) -> Result<Box<dyn BlobWriter>> {
@@ -1284,16 +1298,7 @@ impl BlobStore for LocalBlobStore {
             };
             for f in entries {
                 let f = f?;
-                let running = f
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| <ContentId>::try_from(hex::decode(n).ok()?).ok())
-                    .is_some_and(|id| {
-                        writing
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .contains(&id)
-                    });
+                let running = is_running(&f, &writing);
                 if running {
                     continue;
                 }
@@ -1330,16 +1335,7 @@ impl BlobStore for LocalBlobStore {
                 };
                 // An upload registers before it creates its file: one listed here that is
                 // not running (now) is over, and its file is a leftover.
-                let running = f
-                    .file_name()
-                    .to_str()
-                    .and_then(|n| <ContentId>::try_from(hex::decode(n).ok()?).ok())
-                    .is_some_and(|id| {
-                        writing
-                            .lock()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .contains(&id)
-                    });
+                let running = is_running(&f, &writing);
                 if age >= older_than_secs && !running {
                     match std::fs::remove_file(f.path()) {
                         Ok(()) => n += 1,

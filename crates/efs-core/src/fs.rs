@@ -33,6 +33,23 @@ pub mod backup;
 #[path = "reencrypt.rs"]
 pub mod reencrypt;
 
+/// A batch that expects `res`'s ancestors and its entry (`value`) as they were found: a
+/// delete, or a recursive delete's detach, applies only to what its caller resolved.
+fn expect_found(res: &Resolved, value: &[u8]) -> Batch {
+    let mut batch = Batch::default();
+    batch
+        .expect
+        .extend(res.ancestors.iter().map(|(k, v)| Expect {
+            key: *k,
+            value: Some(v.clone()),
+        }));
+    batch.expect.push(Expect {
+        key: res.key,
+        value: Some(value.to_vec()),
+    });
+    batch
+}
+
 /// The root directory's id.
 const ROOT_ID: [u8; 16] = [0u8; 16];
 /// The "being deleted" directory's id: a recursive delete moves the directory it deletes
@@ -1572,17 +1589,7 @@ impl Filesystem {
                     continue;
                 }
             }
-            let mut batch = Batch::default();
-            for (k, v) in &res.ancestors {
-                batch.expect.push(Expect {
-                    key: *k,
-                    value: Some(v.clone()),
-                });
-            }
-            batch.expect.push(Expect {
-                key: res.key,
-                value: Some(value.clone()),
-            });
+            let mut batch = expect_found(&res, value);
             if rec.kind == Kind::Dir {
                 batch.empty_dirs.push(self.dir_tag(&kr, &rec.id));
             }
@@ -1615,17 +1622,7 @@ impl Filesystem {
         let mut moved = rec.clone();
         moved.name = name;
         moved.modified_ms = now_ms();
-        let mut batch = Batch::default();
-        for (k, v) in &res.ancestors {
-            batch.expect.push(Expect {
-                key: *k,
-                value: Some(v.clone()),
-            });
-        }
-        batch.expect.push(Expect {
-            key: res.key,
-            value: Some(value.to_vec()),
-        });
+        let mut batch = expect_found(res, value);
         batch.expect.push(Expect { key, value: None });
         batch.ops.push(Op::DeleteEntry(res.key));
         batch
