@@ -99,7 +99,11 @@ pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
     params
         .distinguished_name
         .push(rcgen::DnType::CommonName, "efs-server (self-signed)");
-    params.not_after = rcgen::date_time_ymd(2036, 1, 1);
+    // Valid from a day ago (a client whose clock runs a little behind still accepts it; rcgen's
+    // default would be 1975) for ten years.
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(1);
+    params.not_after = now + time::Duration::days(3650);
     let cert = params
         .self_signed(&key)
         .context("self-signing the TLS certificate")?;

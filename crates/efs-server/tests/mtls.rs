@@ -349,3 +349,53 @@ async fn an_operators_certificate_and_key_are_served_as_given() {
         assert!(!f.stderr.contains("PRIVATE KEY"), "{}", f.stderr);
     }
 }
+
+/// The certificate a data dir generates for itself is valid from a day before it was made
+/// (not from 1975) for ten years, as openssl reads it: `openssl verify` at a time two days
+/// back says it is not valid yet, now it passes, and it does not end within nine years.
+#[tokio::test]
+async fn the_generated_certificate_is_valid_from_yesterday_for_ten_years() {
+    let server = TestServer::start(&[]);
+    let cert = server.cert_file();
+    let verify_at = |at: Option<i64>| {
+        let mut c = Command::new("openssl");
+        c.args(["verify", "-CAfile"]).arg(&cert);
+        if let Some(t) = at {
+            c.args(["-attime", &t.to_string()]);
+        }
+        c.arg(&cert)
+            .output()
+            .expect("running openssl (installed by scripts/test.sh)")
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let today = verify_at(None);
+    assert!(
+        today.status.success(),
+        "valid now: {}",
+        String::from_utf8_lossy(&today.stdout)
+    );
+    let before = verify_at(Some(now - 2 * 86_400));
+    assert!(
+        !before.status.success(),
+        "not valid two days before it was made"
+    );
+    assert!(
+        String::from_utf8_lossy(&before.stderr).contains("not yet valid"),
+        "{}",
+        String::from_utf8_lossy(&before.stderr)
+    );
+    let nine_years = (9 * 365 * 86_400).to_string();
+    let out = Command::new("openssl")
+        .args(["x509", "-noout", "-checkend", &nine_years, "-in"])
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "ends within nine years: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+}
