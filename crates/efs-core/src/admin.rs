@@ -1151,14 +1151,25 @@ fn digest_json(d: Option<&crate::digest::DigestCheck>) -> serde_json::Value {
 
 /// `1 entry`, `2 entries`.
 /// A raw Ed25519 public key from a request's base64, or `None` when it is not 32 bytes.
+/// The 32 bytes of an Ed25519 public key sent through the socket, checked as `efsctl` and
+/// the server check a key they parse: a point on the curve, not of small order (a weak key
+/// would let anyone's signature pass as the user's). `efsctl` sends only checked keys; this
+/// is for any other program speaking to the socket.
 fn decode_public_key(b64: &str) -> Option<[u8; 32]> {
-    B64.decode(b64.as_bytes())
+    let raw = B64
+        .decode(b64.as_bytes())
         .ok()
-        .and_then(|v| <[u8; 32]>::try_from(v).ok())
+        .and_then(|v| <[u8; 32]>::try_from(v).ok())?;
+    let key = ed25519_dalek::VerifyingKey::from_bytes(&raw).ok()?;
+    (!key.is_weak()).then_some(raw)
 }
 
 fn bad_public_key() -> CoreError {
-    CoreError::Invalid("public_key must be 32 bytes, base64".into())
+    CoreError::Invalid(
+        "public_key must be an Ed25519 public key: 32 bytes, base64, a point of the curve not of \
+         small order"
+            .into(),
+    )
 }
 
 /// A warning when another user has `u`'s public key. Allowed (one person, two roles), but

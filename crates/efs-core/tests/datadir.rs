@@ -617,25 +617,52 @@ async fn admin_commands() {
     assert_eq!(r.lines, vec![format!("docs\t{id}")]);
     assert_eq!(r.data[0]["id"], id.as_str());
 
-    let pk = base64::engine::general_purpose::STANDARD.encode([5u8; 32]);
+    let b64 = |raw: &[u8]| base64::engine::general_purpose::STANDARD.encode(raw);
+    let key = ed25519_dalek::SigningKey::from_bytes(&[5u8; 32])
+        .verifying_key()
+        .to_bytes();
     let req: AdminRequest = serde_json::from_value(serde_json::json!({
-        "cmd": "create-user", "name": "svc", "public_key": pk,
+        "cmd": "create-user", "name": "svc", "public_key": b64(&key),
         "grants": [{"fs": "docs", "read_only": false}],
     }))
     .unwrap();
     let r = execute(&dd, req).await;
     assert!(r.ok, "{:?}", r.error);
-    assert_eq!(dd.user("svc").unwrap().unwrap().public_key, [5; 32]);
-    let r = execute(
-        &dd,
-        AdminRequest::CreateUser {
-            name: "bad".into(),
-            public_key: "c2hvcnQ=".into(),
-            grants: vec![],
-        },
-    )
-    .await;
-    assert!(!r.ok && r.error.unwrap().contains("32 bytes"));
+    assert_eq!(dd.user("svc").unwrap().unwrap().public_key, key);
+    // Refused through the socket as efsctl refuses them: too short, not a point of the curve
+    // (y = 2 has no x), the identity (small order: any signature would pass), both for a new
+    // user and as a replacement key; nothing is saved.
+    let mut not_a_point = [0u8; 32];
+    not_a_point[0] = 2;
+    let mut identity = [0u8; 32];
+    identity[0] = 1;
+    for bad in [b64(b"short"), b64(&not_a_point), b64(&identity)] {
+        let r = execute(
+            &dd,
+            AdminRequest::CreateUser {
+                name: "bad".into(),
+                public_key: bad.clone(),
+                grants: vec![],
+            },
+        )
+        .await;
+        let e = r.error.unwrap_or_default();
+        assert!(
+            !r.ok && e.contains("Ed25519 public key: 32 bytes"),
+            "{bad}: {e}"
+        );
+        let r: efs_core::admin::AdminResponse = execute(
+            &dd,
+            serde_json::from_value(serde_json::json!({
+                "cmd": "replace-key", "user": "svc", "public_key": bad,
+            }))
+            .unwrap(),
+        )
+        .await;
+        assert!(!r.ok, "replace-key took {bad}");
+    }
+    assert!(dd.user("bad").unwrap().is_none());
+    assert_eq!(dd.user("svc").unwrap().unwrap().public_key, key);
 
     let fs = dd.fs("docs").unwrap();
     put(&fs, "/x/y", &pattern(1, 3000)).await;
@@ -730,7 +757,7 @@ async fn admin_commands() {
     }
     let r = execute(&dd, AdminRequest::ListUsers).await;
     // The key as --json has it, which create-user --pubkey reads back.
-    assert_eq!(r.lines, vec![format!("svc\tdocs\t{pk}")]);
+    assert_eq!(r.lines, vec![format!("svc\tdocs\t{}", b64(&key))]);
 }
 
 /// Regression: deleting the index digest together with its key (the system secret
