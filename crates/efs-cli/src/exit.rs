@@ -168,6 +168,12 @@ pub(crate) fn is_tls(e: &efs_client::Error) -> bool {
     }
 }
 
+/// Whether `e` is a login refused before signing because the server named another identity
+/// than the remote's pinned `server_id`.
+pub(crate) fn is_identity_mismatch(e: &efs_client::Error) -> bool {
+    matches!(e, efs_client::Error::Config(m) if m.contains("refusing to sign its challenge"))
+}
+
 pub(crate) fn sdk_code(e: &efs_client::Error) -> u8 {
     use efs_client::Error as E;
     if is_tls(e) {
@@ -229,11 +235,11 @@ fn cli_hint(e: &efs_client::Error) -> Option<String> {
              [remotes.NAME] in config.toml; the operator can tell you the filesystem names"
                 .to_owned(),
         ),
-        efs_client::Error::Config(m) if m.contains("refusing to sign its challenge") => Some(
+        e if is_identity_mismatch(e) => Some(
             "if the operator replaced the server's signing key (efsctl rotate-signing-key) and \
-             gave you the new identity, remove the remote and add it again (efs remote remove \
-             NAME, efs remote add …), then compare server_id in config.toml with it; otherwise \
-             do not log in: another server may be relaying this one's login"
+             gave you the new identity, remove the remote and add it again (the commands above), \
+             then compare server_id in config.toml with it; otherwise do not log in: another \
+             server may be relaying this one's login"
                 .to_owned(),
         ),
         efs_client::Error::TokenRefusedNotResent => Some(

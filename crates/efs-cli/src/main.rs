@@ -59,6 +59,11 @@ fn main() -> ExitCode {
             {
                 rt.block_on(s.explain_tls_failure());
             }
+            if let (Some(sdk), Some(s)) = (exit::sdk_error(&e), &session)
+                && exit::is_identity_mismatch(sdk)
+            {
+                s.explain_identity_failure();
+            }
             report(&e)
         }
     };

@@ -130,6 +130,45 @@ impl Session {
             }
         }
     }
+
+    /// After a login refused because the server named another identity than the one pinned
+    /// (`server_id`): for each remote used, the commands that add it again as it is
+    /// configured, to run once the operator confirms the new identity (a new token-signing
+    /// key) — the same certificate trust, key, user and filesystem.
+    pub fn explain_identity_failure(&self) {
+        let used: Vec<String> = self.used.lock().expect("not poisoned").clone();
+        for name in used {
+            let Some(remote) = self.config.remotes.get(&name) else {
+                continue;
+            };
+            let Some(pinned) = &remote.server_id else {
+                continue;
+            };
+            eprintln!("{}", identity_changed_hint(&name, remote, pinned));
+        }
+    }
+}
+
+/// What [`Session::explain_identity_failure`] prints for one remote.
+fn identity_changed_hint(name: &str, remote: &Remote, pinned: &str) -> String {
+    let trust = if let Some(fp) = &remote.fingerprint {
+        format!("--fingerprint {}", shell_quoted(fp))
+    } else if let Some(ca) = &remote.ca {
+        format!("--ca {}", shell_quoted(&ca.display().to_string()))
+    } else {
+        String::new()
+    };
+    format!(
+        "efs: remote '{name}' ({url}) is pinned to the server identity {pinned}.\n\
+         If the operator replaced the server's signing key and gave you its new identity, add \
+         the remote again (the new identity is recorded at the first login; compare server_id in \
+         config.toml with the operator's):\n  \
+         efs remote remove {quoted}\n  \
+         {add}",
+        url = remote.url,
+        quoted = shell_quoted(name),
+        add = remote_add_command(name, remote, &trust),
+    )
 }
 
 /// The warning for a pinned certificate that changed, after ssh's "REMOTE HOST
@@ -171,8 +210,10 @@ fn remote_add_command(name: &str, remote: &Remote, trust: &str) -> String {
     if let Some(fs) = &remote.fs {
         cmd.push_str(&format!(" --fs {}", shell_quoted(fs)));
     }
-    cmd.push(' ');
-    cmd.push_str(trust);
+    if !trust.is_empty() {
+        cmd.push(' ');
+        cmd.push_str(trust);
+    }
     cmd
 }
 

@@ -624,9 +624,17 @@ fn a_replaced_ca_certificate_hint_re_adds_the_remote_as_configured() {
     // Run as printed, with the new CA file: the remote works again, with its own key.
     env.ok(&["remote", "remove", "home"]);
     let line = line.replace("NEW.pem", other.cert().to_str().unwrap());
+    run_as_printed(&env, &line);
+    let config = std::fs::read_to_string(&path).unwrap();
+    assert!(config.contains(&format!("key = \"{key}\"")), "{config}");
+    env.ok(&["ls", "home:/"]);
+}
+
+/// Runs `line`, a command `efs` printed, with `sh` in `env` (its `efs` first on the PATH).
+fn run_as_printed(env: &Env, line: &str) {
     let bin_dir = std::path::Path::new(common::EFS).parent().unwrap();
     let mut sh = Command::new("sh");
-    sh.arg("-c").arg(&line);
+    sh.arg("-c").arg(line);
     env.configure(&mut sh);
     sh.env(
         "PATH",
@@ -637,15 +645,13 @@ fn a_replaced_ca_certificate_hint_re_adds_the_remote_as_configured() {
         ),
     );
     let out = sh.stdin(Stdio::null()).output().unwrap();
-    assert_ok(&["sh", "-c", &line], &out);
-    let config = std::fs::read_to_string(&path).unwrap();
-    assert!(config.contains(&format!("key = \"{key}\"")), "{config}");
-    env.ok(&["ls", "home:/"]);
+    assert_ok(&["sh", "-c", line], &out);
 }
 
 /// `remote add` records the server identity the challenge names and the client pins it: a
 /// server that names another identity (a relay of another server's login challenge) gets no
-/// signature.
+/// signature. The refusal prints the commands that add the remote again as configured
+/// (its key and CA file); run as printed they pin the identity the server names now.
 #[test]
 fn remote_add_pins_the_server_identity() {
     let env = Env::new();
@@ -673,6 +679,34 @@ fn remote_add_pins_the_server_identity() {
     );
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("refusing to sign"), "{err}");
+    let printed: Vec<&str> = err
+        .lines()
+        .map(str::trim)
+        .filter(|l| l.starts_with("efs remote "))
+        .collect();
+    let expected_add = format!(
+        "efs remote add drive {} --user alice --key {} --ca {}",
+        env.server.url,
+        env.key.display(),
+        env.server.cert().display()
+    );
+    assert_eq!(
+        printed,
+        ["efs remote remove drive", expected_add.as_str()],
+        "{err}"
+    );
+    for line in printed {
+        run_as_printed(&env, line);
+    }
+    env.ok(&["ls", "drive:/"]);
+    let readded = std::fs::read_to_string(&cfg_path).unwrap();
+    assert!(
+        readded.contains(&id),
+        "the identity pinned again:\n{readded}"
+    );
+    // Back to the test's start: the remote as it was (with its identity) and no tokens.
+    std::fs::write(&cfg_path, &cfg).unwrap();
+    let _ = std::fs::remove_dir_all(env.cfg().join("tokens"));
 
     // A remote added without it (the server could not be asked then): the first command
     // asks, records and pins it (it signed for any server for good before).
