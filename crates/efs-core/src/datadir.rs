@@ -108,6 +108,10 @@ pub struct DataDir {
     /// The direct-read windows every filesystem's blob store takes from (one budget for the
     /// process: see `blob::DIRECT_WINDOWS`).
     windows: Arc<tokio::sync::Semaphore>,
+    /// Held shared by a write from its last check of the caller's authority until its
+    /// commit ends, and exclusively by a command that takes authority away (revoke, a
+    /// deleted user, a new key…): see [`DataDir::authority`].
+    authority: Arc<tokio::sync::RwLock<()>>,
 }
 
 impl std::fmt::Debug for DataDir {
@@ -472,6 +476,7 @@ impl DataDir {
             audit,
             _lock: lock,
             windows: crate::blob::window_budget(),
+            authority: Arc::new(tokio::sync::RwLock::new(())),
         };
         for rec in dd.system.filesystems()? {
             let fs = match dd.open_fs(&rec) {
@@ -522,6 +527,18 @@ impl DataDir {
     /// The data dir's path.
     pub fn root(&self) -> &Path {
         &self.root
+    }
+
+    /// The lock that orders writes and the commands taking authority away, for a server. A
+    /// write takes it shared before it checks its caller for the last time and keeps it until
+    /// its commit has ended (landed or not); a change of users (`revoke`, `delete-user`,
+    /// `grant`, `replace-key`, `bind-cert`) takes it exclusively until the server has loaded
+    /// the change. So once such a command has answered, no write checked before it can still
+    /// land: each one either landed before, or checks again after it and is refused. A
+    /// command waits for the commits under way (milliseconds; a large upload's last flush)
+    /// and writes wait behind it.
+    pub fn authority(&self) -> &Arc<tokio::sync::RwLock<()>> {
+        &self.authority
     }
 
     /// The audit log.

@@ -327,6 +327,15 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     } else {
         None
     };
+    // Writes whose last check of their caller passed hold the authority lock shared until
+    // their commit ends: taken here until the change is loaded, so that once a revoke (or a
+    // deletion, a grant, a new key) answers, every write checked before it has landed and
+    // every later one sees it (`DataDir::authority`).
+    let _authority = if users_change {
+        Some(st.data.authority().clone().write_owned().await)
+    } else {
+        None
+    };
     let _fs = if fs_change {
         Some(FS_CHANGES.lock().await)
     } else {

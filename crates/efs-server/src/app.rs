@@ -704,8 +704,7 @@ async fn move_json_inner(st: &AppState, req: Request, who: &mut Who) -> Result<R
     // The body may have taken up to --body-timeout: past a shutdown's timeout, or with an
     // audit log that failed meanwhile, the move does not begin; nor after a revoke, a
     // read-only grant or an expiry meanwhile (as for an upload).
-    may_begin(st)
-        .and_then(|()| authorise_write_again(st, &parts.headers, &parts.extensions, who, &fs))?;
+    let _gate = checked_for_commit(st, &parts.headers, &parts.extensions, who, &fs).await?;
     let dir_only = names_dir(&body.from) || names_dir(&body.to);
     do_move(&fs, &from, &to, body.overwrite, cond, dir_only).await
 }
@@ -726,6 +725,23 @@ fn authorise_write_again(
         return Err(ApiError::unauthorized());
     }
     Ok(())
+}
+
+/// [`may_begin`] and [`authorise_write_again`] for a change about to be committed, under a
+/// shared hold of the data dir's authority lock (`DataDir::authority`), returned to be kept
+/// until the commit has ended: a revoke (or any command taking authority away) waits for the
+/// changes checked before it and is seen by every later check, so that once it has answered
+/// nothing the caller sent before lands.
+async fn checked_for_commit(
+    st: &AppState,
+    headers: &HeaderMap,
+    extensions: &axum::http::Extensions,
+    who: &mut Who,
+    fs: &Arc<Filesystem>,
+) -> Result<tokio::sync::OwnedRwLockReadGuard<()>, ApiError> {
+    let gate = st.data.authority().clone().read_owned().await;
+    may_begin(st).and_then(|()| authorise_write_again(st, headers, extensions, who, fs))?;
+    Ok(gate)
 }
 
 /// Whether a path names a directory by its trailing `/` (the root aside).
@@ -1000,6 +1016,8 @@ async fn files_inner(
             require_write(&caller)?;
             let cond = write_precondition(&parts.headers)?;
             no_body(&st, parts, body).await?;
+            let _gate =
+                checked_for_commit(&st, &parts.headers, &parts.extensions, who, &fs).await?;
             let e = fs.mkdir_if(&path, cond).await?;
             Ok((StatusCode::CREATED, axum::Json(list_entry(&e))).into_response())
         }
@@ -1018,8 +1036,10 @@ async fn files_inner(
             };
             let dir_only = is_dir && !path.is_root();
             let recursive = query.recursive()?;
+            let gate = st.data.authority().clone().read_owned().await;
             fs.delete_while(&path, cond, recursive, dir_only, &allowed)
                 .await?;
+            drop(gate);
             if recursive {
                 fs.empty_trash_in_background();
             }
@@ -1051,6 +1071,8 @@ async fn files_inner(
             };
             let cond = write_precondition(&parts.headers)?;
             let dir_only = is_dir || names_dir(&dest_path);
+            let _gate =
+                checked_for_commit(&st, &parts.headers, &parts.extensions, who, &fs).await?;
             do_move(&fs, &path, &to, overwrite, cond, dir_only).await
         }
         _ => Err(ApiError::method_not_allowed(
@@ -1287,12 +1309,15 @@ async fn write(
     // The audit log too was checked only when the request began, and the body may have
     // taken minutes: a log that failed meanwhile refuses the change before it lands, not
     // after (its entry could not be written then).
-    if let Err(e) =
-        may_begin(st).and_then(|()| authorise_write_again(st, headers, &parts.extensions, who, fs))
-    {
-        upload.abort().await;
-        return Err(e);
-    }
+    // Under the authority lock's shared hold, kept until the commit has ended: a revoke that
+    // has answered leaves no upload checked before it still to land.
+    let gate = match checked_for_commit(st, headers, &parts.extensions, who, fs).await {
+        Ok(gate) => gate,
+        Err(e) => {
+            upload.abort().await;
+            return Err(e);
+        }
+    };
     // From here the change may land even if the client hangs up and this request is
     // dropped: its audit entry must then be written on drop.
     who.committing(&st.data, client, &st.detached);
@@ -1301,6 +1326,7 @@ async fn write(
         let (fs, path) = (fs.clone(), path.clone());
         async move {
             let _file_place = file_place;
+            let _gate = gate;
             fs.commit_upload(&path, upload, Some(content_type), cond)
                 .await
         }

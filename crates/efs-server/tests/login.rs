@@ -1362,3 +1362,66 @@ async fn stalled_login_bodies_from_one_address_are_capped() {
     }
     srv.challenge("alice").await;
 }
+
+/// Once `efsctl revoke` (or `delete-user`) has answered, no write of the user lands: writes
+/// already checked either land before the command's change or are refused after it. Twelve
+/// clients upload (10 B to 1.5 MiB) while the user is revoked; every file stored must have
+/// been committed before the revoke answered. Regression (concurrency review): uploads whose
+/// last check had passed committed 3–17 ms after the command had answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn nothing_lands_after_a_revoke_has_answered() {
+    for cmd in ["revoke", "delete-user"] {
+        let (srv, _key, token) = alice_server(&[]).await;
+        let srv = std::sync::Arc::new(srv);
+        let reader = srv.create_user("reader", &["main"], true);
+        let reader = srv.login("reader", &reader, None).await;
+        let sizes = [10usize, 4096, 200 * 1024, 1536 * 1024];
+        let mut tasks = Vec::new();
+        for t in 0..12 {
+            let (srv, token) = (srv.clone(), token.clone());
+            tasks.push(tokio::spawn(async move {
+                for n in 0.. {
+                    let body = vec![b'x'; sizes[(t + n) % sizes.len()]];
+                    let r = srv.put(&format!("/race/t{t}-{n}"), &token, body).await;
+                    if !r.status().is_success() {
+                        return;
+                    }
+                }
+            }));
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(800)).await;
+        let done_ms = {
+            let srv = srv.clone();
+            tokio::task::spawn_blocking(move || {
+                srv.efsctl_ok(&[cmd, "alice"]);
+                std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .unwrap()
+                    .as_millis() as i128
+            })
+            .await
+            .unwrap()
+        };
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let entries = srv.list_all("/race/", &reader, 1000).await;
+        assert!(entries.len() > 12, "uploads landed before the {cmd}");
+        let late: Vec<String> = entries
+            .iter()
+            .filter(|e| {
+                let m = time::OffsetDateTime::parse(
+                    e["modified"].as_str().unwrap(),
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .unwrap();
+                m.unix_timestamp_nanos() / 1_000_000 > done_ms
+            })
+            .map(|e| format!("{} {}", e["name"], e["modified"]))
+            .collect();
+        assert!(
+            late.is_empty(),
+            "committed after `efsctl {cmd}` answered: {late:?}"
+        );
+    }
+}
