@@ -326,6 +326,35 @@ fn open_new(path: &Path, direct: bool) -> Result<(std::fs::File, bool)> {
     Ok((o.open(path)?, false))
 }
 
+/// Opens a blob's file to read it: without following a symbolic link, without waiting (a
+/// FIFO put in its place opens at once, and the caller refuses it as not a regular file,
+/// rather than blocking its thread until a writer comes), and without moving its access
+/// time, which would tell anyone with a copy of the data dir when each file was last read
+/// (`O_NOATIME`, allowed to the file's owner; dropped when refused, e.g. for root without
+/// `CAP_FOWNER` on another account's files).
+fn open_blob_file(path: &Path) -> std::io::Result<std::fs::File> {
+    #[cfg(target_os = "linux")]
+    {
+        use rustix::fs::OFlags;
+        use std::os::unix::fs::OpenOptionsExt;
+        let open = |flags: OFlags| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(flags.bits() as i32)
+                .open(path)
+        };
+        let base = OFlags::NOFOLLOW | OFlags::NONBLOCK;
+        match open(base | OFlags::NOATIME) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(base),
+            other => other,
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        std::fs::File::open(path)
+    }
+}
+
 /// Opens an existing blob for direct reads; `None` where the filesystem refuses
 /// `O_DIRECT`.
 fn open_direct(path: &Path) -> Result<Option<std::fs::File>> {
@@ -1226,13 +1255,24 @@ impl BlobStore for LocalBlobStore {
 
     async fn open(&self, id: &ContentId) -> Result<Arc<dyn BlobReader>> {
         let p = self.path_of(id);
+        let id_hex = *id;
         let (direct, direct_read_min) = (self.direct, self.direct_read_min);
         let budget = self.windows.clone();
         #[cfg(test)]
         let refuse_from = self.refuse_direct_from;
-        blocking(move || match std::fs::File::open(&p) {
+        blocking(move || match open_blob_file(&p) {
             Ok(f) => {
-                let len = f.metadata()?.len();
+                let meta = f.metadata()?;
+                if !meta.is_file() {
+                    // A FIFO would block the read (and its thread) for good, a device would
+                    // read whatever it holds: EFS only ever writes regular files here.
+                    tracing::error!(
+                        blob = %hex::encode(id_hex),
+                        "a blob's path holds something other than a regular file"
+                    );
+                    return Err(CoreError::Corrupt("a blob is not a regular file"));
+                }
+                let len = meta.len();
                 let direct = if direct && len >= direct_read_min {
                     reopen_direct(&f)?.map(|f| DirectReads {
                         file: Arc::new(f),

@@ -1446,3 +1446,59 @@ async fn fsck_names_the_path_of_a_damaged_entry_whose_record_opens() {
     assert_eq!(json["paths"][&report], "/docs/q1/report.bin", "{json}");
     assert!(json["paths"].get(&top).is_none(), "{json}");
 }
+
+/// Something other than a regular file in a blob's place, as someone who can write the data
+/// dir could put there: a FIFO hung the GET (and its thread, and fsck, and the shutdown) for
+/// good; a symbolic link to another blob was followed. Both are now a 500 and an fsck
+/// `content:` error, at once. And a read leaves the blob's access time as it was (a copy of
+/// the data dir would tell when each file was last read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fifo_or_a_link_in_a_blobs_place_is_refused_and_reads_leave_no_access_time() {
+    use std::os::unix::fs::MetadataExt;
+    let s = session(&["--cache-size", "0"]).await;
+    let srv = s.srv;
+    let mut blobs = Vec::new();
+    for (i, name) in ["/fifo.pdf", "/link.pdf", "/read.pdf"].iter().enumerate() {
+        let before = blob_files(&srv.data);
+        srv.put_ok(name, &s.token, pattern(200_000, i as u64)).await;
+        blobs.push(new_blob(&srv.data, &before));
+    }
+    // The access time set back before the read, so that a read that moved it (relatime moves
+    // an access time older than the modification time) would show.
+    let read = &blobs[2];
+    let set_back = std::process::Command::new("touch")
+        .args(["-a", "-d", "2001-01-01"])
+        .arg(read)
+        .status()
+        .unwrap();
+    assert!(set_back.success());
+    let atime = std::fs::metadata(read).unwrap().atime();
+    assert_eq!(srv.get_ok("/read.pdf", &s.token).await, pattern(200_000, 2));
+    assert_eq!(
+        std::fs::metadata(read).unwrap().atime(),
+        atime,
+        "a GET moved the blob's access time"
+    );
+
+    std::fs::remove_file(&blobs[0]).unwrap();
+    let made = std::process::Command::new("mkfifo")
+        .arg(&blobs[0])
+        .status()
+        .unwrap();
+    assert!(made.success());
+    std::fs::remove_file(&blobs[1]).unwrap();
+    std::os::unix::fs::symlink(read, &blobs[1]).unwrap();
+    for path in ["/fifo.pdf", "/link.pdf"] {
+        let got = tokio::time::timeout(
+            std::time::Duration::from_secs(20),
+            fetch(&srv, path, &s.token),
+        )
+        .await
+        .unwrap_or_else(|_| panic!("GET {path} hung"));
+        assert!(matches!(got, Got::Status(500)), "{path}: {got:?}");
+    }
+    let (code, text) = fsck_text(&srv);
+    assert_eq!(code, Some(3), "{text}");
+    assert_eq!(text.matches("content:").count(), 2, "{text}");
+    assert!(text.contains("not a regular file"), "{text}");
+}
