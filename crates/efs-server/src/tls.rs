@@ -73,8 +73,20 @@ pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
     let pem_path = data.root().join("system").join("tls-cert.pem");
     if let (Some(cert), Some(key)) = (data.secret(SECRET_TLS_CERT)?, data.secret(SECRET_TLS_KEY)?) {
         let cert = CertificateDer::from(cert.to_vec());
-        if !pem_path.exists() {
-            write_cert_pem(&pem_path, &cert)?;
+        // The file clients are told to trust: written again whenever it does not hold the
+        // certificate served (someone who can write the data dir could otherwise put their
+        // own there, and a client trusting it would trust them).
+        let expected = pem_encode(cert.as_ref());
+        match std::fs::read(&pem_path) {
+            Ok(found) if found == expected.as_bytes() => {}
+            Ok(_) => {
+                tracing::warn!(
+                    path = %pem_path.display(),
+                    "the certificate file did not hold the certificate this server serves (changed outside EFS): written again; a client that took it from there meanwhile trusts another certificate"
+                );
+                write_cert_pem(&pem_path, &cert)?;
+            }
+            Err(_) => write_cert_pem(&pem_path, &cert)?,
         }
         return Ok(TlsMaterial {
             certs: vec![cert],
@@ -121,9 +133,15 @@ pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
     })
 }
 
+/// Writes the certificate file whole or not at all (a new file renamed over the old one: a
+/// client reading it meanwhile gets one certificate or the other, never part of one).
 fn write_cert_pem(path: &Path, der: &CertificateDer<'_>) -> anyhow::Result<()> {
     let text = pem_encode(der.as_ref());
-    std::fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    let tmp = path.with_extension("pem.new");
+    let _ = std::fs::remove_file(&tmp);
+    std::fs::write(&tmp, text)
+        .and_then(|()| std::fs::rename(&tmp, path))
+        .with_context(|| format!("writing {}", path.display()))?;
     Ok(())
 }
 

@@ -399,3 +399,68 @@ async fn the_generated_certificate_is_valid_from_yesterday_for_ten_years() {
         String::from_utf8_lossy(&out.stdout)
     );
 }
+
+/// `system/tls-cert.pem`, the file clients are told to trust, is written again at start when
+/// it does not hold the certificate served: someone who could write the data dir put their
+/// own certificate there, and it was kept (the server served the right one, and said to
+/// trust the file). The start warns; curl trusting the file reaches the server again.
+#[tokio::test]
+async fn a_replaced_certificate_file_is_written_again_at_start() {
+    let mut srv = TestServer::start(&[]);
+    let served = std::fs::read(srv.cert_file()).unwrap();
+    srv.stop().await;
+    let d = srv.dir.path();
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "evil.key",
+            "-out",
+            "evil.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=efs-server (self-signed)",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+        ],
+    );
+    std::fs::copy(d.join("evil.pem"), srv.cert_file()).unwrap();
+    let again = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    assert_eq!(
+        std::fs::read_to_string(again.cert_file()).unwrap(),
+        String::from_utf8(served).unwrap(),
+        "the file holds the certificate served again"
+    );
+    assert!(
+        again
+            .stderr()
+            .contains("did not hold the certificate this server serves"),
+        "{}",
+        again.stderr()
+    );
+    let out = again.curl(&[
+        "-o",
+        "/dev/null",
+        "-w",
+        "%{http_code}",
+        &again.url("/_efs/health"),
+    ]);
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{out:?}");
+    // Left as it is when it holds the certificate served: no warning at the next start.
+    let mut again = again;
+    again.stop().await;
+    let third = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    assert!(
+        !third.stderr().contains("did not hold"),
+        "{}",
+        third.stderr()
+    );
+}
