@@ -112,6 +112,20 @@ pub struct DataDir {
     /// commit ends, and exclusively by a command that takes authority away (revoke, a
     /// deleted user, a new key…): see [`DataDir::authority`].
     authority: Arc<tokio::sync::RwLock<()>>,
+    /// One [`DataDir::record_audit_mark`] at a time (a slower one must not write an older
+    /// head over a newer one).
+    audit_mark: std::sync::Mutex<()>,
+}
+
+impl Drop for DataDir {
+    /// The audit log made durable and anchored, then its head recorded (so that even a data
+    /// dir that efsctl opened for one command knows how far its log went).
+    fn drop(&mut self) {
+        self.audit.close();
+        if let Err(e) = self.record_audit_mark() {
+            tracing::warn!(error = %e, "could not record the audit log's head in the system database");
+        }
+    }
 }
 
 impl std::fmt::Debug for DataDir {
@@ -231,6 +245,25 @@ pub(crate) fn audit_root(system: &SystemDb, audit_dir: &Path) -> Result<efs_form
     let root = efs_format::Key32::random();
     system.put_secret(SECRET_AUDIT_ROOT, root.as_bytes())?;
     Ok(root)
+}
+
+/// Name of the system secret that holds the head of the audit log (entry number, 8 bytes big
+/// endian, and its chain MAC, 32) that this data dir last recorded: see
+/// [`DataDir::record_audit_mark`].
+const SECRET_AUDIT_MARK: &str = "audit-mark";
+
+/// The audit log's head recorded in `system`, if any.
+fn recorded_audit_mark(system: &SystemDb) -> Result<Option<crate::audit::line::Head>> {
+    let Some(v) = system.secret(SECRET_AUDIT_MARK)? else {
+        return Ok(None);
+    };
+    if v.len() != 40 {
+        return Err(CoreError::Corrupt("audit mark length"));
+    }
+    Ok(Some(crate::audit::line::Head {
+        seq: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+        mac: v[8..].try_into().expect("32 bytes"),
+    }))
 }
 
 /// Name of the system secret that holds the root of filesystem `id`'s index-digest key.
@@ -458,12 +491,14 @@ impl DataDir {
         // audit writer, out of this data dir.
         let audit_dir = root.join(crate::audit::AUDIT_DIR);
         let audit_keys = AuditKeys::derive(&audit_root(&system, &audit_dir)?);
-        let audit = AuditLog::open(&audit_dir, &audit_keys, opts.audit.clone()).map_err(|e| {
-            CoreError::Invalid(format!(
-                "cannot open the audit log {}: {e} (nothing is served without it)",
-                audit_dir.display()
-            ))
-        })?;
+        let recorded = recorded_audit_mark(&system)?;
+        let audit = AuditLog::open_recorded(&audit_dir, &audit_keys, opts.audit.clone(), recorded)
+            .map_err(|e| {
+                CoreError::Invalid(format!(
+                    "cannot open the audit log {}: {e} (nothing is served without it)",
+                    audit_dir.display()
+                ))
+            })?;
         let dd = Self {
             root: root.to_path_buf(),
             system,
@@ -477,6 +512,7 @@ impl DataDir {
             _lock: lock,
             windows: crate::blob::window_budget(),
             authority: Arc::new(tokio::sync::RwLock::new(())),
+            audit_mark: std::sync::Mutex::new(()),
         };
         for rec in dd.system.filesystems()? {
             let fs = match dd.open_fs(&rec) {
@@ -546,15 +582,42 @@ impl DataDir {
         &self.audit
     }
 
-    /// Checks the whole audit log (see [`crate::audit::verify`]).
+    /// Records in the system database how far the audit log went: the last head its writer
+    /// anchored (durable), if it is further than the one recorded. Every later open and
+    /// `audit verify` compare the log with it, so that a log deleted, or put back from an
+    /// older copy with its own anchor, is seen (as long as the system database is not put
+    /// back with it). The server calls it every few seconds and at its stop; dropping the
+    /// data dir calls it too. Returns whether it wrote a new head.
+    pub fn record_audit_mark(&self) -> Result<bool> {
+        let _one = self.audit_mark.lock().unwrap_or_else(|e| e.into_inner());
+        if matches!(self.system_trust(), SystemTrust::Pending { .. }) {
+            // Nothing is written to a system database opened to be accepted, until it is.
+            return Ok(false);
+        }
+        let Some(head) = self.audit.anchored() else {
+            return Ok(false);
+        };
+        if recorded_audit_mark(&self.system)?.is_some_and(|r| r.seq >= head.seq) {
+            return Ok(false);
+        }
+        let mut v = Vec::with_capacity(40);
+        v.extend_from_slice(&head.seq.to_be_bytes());
+        v.extend_from_slice(&head.mac);
+        self.system.put_secret(SECRET_AUDIT_MARK, &v)?;
+        Ok(true)
+    }
+
+    /// Checks the whole audit log (see [`crate::audit::verify`]), and that it reaches the
+    /// head this data dir recorded of it ([`DataDir::record_audit_mark`]).
     pub fn audit_verify(
         &self,
         expect_head: Option<(u64, &str)>,
     ) -> Result<crate::audit::VerifyReport> {
-        Ok(crate::audit::verify(
+        Ok(crate::audit::read::verify_recorded(
             self.audit.dir(),
             &self.audit_keys,
             expect_head,
+            recorded_audit_mark(&self.system)?,
         )?)
     }
 

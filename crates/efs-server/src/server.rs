@@ -329,6 +329,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         audit_budget.clone(),
         data.clone(),
     ));
+    let audit_marks = tokio::spawn(record_audit_marks(data.clone()));
 
     let listener = socket
         .listen(LISTEN_BACKLOG)
@@ -384,10 +385,37 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let _ = summaries.await;
     audit_budget.write_summaries(&data);
     // Tasks still holding the data dir may outlive this function: make the audit log
-    // durable and its anchor current now.
+    // durable and its anchor current now, and record how far it went.
+    audit_marks.abort();
+    let _ = audit_marks.await;
     data.audit().close();
+    if let Err(e) = data.record_audit_mark() {
+        tracing::warn!(error = %e, "could not record the audit log's head in the system database");
+    }
     println!("Stopped.");
     Ok(())
+}
+
+/// How often the server records in the system database how far its audit log went
+/// (`DataDir::record_audit_mark`): a log deleted or put back from an older copy is seen at
+/// the next start, up to the entries of this last interval.
+const AUDIT_MARK_INTERVAL: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Records the audit log's head every [`AUDIT_MARK_INTERVAL`] (one small system-database
+/// write when it moved), on a blocking thread.
+async fn record_audit_marks(data: std::sync::Arc<efs_core::DataDir>) {
+    let mut tick = tokio::time::interval(AUDIT_MARK_INTERVAL);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let d = data.clone();
+        match tokio::task::spawn_blocking(move || d.record_audit_mark()).await {
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "could not record the audit log's head in the system database")
+            }
+            Ok(Ok(_)) | Err(_) => {}
+        }
+    }
 }
 
 fn prompt_passphrase(prompt: &str) -> std::io::Result<String> {

@@ -1107,3 +1107,93 @@ async fn audit_show_answers_the_newest_entries_within_a_limit() {
         assert!(err.contains("is neither an RFC 3339 time"), "{bad}: {err}");
     }
 }
+
+/// Copies directory `from` (files only, one level) to `to`, made anew.
+fn copy_dir(from: &Path, to: &Path) {
+    let _ = std::fs::remove_dir_all(to);
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), to.join(e.file_name())).unwrap();
+    }
+}
+
+/// The data dir records how far its audit log went (system database), so that a log deleted
+/// while the server was stopped, or put back from an older copy with its own anchor, is
+/// named by `efsctl audit verify` (and warned about at start); both verified clean before
+/// (a fresh log, an older log and its anchor agree with each other). A server killed with
+/// entries not yet recorded restarts clean: the record never runs ahead of the log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_deleted_or_older_audit_log_is_named_by_verify() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    for i in 0..5 {
+        srv.put_ok(&format!("/a{i}.txt"), &s.token, b"x".to_vec())
+            .await;
+    }
+    srv.stop().await;
+    let audit = srv.data.join("system/audit");
+    let older = srv.dir.path().join("older-audit");
+    copy_dir(&audit, &older);
+    let verify = |srv: &TestServer| {
+        let out = srv.efsctl(&["audit", "verify"]);
+        (
+            out.status.code(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    let (code, text) = verify(&srv);
+    assert_eq!(code, Some(0), "{text}");
+
+    // More entries, then the older log and its anchor put back.
+    let mut srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let token = srv.login("app", &s.key, None).await;
+    for i in 0..5 {
+        srv.put_ok(&format!("/b{i}.txt"), &token, b"y".to_vec())
+            .await;
+    }
+    srv.stop().await;
+    copy_dir(&older, &audit);
+    let (code, text) = verify(&srv);
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains("this data dir recorded entry") && text.contains("older copy"),
+        "{text}"
+    );
+
+    // The whole log deleted: the next start warns, and verify names it for good.
+    std::fs::remove_dir_all(&audit).unwrap();
+    let mut srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let token = srv.login("app", &s.key, None).await;
+    srv.get_ok("/a0.txt", &token).await;
+    assert!(
+        srv.stderr()
+            .contains("the audit log ends at entry 0 but this data dir recorded entry"),
+        "{}",
+        srv.stderr()
+    );
+    srv.stop().await;
+    let (code, text) = verify(&srv);
+    assert_eq!(code, Some(3), "{text}");
+
+    // No false alarm after a kill: a fresh data dir, killed right after its writes.
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    for i in 0..20 {
+        srv.put_ok(&format!("/c{i}.txt"), &s.token, b"z".to_vec())
+            .await;
+    }
+    srv.kill();
+    let (code, text) = verify(&srv);
+    assert_eq!(code, Some(0), "{text}");
+    let again = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    assert!(
+        !again.stderr().contains("recorded entry"),
+        "{}",
+        again.stderr()
+    );
+}

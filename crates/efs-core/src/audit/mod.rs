@@ -12,7 +12,7 @@
 //!   fail closed).
 //! - [`read`]: [`verify`], [`show`] and [`show_last`], for `efsctl audit`.
 
-mod line;
+pub(crate) mod line;
 pub mod read;
 mod writer;
 

@@ -117,6 +117,18 @@ pub fn verify(
     keys: &AuditKeys,
     expect_head: Option<(u64, &str)>,
 ) -> std::io::Result<VerifyReport> {
+    verify_recorded(dir, keys, expect_head, None)
+}
+
+/// [`verify`], also against the head the data dir recorded of its log (`recorded`, from the
+/// system database): a log that ends before it, or holds another entry there, was deleted,
+/// or put back from an older copy (its own anchor with it), or replaced.
+pub(crate) fn verify_recorded(
+    dir: &Path,
+    keys: &AuditKeys,
+    expect_head: Option<(u64, &str)>,
+    recorded: Option<Head>,
+) -> std::io::Result<VerifyReport> {
     // The anchor first: it only ever names entries already written, so reading it before
     // the files never makes a log that grows meanwhile look truncated.
     let anchor = read_head(dir, keys)?;
@@ -133,6 +145,8 @@ pub fn verify(
     let mut torn = Vec::new();
     let mut mac_at_anchor = None;
     let mut mac_at_expect = None;
+    let mut mac_at_recorded = None;
+    let recorded_seq = recorded.map(|r| r.seq);
     // Every first entry of a writer that found the anchor lost: (entry, file, line).
     let mut lost_anchor: Vec<(u64, String, u64)> = Vec::new();
     let files = scan(dir, |file, no, item| {
@@ -170,6 +184,9 @@ pub fn verify(
                     }
                     if Some(e.seq) == expect_seq {
                         mac_at_expect = Some(e.mac);
+                    }
+                    if Some(e.seq) == recorded_seq {
+                        mac_at_recorded = Some(e.mac);
                     }
                     prev = e.mac;
                     expected += 1;
@@ -228,6 +245,30 @@ pub fn verify(
                 }
             },
         }
+    }
+    if problem.is_none()
+        && let Some(r) = recorded
+        && r.seq > 0
+    {
+        let message = if r.seq > head.seq {
+            Some(format!(
+                "the log ends at entry {} but this data dir recorded entry {} of it (in the system database): the log was deleted, or an older copy of it put back",
+                head.seq, r.seq
+            ))
+        } else if !mac_at_recorded.is_some_and(|m| line::mac_eq(&m, &r.mac)) {
+            Some(format!(
+                "entry {} differs from the one this data dir recorded (in the system database) — the log was replaced or rewritten",
+                r.seq
+            ))
+        } else {
+            None
+        };
+        problem = message.map(|message| Problem {
+            entry: r.seq.min(head.seq + 1),
+            file: last_file.clone(),
+            line: 0,
+            message,
+        });
     }
     if problem.is_none()
         && let Some((seq, want)) = expect_head

@@ -81,6 +81,9 @@ struct Shared {
     closed: AtomicBool,
     /// True while the syncer waits for something to sync (appends then wake it).
     syncer_idle: AtomicBool,
+    /// The last head the syncer wrote into the anchor (durable: fsynced first), since this
+    /// writer opened: what [`AuditLog::anchored`] gives the data dir to record.
+    anchored: Mutex<Option<Head>>,
     /// The syncer waits on `wake` with this lock.
     idle_lock: Mutex<()>,
     wake: Condvar,
@@ -157,6 +160,20 @@ impl AuditLog {
     /// log was cut: new entries then chain to the anchor, so `verify` keeps reporting the
     /// gap instead of the writer hiding it).
     pub fn open(dir: &Path, keys: &AuditKeys, opts: AuditOptions) -> std::io::Result<Self> {
+        Self::open_recorded(dir, keys, opts, None)
+    }
+
+    /// [`AuditLog::open`], given the head this data dir recorded of its log earlier
+    /// (`recorded`, kept in the system database: see `DataDir::record_audit_mark`). A log that
+    /// ends before it, and whose anchor does not reach it either, was deleted or put back
+    /// from an older copy: new entries then chain on from the recorded head (which also
+    /// becomes the anchor), so that `verify` keeps reporting the missing entries.
+    pub(crate) fn open_recorded(
+        dir: &Path,
+        keys: &AuditKeys,
+        opts: AuditOptions,
+        recorded: Option<Head>,
+    ) -> std::io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         let files = list_files(dir)?;
@@ -170,7 +187,19 @@ impl AuditLog {
         }
         let mut notes = Vec::new();
         let log_head = last_entry(dir, &files)?;
-        let head_file = read_head(dir, keys)?;
+        let mut head_file = read_head(dir, keys)?;
+        let behind = recorded.filter(|r| {
+            r.seq > log_head.seq && !matches!(&head_file, HeadFile::Valid(a) if a.seq >= r.seq)
+        });
+        let mut recorded_note = None;
+        if let Some(r) = behind {
+            recorded_note = Some(format!(
+                "the audit log ends at entry {} but this data dir recorded entry {} of it (in the system database): the log was deleted, or an older copy of it put back; new entries continue from entry {}, so that efsctl audit verify keeps reporting the missing ones",
+                log_head.seq, r.seq, r.seq
+            ));
+            write_head(dir, keys, &r)?;
+            head_file = HeadFile::Valid(r);
+        }
         if matches!(head_file, HeadFile::Missing) && log_head.seq == 0 {
             // A new log: its anchor is written before its first entry, so that a log with
             // entries and no anchor can only be one whose anchor was removed (see
@@ -178,7 +207,7 @@ impl AuditLog {
             write_head(dir, keys, &Head::START)?;
         }
         let (start, note) = chain_start(log_head, &head_file);
-        notes.extend(note);
+        notes.extend(recorded_note.or(note));
         for n in &notes {
             tracing::warn!("{n}");
         }
@@ -201,6 +230,7 @@ impl AuditLog {
             sync_failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             syncer_idle: AtomicBool::new(false),
+            anchored: Mutex::new(None),
             idle_lock: Mutex::new(()),
             wake: Condvar::new(),
         });
@@ -229,6 +259,16 @@ impl AuditLog {
     /// has succeeded since): nothing can be recorded.
     pub fn is_failed(&self) -> bool {
         self.shared.is_failed()
+    }
+
+    /// The last head this writer made the anchor (its entries fsynced), if it has written
+    /// one since it opened.
+    pub(crate) fn anchored(&self) -> Option<Head> {
+        *self
+            .shared
+            .anchored
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
     }
 
     /// The log's state now, for a later [`AuditLog::sync_point`].
@@ -567,6 +607,9 @@ impl Syncer {
             }
             self.synced = head;
             if anchor_due {
+                if head != self.anchored {
+                    *shared.anchored.lock().unwrap_or_else(|e| e.into_inner()) = Some(head);
+                }
                 self.anchored = head;
                 self.last_anchor = Some(Instant::now());
             }
