@@ -409,11 +409,8 @@ async fn record_audit_marks(data: std::sync::Arc<efs_core::DataDir>) {
     loop {
         tick.tick().await;
         let d = data.clone();
-        match tokio::task::spawn_blocking(move || d.record_audit_mark()).await {
-            Ok(Err(e)) => {
-                tracing::warn!(error = %e, "could not record the audit log's head in the system database")
-            }
-            Ok(Ok(_)) | Err(_) => {}
+        if let Ok(Err(e)) = tokio::task::spawn_blocking(move || d.record_audit_mark()).await {
+            tracing::warn!(error = %e, "could not record the audit log's head in the system database");
         }
     }
 }
