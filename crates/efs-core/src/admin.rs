@@ -659,7 +659,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
         AdminRequest::Fsck { fs, accept_index } => {
             let f = dd.require_open_fs(&fs)?;
             if accept_index {
-                let check = f.accept_index().await?;
+                let check = dd.accept_index(&fs).await?;
                 let crate::digest::DigestCheck::Holds {
                     generation,
                     entries,
@@ -714,6 +714,11 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 lines.push(format!(
                     "index digest: generation {generation}, anchor {anchor} (keep both elsewhere: an index put back whole to an earlier state shows an earlier generation or another anchor)"
                 ));
+                if let Some(mark) = f.generation_mark() {
+                    lines.push(format!(
+                        "index generation last recorded by the data dir: {mark}"
+                    ));
+                }
             }
             let (partials, partial_bytes) = rep.partial_writes;
             if partials > 0 {
@@ -736,6 +741,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "errors": rep.errors, "paths": rep.paths, "orphan_blobs": rep.orphan_blobs, "orphan_inline": rep.orphan_inline,
                     "partial_writes": partials, "partial_write_bytes": partial_bytes,
                     "digest": digest_json(rep.digest.as_ref()),
+                    "recorded_generation": f.generation_mark(),
                 }),
             );
             r.clean = Some(rep.is_clean());

@@ -282,6 +282,35 @@ pub(crate) fn layout_mark(id: &[u8; 16]) -> String {
 /// The value of [`layout_mark`]: the digest layout recorded.
 const LAYOUT_MARK: u8 = 2;
 
+/// Name of the system secret that holds the high-water mark of filesystem `id`'s index
+/// digest generation (u64 BE): the highest generation the data dir saw the index commit
+/// once it trusted it. An index whose digest holds at a lower generation is an earlier copy
+/// of the whole index put back (its digest included), which the digest alone cannot show;
+/// the system database's own digest covers the row. Never ahead of what the index has
+/// committed, so a crash cannot make it one.
+pub(crate) fn generation_mark(id: &[u8; 16]) -> String {
+    format!("index-generation/{}", hex::encode(id))
+}
+
+/// How often a running server records the generations of its indexes that moved
+/// ([`DataDir::record_index_generations`]): a whole index put back to a state younger
+/// than this is not seen. Not per commit: that would add a system-database commit (an
+/// fsync) to every write.
+pub const GENERATION_RECORD_INTERVAL: std::time::Duration = std::time::Duration::from_secs(5);
+
+/// Filesystem `id`'s recorded mark ([`generation_mark`]), `None` if there is none yet (a
+/// data dir from before marks: the next record writes it).
+fn stored_generation_mark(system: &SystemDb, id: &[u8; 16]) -> Result<Option<u64>> {
+    let Some(v) = system.secret(&generation_mark(id))? else {
+        return Ok(None);
+    };
+    let b: [u8; 8] = v
+        .as_slice()
+        .try_into()
+        .map_err(|_| CoreError::Corrupt("index generation mark length"))?;
+    Ok(Some(u64::from_be_bytes(b)))
+}
+
 /// The root of filesystem `id`'s index-digest key as `system` keeps it (see
 /// [`DigestKey::from_root`]), if it does.
 pub(crate) fn stored_digest_root(
@@ -765,7 +794,77 @@ impl DataDir {
             self.opts.fs.clone(),
         );
         fs.set_seal_counts(seals);
+        *fs.generation_mark_slot() = stored_generation_mark(&self.system, &rec.id)?;
         Ok(fs)
+    }
+
+    /// Records `generation` as filesystem `fs`'s mark ([`generation_mark`]): only above
+    /// the mark if `only_up` (what the index committed since), exactly otherwise (an
+    /// operator accepted the index at that generation). Returns whether it wrote.
+    fn store_generation_mark(
+        &self,
+        fs: &Filesystem,
+        generation: u64,
+        only_up: bool,
+    ) -> Result<bool> {
+        // Held while the row is written: the row and the filesystem's copy stay the same.
+        let mut mark = fs.generation_mark_slot();
+        let skip = match *mark {
+            Some(m) if only_up => generation <= m,
+            Some(m) => generation == m,
+            None => false,
+        };
+        if skip {
+            return Ok(false);
+        }
+        self.system
+            .put_secret(&generation_mark(fs.id()), &generation.to_be_bytes())?;
+        *mark = Some(generation);
+        Ok(true)
+    }
+
+    /// Records, for every filesystem whose index this process checked (or created, or
+    /// accepted) and trusts, the digest generation the index has committed, if above its
+    /// mark: a server every [`GENERATION_RECORD_INTERVAL`] and at a clean stop, efsctl at the
+    /// end of a command run on the data dir. One system-database write per filesystem whose
+    /// generation moved, none otherwise. Tries every filesystem; returns the first error.
+    pub async fn record_index_generations(&self) -> Result<()> {
+        let mut first = Ok(());
+        for fs in self.open_filesystems() {
+            if !fs.index_vouched() {
+                continue;
+            }
+            let recorded = match fs.committed_generation().await {
+                Ok(Some(g)) => self.store_generation_mark(&fs, g, true).map(|_| ()),
+                Ok(None) => Ok(()),
+                Err(e) => Err(e),
+            };
+            if let Err(e) = recorded {
+                tracing::warn!(fs = fs.name(), error = %e, "could not record the index's digest generation in the system database");
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
+        }
+        first
+    }
+
+    /// An operator's decision to trust filesystem `name`'s index as it is now
+    /// ([`Filesystem::accept_index`]), its generation then recorded as the mark, also when
+    /// that is below the mark (an earlier copy of the index put back and accepted: its
+    /// generation goes on from its own).
+    pub async fn accept_index(&self, name: &str) -> Result<crate::digest::DigestCheck> {
+        let fs = self.require_open_fs(name)?;
+        let check = fs.accept_index().await?;
+        if let crate::digest::DigestCheck::Holds { generation, .. } = &check {
+            self.store_generation_mark(&fs, *generation, false)
+                .map_err(|e| {
+                    CoreError::Invalid(format!(
+                        "the index of '{name}' was accepted, but its generation could not be recorded in the system database ({e}): the next start would hold it again; run efsctl fsck --fs {name} --accept-index again"
+                    ))
+                })?;
+        }
+        Ok(check)
     }
 
     /// Removes what a creation or a restore of filesystem `id` made before it failed, and
@@ -795,6 +894,7 @@ impl DataDir {
                 "a failed creation's or restore's index digest layout mark could not be removed (1 unused byte in the system database)"
             );
         }
+        // (No generation mark to remove: one is recorded only for a registered filesystem.)
     }
 
     /// Registers a filesystem just created or restored, once `opened` it; if opening

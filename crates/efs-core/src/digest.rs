@@ -34,9 +34,12 @@
 //! one can compute an element. Checking needs every entry (a full scan: `fsck`).
 //!
 //! What it cannot do: the whole index put back to an earlier state, digest included, is
-//! consistent again. Only state kept outside the data dir can tell: the generation (a
-//! counter of the batches that changed what the digest covers) and the anchor that `efsctl
-//! fsck` prints, noted by the operator, never go backwards.
+//! consistent again. The generation (a counter of the batches that changed what the digest
+//! covers) never goes backwards, so the data dir keeps a high-water mark of it in the system
+//! database (`DataDir::record_index_generations`) and holds an index found below it; that
+//! does not see the system database put back with the index, nor a copy younger than the
+//! last record. The generation and the anchor that `efsctl fsck` prints, noted by the
+//! operator outside the data dir, see those too.
 
 use efs_format::{Key32, MacKey};
 use subtle::ConstantTimeEq;
@@ -289,6 +292,14 @@ impl Accumulator {
         out.extend_from_slice(&masked);
         out
     }
+}
+
+/// The generation a stored digest claims (the batches that changed its index), without the
+/// key: what the data dir records as the index's high-water mark once the index has
+/// committed it. Taken on its word, as the digest's own check vouches for it. `None` if it
+/// is not a digest (wrong length or layout).
+pub fn stored_generation(stored: &[u8]) -> Option<u64> {
+    Fields::parse(stored).map(|f| f.generation)
 }
 
 struct Fields {

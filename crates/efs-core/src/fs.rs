@@ -423,6 +423,12 @@ pub struct Filesystem {
     /// Set once the index was checked against its digest in this process (or accepted by
     /// an operator): see [`Filesystem::ensure_index_checked`].
     index_checked: std::sync::Mutex<IndexCheck>,
+    /// The highest digest generation of this index that the data dir has recorded (the
+    /// system secret `index-generation/<fs id>`), `None` if none yet: an index whose digest
+    /// holds at a lower generation is an earlier copy of the whole index put back, which its
+    /// digest cannot show. Set by the data dir when it opens the filesystem and whenever it
+    /// records a new mark (under this lock, so that the row and this copy agree).
+    generation_mark: std::sync::Mutex<Option<u64>>,
     /// Held by the one [`Filesystem::empty_trash`] that empties the "being deleted"
     /// directory; `trash_wanted` asks it (or the next one) for another pass.
     emptying: tokio::sync::Mutex<()>,
@@ -540,6 +546,7 @@ impl Filesystem {
             seals: std::sync::Mutex::new(SealCounts::default()),
             seal_store: tokio::sync::Mutex::new(()),
             index_checked: std::sync::Mutex::new(IndexCheck::default()),
+            generation_mark: std::sync::Mutex::new(None),
             emptying: tokio::sync::Mutex::new(()),
             trash_wanted: std::sync::atomic::AtomicBool::new(false),
         }
@@ -775,12 +782,18 @@ impl Filesystem {
             // A check that panics (or whose task is dropped) leaves the filesystem on
             // hold, never waiting in Checking for ever.
             let guard = HoldUnlessDisarmed(&fs, generation);
-            let verdict = match fs.index.check_digest().await {
-                Ok(c) if c.holds() => {
+            let checked = fs.index.check_digest().await;
+            let behind = checked.as_ref().ok().and_then(|c| fs.behind_mark(c));
+            let verdict = match (checked, behind) {
+                (Ok(_), Some((at, mark))) => {
+                    tracing::error!(fs = fs.name(), "{}", behind_mark_text(fs.name(), at, mark));
+                    IndexTrust::Failed
+                }
+                (Ok(c), None) if c.holds() => {
                     tracing::debug!(fs = fs.name(), "index digest verified");
                     IndexTrust::Trusted
                 }
-                Ok(c) => {
+                (Ok(c), None) => {
                     tracing::error!(
                         fs = fs.name(),
                         check = ?c,
@@ -788,7 +801,7 @@ impl Filesystem {
                     );
                     IndexTrust::Failed
                 }
-                Err(e) => {
+                (Err(e), _) => {
                     tracing::error!(fs = fs.name(), error = %e, "could not check the index digest; the filesystem is on hold");
                     IndexTrust::Failed
                 }
@@ -828,6 +841,53 @@ impl Filesystem {
     /// created or restored (its digest was computed here, over what it wrote).
     pub(crate) fn mark_index_checked(&self) {
         self.index_checked.lock().expect("lock poisoned").started = true;
+    }
+
+    /// The data dir's high-water mark of this index's digest generation (see the field).
+    pub fn generation_mark(&self) -> Option<u64> {
+        *self
+            .generation_mark
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The mark, locked: the data dir holds it while it writes the mark's row.
+    pub(crate) fn generation_mark_slot(&self) -> std::sync::MutexGuard<'_, Option<u64>> {
+        self.generation_mark
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// `(the index's generation, the mark)` when `check` found a digest that holds at a
+    /// generation below the mark: the whole index (its digest included) was put back to an
+    /// earlier state.
+    pub fn behind_mark(&self, check: &crate::digest::DigestCheck) -> Option<(u64, u64)> {
+        match (check, self.generation_mark()) {
+            (crate::digest::DigestCheck::Holds { generation, .. }, Some(mark))
+                if *generation < mark =>
+            {
+                Some((*generation, mark))
+            }
+            _ => None,
+        }
+    }
+
+    /// The digest generation the index has committed (what its stored digest says), `None`
+    /// if it has no readable digest.
+    pub async fn committed_generation(&self) -> Result<Option<u64>> {
+        Ok(self
+            .index
+            .get_meta(crate::digest::META_DIGEST)
+            .await?
+            .and_then(|d| crate::digest::stored_generation(&d)))
+    }
+
+    /// Whether this process has checked the index (or created or accepted it) and trusts
+    /// it: only then may its generation raise the data dir's mark (an index nobody checked
+    /// may be an earlier copy put back, whose later commits must not hide it).
+    pub(crate) fn index_vouched(&self) -> bool {
+        let c = self.index_checked.lock().expect("lock poisoned");
+        c.started && *self.trust.borrow() == IndexTrust::Trusted
     }
 
     /// Whether the index may be used now.
@@ -2047,7 +2107,12 @@ impl Filesystem {
         let mut rep = FsckReport::default();
         let digest = self.check_index_digest().await?;
         match &digest {
-            crate::digest::DigestCheck::Holds { .. } => {}
+            crate::digest::DigestCheck::Holds { .. } => {
+                if let Some((at, mark)) = self.behind_mark(&digest) {
+                    rep.errors
+                        .push(format!("index: {}", behind_mark_text(&self.name, at, mark)));
+                }
+            }
             crate::digest::DigestCheck::Differs {
                 generation,
                 claimed_entries,
@@ -2325,6 +2390,18 @@ impl Filesystem {
             .await?;
         Ok((blobs, inline))
     }
+}
+
+/// What is wrong with an index whose digest holds at generation `at`, below the data dir's
+/// mark `mark`, and what to do.
+pub fn behind_mark_text(fs: &str, at: u64, mark: u64) -> String {
+    format!(
+        "the index is at generation {at}, the data dir last saw {mark}: an earlier copy of the \
+         index was put back? (its digest holds, so it is a whole earlier state: a copy of the \
+         index file restored by hand, or the files reverted.) The filesystem is on hold: put \
+         back the current index file and restart, or, to serve this earlier state, run efsctl \
+         fsck --fs {fs} --accept-index"
+    )
 }
 
 fn new_dir_record(name: &str, id: [u8; 16], now: i64) -> Record {

@@ -1560,3 +1560,143 @@ fn a_new_data_dir_reads_its_passphrase_twice() {
     })
     .unwrap();
 }
+
+/// An earlier copy of the whole index put back, its digest included (an operator restoring
+/// one index file from a snapshot, or someone reverting the files): the digest holds, but
+/// the data dir recorded a higher generation, so the filesystem is held and fsck names both
+/// generations, until the operator accepts the index; the accepted generation is recorded
+/// then, so the next open is not held again. Before, the earlier state was served as good.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_copy_of_the_whole_index_put_back_is_held_until_accepted() {
+    use efs_core::IndexTrust;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let parts = std::slice::from_ref(&part);
+    let index_file = docs_with_files(&root, &part, &[("/a.txt", b"one")]).await;
+    let reopened = || {
+        let dd = std::sync::Arc::new(open(&root, parts).unwrap());
+        let fs = dd.fs("docs").unwrap();
+        (dd, fs)
+    };
+    // Checked, then recorded (what a server does as it runs and at its stop).
+    let earlier = {
+        let (dd, fs) = reopened();
+        assert_eq!(
+            fs.hold_until_index_checked().await.unwrap(),
+            IndexTrust::Trusted
+        );
+        dd.record_index_generations().await.unwrap();
+        let g = fs.committed_generation().await.unwrap().unwrap();
+        assert_eq!(fs.generation_mark(), Some(g));
+        g
+    };
+    let copy = tmp.path().join("index-copy.redb");
+    std::fs::copy(&index_file, &copy).unwrap();
+    let later = {
+        let (dd, fs) = reopened();
+        assert_eq!(fs.generation_mark(), Some(earlier), "read back at open");
+        assert_eq!(
+            fs.hold_until_index_checked().await.unwrap(),
+            IndexTrust::Trusted
+        );
+        put(&fs, "/a.txt", b"uno").await;
+        put(&fs, "/b.txt", b"two").await;
+        dd.record_index_generations().await.unwrap();
+        fs.generation_mark().unwrap()
+    };
+    assert!(later > earlier, "{later} after {earlier}");
+    std::fs::copy(&copy, &index_file).unwrap();
+    {
+        let (dd, fs) = reopened();
+        // The digest alone sees nothing: the copy is a whole, consistent earlier state.
+        let digest = fs.check_index_digest().await.unwrap();
+        assert!(digest.holds(), "{digest:?}");
+        let rep = fs.fsck().await.unwrap();
+        assert!(!rep.is_clean());
+        let want = format!("the index is at generation {earlier}, the data dir last saw {later}");
+        assert!(
+            rep.errors.iter().any(|e| e.contains(&want)),
+            "{:?}",
+            rep.errors
+        );
+        assert_eq!(
+            fs.hold_until_index_checked().await.unwrap(),
+            IndexTrust::Failed
+        );
+        assert!(matches!(
+            read_all(&fs, "/a.txt").await,
+            Err(CoreError::IndexHold)
+        ));
+        // Nothing raises the mark over it, nor does anything rewrite it.
+        dd.record_index_generations().await.unwrap();
+        assert_eq!(fs.generation_mark(), Some(later));
+        let e = dd.rotate_key("docs", true).await.unwrap_err();
+        assert!(matches!(e, CoreError::IndexHold), "{e}");
+        // The operator accepts the earlier state: its generation goes on, and is the mark.
+        accept_index(&dd, &fs).await;
+        assert_eq!(fs.generation_mark(), Some(earlier + 1));
+        assert_eq!(read_all(&fs, "/a.txt").await.unwrap(), b"one");
+        assert!(read_all(&fs, "/b.txt").await.is_err());
+    }
+    let (_dd, fs) = reopened();
+    assert_eq!(fs.generation_mark(), Some(earlier + 1));
+    assert_eq!(
+        fs.hold_until_index_checked().await.unwrap(),
+        IndexTrust::Trusted
+    );
+    assert_eq!(read_all(&fs, "/a.txt").await.unwrap(), b"one");
+}
+
+/// Without a mark (a data dir from before marks) nothing is held; an
+/// index that moved on while nothing recorded it (efsctl commands that never checked it, a
+/// server killed before its next record) is ahead of its mark, which is no alarm either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_index_ahead_of_its_mark_or_without_one_is_served() {
+    use efs_core::IndexTrust;
+    let tmp = tempfile::tempdir().unwrap();
+    let root = tmp.path().join("data");
+    let part = new_part(&tmp.path().join("part.key"));
+    let parts = std::slice::from_ref(&part);
+    let index_file = docs_with_files(&root, &part, &[("/a.txt", b"one")]).await;
+    let id = index_file
+        .parent()
+        .unwrap()
+        .file_name()
+        .unwrap()
+        .to_str()
+        .unwrap()
+        .to_owned();
+    {
+        let dd = open(&root, parts).unwrap();
+        let fs = dd.fs("docs").unwrap();
+        assert_eq!(
+            fs.generation_mark(),
+            None,
+            "no mark before the first record"
+        );
+        assert_eq!(
+            fs.hold_until_index_checked().await.unwrap(),
+            IndexTrust::Trusted
+        );
+        dd.record_index_generations().await.unwrap();
+        assert!(
+            dd.secret(&format!("index-generation/{id}"))
+                .unwrap()
+                .is_some()
+        );
+        // Written, not recorded (the process "killed" before its next record).
+        put(&fs, "/b.txt", b"two").await;
+        assert!(fs.committed_generation().await.unwrap() > fs.generation_mark());
+    }
+    {
+        let dd = open(&root, parts).unwrap();
+        let fs = dd.fs("docs").unwrap();
+        assert_eq!(
+            fs.hold_until_index_checked().await.unwrap(),
+            IndexTrust::Trusted
+        );
+        assert!(fs.fsck().await.unwrap().is_clean());
+        assert_eq!(read_all(&fs, "/b.txt").await.unwrap(), b"two");
+    }
+}

@@ -440,3 +440,78 @@ async fn a_keyring_put_back_after_a_rekeying_and_a_rotation_is_seen() {
         IndexTrust::Trusted
     );
 }
+
+/// Each index's generation mark (the highest digest generation the data dir saw it commit)
+/// is a system secret, carried over by the re-keying like every other: no filesystem is
+/// held after it (the re-keying only moves the generations on), and a whole index put back
+/// to a copy from before the last record is still seen under the new key parts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_index_generation_marks_are_carried_over() {
+    use efs_core::IndexTrust;
+    let env = Env::new();
+    let files = fill(&env.dd).await;
+    env.dd.record_index_generations().await.unwrap();
+    let marks: Vec<u64> = ["docs", "other"]
+        .iter()
+        .map(|n| env.dd.fs(n).unwrap().generation_mark().expect("recorded"))
+        .collect();
+    let Env {
+        tmp,
+        root,
+        part,
+        dd,
+        fs,
+    } = env;
+    drop(fs);
+    drop(dd);
+    let new = vec![new_part(&tmp.path().join("new.key"))];
+    rekey_until(&root, &part, &new, Stop::Never).await;
+    let index_file = root
+        .join("fs")
+        .join(
+            walk(&root.join("fs"))
+                .iter()
+                .find_map(|p| {
+                    let id = p.parent()?.file_name()?.to_str()?.to_owned();
+                    (p.ends_with("index.redb")).then_some(id)
+                })
+                .unwrap(),
+        )
+        .join("index.redb");
+    let copy = tmp.path().join("index-copy.redb");
+    {
+        let dd = open(&root, &new).unwrap();
+        for (name, mark) in ["docs", "other"].iter().zip(&marks) {
+            let fs = dd.fs(name).unwrap();
+            assert_eq!(fs.generation_mark(), Some(*mark), "{name}");
+            assert_eq!(
+                fs.hold_until_index_checked().await.unwrap(),
+                IndexTrust::Trusted,
+                "{name}"
+            );
+        }
+        check(&dd, &files).await;
+        std::fs::copy(&index_file, &copy).unwrap();
+        for name in ["docs", "other"] {
+            put(&dd.fs(name).unwrap(), "/after", b"after").await;
+        }
+        dd.record_index_generations().await.unwrap();
+    }
+    std::fs::copy(&copy, &index_file).unwrap();
+    let dd = open(&root, &new).unwrap();
+    let held: Vec<&str> = {
+        let mut held = Vec::new();
+        for name in ["docs", "other"] {
+            let fs = dd.fs(name).unwrap();
+            if fs.hold_until_index_checked().await.unwrap() == IndexTrust::Failed {
+                held.push(name);
+            }
+        }
+        held
+    };
+    assert_eq!(
+        held.len(),
+        1,
+        "the filesystem whose index was put back: {held:?}"
+    );
+}

@@ -331,6 +331,22 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     ));
     let audit_marks = tokio::spawn(record_audit_marks(data.clone()));
 
+    // The digest generation each trusted index has committed, recorded now and then (not
+    // per commit: no system-database write on the PUT path), so that an earlier copy of a
+    // whole index put back while the server is stopped is held at the next start.
+    let marks = tokio::spawn({
+        let data = data.clone();
+        async move {
+            let mut tick = tokio::time::interval(efs_core::datadir::GENERATION_RECORD_INTERVAL);
+            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tick.tick().await;
+                // Logged by the data dir; the next tick tries again.
+                let _ = data.record_index_generations().await;
+            }
+        }
+    });
+
     let listener = socket
         .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
@@ -379,6 +395,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     // Counts of records sealed per key term are stored by steps while serving; what this
     // run counted since the last step is stored now (logged if it cannot be).
     let _ = data.store_seal_counts().await;
+    // After the counts (their batch moves the generation), the periodic writer stopped
+    // first: the last generations recorded as they are at the stop.
+    marks.abort();
+    let _ = marks.await;
+    let _ = data.record_index_generations().await;
     // What went unrecorded in the last window is counted in the log before it closes (the
     // periodic writer stopped first, so that no count of its reaches a closed log).
     summaries.abort();

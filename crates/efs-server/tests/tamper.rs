@@ -889,15 +889,23 @@ async fn tampered_index_records_and_inline_content_are_never_served() {
         *tried.entry(what).or_default() += 1;
         let _ = std::fs::remove_file(&l_v1_blob.0);
     }
-    // The whole index put back, digest included: consistent, so fsck is clean; only the
-    // anchor kept elsewhere tells (the generation went back).
+    // The whole index put back, digest included: consistent with its digest, but below the
+    // generation the data dir recorded (the one accepted in round A, past gen2), so an error
+    // naming both (it was clean, and only the anchor kept elsewhere told); the anchor shows
+    // it too.
     std::fs::copy(&snap1, &ixf).unwrap();
     for b in blob_files(&srv.data) {
         std::fs::remove_file(b).unwrap();
     }
     std::fs::write(&l_v1_blob.0, &l_v1_blob.1).unwrap();
     let (code, text) = fsck_text(&srv);
-    assert_eq!(code, Some(0), "{text}");
+    assert_eq!(code, Some(3), "{text}");
+    assert!(
+        text.contains(&format!(
+            "the index is at generation {gen1}, the data dir last saw "
+        )),
+        "{text}"
+    );
     let (g, a) = digest_line(&text);
     assert_eq!((g, a.as_str()), (gen1, anchor1.as_str()));
     assert!(g < gen2 && a != anchor2);
@@ -1501,4 +1509,135 @@ async fn a_fifo_or_a_link_in_a_blobs_place_is_refused_and_reads_leave_no_access_
     assert_eq!(code, Some(3), "{text}");
     assert_eq!(text.matches("content:").count(), 2, "{text}");
     assert!(text.contains("not a regular file"), "{text}");
+}
+
+/// `(the index's digest generation, the generation the data dir last recorded)` from
+/// `efsctl fsck --fs files` (clean).
+fn generations(srv: &TestServer) -> (u64, Option<u64>) {
+    let (code, text) = fsck_text(srv);
+    assert_eq!(code, Some(0), "{text}");
+    let (g, _) = digest_line(&text);
+    let mark = text
+        .lines()
+        .find_map(|l| l.strip_prefix("index generation last recorded by the data dir: "))
+        .map(|m| m.trim().parse().unwrap());
+    (g, mark)
+}
+
+/// An earlier copy of the whole index file put back while the server is stopped (an
+/// operator restoring one index from a snapshot, or someone reverting the files): its
+/// digest holds, so before it was served as good; now the generation the data dir recorded
+/// (a running server every few seconds, and at its stop) is higher, so the filesystem is
+/// held, fsck names both generations (exit 3), and `fsck --accept-index` serves the earlier
+/// state, for good (the next start is not held).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_earlier_copy_of_the_whole_index_put_back_is_held_until_accepted() {
+    let s = session(&["--cache-size", "0"]).await;
+    let key = s.key;
+    let mut srv = s.srv;
+    let tok = s.token;
+    srv.put_ok("/a.txt", &tok, b"a, earlier".to_vec()).await;
+    srv.put_ok("/b.txt", &tok, b"b, earlier".to_vec()).await;
+    // A clean stop records the generation.
+    srv.stop().await;
+    let index = index_file(&srv.data);
+    let copy = srv.dir.path().join("index-copy.redb");
+    std::fs::copy(&index, &copy).unwrap();
+    let (earlier, mark) = generations(&srv);
+    assert_eq!(mark, Some(earlier), "recorded at the stop");
+
+    let mut srv = restart(&srv);
+    let tok = srv.login("app", &key, Some("files")).await;
+    srv.put_ok("/a.txt", &tok, b"a, later".to_vec()).await;
+    let r = srv.req("DELETE", "/b.txt", &tok).send().await.unwrap();
+    assert!(r.status().is_success(), "{}", r.status());
+    srv.put_ok("/c.txt", &tok, b"c".to_vec()).await;
+    // The running server records the new generation within a few seconds; killed after
+    // that (no record at a stop), the mark is the one it recorded as it ran.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let later = loop {
+        let (g, mark) = generations(&srv);
+        if mark == Some(g) {
+            break g;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "never recorded: {g} {mark:?}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    };
+    assert!(later > earlier, "{later} after {earlier}");
+    srv.kill();
+    std::fs::copy(&copy, &index).unwrap();
+
+    let mut srv = restart(&srv);
+    let tok = srv.login("app", &key, Some("files")).await;
+    for p in ["/a.txt", "/b.txt", "/c.txt"] {
+        let r = srv.req("GET", p, &tok).send().await.unwrap();
+        assert_error(r, 503, "integrity_hold").await;
+    }
+    let r = srv
+        .req("PUT", "/d.txt", &tok)
+        .body("d")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 503, "integrity_hold").await;
+    let (code, text) = fsck_text(&srv);
+    assert_eq!(code, Some(3), "{text}");
+    let want = format!("the index is at generation {earlier}, the data dir last saw {later}");
+    assert!(text.contains(&want), "{text}");
+    assert!(text.contains("--accept-index"), "{text}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !srv.stderr().contains(&want) {
+        assert!(std::time::Instant::now() < deadline, "{}", srv.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let out = srv.efsctl(&["fsck", "--fs", "files", "--accept-index"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}");
+    assert!(text.contains("accepted the index"), "{text}");
+    assert_eq!(srv.get_ok("/a.txt", &tok).await, b"a, earlier");
+    assert_eq!(srv.get_ok("/b.txt", &tok).await, b"b, earlier");
+    let r = srv.req("GET", "/c.txt", &tok).send().await.unwrap();
+    assert_eq!(r.status().as_u16(), 404);
+    assert_eq!(generations(&srv), (earlier + 1, Some(earlier + 1)));
+    srv.stop().await;
+
+    let srv = restart(&srv);
+    let tok = srv.login("app", &key, Some("files")).await;
+    assert_eq!(srv.get_ok("/a.txt", &tok).await, b"a, earlier");
+    let (code, text) = fsck_text(&srv);
+    assert_eq!(code, Some(0), "{text}");
+}
+
+/// A server killed right after writes (its last generations perhaps not recorded: the mark
+/// behind the index) starts again without a hold: the mark is never ahead of what the index
+/// committed, so a crash is no false alarm.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_killed_right_after_writes_is_not_held_at_its_restart() {
+    let s = session(&["--cache-size", "0"]).await;
+    let key = s.key;
+    let mut srv = s.srv;
+    let tok = s.token;
+    srv.put_ok("/first.txt", &tok, b"first".to_vec()).await;
+    srv.stop().await;
+    let (before, mark) = generations(&srv);
+    assert_eq!(mark, Some(before));
+    for round in 0..3 {
+        let mut next = restart(&srv);
+        let tok = next.login("app", &key, Some("files")).await;
+        for i in 0..20 {
+            next.put_ok(&format!("/r{round}-{i}.txt"), &tok, vec![i as u8; 100 + i])
+                .await;
+        }
+        next.kill();
+        srv = next;
+    }
+    let srv = restart(&srv);
+    let tok = srv.login("app", &key, Some("files")).await;
+    assert_eq!(srv.get_ok("/first.txt", &tok).await, b"first");
+    assert_eq!(srv.get_ok("/r2-19.txt", &tok).await, vec![19u8; 119]);
+    let (g, mark) = generations(&srv);
+    assert!(mark.is_some_and(|m| m <= g && m >= before), "{g} {mark:?}");
 }

@@ -182,18 +182,21 @@ enum Cmd {
     /// Check a filesystem: every record and every byte of content decrypts; index and
     /// blobs agree; the index matches its digest (no record changed, removed, added or put
     /// back to an older version outside EFS); orphans are listed. Prints the digest's
-    /// generation and anchor: note them elsewhere to detect a whole index put back. A damaged
-    /// entry is named by its key, and by its path too when its record and directories decrypt.
+    /// generation and anchor: note them elsewhere to detect a whole index put back. An index
+    /// below the generation the data dir recorded (an earlier copy of the whole index put
+    /// back) is an error. A damaged entry is named by its key, and by its path too when its
+    /// record and directories decrypt.
     ///
-    /// A server that finds at start that an index differs from its digest holds that
-    /// filesystem (every request answers 503 integrity_hold). Inspect with `fsck`, restore
+    /// A server that finds at start that an index differs from its digest, or is below the
+    /// recorded generation, holds that filesystem (every request answers 503 integrity_hold). Inspect with `fsck`, restore
     /// from a backup if you need to, then `fsck --accept-index` to trust the index as it is
     /// now and serve it again.
     Fsck {
         /// Filesystem.
         #[arg(long)]
         fs: String,
-        /// Trust the index as it is now: recompute and store its digest, lift a hold. Then
+        /// Trust the index as it is now: recompute and store its digest, record its
+        /// generation as the one the data dir last saw, lift a hold. Then
         /// checks it as fsck does and warns of damaged entries (accepted, they fail to read).
         #[arg(long)]
         accept_index: bool,
@@ -761,10 +764,17 @@ fn send(
             // What this run seals (finishing, then the command: a rotation, a
             // re-encryption, a restore) is counted in the index before efsctl exits, also
             // when it fails part way.
+            // Then the generation each index it checked has committed, so that an earlier
+            // copy of an index put back later is seen (a server records it as it runs).
             let store_counts = || {
                 if let Err(e) = rt.block_on(dd.store_seal_counts()) {
                     eprintln!(
                         "efsctl: WARNING: could not store the counts of records sealed per key term: {e}"
+                    );
+                }
+                if let Err(e) = rt.block_on(dd.record_index_generations()) {
+                    eprintln!(
+                        "efsctl: WARNING: could not record the indexes' digest generations in the system database: {e}"
                     );
                 }
             };
