@@ -169,6 +169,11 @@ pub enum AdminRequest {
         #[serde(default)]
         expect_head: Option<String>,
     },
+    /// Start a new audit log on purpose, with the server stopped: the log moves aside
+    /// (kept, under `system/`), the data dir forgets how far it went, and this command is
+    /// the new log's first entry. Carried out when efsctl opens the data dir (see
+    /// `OpenOptions::new_audit_log`); a running server refuses it.
+    AuditNewLog,
     /// The newest audit entries matching a filter.
     AuditShow {
         /// What to match.
@@ -959,6 +964,28 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
         }
         AdminRequest::AuditVerify { expect_head } => audit_verify(dd, expect_head.as_deref())?,
         AdminRequest::AuditShow { filter, limit } => audit_show(dd, &filter, limit)?,
+        AdminRequest::AuditNewLog => match dd.moved_audit_log() {
+            Some(moved) => AdminResponse::ok(
+                vec![format!(
+                    "Started a new audit log in {}; the previous one, and its anchor, are in {} (kept: the evidence of what was done before; this command is the new log's first entry)",
+                    dd.audit().dir().display(),
+                    moved.display()
+                )],
+                serde_json::json!({ "new_log": dd.audit().dir(), "moved_to": moved }),
+            ),
+            None if dd.audit_log_restarted() => AdminResponse::ok(
+                vec![format!(
+                    "Started a new audit log in {} (there was none to move aside)",
+                    dd.audit().dir().display()
+                )],
+                serde_json::json!({ "new_log": dd.audit().dir(), "moved_to": null }),
+            ),
+            None => {
+                return Err(CoreError::Invalid(
+                    "a new audit log is started when efsctl opens the data dir for it, with the server stopped".into(),
+                ));
+            }
+        },
         AdminRequest::CacheClear => AdminResponse::ok(
             vec!["No server is running: there is no cache to clear".into()],
             serde_json::json!({ "cleared": false, "reason": "no server is running" }),

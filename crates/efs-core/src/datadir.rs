@@ -53,6 +53,9 @@ pub struct OpenOptions {
     /// Trust the system database as it is if it does not match its digest (or has none),
     /// instead of refusing to open: `efsctl accept-system`.
     pub accept_system: bool,
+    /// Start a new audit log: move `system/audit` aside (to `system/audit-moved-<ms>`, kept)
+    /// and forget how far it went, before the log is opened: `efsctl audit new-log`.
+    pub new_audit_log: bool,
 }
 
 /// What happened at open: lines for the operator.
@@ -115,6 +118,29 @@ pub struct DataDir {
     /// One [`DataDir::record_audit_mark`] at a time (a slower one must not write an older
     /// head over a newer one).
     audit_mark: std::sync::Mutex<()>,
+    /// Opened with [`OpenOptions::new_audit_log`].
+    new_audit_log: bool,
+    /// Where that moved the previous log, if there was one.
+    moved_audit: Option<PathBuf>,
+}
+
+/// Moves the audit log `audit_dir` aside for a new one (if it holds anything), to
+/// `system/audit-moved-<unix ms>`: kept in the data dir, as the evidence it is.
+fn move_audit_log_aside(root: &Path, audit_dir: &Path) -> Result<Option<PathBuf>> {
+    let holds = match std::fs::read_dir(audit_dir) {
+        Ok(mut rd) => rd.next().is_some(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) => return Err(e.into()),
+    };
+    if !holds {
+        return Ok(None);
+    }
+    let to = root
+        .join("system")
+        .join(format!("audit-moved-{}", crate::audit::now_ms()));
+    std::fs::rename(audit_dir, &to)?;
+    std::fs::File::open(root.join("system"))?.sync_all()?;
+    Ok(Some(to))
 }
 
 impl Drop for DataDir {
@@ -520,7 +546,15 @@ impl DataDir {
         // audit writer, out of this data dir.
         let audit_dir = root.join(crate::audit::AUDIT_DIR);
         let audit_keys = AuditKeys::derive(&audit_root(&system, &audit_dir)?);
-        let recorded = recorded_audit_mark(&system)?;
+        let mut recorded = recorded_audit_mark(&system)?;
+        let mut moved_audit = None;
+        let new_audit_log = opts.new_audit_log;
+        if new_audit_log {
+            moved_audit = move_audit_log_aside(root, &audit_dir)?;
+            // The old log's head is no longer this data dir's: the new log starts at 0.
+            system.put_secret(SECRET_AUDIT_MARK, &[0; 40])?;
+            recorded = None;
+        }
         let audit = AuditLog::open_recorded(&audit_dir, &audit_keys, opts.audit.clone(), recorded)
             .map_err(|e| {
                 CoreError::Invalid(format!(
@@ -542,6 +576,8 @@ impl DataDir {
             windows: crate::blob::window_budget(),
             authority: Arc::new(tokio::sync::RwLock::new(())),
             audit_mark: std::sync::Mutex::new(()),
+            new_audit_log,
+            moved_audit,
         };
         for rec in dd.system.filesystems()? {
             let fs = match dd.open_fs(&rec) {
@@ -609,6 +645,16 @@ impl DataDir {
     /// The audit log.
     pub fn audit(&self) -> &AuditLog {
         &self.audit
+    }
+
+    /// Where [`OpenOptions::new_audit_log`] moved the previous audit log, if there was one.
+    pub fn moved_audit_log(&self) -> Option<&Path> {
+        self.moved_audit.as_deref()
+    }
+
+    /// Whether this open started a new audit log ([`OpenOptions::new_audit_log`]).
+    pub fn audit_log_restarted(&self) -> bool {
+        self.new_audit_log
     }
 
     /// Records in the system database how far the audit log went: the last head its writer

@@ -256,6 +256,14 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     if st.detached.is_closed() {
         return AdminResponse::err("the server is shutting down".to_owned());
     }
+    if matches!(req, AdminRequest::AuditNewLog) {
+        // The running server writes the log it would move aside.
+        let refused = "efs-server is running: stop it first. audit new-log moves the log the running server writes aside";
+        if let Err(e) = admin::record_admin(&st.data, op, &req, false).await {
+            return AdminResponse::err(e.to_string());
+        }
+        return AdminResponse::err(refused.to_owned());
+    }
     if matches!(req, AdminRequest::RotateSigningKey) {
         // The server signs and checks tokens with the key it started with; a new key stored
         // under it would take effect only at the next start, silently.

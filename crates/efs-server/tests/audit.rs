@@ -1176,9 +1176,49 @@ async fn a_deleted_or_older_audit_log_is_named_by_verify() {
         "{}",
         srv.stderr()
     );
+    // Starting a new log on purpose is `audit new-log`, with the server stopped: refused
+    // while it runs; then the log moves aside (kept) and verify is clean again.
+    let out = srv.efsctl(&["audit", "new-log"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("stop it first"),
+        "{out:?}"
+    );
     srv.stop().await;
     let (code, text) = verify(&srv);
     assert_eq!(code, Some(3), "{text}");
+    let out = srv.efsctl_ok(&["audit", "new-log"]);
+    assert!(out.contains("Started a new audit log"), "{out}");
+    let moved: Vec<_> = std::fs::read_dir(srv.data.join("system"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("audit-moved-"))
+        .collect();
+    assert_eq!(moved.len(), 1, "{moved:?}");
+    assert!(
+        srv.data
+            .join("system")
+            .join(&moved[0])
+            .join("HEAD")
+            .exists()
+    );
+    let (code, text) = verify(&srv);
+    assert_eq!(code, Some(0), "{text}");
+    let shown = show(&srv, &[]);
+    assert!(
+        shown[0]["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("audit-new-log"),
+        "{shown:?}"
+    );
+    let again = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    assert!(
+        !again.stderr().contains("recorded entry"),
+        "{}",
+        again.stderr()
+    );
+    drop(again);
 
     // No false alarm after a kill: a fresh data dir, killed right after its writes.
     let s = session(&[]).await;

@@ -345,6 +345,14 @@ enum AuditCmd {
         #[arg(long, value_name = "SEQ:MAC", value_parser = parse_head)]
         expect_head: Option<String>,
     },
+    /// Start a new audit log, with the server stopped (after checking the old one, e.g.
+    /// against a head kept elsewhere with verify --expect-head).
+    ///
+    /// The log and its anchor move aside, to DATA/system/audit-moved-MS (MS: the time, Unix
+    /// milliseconds), kept: they are the evidence of what was done before. The data dir
+    /// forgets how far the old log went, so that verify is clean again; this command is the new log's first entry. Moving
+    /// system/audit aside by hand instead looks like a deleted log: verify keeps reporting it.
+    NewLog,
     /// Who did what, when: "who read this file, and when".
     ///
     /// The newest matching entries (1,000 unless --limit says otherwise), oldest first:
@@ -600,6 +608,9 @@ fn run(args: Args) -> anyhow::Result<u8> {
             cmd: AuditCmd::Verify { expect_head },
         } => AdminRequest::AuditVerify { expect_head },
         Cmd::Audit {
+            cmd: AuditCmd::NewLog,
+        } => AdminRequest::AuditNewLog,
+        Cmd::Audit {
             cmd:
                 AuditCmd::Show {
                     user,
@@ -738,6 +749,7 @@ fn send(
             }
             let opts = OpenOptions {
                 accept_system: matches!(req, AdminRequest::AcceptSystem),
+                new_audit_log: matches!(req, AdminRequest::AuditNewLog),
                 ..OpenOptions::default()
             };
             let (dd, _) =
