@@ -56,6 +56,11 @@ pub struct OpenOptions {
     /// Start a new audit log: move `system/audit` aside (to `system/audit-moved-<ms>`, kept)
     /// and forget how far it went, before the log is opened: `efsctl audit new-log`.
     pub new_audit_log: bool,
+    /// How long the audit log may go on past the head the system database last recorded of
+    /// it (and by more than [`AUDIT_LAG_ENTRIES`] entries) before the system database is
+    /// taken for an older copy put back and held until `accept-system`. `None`: 2 minutes
+    /// (a crash leaves it about 10 s behind at most).
+    pub system_lag: Option<std::time::Duration>,
 }
 
 /// What happened at open: lines for the operator.
@@ -273,24 +278,73 @@ pub(crate) fn audit_root(system: &SystemDb, audit_dir: &Path) -> Result<efs_form
     Ok(root)
 }
 
-/// Name of the system secret that holds the head of the audit log (entry number, 8 bytes big
-/// endian, and its chain MAC, 32) that this data dir last recorded: see
-/// [`DataDir::record_audit_mark`].
+/// Name of the system secret that holds the head of the audit log that this data dir last
+/// recorded, and when: see [`DataDir::record_audit_mark`] and docs/format.md.
 const SECRET_AUDIT_MARK: &str = "audit-mark";
 
-/// The audit log's head recorded in `system`, if any.
-fn recorded_audit_mark(system: &SystemDb) -> Result<Option<crate::audit::line::Head>> {
+/// The audit log's head as the system database records it, and when it was recorded.
+#[derive(Debug, Clone, Copy)]
+struct AuditMark {
+    head: crate::audit::line::Head,
+    /// Unix ms.
+    at_ms: i64,
+}
+
+impl AuditMark {
+    /// Entry number (u64 BE), chain MAC (32 bytes), time recorded (i64 BE, Unix ms).
+    fn encode(&self) -> Vec<u8> {
+        let mut v = Vec::with_capacity(48);
+        v.extend_from_slice(&self.head.seq.to_be_bytes());
+        v.extend_from_slice(&self.head.mac);
+        v.extend_from_slice(&self.at_ms.to_be_bytes());
+        v
+    }
+}
+
+/// The audit log's head recorded in `system`, if any (entry 0: none, after `audit new-log`).
+fn recorded_audit_mark(system: &SystemDb) -> Result<Option<AuditMark>> {
     let Some(v) = system.secret(SECRET_AUDIT_MARK)? else {
         return Ok(None);
     };
-    if v.len() != 40 {
+    if v.len() != 48 {
         return Err(CoreError::Corrupt("audit mark length"));
     }
-    Ok(Some(crate::audit::line::Head {
-        seq: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
-        mac: v[8..].try_into().expect("32 bytes"),
-    }))
+    let mark = AuditMark {
+        head: crate::audit::line::Head {
+            seq: u64::from_be_bytes(v[..8].try_into().expect("8 bytes")),
+            mac: v[8..40].try_into().expect("32 bytes"),
+        },
+        at_ms: i64::from_be_bytes(v[40..].try_into().expect("8 bytes")),
+    };
+    Ok((mark.head.seq > 0).then_some(mark))
 }
+
+/// What an open says when the system database's recorded audit head `mark` is far behind
+/// the log's end (`end`, and when it was written): see [`AUDIT_LAG_ENTRIES`].
+fn system_older_than_log(
+    mark: AuditMark,
+    (end, end_ms): (crate::audit::line::Head, i64),
+    lag_ms: i64,
+) -> Option<String> {
+    let behind = end.seq.checked_sub(mark.head.seq)?;
+    (behind > AUDIT_LAG_ENTRIES && end_ms.saturating_sub(mark.at_ms) > lag_ms).then(|| {
+        format!(
+            "the system database is older than the audit log: it last recorded entry {} of the log, at {}, and the log goes on for {behind} entries, to {} — put back from an older copy? (users, grants and keys removed since would be back; what was done since is in efsctl audit show --since {})",
+            mark.head.seq,
+            crate::admin::rfc3339_ms(mark.at_ms),
+            crate::admin::rfc3339_ms(end_ms),
+            crate::admin::rfc3339_ms(mark.at_ms),
+        )
+    })
+}
+
+/// A system database whose recorded audit head is this many entries *and* this long (ms,
+/// [`OpenOptions::system_lag`]) behind the audit log's end is older than the log. A running server records the head every
+/// 10 s and at its stop, and efsctl at the end of its commands, so a crash leaves it at most
+/// about 10 s behind; `rekey-starter` writes a couple of entries without recording.
+pub const AUDIT_LAG_ENTRIES: u64 = 20;
+/// See [`AUDIT_LAG_ENTRIES`].
+const AUDIT_LAG_MS: i64 = 120_000;
 
 /// Name of the system secret that holds the root of filesystem `id`'s index-digest key.
 fn digest_mark(id: &[u8; 16]) -> String {
@@ -552,16 +606,38 @@ impl DataDir {
         if new_audit_log {
             moved_audit = move_audit_log_aside(root, &audit_dir)?;
             // The old log's head is no longer this data dir's: the new log starts at 0.
-            system.put_secret(SECRET_AUDIT_MARK, &[0; 40])?;
+            system.put_secret(SECRET_AUDIT_MARK, &[0; 48])?;
             recorded = None;
         }
-        let audit = AuditLog::open_recorded(&audit_dir, &audit_keys, opts.audit.clone(), recorded)
-            .map_err(|e| {
-                CoreError::Invalid(format!(
-                    "cannot open the audit log {}: {e} (nothing is served without it)",
-                    audit_dir.display()
-                ))
-            })?;
+        let audit = AuditLog::open_recorded(
+            &audit_dir,
+            &audit_keys,
+            opts.audit.clone(),
+            recorded.map(|m| m.head),
+        )
+        .map_err(|e| {
+            CoreError::Invalid(format!(
+                "cannot open the audit log {}: {e} (nothing is served without it)",
+                audit_dir.display()
+            ))
+        })?;
+        // The system database put back from an older copy (its digest holds for what it was
+        // then: a user, a grant or a key removed since is back) shows as a recorded head far
+        // behind the log, which lives beside it but is not put back with it.
+        let mut system_trust = system_trust;
+        let lag_ms = opts.system_lag.map_or(AUDIT_LAG_MS, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        });
+        if let Some(found) =
+            recorded.and_then(|m| system_older_than_log(m, audit.found_end(), lag_ms))
+        {
+            if !opts.accept_system {
+                return Err(CoreError::SystemHold(found));
+            }
+            if !matches!(system_trust, SystemTrust::Pending { .. }) {
+                system_trust = SystemTrust::Pending { found };
+            }
+        }
         let dd = Self {
             root: root.to_path_buf(),
             system,
@@ -672,14 +748,19 @@ impl DataDir {
         let Some(head) = self.audit.anchored() else {
             return Ok(false);
         };
-        if recorded_audit_mark(&self.system)?.is_some_and(|r| r.seq >= head.seq) {
+        if recorded_audit_mark(&self.system)?.is_some_and(|r| r.head.seq >= head.seq) {
             return Ok(false);
         }
-        let mut v = Vec::with_capacity(40);
-        v.extend_from_slice(&head.seq.to_be_bytes());
-        v.extend_from_slice(&head.mac);
-        self.system.put_secret(SECRET_AUDIT_MARK, &v)?;
+        self.store_audit_mark(head)?;
         Ok(true)
+    }
+
+    fn store_audit_mark(&self, head: crate::audit::line::Head) -> Result<()> {
+        let mark = AuditMark {
+            head,
+            at_ms: crate::audit::now_ms(),
+        };
+        self.system.put_secret(SECRET_AUDIT_MARK, &mark.encode())
     }
 
     /// Checks the whole audit log (see [`crate::audit::verify`]), and that it reaches the
@@ -692,7 +773,7 @@ impl DataDir {
             self.audit.dir(),
             &self.audit_keys,
             expect_head,
-            recorded_audit_mark(&self.system)?,
+            recorded_audit_mark(&self.system)?.map(|m| m.head),
         )?)
     }
 
@@ -1664,7 +1745,25 @@ impl DataDir {
     pub fn accept_system(&self) -> Result<SystemTrust> {
         let mut trust = self.system_trust.lock().expect("lock poisoned");
         let now = match &*trust {
-            SystemTrust::Pending { .. } => self.system.accept_now()?,
+            SystemTrust::Pending { found } => {
+                let accepted = match self.system.accept_now()? {
+                    // Pending only because it is older than the audit log (its digest holds).
+                    SystemTrust::Holds { generation, anchor } => SystemTrust::Accepted {
+                        found: found.clone(),
+                        generation,
+                        anchor,
+                    },
+                    other => other,
+                };
+                // The log's head recorded now, so that the next open finds the two agree (a
+                // database both changed and older than the log is accepted for both).
+                let _one = self.audit_mark.lock().unwrap_or_else(|e| e.into_inner());
+                let end = self.audit.found_end().0;
+                if recorded_audit_mark(&self.system)?.is_none_or(|m| m.head.seq < end.seq) {
+                    self.store_audit_mark(end)?;
+                }
+                accepted
+            }
             _ => match self.system.digest_state()? {
                 crate::digest::DigestCheck::Holds {
                     generation, anchor, ..

@@ -1700,3 +1700,64 @@ async fn an_index_ahead_of_its_mark_or_without_one_is_served() {
         assert_eq!(read_all(&fs, "/b.txt").await.unwrap(), b"two");
     }
 }
+
+/// Regression (offline-attacker review): `system.redb` put back whole from an older copy (its
+/// digest holds for what it was then) opened as good, and a grant revoked since was back. The
+/// audit log lives beside it and is not put back with it: the system database records how far
+/// the log went, and one far behind the log (here over 20 entries and, with the tolerance cut
+/// to nothing, any time) is held until `accept-system`, which records the log's head.
+#[tokio::test]
+async fn a_system_database_older_than_the_audit_log_is_held_until_accepted() {
+    use efs_core::audit::{Action, Record};
+    use efs_core::datadir::{AUDIT_LAG_ENTRIES, OpenOptions};
+    let (_tmp, root, part) = data_dir_with_users(&["alice"]);
+    let parts = std::slice::from_ref(&part);
+    let open_lag = |accept: bool| {
+        let o = OpenOptions {
+            system_lag: Some(std::time::Duration::ZERO),
+            accept_system: accept,
+            ..common::opts()
+        };
+        DataDir::open(&root, parts, o, &no_prompt).map(|(dd, _)| dd)
+    };
+    let entries = |dd: &DataDir, n: u64| {
+        for _ in 0..n {
+            dd.audit().submit(Record::new(Action::Read, 200)).unwrap();
+        }
+    };
+    {
+        let dd = open_lag(false).unwrap();
+        entries(&dd, 3);
+    }
+    let old = std::fs::read(root.join("system/system.redb")).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    {
+        let dd = open_lag(false).unwrap();
+        dd.revoke("alice", Some("docs")).unwrap();
+        entries(&dd, AUDIT_LAG_ENTRIES + 5);
+    }
+    std::fs::write(root.join("system/system.redb"), &old).unwrap();
+    match open_lag(false) {
+        Err(CoreError::SystemHold(why)) => {
+            assert!(why.contains("older than the audit log"), "{why}")
+        }
+        Err(e) => panic!("refused, but not as older than the log: {e}"),
+        Ok(_) => panic!("a system database older than the audit log was opened"),
+    }
+    let dd = open_lag(true).unwrap();
+    match dd.accept_system().unwrap() {
+        efs_core::system::SystemTrust::Accepted { found, .. } => {
+            assert!(found.contains("older than the audit log"), "{found}")
+        }
+        other => panic!("not accepted: {other:?}"),
+    }
+    // What was accepted: the older database, the revoked grant with it.
+    assert_eq!(dd.user("alice").unwrap().unwrap().grants.len(), 1);
+    drop(dd);
+    let dd = open_lag(false).unwrap();
+    entries(&dd, 2);
+    drop(dd);
+    // With the default tolerance, a database a few entries and moments behind (a crash) is
+    // not held.
+    open(&root, parts).unwrap();
+}

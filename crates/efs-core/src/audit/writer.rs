@@ -146,6 +146,8 @@ pub struct AuditLog {
     opts: AuditOptions,
     /// Held by [`AuditLog::recover`]: one at a time.
     recovering: Mutex<()>,
+    /// The log's last complete entry when it was opened, and when it was written.
+    found_end: (Head, i64),
 }
 
 impl std::fmt::Debug for AuditLog {
@@ -186,7 +188,7 @@ impl AuditLog {
             File::open(dir)?.sync_all()?;
         }
         let mut notes = Vec::new();
-        let log_head = last_entry(dir, &files)?;
+        let (log_head, log_end_ms) = last_entry_timed(dir, &files)?;
         let mut head_file = read_head(dir, keys)?;
         let behind = recorded.filter(|r| {
             r.seq > log_head.seq && !matches!(&head_file, HeadFile::Valid(a) if a.seq >= r.seq)
@@ -242,6 +244,7 @@ impl AuditLog {
             notes,
             opts,
             recovering: Mutex::new(()),
+            found_end: (log_head, log_end_ms),
         })
     }
 
@@ -259,6 +262,12 @@ impl AuditLog {
     /// has succeeded since): nothing can be recorded.
     pub fn is_failed(&self) -> bool {
         self.shared.is_failed()
+    }
+
+    /// The log's last complete entry found when it was opened, and when it was written
+    /// (Unix ms): entries before it were all made durable at the open.
+    pub(crate) fn found_end(&self) -> (Head, i64) {
+        self.found_end
     }
 
     /// The last head this writer made the anchor (its entries fsynced), if it has written
@@ -744,6 +753,11 @@ pub(crate) fn list_files(dir: &Path) -> std::io::Result<Vec<(u32, String)>> {
 
 /// The last complete, well-formed entry of the log (not verified: that is `verify`'s job).
 fn last_entry(dir: &Path, files: &[(u32, String)]) -> std::io::Result<Head> {
+    Ok(last_entry_timed(dir, files)?.0)
+}
+
+/// [`last_entry`], and the time it was written (Unix ms; 0 for an empty log).
+fn last_entry_timed(dir: &Path, files: &[(u32, String)]) -> std::io::Result<(Head, i64)> {
     for (_, name) in files.iter().rev() {
         let data = std::fs::read(dir.join(name))?;
         // Only '\n'-terminated lines count: a torn last line is a write a crash cut short.
@@ -753,12 +767,15 @@ fn last_entry(dir: &Path, files: &[(u32, String)]) -> std::io::Result<Head> {
         };
         for l in complete.split(|&b| b == b'\n').rev() {
             if let Some(e) = line::parse_entry(l) {
-                return Ok(Head {
-                    seq: e.seq,
-                    mac: e.mac,
-                });
+                return Ok((
+                    Head {
+                        seq: e.seq,
+                        mac: e.mac,
+                    },
+                    e.time_ms,
+                ));
             }
         }
     }
-    Ok(Head::START)
+    Ok((Head::START, 0))
 }
