@@ -740,11 +740,12 @@ impl DataDir {
     /// back with it). The server calls it every few seconds and at its stop; dropping the
     /// data dir calls it too. Returns whether it wrote a new head.
     pub fn record_audit_mark(&self) -> Result<bool> {
-        let _one = self.audit_mark.lock().unwrap_or_else(|e| e.into_inner());
+        // The trust looked at before the mark's lock is taken, as accept_system takes them.
         if matches!(self.system_trust(), SystemTrust::Pending { .. }) {
             // Nothing is written to a system database opened to be accepted, until it is.
             return Ok(false);
         }
+        let _one = self.audit_mark.lock().unwrap_or_else(|e| e.into_inner());
         let Some(head) = self.audit.anchored() else {
             return Ok(false);
         };
@@ -956,6 +957,10 @@ impl DataDir {
     /// end of a command run on the data dir. One system-database write per filesystem whose
     /// generation moved, none otherwise. Tries every filesystem; returns the first error.
     pub async fn record_index_generations(&self) -> Result<()> {
+        if matches!(self.system_trust(), SystemTrust::Pending { .. }) {
+            // Nothing is written to a system database opened to be accepted, until it is.
+            return Ok(());
+        }
         let mut first = Ok(());
         for fs in self.open_filesystems() {
             if !fs.index_vouched() {

@@ -193,7 +193,7 @@ pub enum KeyError {
     Mismatch(String),
     /// One part does not match what the data dir was created with.
     #[error(
-        "key part {index} ({spec}) is wrong: it is not the part {dir} was created (or last re-keyed) with"
+        "key part {index} ({spec}) is wrong: it is not the part {dir} was created (or last re-keyed) with, or keyparts.json (which holds each part's check) was changed since"
     )]
     WrongPart {
         /// 1-based position.

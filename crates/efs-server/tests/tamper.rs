@@ -1075,9 +1075,28 @@ async fn an_old_user_row_put_back_stops_the_server_until_efsctl_accept_system() 
         "{}",
         f.stderr
     );
-    let out = srv.efsctl(&["list-users"]);
-    assert!(!out.status.success());
-    assert!(String::from_utf8_lossy(&out.stderr).contains("accept-system"));
+    // What would be accepted can be looked at first: list-users and list-fs show the
+    // database as it is (the old grant), with a warning, and change nothing.
+    for _ in 0..2 {
+        let out = srv.efsctl(&["list-users"]);
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "{stderr}");
+        assert!(stdout.contains("app\tfiles"), "{stdout}");
+        assert!(
+            stderr.contains("WARNING: the system database is not trusted")
+                && stderr.contains("differs from its digest")
+                && stderr.contains("efsctl accept-system would accept"),
+            "{stderr}"
+        );
+    }
+    assert!(srv.efsctl(&["list-fs"]).status.success());
+    assert!(
+        TestServer::try_start_in(srv.dir.clone(), &[], &[]).is_err(),
+        "looking accepted nothing"
+    );
     // The operator accepts the database as it is: the old grant is back.
     let out = srv.efsctl_ok(&["accept-system"]);
     assert!(

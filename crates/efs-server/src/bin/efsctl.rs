@@ -748,7 +748,12 @@ fn send(
                 .into());
             }
             let opts = OpenOptions {
-                accept_system: matches!(req, AdminRequest::AcceptSystem),
+                // The lists open a database that failed its check too, to show what
+                // accept-system would accept (read only: nothing is written to it).
+                accept_system: matches!(
+                    req,
+                    AdminRequest::AcceptSystem | AdminRequest::ListUsers | AdminRequest::ListFs
+                ),
                 new_audit_log: matches!(req, AdminRequest::AuditNewLog),
                 ..OpenOptions::default()
             };
@@ -790,9 +795,14 @@ fn send(
                     );
                 }
             };
+            // Nor for the lists, which may look at a system database on hold: nothing is
+            // changed by them.
+            let lists = matches!(req, AdminRequest::ListUsers | AdminRequest::ListFs);
             if !matches!(
                 req,
                 AdminRequest::Status { .. }
+                    | AdminRequest::ListUsers
+                    | AdminRequest::ListFs
                     | AdminRequest::Fsck { .. }
                     | AdminRequest::AcceptSystem
                     // Urgent after a leak, and about no filesystem: not held up by one.
@@ -832,7 +842,17 @@ fn send(
                 }
             );
             let resp = rt.block_on(efs_core::admin::execute_as(&dd, req, &op));
-            store_counts();
+            if !lists {
+                store_counts();
+            }
+            if let (true, efs_core::system::SystemTrust::Pending { found }) =
+                (lists, dd.system_trust())
+            {
+                eprintln!(
+                    "efsctl: WARNING: the system database is not trusted ({found}): this is what \
+                     efsctl accept-system would accept; nothing was changed"
+                );
+            }
             if binds && resp.ok {
                 // A running server refuses a binding it could never honour; efsctl on the data
                 // dir cannot know the flags of the next start.
