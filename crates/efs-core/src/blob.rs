@@ -360,12 +360,20 @@ fn open_blob_file(path: &Path) -> std::io::Result<std::fs::File> {
 fn open_direct(path: &Path) -> Result<Option<std::fs::File>> {
     #[cfg(target_os = "linux")]
     {
+        use rustix::fs::OFlags;
         use std::os::unix::fs::OpenOptionsExt;
-        match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(rustix::fs::OFlags::DIRECT.bits() as i32)
-            .open(path)
-        {
+        let open = |flags: OFlags| {
+            std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(flags.bits() as i32)
+                .open(path)
+        };
+        // Without moving the access time, as `open_blob_file`.
+        let opened = match open(OFlags::DIRECT | OFlags::NOATIME) {
+            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(OFlags::DIRECT),
+            other => other,
+        };
+        match opened {
             Ok(f) => Ok(Some(f)),
             Err(e) if is_einval(&e) => Ok(None),
             Err(e) => Err(e.into()),

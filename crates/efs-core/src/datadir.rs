@@ -301,6 +301,21 @@ impl AuditMark {
     }
 }
 
+/// Records `head` of the audit log in `system`, as of now.
+pub(crate) fn write_audit_mark(system: &SystemDb, head: crate::audit::line::Head) -> Result<()> {
+    let mark = AuditMark {
+        head,
+        at_ms: crate::audit::now_ms(),
+    };
+    system.put_secret(SECRET_AUDIT_MARK, &mark.encode())
+}
+
+/// The head of the audit log recorded in `system`, if any: what `AuditLog::open_recorded`
+/// takes.
+pub(crate) fn recorded_audit_head(system: &SystemDb) -> Result<Option<crate::audit::line::Head>> {
+    Ok(recorded_audit_mark(system)?.map(|m| m.head))
+}
+
 /// The audit log's head recorded in `system`, if any (entry 0: none, after `audit new-log`).
 fn recorded_audit_mark(system: &SystemDb) -> Result<Option<AuditMark>> {
     let Some(v) = system.secret(SECRET_AUDIT_MARK)? else {
@@ -319,15 +334,38 @@ fn recorded_audit_mark(system: &SystemDb) -> Result<Option<AuditMark>> {
     Ok((mark.head.seq > 0).then_some(mark))
 }
 
+/// What an open says when `system` records a head of the audit log in `audit_dir` far behind
+/// the log's end (see [`system_older_than_log`]); `None` when it does not (or records none).
+pub(crate) fn system_lags_log(
+    system: &SystemDb,
+    audit_dir: &Path,
+    lag_ms: i64,
+) -> Result<Option<String>> {
+    let Some(m) = recorded_audit_mark(system)? else {
+        return Ok(None);
+    };
+    // A log that cannot be read is not judged here: opening it fails next, and says why.
+    let Ok((end, after_ms)) = crate::audit::writer::log_end(audit_dir, Some(m.head.seq)) else {
+        return Ok(None);
+    };
+    Ok(system_older_than_log(m, end, after_ms, lag_ms))
+}
+
 /// What an open says when the system database's recorded audit head `mark` is far behind
 /// the log's end (`end`, and when it was written): see [`AUDIT_LAG_ENTRIES`].
+///
+/// The lag is timed from the first entry after the recorded head (`after_ms`; the time of
+/// the recording when the log does not hold that entry): the head is recorded only when it
+/// moved, so after an idle spell the recording is old while the entries since are new.
 fn system_older_than_log(
     mark: AuditMark,
     (end, end_ms): (crate::audit::line::Head, i64),
+    after_ms: Option<i64>,
     lag_ms: i64,
 ) -> Option<String> {
     let behind = end.seq.checked_sub(mark.head.seq)?;
-    (behind > AUDIT_LAG_ENTRIES && end_ms.saturating_sub(mark.at_ms) > lag_ms).then(|| {
+    let since = after_ms.unwrap_or(mark.at_ms);
+    (behind > AUDIT_LAG_ENTRIES && end_ms.saturating_sub(since) > lag_ms).then(|| {
         format!(
             "the system database is older than the audit log: it last recorded entry {} of the log, at {}, and the log goes on for {behind} entries, to {} — put back from an older copy? (users, grants and keys removed since would be back; what was done since is in efsctl audit show --since {})",
             mark.head.seq,
@@ -344,7 +382,7 @@ fn system_older_than_log(
 /// about 10 s behind; `rekey-starter` writes a couple of entries without recording.
 pub const AUDIT_LAG_ENTRIES: u64 = 20;
 /// See [`AUDIT_LAG_ENTRIES`].
-const AUDIT_LAG_MS: i64 = 120_000;
+pub(crate) const AUDIT_LAG_MS: i64 = 120_000;
 
 /// Name of the system secret that holds the root of filesystem `id`'s index-digest key.
 fn digest_mark(id: &[u8; 16]) -> String {
@@ -601,12 +639,25 @@ impl DataDir {
         let audit_dir = root.join(crate::audit::AUDIT_DIR);
         let audit_keys = AuditKeys::derive(&audit_root(&system, &audit_dir)?);
         let mut recorded = recorded_audit_mark(&system)?;
+        // The system database put back from an older copy (its digest holds for what it was
+        // then: a user, a grant or a key removed since is back) shows as a recorded head far
+        // behind the log, which lives beside it but is not put back with it. Looked at before
+        // anything else, so that a new audit log cannot hide it either.
+        let lag_ms = opts.system_lag.map_or(AUDIT_LAG_MS, |d| {
+            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
+        });
+        let older = system_lags_log(&system, &audit_dir, lag_ms)?;
+        if let (Some(found), false) = (&older, opts.accept_system) {
+            return Err(CoreError::SystemHold(found.clone()));
+        }
         let mut moved_audit = None;
         let new_audit_log = opts.new_audit_log;
         if new_audit_log {
-            moved_audit = move_audit_log_aside(root, &audit_dir)?;
-            // The old log's head is no longer this data dir's: the new log starts at 0.
+            // The old log's head is no longer this data dir's: the new log starts at 0. Forgot
+            // first (a crash before the move leaves the mark merely unset until the next
+            // record; the other way round, an empty log behind the mark, reads as deleted).
             system.put_secret(SECRET_AUDIT_MARK, &[0; 48])?;
+            moved_audit = move_audit_log_aside(root, &audit_dir)?;
             recorded = None;
         }
         let audit = AuditLog::open_recorded(
@@ -625,18 +676,10 @@ impl DataDir {
         // then: a user, a grant or a key removed since is back) shows as a recorded head far
         // behind the log, which lives beside it but is not put back with it.
         let mut system_trust = system_trust;
-        let lag_ms = opts.system_lag.map_or(AUDIT_LAG_MS, |d| {
-            i64::try_from(d.as_millis()).unwrap_or(i64::MAX)
-        });
-        if let Some(found) =
-            recorded.and_then(|m| system_older_than_log(m, audit.found_end(), lag_ms))
+        if let Some(found) = older
+            && !matches!(system_trust, SystemTrust::Pending { .. })
         {
-            if !opts.accept_system {
-                return Err(CoreError::SystemHold(found));
-            }
-            if !matches!(system_trust, SystemTrust::Pending { .. }) {
-                system_trust = SystemTrust::Pending { found };
-            }
+            system_trust = SystemTrust::Pending { found };
         }
         let dd = Self {
             root: root.to_path_buf(),
@@ -757,11 +800,7 @@ impl DataDir {
     }
 
     fn store_audit_mark(&self, head: crate::audit::line::Head) -> Result<()> {
-        let mark = AuditMark {
-            head,
-            at_ms: crate::audit::now_ms(),
-        };
-        self.system.put_secret(SECRET_AUDIT_MARK, &mark.encode())
+        write_audit_mark(&self.system, head)
     }
 
     /// Checks the whole audit log (see [`crate::audit::verify`]), and that it reaches the
@@ -1943,6 +1982,55 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A system database is taken for an older copy only when the log went on far past its
+    /// recorded head, timed from the first entry after that head: after an idle spell the
+    /// head was recorded long ago (it is recorded only when it moves), and a burst of entries
+    /// cut off by a crash before the next record is no older copy. Regression (review): the
+    /// lag was timed from the recording, and such a restart was refused.
+    #[tokio::test]
+    async fn the_log_past_the_recorded_head_is_timed_from_the_first_entry_after_it() {
+        use crate::audit::{Action, AuditKeys, AuditLog, AuditOptions, Record};
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("audit");
+        let keys = AuditKeys::derive(&efs_format::Key32::random());
+        let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+        for _ in 0..3 {
+            log.submit(Record::new(Action::Read, 200)).unwrap();
+        }
+        log.close();
+        let head = log.anchored().expect("anchored at close");
+        assert_eq!(head.seq, 3);
+        drop(log);
+        // Recorded an hour ago, then idle; now a burst of 30 entries, never recorded.
+        let mark = AuditMark {
+            head,
+            at_ms: crate::audit::now_ms() - 3_600_000,
+        };
+        let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+        for _ in 0..30 {
+            log.submit(Record::new(Action::Read, 200)).unwrap();
+        }
+        log.close();
+        drop(log);
+        let (end, after) = crate::audit::writer::log_end(&dir, Some(head.seq)).unwrap();
+        assert_eq!(end.0.seq, 33);
+        assert!(after.is_some_and(|t| t > mark.at_ms), "{after:?}");
+        assert_eq!(system_older_than_log(mark, end, after, AUDIT_LAG_MS), None);
+        // The same entries spread over more than the tolerance: an older copy.
+        let found =
+            system_older_than_log(mark, (end.0, end.1 + AUDIT_LAG_MS + 1), after, AUDIT_LAG_MS)
+                .expect("older");
+        assert!(found.contains("older than the audit log"), "{found}");
+        // No entry after the head to time from (a log rewritten since): the recording's time.
+        assert!(system_older_than_log(mark, end, None, AUDIT_LAG_MS).is_some());
+        // Too few entries past the head: not taken for an older copy, however long.
+        let near = crate::audit::line::Head { seq: 20, ..end.0 };
+        assert_eq!(
+            system_older_than_log(mark, (near, end.1 + 10 * AUDIT_LAG_MS), after, AUDIT_LAG_MS),
+            None
+        );
+    }
 
     /// The lock file made by root (efsctl on a stopped server's data dir) belongs to the
     /// owner of `system/`, so that the server's account can still open the data dir. Needs

@@ -782,8 +782,9 @@ impl Filesystem {
             // A check that panics (or whose task is dropped) leaves the filesystem on
             // hold, never waiting in Checking for ever.
             let guard = HoldUnlessDisarmed(&fs, generation);
+            let mark = fs.generation_mark();
             let checked = fs.index.check_digest().await;
-            let behind = checked.as_ref().ok().and_then(|c| fs.behind_mark(c));
+            let behind = checked.as_ref().ok().and_then(|c| fs.behind_mark(c, mark));
             let verdict = match (checked, behind) {
                 (Ok(_), Some((at, mark))) => {
                     tracing::error!(fs = fs.name(), "{}", behind_mark_text(fs.name(), at, mark));
@@ -859,10 +860,15 @@ impl Filesystem {
     }
 
     /// `(the index's generation, the mark)` when `check` found a digest that holds at a
-    /// generation below the mark: the whole index (its digest included) was put back to an
-    /// earlier state.
-    pub fn behind_mark(&self, check: &crate::digest::DigestCheck) -> Option<(u64, u64)> {
-        match (check, self.generation_mark()) {
+    /// generation below `mark`: the whole index (its digest included) was put back to an
+    /// earlier state. `mark` is read before the check's snapshot is taken: a running server
+    /// records the generations committed meanwhile, above the snapshot's.
+    pub fn behind_mark(
+        &self,
+        check: &crate::digest::DigestCheck,
+        mark: Option<u64>,
+    ) -> Option<(u64, u64)> {
+        match (check, mark) {
             (crate::digest::DigestCheck::Holds { generation, .. }, Some(mark))
                 if *generation < mark =>
             {
@@ -2105,10 +2111,11 @@ impl Filesystem {
     pub async fn fsck(&self) -> Result<FsckReport> {
         let kr = self.keyring();
         let mut rep = FsckReport::default();
+        let mark = self.generation_mark();
         let digest = self.check_index_digest().await?;
         match &digest {
             crate::digest::DigestCheck::Holds { .. } => {
-                if let Some((at, mark)) = self.behind_mark(&digest) {
+                if let Some((at, mark)) = self.behind_mark(&digest, mark) {
                     rep.errors
                         .push(format!("index: {}", behind_mark_text(&self.name, at, mark)));
                 }

@@ -295,10 +295,18 @@ pub async fn rekey_starter_until(
     // The audit log's root key must be there before anything is staged: the re-keying is
     // recorded in the log at its end, and a missing key with a log present is refused
     // (see `datadir::audit_root`) — better now than after the switch.
-    crate::datadir::audit_root(
-        &SystemDb::open(&sys.join("system.redb"), &old_starter)?,
-        &root.join(crate::audit::AUDIT_DIR),
-    )?;
+    {
+        let old_db = SystemDb::open(&sys.join("system.redb"), &old_starter)?;
+        let audit_dir = root.join(crate::audit::AUDIT_DIR);
+        crate::datadir::audit_root(&old_db, &audit_dir)?;
+        // Nor re-seal a system database that an open would refuse as older than the audit
+        // log (and record the log's head in it, which would hide that for good).
+        if let Some(found) =
+            crate::datadir::system_lags_log(&old_db, &audit_dir, crate::datadir::AUDIT_LAG_MS)?
+        {
+            return Err(CoreError::SystemHold(found));
+        }
+    }
     let (new_starter, new_file) =
         keyparts::create(new, None, argon, &|_| prompt("New EFS passphrase: "))?;
     // Every new part is read a second time and checked against what was just made: a
@@ -408,10 +416,11 @@ async fn record_in_audit_log(root: &Path, starter: &StarterKey, new: &[KeyPartSp
         &system,
         &root.join(crate::audit::AUDIT_DIR),
     )?);
-    let log = crate::audit::AuditLog::open(
+    let log = crate::audit::AuditLog::open_recorded(
         &root.join(crate::audit::AUDIT_DIR),
         &keys,
         crate::audit::AuditOptions::default(),
+        crate::datadir::recorded_audit_head(&system)?,
     )?;
     let op = crate::admin::Operator::this_process("data-dir");
     let mut rec = crate::audit::Record::new(crate::audit::Action::Admin, 200);
@@ -426,5 +435,10 @@ async fn record_in_audit_log(root: &Path, starter: &StarterKey, new: &[KeyPartSp
         .await
         .map_err(|e| CoreError::Invalid(format!("the audit log refused the entry: {e}")))?;
     log.close();
+    // How far the log went, as every other writer records it: an open that found the log
+    // far past the recorded head would take the system database for an older copy.
+    if let Some(head) = log.anchored() {
+        crate::datadir::write_audit_mark(&system, head)?;
+    }
     Ok(())
 }

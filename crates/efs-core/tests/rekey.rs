@@ -515,3 +515,36 @@ async fn the_index_generation_marks_are_carried_over() {
         "the filesystem whose index was put back: {held:?}"
     );
 }
+
+/// `rekey-starter` writes its own audit entry outside a data dir's open, and records how far
+/// the log went in the new system database, as every other writer does: otherwise a mark left
+/// behind by a crash (here: over 20 entries behind, as a busy server's last seconds leave it)
+/// stayed behind, and with the rekey's entry, written later, the next open took the system
+/// database for an older copy (review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rekey_starter_records_how_far_the_audit_log_went() {
+    use efs_core::audit::{Action, Record};
+    use efs_core::datadir::{AUDIT_LAG_ENTRIES, OpenOptions};
+    let ((tmp, root, part), _files) = filled_and_closed().await;
+    let entries = |dd: &DataDir, n: u64| {
+        for _ in 0..n {
+            dd.audit().submit(Record::new(Action::Read, 200)).unwrap();
+        }
+    };
+    entries(&open(&root, std::slice::from_ref(&part)).unwrap(), 3);
+    let behind = std::fs::read(root.join("system/system.redb")).unwrap();
+    {
+        let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+        entries(&dd, 5);
+        std::thread::sleep(std::time::Duration::from_millis(20));
+        entries(&dd, AUDIT_LAG_ENTRIES);
+    }
+    std::fs::write(root.join("system/system.redb"), &behind).unwrap();
+    let new = vec![new_part(&tmp.path().join("new.key"))];
+    rekey_until(&root, &part, &new, Stop::Never).await;
+    let o = OpenOptions {
+        system_lag: Some(std::time::Duration::ZERO),
+        ..opts()
+    };
+    DataDir::open(&root, &new, o, &no_prompt).expect("the rekey recorded the log's head");
+}

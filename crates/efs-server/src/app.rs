@@ -1036,7 +1036,9 @@ async fn files_inner(
             };
             let dir_only = is_dir && !path.is_root();
             let recursive = query.recursive()?;
-            let gate = st.data.authority().clone().read_owned().await;
+            // Checked again under the authority lock (a revoke that answered meanwhile
+            // refuses it), the lock kept until the commit has ended.
+            let gate = checked_for_commit(&st, &parts.headers, &parts.extensions, who, &fs).await?;
             fs.delete_while(&path, cond, recursive, dir_only, &allowed)
                 .await?;
             drop(gate);

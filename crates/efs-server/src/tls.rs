@@ -77,7 +77,7 @@ pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
         // certificate served (someone who can write the data dir could otherwise put their
         // own there, and a client trusting it would trust them).
         let expected = pem_encode(cert.as_ref());
-        match std::fs::read(&pem_path) {
+        match read_regular_file(&pem_path) {
             Ok(found) if found == expected.as_bytes() => {}
             Ok(_) => {
                 tracing::warn!(
@@ -131,6 +131,24 @@ pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec())),
         generated: true,
     })
+}
+
+/// The contents of `path` if it is a regular file; an error for anything else (a FIFO put
+/// there would block the start, a link point anywhere), which is then replaced.
+fn read_regular_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let flags = rustix::fs::OFlags::NOFOLLOW | rustix::fs::OFlags::NONBLOCK;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits() as i32)
+        .open(path)?;
+    if !f.metadata()?.is_file() {
+        return Ok(Vec::new());
+    }
+    let mut v = Vec::new();
+    f.read_to_end(&mut v)?;
+    Ok(v)
 }
 
 /// Writes the certificate file whole or not at all (a new file renamed over the old one: a

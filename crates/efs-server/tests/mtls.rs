@@ -457,10 +457,21 @@ async fn a_replaced_certificate_file_is_written_again_at_start() {
     // Left as it is when it holds the certificate served: no warning at the next start.
     let mut again = again;
     again.stop().await;
-    let third = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let mut third = TestServer::start_in(srv.dir.clone(), &[], &[]);
     assert!(
         !third.stderr().contains("did not hold"),
         "{}",
         third.stderr()
     );
+    // A FIFO in its place neither blocks the start nor stays.
+    let kept = std::fs::read_to_string(third.cert_file()).unwrap();
+    third.stop().await;
+    std::fs::remove_file(srv.cert_file()).unwrap();
+    let made = Command::new("mkfifo")
+        .arg(srv.cert_file())
+        .status()
+        .unwrap();
+    assert!(made.success());
+    let fourth = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    assert_eq!(std::fs::read_to_string(fourth.cert_file()).unwrap(), kept);
 }

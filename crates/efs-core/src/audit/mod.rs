@@ -14,7 +14,7 @@
 
 pub(crate) mod line;
 pub mod read;
-mod writer;
+pub(crate) mod writer;
 
 use efs_format::Key32;
 use serde::{Deserialize, Serialize};

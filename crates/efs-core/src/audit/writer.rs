@@ -756,6 +756,36 @@ fn last_entry(dir: &Path, files: &[(u32, String)]) -> std::io::Result<Head> {
     Ok(last_entry_timed(dir, files)?.0)
 }
 
+/// The log in `dir` as found: its last complete entry and when it was written, and when
+/// entry `after + 1` was written (the first entry after a recorded head), if the log holds it.
+/// Reads the files from the last back, only as far as that entry.
+pub(crate) fn log_end(
+    dir: &Path,
+    after: Option<u64>,
+) -> std::io::Result<((Head, i64), Option<i64>)> {
+    let files = list_files(dir)?;
+    let end = last_entry_timed(dir, &files)?;
+    let Some(target) = after.map(|a| a + 1).filter(|t| *t <= end.0.seq) else {
+        return Ok((end, None));
+    };
+    for (_, name) in files.iter().rev() {
+        let data = std::fs::read(dir.join(name))?;
+        let mut first_seq = None;
+        for l in data.split(|&b| b == b'\n') {
+            if let Some(e) = line::parse_entry(l) {
+                if e.seq == target {
+                    return Ok((end, Some(e.time_ms)));
+                }
+                first_seq.get_or_insert(e.seq);
+            }
+        }
+        if first_seq.is_some_and(|f| f <= target) {
+            break;
+        }
+    }
+    Ok((end, None))
+}
+
 /// [`last_entry`], and the time it was written (Unix ms; 0 for an empty log).
 fn last_entry_timed(dir: &Path, files: &[(u32, String)]) -> std::io::Result<(Head, i64)> {
     for (_, name) in files.iter().rev() {
