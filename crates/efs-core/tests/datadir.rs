@@ -1747,6 +1747,18 @@ async fn a_system_database_older_than_the_audit_log_is_held_until_accepted() {
         Err(e) => panic!("refused, but not as older than the log: {e}"),
         Ok(_) => panic!("a system database older than the audit log was opened"),
     }
+    // Nor does starting a new audit log (efsctl audit new-log) pass over it: the old log is
+    // left where it is.
+    let o = OpenOptions {
+        system_lag: Some(std::time::Duration::ZERO),
+        new_audit_log: true,
+        ..common::opts()
+    };
+    assert!(matches!(
+        DataDir::open(&root, parts, o, &no_prompt),
+        Err(CoreError::SystemHold(_))
+    ));
+    assert!(root.join("system/audit/HEAD").exists());
     let dd = open_lag(true).unwrap();
     match dd.accept_system().unwrap() {
         efs_core::system::SystemTrust::Accepted { found, .. } => {
