@@ -329,29 +329,35 @@ fn open_new(path: &Path, direct: bool) -> Result<(std::fs::File, bool)> {
 /// Opens a blob's file to read it: without following a symbolic link, without waiting (a
 /// FIFO put in its place opens at once, and the caller refuses it as not a regular file,
 /// rather than blocking its thread until a writer comes), and without moving its access
-/// time, which would tell anyone with a copy of the data dir when each file was last read
-/// (`O_NOATIME`, allowed to the file's owner; dropped when refused, e.g. for root without
-/// `CAP_FOWNER` on another account's files).
+/// time ([`open_to_read`]).
 fn open_blob_file(path: &Path) -> std::io::Result<std::fs::File> {
     #[cfg(target_os = "linux")]
     {
         use rustix::fs::OFlags;
-        use std::os::unix::fs::OpenOptionsExt;
-        let open = |flags: OFlags| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(flags.bits() as i32)
-                .open(path)
-        };
-        let base = OFlags::NOFOLLOW | OFlags::NONBLOCK;
-        match open(base | OFlags::NOATIME) {
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(base),
-            other => other,
-        }
+        open_to_read(path, OFlags::NOFOLLOW | OFlags::NONBLOCK)
     }
     #[cfg(not(target_os = "linux"))]
     {
         std::fs::File::open(path)
+    }
+}
+
+/// Opens `path` read-only with `flags` and `O_NOATIME`: a read that moved a blob's access
+/// time would tell anyone with a copy of the data dir when each file was last read.
+/// `O_NOATIME` is allowed to the file's owner, and dropped when refused (root without
+/// `CAP_FOWNER` on another account's files, say).
+#[cfg(target_os = "linux")]
+fn open_to_read(path: &Path, flags: rustix::fs::OFlags) -> std::io::Result<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let open = |flags: rustix::fs::OFlags| {
+        std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(flags.bits() as i32)
+            .open(path)
+    };
+    match open(flags | rustix::fs::OFlags::NOATIME) {
+        Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(flags),
+        other => other,
     }
 }
 
@@ -360,19 +366,7 @@ fn open_blob_file(path: &Path) -> std::io::Result<std::fs::File> {
 fn open_direct(path: &Path) -> Result<Option<std::fs::File>> {
     #[cfg(target_os = "linux")]
     {
-        use rustix::fs::OFlags;
-        use std::os::unix::fs::OpenOptionsExt;
-        let open = |flags: OFlags| {
-            std::fs::OpenOptions::new()
-                .read(true)
-                .custom_flags(flags.bits() as i32)
-                .open(path)
-        };
-        // Without moving the access time, as `open_blob_file`.
-        let opened = match open(OFlags::DIRECT | OFlags::NOATIME) {
-            Err(e) if e.kind() == std::io::ErrorKind::PermissionDenied => open(OFlags::DIRECT),
-            other => other,
-        };
+        let opened = open_to_read(path, rustix::fs::OFlags::DIRECT);
         match opened {
             Ok(f) => Ok(Some(f)),
             Err(e) if is_einval(&e) => Ok(None),
