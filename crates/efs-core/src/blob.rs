@@ -1294,6 +1294,14 @@ impl BlobStore for LocalBlobStore {
                 }) as Arc<dyn BlobReader>)
             }
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(CoreError::NotFound),
+            // A symbolic link in its place (not followed): EFS writes none.
+            Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+                tracing::error!(
+                    blob = %hex::encode(id_hex),
+                    "a blob's path holds something other than a regular file"
+                );
+                Err(CoreError::Corrupt("a blob is not a regular file"))
+            }
             Err(e) => Err(e.into()),
         })
         .await

@@ -86,7 +86,15 @@ pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
                 );
                 write_cert_pem(&pem_path, &cert)?;
             }
-            Err(_) => write_cert_pem(&pem_path, &cert)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => write_cert_pem(&pem_path, &cert)?,
+            Err(e) => {
+                tracing::warn!(
+                    path = %pem_path.display(),
+                    error = %e,
+                    "the certificate file did not hold the certificate this server serves (a link, or not readable: changed outside EFS): written again; a client that took it from there meanwhile trusts another certificate"
+                );
+                write_cert_pem(&pem_path, &cert)?;
+            }
         }
         return Ok(TlsMaterial {
             certs: vec![cert],

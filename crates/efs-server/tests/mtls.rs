@@ -472,6 +472,23 @@ async fn a_replaced_certificate_file_is_written_again_at_start() {
         .status()
         .unwrap();
     assert!(made.success());
-    let fourth = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let mut fourth = TestServer::start_in(srv.dir.clone(), &[], &[]);
     assert_eq!(std::fs::read_to_string(fourth.cert_file()).unwrap(), kept);
+    // A link to another certificate: replaced, with the warning; its target left alone.
+    fourth.stop().await;
+    std::fs::remove_file(srv.cert_file()).unwrap();
+    std::os::unix::fs::symlink(d.join("evil.pem"), srv.cert_file()).unwrap();
+    let fifth = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    assert_eq!(std::fs::read_to_string(fifth.cert_file()).unwrap(), kept);
+    assert!(
+        fifth.stderr().contains("did not hold the certificate"),
+        "{}",
+        fifth.stderr()
+    );
+    assert!(
+        !std::fs::symlink_metadata(fifth.cert_file())
+            .unwrap()
+            .is_symlink()
+    );
+    assert!(std::fs::read_to_string(d.join("evil.pem")).unwrap() != kept);
 }

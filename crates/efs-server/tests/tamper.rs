@@ -1094,6 +1094,17 @@ async fn an_old_user_row_put_back_stops_the_server_until_efsctl_accept_system() 
         );
     }
     assert!(srv.efsctl(&["list-fs"]).status.success());
+    // And what was done meanwhile, in the audit log.
+    let out = srv.efsctl(&["audit", "show"]);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("revoke"),
+        "{out:?}"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("not trusted"),
+        "{out:?}"
+    );
     assert!(
         TestServer::try_start_in(srv.dir.clone(), &[], &[]).is_err(),
         "looking accepted nothing"
@@ -1528,7 +1539,7 @@ async fn a_fifo_or_a_link_in_a_blobs_place_is_refused_and_reads_leave_no_access_
     let (code, text) = fsck_text(&srv);
     assert_eq!(code, Some(3), "{text}");
     assert_eq!(text.matches("content:").count(), 2, "{text}");
-    assert!(text.contains("not a regular file"), "{text}");
+    assert_eq!(text.matches("not a regular file").count(), 2, "{text}");
 }
 
 /// `(the index's digest generation, the generation the data dir last recorded)` from

@@ -246,6 +246,16 @@ pub(crate) fn verify_recorded(
             },
         }
     }
+    // A log that breaks, or ends, before the head the data dir recorded: the walk's problem
+    // says where, and this what it means.
+    if let (Some(p), Some(r)) = (problem.as_mut(), recorded)
+        && r.seq > head.seq
+    {
+        p.message.push_str(&format!(
+            " (this data dir recorded entry {} of its log, in the system database: the log was deleted, or an older copy of it put back, or it was changed before that entry)",
+            r.seq
+        ));
+    }
     if problem.is_none()
         && let Some(r) = recorded
         && r.seq > 0

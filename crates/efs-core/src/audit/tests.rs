@@ -637,3 +637,31 @@ async fn the_anchor_follows_a_running_writer_within_its_interval() {
     assert!(verify(&dir, &keys, None).unwrap().is_clean());
     log.close();
 }
+
+/// A writer opened on a log whose last entry is where the chain goes on offers that entry as
+/// the head to record at once (the open made it durable): entries a crashed writer left
+/// unrecorded are recorded at the next open, not only once the new writer writes. Regression
+/// (re-test by a helper): a crash, a quiet restart of over two minutes, a burst and a second
+/// crash made the next open take the system database for an older copy. Not for a cut log
+/// (it chains to its anchor) nor an empty one.
+#[tokio::test]
+async fn a_reopened_log_offers_its_last_entry_as_the_head_to_record() {
+    let (_t, dir, keys) = log_of(5).await;
+    let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+    let head = log.anchored().expect("the last entry, before any new one");
+    assert_eq!(head.seq, 5);
+    assert_eq!(head, log.found_end().0);
+    drop(log);
+
+    let f = &files(&dir)[0];
+    let mut l = lines(f);
+    l.truncate(1 + 3);
+    put_lines(f, &l);
+    let cut = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+    assert_eq!(cut.anchored(), None, "a cut log chains to its anchor");
+    drop(cut);
+
+    let t = tempfile::tempdir().unwrap();
+    let empty = AuditLog::open(&t.path().join("audit"), &keys, AuditOptions::default()).unwrap();
+    assert_eq!(empty.anchored(), None);
+}

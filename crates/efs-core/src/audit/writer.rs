@@ -232,7 +232,11 @@ impl AuditLog {
             sync_failed: AtomicBool::new(false),
             closed: AtomicBool::new(false),
             syncer_idle: AtomicBool::new(false),
-            anchored: Mutex::new(None),
+            // The log's last entry, made durable above, is the first head to record: when it
+            // is where the chain goes on (not a cut log, nor one whose anchor was lost), so
+            // that entries a crashed writer left unrecorded are recorded at this open, not
+            // only once this writer has written entries of its own.
+            anchored: Mutex::new((start == log_head && log_head.seq > 0).then_some(log_head)),
             idle_lock: Mutex::new(()),
             wake: Condvar::new(),
         });

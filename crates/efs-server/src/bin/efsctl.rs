@@ -748,11 +748,16 @@ fn send(
                 .into());
             }
             let opts = OpenOptions {
-                // The lists open a database that failed its check too, to show what
-                // accept-system would accept (read only: nothing is written to it).
+                // The lists and the audit log's commands open a database that failed its
+                // check too, to show what accept-system would accept and what was done (read
+                // only: nothing is written to it, see `held` below).
                 accept_system: matches!(
                     req,
-                    AdminRequest::AcceptSystem | AdminRequest::ListUsers | AdminRequest::ListFs
+                    AdminRequest::AcceptSystem
+                        | AdminRequest::ListUsers
+                        | AdminRequest::ListFs
+                        | AdminRequest::AuditShow { .. }
+                        | AdminRequest::AuditVerify { .. }
                 ),
                 new_audit_log: matches!(req, AdminRequest::AuditNewLog),
                 ..OpenOptions::default()
@@ -795,20 +800,24 @@ fn send(
                     );
                 }
             };
-            // Nor for the lists, which may look at a system database on hold: nothing is
-            // changed by them.
-            let lists = matches!(req, AdminRequest::ListUsers | AdminRequest::ListFs);
-            if !matches!(
-                req,
-                AdminRequest::Status { .. }
-                    | AdminRequest::ListUsers
-                    | AdminRequest::ListFs
+            // Nor with a system database on hold (opened to be looked at, or accepted):
+            // nothing is changed then but by accept-system itself.
+            let held = matches!(
+                dd.system_trust(),
+                efs_core::system::SystemTrust::Pending { .. }
+            );
+            let looks = !matches!(req, AdminRequest::AcceptSystem);
+            if !held
+                && !matches!(
+                    req,
+                    AdminRequest::Status { .. }
                     | AdminRequest::Fsck { .. }
                     | AdminRequest::AcceptSystem
                     // Urgent after a leak, and about no filesystem: not held up by one.
                     | AdminRequest::RotateSigningKey
                     | AdminRequest::ReplaceKey { .. }
-            ) {
+                )
+            {
                 let finishing = rt
                     .block_on(dd.finish_rotations())
                     .and_then(|r| Ok((r, rt.block_on(dd.finish_reencryptions())?)));
@@ -842,11 +851,11 @@ fn send(
                 }
             );
             let resp = rt.block_on(efs_core::admin::execute_as(&dd, req, &op));
-            if !lists {
+            if !held {
                 store_counts();
             }
             if let (true, efs_core::system::SystemTrust::Pending { found }) =
-                (lists, dd.system_trust())
+                (looks, dd.system_trust())
             {
                 eprintln!(
                     "efsctl: WARNING: the system database is not trusted ({found}): this is what \
