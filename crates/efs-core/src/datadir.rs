@@ -996,21 +996,47 @@ impl DataDir {
     /// end of a command run on the data dir. One system-database write per filesystem whose
     /// generation moved, none otherwise. Tries every filesystem; returns the first error.
     pub async fn record_index_generations(&self) -> Result<()> {
+        let (pending, read) = self.committed_generations().await;
+        let stored = self.store_generations(&pending);
+        read.and(stored)
+    }
+
+    /// The first half of [`DataDir::record_index_generations`], without a write: every
+    /// trusted index's committed generation (those that could be read), and the first error
+    /// of those that could not. A server then stores them on a blocking thread
+    /// ([`DataDir::store_generations`]), since each write is a durable system-database commit.
+    pub async fn committed_generations(&self) -> (Vec<(Arc<Filesystem>, u64)>, Result<()>) {
+        let mut pending = Vec::new();
+        let mut first = Ok(());
         if matches!(self.system_trust(), SystemTrust::Pending { .. }) {
             // Nothing is written to a system database opened to be accepted, until it is.
-            return Ok(());
+            return (pending, first);
         }
-        let mut first = Ok(());
         for fs in self.open_filesystems() {
             if !fs.index_vouched() {
                 continue;
             }
-            let recorded = match fs.committed_generation().await {
-                Ok(Some(g)) => self.store_generation_mark(&fs, g, true).map(|_| ()),
-                Ok(None) => Ok(()),
-                Err(e) => Err(e),
-            };
-            if let Err(e) = recorded {
+            match fs.committed_generation().await {
+                Ok(Some(g)) => pending.push((fs, g)),
+                Ok(None) => {}
+                Err(e) => {
+                    tracing::warn!(fs = fs.name(), error = %e, "could not record the index's digest generation in the system database");
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
+                }
+            }
+        }
+        (pending, first)
+    }
+
+    /// The second half of [`DataDir::record_index_generations`]: each generation stored as its
+    /// filesystem's mark when above it. Blocking (a durable system-database commit per
+    /// filesystem whose generation moved). Tries every one; returns the first error.
+    pub fn store_generations(&self, pending: &[(Arc<Filesystem>, u64)]) -> Result<()> {
+        let mut first = Ok(());
+        for (fs, g) in pending {
+            if let Err(e) = self.store_generation_mark(fs, *g, true) {
                 tracing::warn!(fs = fs.name(), error = %e, "could not record the index's digest generation in the system database");
                 if first.is_ok() {
                     first = Err(e);

@@ -341,8 +341,14 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;
-                // Logged by the data dir; the next tick tries again.
-                let _ = data.record_index_generations().await;
+                // Errors are logged by the data dir; the next tick tries again. The writes
+                // (durable system-database commits) on a blocking thread, not a worker.
+                let (pending, _) = data.committed_generations().await;
+                if !pending.is_empty() {
+                    let d = data.clone();
+                    let _ =
+                        tokio::task::spawn_blocking(move || d.store_generations(&pending)).await;
+                }
             }
         }
     });
