@@ -1347,6 +1347,7 @@ fn audit_show(
             "--limit {limit}: give 1 to {AUDIT_SHOW_MAX} (narrow a larger answer with --since, --until, --user, --fs or --path)"
         )));
     }
+    crate::audit::check_filter(filter).map_err(CoreError::Invalid)?;
     let rep = dd.audit_show_last(filter, limit as usize)?;
     let mut lines = Vec::new();
     let mut data = Vec::new();
@@ -1379,10 +1380,22 @@ fn audit_show(
     }
     if rep.entries.is_empty() {
         lines.push("no entry matches".into());
+        if let Some(p) = filter.path.as_deref().filter(|p| looks_encoded(p)) {
+            lines.push(format!(
+                "note: paths are recorded decoded: --path {p:?} looks percent-encoded (a name \
+                 with a space is given with the space, quoted)"
+            ));
+        }
     }
-    if rep.omitted > 0 {
+    if let Some(next) = rep.next_from {
         lines.push(format!(
-            "warning: {} not shown (the newest {limit} are): narrow with --since, --until, --user, --fs or --path, or raise --limit (at most {AUDIT_SHOW_MAX})",
+            "warning: {} after these not shown (the first {limit} from entry {} are): continue with --from-entry {next}",
+            counted(rep.omitted, "newer matching entry", "newer matching entries"),
+            filter.from_seq.unwrap_or(1),
+        ));
+    } else if rep.omitted > 0 {
+        lines.push(format!(
+            "warning: {} not shown (the newest {limit} are): narrow with --since, --until, --user, --fs, --path, --action or --status, raise --limit (at most {AUDIT_SHOW_MAX}), or page through them all in order with --from-entry 1",
             counted(rep.omitted, "older matching entry", "older matching entries")
         ));
     }
@@ -1401,6 +1414,13 @@ fn audit_show(
     // A broken chain makes the answer untrustworthy: say so in the exit code too.
     r.clean = Some(rep.chain_broken_at.is_none() && rep.undecryptable == 0);
     Ok(r)
+}
+
+/// Whether `p` holds a `%XX` escape (a path given as in a URL).
+fn looks_encoded(p: &str) -> bool {
+    let b = p.as_bytes();
+    b.windows(3)
+        .any(|w| w[0] == b'%' && w[1].is_ascii_hexdigit() && w[2].is_ascii_hexdigit())
 }
 
 /// Unix ms as RFC 3339 UTC with three digits of milliseconds always (a fixed width, so that

@@ -87,7 +87,8 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
         time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
             .unwrap_or_else(|e| panic!("{t}: {e}"));
     }
-    // Everything that touched the file, in order: write, 2 reads, refused write, move.
+    // Everything that touched the file, in order: write, 2 reads, refused write, move, and
+    // the delete under the name it moved to (followed through the move).
     let all: Vec<(String, String, u64)> = show(&srv, &["--path", file])
         .iter()
         .map(|e| {
@@ -104,6 +105,7 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
         ("read", "nurse-kim", 200),
         ("write", "nurse-kim", 403),
         ("move", "app", 200),
+        ("delete", "app", 204),
     ];
     let want: Vec<(String, String, u64)> = want
         .iter()
@@ -1095,6 +1097,61 @@ async fn audit_show_answers_the_newest_entries_within_a_limit() {
     // usage (both exited 0 with no output).
     let text = srv.efsctl_ok(&["audit", "show", "--path", "/nothing-here"]);
     assert_eq!(text.trim(), "no entry matches");
+    // A path given as in a URL matches nothing: said (it printed "no entry matches" alone).
+    let text = srv.efsctl_ok(&["audit", "show", "--path", "/lab%20result.txt"]);
+    assert!(text.contains("looks percent-encoded"), "{text}");
+    // A path EFS never records is refused, not answered "no entry matches".
+    for bad in ["lim/1", "/lim//1", "/lim/./1"] {
+        let out = srv.efsctl(&["audit", "show", "--path", bad]);
+        assert!(!out.status.success(), "{bad}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains("not a path EFS records"), "{bad}: {err}");
+    }
+    // Paging through the whole log in order: the first page's warning names the next.
+    let out = srv.efsctl(&[
+        "audit",
+        "show",
+        "--json",
+        "--path",
+        "/lim/",
+        "--from-entry",
+        "1",
+        "--limit",
+        "2",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    let page: Vec<Value> = serde_json::from_slice(&out.stdout).unwrap();
+    let paths: Vec<&str> = page.iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/lim/1", "/lim/2"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    let next = err
+        .split("continue with --from-entry ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("no next page named: {err}"))
+        .trim();
+    assert!(err.contains("3 newer matching entries"), "{err}");
+    let rest = show(
+        &srv,
+        &["--path", "/lim/", "--from-entry", next, "--limit", "3"],
+    );
+    let paths: Vec<&str> = rest.iter().map(|e| e["path"].as_str().unwrap()).collect();
+    assert_eq!(paths, ["/lim/3", "/lim/4", "/lim/5"]);
+    // By action and status; a day as a time.
+    let writes = show(
+        &srv,
+        &["--path", "/lim/", "--action", "write", "--status", "2xx"],
+    );
+    assert_eq!(writes.len(), 5);
+    assert!(show(&srv, &["--path", "/lim/", "--action", "read,delete"]).is_empty());
+    assert!(show(&srv, &["--path", "/lim/", "--status", "4xx,5xx"]).is_empty());
+    assert_eq!(
+        show(&srv, &["--path", "/lim/", "--since", "2000-01-01"]).len(),
+        5
+    );
+    assert!(show(&srv, &["--path", "/lim/", "--until", "2000-01-02"]).is_empty());
+    let out = srv.efsctl(&["audit", "show", "--action", "reads"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no such action"));
     let out = srv.efsctl(&["audit", "show", "--since", "1h", "--until", "2h"]);
     assert_eq!(out.status.code(), Some(2));
     let err = String::from_utf8_lossy(&out.stderr);

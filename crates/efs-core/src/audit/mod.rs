@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 use crate::labels;
 
 pub use read::{
-    AnchorCheck, Filter, Problem, ShowReport, ShownEntry, VerifyReport, show, show_last, verify,
+    AnchorCheck, Filter, PathTrack, Problem, ShowReport, ShownEntry, VerifyReport, check_filter,
+    show, show_last, verify,
 };
 pub use writer::{AuditLog, AuditMark, AuditOptions, RECOVER_FIRST, RECOVER_MAX};
 
@@ -71,6 +72,31 @@ pub enum Action {
 }
 
 impl Action {
+    /// Every action, in the order of the enum.
+    pub const ALL: [Action; 16] = [
+        Action::LoginOk,
+        Action::LoginFailed,
+        Action::LoginRateLimited,
+        Action::RefreshOk,
+        Action::RefreshFailed,
+        Action::TokenRejected,
+        Action::Read,
+        Action::Stat,
+        Action::Write,
+        Action::Delete,
+        Action::Move,
+        Action::Mkdir,
+        Action::List,
+        Action::Admin,
+        Action::Other,
+        Action::Unrecorded,
+    ];
+
+    /// The action named `name` ([`Action::name`]).
+    pub fn from_name(name: &str) -> Option<Action> {
+        Action::ALL.into_iter().find(|a| a.name() == name)
+    }
+
     /// The kebab-case name, as `efsctl audit show` prints it.
     pub fn name(self) -> &'static str {
         match self {

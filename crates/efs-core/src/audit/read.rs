@@ -149,7 +149,21 @@ pub(crate) fn verify_recorded(
     let recorded_seq = recorded.map(|r| r.seq);
     // Every first entry of a writer that found the anchor lost: (entry, file, line).
     let mut lost_anchor: Vec<(u64, String, u64)> = Vec::new();
+    // Whether a line past the first problem carries the recorded head's number (not
+    // checked): with a break in place (below), the log then still holds that entry, and
+    // the break reads as an edit, not as a log deleted or put back.
+    let mut holds_recorded = false;
+    // Whether the chain broke at a line with the number expected there (its body, time or
+    // MAC changed in place), not at a jump in the numbering (lines removed, or a writer that
+    // went on from the recorded head after the log was deleted or put back).
+    let mut edited_in_place = false;
     let files = scan(dir, |file, no, item| {
+        if problem.is_some() {
+            if let Item::Entry(Some(e)) = item {
+                holds_recorded |= Some(e.seq) == recorded_seq;
+            }
+            return recorded_seq.is_some() && !holds_recorded;
+        }
         match item {
             Item::Torn => torn.push(format!("{file} line {no}")),
             Item::Header(s) => {
@@ -177,6 +191,7 @@ pub(crate) fn verify_recorded(
                     lost_anchor.push((expected, file.to_owned(), no));
                 }
                 if !chained && !unanchored {
+                    edited_in_place = e.seq == expected;
                     problem = Some(bad_line(expected, file, no, "MAC mismatch"));
                 } else {
                     if Some(e.seq) == anchor_seq {
@@ -193,7 +208,7 @@ pub(crate) fn verify_recorded(
                 }
             }
         }
-        problem.is_none()
+        problem.is_none() || recorded_seq.is_some()
     })?;
     let head = Head {
         seq: expected - 1,
@@ -250,6 +265,7 @@ pub(crate) fn verify_recorded(
     // says where, and this what it means.
     if let (Some(p), Some(r)) = (problem.as_mut(), recorded)
         && r.seq > head.seq
+        && !(edited_in_place && holds_recorded)
     {
         p.message.push_str(&format!(
             " (this data dir recorded entry {} of its log, in the system database: the log was deleted, or an older copy of it put back, or it was changed before that entry)",
@@ -341,40 +357,286 @@ pub(crate) fn verify_recorded(
 /// Which entries [`show`] returns. Every set field must match.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize)]
 pub struct Filter {
-    /// The user, exactly.
+    /// The user, exactly: the caller of a request, the operator of an admin command, and the
+    /// user an admin command is about (`create-user`, `grant`, `revoke`, `replace-key`,
+    /// `bind-cert`, `delete-user`).
     pub user: Option<String>,
-    /// The filesystem, exactly.
+    /// The filesystem, exactly (also a `create-user` granting it).
     pub fs: Option<String>,
-    /// A path, exactly; with a trailing `/`, that directory and everything under it. A move
-    /// matches by its source or its destination.
+    /// A path, exactly; with a trailing `/`, that directory and everything under it. Followed
+    /// through moves: a move matches by its source or its destination, and from a move on
+    /// the new name matches too (a move of a directory above it included); a delete or a
+    /// move of a directory above it matches (see [`PathTrack`]).
     pub path: Option<String>,
     /// Entries at or after this time (Unix ms).
     pub since_ms: Option<i64>,
     /// Entries before this time (Unix ms).
     pub until_ms: Option<i64>,
+    /// Only these actions (their names, [`super::Action::name`]); empty: every action.
+    #[serde(default)]
+    pub actions: Vec<String>,
+    /// Only these statuses: codes (`403`) or classes (`4xx`); empty: every status.
+    #[serde(default)]
+    pub statuses: Vec<String>,
+    /// Entries numbered from this one on; the limit then keeps the oldest matching ones (a
+    /// cursor to page through the whole log in order), not the newest.
+    #[serde(default)]
+    pub from_seq: Option<u64>,
 }
 
-impl Filter {
-    fn path_matches(want: &str, got: &str) -> bool {
-        match want.strip_suffix('/') {
-            Some(dir) if !dir.is_empty() => got == dir || got.starts_with(want),
-            Some(_) => true,
-            None => got == want,
+/// Why a [`Filter`] can match nothing: a path EFS never records, an unknown action or status.
+pub fn check_filter(f: &Filter) -> Result<(), String> {
+    if let Some(p) = &f.path
+        && let Err(e) = crate::path::EfsPath::parse(p)
+    {
+        return Err(format!(
+            "--path {p:?}: not a path EFS records ({e}): paths are absolute and normalised, \
+             as in /patients/173/rx.pdf, or /patients/173/ for the directory and everything \
+             under it; names are given decoded (a space, not %20)"
+        ));
+    }
+    for a in &f.actions {
+        if super::Action::from_name(a).is_none() {
+            return Err(format!(
+                "--action {a:?}: no such action (give one or more of {}, separated by commas)",
+                super::Action::ALL
+                    .iter()
+                    .map(|a| a.name())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ));
+        }
+    }
+    for s in &f.statuses {
+        if status_pattern(s).is_none() {
+            return Err(format!(
+                "--status {s:?}: give a status code (403) or a class (4xx), separated by commas"
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// A status code (`403`: `(403, 1)`) or class (`4xx`: `(400, 100)`), as `(low, width)`.
+fn status_pattern(s: &str) -> Option<(u16, u16)> {
+    let b = s.as_bytes();
+    if b.len() != 3 || !(b'1'..=b'5').contains(&b[0]) {
+        return None;
+    }
+    if s[1..].eq_ignore_ascii_case("xx") {
+        return Some((u16::from(b[0] - b'0') * 100, 100));
+    }
+    let code: u16 = s.parse().ok()?;
+    Some((code, 1))
+}
+
+/// The user and the filesystems an admin entry is about, from its detail (`cmd {json}`).
+fn admin_subject(r: &Record) -> (Option<String>, Vec<String>) {
+    let Some((cmd, json)) = r.detail.as_deref().and_then(|d| d.split_once(' ')) else {
+        return (None, Vec::new());
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+        return (None, Vec::new());
+    };
+    let field = match cmd {
+        "create-user" | "delete-user" => "name",
+        _ => "user",
+    };
+    let user = v.get(field).and_then(|u| u.as_str()).map(str::to_owned);
+    let fss = match cmd {
+        "create-user" => v
+            .get("grants")
+            .and_then(|g| g.as_array())
+            .map(|g| {
+                g.iter()
+                    .filter_map(|x| x.get("fs").and_then(|f| f.as_str()).map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default(),
+        _ => Vec::new(),
+    };
+    (user, fss)
+}
+
+/// Most names a path is followed under ([`PathTrack`]): a directory moved to and fro
+/// thousands of times stops adding names rather than growing without bound.
+const MAX_TRACKED: usize = 4_096;
+
+/// One name the path of a [`Filter`] is known by: exact (a file, or a directory itself), or
+/// a directory and everything under it (`prefix`, without its trailing `/`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Alias {
+    /// The filesystem it is in (`None`: the asked path, in every filesystem).
+    fs: Option<String>,
+    path: String,
+    prefix: bool,
+    /// The name asked for: kept whatever happens to it (a new file may take it again).
+    asked: bool,
+}
+
+impl Alias {
+    fn in_fs(&self, fs: &Option<String>) -> bool {
+        self.fs.is_none() || self.fs == *fs
+    }
+
+    /// Whether `got` (a recorded path) is this name or, for a prefix, under it.
+    fn covers(&self, got: &str) -> bool {
+        if self.prefix {
+            self.path.is_empty() || got == self.path || under(got, &self.path)
+        } else {
+            got == self.path
         }
     }
 
-    fn matches(&self, time_ms: i64, r: &Record) -> bool {
+    /// Whether a delete or move of `dir` takes this name with it (`dir` is the name itself
+    /// or a directory above it).
+    fn taken_by(&self, dir: &str) -> bool {
+        self.path == dir || under(&self.path, dir)
+    }
+}
+
+/// Whether `path` is strictly below directory `dir` (both recorded paths, no trailing `/`).
+fn under(path: &str, dir: &str) -> bool {
+    if dir == "/" {
+        return path != "/";
+    }
+    path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
+}
+
+/// `path` (equal to or below `from`) renamed as `from` moved to `to`.
+fn moved(path: &str, from: &str, to: &str) -> String {
+    format!("{to}{}", &path[from.len()..])
+}
+
+/// The names a [`Filter`]'s path goes by as the log goes on: the asked path, then the names
+/// moves gave it (a move of the file itself, of a directory above it, or, for a directory
+/// asked with `/`, of something out of it). A name that moves on is dropped (another file
+/// may take it later); the asked one is kept. Fed every entry, in order, whatever the
+/// other filters say: a move before `--since` still renames what comes after.
+#[derive(Debug, Clone)]
+pub struct PathTrack {
+    names: Vec<Alias>,
+}
+
+impl PathTrack {
+    /// The track of `filter`'s path, or `None` without one.
+    pub fn new(filter: &Filter) -> Option<Self> {
+        let p = filter.path.as_deref()?;
+        let (path, prefix) = match p.strip_suffix('/') {
+            Some("") => (String::new(), true),
+            Some(d) => (d.to_owned(), true),
+            None => (p.to_owned(), false),
+        };
+        Some(Self {
+            names: vec![Alias {
+                fs: filter.fs.clone(),
+                path,
+                prefix,
+                asked: true,
+            }],
+        })
+    }
+
+    /// Whether entry `r` is about the path under one of its names: by its path or a move's
+    /// destination, or as a delete or move of a directory above a name.
+    fn matches(&self, r: &Record) -> bool {
+        use super::Action;
+        self.names.iter().any(|a| {
+            a.in_fs(&r.fs)
+                && (r.path.as_deref().is_some_and(|g| a.covers(g))
+                    || r.to.as_deref().is_some_and(|g| a.covers(g))
+                    || (matches!(r.action, Action::Delete | Action::Move)
+                        && r.path.as_deref().is_some_and(|g| a.taken_by(g))))
+        })
+    }
+
+    /// Follows a move or a delete that happened (status 2xx).
+    fn follow(&mut self, r: &Record) {
+        use super::Action;
+        if !(200..300).contains(&r.status) {
+            return;
+        }
+        let (Some(from), Some(fs)) = (r.path.as_deref(), &r.fs) else {
+            return;
+        };
+        match r.action {
+            Action::Delete => self
+                .names
+                .retain(|a| a.asked || !(a.in_fs(&r.fs) && a.taken_by(from))),
+            Action::Move => {
+                let Some(to) = r.to.as_deref() else {
+                    return;
+                };
+                let mut new = Vec::new();
+                for a in self.names.iter().filter(|a| a.in_fs(&r.fs)) {
+                    if a.taken_by(from) {
+                        new.push(Alias {
+                            fs: Some(fs.clone()),
+                            path: moved(&a.path, from, to),
+                            prefix: a.prefix,
+                            asked: false,
+                        });
+                    } else if a.prefix && a.covers(from) && !a.covers(to) {
+                        // Moved out of a directory followed: the file (or directory) and
+                        // whatever it holds, under its new name.
+                        for prefix in [false, true] {
+                            new.push(Alias {
+                                fs: Some(fs.clone()),
+                                path: to.to_owned(),
+                                prefix,
+                                asked: false,
+                            });
+                        }
+                    }
+                }
+                self.names
+                    .retain(|a| a.asked || !(a.in_fs(&r.fs) && a.taken_by(from)));
+                for a in new {
+                    if self.names.len() >= MAX_TRACKED {
+                        break;
+                    }
+                    if !self.names.contains(&a) {
+                        self.names.push(a);
+                    }
+                }
+            }
+            _ => {}
+        }
+    }
+}
+
+impl Filter {
+    fn matches(&self, time_ms: i64, r: &Record, track: Option<&PathTrack>) -> bool {
         let eq = |want: &Option<String>, got: &Option<String>| {
             want.as_ref().is_none_or(|w| got.as_deref() == Some(w))
         };
-        eq(&self.user, &r.user)
-            && eq(&self.fs, &r.fs)
+        let subject = || {
+            if r.action == super::Action::Admin {
+                admin_subject(r)
+            } else {
+                (None, Vec::new())
+            }
+        };
+        let user_ok = eq(&self.user, &r.user)
+            || self
+                .user
+                .as_ref()
+                .is_some_and(|u| subject().0.as_ref() == Some(u));
+        let fs_ok = eq(&self.fs, &r.fs)
+            || self
+                .fs
+                .as_ref()
+                .is_some_and(|f| r.fs.is_none() && subject().1.contains(f));
+        user_ok
+            && fs_ok
             && self.since_ms.is_none_or(|t| time_ms >= t)
             && self.until_ms.is_none_or(|t| time_ms < t)
-            && self.path.as_ref().is_none_or(|p| {
-                r.path.as_deref().is_some_and(|g| Self::path_matches(p, g))
-                    || r.to.as_deref().is_some_and(|g| Self::path_matches(p, g))
-            })
+            && (self.actions.is_empty() || self.actions.iter().any(|a| a == r.action.name()))
+            && (self.statuses.is_empty()
+                || self.statuses.iter().any(|s| {
+                    status_pattern(s).is_some_and(|(lo, w)| (lo..lo + w).contains(&r.status))
+                }))
+            && track.is_none_or(|t| t.matches(r))
     }
 }
 
@@ -395,8 +657,12 @@ pub struct ShownEntry {
 pub struct ShowReport {
     /// Matching entries, oldest first (the newest `limit` of them, see [`show_last`]).
     pub entries: Vec<ShownEntry>,
-    /// Matching entries older than those in `entries`, left out by the limit.
+    /// Matching entries left out by the limit: older than those in `entries`, or, with
+    /// [`Filter::from_seq`], newer.
     pub omitted: u64,
+    /// With [`Filter::from_seq`] and entries left out: the first of them (the next page's
+    /// `from_seq`).
+    pub next_from: Option<u64>,
     /// Entries whose body did not decrypt (not shown).
     pub undecryptable: u64,
     /// The first entry where the chain breaks, if it does (entries from there on are shown
@@ -426,9 +692,11 @@ pub fn show_last(
     let mut out = ShowReport {
         entries: Vec::new(),
         omitted: 0,
+        next_from: None,
         undecryptable: 0,
         chain_broken_at: None,
     };
+    let mut track = PathTrack::new(filter);
     scan(dir, |_, _, item| {
         match item {
             Item::Torn => {}
@@ -451,21 +719,35 @@ pub fn show_last(
                     }
                 }
                 match key.open(e.seq, e.time_ms, &e.sealed) {
-                    Some(r) if filter.matches(e.time_ms, &r) => {
-                        if kept.len() == limit {
-                            // The oldest kept one, or (with a limit of 0) this one.
-                            kept.pop_front();
-                            out.omitted += 1;
+                    Some(r) => {
+                        let hit = filter.from_seq.is_none_or(|f| e.seq >= f)
+                            && filter.matches(e.time_ms, &r, track.as_ref());
+                        if let Some(t) = track.as_mut() {
+                            t.follow(&r);
                         }
-                        if limit > 0 {
-                            kept.push_back(ShownEntry {
-                                seq: e.seq,
-                                time_ms: e.time_ms,
-                                record: r,
-                            });
+                        if !hit {
+                            return true;
+                        }
+                        if filter.from_seq.is_some() && kept.len() >= limit {
+                            // Paging from an entry: the oldest `limit`, then the count of
+                            // the rest and where the next page starts.
+                            out.omitted += 1;
+                            out.next_from.get_or_insert(e.seq);
+                        } else {
+                            if kept.len() == limit {
+                                // The oldest kept one, or (with a limit of 0) this one.
+                                kept.pop_front();
+                                out.omitted += 1;
+                            }
+                            if limit > 0 {
+                                kept.push_back(ShownEntry {
+                                    seq: e.seq,
+                                    time_ms: e.time_ms,
+                                    record: r,
+                                });
+                            }
                         }
                     }
-                    Some(_) => {}
                     None => out.undecryptable += 1,
                 }
             }

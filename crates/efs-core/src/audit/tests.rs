@@ -665,3 +665,233 @@ async fn a_reopened_log_offers_its_last_entry_as_the_head_to_record() {
     let empty = AuditLog::open(&t.path().join("audit"), &keys, AuditOptions::default()).unwrap();
     assert_eq!(empty.anchored(), None);
 }
+
+/// An entry of `action` on `path` (and `to`) in filesystem `fs`, by `user`, with `status`.
+fn entry(action: Action, fs: &str, path: &str, to: Option<&str>, status: u16) -> Record {
+    Record {
+        action,
+        user: Some("app".into()),
+        fs: Some(fs.into()),
+        path: Some(path.into()),
+        to: to.map(str::to_owned),
+        client: Some("127.0.0.1".into()),
+        status,
+        detail: None,
+    }
+}
+
+async fn log_with(records: &[Record]) -> (tempfile::TempDir, PathBuf, AuditKeys) {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("audit");
+    let keys = AuditKeys::for_tests(7);
+    let log = AuditLog::open(&dir, &keys, AuditOptions::default()).unwrap();
+    for r in records {
+        log.submit(r.clone()).unwrap();
+    }
+    log.close();
+    (t, dir, keys)
+}
+
+fn seqs(dir: &Path, keys: &AuditKeys, filter: Filter) -> Vec<u64> {
+    show(dir, keys, &filter)
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.seq)
+        .collect()
+}
+
+fn by_path(path: &str) -> Filter {
+    Filter {
+        path: Some(path.into()),
+        ..Default::default()
+    }
+}
+
+/// "Who read or deleted patient 200's file": the answer follows the file through a move of
+/// its own, a move of a directory above it, and a recursive delete of a directory above it;
+/// a name it left is no longer followed (a new file there is another file), but the name
+/// asked for always is; a move that was refused renames nothing; other filesystems' same
+/// names are not the file.
+#[tokio::test]
+async fn a_path_is_followed_through_moves_and_deletes_above_it() {
+    use Action::*;
+    let (_t, dir, keys) = log_with(&[
+        entry(Write, "f", "/patients/200/a.pdf", None, 201), // 1
+        entry(Move, "f", "/patients/200", Some("/old/200"), 201), // 2: the directory
+        entry(Read, "f", "/old/200/a.pdf", None, 200),       // 3
+        entry(Move, "f", "/old/200/a.pdf", Some("/old/200/b.pdf"), 201), // 4: the file
+        entry(Read, "f", "/old/200/b.pdf", None, 200),       // 5
+        entry(Read, "f", "/old/200/a.pdf", None, 404),       // 6: the name it left
+        entry(Move, "f", "/old", Some("/x"), 412),           // 7: refused: nothing moved
+        entry(Read, "f", "/x/200/b.pdf", None, 404),         // 8
+        entry(Read, "g", "/old/200/b.pdf", None, 200),       // 9: another filesystem
+        entry(Delete, "f", "/old", None, 204),               // 10: a directory above
+        entry(Write, "f", "/old/200/b.pdf", None, 201),      // 11: a new file, not it
+        entry(Write, "f", "/patients/200/a.pdf", None, 201), // 12: the name asked for
+        entry(Read, "f", "/patients/2000/a.pdf", None, 200), // 13: not under /patients/200
+    ])
+    .await;
+    assert_eq!(
+        seqs(&dir, &keys, by_path("/patients/200/a.pdf")),
+        [1, 2, 3, 4, 5, 7, 10, 12]
+    );
+    // The directory asked with '/': everything in it, wherever it went; a file moved out of
+    // it is followed under its new name.
+    let (_t2, dir2, keys2) = log_with(&[
+        entry(Write, "f", "/patients/173/rx.pdf", None, 201), // 1
+        entry(
+            Move,
+            "f",
+            "/patients/173/rx.pdf",
+            Some("/archive/rx-173.pdf"),
+            201,
+        ), // 2
+        entry(Read, "f", "/archive/rx-173.pdf", None, 200),   // 3
+        entry(Move, "f", "/patients", Some("/p"), 201),       // 4: above it
+        entry(List, "f", "/p/173", None, 200),                // 5
+        entry(Read, "f", "/p/1730/x", None, 200),             // 6: another directory
+        entry(Delete, "f", "/archive/rx-173.pdf", None, 204), // 7
+        entry(Read, "f", "/archive/rx-173.pdf", None, 404),   // 8: gone: not followed
+    ])
+    .await;
+    assert_eq!(
+        seqs(&dir2, &keys2, by_path("/patients/173/")),
+        [1, 2, 3, 4, 5, 7]
+    );
+    // Limited to one filesystem, the other's moves rename nothing.
+    let only_g = Filter {
+        fs: Some("g".into()),
+        ..by_path("/patients/200/a.pdf")
+    };
+    assert_eq!(seqs(&dir, &keys, only_g), Vec::<u64>::new());
+}
+
+/// `--action`, `--status`, `--from-entry` (oldest first, with the next page's start), the
+/// admin commands about a user found by `--user`, and the filters that can match nothing
+/// refused.
+#[tokio::test]
+async fn actions_statuses_pages_and_the_user_an_admin_command_is_about() {
+    use Action::*;
+    let mut grant = Record::new(Admin, 200);
+    grant.user = Some("uid:0".into());
+    grant.fs = Some("records".into());
+    grant.detail = Some(r#"grant {"user":"nurse","fs":"records","read_only":true}"#.into());
+    let mut create = Record::new(Admin, 200);
+    create.user = Some("uid:0".into());
+    create.detail = Some(
+        r#"create-user {"name":"nurse","grants":[{"fs":"records","read_only":true}],"public_key_sha256":"ab"}"#
+            .into(),
+    );
+    let mut failed = Record::new(Admin, 400);
+    failed.user = Some("uid:0".into());
+    failed.detail = Some(r#"revoke {"user":"nursery","fs":null}"#.into());
+    let (_t, dir, keys) = log_with(&[
+        create,                                    // 1
+        entry(Read, "records", "/a", None, 200),   // 2
+        entry(Write, "records", "/a", None, 403),  // 3
+        entry(Read, "records", "/b", None, 404),   // 4
+        grant,                                     // 5
+        failed,                                    // 6
+        entry(Delete, "records", "/a", None, 204), // 7
+        entry(Read, "records", "/a", None, 401),   // 8
+    ])
+    .await;
+    let f = |actions: &[&str], statuses: &[&str]| Filter {
+        actions: actions.iter().map(|s| s.to_string()).collect(),
+        statuses: statuses.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    assert_eq!(seqs(&dir, &keys, f(&["read"], &[])), [2, 4, 8]);
+    assert_eq!(seqs(&dir, &keys, f(&["read", "delete"], &["2xx"])), [2, 7]);
+    assert_eq!(seqs(&dir, &keys, f(&[], &["4xx"])), [3, 4, 6, 8]);
+    assert_eq!(seqs(&dir, &keys, f(&[], &["403", "401"])), [3, 8]);
+    let nurse = Filter {
+        user: Some("nurse".into()),
+        ..Default::default()
+    };
+    assert_eq!(seqs(&dir, &keys, nurse), [1, 5]);
+    // A create-user granting the filesystem is about it (it has none of its own).
+    let records = Filter {
+        fs: Some("records".into()),
+        actions: vec!["admin".into()],
+        ..Default::default()
+    };
+    assert_eq!(seqs(&dir, &keys, records), [1, 5]);
+
+    // Paging from an entry: the oldest first, and where the next page starts.
+    let page = |from: u64| Filter {
+        from_seq: Some(from),
+        ..f(&["read"], &[])
+    };
+    let s = show_last(&dir, &keys, &page(1), 2).unwrap();
+    assert_eq!(s.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [2, 4]);
+    assert_eq!((s.omitted, s.next_from), (1, Some(8)));
+    let s = show_last(&dir, &keys, &page(8), 2).unwrap();
+    assert_eq!(s.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [8]);
+    assert_eq!((s.omitted, s.next_from), (0, None));
+    // Without it, the newest, as before, and no next page.
+    let s = show_last(&dir, &keys, &f(&["read"], &[]), 2).unwrap();
+    assert_eq!(s.entries.iter().map(|e| e.seq).collect::<Vec<_>>(), [4, 8]);
+    assert_eq!((s.omitted, s.next_from), (1, None));
+
+    for (bad, why) in [
+        (by_path("patients/173/rx.pdf"), "not a path EFS records"),
+        (by_path("/patients//173/rx.pdf"), "not a path EFS records"),
+        (by_path("/patients/./173"), "not a path EFS records"),
+        (f(&["reads"], &[]), "no such action"),
+        (f(&[], &["4x"]), "give a status code"),
+        (f(&[], &["600"]), "give a status code"),
+    ] {
+        let e = check_filter(&bad).unwrap_err();
+        assert!(e.contains(why), "{bad:?}: {e}");
+    }
+    check_filter(&by_path("/patients/173/")).unwrap();
+    check_filter(&by_path("/")).unwrap();
+    check_filter(&f(&["login-failed", "admin"], &["5XX", "201"])).unwrap();
+}
+
+/// With the head the data dir recorded: an entry edited in the middle of a log that still
+/// holds the recorded entry is named as an edit alone; a log that ends before it is named as
+/// deleted or put back (the edit read as both).
+#[tokio::test]
+async fn an_edit_before_the_recorded_head_is_not_called_a_log_put_back() {
+    let (_t, dir, keys) = log_of(10).await;
+    let r = verify(&dir, &keys, None).unwrap();
+    let mut mac = [0u8; 32];
+    mac.copy_from_slice(&hex::decode(&r.head_mac).unwrap());
+    let recorded = line::Head {
+        seq: r.head_seq,
+        mac,
+    };
+    let f = &files(&dir)[0];
+    let clean = lines(f);
+    let mut l = clean.clone();
+    let mut b = l[4].clone().into_bytes();
+    let i = b.iter().position(|&c| c == b' ').unwrap() + 1;
+    let i = i + b[i..].iter().position(|&c| c == b' ').unwrap() + 3;
+    b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+    l[4] = String::from_utf8(b).unwrap();
+    put_lines(f, &l);
+    let edited = read::verify_recorded(&dir, &keys, None, Some(recorded))
+        .unwrap()
+        .problem
+        .unwrap();
+    assert!(edited.message.contains("entry 4"), "{edited:?}");
+    assert!(edited.message.contains("MAC mismatch"), "{edited:?}");
+    assert!(
+        !edited.message.contains("put back"),
+        "an edit read as a log put back: {edited:?}"
+    );
+    // The same edit in a log that ends before the recorded entry: both said.
+    put_lines(f, &l[..7]);
+    let cut = read::verify_recorded(&dir, &keys, None, Some(recorded))
+        .unwrap()
+        .problem
+        .unwrap();
+    assert!(cut.message.contains("MAC mismatch"), "{cut:?}");
+    assert!(
+        cut.message.contains("this data dir recorded entry 10"),
+        "{cut:?}"
+    );
+}

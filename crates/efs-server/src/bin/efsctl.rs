@@ -357,26 +357,45 @@ enum AuditCmd {
     ///
     /// The newest matching entries (1,000 unless --limit says otherwise), oldest first:
     /// time, entry number, user, action, filesystem, path, HTTP status, client address,
-    /// reason.
+    /// reason. With --from-entry, the oldest from that entry on instead: page through the
+    /// whole log in order (each page's warning names the next).
     Show {
-        /// Only this user.
+        /// Only this user: its requests and logins, and the admin commands about it
+        /// (create-user, grant, revoke, replace-key, bind-cert, delete-user).
         #[arg(long)]
         user: Option<String>,
-        /// Only this path (exact); with a trailing '/', that directory and everything in it.
-        /// A move matches by its source or its destination.
+        /// Only this path (exact, decoded: /patients/173/rx.pdf); with a trailing '/', that
+        /// directory and everything in it. Followed through moves: from a move on (of the
+        /// file, of a directory above it) its new name matches too, and deletes and moves
+        /// of a directory above it match.
         #[arg(long)]
         path: Option<String>,
         /// Only this filesystem.
         #[arg(long)]
         fs: Option<String>,
-        /// From this time: RFC 3339 (2026-12-01T09:00:00Z) or an age (30m, 12h, 7d).
+        /// Only these actions, separated by commas: read, write, delete, move, mkdir,
+        /// list, stat, login-ok, login-failed, login-rate-limited, refresh-ok,
+        /// refresh-failed, token-rejected, admin, other, unrecorded.
+        #[arg(long, value_name = "A[,A…]", value_delimiter = ',')]
+        action: Vec<String>,
+        /// Only these HTTP statuses, separated by commas: codes (403) or classes (4xx;
+        /// 4xx,5xx: every refused or failed request).
+        #[arg(long, value_name = "S[,S…]", value_delimiter = ',')]
+        status: Vec<String>,
+        /// From this time: RFC 3339 (2026-12-01T09:00:00Z), a day (2026-12-01: its start,
+        /// UTC) or an age (30m, 12h, 7d).
         #[arg(long, value_name = "T", value_parser = parse_time)]
         since: Option<i64>,
-        /// Before this time (same forms as --since).
+        /// Before this time (same forms as --since; a day: its start, so --until 2026-12-02
+        /// ends with 1 December).
         #[arg(long, value_name = "T", value_parser = parse_time)]
         until: Option<i64>,
-        /// Show only the newest N matching entries (1 to 100000); the older ones are
-        /// counted in a warning.
+        /// Entries numbered N and later, the oldest first: --limit then keeps the first
+        /// matching ones, and a warning names the entry to continue from.
+        #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+        from_entry: Option<u64>,
+        /// Show only the newest N matching entries (1 to 100000; with --from-entry the
+        /// oldest N); the others are counted in a warning.
         #[arg(
             long,
             value_name = "N",
@@ -387,11 +406,16 @@ enum AuditCmd {
     },
 }
 
-/// RFC 3339, or an age before now (`90s`, `30m`, `12h`, `7d`, `2w`), as Unix ms.
+/// RFC 3339, a day (`2026-12-01`: its first millisecond, UTC), or an age before now (`90s`,
+/// `30m`, `12h`, `7d`, `2w`), as Unix ms.
 fn parse_time(s: &str) -> Result<i64, String> {
     use time::format_description::well_known::Rfc3339;
     if let Ok(t) = time::OffsetDateTime::parse(s, &Rfc3339) {
         return Ok((t.unix_timestamp_nanos() / 1_000_000) as i64);
+    }
+    let day = time::macros::format_description!("[year]-[month]-[day]");
+    if let Ok(d) = time::Date::parse(s, day) {
+        return Ok(d.midnight().assume_utc().unix_timestamp() * 1000);
     }
     let unit = s.chars().last().unwrap_or(' ');
     let secs: i64 = match unit {
@@ -413,7 +437,7 @@ fn parse_time(s: &str) -> Result<i64, String> {
             Ok(now as i64 - ms)
         }
         _ => Err(format!(
-            "'{s}' is neither an RFC 3339 time (2026-12-01T09:00:00Z) nor an age (30m, 12h, 7d)"
+            "'{s}' is neither an RFC 3339 time (2026-12-01T09:00:00Z), a day (2026-12-01) nor an age (30m, 12h, 7d)"
         )),
     }
 }
@@ -616,8 +640,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
                     user,
                     path,
                     fs,
+                    action,
+                    status,
                     since,
                     until,
+                    from_entry,
                     limit,
                 },
         } => AdminRequest::AuditShow {
@@ -628,6 +655,9 @@ fn run(args: Args) -> anyhow::Result<u8> {
                 path,
                 since_ms: since,
                 until_ms: until,
+                actions: action,
+                statuses: status,
+                from_seq: from_entry,
             },
         },
     };
