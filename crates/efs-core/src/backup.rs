@@ -858,6 +858,9 @@ async fn write_backup(
     let mut dirs = std::collections::HashMap::new();
     let trash_tag = fs.dir_tag(&kr, &super::TRASH_ID);
     let mut trash_seen = false;
+    // Each inline content's place in the dump: (offset of its value, length).
+    let mut inline_at: std::collections::HashMap<ContentId, (u64, usize)> =
+        std::collections::HashMap::new();
     fs.index
         .visit_snapshot(&mut |item| {
             match item {
@@ -908,6 +911,10 @@ async fn write_backup(
                 }
                 SnapshotItem::Inline(id, v) => {
                     m.inline += 1;
+                    // Where its value lands in the dump (after kind, key length, key and
+                    // value length): checked from there once the dump is written.
+                    let at = dump.n + 1 + 4 + id.len() as u64 + 4;
+                    inline_at.insert(*id, (at, v.len()));
                     write_item(&mut dump, KIND_INLINE, id, v)?;
                 }
             }
@@ -917,8 +924,24 @@ async fn write_backup(
     let (sha, mut stored) = dump.finish()?;
     let m_dump_len = stored;
     m.index_sha256 = sha;
-    // With `skip_damaged`: the files whose blob cannot be read, by content id.
+    // With `skip_damaged`: the files whose content (blob or inline) cannot be read, by
+    // content id.
     let mut unreadable = std::collections::HashMap::new();
+    for (id, entry, parent, why) in check_inline_contents(fs, &kr, dest, &inline_at)? {
+        // Deleted data (below the "being deleted" directory) is left out anyway.
+        if reachable(trash_tag, &dirs, parent) {
+            continue;
+        }
+        if !skip_damaged {
+            return Err(CoreError::Invalid(format!(
+                "entry {entry} of the index: its content (stored in the index) {why}: not \
+                 backed up (efsctl fsck reports it; efsctl backup --skip-damaged backs up \
+                 the rest)"
+            )));
+        }
+        tracing::warn!(entry = %entry, reason = %why, "inline content cannot be read: its file is left out of the backup");
+        unreadable.insert(id, why);
+    }
     // Shard directories written into: their entries are synced before the manifest.
     let mut shards = std::collections::BTreeSet::new();
     let root_tag = fs.dir_tag(&kr, &super::ROOT_ID);
@@ -1020,6 +1043,62 @@ async fn write_backup(
         skipped,
         skipped_inline,
     })
+}
+
+/// A small file whose content stored in the index fails its check: (content id, entry key in
+/// hex, the entry's directory tag, why).
+type DamagedInline = (ContentId, String, [u8; 16], String);
+
+/// Checks every inline content the dump at `dest` holds against the record that names it,
+/// as a read would (each segment authenticated under the file's key, its length the
+/// record's): reads the dump's entries again, and each inline file's content from its place
+/// (`inline_at`, recorded as the dump was written), so that memory stays one offset per
+/// content. Returns the files whose content fails or is missing.
+fn check_inline_contents(
+    fs: &Filesystem,
+    kr: &crate::keyring::Keyring,
+    dest: &Path,
+    inline_at: &std::collections::HashMap<ContentId, (u64, usize)>,
+) -> Result<Vec<DamagedInline>> {
+    use std::os::unix::fs::FileExt;
+    let path = dest.join("index.dump");
+    let file = std::fs::File::open(&path)?;
+    let mut r = DumpReader {
+        r: BufReader::with_capacity(1 << 20, file.try_clone()?),
+    };
+    let mut bad = Vec::new();
+    let mut buf = zeroize::Zeroizing::new(Vec::new());
+    while let Some(item) = r.next_item()? {
+        let DumpItem::Entry(k, v) = item else {
+            // Entries come first: the rest is inline contents.
+            break;
+        };
+        let Ok(rec) = fs.open_rec(kr, &k, &v) else {
+            // Left out (or refused) by the visit already.
+            continue;
+        };
+        if rec.kind != Kind::File || rec.storage != Storage::Inline {
+            continue;
+        }
+        let parent: [u8; 16] = k[..16].try_into().expect("32-byte key");
+        let why = match inline_at.get(&rec.id) {
+            None => Some("is missing".to_owned()),
+            Some(&(at, len)) => {
+                buf.resize(len, 0);
+                file.read_exact_at(&mut buf, at)?;
+                let checked = fs.data_key_of(kr, &rec).and_then(|key| {
+                    let mut check = ContentCheck::new(key, len as u64, &rec);
+                    check.feed(&buf)?;
+                    check.finish()
+                });
+                checked.err().map(|e| format!("fails its check ({e})"))
+            }
+        };
+        if let Some(why) = why {
+            bad.push((rec.id, hex::encode(k), parent, why));
+        }
+    }
+    Ok(bad)
 }
 
 /// Why a blob's copy failed: reading it (the store's error) or writing the copy.
@@ -1227,6 +1306,12 @@ fn rewrite_dump(
                     "its content (blob {}) cannot be read ({e})",
                     hex::encode(rec.id)
                 )
+            })
+        } else if rec.kind == Kind::File && rec.storage == Storage::Inline {
+            unreadable.get(&rec.id).map(|e| {
+                // Its content goes with it, not counted as a content no entry names.
+                deleted_inline.insert(rec.id);
+                format!("its content (stored in the index) {e}")
             })
         } else {
             None
