@@ -978,15 +978,21 @@ async fn files_inner(
 ) -> Result<Response, ApiError> {
     let raw_path = parts.uri.path();
     if raw_path == "/_efs" || raw_path.starts_with("/_efs/") {
-        return Err(ApiError::new(
-            StatusCode::BAD_REQUEST,
-            efs_proto::codes::INVALID_PATH,
-            "paths under /_efs/ are reserved (no such control route)",
+        return Err(path_refused(
+            &st,
+            parts,
+            who,
+            ApiError::new(
+                StatusCode::BAD_REQUEST,
+                efs_proto::codes::INVALID_PATH,
+                "paths under /_efs/ are reserved (no such control route)",
+            ),
         ));
     }
     let is_dir = raw_path.ends_with('/');
     // Validate the path before anything else: a bad path is a 400 even without a token.
-    let path = EfsPath::parse_uri_path(raw_path).map_err(efs_core::CoreError::from)?;
+    let path = EfsPath::parse_uri_path(raw_path)
+        .map_err(|e| path_refused(&st, parts, who, efs_core::CoreError::from(e).into()))?;
     if st.http.log_paths {
         tracing::info!(path = %path, "path");
     }
@@ -1082,6 +1088,25 @@ async fn files_inner(
             "use GET, HEAD, PUT, POST, DELETE or MOVE on files; GET, HEAD, PUT, POST, MKCOL, DELETE or MOVE on directories (trailing '/')",
         )),
     }
+}
+
+/// A request refused for its path (400 `invalid_path`) before its token was looked at: its
+/// entry names the token's user and filesystem when the token checks out (an insider's
+/// `/a/../b` is then seen under `audit show --user`, and is not counted against the budget
+/// of callers who proved nobody). The answer does not change; a missing or refused token
+/// leaves the entry as it was, with no entry of its own. Only refused requests pay for the
+/// check.
+fn path_refused(
+    st: &AppState,
+    parts: &axum::http::request::Parts,
+    who: &mut Who,
+    refusal: ApiError,
+) -> ApiError {
+    if let Some(caller) = bearer(&parts.headers).and_then(|t| st.auth.identify(t)) {
+        who.user = Some(caller.user().to_owned());
+        who.fs = Some(caller.fs().to_owned());
+    }
+    refusal
 }
 
 /// The host and port the client addressed: the HTTP/2 `:authority`, else the `Host` header.

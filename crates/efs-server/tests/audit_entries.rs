@@ -1,0 +1,68 @@
+//! What the audit log records about requests and the server itself, end to end: a real
+//! server, real logins and requests, entries read with `efsctl audit show --json`. (The
+//! log's machinery — the budget, the chain, failing closed — is tested in audit.rs.)
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn show(srv: &TestServer, args: &[&str]) -> Vec<Value> {
+    let mut a = vec!["audit", "show", "--json"];
+    a.extend_from_slice(args);
+    let out = srv.efsctl_ok(&a);
+    serde_json::from_str::<Value>(&out)
+        .expect("audit show --json prints JSON")
+        .as_array()
+        .expect("an array of entries")
+        .clone()
+}
+
+/// A path refused before the token is looked at (`/a/../b`, an encoded `/` or newline, a
+/// reserved `/_efs/…`) is recorded with the user and filesystem of a valid token, past the
+/// budget of callers who proved nobody (it was recorded with no user, and counted against
+/// that budget: an insider's traversal attempts were invisible under `--user`). The answer
+/// stays 400; without a token, or with a refused one, the entry still names nobody.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_path_with_a_valid_token_names_the_caller() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let targets = ["/a/../b", "/a%2F..%2Fb", "/a%0Ab", "/_efs/x"];
+    // 40 of them: more than the 30 a minute the budget writes for an address.
+    for round in 0..10 {
+        for t in targets {
+            let target = format!("{t}{round}");
+            let r = srv.raw("GET", &target, Some(&s.token), b"").await;
+            assert_eq!(r.status, 400, "{target}");
+            assert_eq!(r.json()["error"], "invalid_path", "{target}");
+        }
+    }
+    let r = srv.raw("GET", "/a/../nobody", None, b"").await;
+    assert_eq!(r.status, 400);
+    let r = srv
+        .raw("GET", "/a/../forged", Some("forged.forged.forged"), b"")
+        .await;
+    assert_eq!(r.status, 400);
+    srv.stop().await;
+
+    let mine: Vec<Value> = show(&srv, &["--user", &s.user])
+        .into_iter()
+        .filter(|e| e["status"] == 400)
+        .collect();
+    assert_eq!(mine.len(), 40, "{mine:#?}");
+    for e in &mine {
+        assert_eq!(e["fs"], s.fs.as_str(), "{e}");
+        assert_eq!(e["detail"], "invalid_path", "{e}");
+    }
+    let all = show(&srv, &[]);
+    let anonymous: Vec<&Value> = all
+        .iter()
+        .filter(|e| e["status"] == 400 && e["user"].is_null())
+        .collect();
+    assert_eq!(anonymous.len(), 2, "{anonymous:#?}");
+    // A refused token adds no entry of its own here (its path was refused first).
+    assert!(
+        all.iter().all(|e| e["action"] != "token-rejected"),
+        "{all:#?}"
+    );
+}
