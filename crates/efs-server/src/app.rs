@@ -508,8 +508,13 @@ async fn refresh(State(st): St, req: Request) -> Result<Response, ApiError> {
     let mark = audit_mark(&st.data)?;
     let token = bearer(req.headers()).ok_or_else(ApiError::unauthorized)?;
     // A user bound to a client certificate renews only over a connection that has it.
-    let r = match st.auth.verify_from(token, ip) {
-        Err(e) => Err(token_refused(e)),
+    let r = match st.auth.verify_named(token, ip) {
+        // Two entries, as for every request with a refused token: the token's
+        // (`token-rejected`) and the refresh's own (`refresh-failed`, with the reason).
+        Err(refused) => {
+            st.auth.report_refresh_refused(&refused, ip);
+            Err(token_refused(refused.error))
+        }
         Ok(caller) => {
             let cert = req
                 .extensions()

@@ -691,6 +691,22 @@ impl Authenticator {
         self.check(bearer_token, Some(client_ip))
     }
 
+    /// Reports a refresh refused because its token was (by [`Authenticator::verify_named`],
+    /// which reported the `token-rejected`): the refresh's own `refresh-failed` event, with
+    /// the refusal's reason and, for a token this server signed, its user and filesystem.
+    pub fn report_refresh_refused(&self, refused: &TokenRefused, client_ip: IpAddr) {
+        self.report(AuthEvent {
+            kind: AuthEventKind::RefreshFailed,
+            user: refused.user.as_deref(),
+            fs: refused.fs.as_deref(),
+            client_ip: Some(client_ip),
+            reason: refused.error.internal_reason(),
+            status: 401,
+            // Signed by this server (expired, revoked): named, one by one.
+            proven: refused.user.is_some(),
+        });
+    }
+
     /// The caller a token proves, with every check of [`Authenticator::verify`] (signature,
     /// issuer, expiry, the user's generation, the grant), reporting nothing: for a request
     /// refused for another reason before its token was looked at (a bad path), whose entry

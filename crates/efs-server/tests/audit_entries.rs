@@ -66,3 +66,44 @@ async fn a_refused_path_with_a_valid_token_names_the_caller() {
         "{all:#?}"
     );
 }
+
+/// A refresh with a refused token writes two entries, as docs/audit.md says of every request
+/// with a refused token: `token-rejected` and the refresh's own `refresh-failed`, both with
+/// the reason (and the user, for a token this server signed). Only `token-rejected` was
+/// written.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refresh_with_a_refused_token_writes_refresh_failed() {
+    let s = session(&["--token-ttl", "1"]).await;
+    let mut srv = s.srv;
+    // Past the token's second (and the clock's granularity).
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let r = srv
+        .req("POST", "/_efs/auth/refresh", &s.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    let r = srv
+        .req("POST", "/_efs/auth/refresh", "forged.forged.forged")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    srv.stop().await;
+
+    let entries = show(&srv, &[]);
+    let of = |action: &str| -> Vec<&Value> {
+        entries.iter().filter(|e| e["action"] == action).collect()
+    };
+    let failed = of("refresh-failed");
+    assert_eq!(failed.len(), 2, "{entries:#?}");
+    assert_eq!(failed[0]["user"], s.user.as_str(), "{}", failed[0]);
+    assert_eq!(failed[0]["fs"], s.fs.as_str(), "{}", failed[0]);
+    assert_eq!(failed[0]["detail"], "token expired", "{}", failed[0]);
+    assert_eq!(failed[0]["status"], 401);
+    assert!(failed[1]["user"].is_null(), "{}", failed[1]);
+    assert_eq!(failed[1]["detail"], "malformed token", "{}", failed[1]);
+    let rejected = of("token-rejected");
+    assert_eq!(rejected.len(), 2, "{entries:#?}");
+    assert_eq!(rejected[0]["detail"], "token expired");
+}
