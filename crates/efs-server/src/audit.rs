@@ -48,7 +48,11 @@ impl AuthAudit for AuditHook {
         rec.user = e.user.map(str::to_owned);
         rec.fs = e.fs.map(str::to_owned);
         rec.client = e.client_ip.map(|ip| ip.to_string());
-        rec.detail = (e.reason != "ok").then(|| e.reason.to_owned());
+        rec.detail = match e.key_sha256 {
+            // The key a login proved, named as create-user and replace-key entries name it.
+            Some(k) => Some(serde_json::json!({ "public_key_sha256": k }).to_string()),
+            None => (e.reason != "ok").then(|| e.reason.to_owned()),
+        };
         // A refused entry means the log has failed: the route's sync point answers 503.
         let _ = self.data.audit().submit(rec);
     }

@@ -334,6 +334,10 @@ pub struct AuthEvent<'a> {
     pub reason: &'static str,
     /// The HTTP status the client is answered with.
     pub status: u16,
+    /// The SHA-256 fingerprint (`SHA256:…`, as `ssh-keygen -lf` prints it) of the public key
+    /// a successful login proved: after `efsctl replace-key`, tells the old key's logins from
+    /// the new one's. `None` for every other event.
+    pub key_sha256: Option<&'a str>,
     /// The caller proved who it is, now or once: a login whose signature checked out (even
     /// if it was then refused, e.g. for a filesystem not granted), a token this server signed
     /// (accepted, or refused as expired, revoked, no longer granted, out of renewals).
@@ -545,6 +549,8 @@ impl Authenticator {
                 client_ip: Some(client_ip),
                 reason: "rate limited",
                 status: 429,
+                key_sha256: None,
+
                 proven: false,
             });
             return Err(AuthError::RateLimited { retry_after_secs });
@@ -558,13 +564,15 @@ impl Authenticator {
                 client_ip: Some(client_ip),
                 reason,
                 status: e.status(),
+                key_sha256: None,
+
                 proven: false,
             });
             return Err(e);
         }
         let user_limited = self.limiter.check_user(&req.user, now).err();
         match self.login_checked(req, now, client_cert) {
-            Ok(resp) => {
+            Ok((resp, key_sha256)) => {
                 self.report(AuthEvent {
                     kind: AuthEventKind::LoginSucceeded,
                     user: Some(&req.user),
@@ -572,6 +580,8 @@ impl Authenticator {
                     client_ip: Some(client_ip),
                     reason: "ok",
                     status: 200,
+                    key_sha256: Some(&key_sha256),
+
                     proven: true,
                 });
                 Ok(resp)
@@ -601,6 +611,8 @@ impl Authenticator {
                     } else {
                         failure.error.status()
                     },
+                    key_sha256: None,
+
                     proven: !failure.counts,
                 });
                 match limited {
@@ -644,6 +656,8 @@ impl Authenticator {
                     client_ip: Some(client_ip),
                     reason: "ok",
                     status: 200,
+                    key_sha256: None,
+
                     proven: true,
                 });
                 Ok(resp)
@@ -657,6 +671,8 @@ impl Authenticator {
                     reason: refusal.reason,
                     status: 401,
                     // Signed by this server (renewals used up, revoked): named, one by one.
+                    key_sha256: None,
+
                     proven: refusal.user.is_some(),
                 });
                 Err(AuthError::Unauthorized(refusal.reason))
@@ -703,6 +719,8 @@ impl Authenticator {
             reason: refused.error.internal_reason(),
             status: 401,
             // Signed by this server (expired, revoked): named, one by one.
+            key_sha256: None,
+
             proven: refused.user.is_some(),
         });
     }
@@ -727,6 +745,8 @@ impl Authenticator {
                 reason: refusal.reason,
                 status: 401,
                 // Signed by this server: its holder once proved the user's key.
+                key_sha256: None,
+
                 proven: refusal.user.is_some(),
             });
             TokenRefused {
@@ -767,7 +787,7 @@ impl Authenticator {
         req: &TokenRequest,
         now: u64,
         client_cert: Option<[u8; 32]>,
-    ) -> Result<TokenResponse, LoginFailure> {
+    ) -> Result<(TokenResponse, String), LoginFailure> {
         // Until a nonce issued to this user is presented, a failure is not even an attempt at
         // the user's key: it counts against the address only. From there on (an expired nonce
         // of this user, a bad signature) it counts against the user too; anyone can get that
@@ -853,7 +873,13 @@ impl Authenticator {
                 }
             },
         };
-        Ok(self.issue(&user.name, &grant.fs, user.generation, 0, now))
+        // The key that logged in, for the audit entry (one SHA-256 of 51 bytes: nothing
+        // beside the signature check).
+        let key_sha256 = fingerprint_sha256(&user.public_key);
+        Ok((
+            self.issue(&user.name, &grant.fs, user.generation, 0, now),
+            key_sha256,
+        ))
     }
 
     fn issue(&self, user: &str, fs: &str, generation: u64, ren: u32, now_ms: u64) -> TokenResponse {

@@ -107,3 +107,56 @@ async fn a_refresh_with_a_refused_token_writes_refresh_failed() {
     assert_eq!(rejected.len(), 2, "{entries:#?}");
     assert_eq!(rejected[0]["detail"], "token expired");
 }
+
+/// `login-ok` names the key that logged in (`public_key_sha256`, as create-user and
+/// replace-key entries name keys): after `efsctl replace-key`, the old key's logins and the
+/// new one's are told apart by more than their time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_ok_names_the_key_that_logged_in() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let new_key = new_signing_key();
+    let pub_path = srv.dir.path().join("app-new.pub");
+    std::fs::write(&pub_path, format!("{}\n", openssh_public_line(&new_key))).unwrap();
+    srv.efsctl_ok(&[
+        "replace-key",
+        &s.user,
+        "--pubkey",
+        pub_path.to_str().unwrap(),
+    ]);
+    srv.login(&s.user, &new_key, None).await;
+    srv.stop().await;
+
+    let old_fp = efs_server::auth::fingerprint_sha256(&s.key.verifying_key());
+    let new_fp = efs_server::auth::fingerprint_sha256(&new_key.verifying_key());
+    let logins: Vec<Value> = show(&srv, &["--user", &s.user])
+        .into_iter()
+        .filter(|e| e["action"] == "login-ok")
+        .collect();
+    assert_eq!(logins.len(), 2, "{logins:#?}");
+    let key_of = |e: &Value| -> Value {
+        let d = e["detail"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no detail: {e}"));
+        serde_json::from_str::<Value>(d).unwrap_or_else(|err| panic!("{err}: {d}"))["public_key_sha256"]
+            .clone()
+    };
+    assert_eq!(key_of(&logins[0]), old_fp.as_str());
+    assert_eq!(key_of(&logins[1]), new_fp.as_str());
+    // The same form as the create-user entry's.
+    let created = show(&srv, &[])
+        .into_iter()
+        .find(|e| {
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("create-user "))
+        })
+        .expect("the create-user entry");
+    assert!(
+        created["detail"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("\"public_key_sha256\":\"{old_fp}\"")),
+        "{created}"
+    );
+}
