@@ -253,6 +253,13 @@ impl AdminRequest {
     /// The command and its arguments for the audit log; a public key appears as its
     /// fingerprint (`public_key_sha256`), which names it as `ssh-keygen -lf` does.
     pub fn summary(&self) -> String {
+        self.summary_with(None)
+    }
+
+    /// [`AdminRequest::summary`], with why the command was refused or failed as an `error`
+    /// field of its JSON object (one object, as `cmd {json}` is read back by `audit show
+    /// --user`), e.g. `revoke {"error":"no user named 'nobody' …","user":"nobody"}`.
+    pub fn summary_with(&self, error: Option<&str>) -> String {
         let mut v = match self {
             // Key parts' contents never reach the entry, not even in a value removed after.
             AdminRequest::Restore {
@@ -285,6 +292,9 @@ impl AdminRequest {
                     crate::system::public_key_fingerprint(&k).into()
                 }),
             );
+        }
+        if let Some(e) = error {
+            obj.insert("error".into(), e.into());
         }
         if obj.is_empty() {
             cmd
@@ -356,6 +366,25 @@ pub async fn record_admin(
     ok: bool,
 ) -> Result<(), AuditError> {
     record_admin_with(dd, op, req, ok, None).await
+}
+
+/// Records an admin command that was refused or failed (status 400), with why: `error`, the
+/// message the operator was shown, as the `error` field of the command's JSON. The
+/// messages name what is wrong (a user, a filesystem, a key part's spec, a file), never a
+/// secret: core errors never carry a key (CONTRIBUTING.md), and a key part's errors name
+/// the part and the check, not its contents.
+pub async fn record_admin_failed(
+    dd: &DataDir,
+    op: &Operator,
+    req: &AdminRequest,
+    error: &str,
+) -> Result<(), AuditError> {
+    let mut rec = Record::new(Action::Admin, 400);
+    rec.user = Some(op.user.clone());
+    rec.client = Some(op.via.clone());
+    rec.fs = req.fs().map(str::to_owned);
+    rec.detail = Some(req.summary_with(Some(error)));
+    dd.audit().record(rec).await
 }
 
 /// [`record_admin`] with the command's result appended to the entry's detail (JSON).
@@ -476,7 +505,12 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
             | AdminRequest::ReplaceKey { .. },
             true,
         ) => record_admin_with(dd, op, &recorded, true, Some(&resp.data)).await,
-        _ => record_admin(dd, op, &recorded, resp.ok).await,
+        (_, true) => record_admin(dd, op, &recorded, true).await,
+        // Why it failed, as the operator was told.
+        (_, false) => {
+            let error = resp.error.as_deref().unwrap_or("failed");
+            record_admin_failed(dd, op, &recorded, error).await
+        }
     };
     match recorded_ok {
         Ok(()) => resp,

@@ -259,7 +259,7 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     if matches!(req, AdminRequest::AuditNewLog) {
         // The running server writes the log it would move aside.
         let refused = "efs-server is running: stop it first. audit new-log moves the log the running server writes aside";
-        if let Err(e) = admin::record_admin(&st.data, op, &req, false).await {
+        if let Err(e) = admin::record_admin_failed(&st.data, op, &req, refused).await {
             return AdminResponse::err(e.to_string());
         }
         return AdminResponse::err(refused.to_owned());
@@ -268,7 +268,7 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
         // The server signs and checks tokens with the key it started with; a new key stored
         // under it would take effect only at the next start, silently.
         let refused = "efs-server is running: stop it first. rotate-signing-key replaces the key the running server signs and checks tokens with";
-        if let Err(e) = admin::record_admin(&st.data, op, &req, false).await {
+        if let Err(e) = admin::record_admin_failed(&st.data, op, &req, refused).await {
             return AdminResponse::err(e.to_string());
         }
         return AdminResponse::err(refused.to_owned());
@@ -286,7 +286,7 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
         let refused = "efs-server runs without --client-ca: no connection presents a client \
             certificate, so a user bound to one could not log in any more. Start efs-server \
             with --client-ca CA.pem first, then bind the certificate";
-        if let Err(e) = admin::record_admin(&st.data, op, &req, false).await {
+        if let Err(e) = admin::record_admin_failed(&st.data, op, &req, refused).await {
             return AdminResponse::err(e.to_string());
         }
         return AdminResponse::err(refused.to_owned());

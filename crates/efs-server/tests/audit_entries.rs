@@ -160,3 +160,65 @@ async fn login_ok_names_the_key_that_logged_in() {
         "{created}"
     );
 }
+
+/// A refused admin command's entry says why, as the operator was told (`{"error":"…"}` after
+/// the command), in `audit show`'s text and JSON alike; it had the command and 400 only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_admin_command_records_why() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let mut told = Vec::new();
+    for args in [
+        vec!["grant", "nobody", "--fs", "files"],
+        vec!["revoke", "nobody"],
+    ] {
+        let out = srv.efsctl(&args);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        told.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    }
+    let key = new_signing_key();
+    let pub_path = srv.dir.path().join("again.pub");
+    std::fs::write(&pub_path, format!("{}\n", openssh_public_line(&key))).unwrap();
+    let out = srv.efsctl(&[
+        "create-user",
+        &s.user,
+        "--fs",
+        "files",
+        "--pubkey",
+        pub_path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    told.push(String::from_utf8_lossy(&out.stderr).into_owned());
+    srv.stop().await;
+
+    let failed: Vec<Value> = show(&srv, &[])
+        .into_iter()
+        .filter(|e| e["action"] == "admin" && e["status"] == 400)
+        .collect();
+    assert_eq!(failed.len(), 3, "{failed:#?}");
+    for (e, (cmd, told)) in failed.iter().zip([
+        ("grant ", &told[0]),
+        ("revoke ", &told[1]),
+        ("create-user ", &told[2]),
+    ]) {
+        let d = e["detail"].as_str().unwrap();
+        assert!(d.starts_with(cmd), "{d}");
+        // One JSON object after the command (as `audit show --user` reads it back), with
+        // the reason in `error`.
+        let (_, json) = d.split_once(' ').unwrap();
+        let v: Value = serde_json::from_str(json).unwrap_or_else(|e| panic!("{e}: {d}"));
+        let why = v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("no reason: {d}"));
+        assert!(
+            !why.is_empty() && told.contains(why),
+            "{why:?} not in what efsctl said: {told}"
+        );
+    }
+    let text = srv.efsctl_ok(&["audit", "show"]);
+    assert!(text.contains("no user named 'nobody'"), "{text}");
+    assert!(text.contains("already exists"), "{text}");
+    // Found under the user the failed commands were about.
+    let about = show(&srv, &["--user", "nobody"]);
+    assert_eq!(about.len(), 2, "{about:#?}");
+}
