@@ -370,6 +370,33 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         }
     );
     let signal = shutdown_signal()?;
+    // Before the first request is accepted: a log that cannot take it stops the start.
+    let started = std::time::Instant::now();
+    let start_options = serde_json::json!({
+        "version": env!("CARGO_PKG_VERSION"),
+        "listen": local.to_string(),
+        "server_id": auth.server_id(),
+        "tls_cert_sha256": &fingerprint,
+        // --tls-cert, or the data dir's own self-signed certificate.
+        "tls_cert": if cfg.tls.is_some() { "given" } else if generated { "self-signed" } else { "data dir" },
+        // Kinds only, never a spec's path or variable; none given: the data dir's default
+        // key part file.
+        "client_ca": cfg.client_ca.is_some(),
+        "key_parts": cfg.key_parts.iter().map(|p| p.kind()).collect::<Vec<_>>(),
+        "metrics": cfg.metrics_token.is_some(),
+        "log_paths": cfg.http.log_paths,
+        "token_ttl_secs": cfg.token_ttl.as_secs(),
+        "nonce_ttl_secs": cfg.nonce_ttl.as_secs(),
+        "max_renewals": cfg.max_renewals,
+        "login_fail_window_secs": cfg.login_fail_window.as_secs(),
+        "max_connections_per_address": cfg.http.max_conns_per_address,
+        "pid": std::process::id(),
+    });
+    record_server_event(&data, format!("server-start {start_options}"))
+        .await
+        .context(
+            "cannot record the server's start in the audit log (nothing is served unrecorded)",
+        )?;
     println!("Admin socket: {}", data.admin_socket().display());
     println!("Listening on https://{local}");
     use std::io::Write;
@@ -411,6 +438,14 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     summaries.abort();
     let _ = summaries.await;
     audit_budget.write_summaries(&data);
+    // The last entry of this run, once every request's and command's entry is written.
+    let stop = serde_json::json!({
+        "listen": local.to_string(),
+        "uptime_secs": started.elapsed().as_secs(),
+    });
+    if let Err(e) = record_server_event(&data, format!("server-stop {stop}")).await {
+        tracing::warn!(error = %e, "could not record the server's stop in the audit log");
+    }
     // Tasks still holding the data dir may outlive this function: make the audit log
     // durable and its anchor current now, and record how far it went.
     audit_marks.abort();
@@ -421,6 +456,22 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     println!("Stopped.");
     Ok(())
+}
+
+/// Records the server's own start or stop (`detail`: `server-start {…}` / `server-stop {…}`)
+/// as an admin entry of the account running it (`server:uid:N`, which no user name can be),
+/// client `local`, so that the log shows each run and the options that matter to its
+/// security (docs/audit.md): a restart without `--client-ca` leaves a trace. Never a secret
+/// or a file's contents: the key parts by kind only, the metrics token by whether it is set.
+async fn record_server_event(
+    data: &DataDir,
+    detail: String,
+) -> Result<(), efs_core::audit::AuditError> {
+    let mut rec = efs_core::audit::Record::new(efs_core::audit::Action::Admin, 200);
+    rec.user = Some(format!("server:uid:{}", rustix::process::getuid().as_raw()));
+    rec.client = Some("local".into());
+    rec.detail = Some(detail);
+    data.audit().record(rec).await
 }
 
 /// How often the server records in the system database how far its audit log went

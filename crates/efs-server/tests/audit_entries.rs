@@ -222,3 +222,80 @@ async fn a_failed_admin_command_records_why() {
     let about = show(&srv, &["--user", "nobody"]);
     assert_eq!(about.len(), 2, "{about:#?}");
 }
+
+/// Each run of the server is in the log: `server-start` with the options that matter to
+/// security (a restart with other options is seen) and `server-stop` at a clean stop, as
+/// admin entries of `server:uid:N`, client `local`, never with a secret. There were none.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_records_its_start_and_stop() {
+    let mut srv = TestServer::start(&[]);
+    srv.stop().await;
+    let dir = srv.dir.clone();
+    let mut srv = TestServer::start_in(dir, &["--log-paths", "--max-renewals", "3"], &[]);
+    srv.stop().await;
+
+    let entries = show(&srv, &[]);
+    let runs: Vec<(&str, Value)> = entries
+        .iter()
+        .filter_map(|e| {
+            let d = e["detail"].as_str()?;
+            let (what, json) = d.split_once(' ')?;
+            matches!(what, "server-start" | "server-stop").then(|| {
+                assert_eq!(e["action"], "admin", "{e}");
+                assert_eq!(e["client"], "local", "{e}");
+                assert_eq!(e["status"], 200, "{e}");
+                assert!(
+                    e["user"]
+                        .as_str()
+                        .is_some_and(|u| u.starts_with("server:uid:")),
+                    "{e}"
+                );
+                assert!(!d.contains(METRICS_TOKEN), "a secret in {d}");
+                (what, serde_json::from_str(json).unwrap())
+            })
+        })
+        .collect();
+    let order: Vec<&str> = runs.iter().map(|r| r.0).collect();
+    assert_eq!(
+        order,
+        ["server-start", "server-stop", "server-start", "server-stop"],
+        "{entries:#?}"
+    );
+    let (first, second) = (&runs[0].1, &runs[2].1);
+    assert_eq!(first["version"], env!("CARGO_PKG_VERSION"));
+    assert!(
+        first["listen"].as_str().unwrap().starts_with("127.0.0.1:"),
+        "{first}"
+    );
+    assert_eq!(first["client_ca"], false, "{first}");
+    assert_eq!(first["metrics"], true, "{first}");
+    assert_eq!(first["tls_cert"], "self-signed", "{first}");
+    assert_eq!(first["tls_cert_sha256"], second["tls_cert_sha256"]);
+    assert_eq!(first["log_paths"], false, "{first}");
+    assert_eq!(second["log_paths"], true, "{second}");
+    assert_eq!(first["max_renewals"], 24, "{first}");
+    assert_eq!(second["max_renewals"], 3, "{second}");
+    assert_eq!(runs[1].1["listen"], first["listen"]);
+    // The stop is the run's last entry.
+    let stop_seq = entries
+        .iter()
+        .find(|e| {
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("server-stop "))
+        })
+        .unwrap()["seq"]
+        .as_u64()
+        .unwrap();
+    let next = entries
+        .iter()
+        .find(|e| e["seq"].as_u64() == Some(stop_seq + 1))
+        .unwrap();
+    assert!(
+        next["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("server-start "),
+        "{next}"
+    );
+}
