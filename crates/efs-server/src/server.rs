@@ -392,11 +392,27 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         "max_connections_per_address": cfg.http.max_conns_per_address,
         "pid": std::process::id(),
     });
-    record_server_event(&data, format!("server-start {start_options}"))
-        .await
-        .context(
-            "cannot record the server's start in the audit log (nothing is served unrecorded)",
-        )?;
+    if let Err(e) = record_server_event(&data, format!("server-start {start_options}")).await {
+        // A log that cannot take entries (a full disk) fails closed: every request is refused
+        // until it recovers by itself (`recover_when_failed`). Starting anyway keeps that
+        // recovery, where refusing to start would need a restart once space is freed; the
+        // start is recorded once the log takes entries again, marked late.
+        tracing::warn!(error = %e, "could not record the server's start in the audit log: nothing is served until the log takes entries again; the start is recorded then");
+        let data = data.clone();
+        let mut late = start_options.clone();
+        late["recorded_late"] = serde_json::Value::Bool(true);
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                if record_server_event(&data, format!("server-start {late}"))
+                    .await
+                    .is_ok()
+                {
+                    break;
+                }
+            }
+        });
+    }
     println!("Admin socket: {}", data.admin_socket().display());
     println!("Listening on https://{local}");
     use std::io::Write;

@@ -435,7 +435,12 @@ fn admin_subject(r: &Record) -> (Option<String>, Vec<String>) {
     let Some((cmd, json)) = r.detail.as_deref().and_then(|d| d.split_once(' ')) else {
         return (None, Vec::new());
     };
-    let Ok(v) = serde_json::from_str::<serde_json::Value>(json) else {
+    // The command's own object first; a command that is done may add its result after it
+    // (`replace-key {…} {"old_key_sha256":…}`).
+    let Some(Ok(v)) = serde_json::Deserializer::from_str(json)
+        .into_iter::<serde_json::Value>()
+        .next()
+    else {
         return (None, Vec::new());
     };
     let field = match cmd {

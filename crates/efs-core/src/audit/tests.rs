@@ -783,6 +783,12 @@ async fn actions_statuses_pages_and_the_user_an_admin_command_is_about() {
         r#"create-user {"name":"nurse","grants":[{"fs":"records","read_only":true}],"public_key_sha256":"ab"}"#
             .into(),
     );
+    let mut replaced = Record::new(Admin, 200);
+    replaced.user = Some("uid:0".into());
+    replaced.detail = Some(
+        r#"replace-key {"public_key_sha256":"SHA256:n","user":"nurse"} {"old_key_sha256":"SHA256:o","new_key_sha256":"SHA256:n"}"#
+            .into(),
+    );
     let mut failed = Record::new(Admin, 400);
     failed.user = Some("uid:0".into());
     failed.detail = Some(r#"revoke {"user":"nursery","fs":null}"#.into());
@@ -795,6 +801,7 @@ async fn actions_statuses_pages_and_the_user_an_admin_command_is_about() {
         failed,                                    // 6
         entry(Delete, "records", "/a", None, 204), // 7
         entry(Read, "records", "/a", None, 401),   // 8
+        replaced,                                  // 9
     ])
     .await;
     let f = |actions: &[&str], statuses: &[&str]| Filter {
@@ -805,12 +812,13 @@ async fn actions_statuses_pages_and_the_user_an_admin_command_is_about() {
     assert_eq!(seqs(&dir, &keys, f(&["read"], &[])), [2, 4, 8]);
     assert_eq!(seqs(&dir, &keys, f(&["read", "delete"], &["2xx"])), [2, 7]);
     assert_eq!(seqs(&dir, &keys, f(&[], &["4xx"])), [3, 4, 6, 8]);
+    assert_eq!(seqs(&dir, &keys, f(&["admin"], &["2xx"])), [1, 5, 9]);
     assert_eq!(seqs(&dir, &keys, f(&[], &["403", "401"])), [3, 8]);
     let nurse = Filter {
         user: Some("nurse".into()),
         ..Default::default()
     };
-    assert_eq!(seqs(&dir, &keys, nurse), [1, 5]);
+    assert_eq!(seqs(&dir, &keys, nurse), [1, 5, 9]);
     // A create-user granting the filesystem is about it (it has none of its own).
     let records = Filter {
         fs: Some("records".into()),
