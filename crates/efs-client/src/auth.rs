@@ -245,14 +245,20 @@ impl Auth {
             .into());
         }
 
-        let resp = http::send(
-            http.client
-                .post(http.url("/_efs/auth/challenge"))
-                .json(&ChallengeRequest { user }),
-        )
-        .await?;
-        let challenge: Challenge =
-            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
+        // Each login request has a bounded total time: it runs with the token lock held, so
+        // a server that stalls it would stall every request of the client.
+        let resp = http
+            .send(
+                http.client
+                    .post(http.url("/_efs/auth/challenge"))
+                    .timeout(http.login_timeout)
+                    .json(&ChallengeRequest { user }),
+                None,
+            )
+            .await?;
+        let challenge: Challenge = http
+            .json_within(http.check(resp).await?, http::MAX_LOGIN_ANSWER)
+            .await?;
         check_challenge(&challenge.server, &challenge.nonce)?;
         if let Some(expected) = &self.server_id
             && *expected != challenge.server
@@ -268,32 +274,40 @@ impl Auth {
         let signature = signer.sign(&message).await?;
         let signature = URL_SAFE_NO_PAD.encode(signature);
 
-        let resp = http::send(
-            http.client
-                .post(http.url("/_efs/auth/token"))
-                .json(&TokenRequest {
-                    user,
-                    nonce: &challenge.nonce,
-                    signature: &signature,
-                    fs: self.fs.as_deref(),
-                }),
-        )
-        .await?;
-        let answer: TokenAnswer =
-            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
+        let resp = http
+            .send(
+                http.client
+                    .post(http.url("/_efs/auth/token"))
+                    .timeout(http.login_timeout)
+                    .json(&TokenRequest {
+                        user,
+                        nonce: &challenge.nonce,
+                        signature: &signature,
+                        fs: self.fs.as_deref(),
+                    }),
+                None,
+            )
+            .await?;
+        let answer: TokenAnswer = http
+            .json_within(http.check(resp).await?, http::MAX_LOGIN_ANSWER)
+            .await?;
         tracing::debug!(fs = %answer.fs, "logged in");
         Ok(self.install(held, answer))
     }
 
     async fn refresh(&self, http: &Http, token: &str) -> Result<TokenAnswer, Fail> {
-        let resp = http::send(
-            http.client
-                .post(http.url("/_efs/auth/refresh"))
-                .bearer_auth(token),
-        )
-        .await?;
-        let answer: TokenAnswer =
-            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
+        let resp = http
+            .send(
+                http.client
+                    .post(http.url("/_efs/auth/refresh"))
+                    .timeout(http.login_timeout)
+                    .bearer_auth(token),
+                None,
+            )
+            .await?;
+        let answer: TokenAnswer = http
+            .json_within(http.check(resp).await?, http::MAX_LOGIN_ANSWER)
+            .await?;
         tracing::debug!(renewals_left = answer.renewals_left, "token refreshed");
         Ok(answer)
     }

@@ -12,7 +12,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::auth::{Auth, OnToken};
 use crate::error::{Error, Result};
-use crate::http::{self, Backoff, BodyReadError, Fail, Http};
+use crate::http::{self, Backoff, BodyReadError, BodyWatch, Fail, Http};
 use crate::paths;
 use crate::signer::Signer;
 use crate::trust::Trust;
@@ -190,7 +190,15 @@ pub struct ClientBuilder {
     cached: Option<TokenInfo>,
     on_token: Option<OnToken>,
     connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    login_timeout: Duration,
 }
+
+/// Default of [`ClientBuilder::timeout_idle`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default of [`ClientBuilder::timeout_login`].
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Client {
     /// Starts configuring a client for the server at `url` (`https://host:port`).
@@ -206,6 +214,8 @@ impl Client {
             cached: None,
             on_token: None,
             connect_timeout: Duration::from_secs(10),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
         }
     }
 }
@@ -273,6 +283,29 @@ impl ClientBuilder {
         self
     }
 
+    /// How long a request may make no progress before it is given up with a transient
+    /// [`Error::Transport`] (retried as the request's [`RetryPolicy`] allows): no byte of the
+    /// answer received, and for an upload no byte of its body taken, for this long (default
+    /// [`DEFAULT_IDLE_TIMEOUT`], 60 s). It is not a limit on a whole transfer: a download or
+    /// upload of any length goes on as long as its bytes keep moving. It catches a server
+    /// (or a middlebox) that accepted the connection and then never answers, or stalls in
+    /// the middle of a body. An upload waiting on its own source (a slow reader) is not idle.
+    /// `None` waits forever.
+    pub fn timeout_idle(mut self, d: Option<Duration>) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// The total time one login request (challenge, token, refresh) may take, answer
+    /// included (default [`DEFAULT_LOGIN_TIMEOUT`], 30 s). A login runs while the token
+    /// lock is held, so every request of the client (and of its clones) waits for it: a
+    /// stalled one must not hold them for long. Signing (an ssh-agent that asks the user to
+    /// confirm) is not counted.
+    pub fn timeout_login(mut self, d: Duration) -> Self {
+        self.login_timeout = d;
+        self
+    }
+
     /// Builds the client. Nothing is sent yet; the first request logs in.
     pub fn build(self) -> Result<Client> {
         let url = reqwest::Url::parse(&self.url)
@@ -312,7 +345,12 @@ impl ClientBuilder {
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Client {
             inner: Arc::new(Inner {
-                http: Http { client, base },
+                http: Http {
+                    client,
+                    base,
+                    idle: self.idle_timeout,
+                    login_timeout: self.login_timeout,
+                },
                 auth: Auth::new(
                     self.user,
                     self.signer,
@@ -327,21 +365,34 @@ impl ClientBuilder {
     }
 }
 
-/// Counts the bytes of an upload's body as they are sent.
-fn body_stream<R>(reader: R, progress: Option<Arc<dyn Fn(u64) + Send + Sync>>) -> reqwest::Body
+/// Counts the bytes of an upload's body as they are sent, and marks `watch` as it moves.
+fn body_stream<R>(
+    reader: R,
+    progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    watch: Arc<BodyWatch>,
+) -> reqwest::Body
 where
     R: tokio::io::AsyncRead + Send + 'static,
 {
     let mut sent = 0u64;
-    let stream = ReaderStream::with_capacity(reader, UPLOAD_CHUNK).map(move |chunk| match chunk {
-        Ok(bytes) => {
-            sent += bytes.len() as u64;
-            if let Some(p) = &progress {
-                p(sent);
+    let mut chunks = Box::pin(ReaderStream::with_capacity(reader, UPLOAD_CHUNK));
+    watch.touch(false);
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        // Asked for more: the server takes the body; until the source gives it, any wait
+        // is the source's.
+        watch.touch(true);
+        let next = std::task::ready!(chunks.poll_next_unpin(cx));
+        watch.touch(false);
+        std::task::Poll::Ready(next.map(|chunk| match chunk {
+            Ok(bytes) => {
+                sent += bytes.len() as u64;
+                if let Some(p) = &progress {
+                    p(sent);
+                }
+                Ok(bytes)
             }
-            Ok(bytes)
-        }
-        Err(e) => Err(BodyReadError(e)),
+            Err(e) => Err(BodyReadError(e)),
+        }))
     });
     reqwest::Body::wrap_stream(stream)
 }
@@ -557,16 +608,19 @@ impl Client {
         let user = self.inner.auth.user.clone().ok_or_else(|| {
             Error::Config("no user name to ask a challenge for (ClientBuilder::user)".into())
         })?;
-        let resp = http::send(
-            self.inner
-                .http
-                .client
-                .post(self.inner.http.url("/_efs/auth/challenge"))
-                .json(&serde_json::json!({ "user": user })),
-        )
-        .await?;
-        let c: Challenge =
-            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
+        let http = &self.inner.http;
+        let resp = http
+            .send(
+                http.client
+                    .post(http.url("/_efs/auth/challenge"))
+                    .timeout(http.login_timeout)
+                    .json(&serde_json::json!({ "user": user })),
+                None,
+            )
+            .await?;
+        let c: Challenge = http
+            .json_within(http.check(resp).await?, http::MAX_LOGIN_ANSWER)
+            .await?;
         if !crate::auth::valid_server_id(&c.server) {
             return Err(Error::Server {
                 status: 200,
@@ -614,21 +668,26 @@ impl Client {
 
     /// One attempt of an authorised request. `make` builds it with a token; on a 401 the
     /// token is dropped and, when `replayable`, `make` builds it again after a new login.
+    ///
+    /// `watch`: the [`BodyWatch`] of the bodies `make` builds (an upload's), by which the
+    /// idle timeout tells a long upload from a stalled one.
     async fn authed<F>(
         &self,
         replayable: bool,
+        watch: Option<&BodyWatch>,
         make: F,
     ) -> std::result::Result<reqwest::Response, Fail>
     where
         F: FnMut(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
     {
-        Ok(self.authed_as(replayable, make).await?.0)
+        Ok(self.authed_as(replayable, watch, make).await?.0)
     }
 
     /// [`Client::authed`], and the token the answer was given to.
     async fn authed_as<F>(
         &self,
         replayable: bool,
+        watch: Option<&BodyWatch>,
         mut make: F,
     ) -> std::result::Result<(reqwest::Response, TokenInfo), Fail>
     where
@@ -637,9 +696,9 @@ impl Client {
         let http = &self.inner.http;
         let auth = &self.inner.auth;
         let tok = auth.token(http).await?;
-        let resp = http::send(make(&http.client, &tok.token)?).await?;
+        let resp = http.send(make(&http.client, &tok.token)?, watch).await?;
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return Ok((http::check(resp).await?, tok));
+            return Ok((http.check(resp).await?, tok));
         }
         // The server refused a token we thought valid (revoked, server restarted with
         // another key, clock skew): it is useless now in any case.
@@ -654,13 +713,13 @@ impl Client {
                 drop(resp);
                 return Err(Error::TokenRefusedNotResent.into());
             }
-            return http::check(resp).await.map(|r| (r, tok));
+            return http.check(resp).await.map(|r| (r, tok));
         }
         drop(resp);
         tracing::debug!("the server refused the token; logging in again");
         let tok = auth.token(http).await?;
-        let resp = http::send(make(&http.client, &tok.token)?).await?;
-        Ok((http::check(resp).await?, tok))
+        let resp = http.send(make(&http.client, &tok.token)?, watch).await?;
+        Ok((http.check(resp).await?, tok))
     }
 
     /// The entry at `path`: `HEAD` for a file; for a directory, its entry in the parent's
@@ -686,7 +745,7 @@ impl Client {
         }
         let url = self.inner.http.url(&paths::encode_path(path)?);
         let head = self
-            .retrying(|| self.authed(true, |c, t| Ok(c.head(&url).bearer_auth(t))))
+            .retrying(|| self.authed(true, None, |c, t| Ok(c.head(&url).bearer_auth(t))))
             .await;
         match head {
             Ok(resp) => Ok(entry_from_headers(paths::file_name(path), resp.headers())),
@@ -698,7 +757,7 @@ impl Client {
 
     async fn head_dir(&self, dir: &str) -> Result<()> {
         let url = self.inner.http.url(&paths::encode_dir(dir)?);
-        self.retrying(|| self.authed(true, |c, t| Ok(c.head(&url).bearer_auth(t))))
+        self.retrying(|| self.authed(true, None, |c, t| Ok(c.head(&url).bearer_auth(t))))
             .await
             .map(drop)
     }
@@ -745,9 +804,9 @@ impl Client {
         let page: efs_proto::ListPage = self
             .retrying(|| async {
                 let resp = self
-                    .authed(true, |c, t| Ok(c.get(&url).bearer_auth(t)))
+                    .authed(true, None, |c, t| Ok(c.get(&url).bearer_auth(t)))
                     .await?;
-                http::json(resp).await
+                self.inner.http.json(resp).await
             })
             .await?;
         checked_page(dir, page)
@@ -813,9 +872,10 @@ impl Client {
         opts: PutOptions,
     ) -> Result<Entry> {
         let url = self.inner.http.url(&paths::encode_path(path)?);
-        let mut body = Some(body_stream(body, opts.progress.clone()));
+        let watch = Arc::new(BodyWatch::new());
+        let mut body = Some(body_stream(body, opts.progress.clone(), watch.clone()));
         let resp = self
-            .authed(false, |c, t| {
+            .authed(false, Some(&*watch), |c, t| {
                 let body = body
                     .take()
                     .ok_or_else(|| Error::Config("an upload stream cannot be sent twice".into()))?;
@@ -823,7 +883,9 @@ impl Client {
             })
             .await
             .map_err(|f| f.err)?;
-        http::json::<efs_proto::ListEntry>(resp)
+        self.inner
+            .http
+            .json::<efs_proto::ListEntry>(resp)
             .await
             .map(Entry::from)
             .map_err(|f| f.err)
@@ -836,17 +898,18 @@ impl Client {
     /// is retried only when the server cannot have stored it: see [`Client::put_bytes`].
     pub async fn upload_file(&self, path: &str, local: &Path, opts: PutOptions) -> Result<Entry> {
         let url = self.inner.http.url(&paths::encode_path(path)?);
+        let watch = Arc::new(BodyWatch::new());
         self.retrying_put(path, &opts, || async {
             let resp = self
-                .authed(true, |c, t| {
+                .authed(true, Some(&*watch), |c, t| {
                     let file = std::fs::File::open(local)?;
                     let source = UnchangedFile::new(file)?;
                     let len = source.len;
-                    let body = body_stream(source, opts.progress.clone());
+                    let body = body_stream(source, opts.progress.clone(), watch.clone());
                     Self::put_request(c, &url, t, &opts, body, Some(len))
                 })
                 .await?;
-            http::json::<efs_proto::ListEntry>(resp).await
+            self.inner.http.json::<efs_proto::ListEntry>(resp).await
         })
         .await
         .map(Entry::from)
@@ -868,15 +931,19 @@ impl Client {
     ) -> Result<Entry> {
         let url = self.inner.http.url(&paths::encode_path(path)?);
         let len = data.len() as u64;
+        let watch = Arc::new(BodyWatch::new());
         self.retrying_put(path, &opts, || async {
             let resp = self
-                .authed(true, |c, t| {
-                    let body =
-                        body_stream(std::io::Cursor::new(data.clone()), opts.progress.clone());
+                .authed(true, Some(&*watch), |c, t| {
+                    let body = body_stream(
+                        std::io::Cursor::new(data.clone()),
+                        opts.progress.clone(),
+                        watch.clone(),
+                    );
                     Self::put_request(c, &url, t, &opts, body, Some(len))
                 })
                 .await?;
-            http::json::<efs_proto::ListEntry>(resp).await
+            self.inner.http.json::<efs_proto::ListEntry>(resp).await
         })
         .await
         .map(Entry::from)
@@ -978,7 +1045,7 @@ impl Client {
         written: &mut u64,
     ) -> std::result::Result<(), Fail> {
         let (resp, tok) = self
-            .authed_as(true, |c, t| {
+            .authed_as(true, None, |c, t| {
                 let mut rb = c.get(url).bearer_auth(t);
                 if let Some(r) = &range {
                     rb = rb.header(
@@ -999,15 +1066,12 @@ impl Client {
         let expected = resp
             .content_length()
             .map(|l| l.saturating_sub(skip).min(keep));
-        let mut stream = resp.bytes_stream();
+        let mut resp = resp;
         while keep > 0 {
-            let Some(chunk) = stream.next().await else {
-                break;
-            };
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    let cause = http::map_reqwest_error(&e);
+            let chunk = match self.inner.http.chunk(&mut resp).await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(cause) => {
                     return Err(self.broken_off(url, &tok, *written, expected, cause).await);
                 }
             };
@@ -1064,7 +1128,7 @@ impl Client {
                 .head(url)
                 .bearer_auth(&tok.token)
                 .timeout(PROBE_TIMEOUT);
-            if let Ok(r) = http::send(probe).await
+            if let Ok(r) = self.inner.http.send(probe, None).await
                 && r.status() == reqwest::StatusCode::UNAUTHORIZED
             {
                 self.inner.auth.invalidate(&tok.token).await;
@@ -1243,7 +1307,7 @@ impl Client {
         let r = self
             .retrying(|| async {
                 let r = self
-                    .authed(true, |c, t| Ok(c.delete(&url).bearer_auth(t)))
+                    .authed(true, None, |c, t| Ok(c.delete(&url).bearer_auth(t)))
                     .await;
                 if let Err(f) = &r {
                     let not_done = f.unsent
@@ -1283,9 +1347,11 @@ impl Client {
         };
         self.retrying_until_sent("the move may have been done", &body.to, || async {
             let resp = self
-                .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t).json(&body)))
+                .authed(true, None, |c, t| {
+                    Ok(c.post(&url).bearer_auth(t).json(&body))
+                })
                 .await?;
-            http::json::<efs_proto::ListEntry>(resp).await
+            self.inner.http.json::<efs_proto::ListEntry>(resp).await
         })
         .await
         .map(Entry::from)
@@ -1296,9 +1362,9 @@ impl Client {
         let url = self.inner.http.url(&paths::encode_dir(path)?);
         self.retrying(|| async {
             let resp = self
-                .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t)))
+                .authed(true, None, |c, t| Ok(c.post(&url).bearer_auth(t)))
                 .await?;
-            http::json::<efs_proto::ListEntry>(resp).await
+            self.inner.http.json::<efs_proto::ListEntry>(resp).await
         })
         .await
         .map(Entry::from)

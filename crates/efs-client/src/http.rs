@@ -1,7 +1,8 @@
 //! One HTTP exchange and what can go wrong with it: sending through reqwest, turning error
 //! answers and transport failures into [`Error`], and the backoff between retries.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::client::RetryPolicy;
 use crate::error::Error;
@@ -18,12 +19,194 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub(crate) struct Http {
     pub(crate) client: reqwest::Client,
     pub(crate) base: String,
+    /// How long an exchange may make no progress (nothing received, no body byte taken)
+    /// before it is given up; `None`: forever. See [`crate::ClientBuilder::timeout_idle`].
+    pub(crate) idle: Option<Duration>,
+    /// The total time of one login request (challenge, token, refresh).
+    pub(crate) login_timeout: Duration,
 }
 
 impl Http {
     /// The full URL of an already-encoded path (starting with `/`).
     pub(crate) fn url(&self, encoded_path: &str) -> String {
         format!("{}{encoded_path}", self.base)
+    }
+
+    /// Sends a request; a transport failure becomes [`Error::Transport`] / [`Error::Tls`].
+    /// Without an answer within the idle timeout (counted from the request's start, or for
+    /// an upload from the last time its body moved: see [`BodyWatch`]) it is given up.
+    ///
+    /// reqwest's own `read_timeout` is not used: it also bounds the time to the answer's
+    /// headers from the request's start, which for an upload includes sending its body, so
+    /// it would cut every upload longer than the timeout.
+    pub(crate) async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        watch: Option<&BodyWatch>,
+    ) -> Result<reqwest::Response, Fail> {
+        let started = Instant::now();
+        let fut = rb.send();
+        let result = match self.idle {
+            None => fut.await,
+            Some(idle) => {
+                tokio::pin!(fut);
+                loop {
+                    let quiet = watch.map_or_else(|| started.elapsed(), BodyWatch::quiet_for);
+                    let left = idle.saturating_sub(quiet);
+                    if left.is_zero() {
+                        return Err(Fail::from(idle_error(idle)));
+                    }
+                    if let Ok(r) = tokio::time::timeout(left, &mut fut).await {
+                        break r;
+                    }
+                }
+            }
+        };
+        result.map_err(|e| Fail {
+            err: map_reqwest_error(&e),
+            retry_after: None,
+            unsent: e.is_connect(),
+        })
+    }
+
+    /// The next chunk of an answer's body; [`Error::Transport`] when none comes within the
+    /// idle timeout.
+    pub(crate) async fn chunk(
+        &self,
+        resp: &mut reqwest::Response,
+    ) -> Result<Option<bytes::Bytes>, Error> {
+        let r = match self.idle {
+            None => resp.chunk().await,
+            Some(idle) => match tokio::time::timeout(idle, resp.chunk()).await {
+                Ok(r) => r,
+                Err(_) => return Err(idle_error(idle)),
+            },
+        };
+        r.map_err(|e| map_reqwest_error(&e))
+    }
+
+    /// Passes a success (2xx) through; turns an error answer into its [`Error`].
+    pub(crate) async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response, Fail> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after_secs = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = self.read_limited(resp, MAX_ERROR_BODY).await;
+        let err = Error::from_response(status.as_u16(), &body, retry_after_secs);
+        let retry_after = match status.as_u16() {
+            429 | 503 => retry_after_secs.map(Duration::from_secs),
+            _ => None,
+        };
+        Err(Fail {
+            err,
+            retry_after,
+            unsent: false,
+        })
+    }
+
+    async fn read_limited(&self, mut resp: reqwest::Response, max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Ok(Some(chunk)) = self.chunk(&mut resp).await {
+            out.extend_from_slice(&chunk[..chunk.len().min(max - out.len())]);
+            if out.len() >= max {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Reads a JSON answer of at most [`MAX_JSON_ANSWER`] bytes.
+    pub(crate) async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<T, Fail> {
+        self.json_within(resp, MAX_JSON_ANSWER).await
+    }
+
+    /// Reads a JSON answer of at most `max` bytes: a longer one is refused as it arrives,
+    /// not held in memory.
+    pub(crate) async fn json_within<T: serde::de::DeserializeOwned>(
+        &self,
+        mut resp: reqwest::Response,
+        max: usize,
+    ) -> Result<T, Fail> {
+        let status = resp.status().as_u16();
+        let bad = |message: String| {
+            Fail::from(Error::Server {
+                status,
+                code: "bad_response".into(),
+                message,
+            })
+        };
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(bad(format!(
+                "the server's answer is larger than the {} KiB expected",
+                max >> 10
+            )));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = self.chunk(&mut resp).await? {
+            if body.len() + chunk.len() > max {
+                return Err(bad(format!(
+                    "the server's answer is larger than the {} KiB expected",
+                    max >> 10
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("the server's answer is not the expected JSON: {e}")))
+    }
+}
+
+/// The error of an exchange that made no progress for `idle`: transient (the server may
+/// be restarting, or a connection may have died without a word).
+fn idle_error(idle: Duration) -> Error {
+    Error::Transport(format!(
+        "the server neither answered nor took data for {} s: given up (ClientBuilder::timeout_idle)",
+        idle.as_secs_f64()
+    ))
+}
+
+/// What an upload's body did last, shared by the body (which marks it) and
+/// [`Http::send`] (which reads it): the idle timeout counts from the last time the body
+/// moved, so that an upload may take as long as it takes while its bytes go out, and
+/// still does not wait forever for a server that stopped taking them or never answers.
+pub(crate) struct BodyWatch {
+    origin: Instant,
+    /// Milliseconds from `origin` to the body's last move (a chunk asked for or given).
+    last_ms: AtomicU64,
+    /// The body waits on its own source (a slow local reader, a pipe): not the server's stall.
+    in_source: AtomicBool,
+}
+
+impl BodyWatch {
+    pub(crate) fn new() -> BodyWatch {
+        BodyWatch {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_source: AtomicBool::new(false),
+        }
+    }
+
+    /// The body moved now; `in_source`: it now waits on its source.
+    pub(crate) fn touch(&self, in_source: bool) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+        self.in_source.store(in_source, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        if self.in_source.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
     }
 }
 
@@ -61,101 +244,12 @@ impl From<Error> for Fail {
     }
 }
 
-/// Sends a request; a transport failure becomes [`Error::Transport`] / [`Error::Tls`].
-pub(crate) async fn send(rb: reqwest::RequestBuilder) -> Result<reqwest::Response, Fail> {
-    rb.send().await.map_err(|e| Fail {
-        err: map_reqwest_error(&e),
-        retry_after: None,
-        unsent: e.is_connect(),
-    })
-}
-
-/// Passes a success (2xx) through; turns an error answer into its [`Error`].
-pub(crate) async fn check(resp: reqwest::Response) -> Result<reqwest::Response, Fail> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let retry_after_secs = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let body = read_limited(resp, MAX_ERROR_BODY).await;
-    let err = Error::from_response(status.as_u16(), &body, retry_after_secs);
-    let retry_after = match status.as_u16() {
-        429 | 503 => retry_after_secs.map(Duration::from_secs),
-        _ => None,
-    };
-    Err(Fail {
-        err,
-        retry_after,
-        unsent: false,
-    })
-}
-
-async fn read_limited(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        out.extend_from_slice(&chunk[..chunk.len().min(max - out.len())]);
-        if out.len() >= max {
-            break;
-        }
-    }
-    out
-}
-
 /// The largest JSON answer read: a listing page of 10,000 entries with the longest names,
 /// each character escaped, stays below it.
 pub(crate) const MAX_JSON_ANSWER: usize = 64 << 20;
 
 /// The largest login answer read (a challenge or a token: a few hundred bytes).
 pub(crate) const MAX_LOGIN_ANSWER: usize = 64 << 10;
-
-/// Reads a JSON answer of at most [`MAX_JSON_ANSWER`] bytes.
-pub(crate) async fn json<T: serde::de::DeserializeOwned>(
-    resp: reqwest::Response,
-) -> Result<T, Fail> {
-    json_within(resp, MAX_JSON_ANSWER).await
-}
-
-/// Reads a JSON answer of at most `max` bytes: a longer one is refused as it arrives, not
-/// held in memory.
-pub(crate) async fn json_within<T: serde::de::DeserializeOwned>(
-    mut resp: reqwest::Response,
-    max: usize,
-) -> Result<T, Fail> {
-    let status = resp.status().as_u16();
-    let bad = |message: String| {
-        Fail::from(Error::Server {
-            status,
-            code: "bad_response".into(),
-            message,
-        })
-    };
-    if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(bad(format!(
-            "the server's answer is larger than the {} KiB expected",
-            max >> 10
-        )));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| Fail::from(map_reqwest_error(&e)))?
-    {
-        if body.len() + chunk.len() > max {
-            return Err(bad(format!(
-                "the server's answer is larger than the {} KiB expected",
-                max >> 10
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("the server's answer is not the expected JSON: {e}")))
-}
 
 /// An error reading the local source of an upload, told apart from network errors in the
 /// chain reqwest returns.
@@ -397,13 +491,21 @@ mod tests {
                 r
             }
         };
+        let http = Http {
+            client: reqwest::Client::new(),
+            base: String::new(),
+            idle: Some(Duration::from_secs(5)),
+            login_timeout: Duration::from_secs(5),
+        };
         let small = br#"{"a":1}"#.to_vec();
         for with_length in [true, false] {
-            let v: serde_json::Value = json_within(answer(small.clone(), with_length), 7)
+            let v: serde_json::Value = http
+                .json_within(answer(small.clone(), with_length), 7)
                 .await
                 .unwrap();
             assert_eq!(v["a"], 1);
-            let e = json_within::<serde_json::Value>(answer(small.clone(), with_length), 6)
+            let e = http
+                .json_within::<serde_json::Value>(answer(small.clone(), with_length), 6)
                 .await
                 .unwrap_err();
             assert!(
