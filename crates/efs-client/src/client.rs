@@ -366,8 +366,13 @@ impl ClientBuilder {
 }
 
 /// Counts the bytes of an upload's body as they are sent, and marks `watch` as it moves.
+///
+/// A source that fails, or gives more or fewer bytes than `len` (the declared length), fails
+/// the body with an I/O error that `watch` keeps: reqwest's error for it, over HTTP/2, is
+/// only "stream error sent by user", which looked like a transient network error.
 fn body_stream<R>(
     reader: R,
+    len: Option<u64>,
     progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
     watch: Arc<BodyWatch>,
 ) -> reqwest::Body
@@ -375,24 +380,52 @@ where
     R: tokio::io::AsyncRead + Send + 'static,
 {
     let mut sent = 0u64;
+    let mut done = false;
     let mut chunks = Box::pin(ReaderStream::with_capacity(reader, UPLOAD_CHUNK));
-    watch.touch(false);
+    watch.start();
     let stream = futures_util::stream::poll_fn(move |cx| {
+        if done {
+            return std::task::Poll::Ready(None);
+        }
         // Asked for more: the server takes the body; until the source gives it, any wait
         // is the source's.
         watch.touch(true);
         let next = std::task::ready!(chunks.poll_next_unpin(cx));
         watch.touch(false);
-        std::task::Poll::Ready(next.map(|chunk| match chunk {
-            Ok(bytes) => {
+        let next = match next {
+            Some(Ok(bytes)) => {
                 sent += bytes.len() as u64;
+                match len {
+                    Some(len) if sent > len => Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("the upload's source gave more than the {len} bytes declared"),
+                    )),
+                    _ => Ok(Some(bytes)),
+                }
+            }
+            Some(Err(e)) => Err(e),
+            None => match len {
+                Some(len) if sent < len => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the upload's source ended after {sent} of the {len} bytes declared"),
+                )),
+                _ => Ok(None),
+            },
+        };
+        std::task::Poll::Ready(match next {
+            Ok(Some(bytes)) => {
                 if let Some(p) = &progress {
                     p(sent);
                 }
-                Ok(bytes)
+                Some(Ok(bytes))
             }
-            Err(e) => Err(BodyReadError(e)),
-        }))
+            Ok(None) => None,
+            Err(e) => {
+                done = true;
+                watch.fail(&e);
+                Some(Err(BodyReadError(e)))
+            }
+        })
     });
     reqwest::Body::wrap_stream(stream)
 }
@@ -415,6 +448,12 @@ impl UnchangedFile {
     fn new(file: std::fs::File) -> std::io::Result<Self> {
         use tokio::io::AsyncReadExt as _;
         let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the upload's source is a directory, not a file",
+            ));
+        }
         let len = meta.len();
         Ok(Self {
             inner: tokio::fs::File::from_std(file.try_clone()?).take(len),
@@ -443,8 +482,7 @@ impl tokio::io::AsyncRead for UnchangedFile {
             if meta.len() != this.len || meta.modified().ok() != this.modified {
                 buf.set_filled(before);
                 return std::task::Poll::Ready(Err(std::io::Error::other(
-                    "the file changed while it was uploaded (its size or modification time \
-                     moved): nothing was stored; upload it again once it is complete",
+                    crate::http::SourceChanged,
                 )));
             }
         }
@@ -863,6 +901,9 @@ impl Client {
     /// [`Error::TokenRefusedNotResent`]. Use [`Client::put_bytes`] or [`Client::upload_file`]
     /// for a body that can be sent again after a refused token or a transient error.
     ///
+    /// A `body` that fails to read, or gives more or fewer bytes than `len`, fails the upload
+    /// with [`Error::Io`] (the reader's own error), and nothing is stored.
+    ///
     /// Missing parent directories are created by the server.
     pub async fn upload<R: tokio::io::AsyncRead + Send + Unpin + 'static>(
         &self,
@@ -873,7 +914,7 @@ impl Client {
     ) -> Result<Entry> {
         let url = self.inner.http.url(&paths::encode_path(path)?);
         let watch = Arc::new(BodyWatch::new());
-        let mut body = Some(body_stream(body, opts.progress.clone(), watch.clone()));
+        let mut body = Some(body_stream(body, len, opts.progress.clone(), watch.clone()));
         let resp = self
             .authed(false, Some(&*watch), |c, t| {
                 let body = body
@@ -894,8 +935,11 @@ impl Client {
     /// Uploads a local file, streaming; retried from the start on transient errors (the file
     /// is opened again for each attempt). A file that changes while it is sent (its size or
     /// modification time moves) fails the attempt before its last bytes go out, so nothing of
-    /// it is stored, and the retry sends it as it is then. A conditional upload (`if_match`, `create_only`)
-    /// is retried only when the server cannot have stored it: see [`Client::put_bytes`].
+    /// it is stored, and the retry sends it as it is then (when no attempt is left, the
+    /// error is that [`Error::Io`]). A file that cannot be read (a directory, a read error)
+    /// is [`Error::Io`] with the system's error, not retried. A conditional upload
+    /// (`if_match`, `create_only`) is retried only when the server cannot have stored it:
+    /// see [`Client::put_bytes`].
     pub async fn upload_file(&self, path: &str, local: &Path, opts: PutOptions) -> Result<Entry> {
         let url = self.inner.http.url(&paths::encode_path(path)?);
         let watch = Arc::new(BodyWatch::new());
@@ -905,7 +949,7 @@ impl Client {
                     let file = std::fs::File::open(local)?;
                     let source = UnchangedFile::new(file)?;
                     let len = source.len;
-                    let body = body_stream(source, opts.progress.clone(), watch.clone());
+                    let body = body_stream(source, Some(len), opts.progress.clone(), watch.clone());
                     Self::put_request(c, &url, t, &opts, body, Some(len))
                 })
                 .await?;
@@ -937,6 +981,7 @@ impl Client {
                 .authed(true, Some(&*watch), |c, t| {
                     let body = body_stream(
                         std::io::Cursor::new(data.clone()),
+                        Some(len),
                         opts.progress.clone(),
                         watch.clone(),
                     );

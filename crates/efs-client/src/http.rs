@@ -62,10 +62,16 @@ impl Http {
                 }
             }
         };
+        // The body's own failure, whatever reqwest made of it: over HTTP/2 its error is
+        // not in the chain reqwest returns, only "stream error sent by user".
+        if let Some(f) = watch.and_then(BodyWatch::failure) {
+            return Err(f);
+        }
         result.map_err(|e| Fail {
             err: map_reqwest_error(&e),
             retry_after: None,
             unsent: e.is_connect(),
+            source_changed: false,
         })
     }
 
@@ -106,6 +112,7 @@ impl Http {
             err,
             retry_after,
             unsent: false,
+            source_changed: false,
         })
     }
 
@@ -183,7 +190,35 @@ pub(crate) struct BodyWatch {
     last_ms: AtomicU64,
     /// The body waits on its own source (a slow local reader, a pipe): not the server's stall.
     in_source: AtomicBool,
+    /// Why the body failed, if it did: its source's read error, or a length other than the
+    /// one declared. Kept here because the error the body stream returns does not always
+    /// come back out of reqwest.
+    failed: std::sync::Mutex<Option<BodyFailure>>,
 }
+
+/// A copy of the error an upload's body failed with (`std::io::Error` is not `Clone`).
+struct BodyFailure {
+    kind: std::io::ErrorKind,
+    text: String,
+    /// It was [`SourceChanged`]: sending the source again, as it is now, can succeed.
+    changed: bool,
+}
+
+/// The error of a local file that changed while it was uploaded (its size or modification
+/// time moved): nothing of it is stored, and sending it again can succeed.
+#[derive(Debug)]
+pub(crate) struct SourceChanged;
+
+impl std::fmt::Display for SourceChanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the file changed while it was uploaded (its size or modification time moved): \
+             nothing was stored; upload it again once it is complete",
+        )
+    }
+}
+
+impl std::error::Error for SourceChanged {}
 
 impl BodyWatch {
     pub(crate) fn new() -> BodyWatch {
@@ -191,7 +226,38 @@ impl BodyWatch {
             origin: Instant::now(),
             last_ms: AtomicU64::new(0),
             in_source: AtomicBool::new(false),
+            failed: std::sync::Mutex::new(None),
         }
+    }
+
+    /// A new body starts (an upload's next attempt): its predecessor's failure is forgotten.
+    pub(crate) fn start(&self) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.touch(false);
+    }
+
+    /// The body fails with `e`; the first failure is kept.
+    pub(crate) fn fail(&self, e: &std::io::Error) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.is_none() {
+            *failed = Some(BodyFailure {
+                kind: e.kind(),
+                text: e.to_string(),
+                changed: e.get_ref().is_some_and(|inner| inner.is::<SourceChanged>()),
+            });
+        }
+    }
+
+    /// The body's failure as the request's: [`Error::Io`], not transient; a changed file
+    /// may be sent again.
+    fn failure(&self) -> Option<Fail> {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.as_ref().map(|f| Fail {
+            err: Error::Io(std::io::Error::new(f.kind, f.text.clone())),
+            retry_after: None,
+            unsent: false,
+            source_changed: f.changed,
+        })
     }
 
     /// The body moved now; `in_source`: it now waits on its source.
@@ -219,6 +285,9 @@ pub(crate) struct Fail {
     /// The connection could not be made (TCP or TLS): nothing was sent, so even a request
     /// that is not idempotent can be sent again.
     pub(crate) unsent: bool,
+    /// The upload's local file changed while it was sent ([`SourceChanged`]): the server
+    /// stored nothing (the body ended short), and the file can be sent again as it is now.
+    pub(crate) source_changed: bool,
 }
 
 impl Fail {
@@ -227,6 +296,7 @@ impl Fail {
     /// went out (above all a lost answer) may follow a change the server made.
     pub(crate) fn cannot_have_acted(&self) -> bool {
         self.unsent
+            || self.source_changed
             || matches!(
                 self.err,
                 Error::RateLimited { .. } | Error::Server { status: 503, .. }
@@ -240,6 +310,7 @@ impl From<Error> for Fail {
             err,
             retry_after: None,
             unsent: false,
+            source_changed: false,
         }
     }
 }
@@ -373,7 +444,8 @@ impl<'a> Backoff<'a> {
 
     /// `Some(wait)` when `fail` is transient and attempts are left; counts the attempt.
     pub(crate) fn next_delay(&mut self, fail: &Fail) -> Option<Duration> {
-        if !fail.err.is_transient() || self.attempt >= self.policy.max_attempts.max(1) {
+        let retryable = fail.err.is_transient() || fail.source_changed;
+        if !retryable || self.attempt >= self.policy.max_attempts.max(1) {
             return None;
         }
         let delay = match fail.retry_after {
@@ -453,6 +525,7 @@ mod tests {
             },
             retry_after: Some(Duration::from_secs(2)),
             unsent: false,
+            source_changed: false,
         };
         assert_eq!(b.next_delay(&busy), Some(Duration::from_secs(2)));
         let long = Fail {
@@ -461,6 +534,7 @@ mod tests {
             },
             retry_after: Some(Duration::from_secs(45)),
             unsent: false,
+            source_changed: false,
         };
         assert_eq!(b.next_delay(&long), None, "too long to wait silently");
     }

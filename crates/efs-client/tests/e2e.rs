@@ -1380,3 +1380,111 @@ async fn a_file_rewritten_while_it_is_uploaded_is_not_stored_mixed() {
         "the second version whole, not a mix"
     );
 }
+
+/// A reader that gives `left` bytes of zeros, then fails with `PermissionDenied`.
+struct FailingReader {
+    left: usize,
+}
+
+impl tokio::io::AsyncRead for FailingReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the test reader refuses",
+            )));
+        }
+        let n = self.left.min(buf.remaining()).min(64 * 1024);
+        buf.put_slice(&vec![0u8; n]);
+        self.left -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Regression: over HTTP/2, a local read error during an upload (a failing reader, a
+/// directory given to `upload_file`, a body shorter or longer than its declared length)
+/// came back as `Error::Transport("…stream error sent by user…")`, transient, so
+/// `upload_file` retried it for seconds, and the reader's own error was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_read_error_during_an_upload_is_io_and_not_retried() {
+    let s = setup(&[]);
+    // A retry would wait at least 1.5 s (half of 3 s, the rest random).
+    let c = s
+        .builder()
+        .retry(RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_secs(3),
+            max_backoff: Duration::from_secs(3),
+        })
+        .build()
+        .unwrap();
+    c.login().await.unwrap();
+    let not_retried = |started: Instant| {
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "retried: {:?}",
+            started.elapsed()
+        )
+    };
+
+    let started = Instant::now();
+    let r = c
+        .upload(
+            "/denied.bin",
+            FailingReader { left: 1 << 20 },
+            Some(2 << 20),
+            PutOptions::default(),
+        )
+        .await;
+    match &r {
+        Err(e @ Error::Io(io)) => {
+            assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied, "{io}");
+            assert!(io.to_string().contains("the test reader refuses"), "{io}");
+            assert!(!e.is_transient());
+        }
+        other => panic!("expected the reader's error: {other:?}"),
+    }
+    not_retried(started);
+
+    for (data, kind) in [
+        (vec![1u8; 10], std::io::ErrorKind::UnexpectedEof),
+        (vec![1u8; 30], std::io::ErrorKind::InvalidInput),
+    ] {
+        let r = c
+            .upload(
+                "/mislength.bin",
+                std::io::Cursor::new(data),
+                Some(20),
+                PutOptions::default(),
+            )
+            .await;
+        match &r {
+            Err(Error::Io(io)) => {
+                assert_eq!(io.kind(), kind, "{io}");
+                assert!(io.to_string().contains("20 bytes declared"), "{io}");
+            }
+            other => panic!("expected a length error: {other:?}"),
+        }
+    }
+
+    let started = Instant::now();
+    let r = c
+        .upload_file("/dir.bin", s.tmp.path(), PutOptions::default())
+        .await;
+    match &r {
+        Err(e @ Error::Io(io)) => {
+            assert!(io.to_string().contains("directory"), "{io}");
+            assert!(!e.is_transient());
+        }
+        other => panic!("expected a local error: {other:?}"),
+    }
+    not_retried(started);
+
+    for p in ["/denied.bin", "/mislength.bin", "/dir.bin"] {
+        assert!(matches!(c.stat(p).await, Err(Error::NotFound)), "{p}");
+    }
+}
