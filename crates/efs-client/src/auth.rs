@@ -57,7 +57,7 @@ impl Held {
         let claims = claims(&info.token);
         let expires_at_ms = info.expires_at_unix.saturating_mul(1000);
         let lifetime_ms = claims
-            .and_then(|c| Some(c.exp?.checked_sub(c.iat?)? * 1000))
+            .and_then(|c| c.exp?.checked_sub(c.iat?)?.checked_mul(1000))
             .filter(|l| *l > 0)
             .unwrap_or(fallback_lifetime_ms);
         Held {
@@ -68,8 +68,11 @@ impl Held {
     }
 
     /// Milliseconds of validity left (negative once expired).
+    /// An expiry out of `i64`'s range is no real one: expired.
     fn remaining_ms(&self) -> i64 {
-        self.expires_at_ms as i64 - now_ms() as i64
+        i64::try_from(self.expires_at_ms)
+            .unwrap_or(0)
+            .saturating_sub(now_ms() as i64)
     }
 
     fn margin_ms(&self) -> i64 {
@@ -174,10 +177,20 @@ impl Auth {
         on_token: Option<OnToken>,
         cached: Option<TokenInfo>,
     ) -> Auth {
+        // A cached token comes from a file: one whose expiry is out of range (damaged) is
+        // taken as expired, never multiplied into an overflow (a panic in a debug build).
         let cached = cached
             .filter(|t| fs.as_deref().is_none_or(|f| f == t.fs))
+            .filter(|t| {
+                t.expires_at_unix
+                    .checked_mul(1000)
+                    .is_some_and(|ms| i64::try_from(ms).is_ok())
+            })
             .map(|t| {
-                let left = (t.expires_at_unix * 1000).saturating_sub(now_ms());
+                let left = t
+                    .expires_at_unix
+                    .saturating_mul(1000)
+                    .saturating_sub(now_ms());
                 Held::from_info(t, left.max(1))
             });
         Auth {

@@ -1488,3 +1488,30 @@ async fn a_local_read_error_during_an_upload_is_io_and_not_retried() {
         assert!(matches!(c.stat(p).await, Err(Error::NotFound)), "{p}");
     }
 }
+
+/// Regression: a cached token whose expiry is out of range (a damaged token cache) made
+/// `build()` panic in a debug build (`expires_at_unix * 1000` overflowed), and one merely
+/// far out of range was kept as valid. Such a token is taken as expired: a new login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_with_a_damaged_expiry_is_expired() {
+    let s = setup(&[]);
+    let valid = s.client().login().await.unwrap();
+    for expires_at_unix in [u64::MAX, u64::MAX / 1000, 1 << 62] {
+        let logins = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = logins.clone();
+        let c = s
+            .builder()
+            .cached_token(TokenInfo {
+                expires_at_unix,
+                ..valid.clone()
+            })
+            .on_token(Arc::new(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }))
+            .build()
+            .unwrap();
+        let t = c.token().await.unwrap();
+        assert_eq!(logins.load(Ordering::SeqCst), 1, "{expires_at_unix}");
+        assert!(t.expires_at_unix < u64::MAX / 1000, "{expires_at_unix}");
+    }
+}
