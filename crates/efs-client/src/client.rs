@@ -944,10 +944,24 @@ impl Client {
         let url = self.inner.http.url(&paths::encode_path(path)?);
         let watch = Arc::new(BodyWatch::new());
         self.retrying_put(path, &opts, || async {
+            // Opened on the blocking pool (a slow or network file system must not stall the
+            // runtime), anew for each attempt; a second body in one attempt, after a refused
+            // token (rare), is opened in place.
+            let local_path = local.to_owned();
+            let mut opened = Some(
+                tokio::task::spawn_blocking(move || {
+                    UnchangedFile::new(std::fs::File::open(local_path)?)
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?
+                .map_err(Error::Io)?,
+            );
             let resp = self
                 .authed(true, Some(&*watch), |c, t| {
-                    let file = std::fs::File::open(local)?;
-                    let source = UnchangedFile::new(file)?;
+                    let source = match opened.take() {
+                        Some(source) => source,
+                        None => UnchangedFile::new(std::fs::File::open(local)?)?,
+                    };
                     let len = source.len;
                     let body = body_stream(source, Some(len), opts.progress.clone(), watch.clone());
                     Self::put_request(c, &url, t, &opts, body, Some(len))

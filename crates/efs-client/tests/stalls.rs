@@ -163,3 +163,50 @@ async fn a_body_that_stalls_is_given_up() {
         other => panic!("{other:?}"),
     }
 }
+
+/// Regression: `load_signer_with` read the key and decrypted it (bcrypt KDF, about half a
+/// second by design) on the runtime's thread: every other task of a current-thread runtime
+/// stalled meanwhile.
+#[tokio::test(flavor = "current_thread")]
+async fn loading_an_encrypted_key_does_not_stall_the_runtime() {
+    let dir = tempfile::tempdir().unwrap();
+    let pair = ssh_key::private::Ed25519Keypair::from_seed(&[9u8; 32]);
+    let encrypted = ssh_key::PrivateKey::from(pair)
+        .encrypt(&mut ssh_key::rand_core::OsRng, "correct horse")
+        .unwrap();
+    let path = dir.path().join("id_ed25519");
+    let text = encrypted.to_openssh(ssh_key::LineEnding::LF).unwrap();
+    std::fs::write(&path, text.as_bytes()).unwrap();
+
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stopped = stop.clone();
+    // The longest time the runtime left this task waiting past its 5 ms sleeps.
+    let ticker = tokio::spawn(async move {
+        let mut longest = Duration::ZERO;
+        while !stopped.load(std::sync::atomic::Ordering::SeqCst) {
+            let before = Instant::now();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+            longest = longest.max(before.elapsed());
+        }
+        longest
+    });
+    tokio::task::yield_now().await;
+    let started = Instant::now();
+    let signer = efs_client::signer::load_signer_with(&path, None, Some("correct horse"))
+        .await
+        .unwrap();
+    let took = started.elapsed();
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let longest = ticker.await.unwrap();
+    assert_eq!(
+        signer.public_key(),
+        ed25519_dalek::SigningKey::from_bytes(&[9u8; 32])
+            .verifying_key()
+            .to_bytes()
+    );
+    // Blocked, the runtime stalls as long as the load takes; else a few milliseconds.
+    assert!(
+        longest < (took / 2).max(Duration::from_millis(50)),
+        "the runtime stalled for {longest:?} while the key was loaded ({took:?})"
+    );
+}
