@@ -912,7 +912,7 @@ impl Client {
         len: Option<u64>,
         opts: PutOptions,
     ) -> Result<Entry> {
-        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let url = self.inner.http.url(&paths::encode_file(path)?);
         let watch = Arc::new(BodyWatch::new());
         let mut body = Some(body_stream(body, len, opts.progress.clone(), watch.clone()));
         let resp = self
@@ -941,7 +941,7 @@ impl Client {
     /// (`if_match`, `create_only`) is retried only when the server cannot have stored it:
     /// see [`Client::put_bytes`].
     pub async fn upload_file(&self, path: &str, local: &Path, opts: PutOptions) -> Result<Entry> {
-        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let url = self.inner.http.url(&paths::encode_file(path)?);
         let watch = Arc::new(BodyWatch::new());
         self.retrying_put(path, &opts, || async {
             // Opened on the blocking pool (a slow or network file system must not stall the
@@ -987,7 +987,7 @@ impl Client {
         data: bytes::Bytes,
         opts: PutOptions,
     ) -> Result<Entry> {
-        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let url = self.inner.http.url(&paths::encode_file(path)?);
         let len = data.len() as u64;
         let watch = Arc::new(BodyWatch::new());
         self.retrying_put(path, &opts, || async {
@@ -1072,10 +1072,10 @@ impl Client {
         range: Option<std::ops::Range<u64>>,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<u64> {
+        let url = self.inner.http.url(&paths::encode_file(path)?);
         if range.as_ref().is_some_and(|r| r.start >= r.end) {
             return Ok(0);
         }
-        let url = self.inner.http.url(&paths::encode_path(path)?);
         let mut backoff = Backoff::new(&self.inner.retry);
         loop {
             let mut written = 0u64;
@@ -1270,7 +1270,7 @@ impl Client {
     where
         B: FnOnce(&std::fs::File, &std::ffi::OsStr) -> std::io::Result<()> + Send + 'static,
     {
-        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let url = self.inner.http.url(&paths::encode_file(path)?);
         let name = plain_name(name).map_err(Error::Io)?.to_owned();
         // The guard is made on the blocking thread with the file: if this future is dropped
         // meanwhile (a timeout, Ctrl-C), the finished task's guard still removes the file.
@@ -1398,6 +1398,9 @@ impl Client {
     /// the server answered 429 or 503. When the request went out and no answer came back,
     /// the [`Error::Transport`] says the move may have been done.
     pub async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<Entry> {
+        // Checked as any path is (dot segments, reserved first segment).
+        paths::encode_path(from)?;
+        paths::encode_path(to)?;
         let url = self.inner.http.url("/_efs/move");
         let body = efs_proto::MoveRequest {
             from: absolute(from),

@@ -1515,3 +1515,59 @@ async fn a_cached_token_with_a_damaged_expiry_is_expired() {
         assert!(t.expires_at_unix < u64::MAX / 1000, "{expires_at_unix}");
     }
 }
+
+/// Regression: the SDK sent reserved paths (first segment `_efs`) and directory paths
+/// (a trailing `/`) to file operations: `get_bytes("/_efs/health")` returned the health
+/// JSON, `stat("/_efs/openapi.json")` a file entry, `get_bytes("/patients/")` the listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_and_directory_paths_are_not_files() {
+    let s = setup(&[]);
+    let c = s.client();
+    c.put_bytes("/patients/a.txt", "a".into(), PutOptions::default())
+        .await
+        .unwrap();
+    let invalid = |what: &str, r: Result<(), Error>| match r {
+        Err(Error::InvalidPath(_)) => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    invalid(
+        "get_bytes /_efs/health",
+        c.get_bytes("/_efs/health").await.map(drop),
+    );
+    invalid(
+        "stat /_efs/openapi.json",
+        c.stat("/_efs/openapi.json").await.map(drop),
+    );
+    invalid("stat /_efs/", c.stat("/_efs/").await.map(drop));
+    invalid("list /_efs", c.list("/_efs").await.map(drop));
+    invalid(
+        "put /_efs/x",
+        c.put_bytes("/_efs/x", "x".into(), PutOptions::default())
+            .await
+            .map(drop),
+    );
+    invalid("delete /_efs/health", c.delete("/_efs/health", false).await);
+    invalid(
+        "rename to /_efs/x",
+        c.rename("/patients/a.txt", "/_efs/x", false)
+            .await
+            .map(drop),
+    );
+    invalid(
+        "get_bytes /patients/",
+        c.get_bytes("/patients/").await.map(drop),
+    );
+    invalid("get_bytes /", c.get_bytes("/").await.map(drop));
+    invalid(
+        "put /patients/",
+        c.put_bytes("/patients/", "x".into(), PutOptions::default())
+            .await
+            .map(drop),
+    );
+    // A name that merely starts so, or `_efs` further down, is a file like any.
+    c.put_bytes("/_efsx/_efs", "ok".into(), PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(c.get_bytes("/_efsx/_efs").await.unwrap().as_ref(), b"ok");
+    assert_eq!(c.stat("/patients/").await.unwrap().kind, EntryType::Dir);
+}
