@@ -277,10 +277,10 @@ impl Auth {
             && *expected != challenge.server
         {
             // Signing would hand this server a login valid on the server it names.
-            return Err(Error::Config(format!(
-                "the server identifies as {}, not the expected {expected}: refusing to sign its challenge",
-                challenge.server
-            ))
+            return Err(Error::ServerIdentityMismatch {
+                expected: expected.clone(),
+                got: challenge.server,
+            }
             .into());
         }
         let message = signed_message(&challenge.server, user, &challenge.nonce);
@@ -352,11 +352,7 @@ impl Auth {
 }
 
 fn bad_answer(what: &str) -> Error {
-    Error::Server {
-        status: 200,
-        code: "bad_response".into(),
-        message: what.to_owned(),
-    }
+    Error::InvalidAnswer(what.to_owned())
 }
 
 #[cfg(test)]

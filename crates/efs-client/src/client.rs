@@ -241,7 +241,9 @@ impl ClientBuilder {
     }
 
     /// The server identity (`efs-…`, printed by the server at start) to insist on: a
-    /// challenge from a server naming another identity is not signed ([`Error::Config`]).
+    /// challenge from a server naming another identity is not signed
+    /// ([`Error::ServerIdentityMismatch`]). One not of the form `efs-<32 hex digits>` is
+    /// refused by [`ClientBuilder::build`] ([`Error::Config`]).
     /// Without it (the default) any identity is signed, so a server this client logs in to
     /// can relay another server's challenge and get a login there when the same key and user
     /// name are used on both; take the value from the operator, not from the server itself.
@@ -327,6 +329,15 @@ impl ClientBuilder {
             return Err(Error::Config(format!(
                 "the server URL must be https://host[:port][/prefix], without user, query or fragment (got {:?})",
                 self.url
+            )));
+        }
+        if let Some(id) = &self.server_id
+            && !crate::auth::valid_server_id(id)
+        {
+            // Every login would fail, later and less clearly.
+            return Err(Error::Config(format!(
+                "invalid server identity {:?}: it is efs- and 32 lowercase hex digits, as the server prints it at start",
+                id.chars().take(80).collect::<String>()
             )));
         }
         let base = url.as_str().trim_end_matches('/').to_owned();
@@ -660,12 +671,9 @@ impl Client {
             .json_within(http.check(resp).await?, http::MAX_LOGIN_ANSWER)
             .await?;
         if !crate::auth::valid_server_id(&c.server) {
-            return Err(Error::Server {
-                status: 200,
-                code: "bad_response".into(),
-                message: "the challenge's server identity is not of the form efs-<32 hex digits>"
-                    .into(),
-            }
+            return Err(Error::InvalidAnswer(
+                "the challenge's server identity is not of the form efs-<32 hex digits>".into(),
+            )
             .into());
         }
         Ok(c.server)

@@ -142,14 +142,7 @@ impl Http {
         mut resp: reqwest::Response,
         max: usize,
     ) -> Result<T, Fail> {
-        let status = resp.status().as_u16();
-        let bad = |message: String| {
-            Fail::from(Error::Server {
-                status,
-                code: "bad_response".into(),
-                message,
-            })
-        };
+        let bad = |message: String| Fail::from(Error::InvalidAnswer(message));
         if resp.content_length().is_some_and(|n| n > max as u64) {
             return Err(bad(format!(
                 "the server's answer is larger than the {} KiB expected",
@@ -583,8 +576,7 @@ mod tests {
                 .await
                 .unwrap_err();
             assert!(
-                matches!(&e.err, Error::Server { code, message, .. }
-                    if code == "bad_response" && message.contains("larger than")),
+                matches!(&e.err, Error::InvalidAnswer(message) if message.contains("larger than")),
                 "{:?}",
                 e.err
             );

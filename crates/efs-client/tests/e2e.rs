@@ -1571,3 +1571,40 @@ async fn reserved_and_directory_paths_are_not_files() {
     assert_eq!(c.get_bytes("/_efsx/_efs").await.unwrap().as_ref(), b"ok");
     assert_eq!(c.stat("/patients/").await.unwrap().kind, EntryType::Dir);
 }
+
+/// A server naming another identity than the pinned one is its own error, a security event
+/// a caller can match (it was an `Error::Config` told apart only by its text); an identity
+/// that is not one is refused by `build()` (every login then failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_identity_mismatch_is_its_own_error_and_garbage_is_refused_at_build() {
+    let s = setup(&[]);
+    let actual = s.client().server_identity().await.unwrap();
+    let other = "efs-00000000000000000000000000000000";
+    assert_ne!(actual, other);
+    let c = s.builder().server_id(other).build().unwrap();
+    match c.login().await {
+        Err(e @ Error::ServerIdentityMismatch { .. }) => {
+            let Error::ServerIdentityMismatch { expected, got } = &e else {
+                unreachable!()
+            };
+            assert_eq!((expected.as_str(), got.as_str()), (other, actual.as_str()));
+            assert!(!e.is_transient());
+            assert!(e.hint().is_some());
+            assert!(e.to_string().contains("refusing to sign"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    s.builder()
+        .server_id(actual)
+        .build()
+        .unwrap()
+        .login()
+        .await
+        .unwrap();
+    for bad in ["garbage", "", "EFS-00000000000000000000000000000000"] {
+        match s.builder().server_id(bad).build() {
+            Err(Error::Config(m)) => assert!(m.contains("server identity"), "{m}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+}

@@ -16,6 +16,8 @@ enum Stall {
     Silent,
     /// Answers `200` with a `Content-Length` of 1000 and 10 bytes of it, then nothing.
     MidBody,
+    /// Answers `200` with this JSON body, whole.
+    Answer(&'static str),
 }
 
 /// A TLS server on 127.0.0.1 (HTTP/1.1, a fresh self-signed certificate) that stalls every
@@ -45,21 +47,36 @@ async fn stalling_server(how: Stall) -> (u16, [u8; 32]) {
                     return;
                 };
                 let mut buf = vec![0u8; 64 * 1024];
-                let mut head = Vec::new();
-                // Up to the end of the request's headers.
-                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match tls.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                // Each request on the connection (a client reuses it): up to the end of its
+                // headers (what precedes them, a request's small body, is skipped).
+                loop {
+                    let mut head = Vec::new();
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
                     }
-                }
-                if let Stall::MidBody = how {
-                    let answer = "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
-                                  content-length: 1000\r\n\r\n0123456789";
+                    let answer = match how {
+                        Stall::Silent => break,
+                        Stall::MidBody => {
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\n\
+                             content-length: 1000\r\n\r\n0123456789"
+                                .to_owned()
+                        }
+                        Stall::Answer(json) => format!(
+                            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\n\
+                             content-length: {}\r\n\r\n{json}",
+                            json.len()
+                        ),
+                    };
                     if tls.write_all(answer.as_bytes()).await.is_err() {
                         return;
                     }
                     let _ = tls.flush().await;
+                    if let Stall::MidBody = how {
+                        break;
+                    }
                 }
                 // Then nothing more, while the connection stays open.
                 while let Ok(n) = tls.read(&mut buf).await {
@@ -209,4 +226,56 @@ async fn loading_an_encrypted_key_does_not_stall_the_runtime() {
         longest < (took / 2).max(Duration::from_millis(50)),
         "the runtime stalled for {longest:?} while the key was loaded ({took:?})"
     );
+}
+
+/// Regression: a challenge answer that is not the protocol's (not JSON, missing fields, a
+/// server identity or nonce of another shape) was `Error::Server { status: 200, code:
+/// "bad_response" }`, which a caller matching [`Error::InvalidAnswer`] missed.
+#[tokio::test]
+async fn a_malformed_challenge_is_an_invalid_answer() {
+    for answer in [
+        "not json",
+        r#"{"nonce":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8"}"#,
+        r#"{"nonce":"AAECAwQFBgcICQoLDA0ODxAREhMUFRYXGBkaGxwdHh8","server":"garbage"}"#,
+        r#"{"nonce":"short","server":"efs-39f713d0a644253f04529421b9f51b9b"}"#,
+    ] {
+        let (port, fp) = stalling_server(Stall::Answer(answer)).await;
+        let c = client(port, fp, Some(Duration::from_secs(5)), false);
+        let r = tokio::time::timeout(GUARD, c.login()).await.unwrap();
+        assert!(
+            matches!(&r, Err(Error::InvalidAnswer(_))),
+            "{answer}: {r:?}"
+        );
+        let r = tokio::time::timeout(GUARD, c.server_identity())
+            .await
+            .unwrap();
+        if answer.contains("server") {
+            if answer.contains("garbage") {
+                assert!(
+                    matches!(&r, Err(Error::InvalidAnswer(_))),
+                    "{answer}: {r:?}"
+                );
+            }
+        } else {
+            assert!(
+                matches!(&r, Err(Error::InvalidAnswer(_))),
+                "{answer}: {r:?}"
+            );
+        }
+    }
+}
+
+/// What public signatures use is re-exported: a caller needs no `bytes`, `ed25519-dalek` or
+/// `efs-proto` of its own at matching versions.
+#[test]
+fn public_signatures_need_no_other_crate() {
+    let key = efs_client::SigningKey::from_bytes(&[1u8; 32]);
+    let _signer = KeySigner::from_signing_key(key);
+    let _data: efs_client::Bytes = efs_client::Bytes::from_static(b"x");
+    let e = Error::Server {
+        status: 503,
+        code: efs_client::codes::INTEGRITY_HOLD.into(),
+        message: String::new(),
+    };
+    assert!(!e.is_transient());
 }
