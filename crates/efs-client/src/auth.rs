@@ -205,10 +205,20 @@ impl Auth {
 
     /// A token good for a request now: the held one, refreshed, or a new login.
     pub(crate) async fn token(&self, http: &Http) -> Result<TokenInfo, Fail> {
+        self.token_for(http, Duration::ZERO).await
+    }
+
+    /// [`Auth::token`], and the held one is refreshed (or replaced) unless at least `left`
+    /// of its life remains, besides the refresh margin.
+    pub(crate) async fn token_for(&self, http: &Http, left: Duration) -> Result<TokenInfo, Fail> {
+        let left_ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
         let mut held = self.held.lock().await;
         if let Some(h) = held.as_ref() {
             let remaining = h.remaining_ms();
-            if remaining > h.margin_ms() {
+            // At most half a lifetime is insisted on: more than a fresh token has would
+            // refresh it on every call, spending its renewals.
+            let want = left_ms.min((h.lifetime_ms / 2) as i64);
+            if remaining > h.margin_ms().max(want) {
                 return Ok(h.info.clone());
             }
             if remaining > 0 && h.info.renewals_left > 0 {

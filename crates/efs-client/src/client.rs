@@ -634,6 +634,20 @@ impl Client {
             .await
     }
 
+    /// A token that is still valid `left` from now: the held one when it lasts that long,
+    /// else refreshed, or a new login when no renewals are left. For a long streamed upload
+    /// ([`Client::upload`], [`Client::upload_file`]): the server checks the token again when
+    /// the upload ends, and a token that expired meanwhile fails it at its end (with
+    /// [`Error::TokenRefusedNotResent`] for a stream). Call it before such an upload with the
+    /// time the upload may take. A token's life is the server's `--token-ttl` (1 hour by
+    /// default): at most half of it is insisted on (a token in the first half of its life is
+    /// kept), so that asking for more than a token can give does not refresh it on every
+    /// call; an upload longer than that needs a longer `--token-ttl`.
+    pub async fn ensure_token_valid_for(&self, left: Duration) -> Result<TokenInfo> {
+        self.retrying(|| self.inner.auth.token_for(&self.inner.http, left))
+            .await
+    }
+
     /// Forces a fresh login.
     pub async fn login(&self) -> Result<TokenInfo> {
         self.retrying(|| self.inner.auth.login(&self.inner.http))
@@ -909,6 +923,11 @@ impl Client {
     /// [`Error::TokenRefusedNotResent`]. Use [`Client::put_bytes`] or [`Client::upload_file`]
     /// for a body that can be sent again after a refused token or a transient error.
     ///
+    /// The token is checked when the upload starts and again when it ends: an upload that
+    /// lasts longer than the token's remaining life (a token is refreshed only once less than
+    /// a quarter of its life is left) fails at its end. Before a long upload, call
+    /// [`Client::ensure_token_valid_for`] with the time it may take.
+    ///
     /// A `body` that fails to read, or gives more or fewer bytes than `len`, fails the upload
     /// with [`Error::Io`] (the reader's own error), and nothing is stored.
     ///
@@ -948,6 +967,10 @@ impl Client {
     /// is [`Error::Io`] with the system's error, not retried. A conditional upload
     /// (`if_match`, `create_only`) is retried only when the server cannot have stored it:
     /// see [`Client::put_bytes`].
+    ///
+    /// An upload that lasts longer than the token's remaining life fails at its end (the
+    /// server checks the token again then) and is sent again whole with a new token: before
+    /// a long one, call [`Client::ensure_token_valid_for`] with the time it may take.
     pub async fn upload_file(&self, path: &str, local: &Path, opts: PutOptions) -> Result<Entry> {
         let url = self.inner.http.url(&paths::encode_file(path)?);
         let watch = Arc::new(BodyWatch::new());

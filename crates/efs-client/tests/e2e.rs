@@ -1608,3 +1608,48 @@ async fn a_server_identity_mismatch_is_its_own_error_and_garbage_is_refused_at_b
         }
     }
 }
+
+/// A long upload needs a token that outlives it (the server checks it again at the end,
+/// and a token is refreshed only once a quarter of its life is left):
+/// `ensure_token_valid_for` refreshes one that would not last long enough, and keeps one that
+/// does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_token_valid_for_refreshes_a_token_that_would_not_last() {
+    let s = setup(&["--token-ttl", "8", "--max-renewals", "2"]);
+    let tokens = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = tokens.clone();
+    let c = s
+        .builder()
+        .on_token(Arc::new(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }))
+        .build()
+        .unwrap();
+    let first = c.login().await.unwrap();
+    // 8 s of life, 2 s of margin: 4 s more is there, no new token.
+    let same = c
+        .ensure_token_valid_for(Duration::from_secs(4))
+        .await
+        .unwrap();
+    assert_eq!(same.token, first.token);
+    assert_eq!(tokens.load(Ordering::SeqCst), 1);
+    // 4.5 s later about 2.5 s are left (more than the margin): not the 4 s insisted on, so a
+    // refresh. (At most half the lifetime is insisted on: asking for 60 s is asking for 4.)
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(c.token().await.unwrap().token, first.token, "still fresh");
+    let longer = c
+        .ensure_token_valid_for(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_ne!(longer.token, first.token);
+    assert_eq!(tokens.load(Ordering::SeqCst), 2);
+    assert_eq!(longer.renewals_left, 1, "a refresh, not a login");
+    assert!(longer.expires_at_unix > first.expires_at_unix);
+    // A fresh token is kept, whatever is asked.
+    let kept = c
+        .ensure_token_valid_for(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(kept.token, longer.token);
+    assert_eq!(tokens.load(Ordering::SeqCst), 2);
+}
