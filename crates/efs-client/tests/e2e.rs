@@ -618,7 +618,10 @@ async fn wrong_key_is_unauthorized_with_a_hint() {
         .server_id("efs-00000000000000000000000000000000")
         .build()
         .unwrap();
-    assert!(matches!(c.login().await, Err(Error::Config(m)) if m.contains("refusing to sign")));
+    assert!(matches!(
+        c.login().await,
+        Err(Error::ServerIdentityMismatch { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
