@@ -171,7 +171,7 @@ pub(crate) fn is_tls(e: &efs_client::Error) -> bool {
 /// Whether `e` is a login refused before signing because the server named another identity
 /// than the remote's pinned `server_id`.
 pub(crate) fn is_identity_mismatch(e: &efs_client::Error) -> bool {
-    matches!(e, efs_client::Error::Config(m) if m.contains("refusing to sign its challenge"))
+    matches!(e, efs_client::Error::ServerIdentityMismatch { .. })
 }
 
 pub(crate) fn sdk_code(e: &efs_client::Error) -> u8 {
@@ -307,10 +307,10 @@ mod tests {
             h.contains("efs remote add NAME URL --user USER --fs"),
             "{h}"
         );
-        let e = anyhow::Error::from(efs_client::Error::Config(
-            "the server identifies as efs-1, not the expected efs-2: refusing to sign its challenge"
-                .into(),
-        ));
+        let e = anyhow::Error::from(efs_client::Error::ServerIdentityMismatch {
+            expected: "efs-2".into(),
+            got: "efs-1".into(),
+        });
         let h = hint_of(&e).unwrap();
         assert!(
             h.contains("rotate-signing-key") && h.contains("relaying"),

@@ -57,7 +57,7 @@ impl Held {
         let claims = claims(&info.token);
         let expires_at_ms = info.expires_at_unix.saturating_mul(1000);
         let lifetime_ms = claims
-            .and_then(|c| Some(c.exp?.checked_sub(c.iat?)? * 1000))
+            .and_then(|c| c.exp?.checked_sub(c.iat?)?.checked_mul(1000))
             .filter(|l| *l > 0)
             .unwrap_or(fallback_lifetime_ms);
         Held {
@@ -68,8 +68,11 @@ impl Held {
     }
 
     /// Milliseconds of validity left (negative once expired).
+    /// An expiry out of `i64`'s range is no real one: expired.
     fn remaining_ms(&self) -> i64 {
-        self.expires_at_ms as i64 - now_ms() as i64
+        i64::try_from(self.expires_at_ms)
+            .unwrap_or(0)
+            .saturating_sub(now_ms() as i64)
     }
 
     fn margin_ms(&self) -> i64 {
@@ -174,10 +177,20 @@ impl Auth {
         on_token: Option<OnToken>,
         cached: Option<TokenInfo>,
     ) -> Auth {
+        // A cached token comes from a file: one whose expiry is out of range (damaged) is
+        // taken as expired, never multiplied into an overflow (a panic in a debug build).
         let cached = cached
             .filter(|t| fs.as_deref().is_none_or(|f| f == t.fs))
+            .filter(|t| {
+                t.expires_at_unix
+                    .checked_mul(1000)
+                    .is_some_and(|ms| i64::try_from(ms).is_ok())
+            })
             .map(|t| {
-                let left = (t.expires_at_unix * 1000).saturating_sub(now_ms());
+                let left = t
+                    .expires_at_unix
+                    .saturating_mul(1000)
+                    .saturating_sub(now_ms());
                 Held::from_info(t, left.max(1))
             });
         Auth {
@@ -192,10 +205,20 @@ impl Auth {
 
     /// A token good for a request now: the held one, refreshed, or a new login.
     pub(crate) async fn token(&self, http: &Http) -> Result<TokenInfo, Fail> {
+        self.token_for(http, Duration::ZERO).await
+    }
+
+    /// [`Auth::token`], and the held one is refreshed (or replaced) unless at least `left`
+    /// of its life remains, besides the refresh margin.
+    pub(crate) async fn token_for(&self, http: &Http, left: Duration) -> Result<TokenInfo, Fail> {
+        let left_ms = i64::try_from(left.as_millis()).unwrap_or(i64::MAX);
         let mut held = self.held.lock().await;
         if let Some(h) = held.as_ref() {
             let remaining = h.remaining_ms();
-            if remaining > h.margin_ms() {
+            // At most half a lifetime is insisted on: more than a fresh token has would
+            // refresh it on every call, spending its renewals.
+            let want = left_ms.min((h.lifetime_ms / 2) as i64);
+            if remaining > h.margin_ms().max(want) {
                 return Ok(h.info.clone());
             }
             if remaining > 0 && h.info.renewals_left > 0 {
@@ -245,55 +268,69 @@ impl Auth {
             .into());
         }
 
-        let resp = http::send(
-            http.client
-                .post(http.url("/_efs/auth/challenge"))
-                .json(&ChallengeRequest { user }),
-        )
-        .await?;
-        let challenge: Challenge =
-            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
+        // Each login request has a bounded total time: it runs with the token lock held, so
+        // a server that stalls it would stall every request of the client.
+        let resp = http
+            .send(
+                http.client
+                    .post(http.url("/_efs/auth/challenge"))
+                    .timeout(http.login_timeout)
+                    .json(&ChallengeRequest { user }),
+                None,
+            )
+            .await?;
+        let challenge: Challenge = http
+            .json_within(http.check(resp).await?, http::MAX_LOGIN_ANSWER)
+            .await?;
         check_challenge(&challenge.server, &challenge.nonce)?;
         if let Some(expected) = &self.server_id
             && *expected != challenge.server
         {
             // Signing would hand this server a login valid on the server it names.
-            return Err(Error::Config(format!(
-                "the server identifies as {}, not the expected {expected}: refusing to sign its challenge",
-                challenge.server
-            ))
+            return Err(Error::ServerIdentityMismatch {
+                expected: expected.clone(),
+                got: challenge.server,
+            }
             .into());
         }
         let message = signed_message(&challenge.server, user, &challenge.nonce);
         let signature = signer.sign(&message).await?;
         let signature = URL_SAFE_NO_PAD.encode(signature);
 
-        let resp = http::send(
-            http.client
-                .post(http.url("/_efs/auth/token"))
-                .json(&TokenRequest {
-                    user,
-                    nonce: &challenge.nonce,
-                    signature: &signature,
-                    fs: self.fs.as_deref(),
-                }),
-        )
-        .await?;
-        let answer: TokenAnswer =
-            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
+        let resp = http
+            .send(
+                http.client
+                    .post(http.url("/_efs/auth/token"))
+                    .timeout(http.login_timeout)
+                    .json(&TokenRequest {
+                        user,
+                        nonce: &challenge.nonce,
+                        signature: &signature,
+                        fs: self.fs.as_deref(),
+                    }),
+                None,
+            )
+            .await?;
+        let answer: TokenAnswer = http
+            .json_within(http.check(resp).await?, http::MAX_LOGIN_ANSWER)
+            .await?;
         tracing::debug!(fs = %answer.fs, "logged in");
         Ok(self.install(held, answer))
     }
 
     async fn refresh(&self, http: &Http, token: &str) -> Result<TokenAnswer, Fail> {
-        let resp = http::send(
-            http.client
-                .post(http.url("/_efs/auth/refresh"))
-                .bearer_auth(token),
-        )
-        .await?;
-        let answer: TokenAnswer =
-            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
+        let resp = http
+            .send(
+                http.client
+                    .post(http.url("/_efs/auth/refresh"))
+                    .timeout(http.login_timeout)
+                    .bearer_auth(token),
+                None,
+            )
+            .await?;
+        let answer: TokenAnswer = http
+            .json_within(http.check(resp).await?, http::MAX_LOGIN_ANSWER)
+            .await?;
         tracing::debug!(renewals_left = answer.renewals_left, "token refreshed");
         Ok(answer)
     }
@@ -325,11 +362,7 @@ impl Auth {
 }
 
 fn bad_answer(what: &str) -> Error {
-    Error::Server {
-        status: 200,
-        code: "bad_response".into(),
-        message: what.to_owned(),
-    }
+    Error::InvalidAnswer(what.to_owned())
 }
 
 #[cfg(test)]

@@ -12,7 +12,7 @@ use tokio_util::io::ReaderStream;
 
 use crate::auth::{Auth, OnToken};
 use crate::error::{Error, Result};
-use crate::http::{self, Backoff, BodyReadError, Fail, Http};
+use crate::http::{self, Backoff, BodyReadError, BodyWatch, Fail, Http};
 use crate::paths;
 use crate::signer::Signer;
 use crate::trust::Trust;
@@ -190,7 +190,15 @@ pub struct ClientBuilder {
     cached: Option<TokenInfo>,
     on_token: Option<OnToken>,
     connect_timeout: Duration,
+    idle_timeout: Option<Duration>,
+    login_timeout: Duration,
 }
+
+/// Default of [`ClientBuilder::timeout_idle`].
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default of [`ClientBuilder::timeout_login`].
+pub const DEFAULT_LOGIN_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Client {
     /// Starts configuring a client for the server at `url` (`https://host:port`).
@@ -206,6 +214,8 @@ impl Client {
             cached: None,
             on_token: None,
             connect_timeout: Duration::from_secs(10),
+            idle_timeout: Some(DEFAULT_IDLE_TIMEOUT),
+            login_timeout: DEFAULT_LOGIN_TIMEOUT,
         }
     }
 }
@@ -231,7 +241,9 @@ impl ClientBuilder {
     }
 
     /// The server identity (`efs-…`, printed by the server at start) to insist on: a
-    /// challenge from a server naming another identity is not signed ([`Error::Config`]).
+    /// challenge from a server naming another identity is not signed
+    /// ([`Error::ServerIdentityMismatch`]). One not of the form `efs-<32 hex digits>` is
+    /// refused by [`ClientBuilder::build`] ([`Error::Config`]).
     /// Without it (the default) any identity is signed, so a server this client logs in to
     /// can relay another server's challenge and get a login there when the same key and user
     /// name are used on both; take the value from the operator, not from the server itself.
@@ -273,6 +285,29 @@ impl ClientBuilder {
         self
     }
 
+    /// How long a request may make no progress before it is given up with a transient
+    /// [`Error::Transport`] (retried as the request's [`RetryPolicy`] allows): no byte of the
+    /// answer received, and for an upload no byte of its body taken, for this long (default
+    /// [`DEFAULT_IDLE_TIMEOUT`], 60 s). It is not a limit on a whole transfer: a download or
+    /// upload of any length goes on as long as its bytes keep moving. It catches a server
+    /// (or a middlebox) that accepted the connection and then never answers, or stalls in
+    /// the middle of a body. An upload waiting on its own source (a slow reader) is not idle.
+    /// `None` waits forever.
+    pub fn timeout_idle(mut self, d: Option<Duration>) -> Self {
+        self.idle_timeout = d;
+        self
+    }
+
+    /// The total time one login request (challenge, token, refresh) may take, answer
+    /// included (default [`DEFAULT_LOGIN_TIMEOUT`], 30 s). A login runs while the token
+    /// lock is held, so every request of the client (and of its clones) waits for it: a
+    /// stalled one must not hold them for long. Signing (an ssh-agent that asks the user to
+    /// confirm) is not counted.
+    pub fn timeout_login(mut self, d: Duration) -> Self {
+        self.login_timeout = d;
+        self
+    }
+
     /// Builds the client. Nothing is sent yet; the first request logs in.
     pub fn build(self) -> Result<Client> {
         let url = reqwest::Url::parse(&self.url)
@@ -296,6 +331,15 @@ impl ClientBuilder {
                 self.url
             )));
         }
+        if let Some(id) = &self.server_id
+            && !crate::auth::valid_server_id(id)
+        {
+            // Every login would fail, later and less clearly.
+            return Err(Error::Config(format!(
+                "invalid server identity {:?}: it is efs- and 32 lowercase hex digits, as the server prints it at start",
+                id.chars().take(80).collect::<String>()
+            )));
+        }
         let base = url.as_str().trim_end_matches('/').to_owned();
         let tls = crate::trust::client_config(&self.trust)?;
         let client = reqwest::Client::builder()
@@ -312,7 +356,12 @@ impl ClientBuilder {
             .map_err(|e| Error::Config(format!("cannot build the HTTP client: {e}")))?;
         Ok(Client {
             inner: Arc::new(Inner {
-                http: Http { client, base },
+                http: Http {
+                    client,
+                    base,
+                    idle: self.idle_timeout,
+                    login_timeout: self.login_timeout,
+                },
                 auth: Auth::new(
                     self.user,
                     self.signer,
@@ -327,21 +376,67 @@ impl ClientBuilder {
     }
 }
 
-/// Counts the bytes of an upload's body as they are sent.
-fn body_stream<R>(reader: R, progress: Option<Arc<dyn Fn(u64) + Send + Sync>>) -> reqwest::Body
+/// Counts the bytes of an upload's body as they are sent, and marks `watch` as it moves.
+///
+/// A source that fails, or gives more or fewer bytes than `len` (the declared length), fails
+/// the body with an I/O error that `watch` keeps: reqwest's error for it, over HTTP/2, is
+/// only "stream error sent by user", which looked like a transient network error.
+fn body_stream<R>(
+    reader: R,
+    len: Option<u64>,
+    progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
+    watch: Arc<BodyWatch>,
+) -> reqwest::Body
 where
     R: tokio::io::AsyncRead + Send + 'static,
 {
     let mut sent = 0u64;
-    let stream = ReaderStream::with_capacity(reader, UPLOAD_CHUNK).map(move |chunk| match chunk {
-        Ok(bytes) => {
-            sent += bytes.len() as u64;
-            if let Some(p) = &progress {
-                p(sent);
-            }
-            Ok(bytes)
+    let mut done = false;
+    let mut chunks = Box::pin(ReaderStream::with_capacity(reader, UPLOAD_CHUNK));
+    watch.start();
+    let stream = futures_util::stream::poll_fn(move |cx| {
+        if done {
+            return std::task::Poll::Ready(None);
         }
-        Err(e) => Err(BodyReadError(e)),
+        // Asked for more: the server takes the body; until the source gives it, any wait
+        // is the source's.
+        watch.touch(true);
+        let next = std::task::ready!(chunks.poll_next_unpin(cx));
+        watch.touch(false);
+        let next = match next {
+            Some(Ok(bytes)) => {
+                sent += bytes.len() as u64;
+                match len {
+                    Some(len) if sent > len => Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("the upload's source gave more than the {len} bytes declared"),
+                    )),
+                    _ => Ok(Some(bytes)),
+                }
+            }
+            Some(Err(e)) => Err(e),
+            None => match len {
+                Some(len) if sent < len => Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    format!("the upload's source ended after {sent} of the {len} bytes declared"),
+                )),
+                _ => Ok(None),
+            },
+        };
+        std::task::Poll::Ready(match next {
+            Ok(Some(bytes)) => {
+                if let Some(p) = &progress {
+                    p(sent);
+                }
+                Some(Ok(bytes))
+            }
+            Ok(None) => None,
+            Err(e) => {
+                done = true;
+                watch.fail(&e);
+                Some(Err(BodyReadError(e)))
+            }
+        })
     });
     reqwest::Body::wrap_stream(stream)
 }
@@ -364,6 +459,12 @@ impl UnchangedFile {
     fn new(file: std::fs::File) -> std::io::Result<Self> {
         use tokio::io::AsyncReadExt as _;
         let meta = file.metadata()?;
+        if meta.is_dir() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the upload's source is a directory, not a file",
+            ));
+        }
         let len = meta.len();
         Ok(Self {
             inner: tokio::fs::File::from_std(file.try_clone()?).take(len),
@@ -392,8 +493,7 @@ impl tokio::io::AsyncRead for UnchangedFile {
             if meta.len() != this.len || meta.modified().ok() != this.modified {
                 buf.set_filled(before);
                 return std::task::Poll::Ready(Err(std::io::Error::other(
-                    "the file changed while it was uploaded (its size or modification time \
-                     moved): nothing was stored; upload it again once it is complete",
+                    crate::http::SourceChanged,
                 )));
             }
         }
@@ -534,6 +634,20 @@ impl Client {
             .await
     }
 
+    /// A token that is still valid `left` from now: the held one when it lasts that long,
+    /// else refreshed, or a new login when no renewals are left. For a long streamed upload
+    /// ([`Client::upload`], [`Client::upload_file`]): the server checks the token again when
+    /// the upload ends, and a token that expired meanwhile fails it at its end (with
+    /// [`Error::TokenRefusedNotResent`] for a stream). Call it before such an upload with the
+    /// time the upload may take. A token's life is the server's `--token-ttl` (1 hour by
+    /// default): at most half of it is insisted on (a token in the first half of its life is
+    /// kept), so that asking for more than a token can give does not refresh it on every
+    /// call; an upload longer than that needs a longer `--token-ttl`.
+    pub async fn ensure_token_valid_for(&self, left: Duration) -> Result<TokenInfo> {
+        self.retrying(|| self.inner.auth.token_for(&self.inner.http, left))
+            .await
+    }
+
     /// Forces a fresh login.
     pub async fn login(&self) -> Result<TokenInfo> {
         self.retrying(|| self.inner.auth.login(&self.inner.http))
@@ -557,23 +671,23 @@ impl Client {
         let user = self.inner.auth.user.clone().ok_or_else(|| {
             Error::Config("no user name to ask a challenge for (ClientBuilder::user)".into())
         })?;
-        let resp = http::send(
-            self.inner
-                .http
-                .client
-                .post(self.inner.http.url("/_efs/auth/challenge"))
-                .json(&serde_json::json!({ "user": user })),
-        )
-        .await?;
-        let c: Challenge =
-            http::json_within(http::check(resp).await?, http::MAX_LOGIN_ANSWER).await?;
+        let http = &self.inner.http;
+        let resp = http
+            .send(
+                http.client
+                    .post(http.url("/_efs/auth/challenge"))
+                    .timeout(http.login_timeout)
+                    .json(&serde_json::json!({ "user": user })),
+                None,
+            )
+            .await?;
+        let c: Challenge = http
+            .json_within(http.check(resp).await?, http::MAX_LOGIN_ANSWER)
+            .await?;
         if !crate::auth::valid_server_id(&c.server) {
-            return Err(Error::Server {
-                status: 200,
-                code: "bad_response".into(),
-                message: "the challenge's server identity is not of the form efs-<32 hex digits>"
-                    .into(),
-            }
+            return Err(Error::InvalidAnswer(
+                "the challenge's server identity is not of the form efs-<32 hex digits>".into(),
+            )
             .into());
         }
         Ok(c.server)
@@ -614,21 +728,26 @@ impl Client {
 
     /// One attempt of an authorised request. `make` builds it with a token; on a 401 the
     /// token is dropped and, when `replayable`, `make` builds it again after a new login.
+    ///
+    /// `watch`: the [`BodyWatch`] of the bodies `make` builds (an upload's), by which the
+    /// idle timeout tells a long upload from a stalled one.
     async fn authed<F>(
         &self,
         replayable: bool,
+        watch: Option<&BodyWatch>,
         make: F,
     ) -> std::result::Result<reqwest::Response, Fail>
     where
         F: FnMut(&reqwest::Client, &str) -> Result<reqwest::RequestBuilder>,
     {
-        Ok(self.authed_as(replayable, make).await?.0)
+        Ok(self.authed_as(replayable, watch, make).await?.0)
     }
 
     /// [`Client::authed`], and the token the answer was given to.
     async fn authed_as<F>(
         &self,
         replayable: bool,
+        watch: Option<&BodyWatch>,
         mut make: F,
     ) -> std::result::Result<(reqwest::Response, TokenInfo), Fail>
     where
@@ -637,9 +756,9 @@ impl Client {
         let http = &self.inner.http;
         let auth = &self.inner.auth;
         let tok = auth.token(http).await?;
-        let resp = http::send(make(&http.client, &tok.token)?).await?;
+        let resp = http.send(make(&http.client, &tok.token)?, watch).await?;
         if resp.status() != reqwest::StatusCode::UNAUTHORIZED {
-            return Ok((http::check(resp).await?, tok));
+            return Ok((http.check(resp).await?, tok));
         }
         // The server refused a token we thought valid (revoked, server restarted with
         // another key, clock skew): it is useless now in any case.
@@ -654,13 +773,13 @@ impl Client {
                 drop(resp);
                 return Err(Error::TokenRefusedNotResent.into());
             }
-            return http::check(resp).await.map(|r| (r, tok));
+            return http.check(resp).await.map(|r| (r, tok));
         }
         drop(resp);
         tracing::debug!("the server refused the token; logging in again");
         let tok = auth.token(http).await?;
-        let resp = http::send(make(&http.client, &tok.token)?).await?;
-        Ok((http::check(resp).await?, tok))
+        let resp = http.send(make(&http.client, &tok.token)?, watch).await?;
+        Ok((http.check(resp).await?, tok))
     }
 
     /// The entry at `path`: `HEAD` for a file; for a directory, its entry in the parent's
@@ -686,7 +805,7 @@ impl Client {
         }
         let url = self.inner.http.url(&paths::encode_path(path)?);
         let head = self
-            .retrying(|| self.authed(true, |c, t| Ok(c.head(&url).bearer_auth(t))))
+            .retrying(|| self.authed(true, None, |c, t| Ok(c.head(&url).bearer_auth(t))))
             .await;
         match head {
             Ok(resp) => Ok(entry_from_headers(paths::file_name(path), resp.headers())),
@@ -698,7 +817,7 @@ impl Client {
 
     async fn head_dir(&self, dir: &str) -> Result<()> {
         let url = self.inner.http.url(&paths::encode_dir(dir)?);
-        self.retrying(|| self.authed(true, |c, t| Ok(c.head(&url).bearer_auth(t))))
+        self.retrying(|| self.authed(true, None, |c, t| Ok(c.head(&url).bearer_auth(t))))
             .await
             .map(drop)
     }
@@ -745,9 +864,9 @@ impl Client {
         let page: efs_proto::ListPage = self
             .retrying(|| async {
                 let resp = self
-                    .authed(true, |c, t| Ok(c.get(&url).bearer_auth(t)))
+                    .authed(true, None, |c, t| Ok(c.get(&url).bearer_auth(t)))
                     .await?;
-                http::json(resp).await
+                self.inner.http.json(resp).await
             })
             .await?;
         checked_page(dir, page)
@@ -804,6 +923,14 @@ impl Client {
     /// [`Error::TokenRefusedNotResent`]. Use [`Client::put_bytes`] or [`Client::upload_file`]
     /// for a body that can be sent again after a refused token or a transient error.
     ///
+    /// The token is checked when the upload starts and again when it ends: an upload that
+    /// lasts longer than the token's remaining life (a token is refreshed only once less than
+    /// a quarter of its life is left) fails at its end. Before a long upload, call
+    /// [`Client::ensure_token_valid_for`] with the time it may take.
+    ///
+    /// A `body` that fails to read, or gives more or fewer bytes than `len`, fails the upload
+    /// with [`Error::Io`] (the reader's own error), and nothing is stored.
+    ///
     /// Missing parent directories are created by the server.
     pub async fn upload<R: tokio::io::AsyncRead + Send + Unpin + 'static>(
         &self,
@@ -812,10 +939,11 @@ impl Client {
         len: Option<u64>,
         opts: PutOptions,
     ) -> Result<Entry> {
-        let url = self.inner.http.url(&paths::encode_path(path)?);
-        let mut body = Some(body_stream(body, opts.progress.clone()));
+        let url = self.inner.http.url(&paths::encode_file(path)?);
+        let watch = Arc::new(BodyWatch::new());
+        let mut body = Some(body_stream(body, len, opts.progress.clone(), watch.clone()));
         let resp = self
-            .authed(false, |c, t| {
+            .authed(false, Some(&*watch), |c, t| {
                 let body = body
                     .take()
                     .ok_or_else(|| Error::Config("an upload stream cannot be sent twice".into()))?;
@@ -823,7 +951,9 @@ impl Client {
             })
             .await
             .map_err(|f| f.err)?;
-        http::json::<efs_proto::ListEntry>(resp)
+        self.inner
+            .http
+            .json::<efs_proto::ListEntry>(resp)
             .await
             .map(Entry::from)
             .map_err(|f| f.err)
@@ -832,21 +962,43 @@ impl Client {
     /// Uploads a local file, streaming; retried from the start on transient errors (the file
     /// is opened again for each attempt). A file that changes while it is sent (its size or
     /// modification time moves) fails the attempt before its last bytes go out, so nothing of
-    /// it is stored, and the retry sends it as it is then. A conditional upload (`if_match`, `create_only`)
-    /// is retried only when the server cannot have stored it: see [`Client::put_bytes`].
+    /// it is stored, and the retry sends it as it is then (when no attempt is left, the
+    /// error is that [`Error::Io`]). A file that cannot be read (a directory, a read error)
+    /// is [`Error::Io`] with the system's error, not retried. A conditional upload
+    /// (`if_match`, `create_only`) is retried only when the server cannot have stored it:
+    /// see [`Client::put_bytes`].
+    ///
+    /// An upload that lasts longer than the token's remaining life fails at its end (the
+    /// server checks the token again then) and is sent again whole with a new token: before
+    /// a long one, call [`Client::ensure_token_valid_for`] with the time it may take.
     pub async fn upload_file(&self, path: &str, local: &Path, opts: PutOptions) -> Result<Entry> {
-        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let url = self.inner.http.url(&paths::encode_file(path)?);
+        let watch = Arc::new(BodyWatch::new());
         self.retrying_put(path, &opts, || async {
+            // Opened on the blocking pool (a slow or network file system must not stall the
+            // runtime), anew for each attempt; a second body in one attempt, after a refused
+            // token (rare), is opened in place.
+            let local_path = local.to_owned();
+            let mut opened = Some(
+                tokio::task::spawn_blocking(move || {
+                    UnchangedFile::new(std::fs::File::open(local_path)?)
+                })
+                .await
+                .map_err(|e| Error::Io(std::io::Error::other(e)))?
+                .map_err(Error::Io)?,
+            );
             let resp = self
-                .authed(true, |c, t| {
-                    let file = std::fs::File::open(local)?;
-                    let source = UnchangedFile::new(file)?;
+                .authed(true, Some(&*watch), |c, t| {
+                    let source = match opened.take() {
+                        Some(source) => source,
+                        None => UnchangedFile::new(std::fs::File::open(local)?)?,
+                    };
                     let len = source.len;
-                    let body = body_stream(source, opts.progress.clone());
+                    let body = body_stream(source, Some(len), opts.progress.clone(), watch.clone());
                     Self::put_request(c, &url, t, &opts, body, Some(len))
                 })
                 .await?;
-            http::json::<efs_proto::ListEntry>(resp).await
+            self.inner.http.json::<efs_proto::ListEntry>(resp).await
         })
         .await
         .map(Entry::from)
@@ -866,17 +1018,22 @@ impl Client {
         data: bytes::Bytes,
         opts: PutOptions,
     ) -> Result<Entry> {
-        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let url = self.inner.http.url(&paths::encode_file(path)?);
         let len = data.len() as u64;
+        let watch = Arc::new(BodyWatch::new());
         self.retrying_put(path, &opts, || async {
             let resp = self
-                .authed(true, |c, t| {
-                    let body =
-                        body_stream(std::io::Cursor::new(data.clone()), opts.progress.clone());
+                .authed(true, Some(&*watch), |c, t| {
+                    let body = body_stream(
+                        std::io::Cursor::new(data.clone()),
+                        Some(len),
+                        opts.progress.clone(),
+                        watch.clone(),
+                    );
                     Self::put_request(c, &url, t, &opts, body, Some(len))
                 })
                 .await?;
-            http::json::<efs_proto::ListEntry>(resp).await
+            self.inner.http.json::<efs_proto::ListEntry>(resp).await
         })
         .await
         .map(Entry::from)
@@ -946,10 +1103,10 @@ impl Client {
         range: Option<std::ops::Range<u64>>,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
     ) -> Result<u64> {
+        let url = self.inner.http.url(&paths::encode_file(path)?);
         if range.as_ref().is_some_and(|r| r.start >= r.end) {
             return Ok(0);
         }
-        let url = self.inner.http.url(&paths::encode_path(path)?);
         let mut backoff = Backoff::new(&self.inner.retry);
         loop {
             let mut written = 0u64;
@@ -978,7 +1135,7 @@ impl Client {
         written: &mut u64,
     ) -> std::result::Result<(), Fail> {
         let (resp, tok) = self
-            .authed_as(true, |c, t| {
+            .authed_as(true, None, |c, t| {
                 let mut rb = c.get(url).bearer_auth(t);
                 if let Some(r) = &range {
                     rb = rb.header(
@@ -999,15 +1156,12 @@ impl Client {
         let expected = resp
             .content_length()
             .map(|l| l.saturating_sub(skip).min(keep));
-        let mut stream = resp.bytes_stream();
+        let mut resp = resp;
         while keep > 0 {
-            let Some(chunk) = stream.next().await else {
-                break;
-            };
-            let chunk = match chunk {
-                Ok(c) => c,
-                Err(e) => {
-                    let cause = http::map_reqwest_error(&e);
+            let chunk = match self.inner.http.chunk(&mut resp).await {
+                Ok(Some(c)) => c,
+                Ok(None) => break,
+                Err(cause) => {
                     return Err(self.broken_off(url, &tok, *written, expected, cause).await);
                 }
             };
@@ -1064,7 +1218,7 @@ impl Client {
                 .head(url)
                 .bearer_auth(&tok.token)
                 .timeout(PROBE_TIMEOUT);
-            if let Ok(r) = http::send(probe).await
+            if let Ok(r) = self.inner.http.send(probe, None).await
                 && r.status() == reqwest::StatusCode::UNAUTHORIZED
             {
                 self.inner.auth.invalidate(&tok.token).await;
@@ -1147,7 +1301,7 @@ impl Client {
     where
         B: FnOnce(&std::fs::File, &std::ffi::OsStr) -> std::io::Result<()> + Send + 'static,
     {
-        let url = self.inner.http.url(&paths::encode_path(path)?);
+        let url = self.inner.http.url(&paths::encode_file(path)?);
         let name = plain_name(name).map_err(Error::Io)?.to_owned();
         // The guard is made on the blocking thread with the file: if this future is dropped
         // meanwhile (a timeout, Ctrl-C), the finished task's guard still removes the file.
@@ -1243,7 +1397,7 @@ impl Client {
         let r = self
             .retrying(|| async {
                 let r = self
-                    .authed(true, |c, t| Ok(c.delete(&url).bearer_auth(t)))
+                    .authed(true, None, |c, t| Ok(c.delete(&url).bearer_auth(t)))
                     .await;
                 if let Err(f) = &r {
                     let not_done = f.unsent
@@ -1275,6 +1429,9 @@ impl Client {
     /// the server answered 429 or 503. When the request went out and no answer came back,
     /// the [`Error::Transport`] says the move may have been done.
     pub async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<Entry> {
+        // Checked as any path is (dot segments, reserved first segment).
+        paths::encode_path(from)?;
+        paths::encode_path(to)?;
         let url = self.inner.http.url("/_efs/move");
         let body = efs_proto::MoveRequest {
             from: absolute(from),
@@ -1283,9 +1440,11 @@ impl Client {
         };
         self.retrying_until_sent("the move may have been done", &body.to, || async {
             let resp = self
-                .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t).json(&body)))
+                .authed(true, None, |c, t| {
+                    Ok(c.post(&url).bearer_auth(t).json(&body))
+                })
                 .await?;
-            http::json::<efs_proto::ListEntry>(resp).await
+            self.inner.http.json::<efs_proto::ListEntry>(resp).await
         })
         .await
         .map(Entry::from)
@@ -1296,9 +1455,9 @@ impl Client {
         let url = self.inner.http.url(&paths::encode_dir(path)?);
         self.retrying(|| async {
             let resp = self
-                .authed(true, |c, t| Ok(c.post(&url).bearer_auth(t)))
+                .authed(true, None, |c, t| Ok(c.post(&url).bearer_auth(t)))
                 .await?;
-            http::json::<efs_proto::ListEntry>(resp).await
+            self.inner.http.json::<efs_proto::ListEntry>(resp).await
         })
         .await
         .map(Entry::from)

@@ -52,7 +52,7 @@ pub enum Error {
         /// The server's `Retry-After`, in seconds.
         retry_after_secs: Option<u64>,
     },
-    /// Any other answer of the server.
+    /// Any other answer of the server. `code` is one of [`crate::codes`] (or empty).
     #[error("server error {status} ({code}): {message}")]
     Server {
         /// HTTP status.
@@ -94,9 +94,24 @@ pub enum Error {
     /// it twice.
     #[error("local I/O: {0}")]
     Io(std::io::Error),
-    /// The client is configured wrongly (URL, user name, missing signer, certificate file).
+    /// The client is configured wrongly (URL, user name, missing signer, certificate file,
+    /// a server identity not of the form `efs-<32 hex digits>`).
     #[error("configuration: {0}")]
     Config(String),
+    /// The server's challenge named another server identity than the one pinned with
+    /// [`ClientBuilder::server_id`](crate::ClientBuilder::server_id): nothing was signed. A
+    /// security event: this server may be relaying another server's challenge to obtain a
+    /// login there, or the URL now leads to another server (or the pinned server's signing
+    /// key was rotated). Not transient.
+    #[error(
+        "the server identifies as {got}, not the expected {expected}: refusing to sign its challenge"
+    )]
+    ServerIdentityMismatch {
+        /// The identity pinned.
+        expected: String,
+        /// The identity the server's challenge named.
+        got: String,
+    },
 }
 
 impl From<std::io::Error> for Error {
@@ -194,6 +209,9 @@ impl Error {
             }
             Error::InvalidAnswer(_) => {
                 "no EFS server answers this: check that the remote's URL names an EFS server you trust"
+            }
+            Error::ServerIdentityMismatch { .. } => {
+                "the server is not the one pinned for this remote: check with the operator before trusting it (a new identity after a signing-key rotation is pinned again on purpose)"
             }
             Error::Io(_) => return None,
             Error::Config(_) => return None,

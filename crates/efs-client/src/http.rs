@@ -1,7 +1,8 @@
 //! One HTTP exchange and what can go wrong with it: sending through reqwest, turning error
 //! answers and transport failures into [`Error`], and the backoff between retries.
 
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
 
 use crate::client::RetryPolicy;
 use crate::error::Error;
@@ -18,12 +19,253 @@ const MAX_ERROR_BODY: usize = 64 * 1024;
 pub(crate) struct Http {
     pub(crate) client: reqwest::Client,
     pub(crate) base: String,
+    /// How long an exchange may make no progress (nothing received, no body byte taken)
+    /// before it is given up; `None`: forever. See [`crate::ClientBuilder::timeout_idle`].
+    pub(crate) idle: Option<Duration>,
+    /// The total time of one login request (challenge, token, refresh).
+    pub(crate) login_timeout: Duration,
 }
 
 impl Http {
     /// The full URL of an already-encoded path (starting with `/`).
     pub(crate) fn url(&self, encoded_path: &str) -> String {
         format!("{}{encoded_path}", self.base)
+    }
+
+    /// Sends a request; a transport failure becomes [`Error::Transport`] / [`Error::Tls`].
+    /// Without an answer within the idle timeout (counted from the request's start, or for
+    /// an upload from the last time its body moved: see [`BodyWatch`]) it is given up.
+    ///
+    /// reqwest's own `read_timeout` is not used: it also bounds the time to the answer's
+    /// headers from the request's start, which for an upload includes sending its body, so
+    /// it would cut every upload longer than the timeout.
+    pub(crate) async fn send(
+        &self,
+        rb: reqwest::RequestBuilder,
+        watch: Option<&BodyWatch>,
+    ) -> Result<reqwest::Response, Fail> {
+        let started = Instant::now();
+        let fut = rb.send();
+        let result = match self.idle {
+            None => fut.await,
+            Some(idle) => {
+                tokio::pin!(fut);
+                loop {
+                    let quiet = watch.map_or_else(|| started.elapsed(), BodyWatch::quiet_for);
+                    let left = idle.saturating_sub(quiet);
+                    if left.is_zero() {
+                        return Err(Fail::from(idle_error(idle)));
+                    }
+                    if let Ok(r) = tokio::time::timeout(left, &mut fut).await {
+                        break r;
+                    }
+                }
+            }
+        };
+        // The body's own failure, whatever reqwest made of it: over HTTP/2 its error is
+        // not in the chain reqwest returns, only "stream error sent by user".
+        if let Some(f) = watch.and_then(BodyWatch::failure) {
+            return Err(f);
+        }
+        result.map_err(|e| Fail {
+            err: map_reqwest_error(&e),
+            retry_after: None,
+            unsent: e.is_connect(),
+            source_changed: false,
+        })
+    }
+
+    /// The next chunk of an answer's body; [`Error::Transport`] when none comes within the
+    /// idle timeout.
+    pub(crate) async fn chunk(
+        &self,
+        resp: &mut reqwest::Response,
+    ) -> Result<Option<bytes::Bytes>, Error> {
+        let r = match self.idle {
+            None => resp.chunk().await,
+            Some(idle) => match tokio::time::timeout(idle, resp.chunk()).await {
+                Ok(r) => r,
+                Err(_) => return Err(idle_error(idle)),
+            },
+        };
+        r.map_err(|e| map_reqwest_error(&e))
+    }
+
+    /// Passes a success (2xx) through; turns an error answer into its [`Error`].
+    pub(crate) async fn check(&self, resp: reqwest::Response) -> Result<reqwest::Response, Fail> {
+        let status = resp.status();
+        if status.is_success() {
+            return Ok(resp);
+        }
+        let retry_after_secs = resp
+            .headers()
+            .get(reqwest::header::RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok());
+        let body = self.read_limited(resp, MAX_ERROR_BODY).await;
+        let err = Error::from_response(status.as_u16(), &body, retry_after_secs);
+        let retry_after = match status.as_u16() {
+            429 | 503 => retry_after_secs.map(Duration::from_secs),
+            _ => None,
+        };
+        Err(Fail {
+            err,
+            retry_after,
+            unsent: false,
+            source_changed: false,
+        })
+    }
+
+    async fn read_limited(&self, mut resp: reqwest::Response, max: usize) -> Vec<u8> {
+        let mut out = Vec::new();
+        while let Ok(Some(chunk)) = self.chunk(&mut resp).await {
+            out.extend_from_slice(&chunk[..chunk.len().min(max - out.len())]);
+            if out.len() >= max {
+                break;
+            }
+        }
+        out
+    }
+
+    /// Reads a JSON answer of at most [`MAX_JSON_ANSWER`] bytes.
+    pub(crate) async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        resp: reqwest::Response,
+    ) -> Result<T, Fail> {
+        self.json_within(resp, MAX_JSON_ANSWER).await
+    }
+
+    /// Reads a JSON answer of at most `max` bytes: a longer one is refused as it arrives,
+    /// not held in memory.
+    pub(crate) async fn json_within<T: serde::de::DeserializeOwned>(
+        &self,
+        mut resp: reqwest::Response,
+        max: usize,
+    ) -> Result<T, Fail> {
+        let bad = |message: String| Fail::from(Error::InvalidAnswer(message));
+        if resp.content_length().is_some_and(|n| n > max as u64) {
+            return Err(bad(format!(
+                "the server's answer is larger than the {} KiB expected",
+                max >> 10
+            )));
+        }
+        let mut body = Vec::new();
+        while let Some(chunk) = self.chunk(&mut resp).await? {
+            if body.len() + chunk.len() > max {
+                return Err(bad(format!(
+                    "the server's answer is larger than the {} KiB expected",
+                    max >> 10
+                )));
+            }
+            body.extend_from_slice(&chunk);
+        }
+        serde_json::from_slice(&body)
+            .map_err(|e| bad(format!("the server's answer is not the expected JSON: {e}")))
+    }
+}
+
+/// The error of an exchange that made no progress for `idle`: transient (the server may
+/// be restarting, or a connection may have died without a word).
+fn idle_error(idle: Duration) -> Error {
+    Error::Transport(format!(
+        "the server neither answered nor took data for {} s: given up (ClientBuilder::timeout_idle)",
+        idle.as_secs_f64()
+    ))
+}
+
+/// What an upload's body did last, shared by the body (which marks it) and
+/// [`Http::send`] (which reads it): the idle timeout counts from the last time the body
+/// moved, so that an upload may take as long as it takes while its bytes go out, and
+/// still does not wait forever for a server that stopped taking them or never answers.
+pub(crate) struct BodyWatch {
+    origin: Instant,
+    /// Milliseconds from `origin` to the body's last move (a chunk asked for or given).
+    last_ms: AtomicU64,
+    /// The body waits on its own source (a slow local reader, a pipe): not the server's stall.
+    in_source: AtomicBool,
+    /// Why the body failed, if it did: its source's read error, or a length other than the
+    /// one declared. Kept here because the error the body stream returns does not always
+    /// come back out of reqwest.
+    failed: std::sync::Mutex<Option<BodyFailure>>,
+}
+
+/// A copy of the error an upload's body failed with (`std::io::Error` is not `Clone`).
+struct BodyFailure {
+    kind: std::io::ErrorKind,
+    text: String,
+    /// It was [`SourceChanged`]: sending the source again, as it is now, can succeed.
+    changed: bool,
+}
+
+/// The error of a local file that changed while it was uploaded (its size or modification
+/// time moved): nothing of it is stored, and sending it again can succeed.
+#[derive(Debug)]
+pub(crate) struct SourceChanged;
+
+impl std::fmt::Display for SourceChanged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(
+            "the file changed while it was uploaded (its size or modification time moved): \
+             nothing was stored; upload it again once it is complete",
+        )
+    }
+}
+
+impl std::error::Error for SourceChanged {}
+
+impl BodyWatch {
+    pub(crate) fn new() -> BodyWatch {
+        BodyWatch {
+            origin: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            in_source: AtomicBool::new(false),
+            failed: std::sync::Mutex::new(None),
+        }
+    }
+
+    /// A new body starts (an upload's next attempt): its predecessor's failure is forgotten.
+    pub(crate) fn start(&self) {
+        *self.failed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+        self.touch(false);
+    }
+
+    /// The body fails with `e`; the first failure is kept.
+    pub(crate) fn fail(&self, e: &std::io::Error) {
+        let mut failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        if failed.is_none() {
+            *failed = Some(BodyFailure {
+                kind: e.kind(),
+                text: e.to_string(),
+                changed: e.get_ref().is_some_and(|inner| inner.is::<SourceChanged>()),
+            });
+        }
+    }
+
+    /// The body's failure as the request's: [`Error::Io`], not transient; a changed file
+    /// may be sent again.
+    fn failure(&self) -> Option<Fail> {
+        let failed = self.failed.lock().unwrap_or_else(|p| p.into_inner());
+        failed.as_ref().map(|f| Fail {
+            err: Error::Io(std::io::Error::new(f.kind, f.text.clone())),
+            retry_after: None,
+            unsent: false,
+            source_changed: f.changed,
+        })
+    }
+
+    /// The body moved now; `in_source`: it now waits on its source.
+    pub(crate) fn touch(&self, in_source: bool) {
+        let ms = self.origin.elapsed().as_millis() as u64;
+        self.last_ms.store(ms, Ordering::Relaxed);
+        self.in_source.store(in_source, Ordering::Relaxed);
+    }
+
+    fn quiet_for(&self) -> Duration {
+        if self.in_source.load(Ordering::Relaxed) {
+            return Duration::ZERO;
+        }
+        let last = Duration::from_millis(self.last_ms.load(Ordering::Relaxed));
+        self.origin.elapsed().saturating_sub(last)
     }
 }
 
@@ -36,6 +278,9 @@ pub(crate) struct Fail {
     /// The connection could not be made (TCP or TLS): nothing was sent, so even a request
     /// that is not idempotent can be sent again.
     pub(crate) unsent: bool,
+    /// The upload's local file changed while it was sent ([`SourceChanged`]): the server
+    /// stored nothing (the body ended short), and the file can be sent again as it is now.
+    pub(crate) source_changed: bool,
 }
 
 impl Fail {
@@ -44,6 +289,7 @@ impl Fail {
     /// went out (above all a lost answer) may follow a change the server made.
     pub(crate) fn cannot_have_acted(&self) -> bool {
         self.unsent
+            || self.source_changed
             || matches!(
                 self.err,
                 Error::RateLimited { .. } | Error::Server { status: 503, .. }
@@ -57,52 +303,9 @@ impl From<Error> for Fail {
             err,
             retry_after: None,
             unsent: false,
+            source_changed: false,
         }
     }
-}
-
-/// Sends a request; a transport failure becomes [`Error::Transport`] / [`Error::Tls`].
-pub(crate) async fn send(rb: reqwest::RequestBuilder) -> Result<reqwest::Response, Fail> {
-    rb.send().await.map_err(|e| Fail {
-        err: map_reqwest_error(&e),
-        retry_after: None,
-        unsent: e.is_connect(),
-    })
-}
-
-/// Passes a success (2xx) through; turns an error answer into its [`Error`].
-pub(crate) async fn check(resp: reqwest::Response) -> Result<reqwest::Response, Fail> {
-    let status = resp.status();
-    if status.is_success() {
-        return Ok(resp);
-    }
-    let retry_after_secs = resp
-        .headers()
-        .get(reqwest::header::RETRY_AFTER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok());
-    let body = read_limited(resp, MAX_ERROR_BODY).await;
-    let err = Error::from_response(status.as_u16(), &body, retry_after_secs);
-    let retry_after = match status.as_u16() {
-        429 | 503 => retry_after_secs.map(Duration::from_secs),
-        _ => None,
-    };
-    Err(Fail {
-        err,
-        retry_after,
-        unsent: false,
-    })
-}
-
-async fn read_limited(mut resp: reqwest::Response, max: usize) -> Vec<u8> {
-    let mut out = Vec::new();
-    while let Ok(Some(chunk)) = resp.chunk().await {
-        out.extend_from_slice(&chunk[..chunk.len().min(max - out.len())]);
-        if out.len() >= max {
-            break;
-        }
-    }
-    out
 }
 
 /// The largest JSON answer read: a listing page of 10,000 entries with the longest names,
@@ -111,51 +314,6 @@ pub(crate) const MAX_JSON_ANSWER: usize = 64 << 20;
 
 /// The largest login answer read (a challenge or a token: a few hundred bytes).
 pub(crate) const MAX_LOGIN_ANSWER: usize = 64 << 10;
-
-/// Reads a JSON answer of at most [`MAX_JSON_ANSWER`] bytes.
-pub(crate) async fn json<T: serde::de::DeserializeOwned>(
-    resp: reqwest::Response,
-) -> Result<T, Fail> {
-    json_within(resp, MAX_JSON_ANSWER).await
-}
-
-/// Reads a JSON answer of at most `max` bytes: a longer one is refused as it arrives, not
-/// held in memory.
-pub(crate) async fn json_within<T: serde::de::DeserializeOwned>(
-    mut resp: reqwest::Response,
-    max: usize,
-) -> Result<T, Fail> {
-    let status = resp.status().as_u16();
-    let bad = |message: String| {
-        Fail::from(Error::Server {
-            status,
-            code: "bad_response".into(),
-            message,
-        })
-    };
-    if resp.content_length().is_some_and(|n| n > max as u64) {
-        return Err(bad(format!(
-            "the server's answer is larger than the {} KiB expected",
-            max >> 10
-        )));
-    }
-    let mut body = Vec::new();
-    while let Some(chunk) = resp
-        .chunk()
-        .await
-        .map_err(|e| Fail::from(map_reqwest_error(&e)))?
-    {
-        if body.len() + chunk.len() > max {
-            return Err(bad(format!(
-                "the server's answer is larger than the {} KiB expected",
-                max >> 10
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    serde_json::from_slice(&body)
-        .map_err(|e| bad(format!("the server's answer is not the expected JSON: {e}")))
-}
 
 /// An error reading the local source of an upload, told apart from network errors in the
 /// chain reqwest returns.
@@ -279,7 +437,8 @@ impl<'a> Backoff<'a> {
 
     /// `Some(wait)` when `fail` is transient and attempts are left; counts the attempt.
     pub(crate) fn next_delay(&mut self, fail: &Fail) -> Option<Duration> {
-        if !fail.err.is_transient() || self.attempt >= self.policy.max_attempts.max(1) {
+        let retryable = fail.err.is_transient() || fail.source_changed;
+        if !retryable || self.attempt >= self.policy.max_attempts.max(1) {
             return None;
         }
         let delay = match fail.retry_after {
@@ -359,6 +518,7 @@ mod tests {
             },
             retry_after: Some(Duration::from_secs(2)),
             unsent: false,
+            source_changed: false,
         };
         assert_eq!(b.next_delay(&busy), Some(Duration::from_secs(2)));
         let long = Fail {
@@ -367,6 +527,7 @@ mod tests {
             },
             retry_after: Some(Duration::from_secs(45)),
             unsent: false,
+            source_changed: false,
         };
         assert_eq!(b.next_delay(&long), None, "too long to wait silently");
     }
@@ -397,18 +558,25 @@ mod tests {
                 r
             }
         };
+        let http = Http {
+            client: reqwest::Client::new(),
+            base: String::new(),
+            idle: Some(Duration::from_secs(5)),
+            login_timeout: Duration::from_secs(5),
+        };
         let small = br#"{"a":1}"#.to_vec();
         for with_length in [true, false] {
-            let v: serde_json::Value = json_within(answer(small.clone(), with_length), 7)
+            let v: serde_json::Value = http
+                .json_within(answer(small.clone(), with_length), 7)
                 .await
                 .unwrap();
             assert_eq!(v["a"], 1);
-            let e = json_within::<serde_json::Value>(answer(small.clone(), with_length), 6)
+            let e = http
+                .json_within::<serde_json::Value>(answer(small.clone(), with_length), 6)
                 .await
                 .unwrap_err();
             assert!(
-                matches!(&e.err, Error::Server { code, message, .. }
-                    if code == "bad_response" && message.contains("larger than")),
+                matches!(&e.err, Error::InvalidAnswer(message) if message.contains("larger than")),
                 "{:?}",
                 e.err
             );

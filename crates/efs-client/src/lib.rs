@@ -26,5 +26,14 @@ pub use client::{
     Client, ClientBuilder, Entry, EntryType, ListPage, PutOptions, RetryPolicy, TokenInfo,
 };
 pub use error::{Error, Result};
+
+/// Types of other crates that this crate's public signatures use, re-exported so that a
+/// caller needs no dependency of its own at a matching version: [`bytes::Bytes`]
+/// ([`Client::put_bytes`], [`Client::get_bytes`]), [`ed25519_dalek::SigningKey`]
+/// ([`KeySigner::from_signing_key`]), and the server's stable error codes ([`codes`], the
+/// values of [`Error::Server`]'s `code`).
+pub use bytes::Bytes;
+pub use ed25519_dalek::SigningKey;
+pub use efs_proto::codes;
 pub use signer::{AgentSigner, KeySigner, Signer, load_signer};
 pub use trust::{Trust, fetch_server_certificate, format_fingerprint, parse_fingerprint};

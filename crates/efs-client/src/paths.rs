@@ -25,8 +25,17 @@ pub(crate) fn encode_component(s: &str) -> String {
 ///
 /// `.` and `..` segments are refused here: URL normalisation would otherwise resolve them
 /// before the server sees them, and `delete("/a/../b")` would delete `/b`.
+///
+/// A first segment `_efs` is refused: it names the server's control routes, not a file, and
+/// `get_bytes("/_efs/health")` returned the health answer as a file's content.
 pub(crate) fn encode_path(path: &str) -> Result<String> {
     let rel = path.strip_prefix('/').unwrap_or(path);
+    if rel.split('/').next() == Some(efs_proto::RESERVED_PREFIX) {
+        return Err(Error::InvalidPath(format!(
+            "{path:?}: the first segment {:?} is reserved for the server's control routes",
+            efs_proto::RESERVED_PREFIX
+        )));
+    }
     let mut out = String::with_capacity(rel.len() + 1);
     for segment in rel.split('/') {
         if segment == "." || segment == ".." {
@@ -38,6 +47,18 @@ pub(crate) fn encode_path(path: &str) -> Result<String> {
         out.push_str(&encode_component(segment));
     }
     Ok(out)
+}
+
+/// The URL path of the file `path`: as [`encode_path`], and a path ending in `/` (or the
+/// root) is refused, since it names a directory: a read of `/dir/` returned the listing's
+/// JSON as the file's content.
+pub(crate) fn encode_file(path: &str) -> Result<String> {
+    if path.is_empty() || path.ends_with('/') {
+        return Err(Error::InvalidPath(format!(
+            "{path:?} names a directory (it ends in '/'), not a file"
+        )));
+    }
+    encode_path(path)
 }
 
 /// The URL path of the directory `path` (always ending in `/`).
@@ -122,6 +143,20 @@ mod tests {
             encode_path("/.hidden/a..b/...").unwrap(),
             "/.hidden/a..b/..."
         );
+    }
+
+    #[test]
+    fn reserved_first_segments_and_directories_are_not_files() {
+        for p in ["/_efs/health", "_efs/openapi.json", "/_efs", "/_efs/"] {
+            assert!(matches!(encode_path(p), Err(Error::InvalidPath(_))), "{p}");
+            assert!(matches!(encode_dir(p), Err(Error::InvalidPath(_))), "{p}");
+        }
+        assert_eq!(encode_path("/a/_efs").unwrap(), "/a/_efs");
+        assert_eq!(encode_path("/_efsx").unwrap(), "/_efsx");
+        for p in ["/patients/", "/", ""] {
+            assert!(matches!(encode_file(p), Err(Error::InvalidPath(_))), "{p}");
+        }
+        assert_eq!(encode_file("/a/b.pdf").unwrap(), "/a/b.pdf");
     }
 
     #[test]

@@ -270,13 +270,17 @@ pub async fn load_signer(key_path: &Path) -> Result<Arc<dyn Signer>> {
 /// The public key comes from `<key>.pub` when it exists (so that with the agent the private
 /// key file is never read), else from the private key file: an unencrypted key, or an
 /// encrypted OpenSSH key, whose public half is stored in clear.
+///
+/// The files are read, and an encrypted key decrypted (its KDF takes about half a second
+/// by design), on a blocking thread: the runtime's other tasks go on meanwhile.
 pub async fn load_signer_with(
     key_path: &Path,
     agent_socket: Option<&Path>,
     passphrase: Option<&str>,
 ) -> Result<Arc<dyn Signer>> {
     if let Some(socket) = agent_socket {
-        match public_key_for(key_path) {
+        let path = key_path.to_owned();
+        match blocking(move || public_key_for(&path)).await {
             Ok(public) => match AgentSigner::connect(socket, public).await {
                 Ok(agent) => {
                     tracing::debug!("signing with ssh-agent at {}", socket.display());
@@ -287,7 +291,19 @@ pub async fn load_signer_with(
             Err(e) => tracing::debug!("no public key to look up in ssh-agent: {e}"),
         }
     }
-    Ok(Arc::new(KeySigner::from_file(key_path, passphrase)?))
+    let path = key_path.to_owned();
+    let passphrase = passphrase.map(|p| Zeroizing::new(p.to_owned()));
+    let signer =
+        blocking(move || KeySigner::from_file(&path, passphrase.as_ref().map(|p| p.as_str())))
+            .await?;
+    Ok(Arc::new(signer))
+}
+
+/// Runs `f` on tokio's blocking pool.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> Result<T> + Send + 'static) -> Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| Error::Key(format!("reading the key failed: {e}")))?
 }
 
 /// The public key of a key file, without decrypting anything: `<key>.pub`, else the

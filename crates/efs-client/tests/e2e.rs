@@ -618,7 +618,10 @@ async fn wrong_key_is_unauthorized_with_a_hint() {
         .server_id("efs-00000000000000000000000000000000")
         .build()
         .unwrap();
-    assert!(matches!(c.login().await, Err(Error::Config(m)) if m.contains("refusing to sign")));
+    assert!(matches!(
+        c.login().await,
+        Err(Error::ServerIdentityMismatch { .. })
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1379,4 +1382,277 @@ async fn a_file_rewritten_while_it_is_uploaded_is_not_stored_mixed() {
         stored[..] == second[..],
         "the second version whole, not a mix"
     );
+}
+
+/// A reader that gives `left` bytes of zeros, then fails with `PermissionDenied`.
+struct FailingReader {
+    left: usize,
+}
+
+impl tokio::io::AsyncRead for FailingReader {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        _cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if self.left == 0 {
+            return std::task::Poll::Ready(Err(std::io::Error::new(
+                std::io::ErrorKind::PermissionDenied,
+                "the test reader refuses",
+            )));
+        }
+        let n = self.left.min(buf.remaining()).min(64 * 1024);
+        buf.put_slice(&vec![0u8; n]);
+        self.left -= n;
+        std::task::Poll::Ready(Ok(()))
+    }
+}
+
+/// Regression: over HTTP/2, a local read error during an upload (a failing reader, a
+/// directory given to `upload_file`, a body shorter or longer than its declared length)
+/// came back as `Error::Transport("…stream error sent by user…")`, transient, so
+/// `upload_file` retried it for seconds, and the reader's own error was lost.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_read_error_during_an_upload_is_io_and_not_retried() {
+    let s = setup(&[]);
+    // A retry would wait at least 1.5 s (half of 3 s, the rest random).
+    let c = s
+        .builder()
+        .retry(RetryPolicy {
+            max_attempts: 3,
+            initial_backoff: Duration::from_secs(3),
+            max_backoff: Duration::from_secs(3),
+        })
+        .build()
+        .unwrap();
+    c.login().await.unwrap();
+    let not_retried = |started: Instant| {
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "retried: {:?}",
+            started.elapsed()
+        )
+    };
+
+    let started = Instant::now();
+    let r = c
+        .upload(
+            "/denied.bin",
+            FailingReader { left: 1 << 20 },
+            Some(2 << 20),
+            PutOptions::default(),
+        )
+        .await;
+    match &r {
+        Err(e @ Error::Io(io)) => {
+            assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied, "{io}");
+            assert!(io.to_string().contains("the test reader refuses"), "{io}");
+            assert!(!e.is_transient());
+        }
+        other => panic!("expected the reader's error: {other:?}"),
+    }
+    not_retried(started);
+
+    for (data, kind) in [
+        (vec![1u8; 10], std::io::ErrorKind::UnexpectedEof),
+        (vec![1u8; 30], std::io::ErrorKind::InvalidInput),
+    ] {
+        let r = c
+            .upload(
+                "/mislength.bin",
+                std::io::Cursor::new(data),
+                Some(20),
+                PutOptions::default(),
+            )
+            .await;
+        match &r {
+            Err(Error::Io(io)) => {
+                assert_eq!(io.kind(), kind, "{io}");
+                assert!(io.to_string().contains("20 bytes declared"), "{io}");
+            }
+            other => panic!("expected a length error: {other:?}"),
+        }
+    }
+
+    let started = Instant::now();
+    let r = c
+        .upload_file("/dir.bin", s.tmp.path(), PutOptions::default())
+        .await;
+    match &r {
+        Err(e @ Error::Io(io)) => {
+            assert!(io.to_string().contains("directory"), "{io}");
+            assert!(!e.is_transient());
+        }
+        other => panic!("expected a local error: {other:?}"),
+    }
+    not_retried(started);
+
+    for p in ["/denied.bin", "/mislength.bin", "/dir.bin"] {
+        assert!(matches!(c.stat(p).await, Err(Error::NotFound)), "{p}");
+    }
+}
+
+/// Regression: a cached token whose expiry is out of range (a damaged token cache) made
+/// `build()` panic in a debug build (`expires_at_unix * 1000` overflowed), and one merely
+/// far out of range was kept as valid. Such a token is taken as expired: a new login.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_with_a_damaged_expiry_is_expired() {
+    let s = setup(&[]);
+    let valid = s.client().login().await.unwrap();
+    for expires_at_unix in [u64::MAX, u64::MAX / 1000, 1 << 62] {
+        let logins = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let counted = logins.clone();
+        let c = s
+            .builder()
+            .cached_token(TokenInfo {
+                expires_at_unix,
+                ..valid.clone()
+            })
+            .on_token(Arc::new(move |_| {
+                counted.fetch_add(1, Ordering::SeqCst);
+            }))
+            .build()
+            .unwrap();
+        let t = c.token().await.unwrap();
+        assert_eq!(logins.load(Ordering::SeqCst), 1, "{expires_at_unix}");
+        assert!(t.expires_at_unix < u64::MAX / 1000, "{expires_at_unix}");
+    }
+}
+
+/// Regression: the SDK sent reserved paths (first segment `_efs`) and directory paths
+/// (a trailing `/`) to file operations: `get_bytes("/_efs/health")` returned the health
+/// JSON, `stat("/_efs/openapi.json")` a file entry, `get_bytes("/patients/")` the listing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reserved_and_directory_paths_are_not_files() {
+    let s = setup(&[]);
+    let c = s.client();
+    c.put_bytes("/patients/a.txt", "a".into(), PutOptions::default())
+        .await
+        .unwrap();
+    let invalid = |what: &str, r: Result<(), Error>| match r {
+        Err(Error::InvalidPath(_)) => {}
+        other => panic!("{what}: {other:?}"),
+    };
+    invalid(
+        "get_bytes /_efs/health",
+        c.get_bytes("/_efs/health").await.map(drop),
+    );
+    invalid(
+        "stat /_efs/openapi.json",
+        c.stat("/_efs/openapi.json").await.map(drop),
+    );
+    invalid("stat /_efs/", c.stat("/_efs/").await.map(drop));
+    invalid("list /_efs", c.list("/_efs").await.map(drop));
+    invalid(
+        "put /_efs/x",
+        c.put_bytes("/_efs/x", "x".into(), PutOptions::default())
+            .await
+            .map(drop),
+    );
+    invalid("delete /_efs/health", c.delete("/_efs/health", false).await);
+    invalid(
+        "rename to /_efs/x",
+        c.rename("/patients/a.txt", "/_efs/x", false)
+            .await
+            .map(drop),
+    );
+    invalid(
+        "get_bytes /patients/",
+        c.get_bytes("/patients/").await.map(drop),
+    );
+    invalid("get_bytes /", c.get_bytes("/").await.map(drop));
+    invalid(
+        "put /patients/",
+        c.put_bytes("/patients/", "x".into(), PutOptions::default())
+            .await
+            .map(drop),
+    );
+    // A name that merely starts so, or `_efs` further down, is a file like any.
+    c.put_bytes("/_efsx/_efs", "ok".into(), PutOptions::default())
+        .await
+        .unwrap();
+    assert_eq!(c.get_bytes("/_efsx/_efs").await.unwrap().as_ref(), b"ok");
+    assert_eq!(c.stat("/patients/").await.unwrap().kind, EntryType::Dir);
+}
+
+/// A server naming another identity than the pinned one is its own error, a security event
+/// a caller can match (it was an `Error::Config` told apart only by its text); an identity
+/// that is not one is refused by `build()` (every login then failed).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_identity_mismatch_is_its_own_error_and_garbage_is_refused_at_build() {
+    let s = setup(&[]);
+    let actual = s.client().server_identity().await.unwrap();
+    let other = "efs-00000000000000000000000000000000";
+    assert_ne!(actual, other);
+    let c = s.builder().server_id(other).build().unwrap();
+    match c.login().await {
+        Err(e @ Error::ServerIdentityMismatch { .. }) => {
+            let Error::ServerIdentityMismatch { expected, got } = &e else {
+                unreachable!()
+            };
+            assert_eq!((expected.as_str(), got.as_str()), (other, actual.as_str()));
+            assert!(!e.is_transient());
+            assert!(e.hint().is_some());
+            assert!(e.to_string().contains("refusing to sign"), "{e}");
+        }
+        other => panic!("{other:?}"),
+    }
+    s.builder()
+        .server_id(actual)
+        .build()
+        .unwrap()
+        .login()
+        .await
+        .unwrap();
+    for bad in ["garbage", "", "EFS-00000000000000000000000000000000"] {
+        match s.builder().server_id(bad).build() {
+            Err(Error::Config(m)) => assert!(m.contains("server identity"), "{m}"),
+            other => panic!("{bad:?}: {other:?}"),
+        }
+    }
+}
+
+/// A long upload needs a token that outlives it (the server checks it again at the end,
+/// and a token is refreshed only once a quarter of its life is left):
+/// `ensure_token_valid_for` refreshes one that would not last long enough, and keeps one that
+/// does.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ensure_token_valid_for_refreshes_a_token_that_would_not_last() {
+    let s = setup(&["--token-ttl", "8", "--max-renewals", "2"]);
+    let tokens = Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let counted = tokens.clone();
+    let c = s
+        .builder()
+        .on_token(Arc::new(move |_| {
+            counted.fetch_add(1, Ordering::SeqCst);
+        }))
+        .build()
+        .unwrap();
+    let first = c.login().await.unwrap();
+    // 8 s of life, 2 s of margin: 4 s more is there, no new token.
+    let same = c
+        .ensure_token_valid_for(Duration::from_secs(4))
+        .await
+        .unwrap();
+    assert_eq!(same.token, first.token);
+    assert_eq!(tokens.load(Ordering::SeqCst), 1);
+    // 4.5 s later about 2.5 s are left (more than the margin): not the 4 s insisted on, so a
+    // refresh. (At most half the lifetime is insisted on: asking for 60 s is asking for 4.)
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    assert_eq!(c.token().await.unwrap().token, first.token, "still fresh");
+    let longer = c
+        .ensure_token_valid_for(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_ne!(longer.token, first.token);
+    assert_eq!(tokens.load(Ordering::SeqCst), 2);
+    assert_eq!(longer.renewals_left, 1, "a refresh, not a login");
+    assert!(longer.expires_at_unix > first.expires_at_unix);
+    // A fresh token is kept, whatever is asked.
+    let kept = c
+        .ensure_token_valid_for(Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(kept.token, longer.token);
+    assert_eq!(tokens.load(Ordering::SeqCst), 2);
 }
