@@ -858,9 +858,10 @@ async fn write_backup(
     let mut dirs = std::collections::HashMap::new();
     let trash_tag = fs.dir_tag(&kr, &super::TRASH_ID);
     let mut trash_seen = false;
-    // Each inline content's place in the dump: (offset of its value, length).
-    let mut inline_at: std::collections::HashMap<ContentId, (u64, usize)> =
-        std::collections::HashMap::new();
+    // Each inline content's place in the dump (the offset of its value's length), in the
+    // index's order, which is the content ids' (sorted: found by a binary search). 24 bytes
+    // a content: a map was 90 MB more at 1,100,000 files.
+    let mut inline_at: Vec<(ContentId, u64)> = Vec::new();
     fs.index
         .visit_snapshot(&mut |item| {
             match item {
@@ -911,10 +912,9 @@ async fn write_backup(
                 }
                 SnapshotItem::Inline(id, v) => {
                     m.inline += 1;
-                    // Where its value lands in the dump (after kind, key length, key and
-                    // value length): checked from there once the dump is written.
-                    let at = dump.n + 1 + 4 + id.len() as u64 + 4;
-                    inline_at.insert(*id, (at, v.len()));
+                    // Where its value's length lands in the dump (after kind, key length
+                    // and key): checked from there once the dump is written.
+                    inline_at.push((*id, dump.n + 1 + 4 + id.len() as u64));
                     write_item(&mut dump, KIND_INLINE, id, v)?;
                 }
             }
@@ -927,6 +927,10 @@ async fn write_backup(
     // With `skip_damaged`: the files whose content (blob or inline) cannot be read, by
     // content id.
     let mut unreadable = std::collections::HashMap::new();
+    if !inline_at.is_sorted_by(|a, b| a.0 < b.0) {
+        // Not an order this index's reader gives (redb iterates by key): sorted, not trusted.
+        inline_at.sort_unstable_by_key(|a| a.0);
+    }
     for (id, entry, parent, why) in check_inline_contents(fs, &kr, dest, &inline_at)? {
         // Deleted data (below the "being deleted" directory) is left out anyway.
         if reachable(trash_tag, &dirs, parent) {
@@ -1052,13 +1056,13 @@ type DamagedInline = (ContentId, String, [u8; 16], String);
 /// Checks every inline content the dump at `dest` holds against the record that names it,
 /// as a read would (each segment authenticated under the file's key, its length the
 /// record's): reads the dump's entries again, and each inline file's content from its place
-/// (`inline_at`, recorded as the dump was written), so that memory stays one offset per
-/// content. Returns the files whose content fails or is missing.
+/// (`inline_at`, recorded as the dump was written, sorted by content id), so that memory
+/// stays one offset per content. Returns the files whose content fails or is missing.
 fn check_inline_contents(
     fs: &Filesystem,
     kr: &crate::keyring::Keyring,
     dest: &Path,
-    inline_at: &std::collections::HashMap<ContentId, (u64, usize)>,
+    inline_at: &[(ContentId, u64)],
 ) -> Result<Vec<DamagedInline>> {
     use std::os::unix::fs::FileExt;
     let path = dest.join("index.dump");
@@ -1081,11 +1085,17 @@ fn check_inline_contents(
             continue;
         }
         let parent: [u8; 16] = k[..16].try_into().expect("32-byte key");
-        let why = match inline_at.get(&rec.id) {
-            None => Some("is missing".to_owned()),
-            Some(&(at, len)) => {
+        let found = inline_at
+            .binary_search_by(|(id, _)| id.cmp(&rec.id))
+            .map(|i| inline_at[i].1);
+        let why = match found {
+            Err(_) => Some("is missing".to_owned()),
+            Ok(at) => {
+                let mut len = [0u8; 4];
+                file.read_exact_at(&mut len, at)?;
+                let len = u32::from_be_bytes(len) as usize;
                 buf.resize(len, 0);
-                file.read_exact_at(&mut buf, at)?;
+                file.read_exact_at(&mut buf, at + 4)?;
                 let checked = fs.data_key_of(kr, &rec).and_then(|key| {
                     let mut check = ContentCheck::new(key, len as u64, &rec);
                     check.feed(&buf)?;
