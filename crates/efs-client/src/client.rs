@@ -51,6 +51,42 @@ pub struct PutOptions {
     pub progress: Option<Arc<dyn Fn(u64) + Send + Sync>>,
 }
 
+/// Options of [`Client::delete_with`].
+#[derive(Clone, Debug, Default)]
+pub struct DeleteOptions {
+    /// A directory with everything in it (`?recursive=true`).
+    pub recursive: bool,
+    /// Delete only if the current version has this ETag (quoted, as returned).
+    pub if_match: Option<String>,
+}
+
+/// Options of [`Client::rename_with`].
+#[derive(Clone, Debug, Default)]
+pub struct RenameOptions {
+    /// A file may replace a file at the destination.
+    pub overwrite: bool,
+    /// Move only if the source's current version has this ETag (quoted, as returned).
+    pub if_match: Option<String>,
+}
+
+/// An ETag given by the caller: sent in a header, so it must be one (a quoted, visible
+/// ASCII string, as the server returns them); anything else is refused before sending.
+fn check_etag(tag: &str) -> Result<()> {
+    let ok = tag.len() >= 2
+        && tag.starts_with('"')
+        && tag.ends_with('"')
+        && tag[1..tag.len() - 1]
+            .bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'"');
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Config(format!(
+            "{tag:?} is not an ETag as the server returns them (a quoted string, \"…\")"
+        )))
+    }
+}
+
 /// One entry (from a listing, a stat, or a write).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Entry {
@@ -1107,14 +1143,75 @@ impl Client {
         if range.as_ref().is_some_and(|r| r.start >= r.end) {
             return Ok(0);
         }
+        self.download_versioned(&url, out, range, None, progress)
+            .await
+            .map(|(n, _)| n)
+    }
+
+    /// [`Client::download`] of `range` only if the file is still the version `etag` names
+    /// (`If-Range`): a resumed or chunked download then never joins two versions. If the
+    /// file changed, nothing is written and the answer is [`Error::PreconditionFailed`]
+    /// (download it again from the start). `etag` is a strong ETag as returned (quoted).
+    pub async fn download_range_if<W: tokio::io::AsyncWrite + Send + Unpin>(
+        &self,
+        path: &str,
+        out: &mut W,
+        range: std::ops::Range<u64>,
+        etag: &str,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+    ) -> Result<u64> {
+        let url = self.inner.http.url(&paths::encode_file(path)?);
+        if range.start >= range.end {
+            return Ok(0);
+        }
+        check_etag(etag)?;
+        self.download_versioned(&url, out, Some(range), Some(etag), progress)
+            .await
+            .map(|(n, _)| n)
+    }
+
+    /// Downloads a whole file into memory with the ETag of the version it is (retried on
+    /// transient errors): what a read-modify-write sends back as [`PutOptions::if_match`],
+    /// so that a change made by someone else meanwhile is refused, not overwritten.
+    pub async fn get_bytes_versioned(&self, path: &str) -> Result<(bytes::Bytes, String)> {
+        let url = self.inner.http.url(&paths::encode_file(path)?);
+        let mut buf = Vec::new();
+        let (_, etag) = self
+            .download_versioned(&url, &mut buf, None, None, None)
+            .await?;
+        let etag = etag.ok_or_else(|| {
+            Error::InvalidAnswer("the server sent a file without its ETag".into())
+        })?;
+        Ok((buf.into(), etag))
+    }
+
+    /// The download loop: retried on transient errors before the first byte; returns the
+    /// bytes written and the answer's ETag.
+    async fn download_versioned<W: tokio::io::AsyncWrite + Send + Unpin>(
+        &self,
+        url: &str,
+        out: &mut W,
+        range: Option<std::ops::Range<u64>>,
+        if_range: Option<&str>,
+        progress: Option<&(dyn Fn(u64) + Send + Sync)>,
+    ) -> Result<(u64, Option<String>)> {
         let mut backoff = Backoff::new(&self.inner.retry);
         loop {
             let mut written = 0u64;
+            let mut etag = None;
             match self
-                .download_once(&url, out, range.clone(), progress, &mut written)
+                .download_once(
+                    url,
+                    out,
+                    range.clone(),
+                    if_range,
+                    progress,
+                    &mut written,
+                    &mut etag,
+                )
                 .await
             {
-                Ok(()) => return Ok(written),
+                Ok(()) => return Ok((written, etag)),
                 Err(f) => match backoff.next_delay(&f).filter(|_| written == 0) {
                     Some(delay) => {
                         tracing::debug!(?delay, "download failed, retrying: {}", f.err);
@@ -1126,13 +1223,16 @@ impl Client {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn download_once<W: tokio::io::AsyncWrite + Send + Unpin>(
         &self,
         url: &str,
         out: &mut W,
         range: Option<std::ops::Range<u64>>,
+        if_range: Option<&str>,
         progress: Option<&(dyn Fn(u64) + Send + Sync)>,
         written: &mut u64,
+        etag: &mut Option<String>,
     ) -> std::result::Result<(), Fail> {
         let (resp, tok) = self
             .authed_as(true, None, |c, t| {
@@ -1142,10 +1242,23 @@ impl Client {
                         reqwest::header::RANGE,
                         format!("bytes={}-{}", r.start, r.end - 1),
                     );
+                    if let Some(tag) = if_range {
+                        rb = rb.header(reqwest::header::IF_RANGE, tag);
+                    }
                 }
                 Ok(rb)
             })
             .await?;
+        *etag = resp
+            .headers()
+            .get(reqwest::header::ETAG)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        if if_range.is_some() && range.is_some() && resp.status().as_u16() == 200 {
+            // The file is no longer the version asked for: the server sends it whole. Its
+            // bytes at the range's offsets belong to another version: nothing is written.
+            return Err(Error::PreconditionFailed.into());
+        }
         // Bytes of the answer to skip, and how many to keep: a server that ignores the
         // Range header sends the whole file (200).
         let (mut skip, mut keep) = match (&range, resp.status().as_u16()) {
@@ -1333,8 +1446,17 @@ impl Client {
                 // a trip to the blocking pool, so gather them first.
                 let mut out = tokio::io::BufWriter::with_capacity(DOWNLOAD_BUFFER, file);
                 let mut written = 0u64;
-                self.download_once(&url, &mut out, None, progress, &mut written)
-                    .await?;
+                let mut etag = None;
+                self.download_once(
+                    &url,
+                    &mut out,
+                    None,
+                    None,
+                    progress,
+                    &mut written,
+                    &mut etag,
+                )
+                .await?;
                 out.get_ref().sync_all().await.map_err(Error::Io)?;
                 Ok::<u64, Fail>(written)
             };
@@ -1386,9 +1508,38 @@ impl Client {
     ///
     /// When a retried attempt finds nothing left, an earlier attempt did the job: `Ok`.
     pub async fn delete(&self, path: &str, recursive: bool) -> Result<()> {
+        self.delete_with(
+            path,
+            DeleteOptions {
+                recursive,
+                if_match: None,
+            },
+        )
+        .await
+    }
+
+    /// [`Client::delete`] with options: with `if_match`, only the file version that ETag
+    /// names is deleted ([`Error::PreconditionFailed`] when the file changed meanwhile;
+    /// never retried once the request may have reached the server, since a retry would find
+    /// it gone).
+    pub async fn delete_with(&self, path: &str, opts: DeleteOptions) -> Result<()> {
         let mut url = self.inner.http.url(&paths::encode_path(path)?);
-        if recursive {
+        if opts.recursive {
             url.push_str("?recursive=true");
+        }
+        if let Some(tag) = &opts.if_match {
+            check_etag(tag)?;
+            return self
+                .retrying_until_sent("the delete may have been done", path, || async {
+                    self.authed(true, None, |c, t| {
+                        Ok(c.delete(&url)
+                            .bearer_auth(t)
+                            .header(reqwest::header::IF_MATCH, tag.as_str()))
+                    })
+                    .await
+                    .map(|_| ())
+                })
+                .await;
         }
         // A 404 after a failed attempt that may have reached the server (no answer came
         // back) means that attempt deleted it; after attempts that certainly did nothing
@@ -1429,19 +1580,40 @@ impl Client {
     /// the server answered 429 or 503. When the request went out and no answer came back,
     /// the [`Error::Transport`] says the move may have been done.
     pub async fn rename(&self, from: &str, to: &str, overwrite: bool) -> Result<Entry> {
+        self.rename_with(
+            from,
+            to,
+            RenameOptions {
+                overwrite,
+                if_match: None,
+            },
+        )
+        .await
+    }
+
+    /// [`Client::rename`] with options: with `if_match`, only the source version that ETag
+    /// names is moved ([`Error::PreconditionFailed`] when it changed meanwhile).
+    pub async fn rename_with(&self, from: &str, to: &str, opts: RenameOptions) -> Result<Entry> {
         // Checked as any path is (dot segments, reserved first segment).
         paths::encode_path(from)?;
         paths::encode_path(to)?;
+        if let Some(tag) = &opts.if_match {
+            check_etag(tag)?;
+        }
         let url = self.inner.http.url("/_efs/move");
         let body = efs_proto::MoveRequest {
             from: absolute(from),
             to: absolute(to),
-            overwrite,
+            overwrite: opts.overwrite,
         };
         self.retrying_until_sent("the move may have been done", &body.to, || async {
             let resp = self
                 .authed(true, None, |c, t| {
-                    Ok(c.post(&url).bearer_auth(t).json(&body))
+                    let mut rb = c.post(&url).bearer_auth(t).json(&body);
+                    if let Some(tag) = &opts.if_match {
+                        rb = rb.header(reqwest::header::IF_MATCH, tag.as_str());
+                    }
+                    Ok(rb)
                 })
                 .await?;
             self.inner.http.json::<efs_proto::ListEntry>(resp).await

@@ -23,7 +23,8 @@ pub mod signer;
 pub mod trust;
 
 pub use client::{
-    Client, ClientBuilder, Entry, EntryType, ListPage, PutOptions, RetryPolicy, TokenInfo,
+    Client, ClientBuilder, DeleteOptions, Entry, EntryType, ListPage, PutOptions, RenameOptions,
+    RetryPolicy, TokenInfo,
 };
 pub use error::{Error, Result};
 

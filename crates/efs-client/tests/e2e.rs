@@ -1656,3 +1656,104 @@ async fn ensure_token_valid_for_refreshes_a_token_that_would_not_last() {
     assert_eq!(kept.token, longer.token);
     assert_eq!(tokens.load(Ordering::SeqCst), 2);
 }
+
+/// Read, modify, write back only if nobody else wrote meanwhile; resume a download only from
+/// the same version; delete or move only the version read. The SDK had no way to get a
+/// file's content with its ETag, sent no `If-Range` (a resumed download could join two
+/// versions), and no `If-Match` on deletes and moves.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn versions_read_resumed_deleted_and_moved_only_as_read() {
+    use efs_client::{Bytes, DeleteOptions, RenameOptions};
+    let s = setup(&[]);
+    let c = s.client();
+    let path = "/v/record.txt";
+    c.put_bytes(
+        path,
+        Bytes::from_static(b"version one"),
+        PutOptions::default(),
+    )
+    .await
+    .unwrap();
+    let (data, v1) = c.get_bytes_versioned(path).await.unwrap();
+    assert_eq!(data.as_ref(), b"version one");
+    assert_eq!(Some(v1.clone()), c.stat(path).await.unwrap().etag);
+    // Someone else writes.
+    let v2 = c
+        .put_bytes(
+            path,
+            Bytes::from_static(b"VERSION TWO"),
+            PutOptions::default(),
+        )
+        .await
+        .unwrap()
+        .etag
+        .unwrap();
+    assert_ne!(v1, v2);
+    // Writing back over the version read is refused.
+    let stale = PutOptions {
+        if_match: Some(v1.clone()),
+        ..Default::default()
+    };
+    let r = c.put_bytes(path, Bytes::from_static(b"mine"), stale).await;
+    assert!(matches!(r, Err(Error::PreconditionFailed)), "{r:?}");
+    // A resumed download of the first version: refused, nothing written; of the current
+    // one, the range.
+    let mut out = Vec::new();
+    let r = c.download_range_if(path, &mut out, 8..11, &v1, None).await;
+    assert!(matches!(r, Err(Error::PreconditionFailed)), "{r:?}");
+    assert!(out.is_empty(), "bytes of another version written: {out:?}");
+    let n = c
+        .download_range_if(path, &mut out, 8..11, &v2, None)
+        .await
+        .unwrap();
+    assert_eq!((n, out.as_slice()), (3, b"TWO".as_slice()));
+    // Deletes and moves of the version read only.
+    let stale_delete = DeleteOptions {
+        if_match: Some(v1.clone()),
+        ..Default::default()
+    };
+    let r = c.delete_with(path, stale_delete).await;
+    assert!(matches!(r, Err(Error::PreconditionFailed)), "{r:?}");
+    let stale_move = RenameOptions {
+        if_match: Some(v1.clone()),
+        ..Default::default()
+    };
+    let r = c.rename_with(path, "/v/moved.txt", stale_move).await;
+    assert!(matches!(r, Err(Error::PreconditionFailed)), "{r:?}");
+    assert_eq!(c.get_bytes(path).await.unwrap().as_ref(), b"VERSION TWO");
+    let moved = c
+        .rename_with(
+            path,
+            "/v/moved.txt",
+            RenameOptions {
+                if_match: Some(v2.clone()),
+                ..Default::default()
+            },
+        )
+        .await
+        .unwrap();
+    assert_eq!(moved.etag.as_deref(), Some(v2.as_str()));
+    c.delete_with(
+        "/v/moved.txt",
+        DeleteOptions {
+            if_match: Some(v2.clone()),
+            ..Default::default()
+        },
+    )
+    .await
+    .unwrap();
+    assert!(matches!(c.stat("/v/moved.txt").await, Err(Error::NotFound)));
+    // Not an ETag: refused before sending.
+    for bad in ["v2", "W/\"x\"", "\"a\nb\""] {
+        let r = c
+            .delete_with(
+                "/v/x",
+                DeleteOptions {
+                    if_match: Some(bad.into()),
+                    ..Default::default()
+                },
+            )
+            .await;
+        assert!(matches!(r, Err(Error::Config(_))), "{bad:?}: {r:?}");
+    }
+}
