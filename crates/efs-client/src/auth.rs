@@ -227,11 +227,14 @@ impl Auth {
                     Err(f) if matches!(f.err, Error::Unauthorized) => {
                         tracing::debug!("token refresh refused; logging in again");
                     }
-                    Err(f) if f.err.is_transient() => {
+                    Err(f) if f.err.is_transient() && want <= h.margin_ms() => {
                         // The token still works for a while: use it, refresh next time.
                         tracing::warn!("token refresh failed ({}); using the current token", f.err);
                         return Ok(h.info.clone());
                     }
+                    // Asked for more life than the token has (`ensure_token_valid_for`): the
+                    // caller is told, rather than sent on with a token that will not last.
+                    Err(f) if f.err.is_transient() => return Err(f),
                     Err(f) => return Err(f),
                 }
             }

@@ -328,7 +328,9 @@ impl ClientBuilder {
     /// upload of any length goes on as long as its bytes keep moving. It catches a server
     /// (or a middlebox) that accepted the connection and then never answers, or stalls in
     /// the middle of a body. An upload waiting on its own source (a slow reader) is not idle.
-    /// `None` waits forever.
+    /// `None` waits forever. A request waiting for a free HTTP/2 stream counts as idle too:
+    /// the server allows 256 at once on the client's one connection, so more requests than
+    /// that at once, each longer than this, see the later ones given up and retried.
     pub fn timeout_idle(mut self, d: Option<Duration>) -> Self {
         self.idle_timeout = d;
         self
@@ -678,7 +680,9 @@ impl Client {
     /// time the upload may take. A token's life is the server's `--token-ttl` (1 hour by
     /// default): at most half of it is insisted on (a token in the first half of its life is
     /// kept), so that asking for more than a token can give does not refresh it on every
-    /// call; an upload longer than that needs a longer `--token-ttl`.
+    /// call; an upload longer than that needs a longer `--token-ttl`. A refresh that fails
+    /// for a passing reason is retried as any request; when the retries are spent the error
+    /// is returned (where [`Client::token`] would hand back the held token while it works).
     pub async fn ensure_token_valid_for(&self, left: Duration) -> Result<TokenInfo> {
         self.retrying(|| self.inner.auth.token_for(&self.inner.http, left))
             .await
@@ -1152,6 +1156,8 @@ impl Client {
     /// (`If-Range`): a resumed or chunked download then never joins two versions. If the
     /// file changed, nothing is written and the answer is [`Error::PreconditionFailed`]
     /// (download it again from the start). `etag` is a strong ETag as returned (quoted).
+    /// Any whole-file answer (200) is taken as "changed": a proxy in between that drops
+    /// `Range` makes every call fail so, never return another version's bytes.
     pub async fn download_range_if<W: tokio::io::AsyncWrite + Send + Unpin>(
         &self,
         path: &str,

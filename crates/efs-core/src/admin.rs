@@ -284,6 +284,23 @@ impl AdminRequest {
             .remove("cmd")
             .and_then(|c| c.as_str().map(str::to_owned))
             .unwrap_or_default();
+        // A key part spec names where a part is (`env:NAME`, `file:PATH`, `passphrase`); one
+        // that does not parse may be a secret typed in its place: not recorded.
+        // The refusal's message quotes it too.
+        let mut error = error.map(str::to_owned);
+        if let Some(serde_json::Value::Array(specs)) = obj.get_mut("backup_key_parts") {
+            for spec in specs.iter_mut() {
+                let bad = match spec.as_str() {
+                    Some(t) if crate::keyparts::KeyPartSpec::parse(t).is_ok() => continue,
+                    Some(t) => t.to_owned(),
+                    None => String::new(),
+                };
+                if let Some(e) = error.as_mut().filter(|_| !bad.is_empty()) {
+                    *e = e.replace(&bad, "<not a key part spec>");
+                }
+                *spec = "<not a key part spec>".into();
+            }
+        }
         if let Some(key) = obj.remove("public_key") {
             let raw = key.as_str().and_then(decode_public_key);
             obj.insert(
@@ -1433,6 +1450,13 @@ fn audit_show(
             counted(rep.omitted, "older matching entry", "older matching entries")
         ));
     }
+    if rep.untracked_names > 0 {
+        lines.push(format!(
+            "warning: the path was moved to more names than a show follows ({}): entries about {} later names are missing from this answer; ask for those names with --path",
+            crate::audit::read::MAX_TRACKED,
+            rep.untracked_names
+        ));
+    }
     if let Some(n) = rep.chain_broken_at {
         lines.push(format!(
             "warning: the audit chain breaks at entry {n}: entries from there on cannot be trusted (run efsctl audit verify)"
@@ -1446,7 +1470,8 @@ fn audit_show(
     }
     let mut r = AdminResponse::ok(lines, serde_json::Value::Array(data));
     // A broken chain makes the answer untrustworthy: say so in the exit code too.
-    r.clean = Some(rep.chain_broken_at.is_none() && rep.undecryptable == 0);
+    r.clean =
+        Some(rep.chain_broken_at.is_none() && rep.undecryptable == 0 && rep.untracked_names == 0);
     Ok(r)
 }
 
@@ -1470,6 +1495,27 @@ pub(crate) fn rfc3339_ms(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A key part spec that does not parse may be a passphrase typed in its place: neither the
+    /// entry's arguments nor its error text carry it (both did).
+    #[test]
+    fn a_mistyped_key_part_spec_is_not_recorded() {
+        let req = super::AdminRequest::Restore {
+            fs: "records".into(),
+            src: "/backups/b".into(),
+            backup_key_parts: vec!["MyS3cret".into(), "env:EFS_OLD_PART".into()],
+            backup_key_given: Vec::new(),
+            accept_unauthenticated_backup: false,
+        };
+        let error = crate::keyparts::KeyPartSpec::parse("MyS3cret")
+            .unwrap_err()
+            .to_string();
+        assert!(error.contains("MyS3cret"), "{error}");
+        let entry = req.summary_with(Some(&error));
+        assert!(!entry.contains("MyS3cret"), "{entry}");
+        assert!(entry.contains("env:EFS_OLD_PART"), "{entry}");
+        assert!(entry.contains("<not a key part spec>"), "{entry}");
+    }
+
     /// Times have one width, so that columns of them line up (`…:18.280Z`, never `…:18.28Z`).
     #[test]
     fn times_have_three_digits_of_milliseconds() {

@@ -404,10 +404,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                if record_server_event(&data, format!("server-start {late}"))
-                    .await
-                    .is_ok()
-                {
+                let written = record_server_event(&data, format!("server-start {late}")).await;
+                // Refused while the log is failed; refused and not failed: it is closing
+                // (the server stops), and no start entry is written after its stop.
+                if written.is_ok() || !data.audit().is_failed() {
                     break;
                 }
             }

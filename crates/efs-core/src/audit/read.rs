@@ -149,10 +149,15 @@ pub(crate) fn verify_recorded(
     let recorded_seq = recorded.map(|r| r.seq);
     // Every first entry of a writer that found the anchor lost: (entry, file, line).
     let mut lost_anchor: Vec<(u64, String, u64)> = Vec::new();
-    // Whether a line past the first problem carries the recorded head's number (not
-    // checked): with a break in place (below), the log then still holds that entry, and
-    // the break reads as an edit, not as a log deleted or put back.
+    // Whether a line at or past the first problem carries the recorded head's number and
+    // MAC (not checked): with a break in place (below), the log then still holds that entry,
+    // and the break reads as an edit, not as a log deleted or put back (one put back, then
+    // written on past the head's number, has other MACs there).
     let mut holds_recorded = false;
+    // A line that carries the recorded head's number and MAC (not checked against the chain).
+    let is_recorded = |e: &line::RawEntry| {
+        recorded.is_some_and(|r| e.seq == r.seq && line::mac_eq(&e.mac, &r.mac))
+    };
     // Whether the chain broke at a line with the number expected there (its body, time or
     // MAC changed in place), not at a jump in the numbering (lines removed, or a writer that
     // went on from the recorded head after the log was deleted or put back).
@@ -160,7 +165,7 @@ pub(crate) fn verify_recorded(
     let files = scan(dir, |file, no, item| {
         if problem.is_some() {
             if let Item::Entry(Some(e)) = item {
-                holds_recorded |= Some(e.seq) == recorded_seq;
+                holds_recorded |= is_recorded(&e);
             }
             return recorded_seq.is_some() && !holds_recorded;
         }
@@ -192,6 +197,9 @@ pub(crate) fn verify_recorded(
                 }
                 if !chained && !unanchored {
                     edited_in_place = e.seq == expected;
+                    // The recorded entry itself, its body or time changed: its line still
+                    // carries the recorded MAC.
+                    holds_recorded |= is_recorded(&e);
                     problem = Some(bad_line(expected, file, no, "MAC mismatch"));
                 } else {
                     if Some(e.seq) == anchor_seq {
@@ -463,40 +471,24 @@ fn admin_subject(r: &Record) -> (Option<String>, Vec<String>) {
     (user, fss)
 }
 
-/// Most names a path is followed under ([`PathTrack`]): a directory moved to and fro
-/// thousands of times stops adding names rather than growing without bound.
-const MAX_TRACKED: usize = 4_096;
+/// Most names a path is followed under ([`PathTrack`]): a directory from which files are moved
+/// out by the hundred thousand stops adding names rather than growing without bound, and
+/// says so ([`ShowReport::untracked_names`]).
+pub const MAX_TRACKED: usize = 1 << 20;
 
-/// One name the path of a [`Filter`] is known by: exact (a file, or a directory itself), or
-/// a directory and everything under it (`prefix`, without its trailing `/`).
+/// How one name is followed: in which filesystem (`None`: the asked path, in every
+/// filesystem), exactly or as a directory and everything under it, and whether it is the name
+/// asked for (kept whatever happens to it: a new file may take it again).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Alias {
-    /// The filesystem it is in (`None`: the asked path, in every filesystem).
+struct Name {
     fs: Option<String>,
-    path: String,
     prefix: bool,
-    /// The name asked for: kept whatever happens to it (a new file may take it again).
     asked: bool,
 }
 
-impl Alias {
+impl Name {
     fn in_fs(&self, fs: &Option<String>) -> bool {
         self.fs.is_none() || self.fs == *fs
-    }
-
-    /// Whether `got` (a recorded path) is this name or, for a prefix, under it.
-    fn covers(&self, got: &str) -> bool {
-        if self.prefix {
-            self.path.is_empty() || got == self.path || under(got, &self.path)
-        } else {
-            got == self.path
-        }
-    }
-
-    /// Whether a delete or move of `dir` takes this name with it (`dir` is the name itself
-    /// or a directory above it).
-    fn taken_by(&self, dir: &str) -> bool {
-        self.path == dir || under(&self.path, dir)
     }
 }
 
@@ -508,19 +500,38 @@ fn under(path: &str, dir: &str) -> bool {
     path.len() > dir.len() && path.starts_with(dir) && path.as_bytes()[dir.len()] == b'/'
 }
 
-/// `path` (equal to or below `from`) renamed as `from` moved to `to`.
-fn moved(path: &str, from: &str, to: &str) -> String {
-    format!("{to}{}", &path[from.len()..])
+/// `path` itself, then each directory above it, as recorded (`/a/b/c`, `/a/b`, `/a`), then
+/// `""`, the key of the whole tree (`--path /`).
+fn self_and_ancestors(path: &str) -> impl Iterator<Item = &str> {
+    let mut next = Some(path);
+    std::iter::from_fn(move || {
+        let cur = next?;
+        next = match cur.rfind('/') {
+            _ if cur.is_empty() => None,
+            Some(0) if cur.len() > 1 => Some("/"),
+            Some(0) => Some(""),
+            Some(i) => Some(&cur[..i]),
+            None => Some(""),
+        };
+        Some(cur)
+    })
 }
 
 /// The names a [`Filter`]'s path goes by as the log goes on: the asked path, then the names
 /// moves gave it (a move of the file itself, of a directory above it, or, for a directory
 /// asked with `/`, of something out of it). A name that moves on is dropped (another file
 /// may take it later); the asked one is kept. Fed every entry, in order, whatever the
-/// other filters say: a move before `--since` still renames what comes after.
+/// other filters say: a move before `--since` still renames what comes after. Kept by path,
+/// so that an entry is matched by looking up its path and the directories above it, and a
+/// move or delete by the names under its path, whatever the number of names.
 #[derive(Debug, Clone)]
 pub struct PathTrack {
-    names: Vec<Alias>,
+    names: std::collections::BTreeMap<String, Vec<Name>>,
+    count: usize,
+    /// The most names followed: [`MAX_TRACKED`] (tests set fewer).
+    pub(crate) cap: usize,
+    /// Names not followed because `cap` were.
+    pub(crate) dropped: u64,
 }
 
 impl PathTrack {
@@ -532,31 +543,92 @@ impl PathTrack {
             Some(d) => (d.to_owned(), true),
             None => (p.to_owned(), false),
         };
-        Some(Self {
-            names: vec![Alias {
+        let mut t = Self {
+            names: std::collections::BTreeMap::new(),
+            count: 0,
+            cap: MAX_TRACKED,
+            dropped: 0,
+        };
+        t.add(
+            path,
+            Name {
                 fs: filter.fs.clone(),
-                path,
                 prefix,
                 asked: true,
-            }],
+            },
+        );
+        Some(t)
+    }
+
+    fn add(&mut self, path: String, name: Name) {
+        let at = self.names.entry(path).or_default();
+        if at.contains(&name) {
+            return;
+        }
+        if self.count >= self.cap {
+            self.dropped += 1;
+            return;
+        }
+        at.push(name);
+        self.count += 1;
+    }
+
+    /// The names at `dir` or below it, as (path, name): the key `dir` itself, then the keys
+    /// from `dir/` up to `dir0` (`0` follows `/`: exactly the paths under `dir`, not its
+    /// siblings such as `dir b`); for the root, every key.
+    fn at_or_under<'a>(&'a self, dir: &'a str) -> impl Iterator<Item = (&'a String, &'a Name)> {
+        let (itself, lo, hi) = if dir == "/" {
+            ("", "/".to_owned(), "0".to_owned())
+        } else {
+            (dir, format!("{dir}/"), format!("{dir}0"))
+        };
+        self.names
+            .get_key_value(itself)
+            .into_iter()
+            .chain(self.names.range(lo..hi))
+            .flat_map(|(k, v)| v.iter().map(move |n| (k, n)))
+    }
+
+    /// Whether `got` (a recorded path) is one of the names: exactly, or under a directory
+    /// followed with everything in it.
+    fn covers(&self, got: &str, fs: &Option<String>) -> bool {
+        self_and_ancestors(got).any(|k| {
+            self.names.get(k).is_some_and(|v| {
+                v.iter()
+                    .any(|n| n.in_fs(fs) && (n.prefix || (k == got && !k.is_empty())))
+            })
         })
     }
 
     /// Whether entry `r` is about the path under one of its names: by its path or a move's
     /// destination, or as a delete or move of a directory above a name.
-    fn matches(&self, r: &Record) -> bool {
+    pub(crate) fn matches(&self, r: &Record) -> bool {
         use super::Action;
-        self.names.iter().any(|a| {
-            a.in_fs(&r.fs)
-                && (r.path.as_deref().is_some_and(|g| a.covers(g))
-                    || r.to.as_deref().is_some_and(|g| a.covers(g))
-                    || (matches!(r.action, Action::Delete | Action::Move)
-                        && r.path.as_deref().is_some_and(|g| a.taken_by(g))))
-        })
+        r.path.as_deref().is_some_and(|g| self.covers(g, &r.fs))
+            || r.to.as_deref().is_some_and(|g| self.covers(g, &r.fs))
+            || (matches!(r.action, Action::Delete | Action::Move)
+                && r.path
+                    .as_deref()
+                    .is_some_and(|g| self.at_or_under(g).any(|(_, n)| n.in_fs(&r.fs))))
+    }
+
+    /// Removes every name at `from` or below it in `fs` but the asked ones.
+    fn drop_at_or_under(&mut self, from: &str, fs: &Option<String>) {
+        let keys: Vec<String> = self.at_or_under(from).map(|(k, _)| k.clone()).collect();
+        for k in keys {
+            if let Some(v) = self.names.get_mut(&k) {
+                let before = v.len();
+                v.retain(|n| n.asked || !n.in_fs(fs));
+                self.count -= before - v.len();
+                if v.is_empty() {
+                    self.names.remove(&k);
+                }
+            }
+        }
     }
 
     /// Follows a move or a delete that happened (status 2xx).
-    fn follow(&mut self, r: &Record) {
+    pub(crate) fn follow(&mut self, r: &Record) {
         use super::Action;
         if !(200..300).contains(&r.status) {
             return;
@@ -564,45 +636,49 @@ impl PathTrack {
         let (Some(from), Some(fs)) = (r.path.as_deref(), &r.fs) else {
             return;
         };
+        if from == "/" {
+            // The root is never moved or deleted; an entry saying so renames nothing.
+            return;
+        }
         match r.action {
-            Action::Delete => self
-                .names
-                .retain(|a| a.asked || !(a.in_fs(&r.fs) && a.taken_by(from))),
+            Action::Delete => self.drop_at_or_under(from, &r.fs),
             Action::Move => {
                 let Some(to) = r.to.as_deref() else {
                     return;
                 };
-                let mut new = Vec::new();
-                for a in self.names.iter().filter(|a| a.in_fs(&r.fs)) {
-                    if a.taken_by(from) {
-                        new.push(Alias {
+                let mut new: Vec<(String, Name)> = self
+                    .at_or_under(from)
+                    .filter(|(_, n)| n.in_fs(&r.fs))
+                    .map(|(k, n)| {
+                        let name = Name {
                             fs: Some(fs.clone()),
-                            path: moved(&a.path, from, to),
-                            prefix: a.prefix,
+                            prefix: n.prefix,
                             asked: false,
-                        });
-                    } else if a.prefix && a.covers(from) && !a.covers(to) {
-                        // Moved out of a directory followed: the file (or directory) and
-                        // whatever it holds, under its new name.
-                        for prefix in [false, true] {
-                            new.push(Alias {
-                                fs: Some(fs.clone()),
-                                path: to.to_owned(),
-                                prefix,
-                                asked: false,
-                            });
-                        }
+                        };
+                        (format!("{to}{}", &k[from.len()..]), name)
+                    })
+                    .collect();
+                // Moved out of a directory followed with everything in it: the file (or
+                // directory) and whatever it holds, under its new name.
+                let out_of_followed = self_and_ancestors(from).skip(1).any(|k| {
+                    self.names
+                        .get(k)
+                        .is_some_and(|v| v.iter().any(|n| n.prefix && n.in_fs(&r.fs)))
+                        && !(k.is_empty() || to == k || under(to, k))
+                });
+                if out_of_followed {
+                    for prefix in [false, true] {
+                        let name = Name {
+                            fs: Some(fs.clone()),
+                            prefix,
+                            asked: false,
+                        };
+                        new.push((to.to_owned(), name));
                     }
                 }
-                self.names
-                    .retain(|a| a.asked || !(a.in_fs(&r.fs) && a.taken_by(from)));
-                for a in new {
-                    if self.names.len() >= MAX_TRACKED {
-                        break;
-                    }
-                    if !self.names.contains(&a) {
-                        self.names.push(a);
-                    }
+                self.drop_at_or_under(from, &r.fs);
+                for (path, name) in new {
+                    self.add(path, name);
                 }
             }
             _ => {}
@@ -668,6 +744,9 @@ pub struct ShowReport {
     /// With [`Filter::from_seq`] and entries left out: the first of them (the next page's
     /// `from_seq`).
     pub next_from: Option<u64>,
+    /// Names the path was moved to that were not followed, past the most a show follows
+    /// (entries about them are missing from the answer).
+    pub untracked_names: u64,
     /// Entries whose body did not decrypt (not shown).
     pub undecryptable: u64,
     /// The first entry where the chain breaks, if it does (entries from there on are shown
@@ -698,6 +777,7 @@ pub fn show_last(
         entries: Vec::new(),
         omitted: 0,
         next_from: None,
+        untracked_names: 0,
         undecryptable: 0,
         chain_broken_at: None,
     };
@@ -760,5 +840,6 @@ pub fn show_last(
         true
     })?;
     out.entries = kept.into();
+    out.untracked_names = track.map_or(0, |t| t.dropped);
     Ok(out)
 }

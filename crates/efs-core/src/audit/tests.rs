@@ -891,6 +891,21 @@ async fn an_edit_before_the_recorded_head_is_not_called_a_log_put_back() {
         !edited.message.contains("put back"),
         "an edit read as a log put back: {edited:?}"
     );
+    // The recorded entry itself edited (the usual head after a clean stop: the last entry):
+    // an edit too (it was called a log put back).
+    let mut last = clean.clone();
+    let mut b = last[10].clone().into_bytes();
+    let i = b.iter().position(|&c| c == b' ').unwrap() + 1;
+    let i = i + b[i..].iter().position(|&c| c == b' ').unwrap() + 3;
+    b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+    last[10] = String::from_utf8(b).unwrap();
+    put_lines(f, &last);
+    let at_head = read::verify_recorded(&dir, &keys, None, Some(recorded))
+        .unwrap()
+        .problem
+        .unwrap();
+    assert!(at_head.message.contains("entry 10"), "{at_head:?}");
+    assert!(!at_head.message.contains("put back"), "{at_head:?}");
     // The same edit in a log that ends before the recorded entry: both said.
     put_lines(f, &l[..7]);
     let cut = read::verify_recorded(&dir, &keys, None, Some(recorded))
@@ -902,4 +917,47 @@ async fn an_edit_before_the_recorded_head_is_not_called_a_log_put_back() {
         cut.message.contains("this data dir recorded entry 10"),
         "{cut:?}"
     );
+}
+
+/// The names are found by path, not by a prefix of the text: `/a b` is not under `/a`;
+/// a recorded move of the root renames nothing (it panicked on a slice); past the most names
+/// followed, the ones not followed are counted (the answer said nothing).
+#[test]
+fn names_are_followed_by_path_and_counted_past_the_cap() {
+    use Action::*;
+    let asked = |p: &str| {
+        read::PathTrack::new(&Filter {
+            path: Some(p.into()),
+            ..Default::default()
+        })
+        .unwrap()
+    };
+    let mut t = asked("/a/");
+    assert!(t.matches(&entry(Read, "f", "/a/x", None, 200)));
+    assert!(!t.matches(&entry(Read, "f", "/a b/x", None, 200)));
+    assert!(!t.matches(&entry(Read, "f", "/ab", None, 200)));
+    // A move of a sibling whose name extends the asked one's renames nothing.
+    t.follow(&entry(Move, "f", "/a b", Some("/c"), 201));
+    assert!(!t.matches(&entry(Read, "f", "/c/x", None, 200)));
+    // A delete of a sibling is not about it either.
+    assert!(!t.matches(&entry(Delete, "f", "/a b", None, 204)));
+    assert!(t.matches(&entry(Delete, "f", "/", None, 204)));
+    t.follow(&entry(Move, "f", "/", Some("/z"), 201));
+    assert!(!t.matches(&entry(Read, "f", "/z/a/x", None, 200)));
+
+    let mut t = asked("/out/");
+    t.cap = 3;
+    for i in 0..4 {
+        t.follow(&entry(
+            Move,
+            "f",
+            &format!("/out/{i}"),
+            Some(&format!("/moved/{i}")),
+            201,
+        ));
+    }
+    // The asked name and one moved file (an exact and a directory name) fit; the rest not.
+    assert!(t.matches(&entry(Read, "f", "/moved/0", None, 200)));
+    assert!(!t.matches(&entry(Read, "f", "/moved/3", None, 200)));
+    assert_eq!(t.dropped, 6);
 }
