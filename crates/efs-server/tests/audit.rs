@@ -12,17 +12,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::{Value, json};
 
-fn show(srv: &TestServer, args: &[&str]) -> Vec<Value> {
-    let mut a = vec!["audit", "show", "--json"];
-    a.extend_from_slice(args);
-    let out = srv.efsctl_ok(&a);
-    serde_json::from_str::<Value>(&out)
-        .expect("audit show --json prints JSON")
-        .as_array()
-        .expect("an array of entries")
-        .clone()
-}
-
 fn audit_files(data: &Path) -> Vec<std::path::PathBuf> {
     let mut v: Vec<_> = std::fs::read_dir(data.join("system/audit"))
         .unwrap()
@@ -72,7 +61,7 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
     srv.efsctl_ok(&["grant", "nurse-kim", "--fs", "files", "--read-only"]);
 
     // Who read this file, and when (through the admin socket: the server runs).
-    let reads: Vec<Value> = show(&srv, &["--path", file])
+    let reads: Vec<Value> = audit_show(&srv, &["--path", file])
         .into_iter()
         .filter(|e| e["action"] == "read")
         .collect();
@@ -89,7 +78,7 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
     }
     // Everything that touched the file, in order: write, 2 reads, refused write, move, and
     // the delete under the name it moved to (followed through the move).
-    let all: Vec<(String, String, u64)> = show(&srv, &["--path", file])
+    let all: Vec<(String, String, u64)> = audit_show(&srv, &["--path", file])
         .iter()
         .map(|e| {
             (
@@ -113,13 +102,13 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
         .collect();
     assert_eq!(all, want);
     // The directory prefix finds the listing and the delete of the moved file too.
-    let under: Vec<String> = show(&srv, &["--path", "/patients/173/"])
+    let under: Vec<String> = audit_show(&srv, &["--path", "/patients/173/"])
         .iter()
         .map(|e| e["action"].as_str().unwrap().to_owned())
         .collect();
     assert!(under.contains(&"list".to_owned()) && under.contains(&"delete".to_owned()));
     // Logins, failed and not, with the reason; by user and time.
-    let app_entries = show(&srv, &["--user", "app", "--since", "1h"]);
+    let app_entries = audit_show(&srv, &["--user", "app", "--since", "1h"]);
     let failed: Vec<&Value> = app_entries
         .iter()
         .filter(|e| e["action"] == "login-failed")
@@ -128,8 +117,8 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
     assert_eq!(failed[0]["status"], 401);
     assert!(failed[0]["detail"].as_str().is_some());
     assert!(app_entries.iter().any(|e| e["action"] == "login-ok"));
-    assert!(show(&srv, &["--user", "app", "--until", "1h"]).is_empty());
-    let malformed: Vec<Value> = show(&srv, &[])
+    assert!(audit_show(&srv, &["--user", "app", "--until", "1h"]).is_empty());
+    let malformed: Vec<Value> = audit_show(&srv, &[])
         .into_iter()
         .filter(|e| e["detail"] == "malformed user name")
         .collect();
@@ -138,7 +127,7 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
     assert_eq!(malformed[0]["status"], 400);
     assert_eq!(malformed[0]["user"], Value::Null);
     // Admin commands, with the operator's account and how it came.
-    let admin: Vec<Value> = show(&srv, &[])
+    let admin: Vec<Value> = audit_show(&srv, &[])
         .into_iter()
         .filter(|e| e["action"] == "admin")
         .collect();
@@ -187,7 +176,7 @@ async fn who_read_this_file_and_a_hand_edit_named_by_verify() {
     assert_eq!(rep["anchor"]["state"], "match", "{rep}");
     let head = format!("{}:{}", rep["head_seq"], rep["head_mac"].as_str().unwrap());
     assert_eq!(
-        show(&srv, &["--path", file, "--user", "nurse-kim"]).len(),
+        audit_show(&srv, &["--path", file, "--user", "nurse-kim"]).len(),
         2
     );
 
@@ -240,7 +229,7 @@ async fn the_health_check_is_not_recorded() {
     let s = session(&[]).await;
     let srv = s.srv;
     let admin = |cmd: &str| {
-        show(&srv, &[])
+        audit_show(&srv, &[])
             .iter()
             .filter(|e| e["detail"].as_str().is_some_and(|d| d.starts_with(cmd)))
             .count()
@@ -433,7 +422,7 @@ async fn a_client_that_hangs_up_cannot_change_a_file_unrecorded() {
     for name in &gone {
         let path = format!("/gone/{name}");
         loop {
-            let deletes = show(&srv, &["--path", &path])
+            let deletes = audit_show(&srv, &["--path", &path])
                 .into_iter()
                 .filter(|e| e["action"] == "delete")
                 .count();
@@ -487,7 +476,7 @@ async fn a_hung_up_upload_that_landed_is_recorded() {
     for name in &landed {
         let path = format!("/up/{name}");
         loop {
-            let writes: Vec<Value> = show(&srv, &["--path", &path])
+            let writes: Vec<Value> = audit_show(&srv, &["--path", &path])
                 .into_iter()
                 .filter(|e| e["action"] == "write")
                 .collect();
@@ -567,7 +556,7 @@ async fn a_shutdown_finishes_and_records_hung_up_changes() {
         {
             landed += 1;
             let path = format!("/sd/{name}");
-            let deletes = show(&srv, &["--path", &path])
+            let deletes = audit_show(&srv, &["--path", &path])
                 .into_iter()
                 .filter(|e| e["action"] == "delete")
                 .count();
@@ -627,7 +616,7 @@ async fn changes_around_the_shutdown_timeout_land_recorded_or_not_at_all() {
         for (i, answer) in answers.iter().enumerate() {
             let name = format!("f{i}");
             let path = format!("/late/{name}");
-            let writes = show(&srv, &["--path", &path])
+            let writes = audit_show(&srv, &["--path", &path])
                 .into_iter()
                 .filter(|e| e["action"] == "write")
                 .count();
@@ -735,7 +724,7 @@ async fn past_the_shutdown_timeout_no_change_begins() {
     assert_eq!(srv.get("/b.txt", &token).await.0, 404);
     assert_eq!(srv.get("/c.txt", &token).await.0, 404, "the upload landed");
     for (path, action) in [("/a.txt", "move"), ("/c.txt", "write")] {
-        let statuses: Vec<u64> = show(&srv, &["--path", path])
+        let statuses: Vec<u64> = audit_show(&srv, &["--path", path])
             .into_iter()
             .filter(|e| e["action"] == action)
             .map(|e| e["status"].as_u64().unwrap())
@@ -916,7 +905,7 @@ async fn requests_without_a_verified_identity_are_recorded_within_a_budget() {
     assert_eq!(r.status(), 401);
     srv.stop().await;
 
-    let entries = show(&srv, &[]);
+    let entries = audit_show(&srv, &[]);
     let unverified: Vec<&Value> = entries
         .iter()
         .filter(|e| e["user"].is_null() && e["action"] != "admin" && e["action"] != "unrecorded")
@@ -991,7 +980,7 @@ async fn a_refresh_out_of_renewals_is_recorded_after_junk() {
         .unwrap();
     assert_eq!(r.status(), 401);
     srv.stop().await;
-    let entries = show(&srv, &["--user", &s.user]);
+    let entries = audit_show(&srv, &["--user", &s.user]);
     let refused: Vec<&Value> = entries
         .iter()
         .filter(|e| e["action"] == "refresh-failed")
@@ -1021,7 +1010,7 @@ async fn login_attempts_over_the_limit_are_recorded_within_the_budget() {
     assert_eq!(statuses.get(&429), Some(&(TRIES - 10)), "{statuses:?}");
     srv.stop().await;
 
-    let entries = show(&srv, &[]);
+    let entries = audit_show(&srv, &[]);
     let count = |action: &str| entries.iter().filter(|e| e["action"] == action).count();
     // A wrong key proves nobody: the 10 failures and the first 20 refusals with 429 fill
     // the address's 30 entries; the other 50 are counted.
@@ -1056,7 +1045,7 @@ async fn audit_show_answers_the_newest_entries_within_a_limit() {
     }
     // Entries reach `audit show` once fsynced (every 5 ms).
     let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    while show(&srv, &["--path", "/lim/"]).len() < 5 {
+    while audit_show(&srv, &["--path", "/lim/"]).len() < 5 {
         assert!(
             std::time::Instant::now() < deadline,
             "5 writes never recorded"
@@ -1130,25 +1119,25 @@ async fn audit_show_answers_the_newest_entries_within_a_limit() {
         .unwrap_or_else(|| panic!("no next page named: {err}"))
         .trim();
     assert!(err.contains("3 newer matching entries"), "{err}");
-    let rest = show(
+    let rest = audit_show(
         &srv,
         &["--path", "/lim/", "--from-entry", next, "--limit", "3"],
     );
     let paths: Vec<&str> = rest.iter().map(|e| e["path"].as_str().unwrap()).collect();
     assert_eq!(paths, ["/lim/3", "/lim/4", "/lim/5"]);
     // By action and status; a day as a time.
-    let writes = show(
+    let writes = audit_show(
         &srv,
         &["--path", "/lim/", "--action", "write", "--status", "2xx"],
     );
     assert_eq!(writes.len(), 5);
-    assert!(show(&srv, &["--path", "/lim/", "--action", "read,delete"]).is_empty());
-    assert!(show(&srv, &["--path", "/lim/", "--status", "4xx,5xx"]).is_empty());
+    assert!(audit_show(&srv, &["--path", "/lim/", "--action", "read,delete"]).is_empty());
+    assert!(audit_show(&srv, &["--path", "/lim/", "--status", "4xx,5xx"]).is_empty());
     assert_eq!(
-        show(&srv, &["--path", "/lim/", "--since", "2000-01-01"]).len(),
+        audit_show(&srv, &["--path", "/lim/", "--since", "2000-01-01"]).len(),
         5
     );
-    assert!(show(&srv, &["--path", "/lim/", "--until", "2000-01-02"]).is_empty());
+    assert!(audit_show(&srv, &["--path", "/lim/", "--until", "2000-01-02"]).is_empty());
     let out = srv.efsctl(&["audit", "show", "--action", "reads"]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("no such action"));
@@ -1259,7 +1248,7 @@ async fn a_deleted_or_older_audit_log_is_named_by_verify() {
     );
     let (code, text) = verify(&srv);
     assert_eq!(code, Some(0), "{text}");
-    let shown = show(&srv, &[]);
+    let shown = audit_show(&srv, &[]);
     assert!(
         shown[0]["detail"]
             .as_str()

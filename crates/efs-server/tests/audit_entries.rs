@@ -7,17 +7,6 @@ mod common;
 use common::*;
 use serde_json::Value;
 
-fn show(srv: &TestServer, args: &[&str]) -> Vec<Value> {
-    let mut a = vec!["audit", "show", "--json"];
-    a.extend_from_slice(args);
-    let out = srv.efsctl_ok(&a);
-    serde_json::from_str::<Value>(&out)
-        .expect("audit show --json prints JSON")
-        .as_array()
-        .expect("an array of entries")
-        .clone()
-}
-
 /// A path refused before the token is looked at (`/a/../b`, an encoded `/` or newline, a
 /// reserved `/_efs/…`) is recorded with the user and filesystem of a valid token, past the
 /// budget of callers who proved nobody (it was recorded with no user, and counted against
@@ -45,7 +34,7 @@ async fn a_refused_path_with_a_valid_token_names_the_caller() {
     assert_eq!(r.status, 400);
     srv.stop().await;
 
-    let mine: Vec<Value> = show(&srv, &["--user", &s.user])
+    let mine: Vec<Value> = audit_show(&srv, &["--user", &s.user])
         .into_iter()
         .filter(|e| e["status"] == 400)
         .collect();
@@ -54,7 +43,7 @@ async fn a_refused_path_with_a_valid_token_names_the_caller() {
         assert_eq!(e["fs"], s.fs.as_str(), "{e}");
         assert_eq!(e["detail"], "invalid_path", "{e}");
     }
-    let all = show(&srv, &[]);
+    let all = audit_show(&srv, &[]);
     let anonymous: Vec<&Value> = all
         .iter()
         .filter(|e| e["status"] == 400 && e["user"].is_null())
@@ -91,7 +80,7 @@ async fn a_refresh_with_a_refused_token_writes_refresh_failed() {
     assert_eq!(r.status(), 401);
     srv.stop().await;
 
-    let entries = show(&srv, &[]);
+    let entries = audit_show(&srv, &[]);
     let of = |action: &str| -> Vec<&Value> {
         entries.iter().filter(|e| e["action"] == action).collect()
     };
@@ -129,7 +118,7 @@ async fn login_ok_names_the_key_that_logged_in() {
 
     let old_fp = efs_server::auth::fingerprint_sha256(&s.key.verifying_key());
     let new_fp = efs_server::auth::fingerprint_sha256(&new_key.verifying_key());
-    let logins: Vec<Value> = show(&srv, &["--user", &s.user])
+    let logins: Vec<Value> = audit_show(&srv, &["--user", &s.user])
         .into_iter()
         .filter(|e| e["action"] == "login-ok")
         .collect();
@@ -144,7 +133,7 @@ async fn login_ok_names_the_key_that_logged_in() {
     assert_eq!(key_of(&logins[0]), old_fp.as_str());
     assert_eq!(key_of(&logins[1]), new_fp.as_str());
     // The same form as the create-user entry's.
-    let created = show(&srv, &[])
+    let created = audit_show(&srv, &[])
         .into_iter()
         .find(|e| {
             e["detail"]
@@ -191,7 +180,7 @@ async fn a_failed_admin_command_records_why() {
     told.push(String::from_utf8_lossy(&out.stderr).into_owned());
     srv.stop().await;
 
-    let failed: Vec<Value> = show(&srv, &[])
+    let failed: Vec<Value> = audit_show(&srv, &[])
         .into_iter()
         .filter(|e| e["action"] == "admin" && e["status"] == 400)
         .collect();
@@ -219,7 +208,7 @@ async fn a_failed_admin_command_records_why() {
     assert!(text.contains("no user named 'nobody'"), "{text}");
     assert!(text.contains("already exists"), "{text}");
     // Found under the user the failed commands were about.
-    let about = show(&srv, &["--user", "nobody"]);
+    let about = audit_show(&srv, &["--user", "nobody"]);
     assert_eq!(about.len(), 2, "{about:#?}");
 }
 
@@ -234,7 +223,7 @@ async fn the_server_records_its_start_and_stop() {
     let mut srv = TestServer::start_in(dir, &["--log-paths", "--max-renewals", "3"], &[]);
     srv.stop().await;
 
-    let entries = show(&srv, &[]);
+    let entries = audit_show(&srv, &[]);
     let runs: Vec<(&str, Value)> = entries
         .iter()
         .filter_map(|e| {

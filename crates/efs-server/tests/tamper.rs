@@ -1399,32 +1399,12 @@ async fn a_backup_checks_the_contents_of_the_blobs_it_copies() {
     let at = bytes.len() / 2;
     bytes[at] ^= 0x10;
     std::fs::write(&blob, &bytes).unwrap();
-    let text = |out: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
     let name = blob.file_name().unwrap().to_str().unwrap().to_owned();
-    let dest = srv.dir.path().join("checked");
-    let dest_arg = dest.to_str().unwrap();
-    let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest_arg]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains(&format!("blob {name}")) && text(&out).contains("decryption failed"),
-        "{}",
-        text(&out)
+    backup_refused_then_partial(
+        &srv,
+        "checked",
+        &[&format!("blob {name}"), "decryption failed"],
     );
-    assert!(!dest.exists());
-    let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest_arg, "--skip-damaged"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("1 entries left out"), "{}", text(&out));
-    let out = srv.efsctl(&["restore", "--fs", "restored", "-i", dest_arg]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let out = srv.efsctl(&["fsck", "--fs", "restored"]);
-    assert!(out.status.success(), "{}", text(&out));
-    srv.efsctl_ok(&["grant", "app", "--fs", "restored"]);
     srv.stop().await;
     let again = TestServer::start_in(srv.dir.clone(), &["--cache-size", "0"], &[]);
     let token = again.login("app", &s.key, Some("restored")).await;
@@ -1434,6 +1414,35 @@ async fn a_backup_checks_the_contents_of_the_blobs_it_copies() {
     );
     assert_eq!(again.get_ok("/small.txt", &token).await, b"inline");
     assert_eq!(again.get("/scan.pdf", &token).await.0, 404, "left out");
+}
+
+/// With one damaged file in filesystem `files`: a backup into `dir` stops (exit 1) saying
+/// each of `why` and leaves nothing; with `--skip-damaged` it leaves that one file out (exit
+/// 3); its restore into `restored` is partial (exit 3) and fsck-clean, and `app` is granted it.
+fn backup_refused_then_partial(srv: &TestServer, dir: &str, why: &[&str]) {
+    let text = |out: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    };
+    let dest = srv.dir.path().join(dir);
+    let dest_arg = dest.to_str().unwrap();
+    let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest_arg]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    for w in why {
+        assert!(text(&out).contains(w), "{w}: {}", text(&out));
+    }
+    assert!(!dest.exists());
+    let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest_arg, "--skip-damaged"]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    assert!(text(&out).contains("1 entries left out"), "{}", text(&out));
+    let out = srv.efsctl(&["restore", "--fs", "restored", "-i", dest_arg]);
+    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
+    let out = srv.efsctl(&["fsck", "--fs", "restored"]);
+    assert!(out.status.success(), "{}", text(&out));
+    srv.efsctl_ok(&["grant", "app", "--fs", "restored"]);
 }
 
 /// A backup checks the contents stored in the index (small files) as it checks blobs: a
@@ -1456,31 +1465,11 @@ async fn a_backup_checks_the_contents_stored_in_the_index() {
         t.insert(id.as_slice(), v.as_slice()).unwrap();
     });
     let srv = restart(&srv);
-    let text = |out: &std::process::Output| {
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        )
-    };
-    let dest = srv.dir.path().join("checked-inline");
-    let dest_arg = dest.to_str().unwrap();
-    let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest_arg]);
-    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
-    assert!(
-        text(&out).contains("its content (stored in the index) fails its check"),
-        "{}",
-        text(&out)
+    backup_refused_then_partial(
+        &srv,
+        "checked-inline",
+        &["its content (stored in the index) fails its check"],
     );
-    assert!(!dest.exists());
-    let out = srv.efsctl(&["backup", "--fs", "files", "-o", dest_arg, "--skip-damaged"]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    assert!(text(&out).contains("1 entries left out"), "{}", text(&out));
-    let out = srv.efsctl(&["restore", "--fs", "restored", "-i", dest_arg]);
-    assert_eq!(out.status.code(), Some(3), "{}", text(&out));
-    let out = srv.efsctl(&["fsck", "--fs", "restored"]);
-    assert!(out.status.success(), "{}", text(&out));
-    srv.efsctl_ok(&["grant", "app", "--fs", "restored"]);
     let token = srv.login("app", &s.key, Some("restored")).await;
     assert_eq!(srv.get_ok("/kept.txt", &token).await, pattern(123, 5));
     assert_eq!(srv.get("/note.txt", &token).await.0, 404, "left out");

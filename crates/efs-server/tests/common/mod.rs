@@ -1011,3 +1011,15 @@ pub async fn restore_held_on_a_fifo(srv: &TestServer) -> (Child, std::fs::File) 
         }
     }
 }
+
+/// `efsctl audit show --json ARGS` on the server's data dir: the entries, oldest first.
+pub fn audit_show(srv: &TestServer, args: &[&str]) -> Vec<Value> {
+    let mut a = vec!["audit", "show", "--json"];
+    a.extend_from_slice(args);
+    let out = srv.efsctl_ok(&a);
+    serde_json::from_str::<Value>(&out)
+        .expect("audit show --json prints JSON")
+        .as_array()
+        .expect("an array of entries")
+        .clone()
+}
