@@ -215,6 +215,12 @@ impl Reserve {
         self.check_below(self.bytes / 2, unwritten.min(UPLOAD_UNWRITTEN_MAX))
     }
 
+    /// Before a background job writes `bytes` of new content (a re-encryption's rewrite of a
+    /// file): the first volume that would have less than the reserve free after it.
+    pub fn check_before_writing(&self, bytes: u64) -> Result<(), Low> {
+        self.check_below(self.bytes, bytes)
+    }
+
     fn check_below(&self, floor: u64, unwritten: u64) -> Result<(), Low> {
         if self.bytes == 0 {
             return Ok(());

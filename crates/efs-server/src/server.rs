@@ -175,6 +175,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let socket =
         bind_only(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let cache = ContentCache::new(cfg.cache);
+    let reserve_cell = Arc::new(std::sync::OnceLock::<crate::reserve::Reserve>::new());
     let opts = OpenOptions {
         fs: FsOptions {
             inline_max: cfg.inline_max,
@@ -190,6 +191,30 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             on_content_removed: (cfg.cache.capacity > 0).then(|| {
                 let cache = cache.clone();
                 efs_core::fs::ContentRemoved(Arc::new(move |v| cache.invalidate(v)))
+            }),
+            // A re-encryption stops below the reserve rather than fill the disk (set once the
+            // reserve is known, after the open: until then nothing is rewritten anyway, a
+            // resumed re-encryption waiting for the index check).
+            space_check: Some({
+                let reserve = reserve_cell.clone();
+                efs_core::fs::SpaceCheck(Arc::new(move |bytes| {
+                    match reserve.get() {
+                    Some(r) => r.check_before_writing(bytes).map_err(|low| {
+                        use crate::reserve::human;
+                        std::io::Error::new(
+                            std::io::ErrorKind::StorageFull,
+                            format!(
+                                "stopped at the free-space reserve: rewriting a file of {} would leave the {} {} free, below the {} reserve (--reserve-space); free space or grow the volume, and it resumes at the next start or reencrypt",
+                                human(bytes),
+                                low.what,
+                                human(low.free),
+                                human(low.reserve)
+                            ),
+                        )
+                    }),
+                    None => Ok(()),
+                }
+                }))
             }),
             ..Default::default()
         },
@@ -321,6 +346,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 cfg.data.display()
             )
         })?;
+    let _ = reserve_cell.set(reserve.clone());
     let state = Arc::new(AppState {
         data: data.clone(),
         reserve: Arc::new(reserve.clone()),

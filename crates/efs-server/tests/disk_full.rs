@@ -473,3 +473,48 @@ async fn a_large_upload_started_just_above_the_reserve_is_stopped_before_it_eats
         "{statuses:?}"
     );
 }
+
+/// A re-encryption (a background job that writes every file again) stops at the reserve
+/// rather than fill the disk, says why, and resumes once space is freed.
+#[tokio::test]
+async fn a_reencryption_stops_at_the_reserve_and_resumes_once_space_is_freed() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "the free-space reserve of a re-encryption",
+        "reserve.rs's unit tests",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "8388608"], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    let content = pattern(6 << 20, 9);
+    srv.put_ok("/six.bin", &token, content.clone()).await;
+
+    // 12 MiB free: above the reserve (uploads work), but a rewritten copy of the 6 MiB file
+    // would leave 6 MiB.
+    let filler = data.join("filler");
+    fill_leaving(&filler, 12 << 20);
+    let out = srv.efsctl(&["reencrypt", "--fs", "files", "--wait"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("free-space reserve"), "{text}");
+    assert!(text.contains("below the 8.0 MiB reserve"), "{text}");
+    let st: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["status", "--fs", "files", "--json"])).unwrap();
+    assert_eq!(st[0]["reencryption"]["state"], "running", "resumable: {st}");
+    assert_eq!(srv.get_ok("/six.bin", &token).await, content);
+
+    std::fs::remove_file(&filler).unwrap();
+    let out = srv.efsctl_ok(&["reencrypt", "--fs", "files", "--wait"]);
+    assert!(out.contains("resuming"), "{out}");
+    let st: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["status", "--fs", "files", "--json"])).unwrap();
+    assert_eq!(st[0]["reencryption"]["state"], "done", "{st}");
+    assert_eq!(srv.get_ok("/six.bin", &token).await, content);
+    srv.stop().await;
+}
