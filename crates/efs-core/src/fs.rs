@@ -101,6 +101,23 @@ pub struct FsOptions {
     /// (a file replaced, deleted, or moved over), once the change is committed: the server
     /// drops it from its decrypted cache.
     pub on_content_removed: Option<ContentRemoved>,
+    /// Asked before a background job (a re-encryption) writes a file's content again, with
+    /// its size: an error (the server's free-space reserve reached) stops the job there, as
+    /// a full disk would, resumable, instead of letting it fill the disk.
+    pub space_check: Option<SpaceCheck>,
+}
+
+/// What [`SpaceCheck`] calls with the bytes about to be written.
+pub type CheckSpace = dyn Fn(u64) -> std::io::Result<()> + Send + Sync;
+
+/// See [`FsOptions::space_check`].
+#[derive(Clone)]
+pub struct SpaceCheck(pub Arc<CheckSpace>);
+
+impl std::fmt::Debug for SpaceCheck {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SpaceCheck(..)")
+    }
 }
 
 /// What [`ContentRemoved`] calls with each removed version.
@@ -124,6 +141,7 @@ impl Default for FsOptions {
             index_cache: crate::redb_index::DEFAULT_CACHE_BYTES,
             seal_count_step: 65_536,
             on_content_removed: None,
+            space_check: None,
         }
     }
 }

@@ -130,4 +130,8 @@ pub struct Health {
     pub status: String,
     /// The server's version.
     pub version: String,
+    /// Present only while uploads are refused: `"refused: <reason>"` (the free space is below
+    /// the server's `--reserve-space`). Reads, deletes and logins are still served.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uploads: Option<String>,
 }

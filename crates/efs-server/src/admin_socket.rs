@@ -244,8 +244,16 @@ pub async fn rotate_when_due(st: Arc<AppState>) {
 
 async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminResponse {
     if matches!(req, AdminRequest::Health) {
-        // Not recorded: it reads nothing and changes nothing.
-        return admin::health(&st.data);
+        // Not recorded: it reads nothing and changes nothing. Below the free-space reserve
+        // the server is still healthy (it serves reads and deletes): the answer says uploads
+        // are refused, and `efsctl health` warns without failing.
+        let mut r = admin::health(&st.data);
+        if r.ok
+            && let Err(low) = st.reserve.check()
+        {
+            r.data["uploads"] = serde_json::Value::String(format!("refused: {}", low.reason()));
+        }
+        return r;
     }
     // A shutdown closes the audit log once the tracked work has ended (or its timeout has
     // passed): a command arriving after it began is refused, and one running is tracked

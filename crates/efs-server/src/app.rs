@@ -72,6 +72,8 @@ pub struct HttpConfig {
 pub struct AppState {
     /// The open data dir.
     pub data: Arc<DataDir>,
+    /// The free-space reserve (`--reserve-space`): requests that add data are refused below it.
+    pub reserve: Arc<crate::reserve::Reserve>,
     /// The login protocol.
     pub auth: Arc<Authenticator>,
     /// The user directory.
@@ -291,11 +293,19 @@ fn route_label(path: &str) -> &'static str {
 
 /// 503 `audit_unavailable` once the audit log has failed: the server then refuses every
 /// request, and a health check should say so.
+///
+/// Below the free-space reserve it still answers `ok` (reads, deletes and logins are served),
+/// with `uploads` saying why new data is refused.
 async fn health(State(st): St) -> Result<axum::Json<Health>, ApiError> {
     refuse_if_failed(&st.data)?;
     Ok(axum::Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        uploads: st
+            .reserve
+            .check()
+            .err()
+            .map(|low| format!("refused: {}", low.reason())),
     }))
 }
 
@@ -347,6 +357,14 @@ async fn metrics_text(State(st): St, req: Request) -> Response {
     }
     // Per-filesystem gauges (cheap: files and bytes are recounted in the background).
     crate::fsmetrics::before_render(&st.data).await;
+    // Free space where the reserve looks (`what`: "data volume", or "audit log's volume" when
+    // the log is on a filesystem of its own), and the reserve.
+    metrics::gauge!("efs_reserve_bytes").set(st.reserve.bytes() as f64);
+    for (volume, free) in st.reserve.free() {
+        if let Some(free) = free {
+            metrics::gauge!("efs_free_bytes", "volume" => volume).set(free as f64);
+        }
+    }
     (
         [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
         h.render(),
@@ -1027,6 +1045,8 @@ async fn files_inner(
             require_write(&caller)?;
             let cond = write_precondition(&parts.headers)?;
             no_body(&st, parts, body).await?;
+            // A directory is an index record: small, but added data all the same.
+            st.reserve.check().map_err(|low| low.refusal())?;
             let _gate =
                 checked_for_commit(&st, &parts.headers, &parts.extensions, who, &fs).await?;
             let e = fs.mkdir_if(&path, cond).await?;
@@ -1288,6 +1308,9 @@ async fn write(
     if length.is_some_and(|len| len > st.http.max_body) {
         return Err(efs_core::CoreError::TooLarge.into());
     }
+    // Below the reserve no upload begins (507); the space left is for the audit log and the
+    // commits of deletes and moves, which free space.
+    st.reserve.check().map_err(|low| low.refusal())?;
     // An upload its precondition or a directory at its path refuses is refused before its
     // body is read, encrypted and written (checked again, atomically, at the commit). Small
     // bodies without a condition skip it: their refusal costs little, the lookup a PUT.
@@ -1309,6 +1332,9 @@ async fn write(
     // The upload's place among the blob files open (taken before the write that opens its
     // temporary file, kept to the end of its commit).
     let mut file_place = None;
+    // Body bytes since the free space was last checked: a large upload started above the
+    // reserve must not eat it (see `Reserve::check_during_upload`).
+    let mut unchecked = 0u64;
     loop {
         let Ok(next) = tokio::time::timeout(st.http.body_idle, stream.next()).await else {
             upload.abort().await;
@@ -1333,6 +1359,18 @@ async fn write(
         if let Err(e) = upload.write(&chunk).await {
             upload.abort().await;
             return Err(e.into());
+        }
+        unchecked += chunk.len() as u64;
+        if unchecked >= crate::reserve::UPLOAD_CHECK_EVERY {
+            unchecked = 0;
+            if let Err(low) = st.reserve.check_during_upload(upload.size()) {
+                tracing::warn!(
+                    reason = %low.reason(),
+                    "an upload was stopped: the free space would fall below half the reserve"
+                );
+                upload.abort().await;
+                return Err(low.upload_stopped());
+            }
         }
     }
     // An upload can last hours: its token, certificate binding and write access are checked

@@ -15,6 +15,7 @@
 //! - [`error`]: `ApiError`, the one mapping from failures to HTTP.
 //! - [`fsmetrics`]: per-filesystem gauges (files, bytes, rotation progress).
 //! - [`metrics_token`]: the bearer token `/_efs/metrics` requires.
+//! - [`reserve`]: the free-space reserve that refuses new data before the disk is full.
 
 #![warn(missing_docs)]
 
@@ -31,6 +32,7 @@ pub mod fsmetrics;
 pub mod http_headers;
 pub mod metrics_token;
 pub mod ratelimit;
+pub mod reserve;
 pub mod server;
 pub mod tls;
 pub mod users;

@@ -117,6 +117,12 @@ struct Args {
     /// TimeoutStopSec).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     shutdown_timeout: u64,
+    /// Free space kept on the data dir's volume, in bytes (and on the audit log's, when
+    /// DATA/system/audit is on another filesystem): below it, uploads and new directories are
+    /// refused (507 insufficient_storage), while reads, deletes, moves, logins and the audit log
+    /// go on working. Default: 5 % of the data dir's volume, at most 1 GiB; 0 turns it off.
+    #[arg(long, env = "EFS_RESERVE_SPACE", value_name = "BYTES", value_parser = efs_server::reserve::parse_reserve)]
+    reserve_space: Option<u64>,
     /// Write request paths to the log (they are personal data; off by default).
     #[arg(long)]
     log_paths: bool,
@@ -184,6 +190,7 @@ fn main() -> std::process::ExitCode {
         login_fail_window: Duration::from_secs(a.login_fail_window.max(1)),
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         metrics_token,
+        reserve_space: a.reserve_space,
     };
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()

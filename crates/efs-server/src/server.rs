@@ -94,6 +94,32 @@ pub struct ServerConfig {
     /// SHA-256 of the token `/_efs/metrics` requires ([`crate::metrics_token`]); `None`:
     /// metrics are off (and not recorded).
     pub metrics_token: Option<[u8; 32]>,
+    /// `--reserve-space`: bytes kept free on the data volume (and the audit log's), below
+    /// which requests that add data are refused; `None`: the default for the volume
+    /// ([`crate::reserve::default_reserve`]); `Some(0)`: off.
+    pub reserve_space: Option<u64>,
+}
+
+/// The start-up line saying the effective reserve (`--reserve-space`).
+fn reserve_line(reserve: &crate::reserve::Reserve, default: bool) -> String {
+    use crate::reserve::human;
+    if reserve.bytes() == 0 {
+        return "Free-space reserve: off (--reserve-space 0): a full disk fails the audit log, and then every request".to_owned();
+    }
+    format!(
+        "Free-space reserve: {}{} on the data volume{}: uploads and new directories are refused below it",
+        human(reserve.bytes()),
+        if default {
+            " (the default: 5 % of the volume, at most 1 GiB)"
+        } else {
+            ""
+        },
+        if reserve.watches_audit_volume() {
+            " and on the audit log's"
+        } else {
+            ""
+        }
+    )
 }
 
 /// Claims the check of every filesystem's index against its digest: from here on, that
@@ -149,6 +175,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let socket =
         bind_only(cfg.listen).with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let cache = ContentCache::new(cfg.cache);
+    let reserve_cell = Arc::new(std::sync::OnceLock::<crate::reserve::Reserve>::new());
     let opts = OpenOptions {
         fs: FsOptions {
             inline_max: cfg.inline_max,
@@ -164,6 +191,30 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             on_content_removed: (cfg.cache.capacity > 0).then(|| {
                 let cache = cache.clone();
                 efs_core::fs::ContentRemoved(Arc::new(move |v| cache.invalidate(v)))
+            }),
+            // A re-encryption stops below the reserve rather than fill the disk (set once the
+            // reserve is known, after the open: until then nothing is rewritten anyway, a
+            // resumed re-encryption waiting for the index check).
+            space_check: Some({
+                let reserve = reserve_cell.clone();
+                efs_core::fs::SpaceCheck(Arc::new(move |bytes| {
+                    match reserve.get() {
+                    Some(r) => r.check_before_writing(bytes).map_err(|low| {
+                        use crate::reserve::human;
+                        std::io::Error::new(
+                            std::io::ErrorKind::StorageFull,
+                            format!(
+                                "stopped at the free-space reserve: rewriting a file of {} would leave the {} {} free, below the {} reserve (--reserve-space); free space or grow the volume, and it resumes at the next start or reencrypt",
+                                human(bytes),
+                                low.what,
+                                human(low.free),
+                                human(low.reserve)
+                            ),
+                        )
+                    }),
+                    None => Ok(()),
+                }
+                }))
             }),
             ..Default::default()
         },
@@ -255,6 +306,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         // otherwise. Labels as where they are incremented.
         metrics::counter!("efs_connections_refused_total", "reason" => "per_address").absolute(0);
         metrics::counter!("efs_requests_refused_total", "reason" => "open_files").absolute(0);
+        metrics::counter!("efs_requests_refused_total", "reason" => "reserve").absolute(0);
         metrics::counter!("efs_accept_failures_total").absolute(0);
     }
     if let Some((h, _)) = metrics.clone() {
@@ -287,8 +339,17 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
+    let reserve = crate::reserve::Reserve::for_data_dir(&cfg.data, cfg.reserve_space)
+        .with_context(|| {
+            format!(
+                "cannot read the free space of {}'s volume (give --reserve-space BYTES, or 0 for no reserve)",
+                cfg.data.display()
+            )
+        })?;
+    let _ = reserve_cell.set(reserve.clone());
     let state = Arc::new(AppState {
         data: data.clone(),
+        reserve: Arc::new(reserve.clone()),
         auth: auth.clone(),
         users,
         cache,
@@ -390,6 +451,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         "max_renewals": cfg.max_renewals,
         "login_fail_window_secs": cfg.login_fail_window.as_secs(),
         "max_connections_per_address": cfg.http.max_conns_per_address,
+        "reserve_space": reserve.bytes(),
         "pid": std::process::id(),
     });
     if let Err(e) = record_server_event(&data, format!("server-start {start_options}")).await {
@@ -413,6 +475,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
+    println!("{}", reserve_line(&reserve, cfg.reserve_space.is_none()));
     println!("Admin socket: {}", data.admin_socket().display());
     println!("Listening on https://{local}");
     use std::io::Write;

@@ -13,7 +13,11 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{TestServer, assert_error, new_tempdir, pattern};
+use common::{TestServer, assert_error, audit_show, new_tempdir, pattern};
+use serde_json::Value;
+
+/// Server options that turn the free-space reserve off, for the tests of ENOSPC itself.
+const NO_RESERVE: &[&str] = &["--reserve-space", "0"];
 
 /// Unmounts on drop (after the server has stopped, so the mount is not busy).
 struct Mount(PathBuf);
@@ -41,6 +45,28 @@ fn mount_tmpfs(at: &Path, size: &str) -> Result<Mount, String> {
         Ok(Mount(at.to_path_buf()))
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_owned())
+    }
+}
+
+/// Fills the disk, then frees `free` bytes of the filler: the volume has about `free` bytes
+/// left (less what the server writes meanwhile).
+fn fill_leaving(filler: &Path, free: u64) {
+    let filled = fill(filler);
+    assert!(filled > free, "the filler wrote more than {free} bytes");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(filler)
+        .unwrap();
+    f.set_len(filled - free).unwrap();
+    f.sync_all().unwrap();
+}
+
+/// No partial write left in the blob stores' temporary directories.
+fn assert_no_partial_writes(data: &Path) {
+    for fs_dir in std::fs::read_dir(data.join("fs")).unwrap() {
+        let tmp = fs_dir.unwrap().path().join("blobs").join("tmp");
+        let left: Vec<_> = std::fs::read_dir(&tmp).unwrap().collect();
+        assert!(left.is_empty(), "partial writes left in {}", tmp.display());
     }
 }
 
@@ -92,7 +118,9 @@ async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_witho
     ) else {
         return;
     };
-    let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
+    // Without the free-space reserve, which would refuse these writes before the disk
+    // itself does: this test is about what the storage does at ENOSPC.
+    let mut srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
     srv.create_fs("files");
     let key = srv.create_user("app", &["files"], false);
     // The audit log on a filesystem of its own (docs/operations.md): on the full disk it
@@ -110,7 +138,7 @@ async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_witho
     assert!(copied.success());
     std::fs::remove_dir_all(&audit).unwrap();
     std::os::unix::fs::symlink(&elsewhere, &audit).unwrap();
-    let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
+    let mut srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
     let token = srv.login("app", &key, None).await;
 
     let big_v1 = pattern(3 << 20, 1);
@@ -177,7 +205,7 @@ async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_witho
 
     // And everything is still there after a restart.
     srv.stop().await;
-    let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
+    let mut srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
     let token = srv.login("app", &key, None).await;
     assert_eq!(srv.get_ok("/small.txt", &token).await, pattern(100, 4));
     assert_eq!(srv.get_ok("/keep.bin", &token).await, big_v2);
@@ -289,4 +317,204 @@ async fn a_full_audit_disk_refuses_everything_then_recovers_by_itself_once_space
     assert!(text.contains("anchor: matches the last entry"), "{text}");
     let shown = srv.efsctl_ok(&["audit", "show", "--path", "/c.txt"]);
     assert!(shown.contains("/c.txt"), "{shown}");
+}
+
+/// The free-space reserve with the audit log on the data disk (the default layout): below
+/// it, new data is refused with a clear 507, while reads, deletes, moves, logins, the health
+/// check and the audit log go on working; once space is freed, uploads work again.
+#[tokio::test]
+async fn below_the_reserve_uploads_are_507_while_reads_deletes_and_the_audit_log_go_on() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(&data, "the free-space reserve", "reserve.rs's unit tests")
+    else {
+        return;
+    };
+    let reserve = ["--reserve-space", "8388608"];
+    let mut srv = TestServer::start_in(dir.clone(), &reserve, &[]);
+    assert!(
+        srv.stdout()
+            .contains("Free-space reserve: 8.0 MiB on the data volume"),
+        "the effective reserve is printed at start: {}",
+        srv.stdout()
+    );
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    srv.put_ok("/keep.txt", &token, b"kept".to_vec()).await;
+    srv.put_ok("/gone.txt", &token, b"to delete".to_vec()).await;
+    srv.put_ok("/moved.txt", &token, b"to move".to_vec()).await;
+
+    // 4 MiB free: below the 8 MiB reserve, with room for the log and the index.
+    let filler = data.join("filler");
+    fill_leaving(&filler, 4 << 20);
+
+    let r = srv.put("/new.txt", &token, b"new".to_vec()).await;
+    let msg = assert_error(r, 507, "insufficient_storage").await;
+    assert!(msg.contains("data volume has"), "says what is low: {msg}");
+    assert!(msg.contains("below the 8.0 MiB reserve"), "{msg}");
+    assert!(msg.contains("free space or grow the volume"), "{msg}");
+    assert!(msg.contains("reads and deletes still work"), "{msg}");
+    let r = srv.req("MKCOL", "/newdir/", &token).send().await.unwrap();
+    assert_error(r, 507, "insufficient_storage").await;
+    assert_eq!(srv.get("/new.txt", &token).await.0, 404);
+
+    assert_eq!(srv.get_ok("/keep.txt", &token).await, b"kept");
+    let r = srv.req("DELETE", "/gone.txt", &token).send().await.unwrap();
+    assert_eq!(r.status(), 204);
+    let r = srv
+        .req("MOVE", "/moved.txt", &token)
+        .header("destination", "/was-moved.txt")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    assert_eq!(srv.get_ok("/was-moved.txt", &token).await, b"to move");
+    let token = srv.login("app", &key, None).await;
+
+    let r = srv
+        .client
+        .get(srv.url("/_efs/health"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let health: Value = r.json().await.unwrap();
+    assert_eq!(health["status"], "ok", "{health}");
+    let uploads = health["uploads"].as_str().unwrap_or_default();
+    assert!(
+        uploads.starts_with("refused: the data volume has"),
+        "{health}"
+    );
+    let out = srv.efsctl(&["health"]);
+    assert!(out.status.success(), "efsctl health still exits 0");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "ok");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("warning: uploads refused: the data volume"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // Space freed: uploads work again, without a restart, and the health check is plain.
+    std::fs::remove_file(&filler).unwrap();
+    let r = srv.put("/new.txt", &token, b"new".to_vec()).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    let health: Value = srv
+        .client
+        .get(srv.url("/_efs/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(health.get("uploads").is_none(), "{health}");
+
+    // The log holds every request, the refused ones with their 507.
+    srv.stop().await;
+    let status_of = |path: &str, action: &str| -> Vec<i64> {
+        audit_show(&srv, &["--path", path])
+            .iter()
+            .filter(|e| e["action"] == action)
+            .map(|e| e["status"].as_i64().unwrap())
+            .collect()
+    };
+    assert_eq!(status_of("/new.txt", "write"), [507, 201]);
+    assert_eq!(status_of("/newdir", "mkdir"), [507]);
+    assert_eq!(status_of("/gone.txt", "delete"), [204]);
+    assert!(status_of("/keep.txt", "read").contains(&200));
+    assert!(!srv.stderr().contains("the audit log cannot be written"));
+}
+
+/// A large upload that starts just above the reserve is stopped while its body arrives,
+/// before its buffers land in the reserve: 507, nothing stored, no partial blob left.
+#[tokio::test]
+async fn a_large_upload_started_just_above_the_reserve_is_stopped_before_it_eats_it() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "the free-space reserve during an upload",
+        "reserve.rs's unit tests",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "8388608"], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    srv.put_ok("/keep.txt", &token, b"kept".to_vec()).await;
+
+    // 9 MiB free: the upload may begin (above 8 MiB), but 16 MiB would eat the reserve.
+    let filler = data.join("filler");
+    fill_leaving(&filler, 9 << 20);
+    let r = srv.put("/big.bin", &token, pattern(16 << 20, 7)).await;
+    let msg = assert_error(r, 507, "insufficient_storage").await;
+    assert!(msg.contains("upload was stopped"), "{msg}");
+    assert!(msg.contains("below half the 8.0 MiB reserve"), "{msg}");
+    assert!(msg.contains("reads and deletes still work"), "{msg}");
+
+    assert_eq!(srv.get("/big.bin", &token).await.0, 404);
+    assert_no_partial_writes(&data);
+    // The reserve held: the audit log never failed, and the server serves on.
+    assert_eq!(srv.get_ok("/keep.txt", &token).await, b"kept");
+    assert!(!srv.stderr().contains("the audit log cannot be written"));
+
+    std::fs::remove_file(&filler).unwrap();
+    srv.put_ok("/big.bin", &token, pattern(16 << 20, 7)).await;
+    srv.stop().await;
+    let statuses: Vec<i64> = audit_show(&srv, &["--path", "/big.bin"])
+        .iter()
+        .filter(|e| e["action"] == "write")
+        .map(|e| e["status"].as_i64().unwrap())
+        .collect();
+    assert!(
+        statuses == [507, 201] || statuses == [507, 200],
+        "{statuses:?}"
+    );
+}
+
+/// A re-encryption (a background job that writes every file again) stops at the reserve
+/// rather than fill the disk, says why, and resumes once space is freed.
+#[tokio::test]
+async fn a_reencryption_stops_at_the_reserve_and_resumes_once_space_is_freed() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "the free-space reserve of a re-encryption",
+        "reserve.rs's unit tests",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "8388608"], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    let content = pattern(6 << 20, 9);
+    srv.put_ok("/six.bin", &token, content.clone()).await;
+
+    // 12 MiB free: above the reserve (uploads work), but a rewritten copy of the 6 MiB file
+    // would leave 6 MiB.
+    let filler = data.join("filler");
+    fill_leaving(&filler, 12 << 20);
+    let out = srv.efsctl(&["reencrypt", "--fs", "files", "--wait"]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("free-space reserve"), "{text}");
+    assert!(text.contains("below the 8.0 MiB reserve"), "{text}");
+    let st: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["status", "--fs", "files", "--json"])).unwrap();
+    assert_eq!(st[0]["reencryption"]["state"], "running", "resumable: {st}");
+    assert_eq!(srv.get_ok("/six.bin", &token).await, content);
+
+    std::fs::remove_file(&filler).unwrap();
+    let out = srv.efsctl_ok(&["reencrypt", "--fs", "files", "--wait"]);
+    assert!(out.contains("resuming"), "{out}");
+    let st: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["status", "--fs", "files", "--json"])).unwrap();
+    assert_eq!(st[0]["reencryption"]["state"], "done", "{st}");
+    assert_eq!(srv.get_ok("/six.bin", &token).await, content);
+    srv.stop().await;
 }

@@ -160,7 +160,8 @@ enum Cmd {
     /// recreates the users with their keys.
     ListUsers,
     /// Check that efs-server runs on this data dir and can serve (for container health
-    /// checks): exit 0 and "ok", else 1. Not recorded in the audit log.
+    /// checks): exit 0 and "ok", else 1. Not recorded in the audit log. Below the free-space
+    /// reserve (--reserve-space) it still exits 0, with a warning that uploads are refused.
     Health,
     /// Bind a client certificate to a user: from then on it logs in only over a connection
     /// presenting that certificate, which needs efs-server --client-ca (a running server
@@ -1000,6 +1001,13 @@ fn health(data: &Path, json: bool) -> anyhow::Result<u8> {
                 say!("{}", serde_json::to_string_pretty(&resp.data)?);
             } else {
                 say!("ok");
+            }
+            // Below the free-space reserve: still healthy (reads and deletes are served, and
+            // a container health check must not restart the server for it), but said.
+            if let Some(refused) = resp.data.get("uploads").and_then(|v| v.as_str()) {
+                eprintln!(
+                    "warning: uploads {refused}; free space or grow the volume (reads and deletes still work)"
+                );
             }
             Ok(0)
         }
