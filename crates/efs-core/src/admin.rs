@@ -96,6 +96,9 @@ pub enum AdminRequest {
     },
     /// Empty the server's decrypted cache (server only).
     CacheClear,
+    /// Read the server's `--tls-cert` and `--tls-key` again and serve them from the next
+    /// handshake on (server only: answered by the server, which holds the certificate).
+    ReloadTls,
     /// Add a keyring term and rewrap every data key to it (in the background unless
     /// `wait`).
     RotateKey {
@@ -242,6 +245,9 @@ impl std::fmt::Debug for SentKeyPart {
             .finish_non_exhaustive()
     }
 }
+
+/// Why `reload-tls` fails with no server running: only a running server holds a certificate.
+pub const NO_SERVER_TO_RELOAD: &str = "no server is running on this data dir: there is no TLS certificate to reload; the next start reads the --tls-cert and --tls-key files";
 
 /// Entries `efsctl audit show` returns unless told otherwise.
 pub const AUDIT_SHOW_DEFAULT: u64 = 1_000;
@@ -405,7 +411,7 @@ pub async fn record_admin_failed(
 }
 
 /// [`record_admin`] with the command's result appended to the entry's detail (JSON).
-async fn record_admin_with(
+pub async fn record_admin_with(
     dd: &DataDir,
     op: &Operator,
     req: &AdminRequest,
@@ -1037,6 +1043,9 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 ));
             }
         },
+        AdminRequest::ReloadTls => {
+            return Err(CoreError::Invalid(NO_SERVER_TO_RELOAD.into()));
+        }
         AdminRequest::CacheClear => AdminResponse::ok(
             vec!["No server is running: there is no cache to clear".into()],
             serde_json::json!({ "cleared": false, "reason": "no server is running" }),

@@ -299,6 +299,9 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
         }
         return AdminResponse::err(refused.to_owned());
     }
+    if matches!(req, AdminRequest::ReloadTls) {
+        return reload_tls(st, op).await;
+    }
     if matches!(req, AdminRequest::CacheClear) {
         if let Err(e) = admin::record_admin(&st.data, op, &req, true).await {
             return AdminResponse::err(e.to_string());
@@ -402,6 +405,67 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
             Ok(panic) => std::panic::resume_unwind(panic),
             Err(_) => AdminResponse::err("the server is shutting down".to_owned()),
         },
+    }
+}
+
+/// `efsctl reload-tls` and SIGHUP: reads `--tls-cert` and `--tls-key` again and serves them
+/// from the next handshake on ([`crate::tls::ServedCert::reload`]); on any failure the
+/// certificate served stays. Recorded with the fingerprints before and after (or the
+/// error); never a key.
+pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
+    let req = AdminRequest::ReloadTls;
+    // As every admin command: none runs once the shutdown closes the audit log.
+    let _tracked = st.detached.token();
+    if st.detached.is_closed() {
+        return AdminResponse::err("the server is shutting down".to_owned());
+    }
+    // Fail closed, as every admin command: no certificate is replaced unrecorded.
+    if st.data.audit().is_failed() {
+        return AdminResponse::err(efs_core::audit::AuditError::Failed.to_string());
+    }
+    let cert = st.served_cert.clone();
+    let outcome = match tokio::task::spawn_blocking(move || cert.reload()).await {
+        Ok(r) => r,
+        Err(e) => match e.try_into_panic() {
+            Ok(panic) => std::panic::resume_unwind(panic),
+            Err(_) => return AdminResponse::err("the server is shutting down".to_owned()),
+        },
+    };
+    let r = match outcome {
+        Ok(r) => r,
+        Err(e) => {
+            let error = e.to_string();
+            if let Err(e) = admin::record_admin_failed(&st.data, op, &req, &error).await {
+                return AdminResponse::err(format!(
+                    "{e} (the certificate was not reloaded: {error})"
+                ));
+            }
+            return AdminResponse::err(error);
+        }
+    };
+    let not_after = crate::tls::utc(r.not_after);
+    let data = serde_json::json!({
+        "reloaded": true,
+        "old_sha256": r.old_sha256,
+        "new_sha256": r.new_sha256,
+        "not_after": not_after,
+    });
+    let mut lines = vec![format!(
+        "Reloaded the TLS certificate: SHA-256 fingerprint {}, valid until {not_after} (was {}); new connections get it, open ones keep theirs",
+        r.new_sha256, r.old_sha256
+    )];
+    lines.extend(r.warning);
+    if let Err(e) = admin::record_admin_with(&st.data, op, &req, true, Some(&data)).await {
+        return AdminResponse::err(format!(
+            "{e} (the certificate was reloaded: {})",
+            r.new_sha256
+        ));
+    }
+    AdminResponse {
+        ok: true,
+        lines,
+        data,
+        ..Default::default()
     }
 }
 

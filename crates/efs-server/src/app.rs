@@ -114,6 +114,8 @@ pub struct AppState {
     /// connection presents a certificate, and `efsctl bind-cert` is refused (a user bound to
     /// a certificate could never log in).
     pub client_ca: bool,
+    /// The TLS certificate served, replaced by `efsctl reload-tls` and SIGHUP.
+    pub served_cert: Arc<crate::tls::ServedCert>,
 }
 
 /// `Retry-After` of a request refused for want of a blob-file place: places free as

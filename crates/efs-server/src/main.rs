@@ -39,7 +39,9 @@ struct Args {
     /// A key part: env:NAME, file:PATH or passphrase. Repeat for several.
     #[arg(long = "key-part", value_name = "SPEC", value_parser = parse_part)]
     key_parts: Vec<KeyPartSpec>,
-    /// TLS certificate chain (PEM). Without it a self-signed one is generated once.
+    /// TLS certificate chain (PEM). Without it a self-signed one is generated once. Read
+    /// again with --tls-key on SIGHUP or `efsctl reload-tls` (a renewed certificate, served
+    /// without a restart; see docs/operations.md).
     #[arg(long, requires = "tls_key")]
     tls_cert: Option<PathBuf>,
     /// TLS private key (PEM).

@@ -2,7 +2,8 @@
 //!
 //! Shutdown protocol: on SIGTERM or Ctrl-C the listener stops accepting, every open
 //! connection is told to finish its in-flight requests (hyper's graceful shutdown), and the
-//! process waits for them at most [`ServerConfig::shutdown_timeout`].
+//! process waits for them at most [`ServerConfig::shutdown_timeout`]. SIGHUP reloads the
+//! TLS certificate ([`crate::tls::ServedCert::reload`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -286,7 +287,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     };
     let fingerprint = material.fingerprint();
     let generated = material.generated;
-    let tls = crate::tls::server_config(material, cfg.client_ca.as_deref())?;
+    let served_cert = crate::tls::ServedCert::new(material, cfg.tls.clone())?;
+    let tls = crate::tls::server_config(served_cert.clone(), cfg.client_ca.as_deref())?;
 
     // Buckets make the latency series Prometheus histograms (without them the exporter
     // renders summaries, which cannot be aggregated across servers).
@@ -378,6 +380,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 .max_blob_files
                 .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
         )),
+        served_cert,
     });
     let detached = state.detached.clone();
 
@@ -431,6 +434,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         }
     );
     let signal = shutdown_signal()?;
+    // Installed with the shutdown handlers, before "Listening on": SIGHUP's default action
+    // would end the server.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing a SIGHUP handler")?;
     // Before the first request is accepted: a log that cannot take it stops the start.
     let started = std::time::Instant::now();
     let start_options = serde_json::json!({
@@ -475,6 +482,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
+    // After the start entry: a reload's entry follows it.
+    tokio::spawn(reload_on_hangup(hangups, state.clone()));
     println!("{}", reserve_line(&reserve, cfg.reserve_space.is_none()));
     println!("Admin socket: {}", data.admin_socket().display());
     println!("Listening on https://{local}");
@@ -595,6 +604,33 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
             _ = int.recv() => {},
         }
     })
+}
+
+/// Reloads the TLS certificate at each SIGHUP (as `efsctl reload-tls` does, recorded as
+/// done by the server's account through `signal`): the outcome goes to stdout on success,
+/// to the log at error level on failure, since a signal has no one to answer.
+async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<AppState>) {
+    let op = efs_core::admin::Operator {
+        user: format!("server:uid:{}", rustix::process::getuid().as_raw()),
+        via: "signal".into(),
+    };
+    while hangups.recv().await.is_some() {
+        let r = crate::admin_socket::reload_tls(&state, &op).await;
+        if r.ok {
+            for l in &r.lines {
+                if l.starts_with("WARNING: ") {
+                    tracing::warn!("SIGHUP: {l}");
+                } else {
+                    println!("SIGHUP: {l}");
+                }
+            }
+        } else {
+            tracing::error!(
+                "SIGHUP: the TLS certificate was not reloaded: {}",
+                r.error.as_deref().unwrap_or("failed")
+            );
+        }
+    }
 }
 
 async fn serve(

@@ -1,16 +1,20 @@
 //! TLS set-up: a certificate given by the operator, or a self-signed one generated at the
 //! first start (its private key stored sealed under the starter key, its certificate also
 //! written in clear to `system/tls-cert.pem` for clients' `--cacert`); optional client
-//! certificates (mutual TLS) checked against a CA.
+//! certificates (mutual TLS) checked against a CA. The operator's certificate can be replaced
+//! while the server runs ([`ServedCert::reload`]: SIGHUP, `efsctl reload-tls`).
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Context, bail};
 use efs_core::DataDir;
 use efs_core::datadir::{SECRET_TLS_CERT, SECRET_TLS_KEY};
 use rustls::ServerConfig;
+use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use sha2::{Digest, Sha256};
 
 /// The certificate chain and key in use, and its fingerprint.
@@ -183,12 +187,13 @@ fn pem_encode(der: &[u8]) -> String {
     out
 }
 
-/// The rustls configuration; with `client_ca`, a client certificate signed by it is required.
+/// The rustls configuration, serving `cert`; with `client_ca`, a client certificate signed
+/// by it is required.
 pub fn server_config(
-    material: TlsMaterial,
+    cert: Arc<ServedCert>,
     client_ca: Option<&Path>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let provider = cert.provider.clone();
     let builder = ServerConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .context("TLS protocol versions")?;
@@ -218,11 +223,225 @@ pub fn server_config(
             builder.with_client_cert_verifier(verifier)
         }
     };
-    // rustls parses the key from a `Zeroizing` wrapper of the DER (`AwsLcRs::load_private_key`),
-    // so the DER handed over is wiped once parsed; aws-lc holds the parsed key.
-    let mut cfg = builder
-        .with_single_cert(material.certs, material.key)
-        .context("the TLS certificate and key do not match or are unsupported")?;
+    let mut cfg = builder.with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// Warn when a certificate loaded by a reload expires within this many days: Let's Encrypt
+/// renews 30 days before the end, so a certificate this close to it was not renewed.
+pub const EXPIRY_WARNING_DAYS: i64 = 14;
+
+/// The certificate the server serves, read at every handshake: a reload replaces it for
+/// the handshakes after it; connections already established keep the one they began with
+/// (a TLS session never looks at the certificate again).
+pub struct ServedCert {
+    /// The certificate and its parsed key, with its fingerprint.
+    current: RwLock<(Arc<CertifiedKey>, String)>,
+    /// `--tls-cert` and `--tls-key`, read again by a reload; `None`: the generated
+    /// certificate, which lives in the system database and is not reloaded.
+    files: Option<(PathBuf, PathBuf)>,
+    provider: Arc<CryptoProvider>,
+    /// One reload at a time: two at once could each report the other's certificate as the
+    /// one replaced.
+    reloading: Mutex<()>,
+}
+
+impl std::fmt::Debug for ServedCert {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedCert")
+            .field("sha256", &self.fingerprint())
+            .field("generated", &self.files.is_none())
+            .finish_non_exhaustive()
+    }
+}
+
+impl ResolvesServerCert for ServedCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.read().0.clone())
+    }
+}
+
+/// What a reload installed.
+#[derive(Debug, Clone)]
+pub struct Reloaded {
+    /// Fingerprint of the certificate served before.
+    pub old_sha256: String,
+    /// Fingerprint of the certificate served now.
+    pub new_sha256: String,
+    /// The new certificate's last valid moment (UTC).
+    pub not_after: time::OffsetDateTime,
+    /// Set when it expires within [`EXPIRY_WARNING_DAYS`].
+    pub warning: Option<String>,
+}
+
+/// Why a reload installed nothing. The certificate served before stays served.
+#[derive(Debug, thiserror::Error)]
+pub enum ReloadError {
+    /// The server serves the certificate it generated: there are no files to read again.
+    #[error(
+        "this server serves the certificate it generated (started without --tls-cert): there is nothing to reload. The generated certificate lives in the data dir's system database; to serve your own, restart efs-server with --tls-cert and --tls-key"
+    )]
+    Generated,
+    /// The files did not hold a certificate and key the server can serve now.
+    #[error("{0:#}; the server keeps serving the certificate SHA-256 {1}")]
+    Refused(anyhow::Error, String),
+}
+
+impl ServedCert {
+    /// The certificate loaded at the start. `files`: where it was read from (`--tls-cert`,
+    /// `--tls-key`), `None` for the generated one. Not checked for expiry: a server with an
+    /// expired certificate still starts (clients refuse it; the operator renews and reloads).
+    pub fn new(
+        material: TlsMaterial,
+        files: Option<(PathBuf, PathBuf)>,
+    ) -> anyhow::Result<Arc<Self>> {
+        let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let fingerprint = material.fingerprint();
+        // rustls parses the key from a `Zeroizing` wrapper of the DER
+        // (`AwsLcRs::load_private_key`), so the DER handed over is wiped once parsed; aws-lc
+        // holds the parsed key.
+        let key = CertifiedKey::from_der(material.certs, material.key, &provider)
+            .context("the TLS certificate and key do not match or are unsupported")?;
+        Ok(Arc::new(Self {
+            current: RwLock::new((Arc::new(key), fingerprint)),
+            files,
+            provider,
+            reloading: Mutex::new(()),
+        }))
+    }
+
+    /// SHA-256 fingerprint of the certificate served now.
+    pub fn fingerprint(&self) -> String {
+        self.read().1.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<CertifiedKey>, String)> {
+        // A panic while holding the lock cannot leave the pair half-written (it is replaced
+        // whole): the value is still good.
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads `--tls-cert` and `--tls-key` again and serves them from the next handshake on,
+    /// if they hold what the start would accept, a key of the certificate, and a certificate
+    /// valid now. Otherwise nothing changes. Blocking (reads files).
+    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
+        let Some((cert, key)) = &self.files else {
+            return Err(ReloadError::Generated);
+        };
+        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
+        let old_sha256 = self.fingerprint();
+        let refused = |e: anyhow::Error| ReloadError::Refused(e, old_sha256.clone());
+        let material = load_pem(cert, key).map_err(refused)?;
+        let new_sha256 = material.fingerprint();
+        let validity = check_validity(&material.certs[0], time::OffsetDateTime::now_utc())
+            .with_context(|| format!("--tls-cert {}", cert.display()))
+            .map_err(refused)?;
+        let certified = CertifiedKey::from_der(material.certs, material.key, &self.provider)
+            .map_err(|e| match e {
+                rustls::Error::InconsistentKeys(_) => anyhow::anyhow!(
+                    "--tls-key {} is not the key of the certificate in --tls-cert {} (their public keys differ): give the key the certificate was issued for",
+                    key.display(),
+                    cert.display()
+                ),
+                e => anyhow::anyhow!("--tls-key {}: unsupported key ({e})", key.display()),
+            })
+            .map_err(refused)?;
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            (Arc::new(certified), new_sha256.clone());
+        Ok(Reloaded {
+            old_sha256,
+            new_sha256,
+            not_after: validity.not_after,
+            warning: validity.warning,
+        })
+    }
+}
+
+/// A certificate's validity period, and a warning when it ends soon.
+#[derive(Debug)]
+struct Validity {
+    not_after: time::OffsetDateTime,
+    warning: Option<String>,
+}
+
+/// Refuses a certificate that is not valid at `now` (expired, or not yet valid); warns when
+/// it expires within [`EXPIRY_WARNING_DAYS`].
+fn check_validity(der: &CertificateDer<'_>, now: time::OffsetDateTime) -> anyhow::Result<Validity> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
+        .map_err(|e| anyhow::anyhow!("the certificate does not parse as X.509 ({e})"))?;
+    let v = cert.validity();
+    let (not_before, not_after) = (v.not_before.to_datetime(), v.not_after.to_datetime());
+    if now < not_before {
+        bail!(
+            "the certificate is not valid yet: valid from {} (now {}); is this machine's clock right?",
+            utc(not_before),
+            utc(now)
+        );
+    }
+    if now > not_after {
+        bail!(
+            "the certificate expired on {}: renew it first",
+            utc(not_after)
+        );
+    }
+    let left = not_after - now;
+    let warning = (left < time::Duration::days(EXPIRY_WARNING_DAYS)).then(|| {
+        format!(
+            "WARNING: the new certificate expires in {} days, on {}: renew it soon",
+            left.whole_days(),
+            utc(not_after)
+        )
+    });
+    Ok(Validity { not_after, warning })
+}
+
+/// RFC 3339, UTC, whole seconds.
+pub fn utc(t: time::OffsetDateTime) -> String {
+    let t = t
+        .to_offset(time::UtcOffset::UTC)
+        .replace_nanosecond(0)
+        .unwrap_or(t);
+    t.format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_else(|_| t.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cert(
+        not_before: time::OffsetDateTime,
+        not_after: time::OffsetDateTime,
+    ) -> CertificateDer<'static> {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+        params.not_before = not_before;
+        params.not_after = not_after;
+        params.self_signed(&key).unwrap().der().clone()
+    }
+
+    #[test]
+    fn validity_refuses_expired_and_future_certificates_and_warns_near_the_end() {
+        let now = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap();
+        let day = time::Duration::days(1);
+        let e = check_validity(&cert(now - 90 * day, now - day), now).unwrap_err();
+        assert!(e.to_string().contains("expired on"), "{e}");
+        let e = check_validity(&cert(now + day, now + 90 * day), now).unwrap_err();
+        assert!(e.to_string().contains("not valid yet"), "{e}");
+        let ok = check_validity(&cert(now - day, now + 60 * day), now).unwrap();
+        assert!(ok.warning.is_none());
+        assert_eq!(ok.not_after, now + 60 * day);
+        let soon = check_validity(&cert(now - day, now + 13 * day), now).unwrap();
+        let w = soon.warning.unwrap();
+        assert!(
+            w.starts_with("WARNING: ") && w.contains("expires in 13 days"),
+            "{w}"
+        );
+        // The last second of its validity still counts.
+        assert!(check_validity(&cert(now - day, now), now).is_ok());
+        assert!(check_validity(&CertificateDer::from(vec![0x30, 0x00]), now).is_err());
+    }
 }

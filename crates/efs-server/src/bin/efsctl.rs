@@ -56,6 +56,7 @@ macro_rules! say {
   efsctl --data ./efs-data rotate-signing-key          # server stopped: new token-signing key and server identity
   efsctl --data ./efs-data audit show --path /patients/173/prescription.pdf --since 7d
   efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
+  efsctl --data ./efs-data reload-tls                  # serve the renewed --tls-cert/--tls-key files
 
 Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found problems (or audit show
 met a broken chain, a backup --skip-damaged or the restore of one left damaged entries out, or
@@ -224,6 +225,17 @@ enum Cmd {
     },
     /// Empty the running server's decrypted cache and its remembered path lookups.
     CacheClear,
+    /// Make the running server serve its renewed --tls-cert and --tls-key files, without a
+    /// restart (as SIGHUP does).
+    ///
+    /// The server reads both files again and serves them from the next TLS handshake on; open
+    /// connections keep the certificate they began with. Checked first: a PEM certificate and
+    /// key, the key of that certificate, the certificate valid now. On any failure the server
+    /// keeps serving the certificate it had, and efsctl exits 1 naming the problem. Prints the
+    /// new certificate's SHA-256 fingerprint and end of validity (a WARNING when that is
+    /// within 14 days). Refused with the generated certificate (no --tls-cert) and with no
+    /// server running.
+    ReloadTls,
     /// Rotate a filesystem's key: add a keyring term (new writes use it at once) and
     /// rewrap every file's data key to it in the background, without touching content.
     /// Resumable: an interrupted rotation continues at the next start. Old terms are kept.
@@ -589,6 +601,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
             grace_secs: grace,
         },
         Cmd::CacheClear => AdminRequest::CacheClear,
+        Cmd::ReloadTls => AdminRequest::ReloadTls,
         Cmd::RotateKey { fs, wait } => AdminRequest::RotateKey { fs, wait },
         Cmd::Status { fs } => AdminRequest::Status { fs },
         Cmd::AcceptSystem => AdminRequest::AcceptSystem,
@@ -768,6 +781,10 @@ fn send(
                     sock.display()
                 ))
                 .into());
+            }
+            if matches!(req, AdminRequest::ReloadTls) {
+                // Only a running server holds a certificate; the data dir is not opened.
+                return Err(NotDelivered(efs_core::admin::NO_SERVER_TO_RELOAD.to_owned()).into());
             }
             refuse_root_on_anothers_data_dir(data)?;
             if !is_data_dir(data)? {

@@ -1,0 +1,391 @@
+//! Renewing the operator's certificate without a restart: `efsctl reload-tls` and SIGHUP make
+//! the server read `--tls-cert`/`--tls-key` again and serve them from the next handshake on,
+//! while open connections keep answering; a reload that fails keeps the certificate served.
+//! Certificates are made with the openssl CLI, and what a new handshake is served is read
+//! with `openssl s_client`.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("running openssl (installed by scripts/test.sh)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed P-256 server certificate for localhost and 127.0.0.1, valid 30 days:
+/// `NAME.pem` and `NAME.key`.
+fn make_cert(dir: &Path, name: &str) {
+    openssl(
+        dir,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &format!("{name}.key"),
+            "-out",
+            &format!("{name}.pem"),
+            "-days",
+            "30",
+            "-subj",
+            &format!("/CN=localhost {name}"),
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            // Not a CA: a client refuses a CA's certificate as a server's.
+            "-addext",
+            "basicConstraints=critical,CA:FALSE",
+        ],
+    );
+}
+
+/// The SHA-256 fingerprint of the certificate in `file`, as the server prints it.
+fn fingerprint_of(file: &Path) -> String {
+    let pem = std::fs::read(file).unwrap();
+    let cert = rustls_pemfile::certs(&mut &pem[..])
+        .next()
+        .expect("a certificate")
+        .unwrap();
+    efs_server::tls::fingerprint(&cert)
+}
+
+/// Puts certificate `name` (and its key, or `key`'s) where the server reads them, as certbot
+/// does: whole files renamed into place.
+fn install(dir: &Path, cert: &str, key: &str) {
+    for (from, to) in [
+        (format!("{cert}.pem"), "served.pem"),
+        (format!("{key}.key"), "served.key"),
+    ] {
+        std::fs::copy(dir.join(&from), dir.join("next")).unwrap();
+        std::fs::rename(dir.join("next"), dir.join(to)).unwrap();
+    }
+}
+
+/// The fingerprint of the certificate a new handshake is served (`openssl s_client`).
+fn served_fingerprint(srv: &TestServer) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-connect", &srv.addr.to_string()])
+        .args(["-servername", "localhost"])
+        .stdin(Stdio::null())
+        .output()
+        .expect("running openssl s_client");
+    let cert = rustls_pemfile::certs(&mut &out.stdout[..])
+        .next()
+        .unwrap_or_else(|| {
+            panic!(
+                "no certificate from s_client: {}\n{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            )
+        })
+        .unwrap();
+    efs_server::tls::fingerprint(&cert)
+}
+
+/// Waits until new handshakes get `want` (a SIGHUP is handled a moment after it is sent).
+fn wait_served(srv: &TestServer, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let got = served_fingerprint(srv);
+        if got == want {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "still served {got}, not {want}\n{}",
+            srv.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn hangup(srv: &TestServer) {
+    let pid = srv.pid().expect("the server runs").to_string();
+    let ok = Command::new("kill")
+        .args(["-HUP", &pid])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -HUP {pid}");
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// `efsctl reload-tls` failed (exit 1) with `what` in its message; the server still serves
+/// `served`.
+fn reload_refused(srv: &TestServer, what: &str, served: &str) -> String {
+    let o = srv.efsctl(&["reload-tls"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "stdout {out}\nstderr {err}");
+    assert!(err.contains(what), "{what:?} not in: {err}");
+    assert!(
+        err.contains(served),
+        "the error names the certificate kept: {err}"
+    );
+    assert_eq!(served_fingerprint(srv), served);
+    err
+}
+
+/// The admin entries of `reload-tls`, oldest first: (user, client, status, detail JSON).
+fn reload_entries(srv: &TestServer) -> Vec<(String, String, u64, Value)> {
+    audit_show(srv, &["--action", "admin"])
+        .iter()
+        .filter_map(|e| {
+            let d = e["detail"].as_str()?;
+            let json = d.strip_prefix("reload-tls ")?;
+            Some((
+                e["user"].as_str().unwrap_or_default().to_owned(),
+                e["client"].as_str().unwrap_or_default().to_owned(),
+                e["status"].as_u64().unwrap_or_default(),
+                serde_json::from_str(json).unwrap(),
+            ))
+        })
+        .collect()
+}
+
+/// Certificate A at the start; B through `efsctl reload-tls`, C through SIGHUP: each new
+/// handshake gets the new one, the command prints it, and a connection opened under A still
+/// answers. Then reloads that must fail (a key of another certificate, garbage, a missing
+/// file, an expired certificate) keep C served and say what is wrong. Every reload is in the
+/// audit log with its fingerprints or its error, and never with key material.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewed_certificate_is_served_without_a_restart() {
+    let dir = Arc::new(new_tempdir());
+    let d = dir.path();
+    for name in ["a", "b", "c"] {
+        make_cert(d, name);
+    }
+    let (fp_a, fp_b, fp_c) = (
+        fingerprint_of(&d.join("a.pem")),
+        fingerprint_of(&d.join("b.pem")),
+        fingerprint_of(&d.join("c.pem")),
+    );
+    install(d, "a", "a");
+    let cert = d.join("served.pem");
+    let key = d.join("served.key");
+    let srv = TestServer::start_in(
+        dir.clone(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    assert_eq!(srv.fingerprint, fp_a);
+    assert_eq!(served_fingerprint(&srv), fp_a);
+    // A connection opened under A, kept open by the client's pool. The client trusts A only:
+    // a request of it after the reload succeeds only on this same connection.
+    let health = srv.url("/_efs/health");
+    let r = srv.client.get(&health).send().await.unwrap();
+    assert!(r.status().is_success(), "{r:?}");
+    r.bytes().await.unwrap();
+
+    install(d, "b", "b");
+    let o = srv.efsctl(&["reload-tls"]);
+    let (out, err) = text(&o);
+    assert!(o.status.success(), "stdout {out}\nstderr {err}");
+    assert!(
+        out.contains(&fp_b),
+        "efsctl prints the new fingerprint: {out}"
+    );
+    assert_eq!(served_fingerprint(&srv), fp_b, "a new handshake gets B");
+    let r = srv.client.get(&health).send().await.unwrap();
+    assert!(
+        r.status().is_success(),
+        "the connection opened under A answers"
+    );
+    // A new connection trusting only A is refused now (so the request above did use the
+    // old connection).
+    assert!(
+        client_trusting(&srv.cert_pem)
+            .get(&health)
+            .send()
+            .await
+            .is_err()
+    );
+
+    install(d, "c", "c");
+    hangup(&srv);
+    wait_served(&srv, &fp_c);
+    assert!(
+        srv.stdout().contains(&format!(
+            "SIGHUP: Reloaded the TLS certificate: SHA-256 fingerprint {fp_c}"
+        )),
+        "{}",
+        srv.stdout()
+    );
+    // --json: the fingerprints as data.
+    let v: Value = serde_json::from_str(&srv.efsctl_ok(&["--json", "reload-tls"])).unwrap();
+    assert_eq!(v["old_sha256"], fp_c.as_str(), "{v}");
+    assert_eq!(v["new_sha256"], fp_c.as_str(), "{v}");
+    assert!(
+        v["not_after"].as_str().is_some_and(|t| t.ends_with('Z')),
+        "{v}"
+    );
+
+    // Failures: C stays.
+    install(d, "c", "a");
+    reload_refused(&srv, "is not the key of the certificate", &fp_c);
+    std::fs::write(&cert, "not a certificate\n").unwrap();
+    reload_refused(&srv, "holds no certificate", &fp_c);
+    install(d, "c", "c");
+    std::fs::remove_file(&key).unwrap();
+    reload_refused(&srv, "cannot open --tls-key", &fp_c);
+    // A SIGHUP that fails is logged at error level; the server goes on serving C.
+    hangup(&srv);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !srv
+        .stderr()
+        .contains("SIGHUP: the TLS certificate was not reloaded")
+    {
+        assert!(
+            Instant::now() < deadline,
+            "no error logged: {}",
+            srv.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(srv.stderr().contains("ERROR"), "{}", srv.stderr());
+    assert_eq!(served_fingerprint(&srv), fp_c);
+    // An expired certificate with its own key.
+    let expired = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(90);
+    params.not_after = now - time::Duration::days(1);
+    let old = params.self_signed(&expired).unwrap();
+    std::fs::write(&cert, old.pem()).unwrap();
+    std::fs::write(&key, expired.serialize_pem()).unwrap();
+    reload_refused(&srv, "the certificate expired on", &fp_c);
+
+    // The start names the certificate it began with.
+    let start = audit_show(&srv, &["--action", "admin"])
+        .iter()
+        .find_map(|e| {
+            e["detail"]
+                .as_str()?
+                .strip_prefix("server-start ")
+                .map(str::to_owned)
+        })
+        .expect("a server-start entry");
+    let start: Value = serde_json::from_str(&start).unwrap();
+    assert_eq!(start["tls_cert_sha256"], fp_a.as_str(), "{start}");
+    assert_eq!(start["tls_cert"], "given", "{start}");
+
+    let entries = reload_entries(&srv);
+    let key_pem = std::fs::read_to_string(d.join("c.key")).unwrap();
+    for (_, _, _, detail) in &entries {
+        let s = detail.to_string();
+        assert!(
+            !s.contains("PRIVATE KEY") && !s.contains(&key_pem[40..80]),
+            "{s}"
+        );
+    }
+    let ok: Vec<_> = entries.iter().filter(|e| e.2 == 200).collect();
+    assert_eq!(ok.len(), 3, "{entries:#?}");
+    assert!(
+        ok[0].0.starts_with("uid:") && ok[0].1 == "admin-socket",
+        "{:?}",
+        ok[0]
+    );
+    assert_eq!(ok[0].3["old_sha256"], fp_a.as_str());
+    assert_eq!(ok[0].3["new_sha256"], fp_b.as_str());
+    // The SIGHUP: done by the server's own account, through a signal.
+    assert!(
+        ok[1].0.starts_with("server:uid:") && ok[1].1 == "signal",
+        "{:?}",
+        ok[1]
+    );
+    assert_eq!(ok[1].3["old_sha256"], fp_b.as_str());
+    assert_eq!(ok[1].3["new_sha256"], fp_c.as_str());
+    let failed: Vec<_> = entries.iter().filter(|e| e.2 == 400).collect();
+    assert_eq!(failed.len(), 5, "{entries:#?}");
+    for (i, what) in [
+        "is not the key of the certificate",
+        "holds no certificate",
+        "cannot open --tls-key",
+        "cannot open --tls-key",
+        "expired on",
+    ]
+    .iter()
+    .enumerate()
+    {
+        let e = failed[i].3["error"].as_str().unwrap_or_default();
+        assert!(e.contains(what) && e.contains(&fp_c), "{what:?}: {e}");
+    }
+    assert_eq!(failed[3].1, "signal");
+}
+
+/// A server serving the certificate it generated has nothing to reload: `efsctl reload-tls`
+/// says so (exit 1), SIGHUP logs it and the server goes on serving the same certificate.
+/// With no server running, reload-tls fails without opening the data dir.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_generated_certificate_is_not_reloaded() {
+    let mut srv = TestServer::start(&[]);
+    let o = srv.efsctl(&["reload-tls"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "stdout {out}\nstderr {err}");
+    assert!(
+        err.contains("serves the certificate it generated") && err.contains("nothing to reload"),
+        "{err}"
+    );
+    hangup(&srv);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !srv.stderr().contains("nothing to reload") {
+        assert!(
+            Instant::now() < deadline,
+            "no error logged: {}",
+            srv.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(served_fingerprint(&srv), srv.fingerprint);
+    let r = srv
+        .client
+        .get(srv.url("/_efs/health"))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.status().is_success(), "{r:?}");
+    let refused = reload_entries(&srv);
+    assert_eq!(refused.len(), 2, "{refused:#?}");
+    assert!(refused.iter().all(|e| e.2 == 400), "{refused:#?}");
+
+    assert!(srv.stop().await.is_some_and(|s| s.success()));
+    // Only a running server holds a certificate: efsctl says so without opening the data
+    // dir (nothing is recorded).
+    let o = srv.efsctl(&["reload-tls"]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(1), "stdout {out}\nstderr {err}");
+    assert!(
+        err.contains("no server is running on this data dir")
+            && err.contains("the next start reads"),
+        "{err}"
+    );
+    assert_eq!(reload_entries(&srv).len(), 2);
+}
