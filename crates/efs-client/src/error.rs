@@ -193,7 +193,7 @@ impl Error {
                 "the server cannot write its audit log and refuses to act until the operator frees space on or fixes its disk; it then recovers by itself: retry later"
             }
             Error::Server { code, .. } if code == codes::INSUFFICIENT_STORAGE => {
-                "the server's disk is full: nothing was written; retry once the operator has freed space"
+                "the server refuses new data: its disk is full, or below the free space it keeps in reserve; nothing was written (reads and deletes still work); retry once the operator has freed space"
             }
             Error::Server { status: 503, .. } => "the server is busy or restarting: retry shortly",
             Error::Server { status: 500, .. } => {

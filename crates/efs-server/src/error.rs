@@ -143,7 +143,7 @@ impl From<CoreError> for ApiError {
                 ApiError::new(
                     StatusCode::INSUFFICIENT_STORAGE,
                     codes::INSUFFICIENT_STORAGE,
-                    "the server's storage is full: the write failed (the file is as it was, or in the rare case of a commit cut short, whole as sent); retry once space is freed",
+                    "the server's storage is full: the request failed (nothing changed, or in the rare case of a commit cut short, the change was made whole: never a mix); check before retrying a conditional request, once space is freed",
                 )
             }
             CoreError::Decrypt => {
