@@ -285,8 +285,12 @@ impl Filesystem {
                 .ok()
                 .and_then(|v| v.try_into().ok())
                 .ok_or(CoreError::Corrupt("backup blob name"))?;
-            crate::datadir::copy_blob(self.blobs.as_ref(), &cid, &source_blob(src, hexid), sha)
-                .await?;
+            // Below the free-space reserve the restore stops before the blob, not once the
+            // disk is full (the blobs already copied are named by nothing: efsctl gc).
+            let from = source_blob(src, hexid);
+            self.opts
+                .check_space(std::fs::metadata(&from).map_or(0, |m| m.len()))?;
+            crate::datadir::copy_blob(self.blobs.as_ref(), &cid, &from, sha).await?;
         }
         let conflict = || {
             CoreError::Invalid(
@@ -391,6 +395,7 @@ impl Filesystem {
     /// pass (`last`); `Ok(false)` if its expectations did not hold.
     async fn commit_full(&self, batch: &mut crate::index::Batch, last: bool) -> Result<bool> {
         if (last || batch.ops.len() >= 1024) && !batch.ops.is_empty() {
+            self.opts.check_space(batch.bytes_put())?;
             return self.commit_batch(std::mem::take(batch)).await;
         }
         Ok(true)

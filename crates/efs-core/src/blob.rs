@@ -31,6 +31,12 @@ pub trait BlobWriter: Send {
     async fn wrote_tail(&mut self) -> Result<()> {
         Ok(())
     }
+    /// Bytes taken in but not yet handed to the kernel: in this writer's buffers, or in a
+    /// write still in flight. A `statvfs` of the volume does not count them yet, so a
+    /// free-space check adds them (the server's reserve). 0 (the default): none held.
+    fn unwritten(&self) -> u64 {
+        0
+    }
     /// Makes the blob durable and visible under its id.
     async fn finish(self: Box<Self>) -> Result<()>;
     /// Drops the partial blob.
@@ -207,6 +213,8 @@ struct LocalWriter {
     file: Option<std::fs::File>,
     /// The write in flight; it hands the file back.
     pending: Option<Pending<std::fs::File>>,
+    /// Bytes of the write in flight (see [`BlobWriter::unwritten`]).
+    in_flight: u64,
     /// The background fdatasync in flight (see [`SYNC_AHEAD`]).
     syncing: Option<Pending<()>>,
     /// Bytes written since the last background fdatasync started.
@@ -260,11 +268,19 @@ impl BlobWriter for LocalWriter {
             .file
             .take()
             .ok_or(CoreError::Corrupt("blob writer closed"))?;
+        self.in_flight = data.len() as u64;
         self.pending = Some(tokio::task::spawn_blocking(move || {
             f.write_all(&data)?;
             Ok(f)
         }));
         Ok(())
+    }
+
+    fn unwritten(&self) -> u64 {
+        match &self.pending {
+            Some(p) if !p.is_finished() => self.in_flight,
+            _ => 0,
+        }
     }
 
     async fn finish(mut self: Box<Self>) -> Result<()> {
@@ -636,6 +652,8 @@ struct DirectWriter {
     /// The write in flight: it hands back the file, the buffer and whether the file is
     /// still direct.
     pending: Option<Pending<(std::fs::File, AlignedBuf, bool)>>,
+    /// Bytes of the write in flight (see [`BlobWriter::unwritten`]).
+    in_flight: u64,
     /// File offset of the start of `buf`.
     offset: u64,
     /// False once the filesystem refused a direct write.
@@ -682,6 +700,7 @@ impl DirectWriter {
         let buf = buf.realigned();
         let (offset, direct) = (self.offset, self.direct);
         self.offset += buf.len() as u64;
+        self.in_flight = buf.len() as u64;
         self.pending = Some(tokio::task::spawn_blocking(move || {
             let direct = write_at(&f, buf.filled(), offset, direct)?;
             Ok((f, buf, direct))
@@ -710,6 +729,14 @@ impl BlobWriter for DirectWriter {
 
     fn tail(&mut self) -> Option<&mut Vec<u8>> {
         self.buf.as_mut().map(|b| &mut b.v)
+    }
+
+    fn unwritten(&self) -> u64 {
+        let filling = self.buf.as_ref().map_or(0, |b| b.len() as u64);
+        match &self.pending {
+            Some(p) if !p.is_finished() => filling + self.in_flight,
+            _ => filling,
+        }
     }
 
     async fn wrote_tail(&mut self) -> Result<()> {
@@ -1237,6 +1264,7 @@ impl BlobStore for LocalBlobStore {
                 file: Some(file),
                 buf: Some(AlignedBuf::take()),
                 pending: None,
+                in_flight: 0,
                 offset: 0,
                 direct: true,
                 finished: false,
@@ -1247,6 +1275,7 @@ impl BlobStore for LocalBlobStore {
         Ok(Box::new(LocalWriter {
             file: Some(file),
             pending: None,
+            in_flight: 0,
             syncing: None,
             unsynced: 0,
             finished: false,

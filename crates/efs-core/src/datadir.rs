@@ -1584,6 +1584,7 @@ impl DataDir {
                     }
                 }
                 if batch.ops.len() >= 1024 {
+                    self.opts.fs.check_space(batch.bytes_put())?;
                     commit(&index, std::mem::take(&mut batch)).await?;
                 }
             }
@@ -1594,6 +1595,7 @@ impl DataDir {
                 crate::fs::META_SEALS.into(),
                 crate::fs::encode_seal_counts(&sealed),
             ));
+            self.opts.fs.check_space(batch.bytes_put())?;
             commit(&index, batch).await?;
             if entries != source.manifest.entries || inline != source.manifest.inline {
                 return Err(CoreError::Invalid(
@@ -1612,7 +1614,13 @@ impl DataDir {
                     .ok()
                     .and_then(|v| v.try_into().ok())
                     .ok_or(CoreError::Corrupt("backup blob name"))?;
-                copy_blob(&blobs, &cid, &backup::source_blob(&source, hexid), sha).await?;
+                // Below the free-space reserve the restore stops before the blob (and the
+                // new filesystem is removed), not once the disk is full.
+                let from = backup::source_blob(&source, hexid);
+                self.opts
+                    .fs
+                    .check_space(std::fs::metadata(&from).map_or(0, |m| m.len()))?;
+                copy_blob(&blobs, &cid, &from, sha).await?;
             }
             Ok::<_, CoreError>((entries, inline))
         }

@@ -101,10 +101,23 @@ pub struct FsOptions {
     /// (a file replaced, deleted, or moved over), once the change is committed: the server
     /// drops it from its decrypted cache.
     pub on_content_removed: Option<ContentRemoved>,
-    /// Asked before a background job (a re-encryption) writes a file's content again, with
-    /// its size: an error (the server's free-space reserve reached) stops the job there, as
-    /// a full disk would, resumable, instead of letting it fill the disk.
+    /// Asked before a job writes content outside an upload, with its size: a re-encryption
+    /// before it writes a file again, a restore before each blob it copies and each batch of
+    /// records it commits. An error (the free-space reserve reached) stops the job there, as
+    /// a full disk would (a re-encryption resumably; a restore into a new filesystem leaves
+    /// nothing), instead of letting it fill the disk.
     pub space_check: Option<SpaceCheck>,
+}
+
+impl FsOptions {
+    /// Asks [`FsOptions::space_check`] (if set) before a job writes `bytes`: its error, the
+    /// free-space reserve reached, as a [`CoreError::Io`] of kind `StorageFull`.
+    pub fn check_space(&self, bytes: u64) -> Result<()> {
+        match &self.space_check {
+            Some(check) => (check.0)(bytes).map_err(CoreError::Io),
+            None => Ok(()),
+        }
+    }
 }
 
 /// What [`SpaceCheck`] calls with the bytes about to be written.
@@ -2546,6 +2559,16 @@ impl Upload {
     /// Plaintext bytes received so far.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// Bytes of this upload not yet handed to the kernel, which a `statvfs` of the volume
+    /// does not count yet: what is sealed but not given to the blob writer (all of an inline
+    /// content, kept in memory until the commit), and what the blob writer holds in its
+    /// buffers or in a write in flight ([`BlobWriter::unwritten`]; up to two 8 MiB buffers
+    /// for a direct writer). Sealed bytes, a little more than the plaintext: what the disk
+    /// will take. For the server's free-space reserve.
+    pub fn unwritten(&self) -> u64 {
+        self.buf.len() as u64 + self.blob.as_ref().map_or(0, |b| b.unwritten())
     }
 
     /// Whether this upload holds a blob file open once `more` further bytes are written to

@@ -57,6 +57,22 @@ pub struct Batch {
     pub ops: Vec<Op>,
 }
 
+impl Batch {
+    /// Bytes of the keys and values it puts: about what it adds to the index, for a
+    /// free-space check before it is committed ([`crate::fs::FsOptions::check_space`]).
+    pub(crate) fn bytes_put(&self) -> u64 {
+        self.ops
+            .iter()
+            .map(|op| match op {
+                Op::PutEntry(k, v) => k.len() + v.len(),
+                Op::PutInline(k, v) => k.len() + v.len(),
+                Op::PutMeta(k, v) => k.len() + v.len(),
+                Op::DeleteEntry(_) | Op::DeleteInline(_) => 0,
+            } as u64)
+            .sum()
+    }
+}
+
 /// Refuses a batch that would write the index's own digest.
 pub(crate) fn check_reserved(batch: &Batch) -> Result<()> {
     let reserved = batch

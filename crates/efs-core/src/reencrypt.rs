@@ -276,9 +276,7 @@ async fn rewrite(
     };
     // Below the server's free-space reserve the run stops here, as on a full disk (this
     // page's work is dropped, the cursor stays at the last committed page): resumed later.
-    if let Some(check) = &fs.opts.space_check {
-        (check.0)(rec.size).map_err(CoreError::Io)?;
-    }
+    fs.opts.check_space(rec.size)?;
     let mut up = fs.begin_upload().await?;
     let n = reader.segment_count();
     let mut i = 0;

@@ -283,6 +283,25 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     }
     if matches!(
         req,
+        AdminRequest::Restore { .. } | AdminRequest::CreateFs { .. }
+    ) && let Err(low) = st.reserve.check()
+    {
+        // Below the free-space reserve a restore would write its blobs and records into the
+        // room kept for the audit log (and a new filesystem only takes uploads that are
+        // refused). Deletes and gc, which free space, go on. (A restore begun above the
+        // reserve stops before the blob that would reach it: `FsOptions::space_check`.)
+        let refused = format!(
+            "refused below the free-space reserve: {}. Free space or grow the volume first \
+             (deletes and efsctl gc still work), then run it again",
+            low.reason()
+        );
+        if let Err(e) = admin::record_admin_failed(&st.data, op, &req, &refused).await {
+            return AdminResponse::err(e.to_string());
+        }
+        return AdminResponse::err(refused);
+    }
+    if matches!(
+        req,
         AdminRequest::BindCert {
             sha256: Some(_),
             ..

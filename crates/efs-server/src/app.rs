@@ -297,17 +297,20 @@ fn route_label(path: &str) -> &'static str {
 /// request, and a health check should say so.
 ///
 /// Below the free-space reserve it still answers `ok` (reads, deletes and logins are served),
-/// with `uploads` saying why new data is refused.
+/// with `uploads` saying that new data is refused.
 async fn health(State(st): St) -> Result<axum::Json<Health>, ApiError> {
     refuse_if_failed(&st.data)?;
     Ok(axum::Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
+        // Without byte counts: anyone may poll this route, and the free space read again and
+        // again tells how much the tenants upload. The numbers are in the server log,
+        // `efsctl health` and the metrics.
         uploads: st
             .reserve
             .check()
             .err()
-            .map(|low| format!("refused: {}", low.reason())),
+            .map(|_| crate::reserve::HEALTH_REFUSED.to_owned()),
     }))
 }
 
@@ -1311,8 +1314,11 @@ async fn write(
         return Err(efs_core::CoreError::TooLarge.into());
     }
     // Below the reserve no upload begins (507); the space left is for the audit log and the
-    // commits of deletes and moves, which free space.
-    st.reserve.check().map_err(|low| low.refusal())?;
+    // commits of deletes and moves, which free space. Nor one whose announced length would
+    // take half the reserve: refused before its body is read, not cut part way.
+    st.reserve
+        .check_upload_start(length)
+        .map_err(|low| low.refusal())?;
     // An upload its precondition or a directory at its path refuses is refused before its
     // body is read, encrypted and written (checked again, atomically, at the commit). Small
     // bodies without a condition skip it: their refusal costs little, the lookup a PUT.
@@ -1337,6 +1343,10 @@ async fn write(
     // Body bytes since the free space was last checked: a large upload started above the
     // reserve must not eat it (see `Reserve::check_during_upload`).
     let mut unchecked = 0u64;
+    // This upload's bytes not yet on the disk, in the count every check of the reserve
+    // subtracts; out of it when dropped, on every way out of this function (and when the
+    // commit, which may outlive it, ends).
+    let mut buffered = st.reserve.upload_bytes();
     loop {
         let Ok(next) = tokio::time::timeout(st.http.body_idle, stream.next()).await else {
             upload.abort().await;
@@ -1362,14 +1372,12 @@ async fn write(
             upload.abort().await;
             return Err(e.into());
         }
+        buffered.set(upload.unwritten());
         unchecked += chunk.len() as u64;
         if unchecked >= crate::reserve::UPLOAD_CHECK_EVERY {
             unchecked = 0;
-            if let Err(low) = st.reserve.check_during_upload(upload.size()) {
-                tracing::warn!(
-                    reason = %low.reason(),
-                    "an upload was stopped: the free space would fall below half the reserve"
-                );
+            // (Logged, at most once a minute, by the check.)
+            if let Err(low) = st.reserve.check_during_upload() {
                 upload.abort().await;
                 return Err(low.upload_stopped());
             }
@@ -1399,6 +1407,7 @@ async fn write(
         async move {
             let _file_place = file_place;
             let _gate = gate;
+            let _buffered = buffered;
             fs.commit_upload(&path, upload, Some(content_type), cond)
                 .await
         }

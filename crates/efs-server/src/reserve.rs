@@ -9,6 +9,9 @@
 //! write (the blocks kept for root are not counted on).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Instant;
 
 use axum::http::StatusCode;
 
@@ -25,12 +28,18 @@ pub const DEFAULT_MAX: u64 = 1 << 30;
 /// `statvfs` is about a microsecond; encrypting and writing a MiB takes about a millisecond).
 pub const UPLOAD_CHECK_EVERY: u64 = 1 << 20;
 
-/// The most of an upload's bytes that may be received but not yet on the disk, where a
-/// `statvfs` cannot see them: the upload's sealed chunk (1 MiB) and the blob writer's two
-/// buffers (the one being filled and the one being written, 8 MiB each). A check during an
-/// upload counts them as already written, so that the upload stops before its buffers land in
-/// the reserve, not after.
-pub const UPLOAD_UNWRITTEN_MAX: u64 = 18 << 20;
+/// At most one log line a minute about a volume below the reserve, and one about a `statvfs`
+/// that fails: every request that adds data would otherwise log one.
+const LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// The 507 text for any writer: what is wrong and what to do, but no byte counts. Any user may
+/// write, and the free space, read again and again, would tell how much the other tenants
+/// upload; the numbers go to the operator (the server log, `efsctl health`, the metrics).
+pub const REFUSED: &str = "new data is refused: the server's disk is below its free-space \
+    reserve; ask the operator to free space; reads and deletes still work";
+
+/// `/_efs/health`'s `uploads` while the reserve is reached (no byte counts, as [`REFUSED`]).
+pub const HEALTH_REFUSED: &str = "refused: the server's disk is below its free-space reserve";
 
 /// The default reserve for a volume of `volume_bytes`: 5 % of it, at most [`DEFAULT_MAX`].
 pub fn default_reserve(volume_bytes: u64) -> u64 {
@@ -53,9 +62,9 @@ pub fn parse_reserve(s: &str) -> Result<u64, String> {
         .map_err(|_| format!("`{s}` is too large a number of bytes"))
 }
 
-/// Bytes as a person reads them: `512 B`, `3.2 MiB`, `1.0 GiB`.
+/// Bytes as a person reads them: `512 B`, `3.2 MiB`, `1.0 GiB`, `1.0 EiB`.
 pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 4] = ["KiB", "MiB", "GiB", "TiB"];
+    const UNITS: [&str; 6] = ["KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
     if bytes < 1024 {
         return format!("{bytes} B");
     }
@@ -107,10 +116,7 @@ impl Low {
         ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             efs_proto::codes::INSUFFICIENT_STORAGE,
-            format!(
-                "new data is refused: {}; free space or grow the volume (reads and deletes still work)",
-                self.reason()
-            ),
+            REFUSED,
         )
     }
 
@@ -120,33 +126,102 @@ impl Low {
         ApiError::new(
             StatusCode::INSUFFICIENT_STORAGE,
             efs_proto::codes::INSUFFICIENT_STORAGE,
-            format!(
-                "the upload was stopped and nothing of it stored: the {} would have {} free once \
-                 its buffered bytes are written, below half the {} reserve (--reserve-space); \
-                 free space or grow the volume (reads and deletes still work)",
-                self.what,
-                human(self.free),
-                human(self.reserve)
-            ),
+            format!("the upload was stopped and nothing of it stored; {REFUSED}"),
         )
     }
 }
 
-/// The reserve and the volumes it watches.
+/// The reserve and the volumes it watches. Clones share the count of upload bytes not yet
+/// written ([`UploadBytes`]) and the log's rate limits.
 #[derive(Debug, Clone)]
 pub struct Reserve {
     /// Bytes kept free; 0: off.
     bytes: u64,
     /// The data dir's volume, then the audit log's if it is another.
     volumes: Vec<Volume>,
+    /// Bytes received by the uploads running now but not yet handed to the kernel (sealed
+    /// in memory, in a blob writer's buffers, or in a write in flight): a `statvfs` does not
+    /// see them yet, and they land within moments. Counted by every check, so that many
+    /// uploads started together just above the reserve do not each pass on the same free
+    /// space and together flush past it.
+    unwritten: Arc<AtomicU64>,
+    /// When a volume below the reserve was last logged.
+    low_logged: Arc<RateLimit>,
+    /// When a failed `statvfs` was last logged.
+    statvfs_logged: Arc<RateLimit>,
+}
+
+/// "At most once per [`LOG_EVERY`]", for log lines that every request could repeat.
+#[derive(Debug)]
+struct RateLimit {
+    since: Instant,
+    /// Milliseconds from `since` when it last let one through, plus one (0: never).
+    last: AtomicU64,
+}
+
+impl RateLimit {
+    fn new() -> Arc<Self> {
+        Arc::new(Self {
+            since: Instant::now(),
+            last: AtomicU64::new(0),
+        })
+    }
+
+    /// True at most once per [`LOG_EVERY`] (the first call included).
+    fn due(&self) -> bool {
+        let now = u64::try_from(self.since.elapsed().as_millis()).unwrap_or(u64::MAX - 1) + 1;
+        let last = self.last.load(Ordering::Relaxed);
+        let every = LOG_EVERY.as_millis() as u64;
+        (last == 0 || now.saturating_sub(last) >= every)
+            && self
+                .last
+                .compare_exchange(last, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+    }
+}
+
+/// An upload's share of [`Reserve`]'s count of bytes not yet written: [`UploadBytes::set`]
+/// after each write, removed from the count when dropped, however the upload ends (committed,
+/// aborted, failed, or its request dropped with its client gone).
+#[derive(Debug)]
+pub struct UploadBytes {
+    total: Arc<AtomicU64>,
+    counted: u64,
+}
+
+impl UploadBytes {
+    /// This upload now holds `unwritten` bytes not yet written ([`efs_core::fs::Upload::unwritten`]).
+    pub fn set(&mut self, unwritten: u64) {
+        if unwritten > self.counted {
+            self.total
+                .fetch_add(unwritten - self.counted, Ordering::Relaxed);
+        } else {
+            self.total
+                .fetch_sub(self.counted - unwritten, Ordering::Relaxed);
+        }
+        self.counted = unwritten;
+    }
+}
+
+impl Drop for UploadBytes {
+    fn drop(&mut self) {
+        self.total.fetch_sub(self.counted, Ordering::Relaxed);
+    }
 }
 
 impl Reserve {
     /// No reserve (`--reserve-space 0`).
     pub fn off() -> Self {
+        Self::with(0, Vec::new())
+    }
+
+    fn with(bytes: u64, volumes: Vec<Volume>) -> Self {
         Self {
-            bytes: 0,
-            volumes: Vec::new(),
+            bytes,
+            volumes,
+            unwritten: Arc::new(AtomicU64::new(0)),
+            low_logged: RateLimit::new(),
+            statvfs_logged: RateLimit::new(),
         }
     }
 
@@ -177,7 +252,7 @@ impl Reserve {
                 path: audit,
             });
         }
-        Ok(Self { bytes, volumes })
+        Ok(Self::with(bytes, volumes))
     }
 
     /// Bytes kept free (0: off).
@@ -195,64 +270,137 @@ impl Reserve {
     pub fn free(&self) -> Vec<(&'static str, Option<u64>)> {
         self.volumes
             .iter()
-            .map(|v| (v.label, free_bytes(&v.path)))
+            .map(|v| (v.label, self.free_bytes(v)))
             .collect()
     }
 
-    /// Before a request adds data: the first volume with less than the reserve free.
+    /// A new upload's share of the bytes not yet written (none yet).
+    pub fn upload_bytes(&self) -> UploadBytes {
+        UploadBytes {
+            total: self.unwritten.clone(),
+            counted: 0,
+        }
+    }
+
+    /// Before a request adds data: the first volume with less than the reserve free, less
+    /// what the uploads running now have not yet written.
     ///
     /// One `statvfs` per watched volume per request, not cached: it is about a microsecond,
     /// a small upload's request costs tens, and a cached value would let a burst of uploads
     /// through for as long as it is kept.
     pub fn check(&self) -> Result<(), Low> {
-        self.check_below(self.bytes, 0)
+        self.check_below(&[(self.bytes, 0)])
     }
 
-    /// During an upload, with `unwritten` of its bytes not yet on the disk (at most
-    /// [`UPLOAD_UNWRITTEN_MAX`] are counted): the first volume that would have less than half
-    /// the reserve free once they are written.
-    pub fn check_during_upload(&self, unwritten: u64) -> Result<(), Low> {
-        self.check_below(self.bytes / 2, unwritten.min(UPLOAD_UNWRITTEN_MAX))
+    /// Before an upload's body is read: [`Reserve::check`], and, when the request announces
+    /// its length (`Content-Length`), whether the volume would keep half the reserve once
+    /// that much is written too. An upload that cannot fit is refused before it begins rather
+    /// than stopped part way. The same single `statvfs` per volume for both.
+    pub fn check_upload_start(&self, announced: Option<u64>) -> Result<(), Low> {
+        match announced {
+            Some(len) => self.check_below(&[(self.bytes, 0), (self.bytes / 2, len)]),
+            None => self.check(),
+        }
+    }
+
+    /// During an upload, whose bytes not yet written are in the count ([`UploadBytes::set`]):
+    /// the first volume that would have less than half the reserve free once every running
+    /// upload's buffered bytes are written.
+    pub fn check_during_upload(&self) -> Result<(), Low> {
+        self.check_below(&[(self.bytes / 2, 0)])
     }
 
     /// Before a background job writes `bytes` of new content (a re-encryption's rewrite of a
-    /// file): the first volume that would have less than the reserve free after it.
+    /// file, a restore's blob): the first volume that would have less than the reserve free
+    /// after it.
     pub fn check_before_writing(&self, bytes: u64) -> Result<(), Low> {
-        self.check_below(self.bytes, bytes)
+        self.check_below(&[(self.bytes, bytes)])
     }
 
-    fn check_below(&self, floor: u64, unwritten: u64) -> Result<(), Low> {
+    /// The first volume whose free space, less the uploads' unwritten bytes and `more`, is
+    /// below `floor`, for each `(floor, more)`; one `statvfs` per volume. Logged (at most once
+    /// a minute) with the numbers, which only the operator sees.
+    fn check_below(&self, limits: &[(u64, u64)]) -> Result<(), Low> {
         if self.bytes == 0 {
             return Ok(());
         }
+        let unwritten = self.unwritten.load(Ordering::Relaxed);
         for v in &self.volumes {
             // A volume whose free space cannot be read refuses nothing: the disk itself still
             // answers a full disk with 507 (ENOSPC), as without a reserve.
-            let Some(free) = free_bytes(&v.path) else {
+            let Some(free) = self.free_bytes(v) else {
                 continue;
             };
-            let free = free.saturating_sub(unwritten);
-            if free < floor {
-                return Err(Low {
-                    what: v.what,
-                    free,
-                    reserve: self.bytes,
-                });
+            for &(floor, more) in limits {
+                let left = free.saturating_sub(unwritten).saturating_sub(more);
+                if left < floor {
+                    let low = Low {
+                        what: v.what,
+                        free: left,
+                        reserve: self.bytes,
+                    };
+                    if self.low_logged.due() {
+                        tracing::warn!(
+                            reason = %low.reason(),
+                            free_now = %human(free),
+                            uploads_unwritten = %human(unwritten),
+                            "new data refused below the free-space reserve: free space or grow \
+                             the volume (logged at most once a minute)"
+                        );
+                    }
+                    return Err(low);
+                }
             }
         }
         Ok(())
     }
-}
 
-/// `f_bavail × f_frsize` of the volume holding `path`; `None` (logged) if `statvfs` fails.
-fn free_bytes(path: &Path) -> Option<u64> {
-    match rustix::fs::statvfs(path) {
-        Ok(s) => Some(s.f_bavail.saturating_mul(s.f_frsize)),
-        Err(e) => {
-            tracing::warn!(error = %e, "cannot read a volume's free space (statvfs); the reserve is not checked on it");
-            None
+    /// `f_bavail × f_frsize` of volume `v`; `None` if `statvfs` fails (logged at most once a
+    /// minute: every request that adds data asks).
+    fn free_bytes(&self, v: &Volume) -> Option<u64> {
+        match rustix::fs::statvfs(&v.path) {
+            Ok(s) => Some(s.f_bavail.saturating_mul(s.f_frsize)),
+            Err(e) => {
+                if self.statvfs_logged.due() {
+                    tracing::warn!(
+                        error = %e,
+                        volume = v.what,
+                        "cannot read a volume's free space (statvfs); the reserve is not checked \
+                         on it until it can be (logged at most once a minute)"
+                    );
+                }
+                None
+            }
         }
     }
+}
+
+/// The [`efs_core::fs::SpaceCheck`] of the jobs that write content outside uploads (a
+/// re-encryption's rewrite of each file, a restore's copy of each blob): an error once writing
+/// `bytes` more would leave less than the reserve free, and the job stops there as on a full
+/// disk. The error is the operator's (the server log, efsctl), with the numbers. The reserve is
+/// read at each call from `reserve`, set once known (the server learns it once the data dir is
+/// open; nothing asks before); unset, nothing is refused.
+pub fn space_check(reserve: Arc<std::sync::OnceLock<Reserve>>) -> efs_core::fs::SpaceCheck {
+    efs_core::fs::SpaceCheck(Arc::new(move |bytes| {
+        let Some(r) = reserve.get() else {
+            return Ok(());
+        };
+        r.check_before_writing(bytes).map_err(|low| {
+            std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                format!(
+                    "stopped at the free-space reserve: writing {} more would leave the {} {} \
+                     free, below the {} reserve (--reserve-space); free space or grow the \
+                     volume, then run it again",
+                    human(bytes),
+                    low.what,
+                    human(low.free),
+                    human(low.reserve)
+                ),
+            )
+        })
+    }))
 }
 
 #[cfg(test)]
@@ -291,11 +439,7 @@ mod tests {
         let r = Reserve::for_data_dir(dir.path(), Some(u64::MAX)).unwrap();
         let low = r.check().unwrap_err();
         assert_eq!(low.what, "data volume");
-        assert!(
-            low.refusal()
-                .message
-                .contains("reads and deletes still work")
-        );
+        assert_eq!(low.refusal().message, REFUSED);
         let r = Reserve::for_data_dir(dir.path(), Some(1)).unwrap();
         assert_eq!(r.check(), Ok(()));
     }
@@ -307,5 +451,70 @@ mod tests {
         assert_eq!(human(1024), "1.0 KiB");
         assert_eq!(human(8 << 20), "8.0 MiB");
         assert_eq!(human(3 << 30), "3.0 GiB");
+        assert_eq!(human(1 << 60), "1.0 EiB");
+        assert_eq!(human(u64::MAX), "16.0 EiB");
+    }
+
+    /// Regression: each check counted only its own upload's unwritten bytes, so uploads
+    /// started together each passed on the same free space and together flushed past it.
+    #[test]
+    fn every_check_counts_the_bytes_all_uploads_have_not_yet_written() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = rustix::fs::statvfs(dir.path()).unwrap();
+        let free = free.f_bavail * free.f_frsize;
+        // A reserve a quarter of the free space: passed with nothing buffered.
+        let r = Reserve::for_data_dir(dir.path(), Some(free / 4)).unwrap();
+        assert_eq!(r.check(), Ok(()));
+        assert_eq!(r.check_during_upload(), Ok(()));
+        let mut a = r.upload_bytes();
+        let mut b = r.clone().upload_bytes();
+        // Each upload alone leaves more than the reserve; both together do not.
+        a.set(free / 2);
+        assert_eq!(r.check(), Ok(()));
+        b.set(free / 2);
+        assert!(r.check().is_err());
+        assert!(r.check_during_upload().is_err());
+        // Written meanwhile: counted no more.
+        b.set(0);
+        assert_eq!(r.check(), Ok(()));
+        // Dropped however the upload ended: its bytes leave the count.
+        b.set(free / 2);
+        drop(b);
+        drop(a);
+        assert_eq!(r.unwritten.load(Ordering::Relaxed), 0);
+        assert_eq!(r.check(), Ok(()));
+    }
+
+    #[test]
+    fn an_announced_length_that_would_take_half_the_reserve_is_refused_at_the_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let free = rustix::fs::statvfs(dir.path()).unwrap();
+        let free = free.f_bavail * free.f_frsize;
+        let r = Reserve::for_data_dir(dir.path(), Some(free / 4)).unwrap();
+        assert_eq!(r.check_upload_start(None), Ok(()));
+        assert_eq!(r.check_upload_start(Some(free / 2)), Ok(()));
+        // Would leave less than half the reserve (an eighth of the free space).
+        assert!(r.check_upload_start(Some(free - free / 16)).is_err());
+        assert!(r.check_upload_start(Some(u64::MAX)).is_err());
+    }
+
+    #[test]
+    fn a_failed_statvfs_refuses_nothing_and_is_logged_at_most_once_a_minute() {
+        let dir = tempfile::tempdir().unwrap();
+        let r = Reserve::for_data_dir(dir.path(), Some(u64::MAX)).unwrap();
+        let gone = Reserve {
+            volumes: vec![Volume {
+                what: "data volume",
+                label: "data",
+                path: dir.path().join("missing"),
+            }],
+            ..r
+        };
+        assert_eq!(gone.check(), Ok(()));
+        // The first failure was logged; the next ones within the minute are not.
+        assert!(!gone.statvfs_logged.due());
+        let limit = RateLimit::new();
+        assert!(limit.due());
+        assert!(!limit.due());
     }
 }

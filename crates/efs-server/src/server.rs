@@ -193,30 +193,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 let cache = cache.clone();
                 efs_core::fs::ContentRemoved(Arc::new(move |v| cache.invalidate(v)))
             }),
-            // A re-encryption stops below the reserve rather than fill the disk (set once the
-            // reserve is known, after the open: until then nothing is rewritten anyway, a
-            // resumed re-encryption waiting for the index check).
-            space_check: Some({
-                let reserve = reserve_cell.clone();
-                efs_core::fs::SpaceCheck(Arc::new(move |bytes| {
-                    match reserve.get() {
-                    Some(r) => r.check_before_writing(bytes).map_err(|low| {
-                        use crate::reserve::human;
-                        std::io::Error::new(
-                            std::io::ErrorKind::StorageFull,
-                            format!(
-                                "stopped at the free-space reserve: rewriting a file of {} would leave the {} {} free, below the {} reserve (--reserve-space); free space or grow the volume, and it resumes at the next start or reencrypt",
-                                human(bytes),
-                                low.what,
-                                human(low.free),
-                                human(low.reserve)
-                            ),
-                        )
-                    }),
-                    None => Ok(()),
-                }
-                }))
-            }),
+            // A re-encryption or a restore stops below the reserve rather than fill the disk
+            // (set once the reserve is known, after the open: until then nothing is written
+            // anyway, a resumed re-encryption waiting for the index check).
+            space_check: Some(crate::reserve::space_check(reserve_cell.clone())),
             ..Default::default()
         },
         ..Default::default()

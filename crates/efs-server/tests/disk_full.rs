@@ -19,6 +19,36 @@ use serde_json::Value;
 /// Server options that turn the free-space reserve off, for the tests of ENOSPC itself.
 const NO_RESERVE: &[&str] = &["--reserve-space", "0"];
 
+/// The 507 below the reserve (`efs_server::reserve::REFUSED`).
+const REFUSED: &str = "new data is refused: the server's disk is below its free-space reserve; \
+                       ask the operator to free space; reads and deletes still work";
+
+/// A streamed body (chunked: no Content-Length) fed through the returned sender; it ends
+/// when the sender is dropped.
+fn held_body() -> (tokio::sync::mpsc::Sender<Vec<u8>>, reqwest::Body) {
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(4);
+    let stream = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    });
+    (tx, reqwest::Body::wrap_stream(stream))
+}
+
+/// `/_efs/health`'s `uploads` (`None`: not refused).
+async fn uploads_refused(srv: &TestServer) -> Option<String> {
+    let health: Value = srv
+        .client
+        .get(srv.url("/_efs/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    health["uploads"].as_str().map(str::to_owned)
+}
+
 /// Unmounts on drop (after the server has stopped, so the mount is not busy).
 struct Mount(PathBuf);
 
@@ -351,10 +381,7 @@ async fn below_the_reserve_uploads_are_507_while_reads_deletes_and_the_audit_log
 
     let r = srv.put("/new.txt", &token, b"new".to_vec()).await;
     let msg = assert_error(r, 507, "insufficient_storage").await;
-    assert!(msg.contains("data volume has"), "says what is low: {msg}");
-    assert!(msg.contains("below the 8.0 MiB reserve"), "{msg}");
-    assert!(msg.contains("free space or grow the volume"), "{msg}");
-    assert!(msg.contains("reads and deletes still work"), "{msg}");
+    assert_eq!(msg, REFUSED, "what and what to do, no byte counts");
     let r = srv.req("MKCOL", "/newdir/", &token).send().await.unwrap();
     assert_error(r, 507, "insufficient_storage").await;
     assert_eq!(srv.get("/new.txt", &token).await.0, 404);
@@ -381,10 +408,9 @@ async fn below_the_reserve_uploads_are_507_while_reads_deletes_and_the_audit_log
     assert_eq!(r.status(), 200);
     let health: Value = r.json().await.unwrap();
     assert_eq!(health["status"], "ok", "{health}");
-    let uploads = health["uploads"].as_str().unwrap_or_default();
-    assert!(
-        uploads.starts_with("refused: the data volume has"),
-        "{health}"
+    assert_eq!(
+        health["uploads"], "refused: the server's disk is below its free-space reserve",
+        "no byte counts: {health}"
     );
     let out = srv.efsctl(&["health"]);
     assert!(out.status.success(), "efsctl health still exits 0");
@@ -427,7 +453,13 @@ async fn below_the_reserve_uploads_are_507_while_reads_deletes_and_the_audit_log
 }
 
 /// A large upload that starts just above the reserve is stopped while its body arrives,
-/// before its buffers land in the reserve: 507, nothing stored, no partial blob left.
+/// before its buffers land in the reserve: 507, nothing stored, no partial blob left. One that
+/// announces a length that would take half the reserve is refused before its body is read.
+///
+/// Twice: with the blob writer's buffers, and with the whole upload kept in memory until its
+/// commit (`--inline-max` larger than it), where nothing reaches the disk while it streams: a
+/// check that did not count the bytes buffered would never stop it (it failed at the commit,
+/// on the full disk, once the reserve was eaten).
 #[tokio::test]
 async fn a_large_upload_started_just_above_the_reserve_is_stopped_before_it_eats_it() {
     let dir = Arc::new(new_tempdir());
@@ -439,39 +471,262 @@ async fn a_large_upload_started_just_above_the_reserve_is_stopped_before_it_eats
     ) else {
         return;
     };
-    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "8388608"], &[]);
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "0"], &[]);
     srv.create_fs("files");
     let key = srv.create_user("app", &["files"], false);
-    let token = srv.login("app", &key, None).await;
-    srv.put_ok("/keep.txt", &token, b"kept".to_vec()).await;
-
-    // 9 MiB free: the upload may begin (above 8 MiB), but 16 MiB would eat the reserve.
-    let filler = data.join("filler");
-    fill_leaving(&filler, 9 << 20);
-    let r = srv.put("/big.bin", &token, pattern(16 << 20, 7)).await;
-    let msg = assert_error(r, 507, "insufficient_storage").await;
-    assert!(msg.contains("upload was stopped"), "{msg}");
-    assert!(msg.contains("below half the 8.0 MiB reserve"), "{msg}");
-    assert!(msg.contains("reads and deletes still work"), "{msg}");
-
-    assert_eq!(srv.get("/big.bin", &token).await.0, 404);
-    assert_no_partial_writes(&data);
-    // The reserve held: the audit log never failed, and the server serves on.
-    assert_eq!(srv.get_ok("/keep.txt", &token).await, b"kept");
-    assert!(!srv.stderr().contains("the audit log cannot be written"));
-
-    std::fs::remove_file(&filler).unwrap();
-    srv.put_ok("/big.bin", &token, pattern(16 << 20, 7)).await;
     srv.stop().await;
+    let filler = data.join("filler");
+    for (n, inline) in [("blob", "131072"), ("inline", "33554432")] {
+        let mut srv = TestServer::start_in(
+            dir.clone(),
+            &["--reserve-space", "8388608", "--inline-max", inline],
+            &[],
+        );
+        let token = srv.login("app", &key, None).await;
+        srv.put_ok("/keep.txt", &token, b"kept".to_vec()).await;
+
+        // 9 MiB free: an upload may begin (above 8 MiB), but 16 MiB would eat the reserve.
+        fill_leaving(&filler, 9 << 20);
+        // Announced (Content-Length): refused before its body is read.
+        let r = srv.put("/big.bin", &token, pattern(16 << 20, 7)).await;
+        assert_eq!(
+            assert_error(r, 507, "insufficient_storage").await,
+            REFUSED,
+            "{n}"
+        );
+        // Not announced (chunked): stopped while its body arrives.
+        let (tx, body) = held_body();
+        let feed = tokio::spawn(async move {
+            for i in 0..16 {
+                if tx.send(pattern(1 << 20, 100 + i)).await.is_err() {
+                    break;
+                }
+            }
+        });
+        let r = srv
+            .req("PUT", "/big.bin", &token)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        let msg = assert_error(r, 507, "insufficient_storage").await;
+        assert_eq!(
+            msg,
+            format!("the upload was stopped and nothing of it stored; {REFUSED}"),
+            "{n}"
+        );
+        feed.abort();
+
+        assert_eq!(srv.get("/big.bin", &token).await.0, 404, "{n}");
+        assert_no_partial_writes(&data);
+        // The reserve held: the audit log never failed, and the server serves on.
+        assert_eq!(srv.get_ok("/keep.txt", &token).await, b"kept");
+        assert!(
+            !srv.stderr().contains("the audit log cannot be written"),
+            "{n}"
+        );
+        assert!(
+            srv.stderr()
+                .contains("new data refused below the free-space reserve"),
+            "the operator's log says it: {}",
+            srv.stderr()
+        );
+
+        std::fs::remove_file(&filler).unwrap();
+        srv.put_ok("/big.bin", &token, pattern(16 << 20, 7)).await;
+        let r = srv.req("DELETE", "/big.bin", &token).send().await.unwrap();
+        assert_eq!(r.status(), 204);
+        srv.stop().await;
+    }
     let statuses: Vec<i64> = audit_show(&srv, &["--path", "/big.bin"])
         .iter()
         .filter(|e| e["action"] == "write")
         .map(|e| e["status"].as_i64().unwrap())
         .collect();
-    assert!(
-        statuses == [507, 201] || statuses == [507, 200],
-        "{statuses:?}"
+    assert_eq!(statuses, [507, 507, 201, 507, 507, 201]);
+}
+
+/// The bytes an upload holds but has not yet written count for every other request: many
+/// uploads begun together just above the reserve each saw the same free space, passed, and
+/// together flushed past it. Here one upload holds 10 MiB in memory (`--inline-max`: kept
+/// until its commit) on a volume with 16 MiB free and an 8 MiB reserve: new data is refused
+/// meanwhile (16 - 10 < 8), and accepted again once that upload is gone (its client hung up).
+#[tokio::test]
+async fn an_uploads_unwritten_bytes_count_for_every_other_request() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "the count of bytes uploads have not yet written",
+        "reserve.rs's unit tests",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(
+        dir.clone(),
+        &["--reserve-space", "8388608", "--inline-max", "16777216"],
+        &[],
     );
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    let filler = data.join("filler");
+    fill_leaving(&filler, 16 << 20);
+    assert_eq!(uploads_refused(&srv).await, None);
+    srv.put_ok("/before.txt", &token, b"before".to_vec()).await;
+
+    let (tx, body) = held_body();
+    let held = {
+        let req = srv.req("PUT", "/held.bin", &token).body(body);
+        tokio::spawn(async move { req.send().await })
+    };
+    for i in 0..10 {
+        tx.send(pattern(1 << 20, 200 + i)).await.unwrap();
+    }
+    // Once the server holds them, new data is refused (the disk itself has not changed).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while uploads_refused(&srv).await.is_none() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "10 MiB held by an upload were not counted against the reserve"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let r = srv.put("/during.txt", &token, b"during".to_vec()).await;
+    assert_eq!(assert_error(r, 507, "insufficient_storage").await, REFUSED);
+
+    // The client hangs up: its bytes leave the count, and new data is accepted again.
+    held.abort();
+    drop(tx);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while uploads_refused(&srv).await.is_some() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an upload whose client hung up still counts"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    srv.put_ok("/after.txt", &token, b"after".to_vec()).await;
+    assert_eq!(srv.get("/held.bin", &token).await.0, 404);
+    srv.stop().await;
+}
+
+/// Bytes already on the disk count once: a check during an upload counted everything the
+/// upload had received as still to be written, though `statvfs` already saw what the blob
+/// writer had written, and stopped an upload that fitted. 30 MiB free, a 4 MiB reserve, a
+/// 20 MiB upload (10 MiB left, well above half the reserve): accepted.
+#[tokio::test]
+async fn a_large_upload_that_fits_above_the_reserve_is_accepted() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "an upload that fits above the reserve",
+        "reserve.rs's unit tests",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "4194304"], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    let filler = data.join("filler");
+    fill_leaving(&filler, 30 << 20);
+    let content = pattern(20 << 20, 11);
+    let r = srv.put("/fits.bin", &token, content.clone()).await;
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    // And streamed, without an announced length (checked only as it arrives).
+    srv.put_ok("/fits.bin", &token, b"small again".to_vec())
+        .await;
+    let (tx, body) = held_body();
+    let feed = {
+        let content = content.clone();
+        tokio::spawn(async move {
+            for chunk in content.chunks(1 << 20) {
+                tx.send(chunk.to_vec()).await.unwrap();
+            }
+        })
+    };
+    let r = srv
+        .req("PUT", "/fits.bin", &token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    feed.await.unwrap();
+    assert_eq!(srv.get_ok("/fits.bin", &token).await, content);
+    srv.stop().await;
+}
+
+/// A restore through the server begun above the reserve stops before the blob that would
+/// take it (it copied gigabytes into the reserve, up to a full disk), and a restore into a new
+/// filesystem that stops leaves nothing behind; once space is freed it works.
+#[tokio::test]
+async fn a_restore_stops_at_the_reserve_and_leaves_nothing() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "the free-space reserve of a restore",
+        "tests/reserve.rs (an offline restore below the reserve)",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "8388608"], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    let content = pattern(6 << 20, 12);
+    srv.put_ok("/six.bin", &token, content.clone()).await;
+    srv.create_fs("empty");
+    // Outside the small volume.
+    let backup = dir.path().join("backup");
+    srv.efsctl_ok(&["backup", "--fs", "files", "-o", backup.to_str().unwrap()]);
+
+    // 12 MiB free: above the reserve, but the 6 MiB blob would leave less than 8 MiB.
+    let filler = data.join("filler");
+    fill_leaving(&filler, 12 << 20);
+    let out = srv.efsctl(&[
+        "restore",
+        "--fs",
+        "restored",
+        "-i",
+        backup.to_str().unwrap(),
+    ]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("stopped at the free-space reserve")
+            && text.contains("below the 8.0 MiB reserve"),
+        "{text}"
+    );
+    assert!(!srv.efsctl_ok(&["list-fs"]).contains("restored"));
+    assert_eq!(std::fs::read_dir(data.join("fs")).unwrap().count(), 2);
+    // Into an existing empty filesystem: the same (`restore_into`).
+    let out = srv.efsctl(&["restore", "--fs", "empty", "-i", backup.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("stopped at the free-space reserve"), "{text}");
+    srv.efsctl_ok(&["grant", "app", "--fs", "empty"]);
+    let empty = srv.login("app", &key, Some("empty")).await;
+    assert!(srv.list_all("/", &empty, 100).await.is_empty());
+    assert_eq!(uploads_refused(&srv).await, None, "the reserve is whole");
+
+    std::fs::remove_file(&filler).unwrap();
+    srv.efsctl_ok(&[
+        "restore",
+        "--fs",
+        "restored",
+        "-i",
+        backup.to_str().unwrap(),
+    ]);
+    srv.efsctl_ok(&["grant", "app", "--fs", "restored"]);
+    let token = srv.login("app", &key, Some("restored")).await;
+    assert_eq!(srv.get_ok("/six.bin", &token).await, content);
+    srv.stop().await;
 }
 
 /// A re-encryption (a background job that writes every file again) stops at the reserve

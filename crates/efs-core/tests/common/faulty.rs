@@ -129,6 +129,10 @@ impl BlobWriter for FaultyWriter {
         self.inner.as_mut().expect("not finished").write(data).await
     }
 
+    fn unwritten(&self) -> u64 {
+        self.inner.as_ref().map_or(0, |w| w.unwritten())
+    }
+
     async fn finish(mut self: Box<Self>) -> Result<()> {
         let inner = self.inner.take().expect("finished once");
         if self.faults.take_if(Fault::FailFsync) {

@@ -69,6 +69,12 @@ struct Args {
     /// Key parts, as for efs-server (only needed when no server runs).
     #[arg(long = "key-part", value_name = "SPEC", value_parser = parse_part)]
     key_parts: Vec<KeyPartSpec>,
+    /// Free space to keep when no server runs (as efs-server's --reserve-space; 0: none; by
+    /// default 5 % of the data volume, at most 1 GiB): reencrypt and restore stop before a
+    /// file or blob whose writing would leave less free. With a server running, its own
+    /// reserve applies.
+    #[arg(long, env = "EFS_RESERVE_SPACE", value_name = "BYTES", value_parser = efs_server::reserve::parse_reserve)]
+    reserve_space: Option<u64>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -297,7 +303,8 @@ enum Cmd {
     /// blobs or manifest were changed, or spliced from another backup, is refused. A
     /// backup alone does not prove it is the latest one: compare the MAC printed at
     /// backup time. A backup taken with --skip-damaged says so and names what it left out
-    /// (exit code 3).
+    /// (exit code 3). Refused below the free-space reserve, and stopped before a blob that
+    /// would reach it (a new filesystem is then removed): see --reserve-space.
     Restore {
         /// Name of the new (or empty) filesystem.
         #[arg(long)]
@@ -675,7 +682,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
             },
         },
     };
-    let resp = match send(&args.data, &args.key_parts, req) {
+    let resp = match send(&args.data, &args.key_parts, args.reserve_space, req) {
         Ok(r) if r.ok => r,
         refused => {
             if let Some(pair) = &generated {
@@ -757,11 +764,26 @@ fn read_backup_key_parts(req: &mut AdminRequest) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Sends a request to the running server, or runs it on the data dir. An error that is a
-/// [`NotDelivered`] (`downcast_ref`) means nothing was done.
+/// The free-space reserve of a command run on the data dir without a server; none (said on
+/// stderr) if the volume's size cannot be read.
+fn offline_reserve(data: &Path, requested: Option<u64>) -> efs_server::reserve::Reserve {
+    efs_server::reserve::Reserve::for_data_dir(data, requested).unwrap_or_else(|e| {
+        eprintln!(
+            "efsctl: warning: cannot read the free space of {}'s volume ({e}): no free-space \
+             reserve is kept (give --reserve-space BYTES to keep one)",
+            data.display()
+        );
+        efs_server::reserve::Reserve::off()
+    })
+}
+
+/// Sends a request to the running server, or runs it on the data dir (then keeping
+/// `reserve_space` free, `None`: the default reserve, as efs-server would). An error that is
+/// a [`NotDelivered`] (`downcast_ref`) means nothing was done.
 fn send(
     data: &Path,
     parts: &[KeyPartSpec],
+    reserve_space: Option<u64>,
     mut req: AdminRequest,
 ) -> anyhow::Result<AdminResponse> {
     let sock = efs_core::datadir::admin_socket_path(data);
@@ -808,6 +830,14 @@ fn send(
                         | AdminRequest::AuditVerify { .. }
                 ),
                 new_audit_log: matches!(req, AdminRequest::AuditNewLog),
+                // The server's free-space reserve, here too: a re-encryption or a restore
+                // stops before the file or blob that would reach it (`FsOptions::space_check`).
+                fs: efs_core::fs::FsOptions {
+                    space_check: Some(efs_server::reserve::space_check(std::sync::Arc::new(
+                        offline_reserve(data, reserve_space).into(),
+                    ))),
+                    ..Default::default()
+                },
                 ..OpenOptions::default()
             };
             let (dd, _) =
@@ -1145,7 +1175,7 @@ impl GeneratedPair {
     /// (an error came after the user was saved: its audit entry, the server's reload, a lost
     /// answer) or if that cannot be told, and says which.
     fn settle(&self, data: &Path, parts: &[KeyPartSpec]) {
-        let created = send(data, parts, AdminRequest::ListUsers).and_then(|r| {
+        let created = send(data, parts, None, AdminRequest::ListUsers).and_then(|r| {
             if !r.ok {
                 bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
             }
