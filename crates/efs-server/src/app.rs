@@ -364,7 +364,9 @@ async fn metrics_text(State(st): St, req: Request) -> Response {
     crate::fsmetrics::before_render(&st.data).await;
     // Free space where the reserve looks (`what`: "data volume", or "audit log's volume" when
     // the log is on a filesystem of its own), and the reserve.
-    metrics::gauge!("efs_reserve_bytes").set(st.reserve.bytes() as f64);
+    for (volume, reserve) in st.reserve.reserves() {
+        metrics::gauge!("efs_reserve_bytes", "volume" => volume).set(reserve as f64);
+    }
     for (volume, free) in st.reserve.free() {
         if let Some(free) = free {
             metrics::gauge!("efs_free_bytes", "volume" => volume).set(free as f64);

@@ -123,8 +123,8 @@ struct Args {
     /// DATA/system/audit is on another filesystem): below it, uploads and new directories are
     /// refused (507 insufficient_storage), and so are restores and new filesystems (efsctl),
     /// while reads, deletes, moves, logins, gc and the audit log go on working; a restore or a
-    /// re-encryption stops before it would reach it. Default: 5 % of the data dir's volume, at
-    /// most 1 GiB; 0 turns it off.
+    /// re-encryption stops before it would reach it. Default: 5 % of each of those volumes, at
+    /// most 1 GiB (a value given applies to each); 0 turns it off.
     #[arg(long, env = "EFS_RESERVE_SPACE", value_name = "BYTES", value_parser = efs_server::reserve::parse_reserve)]
     reserve_space: Option<u64>,
     /// Write request paths to the log (they are personal data; off by default).

@@ -86,6 +86,12 @@ struct Volume {
     label: &'static str,
     /// A path on it (followed through symlinks by `statvfs`).
     path: PathBuf,
+    /// Bytes kept free on it: `--reserve-space`, or the default for its own size (an audit
+    /// log on a small volume of its own gets a reserve sized for that volume, not the data
+    /// volume's, which could exceed it and refuse every upload for good).
+    reserve: u64,
+    /// Its size at the start (`f_blocks × f_frsize`), for the start's warnings.
+    size: u64,
 }
 
 /// A volume found below the reserve.
@@ -225,39 +231,102 @@ impl Reserve {
         }
     }
 
-    /// The reserve of a data dir: `requested` bytes, or with `None` the default for its
-    /// volume ([`default_reserve`]). The audit log's volume is watched too when
-    /// `DATA/system/audit` (often a symlink) is on another filesystem.
+    /// The reserve of a data dir: `requested` bytes on each watched volume, or with `None`
+    /// the default for each volume's own size ([`default_reserve`]). The audit log's volume
+    /// is watched too when `DATA/system/audit` (often a symlink) is on another filesystem.
     pub fn for_data_dir(data: &Path, requested: Option<u64>) -> std::io::Result<Self> {
         use std::os::unix::fs::MetadataExt;
-        let bytes = match requested {
-            Some(b) => b,
-            None => {
-                let s = rustix::fs::statvfs(data)?;
-                default_reserve(s.f_blocks.saturating_mul(s.f_frsize))
-            }
+        let volume = |what, label, path: PathBuf| -> std::io::Result<Volume> {
+            let s = rustix::fs::statvfs(&path)?;
+            let size = s.f_blocks.saturating_mul(s.f_frsize);
+            Ok(Volume {
+                what,
+                label,
+                reserve: requested.unwrap_or_else(|| default_reserve(size)),
+                size,
+                path,
+            })
         };
-        let mut volumes = vec![Volume {
-            what: "data volume",
-            label: "data",
-            path: data.to_path_buf(),
-        }];
+        let mut volumes = vec![volume("data volume", "data", data.to_path_buf())?];
         let audit = data.join(efs_core::audit::AUDIT_DIR);
         if let (Ok(d), Ok(a)) = (std::fs::metadata(data), std::fs::metadata(&audit))
             && d.dev() != a.dev()
         {
-            volumes.push(Volume {
-                what: "audit log's volume",
-                label: "audit",
-                path: audit,
-            });
+            volumes.push(volume("audit log's volume", "audit", audit)?);
         }
+        let bytes = volumes.iter().map(|v| v.reserve).max().unwrap_or(0);
         Ok(Self::with(bytes, volumes))
     }
 
-    /// Bytes kept free (0: off).
+    /// Bytes kept free on the data volume (0: off).
     pub fn bytes(&self) -> u64 {
-        self.bytes
+        self.volumes.first().map_or(0, |v| v.reserve)
+    }
+
+    /// Each watched volume's reserve by its metrics label, `data` or `audit`.
+    pub fn reserves(&self) -> Vec<(&'static str, u64)> {
+        self.volumes.iter().map(|v| (v.label, v.reserve)).collect()
+    }
+
+    /// The start's line saying the effective reserve; `default`: no `--reserve-space` given.
+    pub fn describe(&self, default: bool) -> String {
+        if self.bytes == 0 {
+            return "Free-space reserve: off (--reserve-space 0): a full disk fails the audit log, \
+                    and then every request"
+                .to_owned();
+        }
+        let on: Vec<String> = self
+            .volumes
+            .iter()
+            .map(|v| format!("{} on the {}", human(v.reserve), v.what))
+            .collect();
+        format!(
+            "Free-space reserve: {}{}: uploads and new directories are refused below it",
+            on.join(", "),
+            if default {
+                " (the default: 5 % of each volume, at most 1 GiB)"
+            } else {
+                ""
+            }
+        )
+    }
+
+    /// What the operator should know at the start: a reserve as large as its volume refuses
+    /// every upload for good, and a volume already below its reserve refuses them until space
+    /// is freed. Either used to pass silently, the first uploads' 507s being the only sign.
+    pub fn start_warnings(&self) -> Vec<String> {
+        let mut out = Vec::new();
+        for v in &self.volumes {
+            if v.reserve == 0 {
+                continue;
+            }
+            if v.reserve >= v.size {
+                out.push(format!(
+                    "WARNING: the free-space reserve ({}) is as large as the {} itself ({}): \
+                     every upload and new directory will be refused; give a smaller \
+                     --reserve-space (or 0 for none)",
+                    human(v.reserve),
+                    v.what,
+                    human(v.size)
+                ));
+            } else if let Some(free) = self.free_bytes(v)
+                && free < v.reserve
+            {
+                out.push(format!(
+                    "WARNING: the {} has {} free, already below its free-space reserve ({}): \
+                     uploads and new directories are refused until space is freed{}",
+                    v.what,
+                    human(free),
+                    human(v.reserve),
+                    if v.label == "audit" {
+                        " on it (deleting files does not free the audit log's volume)"
+                    } else {
+                        " (delete files, then efsctl gc) or the volume grown"
+                    }
+                ));
+            }
+        }
+        out
     }
 
     /// Whether the audit log's volume is watched apart from the data volume.
@@ -289,7 +358,7 @@ impl Reserve {
     /// a small upload's request costs tens, and a cached value would let a burst of uploads
     /// through for as long as it is kept.
     pub fn check(&self) -> Result<(), Low> {
-        self.check_below(&[(self.bytes, 0)])
+        self.check_below(&[(false, 0)])
     }
 
     /// Before an upload's body is read: [`Reserve::check`], and, when the request announces
@@ -298,7 +367,7 @@ impl Reserve {
     /// than stopped part way. The same single `statvfs` per volume for both.
     pub fn check_upload_start(&self, announced: Option<u64>) -> Result<(), Low> {
         match announced {
-            Some(len) => self.check_below(&[(self.bytes, 0), (self.bytes / 2, len)]),
+            Some(len) => self.check_below(&[(false, 0), (true, len)]),
             None => self.check(),
         }
     }
@@ -307,20 +376,20 @@ impl Reserve {
     /// the first volume that would have less than half the reserve free once every running
     /// upload's buffered bytes are written.
     pub fn check_during_upload(&self) -> Result<(), Low> {
-        self.check_below(&[(self.bytes / 2, 0)])
+        self.check_below(&[(true, 0)])
     }
 
     /// Before a background job writes `bytes` of new content (a re-encryption's rewrite of a
     /// file, a restore's blob): the first volume that would have less than the reserve free
     /// after it.
     pub fn check_before_writing(&self, bytes: u64) -> Result<(), Low> {
-        self.check_below(&[(self.bytes, bytes)])
+        self.check_below(&[(false, bytes)])
     }
 
     /// The first volume whose free space, less the uploads' unwritten bytes and `more`, is
-    /// below `floor`, for each `(floor, more)`; one `statvfs` per volume. Logged (at most once
-    /// a minute) with the numbers, which only the operator sees.
-    fn check_below(&self, limits: &[(u64, u64)]) -> Result<(), Low> {
+    /// below its reserve (`half`: half of it), for each `(half, more)`; one `statvfs` per
+    /// volume. Logged (at most once a minute) with the numbers, which only the operator sees.
+    fn check_below(&self, limits: &[(bool, u64)]) -> Result<(), Low> {
         if self.bytes == 0 {
             return Ok(());
         }
@@ -331,13 +400,14 @@ impl Reserve {
             let Some(free) = self.free_bytes(v) else {
                 continue;
             };
-            for &(floor, more) in limits {
+            for &(half, more) in limits {
+                let floor = if half { v.reserve / 2 } else { v.reserve };
                 let left = free.saturating_sub(unwritten).saturating_sub(more);
                 if left < floor {
                     let low = Low {
                         what: v.what,
                         free: left,
-                        reserve: self.bytes,
+                        reserve: v.reserve,
                     };
                     if self.low_logged.due() {
                         tracing::warn!(
@@ -498,6 +568,40 @@ mod tests {
         assert!(r.check_upload_start(Some(u64::MAX)).is_err());
     }
 
+    /// Regression: the default was sized from the data volume and applied to the audit
+    /// log's too, so an audit log on a volume smaller than that refused every upload for
+    /// good, silently.
+    #[test]
+    fn each_volume_gets_its_own_default_and_the_start_warns_of_a_reserve_that_cannot_clear() {
+        let dir = tempfile::tempdir().unwrap();
+        let st = rustix::fs::statvfs(dir.path()).unwrap();
+        let size = st.f_blocks * st.f_frsize;
+        let r = Reserve::for_data_dir(dir.path(), None).unwrap();
+        assert_eq!(r.reserves(), vec![("data", default_reserve(size))]);
+        assert!(r.describe(true).contains("the default: 5 % of each volume"));
+        // A reserve as large as its volume is named at the start.
+        let r = Reserve::for_data_dir(dir.path(), Some(size)).unwrap();
+        let w = r.start_warnings();
+        assert_eq!(w.len(), 1, "{w:?}");
+        assert!(w[0].contains("as large as the data volume itself"), "{w:?}");
+        // One the volume is already below: named too, with what to do.
+        let free = st.f_bavail * st.f_frsize;
+        let r = Reserve::for_data_dir(dir.path(), Some((free + (1 << 30)).min(size - 1))).unwrap();
+        if free + (1 << 30) < size {
+            let w = r.start_warnings();
+            assert_eq!(w.len(), 1, "{w:?}");
+            assert!(
+                w[0].contains("already below its free-space reserve"),
+                "{w:?}"
+            );
+            assert!(w[0].contains("efsctl gc"), "{w:?}");
+        }
+        // A reserve with room: nothing to say.
+        let r = Reserve::for_data_dir(dir.path(), Some(1)).unwrap();
+        assert_eq!(r.start_warnings(), Vec::<String>::new());
+        assert_eq!(Reserve::off().start_warnings(), Vec::<String>::new());
+    }
+
     #[test]
     fn a_failed_statvfs_refuses_nothing_and_is_logged_at_most_once_a_minute() {
         let dir = tempfile::tempdir().unwrap();
@@ -507,6 +611,8 @@ mod tests {
                 what: "data volume",
                 label: "data",
                 path: dir.path().join("missing"),
+                reserve: u64::MAX,
+                size: 1 << 30,
             }],
             ..r
         };

@@ -101,28 +101,6 @@ pub struct ServerConfig {
     pub reserve_space: Option<u64>,
 }
 
-/// The start-up line saying the effective reserve (`--reserve-space`).
-fn reserve_line(reserve: &crate::reserve::Reserve, default: bool) -> String {
-    use crate::reserve::human;
-    if reserve.bytes() == 0 {
-        return "Free-space reserve: off (--reserve-space 0): a full disk fails the audit log, and then every request".to_owned();
-    }
-    format!(
-        "Free-space reserve: {}{} on the data volume{}: uploads and new directories are refused below it",
-        human(reserve.bytes()),
-        if default {
-            " (the default: 5 % of the volume, at most 1 GiB)"
-        } else {
-            ""
-        },
-        if reserve.watches_audit_volume() {
-            " and on the audit log's"
-        } else {
-            ""
-        }
-    )
-}
-
 /// Claims the check of every filesystem's index against its digest: from here on, that
 /// filesystem's requests wait for its verdict (a full scan of the entries, started by
 /// [`ClaimedCheck::start`] once the server listens). The index cannot change under a running
@@ -464,7 +442,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
     // After the start entry: a reload's entry follows it.
     tokio::spawn(reload_on_hangup(hangups, state.clone()));
-    println!("{}", reserve_line(&reserve, cfg.reserve_space.is_none()));
+    println!("{}", reserve.describe(cfg.reserve_space.is_none()));
+    for w in reserve.start_warnings() {
+        tracing::warn!("{w}");
+        println!("{w}");
+    }
     println!("Admin socket: {}", data.admin_socket().display());
     println!("Listening on https://{local}");
     use std::io::Write;

@@ -773,3 +773,61 @@ async fn a_reencryption_stops_at_the_reserve_and_resumes_once_space_is_freed() {
     assert_eq!(srv.get_ok("/six.bin", &token).await, content);
     srv.stop().await;
 }
+
+/// Regression: the default reserve was sized from the data volume and applied to the audit
+/// log's volume too, so an audit log on a small volume of its own (as docs/operations.md
+/// recommends) refused every upload for good, and nothing said so at the start.
+#[tokio::test]
+async fn an_audit_log_on_a_small_volume_gets_a_default_reserve_of_its_own() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "the per-volume default reserve",
+        "reserve.rs's unit tests",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    srv.stop().await;
+    // The audit log onto a 2 MiB volume of its own: the data volume's default (5 % of 48
+    // MiB, 2.4 MiB) is more than it holds.
+    let audit = data.join("system").join("audit");
+    let small = dir.path().join("audit-small");
+    let _audit_mount = mount_tmpfs(&small, "2m").expect("a second tmpfs where the first mounted");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", audit.display()))
+        .arg(&small)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_dir_all(&audit).unwrap();
+    std::os::unix::fs::symlink(&small, &audit).unwrap();
+
+    let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
+    let out = srv.stdout();
+    assert!(
+        out.contains("MiB on the data volume, ") && out.contains("KiB on the audit log's volume"),
+        "each volume's own reserve at the start: {out}"
+    );
+    assert!(!out.contains("WARNING"), "{out}");
+    let token = srv.login("app", &key, None).await;
+    srv.put_ok("/a.txt", &token, pattern(1000, 1)).await;
+    srv.stop().await;
+
+    // A reserve given larger than the audit volume is named at the start.
+    let srv = TestServer::start_in(dir.clone(), &["--reserve-space", "4194304"], &[]);
+    let out = srv.stdout();
+    assert!(
+        out.contains(
+            "WARNING: the free-space reserve (4.0 MiB) is as large as the audit log's volume itself"
+        ),
+        "{out}"
+    );
+    let token = srv.login("app", &key, None).await;
+    let r = srv.put("/b.txt", &token, pattern(1000, 2)).await;
+    assert_error(r, 507, "insufficient_storage").await;
+}

@@ -70,7 +70,7 @@ struct Args {
     #[arg(long = "key-part", value_name = "SPEC", value_parser = parse_part)]
     key_parts: Vec<KeyPartSpec>,
     /// Free space to keep when no server runs (as efs-server's --reserve-space; 0: none; by
-    /// default 5 % of the data volume, at most 1 GiB): reencrypt and restore stop before a
+    /// default 5 % of each volume, at most 1 GiB): reencrypt and restore stop before a
     /// file or blob whose writing would leave less free. With a server running, its own
     /// reserve applies.
     #[arg(long, env = "EFS_RESERVE_SPACE", value_name = "BYTES", value_parser = efs_server::reserve::parse_reserve)]
