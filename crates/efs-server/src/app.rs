@@ -1385,6 +1385,15 @@ async fn write(
             }
         }
     }
+    // The body's last bytes since the last check (under a MiB), for a body of no announced
+    // length: one whose length was announced was checked whole before it began.
+    if length.is_none()
+        && unchecked > 0
+        && let Err(low) = st.reserve.check_during_upload()
+    {
+        upload.abort().await;
+        return Err(low.upload_stopped());
+    }
     // An upload can last hours: its token, certificate binding and write access are checked
     // again before it lands, so that a revoke, a read-only grant or an expiry meanwhile
     // refuses it (a cached check: about a microsecond).

@@ -831,3 +831,49 @@ async fn an_audit_log_on_a_small_volume_gets_a_default_reserve_of_its_own() {
     let r = srv.put("/b.txt", &token, pattern(1000, 2)).await;
     assert_error(r, 507, "insufficient_storage").await;
 }
+
+/// Regression: a body of no announced length was checked after each MiB only, so its last
+/// part (under a MiB) could take the volume below half the reserve unchecked.
+#[tokio::test]
+async fn the_last_part_of_a_streamed_upload_is_checked_too() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "the free-space reserve at an upload's end",
+        "reserve.rs's unit tests",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    srv.stop().await;
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "8388608"], &[]);
+    let token = srv.login("app", &key, None).await;
+    // 8.25 MiB free: the upload begins; after its 4th MiB 4.25 MiB would be left (above half
+    // the reserve), after its last 0.75 MiB 3.5 MiB (below).
+    fill_leaving(&data.join("filler"), (8 << 20) + (256 << 10));
+    let (tx, body) = held_body();
+    let feed = tokio::spawn(async move {
+        for i in 0..4 {
+            tx.send(pattern(1 << 20, 10 + i)).await.unwrap();
+        }
+        tx.send(pattern(768 << 10, 20)).await.unwrap();
+    });
+    let r = srv
+        .req("PUT", "/tail.bin", &token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let msg = assert_error(r, 507, "insufficient_storage").await;
+    assert_eq!(
+        msg,
+        format!("the upload was stopped and nothing of it stored; {REFUSED}")
+    );
+    feed.await.unwrap();
+    assert_eq!(srv.get("/tail.bin", &token).await.0, 404);
+    assert_no_partial_writes(&data);
+    srv.stop().await;
+}
