@@ -950,13 +950,20 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     f.current_term(),
                     terms.len()
                 ));
+                let re_stopped = re
+                    .as_ref()
+                    .filter(|p| p.state == RotationState::Running)
+                    .and_then(|_| reencrypt::stopped(&f));
                 if let Some(p) = &re {
                     lines.push(format!(
                         "{name}: re-encryption to term {}: {} ({} of {} files, {} bytes rewritten; {} changed by clients first; pass {}{})",
                         p.current_term,
-                        match p.state {
-                            RotationState::Running => "running",
-                            RotationState::Done => "done",
+                        match (p.state, &re_stopped) {
+                            (RotationState::Running, Some(why)) => format!(
+                                "stopped ({why}); it resumes at the next start or efsctl reencrypt"
+                            ),
+                            (RotationState::Running, None) => "running".to_owned(),
+                            (RotationState::Done, _) => "done".to_owned(),
                         },
                         p.files_done,
                         p.total_files,
@@ -985,6 +992,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "term_numbers": terms,
                     "rotation": prog,
                     "reencryption": re,
+                    "reencryption_stopped": re_stopped,
                     "records_sealed": seals
                         .iter()
                         .map(|(t, n)| (t.to_string(), serde_json::Value::from(*n)))

@@ -420,6 +420,11 @@ pub struct Filesystem {
     /// `old_term_renames` when the running re-encryption's current pass began in this
     /// process; `None` if it began before this process started (renames unknown).
     reencrypt_pass_start: std::sync::Mutex<Option<u64>>,
+    /// Why this process's last re-encryption run stopped before it was done (an error: the
+    /// free-space reserve, a full disk, …); `None` while one runs, once one has finished, or
+    /// when none ran here. Its stored state stays `running` (it resumes), so `status` needs
+    /// this to tell a run going on from one waiting for the next start or `reencrypt`.
+    pub(crate) reencrypt_stopped: std::sync::Mutex<Option<String>>,
     /// Held (shared) by a file rename from its look at `reencrypting` to its commit, and
     /// (exclusive) by a re-encryption deciding that a pass was its last: no rename keeps an
     /// old term unseen by that decision.
@@ -566,6 +571,7 @@ impl Filesystem {
             reencrypting: std::sync::atomic::AtomicBool::new(false),
             old_term_renames: std::sync::atomic::AtomicU64::new(0),
             reencrypt_pass_start: std::sync::Mutex::new(None),
+            reencrypt_stopped: std::sync::Mutex::new(None),
             rename_gate: tokio::sync::RwLock::new(()),
             pins: std::sync::Mutex::new(backup::Pins::default()),
             gc_or_restore: tokio::sync::Mutex::new(()),

@@ -311,9 +311,36 @@ async fn rewrite(
 }
 
 /// Re-encrypts from the stored cursor until done, or until `limit` entries have been
-/// examined (tests simulate a crash with it). Returns the progress as stored.
+/// examined (tests simulate a crash with it). Returns the progress as stored. An error stops
+/// it where it was (resumable), and [`stopped`] says why until the next run.
 pub async fn run(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<ReencryptProgress>> {
     let _guard = fs.rotation.lock().await;
+    set_stopped(fs, None);
+    let out = run_locked(fs, limit).await;
+    if let Err(e) = &out {
+        set_stopped(fs, Some(e.to_string()));
+    }
+    out
+}
+
+/// Why this process's last re-encryption of `fs` stopped before it was done, if it did and
+/// none has run since (the stored state is `running` then: it resumes at the next start or
+/// `efsctl reencrypt`).
+pub fn stopped(fs: &Filesystem) -> Option<String> {
+    fs.reencrypt_stopped
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone()
+}
+
+fn set_stopped(fs: &Filesystem, why: Option<String>) {
+    *fs.reencrypt_stopped
+        .lock()
+        .unwrap_or_else(|p| p.into_inner()) = why;
+}
+
+/// [`run`], under the filesystem's rotation lock.
+async fn run_locked(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<ReencryptProgress>> {
     let Some(mut prog) = progress(fs).await? else {
         return Ok(None);
     };

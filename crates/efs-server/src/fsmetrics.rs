@@ -49,9 +49,11 @@ pub async fn before_render(data: &Arc<DataDir>) {
             metrics::gauge!("efs_rotation_entries_seen", "fs" => label.clone()).set(seen as f64);
         }
         if let Ok(p) = reencrypt::progress(&fs).await {
+            // A run stopped by an error (it resumes later) is not running.
+            let stopped = reencrypt::stopped(&fs).is_some();
             let (running, done, total, bytes) = p.map_or((false, 0, 0, 0), |p| {
                 (
-                    p.state == RotationState::Running,
+                    p.state == RotationState::Running && !stopped,
                     p.files_done,
                     p.total_files,
                     p.bytes_done,

@@ -762,6 +762,15 @@ async fn a_reencryption_stops_at_the_reserve_and_resumes_once_space_is_freed() {
     let st: Value =
         serde_json::from_str(&srv.efsctl_ok(&["status", "--fs", "files", "--json"])).unwrap();
     assert_eq!(st[0]["reencryption"]["state"], "running", "resumable: {st}");
+    // But not said to be running: it waits for the next start or reencrypt.
+    let why = st[0]["reencryption_stopped"].as_str().unwrap_or_default();
+    assert!(why.contains("free-space reserve"), "{st}");
+    let text = srv.efsctl_ok(&["status", "--fs", "files"]);
+    assert!(
+        text.contains("re-encryption to term 2: stopped (")
+            && text.contains("it resumes at the next start or efsctl reencrypt"),
+        "{text}"
+    );
     assert_eq!(srv.get_ok("/six.bin", &token).await, content);
 
     std::fs::remove_file(&filler).unwrap();
@@ -770,6 +779,7 @@ async fn a_reencryption_stops_at_the_reserve_and_resumes_once_space_is_freed() {
     let st: Value =
         serde_json::from_str(&srv.efsctl_ok(&["status", "--fs", "files", "--json"])).unwrap();
     assert_eq!(st[0]["reencryption"]["state"], "done", "{st}");
+    assert_eq!(st[0]["reencryption_stopped"], Value::Null, "{st}");
     assert_eq!(srv.get_ok("/six.bin", &token).await, content);
     srv.stop().await;
 }
