@@ -45,26 +45,39 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// Loads the operator's PEM files.
 pub fn load_pem(cert: &Path, key: &Path) -> anyhow::Result<TlsMaterial> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert)
-            .with_context(|| format!("cannot open --tls-cert {}", cert.display()))?,
-    ))
-    .collect::<Result<_, _>>()
-    .with_context(|| {
-        format!(
-            "--tls-cert {} is not a PEM certificate file",
-            cert.display()
-        )
-    })?;
+    use rustls::pki_types::pem::{self, PemObject};
+    let cert_pem = std::fs::read(cert)
+        .with_context(|| format!("cannot open --tls-cert {}", cert.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .with_context(|| {
+            format!(
+                "--tls-cert {} is not a PEM certificate file",
+                cert.display()
+            )
+        })?;
     if certs.is_empty() {
         bail!("--tls-cert {} holds no certificate", cert.display());
     }
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key)
-            .with_context(|| format!("cannot open --tls-key {}", key.display()))?,
-    ))
-    .with_context(|| format!("--tls-key {} is not a PEM private key", key.display()))?
-    .with_context(|| format!("--tls-key {} holds no private key", key.display()))?;
+    // The key file's bytes are read whole into memory wiped on drop (a `BufReader` would
+    // leave the PEM in its own buffer, freed unwiped). Still not wiped: rustls-pki-types'
+    // parser collects the key's base64 text in a plain `Vec` (and in the smaller ones it
+    // outgrows), freed unwiped once the DER is decoded. The DER itself is wiped once
+    // parsed (see `ServedCert::new`).
+    let key_pem = zeroize::Zeroizing::new(
+        std::fs::read(key).with_context(|| format!("cannot open --tls-key {}", key.display()))?,
+    );
+    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(k) => k,
+        Err(pem::Error::NoItemsFound) => {
+            bail!("--tls-key {} holds no private key", key.display())
+        }
+        // The parser's error may quote a line of the file: not shown, it is the key's.
+        Err(_) => bail!(
+            "--tls-key {} is not a PEM private key (a line of it does not parse)",
+            key.display()
+        ),
+    };
     Ok(TlsMaterial {
         certs,
         key,
