@@ -3,7 +3,7 @@
 //! Shutdown protocol: on SIGTERM or Ctrl-C the listener stops accepting, every open
 //! connection is told to finish its in-flight requests (hyper's graceful shutdown), and the
 //! process waits for them at most [`ServerConfig::shutdown_timeout`]. SIGHUP reloads the
-//! TLS certificate ([`crate::tls::ServedCert::reload`]).
+//! TLS certificate ([`crate::tls::ServedCert::begin_reload`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

@@ -2,10 +2,10 @@
 //! first start (its private key stored sealed under the starter key, its certificate also
 //! written in clear to `system/tls-cert.pem` for clients' `--cacert`); optional client
 //! certificates (mutual TLS) checked against a CA. The operator's certificate can be replaced
-//! while the server runs ([`ServedCert::reload`]: SIGHUP, `efsctl reload-tls`).
+//! while the server runs ([`ServedCert::begin_reload`]: SIGHUP, `efsctl reload-tls`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, bail};
 use efs_core::DataDir;
@@ -255,9 +255,11 @@ pub struct ServedCert {
     /// certificate, which lives in the system database and is not reloaded.
     files: Option<(PathBuf, PathBuf)>,
     provider: Arc<CryptoProvider>,
-    /// One reload at a time: two at once could each report the other's certificate as the
-    /// one replaced.
-    reloading: Mutex<()>,
+    /// One reload at a time, held from reading the files through the audit entry to the swap
+    /// ([`ReloadTurn`]), whichever triggered it (`efsctl reload-tls`, SIGHUP): two at once
+    /// could each report the other's certificate as the one replaced, or log B→C before
+    /// A→B. Async: it is held across the audit log's write.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ServedCert {
@@ -275,7 +277,7 @@ impl ResolvesServerCert for ServedCert {
     }
 }
 
-/// What a reload installed.
+/// What a reload installs.
 #[derive(Debug, Clone)]
 pub struct Reloaded {
     /// Fingerprint of the certificate served before.
@@ -301,6 +303,30 @@ pub enum ReloadError {
     Refused(anyhow::Error, String),
 }
 
+/// A reload under way: holds [`ServedCert`]'s reload lock from [`ReloadTurn::stage`] (read
+/// and check, fallible) through the caller's audit entry to [`ReloadTurn::install`] (the swap,
+/// infallible), so that a certificate is served only once its entry is written, and entries
+/// are in the order of the swaps. Dropped without `install`, nothing changes.
+pub struct ReloadTurn<'a> {
+    cert: &'a ServedCert,
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+}
+
+/// A certificate read and checked by [`ReloadTurn::stage`], not served yet.
+pub struct Staged {
+    key: Arc<CertifiedKey>,
+    /// What serving it changes.
+    pub reloaded: Reloaded,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("reloaded", &self.reloaded)
+            .finish_non_exhaustive()
+    }
+}
+
 impl ServedCert {
     /// The certificate loaded at the start. `files`: where it was read from (`--tls-cert`,
     /// `--tls-key`), `None` for the generated one. Not checked for expiry: a server with an
@@ -320,7 +346,7 @@ impl ServedCert {
             current: RwLock::new((Arc::new(key), fingerprint)),
             files,
             provider,
-            reloading: Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -335,40 +361,90 @@ impl ServedCert {
         self.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads `--tls-cert` and `--tls-key` again and serves them from the next handshake on,
-    /// if they hold what the start would accept, a key of the certificate, and a certificate
-    /// valid now. Otherwise nothing changes. Blocking (reads files).
-    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let Some((cert, key)) = &self.files else {
+    /// Waits for the reload before it to end, then starts one. Fails at once for the
+    /// generated certificate (no files to read again).
+    pub async fn begin_reload(&self) -> Result<ReloadTurn<'_>, ReloadError> {
+        if self.files.is_none() {
             return Err(ReloadError::Generated);
-        };
-        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let old_sha256 = self.fingerprint();
-        let refused = |e: anyhow::Error| ReloadError::Refused(e, old_sha256.clone());
-        let material = load_pem(cert, key).map_err(refused)?;
-        let new_sha256 = material.fingerprint();
-        let validity = check_validity(&material.certs[0], time::OffsetDateTime::now_utc())
-            .with_context(|| format!("--tls-cert {}", cert.display()))
-            .map_err(refused)?;
-        let certified = CertifiedKey::from_der(material.certs, material.key, &self.provider)
-            .map_err(|e| match e {
-                rustls::Error::InconsistentKeys(_) => anyhow::anyhow!(
-                    "--tls-key {} is not the key of the certificate in --tls-cert {} (their public keys differ): give the key the certificate was issued for",
-                    key.display(),
-                    cert.display()
-                ),
-                e => anyhow::anyhow!("--tls-key {}: unsupported key ({e})", key.display()),
-            })
-            .map_err(refused)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
-            (Arc::new(certified), new_sha256.clone());
-        Ok(Reloaded {
-            old_sha256,
-            new_sha256,
-            not_after: validity.not_after,
-            warning: validity.warning,
+        }
+        Ok(ReloadTurn {
+            cert: self,
+            _turn: self.reloading.lock().await,
         })
     }
+}
+
+impl ReloadTurn<'_> {
+    /// Fingerprint of the certificate served now (which only this turn can change).
+    pub fn served(&self) -> String {
+        self.cert.fingerprint()
+    }
+
+    /// Reads `--tls-cert` and `--tls-key` again (on a blocking thread) and checks they hold
+    /// what the start would accept, a key of the certificate, and a certificate valid now.
+    /// Nothing served changes.
+    pub async fn stage(&self) -> Result<Staged, ReloadError> {
+        let (cert, key) = self
+            .cert
+            .files
+            .clone()
+            .expect("begin_reload refuses a ServedCert without files");
+        let old_sha256 = self.cert.fingerprint();
+        let provider = self.cert.provider.clone();
+        let read = tokio::task::spawn_blocking(move || read_checked(&cert, &key, &provider));
+        let (key, new_sha256, validity) = match read.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(ReloadError::Refused(e, old_sha256)),
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => {
+                    return Err(ReloadError::Refused(
+                        anyhow::anyhow!("the server is shutting down"),
+                        old_sha256,
+                    ));
+                }
+            },
+        };
+        Ok(Staged {
+            key: Arc::new(key),
+            reloaded: Reloaded {
+                old_sha256,
+                new_sha256,
+                not_after: validity.not_after,
+                warning: validity.warning,
+            },
+        })
+    }
+
+    /// Serves `staged` from the next handshake on, and ends the turn.
+    pub fn install(self, staged: Staged) {
+        *self.cert.current.write().unwrap_or_else(|p| p.into_inner()) =
+            (staged.key, staged.reloaded.new_sha256);
+    }
+}
+
+/// [`ReloadTurn::stage`]'s blocking part: the files read, parsed and checked; the key with
+/// the certificate's fingerprint and validity.
+fn read_checked(
+    cert: &Path,
+    key: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> anyhow::Result<(CertifiedKey, String, Validity)> {
+    let material = load_pem(cert, key)?;
+    let fingerprint = material.fingerprint();
+    let validity = check_validity(&material.certs[0], time::OffsetDateTime::now_utc())
+        .with_context(|| format!("--tls-cert {}", cert.display()))?;
+    let certified = CertifiedKey::from_der(material.certs, material.key, provider).map_err(
+        |e| match e {
+            rustls::Error::InconsistentKeys(_) => anyhow::anyhow!(
+                "--tls-key {} is not the key of the certificate in --tls-cert {} (their public keys differ): give the key the certificate was issued for",
+                key.display(),
+                cert.display()
+            ),
+            e => anyhow::anyhow!("--tls-key {}: unsupported key ({e})", key.display()),
+        },
+    )?;
+    Ok((certified, fingerprint, validity))
 }
 
 /// A certificate's validity period, and a warning when it ends soon.
@@ -456,5 +532,57 @@ mod tests {
         // The last second of its validity still counts.
         assert!(check_validity(&cert(now - day, now), now).is_ok());
         assert!(check_validity(&CertificateDer::from(vec![0x30, 0x00]), now).is_err());
+    }
+
+    /// A staged certificate is not served until installed; a turn dropped after staging
+    /// (its audit entry failed) leaves the old one served.
+    #[tokio::test]
+    async fn a_staged_certificate_is_served_only_once_installed() {
+        crate::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+        let write = |name: &str| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now - time::Duration::days(1);
+            params.not_after = now + time::Duration::days(60);
+            let c = params.self_signed(&key).unwrap();
+            std::fs::write(&cert_path, c.pem()).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            fingerprint(c.der())
+        };
+        let fp_a = write("a");
+        let served = ServedCert::new(
+            load_pem(&cert_path, &key_path).unwrap(),
+            Some((cert_path.clone(), key_path.clone())),
+        )
+        .unwrap();
+        assert_eq!(served.fingerprint(), fp_a);
+        let fp_b = write("b");
+        let turn = served.begin_reload().await.unwrap();
+        let staged = turn.stage().await.unwrap();
+        assert_eq!(staged.reloaded.old_sha256, fp_a);
+        assert_eq!(staged.reloaded.new_sha256, fp_b);
+        assert_eq!(served.fingerprint(), fp_a, "staging serves nothing");
+        drop((staged, turn));
+        assert_eq!(served.fingerprint(), fp_a);
+        let turn = served.begin_reload().await.unwrap();
+        let staged = turn.stage().await.unwrap();
+        turn.install(staged);
+        assert_eq!(served.fingerprint(), fp_b);
+        // A key file that is not PEM: refused, and nothing of it in the message.
+        std::fs::write(
+            &key_path,
+            "-----BEGIN PRIVATE KEY-----\nsecret!!\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let turn = served.begin_reload().await.unwrap();
+        let e = turn.stage().await.unwrap_err().to_string();
+        assert!(
+            e.contains("is not a PEM private key") && !e.contains("secret"),
+            "{e}"
+        );
+        assert!(e.contains(&fp_b), "{e}");
     }
 }

@@ -389,3 +389,107 @@ async fn the_generated_certificate_is_not_reloaded() {
     );
     assert_eq!(reload_entries(&srv).len(), 2);
 }
+
+/// Unmounts on drop (after the server has stopped, so the mount is not busy).
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A reload whose audit entry cannot be written (the data dir's disk full) changed the
+/// certificate unrecorded, and efsctl exited 1 saying it was reloaded. Now nothing changes:
+/// the certificate is served only once its entry is written. The data dir is a small tmpfs
+/// (mounting needs root, as `disk_full.rs`; where it cannot mount, the test says so and
+/// checks nothing: `tls.rs`'s unit test of staging still covers the order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_audit_entry_cannot_be_written_changes_nothing() {
+    let dir = Arc::new(new_tempdir());
+    let d = dir.path();
+    let data = d.join("d");
+    std::fs::create_dir_all(&data).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        println!(
+            "tls_reload: SKIPPED a reload with the audit log failing: cannot mount a tmpfs here ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return;
+    }
+    let _mount = Mount(data.clone());
+    for name in ["a", "b", "c"] {
+        make_cert(d, name);
+    }
+    install(d, "a", "a");
+    let (cert, key) = (d.join("served.pem"), d.join("served.key"));
+    let mut srv = TestServer::start_in(
+        dir.clone(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut served = fingerprint_of(&d.join("a.pem"));
+    let fill = || {
+        use std::io::Write;
+        let mut f = std::fs::File::create(data.join("filler")).unwrap();
+        let chunk = vec![0x5au8; 64 * 1024];
+        while f.write(&chunk).is_ok_and(|n| n > 0) {}
+    };
+    // Filled: each reload's entry takes a little of what the audit file's last page has
+    // left, until one cannot be written. Should another entry fail the log first (the
+    // reload is then refused before it reads anything: nothing to check here), the disk is
+    // freed, the log recovers by itself, and the test fills it again.
+    let mut n = 0;
+    let mut reload = |served: &mut String| {
+        n += 1;
+        let next = ["b", "c"][n % 2];
+        install(d, next, next);
+        let o = srv.efsctl(&["reload-tls"]);
+        let (out, err) = text(&o);
+        if o.status.success() {
+            *served = fingerprint_of(&d.join(format!("{next}.pem")));
+            assert!(out.contains(served.as_str()), "{out}");
+            None
+        } else {
+            Some(err)
+        }
+    };
+    let mut own_entry_failed = None;
+    for _round in 0..5 {
+        fill();
+        let err = (0..200)
+            .find_map(|_| reload(&mut served))
+            .expect("no reload failed with the data dir's disk full");
+        assert!(
+            err.contains("the audit log cannot be written") && !err.contains("reloaded:"),
+            "{err}"
+        );
+        if err.contains("the certificate was not reloaded") {
+            own_entry_failed = Some(err);
+            break;
+        }
+        std::fs::remove_file(data.join("filler")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(e) = reload(&mut served) {
+            assert!(
+                Instant::now() < deadline,
+                "the audit log did not recover: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let err = own_entry_failed.expect("a reload's own entry never was the one that failed");
+    assert!(err.contains(&served), "{err}");
+    assert_eq!(served_fingerprint(&srv), served, "{err}");
+    let _ = srv.stop().await;
+}
