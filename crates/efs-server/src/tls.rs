@@ -241,8 +241,9 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// Warn when a certificate loaded by a reload expires within this many days: Let's Encrypt
-/// renews 30 days before the end, so a certificate this close to it was not renewed.
+/// Warn when a certificate loaded by a reload has less than this left, or less than a third of
+/// its lifetime if that is shorter: Let's Encrypt renews 30 days before
+/// the end, so a 90-day certificate this close to it was not renewed.
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
 /// The certificate the server serves, read at every handshake: a reload replaces it for
@@ -286,7 +287,7 @@ pub struct Reloaded {
     pub new_sha256: String,
     /// The new certificate's last valid moment (UTC).
     pub not_after: time::OffsetDateTime,
-    /// Set when it expires within [`EXPIRY_WARNING_DAYS`].
+    /// Set when it expires soon ([`EXPIRY_WARNING_DAYS`]).
     pub warning: Option<String>,
 }
 
@@ -455,7 +456,7 @@ struct Validity {
 }
 
 /// Refuses a certificate that is not valid at `now` (expired, or not yet valid); warns when
-/// it expires within [`EXPIRY_WARNING_DAYS`].
+/// it expires soon ([`expiry_warning`]).
 fn check_validity(der: &CertificateDer<'_>, now: time::OffsetDateTime) -> anyhow::Result<Validity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| anyhow::anyhow!("the certificate does not parse as X.509 ({e})"))?;
@@ -474,15 +475,45 @@ fn check_validity(der: &CertificateDer<'_>, now: time::OffsetDateTime) -> anyhow
             utc(not_after)
         );
     }
+    Ok(Validity {
+        not_after,
+        warning: expiry_warning(not_before, not_after, now),
+    })
+}
+
+/// A warning when less than [`EXPIRY_WARNING_DAYS`] or a third of the certificate's lifetime
+/// (whichever is shorter) is left at `now`: a 90-day certificate warns 14 days before its
+/// end, a 6-day one (which its issuer renews every few days) only in its last 2 days, not
+/// at every reload.
+fn expiry_warning(
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+) -> Option<String> {
     let left = not_after - now;
-    let warning = (left < time::Duration::days(EXPIRY_WARNING_DAYS)).then(|| {
+    let threshold = time::Duration::days(EXPIRY_WARNING_DAYS).min((not_after - not_before) / 3);
+    (left < threshold).then(|| {
         format!(
-            "WARNING: the new certificate expires in {} days, on {}: renew it soon",
-            left.whole_days(),
+            "WARNING: the new certificate expires in {}, on {}: renew it soon",
+            time_left(left),
             utc(not_after)
         )
-    });
-    Ok(Validity { not_after, warning })
+    })
+}
+
+/// "13 days", "1 day", "5 hours", "12 minutes", "less than a minute": whole units, rounded
+/// down, in the largest unit that is not 0.
+fn time_left(d: time::Duration) -> String {
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if d.whole_days() >= 1 {
+        plural(d.whole_days(), "day")
+    } else if d.whole_hours() >= 1 {
+        plural(d.whole_hours(), "hour")
+    } else if d.whole_minutes() >= 1 {
+        plural(d.whole_minutes(), "minute")
+    } else {
+        "less than a minute".to_owned()
+    }
 }
 
 /// RFC 3339, UTC, whole seconds.
@@ -523,7 +554,7 @@ mod tests {
         let ok = check_validity(&cert(now - day, now + 60 * day), now).unwrap();
         assert!(ok.warning.is_none());
         assert_eq!(ok.not_after, now + 60 * day);
-        let soon = check_validity(&cert(now - day, now + 13 * day), now).unwrap();
+        let soon = check_validity(&cert(now - 60 * day, now + 13 * day), now).unwrap();
         let w = soon.warning.unwrap();
         assert!(
             w.starts_with("WARNING: ") && w.contains("expires in 13 days"),
@@ -532,6 +563,36 @@ mod tests {
         // The last second of its validity still counts.
         assert!(check_validity(&cert(now - day, now), now).is_ok());
         assert!(check_validity(&CertificateDer::from(vec![0x30, 0x00]), now).is_err());
+    }
+
+    /// A short-lived certificate warned at every reload, and said "expires in 0 days" in its
+    /// last day.
+    #[test]
+    fn the_expiry_warning_scales_with_a_short_lifetime_and_counts_hours_in_the_last_day() {
+        let now = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap();
+        let (day, hour) = (time::Duration::days(1), time::Duration::hours(1));
+        // 90 days: from 14 days before the end.
+        assert!(expiry_warning(now - 70 * day, now + 20 * day, now).is_none());
+        assert!(expiry_warning(now - 76 * day, now + 14 * day, now).is_none());
+        let w = expiry_warning(now - 77 * day, now + 13 * day, now).unwrap();
+        assert!(w.contains("expires in 13 days"), "{w}");
+        // 6 days, renewed every few days: only in its last third, 2 days.
+        assert!(expiry_warning(now - hour, now + 6 * day - hour, now).is_none());
+        assert!(expiry_warning(now - 3 * day, now + 3 * day, now).is_none());
+        assert!(expiry_warning(now - 4 * day, now + 2 * day, now).is_none());
+        let w = expiry_warning(now - 4 * day - hour, now + 2 * day - hour, now).unwrap();
+        assert!(w.contains("expires in 1 day, on"), "{w}");
+        let w = expiry_warning(now - 5 * day, now + day - hour, now).unwrap();
+        assert!(w.contains("expires in 23 hours"), "{w}");
+        let w = expiry_warning(now - 5 * day, now + hour, now).unwrap();
+        assert!(w.contains("expires in 1 hour,"), "{w}");
+        let w = expiry_warning(now - 5 * day, now + time::Duration::minutes(59), now).unwrap();
+        assert!(w.contains("expires in 59 minutes"), "{w}");
+        let w = expiry_warning(now - 5 * day, now + time::Duration::seconds(30), now).unwrap();
+        assert!(w.contains("expires in less than a minute"), "{w}");
+        assert!(!w.contains(" 0 "), "{w}");
     }
 
     /// A staged certificate is not served until installed; a turn dropped after staging
