@@ -607,21 +607,36 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 /// Reloads the TLS certificate at each SIGHUP (as `efsctl reload-tls` does, recorded as
-/// done by the server's account through `signal`): the outcome goes to stdout on success,
-/// to the log at error level on failure, since a signal has no one to answer.
+/// done by the server's account through `signal`): the outcome goes to stdout on success
+/// (an expiry warning to the log at warn level), to the log at error level on failure,
+/// since a signal has no one to answer. Several SIGHUPs before one is handled count as one.
 async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<AppState>) {
+    use std::io::Write;
     let op = efs_core::admin::Operator {
         user: format!("server:uid:{}", rustix::process::getuid().as_raw()),
         via: "signal".into(),
     };
     while hangups.recv().await.is_some() {
-        let r = crate::admin_socket::reload_tls(&state, &op).await;
+        // In a task of its own: should a reload panic, this loop still handles the next
+        // SIGHUP rather than swallow every later one.
+        let (st, o) = (state.clone(), op.clone());
+        let reload =
+            tokio::spawn(async move { crate::admin_socket::reload_tls(&st, &o).await }).await;
+        let r = match reload {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("SIGHUP: the TLS certificate reload failed ({e})");
+                continue;
+            }
+        };
         if r.ok {
             for l in &r.lines {
                 if l.starts_with("WARNING: ") {
                     tracing::warn!("SIGHUP: {l}");
                 } else {
-                    println!("SIGHUP: {l}");
+                    // Not println!, which panics when stdout is gone: a terminal's hang-up,
+                    // the usual source of a SIGHUP, closes it.
+                    let _ = writeln!(std::io::stdout(), "SIGHUP: {l}");
                 }
             }
         } else {

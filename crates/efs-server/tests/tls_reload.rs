@@ -81,8 +81,12 @@ fn install(dir: &Path, cert: &str, key: &str) {
 
 /// The fingerprint of the certificate a new handshake is served (`openssl s_client`).
 fn served_fingerprint(srv: &TestServer) -> String {
+    served_fingerprint_at(srv.addr)
+}
+
+fn served_fingerprint_at(addr: std::net::SocketAddr) -> String {
     let out = Command::new("openssl")
-        .args(["s_client", "-connect", &srv.addr.to_string()])
+        .args(["s_client", "-connect", &addr.to_string()])
         .args(["-servername", "localhost"])
         .stdin(Stdio::null())
         .output()
@@ -118,7 +122,11 @@ fn wait_served(srv: &TestServer, want: &str) {
 }
 
 fn hangup(srv: &TestServer) {
-    let pid = srv.pid().expect("the server runs").to_string();
+    hangup_pid(srv.pid().expect("the server runs"));
+}
+
+fn hangup_pid(pid: u32) {
+    let pid = pid.to_string();
     let ok = Command::new("kill")
         .args(["-HUP", &pid])
         .status()
@@ -388,6 +396,82 @@ async fn the_generated_certificate_is_not_reloaded() {
         "{err}"
     );
     assert_eq!(reload_entries(&srv).len(), 2);
+}
+
+/// A terminal's hang-up, the usual source of a SIGHUP, closes the server's stdout: writing
+/// the reload's line there panicked the task handling SIGHUPs, and every later SIGHUP was
+/// swallowed. Each SIGHUP must still reload.
+#[test]
+fn sighups_still_reload_once_stdout_is_gone() {
+    let dir = new_tempdir();
+    let d = dir.path();
+    for name in ["a", "b", "c"] {
+        make_cert(d, name);
+    }
+    install(d, "a", "a");
+    let (fp_b, fp_c) = (
+        fingerprint_of(&d.join("b.pem")),
+        fingerprint_of(&d.join("c.pem")),
+    );
+    let stderr = std::fs::File::create(d.join("stderr")).unwrap();
+    let mut child = Command::new(SERVER_BIN)
+        .arg("--data")
+        .arg(d.join("d"))
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(d.join("served.pem"))
+        .arg("--tls-key")
+        .arg(d.join("served.key"))
+        .env_remove("EFS_PASSPHRASE")
+        .env_remove("EFS_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let addr = {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "no 'Listening on'");
+            if let Some(a) = line.trim().strip_prefix("Listening on https://") {
+                break a.parse::<std::net::SocketAddr>().unwrap();
+            }
+        }
+        // Dropped here: the server's stdout has no reader any more.
+    };
+    let stderr = || std::fs::read_to_string(d.join("stderr")).unwrap_or_default();
+    let wait = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = served_fingerprint_at(addr);
+            if got == want {
+                return;
+            }
+            if Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    install(d, "b", "b");
+    hangup_pid(child.id());
+    wait(&fp_b);
+    let after_b = served_fingerprint_at(addr);
+    install(d, "c", "c");
+    hangup_pid(child.id());
+    wait(&fp_c);
+    let after_c = served_fingerprint_at(addr);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(after_b, fp_b, "{}", stderr());
+    assert_eq!(
+        after_c,
+        fp_c,
+        "the second SIGHUP was swallowed\n{}",
+        stderr()
+    );
 }
 
 /// Unmounts on drop (after the server has stopped, so the mount is not busy).
