@@ -169,6 +169,15 @@ fn bind_only(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocke
 
 /// Opens the data dir, prints the start-up facts and serves until a signal.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    // First of all: SIGHUP's default action ends the process, and the start can take long
+    // (key derivation, a passphrase prompt with no time limit). A SIGHUP from here on is
+    // kept and handled once the server is ready (`reload_on_hangup`): the files are read
+    // again then, so a certificate renewed during the start is served. SIGTERM and SIGINT
+    // keep their default action until just before the admin socket serves (see below):
+    // until then nothing is served and nothing would be finished, and a start waiting for a
+    // passphrase still ends at Ctrl-C.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing a SIGHUP handler")?;
     // The address is taken first, so that a port in use fails the start before a new data
     // dir and key part are made for a server that could not serve them; it listens only once
     // it can answer (until then a client is refused at once instead of hanging, and a TCP
@@ -384,6 +393,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     });
     let detached = state.detached.clone();
 
+    // Before the admin socket serves: from then on a SIGTERM or Ctrl-C stops the server
+    // gracefully (commands under way finish) instead of ending it at once.
+    let signal = shutdown_signal()?;
     let admin = crate::admin_socket::bind(&data.admin_socket()).await?;
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
     tokio::spawn(crate::admin_socket::rotate_when_due(state.clone()));
@@ -433,11 +445,6 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             String::new()
         }
     );
-    let signal = shutdown_signal()?;
-    // Installed with the shutdown handlers, before "Listening on": SIGHUP's default action
-    // would end the server.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing a SIGHUP handler")?;
     // Before the first request is accepted: a log that cannot take it stops the start.
     let started = std::time::Instant::now();
     let start_options = serde_json::json!({
@@ -482,7 +489,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
-    // After the start entry: a reload's entry follows it.
+    // After the start entry: a reload's entry follows it. A SIGHUP received during the
+    // start is handled now.
     tokio::spawn(reload_on_hangup(hangups, state.clone()));
     println!("{}", reserve_line(&reserve, cfg.reserve_space.is_none()));
     println!("Admin socket: {}", data.admin_socket().display());

@@ -398,6 +398,132 @@ async fn the_generated_certificate_is_not_reloaded() {
     assert_eq!(reload_entries(&srv).len(), 2);
 }
 
+/// The process whose command line holds `needle` (a path unique to this test).
+fn pid_with_arg(needle: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline"))
+            && cmd.split(|b| *b == 0).any(|a| a == needle.as_bytes())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// A SIGHUP while the server is still starting (here: waiting for its key part, read from
+/// a FIFO this test holds) ended the server, as its handler was installed only once the data
+/// dir was open. Now it is kept and handled once the server is ready: the files are read
+/// again then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_during_the_start_is_handled_once_the_server_is_ready() {
+    let dir = Arc::new(new_tempdir());
+    let d = dir.path();
+    make_cert(d, "a");
+    install(d, "a", "a");
+    let fp_a = fingerprint_of(&d.join("a.pem"));
+    let (cert, key) = (d.join("served.pem"), d.join("served.key"));
+    let tls = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    // The data dir made first (its creation reads the key part twice), with the part the
+    // FIFO gives below.
+    let plain = d.join("keypart");
+    std::fs::write(&plain, pattern(32, 5)).unwrap();
+    let plain = format!("file:{}", plain.display());
+    let mut srv = TestServer::start_in(
+        dir.clone(),
+        &[&["--key-part", &plain][..], &tls].concat(),
+        &[],
+    );
+    assert!(srv.stop().await.is_some_and(|s| s.success()));
+    drop(srv);
+    let fifo = d.join("keypart.fifo");
+    let ok = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo");
+    let part = format!("file:{}", fifo.display());
+    let args: Vec<String> = vec![
+        "--key-part".into(),
+        part.clone(),
+        "--tls-cert".into(),
+        cert.to_str().unwrap().into(),
+        "--tls-key".into(),
+        key.to_str().unwrap().into(),
+    ];
+    let starting = std::thread::spawn({
+        let dir = dir.clone();
+        move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            TestServer::try_start_in(dir, &args, &[])
+        }
+    });
+    // Opened for writing only once the server opened it for reading: it is then inside the
+    // data dir's open, waiting for the key part.
+    let mut writer = {
+        use std::os::unix::fs::OpenOptionsExt;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(&fifo)
+            {
+                Ok(f) => break f,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline && !starting.is_finished(),
+                        "the server never opened its key part ({e})"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    };
+    let pid = pid_with_arg(&part).expect("the starting server's process");
+    hangup_pid(pid);
+    // Time for the signal to arrive while the start still waits.
+    std::thread::sleep(Duration::from_millis(300));
+    {
+        use std::io::Write;
+        // Fails (EPIPE) if the SIGHUP ended the server: said below.
+        let _ = writer.write_all(&pattern(32, 5));
+    }
+    drop(writer);
+    let mut srv = match starting.join().unwrap() {
+        Ok(s) => s,
+        Err(f) => panic!(
+            "the server did not survive a SIGHUP during its start ({:?})\n{}\n{}",
+            f.status, f.stdout, f.stderr
+        ),
+    };
+    // efsctl talks to the running server: it needs no key part (and the FIFO has no writer).
+    srv.key_args.clear();
+    assert_eq!(srv.fingerprint, fp_a);
+    let want = format!("SIGHUP: Reloaded the TLS certificate: SHA-256 fingerprint {fp_a}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !srv.stdout().contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "the SIGHUP of the start was not handled\n{}\n{}",
+            srv.stdout(),
+            srv.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(served_fingerprint(&srv), fp_a);
+
+    assert!(srv.stop().await.is_some_and(|s| s.success()));
+}
+
 /// A terminal's hang-up, the usual source of a SIGHUP, closes the server's stdout: writing
 /// the reload's line there panicked the task handling SIGHUPs, and every later SIGHUP was
 /// swallowed. Each SIGHUP must still reload.
