@@ -466,7 +466,9 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
         r.new_sha256, r.old_sha256
     )];
     lines.extend(r.warning.clone());
-    let data = entry;
+    // The entry's fields, and the expiry warning (null without one) for `--json`.
+    let mut data = entry;
+    data["warning"] = r.warning.clone().into();
     turn.install(staged);
     AdminResponse {
         ok: true,

@@ -616,7 +616,7 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 
 /// Reloads the TLS certificate at each SIGHUP (as `efsctl reload-tls` does, recorded as
 /// done by the server's account through `signal`): the outcome goes to stdout on success
-/// (an expiry warning to the log at warn level), to the log at error level on failure,
+/// (an expiry warning also to the log at warn level), to the log at error level on failure,
 /// since a signal has no one to answer. Several SIGHUPs before one is handled count as one.
 async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<AppState>) {
     use std::io::Write;
@@ -641,11 +641,10 @@ async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<A
             for l in &r.lines {
                 if l.starts_with("WARNING: ") {
                     tracing::warn!("SIGHUP: {l}");
-                } else {
-                    // Not println!, which panics when stdout is gone: a terminal's hang-up,
-                    // the usual source of a SIGHUP, closes it.
-                    let _ = writeln!(std::io::stdout(), "SIGHUP: {l}");
                 }
+                // Not println!, which panics when stdout is gone: a terminal's hang-up, the
+                // usual source of a SIGHUP, closes it.
+                let _ = writeln!(std::io::stdout(), "SIGHUP: {l}");
             }
         } else {
             tracing::error!(

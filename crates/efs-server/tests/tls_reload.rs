@@ -255,6 +255,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         v["not_after"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{v}"
     );
+    assert!(v["warning"].is_null(), "no expiry warning: {v}");
 
     // Failures: C stays.
     install(d, "c", "a");
@@ -398,6 +399,24 @@ async fn the_generated_certificate_is_not_reloaded() {
     assert_eq!(reload_entries(&srv).len(), 2);
 }
 
+/// A certificate for localhost valid from `days_before` days ago to `days_after` from now,
+/// written to `served.pem` and `served.key` in `dir`; its fingerprint.
+fn install_rcgen(dir: &Path, days_before: i64, days_after: i64) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(days_before);
+    params.not_after = now + time::Duration::days(days_after);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("next"), cert.pem()).unwrap();
+    std::fs::rename(dir.join("next"), dir.join("served.pem")).unwrap();
+    std::fs::write(dir.join("next"), key.serialize_pem()).unwrap();
+    std::fs::rename(dir.join("next"), dir.join("served.key")).unwrap();
+    efs_server::tls::fingerprint(cert.der())
+}
+
 /// The process whose command line holds `needle` (a path unique to this test).
 fn pid_with_arg(needle: &str) -> Option<u32> {
     for entry in std::fs::read_dir("/proc").ok()?.flatten() {
@@ -416,7 +435,8 @@ fn pid_with_arg(needle: &str) -> Option<u32> {
 /// A SIGHUP while the server is still starting (here: waiting for its key part, read from
 /// a FIFO this test holds) ended the server, as its handler was installed only once the data
 /// dir was open. Now it is kept and handled once the server is ready: the files are read
-/// again then.
+/// again then. Also: the expiry warning of a reload goes to stdout as the success line does
+/// (and to the log), and `efsctl reload-tls --json` has it as `warning`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_sighup_during_the_start_is_handled_once_the_server_is_ready() {
     let dir = Arc::new(new_tempdir());
@@ -521,6 +541,34 @@ async fn a_sighup_during_the_start_is_handled_once_the_server_is_ready() {
     }
     assert_eq!(served_fingerprint(&srv), fp_a);
 
+    // 80 days behind it, 10 left: a warning, as data too.
+    let fp_b = install_rcgen(d, 80, 10);
+    let v: Value = serde_json::from_str(&srv.efsctl_ok(&["--json", "reload-tls"])).unwrap();
+    assert_eq!(v["new_sha256"], fp_b.as_str(), "{v}");
+    let w = v["warning"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        w.starts_with("WARNING: ") && w.contains("expires in 9 days"),
+        "{w}"
+    );
+    // Through a SIGHUP: on stdout after the success line, and in the log.
+    let fp_c = install_rcgen(d, 81, 10);
+    hangup(&srv);
+    wait_served(&srv, &fp_c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !srv
+        .stdout()
+        .contains("SIGHUP: WARNING: the new certificate expires in 9 days")
+    {
+        assert!(Instant::now() < deadline, "{}", srv.stdout());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        srv.stderr()
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains("SIGHUP: WARNING: the new certificate")),
+        "{}",
+        srv.stderr()
+    );
     assert!(srv.stop().await.is_some_and(|s| s.success()));
 }
 
