@@ -428,9 +428,10 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
 }
 
 /// `efsctl reload-tls` and SIGHUP: reads `--tls-cert` and `--tls-key` again and serves them
-/// from the next handshake on ([`crate::tls::ServedCert::reload`]); on any failure the
+/// from the next handshake on ([`crate::tls::ServedCert::begin_reload`]); on any failure the
 /// certificate served stays. Recorded with the fingerprints before and after (or the
-/// error); never a key.
+/// error); never a key. Fail closed: the new certificate is served only once its entry is
+/// written, and the reload lock is held until then, so that entries follow the swaps' order.
 pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
     let req = AdminRequest::ReloadTls;
     // As every admin command: none runs once the shutdown closes the audit log.
@@ -442,19 +443,21 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
     if st.data.audit().is_failed() {
         return AdminResponse::err(efs_core::audit::AuditError::Failed.to_string());
     }
-    let cert = st.served_cert.clone();
-    let outcome = match tokio::task::spawn_blocking(move || cert.reload()).await {
-        Ok(r) => r,
-        Err(e) => match e.try_into_panic() {
-            Ok(panic) => std::panic::resume_unwind(panic),
-            Err(_) => return AdminResponse::err("the server is shutting down".to_owned()),
-        },
+    let (turn, staged) = match st.served_cert.begin_reload().await {
+        Ok(turn) => {
+            let staged = turn.stage().await;
+            (Some(turn), staged)
+        }
+        Err(e) => (None, Err(e)),
     };
-    let r = match outcome {
-        Ok(r) => r,
+    let staged = match staged {
+        Ok(s) => s,
         Err(e) => {
             let error = e.to_string();
-            if let Err(e) = admin::record_admin_failed(&st.data, op, &req, &error).await {
+            // Still under the turn: a failure's entry is in order with the swaps too.
+            let recorded = admin::record_admin_failed(&st.data, op, &req, &error).await;
+            drop(turn);
+            if let Err(e) = recorded {
                 return AdminResponse::err(format!(
                     "{e} (the certificate was not reloaded: {error})"
                 ));
@@ -462,24 +465,30 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
             return AdminResponse::err(error);
         }
     };
+    let turn = turn.expect("a certificate is staged only under a turn");
+    let r = &staged.reloaded;
     let not_after = crate::tls::utc(r.not_after);
-    let data = serde_json::json!({
+    let entry = serde_json::json!({
         "reloaded": true,
         "old_sha256": r.old_sha256,
         "new_sha256": r.new_sha256,
         "not_after": not_after,
     });
+    if let Err(e) = admin::record_admin_with(&st.data, op, &req, true, Some(&entry)).await {
+        return AdminResponse::err(format!(
+            "{e}: the certificate was not reloaded; the server keeps serving the certificate SHA-256 {}",
+            r.old_sha256
+        ));
+    }
     let mut lines = vec![format!(
         "Reloaded the TLS certificate: SHA-256 fingerprint {}, valid until {not_after} (was {}); new connections get it, open ones keep theirs",
         r.new_sha256, r.old_sha256
     )];
-    lines.extend(r.warning);
-    if let Err(e) = admin::record_admin_with(&st.data, op, &req, true, Some(&data)).await {
-        return AdminResponse::err(format!(
-            "{e} (the certificate was reloaded: {})",
-            r.new_sha256
-        ));
-    }
+    lines.extend(r.warning.clone());
+    // The entry's fields, and the expiry warning (null without one) for `--json`.
+    let mut data = entry;
+    data["warning"] = r.warning.clone().into();
+    turn.install(staged);
     AdminResponse {
         ok: true,
         lines,

@@ -3,7 +3,7 @@
 //! Shutdown protocol: on SIGTERM or Ctrl-C the listener stops accepting, every open
 //! connection is told to finish its in-flight requests (hyper's graceful shutdown), and the
 //! process waits for them at most [`ServerConfig::shutdown_timeout`]. SIGHUP reloads the
-//! TLS certificate ([`crate::tls::ServedCert::reload`]).
+//! TLS certificate ([`crate::tls::ServedCert::begin_reload`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -147,6 +147,15 @@ fn bind_only(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocke
 
 /// Opens the data dir, prints the start-up facts and serves until a signal.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
+    // First of all: SIGHUP's default action ends the process, and the start can take long
+    // (key derivation, a passphrase prompt with no time limit). A SIGHUP from here on is
+    // kept and handled once the server is ready (`reload_on_hangup`): the files are read
+    // again then, so a certificate renewed during the start is served. SIGTERM and SIGINT
+    // keep their default action until just before the admin socket serves (see below):
+    // until then nothing is served and nothing would be finished, and a start waiting for a
+    // passphrase still ends at Ctrl-C.
+    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+        .context("installing a SIGHUP handler")?;
     // The address is taken first, so that a port in use fails the start before a new data
     // dir and key part are made for a server that could not serve them; it listens only once
     // it can answer (until then a client is refused at once instead of hanging, and a TCP
@@ -342,6 +351,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     });
     let detached = state.detached.clone();
 
+    // Before the admin socket serves: from then on a SIGTERM or Ctrl-C stops the server
+    // gracefully (commands under way finish) instead of ending it at once.
+    let signal = shutdown_signal()?;
     let admin = crate::admin_socket::bind(&data.admin_socket()).await?;
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
     tokio::spawn(crate::admin_socket::rotate_when_due(state.clone()));
@@ -391,11 +403,6 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             String::new()
         }
     );
-    let signal = shutdown_signal()?;
-    // Installed with the shutdown handlers, before "Listening on": SIGHUP's default action
-    // would end the server.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing a SIGHUP handler")?;
     // Before the first request is accepted: a log that cannot take it stops the start.
     let started = std::time::Instant::now();
     let start_options = serde_json::json!({
@@ -440,7 +447,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             }
         });
     }
-    // After the start entry: a reload's entry follows it.
+    // After the start entry: a reload's entry follows it. A SIGHUP received during the
+    // start is handled now.
     tokio::spawn(reload_on_hangup(hangups, state.clone()));
     println!("{}", reserve.describe(cfg.reserve_space.is_none()));
     for w in reserve.start_warnings() {
@@ -569,22 +577,36 @@ fn shutdown_signal() -> anyhow::Result<impl std::future::Future<Output = ()>> {
 }
 
 /// Reloads the TLS certificate at each SIGHUP (as `efsctl reload-tls` does, recorded as
-/// done by the server's account through `signal`): the outcome goes to stdout on success,
-/// to the log at error level on failure, since a signal has no one to answer.
+/// done by the server's account through `signal`): the outcome goes to stdout on success
+/// (an expiry warning also to the log at warn level), to the log at error level on failure,
+/// since a signal has no one to answer. Several SIGHUPs before one is handled count as one.
 async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<AppState>) {
+    use std::io::Write;
     let op = efs_core::admin::Operator {
         user: format!("server:uid:{}", rustix::process::getuid().as_raw()),
         via: "signal".into(),
     };
     while hangups.recv().await.is_some() {
-        let r = crate::admin_socket::reload_tls(&state, &op).await;
+        // In a task of its own: should a reload panic, this loop still handles the next
+        // SIGHUP rather than swallow every later one.
+        let (st, o) = (state.clone(), op.clone());
+        let reload =
+            tokio::spawn(async move { crate::admin_socket::reload_tls(&st, &o).await }).await;
+        let r = match reload {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!("SIGHUP: the TLS certificate reload failed ({e})");
+                continue;
+            }
+        };
         if r.ok {
             for l in &r.lines {
                 if l.starts_with("WARNING: ") {
                     tracing::warn!("SIGHUP: {l}");
-                } else {
-                    println!("SIGHUP: {l}");
                 }
+                // Not println!, which panics when stdout is gone: a terminal's hang-up, the
+                // usual source of a SIGHUP, closes it.
+                let _ = writeln!(std::io::stdout(), "SIGHUP: {l}");
             }
         } else {
             tracing::error!(

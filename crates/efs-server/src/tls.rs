@@ -2,10 +2,10 @@
 //! first start (its private key stored sealed under the starter key, its certificate also
 //! written in clear to `system/tls-cert.pem` for clients' `--cacert`); optional client
 //! certificates (mutual TLS) checked against a CA. The operator's certificate can be replaced
-//! while the server runs ([`ServedCert::reload`]: SIGHUP, `efsctl reload-tls`).
+//! while the server runs ([`ServedCert::begin_reload`]: SIGHUP, `efsctl reload-tls`).
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, RwLock};
+use std::sync::{Arc, RwLock};
 
 use anyhow::{Context, bail};
 use efs_core::DataDir;
@@ -45,26 +45,39 @@ pub fn fingerprint(der: &[u8]) -> String {
 
 /// Loads the operator's PEM files.
 pub fn load_pem(cert: &Path, key: &Path) -> anyhow::Result<TlsMaterial> {
-    let certs: Vec<CertificateDer<'static>> = rustls_pemfile::certs(&mut std::io::BufReader::new(
-        std::fs::File::open(cert)
-            .with_context(|| format!("cannot open --tls-cert {}", cert.display()))?,
-    ))
-    .collect::<Result<_, _>>()
-    .with_context(|| {
-        format!(
-            "--tls-cert {} is not a PEM certificate file",
-            cert.display()
-        )
-    })?;
+    use rustls::pki_types::pem::{self, PemObject};
+    let cert_pem = std::fs::read(cert)
+        .with_context(|| format!("cannot open --tls-cert {}", cert.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<_, _>>()
+        .with_context(|| {
+            format!(
+                "--tls-cert {} is not a PEM certificate file",
+                cert.display()
+            )
+        })?;
     if certs.is_empty() {
         bail!("--tls-cert {} holds no certificate", cert.display());
     }
-    let key = rustls_pemfile::private_key(&mut std::io::BufReader::new(
-        std::fs::File::open(key)
-            .with_context(|| format!("cannot open --tls-key {}", key.display()))?,
-    ))
-    .with_context(|| format!("--tls-key {} is not a PEM private key", key.display()))?
-    .with_context(|| format!("--tls-key {} holds no private key", key.display()))?;
+    // The key file's bytes are read whole into memory wiped on drop (a `BufReader` would
+    // leave the PEM in its own buffer, freed unwiped). Still not wiped: rustls-pki-types'
+    // parser collects the key's base64 text in a plain `Vec` (and in the smaller ones it
+    // outgrows), freed unwiped once the DER is decoded. The DER itself is wiped once
+    // parsed (see `ServedCert::new`).
+    let key_pem = zeroize::Zeroizing::new(
+        std::fs::read(key).with_context(|| format!("cannot open --tls-key {}", key.display()))?,
+    );
+    let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
+        Ok(k) => k,
+        Err(pem::Error::NoItemsFound) => {
+            bail!("--tls-key {} holds no private key", key.display())
+        }
+        // The parser's error may quote a line of the file: not shown, it is the key's.
+        Err(_) => bail!(
+            "--tls-key {} is not a PEM private key (a line of it does not parse)",
+            key.display()
+        ),
+    };
     Ok(TlsMaterial {
         certs,
         key,
@@ -228,8 +241,9 @@ pub fn server_config(
     Ok(Arc::new(cfg))
 }
 
-/// Warn when a certificate loaded by a reload expires within this many days: Let's Encrypt
-/// renews 30 days before the end, so a certificate this close to it was not renewed.
+/// Warn when a certificate loaded by a reload has less than this left, or less than a third of
+/// its lifetime if that is shorter: Let's Encrypt renews 30 days before
+/// the end, so a 90-day certificate this close to it was not renewed.
 pub const EXPIRY_WARNING_DAYS: i64 = 14;
 
 /// The certificate the server serves, read at every handshake: a reload replaces it for
@@ -242,9 +256,11 @@ pub struct ServedCert {
     /// certificate, which lives in the system database and is not reloaded.
     files: Option<(PathBuf, PathBuf)>,
     provider: Arc<CryptoProvider>,
-    /// One reload at a time: two at once could each report the other's certificate as the
-    /// one replaced.
-    reloading: Mutex<()>,
+    /// One reload at a time, held from reading the files through the audit entry to the swap
+    /// ([`ReloadTurn`]), whichever triggered it (`efsctl reload-tls`, SIGHUP): two at once
+    /// could each report the other's certificate as the one replaced, or log B→C before
+    /// A→B. Async: it is held across the audit log's write.
+    reloading: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for ServedCert {
@@ -262,7 +278,7 @@ impl ResolvesServerCert for ServedCert {
     }
 }
 
-/// What a reload installed.
+/// What a reload installs.
 #[derive(Debug, Clone)]
 pub struct Reloaded {
     /// Fingerprint of the certificate served before.
@@ -271,7 +287,7 @@ pub struct Reloaded {
     pub new_sha256: String,
     /// The new certificate's last valid moment (UTC).
     pub not_after: time::OffsetDateTime,
-    /// Set when it expires within [`EXPIRY_WARNING_DAYS`].
+    /// Set when it expires soon ([`EXPIRY_WARNING_DAYS`]).
     pub warning: Option<String>,
 }
 
@@ -286,6 +302,30 @@ pub enum ReloadError {
     /// The files did not hold a certificate and key the server can serve now.
     #[error("{0:#}; the server keeps serving the certificate SHA-256 {1}")]
     Refused(anyhow::Error, String),
+}
+
+/// A reload under way: holds [`ServedCert`]'s reload lock from [`ReloadTurn::stage`] (read
+/// and check, fallible) through the caller's audit entry to [`ReloadTurn::install`] (the swap,
+/// infallible), so that a certificate is served only once its entry is written, and entries
+/// are in the order of the swaps. Dropped without `install`, nothing changes.
+pub struct ReloadTurn<'a> {
+    cert: &'a ServedCert,
+    _turn: tokio::sync::MutexGuard<'a, ()>,
+}
+
+/// A certificate read and checked by [`ReloadTurn::stage`], not served yet.
+pub struct Staged {
+    key: Arc<CertifiedKey>,
+    /// What serving it changes.
+    pub reloaded: Reloaded,
+}
+
+impl std::fmt::Debug for Staged {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Staged")
+            .field("reloaded", &self.reloaded)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ServedCert {
@@ -307,7 +347,7 @@ impl ServedCert {
             current: RwLock::new((Arc::new(key), fingerprint)),
             files,
             provider,
-            reloading: Mutex::new(()),
+            reloading: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -322,40 +362,90 @@ impl ServedCert {
         self.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads `--tls-cert` and `--tls-key` again and serves them from the next handshake on,
-    /// if they hold what the start would accept, a key of the certificate, and a certificate
-    /// valid now. Otherwise nothing changes. Blocking (reads files).
-    pub fn reload(&self) -> Result<Reloaded, ReloadError> {
-        let Some((cert, key)) = &self.files else {
+    /// Waits for the reload before it to end, then starts one. Fails at once for the
+    /// generated certificate (no files to read again).
+    pub async fn begin_reload(&self) -> Result<ReloadTurn<'_>, ReloadError> {
+        if self.files.is_none() {
             return Err(ReloadError::Generated);
-        };
-        let _one = self.reloading.lock().unwrap_or_else(|p| p.into_inner());
-        let old_sha256 = self.fingerprint();
-        let refused = |e: anyhow::Error| ReloadError::Refused(e, old_sha256.clone());
-        let material = load_pem(cert, key).map_err(refused)?;
-        let new_sha256 = material.fingerprint();
-        let validity = check_validity(&material.certs[0], time::OffsetDateTime::now_utc())
-            .with_context(|| format!("--tls-cert {}", cert.display()))
-            .map_err(refused)?;
-        let certified = CertifiedKey::from_der(material.certs, material.key, &self.provider)
-            .map_err(|e| match e {
-                rustls::Error::InconsistentKeys(_) => anyhow::anyhow!(
-                    "--tls-key {} is not the key of the certificate in --tls-cert {} (their public keys differ): give the key the certificate was issued for",
-                    key.display(),
-                    cert.display()
-                ),
-                e => anyhow::anyhow!("--tls-key {}: unsupported key ({e})", key.display()),
-            })
-            .map_err(refused)?;
-        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
-            (Arc::new(certified), new_sha256.clone());
-        Ok(Reloaded {
-            old_sha256,
-            new_sha256,
-            not_after: validity.not_after,
-            warning: validity.warning,
+        }
+        Ok(ReloadTurn {
+            cert: self,
+            _turn: self.reloading.lock().await,
         })
     }
+}
+
+impl ReloadTurn<'_> {
+    /// Fingerprint of the certificate served now (which only this turn can change).
+    pub fn served(&self) -> String {
+        self.cert.fingerprint()
+    }
+
+    /// Reads `--tls-cert` and `--tls-key` again (on a blocking thread) and checks they hold
+    /// what the start would accept, a key of the certificate, and a certificate valid now.
+    /// Nothing served changes.
+    pub async fn stage(&self) -> Result<Staged, ReloadError> {
+        let (cert, key) = self
+            .cert
+            .files
+            .clone()
+            .expect("begin_reload refuses a ServedCert without files");
+        let old_sha256 = self.cert.fingerprint();
+        let provider = self.cert.provider.clone();
+        let read = tokio::task::spawn_blocking(move || read_checked(&cert, &key, &provider));
+        let (key, new_sha256, validity) = match read.await {
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => return Err(ReloadError::Refused(e, old_sha256)),
+            Err(e) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => {
+                    return Err(ReloadError::Refused(
+                        anyhow::anyhow!("the server is shutting down"),
+                        old_sha256,
+                    ));
+                }
+            },
+        };
+        Ok(Staged {
+            key: Arc::new(key),
+            reloaded: Reloaded {
+                old_sha256,
+                new_sha256,
+                not_after: validity.not_after,
+                warning: validity.warning,
+            },
+        })
+    }
+
+    /// Serves `staged` from the next handshake on, and ends the turn.
+    pub fn install(self, staged: Staged) {
+        *self.cert.current.write().unwrap_or_else(|p| p.into_inner()) =
+            (staged.key, staged.reloaded.new_sha256);
+    }
+}
+
+/// [`ReloadTurn::stage`]'s blocking part: the files read, parsed and checked; the key with
+/// the certificate's fingerprint and validity.
+fn read_checked(
+    cert: &Path,
+    key: &Path,
+    provider: &Arc<CryptoProvider>,
+) -> anyhow::Result<(CertifiedKey, String, Validity)> {
+    let material = load_pem(cert, key)?;
+    let fingerprint = material.fingerprint();
+    let validity = check_validity(&material.certs[0], time::OffsetDateTime::now_utc())
+        .with_context(|| format!("--tls-cert {}", cert.display()))?;
+    let certified = CertifiedKey::from_der(material.certs, material.key, provider).map_err(
+        |e| match e {
+            rustls::Error::InconsistentKeys(_) => anyhow::anyhow!(
+                "--tls-key {} is not the key of the certificate in --tls-cert {} (their public keys differ): give the key the certificate was issued for",
+                key.display(),
+                cert.display()
+            ),
+            e => anyhow::anyhow!("--tls-key {}: unsupported key ({e})", key.display()),
+        },
+    )?;
+    Ok((certified, fingerprint, validity))
 }
 
 /// A certificate's validity period, and a warning when it ends soon.
@@ -366,7 +456,7 @@ struct Validity {
 }
 
 /// Refuses a certificate that is not valid at `now` (expired, or not yet valid); warns when
-/// it expires within [`EXPIRY_WARNING_DAYS`].
+/// it expires soon ([`expiry_warning`]).
 fn check_validity(der: &CertificateDer<'_>, now: time::OffsetDateTime) -> anyhow::Result<Validity> {
     let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref())
         .map_err(|e| anyhow::anyhow!("the certificate does not parse as X.509 ({e})"))?;
@@ -385,15 +475,45 @@ fn check_validity(der: &CertificateDer<'_>, now: time::OffsetDateTime) -> anyhow
             utc(not_after)
         );
     }
+    Ok(Validity {
+        not_after,
+        warning: expiry_warning(not_before, not_after, now),
+    })
+}
+
+/// A warning when less than [`EXPIRY_WARNING_DAYS`] or a third of the certificate's lifetime
+/// (whichever is shorter) is left at `now`: a 90-day certificate warns 14 days before its
+/// end, a 6-day one (which its issuer renews every few days) only in its last 2 days, not
+/// at every reload.
+fn expiry_warning(
+    not_before: time::OffsetDateTime,
+    not_after: time::OffsetDateTime,
+    now: time::OffsetDateTime,
+) -> Option<String> {
     let left = not_after - now;
-    let warning = (left < time::Duration::days(EXPIRY_WARNING_DAYS)).then(|| {
+    let threshold = time::Duration::days(EXPIRY_WARNING_DAYS).min((not_after - not_before) / 3);
+    (left < threshold).then(|| {
         format!(
-            "WARNING: the new certificate expires in {} days, on {}: renew it soon",
-            left.whole_days(),
+            "WARNING: the new certificate expires in {}, on {}: renew it soon",
+            time_left(left),
             utc(not_after)
         )
-    });
-    Ok(Validity { not_after, warning })
+    })
+}
+
+/// "13 days", "1 day", "5 hours", "12 minutes", "less than a minute": whole units, rounded
+/// down, in the largest unit that is not 0.
+fn time_left(d: time::Duration) -> String {
+    let plural = |n: i64, unit: &str| format!("{n} {unit}{}", if n == 1 { "" } else { "s" });
+    if d.whole_days() >= 1 {
+        plural(d.whole_days(), "day")
+    } else if d.whole_hours() >= 1 {
+        plural(d.whole_hours(), "hour")
+    } else if d.whole_minutes() >= 1 {
+        plural(d.whole_minutes(), "minute")
+    } else {
+        "less than a minute".to_owned()
+    }
 }
 
 /// RFC 3339, UTC, whole seconds.
@@ -434,7 +554,7 @@ mod tests {
         let ok = check_validity(&cert(now - day, now + 60 * day), now).unwrap();
         assert!(ok.warning.is_none());
         assert_eq!(ok.not_after, now + 60 * day);
-        let soon = check_validity(&cert(now - day, now + 13 * day), now).unwrap();
+        let soon = check_validity(&cert(now - 60 * day, now + 13 * day), now).unwrap();
         let w = soon.warning.unwrap();
         assert!(
             w.starts_with("WARNING: ") && w.contains("expires in 13 days"),
@@ -443,5 +563,87 @@ mod tests {
         // The last second of its validity still counts.
         assert!(check_validity(&cert(now - day, now), now).is_ok());
         assert!(check_validity(&CertificateDer::from(vec![0x30, 0x00]), now).is_err());
+    }
+
+    /// A short-lived certificate warned at every reload, and said "expires in 0 days" in its
+    /// last day.
+    #[test]
+    fn the_expiry_warning_scales_with_a_short_lifetime_and_counts_hours_in_the_last_day() {
+        let now = time::OffsetDateTime::now_utc()
+            .replace_nanosecond(0)
+            .unwrap();
+        let (day, hour) = (time::Duration::days(1), time::Duration::hours(1));
+        // 90 days: from 14 days before the end.
+        assert!(expiry_warning(now - 70 * day, now + 20 * day, now).is_none());
+        assert!(expiry_warning(now - 76 * day, now + 14 * day, now).is_none());
+        let w = expiry_warning(now - 77 * day, now + 13 * day, now).unwrap();
+        assert!(w.contains("expires in 13 days"), "{w}");
+        // 6 days, renewed every few days: only in its last third, 2 days.
+        assert!(expiry_warning(now - hour, now + 6 * day - hour, now).is_none());
+        assert!(expiry_warning(now - 3 * day, now + 3 * day, now).is_none());
+        assert!(expiry_warning(now - 4 * day, now + 2 * day, now).is_none());
+        let w = expiry_warning(now - 4 * day - hour, now + 2 * day - hour, now).unwrap();
+        assert!(w.contains("expires in 1 day, on"), "{w}");
+        let w = expiry_warning(now - 5 * day, now + day - hour, now).unwrap();
+        assert!(w.contains("expires in 23 hours"), "{w}");
+        let w = expiry_warning(now - 5 * day, now + hour, now).unwrap();
+        assert!(w.contains("expires in 1 hour,"), "{w}");
+        let w = expiry_warning(now - 5 * day, now + time::Duration::minutes(59), now).unwrap();
+        assert!(w.contains("expires in 59 minutes"), "{w}");
+        let w = expiry_warning(now - 5 * day, now + time::Duration::seconds(30), now).unwrap();
+        assert!(w.contains("expires in less than a minute"), "{w}");
+        assert!(!w.contains(" 0 "), "{w}");
+    }
+
+    /// A staged certificate is not served until installed; a turn dropped after staging
+    /// (its audit entry failed) leaves the old one served.
+    #[tokio::test]
+    async fn a_staged_certificate_is_served_only_once_installed() {
+        crate::install_crypto_provider();
+        let dir = tempfile::tempdir().unwrap();
+        let (cert_path, key_path) = (dir.path().join("c.pem"), dir.path().join("c.key"));
+        let write = |name: &str| {
+            let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+            let mut params = rcgen::CertificateParams::new(vec![name.to_string()]).unwrap();
+            let now = time::OffsetDateTime::now_utc();
+            params.not_before = now - time::Duration::days(1);
+            params.not_after = now + time::Duration::days(60);
+            let c = params.self_signed(&key).unwrap();
+            std::fs::write(&cert_path, c.pem()).unwrap();
+            std::fs::write(&key_path, key.serialize_pem()).unwrap();
+            fingerprint(c.der())
+        };
+        let fp_a = write("a");
+        let served = ServedCert::new(
+            load_pem(&cert_path, &key_path).unwrap(),
+            Some((cert_path.clone(), key_path.clone())),
+        )
+        .unwrap();
+        assert_eq!(served.fingerprint(), fp_a);
+        let fp_b = write("b");
+        let turn = served.begin_reload().await.unwrap();
+        let staged = turn.stage().await.unwrap();
+        assert_eq!(staged.reloaded.old_sha256, fp_a);
+        assert_eq!(staged.reloaded.new_sha256, fp_b);
+        assert_eq!(served.fingerprint(), fp_a, "staging serves nothing");
+        drop((staged, turn));
+        assert_eq!(served.fingerprint(), fp_a);
+        let turn = served.begin_reload().await.unwrap();
+        let staged = turn.stage().await.unwrap();
+        turn.install(staged);
+        assert_eq!(served.fingerprint(), fp_b);
+        // A key file that is not PEM: refused, and nothing of it in the message.
+        std::fs::write(
+            &key_path,
+            "-----BEGIN PRIVATE KEY-----\nsecret!!\n-----END PRIVATE KEY-----\n",
+        )
+        .unwrap();
+        let turn = served.begin_reload().await.unwrap();
+        let e = turn.stage().await.unwrap_err().to_string();
+        assert!(
+            e.contains("is not a PEM private key") && !e.contains("secret"),
+            "{e}"
+        );
+        assert!(e.contains(&fp_b), "{e}");
     }
 }

@@ -81,8 +81,12 @@ fn install(dir: &Path, cert: &str, key: &str) {
 
 /// The fingerprint of the certificate a new handshake is served (`openssl s_client`).
 fn served_fingerprint(srv: &TestServer) -> String {
+    served_fingerprint_at(srv.addr)
+}
+
+fn served_fingerprint_at(addr: std::net::SocketAddr) -> String {
     let out = Command::new("openssl")
-        .args(["s_client", "-connect", &srv.addr.to_string()])
+        .args(["s_client", "-connect", &addr.to_string()])
         .args(["-servername", "localhost"])
         .stdin(Stdio::null())
         .output()
@@ -118,7 +122,11 @@ fn wait_served(srv: &TestServer, want: &str) {
 }
 
 fn hangup(srv: &TestServer) {
-    let pid = srv.pid().expect("the server runs").to_string();
+    hangup_pid(srv.pid().expect("the server runs"));
+}
+
+fn hangup_pid(pid: u32) {
+    let pid = pid.to_string();
     let ok = Command::new("kill")
         .args(["-HUP", &pid])
         .status()
@@ -247,6 +255,7 @@ async fn a_renewed_certificate_is_served_without_a_restart() {
         v["not_after"].as_str().is_some_and(|t| t.ends_with('Z')),
         "{v}"
     );
+    assert!(v["warning"].is_null(), "no expiry warning: {v}");
 
     // Failures: C stays.
     install(d, "c", "a");
@@ -388,4 +397,357 @@ async fn the_generated_certificate_is_not_reloaded() {
         "{err}"
     );
     assert_eq!(reload_entries(&srv).len(), 2);
+}
+
+/// A certificate for localhost valid from `days_before` days ago to `days_after` from now,
+/// written to `served.pem` and `served.key` in `dir`; its fingerprint.
+fn install_rcgen(dir: &Path, days_before: i64, days_after: i64) -> String {
+    let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+    let mut params =
+        rcgen::CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    let now = time::OffsetDateTime::now_utc();
+    params.not_before = now - time::Duration::days(days_before);
+    params.not_after = now + time::Duration::days(days_after);
+    let cert = params.self_signed(&key).unwrap();
+    std::fs::write(dir.join("next"), cert.pem()).unwrap();
+    std::fs::rename(dir.join("next"), dir.join("served.pem")).unwrap();
+    std::fs::write(dir.join("next"), key.serialize_pem()).unwrap();
+    std::fs::rename(dir.join("next"), dir.join("served.key")).unwrap();
+    efs_server::tls::fingerprint(cert.der())
+}
+
+/// The process whose command line holds `needle` (a path unique to this test).
+fn pid_with_arg(needle: &str) -> Option<u32> {
+    for entry in std::fs::read_dir("/proc").ok()?.flatten() {
+        let Ok(pid) = entry.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(entry.path().join("cmdline"))
+            && cmd.split(|b| *b == 0).any(|a| a == needle.as_bytes())
+        {
+            return Some(pid);
+        }
+    }
+    None
+}
+
+/// A SIGHUP while the server is still starting (here: waiting for its key part, read from
+/// a FIFO this test holds) ended the server, as its handler was installed only once the data
+/// dir was open. Now it is kept and handled once the server is ready: the files are read
+/// again then. Also: the expiry warning of a reload goes to stdout as the success line does
+/// (and to the log), and `efsctl reload-tls --json` has it as `warning`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sighup_during_the_start_is_handled_once_the_server_is_ready() {
+    let dir = Arc::new(new_tempdir());
+    let d = dir.path();
+    make_cert(d, "a");
+    install(d, "a", "a");
+    let fp_a = fingerprint_of(&d.join("a.pem"));
+    let (cert, key) = (d.join("served.pem"), d.join("served.key"));
+    let tls = [
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ];
+    // The data dir made first (its creation reads the key part twice), with the part the
+    // FIFO gives below.
+    let plain = d.join("keypart");
+    std::fs::write(&plain, pattern(32, 5)).unwrap();
+    let plain = format!("file:{}", plain.display());
+    let mut srv = TestServer::start_in(
+        dir.clone(),
+        &[&["--key-part", &plain][..], &tls].concat(),
+        &[],
+    );
+    assert!(srv.stop().await.is_some_and(|s| s.success()));
+    drop(srv);
+    let fifo = d.join("keypart.fifo");
+    let ok = Command::new("mkfifo")
+        .arg(&fifo)
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "mkfifo");
+    let part = format!("file:{}", fifo.display());
+    let args: Vec<String> = vec![
+        "--key-part".into(),
+        part.clone(),
+        "--tls-cert".into(),
+        cert.to_str().unwrap().into(),
+        "--tls-key".into(),
+        key.to_str().unwrap().into(),
+    ];
+    let starting = std::thread::spawn({
+        let dir = dir.clone();
+        move || {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            TestServer::try_start_in(dir, &args, &[])
+        }
+    });
+    // Opened for writing only once the server opened it for reading: it is then inside the
+    // data dir's open, waiting for the key part.
+    let mut writer = {
+        use std::os::unix::fs::OpenOptionsExt;
+        let deadline = Instant::now() + Duration::from_secs(90);
+        loop {
+            match std::fs::OpenOptions::new()
+                .write(true)
+                .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+                .open(&fifo)
+            {
+                Ok(f) => break f,
+                Err(e) => {
+                    assert!(
+                        Instant::now() < deadline && !starting.is_finished(),
+                        "the server never opened its key part ({e})"
+                    );
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        }
+    };
+    let pid = pid_with_arg(&part).expect("the starting server's process");
+    hangup_pid(pid);
+    // Time for the signal to arrive while the start still waits.
+    std::thread::sleep(Duration::from_millis(300));
+    {
+        use std::io::Write;
+        // Fails (EPIPE) if the SIGHUP ended the server: said below.
+        let _ = writer.write_all(&pattern(32, 5));
+    }
+    drop(writer);
+    let mut srv = match starting.join().unwrap() {
+        Ok(s) => s,
+        Err(f) => panic!(
+            "the server did not survive a SIGHUP during its start ({:?})\n{}\n{}",
+            f.status, f.stdout, f.stderr
+        ),
+    };
+    // efsctl talks to the running server: it needs no key part (and the FIFO has no writer).
+    srv.key_args.clear();
+    assert_eq!(srv.fingerprint, fp_a);
+    let want = format!("SIGHUP: Reloaded the TLS certificate: SHA-256 fingerprint {fp_a}");
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !srv.stdout().contains(&want) {
+        assert!(
+            Instant::now() < deadline,
+            "the SIGHUP of the start was not handled\n{}\n{}",
+            srv.stdout(),
+            srv.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(served_fingerprint(&srv), fp_a);
+
+    // 80 days behind it, 10 left: a warning, as data too.
+    let fp_b = install_rcgen(d, 80, 10);
+    let v: Value = serde_json::from_str(&srv.efsctl_ok(&["--json", "reload-tls"])).unwrap();
+    assert_eq!(v["new_sha256"], fp_b.as_str(), "{v}");
+    let w = v["warning"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        w.starts_with("WARNING: ") && w.contains("expires in 9 days"),
+        "{w}"
+    );
+    // Through a SIGHUP: on stdout after the success line, and in the log.
+    let fp_c = install_rcgen(d, 81, 10);
+    hangup(&srv);
+    wait_served(&srv, &fp_c);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !srv
+        .stdout()
+        .contains("SIGHUP: WARNING: the new certificate expires in 9 days")
+    {
+        assert!(Instant::now() < deadline, "{}", srv.stdout());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        srv.stderr()
+            .lines()
+            .any(|l| l.contains(" WARN ") && l.contains("SIGHUP: WARNING: the new certificate")),
+        "{}",
+        srv.stderr()
+    );
+    assert!(srv.stop().await.is_some_and(|s| s.success()));
+}
+
+/// A terminal's hang-up, the usual source of a SIGHUP, closes the server's stdout: writing
+/// the reload's line there panicked the task handling SIGHUPs, and every later SIGHUP was
+/// swallowed. Each SIGHUP must still reload.
+#[test]
+fn sighups_still_reload_once_stdout_is_gone() {
+    let dir = new_tempdir();
+    let d = dir.path();
+    for name in ["a", "b", "c"] {
+        make_cert(d, name);
+    }
+    install(d, "a", "a");
+    let (fp_b, fp_c) = (
+        fingerprint_of(&d.join("b.pem")),
+        fingerprint_of(&d.join("c.pem")),
+    );
+    let stderr = std::fs::File::create(d.join("stderr")).unwrap();
+    let mut child = Command::new(SERVER_BIN)
+        .arg("--data")
+        .arg(d.join("d"))
+        .args(["--listen", "127.0.0.1:0", "--tls-cert"])
+        .arg(d.join("served.pem"))
+        .arg("--tls-key")
+        .arg(d.join("served.key"))
+        .env_remove("EFS_PASSPHRASE")
+        .env_remove("EFS_LOG")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(stderr)
+        .spawn()
+        .unwrap();
+    let addr = {
+        use std::io::BufRead;
+        let mut out = std::io::BufReader::new(child.stdout.take().unwrap());
+        let mut line = String::new();
+        loop {
+            line.clear();
+            assert!(out.read_line(&mut line).unwrap() > 0, "no 'Listening on'");
+            if let Some(a) = line.trim().strip_prefix("Listening on https://") {
+                break a.parse::<std::net::SocketAddr>().unwrap();
+            }
+        }
+        // Dropped here: the server's stdout has no reader any more.
+    };
+    let stderr = || std::fs::read_to_string(d.join("stderr")).unwrap_or_default();
+    let wait = |want: &str| {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let got = served_fingerprint_at(addr);
+            if got == want {
+                return;
+            }
+            if Instant::now() > deadline {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    };
+    install(d, "b", "b");
+    hangup_pid(child.id());
+    wait(&fp_b);
+    let after_b = served_fingerprint_at(addr);
+    install(d, "c", "c");
+    hangup_pid(child.id());
+    wait(&fp_c);
+    let after_c = served_fingerprint_at(addr);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(after_b, fp_b, "{}", stderr());
+    assert_eq!(
+        after_c,
+        fp_c,
+        "the second SIGHUP was swallowed\n{}",
+        stderr()
+    );
+}
+
+/// Unmounts on drop (after the server has stopped, so the mount is not busy).
+struct Mount(std::path::PathBuf);
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+/// A reload whose audit entry cannot be written (the data dir's disk full) changed the
+/// certificate unrecorded, and efsctl exited 1 saying it was reloaded. Now nothing changes:
+/// the certificate is served only once its entry is written. The data dir is a small tmpfs
+/// (mounting needs root, as `disk_full.rs`; where it cannot mount, the test says so and
+/// checks nothing: `tls.rs`'s unit test of staging still covers the order).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_whose_audit_entry_cannot_be_written_changes_nothing() {
+    let dir = Arc::new(new_tempdir());
+    let d = dir.path();
+    let data = d.join("d");
+    std::fs::create_dir_all(&data).unwrap();
+    let out = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=48m,mode=0700", "tmpfs"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    if !out.status.success() {
+        println!(
+            "tls_reload: SKIPPED a reload with the audit log failing: cannot mount a tmpfs here ({})",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+        return;
+    }
+    let _mount = Mount(data.clone());
+    for name in ["a", "b", "c"] {
+        make_cert(d, name);
+    }
+    install(d, "a", "a");
+    let (cert, key) = (d.join("served.pem"), d.join("served.key"));
+    let mut srv = TestServer::start_in(
+        dir.clone(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let mut served = fingerprint_of(&d.join("a.pem"));
+    let fill = || {
+        use std::io::Write;
+        let mut f = std::fs::File::create(data.join("filler")).unwrap();
+        let chunk = vec![0x5au8; 64 * 1024];
+        while f.write(&chunk).is_ok_and(|n| n > 0) {}
+    };
+    // Filled: each reload's entry takes a little of what the audit file's last page has
+    // left, until one cannot be written. Should another entry fail the log first (the
+    // reload is then refused before it reads anything: nothing to check here), the disk is
+    // freed, the log recovers by itself, and the test fills it again.
+    let mut n = 0;
+    let mut reload = |served: &mut String| {
+        n += 1;
+        let next = ["b", "c"][n % 2];
+        install(d, next, next);
+        let o = srv.efsctl(&["reload-tls"]);
+        let (out, err) = text(&o);
+        if o.status.success() {
+            *served = fingerprint_of(&d.join(format!("{next}.pem")));
+            assert!(out.contains(served.as_str()), "{out}");
+            None
+        } else {
+            Some(err)
+        }
+    };
+    let mut own_entry_failed = None;
+    for _round in 0..5 {
+        fill();
+        let err = (0..200)
+            .find_map(|_| reload(&mut served))
+            .expect("no reload failed with the data dir's disk full");
+        assert!(
+            err.contains("the audit log cannot be written") && !err.contains("reloaded:"),
+            "{err}"
+        );
+        if err.contains("the certificate was not reloaded") {
+            own_entry_failed = Some(err);
+            break;
+        }
+        std::fs::remove_file(data.join("filler")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while let Some(e) = reload(&mut served) {
+            assert!(
+                Instant::now() < deadline,
+                "the audit log did not recover: {e}"
+            );
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+    let err = own_entry_failed.expect("a reload's own entry never was the one that failed");
+    assert!(err.contains(&served), "{err}");
+    assert_eq!(served_fingerprint(&srv), served, "{err}");
+    let _ = srv.stop().await;
 }
