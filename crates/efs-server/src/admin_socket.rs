@@ -485,6 +485,13 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
         r.new_sha256, r.old_sha256
     )];
     lines.extend(r.warning.clone());
+    if st.client_ca {
+        // Asked by operators who renewed their client CA at the same time.
+        lines.push(
+            "(--client-ca is not reloaded: it is read at the start only, so a new client CA takes a restart)"
+                .to_owned(),
+        );
+    }
     // The entry's fields, and the expiry warning (null without one) for `--json`.
     let mut data = entry;
     data["warning"] = r.warning.clone().into();

@@ -391,8 +391,10 @@ impl ReloadTurn<'_> {
             .clone()
             .expect("begin_reload refuses a ServedCert without files");
         let old_sha256 = self.cert.fingerprint();
+        let old_chain = self.cert.read().0.cert.clone();
         let provider = self.cert.provider.clone();
-        let read = tokio::task::spawn_blocking(move || read_checked(&cert, &key, &provider));
+        let read =
+            tokio::task::spawn_blocking(move || read_checked(&cert, &key, &provider, &old_chain));
         let (key, new_sha256, validity) = match read.await {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(ReloadError::Refused(e, old_sha256)),
@@ -430,22 +432,127 @@ fn read_checked(
     cert: &Path,
     key: &Path,
     provider: &Arc<CryptoProvider>,
+    old_chain: &[CertificateDer<'static>],
 ) -> anyhow::Result<(CertifiedKey, String, Validity)> {
     let material = load_pem(cert, key)?;
     let fingerprint = material.fingerprint();
-    let validity = check_validity(&material.certs[0], time::OffsetDateTime::now_utc())
+    let mut validity = check_validity(&material.certs[0], time::OffsetDateTime::now_utc())
         .with_context(|| format!("--tls-cert {}", cert.display()))?;
-    let certified = CertifiedKey::from_der(material.certs, material.key, provider).map_err(
-        |e| match e {
-            rustls::Error::InconsistentKeys(_) => anyhow::anyhow!(
-                "--tls-key {} is not the key of the certificate in --tls-cert {} (their public keys differ): give the key the certificate was issued for",
-                key.display(),
-                cert.display()
-            ),
-            e => anyhow::anyhow!("--tls-key {}: unsupported key ({e})", key.display()),
-        },
-    )?;
+    let signing = provider
+        .key_provider
+        .load_private_key(material.key)
+        .map_err(|e| anyhow::anyhow!("--tls-key {}: unsupported key ({e})", key.display()))?;
+    // The key against each certificate of the file, so that a chain in the wrong order is
+    // named as such rather than as a key of another certificate.
+    if let Some(public) = signing.public_key() {
+        let public = public.as_ref();
+        if spki(&material.certs[0]).as_deref() != Some(public)
+            && let Some(i) = material.certs[1..]
+                .iter()
+                .position(|c| spki(c).as_deref() == Some(public))
+        {
+            bail!(
+                "--tls-cert {}: the key is that of the file's certificate number {}, not of its first: put the server's certificate first, then its issuers (as certbot's fullchain.pem is)",
+                cert.display(),
+                i + 2
+            );
+        }
+    }
+    let certified = CertifiedKey::new(material.certs, signing);
+    match certified.keys_match() {
+        // As `CertifiedKey::from_der`: a consistency the provider cannot tell is no refusal.
+        Ok(()) | Err(rustls::Error::InconsistentKeys(rustls::InconsistentKeys::Unknown)) => {}
+        Err(rustls::Error::InconsistentKeys(_)) => bail!(
+            "--tls-key {} is not the key of the certificate in --tls-cert {} (their public keys differ): give the key the certificate was issued for",
+            key.display(),
+            cert.display()
+        ),
+        Err(e) => bail!("--tls-key {}: unsupported key ({e})", key.display()),
+    }
+    let mut warnings: Vec<String> = validity.warning.take().into_iter().collect();
+    warnings.extend(chain_warnings(&certified.cert, old_chain));
+    validity.warning = (!warnings.is_empty()).then(|| warnings.join("; "));
     Ok((certified, fingerprint, validity))
+}
+
+/// A certificate's SubjectPublicKeyInfo, as DER (`None`: it does not parse).
+fn spki(der: &CertificateDer<'_>) -> Option<Vec<u8>> {
+    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    Some(c.public_key().raw.to_vec())
+}
+
+/// What a reload installs anyway but the operator should hear of, each a mistake that clients
+/// would show only as refused handshakes: a chain cut short (certbot's `cert.pem` given where
+/// `fullchain.pem` was), a CA's own certificate, names the served certificate had and the new
+/// one lacks.
+fn chain_warnings(new: &[CertificateDer<'_>], old: &[CertificateDer<'_>]) -> Vec<String> {
+    fn parse<'a>(
+        d: &'a CertificateDer<'_>,
+    ) -> Option<x509_parser::certificate::X509Certificate<'a>> {
+        x509_parser::parse_x509_certificate(d.as_ref())
+            .ok()
+            .map(|(_, c)| c)
+    }
+    let mut out = Vec::new();
+    let Some(leaf) = new.first().and_then(parse) else {
+        return out;
+    };
+    let self_issued = leaf.issuer() == leaf.subject();
+    if new.len() < old.len() {
+        out.push(format!(
+            "WARNING: the new file holds {} certificate{} where the one served held {}: if it lacks the issuers' (intermediate) certificates, clients that trust only the root will refuse it; serve the full chain (certbot: fullchain.pem, not cert.pem)",
+            new.len(),
+            if new.len() == 1 { "" } else { "s" },
+            old.len()
+        ));
+    } else if new.len() == 1 && !self_issued {
+        out.push(format!(
+            "WARNING: the new file holds only the server's certificate, issued by {}: clients that do not have that issuer's certificate will refuse it; serve the chain (the certificate, then its issuers)",
+            leaf.issuer()
+        ));
+    }
+    if leaf.is_ca() {
+        out.push(
+            "WARNING: the new certificate is a CA's (basic constraints CA:TRUE), not a server's: clients may refuse it".to_owned(),
+        );
+    }
+    let names = |c: &x509_parser::certificate::X509Certificate<'_>| -> Vec<String> {
+        let Ok(Some(san)) = c.subject_alternative_name() else {
+            return Vec::new();
+        };
+        san.value
+            .general_names
+            .iter()
+            .filter_map(|n| match n {
+                x509_parser::extensions::GeneralName::DNSName(d) => Some((*d).to_owned()),
+                x509_parser::extensions::GeneralName::IPAddress(ip) => match ip.len() {
+                    4 => <[u8; 4]>::try_from(*ip)
+                        .ok()
+                        .map(|a| std::net::Ipv4Addr::from(a).to_string()),
+                    16 => <[u8; 16]>::try_from(*ip)
+                        .ok()
+                        .map(|a| std::net::Ipv6Addr::from(a).to_string()),
+                    _ => None,
+                },
+                _ => None,
+            })
+            .collect()
+    };
+    if let Some(old_leaf) = old.first().and_then(parse) {
+        let now = names(&leaf);
+        let lost: Vec<String> = names(&old_leaf)
+            .into_iter()
+            .filter(|n| !now.contains(n))
+            .collect();
+        if !lost.is_empty() {
+            out.push(format!(
+                "WARNING: the new certificate no longer names {}: clients connecting by {} will refuse it",
+                lost.join(", "),
+                if lost.len() == 1 { "that name" } else { "those names" }
+            ));
+        }
+    }
+    out
 }
 
 /// A certificate's validity period, and a warning when it ends soon.

@@ -751,3 +751,137 @@ async fn a_reload_whose_audit_entry_cannot_be_written_changes_nothing() {
     assert_eq!(served_fingerprint(&srv), served, "{err}");
     let _ = srv.stop().await;
 }
+
+/// A CA and an intermediate issued by it, and server certificates issued by the
+/// intermediate: the chain of a real deployment.
+struct Pki {
+    root: (rcgen::Certificate, rcgen::KeyPair),
+    intermediate: rcgen::Certificate,
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let ca = |cn: &str| {
+            let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+            p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            p
+        };
+        let root_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let root_params = ca("Test Root");
+        let root = root_params.self_signed(&root_key).unwrap();
+        let int_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let int_params = ca("Test Intermediate");
+        let intermediate = int_params
+            .signed_by(&int_key, &rcgen::Issuer::new(root_params, &root_key))
+            .unwrap();
+        Pki {
+            root: (root, root_key),
+            intermediate,
+            issuer: rcgen::Issuer::new(int_params, int_key),
+        }
+    }
+
+    /// A server certificate for `names`, issued by the intermediate, and its key.
+    fn server(&self, names: &[&str]) -> (rcgen::Certificate, rcgen::KeyPair) {
+        let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &self.issuer)
+            .unwrap();
+        (cert, key)
+    }
+}
+
+/// Writes `certs` (in this order) and `key` where the server reads them, renamed into place.
+fn install_pem(dir: &Path, certs: &[&rcgen::Certificate], key: &rcgen::KeyPair) {
+    let pem: String = certs.iter().map(|c| c.pem()).collect();
+    std::fs::write(dir.join("next"), pem).unwrap();
+    std::fs::rename(dir.join("next"), dir.join("served.pem")).unwrap();
+    std::fs::write(dir.join("next"), key.serialize_pem()).unwrap();
+    std::fs::rename(dir.join("next"), dir.join("served.key")).unwrap();
+}
+
+/// Mistakes a renewal makes that the checks of validity and key cannot see, and that clients
+/// show only as refused handshakes: certbot's `cert.pem` given where `fullchain.pem` was (the
+/// intermediate missing), a certificate that no longer names the server, a CA's own
+/// certificate. Each is served, as asked, with a warning saying what clients will do; a chain
+/// in the wrong order is refused, named as such (it was "their public keys differ").
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_renewal_that_clients_would_refuse_is_served_with_a_warning() {
+    let dir = Arc::new(new_tempdir());
+    let d = dir.path();
+    let pki = Pki::new();
+    let (leaf, leaf_key) = pki.server(&["localhost", "127.0.0.1"]);
+    install_pem(d, &[&leaf, &pki.intermediate], &leaf_key);
+    let (cert, key) = (d.join("served.pem"), d.join("served.key"));
+    let srv = TestServer::start_in(
+        dir.clone(),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let reload =
+        || -> Value { serde_json::from_str(&srv.efsctl_ok(&["--json", "reload-tls"])).unwrap() };
+    // The same chain again: nothing to say.
+    assert!(reload()["warning"].is_null());
+
+    // The certificate alone, its intermediate left out.
+    let (renewed, renewed_key) = pki.server(&["localhost", "127.0.0.1"]);
+    install_pem(d, &[&renewed], &renewed_key);
+    let v = reload();
+    let w = v["warning"].as_str().unwrap_or_else(|| panic!("{v}"));
+    assert!(
+        w.contains("holds 1 certificate where the one served held 2")
+            && w.contains("fullchain.pem"),
+        "{w}"
+    );
+    assert_eq!(
+        served_fingerprint(&srv),
+        efs_server::tls::fingerprint(renewed.der())
+    );
+    // Alone again, where the one served was alone too: the issuer named.
+    install_pem(d, &[&renewed], &renewed_key);
+    let w = reload()["warning"].as_str().unwrap_or_default().to_owned();
+    assert!(
+        w.contains("holds only the server's certificate, issued by")
+            && w.contains("Test Intermediate"),
+        "{w}"
+    );
+
+    // The chain in the wrong order: refused, and said so.
+    let served = served_fingerprint(&srv);
+    install_pem(d, &[&pki.intermediate, &renewed], &renewed_key);
+    let err = reload_refused(
+        &srv,
+        "the key is that of the file's certificate number 2",
+        &served,
+    );
+    assert!(err.contains("put the server's certificate first"), "{err}");
+
+    // A certificate for another name.
+    let (other, other_key) = pki.server(&["other.example"]);
+    install_pem(d, &[&other, &pki.intermediate], &other_key);
+    let w = reload()["warning"].as_str().unwrap_or_default().to_owned();
+    assert!(w.contains("no longer names localhost, 127.0.0.1"), "{w}");
+
+    // The root CA's own certificate and key.
+    install_pem(d, &[&pki.root.0], &pki.root.1);
+    let w = reload()["warning"].as_str().unwrap_or_default().to_owned();
+    assert!(w.contains("is a CA's"), "{w}");
+    assert_eq!(
+        served_fingerprint(&srv),
+        efs_server::tls::fingerprint(pki.root.0.der())
+    );
+
+    // Back to the right chain: no warning.
+    install_pem(d, &[&renewed, &pki.intermediate], &renewed_key);
+    let v = reload();
+    assert!(v["warning"].is_null(), "{v}");
+}
