@@ -278,6 +278,10 @@ impl Filesystem {
                 "the backup's blobs differ from those its records name".into(),
             ));
         }
+        // Below the free-space reserve once all of it is written: refused before anything is
+        // (a stop in the records' pass would leave the filesystem neither empty, so a restore
+        // again is refused, nor whole).
+        self.opts.check_space(src.restore_bytes())?;
         // Pass 2: blobs. From here until the records are committed, the copied blobs and
         // inline contents are named by no record: gc must not run meanwhile (`_mark`).
         for (hexid, sha) in &src.manifest.blobs {
@@ -395,7 +399,9 @@ impl Filesystem {
     /// pass (`last`); `Ok(false)` if its expectations did not hold.
     async fn commit_full(&self, batch: &mut crate::index::Batch, last: bool) -> Result<bool> {
         if (last || batch.ops.len() >= 1024) && !batch.ops.is_empty() {
-            self.opts.check_space(batch.bytes_put())?;
+            // Not checked against the reserve here: the restore checked its whole size
+            // before it began, and its blobs one by one; a stop among the records would leave
+            // the filesystem half restored.
             return self.commit_batch(std::mem::take(batch)).await;
         }
         Ok(true)
@@ -1722,6 +1728,21 @@ pub fn parse_dump(bytes: &[u8]) -> Result<Vec<DumpRow>> {
 }
 
 /// The path of blob `id` in a backup.
+impl Source {
+    /// About what a restore of this backup writes into the data dir: its blobs' sizes and
+    /// its index dump's (the records and inline contents, as stored). A restore checks the
+    /// free-space reserve against it before it writes anything, so that one that cannot fit
+    /// is refused whole rather than stopped part way.
+    pub(crate) fn restore_bytes(&self) -> u64 {
+        let len = |p: &Path| std::fs::metadata(p).map_or(0, |m| m.len());
+        self.manifest
+            .blobs
+            .keys()
+            .map(|id| len(&source_blob(self, id)))
+            .fold(len(&self.dump.path), u64::saturating_add)
+    }
+}
+
 pub(crate) fn source_blob(src: &Source, id: &str) -> PathBuf {
     src.root.join(blob_rel(id))
 }

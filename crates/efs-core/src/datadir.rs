@@ -92,6 +92,10 @@ pub struct Finished {
     pub done: Vec<String>,
     /// Filesystems whose unfinished work was left: their index is on hold.
     pub held: Vec<String>,
+    /// Filesystems whose unfinished work stopped for want of space (the free-space reserve,
+    /// a full disk), with why: the command that asked goes on (it may be the one that frees
+    /// space: gc, a delete), the work resumes at the next start or command.
+    pub stopped: Vec<(String, String)>,
 }
 
 /// An open data dir.
@@ -1292,8 +1296,20 @@ impl DataDir {
                     }
                     r => r?,
                 }
-                reencrypt::run(&fs, None).await?;
-                out.done.push(fs.name().to_owned());
+                match reencrypt::run(&fs, None).await {
+                    Err(CoreError::Io(e))
+                        if matches!(
+                            e.kind(),
+                            std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+                        ) =>
+                    {
+                        out.stopped.push((fs.name().to_owned(), e.to_string()));
+                    }
+                    r => {
+                        r?;
+                        out.done.push(fs.name().to_owned());
+                    }
+                }
             }
         }
         Ok(out)
@@ -1553,6 +1569,9 @@ impl DataDir {
         // A restore that fails midway (a damaged blob, a full disk) leaves nothing behind:
         // the new filesystem is registered only at the end, and its directory is removed.
         let filled = async {
+            // Refused before anything is written when all of it would take the reserve (the
+            // checks as it goes remain, for writers meanwhile).
+            self.opts.fs.check_space(source.restore_bytes())?;
             let first = crate::index::Batch {
                 ops: vec![Op::PutMeta(
                     META_KEYRING.into(),

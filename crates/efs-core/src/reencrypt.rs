@@ -574,6 +574,8 @@ pub fn spawn(fs: Arc<Filesystem>) -> bool {
         // no rolled-back record resealed as if current) until the index holds its digest.
         if let Err(e) = fs.ensure_index_checked().await {
             tracing::error!(fs = fs.name(), error = %e, "re-encryption not resumed: the index is not trusted (see efsctl fsck); it resumes at the next start or reencrypt once the index is accepted");
+            // Not running: `status` says so.
+            set_stopped(&fs, Some(format!("not resumed: {e}")));
             return;
         }
         if let Err(e) = run(&fs, None).await {

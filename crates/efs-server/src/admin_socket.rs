@@ -249,7 +249,7 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
         // are refused, and `efsctl health` warns without failing.
         let mut r = admin::health(&st.data);
         if r.ok
-            && let Err(low) = st.reserve.check()
+            && let Err(low) = st.reserve.check_for_health()
         {
             r.data["uploads"] = serde_json::Value::String(format!("refused: {}", low.reason()));
         }

@@ -308,7 +308,7 @@ async fn health(State(st): St) -> Result<axum::Json<Health>, ApiError> {
         // `efsctl health` and the metrics.
         uploads: st
             .reserve
-            .check()
+            .check_for_health()
             .err()
             .map(|_| crate::reserve::HEALTH_REFUSED.to_owned()),
     }))

@@ -237,8 +237,14 @@ impl Reserve {
     pub fn for_data_dir(data: &Path, requested: Option<u64>) -> std::io::Result<Self> {
         use std::os::unix::fs::MetadataExt;
         let volume = |what, label, path: PathBuf| -> std::io::Result<Volume> {
-            let s = rustix::fs::statvfs(&path)?;
-            let size = s.f_blocks.saturating_mul(s.f_frsize);
+            // A volume's size is needed for the default only; with a reserve given (0
+            // included: off, the free space still in the metrics), one that cannot be read is
+            // of unknown size, with no start warning about it, and starts all the same.
+            let size = match (rustix::fs::statvfs(&path), requested) {
+                (Ok(s), _) => s.f_blocks.saturating_mul(s.f_frsize),
+                (Err(_), Some(_)) => u64::MAX,
+                (Err(e), None) => return Err(e.into()),
+            };
             Ok(Volume {
                 what,
                 label,
@@ -361,6 +367,12 @@ impl Reserve {
         self.check_below(&[(false, 0)])
     }
 
+    /// [`Reserve::check`] for a health answer: not logged (nothing is refused), so that
+    /// polling it neither writes "new data refused" nor uses up the minute of a real refusal.
+    pub fn check_for_health(&self) -> Result<(), Low> {
+        self.check_below_logged(&[(false, 0)], false)
+    }
+
     /// Before an upload's body is read: [`Reserve::check`], and, when the request announces
     /// its length (`Content-Length`), whether the volume would keep half the reserve once
     /// that much is written too. An upload that cannot fit is refused before it begins rather
@@ -390,6 +402,11 @@ impl Reserve {
     /// below its reserve (`half`: half of it), for each `(half, more)`; one `statvfs` per
     /// volume. Logged (at most once a minute) with the numbers, which only the operator sees.
     fn check_below(&self, limits: &[(bool, u64)]) -> Result<(), Low> {
+        self.check_below_logged(limits, true)
+    }
+
+    /// [`Reserve::check_below`], logging a refusal or not.
+    fn check_below_logged(&self, limits: &[(bool, u64)], log: bool) -> Result<(), Low> {
         if self.bytes == 0 {
             return Ok(());
         }
@@ -409,7 +426,7 @@ impl Reserve {
                         free: left,
                         reserve: v.reserve,
                     };
-                    if self.low_logged.due() {
+                    if log && self.low_logged.due() {
                         tracing::warn!(
                             reason = %low.reason(),
                             free_now = %human(free),
@@ -571,6 +588,21 @@ mod tests {
     /// Regression: the default was sized from the data volume and applied to the audit
     /// log's too, so an audit log on a volume smaller than that refused every upload for
     /// good, silently.
+    /// Regression: the volume's size was read even with a reserve given, so a volume whose
+    /// `statvfs` fails could not start even with `--reserve-space 0`, which the start's error
+    /// said to give.
+    #[test]
+    fn a_volume_that_cannot_be_read_starts_with_a_reserve_given() {
+        let dir = tempfile::tempdir().unwrap();
+        let missing = dir.path().join("missing");
+        assert!(Reserve::for_data_dir(&missing, None).is_err());
+        let off = Reserve::for_data_dir(&missing, Some(0)).unwrap();
+        assert_eq!(off.check(), Ok(()));
+        let given = Reserve::for_data_dir(&missing, Some(1 << 20)).unwrap();
+        assert_eq!(given.check(), Ok(()), "unreadable: refuses nothing");
+        assert_eq!(given.start_warnings(), Vec::<String>::new());
+    }
+
     #[test]
     fn each_volume_gets_its_own_default_and_the_start_warns_of_a_reserve_that_cannot_clear() {
         let dir = tempfile::tempdir().unwrap();

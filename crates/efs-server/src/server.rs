@@ -61,6 +61,15 @@ pub(crate) const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(50);
 /// (HTTP/1) to send a request's headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A line on standard output that never panics, as `println!` does once stdout is gone: a
+/// terminal that hung up (the SIGHUP the server survives) closes it, and the server goes on.
+macro_rules! say {
+    ($($t:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($t)*);
+    }};
+}
+
 /// Everything `efs-server` is started with.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -196,10 +205,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     .await?
     .with_context(|| format!("cannot open the data dir {}", cfg.data.display()))?;
     if report.initialised {
-        println!("Initialised a new data dir at {}", cfg.data.display());
+        say!("Initialised a new data dir at {}", cfg.data.display());
     }
     if let Some(p) = &report.generated_key_part {
-        println!(
+        say!(
             "Generated a key part at {} (mode 0600), OUTSIDE the data dir.\n\
              Keep it safe and apart from the data: without it the data cannot be read, ever.\n\
              Later starts find it automatically; to be explicit, pass --key-part file:{}",
@@ -245,7 +254,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     );
     drop(signing_key);
     for note in data.audit().notes() {
-        println!("Warning: {note}");
+        say!("Warning: {note}");
     }
 
     let material = match &cfg.tls {
@@ -391,8 +400,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         .listen(LISTEN_BACKLOG)
         .with_context(|| format!("cannot listen on {}", cfg.listen))?;
     let local = listener.local_addr()?;
-    println!("Server identity: {}", auth.server_id());
-    println!(
+    say!("Server identity: {}", auth.server_id());
+    say!(
         "TLS certificate SHA-256 fingerprint: {fingerprint}{}",
         if generated {
             format!(
@@ -450,13 +459,13 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     // After the start entry: a reload's entry follows it. A SIGHUP received during the
     // start is handled now.
     tokio::spawn(reload_on_hangup(hangups, state.clone()));
-    println!("{}", reserve.describe(cfg.reserve_space.is_none()));
+    say!("{}", reserve.describe(cfg.reserve_space.is_none()));
     for w in reserve.start_warnings() {
         tracing::warn!("{w}");
-        println!("{w}");
+        say!("{w}");
     }
-    println!("Admin socket: {}", data.admin_socket().display());
-    println!("Listening on https://{local}");
+    say!("Admin socket: {}", data.admin_socket().display());
+    say!("Listening on https://{local}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
     // The scans keep every core busy for a moment (0.5 s at 1,000,000 files): started before
@@ -512,7 +521,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     if let Err(e) = data.record_audit_mark() {
         tracing::warn!(error = %e, "could not record the audit log's head in the system database");
     }
-    println!("Stopped.");
+    say!("Stopped.");
     Ok(())
 }
 

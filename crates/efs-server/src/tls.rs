@@ -46,7 +46,7 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// Loads the operator's PEM files.
 pub fn load_pem(cert: &Path, key: &Path) -> anyhow::Result<TlsMaterial> {
     use rustls::pki_types::pem::{self, PemObject};
-    let cert_pem = std::fs::read(cert)
+    let cert_pem = read_operator_file(cert)
         .with_context(|| format!("cannot open --tls-cert {}", cert.display()))?;
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&cert_pem)
         .collect::<Result<_, _>>()
@@ -65,7 +65,8 @@ pub fn load_pem(cert: &Path, key: &Path) -> anyhow::Result<TlsMaterial> {
     // outgrows), freed unwiped once the DER is decoded. The DER itself is wiped once
     // parsed (see `ServedCert::new`).
     let key_pem = zeroize::Zeroizing::new(
-        std::fs::read(key).with_context(|| format!("cannot open --tls-key {}", key.display()))?,
+        read_operator_file(key)
+            .with_context(|| format!("cannot open --tls-key {}", key.display()))?,
     );
     let key = match PrivateKeyDer::from_pem_slice(&key_pem) {
         Ok(k) => k,
@@ -156,6 +157,26 @@ pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
         key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec())),
         generated: true,
     })
+}
+
+/// The contents of `--tls-cert` or `--tls-key`, followed through links (certbot's `live/`
+/// names are links), refused unless a regular file: a FIFO or a device there would block the
+/// start, or a reload with its turn held, for as long as nothing writes to it. Read in one
+/// allocation of the file's size (no copy of a key left behind by a growing buffer).
+fn read_operator_file(path: &Path) -> std::io::Result<Vec<u8>> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)?;
+    let meta = f.metadata()?;
+    if !meta.is_file() {
+        return Err(std::io::Error::other("not a regular file"));
+    }
+    let mut v = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0).saturating_add(1));
+    f.read_to_end(&mut v)?;
+    Ok(v)
 }
 
 /// The contents of `path` if it is a regular file; an error for anything else (a FIFO put
@@ -278,6 +299,9 @@ impl ResolvesServerCert for ServedCert {
     }
 }
 
+/// How long a reload may take to read `--tls-cert` and `--tls-key`.
+const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// What a reload installs.
 #[derive(Debug, Clone)]
 pub struct Reloaded {
@@ -395,7 +419,18 @@ impl ReloadTurn<'_> {
         let provider = self.cert.provider.clone();
         let read =
             tokio::task::spawn_blocking(move || read_checked(&cert, &key, &provider, &old_chain));
-        let (key, new_sha256, validity) = match read.await {
+        // Bounded: the turn is held meanwhile, and a file on a hung network mount (or a FIFO
+        // put there) would hold every later reload, and the shutdown, for good.
+        let Ok(read) = tokio::time::timeout(READ_TIMEOUT, read).await else {
+            return Err(ReloadError::Refused(
+                anyhow::anyhow!(
+                    "reading --tls-cert and --tls-key took over {} s (a hung network mount, or something other than a file there?)",
+                    READ_TIMEOUT.as_secs()
+                ),
+                old_sha256,
+            ));
+        };
+        let (key, new_sha256, validity) = match read {
             Ok(Ok(r)) => r,
             Ok(Err(e)) => return Err(ReloadError::Refused(e, old_sha256)),
             Err(e) => match e.try_into_panic() {
@@ -497,18 +532,21 @@ fn chain_warnings(new: &[CertificateDer<'_>], old: &[CertificateDer<'_>]) -> Vec
     let Some(leaf) = new.first().and_then(parse) else {
         return out;
     };
-    let self_issued = leaf.issuer() == leaf.subject();
-    if new.len() < old.len() {
+    // The leaf's issuer left out: the served chain had its certificate, the new one has not
+    // (certbot's `cert.pem` given where `fullchain.pem` was). A chain that only got shorter
+    // (a CA dropping a cross-signed root) or a leaf its root signed directly, served alone
+    // before too, is as it was meant.
+    let issuer = leaf.issuer();
+    let has_issuer = |chain: &[CertificateDer<'_>]| {
+        chain
+            .iter()
+            .filter_map(parse)
+            .any(|c| c.subject() == issuer)
+    };
+    if issuer != leaf.subject() && !has_issuer(&new[1..]) && old.len() > 1 && has_issuer(&old[1..])
+    {
         out.push(format!(
-            "WARNING: the new file holds {} certificate{} where the one served held {}: if it lacks the issuers' (intermediate) certificates, clients that trust only the root will refuse it; serve the full chain (certbot: fullchain.pem, not cert.pem)",
-            new.len(),
-            if new.len() == 1 { "" } else { "s" },
-            old.len()
-        ));
-    } else if new.len() == 1 && !self_issued {
-        out.push(format!(
-            "WARNING: the new file holds only the server's certificate, issued by {}: clients that do not have that issuer's certificate will refuse it; serve the chain (the certificate, then its issuers)",
-            leaf.issuer()
+            "WARNING: the new file lacks the certificate of its issuer ({issuer}), which the chain served had: clients that trust only the root will refuse it; serve the full chain (certbot: fullchain.pem, not cert.pem)"
         ));
     }
     if leaf.is_ca() {
@@ -540,9 +578,25 @@ fn chain_warnings(new: &[CertificateDer<'_>], old: &[CertificateDer<'_>]) -> Vec
     };
     if let Some(old_leaf) = old.first().and_then(parse) {
         let now = names(&leaf);
+        // A name still named, or covered by a new wildcard (`*.example.com` covers
+        // `a.example.com`, one label), is kept.
+        let covered = |name: &str| {
+            now.iter().any(|n| {
+                n.eq_ignore_ascii_case(name)
+                    || n.strip_prefix("*.").is_some_and(|domain| {
+                        let (name, domain) = (name.as_bytes(), domain.as_bytes());
+                        name.len() > domain.len() + 1 && {
+                            let (label, rest) = name.split_at(name.len() - domain.len() - 1);
+                            rest[0] == b'.'
+                                && rest[1..].eq_ignore_ascii_case(domain)
+                                && !label.contains(&b'.')
+                        }
+                    })
+            })
+        };
         let lost: Vec<String> = names(&old_leaf)
             .into_iter()
-            .filter(|n| !now.contains(n))
+            .filter(|n| !covered(n))
             .collect();
         if !lost.is_empty() {
             out.push(format!(

@@ -887,3 +887,70 @@ async fn the_last_part_of_a_streamed_upload_is_checked_too() {
     assert_no_partial_writes(&data);
     srv.stop().await;
 }
+
+/// Blob files of every filesystem (partial writes under `tmp/` not counted).
+fn blob_files(data: &Path) -> usize {
+    fn walk(p: &Path, n: &mut usize) {
+        for e in std::fs::read_dir(p).unwrap() {
+            let e = e.unwrap();
+            let t = e.file_type().unwrap();
+            if t.is_dir() && e.file_name() != "tmp" {
+                walk(&e.path(), n);
+            } else if t.is_file() {
+                *n += 1;
+            }
+        }
+    }
+    let mut n = 0;
+    for fs_dir in std::fs::read_dir(data.join("fs")).unwrap() {
+        let blobs = fs_dir.unwrap().path().join("blobs");
+        if blobs.is_dir() {
+            walk(&blobs, &mut n);
+        }
+    }
+    n
+}
+
+/// Regression: a restore checked the reserve blob by blob as it copied them, so one that
+/// could not fit whole copied blobs (or committed records) before it stopped; it is now
+/// refused before it writes anything when all of it would take the reserve.
+#[tokio::test]
+async fn a_restore_that_cannot_fit_whole_writes_nothing() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "a restore's size checked before it begins",
+        "tests/reserve.rs (an offline restore below the reserve)",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "8388608"], &[]);
+    srv.create_fs("files");
+    srv.create_fs("empty");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    srv.put_ok("/one.bin", &token, pattern(3 << 20, 1)).await;
+    srv.put_ok("/two.bin", &token, pattern(3 << 20, 2)).await;
+    let backup = dir.path().join("backup");
+    srv.efsctl_ok(&["backup", "--fs", "files", "-o", backup.to_str().unwrap()]);
+    let before = blob_files(&data);
+
+    // 13 MiB free: the first 3 MiB blob would fit above the 8 MiB reserve, both would not.
+    let filler = data.join("filler");
+    fill_leaving(&filler, 13 << 20);
+    let out = srv.efsctl(&["restore", "--fs", "empty", "-i", backup.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(text.contains("free-space reserve"), "{text}");
+    assert_eq!(blob_files(&data), before, "no blob copied: {text}");
+
+    // Once space is freed the same restore runs (the filesystem is still empty).
+    std::fs::remove_file(&filler).unwrap();
+    srv.efsctl_ok(&["restore", "--fs", "empty", "-i", backup.to_str().unwrap()]);
+    srv.efsctl_ok(&["grant", "app", "--fs", "empty"]);
+    let token = srv.login("app", &key, Some("empty")).await;
+    assert_eq!(srv.get_ok("/two.bin", &token).await, pattern(3 << 20, 2));
+    srv.stop().await;
+}

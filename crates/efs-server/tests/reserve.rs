@@ -235,3 +235,74 @@ async fn an_offline_restore_keeps_the_reserve_and_leaves_nothing() {
     ]);
     assert!(out.contains("Restored"), "{out}");
 }
+
+/// Regression: with a re-encryption stopped at the reserve, every offline efsctl command
+/// (which first finishes unfinished work) failed with the reserve's error, gc included: the
+/// command that would free space could not run. It now warns and goes on.
+#[tokio::test]
+async fn an_unfinished_reencryption_stopped_by_the_reserve_does_not_block_offline_commands() {
+    let dir = Arc::new(new_tempdir());
+    // A file to rewrite, put there without the reserve.
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "0"], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    srv.put_ok("/big.bin", &token, common::pattern(300_000, 2))
+        .await;
+    srv.stop().await;
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", ALWAYS_BELOW], &[]);
+    let out = srv.efsctl(&["reencrypt", "--fs", "files", "--wait"]);
+    assert!(!out.status.success(), "stopped at the reserve");
+    srv.stop().await;
+
+    let out = srv.efsctl(&["--reserve-space", ALWAYS_BELOW, "gc", "--fs", "files"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "gc ran: {err}");
+    assert!(
+        err.contains("the interrupted re-encryption of 'files' was not finished")
+            && err.contains("free-space reserve")
+            && err.contains("going on with the command"),
+        "{err}"
+    );
+    // Without the reserve the same command finishes it first.
+    let out = srv.efsctl(&["--reserve-space", "0", "gc", "--fs", "files"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("finished an interrupted re-encryption of 'files'"),
+        "{err}"
+    );
+}
+
+/// Regression: a health check below the reserve logged "new data refused" (nothing was) and
+/// used up the minute of the log line a real refusal then did not get.
+#[tokio::test]
+async fn health_checks_below_the_reserve_log_no_refusal() {
+    let dir = Arc::new(new_tempdir());
+    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "0"], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    srv.stop().await;
+    let srv = TestServer::start_in(dir.clone(), &["--reserve-space", ALWAYS_BELOW], &[]);
+    let health: serde_json::Value = srv
+        .client
+        .get(srv.url("/_efs/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(health["uploads"].is_string(), "{health}");
+    assert!(srv.efsctl(&["health"]).status.success());
+    let refusals = |srv: &TestServer| {
+        srv.stderr()
+            .matches("new data refused below the free-space reserve")
+            .count()
+    };
+    assert_eq!(refusals(&srv), 0, "{}", srv.stderr());
+    let token = srv.login("app", &key, None).await;
+    let r = srv.put("/new.txt", &token, b"new".to_vec()).await;
+    assert_error(r, 507, "insufficient_storage").await;
+    assert_eq!(refusals(&srv), 1, "{}", srv.stderr());
+}

@@ -918,6 +918,11 @@ fn send(
                             "efsctl: WARNING: the interrupted {work} of '{name}' was not finished: its index is on hold (it differs from its digest, or the digest could not be checked; see efsctl fsck --fs {name})"
                         );
                     }
+                    for (name, why) in &done.stopped {
+                        eprintln!(
+                            "efsctl: WARNING: the interrupted {work} of '{name}' was not finished ({why}); going on with the command"
+                        );
+                    }
                 }
             }
             let op = efs_core::admin::Operator::this_process("data-dir");
