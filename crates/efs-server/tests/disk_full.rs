@@ -687,16 +687,14 @@ async fn a_restore_stops_at_the_reserve_and_leaves_nothing() {
     // 12 MiB free: above the reserve, but the 6 MiB blob would leave less than 8 MiB.
     let filler = data.join("filler");
     fill_leaving(&filler, 12 << 20);
-    let out = srv.efsctl(&[
+    let (ok, text) = srv.efsctl_text(&[
         "restore",
         "--fs",
         "restored",
         "-i",
         backup.to_str().unwrap(),
     ]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    assert!(!ok, "{text}");
     assert!(
         text.contains("stopped at the free-space reserve")
             && text.contains("below the 8.0 MiB reserve"),
@@ -705,10 +703,8 @@ async fn a_restore_stops_at_the_reserve_and_leaves_nothing() {
     assert!(!srv.efsctl_ok(&["list-fs"]).contains("restored"));
     assert_eq!(std::fs::read_dir(data.join("fs")).unwrap().count(), 2);
     // Into an existing empty filesystem: the same (`restore_into`).
-    let out = srv.efsctl(&["restore", "--fs", "empty", "-i", backup.to_str().unwrap()]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = srv.efsctl_text(&["restore", "--fs", "empty", "-i", backup.to_str().unwrap()]);
+    assert!(!ok, "{text}");
     assert!(text.contains("stopped at the free-space reserve"), "{text}");
     srv.efsctl_ok(&["grant", "app", "--fs", "empty"]);
     let empty = srv.login("app", &key, Some("empty")).await;
@@ -753,10 +749,8 @@ async fn a_reencryption_stops_at_the_reserve_and_resumes_once_space_is_freed() {
     // would leave 6 MiB.
     let filler = data.join("filler");
     fill_leaving(&filler, 12 << 20);
-    let out = srv.efsctl(&["reencrypt", "--fs", "files", "--wait"]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = srv.efsctl_text(&["reencrypt", "--fs", "files", "--wait"]);
+    assert!(!ok, "{text}");
     assert!(text.contains("free-space reserve"), "{text}");
     assert!(text.contains("below the 8.0 MiB reserve"), "{text}");
     let st: Value =
@@ -939,10 +933,8 @@ async fn a_restore_that_cannot_fit_whole_writes_nothing() {
     // 13 MiB free: the first 3 MiB blob would fit above the 8 MiB reserve, both would not.
     let filler = data.join("filler");
     fill_leaving(&filler, 13 << 20);
-    let out = srv.efsctl(&["restore", "--fs", "empty", "-i", backup.to_str().unwrap()]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    let (ok, text) = srv.efsctl_text(&["restore", "--fs", "empty", "-i", backup.to_str().unwrap()]);
+    assert!(!ok, "{text}");
     assert!(text.contains("free-space reserve"), "{text}");
     assert_eq!(blob_files(&data), before, "no blob copied: {text}");
 

@@ -129,16 +129,14 @@ async fn below_the_reserve_data_is_refused_without_numbers_and_everything_else_g
     );
 
     // A restore and a new filesystem through the server are refused, and leave nothing.
-    let out = srv.efsctl(&[
+    let (ok, text) = srv.efsctl_text(&[
         "restore",
         "--fs",
         "restored",
         "-i",
         backup.to_str().unwrap(),
     ]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    assert!(!ok, "{text}");
     assert!(
         text.contains("refused below the free-space reserve: the data volume has")
             && text.contains("deletes and efsctl gc"),
@@ -201,7 +199,7 @@ async fn an_offline_restore_keeps_the_reserve_and_leaves_nothing() {
     srv.efsctl_ok(&["backup", "--fs", "files", "-o", backup.to_str().unwrap()]);
     srv.stop().await;
 
-    let out = srv.efsctl(&[
+    let (ok, text) = srv.efsctl_text(&[
         "--reserve-space",
         ALWAYS_BELOW,
         "restore",
@@ -210,9 +208,7 @@ async fn an_offline_restore_keeps_the_reserve_and_leaves_nothing() {
         "-i",
         backup.to_str().unwrap(),
     ]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success(), "{text}");
+    assert!(!ok, "{text}");
     assert!(
         text.contains("stopped at the free-space reserve")
             && text.contains("below the 1.0 EiB reserve"),

@@ -336,6 +336,15 @@ impl TestServer {
         self.efsctl_command(args).output().expect("running efsctl")
     }
 
+    /// Runs efsctl; whether it succeeded, and its stdout and stderr together (for a command
+    /// expected to fail, or to warn).
+    pub fn efsctl_text(&self, args: &[&str]) -> (bool, String) {
+        let out = self.efsctl(args);
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    }
+
     /// The `efsctl` command [`TestServer::efsctl`] runs, to be spawned by the caller.
     pub fn efsctl_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new(EFSCTL_BIN);
