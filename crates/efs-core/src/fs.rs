@@ -2571,10 +2571,15 @@ impl Upload {
     /// does not count yet: what is sealed but not given to the blob writer (all of an inline
     /// content, kept in memory until the commit), and what the blob writer holds in its
     /// buffers or in a write in flight ([`BlobWriter::unwritten`]; up to two 8 MiB buffers
-    /// for a direct writer). Sealed bytes, a little more than the plaintext: what the disk
-    /// will take. For the server's free-space reserve.
+    /// for a direct writer), and the plaintext the encryptor still holds (up to a segment,
+    /// sealed and written at the finish, with its tag). Sealed bytes, a little more than the
+    /// plaintext: what the disk will take. For the server's free-space reserve.
     pub fn unwritten(&self) -> u64 {
-        self.buf.len() as u64 + self.blob.as_ref().map_or(0, |b| b.unwritten())
+        let pending = self
+            .enc
+            .as_ref()
+            .map_or(0, |e| e.pending() as u64 + TAG_LEN as u64);
+        self.buf.len() as u64 + self.blob.as_ref().map_or(0, |b| b.unwritten()) + pending
     }
 
     /// Whether this upload holds a blob file open once `more` further bytes are written to

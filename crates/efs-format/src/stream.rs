@@ -254,6 +254,12 @@ impl Encryptor {
         }
     }
 
+    /// Plaintext bytes buffered and not yet sealed (at most a segment): what [`Encryptor::finish`]
+    /// will still seal. For a caller counting what an upload has not yet written.
+    pub fn pending(&self) -> usize {
+        self.buf.len()
+    }
+
     /// Seals the buffered plaintext as the last segment (flag set) and appends it to `out`.
     /// An empty content is one empty last segment: just its 16-byte tag.
     ///

@@ -484,7 +484,16 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
         "Reloaded the TLS certificate: SHA-256 fingerprint {}, valid until {not_after} (was {}); new connections get it, open ones keep theirs",
         r.new_sha256, r.old_sha256
     )];
-    lines.extend(r.warning.clone());
+    // One line per warning (`--json` has them joined by "; ").
+    if let Some(w) = &r.warning {
+        lines.extend(w.split("; WARNING: ").enumerate().map(|(i, part)| {
+            if i == 0 {
+                part.to_owned()
+            } else {
+                format!("WARNING: {part}")
+            }
+        }));
+    }
     if st.client_ca {
         // Asked by operators who renewed their client CA at the same time.
         lines.push(

@@ -1318,8 +1318,12 @@ async fn write(
     // Below the reserve no upload begins (507); the space left is for the audit log and the
     // commits of deletes and moves, which free space. Nor one whose announced length would
     // take half the reserve: refused before its body is read, not cut part way.
+    // The length as the disk takes it: sealed (a tag per segment, the header), and the
+    // file's last block.
     st.reserve
-        .check_upload_start(length)
+        .check_upload_start(
+            length.map(|len| efs_format::stream::encrypted_len(len).saturating_add(4096)),
+        )
         .map_err(|low| low.refusal())?;
     // An upload its precondition or a directory at its path refuses is refused before its
     // body is read, encrypted and written (checked again, atomically, at the commit). Small

@@ -108,5 +108,9 @@ pub fn init_logging() {
         )
         .with_ansi(colour)
         .with_writer(std::io::stderr)
+        // A failed write to stderr (closed with the terminal that sent a SIGHUP) would be
+        // reported with `eprintln!`, which panics: the task logging would end (the SIGHUP
+        // loop, a request's). A lost log line is the lesser harm.
+        .log_internal_errors(false)
         .init();
 }

@@ -138,6 +138,19 @@ fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
 
 fn main() -> std::process::ExitCode {
     efs_server::forbid_core_dumps();
+    // The runtime first, to catch SIGHUP at once (its default action ends the process: a
+    // `systemctl reload` racing the start): see `catch_hangups_early`.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the tokio runtime builds");
+    {
+        let _in = rt.enter();
+        if let Err(e) = efs_server::server::catch_hangups_early() {
+            eprintln!("efs-server: error: installing a SIGHUP handler: {e}");
+            return std::process::ExitCode::from(1);
+        }
+    }
     efs_server::install_crypto_provider();
     efs_server::init_logging();
     let a = Args::parse();
@@ -196,10 +209,6 @@ fn main() -> std::process::ExitCode {
         metrics_token,
         reserve_space: a.reserve_space,
     };
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .expect("the tokio runtime builds");
     let code = match rt.block_on(run(cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {

@@ -417,7 +417,15 @@ impl Reserve {
             let Some(free) = self.free_bytes(v) else {
                 continue;
             };
+            // Content goes to the data volume only: an audit log's volume of its own is held
+            // to its reserve as it is, not to what uploads and jobs are about to write.
+            let (unwritten, content) = if v.label == "data" {
+                (unwritten, true)
+            } else {
+                (0, false)
+            };
             for &(half, more) in limits {
+                let more = if content { more } else { 0 };
                 let floor = if half { v.reserve / 2 } else { v.reserve };
                 let left = free.saturating_sub(unwritten).saturating_sub(more);
                 if left < floor {

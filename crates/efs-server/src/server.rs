@@ -154,6 +154,21 @@ fn bind_only(addr: std::net::SocketAddr) -> std::io::Result<tokio::net::TcpSocke
     Ok(socket)
 }
 
+/// SIGHUP caught by [`catch_hangups_early`], for [`run`] to take.
+static EARLY_HANGUPS: std::sync::Mutex<Option<tokio::signal::unix::Signal>> =
+    std::sync::Mutex::new(None);
+
+/// Catches SIGHUP from this moment on, for [`run`] (which otherwise catches it at its own
+/// start): `main` calls it as soon as the runtime exists, before the logging, the arguments,
+/// the limits, so that only the process's first moments (the loader, the runtime's build)
+/// are left in which a SIGHUP (a `systemctl reload` racing the start) ends the server. Call
+/// within the runtime's context.
+pub fn catch_hangups_early() -> std::io::Result<()> {
+    let h = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    *EARLY_HANGUPS.lock().unwrap_or_else(|p| p.into_inner()) = Some(h);
+    Ok(())
+}
+
 /// Opens the data dir, prints the start-up facts and serves until a signal.
 pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     // First of all: SIGHUP's default action ends the process, and the start can take long
@@ -163,8 +178,15 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     // keep their default action until just before the admin socket serves (see below):
     // until then nothing is served and nothing would be finished, and a start waiting for a
     // passphrase still ends at Ctrl-C.
-    let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
-        .context("installing a SIGHUP handler")?;
+    let early = EARLY_HANGUPS
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .take();
+    let hangups = match early {
+        Some(h) => h,
+        None => tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .context("installing a SIGHUP handler")?,
+    };
     // The address is taken first, so that a port in use fails the start before a new data
     // dir and key part are made for a server that could not serve them; it listens only once
     // it can answer (until then a client is refused at once instead of hanging, and a TCP

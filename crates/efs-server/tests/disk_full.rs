@@ -820,6 +820,23 @@ async fn an_audit_log_on_a_small_volume_gets_a_default_reserve_of_its_own() {
     assert!(!out.contains("WARNING"), "{out}");
     let token = srv.login("app", &key, None).await;
     srv.put_ok("/a.txt", &token, pattern(1000, 1)).await;
+    // Larger than the audit volume's free space: content goes to the data volume only, so
+    // neither an announced length nor a streamed body is held against the audit's.
+    srv.put_ok("/big.bin", &token, pattern(3 << 20, 3)).await;
+    let (tx, body) = held_body();
+    let feed = tokio::spawn(async move {
+        for i in 0..3 {
+            tx.send(pattern(1 << 20, 30 + i)).await.unwrap();
+        }
+    });
+    let r = srv
+        .req("PUT", "/streamed.bin", &token)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 201, "{}", r.text().await.unwrap());
+    feed.await.unwrap();
     srv.stop().await;
 
     // A reserve given larger than the audit volume is named at the start.

@@ -588,6 +588,83 @@ fn sighups_still_reload_once_stdout_is_gone() {
         fingerprint_of(&d.join("c.pem")),
     );
     let stderr = std::fs::File::create(d.join("stderr")).unwrap();
+    let (mut child, addr) = start_then_drop_stdout(d, stderr.into());
+    let stderr = || std::fs::read_to_string(d.join("stderr")).unwrap_or_default();
+    let wait = |want: &str| wait_served_at(addr, want);
+    install(d, "b", "b");
+    hangup_pid(child.id());
+    wait(&fp_b);
+    let after_b = served_fingerprint_at(addr);
+    install(d, "c", "c");
+    hangup_pid(child.id());
+    wait(&fp_c);
+    let after_c = served_fingerprint_at(addr);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(after_b, fp_b, "{}", stderr());
+    assert_eq!(
+        after_c,
+        fp_c,
+        "the second SIGHUP was swallowed\n{}",
+        stderr()
+    );
+}
+
+/// Regression: with stderr gone too (a terminal's hang-up closes both), a reload that failed
+/// logged its error to the closed stderr; the logger then panicked (its report of the failed
+/// write is an `eprintln!`), which ended the SIGHUP loop: every later SIGHUP was swallowed.
+#[test]
+fn sighups_still_reload_once_stdout_and_stderr_are_gone() {
+    let dir = new_tempdir();
+    let d = dir.path();
+    for name in ["a", "b", "c"] {
+        make_cert(d, name);
+    }
+    install(d, "a", "a");
+    let fp_c = fingerprint_of(&d.join("c.pem"));
+    let (mut child, addr) = start_then_drop_stdout(d, Stdio::piped());
+    drop(child.stderr.take());
+    // A reload that fails (b's certificate with a's key): its error goes to the log.
+    install(d, "b", "a");
+    hangup_pid(child.id());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let out = Command::new(EFSCTL_BIN)
+            .arg("--data")
+            .arg(d.join("d"))
+            .args(["--json", "audit", "show", "--action", "admin"])
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        if text.contains("reload-tls") && text.contains("error") {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the failed reload was not recorded: {text}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    install(d, "c", "c");
+    hangup_pid(child.id());
+    wait_served_at(addr, &fp_c);
+    let after_c = served_fingerprint_at(addr);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(after_c, fp_c, "the SIGHUP after a failed one was swallowed");
+}
+
+/// Waits (up to 20 s) until a new handshake at `addr` is served `want`.
+fn wait_served_at(addr: std::net::SocketAddr, want: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while served_fingerprint_at(addr) != want && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Starts efs-server on `served.pem`/`served.key` in `d` with `stderr`, reads its stdout up
+/// to `Listening on`, then drops it: the server's stdout has no reader any more.
+fn start_then_drop_stdout(d: &Path, stderr: Stdio) -> (std::process::Child, std::net::SocketAddr) {
     let mut child = Command::new(SERVER_BIN)
         .arg("--data")
         .arg(d.join("d"))
@@ -613,39 +690,8 @@ fn sighups_still_reload_once_stdout_is_gone() {
                 break a.parse::<std::net::SocketAddr>().unwrap();
             }
         }
-        // Dropped here: the server's stdout has no reader any more.
     };
-    let stderr = || std::fs::read_to_string(d.join("stderr")).unwrap_or_default();
-    let wait = |want: &str| {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let got = served_fingerprint_at(addr);
-            if got == want {
-                return;
-            }
-            if Instant::now() > deadline {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(100));
-        }
-    };
-    install(d, "b", "b");
-    hangup_pid(child.id());
-    wait(&fp_b);
-    let after_b = served_fingerprint_at(addr);
-    install(d, "c", "c");
-    hangup_pid(child.id());
-    wait(&fp_c);
-    let after_c = served_fingerprint_at(addr);
-    let _ = child.kill();
-    let _ = child.wait();
-    assert_eq!(after_b, fp_b, "{}", stderr());
-    assert_eq!(
-        after_c,
-        fp_c,
-        "the second SIGHUP was swallowed\n{}",
-        stderr()
-    );
+    (child, addr)
 }
 
 /// Unmounts on drop (after the server has stopped, so the mount is not busy).
