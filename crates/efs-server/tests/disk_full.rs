@@ -114,6 +114,37 @@ fn mount_or_skip(at: &Path, what: &str, covered_by: &str) -> Option<Mount> {
     }
 }
 
+/// A server on a fresh 48 MiB tmpfs data dir (`data`, inside `dir`) started with `args`, a
+/// filesystem `files`, a user `app` granted it (`key`) and its `token`; `None` (said on a
+/// printed line, see [`mount_or_skip`]) where this sandbox cannot mount.
+struct OnTmpfs {
+    /// Declared (and so bound) before the server: dropped after it, once it has stopped.
+    mount: Mount,
+    srv: TestServer,
+    dir: Arc<tempfile::TempDir>,
+    data: PathBuf,
+    key: ed25519_dalek::SigningKey,
+    token: String,
+}
+
+async fn on_tmpfs(what: &str, covered_by: &str, args: &[&str]) -> Option<OnTmpfs> {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let mount = mount_or_skip(&data, what, covered_by)?;
+    let srv = TestServer::start_in(dir.clone(), args, &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    Some(OnTmpfs {
+        mount,
+        srv,
+        dir,
+        data,
+        key,
+        token,
+    })
+}
+
 /// Writes `path` until the disk refuses (ENOSPC); returns the bytes written.
 fn fill(path: &Path) -> u64 {
     let mut f = std::fs::File::create(path).unwrap();
@@ -354,23 +385,28 @@ async fn a_full_audit_disk_refuses_everything_then_recovers_by_itself_once_space
 /// check and the audit log go on working; once space is freed, uploads work again.
 #[tokio::test]
 async fn below_the_reserve_uploads_are_507_while_reads_deletes_and_the_audit_log_go_on() {
-    let dir = Arc::new(new_tempdir());
-    let data = dir.path().join("d");
-    let Some(_mount) = mount_or_skip(&data, "the free-space reserve", "reserve.rs's unit tests")
+    let Some(OnTmpfs {
+        mount: _mount,
+        mut srv,
+        data,
+        key,
+        token,
+        ..
+    }) = on_tmpfs(
+        "the free-space reserve",
+        "reserve.rs's unit tests",
+        &["--reserve-space", "8388608"],
+    )
+    .await
     else {
         return;
     };
-    let reserve = ["--reserve-space", "8388608"];
-    let mut srv = TestServer::start_in(dir.clone(), &reserve, &[]);
     assert!(
         srv.stdout()
             .contains("Free-space reserve: 8.0 MiB on the data volume"),
         "the effective reserve is printed at start: {}",
         srv.stdout()
     );
-    srv.create_fs("files");
-    let key = srv.create_user("app", &["files"], false);
-    let token = srv.login("app", &key, None).await;
     srv.put_ok("/keep.txt", &token, b"kept".to_vec()).await;
     srv.put_ok("/gone.txt", &token, b"to delete".to_vec()).await;
     srv.put_ok("/moved.txt", &token, b"to move".to_vec()).await;
@@ -553,23 +589,21 @@ async fn a_large_upload_started_just_above_the_reserve_is_stopped_before_it_eats
 /// meanwhile (16 - 10 < 8), and accepted again once that upload is gone (its client hung up).
 #[tokio::test]
 async fn an_uploads_unwritten_bytes_count_for_every_other_request() {
-    let dir = Arc::new(new_tempdir());
-    let data = dir.path().join("d");
-    let Some(_mount) = mount_or_skip(
-        &data,
+    let Some(OnTmpfs {
+        mount: _mount,
+        mut srv,
+        data,
+        token,
+        ..
+    }) = on_tmpfs(
         "the count of bytes uploads have not yet written",
         "reserve.rs's unit tests",
-    ) else {
+        &["--reserve-space", "8388608", "--inline-max", "16777216"],
+    )
+    .await
+    else {
         return;
     };
-    let mut srv = TestServer::start_in(
-        dir.clone(),
-        &["--reserve-space", "8388608", "--inline-max", "16777216"],
-        &[],
-    );
-    srv.create_fs("files");
-    let key = srv.create_user("app", &["files"], false);
-    let token = srv.login("app", &key, None).await;
     let filler = data.join("filler");
     fill_leaving(&filler, 16 << 20);
     assert_eq!(uploads_refused(&srv).await, None);
@@ -617,19 +651,21 @@ async fn an_uploads_unwritten_bytes_count_for_every_other_request() {
 /// 20 MiB upload (10 MiB left, well above half the reserve): accepted.
 #[tokio::test]
 async fn a_large_upload_that_fits_above_the_reserve_is_accepted() {
-    let dir = Arc::new(new_tempdir());
-    let data = dir.path().join("d");
-    let Some(_mount) = mount_or_skip(
-        &data,
+    let Some(OnTmpfs {
+        mount: _mount,
+        mut srv,
+        data,
+        token,
+        ..
+    }) = on_tmpfs(
         "an upload that fits above the reserve",
         "reserve.rs's unit tests",
-    ) else {
+        &["--reserve-space", "4194304"],
+    )
+    .await
+    else {
         return;
     };
-    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "4194304"], &[]);
-    srv.create_fs("files");
-    let key = srv.create_user("app", &["files"], false);
-    let token = srv.login("app", &key, None).await;
     let filler = data.join("filler");
     fill_leaving(&filler, 30 << 20);
     let content = pattern(20 << 20, 11);
@@ -664,19 +700,22 @@ async fn a_large_upload_that_fits_above_the_reserve_is_accepted() {
 /// filesystem that stops leaves nothing behind; once space is freed it works.
 #[tokio::test]
 async fn a_restore_stops_at_the_reserve_and_leaves_nothing() {
-    let dir = Arc::new(new_tempdir());
-    let data = dir.path().join("d");
-    let Some(_mount) = mount_or_skip(
-        &data,
+    let Some(OnTmpfs {
+        mount: _mount,
+        mut srv,
+        dir,
+        data,
+        key,
+        token,
+    }) = on_tmpfs(
         "the free-space reserve of a restore",
         "tests/reserve.rs (an offline restore below the reserve)",
-    ) else {
+        &["--reserve-space", "8388608"],
+    )
+    .await
+    else {
         return;
     };
-    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "8388608"], &[]);
-    srv.create_fs("files");
-    let key = srv.create_user("app", &["files"], false);
-    let token = srv.login("app", &key, None).await;
     let content = pattern(6 << 20, 12);
     srv.put_ok("/six.bin", &token, content.clone()).await;
     srv.create_fs("empty");
@@ -729,19 +768,21 @@ async fn a_restore_stops_at_the_reserve_and_leaves_nothing() {
 /// rather than fill the disk, says why, and resumes once space is freed.
 #[tokio::test]
 async fn a_reencryption_stops_at_the_reserve_and_resumes_once_space_is_freed() {
-    let dir = Arc::new(new_tempdir());
-    let data = dir.path().join("d");
-    let Some(_mount) = mount_or_skip(
-        &data,
+    let Some(OnTmpfs {
+        mount: _mount,
+        mut srv,
+        data,
+        token,
+        ..
+    }) = on_tmpfs(
         "the free-space reserve of a re-encryption",
         "reserve.rs's unit tests",
-    ) else {
+        &["--reserve-space", "8388608"],
+    )
+    .await
+    else {
         return;
     };
-    let mut srv = TestServer::start_in(dir.clone(), &["--reserve-space", "8388608"], &[]);
-    srv.create_fs("files");
-    let key = srv.create_user("app", &["files"], false);
-    let token = srv.login("app", &key, None).await;
     let content = pattern(6 << 20, 9);
     srv.put_ok("/six.bin", &token, content.clone()).await;
 
