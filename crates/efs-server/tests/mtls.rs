@@ -9,19 +9,6 @@ use std::process::Command;
 
 use common::*;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("running openssl (installed by scripts/test.sh)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A CA and two client certificates signed by it (`c1`, `c2`), plus one from another CA (`x`).
 fn make_pki(dir: &Path) {
     std::fs::write(
@@ -30,26 +17,7 @@ fn make_pki(dir: &Path) {
     )
     .unwrap();
     for ca in ["ca", "otherca"] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-x509",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{ca}.key"),
-                "-out",
-                &format!("{ca}.pem"),
-                "-days",
-                "30",
-                "-subj",
-                &format!("/CN={ca}"),
-            ],
-        );
+        self_signed_p256(dir, ca, &format!("/CN={ca}"), &[]);
     }
     for (c, ca) in [("c1", "ca"), ("c2", "ca"), ("x", "otherca")] {
         openssl(
@@ -410,27 +378,11 @@ async fn a_replaced_certificate_file_is_written_again_at_start() {
     let served = std::fs::read(srv.cert_file()).unwrap();
     srv.stop().await;
     let d = srv.dir.path();
-    openssl(
+    self_signed_p256(
         d,
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "evil.key",
-            "-out",
-            "evil.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=efs-server (self-signed)",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-        ],
+        "evil",
+        "/CN=efs-server (self-signed)",
+        &["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
     );
     std::fs::copy(d.join("evil.pem"), srv.cert_file()).unwrap();
     let again = TestServer::start_in(srv.dir.clone(), &[], &[]);

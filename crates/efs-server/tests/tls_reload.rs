@@ -14,40 +14,14 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-fn openssl(dir: &Path, args: &[&str]) {
-    let out = Command::new("openssl")
-        .current_dir(dir)
-        .args(args)
-        .output()
-        .expect("running openssl (installed by scripts/test.sh)");
-    assert!(
-        out.status.success(),
-        "openssl {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
 /// A self-signed P-256 server certificate for localhost and 127.0.0.1, valid 30 days:
 /// `NAME.pem` and `NAME.key`.
 fn make_cert(dir: &Path, name: &str) {
-    openssl(
+    self_signed_p256(
         dir,
+        name,
+        &format!("/CN=localhost {name}"),
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            &format!("{name}.key"),
-            "-out",
-            &format!("{name}.pem"),
-            "-days",
-            "30",
-            "-subj",
-            &format!("/CN=localhost {name}"),
             "-addext",
             "subjectAltName=DNS:localhost,IP:127.0.0.1",
             // Not a CA: a client refuses a CA's certificate as a server's.

@@ -655,6 +655,46 @@ impl Drop for TestServer {
     }
 }
 
+/// Runs the openssl CLI (installed by scripts/test.sh) in `dir`; panics with its stderr when
+/// it fails.
+pub fn openssl(dir: &Path, args: &[&str]) {
+    let out = Command::new("openssl")
+        .current_dir(dir)
+        .args(args)
+        .output()
+        .expect("running openssl (installed by scripts/test.sh)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A self-signed P-256 certificate valid 30 days, `NAME.pem` and its key `NAME.key` in `dir`,
+/// with `subject` (`/CN=…`) and `extra` options of `openssl req` (`-addext …`).
+pub fn self_signed_p256(dir: &Path, name: &str, subject: &str, extra: &[&str]) {
+    let (key, pem) = (format!("{name}.key"), format!("{name}.pem"));
+    let mut args = vec![
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-keyout",
+        &key,
+        "-out",
+        &pem,
+        "-days",
+        "30",
+        "-subj",
+        subject,
+    ];
+    args.extend_from_slice(extra);
+    openssl(dir, &args);
+}
+
 /// A new temporary directory for a data dir.
 pub fn new_tempdir() -> TempDir {
     tempfile::Builder::new()
