@@ -417,12 +417,12 @@ Examples:
 pub(crate) struct RemoteAdd {
     /// A short name, used as NAME:/path (letters, digits, '_', '-').
     pub name: String,
-    /// The server, https://HOST:PORT.
+    /// The server, https://HOST:PORT (no path: the filesystem is chosen with --fs).
     pub url: String,
     /// The user name the operator created.
     #[arg(short, long)]
     pub user: String,
-    /// The private key (OpenSSH or PKCS#8 PEM Ed25519).
+    /// The private key (OpenSSH or PKCS#8 PEM Ed25519), not its .pub.
     #[arg(short, long, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// The filesystem to use (needed when the user has several).
