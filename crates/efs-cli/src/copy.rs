@@ -450,33 +450,66 @@ fn held_replacement(job: &CopyJob) -> anyhow::Error {
 }
 
 /// Nothing failed: Ok. One error: that error. Several: each printed, and a summary with the
-/// first one's exit code.
+/// first one's exit code. The same server error for many files (a destination this user
+/// cannot write) is printed once, with the first file's path and how many more had it: a
+/// line per file would bury the error and its hint. The hint goes with the summary when all
+/// errors share one (the last line, where it is seen), else under the error it belongs to.
 fn finish(mut errors: Vec<anyhow::Error>, total: usize) -> Result<()> {
     match errors.len() {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
         n => {
-            // The same error for many entries (a destination that cannot be written) once.
-            let mut seen = std::collections::HashSet::new();
+            // Each distinct error (the key) with its first line and how many had it.
+            let mut groups: Vec<(String, String, Option<String>, usize)> = Vec::new();
             for e in &errors {
-                let line = format!("{e:#}");
-                if seen.insert(line.clone()) {
-                    eprintln!("efs: error: {line}");
+                let key = same_error_key(e);
+                match groups.iter_mut().find(|g| g.0 == key) {
+                    Some(g) => g.3 += 1,
+                    None => groups.push((key, format!("{e:#}"), exit::hint_of(e), 1)),
+                }
+            }
+            let one_hint = groups[0].2.is_some() && groups.iter().all(|g| g.2 == groups[0].2);
+            for (_, line, hint, count) in &groups {
+                match count {
+                    1 => eprintln!("efs: error: {line}"),
+                    c => eprintln!(
+                        "efs: error: {line} (and {} more with the same error)",
+                        c - 1
+                    ),
+                }
+                if let Some(h) = hint
+                    && !one_hint
+                {
+                    eprintln!("efs: hint: {h}");
                 }
             }
             let code = exit::code_of(&errors[0]);
-            Err(fail(
-                code,
-                format!(
-                    "{n} operations failed{}",
-                    if total > 0 {
-                        format!(" (of {total})")
-                    } else {
-                        String::new()
-                    }
-                ),
-            ))
+            let summary = format!(
+                "{n} operations failed{}",
+                if total > 0 {
+                    format!(" (of {total})")
+                } else {
+                    String::new()
+                }
+            );
+            Err(match &groups[0].2 {
+                Some(h) if one_hint => fail_hint(code, summary, h),
+                _ => fail(code, summary),
+            })
         }
+    }
+}
+
+/// What makes two failures "the same error" for [`finish`]: a server's answer (which never
+/// names the path) with its exit code; for anything else, such as a local I/O error or an
+/// entry that cannot be copied, the whole line, path included, because the path is what the
+/// user must look at.
+fn same_error_key(e: &anyhow::Error) -> String {
+    match exit::sdk_error(e) {
+        Some(sdk) if !matches!(sdk, efs_client::Error::Io(_)) => {
+            format!("{}\0{sdk}", exit::code_of(e))
+        }
+        _ => format!("{e:#}"),
     }
 }
 

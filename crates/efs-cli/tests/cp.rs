@@ -1123,3 +1123,31 @@ fn sync_swaps_entries_with_names_of_240_bytes() {
         b"local dir"
     );
 }
+
+/// Regression: every upload refused with the same server error printed one line per file
+/// (306 for 305 files), and the hint ("ask the operator for write access") was lost.
+#[test]
+fn one_server_error_for_many_files_is_reported_once_with_its_hint() {
+    let env = Env::new();
+    env.add_read_only_user();
+    for i in 0..12 {
+        env.write(&format!("tree/many/scan {i}.txt"), b"x");
+    }
+    let err = env.fails(&["cp", "-r", "tree", "ro:/ro-tree"], 4);
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("efs: error:"))
+        .collect();
+    assert_eq!(errors.len(), 2, "{err}");
+    assert!(
+        errors[0].contains("read-only access")
+            && errors[0].contains("(and 11 more with the same error)"),
+        "{err}"
+    );
+    assert!(err.contains("12 operations failed"), "{err}");
+    assert!(
+        err.contains("efs: hint: ") && err.contains("write access"),
+        "{err}"
+    );
+    assert_eq!(err.matches("efs: hint:").count(), 1, "{err}");
+}
