@@ -218,8 +218,10 @@ struct Plan {
     kept: u64,
     /// Source entries that cannot be copied, found while planning.
     failed: Vec<anyhow::Error>,
-    /// Sources found (the others are missing or could not be read): a sync of a source that
-    /// is not there prints no summary.
+    /// Sources planned (the others are missing, could not be read, or were refused before
+    /// anything was planned: a destination of the wrong kind, a copy onto itself): a sync
+    /// (or a dry run) of which nothing was planned prints only its errors, no summary that
+    /// would look like a success.
     sources_found: usize,
 }
 
@@ -306,7 +308,9 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         hold_replacements(&mut plan, &mut errors);
     }
     if args.dry_run {
-        print_plan(&plan);
+        if plan.sources_found > 0 || errors.is_empty() {
+            print_plan(&plan);
+        }
         return finish(errors, 0);
     }
     // What failed before anything was done (a missing source, an entry the walk could not
@@ -527,7 +531,6 @@ async fn plan_source(
             format!("{}: no such file or directory", src.display()),
         ));
     };
-    plan.sources_found += 1;
     let dir = direction(&src, dst);
     // With --sync, a directory is mirrored onto DST itself (rsync's SRC/ DST/).
     let (target, target_meta) = if into_dir && !(opts.sync && src_meta.kind == Kind::Dir) {
@@ -602,7 +605,11 @@ async fn plan_source(
                         ));
                     }
                 }
-                Some(m) if opts.sync && !needs_copy(&src_meta, m, dir) => {
+                _ => {}
+            }
+            plan.sources_found += 1;
+            match &target_meta {
+                Some(m) if m.kind == Kind::File && opts.sync && !needs_copy(&src_meta, m, dir) => {
                     plan.unchanged += 1;
                     return Ok(());
                 }
@@ -644,6 +651,7 @@ async fn plan_source(
                 }
                 _ => Tree::new(),
             };
+            plan.sources_found += 1;
             let walked = src.walk().await?;
             for w in &walked.warnings {
                 if opts.sync {

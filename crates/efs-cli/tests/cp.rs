@@ -1151,3 +1151,41 @@ fn one_server_error_for_many_files_is_reported_once_with_its_hint() {
     );
     assert_eq!(err.matches("efs: hint:").count(), 1, "{err}");
 }
+
+/// Regression: a sync refused before anything was planned (a destination of the wrong
+/// kind, a copy onto itself) printed `sync: 0 copied …` (or `dry run: would copy 0 files`)
+/// before its error, which looked like a success.
+#[test]
+fn a_refused_sync_prints_only_its_error() {
+    let env = Env::new();
+    env.write("tree/a.txt", b"a");
+    env.write("perm.txt", b"p");
+    env.ok(&["cp", "-r", "tree", "drive:/Documents"]);
+    env.ok(&["cp", "perm.txt", "drive:/Documents/todo.txt"]);
+    for (args, code) in [
+        (&["cp", "--sync", "drive:/Documents", "./perm.txt"][..], 5),
+        (
+            &["cp", "--sync", "tree", "drive:/Documents/todo.txt"][..],
+            5,
+        ),
+        (
+            &["cp", "--sync", "drive:/Documents", "drive:/Documents"][..],
+            2,
+        ),
+        (
+            &[
+                "cp",
+                "--sync",
+                "--dry-run",
+                "tree",
+                "drive:/Documents/todo.txt",
+            ][..],
+            5,
+        ),
+    ] {
+        let out = env.efs(args);
+        common::assert_code(args, &out, code);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{args:?}");
+    }
+    assert_eq!(std::fs::read(env.path("perm.txt")).unwrap(), b"p");
+}
