@@ -1075,6 +1075,14 @@ async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
             Ok(())
         }
         (Endpoint::Remote { client, path, .. }, Endpoint::Local(to, below)) => {
+            // A directory where the file goes (only a sync replaces one, planned as such):
+            // the conflict it is, as for a single file, not the rename's "Is a directory".
+            if std::fs::symlink_metadata(to).is_ok_and(|m| m.is_dir()) {
+                return Err(fail(
+                    exit::CONFLICT,
+                    format!("{} is a directory", to.display()),
+                ));
+            }
             let (to, below) = (to.clone(), *below);
             let (dir, name) =
                 tokio::task::spawn_blocking(move || open_dest_dir(&to, below)).await??;

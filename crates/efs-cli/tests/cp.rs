@@ -1189,3 +1189,20 @@ fn a_refused_sync_prints_only_its_error() {
     }
     assert_eq!(std::fs::read(env.path("perm.txt")).unwrap(), b"p");
 }
+
+/// Regression: a recursive download whose file lands on a local directory failed with
+/// `local I/O: Is a directory (os error 21)`, exit 1; a single file there is exit 5.
+#[test]
+fn a_recursive_download_onto_a_local_directory_is_a_conflict() {
+    let env = Env::new();
+    env.write("tree/todo.txt", b"t");
+    env.ok(&["cp", "-r", "tree", "drive:/Documents"]);
+    std::fs::create_dir_all(env.path("col2/Documents/todo.txt")).unwrap();
+    let err = env.fails(&["cp", "-r", "drive:/Documents", "col2/"], 5);
+    assert!(
+        err.contains("col2/Documents/todo.txt is a directory"),
+        "{err}"
+    );
+    assert!(!err.contains("os error"), "{err}");
+    assert!(env.path("col2/Documents/todo.txt").is_dir());
+}
