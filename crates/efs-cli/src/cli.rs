@@ -191,7 +191,8 @@ Examples:
   efs rm -r drive:/Documents/2019
   efs rm -f drive:/tmp/maybe-there     # a missing file is not an error
 
-Without -r, only files and empty directories are removed (a non-empty one: exit 5).")]
+Without -r, only files and empty directories are removed (a non-empty one: exit 5).
+-v names each path removed (a directory once: \"deleted NAME:/dir/ (and everything in it)\").")]
     Rm {
         /// Remove directories and everything in them.
         #[arg(short, long)]

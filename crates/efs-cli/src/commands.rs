@@ -454,11 +454,15 @@ fn quote_etag(t: &str) -> String {
     }
 }
 
+/// With `verbose`, each path removed is named on stderr as `efs cp` names what it deletes
+/// (`deleted NAME:/path`); a directory goes in one request (with `-r`, with what is in it),
+/// so it is named once.
 pub(crate) async fn rm(
     session: &Session,
     paths: &[String],
     recursive: bool,
     force: bool,
+    verbose: bool,
 ) -> Result<()> {
     let mut errors = Vec::new();
     for arg in paths {
@@ -482,7 +486,19 @@ pub(crate) async fn rm(
         } else {
             rp.path.clone()
         };
+        // The answer to a delete does not say what was there: asked first, only for -v.
+        let was_dir = verbose
+            && matches!(walk::stat_remote(&client, &rp.path).await, Ok(Some(m)) if m.kind == walk::Kind::Dir);
         match client.delete(&target, recursive).await {
+            Ok(()) if verbose => eprintln!(
+                "deleted {}{}",
+                rp.display(),
+                if was_dir {
+                    "/ (and everything in it)"
+                } else {
+                    ""
+                }
+            ),
             Ok(()) => {}
             Err(efs_client::Error::NotFound) if force => {}
             Err(efs_client::Error::Conflict(m)) if !recursive && m.contains("not empty") => {

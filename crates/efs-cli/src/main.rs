@@ -126,7 +126,7 @@ async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: boo
             recursive,
             force,
             paths,
-        } => commands::rm(session, &paths, recursive, force).await,
+        } => commands::rm(session, &paths, recursive, force, verbose).await,
         Command::Mv { force, paths } => commands::mv(session, &paths, force).await,
         Command::Mkdir { parents, paths } => commands::mkdir(session, &paths, parents).await,
         Command::Token { json, remote } => commands::token(session, &remote, json).await,

@@ -353,3 +353,22 @@ fn refusals_say_what_fits() {
     let err = env.fails(&["cat", "drive:/dir"], 2);
     assert!(err.contains("drive:/dir is a directory"), "{err}");
 }
+
+/// Regression: `efs rm -v` printed nothing (the flag never reached rm).
+#[test]
+fn rm_v_names_what_it_deletes() {
+    let env = Env::new();
+    env.write("s1/a.txt", b"a");
+    env.ok(&["cp", "-r", "s1", "drive:/s1"]);
+    env.write("f.txt", b"f");
+    env.ok(&["cp", "f.txt", "drive:/f.txt"]);
+    let out = env.efs(&["rm", "-v", "-r", "drive:/s1", "drive:/f.txt"]);
+    let err = common::assert_code(&["rm"], &out, 0);
+    assert!(
+        err.contains("deleted drive:/s1/ (and everything in it)"),
+        "{err}"
+    );
+    assert!(err.contains("deleted drive:/f.txt\n"), "{err}");
+    let out = env.efs(&["rm", "-f", "drive:/nothing"]);
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
