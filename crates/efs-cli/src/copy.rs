@@ -147,9 +147,10 @@ impl Endpoint {
 
     /// The tree below this directory, and what was left out of it (see [`walk::Walked`]; a
     /// remote walk leaves out only the temporary names of an unfinished copy, with a warning).
-    async fn walk(&self) -> Result<walk::Walked> {
+    /// `sync`: for a sync, whose messages say what it keeps.
+    async fn walk(&self, sync: bool) -> Result<walk::Walked> {
         match self {
-            Endpoint::Local(p, _) => walk::walk_local(p.clone()).await,
+            Endpoint::Local(p, _) => walk::walk_local(p.clone(), sync).await,
             Endpoint::Remote { client, path, .. } => Ok(walk::Walked {
                 tree: walk::walk_remote(client, path, true).await?,
                 ..walk::Walked::default()
@@ -643,7 +644,7 @@ async fn plan_source(
                 }
                 Some(_) if opts.sync => {
                     // At the destination, what the walk leaves out is only left alone.
-                    let walked = target.walk().await?;
+                    let walked = target.walk(false).await?;
                     for e in walked.failed {
                         eprintln!("efs: warning: leaving alone {e:#}");
                     }
@@ -652,7 +653,7 @@ async fn plan_source(
                 _ => Tree::new(),
             };
             plan.sources_found += 1;
-            let walked = src.walk().await?;
+            let walked = src.walk(opts.sync).await?;
             for w in &walked.warnings {
                 if opts.sync {
                     eprintln!(

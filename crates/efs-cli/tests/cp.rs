@@ -1206,3 +1206,19 @@ fn a_recursive_download_onto_a_local_directory_is_a_conflict() {
     assert!(!err.contains("os error"), "{err}");
     assert!(env.path("col2/Documents/todo.txt").is_dir());
 }
+
+/// Regression: a dangling link's error said what a sync keeps without --sync.
+#[test]
+fn only_a_sync_says_it_keeps_what_a_dangling_link_names() {
+    let env = Env::new();
+    env.write("bad/fine.txt", b"f");
+    std::os::unix::fs::symlink(env.path("missing"), env.path("bad/gone")).unwrap();
+    let err = env.fails(&["cp", "-r", "bad", "drive:/bad"], 1);
+    assert!(err.contains("gone: not copied, a symbolic link"), "{err}");
+    assert!(!err.contains("a sync keeps"), "{err}");
+    let err = env.fails(&["cp", "--sync", "bad", "drive:/bad"], 1);
+    assert!(
+        err.contains("a sync keeps what the destination has"),
+        "{err}"
+    );
+}
