@@ -434,6 +434,23 @@ pub(crate) async fn put(
                 "run the command again: the new login is in place",
             ));
         }
+        Err(efs_client::Error::Transport(m)) if !exit::is_connect_failure(&m) => {
+            // The request went out (its body, from stdin, cannot be sent again): whether the
+            // server stored it before the connection broke is unknown, and the URL is fine.
+            return Err(fail_hint(
+                exit::NETWORK,
+                format!(
+                    "writing {}: the connection to {} was lost while sending or before the answer ({}): the file may or may not have been stored",
+                    rp.display(),
+                    client.base_url(),
+                    exit::without_docs_links(&m)
+                ),
+                format!(
+                    "look at the file (efs stat {}) before sending it again",
+                    rp.display()
+                ),
+            ));
+        }
         r => r.with_context(|| format!("writing {}", rp.display()))?,
     };
     if json {

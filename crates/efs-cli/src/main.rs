@@ -205,7 +205,11 @@ fn sighup_in_mask(status: &str) -> Option<bool> {
 fn report(err: &anyhow::Error) -> ExitCode {
     use std::io::Write;
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "efs: error: {err:#}");
+    let _ = writeln!(
+        stderr,
+        "efs: error: {}",
+        exit::without_docs_links(&format!("{err:#}"))
+    );
     if let Some(hint) = exit::hint_of(err) {
         let _ = writeln!(stderr, "efs: hint: {hint}");
     }

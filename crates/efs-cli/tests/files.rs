@@ -372,3 +372,39 @@ fn rm_v_names_what_it_deletes() {
     let out = env.efs(&["rm", "-f", "drive:/nothing"]);
     assert!(out.stderr.is_empty(), "{out:?}");
 }
+
+/// Regression: a streamed upload cut off by a server crash said `peer closed connection
+/// without sending TLS close_notify: https://docs.rs/rustls/…` and "check the URL and that
+/// the server is running and reachable", where what matters is that the file may or may not
+/// have been stored.
+#[test]
+fn a_streamed_put_cut_off_says_to_look_at_the_file_before_sending_again() {
+    use std::io::Write;
+    let mut env = Env::new();
+    env.ok(&["ls", "drive:/"]); // logged in: the put's first request is the upload
+    let mut child = env
+        .cmd(&["put", "drive:/x.pdf"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // More than the 4 MiB read whole first: the rest streams, and is on its way.
+    stdin.write_all(&common::noise(12 << 20)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    env.server.kill();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let err = assert_code(&["put"], &out, 7);
+    assert!(
+        err.contains("was lost while sending or before the answer")
+            && err.contains("may or may not have been stored")
+            && err.contains("efs stat drive:/x.pdf"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("docs.rs") && !err.contains("check the URL"),
+        "{err}"
+    );
+}
