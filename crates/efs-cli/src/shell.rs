@@ -33,8 +33,8 @@ use crate::session::Session;
 const HELP: &str = "\
 post PATH [LOCAL]     create or replace the file at PATH with LOCAL's content, or with what
                       you paste (end with Ctrl-D on a line of its own; Ctrl-C cancels)
-get PATH [LOCAL]      get the file at PATH: print it, or save it to LOCAL; a copy stays in
-                      the local cache
+get PATH [LOCAL]      get the file at PATH: print it (text up to 1 MiB), or save it to
+                      LOCAL; a copy stays in the local cache until the shell ends
 ls [-l] [PATH]        list a directory
 cd [PATH]             change directory (no PATH: /)
 pwd                   print the current directory
@@ -354,8 +354,10 @@ impl Shell<'_> {
                     }
                 };
                 if !printable {
+                    // The cache goes with the shell (at once, for a scripted one): a copy
+                    // that looked saved was lost. Said so, with how to keep one.
                     outln!(
-                        "{path}: {} of binary or large content, saved as {}",
+                        "{path}: {} of binary or large content, not printed; a copy is in {} until the shell ends, which removes it (to keep the file: get {path} LOCAL)",
                         human_bytes(n),
                         cached.display()
                     );
