@@ -73,12 +73,23 @@ pub(crate) fn long_line(e: &Entry, shown: &str) -> String {
 }
 
 /// The entries of a directory, sorted by name; for a file, the file itself.
-pub(crate) async fn list_or_file(client: &Client, path: &str) -> Result<(bool, Vec<Entry>)> {
+/// The entries of directory `path`, or the file itself. `remote`: the remote's name, which
+/// errors name with the path as the user wrote it (`drive:/nope`); none in the shell, which
+/// is on one remote.
+pub(crate) async fn list_or_file(
+    client: &Client,
+    remote: Option<&str>,
+    path: &str,
+) -> Result<(bool, Vec<Entry>)> {
+    let shown = match remote {
+        Some(r) => format!("{r}:{path}"),
+        None => path.to_owned(),
+    };
     if path != "/" {
         let e = client
             .stat(path)
             .await
-            .with_context(|| format!("reading {path}"))?;
+            .with_context(|| format!("reading {shown}"))?;
         if e.kind != EntryType::Dir {
             return Ok((false, vec![e]));
         }
@@ -86,7 +97,7 @@ pub(crate) async fn list_or_file(client: &Client, path: &str) -> Result<(bool, V
     let mut entries = client
         .list(path)
         .await
-        .with_context(|| format!("listing {path}"))?;
+        .with_context(|| format!("listing {shown}"))?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((true, entries))
 }
@@ -103,7 +114,7 @@ pub(crate) async fn ls(
     for (i, arg) in paths.iter().enumerate() {
         let rp = remote_arg("ls", arg)?;
         let client = session.client(&rp.remote).await?;
-        let (is_dir, entries) = list_or_file(&client, &rp.path).await?;
+        let (is_dir, entries) = list_or_file(&client, Some(&rp.remote), &rp.path).await?;
         if !is_dir {
             let e = &entries[0];
             if json {

@@ -298,7 +298,7 @@ impl Shell<'_> {
             [p] => self.path(p),
             _ => return Err(exit::usage("ls takes one path")),
         };
-        let (_, entries) = self.block(list_or_file(&self.client, &path))?;
+        let (_, entries) = self.block(list_or_file(&self.client, None, &path))?;
         for e in &entries {
             if long {
                 outln!("{}", long_line(e, &e.name));

@@ -373,6 +373,15 @@ fn rm_v_names_what_it_deletes() {
     assert!(out.stderr.is_empty(), "{out:?}");
 }
 
+/// Regression: `ls` named a missing path without its remote (`reading /nope`), where `cat`
+/// says `drive:/nope`.
+#[test]
+fn ls_names_the_remote_of_a_missing_path() {
+    let env = Env::new();
+    let err = env.fails(&["ls", "drive:/nope"], 3);
+    assert!(err.contains("drive:/nope"), "{err}");
+}
+
 /// Regression: a streamed upload cut off by a server crash said `peer closed connection
 /// without sending TLS close_notify: https://docs.rs/rustls/…` and "check the URL and that
 /// the server is running and reachable", where what matters is that the file may or may not
