@@ -577,6 +577,15 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
         } else {
             dst.path.clone()
         };
+        // The server refuses it as a conflict, whose hint is about a file where a directory
+        // is needed: said as GNU mv says it, and as `efs cp` refuses a copy into itself.
+        if to.starts_with(&format!("{}/", src.path.trim_end_matches('/'))) {
+            return Err(usage(format!(
+                "cannot move {} into itself ({}:{to})",
+                src.display(),
+                dst.remote
+            )));
+        }
         match client.rename(&src.path, &to, force).await {
             Ok(_) => {}
             Err(efs_client::Error::Conflict(m)) if !force && m.contains("destination exists") => {

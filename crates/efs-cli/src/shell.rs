@@ -419,8 +419,21 @@ impl Shell<'_> {
         if path == "/" {
             bail!("refusing to remove the root directory");
         }
-        self.block(self.client.delete(&path, recursive))
-            .with_context(|| format!("removing {path}"))?;
+        if let Err(e) = self.block(self.client.delete(&path, recursive)) {
+            // As `efs rm` says it: the generic hint of a conflict is about files and
+            // directories in each other's place.
+            if !recursive
+                && matches!(e.downcast_ref::<efs_client::Error>(),
+                    Some(efs_client::Error::Conflict(m)) if m.contains("not empty"))
+            {
+                return Err(exit::fail_hint(
+                    exit::CONFLICT,
+                    format!("cannot remove {path}: a directory that is not empty"),
+                    "use rm -r to remove it with everything in it",
+                ));
+            }
+            return Err(e.context(format!("removing {path}")));
+        }
         let cached = self.cache.path_for(&path);
         let _ = std::fs::remove_file(&cached).or_else(|_| std::fs::remove_dir_all(&cached));
         Ok(())

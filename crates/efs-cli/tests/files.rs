@@ -382,6 +382,18 @@ fn ls_names_the_remote_of_a_missing_path() {
     assert!(err.contains("drive:/nope"), "{err}");
 }
 
+/// Regression: moving a directory into itself got the hint about files where directories
+/// are needed.
+#[test]
+fn mv_of_a_directory_into_itself_says_so() {
+    let env = Env::new();
+    env.ok(&["mkdir", "-p", "drive:/in/sub"]);
+    let err = env.fails(&["mv", "drive:/in", "drive:/in/sub/"], 2);
+    assert!(err.contains("cannot move drive:/in into itself"), "{err}");
+    assert!(!err.contains("a file is where a directory"), "{err}");
+    env.ok(&["stat", "drive:/in/sub"]);
+}
+
 /// Regression: a streamed upload cut off by a server crash said `peer closed connection
 /// without sending TLS close_notify: https://docs.rs/rustls/…` and "check the URL and that
 /// the server is running and reachable", where what matters is that the file may or may not

@@ -292,3 +292,15 @@ fn get_says_the_cached_copy_goes_with_the_shell() {
         "{stdout}"
     );
 }
+
+/// Regression: the shell's `rm` of a non-empty directory got the generic conflict hint
+/// ("a file is where a directory is needed …") instead of `rm -r`.
+#[test]
+fn rm_of_a_non_empty_directory_says_use_rm_r() {
+    let env = Env::new();
+    env.ok(&["mkdir", "-p", "drive:/full/sub"]);
+    let out = env.efs_input(&["shell", "drive"], b"rm /full\n");
+    let stderr = common::assert_code(&["shell"], &out, 5);
+    assert!(stderr.contains("use rm -r"), "{stderr}");
+    assert!(!stderr.contains("a file is where a directory"), "{stderr}");
+}
