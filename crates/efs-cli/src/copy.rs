@@ -648,6 +648,11 @@ async fn plan_source(
                     for e in walked.failed {
                         eprintln!("efs: warning: leaving alone {e:#}");
                     }
+                    // A local destination's temporary files of an unfinished copy, links to
+                    // directories, …: neither compared nor deleted, and said so.
+                    for w in &walked.warnings {
+                        eprintln!("efs: warning: {w} (left as it is at the destination)");
+                    }
                     walked.tree
                 }
                 _ => Tree::new(),

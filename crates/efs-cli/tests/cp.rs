@@ -1222,3 +1222,20 @@ fn only_a_sync_says_it_keeps_what_a_dangling_link_names() {
         "{err}"
     );
 }
+
+/// Regression: a download sync left a `.efs-part` file at the local destination without a
+/// word, while walks skip them "with a warning".
+#[test]
+fn a_download_sync_warns_about_a_part_file_at_the_destination() {
+    let env = Env::new();
+    env.write("src/a.txt", b"a");
+    env.ok(&["cp", "-r", "src", "drive:/src"]);
+    env.write("dst/x.txt.0123456789abcdef.efs-part", b"left by a crash");
+    let out = env.efs(&["cp", "--sync", "drive:/src", "dst"]);
+    let err = common::assert_code(&["cp"], &out, 0);
+    assert!(
+        err.contains("efs: warning: skipping") && err.contains("x.txt.0123456789abcdef.efs-part"),
+        "{err}"
+    );
+    assert!(env.path("dst/x.txt.0123456789abcdef.efs-part").exists());
+}
