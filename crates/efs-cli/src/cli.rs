@@ -191,7 +191,8 @@ Examples:
   efs rm -r drive:/Documents/2019
   efs rm -f drive:/tmp/maybe-there     # a missing file is not an error
 
-Without -r, only files and empty directories are removed (a non-empty one: exit 5).")]
+Without -r, only files and empty directories are removed (a non-empty one: exit 5).
+-v names each path removed (a directory once: \"deleted NAME:/dir/ (and everything in it)\").")]
     Rm {
         /// Remove directories and everything in them.
         #[arg(short, long)]
@@ -417,12 +418,12 @@ Examples:
 pub(crate) struct RemoteAdd {
     /// A short name, used as NAME:/path (letters, digits, '_', '-').
     pub name: String,
-    /// The server, https://HOST:PORT.
+    /// The server, https://HOST:PORT (no path: the filesystem is chosen with --fs).
     pub url: String,
     /// The user name the operator created.
     #[arg(short, long)]
     pub user: String,
-    /// The private key (OpenSSH or PKCS#8 PEM Ed25519).
+    /// The private key (OpenSSH or PKCS#8 PEM Ed25519), not its .pub.
     #[arg(short, long, value_name = "FILE")]
     pub key: Option<PathBuf>,
     /// The filesystem to use (needed when the user has several).

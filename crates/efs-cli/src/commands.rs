@@ -73,12 +73,23 @@ pub(crate) fn long_line(e: &Entry, shown: &str) -> String {
 }
 
 /// The entries of a directory, sorted by name; for a file, the file itself.
-pub(crate) async fn list_or_file(client: &Client, path: &str) -> Result<(bool, Vec<Entry>)> {
+/// The entries of directory `path`, or the file itself. `remote`: the remote's name, which
+/// errors name with the path as the user wrote it (`drive:/nope`); none in the shell, which
+/// is on one remote.
+pub(crate) async fn list_or_file(
+    client: &Client,
+    remote: Option<&str>,
+    path: &str,
+) -> Result<(bool, Vec<Entry>)> {
+    let shown = match remote {
+        Some(r) => format!("{r}:{path}"),
+        None => path.to_owned(),
+    };
     if path != "/" {
         let e = client
             .stat(path)
             .await
-            .with_context(|| format!("reading {path}"))?;
+            .with_context(|| format!("reading {shown}"))?;
         if e.kind != EntryType::Dir {
             return Ok((false, vec![e]));
         }
@@ -86,7 +97,7 @@ pub(crate) async fn list_or_file(client: &Client, path: &str) -> Result<(bool, V
     let mut entries = client
         .list(path)
         .await
-        .with_context(|| format!("listing {path}"))?;
+        .with_context(|| format!("listing {shown}"))?;
     entries.sort_by(|a, b| a.name.cmp(&b.name));
     Ok((true, entries))
 }
@@ -103,7 +114,7 @@ pub(crate) async fn ls(
     for (i, arg) in paths.iter().enumerate() {
         let rp = remote_arg("ls", arg)?;
         let client = session.client(&rp.remote).await?;
-        let (is_dir, entries) = list_or_file(&client, &rp.path).await?;
+        let (is_dir, entries) = list_or_file(&client, Some(&rp.remote), &rp.path).await?;
         if !is_dir {
             let e = &entries[0];
             if json {
@@ -434,6 +445,23 @@ pub(crate) async fn put(
                 "run the command again: the new login is in place",
             ));
         }
+        Err(efs_client::Error::Transport(m)) if !exit::is_connect_failure(&m) => {
+            // The request went out (its body, from stdin, cannot be sent again): whether the
+            // server stored it before the connection broke is unknown, and the URL is fine.
+            return Err(fail_hint(
+                exit::NETWORK,
+                format!(
+                    "writing {}: the connection to {} was lost while sending or before the answer ({}): the file may or may not have been stored",
+                    rp.display(),
+                    client.base_url(),
+                    exit::without_docs_links(&m)
+                ),
+                format!(
+                    "look at the file (efs stat {}) before sending it again",
+                    rp.display()
+                ),
+            ));
+        }
         r => r.with_context(|| format!("writing {}", rp.display()))?,
     };
     if json {
@@ -454,11 +482,15 @@ fn quote_etag(t: &str) -> String {
     }
 }
 
+/// With `verbose`, each path removed is named on stderr as `efs cp` names what it deletes
+/// (`deleted NAME:/path`); a directory goes in one request (with `-r`, with what is in it),
+/// so it is named once.
 pub(crate) async fn rm(
     session: &Session,
     paths: &[String],
     recursive: bool,
     force: bool,
+    verbose: bool,
 ) -> Result<()> {
     let mut errors = Vec::new();
     for arg in paths {
@@ -482,7 +514,19 @@ pub(crate) async fn rm(
         } else {
             rp.path.clone()
         };
+        // The answer to a delete does not say what was there: asked first, only for -v.
+        let was_dir = verbose
+            && matches!(walk::stat_remote(&client, &rp.path).await, Ok(Some(m)) if m.kind == walk::Kind::Dir);
         match client.delete(&target, recursive).await {
+            Ok(()) if verbose => eprintln!(
+                "deleted {}{}",
+                rp.display(),
+                if was_dir {
+                    "/ (and everything in it)"
+                } else {
+                    ""
+                }
+            ),
             Ok(()) => {}
             Err(efs_client::Error::NotFound) if force => {}
             Err(efs_client::Error::Conflict(m)) if !recursive && m.contains("not empty") => {
@@ -533,6 +577,15 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
         } else {
             dst.path.clone()
         };
+        // The server refuses it as a conflict, whose hint is about a file where a directory
+        // is needed: said as GNU mv says it, and as `efs cp` refuses a copy into itself.
+        if to.starts_with(&format!("{}/", src.path.trim_end_matches('/'))) {
+            return Err(usage(format!(
+                "cannot move {} into itself ({}:{to})",
+                src.display(),
+                dst.remote
+            )));
+        }
         match client.rename(&src.path, &to, force).await {
             Ok(_) => {}
             Err(efs_client::Error::Conflict(m)) if !force && m.contains("destination exists") => {

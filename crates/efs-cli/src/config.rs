@@ -71,6 +71,44 @@ fn non_empty_env(name: &str) -> Option<String> {
     std::env::var(name).ok().filter(|v| !v.is_empty())
 }
 
+/// The server URL `arg` as a remote keeps it, `https://HOST[:PORT]` (the scheme in lower
+/// case, no trailing slash), or what is wrong with it. The client puts its API paths (`/_efs/…`,
+/// the file paths) right after it, so anything more than the host would be sent along: a
+/// path (`https://h:8443/patients`, where `patients` is the filesystem, chosen with `--fs`)
+/// made every login "refused" instead of this error.
+pub(crate) fn server_url(arg: &str) -> std::result::Result<String, String> {
+    let Some(rest) = arg
+        .get(..8)
+        .filter(|s| s.eq_ignore_ascii_case("https://"))
+        .map(|_| &arg[8..])
+    else {
+        return Err(format!("the URL must start with https:// (got '{arg}')"));
+    };
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let (host, after) = rest.split_at(end);
+    if host.is_empty() {
+        return Err(format!("the URL '{arg}' names no host"));
+    }
+    if host.contains('@') {
+        return Err(format!(
+            "the URL '{arg}' has a user name in it: the user is given with --user"
+        ));
+    }
+    if !after.trim_end_matches('/').is_empty() {
+        let what = if after.contains('?') {
+            "a query"
+        } else if after.contains('#') {
+            "a fragment"
+        } else {
+            "a path"
+        };
+        return Err(format!(
+            "the URL '{arg}' has {what} ({after}): a remote is a whole server, https://HOST:PORT, and the filesystem is chosen with --fs"
+        ));
+    }
+    Ok(format!("https://{host}"))
+}
+
 /// `config.toml`.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub(crate) struct Config {
@@ -453,5 +491,28 @@ mod tests {
         assert!(!valid_remote_name("a/b"));
         assert!(!valid_remote_name("a:b"));
         assert!(!valid_remote_name(&"a".repeat(65)));
+    }
+
+    /// Regression: a URL with a path was kept, and every login then went to
+    /// `/patients/_efs/auth/challenge` and was "refused"; `HTTPS://` was refused.
+    #[test]
+    fn a_server_url_is_scheme_host_and_port_only() {
+        assert_eq!(server_url("https://h:8443").unwrap(), "https://h:8443");
+        assert_eq!(server_url("https://h:8443/").unwrap(), "https://h:8443");
+        assert_eq!(server_url("HTTPS://h:8443//").unwrap(), "https://h:8443");
+        assert_eq!(server_url("Https://[::1]:1").unwrap(), "https://[::1]:1");
+        for (bad, why) in [
+            ("https://h:8443/patients", "a path (/patients)"),
+            ("https://h:8443/patients/", "a path"),
+            ("https://h:8443?fs=x", "a query"),
+            ("https://h:8443/#top", "a fragment"),
+            ("https://alice@h:8443", "--user"),
+            ("https://", "no host"),
+            ("http://h:8443", "must start with https://"),
+            ("h:8443", "must start with https://"),
+        ] {
+            let e = server_url(bad).unwrap_err();
+            assert!(e.contains(why), "{bad}: {e}");
+        }
     }
 }

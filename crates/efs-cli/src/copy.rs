@@ -147,9 +147,10 @@ impl Endpoint {
 
     /// The tree below this directory, and what was left out of it (see [`walk::Walked`]; a
     /// remote walk leaves out only the temporary names of an unfinished copy, with a warning).
-    async fn walk(&self) -> Result<walk::Walked> {
+    /// `sync`: for a sync, whose messages say what it keeps.
+    async fn walk(&self, sync: bool) -> Result<walk::Walked> {
         match self {
-            Endpoint::Local(p, _) => walk::walk_local(p.clone()).await,
+            Endpoint::Local(p, _) => walk::walk_local(p.clone(), sync).await,
             Endpoint::Remote { client, path, .. } => Ok(walk::Walked {
                 tree: walk::walk_remote(client, path, true).await?,
                 ..walk::Walked::default()
@@ -218,8 +219,10 @@ struct Plan {
     kept: u64,
     /// Source entries that cannot be copied, found while planning.
     failed: Vec<anyhow::Error>,
-    /// Sources found (the others are missing or could not be read): a sync of a source that
-    /// is not there prints no summary.
+    /// Sources planned (the others are missing, could not be read, or were refused before
+    /// anything was planned: a destination of the wrong kind, a copy onto itself): a sync
+    /// (or a dry run) of which nothing was planned prints only its errors, no summary that
+    /// would look like a success.
     sources_found: usize,
 }
 
@@ -306,7 +309,9 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
         hold_replacements(&mut plan, &mut errors);
     }
     if args.dry_run {
-        print_plan(&plan);
+        if plan.sources_found > 0 || errors.is_empty() {
+            print_plan(&plan);
+        }
         return finish(errors, 0);
     }
     // What failed before anything was done (a missing source, an entry the walk could not
@@ -450,33 +455,66 @@ fn held_replacement(job: &CopyJob) -> anyhow::Error {
 }
 
 /// Nothing failed: Ok. One error: that error. Several: each printed, and a summary with the
-/// first one's exit code.
+/// first one's exit code. The same server error for many files (a destination this user
+/// cannot write) is printed once, with the first file's path and how many more had it: a
+/// line per file would bury the error and its hint. The hint goes with the summary when all
+/// errors share one (the last line, where it is seen), else under the error it belongs to.
 fn finish(mut errors: Vec<anyhow::Error>, total: usize) -> Result<()> {
     match errors.len() {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
         n => {
-            // The same error for many entries (a destination that cannot be written) once.
-            let mut seen = std::collections::HashSet::new();
+            // Each distinct error (the key) with its first line and how many had it.
+            let mut groups: Vec<(String, String, Option<String>, usize)> = Vec::new();
             for e in &errors {
-                let line = format!("{e:#}");
-                if seen.insert(line.clone()) {
-                    eprintln!("efs: error: {line}");
+                let key = same_error_key(e);
+                match groups.iter_mut().find(|g| g.0 == key) {
+                    Some(g) => g.3 += 1,
+                    None => groups.push((key, format!("{e:#}"), exit::hint_of(e), 1)),
+                }
+            }
+            let one_hint = groups[0].2.is_some() && groups.iter().all(|g| g.2 == groups[0].2);
+            for (_, line, hint, count) in &groups {
+                match count {
+                    1 => eprintln!("efs: error: {line}"),
+                    c => eprintln!(
+                        "efs: error: {line} (and {} more with the same error)",
+                        c - 1
+                    ),
+                }
+                if let Some(h) = hint
+                    && !one_hint
+                {
+                    eprintln!("efs: hint: {h}");
                 }
             }
             let code = exit::code_of(&errors[0]);
-            Err(fail(
-                code,
-                format!(
-                    "{n} operations failed{}",
-                    if total > 0 {
-                        format!(" (of {total})")
-                    } else {
-                        String::new()
-                    }
-                ),
-            ))
+            let summary = format!(
+                "{n} operations failed{}",
+                if total > 0 {
+                    format!(" (of {total})")
+                } else {
+                    String::new()
+                }
+            );
+            Err(match &groups[0].2 {
+                Some(h) if one_hint => fail_hint(code, summary, h),
+                _ => fail(code, summary),
+            })
         }
+    }
+}
+
+/// What makes two failures "the same error" for [`finish`]: a server's answer (which never
+/// names the path) with its exit code; for anything else, such as a local I/O error or an
+/// entry that cannot be copied, the whole line, path included, because the path is what the
+/// user must look at.
+fn same_error_key(e: &anyhow::Error) -> String {
+    match exit::sdk_error(e) {
+        Some(sdk) if !matches!(sdk, efs_client::Error::Io(_)) => {
+            format!("{}\0{sdk}", exit::code_of(e))
+        }
+        _ => format!("{e:#}"),
     }
 }
 
@@ -494,7 +532,6 @@ async fn plan_source(
             format!("{}: no such file or directory", src.display()),
         ));
     };
-    plan.sources_found += 1;
     let dir = direction(&src, dst);
     // With --sync, a directory is mirrored onto DST itself (rsync's SRC/ DST/).
     let (target, target_meta) = if into_dir && !(opts.sync && src_meta.kind == Kind::Dir) {
@@ -569,7 +606,11 @@ async fn plan_source(
                         ));
                     }
                 }
-                Some(m) if opts.sync && !needs_copy(&src_meta, m, dir) => {
+                _ => {}
+            }
+            plan.sources_found += 1;
+            match &target_meta {
+                Some(m) if m.kind == Kind::File && opts.sync && !needs_copy(&src_meta, m, dir) => {
                     plan.unchanged += 1;
                     return Ok(());
                 }
@@ -603,15 +644,21 @@ async fn plan_source(
                 }
                 Some(_) if opts.sync => {
                     // At the destination, what the walk leaves out is only left alone.
-                    let walked = target.walk().await?;
+                    let walked = target.walk(false).await?;
                     for e in walked.failed {
                         eprintln!("efs: warning: leaving alone {e:#}");
+                    }
+                    // A local destination's temporary files of an unfinished copy, links to
+                    // directories, …: neither compared nor deleted, and said so.
+                    for w in &walked.warnings {
+                        eprintln!("efs: warning: {w} (left as it is at the destination)");
                     }
                     walked.tree
                 }
                 _ => Tree::new(),
             };
-            let walked = src.walk().await?;
+            plan.sources_found += 1;
+            let walked = src.walk(opts.sync).await?;
             for w in &walked.warnings {
                 if opts.sync {
                     eprintln!(
@@ -1034,6 +1081,14 @@ async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
             Ok(())
         }
         (Endpoint::Remote { client, path, .. }, Endpoint::Local(to, below)) => {
+            // A directory where the file goes (only a sync replaces one, planned as such):
+            // the conflict it is, as for a single file, not the rename's "Is a directory".
+            if std::fs::symlink_metadata(to).is_ok_and(|m| m.is_dir()) {
+                return Err(fail(
+                    exit::CONFLICT,
+                    format!("{} is a directory", to.display()),
+                ));
+            }
             let (to, below) = (to.clone(), *below);
             let (dir, name) =
                 tokio::task::spawn_blocking(move || open_dest_dir(&to, below)).await??;

@@ -242,12 +242,48 @@ fn cli_hint(e: &efs_client::Error) -> Option<String> {
              server may be relaying this one's login"
                 .to_owned(),
         ),
+        // The SDK's "check the URL …" fits a server never reached, not one that was.
+        efs_client::Error::Transport(m) if !is_connect_failure(m) => Some(
+            "the connection broke after the request was sent: check that the server is still \
+             running, and look at what the command changed (efs ls, efs stat) before running it \
+             again"
+                .to_owned(),
+        ),
         efs_client::Error::TokenRefusedNotResent => Some(
             "run the command again: the new login is in place (the key and the grant are fine)"
                 .to_owned(),
         ),
         _ => None,
     }
+}
+
+/// Whether the text of an SDK transport error says that no connection was made at all (so
+/// nothing was sent): the SDK writes "cannot connect" for a refused or unreachable server, a
+/// failed TLS handshake or a connect timeout (then "timed out", with hyper's "client error
+/// (Connect)" below it). Anything else broke a request already sent.
+pub(crate) fn is_connect_failure(transport: &str) -> bool {
+    transport.contains("cannot connect")
+        || transport.contains("(Connect)")
+        || transport.contains("connecting to")
+        || transport.contains("TLS handshake")
+}
+
+/// `text` without the links to rustls's manual that its errors end with (`peer closed
+/// connection without sending TLS close_notify: https://docs.rs/rustls/…`): they explain TLS
+/// to a programmer, not what happened to a user.
+pub(crate) fn without_docs_links(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(i) = rest.find(": https://docs.rs/") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + 2..];
+        let end = after
+            .find(|c: char| c.is_whitespace() || c == ')')
+            .unwrap_or(after.len());
+        rest = &after[end..];
+    }
+    out.push_str(rest);
+    out
 }
 
 /// Whether `e` is a write into a closed pipe: the download feeding one of the command's
@@ -286,6 +322,17 @@ mod tests {
         assert_eq!(code_of(&anyhow::anyhow!("plain")), ERROR);
         let e: anyhow::Error = efs_client::Error::Unauthorized.into();
         assert!(hint_of(&e).unwrap().contains("key"));
+    }
+
+    #[test]
+    fn rustls_manual_links_are_left_out() {
+        assert_eq!(
+            without_docs_links(
+                "request failed: peer closed connection without sending TLS close_notify: https://docs.rs/rustls/latest/rustls/manual/_03_howto/index.html#unexpected-eof (x)"
+            ),
+            "request failed: peer closed connection without sending TLS close_notify (x)"
+        );
+        assert_eq!(without_docs_links("reset"), "reset");
     }
 
     #[test]

@@ -126,7 +126,7 @@ async fn dispatch(session: &mut Session, cmd: Command, quiet: bool, verbose: boo
             recursive,
             force,
             paths,
-        } => commands::rm(session, &paths, recursive, force).await,
+        } => commands::rm(session, &paths, recursive, force, verbose).await,
         Command::Mv { force, paths } => commands::mv(session, &paths, force).await,
         Command::Mkdir { parents, paths } => commands::mkdir(session, &paths, parents).await,
         Command::Token { json, remote } => commands::token(session, &remote, json).await,
@@ -205,7 +205,11 @@ fn sighup_in_mask(status: &str) -> Option<bool> {
 fn report(err: &anyhow::Error) -> ExitCode {
     use std::io::Write;
     let mut stderr = std::io::stderr().lock();
-    let _ = writeln!(stderr, "efs: error: {err:#}");
+    let _ = writeln!(
+        stderr,
+        "efs: error: {}",
+        exit::without_docs_links(&format!("{err:#}"))
+    );
     if let Some(hint) = exit::hint_of(err) {
         let _ = writeln!(stderr, "efs: hint: {hint}");
     }

@@ -29,16 +29,35 @@ pub(crate) async fn add(session: &mut Session, args: RemoteAdd) -> Result<()> {
             format!("efs remote remove {name} first, or choose another name"),
         ));
     }
-    let url = args.url.trim_end_matches('/').to_owned();
-    if !url.starts_with("https://") {
-        return Err(usage(format!(
-            "the URL must start with https:// (got '{url}')"
-        )));
-    }
+    let url = config::server_url(&args.url).map_err(|e| {
+        fail_hint(
+            exit::USAGE,
+            e,
+            "give the server as https://HOST:PORT, as the operator gave it (the server prints it at start)",
+        )
+    })?;
     let key = match args.key {
         Some(k) => absolute(k)?,
         None => default_key(session)?,
     };
+    if is_public_key(&key) {
+        let private = key.with_extension("");
+        return Err(fail_hint(
+            exit::USAGE,
+            format!(
+                "{} is a public key: --key takes the private key, which signs the logins",
+                key.display()
+            ),
+            if key.extension().is_some_and(|e| e == "pub") && private.exists() {
+                format!(
+                    "give the private key beside it: --key {}",
+                    private.display()
+                )
+            } else {
+                "give the private key's file (the one without .pub); the public one is for the operator".to_owned()
+            },
+        ));
+    }
     if !key.exists() {
         eprintln!(
             "efs: warning: the key {} does not exist (yet): create it with `efs keygen -o {}`",
@@ -192,6 +211,17 @@ fn default_key(session: &Session) -> Result<PathBuf> {
         return absolute(own);
     }
     Ok(config::home_dir()?.join(".ssh").join("id_ed25519"))
+}
+
+/// Whether the file at `key` is a public key (an OpenSSH `ssh-ed25519 AAAA…` line or a PEM
+/// `PUBLIC KEY`): given as `--key`, it was accepted and failed only at the first login.
+fn is_public_key(key: &std::path::Path) -> bool {
+    let Ok(text) = std::fs::read(key) else {
+        return false;
+    };
+    let head = String::from_utf8_lossy(&text[..text.len().min(200)]).into_owned();
+    let head = head.trim_start();
+    head.starts_with("ssh-") || head.starts_with("-----BEGIN PUBLIC KEY-----")
 }
 
 fn absolute(p: PathBuf) -> Result<PathBuf> {

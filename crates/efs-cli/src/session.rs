@@ -273,6 +273,17 @@ fn record_server_id(dirs: &Dirs, name: &str, asked: &Remote, id: &str) -> Result
 }
 
 async fn build_client(dirs: &Dirs, name: &str, remote: &Remote) -> Result<Client> {
+    // `remote add` refuses such a URL; this one was written into config.toml by hand.
+    if let Err(e) = config::server_url(&remote.url) {
+        return Err(fail_hint(
+            exit::USAGE,
+            format!("remote '{name}': {e}"),
+            format!(
+                "correct url under [remotes.{name}] in {}, e.g. url = \"https://HOST:PORT\"",
+                dirs.config_file().display()
+            ),
+        ));
+    }
     let signer = efs_client::load_signer(&remote.key)
         .await
         .with_context(|| {

@@ -33,8 +33,8 @@ use crate::session::Session;
 const HELP: &str = "\
 post PATH [LOCAL]     create or replace the file at PATH with LOCAL's content, or with what
                       you paste (end with Ctrl-D on a line of its own; Ctrl-C cancels)
-get PATH [LOCAL]      get the file at PATH: print it, or save it to LOCAL; a copy stays in
-                      the local cache
+get PATH [LOCAL]      get the file at PATH: print it (text up to 1 MiB), or save it to
+                      LOCAL; a copy stays in the local cache until the shell ends
 ls [-l] [PATH]        list a directory
 cd [PATH]             change directory (no PATH: /)
 pwd                   print the current directory
@@ -298,7 +298,7 @@ impl Shell<'_> {
             [p] => self.path(p),
             _ => return Err(exit::usage("ls takes one path")),
         };
-        let (_, entries) = self.block(list_or_file(&self.client, &path))?;
+        let (_, entries) = self.block(list_or_file(&self.client, None, &path))?;
         for e in &entries {
             if long {
                 outln!("{}", long_line(e, &e.name));
@@ -354,8 +354,10 @@ impl Shell<'_> {
                     }
                 };
                 if !printable {
+                    // The cache goes with the shell (at once, for a scripted one): a copy
+                    // that looked saved was lost. Said so, with how to keep one.
                     outln!(
-                        "{path}: {} of binary or large content, saved as {}",
+                        "{path}: {} of binary or large content, not printed; a copy is in {} until the shell ends, which removes it (to keep the file: get {path} LOCAL)",
                         human_bytes(n),
                         cached.display()
                     );
@@ -417,8 +419,21 @@ impl Shell<'_> {
         if path == "/" {
             bail!("refusing to remove the root directory");
         }
-        self.block(self.client.delete(&path, recursive))
-            .with_context(|| format!("removing {path}"))?;
+        if let Err(e) = self.block(self.client.delete(&path, recursive)) {
+            // As `efs rm` says it: the generic hint of a conflict is about files and
+            // directories in each other's place.
+            if !recursive
+                && matches!(e.downcast_ref::<efs_client::Error>(),
+                    Some(efs_client::Error::Conflict(m)) if m.contains("not empty"))
+            {
+                return Err(exit::fail_hint(
+                    exit::CONFLICT,
+                    format!("cannot remove {path}: a directory that is not empty"),
+                    "use rm -r to remove it with everything in it",
+                ));
+            }
+            return Err(e.context(format!("removing {path}")));
+        }
         let cached = self.cache.path_for(&path);
         let _ = std::fs::remove_file(&cached).or_else(|_| std::fs::remove_dir_all(&cached));
         Ok(())

@@ -23,7 +23,7 @@ use tokio_util::io::SyncIoBridge;
 use crate::cli::{TarArgs, UntarArgs};
 use crate::commands::remote_arg;
 use crate::exit::{self, fail, fail_hint, usage};
-use crate::location;
+use crate::location::{self, RemotePath};
 use crate::progress::Progress;
 use crate::session::Session;
 use crate::walk::{self, Kind, Meta};
@@ -521,7 +521,7 @@ pub(crate) async fn untar(
     let handle = Handle::current();
     let job = {
         let progress = progress.clone();
-        let root = rp.path.clone();
+        let root = rp.clone();
         let force = args.force;
         tokio::task::spawn_blocking(move || {
             read_archive(&handle, &client, reader, &root, force, &progress, verbose)
@@ -600,7 +600,7 @@ fn read_archive<R: Read>(
     handle: &Handle,
     client: &Client,
     reader: age::stream::StreamReader<R>,
-    root: &str,
+    root: &RemotePath,
     force: bool,
     progress: &Arc<Progress>,
     verbose: bool,
@@ -639,16 +639,18 @@ fn read_archive<R: Read>(
                 continue;
             }
         };
-        let path = location::join(root, &rel);
+        let path = location::join(&root.path, &rel);
+        // Errors name the remote, as the user wrote the destination.
+        let shown = format!("{}:{path}", root.remote);
         match entry.header().entry_type() {
             tar::EntryType::Directory => {
                 handle
                     .block_on(client.mkdir(&path))
-                    .with_context(|| format!("creating {path}"))?;
+                    .with_context(|| format!("creating {shown}"))?;
             }
             tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let size = entry.size();
-                match restore_file(handle, client, entry, &path, size, force) {
+                match restore_file(handle, client, entry, (&path, &shown), size, force) {
                     Ok(()) => {
                         restored += 1;
                         progress.message(format!("{restored} files"));
@@ -662,7 +664,7 @@ fn read_archive<R: Read>(
                             Some(efs_client::Error::PreconditionFailed)
                         );
                         if conflict {
-                            report(format!("{path} exists (use --force to replace it)"), true);
+                            report(format!("{shown} exists (use --force to replace it)"), true);
                         } else if exit::sdk_error(&e).is_some() || e.is::<Mismatch>() {
                             report(format!("{e:#}"), false);
                         } else {
@@ -701,7 +703,7 @@ fn restore_file<R: Read>(
     handle: &Handle,
     client: &Client,
     entry: tar::Entry<'_, R>,
-    path: &str,
+    (path, shown): (&str, &str),
     size: u64,
     force: bool,
 ) -> Result<()> {
@@ -726,10 +728,10 @@ fn restore_file<R: Read>(
     let uploaded = handle.block_on(task).context("an upload stopped")?;
     if let Err(e) = copied {
         // The archive failed, or the upload stopped reading (its error says why).
-        uploaded.with_context(|| format!("uploading {path}"))?;
+        uploaded.with_context(|| format!("uploading {shown}"))?;
         return Err(e).context("reading the archive");
     }
-    let stored = uploaded.with_context(|| format!("uploading {path}"))?;
+    let stored = uploaded.with_context(|| format!("uploading {shown}"))?;
     let want = src.hash.finalize();
     let mut sink = HashSink {
         hash: Sha256::new(),
@@ -738,12 +740,12 @@ fn restore_file<R: Read>(
     if size > 0 {
         handle
             .block_on(client.download(path, &mut sink, None, None))
-            .with_context(|| format!("reading back {path}"))?;
+            .with_context(|| format!("reading back {shown}"))?;
     }
     let got = sink.hash.finalize();
     if src.len != size || stored.size != size || sink.len != size || got != want {
         return Err(Mismatch(format!(
-            "{path} does not verify: {size} bytes in the archive, {} read, {} stored, {} read back{}",
+            "{shown} does not verify: {size} bytes in the archive, {} read, {} stored, {} read back{}",
             src.len,
             stored.size,
             sink.len,

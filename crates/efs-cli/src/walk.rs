@@ -182,8 +182,9 @@ fn name_problem(name: &str) -> Option<&'static str> {
 /// loop), sockets, FIFOs, temporary download files ([`is_part_file`]); skipped and failed
 /// (each a failed file, the walk going on with the rest): names that are not UTF-8 or that
 /// EFS cannot store (a backslash, a control character), dangling links, and entries that
-/// cannot be read (an unreadable directory: what is below it).
-pub(crate) async fn walk_local(root: PathBuf) -> Result<Walked> {
+/// cannot be read (an unreadable directory: what is below it). `sync`: the walk is a sync's
+/// source, and the error of a dangling link says that the destination's entry is kept.
+pub(crate) async fn walk_local(root: PathBuf, sync: bool) -> Result<Walked> {
     tokio::task::spawn_blocking(move || {
         let mut w = Walked::default();
         let mut stack = vec![(root, String::new())];
@@ -278,8 +279,13 @@ pub(crate) async fn walk_local(root: PathBuf) -> Result<Walked> {
                             w.failed.push(crate::exit::fail(
                                 crate::exit::ERROR,
                                 format!(
-                                    "{}: not copied, a symbolic link whose target cannot be read ({e}); a sync keeps what the destination has of that name",
-                                    shown(&path)
+                                    "{}: not copied, a symbolic link whose target cannot be read ({e}){}",
+                                    shown(&path),
+                                    if sync {
+                                        "; a sync keeps what the destination has of that name"
+                                    } else {
+                                        ""
+                                    }
                                 ),
                             ));
                             continue;
@@ -406,7 +412,7 @@ mod tests {
         std::fs::write(d.path().join("top"), b"").unwrap();
         std::os::unix::fs::symlink(d.path().join("a"), d.path().join("loop")).unwrap();
         std::os::unix::fs::symlink(d.path().join("top"), d.path().join("link")).unwrap();
-        let w = walk_local(d.path().to_path_buf()).await.unwrap();
+        let w = walk_local(d.path().to_path_buf(), false).await.unwrap();
         let t = w.tree;
         assert!(w.failed.is_empty());
         assert_eq!(w.skipped.iter().collect::<Vec<_>>(), ["loop"]);
@@ -423,7 +429,7 @@ mod tests {
         std::fs::write(d.path().join("fine.txt"), b"x").unwrap();
         let bad = std::ffi::OsStr::from_bytes(b"bad-\xff.txt");
         std::fs::write(d.path().join(bad), b"y").unwrap();
-        let w = walk_local(d.path().to_path_buf()).await.unwrap();
+        let w = walk_local(d.path().to_path_buf(), false).await.unwrap();
         let (t, unnamed) = (w.tree, w.failed);
         assert_eq!(t.keys().collect::<Vec<_>>(), ["fine.txt"]);
         assert_eq!(unnamed.len(), 1);
@@ -442,7 +448,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         std::fs::write(d.path().join("fine.txt"), b"x").unwrap();
         std::os::unix::fs::symlink(d.path().join("missing"), d.path().join("imaging")).unwrap();
-        let w = walk_local(d.path().to_path_buf()).await.unwrap();
+        let w = walk_local(d.path().to_path_buf(), false).await.unwrap();
         assert_eq!(w.tree.keys().collect::<Vec<_>>(), ["fine.txt"]);
         assert_eq!(w.skipped.iter().collect::<Vec<_>>(), ["imaging"]);
         assert_eq!(w.failed.len(), 1);
@@ -464,7 +470,7 @@ mod tests {
         // A directory a sync moved aside to replace it, left by an interruption.
         std::fs::create_dir_all(d.path().join("x.fedcba9876543210.efs-part/old")).unwrap();
         std::fs::write(d.path().join("x.fedcba9876543210.efs-part/old/f"), b"x").unwrap();
-        let w = walk_local(d.path().to_path_buf()).await.unwrap();
+        let w = walk_local(d.path().to_path_buf(), false).await.unwrap();
         assert_eq!(
             w.tree.keys().collect::<Vec<_>>(),
             ["notes.efs-part", "scan.pdf"]

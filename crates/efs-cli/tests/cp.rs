@@ -1123,3 +1123,119 @@ fn sync_swaps_entries_with_names_of_240_bytes() {
         b"local dir"
     );
 }
+
+/// Regression: every upload refused with the same server error printed one line per file
+/// (306 for 305 files), and the hint ("ask the operator for write access") was lost.
+#[test]
+fn one_server_error_for_many_files_is_reported_once_with_its_hint() {
+    let env = Env::new();
+    env.add_read_only_user();
+    for i in 0..12 {
+        env.write(&format!("tree/many/scan {i}.txt"), b"x");
+    }
+    let err = env.fails(&["cp", "-r", "tree", "ro:/ro-tree"], 4);
+    let errors: Vec<&str> = err
+        .lines()
+        .filter(|l| l.starts_with("efs: error:"))
+        .collect();
+    assert_eq!(errors.len(), 2, "{err}");
+    assert!(
+        errors[0].contains("read-only access")
+            && errors[0].contains("(and 11 more with the same error)"),
+        "{err}"
+    );
+    assert!(err.contains("12 operations failed"), "{err}");
+    assert!(
+        err.contains("efs: hint: ") && err.contains("write access"),
+        "{err}"
+    );
+    assert_eq!(err.matches("efs: hint:").count(), 1, "{err}");
+}
+
+/// Regression: a sync refused before anything was planned (a destination of the wrong
+/// kind, a copy onto itself) printed `sync: 0 copied …` (or `dry run: would copy 0 files`)
+/// before its error, which looked like a success.
+#[test]
+fn a_refused_sync_prints_only_its_error() {
+    let env = Env::new();
+    env.write("tree/a.txt", b"a");
+    env.write("perm.txt", b"p");
+    env.ok(&["cp", "-r", "tree", "drive:/Documents"]);
+    env.ok(&["cp", "perm.txt", "drive:/Documents/todo.txt"]);
+    for (args, code) in [
+        (&["cp", "--sync", "drive:/Documents", "./perm.txt"][..], 5),
+        (
+            &["cp", "--sync", "tree", "drive:/Documents/todo.txt"][..],
+            5,
+        ),
+        (
+            &["cp", "--sync", "drive:/Documents", "drive:/Documents"][..],
+            2,
+        ),
+        (
+            &[
+                "cp",
+                "--sync",
+                "--dry-run",
+                "tree",
+                "drive:/Documents/todo.txt",
+            ][..],
+            5,
+        ),
+    ] {
+        let out = env.efs(args);
+        common::assert_code(args, &out, code);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "", "{args:?}");
+    }
+    assert_eq!(std::fs::read(env.path("perm.txt")).unwrap(), b"p");
+}
+
+/// Regression: a recursive download whose file lands on a local directory failed with
+/// `local I/O: Is a directory (os error 21)`, exit 1; a single file there is exit 5.
+#[test]
+fn a_recursive_download_onto_a_local_directory_is_a_conflict() {
+    let env = Env::new();
+    env.write("tree/todo.txt", b"t");
+    env.ok(&["cp", "-r", "tree", "drive:/Documents"]);
+    std::fs::create_dir_all(env.path("col2/Documents/todo.txt")).unwrap();
+    let err = env.fails(&["cp", "-r", "drive:/Documents", "col2/"], 5);
+    assert!(
+        err.contains("col2/Documents/todo.txt is a directory"),
+        "{err}"
+    );
+    assert!(!err.contains("os error"), "{err}");
+    assert!(env.path("col2/Documents/todo.txt").is_dir());
+}
+
+/// Regression: a dangling link's error said what a sync keeps without --sync.
+#[test]
+fn only_a_sync_says_it_keeps_what_a_dangling_link_names() {
+    let env = Env::new();
+    env.write("bad/fine.txt", b"f");
+    std::os::unix::fs::symlink(env.path("missing"), env.path("bad/gone")).unwrap();
+    let err = env.fails(&["cp", "-r", "bad", "drive:/bad"], 1);
+    assert!(err.contains("gone: not copied, a symbolic link"), "{err}");
+    assert!(!err.contains("a sync keeps"), "{err}");
+    let err = env.fails(&["cp", "--sync", "bad", "drive:/bad"], 1);
+    assert!(
+        err.contains("a sync keeps what the destination has"),
+        "{err}"
+    );
+}
+
+/// Regression: a download sync left a `.efs-part` file at the local destination without a
+/// word, while walks skip them "with a warning".
+#[test]
+fn a_download_sync_warns_about_a_part_file_at_the_destination() {
+    let env = Env::new();
+    env.write("src/a.txt", b"a");
+    env.ok(&["cp", "-r", "src", "drive:/src"]);
+    env.write("dst/x.txt.0123456789abcdef.efs-part", b"left by a crash");
+    let out = env.efs(&["cp", "--sync", "drive:/src", "dst"]);
+    let err = common::assert_code(&["cp"], &out, 0);
+    assert!(
+        err.contains("efs: warning: skipping") && err.contains("x.txt.0123456789abcdef.efs-part"),
+        "{err}"
+    );
+    assert!(env.path("dst/x.txt.0123456789abcdef.efs-part").exists());
+}

@@ -353,3 +353,79 @@ fn refusals_say_what_fits() {
     let err = env.fails(&["cat", "drive:/dir"], 2);
     assert!(err.contains("drive:/dir is a directory"), "{err}");
 }
+
+/// Regression: `efs rm -v` printed nothing (the flag never reached rm).
+#[test]
+fn rm_v_names_what_it_deletes() {
+    let env = Env::new();
+    env.write("s1/a.txt", b"a");
+    env.ok(&["cp", "-r", "s1", "drive:/s1"]);
+    env.write("f.txt", b"f");
+    env.ok(&["cp", "f.txt", "drive:/f.txt"]);
+    let out = env.efs(&["rm", "-v", "-r", "drive:/s1", "drive:/f.txt"]);
+    let err = common::assert_code(&["rm"], &out, 0);
+    assert!(
+        err.contains("deleted drive:/s1/ (and everything in it)"),
+        "{err}"
+    );
+    assert!(err.contains("deleted drive:/f.txt\n"), "{err}");
+    let out = env.efs(&["rm", "-f", "drive:/nothing"]);
+    assert!(out.stderr.is_empty(), "{out:?}");
+}
+
+/// Regression: `ls` named a missing path without its remote (`reading /nope`), where `cat`
+/// says `drive:/nope`.
+#[test]
+fn ls_names_the_remote_of_a_missing_path() {
+    let env = Env::new();
+    let err = env.fails(&["ls", "drive:/nope"], 3);
+    assert!(err.contains("drive:/nope"), "{err}");
+}
+
+/// Regression: moving a directory into itself got the hint about files where directories
+/// are needed.
+#[test]
+fn mv_of_a_directory_into_itself_says_so() {
+    let env = Env::new();
+    env.ok(&["mkdir", "-p", "drive:/in/sub"]);
+    let err = env.fails(&["mv", "drive:/in", "drive:/in/sub/"], 2);
+    assert!(err.contains("cannot move drive:/in into itself"), "{err}");
+    assert!(!err.contains("a file is where a directory"), "{err}");
+    env.ok(&["stat", "drive:/in/sub"]);
+}
+
+/// Regression: a streamed upload cut off by a server crash said `peer closed connection
+/// without sending TLS close_notify: https://docs.rs/rustls/…` and "check the URL and that
+/// the server is running and reachable", where what matters is that the file may or may not
+/// have been stored.
+#[test]
+fn a_streamed_put_cut_off_says_to_look_at_the_file_before_sending_again() {
+    use std::io::Write;
+    let mut env = Env::new();
+    env.ok(&["ls", "drive:/"]); // logged in: the put's first request is the upload
+    let mut child = env
+        .cmd(&["put", "drive:/x.pdf"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    // More than the 4 MiB read whole first: the rest streams, and is on its way.
+    stdin.write_all(&common::noise(12 << 20)).unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    env.server.kill();
+    let out = child.wait_with_output().unwrap();
+    drop(stdin);
+    let err = assert_code(&["put"], &out, 7);
+    assert!(
+        err.contains("was lost while sending or before the answer")
+            && err.contains("may or may not have been stored")
+            && err.contains("efs stat drive:/x.pdf"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("docs.rs") && !err.contains("check the URL"),
+        "{err}"
+    );
+}

@@ -802,3 +802,63 @@ fn a_revoked_cached_token_is_replaced() {
     assert_ok(&["put"], &out);
     assert_eq!(env.cat("drive:/big.bin"), big);
 }
+
+/// Regression: `remote add` kept a URL with a path (every login then went to
+/// `/patients/_efs/auth/challenge` and was "refused"), refused `HTTPS://`, and took a public
+/// key as `--key`, which failed only at the first login.
+#[test]
+fn remote_add_takes_a_server_url_and_a_private_key_only() {
+    let env = Env::new();
+    let key = env.key.to_str().unwrap();
+    let ca = env.server.cert();
+    let ca = ca.to_str().unwrap();
+    let url = env.server.url.clone();
+    for bad in [
+        format!("{url}/patients"),
+        format!("{url}/?fs=patients"),
+        format!("{url}#x"),
+        url.replace("https://", "https://alice@"),
+    ] {
+        let err = env.fails(
+            &[
+                "remote", "add", "p", &bad, "--user", "alice", "--key", key, "--ca", ca,
+            ],
+            2,
+        );
+        assert!(err.contains("https://HOST:PORT"), "{bad}: {err}");
+    }
+    assert!(
+        !std::fs::read_to_string(env.cfg().join("config.toml"))
+            .unwrap()
+            .contains("[remotes.p]")
+    );
+
+    let upper = url.replace("https://", "HTTPS://");
+    env.ok(&[
+        "remote",
+        "add",
+        "up",
+        &format!("{upper}/"),
+        "--user",
+        "alice",
+        "--key",
+        key,
+        "--ca",
+        ca,
+    ]);
+    env.ok(&["mkdir", "up:/works"]);
+    let list = env.ok(&["remote", "list"]);
+    assert!(list.contains(&format!("up\t{url}\t")), "{list}");
+
+    let public = format!("{key}.pub");
+    let err = env.fails(
+        &[
+            "remote", "add", "pk", &url, "--user", "alice", "--key", &public, "--ca", ca,
+        ],
+        2,
+    );
+    assert!(
+        err.contains("is a public key") && err.contains(&format!("--key {key}")),
+        "{err}"
+    );
+}

@@ -277,3 +277,30 @@ cd /nowhere
     );
     assert_eq!(std::fs::read(env.path("lp.txt")).unwrap(), b"kept");
 }
+
+/// Regression: `get` of binary content said "saved as" a file in the shell's cache, which
+/// the shell removes when it ends (a scripted one, at once).
+#[test]
+fn get_says_the_cached_copy_goes_with_the_shell() {
+    let env = Env::new();
+    env.write("big.bin", &[0u8, 159, 146, 150, 255]);
+    env.ok(&["cp", "big.bin", "drive:/tty/big.bin"]);
+    let out = env.efs_input(&["shell", "drive"], b"get /tty/big.bin\n");
+    let stdout = assert_ok(&["shell"], &out);
+    assert!(
+        stdout.contains("until the shell ends") && stdout.contains("get /tty/big.bin LOCAL"),
+        "{stdout}"
+    );
+}
+
+/// Regression: the shell's `rm` of a non-empty directory got the generic conflict hint
+/// ("a file is where a directory is needed …") instead of `rm -r`.
+#[test]
+fn rm_of_a_non_empty_directory_says_use_rm_r() {
+    let env = Env::new();
+    env.ok(&["mkdir", "-p", "drive:/full/sub"]);
+    let out = env.efs_input(&["shell", "drive"], b"rm /full\n");
+    let stderr = common::assert_code(&["shell"], &out, 5);
+    assert!(stderr.contains("use rm -r"), "{stderr}");
+    assert!(!stderr.contains("a file is where a directory"), "{stderr}");
+}

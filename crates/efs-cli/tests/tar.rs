@@ -381,3 +381,18 @@ fn an_output_that_cannot_be_written_fails() {
     assert!(!env.path("b.age").exists());
     assert_eq!(leftovers(&env, "b.age."), Vec::<String>::new());
 }
+
+/// Regression: untar's conflicts named the path without its remote (`/back/a.txt exists`).
+#[test]
+fn untar_conflicts_name_the_remote() {
+    let env = Env::new();
+    env.write("src/a.txt", b"a");
+    env.ok(&["cp", "-r", "src", "drive:/src"]);
+    env.write("pass.txt", b"correct horse battery staple\n");
+    env.ok(&["tar", "drive:/src", "-o", "b.age", "-p", "pass.txt"]);
+    env.ok(&["untar", "b.age", "drive:/back", "-p", "pass.txt"]);
+    let out = env.efs(&["untar", "b.age", "drive:/back", "-p", "pass.txt"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{err}");
+    assert!(err.contains("drive:/back/a.txt exists"), "{err}");
+}
