@@ -508,10 +508,22 @@ fn finish(mut errors: Vec<anyhow::Error>, total: usize) -> Result<()> {
 /// What makes two failures "the same error" for [`finish`]: a server's answer (which never
 /// names the path) with its exit code; for anything else, such as a local I/O error or an
 /// entry that cannot be copied, the whole line, path included, because the path is what the
-/// user must look at.
+/// user must look at. So are the answers about one path (not found, a conflict with what is
+/// there, a changed file, an invalid name): each is its own line.
 fn same_error_key(e: &anyhow::Error) -> String {
+    use efs_client::Error as E;
     match exit::sdk_error(e) {
-        Some(sdk) if !matches!(sdk, efs_client::Error::Io(_)) => {
+        Some(sdk)
+            if !matches!(
+                sdk,
+                E::Io(_)
+                    | E::NotFound
+                    | E::Conflict(_)
+                    | E::PreconditionFailed
+                    | E::InvalidPath(_)
+                    | E::RangeNotSatisfiable
+            ) =>
+        {
             format!("{}\0{sdk}", exit::code_of(e))
         }
         _ => format!("{e:#}"),
@@ -1598,6 +1610,27 @@ mod tests {
             modified: Some(UNIX_EPOCH + Duration::from_millis(secs * 1000 + 300)),
             content_type: None,
             etag: None,
+        }
+    }
+
+    /// The same refusal for many files is one error; an answer about each path is its own.
+    #[test]
+    fn only_errors_that_do_not_depend_on_the_path_are_merged() {
+        let at = |path: &str, e: efs_client::Error| anyhow::Error::new(e).context(path.to_owned());
+        let forbidden = || efs_client::Error::Forbidden("read-only access".into());
+        assert_eq!(
+            same_error_key(&at("copying a", forbidden())),
+            same_error_key(&at("copying b", forbidden()))
+        );
+        for e in [
+            || efs_client::Error::NotFound,
+            || efs_client::Error::Conflict("a directory is there".into()),
+            || efs_client::Error::PreconditionFailed,
+        ] {
+            assert_ne!(
+                same_error_key(&at("copying a", e())),
+                same_error_key(&at("copying b", e()))
+            );
         }
     }
 
