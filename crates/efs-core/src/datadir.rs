@@ -1492,6 +1492,15 @@ impl DataDir {
                         "the backup holds no keys (taken without --include-keys) and this data dir has no filesystem with its id: it cannot be decrypted here".into(),
                     )
                 })?;
+            // Only a trusted index's keyring: one on hold may be an older copy put back (with
+            // the key terms a rotation or `retire-terms` has since removed).
+            if same.ensure_index_checked().await.is_err() {
+                return Err(CoreError::Invalid(format!(
+                    "the backup holds no keys (taken without --include-keys) and the keyring it needs is that of filesystem '{}', which is on hold (its index failed its integrity check: an older copy put back?): look with efsctl fsck --fs {}, put its own index back or accept it (--accept-index), then restore",
+                    same.name(),
+                    same.name()
+                )));
+            }
             let sealed = same.sealed_keyring().await?;
             lines.push(format!(
                 "Using the keyring of filesystem '{}' (the backup holds no keys)",
