@@ -1476,8 +1476,18 @@ impl Source {
             .ok()
             .and_then(|v| v.try_into().ok())
             .ok_or_else(forged)?;
-        // A term the keyring lacks is a forged manifest too: terms are never removed.
-        let found = self.manifest.compute_mac(kr).map_err(|_| forged())?;
+        // A term the keyring lacks is a forged manifest too, but for one retired (efsctl
+        // retire-terms): that backup is genuine and can no longer be opened here.
+        let found = self.manifest.compute_mac(kr).map_err(|e| match e {
+            CoreError::RetiredTerm { term, retired_ms } => CoreError::Invalid(format!(
+                "{} was taken under key term {term}, retired at {} (efsctl retire-terms): its \
+                 records can no longer be opened with this data dir's keys (only a backup made \
+                 with --include-keys carries its own keyring); nothing was restored",
+                self.root.display(),
+                crate::admin::rfc3339_ms(retired_ms)
+            )),
+            _ => forged(),
+        })?;
         if !bool::from(found.ct_eq(&claimed)) {
             return Err(forged());
         }

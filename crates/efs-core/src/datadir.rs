@@ -24,6 +24,7 @@ use crate::digest::DigestKey;
 use crate::error::{CoreError, Result};
 use crate::fs::backup::{self, BackupReport, DumpItem};
 use crate::fs::reencrypt::{self, ReencryptProgress};
+use crate::fs::retire;
 use crate::fs::rotation::{self, RotationProgress};
 use crate::fs::{Filesystem, FsOptions};
 use crate::index::Op;
@@ -854,6 +855,11 @@ impl DataDir {
         // reported, not silently rebuilt over records put back meanwhile; an index without
         // a digest or a key, even an emptied one, is held until fsck --accept-index (see
         // open_index, which computes a digest only when `creating`).
+        // A retire-terms stopped before its switch left its staged copy: the index is the
+        // old one, whole.
+        if let Some(line) = crate::retire::discard_staged(&self.fs_dir(&rec.id), &rec.name)? {
+            tracing::warn!(fs = rec.name, "{line}");
+        }
         let index = self.open_index(&rec.id, false)?;
         self.assemble_fs(rec, index)
     }
@@ -1220,6 +1226,135 @@ impl DataDir {
             return Ok((started, done));
         }
         Ok((started, prog))
+    }
+
+    /// Retires every keyring term of filesystem `name` but the current one (`efsctl
+    /// retire-terms`; see [`crate::retire`]): with the server stopped, once every record and
+    /// data key is under the current term. Without `yes`, refuses with what it would do.
+    /// Returns the plan carried out and the index digest's new generation.
+    pub async fn retire_terms(&self, name: &str, yes: bool) -> Result<(retire::Plan, u64)> {
+        self.retire_terms_until(name, yes, retire::Stop::Never)
+            .await
+    }
+
+    /// [`DataDir::retire_terms`], stopping where `stop` says (tests simulate a crash).
+    #[doc(hidden)]
+    pub async fn retire_terms_until(
+        &self,
+        name: &str,
+        yes: bool,
+        stop: retire::Stop,
+    ) -> Result<(retire::Plan, u64)> {
+        let fs = self.require_open_fs(name)?;
+        let plan = retire::plan(&fs).await?;
+        if !yes {
+            let terms: Vec<String> = plan.retire.iter().map(u32::to_string).collect();
+            return Err(CoreError::Invalid(format!(
+                "retire-terms would remove key terms {} of '{name}' for good (term {} stays): every copy of a record or data key sealed under them (deleted files in the index's freed pages, older backups made without --include-keys, copies of the index file) could no longer be opened with this data dir's keys, so such backups can no longer be restored. Backups made with --include-keys carry their own keyring and are not reached. Nothing was changed; run it again with --yes to retire them",
+                terms.join(", "),
+                plan.current
+            )));
+        }
+        let rec = self
+            .system
+            .filesystems()?
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{name}'")))?;
+        let sealed = fs.sealed_keyring().await?;
+        let mut kr = Keyring::open(&self.starter, &rec.id, &sealed)?;
+        if kr.current_number() != plan.current {
+            return Err(CoreError::Corrupt(
+                "stored keyring differs from the one in use",
+            ));
+        }
+        kr.retire_older(now_ms());
+        let new_sealed = kr.seal(&self.starter, &rec.id);
+        // The index closes with the filesystem: out of the map, and once nothing else holds
+        // it (an index check just finished may still be letting go of it).
+        drop(fs);
+        let fs = self
+            .filesystems
+            .write()
+            .expect("lock poisoned")
+            .remove(name)
+            .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{name}'")))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut fs = fs;
+        let closed = loop {
+            match Arc::try_unwrap(fs) {
+                Ok(f) => break Ok(f),
+                Err(back) if std::time::Instant::now() < deadline => {
+                    fs = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(back) => break Err(back),
+            }
+        };
+        let closed = match closed {
+            Ok(f) => f,
+            Err(back) => {
+                self.filesystems
+                    .write()
+                    .expect("lock poisoned")
+                    .insert(name.to_owned(), back);
+                return Err(CoreError::Invalid(format!(
+                    "'{name}' is in use by another task of this process: nothing was changed; run retire-terms again"
+                )));
+            }
+        };
+        drop(closed);
+        let dir = self.fs_dir(&rec.id);
+        let live = dir.join("index.redb");
+        let staged = dir.join(retire::STAGED);
+        let (key, _) = self.digest_key(&rec.id)?;
+        let rewritten = crate::redb_index::rewrite(
+            &live,
+            &staged,
+            &key,
+            &[(META_KEYRING, new_sealed.as_slice())],
+        );
+        let generation = match rewritten {
+            // As a crash there: the filesystem stays closed, its index not switched.
+            Ok(g) if stop == retire::Stop::BeforeSwitch => return Ok((plan, g)),
+            Ok(g) => g,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                self.reopen_fs(&rec);
+                return Err(e);
+            }
+        };
+        // The switch: one rename, made durable with the directory.
+        let switched = std::fs::rename(&staged, &live)
+            .and_then(|()| crate::blob::sync_dir(&dir))
+            .map_err(CoreError::from);
+        self.reopen_fs(&rec);
+        switched?;
+        if let Some(fs) = self.fs(name) {
+            self.store_generation_mark(&fs, generation, true)?;
+        }
+        tracing::info!(fs = name, terms = ?plan.retire, "key terms retired");
+        Ok((plan, generation))
+    }
+
+    /// Opens filesystem `rec` again after its index was closed, as at the data dir's open
+    /// (an index that no longer opens is listed as not served).
+    fn reopen_fs(&self, rec: &FsRecord) {
+        match self.open_fs(rec) {
+            Ok(fs) => {
+                self.filesystems
+                    .write()
+                    .expect("lock poisoned")
+                    .insert(rec.name.clone(), Arc::new(fs));
+            }
+            Err(e) => {
+                tracing::error!(fs = rec.name, error = %e, "filesystem not served: its index could not be opened again");
+                self.unopened.write().expect("lock poisoned").insert(
+                    rec.name.clone(),
+                    format!("its index could not be opened again: {e}"),
+                );
+            }
+        }
     }
 
     /// Only the first step of [`DataDir::rotate_key`]: adds the term, persists it and

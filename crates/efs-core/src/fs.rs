@@ -32,6 +32,9 @@ pub mod rotation;
 pub mod backup;
 #[path = "reencrypt.rs"]
 pub mod reencrypt;
+// Retiring terms checks every record through the filesystem's private parts too.
+#[path = "retire.rs"]
+pub mod retire;
 
 /// A batch that expects `res`'s ancestors and its entry (`value`) as they were found: a
 /// delete, or a recursive delete's detach, applies only to what its caller resolved.
@@ -1017,6 +1020,11 @@ impl Filesystem {
     /// The numbers of every term of the keyring.
     pub fn term_numbers(&self) -> Vec<u32> {
         self.keyring().term_numbers()
+    }
+
+    /// The keyring's retired terms (`efsctl retire-terms`), each with when (Unix ms).
+    pub fn retired_terms(&self) -> Vec<(u32, i64)> {
+        self.keyring().retired()
     }
 
     /// Opens a record. A request holds the keyring it started with; if a rotation added a

@@ -54,6 +54,7 @@ macro_rules! say {
   efsctl --data ./efs-data restore --fs user-data-restored -i /backups/user-data-1
   efsctl --data ./efs-data --key-part file:/old.key rekey-starter --new-key-part file:/new.key   # server stopped
   efsctl --data ./efs-data rotate-signing-key          # server stopped: new token-signing key and server identity
+  efsctl --data ./efs-data retire-terms --fs user-data --yes   # server stopped, after rotate-key --wait: erase deleted files
   efsctl --data ./efs-data audit show --path /patients/173/prescription.pdf --since 7d
   efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
   efsctl --data ./efs-data reload-tls                  # serve the renewed --tls-cert/--tls-key files
@@ -340,6 +341,25 @@ enum Cmd {
         #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
         new_key_parts: Vec<KeyPartSpec>,
     },
+    /// Erase deleted files for good, with the server stopped: remove every keyring term but
+    /// the current one ("crypto-shredding"). Once they are gone, every copy of a record or
+    /// data key sealed under them (deleted files in the index's freed pages, backups made
+    /// without --include-keys, copies of the index file) no longer opens with this data
+    /// dir's keys. Refused unless a rotation and a re-encryption are done and every live
+    /// record and data key is under the current term: run `efsctl rotate-key --fs FS
+    /// --wait` first. The index is rewritten into a fresh file, so the old keyring is not
+    /// left in its freed pages (crash-safe: one atomic rename). Without --yes, says what it
+    /// would retire and exits 1, changing nothing. Backups made with --include-keys carry
+    /// their own keyring and are not reached; neither are copies of the data dir taken
+    /// before, with its key parts.
+    RetireTerms {
+        /// Filesystem.
+        #[arg(long)]
+        fs: String,
+        /// Retire them (without it, nothing is changed).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Replace the token-signing key by a fresh one, with the server stopped: every token
     /// issued before is refused, and the server identity (efs-…, derived from the key)
     /// changes. Prints both identities. For a signing key that may have leaked (with a copy
@@ -613,6 +633,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::Status { fs } => AdminRequest::Status { fs },
         Cmd::AcceptSystem => AdminRequest::AcceptSystem,
         Cmd::RotateSigningKey => AdminRequest::RotateSigningKey,
+        Cmd::RetireTerms { fs, yes } => AdminRequest::RetireTerms { fs, yes },
         Cmd::Reencrypt { fs, wait } => AdminRequest::Reencrypt { fs, wait },
         Cmd::RekeyStarter { .. } => unreachable!("handled above"),
         Cmd::Backup {

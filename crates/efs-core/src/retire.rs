@@ -1,0 +1,346 @@
+//! Retiring keyring terms (`efsctl retire-terms`): the step that makes the erasure of
+//! deleted files real ("crypto-shredding").
+//!
+//! A deleted file's data key stays wrapped, under the term current when it was written, in
+//! every copy of its record that outlives the delete: redb's freed pages, a backup made
+//! without `--include-keys`, a snapshot of the index file. Once every live record and data
+//! key is under the current term (`efsctl rotate-key --fs FS --wait`), the older terms open
+//! nothing live: removing their keys from the keyring makes those copies unopenable with
+//! the data dir's keys.
+//!
+//! With the server stopped (the running server holds the index open, and its keyring):
+//!
+//! 1. [`plan`] refuses unless a rotation and a re-encryption are `done` and a full scan of
+//!    the index finds every record sealed, and every data key wrapped, under the current
+//!    term.
+//! 2. The keyring keeps the current term; the older ones are kept as numbers with their time
+//!    of retirement, and the tag term's two derived name keys if it is among them
+//!    ([`crate::keyring::Keyring::retire_older`]).
+//! 3. The index is copied into a fresh file (`index.redb.retire`, [`STAGED`]) with the new
+//!    keyring row, its digest updated as a batch would (the generation goes on), fsynced,
+//!    then renamed over `index.redb` and the directory fsynced. redb is copy-on-write: the
+//!    old keyring row would otherwise stay in the old file's freed pages.
+//!
+//! A crash before the rename leaves the old index whole and a staged file, which the next
+//! open removes (`discard_staged`): nothing was retired, and the command can run again.
+//! After the rename the new index is the filesystem's.
+
+use std::path::Path;
+
+use super::Filesystem;
+use crate::error::{CoreError, Result};
+use crate::record::Kind;
+use crate::rotation::{RotationState, sealing_term};
+
+/// The staged index beside `index.redb`.
+pub const STAGED: &str = "index.redb.retire";
+/// Entries per page of the scan.
+const PAGE: usize = 1024;
+
+/// What [`plan`] found: the terms to retire.
+#[derive(Debug, Clone)]
+pub struct Plan {
+    /// The term that stays.
+    pub current: u32,
+    /// The terms to retire (every other term the keyring holds).
+    pub retire: Vec<u32>,
+    /// Terms retired before.
+    pub retired_before: Vec<(u32, i64)>,
+    /// Whether the tag term (the one names are keyed with) is among them.
+    pub tag_term_retired: bool,
+    /// Entries scanned.
+    pub entries: u64,
+}
+
+/// Where [`crate::DataDir::retire_terms_until`] stops (tests simulate a crash with it).
+#[doc(hidden)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Run to the end.
+    Never,
+    /// After the staged index is written and synced, before the switch.
+    BeforeSwitch,
+}
+
+/// Checks that filesystem `fs` can retire its older terms, and which: refuses (naming why
+/// and what to run) while a rotation or re-encryption is not done, or while any record or
+/// data key is under another term than the current one (a full scan of the index).
+pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
+    let name = fs.name().to_owned();
+    fs.ensure_index_checked().await?;
+    if let Some(p) = super::rotation::progress(fs).await?
+        && p.state != RotationState::Done
+    {
+        return Err(CoreError::Invalid(format!(
+            "the key rotation of '{name}' (to term {}) is not done: run efsctl rotate-key --fs {name} --wait first (it resumes the unfinished one)",
+            p.current_term
+        )));
+    }
+    if let Some(p) = super::reencrypt::progress(fs).await?
+        && p.state != RotationState::Done
+    {
+        return Err(CoreError::Invalid(format!(
+            "the re-encryption of '{name}' is not done: run efsctl reencrypt --fs {name} --wait first (it resumes the unfinished one)"
+        )));
+    }
+    let kr = fs.keyring();
+    let current = kr.current_number();
+    let retire: Vec<u32> = kr
+        .term_numbers()
+        .into_iter()
+        .filter(|n| *n != current)
+        .collect();
+    let retired_before = kr.retired();
+    if retire.is_empty() {
+        let before = if retired_before.is_empty() {
+            String::new()
+        } else {
+            let list: Vec<String> = retired_before.iter().map(|(n, _)| n.to_string()).collect();
+            format!(" (terms {} were retired before)", list.join(", "))
+        };
+        return Err(CoreError::Invalid(format!(
+            "nothing to retire: '{name}' has no key term older than its current one, {current}{before}. To erase deleted files: efsctl rotate-key --fs {name} --wait (server running or not), then, server stopped, efsctl retire-terms --fs {name} --yes"
+        )));
+    }
+    let mut stale = 0u64;
+    let mut unreadable = 0u64;
+    let mut entries = 0u64;
+    let mut after = None;
+    loop {
+        let rows = fs.index.scan_entries(after.as_ref(), PAGE).await?;
+        let Some((last, _)) = rows.last() else { break };
+        after = Some(*last);
+        for (k, v) in &rows {
+            entries += 1;
+            match sealing_term(v) {
+                Ok(t) if t != current => {
+                    stale += 1;
+                    continue;
+                }
+                Ok(_) => {}
+                Err(_) => {
+                    unreadable += 1;
+                    continue;
+                }
+            }
+            match fs.open_rec(&kr, k, v) {
+                Ok(rec) if rec.kind == Kind::File && rec.key_term != current => stale += 1,
+                Ok(_) => {}
+                Err(_) => unreadable += 1,
+            }
+        }
+    }
+    if stale > 0 {
+        return Err(CoreError::Invalid(format!(
+            "{stale} records or data keys of '{name}' are still under a key term older than {current}: retiring it would make them unreadable. Run efsctl rotate-key --fs {name} --wait first (if its status names damaged entries, look at them with efsctl fsck --fs {name})"
+        )));
+    }
+    if unreadable > 0 {
+        return Err(CoreError::Invalid(format!(
+            "{unreadable} records of '{name}' do not open, so which term wraps their data keys is unknown: look at them with efsctl fsck --fs {name} first"
+        )));
+    }
+    Ok(Plan {
+        current,
+        tag_term_retired: retire.contains(&kr.tag_term_number()),
+        retire,
+        retired_before,
+        entries,
+    })
+}
+
+/// Removes a staged index left by a `retire-terms` that stopped before its switch (the
+/// index beside it is the old one, whole). Returns a line if there was one.
+pub(crate) fn discard_staged(dir: &Path, name: &str) -> Result<Option<String>> {
+    let staged = dir.join(STAGED);
+    match std::fs::remove_file(&staged) {
+        Ok(()) => {
+            crate::blob::sync_dir(dir)?;
+            Ok(Some(format!(
+                "discarded the staged index of an interrupted retire-terms of '{name}': no term was retired (run efsctl retire-terms --fs {name} again)"
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::index::{Batch, Op};
+    use crate::keyparts::{self, KeyPartSpec};
+    use crate::rotation::tests::{damage, env, put};
+    use crate::{DataDir, EfsPath, OpenOptions};
+
+    fn index_bytes(dd: &DataDir, fs: &Filesystem) -> Vec<u8> {
+        std::fs::read(dd.fs_dir(fs.id()).join("index.redb")).unwrap()
+    }
+
+    fn contains(hay: &[u8], needle: &[u8]) -> bool {
+        hay.windows(needle.len()).any(|w| w == needle)
+    }
+
+    async fn read_all(fs: &std::sync::Arc<Filesystem>, path: &str) -> Vec<u8> {
+        let r = fs.open(&EfsPath::parse(path).unwrap()).await.unwrap();
+        let plain = r.read_plain(0, r.segment_count()).await.unwrap();
+        let mut out = Vec::new();
+        for seg in &plain.segments {
+            out.extend_from_slice(&plain.buf[seg.clone()]);
+        }
+        out
+    }
+
+    /// The point of the index rewrite: redb is copy-on-write, so a keyring row replaced in
+    /// place (as rotation replaces it) stays readable in the file's freed pages, old terms
+    /// and all. After retire-terms, neither the keyring from before the rotation nor the
+    /// one retired is anywhere in the index file; the files still read, and a record put
+    /// back from before the rotation is named by fsck as sealed under a retired term.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retiring_leaves_no_old_keyring_in_the_index_file() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/a/one", b"one").await;
+        put(&fs, "/a/big", &[7u8; 300_000]).await;
+        put(&fs, "/gone", b"deleted before the retirement").await;
+        let first = fs.sealed_keyring().await.unwrap();
+        let kr = fs.keyring();
+        let old_rec = fs
+            .resolve(&kr, &EfsPath::parse("/a/one").unwrap(), false)
+            .await
+            .unwrap();
+        let (old_value, _) = old_rec.current.clone().unwrap();
+        drop(kr);
+        fs.delete(
+            &EfsPath::parse("/gone").unwrap(),
+            crate::Precondition::None,
+            false,
+        )
+        .await
+        .unwrap();
+        let (_, p) = dd.rotate_key("docs", true).await.unwrap();
+        assert_eq!(p.state, RotationState::Done);
+        let second = fs.sealed_keyring().await.unwrap();
+        assert_ne!(first, second);
+        drop(fs);
+        let fs = dd.fs("docs").unwrap();
+        let before = index_bytes(&dd, &fs);
+        assert!(
+            contains(&before, &second),
+            "the keyring to retire is in the file"
+        );
+        drop(fs);
+
+        let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
+        assert_eq!(plan.retire, [1]);
+        assert!(plan.tag_term_retired);
+        let fs = dd.fs("docs").unwrap();
+        let after = index_bytes(&dd, &fs);
+        assert!(!contains(&after, &first), "the first keyring survived");
+        assert!(!contains(&after, &second), "the retired keyring survived");
+        assert!(!dd.fs_dir(fs.id()).join(STAGED).exists());
+        assert_eq!(fs.term_numbers(), [2]);
+        assert_eq!(fs.retired_terms()[0].0, 1);
+        // Names, listings and contents as before; new writes too.
+        assert_eq!(read_all(&fs, "/a/one").await, b"one");
+        assert_eq!(read_all(&fs, "/a/big").await, vec![7u8; 300_000]);
+        put(&fs, "/a/new", b"new").await;
+        assert_eq!(read_all(&fs, "/a/new").await, b"new");
+        let rep = fs.fsck().await.unwrap();
+        assert!(rep.errors.is_empty(), "{:?}", rep.errors);
+
+        // A record from before the rotation, put back: named, not "unknown key term".
+        let b = Batch {
+            ops: vec![Op::PutEntry(old_rec.key, old_value)],
+            ..Default::default()
+        };
+        assert!(fs.commit_batch(b).await.unwrap());
+        let Err(e) = fs.open(&EfsPath::parse("/a/one").unwrap()).await else {
+            panic!("a record sealed under a retired term opened");
+        };
+        assert!(
+            e.to_string()
+                .contains("sealed under key term 1, retired at"),
+            "{e}"
+        );
+        let rep = fs.fsck().await.unwrap();
+        assert!(
+            rep.errors
+                .iter()
+                .any(|l| l.contains("sealed under key term 1, retired at")),
+            "{:?}",
+            rep.errors
+        );
+        // A later rotation takes a number never used.
+        let (_, p) = dd.rotate_key("docs", true).await.unwrap();
+        assert_eq!(p.current_term, 3);
+        assert_eq!(read_all(&fs, "/a/big").await, vec![7u8; 300_000]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retire_refuses_what_it_cannot_do_and_changes_nothing() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        put(&fs, "/b", b"b").await;
+        let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
+        assert!(e.contains("nothing to retire"), "{e}");
+        assert!(e.contains("rotate-key --fs docs --wait"), "{e}");
+
+        // A rotation begun but not run.
+        dd.begin_rotation("docs").await.unwrap();
+        let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
+        assert!(e.contains("is not done"), "{e}");
+        assert!(e.contains("rotate-key --fs docs --wait"), "{e}");
+        crate::rotation::run(&fs, None).await.unwrap();
+
+        // Without --yes: what it would do, and nothing done.
+        let e = dd
+            .retire_terms("docs", false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("would remove key terms 1 of 'docs'"), "{e}");
+        assert!(e.contains("--include-keys"), "{e}");
+        assert_eq!(fs.term_numbers(), [1, 2]);
+
+        // A damaged record a rotation skipped stays under term 1: refused.
+        damage(&fs, "/b").await;
+        let (_, p) = dd.rotate_key("docs", true).await.unwrap();
+        assert_eq!(p.damaged.count, 1);
+        let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
+        assert!(e.contains("1 records or data keys"), "{e}");
+        assert!(e.contains("rotate-key --fs docs --wait first"), "{e}");
+        assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2, 3]);
+    }
+
+    /// Crash safety: a retire-terms stopped after staging the new index and before the
+    /// switch leaves the old index in use; the next open removes the staged file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retirement_stopped_before_its_switch_is_discarded_at_the_next_open() {
+        let (t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        dd.rotate_key("docs", true).await.unwrap();
+        let id = *fs.id();
+        drop(fs);
+        dd.retire_terms_until("docs", true, Stop::BeforeSwitch)
+            .await
+            .unwrap();
+        // Stopped as by a crash: the filesystem is closed, its index not switched.
+        let staged = dd.fs_dir(&id).join(STAGED);
+        assert!(staged.exists());
+        drop(dd);
+        let (dd, _) = DataDir::open(
+            &t.path().join("data"),
+            &[KeyPartSpec::File(t.path().join("part.key"))],
+            OpenOptions::default(),
+            &keyparts::no_prompt,
+        )
+        .unwrap();
+        assert!(!staged.exists(), "the staged index is removed at the open");
+        let fs = dd.fs("docs").unwrap();
+        assert_eq!(fs.term_numbers(), [1, 2]);
+        assert_eq!(read_all(&fs, "/a").await, b"a");
+        drop(fs);
+        dd.retire_terms("docs", true).await.unwrap();
+        assert_eq!(dd.fs("docs").unwrap().term_numbers(), [2]);
+    }
+}
