@@ -342,7 +342,9 @@ enum Cmd {
         new_key_parts: Vec<KeyPartSpec>,
     },
     /// Erase deleted files for good, with the server stopped: remove every keyring term but
-    /// the current one ("crypto-shredding"). Once they are gone, every copy of a record or
+    /// the current one ("crypto-shredding").
+    ///
+    /// Once they are gone, every copy of a record or
     /// data key sealed under them (deleted files in the index's freed pages, backups made
     /// without --include-keys, copies of the index file) no longer opens with this data
     /// dir's keys. Refused unless a rotation and a re-encryption are done and every live
