@@ -1325,11 +1325,18 @@ impl DataDir {
             }
         };
         // The switch: one rename, made durable with the directory.
-        let switched = std::fs::rename(&staged, &live)
-            .and_then(|()| crate::blob::sync_dir(&dir))
-            .map_err(CoreError::from);
+        let switched = std::fs::rename(&staged, &live).map_err(CoreError::from);
+        let synced = match &switched {
+            Ok(()) => crate::blob::sync_dir(&dir).map_err(|e| {
+                CoreError::Invalid(format!(
+                    "the terms of '{name}' are retired (the new index is in place), but syncing its directory failed ({e}): a power cut now could bring the old index back; sync the file system (sync) and check with efsctl status --fs {name}"
+                ))
+            }),
+            Err(_) => Ok(()),
+        };
         self.reopen_fs(&rec);
         switched?;
+        synced?;
         if let Some(fs) = self.fs(name) {
             self.store_generation_mark(&fs, generation, true)?;
         }
