@@ -1246,14 +1246,40 @@ impl DataDir {
         stop: retire::Stop,
     ) -> Result<(retire::Plan, u64)> {
         let fs = self.require_open_fs(name)?;
+        if yes {
+            // A recursive delete the server had not finished emptying leaves its files as
+            // live records (re-sealed by the rotation under the current term) with their
+            // blobs: they would survive the retirement. efsctl never empties them otherwise.
+            fs.empty_trash().await.map_err(|e| {
+                CoreError::Invalid(format!(
+                    "emptying the directories of an unfinished recursive delete of '{name}' failed ({e}): nothing was retired. Look at the damage with efsctl fsck --fs {name}, or start the server (it empties them at its start), stop it, and run retire-terms again"
+                ))
+            })?;
+        }
         let plan = retire::plan(&fs).await?;
+        if yes && plan.being_deleted > 0 {
+            return Err(CoreError::Invalid(format!(
+                "{} directories of a recursive delete of '{name}' are still being emptied: their files would survive the retirement. Nothing was changed; run retire-terms again (it empties them first), or start the server (it empties them at its start), stop it, and run it again",
+                plan.being_deleted
+            )));
+        }
         if !yes {
             let terms: Vec<String> = plan.retire.iter().map(u32::to_string).collect();
-            return Err(CoreError::Invalid(format!(
-                "retire-terms would remove key terms {} of '{name}' for good (term {} stays): every copy of a record or data key sealed under them (deleted files in the index's freed pages, older backups made without --include-keys, copies of the index file) could no longer be opened with this data dir's keys, so such backups can no longer be restored. Backups made with --include-keys carry their own keyring and are not reached. Nothing was changed; run it again with --yes to retire them",
-                terms.join(", "),
-                plan.current
-            )));
+            let pending = if plan.being_deleted > 0 {
+                format!(
+                    ". First, {} directories of an unfinished recursive delete will be emptied (their files and blobs removed, as the server would)",
+                    plan.being_deleted
+                )
+            } else {
+                String::new()
+            };
+            return Err(CoreError::Invalid(
+                format!(
+                    "retire-terms would remove key terms {} of '{name}' for good (term {} stays): every copy of a record or data key sealed under them (deleted files in the index's freed pages, older backups made without --include-keys, copies of the index file) could no longer be opened with this data dir's keys, so such backups can no longer be restored. Backups made with --include-keys carry their own keyring and are not reached. Nothing was changed; run it again with --yes to retire them",
+                    terms.join(", "),
+                    plan.current
+                ) + &pending,
+            ));
         }
         let rec = self
             .system

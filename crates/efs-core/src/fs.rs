@@ -1766,6 +1766,15 @@ impl Filesystem {
         }
     }
 
+    /// How many directories recursive deletes detached are still waiting to be emptied (at
+    /// most `limit` counted). Their files are live records until emptied: `retire-terms`
+    /// must not copy them into its new index.
+    pub(crate) async fn being_deleted(&self, limit: usize) -> Result<usize> {
+        let kr = self.keyring();
+        let tag = self.dir_tag(&kr, &TRASH_ID);
+        Ok(self.index.list_dir(&tag, None, limit).await?.len())
+    }
+
     /// [`Filesystem::empty_trash`] in a task of its own (the server: after a recursive
     /// delete, and when it opens the filesystem); a failure is logged, and the next run
     /// (the next recursive delete, or the next start) tries again.

@@ -50,6 +50,9 @@ pub struct Plan {
     pub tag_term_retired: bool,
     /// Entries scanned.
     pub entries: u64,
+    /// Directories of unfinished recursive deletes still waiting to be emptied (their files
+    /// are still live records, with blobs): `retire-terms --yes` empties them first.
+    pub being_deleted: usize,
 }
 
 /// Where [`crate::DataDir::retire_terms_until`] stops (tests simulate a crash with it).
@@ -83,6 +86,7 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
             "the re-encryption of '{name}' is not done: run efsctl reencrypt --fs {name} --wait first (it resumes the unfinished one)"
         )));
     }
+    let being_deleted = fs.being_deleted(PAGE).await?;
     let kr = fs.keyring();
     let current = kr.current_number();
     let retire: Vec<u32> = kr
@@ -146,6 +150,7 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
         retire,
         retired_before,
         entries,
+        being_deleted,
     })
 }
 
@@ -310,6 +315,73 @@ mod tests {
         assert!(e.contains("1 records or data keys"), "{e}");
         assert!(e.contains("rotate-key --fs docs --wait first"), "{e}");
         assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2, 3]);
+    }
+
+    /// Files under the blobs directory (staging `tmp/` left out).
+    fn blob_files(dir: &Path) -> usize {
+        let mut n = 0;
+        let mut todo = vec![dir.to_path_buf()];
+        while let Some(d) = todo.pop() {
+            for e in std::fs::read_dir(&d).unwrap() {
+                let e = e.unwrap();
+                if e.file_type().unwrap().is_dir() {
+                    if e.file_name() != "tmp" {
+                        todo.push(e.path());
+                    }
+                } else {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
+
+    /// A recursive delete the server had not finished emptying (stopped in the middle)
+    /// leaves its files as live records, re-sealed by the rotation under the current term,
+    /// with their blobs: retire-terms empties it first, so that they do not survive in the
+    /// new index (a dry run only says it will).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn an_unfinished_recursive_delete_is_emptied_before_the_retirement() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/keep/big", &[1u8; 300_000]).await;
+        put(&fs, "/tree/a/big", &[2u8; 300_000]).await;
+        put(&fs, "/tree/a/small", b"patient record").await;
+        let blobs = dd.fs_dir(fs.id()).join("blobs");
+        assert_eq!(blob_files(&blobs), 2);
+        // The delete as the server makes it, the emptying never run (a stop in between).
+        fs.delete_while(
+            &EfsPath::parse("/tree").unwrap(),
+            crate::Precondition::None,
+            true,
+            false,
+            &|| true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(fs.being_deleted(10).await.unwrap(), 1);
+        dd.rotate_key("docs", true).await.unwrap();
+        drop(fs);
+
+        let e = dd
+            .retire_terms("docs", false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("1 directories of an unfinished recursive delete"),
+            "{e}"
+        );
+        assert_eq!(blob_files(&blobs), 2, "a dry run changes nothing");
+
+        let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
+        assert_eq!(plan.being_deleted, 0);
+        let fs = dd.fs("docs").unwrap();
+        assert_eq!(fs.being_deleted(10).await.unwrap(), 0);
+        assert_eq!(blob_files(&blobs), 1, "the deleted tree's blob is removed");
+        let rep = fs.fsck().await.unwrap();
+        assert!(rep.is_clean(), "{rep:?}");
+        assert_eq!(rep.records, 2, "/keep and /keep/big only");
+        assert_eq!(read_all(&fs, "/keep/big").await, vec![1u8; 300_000]);
     }
 
     /// Crash safety: a retire-terms stopped after staging the new index and before the
