@@ -891,6 +891,9 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             lines.push(format!(
                 "Older backups made without --include-keys can no longer be restored for what those terms sealed; copies of the data dir taken before now, with its key parts, still hold them. index digest generation {generation}"
             ));
+            if let Some(w) = plan.shared_warning(&fs) {
+                lines.push(w);
+            }
             AdminResponse::ok(
                 lines,
                 serde_json::json!({
@@ -899,6 +902,8 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "current_term": plan.current,
                     "entries_checked": plan.entries,
                     "tag_term_retired": plan.tag_term_retired,
+                    "shared_with": plan.shared.iter().map(|(n, t)| serde_json::json!({ "fs": n, "terms": t })).collect::<Vec<_>>(),
+                    "not_compared": plan.not_compared,
                     "index_generation": generation,
                 }),
             )

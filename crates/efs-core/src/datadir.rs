@@ -1256,7 +1256,30 @@ impl DataDir {
                 ))
             })?;
         }
-        let plan = retire::plan(&fs).await?;
+        let mut plan = retire::plan(&fs).await?;
+        // A filesystem restored into a new name from this one started with its keyring:
+        // it still holds the retired keys. Said loudly, not refused (each would block the
+        // other's retirement).
+        let others: Vec<Arc<Filesystem>> = self
+            .filesystems
+            .read()
+            .expect("lock poisoned")
+            .iter()
+            .filter(|(n, _)| n.as_str() != name)
+            .map(|(_, f)| f.clone())
+            .collect();
+        plan.shared = retire::shared_with(&fs, &plan.retire, &others);
+        drop(others);
+        let mut not_compared: Vec<String> = self
+            .unopened
+            .read()
+            .expect("lock poisoned")
+            .keys()
+            .filter(|n| n.as_str() != name)
+            .cloned()
+            .collect();
+        not_compared.sort();
+        plan.not_compared = not_compared;
         if yes && plan.being_deleted > 0 {
             return Err(CoreError::Invalid(format!(
                 "{} directories of a recursive delete of '{name}' are still being emptied: their files would survive the retirement. Nothing was changed; run retire-terms again (it empties them first), or start the server (it empties them at its start), stop it, and run it again",
@@ -1278,7 +1301,11 @@ impl DataDir {
                     "retire-terms would remove key terms {} of '{name}' for good (term {} stays): every copy of a record or data key sealed under them (deleted files in the index's freed pages, older backups made without --include-keys, copies of the index file) could no longer be opened with this data dir's keys, so such backups can no longer be restored. Backups made with --include-keys carry their own keyring and are not reached. Nothing was changed; run it again with --yes to retire them",
                     terms.join(", "),
                     plan.current
-                ) + &pending,
+                ) + &pending
+                    + &plan
+                        .shared_warning(name)
+                        .map(|w| format!(". {w}"))
+                        .unwrap_or_default(),
             ));
         }
         let rec = self

@@ -281,6 +281,25 @@ impl Keyring {
         old
     }
 
+    /// Which of terms `numbers` (held here) `other` holds too, compared by key: a
+    /// filesystem restored into a new name from this one's backup starts with its terms, so
+    /// retiring them here leaves them there.
+    pub(crate) fn terms_held_by(&self, numbers: &[u32], other: &Keyring) -> Vec<u32> {
+        numbers
+            .iter()
+            .copied()
+            .filter(|n| {
+                use subtle::ConstantTimeEq;
+                self.raw.get(n).is_some_and(|k| {
+                    other
+                        .raw
+                        .values()
+                        .any(|o| bool::from(o.as_bytes().ct_eq(k.as_bytes())))
+                })
+            })
+            .collect()
+    }
+
     /// The key of the name tags.
     pub fn tag_key(&self) -> &Key32 {
         &self.names.tag

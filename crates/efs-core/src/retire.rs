@@ -53,6 +53,51 @@ pub struct Plan {
     /// Directories of unfinished recursive deletes still waiting to be emptied (their files
     /// are still live records, with blobs): `retire-terms --yes` empties them first.
     pub being_deleted: usize,
+    /// Other filesystems of the data dir whose keyrings hold some of the terms retired here
+    /// (restored into a new name from this one), each with those term numbers: what those
+    /// terms sealed still opens with their keys until they retire them too. Filled in by
+    /// [`crate::DataDir::retire_terms`].
+    pub shared: Vec<(String, Vec<u32>)>,
+    /// Filesystems of the data dir not open (so not compared with [`Plan::shared`]).
+    pub not_compared: Vec<String>,
+}
+
+impl Plan {
+    /// The loud line about [`Plan::shared`] and [`Plan::not_compared`], if any.
+    pub fn shared_warning(&self, name: &str) -> Option<String> {
+        let mut parts = Vec::new();
+        if !self.shared.is_empty() {
+            let each: Vec<String> = self
+                .shared
+                .iter()
+                .map(|(other, terms)| {
+                    let t: Vec<String> = terms.iter().map(u32::to_string).collect();
+                    format!("'{other}' (terms {})", t.join(", "))
+                })
+                .collect();
+            let cmds: Vec<String> = self
+                .shared
+                .iter()
+                .map(|(other, _)| {
+                    format!(
+                        "efsctl rotate-key --fs {other} --wait, then efsctl retire-terms --fs {other} --yes"
+                    )
+                })
+                .collect();
+            parts.push(format!(
+                "WARNING: other filesystems still hold keys of the terms retired from '{name}' (restored from it): {}. What those terms sealed (the deleted files' records in older backups and copies) still opens with their keys: run {}",
+                each.join(", "),
+                cmds.join("; ")
+            ));
+        }
+        if !self.not_compared.is_empty() {
+            parts.push(format!(
+                "WARNING: filesystems not open could not be compared (a restore of '{name}' would hold its retired keys): {}; open them (efsctl status names why) and check again",
+                self.not_compared.join(", ")
+            ));
+        }
+        (!parts.is_empty()).then(|| parts.join(". "))
+    }
 }
 
 /// Where [`crate::DataDir::retire_terms_until`] stops (tests simulate a crash with it).
@@ -151,7 +196,28 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
         retired_before,
         entries,
         being_deleted,
+        shared: Vec::new(),
+        not_compared: Vec::new(),
     })
+}
+
+/// Which of `others` hold keys of terms `retire` of `fs` ([`Plan::shared`]).
+pub fn shared_with(
+    fs: &Filesystem,
+    retire: &[u32],
+    others: &[std::sync::Arc<Filesystem>],
+) -> Vec<(String, Vec<u32>)> {
+    let kr = fs.keyring();
+    let mut out: Vec<(String, Vec<u32>)> = others
+        .iter()
+        .filter(|o| o.id() != fs.id())
+        .filter_map(|o| {
+            let held = kr.terms_held_by(retire, &o.keyring());
+            (!held.is_empty()).then(|| (o.name().to_owned(), held))
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Removes a staged index left by a `retire-terms` that stopped before its switch (the
@@ -382,6 +448,67 @@ mod tests {
         assert!(rep.is_clean(), "{rep:?}");
         assert_eq!(rep.records, 2, "/keep and /keep/big only");
         assert_eq!(read_all(&fs, "/keep/big").await, vec![1u8; 300_000]);
+    }
+
+    /// A filesystem restored into a new name from this one starts with its terms: after the
+    /// retirement here it still holds the retired keys. The dry run, the result and its JSON
+    /// name it and what to run there; the retirement is not refused.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_restored_copy_holding_the_retired_keys_is_named() {
+        use crate::admin::{self, AdminRequest};
+        let (t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        let dest = t.path().join("backup");
+        dd.backup("docs", &dest, false).await.unwrap();
+        let r = admin::execute(
+            &dd,
+            AdminRequest::Restore {
+                fs: "copy".into(),
+                src: dest.to_str().unwrap().into(),
+                backup_key_parts: vec![],
+                backup_key_given: vec![],
+                accept_unauthenticated_backup: false,
+            },
+        )
+        .await;
+        assert!(r.ok, "{r:?}");
+        dd.rotate_key("docs", true).await.unwrap();
+        drop(fs);
+
+        let e = dd
+            .retire_terms("docs", false)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("'copy' (terms 1)"), "{e}");
+        let r = admin::execute(
+            &dd,
+            AdminRequest::RetireTerms {
+                fs: "docs".into(),
+                yes: true,
+            },
+        )
+        .await;
+        assert!(r.ok, "{r:?}");
+        let text = r.lines.join("\n");
+        assert!(
+            text.contains("WARNING: other filesystems still hold keys"),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                "efsctl rotate-key --fs copy --wait, then efsctl retire-terms --fs copy --yes"
+            ),
+            "{text}"
+        );
+        assert_eq!(r.data["shared_with"][0]["fs"], "copy");
+        assert_eq!(r.data["shared_with"][0]["terms"][0], 1);
+        assert_eq!(dd.fs("docs").unwrap().term_numbers(), [2]);
+
+        // Once the copy retired them too, a later retirement here names nobody.
+        dd.rotate_key("copy", true).await.unwrap();
+        let (plan, _) = dd.retire_terms("copy", true).await.unwrap();
+        assert!(plan.shared.is_empty(), "{:?}", plan.shared);
     }
 
     /// Crash safety: a retire-terms stopped after staging the new index and before the
