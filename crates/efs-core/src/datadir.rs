@@ -1387,12 +1387,35 @@ impl DataDir {
             }),
             Err(_) => Ok(()),
         };
-        self.reopen_fs(&rec);
+        if stop != retire::Stop::AfterSwitchNotReopened {
+            self.reopen_fs(&rec);
+        }
         switched?;
         synced?;
-        if let Some(fs) = self.fs(name) {
-            self.store_generation_mark(&fs, generation, true)?;
-        }
+        // From here the terms are retired whatever fails: an error must say so, not read as
+        // if nothing had changed (the audit log records the command as failed).
+        let Some(fs) = self.fs(name) else {
+            let why = self
+                .unopened
+                .read()
+                .expect("lock poisoned")
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| "not open".into());
+            return Err(CoreError::Invalid(format!(
+                "the terms of '{name}' are retired and its index was switched to the new file, but it did not open again ({why}): run efsctl fsck --fs {name}, or start the server, which says why"
+            )));
+        };
+        let marked = if stop == retire::Stop::MarkFails {
+            Err(CoreError::Io(std::io::Error::other("simulated")))
+        } else {
+            self.store_generation_mark(&fs, generation, true)
+        };
+        marked.map_err(|e| {
+            CoreError::Invalid(format!(
+                "the terms of '{name}' are retired (the new index is in place), but recording its index generation {generation} in the system database failed ({e}): nothing is lost, the next open accepts the new index; start the server (it records the generation once it has checked the index) and look at the system database's volume (space, permissions)"
+            ))
+        })?;
         tracing::info!(fs = name, terms = ?plan.retire, "key terms retired");
         Ok((plan, generation))
     }

@@ -108,6 +108,10 @@ pub enum Stop {
     Never,
     /// After the staged index is written and synced, before the switch.
     BeforeSwitch,
+    /// After the switch, with the filesystem not opened again (as if its open failed).
+    AfterSwitchNotReopened,
+    /// After the switch, with the generation mark's write failing.
+    MarkFails,
 }
 
 /// Checks that filesystem `fs` can retire its older terms, and which: refuses (naming why
@@ -509,6 +513,35 @@ mod tests {
         dd.rotate_key("copy", true).await.unwrap();
         let (plan, _) = dd.retire_terms("copy", true).await.unwrap();
         assert!(plan.shared.is_empty(), "{:?}", plan.shared);
+    }
+
+    /// A failure after the switch (the generation mark not recorded, the index not opening
+    /// again) says that the terms are retired and what to do, not a bare error that reads as
+    /// if nothing had changed.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_failure_after_the_switch_says_the_terms_are_retired() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        dd.rotate_key("docs", true).await.unwrap();
+        drop(fs);
+        let e = dd
+            .retire_terms_until("docs", true, Stop::MarkFails)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the terms of 'docs' are retired"), "{e}");
+        assert!(e.contains("recording its index generation"), "{e}");
+        assert_eq!(dd.fs("docs").unwrap().term_numbers(), [2]);
+
+        dd.rotate_key("docs", true).await.unwrap();
+        let e = dd
+            .retire_terms_until("docs", true, Stop::AfterSwitchNotReopened)
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("the terms of 'docs' are retired"), "{e}");
+        assert!(e.contains("did not open again"), "{e}");
+        assert!(e.contains("efsctl fsck --fs docs"), "{e}");
     }
 
     /// Crash safety: a retire-terms stopped after staging the new index and before the
