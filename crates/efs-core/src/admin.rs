@@ -880,17 +880,18 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             let (plan, generation) = dd.retire_terms(&fs, yes).await?;
             let terms: Vec<String> = plan.retire.iter().map(u32::to_string).collect();
             let mut lines = vec![format!(
-                "Retired key terms {} of '{fs}' ({} entries checked, all under term {}): their keys are gone from the keyring, and the index was rewritten into a fresh file without the old keyring",
+                "Retired key terms {} of '{fs}' ({} entries checked, all under term {}; index rewritten into a fresh file, digest generation {generation}): files deleted before the rotation to term {} began no longer open with this data dir's keyring, nor from backups made without --include-keys",
                 terms.join(", "),
                 plan.entries,
+                plan.current,
                 plan.current
             )];
+            lines.push(
+                "Not erased yet: copies of the keyring from before (snapshots of the data dir or index.redb, backups made with --include-keys, the old file's blocks on disk) still open them with the current key parts. To finish: efsctl rekey-starter --new-key-part ... (server stopped), destroy the old key parts, then take new backups".into(),
+            );
             if plan.tag_term_retired {
                 lines.push("Names keep working (the name-tag key stays); listing cursors issued before now are refused: clients list those directories again from the start".into());
             }
-            lines.push(format!(
-                "Older backups made without --include-keys can no longer be restored for what those terms sealed; copies of the data dir taken before now, with its key parts, still hold them. index digest generation {generation}"
-            ));
             if let Some(w) = plan.shared_warning(&fs) {
                 lines.push(w);
             }

@@ -6,13 +6,22 @@
 //! without `--include-keys`, a snapshot of the index file. Once every live record and data
 //! key is under the current term (`efsctl rotate-key --fs FS --wait`), the older terms open
 //! nothing live: removing their keys from the keyring makes those copies unopenable with
-//! the data dir's keys.
+//! the data dir's *current* keyring.
+//!
+//! That alone is not erasure: the keyring is sealed under the starter key (filesystem id as
+//! AAD), which this does not change, so every copy of the keyring from before (a snapshot of
+//! the data dir or of `index.redb`, the old file's blocks on the disk, a backup made with
+//! `--include-keys`) still gives the retired keys to whoever has the key parts. `efsctl
+//! rekey-starter` to new parts, with the old ones destroyed, cuts those copies off; the
+//! command's messages and docs/operations.md say so.
 //!
 //! With the server stopped (the running server holds the index open, and its keyring):
 //!
-//! 1. [`plan`] refuses unless a rotation and a re-encryption are `done` and a full scan of
-//!    the index finds every record sealed, and every data key wrapped, under the current
-//!    term.
+//! 1. The directories of an unfinished recursive delete are emptied (with `--yes`): their
+//!    files are live records the rotation moved to the current term. [`plan`] refuses while
+//!    a rotation or a re-encryption is unfinished, and unless a full scan of the index finds
+//!    every record sealed, and every data key wrapped, under the current term. Other
+//!    filesystems whose keyrings hold a retired key (restored from this one) are named.
 //! 2. The keyring keeps the current term; the older ones are kept as numbers with their time
 //!    of retirement, and the tag term's two derived name keys if it is among them
 //!    ([`crate::keyring::Keyring::retire_older`]).
@@ -375,6 +384,9 @@ mod tests {
             .to_string();
         assert!(e.contains("would remove key terms 1 of 'docs'"), "{e}");
         assert!(e.contains("--include-keys"), "{e}");
+        // Not claimed as erasure: earlier copies of the keyring open until the key parts change.
+        assert!(e.contains("Not yet erased"), "{e}");
+        assert!(e.contains("until efsctl rekey-starter"), "{e}");
         assert_eq!(fs.term_numbers(), [1, 2]);
 
         // A damaged record a rotation skipped stays under term 1: refused.
@@ -497,6 +509,11 @@ mod tests {
         let text = r.lines.join("\n");
         assert!(
             text.contains("WARNING: other filesystems still hold keys"),
+            "{text}"
+        );
+        assert!(text.contains("Not erased yet"), "{text}");
+        assert!(
+            text.contains("efsctl rekey-starter --new-key-part"),
             "{text}"
         );
         assert!(

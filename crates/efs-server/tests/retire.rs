@@ -71,6 +71,7 @@ async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
 
     let out = srv.efsctl_ok(&["retire-terms", "--fs", "files", "--yes"]);
     assert!(out.contains("Retired key terms 1 of 'files'"), "{out}");
+    assert!(out.contains("To finish: efsctl rekey-starter"), "{out}");
     let (ok, text) = srv.efsctl_text(&["retire-terms", "--fs", "files", "--yes"]);
     assert!(!ok && text.contains("nothing to retire"), "{text}");
 

@@ -341,19 +341,22 @@ enum Cmd {
         #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
         new_key_parts: Vec<KeyPartSpec>,
     },
-    /// Erase deleted files for good, with the server stopped: remove every keyring term but
-    /// the current one ("crypto-shredding").
+    /// Erase deleted files, with the server stopped: remove every keyring term but the
+    /// current one ("crypto-shredding"); `rekey-starter` then completes it.
     ///
-    /// Once they are gone, every copy of a record or
-    /// data key sealed under them (deleted files in the index's freed pages, backups made
-    /// without --include-keys, copies of the index file) no longer opens with this data
-    /// dir's keys. Refused unless a rotation and a re-encryption are done and every live
-    /// record and data key is under the current term: run `efsctl rotate-key --fs FS
-    /// --wait` first. The index is rewritten into a fresh file, so the old keyring is not
-    /// left in its freed pages (crash-safe: one atomic rename). Without --yes, says what it
-    /// would retire and exits 1, changing nothing. Backups made with --include-keys carry
-    /// their own keyring and are not reached; neither are copies of the data dir taken
-    /// before, with its key parts.
+    /// Once they are gone, the deleted files' records and data keys sealed under them (in
+    /// the index's freed pages: the index is rewritten into a fresh file, crash-safe; in
+    /// backups made without --include-keys) no longer open with this data dir's keyring.
+    /// Copies of the keyring from before (snapshots of the data dir or of index.redb,
+    /// backups made with --include-keys, the old index file's blocks on the disk) still give
+    /// those keys to whoever has the current key parts: `efsctl rekey-starter` to new parts,
+    /// with the old ones destroyed, cuts them off (take new backups afterwards). Covers the
+    /// files deleted before the current term's rotation began. Run `efsctl rotate-key --fs
+    /// FS --wait` first: refused while a rotation or re-encryption is unfinished, or while a
+    /// live record or data key is under an older term. Empties first what an unfinished
+    /// recursive delete left, and names the other filesystems (restored from this one) that
+    /// still hold a retired key. Without --yes, says what it would do and exits 1, changing
+    /// nothing.
     RetireTerms {
         /// Filesystem.
         #[arg(long)]
