@@ -880,11 +880,11 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             let (plan, generation) = dd.retire_terms(&fs, yes).await?;
             let terms: Vec<String> = plan.retire.iter().map(u32::to_string).collect();
             let mut lines = vec![format!(
-                "Retired key terms {} of '{fs}' ({} entries checked, all under term {}; index rewritten into a fresh file, digest generation {generation}): files deleted before the rotation to term {} began no longer open with this data dir's keyring, nor from backups made without --include-keys",
+                "Retired key terms {} of '{fs}' ({} entries checked, all under term {}; index rewritten into a fresh file, digest generation {generation}): what they sealed no longer opens with this data dir's keyring, nor from backups made without --include-keys; {}",
                 terms.join(", "),
                 plan.entries,
                 plan.current,
-                plan.current
+                plan.covers()
             )];
             lines.push(
                 "Not erased yet: copies of the keyring from before (snapshots of the data dir or index.redb, backups made with --include-keys, the old file's blocks on disk) still open them with the current key parts. To finish: efsctl rekey-starter --new-key-part ... (server stopped), destroy the old key parts, then take new backups".into(),
@@ -906,6 +906,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "shared_with": plan.shared.iter().map(|(n, t)| serde_json::json!({ "fs": n, "terms": t })).collect::<Vec<_>>(),
                     "not_compared": plan.not_compared,
                     "index_generation": generation,
+                    "covers_deleted_before_ms": plan.current_since_ms,
                 }),
             )
         }

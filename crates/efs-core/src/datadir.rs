@@ -1298,9 +1298,10 @@ impl DataDir {
             };
             return Err(CoreError::Invalid(
                 format!(
-                    "retire-terms would remove key terms {} of '{name}' for good (term {} stays): the deleted files' records and data keys sealed under them (in the index's freed pages, in backups made without --include-keys) would no longer open with this data dir's keyring, and such backups could no longer be restored. Not yet erased after it: copies of the keyring from before (snapshots of the data dir or of index.redb, backups made with --include-keys, the old index file's blocks on the disk) still give those keys to whoever has the current key parts, until efsctl rekey-starter moves the data dir to new key parts and the old ones are destroyed. Nothing was changed; run it again with --yes to retire them",
+                    "retire-terms would remove key terms {} of '{name}' for good (term {} stays): the deleted files' records and data keys sealed under them (in the index's freed pages, in backups made without --include-keys) would no longer open with this data dir's keyring, and such backups could no longer be restored; {}. Not yet erased after it: copies of the keyring from before (snapshots of the data dir or of index.redb, backups made with --include-keys, the old index file's blocks on the disk) still give those keys to whoever has the current key parts, until efsctl rekey-starter moves the data dir to new key parts and the old ones are destroyed. Nothing was changed; run it again with --yes to retire them",
                     terms.join(", "),
-                    plan.current
+                    plan.current,
+                    plan.covers()
                 ) + &pending
                     + &plan
                         .shared_warning(name)

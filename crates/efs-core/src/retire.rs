@@ -69,9 +69,29 @@ pub struct Plan {
     pub shared: Vec<(String, Vec<u32>)>,
     /// Filesystems of the data dir not open (so not compared with [`Plan::shared`]).
     pub not_compared: Vec<String>,
+    /// When the rotation to the current term began (Unix ms), if the rotation progress
+    /// records it: files deleted before then are the ones erased; files deleted since were
+    /// under the current term and are not (until the next rotation and retirement).
+    pub current_since_ms: Option<i64>,
 }
 
 impl Plan {
+    /// Which deleted files the retirement covers, in words (with the time when known).
+    pub fn covers(&self) -> String {
+        let tail = "; files deleted since are not, until the next rotate-key and retire-terms";
+        match self.current_since_ms {
+            Some(ms) => format!(
+                "files deleted before {} (when the rotation to term {} began) are covered{tail}",
+                crate::admin::rfc3339_ms(ms),
+                self.current
+            ),
+            None => format!(
+                "files deleted before term {} became current are covered{tail}",
+                self.current
+            ),
+        }
+    }
+
     /// The loud line about [`Plan::shared`] and [`Plan::not_compared`], if any.
     pub fn shared_warning(&self, name: &str) -> Option<String> {
         let mut parts = Vec::new();
@@ -129,7 +149,8 @@ pub enum Stop {
 pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
     let name = fs.name().to_owned();
     fs.ensure_index_checked().await?;
-    if let Some(p) = super::rotation::progress(fs).await?
+    let rotation = super::rotation::progress(fs).await?;
+    if let Some(p) = &rotation
         && p.state != RotationState::Done
     {
         return Err(CoreError::Invalid(format!(
@@ -211,6 +232,9 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
         being_deleted,
         shared: Vec::new(),
         not_compared: Vec::new(),
+        current_since_ms: rotation
+            .filter(|p| p.current_term == current)
+            .map(|p| p.started_ms),
     })
 }
 
@@ -317,6 +341,17 @@ mod tests {
         let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
         assert_eq!(plan.retire, [1]);
         assert!(plan.tag_term_retired);
+        // What it covers in time: files deleted before the rotation to term 2 began.
+        assert_eq!(plan.current_since_ms, Some(p.started_ms));
+        let covers = plan.covers();
+        assert!(
+            covers.starts_with(&format!(
+                "files deleted before {} (when the rotation to term 2 began)",
+                crate::admin::rfc3339_ms(p.started_ms)
+            )),
+            "{covers}"
+        );
+        assert!(covers.contains("files deleted since are not"), "{covers}");
         let fs = dd.fs("docs").unwrap();
         let after = index_bytes(&dd, &fs);
         assert!(!contains(&after, &first), "the first keyring survived");
@@ -387,6 +422,11 @@ mod tests {
         // Not claimed as erasure: earlier copies of the keyring open until the key parts change.
         assert!(e.contains("Not yet erased"), "{e}");
         assert!(e.contains("until efsctl rekey-starter"), "{e}");
+        assert!(
+            e.contains("files deleted before ")
+                && e.contains("(when the rotation to term 2 began)"),
+            "{e}"
+        );
         assert_eq!(fs.term_numbers(), [1, 2]);
 
         // A damaged record a rotation skipped stays under term 1: refused.
@@ -522,6 +562,11 @@ mod tests {
             ),
             "{text}"
         );
+        assert!(
+            text.contains("(when the rotation to term 2 began)"),
+            "{text}"
+        );
+        assert!(r.data["covers_deleted_before_ms"].is_i64(), "{}", r.data);
         assert_eq!(r.data["shared_with"][0]["fs"], "copy");
         assert_eq!(r.data["shared_with"][0]["terms"][0], 1);
         assert_eq!(dd.fs("docs").unwrap().term_numbers(), [2]);
