@@ -1324,6 +1324,14 @@ impl DataDir {
         }
         kr.retire_older(now_ms());
         let new_sealed = kr.seal(&self.starter, &rec.id);
+        // The filesystem is closed without the end-of-command store (efsctl stores every
+        // open filesystem's seal counts as it ends): counts of a rotation this process just
+        // ran would be lost with it, so they go into the index before it is copied.
+        fs.store_seal_counts().await.map_err(|e| {
+            CoreError::Invalid(format!(
+                "storing the seal counts of '{name}' before the retirement failed ({e}): nothing was changed; run retire-terms again"
+            ))
+        })?;
         // The index closes with the filesystem: out of the map, and once nothing else holds
         // it (an index check just finished may still be letting go of it).
         drop(fs);

@@ -606,6 +606,20 @@ mod tests {
         assert!(e.contains("efsctl fsck --fs docs"), "{e}");
     }
 
+    /// The filesystem is closed for the rewrite: seal counts this process has not stored
+    /// yet (a rotation efsctl just ran) are stored into the index first, not lost.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn seal_counts_not_stored_yet_survive_the_retirement() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        dd.rotate_key("docs", true).await.unwrap();
+        fs.set_current_term_seals_for_tests(123_456);
+        drop(fs);
+        dd.retire_terms("docs", true).await.unwrap();
+        let counts = dd.fs("docs").unwrap().seal_counts();
+        assert_eq!(counts.get(&2), Some(&123_456), "{counts:?}");
+    }
+
     /// Crash safety: a retire-terms stopped after staging the new index and before the
     /// switch leaves the old index in use; the next open removes the staged file.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
