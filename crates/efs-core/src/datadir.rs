@@ -1286,6 +1286,15 @@ impl DataDir {
                 plan.being_deleted
             )));
         }
+        // The rewrite writes a whole new copy of the index beside it before the old one goes:
+        // refused before anything is written when that would take the free-space reserve
+        // (a full disk midway would only leave a staged file to remove).
+        let index_bytes = std::fs::metadata(self.fs_dir(fs.id()).join("index.redb"))?.len();
+        self.opts.fs.check_space(index_bytes).map_err(|e| {
+            CoreError::Invalid(format!(
+                "retire-terms writes a new copy of the index of '{name}' (about {index_bytes} bytes, the size of its index.redb) before removing the old one, and that does not fit: {e}. Nothing was changed; free that much space (or give a smaller --reserve-space) and run it again"
+            ))
+        })?;
         if !yes {
             let terms: Vec<String> = plan.retire.iter().map(u32::to_string).collect();
             let pending = if plan.being_deleted > 0 {

@@ -620,6 +620,50 @@ mod tests {
         assert_eq!(counts.get(&2), Some(&123_456), "{counts:?}");
     }
 
+    /// The rewrite needs room for a second copy of the index: refused before anything is
+    /// written when that would take the free-space reserve, naming the size.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn retire_is_refused_when_the_new_index_would_not_fit() {
+        use std::sync::Arc;
+        use std::sync::atomic::{AtomicBool, Ordering};
+        let tmp = tempfile::tempdir().unwrap();
+        let part = tmp.path().join("part.key");
+        keyparts::generate_part_file(&part).unwrap();
+        let full = Arc::new(AtomicBool::new(false));
+        let mut opts = OpenOptions::default();
+        let f = full.clone();
+        opts.fs.space_check = Some(crate::fs::SpaceCheck(Arc::new(move |_| {
+            if f.load(Ordering::SeqCst) {
+                Err(std::io::Error::other("below the free-space reserve"))
+            } else {
+                Ok(())
+            }
+        })));
+        let (dd, _) = DataDir::open(
+            &tmp.path().join("data"),
+            &[KeyPartSpec::File(part)],
+            opts,
+            &keyparts::no_prompt,
+        )
+        .unwrap();
+        dd.create_fs("docs").unwrap();
+        let fs = dd.fs("docs").unwrap();
+        put(&fs, "/a", b"a").await;
+        dd.rotate_key("docs", true).await.unwrap();
+        drop(fs);
+        full.store(true, Ordering::SeqCst);
+        let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
+        assert!(
+            e.contains("writes a new copy of the index of 'docs'"),
+            "{e}"
+        );
+        assert!(e.contains("below the free-space reserve"), "{e}");
+        assert!(e.contains("Nothing was changed"), "{e}");
+        assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2]);
+        full.store(false, Ordering::SeqCst);
+        dd.retire_terms("docs", true).await.unwrap();
+    }
+
     /// Crash safety: a retire-terms stopped after staging the new index and before the
     /// switch leaves the old index in use; the next open removes the staged file.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -353,7 +353,8 @@ enum Cmd {
     /// with the old ones destroyed, cuts them off (take new backups afterwards). Covers the
     /// files deleted before the current term's rotation began. Run `efsctl rotate-key --fs
     /// FS --wait` first: refused while a rotation or re-encryption is unfinished, or while a
-    /// live record or data key is under an older term. Empties first what an unfinished
+    /// live record or data key is under an older term, or when the new copy of the index
+    /// (about the size of index.redb) would not fit above --reserve-space. Empties first what an unfinished
     /// recursive delete left, and names the other filesystems (restored from this one) that
     /// still hold a retired key. Without --yes, says what it would do and exits 1, changing
     /// nothing.
