@@ -839,7 +839,8 @@ async fn write_backup(
 ) -> Result<BackupReport> {
     // Taken before the snapshot: a rotation persists its keyring before it swaps the one
     // in memory, so this keyring's current term is in the snapshot's keyring too (and in
-    // every later one: terms are never removed). It keys the manifest's MAC.
+    // every later one until `retire-terms`, which closes the filesystem first, so never
+    // while a backup holds it). It keys the manifest's MAC.
     let kr = fs.keyring();
     let mut m = Manifest {
         format: FORMAT.into(),

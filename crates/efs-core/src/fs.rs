@@ -1028,8 +1028,9 @@ impl Filesystem {
     }
 
     /// Opens a record. A request holds the keyring it started with; if a rotation added a
-    /// term meanwhile and rewrapped the record, the newer keyring opens it (terms are only
-    /// ever added, so the newest keyring opens everything an older one did).
+    /// term meanwhile and rewrapped the record, the newer keyring opens it (while the process
+    /// runs terms are only added: `retire-terms` removes them with the filesystem closed, so
+    /// the newest keyring opens everything an older one did).
     fn open_rec(&self, kr: &Keyring, key: &EntryKey, value: &[u8]) -> Result<Record> {
         match Record::open(kr, &self.id, key, value) {
             Err(CoreError::Corrupt("unknown key term")) => {

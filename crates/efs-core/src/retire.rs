@@ -185,8 +185,10 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
             "nothing to retire: '{name}' has no key term older than its current one, {current}{before}. To erase deleted files: efsctl rotate-key --fs {name} --wait (server running or not), then, server stopped, efsctl retire-terms --fs {name} --yes"
         )));
     }
+    // Stale: opens, under an older term (a rotation moves it). Damaged: does not open at
+    // all; a rotation skips it, so it keeps its term and another rotation only adds one.
     let mut stale = 0u64;
-    let mut unreadable = 0u64;
+    let mut damaged = 0u64;
     let mut entries = 0u64;
     let mut after = None;
     loop {
@@ -195,32 +197,30 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
         after = Some(*last);
         for (k, v) in &rows {
             entries += 1;
-            match sealing_term(v) {
-                Ok(t) if t != current => {
-                    stale += 1;
-                    continue;
-                }
-                Ok(_) => {}
-                Err(_) => {
-                    unreadable += 1;
-                    continue;
-                }
-            }
-            match fs.open_rec(&kr, k, v) {
-                Ok(rec) if rec.kind == Kind::File && rec.key_term != current => stale += 1,
-                Ok(_) => {}
-                Err(_) => unreadable += 1,
+            let (Ok(term), Ok(rec)) = (sealing_term(v), fs.open_rec(&kr, k, v)) else {
+                damaged += 1;
+                continue;
+            };
+            if term != current || (rec.kind == Kind::File && rec.key_term != current) {
+                stale += 1;
             }
         }
     }
-    if stale > 0 {
+    if damaged > 0 {
+        let also = if stale > 0 {
+            format!(
+                " ({stale} more are under an older term: efsctl rotate-key --fs {name} --wait moves those)"
+            )
+        } else {
+            String::new()
+        };
         return Err(CoreError::Invalid(format!(
-            "{stale} records or data keys of '{name}' are still under a key term older than {current}: retiring it would make them unreadable. Run efsctl rotate-key --fs {name} --wait first (if its status names damaged entries, look at them with efsctl fsck --fs {name})"
+            "{damaged} records of '{name}' do not open (damaged), so which term wraps their data keys is unknown; a rotation skips them, so another rotate-key would only add a term{also}. List them with efsctl fsck --fs {name}. No command removes a damaged entry: make a copy without them (efsctl backup --fs {name} --skip-damaged, then restore it into an empty filesystem made with efsctl create-fs, which gets a keyring of its own) and use that one, or restore {name} from a backup taken before the damage"
         )));
     }
-    if unreadable > 0 {
+    if stale > 0 {
         return Err(CoreError::Invalid(format!(
-            "{unreadable} records of '{name}' do not open, so which term wraps their data keys is unknown: look at them with efsctl fsck --fs {name} first"
+            "{stale} records or data keys of '{name}' are still under a key term older than {current}: retiring it would make them unreadable. Run efsctl rotate-key --fs {name} --wait first"
         )));
     }
     Ok(Plan {
@@ -400,6 +400,14 @@ mod tests {
         let (_t, dd, fs) = env();
         put(&fs, "/a", b"a").await;
         put(&fs, "/b", b"b").await;
+        let kr = fs.keyring();
+        let (a_before, _) = fs
+            .resolve(&kr, &EfsPath::parse("/a").unwrap(), false)
+            .await
+            .unwrap()
+            .current
+            .unwrap();
+        drop(kr);
         let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
         assert!(e.contains("nothing to retire"), "{e}");
         assert!(e.contains("rotate-key --fs docs --wait"), "{e}");
@@ -429,13 +437,36 @@ mod tests {
         );
         assert_eq!(fs.term_numbers(), [1, 2]);
 
-        // A damaged record a rotation skipped stays under term 1: refused.
+        // A record from before the rotation put back (it opens, under term 1): rotate.
+        let kr = fs.keyring();
+        let a = fs
+            .resolve(&kr, &EfsPath::parse("/a").unwrap(), false)
+            .await
+            .unwrap();
+        drop(kr);
+        let b = Batch {
+            ops: vec![Op::PutEntry(a.key, a_before.clone())],
+            ..Default::default()
+        };
+        assert!(fs.commit_batch(b).await.unwrap());
+        let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
+        assert!(e.contains("1 records or data keys"), "{e}");
+        assert!(e.contains("rotate-key --fs docs --wait first"), "{e}");
+
+        // A damaged record a rotation skipped stays under term 1: refused, and not with
+        // "rotate again" (each rotation would only add a term).
         damage(&fs, "/b").await;
         let (_, p) = dd.rotate_key("docs", true).await.unwrap();
         assert_eq!(p.damaged.count, 1);
         let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
-        assert!(e.contains("1 records or data keys"), "{e}");
-        assert!(e.contains("rotate-key --fs docs --wait first"), "{e}");
+        assert!(
+            e.contains("1 records of 'docs' do not open (damaged)"),
+            "{e}"
+        );
+        assert!(e.contains("would only add a term"), "{e}");
+        assert!(e.contains("efsctl fsck --fs docs"), "{e}");
+        assert!(e.contains("--skip-damaged"), "{e}");
+        assert!(!e.contains("wait first"), "{e}");
         assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2, 3]);
     }
 
