@@ -54,7 +54,7 @@ macro_rules! say {
   efsctl --data ./efs-data restore --fs user-data-restored -i /backups/user-data-1
   efsctl --data ./efs-data --key-part file:/old.key rekey-starter --new-key-part file:/new.key   # server stopped
   efsctl --data ./efs-data rotate-signing-key          # server stopped: new token-signing key and server identity
-  efsctl --data ./efs-data retire-terms --fs user-data --yes   # server stopped, after rotate-key --wait: erase deleted files
+  efsctl --data ./efs-data retire-terms --fs user-data --yes   # server stopped, after rotate-key --wait: erase deleted files (then rekey-starter)
   efsctl --data ./efs-data audit show --path /patients/173/prescription.pdf --since 7d
   efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
   efsctl --data ./efs-data reload-tls                  # serve the renewed --tls-cert/--tls-key files
@@ -341,10 +341,11 @@ enum Cmd {
         #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
         new_key_parts: Vec<KeyPartSpec>,
     },
-    /// Erase deleted files, with the server stopped: remove every keyring term but the
-    /// current one ("crypto-shredding"); `rekey-starter` then completes it.
+    /// Erase deleted files, with the server stopped: retire every older key term (then
+    /// rekey-starter).
     ///
-    /// Once they are gone, the deleted files' records and data keys sealed under them (in
+    /// Removes every keyring term but the current one ("crypto-shredding"). Once they are
+    /// gone, the deleted files' records and data keys sealed under them (in
     /// the index's freed pages: the index is rewritten into a fresh file, crash-safe; in
     /// backups made without --include-keys) no longer open with this data dir's keyring.
     /// Copies of the keyring from before (snapshots of the data dir or of index.redb,
