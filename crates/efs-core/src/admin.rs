@@ -108,6 +108,16 @@ pub enum AdminRequest {
         #[serde(default)]
         wait: bool,
     },
+    /// Remove every keyring term but the current one for good (crypto-shredding of what
+    /// they sealed), once every record and data key is under the current term. Only
+    /// without a server: a running server holds the index and the keyring.
+    RetireTerms {
+        /// Filesystem.
+        fs: String,
+        /// Carry it out; without it, refused with what it would do.
+        #[serde(default)]
+        yes: bool,
+    },
     /// Trust the system database as it is when it failed its check against its digest
     /// (refused at open otherwise), and print the digest's generation and anchor. Only
     /// without a server: a running server opened a database that matched.
@@ -340,6 +350,7 @@ impl AdminRequest {
                 // key replaced without a record.
                 | AdminRequest::RotateSigningKey
                 | AdminRequest::ReplaceKey { .. }
+                | AdminRequest::RetireTerms { yes: true, .. }
         )
     }
 
@@ -351,6 +362,7 @@ impl AdminRequest {
             | AdminRequest::Gc { fs, .. }
             | AdminRequest::RotateKey { fs, .. }
             | AdminRequest::Reencrypt { fs, .. }
+            | AdminRequest::RetireTerms { fs, .. }
             | AdminRequest::Backup { fs, .. }
             | AdminRequest::Restore { fs, .. } => Some(fs),
             AdminRequest::Revoke { fs, .. } | AdminRequest::Status { fs } => fs.as_deref(),
@@ -525,7 +537,8 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
         (
             AdminRequest::AcceptSystem
             | AdminRequest::RotateSigningKey
-            | AdminRequest::ReplaceKey { .. },
+            | AdminRequest::ReplaceKey { .. }
+            | AdminRequest::RetireTerms { .. },
             true,
         ) => record_admin_with(dd, op, &recorded, true, Some(&resp.data)).await,
         (_, true) => record_admin(dd, op, &recorded, true).await,
@@ -837,7 +850,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             let (started, p) = dd.rotate_key(&fs, wait).await?;
             let mut lines = vec![if started {
                 format!(
-                    "Added key term {} to '{fs}' ({} terms; older terms are kept for older backups); new writes use it now",
+                    "Added key term {} to '{fs}' ({} terms; older terms are kept for older backups until efsctl retire-terms); new writes use it now",
                     p.current_term, p.terms
                 )
             } else {
@@ -861,6 +874,40 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             AdminResponse::ok(
                 lines,
                 serde_json::json!({ "fs": fs, "started": started, "rotation": p }),
+            )
+        }
+        AdminRequest::RetireTerms { fs, yes } => {
+            let (plan, generation) = dd.retire_terms(&fs, yes).await?;
+            let terms: Vec<String> = plan.retire.iter().map(u32::to_string).collect();
+            let mut lines = vec![format!(
+                "Retired key terms {} of '{fs}' ({} entries checked, all under term {}; index rewritten into a fresh file, digest generation {generation}): what they sealed no longer opens with this data dir's keyring, nor from backups made without --include-keys; {}",
+                terms.join(", "),
+                plan.entries,
+                plan.current,
+                plan.covers()
+            )];
+            lines.push(
+                "Not erased yet: copies of the keyring from before (snapshots of the data dir or index.redb, backups made with --include-keys, the old file's blocks on disk) still open them with the current key parts. To finish: efsctl rekey-starter --new-key-part ... (server stopped), destroy the old key parts, then take new backups".into(),
+            );
+            if plan.tag_term_retired {
+                lines.push("Names keep working (the name-tag key stays); listing cursors issued before now are refused: clients list those directories again from the start".into());
+            }
+            if let Some(w) = plan.shared_warning(&fs) {
+                lines.push(w);
+            }
+            AdminResponse::ok(
+                lines,
+                serde_json::json!({
+                    "fs": fs,
+                    "retired_terms": plan.retire,
+                    "current_term": plan.current,
+                    "entries_checked": plan.entries,
+                    "tag_term_retired": plan.tag_term_retired,
+                    "shared_with": plan.shared.iter().map(|(n, t)| serde_json::json!({ "fs": n, "terms": t })).collect::<Vec<_>>(),
+                    "not_compared": plan.not_compared,
+                    "index_generation": generation,
+                    "covers_deleted_before_ms": plan.current_since_ms,
+                }),
             )
         }
         AdminRequest::RotateSigningKey => {
@@ -950,6 +997,17 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     f.current_term(),
                     terms.len()
                 ));
+                let retired = f.retired_terms();
+                if !retired.is_empty() {
+                    let list: Vec<String> = retired
+                        .iter()
+                        .map(|(n, at)| format!("{n} (at {})", rfc3339_ms(*at)))
+                        .collect();
+                    lines.push(format!(
+                        "{name}: retired key terms: {} (their keys are gone: what they sealed no longer opens)",
+                        list.join(", ")
+                    ));
+                }
                 let re_stopped = re
                     .as_ref()
                     .filter(|p| p.state == RotationState::Running)
@@ -990,6 +1048,10 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     "current_term": f.current_term(),
                     "terms": terms.len(),
                     "term_numbers": terms,
+                    "retired_terms": retired
+                        .iter()
+                        .map(|(n, at)| serde_json::json!({ "term": n, "retired_ms": at, "retired_at": rfc3339_ms(*at) }))
+                        .collect::<Vec<_>>(),
                     "rotation": prog,
                     "reencryption": re,
                     "reencryption_stopped": re_stopped,

@@ -839,7 +839,8 @@ async fn write_backup(
 ) -> Result<BackupReport> {
     // Taken before the snapshot: a rotation persists its keyring before it swaps the one
     // in memory, so this keyring's current term is in the snapshot's keyring too (and in
-    // every later one: terms are never removed). It keys the manifest's MAC.
+    // every later one until `retire-terms`, which closes the filesystem first, so never
+    // while a backup holds it). It keys the manifest's MAC.
     let kr = fs.keyring();
     let mut m = Manifest {
         format: FORMAT.into(),
@@ -1476,8 +1477,18 @@ impl Source {
             .ok()
             .and_then(|v| v.try_into().ok())
             .ok_or_else(forged)?;
-        // A term the keyring lacks is a forged manifest too: terms are never removed.
-        let found = self.manifest.compute_mac(kr).map_err(|_| forged())?;
+        // A term the keyring lacks is a forged manifest too, but for one retired (efsctl
+        // retire-terms): that backup is genuine and can no longer be opened here.
+        let found = self.manifest.compute_mac(kr).map_err(|e| match e {
+            CoreError::RetiredTerm { term, retired_ms } => CoreError::Invalid(format!(
+                "{} was taken under key term {term}, retired at {} (efsctl retire-terms): its \
+                 records can no longer be opened with this data dir's keys (only a backup made \
+                 with --include-keys carries its own keyring); nothing was restored",
+                self.root.display(),
+                crate::admin::rfc3339_ms(retired_ms)
+            )),
+            _ => forged(),
+        })?;
         if !bool::from(found.ct_eq(&claimed)) {
             return Err(forged());
         }

@@ -24,6 +24,7 @@ use crate::digest::DigestKey;
 use crate::error::{CoreError, Result};
 use crate::fs::backup::{self, BackupReport, DumpItem};
 use crate::fs::reencrypt::{self, ReencryptProgress};
+use crate::fs::retire;
 use crate::fs::rotation::{self, RotationProgress};
 use crate::fs::{Filesystem, FsOptions};
 use crate::index::Op;
@@ -854,6 +855,11 @@ impl DataDir {
         // reported, not silently rebuilt over records put back meanwhile; an index without
         // a digest or a key, even an emptied one, is held until fsck --accept-index (see
         // open_index, which computes a digest only when `creating`).
+        // A retire-terms stopped before its switch left its staged copy: the index is the
+        // old one, whole.
+        if let Some(line) = crate::retire::discard_staged(&self.fs_dir(&rec.id), &rec.name)? {
+            tracing::warn!(fs = rec.name, "{line}");
+        }
         let index = self.open_index(&rec.id, false)?;
         self.assemble_fs(rec, index)
     }
@@ -1220,6 +1226,236 @@ impl DataDir {
             return Ok((started, done));
         }
         Ok((started, prog))
+    }
+
+    /// Retires every keyring term of filesystem `name` but the current one (`efsctl
+    /// retire-terms`; see [`crate::retire`]): with the server stopped, once every record and
+    /// data key is under the current term. Without `yes`, refuses with what it would do.
+    /// Returns the plan carried out and the index digest's new generation.
+    pub async fn retire_terms(&self, name: &str, yes: bool) -> Result<(retire::Plan, u64)> {
+        self.retire_terms_until(name, yes, retire::Stop::Never)
+            .await
+    }
+
+    /// [`DataDir::retire_terms`], stopping where `stop` says (tests simulate a crash).
+    #[doc(hidden)]
+    pub async fn retire_terms_until(
+        &self,
+        name: &str,
+        yes: bool,
+        stop: retire::Stop,
+    ) -> Result<(retire::Plan, u64)> {
+        let fs = self.require_open_fs(name)?;
+        if yes {
+            // A recursive delete the server had not finished emptying leaves its files as
+            // live records (re-sealed by the rotation under the current term) with their
+            // blobs: they would survive the retirement. efsctl never empties them otherwise.
+            fs.empty_trash().await.map_err(|e| {
+                CoreError::Invalid(format!(
+                    "emptying the directories of an unfinished recursive delete of '{name}' failed ({e}): nothing was retired. Look at the damage with efsctl fsck --fs {name}, or start the server (it empties them at its start), stop it, and run retire-terms again"
+                ))
+            })?;
+        }
+        let mut plan = retire::plan(&fs).await?;
+        // A filesystem restored into a new name from this one started with its keyring:
+        // it still holds the retired keys. Said loudly, not refused (each would block the
+        // other's retirement).
+        let others: Vec<Arc<Filesystem>> = self
+            .filesystems
+            .read()
+            .expect("lock poisoned")
+            .iter()
+            .filter(|(n, _)| n.as_str() != name)
+            .map(|(_, f)| f.clone())
+            .collect();
+        plan.shared = retire::shared_with(&fs, &plan.retire, &others);
+        drop(others);
+        let mut not_compared: Vec<String> = self
+            .unopened
+            .read()
+            .expect("lock poisoned")
+            .keys()
+            .filter(|n| n.as_str() != name)
+            .cloned()
+            .collect();
+        not_compared.sort();
+        plan.not_compared = not_compared;
+        if yes && plan.being_deleted > 0 {
+            return Err(CoreError::Invalid(format!(
+                "{} directories of a recursive delete of '{name}' are still being emptied: their files would survive the retirement. Nothing was changed; run retire-terms again (it empties them first), or start the server (it empties them at its start), stop it, and run it again",
+                plan.being_deleted
+            )));
+        }
+        // The rewrite writes a whole new copy of the index beside it before the old one goes:
+        // refused before anything is written when that would take the free-space reserve
+        // (a full disk midway would only leave a staged file to remove).
+        let index_bytes = std::fs::metadata(self.fs_dir(fs.id()).join("index.redb"))?.len();
+        self.opts.fs.check_space(index_bytes).map_err(|e| {
+            CoreError::Invalid(format!(
+                "retire-terms writes a new copy of the index of '{name}' (about {index_bytes} bytes, the size of its index.redb) before removing the old one, and that does not fit: {e}. Nothing was changed; free that much space (or give a smaller --reserve-space) and run it again"
+            ))
+        })?;
+        if !yes {
+            let terms: Vec<String> = plan.retire.iter().map(u32::to_string).collect();
+            let pending = if plan.being_deleted > 0 {
+                format!(
+                    ". First, {} directories of an unfinished recursive delete will be emptied (their files and blobs removed, as the server would)",
+                    plan.being_deleted
+                )
+            } else {
+                String::new()
+            };
+            return Err(CoreError::Invalid(
+                format!(
+                    "retire-terms would remove key terms {} of '{name}' for good (term {} stays): the deleted files' records and data keys sealed under them (in the index's freed pages, in backups made without --include-keys) would no longer open with this data dir's keyring, and such backups could no longer be restored; {}. Not yet erased after it: copies of the keyring from before (snapshots of the data dir or of index.redb, backups made with --include-keys, the old index file's blocks on the disk) still give those keys to whoever has the current key parts, until efsctl rekey-starter moves the data dir to new key parts and the old ones are destroyed. Nothing was changed; run it again with --yes to retire them",
+                    terms.join(", "),
+                    plan.current,
+                    plan.covers()
+                ) + &pending
+                    + &plan
+                        .shared_warning(name)
+                        .map(|w| format!(". {w}"))
+                        .unwrap_or_default(),
+            ));
+        }
+        let rec = self
+            .system
+            .filesystems()?
+            .into_iter()
+            .find(|r| r.name == name)
+            .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{name}'")))?;
+        let sealed = fs.sealed_keyring().await?;
+        let mut kr = Keyring::open(&self.starter, &rec.id, &sealed)?;
+        if kr.current_number() != plan.current {
+            return Err(CoreError::Corrupt(
+                "stored keyring differs from the one in use",
+            ));
+        }
+        kr.retire_older(now_ms());
+        let new_sealed = kr.seal(&self.starter, &rec.id);
+        // The filesystem is closed without the end-of-command store (efsctl stores every
+        // open filesystem's seal counts as it ends): counts of a rotation this process just
+        // ran would be lost with it, so they go into the index before it is copied.
+        fs.store_seal_counts().await.map_err(|e| {
+            CoreError::Invalid(format!(
+                "storing the seal counts of '{name}' before the retirement failed ({e}): nothing was changed; run retire-terms again"
+            ))
+        })?;
+        // The index closes with the filesystem: out of the map, and once nothing else holds
+        // it (an index check just finished may still be letting go of it).
+        drop(fs);
+        let fs = self
+            .filesystems
+            .write()
+            .expect("lock poisoned")
+            .remove(name)
+            .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{name}'")))?;
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        let mut fs = fs;
+        let closed = loop {
+            match Arc::try_unwrap(fs) {
+                Ok(f) => break Ok(f),
+                Err(back) if std::time::Instant::now() < deadline => {
+                    fs = back;
+                    tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+                }
+                Err(back) => break Err(back),
+            }
+        };
+        let closed = match closed {
+            Ok(f) => f,
+            Err(back) => {
+                self.filesystems
+                    .write()
+                    .expect("lock poisoned")
+                    .insert(name.to_owned(), back);
+                return Err(CoreError::Invalid(format!(
+                    "'{name}' is in use by another task of this process: nothing was changed; run retire-terms again"
+                )));
+            }
+        };
+        drop(closed);
+        let dir = self.fs_dir(&rec.id);
+        let live = dir.join("index.redb");
+        let staged = dir.join(retire::STAGED);
+        let (key, _) = self.digest_key(&rec.id)?;
+        let rewritten = crate::redb_index::rewrite(
+            &live,
+            &staged,
+            &key,
+            &[(META_KEYRING, new_sealed.as_slice())],
+        );
+        let generation = match rewritten {
+            // As a crash there: the filesystem stays closed, its index not switched.
+            Ok(g) if stop == retire::Stop::BeforeSwitch => return Ok((plan, g)),
+            Ok(g) => g,
+            Err(e) => {
+                let _ = std::fs::remove_file(&staged);
+                self.reopen_fs(&rec);
+                return Err(e);
+            }
+        };
+        // The switch: one rename, made durable with the directory.
+        let switched = std::fs::rename(&staged, &live).map_err(CoreError::from);
+        let synced = match &switched {
+            Ok(()) => crate::blob::sync_dir(&dir).map_err(|e| {
+                CoreError::Invalid(format!(
+                    "the terms of '{name}' are retired (the new index is in place), but syncing its directory failed ({e}): a power cut now could bring the old index back; sync the file system (sync) and check with efsctl status --fs {name}"
+                ))
+            }),
+            Err(_) => Ok(()),
+        };
+        if stop != retire::Stop::AfterSwitchNotReopened {
+            self.reopen_fs(&rec);
+        }
+        switched?;
+        synced?;
+        // From here the terms are retired whatever fails: an error must say so, not read as
+        // if nothing had changed (the audit log records the command as failed).
+        let Some(fs) = self.fs(name) else {
+            let why = self
+                .unopened
+                .read()
+                .expect("lock poisoned")
+                .get(name)
+                .cloned()
+                .unwrap_or_else(|| "not open".into());
+            return Err(CoreError::Invalid(format!(
+                "the terms of '{name}' are retired and its index was switched to the new file, but it did not open again ({why}): run efsctl fsck --fs {name}, or start the server, which says why"
+            )));
+        };
+        let marked = if stop == retire::Stop::MarkFails {
+            Err(CoreError::Io(std::io::Error::other("simulated")))
+        } else {
+            self.store_generation_mark(&fs, generation, true)
+        };
+        marked.map_err(|e| {
+            CoreError::Invalid(format!(
+                "the terms of '{name}' are retired (the new index is in place), but recording its index generation {generation} in the system database failed ({e}): nothing is lost, the next open accepts the new index; start the server (it records the generation once it has checked the index) and look at the system database's volume (space, permissions)"
+            ))
+        })?;
+        tracing::info!(fs = name, terms = ?plan.retire, "key terms retired");
+        Ok((plan, generation))
+    }
+
+    /// Opens filesystem `rec` again after its index was closed, as at the data dir's open
+    /// (an index that no longer opens is listed as not served).
+    fn reopen_fs(&self, rec: &FsRecord) {
+        match self.open_fs(rec) {
+            Ok(fs) => {
+                self.filesystems
+                    .write()
+                    .expect("lock poisoned")
+                    .insert(rec.name.clone(), Arc::new(fs));
+            }
+            Err(e) => {
+                tracing::error!(fs = rec.name, error = %e, "filesystem not served: its index could not be opened again");
+                self.unopened.write().expect("lock poisoned").insert(
+                    rec.name.clone(),
+                    format!("its index could not be opened again: {e}"),
+                );
+            }
+        }
     }
 
     /// Only the first step of [`DataDir::rotate_key`]: adds the term, persists it and

@@ -79,6 +79,18 @@ pub enum CoreError {
     /// committed: nothing of it was done.
     #[error("access withdrawn before the operation was committed; nothing was done")]
     Withdrawn,
+    /// A record, data key or backup names a keyring term that `efsctl retire-terms` removed:
+    /// its key is gone for good, so what it sealed no longer opens here.
+    #[error(
+        "sealed under key term {term}, retired at {}: a copy from before the retirement? (efsctl retire-terms removed that term's key; only a backup made with --include-keys carries its own keyring)",
+        crate::admin::rfc3339_ms(*retired_ms)
+    )]
+    RetiredTerm {
+        /// The term named.
+        term: u32,
+        /// When it was retired (Unix ms).
+        retired_ms: i64,
+    },
     /// A listing cursor that is not one of this directory's pages.
     #[error("invalid cursor: use the next_cursor of a page of this directory")]
     BadCursor,

@@ -32,6 +32,9 @@ pub mod rotation;
 pub mod backup;
 #[path = "reencrypt.rs"]
 pub mod reencrypt;
+// Retiring terms checks every record through the filesystem's private parts too.
+#[path = "retire.rs"]
+pub mod retire;
 
 /// A batch that expects `res`'s ancestors and its entry (`value`) as they were found: a
 /// delete, or a recursive delete's detach, applies only to what its caller resolved.
@@ -1019,9 +1022,15 @@ impl Filesystem {
         self.keyring().term_numbers()
     }
 
+    /// The keyring's retired terms (`efsctl retire-terms`), each with when (Unix ms).
+    pub fn retired_terms(&self) -> Vec<(u32, i64)> {
+        self.keyring().retired()
+    }
+
     /// Opens a record. A request holds the keyring it started with; if a rotation added a
-    /// term meanwhile and rewrapped the record, the newer keyring opens it (terms are only
-    /// ever added, so the newest keyring opens everything an older one did).
+    /// term meanwhile and rewrapped the record, the newer keyring opens it (while the process
+    /// runs terms are only added: `retire-terms` removes them with the filesystem closed, so
+    /// the newest keyring opens everything an older one did).
     fn open_rec(&self, kr: &Keyring, key: &EntryKey, value: &[u8]) -> Result<Record> {
         match Record::open(kr, &self.id, key, value) {
             Err(CoreError::Corrupt("unknown key term")) => {
@@ -1756,6 +1765,15 @@ impl Filesystem {
                 return Ok(());
             }
         }
+    }
+
+    /// How many directories recursive deletes detached are still waiting to be emptied (at
+    /// most `limit` counted). Their files are live records until emptied: `retire-terms`
+    /// must not copy them into its new index.
+    pub(crate) async fn being_deleted(&self, limit: usize) -> Result<usize> {
+        let kr = self.keyring();
+        let tag = self.dir_tag(&kr, &TRASH_ID);
+        Ok(self.index.list_dir(&tag, None, limit).await?.len())
     }
 
     /// [`Filesystem::empty_trash`] in a task of its own (the server: after a recursive

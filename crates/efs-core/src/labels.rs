@@ -41,6 +41,10 @@ pub const TERM_BACKUP_SUMMARY: &[u8] = b"efs/term/backup-summary/v1";
 /// at, which in clear would tie a directory's plaintext path (in the same URL) to its
 /// entries' keys on disk.
 pub const TERM_LIST_CURSOR: &[u8] = b"efs/term/list-cursor/v1";
+/// Term subkey (of the tag term) that stands in for the tag term's key in
+/// [`TERM_LIST_CURSOR`] once that term is retired (`efsctl retire-terms`): kept in the
+/// keyring in its place, so cursors can still be sealed without the retired key.
+pub const TERM_LIST_CURSOR_ROOT: &[u8] = b"efs/term/list-cursor-root/v1";
 
 /// AAD prefix of a wrapped keyring (followed by the filesystem id).
 pub const AAD_KEYRING: &[u8] = b"efs-keyring-v1";

@@ -40,6 +40,7 @@ pub mod record;
 pub mod redb_index;
 mod redb_scan;
 pub mod rekey;
+pub use fs::retire;
 pub use fs::rotation;
 pub mod system;
 

@@ -387,6 +387,105 @@ impl RedbIndex {
     }
 }
 
+/// Rows copied per write transaction by [`rewrite`].
+const REWRITE_CHUNK: usize = 10_000;
+
+/// Copies the index at `src` (closed: no [`RedbIndex`] on it) into a new file `dst`, every
+/// row of every table as it is but the metadata rows `replace` names, which get their new
+/// values. The digest is updated as one batch writing them would update it (the old
+/// values out, the new ones in, one generation more): it must open under `key` (an index
+/// on hold is refused before, by its check). Returns the new generation.
+///
+/// The new file never holds the replaced values: nothing of them is written to it, so no
+/// freed page of it can keep one (what a replacement in place would leave behind, redb
+/// being copy-on-write). `dst` is synced before this returns; the caller renames it.
+pub(crate) fn rewrite(
+    src: &Path,
+    dst: &Path,
+    key: &DigestKey,
+    replace: &[(&str, &[u8])],
+) -> Result<u64> {
+    match std::fs::remove_file(dst) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e.into()),
+    }
+    let old = open_redb(src, None).map_err(ix)?;
+    let new = open_redb(dst, None).map_err(ix)?;
+    let r = old.begin_read().map_err(ix)?;
+    for table in [ENTRIES, INLINE] {
+        let from = r.open_table(table).map_err(ix)?;
+        let mut rows = from.iter().map_err(ix)?;
+        loop {
+            let mut chunk = Vec::with_capacity(REWRITE_CHUNK);
+            for item in rows.by_ref().take(REWRITE_CHUNK) {
+                let (k, v) = item.map_err(ix)?;
+                chunk.push((k.value().to_vec(), v.value().to_vec()));
+            }
+            let mut w = new.begin_write().map_err(ix)?;
+            // Durable at the last commit, below, which makes every earlier one durable.
+            w.set_durability(redb::Durability::None).map_err(ix)?;
+            {
+                let mut to = w.open_table(table).map_err(ix)?;
+                for (k, v) in &chunk {
+                    to.insert(k.as_slice(), v.as_slice()).map_err(ix)?;
+                }
+            }
+            w.commit().map_err(ix)?;
+            if chunk.len() < REWRITE_CHUNK {
+                break;
+            }
+        }
+    }
+    let meta = r.open_table(META).map_err(ix)?;
+    let stored = meta
+        .get(META_DIGEST)
+        .map_err(ix)?
+        .map(|v| v.value().to_vec());
+    let mut digest = stored
+        .and_then(|s| Accumulator::open(key, &s))
+        .filter(|d| d.layout() == Layout::INDEX)
+        .ok_or_else(|| {
+            CoreError::Index(
+                "the index digest does not open: check the index with efsctl fsck first".into(),
+            )
+        })?;
+    let w = new.begin_write().map_err(ix)?;
+    {
+        // Created even when empty, as every open does: readers never meet a missing table.
+        w.open_table(ENTRIES).map_err(ix)?;
+        w.open_table(INLINE).map_err(ix)?;
+        let mut to = w.open_table(META).map_err(ix)?;
+        for (name, v) in meta_rows(&meta)? {
+            match replace.iter().find(|(n, _)| *n == name) {
+                Some((_, new_value)) => {
+                    digest.remove_meta(key, &name, &v);
+                    digest.insert_meta(key, &name, new_value);
+                    to.insert(name.as_str(), *new_value).map_err(ix)?;
+                }
+                None => {
+                    to.insert(name.as_str(), v.as_slice()).map_err(ix)?;
+                }
+            }
+        }
+        for (name, new_value) in replace {
+            if meta.get(*name).map_err(ix)?.is_none() {
+                digest.insert_meta(key, name, new_value);
+                to.insert(*name, *new_value).map_err(ix)?;
+            }
+        }
+        digest.bump();
+        to.insert(META_DIGEST, digest.seal(key).as_slice())
+            .map_err(ix)?;
+    }
+    w.commit().map_err(ix)?;
+    drop(r);
+    drop(old);
+    drop(new);
+    std::fs::File::open(dst)?.sync_all()?;
+    Ok(digest.generation())
+}
+
 fn committer(
     handle: Arc<Handle>,
     key: Arc<DigestKey>,

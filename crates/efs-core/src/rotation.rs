@@ -17,7 +17,7 @@
 //!
 //! A crash leaves the progress record `running` with the last committed cursor: opening
 //! the data dir resumes from there. Old terms stay in the keyring (older backups need
-//! them).
+//! them) until `efsctl retire-terms` removes them ([`super::retire`]).
 
 use std::sync::Arc;
 
@@ -96,7 +96,10 @@ impl Damaged {
     /// Whether `e` means the entry is damaged (skip it) rather than that the run cannot go
     /// on (an index or I/O error: stop, and resume later).
     pub(crate) fn is_damage(e: &CoreError) -> bool {
-        matches!(e, CoreError::Decrypt | CoreError::Corrupt(_))
+        matches!(
+            e,
+            CoreError::Decrypt | CoreError::Corrupt(_) | CoreError::RetiredTerm { .. }
+        )
     }
 
     /// Counts entry `key` (unless already listed; once the list is full, only in the

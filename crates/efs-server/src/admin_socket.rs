@@ -272,6 +272,15 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
         }
         return AdminResponse::err(refused.to_owned());
     }
+    if matches!(req, AdminRequest::RetireTerms { .. }) {
+        // The server holds the index open (it is rewritten into a fresh file) and the
+        // keyring in memory.
+        let refused = "efs-server is running: stop it first. retire-terms rewrites the filesystem's index and keyring, which the running server holds open (run efsctl rotate-key --fs FS --wait while it runs, then stop it and run retire-terms)";
+        if let Err(e) = admin::record_admin_failed(&st.data, op, &req, refused).await {
+            return AdminResponse::err(e.to_string());
+        }
+        return AdminResponse::err(refused.to_owned());
+    }
     if matches!(req, AdminRequest::RotateSigningKey) {
         // The server signs and checks tokens with the key it started with; a new key stored
         // under it would take effect only at the next start, silently.

@@ -54,6 +54,7 @@ macro_rules! say {
   efsctl --data ./efs-data restore --fs user-data-restored -i /backups/user-data-1
   efsctl --data ./efs-data --key-part file:/old.key rekey-starter --new-key-part file:/new.key   # server stopped
   efsctl --data ./efs-data rotate-signing-key          # server stopped: new token-signing key and server identity
+  efsctl --data ./efs-data retire-terms --fs user-data --yes   # server stopped, after rotate-key --wait: erase deleted files (then rekey-starter)
   efsctl --data ./efs-data audit show --path /patients/173/prescription.pdf --since 7d
   efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
   efsctl --data ./efs-data reload-tls                  # serve the renewed --tls-cert/--tls-key files
@@ -340,6 +341,32 @@ enum Cmd {
         #[arg(long = "new-key-part", value_name = "SPEC", value_parser = parse_part, required = true)]
         new_key_parts: Vec<KeyPartSpec>,
     },
+    /// Erase deleted files, with the server stopped: retire every older key term (then
+    /// rekey-starter).
+    ///
+    /// Removes every keyring term but the current one ("crypto-shredding"). Once they are
+    /// gone, the deleted files' records and data keys sealed under them (in
+    /// the index's freed pages: the index is rewritten into a fresh file, crash-safe; in
+    /// backups made without --include-keys) no longer open with this data dir's keyring.
+    /// Copies of the keyring from before (snapshots of the data dir or of index.redb,
+    /// backups made with --include-keys, the old index file's blocks on the disk) still give
+    /// those keys to whoever has the current key parts: `efsctl rekey-starter` to new parts,
+    /// with the old ones destroyed, cuts them off (take new backups afterwards). Covers the
+    /// files deleted before the current term's rotation began. Run `efsctl rotate-key --fs
+    /// FS --wait` first: refused while a rotation or re-encryption is unfinished, or while a
+    /// live record or data key is under an older term, or when the new copy of the index
+    /// (about the size of index.redb) would not fit above --reserve-space. Empties first what an unfinished
+    /// recursive delete left, and names the other filesystems (restored from this one) that
+    /// still hold a retired key. Without --yes, says what it would do and exits 1, changing
+    /// nothing.
+    RetireTerms {
+        /// Filesystem.
+        #[arg(long)]
+        fs: String,
+        /// Retire them (without it, nothing is changed).
+        #[arg(long)]
+        yes: bool,
+    },
     /// Replace the token-signing key by a fresh one, with the server stopped: every token
     /// issued before is refused, and the server identity (efs-…, derived from the key)
     /// changes. Prints both identities. For a signing key that may have leaked (with a copy
@@ -613,6 +640,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::Status { fs } => AdminRequest::Status { fs },
         Cmd::AcceptSystem => AdminRequest::AcceptSystem,
         Cmd::RotateSigningKey => AdminRequest::RotateSigningKey,
+        Cmd::RetireTerms { fs, yes } => AdminRequest::RetireTerms { fs, yes },
         Cmd::Reencrypt { fs, wait } => AdminRequest::Reencrypt { fs, wait },
         Cmd::RekeyStarter { .. } => unreachable!("handled above"),
         Cmd::Backup {

@@ -1,0 +1,133 @@
+//! Erasing deleted files end to end (`efsctl retire-terms`): the documented sequence
+//! (delete, rotate-key --wait while serving, stop, retire-terms --yes, start), what it
+//! refuses, and what it leaves unreadable (an older backup made without --include-keys).
+
+mod common;
+
+use common::*;
+use serde_json::Value;
+
+fn fs_dir(srv: &TestServer) -> std::path::PathBuf {
+    let fs = srv.data.join("fs");
+    let mut dirs: Vec<_> = std::fs::read_dir(&fs)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert_eq!(dirs.len(), 1, "one filesystem");
+    dirs.pop().unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let token = s.token.clone();
+    let small = pattern(300, 1);
+    let big = pattern(300_000, 2);
+    let secret = pattern(5_000, 3);
+    srv.put_ok("/p/small.txt", &token, small.clone()).await;
+    srv.put_ok("/p/big.bin", &token, big.clone()).await;
+    srv.put_ok("/p/patient-173.pdf", &token, secret.clone())
+        .await;
+    let backup = srv.dir.path().join("backup-without-keys");
+    srv.efsctl_ok(&["backup", "--fs", "files", "-o", backup.to_str().unwrap()]);
+    let r = srv
+        .req("DELETE", "/p/patient-173.pdf", &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
+
+    // Refused while the server runs, naming what to do.
+    let (ok, text) = srv.efsctl_text(&["retire-terms", "--fs", "files", "--yes"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("efs-server is running: stop it first"),
+        "{text}"
+    );
+
+    srv.efsctl_ok(&["rotate-key", "--fs", "files", "--wait"]);
+    assert!(srv.stop().await.unwrap().success());
+
+    // A staged index left by an interrupted retire-terms goes at the next open.
+    let staged = fs_dir(&srv).join("index.redb.retire");
+    std::fs::write(&staged, b"left by a crash").unwrap();
+
+    // Without --yes: what it would do, exit 1, nothing changed.
+    let (ok, text) = srv.efsctl_text(&["retire-terms", "--fs", "files"]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("would remove key terms 1 of 'files'"),
+        "{text}"
+    );
+    assert!(text.contains("--include-keys"), "{text}");
+    assert!(
+        !staged.exists(),
+        "the stale staged index was removed at the open"
+    );
+    let st: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["status", "--fs", "files", "--json"])).unwrap();
+    assert_eq!(st[0]["term_numbers"], serde_json::json!([1, 2]), "{st}");
+
+    let out = srv.efsctl_ok(&["retire-terms", "--fs", "files", "--yes"]);
+    assert!(out.contains("Retired key terms 1 of 'files'"), "{out}");
+    assert!(out.contains("To finish: efsctl rekey-starter"), "{out}");
+    let (ok, text) = srv.efsctl_text(&["retire-terms", "--fs", "files", "--yes"]);
+    assert!(!ok && text.contains("nothing to retire"), "{text}");
+
+    // Started again: everything live reads back, names and listings work, writes too.
+    let mut srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let token = srv.login("app", &s.key, None).await;
+    assert_eq!(srv.get_ok("/p/small.txt", &token).await, small);
+    assert_eq!(srv.get_ok("/p/big.bin", &token).await, big);
+    assert_eq!(srv.get("/p/patient-173.pdf", &token).await.0, 404);
+    srv.put_ok("/p/new.txt", &token, b"after".to_vec()).await;
+    assert_eq!(srv.get_ok("/p/new.txt", &token).await, b"after");
+    // In the order of their keys (keyed hashes), one per page: the cursors work.
+    let mut names: Vec<String> = srv
+        .list_all("/p/", &token, 1)
+        .await
+        .iter()
+        .map(|e| e["name"].as_str().unwrap().to_owned())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["big.bin", "new.txt", "small.txt"]);
+    let st: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["status", "--fs", "files", "--json"])).unwrap();
+    assert_eq!(st[0]["term_numbers"], serde_json::json!([2]), "{st}");
+    assert_eq!(st[0]["retired_terms"][0]["term"], 1, "{st}");
+    let text = srv.efsctl_ok(&["status", "--fs", "files"]);
+    assert!(text.contains("retired key terms: 1 (at "), "{text}");
+    let audit = srv.efsctl_ok(&["audit", "show", "--action", "admin", "--fs", "files"]);
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("retire-terms") && l.contains("\"retired_terms\":[1]")),
+        "{audit}"
+    );
+
+    // The backup from before, without its keys, no longer restores: the term is named.
+    let (ok, text) = srv.efsctl_text(&[
+        "restore",
+        "--fs",
+        "restored",
+        "-i",
+        backup.to_str().unwrap(),
+    ]);
+    assert!(!ok, "{text}");
+    assert!(
+        text.contains("taken under key term 1, retired at"),
+        "{text}"
+    );
+    let list = srv.efsctl_ok(&["list-fs"]);
+    assert!(!list.contains("restored"), "{list}");
+
+    // A later rotation gets a fresh number; the files stay readable.
+    srv.efsctl_ok(&["rotate-key", "--fs", "files", "--wait"]);
+    let st: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["status", "--fs", "files", "--json"])).unwrap();
+    assert_eq!(st[0]["term_numbers"], serde_json::json!([2, 3]), "{st}");
+    assert_eq!(srv.get_ok("/p/big.bin", &token).await, big);
+    assert_eq!(srv.get_ok("/p/new.txt", &token).await, b"after");
+    srv.stop().await;
+}
