@@ -997,6 +997,15 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                     f.current_term(),
                     terms.len()
                 ));
+                // Held (the server's start check found the index differs from its digest, or
+                // is an older copy put back): said here too, not only by the requests' 503s.
+                let on_hold = f.index_trust() == crate::fs::IndexTrust::Failed;
+                if on_hold {
+                    not_served = true;
+                    lines.push(format!(
+                        "{name}: ON HOLD: its index failed its integrity check, every request on it answers 503 integrity_hold; look with efsctl fsck --fs {name}, then put its own index back or accept it (--accept-index)"
+                    ));
+                }
                 let retired = f.retired_terms();
                 if !retired.is_empty() {
                     let list: Vec<String> = retired
@@ -1045,6 +1054,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 }
                 data.push(serde_json::json!({
                     "name": name,
+                    "on_hold": on_hold,
                     "current_term": f.current_term(),
                     "terms": terms.len(),
                     "term_numbers": terms,
@@ -1064,7 +1074,9 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
                 }));
             }
             if !all {
-                return Ok(AdminResponse::ok(lines, serde_json::Value::Array(data)));
+                let mut r = AdminResponse::ok(lines, serde_json::Value::Array(data));
+                r.clean = Some(!not_served);
+                return Ok(r);
             }
             // Every filesystem: the system database's digest too, the JSON an object then.
             let digest = match dd.system_digest()? {

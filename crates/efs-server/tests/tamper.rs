@@ -1676,6 +1676,16 @@ async fn an_earlier_copy_of_the_whole_index_put_back_is_held_until_accepted() {
         assert!(std::time::Instant::now() < deadline, "{}", srv.stderr());
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     }
+    // status says so (exit 3, as fsck), with --fs too.
+    for args in [&["status"][..], &["status", "--fs", "files"][..]] {
+        let out = srv.efsctl(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {text}");
+        assert!(text.contains("files: ON HOLD: its index failed"), "{text}");
+    }
+    let st: serde_json::Value =
+        serde_json::from_slice(&srv.efsctl(&["--json", "status", "--fs", "files"]).stdout).unwrap();
+    assert_eq!(st[0]["on_hold"], true, "{st}");
     // Nor is the held index's keyring used to restore a backup without keys: an older copy
     // put back may hold key terms since rotated away or retired.
     let (ok, text) = srv.efsctl_text(&["restore", "--fs", "copy", "-i", backup.to_str().unwrap()]);

@@ -61,7 +61,7 @@ macro_rules! say {
 
 Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found problems (or audit show
 met a broken chain, a backup --skip-damaged or the restore of one left damaged entries out, or
-status lists a filesystem as NOT SERVED)."
+status lists a filesystem as NOT SERVED or ON HOLD)."
 )]
 struct Args {
     /// Data directory.
@@ -256,7 +256,8 @@ enum Cmd {
     },
     /// Show each filesystem's key terms, the records sealed under the current term (rotate
     /// before 2^32; a WARNING from 2^31), key-rotation and re-encryption progress. Exit code
-    /// 3 when it lists a filesystem as NOT SERVED (its index did not open).
+    /// 3 when it lists a filesystem as NOT SERVED (its index did not open) or ON HOLD (its
+    /// index failed the server's integrity check).
     Status {
         /// Only this filesystem.
         #[arg(long)]
