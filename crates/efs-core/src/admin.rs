@@ -526,7 +526,7 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
             return AdminResponse::err(e.to_string());
         }
     }
-    let resp = match run(dd, req).await {
+    let resp = match run(dd, req, op).await {
         Ok(r) => r,
         Err(e) => AdminResponse::err(e.to_string()),
     };
@@ -557,7 +557,7 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
     }
 }
 
-async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError> {
+async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResponse, CoreError> {
     Ok(match req {
         AdminRequest::CreateFs { name } => {
             let lines = dd.create_fs(&name)?;
@@ -877,7 +877,7 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             )
         }
         AdminRequest::RetireTerms { fs, yes } => {
-            let (plan, generation) = dd.retire_terms(&fs, yes).await?;
+            let (plan, generation) = dd.retire_terms_by(&fs, yes, op).await?;
             let terms: Vec<String> = plan.retire.iter().map(u32::to_string).collect();
             let mut lines = vec![format!(
                 "Retired key terms {} of '{fs}' ({} entries checked, all under term {}; index rewritten into a fresh file, digest generation {generation}): what they sealed no longer opens with this data dir's keyring, nor from backups made without --include-keys; {}",

@@ -859,6 +859,15 @@ impl DataDir {
         // old one, whole.
         if let Some(line) = crate::retire::discard_staged(&self.fs_dir(&rec.id), &rec.name)? {
             tracing::warn!(fs = rec.name, "{line}");
+            // Its switch entry may be in the audit log (a crash between it and the rename):
+            // the log says too that the retirement did not happen.
+            if let Err(e) = self.audit.submit(retire::discarded_entry(&rec.name)) {
+                tracing::warn!(
+                    fs = rec.name,
+                    "the audit log did not take the entry saying so ({e}): efsctl status --fs {} shows that no term was retired",
+                    rec.name
+                );
+            }
         }
         let index = self.open_index(&rec.id, false)?;
         self.assemble_fs(rec, index)
@@ -1237,6 +1246,18 @@ impl DataDir {
             .await
     }
 
+    /// [`DataDir::retire_terms`], its audit entry of the switch ([`retire::switch_entry`])
+    /// recorded as run by `op`.
+    pub async fn retire_terms_by(
+        &self,
+        name: &str,
+        yes: bool,
+        op: &crate::admin::Operator,
+    ) -> Result<(retire::Plan, u64)> {
+        self.retire_terms_inner(name, yes, retire::Stop::Never, op)
+            .await
+    }
+
     /// [`DataDir::retire_terms`], stopping where `stop` says (tests simulate a crash).
     #[doc(hidden)]
     pub async fn retire_terms_until(
@@ -1244,6 +1265,22 @@ impl DataDir {
         name: &str,
         yes: bool,
         stop: retire::Stop,
+    ) -> Result<(retire::Plan, u64)> {
+        self.retire_terms_inner(
+            name,
+            yes,
+            stop,
+            &crate::admin::Operator::this_process("local"),
+        )
+        .await
+    }
+
+    async fn retire_terms_inner(
+        &self,
+        name: &str,
+        yes: bool,
+        stop: retire::Stop,
+        op: &crate::admin::Operator,
     ) -> Result<(retire::Plan, u64)> {
         let fs = self.require_open_fs(name)?;
         if yes {
@@ -1395,8 +1432,27 @@ impl DataDir {
                 return Err(e);
             }
         };
+        // The terms are named in the audit log before the switch, fail closed: the entry the
+        // command ends with comes after it, and a crash in between would leave the
+        // retirement in effect with only the command's start in the log.
+        if let Err(e) = self
+            .audit
+            .record(retire::switch_entry(op, name, &plan, generation))
+            .await
+        {
+            let _ = std::fs::remove_file(&staged);
+            let _ = crate::blob::sync_dir(&dir);
+            self.reopen_fs(&rec);
+            return Err(CoreError::Invalid(format!(
+                "the audit log did not take the entry naming the terms to retire ({e}): nothing was retired (the staged index was removed). Look at the audit log's volume (efsctl audit verify), then run retire-terms again"
+            )));
+        }
         // The switch: one rename, made durable with the directory.
         let switched = std::fs::rename(&staged, &live).map_err(CoreError::from);
+        if stop == retire::Stop::AfterSwitch && switched.is_ok() {
+            // As a crash right after the rename: nothing after it runs.
+            return Ok((plan, generation));
+        }
         let synced = match &switched {
             Ok(()) => crate::blob::sync_dir(&dir).map_err(|e| {
                 CoreError::Invalid(format!(

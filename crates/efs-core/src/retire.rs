@@ -30,9 +30,12 @@
 //!    then renamed over `index.redb` and the directory fsynced. redb is copy-on-write: the
 //!    old keyring row would otherwise stay in the old file's freed pages.
 //!
-//! A crash before the rename leaves the old index whole and a staged file, which the next
-//! open removes (`discard_staged`): nothing was retired, and the command can run again.
-//! After the rename the new index is the filesystem's.
+//! Just before the rename, an audit entry names the terms being retired ([`switch_entry`]);
+//! if the log does not take it, the staged file is removed and nothing is retired. A crash
+//! before the rename leaves the old index whole and a staged file, which the next open
+//! removes (`discard_staged`), saying so in the audit log: nothing was retired, and the
+//! command can run again. After the rename the new index is the filesystem's, and the log
+//! names its terms even if the command's final entry never came.
 
 use std::path::Path;
 
@@ -137,6 +140,8 @@ pub enum Stop {
     Never,
     /// After the staged index is written and synced, before the switch.
     BeforeSwitch,
+    /// Right after the rename of the staged index, nothing after it run (as a crash there).
+    AfterSwitch,
     /// After the switch, with the filesystem not opened again (as if its open failed).
     AfterSwitchNotReopened,
     /// After the switch, with the generation mark's write failing.
@@ -255,6 +260,52 @@ pub fn shared_with(
         .collect();
     out.sort();
     out
+}
+
+/// The audit entry written just before the switch (status 202, the command still running),
+/// naming the terms retired by it and the staged index: refused, nothing is switched. A
+/// crash after the rename leaves the retirement in effect without the command's final
+/// entry; this one says what it retired. A crash before the rename leaves this entry and
+/// the staged file, which the next open removes, writing [`discarded_entry`].
+pub(crate) fn switch_entry(
+    op: &crate::admin::Operator,
+    name: &str,
+    plan: &Plan,
+    generation: u64,
+) -> crate::audit::Record {
+    let mut rec = crate::audit::Record::new(crate::audit::Action::Admin, 202);
+    rec.user = Some(op.user.clone());
+    rec.client = Some(op.via.clone());
+    rec.fs = Some(name.to_owned());
+    let req = crate::admin::AdminRequest::RetireTerms {
+        fs: name.to_owned(),
+        yes: true,
+    };
+    let what = serde_json::json!({
+        "switching": true,
+        "retiring_terms": plan.retire,
+        "current_term": plan.current,
+        "staged": STAGED,
+        "index_generation": generation,
+        "note": "the staged index is renamed over index.redb next: the terms are retired unless a later entry says its staged index was discarded",
+    });
+    rec.detail = Some(format!("{} {what}", req.summary()));
+    rec
+}
+
+/// The audit entry of an open that removed a staged index ([`discard_staged`]): the
+/// retirement its [`switch_entry`] announced did not happen.
+pub(crate) fn discarded_entry(name: &str) -> crate::audit::Record {
+    let op = crate::admin::Operator::this_process("data-dir");
+    let mut rec = crate::audit::Record::new(crate::audit::Action::Admin, 500);
+    rec.user = Some(op.user);
+    rec.client = Some(op.via);
+    rec.fs = Some(name.to_owned());
+    rec.detail = Some(format!(
+        "retire-terms {} interrupted before its switch: its staged index was discarded at the open, no term was retired",
+        serde_json::json!({ "fs": name, "staged": STAGED, "discarded": true })
+    ));
+    rec
 }
 
 /// Removes a staged index left by a `retire-terms` that stopped before its switch (the
@@ -695,6 +746,53 @@ mod tests {
         dd.retire_terms("docs", true).await.unwrap();
     }
 
+    /// The admin entries of the audit log's details.
+    fn admin_details(dd: &DataDir) -> Vec<(u16, String)> {
+        dd.audit_show(&crate::audit::Filter::default())
+            .unwrap()
+            .entries
+            .into_iter()
+            .filter(|e| e.record.action == crate::audit::Action::Admin)
+            .map(|e| (e.record.status, e.record.detail.unwrap_or_default()))
+            .collect()
+    }
+
+    /// A crash right after the rename (efsctl killed) leaves the terms retired without the
+    /// command's final entry: the entry written before the switch names them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retirement_stopped_right_after_its_switch_is_named_in_the_audit_log() {
+        let (t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        dd.rotate_key("docs", true).await.unwrap();
+        drop(fs);
+        dd.retire_terms_until("docs", true, Stop::AfterSwitch)
+            .await
+            .unwrap();
+        drop(dd);
+        let (dd, _) = DataDir::open(
+            &t.path().join("data"),
+            &[KeyPartSpec::File(t.path().join("part.key"))],
+            OpenOptions::default(),
+            &keyparts::no_prompt,
+        )
+        .unwrap();
+        assert_eq!(dd.fs("docs").unwrap().term_numbers(), [2]);
+        let details = admin_details(&dd);
+        assert!(
+            details.iter().any(|(status, d)| *status == 202
+                && d.starts_with("retire-terms ")
+                && d.contains("\"retiring_terms\":[1]")
+                && d.contains(STAGED)),
+            "{details:?}"
+        );
+        assert!(
+            !details
+                .iter()
+                .any(|(_, d)| d.contains("\"discarded\":true")),
+            "{details:?}"
+        );
+    }
+
     /// Crash safety: a retire-terms stopped after staging the new index and before the
     /// switch leaves the old index in use; the next open removes the staged file.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -719,6 +817,14 @@ mod tests {
         )
         .unwrap();
         assert!(!staged.exists(), "the staged index is removed at the open");
+        // And says so in the audit log (a switch entry may be there).
+        let details = admin_details(&dd);
+        assert!(
+            details.iter().any(|(status, d)| *status == 500
+                && d.contains("\"discarded\":true")
+                && d.contains("no term was retired")),
+            "{details:?}"
+        );
         let fs = dd.fs("docs").unwrap();
         assert_eq!(fs.term_numbers(), [1, 2]);
         assert_eq!(read_all(&fs, "/a").await, b"a");
