@@ -37,6 +37,11 @@ pub enum CoreError {
     /// A name (user, filesystem) is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// A command refused until something else is done first; the message says what (for
+    /// `retire-terms`: a rotation to finish, records under an older term, damaged records,
+    /// room for the new index). efsctl exits 5 for it.
+    #[error("{0}")]
+    Refused(String),
     /// The index storage failed.
     #[error("index error: {0}")]
     Index(String),

@@ -78,7 +78,57 @@ pub struct Plan {
     pub current_since_ms: Option<i64>,
 }
 
+/// "term 1" or "terms 1, 3": the numbers with the noun in the right number.
+pub fn terms_phrase(terms: &[u32]) -> String {
+    let list: Vec<String> = terms.iter().map(u32::to_string).collect();
+    match list.len() {
+        1 => format!("term {}", list[0]),
+        _ => format!("terms {}", list.join(", ")),
+    }
+}
+
 impl Plan {
+    /// Whether there is a term to retire (none: [`Plan::nothing_message`]).
+    pub fn nothing_to_retire(&self) -> bool {
+        self.retire.is_empty()
+    }
+
+    /// What `retire-terms` says when the filesystem has no term older than its current one.
+    pub fn nothing_message(&self, name: &str) -> String {
+        let current = self.current;
+        let before: Vec<u32> = self.retired_before.iter().map(|(n, _)| *n).collect();
+        let before = match before.len() {
+            0 => String::new(),
+            1 => format!(" ({} was retired before)", terms_phrase(&before)),
+            _ => format!(" ({} were retired before)", terms_phrase(&before)),
+        };
+        format!(
+            "nothing to retire: '{name}' has no key term older than its current one, {current}{before}. To erase files deleted since: efsctl rotate-key --fs {name} --wait (server running or not), then, server stopped, efsctl retire-terms --fs {name} --yes"
+        )
+    }
+
+    /// What the dry run (no `--yes`) says it would do.
+    pub fn dry_run_message(&self, name: &str) -> String {
+        let pending = if self.being_deleted > 0 {
+            format!(
+                ". First, {} directories of an unfinished recursive delete will be emptied (their files and blobs removed, as the server would)",
+                self.being_deleted
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "retire-terms would remove key {} of '{name}' for good (term {} stays): the deleted files' records and data keys sealed under them (in the index's freed pages, in backups made without --include-keys) would no longer open with this data dir's keyring, and such backups could no longer be restored; {}. Not yet erased after it: copies of the keyring from before (snapshots of the data dir or of index.redb, backups made with --include-keys, the old index file's blocks on the disk) still give those keys to whoever has the current key parts, until efsctl rekey-starter moves the data dir to new key parts and the old ones are destroyed. Nothing was retired; run it again with --yes to retire them",
+            terms_phrase(&self.retire),
+            self.current,
+            self.covers()
+        ) + &pending
+            + &self
+                .shared_warning(name)
+                .map(|w| format!(". {w}"))
+                .unwrap_or_default()
+    }
+
     /// Which deleted files the retirement covers, in words (with the time when known).
     pub fn covers(&self) -> String {
         let tail = "; files deleted since are not, until the next rotate-key and retire-terms";
@@ -102,10 +152,7 @@ impl Plan {
             let each: Vec<String> = self
                 .shared
                 .iter()
-                .map(|(other, terms)| {
-                    let t: Vec<String> = terms.iter().map(u32::to_string).collect();
-                    format!("'{other}' (terms {})", t.join(", "))
-                })
+                .map(|(other, terms)| format!("'{other}' ({})", terms_phrase(terms)))
                 .collect();
             let cmds: Vec<String> = self
                 .shared
@@ -158,7 +205,7 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
     if let Some(p) = &rotation
         && p.state != RotationState::Done
     {
-        return Err(CoreError::Invalid(format!(
+        return Err(CoreError::Refused(format!(
             "the key rotation of '{name}' (to term {}) is not done: run efsctl rotate-key --fs {name} --wait first (it resumes the unfinished one)",
             p.current_term
         )));
@@ -166,7 +213,7 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
     if let Some(p) = super::reencrypt::progress(fs).await?
         && p.state != RotationState::Done
     {
-        return Err(CoreError::Invalid(format!(
+        return Err(CoreError::Refused(format!(
             "the re-encryption of '{name}' is not done: run efsctl reencrypt --fs {name} --wait first (it resumes the unfinished one)"
         )));
     }
@@ -180,15 +227,18 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
         .collect();
     let retired_before = kr.retired();
     if retire.is_empty() {
-        let before = if retired_before.is_empty() {
-            String::new()
-        } else {
-            let list: Vec<String> = retired_before.iter().map(|(n, _)| n.to_string()).collect();
-            format!(" (terms {} were retired before)", list.join(", "))
-        };
-        return Err(CoreError::Invalid(format!(
-            "nothing to retire: '{name}' has no key term older than its current one, {current}{before}. To erase deleted files: efsctl rotate-key --fs {name} --wait (server running or not), then, server stopped, efsctl retire-terms --fs {name} --yes"
-        )));
+        // Not an error: a script that retires after every rotation finds it done.
+        return Ok(Plan {
+            current,
+            retire,
+            retired_before,
+            tag_term_retired: false,
+            entries: 0,
+            being_deleted,
+            shared: Vec::new(),
+            not_compared: Vec::new(),
+            current_since_ms: None,
+        });
     }
     // Stale: opens, under an older term (a rotation moves it). Damaged: does not open at
     // all; a rotation skips it, so it keeps its term and another rotation only adds one.
@@ -219,12 +269,12 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
         } else {
             String::new()
         };
-        return Err(CoreError::Invalid(format!(
+        return Err(CoreError::Refused(format!(
             "{damaged} records of '{name}' do not open (damaged), so which term wraps their data keys is unknown; a rotation skips them, so another rotate-key would only add a term{also}. List them with efsctl fsck --fs {name}. No command removes a damaged entry: make a copy without them (efsctl backup --fs {name} --skip-damaged, then restore it into an empty filesystem made with efsctl create-fs, which gets a keyring of its own) and use that one, or restore {name} from a backup taken before the damage"
         )));
     }
     if stale > 0 {
-        return Err(CoreError::Invalid(format!(
+        return Err(CoreError::Refused(format!(
             "{stale} records or data keys of '{name}' are still under a key term older than {current}: retiring it would make them unreadable. Run efsctl rotate-key --fs {name} --wait first"
         )));
     }
@@ -459,7 +509,9 @@ mod tests {
             .current
             .unwrap();
         drop(kr);
-        let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
+        let (plan, generation) = dd.retire_terms("docs", true).await.unwrap();
+        assert!(plan.nothing_to_retire() && generation.is_none());
+        let e = plan.nothing_message("docs");
         assert!(e.contains("nothing to retire"), "{e}");
         assert!(e.contains("rotate-key --fs docs --wait"), "{e}");
 
@@ -470,13 +522,14 @@ mod tests {
         assert!(e.contains("rotate-key --fs docs --wait"), "{e}");
         crate::rotation::run(&fs, None).await.unwrap();
 
-        // Without --yes: what it would do, and nothing done.
-        let e = dd
-            .retire_terms("docs", false)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("would remove key terms 1 of 'docs'"), "{e}");
+        // Without --yes: what it would do, and nothing done; not said to have changed
+        // nothing (efsctl may have just finished an interrupted rotation).
+        let (plan, generation) = dd.retire_terms("docs", false).await.unwrap();
+        assert!(generation.is_none());
+        let e = plan.dry_run_message("docs");
+        assert!(e.contains("would remove key term 1 of 'docs'"), "{e}");
+        assert!(e.contains("Nothing was retired"), "{e}");
+        assert!(!e.contains("Nothing was changed"), "{e}");
         assert!(e.contains("--include-keys"), "{e}");
         // Not claimed as erasure: earlier copies of the keyring open until the key parts change.
         assert!(e.contains("Not yet erased"), "{e}");
@@ -519,6 +572,26 @@ mod tests {
         assert!(e.contains("--skip-damaged"), "{e}");
         assert!(!e.contains("wait first"), "{e}");
         assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2, 3]);
+    }
+
+    /// One term is "term 1", not "terms 1": in the nothing-to-retire message among others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn term_numbers_are_said_in_the_right_number() {
+        assert_eq!(terms_phrase(&[1]), "term 1");
+        assert_eq!(terms_phrase(&[1, 3]), "terms 1, 3");
+        let (_t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        dd.rotate_key("docs", true).await.unwrap();
+        drop(fs);
+        dd.retire_terms("docs", true).await.unwrap();
+        let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
+        let e = plan.nothing_message("docs");
+        assert!(e.contains("(term 1 was retired before)"), "{e}");
+        dd.rotate_key("docs", true).await.unwrap();
+        dd.retire_terms("docs", true).await.unwrap();
+        let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
+        let e = plan.nothing_message("docs");
+        assert!(e.contains("(terms 1, 2 were retired before)"), "{e}");
     }
 
     /// Files under the blobs directory (staging `tmp/` left out).
@@ -569,8 +642,9 @@ mod tests {
         let e = dd
             .retire_terms("docs", false)
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap()
+            .0
+            .dry_run_message("docs");
         assert!(
             e.contains("1 directories of an unfinished recursive delete"),
             "{e}"
@@ -616,9 +690,10 @@ mod tests {
         let e = dd
             .retire_terms("docs", false)
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("'copy' (terms 1)"), "{e}");
+            .unwrap()
+            .0
+            .dry_run_message("docs");
+        assert!(e.contains("'copy' (term 1)"), "{e}");
         let r = admin::execute(
             &dd,
             AdminRequest::RetireTerms {
@@ -740,7 +815,7 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("below the free-space reserve"), "{e}");
-        assert!(e.contains("Nothing was changed"), "{e}");
+        assert!(e.contains("Nothing was retired"), "{e}");
         assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2]);
         full.store(false, Ordering::SeqCst);
         dd.retire_terms("docs", true).await.unwrap();
