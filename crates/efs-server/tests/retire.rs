@@ -56,6 +56,12 @@ async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
         "{v}"
     );
 
+    // A listing cursor from before the retirement (one entry per page).
+    let r = srv.req("GET", "/p/?limit=1", &token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page: Value = r.json().await.unwrap();
+    let old_cursor = page["next_cursor"].as_str().unwrap().to_owned();
+
     srv.efsctl_ok(&["rotate-key", "--fs", "files", "--wait"]);
     assert!(srv.stop().await.unwrap().success());
 
@@ -114,6 +120,20 @@ async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
     assert_eq!(srv.get("/p/patient-173.pdf", &token).await.0, 404);
     srv.put_ok("/p/new.txt", &token, b"after".to_vec()).await;
     assert_eq!(srv.get_ok("/p/new.txt", &token).await, b"after");
+    // The cursor from before no longer opens: the message says to list from the start.
+    let r = srv
+        .req("GET", &format!("/p/?limit=1&cursor={old_cursor}"), &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(
+            "or list from the start (cursors from before a key retirement no longer open)"
+        ),
+        "{text}"
+    );
     // In the order of their keys (keyed hashes), one per page: the cursors work.
     let mut names: Vec<String> = srv
         .list_all("/p/", &token, 1)
