@@ -241,7 +241,8 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
         });
     }
     // Stale: opens, under an older term (a rotation moves it). Damaged: does not open at
-    // all; a rotation skips it, so it keeps its term and another rotation only adds one.
+    // all, or opens but its data key does not unwrap (under its own term or the current
+    // one); a rotation skips it, so it keeps its term and another rotation only adds one.
     let mut stale = 0u64;
     let mut damaged = 0u64;
     let mut entries = 0u64;
@@ -256,6 +257,10 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
                 damaged += 1;
                 continue;
             };
+            if rec.kind == Kind::File && fs.data_key_of(&kr, &rec).is_err() {
+                damaged += 1;
+                continue;
+            }
             if term != current || (rec.kind == Kind::File && rec.key_term != current) {
                 stale += 1;
             }
@@ -270,7 +275,7 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
             String::new()
         };
         return Err(CoreError::Refused(format!(
-            "{damaged} records of '{name}' do not open (damaged), so which term wraps their data keys is unknown; a rotation skips them, so another rotate-key would only add a term{also}. List them with efsctl fsck --fs {name}. No command removes a damaged entry: make a copy without them (efsctl backup --fs {name} --skip-damaged, then restore it into an empty filesystem made with efsctl create-fs, which gets a keyring of its own) and use that one, or restore {name} from a backup taken before the damage"
+            "{damaged} records of '{name}' do not open, or their data keys do not (damaged), so which term can open them is unknown; a rotation skips them, so another rotate-key would only add a term{also}. List them with efsctl fsck --fs {name}. No command removes a damaged entry: make a copy without them (efsctl backup --fs {name} --skip-damaged, then restore it into an empty filesystem made with efsctl create-fs, which gets a keyring of its own) and use that one, or restore {name} from a backup taken before the damage"
         )));
     }
     if stale > 0 {
@@ -564,7 +569,7 @@ mod tests {
         assert_eq!(p.damaged.count, 1);
         let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
         assert!(
-            e.contains("1 records of 'docs' do not open (damaged)"),
+            e.contains("1 records of 'docs' do not open, or their data keys do not (damaged)"),
             "{e}"
         );
         assert!(e.contains("would only add a term"), "{e}");
@@ -592,6 +597,39 @@ mod tests {
         let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
         let e = plan.nothing_message("docs");
         assert!(e.contains("(terms 1, 2 were retired before)"), "{e}");
+    }
+
+    /// A record that opens but whose wrapped data key does not is damaged, not merely old:
+    /// "rotate-key" would not fix it (a rotation cannot rewrap a key it cannot unwrap).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_whose_data_key_does_not_unwrap_is_counted_as_damaged() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        put(&fs, "/b", b"b").await;
+        // /b's record re-sealed as it was, its wrapped data key broken; the rotation cannot
+        // rewrap it, so it stays under term 1, and looked merely old.
+        let kr = fs.keyring();
+        let r = fs
+            .resolve(&kr, &EfsPath::parse("/b").unwrap(), false)
+            .await
+            .unwrap();
+        let (_, mut rec) = r.current.unwrap();
+        *rec.wrapped_key.last_mut().unwrap() ^= 1;
+        let b = Batch {
+            ops: vec![Op::PutEntry(r.key, rec.seal(&kr, fs.id(), &r.key))],
+            ..Default::default()
+        };
+        drop(kr);
+        assert!(fs.commit_batch(b).await.unwrap());
+        dd.rotate_key("docs", true).await.unwrap();
+        drop(fs);
+        let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
+        assert!(
+            e.contains("1 records of 'docs' do not open, or their data keys do not (damaged)"),
+            "{e}"
+        );
+        assert!(!e.contains("rotate-key --fs docs --wait first"), "{e}");
+        assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2]);
     }
 
     /// Files under the blobs directory (staging `tmp/` left out).
