@@ -466,7 +466,17 @@ pub struct AdminResponse {
     /// For fsck: whether the filesystem is clean.
     #[serde(default)]
     pub clean: Option<bool>,
+    /// The exit code efsctl ends with, when not the usual one (0 done, 1 failed): 4 a dry
+    /// run that would change something (`retire-terms` without `--yes`), 5 refused until
+    /// something else is done first ([`CoreError::Refused`]; the message says what).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit: Option<u8>,
 }
+
+/// efsctl's exit code for a dry run that would change something ([`AdminResponse::exit`]).
+pub const EXIT_DRY_RUN: u8 = 4;
+/// efsctl's exit code for a command refused until something else is done first.
+pub const EXIT_REFUSED: u8 = 5;
 
 impl AdminResponse {
     fn ok(lines: Vec<String>, data: serde_json::Value) -> Self {
@@ -476,6 +486,7 @@ impl AdminResponse {
             data,
             error: None,
             clean: None,
+            exit: None,
         }
     }
 
@@ -526,8 +537,12 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
             return AdminResponse::err(e.to_string());
         }
     }
-    let resp = match run(dd, req).await {
+    let resp = match run(dd, req, op).await {
         Ok(r) => r,
+        Err(CoreError::Refused(m)) => AdminResponse {
+            exit: Some(EXIT_REFUSED),
+            ..AdminResponse::err(m)
+        },
         Err(e) => AdminResponse::err(e.to_string()),
     };
     let recorded_ok = match (&recorded, resp.ok) {
@@ -557,7 +572,7 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
     }
 }
 
-async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError> {
+async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResponse, CoreError> {
     Ok(match req {
         AdminRequest::CreateFs { name } => {
             let lines = dd.create_fs(&name)?;
@@ -877,11 +892,50 @@ async fn run(dd: &DataDir, req: AdminRequest) -> Result<AdminResponse, CoreError
             )
         }
         AdminRequest::RetireTerms { fs, yes } => {
-            let (plan, generation) = dd.retire_terms(&fs, yes).await?;
-            let terms: Vec<String> = plan.retire.iter().map(u32::to_string).collect();
+            let (plan, generation) = dd.retire_terms_by(&fs, yes, op).await?;
+            let retired_before = plan
+                .retired_before
+                .iter()
+                .map(|(n, at)| serde_json::json!({ "term": n, "retired_ms": at, "retired_at": rfc3339_ms(*at) }))
+                .collect::<Vec<_>>();
+            if plan.nothing_to_retire() {
+                // Success: a script retiring after each rotation finds it already done.
+                return Ok(AdminResponse::ok(
+                    vec![plan.nothing_message(&fs)],
+                    serde_json::json!({
+                        "fs": fs,
+                        "nothing_to_retire": true,
+                        "retired_terms": [],
+                        "current_term": plan.current,
+                        "retired_before": retired_before,
+                    }),
+                ));
+            }
+            let Some(generation) = generation else {
+                // The dry run: what it would do, as an answer (JSON with --json), exit 4.
+                let mut resp = AdminResponse::ok(
+                    vec![plan.dry_run_message(&fs)],
+                    serde_json::json!({
+                        "fs": fs,
+                        "dry_run": true,
+                        "retired_terms": [],
+                        "would_retire": plan.retire,
+                        "current_term": plan.current,
+                        "entries_checked": plan.entries,
+                        "tag_term_retired": plan.tag_term_retired,
+                        "being_deleted": plan.being_deleted,
+                        "shared_with": plan.shared.iter().map(|(n, t)| serde_json::json!({ "fs": n, "terms": t })).collect::<Vec<_>>(),
+                        "not_compared": plan.not_compared,
+                        "covers_deleted_before_ms": plan.current_since_ms,
+                        "message": plan.dry_run_message(&fs),
+                    }),
+                );
+                resp.exit = Some(EXIT_DRY_RUN);
+                return Ok(resp);
+            };
             let mut lines = vec![format!(
-                "Retired key terms {} of '{fs}' ({} entries checked, all under term {}; index rewritten into a fresh file, digest generation {generation}): what they sealed no longer opens with this data dir's keyring, nor from backups made without --include-keys; {}",
-                terms.join(", "),
+                "Retired key {} of '{fs}' ({} entries checked, all under term {}; index rewritten into a fresh file, digest generation {generation}): what they sealed no longer opens with this data dir's keyring, nor from backups made without --include-keys; {}",
+                crate::retire::terms_phrase(&plan.retire),
                 plan.entries,
                 plan.current,
                 plan.covers()

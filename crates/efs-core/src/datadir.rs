@@ -859,6 +859,15 @@ impl DataDir {
         // old one, whole.
         if let Some(line) = crate::retire::discard_staged(&self.fs_dir(&rec.id), &rec.name)? {
             tracing::warn!(fs = rec.name, "{line}");
+            // Its switch entry may be in the audit log (a crash between it and the rename):
+            // the log says too that the retirement did not happen.
+            if let Err(e) = self.audit.submit(retire::discarded_entry(&rec.name)) {
+                tracing::warn!(
+                    fs = rec.name,
+                    "the audit log did not take the entry saying so ({e}): efsctl status --fs {} shows that no term was retired",
+                    rec.name
+                );
+            }
         }
         let index = self.open_index(&rec.id, false)?;
         self.assemble_fs(rec, index)
@@ -1230,10 +1239,24 @@ impl DataDir {
 
     /// Retires every keyring term of filesystem `name` but the current one (`efsctl
     /// retire-terms`; see [`crate::retire`]): with the server stopped, once every record and
-    /// data key is under the current term. Without `yes`, refuses with what it would do.
-    /// Returns the plan carried out and the index digest's new generation.
-    pub async fn retire_terms(&self, name: &str, yes: bool) -> Result<(retire::Plan, u64)> {
+    /// data key is under the current term. Returns the plan and the index digest's new
+    /// generation; no generation when nothing was retired: without `yes` (the dry run,
+    /// [`retire::Plan::dry_run_message`]) or with no term to retire
+    /// ([`retire::Plan::nothing_message`]). Refusals are [`CoreError::Refused`].
+    pub async fn retire_terms(&self, name: &str, yes: bool) -> Result<(retire::Plan, Option<u64>)> {
         self.retire_terms_until(name, yes, retire::Stop::Never)
+            .await
+    }
+
+    /// [`DataDir::retire_terms`], its audit entry of the switch ([`retire::switch_entry`])
+    /// recorded as run by `op`.
+    pub async fn retire_terms_by(
+        &self,
+        name: &str,
+        yes: bool,
+        op: &crate::admin::Operator,
+    ) -> Result<(retire::Plan, Option<u64>)> {
+        self.retire_terms_inner(name, yes, retire::Stop::Never, op)
             .await
     }
 
@@ -1244,7 +1267,23 @@ impl DataDir {
         name: &str,
         yes: bool,
         stop: retire::Stop,
-    ) -> Result<(retire::Plan, u64)> {
+    ) -> Result<(retire::Plan, Option<u64>)> {
+        self.retire_terms_inner(
+            name,
+            yes,
+            stop,
+            &crate::admin::Operator::this_process("local"),
+        )
+        .await
+    }
+
+    async fn retire_terms_inner(
+        &self,
+        name: &str,
+        yes: bool,
+        stop: retire::Stop,
+        op: &crate::admin::Operator,
+    ) -> Result<(retire::Plan, Option<u64>)> {
         let fs = self.require_open_fs(name)?;
         if yes {
             // A recursive delete the server had not finished emptying leaves its files as
@@ -1257,6 +1296,9 @@ impl DataDir {
             })?;
         }
         let mut plan = retire::plan(&fs).await?;
+        if plan.nothing_to_retire() {
+            return Ok((plan, None));
+        }
         // A filesystem restored into a new name from this one started with its keyring:
         // it still holds the retired keys. Said loudly, not refused (each would block the
         // other's retirement).
@@ -1281,8 +1323,8 @@ impl DataDir {
         not_compared.sort();
         plan.not_compared = not_compared;
         if yes && plan.being_deleted > 0 {
-            return Err(CoreError::Invalid(format!(
-                "{} directories of a recursive delete of '{name}' are still being emptied: their files would survive the retirement. Nothing was changed; run retire-terms again (it empties them first), or start the server (it empties them at its start), stop it, and run it again",
+            return Err(CoreError::Refused(format!(
+                "{} directories of a recursive delete of '{name}' are still being emptied: their files would survive the retirement. Nothing was retired; run retire-terms again (it empties them first), or start the server (it empties them at its start), stop it, and run it again",
                 plan.being_deleted
             )));
         }
@@ -1291,32 +1333,13 @@ impl DataDir {
         // (a full disk midway would only leave a staged file to remove).
         let index_bytes = std::fs::metadata(self.fs_dir(fs.id()).join("index.redb"))?.len();
         self.opts.fs.check_space(index_bytes).map_err(|e| {
-            CoreError::Invalid(format!(
-                "retire-terms writes a new copy of the index of '{name}' (about {index_bytes} bytes, the size of its index.redb) before removing the old one, and that does not fit: {e}. Nothing was changed; free that much space (or give a smaller --reserve-space) and run it again"
+            CoreError::Refused(format!(
+                "retire-terms writes a new copy of the index of '{name}' (about {index_bytes} bytes, the size of its index.redb) before removing the old one, and that does not fit: {e}. Nothing was retired; free that much space (or give a smaller --reserve-space) and run it again"
             ))
         })?;
         if !yes {
-            let terms: Vec<String> = plan.retire.iter().map(u32::to_string).collect();
-            let pending = if plan.being_deleted > 0 {
-                format!(
-                    ". First, {} directories of an unfinished recursive delete will be emptied (their files and blobs removed, as the server would)",
-                    plan.being_deleted
-                )
-            } else {
-                String::new()
-            };
-            return Err(CoreError::Invalid(
-                format!(
-                    "retire-terms would remove key terms {} of '{name}' for good (term {} stays): the deleted files' records and data keys sealed under them (in the index's freed pages, in backups made without --include-keys) would no longer open with this data dir's keyring, and such backups could no longer be restored; {}. Not yet erased after it: copies of the keyring from before (snapshots of the data dir or of index.redb, backups made with --include-keys, the old index file's blocks on the disk) still give those keys to whoever has the current key parts, until efsctl rekey-starter moves the data dir to new key parts and the old ones are destroyed. Nothing was changed; run it again with --yes to retire them",
-                    terms.join(", "),
-                    plan.current,
-                    plan.covers()
-                ) + &pending
-                    + &plan
-                        .shared_warning(name)
-                        .map(|w| format!(". {w}"))
-                        .unwrap_or_default(),
-            ));
+            // The dry run: an answer (Plan::dry_run_message), not an error.
+            return Ok((plan, None));
         }
         let rec = self
             .system
@@ -1338,7 +1361,7 @@ impl DataDir {
         // ran would be lost with it, so they go into the index before it is copied.
         fs.store_seal_counts().await.map_err(|e| {
             CoreError::Invalid(format!(
-                "storing the seal counts of '{name}' before the retirement failed ({e}): nothing was changed; run retire-terms again"
+                "storing the seal counts of '{name}' before the retirement failed ({e}): nothing was retired; run retire-terms again"
             ))
         })?;
         // The index closes with the filesystem: out of the map, and once nothing else holds
@@ -1370,7 +1393,7 @@ impl DataDir {
                     .expect("lock poisoned")
                     .insert(name.to_owned(), back);
                 return Err(CoreError::Invalid(format!(
-                    "'{name}' is in use by another task of this process: nothing was changed; run retire-terms again"
+                    "'{name}' is in use by another task of this process: nothing was retired; run retire-terms again"
                 )));
             }
         };
@@ -1387,7 +1410,7 @@ impl DataDir {
         );
         let generation = match rewritten {
             // As a crash there: the filesystem stays closed, its index not switched.
-            Ok(g) if stop == retire::Stop::BeforeSwitch => return Ok((plan, g)),
+            Ok(g) if stop == retire::Stop::BeforeSwitch => return Ok((plan, Some(g))),
             Ok(g) => g,
             Err(e) => {
                 let _ = std::fs::remove_file(&staged);
@@ -1395,8 +1418,27 @@ impl DataDir {
                 return Err(e);
             }
         };
+        // The terms are named in the audit log before the switch, fail closed: the entry the
+        // command ends with comes after it, and a crash in between would leave the
+        // retirement in effect with only the command's start in the log.
+        if let Err(e) = self
+            .audit
+            .record(retire::switch_entry(op, name, &plan, generation))
+            .await
+        {
+            let _ = std::fs::remove_file(&staged);
+            let _ = crate::blob::sync_dir(&dir);
+            self.reopen_fs(&rec);
+            return Err(CoreError::Invalid(format!(
+                "the audit log did not take the entry naming the terms to retire ({e}): nothing was retired (the staged index was removed). Look at the audit log's volume (efsctl audit verify), then run retire-terms again"
+            )));
+        }
         // The switch: one rename, made durable with the directory.
         let switched = std::fs::rename(&staged, &live).map_err(CoreError::from);
+        if stop == retire::Stop::AfterSwitch && switched.is_ok() {
+            // As a crash right after the rename: nothing after it runs.
+            return Ok((plan, Some(generation)));
+        }
         let synced = match &switched {
             Ok(()) => crate::blob::sync_dir(&dir).map_err(|e| {
                 CoreError::Invalid(format!(
@@ -1435,7 +1477,7 @@ impl DataDir {
             ))
         })?;
         tracing::info!(fs = name, terms = ?plan.retire, "key terms retired");
-        Ok((plan, generation))
+        Ok((plan, Some(generation)))
     }
 
     /// Opens filesystem `rec` again after its index was closed, as at the data dir's open

@@ -37,6 +37,11 @@ pub enum CoreError {
     /// A name (user, filesystem) is not acceptable.
     #[error("{0}")]
     Invalid(String),
+    /// A command refused until something else is done first; the message says what (for
+    /// `retire-terms`: a rotation to finish, records under an older term, damaged records,
+    /// room for the new index). efsctl exits 5 for it.
+    #[error("{0}")]
+    Refused(String),
     /// The index storage failed.
     #[error("index error: {0}")]
     Index(String),
@@ -92,9 +97,14 @@ pub enum CoreError {
         retired_ms: i64,
     },
     /// A listing cursor that is not one of this directory's pages.
-    #[error("invalid cursor: use the next_cursor of a page of this directory")]
+    #[error("{}", BAD_CURSOR)]
     BadCursor,
 }
+
+/// The answer to a listing cursor that does not open. A cursor from before a key retirement
+/// (its cursor key is gone with the tag term) cannot be told from a forged one, so the
+/// message names both ways out.
+pub const BAD_CURSOR: &str = "invalid cursor: use the next_cursor of a page of this directory, or list from the start (cursors from before a key retirement no longer open)";
 
 impl From<efs_format::FormatError> for CoreError {
     fn from(_: efs_format::FormatError) -> Self {

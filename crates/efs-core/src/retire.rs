@@ -30,9 +30,12 @@
 //!    then renamed over `index.redb` and the directory fsynced. redb is copy-on-write: the
 //!    old keyring row would otherwise stay in the old file's freed pages.
 //!
-//! A crash before the rename leaves the old index whole and a staged file, which the next
-//! open removes (`discard_staged`): nothing was retired, and the command can run again.
-//! After the rename the new index is the filesystem's.
+//! Just before the rename, an audit entry names the terms being retired ([`switch_entry`]);
+//! if the log does not take it, the staged file is removed and nothing is retired. A crash
+//! before the rename leaves the old index whole and a staged file, which the next open
+//! removes (`discard_staged`), saying so in the audit log: nothing was retired, and the
+//! command can run again. After the rename the new index is the filesystem's, and the log
+//! names its terms even if the command's final entry never came.
 
 use std::path::Path;
 
@@ -75,7 +78,57 @@ pub struct Plan {
     pub current_since_ms: Option<i64>,
 }
 
+/// "term 1" or "terms 1, 3": the numbers with the noun in the right number.
+pub fn terms_phrase(terms: &[u32]) -> String {
+    let list: Vec<String> = terms.iter().map(u32::to_string).collect();
+    match list.len() {
+        1 => format!("term {}", list[0]),
+        _ => format!("terms {}", list.join(", ")),
+    }
+}
+
 impl Plan {
+    /// Whether there is a term to retire (none: [`Plan::nothing_message`]).
+    pub fn nothing_to_retire(&self) -> bool {
+        self.retire.is_empty()
+    }
+
+    /// What `retire-terms` says when the filesystem has no term older than its current one.
+    pub fn nothing_message(&self, name: &str) -> String {
+        let current = self.current;
+        let before: Vec<u32> = self.retired_before.iter().map(|(n, _)| *n).collect();
+        let before = match before.len() {
+            0 => String::new(),
+            1 => format!(" ({} was retired before)", terms_phrase(&before)),
+            _ => format!(" ({} were retired before)", terms_phrase(&before)),
+        };
+        format!(
+            "nothing to retire: '{name}' has no key term older than its current one, {current}{before}. To erase files deleted since: efsctl rotate-key --fs {name} --wait (server running or not), then, server stopped, efsctl retire-terms --fs {name} --yes"
+        )
+    }
+
+    /// What the dry run (no `--yes`) says it would do.
+    pub fn dry_run_message(&self, name: &str) -> String {
+        let pending = if self.being_deleted > 0 {
+            format!(
+                ". First, {} directories of an unfinished recursive delete will be emptied (their files and blobs removed, as the server would)",
+                self.being_deleted
+            )
+        } else {
+            String::new()
+        };
+        format!(
+            "retire-terms would remove key {} of '{name}' for good (term {} stays): the deleted files' records and data keys sealed under them (in the index's freed pages, in backups made without --include-keys) would no longer open with this data dir's keyring, and such backups could no longer be restored; {}. Not yet erased after it: copies of the keyring from before (snapshots of the data dir or of index.redb, backups made with --include-keys, the old index file's blocks on the disk) still give those keys to whoever has the current key parts, until efsctl rekey-starter moves the data dir to new key parts and the old ones are destroyed. Nothing was retired; run it again with --yes to retire them",
+            terms_phrase(&self.retire),
+            self.current,
+            self.covers()
+        ) + &pending
+            + &self
+                .shared_warning(name)
+                .map(|w| format!(". {w}"))
+                .unwrap_or_default()
+    }
+
     /// Which deleted files the retirement covers, in words (with the time when known).
     pub fn covers(&self) -> String {
         let tail = "; files deleted since are not, until the next rotate-key and retire-terms";
@@ -99,10 +152,7 @@ impl Plan {
             let each: Vec<String> = self
                 .shared
                 .iter()
-                .map(|(other, terms)| {
-                    let t: Vec<String> = terms.iter().map(u32::to_string).collect();
-                    format!("'{other}' (terms {})", t.join(", "))
-                })
+                .map(|(other, terms)| format!("'{other}' ({})", terms_phrase(terms)))
                 .collect();
             let cmds: Vec<String> = self
                 .shared
@@ -137,6 +187,8 @@ pub enum Stop {
     Never,
     /// After the staged index is written and synced, before the switch.
     BeforeSwitch,
+    /// Right after the rename of the staged index, nothing after it run (as a crash there).
+    AfterSwitch,
     /// After the switch, with the filesystem not opened again (as if its open failed).
     AfterSwitchNotReopened,
     /// After the switch, with the generation mark's write failing.
@@ -153,7 +205,7 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
     if let Some(p) = &rotation
         && p.state != RotationState::Done
     {
-        return Err(CoreError::Invalid(format!(
+        return Err(CoreError::Refused(format!(
             "the key rotation of '{name}' (to term {}) is not done: run efsctl rotate-key --fs {name} --wait first (it resumes the unfinished one)",
             p.current_term
         )));
@@ -161,7 +213,7 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
     if let Some(p) = super::reencrypt::progress(fs).await?
         && p.state != RotationState::Done
     {
-        return Err(CoreError::Invalid(format!(
+        return Err(CoreError::Refused(format!(
             "the re-encryption of '{name}' is not done: run efsctl reencrypt --fs {name} --wait first (it resumes the unfinished one)"
         )));
     }
@@ -175,18 +227,22 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
         .collect();
     let retired_before = kr.retired();
     if retire.is_empty() {
-        let before = if retired_before.is_empty() {
-            String::new()
-        } else {
-            let list: Vec<String> = retired_before.iter().map(|(n, _)| n.to_string()).collect();
-            format!(" (terms {} were retired before)", list.join(", "))
-        };
-        return Err(CoreError::Invalid(format!(
-            "nothing to retire: '{name}' has no key term older than its current one, {current}{before}. To erase deleted files: efsctl rotate-key --fs {name} --wait (server running or not), then, server stopped, efsctl retire-terms --fs {name} --yes"
-        )));
+        // Not an error: a script that retires after every rotation finds it done.
+        return Ok(Plan {
+            current,
+            retire,
+            retired_before,
+            tag_term_retired: false,
+            entries: 0,
+            being_deleted,
+            shared: Vec::new(),
+            not_compared: Vec::new(),
+            current_since_ms: None,
+        });
     }
     // Stale: opens, under an older term (a rotation moves it). Damaged: does not open at
-    // all; a rotation skips it, so it keeps its term and another rotation only adds one.
+    // all, or opens but its data key does not unwrap (under its own term or the current
+    // one); a rotation skips it, so it keeps its term and another rotation only adds one.
     let mut stale = 0u64;
     let mut damaged = 0u64;
     let mut entries = 0u64;
@@ -201,6 +257,10 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
                 damaged += 1;
                 continue;
             };
+            if rec.kind == Kind::File && fs.data_key_of(&kr, &rec).is_err() {
+                damaged += 1;
+                continue;
+            }
             if term != current || (rec.kind == Kind::File && rec.key_term != current) {
                 stale += 1;
             }
@@ -214,12 +274,12 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
         } else {
             String::new()
         };
-        return Err(CoreError::Invalid(format!(
-            "{damaged} records of '{name}' do not open (damaged), so which term wraps their data keys is unknown; a rotation skips them, so another rotate-key would only add a term{also}. List them with efsctl fsck --fs {name}. No command removes a damaged entry: make a copy without them (efsctl backup --fs {name} --skip-damaged, then restore it into an empty filesystem made with efsctl create-fs, which gets a keyring of its own) and use that one, or restore {name} from a backup taken before the damage"
+        return Err(CoreError::Refused(format!(
+            "{damaged} records of '{name}' do not open, or their data keys do not (damaged), so which term can open them is unknown; a rotation skips them, so another rotate-key would only add a term{also}. List them with efsctl fsck --fs {name}. No command removes a damaged entry: make a copy without them (efsctl backup --fs {name} --skip-damaged, then restore it into an empty filesystem made with efsctl create-fs, which gets a keyring of its own) and use that one, or restore {name} from a backup taken before the damage"
         )));
     }
     if stale > 0 {
-        return Err(CoreError::Invalid(format!(
+        return Err(CoreError::Refused(format!(
             "{stale} records or data keys of '{name}' are still under a key term older than {current}: retiring it would make them unreadable. Run efsctl rotate-key --fs {name} --wait first"
         )));
     }
@@ -255,6 +315,52 @@ pub fn shared_with(
         .collect();
     out.sort();
     out
+}
+
+/// The audit entry written just before the switch (status 202, the command still running),
+/// naming the terms retired by it and the staged index: refused, nothing is switched. A
+/// crash after the rename leaves the retirement in effect without the command's final
+/// entry; this one says what it retired. A crash before the rename leaves this entry and
+/// the staged file, which the next open removes, writing [`discarded_entry`].
+pub(crate) fn switch_entry(
+    op: &crate::admin::Operator,
+    name: &str,
+    plan: &Plan,
+    generation: u64,
+) -> crate::audit::Record {
+    let mut rec = crate::audit::Record::new(crate::audit::Action::Admin, 202);
+    rec.user = Some(op.user.clone());
+    rec.client = Some(op.via.clone());
+    rec.fs = Some(name.to_owned());
+    let req = crate::admin::AdminRequest::RetireTerms {
+        fs: name.to_owned(),
+        yes: true,
+    };
+    let what = serde_json::json!({
+        "switching": true,
+        "retiring_terms": plan.retire,
+        "current_term": plan.current,
+        "staged": STAGED,
+        "index_generation": generation,
+        "note": "the staged index is renamed over index.redb next: the terms are retired unless a later entry says its staged index was discarded",
+    });
+    rec.detail = Some(format!("{} {what}", req.summary()));
+    rec
+}
+
+/// The audit entry of an open that removed a staged index ([`discard_staged`]): the
+/// retirement its [`switch_entry`] announced did not happen.
+pub(crate) fn discarded_entry(name: &str) -> crate::audit::Record {
+    let op = crate::admin::Operator::this_process("data-dir");
+    let mut rec = crate::audit::Record::new(crate::audit::Action::Admin, 500);
+    rec.user = Some(op.user);
+    rec.client = Some(op.via);
+    rec.fs = Some(name.to_owned());
+    rec.detail = Some(format!(
+        "retire-terms {} interrupted before its switch: its staged index was discarded at the open, no term was retired",
+        serde_json::json!({ "fs": name, "staged": STAGED, "discarded": true })
+    ));
+    rec
 }
 
 /// Removes a staged index left by a `retire-terms` that stopped before its switch (the
@@ -408,7 +514,9 @@ mod tests {
             .current
             .unwrap();
         drop(kr);
-        let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
+        let (plan, generation) = dd.retire_terms("docs", true).await.unwrap();
+        assert!(plan.nothing_to_retire() && generation.is_none());
+        let e = plan.nothing_message("docs");
         assert!(e.contains("nothing to retire"), "{e}");
         assert!(e.contains("rotate-key --fs docs --wait"), "{e}");
 
@@ -419,13 +527,14 @@ mod tests {
         assert!(e.contains("rotate-key --fs docs --wait"), "{e}");
         crate::rotation::run(&fs, None).await.unwrap();
 
-        // Without --yes: what it would do, and nothing done.
-        let e = dd
-            .retire_terms("docs", false)
-            .await
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("would remove key terms 1 of 'docs'"), "{e}");
+        // Without --yes: what it would do, and nothing done; not said to have changed
+        // nothing (efsctl may have just finished an interrupted rotation).
+        let (plan, generation) = dd.retire_terms("docs", false).await.unwrap();
+        assert!(generation.is_none());
+        let e = plan.dry_run_message("docs");
+        assert!(e.contains("would remove key term 1 of 'docs'"), "{e}");
+        assert!(e.contains("Nothing was retired"), "{e}");
+        assert!(!e.contains("Nothing was changed"), "{e}");
         assert!(e.contains("--include-keys"), "{e}");
         // Not claimed as erasure: earlier copies of the keyring open until the key parts change.
         assert!(e.contains("Not yet erased"), "{e}");
@@ -460,7 +569,7 @@ mod tests {
         assert_eq!(p.damaged.count, 1);
         let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
         assert!(
-            e.contains("1 records of 'docs' do not open (damaged)"),
+            e.contains("1 records of 'docs' do not open, or their data keys do not (damaged)"),
             "{e}"
         );
         assert!(e.contains("would only add a term"), "{e}");
@@ -468,6 +577,59 @@ mod tests {
         assert!(e.contains("--skip-damaged"), "{e}");
         assert!(!e.contains("wait first"), "{e}");
         assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2, 3]);
+    }
+
+    /// One term is "term 1", not "terms 1": in the nothing-to-retire message among others.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn term_numbers_are_said_in_the_right_number() {
+        assert_eq!(terms_phrase(&[1]), "term 1");
+        assert_eq!(terms_phrase(&[1, 3]), "terms 1, 3");
+        let (_t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        dd.rotate_key("docs", true).await.unwrap();
+        drop(fs);
+        dd.retire_terms("docs", true).await.unwrap();
+        let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
+        let e = plan.nothing_message("docs");
+        assert!(e.contains("(term 1 was retired before)"), "{e}");
+        dd.rotate_key("docs", true).await.unwrap();
+        dd.retire_terms("docs", true).await.unwrap();
+        let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
+        let e = plan.nothing_message("docs");
+        assert!(e.contains("(terms 1, 2 were retired before)"), "{e}");
+    }
+
+    /// A record that opens but whose wrapped data key does not is damaged, not merely old:
+    /// "rotate-key" would not fix it (a rotation cannot rewrap a key it cannot unwrap).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_whose_data_key_does_not_unwrap_is_counted_as_damaged() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        put(&fs, "/b", b"b").await;
+        // /b's record re-sealed as it was, its wrapped data key broken; the rotation cannot
+        // rewrap it, so it stays under term 1, and looked merely old.
+        let kr = fs.keyring();
+        let r = fs
+            .resolve(&kr, &EfsPath::parse("/b").unwrap(), false)
+            .await
+            .unwrap();
+        let (_, mut rec) = r.current.unwrap();
+        *rec.wrapped_key.last_mut().unwrap() ^= 1;
+        let b = Batch {
+            ops: vec![Op::PutEntry(r.key, rec.seal(&kr, fs.id(), &r.key))],
+            ..Default::default()
+        };
+        drop(kr);
+        assert!(fs.commit_batch(b).await.unwrap());
+        dd.rotate_key("docs", true).await.unwrap();
+        drop(fs);
+        let e = dd.retire_terms("docs", true).await.unwrap_err().to_string();
+        assert!(
+            e.contains("1 records of 'docs' do not open, or their data keys do not (damaged)"),
+            "{e}"
+        );
+        assert!(!e.contains("rotate-key --fs docs --wait first"), "{e}");
+        assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2]);
     }
 
     /// Files under the blobs directory (staging `tmp/` left out).
@@ -518,8 +680,9 @@ mod tests {
         let e = dd
             .retire_terms("docs", false)
             .await
-            .unwrap_err()
-            .to_string();
+            .unwrap()
+            .0
+            .dry_run_message("docs");
         assert!(
             e.contains("1 directories of an unfinished recursive delete"),
             "{e}"
@@ -565,9 +728,10 @@ mod tests {
         let e = dd
             .retire_terms("docs", false)
             .await
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("'copy' (terms 1)"), "{e}");
+            .unwrap()
+            .0
+            .dry_run_message("docs");
+        assert!(e.contains("'copy' (term 1)"), "{e}");
         let r = admin::execute(
             &dd,
             AdminRequest::RetireTerms {
@@ -689,10 +853,57 @@ mod tests {
             "{e}"
         );
         assert!(e.contains("below the free-space reserve"), "{e}");
-        assert!(e.contains("Nothing was changed"), "{e}");
+        assert!(e.contains("Nothing was retired"), "{e}");
         assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2]);
         full.store(false, Ordering::SeqCst);
         dd.retire_terms("docs", true).await.unwrap();
+    }
+
+    /// The admin entries of the audit log's details.
+    fn admin_details(dd: &DataDir) -> Vec<(u16, String)> {
+        dd.audit_show(&crate::audit::Filter::default())
+            .unwrap()
+            .entries
+            .into_iter()
+            .filter(|e| e.record.action == crate::audit::Action::Admin)
+            .map(|e| (e.record.status, e.record.detail.unwrap_or_default()))
+            .collect()
+    }
+
+    /// A crash right after the rename (efsctl killed) leaves the terms retired without the
+    /// command's final entry: the entry written before the switch names them.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retirement_stopped_right_after_its_switch_is_named_in_the_audit_log() {
+        let (t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        dd.rotate_key("docs", true).await.unwrap();
+        drop(fs);
+        dd.retire_terms_until("docs", true, Stop::AfterSwitch)
+            .await
+            .unwrap();
+        drop(dd);
+        let (dd, _) = DataDir::open(
+            &t.path().join("data"),
+            &[KeyPartSpec::File(t.path().join("part.key"))],
+            OpenOptions::default(),
+            &keyparts::no_prompt,
+        )
+        .unwrap();
+        assert_eq!(dd.fs("docs").unwrap().term_numbers(), [2]);
+        let details = admin_details(&dd);
+        assert!(
+            details.iter().any(|(status, d)| *status == 202
+                && d.starts_with("retire-terms ")
+                && d.contains("\"retiring_terms\":[1]")
+                && d.contains(STAGED)),
+            "{details:?}"
+        );
+        assert!(
+            !details
+                .iter()
+                .any(|(_, d)| d.contains("\"discarded\":true")),
+            "{details:?}"
+        );
     }
 
     /// Crash safety: a retire-terms stopped after staging the new index and before the
@@ -719,6 +930,14 @@ mod tests {
         )
         .unwrap();
         assert!(!staged.exists(), "the staged index is removed at the open");
+        // And says so in the audit log (a switch entry may be there).
+        let details = admin_details(&dd);
+        assert!(
+            details.iter().any(|(status, d)| *status == 500
+                && d.contains("\"discarded\":true")
+                && d.contains("no term was retired")),
+            "{details:?}"
+        );
         let fs = dd.fs("docs").unwrap();
         assert_eq!(fs.term_numbers(), [1, 2]);
         assert_eq!(read_all(&fs, "/a").await, b"a");

@@ -279,7 +279,11 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
         if let Err(e) = admin::record_admin_failed(&st.data, op, &req, refused).await {
             return AdminResponse::err(e.to_string());
         }
-        return AdminResponse::err(refused.to_owned());
+        // Refused until something is done first: efsctl exits 5, as for its other refusals.
+        return AdminResponse {
+            exit: Some(admin::EXIT_REFUSED),
+            ..AdminResponse::err(refused.to_owned())
+        };
     }
     if matches!(req, AdminRequest::RotateSigningKey) {
         // The server signs and checks tokens with the key it started with; a new key stored

@@ -1223,9 +1223,10 @@ async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, Ap
     // Sealed: in clear a cursor is the index key the page ended at (see `seal_cursor`).
     let cursor = match q.cursor()? {
         None => None,
-        Some(c) => Some(fs.open_cursor(&c).ok_or_else(|| {
-            ApiError::bad_request("invalid cursor: use the next_cursor of a page of this directory")
-        })?),
+        Some(c) => Some(
+            fs.open_cursor(&c)
+                .ok_or_else(|| ApiError::bad_request(efs_core::error::BAD_CURSOR))?,
+        ),
     };
     let (entries, next) = fs.list(path, cursor.as_ref(), limit).await?;
     let page = ListPage {

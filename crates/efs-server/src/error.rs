@@ -113,9 +113,7 @@ impl From<CoreError> for ApiError {
                 codes::TOO_LARGE,
                 "the body is larger than this server accepts",
             ),
-            CoreError::BadCursor => ApiError::bad_request(
-                "invalid cursor: use the next_cursor of a page of this directory",
-            ),
+            CoreError::BadCursor => ApiError::bad_request(efs_core::error::BAD_CURSOR),
             // A recursive delete whose caller's token or grant ended before its commit: the
             // same answer as any refused token (nothing was deleted).
             CoreError::Withdrawn => ApiError::unauthorized(),

@@ -38,13 +38,29 @@ async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
         .unwrap();
     assert_eq!(r.status(), 204, "{}", r.text().await.unwrap());
 
-    // Refused while the server runs, naming what to do.
+    // Refused while the server runs, naming what to do: exit 5, JSON with --json.
     let (ok, text) = srv.efsctl_text(&["retire-terms", "--fs", "files", "--yes"]);
     assert!(!ok, "{text}");
     assert!(
         text.contains("efs-server is running: stop it first"),
         "{text}"
     );
+    let out = srv.efsctl(&["retire-terms", "--fs", "files", "--yes", "--json"]);
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["refused"], true, "{v}");
+    assert_eq!(v["exit_code"], 5, "{v}");
+    assert!(
+        v["error"].as_str().unwrap().contains("stop it first"),
+        "{v}"
+    );
+
+    // A listing cursor from before the retirement (one entry per page).
+    let r = srv.req("GET", "/p/?limit=1", &token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let page: Value = r.json().await.unwrap();
+    let old_cursor = page["next_cursor"].as_str().unwrap().to_owned();
 
     srv.efsctl_ok(&["rotate-key", "--fs", "files", "--wait"]);
     assert!(srv.stop().await.unwrap().success());
@@ -53,14 +69,29 @@ async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
     let staged = fs_dir(&srv).join("index.redb.retire");
     std::fs::write(&staged, b"left by a crash").unwrap();
 
-    // Without --yes: what it would do, exit 1, nothing changed.
-    let (ok, text) = srv.efsctl_text(&["retire-terms", "--fs", "files"]);
-    assert!(!ok, "{text}");
+    // Without --yes: what it would do, exit 4, nothing retired; JSON with --json.
+    let out = srv.efsctl(&["retire-terms", "--fs", "files"]);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
     assert!(
-        text.contains("would remove key terms 1 of 'files'"),
+        text.contains("would remove key term 1 of 'files'"),
         "{text}"
     );
     assert!(text.contains("--include-keys"), "{text}");
+    assert!(text.contains("Nothing was retired"), "{text}");
+    let out = srv.efsctl(&["retire-terms", "--fs", "files", "--json"]);
+    assert_eq!(out.status.code(), Some(4), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dry_run"], true, "{v}");
+    assert_eq!(v["would_retire"], serde_json::json!([1]), "{v}");
+    assert_eq!(v["retired_terms"], serde_json::json!([]), "{v}");
+    // No such filesystem: an error, exit 1 (JSON too).
+    let out = srv.efsctl(&["retire-terms", "--fs", "nope", "--json"]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let v: Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false, "{v}");
+    assert_eq!(v["refused"], false, "{v}");
+    assert!(v["error"].as_str().unwrap().contains("nope"), "{v}");
     assert!(
         !staged.exists(),
         "the stale staged index was removed at the open"
@@ -70,10 +101,16 @@ async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
     assert_eq!(st[0]["term_numbers"], serde_json::json!([1, 2]), "{st}");
 
     let out = srv.efsctl_ok(&["retire-terms", "--fs", "files", "--yes"]);
-    assert!(out.contains("Retired key terms 1 of 'files'"), "{out}");
+    assert!(out.contains("Retired key term 1 of 'files'"), "{out}");
     assert!(out.contains("To finish: efsctl rekey-starter"), "{out}");
-    let (ok, text) = srv.efsctl_text(&["retire-terms", "--fs", "files", "--yes"]);
-    assert!(!ok && text.contains("nothing to retire"), "{text}");
+    // Nothing left to retire: done already, exit 0.
+    let out = srv.efsctl_ok(&["retire-terms", "--fs", "files", "--yes"]);
+    assert!(out.contains("nothing to retire"), "{out}");
+    assert!(out.contains("(term 1 was retired before)"), "{out}");
+    let v: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["retire-terms", "--fs", "files", "--yes", "--json"]))
+            .unwrap();
+    assert_eq!(v["nothing_to_retire"], true, "{v}");
 
     // Started again: everything live reads back, names and listings work, writes too.
     let mut srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
@@ -83,6 +120,20 @@ async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
     assert_eq!(srv.get("/p/patient-173.pdf", &token).await.0, 404);
     srv.put_ok("/p/new.txt", &token, b"after".to_vec()).await;
     assert_eq!(srv.get_ok("/p/new.txt", &token).await, b"after");
+    // The cursor from before no longer opens: the message says to list from the start.
+    let r = srv
+        .req("GET", &format!("/p/?limit=1&cursor={old_cursor}"), &token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let text = r.text().await.unwrap();
+    assert!(
+        text.contains(
+            "or list from the start (cursors from before a key retirement no longer open)"
+        ),
+        "{text}"
+    );
     // In the order of their keys (keyed hashes), one per page: the cursors work.
     let mut names: Vec<String> = srv
         .list_all("/p/", &token, 1)

@@ -3,7 +3,8 @@
 //!
 //! Exit codes: 0 success; 1 error; 2 bad usage; 3 `fsck` or `audit verify` found problems
 //! (or `audit show` met a broken chain, a backup or restore left damaged entries out, or
-//! `status` lists a filesystem not served).
+//! `status` lists a filesystem not served); 4 `retire-terms` dry run that would retire terms;
+//! 5 `retire-terms` refused until something is done first.
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -61,7 +62,10 @@ macro_rules! say {
 
 Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found problems (or audit show
 met a broken chain, a backup --skip-damaged or the restore of one left damaged entries out, or
-status lists a filesystem as NOT SERVED or ON HOLD)."
+status lists a filesystem as NOT SERVED or ON HOLD), 4 retire-terms without --yes: it would
+retire terms (nothing was retired), 5 retire-terms refused until something is done first (the
+server stopped, a rotation finished, records rotated; the message says what). retire-terms with
+nothing to retire exits 0."
 )]
 struct Args {
     /// Data directory.
@@ -358,8 +362,10 @@ enum Cmd {
     /// live record or data key is under an older term, or when the new copy of the index
     /// (about the size of index.redb) would not fit above --reserve-space. Empties first what an unfinished
     /// recursive delete left, and names the other filesystems (restored from this one) that
-    /// still hold a retired key. Without --yes, says what it would do and exits 1, changing
-    /// nothing.
+    /// still hold a retired key. Without --yes, says what it would do and exits 4, retiring
+    /// nothing. Exits 0 when there is nothing to retire, 5 when refused (the message says
+    /// what to do first), 1 on other errors (no such filesystem). With --json, each of these
+    /// answers a JSON object (a failure: `ok` false, `error`, `refused`, `exit_code`).
     RetireTerms {
         /// Filesystem.
         #[arg(long)]
@@ -711,6 +717,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
             },
         },
     };
+    // retire-terms answers JSON with --json also when it retires nothing (refused, failed).
+    let retire_fs = match &req {
+        AdminRequest::RetireTerms { fs, .. } => Some(fs.clone()),
+        _ => None,
+    };
     let resp = match send(&args.data, &args.key_parts, args.reserve_space, req) {
         Ok(r) if r.ok => r,
         refused => {
@@ -722,8 +733,26 @@ fn run(args: Args) -> anyhow::Result<u8> {
                     _ => pair.settle(&args.data, &args.key_parts),
                 }
             }
-            let resp = refused?;
-            bail!("{}", resp.error.unwrap_or_else(|| "failed".into()));
+            let (error, code) = match refused {
+                Ok(resp) => (
+                    resp.error.unwrap_or_else(|| "failed".into()),
+                    resp.exit.unwrap_or(1),
+                ),
+                Err(e) if retire_fs.is_some() => (format!("{e:#}"), 1),
+                Err(e) => return Err(e),
+            };
+            eprintln!("efsctl: error: {error}");
+            if let (true, Some(fs)) = (json, &retire_fs) {
+                let v = serde_json::json!({
+                    "fs": fs,
+                    "ok": false,
+                    "refused": code == efs_core::admin::EXIT_REFUSED,
+                    "error": error,
+                    "exit_code": code,
+                });
+                say!("{}", serde_json::to_string_pretty(&v)?);
+            }
+            return Ok(code);
         }
     };
     if let Some(pair) = &generated {
@@ -753,7 +782,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
             say!("{l}");
         }
     }
-    Ok(if resp.clean == Some(false) { 3 } else { 0 })
+    Ok(if resp.clean == Some(false) {
+        3
+    } else {
+        resp.exit.unwrap_or(0)
+    })
 }
 
 /// An error of [`send`] from before the request reached anything that could carry it out:
