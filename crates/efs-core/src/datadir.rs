@@ -1421,10 +1421,10 @@ impl DataDir {
         // The terms are named in the audit log before the switch, fail closed: the entry the
         // command ends with comes after it, and a crash in between would leave the
         // retirement in effect with only the command's start in the log.
+        // Synced before the rename, so that no power cut keeps the switch and loses the entry.
         if let Err(e) = self
             .audit
-            .record(retire::switch_entry(op, name, &plan, generation))
-            .await
+            .submit_durable(retire::switch_entry(op, name, &plan, generation))
         {
             let _ = std::fs::remove_file(&staged);
             let _ = crate::blob::sync_dir(&dir);

@@ -407,6 +407,27 @@ impl AuditLog {
         self.submit(rec)
     }
 
+    /// Writes an entry and returns once it is on the disk (the log file `fdatasync`ed now,
+    /// not by the syncer's next group): for an entry that must survive a power cut right
+    /// after a step that cannot be undone (`retire-terms`' switch). A failed sync fails the
+    /// log, as the syncer's would.
+    pub fn submit_durable(&self, rec: Record) -> Result<(), AuditError> {
+        self.submit(rec)?;
+        let w = self.shared.writer();
+        let Some(file) = w.file.as_ref().map(|f| f.file.clone()) else {
+            return Err(AuditError::Failed);
+        };
+        // The entry is in this file, or, if an append in between rotated to a new file, in
+        // the previous one, which the rotation synced before opening this.
+        if let Err(e) = file.sync_data() {
+            self.shared.mark_failed("syncing", &e, true);
+            drop(w);
+            self.shared.wake_syncer();
+            return Err(AuditError::Failed);
+        }
+        Ok(())
+    }
+
     /// `Err` if the log was failed at `since` ([`AuditLog::mark`], taken before submitting
     /// entries without looking at the result, as the login hook does) or has failed since,
     /// even if it recovered meanwhile: such an entry may be missing, so the answer it
