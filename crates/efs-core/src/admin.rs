@@ -892,7 +892,13 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             )
         }
         AdminRequest::RetireTerms { fs, yes } => {
-            let (plan, generation) = dd.retire_terms_by(&fs, yes, op).await?;
+            let (plan, generation) = dd.retire_terms_by(&fs, yes, op).await.map_err(|e| match e {
+                // Refused until an operator decides (exit 5), as the other refusals.
+                CoreError::IndexHold => CoreError::Refused(format!(
+                    "'{fs}' is on hold: its index failed its integrity check (changed outside EFS, or an older copy put back, which could hold terms already retired). Look with efsctl fsck --fs {fs}, put its own index back or accept it (efsctl fsck --fs {fs} --accept-index), then retire"
+                )),
+                e => e,
+            })?;
             let retired_before = plan
                 .retired_before
                 .iter()

@@ -857,16 +857,27 @@ impl DataDir {
         // open_index, which computes a digest only when `creating`).
         // A retire-terms stopped before its switch left its staged copy: the index is the
         // old one, whole.
-        if let Some(line) = crate::retire::discard_staged(&self.fs_dir(&rec.id), &rec.name)? {
-            tracing::warn!(fs = rec.name, "{line}");
+        let dir = self.fs_dir(&rec.id);
+        if crate::retire::has_staged(&dir) {
             // Its switch entry may be in the audit log (a crash between it and the rename):
-            // the log says too that the retirement did not happen.
-            if let Err(e) = self.audit.submit(retire::discarded_entry(&rec.name)) {
-                tracing::warn!(
+            // the log says that the retirement did not happen, durably, before the staged
+            // file goes; a log that does not take it keeps the file, for the next open to say
+            // it (the index beside it is the old one, whole, and is served meanwhile).
+            match self
+                .audit
+                .submit_durable(retire::discarded_entry(&rec.name))
+            {
+                Ok(()) => {
+                    if let Some(line) = crate::retire::discard_staged(&dir, &rec.name)? {
+                        tracing::warn!(fs = rec.name, "{line}");
+                    }
+                }
+                Err(e) => tracing::warn!(
                     fs = rec.name,
-                    "the audit log did not take the entry saying so ({e}): efsctl status --fs {} shows that no term was retired",
+                    "an interrupted retire-terms of '{}' left its staged index, and the audit log did not take the entry saying it is discarded ({e}): kept until an open can say so; no term was retired (efsctl status --fs {} shows the terms)",
+                    rec.name,
                     rec.name
-                );
+                ),
             }
         }
         let index = self.open_index(&rec.id, false)?;
@@ -1422,16 +1433,24 @@ impl DataDir {
         // command ends with comes after it, and a crash in between would leave the
         // retirement in effect with only the command's start in the log.
         // Synced before the rename, so that no power cut keeps the switch and loses the entry.
+        // The staged file's directory entry first: no power cut may keep the entry and lose
+        // the file it names.
+        crate::blob::sync_dir(&dir)?;
         if let Err(e) = self
             .audit
             .submit_durable(retire::switch_entry(op, name, &plan, generation))
         {
-            let _ = std::fs::remove_file(&staged);
-            let _ = crate::blob::sync_dir(&dir);
+            // The entry may be in the log all the same (written, its sync failed): the staged
+            // file stays, so that the open that discards it says so in the log (the reopen
+            // below, or, with the log failed, the next one).
             self.reopen_fs(&rec);
             return Err(CoreError::Invalid(format!(
-                "the audit log did not take the entry naming the terms to retire ({e}): nothing was retired (the staged index was removed). Look at the audit log's volume (efsctl audit verify), then run retire-terms again"
+                "the audit log did not take the entry naming the terms to retire ({e}): nothing was retired (its staged index is discarded, with an entry saying so, by the first open the log takes entries in). Look at the audit log's volume (efsctl audit verify), then run retire-terms again"
             )));
+        }
+        if stop == retire::Stop::AfterEntry {
+            // As a crash between the entry and the rename.
+            return Ok((plan, Some(generation)));
         }
         // The switch: one rename, made durable with the directory.
         let switched = std::fs::rename(&staged, &live).map_err(CoreError::from);
@@ -1774,7 +1793,7 @@ impl DataDir {
             // the key terms a rotation or `retire-terms` has since removed).
             if same.ensure_index_checked().await.is_err() {
                 return Err(CoreError::Invalid(format!(
-                    "the backup holds no keys (taken without --include-keys) and the keyring it needs is that of filesystem '{}', which is on hold (its index failed its integrity check: an older copy put back?): look with efsctl fsck --fs {}, put its own index back or accept it (--accept-index), then restore",
+                    "the backup holds no keys (taken without --include-keys) and the keyring it needs is that of filesystem '{}', which is on hold (its index failed its integrity check, an older copy put back say, or the check could not finish): look with efsctl fsck --fs {}, put its own index back or accept it (--accept-index), then restore",
                     same.name(),
                     same.name()
                 )));

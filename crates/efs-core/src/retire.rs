@@ -187,6 +187,8 @@ pub enum Stop {
     Never,
     /// After the staged index is written and synced, before the switch.
     BeforeSwitch,
+    /// After the entry naming the terms is durable, before the rename (as a crash there).
+    AfterEntry,
     /// Right after the rename of the staged index, nothing after it run (as a crash there).
     AfterSwitch,
     /// After the switch, with the filesystem not opened again (as if its open failed).
@@ -361,6 +363,11 @@ pub(crate) fn discarded_entry(name: &str) -> crate::audit::Record {
         serde_json::json!({ "fs": name, "staged": STAGED, "discarded": true })
     ));
     rec
+}
+
+/// Whether a `retire-terms` that stopped before its switch left its staged index in `dir`.
+pub(crate) fn has_staged(dir: &Path) -> bool {
+    dir.join(STAGED).exists()
 }
 
 /// Removes a staged index left by a `retire-terms` that stopped before its switch (the
@@ -944,5 +951,42 @@ mod tests {
         drop(fs);
         dd.retire_terms("docs", true).await.unwrap();
         assert_eq!(dd.fs("docs").unwrap().term_numbers(), [2]);
+    }
+
+    /// A crash after the entry naming the terms and before the rename: the log says the
+    /// terms are being retired, so the open that discards the staged index says, after it,
+    /// that none was.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retirement_stopped_after_its_entry_is_said_discarded_after_it() {
+        let (t, dd, fs) = env();
+        put(&fs, "/a", b"a").await;
+        dd.rotate_key("docs", true).await.unwrap();
+        let id = *fs.id();
+        drop(fs);
+        dd.retire_terms_until("docs", true, Stop::AfterEntry)
+            .await
+            .unwrap();
+        let staged = dd.fs_dir(&id).join(STAGED);
+        assert!(staged.exists());
+        drop(dd);
+        let (dd, _) = DataDir::open(
+            &t.path().join("data"),
+            &[KeyPartSpec::File(t.path().join("part.key"))],
+            OpenOptions::default(),
+            &keyparts::no_prompt,
+        )
+        .unwrap();
+        assert!(!staged.exists(), "the staged index is removed at the open");
+        let details = admin_details(&dd);
+        let switching = details
+            .iter()
+            .position(|(status, d)| *status == 202 && d.contains("\"switching\":true"))
+            .unwrap_or_else(|| panic!("{details:?}"));
+        let discarded = details
+            .iter()
+            .position(|(status, d)| *status == 500 && d.contains("\"discarded\":true"))
+            .unwrap_or_else(|| panic!("{details:?}"));
+        assert!(discarded > switching, "{details:?}");
+        assert_eq!(dd.fs("docs").unwrap().term_numbers(), [1, 2]);
     }
 }

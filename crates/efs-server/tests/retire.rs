@@ -182,3 +182,31 @@ async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
     assert_eq!(srv.get_ok("/p/new.txt", &token).await, b"after");
     srv.stop().await;
 }
+
+/// An index on hold (an older copy put back, which could hold terms already retired) is
+/// refused as such, exit 5 like the other refusals, naming what to do: it was exit 1 with
+/// the bare hold error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_held_index_is_refused_naming_the_hold() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/a.txt", &s.token, b"a".to_vec()).await;
+    srv.efsctl_ok(&["rotate-key", "--fs", "files", "--wait"]);
+    srv.stop().await;
+    let index = fs_dir(&srv).join("index.redb");
+    let copy = srv.dir.path().join("index-copy.redb");
+    std::fs::copy(&index, &copy).unwrap();
+    let mut srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let token = srv.login("app", &s.key, Some("files")).await;
+    srv.put_ok("/b.txt", &token, b"b".to_vec()).await;
+    // A clean stop records the later generation; the copy put back is below it.
+    srv.stop().await;
+    std::fs::copy(&copy, &index).unwrap();
+    let out = srv.efsctl(&["retire-terms", "--fs", "files", "--yes"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(5), "{err}");
+    assert!(
+        err.contains("'files' is on hold") && err.contains("--accept-index"),
+        "{err}"
+    );
+}

@@ -407,25 +407,33 @@ impl AuditLog {
         self.submit(rec)
     }
 
-    /// Writes an entry and returns once it is on the disk (the log file `fdatasync`ed now,
-    /// not by the syncer's next group): for an entry that must survive a power cut right
-    /// after a step that cannot be undone (`retire-terms`' switch). A failed sync fails the
-    /// log, as the syncer's would.
+    /// Writes an entry and returns once it is on the disk: once the syncer has `fdatasync`ed
+    /// it and named it in the anchor (at most about the anchor interval, 200 ms by default),
+    /// not merely `write(2)`n. For an entry that must survive a power cut right after a step
+    /// that cannot be undone (`retire-terms`' switch, its discarding at an open). `Err` if the
+    /// log fails or closes meanwhile, even if it recovers (the entry may be lost), or after
+    /// 30 s. It waits for the syncer instead of syncing the file itself: a sync of its own
+    /// could take a disk error the syncer would then not see, and let it anchor entries that
+    /// never reached the disk. Blocks the calling thread: efsctl's commands only.
     pub fn submit_durable(&self, rec: Record) -> Result<(), AuditError> {
+        let since = self.mark();
         self.submit(rec)?;
-        let w = self.shared.writer();
-        let Some(file) = w.file.as_ref().map(|f| f.file.clone()) else {
-            return Err(AuditError::Failed);
-        };
-        // The entry is in this file, or, if an append in between rotated to a new file, in
-        // the previous one, which the rotation synced before opening this.
-        if let Err(e) = file.sync_data() {
-            self.shared.mark_failed("syncing", &e, true);
-            drop(w);
-            self.shared.wake_syncer();
-            return Err(AuditError::Failed);
+        let seq = self.shared.writer().head.seq;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if since.0 % 2 == 1 || self.mark() != since || self.shared.closed.load(Ordering::SeqCst)
+            {
+                return Err(AuditError::Failed);
+            }
+            if self.anchored().is_some_and(|h| h.seq >= seq) {
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(AuditError::Failed);
+            }
+            // The syncer, woken by the append, syncs it at once and anchors it when due.
+            std::thread::sleep(Duration::from_millis(5));
         }
-        Ok(())
     }
 
     /// `Err` if the log was failed at `since` ([`AuditLog::mark`], taken before submitting
