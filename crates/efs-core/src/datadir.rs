@@ -1259,7 +1259,7 @@ impl DataDir {
             .await
     }
 
-    /// [`DataDir::retire_terms`], its audit entry of the switch ([`retire::switch_entry`])
+    /// [`DataDir::retire_terms`], its audit entry of the switch (`retire::switch_entry`)
     /// recorded as run by `op`.
     pub async fn retire_terms_by(
         &self,

@@ -30,7 +30,7 @@
 //!    then renamed over `index.redb` and the directory fsynced. redb is copy-on-write: the
 //!    old keyring row would otherwise stay in the old file's freed pages.
 //!
-//! Just before the rename, an audit entry names the terms being retired ([`switch_entry`]);
+//! Just before the rename, an audit entry names the terms being retired (`switch_entry`);
 //! if the log does not take it, the staged file is removed and nothing is retired. A crash
 //! before the rename leaves the old index whole and a staged file, which the next open
 //! removes (`discard_staged`), saying so in the audit log: nothing was retired, and the
