@@ -949,6 +949,13 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             lines.push(
                 "Not erased yet: copies of the keyring from before (snapshots of the data dir or index.redb, backups made with --include-keys, the old file's blocks on disk) still open them with the current key parts. To finish: efsctl rekey-starter --new-key-part ... (server stopped), destroy the old key parts, then take new backups".into(),
             );
+            if plan.emptied > 0 {
+                lines.push(format!(
+                    "First emptied {} director{} of unfinished recursive deletes (their files and blobs removed, as the server would have)",
+                    plan.emptied,
+                    if plan.emptied == 1 { "y" } else { "ies" }
+                ));
+            }
             if plan.tag_term_retired {
                 lines.push("Names keep working (the name-tag key stays); listing cursors issued before now are refused: clients list those directories again from the start".into());
             }
@@ -967,6 +974,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     "not_compared": plan.not_compared,
                     "index_generation": generation,
                     "covers_deleted_before_ms": plan.current_since_ms,
+                    "emptied_pending_deletes": plan.emptied,
                 }),
             )
         }
@@ -1073,7 +1081,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                         .map(|(n, at)| format!("{n} (at {})", rfc3339_ms(*at)))
                         .collect();
                     lines.push(format!(
-                        "{name}: retired key terms: {} (their keys are gone: what they sealed no longer opens)",
+                        "{name}: retired key terms: {} (their keys are gone from this filesystem's keyring: what they sealed no longer opens with it)",
                         list.join(", ")
                     ));
                 }

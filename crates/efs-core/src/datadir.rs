@@ -1237,6 +1237,10 @@ impl DataDir {
     pub async fn rotate_key(&self, name: &str, wait: bool) -> Result<(bool, RotationProgress)> {
         let fs = self.require_open_fs(name)?;
         fs.ensure_index_checked().await?;
+        // Files of recursive deletes still waiting to be emptied are live records: rewrapped
+        // under the new term, they would survive a `retire-terms` of the older ones (which
+        // erases what was deleted before this rotation began). Emptied first.
+        fs.finish_pending_deletes().await?;
         let (started, prog) = match rotation::begin(&fs, &self.starter).await? {
             rotation::Begun::Started(p) => (true, p),
             rotation::Begun::Unfinished(p) => (false, p),
@@ -1296,10 +1300,12 @@ impl DataDir {
         op: &crate::admin::Operator,
     ) -> Result<(retire::Plan, Option<u64>)> {
         let fs = self.require_open_fs(name)?;
+        let mut emptied = 0;
         if yes {
             // A recursive delete the server had not finished emptying leaves its files as
             // live records (re-sealed by the rotation under the current term) with their
             // blobs: they would survive the retirement. efsctl never empties them otherwise.
+            emptied = fs.being_deleted(crate::fs::TRASH_COUNT_LIMIT).await?;
             fs.empty_trash().await.map_err(|e| {
                 CoreError::Invalid(format!(
                     "emptying the directories of an unfinished recursive delete of '{name}' failed ({e}): nothing was retired. Look at the damage with efsctl fsck --fs {name}, or start the server (it empties them at its start), stop it, and run retire-terms again"
@@ -1307,6 +1313,7 @@ impl DataDir {
             })?;
         }
         let mut plan = retire::plan(&fs).await?;
+        plan.emptied = emptied.saturating_sub(plan.being_deleted);
         if plan.nothing_to_retire() {
             return Ok((plan, None));
         }

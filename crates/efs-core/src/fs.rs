@@ -398,6 +398,9 @@ pub enum IndexTrust {
     Failed,
 }
 
+/// Most detached directories [`Filesystem::finish_pending_deletes`] counts.
+pub const TRASH_COUNT_LIMIT: usize = 4096;
+
 /// One filesystem.
 pub struct Filesystem {
     name: String,
@@ -1771,9 +1774,42 @@ impl Filesystem {
     /// most `limit` counted). Their files are live records until emptied: `retire-terms`
     /// must not copy them into its new index.
     pub(crate) async fn being_deleted(&self, limit: usize) -> Result<usize> {
+        debug_assert!(limit > 0);
         let kr = self.keyring();
         let tag = self.dir_tag(&kr, &TRASH_ID);
         Ok(self.index.list_dir(&tag, None, limit).await?.len())
+    }
+
+    /// Empties what recursive deletes detached and waits until nothing is left, also when
+    /// another task is emptying (the server's, after a delete): a key rotation must not
+    /// find those entries, or it would re-seal the deleted files under its new term, which
+    /// a later `retire-terms` keeps. Refused when the emptying makes no progress for a
+    /// minute (a damaged entry the emptying fails on, say). Returns how many detached
+    /// directories there were (at most [`TRASH_COUNT_LIMIT`]).
+    pub async fn finish_pending_deletes(&self) -> Result<usize> {
+        let pending = self.being_deleted(TRASH_COUNT_LIMIT).await?;
+        if pending == 0 {
+            return Ok(0);
+        }
+        let mut left = pending;
+        let mut since = std::time::Instant::now();
+        loop {
+            self.empty_trash().await?;
+            let now = self.being_deleted(TRASH_COUNT_LIMIT).await?;
+            if now == 0 {
+                return Ok(pending);
+            }
+            if now < left {
+                left = now;
+                since = std::time::Instant::now();
+            } else if since.elapsed() > std::time::Duration::from_secs(60) {
+                return Err(CoreError::Refused(format!(
+                    "{now} directories of recursive deletes of '{}' are still waiting to be emptied, and none was emptied in the last minute: their files are still live records. Look with efsctl fsck --fs {} (or the server's log), then try again",
+                    self.name, self.name
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
     }
 
     /// [`Filesystem::empty_trash`] in a task of its own (the server: after a recursive

@@ -65,6 +65,9 @@ pub struct Plan {
     /// Directories of unfinished recursive deletes still waiting to be emptied (their files
     /// are still live records, with blobs): `retire-terms --yes` empties them first.
     pub being_deleted: usize,
+    /// Directories of unfinished recursive deletes `retire-terms --yes` emptied before it
+    /// planned (said in its result and its audit entry).
+    pub emptied: usize,
     /// Other filesystems of the data dir whose keyrings hold some of the terms retired here
     /// (restored into a new name from this one), each with those term numbers: what those
     /// terms sealed still opens with their keys until they retire them too. Filled in by
@@ -164,7 +167,7 @@ impl Plan {
                 })
                 .collect();
             parts.push(format!(
-                "WARNING: other filesystems still hold keys of the terms retired from '{name}' (restored from it): {}. What those terms sealed (the deleted files' records in older backups and copies) still opens with their keys: run {}",
+                "WARNING: other filesystems still hold keys of the terms retired from '{name}' (restored from it): {}. What those terms sealed (the deleted files' records in older backups and copies) still opens with their keys; and a copy restored before the files were deleted holds them as live files, which no rotation erases: delete them there too (or delete that filesystem), then run {}",
                 each.join(", "),
                 cmds.join("; ")
             ));
@@ -237,6 +240,7 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
             tag_term_retired: false,
             entries: 0,
             being_deleted,
+            emptied: 0,
             shared: Vec::new(),
             not_compared: Vec::new(),
             current_since_ms: None,
@@ -292,6 +296,7 @@ pub async fn plan(fs: &std::sync::Arc<Filesystem>) -> Result<Plan> {
         retired_before,
         entries,
         being_deleted,
+        emptied: 0,
         shared: Vec::new(),
         not_compared: Vec::new(),
         current_since_ms: rotation
@@ -670,6 +675,7 @@ mod tests {
         put(&fs, "/tree/a/small", b"patient record").await;
         let blobs = dd.fs_dir(fs.id()).join("blobs");
         assert_eq!(blob_files(&blobs), 2);
+        dd.rotate_key("docs", true).await.unwrap();
         // The delete as the server makes it, the emptying never run (a stop in between).
         fs.delete_while(
             &EfsPath::parse("/tree").unwrap(),
@@ -681,7 +687,6 @@ mod tests {
         .await
         .unwrap();
         assert_eq!(fs.being_deleted(10).await.unwrap(), 1);
-        dd.rotate_key("docs", true).await.unwrap();
         drop(fs);
 
         let e = dd
@@ -698,6 +703,7 @@ mod tests {
 
         let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
         assert_eq!(plan.being_deleted, 0);
+        assert_eq!(plan.emptied, 1, "said in the result and its audit entry");
         let fs = dd.fs("docs").unwrap();
         assert_eq!(fs.being_deleted(10).await.unwrap(), 0);
         assert_eq!(blob_files(&blobs), 1, "the deleted tree's blob is removed");
@@ -705,6 +711,38 @@ mod tests {
         assert!(rep.is_clean(), "{rep:?}");
         assert_eq!(rep.records, 2, "/keep and /keep/big only");
         assert_eq!(read_all(&fs, "/keep/big").await, vec![1u8; 300_000]);
+    }
+
+    /// A key rotation empties what recursive deletes left detached before it begins: it
+    /// re-sealed those still-live records under its new term, so that a later retire-terms
+    /// kept them (and said they were covered, deleted before the rotation began).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotation_empties_unfinished_recursive_deletes_first() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/keep/small", b"kept").await;
+        put(&fs, "/tree/a/big", &[2u8; 300_000]).await;
+        put(&fs, "/tree/a/small", b"patient record").await;
+        let blobs = dd.fs_dir(fs.id()).join("blobs");
+        assert_eq!(blob_files(&blobs), 1);
+        fs.delete_while(
+            &EfsPath::parse("/tree").unwrap(),
+            crate::Precondition::None,
+            true,
+            false,
+            &|| true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(fs.being_deleted(10).await.unwrap(), 1);
+        let (_, prog) = dd.rotate_key("docs", true).await.unwrap();
+        assert_eq!(fs.being_deleted(10).await.unwrap(), 0);
+        assert_eq!(blob_files(&blobs), 0, "the deleted tree's blob is removed");
+        // Only the live entries were re-sealed: /keep and /keep/small.
+        assert_eq!(prog.rewrapped, 2, "{prog:?}");
+        drop(fs);
+        let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
+        assert_eq!(plan.emptied, 0, "nothing left for the retirement to empty");
+        assert_eq!(plan.entries, 2);
     }
 
     /// A filesystem restored into a new name from this one starts with its terms: after the
