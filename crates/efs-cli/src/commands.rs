@@ -458,7 +458,7 @@ pub(crate) async fn put(
                 ),
                 format!(
                     "look at the file (efs stat {}) before sending it again",
-                    rp.display()
+                    crate::session::shell_quoted(&rp.display().to_string())
                 ),
             ));
         }

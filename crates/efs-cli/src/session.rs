@@ -219,7 +219,7 @@ fn remote_add_command(name: &str, remote: &Remote, trust: &str) -> String {
 
 /// `s` as one word for a POSIX shell: as it is when it holds only safe characters, else in
 /// single quotes (a key path with a space must not break the printed command).
-fn shell_quoted(s: &str) -> String {
+pub(crate) fn shell_quoted(s: &str) -> String {
     let safe = |c: char| c.is_ascii_alphanumeric() || "/._-+=:@%,".contains(c);
     if !s.is_empty() && s.chars().all(safe) {
         s.to_owned()

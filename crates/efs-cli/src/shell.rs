@@ -357,9 +357,10 @@ impl Shell<'_> {
                     // The cache goes with the shell (at once, for a scripted one): a copy
                     // that looked saved was lost. Said so, with how to keep one.
                     outln!(
-                        "{path}: {} of binary or large content, not printed; a copy is in {} until the shell ends, which removes it (to keep the file: get {path} LOCAL)",
+                        "{path}: {} of binary or large content, not printed; a copy is in {} until the shell ends, which removes it (to keep the file: get {} LOCAL)",
                         human_bytes(n),
-                        cached.display()
+                        cached.display(),
+                        escape_word(&path.to_string())
                     );
                 }
             }

@@ -404,7 +404,7 @@ fn a_streamed_put_cut_off_says_to_look_at_the_file_before_sending_again() {
     let mut env = Env::new();
     env.ok(&["ls", "drive:/"]); // logged in: the put's first request is the upload
     let mut child = env
-        .cmd(&["put", "drive:/x.pdf"])
+        .cmd(&["put", "drive:/lab result.pdf"])
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -421,7 +421,7 @@ fn a_streamed_put_cut_off_says_to_look_at_the_file_before_sending_again() {
     assert!(
         err.contains("was lost while sending or before the answer")
             && err.contains("may or may not have been stored")
-            && err.contains("efs stat drive:/x.pdf"),
+            && err.contains("efs stat 'drive:/lab result.pdf'"),
         "{err}"
     );
     assert!(

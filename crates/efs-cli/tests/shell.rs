@@ -284,11 +284,12 @@ cd /nowhere
 fn get_says_the_cached_copy_goes_with_the_shell() {
     let env = Env::new();
     env.write("big.bin", &[0u8, 159, 146, 150, 255]);
-    env.ok(&["cp", "big.bin", "drive:/tty/big.bin"]);
-    let out = env.efs_input(&["shell", "drive"], b"get /tty/big.bin\n");
+    env.ok(&["cp", "big.bin", "drive:/tty/big bin"]);
+    let out = env.efs_input(&["shell", "drive"], b"get '/tty/big bin'\n");
     let stdout = assert_ok(&["shell"], &out);
+    // The command to keep it, as typed in the shell (the space escaped).
     assert!(
-        stdout.contains("until the shell ends") && stdout.contains("get /tty/big.bin LOCAL"),
+        stdout.contains("until the shell ends") && stdout.contains("get /tty/big\\ bin LOCAL"),
         "{stdout}"
     );
 }
