@@ -94,6 +94,7 @@ pub(crate) fn server_url(arg: &str) -> std::result::Result<String, String> {
             "the URL '{arg}' has a user name in it: the user is given with --user"
         ));
     }
+    check_host_port(arg, host)?;
     if !after.trim_end_matches('/').is_empty() {
         let what = if after.contains('?') {
             "a query"
@@ -107,6 +108,40 @@ pub(crate) fn server_url(arg: &str) -> std::result::Result<String, String> {
         ));
     }
     Ok(format!("https://{host}"))
+}
+
+/// `HOST[:PORT]` of a server URL (`[v6]` for an IPv6 address): a host name without blanks or
+/// colons, and a port of 1 to 65535 when one is given. Checked here so that a typo is a usage
+/// error that names it, not a connection failure.
+fn check_host_port(arg: &str, host: &str) -> std::result::Result<(), String> {
+    let (name, port) = match host.strip_prefix('[') {
+        Some(v6) => match v6.find(']') {
+            Some(i) => (&v6[..i], &v6[i + 1..]),
+            None => return Err(format!("the URL '{arg}' has an unclosed '[' in its host")),
+        },
+        None => match host.find(':') {
+            Some(i) => (&host[..i], &host[i..]),
+            None => (host, ""),
+        },
+    };
+    if name.is_empty() {
+        return Err(format!("the URL '{arg}' names no host"));
+    }
+    if name.chars().any(char::is_whitespace) {
+        return Err(format!("the URL '{arg}' has a blank in its host"));
+    }
+    if !port.is_empty() {
+        let digits = port.strip_prefix(':').unwrap_or(port);
+        let ok = !digits.is_empty()
+            && digits.bytes().all(|b| b.is_ascii_digit())
+            && digits.parse::<u16>().is_ok_and(|p| p > 0);
+        if !ok {
+            return Err(format!(
+                "the URL '{arg}' has no valid port after the host ({port}): a port is 1 to 65535"
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// `config.toml`.
@@ -508,6 +543,13 @@ mod tests {
             ("https://h:8443/#top", "a fragment"),
             ("https://alice@h:8443", "--user"),
             ("https://", "no host"),
+            ("https://:19471", "no host"),
+            ("https://h:19471:", "no valid port"),
+            ("https://h:99999", "no valid port"),
+            ("https://h:0", "no valid port"),
+            ("https://h:", "no valid port"),
+            ("https://[::1", "unclosed"),
+            ("https://[::1]x", "no valid port"),
             ("http://h:8443", "must start with https://"),
             ("h:8443", "must start with https://"),
         ] {
