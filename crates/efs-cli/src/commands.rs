@@ -111,7 +111,40 @@ pub(crate) async fn ls(
 ) -> Result<()> {
     let mut all_json = Vec::new();
     let several = paths.len() > 1;
-    for (i, arg) in paths.iter().enumerate() {
+    let mut errors = Vec::new();
+    let mut shown = 0;
+    for arg in paths {
+        let listed = ls_one(
+            session,
+            arg,
+            several,
+            shown,
+            (long, recursive, json),
+            &mut all_json,
+        )
+        .await;
+        match listed {
+            Ok(()) => shown += 1,
+            Err(e) => errors.push(e),
+        }
+    }
+    if json && (errors.is_empty() || !all_json.is_empty()) {
+        outln!("{}", serde_json::to_string_pretty(&all_json)?);
+    }
+    each_path(errors, paths.len())
+}
+
+/// One path of [`ls`]; `shown`: how many were listed before (a blank line between
+/// directories).
+async fn ls_one(
+    session: &Session,
+    arg: &str,
+    several: bool,
+    shown: usize,
+    (long, recursive, json): (bool, bool, bool),
+    all_json: &mut Vec<serde_json::Value>,
+) -> Result<()> {
+    {
         let rp = remote_arg("ls", arg)?;
         let client = session.client(&rp.remote).await?;
         let (is_dir, entries) = list_or_file(&client, Some(&rp.remote), &rp.path).await?;
@@ -124,10 +157,10 @@ pub(crate) async fn ls(
             } else {
                 outln!("{}", e.name);
             }
-            continue;
+            return Ok(());
         }
         if several && !json {
-            if i > 0 {
+            if shown > 0 {
                 outln!();
             }
             outln!("{}:", rp.display());
@@ -155,17 +188,14 @@ pub(crate) async fn ls(
                     etag: meta.etag.clone(),
                     content_type: meta.content_type.clone(),
                 };
-                print_entry(&e, &rel, &path, long, json, &mut all_json)?;
+                print_entry(&e, &rel, &path, long, json, all_json)?;
             }
         } else {
             for e in &entries {
                 let path = location::join(&rp.path, &e.name);
-                print_entry(e, &e.name, &path, long, json, &mut all_json)?;
+                print_entry(e, &e.name, &path, long, json, all_json)?;
             }
         }
-    }
-    if json {
-        outln!("{}", serde_json::to_string_pretty(&all_json)?);
     }
     Ok(())
 }
@@ -610,7 +640,17 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
 }
 
 pub(crate) async fn mkdir(session: &Session, paths: &[String], parents: bool) -> Result<()> {
+    let mut errors = Vec::new();
     for arg in paths {
+        if let Err(e) = mkdir_one(session, arg, parents).await {
+            errors.push(e);
+        }
+    }
+    each_path(errors, paths.len())
+}
+
+async fn mkdir_one(session: &Session, arg: &str, parents: bool) -> Result<()> {
+    {
         let rp = remote_arg("mkdir", arg)?;
         let client = session.client(&rp.remote).await?;
         let existing = walk::stat_remote(&client, &rp.path).await?;
@@ -648,7 +688,7 @@ pub(crate) async fn mkdir(session: &Session, paths: &[String], parents: bool) ->
                 }
             }
         } else if existing.is_some() {
-            continue;
+            return Ok(());
         }
         client
             .mkdir(&rp.path)

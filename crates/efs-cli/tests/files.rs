@@ -382,6 +382,32 @@ fn ls_names_the_remote_of_a_missing_path() {
     assert!(err.contains("drive:/nope"), "{err}");
 }
 
+/// Regression: `ls` and `mkdir` stopped at the first path that failed (the later ones were
+/// never listed or made), unlike `rm`, `stat` and `cat`.
+#[test]
+fn ls_and_mkdir_go_on_after_a_path_fails() {
+    let env = Env::new();
+    env.ok(&["mkdir", "drive:/there"]);
+    env.write("f.txt", b"f");
+    env.ok(&["cp", "f.txt", "drive:/there/f.txt"]);
+    let out = env.efs(&["ls", "drive:/nope", "drive:/there"]);
+    let err = assert_code(&["ls"], &out, 3);
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("f.txt"),
+        "{out:?}"
+    );
+    assert!(err.contains("drive:/nope"), "{err}");
+    env.add_read_only_user();
+    let err = env.fails(&["mkdir", "-p", "ro:/a", "ro:/b"], 4);
+    assert!(
+        err.contains("ro:/a") && err.contains("ro:/b") && err.contains("2 of 2 paths failed"),
+        "{err}"
+    );
+    // The paths that can be made still are.
+    env.fails(&["mkdir", "drive:/there", "drive:/made"], 5);
+    env.ok(&["stat", "drive:/made"]);
+}
+
 /// Regression: moving a directory into itself got the hint about files where directories
 /// are needed.
 #[test]
