@@ -895,7 +895,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             let (plan, generation) = dd.retire_terms_by(&fs, yes, op).await.map_err(|e| match e {
                 // Refused until an operator decides (exit 5), as the other refusals.
                 CoreError::IndexHold => CoreError::Refused(format!(
-                    "'{fs}' is on hold: its index failed its integrity check (changed outside EFS, or an older copy put back, which could hold terms already retired). Look with efsctl fsck --fs {fs}, put its own index back or accept it (efsctl fsck --fs {fs} --accept-index), then retire"
+                    "'{fs}' is on hold: its index failed its integrity check (changed outside EFS, or an older copy put back, which could hold terms already retired). Look with efsctl fsck --fs {fs} and put its own index back (accepting a copy from before a retirement, efsctl fsck --accept-index, brings the erased terms back), then retire"
                 )),
                 e => e,
             })?;
@@ -940,7 +940,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 return Ok(resp);
             };
             let mut lines = vec![format!(
-                "Retired key {} of '{fs}' ({} entries checked, all under term {}; index rewritten into a fresh file, digest generation {generation}): what they sealed no longer opens with this data dir's keyring, nor from backups made without --include-keys; {}",
+                "Retired key {} of '{fs}' ({} entries checked, all under term {}; index rewritten into a fresh file, digest generation {generation}): what they sealed no longer opens with this filesystem's keyring, nor from backups of it made without --include-keys; {}",
                 crate::retire::terms_phrase(&plan.retire),
                 plan.entries,
                 plan.current,
@@ -1071,7 +1071,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 if on_hold {
                     not_served = true;
                     lines.push(format!(
-                        "{name}: ON HOLD: its index failed its integrity check, every request on it answers 503 integrity_hold; look with efsctl fsck --fs {name}, then put its own index back or accept it (--accept-index)"
+                        "{name}: ON HOLD: its index failed its integrity check, every request on it answers 503 integrity_hold; look with efsctl fsck --fs {name}, then put its own index back or accept it (--accept-index; never a copy from before a retire-terms, which would bring the erased terms back)"
                     ));
                 }
                 let retired = f.retired_terms();

@@ -1564,6 +1564,9 @@ impl DataDir {
     pub async fn reencrypt(&self, name: &str, wait: bool) -> Result<(bool, ReencryptProgress)> {
         let fs = self.require_open_fs(name)?;
         fs.ensure_index_checked().await?;
+        // As for a rotation: the files of unfinished recursive deletes would be re-sealed
+        // under the current term, which a later `retire-terms` keeps.
+        fs.finish_pending_deletes().await?;
         let (started, prog) = match reencrypt::begin(&fs, &self.starter).await? {
             reencrypt::Begun::Started(p) => (true, p),
             reencrypt::Begun::Unfinished(p) => (false, p),
@@ -1800,7 +1803,7 @@ impl DataDir {
             // the key terms a rotation or `retire-terms` has since removed).
             if same.ensure_index_checked().await.is_err() {
                 return Err(CoreError::Invalid(format!(
-                    "the backup holds no keys (taken without --include-keys) and the keyring it needs is that of filesystem '{}', which is on hold (its index failed its integrity check, an older copy put back say, or the check could not finish): look with efsctl fsck --fs {}, put its own index back or accept it (--accept-index), then restore",
+                    "the backup holds no keys (taken without --include-keys) and the keyring it needs is that of filesystem '{}', which is on hold (its index failed its integrity check, an older copy put back say, or the check could not finish): look with efsctl fsck --fs {}, put its own index back (or accept it with --accept-index, never a copy from before a retire-terms: that brings the erased terms back), then restore",
                     same.name(),
                     same.name()
                 )));

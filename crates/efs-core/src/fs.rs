@@ -2498,7 +2498,8 @@ pub fn behind_mark_text(fs: &str, at: u64, mark: u64) -> String {
          index was put back? (its digest holds, so it is a whole earlier state: a copy of the \
          index file restored by hand, or the files reverted.) The filesystem is on hold: put \
          back the current index file and restart, or, to serve this earlier state, run efsctl \
-         fsck --fs {fs} --accept-index"
+         fsck --fs {fs} --accept-index (an earlier state brings back the key terms a \
+         retire-terms since has erased: never accept one from before a retirement)"
     )
 }
 

@@ -121,7 +121,7 @@ impl Plan {
             String::new()
         };
         format!(
-            "retire-terms would remove key {} of '{name}' for good (term {} stays): the deleted files' records and data keys sealed under them (in the index's freed pages, in backups made without --include-keys) would no longer open with this data dir's keyring, and such backups could no longer be restored; {}. Not yet erased after it: copies of the keyring from before (snapshots of the data dir or of index.redb, backups made with --include-keys, the old index file's blocks on the disk) still give those keys to whoever has the current key parts, until efsctl rekey-starter moves the data dir to new key parts and the old ones are destroyed. Nothing was retired; run it again with --yes to retire them",
+            "retire-terms would remove key {} of '{name}' for good (term {} stays): the deleted files' records and data keys sealed under them (in the index's freed pages, in backups made without --include-keys) would no longer open with this filesystem's keyring, and such backups could no longer be restored; {}. Not yet erased after it: copies of the keyring from before (snapshots of the data dir or of index.redb, backups made with --include-keys, the old index file's blocks on the disk) still give those keys to whoever has the current key parts, until efsctl rekey-starter moves the data dir to new key parts and the old ones are destroyed. Nothing was retired; run it again with --yes to retire them",
             terms_phrase(&self.retire),
             self.current,
             self.covers()
@@ -167,7 +167,7 @@ impl Plan {
                 })
                 .collect();
             parts.push(format!(
-                "WARNING: other filesystems still hold keys of the terms retired from '{name}' (restored from it): {}. What those terms sealed (the deleted files' records in older backups and copies) still opens with their keys; and a copy restored before the files were deleted holds them as live files, which no rotation erases: delete them there too (or delete that filesystem), then run {}",
+                "WARNING: other filesystems still hold keys of the terms retired from '{name}' (restored from it): {}. What those terms sealed (the deleted files' records in older backups and copies) still opens with their keys; and a copy restored before the files were deleted holds them as live files, which no rotation erases: delete them there too (efs rm), then run {}",
                 each.join(", "),
                 cmds.join("; ")
             ));
@@ -743,6 +743,30 @@ mod tests {
         let (plan, _) = dd.retire_terms("docs", true).await.unwrap();
         assert_eq!(plan.emptied, 0, "nothing left for the retirement to empty");
         assert_eq!(plan.entries, 2);
+    }
+
+    /// A re-encryption too empties what recursive deletes left detached before it begins:
+    /// it gave the deleted files fresh data keys under the current term, which a later
+    /// retire-terms keeps.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reencryption_empties_unfinished_recursive_deletes_first() {
+        let (_t, dd, fs) = env();
+        put(&fs, "/keep/small", b"kept").await;
+        put(&fs, "/tree/a/big", &[2u8; 300_000]).await;
+        put(&fs, "/tree/a/small", b"patient record").await;
+        fs.delete_while(
+            &EfsPath::parse("/tree").unwrap(),
+            crate::Precondition::None,
+            true,
+            false,
+            &|| true,
+        )
+        .await
+        .unwrap();
+        assert_eq!(fs.being_deleted(10).await.unwrap(), 1);
+        let (_, prog) = dd.reencrypt("docs", true).await.unwrap();
+        assert_eq!(fs.being_deleted(10).await.unwrap(), 0);
+        assert_eq!(prog.files_done, 1, "only /keep/small: {prog:?}");
     }
 
     /// A filesystem restored into a new name from this one starts with its terms: after the

@@ -352,7 +352,7 @@ enum Cmd {
     /// Removes every keyring term but the current one ("crypto-shredding"). Once they are
     /// gone, the deleted files' records and data keys sealed under them (in
     /// the index's freed pages: the index is rewritten into a fresh file, crash-safe; in
-    /// backups made without --include-keys) no longer open with this data dir's keyring.
+    /// backups made without --include-keys) no longer open with this filesystem's keyring.
     /// Copies of the keyring from before (snapshots of the data dir or of index.redb,
     /// backups made with --include-keys, the old index file's blocks on the disk) still give
     /// those keys to whoever has the current key parts: `efsctl rekey-starter` to new parts,
