@@ -572,6 +572,18 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
     }
 }
 
+/// The line a rotation or re-encryption begins with when it first emptied what recursive
+/// deletes had left (their files would otherwise have been `what`).
+fn emptied_line(emptied: usize, what: &str) -> Vec<String> {
+    match emptied {
+        0 => Vec::new(),
+        n => vec![format!(
+            "First emptied {n} director{} of unfinished recursive deletes (their files would otherwise have been {what})",
+            if n == 1 { "y" } else { "ies" }
+        )],
+    }
+}
+
 async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResponse, CoreError> {
     Ok(match req {
         AdminRequest::CreateFs { name } => {
@@ -862,8 +874,10 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             )
         }
         AdminRequest::RotateKey { fs, wait } => {
+            let emptied = dd.finish_pending_deletes(&fs).await?;
             let (started, p) = dd.rotate_key(&fs, wait).await?;
-            let mut lines = vec![if started {
+            let mut lines = emptied_line(emptied, "re-sealed under the new term");
+            lines.push(if started {
                 format!(
                     "Added key term {} to '{fs}' ({} terms; older terms are kept for older backups until efsctl retire-terms); new writes use it now",
                     p.current_term, p.terms
@@ -873,7 +887,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     "A key rotation of '{fs}' to term {} was unfinished: resuming it (no new term added)",
                     p.current_term
                 )
-            }];
+            });
             lines.push(match p.state {
                 // Damaged entries skipped are said here too, not only by `status`.
                 RotationState::Done => format!(
@@ -888,7 +902,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             });
             AdminResponse::ok(
                 lines,
-                serde_json::json!({ "fs": fs, "started": started, "rotation": p }),
+                serde_json::json!({ "fs": fs, "started": started, "rotation": p, "emptied_pending_deletes": emptied }),
             )
         }
         AdminRequest::RetireTerms { fs, yes } => {
@@ -1201,8 +1215,10 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             serde_json::json!({ "cleared": false, "reason": "no server is running" }),
         ),
         AdminRequest::Reencrypt { fs, wait } => {
+            let emptied = dd.finish_pending_deletes(&fs).await?;
             let (started, p) = dd.reencrypt(&fs, wait).await?;
-            let mut lines = vec![if started {
+            let mut lines = emptied_line(emptied, "given fresh keys under the new term");
+            lines.push(if started {
                 format!(
                     "Added key term {} to '{fs}'; new writes use it now; every existing file is rewritten under a fresh data key",
                     p.current_term
@@ -1212,7 +1228,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     "A re-encryption of '{fs}' to term {} was unfinished: resuming it",
                     p.current_term
                 )
-            }];
+            });
             lines.push(match p.state {
                 // Damaged entries skipped are said here too, not only by `status`.
                 RotationState::Done => format!(
@@ -1233,6 +1249,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     "started": started,
                     "damaged": p.damaged,
                     "reencryption": p,
+                    "emptied_pending_deletes": emptied,
                 }),
             )
         }

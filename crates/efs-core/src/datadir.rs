@@ -1230,6 +1230,16 @@ impl DataDir {
         Ok(lines)
     }
 
+    /// Empties what recursive deletes of filesystem `name` left waiting to be removed, and
+    /// waits for it ([`Filesystem::finish_pending_deletes`]); returns how many detached
+    /// directories there were. [`DataDir::rotate_key`] and [`DataDir::reencrypt`] do it too;
+    /// efsctl calls it first to say what was emptied.
+    pub async fn finish_pending_deletes(&self, name: &str) -> Result<usize> {
+        let fs = self.require_open_fs(name)?;
+        fs.ensure_index_checked().await?;
+        fs.finish_pending_deletes().await
+    }
+
     /// Starts a key rotation of filesystem `name`: a new keyring term, persisted and
     /// used by new writes at once; every data key is then rewrapped to it, in the
     /// background if `wait` is false (and a runtime exists), else before returning.

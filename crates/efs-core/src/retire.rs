@@ -769,6 +769,48 @@ mod tests {
         assert_eq!(prog.files_done, 1, "only /keep/small: {prog:?}");
     }
 
+    /// `efsctl rotate-key` and `reencrypt` say what they emptied first (an auditor reads it in
+    /// their output and `--json`).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rotate_key_and_reencrypt_say_what_they_emptied_first() {
+        use crate::admin::{self, AdminRequest};
+        let (_t, dd, fs) = env();
+        put(&fs, "/keep/small", b"kept").await;
+        for (i, req) in [
+            AdminRequest::RotateKey {
+                fs: "docs".into(),
+                wait: true,
+            },
+            AdminRequest::Reencrypt {
+                fs: "docs".into(),
+                wait: true,
+            },
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            let tree = format!("/tree{i}");
+            put(&fs, &format!("{tree}/a/small"), b"patient record").await;
+            fs.delete_while(
+                &EfsPath::parse(&tree).unwrap(),
+                crate::Precondition::None,
+                true,
+                false,
+                &|| true,
+            )
+            .await
+            .unwrap();
+            let r = admin::execute(&dd, req).await;
+            assert!(r.ok, "{r:?}");
+            assert!(
+                r.lines[0].starts_with("First emptied 1 directory of unfinished recursive deletes"),
+                "{r:?}"
+            );
+            assert_eq!(r.data["emptied_pending_deletes"], 1, "{r:?}");
+            assert_eq!(fs.being_deleted(10).await.unwrap(), 0);
+        }
+    }
+
     /// A filesystem restored into a new name from this one starts with its terms: after the
     /// retirement here it still holds the retired keys. The dry run, the result and its JSON
     /// name it and what to run there; the retirement is not refused.
@@ -975,19 +1017,16 @@ mod tests {
         );
     }
 
-    /// Crash safety: a retire-terms stopped after staging the new index and before the
-    /// switch leaves the old index in use; the next open removes the staged file.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_retirement_stopped_before_its_switch_is_discarded_at_the_next_open() {
+    /// A retirement of `docs` (after a rotation) stopped at `stop` as by a crash, its staged
+    /// index left, then the data dir opened again; with the staged file's path.
+    async fn stopped_then_reopened(stop: Stop) -> (tempfile::TempDir, DataDir, std::path::PathBuf) {
         let (t, dd, fs) = env();
         put(&fs, "/a", b"a").await;
         dd.rotate_key("docs", true).await.unwrap();
         let id = *fs.id();
         drop(fs);
-        dd.retire_terms_until("docs", true, Stop::BeforeSwitch)
-            .await
-            .unwrap();
-        // Stopped as by a crash: the filesystem is closed, its index not switched.
+        dd.retire_terms_until("docs", true, stop).await.unwrap();
+        // Stopped: the filesystem is closed, its index not switched.
         let staged = dd.fs_dir(&id).join(STAGED);
         assert!(staged.exists());
         drop(dd);
@@ -998,6 +1037,14 @@ mod tests {
             &keyparts::no_prompt,
         )
         .unwrap();
+        (t, dd, staged)
+    }
+
+    /// Crash safety: a retire-terms stopped after staging the new index and before the
+    /// switch leaves the old index in use; the next open removes the staged file.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_retirement_stopped_before_its_switch_is_discarded_at_the_next_open() {
+        let (_t, dd, staged) = stopped_then_reopened(Stop::BeforeSwitch).await;
         assert!(!staged.exists(), "the staged index is removed at the open");
         // And says so in the audit log (a switch entry may be there).
         let details = admin_details(&dd);
@@ -1020,24 +1067,7 @@ mod tests {
     /// that none was.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_retirement_stopped_after_its_entry_is_said_discarded_after_it() {
-        let (t, dd, fs) = env();
-        put(&fs, "/a", b"a").await;
-        dd.rotate_key("docs", true).await.unwrap();
-        let id = *fs.id();
-        drop(fs);
-        dd.retire_terms_until("docs", true, Stop::AfterEntry)
-            .await
-            .unwrap();
-        let staged = dd.fs_dir(&id).join(STAGED);
-        assert!(staged.exists());
-        drop(dd);
-        let (dd, _) = DataDir::open(
-            &t.path().join("data"),
-            &[KeyPartSpec::File(t.path().join("part.key"))],
-            OpenOptions::default(),
-            &keyparts::no_prompt,
-        )
-        .unwrap();
+        let (_t, dd, staged) = stopped_then_reopened(Stop::AfterEntry).await;
         assert!(!staged.exists(), "the staged index is removed at the open");
         let details = admin_details(&dd);
         let switching = details
