@@ -677,15 +677,7 @@ mod tests {
         assert_eq!(blob_files(&blobs), 2);
         dd.rotate_key("docs", true).await.unwrap();
         // The delete as the server makes it, the emptying never run (a stop in between).
-        fs.delete_while(
-            &EfsPath::parse("/tree").unwrap(),
-            crate::Precondition::None,
-            true,
-            false,
-            &|| true,
-        )
-        .await
-        .unwrap();
+        delete_unfinished(&fs, "/tree").await;
         assert_eq!(fs.being_deleted(10).await.unwrap(), 1);
         drop(fs);
 
@@ -713,19 +705,11 @@ mod tests {
         assert_eq!(read_all(&fs, "/keep/big").await, vec![1u8; 300_000]);
     }
 
-    /// A key rotation empties what recursive deletes left detached before it begins: it
-    /// re-sealed those still-live records under its new term, so that a later retire-terms
-    /// kept them (and said they were covered, deleted before the rotation began).
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_rotation_empties_unfinished_recursive_deletes_first() {
-        let (_t, dd, fs) = env();
-        put(&fs, "/keep/small", b"kept").await;
-        put(&fs, "/tree/a/big", &[2u8; 300_000]).await;
-        put(&fs, "/tree/a/small", b"patient record").await;
-        let blobs = dd.fs_dir(fs.id()).join("blobs");
-        assert_eq!(blob_files(&blobs), 1);
+    /// A recursive delete of `path` as the server makes it (detached, answered), with the
+    /// emptying never run: as after a stop right after the delete.
+    async fn delete_unfinished(fs: &std::sync::Arc<Filesystem>, path: &str) {
         fs.delete_while(
-            &EfsPath::parse("/tree").unwrap(),
+            &EfsPath::parse(path).unwrap(),
             crate::Precondition::None,
             true,
             false,
@@ -733,6 +717,26 @@ mod tests {
         )
         .await
         .unwrap();
+        assert!(fs.being_deleted(10).await.unwrap() >= 1);
+    }
+
+    /// `/keep/small`, which stays, and `/tree/a/` (a blob and an inline file), to delete.
+    async fn put_kept_and_tree(fs: &std::sync::Arc<Filesystem>) {
+        put(fs, "/keep/small", b"kept").await;
+        put(fs, "/tree/a/big", &[2u8; 300_000]).await;
+        put(fs, "/tree/a/small", b"patient record").await;
+    }
+
+    /// A key rotation empties what recursive deletes left detached before it begins: it
+    /// re-sealed those still-live records under its new term, so that a later retire-terms
+    /// kept them (and said they were covered, deleted before the rotation began).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rotation_empties_unfinished_recursive_deletes_first() {
+        let (_t, dd, fs) = env();
+        put_kept_and_tree(&fs).await;
+        let blobs = dd.fs_dir(fs.id()).join("blobs");
+        assert_eq!(blob_files(&blobs), 1);
+        delete_unfinished(&fs, "/tree").await;
         assert_eq!(fs.being_deleted(10).await.unwrap(), 1);
         let (_, prog) = dd.rotate_key("docs", true).await.unwrap();
         assert_eq!(fs.being_deleted(10).await.unwrap(), 0);
@@ -751,18 +755,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_reencryption_empties_unfinished_recursive_deletes_first() {
         let (_t, dd, fs) = env();
-        put(&fs, "/keep/small", b"kept").await;
-        put(&fs, "/tree/a/big", &[2u8; 300_000]).await;
-        put(&fs, "/tree/a/small", b"patient record").await;
-        fs.delete_while(
-            &EfsPath::parse("/tree").unwrap(),
-            crate::Precondition::None,
-            true,
-            false,
-            &|| true,
-        )
-        .await
-        .unwrap();
+        put_kept_and_tree(&fs).await;
+        delete_unfinished(&fs, "/tree").await;
         assert_eq!(fs.being_deleted(10).await.unwrap(), 1);
         let (_, prog) = dd.reencrypt("docs", true).await.unwrap();
         assert_eq!(fs.being_deleted(10).await.unwrap(), 0);
@@ -791,15 +785,7 @@ mod tests {
         {
             let tree = format!("/tree{i}");
             put(&fs, &format!("{tree}/a/small"), b"patient record").await;
-            fs.delete_while(
-                &EfsPath::parse(&tree).unwrap(),
-                crate::Precondition::None,
-                true,
-                false,
-                &|| true,
-            )
-            .await
-            .unwrap();
+            delete_unfinished(&fs, &tree).await;
             let r = admin::execute(&dd, req).await;
             assert!(r.ok, "{r:?}");
             assert!(
