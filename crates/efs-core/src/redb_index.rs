@@ -405,14 +405,54 @@ pub(crate) fn rewrite(
     key: &DigestKey,
     replace: &[(&str, &[u8])],
 ) -> Result<u64> {
+    rewrite_inner(src, dst, key, replace, true)?.ok_or_else(|| {
+        CoreError::Index(
+            "the index digest does not open: check the index with efsctl fsck first".into(),
+        )
+    })
+}
+
+/// [`rewrite`], but an index whose digest does not open under `key` (one the data dir
+/// holds, its key row missing) is copied all the same, its digest row as it was (as a
+/// commit in place leaves it: see `apply_group`). Returns the new generation, `None` for
+/// such an index.
+pub(crate) fn rewrite_any_digest(
+    src: &Path,
+    dst: &Path,
+    key: &DigestKey,
+    replace: &[(&str, &[u8])],
+) -> Result<Option<u64>> {
+    rewrite_inner(src, dst, key, replace, false)
+}
+
+fn rewrite_inner(
+    src: &Path,
+    dst: &Path,
+    key: &DigestKey,
+    replace: &[(&str, &[u8])],
+    digest_required: bool,
+) -> Result<Option<u64>> {
     match std::fs::remove_file(dst) {
         Ok(()) => {}
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
         Err(e) => return Err(e.into()),
     }
     let old = open_redb(src, None).map_err(ix)?;
-    let new = open_redb(dst, None).map_err(ix)?;
     let r = old.begin_read().map_err(ix)?;
+    // The digest first: a required one that does not open refuses before anything is copied.
+    let meta = r.open_table(META).map_err(ix)?;
+    let stored = meta
+        .get(META_DIGEST)
+        .map_err(ix)?
+        .map(|v| v.value().to_vec());
+    let mut digest = stored
+        .as_deref()
+        .and_then(|s| Accumulator::open(key, s))
+        .filter(|d| d.layout() == Layout::INDEX);
+    if digest.is_none() && digest_required {
+        return Ok(None);
+    }
+    let new = open_redb(dst, None).map_err(ix)?;
     for table in [ENTRIES, INLINE] {
         let from = r.open_table(table).map_err(ix)?;
         let mut rows = from.iter().map_err(ix)?;
@@ -437,19 +477,6 @@ pub(crate) fn rewrite(
             }
         }
     }
-    let meta = r.open_table(META).map_err(ix)?;
-    let stored = meta
-        .get(META_DIGEST)
-        .map_err(ix)?
-        .map(|v| v.value().to_vec());
-    let mut digest = stored
-        .and_then(|s| Accumulator::open(key, &s))
-        .filter(|d| d.layout() == Layout::INDEX)
-        .ok_or_else(|| {
-            CoreError::Index(
-                "the index digest does not open: check the index with efsctl fsck first".into(),
-            )
-        })?;
     let w = new.begin_write().map_err(ix)?;
     {
         // Created even when empty, as every open does: readers never meet a missing table.
@@ -459,8 +486,10 @@ pub(crate) fn rewrite(
         for (name, v) in meta_rows(&meta)? {
             match replace.iter().find(|(n, _)| *n == name) {
                 Some((_, new_value)) => {
-                    digest.remove_meta(key, &name, &v);
-                    digest.insert_meta(key, &name, new_value);
+                    if let Some(d) = digest.as_mut() {
+                        d.remove_meta(key, &name, &v);
+                        d.insert_meta(key, &name, new_value);
+                    }
                     to.insert(name.as_str(), *new_value).map_err(ix)?;
                 }
                 None => {
@@ -470,20 +499,31 @@ pub(crate) fn rewrite(
         }
         for (name, new_value) in replace {
             if meta.get(*name).map_err(ix)?.is_none() {
-                digest.insert_meta(key, name, new_value);
+                if let Some(d) = digest.as_mut() {
+                    d.insert_meta(key, name, new_value);
+                }
                 to.insert(*name, *new_value).map_err(ix)?;
             }
         }
-        digest.bump();
-        to.insert(META_DIGEST, digest.seal(key).as_slice())
-            .map_err(ix)?;
+        match digest.as_mut() {
+            Some(d) => {
+                d.bump();
+                to.insert(META_DIGEST, d.seal(key).as_slice()).map_err(ix)?;
+            }
+            // Left as it was (see `rewrite_any_digest`), or missing as it was.
+            None => {
+                if let Some(s) = &stored {
+                    to.insert(META_DIGEST, s.as_slice()).map_err(ix)?;
+                }
+            }
+        }
     }
     w.commit().map_err(ix)?;
     drop(r);
     drop(old);
     drop(new);
     std::fs::File::open(dst)?.sync_all()?;
-    Ok(digest.generation())
+    Ok(digest.map(|d| d.generation()))
 }
 
 fn committer(

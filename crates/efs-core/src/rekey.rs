@@ -10,17 +10,26 @@
 //!
 //! 1. Stage: `system/keyparts.json.rekey` (the new parts' public facts) first, then
 //!    `system/system.redb.rekey` (users, filesystems, secrets sealed under the new
-//!    starter key), then in each index the meta `keyring.rekey` (the keyring sealed under
-//!    the new starter key). The old files and the `keyring` metas are untouched.
+//!    starter key), then beside each index `index.redb.rekey`: a new copy of the whole
+//!    index whose `keyring` row is the keyring sealed under the new starter key. The old
+//!    files are untouched.
 //! 2. Switch: rename `keyparts.json.rekey` over `keyparts.json` (atomic, directory
 //!    synced). From here on only the new parts open the data dir.
-//! 3. Finish: in each index, `keyring` := `keyring.rekey` (emptied in the same batch);
-//!    then rename `system.redb.rekey` over `system.redb`.
+//! 3. Finish: rename each `index.redb.rekey` over its `index.redb` (directory synced),
+//!    then `system.redb.rekey` over `system.redb`.
+//!
+//! Why new copies rather than a new `keyring` row written in place: redb is
+//! copy-on-write, so the replaced row (the keyring sealed under the OLD starter key) would
+//! stay in the file's freed pages, where anyone holding the old key parts and a later copy
+//! of the data dir could read every key term of the time back out of it — the very thing a
+//! re-keying after a leak of key parts is for. The system database is a new file for the
+//! same reason.
 //!
 //! `recover` runs at every open: `keyparts.json.rekey` present means the switch did not
 //! happen (the staged files are discarded; the old parts still open everything);
 //! `system.redb.rekey` present without it means the switch did happen (step 3 is
-//! completed, idempotently).
+//! completed, idempotently). A re-keying staged by an earlier version left the meta
+//! `keyring.rekey` in each index instead of a copy: both are still finished or discarded.
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -35,8 +44,10 @@ use crate::keyring::Keyring;
 use crate::redb_index::{DigestOptions, RedbIndex};
 use crate::system::SystemDb;
 
-/// Index meta of a staged keyring.
+/// Index meta of a keyring staged by an earlier version (see the module docs).
 const META_KEYRING_NEXT: &str = "keyring.rekey";
+/// The staged copy of an index, beside it.
+const INDEX_NEXT: &str = "index.redb.rekey";
 const KEYPARTS_NEXT: &str = "keyparts.json.rekey";
 const SYSTEM_NEXT: &str = "system.redb.rekey";
 
@@ -139,6 +150,16 @@ impl DigestRoots {
         Ok(DigestRoots(roots))
     }
 
+    /// Filesystem `id`'s index-digest key, and whether its digest's upgrade to layout 2 was
+    /// recorded. A filesystem whose key row is missing gets a throwaway key: its digest
+    /// cannot be checked anyway (the data dir holds it until an operator accepts its index).
+    fn key(&self, id: &[u8; 16]) -> (DigestKey, bool) {
+        match self.0.get(id) {
+            Some((r, upgraded)) => (DigestKey::from_root(r, id), *upgraded),
+            None => (DigestKey::from_root(&Key32::random(), id), false),
+        }
+    }
+
     /// [`DigestRoots::read`] from the database file at `path`, whatever its own digest says:
     /// the open that follows checks that (and refuses it, or opens it to be accepted); only
     /// the keys are read here.
@@ -153,16 +174,77 @@ impl DigestRoots {
     /// whose key row is missing gets a throwaway key: its digest cannot be checked anyway
     /// (the data dir holds it until an operator accepts its index).
     fn open_index(&self, id: &[u8; 16], path: &Path) -> Result<RedbIndex> {
-        let (key, upgraded) = match self.0.get(id) {
-            Some((r, upgraded)) => (DigestKey::from_root(r, id), *upgraded),
-            None => (DigestKey::from_root(&Key32::random(), id), false),
-        };
+        let (key, upgraded) = self.key(id);
         let opts = DigestOptions {
             compute_missing: false,
             upgrade_layout_1: !upgraded,
         };
         RedbIndex::open_with(path, key, opts)
     }
+}
+
+/// Refuses (before anything is staged) a re-keying whose copies would not fit: the new
+/// system database and every index's copy all wait beside the old files for the switch.
+fn check_room_for_copies(root: &Path, indexes: &[([u8; 16], std::path::PathBuf)]) -> Result<()> {
+    let mut need = std::fs::metadata(root.join("system").join("system.redb"))?.len();
+    for (_, p) in indexes {
+        need = need.saturating_add(std::fs::metadata(p)?.len());
+    }
+    if need == 0 {
+        return Ok(());
+    }
+    let fs_dir = root.join("fs");
+    let on = if fs_dir.is_dir() {
+        fs_dir
+    } else {
+        root.to_path_buf()
+    };
+    let st = rustix::fs::statvfs(&on).map_err(std::io::Error::from)?;
+    let free = st.f_bavail.saturating_mul(st.f_frsize);
+    if free < need {
+        return Err(CoreError::Refused(format!(
+            "rekey-starter writes a new copy of every index before the switch (about {need} bytes, the size of the index.redb files under fs/ and of system/system.redb), and only {free} bytes are free there: free that much space and run it again (nothing was changed)"
+        )));
+    }
+    Ok(())
+}
+
+/// Step 1's index part: beside each index, a new copy whose keyring row is sealed under
+/// `new_starter` (see the module docs for why a copy). Returns how many.
+async fn stage_indexes(
+    indexes: &[([u8; 16], std::path::PathBuf)],
+    roots: &DigestRoots,
+    old_starter: &StarterKey,
+    new_starter: &StarterKey,
+) -> Result<usize> {
+    for (id, p) in indexes {
+        // Opened (and closed) first as the data dir opens it: a layout-1 digest is
+        // upgraded, so that the copy carries the digest the next open expects.
+        let sealed = {
+            let index = roots.open_index(id, p)?;
+            index.get_meta(crate::datadir::META_KEYRING).await?
+        };
+        let sealed = sealed.ok_or_else(|| {
+            CoreError::Invalid(format!(
+                "{} holds no keyring: it is no filesystem of this data dir (what a restore \
+                 cut short by a crash leaves); move its directory out of fs/ and run \
+                 rekey-starter again (nothing was switched)",
+                p.display()
+            ))
+        })?;
+        let kr = Keyring::open(old_starter, id, &sealed)?;
+        let resealed = kr.seal(new_starter, id);
+        let (key, _) = roots.key(id);
+        crate::redb_index::rewrite_any_digest(
+            p,
+            &p.with_file_name(INDEX_NEXT),
+            &key,
+            &[(crate::datadir::META_KEYRING, resealed.as_slice())],
+        )?;
+        // The copy's directory entry, so that a power cut after the switch cannot lose it.
+        sync_dir(p.parent().expect("an index path has a directory"))?;
+    }
+    Ok(indexes.len())
 }
 
 async fn put_meta(index: &RedbIndex, ops: Vec<Op>) -> Result<()> {
@@ -187,13 +269,21 @@ pub(crate) async fn recover(root: &Path, starter: &StarterKey) -> Result<Option<
     if sys.join(KEYPARTS_NEXT).exists() {
         // Not switched: the old parts are current; forget the staged state.
         let roots = DigestRoots::read_file(root, &sys.join("system.redb"), starter)?;
+        discard_staged_indexes(root)?;
         for (id, p) in fs_indexes(root)? {
             let index = roots.open_index(&id, &p)?;
-            put_meta(
-                &index,
-                vec![Op::PutMeta(META_KEYRING_NEXT.into(), Vec::new())],
-            )
-            .await?;
+            // Only what an earlier version staged in place: nothing to write otherwise.
+            if index
+                .get_meta(META_KEYRING_NEXT)
+                .await?
+                .is_some_and(|v| !v.is_empty())
+            {
+                put_meta(
+                    &index,
+                    vec![Op::PutMeta(META_KEYRING_NEXT.into(), Vec::new())],
+                )
+                .await?;
+            }
         }
         let _ = std::fs::remove_file(sys.join(SYSTEM_NEXT));
         std::fs::remove_file(sys.join(KEYPARTS_NEXT))?;
@@ -215,9 +305,29 @@ pub(crate) async fn recover(root: &Path, starter: &StarterKey) -> Result<Option<
     Ok(None)
 }
 
-/// Step 3: promote the staged keyrings, then the staged system database.
+/// Removes every staged index copy (a re-keying not switched). Returns how many.
+fn discard_staged_indexes(root: &Path) -> Result<usize> {
+    let mut n = 0;
+    for (_, p) in fs_indexes(root)? {
+        match std::fs::remove_file(p.with_file_name(INDEX_NEXT)) {
+            Ok(()) => n += 1,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Ok(n)
+}
+
+/// Step 3: promote the staged index copies (or keyrings an earlier version staged in
+/// place), then the staged system database.
 async fn finish(root: &Path, roots: &DigestRoots) -> Result<()> {
     for (id, p) in fs_indexes(root)? {
+        let staged = p.with_file_name(INDEX_NEXT);
+        if staged.exists() {
+            std::fs::rename(&staged, &p)?;
+            sync_dir(p.parent().expect("an index path has a directory"))?;
+            continue;
+        }
         let index = roots.open_index(&id, &p)?;
         if let Some(next) = index.get_meta(META_KEYRING_NEXT).await?
             && !next.is_empty()
@@ -318,6 +428,10 @@ pub async fn rekey_starter_until(
         ))
     })?;
 
+    // Refused before anything is staged where the copies would not fit.
+    let indexes = fs_indexes(root)?;
+    check_room_for_copies(root, &indexes)?;
+
     // 1. Stage, the marker first.
     let json = serde_json::to_vec_pretty(&new_file).expect("serialising JSON cannot fail");
     crate::datadir::write_atomic(&sys.join(KEYPARTS_NEXT), &json)?;
@@ -347,33 +461,17 @@ pub async fn rekey_starter_until(
         DigestRoots::read(root, &old_db)?
     };
     std::fs::File::open(sys.join(SYSTEM_NEXT))?.sync_all()?;
-    let mut n = 0;
-    for (id, p) in fs_indexes(root)? {
-        let index = roots.open_index(&id, &p)?;
-        let sealed = index
-            .get_meta(crate::datadir::META_KEYRING)
-            .await?
-            .ok_or_else(|| {
-                CoreError::Invalid(format!(
-                    "{} holds no keyring: it is no filesystem of this data dir (what a restore \
-                     cut short by a crash leaves); move its directory out of fs/ and run \
-                     rekey-starter again (nothing was switched)",
-                    p.display()
-                ))
-            })?;
-        let kr = Keyring::open(&old_starter, &id, &sealed)?;
-        put_meta(
-            &index,
-            vec![Op::PutMeta(
-                META_KEYRING_NEXT.into(),
-                kr.seal(&new_starter, &id),
-            )],
-        )
-        .await?;
-        n += 1;
-    }
+    let staged = stage_indexes(&indexes, &roots, &old_starter, &new_starter).await;
+    let n = match staged {
+        Ok(n) => n,
+        Err(e) => {
+            // The copies can be large: not left for the next open to remove.
+            let _ = discard_staged_indexes(root);
+            return Err(e);
+        }
+    };
     lines.push(format!(
-        "Sealed the keyrings of {n} filesystems under the new starter key"
+        "Sealed the keyrings of {n} filesystems under the new starter key (each index copied into a new file around it)"
     ));
     if stop == Stop::BeforeSwitch {
         return Ok(lines);

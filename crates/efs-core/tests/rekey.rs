@@ -548,3 +548,57 @@ async fn rekey_starter_records_how_far_the_audit_log_went() {
     };
     DataDir::open(&root, &new, o, &no_prompt).expect("the rekey recorded the log's head");
 }
+
+/// Every filesystem's index file under `root`.
+fn index_files(root: &Path) -> Vec<std::path::PathBuf> {
+    let mut out: Vec<_> = std::fs::read_dir(root.join("fs"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("index.redb"))
+        .filter(|p| p.exists())
+        .collect();
+    out.sort();
+    out
+}
+
+/// The `keyring` row of the (closed) index at `path`: the keyring sealed under the starter key.
+fn keyring_row_of(path: &Path) -> Vec<u8> {
+    use redb::ReadableDatabase;
+    const META: redb::TableDefinition<&str, &[u8]> = redb::TableDefinition::new("meta");
+    let db = redb::Database::create(path).unwrap();
+    let r = db.begin_read().unwrap();
+    let t = r.open_table(META).unwrap();
+    t.get("keyring").unwrap().unwrap().value().to_vec()
+}
+
+fn contains(hay: &[u8], needle: &[u8]) -> bool {
+    hay.windows(needle.len()).any(|w| w == needle)
+}
+
+/// Why each index is copied rather than its keyring row replaced in place: redb is
+/// copy-on-write, so the replaced row (the keyring sealed under the OLD starter key) would
+/// stay in the file's freed pages, and whoever holds the leaked old key parts and any later
+/// copy of the data dir would read every key term out of it. After a re-keying, finished at
+/// once or at the next open after a crash past the switch, no index file holds it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn no_index_file_keeps_the_keyring_sealed_under_the_old_key() {
+    for stop in [Stop::Never, Stop::AfterSwitch] {
+        let ((tmp, root, part), files) = filled_and_closed().await;
+        let indexes = index_files(&root);
+        assert_eq!(indexes.len(), 2);
+        let old: Vec<Vec<u8>> = indexes.iter().map(|p| keyring_row_of(p)).collect();
+        for (p, k) in indexes.iter().zip(&old) {
+            assert!(contains(&std::fs::read(p).unwrap(), k), "{}", p.display());
+        }
+        let new = vec![new_part(&tmp.path().join("new.key"))];
+        rekey_until(&root, &part, &new, stop).await;
+        let dd = open(&root, &new).unwrap();
+        assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+        for p in &indexes {
+            let bytes = std::fs::read(p).unwrap();
+            for k in &old {
+                assert!(!contains(&bytes, k), "{stop:?}: {}", p.display());
+            }
+        }
+        check(&dd, &files).await;
+    }
+}

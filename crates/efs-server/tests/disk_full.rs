@@ -1004,3 +1004,60 @@ async fn a_restore_that_cannot_fit_whole_writes_nothing() {
     assert_eq!(srv.get_ok("/two.bin", &token).await, pattern(3 << 20, 2));
     srv.stop().await;
 }
+
+/// `rekey-starter` writes a new copy of every index before the switch (so that no index file
+/// keeps the keyring sealed under the old key): where the copies would not fit it is refused
+/// before anything is staged, the old key parts still open everything, and with the space
+/// freed the same command goes through.
+#[tokio::test]
+async fn rekey_starter_is_refused_when_the_index_copies_do_not_fit() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "rekey-starter's room for the index copies",
+        "nothing else (the check is a statvfs)",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, None).await;
+    for i in 0..300u64 {
+        srv.put_ok(&format!("/d/f{i}"), &token, pattern(3000, i))
+            .await;
+    }
+    srv.stop().await;
+    let index_bytes: u64 = std::fs::read_dir(data.join("fs"))
+        .unwrap()
+        .map(|e| e.unwrap().path().join("index.redb"))
+        .filter(|p| p.exists())
+        .map(|p| std::fs::metadata(p).unwrap().len())
+        .sum();
+    assert!(index_bytes > 1 << 20, "{index_bytes}");
+    let filler = data.join("filler");
+    fill_leaving(&filler, index_bytes / 2);
+
+    let new_part = dir.path().join("new.keypart");
+    efs_core::keyparts::generate_part_file(&new_part).unwrap();
+    let spec = format!("file:{}", new_part.display());
+    let (ok, text) = srv.efsctl_text(&["rekey-starter", "--new-key-part", &spec]);
+    assert!(!ok, "{text}");
+    assert!(text.contains("new copy of every index"), "{text}");
+    assert!(text.contains("nothing was changed"), "{text}");
+    let staged: Vec<_> = common::all_files(&data)
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| p.to_string_lossy().ends_with(".rekey"))
+        .collect();
+    assert!(staged.is_empty(), "{staged:?}");
+    srv.efsctl_ok(&["list-fs"]);
+
+    std::fs::remove_file(&filler).unwrap();
+    let out = srv.efsctl_ok(&["rekey-starter", "--new-key-part", &spec]);
+    assert!(out.contains("only the new key parts open"), "{out}");
+    let srv = TestServer::start_in(dir.clone(), &["--key-part", &spec], &[]);
+    let token = srv.login("app", &key, None).await;
+    assert_eq!(srv.get_ok("/d/f7", &token).await, pattern(3000, 7));
+}

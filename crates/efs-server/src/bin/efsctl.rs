@@ -334,8 +334,10 @@ enum Cmd {
     },
     /// Move the data dir to new key parts: every keyring and system secret is sealed
     /// again under the new starter key; afterwards only the new parts open it. The server
-    /// must be stopped. The current parts are given with --key-part as usual.
-    /// Crash-safe: an interruption leaves either the old parts or the new ones working. An
+    /// must be stopped. The current parts are given with --key-part as usual. Every index
+    /// and the system database are copied into new files (none keeps the keyring sealed
+    /// under the old key in its freed pages): it needs free space about their size, and is
+    /// refused before anything changes where that is missing. Crash-safe: an interruption leaves either the old parts or the new ones working. An
     /// error after the switch says "the data dir is re-keyed: only the NEW key parts open it
     /// now": keep them and start with them. A failure only to write its audit entry is a
     /// warning.
