@@ -186,8 +186,9 @@ pub struct TokenRequest {
     pub fs: Option<String>,
 }
 
-/// Answer to `POST /_efs/auth/token` and `POST /_efs/auth/refresh`.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// Answer to `POST /_efs/auth/token` and `POST /_efs/auth/refresh`. Its `Debug` leaves the
+/// token out (a bearer credential must never reach a log).
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct TokenResponse {
     /// The JWT, to send as `Authorization: Bearer …`.
     pub token: String,
@@ -197,6 +198,17 @@ pub struct TokenResponse {
     pub renewals_left: u32,
     /// The filesystem the token is for.
     pub fs: String,
+}
+
+impl std::fmt::Debug for TokenResponse {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("TokenResponse")
+            .field("token", &"<redacted>")
+            .field("expires_in", &self.expires_in)
+            .field("renewals_left", &self.renewals_left)
+            .field("fs", &self.fs)
+            .finish()
+    }
 }
 
 /// Why a login, refresh or token check failed. Only [`AuthError::code`] and
@@ -1479,6 +1491,24 @@ mod tests {
 
     const T0_MS: u64 = 1_700_000_000_000;
     const IP: IpAddr = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 10));
+
+    /// A token answer's `Debug` (what a `{:?}` in a log line would print) leaves the bearer
+    /// token out.
+    #[test]
+    fn a_token_answer_debug_hides_the_token() {
+        let r = TokenResponse {
+            token: "eyJhbGciOiJFZERTQSJ9.secret-part.signature".into(),
+            expires_in: 900,
+            renewals_left: 3,
+            fs: "docs".into(),
+        };
+        let shown = format!("{r:?}");
+        assert!(!shown.contains("secret-part"), "{shown}");
+        assert!(
+            shown.contains("redacted") && shown.contains("docs"),
+            "{shown}"
+        );
+    }
 
     /// An in-memory user directory the tests can change under a running authenticator.
     #[derive(Default)]
