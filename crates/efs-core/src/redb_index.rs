@@ -13,6 +13,16 @@
 //! until the database is closed and opened again. The committer therefore reopens it before
 //! the next group, so that a filesystem whose disk was full for a moment takes writes again
 //! once space is freed, without a restart.
+//!
+//! Except after an I/O error from the device while the commit was written out (EIO at its
+//! fsync, say): the kernel may then mark the pages it failed to write clean while keeping
+//! their new contents in its cache, so a reopen would read back a commit the disk never
+//! took, and later commits (and gc, which trusts what the index names) would build on it
+//! until a power cut or the cache's eviction brought the disk's older state back: files
+//! naming deleted blobs, or pages that no longer match their checksums. (PostgreSQL, after
+//! the same discovery in 2018, stops at a failed fsync for the same reason.) So the committer
+//! refuses every later write to this index, with a message saying what happened and what to
+//! do, until the process ends.
 
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +137,10 @@ struct Handle {
     db: RwLock<Option<Arc<Database>>>,
     /// The latest read snapshot, shared by point reads while the index does not change.
     snapshot: Mutex<Option<Arc<Snapshot>>>,
+    /// Tests: the next commit is written, then reported as failed by the device (EIO), as a
+    /// failed fsync after the pages reached the kernel would.
+    #[cfg(test)]
+    fail_next_sync: std::sync::atomic::AtomicBool,
 }
 
 /// A read transaction's open tables, reused by [`Index::get_entry`] and
@@ -366,6 +380,8 @@ impl RedbIndex {
             cache_bytes,
             db: RwLock::new(Some(Arc::new(db))),
             snapshot: Mutex::new(None),
+            #[cfg(test)]
+            fail_next_sync: Default::default(),
         });
         let digest = Arc::new(digest);
         let (tx, rx) = mpsc::channel::<(Batch, Reply)>();
@@ -533,6 +549,8 @@ fn committer(
     rx: mpsc::Receiver<(Batch, Reply)>,
 ) {
     let mut failed = false;
+    // Set for good by an I/O error from the device during a commit (see the module docs).
+    let mut device_failed: Option<String> = None;
     while let Ok(first) = rx.recv() {
         let mut group = vec![first];
         while group.len() < MAX_GROUP {
@@ -541,13 +559,31 @@ fn committer(
                 Err(_) => break,
             }
         }
+        if let Some(msg) = &device_failed {
+            for (_, reply) in group {
+                let _ = reply.send(Err(CoreError::Index(msg.clone())));
+            }
+            continue;
+        }
         // The last group failed: redb now refuses every write until reopened.
         if failed && let Err(e) = handle.reopen() {
             tracing::error!(error = %e, "the index could not be reopened");
         }
         let outcome = handle
             .current()
-            .and_then(|db| apply_group(&db, &key, &group));
+            .and_then(|db| apply_group(&db, &key, &group))
+            .and_then(|(w, results)| match commit_group(&handle, w) {
+                Ok(()) => Ok(results),
+                Err(Failure::Device(e)) => {
+                    let msg = format!(
+                        "the disk reported an I/O error while an index commit was made durable ({e}): this filesystem takes no more writes until efs-server is restarted. The kernel may still hold index pages the disk did not take: check the device (dmesg), reboot the machine before starting efs-server again, then run efsctl fsck on this filesystem"
+                    );
+                    tracing::error!(index = %handle.path.display(), "{msg}");
+                    device_failed = Some(msg.clone());
+                    Err(CoreError::Index(msg))
+                }
+                Err(Failure::Other(e)) => Err(e),
+            });
         failed = outcome.is_err();
         // Before any answer: a read that starts after a writer has its answer sees the new
         // count, and does not use the snapshot shared before. (Also after a failed group:
@@ -592,7 +628,35 @@ fn meta_rows<T: ReadableTable<&'static str, &'static [u8]>>(
     Ok(out)
 }
 
-fn apply_group(db: &Database, key: &DigestKey, group: &[(Batch, Reply)]) -> Result<Vec<bool>> {
+/// How a commit failed.
+enum Failure {
+    /// An I/O error from the device (not a full disk) while the commit was written out.
+    Device(std::io::Error),
+    /// Anything else (a full disk included): the committer reopens and goes on.
+    Other(CoreError),
+}
+
+/// Commits a group's transaction (durably: every index commit is).
+fn commit_group(handle: &Handle, w: redb::WriteTransaction) -> std::result::Result<(), Failure> {
+    #[cfg(test)]
+    if handle.fail_next_sync.swap(false, Ordering::SeqCst) {
+        w.commit().map_err(|e| Failure::Other(ix(e)))?;
+        return Err(Failure::Device(std::io::Error::from_raw_os_error(5)));
+    }
+    let _ = handle;
+    w.commit().map_err(|e| match redb::Error::from(e) {
+        redb::Error::Io(io) if !is_storage_full(&io) => Failure::Device(io),
+        other => Failure::Other(ix(other)),
+    })
+}
+
+/// Applies a group's batches in one write transaction, which the caller commits
+/// ([`commit_group`]). Returns it with whether each batch's expectations held.
+fn apply_group(
+    db: &Database,
+    key: &DigestKey,
+    group: &[(Batch, Reply)],
+) -> Result<(redb::WriteTransaction, Vec<bool>)> {
     let w = db.begin_write().map_err(ix)?;
     let mut results = Vec::with_capacity(group.len());
     {
@@ -684,8 +748,7 @@ fn apply_group(db: &Database, key: &DigestKey, group: &[(Batch, Reply)]) -> Resu
                 .map_err(ix)?;
         }
     }
-    w.commit().map_err(ix)?;
-    Ok(results)
+    Ok((w, results))
 }
 
 #[async_trait]
@@ -923,5 +986,44 @@ impl Index for RedbIndex {
             visit(SnapshotItem::Inline(&id, v.value()))?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn put(k: u8, v: &[u8]) -> Batch {
+        Batch {
+            ops: vec![Op::PutEntry([k; 32], v.to_vec())],
+            ..Default::default()
+        }
+    }
+
+    /// After the device fails a commit's write-out (EIO at its fsync: the commit may be in
+    /// the kernel's cache and not on the disk), no later write goes through this index, not
+    /// even the empty batch with which gc settles commits of unknown outcome (gc then
+    /// refuses instead of deleting blobs by what the cache says). Before, the committer
+    /// reopened the database (reading the failed commit back from the cache) and went on.
+    /// A full disk still recovers: see disk_full.rs in efs-server.
+    #[tokio::test]
+    async fn no_write_goes_through_after_the_device_fails_a_commit() {
+        let tmp = tempfile::tempdir().unwrap();
+        let key = DigestKey::from_root(&efs_format::Key32::random(), &[1; 16]);
+        let ix = RedbIndex::open(&tmp.path().join("index.redb"), key).unwrap();
+        assert!(ix.commit(put(1, b"one")).await.unwrap());
+        ix.db.fail_next_sync.store(true, Ordering::SeqCst);
+        let e = ix.commit(put(2, b"two")).await.unwrap_err().to_string();
+        assert!(e.contains("reboot the machine"), "{e}");
+        for b in [put(3, b"three"), Batch::default()] {
+            let e = ix.commit(b).await.unwrap_err().to_string();
+            assert!(e.contains("takes no more writes"), "{e}");
+        }
+        assert_eq!(ix.get_entry(&[3; 32]).await.unwrap(), None);
+        // Reads go on.
+        assert_eq!(
+            ix.get_entry(&[1; 32]).await.unwrap().as_deref(),
+            Some(&b"one"[..])
+        );
     }
 }

@@ -461,6 +461,9 @@ pub async fn rekey_starter_until(
         DigestRoots::read(root, &old_db)?
     };
     std::fs::File::open(sys.join(SYSTEM_NEXT))?.sync_all()?;
+    // Its directory entry too, before the switch: a switch kept by a power cut without the
+    // staged database would leave a data dir that no key parts open.
+    sync_dir(&sys)?;
     let staged = stage_indexes(&indexes, &roots, &old_starter, &new_starter).await;
     let n = match staged {
         Ok(n) => n,
