@@ -168,7 +168,7 @@ async fn ls_one(
         if recursive {
             // One walk, then the tree in order: each entry shown by its path below the
             // listed directory.
-            let mut tree: Vec<_> = walk::walk_remote(&client, &rp.path, false)
+            let mut tree: Vec<_> = walk::walk_remote(&client, &rp.remote, &rp.path, false)
                 .await?
                 .into_iter()
                 .collect();
@@ -546,7 +546,7 @@ pub(crate) async fn rm(
         };
         // The answer to a delete does not say what was there: asked first, only for -v.
         let was_dir = verbose
-            && matches!(walk::stat_remote(&client, &rp.path).await, Ok(Some(m)) if m.kind == walk::Kind::Dir);
+            && matches!(walk::stat_remote(&client, &rp.remote, &rp.path).await, Ok(Some(m)) if m.kind == walk::Kind::Dir);
         match client.delete(&target, recursive).await {
             Ok(()) if verbose => eprintln!(
                 "deleted {}{}",
@@ -581,7 +581,7 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
     let (dst_arg, srcs) = paths.split_last().expect("clap requires 2 paths");
     let dst = remote_arg("mv", dst_arg)?;
     let client = session.client(&dst.remote).await?;
-    let dst_meta = walk::stat_remote(&client, &dst.path).await?;
+    let dst_meta = walk::stat_remote(&client, &dst.remote, &dst.path).await?;
     let dst_is_dir = matches!(&dst_meta, Some(m) if m.kind == walk::Kind::Dir);
     let into = dst_is_dir || dst.dir_hint || srcs.len() > 1;
     if into && !dst_is_dir && dst_meta.is_some() {
@@ -653,7 +653,7 @@ async fn mkdir_one(session: &Session, arg: &str, parents: bool) -> Result<()> {
     {
         let rp = remote_arg("mkdir", arg)?;
         let client = session.client(&rp.remote).await?;
-        let existing = walk::stat_remote(&client, &rp.path).await?;
+        let existing = walk::stat_remote(&client, &rp.remote, &rp.path).await?;
         if matches!(&existing, Some(m) if m.kind == walk::Kind::File) {
             return Err(fail_hint(
                 exit::CONFLICT,
@@ -671,7 +671,7 @@ async fn mkdir_one(session: &Session, arg: &str, parents: bool) -> Result<()> {
                 ));
             }
             let parent = location::parent(&rp.path);
-            match walk::stat_remote(&client, &parent).await? {
+            match walk::stat_remote(&client, &rp.remote, &parent).await? {
                 Some(m) if m.kind == walk::Kind::Dir => {}
                 Some(_) => {
                     return Err(fail(

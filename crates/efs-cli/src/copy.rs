@@ -139,9 +139,7 @@ impl Endpoint {
                 client,
                 remote,
                 path,
-            } => walk::stat_remote(client, path)
-                .await
-                .with_context(|| format!("remote '{remote}'")),
+            } => walk::stat_remote(client, remote, path).await,
         }
     }
 
@@ -151,8 +149,12 @@ impl Endpoint {
     async fn walk(&self, sync: bool) -> Result<walk::Walked> {
         match self {
             Endpoint::Local(p, _) => walk::walk_local(p.clone(), sync).await,
-            Endpoint::Remote { client, path, .. } => Ok(walk::Walked {
-                tree: walk::walk_remote(client, path, true).await?,
+            Endpoint::Remote {
+                client,
+                remote,
+                path,
+            } => Ok(walk::Walked {
+                tree: walk::walk_remote(client, remote, path, true).await?,
                 ..walk::Walked::default()
             }),
         }
@@ -1126,7 +1128,7 @@ async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
             loop {
                 match stream_copy(from_client, from, to_client, to, &job.meta, fp).await {
                     Err(e) if attempt < STREAM_ATTEMPTS && is_transient(&e) => {
-                        tracing::info!("retrying the copy of {from} after: {e:#}");
+                        tracing::info!("retrying the copy of {} after: {e:#}", job.src.display());
                         tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
                         attempt += 1;
                     }

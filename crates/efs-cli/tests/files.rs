@@ -373,6 +373,39 @@ fn rm_v_names_what_it_deletes() {
     assert!(out.stderr.is_empty(), "{out:?}");
 }
 
+/// Regression: errors named a remote path without its remote (`reading /_efs/x`, where
+/// others say `drive:/path`).
+#[test]
+fn errors_name_the_remote_of_each_path() {
+    let env = Env::new();
+    // A path the SDK refuses before asking (`_efs` is the server's): an error other than
+    // not found, from the look before the command acts.
+    let err = env.fails(&["mkdir", "drive:/_efs/x"], 2);
+    assert!(err.contains("reading drive:/_efs/x"), "{err}");
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/a"], b"a"));
+    let err = env.fails(&["mv", "drive:/a", "drive:/_efs/x"], 2);
+    assert!(err.contains("reading drive:/_efs/x"), "{err}");
+    env.write("pass.txt", b"a passphrase long enough to be accepted\n");
+    let err = env.fails(
+        &["tar", "drive:/_efs/x", "-o", "b.age", "-p", "pass.txt"],
+        2,
+    );
+    assert!(err.contains("reading drive:/_efs/x"), "{err}");
+    // The warning of a remote walk about an unfinished copy's temporary file.
+    assert_ok(
+        &["put"],
+        &env.efs_input(&["put", "drive:/src/x.0123456789abcdef.efs-part"], b"p"),
+    );
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/src/y"], b"y"));
+    let out = env.efs(&["cp", "-r", "drive:/src", "out"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ok(&["cp"], &out);
+    assert!(
+        err.contains("skipping drive:/src/x.0123456789abcdef.efs-part"),
+        "{err}"
+    );
+}
+
 /// Regression: `ls` named a missing path without its remote (`reading /nope`), where `cat`
 /// says `drive:/nope`.
 #[test]
