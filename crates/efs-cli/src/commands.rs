@@ -231,23 +231,34 @@ fn format_time(t: std::time::SystemTime) -> String {
 }
 
 /// The end of a command that goes on after a path failed, as coreutils do: nothing failed,
-/// Ok; one failure, that error; several, each printed (with its hint) and a last one counting
-/// them, with the first one's exit code.
+/// Ok; one failure, that error; several, each printed and a last one counting them, with the
+/// first one's exit code. A hint is printed once, not once per path (`rm -r` of ten paths on
+/// a read-only grant): when every failure has the same one, it ends the output, after the
+/// count; otherwise each shows after the first failure that has it.
 fn each_path(mut errors: Vec<anyhow::Error>, total: usize) -> Result<()> {
     match errors.len() {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
         n => {
-            for e in &errors {
+            let hints: Vec<Option<String>> = errors.iter().map(exit::hint_of).collect();
+            let one_hint = hints[0].is_some() && hints.iter().all(|h| *h == hints[0]);
+            let mut shown: Vec<&str> = Vec::new();
+            for (e, hint) in errors.iter().zip(&hints) {
                 eprintln!("efs: error: {e:#}");
-                if let Some(hint) = exit::hint_of(e) {
+                if let Some(hint) = hint
+                    && !one_hint
+                    && !shown.contains(&hint.as_str())
+                {
                     eprintln!("efs: hint: {hint}");
+                    shown.push(hint);
                 }
             }
-            Err(fail(
-                exit::code_of(&errors[0]),
-                format!("{n} of {total} paths failed"),
-            ))
+            let code = exit::code_of(&errors[0]);
+            let summary = format!("{n} of {total} paths failed");
+            Err(match &hints[0] {
+                Some(h) if one_hint => fail_hint(code, summary, h),
+                _ => fail(code, summary),
+            })
         }
     }
 }

@@ -1348,11 +1348,11 @@ async fn stream_copy(
         (Ok(_), Ok(_)) => Ok(()),
         // The upload stopped reading (the destination refused it, or it failed): the
         // download's closed pipe follows from the upload's error, which is the one to tell.
-        (Err(d), Err(u)) if exit::is_broken_pipe(&d) => {
-            Err(u).with_context(|| format!("writing {to}"))
-        }
-        (Err(e), _) => Err(e).with_context(|| format!("reading {from}")),
-        (Ok(_), Err(e)) => Err(e).with_context(|| format!("writing {to}")),
+        // Which side failed, not its path: the caller's context names both paths, with their
+        // remotes (`copying drive:/a to other:/a`).
+        (Err(d), Err(u)) if exit::is_broken_pipe(&d) => Err(u).context("writing the destination"),
+        (Err(e), _) => Err(e).context("reading the source"),
+        (Ok(_), Err(e)) => Err(e).context("writing the destination"),
     }
 }
 

@@ -406,6 +406,26 @@ fn errors_name_the_remote_of_each_path() {
     );
 }
 
+/// Regression: `efs rm -r` of several paths refused for the same reason (a read-only grant)
+/// repeated the same hint after each; it is said once, at the end.
+#[test]
+fn rm_of_several_refused_paths_gives_the_hint_once() {
+    let env = Env::new();
+    for p in ["drive:/a", "drive:/b", "drive:/c"] {
+        assert_ok(&["put"], &env.efs_input(&["put", p], b"x"));
+    }
+    env.add_read_only_user();
+    let err = env.fails(&["rm", "-r", "ro:/a", "ro:/b", "ro:/c"], 4);
+    assert_eq!(err.matches("efs: hint:").count(), 1, "{err}");
+    assert!(
+        err.contains("ro:/a") && err.contains("ro:/b") && err.contains("ro:/c"),
+        "{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("efs: hint:"), "{err}");
+    assert_eq!(env.cat("drive:/c"), b"x");
+}
+
 /// Regression: `ls` named a missing path without its remote (`reading /nope`), where `cat`
 /// says `drive:/nope`.
 #[test]
