@@ -620,7 +620,7 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
         };
         // The server refuses it as a conflict, whose hint is about a file where a directory
         // is needed: said as GNU mv says it, and as `efs cp` refuses a copy into itself.
-        if to.starts_with(&format!("{}/", src.path.trim_end_matches('/'))) {
+        if location::is_below(&to, &src.path) {
             return Err(usage(format!(
                 "cannot move {} into itself ({}:{to})",
                 src.display(),

@@ -99,6 +99,12 @@ pub(crate) fn join(dir: &str, name: &str) -> String {
     }
 }
 
+/// Whether moving or copying `from` to `to` (both normalised) would put a directory inside
+/// itself: `to` is below `from` (everything is below the root).
+pub(crate) fn is_below(to: &str, from: &str) -> bool {
+    to.starts_with(&format!("{}/", from.trim_end_matches('/')))
+}
+
 /// The last segment of a normalised path (empty for the root).
 pub(crate) fn basename(path: &str) -> &str {
     path.rsplit('/').next().unwrap_or("")
