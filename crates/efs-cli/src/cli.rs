@@ -33,7 +33,8 @@ sign; EFS_MAX_ATTEMPTS bounds the retries of transient failures; EFS_LOG=debug l
   4  login refused, key unusable, or permission denied (401/403); a token refused during a
      streamed upload after which a new login succeeded (run the command again); a download
      to a stream cut short because the server ended the login's access (revoke, grant change)
-  5  conflict or precondition failed (destination exists, directory not empty, file changed)
+  5  conflict or precondition failed (destination exists, directory not empty, file changed,
+     a file named as a directory: NAME:/a.txt/)
   6  TLS trust failure (the certificate changed or is not trusted)
   7  network failure (connection refused/reset/timed out, server busy) after retries
   129, 130, 143  efs cp or efs tar stopped by SIGHUP, SIGINT (Ctrl-C) or SIGTERM; unfinished

@@ -148,6 +148,9 @@ async fn ls_one(
         let rp = remote_arg("ls", arg)?;
         let client = session.client(&rp.remote).await?;
         let (is_dir, entries) = list_or_file(&client, Some(&rp.remote), &rp.path).await?;
+        if !is_dir && rp.dir_hint {
+            return Err(rp.file_named_as_directory());
+        }
         if !is_dir {
             let e = &entries[0];
             if json {
@@ -291,6 +294,10 @@ pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Res
                 .await
                 .with_context(|| format!("reading {}", rp.display()))
             {
+                Ok(e) if rp.dir_hint && e.kind != EntryType::Dir => {
+                    errors.push(rp.file_named_as_directory());
+                    continue;
+                }
                 Ok(e) => e,
                 Err(e) => {
                     errors.push(e);
@@ -347,6 +354,12 @@ pub(crate) async fn cat(session: &Session, paths: &[String]) -> Result<()> {
             }
         };
         let client = session.client(&rp.remote).await?;
+        // `NAME:/a.txt/` names a directory: a file there is not read through it. (A directory
+        // or nothing there is told by the download, as without the '/'.)
+        if rp.dir_hint && matches!(client.stat(&rp.path).await, Ok(e) if e.kind != EntryType::Dir) {
+            errors.push(rp.file_named_as_directory());
+            continue;
+        }
         let r = client.download(&rp.path, &mut out, None, None).await;
         if out.broken {
             // The reader closed the pipe (`| head`): what it wanted, it has.
@@ -612,6 +625,11 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
         }
         if src.path == "/" {
             return Err(usage("the root directory cannot be moved"));
+        }
+        if src.dir_hint
+            && matches!(walk::stat_remote(&client, &src.remote, &src.path).await?, Some(m) if m.kind == walk::Kind::File)
+        {
+            return Err(src.file_named_as_directory());
         }
         let to = if into {
             location::join(&dst.path, location::basename(&src.path))

@@ -280,6 +280,14 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
     let mut errors: Vec<anyhow::Error> = Vec::new();
     for loc in &src_locs {
         let src = Endpoint::open(session, loc).await?;
+        // `NAME:/a.txt/` names a directory: a file there is not copied through it.
+        if let Location::Remote(r) = loc
+            && r.dir_hint
+            && matches!(src.stat().await, Ok(Some(m)) if m.kind == Kind::File)
+        {
+            errors.push(r.file_named_as_directory());
+            continue;
+        }
         if let Err(e) = plan_source(&mut plan, &opts, src, &dst, dst_meta.as_ref(), into_dir).await
         {
             errors.push(e);

@@ -373,6 +373,43 @@ fn rm_v_names_what_it_deletes() {
     assert!(out.stderr.is_empty(), "{out:?}");
 }
 
+/// Regression: a trailing `/` names a directory (docs/api.md), and `efs rm` refused it on a
+/// file, but `cat`, `stat`, `ls`, `cp` and `mv` took `drive:/f.txt/` as the file.
+#[test]
+fn a_trailing_slash_on_a_file_is_refused_by_every_command() {
+    let env = Env::new();
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/f.txt"], b"f"));
+    env.ok(&["mkdir", "drive:/d"]);
+    for args in [
+        &["cat", "drive:/f.txt/"][..],
+        &["stat", "drive:/f.txt/"],
+        &["ls", "drive:/f.txt/"],
+        &["cp", "drive:/f.txt/", "out.txt"],
+        &["mv", "drive:/f.txt/", "drive:/g.txt"],
+        &["rm", "drive:/f.txt/"],
+    ] {
+        let err = env.fails(args, 5);
+        assert!(err.contains("names a directory"), "{args:?}: {err}");
+    }
+    let err = env.fails(&["cat", "drive:/f.txt/"], 5);
+    assert!(
+        err.contains(
+            "drive:/f.txt/ names a directory (it ends in '/'), but drive:/f.txt is a file"
+        ) && err.contains("write drive:/f.txt (without the '/')"),
+        "{err}"
+    );
+    assert_eq!(env.cat("drive:/f.txt"), b"f");
+    assert!(!env.path("out.txt").exists());
+    env.fails(&["stat", "drive:/g.txt"], 3);
+    // A directory named with its '/' is still one; a missing path still not found.
+    env.ok(&["stat", "drive:/d/"]);
+    env.ok(&["ls", "drive:/d/"]);
+    env.fails(&["cat", "drive:/d/"], 2);
+    env.fails(&["cat", "drive:/nope/"], 3);
+    env.ok(&["mv", "drive:/d/", "drive:/e"]);
+    env.ok(&["stat", "drive:/e"]);
+}
+
 /// Regression: errors named a remote path without its remote (`reading /_efs/x`, where
 /// others say `drive:/path`).
 #[test]
