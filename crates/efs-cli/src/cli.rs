@@ -28,7 +28,7 @@ sign; EFS_MAX_ATTEMPTS bounds the retries of transient failures; EFS_LOG=debug l
 ", "Exit codes:
   0  success
   1  error
-  2  bad usage (options, arguments, unknown remote, invalid path)
+  2  bad usage (options, arguments, unknown remote, invalid path, removing the root)
   3  not found
   4  login refused, key unusable, or permission denied (401/403); a token refused during a
      streamed upload after which a new login succeeded (run the command again); a download
@@ -193,6 +193,7 @@ Examples:
   efs rm -f drive:/tmp/maybe-there     # a missing file is not an error
 
 Without -r, only files and empty directories are removed (a non-empty one: exit 5).
+The root (NAME:/) is never removed (exit 2): remove what is in it, path by path.
 -v names each path removed (a directory once: \"deleted NAME:/dir/ (and everything in it)\").")]
     Rm {
         /// Remove directories and everything in them.

@@ -556,8 +556,15 @@ pub(crate) async fn rm(
             }
         };
         if rp.path == "/" {
-            errors.push(usage(
-                "refusing to remove the root directory: remove what is in it instead",
+            // Refused before anything is asked, as a usage error: no grant makes it possible
+            // (the server keeps its root), and `rm -r drive:/` is most likely a slip.
+            errors.push(fail_hint(
+                exit::USAGE,
+                format!("refusing to remove the root directory {}", rp.display()),
+                format!(
+                    "remove what is in it, path by path (efs ls {} lists it)",
+                    rp.display()
+                ),
             ));
             continue;
         }

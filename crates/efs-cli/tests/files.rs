@@ -463,6 +463,23 @@ fn rm_of_several_refused_paths_gives_the_hint_once() {
     assert_eq!(env.cat("drive:/c"), b"x");
 }
 
+/// Regression: `efs rm drive:/` said "refusing to remove the root directory: remove what is
+/// in it instead", neither naming the remote nor saying how (and the manual did not say it).
+#[test]
+fn rm_of_the_root_is_refused_naming_it() {
+    let env = Env::new();
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/keep"], b"k"));
+    for args in [&["rm", "drive:/"][..], &["rm", "-r", "-f", "drive:"]] {
+        let err = env.fails(args, 2);
+        assert!(
+            err.contains("refusing to remove the root directory drive:/")
+                && err.contains("efs: hint: remove what is in it, path by path (efs ls drive:/"),
+            "{err}"
+        );
+    }
+    assert_eq!(env.cat("drive:/keep"), b"k");
+}
+
 /// Regression: `ls` named a missing path without its remote (`reading /nope`), where `cat`
 /// says `drive:/nope`.
 #[test]
