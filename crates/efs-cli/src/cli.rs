@@ -194,7 +194,8 @@ Examples:
 
 Without -r, only files and empty directories are removed (a non-empty one: exit 5).
 The root (NAME:/) is never removed (exit 2): remove what is in it, path by path.
--v names each path removed (a directory once: \"deleted NAME:/dir/ (and everything in it)\").")]
+-v names each path removed on stdout, a directory once: \"deleted NAME:/dir/\", with
+\" (and everything in it)\" when -r removed what was in it.")]
     Rm {
         /// Remove directories and everything in them.
         #[arg(short, long)]

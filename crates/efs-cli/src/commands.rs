@@ -536,9 +536,9 @@ fn quote_etag(t: &str) -> String {
     }
 }
 
-/// With `verbose`, each path removed is named on stderr as `efs cp` names what it deletes
-/// (`deleted NAME:/path`); a directory goes in one request (with `-r`, with what is in it),
-/// so it is named once.
+/// With `verbose`, each path removed is named on stdout, as GNU `rm -v` and `efs cp -v` name
+/// what they delete (`deleted NAME:/path`); a directory goes in one request (with `-r`, with
+/// what is in it), so it is named once, and said to have had content only when it had.
 pub(crate) async fn rm(
     session: &Session,
     paths: &[String],
@@ -578,14 +578,25 @@ pub(crate) async fn rm(
         // The answer to a delete does not say what was there: asked first, only for -v.
         let was_dir = verbose
             && matches!(walk::stat_remote(&client, &rp.remote, &rp.path).await, Ok(Some(m)) if m.kind == walk::Kind::Dir);
-        match client.delete(&target, recursive).await {
-            Ok(()) if verbose => eprintln!(
+        // With -r and -v, a directory is first removed as an empty one: whether it had
+        // content is what the line says, and only a refusal ("not empty") tells.
+        let empty_first = was_dir && recursive;
+        let mut r = client.delete(&target, recursive && !empty_first).await;
+        let mut had_content = false;
+        if empty_first
+            && matches!(&r, Err(efs_client::Error::Conflict(m)) if m.contains("not empty"))
+        {
+            had_content = true;
+            r = client.delete(&target, true).await;
+        }
+        match r {
+            Ok(()) if verbose => exit::reportln!(
                 "deleted {}{}",
                 rp.display(),
-                if was_dir {
-                    "/ (and everything in it)"
-                } else {
-                    ""
+                match (was_dir, had_content) {
+                    (false, _) => "",
+                    (true, false) => "/",
+                    (true, true) => "/ (and everything in it)",
                 }
             ),
             Ok(()) => {}

@@ -410,7 +410,7 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
             kept_note(plan.kept)
         );
     } else if verbose {
-        eprintln!(
+        reportln!(
             "{} copied ({})",
             files(copied_ok as u64),
             human_bytes(copied_bytes)
@@ -979,7 +979,7 @@ async fn delete_all(
             Ok(()) => {
                 n += 1;
                 if verbose {
-                    progress.println(&format!("deleted {shown}"));
+                    progress.verbose_line(&format!("deleted {shown}"));
                 }
             }
             Err(e) => errors.push(e),
@@ -1041,7 +1041,7 @@ async fn copy_all(
                 });
                 fp.finish(r.is_ok(), job.meta.size);
                 if r.is_ok() && verbose {
-                    progress.println(&format!(
+                    progress.verbose_line(&format!(
                         "copied {} -> {}",
                         job.src.display(),
                         job.dst.display()

@@ -368,7 +368,7 @@ fn write_archive(
             }
         }
         if verbose {
-            progress.println(&format!("added {rel}"));
+            progress.verbose_line(&format!("added {rel}"));
         }
     }
     let gz = builder.into_inner().context("finishing the tar stream")?;
@@ -662,7 +662,7 @@ fn read_archive<R: Read>(
                         restored += 1;
                         progress.message(format!("{restored} files"));
                         if verbose {
-                            progress.println(&format!("restored {rel}"));
+                            progress.verbose_line(&format!("restored {rel}"));
                         }
                     }
                     Err(e) => {

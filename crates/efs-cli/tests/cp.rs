@@ -1246,3 +1246,26 @@ fn a_download_sync_warns_about_a_part_file_at_the_destination() {
     );
     assert!(env.path("dst/x.txt.0123456789abcdef.efs-part").exists());
 }
+
+/// Regression: `efs cp -v` named what it copied and deleted on stderr; GNU `cp -v` names it on
+/// stdout, where a script reads it apart from the errors.
+#[test]
+fn cp_v_names_what_it_copies_on_stdout() {
+    let env = Env::new();
+    env.write("site/a.txt", b"a");
+    let args = ["cp", "-v", "-r", "site", "drive:/site"];
+    let out = env.efs(&args);
+    let stdout = common::assert_ok(&args, &out);
+    assert!(
+        stdout.contains("copied site/a.txt -> drive:/site/a.txt\n")
+            && stdout.contains("1 file copied"),
+        "{stdout}"
+    );
+    assert!(out.stderr.is_empty(), "{out:?}");
+    std::fs::remove_file(env.path("site/a.txt")).unwrap();
+    let args = ["cp", "-v", "--sync", "site", "drive:/site"];
+    let out = env.efs(&args);
+    let stdout = common::assert_ok(&args, &out);
+    assert!(stdout.contains("deleted drive:/site/a.txt\n"), "{stdout}");
+    assert!(out.stderr.is_empty(), "{out:?}");
+}

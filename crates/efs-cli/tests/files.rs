@@ -354,7 +354,9 @@ fn refusals_say_what_fits() {
     assert!(err.contains("drive:/dir is a directory"), "{err}");
 }
 
-/// Regression: `efs rm -v` printed nothing (the flag never reached rm).
+/// Regression: `efs rm -v` printed nothing (the flag never reached rm); then it printed on
+/// stderr (GNU `rm -v` names what it removes on stdout), and said "(and everything in it)" of
+/// an empty directory.
 #[test]
 fn rm_v_names_what_it_deletes() {
     let env = Env::new();
@@ -362,15 +364,30 @@ fn rm_v_names_what_it_deletes() {
     env.ok(&["cp", "-r", "s1", "drive:/s1"]);
     env.write("f.txt", b"f");
     env.ok(&["cp", "f.txt", "drive:/f.txt"]);
-    let out = env.efs(&["rm", "-v", "-r", "drive:/s1", "drive:/f.txt"]);
-    let err = common::assert_code(&["rm"], &out, 0);
-    assert!(
-        err.contains("deleted drive:/s1/ (and everything in it)"),
-        "{err}"
+    env.ok(&["mkdir", "drive:/empty", "drive:/empty2"]);
+    let args = [
+        "rm",
+        "-v",
+        "-r",
+        "drive:/s1",
+        "drive:/f.txt",
+        "drive:/empty",
+    ];
+    let out = env.efs(&args);
+    let stdout = assert_ok(&args, &out);
+    assert_eq!(
+        stdout,
+        "deleted drive:/s1/ (and everything in it)\ndeleted drive:/f.txt\ndeleted drive:/empty/\n"
     );
-    assert!(err.contains("deleted drive:/f.txt\n"), "{err}");
-    let out = env.efs(&["rm", "-f", "drive:/nothing"]);
     assert!(out.stderr.is_empty(), "{out:?}");
+    // Without -r, an empty directory is all it can be.
+    assert_eq!(
+        env.ok(&["rm", "-v", "drive:/empty2"]),
+        "deleted drive:/empty2/\n"
+    );
+    assert_eq!(env.ok(&["ls", "drive:/"]), "");
+    let out = env.efs(&["rm", "-f", "drive:/nothing"]);
+    assert!(out.stderr.is_empty() && out.stdout.is_empty(), "{out:?}");
 }
 
 /// Regression: a trailing `/` names a directory (docs/api.md), and `efs rm` refused it on a
