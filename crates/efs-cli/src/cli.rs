@@ -28,12 +28,13 @@ sign; EFS_MAX_ATTEMPTS bounds the retries of transient failures; EFS_LOG=debug l
 ", "Exit codes:
   0  success
   1  error
-  2  bad usage (options, arguments, unknown remote, invalid path)
+  2  bad usage (options, arguments, unknown remote, invalid path, removing the root)
   3  not found
   4  login refused, key unusable, or permission denied (401/403); a token refused during a
      streamed upload after which a new login succeeded (run the command again); a download
      to a stream cut short because the server ended the login's access (revoke, grant change)
-  5  conflict or precondition failed (destination exists, directory not empty, file changed)
+  5  conflict or precondition failed (destination exists, directory not empty, file changed,
+     a file named as a directory: NAME:/a.txt/)
   6  TLS trust failure (the certificate changed or is not trusted)
   7  network failure (connection refused/reset/timed out, server busy) after retries
   129, 130, 143  efs cp or efs tar stopped by SIGHUP, SIGINT (Ctrl-C) or SIGTERM; unfinished
@@ -192,7 +193,9 @@ Examples:
   efs rm -f drive:/tmp/maybe-there     # a missing file is not an error
 
 Without -r, only files and empty directories are removed (a non-empty one: exit 5).
--v names each path removed (a directory once: \"deleted NAME:/dir/ (and everything in it)\").")]
+The root (NAME:/) is never removed (exit 2): remove what is in it, path by path.
+-v names each path removed on stdout, a directory once: \"deleted NAME:/dir/\", with
+\" (and everything in it)\" when -r removed what was in it.")]
     Rm {
         /// Remove directories and everything in them.
         #[arg(short, long)]

@@ -148,6 +148,9 @@ async fn ls_one(
         let rp = remote_arg("ls", arg)?;
         let client = session.client(&rp.remote).await?;
         let (is_dir, entries) = list_or_file(&client, Some(&rp.remote), &rp.path).await?;
+        if !is_dir && rp.dir_hint {
+            return Err(rp.file_named_as_directory());
+        }
         if !is_dir {
             let e = &entries[0];
             if json {
@@ -168,7 +171,7 @@ async fn ls_one(
         if recursive {
             // One walk, then the tree in order: each entry shown by its path below the
             // listed directory.
-            let mut tree: Vec<_> = walk::walk_remote(&client, &rp.path, false)
+            let mut tree: Vec<_> = walk::walk_remote(&client, &rp.remote, &rp.path, false)
                 .await?
                 .into_iter()
                 .collect();
@@ -231,23 +234,34 @@ fn format_time(t: std::time::SystemTime) -> String {
 }
 
 /// The end of a command that goes on after a path failed, as coreutils do: nothing failed,
-/// Ok; one failure, that error; several, each printed (with its hint) and a last one counting
-/// them, with the first one's exit code.
+/// Ok; one failure, that error; several, each printed and a last one counting them, with the
+/// first one's exit code. A hint is printed once, not once per path (`rm -r` of ten paths on
+/// a read-only grant): when every failure has the same one, it ends the output, after the
+/// count; otherwise each shows after the first failure that has it.
 fn each_path(mut errors: Vec<anyhow::Error>, total: usize) -> Result<()> {
     match errors.len() {
         0 => Ok(()),
         1 => Err(errors.remove(0)),
         n => {
-            for e in &errors {
+            let hints: Vec<Option<String>> = errors.iter().map(exit::hint_of).collect();
+            let one_hint = hints[0].is_some() && hints.iter().all(|h| *h == hints[0]);
+            let mut shown: Vec<&str> = Vec::new();
+            for (e, hint) in errors.iter().zip(&hints) {
                 eprintln!("efs: error: {e:#}");
-                if let Some(hint) = exit::hint_of(e) {
+                if let Some(hint) = hint
+                    && !one_hint
+                    && !shown.contains(&hint.as_str())
+                {
                     eprintln!("efs: hint: {hint}");
+                    shown.push(hint);
                 }
             }
-            Err(fail(
-                exit::code_of(&errors[0]),
-                format!("{n} of {total} paths failed"),
-            ))
+            let code = exit::code_of(&errors[0]);
+            let summary = format!("{n} of {total} paths failed");
+            Err(match &hints[0] {
+                Some(h) if one_hint => fail_hint(code, summary, h),
+                _ => fail(code, summary),
+            })
         }
     }
 }
@@ -280,6 +294,10 @@ pub(crate) async fn stat(session: &Session, paths: &[String], json: bool) -> Res
                 .await
                 .with_context(|| format!("reading {}", rp.display()))
             {
+                Ok(e) if rp.dir_hint && e.kind != EntryType::Dir => {
+                    errors.push(rp.file_named_as_directory());
+                    continue;
+                }
                 Ok(e) => e,
                 Err(e) => {
                     errors.push(e);
@@ -336,6 +354,12 @@ pub(crate) async fn cat(session: &Session, paths: &[String]) -> Result<()> {
             }
         };
         let client = session.client(&rp.remote).await?;
+        // `NAME:/a.txt/` names a directory: a file there is not read through it. (A directory
+        // or nothing there is told by the download, as without the '/'.)
+        if rp.dir_hint && matches!(client.stat(&rp.path).await, Ok(e) if e.kind != EntryType::Dir) {
+            errors.push(rp.file_named_as_directory());
+            continue;
+        }
         let r = client.download(&rp.path, &mut out, None, None).await;
         if out.broken {
             // The reader closed the pipe (`| head`): what it wanted, it has.
@@ -512,9 +536,9 @@ fn quote_etag(t: &str) -> String {
     }
 }
 
-/// With `verbose`, each path removed is named on stderr as `efs cp` names what it deletes
-/// (`deleted NAME:/path`); a directory goes in one request (with `-r`, with what is in it),
-/// so it is named once.
+/// With `verbose`, each path removed is named on stdout, as GNU `rm -v` and `efs cp -v` name
+/// what they delete (`deleted NAME:/path`); a directory goes in one request (with `-r`, with
+/// what is in it), so it is named once, and said to have had content only when it had.
 pub(crate) async fn rm(
     session: &Session,
     paths: &[String],
@@ -532,8 +556,15 @@ pub(crate) async fn rm(
             }
         };
         if rp.path == "/" {
-            errors.push(usage(
-                "refusing to remove the root directory: remove what is in it instead",
+            // Refused before anything is asked, as a usage error: no grant makes it possible
+            // (the server keeps its root), and `rm -r drive:/` is most likely a slip.
+            errors.push(fail_hint(
+                exit::USAGE,
+                format!("refusing to remove the root directory {}", rp.display()),
+                format!(
+                    "remove what is in it, path by path (efs ls {} lists it)",
+                    rp.display()
+                ),
             ));
             continue;
         }
@@ -546,15 +577,26 @@ pub(crate) async fn rm(
         };
         // The answer to a delete does not say what was there: asked first, only for -v.
         let was_dir = verbose
-            && matches!(walk::stat_remote(&client, &rp.path).await, Ok(Some(m)) if m.kind == walk::Kind::Dir);
-        match client.delete(&target, recursive).await {
-            Ok(()) if verbose => eprintln!(
+            && matches!(walk::stat_remote(&client, &rp.remote, &rp.path).await, Ok(Some(m)) if m.kind == walk::Kind::Dir);
+        // With -r and -v, a directory is first removed as an empty one: whether it had
+        // content is what the line says, and only a refusal ("not empty") tells.
+        let empty_first = was_dir && recursive;
+        let mut r = client.delete(&target, recursive && !empty_first).await;
+        let mut had_content = false;
+        if empty_first
+            && matches!(&r, Err(efs_client::Error::Conflict(m)) if m.contains("not empty"))
+        {
+            had_content = true;
+            r = client.delete(&target, true).await;
+        }
+        match r {
+            Ok(()) if verbose => exit::reportln!(
                 "deleted {}{}",
                 rp.display(),
-                if was_dir {
-                    "/ (and everything in it)"
-                } else {
-                    ""
+                match (was_dir, had_content) {
+                    (false, _) => "",
+                    (true, false) => "/",
+                    (true, true) => "/ (and everything in it)",
                 }
             ),
             Ok(()) => {}
@@ -581,7 +623,7 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
     let (dst_arg, srcs) = paths.split_last().expect("clap requires 2 paths");
     let dst = remote_arg("mv", dst_arg)?;
     let client = session.client(&dst.remote).await?;
-    let dst_meta = walk::stat_remote(&client, &dst.path).await?;
+    let dst_meta = walk::stat_remote(&client, &dst.remote, &dst.path).await?;
     let dst_is_dir = matches!(&dst_meta, Some(m) if m.kind == walk::Kind::Dir);
     let into = dst_is_dir || dst.dir_hint || srcs.len() > 1;
     if into && !dst_is_dir && dst_meta.is_some() {
@@ -602,6 +644,11 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
         if src.path == "/" {
             return Err(usage("the root directory cannot be moved"));
         }
+        if src.dir_hint
+            && matches!(walk::stat_remote(&client, &src.remote, &src.path).await?, Some(m) if m.kind == walk::Kind::File)
+        {
+            return Err(src.file_named_as_directory());
+        }
         let to = if into {
             location::join(&dst.path, location::basename(&src.path))
         } else {
@@ -609,7 +656,7 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
         };
         // The server refuses it as a conflict, whose hint is about a file where a directory
         // is needed: said as GNU mv says it, and as `efs cp` refuses a copy into itself.
-        if to.starts_with(&format!("{}/", src.path.trim_end_matches('/'))) {
+        if location::is_below(&to, &src.path) {
             return Err(usage(format!(
                 "cannot move {} into itself ({}:{to})",
                 src.display(),
@@ -653,7 +700,7 @@ async fn mkdir_one(session: &Session, arg: &str, parents: bool) -> Result<()> {
     {
         let rp = remote_arg("mkdir", arg)?;
         let client = session.client(&rp.remote).await?;
-        let existing = walk::stat_remote(&client, &rp.path).await?;
+        let existing = walk::stat_remote(&client, &rp.remote, &rp.path).await?;
         if matches!(&existing, Some(m) if m.kind == walk::Kind::File) {
             return Err(fail_hint(
                 exit::CONFLICT,
@@ -671,7 +718,7 @@ async fn mkdir_one(session: &Session, arg: &str, parents: bool) -> Result<()> {
                 ));
             }
             let parent = location::parent(&rp.path);
-            match walk::stat_remote(&client, &parent).await? {
+            match walk::stat_remote(&client, &rp.remote, &parent).await? {
                 Some(m) if m.kind == walk::Kind::Dir => {}
                 Some(_) => {
                     return Err(fail(

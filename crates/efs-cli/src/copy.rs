@@ -139,9 +139,7 @@ impl Endpoint {
                 client,
                 remote,
                 path,
-            } => walk::stat_remote(client, path)
-                .await
-                .with_context(|| format!("remote '{remote}'")),
+            } => walk::stat_remote(client, remote, path).await,
         }
     }
 
@@ -151,8 +149,12 @@ impl Endpoint {
     async fn walk(&self, sync: bool) -> Result<walk::Walked> {
         match self {
             Endpoint::Local(p, _) => walk::walk_local(p.clone(), sync).await,
-            Endpoint::Remote { client, path, .. } => Ok(walk::Walked {
-                tree: walk::walk_remote(client, path, true).await?,
+            Endpoint::Remote {
+                client,
+                remote,
+                path,
+            } => Ok(walk::Walked {
+                tree: walk::walk_remote(client, remote, path, true).await?,
                 ..walk::Walked::default()
             }),
         }
@@ -278,6 +280,14 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
     let mut errors: Vec<anyhow::Error> = Vec::new();
     for loc in &src_locs {
         let src = Endpoint::open(session, loc).await?;
+        // `NAME:/a.txt/` names a directory: a file there is not copied through it.
+        if let Location::Remote(r) = loc
+            && r.dir_hint
+            && matches!(src.stat().await, Ok(Some(m)) if m.kind == Kind::File)
+        {
+            errors.push(r.file_named_as_directory());
+            continue;
+        }
         if let Err(e) = plan_source(&mut plan, &opts, src, &dst, dst_meta.as_ref(), into_dir).await
         {
             errors.push(e);
@@ -400,7 +410,7 @@ pub(crate) async fn run(session: &Session, args: CpArgs, quiet: bool, verbose: b
             kept_note(plan.kept)
         );
     } else if verbose {
-        eprintln!(
+        reportln!(
             "{} copied ({})",
             files(copied_ok as u64),
             human_bytes(copied_bytes)
@@ -969,7 +979,7 @@ async fn delete_all(
             Ok(()) => {
                 n += 1;
                 if verbose {
-                    progress.println(&format!("deleted {shown}"));
+                    progress.verbose_line(&format!("deleted {shown}"));
                 }
             }
             Err(e) => errors.push(e),
@@ -1031,7 +1041,7 @@ async fn copy_all(
                 });
                 fp.finish(r.is_ok(), job.meta.size);
                 if r.is_ok() && verbose {
-                    progress.println(&format!(
+                    progress.verbose_line(&format!(
                         "copied {} -> {}",
                         job.src.display(),
                         job.dst.display()
@@ -1126,7 +1136,7 @@ async fn copy_one(job: &CopyJob, fp: &Arc<FileProgress>) -> Result<()> {
             loop {
                 match stream_copy(from_client, from, to_client, to, &job.meta, fp).await {
                     Err(e) if attempt < STREAM_ATTEMPTS && is_transient(&e) => {
-                        tracing::info!("retrying the copy of {from} after: {e:#}");
+                        tracing::info!("retrying the copy of {} after: {e:#}", job.src.display());
                         tokio::time::sleep(Duration::from_secs(u64::from(attempt))).await;
                         attempt += 1;
                     }
@@ -1346,11 +1356,11 @@ async fn stream_copy(
         (Ok(_), Ok(_)) => Ok(()),
         // The upload stopped reading (the destination refused it, or it failed): the
         // download's closed pipe follows from the upload's error, which is the one to tell.
-        (Err(d), Err(u)) if exit::is_broken_pipe(&d) => {
-            Err(u).with_context(|| format!("writing {to}"))
-        }
-        (Err(e), _) => Err(e).with_context(|| format!("reading {from}")),
-        (Ok(_), Err(e)) => Err(e).with_context(|| format!("writing {to}")),
+        // Which side failed, not its path: the caller's context names both paths, with their
+        // remotes (`copying drive:/a to other:/a`).
+        (Err(d), Err(u)) if exit::is_broken_pipe(&d) => Err(u).context("writing the destination"),
+        (Err(e), _) => Err(e).context("reading the source"),
+        (Ok(_), Err(e)) => Err(e).context("writing the destination"),
     }
 }
 

@@ -31,6 +31,25 @@ impl RemotePath {
     pub fn display(&self) -> String {
         format!("{}:{}", self.remote, self.path)
     }
+
+    /// The refusal of `NAME:/file.txt/` when `/file.txt` is a file: a path ending in `/`
+    /// names a directory (docs/api.md), so it is not taken as the file, as `efs rm` (the
+    /// server's 409) and `ls file.txt/` (ENOTDIR) refuse it. Exit 5, as every other file
+    /// where a directory is named (`mv`, `mkdir`, `cp` into a file).
+    pub fn file_named_as_directory(&self) -> anyhow::Error {
+        crate::exit::fail_hint(
+            crate::exit::CONFLICT,
+            format!(
+                "{}/ names a directory (it ends in '/'), but {} is a file",
+                self.display(),
+                self.display()
+            ),
+            format!(
+                "write {} (without the '/') to name the file",
+                self.display()
+            ),
+        )
+    }
 }
 
 impl Location {
@@ -97,6 +116,12 @@ pub(crate) fn join(dir: &str, name: &str) -> String {
     } else {
         normalize(&format!("{dir}/{name}"))
     }
+}
+
+/// Whether moving or copying `from` to `to` (both normalised) would put a directory inside
+/// itself: `to` is below `from` (everything is below the root).
+pub(crate) fn is_below(to: &str, from: &str) -> bool {
+    to.starts_with(&format!("{}/", from.trim_end_matches('/')))
 }
 
 /// The last segment of a normalised path (empty for the root).

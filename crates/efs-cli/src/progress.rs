@@ -1,6 +1,7 @@
 //! Progress bars for copies: one per large file in flight and a total at the bottom, with
 //! bytes, rate and ETA. Drawn on stderr, only when stdout and stderr are terminals and not
-//! `-q`; otherwise everything here is a no-op and messages go straight to stderr.
+//! `-q`; otherwise everything here is a no-op and messages go straight to stderr (the `-v`
+//! lines to stdout).
 
 use std::io::IsTerminal;
 use std::sync::Arc;
@@ -81,6 +82,18 @@ impl Progress {
             let _ = self.mp.println(msg);
         } else {
             eprintln!("{msg}");
+        }
+    }
+
+    /// A `-v` line (`copied A -> B`, `deleted X`): on stdout, as GNU `cp -v` and `rm -v` print
+    /// theirs, with the bars (on stderr) taken away while it is written so that the two do not
+    /// mix on one terminal. A reader that went away ends only these lines (see
+    /// [`crate::exit::report_line`]), never the copy.
+    pub fn verbose_line(&self, msg: &str) {
+        if self.visible {
+            self.mp.suspend(|| crate::exit::reportln!("{msg}"));
+        } else {
+            crate::exit::reportln!("{msg}");
         }
     }
 

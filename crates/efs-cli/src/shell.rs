@@ -277,6 +277,16 @@ impl Shell<'_> {
                 {
                     to = location::join(&to, location::basename(&from));
                 }
+                // As `efs mv` says it: the server refuses it as a conflict, whose hint is
+                // about a file where a directory is needed.
+                if from == "/" {
+                    return Err(exit::usage("the root directory cannot be moved"));
+                }
+                if location::is_below(&to, &from) {
+                    return Err(exit::usage(format!(
+                        "cannot move {from} into itself ({to})"
+                    )));
+                }
                 self.block(self.client.rename(&from, &to, false))?;
             }
             ("clear-cache", []) => self.clear_cache(rl)?,

@@ -174,7 +174,7 @@ pub(crate) async fn tar(
         ));
     }
     let client = session.client(&rp.remote).await?;
-    let root = walk::stat_remote(&client, &rp.path)
+    let root = walk::stat_remote(&client, &rp.remote, &rp.path)
         .await?
         .ok_or_else(|| fail(exit::NOT_FOUND, format!("{} does not exist", rp.display())))?;
     // (relative path in the tar, remote path, meta)
@@ -183,7 +183,7 @@ pub(crate) async fn tar(
         let name = location::basename(&rp.path).to_owned();
         items.push((name, rp.path.clone(), root));
     } else {
-        let tree = walk::walk_remote(&client, &rp.path, false).await?;
+        let tree = walk::walk_remote(&client, &rp.remote, &rp.path, false).await?;
         for (rel, meta) in tree {
             let path = location::join(&rp.path, &rel);
             items.push((rel, path, meta));
@@ -208,9 +208,10 @@ pub(crate) async fn tar(
     let job = {
         let part = part.clone();
         let progress = progress.clone();
+        let remote = rp.remote.clone();
         tokio::task::spawn_blocking(move || {
             write_archive(
-                &handle, &client, enc, file, &part, items, &progress, verbose,
+                &handle, &client, &remote, enc, file, &part, items, &progress, verbose,
             )
         })
     };
@@ -279,11 +280,13 @@ fn create_part(out: &Path) -> Result<(PathBuf, std::fs::File)> {
     ))
 }
 
-/// The blocking half of `efs tar`: tar -> gzip -> age -> `file` (at `part`).
+/// The blocking half of `efs tar`: tar -> gzip -> age -> `file` (at `part`). `remote`: the
+/// remote's name, which errors name with each path (`drive:/a.pdf`).
 #[allow(clippy::too_many_arguments)]
 fn write_archive(
     handle: &Handle,
     client: &Client,
+    remote: &str,
     enc: age::Encryptor,
     file: std::fs::File,
     part: &Path,
@@ -341,7 +344,9 @@ fn write_archive(
         let changed = || {
             fail_hint(
                 exit::ERROR,
-                format!("{path} changed while it was read (the listing said {size} bytes)"),
+                format!(
+                    "{remote}:{path} changed while it was read (the listing said {size} bytes)"
+                ),
                 "run the backup again",
             )
         };
@@ -358,10 +363,12 @@ fn write_archive(
             (_, Ok(_)) => return Err(changed()),
             // More than `size` bytes came: the tar entry stopped reading.
             (Ok(()), Err(d)) if exit::is_broken_pipe(&d) => return Err(changed()),
-            (_, Err(e)) => return Err(e).with_context(|| format!("downloading {path}")),
+            (_, Err(e)) => {
+                return Err(e).with_context(|| format!("downloading {remote}:{path}"));
+            }
         }
         if verbose {
-            progress.println(&format!("added {rel}"));
+            progress.verbose_line(&format!("added {rel}"));
         }
     }
     let gz = builder.into_inner().context("finishing the tar stream")?;
@@ -508,7 +515,7 @@ pub(crate) async fn untar(
     .await
     .context("the decryptor stopped")??;
     let client = session.client(&rp.remote).await?;
-    if let Some(m) = walk::stat_remote(&client, &rp.path).await?
+    if let Some(m) = walk::stat_remote(&client, &rp.remote, &rp.path).await?
         && m.kind != Kind::Dir
     {
         return Err(fail(
@@ -655,7 +662,7 @@ fn read_archive<R: Read>(
                         restored += 1;
                         progress.message(format!("{restored} files"));
                         if verbose {
-                            progress.println(&format!("restored {rel}"));
+                            progress.verbose_line(&format!("restored {rel}"));
                         }
                     }
                     Err(e) => {

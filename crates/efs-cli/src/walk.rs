@@ -93,8 +93,9 @@ pub(crate) fn stat_local(path: &Path) -> Result<Option<Meta>> {
     }
 }
 
-/// The remote entry at `path`, or `None` if nothing is there.
-pub(crate) async fn stat_remote(client: &Client, path: &str) -> Result<Option<Meta>> {
+/// The remote entry at `path`, or `None` if nothing is there. `remote`: the remote's name,
+/// which an error names with the path (`drive:/x`), as the user wrote it.
+pub(crate) async fn stat_remote(client: &Client, remote: &str, path: &str) -> Result<Option<Meta>> {
     if path == "/" {
         return Ok(Some(Meta {
             kind: Kind::Dir,
@@ -107,7 +108,7 @@ pub(crate) async fn stat_remote(client: &Client, path: &str) -> Result<Option<Me
     match client.stat(path).await {
         Ok(e) => Ok(Some(Meta::from_entry(&e))),
         Err(efs_client::Error::NotFound) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {path}")),
+        Err(e) => Err(e).with_context(|| format!("reading {remote}:{path}")),
     }
 }
 
@@ -324,8 +325,14 @@ pub(crate) async fn walk_local(root: PathBuf, sync: bool) -> Result<Walked> {
 /// Every file and directory below the remote directory `root`, listing up to
 /// [`LIST_CONCURRENCY`] directories at a time.
 /// With `skip_parts` (`efs cp`), names of an unfinished copy's temporary files and directories
-/// are left out; `efs tar` and `efs ls -R` show everything.
-pub(crate) async fn walk_remote(client: &Client, root: &str, skip_parts: bool) -> Result<Tree> {
+/// are left out; `efs tar` and `efs ls -R` show everything. `remote`: the remote's name, for
+/// errors and warnings (`drive:/dir`).
+pub(crate) async fn walk_remote(
+    client: &Client,
+    remote: &str,
+    root: &str,
+    skip_parts: bool,
+) -> Result<Tree> {
     let mut tree = Tree::new();
     let mut waiting = vec![String::new()];
     let mut running = FuturesUnordered::new();
@@ -343,7 +350,7 @@ pub(crate) async fn walk_remote(client: &Client, root: &str, skip_parts: bool) -
                 let entries = client
                     .list(&dir)
                     .await
-                    .with_context(|| format!("listing {dir}"))?;
+                    .with_context(|| format!("listing {remote}:{dir}"))?;
                 anyhow::Ok((rel, entries))
             });
         }
@@ -356,7 +363,7 @@ pub(crate) async fn walk_remote(client: &Client, root: &str, skip_parts: bool) -
             // moved aside to be replaced): never copied, nor taken for the user's data.
             if skip_parts && is_part_file(&e.name) {
                 eprintln!(
-                    "efs: warning: skipping {}/{}: a temporary file or directory of an unfinished copy",
+                    "efs: warning: skipping {remote}:{}/{}: a temporary file or directory of an unfinished copy",
                     if rel.is_empty() {
                         root.trim_end_matches('/').to_owned()
                     } else {

@@ -322,6 +322,8 @@ fn progress_shows_on_a_terminal_only() {
 
 /// Regression: the destination refusing a remote → remote copy closed the pipe the download
 /// was writing into, that broken pipe was taken for `efs cat | head`, and the copy exited 0.
+/// Its error then named the destination twice, once without its remote (`copying
+/// drive:/big.bin to ro:/copy.bin: writing /copy.bin: …`).
 #[test]
 fn a_remote_to_remote_copy_the_destination_refuses_fails() {
     let env = Env::new();
@@ -330,7 +332,12 @@ fn a_remote_to_remote_copy_the_destination_refuses_fails() {
     env.write("big.bin", &common::noise(3 * 1024 * 1024));
     env.ok(&["cp", "big.bin", "drive:/big.bin"]);
     let err = env.fails(&["cp", "drive:/big.bin", "ro:/copy.bin"], 4);
-    assert!(err.contains("writing /copy.bin"), "{err}");
+    let first = err.lines().next().unwrap_or_default();
+    assert!(
+        first.contains("copying drive:/big.bin to ro:/copy.bin: writing the destination: "),
+        "{err}"
+    );
+    assert_eq!(first.matches("copy.bin").count(), 1, "{err}");
     assert!(err.contains("read-only access"), "{err}");
     assert!(!err.contains("broken pipe"), "{err}");
     env.fails(&["stat", "drive:/copy.bin"], 3);
@@ -1238,4 +1245,27 @@ fn a_download_sync_warns_about_a_part_file_at_the_destination() {
         "{err}"
     );
     assert!(env.path("dst/x.txt.0123456789abcdef.efs-part").exists());
+}
+
+/// Regression: `efs cp -v` named what it copied and deleted on stderr; GNU `cp -v` names it on
+/// stdout, where a script reads it apart from the errors.
+#[test]
+fn cp_v_names_what_it_copies_on_stdout() {
+    let env = Env::new();
+    env.write("site/a.txt", b"a");
+    let args = ["cp", "-v", "-r", "site", "drive:/site"];
+    let out = env.efs(&args);
+    let stdout = common::assert_ok(&args, &out);
+    assert!(
+        stdout.contains("copied site/a.txt -> drive:/site/a.txt\n")
+            && stdout.contains("1 file copied"),
+        "{stdout}"
+    );
+    assert!(out.stderr.is_empty(), "{out:?}");
+    std::fs::remove_file(env.path("site/a.txt")).unwrap();
+    let args = ["cp", "-v", "--sync", "site", "drive:/site"];
+    let out = env.efs(&args);
+    let stdout = common::assert_ok(&args, &out);
+    assert!(stdout.contains("deleted drive:/site/a.txt\n"), "{stdout}");
+    assert!(out.stderr.is_empty(), "{out:?}");
 }

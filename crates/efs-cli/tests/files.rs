@@ -354,7 +354,9 @@ fn refusals_say_what_fits() {
     assert!(err.contains("drive:/dir is a directory"), "{err}");
 }
 
-/// Regression: `efs rm -v` printed nothing (the flag never reached rm).
+/// Regression: `efs rm -v` printed nothing (the flag never reached rm); then it printed on
+/// stderr (GNU `rm -v` names what it removes on stdout), and said "(and everything in it)" of
+/// an empty directory.
 #[test]
 fn rm_v_names_what_it_deletes() {
     let env = Env::new();
@@ -362,15 +364,137 @@ fn rm_v_names_what_it_deletes() {
     env.ok(&["cp", "-r", "s1", "drive:/s1"]);
     env.write("f.txt", b"f");
     env.ok(&["cp", "f.txt", "drive:/f.txt"]);
-    let out = env.efs(&["rm", "-v", "-r", "drive:/s1", "drive:/f.txt"]);
-    let err = common::assert_code(&["rm"], &out, 0);
+    env.ok(&["mkdir", "drive:/empty", "drive:/empty2"]);
+    let args = [
+        "rm",
+        "-v",
+        "-r",
+        "drive:/s1",
+        "drive:/f.txt",
+        "drive:/empty",
+    ];
+    let out = env.efs(&args);
+    let stdout = assert_ok(&args, &out);
+    assert_eq!(
+        stdout,
+        "deleted drive:/s1/ (and everything in it)\ndeleted drive:/f.txt\ndeleted drive:/empty/\n"
+    );
+    assert!(out.stderr.is_empty(), "{out:?}");
+    // Without -r, an empty directory is all it can be.
+    assert_eq!(
+        env.ok(&["rm", "-v", "drive:/empty2"]),
+        "deleted drive:/empty2/\n"
+    );
+    assert_eq!(env.ok(&["ls", "drive:/"]), "");
+    let out = env.efs(&["rm", "-f", "drive:/nothing"]);
+    assert!(out.stderr.is_empty() && out.stdout.is_empty(), "{out:?}");
+}
+
+/// Regression: a trailing `/` names a directory (docs/api.md), and `efs rm` refused it on a
+/// file, but `cat`, `stat`, `ls`, `cp` and `mv` took `drive:/f.txt/` as the file.
+#[test]
+fn a_trailing_slash_on_a_file_is_refused_by_every_command() {
+    let env = Env::new();
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/f.txt"], b"f"));
+    env.ok(&["mkdir", "drive:/d"]);
+    for args in [
+        &["cat", "drive:/f.txt/"][..],
+        &["stat", "drive:/f.txt/"],
+        &["ls", "drive:/f.txt/"],
+        &["cp", "drive:/f.txt/", "out.txt"],
+        &["mv", "drive:/f.txt/", "drive:/g.txt"],
+        &["rm", "drive:/f.txt/"],
+    ] {
+        let err = env.fails(args, 5);
+        assert!(err.contains("names a directory"), "{args:?}: {err}");
+    }
+    let err = env.fails(&["cat", "drive:/f.txt/"], 5);
     assert!(
-        err.contains("deleted drive:/s1/ (and everything in it)"),
+        err.contains(
+            "drive:/f.txt/ names a directory (it ends in '/'), but drive:/f.txt is a file"
+        ) && err.contains("write drive:/f.txt (without the '/')"),
         "{err}"
     );
-    assert!(err.contains("deleted drive:/f.txt\n"), "{err}");
-    let out = env.efs(&["rm", "-f", "drive:/nothing"]);
-    assert!(out.stderr.is_empty(), "{out:?}");
+    assert_eq!(env.cat("drive:/f.txt"), b"f");
+    assert!(!env.path("out.txt").exists());
+    env.fails(&["stat", "drive:/g.txt"], 3);
+    // A directory named with its '/' is still one; a missing path still not found.
+    env.ok(&["stat", "drive:/d/"]);
+    env.ok(&["ls", "drive:/d/"]);
+    env.fails(&["cat", "drive:/d/"], 2);
+    env.fails(&["cat", "drive:/nope/"], 3);
+    env.ok(&["mv", "drive:/d/", "drive:/e"]);
+    env.ok(&["stat", "drive:/e"]);
+}
+
+/// Regression: errors named a remote path without its remote (`reading /_efs/x`, where
+/// others say `drive:/path`).
+#[test]
+fn errors_name_the_remote_of_each_path() {
+    let env = Env::new();
+    // A path the SDK refuses before asking (`_efs` is the server's): an error other than
+    // not found, from the look before the command acts.
+    let err = env.fails(&["mkdir", "drive:/_efs/x"], 2);
+    assert!(err.contains("reading drive:/_efs/x"), "{err}");
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/a"], b"a"));
+    let err = env.fails(&["mv", "drive:/a", "drive:/_efs/x"], 2);
+    assert!(err.contains("reading drive:/_efs/x"), "{err}");
+    env.write("pass.txt", b"a passphrase long enough to be accepted\n");
+    let err = env.fails(
+        &["tar", "drive:/_efs/x", "-o", "b.age", "-p", "pass.txt"],
+        2,
+    );
+    assert!(err.contains("reading drive:/_efs/x"), "{err}");
+    // The warning of a remote walk about an unfinished copy's temporary file.
+    assert_ok(
+        &["put"],
+        &env.efs_input(&["put", "drive:/src/x.0123456789abcdef.efs-part"], b"p"),
+    );
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/src/y"], b"y"));
+    let out = env.efs(&["cp", "-r", "drive:/src", "out"]);
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_ok(&["cp"], &out);
+    assert!(
+        err.contains("skipping drive:/src/x.0123456789abcdef.efs-part"),
+        "{err}"
+    );
+}
+
+/// Regression: `efs rm -r` of several paths refused for the same reason (a read-only grant)
+/// repeated the same hint after each; it is said once, at the end.
+#[test]
+fn rm_of_several_refused_paths_gives_the_hint_once() {
+    let env = Env::new();
+    for p in ["drive:/a", "drive:/b", "drive:/c"] {
+        assert_ok(&["put"], &env.efs_input(&["put", p], b"x"));
+    }
+    env.add_read_only_user();
+    let err = env.fails(&["rm", "-r", "ro:/a", "ro:/b", "ro:/c"], 4);
+    assert_eq!(err.matches("efs: hint:").count(), 1, "{err}");
+    assert!(
+        err.contains("ro:/a") && err.contains("ro:/b") && err.contains("ro:/c"),
+        "{err}"
+    );
+    let last = err.lines().last().unwrap_or_default();
+    assert!(last.starts_with("efs: hint:"), "{err}");
+    assert_eq!(env.cat("drive:/c"), b"x");
+}
+
+/// Regression: `efs rm drive:/` said "refusing to remove the root directory: remove what is
+/// in it instead", neither naming the remote nor saying how (and the manual did not say it).
+#[test]
+fn rm_of_the_root_is_refused_naming_it() {
+    let env = Env::new();
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/keep"], b"k"));
+    for args in [&["rm", "drive:/"][..], &["rm", "-r", "-f", "drive:"]] {
+        let err = env.fails(args, 2);
+        assert!(
+            err.contains("refusing to remove the root directory drive:/")
+                && err.contains("efs: hint: remove what is in it, path by path (efs ls drive:/"),
+            "{err}"
+        );
+    }
+    assert_eq!(env.cat("drive:/keep"), b"k");
 }
 
 /// Regression: `ls` named a missing path without its remote (`reading /nope`), where `cat`

@@ -165,6 +165,23 @@ fn a_scripted_shell_refusing_a_dot_segment_exits_2() {
     common::assert_code(&["shell"], &out, 2);
 }
 
+/// Regression: the shell's `mv` of a directory into its own subtree had no check of its own:
+/// the server's conflict came with the hint about a file where a directory is needed, where
+/// `efs mv` says `cannot move … into itself`.
+#[test]
+fn the_shell_refuses_to_move_a_directory_into_itself() {
+    let env = Env::new();
+    env.ok(&["mkdir", "-p", "drive:/in/sub"]);
+    let out = env.efs_input(&["shell", "drive"], b"mv /in /in/sub\n");
+    let stderr = common::assert_code(&["shell"], &out, 2);
+    assert!(
+        stderr.contains("cannot move /in into itself (/in/sub/in)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("a file is where a directory"), "{stderr}");
+    env.ok(&["stat", "drive:/in/sub"]);
+}
+
 #[test]
 fn stop_ends_the_shell() {
     let env = Env::new();
