@@ -1175,7 +1175,12 @@ fn destination_path(dest: &str, authority: Option<&str>) -> Result<String, ApiEr
             return Err(bad("may not carry a user name or password"));
         }
         (Some("https"), Some(a)) if authority.is_some_and(|h| same_authority(h, a)) => {}
-        (Some("https"), Some(_)) => return Err(bad("names another server")),
+        (Some("https"), Some(_)) => {
+            return Err(bad(
+                "names another server than the one this request was sent to (another host, or \
+                 another port: 443 where it is left out): give the path alone, e.g. /dir/name",
+            ));
+        }
         _ => return Err(bad("must be an absolute path or an https:// URL")),
     }
     Ok(uri.path().to_owned())
@@ -1189,7 +1194,30 @@ fn same_authority(request: &str, dest: &axum::http::uri::Authority) -> bool {
         return false;
     };
     request.host().eq_ignore_ascii_case(dest.host())
-        && request.port_u16().unwrap_or(443) == dest.port_u16().unwrap_or(443)
+        && matches!(
+            (port_number(&request), port_number(dest)),
+            (Some(a), Some(b)) if a == b
+        )
+}
+
+/// The port an authority names, as a number: 443 when it is left out or empty (RFC 3986
+/// §3.2.3), leading zeros ignored (`:0443` is 443); `None` for one past 65535. The `http`
+/// crate's `port_u16` gives `None` for such a port too, which read as "left out" made
+/// `https://host:65979/x` the same server as `https://host/x`.
+fn port_number(a: &axum::http::uri::Authority) -> Option<u16> {
+    let s = a.as_str();
+    let host_port = s.rsplit_once('@').map_or(s, |(_, h)| h);
+    let rest = host_port.get(a.host().len()..)?;
+    let digits = match rest.strip_prefix(':') {
+        None if rest.is_empty() => return Some(443),
+        Some("") => return Some(443),
+        Some(d) if d.bytes().all(|b| b.is_ascii_digit()) => d,
+        _ => return None,
+    };
+    let n = digits.bytes().fold(0u32, |n, b| {
+        n.saturating_mul(10).saturating_add(u32::from(b - b'0'))
+    });
+    u16::try_from(n).ok()
 }
 
 fn list_entry(e: &efs_core::Entry) -> ListEntry {
@@ -1876,4 +1904,36 @@ fn stream_range(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a `Destination` port past 65535 read as "left out" (443), so
+    /// `https://h:65979/x` was taken for this server at `h:443`. Ports compare as numbers.
+    #[test]
+    fn destination_ports_compare_as_numbers() {
+        let same = |host: &str, dest: &str| destination_path(dest, Some(host)).is_ok();
+        assert!(same("127.0.0.1", "https://127.0.0.1:0443/x"));
+        assert!(same("127.0.0.1:443", "https://127.0.0.1:00443/x"));
+        assert!(same("127.0.0.1:0443", "https://127.0.0.1/x"));
+        assert!(same("h:8443", "https://H:08443/x"));
+        assert!(same("h", "https://h:/x"));
+        assert!(same("[::1]:8443", "https://[::1]:8443/x"));
+        assert!(same("[::1]", "https://[::1]:443/x"));
+        assert!(!same("[::1]", "https://[::2]/x"));
+        assert!(!same("h:8443", "https://h/x"));
+        assert!(!same("h", "https://h:65979/x"));
+        assert!(!same("h", "https://h:66000/x"));
+        assert!(!same("h", "https://h:99999999999999999999443/x"));
+        assert!(!same("h:65979", "https://h/x"));
+        assert!(!same("h", "https://other/x"));
+        let e = destination_path("https://other/x", Some("h")).unwrap_err();
+        assert!(e.message.contains("names another server"), "{}", e.message);
+        assert_eq!(
+            destination_path("https://h:0443/a/b", Some("h")).unwrap(),
+            "/a/b"
+        );
+    }
 }
