@@ -297,9 +297,23 @@ fn route_label(path: &str) -> &'static str {
 /// request, and a health check should say so.
 ///
 /// Below the free-space reserve it still answers `ok` (reads, deletes and logins are served),
-/// with `uploads` saying that new data is refused.
+/// with `uploads` saying that new data is refused. A volume with less than
+/// [`crate::reserve::HEALTH_FLOOR`] free is `507`, reserve or not: without a reserve, a full
+/// disk answered `ok` until a request found the audit log failed.
 async fn health(State(st): St) -> Result<axum::Json<Health>, ApiError> {
     refuse_if_failed(&st.data)?;
+    if let Some(what) = st.reserve.full_for_health() {
+        // No byte counts (a public route): the floor is a constant.
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            efs_proto::codes::INSUFFICIENT_STORAGE,
+            format!(
+                "the server's {what} is full (under {} free): writes fail, and so will the \
+                 audit log, after which every request is refused; the operator must free space",
+                crate::reserve::human(crate::reserve::HEALTH_FLOOR)
+            ),
+        ));
+    }
     Ok(axum::Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
