@@ -94,6 +94,11 @@ pub struct AppState {
     /// so that nothing lands after the audit log closes; the shutdown waits a little longer
     /// for those already begun.
     pub changes_refused: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled when the shutdown timeout has passed (with `changes_refused` set): an upload
+    /// still receiving its body stops, removes what it wrote and is answered 503 with
+    /// `Retry-After`. It was cut with its connection when the process ended, and the client
+    /// saw a reset instead of an answer.
+    pub uploads_cut: tokio_util::sync::CancellationToken,
     /// The budget of audit entries of requests that proved nobody (shared with the login
     /// hook).
     pub audit_budget: Arc<crate::audit_budget::AuditBudget>,
@@ -720,11 +725,30 @@ fn may_begin(st: &AppState) -> Result<(), ApiError> {
 }
 
 fn shutting_down() -> ApiError {
-    ApiError::new(
+    let mut e = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         efs_proto::codes::UNAVAILABLE,
         "the server is shutting down",
-    )
+    );
+    e.retry_after = Some(SHUTDOWN_RETRY_SECS);
+    e
+}
+
+/// `Retry-After` of a request refused because the server is stopping: a restart takes
+/// seconds.
+const SHUTDOWN_RETRY_SECS: u64 = 5;
+
+/// 503 for an upload whose body was still arriving when the shutdown timeout passed
+/// (`AppState::uploads_cut`): stopped there, nothing of it stored.
+fn upload_cut_at_shutdown() -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        efs_proto::codes::UNAVAILABLE,
+        "the server is shutting down: the upload was stopped before its end and nothing of it \
+         is stored; send it again in a moment",
+    );
+    e.retry_after = Some(SHUTDOWN_RETRY_SECS);
+    e
 }
 
 async fn move_json_now(st: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
@@ -1396,8 +1420,19 @@ async fn write(
     // subtracts; out of it when dropped, on every way out of this function (and when the
     // commit, which may outlive it, ends).
     let mut buffered = st.reserve.upload_bytes();
+    let cut = st.uploads_cut.cancelled();
+    tokio::pin!(cut);
     loop {
-        let Ok(next) = tokio::time::timeout(st.http.body_idle, stream.next()).await else {
+        let next = tokio::select! {
+            // Checked first: a body that keeps arriving must not outrun the shutdown.
+            biased;
+            () = &mut cut => {
+                upload.abort().await;
+                return Err(upload_cut_at_shutdown());
+            }
+            next = tokio::time::timeout(st.http.body_idle, stream.next()) => next,
+        };
+        let Ok(next) = next else {
             upload.abort().await;
             return Err(body_timeout(st.http.body_idle));
         };
