@@ -94,6 +94,11 @@ pub struct AppState {
     /// so that nothing lands after the audit log closes; the shutdown waits a little longer
     /// for those already begun.
     pub changes_refused: Arc<std::sync::atomic::AtomicBool>,
+    /// Cancelled when the shutdown timeout has passed (with `changes_refused` set): an upload
+    /// still receiving its body stops, removes what it wrote and is answered 503 with
+    /// `Retry-After`. It was cut with its connection when the process ended, and the client
+    /// saw a reset instead of an answer.
+    pub uploads_cut: tokio_util::sync::CancellationToken,
     /// The budget of audit entries of requests that proved nobody (shared with the login
     /// hook).
     pub audit_budget: Arc<crate::audit_budget::AuditBudget>,
@@ -297,9 +302,23 @@ fn route_label(path: &str) -> &'static str {
 /// request, and a health check should say so.
 ///
 /// Below the free-space reserve it still answers `ok` (reads, deletes and logins are served),
-/// with `uploads` saying that new data is refused.
+/// with `uploads` saying that new data is refused. A volume with less than
+/// [`crate::reserve::HEALTH_FLOOR`] free is `507`, reserve or not: without a reserve, a full
+/// disk answered `ok` until a request found the audit log failed.
 async fn health(State(st): St) -> Result<axum::Json<Health>, ApiError> {
     refuse_if_failed(&st.data)?;
+    if let Some(what) = st.reserve.full_for_health() {
+        // No byte counts (a public route): the floor is a constant.
+        return Err(ApiError::new(
+            StatusCode::INSUFFICIENT_STORAGE,
+            efs_proto::codes::INSUFFICIENT_STORAGE,
+            format!(
+                "the server's {what} is full (under {} free): writes fail, and so will the \
+                 audit log, after which every request is refused; the operator must free space",
+                crate::reserve::human(crate::reserve::HEALTH_FLOOR)
+            ),
+        ));
+    }
     Ok(axum::Json(Health {
         status: "ok".into(),
         version: env!("CARGO_PKG_VERSION").into(),
@@ -706,11 +725,30 @@ fn may_begin(st: &AppState) -> Result<(), ApiError> {
 }
 
 fn shutting_down() -> ApiError {
-    ApiError::new(
+    let mut e = ApiError::new(
         StatusCode::SERVICE_UNAVAILABLE,
         efs_proto::codes::UNAVAILABLE,
         "the server is shutting down",
-    )
+    );
+    e.retry_after = Some(SHUTDOWN_RETRY_SECS);
+    e
+}
+
+/// `Retry-After` of a request refused because the server is stopping: a restart takes
+/// seconds.
+const SHUTDOWN_RETRY_SECS: u64 = 5;
+
+/// 503 for an upload whose body was still arriving when the shutdown timeout passed
+/// (`AppState::uploads_cut`): stopped there, nothing of it stored.
+fn upload_cut_at_shutdown() -> ApiError {
+    let mut e = ApiError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        efs_proto::codes::UNAVAILABLE,
+        "the server is shutting down: the upload was stopped before its end and nothing of it \
+         is stored; send it again in a moment",
+    );
+    e.retry_after = Some(SHUTDOWN_RETRY_SECS);
+    e
 }
 
 async fn move_json_now(st: Arc<AppState>, req: Request) -> Result<Response, ApiError> {
@@ -1175,7 +1213,12 @@ fn destination_path(dest: &str, authority: Option<&str>) -> Result<String, ApiEr
             return Err(bad("may not carry a user name or password"));
         }
         (Some("https"), Some(a)) if authority.is_some_and(|h| same_authority(h, a)) => {}
-        (Some("https"), Some(_)) => return Err(bad("names another server")),
+        (Some("https"), Some(_)) => {
+            return Err(bad(
+                "names another server than the one this request was sent to (another host, or \
+                 another port: 443 where it is left out): give the path alone, e.g. /dir/name",
+            ));
+        }
         _ => return Err(bad("must be an absolute path or an https:// URL")),
     }
     Ok(uri.path().to_owned())
@@ -1189,7 +1232,30 @@ fn same_authority(request: &str, dest: &axum::http::uri::Authority) -> bool {
         return false;
     };
     request.host().eq_ignore_ascii_case(dest.host())
-        && request.port_u16().unwrap_or(443) == dest.port_u16().unwrap_or(443)
+        && matches!(
+            (port_number(&request), port_number(dest)),
+            (Some(a), Some(b)) if a == b
+        )
+}
+
+/// The port an authority names, as a number: 443 when it is left out or empty (RFC 3986
+/// §3.2.3), leading zeros ignored (`:0443` is 443); `None` for one past 65535. The `http`
+/// crate's `port_u16` gives `None` for such a port too, which read as "left out" made
+/// `https://host:65979/x` the same server as `https://host/x`.
+fn port_number(a: &axum::http::uri::Authority) -> Option<u16> {
+    let s = a.as_str();
+    let host_port = s.rsplit_once('@').map_or(s, |(_, h)| h);
+    let rest = host_port.get(a.host().len()..)?;
+    let digits = match rest.strip_prefix(':') {
+        None if rest.is_empty() => return Some(443),
+        Some("") => return Some(443),
+        Some(d) if d.bytes().all(|b| b.is_ascii_digit()) => d,
+        _ => return None,
+    };
+    let n = digits.bytes().fold(0u32, |n, b| {
+        n.saturating_mul(10).saturating_add(u32::from(b - b'0'))
+    });
+    u16::try_from(n).ok()
 }
 
 fn list_entry(e: &efs_core::Entry) -> ListEntry {
@@ -1354,8 +1420,19 @@ async fn write(
     // subtracts; out of it when dropped, on every way out of this function (and when the
     // commit, which may outlive it, ends).
     let mut buffered = st.reserve.upload_bytes();
+    let cut = st.uploads_cut.cancelled();
+    tokio::pin!(cut);
     loop {
-        let Ok(next) = tokio::time::timeout(st.http.body_idle, stream.next()).await else {
+        let next = tokio::select! {
+            // Checked first: a body that keeps arriving must not outrun the shutdown.
+            biased;
+            () = &mut cut => {
+                upload.abort().await;
+                return Err(upload_cut_at_shutdown());
+            }
+            next = tokio::time::timeout(st.http.body_idle, stream.next()) => next,
+        };
+        let Ok(next) = next else {
             upload.abort().await;
             return Err(body_timeout(st.http.body_idle));
         };
@@ -1876,4 +1953,36 @@ fn stream_range(
             }
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Regression: a `Destination` port past 65535 read as "left out" (443), so
+    /// `https://h:65979/x` was taken for this server at `h:443`. Ports compare as numbers.
+    #[test]
+    fn destination_ports_compare_as_numbers() {
+        let same = |host: &str, dest: &str| destination_path(dest, Some(host)).is_ok();
+        assert!(same("127.0.0.1", "https://127.0.0.1:0443/x"));
+        assert!(same("127.0.0.1:443", "https://127.0.0.1:00443/x"));
+        assert!(same("127.0.0.1:0443", "https://127.0.0.1/x"));
+        assert!(same("h:8443", "https://H:08443/x"));
+        assert!(same("h", "https://h:/x"));
+        assert!(same("[::1]:8443", "https://[::1]:8443/x"));
+        assert!(same("[::1]", "https://[::1]:443/x"));
+        assert!(!same("[::1]", "https://[::2]/x"));
+        assert!(!same("h:8443", "https://h/x"));
+        assert!(!same("h", "https://h:65979/x"));
+        assert!(!same("h", "https://h:66000/x"));
+        assert!(!same("h", "https://h:99999999999999999999443/x"));
+        assert!(!same("h:65979", "https://h/x"));
+        assert!(!same("h", "https://other/x"));
+        let e = destination_path("https://other/x", Some("h")).unwrap_err();
+        assert!(e.message.contains("names another server"), "{}", e.message);
+        assert_eq!(
+            destination_path("https://h:0443/a/b", Some("h")).unwrap(),
+            "/a/b"
+        );
+    }
 }

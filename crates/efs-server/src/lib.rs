@@ -7,6 +7,7 @@
 //! - [`cache`]: the decrypted-content cache.
 //! - [`first_bytes`]: the deadline on a new connection's first bytes (idle clients).
 //! - [`connections`]: connections per client address, and the idle timeout.
+//! - [`linger`]: the lingering close of connections whose upload the shutdown cut.
 //! - [`tls`]: certificates (given, or generated and sealed), mutual TLS.
 //! - [`admin_socket`]: `efsctl` while the server runs.
 //! - [`audit`]: the audit entries of logins and file requests (fail closed).
@@ -30,6 +31,7 @@ pub mod error;
 pub mod first_bytes;
 pub mod fsmetrics;
 pub mod http_headers;
+pub mod linger;
 pub mod metrics_token;
 pub mod ratelimit;
 pub mod reserve;

@@ -114,8 +114,9 @@ struct Args {
     #[arg(long, env = "EFS_METRICS_TOKEN_FILE", value_name = "PATH")]
     metrics_token_file: Option<PathBuf>,
     /// On SIGTERM (or SIGINT), wait at most this many seconds for the requests and admin commands in
-    /// flight; then no new change begins (503), changes already begun get 10 s more, and the
-    /// audit log closes. Give the supervisor more (`docker stop -t`, systemd's
+    /// flight; then no new change begins (503), an upload still receiving its body is stopped
+    /// (503 with Retry-After, nothing of it stored), changes already begun get 10 s more, and
+    /// the audit log closes. Give the supervisor more (`docker stop -t`, systemd's
     /// TimeoutStopSec).
     #[arg(long, default_value_t = 30, value_name = "SECS")]
     shutdown_timeout: u64,

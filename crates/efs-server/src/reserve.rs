@@ -41,6 +41,12 @@ pub const REFUSED: &str = "new data is refused: the server's disk is below its f
 /// `/_efs/health`'s `uploads` while the reserve is reached (no byte counts, as [`REFUSED`]).
 pub const HEALTH_REFUSED: &str = "refused: the server's disk is below its free-space reserve";
 
+/// Free space under which `/_efs/health` answers not ok, reserve or not: a volume this full
+/// fails the next audit entry or index commit. With the reserve off (`--reserve-space 0`),
+/// health said `ok` on a full disk until a request had found the audit log failed. Small, so
+/// that only a disk really full, not one merely below the reserve, fails the check.
+pub const HEALTH_FLOOR: u64 = 1 << 20;
+
 /// The default reserve for a volume of `volume_bytes`: 5 % of it, at most [`DEFAULT_MAX`].
 pub fn default_reserve(volume_bytes: u64) -> u64 {
     (volume_bytes / DEFAULT_SHARE).min(DEFAULT_MAX)
@@ -373,6 +379,16 @@ impl Reserve {
         self.check_below_logged(&[(false, 0)], false)
     }
 
+    /// The first watched volume with less than [`HEALTH_FLOOR`] free, whether the reserve is
+    /// on or off (`what`: how a message names it); `None` if none is, or its free space
+    /// cannot be read. One `statvfs` per volume, not logged (nothing is refused).
+    pub fn full_for_health(&self) -> Option<&'static str> {
+        self.volumes
+            .iter()
+            .find(|v| self.free_bytes(v).is_some_and(|free| free < HEALTH_FLOOR))
+            .map(|v| v.what)
+    }
+
     /// Before an upload's body is read: [`Reserve::check`], and, when the request announces
     /// its length (`Content-Length`), whether the volume would keep half the reserve once
     /// that much is written too. An upload that cannot fit is refused before it begins rather
@@ -537,6 +553,18 @@ mod tests {
         assert_eq!(low.refusal().message, REFUSED);
         let r = Reserve::for_data_dir(dir.path(), Some(1)).unwrap();
         assert_eq!(r.check(), Ok(()));
+    }
+
+    /// A volume with room passes the health floor, reserve on or off (a full one is in
+    /// tests/disk_full.rs, on a real full tmpfs).
+    #[test]
+    fn health_passes_a_volume_with_room_reserve_on_or_off() {
+        let dir = tempfile::tempdir().unwrap();
+        for requested in [Some(0), Some(1), None] {
+            let r = Reserve::for_data_dir(dir.path(), requested).unwrap();
+            assert_eq!(r.full_for_health(), None, "{requested:?}");
+        }
+        assert_eq!(Reserve::off().full_for_health(), None);
     }
 
     #[test]

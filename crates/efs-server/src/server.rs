@@ -357,6 +357,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         metrics,
         detached: tokio_util::task::TaskTracker::new(),
         changes_refused: Default::default(),
+        uploads_cut: Default::default(),
         audit_budget: audit_budget.clone(),
         // Behind a proxy every client has the proxy's address: with the per-address limit
         // of connections off (0, as README.md says to run there), this one is off too.
@@ -733,6 +734,7 @@ async fn serve(
         let state = state.clone();
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
+        let cut = state.uploads_cut.clone();
         tokio::spawn(async move {
             let _permit = permit;
             let _address_slot = address_slot;
@@ -788,12 +790,16 @@ async fn serve(
                     }
                 },
             );
-            // Idle TLS connections are dropped too (see `first_bytes`).
+            // Idle TLS connections are dropped too (see `first_bytes`). The stream comes back
+            // when hyper lets go of it, for a lingering close at the shutdown (see `linger`).
             let io = crate::first_bytes::FirstBytesDeadline::new(tls, HEADER_READ_TIMEOUT);
-            let conn = builder
-                .serve_connection_with_upgrades(TokioIo::new(io), svc)
-                .into_owned();
-            tokio::pin!(conn);
+            let (back, mut came_back) = tokio::sync::oneshot::channel();
+            let io = crate::linger::HandBack::new(io, back);
+            let mut conn = Box::pin(
+                builder
+                    .serve_connection_with_upgrades(TokioIo::new(io), svc)
+                    .into_owned(),
+            );
             let mut tick = tokio::time::interval(crate::connections::idle_check_period(idle));
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut closing = false;
@@ -838,6 +844,15 @@ async fn serve(
                     }
                 }
             }
+            // Past the shutdown timeout, an upload this connection carried was answered 503
+            // while its body still arrived: read on a little, so that the client reads the
+            // answer rather than a reset (the slot is held meanwhile: the shutdown waits).
+            drop(conn);
+            if cut.is_cancelled()
+                && let Ok(io) = came_back.try_recv()
+            {
+                crate::linger::linger(io, crate::linger::LINGER).await;
+            }
         });
     }
     drop(listener);
@@ -860,18 +875,33 @@ async fn serve(
             state
                 .changes_refused
                 .store(true, std::sync::atomic::Ordering::Release);
-            if tokio::time::timeout(LATE_CHANGES, detached.wait())
-                .await
-                .is_err()
-            {
-                tracing::warn!(
-                    "changes begun before the shutdown timeout are still running 10 s after \
-                     it; the audit log closes without their entries"
-                );
-            }
+            // Uploads still receiving their bodies stop and are answered 503 (nothing of them
+            // stored); their connections are given a moment to carry that answer and its
+            // audit entry, rather than being cut with no answer when the process ends.
+            state.uploads_cut.cancel();
+            let answered = async {
+                let _ = tokio::time::timeout(CUT_ANSWERS, slots.acquire_many(all)).await;
+            };
+            let late = async {
+                if tokio::time::timeout(LATE_CHANGES, detached.wait())
+                    .await
+                    .is_err()
+                {
+                    tracing::warn!(
+                        "changes begun before the shutdown timeout are still running 10 s \
+                         after it; the audit log closes without their entries"
+                    );
+                }
+            };
+            tokio::join!(answered, late);
         }
     }
 }
+
+/// How long a shutdown waits, after its timeout, for the connections whose uploads it cut to
+/// send their 503 and close (the lingering close included, [`crate::linger::LINGER`]); a
+/// connection still open then (a download still streaming) is cut when the process ends.
+const CUT_ANSWERS: Duration = Duration::from_secs(3);
 
 /// How long a shutdown waits, after its timeout, for the changes begun before it.
 const LATE_CHANGES: Duration = Duration::from_secs(10);

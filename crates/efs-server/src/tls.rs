@@ -89,6 +89,20 @@ pub fn load_pem(cert: &Path, key: &Path) -> anyhow::Result<TlsMaterial> {
 /// The generated certificate of this data dir, created on first use.
 pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
     let pem_path = data.root().join("system").join("tls-cert.pem");
+    // Something other than a file there (a directory, made by a mistaken bind mount or
+    // `mkdir`) cannot be replaced by the rename that writes the file: the start stopped on
+    // "Is a directory" after a warning that the file had been changed outside EFS. Said
+    // before anything is generated; never removed by the server (it may hold someone's data).
+    if let Ok(meta) = std::fs::symlink_metadata(&pem_path)
+        && meta.is_dir()
+    {
+        bail!(
+            "{} is a directory, where the server writes the certificate it generated (the file \
+             clients pass to --cacert): move that directory away or remove it, then start again \
+             (or serve your own certificate with --tls-cert and --tls-key)",
+            pem_path.display()
+        );
+    }
     if let (Some(cert), Some(key)) = (data.secret(SECRET_TLS_CERT)?, data.secret(SECRET_TLS_KEY)?) {
         let cert = CertificateDer::from(cert.to_vec());
         // The file clients are told to trust: written again whenever it does not hold the

@@ -733,6 +733,160 @@ async fn past_the_shutdown_timeout_no_change_begins() {
     }
 }
 
+/// Regression: an upload whose body was still arriving when the shutdown timeout ended was
+/// cut with its connection: the client read a reset or an EOF, no answer. Now it is answered
+/// 503 with `Retry-After`, saying that nothing of it was stored, over HTTP/1.1 (a raw client
+/// still sending) and HTTP/2 (reqwest); nothing of it is stored, after a restart either, no
+/// partial write is left, and the refusal is in the audit log.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_still_arriving_at_the_shutdown_timeout_is_answered_503_and_not_stored() {
+    let s = session(&["--shutdown-timeout", "1"]).await;
+    let mut srv = s.srv;
+    const SIZE: usize = 8 << 20;
+    // HTTP/1.1: the head and 64 KiB, then 4 KiB every 50 ms (the body would take 100 s).
+    let head = format!(
+        "PUT /slow1.bin HTTP/1.1\r\nHost: localhost\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: {SIZE}\r\n\r\n",
+        s.token
+    );
+    let (addr, cert) = (srv.addr, srv.cert_pem.clone());
+    let h1 = tokio::spawn(async move { slow_upload(addr, &cert, head, SIZE).await });
+    // HTTP/2: a streamed body fed as slowly.
+    let (tx, rx) = tokio::sync::mpsc::channel::<Vec<u8>>(1);
+    let body = futures_util::stream::unfold(rx, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|chunk| (Ok::<_, std::io::Error>(chunk), rx))
+    });
+    let feeder = tokio::spawn(async move {
+        while tx.send(vec![7u8; 4096]).await.is_ok() {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    });
+    let h2 = srv
+        .req("PUT", "/slow2.bin", &s.token)
+        .body(reqwest::Body::wrap_stream(body))
+        .send();
+    let h2 = tokio::spawn(h2);
+    // curl over HTTP/1.1, its rate limited.
+    let big = srv.dir.path().join("big.bin");
+    std::fs::write(&big, pattern(SIZE, 3)).unwrap();
+    let curl = std::process::Command::new("curl")
+        .args([
+            "-sS",
+            "--noproxy",
+            "*",
+            "--http1.1",
+            "--limit-rate",
+            "64K",
+            "--cacert",
+        ])
+        .arg(srv.cert_file())
+        .args(["-X", "PUT", "-H"])
+        .arg(format!("Authorization: Bearer {}", s.token))
+        .arg("--data-binary")
+        .arg(format!("@{}", big.display()))
+        .args(["-w", "\n%{http_code}", "-D", "-"])
+        .arg(srv.url("/slow3.bin"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("running curl (installed by scripts/test.sh)");
+    let curl_out = tokio::task::spawn_blocking(move || {
+        let out = curl.wait_with_output().unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    });
+    // The bodies are arriving; the shutdown's timeout (1 s) ends long before they would.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    srv.terminate();
+    let answer = tokio::time::timeout(Duration::from_secs(30), h1)
+        .await
+        .expect("the HTTP/1.1 client got an answer or an end")
+        .unwrap();
+    assert!(answer.starts_with("HTTP/1.1 503 "), "{answer}");
+    let lower = answer.to_ascii_lowercase();
+    assert!(lower.contains("\r\nretry-after: 5\r\n"), "{answer}");
+    assert!(answer.contains("\"unavailable\""), "{answer}");
+    assert!(
+        answer.contains("the server is shutting down: the upload was stopped before its end and nothing of it is stored"),
+        "{answer}"
+    );
+    let r = tokio::time::timeout(Duration::from_secs(30), h2)
+        .await
+        .expect("the HTTP/2 client got an answer")
+        .unwrap()
+        .expect("an answer, not a reset");
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(header(&r, "retry-after").as_deref(), Some("5"));
+    let msg = assert_error(r, 503, "unavailable").await;
+    assert!(msg.contains("nothing of it is stored"), "{msg}");
+    feeder.abort();
+    let (out, err) = curl_out.await.unwrap();
+    assert!(out.ends_with("\n503"), "curl: {out}\n{err}");
+    assert!(
+        out.contains("nothing of it is stored"),
+        "curl: {out}\n{err}"
+    );
+    assert!(
+        out.to_ascii_lowercase().contains("retry-after: 5"),
+        "curl: {out}\n{err}"
+    );
+    let status = srv.stop().await.expect("the server was running");
+    assert!(status.success(), "{status:?}\n{}", srv.stderr());
+    // Nothing partial left in the blob stores' temporary directories.
+    for fs_dir in std::fs::read_dir(srv.data.join("fs")).unwrap() {
+        let tmp = fs_dir.unwrap().path().join("blobs").join("tmp");
+        if let Ok(left) = std::fs::read_dir(&tmp) {
+            let left: Vec<_> = left.collect();
+            assert!(left.is_empty(), "partial writes left in {}", tmp.display());
+        }
+    }
+    let srv = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    let token = srv.login("app", &s.key, None).await;
+    for path in ["/slow1.bin", "/slow2.bin", "/slow3.bin"] {
+        assert_eq!(srv.get(path, &token).await.0, 404, "{path} was stored");
+        let statuses: Vec<u64> = audit_show(&srv, &["--path", path])
+            .into_iter()
+            .filter(|e| e["action"] == "write")
+            .map(|e| e["status"].as_u64().unwrap())
+            .collect();
+        assert_eq!(statuses, [503], "{path}");
+    }
+}
+
+/// Sends `head` and the first 64 KiB of a `size`-byte body on a new TLS connection, then 4 KiB
+/// every 50 ms while reading; returns all the server sent until it closed (or 30 s).
+async fn slow_upload(
+    addr: std::net::SocketAddr,
+    cert_pem: &[u8],
+    head: String,
+    size: usize,
+) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let tls = tls_connect(addr, cert_pem).await.unwrap();
+    let (mut r, mut w) = tokio::io::split(tls);
+    let body = pattern(size, 9);
+    w.write_all(head.as_bytes()).await.unwrap();
+    w.write_all(&body[..64 << 10]).await.unwrap();
+    w.flush().await.unwrap();
+    let writer = tokio::spawn(async move {
+        for chunk in body[64 << 10..].chunks(4096) {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            if w.write_all(chunk).await.is_err() || w.flush().await.is_err() {
+                break;
+            }
+        }
+        w
+    });
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(30), r.read_to_end(&mut answer)).await;
+    writer.abort();
+    String::from_utf8_lossy(&answer).into_owned()
+}
+
 /// Sends `head` (with `Expect: 100-continue`) on a new TLS connection and, once the server
 /// answered `100 Continue` (its handler began to read the body), says so on `sent`; then
 /// sends `rest` at the time `at` gives; returns what the server answers after the 100 (up to

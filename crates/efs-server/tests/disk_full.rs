@@ -1061,3 +1061,57 @@ async fn rekey_starter_is_refused_when_the_index_copies_do_not_fit() {
     let token = srv.login("app", &key, None).await;
     assert_eq!(srv.get_ok("/d/f7", &token).await, pattern(3000, 7));
 }
+
+/// Regression: with the reserve off, `/_efs/health` answered `ok` on a full disk until a
+/// request had found the audit log failed (a load balancer kept sending traffic to a server
+/// about to refuse everything). A volume under the health floor (1 MiB) is now `507`; once
+/// space is freed, `ok` again.
+#[tokio::test]
+async fn health_is_not_ok_on_a_full_disk_with_the_reserve_off() {
+    let Some(OnTmpfs {
+        mount: _mount,
+        srv,
+        data,
+        ..
+    }) = on_tmpfs(
+        "the health check on a full disk",
+        "reserve.rs's unit tests",
+        NO_RESERVE,
+    )
+    .await
+    else {
+        return;
+    };
+    let health = || srv.client.get(srv.url("/_efs/health")).send();
+    assert_eq!(health().await.unwrap().status(), 200);
+    let filler = data.join("filler");
+    fill(&filler);
+    let r = health().await.unwrap();
+    let msg = assert_error(r, 507, "insufficient_storage").await;
+    assert!(
+        msg.contains("the server's data volume is full (under 1.0 MiB free)"),
+        "{msg}"
+    );
+    assert!(msg.contains("free space"), "{msg}");
+    // Just over the floor: ok (the check is the floor, not the reserve, which is off).
+    std::fs::remove_file(&filler).unwrap();
+    fill_leaving(&filler, 4 << 20);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = health().await.unwrap();
+        if r.status() == 200 {
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(v["status"], "ok", "{v}");
+            assert!(v.get("uploads").is_none_or(Value::is_null), "{v}");
+            break;
+        }
+        // The audit log may have failed while the disk was full: it recovers by itself.
+        assert!(
+            std::time::Instant::now() < deadline,
+            "health stayed {} with space freed: {}",
+            r.status(),
+            srv.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+}

@@ -737,6 +737,79 @@ async fn mkdir_and_delete() {
     }
 }
 
+/// A `Destination` port is a number: `:0443` is the port 443 left out (it was compared as
+/// text by nothing but parsed loosely: a port past 65535 counted as left out, so
+/// `https://host:65979/…` was this server at `host:443`). An absolute-form target
+/// (`MOVE https://host/… HTTP/1.1`) names the authority the request was sent to, over `Host`
+/// (RFC 9112 §3.2.2), as origin-form names it by `Host`: any host is served either way (the
+/// server has no list of its names), and the `Destination` must name the same one.
+#[tokio::test]
+async fn destination_ports_are_numbers_and_an_absolute_target_names_the_authority() {
+    let s = session(&[]).await;
+    let srv = &s.srv;
+    srv.put_ok("/m/a.txt", &s.token, "alpha").await;
+    let raw = |target: &str, host: &str, dest: Option<&str>| {
+        let method = if dest.is_some() { "MOVE" } else { "GET" };
+        let dest = dest.map_or(String::new(), |d| format!("Destination: {d}\r\n"));
+        srv.raw_http(
+            format!(
+                "{method} {target} HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n{dest}Connection: close\r\n\r\n",
+                s.token
+            )
+            .into_bytes(),
+        )
+    };
+    // A leading zero: the same port.
+    let r = raw(
+        "/m/a.txt",
+        "efs.example",
+        Some("https://efs.example:0443/m/b.txt"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = raw(
+        "/m/b.txt",
+        "efs.example:0443",
+        Some("https://efs.example/m/a.txt"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // Past 65535: no port of this server's, refused as another server; nothing moves.
+    for dest in [
+        "https://efs.example:65979/m/b.txt",
+        "https://efs.example:0444/m/b.txt",
+    ] {
+        let r = raw("/m/a.txt", "efs.example", Some(dest)).await;
+        assert_eq!(r.status, 400, "{dest}");
+        assert!(
+            String::from_utf8_lossy(&r.body).contains("names another server"),
+            "{dest}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert_eq!(srv.get_ok("/m/a.txt", &s.token).await, b"alpha", "{dest}");
+    }
+    // Absolute form: served as origin form is, whatever host it names.
+    let r = raw("https://other.example/m/a.txt", "efs.example", None).await;
+    assert_eq!((r.status, r.body.as_slice()), (200, &b"alpha"[..]));
+    // Its authority, not Host, is what the Destination is held to.
+    let r = raw(
+        "https://efs.example/m/a.txt",
+        "other.example",
+        Some("https://other.example/m/b.txt"),
+    )
+    .await;
+    assert_eq!(r.status, 400);
+    assert_eq!(srv.get_ok("/m/a.txt", &s.token).await, b"alpha");
+    let r = raw(
+        "https://efs.example:0443/m/a.txt",
+        "other.example",
+        Some("https://efs.example/m/b.txt"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(srv.get_ok("/m/b.txt", &s.token).await, b"alpha");
+}
+
 /// `Destination` is an absolute path or a URL on this server, nothing else; `If-Match` holds
 /// a `MOVE` (and the JSON move) to the version the client saw; `If-None-Match: *` makes a
 /// directory creation "create only".

@@ -444,3 +444,41 @@ async fn a_replaced_certificate_file_is_written_again_at_start() {
     );
     assert!(std::fs::read_to_string(d.join("evil.pem")).unwrap() != kept);
 }
+
+/// Regression: a directory at `system/tls-cert.pem` stopped the start with `writing …: Is a
+/// directory (os error 21)`, after a warning that the file had been changed outside EFS, and
+/// nothing said what to do. Now the start refuses naming the path and the way out, and
+/// leaves the directory (and what it holds) alone; once it is moved away the server starts.
+#[tokio::test]
+async fn a_directory_at_the_certificate_file_refuses_the_start_saying_what_to_do() {
+    let mut srv = TestServer::start(&[]);
+    let served = std::fs::read(srv.cert_file()).unwrap();
+    srv.stop().await;
+    let pem = srv.cert_file();
+    std::fs::remove_file(&pem).unwrap();
+    std::fs::create_dir(&pem).unwrap();
+    std::fs::write(pem.join("kept"), b"someone's").unwrap();
+    let f = match TestServer::try_start_in(srv.dir.clone(), &[], &[]) {
+        Ok(s) => panic!(
+            "started with a directory at {}\n{}",
+            pem.display(),
+            s.stdout()
+        ),
+        Err(f) => f,
+    };
+    assert_eq!(f.status.and_then(|s| s.code()), Some(1), "{}", f.stderr);
+    let said = format!("{}\n{}", f.stdout, f.stderr);
+    assert!(
+        said.contains(&format!("{} is a directory", pem.display())),
+        "{said}"
+    );
+    assert!(
+        said.contains("move that directory away or remove it"),
+        "{said}"
+    );
+    assert!(!said.contains("did not hold the certificate"), "{said}");
+    assert_eq!(std::fs::read(pem.join("kept")).unwrap(), b"someone's");
+    std::fs::remove_dir_all(&pem).unwrap();
+    let again = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    assert_eq!(std::fs::read(again.cert_file()).unwrap(), served);
+}
