@@ -928,6 +928,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                         "retired_terms": [],
                         "current_term": plan.current,
                         "retired_before": retired_before,
+                        "message": plan.nothing_message(&fs),
                     }),
                 ));
             }
@@ -976,9 +977,13 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             if let Some(w) = plan.shared_warning(&fs) {
                 lines.push(w);
             }
+            // The text whole, as the dry run's and the refusals' answers carry theirs: a
+            // script shows what was done, and what is not erased yet, from the JSON alone.
+            let message = lines.join("\n");
             AdminResponse::ok(
                 lines,
                 serde_json::json!({
+                    "message": message,
                     "fs": fs,
                     "retired_terms": plan.retire,
                     "current_term": plan.current,
