@@ -621,7 +621,12 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 g.join(", ")
             )];
             lines.extend(same_key_warning(dd, &u));
-            AdminResponse::ok(lines, serde_json::json!({"name": u.name}))
+            let (line, digest) = system_digest_after(dd);
+            lines.push(line);
+            AdminResponse::ok(
+                lines,
+                serde_json::json!({"name": u.name, "system_digest": digest}),
+            )
         }
         AdminRequest::ReplaceKey { user, public_key } => {
             let raw = decode_public_key(&public_key).ok_or_else(bad_public_key)?;
@@ -699,9 +704,10 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
         }
         AdminRequest::DeleteUser { name } => {
             dd.delete_user(&name)?;
+            let (line, digest) = system_digest_after(dd);
             AdminResponse::ok(
-                vec![format!("Deleted user '{name}'")],
-                serde_json::json!({ "user": name, "deleted": true }),
+                vec![format!("Deleted user '{name}'"), line],
+                serde_json::json!({ "user": name, "deleted": true, "system_digest": digest }),
             )
         }
         AdminRequest::Health => AdminResponse::err(
@@ -999,6 +1005,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
         }
         AdminRequest::RotateSigningKey => {
             let (old, new) = dd.rotate_signing_key()?;
+            let (line, digest) = system_digest_after(dd);
             AdminResponse::ok(
                 vec![
                     format!("Replaced the token-signing key: server identity {old} -> {new}"),
@@ -1006,8 +1013,9 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     format!(
                         "Tell users the new identity: clients pinned to {old} refuse to sign for {new} (efs: remove the remote and add it again)"
                     ),
+                    line,
                 ],
-                serde_json::json!({ "old_server_id": old, "server_id": new }),
+                serde_json::json!({ "old_server_id": old, "server_id": new, "system_digest": digest }),
             )
         }
         AdminRequest::AcceptSystem => {
@@ -1395,6 +1403,37 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             resp
         }
     })
+}
+
+/// The system database's digest after a command changed it, to note outside the data dir
+/// as `accept-system` and `rekey-starter` print theirs (a copy of the database put back
+/// later shows an earlier generation or another anchor): the line, and `system_digest` for
+/// `--json` as `status` has it. The change is saved already: a digest that cannot be read
+/// is said in a warning, not made the command's failure.
+fn system_digest_after(dd: &DataDir) -> (String, serde_json::Value) {
+    match dd.system_digest() {
+        Ok(crate::digest::DigestCheck::Holds {
+            generation, anchor, ..
+        }) => (
+            format!(
+                "system database digest: generation {generation}, anchor {anchor} (note them outside the data dir)"
+            ),
+            serde_json::json!({ "holds": true, "generation": generation, "anchor": anchor }),
+        ),
+        Ok(other) => {
+            let found = crate::system::SystemDb::describe(&other);
+            (
+                format!("WARNING: {found}"),
+                serde_json::json!({ "holds": false, "found": found }),
+            )
+        }
+        Err(e) => (
+            format!(
+                "WARNING: the system database's digest could not be read ({e}): run efsctl status to see it"
+            ),
+            serde_json::json!({ "holds": false, "found": e.to_string() }),
+        ),
+    }
 }
 
 fn digest_json(d: Option<&crate::digest::DigestCheck>) -> serde_json::Value {
