@@ -1689,9 +1689,16 @@ fn audit_show(
         ));
     }
     let mut r = AdminResponse::ok(lines, serde_json::Value::Array(data));
-    // A broken chain makes the answer untrustworthy: say so in the exit code too.
-    r.clean =
-        Some(rep.chain_broken_at.is_none() && rep.undecryptable == 0 && rep.untracked_names == 0);
+    // A broken chain makes the answer untrustworthy, and entries left out (by --limit, or
+    // names not followed) make it incomplete: said in the exit code too (3), since with
+    // --json the warning is on standard error only, and an export saved from standard
+    // output alone would pass for the whole answer.
+    r.clean = Some(
+        rep.chain_broken_at.is_none()
+            && rep.undecryptable == 0
+            && rep.untracked_names == 0
+            && rep.omitted == 0,
+    );
     Ok(r)
 }
 
