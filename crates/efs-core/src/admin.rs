@@ -1066,6 +1066,8 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             // A filesystem listed as not served makes the answer "checked, not clean" (exit
             // code 3, as fsck's), as `status --fs NAME` of it is an error.
             let mut not_served = false;
+            // Whether an index was listed that nothing in this process checked (no server).
+            let mut offline = false;
             for name in names {
                 let f = match dd.unopened(&name) {
                     Some(why) if all => {
@@ -1101,11 +1103,30 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 ));
                 // Held (the server's start check found the index differs from its digest, or
                 // is an older copy put back): said here too, not only by the requests' 503s.
-                let on_hold = f.index_trust() == crate::fs::IndexTrust::Failed;
+                // Without a server nothing has checked the index: an older copy of it put
+                // back is told by its digest's generation alone (what the start holds), a
+                // record changed inside it only by a full scan (fsck).
+                let unchecked = !f.index_check_started();
+                if unchecked {
+                    offline = true;
+                }
+                let earlier_copy = if unchecked {
+                    f.stored_generation_behind_mark().await?
+                } else {
+                    None
+                };
+                let on_hold =
+                    f.index_trust() == crate::fs::IndexTrust::Failed || earlier_copy.is_some();
                 if on_hold {
                     not_served = true;
+                    let why = match earlier_copy {
+                        Some((at, mark)) => format!(
+                            "its index is at generation {at}, the data dir last saw {mark}: an earlier copy of the index was put back? The server holds it at its start (every request on it answers 503 integrity_hold)"
+                        ),
+                        None => "its index failed its integrity check, every request on it answers 503 integrity_hold".to_owned(),
+                    };
                     lines.push(format!(
-                        "{name}: ON HOLD: its index failed its integrity check, every request on it answers 503 integrity_hold; look with efsctl fsck --fs {name}, then put its own index back or accept it (--accept-index; never a copy from before a retire-terms, which would bring the erased terms back)"
+                        "{name}: ON HOLD: {why}; look with efsctl fsck --fs {name}, then put its own index back or accept it (--accept-index; never a copy from before a retire-terms, which would bring the erased terms back)"
                     ));
                 }
                 let retired = f.retired_terms();
@@ -1174,6 +1195,12 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     "records_sealed_limit": crate::fs::SEAL_LIMIT,
                     "rotate_now": current_seals >= crate::fs::SEAL_WARNING,
                 }));
+            }
+            if offline {
+                lines.push(
+                    "(no server runs: an index put back from an earlier copy is seen here, as the server's start would hold it; a record changed inside an index is found only by a check of every entry: efsctl fsck --fs FS)"
+                        .to_owned(),
+                );
             }
             if !all {
                 let mut r = AdminResponse::ok(lines, serde_json::Value::Array(data));

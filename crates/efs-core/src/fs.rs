@@ -950,6 +950,28 @@ impl Filesystem {
             .and_then(|d| crate::digest::stored_generation(&d)))
     }
 
+    /// Whether this process has started (or claimed) a check of the index against its
+    /// digest, or created or accepted the index: the server has at its start, so that
+    /// [`Filesystem::index_trust`] is the verdict; efsctl without a server has not.
+    pub fn index_check_started(&self) -> bool {
+        self.index_checked.lock().expect("lock poisoned").started
+    }
+
+    /// `(the index's generation, the mark)` when the digest stored in the index is at a
+    /// generation below the data dir's mark: an earlier copy of the whole index was put
+    /// back, which the server's start holds (whether that digest then holds or not). One
+    /// read of the digest's row, no scan, so for efsctl without a server: a record changed
+    /// inside the index is found only by a check of every entry (fsck, the server's start).
+    pub async fn stored_generation_behind_mark(&self) -> Result<Option<(u64, u64)>> {
+        let Some(mark) = self.generation_mark() else {
+            return Ok(None);
+        };
+        Ok(match self.committed_generation().await? {
+            Some(at) if at < mark => Some((at, mark)),
+            _ => None,
+        })
+    }
+
     /// Whether this process has checked the index (or created or accepted it) and trusts
     /// it: only then may its generation raise the data dir's mark (an index nobody checked
     /// may be an earlier copy put back, whose later commits must not hide it).

@@ -261,7 +261,9 @@ enum Cmd {
     /// Show each filesystem's key terms, the records sealed under the current term (rotate
     /// before 2^32; a WARNING from 2^31), key-rotation and re-encryption progress. Exit code
     /// 3 when it lists a filesystem as NOT SERVED (its index did not open) or ON HOLD (its
-    /// index failed the server's integrity check).
+    /// index failed the server's integrity check; with no server running, an earlier copy of
+    /// the index put back, which the next start holds: a record changed inside an index is
+    /// found only by fsck then).
     Status {
         /// Only this filesystem.
         #[arg(long)]
