@@ -244,7 +244,10 @@ enum Cmd {
     /// key, the key of that certificate, the certificate valid now. On any failure the server
     /// keeps serving the certificate it had, and efsctl exits 1 naming the problem. Prints the
     /// new certificate's SHA-256 fingerprint and end of validity (a WARNING when that is
-    /// within 14 days). Refused with the generated certificate (no --tls-cert) and with no
+    /// within 14 days). A server started with --client-ca reads that file again too (also
+    /// with the generated certificate, then the only thing reloaded): the new CA is required
+    /// from the next connection on, open ones keep theirs; a CA file that fails refuses the
+    /// whole reload. Refused with the generated certificate and no --client-ca, and with no
     /// server running.
     ReloadTls,
     /// Rotate a filesystem's key: add a keyring term (new writes use it at once) and
