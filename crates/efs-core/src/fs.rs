@@ -300,8 +300,12 @@ pub struct FsStats {
 /// Result of [`Filesystem::fsck`].
 #[derive(Debug, Clone, Default)]
 pub struct FsckReport {
-    /// Records checked.
+    /// Records checked, but for those of `pending_delete_records`.
     pub records: u64,
+    /// Records of recursive deletes not emptied yet (a detached directory and everything
+    /// under it): checked too, but no longer part of the tree; the server empties them after
+    /// the delete and at its start, `rotate-key`, `reencrypt` and `retire-terms --yes` first.
+    pub pending_delete_records: u64,
     /// Files whose whole content was decrypted and verified.
     pub files_verified: u64,
     /// Problems: one line each, no names (entry keys in hex).
@@ -346,6 +350,21 @@ struct SnapshotTree {
 }
 
 impl SnapshotTree {
+    /// Whether the directory tagged `tag` is `trash` or under it (a recursive delete not
+    /// emptied yet); false for a broken chain or a loop.
+    fn under(&self, trash: DirTag, mut tag: DirTag) -> bool {
+        for _ in 0..=self.dir_names.len() {
+            if tag == trash {
+                return true;
+            }
+            match self.dir_names.get(&tag) {
+                Some((up, _)) => tag = *up,
+                None => return false,
+            }
+        }
+        false
+    }
+
     /// The path of `name` in the directory tagged `parent`, if every directory up to the
     /// root (tagged `root`) opened; `None` for a broken chain or a loop.
     fn path_of(&self, root: DirTag, parent: DirTag, name: &str) -> Option<String> {
@@ -929,6 +948,28 @@ impl Filesystem {
             .get_meta(crate::digest::META_DIGEST)
             .await?
             .and_then(|d| crate::digest::stored_generation(&d)))
+    }
+
+    /// Whether this process has started (or claimed) a check of the index against its
+    /// digest, or created or accepted the index: the server has at its start, so that
+    /// [`Filesystem::index_trust`] is the verdict; efsctl without a server has not.
+    pub fn index_check_started(&self) -> bool {
+        self.index_checked.lock().expect("lock poisoned").started
+    }
+
+    /// `(the index's generation, the mark)` when the digest stored in the index is at a
+    /// generation below the data dir's mark: an earlier copy of the whole index was put
+    /// back, which the server's start holds (whether that digest then holds or not). One
+    /// read of the digest's row, no scan, so for efsctl without a server: a record changed
+    /// inside the index is found only by a check of every entry (fsck, the server's start).
+    pub async fn stored_generation_behind_mark(&self) -> Result<Option<(u64, u64)>> {
+        let Some(mark) = self.generation_mark() else {
+            return Ok(None);
+        };
+        Ok(match self.committed_generation().await? {
+            Some(at) if at < mark => Some((at, mark)),
+            _ => None,
+        })
     }
 
     /// Whether this process has checked the index (or created or accepted it) and trusts
@@ -2233,6 +2274,7 @@ impl Filesystem {
         let (blobs, writing, inline) = self.orphan_candidates().await?;
         let tree = self.snapshot_tree(&kr).await?;
         let root_tag = self.dir_tag(&kr, &ROOT_ID);
+        let trash_tag = self.dir_tag(&kr, &TRASH_ID);
         for (ptag, k) in &tree.parents {
             if !tree.dirs.contains(ptag) {
                 rep.errors.push(format!(
@@ -2259,7 +2301,14 @@ impl Filesystem {
             let Some((last, _)) = rows.last() else { break };
             after = Some(*last);
             for (k, v) in &rows {
-                rep.records += 1;
+                // Told apart by the snapshot's tree: a directory detached by a delete after
+                // it is counted with the others.
+                let parent: DirTag = k[..16].try_into().expect("32-byte key");
+                if tree.under(trash_tag, parent) {
+                    rep.pending_delete_records += 1;
+                } else {
+                    rep.records += 1;
+                }
                 let rec = match self.open_rec(&kr, k, v) {
                     Ok(r) => r,
                     Err(e) => {

@@ -797,6 +797,53 @@ mod tests {
         }
     }
 
+    /// fsck counts the records of a recursive delete not emptied yet apart from the others,
+    /// saying what empties them: it counted them as ordinary records (6 here, where the
+    /// filesystem holds 2).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fsck_counts_the_records_of_unfinished_recursive_deletes_apart() {
+        use crate::admin::{self, AdminRequest};
+        let (_t, dd, fs) = env();
+        put_kept_and_tree(&fs).await;
+        delete_unfinished(&fs, "/tree").await;
+        let r = admin::execute(
+            &dd,
+            AdminRequest::Fsck {
+                fs: "docs".into(),
+                accept_index: false,
+            },
+        )
+        .await;
+        assert!(r.ok, "{r:?}");
+        assert_eq!(r.clean, Some(true), "{r:?}");
+        // /keep and /keep/small; /tree, /tree/a and its two files are being deleted.
+        assert_eq!(r.data["records"], 2, "{r:?}");
+        assert_eq!(r.data["pending_delete_records"], 4, "{r:?}");
+        assert!(r.lines[0].starts_with("fsck 'docs': 2 records,"), "{r:?}");
+        assert!(
+            r.lines
+                .iter()
+                .any(|l| l
+                    .starts_with("4 records of unfinished recursive deletes (not counted above;")),
+            "{r:?}"
+        );
+        fs.empty_trash().await.unwrap();
+        let r = admin::execute(
+            &dd,
+            AdminRequest::Fsck {
+                fs: "docs".into(),
+                accept_index: false,
+            },
+        )
+        .await;
+        assert_eq!(r.data["records"], 2, "{r:?}");
+        assert_eq!(r.data["pending_delete_records"], 0, "{r:?}");
+        assert!(
+            !r.lines.iter().any(|l| l.contains("unfinished recursive")),
+            "{r:?}"
+        );
+    }
+
     /// A filesystem restored into a new name from this one starts with its terms: after the
     /// retirement here it still holds the retired keys. The dry run, the result and its JSON
     /// name it and what to run there; the retirement is not refused.

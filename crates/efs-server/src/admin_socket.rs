@@ -441,10 +441,12 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
 }
 
 /// `efsctl reload-tls` and SIGHUP: reads `--tls-cert` and `--tls-key` again and serves them
-/// from the next handshake on ([`crate::tls::ServedCert::begin_reload`]); on any failure the
-/// certificate served stays. Recorded with the fingerprints before and after (or the
-/// error); never a key. Fail closed: the new certificate is served only once its entry is
-/// written, and the reload lock is held until then, so that entries follow the swaps' order.
+/// from the next handshake on ([`crate::tls::ServedCert::begin_reload`]), and `--client-ca`
+/// when the server was started with it, required from the next accepted connection on
+/// ([`crate::tls::ServedTls::stage_client_ca`]); on any failure of either, nothing changes.
+/// Recorded with the fingerprints before and after (or the error); never a key. Fail
+/// closed: the new certificate and CA are used only once their entry is written, and the
+/// reload lock is held until then, so that entries follow the swaps' order.
 pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
     let req = AdminRequest::ReloadTls;
     // As every admin command: none runs once the shutdown closes the audit log.
@@ -456,68 +458,107 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
     if st.data.audit().is_failed() {
         return AdminResponse::err(efs_core::audit::AuditError::Failed.to_string());
     }
-    let (turn, staged) = match st.served_cert.begin_reload().await {
-        Ok(turn) => {
-            let staged = turn.stage().await;
-            (Some(turn), staged)
-        }
-        Err(e) => (None, Err(e)),
+    let tls = &st.tls;
+    // With the generated certificate, only a client CA is there to reload.
+    let turn = if tls.client_ca() {
+        Ok(tls.cert.turn().await)
+    } else {
+        tls.cert.begin_reload().await
     };
-    let staged = match staged {
-        Ok(s) => s,
-        Err(e) => {
-            let error = e.to_string();
-            // Still under the turn: a failure's entry is in order with the swaps too.
-            let recorded = admin::record_admin_failed(&st.data, op, &req, &error).await;
-            drop(turn);
-            if let Err(e) = recorded {
-                return AdminResponse::err(format!(
-                    "{e} (the certificate was not reloaded: {error})"
-                ));
+    let staged = match &turn {
+        Err(_) => None,
+        Ok(turn) if turn.has_files() => Some(turn.stage().await.map_err(|e| e.to_string())),
+        Ok(_) => None,
+    };
+    let staged_ca = match (&turn, staged.as_ref().map(|s| s.is_ok())) {
+        // Read only when the certificate is (or there is none to read): one error at a time.
+        (Ok(_), None | Some(true)) => tls.stage_client_ca().await.map(|r| {
+            r.map_err(|e| format!("{e:#}; the server keeps requiring the client CA it had"))
+        }),
+        _ => None,
+    };
+    let failed = match (&turn, &staged, &staged_ca) {
+        (Err(e), _, _) => Some(e.to_string()),
+        (_, Some(Err(e)), _) | (_, _, Some(Err(e))) => Some(e.clone()),
+        _ => None,
+    };
+    if let Some(error) = failed {
+        // Still under the turn: a failure's entry is in order with the swaps too.
+        let recorded = admin::record_admin_failed(&st.data, op, &req, &error).await;
+        drop(turn);
+        if let Err(e) = recorded {
+            return AdminResponse::err(format!("{e} (the certificate was not reloaded: {error})"));
+        }
+        return AdminResponse::err(error);
+    }
+    let turn = turn.expect("a failed turn returned above");
+    let staged = staged.map(|s| s.expect("a failed stage returned above"));
+    let staged_ca = staged_ca.map(|s| s.expect("a failed stage returned above"));
+    let mut entry = serde_json::json!({ "reloaded": true });
+    let mut lines = Vec::new();
+    let mut warning = None;
+    match &staged {
+        Some(staged) => {
+            let r = &staged.reloaded;
+            let not_after = crate::tls::utc(r.not_after);
+            entry["old_sha256"] = r.old_sha256.clone().into();
+            entry["new_sha256"] = r.new_sha256.clone().into();
+            entry["not_after"] = not_after.clone().into();
+            lines.push(format!(
+                "Reloaded the TLS certificate: SHA-256 fingerprint {}, valid until {not_after} (was {}); new connections get it, open ones keep theirs",
+                r.new_sha256, r.old_sha256
+            ));
+            // One line per warning (`--json` has them joined by "; ").
+            if let Some(w) = &r.warning {
+                lines.extend(w.split("; WARNING: ").enumerate().map(|(i, part)| {
+                    if i == 0 {
+                        part.to_owned()
+                    } else {
+                        format!("WARNING: {part}")
+                    }
+                }));
             }
-            return AdminResponse::err(error);
+            warning = r.warning.clone();
         }
-    };
-    let turn = turn.expect("a certificate is staged only under a turn");
-    let r = &staged.reloaded;
-    let not_after = crate::tls::utc(r.not_after);
-    let entry = serde_json::json!({
-        "reloaded": true,
-        "old_sha256": r.old_sha256,
-        "new_sha256": r.new_sha256,
-        "not_after": not_after,
-    });
-    if let Err(e) = admin::record_admin_with(&st.data, op, &req, true, Some(&entry)).await {
-        return AdminResponse::err(format!(
-            "{e}: the certificate was not reloaded; the server keeps serving the certificate SHA-256 {}",
-            r.old_sha256
+        None => lines.push(format!(
+            "The TLS certificate is the one this server generated (SHA-256 {}): not reloaded (it lives in the data dir's system database; to serve your own, restart efs-server with --tls-cert and --tls-key)",
+            turn.served()
+        )),
+    }
+    if let Some(ca) = &staged_ca {
+        entry["old_client_ca_sha256"] = ca.old_sha256.clone().into();
+        entry["client_ca_sha256"] = ca.new_sha256.clone().into();
+        lines.push(format!(
+            "Reloaded the client CA (--client-ca): {} {} (was {}); new connections need a client certificate it signed, open ones keep the CA they were checked against",
+            if ca.new_sha256.len() == 1 {
+                "certificate, SHA-256"
+            } else {
+                "certificates, SHA-256"
+            },
+            ca.new_sha256.join(", "),
+            ca.old_sha256.join(", ")
         ));
     }
-    let mut lines = vec![format!(
-        "Reloaded the TLS certificate: SHA-256 fingerprint {}, valid until {not_after} (was {}); new connections get it, open ones keep theirs",
-        r.new_sha256, r.old_sha256
-    )];
-    // One line per warning (`--json` has them joined by "; ").
-    if let Some(w) = &r.warning {
-        lines.extend(w.split("; WARNING: ").enumerate().map(|(i, part)| {
-            if i == 0 {
-                part.to_owned()
+    if let Err(e) = admin::record_admin_with(&st.data, op, &req, true, Some(&entry)).await {
+        return AdminResponse::err(format!(
+            "{e}: the certificate was not reloaded{}; the server keeps serving the certificate SHA-256 {}",
+            if staged_ca.is_some() {
+                ", nor the client CA"
             } else {
-                format!("WARNING: {part}")
-            }
-        }));
-    }
-    if st.client_ca {
-        // Asked by operators who renewed their client CA at the same time.
-        lines.push(
-            "(--client-ca is not reloaded: it is read at the start only, so a new client CA takes a restart)"
-                .to_owned(),
-        );
+                ""
+            },
+            turn.served()
+        ));
     }
     // The entry's fields, and the expiry warning (null without one) for `--json`.
     let mut data = entry;
-    data["warning"] = r.warning.clone().into();
-    turn.install(staged);
+    data["warning"] = warning.into();
+    if let Some(ca) = staged_ca {
+        tls.install_client_ca(ca);
+    }
+    if let Some(staged) = staged {
+        turn.install(staged);
+    }
     AdminResponse {
         ok: true,
         lines,

@@ -119,8 +119,9 @@ pub struct AppState {
     /// connection presents a certificate, and `efsctl bind-cert` is refused (a user bound to
     /// a certificate could never log in).
     pub client_ca: bool,
-    /// The TLS certificate served, replaced by `efsctl reload-tls` and SIGHUP.
-    pub served_cert: Arc<crate::tls::ServedCert>,
+    /// The TLS certificate served and the client CA required, replaced by `efsctl
+    /// reload-tls` and SIGHUP.
+    pub tls: Arc<crate::tls::ServedTls>,
 }
 
 /// `Retry-After` of a request refused for want of a blob-file place: places free as

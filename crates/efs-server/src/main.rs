@@ -48,7 +48,8 @@ struct Args {
     #[arg(long, requires = "tls_cert")]
     tls_key: Option<PathBuf>,
     /// Require client certificates signed by this CA (PEM); bind them to users with
-    /// `efsctl bind-cert`.
+    /// `efsctl bind-cert`. Read again with --tls-cert on SIGHUP or `efsctl reload-tls` (a new
+    /// CA, required from the next connection on; see docs/operations.md).
     #[arg(long)]
     client_ca: Option<PathBuf>,
     /// Largest file accepted, in bytes (larger: 413).

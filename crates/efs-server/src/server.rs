@@ -3,7 +3,7 @@
 //! Shutdown protocol: on SIGTERM or Ctrl-C the listener stops accepting, every open
 //! connection is told to finish its in-flight requests (hyper's graceful shutdown), and the
 //! process waits for them at most [`ServerConfig::shutdown_timeout`]. SIGHUP reloads the
-//! TLS certificate ([`crate::tls::ServedCert::begin_reload`]).
+//! TLS certificate and the client CA ([`crate::admin_socket::reload_tls`]).
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -286,7 +286,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let fingerprint = material.fingerprint();
     let generated = material.generated;
     let served_cert = crate::tls::ServedCert::new(material, cfg.tls.clone())?;
-    let tls = crate::tls::server_config(served_cert.clone(), cfg.client_ca.as_deref())?;
+    let tls = crate::tls::ServedTls::new(served_cert, cfg.client_ca.clone())?;
 
     // Buckets make the latency series Prometheus histograms (without them the exporter
     // renders summaries, which cannot be aggregated across servers).
@@ -379,7 +379,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 .max_blob_files
                 .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
         )),
-        served_cert,
+        tls: tls.clone(),
     });
     let detached = state.detached.clone();
 
@@ -651,14 +651,13 @@ async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<A
 
 async fn serve(
     listener: TcpListener,
-    tls: Arc<rustls::ServerConfig>,
+    tls: Arc<crate::tls::ServedTls>,
     state: Arc<crate::app::AppState>,
     http: &crate::app::HttpConfig,
     detached: &tokio_util::task::TaskTracker,
     timeout: Duration,
     signal: impl std::future::Future<Output = ()>,
 ) {
-    let acceptor = TlsAcceptor::from(tls);
     // Control routes go through the router; file requests straight to `file_request`.
     let app = crate::app::router(state.clone());
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -729,7 +728,9 @@ async fn serve(
             continue;
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
+        // The configuration of now: a reload of the client CA applies from the next
+        // connection on, and this one keeps what it began with.
+        let acceptor = TlsAcceptor::from(tls.config());
         let app = app.clone();
         let state = state.clone();
         let builder = builder.clone();

@@ -235,11 +235,52 @@ fn pem_encode(der: &[u8]) -> String {
     out
 }
 
+/// The certificates of `--client-ca`, as a verifier's roots, with their fingerprints (for the
+/// answer and the audit entry of a reload that replaces them).
+#[derive(Debug, Clone)]
+pub struct ClientCa {
+    roots: Arc<rustls::RootCertStore>,
+    /// SHA-256 of each certificate of the file, in its order.
+    pub sha256: Vec<String>,
+}
+
+/// Reads `--client-ca`: every certificate of the PEM file, at least one, each one rustls
+/// accepts as a trust anchor. A regular file only (followed through links), as `--tls-cert`.
+pub fn load_client_ca(path: &Path) -> anyhow::Result<ClientCa> {
+    use rustls::pki_types::pem::PemObject;
+    let pem = read_operator_file(path)
+        .with_context(|| format!("cannot open --client-ca {}", path.display()))?;
+    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<_, _>>()
+        .with_context(|| format!("--client-ca {} is not a PEM file", path.display()))?;
+    if certs.is_empty() {
+        bail!(
+            "--client-ca {} holds no certificate: give the PEM certificate of the CA that signs the clients' certificates",
+            path.display()
+        );
+    }
+    let sha256 = certs.iter().map(|c| fingerprint(c)).collect();
+    let mut roots = rustls::RootCertStore::empty();
+    for (i, c) in certs.into_iter().enumerate() {
+        roots.add(c).with_context(|| {
+            format!(
+                "--client-ca {}: its certificate number {} is not one a CA can be read from",
+                path.display(),
+                i + 1
+            )
+        })?;
+    }
+    Ok(ClientCa {
+        roots: Arc::new(roots),
+        sha256,
+    })
+}
+
 /// The rustls configuration, serving `cert`; with `client_ca`, a client certificate signed
 /// by it is required.
 pub fn server_config(
     cert: Arc<ServedCert>,
-    client_ca: Option<&Path>,
+    client_ca: Option<&ClientCa>,
 ) -> anyhow::Result<Arc<ServerConfig>> {
     let provider = cert.provider.clone();
     let builder = ServerConfig::builder_with_provider(provider.clone())
@@ -248,22 +289,8 @@ pub fn server_config(
     let builder = match client_ca {
         None => builder.with_no_client_auth(),
         Some(ca) => {
-            let mut roots = rustls::RootCertStore::empty();
-            let certs: Vec<CertificateDer<'static>> =
-                rustls_pemfile::certs(&mut std::io::BufReader::new(
-                    std::fs::File::open(ca)
-                        .with_context(|| format!("cannot open --client-ca {}", ca.display()))?,
-                ))
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("--client-ca {} is not a PEM file", ca.display()))?;
-            if certs.is_empty() {
-                bail!("--client-ca {} holds no certificate", ca.display());
-            }
-            for c in certs {
-                roots.add(c).context("adding a --client-ca certificate")?;
-            }
             let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
+                ca.roots.clone(),
                 provider,
             )
             .build()
@@ -274,6 +301,116 @@ pub fn server_config(
     let mut cfg = builder.with_cert_resolver(cert);
     cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(cfg))
+}
+
+/// What new connections' handshakes use: the served certificate ([`ServedCert`], replaced
+/// in place by a reload) inside a rustls configuration that, with `--client-ca`, a reload
+/// replaces whole, since the client CA is part of it. Each connection takes the
+/// configuration current when it is accepted and keeps it: a connection opened before a
+/// reload stays checked against the CA it began with. A new configuration also starts
+/// with an empty session cache, so that no client resumes a session the old CA admitted.
+pub struct ServedTls {
+    /// The certificate served (its reload lock is the whole reload's: [`ServedCert::turn`]).
+    pub cert: Arc<ServedCert>,
+    /// `--client-ca`, read again by a reload.
+    client_ca: Option<PathBuf>,
+    /// The configuration new connections take, and the client CA's fingerprints in it.
+    current: RwLock<(Arc<ServerConfig>, Vec<String>)>,
+}
+
+impl std::fmt::Debug for ServedTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServedTls")
+            .field("cert", &self.cert)
+            .field("client_ca", &self.client_ca_sha256())
+            .finish_non_exhaustive()
+    }
+}
+
+/// A client CA read and checked by [`ServedTls::stage_client_ca`], not used yet.
+pub struct StagedCa {
+    config: Arc<ServerConfig>,
+    /// Fingerprints of the CA's certificates used before.
+    pub old_sha256: Vec<String>,
+    /// Fingerprints of the new CA's certificates.
+    pub new_sha256: Vec<String>,
+}
+
+impl std::fmt::Debug for StagedCa {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("StagedCa")
+            .field("old_sha256", &self.old_sha256)
+            .field("new_sha256", &self.new_sha256)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ServedTls {
+    /// The configuration at the start: `cert`, and `client_ca` read now.
+    pub fn new(cert: Arc<ServedCert>, client_ca: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
+        let ca = client_ca.as_deref().map(load_client_ca).transpose()?;
+        let config = server_config(cert.clone(), ca.as_ref())?;
+        Ok(Arc::new(Self {
+            cert,
+            client_ca,
+            current: RwLock::new((config, ca.map(|c| c.sha256).unwrap_or_default())),
+        }))
+    }
+
+    /// Whether the server was started with `--client-ca` (it then always requires a
+    /// client certificate: a reload replaces the CA, never removes it).
+    pub fn client_ca(&self) -> bool {
+        self.client_ca.is_some()
+    }
+
+    /// Fingerprints of the client CA's certificates in use (none without `--client-ca`).
+    pub fn client_ca_sha256(&self) -> Vec<String> {
+        self.read().1.clone()
+    }
+
+    /// The configuration for a connection accepted now.
+    pub fn config(&self) -> Arc<ServerConfig> {
+        self.read().0.clone()
+    }
+
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, (Arc<ServerConfig>, Vec<String>)> {
+        // Replaced whole: a panic while holding the lock cannot leave it half-written.
+        self.current.read().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Reads `--client-ca` again (on a blocking thread, at most [`READ_TIMEOUT`]) and builds
+    /// the configuration that would require its certificates; `None` without `--client-ca`.
+    /// Nothing used changes. Call under the reload's turn ([`ServedCert::turn`]).
+    pub async fn stage_client_ca(&self) -> Option<anyhow::Result<StagedCa>> {
+        let path = self.client_ca.clone()?;
+        let old_sha256 = self.client_ca_sha256();
+        let read = tokio::task::spawn_blocking(move || load_client_ca(&path));
+        let ca = match tokio::time::timeout(READ_TIMEOUT, read).await {
+            Err(_) => Err(anyhow::anyhow!(
+                "reading --client-ca took over {} s (a hung network mount, or something other than a file there?)",
+                READ_TIMEOUT.as_secs()
+            )),
+            Ok(Ok(r)) => r,
+            Ok(Err(e)) => match e.try_into_panic() {
+                Ok(panic) => std::panic::resume_unwind(panic),
+                Err(_) => Err(anyhow::anyhow!("the server is shutting down")),
+            },
+        };
+        Some(ca.and_then(|ca| {
+            Ok(StagedCa {
+                config: server_config(self.cert.clone(), Some(&ca))?,
+                old_sha256,
+                new_sha256: ca.sha256,
+            })
+        }))
+    }
+
+    /// Requires `staged`'s client CA from the next accepted connection on. Call under the
+    /// reload's turn, once its audit entry is written.
+    pub fn install_client_ca(&self, staged: StagedCa) {
+        *self.current.write().unwrap_or_else(|p| p.into_inner()) =
+            (staged.config, staged.new_sha256);
+    }
 }
 
 /// Warn when a certificate loaded by a reload has less than this left, or less than a third of
@@ -406,10 +543,17 @@ impl ServedCert {
         if self.files.is_none() {
             return Err(ReloadError::Generated);
         }
-        Ok(ReloadTurn {
+        Ok(self.turn().await)
+    }
+
+    /// Waits for the reload before it to end, then starts one, also with the generated
+    /// certificate (a reload of `--client-ca` alone: [`ReloadTurn::has_files`] says whether
+    /// [`ReloadTurn::stage`] may be called).
+    pub async fn turn(&self) -> ReloadTurn<'_> {
+        ReloadTurn {
             cert: self,
             _turn: self.reloading.lock().await,
-        })
+        }
     }
 }
 
@@ -419,15 +563,19 @@ impl ReloadTurn<'_> {
         self.cert.fingerprint()
     }
 
+    /// Whether the certificate served was read from files (`--tls-cert`), which
+    /// [`ReloadTurn::stage`] reads again; false for the generated one.
+    pub fn has_files(&self) -> bool {
+        self.cert.files.is_some()
+    }
+
     /// Reads `--tls-cert` and `--tls-key` again (on a blocking thread) and checks they hold
     /// what the start would accept, a key of the certificate, and a certificate valid now.
     /// Nothing served changes.
     pub async fn stage(&self) -> Result<Staged, ReloadError> {
-        let (cert, key) = self
-            .cert
-            .files
-            .clone()
-            .expect("begin_reload refuses a ServedCert without files");
+        let Some((cert, key)) = self.cert.files.clone() else {
+            return Err(ReloadError::Generated);
+        };
         let old_sha256 = self.cert.fingerprint();
         let old_chain = self.cert.read().0.cert.clone();
         let provider = self.cert.provider.clone();

@@ -212,6 +212,81 @@ async fn client_certificates_are_required_and_bound() {
     assert_eq!(login_with(&server, &c2, "app1", &key).await.status(), 200);
 }
 
+/// `efsctl reload-tls` reads `--client-ca` again (it was read at the start only, so a new
+/// client CA took a restart): from the reload on, new connections need a certificate of
+/// the new CA and one of the old CA is refused; a connection opened before keeps the CA it
+/// was checked against. A CA file that holds no certificate refuses the whole reload, and
+/// the CA served stays. Also with the certificate the server generated (nothing else to
+/// reload there).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_reload_reads_the_client_ca_again() {
+    let dir = std::sync::Arc::new(new_tempdir());
+    make_pki(dir.path());
+    let ca = dir.path().join("client-ca.pem");
+    std::fs::copy(dir.path().join("ca.pem"), &ca).unwrap();
+    let server = TestServer::start_in(dir.clone(), &["--client-ca", ca.to_str().unwrap()], &[]);
+    let health = |c: reqwest::Client| {
+        let url = server.url("/_efs/health");
+        async move { c.get(url).send().await.map(|r| r.status().as_u16()) }
+    };
+    // c1 is of the CA given, x of another one.
+    let c1_open = client_with(&server, Some("c1"));
+    assert_eq!(health(c1_open.clone()).await.unwrap(), 200);
+    assert!(health(client_with(&server, Some("x"))).await.is_err());
+
+    // Replaced whole (renamed over), as the docs say: the other CA from now on.
+    let next = dir.path().join("client-ca.pem.new");
+    std::fs::copy(dir.path().join("otherca.pem"), &next).unwrap();
+    std::fs::rename(&next, &ca).unwrap();
+    let out = server.efsctl_ok(&["reload-tls"]);
+    assert!(
+        out.contains("Reloaded the client CA (--client-ca)"),
+        "{out}"
+    );
+    assert!(
+        !out.contains("not reloaded: it is read at the start only"),
+        "{out}"
+    );
+    assert!(
+        health(client_with(&server, Some("x"))).await.unwrap() == 200,
+        "a certificate of the new CA is accepted"
+    );
+    assert!(
+        health(client_with(&server, Some("c1"))).await.is_err(),
+        "one of the old CA is refused on a new connection"
+    );
+    assert!(health(client_with(&server, None)).await.is_err());
+    // The connection opened before the reload goes on.
+    assert_eq!(health(c1_open.clone()).await.unwrap(), 200);
+
+    // A CA file with no certificate: the reload is refused (exit 1, saying why), the CA
+    // served stays.
+    std::fs::write(&next, "").unwrap();
+    std::fs::rename(&next, &ca).unwrap();
+    let out = server.efsctl(&["reload-tls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds no certificate"), "{err}");
+    assert_eq!(health(client_with(&server, Some("x"))).await.unwrap(), 200);
+    assert!(health(client_with(&server, Some("c1"))).await.is_err());
+
+    // Each reload is recorded with the CA's certificates (SHA-256), before and after.
+    let log = server.efsctl_ok(&["audit", "show", "--action", "admin", "--json"]);
+    let entries: Vec<serde_json::Value> = serde_json::from_str(&log).unwrap();
+    let reloads: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| e["detail"].as_str())
+        .filter(|d| d.starts_with("reload-tls"))
+        .collect();
+    assert_eq!(reloads.len(), 2, "{log}");
+    assert!(
+        reloads[0].contains("\"client_ca_sha256\"")
+            && reloads[0].contains("\"old_client_ca_sha256\""),
+        "{log}"
+    );
+    assert!(reloads[1].contains("holds no certificate"), "{log}");
+}
+
 /// An operator's certificate and key (`--tls-cert`, `--tls-key`), made by openssl: served as
 /// they are (curl trusting only that certificate gets through, and the fingerprint printed
 /// at start is openssl's), in PKCS#8 (EC) and PKCS#1 (RSA); a key of another certificate or

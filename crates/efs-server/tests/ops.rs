@@ -1207,10 +1207,21 @@ async fn rotate_signing_key_refuses_old_tokens_and_changes_the_identity() {
     srv.stop().await;
     let said = srv.efsctl_ok(&["rotate-signing-key"]);
     assert!(said.contains(&old_id), "{said}");
+    // The system database changed: its new digest anchor is printed to note, as
+    // accept-system prints it (it was not).
+    assert!(
+        said.contains("system database digest: generation ")
+            && said.contains("(note them outside the data dir)"),
+        "{said}"
+    );
     let json: Value =
         serde_json::from_str(&srv.efsctl_ok(&["--json", "rotate-signing-key"])).expect("JSON");
     let newest = json["server_id"].as_str().expect("server_id").to_owned();
     assert_ne!(newest, old_id);
+    assert!(
+        json["system_digest"]["anchor"].is_string() && json["system_digest"]["generation"].is_u64(),
+        "{json}"
+    );
 
     let srv2 = TestServer::start_in(srv.dir.clone(), &[], &[]);
     assert_eq!(
@@ -1369,6 +1380,39 @@ async fn json_answers_are_objects_with_what_the_text_says() {
     srv.create_user("temp", &["more"], false);
     let v = json(&srv, &["delete-user", "temp"]);
     assert_eq!((&v["user"], &v["deleted"]), (&"temp".into(), &true.into()));
+    // A user change moves the system database's digest: the new one is in the answer, as
+    // in status's (it was not).
+    let deleted_at = v["system_digest"]["generation"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no system_digest: {v}"));
+    assert!(v["system_digest"]["anchor"].is_string(), "{v}");
+    let key_file = srv.dir.path().join("temp2.pub");
+    std::fs::write(
+        &key_file,
+        format!("{} t@temp2\n", openssh_public_line(&new_signing_key())),
+    )
+    .unwrap();
+    let v = json(
+        &srv,
+        &[
+            "create-user",
+            "temp2",
+            "--pubkey",
+            key_file.to_str().unwrap(),
+            "--fs",
+            "more",
+        ],
+    );
+    let created_at = v["system_digest"]["generation"]
+        .as_u64()
+        .unwrap_or_else(|| panic!("no system_digest: {v}"));
+    assert!(created_at > deleted_at, "{v}");
+    let text = srv.efsctl_ok(&["delete-user", "temp2"]);
+    assert!(
+        text.contains("system database digest: generation ")
+            && text.contains("(note them outside the data dir)"),
+        "{text}"
+    );
     let v = json(&srv, &["bind-cert", "app", "--unbind"]);
     assert_eq!(
         (&v["user"], &v["cert_bound"]),

@@ -100,9 +100,17 @@ async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
         serde_json::from_str(&srv.efsctl_ok(&["status", "--fs", "files", "--json"])).unwrap();
     assert_eq!(st[0]["term_numbers"], serde_json::json!([1, 2]), "{st}");
 
-    let out = srv.efsctl_ok(&["retire-terms", "--fs", "files", "--yes"]);
-    assert!(out.contains("Retired key term 1 of 'files'"), "{out}");
-    assert!(out.contains("To finish: efsctl rekey-starter"), "{out}");
+    // With --json, the result carries its text in `message`, as the dry run does (it had
+    // none).
+    let v: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["retire-terms", "--fs", "files", "--yes", "--json"]))
+            .unwrap();
+    assert_eq!(v["retired_terms"], serde_json::json!([1]), "{v}");
+    let message = v["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message: {v}"));
+    assert!(message.contains("Retired key term 1 of 'files'"), "{v}");
+    assert!(message.contains("To finish: efsctl rekey-starter"), "{v}");
     // Nothing left to retire: done already, exit 0.
     let out = srv.efsctl_ok(&["retire-terms", "--fs", "files", "--yes"]);
     assert!(out.contains("nothing to retire"), "{out}");
@@ -111,6 +119,10 @@ async fn retire_terms_erases_what_older_terms_sealed_and_keeps_the_rest() {
         serde_json::from_str(&srv.efsctl_ok(&["retire-terms", "--fs", "files", "--yes", "--json"]))
             .unwrap();
     assert_eq!(v["nothing_to_retire"], true, "{v}");
+    let message = v["message"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no message: {v}"));
+    assert!(message.contains("(term 1 was retired before)"), "{v}");
 
     // Started again: everything live reads back, names and listings work, writes too.
     let mut srv = TestServer::start_in(srv.dir.clone(), &[], &[]);

@@ -1710,6 +1710,50 @@ async fn an_earlier_copy_of_the_whole_index_put_back_is_held_until_accepted() {
     assert_eq!(code, Some(0), "{text}");
 }
 
+/// With no server running, `status` says that an index put back from an earlier copy is
+/// on hold (its digest's generation below the one the data dir recorded: what the server's
+/// start holds), as the server's status does: a line `NAME: ON HOLD: …`, `on_hold` in
+/// `--json`, exit 3. It said nothing (exit 0). No false alarm on the current index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offline_status_says_an_earlier_index_put_back_is_on_hold() {
+    let s = session(&["--cache-size", "0"]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/a.txt", &s.token, b"a".to_vec()).await;
+    srv.stop().await;
+    let index = index_file(&srv.data);
+    let copy = srv.dir.path().join("index-copy.redb");
+    std::fs::copy(&index, &copy).unwrap();
+    let mut srv = restart(&srv);
+    let tok = srv.login("app", &s.key, Some("files")).await;
+    srv.put_ok("/b.txt", &tok, b"b".to_vec()).await;
+    // A clean stop records the later generation.
+    srv.stop().await;
+    for args in [&["status"][..], &["status", "--fs", "files"][..]] {
+        let out = srv.efsctl(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(0), "{args:?}: {text}");
+        assert!(!text.contains("ON HOLD"), "{text}");
+    }
+    std::fs::copy(&copy, &index).unwrap();
+    for args in [&["status"][..], &["status", "--fs", "files"][..]] {
+        let out = srv.efsctl(args);
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(3), "{args:?}: {text}");
+        assert!(text.contains("files: ON HOLD: "), "{text}");
+        assert!(text.contains("the data dir last saw"), "{text}");
+        assert!(text.contains("--accept-index"), "{text}");
+    }
+    let out = srv.efsctl(&["--json", "status", "--fs", "files"]);
+    assert_eq!(out.status.code(), Some(3), "{out:?}");
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(st[0]["on_hold"], true, "{st}");
+    // Saying so changed nothing: the next start holds it.
+    let srv = restart(&srv);
+    let tok = srv.login("app", &s.key, Some("files")).await;
+    let r = srv.req("GET", "/a.txt", &tok).send().await.unwrap();
+    assert_error(r, 503, "integrity_hold").await;
+}
+
 /// A server killed right after writes (its last generations perhaps not recorded: the mark
 /// behind the index) starts again without a hold: the mark is never ahead of what the index
 /// committed, so a crash is no false alarm.

@@ -2,8 +2,8 @@
 //! directly on the data dir when no server runs.
 //!
 //! Exit codes: 0 success; 1 error; 2 bad usage; 3 `fsck` or `audit verify` found problems
-//! (or `audit show` met a broken chain, a backup or restore left damaged entries out, or
-//! `status` lists a filesystem not served); 4 `retire-terms` dry run that would retire terms;
+//! (or `audit show` met a broken chain or left matching entries out, a backup or restore
+//! left damaged entries out, or `status` lists a filesystem not served or on hold); 4 `retire-terms` dry run that would retire terms;
 //! 5 `retire-terms` refused until something is done first.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -61,7 +61,7 @@ macro_rules! say {
   efsctl --data ./efs-data reload-tls                  # serve the renewed --tls-cert/--tls-key files
 
 Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found problems (or audit show
-met a broken chain, a backup --skip-damaged or the restore of one left damaged entries out, or
+met a broken chain or left matching entries out: --limit, a page of --from-entry, a backup --skip-damaged or the restore of one left damaged entries out, or
 status lists a filesystem as NOT SERVED or ON HOLD), 4 retire-terms without --yes: it would
 retire terms (nothing was retired), 5 retire-terms refused until something is done first (the
 server stopped, a rotation finished, records rotated; the message says what). retire-terms with
@@ -244,7 +244,10 @@ enum Cmd {
     /// key, the key of that certificate, the certificate valid now. On any failure the server
     /// keeps serving the certificate it had, and efsctl exits 1 naming the problem. Prints the
     /// new certificate's SHA-256 fingerprint and end of validity (a WARNING when that is
-    /// within 14 days). Refused with the generated certificate (no --tls-cert) and with no
+    /// within 14 days). A server started with --client-ca reads that file again too (also
+    /// with the generated certificate, then the only thing reloaded): the new CA is required
+    /// from the next connection on, open ones keep theirs; a CA file that fails refuses the
+    /// whole reload. Refused with the generated certificate and no --client-ca, and with no
     /// server running.
     ReloadTls,
     /// Rotate a filesystem's key: add a keyring term (new writes use it at once) and
@@ -261,7 +264,9 @@ enum Cmd {
     /// Show each filesystem's key terms, the records sealed under the current term (rotate
     /// before 2^32; a WARNING from 2^31), key-rotation and re-encryption progress. Exit code
     /// 3 when it lists a filesystem as NOT SERVED (its index did not open) or ON HOLD (its
-    /// index failed the server's integrity check).
+    /// index failed the server's integrity check; with no server running, an earlier copy of
+    /// the index put back, which the next start holds: a record changed inside an index is
+    /// found only by fsck then).
     Status {
         /// Only this filesystem.
         #[arg(long)]
@@ -414,7 +419,8 @@ enum AuditCmd {
     /// The newest matching entries (1,000 unless --limit says otherwise), oldest first:
     /// time, entry number, user, action, filesystem, path, HTTP status, client address,
     /// reason. With --from-entry, the oldest from that entry on instead: page through the
-    /// whole log in order (each page's warning names the next).
+    /// whole log in order (each page's warning names the next). An answer that leaves
+    /// matching entries out exits 3 (its warning is on standard error with --json).
     Show {
         /// Only this user: its requests and logins, and the admin commands about it
         /// (create-user, grant, revoke, replace-key, bind-cert, delete-user).
@@ -451,7 +457,7 @@ enum AuditCmd {
         #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
         from_entry: Option<u64>,
         /// Show only the newest N matching entries (1 to 100000; with --from-entry the
-        /// oldest N); the others are counted in a warning.
+        /// oldest N); the others are counted in a warning, and the exit code is 3.
         #[arg(
             long,
             value_name = "N",
