@@ -121,6 +121,9 @@ pub struct SystemDb {
     fault: AtomicU8,
     /// Reads fail from now on (set by [`Fault::CommitLandsThenReadsFail`]).
     reads_fail: AtomicBool,
+    /// The snapshot from before a commit that [`Fault::CommitLandsUnseen`] reported failed:
+    /// the reads of [`SystemDb::filesystem`] and the like see it, not the commit.
+    stale: Mutex<Option<Arc<redb::ReadTransaction>>>,
 }
 
 /// The storage's state as the system database's writes found it.
@@ -140,6 +143,35 @@ enum Health {
 /// keeps the file locked until the last one ends.
 const REOPEN_WAIT: Duration = Duration::from_secs(5);
 
+/// A failed write to the system database, and whether it may have reached the disk all
+/// the same.
+#[derive(Debug)]
+pub struct WriteFailed {
+    /// What failed.
+    pub error: CoreError,
+    /// False when nothing was written: the write failed before its commit, or redb refused
+    /// the commit before writing. True when the commit itself failed: redb writes the new
+    /// header before its fsync but takes it as current only once the fsync succeeds, so
+    /// after a failed fsync the write may be on disk while this process reads the state
+    /// from before it; only the next open knows.
+    pub may_have_landed: bool,
+}
+
+impl From<WriteFailed> for CoreError {
+    fn from(f: WriteFailed) -> Self {
+        f.error
+    }
+}
+
+impl WriteFailed {
+    fn before_commit(error: CoreError) -> Self {
+        Self {
+            error,
+            may_have_landed: false,
+        }
+    }
+}
+
 /// A fault injected into the next commit of a filesystem row (a create-fs's or a restore's
 /// registration) in the system database, as an I/O error would show it (tests of commits
 /// whose outcome is unknown: see
@@ -158,6 +190,12 @@ pub enum Fault {
     /// As [`Fault::CommitLandsThenFails`], and every read after it fails too (redb refuses
     /// everything after an I/O error), until [`Fault::Never`] is injected.
     CommitLandsThenReadsFail,
+    /// As [`Fault::CommitLandsThenFails`], and the reads of rows (users, filesystems) after
+    /// it still see the state from before the commit, until [`Fault::Never`] is injected:
+    /// what redb does after an fsync that failed once the new header was written (it takes
+    /// the new state as current only after the fsync). Reading the row back says it is not
+    /// there, while the next open finds it.
+    CommitLandsUnseen,
 }
 
 /// The system database's digest as an open found it.
@@ -282,6 +320,7 @@ impl SystemDb {
             digest: DigestKey::for_system(&starter.derive(labels::SYSTEM_DIGEST)),
             fault: AtomicU8::new(Fault::Never as u8),
             reads_fail: AtomicBool::new(false),
+            stale: Mutex::new(None),
         };
         if creating {
             // The tables and the empty set's digest in one transaction: a database left
@@ -517,12 +556,13 @@ impl SystemDb {
         key: &[u8],
         value: Option<&[u8]>,
         apply: impl FnOnce(&redb::WriteTransaction) -> Result<Option<Vec<u8>>>,
-    ) -> Result<bool> {
-        let w = self.begin_write()?;
-        let old = apply(&w)?;
+    ) -> std::result::Result<bool, WriteFailed> {
+        let before = WriteFailed::before_commit;
+        let w = self.begin_write().map_err(before)?;
+        let old = apply(&w).map_err(before)?;
         {
-            let mut meta = w.open_table(META).map_err(|e| self.note(e))?;
-            let mut acc = self.stored_digest(&meta)?;
+            let mut meta = w.open_table(META).map_err(|e| before(self.note(e)))?;
+            let mut acc = self.stored_digest(&meta).map_err(before)?;
             let ek = element_key(table, key);
             if let Some(old) = &old {
                 acc.remove(&self.digest, &ek, old);
@@ -532,7 +572,7 @@ impl SystemDb {
             }
             acc.bump();
             meta.insert(META_DIGEST, acc.seal(&self.digest).as_slice())
-                .map_err(|e| self.note(e))?;
+                .map_err(|e| before(self.note(e)))?;
         }
         self.commit(w, table == "filesystems")?;
         Ok(old.is_some())
@@ -545,43 +585,84 @@ impl SystemDb {
         self.fault.store(fault as u8, Ordering::SeqCst);
         if fault == Fault::Never {
             self.reads_fail.store(false, Ordering::SeqCst);
+            drop(
+                self.stale
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
         }
     }
 
     /// Commits `w`, or fails as an injected [`Fault`] says (once, and only in a commit of a
     /// filesystem row: `fs_row`).
-    fn commit(&self, w: redb::WriteTransaction, fs_row: bool) -> Result<()> {
-        let injected =
-            || CoreError::Index("injected fault: the commit reported an I/O error".into());
+    fn commit(
+        &self,
+        w: redb::WriteTransaction,
+        fs_row: bool,
+    ) -> std::result::Result<(), WriteFailed> {
+        let failed = |e: redb::CommitError| match e {
+            // Refused before anything was written.
+            redb::CommitError::TransactionPoisoned => WriteFailed::before_commit(ix(e)),
+            e => WriteFailed {
+                error: self.note(e),
+                may_have_landed: true,
+            },
+        };
+        let injected = |may_have_landed| WriteFailed {
+            error: CoreError::Index("injected fault: the commit reported an I/O error".into()),
+            may_have_landed,
+        };
         if !fs_row {
-            return w.commit().map_err(|e| self.note(e));
+            return w.commit().map_err(failed);
         }
         match self.fault.swap(Fault::Never as u8, Ordering::SeqCst) {
             f if f == Fault::CommitFails as u8 => {
-                w.abort().map_err(|e| self.note(e))?;
-                Err(injected())
+                w.abort()
+                    .map_err(|e| WriteFailed::before_commit(self.note(e)))?;
+                Err(injected(false))
             }
             f if f == Fault::CommitLandsThenFails as u8 => {
-                w.commit().map_err(|e| self.note(e))?;
-                Err(injected())
+                w.commit().map_err(failed)?;
+                Err(injected(true))
             }
             f if f == Fault::CommitLandsThenReadsFail as u8 => {
-                w.commit().map_err(|e| self.note(e))?;
+                w.commit().map_err(failed)?;
                 self.reads_fail.store(true, Ordering::SeqCst);
-                Err(injected())
+                Err(injected(true))
             }
-            _ => w.commit().map_err(|e| self.note(e)),
+            f if f == Fault::CommitLandsUnseen as u8 => {
+                // Not `reader()`: no reopen while this write transaction is open.
+                let db = self
+                    .db
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let before = db
+                    .ok_or_else(|| CoreError::Index("the system database is closed".into()))
+                    .and_then(|db| db.begin_read().map_err(ix))
+                    .map_err(WriteFailed::before_commit)?;
+                w.commit().map_err(failed)?;
+                *self.stale.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(before));
+                Err(injected(true))
+            }
+            _ => w.commit().map_err(failed),
         }
     }
 
-    /// A read transaction (refused after an injected [`Fault::CommitLandsThenReadsFail`]).
-    fn begin_read(&self) -> Result<redb::ReadTransaction> {
+    /// A read transaction for the rows (refused after an injected
+    /// [`Fault::CommitLandsThenReadsFail`], the old snapshot after an injected
+    /// [`Fault::CommitLandsUnseen`]).
+    fn begin_read(&self) -> Result<Arc<redb::ReadTransaction>> {
         if self.reads_fail.load(Ordering::SeqCst) {
             return Err(CoreError::Index(
                 "injected fault: reads fail after an I/O error".into(),
             ));
         }
-        self.reader()?.begin_read().map_err(ix)
+        if let Some(r) = &*self.stale.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(r.clone());
+        }
+        Ok(Arc::new(self.reader()?.begin_read().map_err(ix)?))
     }
 
     /// The database to read from: reopened first after a write failed on a full disk.
@@ -663,6 +744,12 @@ impl SystemDb {
         if *self.health.lock().unwrap_or_else(PoisonError::into_inner) != Health::Reopen {
             return Ok(());
         }
+        drop(
+            self.stale
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
         drop(slot.take());
         let deadline = Instant::now() + REOPEN_WAIT;
         loop {
@@ -714,7 +801,7 @@ impl SystemDb {
         table: &str,
         name: &str,
         v: &T,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), WriteFailed> {
         let key = self.name_tag(table, name);
         let plain =
             Zeroizing::new(postcard::to_allocvec(v).expect("serialising to a Vec cannot fail"));
@@ -750,14 +837,14 @@ impl SystemDb {
 
     fn remove(&self, def: TableDefinition<&[u8], &[u8]>, table: &str, name: &str) -> Result<bool> {
         let key = self.name_tag(table, name);
-        self.write_row(table, &key, None, |w| {
+        Ok(self.write_row(table, &key, None, |w| {
             let mut t = w.open_table(def).map_err(|e| self.note(e))?;
             let old = t
                 .remove(key.as_slice())
                 .map_err(|e| self.note(e))?
                 .map(|v| v.value().to_vec());
             Ok(old)
-        })
+        })?)
     }
 
     fn all<T: for<'de> Deserialize<'de>>(
@@ -785,7 +872,7 @@ impl SystemDb {
 
     /// Inserts or replaces a user.
     pub fn put_user(&self, u: &UserRecord) -> Result<()> {
-        self.put(USERS, "users", &u.name, u)
+        Ok(self.put(USERS, "users", &u.name, u)?)
     }
 
     /// Removes a user; false if absent.
@@ -805,8 +892,8 @@ impl SystemDb {
         self.get(FILESYSTEMS, "filesystems", name)
     }
 
-    /// Inserts a filesystem.
-    pub fn put_filesystem(&self, f: &FsRecord) -> Result<()> {
+    /// Inserts a filesystem. A failure says whether the row may be on disk all the same.
+    pub fn put_filesystem(&self, f: &FsRecord) -> std::result::Result<(), WriteFailed> {
         self.put(FILESYSTEMS, "filesystems", &f.name, f)
     }
 
@@ -834,14 +921,14 @@ impl SystemDb {
 
     /// Removes a secret; whether there was one.
     pub fn delete_secret(&self, name: &str) -> Result<bool> {
-        self.write_row("secrets", name.as_bytes(), None, |w| {
+        Ok(self.write_row("secrets", name.as_bytes(), None, |w| {
             let mut t = w.open_table(SECRETS).map_err(|e| self.note(e))?;
             let old = t
                 .remove(name)
                 .map_err(|e| self.note(e))?
                 .map(|v| v.value().to_vec());
             Ok(old)
-        })
+        })?)
     }
 
     /// A stored secret, unsealed.
