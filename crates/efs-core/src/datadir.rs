@@ -448,6 +448,27 @@ pub(crate) fn stored_digest_root(
         .ok_or(CoreError::Corrupt("index digest key length"))
 }
 
+/// Warns about every directory under `fs/` that names no registered filesystem: what a
+/// `create-fs` or a restore leaves when it was cut short, or when its registration failed
+/// with an unknown outcome. It is neither served nor removed here: it may hold a restore's
+/// data, and only the operator knows (docs/operations.md).
+fn warn_unregistered_dirs(root: &Path, registered: &[FsRecord]) {
+    let Ok(rd) = std::fs::read_dir(root.join("fs")) else {
+        return;
+    };
+    for e in rd.flatten() {
+        let name = e.file_name();
+        let name = name.to_string_lossy();
+        if registered.iter().any(|r| hex::encode(r.id) == name) {
+            continue;
+        }
+        tracing::warn!(
+            dir = %Path::new("fs").join(&*name).display(),
+            "a directory no filesystem is registered under (left by a create-fs or a restore that was cut short, or whose registration failed with an unknown outcome): it is not served; if efsctl list-fs shows no filesystem with this id, move it out of the data dir, and delete it once the server serves as before (docs/operations.md, \"A filesystem directory nothing lists\")"
+        );
+    }
+}
+
 /// Where the quick start puts its generated key part: beside the data dir, never in it.
 pub fn default_key_part_path(data: &Path) -> PathBuf {
     let abs = std::path::absolute(data).unwrap_or_else(|_| data.to_path_buf());
@@ -703,8 +724,10 @@ impl DataDir {
             new_audit_log,
             moved_audit,
         };
-        for rec in dd.system.filesystems()? {
-            let fs = match dd.open_fs(&rec) {
+        let records = dd.system.filesystems()?;
+        warn_unregistered_dirs(&dd.root, &records);
+        for rec in &records {
+            let fs = match dd.open_fs(rec) {
                 Ok(fs) => Arc::new(fs),
                 Err(e) => {
                     // One filesystem's index replaced or damaged while the data dir was
@@ -1128,47 +1151,35 @@ impl DataDir {
     /// failed, or registering certainly did not happen, removes what was made for it
     /// ([`DataDir::discard_new_fs`]).
     ///
-    /// A failed commit of the system database has an unknown outcome (an fsync that
-    /// failed may have come after the row reached the disk): the row is read back, and
-    /// the directory and its digest key are removed only when it is certainly absent. A
-    /// registered filesystem whose directory is gone would stop every later open of the
-    /// data dir; an unregistered directory left behind only takes room (see
+    /// A commit of the system database that failed has an unknown outcome: redb writes the
+    /// new header before its fsync and takes it as current only after the fsync succeeded,
+    /// so after a failed fsync the row may be on disk while reading it back here says it is
+    /// not. The directory and its digest key are then kept: a registered filesystem whose
+    /// directory is gone would be lost (a restore's data with it), while a directory that
+    /// nothing registers only takes room, and the next open names it (see
     /// docs/operations.md, "A filesystem directory nothing lists").
     fn register_new_fs(&self, rec: &FsRecord, opened: Result<Filesystem>) -> Result<Filesystem> {
         let fs = opened.inspect_err(|_| self.discard_new_fs(&rec.id))?;
-        let Err(e) = self.system.put_filesystem(rec) else {
+        let Err(failed) = self.system.put_filesystem(rec) else {
             return Ok(fs);
         };
         // Closed before its directory may go.
         drop(fs);
+        let e = failed.error;
+        if !failed.may_have_landed {
+            self.discard_new_fs(&rec.id);
+            return Err(e);
+        }
         let id = hex::encode(rec.id);
         let name = &rec.name;
-        match self.system.filesystem(name) {
-            Ok(None) => {
-                self.discard_new_fs(&rec.id);
-                Err(e)
-            }
-            Ok(Some(found)) if found.id == rec.id => Err(CoreError::Invalid(format!(
-                "registering filesystem '{name}' reported an error ({e}), yet it reads back as \
-                 registered: fs/{id} is kept. Restart efs-server (or run efsctl on the stopped \
-                 data dir): if efsctl list-fs shows '{name}' with id {id}, the filesystem is \
-                 there; if not, fs/{id} is unregistered and may be removed (docs/operations.md)"
-            ))),
-            read => {
-                let read = match read {
-                    Err(r) => r.to_string(),
-                    Ok(_) => "the name is registered with another id".into(),
-                };
-                Err(CoreError::Invalid(format!(
-                    "registering filesystem '{name}' failed with an unknown outcome ({e}; reading \
-                     it back: {read}): it may be registered, so fs/{id} and its key are kept. \
-                     Restart efs-server (or run efsctl on the stopped data dir) and compare the \
-                     ids efsctl list-fs shows with {id}: if it is listed, the filesystem is \
-                     there; if not, fs/{id} is unregistered and may be removed \
-                     (docs/operations.md)"
-                )))
-            }
-        }
+        Err(CoreError::Invalid(format!(
+            "registering filesystem '{name}' failed with an unknown outcome ({e}): the \
+             registration may be on disk all the same, so fs/{id} and its key are kept. Restart \
+             efs-server (or run efsctl on the stopped data dir): if efsctl list-fs then shows \
+             '{name}' with id {id}, the filesystem is there; if not, the start names fs/{id} as \
+             a directory no filesystem is registered under, which may be removed \
+             (docs/operations.md, \"A filesystem directory nothing lists\")"
+        )))
     }
 
     /// Creates a filesystem; returns what was created, one line each.

@@ -17,9 +17,19 @@
 //! What it cannot see: the whole file put back to an earlier state, digest included; the
 //! generation and anchor that `efsctl accept-system` and `efsctl status` print never go
 //! backwards, so an operator who notes them elsewhere can.
+//!
+//! After a failed write redb refuses every later write until the database is closed and
+//! opened again. A write that failed because the disk was full (or a quota reached) therefore
+//! has the database reopened before the next transaction, so that marks, users and grants
+//! are written again once space is freed, without a restart (as the indexes do:
+//! [`crate::redb_index`]). Any other I/O error is not recovered from: after a failed write
+//! or fsync the kernel's page cache may hold data the disk did not take, which a reopen
+//! would read as written. Writes are then refused until the server is restarted.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::{Duration, Instant};
 
 use efs_format::{Key32, MacKey, wrap};
 use redb::{Database, ReadableDatabase, ReadableTable, TableDefinition};
@@ -96,7 +106,12 @@ pub struct FsRecord {
 
 /// The open system database.
 pub struct SystemDb {
-    db: Database,
+    path: PathBuf,
+    /// `None` between a close and a successful reopen ([`Health::Reopen`]).
+    db: RwLock<Option<Arc<Database>>>,
+    /// What the last failed write said about the storage; held only briefly (never while
+    /// waiting for a reopen), so that a transaction failing during a reopen can note it.
+    health: Mutex<Health>,
     tag: MacKey,
     record: Key32,
     secret: Key32,
@@ -106,6 +121,55 @@ pub struct SystemDb {
     fault: AtomicU8,
     /// Reads fail from now on (set by [`Fault::CommitLandsThenReadsFail`]).
     reads_fail: AtomicBool,
+    /// The snapshot from before a commit that [`Fault::CommitLandsUnseen`] reported failed:
+    /// the reads of [`SystemDb::filesystem`] and the like see it, not the commit.
+    stale: Mutex<Option<Arc<redb::ReadTransaction>>>,
+}
+
+/// The storage's state as the system database's writes found it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum Health {
+    /// Writes go ahead.
+    Ok,
+    /// A write failed on a full disk (or redb refuses writes after an earlier I/O failure):
+    /// closed and opened again before the next transaction.
+    Reopen,
+    /// A write failed with another I/O error: writes are refused (the message says why)
+    /// until a restart.
+    Failed(String),
+}
+
+/// How long a reopen waits for the transactions still using the failed database: redb
+/// keeps the file locked until the last one ends.
+const REOPEN_WAIT: Duration = Duration::from_secs(5);
+
+/// A failed write to the system database, and whether it may have reached the disk all
+/// the same.
+#[derive(Debug)]
+pub struct WriteFailed {
+    /// What failed.
+    pub error: CoreError,
+    /// False when nothing was written: the write failed before its commit, or redb refused
+    /// the commit before writing. True when the commit itself failed: redb writes the new
+    /// header before its fsync but takes it as current only once the fsync succeeds, so
+    /// after a failed fsync the write may be on disk while this process reads the state
+    /// from before it; only the next open knows.
+    pub may_have_landed: bool,
+}
+
+impl From<WriteFailed> for CoreError {
+    fn from(f: WriteFailed) -> Self {
+        f.error
+    }
+}
+
+impl WriteFailed {
+    fn before_commit(error: CoreError) -> Self {
+        Self {
+            error,
+            may_have_landed: false,
+        }
+    }
 }
 
 /// A fault injected into the next commit of a filesystem row (a create-fs's or a restore's
@@ -126,6 +190,12 @@ pub enum Fault {
     /// As [`Fault::CommitLandsThenFails`], and every read after it fails too (redb refuses
     /// everything after an I/O error), until [`Fault::Never`] is injected.
     CommitLandsThenReadsFail,
+    /// As [`Fault::CommitLandsThenFails`], and the reads of rows (users, filesystems) after
+    /// it still see the state from before the commit, until [`Fault::Never`] is injected:
+    /// what redb does after an fsync that failed once the new header was written (it takes
+    /// the new state as current only after the fsync). Reading the row back says it is not
+    /// there, while the next open finds it.
+    CommitLandsUnseen,
 }
 
 /// The system database's digest as an open found it.
@@ -173,6 +243,20 @@ fn element_key(table: &str, key: &[u8]) -> Vec<u8> {
 
 fn ix<E: std::fmt::Display>(e: E) -> CoreError {
     CoreError::Index(e.to_string())
+}
+
+fn is_storage_full(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::StorageFull | std::io::ErrorKind::QuotaExceeded
+    )
+}
+
+/// Why writes are refused after an I/O error other than a full disk.
+fn io_failed_message(e: &std::io::Error) -> String {
+    format!(
+        "the disk of the system database reported an I/O error ({e}): its writes (users, grants, filesystems, marks) are refused from now on, since the kernel may hold data the disk did not take; check the device (kernel log, SMART), and restart efs-server once it is sound (after a reboot)"
+    )
 }
 
 impl SystemDb {
@@ -227,19 +311,22 @@ impl SystemDb {
             e => ix(e),
         })?;
         let me = Self {
-            db,
+            path: path.to_path_buf(),
+            db: RwLock::new(Some(Arc::new(db))),
+            health: Mutex::new(Health::Ok),
             tag: MacKey::new(&starter.derive(labels::SYSTEM_TAG)),
             record: starter.derive(labels::SYSTEM_RECORD),
             secret: starter.derive(labels::SYSTEM_SECRET_WRAP),
             digest: DigestKey::for_system(&starter.derive(labels::SYSTEM_DIGEST)),
             fault: AtomicU8::new(Fault::Never as u8),
             reads_fail: AtomicBool::new(false),
+            stale: Mutex::new(None),
         };
         if creating {
             // The tables and the empty set's digest in one transaction: a database left
             // without its digest by a crash here is refused like one whose digest was
             // deleted (the data dir, or the re-keying that created it, is not finished).
-            let w = me.db.begin_write().map_err(ix)?;
+            let w = me.begin_write()?;
             {
                 w.open_table(USERS).map_err(ix)?;
                 w.open_table(FILESYSTEMS).map_err(ix)?;
@@ -283,7 +370,7 @@ impl SystemDb {
     /// How many rows the three tables hold, and how many of them do not decrypt (and
     /// parse) under this database's keys.
     fn count_failing_rows(&self) -> Result<(usize, usize)> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.reader()?.begin_read().map_err(ix)?;
         let (mut rows, mut failing) = (0, 0);
         for (def, table) in [(USERS, "users"), (FILESYSTEMS, "filesystems")] {
             let t = r.open_table(def).map_err(ix)?;
@@ -338,12 +425,13 @@ impl SystemDb {
         };
         acc.set_generation(claimed.saturating_add(1));
         let sealed = acc.seal(&self.digest);
-        let w = self.db.begin_write().map_err(ix)?;
+        let w = self.begin_write()?;
         {
-            let mut meta = w.open_table(META).map_err(ix)?;
-            meta.insert(META_DIGEST, sealed.as_slice()).map_err(ix)?;
+            let mut meta = w.open_table(META).map_err(|e| self.note(e))?;
+            meta.insert(META_DIGEST, sealed.as_slice())
+                .map_err(|e| self.note(e))?;
         }
-        w.commit().map_err(ix)?;
+        w.commit().map_err(|e| self.note(e))?;
         // Checked again from the database: what is stored now must hold.
         match self.check()?.0 {
             DigestCheck::Holds {
@@ -363,18 +451,18 @@ impl SystemDb {
     /// the database under a new starter key: the generation an operator noted must not go
     /// back). Keeps the larger of the two.
     pub fn continue_generation(&self, at_least: u64) -> Result<()> {
-        let w = self.db.begin_write().map_err(ix)?;
+        let w = self.begin_write()?;
         {
-            let mut meta = w.open_table(META).map_err(ix)?;
+            let mut meta = w.open_table(META).map_err(|e| self.note(e))?;
             let mut acc = self.stored_digest(&meta)?;
             if acc.generation() >= at_least {
                 return Ok(());
             }
             acc.set_generation(at_least);
             meta.insert(META_DIGEST, acc.seal(&self.digest).as_slice())
-                .map_err(ix)?;
+                .map_err(|e| self.note(e))?;
         }
-        w.commit().map_err(ix)
+        w.commit().map_err(|e| self.note(e))
     }
 
     /// The stored digest, unmasked, for an update in the same transaction. Checked at
@@ -390,7 +478,7 @@ impl SystemDb {
 
     /// The names of the stored secrets.
     fn secret_names(&self) -> Result<Vec<String>> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.reader()?.begin_read().map_err(ix)?;
         let t = r.open_table(SECRETS).map_err(ix)?;
         let mut names = Vec::new();
         for item in t.iter().map_err(ix)? {
@@ -417,7 +505,7 @@ impl SystemDb {
     /// Every row of the three tables against the stored digest (one snapshot), and the
     /// accumulator of what was found.
     fn check(&self) -> Result<(DigestCheck, Accumulator)> {
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.reader()?.begin_read().map_err(ix)?;
         let mut found = Accumulator::empty();
         for (def, table) in [(USERS, "users"), (FILESYSTEMS, "filesystems")] {
             let t = match r.open_table(def) {
@@ -468,12 +556,13 @@ impl SystemDb {
         key: &[u8],
         value: Option<&[u8]>,
         apply: impl FnOnce(&redb::WriteTransaction) -> Result<Option<Vec<u8>>>,
-    ) -> Result<bool> {
-        let w = self.db.begin_write().map_err(ix)?;
-        let old = apply(&w)?;
+    ) -> std::result::Result<bool, WriteFailed> {
+        let before = WriteFailed::before_commit;
+        let w = self.begin_write().map_err(before)?;
+        let old = apply(&w).map_err(before)?;
         {
-            let mut meta = w.open_table(META).map_err(ix)?;
-            let mut acc = self.stored_digest(&meta)?;
+            let mut meta = w.open_table(META).map_err(|e| before(self.note(e)))?;
+            let mut acc = self.stored_digest(&meta).map_err(before)?;
             let ek = element_key(table, key);
             if let Some(old) = &old {
                 acc.remove(&self.digest, &ek, old);
@@ -483,7 +572,7 @@ impl SystemDb {
             }
             acc.bump();
             meta.insert(META_DIGEST, acc.seal(&self.digest).as_slice())
-                .map_err(ix)?;
+                .map_err(|e| before(self.note(e)))?;
         }
         self.commit(w, table == "filesystems")?;
         Ok(old.is_some())
@@ -496,43 +585,206 @@ impl SystemDb {
         self.fault.store(fault as u8, Ordering::SeqCst);
         if fault == Fault::Never {
             self.reads_fail.store(false, Ordering::SeqCst);
+            drop(
+                self.stale
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .take(),
+            );
         }
     }
 
     /// Commits `w`, or fails as an injected [`Fault`] says (once, and only in a commit of a
     /// filesystem row: `fs_row`).
-    fn commit(&self, w: redb::WriteTransaction, fs_row: bool) -> Result<()> {
-        let injected =
-            || CoreError::Index("injected fault: the commit reported an I/O error".into());
+    fn commit(
+        &self,
+        w: redb::WriteTransaction,
+        fs_row: bool,
+    ) -> std::result::Result<(), WriteFailed> {
+        let failed = |e: redb::CommitError| match e {
+            // Refused before anything was written.
+            redb::CommitError::TransactionPoisoned => WriteFailed::before_commit(ix(e)),
+            e => WriteFailed {
+                error: self.note(e),
+                may_have_landed: true,
+            },
+        };
+        let injected = |may_have_landed| WriteFailed {
+            error: CoreError::Index("injected fault: the commit reported an I/O error".into()),
+            may_have_landed,
+        };
         if !fs_row {
-            return w.commit().map_err(ix);
+            return w.commit().map_err(failed);
         }
         match self.fault.swap(Fault::Never as u8, Ordering::SeqCst) {
             f if f == Fault::CommitFails as u8 => {
-                w.abort().map_err(ix)?;
-                Err(injected())
+                w.abort()
+                    .map_err(|e| WriteFailed::before_commit(self.note(e)))?;
+                Err(injected(false))
             }
             f if f == Fault::CommitLandsThenFails as u8 => {
-                w.commit().map_err(ix)?;
-                Err(injected())
+                w.commit().map_err(failed)?;
+                Err(injected(true))
             }
             f if f == Fault::CommitLandsThenReadsFail as u8 => {
-                w.commit().map_err(ix)?;
+                w.commit().map_err(failed)?;
                 self.reads_fail.store(true, Ordering::SeqCst);
-                Err(injected())
+                Err(injected(true))
             }
-            _ => w.commit().map_err(ix),
+            f if f == Fault::CommitLandsUnseen as u8 => {
+                // Not `reader()`: no reopen while this write transaction is open.
+                let db = self
+                    .db
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .clone();
+                let before = db
+                    .ok_or_else(|| CoreError::Index("the system database is closed".into()))
+                    .and_then(|db| db.begin_read().map_err(ix))
+                    .map_err(WriteFailed::before_commit)?;
+                w.commit().map_err(failed)?;
+                *self.stale.lock().unwrap_or_else(PoisonError::into_inner) = Some(Arc::new(before));
+                Err(injected(true))
+            }
+            _ => w.commit().map_err(failed),
         }
     }
 
-    /// A read transaction (refused after an injected [`Fault::CommitLandsThenReadsFail`]).
-    fn begin_read(&self) -> Result<redb::ReadTransaction> {
+    /// A read transaction for the rows (refused after an injected
+    /// [`Fault::CommitLandsThenReadsFail`], the old snapshot after an injected
+    /// [`Fault::CommitLandsUnseen`]).
+    fn begin_read(&self) -> Result<Arc<redb::ReadTransaction>> {
         if self.reads_fail.load(Ordering::SeqCst) {
             return Err(CoreError::Index(
                 "injected fault: reads fail after an I/O error".into(),
             ));
         }
-        self.db.begin_read().map_err(ix)
+        if let Some(r) = &*self.stale.lock().unwrap_or_else(PoisonError::into_inner) {
+            return Ok(r.clone());
+        }
+        Ok(Arc::new(self.reader()?.begin_read().map_err(ix)?))
+    }
+
+    /// The database to read from: reopened first after a write failed on a full disk.
+    fn reader(&self) -> Result<Arc<Database>> {
+        self.database(false)
+    }
+
+    /// A write transaction: on the database reopened first after a write failed on a full
+    /// disk; refused after any other I/O error.
+    fn begin_write(&self) -> Result<redb::WriteTransaction> {
+        self.database(true)?.begin_write().map_err(|e| self.note(e))
+    }
+
+    fn database(&self, write: bool) -> Result<Arc<Database>> {
+        let health = self
+            .health
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone();
+        match health {
+            Health::Failed(why) if write => return Err(CoreError::Index(why)),
+            Health::Reopen => self.reopen()?,
+            Health::Ok | Health::Failed(_) => {}
+        }
+        self.db
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+            .ok_or_else(|| {
+                CoreError::Index(
+                    "the system database is being reopened after a failed write: try again".into(),
+                )
+            })
+    }
+
+    /// Notes what a failed write says about the storage (see [`Health`]), and returns it as
+    /// an error: a full disk stays an I/O error of its kind (the server answers it 507).
+    fn note(&self, e: impl Into<redb::Error>) -> CoreError {
+        let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+        match e.into() {
+            redb::Error::Io(io) if is_storage_full(&io) => {
+                if *health == Health::Ok {
+                    *health = Health::Reopen;
+                }
+                CoreError::Io(std::io::Error::new(
+                    io.kind(),
+                    format!(
+                        "the system database could not be written ({io}): free space on its disk; it is written again then, without a restart"
+                    ),
+                ))
+            }
+            redb::Error::Io(io) => {
+                let why = io_failed_message(&io);
+                if !matches!(*health, Health::Failed(_)) {
+                    tracing::error!("{why}");
+                    *health = Health::Failed(why.clone());
+                }
+                CoreError::Index(why)
+            }
+            // Refused after an I/O failure met elsewhere (a read, say), which only a reopen
+            // clears; a failed write would have been noted already.
+            redb::Error::PreviousIo => {
+                if *health == Health::Ok {
+                    *health = Health::Reopen;
+                }
+                CoreError::Index(
+                    "the system database refused a write after an earlier I/O error: it is reopened before the next one".into(),
+                )
+            }
+            e => ix(e),
+        }
+    }
+
+    /// Closes the database and opens it again (redb recovers on open), unless another
+    /// thread did meanwhile. Transactions still using the old one end first: redb keeps the
+    /// file locked until the last one does.
+    fn reopen(&self) -> Result<()> {
+        let mut slot = self.db.write().unwrap_or_else(PoisonError::into_inner);
+        if *self.health.lock().unwrap_or_else(PoisonError::into_inner) != Health::Reopen {
+            return Ok(());
+        }
+        drop(
+            self.stale
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        drop(slot.take());
+        let deadline = Instant::now() + REOPEN_WAIT;
+        loop {
+            match crate::redb_index::open_redb(&self.path, None) {
+                Ok(db) => {
+                    *slot = Some(Arc::new(db));
+                    let mut health = self.health.lock().unwrap_or_else(PoisonError::into_inner);
+                    if *health == Health::Reopen {
+                        *health = Health::Ok;
+                    }
+                    tracing::warn!(
+                        "the system database was reopened after a write failed on a full disk: it takes writes again"
+                    );
+                    return Ok(());
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+                Err(redb::DatabaseError::Storage(redb::StorageError::Io(io)))
+                    if is_storage_full(&io) =>
+                {
+                    return Err(CoreError::Io(std::io::Error::new(
+                        io.kind(),
+                        format!(
+                            "the system database could not be reopened after a write failed on a full disk ({io}): free space on its disk; it is tried again at the next use"
+                        ),
+                    )));
+                }
+                Err(e) => {
+                    return Err(CoreError::Index(format!(
+                        "the system database could not be reopened after a failed write ({e}): it is tried again at the next use; if this persists, restart efs-server"
+                    )));
+                }
+            }
+        }
     }
 
     fn name_tag(&self, table: &str, name: &str) -> [u8; 32] {
@@ -549,16 +801,16 @@ impl SystemDb {
         table: &str,
         name: &str,
         v: &T,
-    ) -> Result<()> {
+    ) -> std::result::Result<(), WriteFailed> {
         let key = self.name_tag(table, name);
         let plain =
             Zeroizing::new(postcard::to_allocvec(v).expect("serialising to a Vec cannot fail"));
         let sealed = wrap::seal(&self.record, &Self::aad(table, &key), &plain);
         self.write_row(table, &key, Some(&sealed), |w| {
-            let mut t = w.open_table(def).map_err(ix)?;
+            let mut t = w.open_table(def).map_err(|e| self.note(e))?;
             let old = t
                 .insert(key.as_slice(), sealed.as_slice())
-                .map_err(ix)?
+                .map_err(|e| self.note(e))?
                 .map(|v| v.value().to_vec());
             Ok(old)
         })?;
@@ -585,14 +837,14 @@ impl SystemDb {
 
     fn remove(&self, def: TableDefinition<&[u8], &[u8]>, table: &str, name: &str) -> Result<bool> {
         let key = self.name_tag(table, name);
-        self.write_row(table, &key, None, |w| {
-            let mut t = w.open_table(def).map_err(ix)?;
+        Ok(self.write_row(table, &key, None, |w| {
+            let mut t = w.open_table(def).map_err(|e| self.note(e))?;
             let old = t
                 .remove(key.as_slice())
-                .map_err(ix)?
+                .map_err(|e| self.note(e))?
                 .map(|v| v.value().to_vec());
             Ok(old)
-        })
+        })?)
     }
 
     fn all<T: for<'de> Deserialize<'de>>(
@@ -620,7 +872,7 @@ impl SystemDb {
 
     /// Inserts or replaces a user.
     pub fn put_user(&self, u: &UserRecord) -> Result<()> {
-        self.put(USERS, "users", &u.name, u)
+        Ok(self.put(USERS, "users", &u.name, u)?)
     }
 
     /// Removes a user; false if absent.
@@ -640,8 +892,8 @@ impl SystemDb {
         self.get(FILESYSTEMS, "filesystems", name)
     }
 
-    /// Inserts a filesystem.
-    pub fn put_filesystem(&self, f: &FsRecord) -> Result<()> {
+    /// Inserts a filesystem. A failure says whether the row may be on disk all the same.
+    pub fn put_filesystem(&self, f: &FsRecord) -> std::result::Result<(), WriteFailed> {
         self.put(FILESYSTEMS, "filesystems", &f.name, f)
     }
 
@@ -657,10 +909,10 @@ impl SystemDb {
         let aad = [labels::AAD_SYSTEM_SECRET, name.as_bytes()].concat();
         let sealed = wrap::seal(&self.secret, &aad, secret);
         self.write_row("secrets", name.as_bytes(), Some(&sealed), |w| {
-            let mut t = w.open_table(SECRETS).map_err(ix)?;
+            let mut t = w.open_table(SECRETS).map_err(|e| self.note(e))?;
             let old = t
                 .insert(name, sealed.as_slice())
-                .map_err(ix)?
+                .map_err(|e| self.note(e))?
                 .map(|v| v.value().to_vec());
             Ok(old)
         })?;
@@ -669,17 +921,20 @@ impl SystemDb {
 
     /// Removes a secret; whether there was one.
     pub fn delete_secret(&self, name: &str) -> Result<bool> {
-        self.write_row("secrets", name.as_bytes(), None, |w| {
-            let mut t = w.open_table(SECRETS).map_err(ix)?;
-            let old = t.remove(name).map_err(ix)?.map(|v| v.value().to_vec());
+        Ok(self.write_row("secrets", name.as_bytes(), None, |w| {
+            let mut t = w.open_table(SECRETS).map_err(|e| self.note(e))?;
+            let old = t
+                .remove(name)
+                .map_err(|e| self.note(e))?
+                .map(|v| v.value().to_vec());
             Ok(old)
-        })
+        })?)
     }
 
     /// A stored secret, unsealed.
     pub fn secret(&self, name: &str) -> Result<Option<Zeroizing<Vec<u8>>>> {
         let aad = [labels::AAD_SYSTEM_SECRET, name.as_bytes()].concat();
-        let r = self.db.begin_read().map_err(ix)?;
+        let r = self.reader()?.begin_read().map_err(ix)?;
         let t = r.open_table(SECRETS).map_err(ix)?;
         let Some(v) = t.get(name).map_err(ix)? else {
             return Ok(None);
@@ -703,5 +958,65 @@ impl SystemDb {
             other.put_secret(&name, &v)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn user(name: &str) -> UserRecord {
+        UserRecord {
+            name: name.into(),
+            public_key: [7; 32],
+            grants: Vec::new(),
+            generation: 0,
+            created_ms: 0,
+            cert_sha256: None,
+        }
+    }
+
+    fn new_db(dir: &Path) -> SystemDb {
+        let starter = StarterKey::for_tests(Key32::from_slice(&[3; 32]).expect("32 bytes"));
+        SystemDb::create(&dir.join("system.redb"), &starter).unwrap()
+    }
+
+    /// A write that failed on a full disk has the database reopened before the next one
+    /// (the real failure, on a real full disk: efs-server's tests/disk_full.rs).
+    #[test]
+    fn a_full_disk_reopens_before_the_next_write() {
+        let t = tempfile::tempdir().unwrap();
+        let db = new_db(t.path());
+        let e = db.note(redb::StorageError::Io(std::io::Error::from_raw_os_error(
+            28,
+        )));
+        assert!(
+            matches!(&e, CoreError::Io(io) if is_storage_full(io)),
+            "{e}"
+        );
+        assert!(e.to_string().contains("free space"), "{e}");
+        db.put_user(&user("a")).unwrap();
+        assert_eq!(*db.health.lock().unwrap(), Health::Ok);
+        assert_eq!(db.users().unwrap().len(), 1);
+    }
+
+    /// Any other I/O error is not recovered from (the page cache may hold what the disk
+    /// did not take): writes are refused, saying why and what to do; reads go on.
+    #[test]
+    fn another_io_error_refuses_writes_until_a_restart() {
+        let t = tempfile::tempdir().unwrap();
+        let db = new_db(t.path());
+        db.put_user(&user("a")).unwrap();
+        db.note(redb::StorageError::Io(std::io::Error::from_raw_os_error(5)));
+        let e = db.put_user(&user("b")).unwrap_err().to_string();
+        assert!(e.contains("reported an I/O error"), "{e}");
+        assert!(e.contains("check the device"), "{e}");
+        assert!(e.contains("restart efs-server"), "{e}");
+        // A later full disk does not turn it into a reopen.
+        db.note(redb::StorageError::Io(std::io::Error::from_raw_os_error(
+            28,
+        )));
+        assert!(db.put_user(&user("b")).is_err());
+        assert_eq!(db.users().unwrap().len(), 1);
     }
 }

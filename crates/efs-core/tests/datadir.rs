@@ -229,17 +229,29 @@ async fn a_create_fs_whose_registration_may_have_landed_keeps_its_directory() {
             1,
             "a registration that did not happen leaves nothing"
         );
-        // Committed, then an error; the row reads back: kept.
+        // Committed, then an error: unknown, kept, and said so.
         dd.inject_system_fault(Fault::CommitLandsThenFails);
         let e = dd.create_fs("landed").unwrap_err().to_string();
-        assert!(e.contains("reads back as registered"), "{e}");
+        assert!(e.contains("unknown outcome"), "{e}");
         assert_eq!(fs_dirs().len(), 2, "{e}");
-        // Committed, then an error, and nothing reads: unknown, kept, and said so.
+        // Committed, then an error, and nothing reads: the same.
         dd.inject_system_fault(Fault::CommitLandsThenReadsFail);
         let e = dd.create_fs("unknown").unwrap_err().to_string();
         assert!(e.contains("unknown outcome"), "{e}");
         assert!(e.contains("list-fs"), "{e}");
         assert_eq!(fs_dirs().len(), 3, "{e}");
+        dd.inject_system_fault(Fault::Never);
+        // Regression: committed, then an error, while reading the row back says it is not
+        // there (redb takes a commit as current only after its fsync succeeded). The
+        // directory was removed on that answer, and the next open found a registered
+        // filesystem without it. Now it is kept.
+        dd.inject_system_fault(Fault::CommitLandsUnseen);
+        let e = dd.create_fs("unseen").unwrap_err().to_string();
+        assert!(e.contains("unknown outcome"), "{e}");
+        assert!(e.contains("Restart"), "{e}");
+        let listed: Vec<String> = dd.list_fs().unwrap().into_iter().map(|f| f.name).collect();
+        assert!(!listed.contains(&"unseen".to_owned()), "{listed:?}");
+        assert_eq!(fs_dirs().len(), 4, "{e}");
     }
     // A restart: every registered filesystem has its directory; both that landed serve.
     let dd = open(&root, parts).expect("the data dir opens after a registration that landed");
@@ -252,7 +264,7 @@ async fn a_create_fs_whose_registration_may_have_landed_keeps_its_directory() {
     let mut sorted = listed.clone();
     sorted.sort();
     assert_eq!(sorted, fs_dirs());
-    for name in ["before", "landed", "unknown"] {
+    for name in ["before", "landed", "unknown", "unseen"] {
         let fs = dd.fs(name).unwrap_or_else(|| panic!("{name} is served"));
         put(&fs, "/a.txt", b"a").await;
         assert_eq!(read_all(&fs, "/a.txt").await.unwrap(), b"a");

@@ -13,7 +13,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::Arc;
 
-use common::{TestServer, assert_error, audit_show, new_tempdir, pattern};
+use common::{
+    TestServer, assert_error, audit_show, new_signing_key, new_tempdir, openssh_public_line,
+    pattern,
+};
 use serde_json::Value;
 
 /// Server options that turn the free-space reserve off, for the tests of ENOSPC itself.
@@ -278,6 +281,109 @@ async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_witho
         out.contains("0 errors, 0 orphan blobs, 0 orphan inline contents"),
         "fsck after the full disk: {out}"
     );
+}
+
+/// Moves the stopped server's audit log out of the tmpfs (a symbolic link left in its
+/// place), so that the full disk shows what the storage does rather than the audit log
+/// failing closed (proven in its own test).
+fn audit_log_elsewhere(dir: &Path, data: &Path) {
+    let audit = data.join("system").join("audit");
+    let elsewhere = dir.join("audit-elsewhere");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&audit)
+        .arg(&elsewhere)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_dir_all(&audit).unwrap();
+    std::os::unix::fs::symlink(&elsewhere, &audit).unwrap();
+}
+
+/// Regression: after a failed commit redb refuses every write until the database is closed
+/// and opened again, and the system database never was: after a moment of full disk, every
+/// user or grant change and every mark (index generations, the audit log's head) failed
+/// until a restart, and a start once the log had gone on long enough was refused ("the
+/// system database is older than the audit log"). Now a write that failed on a full disk
+/// has it reopened before its next use, as the indexes are.
+#[tokio::test]
+async fn the_system_database_takes_writes_again_once_a_full_disk_has_room() {
+    let dir = Arc::new(new_tempdir());
+    let data = dir.path().join("d");
+    let Some(_mount) = mount_or_skip(
+        &data,
+        "the system database's full-disk recovery",
+        "nothing (redb's refusal after a failed commit needs a real one)",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    srv.stop().await;
+    audit_log_elsewhere(dir.path(), &data);
+    let mut srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
+    let token = srv.login("app", &key, None).await;
+    srv.put_ok("/a.txt", &token, b"before".to_vec()).await;
+
+    // Completely full. A commit may reuse pages the file already has, so users are created
+    // until one needs a new page and fails.
+    let filler = data.join("filler");
+    fill(&filler);
+    let pubkey = dir.path().join("full.pub");
+    std::fs::write(&pubkey, openssh_public_line(&new_signing_key())).unwrap();
+    let pubkey = pubkey.to_str().unwrap();
+    let mut refused = None;
+    for i in 0..100 {
+        let name = format!("u{i}");
+        let (ok, text) =
+            srv.efsctl_text(&["create-user", &name, "--fs", "files", "--pubkey", pubkey]);
+        if !ok {
+            refused = Some(text);
+            break;
+        }
+    }
+    let text = refused.expect("no system-database write failed on the full disk");
+    assert!(text.contains("free space"), "{text}");
+
+    // Space freed: users and grants are written again, without a restart.
+    std::fs::remove_file(&filler).unwrap();
+    let bob = srv.create_user("bob", &["files"], true);
+    srv.efsctl_ok(&["grant", "bob", "--fs", "files"]);
+    let bob_token = srv.login("bob", &bob, None).await;
+    srv.put_ok("/b.txt", &bob_token, b"after".to_vec()).await;
+    assert!(
+        srv.stderr()
+            .contains("the system database was reopened after a write failed on a full disk"),
+        "{}",
+        srv.stderr()
+    );
+    // Enough audit entries that a system database which recorded none of them would be
+    // "older than the log".
+    for _ in 0..30 {
+        assert_eq!(srv.get_ok("/a.txt", &token).await, b"before");
+    }
+
+    // The clean stop recorded the log's head: an open that allows no lag at all finds the
+    // system database current, and the server starts again.
+    srv.stop().await;
+    let opened = efs_core::DataDir::open(
+        &data,
+        &[],
+        efs_core::OpenOptions {
+            system_lag: Some(std::time::Duration::ZERO),
+            ..Default::default()
+        },
+        &efs_core::keyparts::no_prompt,
+    );
+    match opened {
+        // Closed before the server starts on it.
+        Ok(open) => drop(open),
+        Err(e) => panic!("the data dir is refused after the full disk: {e}"),
+    }
+    let srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
+    let token = srv.login("bob", &bob, None).await;
+    assert_eq!(srv.get_ok("/b.txt", &token).await, b"after");
 }
 
 /// The audit log on the full disk (its default place): the server fails closed, keeps

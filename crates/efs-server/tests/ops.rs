@@ -1582,3 +1582,24 @@ async fn users_are_recreated_from_list_users_json() {
     new.login("alice", &alice, None).await;
     new.login("bob", &bob, None).await;
 }
+
+/// A directory under `fs/` that no filesystem is registered under (what a create-fs or a
+/// restore whose registration failed with an unknown outcome keeps) is harmless: the data
+/// dir opens and serves the others, and the open names it for the operator.
+#[tokio::test]
+async fn a_directory_no_filesystem_is_registered_under_is_named_at_open() {
+    let mut srv = TestServer::start(&[]);
+    srv.create_fs("files");
+    srv.stop().await;
+    let stray = "00112233445566778899aabbccddeeff";
+    std::fs::create_dir(srv.data.join("fs").join(stray)).unwrap();
+    let (ok, text) = srv.efsctl_text(&["list-fs"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("files\t"), "{text}");
+    assert!(!text.contains(&format!("\t{stray}")), "{text}");
+    assert!(
+        text.contains("a directory no filesystem is registered under")
+            && text.contains(&format!("fs/{stray}")),
+        "{text}"
+    );
+}

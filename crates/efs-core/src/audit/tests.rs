@@ -961,3 +961,16 @@ fn names_are_followed_by_path_and_counted_past_the_cap() {
     assert!(!t.matches(&entry(Read, "f", "/moved/3", None, 200)));
     assert_eq!(t.dropped, 6);
 }
+
+/// The audit directory a writer creates (a first start; `efsctl audit new-log`, which moved
+/// the old one aside) is synced into its parent, so that a power cut cannot take it, and the
+/// entries in it, away. Only that the sync is issued can be checked here (no power cut).
+#[tokio::test]
+async fn a_new_audit_directory_is_synced_into_its_parent() {
+    let t = tempfile::tempdir().unwrap();
+    let dir = t.path().join("audit");
+    let keys = AuditKeys::for_tests(7);
+    write_entries(&dir, &keys, 1, 1, AuditOptions::default()).await;
+    let synced = crate::blob::synced::under(t.path());
+    assert!(synced.iter().any(|d| d == t.path()), "{synced:?}");
+}

@@ -176,7 +176,10 @@ impl AuditLog {
         opts: AuditOptions,
         recorded: Option<Head>,
     ) -> std::io::Result<Self> {
-        std::fs::create_dir_all(dir)?;
+        // Synced into its parent when made (a first start, or `efsctl audit new-log`, which
+        // moved the old log aside): else a power cut could take the new directory, and the
+        // entries in it, away while the system database records their head.
+        crate::blob::create_dir_all_synced(dir)?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
         let files = list_files(dir)?;
         // A process that ended without closing its log (a crash, a kill) left entries in its
