@@ -546,28 +546,35 @@ pub(crate) async fn rm(
     force: bool,
     verbose: bool,
 ) -> Result<()> {
-    let mut errors = Vec::new();
+    // Every argument is checked before anything is removed: a usage error (a path that does
+    // not parse, the root) refuses the whole command, exit 2, rather than leaving the paths
+    // before it removed under an exit code that says "nothing was done".
+    let mut parsed = Vec::new();
+    let mut usage = Vec::new();
     for arg in paths {
-        let rp = match remote_arg("rm", arg) {
-            Ok(rp) => rp,
-            Err(e) => {
-                errors.push(e);
-                continue;
-            }
-        };
-        if rp.path == "/" {
-            // Refused before anything is asked, as a usage error: no grant makes it possible
-            // (the server keeps its root), and `rm -r drive:/` is most likely a slip.
-            errors.push(fail_hint(
+        match remote_arg("rm", arg) {
+            // Refused as a usage error: no grant makes it possible (the server keeps its
+            // root), and `rm -r drive:/` is most likely a slip.
+            Ok(rp) if rp.path == "/" => usage.push(fail_hint(
                 exit::USAGE,
                 format!("refusing to remove the root directory {}", rp.display()),
                 format!(
                     "remove what is in it, path by path (efs ls {} lists it)",
                     rp.display()
                 ),
-            ));
-            continue;
+            )),
+            Ok(rp) => parsed.push(rp),
+            Err(e) => usage.push(e),
         }
+    }
+    if !usage.is_empty() {
+        if paths.len() > usage.len() {
+            eprintln!("efs: nothing was removed: every path is checked first");
+        }
+        return each_path(usage, paths.len());
+    }
+    let mut errors = Vec::new();
+    for rp in parsed {
         let client = session.client(&rp.remote).await?;
         // `NAME:/a/` names a directory, as for `rm a/` (the server refuses a file there).
         let target = if rp.dir_hint {

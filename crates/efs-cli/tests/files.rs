@@ -497,6 +497,19 @@ fn rm_of_the_root_is_refused_naming_it() {
     assert_eq!(env.cat("drive:/keep"), b"k");
 }
 
+/// Regression: `rm` of several paths removed those before the root or a `..` path, then
+/// exited 2, the code that says the usage was wrong and nothing was done.
+#[test]
+fn rm_checks_every_path_before_removing_any() {
+    let env = Env::new();
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/keep"], b"k"));
+    for bad in ["drive:/", "drive:/x/.."] {
+        let err = env.fails(&["rm", "-r", "drive:/keep", bad], 2);
+        assert!(err.contains("nothing was removed"), "{err}");
+        assert_eq!(env.cat("drive:/keep"), b"k", "{bad}");
+    }
+}
+
 /// Regression: `ls` named a missing path without its remote (`reading /nope`), where `cat`
 /// says `drive:/nope`.
 #[test]

@@ -59,6 +59,8 @@ pub enum Stop {
     Never,
     /// After staging, before the switch.
     BeforeSwitch,
+    /// Staging fails after the last index copy (as a full disk there would).
+    StagingFails,
     /// After the switch, before the finish.
     AfterSwitch,
     /// After the switch, the finish fails (as a failed rename or fsync would).
@@ -93,6 +95,25 @@ fn after_switch(new: &[KeyPartSpec], step: &str, e: CoreError) -> CoreError {
         msg.push_str(&w);
     }
     CoreError::Invalid(msg)
+}
+
+/// An error before the switch: everything staged is removed (best effort: the next open
+/// removes what is left), and the error says that nothing changed.
+fn not_switched(root: &Path, step: &str, e: CoreError) -> CoreError {
+    let sys = root.join("system");
+    let _ = discard_staged_indexes(root);
+    let _ = std::fs::remove_file(sys.join(SYSTEM_NEXT));
+    let _ = std::fs::remove_file(sys.join(KEYPARTS_NEXT));
+    let _ = sync_dir(&sys);
+    let full = matches!(&e, CoreError::Io(io) if io.kind() == std::io::ErrorKind::StorageFull);
+    CoreError::Invalid(format!(
+        "re-keying stopped before the switch: {step} failed ({e}). Nothing was changed: the current key parts still open the data dir, and what was staged is removed{}",
+        if full {
+            "; free space on the data dir's volume and run it again"
+        } else {
+            ""
+        }
+    ))
 }
 
 fn injected() -> CoreError {
@@ -432,55 +453,59 @@ pub async fn rekey_starter_until(
     let indexes = fs_indexes(root)?;
     check_room_for_copies(root, &indexes)?;
 
-    // 1. Stage, the marker first.
-    let json = serde_json::to_vec_pretty(&new_file).expect("serialising JSON cannot fail");
-    crate::datadir::write_atomic(&sys.join(KEYPARTS_NEXT), &json)?;
-    let _ = std::fs::remove_file(sys.join(SYSTEM_NEXT));
-    let roots = {
-        let old_db = SystemDb::open(&sys.join("system.redb"), &old_starter)?;
-        let new_db = SystemDb::create(&sys.join(SYSTEM_NEXT), &new_starter)?;
-        old_db.copy_to(&new_db)?;
-        // The digest's generation goes on: an operator's noted one never goes back.
-        if let crate::digest::DigestCheck::Holds { generation, .. } = old_db.digest_state()? {
-            new_db.continue_generation(generation.saturating_add(1))?;
-        }
-        if let crate::digest::DigestCheck::Holds {
-            generation, anchor, ..
-        } = new_db.digest_state()?
-        {
+    // 1. Stage, the marker first. A failure here (a full disk, say) removes what was staged
+    // at once (the copies can be large) and says that nothing changed.
+    let staged: Result<DigestRoots> = async {
+        let json = serde_json::to_vec_pretty(&new_file).expect("serialising JSON cannot fail");
+        crate::datadir::write_atomic(&sys.join(KEYPARTS_NEXT), &json)?;
+        let _ = std::fs::remove_file(sys.join(SYSTEM_NEXT));
+        let roots = {
+            let old_db = SystemDb::open(&sys.join("system.redb"), &old_starter)?;
+            let new_db = SystemDb::create(&sys.join(SYSTEM_NEXT), &new_starter)?;
+            old_db.copy_to(&new_db)?;
+            // The digest's generation goes on: an operator's noted one never goes back.
+            if let crate::digest::DigestCheck::Holds { generation, .. } = old_db.digest_state()? {
+                new_db.continue_generation(generation.saturating_add(1))?;
+            }
+            if let crate::digest::DigestCheck::Holds {
+                generation, anchor, ..
+            } = new_db.digest_state()?
+            {
+                lines.push(format!(
+                    "system database digest under the new key: generation {generation}, anchor {anchor} (note them outside the data dir)"
+                ));
+            }
             lines.push(format!(
-                "system database digest under the new key: generation {generation}, anchor {anchor} (note them outside the data dir)"
+                "Sealed {} users, {} filesystems and the system secrets under the new starter key",
+                old_db.users()?.len(),
+                old_db.filesystems()?.len()
             ));
+            // The same in the new database (copied unchanged).
+            DigestRoots::read(root, &old_db)?
+        };
+        std::fs::File::open(sys.join(SYSTEM_NEXT))?.sync_all()?;
+        // Its directory entry too, before the switch: a switch kept by a power cut without the
+        // staged database would leave a data dir that no key parts open.
+        sync_dir(&sys)?;
+        let n = stage_indexes(&indexes, &roots, &old_starter, &new_starter).await?;
+        if stop == Stop::StagingFails {
+            return Err(CoreError::Io(std::io::Error::from(
+                std::io::ErrorKind::StorageFull,
+            )));
         }
         lines.push(format!(
-            "Sealed {} users, {} filesystems and the system secrets under the new starter key",
-            old_db.users()?.len(),
-            old_db.filesystems()?.len()
+            "Sealed the keyrings of {n} filesystems under the new starter key (each index copied into a new file around it)"
         ));
-        // The same in the new database (copied unchanged).
-        DigestRoots::read(root, &old_db)?
-    };
-    std::fs::File::open(sys.join(SYSTEM_NEXT))?.sync_all()?;
-    // Its directory entry too, before the switch: a switch kept by a power cut without the
-    // staged database would leave a data dir that no key parts open.
-    sync_dir(&sys)?;
-    let staged = stage_indexes(&indexes, &roots, &old_starter, &new_starter).await;
-    let n = match staged {
-        Ok(n) => n,
-        Err(e) => {
-            // The copies can be large: not left for the next open to remove.
-            let _ = discard_staged_indexes(root);
-            return Err(e);
-        }
-    };
-    lines.push(format!(
-        "Sealed the keyrings of {n} filesystems under the new starter key (each index copied into a new file around it)"
-    ));
+        Ok(roots)
+    }
+    .await;
+    let roots = staged.map_err(|e| not_switched(root, "staging it", e))?;
     if stop == Stop::BeforeSwitch {
         return Ok(lines);
     }
     // 2. Switch. From here on only the new parts open the data dir: every error says so.
-    std::fs::rename(sys.join(KEYPARTS_NEXT), sys.join("keyparts.json"))?;
+    std::fs::rename(sys.join(KEYPARTS_NEXT), sys.join("keyparts.json"))
+        .map_err(|e| not_switched(root, "the switch (renaming keyparts.json.rekey)", e.into()))?;
     sync_dir(&sys).map_err(|e| after_switch(new, "syncing system/ after the switch", e))?;
     lines.push("Switched system/keyparts.json to the new key parts".into());
     if stop == Stop::AfterSwitch {

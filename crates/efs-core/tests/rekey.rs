@@ -602,3 +602,30 @@ async fn no_index_file_keeps_the_keyring_sealed_under_the_old_key() {
         check(&dd, &files).await;
     }
 }
+
+/// A failure while staging (a full disk, say) removes everything staged at once — the index
+/// copies can be as large as the indexes — and says that nothing changed and the current
+/// parts still open the data dir. Before, the staged files stayed (on a full disk) until the
+/// next open, and the error was a bare "No space left on device".
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_staging_removes_what_it_staged_and_says_nothing_changed() {
+    let ((tmp, root, part), files) = filled_and_closed().await;
+    let new = vec![new_part(&tmp.path().join("new.key"))];
+    let e = rekey::rekey_starter_until(
+        &root,
+        std::slice::from_ref(&part),
+        &new,
+        Argon2Params::default(),
+        &no_prompt,
+        Stop::StagingFails,
+    )
+    .await
+    .unwrap_err()
+    .to_string();
+    assert!(e.contains("Nothing was changed"), "{e}");
+    assert!(e.contains("free space"), "{e}");
+    assert!(leftovers(&root).is_empty(), "{:?}", leftovers(&root));
+    assert!(open(&root, &new).is_err(), "not switched");
+    let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+    check(&dd, &files).await;
+}
