@@ -497,6 +497,8 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
     let mut entry = serde_json::json!({ "reloaded": true });
     let mut lines = Vec::new();
     let mut warning = None;
+    // Every warning, the certificate's and the client CA's, for `--json`.
+    let mut warnings: Vec<String> = Vec::new();
     match &staged {
         Some(staged) => {
             let r = &staged.reloaded;
@@ -510,13 +512,14 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
             ));
             // One line per warning (`--json` has them joined by "; ").
             if let Some(w) = &r.warning {
-                lines.extend(w.split("; WARNING: ").enumerate().map(|(i, part)| {
+                warnings.extend(w.split("; WARNING: ").enumerate().map(|(i, part)| {
                     if i == 0 {
                         part.to_owned()
                     } else {
                         format!("WARNING: {part}")
                     }
                 }));
+                lines.extend(warnings.iter().cloned());
             }
             warning = r.warning.clone();
         }
@@ -538,6 +541,8 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
             ca.new_sha256.join(", "),
             ca.old_sha256.join(", ")
         ));
+        lines.extend(ca.warnings.iter().cloned());
+        warnings.extend(ca.warnings.iter().cloned());
     }
     if let Err(e) = admin::record_admin_with(&st.data, op, &req, true, Some(&entry)).await {
         return AdminResponse::err(format!(
@@ -550,9 +555,11 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
             turn.served()
         ));
     }
-    // The entry's fields, and the expiry warning (null without one) for `--json`.
+    // The entry's fields, the certificate's warnings joined (null without one) as before, and
+    // every warning, the client CA's too, one string each, for `--json`.
     let mut data = entry;
     data["warning"] = warning.into();
+    data["warnings"] = warnings.into();
     if let Some(ca) = staged_ca {
         tls.install_client_ca(ca);
     }
