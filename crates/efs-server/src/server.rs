@@ -646,9 +646,10 @@ async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<A
                 let _ = writeln!(std::io::stdout(), "SIGHUP: {l}");
             }
         } else {
+            // The error says what was not reloaded, why, and what stays in use.
             tracing::error!(
-                "SIGHUP: the TLS certificate was not reloaded: {}",
-                r.error.as_deref().unwrap_or("failed")
+                "SIGHUP: {}",
+                r.error.as_deref().unwrap_or("the reload failed")
             );
         }
     }
