@@ -830,8 +830,9 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             }
             if rep.pending_delete_records > 0 {
                 lines.push(format!(
-                    "{} of unfinished recursive deletes (not counted above; checked too): the server removes them after the delete, and at its next start those a stop left; efsctl rotate-key, reencrypt and retire-terms --yes remove them first",
-                    counted(rep.pending_delete_records, "record", "records")
+                    "{} of unfinished recursive deletes (not counted above; checked too: {} verified): the server removes them after the delete, and at its next start those a stop left; efsctl rotate-key, reencrypt and retire-terms --yes remove them first",
+                    counted(rep.pending_delete_records, "record", "records"),
+                    counted(rep.pending_delete_files_verified, "file", "files")
                 ));
             }
             let (partials, partial_bytes) = rep.partial_writes;
@@ -853,6 +854,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 serde_json::json!({
                     "records": rep.records, "pending_delete_records": rep.pending_delete_records,
                     "files_verified": rep.files_verified,
+                    "pending_delete_files_verified": rep.pending_delete_files_verified,
                     "errors": rep.errors, "paths": rep.paths, "orphan_blobs": rep.orphan_blobs, "orphan_inline": rep.orphan_inline,
                     "partial_writes": partials, "partial_write_bytes": partial_bytes,
                     "digest": digest_json(rep.digest.as_ref()),

@@ -306,8 +306,13 @@ pub struct FsckReport {
     /// under it): checked too, but no longer part of the tree; the server empties them after
     /// the delete and at its start, `rotate-key`, `reencrypt` and `retire-terms --yes` first.
     pub pending_delete_records: u64,
-    /// Files whose whole content was decrypted and verified.
+    /// Files whose whole content was decrypted and verified, but for those of
+    /// `pending_delete_files_verified`.
     pub files_verified: u64,
+    /// Files of unfinished recursive deletes (among `pending_delete_records`) whose whole
+    /// content was decrypted and verified: apart from `files_verified`, as their records are
+    /// from `records`, so that both count the filesystem's tree only.
+    pub pending_delete_files_verified: u64,
     /// Problems: one line each, no names (entry keys in hex).
     pub errors: Vec<String>,
     /// The path of each entry in `errors` (by its key in hex) whose record and directories
@@ -2304,7 +2309,8 @@ impl Filesystem {
                 // Told apart by the snapshot's tree: a directory detached by a delete after
                 // it is counted with the others.
                 let parent: DirTag = k[..16].try_into().expect("32-byte key");
-                if tree.under(trash_tag, parent) {
+                let pending = tree.under(trash_tag, parent);
+                if pending {
                     rep.pending_delete_records += 1;
                 } else {
                     rep.records += 1;
@@ -2321,6 +2327,7 @@ impl Filesystem {
                     continue;
                 }
                 match self.verify_content(&kr, &rec).await {
+                    Ok(()) if pending => rep.pending_delete_files_verified += 1,
                     Ok(()) => rep.files_verified += 1,
                     Err(_) if !self.still_names(&kr, k, &rec.id).await.unwrap_or(true) => {}
                     Err(e) => {

@@ -799,7 +799,8 @@ mod tests {
 
     /// fsck counts the records of a recursive delete not emptied yet apart from the others,
     /// saying what empties them: it counted them as ordinary records (6 here, where the
-    /// filesystem holds 2).
+    /// filesystem holds 2). Their files verified too are counted apart: `files_verified` said
+    /// 3 here (the tree's 2 and /keep/small) beside "not counted above".
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn fsck_counts_the_records_of_unfinished_recursive_deletes_apart() {
         use crate::admin::{self, AdminRequest};
@@ -819,12 +820,16 @@ mod tests {
         // /keep and /keep/small; /tree, /tree/a and its two files are being deleted.
         assert_eq!(r.data["records"], 2, "{r:?}");
         assert_eq!(r.data["pending_delete_records"], 4, "{r:?}");
-        assert!(r.lines[0].starts_with("fsck 'docs': 2 records,"), "{r:?}");
+        assert_eq!(r.data["files_verified"], 1, "{r:?}");
+        assert_eq!(r.data["pending_delete_files_verified"], 2, "{r:?}");
         assert!(
-            r.lines
-                .iter()
-                .any(|l| l
-                    .starts_with("4 records of unfinished recursive deletes (not counted above;")),
+            r.lines[0].starts_with("fsck 'docs': 2 records, 1 files verified,"),
+            "{r:?}"
+        );
+        assert!(
+            r.lines.iter().any(|l| l.starts_with(
+                "4 records of unfinished recursive deletes (not counted above; checked too: 2 files verified)"
+            )),
             "{r:?}"
         );
         fs.empty_trash().await.unwrap();
@@ -838,6 +843,8 @@ mod tests {
         .await;
         assert_eq!(r.data["records"], 2, "{r:?}");
         assert_eq!(r.data["pending_delete_records"], 0, "{r:?}");
+        assert_eq!(r.data["files_verified"], 1, "{r:?}");
+        assert_eq!(r.data["pending_delete_files_verified"], 0, "{r:?}");
         assert!(
             !r.lines.iter().any(|l| l.contains("unfinished recursive")),
             "{r:?}"

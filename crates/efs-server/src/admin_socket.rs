@@ -467,19 +467,52 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
     };
     let staged = match &turn {
         Err(_) => None,
-        Ok(turn) if turn.has_files() => Some(turn.stage().await.map_err(|e| e.to_string())),
+        Ok(turn) if turn.has_files() => Some(turn.stage().await),
         Ok(_) => None,
     };
     let staged_ca = match (&turn, staged.as_ref().map(|s| s.is_ok())) {
         // Read only when the certificate is (or there is none to read): one error at a time.
-        (Ok(_), None | Some(true)) => tls.stage_client_ca().await.map(|r| {
-            r.map_err(|e| format!("{e:#}; the server keeps requiring the client CA it had"))
-        }),
+        (Ok(_), None | Some(true)) => tls.stage_client_ca().await,
         _ => None,
+    };
+    // What a failure says: what was to be reloaded, which part failed and why, and what
+    // stays in use (a SIGHUP's log line has nothing else to go by).
+    let reloading_cert = turn.as_ref().is_ok_and(|t| t.has_files());
+    let what = match (reloading_cert, tls.client_ca()) {
+        (true, true) => "the TLS certificate and the client CA (--client-ca) were not reloaded",
+        (true, false) => "the TLS certificate was not reloaded",
+        (false, _) => "the client CA (--client-ca) was not reloaded",
+    };
+    let kept = |served: String| {
+        let cert = format!("the server keeps serving the certificate SHA-256 {served}");
+        if tls.client_ca() {
+            format!("{cert} and requiring the client CA it had")
+        } else {
+            cert
+        }
     };
     let failed = match (&turn, &staged, &staged_ca) {
         (Err(e), _, _) => Some(e.to_string()),
-        (_, Some(Err(e)), _) | (_, _, Some(Err(e))) => Some(e.clone()),
+        (Ok(turn), Some(Err(e)), _) => {
+            let e = match e {
+                crate::tls::ReloadError::Refused(e, _) => format!("{e:#}"),
+                e => e.to_string(),
+            };
+            let part = if tls.client_ca() {
+                "the certificate failed (the client CA was not read): "
+            } else {
+                ""
+            };
+            Some(format!("{what}: {part}{e}; {}", kept(turn.served())))
+        }
+        (Ok(turn), _, Some(Err(e))) => {
+            let part = if reloading_cert {
+                "the certificate was read, the client CA failed: "
+            } else {
+                ""
+            };
+            Some(format!("{what}: {part}{e:#}; {}", kept(turn.served())))
+        }
         _ => None,
     };
     if let Some(error) = failed {
@@ -487,7 +520,7 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
         let recorded = admin::record_admin_failed(&st.data, op, &req, &error).await;
         drop(turn);
         if let Err(e) = recorded {
-            return AdminResponse::err(format!("{e} (the certificate was not reloaded: {error})"));
+            return AdminResponse::err(format!("{e} ({error})"));
         }
         return AdminResponse::err(error);
     }
@@ -497,6 +530,8 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
     let mut entry = serde_json::json!({ "reloaded": true });
     let mut lines = Vec::new();
     let mut warning = None;
+    // Every warning, the certificate's and the client CA's, for `--json`.
+    let mut warnings: Vec<String> = Vec::new();
     match &staged {
         Some(staged) => {
             let r = &staged.reloaded;
@@ -510,13 +545,14 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
             ));
             // One line per warning (`--json` has them joined by "; ").
             if let Some(w) = &r.warning {
-                lines.extend(w.split("; WARNING: ").enumerate().map(|(i, part)| {
+                warnings.extend(w.split("; WARNING: ").enumerate().map(|(i, part)| {
                     if i == 0 {
                         part.to_owned()
                     } else {
                         format!("WARNING: {part}")
                     }
                 }));
+                lines.extend(warnings.iter().cloned());
             }
             warning = r.warning.clone();
         }
@@ -538,21 +574,17 @@ pub async fn reload_tls(st: &AppState, op: &Operator) -> AdminResponse {
             ca.new_sha256.join(", "),
             ca.old_sha256.join(", ")
         ));
+        lines.extend(ca.warnings.iter().cloned());
+        warnings.extend(ca.warnings.iter().cloned());
     }
     if let Err(e) = admin::record_admin_with(&st.data, op, &req, true, Some(&entry)).await {
-        return AdminResponse::err(format!(
-            "{e}: the certificate was not reloaded{}; the server keeps serving the certificate SHA-256 {}",
-            if staged_ca.is_some() {
-                ", nor the client CA"
-            } else {
-                ""
-            },
-            turn.served()
-        ));
+        return AdminResponse::err(format!("{e}: {what}; {}", kept(turn.served())));
     }
-    // The entry's fields, and the expiry warning (null without one) for `--json`.
+    // The entry's fields, the certificate's warnings joined (null without one) as before, and
+    // every warning, the client CA's too, one string each, for `--json`.
     let mut data = entry;
     data["warning"] = warning.into();
+    data["warnings"] = warnings.into();
     if let Some(ca) = staged_ca {
         tls.install_client_ca(ca);
     }

@@ -49,7 +49,9 @@ struct Args {
     tls_key: Option<PathBuf>,
     /// Require client certificates signed by this CA (PEM); bind them to users with
     /// `efsctl bind-cert`. Read again with --tls-cert on SIGHUP or `efsctl reload-tls` (a new
-    /// CA, required from the next connection on; see docs/operations.md).
+    /// CA, required from the next connection on; see docs/operations.md). Give the CA's
+    /// certificate, not a client's: a certificate in it that is not a CA's (CA:FALSE) gets a
+    /// WARNING, and a file of only such certificates is refused (it would refuse every client).
     #[arg(long)]
     client_ca: Option<PathBuf>,
     /// Largest file accepted, in bytes (larger: 413).

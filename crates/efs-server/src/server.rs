@@ -286,7 +286,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let fingerprint = material.fingerprint();
     let generated = material.generated;
     let served_cert = crate::tls::ServedCert::new(material, cfg.tls.clone())?;
-    let tls = crate::tls::ServedTls::new(served_cert, cfg.client_ca.clone())?;
+    let (tls, client_ca_warnings) = crate::tls::ServedTls::new(served_cert, cfg.client_ca.clone())?;
+    // As the reserve's start warnings: to the log, and to stdout with the start's lines.
+    for w in &client_ca_warnings {
+        tracing::warn!("{w}");
+        say!("{w}");
+    }
 
     // Buckets make the latency series Prometheus histograms (without them the exporter
     // renders summaries, which cannot be aggregated across servers).
@@ -641,9 +646,10 @@ async fn reload_on_hangup(mut hangups: tokio::signal::unix::Signal, state: Arc<A
                 let _ = writeln!(std::io::stdout(), "SIGHUP: {l}");
             }
         } else {
+            // The error says what was not reloaded, why, and what stays in use.
             tracing::error!(
-                "SIGHUP: the TLS certificate was not reloaded: {}",
-                r.error.as_deref().unwrap_or("failed")
+                "SIGHUP: {}",
+                r.error.as_deref().unwrap_or("the reload failed")
             );
         }
     }

@@ -242,10 +242,17 @@ pub struct ClientCa {
     roots: Arc<rustls::RootCertStore>,
     /// SHA-256 of each certificate of the file, in its order.
     pub sha256: Vec<String>,
+    /// One line for each certificate of the file that is not a CA's
+    /// ([`not_a_ca_warning`]), beginning with `WARNING: `.
+    pub warnings: Vec<String>,
 }
 
 /// Reads `--client-ca`: every certificate of the PEM file, at least one, each one rustls
 /// accepts as a trust anchor. A regular file only (followed through links), as `--tls-cert`.
+/// A certificate that is not a CA's gets a warning ([`not_a_ca_warning`]); a file of only
+/// such certificates is refused: it would lock every client out (webpki does not chain a
+/// client's certificate to another leaf), where refusing keeps the start from serving
+/// nobody and a reload keeps the CA it had.
 pub fn load_client_ca(path: &Path) -> anyhow::Result<ClientCa> {
     use rustls::pki_types::pem::PemObject;
     let pem = read_operator_file(path)
@@ -260,6 +267,22 @@ pub fn load_client_ca(path: &Path) -> anyhow::Result<ClientCa> {
         );
     }
     let sha256 = certs.iter().map(|c| fingerprint(c)).collect();
+    let warnings: Vec<String> = certs
+        .iter()
+        .enumerate()
+        .filter_map(|(i, c)| not_a_ca_warning(path, i + 1, c))
+        .collect();
+    if warnings.len() == certs.len() {
+        bail!(
+            "--client-ca {} holds no CA's certificate, so it could verify no client certificate and every client would be refused: {}",
+            path.display(),
+            warnings
+                .iter()
+                .map(|w| w.trim_start_matches("WARNING: "))
+                .collect::<Vec<_>>()
+                .join("; ")
+        );
+    }
     let mut roots = rustls::RootCertStore::empty();
     for (i, c) in certs.into_iter().enumerate() {
         roots.add(c).with_context(|| {
@@ -273,7 +296,38 @@ pub fn load_client_ca(path: &Path) -> anyhow::Result<ClientCa> {
     Ok(ClientCa {
         roots: Arc::new(roots),
         sha256,
+        warnings,
     })
+}
+
+/// A warning when certificate number `n` of `--client-ca` is not a CA's: a client's (or a
+/// server's) certificate given where its issuer's was, which verifies no client certificate
+/// (they are signed by the CA, not by that leaf). Not a CA: basic constraints CA:FALSE, or
+/// none in a version 3 certificate (RFC 5280: its key then signs no certificates); a
+/// version 1 certificate, which cannot say, is taken for the old-style root it usually is.
+/// A self-signed one is no mistake: it verifies itself, a client presenting exactly that
+/// certificate (a pinned client), so it gets no warning.
+fn not_a_ca_warning(path: &Path, n: usize, der: &CertificateDer<'_>) -> Option<String> {
+    let (_, c) = x509_parser::parse_x509_certificate(der.as_ref()).ok()?;
+    let why = match c.basic_constraints() {
+        Ok(Some(bc)) if bc.value.ca => return None,
+        Ok(Some(_)) => "basic constraints CA:FALSE",
+        Ok(None) if c.version() == x509_parser::x509::X509Version::V3 => {
+            "no basic constraints CA:TRUE"
+        }
+        Ok(None) => return None,
+        // Duplicated extension: rustls' verifier refuses to build on it anyway.
+        Err(_) => return None,
+    };
+    if c.subject() == c.issuer() {
+        return None;
+    }
+    Some(format!(
+        "WARNING: --client-ca {}: its certificate number {n} ({}) is not a CA's ({why}): no client certificate can be verified by it; give the certificate of the CA that issued it ({}) instead",
+        path.display(),
+        c.subject(),
+        c.issuer()
+    ))
 }
 
 /// The rustls configuration, serving `cert`; with `client_ca`, a client certificate signed
@@ -334,6 +388,8 @@ pub struct StagedCa {
     pub old_sha256: Vec<String>,
     /// Fingerprints of the new CA's certificates.
     pub new_sha256: Vec<String>,
+    /// The new CA's warnings ([`ClientCa::warnings`]).
+    pub warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for StagedCa {
@@ -346,15 +402,23 @@ impl std::fmt::Debug for StagedCa {
 }
 
 impl ServedTls {
-    /// The configuration at the start: `cert`, and `client_ca` read now.
-    pub fn new(cert: Arc<ServedCert>, client_ca: Option<PathBuf>) -> anyhow::Result<Arc<Self>> {
+    /// The configuration at the start: `cert`, and `client_ca` read now; with the client
+    /// CA's warnings, for the start to say.
+    pub fn new(
+        cert: Arc<ServedCert>,
+        client_ca: Option<PathBuf>,
+    ) -> anyhow::Result<(Arc<Self>, Vec<String>)> {
         let ca = client_ca.as_deref().map(load_client_ca).transpose()?;
         let config = server_config(cert.clone(), ca.as_ref())?;
-        Ok(Arc::new(Self {
-            cert,
-            client_ca,
-            current: RwLock::new((config, ca.map(|c| c.sha256).unwrap_or_default())),
-        }))
+        let (sha256, warnings) = ca.map(|c| (c.sha256, c.warnings)).unwrap_or_default();
+        Ok((
+            Arc::new(Self {
+                cert,
+                client_ca,
+                current: RwLock::new((config, sha256)),
+            }),
+            warnings,
+        ))
     }
 
     /// Whether the server was started with `--client-ca` (it then always requires a
@@ -401,6 +465,7 @@ impl ServedTls {
                 config: server_config(self.cert.clone(), Some(&ca))?,
                 old_sha256,
                 new_sha256: ca.sha256,
+                warnings: ca.warnings,
             })
         }))
     }

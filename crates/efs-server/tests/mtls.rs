@@ -557,3 +557,212 @@ async fn a_directory_at_the_certificate_file_refuses_the_start_saying_what_to_do
     let again = TestServer::start_in(srv.dir.clone(), &[], &[]);
     assert_eq!(std::fs::read(again.cert_file()).unwrap(), served);
 }
+
+/// Regression: a `--client-ca` file holding a client's certificate (CA:FALSE, or no basic
+/// constraints with clientAuth) instead of its CA's was taken without a word at the start
+/// and at a reload, and then every client certificate was refused (a client is verified
+/// against the CA that signed it, never against another leaf). Now each such certificate
+/// gets a WARNING naming it, its place in the file and its issuer, at the start and in the
+/// reload's answer (text and `--json`); a file of only such certificates refuses the start,
+/// and a reload, which keeps the CA it had.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_ca_file_of_client_certificates_is_warned_of_or_refused() {
+    let dir = std::sync::Arc::new(new_tempdir());
+    let d = dir.path();
+    make_pki(d);
+    // c3: signed by the CA, no basic constraints at all, clientAuth.
+    std::fs::write(d.join("bare.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "c3.key",
+            "-out",
+            "c3.csr",
+            "-subj",
+            "/CN=c3",
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509", "-req", "-in", "c3.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-out", "c3.pem",
+            "-days", "30", "-extfile", "bare.ext",
+        ],
+    );
+    let cat = |out: &str, parts: &[&str]| {
+        let mut v = Vec::new();
+        for p in parts {
+            v.extend(std::fs::read(d.join(p)).unwrap());
+        }
+        std::fs::write(d.join(out), v).unwrap();
+        d.join(out)
+    };
+
+    // Only a client's certificate: the start is refused, saying which and what to give.
+    let only = cat("only-client.pem", &["c1.pem"]);
+    let f = TestServer::try_start_in(
+        std::sync::Arc::new(new_tempdir()),
+        &["--client-ca", only.to_str().unwrap()],
+        &[],
+    )
+    .err()
+    .expect("a server started with only a client's certificate as --client-ca");
+    assert!(
+        f.stderr.contains("holds no CA's certificate"),
+        "{}",
+        f.stderr
+    );
+    assert!(
+        f.stderr.contains(
+            "its certificate number 1 (CN=c1) is not a CA's (basic constraints CA:FALSE): no client certificate can be verified by it; give the certificate of the CA that issued it (CN=ca) instead"
+        ),
+        "{}",
+        f.stderr
+    );
+
+    // A client's certificate beside the CA's: started, with a warning at the start.
+    let ca = cat("client-ca.pem", &["c3.pem", "ca.pem"]);
+    let server = TestServer::start_in(dir.clone(), &["--client-ca", ca.to_str().unwrap()], &[]);
+    let warned = "WARNING: --client-ca";
+    let c3_warning = "its certificate number 1 (CN=c3) is not a CA's (no basic constraints CA:TRUE): no client certificate can be verified by it; give the certificate of the CA that issued it (CN=ca) instead";
+    assert!(
+        server.stdout().contains(warned) && server.stdout().contains(c3_warning),
+        "{}",
+        server.stdout()
+    );
+    // And in the log (standard error, read by another thread: a moment later, maybe).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !server.stderr().contains(c3_warning) {
+        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    let health = |c: reqwest::Client| {
+        let url = server.url("/_efs/health");
+        async move { c.get(url).send().await.map(|r| r.status().as_u16()) }
+    };
+    assert_eq!(health(client_with(&server, Some("c1"))).await.unwrap(), 200);
+
+    // The reload says it too, in text and in `--json`.
+    let next = d.join("client-ca.pem.new");
+    std::fs::copy(cat("mixed.pem", &["ca.pem", "c1.pem"]), &next).unwrap();
+    std::fs::rename(&next, &ca).unwrap();
+    let c1_warning = "its certificate number 2 (CN=c1) is not a CA's (basic constraints CA:FALSE)";
+    let out = server.efsctl_ok(&["reload-tls"]);
+    assert!(out.contains("Reloaded the client CA"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with(warned) && l.contains(c1_warning)),
+        "{out}"
+    );
+    let out = server.efsctl_ok(&["--json", "reload-tls"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let warnings = v["warnings"].as_array().expect("a warnings list");
+    assert_eq!(warnings.len(), 1, "{out}");
+    assert!(warnings[0].as_str().unwrap().contains(c1_warning), "{out}");
+    assert_eq!(health(client_with(&server, Some("c1"))).await.unwrap(), 200);
+
+    // Only clients' certificates: the reload is refused and the CA stays.
+    std::fs::copy(cat("clients.pem", &["c1.pem", "c3.pem"]), &next).unwrap();
+    std::fs::rename(&next, &ca).unwrap();
+    let out = server.efsctl(&["reload-tls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("holds no CA's certificate"), "{err}");
+    assert!(err.contains("certificate number 2 (CN=c3)"), "{err}");
+    assert_eq!(health(client_with(&server, Some("c1"))).await.unwrap(), 200);
+}
+
+/// Regression: with the generated certificate, a SIGHUP whose `--client-ca` failed logged
+/// "the TLS certificate was not reloaded: …" (only the client CA was to be); and with both,
+/// the error named only the half that failed. Now it says what was to be reloaded, which
+/// part failed, and that the certificate and the CA served stay.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_reload_says_what_was_not_reloaded_and_what_stays() {
+    let dir = std::sync::Arc::new(new_tempdir());
+    let d = dir.path();
+    make_pki(d);
+    let ca = d.join("client-ca.pem");
+    std::fs::copy(d.join("ca.pem"), &ca).unwrap();
+    let server = TestServer::start_in(dir.clone(), &["--client-ca", ca.to_str().unwrap()], &[]);
+    std::fs::write(&ca, "").unwrap();
+    let pid = server.pid().expect("the server runs").to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-HUP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let said = "SIGHUP: the client CA (--client-ca) was not reloaded: --client-ca";
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !server.stderr().contains(said) {
+        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
+        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    }
+    let log = server.stderr();
+    assert!(log.contains("holds no certificate"), "{log}");
+    assert!(
+        log.contains(&format!(
+            "the server keeps serving the certificate SHA-256 {} and requiring the client CA it had",
+            server.fingerprint
+        )),
+        "{log}"
+    );
+    assert!(!log.contains("TLS certificate was not reloaded"), "{log}");
+
+    // The operator's certificate and the client CA: whichever fails, both are named.
+    self_signed_p256(
+        d,
+        "srv",
+        "/CN=localhost",
+        &["-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1"],
+    );
+    std::fs::copy(d.join("ca.pem"), &ca).unwrap();
+    let (cert, key) = (d.join("srv.pem"), d.join("srv.key"));
+    let srv = TestServer::start_in(
+        std::sync::Arc::new(new_tempdir()),
+        &[
+            "--tls-cert",
+            cert.to_str().unwrap(),
+            "--tls-key",
+            key.to_str().unwrap(),
+            "--client-ca",
+            ca.to_str().unwrap(),
+        ],
+        &[],
+    );
+    let kept = format!(
+        "the server keeps serving the certificate SHA-256 {} and requiring the client CA it had",
+        srv.fingerprint
+    );
+    std::fs::write(&ca, "").unwrap();
+    let out = srv.efsctl(&["reload-tls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "the TLS certificate and the client CA (--client-ca) were not reloaded: the certificate was read, the client CA failed: --client-ca"
+        ),
+        "{err}"
+    );
+    assert!(err.contains(&kept), "{err}");
+    std::fs::copy(d.join("ca.pem"), &ca).unwrap();
+    std::fs::rename(&key, d.join("srv.key.away")).unwrap();
+    let out = srv.efsctl(&["reload-tls"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(
+            "the TLS certificate and the client CA (--client-ca) were not reloaded: the certificate failed (the client CA was not read): cannot open --tls-key"
+        ),
+        "{err}"
+    );
+    assert!(err.contains(&kept), "{err}");
+}

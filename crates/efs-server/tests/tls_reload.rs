@@ -752,7 +752,7 @@ async fn a_reload_whose_audit_entry_cannot_be_written_changes_nothing() {
             err.contains("the audit log cannot be written") && !err.contains("reloaded:"),
             "{err}"
         );
-        if err.contains("the certificate was not reloaded") {
+        if err.contains("certificate was not reloaded") {
             own_entry_failed = Some(err);
             break;
         }

@@ -246,9 +246,10 @@ enum Cmd {
     /// new certificate's SHA-256 fingerprint and end of validity (a WARNING when that is
     /// within 14 days). A server started with --client-ca reads that file again too (also
     /// with the generated certificate, then the only thing reloaded): the new CA is required
-    /// from the next connection on, open ones keep theirs; a CA file that fails refuses the
-    /// whole reload. Refused with the generated certificate and no --client-ca, and with no
-    /// server running.
+    /// from the next connection on, open ones keep theirs; a CA file that fails, or that holds
+    /// no CA's certificate (only clients', CA:FALSE), refuses the whole reload, and one that
+    /// holds a client's beside a CA's gets a WARNING naming it. Refused with the generated
+    /// certificate and no --client-ca, and with no server running.
     ReloadTls,
     /// Rotate a filesystem's key: add a keyring term (new writes use it at once) and
     /// rewrap every file's data key to it in the background, without touching content.
