@@ -152,6 +152,9 @@ pub async fn seal_answer(
         Ok(r) => (r.status(), None),
         Err(e) => (e.status, Some(e.code)),
     };
+    // A change whose commit was issued and answered success: it is stored, whatever the
+    // entry's fate below, and a refusal must not read as if nothing was done.
+    let changed = who.on_drop.is_some() && matches!(&result, Ok(r) if r.status().is_success());
     // Sealed here: no second entry on drop.
     who.on_drop = None;
     if who.user.is_none() && status.as_u16() >= 400 {
@@ -164,6 +167,7 @@ pub async fn seal_answer(
     let rec = who.record(client, status.as_u16(), detail);
     match data.audit().record(rec).await {
         Ok(()) => result,
+        Err(_) if changed => Err(ApiError::audit_unavailable_after_change()),
         Err(_) => Err(ApiError::audit_unavailable()),
     }
 }

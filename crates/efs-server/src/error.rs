@@ -85,6 +85,17 @@ impl ApiError {
         )
     }
 
+    /// 503 audit_unavailable for a change that was made: its commit is durable, only its
+    /// audit entry could not be written (the log failed at that moment). The client must not
+    /// take it for "nothing was done", as the plain refusal says.
+    pub fn audit_unavailable_after_change() -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            codes::AUDIT_UNAVAILABLE,
+            "the change was made (it is stored), but its audit entry could not be written: the server now refuses every request until the audit log works again (its disk fixed or given room: it retries by itself); look at the path before sending the change again",
+        )
+    }
+
     /// 500 internal; log the cause before calling.
     pub fn internal() -> Self {
         Self::new(

@@ -1221,3 +1221,81 @@ async fn health_is_not_ok_on_a_full_disk_with_the_reserve_off() {
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
 }
+
+/// Regression: a write whose commit landed but whose audit entry then failed (the log's own
+/// volume full at that moment) was answered with the plain refusal, "nothing is served", as
+/// if it had not been done; the client could only guess. It now says the change was made,
+/// and it is there once the log works again. The data dir has room; only the audit log's
+/// volume (a tmpfs) is full.
+#[tokio::test]
+async fn a_change_made_before_its_audit_entry_failed_says_so() {
+    let dir = Arc::new(new_tempdir());
+    let auditfs = dir.path().join("auditfs");
+    let Some(_mount) = mount_or_skip(
+        &auditfs,
+        "a change made before its audit entry failed",
+        "nothing else",
+    ) else {
+        return;
+    };
+    let mut srv = TestServer::start_in(dir.clone(), &[], &[]);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    srv.stop().await;
+    let audit = srv.data.join("system").join("audit");
+    let moved = auditfs.join("audit");
+    let copied = Command::new("cp")
+        .arg("-a")
+        .arg(&audit)
+        .arg(&moved)
+        .status()
+        .unwrap();
+    assert!(copied.success());
+    std::fs::remove_dir_all(&audit).unwrap();
+    std::os::unix::fs::symlink(&moved, &audit).unwrap();
+    // The reserve off: with it, uploads are refused (507) before the log's volume is full.
+    let srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
+    let token = srv.login("app", &key, None).await;
+    let filler = auditfs.join("filler");
+    fill(&filler);
+
+    let mut answered = None;
+    for i in 0..2000 {
+        let path = format!("/p{i}");
+        let r = srv
+            .put(&path, &token, format!("body {i}").into_bytes())
+            .await;
+        if r.status() == 503 {
+            answered = Some((path, i, assert_error(r, 503, "audit_unavailable").await));
+            break;
+        }
+        assert!(r.status().is_success(), "{}", r.status());
+    }
+    let (path, i, msg) = answered.expect("the audit log's volume never refused an entry");
+    assert!(msg.contains("the change was made"), "{msg}");
+    // The next one is refused before anything is done, and says so.
+    let r = srv.put("/after", &token, b"after".to_vec()).await;
+    let plain = assert_error(r, 503, "audit_unavailable").await;
+    assert!(!plain.contains("the change was made"), "{plain}");
+
+    std::fs::remove_file(&filler).unwrap();
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    loop {
+        let r = srv.req("GET", &path, &token).send().await.unwrap();
+        if r.status() == 200 {
+            assert_eq!(
+                r.bytes().await.unwrap().as_ref(),
+                format!("body {i}").as_bytes()
+            );
+            break;
+        }
+        assert_eq!(r.status(), 503);
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the server did not recover: {}",
+            srv.stderr()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    }
+    assert_eq!(srv.get("/after", &token).await.0, 404);
+}
