@@ -243,13 +243,13 @@ pub struct ClientCa {
     /// SHA-256 of each certificate of the file, in its order.
     pub sha256: Vec<String>,
     /// One line for each certificate of the file that is not a CA's
-    /// ([`not_a_ca_warning`]), beginning with `WARNING: `.
+    /// (`not_a_ca_warning`), beginning with `WARNING: `.
     pub warnings: Vec<String>,
 }
 
 /// Reads `--client-ca`: every certificate of the PEM file, at least one, each one rustls
 /// accepts as a trust anchor. A regular file only (followed through links), as `--tls-cert`.
-/// A certificate that is not a CA's gets a warning ([`not_a_ca_warning`]); a file of only
+/// A certificate that is not a CA's gets a warning (`not_a_ca_warning`); a file of only
 /// such certificates is refused: it would lock every client out (webpki does not chain a
 /// client's certificate to another leaf), where refusing keeps the start from serving
 /// nobody and a reload keeps the CA it had.
@@ -442,7 +442,7 @@ impl ServedTls {
         self.current.read().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Reads `--client-ca` again (on a blocking thread, at most [`READ_TIMEOUT`]) and builds
+    /// Reads `--client-ca` again (on a blocking thread, at most `READ_TIMEOUT`) and builds
     /// the configuration that would require its certificates; `None` without `--client-ca`.
     /// Nothing used changes. Call under the reload's turn ([`ServedCert::turn`]).
     pub async fn stage_client_ca(&self) -> Option<anyhow::Result<StagedCa>> {
