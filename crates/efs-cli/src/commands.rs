@@ -573,6 +573,20 @@ pub(crate) async fn rm(
         }
         return each_path(usage, paths.len());
     }
+    // Every remote named too (an unknown one, a login or connection that fails), before the
+    // first path goes: the clients are kept by the session for the loop below.
+    let mut seen = Vec::new();
+    for rp in &parsed {
+        if !seen.contains(&rp.remote) {
+            if let Err(e) = session.client(&rp.remote).await {
+                if paths.len() > 1 {
+                    eprintln!("efs: nothing was removed: every path is checked first");
+                }
+                return Err(e);
+            }
+            seen.push(rp.remote.clone());
+        }
+    }
     let mut errors = Vec::new();
     for rp in parsed {
         let client = session.client(&rp.remote).await?;

@@ -319,7 +319,9 @@ fn not_a_ca_warning(path: &Path, n: usize, der: &CertificateDer<'_>) -> Option<S
         // Duplicated extension: rustls' verifier refuses to build on it anyway.
         Err(_) => return None,
     };
-    if c.subject() == c.issuer() {
+    // Self-signed, checked by its signature (a name equal to its issuer's is not enough: a
+    // CA may sign a client certificate of its own name).
+    if c.subject() == c.issuer() && verifies_itself(der) {
         return None;
     }
     Some(format!(
@@ -328,6 +330,34 @@ fn not_a_ca_warning(path: &Path, n: usize, der: &CertificateDer<'_>) -> Option<S
         c.subject(),
         c.issuer()
     ))
+}
+
+/// Whether a client presenting `der` itself is verified by `der` taken as the only trust
+/// anchor (what a pinned, self-signed client certificate is for). Only its validity period
+/// is not asked: an expired pin is still a pin, and its client is refused for that.
+fn verifies_itself(der: &CertificateDer<'_>) -> bool {
+    use rustls::CertificateError;
+    let mut roots = rustls::RootCertStore::empty();
+    if roots.add(der.clone().into_owned()).is_err() {
+        return false;
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let Ok(verifier) =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+            .build()
+    else {
+        return false;
+    };
+    match verifier.verify_client_cert(der, &[], rustls::pki_types::UnixTime::now()) {
+        Ok(_) => true,
+        Err(rustls::Error::InvalidCertificate(
+            CertificateError::Expired
+            | CertificateError::ExpiredContext { .. }
+            | CertificateError::NotValidYet
+            | CertificateError::NotValidYetContext { .. },
+        )) => true,
+        Err(_) => false,
+    }
 }
 
 /// The rustls configuration, serving `cert`; with `client_ca`, a client certificate signed

@@ -679,6 +679,107 @@ async fn a_client_ca_file_of_client_certificates_is_warned_of_or_refused() {
     assert_eq!(health(client_with(&server, Some("c1"))).await.unwrap(), 200);
 }
 
+/// Regression: a certificate was taken for a self-signed (pinned) client's when its subject
+/// equalled its issuer's name, so a client certificate a CA had signed under the CA's own name
+/// got no warning, and a `--client-ca` of only it started a server that refused every client.
+/// Self-signed is now checked by the signature; a truly self-signed one still starts.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_certificate_named_as_its_ca_is_no_pin() {
+    let dir = std::sync::Arc::new(new_tempdir());
+    let d = dir.path();
+    make_pki(d);
+    std::fs::write(
+        d.join("leaf.ext"),
+        "basicConstraints=CA:FALSE\nextendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    let ca_name = String::from_utf8(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-subject", "-nameopt", "compat", "-in"])
+            .arg(d.join("ca.pem"))
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let ca_name = ca_name
+        .trim()
+        .trim_start_matches("subject=")
+        .trim()
+        .to_owned();
+    openssl(
+        d,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "same.key",
+            "-out",
+            "same.csr",
+            "-subj",
+            &ca_name,
+        ],
+    );
+    openssl(
+        d,
+        &[
+            "x509", "-req", "-in", "same.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-out",
+            "same.pem", "-days", "30", "-extfile", "leaf.ext",
+        ],
+    );
+    let f = TestServer::try_start_in(
+        std::sync::Arc::new(new_tempdir()),
+        &["--client-ca", d.join("same.pem").to_str().unwrap()],
+        &[],
+    )
+    .err()
+    .expect("a server started with only a CA-signed client certificate named as its CA");
+    assert!(
+        f.stderr.contains("holds no CA's certificate"),
+        "{}",
+        f.stderr
+    );
+    // A self-signed client certificate (a pin) starts, without a warning.
+    openssl(
+        d,
+        &[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "pin.key",
+            "-out",
+            "pin.pem",
+            "-days",
+            "30",
+            "-subj",
+            "/CN=pinned",
+            "-addext",
+            "basicConstraints=CA:FALSE",
+            "-addext",
+            "extendedKeyUsage=clientAuth",
+        ],
+    );
+    let server = TestServer::start_in(
+        dir.clone(),
+        &["--client-ca", d.join("pin.pem").to_str().unwrap()],
+        &[],
+    );
+    assert!(
+        !server.stdout().contains("WARNING: --client-ca"),
+        "{}",
+        server.stdout()
+    );
+}
+
 /// Regression: with the generated certificate, a SIGHUP whose `--client-ca` failed logged
 /// "the TLS certificate was not reloaded: …" (only the client CA was to be); and with both,
 /// the error named only the half that failed. Now it says what was to be reloaded, which
