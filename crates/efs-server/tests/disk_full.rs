@@ -287,17 +287,22 @@ async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_witho
 /// place), so that the full disk shows what the storage does rather than the audit log
 /// failing closed (proven in its own test).
 fn audit_log_elsewhere(dir: &Path, data: &Path) {
+    move_audit_log(data, &dir.join("audit-elsewhere"));
+}
+
+/// Moves the stopped server's audit log (in `data`) to `elsewhere`, a symbolic link left in
+/// its place.
+fn move_audit_log(data: &Path, elsewhere: &Path) {
     let audit = data.join("system").join("audit");
-    let elsewhere = dir.join("audit-elsewhere");
     let copied = Command::new("cp")
         .arg("-a")
         .arg(&audit)
-        .arg(&elsewhere)
+        .arg(elsewhere)
         .status()
         .unwrap();
     assert!(copied.success());
     std::fs::remove_dir_all(&audit).unwrap();
-    std::os::unix::fs::symlink(&elsewhere, &audit).unwrap();
+    std::os::unix::fs::symlink(elsewhere, &audit).unwrap();
 }
 
 /// Regression: after a failed commit redb refuses every write until the database is closed
@@ -1242,17 +1247,7 @@ async fn a_change_made_before_its_audit_entry_failed_says_so() {
     srv.create_fs("files");
     let key = srv.create_user("app", &["files"], false);
     srv.stop().await;
-    let audit = srv.data.join("system").join("audit");
-    let moved = auditfs.join("audit");
-    let copied = Command::new("cp")
-        .arg("-a")
-        .arg(&audit)
-        .arg(&moved)
-        .status()
-        .unwrap();
-    assert!(copied.success());
-    std::fs::remove_dir_all(&audit).unwrap();
-    std::os::unix::fs::symlink(&moved, &audit).unwrap();
+    move_audit_log(&srv.data, &auditfs.join("audit"));
     // The reserve off: with it, uploads are refused (507) before the log's volume is full.
     let srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
     let token = srv.login("app", &key, None).await;

@@ -744,24 +744,11 @@ async fn a_client_certificate_named_as_its_ca_is_no_pin() {
         f.stderr
     );
     // A self-signed client certificate (a pin) starts, without a warning.
-    openssl(
+    self_signed_p256(
         d,
+        "pin",
+        "/CN=pinned",
         &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "pin.key",
-            "-out",
-            "pin.pem",
-            "-days",
-            "30",
-            "-subj",
-            "/CN=pinned",
             "-addext",
             "basicConstraints=CA:FALSE",
             "-addext",
