@@ -691,7 +691,7 @@ async fn trusts_a_pinned_fingerprint_and_refuses_a_changed_one() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn renews_tokens_transparently() {
-    let s = setup(&["--token-ttl", "3", "--max-renewals", "2"]);
+    let s = setup(&["--token-ttl", "6", "--max-renewals", "2"]);
     let seen: Arc<Mutex<Vec<TokenInfo>>> = Arc::default();
     let seen2 = seen.clone();
     let c = s
@@ -702,11 +702,12 @@ async fn renews_tokens_transparently() {
     c.put_bytes("/renew.txt", "r".into(), PutOptions::default())
         .await
         .unwrap();
-    // Every half second for 12 s: a 3 s token is refreshed inside its last 0.75 s, so each
-    // token is renewed before it expires whatever the phase of the requests.
+    // Every half second for 24 s: a 6 s token is refreshed inside its last 1.5 s (a quarter),
+    // so each token is renewed before it expires whatever the phase of the requests, with a
+    // second to spare for a slow request: a login, two refreshes, a new login, ….
     let start = Instant::now();
     let mut requests = 0;
-    while start.elapsed() < Duration::from_secs(12) {
+    while start.elapsed() < Duration::from_secs(24) {
         let got = c.get_bytes("/renew.txt").await;
         assert_eq!(got.expect("a request during renewals"), "r");
         requests += 1;
@@ -1370,7 +1371,12 @@ async fn a_file_rewritten_while_it_is_uploaded_is_not_stored_mixed() {
             if !flag.swap(true, Ordering::SeqCst) {
                 use std::io::Write as _;
                 let mut f = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                let was = f.metadata().unwrap().modified().unwrap();
                 f.write_all(&new).unwrap();
+                // The kernel stamps files from a clock that ticks every few milliseconds: a
+                // rewrite within the tick of the first write would keep its time, and the
+                // client sees a change by its time or size. Moved on, as a later tick would.
+                f.set_modified(was + Duration::from_secs(1)).unwrap();
             }
         })),
         ..PutOptions::default()
@@ -1415,20 +1421,21 @@ impl tokio::io::AsyncRead for FailingReader {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_local_read_error_during_an_upload_is_io_and_not_retried() {
     let s = setup(&[]);
-    // A retry would wait at least 1.5 s (half of 3 s, the rest random).
+    // A retry would wait at least 30 s (half of 60 s, the rest random): far beyond one
+    // attempt, even on a loaded machine.
     let c = s
         .builder()
         .retry(RetryPolicy {
             max_attempts: 3,
-            initial_backoff: Duration::from_secs(3),
-            max_backoff: Duration::from_secs(3),
+            initial_backoff: Duration::from_secs(60),
+            max_backoff: Duration::from_secs(60),
         })
         .build()
         .unwrap();
     c.login().await.unwrap();
     let not_retried = |started: Instant| {
         assert!(
-            started.elapsed() < Duration::from_millis(1500),
+            started.elapsed() < Duration::from_secs(30),
             "retried: {:?}",
             started.elapsed()
         )
@@ -1618,7 +1625,7 @@ async fn a_server_identity_mismatch_is_its_own_error_and_garbage_is_refused_at_b
 /// does.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ensure_token_valid_for_refreshes_a_token_that_would_not_last() {
-    let s = setup(&["--token-ttl", "8", "--max-renewals", "2"]);
+    let s = setup(&["--token-ttl", "24", "--max-renewals", "2"]);
     let tokens = Arc::new(std::sync::atomic::AtomicU32::new(0));
     let counted = tokens.clone();
     let c = s
@@ -1629,16 +1636,17 @@ async fn ensure_token_valid_for_refreshes_a_token_that_would_not_last() {
         .build()
         .unwrap();
     let first = c.login().await.unwrap();
-    // 8 s of life, 2 s of margin: 4 s more is there, no new token.
+    // 24 s of life, 6 s of margin (a quarter): 4 s more is there, no new token.
     let same = c
         .ensure_token_valid_for(Duration::from_secs(4))
         .await
         .unwrap();
     assert_eq!(same.token, first.token);
     assert_eq!(tokens.load(Ordering::SeqCst), 1);
-    // 4.5 s later about 2.5 s are left (more than the margin): not the 4 s insisted on, so a
-    // refresh. (At most half the lifetime is insisted on: asking for 60 s is asking for 4.)
-    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // 14 s later 9 to 10 s are left (more than the margin, 3 s to spare on a slow machine):
+    // not the 12 s insisted on, so a refresh. (At most half the lifetime is insisted on:
+    // asking for 60 s is asking for 12.)
+    tokio::time::sleep(Duration::from_secs(14)).await;
     assert_eq!(c.token().await.unwrap().token, first.token, "still fresh");
     let longer = c
         .ensure_token_valid_for(Duration::from_secs(60))

@@ -563,8 +563,16 @@ async fn a_killed_servers_index_is_repaired_at_the_next_start_and_the_log_says_s
     let srv = TestServer::start_in(dir.clone(), &[], &[]);
     let token = srv.login("app", &key, None).await;
     assert_eq!(srv.get_ok("/files/a.txt", &token).await, b"acknowledged");
-    let log = srv.stderr();
     // Both files the server holds open: the filesystem's index and the system database.
+    // Logged before it listens, on stderr, which is read apart from stdout: waited for.
+    let log = srv
+        .stderr_when(|log| {
+            ["index.redb", "system.redb"].iter().all(|file| {
+                log.lines()
+                    .any(|l| l.contains("repaired and is open") && l.contains(file))
+            })
+        })
+        .await;
     for file in ["index.redb", "system.redb"] {
         assert!(
             log.lines()
@@ -710,7 +718,9 @@ async fn a_recursive_delete_killed_part_way_leaves_the_tree_whole_or_gone() {
     let (counts, end) = want
         .split_once(", 0 orphan blobs, ")
         .unwrap_or_else(|| panic!("{want}"));
-    let t0 = Instant::now();
+    // Waited for as long as the emptying makes progress (one fsynced commit per entry: slow
+    // on a loaded disk), at most a minute without any.
+    let (mut since, mut seen) = (Instant::now(), String::new());
     let orphans = loop {
         let out = srv.efsctl(&["fsck", "--fs", "files"]);
         let fsck = String::from_utf8_lossy(&out.stdout).into_owned();
@@ -732,9 +742,12 @@ async fn a_recursive_delete_killed_part_way_leaves_the_tree_whole_or_gone() {
         {
             break n;
         }
+        if fsck != seen {
+            (since, seen) = (Instant::now(), fsck.clone());
+        }
         assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "fsck after the restart, never {want} (but for orphan blobs):\n{fsck}"
+            since.elapsed() < Duration::from_secs(60),
+            "fsck after the restart, never {want} (but for orphan blobs), and no progress for a minute:\n{fsck}"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     };

@@ -466,13 +466,10 @@ async fn a_replaced_certificate_file_is_written_again_at_start() {
         String::from_utf8(served).unwrap(),
         "the file holds the certificate served again"
     );
-    assert!(
-        again
-            .stderr()
-            .contains("did not hold the certificate this server serves"),
-        "{}",
-        again.stderr()
-    );
+    // Logged before it listens, on stderr, which is read apart from stdout: waited for.
+    again
+        .stderr_when(|e| e.contains("did not hold the certificate this server serves"))
+        .await;
     let out = again.curl(&[
         "-o",
         "/dev/null",
@@ -507,11 +504,9 @@ async fn a_replaced_certificate_file_is_written_again_at_start() {
     std::os::unix::fs::symlink(d.join("evil.pem"), srv.cert_file()).unwrap();
     let fifth = TestServer::start_in(srv.dir.clone(), &[], &[]);
     assert_eq!(std::fs::read_to_string(fifth.cert_file()).unwrap(), kept);
-    assert!(
-        fifth.stderr().contains("did not hold the certificate"),
-        "{}",
-        fifth.stderr()
-    );
+    fifth
+        .stderr_when(|e| e.contains("did not hold the certificate"))
+        .await;
     assert!(
         !std::fs::symlink_metadata(fifth.cert_file())
             .unwrap()

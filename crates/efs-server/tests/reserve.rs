@@ -300,5 +300,9 @@ async fn health_checks_below_the_reserve_log_no_refusal() {
     let token = srv.login("app", &key, None).await;
     let r = srv.put("/new.txt", &token, b"new".to_vec()).await;
     assert_error(r, 507, "insufficient_storage").await;
-    assert_eq!(refusals(&srv), 1, "{}", srv.stderr());
+    // Logged before the answer, read by a thread of its own: waited for.
+    let err = srv
+        .stderr_when(|e| e.contains("new data refused below the free-space reserve"))
+        .await;
+    assert_eq!(refusals(&srv), 1, "{err}");
 }

@@ -302,6 +302,24 @@ impl TestServer {
         self.stderr_lines.lock().unwrap().join("\n")
     }
 
+    /// The server's stderr once `ready` holds of it (waited for, 30 s at most: stderr is read
+    /// by a thread of its own, so a line logged before an answer may reach the test after it).
+    /// Panics with the stderr when it never does.
+    pub async fn stderr_when(&self, ready: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let err = self.stderr();
+            if ready(&err) {
+                return err;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "never logged as expected:\n{err}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `GET /_efs/metrics` with the metrics token.
     pub async fn metrics(&self) -> reqwest::Response {
         self.client
