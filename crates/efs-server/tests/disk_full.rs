@@ -14,8 +14,8 @@ use std::process::Command;
 use std::sync::Arc;
 
 use common::{
-    TestServer, assert_error, audit_show, new_signing_key, new_tempdir, openssh_public_line,
-    pattern,
+    AuditTail, TestServer, assert_error, audit_show, new_signing_key, new_tempdir,
+    openssh_public_line, pattern,
 };
 use serde_json::Value;
 
@@ -1252,21 +1252,86 @@ async fn a_change_made_before_its_audit_entry_failed_says_so() {
     let srv = TestServer::start_in(dir.clone(), NO_RESERVE, &[]);
     let token = srv.login("app", &key, None).await;
     let filler = auditfs.join("filler");
-    fill(&filler);
+    let audit = auditfs.join("audit");
 
-    let mut answered = None;
-    for i in 0..2000 {
-        let path = format!("/p{i}");
-        let r = srv
-            .put(&path, &token, format!("body {i}").into_bytes())
-            .await;
-        if r.status() == 503 {
-            answered = Some((path, i, assert_error(r, 503, "audit_unavailable").await));
-            break;
+    // Rounds until a PUT's own entry is the write that fails. Before filling the volume,
+    // PUTs bring the audit file's last page to less room than one PUT's entry, and the
+    // anchor is left naming the last of them: nothing is then written until the next PUT,
+    // whose entry needs a page the full volume does not have. Should the log fail first
+    // anyway (the anchor, after an entry that still fit), the next PUT finds it failed and
+    // is refused before doing anything (the plain 503, also right): it must not be stored;
+    // the volume is freed, the log recovers by itself, and the next round begins.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(180);
+    let mut i = 0;
+    let mut rounds = 0;
+    let (path, i, msg) = loop {
+        rounds += 1;
+        assert!(
+            std::time::Instant::now() < deadline,
+            "in {} rounds (180 s) no PUT's own entry was the one that failed",
+            rounds - 1
+        );
+        let mut entry = None;
+        for _ in 0..64 {
+            let before = AuditTail::read(&audit);
+            srv.put_ok(&format!("/p{i}"), &token, format!("body {i}").into_bytes())
+                .await;
+            i += 1;
+            let after = AuditTail::read(&audit);
+            if after.file == before.file {
+                entry = Some(after.size - before.size);
+            }
+            if entry.is_some_and(|e| after.room() + 16 < e) {
+                break;
+            }
         }
-        assert!(r.status().is_success(), "{}", r.status());
-    }
-    let (path, i, msg) = answered.expect("the audit log's volume never refused an entry");
+        let anchored = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while !AuditTail::read(&audit).anchored() {
+            assert!(
+                std::time::Instant::now() < anchored,
+                "the anchor never named the last entry: {:?}",
+                AuditTail::read(&audit)
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+        }
+        fill(&filler);
+        let mut answered = None;
+        for _ in 0..2000 {
+            let path = format!("/p{i}");
+            let r = srv
+                .put(&path, &token, format!("body {i}").into_bytes())
+                .await;
+            if r.status() == 503 {
+                answered = Some((path, i, assert_error(r, 503, "audit_unavailable").await));
+                break;
+            }
+            assert!(r.status().is_success(), "{}", r.status());
+            i += 1;
+        }
+        let (path, at, msg) = answered.expect("the audit log's volume never refused an entry");
+        i += 1;
+        if msg.contains("the change was made") {
+            eprintln!("round {rounds}: {path} failed on its own entry");
+            break (path, at, msg);
+        }
+        eprintln!("round {rounds}: the log failed before {path}");
+        std::fs::remove_file(&filler).unwrap();
+        // The server's tries to recover back off, up to one a minute.
+        let recovered = std::time::Instant::now() + std::time::Duration::from_secs(90);
+        loop {
+            let (status, _) = srv.get(&path, &token).await;
+            if status != 503 {
+                assert_eq!(status, 404, "{path} was refused plainly ({msg}) and stored");
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < recovered,
+                "the server did not recover: {}",
+                srv.stderr()
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    };
     assert!(msg.contains("the change was made"), "{msg}");
     // The next one is refused before anything is done, and says so.
     let r = srv.put("/after", &token, b"after".to_vec()).await;
@@ -1274,7 +1339,7 @@ async fn a_change_made_before_its_audit_entry_failed_says_so() {
     assert!(!plain.contains("the change was made"), "{plain}");
 
     std::fs::remove_file(&filler).unwrap();
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     loop {
         let r = srv.req("GET", &path, &token).send().await.unwrap();
         if r.status() == 200 {

@@ -717,56 +717,103 @@ async fn a_reload_whose_audit_entry_cannot_be_written_changes_nothing() {
         &[],
     );
     let mut served = fingerprint_of(&d.join("a.pem"));
+    let audit = data.join("system").join("audit");
     let fill = || {
         use std::io::Write;
         let mut f = std::fs::File::create(data.join("filler")).unwrap();
         let chunk = vec![0x5au8; 64 * 1024];
         while f.write(&chunk).is_ok_and(|n| n > 0) {}
     };
-    // Filled: each reload's entry takes a little of what the audit file's last page has
-    // left, until one cannot be written. Should another entry fail the log first (the
-    // reload is then refused before it reads anything: nothing to check here), the disk is
-    // freed, the log recovers by itself, and the test fills it again.
+    // A reload of the other certificate: `None` once it is served, or efsctl's error and
+    // the fingerprint of the certificate it was to serve.
     let mut n = 0;
     let mut reload = |served: &mut String| {
         n += 1;
         let next = ["b", "c"][n % 2];
         install(d, next, next);
+        let offered = fingerprint_of(&d.join(format!("{next}.pem")));
         let o = srv.efsctl(&["reload-tls"]);
         let (out, err) = text(&o);
         if o.status.success() {
-            *served = fingerprint_of(&d.join(format!("{next}.pem")));
+            *served = offered;
             assert!(out.contains(served.as_str()), "{out}");
             None
         } else {
-            Some(err)
+            Some((err, offered))
         }
     };
-    let mut own_entry_failed = None;
-    for _round in 0..5 {
+    // Rounds until a reload's own entry is the write that fails. Before filling the disk,
+    // reloads bring the audit file's last page to less room than one reload's entry, and
+    // the anchor is left naming the last of them: nothing is then written until the next
+    // reload, whose entry needs a page the full disk does not have. Should the log fail
+    // first anyway (the reload is then refused before it reads anything: nothing to check
+    // here), the disk is freed, the log recovers by itself, and the next round begins.
+    let deadline = Instant::now() + Duration::from_secs(180);
+    let mut rounds = 0;
+    let (err, offered) = loop {
+        rounds += 1;
+        assert!(
+            Instant::now() < deadline,
+            "in {} rounds (180 s) no reload's own entry was the one that failed",
+            rounds - 1
+        );
+        let mut entry = None;
+        for _ in 0..64 {
+            let before = AuditTail::read(&audit);
+            if let Some((e, _)) = reload(&mut served) {
+                panic!("a reload failed with room on the disk: {e}");
+            }
+            let after = AuditTail::read(&audit);
+            if after.file == before.file {
+                entry = Some(after.size - before.size);
+            }
+            if entry.is_some_and(|e| after.room() + 16 < e) {
+                break;
+            }
+        }
+        let anchored = Instant::now() + Duration::from_secs(30);
+        while !AuditTail::read(&audit).anchored() {
+            assert!(
+                Instant::now() < anchored,
+                "the anchor never named the last entry: {:?}",
+                AuditTail::read(&audit)
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
         fill();
-        let err = (0..200)
-            .find_map(|_| reload(&mut served))
+        let mut tries = 0;
+        let (err, offered) = (0..200)
+            .find_map(|_| {
+                tries += 1;
+                reload(&mut served)
+            })
             .expect("no reload failed with the data dir's disk full");
         assert!(
             err.contains("the audit log cannot be written") && !err.contains("reloaded:"),
             "{err}"
         );
         if err.contains("certificate was not reloaded") {
-            own_entry_failed = Some(err);
-            break;
+            eprintln!(
+                "round {rounds}: reload {tries} after the disk filled failed on its own entry"
+            );
+            break (err, offered);
         }
+        eprintln!("round {rounds}: the log failed before reload {tries} after the disk filled");
         std::fs::remove_file(data.join("filler")).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while let Some(e) = reload(&mut served) {
+        // The server's tries to recover back off, up to one a minute.
+        let recovered = Instant::now() + Duration::from_secs(90);
+        while let Some((e, _)) = reload(&mut served) {
             assert!(
-                Instant::now() < deadline,
+                Instant::now() < recovered,
                 "the audit log did not recover: {e}"
             );
             std::thread::sleep(Duration::from_millis(200));
         }
-    }
-    let err = own_entry_failed.expect("a reload's own entry never was the one that failed");
+    };
+    assert_ne!(
+        offered, served,
+        "the refused reload offered a new certificate"
+    );
     assert!(err.contains(&served), "{err}");
     assert_eq!(served_fingerprint(&srv), served, "{err}");
     let _ = srv.stop().await;

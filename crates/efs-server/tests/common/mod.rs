@@ -1090,3 +1090,70 @@ pub fn audit_show(srv: &TestServer, args: &[&str]) -> Vec<Value> {
         .expect("an array of entries")
         .clone()
 }
+
+/// The end of an audit log as its disk holds it (`audit`: the log's directory), for tests
+/// that fill that disk and want one chosen entry to be the first that cannot be written: an
+/// append fails on a full tmpfs only when it needs another page, and so does the syncer's
+/// next rewrite of the HEAD anchor (a new file), once an entry is written after it.
+#[derive(Debug)]
+pub struct AuditTail {
+    /// The newest audit file: the one the writer appends to.
+    pub file: PathBuf,
+    /// Its size in bytes.
+    pub size: u64,
+    /// The sequence number of its last complete entry (`None`: it holds only its header).
+    pub last_seq: Option<u64>,
+    /// The sequence number the HEAD anchor names (`None`: no anchor yet).
+    pub anchored_seq: Option<u64>,
+    /// The volume's block size (a tmpfs: the page size).
+    pub block: u64,
+}
+
+impl AuditTail {
+    pub fn read(audit: &Path) -> AuditTail {
+        let file = std::fs::read_dir(audit)
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("audit-") && n.ends_with(".log"))
+            })
+            .max()
+            .expect("an audit file");
+        let text = std::fs::read(&file).unwrap();
+        let last_seq = text
+            .split(|b| *b == b'\n')
+            .rev()
+            .skip(1) // what follows the last '\n': empty, or a torn entry
+            .find_map(|line| {
+                std::str::from_utf8(line)
+                    .ok()?
+                    .split(' ')
+                    .next()?
+                    .parse()
+                    .ok()
+            });
+        let anchored_seq = std::fs::read_to_string(audit.join("HEAD"))
+            .ok()
+            .and_then(|h| h.split(' ').nth(2)?.parse().ok());
+        let block = rustix::fs::statvfs(audit).unwrap().f_bsize;
+        AuditTail {
+            file,
+            size: text.len() as u64,
+            last_seq,
+            anchored_seq,
+            block,
+        }
+    }
+
+    /// How many bytes the file can grow by before the volume must give it another block.
+    pub fn room(&self) -> u64 {
+        (self.block - self.size % self.block) % self.block
+    }
+
+    /// The anchor names the last entry: the syncer writes nothing until the next entry.
+    pub fn anchored(&self) -> bool {
+        self.last_seq.is_some() && self.last_seq == self.anchored_seq
+    }
+}
