@@ -261,11 +261,9 @@ async fn full_disk_put_is_507_keeps_the_previous_version_and_writes_resume_witho
     assert_eq!(srv.get_ok("/small.txt", &token).await, pattern(100, 4));
     assert_eq!(srv.get_ok("/keep.bin", &token).await, big_v2);
     srv.put_ok("/after.bin", &token, pattern(300_000, 5)).await;
-    assert!(
-        srv.stderr()
-            .contains("the index was reopened after an I/O error"),
-        "the server says it reopened the index"
-    );
+    // The server says it reopened the index (on stderr, read apart: waited for).
+    srv.stderr_when(|e| e.contains("the index was reopened after an I/O error"))
+        .await;
 
     // And everything is still there after a restart.
     srv.stop().await;
@@ -357,12 +355,10 @@ async fn the_system_database_takes_writes_again_once_a_full_disk_has_room() {
     srv.efsctl_ok(&["grant", "bob", "--fs", "files"]);
     let bob_token = srv.login("bob", &bob, None).await;
     srv.put_ok("/b.txt", &bob_token, b"after".to_vec()).await;
-    assert!(
-        srv.stderr()
-            .contains("the system database was reopened after a write failed on a full disk"),
-        "{}",
-        srv.stderr()
-    );
+    srv.stderr_when(|e| {
+        e.contains("the system database was reopened after a write failed on a full disk")
+    })
+    .await;
     // Enough audit entries that a system database which recorded none of them would be
     // "older than the log".
     for _ in 0..30 {
@@ -468,7 +464,8 @@ async fn a_full_audit_disk_refuses_everything_then_recovers_by_itself_once_space
         );
         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     }
-    assert!(srv.stderr().contains("the audit log recovered"));
+    srv.stderr_when(|e| e.contains("the audit log recovered"))
+        .await;
     // The refused PUT was not done; logins and writes work again.
     assert_eq!(srv.get("/b.txt", &token).await.0, 404);
     let token = srv.login("app", &key, None).await;
@@ -672,12 +669,9 @@ async fn a_large_upload_started_just_above_the_reserve_is_stopped_before_it_eats
             !srv.stderr().contains("the audit log cannot be written"),
             "{n}"
         );
-        assert!(
-            srv.stderr()
-                .contains("new data refused below the free-space reserve"),
-            "the operator's log says it: {}",
-            srv.stderr()
-        );
+        // The operator's log says it (stderr, read apart: waited for).
+        srv.stderr_when(|e| e.contains("new data refused below the free-space reserve"))
+            .await;
 
         std::fs::remove_file(&filler).unwrap();
         srv.put_ok("/big.bin", &token, pattern(16 << 20, 7)).await;

@@ -116,17 +116,16 @@ async fn below_the_reserve_data_is_refused_without_numbers_and_everything_else_g
         metrics.contains("efs_requests_refused_total{reason=\"reserve\"} 4"),
         "{metrics}"
     );
-    // And the server log, once a minute at most however many requests were refused.
-    let logged = srv
-        .stderr()
+    // And the server log, once a minute at most however many requests were refused (stderr,
+    // read apart: waited for).
+    let err = srv
+        .stderr_when(|e| e.contains("new data refused below the free-space reserve"))
+        .await;
+    let logged = err
         .matches("new data refused below the free-space reserve")
         .count();
-    assert_eq!(logged, 1, "{}", srv.stderr());
-    assert!(
-        srv.stderr().contains("below the 1.0 EiB reserve"),
-        "{}",
-        srv.stderr()
-    );
+    assert_eq!(logged, 1, "{err}");
+    assert!(err.contains("below the 1.0 EiB reserve"), "{err}");
 
     // A restore and a new filesystem through the server are refused, and leave nothing.
     let (ok, text) = srv.efsctl_text(&[
