@@ -633,11 +633,7 @@ async fn a_client_ca_file_of_client_certificates_is_warned_of_or_refused() {
         server.stdout()
     );
     // And in the log (standard error, read by another thread: a moment later, maybe).
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
-    while !server.stderr().contains(c3_warning) {
-        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
-        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-    }
+    server.stderr_when(|e| e.contains(c3_warning)).await;
     let health = |c: reqwest::Client| {
         let url = server.url("/_efs/health");
         async move { c.get(url).send().await.map(|r| r.status().as_u16()) }
@@ -784,12 +780,7 @@ async fn a_failed_reload_says_what_was_not_reloaded_and_what_stays() {
             .success()
     );
     let said = "SIGHUP: the client CA (--client-ca) was not reloaded: --client-ca";
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    while !server.stderr().contains(said) {
-        assert!(std::time::Instant::now() < deadline, "{}", server.stderr());
-        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-    }
-    let log = server.stderr();
+    let log = server.stderr_when(|e| e.contains(said)).await;
     assert!(log.contains("holds no certificate"), "{log}");
     assert!(
         log.contains(&format!(

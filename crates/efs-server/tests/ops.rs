@@ -1173,14 +1173,9 @@ async fn the_data_dir_is_private_and_a_start_warns_when_it_is_not() {
     std::fs::set_permissions(&srv.data, std::fs::Permissions::from_mode(0o755)).unwrap();
     let again = TestServer::start_in(srv.dir.clone(), &[], &[]);
     // Logged before it listens, on stderr, which is read apart from stdout: waited for.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !again
-        .stderr()
-        .contains("is open to other accounts (mode 0755)")
-    {
-        assert!(Instant::now() < deadline, "{}", again.stderr());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    again
+        .stderr_when(|e| e.contains("is open to other accounts (mode 0755)"))
+        .await;
 }
 
 /// `efsctl rotate-signing-key`: refused while the server runs (the new key would take effect
