@@ -1227,16 +1227,34 @@ fn destination_path(dest: &str, authority: Option<&str>) -> Result<String, ApiEr
 
 /// Whether the authority the request was sent to (`Host` or `:authority`) and the one a
 /// `Destination` URL names are the same host and port, the port being 443 where it is left
-/// out (the server speaks only HTTPS).
+/// out (the server speaks only HTTPS). Names compare without case; IP addresses as
+/// addresses (`[0:0::1]` is `[::1]`).
 fn same_authority(request: &str, dest: &axum::http::uri::Authority) -> bool {
     let Ok(request) = request.parse::<axum::http::uri::Authority>() else {
         return false;
     };
-    request.host().eq_ignore_ascii_case(dest.host())
+    same_host(request.host(), dest.host())
         && matches!(
             (port_number(&request), port_number(dest)),
             (Some(a), Some(b)) if a == b
         )
+}
+
+/// Whether two hosts of authorities are the same: IP literals (IPv6 in brackets) as
+/// addresses, names without case.
+fn same_host(a: &str, b: &str) -> bool {
+    let ip = |h: &str| {
+        h.strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .unwrap_or(h)
+            .parse::<std::net::IpAddr>()
+            .ok()
+    };
+    match (ip(a), ip(b)) {
+        (Some(a), Some(b)) => a == b,
+        (None, None) => a.eq_ignore_ascii_case(b),
+        _ => false,
+    }
 }
 
 /// The port an authority names, as a number: 443 when it is left out or empty (RFC 3986
@@ -1973,6 +1991,13 @@ mod tests {
         assert!(same("[::1]:8443", "https://[::1]:8443/x"));
         assert!(same("[::1]", "https://[::1]:443/x"));
         assert!(!same("[::1]", "https://[::2]/x"));
+        // IP addresses compare as addresses, names without case.
+        assert!(same("[::1]", "https://[0:0::1]/x"));
+        assert!(same("[::1]:8443", "https://[0000:0:0:0:0:0:0:1]:8443/x"));
+        assert!(same("[2001:DB8::1]", "https://[2001:db8:0::1]/x"));
+        assert!(!same("[::1]", "https://[::1:0]/x"));
+        assert!(!same("127.0.0.1", "https://[::ffff:127.0.0.1]/x"));
+        assert!(!same("localhost", "https://127.0.0.1/x"));
         assert!(!same("h:8443", "https://h/x"));
         assert!(!same("h", "https://h:65979/x"));
         assert!(!same("h", "https://h:66000/x"));
