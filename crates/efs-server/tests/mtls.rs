@@ -20,44 +20,56 @@ fn make_pki(dir: &Path) {
         self_signed_p256(dir, ca, &format!("/CN={ca}"), &[]);
     }
     for (c, ca) in [("c1", "ca"), ("c2", "ca"), ("x", "otherca")] {
-        openssl(
-            dir,
-            &[
-                "req",
-                "-newkey",
-                "ec",
-                "-pkeyopt",
-                "ec_paramgen_curve:P-256",
-                "-nodes",
-                "-keyout",
-                &format!("{c}.key"),
-                "-out",
-                &format!("{c}.csr"),
-                "-subj",
-                &format!("/CN={c}"),
-            ],
-        );
-        openssl(
-            dir,
-            &[
-                "x509",
-                "-req",
-                "-in",
-                &format!("{c}.csr"),
-                "-CA",
-                &format!("{ca}.pem"),
-                "-CAkey",
-                &format!("{ca}.key"),
-                "-CAcreateserial",
-                "-out",
-                &format!("{c}.pem"),
-                "-days",
-                "30",
-                "-extfile",
-                "client.ext",
-            ],
-        );
+        ca_signed_p256(dir, c, &format!("/CN={c}"), ca, "client.ext");
     }
+}
+
+/// A P-256 certificate `NAME.pem` (key `NAME.key`) for `subject` (`/CN=…`), signed by the CA
+/// `CA.pem`/`CA.key` in `dir`, valid 30 days, with the extensions of the file `ext` there.
+fn ca_signed_p256(dir: &Path, name: &str, subject: &str, ca: &str, ext: &str) {
+    let (key, csr, pem) = (
+        format!("{name}.key"),
+        format!("{name}.csr"),
+        format!("{name}.pem"),
+    );
+    openssl(
+        dir,
+        &[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            &key,
+            "-out",
+            &csr,
+            "-subj",
+            subject,
+        ],
+    );
+    let (ca_pem, ca_key) = (format!("{ca}.pem"), format!("{ca}.key"));
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            &csr,
+            "-CA",
+            &ca_pem,
+            "-CAkey",
+            &ca_key,
+            "-CAcreateserial",
+            "-out",
+            &pem,
+            "-days",
+            "30",
+            "-extfile",
+            ext,
+        ],
+    );
 }
 
 fn client_with(server: &TestServer, cert: Option<&str>) -> reqwest::Client {
@@ -567,30 +579,7 @@ async fn a_client_ca_file_of_client_certificates_is_warned_of_or_refused() {
     make_pki(d);
     // c3: signed by the CA, no basic constraints at all, clientAuth.
     std::fs::write(d.join("bare.ext"), "extendedKeyUsage=clientAuth\n").unwrap();
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "c3.key",
-            "-out",
-            "c3.csr",
-            "-subj",
-            "/CN=c3",
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "x509", "-req", "-in", "c3.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-out", "c3.pem",
-            "-days", "30", "-extfile", "bare.ext",
-        ],
-    );
+    ca_signed_p256(d, "c3", "/CN=c3", "ca", "bare.ext");
     let cat = |out: &str, parts: &[&str]| {
         let mut v = Vec::new();
         for p in parts {
@@ -698,30 +687,7 @@ async fn a_client_certificate_named_as_its_ca_is_no_pin() {
         .trim_start_matches("subject=")
         .trim()
         .to_owned();
-    openssl(
-        d,
-        &[
-            "req",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:P-256",
-            "-nodes",
-            "-keyout",
-            "same.key",
-            "-out",
-            "same.csr",
-            "-subj",
-            &ca_name,
-        ],
-    );
-    openssl(
-        d,
-        &[
-            "x509", "-req", "-in", "same.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-out",
-            "same.pem", "-days", "30", "-extfile", "leaf.ext",
-        ],
-    );
+    ca_signed_p256(d, "same", &ca_name, "ca", "leaf.ext");
     let f = TestServer::try_start_in(
         std::sync::Arc::new(new_tempdir()),
         &["--client-ca", d.join("same.pem").to_str().unwrap()],
