@@ -242,6 +242,100 @@ pub async fn rotate_when_due(st: Arc<AppState>) {
     }
 }
 
+/// When the server runs gc by itself (`--gc-every`, `--gc-grace`; [`gc_when_due`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcSchedule {
+    /// Time between two runs on one filesystem; `None`: never (`--gc-every 0`).
+    pub every: Option<std::time::Duration>,
+    /// Orphans younger than this are kept (as `efsctl gc --grace`), and the first run on a
+    /// filesystem comes this long after the server first sees it: by then whatever a crash
+    /// before the start left is older than the grace.
+    pub grace: std::time::Duration,
+}
+
+impl GcSchedule {
+    /// The start-up line saying when gc runs.
+    pub fn describe(&self) -> String {
+        match self.every {
+            Some(every) => format!(
+                "Automatic gc: every {} s on each filesystem, the first {} s after the start, keeping orphans younger than {} s (--gc-every, --gc-grace)",
+                every.as_secs(),
+                self.grace.as_secs(),
+                self.grace.as_secs()
+            ),
+            None => {
+                "Automatic gc: off (--gc-every 0): after a crash, run efsctl gc on each filesystem"
+                    .to_owned()
+            }
+        }
+    }
+}
+
+/// The longest wait between two looks at the filesystems (a new one, the shutdown).
+const GC_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A gc that failed (a restore runs, the index is on hold) is tried again this long after,
+/// or at the next run if that comes first.
+const GC_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
+
+/// Runs gc on every open filesystem as an operator would with `efsctl gc --grace`, recorded
+/// as that command by the account `efs-server`, `automatic` (entries 202 and 200, as for
+/// the command): what a crash leaves between a commit and its content's removal (an orphan
+/// blob or inline content, a partial write) is removed without anyone running it. Each
+/// filesystem's first run comes [`GcSchedule::grace`] after the server first sees it, then
+/// one every [`GcSchedule::every`]; a run that failed is tried again after an hour (or
+/// the interval, if shorter). A run removing something warns of what it removed.
+pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
+    use std::collections::HashMap;
+    use tokio::time::Instant;
+    let Some(every) = schedule.every else {
+        return;
+    };
+    let mut due: HashMap<String, Instant> = HashMap::new();
+    loop {
+        if st.detached.is_closed() {
+            return;
+        }
+        let now = Instant::now();
+        let mut next = now + GC_CHECK;
+        for fs in st.data.open_filesystems() {
+            let name = fs.name().to_owned();
+            let when = *due.entry(name.clone()).or_insert(now + schedule.grace);
+            if when > now {
+                next = next.min(when);
+                continue;
+            }
+            let op = Operator {
+                user: "efs-server".into(),
+                via: "automatic".into(),
+            };
+            let req = AdminRequest::Gc {
+                fs: name.clone(),
+                grace_secs: schedule.grace.as_secs(),
+            };
+            let r = handle(&st, req, &op).await;
+            let after = if r.ok {
+                let removed = ["blobs_removed", "inline_removed", "partials_removed"]
+                    .iter()
+                    .map(|k| r.data[*k].as_u64().unwrap_or(0))
+                    .sum::<u64>();
+                // Warned of: orphans are what a crash or a failed removal left.
+                if removed > 0 {
+                    tracing::warn!(fs = %name, "automatic {}", r.lines.join("; "));
+                }
+                every
+            } else {
+                tracing::warn!(fs = %name, error = ?r.error, "the automatic gc could not run");
+                every.min(GC_RETRY)
+            };
+            let again = Instant::now() + after;
+            due.insert(name, again);
+            next = next.min(again);
+        }
+        tokio::time::sleep_until(next).await;
+    }
+}
+
 async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminResponse {
     if matches!(req, AdminRequest::Health) {
         // Not recorded: it reads nothing and changes nothing. Below the free-space reserve

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use clap::Parser;
 use efs_core::KeyPartSpec;
+use efs_server::admin_socket::GcSchedule;
 use efs_server::app::HttpConfig;
 use efs_server::cache::CacheConfig;
 use efs_server::server::{ServerConfig, run};
@@ -131,6 +132,18 @@ struct Args {
     /// most 1 GiB (a value given applies to each); 0 turns it off.
     #[arg(long, env = "EFS_RESERVE_SPACE", value_name = "BYTES", value_parser = efs_server::reserve::parse_reserve)]
     reserve_space: Option<u64>,
+    /// Run gc by itself on every filesystem this many seconds apart, as `efsctl gc --grace
+    /// <--gc-grace>` would: it removes what a crash leaves between a change's commit and
+    /// the removal of the content it replaced or deleted (orphan blobs and inline contents,
+    /// partial writes), and is recorded in the audit log as a gc by efs-server. The first
+    /// run on a filesystem comes --gc-grace seconds after the start (or after its creation). 0: never (run `efsctl
+    /// gc` yourself).
+    #[arg(long, default_value_t = 86_400, value_name = "SECS")]
+    gc_every: u64,
+    /// The automatic gc keeps orphans younger than this many seconds, and runs first this
+    /// long after the start (by then whatever a crash before the start left is older).
+    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    gc_grace: u64,
     /// Write request paths to the log (they are personal data; off by default).
     #[arg(long)]
     log_paths: bool,
@@ -212,6 +225,10 @@ fn main() -> std::process::ExitCode {
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         metrics_token,
         reserve_space: a.reserve_space,
+        gc: GcSchedule {
+            every: (a.gc_every > 0).then(|| Duration::from_secs(a.gc_every)),
+            grace: Duration::from_secs(a.gc_grace),
+        },
     };
     let code = match rt.block_on(run(cfg)) {
         Ok(()) => std::process::ExitCode::SUCCESS,

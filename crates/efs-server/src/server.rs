@@ -108,6 +108,8 @@ pub struct ServerConfig {
     /// which requests that add data are refused; `None`: the default for the volume
     /// ([`crate::reserve::default_reserve`]); `Some(0)`: off.
     pub reserve_space: Option<u64>,
+    /// When the server runs gc by itself.
+    pub gc: crate::admin_socket::GcSchedule,
 }
 
 /// Claims the check of every filesystem's index against its digest: from here on, that
@@ -394,6 +396,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let admin = crate::admin_socket::bind(&data.admin_socket()).await?;
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
     tokio::spawn(crate::admin_socket::rotate_when_due(state.clone()));
+    tokio::spawn(crate::admin_socket::gc_when_due(state.clone(), cfg.gc));
     // A failed audit log refuses every request (fail closed) until it can be written again.
     tokio::spawn(crate::audit::recover_when_failed(data.clone()));
     let summaries = tokio::spawn(crate::audit_budget::write_summaries_periodically(
@@ -492,6 +495,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         tracing::warn!("{w}");
         say!("{w}");
     }
+    say!("{}", cfg.gc.describe());
     say!("Admin socket: {}", data.admin_socket().display());
     say!("Listening on https://{local}");
     use std::io::Write;

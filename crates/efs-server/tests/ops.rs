@@ -1598,3 +1598,114 @@ async fn a_directory_no_filesystem_is_registered_under_is_named_at_open() {
         "{text}"
     );
 }
+
+/// The gc entries of the audit log (`efsctl gc` and the server's own), oldest first.
+fn gc_entries(srv: &TestServer) -> Vec<Value> {
+    audit_show(srv, &["--action", "admin"])
+        .into_iter()
+        .filter(|e| e["detail"].as_str().is_some_and(|d| d.starts_with("gc ")))
+        .collect()
+}
+
+/// The running server runs gc by itself (`--gc-every`, `--gc-grace`;
+/// `admin_socket::gc_when_due`): an orphan blob found at the start (what a crash between a
+/// delete's commit and its blob's removal leaves; here a copy of a live blob under an id no
+/// record names, dated two hours back) is removed once the grace has passed after the
+/// start, recorded as `gc` by `efs-server`, `automatic`, and logged; the live files stay
+/// whole and fsck is clean. With `--gc-every 0` it never runs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_running_server_removes_orphans_by_itself() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    let scan = pattern(300_000, 7);
+    srv.put_ok("/patients/173/scan.bin", &s.token, scan.clone())
+        .await;
+    srv.put_ok("/patients/173/note.txt", &s.token, pattern(100, 8))
+        .await;
+    srv.stop().await;
+    let blobs: Vec<std::path::PathBuf> = all_files(&srv.data.join("fs"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| {
+            p.components().any(|c| c.as_os_str() == "blobs")
+                && p.parent().and_then(|d| d.file_name()) != Some("tmp".as_ref())
+        })
+        .collect();
+    assert_eq!(blobs.len(), 1, "one blob, the scan's: {blobs:?}");
+    let live = &blobs[0];
+    let name_len = live.file_name().unwrap().len();
+    let root = live.parent().unwrap().parent().unwrap().parent().unwrap();
+    let orphan = root.join("ee").join("ee").join("e".repeat(name_len));
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::copy(live, &orphan).unwrap();
+    let touched = std::process::Command::new("touch")
+        .args(["-d", "2 hours ago"])
+        .arg(&orphan)
+        .status()
+        .unwrap();
+    assert!(touched.success());
+    let out = srv.efsctl(&["fsck", "--fs", "files"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(text.contains(" 1 orphan blobs"), "{text}");
+
+    // Off: the orphan stays, and no gc is recorded.
+    let mut off = TestServer::start_in(
+        srv.dir.clone(),
+        &["--gc-every", "0", "--gc-grace", "0"],
+        &[],
+    );
+    assert!(
+        off.stdout().contains("Automatic gc: off (--gc-every 0)"),
+        "{}",
+        off.stdout()
+    );
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    off.stop().await;
+    assert!(orphan.exists(), "gc ran with --gc-every 0");
+    assert!(gc_entries(&srv).is_empty(), "{:#?}", gc_entries(&srv));
+
+    // On: the first run comes --gc-grace seconds after the start, then one an hour.
+    let mut on = TestServer::start_in(
+        srv.dir.clone(),
+        &["--gc-every", "3600", "--gc-grace", "2"],
+        &[],
+    );
+    assert!(
+        on.stdout().contains(
+            "Automatic gc: every 3600 s on each filesystem, the first 2 s after the start, keeping orphans younger than 2 s"
+        ),
+        "{}",
+        on.stdout()
+    );
+    let err = on
+        .stderr_when(|e| e.contains("automatic gc 'files': removed 1 orphan blobs"))
+        .await;
+    assert!(!orphan.exists(), "{err}");
+    assert!(live.exists(), "gc removed the live blob: {err}");
+    let token = on.login("app", &s.key, None).await;
+    assert_eq!(on.get_ok("/patients/173/scan.bin", &token).await, scan);
+    assert_eq!(
+        on.get_ok("/patients/173/note.txt", &token).await,
+        pattern(100, 8)
+    );
+    let fsck = on.efsctl_ok(&["fsck", "--fs", "files"]);
+    assert!(
+        fsck.contains(" 0 errors, 0 orphan blobs, 0 orphan inline"),
+        "{fsck}"
+    );
+    on.stop().await;
+    // One run, recorded when it started (202) and when it ended (200), with its grace.
+    let r = gc_entries(&srv);
+    let statuses: Vec<&Value> = r.iter().map(|e| &e["status"]).collect();
+    assert_eq!(statuses, [202, 200], "{r:#?}");
+    for e in &r {
+        assert!(
+            e["user"] == "efs-server" && e["client"] == "automatic" && e["fs"] == "files",
+            "{e}"
+        );
+        assert!(
+            e["detail"].as_str().unwrap().contains("\"grace_secs\":2"),
+            "{e}"
+        );
+    }
+}
