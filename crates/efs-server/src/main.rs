@@ -138,15 +138,28 @@ struct Args {
     /// partial writes), and is recorded in the audit log as a gc by efs-server. The first
     /// run on a filesystem comes --gc-grace seconds after the start (or after its creation). 0: never (run `efsctl
     /// gc` yourself).
-    #[arg(long, default_value_t = 86_400, value_name = "SECS")]
+    #[arg(long, default_value_t = 86_400, value_name = "SECS", value_parser = gc_secs)]
     gc_every: u64,
     /// The automatic gc keeps orphans younger than this many seconds, and runs first this
     /// long after the start (by then whatever a crash before the start left is older).
-    #[arg(long, default_value_t = 3600, value_name = "SECS")]
+    #[arg(long, default_value_t = 3600, value_name = "SECS", value_parser = gc_secs)]
     gc_grace: u64,
     /// Write request paths to the log (they are personal data; off by default).
     #[arg(long)]
     log_paths: bool,
+}
+
+/// `--gc-every` and `--gc-grace`: whole seconds, at most ten years (a clock that far ahead
+/// could not be scheduled).
+fn gc_secs(s: &str) -> Result<u64, String> {
+    const MAX: u64 = 10 * 366 * 86_400;
+    let n: u64 = s
+        .parse()
+        .map_err(|_| format!("'{s}' is not a whole number of seconds"))?;
+    if n > MAX {
+        return Err(format!("at most {MAX} seconds (ten years)"));
+    }
+    Ok(n)
 }
 
 fn parse_part(s: &str) -> Result<KeyPartSpec, String> {
@@ -242,4 +255,23 @@ fn main() -> std::process::ExitCode {
     // unrecorded, and dropping the runtime would wait for it without end.
     rt.shutdown_timeout(Duration::from_secs(1));
     code
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A schedule past what a clock can hold was a panic at the first gc (`Instant` +
+    /// `Duration` overflows), not an error at the start.
+    #[test]
+    fn gc_seconds_are_bounded() {
+        assert_eq!(gc_secs("0"), Ok(0));
+        assert_eq!(gc_secs("316224000"), Ok(316_224_000));
+        assert!(gc_secs("316224001").unwrap_err().contains("ten years"));
+        assert!(gc_secs("18446744073709551615").is_err());
+        assert!(gc_secs("1h").unwrap_err().contains("not a whole number"));
+        let a = Args::try_parse_from(["efs-server", "--gc-every", "0", "--gc-grace", "5"]).unwrap();
+        assert_eq!((a.gc_every, a.gc_grace), (0, 5));
+        assert!(Args::try_parse_from(["efs-server", "--gc-grace", "99999999999"]).is_err());
+    }
 }
