@@ -86,6 +86,11 @@ pub trait BlobStore: Send + Sync {
     }
     /// Removes blob `id` (absent is not an error).
     async fn delete(&self, id: &ContentId) -> Result<()>;
+    /// [`BlobStore::delete`], saying whether the blob was there (false: already gone), so
+    /// that gc counts only what it removed. Stores that cannot tell say true.
+    async fn delete_present(&self, id: &ContentId) -> Result<bool> {
+        self.delete(id).await.map(|()| true)
+    }
     /// Every blob id with its age in seconds (fsck, gc).
     async fn list(&self) -> Result<Vec<(ContentId, u64)>>;
     /// Removes partial writes (left by a crash) older than `older_than_secs`, except those of
@@ -1347,10 +1352,14 @@ impl BlobStore for LocalBlobStore {
     }
 
     async fn delete(&self, id: &ContentId) -> Result<()> {
+        self.delete_present(id).await.map(|_| ())
+    }
+
+    async fn delete_present(&self, id: &ContentId) -> Result<bool> {
         let p = self.path_of(id);
         blocking(move || match std::fs::remove_file(&p) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(e.into()),
         })
         .await

@@ -1624,6 +1624,16 @@ impl Filesystem {
         }
     }
 
+    /// gc's [`Filesystem::remove_blob`]: `Some(true)` removed, `Some(false)` already gone,
+    /// `None` deferred while a backup may still copy it.
+    async fn remove_orphan_blob(&self, id: &ContentId) -> Result<Option<bool>> {
+        self.content_removed(id);
+        if self.pins.lock().expect("pins lock poisoned").defer(id) {
+            return Ok(None);
+        }
+        self.blobs.delete_present(id).await.map(Some)
+    }
+
     /// Removes a blob (true), or defers its removal while a backup may still copy it
     /// (false).
     async fn remove_blob(&self, id: &ContentId) -> Result<bool> {
@@ -2490,20 +2500,27 @@ impl Filesystem {
                 if deferred.contains(&id) {
                     out.blobs_deferred += 1;
                 } else if age >= grace_secs {
-                    if self.remove_blob(&id).await? {
-                        out.blobs_removed += 1;
-                    } else {
-                        out.blobs_deferred += 1;
+                    match self.remove_orphan_blob(&id).await? {
+                        Some(true) => out.blobs_removed += 1,
+                        // Gone since the listing: a delete or an overwrite committed before
+                        // the scan removed it itself. Not counted: nothing was left over.
+                        Some(false) => {}
+                        None => out.blobs_deferred += 1,
                     }
                 } else {
                     out.blobs_kept_young += 1;
                 }
             }
         }
-        let orphans: Vec<ContentId> = inline
-            .into_iter()
-            .filter(|id| !rep.1.contains(id))
-            .collect();
+        let mut orphans: Vec<ContentId> = Vec::new();
+        for id in inline.into_iter().filter(|id| !rep.1.contains(id)) {
+            // Still there: an overwrite or a delete committed between the listing and the
+            // scan took its old content with it (and the removal below of one taken since is
+            // a no-op); only what is left over is counted.
+            if self.index.get_inline(&id).await?.is_some() {
+                orphans.push(id);
+            }
+        }
         if !orphans.is_empty() {
             out.inline_removed = orphans.len() as u64;
             let batch = Batch {

@@ -889,6 +889,80 @@ async fn orphan_blobs_are_listed_and_collected() {
     );
 }
 
+/// gc counts only what was left over: content that a delete or an overwrite committed away
+/// between gc's listing of the candidates and its scan of the records, and removed itself,
+/// is no orphan. Before, each such inline content, and each such blob the writer had already
+/// unlinked, was counted as removed (and the server's own gc warned of it as crash
+/// leftovers on a healthy, busy server). With no crash and no failed removal, the runs here
+/// remove nothing (but for the blob window below) while the writes go on, and the
+/// filesystem stays clean.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gc_counts_only_what_was_left_over() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    let env = Env::new();
+    let fs = env.fs.clone();
+    // Records enough for the scan to take a moment, so that writes land inside it.
+    for i in 0..1500 {
+        put(&fs, &format!("/bulk/f{i}"), b"x").await;
+    }
+    let stop = Arc::new(AtomicBool::new(false));
+    let writes = Arc::new(AtomicU64::new(0));
+    let mut writers = tokio::task::JoinSet::new();
+    for w in 0..2u64 {
+        let (fs, stop, writes) = (fs.clone(), stop.clone(), writes.clone());
+        writers.spawn(async move {
+            let mut n = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                n += 1;
+                let small = format!("/w{w}/small{}", n % 3);
+                put(&fs, &small, &pattern(n, 100)).await;
+                if n.is_multiple_of(4) {
+                    let big = format!("/w{w}/big{}", n % 2);
+                    put(&fs, &big, &pattern(n, INLINE_MAX + 1)).await;
+                }
+                if n.is_multiple_of(5) {
+                    fs.delete(&p(&small), Precondition::None, false)
+                        .await
+                        .unwrap();
+                }
+                writes.fetch_add(1, Ordering::Relaxed);
+            }
+        });
+    }
+    let (mut runs, mut counted) = (0u32, Vec::new());
+    let started = std::time::Instant::now();
+    while runs < 30 || writes.load(Ordering::Relaxed) < 200 {
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(120),
+            "{runs} gc runs, {} writes in 2 minutes",
+            writes.load(Ordering::Relaxed)
+        );
+        let rep = fs.gc(0).await.unwrap();
+        runs += 1;
+        if rep.blobs_removed + rep.inline_removed > 0 {
+            counted.push((rep.blobs_removed, rep.inline_removed));
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    while let Some(r) = writers.join_next().await {
+        r.unwrap();
+    }
+    // An inline content leaves with its record, in the same commit: never counted. A blob
+    // is unlinked by its writer just after the commit, so a gc whose scan ends in between
+    // can still unlink it first (and count it): seen once in about 360 runs here, against
+    // inline contents or blobs counted in 7 to 13 of every 30 runs before.
+    let inline: u64 = counted.iter().map(|c| c.1).sum();
+    let blobs: u64 = counted.iter().map(|c| c.0).sum();
+    assert!(
+        inline == 0 && blobs <= 2,
+        "gc counted (blobs, inline contents) removed with nothing left over, in {} of {runs} runs: {counted:?}",
+        counted.len()
+    );
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn swapped_blobs_fail_to_decrypt_never_give_wrong_bytes() {
     let env = Env::new();

@@ -282,9 +282,13 @@ const GC_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// as that command by the account `efs-server`, `automatic` (entries 202 and 200, as for
 /// the command): what a crash leaves between a commit and its content's removal (an orphan
 /// blob or inline content, a partial write) is removed without anyone running it. Each
-/// filesystem's first run comes [`GcSchedule::grace`] after the server first sees it, then
-/// one every [`GcSchedule::every`]; a run that failed is tried again after an hour (or
-/// the interval, if shorter). A run removing something warns of what it removed.
+/// filesystem's first run comes [`GcSchedule::grace`] after the server first sees it (it
+/// looks at least once a minute), then one every [`GcSchedule::every`]; a run that failed
+/// (an index on hold) is tried again after an hour (or the interval, if shorter). Runs take
+/// the lock of filesystem creations, restores and gc, as the command does: one waits for a
+/// restore (of any filesystem) to end, and the filesystems after it wait with it. Started
+/// after the server's start entry; stops at the shutdown. A run removing something warns of
+/// what it removed.
 pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
     use std::collections::HashMap;
     use tokio::time::Instant;
@@ -299,6 +303,9 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
         let now = Instant::now();
         let mut next = now + GC_CHECK;
         for fs in st.data.open_filesystems() {
+            if st.detached.is_closed() {
+                return;
+            }
             let name = fs.name().to_owned();
             let when = *due.entry(name.clone()).or_insert(now + schedule.grace);
             if when > now {
@@ -324,8 +331,12 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
                     tracing::warn!(fs = %name, "automatic {}", r.lines.join("; "));
                 }
                 every
+            } else if st.detached.is_closed() {
+                // Refused (or cut short) by the shutdown: not a failure to warn of.
+                return;
             } else {
-                tracing::warn!(fs = %name, error = ?r.error, "the automatic gc could not run");
+                let error = r.error.as_deref().unwrap_or("unknown error");
+                tracing::warn!(fs = %name, error, "the automatic gc could not run; it is tried again in an hour (or at the next run, if sooner)");
                 every.min(GC_RETRY)
             };
             let again = Instant::now() + after;

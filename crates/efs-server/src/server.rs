@@ -396,7 +396,6 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let admin = crate::admin_socket::bind(&data.admin_socket()).await?;
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
     tokio::spawn(crate::admin_socket::rotate_when_due(state.clone()));
-    tokio::spawn(crate::admin_socket::gc_when_due(state.clone(), cfg.gc));
     // A failed audit log refuses every request (fail closed) until it can be written again.
     tokio::spawn(crate::audit::recover_when_failed(data.clone()));
     let summaries = tokio::spawn(crate::audit_budget::write_summaries_periodically(
@@ -488,8 +487,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         });
     }
     // After the start entry: a reload's entry follows it. A SIGHUP received during the
-    // start is handled now.
+    // start is handled now. So does every gc of the server's own (with a grace of 0 its
+    // first one would otherwise come before the start it belongs to).
     tokio::spawn(reload_on_hangup(hangups, state.clone()));
+    tokio::spawn(crate::admin_socket::gc_when_due(state.clone(), cfg.gc));
     say!("{}", reserve.describe(cfg.reserve_space.is_none()));
     for w in reserve.start_warnings() {
         tracing::warn!("{w}");

@@ -1664,15 +1664,16 @@ async fn a_running_server_removes_orphans_by_itself() {
     assert!(orphan.exists(), "gc ran with --gc-every 0");
     assert!(gc_entries(&srv).is_empty(), "{:#?}", gc_entries(&srv));
 
-    // On: the first run comes --gc-grace seconds after the start, then one an hour.
+    // On: the first run comes --gc-grace seconds after the start (here at once), then one
+    // an hour.
     let mut on = TestServer::start_in(
         srv.dir.clone(),
-        &["--gc-every", "3600", "--gc-grace", "2"],
+        &["--gc-every", "3600", "--gc-grace", "0"],
         &[],
     );
     assert!(
         on.stdout().contains(
-            "Automatic gc: every 3600 s on each filesystem, the first 2 s after the start, keeping orphans younger than 2 s"
+            "Automatic gc: every 3600 s on each filesystem, the first 0 s after the start, keeping orphans younger than 0 s"
         ),
         "{}",
         on.stdout()
@@ -1694,8 +1695,23 @@ async fn a_running_server_removes_orphans_by_itself() {
         "{fsck}"
     );
     on.stop().await;
-    // One run, recorded when it started (202) and when it ended (200), with its grace.
+    // One run, recorded when it started (202) and when it ended (200), with its grace,
+    // after the start of the server it belongs to (a gc at once came before it).
     let r = gc_entries(&srv);
+    let last_start = audit_show(&srv, &["--action", "admin"])
+        .into_iter()
+        .filter(|e| {
+            e["detail"]
+                .as_str()
+                .is_some_and(|d| d.starts_with("server-start "))
+        })
+        .map(|e| e["seq"].as_u64().unwrap())
+        .max()
+        .expect("server-start entries");
+    assert!(
+        r.iter().all(|e| e["seq"].as_u64().unwrap() > last_start),
+        "a gc entry before its server's start (#{last_start}): {r:#?}"
+    );
     let statuses: Vec<&Value> = r.iter().map(|e| &e["status"]).collect();
     assert_eq!(statuses, [202, 200], "{r:#?}");
     for e in &r {
@@ -1704,7 +1720,7 @@ async fn a_running_server_removes_orphans_by_itself() {
             "{e}"
         );
         assert!(
-            e["detail"].as_str().unwrap().contains("\"grace_secs\":2"),
+            e["detail"].as_str().unwrap().contains("\"grace_secs\":0"),
             "{e}"
         );
     }
