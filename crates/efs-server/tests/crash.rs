@@ -24,32 +24,13 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-use common::{TestServer, new_tempdir, pattern};
+use common::{Rng, TestServer, env_u64, new_tempdir, pattern, seed_from_env};
 use serde_json::json;
 
 const CLIENTS: usize = 32;
 const OWNED: usize = 4;
 const SHARED: usize = 4;
 const DEFAULT_CYCLES: usize = 15;
-
-/// A small seeded generator (splitmix64): the test's choices replay from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-}
 
 /// A path's content: absent, or the version `ver` of length `len` (bytes: `pattern`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
@@ -438,18 +419,9 @@ async fn verify(
     reads
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigkill_under_concurrent_writes_loses_nothing_acknowledged() {
-    let seed = env_u64("EFS_CRASH_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = seed_from_env("EFS_CRASH_SEED");
     let cycles = env_u64("EFS_CRASH_CYCLES").unwrap_or(DEFAULT_CYCLES as u64) as usize;
     println!("crash: seed {seed} (replay with EFS_CRASH_SEED={seed}), {cycles} kill cycles");
     let t0 = Instant::now();

@@ -53,28 +53,6 @@ const SLOW_PAUSE: Duration = Duration::from_millis(120);
 const SLOW_PIECES: usize = 12;
 const SLOW_FIRST: usize = 160_000;
 
-/// A small seeded generator (splitmix64): the clients' choices replay from the seed.
-struct Rng(u64);
-
-impl Rng {
-    fn next(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    fn below(&mut self, n: u64) -> u64 {
-        self.next() % n
-    }
-    fn range(&mut self, lo: u64, hi: u64) -> u64 {
-        lo + self.below(hi - lo + 1)
-    }
-    fn pick<'a, T>(&mut self, items: &'a [T]) -> &'a T {
-        &items[self.below(items.len() as u64) as usize]
-    }
-}
-
 /// One acknowledged file version: its bytes are `pattern(len, seed)`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Version {
@@ -399,14 +377,7 @@ impl Client {
             None => return self.put().await,
         };
         let overwrite = self.files.contains_key(&to);
-        let mut rb = self
-            .http
-            .request(
-                reqwest::Method::from_bytes(b"MOVE").unwrap(),
-                format!("{}{from}", self.base),
-            )
-            .bearer_auth(&self.token)
-            .header("Destination", &to);
+        let mut rb = self.move_request(&from, &to);
         if overwrite {
             rb = rb.header("Overwrite", "T");
         }
@@ -434,6 +405,17 @@ impl Client {
         self.check(&from).await;
     }
 
+    /// A `MOVE` of `from` to `to` with this client's token.
+    fn move_request(&self, from: &str, to: &str) -> reqwest::RequestBuilder {
+        self.http
+            .request(
+                reqwest::Method::from_bytes(b"MOVE").unwrap(),
+                format!("{}{from}", self.base),
+            )
+            .bearer_auth(&self.token)
+            .header("Destination", to)
+    }
+
     /// `MOVE` a directory with its files (one holding some, if any does) to a new name
     /// (`/cN/mK/`, which no write makes): 200, its files answer under the new name and 404
     /// under the old.
@@ -451,14 +433,7 @@ impl Client {
             (true, true) => return self.put().await,
         };
         let to = format!("/c{}/m{}/", self.id, self.counts.dir_moves);
-        let rb = self
-            .http
-            .request(
-                reqwest::Method::from_bytes(b"MOVE").unwrap(),
-                format!("{}{from}", self.base),
-            )
-            .bearer_auth(&self.token)
-            .header("Destination", &to);
+        let rb = self.move_request(&from, &to);
         match send(rb).await {
             Ok((200, _)) => {}
             Ok((s, body)) => {
@@ -612,10 +587,6 @@ fn first_of(lines: &[impl AsRef<str>]) -> String {
     out.join("\n")
 }
 
-fn env_u64(name: &str) -> Option<u64> {
-    std::env::var(name).ok().and_then(|v| v.parse().ok())
-}
-
 /// gc running every second with no grace, on a server that clients keep writing to, loses
 /// nothing: four clients upload new files and new versions (inline and blobs, and the
 /// sizes on either side of the inline limit), delete, move files (onto free names and over
@@ -629,12 +600,7 @@ fn env_u64(name: &str) -> Option<u64> {
 /// missed in its scan for an orphan would make a read fail, here or after the restart.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gc_running_every_second_under_writes_loses_nothing() {
-    let seed = env_u64("EFS_GC_LIVE_SEED").unwrap_or_else(|| {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_nanos() as u64
-    });
+    let seed = seed_from_env("EFS_GC_LIVE_SEED");
     println!("gc_live: seed {seed} (replay with EFS_GC_LIVE_SEED={seed})");
     // The server looks for filesystems made while it runs once a minute: "files" is made
     // first, and the server under test finds it at its start (its first gc comes at once).
