@@ -75,6 +75,11 @@ pub(crate) struct Pins {
     restores: usize,
     /// Restores started so far: gc compares it before and after its scan.
     restores_begun: u64,
+    /// The blobs of records being deleted or replaced, from before their commit until their
+    /// removal is done (or the commit failed), by how many writers ([`Filesystem::unlinking`]):
+    /// a restore into the emptied filesystem puts a backup's blobs back under the same ids,
+    /// and must not copy one that such a removal then unlinks.
+    unlinking: std::collections::HashMap<ContentId, usize>,
 }
 
 impl Pins {
@@ -106,7 +111,79 @@ impl Drop for RestoreMark {
     }
 }
 
+/// A writer's mark on the blob it is about to remove ([`Filesystem::unlinking`]); dropping
+/// it (after the removal, or when the commit failed) clears it.
+pub(crate) struct Unlinking<'a> {
+    fs: &'a Filesystem,
+    id: Option<ContentId>,
+}
+
+impl Drop for Unlinking<'_> {
+    fn drop(&mut self) {
+        let Some(id) = self.id else { return };
+        let mut p = self.fs.pins.lock().expect("pins lock poisoned");
+        if let std::collections::hash_map::Entry::Occupied(mut e) = p.unlinking.entry(id) {
+            *e.get_mut() -= 1;
+            if *e.get() == 0 {
+                e.remove();
+            }
+        }
+    }
+}
+
+/// How long a restore waits for the removals of blobs it is about to put back under the
+/// same ids ([`Filesystem::restore_into`]); they take milliseconds unless the disk hangs.
+const UNLINK_WAIT: std::time::Duration = if cfg!(test) {
+    std::time::Duration::from_secs(2)
+} else {
+    std::time::Duration::from_secs(60)
+};
+
 impl Filesystem {
+    /// Marks the blob of `old` (none if it has none) as about to be removed, until the mark
+    /// is dropped: taken before the commit that deletes or replaces the record, dropped after
+    /// its `remove_blob_of`. A restore into the filesystem waits for these marks before it
+    /// copies a blob under the same id (the filesystem was emptied by such a delete whose
+    /// unlink has not run yet: it would unlink the copy).
+    pub(crate) fn unlinking(&self, old: Option<&crate::record::Record>) -> Unlinking<'_> {
+        let id = old.filter(|r| r.storage == Storage::Blob).map(|r| r.id);
+        if let Some(id) = id {
+            *self
+                .pins
+                .lock()
+                .expect("pins lock poisoned")
+                .unlinking
+                .entry(id)
+                .or_default() += 1;
+        }
+        Unlinking { fs: self, id }
+    }
+
+    /// Waits until no delete or replace is removing one of the blobs `ids` (hex) names, at
+    /// most [`UNLINK_WAIT`]; refused after that, before anything is written.
+    async fn wait_for_unlinks(&self, ids: &std::collections::BTreeSet<String>) -> Result<()> {
+        let deadline = std::time::Instant::now() + UNLINK_WAIT;
+        loop {
+            let busy = {
+                let p = self.pins.lock().expect("pins lock poisoned");
+                p.unlinking
+                    .keys()
+                    .filter(|id| ids.contains(&hex::encode(id)))
+                    .count()
+            };
+            if busy == 0 {
+                return Ok(());
+            }
+            if std::time::Instant::now() >= deadline {
+                return Err(CoreError::Refused(format!(
+                    "a delete or overwrite in this filesystem is still removing {busy} blob(s) that this backup puts back under the same id, after {} s: nothing was restored; restore again once it has ended",
+                    UNLINK_WAIT.as_secs()
+                )));
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+    }
+
     /// Marks a restore as running until the mark is dropped.
     fn restoring(self: &Arc<Self>) -> RestoreMark {
         let mut p = self.pins.lock().expect("pins lock poisoned");
@@ -282,6 +359,12 @@ impl Filesystem {
         // (a stop in the records' pass would leave the filesystem neither empty, so a restore
         // again is refused, nor whole).
         self.opts.check_space(src.restore_bytes())?;
+        // The filesystem is empty, but the delete (or overwrite) that emptied it may not have
+        // unlinked its old blobs yet, whose ids are this backup's: copied now, a blob would
+        // be unlinked after the copy. No removal of these ids can begin later: no record
+        // names them until pass 4. (A re-encryption's removals run under the rotation lock
+        // this restore holds; a backup's deferred ones were waited for above.)
+        self.wait_for_unlinks(&referenced).await?;
         // Pass 2: blobs. From here until the records are committed, the copied blobs and
         // inline contents are named by no record: gc must not run meanwhile (`_mark`).
         for (hexid, sha) in &src.manifest.blobs {
@@ -1979,6 +2062,16 @@ pub(crate) mod restore_tests {
     /// A filesystem on a real redb index and local blob store under `dir`.
     pub(crate) fn new_fs(dir: &Path, fail_at: Option<usize>) -> (Arc<Filesystem>, Arc<HookIndex>) {
         std::fs::create_dir_all(dir).unwrap();
+        let blobs = Arc::new(LocalBlobStore::open(&dir.join("blobs")).unwrap());
+        new_fs_on(dir, fail_at, blobs)
+    }
+
+    /// [`new_fs`] on the blob store given.
+    fn new_fs_on(
+        dir: &Path,
+        fail_at: Option<usize>,
+        blobs: Arc<dyn BlobStore>,
+    ) -> (Arc<Filesystem>, Arc<HookIndex>) {
         let index = Arc::new(HookIndex {
             inner: RedbIndex::open(
                 &dir.join("index.redb"),
@@ -1998,7 +2091,7 @@ pub(crate) mod restore_tests {
             "t".into(),
             id,
             index.clone(),
-            Arc::new(LocalBlobStore::open(&dir.join("blobs")).unwrap()),
+            blobs,
             Keyring::generate(),
             FsOptions {
                 inline_max: 1024,
@@ -2418,6 +2511,119 @@ pub(crate) mod restore_tests {
             (1, 1)
         );
         assert_eq!(read(&fs, "/big").await.unwrap(), [9u8; 5000]);
+        assert!(fs.fsck().await.unwrap().is_clean());
+    }
+
+    /// A local blob store whose removals wait while `hold` is set: a delete committed and
+    /// not yet unlinked, held there (on a busy or slow disk it lasts longer than usual).
+    struct HeldRemovals {
+        inner: LocalBlobStore,
+        hold: std::sync::atomic::AtomicBool,
+        held: AtomicUsize,
+    }
+
+    #[async_trait]
+    impl BlobStore for HeldRemovals {
+        async fn create(&self, id: &ContentId) -> Result<Box<dyn crate::blob::BlobWriter>> {
+            self.inner.create(id).await
+        }
+        async fn open(&self, id: &ContentId) -> Result<Arc<dyn crate::blob::BlobReader>> {
+            self.inner.open(id).await
+        }
+        async fn delete(&self, id: &ContentId) -> Result<()> {
+            if self.hold.load(Ordering::SeqCst) {
+                self.held.fetch_add(1, Ordering::SeqCst);
+                while self.hold.load(Ordering::SeqCst) {
+                    tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+                }
+            }
+            self.inner.delete(id).await
+        }
+        async fn list(&self) -> Result<Vec<(ContentId, u64)>> {
+            self.inner.list().await
+        }
+        async fn remove_partial(&self, id: &ContentId) -> Result<()> {
+            self.inner.remove_partial(id).await
+        }
+    }
+
+    /// Regression: a restore into a filesystem that a delete had just emptied copied the
+    /// backup's blobs under their old ids while that delete had committed but not yet
+    /// unlinked the same blob: the unlink then removed the restored copy, and the restored
+    /// file named a missing blob (lost). The restore now waits for such removals, and
+    /// refuses, having written nothing, when one does not end.
+    #[tokio::test]
+    async fn a_restore_waits_for_a_delete_still_removing_the_same_blob() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("fs");
+        std::fs::create_dir_all(&dir).unwrap();
+        let store = Arc::new(HeldRemovals {
+            inner: LocalBlobStore::open(&dir.join("blobs")).unwrap(),
+            hold: false.into(),
+            held: AtomicUsize::new(0),
+        });
+        let (fs, _) = new_fs_on(&dir, None, store.clone());
+        let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
+        put(&fs, "/big", &big).await;
+        put(&fs, "/small", b"small").await;
+        let dest = tmp.path().join("backup");
+        backup(&fs, &dest, None).await.unwrap();
+        let mut source = open_source(&dest, tmp.path()).unwrap();
+        source.authenticate(&fs.keyring(), false).unwrap();
+
+        // The filesystem emptied; /big's delete committed, its unlink held.
+        store.hold.store(true, Ordering::SeqCst);
+        let deleting = {
+            let fs = fs.clone();
+            tokio::spawn(async move {
+                fs.delete(&EfsPath::parse("/big").unwrap(), Precondition::None, false)
+                    .await
+            })
+        };
+        while store.held.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+        }
+        fs.delete(
+            &EfsPath::parse("/small").unwrap(),
+            Precondition::None,
+            false,
+        )
+        .await
+        .unwrap();
+        assert!(fs.is_empty().await.unwrap());
+
+        // A removal that does not end: refused, nothing written.
+        let err = fs.restore_into(&source, &fs.keyring()).await.unwrap_err();
+        assert!(
+            err.to_string()
+                .contains("still removing 1 blob(s) that this backup puts back"),
+            "{err}"
+        );
+        assert!(fs.is_empty().await.unwrap());
+        assert!(fs.index.inline_ids().await.unwrap().is_empty());
+
+        // One that ends while the restore waits: the restore copies after it.
+        let restored = std::sync::atomic::AtomicBool::new(false);
+        let restore = async {
+            let r = fs.restore_into(&source, &fs.keyring()).await;
+            restored.store(true, Ordering::SeqCst);
+            r
+        };
+        let release = async {
+            tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+            let before = restored.load(Ordering::SeqCst);
+            store.hold.store(false, Ordering::SeqCst);
+            before
+        };
+        let (r, restored_first) = tokio::join!(restore, release);
+        assert_eq!(r.unwrap(), (2, 1));
+        assert!(
+            !restored_first,
+            "the restore ended while the delete's removal was still to come"
+        );
+        deleting.await.unwrap().unwrap();
+        assert_eq!(read(&fs, "/big").await.unwrap(), big);
+        assert_eq!(read(&fs, "/small").await.unwrap(), b"small");
         assert!(fs.fsck().await.unwrap().is_clean());
     }
 

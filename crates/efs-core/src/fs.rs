@@ -1582,6 +1582,7 @@ impl Filesystem {
             {
                 batch.ops.push(Op::DeleteInline(old.id));
             }
+            let _unlinking = self.unlinking(res.current.as_ref().map(|(_, r)| r));
             // A batch refused at the seal limit never reached the index: its content goes.
             let committed = self.commit_batch(batch).await.map_err(|e| match e {
                 CoreError::SealLimit => Failed::NotCommitted(e),
@@ -1768,6 +1769,7 @@ impl Filesystem {
             if rec.storage == Storage::Inline {
                 batch.ops.push(Op::DeleteInline(rec.id));
             }
+            let _unlinking = self.unlinking(Some(rec));
             if self.commit_batch(batch).await? {
                 self.remove_blob_of(rec).await;
                 return Ok(());
@@ -1918,6 +1920,7 @@ impl Filesystem {
                 if rec.storage == Storage::Inline {
                     batch.ops.push(Op::DeleteInline(rec.id));
                 }
+                let _unlinking = self.unlinking(Some(&rec));
                 if self.commit_batch(batch).await? {
                     self.remove_blob_of(&rec).await;
                 }
@@ -1974,6 +1977,7 @@ impl Filesystem {
                     if rec.storage == Storage::Inline {
                         batch.ops.push(Op::DeleteInline(rec.id));
                     }
+                    let _unlinking = self.unlinking(Some(&rec));
                     if self.commit_batch(batch).await? {
                         self.remove_blob_of(&rec).await;
                     } else if !self.chain_holds(kr, &mut chain).await? {
@@ -2133,6 +2137,7 @@ impl Filesystem {
             batch
                 .ops
                 .push(Op::PutEntry(dst.key, moved.seal(&kr, &self.id, &dst.key)));
+            let _unlinking = self.unlinking(dst.current.as_ref().map(|(_, d)| d));
             if self.commit_batch(batch).await? {
                 if let Some((_, d)) = &dst.current {
                     self.remove_blob_of(d).await;
