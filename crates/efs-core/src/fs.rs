@@ -2359,10 +2359,13 @@ impl Filesystem {
         // A candidate is an orphan if it is still there after the scan: the content of a
         // version replaced or deleted between the listing and the snapshot was on its way
         // out (a replaced inline content goes with the batch that replaces it, a blob right
-        // after its commit). One whose removal a running backup defers is on its way out
-        // too (removed when the backup ends), not an orphan.
+        // after its commit, marked until then). One whose removal a running backup defers is
+        // on its way out too (removed when the backup ends), not an orphan.
         let deferred: HashSet<ContentId> = self.removals_deferred();
-        for id in orphan_blobs.into_iter().filter(|id| !deferred.contains(id)) {
+        for id in orphan_blobs
+            .into_iter()
+            .filter(|id| !deferred.contains(id) && !self.being_unlinked(id))
+        {
             match self.blobs.open(&id).await {
                 Err(CoreError::NotFound) => {}
                 _ => rep.orphan_blobs.push(hex::encode(id)),
@@ -2504,6 +2507,11 @@ impl Filesystem {
             if !rep.0.contains(&id) && !writing.contains(&id) {
                 if deferred.contains(&id) {
                     out.blobs_deferred += 1;
+                } else if self.being_unlinked(&id) {
+                    // A writer committed its record away after the listing and is about to
+                    // unlink it (marked from before that commit): not left over. Looked at
+                    // after the scan, so a writer that had not marked it yet still had its
+                    // record in the scan.
                 } else if age >= grace_secs {
                     match self.remove_orphan_blob(&id).await? {
                         Some(true) => out.blobs_removed += 1,
