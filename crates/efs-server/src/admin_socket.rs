@@ -190,8 +190,8 @@ const ROTATION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// as an operator would with `efsctl rotate-key`, and recorded as that command by the
 /// account `efs-server`, `automatic`: past the whole limit, writes would be refused. Looks
 /// once a minute; a rotation that could not start (a re-encryption or a restore runs, the
-/// index is on hold) is tried again after a wait that doubles each time, up to an hour, so
-/// that a long obstacle does not write two audit entries a minute.
+/// index is on hold, a panic: `without_panics`) is tried again after a wait that doubles
+/// each time, up to an hour, so that a long obstacle does not write two audit entries a minute.
 pub async fn rotate_when_due(st: Arc<AppState>) {
     use std::collections::HashMap;
     use std::time::{Duration, Instant};
@@ -224,7 +224,10 @@ pub async fn rotate_when_due(st: Arc<AppState>) {
                 fs: name.clone(),
                 wait: false,
             };
-            let r = handle(&st, req, &op).await;
+            let r = {
+                let st = st.clone();
+                without_panics(async move { handle(&st, req, &op).await }).await
+            };
             if r.ok {
                 backoff.remove(&name);
                 tracing::warn!(
@@ -288,7 +291,7 @@ const GC_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// the lock of filesystem creations, restores and gc, as the command does: one waits for a
 /// restore (of any filesystem) to end, and the filesystems after it wait with it. Started
 /// after the server's start entry; stops at the shutdown. A run removing something warns of
-/// what it removed.
+/// what it removed; one that panics is a failed run (`without_panics`).
 pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
     use std::collections::HashMap;
     use tokio::time::Instant;
@@ -320,7 +323,10 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
                 fs: name.clone(),
                 grace_secs: schedule.grace.as_secs(),
             };
-            let r = handle(&st, req, &op).await;
+            let r = {
+                let st = st.clone();
+                without_panics(async move { handle(&st, req, &op).await }).await
+            };
             let after = if r.ok {
                 let removed = ["blobs_removed", "inline_removed", "partials_removed"]
                     .iter()
@@ -344,6 +350,28 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
             next = next.min(again);
         }
         tokio::time::sleep_until(next).await;
+    }
+}
+
+/// Runs one of the server's own commands (the automatic gc and key rotation) in a task of its
+/// own, a panic inside it answered as an error: the loop that runs it logs the failure and
+/// tries again at its next time, instead of ending with the panic for the life of the process.
+async fn without_panics(
+    command: impl std::future::Future<Output = AdminResponse> + Send + 'static,
+) -> AdminResponse {
+    match tokio::spawn(command).await {
+        Ok(r) => r,
+        Err(e) => AdminResponse::err(match e.try_into_panic() {
+            Ok(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "no message".into());
+                format!("it panicked ({what}); this is a bug, please report it")
+            }
+            Err(_) => "it was cancelled".to_owned(),
+        }),
     }
 }
 
@@ -711,7 +739,30 @@ static FS_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[cfg(test)]
 mod tests {
-    use super::allowed_peer;
+    use super::{allowed_peer, without_panics};
+    use efs_core::admin::AdminResponse;
+
+    /// The automatic gc and key rotation ended for the life of the process when their
+    /// command panicked (the panic went on up their loop); it is now their failure, which
+    /// they log and try again.
+    #[tokio::test]
+    async fn a_panicking_automatic_command_is_a_failure_not_the_end_of_its_loop() {
+        let r = without_panics(async { panic!("boom in gc") }).await;
+        assert!(!r.ok);
+        let e = r.error.unwrap();
+        assert!(e.contains("panicked (boom in gc)"), "{e}");
+        let n = 7;
+        let r = without_panics(async move { panic!("formatted {n}") }).await;
+        assert!(r.error.unwrap().contains("panicked (formatted 7)"));
+        // The loop goes on: the next command runs, and its answer comes back as it was.
+        let done = || AdminResponse {
+            ok: true,
+            lines: vec!["done".into()],
+            ..Default::default()
+        };
+        let r = without_panics(async move { done() }).await;
+        assert!(r.ok && r.lines == ["done"], "{r:?}");
+    }
 
     #[test]
     fn only_root_and_the_server_account_are_answered() {
