@@ -587,13 +587,18 @@ fn emptied_line(emptied: usize, what: &str) -> Vec<String> {
 async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResponse, CoreError> {
     Ok(match req {
         AdminRequest::CreateFs { name } => {
-            let lines = dd.create_fs(&name)?;
+            let mut lines = dd.create_fs(&name)?;
             let id = dd
                 .list_fs()?
                 .into_iter()
                 .find(|f| f.name == name)
                 .map(|f| hex::encode(f.id));
-            AdminResponse::ok(lines, serde_json::json!({ "name": name, "id": id }))
+            let (line, digest) = system_digest_after(dd);
+            lines.push(line);
+            AdminResponse::ok(
+                lines,
+                serde_json::json!({ "name": name, "id": id, "system_digest": digest }),
+            )
         }
         AdminRequest::ListFs => {
             let all = dd.list_fs()?;
@@ -660,6 +665,8 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 ));
             }
             lines.extend(same_key_warning(dd, &u));
+            let (line, digest) = system_digest_after(dd);
+            lines.push(line);
             AdminResponse::ok(
                 lines,
                 serde_json::json!({
@@ -668,6 +675,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     "new_key_sha256": new,
                     "tokens_revoked": true,
                     "old_key_still_logs_in_as": still,
+                    "system_digest": digest,
                 }),
             )
         }
@@ -677,14 +685,19 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
             read_only,
         } => {
             let u = dd.grant(&user, &fs, read_only)?;
+            let (line, digest) = system_digest_after(dd);
             AdminResponse::ok(
-                vec![format!(
-                    "User '{}' now has {} access to '{fs}' (its earlier tokens are revoked)",
-                    u.name,
-                    if read_only { "read-only" } else { "read-write" }
-                )],
+                vec![
+                    format!(
+                        "User '{}' now has {} access to '{fs}' (its earlier tokens are revoked)",
+                        u.name,
+                        if read_only { "read-only" } else { "read-write" }
+                    ),
+                    line,
+                ],
                 serde_json::json!({
                     "user": u.name, "fs": fs, "read_only": read_only, "tokens_revoked": true,
+                    "system_digest": digest,
                 }),
             )
         }
@@ -697,9 +710,14 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 ),
                 None => format!("Revoked every token of '{}'", u.name),
             };
+            // The digest to note: a copy of the system database from before this revoke,
+            // put back, would give the access back; it shows an earlier generation.
+            let (digest_line, digest) = system_digest_after(dd);
             AdminResponse::ok(
-                vec![line],
-                serde_json::json!({ "user": u.name, "fs": fs, "tokens_revoked": true }),
+                vec![line, digest_line],
+                serde_json::json!({
+                    "user": u.name, "fs": fs, "tokens_revoked": true, "system_digest": digest,
+                }),
             )
         }
         AdminRequest::DeleteUser { name } => {
@@ -751,16 +769,21 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 ),
             };
             let u = dd.bind_cert(&user, hash)?;
+            let (line, digest) = system_digest_after(dd);
             AdminResponse::ok(
-                vec![format!(
-                    "User '{}': client certificate {}",
-                    u.name,
-                    if hash.is_some() { "bound" } else { "unbound" }
-                )],
+                vec![
+                    format!(
+                        "User '{}': client certificate {}",
+                        u.name,
+                        if hash.is_some() { "bound" } else { "unbound" }
+                    ),
+                    line,
+                ],
                 serde_json::json!({
                     "user": u.name,
                     "cert_bound": hash.is_some(),
                     "sha256": hash.map(hex::encode),
+                    "system_digest": digest,
                 }),
             )
         }
@@ -1395,7 +1418,9 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     .map(SentKeyPart::to_spec)
                     .collect::<Result<Vec<_>, _>>()?
             };
-            let lines = dd
+            // Restored as a new filesystem, it is registered in the system database.
+            let new_fs = dd.list_fs()?.iter().all(|f| f.name != fs);
+            let mut lines = dd
                 .restore(
                     &fs,
                     std::path::Path::new(&src),
@@ -1423,16 +1448,19 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 .iter()
                 .filter(|l| l.starts_with("Manifest authenticated"))
                 .find_map(|l| Some(l.rsplit_once("MAC ")?.1.to_owned()));
-            let mut resp = AdminResponse::ok(
-                lines,
-                serde_json::json!({
-                    "fs": fs,
-                    "authenticated": authenticated,
-                    "left_out": left_out,
-                    "taken_at": taken_at,
-                    "mac": mac,
-                }),
-            );
+            let mut data = serde_json::json!({
+                "fs": fs,
+                "authenticated": authenticated,
+                "left_out": left_out,
+                "taken_at": taken_at,
+                "mac": mac,
+            });
+            if new_fs {
+                let (line, digest) = system_digest_after(dd);
+                lines.push(line);
+                data["system_digest"] = digest;
+            }
+            let mut resp = AdminResponse::ok(lines, data);
             // Exit code 3, as the backup's own: a restore drill must not take it for a whole
             // filesystem.
             resp.clean = Some(left_out == 0);

@@ -1357,30 +1357,48 @@ async fn json_answers_are_objects_with_what_the_text_says() {
         assert!(v.is_object(), "efsctl {args:?} --json: {v}");
         v
     };
+    // Every command that changes the system database gives its new digest to note, in the
+    // answer as in status's (a copy of the database from before a revoke, put back, would
+    // give the access back): grant, revoke, bind-cert, create-fs and restore as a new
+    // filesystem did not, create-user and delete-user did.
+    let generation = |v: &Value| -> u64 {
+        assert!(v["system_digest"]["anchor"].is_string(), "{v}");
+        v["system_digest"]["generation"]
+            .as_u64()
+            .unwrap_or_else(|| panic!("no system_digest: {v}"))
+    };
     let v = json(&srv, &["create-fs", "more"]);
     assert_eq!(v["name"], "more");
     let listed = srv.efsctl_ok(&["list-fs"]);
     let id = v["id"].as_str().expect("id");
     assert!(listed.contains(&format!("more\t{id}")), "{listed}");
+    let mut last = generation(&v);
 
     let v = json(&srv, &["grant", "app", "--fs", "more", "--read-only"]);
     assert_eq!(
         (&v["user"], &v["fs"], &v["read_only"]),
         (&"app".into(), &"more".into(), &true.into())
     );
+    assert!(generation(&v) > last, "{v}");
+    last = generation(&v);
     let v = json(&srv, &["revoke", "app", "--fs", "more"]);
     assert_eq!((&v["user"], &v["fs"]), (&"app".into(), &"more".into()));
+    assert!(generation(&v) > last, "{v}");
+    last = generation(&v);
+    let text = srv.efsctl_ok(&["revoke", "app"]);
+    assert!(
+        text.contains("Revoked every token of 'app'")
+            && text.contains("system database digest: generation ")
+            && text.contains("(note them outside the data dir)"),
+        "{text}"
+    );
     let v = json(&srv, &["revoke", "app"]);
     assert_eq!((&v["user"], &v["fs"]), (&"app".into(), &Value::Null));
+    assert!(generation(&v) > last, "{v}");
     srv.create_user("temp", &["more"], false);
     let v = json(&srv, &["delete-user", "temp"]);
     assert_eq!((&v["user"], &v["deleted"]), (&"temp".into(), &true.into()));
-    // A user change moves the system database's digest: the new one is in the answer, as
-    // in status's (it was not).
-    let deleted_at = v["system_digest"]["generation"]
-        .as_u64()
-        .unwrap_or_else(|| panic!("no system_digest: {v}"));
-    assert!(v["system_digest"]["anchor"].is_string(), "{v}");
+    let deleted_at = generation(&v);
     let key_file = srv.dir.path().join("temp2.pub");
     std::fs::write(
         &key_file,
@@ -1413,6 +1431,8 @@ async fn json_answers_are_objects_with_what_the_text_says() {
         (&v["user"], &v["cert_bound"]),
         (&"app".into(), &false.into())
     );
+    assert!(generation(&v) > created_at, "{v}");
+    let bound_at = generation(&v);
     let v = json(&srv, &["cache-clear"]);
     assert_eq!(v["cleared"], true, "{v}");
     assert!(
@@ -1444,6 +1464,8 @@ async fn json_answers_are_objects_with_what_the_text_says() {
     assert_eq!(v["mac"].as_str(), Some(&mac[..32]), "{v}");
     let taken = v["taken_at"].as_str().expect("taken_at");
     assert!(text.contains(&format!(" taken at {taken}:")), "{v} {text}");
+    // "back" restored before it (a new filesystem too), so after the unbind above.
+    assert!(generation(&v) > bound_at + 1, "{v}");
 
     srv.stop().await;
     let v = json(&srv, &["cache-clear"]);
