@@ -283,6 +283,15 @@ impl Filesystem {
                 ));
             }
         }
+        // Empty, as the caller found it, checked again now that no other restore runs: the
+        // blobs of a restore that ran in between would be copied again under the same ids
+        // (and a delete of its files then could unlink them after this restore's copy).
+        if !self.is_empty().await? {
+            return Err(CoreError::Invalid(format!(
+                "filesystem '{}' is no longer empty (written into since the restore began): nothing was restored",
+                self.name
+            )));
+        }
         let old_id = src.fs_id;
         let kr = self.keyring();
         let mismatch = || {
@@ -367,11 +376,13 @@ impl Filesystem {
         // (a stop in the records' pass would leave the filesystem neither empty, so a restore
         // again is refused, nor whole).
         self.opts.check_space(src.restore_bytes())?;
-        // The filesystem is empty, but the delete (or overwrite) that emptied it may not have
-        // unlinked its old blobs yet, whose ids are this backup's: copied now, a blob would
-        // be unlinked after the copy. No removal of these ids can begin later: no record
-        // names them until pass 4. (A re-encryption's removals run under the rotation lock
-        // this restore holds; a backup's deferred ones were waited for above.)
+        // The filesystem is empty, but the delete that emptied it may not have unlinked its
+        // old blobs yet, whose ids are this backup's: copied now, a blob would be unlinked
+        // after the copy. No removal of these ids can commit later: no record names them
+        // until pass 4 (a writer that read such a record before the delete may still mark
+        // its id, but its commit expects that record and fails). A re-encryption's removals
+        // run under the rotation lock this restore holds; a backup's deferred ones were
+        // waited for above.
         self.wait_for_unlinks(&referenced).await?;
         // Pass 2: blobs. From here until the records are committed, the copied blobs and
         // inline contents are named by no record: gc must not run meanwhile (`_mark`).
@@ -2637,13 +2648,43 @@ pub(crate) mod restore_tests {
         assert_eq!(read(&fs, "/big").await.unwrap(), big);
         assert_eq!(read(&fs, "/small").await.unwrap(), b"small");
         assert!(fs.fsck().await.unwrap().is_clean());
+
+        // The caller's emptiness check came before the restore's locks: a restore that ran
+        // in between (this one) is seen, and nothing is copied again under its ids.
+        let err = fs.restore_into(&source, &fs.keyring()).await.unwrap_err();
+        assert!(err.to_string().contains("is no longer empty"), "{err}");
+        assert_eq!(read(&fs, "/big").await.unwrap(), big);
+        assert!(fs.fsck().await.unwrap().is_clean());
     }
 
-    /// gc counted a blob as a leftover when its scan fell between a delete's commit and the
-    /// delete's own unlink (about once in 360 runs under writes), and fsck reported it as an
-    /// orphan; both now leave it to the delete, which marks it from before its commit.
+    /// The writers that remove a blob after the commit that drops its record.
+    #[derive(Clone, Copy, Debug)]
+    enum Remover {
+        Delete,
+        Overwrite,
+        MoveOnto,
+        RecursiveDelete,
+        Reencryption,
+    }
+
+    /// gc counted a blob as a leftover when its scan fell between a writer's commit and the
+    /// writer's own unlink (about once in 360 runs under writes), and fsck reported it as an
+    /// orphan; both now leave it to the writer, which marks it from before its commit: each
+    /// kind of writer, its unlink held.
     #[tokio::test]
     async fn gc_and_fsck_leave_a_blob_being_unlinked_to_its_writer() {
+        for remover in [
+            Remover::Delete,
+            Remover::Overwrite,
+            Remover::MoveOnto,
+            Remover::RecursiveDelete,
+            Remover::Reencryption,
+        ] {
+            blob_being_unlinked_by(remover).await;
+        }
+    }
+
+    async fn blob_being_unlinked_by(remover: Remover) {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("fs");
         std::fs::create_dir_all(&dir).unwrap();
@@ -2653,29 +2694,68 @@ pub(crate) mod restore_tests {
             held: AtomicUsize::new(0),
         });
         let (fs, _) = new_fs_on(&dir, None, store.clone());
-        put(&fs, "/big", &[3u8; 5000]).await;
+        let starter = crate::keyparts::StarterKey::for_tests(efs_format::Key32::random());
+        let keyring = Batch {
+            ops: vec![crate::index::Op::PutMeta(
+                crate::datadir::META_KEYRING.into(),
+                fs.keyring().seal(&starter, &fs.id),
+            )],
+            ..Default::default()
+        };
+        assert!(fs.commit_batch(keyring).await.unwrap());
+        put(&fs, "/d/big", &[3u8; 5000]).await;
+        put(&fs, "/src", &[5u8; 5000]).await;
         put(&fs, "/kept", &[4u8; 5000]).await;
+        if let Remover::Reencryption = remover {
+            assert!(matches!(
+                crate::fs::reencrypt::begin(&fs, &starter).await.unwrap(),
+                crate::fs::reencrypt::Begun::Started(_)
+            ));
+        }
         store.hold.store(true, Ordering::SeqCst);
-        let deleting = {
+        let writer = {
             let fs = fs.clone();
+            let path = |p: &str| EfsPath::parse(p).unwrap();
             tokio::spawn(async move {
-                fs.delete(&EfsPath::parse("/big").unwrap(), Precondition::None, false)
-                    .await
+                match remover {
+                    Remover::Delete => fs.delete(&path("/d/big"), Precondition::None, false).await,
+                    Remover::Overwrite => {
+                        put(&fs, "/d/big", &[6u8; 6000]).await;
+                        Ok(())
+                    }
+                    Remover::MoveOnto => fs
+                        .rename(&path("/src"), &path("/d/big"), true)
+                        .await
+                        .map(|_| ()),
+                    Remover::RecursiveDelete => {
+                        fs.delete(&path("/d"), Precondition::None, true).await
+                    }
+                    Remover::Reencryption => crate::fs::reencrypt::run(&fs, None).await.map(|_| ()),
+                }
             })
         };
         while store.held.load(Ordering::SeqCst) == 0 {
             tokio::time::sleep(std::time::Duration::from_millis(5)).await;
         }
+        let on_disk = fs.blobs.list().await.unwrap().len();
         let rep = fs.fsck().await.unwrap();
-        assert!(rep.orphan_blobs.is_empty(), "{rep:?}");
+        assert!(rep.orphan_blobs.is_empty(), "{remover:?}: {rep:?}");
         let g = fs.gc(0).await.unwrap();
-        assert_eq!((g.blobs_removed, g.blobs_deferred), (0, 0), "{g:?}");
-        assert_eq!(fs.blobs.list().await.unwrap().len(), 2);
+        assert_eq!(
+            (g.blobs_removed, g.blobs_deferred),
+            (0, 0),
+            "{remover:?}: {g:?}"
+        );
+        assert_eq!(fs.blobs.list().await.unwrap().len(), on_disk, "{remover:?}");
         store.hold.store(false, Ordering::SeqCst);
-        deleting.await.unwrap().unwrap();
-        assert_eq!(fs.blobs.list().await.unwrap().len(), 1);
-        assert_eq!(read(&fs, "/kept").await.unwrap(), [4u8; 5000]);
-        assert!(fs.fsck().await.unwrap().is_clean());
+        writer.await.unwrap().unwrap();
+        assert_eq!(
+            read(&fs, "/kept").await.unwrap(),
+            [4u8; 5000],
+            "{remover:?}"
+        );
+        let rep = fs.fsck().await.unwrap();
+        assert!(rep.is_clean(), "{remover:?}: {rep:?}");
     }
 
     /// restore_into lacked two checks the new-filesystem restore makes: the inline count,

@@ -494,13 +494,21 @@ async fn run_locked(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<R
         next.skipped += vanished;
         next.pass_changed += changes.len() as u64 + vanished;
         batch.ops.push(next.to_op());
+        // The old blobs marked as being removed from before the commit until they are (gc
+        // and fsck leave them to this run).
+        let unlinking: Vec<_> = changes
+            .iter()
+            .map(|c| fs.unlinking(c.old_rec.as_ref()))
+            .collect();
         if fs.commit_batch(batch).await? {
             for c in &changes {
                 if let Some(old) = &c.old_rec {
                     fs.remove_blob_of(old).await;
                 }
             }
+            drop(unlinking);
         } else {
+            drop(unlinking);
             // A request changed one of them: one at a time; the request wins where it did.
             next.files_done = prog.files_done;
             next.bytes_done = prog.bytes_done;
@@ -508,6 +516,7 @@ async fn run_locked(fs: &Arc<Filesystem>, limit: Option<u64>) -> Result<Option<R
             for c in changes {
                 let mut b = Batch::default();
                 c.ops(&mut b);
+                let _unlinking = fs.unlinking(c.old_rec.as_ref());
                 if fs.commit_batch(b).await? {
                     match &c.old_rec {
                         Some(old) => {
