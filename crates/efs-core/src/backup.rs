@@ -2570,6 +2570,18 @@ pub(crate) mod restore_tests {
         }
     }
 
+    /// A filesystem in `dir` on a [`HeldRemovals`] store (not holding yet).
+    fn fs_with_held_removals(dir: &Path) -> (Arc<Filesystem>, Arc<HeldRemovals>) {
+        std::fs::create_dir_all(dir).unwrap();
+        let store = Arc::new(HeldRemovals {
+            inner: LocalBlobStore::open(&dir.join("blobs")).unwrap(),
+            hold: false.into(),
+            held: AtomicUsize::new(0),
+        });
+        let (fs, _) = new_fs_on(dir, None, store.clone());
+        (fs, store)
+    }
+
     /// Regression: a restore into a filesystem that a delete had just emptied copied the
     /// backup's blobs under their old ids while that delete had committed but not yet
     /// unlinked the same blob: the unlink then removed the restored copy, and the restored
@@ -2578,14 +2590,7 @@ pub(crate) mod restore_tests {
     #[tokio::test]
     async fn a_restore_waits_for_a_delete_still_removing_the_same_blob() {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fs");
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(HeldRemovals {
-            inner: LocalBlobStore::open(&dir.join("blobs")).unwrap(),
-            hold: false.into(),
-            held: AtomicUsize::new(0),
-        });
-        let (fs, _) = new_fs_on(&dir, None, store.clone());
+        let (fs, store) = fs_with_held_removals(&tmp.path().join("fs"));
         let big: Vec<u8> = (0..300_000u32).map(|i| (i % 251) as u8).collect();
         put(&fs, "/big", &big).await;
         put(&fs, "/small", b"small").await;
@@ -2686,14 +2691,7 @@ pub(crate) mod restore_tests {
 
     async fn blob_being_unlinked_by(remover: Remover) {
         let tmp = tempfile::tempdir().unwrap();
-        let dir = tmp.path().join("fs");
-        std::fs::create_dir_all(&dir).unwrap();
-        let store = Arc::new(HeldRemovals {
-            inner: LocalBlobStore::open(&dir.join("blobs")).unwrap(),
-            hold: false.into(),
-            held: AtomicUsize::new(0),
-        });
-        let (fs, _) = new_fs_on(&dir, None, store.clone());
+        let (fs, store) = fs_with_held_removals(&tmp.path().join("fs"));
         let starter = crate::keyparts::StarterKey::for_tests(efs_format::Key32::random());
         let keyring = Batch {
             ops: vec![crate::index::Op::PutMeta(
