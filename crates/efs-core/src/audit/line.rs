@@ -7,7 +7,8 @@
 //! entry:  seq(decimal) " " time_ms(decimal) " " base64(sealed body) " " mac(64 lowercase hex)
 //! mac   = HMAC-SHA256(mac key, prev_mac(32) ‖ seq(u64 BE) ‖ time_ms(i64 BE) ‖ salt(16) ‖ sealed)
 //! sealed= AES-256-GCM(file key, nonce = 0u32 BE ‖ seq u64 BE,
-//!                     aad = "efs-audit-entry-v1" ‖ seq BE ‖ time BE, postcard(Record)) ‖ tag
+//!                     aad = "efs-audit-entry-v1" ‖ seq BE ‖ time BE,
+//!                     postcard(Record) ‖ zeros to a multiple of ENTRY_PAD) ‖ tag
 //! file key = HKDF-SHA256(ikm = record key, salt = file salt, info = "efs/audit/file-key/v1")
 //! HEAD: "efs-audit-head 1 " seq " " mac(hex) " " HMAC-SHA256(head key, seq BE ‖ mac)(hex)
 //! ```
@@ -33,6 +34,11 @@ pub(crate) const HEADER_MAGIC: &str = "efs-audit";
 pub(crate) const HEAD_MAGIC: &str = "efs-audit-head";
 /// The only layout version so far.
 pub(crate) const VERSION: &str = "1";
+/// An entry's plaintext is padded with zeros to a multiple of this many bytes before it is
+/// sealed, so that the log's line lengths tell the lengths of paths and user names only to
+/// within this much. Entries written before 2026-12-06 have no padding; every reader, older
+/// ones too, decodes the encoding and ignores what follows (this one: only zeros).
+pub(crate) const ENTRY_PAD: usize = 64;
 /// The previous MAC of the very first entry.
 pub(crate) const GENESIS: [u8; 32] = [0; 32];
 /// The previous MAC of the first entry a writer appends after finding the log's anchor
@@ -121,8 +127,10 @@ impl FileKey {
         // no reallocation leaves a copy of it (user, path, address) behind.
         let size = postcard::serialize_with_flavor(rec, postcard::ser_flavors::Size::default())
             .expect("sizing a record cannot fail");
-        let mut buf = postcard::to_extend(rec, Vec::with_capacity(size + AES_256_GCM.tag_len()))
+        let padded = size.div_ceil(ENTRY_PAD) * ENTRY_PAD;
+        let mut buf = postcard::to_extend(rec, Vec::with_capacity(padded + AES_256_GCM.tag_len()))
             .expect("serialising to a Vec cannot fail");
+        buf.resize(padded, 0);
         self.0
             .seal_in_place_append_tag(
                 Self::nonce(seq),
@@ -144,7 +152,8 @@ impl FileKey {
                 &mut buf,
             )
             .ok()?;
-        postcard::from_bytes(plain).ok()
+        let (rec, padding) = postcard::take_from_bytes(plain).ok()?;
+        padding.iter().all(|&b| b == 0).then_some(rec)
     }
 }
 
@@ -269,4 +278,74 @@ pub(crate) fn file_number(name: &str) -> Option<u32> {
     (d.len() >= 6 && d.bytes().all(|b| b.is_ascii_digit()))
         .then(|| d.parse().ok())
         .flatten()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::Action;
+
+    fn read_of(path: &str) -> Record {
+        Record {
+            action: Action::Read,
+            user: Some("nurse-kim".into()),
+            fs: Some("files".into()),
+            path: Some(path.into()),
+            to: None,
+            client: Some("127.0.0.1".into()),
+            status: 200,
+            detail: None,
+        }
+    }
+
+    /// Entry bodies were sealed as they are: a line's length told the length of the
+    /// request's path (and user) to the byte. Padded, 300 path lengths give at most six
+    /// lengths, each the padding's multiple plus the tag.
+    #[test]
+    fn entry_bodies_tell_path_lengths_only_to_the_padding() {
+        let key = FileKey::new(&AuditKeys::for_tests(3), &[5; 16]);
+        let tag = AES_256_GCM.tag_len();
+        let lens: std::collections::BTreeSet<usize> = (1..=300)
+            .map(|n| {
+                key.seal(9, 1_000, &read_of(&format!("/{}", "p".repeat(n))))
+                    .len()
+            })
+            .collect();
+        assert!(
+            lens.iter().all(|l| (l - tag).is_multiple_of(ENTRY_PAD)),
+            "{lens:?}"
+        );
+        assert!(lens.len() <= 300 / ENTRY_PAD + 2, "{lens:?}");
+        let rec = read_of("/patients/173/hiv-test.pdf");
+        assert_eq!(key.open(9, 1_000, &key.seal(9, 1_000, &rec)), Some(rec));
+    }
+
+    /// Entries written before the padding (2026-12-06) have none and still open; bytes other
+    /// than zeros after the encoding do not.
+    #[test]
+    fn unpadded_entries_open_and_padding_must_be_zeros() {
+        let key = FileKey::new(&AuditKeys::for_tests(3), &[5; 16]);
+        let rec = read_of("/old/entry.pdf");
+        let seal_plain = |mut plain: Vec<u8>| {
+            key.0
+                .seal_in_place_append_tag(
+                    FileKey::nonce(4),
+                    Aad::from(FileKey::aad(4, 77)),
+                    &mut plain,
+                )
+                .unwrap();
+            plain
+        };
+        let unpadded = postcard::to_allocvec(&rec).unwrap();
+        assert_ne!(
+            unpadded.len() % ENTRY_PAD,
+            0,
+            "the test needs an unpadded length"
+        );
+        assert_eq!(key.open(4, 77, &seal_plain(unpadded.clone())), Some(rec));
+        let mut bad = unpadded;
+        bad.resize(bad.len().div_ceil(ENTRY_PAD) * ENTRY_PAD, 0);
+        *bad.last_mut().unwrap() = 1;
+        assert_eq!(key.open(4, 77, &seal_plain(bad)), None);
+    }
 }
