@@ -261,7 +261,7 @@ impl GcSchedule {
     pub fn describe(&self) -> String {
         match self.every {
             Some(every) => format!(
-                "Automatic gc: every {} s on each filesystem, the first {} s after the start, keeping orphans younger than {} s (--gc-every, --gc-grace)",
+                "Automatic gc: every {} s on each filesystem, the first {} s after the start, keeping orphans younger than {} s (--gc-every, --gc-grace); at once for a filesystem whose last run (kept in system/gc-last-runs) was that interval ago",
                 every.as_secs(),
                 self.grace.as_secs(),
                 self.grace.as_secs()
@@ -281,12 +281,66 @@ const GC_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// or at the next run if that comes first.
 const GC_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
 
+/// The file, in the data dir's `system/` directory, where the server keeps when its own gc
+/// last ran on each filesystem: one line per filesystem, its id (32 hex digits), a space and
+/// the Unix time in ms. Not a secret (ids and times only), not sealed: a lost or altered file
+/// only moves the next run (to `--gc-grace` after the start, as without it).
+pub const GC_LAST_RUNS: &str = "gc-last-runs";
+
+/// When the server's own gc last ran on each filesystem, as [`GC_LAST_RUNS`] at `path` says
+/// (nothing if it is missing or unreadable; lines that do not parse are skipped).
+fn read_last_runs(path: &Path) -> std::collections::HashMap<[u8; 16], i64> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    text.lines()
+        .filter_map(|l| {
+            let (id, ms) = l.split_once(' ')?;
+            let id: [u8; 16] = hex::decode(id).ok()?.try_into().ok()?;
+            Some((id, ms.parse().ok()?))
+        })
+        .collect()
+}
+
+/// Writes [`GC_LAST_RUNS`] at `path` whole (a temporary file renamed over it).
+fn write_last_runs(
+    path: &Path,
+    runs: &std::collections::HashMap<[u8; 16], i64>,
+) -> std::io::Result<()> {
+    let mut text = String::new();
+    for (id, ms) in runs {
+        text.push_str(&format!("{} {ms}\n", hex::encode(id)));
+    }
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text)?;
+    std::fs::rename(&tmp, path)
+}
+
+/// When a filesystem's first automatic gc in this process is due: `--gc-grace` after the
+/// server first sees it, or at once if its last run (`last_ms`, kept across restarts) was
+/// `--gc-every` ago or more, or when that comes if it is sooner than the grace (a server
+/// restarted more often than the grace would otherwise never run it).
+fn first_gc_due(
+    now: tokio::time::Instant,
+    now_ms: i64,
+    every: std::time::Duration,
+    grace: std::time::Duration,
+    last_ms: Option<i64>,
+) -> tokio::time::Instant {
+    let after_grace = now + grace;
+    let Some(last_ms) = last_ms else {
+        return after_grace;
+    };
+    let since = std::time::Duration::from_millis(u64::try_from(now_ms - last_ms).unwrap_or(0));
+    after_grace.min(now + every.saturating_sub(since))
+}
+
 /// Runs gc on every open filesystem as an operator would with `efsctl gc --grace`, recorded
 /// as that command by the account `efs-server`, `automatic` (entries 202 and 200, as for
 /// the command): what a crash leaves between a commit and its content's removal (an orphan
 /// blob or inline content, a partial write) is removed without anyone running it. Each
 /// filesystem's first run comes [`GcSchedule::grace`] after the server first sees it (it
-/// looks at least once a minute), then one every [`GcSchedule::every`]; a run that failed
+/// looks at least once a minute), or sooner when its last run, kept in [`GC_LAST_RUNS`]
+/// across restarts, was [`GcSchedule::every`] ago (`first_gc_due`), then one every
+/// [`GcSchedule::every`]; a run that failed
 /// (an index on hold) is tried again after an hour (or the interval, if shorter). Runs take
 /// the lock of filesystem creations, restores and gc, as the command does: one waits for a
 /// restore (of any filesystem) to end, and the filesystems after it wait with it. Started
@@ -297,6 +351,13 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
     use tokio::time::Instant;
     let Some(every) = schedule.every else {
         return;
+    };
+    let runs_file = st.data.root().join("system").join(GC_LAST_RUNS);
+    let mut last_runs = read_last_runs(&runs_file);
+    let unix_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     };
     let mut due: HashMap<String, Instant> = HashMap::new();
     loop {
@@ -310,7 +371,10 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
                 return;
             }
             let name = fs.name().to_owned();
-            let when = *due.entry(name.clone()).or_insert(now + schedule.grace);
+            let when = *due.entry(name.clone()).or_insert_with(|| {
+                let last = last_runs.get(fs.id()).copied();
+                first_gc_due(now, unix_ms(), every, schedule.grace, last)
+            });
             if when > now {
                 next = next.min(when);
                 continue;
@@ -335,6 +399,10 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
                 // Warned of: orphans are what a crash or a failed removal left.
                 if removed > 0 {
                     tracing::warn!(fs = %name, "automatic {}", r.lines.join("; "));
+                }
+                last_runs.insert(*fs.id(), unix_ms());
+                if let Err(e) = write_last_runs(&runs_file, &last_runs) {
+                    tracing::warn!(file = %runs_file.display(), error = %e, "could not record when the automatic gc ran; after a restart it runs --gc-grace after the start");
                 }
                 every
             } else if st.detached.is_closed() {
@@ -739,8 +807,40 @@ static FS_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed_peer, without_panics};
+    use super::{allowed_peer, first_gc_due, without_panics};
     use efs_core::admin::AdminResponse;
+    use std::time::Duration;
+
+    /// A server restarted more often than `--gc-grace` never ran its own gc: the first run
+    /// came the grace after each start. With the last run kept, an overdue filesystem's
+    /// comes at once; one not yet due comes when it is due or the grace after the start,
+    /// whichever is sooner (as before); none recorded, the grace after the start.
+    #[test]
+    fn the_first_automatic_gc_comes_when_the_last_one_is_due() {
+        let now = tokio::time::Instant::now();
+        let (day, hour) = (Duration::from_secs(86_400), Duration::from_secs(3_600));
+        let now_ms = 1_765_000_000_000i64;
+        let ago = |d: Duration| Some(now_ms - d.as_millis() as i64);
+        assert_eq!(first_gc_due(now, now_ms, day, hour, None), now + hour);
+        assert_eq!(first_gc_due(now, now_ms, day, hour, ago(2 * day)), now);
+        assert_eq!(first_gc_due(now, now_ms, day, hour, ago(day)), now);
+        assert_eq!(
+            first_gc_due(
+                now,
+                now_ms,
+                day,
+                hour,
+                ago(day - 10 * Duration::from_secs(60))
+            ),
+            now + Duration::from_secs(600)
+        );
+        assert_eq!(first_gc_due(now, now_ms, day, hour, ago(hour)), now + hour);
+        // A last run in the future (the clock went back): no sooner than the grace allows.
+        assert_eq!(
+            first_gc_due(now, now_ms, day, hour, Some(now_ms + 5_000)),
+            now + hour
+        );
+    }
 
     /// The automatic gc and key rotation ended for the life of the process when their
     /// command panicked (the panic went on up their loop); it is now their failure, which

@@ -136,12 +136,14 @@ struct Args {
     /// <--gc-grace>` would: it removes what a crash leaves between a change's commit and
     /// the removal of the content it replaced or deleted (orphan blobs and inline contents,
     /// partial writes), and is recorded in the audit log as a gc by efs-server. The first
-    /// run on a filesystem comes --gc-grace seconds after the start (or after its creation). 0: never (run `efsctl
-    /// gc` yourself).
+    /// run on a filesystem comes --gc-grace seconds after the start (or after its creation),
+    /// or at once if its last run, kept across restarts in DATA/system/gc-last-runs, was this
+    /// long ago. 0: never (run `efsctl gc` yourself).
     #[arg(long, default_value_t = 86_400, value_name = "SECS", value_parser = gc_secs)]
     gc_every: u64,
     /// The automatic gc keeps orphans younger than this many seconds, and runs first this
-    /// long after the start (by then whatever a crash before the start left is older).
+    /// long after the start (by then whatever a crash before the start left is older), unless
+    /// a filesystem's last run was --gc-every ago.
     #[arg(long, default_value_t = 3600, value_name = "SECS", value_parser = gc_secs)]
     gc_grace: u64,
     /// Write request paths to the log (they are personal data; off by default).

@@ -1634,7 +1634,9 @@ fn gc_entries(srv: &TestServer) -> Vec<Value> {
 /// delete's commit and its blob's removal leaves; here a copy of a live blob under an id no
 /// record names, dated two hours back) is removed once the grace has passed after the
 /// start, recorded as `gc` by `efs-server`, `automatic`, and logged; the live files stay
-/// whole and fsck is clean. With `--gc-every 0` it never runs.
+/// whole and fsck is clean. With `--gc-every 0` it never runs. When each filesystem last
+/// ran it is kept across restarts: a server whose grace is longer than its time between
+/// restarts still runs it once it is due (it never did).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_running_server_removes_orphans_by_itself() {
     let s = session(&[]).await;
@@ -1746,4 +1748,34 @@ async fn a_running_server_removes_orphans_by_itself() {
             "{e}"
         );
     }
+
+    // Kept across restarts: the last run is recorded, and a server whose grace alone would
+    // put its first run an hour away runs it at once, the interval (2 s) having passed.
+    let runs = std::fs::read_to_string(srv.dir.path().join("d/system/gc-last-runs"))
+        .expect("the last runs are kept");
+    assert_eq!(runs.lines().count(), 1, "{runs}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let mut again = TestServer::start_in(
+        srv.dir.clone(),
+        &["--gc-every", "2", "--gc-grace", "3600"],
+        &[],
+    );
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while gc_entries(&srv).len() < 4 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no gc within 30 s of a start whose last run was due: {:#?}",
+            gc_entries(&srv)
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    again.stop().await;
+    let r = gc_entries(&srv);
+    assert!(
+        r[2..].iter().all(|e| e["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\"grace_secs\":3600")),
+        "{r:#?}"
+    );
 }
