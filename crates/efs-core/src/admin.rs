@@ -547,13 +547,15 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
     };
     let recorded_ok = match (&recorded, resp.ok) {
         // What was accepted, and the digest it got, belong in the log with the command; so do
-        // the server identities before and after a new token-signing key, and the keys before
-        // and after a user's new key (the old one names what a thief held).
+        // the server identities before and after a new token-signing key, the keys before
+        // and after a user's new key (the old one names what a thief held), and what a gc
+        // removed (stored content gone, even if only orphans).
         (
             AdminRequest::AcceptSystem
             | AdminRequest::RotateSigningKey
             | AdminRequest::ReplaceKey { .. }
-            | AdminRequest::RetireTerms { .. },
+            | AdminRequest::RetireTerms { .. }
+            | AdminRequest::Gc { .. },
             true,
         ) => record_admin_with(dd, op, &recorded, true, Some(&resp.data)).await,
         (_, true) => record_admin(dd, op, &recorded, true).await,

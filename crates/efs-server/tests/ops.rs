@@ -1738,6 +1738,14 @@ async fn a_running_server_removes_orphans_by_itself() {
     );
     let statuses: Vec<&Value> = r.iter().map(|e| &e["status"]).collect();
     assert_eq!(statuses, [202, 200], "{r:#?}");
+    // What it removed is in its entry (it was only in the server's log).
+    assert!(
+        r[1]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("\"blobs_removed\":1"),
+        "{r:#?}"
+    );
     for e in &r {
         assert!(
             e["user"] == "efs-server" && e["client"] == "automatic" && e["fs"] == "files",
