@@ -62,6 +62,10 @@ pub struct OpenOptions {
     /// taken for an older copy put back and held until `accept-system`. `None`: 2 minutes
     /// (a crash leaves it about 10 s behind at most).
     pub system_lag: Option<std::time::Duration>,
+    /// The rollback witness, a file outside the data dir that keeps how far the system
+    /// database went (`--rollback-witness`, [`crate::witness`]): a data dir found behind it
+    /// was put back whole from an earlier copy, and is held until `accept-system`.
+    pub rollback_witness: Option<PathBuf>,
 }
 
 /// What happened at open: lines for the operator.
@@ -106,6 +110,9 @@ pub struct DataDir {
     /// What the open found of the system database's digest (and whether it was accepted
     /// since).
     system_trust: std::sync::Mutex<SystemTrust>,
+    /// The generation the rollback witness saw, when it found this data dir behind it:
+    /// [`DataDir::accept_system`] moves the digest past it.
+    witness_floor: Option<u64>,
     filesystems: RwLock<HashMap<String, Arc<Filesystem>>>,
     /// Filesystems whose index could not be opened when the data dir was (unreadable, not
     /// a redb file, or holding another filesystem's keyring), with why: not served, while
@@ -570,6 +577,17 @@ impl DataDir {
         let lock;
         let keyparts_path = root.join("system").join("keyparts.json");
         let starter = if is_new(root)? {
+            // A witness of another data dir would hold this new one as put back (its
+            // generation starts again): refused before anything is created.
+            if let Some(w) = &opts.rollback_witness
+                && std::fs::symlink_metadata(w).is_ok()
+            {
+                return Err(CoreError::Invalid(format!(
+                    "--rollback-witness {}: the file exists, and the data dir {} is new: it is the witness of another data dir (remove it if that one is gone for good, or name another file)",
+                    w.display(),
+                    root.display()
+                )));
+            }
             // Created with its parents, as `mkdir -p` would: the generated key part goes
             // beside it, so its parent must exist too.
             crate::blob::create_dir_all_synced(root).map_err(|e| {
@@ -657,6 +675,23 @@ impl DataDir {
         if let SystemTrust::Pending { found } = &system_trust {
             tracing::warn!("{found}: opened to be accepted (efsctl accept-system)");
         }
+        // The rollback witness before anything is written to the database: a write would
+        // move its generation on towards the witness's and could hide a rollback.
+        let mut witness_floor = None;
+        let mut system_trust = system_trust;
+        if let Some(path) = &opts.rollback_witness {
+            let (witness, seen) = crate::witness::Witness::open(path, root)?;
+            if let Some(found) = system.follow_witness(Arc::new(witness), seen.as_ref())? {
+                if !opts.accept_system {
+                    return Err(CoreError::SystemHold(found));
+                }
+                tracing::warn!("{found}: opened to be accepted (efsctl accept-system)");
+                witness_floor = seen.map(|s| s.generation);
+                if !matches!(system_trust, SystemTrust::Pending { .. }) {
+                    system_trust = SystemTrust::Pending { found };
+                }
+            }
+        }
         // Under the system database's lock, no restore runs: a copy of an index dump left
         // by one that was interrupted (a crash) is removed.
         backup::remove_dump_copies(&root.join("system"));
@@ -701,7 +736,6 @@ impl DataDir {
         // The system database put back from an older copy (its digest holds for what it was
         // then: a user, a grant or a key removed since is back) shows as a recorded head far
         // behind the log, which lives beside it but is not put back with it.
-        let mut system_trust = system_trust;
         if let Some(found) = older
             && !matches!(system_trust, SystemTrust::Pending { .. })
         {
@@ -711,6 +745,7 @@ impl DataDir {
             root: root.to_path_buf(),
             system,
             system_trust: std::sync::Mutex::new(system_trust),
+            witness_floor,
             filesystems: RwLock::new(HashMap::new()),
             unopened: RwLock::new(HashMap::new()),
             starter,
@@ -2180,8 +2215,9 @@ impl DataDir {
         let mut trust = self.system_trust.lock().expect("lock poisoned");
         let now = match &*trust {
             SystemTrust::Pending { found } => {
-                let accepted = match self.system.accept_now()? {
-                    // Pending only because it is older than the audit log (its digest holds).
+                let mut accepted = match self.system.accept_now()? {
+                    // Pending only because it is older than the audit log or its witness (its
+                    // digest holds).
                     SystemTrust::Holds { generation, anchor } => SystemTrust::Accepted {
                         found: found.clone(),
                         generation,
@@ -2189,6 +2225,24 @@ impl DataDir {
                     },
                     other => other,
                 };
+                // Behind its rollback witness: the generation goes on past the witness's, so
+                // that the witness follows again (and a generation noted since stays below).
+                if let Some(floor) = self.witness_floor {
+                    self.system.continue_generation(floor.saturating_add(1))?;
+                    if let (
+                        SystemTrust::Accepted {
+                            generation, anchor, ..
+                        },
+                        crate::digest::DigestCheck::Holds {
+                            generation: g,
+                            anchor: a,
+                            ..
+                        },
+                    ) = (&mut accepted, self.system.digest_state()?)
+                    {
+                        (*generation, *anchor) = (g, a);
+                    }
+                }
                 // The log's head recorded now, so that the next open finds the two agree (a
                 // database both changed and older than the log is accepted for both).
                 let _one = self.audit_mark.lock().unwrap_or_else(|e| e.into_inner());

@@ -325,6 +325,12 @@ impl Fields {
     }
 }
 
+/// The anchor of the stored (sealed) digest `stored`: a short keyed fingerprint of that
+/// exact state (hex), what [`DigestCheck::Holds`] reports.
+pub(crate) fn anchor(key: &DigestKey, stored: &[u8]) -> String {
+    hex::encode(&key.mac(DOMAIN_ANCHOR, &[stored])[..16])
+}
+
 /// What a check of the index against its stored digest found (one snapshot).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum DigestCheck {
@@ -408,11 +414,10 @@ impl DigestCheck {
         }
         let same = claimed.xor.ct_eq(&found.xor).into() && claimed.count == found.count;
         if same {
-            let anchor = key.mac(DOMAIN_ANCHOR, &[stored]);
             DigestCheck::Holds {
                 generation: f.generation,
                 entries: found.count,
-                anchor: hex::encode(&anchor[..16]),
+                anchor: anchor(key, stored),
             }
         } else {
             DigestCheck::Differs {

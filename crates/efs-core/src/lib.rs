@@ -43,6 +43,7 @@ pub mod rekey;
 pub use fs::retire;
 pub use fs::rotation;
 pub mod system;
+pub mod witness;
 
 pub use datadir::{DataDir, Finished, OpenOptions, OpenReport};
 pub use error::{CoreError, Result};

@@ -40,6 +40,7 @@ use crate::digest::{Accumulator, DigestCheck, DigestKey, Layout};
 use crate::error::{CoreError, Result};
 use crate::keyparts::StarterKey;
 use crate::labels;
+use crate::witness::Witness;
 
 const USERS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("users");
 const FILESYSTEMS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("filesystems");
@@ -124,6 +125,9 @@ pub struct SystemDb {
     /// The snapshot from before a commit that [`Fault::CommitLandsUnseen`] reported failed:
     /// the reads of [`SystemDb::filesystem`] and the like see it, not the commit.
     stale: Mutex<Option<Arc<redb::ReadTransaction>>>,
+    /// The rollback witness, written after every write that moves the digest on
+    /// ([`crate::witness`]); set once the open has checked the database against it.
+    witness: std::sync::OnceLock<Arc<Witness>>,
 }
 
 /// The storage's state as the system database's writes found it.
@@ -321,6 +325,7 @@ impl SystemDb {
             fault: AtomicU8::new(Fault::Never as u8),
             reads_fail: AtomicBool::new(false),
             stale: Mutex::new(None),
+            witness: std::sync::OnceLock::new(),
         };
         if creating {
             // The tables and the empty set's digest in one transaction: a database left
@@ -432,6 +437,7 @@ impl SystemDb {
                 .map_err(|e| self.note(e))?;
         }
         w.commit().map_err(|e| self.note(e))?;
+        self.witness(acc.generation(), &sealed);
         // Checked again from the database: what is stored now must hold.
         match self.check()?.0 {
             DigestCheck::Holds {
@@ -452,6 +458,7 @@ impl SystemDb {
     /// back). Keeps the larger of the two.
     pub fn continue_generation(&self, at_least: u64) -> Result<()> {
         let w = self.begin_write()?;
+        let sealed;
         {
             let mut meta = w.open_table(META).map_err(|e| self.note(e))?;
             let mut acc = self.stored_digest(&meta)?;
@@ -459,10 +466,51 @@ impl SystemDb {
                 return Ok(());
             }
             acc.set_generation(at_least);
-            meta.insert(META_DIGEST, acc.seal(&self.digest).as_slice())
+            sealed = acc.seal(&self.digest);
+            meta.insert(META_DIGEST, sealed.as_slice())
                 .map_err(|e| self.note(e))?;
         }
-        w.commit().map_err(|e| self.note(e))
+        w.commit().map_err(|e| self.note(e))?;
+        self.witness(at_least, &sealed);
+        Ok(())
+    }
+
+    /// Checks against the rollback witness `witness` that saw `seen` (its file's content,
+    /// `None` when there is none yet), then has it follow every write from now on: returns
+    /// what a put-back data dir is (`Some(why)`, see [`crate::witness::judge`]; nothing is
+    /// written to the witness then, nor by any later write until the generation is past
+    /// the witness's), `None` when the database is where the witness saw it or later (the
+    /// witness is brought up to it). A database that does not hold its digest is not
+    /// judged here (it is on hold already): its acceptance moves it on.
+    pub fn follow_witness(
+        &self,
+        witness: Arc<Witness>,
+        seen: Option<&crate::witness::Seen>,
+    ) -> Result<Option<String>> {
+        let (generation, anchor) = match self.digest_state()? {
+            DigestCheck::Holds {
+                generation, anchor, ..
+            } => (generation, anchor),
+            _ => {
+                let _ = self.witness.set(witness);
+                return Ok(None);
+            }
+        };
+        let found =
+            seen.and_then(|s| crate::witness::judge(witness.path(), s, generation, &anchor));
+        if found.is_none() {
+            witness.record(generation, &anchor);
+        }
+        let _ = self.witness.set(witness);
+        Ok(found)
+    }
+
+    /// Records a committed digest (`sealed`, at `generation`) in the rollback witness, if
+    /// there is one.
+    fn witness(&self, generation: u64, sealed: &[u8]) {
+        if let Some(w) = self.witness.get() {
+            w.record(generation, &crate::digest::anchor(&self.digest, sealed));
+        }
     }
 
     /// The stored digest, unmasked, for an update in the same transaction. Checked at
@@ -560,6 +608,7 @@ impl SystemDb {
         let before = WriteFailed::before_commit;
         let w = self.begin_write().map_err(before)?;
         let old = apply(&w).map_err(before)?;
+        let (sealed, generation);
         {
             let mut meta = w.open_table(META).map_err(|e| before(self.note(e)))?;
             let mut acc = self.stored_digest(&meta).map_err(before)?;
@@ -571,10 +620,13 @@ impl SystemDb {
                 acc.insert(&self.digest, &ek, new);
             }
             acc.bump();
-            meta.insert(META_DIGEST, acc.seal(&self.digest).as_slice())
+            sealed = acc.seal(&self.digest);
+            generation = acc.generation();
+            meta.insert(META_DIGEST, sealed.as_slice())
                 .map_err(|e| before(self.note(e)))?;
         }
         self.commit(w, table == "filesystems")?;
+        self.witness(generation, &sealed);
         Ok(old.is_some())
     }
 

@@ -1788,3 +1788,106 @@ async fn a_system_database_older_than_the_audit_log_is_held_until_accepted() {
     // not held.
     open(&root, parts).unwrap();
 }
+
+/// The whole data dir put back from an earlier copy (system database, its digest and the
+/// audit log together: each agrees with the others) opened as good, and a grant revoked since
+/// was back. A rollback witness outside the data dir (`--rollback-witness`) keeps the
+/// digest's generation and anchor: a data dir behind it is held until `accept-system`, which
+/// moves the generation past the witness's.
+#[tokio::test]
+async fn a_data_dir_put_back_whole_is_held_by_its_rollback_witness() {
+    use efs_core::datadir::OpenOptions;
+    use efs_core::system::SystemTrust;
+    let (tmp, root, part) = data_dir_with_users(&["alice"]);
+    let parts = std::slice::from_ref(&part);
+    let witness = tmp.path().join("efs.witness");
+    let open_w = |accept: bool| {
+        let o = OpenOptions {
+            rollback_witness: Some(witness.clone()),
+            accept_system: accept,
+            ..common::opts()
+        };
+        DataDir::open(&root, parts, o, &no_prompt).map(|(dd, _)| dd)
+    };
+    let seen = || {
+        let (_, s) = efs_core::witness::Witness::open(&witness, &root).unwrap();
+        s.expect("a witness file").generation
+    };
+    drop(open_w(false).unwrap());
+    let first = seen();
+    let copy = tmp.path().join("copy");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&root)
+        .arg(&copy)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    {
+        let dd = open_w(false).unwrap();
+        dd.revoke("alice", Some("docs")).unwrap();
+        assert!(dd.user("alice").unwrap().unwrap().grants.is_empty());
+    }
+    let after_revoke = seen();
+    assert!(after_revoke > first, "{after_revoke} > {first}");
+
+    // Put back whole: held, and the witness is not moved back by the attempt.
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::rename(&copy, &root).unwrap();
+    match open_w(false) {
+        Err(CoreError::SystemHold(why)) => assert!(
+            why.contains("rollback witness")
+                && why.contains(&format!("saw generation {after_revoke}")),
+            "{why}"
+        ),
+        Err(e) => panic!("refused, but not by the witness: {e}"),
+        Ok(_) => panic!("a data dir put back whole was opened"),
+    }
+    assert_eq!(seen(), after_revoke);
+    // Looking at it (efsctl list-users opens to accept, and writes nothing) moves nothing.
+    drop(open_w(true).unwrap());
+    assert_eq!(seen(), after_revoke);
+    assert!(matches!(open_w(false), Err(CoreError::SystemHold(_))));
+
+    // Accepted on purpose: the generation goes past the witness's, which follows again.
+    let dd = open_w(true).unwrap();
+    match dd.accept_system().unwrap() {
+        SystemTrust::Accepted {
+            found, generation, ..
+        } => {
+            assert!(found.contains("rollback witness"), "{found}");
+            assert!(generation > after_revoke, "{generation} > {after_revoke}");
+        }
+        other => panic!("not accepted: {other:?}"),
+    }
+    // What was accepted: the earlier copy, the revoked grant with it.
+    assert_eq!(dd.user("alice").unwrap().unwrap().grants.len(), 1);
+    drop(dd);
+    assert!(seen() > after_revoke);
+    let dd = open_w(false).unwrap();
+    dd.revoke("alice", Some("docs")).unwrap();
+    drop(dd);
+
+    // A witness inside the data dir is refused; so is a new data dir with another's witness
+    // (before anything is created).
+    let inside = OpenOptions {
+        rollback_witness: Some(root.join("w")),
+        ..common::opts()
+    };
+    let Err(why) = DataDir::open(&root, parts, inside, &no_prompt) else {
+        panic!("a witness inside the data dir was taken");
+    };
+    let why = why.to_string();
+    assert!(why.contains("inside the data dir"), "{why}");
+    let other = tmp.path().join("other");
+    let o = OpenOptions {
+        rollback_witness: Some(witness.clone()),
+        ..common::opts()
+    };
+    let Err(why) = DataDir::open(&other, parts, o, &no_prompt) else {
+        panic!("a new data dir was opened with another's witness");
+    };
+    let why = why.to_string();
+    assert!(why.contains("witness of another data dir"), "{why}");
+    assert!(!other.exists());
+}

@@ -149,6 +149,13 @@ struct Args {
     /// Write request paths to the log (they are personal data; off by default).
     #[arg(long)]
     log_paths: bool,
+    /// A file outside the data dir, on other storage, that keeps how far the system
+    /// database went (its digest's generation and anchor; no secret): a data dir put back
+    /// whole from an earlier copy (a snapshot) is then refused at the start instead of
+    /// served with the users, grants and keys removed since. Created at the first start with
+    /// it; give efsctl the same (docs/operations.md, "Rollback witness").
+    #[arg(long, env = "EFS_ROLLBACK_WITNESS", value_name = "PATH")]
+    rollback_witness: Option<PathBuf>,
 }
 
 /// `--gc-every` and `--gc-grace`: whole seconds, at most ten years (a clock that far ahead
@@ -240,6 +247,7 @@ fn main() -> std::process::ExitCode {
         shutdown_timeout: Duration::from_secs(a.shutdown_timeout),
         metrics_token,
         reserve_space: a.reserve_space,
+        rollback_witness: a.rollback_witness,
         gc: GcSchedule {
             every: (a.gc_every > 0).then(|| Duration::from_secs(a.gc_every)),
             grace: Duration::from_secs(a.gc_grace),

@@ -110,6 +110,9 @@ pub struct ServerConfig {
     pub reserve_space: Option<u64>,
     /// When the server runs gc by itself.
     pub gc: crate::admin_socket::GcSchedule,
+    /// `--rollback-witness`: the file outside the data dir that keeps how far its system
+    /// database went ([`efs_core::witness`]).
+    pub rollback_witness: Option<PathBuf>,
 }
 
 /// Claims the check of every filesystem's index against its digest: from here on, that
@@ -219,6 +222,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             space_check: Some(crate::reserve::space_check(reserve_cell.clone())),
             ..Default::default()
         },
+        rollback_witness: cfg.rollback_witness.clone(),
         ..Default::default()
     };
     let specs = cfg.key_parts.clone();

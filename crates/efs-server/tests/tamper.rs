@@ -1163,6 +1163,90 @@ async fn an_old_user_row_put_back_stops_the_server_until_efsctl_accept_system() 
     );
 }
 
+/// The whole data dir put back from an earlier copy (a volume snapshot: the system
+/// database, its digest and the audit log agree with one another) was served, the user
+/// revoked since logging in again. With `--rollback-witness` (here from the environment, as
+/// efsctl gets it too) the server keeps the digest's generation outside the data dir and
+/// refuses to start on a data dir behind it, until `efsctl accept-system`.
+#[tokio::test]
+async fn a_data_dir_put_back_whole_is_refused_by_its_rollback_witness() {
+    let dir = std::sync::Arc::new(new_tempdir());
+    let witness = dir.path().join("efs.witness");
+    let w = witness.to_str().unwrap().to_owned();
+    let envs = [("EFS_ROLLBACK_WITNESS", w.as_str())];
+    let mut srv = TestServer::start_in(dir.clone(), &[], &envs);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, Some("files")).await;
+    srv.put_ok("/before.txt", &token, b"x".to_vec()).await;
+    srv.stop().await;
+    let seen = || -> u64 {
+        let text = std::fs::read_to_string(&witness).expect("the witness file");
+        assert!(text.starts_with("efs rollback witness v1\n"), "{text}");
+        text.lines()
+            .find_map(|l| l.strip_prefix("generation "))
+            .and_then(|g| g.parse().ok())
+            .expect("a generation line")
+    };
+    let snapshot = dir.path().join("snapshot");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&srv.data)
+        .arg(&snapshot)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+
+    let mut srv = TestServer::start_in(dir.clone(), &[], &envs);
+    srv.efsctl_ok(&["revoke", "app", "--fs", "files"]);
+    srv.stop().await;
+    let after_revoke = seen();
+
+    // The snapshot put back in place of the data dir.
+    std::fs::remove_dir_all(&srv.data).unwrap();
+    std::fs::rename(&snapshot, &srv.data).unwrap();
+    let f = TestServer::try_start_in(dir.clone(), &[], &envs)
+        .err()
+        .expect("a server started on a data dir put back whole");
+    assert!(
+        f.stderr.contains(&format!(
+            "rollback witness {w} saw generation {after_revoke}"
+        )) && f.stderr.contains("efsctl accept-system"),
+        "{}",
+        f.stderr
+    );
+    assert_eq!(seen(), after_revoke, "the refused start moved the witness");
+    // Looking first: list-users shows the revoked grant back, with a warning.
+    let out = srv.efsctl(&["list-users"]);
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert!(stdout.contains("app\tfiles"), "{stdout}");
+    assert!(stderr.contains("rollback witness"), "{stderr}");
+    assert!(TestServer::try_start_in(dir.clone(), &[], &envs).is_err());
+
+    // Accepted on purpose (a restore of the whole data dir): the generation goes past the
+    // witness's, the server starts, and the witness follows it again.
+    let out = srv.efsctl_ok(&["accept-system"]);
+    assert!(
+        out.contains("Accepted the system database as it is"),
+        "{out}"
+    );
+    let accepted: u64 = out
+        .split("system database digest: generation ")
+        .nth(1)
+        .and_then(|t| t.split(',').next())
+        .and_then(|g| g.parse().ok())
+        .expect("the new generation");
+    assert!(accepted > after_revoke, "{out}");
+    let srv = TestServer::start_in(dir.clone(), &[], &envs);
+    let token = srv.login("app", &key, Some("files")).await;
+    assert_eq!(srv.get_ok("/before.txt", &token).await, b"x");
+    assert!(seen() >= accepted);
+}
+
 /// A restore of a backup that left many entries out names the first 100 and counts the rest.
 #[tokio::test]
 async fn a_restore_names_at_most_100_of_the_entries_its_backup_left_out() {

@@ -80,6 +80,11 @@ struct Args {
     /// reserve applies.
     #[arg(long, env = "EFS_RESERVE_SPACE", value_name = "BYTES", value_parser = efs_server::reserve::parse_reserve)]
     reserve_space: Option<u64>,
+    /// The rollback witness, as efs-server's --rollback-witness (only used when no server
+    /// runs: the commands then keep it up to date, and accept-system moves a data dir put
+    /// back whole past it).
+    #[arg(long, env = "EFS_ROLLBACK_WITNESS", value_name = "PATH")]
+    rollback_witness: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -731,7 +736,13 @@ fn run(args: Args) -> anyhow::Result<u8> {
         AdminRequest::RetireTerms { fs, .. } => Some(fs.clone()),
         _ => None,
     };
-    let resp = match send(&args.data, &args.key_parts, args.reserve_space, req) {
+    let resp = match send(
+        &args.data,
+        &args.key_parts,
+        args.reserve_space,
+        args.rollback_witness.as_deref(),
+        req,
+    ) {
         Ok(r) if r.ok => r,
         refused => {
             if let Some(pair) = &generated {
@@ -849,12 +860,14 @@ fn offline_reserve(data: &Path, requested: Option<u64>) -> efs_server::reserve::
 }
 
 /// Sends a request to the running server, or runs it on the data dir (then keeping
-/// `reserve_space` free, `None`: the default reserve, as efs-server would). An error that is
-/// a [`NotDelivered`] (`downcast_ref`) means nothing was done.
+/// `reserve_space` free, `None`: the default reserve, as efs-server would; and following the
+/// rollback witness `witness`, if given). An error that is a [`NotDelivered`] (`downcast_ref`)
+/// means nothing was done.
 fn send(
     data: &Path,
     parts: &[KeyPartSpec],
     reserve_space: Option<u64>,
+    witness: Option<&Path>,
     mut req: AdminRequest,
 ) -> anyhow::Result<AdminResponse> {
     let sock = efs_core::datadir::admin_socket_path(data);
@@ -909,6 +922,7 @@ fn send(
                     ))),
                     ..Default::default()
                 },
+                rollback_witness: witness.map(Path::to_path_buf),
                 ..OpenOptions::default()
             };
             let (dd, _) =
@@ -1251,7 +1265,7 @@ impl GeneratedPair {
     /// (an error came after the user was saved: its audit entry, the server's reload, a lost
     /// answer) or if that cannot be told, and says which.
     fn settle(&self, data: &Path, parts: &[KeyPartSpec]) {
-        let created = send(data, parts, None, AdminRequest::ListUsers).and_then(|r| {
+        let created = send(data, parts, None, None, AdminRequest::ListUsers).and_then(|r| {
             if !r.ok {
                 bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
             }

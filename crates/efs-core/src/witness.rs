@@ -1,0 +1,271 @@
+//! The rollback witness: how far the system database's digest went, kept outside the data
+//! dir (`--rollback-witness PATH`).
+//!
+//! The system database's digest ([`crate::system`]) catches a row changed, removed or put
+//! back on its own, and the audit log beside it catches the database put back alone
+//! ([`crate::datadir`]). Neither can catch the *whole* data dir put back from an earlier
+//! copy (a snapshot, a backup of the volume): the database, its digest and the audit log then
+//! agree with one another, and a user deleted, a grant or a key revoked since is back. The
+//! digest's generation only goes up and its anchor names one exact state, so a file on other
+//! storage that keeps the last generation and anchor seen is enough to tell: a data dir whose
+//! database is at an earlier generation than its witness, or at the same generation with
+//! another anchor, was put back, and is held until an operator accepts it
+//! (`efsctl accept-system`, which moves the generation past the witness's).
+//!
+//! The file holds no secret (a generation, and the anchor: a keyed fingerprint that opens
+//! nothing): `efs rollback witness v1`, `generation G`, `anchor A`, a line each. It is
+//! written whole (a temporary file, fsynced, renamed over it, the directory fsynced) after
+//! every write of the system database that a process with the option makes, so it is never
+//! ahead of the database: a crash in between leaves it one write behind, which only weakens
+//! the check by that write. It is never written backwards, not even by a process that opened
+//! a rolled-back database to look at it. What it cannot do: someone who can change the
+//! witness as well as the data dir can roll both back; a start without the option checks
+//! nothing.
+
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use crate::error::{CoreError, Result};
+
+/// The first line of a witness file.
+const MAGIC: &str = "efs rollback witness v1";
+
+/// What a witness file says.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Seen {
+    /// The highest generation of the system database's digest written with it.
+    pub generation: u64,
+    /// That generation's anchor (hex).
+    pub anchor: String,
+}
+
+impl Seen {
+    fn to_text(&self) -> String {
+        format!(
+            "{MAGIC}\ngeneration {}\nanchor {}\n",
+            self.generation, self.anchor
+        )
+    }
+
+    fn parse(text: &str) -> Option<Self> {
+        let mut lines = text.lines();
+        if lines.next()? != MAGIC {
+            return None;
+        }
+        let generation = lines.next()?.strip_prefix("generation ")?.parse().ok()?;
+        let anchor = lines.next()?.strip_prefix("anchor ")?;
+        let hex_ok = !anchor.is_empty() && anchor.bytes().all(|b| b.is_ascii_hexdigit());
+        if !hex_ok || lines.next().is_some() {
+            return None;
+        }
+        Some(Self {
+            generation,
+            anchor: anchor.to_owned(),
+        })
+    }
+}
+
+/// The witness of one open data dir.
+#[derive(Debug)]
+pub struct Witness {
+    path: PathBuf,
+    /// The generation last written to the file or read from it: nothing at or below it is
+    /// written (the file only goes forward).
+    last: Mutex<u64>,
+    /// Whether the last write failed (logged once per run of failures, not at every write).
+    failing: Mutex<bool>,
+}
+
+impl Witness {
+    /// The witness at `path` for the data dir at `root`: refused inside the data dir (put
+    /// back with it, it would witness nothing) or in a directory that does not exist. Returns
+    /// what the file says, `None` if there is none yet; a file that is not a witness is
+    /// refused (remove it to start a new one).
+    pub fn open(path: &Path, root: &Path) -> Result<(Self, Option<Seen>)> {
+        let bad = |why: String| {
+            CoreError::Invalid(format!("--rollback-witness {}: {why}", path.display()))
+        };
+        let name = path
+            .file_name()
+            .ok_or_else(|| bad("not a file name".into()))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        let dir = parent
+            .canonicalize()
+            .map_err(|e| bad(format!("its directory {}: {e}", parent.display())))?;
+        let root = root.canonicalize()?;
+        if dir.starts_with(&root) {
+            return Err(bad(format!(
+                "it is inside the data dir {}: put back with it, it would witness nothing; keep it on other storage",
+                root.display()
+            )));
+        }
+        let path = dir.join(name);
+        let seen = match std::fs::read(&path) {
+            Ok(bytes) => Some(
+                std::str::from_utf8(&bytes)
+                    .ok()
+                    .and_then(Seen::parse)
+                    .ok_or_else(|| {
+                        bad("this file is not a rollback witness (remove it to start a new one from this data dir)".into())
+                    })?,
+            ),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(bad(format!("cannot read it: {e}"))),
+        };
+        let last = seen.as_ref().map_or(0, |s| s.generation);
+        Ok((
+            Self {
+                path,
+                last: Mutex::new(last),
+                failing: Mutex::new(false),
+            },
+            seen,
+        ))
+    }
+
+    /// Where the witness is (made absolute).
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Writes `generation` and `anchor` if `generation` is past what the file holds. A
+    /// failure is logged (once until a write succeeds again) and otherwise ignored: the
+    /// database's write it follows has been made, and the next one writes the witness again.
+    pub fn record(&self, generation: u64, anchor: &str) {
+        let mut last = self.last.lock().unwrap_or_else(|e| e.into_inner());
+        if generation <= *last {
+            return;
+        }
+        let text = Seen {
+            generation,
+            anchor: anchor.to_owned(),
+        }
+        .to_text();
+        let result = crate::datadir::write_atomic(&self.path, text.as_bytes());
+        let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        match result {
+            Ok(()) => {
+                *last = generation;
+                if std::mem::replace(&mut *failing, false) {
+                    tracing::info!(
+                        "the rollback witness {} is written again (generation {generation})",
+                        self.path.display()
+                    );
+                }
+            }
+            Err(e) => {
+                if !std::mem::replace(&mut *failing, true) {
+                    tracing::warn!(
+                        "cannot write the rollback witness {}: {e}; the data dir goes on, the witness stays at generation {} until a write succeeds",
+                        self.path.display(),
+                        *last
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// What a data dir whose system database is at `generation` with `anchor` is, by a witness
+/// that saw `seen`: `Some(why)` when it was put back to an earlier state.
+pub fn judge(path: &Path, seen: &Seen, generation: u64, anchor: &str) -> Option<String> {
+    let tail = "put back from an earlier copy? (users, grants and keys removed since would be back); if it was restored on purpose, accept it with efsctl accept-system (with the same --rollback-witness)";
+    if generation < seen.generation {
+        Some(format!(
+            "the system database is at generation {generation}, but the rollback witness {} saw generation {}: the data dir was {tail}",
+            path.display(),
+            seen.generation
+        ))
+    } else if generation == seen.generation && !anchor.eq_ignore_ascii_case(&seen.anchor) {
+        Some(format!(
+            "the system database is at generation {generation} with anchor {anchor}, but the rollback witness {} saw anchor {} at that generation: another copy of the data dir, {tail}",
+            path.display(),
+            seen.anchor
+        ))
+    } else {
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seen(generation: u64, anchor: &str) -> Seen {
+        Seen {
+            generation,
+            anchor: anchor.into(),
+        }
+    }
+
+    #[test]
+    fn a_witness_reads_back_what_it_wrote_and_refuses_anything_else() {
+        let s = seen(41, "5e0c00ff");
+        assert_eq!(Seen::parse(&s.to_text()), Some(s.clone()));
+        for bad in [
+            "",
+            "efs rollback witness v2\ngeneration 41\nanchor 5e0c\n",
+            "efs rollback witness v1\ngeneration -1\nanchor 5e0c\n",
+            "efs rollback witness v1\ngeneration 41\nanchor \n",
+            "efs rollback witness v1\ngeneration 41\nanchor 5e0g\n",
+            "efs rollback witness v1\ngeneration 41\n",
+            "efs rollback witness v1\ngeneration 41\nanchor 5e0c\nmore\n",
+        ] {
+            assert_eq!(Seen::parse(bad), None, "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn only_an_earlier_generation_or_another_anchor_is_a_rollback() {
+        let p = Path::new("/w");
+        let s = seen(41, "aaaa");
+        let behind = judge(p, &s, 40, "bbbb").expect("an earlier generation");
+        assert!(
+            behind.contains("generation 40") && behind.contains("saw generation 41"),
+            "{behind}"
+        );
+        let other = judge(p, &s, 41, "bbbb").expect("another anchor");
+        assert!(
+            other.contains("anchor bbbb") && other.contains("saw anchor aaaa"),
+            "{other}"
+        );
+        assert_eq!(judge(p, &s, 41, "aaaa"), None);
+        assert_eq!(judge(p, &s, 42, "bbbb"), None);
+    }
+
+    #[test]
+    fn a_witness_only_goes_forward_and_stays_out_of_the_data_dir() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        std::fs::create_dir_all(&root).unwrap();
+        let inside = Witness::open(&root.join("w"), &root)
+            .unwrap_err()
+            .to_string();
+        assert!(inside.contains("inside the data dir"), "{inside}");
+        let missing = Witness::open(&dir.path().join("no/such/w"), &root)
+            .unwrap_err()
+            .to_string();
+        assert!(missing.contains("its directory"), "{missing}");
+
+        let path = dir.path().join("w");
+        let (w, none) = Witness::open(&path, &root).unwrap();
+        assert_eq!(none, None);
+        w.record(5, "aa");
+        w.record(4, "bb");
+        w.record(5, "cc");
+        let (w, got) = Witness::open(&path, &root).unwrap();
+        assert_eq!(got, Some(seen(5, "aa")));
+        // Opened again, it still does not go back.
+        w.record(3, "dd");
+        assert_eq!(Witness::open(&path, &root).unwrap().1, Some(seen(5, "aa")));
+        w.record(6, "ee");
+        assert_eq!(Witness::open(&path, &root).unwrap().1, Some(seen(6, "ee")));
+
+        std::fs::write(&path, "not a witness").unwrap();
+        let garbled = Witness::open(&path, &root).unwrap_err().to_string();
+        assert!(garbled.contains("not a rollback witness"), "{garbled}");
+    }
+}
