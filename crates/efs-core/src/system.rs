@@ -1,7 +1,9 @@
 //! The system database (`system/system.redb`): filesystems, users and wrapped secrets.
 //!
 //! Keys are keyed hashes of names and values are sealed under starter subkeys, so the
-//! file shows neither user names nor filesystem names nor public keys.
+//! file shows neither user names nor filesystem names nor public keys. A record's plaintext
+//! is padded with zeros to a multiple of [`SYSTEM_RECORD_PAD`] bytes before sealing, so that
+//! its size tells the length of a name (and a user's grants) only to within that much.
 //!
 //! A sealed row opens only under its own key, but an older value of the *same* row opens
 //! fine: a user's row from before a revocation or a key change, written back by someone
@@ -48,6 +50,40 @@ const SECRETS: TableDefinition<&str, &[u8]> = TableDefinition::new("secrets");
 /// The digest (row `digest`), reserved.
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 const META_DIGEST: &str = "digest";
+
+/// A user's or filesystem's record is padded with zeros to a multiple of this many bytes
+/// before it is sealed, so that its stored size tells the length of the name (and of a user's
+/// grants) only to within this much, instead of to the byte. Records sealed before 2026-12-06
+/// have no padding; every reader, older ones too, decodes the encoding and ignores what
+/// follows (this one: only zeros). Secrets are not padded (see [`SystemDb::put_secret`]).
+pub const SYSTEM_RECORD_PAD: usize = 64;
+
+/// A record's plaintext: its postcard encoding, then zeros up to a multiple of
+/// [`SYSTEM_RECORD_PAD`] bytes.
+fn encode_record<T: Serialize>(v: &T) -> Zeroizing<Vec<u8>> {
+    // Sized first, so that the buffer holding names, keys and grants is never reallocated
+    // (which would leave an unwiped copy behind).
+    let size = postcard::serialize_with_flavor(v, postcard::ser_flavors::Size::default())
+        .expect("sizing a record cannot fail");
+    let padded = size.div_ceil(SYSTEM_RECORD_PAD) * SYSTEM_RECORD_PAD;
+    let mut plain = Zeroizing::new(
+        postcard::to_extend(v, Vec::with_capacity(padded))
+            .expect("serialising to a Vec cannot fail"),
+    );
+    plain.resize(padded, 0);
+    plain
+}
+
+/// Decodes a record's plaintext: the encoding, then nothing but zeros (the padding; none in
+/// older records). Anything else is refused as corrupt.
+fn decode_record<T: for<'de> Deserialize<'de>>(plain: &[u8]) -> Result<T> {
+    let (v, padding) =
+        postcard::take_from_bytes::<T>(plain).map_err(|_| CoreError::Corrupt("system record"))?;
+    if padding.iter().any(|&b| b != 0) {
+        return Err(CoreError::Corrupt("system record"));
+    }
+    Ok(v)
+}
 
 /// A user's access to one filesystem.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -385,8 +421,8 @@ impl SystemDb {
                 let ok = wrap::open(&self.record, &Self::aad(table, k.value()), v.value())
                     .ok()
                     .is_some_and(|plain| match table {
-                        "users" => postcard::from_bytes::<UserRecord>(&plain).is_ok(),
-                        _ => postcard::from_bytes::<FsRecord>(&plain).is_ok(),
+                        "users" => decode_record::<UserRecord>(&plain).is_ok(),
+                        _ => decode_record::<FsRecord>(&plain).is_ok(),
                     });
                 failing += usize::from(!ok);
             }
@@ -855,8 +891,7 @@ impl SystemDb {
         v: &T,
     ) -> std::result::Result<(), WriteFailed> {
         let key = self.name_tag(table, name);
-        let plain =
-            Zeroizing::new(postcard::to_allocvec(v).expect("serialising to a Vec cannot fail"));
+        let plain = encode_record(v);
         let sealed = wrap::seal(&self.record, &Self::aad(table, &key), &plain);
         self.write_row(table, &key, Some(&sealed), |w| {
             let mut t = w.open_table(def).map_err(|e| self.note(e))?;
@@ -882,9 +917,7 @@ impl SystemDb {
             return Ok(None);
         };
         let plain = wrap::open(&self.record, &Self::aad(table, &key), v.value())?;
-        Ok(Some(
-            postcard::from_bytes(&plain).map_err(|_| CoreError::Corrupt("system record"))?,
-        ))
+        Ok(Some(decode_record(&plain)?))
     }
 
     fn remove(&self, def: TableDefinition<&[u8], &[u8]>, table: &str, name: &str) -> Result<bool> {
@@ -910,9 +943,7 @@ impl SystemDb {
         for item in t.iter().map_err(ix)? {
             let (k, v) = item.map_err(ix)?;
             let plain = wrap::open(&self.record, &Self::aad(table, k.value()), v.value())?;
-            out.push(
-                postcard::from_bytes(&plain).map_err(|_| CoreError::Corrupt("system record"))?,
-            );
+            out.push(decode_record(&plain)?);
         }
         Ok(out)
     }
@@ -956,7 +987,11 @@ impl SystemDb {
         Ok(v)
     }
 
-    /// Stores a secret (signing key, TLS key) sealed under the starter key.
+    /// Stores a secret (signing key, TLS key) sealed under the starter key. Not padded: what
+    /// EFS stores here has a fixed size (32-byte keys and roots, the 48-byte audit mark, the
+    /// 8-byte index generation, the 1-byte layout mark, a P-256 PKCS#8 key), except the
+    /// generated TLS certificate, whose size follows the host name but which is public (the
+    /// server writes it in clear to `system/tls-cert.pem`).
     pub fn put_secret(&self, name: &str, secret: &[u8]) -> Result<()> {
         let aad = [labels::AAD_SYSTEM_SECRET, name.as_bytes()].concat();
         let sealed = wrap::seal(&self.secret, &aad, secret);
@@ -1015,6 +1050,8 @@ impl SystemDb {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
 
     fn user(name: &str) -> UserRecord {
@@ -1028,9 +1065,121 @@ mod tests {
         }
     }
 
+    fn starter() -> StarterKey {
+        StarterKey::for_tests(Key32::from_slice(&[3; 32]).expect("32 bytes"))
+    }
+
     fn new_db(dir: &Path) -> SystemDb {
-        let starter = StarterKey::for_tests(Key32::from_slice(&[3; 32]).expect("32 bytes"));
-        SystemDb::create(&dir.join("system.redb"), &starter).unwrap()
+        SystemDb::create(&dir.join("system.redb"), &starter()).unwrap()
+    }
+
+    /// The sealed value stored for `name` in `table`.
+    fn stored(
+        db: &SystemDb,
+        def: TableDefinition<&[u8], &[u8]>,
+        table: &str,
+        name: &str,
+    ) -> Vec<u8> {
+        let r = db.begin_read().unwrap();
+        let t = r.open_table(def).unwrap();
+        let v = t.get(db.name_tag(table, name).as_slice()).unwrap().unwrap();
+        v.value().to_vec()
+    }
+
+    /// Seals `plain` as `name`'s user record and stores it (digest updated), as `put` does
+    /// but as it is: the way records were sealed before the padding.
+    fn put_user_plain(db: &SystemDb, name: &str, plain: &[u8]) {
+        let key = db.name_tag("users", name);
+        let sealed = wrap::seal(&db.record, &SystemDb::aad("users", &key), plain);
+        db.write_row("users", &key, Some(&sealed), |w| {
+            let mut t = w.open_table(USERS).unwrap();
+            let old = t.insert(key.as_slice(), sealed.as_slice()).unwrap();
+            Ok(old.map(|v| v.value().to_vec()))
+        })
+        .unwrap();
+    }
+
+    /// A user's or filesystem's record was sealed as it is: its stored size told the length
+    /// of the user's or filesystem's name to the byte ("al" told from "nurse-kim" by a copy
+    /// of the data dir). Padded, names of 1 to 60 bytes seal to at most two sizes, each the
+    /// padding's multiple plus the wrap's overhead.
+    #[test]
+    fn record_sizes_tell_name_lengths_only_to_the_padding() {
+        let t = tempfile::tempdir().unwrap();
+        let db = new_db(t.path());
+        let (mut users, mut filesystems) = (BTreeSet::new(), BTreeSet::new());
+        for n in 1..=60u8 {
+            let name = "u".repeat(n.into());
+            db.put_user(&user(&name)).unwrap();
+            users.insert(stored(&db, USERS, "users", &name).len());
+            let fs = FsRecord {
+                name: "f".repeat(n.into()),
+                id: [n; 16],
+                created_ms: 1_765_000_000_000,
+            };
+            db.put_filesystem(&fs).unwrap();
+            filesystems.insert(stored(&db, FILESYSTEMS, "filesystems", &fs.name).len());
+        }
+        for sizes in [&users, &filesystems] {
+            assert!(
+                sizes
+                    .iter()
+                    .all(|s| (s - efs_format::WRAP_OVERHEAD).is_multiple_of(SYSTEM_RECORD_PAD)),
+                "{sizes:?}"
+            );
+            assert!(sizes.len() <= 2, "{sizes:?}");
+        }
+        // And every one opens to what was sealed, after a reopen too (the digest holds and
+        // the open's check finds every row readable).
+        let mut kim = user("nurse-kim");
+        kim.grants.push(GrantRecord {
+            fs: "hiv-clinic".into(),
+            read_only: true,
+        });
+        kim.cert_sha256 = Some([4; 32]);
+        db.put_user(&kim).unwrap();
+        drop(db);
+        let db = SystemDb::open(&t.path().join("system.redb"), &starter()).unwrap();
+        assert_eq!(db.count_failing_rows().unwrap(), (121, 0));
+        let got = db.user("nurse-kim").unwrap().unwrap();
+        assert_eq!((got.grants, got.cert_sha256), (kim.grants, kim.cert_sha256));
+        assert_eq!(db.users().unwrap().len(), 61);
+        let fs = db.filesystem(&"f".repeat(60)).unwrap().unwrap();
+        assert_eq!((fs.id, fs.created_ms), ([60; 16], 1_765_000_000_000));
+    }
+
+    /// Records sealed before the padding (2026-12-06) have none and still open (and are
+    /// padded when next written); bytes other than zeros after the encoding are refused as
+    /// corrupt, by a read and by the open's check of the rows.
+    #[test]
+    fn unpadded_records_open_and_padding_must_be_zeros() {
+        let t = tempfile::tempdir().unwrap();
+        let db = new_db(t.path());
+        let old = user("old-user");
+        let unpadded = postcard::to_allocvec(&old).unwrap();
+        assert_ne!(
+            unpadded.len() % SYSTEM_RECORD_PAD,
+            0,
+            "the test needs an unpadded length"
+        );
+        put_user_plain(&db, "old-user", &unpadded);
+        assert_eq!(db.user("old-user").unwrap().unwrap().name, "old-user");
+        assert_eq!(db.users().unwrap().len(), 1);
+        assert_eq!(db.count_failing_rows().unwrap(), (1, 0));
+
+        let mut bad = postcard::to_allocvec(&user("bad-user")).unwrap();
+        bad.resize(bad.len().div_ceil(SYSTEM_RECORD_PAD) * SYSTEM_RECORD_PAD, 0);
+        *bad.last_mut().unwrap() = 1;
+        put_user_plain(&db, "bad-user", &bad);
+        assert!(matches!(db.user("bad-user"), Err(CoreError::Corrupt(_))));
+        assert!(matches!(db.users(), Err(CoreError::Corrupt(_))));
+        assert_eq!(db.count_failing_rows().unwrap(), (2, 1));
+        assert!(decode_record::<UserRecord>(&bad).is_err());
+
+        // Rewritten, the old record is padded.
+        db.put_user(&old).unwrap();
+        let len = stored(&db, USERS, "users", "old-user").len();
+        assert_eq!((len - efs_format::WRAP_OVERHEAD) % SYSTEM_RECORD_PAD, 0);
     }
 
     /// A write that failed on a full disk has the database reopened before the next one
