@@ -579,14 +579,8 @@ impl DataDir {
         let starter = if is_new(root)? {
             // A witness of another data dir would hold this new one as put back (its
             // generation starts again): refused before anything is created.
-            if let Some(w) = &opts.rollback_witness
-                && std::fs::symlink_metadata(w).is_ok()
-            {
-                return Err(CoreError::Invalid(format!(
-                    "--rollback-witness {}: the file exists, and the data dir {} is new: it is the witness of another data dir (remove it if that one is gone for good, or name another file)",
-                    w.display(),
-                    root.display()
-                )));
+            if let Some(w) = &opts.rollback_witness {
+                crate::witness::Witness::refuse_for_new_data_dir(w, root)?;
             }
             // Created with its parents, as `mkdir -p` would: the generated key part goes
             // beside it, so its parent must exist too.
@@ -677,20 +671,33 @@ impl DataDir {
         }
         // The rollback witness before anything is written to the database: a write would
         // move its generation on towards the witness's and could hide a rollback.
+        let mut witness = None;
         let mut witness_floor = None;
         let mut system_trust = system_trust;
         if let Some(path) = &opts.rollback_witness {
-            let (witness, seen) = crate::witness::Witness::open(path, root)?;
-            if let Some(found) = system.follow_witness(Arc::new(witness), seen.as_ref())? {
+            let (w, seen) = crate::witness::Witness::open(path, root)?;
+            if let Some(found) = system.judge_witness(w.path(), seen.as_ref())? {
                 if !opts.accept_system {
                     return Err(CoreError::SystemHold(found));
                 }
                 tracing::warn!("{found}: opened to be accepted (efsctl accept-system)");
-                witness_floor = seen.map(|s| s.generation);
-                if !matches!(system_trust, SystemTrust::Pending { .. }) {
-                    system_trust = SystemTrust::Pending { found };
-                }
+                system_trust = match system_trust {
+                    SystemTrust::Pending { found: first } => SystemTrust::Pending {
+                        found: format!("{first}; and {found}"),
+                    },
+                    _ => SystemTrust::Pending { found },
+                };
             }
+            // Whatever holds the database (the witness, or its digest: a rollback may be
+            // behind that too), its acceptance moves the generation past the witness's.
+            if matches!(system_trust, SystemTrust::Pending { .. }) {
+                witness_floor = seen.map(|s| s.generation);
+            }
+            witness = Some(Arc::new(w));
+        } else if system.secret(crate::witness::SECRET_WITNESS)?.is_some() {
+            tracing::warn!(
+                "this data dir has a rollback witness, but was opened without it (--rollback-witness, EFS_ROLLBACK_WITNESS): a data dir put back whole is not caught, and this run's writes move its generation on unseen"
+            );
         }
         // Under the system database's lock, no restore runs: a copy of an index dump left
         // by one that was interrupted (a crash) is removed.
@@ -740,6 +747,13 @@ impl DataDir {
             && !matches!(system_trust, SystemTrust::Pending { .. })
         {
             system_trust = SystemTrust::Pending { found };
+        }
+        if let Some(w) = witness {
+            // Brought up to the database now only if nothing holds it and this open may
+            // write (an open to look at a held database, or to accept one, writes nothing).
+            let trusted =
+                !opts.accept_system && !matches!(system_trust, SystemTrust::Pending { .. });
+            system.follow_witness(w, trusted)?;
         }
         let dd = Self {
             root: root.to_path_buf(),
@@ -2223,25 +2237,36 @@ impl DataDir {
                         generation,
                         anchor,
                     },
+                    // Accepted from a digest that differed: what the open found (the
+                    // witness's verdict too, if any) is what was accepted.
+                    SystemTrust::Accepted {
+                        generation, anchor, ..
+                    } => SystemTrust::Accepted {
+                        found: found.clone(),
+                        generation,
+                        anchor,
+                    },
                     other => other,
                 };
                 // Behind its rollback witness: the generation goes on past the witness's, so
                 // that the witness follows again (and a generation noted since stays below).
                 if let Some(floor) = self.witness_floor {
                     self.system.continue_generation(floor.saturating_add(1))?;
-                    if let (
-                        SystemTrust::Accepted {
-                            generation, anchor, ..
-                        },
-                        crate::digest::DigestCheck::Holds {
-                            generation: g,
-                            anchor: a,
-                            ..
-                        },
-                    ) = (&mut accepted, self.system.digest_state()?)
-                    {
-                        (*generation, *anchor) = (g, a);
-                    }
+                }
+                // The witness, if any, follows from here (and is started if it was missing).
+                self.system.witness_trusted()?;
+                if let (
+                    SystemTrust::Accepted {
+                        generation, anchor, ..
+                    },
+                    crate::digest::DigestCheck::Holds {
+                        generation: g,
+                        anchor: a,
+                        ..
+                    },
+                ) = (&mut accepted, self.system.digest_state()?)
+                {
+                    (*generation, *anchor) = (g, a);
                 }
                 // The log's head recorded now, so that the next open finds the two agree (a
                 // database both changed and older than the log is accepted for both).

@@ -380,6 +380,21 @@ pub async fn rekey_starter(
     rekey_starter_until(root, old, new, argon, prompt, Stop::Never).await
 }
 
+/// [`rekey_starter`] of a data dir with a rollback witness (`--rollback-witness`): a data
+/// dir behind it (put back whole from an earlier copy) is refused before anything is staged,
+/// as an open would hold it; the new database carries the generation on, so the next open
+/// finds it past the witness.
+pub async fn rekey_starter_witnessed(
+    root: &Path,
+    old: &[KeyPartSpec],
+    new: &[KeyPartSpec],
+    argon: Argon2Params,
+    prompt: &(dyn Fn(&str) -> std::io::Result<String> + Sync),
+    witness: Option<&Path>,
+) -> Result<Vec<String>> {
+    rekey(root, old, new, argon, prompt, Stop::Never, witness).await
+}
+
 /// [`rekey_starter`], stopping early where `stop` says (tests).
 #[doc(hidden)]
 pub async fn rekey_starter_until(
@@ -389,6 +404,18 @@ pub async fn rekey_starter_until(
     argon: Argon2Params,
     prompt: &(dyn Fn(&str) -> std::io::Result<String> + Sync),
     stop: Stop,
+) -> Result<Vec<String>> {
+    rekey(root, old, new, argon, prompt, stop, None).await
+}
+
+async fn rekey(
+    root: &Path,
+    old: &[KeyPartSpec],
+    new: &[KeyPartSpec],
+    argon: Argon2Params,
+    prompt: &(dyn Fn(&str) -> std::io::Result<String> + Sync),
+    stop: Stop,
+    witness: Option<&Path>,
 ) -> Result<Vec<String>> {
     if new.is_empty() {
         return Err(CoreError::Invalid(
@@ -436,6 +463,13 @@ pub async fn rekey_starter_until(
             crate::datadir::system_lags_log(&old_db, &audit_dir, crate::datadir::AUDIT_LAG_MS)?
         {
             return Err(CoreError::SystemHold(found));
+        }
+        // Nor one its rollback witness finds put back whole.
+        if let Some(path) = witness {
+            let (w, seen) = crate::witness::Witness::open(path, root)?;
+            if let Some(found) = old_db.judge_witness(w.path(), seen.as_ref())? {
+                return Err(CoreError::SystemHold(found));
+            }
         }
     }
     let (new_starter, new_file) =

@@ -18,7 +18,8 @@
 //! [`crate::DataDir::open`].
 //! What it cannot see: the whole file put back to an earlier state, digest included; the
 //! generation and anchor that `efsctl accept-system` and `efsctl status` print never go
-//! backwards, so an operator who notes them elsewhere can.
+//! backwards, so an operator who notes them elsewhere can, and so does a rollback witness
+//! kept outside the data dir ([`crate::witness`]).
 //!
 //! After a failed write redb refuses every later write until the database is closed and
 //! opened again. A write that failed because the disk was full (or a quota reached) therefore
@@ -511,34 +512,72 @@ impl SystemDb {
         Ok(())
     }
 
-    /// Checks against the rollback witness `witness` that saw `seen` (its file's content,
-    /// `None` when there is none yet), then has it follow every write from now on: returns
-    /// what a put-back data dir is (`Some(why)`, see [`crate::witness::judge`]; nothing is
-    /// written to the witness then, nor by any later write until the generation is past
-    /// the witness's), `None` when the database is where the witness saw it or later (the
-    /// witness is brought up to it). A database that does not hold its digest is not
-    /// judged here (it is on hold already): its acceptance moves it on.
-    pub fn follow_witness(
+    /// What the rollback witness at `path`, whose file says `seen` (`None`: there is no
+    /// file), says of this database: `Some(why)` when it is behind the witness (see
+    /// [`crate::witness::judge`]; a digest that does not hold is judged by the generation it
+    /// claims), or when there is no file but the database has had a witness
+    /// ([`crate::witness::SECRET_WITNESS`]). Writes nothing.
+    pub fn judge_witness(
         &self,
-        witness: Arc<Witness>,
+        path: &Path,
         seen: Option<&crate::witness::Seen>,
     ) -> Result<Option<String>> {
-        let (generation, anchor) = match self.digest_state()? {
+        let Some(seen) = seen else {
+            return Ok(self.secret(crate::witness::SECRET_WITNESS)?.map(|_| {
+                format!(
+                    "the rollback witness {} is missing, but this data dir has had one: its storage not mounted, or the file removed? (a data dir put back whole could not be told); if it is lost for good, efsctl accept-system (with the same --rollback-witness) starts a new one",
+                    path.display()
+                )
+            }));
+        };
+        Ok(match self.digest_state()? {
             DigestCheck::Holds {
                 generation, anchor, ..
-            } => (generation, anchor),
-            _ => {
-                let _ = self.witness.set(witness);
-                return Ok(None);
+            } => crate::witness::judge(path, seen, generation, Some(&anchor)),
+            DigestCheck::Differs { generation, .. } => {
+                crate::witness::judge(path, seen, generation, None)
             }
-        };
-        let found =
-            seen.and_then(|s| crate::witness::judge(witness.path(), s, generation, &anchor));
-        if found.is_none() {
-            witness.record(generation, &anchor);
-        }
+            DigestCheck::Unreadable => None,
+        })
+    }
+
+    /// Has the rollback witness follow every write from now on. With `trusted` (the
+    /// database holds its digest and nothing holds it), the witness is brought up to the
+    /// database now, and the database records that it has one; otherwise nothing is written
+    /// until the database is accepted (and its generation is past the witness's: the witness
+    /// never goes back).
+    pub fn follow_witness(&self, witness: Arc<Witness>, trusted: bool) -> Result<()> {
         let _ = self.witness.set(witness);
-        Ok(found)
+        if trusted {
+            self.witness_trusted()?;
+        }
+        Ok(())
+    }
+
+    /// The database is trusted as it is (it holds, or was just accepted): if it has a
+    /// rollback witness, it records that it has one and brings the witness up to it.
+    pub fn witness_trusted(&self) -> Result<()> {
+        if self.witness.get().is_none() {
+            return Ok(());
+        }
+        if self.secret(crate::witness::SECRET_WITNESS)?.is_none() {
+            // (A write: the witness records the digest after it.)
+            self.put_secret(crate::witness::SECRET_WITNESS, &[1])?;
+        }
+        self.witness_now()
+    }
+
+    /// Brings the rollback witness, if there is one, up to the database as it is now (when
+    /// its digest holds).
+    pub fn witness_now(&self) -> Result<()> {
+        if let Some(w) = self.witness.get()
+            && let DigestCheck::Holds {
+                generation, anchor, ..
+            } = self.digest_state()?
+        {
+            w.record(generation, &anchor);
+        }
+        Ok(())
     }
 
     /// Records a committed digest (`sealed`, at `generation`) in the rollback witness, if

@@ -14,13 +14,20 @@
 //!
 //! The file holds no secret (a generation, and the anchor: a keyed fingerprint that opens
 //! nothing): `efs rollback witness v1`, `generation G`, `anchor A`, a line each. It is
-//! written whole (a temporary file, fsynced, renamed over it, the directory fsynced) after
-//! every write of the system database that a process with the option makes, so it is never
-//! ahead of the database: a crash in between leaves it one write behind, which only weakens
-//! the check by that write. It is never written backwards, not even by a process that opened
-//! a rolled-back database to look at it. What it cannot do: someone who can change the
-//! witness as well as the data dir can roll both back; a start without the option checks
-//! nothing.
+//! written whole (a temporary file of its own, fsynced, renamed over it, the directory
+//! fsynced) after every write of the system database that a process with the option makes,
+//! so it is never ahead of the database: a crash in between leaves it one write behind. It
+//! is never written backwards, not even by a process that opened a rolled-back database to
+//! look at it. A symbolic link is followed to its target (which is what gets replaced).
+//!
+//! The system database records that it has a witness ([`SECRET_WITNESS`]), so that a
+//! witness file gone missing (its storage not mounted, the file removed) is a hold too, not
+//! a new witness started from whatever the data dir is now; and an open without the option
+//! warns. What it cannot do: someone who can change the witness as well as the data dir can
+//! roll both back; a data dir put back to a copy from before its first witness, with the
+//! witness removed, starts a new one; writes made without the option (efsctl without it, a
+//! start without it) move the generation on unseen, and enough of them can carry a put-back
+//! data dir past the witness's generation.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -29,6 +36,13 @@ use crate::error::{CoreError, Result};
 
 /// The first line of a witness file.
 const MAGIC: &str = "efs rollback witness v1";
+
+/// Name of the system secret that records that the data dir has a rollback witness.
+pub const SECRET_WITNESS: &str = "rollback-witness";
+
+/// Generations beyond this are not a digest's (it counts writes): a witness claiming one is
+/// refused, as it would hold the data dir for good.
+const MAX_GENERATION: u64 = 1 << 48;
 
 /// What a witness file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -52,7 +66,10 @@ impl Seen {
         if lines.next()? != MAGIC {
             return None;
         }
-        let generation = lines.next()?.strip_prefix("generation ")?.parse().ok()?;
+        let generation: u64 = lines.next()?.strip_prefix("generation ")?.parse().ok()?;
+        if generation > MAX_GENERATION {
+            return None;
+        }
         let anchor = lines.next()?.strip_prefix("anchor ")?;
         let hex_ok = !anchor.is_empty() && anchor.bytes().all(|b| b.is_ascii_hexdigit());
         if !hex_ok || lines.next().is_some() {
@@ -82,27 +99,15 @@ impl Witness {
     /// what the file says, `None` if there is none yet; a file that is not a witness is
     /// refused (remove it to start a new one).
     pub fn open(path: &Path, root: &Path) -> Result<(Self, Option<Seen>)> {
-        let bad = |why: String| {
-            CoreError::Invalid(format!("--rollback-witness {}: {why}", path.display()))
-        };
-        let name = path
-            .file_name()
-            .ok_or_else(|| bad("not a file name".into()))?;
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        let dir = parent
-            .canonicalize()
-            .map_err(|e| bad(format!("its directory {}: {e}", parent.display())))?;
+        let bad = |why: String| bad(path, why);
+        let path = resolve(path)?;
         let root = root.canonicalize()?;
-        if dir.starts_with(&root) {
+        if path.starts_with(&root) {
             return Err(bad(format!(
                 "it is inside the data dir {}: put back with it, it would witness nothing; keep it on other storage",
                 root.display()
             )));
         }
-        let path = dir.join(name);
         let seen = match std::fs::read(&path) {
             Ok(bytes) => Some(
                 std::str::from_utf8(&bytes)
@@ -131,6 +136,23 @@ impl Witness {
         &self.path
     }
 
+    /// Refuses `path` as the witness of a data dir about to be created (at `root`): a file
+    /// already there is another data dir's (this one's generations start again), and a
+    /// directory that does not exist would fail only once the data dir is made.
+    pub fn refuse_for_new_data_dir(path: &Path, root: &Path) -> Result<()> {
+        let resolved = resolve(path)?;
+        if std::fs::symlink_metadata(&resolved).is_ok() {
+            return Err(bad(
+                path,
+                format!(
+                    "the file exists, and the data dir {} is new: it is the witness of another data dir (remove it if that one is gone for good, or name another file)",
+                    root.display()
+                ),
+            ));
+        }
+        Ok(())
+    }
+
     /// Writes `generation` and `anchor` if `generation` is past what the file holds. A
     /// failure is logged (once until a write succeeds again) and otherwise ignored: the
     /// database's write it follows has been made, and the next one writes the witness again.
@@ -144,7 +166,7 @@ impl Witness {
             anchor: anchor.to_owned(),
         }
         .to_text();
-        let result = crate::datadir::write_atomic(&self.path, text.as_bytes());
+        let result = write_whole(&self.path, text.as_bytes());
         let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => {
@@ -169,9 +191,68 @@ impl Witness {
     }
 }
 
-/// What a data dir whose system database is at `generation` with `anchor` is, by a witness
-/// that saw `seen`: `Some(why)` when it was put back to an earlier state.
-pub fn judge(path: &Path, seen: &Seen, generation: u64, anchor: &str) -> Option<String> {
+fn bad(path: &Path, why: String) -> CoreError {
+    CoreError::Invalid(format!("--rollback-witness {}: {why}", path.display()))
+}
+
+/// `path` made absolute with its directory's symbolic links resolved, and, when it is itself
+/// a symbolic link, its target (refused when the target cannot be resolved).
+fn resolve(path: &Path) -> Result<PathBuf> {
+    let name = path
+        .file_name()
+        .ok_or_else(|| bad(path, "not a file name".into()))?;
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = parent
+        .canonicalize()
+        .map_err(|e| bad(path, format!("its directory {}: {e}", parent.display())))?;
+    let joined = dir.join(name);
+    match std::fs::symlink_metadata(&joined) {
+        Ok(m) if m.file_type().is_symlink() => joined.canonicalize().map_err(|e| {
+            bad(
+                path,
+                format!("a symbolic link whose target cannot be resolved: {e}"),
+            )
+        }),
+        _ => Ok(joined),
+    }
+}
+
+/// Replaces `path` by `data`, whole: a temporary file of this process's own beside it
+/// (created new: never an existing file or link), fsynced, renamed over `path`, the
+/// directory fsynced.
+fn write_whole(path: &Path, data: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let dir = path.parent().expect("resolved to a file in a directory");
+    let mut nonce = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut nonce).expect("the system RNG does not fail on Linux");
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().expect("a file name").to_string_lossy(),
+        hex::encode(nonce)
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
+        f.write_all(data)?;
+        f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written?;
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// What a data dir whose system database is at `generation` is, by a witness that saw
+/// `seen`: `Some(why)` when it was put back to an earlier state. `anchor` is the database's
+/// anchor when its digest holds (`None`: only the generation its digest claims is known).
+pub fn judge(path: &Path, seen: &Seen, generation: u64, anchor: Option<&str>) -> Option<String> {
     let tail = "put back from an earlier copy? (users, grants and keys removed since would be back); if it was restored on purpose, accept it with efsctl accept-system (with the same --rollback-witness)";
     if generation < seen.generation {
         Some(format!(
@@ -179,7 +260,10 @@ pub fn judge(path: &Path, seen: &Seen, generation: u64, anchor: &str) -> Option<
             path.display(),
             seen.generation
         ))
-    } else if generation == seen.generation && !anchor.eq_ignore_ascii_case(&seen.anchor) {
+    } else if let Some(anchor) = anchor
+        && generation == seen.generation
+        && !anchor.eq_ignore_ascii_case(&seen.anchor)
+    {
         Some(format!(
             "the system database is at generation {generation} with anchor {anchor}, but the rollback witness {} saw anchor {} at that generation: another copy of the data dir, {tail}",
             path.display(),
@@ -213,6 +297,7 @@ mod tests {
             "efs rollback witness v1\ngeneration 41\nanchor 5e0g\n",
             "efs rollback witness v1\ngeneration 41\n",
             "efs rollback witness v1\ngeneration 41\nanchor 5e0c\nmore\n",
+            "efs rollback witness v1\ngeneration 18446744073709551615\nanchor 5e0c\n",
         ] {
             assert_eq!(Seen::parse(bad), None, "{bad:?}");
         }
@@ -222,18 +307,21 @@ mod tests {
     fn only_an_earlier_generation_or_another_anchor_is_a_rollback() {
         let p = Path::new("/w");
         let s = seen(41, "aaaa");
-        let behind = judge(p, &s, 40, "bbbb").expect("an earlier generation");
+        let behind = judge(p, &s, 40, Some("bbbb")).expect("an earlier generation");
         assert!(
             behind.contains("generation 40") && behind.contains("saw generation 41"),
             "{behind}"
         );
-        let other = judge(p, &s, 41, "bbbb").expect("another anchor");
+        // A digest that does not hold: its claimed generation alone.
+        assert!(judge(p, &s, 40, None).is_some());
+        assert_eq!(judge(p, &s, 41, None), None);
+        let other = judge(p, &s, 41, Some("bbbb")).expect("another anchor");
         assert!(
             other.contains("anchor bbbb") && other.contains("saw anchor aaaa"),
             "{other}"
         );
-        assert_eq!(judge(p, &s, 41, "aaaa"), None);
-        assert_eq!(judge(p, &s, 42, "bbbb"), None);
+        assert_eq!(judge(p, &s, 41, Some("aaaa")), None);
+        assert_eq!(judge(p, &s, 42, Some("bbbb")), None);
     }
 
     #[test]
@@ -263,6 +351,41 @@ mod tests {
         assert_eq!(Witness::open(&path, &root).unwrap().1, Some(seen(5, "aa")));
         w.record(6, "ee");
         assert_eq!(Witness::open(&path, &root).unwrap().1, Some(seen(6, "ee")));
+
+        // A link is followed: its target is what is written, and a link into the data dir
+        // is refused.
+        let target = dir.path().join("target.witness");
+        let link = dir.path().join("link.witness");
+        std::os::unix::fs::symlink(&target, &link).unwrap();
+        let dangling = Witness::open(&link, &root).unwrap_err().to_string();
+        assert!(dangling.contains("symbolic link"), "{dangling}");
+        std::fs::write(&target, seen(2, "ab").to_text()).unwrap();
+        let (w, got) = Witness::open(&link, &root).unwrap();
+        assert_eq!(got, Some(seen(2, "ab")));
+        w.record(3, "cd");
+        assert!(
+            std::fs::symlink_metadata(&link)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+        assert_eq!(
+            Seen::parse(&std::fs::read_to_string(&target).unwrap()),
+            Some(seen(3, "cd"))
+        );
+        let into = dir.path().join("into.witness");
+        std::fs::write(root.join("w"), seen(1, "ab").to_text()).unwrap();
+        std::os::unix::fs::symlink(root.join("w"), &into).unwrap();
+        let inside = Witness::open(&into, &root).unwrap_err().to_string();
+        assert!(inside.contains("inside the data dir"), "{inside}");
+        // No temporary file is left beside it.
+        let left: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.ends_with(".tmp"))
+            .collect();
+        assert!(left.is_empty(), "{left:?}");
 
         std::fs::write(&path, "not a witness").unwrap();
         let garbled = Witness::open(&path, &root).unwrap_err().to_string();

@@ -1891,3 +1891,138 @@ async fn a_data_dir_put_back_whole_is_held_by_its_rollback_witness() {
     assert!(why.contains("witness of another data dir"), "{why}");
     assert!(!other.exists());
 }
+
+/// The rollback witness through what else can hold a system database (review of the
+/// witness): a data dir put back whole *and* with a row removed by hand is held for both, and
+/// one `accept-system` moves it past the witness (it once moved it only past its own claimed
+/// generation, and the next open served the put-back grant); a deleted digest, accepted, is
+/// not then taken for a rollback; a witness file gone missing is a hold (not a new witness
+/// from whatever the data dir is now) until accepted; `rekey-starter` refuses a data dir its
+/// witness finds put back.
+#[tokio::test]
+async fn a_rollback_witness_holds_through_a_changed_digest_and_a_missing_file() {
+    use efs_core::datadir::OpenOptions;
+    use efs_core::system::SystemTrust;
+    let (tmp, root, part) = data_dir_with_users(&["alice", "bob"]);
+    let parts = std::slice::from_ref(&part);
+    let witness = tmp.path().join("efs.witness");
+    let open_w = |accept: bool| {
+        let o = OpenOptions {
+            rollback_witness: Some(witness.clone()),
+            accept_system: accept,
+            ..common::opts()
+        };
+        DataDir::open(&root, parts, o, &no_prompt).map(|(dd, _)| dd)
+    };
+    let seen = || {
+        let (_, s) = efs_core::witness::Witness::open(&witness, &root).unwrap();
+        s.expect("a witness file").generation
+    };
+    let accept = || {
+        let dd = open_w(true).unwrap();
+        let SystemTrust::Accepted {
+            found, generation, ..
+        } = dd.accept_system().unwrap()
+        else {
+            panic!("nothing accepted");
+        };
+        (found, generation)
+    };
+    drop(open_w(false).unwrap());
+    let copy = tmp.path().join("copy");
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    cp(&root, &copy);
+    {
+        let dd = open_w(false).unwrap();
+        dd.revoke("alice", Some("docs")).unwrap();
+    }
+    let after_revoke = seen();
+
+    // 1. Put back whole, and a user's row removed by hand: the digest differs too.
+    std::fs::remove_dir_all(&root).unwrap();
+    cp(&copy, &root);
+    {
+        let rows = user_rows(&root);
+        let db = redb::Database::create(root.join("system/system.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(SYSTEM_USERS)
+            .unwrap()
+            .remove(rows[0].0.as_slice())
+            .unwrap();
+        w.commit().unwrap();
+    }
+    assert_system_held(&root, parts);
+    let (found, generation) = accept();
+    assert!(
+        found.contains("differs from its digest") && found.contains("rollback witness"),
+        "{found}"
+    );
+    assert!(generation > after_revoke, "{generation} > {after_revoke}");
+    drop(open_w(false).unwrap());
+    assert!(seen() > after_revoke);
+
+    // 2. The digest deleted, accepted: its generation starts again low, and is moved past
+    // the witness's (no false alarm at the next open).
+    let before = seen();
+    {
+        let db = redb::Database::create(root.join("system/system.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(redb::TableDefinition::<&str, &[u8]>::new("meta"))
+            .unwrap()
+            .remove("digest")
+            .unwrap();
+        w.commit().unwrap();
+    }
+    assert_system_held(&root, parts);
+    let (_, generation) = accept();
+    assert!(generation > before, "{generation} > {before}");
+    drop(open_w(false).unwrap());
+
+    // 3. The witness file missing: held (the data dir has had one), until accepted, which
+    // starts a new one.
+    std::fs::remove_file(&witness).unwrap();
+    match open_w(false) {
+        Err(CoreError::SystemHold(why)) => assert!(why.contains("is missing"), "{why}"),
+        Err(e) => panic!("refused, but not for the missing witness: {e}"),
+        Ok(_) => panic!("opened with its witness missing"),
+    }
+    assert!(!witness.exists(), "looking started a witness");
+    let (found, _) = accept();
+    assert!(found.contains("is missing"), "{found}");
+    assert!(witness.exists());
+    drop(open_w(false).unwrap());
+
+    // 4. rekey-starter on a data dir put back whole: refused before anything is staged.
+    let snapshot = tmp.path().join("snapshot");
+    cp(&root, &snapshot);
+    {
+        let dd = open_w(false).unwrap();
+        dd.revoke("bob", Some("docs")).ok();
+        dd.create_fs("more").unwrap();
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+    cp(&snapshot, &root);
+    let new = vec![new_part(&tmp.path().join("new.key"))];
+    let refused = efs_core::rekey::rekey_starter_witnessed(
+        &root,
+        parts,
+        &new,
+        efs_core::keyparts::Argon2Params::default(),
+        &no_prompt,
+        Some(&witness),
+    )
+    .await;
+    match refused {
+        Err(CoreError::SystemHold(why)) => assert!(why.contains("rollback witness"), "{why}"),
+        other => panic!("rekey-starter of a put-back data dir: {other:?}"),
+    }
+    assert!(!root.join("system/keyparts.json.rekey").exists());
+}

@@ -153,7 +153,7 @@ struct Args {
     /// database went (its digest's generation and anchor; no secret): a data dir put back
     /// whole from an earlier copy (a snapshot) is then refused at the start instead of
     /// served with the users, grants and keys removed since. Created at the first start with
-    /// it; give efsctl the same (docs/operations.md, "Rollback witness").
+    /// it; give efsctl the same (docs/operations.md, "A whole data dir put back").
     #[arg(long, env = "EFS_ROLLBACK_WITNESS", value_name = "PATH")]
     rollback_witness: Option<PathBuf>,
 }

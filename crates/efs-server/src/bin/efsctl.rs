@@ -567,7 +567,13 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> anyhow::Result<u8> {
     let json = args.json;
     if let Cmd::RekeyStarter { new_key_parts } = &args.cmd {
-        return rekey_starter(&args.data, &args.key_parts, new_key_parts, json);
+        return rekey_starter(
+            &args.data,
+            &args.key_parts,
+            new_key_parts,
+            args.rollback_witness.as_deref(),
+            json,
+        );
     }
     // A key pair `create-user` or `replace-key` generated: removed again if the server
     // refuses the user or the key, its description shown (on standard error with --json) once
@@ -750,7 +756,11 @@ fn run(args: Args) -> anyhow::Result<u8> {
                     Err(e) if e.downcast_ref::<NotDelivered>().is_some() => {
                         pair.remove("the request was not delivered (nothing was done)");
                     }
-                    _ => pair.settle(&args.data, &args.key_parts),
+                    _ => pair.settle(
+                        &args.data,
+                        &args.key_parts,
+                        args.rollback_witness.as_deref(),
+                    ),
                 }
             }
             let (error, code) = match refused {
@@ -1157,6 +1167,7 @@ fn rekey_starter(
     data: &Path,
     old: &[KeyPartSpec],
     new: &[KeyPartSpec],
+    witness: Option<&Path>,
     json: bool,
 ) -> anyhow::Result<u8> {
     if UnixStream::connect(efs_core::datadir::admin_socket_path(data)).is_ok() {
@@ -1175,12 +1186,13 @@ fn rekey_starter(
         .enable_all()
         .build()?;
     let lines = rt
-        .block_on(efs_core::rekey::rekey_starter(
+        .block_on(efs_core::rekey::rekey_starter_witnessed(
             data,
             old,
             new,
             efs_core::keyparts::Argon2Params::default(),
             &|p: &str| prompt(p),
+            witness,
         ))
         .context("re-keying the starter key")?;
     if json {
@@ -1264,8 +1276,8 @@ impl GeneratedPair {
     /// this key (refused, nothing saved: the keys would name no one); keeps them if it does
     /// (an error came after the user was saved: its audit entry, the server's reload, a lost
     /// answer) or if that cannot be told, and says which.
-    fn settle(&self, data: &Path, parts: &[KeyPartSpec]) {
-        let created = send(data, parts, None, None, AdminRequest::ListUsers).and_then(|r| {
+    fn settle(&self, data: &Path, parts: &[KeyPartSpec], witness: Option<&Path>) {
+        let created = send(data, parts, None, witness, AdminRequest::ListUsers).and_then(|r| {
             if !r.ok {
                 bail!("{}", r.error.unwrap_or_else(|| "failed".into()));
             }
