@@ -66,6 +66,9 @@ pub struct HttpConfig {
     /// limit leaves beside the connections and the reserve
     /// ([`crate::server::blob_files_for_open_files`]).
     pub max_blob_files: usize,
+    /// `--proxy-protocol-from`: connections from these networks begin with a PROXY protocol
+    /// header, whose client address is then the connection's ([`crate::proxy_protocol`]).
+    pub proxy_from: crate::proxy_protocol::Trusted,
 }
 
 /// Everything a handler needs.

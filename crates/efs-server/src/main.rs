@@ -84,6 +84,14 @@ struct Args {
     /// docs/operations.md).
     #[arg(long, default_value_t = 256, value_name = "N")]
     max_connections_per_address: usize,
+    /// Read the PROXY protocol (HAProxy's, version 1 or 2) on connections from this network
+    /// or address (a load balancer forwarding TCP; repeat, or separate with commas): each
+    /// must begin with its header, whose client address is then the connection's for the
+    /// per-address limits, the audit log and the logs; a connection from there without one
+    /// is closed. Connections from anywhere else are served as they come, and no header of
+    /// theirs is read (docs/operations.md, "Behind a TCP proxy").
+    #[arg(long, env = "EFS_PROXY_PROTOCOL_FROM", value_name = "NET", value_delimiter = ',', value_parser = efs_server::proxy_protocol::parse_net)]
+    proxy_protocol_from: Vec<ipnet::IpNet>,
     /// Decrypted cache size in bytes (0 turns it off, and with it the cache of path
     /// lookups, which is emptied by every write).
     #[arg(long, default_value_t = 256 << 20)]
@@ -233,6 +241,7 @@ fn main() -> std::process::ExitCode {
             max_conns_per_address: a.max_connections_per_address,
             max_connections,
             max_blob_files,
+            proxy_from: efs_server::proxy_protocol::Trusted::new(a.proxy_protocol_from),
         },
         cache: CacheConfig {
             capacity: a.cache_size,

@@ -466,6 +466,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         "max_renewals": cfg.max_renewals,
         "login_fail_window_secs": cfg.login_fail_window.as_secs(),
         "max_connections_per_address": cfg.http.max_conns_per_address,
+        "proxy_protocol_from": cfg.http.proxy_from.describe(),
         "reserve_space": reserve.bytes(),
         "pid": std::process::id(),
     });
@@ -501,6 +502,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         say!("{w}");
     }
     say!("{}", cfg.gc.describe());
+    if !cfg.http.proxy_from.is_empty() {
+        say!(
+            "PROXY protocol: connections from {} must begin with its header, whose client address is theirs (--proxy-protocol-from)",
+            cfg.http.proxy_from.describe().join(", ")
+        );
+    }
     say!("Admin socket: {}", data.admin_socket().display());
     say!("Listening on https://{local}");
     use std::io::Write;
@@ -707,6 +714,11 @@ async fn serve(
         http.max_conns_per_address,
     ));
     let idle = http.conn_idle;
+    let proxy_from = http.proxy_from.clone();
+    let refuse_per_address = || {
+        tracing::debug!("connection refused: too many from one address");
+        metrics::counter!("efs_connections_refused_total", "reason" => "per_address").increment(1);
+    };
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let mut accept_warned: Option<std::time::Instant> = None;
     loop {
@@ -735,12 +747,18 @@ async fn serve(
             },
             _ = &mut signal => break,
         };
-        let Some(address_slot) = per_address.try_take(remote.ip()) else {
-            tracing::debug!("connection refused: too many from one address");
-            metrics::counter!("efs_connections_refused_total", "reason" => "per_address")
-                .increment(1);
-            drop(tcp);
-            continue;
+        // A connection through a trusted proxy is counted against its client's address, known
+        // once its PROXY protocol header is read (in its task, within the handshake's time).
+        let proxied = proxy_from.contains(remote.ip());
+        let address_slot = if proxied {
+            None
+        } else {
+            let Some(slot) = per_address.try_take(remote.ip()) else {
+                refuse_per_address();
+                drop(tcp);
+                continue;
+            };
+            Some(slot)
         };
         let _ = tcp.set_nodelay(true);
         // The configuration of now: a reload of the client CA applies from the next
@@ -751,18 +769,48 @@ async fn serve(
         let builder = builder.clone();
         let mut stop = stop_rx.clone();
         let cut = state.uploads_cut.clone();
+        let per_address = per_address.clone();
         tokio::spawn(async move {
             let _permit = permit;
-            let _address_slot = address_slot;
-            let tls =
-                match tokio::time::timeout(Duration::from_secs(10), acceptor.accept(tcp)).await {
-                    Ok(Ok(s)) => s,
-                    Ok(Err(e)) => {
-                        tracing::debug!(error = %e, "TLS handshake failed");
-                        return;
-                    }
-                    Err(_) => return,
+            let handshake = async {
+                let mut tcp = tcp;
+                let (remote, rest, slot) = if proxied {
+                    let (client, rest) = match crate::proxy_protocol::read_header(&mut tcp, remote)
+                        .await
+                    {
+                        Ok(x) => x,
+                        Err(why) => {
+                            tracing::debug!(proxy = %remote, "connection refused: {why}");
+                            metrics::counter!("efs_connections_refused_total", "reason" => "proxy_header")
+                                    .increment(1);
+                            return None;
+                        }
+                    };
+                    let Some(slot) = per_address.try_take(client.ip()) else {
+                        refuse_per_address();
+                        return None;
+                    };
+                    (client, rest, Some(slot))
+                } else {
+                    (remote, Vec::new(), None)
                 };
+                match acceptor
+                    .accept(crate::proxy_protocol::Prefixed::new(rest, tcp))
+                    .await
+                {
+                    Ok(tls) => Some((tls, remote, slot)),
+                    Err(e) => {
+                        tracing::debug!(error = %e, "TLS handshake failed");
+                        None
+                    }
+                }
+            };
+            let Ok(Some((tls, remote, proxied_slot))) =
+                tokio::time::timeout(Duration::from_secs(10), handshake).await
+            else {
+                return;
+            };
+            let _address_slot = (address_slot, proxied_slot);
             let cert = tls
                 .get_ref()
                 .1

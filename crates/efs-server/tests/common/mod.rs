@@ -922,7 +922,7 @@ pub struct RawResponse {
 }
 
 impl RawResponse {
-    fn parse(buf: &[u8]) -> RawResponse {
+    pub fn parse(buf: &[u8]) -> RawResponse {
         let split = buf
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
