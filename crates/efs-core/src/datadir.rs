@@ -544,7 +544,11 @@ fn is_new(root: &Path) -> Result<bool> {
     }
 }
 
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes the small file `path` whole and durably: `data` into `<path>.tmp` (created or
+/// emptied), fsynced, renamed over `path`, and `path`'s directory fsynced. A crash leaves
+/// the old contents or the new ones, never a part. One writer at a time per `path` (the
+/// temporary name is fixed); `path` has a parent.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     {

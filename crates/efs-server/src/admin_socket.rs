@@ -3,8 +3,9 @@
 //! user that can open the data dir can reach it, and only root and the server's own account
 //! are answered (checked with `SO_PEERCRED`).
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -193,7 +194,6 @@ const ROTATION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// index is on hold, a panic: `without_panics`) is tried again after a wait that doubles
 /// each time, up to an hour, so that a long obstacle does not write two audit entries a minute.
 pub async fn rotate_when_due(st: Arc<AppState>) {
-    use std::collections::HashMap;
     use std::time::{Duration, Instant};
     let mut tick = tokio::time::interval(ROTATION_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -284,34 +284,69 @@ const GC_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
 /// The file, in the data dir's `system/` directory, where the server keeps when its own gc
 /// last ran on each filesystem: one line per filesystem, its id (32 hex digits), a space and
 /// the Unix time in ms. Not a secret (ids and times only), not sealed: a lost or altered file
-/// only moves the next run (to `--gc-grace` after the start, as without it).
+/// only moves the next run (to `--gc-grace` after the start, as without it). Written whole
+/// and durably after each run, with the filesystems the server serves then only
+/// (`LastRuns::record`).
 pub const GC_LAST_RUNS: &str = "gc-last-runs";
 
-/// When the server's own gc last ran on each filesystem, as [`GC_LAST_RUNS`] at `path` says
-/// (nothing if it is missing or unreadable; lines that do not parse are skipped).
-fn read_last_runs(path: &Path) -> std::collections::HashMap<[u8; 16], i64> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let (id, ms) = l.split_once(' ')?;
-            let id: [u8; 16] = hex::decode(id).ok()?.try_into().ok()?;
-            Some((id, ms.parse().ok()?))
-        })
-        .collect()
+/// When the server's own gc last ran on each filesystem (Unix ms), as kept in
+/// [`GC_LAST_RUNS`].
+struct LastRuns {
+    /// `DATA/system/gc-last-runs`.
+    file: PathBuf,
+    /// A map of times, each changed in one step: still whole after a panic elsewhere, so a
+    /// poisoned lock is taken as it is.
+    runs: std::sync::Mutex<HashMap<[u8; 16], i64>>,
 }
 
-/// Writes [`GC_LAST_RUNS`] at `path` whole (a temporary file renamed over it).
-fn write_last_runs(
-    path: &Path,
-    runs: &std::collections::HashMap<[u8; 16], i64>,
-) -> std::io::Result<()> {
-    let mut text = String::new();
-    for (id, ms) in runs {
-        text.push_str(&format!("{} {ms}\n", hex::encode(id)));
+impl LastRuns {
+    /// What `file` says (nothing if it is missing or unreadable; lines that do not parse are
+    /// skipped). Blocking: a file read.
+    fn load(file: PathBuf) -> Self {
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let runs = text
+            .lines()
+            .filter_map(|l| {
+                let (id, ms) = l.split_once(' ')?;
+                let id: [u8; 16] = hex::decode(id).ok()?.try_into().ok()?;
+                Some((id, ms.parse().ok()?))
+            })
+            .collect();
+        Self {
+            file,
+            runs: std::sync::Mutex::new(runs),
+        }
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+
+    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], i64>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// When gc last ran on filesystem `id`.
+    fn get(&self, id: &[u8; 16]) -> Option<i64> {
+        self.runs().get(id).copied()
+    }
+
+    /// Records a run on filesystem `id` at `at_ms` and writes the file whole and durably
+    /// ([`efs_core::datadir::write_atomic`]: fsynced, renamed, its directory fsynced), with
+    /// the filesystems in `served` only: those the server no longer serves (a filesystem
+    /// whose directory was moved away, one whose index no longer opens) are dropped, from
+    /// the file and from memory. Blocking (file writes and fsyncs); one call at a time, so
+    /// that the file is written in the order of the runs.
+    fn record(&self, id: [u8; 16], at_ms: i64, served: &HashSet<[u8; 16]>) -> efs_core::Result<()> {
+        let text = {
+            let mut runs = self.runs();
+            runs.insert(id, at_ms);
+            runs.retain(|id, _| served.contains(id));
+            let mut lines: Vec<String> = runs
+                .iter()
+                .map(|(id, ms)| format!("{} {ms}\n", hex::encode(id)))
+                .collect();
+            lines.sort();
+            lines.concat()
+        };
+        efs_core::datadir::write_atomic(&self.file, text.as_bytes())
+    }
 }
 
 /// When a filesystem's first automatic gc in this process is due: `--gc-grace` after the
@@ -347,13 +382,20 @@ fn first_gc_due(
 /// after the server's start entry; stops at the shutdown. A run removing something warns of
 /// what it removed; one that panics is a failed run (`without_panics`).
 pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
-    use std::collections::HashMap;
     use tokio::time::Instant;
     let Some(every) = schedule.every else {
         return;
     };
     let runs_file = st.data.root().join("system").join(GC_LAST_RUNS);
-    let mut last_runs = read_last_runs(&runs_file);
+    // Read and written on the blocking pool, not on one of the runtime's workers.
+    let last_runs = {
+        let file = runs_file.clone();
+        match tokio::task::spawn_blocking(move || LastRuns::load(file)).await {
+            Ok(runs) => Arc::new(runs),
+            // Cancelled: the runtime is shutting down.
+            Err(_) => return,
+        }
+    };
     let unix_ms = || {
         std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -372,7 +414,7 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
             }
             let name = fs.name().to_owned();
             let when = *due.entry(name.clone()).or_insert_with(|| {
-                let last = last_runs.get(fs.id()).copied();
+                let last = last_runs.get(fs.id());
                 first_gc_due(now, unix_ms(), every, schedule.grace, last)
             });
             if when > now {
@@ -400,9 +442,18 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
                 if removed > 0 {
                     tracing::warn!(fs = %name, "automatic {}", r.lines.join("; "));
                 }
-                last_runs.insert(*fs.id(), unix_ms());
-                if let Err(e) = write_last_runs(&runs_file, &last_runs) {
-                    tracing::warn!(file = %runs_file.display(), error = %e, "could not record when the automatic gc ran; after a restart it runs --gc-grace after the start");
+                let served: HashSet<[u8; 16]> =
+                    st.data.open_filesystems().iter().map(|f| *f.id()).collect();
+                let (runs, id, at) = (last_runs.clone(), *fs.id(), unix_ms());
+                let written =
+                    tokio::task::spawn_blocking(move || runs.record(id, at, &served)).await;
+                let failed = match written {
+                    Ok(Ok(())) => None,
+                    Ok(Err(e)) => Some(e.to_string()),
+                    Err(e) => Some(e.to_string()),
+                };
+                if let Some(error) = failed {
+                    tracing::warn!(file = %runs_file.display(), error, "could not record when the automatic gc ran; after a restart it runs --gc-grace after the start");
                 }
                 every
             } else if st.detached.is_closed() {
@@ -807,9 +858,34 @@ static FS_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed_peer, first_gc_due, without_panics};
+    use super::{GC_LAST_RUNS, LastRuns, allowed_peer, first_gc_due, without_panics};
     use efs_core::admin::AdminResponse;
+    use std::collections::HashSet;
     use std::time::Duration;
+
+    /// The last-runs file kept the line of every filesystem it ever had: one the server no
+    /// longer serves is dropped when the file is next written, from it and from memory; the
+    /// served ones' lines stay, and no temporary file is left.
+    #[test]
+    fn a_filesystem_no_longer_served_leaves_the_last_runs_file_at_its_next_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        let file = tmp.path().join(GC_LAST_RUNS);
+        let (a, b, gone) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+        let line = |id: &[u8; 16], ms: i64| format!("{} {ms}\n", hex::encode(id));
+        let text = [line(&a, 1_000), line(&gone, 2_000), line(&b, 500)].concat();
+        std::fs::write(&file, text + "not a line\n").unwrap();
+        let runs = LastRuns::load(file.clone());
+        assert_eq!(runs.get(&gone), Some(2_000));
+        runs.record(a, 3_000, &HashSet::from([a, b])).unwrap();
+        let written = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(written, [line(&a, 3_000), line(&b, 500)].concat());
+        assert_eq!(runs.get(&gone), None);
+        assert!(!file.with_extension("tmp").exists());
+        // What a restart reads.
+        let again = LastRuns::load(file);
+        assert_eq!((again.get(&a), again.get(&b)), (Some(3_000), Some(500)));
+        assert_eq!(again.get(&gone), None);
+    }
 
     /// A server restarted more often than `--gc-grace` never ran its own gc: the first run
     /// came the grace after each start. With the last run kept, an overdue filesystem's
