@@ -106,6 +106,10 @@ pub struct DataDir {
     /// What the open found of the system database's digest (and whether it was accepted
     /// since).
     system_trust: std::sync::Mutex<SystemTrust>,
+    /// The open filesystems by name. This lock and `unopened`'s are taken as they are when
+    /// poisoned: each change is one insert or removal, so a panic while one is held leaves
+    /// the map whole, and the server's own gc and key rotation (which look filesystems up
+    /// here) run again after one of them panicked.
     filesystems: RwLock<HashMap<String, Arc<Filesystem>>>,
     /// Filesystems whose index could not be opened when the data dir was (unreadable, not
     /// a redb file, or holding another filesystem's keyring), with why: not served, while
@@ -749,7 +753,7 @@ impl DataDir {
                     );
                     dd.unopened
                         .write()
-                        .expect("lock poisoned")
+                        .unwrap_or_else(|e| e.into_inner())
                         .insert(rec.name.clone(), why);
                     continue;
                 }
@@ -770,7 +774,7 @@ impl DataDir {
             }
             dd.filesystems
                 .write()
-                .expect("lock poisoned")
+                .unwrap_or_else(|e| e.into_inner())
                 .insert(rec.name.clone(), fs);
         }
         Ok((dd, report))
@@ -1240,7 +1244,7 @@ impl DataDir {
         fs.mark_index_checked();
         self.filesystems
             .write()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), Arc::new(fs));
         Ok(lines)
     }
@@ -1348,7 +1352,7 @@ impl DataDir {
         let others: Vec<Arc<Filesystem>> = self
             .filesystems
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(n, _)| n.as_str() != name)
             .map(|(_, f)| f.clone())
@@ -1358,7 +1362,7 @@ impl DataDir {
         let mut not_compared: Vec<String> = self
             .unopened
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .keys()
             .filter(|n| n.as_str() != name)
             .cloned()
@@ -1413,7 +1417,7 @@ impl DataDir {
         let fs = self
             .filesystems
             .write()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .remove(name)
             .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{name}'")))?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1433,7 +1437,7 @@ impl DataDir {
             Err(back) => {
                 self.filesystems
                     .write()
-                    .expect("lock poisoned")
+                    .unwrap_or_else(|e| e.into_inner())
                     .insert(name.to_owned(), back);
                 return Err(CoreError::Invalid(format!(
                     "'{name}' is in use by another task of this process: nothing was retired; run retire-terms again"
@@ -1509,7 +1513,7 @@ impl DataDir {
             let why = self
                 .unopened
                 .read()
-                .expect("lock poisoned")
+                .unwrap_or_else(|e| e.into_inner())
                 .get(name)
                 .cloned()
                 .unwrap_or_else(|| "not open".into());
@@ -1538,15 +1542,18 @@ impl DataDir {
             Ok(fs) => {
                 self.filesystems
                     .write()
-                    .expect("lock poisoned")
+                    .unwrap_or_else(|e| e.into_inner())
                     .insert(rec.name.clone(), Arc::new(fs));
             }
             Err(e) => {
                 tracing::error!(fs = rec.name, error = %e, "filesystem not served: its index could not be opened again");
-                self.unopened.write().expect("lock poisoned").insert(
-                    rec.name.clone(),
-                    format!("its index could not be opened again: {e}"),
-                );
+                self.unopened
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        rec.name.clone(),
+                        format!("its index could not be opened again: {e}"),
+                    );
             }
         }
     }
@@ -1667,7 +1674,7 @@ impl DataDir {
     pub fn open_filesystems(&self) -> Vec<Arc<Filesystem>> {
         self.filesystems
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
             .collect()
@@ -1687,7 +1694,7 @@ impl DataDir {
     pub fn unopened(&self, name: &str) -> Option<String> {
         self.unopened
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
     }
@@ -2008,7 +2015,7 @@ impl DataDir {
         fs.mark_index_checked();
         self.filesystems
             .write()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), Arc::new(fs));
         lines.push(format!("Check it with: efsctl fsck --fs {name}"));
         Ok(lines)
@@ -2023,7 +2030,7 @@ impl DataDir {
     pub fn fs(&self, name: &str) -> Option<Arc<Filesystem>> {
         self.filesystems
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
     }
@@ -2034,7 +2041,7 @@ impl DataDir {
         let open: Vec<_> = self
             .filesystems
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
             .collect();
@@ -2371,6 +2378,17 @@ where
         .join()
         .expect("the helper thread does not panic")
     })
+}
+
+#[cfg(test)]
+impl DataDir {
+    /// Poisons the locks of the tables of open and unopened filesystems, as a panic while
+    /// one is held does (tests).
+    pub(crate) fn poison_fs_tables(&self) {
+        crate::fs::poison_with(|| self.filesystems.write());
+        crate::fs::poison_with(|| self.unopened.write());
+        assert!(self.filesystems.is_poisoned() && self.unopened.is_poisoned());
+    }
 }
 
 #[cfg(test)]
