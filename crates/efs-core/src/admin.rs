@@ -1801,7 +1801,7 @@ mod tests {
         dd.poison_fs_tables();
         fs.poison_locks();
         let op = Operator {
-            user: "efs-server".into(),
+            user: crate::datadir::SERVER_USER.into(),
             via: "automatic".into(),
         };
         let gc = |fs: &str| AdminRequest::Gc {

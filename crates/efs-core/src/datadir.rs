@@ -219,6 +219,25 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
     }
 }
 
+/// The user name the audit log records the server's own commands under (its automatic gc
+/// and key rotation, client `automatic`): no user may be created under it
+/// ([`check_new_user_name`]), so that `efsctl audit show --user efs-server` lists the
+/// server's runs only.
+pub const SERVER_USER: &str = "efs-server";
+
+/// A new user's name: as [`check_name`], and not the reserved [`SERVER_USER`]. A user of that
+/// name made before it was reserved keeps working (only creation checks it).
+pub fn check_new_user_name(name: &str) -> Result<()> {
+    check_name("user", name)?;
+    if name == SERVER_USER {
+        return Err(CoreError::Invalid(format!(
+            "the user name '{SERVER_USER}' is reserved: the audit log records the server's own \
+             gc and key rotation under it; choose another name"
+        )));
+    }
+    Ok(())
+}
+
 fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
@@ -2055,7 +2074,7 @@ impl DataDir {
         public_key: [u8; 32],
         grants: Vec<GrantRecord>,
     ) -> Result<UserRecord> {
-        check_name("user", name)?;
+        check_new_user_name(name)?;
         if self.system.user(name)?.is_some() {
             return Err(CoreError::Exists("user"));
         }
@@ -2394,6 +2413,62 @@ impl DataDir {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `efs-server` is reserved for new users only: a data dir that already has a user of
+    /// that name (made before it was reserved) lists it, and its grants, key, certificate
+    /// binding and deletion work as for any user, through the admin commands too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_named_as_the_server_from_before_keeps_working() {
+        use crate::admin::{AdminRequest, execute};
+        use base64::Engine;
+        let (_tmp, dd, _fs) = crate::fs::rotation::tests::env();
+        assert!(dd.create_user(SERVER_USER, [1; 32], vec![]).is_err());
+        // As an earlier version created it.
+        dd.system
+            .put_user(&UserRecord {
+                name: SERVER_USER.to_owned(),
+                public_key: [1; 32],
+                grants: vec![],
+                generation: first_generation(),
+                created_ms: now_ms(),
+                cert_sha256: None,
+            })
+            .unwrap();
+        // Still a well-formed user name: efsctl's replace-key and the login check it.
+        check_name("user", SERVER_USER).unwrap();
+        let run = |req| execute(&dd, req);
+        let r = run(AdminRequest::Grant {
+            user: SERVER_USER.into(),
+            fs: "docs".into(),
+            read_only: true,
+        })
+        .await;
+        assert!(r.ok, "{:?}", r.error);
+        let new_key = ed25519_dalek::SigningKey::from_bytes(&[2; 32])
+            .verifying_key()
+            .to_bytes();
+        let key = base64::engine::general_purpose::STANDARD.encode(new_key);
+        let r = run(AdminRequest::ReplaceKey {
+            user: SERVER_USER.into(),
+            public_key: key,
+        })
+        .await;
+        assert!(r.ok, "{:?}", r.error);
+        dd.bind_cert(SERVER_USER, Some([3; 32])).unwrap();
+        let u = dd.user(SERVER_USER).unwrap().expect("listed");
+        assert_eq!(
+            (u.public_key, u.grants.len(), u.cert_sha256),
+            (new_key, 1, Some([3; 32]))
+        );
+        let r = run(AdminRequest::ListUsers).await;
+        assert!(r.ok && r.lines.join("\n").contains(SERVER_USER), "{r:?}");
+        let r = run(AdminRequest::DeleteUser {
+            name: SERVER_USER.into(),
+        })
+        .await;
+        assert!(r.ok, "{:?}", r.error);
+        assert!(dd.user(SERVER_USER).unwrap().is_none());
+    }
 
     /// A system database is taken for an older copy only when the log went on far past its
     /// recorded head, timed from the first entry after that head: after an idle spell the

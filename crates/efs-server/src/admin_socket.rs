@@ -217,7 +217,7 @@ pub async fn rotate_when_due(st: Arc<AppState>) {
             }
             let name = fs.name().to_owned();
             let op = Operator {
-                user: "efs-server".into(),
+                user: efs_core::datadir::SERVER_USER.into(),
                 via: "automatic".into(),
             };
             let req = AdminRequest::RotateKey {
@@ -422,7 +422,7 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
                 continue;
             }
             let op = Operator {
-                user: "efs-server".into(),
+                user: efs_core::datadir::SERVER_USER.into(),
                 via: "automatic".into(),
             };
             let req = AdminRequest::Gc {
