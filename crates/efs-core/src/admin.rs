@@ -1788,6 +1788,45 @@ pub(crate) fn rfc3339_ms(ms: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    /// A panic inside the server's own gc or key rotation (caught there: the run is a failure
+    /// tried again later) while it held a std lock that they take poisoned it, and every
+    /// later run panicked on that lock. The locks whose state stays whole after a panic (the
+    /// tables of filesystems, a filesystem's pins and keyring) are now taken as they are:
+    /// the next automatic runs work.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn gc_and_key_rotation_run_again_after_a_panic_poisoned_their_locks() {
+        use super::{AdminRequest, Operator, execute_as};
+        let (_tmp, dd, fs) = crate::fs::rotation::tests::env();
+        crate::fs::rotation::tests::put(&fs, "/a", &[7u8; 300_000]).await;
+        dd.poison_fs_tables();
+        fs.poison_locks();
+        let op = Operator {
+            user: crate::datadir::SERVER_USER.into(),
+            via: "automatic".into(),
+        };
+        let gc = |fs: &str| AdminRequest::Gc {
+            fs: fs.into(),
+            grace_secs: 0,
+        };
+        let terms = fs.term_numbers().len();
+        for _ in 0..2 {
+            let r = execute_as(&dd, gc("docs"), &op).await;
+            assert!(r.ok, "{:?}", r.error);
+            let rotate = AdminRequest::RotateKey {
+                fs: "docs".into(),
+                wait: true,
+            };
+            let r = execute_as(&dd, rotate, &op).await;
+            assert!(r.ok, "{:?}", r.error);
+        }
+        assert_eq!(fs.term_numbers().len(), terms + 2);
+        // A name that is not served is still told apart (the table of unopened ones).
+        let r = execute_as(&dd, gc("nope"), &op).await;
+        let e = r.error.unwrap();
+        assert!(e.contains("no filesystem named 'nope'"), "{e}");
+        assert_eq!(dd.open_filesystems().len(), 1);
+    }
+
     /// A key part spec that does not parse may be a passphrase typed in its place: neither the
     /// entry's arguments nor its error text carry it (both did).
     #[test]

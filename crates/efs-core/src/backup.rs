@@ -107,7 +107,7 @@ pub(crate) struct RestoreMark {
 
 impl Drop for RestoreMark {
     fn drop(&mut self) {
-        self.fs.pins.lock().expect("pins lock poisoned").restores -= 1;
+        self.fs.pins().restores -= 1;
     }
 }
 
@@ -121,7 +121,7 @@ pub(crate) struct Unlinking<'a> {
 impl Drop for Unlinking<'_> {
     fn drop(&mut self) {
         let Some(id) = self.id else { return };
-        let mut p = self.fs.pins.lock().expect("pins lock poisoned");
+        let mut p = self.fs.pins();
         if let std::collections::hash_map::Entry::Occupied(mut e) = p.unlinking.entry(id) {
             *e.get_mut() -= 1;
             if *e.get() == 0 {
@@ -140,6 +140,14 @@ const UNLINK_WAIT: std::time::Duration = if cfg!(test) {
 };
 
 impl Filesystem {
+    /// The pins, taken as they are if a panic poisoned their lock: they are counts and
+    /// marks of blobs, each changed in one step with nothing else called while the lock is
+    /// held, so they stay whole; and a panic while it was held (in a gc, say) must not make
+    /// every later gc, backup, restore, delete and key rotation of the filesystem panic too.
+    pub(super) fn pins(&self) -> std::sync::MutexGuard<'_, Pins> {
+        self.pins.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
     /// Marks the blob of `old` (none if it has none) as about to be removed, until the mark
     /// is dropped: taken before the commit that deletes or replaces the record, dropped after
     /// its `remove_blob_of`. A restore into the filesystem waits for these marks before it
@@ -148,13 +156,7 @@ impl Filesystem {
     pub(crate) fn unlinking(&self, old: Option<&crate::record::Record>) -> Unlinking<'_> {
         let id = old.filter(|r| r.storage == Storage::Blob).map(|r| r.id);
         if let Some(id) = id {
-            *self
-                .pins
-                .lock()
-                .expect("pins lock poisoned")
-                .unlinking
-                .entry(id)
-                .or_default() += 1;
+            *self.pins().unlinking.entry(id).or_default() += 1;
         }
         Unlinking { fs: self, id }
     }
@@ -163,7 +165,7 @@ impl Filesystem {
     /// record naming blob `id` and has not removed it yet: gc and fsck leave it to that
     /// writer (neither an orphan to count nor one to report).
     pub(super) fn being_unlinked(&self, id: &ContentId) -> bool {
-        let p = self.pins.lock().expect("pins lock poisoned");
+        let p = self.pins();
         p.unlinking.contains_key(id)
     }
 
@@ -173,7 +175,7 @@ impl Filesystem {
         let deadline = std::time::Instant::now() + UNLINK_WAIT;
         loop {
             let busy = {
-                let p = self.pins.lock().expect("pins lock poisoned");
+                let p = self.pins();
                 p.unlinking
                     .keys()
                     .filter(|id| ids.contains(&hex::encode(id)))
@@ -194,7 +196,7 @@ impl Filesystem {
 
     /// Marks a restore as running until the mark is dropped.
     fn restoring(self: &Arc<Self>) -> RestoreMark {
-        let mut p = self.pins.lock().expect("pins lock poisoned");
+        let mut p = self.pins();
         p.restores += 1;
         p.restores_begun += 1;
         RestoreMark { fs: self.clone() }
@@ -202,7 +204,7 @@ impl Filesystem {
 
     /// (restores running, restores started so far), for gc.
     pub(super) fn restore_state(&self) -> (usize, u64) {
-        let p = self.pins.lock().expect("pins lock poisoned");
+        let p = self.pins();
         (p.restores, p.restores_begun)
     }
 
@@ -210,7 +212,7 @@ impl Filesystem {
     /// (its half-restored state would be backed up as complete). A restore marks itself
     /// and then looks for pins, under the same lock: one of the two is refused.
     fn pin_for_backup(self: &Arc<Self>) -> Result<Pin> {
-        let mut p = self.pins.lock().expect("pins lock poisoned");
+        let mut p = self.pins();
         if p.restores > 0 {
             return Err(CoreError::Invalid(
                 "a restore into this filesystem is running: back it up once it has ended".into(),
@@ -223,14 +225,14 @@ impl Filesystem {
     /// The blobs whose removal running backups defer, or that are being removed now that
     /// they ended (fsck does not report them).
     pub(super) fn removals_deferred(&self) -> std::collections::HashSet<ContentId> {
-        let p = self.pins.lock().expect("pins lock poisoned");
+        let p = self.pins();
         p.deferred.iter().chain(&p.being_removed).copied().collect()
     }
 
     /// Defers blob removals until the pin is dropped (tests: a backup held open).
     #[cfg(test)]
     pub(crate) fn pin(self: &Arc<Self>) -> Pin {
-        self.pins.lock().expect("pins lock poisoned").count += 1;
+        self.pins().count += 1;
         Pin { fs: self.clone() }
     }
 
@@ -276,7 +278,7 @@ impl Filesystem {
         // the very contents this restore puts back under the same ids (a filesystem emptied,
         // then restored, during a nightly backup).
         {
-            let p = self.pins.lock().expect("pins lock poisoned");
+            let p = self.pins();
             if p.count > 0 || p.removing > 0 {
                 return Err(CoreError::Invalid(
                     "a backup of this filesystem is running (or removing the contents replaced while it ran): restore once it has ended".into(),
@@ -540,7 +542,7 @@ fn expect_parent(
 impl Drop for Pin {
     fn drop(&mut self) {
         let deferred = {
-            let mut p = self.fs.pins.lock().expect("pins lock poisoned");
+            let mut p = self.fs.pins();
             p.count -= 1;
             if p.count > 0 || p.deferred.is_empty() {
                 return;
@@ -558,13 +560,9 @@ impl Drop for Pin {
                 if let Err(e) = blobs.delete(id).await {
                     tracing::warn!(error = %e, "could not remove a replaced blob; gc will");
                 }
-                fs.pins
-                    .lock()
-                    .expect("pins lock poisoned")
-                    .being_removed
-                    .remove(id);
+                fs.pins().being_removed.remove(id);
             }
-            fs.pins.lock().expect("pins lock poisoned").removing -= 1;
+            fs.pins().removing -= 1;
         };
         match tokio::runtime::Handle::try_current() {
             Ok(rt) => {
@@ -573,7 +571,7 @@ impl Drop for Pin {
             // No runtime (cannot happen: backups run in one): gc removes the orphans.
             Err(_) => {
                 drop(remove);
-                let mut p = self.fs.pins.lock().expect("pins lock poisoned");
+                let mut p = self.fs.pins();
                 p.removing -= 1;
                 p.being_removed.clear();
             }

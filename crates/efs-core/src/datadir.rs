@@ -113,6 +113,10 @@ pub struct DataDir {
     /// The generation the rollback witness saw, when it found this data dir behind it:
     /// [`DataDir::accept_system`] moves the digest past it.
     witness_floor: Option<u64>,
+    /// The open filesystems by name. This lock and `unopened`'s are taken as they are when
+    /// poisoned: each change is one insert or removal, so a panic while one is held leaves
+    /// the map whole, and the server's own gc and key rotation (which look filesystems up
+    /// here) run again after one of them panicked.
     filesystems: RwLock<HashMap<String, Arc<Filesystem>>>,
     /// Filesystems whose index could not be opened when the data dir was (unreadable, not
     /// a redb file, or holding another filesystem's keyring), with why: not served, while
@@ -220,6 +224,25 @@ pub fn check_name(what: &str, name: &str) -> Result<()> {
             "invalid {what} name: use 1 to 64 letters, digits, '.', '_' or '-', not starting with '.'"
         )))
     }
+}
+
+/// The user name the audit log records the server's own commands under (its automatic gc
+/// and key rotation, client `automatic`): no user may be created under it
+/// ([`check_new_user_name`]), so that `efsctl audit show --user efs-server` lists the
+/// server's runs only.
+pub const SERVER_USER: &str = "efs-server";
+
+/// A new user's name: as [`check_name`], and not the reserved [`SERVER_USER`]. A user of that
+/// name made before it was reserved keeps working (only creation checks it).
+pub fn check_new_user_name(name: &str) -> Result<()> {
+    check_name("user", name)?;
+    if name == SERVER_USER {
+        return Err(CoreError::Invalid(format!(
+            "the user name '{SERVER_USER}' is reserved: the audit log records the server's own \
+             gc and key rotation under it; choose another name"
+        )));
+    }
+    Ok(())
 }
 
 fn now_ms() -> i64 {
@@ -551,7 +574,11 @@ fn is_new(root: &Path) -> Result<bool> {
     }
 }
 
-pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
+/// Writes the small file `path` whole and durably: `data` into `<path>.tmp` (created or
+/// emptied), fsynced, renamed over `path`, and `path`'s directory fsynced. A crash leaves
+/// the old contents or the new ones, never a part. One writer at a time per `path` (the
+/// temporary name is fixed); `path` has a parent.
+pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
     let tmp = path.with_extension("tmp");
     {
@@ -794,7 +821,7 @@ impl DataDir {
                     );
                     dd.unopened
                         .write()
-                        .expect("lock poisoned")
+                        .unwrap_or_else(|e| e.into_inner())
                         .insert(rec.name.clone(), why);
                     continue;
                 }
@@ -815,7 +842,7 @@ impl DataDir {
             }
             dd.filesystems
                 .write()
-                .expect("lock poisoned")
+                .unwrap_or_else(|e| e.into_inner())
                 .insert(rec.name.clone(), fs);
         }
         Ok((dd, report))
@@ -1285,7 +1312,7 @@ impl DataDir {
         fs.mark_index_checked();
         self.filesystems
             .write()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), Arc::new(fs));
         Ok(lines)
     }
@@ -1393,7 +1420,7 @@ impl DataDir {
         let others: Vec<Arc<Filesystem>> = self
             .filesystems
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(n, _)| n.as_str() != name)
             .map(|(_, f)| f.clone())
@@ -1403,7 +1430,7 @@ impl DataDir {
         let mut not_compared: Vec<String> = self
             .unopened
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .keys()
             .filter(|n| n.as_str() != name)
             .cloned()
@@ -1458,7 +1485,7 @@ impl DataDir {
         let fs = self
             .filesystems
             .write()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .remove(name)
             .ok_or_else(|| CoreError::Invalid(format!("no filesystem named '{name}'")))?;
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
@@ -1478,7 +1505,7 @@ impl DataDir {
             Err(back) => {
                 self.filesystems
                     .write()
-                    .expect("lock poisoned")
+                    .unwrap_or_else(|e| e.into_inner())
                     .insert(name.to_owned(), back);
                 return Err(CoreError::Invalid(format!(
                     "'{name}' is in use by another task of this process: nothing was retired; run retire-terms again"
@@ -1554,7 +1581,7 @@ impl DataDir {
             let why = self
                 .unopened
                 .read()
-                .expect("lock poisoned")
+                .unwrap_or_else(|e| e.into_inner())
                 .get(name)
                 .cloned()
                 .unwrap_or_else(|| "not open".into());
@@ -1583,15 +1610,18 @@ impl DataDir {
             Ok(fs) => {
                 self.filesystems
                     .write()
-                    .expect("lock poisoned")
+                    .unwrap_or_else(|e| e.into_inner())
                     .insert(rec.name.clone(), Arc::new(fs));
             }
             Err(e) => {
                 tracing::error!(fs = rec.name, error = %e, "filesystem not served: its index could not be opened again");
-                self.unopened.write().expect("lock poisoned").insert(
-                    rec.name.clone(),
-                    format!("its index could not be opened again: {e}"),
-                );
+                self.unopened
+                    .write()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .insert(
+                        rec.name.clone(),
+                        format!("its index could not be opened again: {e}"),
+                    );
             }
         }
     }
@@ -1712,7 +1742,7 @@ impl DataDir {
     pub fn open_filesystems(&self) -> Vec<Arc<Filesystem>> {
         self.filesystems
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
             .collect()
@@ -1732,7 +1762,7 @@ impl DataDir {
     pub fn unopened(&self, name: &str) -> Option<String> {
         self.unopened
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
     }
@@ -2053,7 +2083,7 @@ impl DataDir {
         fs.mark_index_checked();
         self.filesystems
             .write()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .insert(name.to_owned(), Arc::new(fs));
         lines.push(format!("Check it with: efsctl fsck --fs {name}"));
         Ok(lines)
@@ -2068,7 +2098,7 @@ impl DataDir {
     pub fn fs(&self, name: &str) -> Option<Arc<Filesystem>> {
         self.filesystems
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .get(name)
             .cloned()
     }
@@ -2079,7 +2109,7 @@ impl DataDir {
         let open: Vec<_> = self
             .filesystems
             .read()
-            .expect("lock poisoned")
+            .unwrap_or_else(|e| e.into_inner())
             .values()
             .cloned()
             .collect();
@@ -2093,7 +2123,7 @@ impl DataDir {
         public_key: [u8; 32],
         grants: Vec<GrantRecord>,
     ) -> Result<UserRecord> {
-        check_name("user", name)?;
+        check_new_user_name(name)?;
         if self.system.user(name)?.is_some() {
             return Err(CoreError::Exists("user"));
         }
@@ -2449,8 +2479,75 @@ where
 }
 
 #[cfg(test)]
+impl DataDir {
+    /// Poisons the locks of the tables of open and unopened filesystems, as a panic while
+    /// one is held does (tests).
+    pub(crate) fn poison_fs_tables(&self) {
+        crate::fs::poison_with(|| self.filesystems.write());
+        crate::fs::poison_with(|| self.unopened.write());
+        assert!(self.filesystems.is_poisoned() && self.unopened.is_poisoned());
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `efs-server` is reserved for new users only: a data dir that already has a user of
+    /// that name (made before it was reserved) lists it, and its grants, key, certificate
+    /// binding and deletion work as for any user, through the admin commands too.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_user_named_as_the_server_from_before_keeps_working() {
+        use crate::admin::{AdminRequest, execute};
+        use base64::Engine;
+        let (_tmp, dd, _fs) = crate::fs::rotation::tests::env();
+        assert!(dd.create_user(SERVER_USER, [1; 32], vec![]).is_err());
+        // As an earlier version created it.
+        dd.system
+            .put_user(&UserRecord {
+                name: SERVER_USER.to_owned(),
+                public_key: [1; 32],
+                grants: vec![],
+                generation: first_generation(),
+                created_ms: now_ms(),
+                cert_sha256: None,
+            })
+            .unwrap();
+        // Still a well-formed user name: efsctl's replace-key and the login check it.
+        check_name("user", SERVER_USER).unwrap();
+        let run = |req| execute(&dd, req);
+        let r = run(AdminRequest::Grant {
+            user: SERVER_USER.into(),
+            fs: "docs".into(),
+            read_only: true,
+        })
+        .await;
+        assert!(r.ok, "{:?}", r.error);
+        let new_key = ed25519_dalek::SigningKey::from_bytes(&[2; 32])
+            .verifying_key()
+            .to_bytes();
+        let key = base64::engine::general_purpose::STANDARD.encode(new_key);
+        let r = run(AdminRequest::ReplaceKey {
+            user: SERVER_USER.into(),
+            public_key: key,
+        })
+        .await;
+        assert!(r.ok, "{:?}", r.error);
+        dd.bind_cert(SERVER_USER, Some([3; 32])).unwrap();
+        let u = dd.user(SERVER_USER).unwrap().expect("listed");
+        assert_eq!(
+            (u.public_key, u.grants.len(), u.cert_sha256),
+            (new_key, 1, Some([3; 32]))
+        );
+        let r = run(AdminRequest::ListUsers).await;
+        assert!(r.ok && r.lines.join("\n").contains(SERVER_USER), "{r:?}");
+        let r = run(AdminRequest::DeleteUser {
+            name: SERVER_USER.into(),
+        })
+        .await;
+        assert!(r.ok, "{:?}", r.error);
+        assert!(dd.user(SERVER_USER).unwrap().is_none());
+    }
 
     /// A system database is taken for an older copy only when the log went on far past its
     /// recorded head, timed from the first entry after that head: after an idle spell the

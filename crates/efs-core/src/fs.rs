@@ -487,7 +487,10 @@ pub struct Filesystem {
     /// Held by a batch that stores the seal counts, from taking them to its commit.
     seal_store: tokio::sync::Mutex<()>,
     /// Set once the index was checked against its digest in this process (or accepted by
-    /// an operator): see [`Filesystem::ensure_index_checked`].
+    /// an operator): see [`Filesystem::ensure_index_checked`]. Unlike the pins' and the
+    /// keyring's, its lock is not taken as it is when poisoned: the flag, the generation and
+    /// the verdict published change together under it, and a claim cut short after the flag
+    /// would leave an index never checked served as trusted (fail closed instead).
     index_checked: std::sync::Mutex<IndexCheck>,
     /// The highest digest generation of this index that the data dir has recorded (the
     /// system secret `index-generation/<fs id>`), `None` if none yet: an index whose digest
@@ -1051,14 +1054,20 @@ impl Filesystem {
         &self.id
     }
 
+    /// The keyring in use. Its lock is taken as it is when poisoned: it holds a whole
+    /// keyring, replaced in one assignment, so no panic leaves half of one, and gc and key
+    /// rotation (which read it) run again after one of them panicked.
     fn keyring(&self) -> Arc<Keyring> {
-        self.keyring.read().expect("keyring lock poisoned").clone()
+        self.keyring
+            .read()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone()
     }
 
     /// Replaces the in-memory keyring (key rotation): new writes use its current term at
     /// once. The caller has persisted it first.
     pub(crate) fn set_keyring(&self, kr: Keyring) {
-        *self.keyring.write().expect("keyring lock poisoned") = Arc::new(kr);
+        *self.keyring.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(kr);
     }
 
     /// The current term's number (the term new writes use).
@@ -1629,7 +1638,7 @@ impl Filesystem {
     /// `None` deferred while a backup may still copy it.
     async fn remove_orphan_blob(&self, id: &ContentId) -> Result<Option<bool>> {
         self.content_removed(id);
-        if self.pins.lock().expect("pins lock poisoned").defer(id) {
+        if self.pins().defer(id) {
             return Ok(None);
         }
         self.blobs.delete_present(id).await.map(Some)
@@ -1639,7 +1648,7 @@ impl Filesystem {
     /// (false).
     async fn remove_blob(&self, id: &ContentId) -> Result<bool> {
         self.content_removed(id);
-        if self.pins.lock().expect("pins lock poisoned").defer(id) {
+        if self.pins().defer(id) {
             return Ok(false);
         }
         self.blobs.delete(id).await.map(|()| true)
@@ -3008,6 +3017,32 @@ pub struct PlainSegments {
 /// The plaintext offset where segment `idx` starts.
 pub fn segment_offset(idx: u64) -> u64 {
     idx * SEGMENT_SIZE as u64
+}
+
+/// Poisons the lock `hold` takes, as a panic while holding it does: `hold` runs on a thread
+/// that panics with what it returned still held (tests).
+#[cfg(test)]
+pub(crate) fn poison_with<G>(hold: impl FnOnce() -> G + Send) {
+    std::thread::scope(|s| {
+        let panicked = s
+            .spawn(move || {
+                let _held = hold();
+                panic!("a panic while holding a lock (test)");
+            })
+            .join();
+        assert!(panicked.is_err());
+    });
+}
+
+#[cfg(test)]
+impl Filesystem {
+    /// Poisons the std locks gc and key rotation take of this filesystem whose state stays
+    /// whole after a panic: the pins and the keyring (tests).
+    pub(crate) fn poison_locks(&self) {
+        poison_with(|| self.pins.lock());
+        poison_with(|| self.keyring.write());
+        assert!(self.pins.is_poisoned() && self.keyring.is_poisoned());
+    }
 }
 
 #[cfg(test)]

@@ -13,7 +13,7 @@ use common::{
     put, read_all, walk,
 };
 use efs_core::admin::{AdminRequest, execute};
-use efs_core::datadir::check_name;
+use efs_core::datadir::{SERVER_USER, check_name, check_new_user_name};
 use efs_core::keyparts::{KeyError, no_prompt};
 use efs_core::system::GrantRecord;
 use efs_core::{CoreError, DataDir, KeyPartSpec};
@@ -598,6 +598,17 @@ async fn names_are_validated() {
     dd.create_fs("docs").unwrap();
     assert!(matches!(dd.create_fs("docs"), Err(CoreError::Exists(_))));
     assert_eq!(dd.list_fs().unwrap().len(), 1);
+    // The name the audit log records the server's own gc and key rotation under is no new
+    // user's (a user named so mixed with them in `audit show --user efs-server`). Still a
+    // well-formed name: a user of that name from before keeps working (datadir.rs unit test).
+    assert_eq!(SERVER_USER, "efs-server");
+    let e = dd.create_user(SERVER_USER, [0; 32], vec![]).unwrap_err();
+    assert!(matches!(e, CoreError::Invalid(_)), "{e}");
+    assert!(e.to_string().contains("'efs-server' is reserved"), "{e}");
+    assert!(check_new_user_name(SERVER_USER).is_err());
+    assert!(check_name("user", SERVER_USER).is_ok());
+    assert!(dd.user(SERVER_USER).unwrap().is_none());
+    dd.create_user("efs-server-2", [1; 32], vec![]).unwrap();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

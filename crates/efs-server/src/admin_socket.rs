@@ -3,8 +3,9 @@
 //! user that can open the data dir can reach it, and only root and the server's own account
 //! are answered (checked with `SO_PEERCRED`).
 
+use std::collections::{HashMap, HashSet};
 use std::os::unix::fs::PermissionsExt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::Context;
@@ -193,7 +194,6 @@ const ROTATION_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// index is on hold, a panic: `without_panics`) is tried again after a wait that doubles
 /// each time, up to an hour, so that a long obstacle does not write two audit entries a minute.
 pub async fn rotate_when_due(st: Arc<AppState>) {
-    use std::collections::HashMap;
     use std::time::{Duration, Instant};
     let mut tick = tokio::time::interval(ROTATION_CHECK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -217,7 +217,7 @@ pub async fn rotate_when_due(st: Arc<AppState>) {
             }
             let name = fs.name().to_owned();
             let op = Operator {
-                user: "efs-server".into(),
+                user: efs_core::datadir::SERVER_USER.into(),
                 via: "automatic".into(),
             };
             let req = AdminRequest::RotateKey {
@@ -281,37 +281,137 @@ const GC_CHECK: std::time::Duration = std::time::Duration::from_secs(60);
 /// or at the next run if that comes first.
 const GC_RETRY: std::time::Duration = std::time::Duration::from_secs(3600);
 
-/// The file, in the data dir's `system/` directory, where the server keeps when its own gc
-/// last ran on each filesystem: one line per filesystem, its id (32 hex digits), a space and
-/// the Unix time in ms. Not a secret (ids and times only), not sealed: a lost or altered file
-/// only moves the next run (to `--gc-grace` after the start, as without it).
+/// The file, in the data dir's `system/` directory, where the server keeps when gc last ran
+/// on each filesystem (its own, or `efsctl gc` through it): one line per filesystem, its id
+/// (32 hex digits), a space, the Unix time in ms, and (since the run's count is kept) a space
+/// and how many orphan blobs the run removed. Not a secret (ids, times and counts only), not
+/// sealed: a lost or altered file only moves the next automatic run (to `--gc-grace` after
+/// the start, as without it) and the `/metrics` gauges of the last runs. Written whole and
+/// durably after each run, with the filesystems the server serves then only
+/// ([`GcRuns::record`]).
 pub const GC_LAST_RUNS: &str = "gc-last-runs";
 
-/// When the server's own gc last ran on each filesystem, as [`GC_LAST_RUNS`] at `path` says
-/// (nothing if it is missing or unreadable; lines that do not parse are skipped).
-fn read_last_runs(path: &Path) -> std::collections::HashMap<[u8; 16], i64> {
-    let text = std::fs::read_to_string(path).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let (id, ms) = l.split_once(' ')?;
-            let id: [u8; 16] = hex::decode(id).ok()?.try_into().ok()?;
-            Some((id, ms.parse().ok()?))
-        })
-        .collect()
+/// The last successful gc run on a filesystem.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GcRun {
+    /// When it ended, Unix ms.
+    pub at_ms: i64,
+    /// How many orphan blobs it removed (`None`: a line written before the count was kept).
+    pub blobs_removed: Option<u64>,
 }
 
-/// Writes [`GC_LAST_RUNS`] at `path` whole (a temporary file renamed over it).
-fn write_last_runs(
-    path: &Path,
-    runs: &std::collections::HashMap<[u8; 16], i64>,
-) -> std::io::Result<()> {
-    let mut text = String::new();
-    for (id, ms) in runs {
-        text.push_str(&format!("{} {ms}\n", hex::encode(id)));
+/// When gc last ran on each filesystem and what it removed, as kept in [`GC_LAST_RUNS`]: the
+/// server's own runs and `efsctl gc` through the admin socket (both go through the same
+/// handler). The automatic gc times its first run after a start from it, and `/metrics`
+/// shows it (`efs_gc_last_run_timestamp_seconds`, `efs_gc_last_blobs_removed`).
+pub struct GcRuns {
+    /// `DATA/system/gc-last-runs`.
+    file: PathBuf,
+    /// A map of runs, each changed in one step: still whole after a panic elsewhere, so a
+    /// poisoned lock is taken as it is.
+    runs: std::sync::Mutex<HashMap<[u8; 16], GcRun>>,
+}
+
+impl GcRuns {
+    /// What [`GC_LAST_RUNS`] in the data dir `root` says (nothing if it is missing or
+    /// unreadable; lines that do not parse are skipped). Blocking: a file read.
+    pub fn load(root: &Path) -> Self {
+        let file = root.join("system").join(GC_LAST_RUNS);
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        let runs = text
+            .lines()
+            .filter_map(|l| {
+                let mut fields = l.split(' ');
+                let id: [u8; 16] = hex::decode(fields.next()?).ok()?.try_into().ok()?;
+                let at_ms = fields.next()?.parse().ok()?;
+                let blobs_removed = match fields.next() {
+                    Some(n) => Some(n.parse().ok()?),
+                    None => None,
+                };
+                fields.next().is_none().then_some((
+                    id,
+                    GcRun {
+                        at_ms,
+                        blobs_removed,
+                    },
+                ))
+            })
+            .collect();
+        Self {
+            file,
+            runs: std::sync::Mutex::new(runs),
+        }
     }
-    let tmp = path.with_extension("tmp");
-    std::fs::write(&tmp, text)?;
-    std::fs::rename(&tmp, path)
+
+    fn runs(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 16], GcRun>> {
+        self.runs.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The last run on filesystem `id`, if one is known.
+    pub fn get(&self, id: &[u8; 16]) -> Option<GcRun> {
+        self.runs().get(id).copied()
+    }
+
+    /// Records `run` as filesystem `id`'s last and writes the file whole and durably
+    /// ([`efs_core::datadir::write_atomic`]: fsynced, renamed, its directory fsynced), with
+    /// the filesystems in `served` only: those the server no longer serves (a filesystem
+    /// whose directory was moved away, one whose index no longer opens) are dropped, from
+    /// the file and from memory. Blocking (file writes and fsyncs); one call at a time (gc
+    /// runs hold the lock of filesystem changes), so that the file is written in the order
+    /// of the runs.
+    pub fn record(
+        &self,
+        id: [u8; 16],
+        run: GcRun,
+        served: &HashSet<[u8; 16]>,
+    ) -> efs_core::Result<()> {
+        let text = {
+            let mut runs = self.runs();
+            runs.insert(id, run);
+            runs.retain(|id, _| served.contains(id));
+            let mut lines: Vec<String> = runs
+                .iter()
+                .map(|(id, r)| match r.blobs_removed {
+                    Some(n) => format!("{} {} {n}\n", hex::encode(id), r.at_ms),
+                    None => format!("{} {}\n", hex::encode(id), r.at_ms),
+                })
+                .collect();
+            lines.sort();
+            lines.concat()
+        };
+        efs_core::datadir::write_atomic(&self.file, text.as_bytes())
+    }
+}
+
+/// Now, in Unix ms.
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Records a successful gc of filesystem `fs` (its answer `r`) in [`AppState::gc_runs`] and
+/// its file, on the blocking pool; a failure to write the file is logged (the run stays
+/// known until the server stops).
+async fn record_gc_run(st: &AppState, fs: &str, r: &AdminResponse) {
+    let Some(id) = st.data.fs(fs).map(|f| *f.id()) else {
+        return;
+    };
+    let run = GcRun {
+        at_ms: unix_ms(),
+        blobs_removed: r.data["blobs_removed"].as_u64(),
+    };
+    let served: HashSet<[u8; 16]> = st.data.open_filesystems().iter().map(|f| *f.id()).collect();
+    let runs = st.gc_runs.clone();
+    let written = tokio::task::spawn_blocking(move || runs.record(id, run, &served)).await;
+    let failed = match written {
+        Ok(Ok(())) => None,
+        Ok(Err(e)) => Some(e.to_string()),
+        Err(e) => Some(e.to_string()),
+    };
+    if let Some(error) = failed {
+        tracing::warn!(fs, file = %st.gc_runs.file.display(), error, "could not record when gc ran; after a restart the automatic gc runs --gc-grace after the start");
+    }
 }
 
 /// When a filesystem's first automatic gc in this process is due: `--gc-grace` after the
@@ -338,8 +438,9 @@ fn first_gc_due(
 /// the command): what a crash leaves between a commit and its content's removal (an orphan
 /// blob or inline content, a partial write) is removed without anyone running it. Each
 /// filesystem's first run comes [`GcSchedule::grace`] after the server first sees it (it
-/// looks at least once a minute), or sooner when its last run, kept in [`GC_LAST_RUNS`]
-/// across restarts, was [`GcSchedule::every`] ago (`first_gc_due`), then one every
+/// looks at least once a minute), or sooner when its last run (its own, or an `efsctl gc`
+/// through the server), kept in [`GC_LAST_RUNS`] across restarts, was
+/// [`GcSchedule::every`] ago (`first_gc_due`), then one every
 /// [`GcSchedule::every`]; a run that failed
 /// (an index on hold) is tried again after an hour (or the interval, if shorter). Runs take
 /// the lock of filesystem creations, restores and gc, as the command does: one waits for a
@@ -347,17 +448,9 @@ fn first_gc_due(
 /// after the server's start entry; stops at the shutdown. A run removing something warns of
 /// what it removed; one that panics is a failed run (`without_panics`).
 pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
-    use std::collections::HashMap;
     use tokio::time::Instant;
     let Some(every) = schedule.every else {
         return;
-    };
-    let runs_file = st.data.root().join("system").join(GC_LAST_RUNS);
-    let mut last_runs = read_last_runs(&runs_file);
-    let unix_ms = || {
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
     };
     let mut due: HashMap<String, Instant> = HashMap::new();
     loop {
@@ -372,7 +465,7 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
             }
             let name = fs.name().to_owned();
             let when = *due.entry(name.clone()).or_insert_with(|| {
-                let last = last_runs.get(fs.id()).copied();
+                let last = st.gc_runs.get(fs.id()).map(|r| r.at_ms);
                 first_gc_due(now, unix_ms(), every, schedule.grace, last)
             });
             if when > now {
@@ -380,7 +473,7 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
                 continue;
             }
             let op = Operator {
-                user: "efs-server".into(),
+                user: efs_core::datadir::SERVER_USER.into(),
                 via: "automatic".into(),
             };
             let req = AdminRequest::Gc {
@@ -400,10 +493,7 @@ pub async fn gc_when_due(st: Arc<AppState>, schedule: GcSchedule) {
                 if removed > 0 {
                     tracing::warn!(fs = %name, "automatic {}", r.lines.join("; "));
                 }
-                last_runs.insert(*fs.id(), unix_ms());
-                if let Err(e) = write_last_runs(&runs_file, &last_runs) {
-                    tracing::warn!(file = %runs_file.display(), error = %e, "could not record when the automatic gc ran; after a restart it runs --gc-grace after the start");
-                }
+                // Recorded in `GcRuns` by `handle`, as an `efsctl gc` through the socket is.
                 every
             } else if st.detached.is_closed() {
                 // Refused (or cut short) by the shutdown: not a failure to warn of.
@@ -598,6 +688,10 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     if st.detached.is_closed() {
         return AdminResponse::err("the server is shutting down".to_owned());
     }
+    let gc_of = match &req {
+        AdminRequest::Gc { fs, .. } => Some(fs.clone()),
+        _ => None,
+    };
     // Backups, restores, gc, fsck and the audit commands read and write files for minutes
     // with blocking calls: on a thread of the blocking pool, not on one of the runtime's
     // workers (one per core), which would otherwise stop serving HTTPS meanwhile.
@@ -606,6 +700,13 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
     let command =
         tokio::task::spawn_blocking(move || rt.block_on(admin::execute_as(&data, req, &op)));
     let outcome = command.await;
+    // Kept (for the automatic gc's schedule and /metrics) while the lock of filesystem
+    // changes is held: runs are recorded one at a time, in order.
+    if let (Some(fs), Ok(r)) = (&gc_of, &outcome)
+        && r.ok
+    {
+        record_gc_run(st, fs, r).await;
+    }
     // Reloaded after every user change, also one that answered an error or panicked: the
     // change may have been saved before something after it failed (its audit entry, say),
     // and a revoke saved but not loaded would leave the user's tokens working.
@@ -807,9 +908,43 @@ static FS_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[cfg(test)]
 mod tests {
-    use super::{allowed_peer, first_gc_due, without_panics};
+    use super::{GC_LAST_RUNS, GcRun, GcRuns, allowed_peer, first_gc_due, without_panics};
     use efs_core::admin::AdminResponse;
+    use std::collections::HashSet;
     use std::time::Duration;
+
+    /// The last-runs file kept the line of every filesystem it ever had: one the server no
+    /// longer serves is dropped when the file is next written, from it and from memory; the
+    /// served ones' lines stay, and no temporary file is left. Lines without a count (from
+    /// before it was kept) are read, with no count.
+    #[test]
+    fn a_filesystem_no_longer_served_leaves_the_last_runs_file_at_its_next_write() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::create_dir(tmp.path().join("system")).unwrap();
+        let file = tmp.path().join("system").join(GC_LAST_RUNS);
+        let (a, b, gone) = ([1u8; 16], [2u8; 16], [3u8; 16]);
+        let line = |id: &[u8; 16], rest: &str| format!("{} {rest}\n", hex::encode(id));
+        let text = [line(&a, "1000 4"), line(&gone, "2000 0"), line(&b, "500")].concat();
+        std::fs::write(&file, text + "not a line\n").unwrap();
+        let runs = GcRuns::load(tmp.path());
+        let run = |at_ms, blobs_removed| GcRun {
+            at_ms,
+            blobs_removed,
+        };
+        assert_eq!(runs.get(&gone), Some(run(2_000, Some(0))));
+        assert_eq!(runs.get(&b), Some(run(500, None)));
+        runs.record(a, run(3_000, Some(2)), &HashSet::from([a, b]))
+            .unwrap();
+        let written = std::fs::read_to_string(&file).unwrap();
+        assert_eq!(written, [line(&a, "3000 2"), line(&b, "500")].concat());
+        assert_eq!(runs.get(&gone), None);
+        assert!(!file.with_extension("tmp").exists());
+        // What a restart reads.
+        let again = GcRuns::load(tmp.path());
+        assert_eq!(again.get(&a), Some(run(3_000, Some(2))));
+        assert_eq!(again.get(&b), Some(run(500, None)));
+        assert_eq!(again.get(&gone), None);
+    }
 
     /// A server restarted more often than `--gc-grace` never ran its own gc: the first run
     /// came the grace after each start. With the last run kept, an overdue filesystem's

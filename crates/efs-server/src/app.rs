@@ -125,6 +125,9 @@ pub struct AppState {
     /// The TLS certificate served and the client CA required, replaced by `efsctl
     /// reload-tls` and SIGHUP.
     pub tls: Arc<crate::tls::ServedTls>,
+    /// When gc last ran on each filesystem and what it removed (the automatic gc's schedule,
+    /// `/metrics`), kept in `DATA/system/gc-last-runs`.
+    pub gc_runs: Arc<crate::admin_socket::GcRuns>,
 }
 
 /// `Retry-After` of a request refused for want of a blob-file place: places free as
@@ -384,7 +387,7 @@ async fn metrics_text(State(st): St, req: Request) -> Response {
         .into_response();
     }
     // Per-filesystem gauges (cheap: files and bytes are recounted in the background).
-    crate::fsmetrics::before_render(&st.data).await;
+    crate::fsmetrics::before_render(&st.data, &st.gc_runs).await;
     // Free space where the reserve looks (`what`: "data volume", or "audit log's volume" when
     // the log is on a filesystem of its own), and the reserve.
     for (volume, reserve) in st.reserve.reserves() {

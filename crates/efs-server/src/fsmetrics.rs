@@ -1,5 +1,5 @@
-//! Per-filesystem gauges for `/_efs/metrics`: files and bytes, key terms, and the
-//! progress of key rotations and re-encryptions.
+//! Per-filesystem gauges for `/_efs/metrics`: files and bytes, key terms, the progress of
+//! key rotations and re-encryptions, and the last gc run.
 //!
 //! Counting files and bytes is a full index scan, so a scrape never does it: a scrape
 //! starts a background recount only if the last one is older than [`RECOUNT_EVERY`],
@@ -17,14 +17,17 @@ use efs_core::DataDir;
 use efs_core::fs::reencrypt;
 use efs_core::fs::rotation::{self, RotationState};
 
+use crate::admin_socket::GcRuns;
+
 /// Least time between two recounts of files and bytes.
 pub const RECOUNT_EVERY: Duration = Duration::from_secs(10);
 
 static LAST_RECOUNT: std::sync::Mutex<Option<Instant>> = std::sync::Mutex::new(None);
 static RECOUNTING: AtomicBool = AtomicBool::new(false);
 
-/// Updates the gauges before a scrape is rendered.
-pub async fn before_render(data: &Arc<DataDir>) {
+/// Updates the gauges before a scrape is rendered (`gc_runs`: the last gc run of each
+/// filesystem, kept by the admin socket's handler).
+pub async fn before_render(data: &Arc<DataDir>, gc_runs: &GcRuns) {
     let names: Vec<String> = match data.list_fs() {
         Ok(all) => all.into_iter().map(|f| f.name).collect(),
         Err(e) => {
@@ -36,6 +39,15 @@ pub async fn before_render(data: &Arc<DataDir>) {
         let Some(fs) = data.fs(name) else { continue };
         let label = name.clone();
         metrics::gauge!("efs_fs_key_term", "fs" => label.clone()).set(fs.current_term() as f64);
+        // No series before the first run (automatic or efsctl gc) that the server knows of:
+        // a time of 0 would read as a run in 1970. An alert on staleness can use absent().
+        if let Some(run) = gc_runs.get(fs.id()) {
+            metrics::gauge!("efs_gc_last_run_timestamp_seconds", "fs" => label.clone())
+                .set(run.at_ms as f64 / 1000.0);
+            if let Some(n) = run.blobs_removed {
+                metrics::gauge!("efs_gc_last_blobs_removed", "fs" => label.clone()).set(n as f64);
+            }
+        }
         // A filesystem that never had a rotation (or re-encryption) shows 0s, as one whose
         // last has ended, rather than no series (an alert on it would never fire).
         if let Ok(p) = rotation::progress(&fs).await {

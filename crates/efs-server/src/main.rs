@@ -145,8 +145,8 @@ struct Args {
     /// the removal of the content it replaced or deleted (orphan blobs and inline contents,
     /// partial writes), and is recorded in the audit log as a gc by efs-server. The first
     /// run on a filesystem comes --gc-grace seconds after the start (or after its creation),
-    /// or at once if its last run, kept across restarts in DATA/system/gc-last-runs, was this
-    /// long ago. 0: never (run `efsctl gc` yourself).
+    /// or at once if its last gc (its own, or `efsctl gc` while it ran), kept across restarts
+    /// in DATA/system/gc-last-runs, was this long ago. 0: never (run `efsctl gc` yourself).
     #[arg(long, default_value_t = 86_400, value_name = "SECS", value_parser = gc_secs)]
     gc_every: u64,
     /// The automatic gc keeps orphans younger than this many seconds, and runs first this

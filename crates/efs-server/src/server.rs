@@ -358,6 +358,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             )
         })?;
     let _ = reserve_cell.set(reserve.clone());
+    let gc_runs = {
+        let root = cfg.data.clone();
+        tokio::task::spawn_blocking(move || crate::admin_socket::GcRuns::load(&root)).await?
+    };
     let state = Arc::new(AppState {
         data: data.clone(),
         reserve: Arc::new(reserve.clone()),
@@ -391,6 +395,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                 .clamp(1, tokio::sync::Semaphore::MAX_PERMITS),
         )),
         tls: tls.clone(),
+        gc_runs: Arc::new(gc_runs),
     });
     let detached = state.detached.clone();
 

@@ -891,6 +891,18 @@ async fn create_user_checks_the_name_before_writing_a_key() {
         let p = parent.join(format!("escaped{suffix}"));
         assert!(!p.exists(), "{} written", p.display());
     }
+    // The name the audit log records the server's own gc and key rotation under is refused
+    // as a malformed one is (same exit code), before a key is written: a user named so mixed
+    // with them in `audit show --user efs-server`.
+    let reserved = srv.efsctl(&["create-user", "efs-server", "--fs", "files"]);
+    assert_eq!(reserved.status.code(), out.status.code(), "{reserved:?}");
+    let err = String::from_utf8_lossy(&reserved.stderr);
+    assert!(
+        err.contains("the user name 'efs-server' is reserved"),
+        "{err}"
+    );
+    let users = srv.efsctl_ok(&["list-users"]);
+    assert!(!users.contains("efs-server"), "{users}");
     let left: Vec<_> = std::fs::read_dir(srv.dir.path())
         .unwrap()
         .filter_map(|e| e.ok())
@@ -1629,6 +1641,97 @@ fn gc_entries(srv: &TestServer) -> Vec<Value> {
         .collect()
 }
 
+/// The data dir's one blob, and a copy of it under an id no record names (what a crash
+/// between a delete's commit and its blob's removal leaves).
+fn orphan_copy_of_the_blob(data: &std::path::Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let blobs: Vec<std::path::PathBuf> = all_files(&data.join("fs"))
+        .into_iter()
+        .map(|(p, _)| p)
+        .filter(|p| {
+            p.components().any(|c| c.as_os_str() == "blobs")
+                && p.parent().and_then(|d| d.file_name()) != Some("tmp".as_ref())
+        })
+        .collect();
+    assert_eq!(blobs.len(), 1, "one blob: {blobs:?}");
+    let live = blobs[0].clone();
+    let name_len = live.file_name().unwrap().len();
+    let root = live.parent().unwrap().parent().unwrap().parent().unwrap();
+    let orphan = root.join("ee").join("ee").join("e".repeat(name_len));
+    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
+    std::fs::copy(&live, &orphan).unwrap();
+    (live, orphan)
+}
+
+/// `/metrics` showed nothing of gc: each filesystem's last successful run, automatic or
+/// `efsctl gc` through the server, is now there (`efs_gc_last_run_timestamp_seconds`, Unix
+/// seconds, and `efs_gc_last_blobs_removed`), with no series before the first run, and kept
+/// across a restart with the automatic gc's schedule (`DATA/system/gc-last-runs`, which an
+/// `efsctl gc` through the server now updates too). The automatic run's are checked in
+/// `a_running_server_removes_orphans_by_itself`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_last_gc_of_each_filesystem_is_in_the_metrics() {
+    let s = session(&["--gc-every", "0"]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/scan.bin", &s.token, pattern(300_000, 3)).await;
+    let m = metrics(&srv).await;
+    assert!(gauge(&m, "efs_fs_key_term", "files").is_some(), "{m}");
+    assert!(!m.contains("efs_gc_last"), "a gc before any ran: {m}");
+    let (live, orphan) = orphan_copy_of_the_blob(&srv.data);
+    let unix_secs = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs_f64()
+    };
+    let before = unix_secs().floor();
+    let out = srv.efsctl_ok(&["gc", "--fs", "files", "--grace", "0"]);
+    let after = unix_secs().ceil();
+    assert!(out.contains("removed 1 orphan blobs"), "{out}");
+    assert!(!orphan.exists() && live.exists());
+    let m = metrics(&srv).await;
+    let first = gauge(&m, "efs_gc_last_run_timestamp_seconds", "files").expect(&m);
+    assert!(
+        before <= first && first <= after,
+        "{before} {first} {after}"
+    );
+    assert_eq!(
+        gauge(&m, "efs_gc_last_blobs_removed", "files"),
+        Some(1.0),
+        "{m}"
+    );
+    // The next run's count replaces it.
+    let out = srv.efsctl_ok(&["gc", "--fs", "files", "--grace", "0"]);
+    assert!(out.contains("removed 0 orphan blobs"), "{out}");
+    let m = metrics(&srv).await;
+    let last = gauge(&m, "efs_gc_last_run_timestamp_seconds", "files").expect(&m);
+    assert!(
+        first <= last && last <= unix_secs().ceil(),
+        "{first} {last}"
+    );
+    assert_eq!(
+        gauge(&m, "efs_gc_last_blobs_removed", "files"),
+        Some(0.0),
+        "{m}"
+    );
+    srv.stop().await;
+    let runs = std::fs::read_to_string(srv.data.join("system/gc-last-runs")).unwrap();
+    assert_eq!(runs.lines().count(), 1, "{runs}");
+    assert!(runs.ends_with(" 0\n"), "{runs}");
+    let mut again = TestServer::start_in(srv.dir.clone(), &["--gc-every", "0"], &[]);
+    let m = metrics(&again).await;
+    assert_eq!(
+        gauge(&m, "efs_gc_last_run_timestamp_seconds", "files"),
+        Some(last),
+        "{m}"
+    );
+    assert_eq!(
+        gauge(&m, "efs_gc_last_blobs_removed", "files"),
+        Some(0.0),
+        "{m}"
+    );
+    again.stop().await;
+}
+
 /// The running server runs gc by itself (`--gc-every`, `--gc-grace`;
 /// `admin_socket::gc_when_due`): an orphan blob found at the start (what a crash between a
 /// delete's commit and its blob's removal leaves; here a copy of a live blob under an id no
@@ -1647,21 +1750,7 @@ async fn a_running_server_removes_orphans_by_itself() {
     srv.put_ok("/patients/173/note.txt", &s.token, pattern(100, 8))
         .await;
     srv.stop().await;
-    let blobs: Vec<std::path::PathBuf> = all_files(&srv.data.join("fs"))
-        .into_iter()
-        .map(|(p, _)| p)
-        .filter(|p| {
-            p.components().any(|c| c.as_os_str() == "blobs")
-                && p.parent().and_then(|d| d.file_name()) != Some("tmp".as_ref())
-        })
-        .collect();
-    assert_eq!(blobs.len(), 1, "one blob, the scan's: {blobs:?}");
-    let live = &blobs[0];
-    let name_len = live.file_name().unwrap().len();
-    let root = live.parent().unwrap().parent().unwrap().parent().unwrap();
-    let orphan = root.join("ee").join("ee").join("e".repeat(name_len));
-    std::fs::create_dir_all(orphan.parent().unwrap()).unwrap();
-    std::fs::copy(live, &orphan).unwrap();
+    let (live, orphan) = orphan_copy_of_the_blob(&srv.data);
     let touched = std::process::Command::new("touch")
         .args(["-d", "2 hours ago"])
         .arg(&orphan)
@@ -1706,6 +1795,14 @@ async fn a_running_server_removes_orphans_by_itself() {
         .stderr_when(|e| e.contains("automatic gc 'files': removed 1 orphan blobs"))
         .await;
     assert!(!orphan.exists(), "{err}");
+    // In the metrics (the run is recorded before its warning is logged).
+    let m = metrics(&on).await;
+    assert_eq!(
+        gauge(&m, "efs_gc_last_blobs_removed", "files"),
+        Some(1.0),
+        "{m}"
+    );
+    assert!(gauge(&m, "efs_gc_last_run_timestamp_seconds", "files").is_some_and(|t| t > 1.7e9));
     assert!(live.exists(), "gc removed the live blob: {err}");
     let token = on.login("app", &s.key, None).await;
     assert_eq!(on.get_ok("/patients/173/scan.bin", &token).await, scan);

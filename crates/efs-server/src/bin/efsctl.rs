@@ -106,7 +106,8 @@ enum Cmd {
     /// the user is not created, or the request never reached a server or the data dir;
     /// never inside the data dir).
     CreateUser {
-        /// Login name.
+        /// Login name (letters, digits, '.', '_', '-'; not `efs-server`, the name the audit
+        /// log records the server's own gc and key rotation under).
         name: String,
         /// Filesystem to grant (repeatable).
         #[arg(long = "fs", required = true)]
@@ -591,7 +592,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
             out,
         } => {
             // Checked here too, before a key pair named after it is written anywhere.
-            efs_core::datadir::check_name("user", &name)?;
+            efs_core::datadir::check_new_user_name(&name)?;
             let key = match pubkey {
                 Some(p) => read_public_key(&p)?,
                 None => {
