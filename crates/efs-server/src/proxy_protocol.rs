@@ -14,17 +14,29 @@
 //! balancers send for their own health checks, names no client: the balancer's address is
 //! kept.
 //!
+//! A connection from a trusted network is not counted against any address until its header
+//! names one, so the header has a deadline of its own ([`HEADER_WAIT`], the spec's "a few
+//! seconds"), and at most half of `--max-connections` may wait for theirs at once: a client
+//! that opens connections through the balancer and sends nothing (AWS NLB, say, sends the
+//! header only with the client's first bytes) cannot take every slot from direct clients.
+//!
 //! The header is parsed by the `ppp` crate; what is written here is only reading it off the
 //! socket without taking a byte of the TLS handshake behind it (whatever came with it is
 //! handed back first by [`Prefixed`]).
 
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use ipnet::IpNet;
 use ppp::{HeaderResult, PartialResult};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, ReadBuf};
+
+/// How long a connection from a trusted network has to send its whole header.
+pub const HEADER_WAIT: Duration = Duration::from_secs(5);
 
 /// The largest header read: a version 1 header is at most 107 bytes, a version 2 one 16 bytes
 /// and its addresses (216 at most, for UNIX sockets) and TLVs, which balancers keep small.
@@ -65,14 +77,80 @@ impl Trusted {
     }
 }
 
-/// `--proxy-protocol-from`: a network (`10.0.0.0/8`, `2001:db8::/32`) or one address.
+/// `--proxy-protocol-from`: a network (`10.0.0.0/8`, `2001:db8::/32`) or one address. An
+/// IPv4 network written as IPv4-mapped IPv6 (`::ffff:10.0.0.0/104`) is refused: peers are
+/// matched as the IPv4 addresses they are, so it would never match.
 pub fn parse_net(s: &str) -> Result<IpNet, String> {
-    if let Ok(n) = s.parse::<IpNet>() {
-        return Ok(n.trunc());
+    let net = match s.parse::<IpNet>() {
+        Ok(n) => n.trunc(),
+        Err(_) => s.parse::<IpAddr>().map(IpNet::from).map_err(|_| {
+            format!("'{s}' is not a network (10.0.0.0/8, 2001:db8::/32) or an address")
+        })?,
+    };
+    if let IpNet::V6(n) = net
+        && n.addr().to_ipv4_mapped().is_some()
+    {
+        return Err(format!(
+            "'{s}' is an IPv4-mapped IPv6 network: give it as IPv4 (10.0.0.0/8)"
+        ));
     }
-    s.parse::<IpAddr>()
-        .map(IpNet::from)
-        .map_err(|_| format!("'{s}' is not a network (10.0.0.0/8, 2001:db8::/32) or an address"))
+    Ok(net)
+}
+
+/// Why a connection from a trusted network was not served.
+#[derive(Debug, PartialEq, Eq)]
+pub enum NoHeader {
+    /// It ended before sending a byte (a balancer's TCP health check): not a refusal.
+    Closed,
+    /// What it sent is not a whole header (or not in time): why.
+    Refused(String),
+}
+
+impl std::fmt::Display for NoHeader {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            NoHeader::Closed => f.write_str("the connection ended before sending anything"),
+            NoHeader::Refused(why) => f.write_str(why),
+        }
+    }
+}
+
+/// Connections from trusted networks waiting for their header, at most `limit` at once.
+#[derive(Debug)]
+pub struct Pending {
+    count: Arc<AtomicUsize>,
+    limit: usize,
+}
+
+/// One connection's place among the [`Pending`] ones, given back when dropped.
+#[derive(Debug)]
+pub struct PendingSlot(Arc<AtomicUsize>);
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Pending {
+    /// At most half of `max_connections` (and at least one) waiting at once.
+    pub fn new(max_connections: usize) -> Self {
+        Self {
+            count: Arc::new(AtomicUsize::new(0)),
+            limit: (max_connections / 2).max(1),
+        }
+    }
+
+    /// A place for one more connection waiting for its header, if there is one.
+    pub fn try_take(&self) -> Option<PendingSlot> {
+        let taken = self
+            .count
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| {
+                (n < self.limit).then_some(n + 1)
+            })
+            .is_ok();
+        taken.then(|| PendingSlot(self.count.clone()))
+    }
 }
 
 /// Reads the PROXY protocol header at the start of `io`, whose TCP peer is `peer` (the
@@ -82,34 +160,64 @@ pub fn parse_net(s: &str) -> Result<IpNet, String> {
 pub async fn read_header<S: AsyncRead + Unpin>(
     io: &mut S,
     peer: SocketAddr,
-) -> Result<(SocketAddr, Vec<u8>), String> {
+) -> Result<(SocketAddr, Vec<u8>), NoHeader> {
+    let (client, rest) = read_header_inner(io, peer).await.map_err(|why| match why {
+        Some(why) => NoHeader::Refused(why),
+        None => NoHeader::Closed,
+    })?;
+    // An IPv4 client named in an IPv6 header (a dual-stack balancer) is the IPv4 address.
+    Ok((
+        SocketAddr::new(client.ip().to_canonical(), client.port()),
+        rest,
+    ))
+}
+
+/// [`read_header`]; `Err(None)`: the connection ended before its first byte.
+async fn read_header_inner<S: AsyncRead + Unpin>(
+    io: &mut S,
+    peer: SocketAddr,
+) -> Result<(SocketAddr, Vec<u8>), Option<String>> {
     let mut buf = Vec::with_capacity(256);
     let mut chunk = [0u8; 512];
     loop {
         let n = io
             .read(&mut chunk)
             .await
-            .map_err(|e| format!("reading the PROXY protocol header: {e}"))?;
+            .map_err(|e| Some(format!("reading the PROXY protocol header: {e}")))?;
         if n == 0 {
-            return Err("the connection ended before its PROXY protocol header".into());
+            if buf.is_empty() {
+                return Err(None);
+            }
+            return Err(Some(
+                "the connection ended before its PROXY protocol header".into(),
+            ));
         }
         buf.extend_from_slice(&chunk[..n]);
         let starts =
             |sig: &[u8]| buf[..buf.len().min(sig.len())] == sig[..buf.len().min(sig.len())];
         let v1 = starts(V1_START);
         if !v1 && !starts(V2_SIGNATURE) {
-            return Err(
+            return Err(Some(
                 "not a PROXY protocol header (the connection began with something else: a client that reached EFS directly, not through the proxy?)".into(),
-            );
+            ));
         }
         // (ppp takes a version 1 header cut between its CR and LF for a whole, wrong one.)
         if v1 && !buf.windows(2).any(|w| w == b"\r\n") {
             if buf.len() >= V1_MAX {
-                return Err(format!(
+                return Err(Some(format!(
                     "not a PROXY protocol header (version 1: no end of line in its first {V1_MAX} bytes)"
-                ));
+                )));
             }
             continue;
+        }
+        // A version 2 header says its length in its 15th and 16th bytes.
+        if !v1 && buf.len() >= 16 {
+            let len = 16 + usize::from(u16::from_be_bytes([buf[14], buf[15]]));
+            if len > MAX_HEADER {
+                return Err(Some(format!(
+                    "a PROXY protocol header of {len} bytes (at most {MAX_HEADER})"
+                )));
+            }
         }
         let parsed: HeaderResult = if v1 {
             // Whole (its end of line is there): any error is final.
@@ -118,9 +226,9 @@ pub async fn read_header<S: AsyncRead + Unpin>(
             let r = ppp::v2::Header::try_from(buf.as_slice());
             if r.is_incomplete() {
                 if buf.len() >= MAX_HEADER {
-                    return Err(format!(
+                    return Err(Some(format!(
                         "no complete PROXY protocol header in its first {MAX_HEADER} bytes"
-                    ));
+                    )));
                 }
                 continue;
             }
@@ -154,16 +262,20 @@ pub async fn read_header<S: AsyncRead + Unpin>(
                 h.len(),
             ),
             HeaderResult::V1(Err(e)) => {
-                return Err(format!("not a PROXY protocol header (version 1: {e})"));
+                return Err(Some(format!(
+                    "not a PROXY protocol header (version 1: {e})"
+                )));
             }
             HeaderResult::V2(Err(e)) => {
-                return Err(format!("not a PROXY protocol header (version 2: {e})"));
+                return Err(Some(format!(
+                    "not a PROXY protocol header (version 2: {e})"
+                )));
             }
         };
         if len > MAX_HEADER {
-            return Err(format!(
+            return Err(Some(format!(
                 "a PROXY protocol header of {len} bytes (at most {MAX_HEADER})"
-            ));
+            )));
         }
         let rest = buf.split_off(len);
         return Ok((client, rest));
@@ -271,7 +383,7 @@ mod tests {
             writer.await.unwrap();
             s.read_to_end(&mut after).await.unwrap();
         }
-        (r.map(|(c, _)| c), after)
+        (r.map(|(c, _)| c).map_err(|e| e.to_string()), after)
     }
 
     #[tokio::test]
@@ -284,6 +396,12 @@ mod tests {
             assert_eq!(c.unwrap(), "203.0.113.7:51000".parse().unwrap());
             assert_eq!(after, tls);
 
+            // An IPv4 client in an IPv6 header (a dual-stack balancer) is the IPv4 address.
+            let mapped = b"PROXY TCP6 ::ffff:203.0.113.3 ::ffff:10.0.0.1 51000 443\r\n";
+            assert_eq!(
+                read(mapped, piece).await.0.unwrap(),
+                "203.0.113.3:51000".parse().unwrap()
+            );
             let mut v6 = b"PROXY TCP6 2001:db8::7 2001:db8::1 51000 443\r\n".to_vec();
             v6.extend_from_slice(tls);
             assert_eq!(
@@ -342,6 +460,22 @@ mod tests {
         endless.extend(std::iter::repeat_n(0u8, MAX_HEADER + 100));
         let e = read(&endless, 1000).await.0.unwrap_err();
         assert!(e.contains("bytes"), "{e}");
+        // Nothing at all (a balancer's TCP health check) is not a refusal.
+        let (a, mut b) = tokio::io::duplex(64);
+        drop(a);
+        assert_eq!(
+            read_header(&mut b, peer()).await.unwrap_err(),
+            NoHeader::Closed
+        );
+        // A version 2 header claiming more than MAX_HEADER bytes is refused as soon as its
+        // length is read, without waiting for them.
+        let (mut a, mut b) = tokio::io::duplex(64);
+        let mut huge = b"\r\n\r\n\x00\r\nQUIT\n\x21\x11".to_vec();
+        huge.extend_from_slice(&u16::MAX.to_be_bytes());
+        a.write_all(&huge).await.unwrap();
+        let e = read_header(&mut b, peer()).await.unwrap_err().to_string();
+        assert!(e.contains("65551 bytes"), "{e}");
+        drop(a);
     }
 
     #[test]
@@ -359,7 +493,22 @@ mod tests {
         }
         assert!(parse_net("10.0.0.0/33").is_err());
         assert!(parse_net("proxy.example").is_err());
+        let mapped = parse_net("::ffff:10.0.0.0/104").unwrap_err();
+        assert!(mapped.contains("give it as IPv4"), "{mapped}");
         assert_eq!(parse_net("10.1.2.3/16").unwrap().to_string(), "10.1.0.0/16");
         assert!(Trusted::default().is_empty());
+    }
+
+    #[test]
+    fn at_most_half_the_connections_wait_for_a_header() {
+        let p = Pending::new(5);
+        let a = p.try_take().expect("one");
+        let b = p.try_take().expect("two");
+        assert!(p.try_take().is_none(), "a third of 5");
+        drop(a);
+        let c = p.try_take().expect("a place given back");
+        assert!(p.try_take().is_none());
+        drop((b, c));
+        assert!(Pending::new(1).try_take().is_some(), "at least one");
     }
 }

@@ -316,6 +316,11 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         // (`rate(...) > 0`, `increase(...)`) sees no series at all until the first one
         // otherwise. Labels as where they are incremented.
         metrics::counter!("efs_connections_refused_total", "reason" => "per_address").absolute(0);
+        if !cfg.http.proxy_from.is_empty() {
+            for reason in ["proxy_header", "proxy_pending"] {
+                metrics::counter!("efs_connections_refused_total", "reason" => reason).absolute(0);
+            }
+        }
         metrics::counter!("efs_requests_refused_total", "reason" => "open_files").absolute(0);
         metrics::counter!("efs_requests_refused_total", "reason" => "reserve").absolute(0);
         metrics::counter!("efs_accept_failures_total").absolute(0);
@@ -720,6 +725,7 @@ async fn serve(
     ));
     let idle = http.conn_idle;
     let proxy_from = http.proxy_from.clone();
+    let proxy_pending = crate::proxy_protocol::Pending::new(max_connections);
     let refuse_per_address = || {
         tracing::debug!("connection refused: too many from one address");
         metrics::counter!("efs_connections_refused_total", "reason" => "per_address").increment(1);
@@ -755,7 +761,17 @@ async fn serve(
         // A connection through a trusted proxy is counted against its client's address, known
         // once its PROXY protocol header is read (in its task, within the handshake's time).
         let proxied = proxy_from.contains(remote.ip());
+        let mut pending_slot = None;
         let address_slot = if proxied {
+            // At most half the connections wait for their header at once.
+            let Some(p) = proxy_pending.try_take() else {
+                tracing::debug!(proxy = %remote, "connection refused: too many from trusted proxies wait for their PROXY protocol header");
+                metrics::counter!("efs_connections_refused_total", "reason" => "proxy_pending")
+                    .increment(1);
+                drop(tcp);
+                continue;
+            };
+            pending_slot = Some(p);
             None
         } else {
             let Some(slot) = per_address.try_take(remote.ip()) else {
@@ -780,10 +796,21 @@ async fn serve(
             let handshake = async {
                 let mut tcp = tcp;
                 let (remote, rest, slot) = if proxied {
-                    let (client, rest) = match crate::proxy_protocol::read_header(&mut tcp, remote)
-                        .await
-                    {
+                    let header = tokio::time::timeout(
+                        crate::proxy_protocol::HEADER_WAIT,
+                        crate::proxy_protocol::read_header(&mut tcp, remote),
+                    )
+                    .await
+                    .unwrap_or_else(|_| {
+                        Err(crate::proxy_protocol::NoHeader::Refused(format!(
+                            "no whole PROXY protocol header within {} s",
+                            crate::proxy_protocol::HEADER_WAIT.as_secs()
+                        )))
+                    });
+                    drop(pending_slot);
+                    let (client, rest) = match header {
                         Ok(x) => x,
+                        Err(crate::proxy_protocol::NoHeader::Closed) => return None,
                         Err(why) => {
                             tracing::debug!(proxy = %remote, "connection refused: {why}");
                             metrics::counter!("efs_connections_refused_total", "reason" => "proxy_header")

@@ -142,6 +142,8 @@ async fn a_trusted_proxy_s_header_names_the_client() {
     assert!(no_header.is_err(), "{no_header:?}");
     let garbage = get_through(&srv, b"PROXY TCP4 not-an-address\r\n").await;
     assert!(garbage.is_err(), "{garbage:?}");
+    // A balancer's TCP health check (connect, close) is not a refusal.
+    drop(connect_from(&srv, PROXY, b"").await);
     let direct = srv.curl(&[
         "-o",
         "/dev/null",
@@ -169,8 +171,8 @@ async fn the_per_address_limit_counts_each_client_behind_the_proxy() {
     let first = tls_over(&srv, connect_from(&srv, PROXY, &v1("198.51.100.1")).await)
         .await
         .expect("the first connection of 198.51.100.1");
-    // Its second connection is closed at once; another client's is served, as is a second
-    // one from the proxy itself (it is not counted: its clients are).
+    // Its second connection is closed at once; another client's is served (the proxy's own
+    // address is not counted: its clients are).
     let second = tls_over(&srv, connect_from(&srv, PROXY, &v1("198.51.100.1")).await).await;
     assert!(
         second.is_err(),
@@ -202,4 +204,32 @@ async fn a_header_from_anyone_else_is_not_read() {
         assert_eq!(get_through(&srv, b"").await, Ok(401), "{extra:?}");
         assert_eq!(clients_of_who(&srv), [PROXY], "{extra:?}");
     }
+}
+
+/// Connections from a trusted proxy that have not sent their header are counted against no
+/// address: at most half of `--max-connections` may wait at once, so that connections held
+/// open through the balancer cannot take every slot from direct clients.
+#[tokio::test]
+async fn at_most_half_the_connections_wait_for_a_proxy_header() {
+    let srv = TestServer::start(&["--proxy-protocol-from", PROXY, "--max-connections", "4"]);
+    let first = connect_from(&srv, PROXY, b"").await;
+    let _second = connect_from(&srv, PROXY, b"").await;
+    // The third is closed at once, while the first still waits for its header.
+    let mut third = connect_from(&srv, PROXY, b"").await;
+    let mut byte = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(30), third.read(&mut byte)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "the third waiting connection was not closed: {closed:?}"
+    );
+    match first.try_read(&mut byte) {
+        Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+        other => panic!("the first waiting connection was closed before the third: {other:?}"),
+    }
+    // Direct clients are still served meanwhile.
+    let metrics = srv.metrics().await.text().await.unwrap();
+    assert!(
+        metrics.contains("efs_connections_refused_total{reason=\"proxy_pending\"} 1"),
+        "{metrics}"
+    );
 }
