@@ -1250,9 +1250,36 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     serde_json::json!({ "holds": false, "found": found })
                 }
             };
+            // And its rollback witness: where it is, and whether it keeps up.
+            let witness = match dd.rollback_witness() {
+                Some(w) if w.failing => {
+                    lines.push(format!(
+                        "WARNING: rollback witness {}: its last write failed (see the server's log); it stays at generation {} until a write succeeds",
+                        w.path.display(),
+                        w.generation
+                    ));
+                    serde_json::json!({ "path": w.path, "generation": w.generation, "failing": true })
+                }
+                Some(w) => {
+                    lines.push(format!(
+                        "rollback witness: {}, at generation {}",
+                        w.path.display(),
+                        w.generation
+                    ));
+                    serde_json::json!({ "path": w.path, "generation": w.generation, "failing": false })
+                }
+                None if dd.has_had_witness()? => {
+                    lines.push(
+                        "WARNING: this data dir has a rollback witness, but was opened without it (--rollback-witness, EFS_ROLLBACK_WITNESS): nothing checks it, and writes move the generation on unseen"
+                            .to_owned(),
+                    );
+                    serde_json::Value::Null
+                }
+                None => serde_json::Value::Null,
+            };
             let mut r = AdminResponse::ok(
                 lines,
-                serde_json::json!({ "filesystems": data, "system_digest": digest }),
+                serde_json::json!({ "filesystems": data, "system_digest": digest, "rollback_witness": witness }),
             );
             r.clean = Some(!not_served);
             r

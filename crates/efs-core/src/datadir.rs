@@ -2325,6 +2325,18 @@ impl DataDir {
         Ok(now)
     }
 
+    /// The rollback witness this data dir was opened with (`--rollback-witness`), if any:
+    /// where, at which generation, whether its last write failed.
+    pub fn rollback_witness(&self) -> Option<crate::witness::WitnessState> {
+        self.system.witness_state()
+    }
+
+    /// Whether this data dir has had a rollback witness (whether or not it was opened with
+    /// it).
+    pub fn has_had_witness(&self) -> Result<bool> {
+        self.system.has_had_witness()
+    }
+
     /// The system database's digest now: generation and anchor (a full scan of it).
     pub fn system_digest(&self) -> Result<crate::digest::DigestCheck> {
         self.system.digest_state()

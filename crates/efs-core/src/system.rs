@@ -567,6 +567,18 @@ impl SystemDb {
         self.witness_now()
     }
 
+    /// The rollback witness this database follows, if any: where, at which generation, and
+    /// whether its last write failed.
+    pub fn witness_state(&self) -> Option<crate::witness::WitnessState> {
+        self.witness.get().map(|w| w.state())
+    }
+
+    /// Whether the database records that it has a rollback witness
+    /// ([`crate::witness::SECRET_WITNESS`]).
+    pub fn has_had_witness(&self) -> Result<bool> {
+        Ok(self.secret(crate::witness::SECRET_WITNESS)?.is_some())
+    }
+
     /// Brings the rollback witness, if there is one, up to the database as it is now (when
     /// its digest holds).
     pub fn witness_now(&self) -> Result<()> {

@@ -82,6 +82,17 @@ impl Seen {
     }
 }
 
+/// Where a witness is and how its writes went (`efsctl status`, `/_efs/metrics`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WitnessState {
+    /// The file (made absolute, links resolved).
+    pub path: PathBuf,
+    /// The generation it holds (as this process last wrote or read it).
+    pub generation: u64,
+    /// Whether its last write failed (it stays at `generation` until one succeeds).
+    pub failing: bool,
+}
+
 /// The witness of one open data dir.
 #[derive(Debug)]
 pub struct Witness {
@@ -134,6 +145,17 @@ impl Witness {
     /// Where the witness is (made absolute).
     pub fn path(&self) -> &Path {
         &self.path
+    }
+
+    /// Where it is, the generation it holds, whether its last write failed.
+    pub fn state(&self) -> WitnessState {
+        let generation = *self.last.lock().unwrap_or_else(|e| e.into_inner());
+        let failing = *self.failing.lock().unwrap_or_else(|e| e.into_inner());
+        WitnessState {
+            path: self.path.clone(),
+            generation,
+            failing,
+        }
     }
 
     /// Refuses `path` as the witness of a data dir about to be created (at `root`): a file

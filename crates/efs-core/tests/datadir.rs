@@ -2037,3 +2037,36 @@ async fn a_rollback_witness_holds_through_a_changed_digest_and_a_missing_file() 
     }
     assert!(!root.join("system/keyparts.json.rekey").exists());
 }
+
+/// A rollback witness that cannot be written (its storage gone) does not stop the data dir:
+/// the failure shows in its state (`efsctl status`, `/_efs/metrics`) and the witness catches
+/// up at the next write that succeeds.
+#[tokio::test]
+async fn a_rollback_witness_that_cannot_be_written_is_reported_and_catches_up() {
+    use efs_core::datadir::OpenOptions;
+    let (tmp, root, part) = data_dir_with_users(&["alice"]);
+    let wdir = tmp.path().join("witness-volume");
+    std::fs::create_dir(&wdir).unwrap();
+    let o = OpenOptions {
+        rollback_witness: Some(wdir.join("efs.witness")),
+        ..common::opts()
+    };
+    let dd = DataDir::open(&root, std::slice::from_ref(&part), o, &no_prompt)
+        .unwrap()
+        .0;
+    let first = dd.rollback_witness().expect("a witness");
+    assert!(!first.failing);
+    assert!(first.path.ends_with("witness-volume/efs.witness"));
+    std::fs::remove_dir_all(&wdir).unwrap();
+    dd.revoke("alice", Some("docs")).unwrap();
+    let gone = dd.rollback_witness().unwrap();
+    assert!(gone.failing, "{gone:?}");
+    assert_eq!(gone.generation, first.generation);
+    std::fs::create_dir(&wdir).unwrap();
+    dd.grant("alice", "docs", false).unwrap();
+    let back = dd.rollback_witness().unwrap();
+    assert!(!back.failing, "{back:?}");
+    assert!(back.generation > first.generation);
+    assert!(wdir.join("efs.witness").exists());
+    assert!(dd.has_had_witness().unwrap());
+}

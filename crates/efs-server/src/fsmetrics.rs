@@ -28,6 +28,12 @@ static RECOUNTING: AtomicBool = AtomicBool::new(false);
 /// Updates the gauges before a scrape is rendered (`gc_runs`: the last gc run of each
 /// filesystem, kept by the admin socket's handler).
 pub async fn before_render(data: &Arc<DataDir>, gc_runs: &GcRuns) {
+    // The rollback witness (`--rollback-witness`): whether its last write failed, and the
+    // generation it holds (an alert on `efs_rollback_witness_failing == 1`).
+    if let Some(w) = data.rollback_witness() {
+        metrics::gauge!("efs_rollback_witness_failing").set(if w.failing { 1.0 } else { 0.0 });
+        metrics::gauge!("efs_rollback_witness_generation").set(w.generation as f64);
+    }
     let names: Vec<String> = match data.list_fs() {
         Ok(all) => all.into_iter().map(|f| f.name).collect(),
         Err(e) => {

@@ -1241,10 +1241,38 @@ async fn a_data_dir_put_back_whole_is_refused_by_its_rollback_witness() {
         .and_then(|g| g.parse().ok())
         .expect("the new generation");
     assert!(accepted > after_revoke, "{out}");
-    let srv = TestServer::start_in(dir.clone(), &[], &envs);
+    let mut srv = TestServer::start_in(dir.clone(), &[], &envs);
     let token = srv.login("app", &key, Some("files")).await;
     assert_eq!(srv.get_ok("/before.txt", &token).await, b"x");
     assert!(seen() >= accepted);
+    // Where it is and whether it keeps up: status and the metrics.
+    let status = srv.efsctl_ok(&["status"]);
+    assert!(
+        status.contains(&format!("rollback witness: {w}, at generation")),
+        "{status}"
+    );
+    let json: serde_json::Value =
+        serde_json::from_str(&srv.efsctl_ok(&["status", "--json"])).unwrap();
+    assert_eq!(json["rollback_witness"]["path"], w.as_str(), "{json}");
+    assert_eq!(json["rollback_witness"]["failing"], false, "{json}");
+    let metrics = srv.metrics().await.text().await.unwrap();
+    assert!(
+        metrics.contains("efs_rollback_witness_failing 0"),
+        "{metrics}"
+    );
+    // efsctl without the option, on the stopped data dir, says it is not checked.
+    srv.stop().await;
+    let out = srv
+        .efsctl_command(&["status"])
+        .env_remove("EFS_ROLLBACK_WITNESS")
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(
+        text.contains("has a rollback witness, but was opened without it"),
+        "{text}"
+    );
 }
 
 /// A restore of a backup that left many entries out names the first 100 and counts the rest.
