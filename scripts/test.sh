@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The whole test suite, as README.md shows it and .ci/run calls it.
-# Installs the real tools the tests use (curl, openssl, ssh-agent, age, strace, Schemathesis, cargo-fuzz)
+# Installs the real tools the tests use (curl, openssl, ssh-agent, age, strace, haproxy, Schemathesis, cargo-fuzz)
 # when they are missing, then runs every fuzz target for a few seconds (scripts/fuzz.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -11,6 +11,7 @@ command -v openssl >/dev/null 2>&1 || need+=(openssl)
 command -v ssh-agent >/dev/null 2>&1 || need+=(openssh-client)
 command -v age >/dev/null 2>&1 || need+=(age)
 command -v strace >/dev/null 2>&1 || need+=(strace)
+command -v haproxy >/dev/null 2>&1 || need+=(haproxy)
 command -v python3 >/dev/null 2>&1 || need+=(python3)
 python3 -c 'import ensurepip' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -233,3 +233,66 @@ async fn at_most_half_the_connections_wait_for_a_proxy_header() {
         "{metrics}"
     );
 }
+
+/// A real balancer: HAProxy in TCP mode in front of the server, sending version 2 and then
+/// version 1 headers from 127.0.0.2, with curl as the client from 127.0.0.3. The audit log
+/// names curl's address, not HAProxy's; TLS passes through untouched (curl checks the
+/// server's certificate).
+#[tokio::test]
+async fn haproxy_in_front_names_its_clients() {
+    let srv = TestServer::start(&["--proxy-protocol-from", PROXY]);
+    for send_proxy in ["send-proxy-v2", "send-proxy"] {
+        let port = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap().port()
+        };
+        let cfg = srv.dir.path().join(format!("haproxy-{send_proxy}.cfg"));
+        std::fs::write(
+            &cfg,
+            format!(
+                "global\n  maxconn 64\ndefaults\n  mode tcp\n  timeout connect 5s\n  timeout client 30s\n  timeout server 30s\nfrontend fe\n  bind 127.0.0.1:{port}\n  default_backend be\nbackend be\n  server efs {} {send_proxy} source {PROXY}\n",
+                srv.addr
+            ),
+        )
+        .unwrap();
+        let mut haproxy = std::process::Command::new("haproxy")
+            .arg("-db")
+            .arg("-f")
+            .arg(&cfg)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .expect("haproxy (installed by scripts/test.sh)");
+        // Through HAProxy: curl resolves localhost to HAProxy's port, so that the
+        // certificate's name matches.
+        let mut status = String::new();
+        for _ in 0..100 {
+            let out = srv.curl(&[
+                "--interface",
+                "127.0.0.3",
+                "--resolve",
+                &format!("localhost:{port}:127.0.0.1"),
+                "-o",
+                "/dev/null",
+                "-w",
+                "%{http_code}",
+                &format!("https://localhost:{port}/who.txt"),
+            ]);
+            status = String::from_utf8_lossy(&out.stdout).into_owned();
+            if status == "401" {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let _ = haproxy.kill();
+        let out = haproxy.wait_with_output().unwrap();
+        assert_eq!(
+            status,
+            "401",
+            "{send_proxy}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let clients = clients_of_who(&srv);
+    assert_eq!(clients, ["127.0.0.3", "127.0.0.3"], "{clients:?}");
+}
