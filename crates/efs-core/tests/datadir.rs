@@ -1800,6 +1800,28 @@ async fn a_system_database_older_than_the_audit_log_is_held_until_accepted() {
     open(&root, parts).unwrap();
 }
 
+/// Opens `root` with the rollback witness `witness` (`accept`: to look at, or accept, a held
+/// system database, as `efsctl accept-system` opens).
+fn open_witnessed(
+    root: &std::path::Path,
+    parts: &[KeyPartSpec],
+    witness: &std::path::Path,
+    accept: bool,
+) -> Result<DataDir, CoreError> {
+    let o = efs_core::datadir::OpenOptions {
+        rollback_witness: Some(witness.to_path_buf()),
+        accept_system: accept,
+        ..common::opts()
+    };
+    DataDir::open(root, parts, o, &no_prompt).map(|(dd, _)| dd)
+}
+
+/// The generation the witness file `witness` (of the data dir at `root`) holds.
+fn witnessed_generation(witness: &std::path::Path, root: &std::path::Path) -> u64 {
+    let (_, s) = efs_core::witness::Witness::open(witness, root).unwrap();
+    s.expect("a witness file").generation
+}
+
 /// The whole data dir put back from an earlier copy (system database, its digest and the
 /// audit log together: each agrees with the others) opened as good, and a grant revoked since
 /// was back. A rollback witness outside the data dir (`--rollback-witness`) keeps the
@@ -1812,18 +1834,8 @@ async fn a_data_dir_put_back_whole_is_held_by_its_rollback_witness() {
     let (tmp, root, part) = data_dir_with_users(&["alice"]);
     let parts = std::slice::from_ref(&part);
     let witness = tmp.path().join("efs.witness");
-    let open_w = |accept: bool| {
-        let o = OpenOptions {
-            rollback_witness: Some(witness.clone()),
-            accept_system: accept,
-            ..common::opts()
-        };
-        DataDir::open(&root, parts, o, &no_prompt).map(|(dd, _)| dd)
-    };
-    let seen = || {
-        let (_, s) = efs_core::witness::Witness::open(&witness, &root).unwrap();
-        s.expect("a witness file").generation
-    };
+    let open_w = |accept: bool| open_witnessed(&root, parts, &witness, accept);
+    let seen = || witnessed_generation(&witness, &root);
     drop(open_w(false).unwrap());
     let first = seen();
     let copy = tmp.path().join("copy");
@@ -1912,23 +1924,12 @@ async fn a_data_dir_put_back_whole_is_held_by_its_rollback_witness() {
 /// witness finds put back.
 #[tokio::test]
 async fn a_rollback_witness_holds_through_a_changed_digest_and_a_missing_file() {
-    use efs_core::datadir::OpenOptions;
     use efs_core::system::SystemTrust;
     let (tmp, root, part) = data_dir_with_users(&["alice", "bob"]);
     let parts = std::slice::from_ref(&part);
     let witness = tmp.path().join("efs.witness");
-    let open_w = |accept: bool| {
-        let o = OpenOptions {
-            rollback_witness: Some(witness.clone()),
-            accept_system: accept,
-            ..common::opts()
-        };
-        DataDir::open(&root, parts, o, &no_prompt).map(|(dd, _)| dd)
-    };
-    let seen = || {
-        let (_, s) = efs_core::witness::Witness::open(&witness, &root).unwrap();
-        s.expect("a witness file").generation
-    };
+    let open_w = |accept: bool| open_witnessed(&root, parts, &witness, accept);
+    let seen = || witnessed_generation(&witness, &root);
     let accept = || {
         let dd = open_w(true).unwrap();
         let SystemTrust::Accepted {
