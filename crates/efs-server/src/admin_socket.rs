@@ -40,8 +40,49 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
+/// Binds the auditor socket at `path` (`--auditor-socket`, outside the data dir): group
+/// `gid`, mode 0660, so that the group's members reach it. A socket left there by an earlier
+/// run is replaced; any other file is refused.
+pub async fn bind_auditor(path: &Path, gid: u32) -> anyhow::Result<UnixListener> {
+    use std::os::unix::fs::FileTypeExt;
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
+            .with_context(|| format!("removing the stale {}", path.display()))?,
+        Ok(_) => anyhow::bail!(
+            "--auditor-socket {}: a file that is not a socket is there; remove it or name another path",
+            path.display()
+        ),
+        Err(_) => {}
+    }
+    let l = UnixListener::bind(path)
+        .with_context(|| format!("binding the auditor socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::os::unix::fs::chown(path, None, Some(gid))
+        .with_context(|| format!("giving {} to group {gid}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
+    Ok(l)
+}
+
+/// Who a socket answers, and what.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    /// The admin socket: every command, to root and the server's own account.
+    Admin,
+    /// The auditor socket (`--auditor-socket`): `audit show` and `audit verify` only, to
+    /// root, the server's account and processes whose group is `gid`.
+    Auditor {
+        /// `--auditor-group`.
+        gid: u32,
+    },
+}
+
 /// Serves admin connections.
 pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
+    serve_as(listener, state, Role::Admin).await
+}
+
+/// Serves the connections of a socket of `role`.
+pub async fn serve_as(listener: UnixListener, state: Arc<AppState>, role: Role) {
     let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         // At most so many connections at once: a process that opens them and sends
@@ -60,13 +101,17 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
         };
         let st = state.clone();
         // The audit log names the local account on the other end of the socket.
-        let uid = stream.peer_cred().map(|c| c.uid());
+        let cred = stream.peer_cred();
+        let uid = cred.as_ref().ok().map(|c| c.uid());
+        let peer_gid = cred.as_ref().ok().map(|c| c.gid());
         let op = Operator {
             user: uid
-                .as_ref()
                 .map(|u| format!("uid:{u}"))
-                .unwrap_or_else(|_| "uid:unknown".into()),
-            via: "admin-socket".into(),
+                .unwrap_or_else(|| "uid:unknown".into()),
+            via: match role {
+                Role::Admin => "admin-socket".into(),
+                Role::Auditor { .. } => "auditor-socket".into(),
+            },
         };
         tokio::spawn(async move {
             let _slot = slot;
@@ -75,7 +120,16 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
             // this holds also when those were loosened by mistake (a volume mounted with
             // other permissions, a chmod -R): only root and the server's own account run
             // admin commands.
-            let refused = allowed_peer(uid.ok(), rustix::process::geteuid().as_raw()).err();
+            let server_uid = rustix::process::geteuid().as_raw();
+            let refused = match role {
+                Role::Admin => allowed_peer(uid, server_uid).err(),
+                Role::Auditor { gid } => allowed_peer(uid, server_uid)
+                    .or_else(|e| match peer_gid {
+                        Some(g) if g == gid => Ok(()),
+                        _ => Err(format!("{e}, and its group is not --auditor-group {gid}")),
+                    })
+                    .err(),
+            };
             let mut r = LineReader::new(r);
             loop {
                 // A request line is a few hundred bytes; one without an end is not read
@@ -101,6 +155,13 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
                     ))
                 } else {
                     match serde_json::from_slice::<AdminRequest>(&line) {
+                        Ok(req) if !role.answers(&req) => {
+                            tracing::warn!(peer = %op.user, "auditor socket: refused a command other than audit show or audit verify");
+                            AdminResponse::err(
+                                "refused: the auditor socket answers audit show and audit verify only"
+                                    .to_owned(),
+                            )
+                        }
                         Ok(req) => handle(&st, req, &op).await,
                         Err(e) => AdminResponse::err(format!("bad admin request: {e}")),
                     }
@@ -112,6 +173,19 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
                 }
             }
         });
+    }
+}
+
+impl Role {
+    /// Whether a socket of this role runs `req`.
+    pub fn answers(&self, req: &AdminRequest) -> bool {
+        match self {
+            Role::Admin => true,
+            Role::Auditor { .. } => matches!(
+                req,
+                AdminRequest::AuditShow { .. } | AdminRequest::AuditVerify { .. }
+            ),
+        }
     }
 }
 

@@ -164,6 +164,35 @@ struct Args {
     /// it; give efsctl the same (docs/operations.md, "A whole data dir put back").
     #[arg(long, env = "EFS_ROLLBACK_WITNESS", value_name = "PATH")]
     rollback_witness: Option<PathBuf>,
+    /// A second admin socket, for auditors (outside the data dir, e.g. /run/efs/audit.sock):
+    /// it answers `efsctl --socket PATH audit show` and `audit verify` only, to root, the
+    /// server's account and processes whose group is --auditor-group; mode 0660, that group's
+    /// (docs/audit.md, "For auditors and data-protection officers").
+    #[arg(long, value_name = "PATH", requires = "auditor_group")]
+    auditor_socket: Option<PathBuf>,
+    /// The group (a name in /etc/group, or a number) whose processes may read the audit log
+    /// through --auditor-socket (their group, not a supplementary one: run efsctl with
+    /// `sg GROUP` or as a user whose primary group it is).
+    #[arg(long, value_name = "GROUP", requires = "auditor_socket", value_parser = parse_group)]
+    auditor_group: Option<u32>,
+}
+
+/// `--auditor-group`: a number, or a group's name as /etc/group has it.
+fn parse_group(s: &str) -> Result<u32, String> {
+    if let Ok(n) = s.parse::<u32>() {
+        return Ok(n);
+    }
+    let groups = std::fs::read_to_string("/etc/group")
+        .map_err(|e| format!("cannot read /etc/group to find '{s}': {e}"))?;
+    groups
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split(':');
+            Some((f.next()?, f.nth(1)?))
+        })
+        .find(|(name, _)| *name == s)
+        .and_then(|(_, gid)| gid.parse().ok())
+        .ok_or_else(|| format!("no group named '{s}' in /etc/group (give its number)"))
 }
 
 /// `--gc-every` and `--gc-grace`: whole seconds, at most ten years (a clock that far ahead
@@ -257,6 +286,7 @@ fn main() -> std::process::ExitCode {
         metrics_token,
         reserve_space: a.reserve_space,
         rollback_witness: a.rollback_witness,
+        auditor: a.auditor_socket.zip(a.auditor_group),
         gc: GcSchedule {
             every: (a.gc_every > 0).then(|| Duration::from_secs(a.gc_every)),
             grace: Duration::from_secs(a.gc_grace),

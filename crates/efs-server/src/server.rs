@@ -113,6 +113,9 @@ pub struct ServerConfig {
     /// `--rollback-witness`: the file outside the data dir that keeps how far its system
     /// database went ([`efs_core::witness`]).
     pub rollback_witness: Option<PathBuf>,
+    /// `--auditor-socket` and `--auditor-group`: a socket that answers `audit show` and
+    /// `audit verify` only, to the group's processes ([`crate::admin_socket::Role`]).
+    pub auditor: Option<(PathBuf, u32)>,
 }
 
 /// Claims the check of every filesystem's index against its digest: from here on, that
@@ -409,6 +412,14 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
     let admin = crate::admin_socket::bind(&data.admin_socket()).await?;
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
+    if let Some((path, gid)) = &cfg.auditor {
+        let auditor = crate::admin_socket::bind_auditor(path, *gid).await?;
+        tokio::spawn(crate::admin_socket::serve_as(
+            auditor,
+            state.clone(),
+            crate::admin_socket::Role::Auditor { gid: *gid },
+        ));
+    }
     tokio::spawn(crate::admin_socket::rotate_when_due(state.clone()));
     // A failed audit log refuses every request (fail closed) until it can be written again.
     tokio::spawn(crate::audit::recover_when_failed(data.clone()));
@@ -519,6 +530,12 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         );
     }
     say!("Admin socket: {}", data.admin_socket().display());
+    if let Some((path, gid)) = &cfg.auditor {
+        say!(
+            "Auditor socket: {} (group {gid}: audit show and audit verify only; efsctl --socket)",
+            path.display()
+        );
+    }
     say!("Listening on https://{local}");
     use std::io::Write;
     let _ = std::io::stdout().flush();
@@ -546,6 +563,9 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     )
     .await;
     let _ = std::fs::remove_file(data.admin_socket());
+    if let Some((path, _)) = &cfg.auditor {
+        let _ = std::fs::remove_file(path);
+    }
     // Counts of records sealed per key term are stored by steps while serving; what this
     // run counted since the last step is stored now (logged if it cannot be).
     let _ = data.store_seal_counts().await;

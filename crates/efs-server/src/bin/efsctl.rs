@@ -85,6 +85,11 @@ struct Args {
     /// back whole past it).
     #[arg(long, env = "EFS_ROLLBACK_WITNESS", value_name = "PATH")]
     rollback_witness: Option<PathBuf>,
+    /// Talk to the server through this socket instead of DATA/system/admin.sock: its
+    /// --auditor-socket, which answers `audit show` and `audit verify` only, to the members
+    /// of its --auditor-group. Never opens the data dir itself (no server: an error).
+    #[arg(long, env = "EFS_ADMIN_SOCKET", value_name = "PATH")]
+    socket: Option<PathBuf>,
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     json: bool,
@@ -743,13 +748,27 @@ fn run(args: Args) -> anyhow::Result<u8> {
         AdminRequest::RetireTerms { fs, .. } => Some(fs.clone()),
         _ => None,
     };
-    let resp = match send(
-        &args.data,
-        &args.key_parts,
-        args.reserve_space,
-        args.rollback_witness.as_deref(),
-        req,
-    ) {
+    let sent = match &args.socket {
+        // Another socket (the auditor's): the server answers, or nothing does (no data dir
+        // is opened).
+        Some(sock) => UnixStream::connect(sock)
+            .map_err(|e| {
+                anyhow::Error::from(NotDelivered(format!(
+                    "cannot reach {}: {e} (is efs-server running with --auditor-socket {}?)",
+                    sock.display(),
+                    sock.display()
+                )))
+            })
+            .and_then(|s| ask(s, &req)),
+        None => send(
+            &args.data,
+            &args.key_parts,
+            args.reserve_space,
+            args.rollback_witness.as_deref(),
+            req,
+        ),
+    };
+    let resp = match sent {
         Ok(r) if r.ok => r,
         refused => {
             if let Some(pair) = &generated {

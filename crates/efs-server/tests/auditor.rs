@@ -1,0 +1,152 @@
+//! The auditor socket (`--auditor-socket`, `--auditor-group`): a data-protection officer
+//! reads the audit log without root, and can do nothing else. Here the auditor is the
+//! `nobody` account (uid and gid 65534), efsctl run as it with `setpriv`.
+
+mod common;
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+/// `efsctl --socket SOCK ARGS…` run as uid and gid `id` (no other groups).
+fn efsctl_as(id: u32, sock: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={id}"))
+        .arg(format!("--regid={id}"))
+        .arg("--clear-groups")
+        .arg(EFSCTL_BIN)
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .current_dir("/")
+        .env_remove("EFS_DATA")
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
+fn text(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
+}
+
+#[tokio::test]
+async fn an_auditor_reads_the_audit_log_and_nothing_else() {
+    // The socket's directory: reachable by the auditor (the data dir is not).
+    let run = new_tempdir();
+    std::fs::set_permissions(run.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = run.path().join("audit.sock");
+    let srv = TestServer::start(&[
+        "--auditor-socket",
+        sock.to_str().unwrap(),
+        "--auditor-group",
+        "nogroup",
+    ]);
+    assert!(srv.stdout().contains("Auditor socket:"), "{}", srv.stdout());
+    let meta = std::fs::metadata(&sock).unwrap();
+    assert_eq!(meta.mode() & 0o777, 0o660);
+    assert_eq!(meta.gid(), 65534);
+    srv.create_fs("files");
+    let key = srv.create_user("app", &["files"], false);
+    let token = srv.login("app", &key, Some("files")).await;
+    srv.put_ok("/patients/173/prescription.pdf", &token, b"x".to_vec())
+        .await;
+
+    // The auditor reads the log, and verifies it.
+    let shown = efsctl_as(65534, &sock, &["audit", "show"]);
+    assert!(shown.status.success(), "{}", text(&shown));
+    assert!(
+        text(&shown).contains("/patients/173/prescription.pdf"),
+        "{}",
+        text(&shown)
+    );
+    let verified = efsctl_as(65534, &sock, &["audit", "verify"]);
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        text(&verified).starts_with("audit verify: OK"),
+        "{}",
+        text(&verified)
+    );
+
+    // Nothing else: not as the auditor, not even as root through this socket.
+    for args in [&["list-users"][..], &["revoke", "app", "--fs", "files"][..]] {
+        let refused = efsctl_as(65534, &sock, args);
+        assert!(!refused.status.success(), "{args:?}: {}", text(&refused));
+        assert!(
+            text(&refused).contains("answers audit show and audit verify only"),
+            "{args:?}: {}",
+            text(&refused)
+        );
+    }
+    let as_root = Command::new(EFSCTL_BIN)
+        .arg("--socket")
+        .arg(&sock)
+        .arg("list-users")
+        .output()
+        .unwrap();
+    assert!(
+        !as_root.status.success() && text(&as_root).contains("audit verify only"),
+        "{}",
+        text(&as_root)
+    );
+    // Another account is kept out (the socket's group and mode).
+    let other = efsctl_as(65533, &sock, &["audit", "show"]);
+    assert!(!other.status.success(), "{}", text(&other));
+    assert!(text(&other).contains("cannot reach"), "{}", text(&other));
+
+    // What the auditor did is in the log, with the auditor's account and the socket.
+    let entries = audit_show(&srv, &[]);
+    let reads: Vec<_> = entries
+        .iter()
+        .filter(|e| e["user"] == "uid:65534" && e["client"] == "auditor-socket")
+        .collect();
+    assert!(
+        reads
+            .iter()
+            .any(|e| e["detail"].as_str().unwrap_or("").starts_with("audit-show")),
+        "{reads:?}"
+    );
+    assert!(
+        !entries
+            .iter()
+            .any(|e| e["detail"].as_str().unwrap_or("").starts_with("revoke")),
+        "a refused command ran"
+    );
+    srv.put_ok("/patients/173/after.pdf", &token, b"y".to_vec())
+        .await;
+}
+
+/// `--auditor-group` takes a name from /etc/group or a number, and the server refuses a
+/// file that is not a socket at the path.
+#[test]
+fn a_bad_auditor_socket_or_group_is_refused_at_the_start() {
+    let run = new_tempdir();
+    let path = run.path().join("not-a-socket");
+    std::fs::write(&path, "x").unwrap();
+    let f = TestServer::try_start_in(
+        std::sync::Arc::new(new_tempdir()),
+        &[
+            "--auditor-socket",
+            path.to_str().unwrap(),
+            "--auditor-group",
+            "65534",
+        ],
+        &[],
+    )
+    .err()
+    .expect("a server started with a file in the auditor socket's place");
+    assert!(f.stderr.contains("not a socket"), "{}", f.stderr);
+    let f = TestServer::try_start_in(
+        std::sync::Arc::new(new_tempdir()),
+        &[
+            "--auditor-socket",
+            run.path().join("s").to_str().unwrap(),
+            "--auditor-group",
+            "no-such-group-here",
+        ],
+        &[],
+    )
+    .err()
+    .expect("a server started with an unknown group");
+    assert!(f.stderr.contains("no group named"), "{}", f.stderr);
+}
