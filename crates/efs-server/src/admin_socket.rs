@@ -40,28 +40,85 @@ pub async fn bind(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(l)
 }
 
-/// Binds the auditor socket at `path` (`--auditor-socket`, outside the data dir): group
-/// `gid`, mode 0660, so that the group's members reach it. A socket left there by an earlier
-/// run is replaced; any other file is refused.
-pub async fn bind_auditor(path: &Path, gid: u32) -> anyhow::Result<UnixListener> {
-    use std::os::unix::fs::FileTypeExt;
+/// Binds the auditor socket at `path` (`--auditor-socket`, outside the data dir `data`):
+/// group `gid`, mode 0660, so that the group's members reach it. The socket is made in a
+/// directory of its own (0700, beside `path`), given its group and mode there, and renamed
+/// into place: a path-based chmod or chown at `path` itself could be sent elsewhere by a
+/// symbolic link swapped in by whoever else can write `path`'s directory. A socket left
+/// there by an earlier run is replaced, one that answers (another server's) is refused, as is
+/// any other file. Returns the listener and the socket's inode (removed at the stop only if
+/// it is still this one).
+pub async fn bind_auditor(
+    path: &Path,
+    gid: u32,
+    data: &Path,
+) -> anyhow::Result<(UnixListener, u64)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let parent = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if efs_core::datadir::is_inside_data_dir(data, path) {
+        anyhow::bail!(
+            "--auditor-socket {}: inside the data dir; give a path outside it (e.g. /run/efs/audit.sock)",
+            path.display()
+        );
+    }
     match std::fs::symlink_metadata(path) {
-        Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)
-            .with_context(|| format!("removing the stale {}", path.display()))?,
+        Ok(m) if m.file_type().is_socket() => {
+            if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                anyhow::bail!(
+                    "--auditor-socket {}: another process listens there (another efs-server?)",
+                    path.display()
+                );
+            }
+            std::fs::remove_file(path)
+                .with_context(|| format!("removing the stale {}", path.display()))?;
+        }
         Ok(_) => anyhow::bail!(
             "--auditor-socket {}: a file that is not a socket is there; remove it or name another path",
             path.display()
         ),
         Err(_) => {}
     }
-    let l = UnixListener::bind(path)
-        .with_context(|| format!("binding the auditor socket {}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
-    std::os::unix::fs::chown(path, None, Some(gid))
-        .with_context(|| format!("giving {} to group {gid}", path.display()))?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))?;
-    Ok(l)
+    let mut nonce = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut nonce).expect("the system RNG does not fail on Linux");
+    let private = parent.join(format!(".efs-auditor-{}", hex::encode(nonce)));
+    std::fs::create_dir(&private)
+        .with_context(|| format!("making {} beside the auditor socket", private.display()))?;
+    let made = (|| -> anyhow::Result<UnixListener> {
+        std::fs::set_permissions(&private, std::fs::Permissions::from_mode(0o700))?;
+        let inner = private.join("s");
+        let l = UnixListener::bind(&inner)
+            .with_context(|| format!("binding the auditor socket {}", path.display()))?;
+        std::os::unix::fs::chown(&inner, None, Some(gid))
+            .with_context(|| format!("giving the auditor socket to group {gid}"))?;
+        std::fs::set_permissions(&inner, std::fs::Permissions::from_mode(0o660))?;
+        std::fs::rename(&inner, path)
+            .with_context(|| format!("moving the auditor socket to {}", path.display()))?;
+        Ok(l)
+    })();
+    let _ = std::fs::remove_dir_all(&private);
+    let l = made?;
+    let ino = std::fs::symlink_metadata(path)?.ino();
+    Ok((l, ino))
 }
+
+/// Removes the auditor socket at `path` at the stop, if it is still the one bound (`ino`).
+pub fn remove_auditor(path: &Path, ino: u64) {
+    use std::os::unix::fs::MetadataExt;
+    if std::fs::symlink_metadata(path).is_ok_and(|m| m.ino() == ino) {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+/// Most entries one `audit show` returns through the auditor socket (10,000: a few MB), so
+/// that the socket's few connections cannot hold the server's memory.
+pub const AUDITOR_SHOW_MAX: u64 = 10_000;
+/// Longest request line on the auditor socket (its requests are a filter at most).
+pub const AUDITOR_REQUEST_LINE: u64 = 8 << 10;
+/// Most connections to the auditor socket at once.
+pub const AUDITOR_CONNECTIONS: usize = 4;
 
 /// Who a socket answers, and what.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -83,7 +140,14 @@ pub async fn serve(listener: UnixListener, state: Arc<AppState>) {
 
 /// Serves the connections of a socket of `role`.
 pub async fn serve_as(listener: UnixListener, state: Arc<AppState>, role: Role) {
-    let slots = Arc::new(tokio::sync::Semaphore::new(MAX_ADMIN_CONNECTIONS));
+    let slots = Arc::new(tokio::sync::Semaphore::new(match role {
+        Role::Admin => MAX_ADMIN_CONNECTIONS,
+        Role::Auditor { .. } => AUDITOR_CONNECTIONS,
+    }));
+    let max_line = match role {
+        Role::Admin => MAX_REQUEST_LINE,
+        Role::Auditor { .. } => AUDITOR_REQUEST_LINE,
+    };
     loop {
         // At most so many connections at once: a process that opens them and sends
         // nothing holds no more than these (and each for IDLE at most).
@@ -148,19 +212,20 @@ pub async fn serve_as(listener: UnixListener, state: Arc<AppState>, role: Role) 
                     let _ = w.write_all(&out).await;
                     break;
                 }
-                let too_long = line.len() as u64 > MAX_REQUEST_LINE;
+                let too_long = line.len() as u64 > max_line;
                 let resp = if too_long {
-                    AdminResponse::err(format!(
-                        "bad admin request: longer than {MAX_REQUEST_LINE} bytes"
-                    ))
+                    AdminResponse::err(format!("bad admin request: longer than {max_line} bytes"))
                 } else {
                     match serde_json::from_slice::<AdminRequest>(&line) {
-                        Ok(req) if !role.answers(&req) => {
-                            tracing::warn!(peer = %op.user, "auditor socket: refused a command other than audit show or audit verify");
-                            AdminResponse::err(
-                                "refused: the auditor socket answers audit show and audit verify only"
-                                    .to_owned(),
-                            )
+                        Ok(req) if role.refuses(&req).is_some() => {
+                            let why = role.refuses(&req).unwrap_or_default();
+                            tracing::warn!(peer = %op.user, "auditor socket: {why}");
+                            if let Err(e) =
+                                admin::record_admin_failed(&st.data, &op, &req, &why).await
+                            {
+                                tracing::warn!(error = %e, "could not record a refused auditor request");
+                            }
+                            AdminResponse::err(why)
                         }
                         Ok(req) => handle(&st, req, &op).await,
                         Err(e) => AdminResponse::err(format!("bad admin request: {e}")),
@@ -177,13 +242,19 @@ pub async fn serve_as(listener: UnixListener, state: Arc<AppState>, role: Role) 
 }
 
 impl Role {
-    /// Whether a socket of this role runs `req`.
-    pub fn answers(&self, req: &AdminRequest) -> bool {
-        match self {
-            Role::Admin => true,
-            Role::Auditor { .. } => matches!(
-                req,
-                AdminRequest::AuditShow { .. } | AdminRequest::AuditVerify { .. }
+    /// Why a socket of this role does not run `req` (`None`: it does).
+    pub fn refuses(&self, req: &AdminRequest) -> Option<String> {
+        match (self, req) {
+            (Role::Admin, _) | (Role::Auditor { .. }, AdminRequest::AuditVerify { .. }) => None,
+            (Role::Auditor { .. }, AdminRequest::AuditShow { limit, .. }) => {
+                (limit.unwrap_or(0) > AUDITOR_SHOW_MAX).then(|| {
+                    format!(
+                        "refused: at most {AUDITOR_SHOW_MAX} entries a request through the auditor socket (narrow it: --since, --until, --user, --path)"
+                    )
+                })
+            }
+            (Role::Auditor { .. }, _) => Some(
+                "refused: the auditor socket answers audit show and audit verify only".to_owned(),
             ),
         }
     }

@@ -412,8 +412,10 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     let signal = shutdown_signal()?;
     let admin = crate::admin_socket::bind(&data.admin_socket()).await?;
     tokio::spawn(crate::admin_socket::serve(admin, state.clone()));
+    let mut auditor_ino = None;
     if let Some((path, gid)) = &cfg.auditor {
-        let auditor = crate::admin_socket::bind_auditor(path, *gid).await?;
+        let (auditor, ino) = crate::admin_socket::bind_auditor(path, *gid, &cfg.data).await?;
+        auditor_ino = Some(ino);
         tokio::spawn(crate::admin_socket::serve_as(
             auditor,
             state.clone(),
@@ -488,6 +490,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         "login_fail_window_secs": cfg.login_fail_window.as_secs(),
         "max_connections_per_address": cfg.http.max_conns_per_address,
         "proxy_protocol_from": cfg.http.proxy_from.describe(),
+        "auditor_group": cfg.auditor.as_ref().map(|(_, gid)| *gid),
         "reserve_space": reserve.bytes(),
         "pid": std::process::id(),
     });
@@ -563,8 +566,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     )
     .await;
     let _ = std::fs::remove_file(data.admin_socket());
-    if let Some((path, _)) = &cfg.auditor {
-        let _ = std::fs::remove_file(path);
+    if let (Some((path, _)), Some(ino)) = (&cfg.auditor, auditor_ino) {
+        crate::admin_socket::remove_auditor(path, ino);
     }
     // Counts of records sealed per key term are stored by steps while serving; what this
     // run counted since the last step is stored now (logged if it cannot be).

@@ -26,6 +26,32 @@ fn efsctl_as(id: u32, sock: &Path, args: &[&str]) -> Output {
         .expect("setpriv (util-linux)")
 }
 
+/// One request line written to the socket by hand, as uid and gid `id` (`None`: as the test,
+/// root); the answer line.
+fn raw_as(id: Option<u32>, sock: &Path, req: &str) -> String {
+    let script = "import socket,sys\ns=socket.socket(socket.AF_UNIX)\ns.connect(sys.argv[1])\ns.sendall(sys.argv[2].encode()+b'\\n')\nprint(s.makefile().readline())";
+    let mut cmd = match id {
+        Some(id) => {
+            let mut c = Command::new("setpriv");
+            c.arg(format!("--reuid={id}"))
+                .arg(format!("--regid={id}"))
+                .arg("--clear-groups")
+                .arg("/usr/bin/python3");
+            c
+        }
+        None => Command::new("/usr/bin/python3"),
+    };
+    let out = cmd
+        .arg("-c")
+        .arg(script)
+        .arg(sock)
+        .arg(req)
+        .current_dir("/")
+        .output()
+        .expect("/usr/bin/python3 (Debian's)");
+    text(&out)
+}
+
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr)
 }
@@ -68,28 +94,56 @@ async fn an_auditor_reads_the_audit_log_and_nothing_else() {
         text(&verified)
     );
 
-    // Nothing else: not as the auditor, not even as root through this socket.
-    for args in [&["list-users"][..], &["revoke", "app", "--fs", "files"][..]] {
-        let refused = efsctl_as(65534, &sock, args);
-        assert!(!refused.status.success(), "{args:?}: {}", text(&refused));
+    // Nothing else. efsctl sends nothing else there...
+    let refused = efsctl_as(65534, &sock, &["list-users"]);
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("takes audit show and audit verify only"),
+        "{}",
+        text(&refused)
+    );
+    // ...and the server answers nothing else there, to the auditor (a request written by
+    // hand) or to root; a refused request is recorded.
+    for req in [
+        r#"{"cmd":"list-users"}"#,
+        r#"{"cmd":"revoke","user":"app","fs":"files"}"#,
+    ] {
+        let answer = raw_as(Some(65534), &sock, req);
         assert!(
-            text(&refused).contains("answers audit show and audit verify only"),
-            "{args:?}: {}",
-            text(&refused)
+            answer.contains("answers audit show and audit verify only"),
+            "{req}: {answer}"
         );
     }
-    let as_root = Command::new(EFSCTL_BIN)
+    let answer = raw_as(None, &sock, r#"{"cmd":"list-users"}"#);
+    assert!(
+        answer.contains("answers audit show and audit verify only"),
+        "{answer}"
+    );
+    // Large answers are refused (the server's memory): at most 10,000 entries a request.
+    let big = efsctl_as(65534, &sock, &["audit", "show", "--limit", "20000"]);
+    assert!(!big.status.success(), "{}", text(&big));
+    assert!(
+        text(&big).contains("at most 10000 entries"),
+        "{}",
+        text(&big)
+    );
+    // A process in the group only as a supplementary one reaches the socket (its mode) but is
+    // refused (its own group is checked); one outside the group does not reach it.
+    let supplementary = Command::new("setpriv")
+        .args(["--reuid=65533", "--regid=65533", "--groups=65534"])
+        .arg(EFSCTL_BIN)
         .arg("--socket")
         .arg(&sock)
-        .arg("list-users")
+        .args(["audit", "show"])
+        .current_dir("/")
         .output()
         .unwrap();
+    assert!(!supplementary.status.success(), "{}", text(&supplementary));
     assert!(
-        !as_root.status.success() && text(&as_root).contains("audit verify only"),
+        text(&supplementary).contains("its group is not --auditor-group 65534"),
         "{}",
-        text(&as_root)
+        text(&supplementary)
     );
-    // Another account is kept out (the socket's group and mode).
     let other = efsctl_as(65533, &sock, &["audit", "show"]);
     assert!(!other.status.success(), "{}", text(&other));
     assert!(text(&other).contains("cannot reach"), "{}", text(&other));
@@ -106,12 +160,14 @@ async fn an_auditor_reads_the_audit_log_and_nothing_else() {
             .any(|e| e["detail"].as_str().unwrap_or("").starts_with("audit-show")),
         "{reads:?}"
     );
-    assert!(
-        !entries
-            .iter()
-            .any(|e| e["detail"].as_str().unwrap_or("").starts_with("revoke")),
-        "a refused command ran"
-    );
+    // The refused revoke is recorded as refused (400), and did not run.
+    let revokes: Vec<_> = entries
+        .iter()
+        .filter(|e| e["detail"].as_str().unwrap_or("").starts_with("revoke"))
+        .collect();
+    assert_eq!(revokes.len(), 1, "{revokes:?}");
+    assert_eq!(revokes[0]["status"], 400, "{revokes:?}");
+    assert_eq!(revokes[0]["client"], "auditor-socket", "{revokes:?}");
     srv.put_ok("/patients/173/after.pdf", &token, b"y".to_vec())
         .await;
 }
@@ -149,4 +205,29 @@ fn a_bad_auditor_socket_or_group_is_refused_at_the_start() {
     .err()
     .expect("a server started with an unknown group");
     assert!(f.stderr.contains("no group named"), "{}", f.stderr);
+    // Another server's live socket is not taken over.
+    let live = run.path().join("live.sock");
+    let _first = TestServer::start(&[
+        "--auditor-socket",
+        live.to_str().unwrap(),
+        "--auditor-group",
+        "65534",
+    ]);
+    let f = TestServer::try_start_in(
+        std::sync::Arc::new(new_tempdir()),
+        &[
+            "--auditor-socket",
+            live.to_str().unwrap(),
+            "--auditor-group",
+            "65534",
+        ],
+        &[],
+    )
+    .err()
+    .expect("a second server took over the first one's auditor socket");
+    assert!(
+        f.stderr.contains("another process listens there"),
+        "{}",
+        f.stderr
+    );
 }

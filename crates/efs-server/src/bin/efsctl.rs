@@ -572,6 +572,21 @@ fn main() -> std::process::ExitCode {
 
 fn run(args: Args) -> anyhow::Result<u8> {
     let json = args.json;
+    // Another socket is an auditor's: only what it answers is sent there, before anything
+    // else is done (no key pair generated, no health check of the data dir's server).
+    if let Some(sock) = &args.socket
+        && !matches!(
+            args.cmd,
+            Cmd::Audit {
+                cmd: AuditCmd::Show { .. } | AuditCmd::Verify { .. }
+            }
+        )
+    {
+        bail!(
+            "--socket {}: an auditor socket takes audit show and audit verify only (other commands: without --socket, as root or the server's account)",
+            sock.display()
+        );
+    }
     if let Cmd::RekeyStarter { new_key_parts } = &args.cmd {
         return rekey_starter(
             &args.data,
