@@ -574,20 +574,38 @@ fn is_new(root: &Path) -> Result<bool> {
     }
 }
 
-/// Writes the small file `path` whole and durably: `data` into `<path>.tmp` (created or
-/// emptied), fsynced, renamed over `path`, and `path`'s directory fsynced. A crash leaves
-/// the old contents or the new ones, never a part. One writer at a time per `path` (the
-/// temporary name is fixed); `path` has a parent.
+/// Writes the small file `path` whole and durably: `data` into a temporary file of this
+/// call's own beside it (`.<name>.<random>.tmp`, created new: never an existing file or a
+/// link someone put there, nor another writer's), fsynced, renamed over `path`, and `path`'s
+/// directory fsynced. A crash leaves the old contents or the new ones, never a part (and at
+/// most a stray temporary file); a failure removes the temporary file. `path` has a parent.
 pub fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    {
-        let mut f = std::fs::File::create(&tmp)?;
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let mut nonce = [0u8; 8];
+    aws_lc_rs::rand::fill(&mut nonce).expect("the system RNG does not fail on Linux");
+    let tmp = dir.join(format!(
+        ".{}.{}.tmp",
+        path.file_name().unwrap_or_default().to_string_lossy(),
+        hex::encode(nonce)
+    ));
+    let written = (|| {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .open(&tmp)?;
         f.write_all(data)?;
         f.sync_all()?;
+        std::fs::rename(&tmp, path)
+    })();
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
     }
-    std::fs::rename(&tmp, path)?;
-    std::fs::File::open(path.parent().expect("has a parent"))?.sync_all()?;
+    written?;
+    std::fs::File::open(dir)?.sync_all()?;
     Ok(())
 }
 

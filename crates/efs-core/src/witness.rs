@@ -188,7 +188,7 @@ impl Witness {
             anchor: anchor.to_owned(),
         }
         .to_text();
-        let result = write_whole(&self.path, text.as_bytes());
+        let result = crate::datadir::write_atomic(&self.path, text.as_bytes());
         let mut failing = self.failing.lock().unwrap_or_else(|e| e.into_inner());
         match result {
             Ok(()) => {
@@ -240,35 +240,6 @@ fn resolve(path: &Path) -> Result<PathBuf> {
         }),
         _ => Ok(joined),
     }
-}
-
-/// Replaces `path` by `data`, whole: a temporary file of this process's own beside it
-/// (created new: never an existing file or link), fsynced, renamed over `path`, the
-/// directory fsynced.
-fn write_whole(path: &Path, data: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let dir = path.parent().expect("resolved to a file in a directory");
-    let mut nonce = [0u8; 8];
-    aws_lc_rs::rand::fill(&mut nonce).expect("the system RNG does not fail on Linux");
-    let tmp = dir.join(format!(
-        ".{}.{}.tmp",
-        path.file_name().expect("a file name").to_string_lossy(),
-        hex::encode(nonce)
-    ));
-    let written = (|| {
-        let mut f = std::fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(&tmp)?;
-        f.write_all(data)?;
-        f.sync_all()?;
-        std::fs::rename(&tmp, path)
-    })();
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written?;
-    std::fs::File::open(dir)?.sync_all()
 }
 
 /// What a data dir whose system database is at `generation` is, by a witness that saw
