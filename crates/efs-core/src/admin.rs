@@ -1251,14 +1251,16 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 }
             };
             // And its rollback witness: where it is, and whether it keeps up.
-            let witness = match dd.rollback_witness() {
+            let state = dd.rollback_witness();
+            let same_volume = state.as_ref().is_some_and(|w| w.same_volume);
+            let witness = match state.clone() {
                 Some(w) if w.failing => {
                     lines.push(format!(
                         "WARNING: rollback witness {}: its last write failed (see the server's log); it stays at generation {} until a write succeeds",
                         w.path.display(),
                         w.generation
                     ));
-                    serde_json::json!({ "path": w.path, "generation": w.generation, "failing": true })
+                    serde_json::json!({ "path": w.path, "generation": w.generation, "failing": true, "same_volume": same_volume })
                 }
                 Some(w) => {
                     lines.push(format!(
@@ -1266,7 +1268,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                         w.path.display(),
                         w.generation
                     ));
-                    serde_json::json!({ "path": w.path, "generation": w.generation, "failing": false })
+                    serde_json::json!({ "path": w.path, "generation": w.generation, "failing": false, "same_volume": same_volume })
                 }
                 None if dd.has_had_witness()? => {
                     lines.push(
@@ -1277,6 +1279,12 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 }
                 None => serde_json::Value::Null,
             };
+            if let Some(w) = state.filter(|w| w.same_volume) {
+                lines.push(format!(
+                    "WARNING: rollback witness {}: on the same filesystem as the data dir (a snapshot of that volume put back puts the witness back with it): keep it on other storage",
+                    w.path.display()
+                ));
+            }
             let mut r = AdminResponse::ok(
                 lines,
                 serde_json::json!({ "filesystems": data, "system_digest": digest, "rollback_witness": witness }),

@@ -719,8 +719,29 @@ impl DataDir {
         let mut witness = None;
         let mut witness_floor = None;
         let mut system_trust = system_trust;
-        if let Some(path) = &opts.rollback_witness {
-            let (w, seen) = crate::witness::Witness::open(path, root)?;
+        // The witness given, or else the one the database records (an open without the
+        // option would move the generation on unseen).
+        let recorded_witness = system.secret(crate::witness::SECRET_WITNESS)?;
+        let chosen = crate::witness::choose(
+            opts.rollback_witness.as_deref(),
+            recorded_witness.as_deref().map(|v| v.as_slice()),
+        );
+        if let Some((path, from_record)) = &chosen {
+            if *from_record {
+                tracing::info!(
+                    "rollback witness {}: recorded in the data dir (opened without --rollback-witness)",
+                    path.display()
+                );
+            }
+            let (w, seen) = crate::witness::Witness::open(path, root).map_err(|e| {
+                if *from_record {
+                    CoreError::Invalid(format!(
+                        "{e} (the witness recorded in this data dir: give --rollback-witness PATH where this machine sees it)"
+                    ))
+                } else {
+                    e
+                }
+            })?;
             if let Some(found) = system.judge_witness(w.path(), seen.as_ref())? {
                 if !opts.accept_system {
                     return Err(CoreError::SystemHold(found));
@@ -739,7 +760,8 @@ impl DataDir {
                 witness_floor = seen.map(|s| s.generation);
             }
             witness = Some(Arc::new(w));
-        } else if system.secret(crate::witness::SECRET_WITNESS)?.is_some() {
+        } else if recorded_witness.is_some() {
+            // Recorded by an EFS before witnesses were recorded with their file.
             tracing::warn!(
                 "this data dir has a rollback witness, but was opened without it (--rollback-witness, EFS_ROLLBACK_WITNESS): a data dir put back whole is not caught, and this run's writes move its generation on unseen"
             );

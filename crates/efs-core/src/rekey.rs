@@ -464,9 +464,12 @@ async fn rekey(
         {
             return Err(CoreError::SystemHold(found));
         }
-        // Nor one its rollback witness finds put back whole.
-        if let Some(path) = witness {
-            let (w, seen) = crate::witness::Witness::open(path, root)?;
+        // Nor one its rollback witness (given, or recorded) finds put back whole.
+        let recorded = old_db.secret(crate::witness::SECRET_WITNESS)?;
+        if let Some((path, _)) =
+            crate::witness::choose(witness, recorded.as_deref().map(|v| v.as_slice()))
+        {
+            let (w, seen) = crate::witness::Witness::open(&path, root)?;
             if let Some(found) = old_db.judge_witness(w.path(), seen.as_ref())? {
                 return Err(CoreError::SystemHold(found));
             }

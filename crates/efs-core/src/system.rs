@@ -530,6 +530,10 @@ impl SystemDb {
                 )
             }));
         };
+        // Another data dir's witness is refused, not judged (it would hold this one as put
+        // back whenever the other wrote).
+        let recorded = self.secret(crate::witness::SECRET_WITNESS)?;
+        crate::witness::check_data_dir(path, seen, recorded.as_deref().map(|v| v.as_slice()))?;
         Ok(match self.digest_state()? {
             DigestCheck::Holds {
                 generation, anchor, ..
@@ -555,14 +559,32 @@ impl SystemDb {
     }
 
     /// The database is trusted as it is (it holds, or was just accepted): if it has a
-    /// rollback witness, it records that it has one and brings the witness up to it.
+    /// rollback witness, it records it (the data dir's witness id, kept; the file, as given
+    /// now) and brings the witness up to it.
     pub fn witness_trusted(&self) -> Result<()> {
-        if self.witness.get().is_none() {
+        use crate::witness::{Recorded, SECRET_WITNESS};
+        let Some(w) = self.witness.get() else {
             return Ok(());
-        }
-        if self.secret(crate::witness::SECRET_WITNESS)?.is_none() {
-            // (A write: the witness records the digest after it.)
-            self.put_secret(crate::witness::SECRET_WITNESS, &[1])?;
+        };
+        let known = self
+            .secret(SECRET_WITNESS)?
+            .and_then(|v| Recorded::decode(&v));
+        // The data dir's id; one recorded before witnesses had ids takes the one its file
+        // names, if any (this data dir's, put back and accepted: another data dir's file
+        // with a generation this one had not reached is not told apart).
+        let id = known
+            .as_ref()
+            .map(|r| r.id)
+            .or_else(|| w.data_dir())
+            .unwrap_or_else(|| Recorded::new(w.path()).id);
+        w.set_data_dir(id);
+        let want = Recorded {
+            id,
+            path: w.path().to_path_buf(),
+        };
+        if known.as_ref() != Some(&want) {
+            // (A write: the witness records the digest after it, naming the data dir.)
+            self.put_secret(SECRET_WITNESS, &want.encode())?;
         }
         self.witness_now()
     }
@@ -1122,6 +1144,51 @@ mod tests {
 
     fn new_db(dir: &Path) -> SystemDb {
         SystemDb::create(&dir.join("system.redb"), &starter()).unwrap()
+    }
+
+    /// A data dir whose witness was recorded by an EFS before witnesses had ids and paths
+    /// (the secret `[1]`, a witness file of the first layout) is upgraded at its first
+    /// trusted open with the option: the database records an id and the file, and the file
+    /// names the data dir from the write that records them.
+    #[test]
+    fn a_witness_recorded_before_ids_is_upgraded() {
+        use crate::witness::{Recorded, SECRET_WITNESS, Witness};
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("data");
+        std::fs::create_dir(&root).unwrap();
+        let db = new_db(&root);
+        db.put_secret(SECRET_WITNESS, &[1]).unwrap();
+        let DigestCheck::Holds {
+            generation, anchor, ..
+        } = db.digest_state().unwrap()
+        else {
+            panic!("a new database's digest holds");
+        };
+        let path = dir.path().join("efs.witness");
+        std::fs::write(
+            &path,
+            format!("efs rollback witness v1\ngeneration {generation}\nanchor {anchor}\n"),
+        )
+        .unwrap();
+        let (w, seen) = Witness::open(&path, &root).unwrap();
+        assert_eq!(seen.as_ref().unwrap().data_dir, None);
+        assert_eq!(db.judge_witness(w.path(), seen.as_ref()).unwrap(), None);
+        db.follow_witness(std::sync::Arc::new(w), true).unwrap();
+        let recorded = Recorded::decode(&db.secret(SECRET_WITNESS).unwrap().unwrap())
+            .expect("recorded with an id and the file");
+        assert_eq!(recorded.path, path.canonicalize().unwrap());
+        let text = std::fs::read_to_string(&path).unwrap();
+        assert!(
+            text.starts_with("efs rollback witness v2\n")
+                && text.ends_with(&format!("data-dir {}\n", hex::encode(recorded.id))),
+            "{text}"
+        );
+        // Opened again: the same id, nothing rewritten.
+        let before = db.digest_state().unwrap();
+        let (w, seen) = Witness::open(&path, &root).unwrap();
+        assert_eq!(seen.as_ref().unwrap().data_dir, Some(recorded.id));
+        assert_eq!(db.judge_witness(w.path(), seen.as_ref()).unwrap(), None);
+        assert_eq!(db.digest_state().unwrap(), before);
     }
 
     /// The sealed value stored for `name` in `table`.

@@ -20,22 +20,30 @@
 //! is never written backwards, not even by a process that opened a rolled-back database to
 //! look at it. A symbolic link is followed to its target (which is what gets replaced).
 //!
-//! The system database records that it has a witness ([`SECRET_WITNESS`]), so that a
-//! witness file gone missing (its storage not mounted, the file removed) is a hold too, not
-//! a new witness started from whatever the data dir is now; and an open without the option
-//! warns. What it cannot do: someone who can change the witness as well as the data dir can
-//! roll both back; a data dir put back to a copy from before its first witness, with the
-//! witness removed, starts a new one; writes made without the option (efsctl without it, a
-//! start without it) move the generation on unseen, and enough of them can carry a put-back
-//! data dir past the witness's generation.
+//! The system database records its witness ([`SECRET_WITNESS`], a [`Recorded`]): an id of
+//! its own and where the witness was last given. So a witness file gone missing (its
+//! storage not mounted, the file removed) is a hold too, not a new witness started from
+//! whatever the data dir is now; an open without the option uses the recorded file (writes
+//! made without the option would move the generation on unseen, and enough of them could
+//! carry a put-back data dir past the witness's); and the file names the data dir it
+//! witnesses (`data-dir ID`, a fourth line since `v2`), so that a witness given to a second
+//! data dir is refused as another data dir's instead of holding both as put back. A witness
+//! on the same filesystem as the data dir is accepted with a warning (a snapshot of that
+//! volume puts it back with the data dir). What it cannot do: someone who can change the
+//! witness as well as the data dir can roll both back; a data dir put back to a copy from
+//! before its first witness, with the witness removed, starts a new one.
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use crate::error::{CoreError, Result};
 
-/// The first line of a witness file.
-const MAGIC: &str = "efs rollback witness v1";
+/// The first line of a witness file that names its data dir (`data-dir ID`, a fourth line).
+const MAGIC: &str = "efs rollback witness v2";
+
+/// The first line of a witness file written before witnesses named their data dir (read,
+/// never written once the data dir's id is known).
+const MAGIC_V1: &str = "efs rollback witness v1";
 
 /// Name of the system secret that records that the data dir has a rollback witness.
 pub const SECRET_WITNESS: &str = "rollback-witness";
@@ -44,6 +52,9 @@ pub const SECRET_WITNESS: &str = "rollback-witness";
 /// refused, as it would hold the data dir for good.
 const MAX_GENERATION: u64 = 1 << 48;
 
+/// Bytes of a data dir's witness id.
+pub const ID_LEN: usize = 16;
+
 /// What a witness file says.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Seen {
@@ -51,34 +62,124 @@ pub struct Seen {
     pub generation: u64,
     /// That generation's anchor (hex).
     pub anchor: String,
+    /// The id of the data dir it witnesses ([`Recorded::id`]); `None` in a file of the first
+    /// layout (`v1`), written before witnesses named their data dir.
+    pub data_dir: Option<[u8; ID_LEN]>,
 }
 
 impl Seen {
     fn to_text(&self) -> String {
-        format!(
-            "{MAGIC}\ngeneration {}\nanchor {}\n",
-            self.generation, self.anchor
-        )
+        match &self.data_dir {
+            Some(id) => format!(
+                "{MAGIC}\ngeneration {}\nanchor {}\ndata-dir {}\n",
+                self.generation,
+                self.anchor,
+                hex::encode(id)
+            ),
+            None => format!(
+                "{MAGIC_V1}\ngeneration {}\nanchor {}\n",
+                self.generation, self.anchor
+            ),
+        }
     }
 
     fn parse(text: &str) -> Option<Self> {
         let mut lines = text.lines();
-        if lines.next()? != MAGIC {
-            return None;
-        }
+        let named = match lines.next()? {
+            MAGIC => true,
+            MAGIC_V1 => false,
+            _ => return None,
+        };
         let generation: u64 = lines.next()?.strip_prefix("generation ")?.parse().ok()?;
         if generation > MAX_GENERATION {
             return None;
         }
         let anchor = lines.next()?.strip_prefix("anchor ")?;
         let hex_ok = !anchor.is_empty() && anchor.bytes().all(|b| b.is_ascii_hexdigit());
-        if !hex_ok || lines.next().is_some() {
+        if !hex_ok {
+            return None;
+        }
+        let data_dir = if named {
+            let mut id = [0u8; ID_LEN];
+            hex::decode_to_slice(lines.next()?.strip_prefix("data-dir ")?, &mut id).ok()?;
+            Some(id)
+        } else {
+            None
+        };
+        if lines.next().is_some() {
             return None;
         }
         Some(Self {
             generation,
             anchor: anchor.to_owned(),
+            data_dir,
         })
+    }
+}
+
+/// What the system database records of its witness ([`SECRET_WITNESS`]): the data dir's
+/// witness id, which the witness file names, and where the witness was last given, which an
+/// open without `--rollback-witness` uses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recorded {
+    /// Random, made when the data dir's first witness was started (or when one recorded
+    /// before witnesses had ids was first given again).
+    pub id: [u8; ID_LEN],
+    /// The witness file (absolute, links resolved), as the last process given the option saw
+    /// it.
+    pub path: PathBuf,
+}
+
+/// First bytes of a [`Recorded`] value: the first layout was one byte, `1`, which recorded
+/// only that there was a witness.
+const RECORDED_TAG: &[u8] = b"witness/2\0";
+
+impl Recorded {
+    /// A new id for `path`.
+    pub fn new(path: &Path) -> Self {
+        let mut id = [0u8; ID_LEN];
+        aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
+        Self {
+            id,
+            path: path.to_path_buf(),
+        }
+    }
+
+    /// The value stored.
+    pub fn encode(&self) -> Vec<u8> {
+        use std::os::unix::ffi::OsStrExt;
+        [
+            RECORDED_TAG,
+            self.id.as_slice(),
+            self.path.as_os_str().as_bytes(),
+        ]
+        .concat()
+    }
+
+    /// A stored value: `None` for the first layout (a witness recorded before they had ids
+    /// and paths) or anything else.
+    pub fn decode(value: &[u8]) -> Option<Self> {
+        use std::os::unix::ffi::OsStrExt;
+        let rest = value.strip_prefix(RECORDED_TAG)?;
+        if rest.len() <= ID_LEN {
+            return None;
+        }
+        let (id, path) = rest.split_at(ID_LEN);
+        Some(Self {
+            id: id.try_into().ok()?,
+            path: PathBuf::from(std::ffi::OsStr::from_bytes(path)),
+        })
+    }
+}
+
+/// The witness a data dir is opened with: the one given (`--rollback-witness`), or else the
+/// one its system database records (`recorded`, the value of [`SECRET_WITNESS`]; `None`
+/// when it has none or has only the first layout's marker). The flag says the path came
+/// from the record.
+pub fn choose(given: Option<&Path>, recorded: Option<&[u8]>) -> Option<(PathBuf, bool)> {
+    match given {
+        Some(p) => Some((p.to_path_buf(), false)),
+        None => recorded.and_then(Recorded::decode).map(|r| (r.path, true)),
     }
 }
 
@@ -91,6 +192,9 @@ pub struct WitnessState {
     pub generation: u64,
     /// Whether its last write failed (it stays at `generation` until one succeeds).
     pub failing: bool,
+    /// Whether it is on the same filesystem (device) as the data dir: a snapshot of that
+    /// volume puts it back with the data dir, and it then witnesses nothing.
+    pub same_volume: bool,
 }
 
 /// The witness of one open data dir.
@@ -102,6 +206,11 @@ pub struct Witness {
     last: Mutex<u64>,
     /// Whether the last write failed (logged once per run of failures, not at every write).
     failing: Mutex<bool>,
+    /// The id of the data dir it witnesses, written into the file with every generation once
+    /// known ([`Recorded::id`]).
+    data_dir: Mutex<Option<[u8; ID_LEN]>>,
+    /// See [`WitnessState::same_volume`].
+    same_volume: bool,
 }
 
 impl Witness {
@@ -132,14 +241,36 @@ impl Witness {
             Err(e) => return Err(bad(format!("cannot read it: {e}"))),
         };
         let last = seen.as_ref().map_or(0, |s| s.generation);
+        let same_volume = same_device(path.parent().unwrap_or(Path::new("/")), &root);
+        if same_volume {
+            tracing::warn!(
+                "the rollback witness {} is on the same filesystem as the data dir {}: a snapshot of that volume put back puts the witness back with it, and it then catches nothing; keep it on other storage",
+                path.display(),
+                root.display()
+            );
+        }
         Ok((
             Self {
                 path,
                 last: Mutex::new(last),
                 failing: Mutex::new(false),
+                // What the file names, until the open sets the data dir's own.
+                data_dir: Mutex::new(seen.as_ref().and_then(|s| s.data_dir)),
+                same_volume,
             },
             seen,
         ))
+    }
+
+    /// The id of the data dir it witnesses, written into the file from the next generation
+    /// on.
+    pub fn set_data_dir(&self, id: [u8; ID_LEN]) {
+        *self.data_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+    }
+
+    /// The id of the data dir it witnesses: the one set, or else the one its file named.
+    pub fn data_dir(&self) -> Option<[u8; ID_LEN]> {
+        *self.data_dir.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Where the witness is (made absolute).
@@ -155,6 +286,7 @@ impl Witness {
             path: self.path.clone(),
             generation,
             failing,
+            same_volume: self.same_volume,
         }
     }
 
@@ -186,6 +318,7 @@ impl Witness {
         let text = Seen {
             generation,
             anchor: anchor.to_owned(),
+            data_dir: *self.data_dir.lock().unwrap_or_else(|e| e.into_inner()),
         }
         .to_text();
         let result = crate::datadir::write_atomic(&self.path, text.as_bytes());
@@ -215,6 +348,48 @@ impl Witness {
 
 fn bad(path: &Path, why: String) -> CoreError {
     CoreError::Invalid(format!("--rollback-witness {}: {why}", path.display()))
+}
+
+/// Whether `a` and `b` are on one filesystem (the same device number; `false` when either
+/// cannot be looked at).
+fn same_device(a: &Path, b: &Path) -> bool {
+    use std::os::unix::fs::MetadataExt;
+    match (std::fs::metadata(a), std::fs::metadata(b)) {
+        (Ok(a), Ok(b)) => a.dev() == b.dev(),
+        _ => false,
+    }
+}
+
+/// Refuses the witness file at `path`, which says `seen`, for a data dir whose system
+/// database records `recorded` (the value of [`SECRET_WITNESS`]; `None`: it has never had a
+/// witness) when the file names another data dir: a witness shared by two data dirs would
+/// hold each of them as put back whenever the other wrote. A file of the first layout, or a
+/// data dir whose witness was recorded before witnesses had ids, is judged by its generation
+/// alone ([`judge`]).
+pub fn check_data_dir(path: &Path, seen: &Seen, recorded: Option<&[u8]>) -> Result<()> {
+    let Some(named) = seen.data_dir else {
+        return Ok(());
+    };
+    match recorded {
+        None => Err(bad(
+            path,
+            format!(
+                "this file witnesses the data dir {}, and this data dir has never had a witness: it is another data dir's witness (give this one a file of its own), or this data dir was put back to a copy from before its witness (if on purpose, remove the file: a new witness starts from this data dir)",
+                hex::encode(named)
+            ),
+        )),
+        Some(value) => match Recorded::decode(value) {
+            Some(r) if r.id != named => Err(bad(
+                path,
+                format!(
+                    "this file witnesses another data dir ({}; this one is {}): each data dir needs a witness file of its own; give this one its own file (a missing witness holds it: efsctl accept-system with the new file starts it)",
+                    hex::encode(named),
+                    hex::encode(r.id)
+                ),
+            )),
+            _ => Ok(()),
+        },
+    }
 }
 
 /// `path` made absolute with its directory's symbolic links resolved, and, when it is itself
@@ -275,7 +450,85 @@ mod tests {
         Seen {
             generation,
             anchor: anchor.into(),
+            data_dir: None,
         }
+    }
+
+    #[test]
+    fn a_witness_names_its_data_dir_and_the_first_layout_still_reads() {
+        let id = [0xab; ID_LEN];
+        let named = Seen {
+            data_dir: Some(id),
+            ..seen(7, "00ff")
+        };
+        let text = named.to_text();
+        assert_eq!(
+            text,
+            format!(
+                "efs rollback witness v2\ngeneration 7\nanchor 00ff\ndata-dir {}\n",
+                "ab".repeat(ID_LEN)
+            )
+        );
+        assert_eq!(Seen::parse(&text), Some(named));
+        // The first layout: three lines, no data dir.
+        let v1 = "efs rollback witness v1\ngeneration 7\nanchor 00ff\n";
+        assert_eq!(Seen::parse(v1), Some(seen(7, "00ff")));
+        assert_eq!(seen(7, "00ff").to_text(), v1);
+        for bad in [
+            "efs rollback witness v2\ngeneration 7\nanchor 00ff\n".to_owned(),
+            "efs rollback witness v2\ngeneration 7\nanchor 00ff\ndata-dir abab\n".to_owned(),
+            format!(
+                "efs rollback witness v2\ngeneration 7\nanchor 00ff\ndata-dir {}\n",
+                "zz".repeat(ID_LEN)
+            ),
+            format!(
+                "efs rollback witness v1\ngeneration 7\nanchor 00ff\ndata-dir {}\n",
+                "ab".repeat(ID_LEN)
+            ),
+        ] {
+            assert_eq!(Seen::parse(&bad), None, "{bad:?}");
+        }
+
+        // What the database records: read back; the first layout's marker and other bytes
+        // are not a record (an open then uses only the option).
+        let r = Recorded::new(Path::new("/w/efs.witness"));
+        assert_eq!(Recorded::decode(&r.encode()), Some(r.clone()));
+        assert_eq!(Recorded::decode(&[1]), None);
+        assert_eq!(Recorded::decode(RECORDED_TAG), None);
+        assert_ne!(Recorded::new(Path::new("/w")).id, r.id);
+        let stored = r.encode();
+        assert_eq!(
+            choose(None, Some(&stored)),
+            Some((PathBuf::from("/w/efs.witness"), true))
+        );
+        assert_eq!(
+            choose(Some(Path::new("/x")), Some(&stored)),
+            Some((PathBuf::from("/x"), false))
+        );
+        assert_eq!(choose(None, Some(&[1])), None);
+        assert_eq!(choose(None, None), None);
+
+        // Which data dir a file may witness.
+        let p = Path::new("/w");
+        let mine = Seen {
+            data_dir: Some(r.id),
+            ..seen(7, "00ff")
+        };
+        let other = Seen {
+            data_dir: Some([0xcd; ID_LEN]),
+            ..seen(7, "00ff")
+        };
+        assert!(check_data_dir(p, &mine, Some(&stored)).is_ok());
+        let e = check_data_dir(p, &other, Some(&stored))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("witnesses another data dir"), "{e}");
+        let e = check_data_dir(p, &mine, None).unwrap_err().to_string();
+        assert!(e.contains("never had a witness"), "{e}");
+        // A file of the first layout, or a data dir recorded before ids: by generation alone.
+        assert!(check_data_dir(p, &seen(7, "00ff"), Some(&stored)).is_ok());
+        assert!(check_data_dir(p, &seen(7, "00ff"), None).is_ok());
+        assert!(check_data_dir(p, &other, Some(&[1])).is_ok());
     }
 
     #[test]

@@ -2071,3 +2071,123 @@ async fn a_rollback_witness_that_cannot_be_written_is_reported_and_catches_up() 
     assert!(wdir.join("efs.witness").exists());
     assert!(dd.has_had_witness().unwrap());
 }
+
+/// The data dir records its rollback witness (review of the witness's left-alone list): an
+/// open without the option uses the recorded file (it checked nothing, and its writes moved
+/// the generation on unseen, so that enough of them could carry a data dir put back later past
+/// the witness); a path given wins and is recorded; the witness file names its data dir, so
+/// that given to another data dir it is refused as that one's (it held each as put back
+/// whenever the other wrote), and given to a data dir that never had one it is refused too; a
+/// witness on the data dir's own filesystem is flagged.
+#[tokio::test]
+async fn a_rollback_witness_is_recorded_in_its_data_dir_and_names_it() {
+    let (tmp, root, part) = data_dir_with_users(&["alice"]);
+    let parts = std::slice::from_ref(&part);
+    let witness = tmp.path().join("efs.witness");
+    drop(open_witnessed(&root, parts, &witness, false).unwrap());
+    let text = std::fs::read_to_string(&witness).unwrap();
+    assert!(
+        text.starts_with("efs rollback witness v2\n") && text.contains("\ndata-dir "),
+        "{text}"
+    );
+    let seen = |w: &std::path::Path| witnessed_generation(w, &root);
+    let cp = |from: &std::path::Path, to: &std::path::Path| {
+        let ok = std::process::Command::new("cp")
+            .arg("-a")
+            .arg(from)
+            .arg(to)
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    };
+    let copy = tmp.path().join("copy");
+    cp(&root, &copy);
+
+    // Opened without the option: the recorded witness is checked and follows its writes.
+    let before = seen(&witness);
+    {
+        let dd = open(&root, parts).unwrap();
+        let state = dd.rollback_witness().expect("the recorded witness");
+        assert_eq!(state.path, witness.canonicalize().unwrap());
+        // The test's temporary directory holds both.
+        assert!(state.same_volume, "{state:?}");
+        dd.revoke("alice", Some("docs")).unwrap();
+    }
+    let after_revoke = seen(&witness);
+    assert!(after_revoke > before, "{after_revoke} > {before}");
+
+    // Put back whole, opened without the option: held.
+    let put_back = tmp.path().join("put-back");
+    std::fs::rename(&root, &put_back).unwrap();
+    cp(&copy, &root);
+    match open(&root, parts) {
+        Err(CoreError::SystemHold(why)) => assert!(
+            why.contains(&format!("saw generation {after_revoke}")),
+            "{why}"
+        ),
+        Err(e) => panic!("refused, but not by the witness: {e}"),
+        Ok(_) => panic!("a data dir put back whole was opened without the option"),
+    }
+    assert_eq!(seen(&witness), after_revoke);
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::rename(&put_back, &root).unwrap();
+
+    // A path given wins and is recorded (the witness moved to other storage: /dev/shm, a
+    // tmpfs, where there is one apart from the temporary directory).
+    let shm = std::path::Path::new("/dev/shm");
+    let other_volume = shm.is_dir() && {
+        use std::os::unix::fs::MetadataExt;
+        std::fs::metadata(shm).unwrap().dev() != std::fs::metadata(&root).unwrap().dev()
+    };
+    let wdir = if other_volume {
+        tempfile::tempdir_in(shm).unwrap()
+    } else {
+        tempfile::tempdir_in(tmp.path()).unwrap()
+    };
+    let moved = wdir.path().join("moved.witness");
+    std::fs::copy(&witness, &moved).unwrap();
+    drop(open_witnessed(&root, parts, &moved, false).unwrap());
+    {
+        let dd = open(&root, parts).unwrap();
+        let state = dd.rollback_witness().expect("the recorded witness");
+        assert_eq!(state.path, moved.canonicalize().unwrap());
+        assert_eq!(state.same_volume, !other_volume, "{state:?}");
+        dd.grant("alice", "docs", false).unwrap();
+    }
+    assert!(seen(&moved) > after_revoke);
+    assert_eq!(seen(&witness), after_revoke, "the old file was written");
+    let ours = std::fs::read(&moved).unwrap();
+
+    // Another data dir, with a witness of its own, given this one's file: refused as another
+    // data dir's, and the file is left as it was.
+    let (tmp2, root2, part2) = data_dir_with_users(&["bob"]);
+    let parts2 = std::slice::from_ref(&part2);
+    drop(open_witnessed(&root2, parts2, &tmp2.path().join("efs.witness"), false).unwrap());
+    let Err(why) = open_witnessed(&root2, parts2, &moved, false) else {
+        panic!("another data dir's witness was taken");
+    };
+    let why = why.to_string();
+    assert!(why.contains("witnesses another data dir"), "{why}");
+    // One that never had a witness: refused as well (another's, or itself put back to a
+    // copy from before its witness).
+    let (_tmp3, root3, part3) = data_dir_with_users(&["carol"]);
+    let Err(why) = open_witnessed(&root3, std::slice::from_ref(&part3), &moved, false) else {
+        panic!("a data dir that never had a witness took another's");
+    };
+    let why = why.to_string();
+    assert!(why.contains("never had a witness"), "{why}");
+    assert_eq!(std::fs::read(&moved).unwrap(), ours);
+
+    // The recorded witness's storage gone: nothing opens the data dir without the option
+    // (it would check nothing), and the error says what to give.
+    drop(wdir);
+    let Err(why) = open(&root, parts) else {
+        panic!("opened with its recorded witness's storage gone");
+    };
+    let why = why.to_string();
+    assert!(
+        why.contains("the witness recorded in this data dir")
+            && why.contains(&moved.display().to_string()),
+        "{why}"
+    );
+}

@@ -1182,7 +1182,10 @@ async fn a_data_dir_put_back_whole_is_refused_by_its_rollback_witness() {
     srv.stop().await;
     let seen = || -> u64 {
         let text = std::fs::read_to_string(&witness).expect("the witness file");
-        assert!(text.starts_with("efs rollback witness v1\n"), "{text}");
+        assert!(
+            text.starts_with("efs rollback witness v2\n") && text.contains("\ndata-dir "),
+            "{text}"
+        );
         text.lines()
             .find_map(|l| l.strip_prefix("generation "))
             .and_then(|g| g.parse().ok())
@@ -1260,19 +1263,49 @@ async fn a_data_dir_put_back_whole_is_refused_by_its_rollback_witness() {
         metrics.contains("efs_rollback_witness_failing 0"),
         "{metrics}"
     );
-    // efsctl without the option, on the stopped data dir, says it is not checked.
+    // efsctl without the option, on the stopped data dir, uses the witness recorded in it:
+    // its writes move the witness on (they once went unseen).
     srv.stop().await;
-    let out = srv
-        .efsctl_command(&["status"])
-        .env_remove("EFS_ROLLBACK_WITNESS")
-        .output()
-        .unwrap();
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let without = |args: &[&str]| {
+        let out = srv
+            .efsctl_command(args)
+            .env_remove("EFS_ROLLBACK_WITNESS")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let status = without(&["status"]);
     assert!(
-        text.contains("has a rollback witness, but was opened without it"),
-        "{text}"
+        status.contains(&format!("rollback witness: {w}, at generation")),
+        "{status}"
     );
+    let before = seen();
+    without(&["create-fs", "more"]);
+    assert!(
+        seen() > before,
+        "a write without the option left the witness behind"
+    );
+    // And a server started without it is checked by it too.
+    let snapshot = dir.path().join("snapshot-2");
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(&srv.data)
+        .arg(&snapshot)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+    without(&["revoke", "app", "--fs", "files"]);
+    std::fs::remove_dir_all(&srv.data).unwrap();
+    std::fs::rename(&snapshot, &srv.data).unwrap();
+    let f = TestServer::try_start_in(dir.clone(), &[], &[])
+        .err()
+        .expect("a server started without the option on a data dir put back whole");
+    assert!(f.stderr.contains("rollback witness"), "{}", f.stderr);
 }
 
 /// A restore of a backup that left many entries out names the first 100 and counts the rest.

@@ -82,7 +82,8 @@ struct Args {
     reserve_space: Option<u64>,
     /// The rollback witness, as efs-server's --rollback-witness (only used when no server
     /// runs: the commands then keep it up to date, and accept-system moves a data dir put
-    /// back whole past it).
+    /// back whole past it). Without it, the witness recorded in the data dir is used; give
+    /// it where this machine sees that file under another path.
     #[arg(long, env = "EFS_ROLLBACK_WITNESS", value_name = "PATH")]
     rollback_witness: Option<PathBuf>,
     /// Talk to the server through this socket instead of DATA/system/admin.sock: its
