@@ -126,6 +126,9 @@ pub enum AdminRequest {
     /// and the server identity changes. Only without a server: a running server keeps the
     /// key it started with.
     RotateSigningKey,
+    /// Remove the TLS key and certificate the server generated (it makes new ones at its next
+    /// start). Only without a server: a running server serves the key it loaded.
+    RotateTlsKey,
     /// Key terms and rotation progress of one filesystem or all.
     Status {
         /// Filesystem, or none for all.
@@ -349,6 +352,7 @@ impl AdminRequest {
                 // Not long, but a crash between the new key and its entry must not leave the
                 // key replaced without a record.
                 | AdminRequest::RotateSigningKey
+                | AdminRequest::RotateTlsKey
                 | AdminRequest::ReplaceKey { .. }
                 | AdminRequest::RetireTerms { yes: true, .. }
         )
@@ -553,6 +557,7 @@ pub async fn execute_as(dd: &DataDir, req: AdminRequest, op: &Operator) -> Admin
         (
             AdminRequest::AcceptSystem
             | AdminRequest::RotateSigningKey
+            | AdminRequest::RotateTlsKey
             | AdminRequest::ReplaceKey { .. }
             | AdminRequest::RetireTerms { .. }
             | AdminRequest::Gc { .. },
@@ -1050,6 +1055,23 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     line,
                 ],
                 serde_json::json!({ "old_server_id": old, "server_id": new, "system_digest": digest }),
+            )
+        }
+        AdminRequest::RotateTlsKey => {
+            let old = dd.forget_generated_tls()?;
+            let (line, digest) = system_digest_after(dd);
+            AdminResponse::ok(
+                vec![
+                    format!(
+                        "Removed the TLS key and certificate the server generated (certificate SHA-256 fingerprint {old}) and system/tls-cert.pem"
+                    ),
+                    "efs-server generates a new key and certificate at its next start, and prints the new fingerprint (TLS certificate SHA-256 fingerprint: …); its certificate is in system/tls-cert.pem again".into(),
+                    format!(
+                        "Give clients the new certificate or fingerprint: those that trust {old} refuse the new one (efs: remove the remote and add it again; curl: the new --cacert)"
+                    ),
+                    line,
+                ],
+                serde_json::json!({ "old_tls_cert_sha256": old, "system_digest": digest }),
             )
         }
         AdminRequest::AcceptSystem => {

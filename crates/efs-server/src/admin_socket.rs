@@ -721,10 +721,18 @@ async fn handle(st: &AppState, req: AdminRequest, op: &Operator) -> AdminRespons
             ..AdminResponse::err(refused.to_owned())
         };
     }
-    if matches!(req, AdminRequest::RotateSigningKey) {
-        // The server signs and checks tokens with the key it started with; a new key stored
-        // under it would take effect only at the next start, silently.
-        let refused = "efs-server is running: stop it first. rotate-signing-key replaces the key the running server signs and checks tokens with";
+    if matches!(
+        req,
+        AdminRequest::RotateSigningKey | AdminRequest::RotateTlsKey
+    ) {
+        // The server signs and checks tokens with the key it started with, and serves the TLS
+        // key it loaded; a new key stored under it would take effect only at the next start,
+        // silently.
+        let refused = if matches!(req, AdminRequest::RotateTlsKey) {
+            "efs-server is running: stop it first. rotate-tls-key replaces the TLS key the running server serves"
+        } else {
+            "efs-server is running: stop it first. rotate-signing-key replaces the key the running server signs and checks tokens with"
+        };
         if let Err(e) = admin::record_admin_failed(&st.data, op, &req, refused).await {
             return AdminResponse::err(e.to_string());
         }

@@ -1265,6 +1265,86 @@ async fn rotate_signing_key_refuses_old_tokens_and_changes_the_identity() {
     );
 }
 
+/// `efsctl rotate-tls-key` (the generated TLS key had no command to replace it: after a
+/// leak, only a certificate of the operator's own): refused while the server runs; with the
+/// server stopped, the generated key and certificate are removed with the old fingerprint
+/// printed, the next start serves a new key whose certificate is written to
+/// system/tls-cert.pem again; curl with the old certificate is refused, with the new one
+/// served; the audit log records the old fingerprint; a second run before a start has
+/// nothing to remove.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotate_tls_key_serves_a_new_generated_key_at_the_next_start() {
+    let s = session(&[]).await;
+    let mut srv = s.srv;
+    srv.put_ok("/a.txt", &s.token, b"kept".to_vec()).await;
+    let old = srv.fingerprint.clone();
+    let pem = srv.data.join("system/tls-cert.pem");
+    let old_pem = srv.dir.path().join("old-cert.pem");
+    std::fs::copy(&pem, &old_pem).unwrap();
+
+    let out = srv.efsctl(&["rotate-tls-key"]);
+    assert!(!out.status.success(), "refused while the server runs");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("stop it first"), "{err}");
+    assert!(pem.exists());
+
+    srv.stop().await;
+    let json: Value =
+        serde_json::from_str(&srv.efsctl_ok(&["--json", "rotate-tls-key"])).expect("JSON");
+    assert_eq!(json["old_tls_cert_sha256"], old.as_str(), "{json}");
+    assert!(json["system_digest"]["generation"].is_u64(), "{json}");
+    assert!(!pem.exists(), "the old certificate file is left");
+    let out = srv.efsctl(&["rotate-tls-key"]);
+    assert!(!out.status.success(), "a second run removed something");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("nothing to replace"), "{err}");
+
+    let srv2 = TestServer::start_in(srv.dir.clone(), &[], &[]);
+    assert_ne!(srv2.fingerprint, old);
+    assert!(pem.exists());
+    assert_ne!(
+        std::fs::read(&pem).unwrap(),
+        std::fs::read(&old_pem).unwrap()
+    );
+    let token = srv2.login(&s.user, &s.key, None).await;
+    assert_eq!(srv2.get_ok("/a.txt", &token).await, b"kept");
+    // curl, as a client told the old certificate and then the new one.
+    let curl = |ca: &std::path::Path| {
+        std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(ca)
+            .arg(srv2.url("/_efs/health"))
+            .output()
+            .unwrap()
+    };
+    let refused = curl(&old_pem);
+    assert!(
+        !refused.status.success(),
+        "the old certificate was still trusted"
+    );
+    let served = curl(&pem);
+    assert!(
+        served.status.success() && served.stdout == b"200",
+        "{}",
+        String::from_utf8_lossy(&served.stderr)
+    );
+
+    // The refusal (400), the run as it started (202) and as it ended with the old
+    // fingerprint (200), and the second run's failure (500).
+    let log = srv2.efsctl_ok(&["audit", "show", "--action", "admin"]);
+    let runs: Vec<&str> = log
+        .lines()
+        .filter(|l| l.contains("rotate-tls-key"))
+        .collect();
+    assert_eq!(runs.len(), 5, "{log}");
+    assert!(runs[0].contains("  400  "), "{log}");
+    assert!(
+        runs.iter()
+            .any(|l| l.contains("  200  ") && l.contains(&old)),
+        "the entry names the old fingerprint: {log}"
+    );
+}
+
 /// Regression: `efsctl --version` said `efs-server 0.1.0` (clap took the package's name).
 /// Each binary names itself.
 #[test]

@@ -55,6 +55,7 @@ macro_rules! say {
   efsctl --data ./efs-data restore --fs user-data-restored -i /backups/user-data-1
   efsctl --data ./efs-data --key-part file:/old.key rekey-starter --new-key-part file:/new.key   # server stopped
   efsctl --data ./efs-data rotate-signing-key          # server stopped: new token-signing key and server identity
+  efsctl --data ./efs-data rotate-tls-key              # server stopped: a new generated TLS key at the next start
   efsctl --data ./efs-data retire-terms --fs user-data --yes   # server stopped, after rotate-key --wait: erase deleted files (then rekey-starter)
   efsctl --data ./efs-data audit show --path /patients/173/prescription.pdf --since 7d
   efsctl --data ./efs-data audit verify                # the audit log's chain and anchor
@@ -400,6 +401,13 @@ enum Cmd {
     /// of the data dir and its key parts). Clients that pinned the old identity refuse to
     /// log in until told the new one (efs: remove the remote and add it again).
     RotateSigningKey,
+    /// Remove the TLS key and certificate efs-server generated (started without --tls-cert),
+    /// with the server stopped: it generates a new key and certificate at its next start and
+    /// prints their fingerprint. Prints the old certificate's fingerprint. For a generated
+    /// key that may have leaked (with a copy of the data dir and its key parts). Clients that
+    /// trust the old certificate refuse the new one until given it (efs: remove the remote
+    /// and add it again; curl: the new system/tls-cert.pem as --cacert).
+    RotateTlsKey,
     /// The audit log: every login, file request and admin command, encrypted and chained.
     Audit {
         #[command(subcommand)]
@@ -689,6 +697,7 @@ fn run(args: Args) -> anyhow::Result<u8> {
         Cmd::Status { fs } => AdminRequest::Status { fs },
         Cmd::AcceptSystem => AdminRequest::AcceptSystem,
         Cmd::RotateSigningKey => AdminRequest::RotateSigningKey,
+        Cmd::RotateTlsKey => AdminRequest::RotateTlsKey,
         Cmd::RetireTerms { fs, yes } => AdminRequest::RetireTerms { fs, yes },
         Cmd::Reencrypt { fs, wait } => AdminRequest::Reencrypt { fs, wait },
         Cmd::RekeyStarter { .. } => unreachable!("handled above"),
@@ -1024,6 +1033,7 @@ fn send(
                     | AdminRequest::AcceptSystem
                     // Urgent after a leak, and about no filesystem: not held up by one.
                     | AdminRequest::RotateSigningKey
+                    | AdminRequest::RotateTlsKey
                     | AdminRequest::ReplaceKey { .. }
                 )
             {
