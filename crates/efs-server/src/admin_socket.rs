@@ -188,9 +188,15 @@ pub async fn serve_as(listener: UnixListener, state: Arc<AppState>, role: Role) 
             let refused = match role {
                 Role::Admin => allowed_peer(uid, server_uid).err(),
                 Role::Auditor { gid } => allowed_peer(uid, server_uid)
-                    .or_else(|e| match peer_gid {
-                        Some(g) if g == gid => Ok(()),
-                        _ => Err(format!("{e}, and its group is not --auditor-group {gid}")),
+                    .or_else(|e| match (peer_gid, uid) {
+                        (Some(g), _) if g == gid => Ok(()),
+                        // A supplementary member (`usermod -aG`): its process reached the
+                        // socket through its mode, so it has the group; its account must be
+                        // a member as /etc/group says.
+                        (_, Some(u)) if configured_member(u, gid) => Ok(()),
+                        _ => Err(format!(
+                            "{e}, and neither its group nor its account (in /etc/group) is --auditor-group {gid}'s"
+                        )),
                     })
                     .err(),
             };
@@ -317,6 +323,46 @@ fn wiped_copy(bytes: &[u8], capacity: usize) -> Zeroizing<Vec<u8>> {
 
 /// Whether the account on the other end of the socket may run admin commands: root, or
 /// the account the server runs as (`server_uid`). An unknown peer is refused.
+/// Whether the account `uid` is a member of group `gid` as the system's files say: its login
+/// group in /etc/passwd, or named in the group's line of /etc/group (what `usermod -aG` and
+/// `adduser USER GROUP` write). Read at each connection of the auditor socket, so that a
+/// member removed from the group is refused from then on. Accounts and groups known only to
+/// NSS (LDAP, sssd) are not seen: their members use the group as their process's own (`sg`).
+fn configured_member(uid: u32, gid: u32) -> bool {
+    match (
+        std::fs::read_to_string("/etc/passwd"),
+        std::fs::read_to_string("/etc/group"),
+    ) {
+        (Ok(passwd), Ok(group)) => member_in(&passwd, &group, uid, gid),
+        _ => false,
+    }
+}
+
+/// [`configured_member`] on the files' text.
+fn member_in(passwd: &str, group: &str, uid: u32, gid: u32) -> bool {
+    // name:password:uid:gid:gecos:home:shell, one account a line (several names may share
+    // a uid).
+    let mut names = Vec::new();
+    for line in passwd.lines() {
+        let f: Vec<&str> = line.split(':').collect();
+        if f.len() < 4 || f[0].is_empty() || f[2].parse::<u32>() != Ok(uid) {
+            continue;
+        }
+        if f[3].parse::<u32>() == Ok(gid) {
+            return true;
+        }
+        names.push(f[0]);
+    }
+    // name:password:gid:member,member,…
+    !names.is_empty()
+        && group.lines().any(|line| {
+            let f: Vec<&str> = line.split(':').collect();
+            f.len() >= 4
+                && f[2].parse::<u32>() == Ok(gid)
+                && f[3].split(',').any(|m| names.contains(&m.trim()))
+        })
+}
+
 fn allowed_peer(peer: Option<u32>, server_uid: u32) -> Result<(), String> {
     match peer {
         Some(0) => Ok(()),
@@ -1061,10 +1107,48 @@ static FS_CHANGES: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
 #[cfg(test)]
 mod tests {
-    use super::{GC_LAST_RUNS, GcRun, GcRuns, allowed_peer, first_gc_due, without_panics};
+    use super::{
+        GC_LAST_RUNS, GcRun, GcRuns, allowed_peer, first_gc_due, member_in, without_panics,
+    };
     use efs_core::admin::AdminResponse;
     use std::collections::HashSet;
     use std::time::Duration;
+
+    /// A supplementary member of the auditor group, as /etc/passwd and /etc/group say.
+    #[test]
+    fn group_membership_is_read_from_passwd_and_group() {
+        let passwd = "root:x:0:0:root:/root:/bin/bash\n\
+                      dpo:x:1001:1001:Data protection:/home/dpo:/bin/bash\n\
+                      alias:x:1001:1001::/:/bin/false\n\
+                      clerk:x:1002:1002::/home/clerk:/bin/bash\n\
+                      login:x:1003:600::/:/bin/false\n\
+                      +nis\n\
+                      broken:x\n";
+        let group = "root:x:0:\n\
+                     efs-audit:x:600:clerk2, dpo\n\
+                     other:x:601:clerk\n\
+                     aliased:x:602:alias\n";
+        assert!(
+            member_in(passwd, group, 1001, 600),
+            "listed (after a space)"
+        );
+        assert!(member_in(passwd, group, 1003, 600), "its login group");
+        assert!(
+            member_in(passwd, group, 1001, 602),
+            "by another name of its uid"
+        );
+        assert!(
+            !member_in(passwd, group, 1002, 600),
+            "a member of another group"
+        );
+        assert!(!member_in(passwd, group, 4242, 600), "no such account");
+        assert!(!member_in(passwd, group, 1001, 777), "no such group");
+        assert!(
+            !member_in(passwd, "efs-audit:x:600:\n", 1001, 600),
+            "no members"
+        );
+        assert!(!member_in("", group, 1001, 600));
+    }
 
     /// The last-runs file kept the line of every filesystem it ever had: one the server no
     /// longer serves is dropped when the file is next written, from it and from memory; the

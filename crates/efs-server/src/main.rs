@@ -172,9 +172,10 @@ struct Args {
     /// (docs/audit.md, "For auditors and data-protection officers").
     #[arg(long, value_name = "PATH", requires = "auditor_group")]
     auditor_socket: Option<PathBuf>,
-    /// The group (a name in /etc/group, or a number) whose processes may read the audit log
-    /// through --auditor-socket (their group, not a supplementary one: run efsctl with
-    /// `sg GROUP` or as a user whose primary group it is).
+    /// The group (a name in /etc/group, or a number) whose members may read the audit log
+    /// through --auditor-socket: processes whose own group it is, and accounts that are its
+    /// members in /etc/passwd or /etc/group (`usermod -aG GROUP USER`; read at each
+    /// connection). Members known only through NSS (LDAP) run efsctl with `sg GROUP`.
     #[arg(long, value_name = "GROUP", requires = "auditor_socket", value_parser = parse_group)]
     auditor_group: Option<u32>,
 }

@@ -140,7 +140,9 @@ async fn an_auditor_reads_the_audit_log_and_nothing_else() {
         .unwrap();
     assert!(!supplementary.status.success(), "{}", text(&supplementary));
     assert!(
-        text(&supplementary).contains("its group is not --auditor-group 65534"),
+        text(&supplementary).contains(
+            "neither its group nor its account (in /etc/group) is --auditor-group 65534's"
+        ),
         "{}",
         text(&supplementary)
     );
@@ -170,6 +172,100 @@ async fn an_auditor_reads_the_audit_log_and_nothing_else() {
     assert_eq!(revokes[0]["client"], "auditor-socket", "{revokes:?}");
     srv.put_ok("/patients/173/after.pdf", &token, b"y".to_vec())
         .await;
+}
+
+/// A member of the auditor group by /etc/group (`usermod -aG`), whose processes have the
+/// group as a supplementary one, reads the audit log without `sg` (it was refused: only the
+/// process's own group was checked); removed from the group's line, it is refused at its next
+/// connection. The server runs in a mount namespace where the test's passwd and group files
+/// stand for the machine's (root only; SKIPPED otherwise).
+#[tokio::test]
+async fn a_member_of_the_auditor_group_in_etc_group_reads_without_sg() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("SKIPPED: needs root (a mount namespace for the server's /etc/group)");
+        return;
+    }
+    let etc = new_tempdir();
+    let passwd = std::fs::read_to_string("/etc/passwd").unwrap()
+        + "efs-test-dpo:x:65533:65533:EFS test auditor:/nonexistent:/usr/sbin/nologin\n";
+    std::fs::write(etc.path().join("passwd"), passwd).unwrap();
+    let group_with = |members: &str| {
+        let group: String = std::fs::read_to_string("/etc/group")
+            .unwrap()
+            .lines()
+            .filter(|l| l.split(':').nth(2) != Some("64999"))
+            .map(|l| format!("{l}\n"))
+            .collect();
+        std::fs::write(
+            etc.path().join("group"),
+            group + &format!("efs-test-audit:x:64999:{members}\n"),
+        )
+        .unwrap();
+    };
+    group_with("someone,efs-test-dpo");
+    let run = new_tempdir();
+    std::fs::set_permissions(run.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let sock = run.path().join("audit.sock");
+    let bind = format!("{BIND_ETC}{}", etc.path().display());
+    let srv = match TestServer::try_start_in(
+        std::sync::Arc::new(new_tempdir()),
+        &[
+            &bind,
+            "--auditor-socket",
+            sock.to_str().unwrap(),
+            "--auditor-group",
+            "efs-test-audit",
+        ],
+        &[],
+    ) {
+        Ok(s) => s,
+        Err(f) if f.stderr.contains("unshare") || f.stderr.contains("mount") => {
+            eprintln!("SKIPPED: no mount namespace here: {}", f.stderr);
+            return;
+        }
+        Err(f) => panic!("efs-server did not start: {}", f.stderr),
+    };
+    assert_eq!(std::fs::metadata(&sock).unwrap().gid(), 64999);
+    // The auditor's process: its own group is its account's, the auditor group a
+    // supplementary one (as after a login once `usermod -aG` was run).
+    let as_member = || {
+        Command::new("setpriv")
+            .args(["--reuid=65533", "--regid=65533", "--groups=64999"])
+            .arg(EFSCTL_BIN)
+            .arg("--socket")
+            .arg(&sock)
+            .args(["audit", "verify"])
+            .current_dir("/")
+            .output()
+            .unwrap()
+    };
+    let verified = as_member();
+    assert!(verified.status.success(), "{}", text(&verified));
+    assert!(
+        text(&verified).starts_with("audit verify: OK"),
+        "{}",
+        text(&verified)
+    );
+    // Taken off the group's line: refused at the next connection, though its process still
+    // has the group.
+    group_with("someone");
+    let refused = as_member();
+    assert!(!refused.status.success(), "{}", text(&refused));
+    assert!(
+        text(&refused).contains("nor its account (in /etc/group)"),
+        "{}",
+        text(&refused)
+    );
+    let entries = audit_show(&srv, &[]);
+    assert!(
+        entries.iter().any(|e| e["user"] == "uid:65533"
+            && e["client"] == "auditor-socket"
+            && e["detail"]
+                .as_str()
+                .unwrap_or("")
+                .starts_with("audit-verify")),
+        "{entries:?}"
+    );
 }
 
 /// `--auditor-group` takes a name from /etc/group or a number, and the server refuses a

@@ -39,6 +39,13 @@ pub const NO_METRICS: &str = "--harness-no-metrics";
 /// the child's pid is the server's.
 pub const PRLIMIT: &str = "--harness-prlimit=";
 
+/// An option of [`TestServer::start`] that runs the server in a mount namespace of its own
+/// (`unshare --mount`, root only) where `DIR/passwd` and `DIR/group` are bind-mounted over
+/// /etc/passwd and /etc/group (`--harness-etc=DIR`): the accounts and groups it sees, without
+/// changing the machine's. `unshare` and the shell exec the server: the child's pid is the
+/// server's.
+pub const BIND_ETC: &str = "--harness-etc=";
+
 /// How long a server may take to print "Listening on" (debug build, 2 busy cores).
 const START_TIMEOUT: Duration = Duration::from_secs(90);
 
@@ -108,7 +115,16 @@ impl TestServer {
             .iter()
             .filter_map(|a| a.strip_prefix(PRLIMIT))
             .collect();
-        let mut cmd = if limits.is_empty() {
+        let etc = extra.iter().find_map(|a| a.strip_prefix(BIND_ETC));
+        let mut cmd = if let Some(etc) = etc {
+            let mut c = Command::new("unshare");
+            c.args(["--mount", "--propagation", "private", "--", "/bin/sh", "-c"])
+                .arg(r#"mount --bind "$1/passwd" /etc/passwd && mount --bind "$1/group" /etc/group && shift && exec "$@""#)
+                .arg("sh")
+                .arg(etc)
+                .arg(SERVER_BIN);
+            c
+        } else if limits.is_empty() {
             Command::new(SERVER_BIN)
         } else {
             let mut c = Command::new("prlimit");
@@ -119,11 +135,9 @@ impl TestServer {
             .arg(&data)
             .arg("--listen")
             .arg("127.0.0.1:0")
-            .args(
-                extra
-                    .iter()
-                    .filter(|a| **a != NO_METRICS && !a.starts_with(PRLIMIT)),
-            );
+            .args(extra.iter().filter(|a| {
+                **a != NO_METRICS && !a.starts_with(PRLIMIT) && !a.starts_with(BIND_ETC)
+            }));
         if !extra.contains(&NO_METRICS) {
             let token_file = dir.path().join("metrics-token");
             std::fs::write(&token_file, format!("{METRICS_TOKEN}\n")).expect("metrics token");
