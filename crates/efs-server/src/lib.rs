@@ -33,6 +33,7 @@ pub mod fsmetrics;
 pub mod http_headers;
 pub mod linger;
 pub mod metrics_token;
+pub mod plain_http;
 pub mod proxy_protocol;
 pub mod ratelimit;
 pub mod reserve;

@@ -319,6 +319,7 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
         // (`rate(...) > 0`, `increase(...)`) sees no series at all until the first one
         // otherwise. Labels as where they are incremented.
         metrics::counter!("efs_connections_refused_total", "reason" => "per_address").absolute(0);
+        metrics::counter!("efs_connections_refused_total", "reason" => "plain_http").absolute(0);
         if !cfg.http.proxy_from.is_empty() {
             for reason in ["proxy_header", "proxy_pending"] {
                 metrics::counter!("efs_connections_refused_total", "reason" => reason).absolute(0);
@@ -849,6 +850,14 @@ async fn serve(
                 } else {
                     (remote, Vec::new(), None)
                 };
+                // `curl http://…` to this port: told so in plain HTTP (see `plain_http`).
+                if crate::plain_http::begins_with_plain_http(&tcp, &rest).await {
+                    tracing::debug!(client = %remote, "a plain HTTP request to the HTTPS port: answered 400");
+                    metrics::counter!("efs_connections_refused_total", "reason" => "plain_http")
+                        .increment(1);
+                    crate::plain_http::answer(tcp, &rest).await;
+                    return None;
+                }
                 match acceptor
                     .accept(crate::proxy_protocol::Prefixed::new(rest, tcp))
                     .await

@@ -491,6 +491,51 @@ async fn idle_tls_connections_sending_nothing_are_dropped() {
     assert_eq!(r.status(), 200);
 }
 
+/// A plain HTTP request to the HTTPS port (`curl http://…`): curl printed "Received HTTP/0.9
+/// when not allowed" (the TLS handshake failed on the request line). Now it is answered in
+/// plain HTTP, 400 with a JSON error naming https://, also with a body on its way (read and
+/// dropped, so the answer is not lost to a reset), counted in the metrics; HTTPS is served
+/// as before.
+#[tokio::test]
+async fn a_plain_http_request_to_the_https_port_is_told_to_use_https() {
+    let s = session(&[]).await;
+    let port = s.srv.addr.port();
+    let body = s.srv.dir.path().join("body.bin");
+    std::fs::write(&body, vec![b'x'; 256 * 1024]).unwrap();
+    for post in [false, true] {
+        let mut curl = std::process::Command::new("curl");
+        curl.args(["-sS", "-w", "\n%{http_code}", "--max-time", "20"]);
+        if post {
+            curl.arg("--data-binary")
+                .arg(format!("@{}", body.display()));
+        }
+        let out = curl
+            .arg(format!(
+                "http://127.0.0.1:{port}/patients/173/prescription.pdf"
+            ))
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(
+            out.status.success(),
+            "post {post}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let (json, code) = stdout.rsplit_once('\n').unwrap();
+        assert_eq!(code, "400", "post {post}: {stdout}");
+        let v: serde_json::Value = serde_json::from_str(json).expect("a JSON error");
+        assert_eq!(v["error"], "bad_request", "{v}");
+        assert!(v["message"].as_str().unwrap().contains("https://"), "{v}");
+    }
+    let metrics = s.srv.metrics().await.text().await.unwrap();
+    assert!(
+        metrics.contains("efs_connections_refused_total{reason=\"plain_http\"} 2"),
+        "{metrics}"
+    );
+    s.srv.put_ok("/after.txt", &s.token, b"y".to_vec()).await;
+    assert_eq!(s.srv.get_ok("/after.txt", &s.token).await, b"y");
+}
+
 /// Reads until the peer closes `tls`; how long after `t0` that was, or None after `max`.
 async fn eof_within(
     mut tls: tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
