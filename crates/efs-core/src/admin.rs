@@ -1080,15 +1080,26 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                     found,
                     generation,
                     anchor,
-                } => (
-                    vec![
+                } => {
+                    let mut lines = vec![
                         format!("Accepted the system database as it is ({found})"),
                         format!(
                             "system database digest: generation {generation}, anchor {anchor} (note them outside the data dir)"
                         ),
-                    ],
-                    serde_json::json!({ "accepted": true, "found": found, "generation": generation, "anchor": anchor }),
-                ),
+                    ];
+                    // Accepted without a witness: nothing told a whole data dir put back (its
+                    // record of a witness removed with it, say) from one changed in place.
+                    let witnessed = dd.rollback_witness().is_some();
+                    if !witnessed {
+                        lines.push(
+                            "note: no rollback witness was consulted (none given with --rollback-witness, none recorded in the data dir): a data dir put back whole from an earlier copy is not told apart from one changed in place".into(),
+                        );
+                    }
+                    (
+                        lines,
+                        serde_json::json!({ "accepted": true, "found": found, "generation": generation, "anchor": anchor, "witness_consulted": witnessed }),
+                    )
+                }
                 SystemTrust::Holds { generation, anchor } => (
                     vec![
                         "The system database matches its digest: nothing to accept".into(),
@@ -1294,7 +1305,7 @@ async fn run(dd: &DataDir, req: AdminRequest, op: &Operator) -> Result<AdminResp
                 }
                 None if dd.has_had_witness()? => {
                     lines.push(
-                        "WARNING: this data dir has a rollback witness, but was opened without it (--rollback-witness, EFS_ROLLBACK_WITNESS): nothing checks it, and writes move the generation on unseen"
+                        "WARNING: this data dir has a rollback witness, but was opened without it (--rollback-witness, EFS_ROLLBACK_WITNESS): nothing checks it, and writes move the generation on unseen (its record, made by an older EFS, has no path: a start of the server given the option once records it)"
                             .to_owned(),
                     );
                     serde_json::Value::Null

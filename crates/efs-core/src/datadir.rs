@@ -66,6 +66,11 @@ pub struct OpenOptions {
     /// database went (`--rollback-witness`, [`crate::witness`]): a data dir found behind it
     /// was put back whole from an earlier copy, and is held until `accept-system`.
     pub rollback_witness: Option<PathBuf>,
+    /// Record `rollback_witness` in the data dir when it differs from the witness recorded
+    /// (efs-server's opens: later opens without the option fall back to what the server was
+    /// given). efsctl's opens do not: efsctl may see the file under another path (on the host
+    /// of a container), and the server's starts without the option would look there.
+    pub record_witness: bool,
 }
 
 /// What happened at open: lines for the operator.
@@ -549,14 +554,20 @@ pub(crate) fn lock_data_dir(root: &Path) -> Result<std::fs::File> {
         }
         Err(e) => return Err(cannot(e)),
     };
-    match f.try_lock() {
+    // (A lock let go of within a moment, by a process that has just ended, is waited for.)
+    let locked = crate::redb_index::retry_while_locked(|| match f.try_lock() {
+        Ok(()) => Ok(()),
+        Err(std::fs::TryLockError::WouldBlock) => Err(None),
+        Err(std::fs::TryLockError::Error(e)) => Err(Some(e)),
+    });
+    match locked {
         Ok(()) => Ok(f),
-        Err(std::fs::TryLockError::WouldBlock) => Err(CoreError::Invalid(format!(
+        Err(None) => Err(CoreError::Invalid(format!(
             "the data dir {} is in use by another process (a running efs-server, or an efsctl \
              command working on it without a server): let it finish or stop it first",
             root.display()
         ))),
-        Err(std::fs::TryLockError::Error(e)) => Err(CoreError::Invalid(format!(
+        Err(Some(e)) => Err(CoreError::Invalid(format!(
             "cannot lock {}: {e}",
             path.display()
         ))),
@@ -725,7 +736,8 @@ impl DataDir {
         let chosen = crate::witness::choose(
             opts.rollback_witness.as_deref(),
             recorded_witness.as_deref().map(|v| v.as_slice()),
-        );
+            root,
+        )?;
         if let Some((path, from_record)) = &chosen {
             if *from_record {
                 tracing::info!(
@@ -733,15 +745,16 @@ impl DataDir {
                     path.display()
                 );
             }
-            let (w, seen) = crate::witness::Witness::open(path, root).map_err(|e| {
-                if *from_record {
-                    CoreError::Invalid(format!(
-                        "{e} (the witness recorded in this data dir: give --rollback-witness PATH where this machine sees it)"
-                    ))
-                } else {
-                    e
-                }
-            })?;
+            let (w, seen) = crate::witness::Witness::open(path, root, opts.record_witness)
+                .map_err(|e| {
+                    if *from_record {
+                        CoreError::Invalid(format!(
+                            "{e} (the witness recorded in this data dir: give --rollback-witness PATH where this machine sees it)"
+                        ))
+                    } else {
+                        e
+                    }
+                })?;
             if let Some(found) = system.judge_witness(w.path(), seen.as_ref())? {
                 if !opts.accept_system {
                     return Err(CoreError::SystemHold(found));
@@ -2323,8 +2336,9 @@ impl DataDir {
                 if let Some(floor) = self.witness_floor {
                     self.system.continue_generation(floor.saturating_add(1))?;
                 }
-                // The witness, if any, follows from here (and is started if it was missing).
-                self.system.witness_trusted()?;
+                // The witness, if any, follows from here (and is started if it was missing),
+                // recorded as accepted with it.
+                self.system.witness_trusted(true)?;
                 if let (
                     SystemTrust::Accepted {
                         generation, anchor, ..

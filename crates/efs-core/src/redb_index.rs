@@ -221,20 +221,23 @@ pub(crate) fn open_redb(
     if let Some(bytes) = cache_bytes {
         builder.set_cache_size(bytes);
     }
-    let db = builder
-        .set_repair_callback({
-            let shown = shown.clone();
-            let repairing = repairing.clone();
-            move |session| {
-                repairing.store(true, Ordering::Relaxed);
-                tracing::warn!(
-                    file = %shown,
-                    progress = %format_args!("{:.0} %", session.progress() * 100.0),
-                    "the database was not closed cleanly (the process was killed, the machine stopped, or an I/O error): repairing it before it opens, which reads the whole file"
-                );
-            }
-        })
-        .create(path)?;
+    builder.set_repair_callback({
+        let shown = shown.clone();
+        let repairing = repairing.clone();
+        move |session| {
+            repairing.store(true, Ordering::Relaxed);
+            tracing::warn!(
+                file = %shown,
+                progress = %format_args!("{:.0} %", session.progress() * 100.0),
+                "the database was not closed cleanly (the process was killed, the machine stopped, or an I/O error): repairing it before it opens, which reads the whole file"
+            );
+        }
+    });
+    let db = retry_while_locked(|| match builder.create(path) {
+        Err(redb::DatabaseError::DatabaseAlreadyOpen) => Err(None),
+        other => other.map_err(Some),
+    })
+    .map_err(|e| e.unwrap_or(redb::DatabaseError::DatabaseAlreadyOpen))?;
     if repairing.load(Ordering::Relaxed) {
         tracing::warn!(
             file = %shown,
@@ -243,6 +246,28 @@ pub(crate) fn open_redb(
         );
     }
     Ok(db)
+}
+
+/// How long an open waits for a lock held by someone else to be let go before it says the
+/// file is in use: a process that has just ended, or a child process forked while the lock's
+/// file was open (it holds a copy of the descriptor until it execs), lets go within
+/// milliseconds; a running server never does.
+pub(crate) const LOCK_WAIT: Duration = Duration::from_secs(2);
+
+/// Runs `attempt` until it is not `Err(None)` (the lock is held) or [`LOCK_WAIT`] has
+/// passed; `Err(Some(e))` is returned at once.
+pub(crate) fn retry_while_locked<T, E>(
+    mut attempt: impl FnMut() -> std::result::Result<T, Option<E>>,
+) -> std::result::Result<T, Option<E>> {
+    let start = Instant::now();
+    loop {
+        match attempt() {
+            Err(None) if start.elapsed() < LOCK_WAIT => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            other => return other,
+        }
+    }
 }
 
 /// How long a reopen waits for readers to let go of the failed database.

@@ -467,9 +467,9 @@ async fn rekey(
         // Nor one its rollback witness (given, or recorded) finds put back whole.
         let recorded = old_db.secret(crate::witness::SECRET_WITNESS)?;
         if let Some((path, _)) =
-            crate::witness::choose(witness, recorded.as_deref().map(|v| v.as_slice()))
+            crate::witness::choose(witness, recorded.as_deref().map(|v| v.as_slice()), root)?
         {
-            let (w, seen) = crate::witness::Witness::open(&path, root)?;
+            let (w, seen) = crate::witness::Witness::open(&path, root, false)?;
             if let Some(found) = old_db.judge_witness(w.path(), seen.as_ref())? {
                 return Err(CoreError::SystemHold(found));
             }

@@ -533,8 +533,9 @@ impl SystemDb {
         // Another data dir's witness is refused, not judged (it would hold this one as put
         // back whenever the other wrote).
         let recorded = self.secret(crate::witness::SECRET_WITNESS)?;
-        crate::witness::check_data_dir(path, seen, recorded.as_deref().map(|v| v.as_slice()))?;
-        Ok(match self.digest_state()? {
+        let unrecorded =
+            crate::witness::check_data_dir(path, seen, recorded.as_deref().map(|v| v.as_slice()))?;
+        let behind = match self.digest_state()? {
             DigestCheck::Holds {
                 generation, anchor, ..
             } => crate::witness::judge(path, seen, generation, Some(&anchor)),
@@ -542,6 +543,10 @@ impl SystemDb {
                 crate::witness::judge(path, seen, generation, None)
             }
             DigestCheck::Unreadable => None,
+        };
+        Ok(match (unrecorded, behind) {
+            (Some(u), Some(b)) => Some(format!("{u}; and {b}")),
+            (u, b) => u.or(b),
         })
     }
 
@@ -553,15 +558,19 @@ impl SystemDb {
     pub fn follow_witness(&self, witness: Arc<Witness>, trusted: bool) -> Result<()> {
         let _ = self.witness.set(witness);
         if trusted {
-            self.witness_trusted()?;
+            self.witness_trusted(false)?;
         }
         Ok(())
     }
 
-    /// The database is trusted as it is (it holds, or was just accepted): if it has a
-    /// rollback witness, it records it (the data dir's witness id, kept; the file, as given
-    /// now) and brings the witness up to it.
-    pub fn witness_trusted(&self) -> Result<()> {
+    /// The database is trusted as it is (it holds, or was just accepted: `accepted`): if it
+    /// has a rollback witness, it records it and brings the witness up to it. The data dir's
+    /// witness id is kept; one recorded before witnesses had ids gets a new one, or, when
+    /// `accepted` (an operator accepted the data dir with this witness), the one the file names
+    /// (this data dir put back from a copy older than its record). The file and the data dir's
+    /// path are recorded when there was no record, when `accepted`, or when this process records
+    /// witnesses (the server: [`Witness::records`]) and they changed.
+    pub fn witness_trusted(&self, accepted: bool) -> Result<()> {
         use crate::witness::{Recorded, SECRET_WITNESS};
         let Some(w) = self.witness.get() else {
             return Ok(());
@@ -569,20 +578,31 @@ impl SystemDb {
         let known = self
             .secret(SECRET_WITNESS)?
             .and_then(|v| Recorded::decode(&v));
-        // The data dir's id; one recorded before witnesses had ids takes the one its file
-        // names, if any (this data dir's, put back and accepted: another data dir's file
-        // with a generation this one had not reached is not told apart).
         let id = known
             .as_ref()
             .map(|r| r.id)
-            .or_else(|| w.data_dir())
-            .unwrap_or_else(|| Recorded::new(w.path()).id);
+            .or_else(|| w.data_dir().filter(|_| accepted))
+            .unwrap_or_else(|| Recorded::new(w.path(), w.root()).id);
         w.set_data_dir(id);
         let want = Recorded {
             id,
             path: w.path().to_path_buf(),
+            root: w.root().to_path_buf(),
         };
-        if known.as_ref() != Some(&want) {
+        let write = match &known {
+            None => true,
+            Some(k) => k != &want && (accepted || w.records()),
+        };
+        if write {
+            if let Some(old) = known.as_ref().filter(|k| k.path != want.path)
+                && old.path.exists()
+            {
+                tracing::warn!(
+                    "the rollback witness is {} now, and was {}: remove the old file (a copy of this data dir from before, put back and opened without --rollback-witness, would be judged by it)",
+                    want.path.display(),
+                    old.path.display()
+                );
+            }
             // (A write: the witness records the digest after it, naming the data dir.)
             self.put_secret(SECRET_WITNESS, &want.encode())?;
         }
@@ -1148,8 +1168,9 @@ mod tests {
 
     /// A data dir whose witness was recorded by an EFS before witnesses had ids and paths
     /// (the secret `[1]`, a witness file of the first layout) is upgraded at its first
-    /// trusted open with the option: the database records an id and the file, and the file
-    /// names the data dir from the write that records them.
+    /// trusted open with the option: the database records an id, the file and the data dir,
+    /// and the file names the data dir from the write that records them. Trusted again,
+    /// nothing is rewritten.
     #[test]
     fn a_witness_recorded_before_ids_is_upgraded() {
         use crate::witness::{Recorded, SECRET_WITNESS, Witness};
@@ -1170,25 +1191,83 @@ mod tests {
             format!("efs rollback witness v1\ngeneration {generation}\nanchor {anchor}\n"),
         )
         .unwrap();
-        let (w, seen) = Witness::open(&path, &root).unwrap();
+        let (w, seen) = Witness::open(&path, &root, false).unwrap();
         assert_eq!(seen.as_ref().unwrap().data_dir, None);
         assert_eq!(db.judge_witness(w.path(), seen.as_ref()).unwrap(), None);
         db.follow_witness(std::sync::Arc::new(w), true).unwrap();
         let recorded = Recorded::decode(&db.secret(SECRET_WITNESS).unwrap().unwrap())
             .expect("recorded with an id and the file");
         assert_eq!(recorded.path, path.canonicalize().unwrap());
+        assert_eq!(recorded.root, root.canonicalize().unwrap());
         let text = std::fs::read_to_string(&path).unwrap();
         assert!(
             text.starts_with("efs rollback witness v2\n")
                 && text.ends_with(&format!("data-dir {}\n", hex::encode(recorded.id))),
             "{text}"
         );
-        // Opened again: the same id, nothing rewritten.
+        // Trusted again: the same record, nothing written.
         let before = db.digest_state().unwrap();
-        let (w, seen) = Witness::open(&path, &root).unwrap();
+        db.witness_trusted(false).unwrap();
+        assert_eq!(db.digest_state().unwrap(), before);
+        let (w, seen) = Witness::open(&path, &root, false).unwrap();
         assert_eq!(seen.as_ref().unwrap().data_dir, Some(recorded.id));
         assert_eq!(db.judge_witness(w.path(), seen.as_ref()).unwrap(), None);
-        assert_eq!(db.digest_state().unwrap(), before);
+    }
+
+    /// Two data dirs of the first layout sharing one witness file (the misconfiguration ids
+    /// are there to catch): the second to be upgraded does not take the id the first wrote
+    /// into the file (it did, and both then passed the id check for good), but one of its
+    /// own, so that the first is refused as sharing another's witness.
+    #[test]
+    fn a_witness_shared_before_ids_is_told_apart_after_the_upgrade() {
+        use crate::witness::{Recorded, SECRET_WITNESS, Witness};
+        let dir = tempfile::tempdir().unwrap();
+        let (root_a, root_b) = (dir.path().join("a"), dir.path().join("b"));
+        std::fs::create_dir(&root_a).unwrap();
+        std::fs::create_dir(&root_b).unwrap();
+        let (a, b) = (new_db(&root_a), new_db(&root_b));
+        for db in [&a, &b] {
+            db.put_secret(SECRET_WITNESS, &[1]).unwrap();
+        }
+        let path = dir.path().join("shared.witness");
+        // The file of the first layout, as the older EFS wrote it for A.
+        let DigestCheck::Holds {
+            generation, anchor, ..
+        } = a.digest_state().unwrap()
+        else {
+            panic!("a new database's digest holds");
+        };
+        std::fs::write(
+            &path,
+            format!("efs rollback witness v1\ngeneration {generation}\nanchor {anchor}\n"),
+        )
+        .unwrap();
+        // A upgrades first: the file names A.
+        let (w, seen) = Witness::open(&path, &root_a, false).unwrap();
+        assert_eq!(a.judge_witness(w.path(), seen.as_ref()).unwrap(), None);
+        a.follow_witness(std::sync::Arc::new(w), true).unwrap();
+        let id_a = Recorded::decode(&a.secret(SECRET_WITNESS).unwrap().unwrap())
+            .unwrap()
+            .id;
+        // B, further on (more writes), is not held by the file, and gets an id of its own.
+        for i in 0..5 {
+            b.put_secret(&format!("filler-{i}"), &[i]).unwrap();
+        }
+        let (w, seen) = Witness::open(&path, &root_b, false).unwrap();
+        assert_eq!(seen.as_ref().unwrap().data_dir, Some(id_a));
+        assert_eq!(b.judge_witness(w.path(), seen.as_ref()).unwrap(), None);
+        b.follow_witness(std::sync::Arc::new(w), true).unwrap();
+        let id_b = Recorded::decode(&b.secret(SECRET_WITNESS).unwrap().unwrap())
+            .unwrap()
+            .id;
+        assert_ne!(id_a, id_b);
+        // A is now refused as sharing B's witness, not held as put back.
+        let (w, seen) = Witness::open(&path, &root_a, false).unwrap();
+        let e = a
+            .judge_witness(w.path(), seen.as_ref())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("witnesses another data dir"), "{e}");
     }
 
     /// The sealed value stored for `name` in `table`.

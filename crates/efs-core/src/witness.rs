@@ -21,17 +21,22 @@
 //! look at it. A symbolic link is followed to its target (which is what gets replaced).
 //!
 //! The system database records its witness ([`SECRET_WITNESS`], a [`Recorded`]): an id of
-//! its own and where the witness was last given. So a witness file gone missing (its
-//! storage not mounted, the file removed) is a hold too, not a new witness started from
-//! whatever the data dir is now; an open without the option uses the recorded file (writes
-//! made without the option would move the generation on unseen, and enough of them could
-//! carry a put-back data dir past the witness's); and the file names the data dir it
-//! witnesses (`data-dir ID`, a fourth line since `v2`), so that a witness given to a second
-//! data dir is refused as another data dir's instead of holding both as put back. A witness
-//! on the same filesystem as the data dir is accepted with a warning (a snapshot of that
-//! volume puts it back with the data dir). What it cannot do: someone who can change the
-//! witness as well as the data dir can roll both back; a data dir put back to a copy from
-//! before its first witness, with the witness removed, starts a new one.
+//! its own, the witness file as the server was last given it, and the data dir's own path.
+//! So a witness file gone missing (its storage not mounted, the file removed) is a hold too,
+//! not a new witness started from whatever the data dir is now; an open without the option,
+//! of the data dir at the path recorded, falls back to the recorded file (writes made without
+//! the option would move the generation on unseen), and one of a copy elsewhere is refused
+//! until given a witness (it would move the original's witness on, and hold the original as
+//! put back); and the file names the data dir it witnesses (`data-dir ID`, a fourth line
+//! since `v2`), so that a witness given to a second data dir is refused as another data
+//! dir's instead of holding both as put back. Only the server (and an acceptance) records a
+//! path: efsctl given another path, where the file is mounted elsewhere, uses it without
+//! recording it. A witness on the same filesystem as the data dir is accepted with a warning
+//! (a snapshot of that volume puts it back with the data dir). What it cannot do: someone
+//! who can change the witness as well as the data dir can roll both back; a data dir put back
+//! to a copy from before its first witness, with the witness removed, starts a new one; one
+//! put back with its record removed and opened without the option is checked by nothing but
+//! its digest (which differs: `accept-system` then says that no witness was consulted).
 
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -118,16 +123,18 @@ impl Seen {
 }
 
 /// What the system database records of its witness ([`SECRET_WITNESS`]): the data dir's
-/// witness id, which the witness file names, and where the witness was last given, which an
-/// open without `--rollback-witness` uses.
+/// witness id, which the witness file names; where the witness was last given to the server
+/// (or to an acceptance), which an open without `--rollback-witness` uses; and where the data
+/// dir was then, so that a copy of it elsewhere does not take over that witness.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recorded {
     /// Random, made when the data dir's first witness was started (or when one recorded
-    /// before witnesses had ids was first given again).
+    /// before witnesses had ids was first trusted again).
     pub id: [u8; ID_LEN],
-    /// The witness file (absolute, links resolved), as the last process given the option saw
-    /// it.
+    /// The witness file (absolute, links resolved).
     pub path: PathBuf,
+    /// The data dir (absolute, links resolved).
+    pub root: PathBuf,
 }
 
 /// First bytes of a [`Recorded`] value: the first layout was one byte, `1`, which recorded
@@ -135,23 +142,29 @@ pub struct Recorded {
 const RECORDED_TAG: &[u8] = b"witness/2\0";
 
 impl Recorded {
-    /// A new id for `path`.
-    pub fn new(path: &Path) -> Self {
+    /// A new id for the witness `path` of the data dir at `root`.
+    pub fn new(path: &Path, root: &Path) -> Self {
         let mut id = [0u8; ID_LEN];
         aws_lc_rs::rand::fill(&mut id).expect("the system RNG does not fail on Linux");
         Self {
             id,
             path: path.to_path_buf(),
+            root: root.to_path_buf(),
         }
     }
 
-    /// The value stored.
+    /// The value stored: the tag, the id, the path's length (u32 big-endian) and bytes, the
+    /// root's bytes.
     pub fn encode(&self) -> Vec<u8> {
         use std::os::unix::ffi::OsStrExt;
+        let path = self.path.as_os_str().as_bytes();
+        let len = u32::try_from(path.len()).expect("a path is shorter than 4 GiB");
         [
             RECORDED_TAG,
             self.id.as_slice(),
-            self.path.as_os_str().as_bytes(),
+            &len.to_be_bytes(),
+            path,
+            self.root.as_os_str().as_bytes(),
         ]
         .concat()
     }
@@ -161,26 +174,48 @@ impl Recorded {
     pub fn decode(value: &[u8]) -> Option<Self> {
         use std::os::unix::ffi::OsStrExt;
         let rest = value.strip_prefix(RECORDED_TAG)?;
-        if rest.len() <= ID_LEN {
+        let (id, rest) = rest.split_at_checked(ID_LEN)?;
+        let (len, rest) = rest.split_at_checked(4)?;
+        let len = usize::try_from(u32::from_be_bytes(len.try_into().ok()?)).ok()?;
+        let (path, root) = rest.split_at_checked(len)?;
+        if path.is_empty() || root.is_empty() {
             return None;
         }
-        let (id, path) = rest.split_at(ID_LEN);
         Some(Self {
             id: id.try_into().ok()?,
             path: PathBuf::from(std::ffi::OsStr::from_bytes(path)),
+            root: PathBuf::from(std::ffi::OsStr::from_bytes(root)),
         })
     }
 }
 
-/// The witness a data dir is opened with: the one given (`--rollback-witness`), or else the
-/// one its system database records (`recorded`, the value of [`SECRET_WITNESS`]; `None`
-/// when it has none or has only the first layout's marker). The flag says the path came
-/// from the record.
-pub fn choose(given: Option<&Path>, recorded: Option<&[u8]>) -> Option<(PathBuf, bool)> {
-    match given {
-        Some(p) => Some((p.to_path_buf(), false)),
-        None => recorded.and_then(Recorded::decode).map(|r| (r.path, true)),
+/// The witness the data dir at `root` is opened with: the one given (`--rollback-witness`),
+/// or else the one its system database records (`recorded`, the value of
+/// [`SECRET_WITNESS`]; none when it has none or only the first layout's marker). The flag
+/// says the path came from the record. A record made when the data dir was elsewhere (a
+/// copy, or the data dir moved) is refused without the option: its witness is the
+/// original's.
+pub fn choose(
+    given: Option<&Path>,
+    recorded: Option<&[u8]>,
+    root: &Path,
+) -> Result<Option<(PathBuf, bool)>> {
+    if let Some(p) = given {
+        return Ok(Some((p.to_path_buf(), false)));
     }
+    let Some(r) = recorded.and_then(Recorded::decode) else {
+        return Ok(None);
+    };
+    let here = root.canonicalize()?;
+    if r.root != here {
+        return Err(CoreError::Invalid(format!(
+            "this data dir records the rollback witness {} of the data dir at {}, and it is at {} now (a copy, or moved?): give --rollback-witness (for a copy, a file of its own: the copy is then held until efsctl accept-system --rollback-witness FILE starts it; for the data dir moved, the same file)",
+            r.path.display(),
+            r.root.display(),
+            here.display()
+        )));
+    }
+    Ok(Some((r.path, true)))
 }
 
 /// Where a witness is and how its writes went (`efsctl status`, `/_efs/metrics`).
@@ -211,14 +246,20 @@ pub struct Witness {
     data_dir: Mutex<Option<[u8; ID_LEN]>>,
     /// See [`WitnessState::same_volume`].
     same_volume: bool,
+    /// The data dir it witnesses (absolute, links resolved).
+    root: PathBuf,
+    /// Whether this process records the witness's path in the data dir when it differs from
+    /// the one recorded (the server does; efsctl, which may see the file elsewhere, does
+    /// not).
+    records: bool,
 }
 
 impl Witness {
     /// The witness at `path` for the data dir at `root`: refused inside the data dir (put
     /// back with it, it would witness nothing) or in a directory that does not exist. Returns
     /// what the file says, `None` if there is none yet; a file that is not a witness is
-    /// refused (remove it to start a new one).
-    pub fn open(path: &Path, root: &Path) -> Result<(Self, Option<Seen>)> {
+    /// refused (remove it to start a new one). `records`: see [`Witness::records`].
+    pub fn open(path: &Path, root: &Path, records: bool) -> Result<(Self, Option<Seen>)> {
         let bad = |why: String| bad(path, why);
         let path = resolve(path)?;
         let root = root.canonicalize()?;
@@ -257,6 +298,8 @@ impl Witness {
                 // What the file names, until the open sets the data dir's own.
                 data_dir: Mutex::new(seen.as_ref().and_then(|s| s.data_dir)),
                 same_volume,
+                root,
+                records,
             },
             seen,
         ))
@@ -266,6 +309,17 @@ impl Witness {
     /// on.
     pub fn set_data_dir(&self, id: [u8; ID_LEN]) {
         *self.data_dir.lock().unwrap_or_else(|e| e.into_inner()) = Some(id);
+    }
+
+    /// The data dir it witnesses (absolute, links resolved).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Whether this process records the witness's path in the data dir (the server's opens,
+    /// `OpenOptions::record_witness`).
+    pub fn records(&self) -> bool {
+        self.records
     }
 
     /// The id of the data dir it witnesses: the one set, or else the one its file named.
@@ -360,24 +414,25 @@ fn same_device(a: &Path, b: &Path) -> bool {
     }
 }
 
-/// Refuses the witness file at `path`, which says `seen`, for a data dir whose system
-/// database records `recorded` (the value of [`SECRET_WITNESS`]; `None`: it has never had a
-/// witness) when the file names another data dir: a witness shared by two data dirs would
-/// hold each of them as put back whenever the other wrote. A file of the first layout, or a
-/// data dir whose witness was recorded before witnesses had ids, is judged by its generation
-/// alone ([`judge`]).
-pub fn check_data_dir(path: &Path, seen: &Seen, recorded: Option<&[u8]>) -> Result<()> {
+/// Whether the witness file at `path`, which says `seen`, may witness a data dir whose
+/// system database records `recorded` (the value of [`SECRET_WITNESS`]; `None`: no record at
+/// all). A file naming another data dir than the one recorded is refused: a witness shared by
+/// two data dirs would hold each as put back whenever the other wrote. A file naming a data
+/// dir, for a data dir with no record, is a hold (`Ok(Some(why))`): another data dir's
+/// witness, this data dir put back to a copy from before its witness, or its record removed
+/// (which hides a put-back data dir from an open without the option). A file of the first
+/// layout, or a data dir recorded before witnesses had ids, is judged by its generation alone
+/// ([`judge`]).
+pub fn check_data_dir(path: &Path, seen: &Seen, recorded: Option<&[u8]>) -> Result<Option<String>> {
     let Some(named) = seen.data_dir else {
-        return Ok(());
+        return Ok(None);
     };
     match recorded {
-        None => Err(bad(
-            path,
-            format!(
-                "this file witnesses the data dir {}, and this data dir has never had a witness: it is another data dir's witness (give this one a file of its own), or this data dir was put back to a copy from before its witness (if on purpose, remove the file: a new witness starts from this data dir)",
-                hex::encode(named)
-            ),
-        )),
+        None => Ok(Some(format!(
+            "the rollback witness {} witnesses the data dir {}, and this data dir records no witness: it is another data dir's witness (give this one a file of its own), or this data dir was put back to a copy from before its witness, or its record was removed from the system database (a put-back copy: users, grants and keys removed since would be back); if this data dir is the one it witnesses and was restored on purpose, accept it with efsctl accept-system (with the same --rollback-witness)",
+            path.display(),
+            hex::encode(named)
+        ))),
         Some(value) => match Recorded::decode(value) {
             Some(r) if r.id != named => Err(bad(
                 path,
@@ -387,7 +442,7 @@ pub fn check_data_dir(path: &Path, seen: &Seen, recorded: Option<&[u8]>) -> Resu
                     hex::encode(r.id)
                 ),
             )),
-            _ => Ok(()),
+            _ => Ok(None),
         },
     }
 }
@@ -491,22 +546,39 @@ mod tests {
 
         // What the database records: read back; the first layout's marker and other bytes
         // are not a record (an open then uses only the option).
-        let r = Recorded::new(Path::new("/w/efs.witness"));
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().canonicalize().unwrap();
+        let r = Recorded::new(Path::new("/w/efs.witness"), &root);
         assert_eq!(Recorded::decode(&r.encode()), Some(r.clone()));
         assert_eq!(Recorded::decode(&[1]), None);
         assert_eq!(Recorded::decode(RECORDED_TAG), None);
-        assert_ne!(Recorded::new(Path::new("/w")).id, r.id);
+        let cut = r.encode();
+        assert_eq!(
+            Recorded::decode(&cut[..cut.len() - root.as_os_str().len()]),
+            None
+        );
+        assert_ne!(Recorded::new(Path::new("/w"), &root).id, r.id);
         let stored = r.encode();
         assert_eq!(
-            choose(None, Some(&stored)),
+            choose(None, Some(&stored), &root).unwrap(),
             Some((PathBuf::from("/w/efs.witness"), true))
         );
         assert_eq!(
-            choose(Some(Path::new("/x")), Some(&stored)),
+            choose(Some(Path::new("/x")), Some(&stored), &root).unwrap(),
             Some((PathBuf::from("/x"), false))
         );
-        assert_eq!(choose(None, Some(&[1])), None);
-        assert_eq!(choose(None, None), None);
+        assert_eq!(choose(None, Some(&[1]), &root).unwrap(), None);
+        assert_eq!(choose(None, None, &root).unwrap(), None);
+        // A copy elsewhere does not fall back to the original's witness.
+        let elsewhere = tempfile::tempdir().unwrap();
+        let e = choose(None, Some(&stored), elsewhere.path())
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("a copy, or moved?"), "{e}");
+        assert_eq!(
+            choose(Some(Path::new("/x")), Some(&stored), elsewhere.path()).unwrap(),
+            Some((PathBuf::from("/x"), false))
+        );
 
         // Which data dir a file may witness.
         let p = Path::new("/w");
@@ -518,17 +590,25 @@ mod tests {
             data_dir: Some([0xcd; ID_LEN]),
             ..seen(7, "00ff")
         };
-        assert!(check_data_dir(p, &mine, Some(&stored)).is_ok());
+        assert_eq!(check_data_dir(p, &mine, Some(&stored)).unwrap(), None);
         let e = check_data_dir(p, &other, Some(&stored))
             .unwrap_err()
             .to_string();
         assert!(e.contains("witnesses another data dir"), "{e}");
-        let e = check_data_dir(p, &mine, None).unwrap_err().to_string();
-        assert!(e.contains("never had a witness"), "{e}");
+        // No record at all: held (another's, a copy from before the witness, or the record
+        // removed), not refused outright.
+        let held = check_data_dir(p, &mine, None).unwrap().expect("a hold");
+        assert!(
+            held.contains("records no witness") && held.contains("record was removed"),
+            "{held}"
+        );
         // A file of the first layout, or a data dir recorded before ids: by generation alone.
-        assert!(check_data_dir(p, &seen(7, "00ff"), Some(&stored)).is_ok());
-        assert!(check_data_dir(p, &seen(7, "00ff"), None).is_ok());
-        assert!(check_data_dir(p, &other, Some(&[1])).is_ok());
+        assert_eq!(
+            check_data_dir(p, &seen(7, "00ff"), Some(&stored)).unwrap(),
+            None
+        );
+        assert_eq!(check_data_dir(p, &seen(7, "00ff"), None).unwrap(), None);
+        assert_eq!(check_data_dir(p, &other, Some(&[1])).unwrap(), None);
     }
 
     #[test]
@@ -575,38 +655,44 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path().join("data");
         std::fs::create_dir_all(&root).unwrap();
-        let inside = Witness::open(&root.join("w"), &root)
+        let inside = Witness::open(&root.join("w"), &root, false)
             .unwrap_err()
             .to_string();
         assert!(inside.contains("inside the data dir"), "{inside}");
-        let missing = Witness::open(&dir.path().join("no/such/w"), &root)
+        let missing = Witness::open(&dir.path().join("no/such/w"), &root, false)
             .unwrap_err()
             .to_string();
         assert!(missing.contains("its directory"), "{missing}");
 
         let path = dir.path().join("w");
-        let (w, none) = Witness::open(&path, &root).unwrap();
+        let (w, none) = Witness::open(&path, &root, false).unwrap();
         assert_eq!(none, None);
         w.record(5, "aa");
         w.record(4, "bb");
         w.record(5, "cc");
-        let (w, got) = Witness::open(&path, &root).unwrap();
+        let (w, got) = Witness::open(&path, &root, false).unwrap();
         assert_eq!(got, Some(seen(5, "aa")));
         // Opened again, it still does not go back.
         w.record(3, "dd");
-        assert_eq!(Witness::open(&path, &root).unwrap().1, Some(seen(5, "aa")));
+        assert_eq!(
+            Witness::open(&path, &root, false).unwrap().1,
+            Some(seen(5, "aa"))
+        );
         w.record(6, "ee");
-        assert_eq!(Witness::open(&path, &root).unwrap().1, Some(seen(6, "ee")));
+        assert_eq!(
+            Witness::open(&path, &root, false).unwrap().1,
+            Some(seen(6, "ee"))
+        );
 
         // A link is followed: its target is what is written, and a link into the data dir
         // is refused.
         let target = dir.path().join("target.witness");
         let link = dir.path().join("link.witness");
         std::os::unix::fs::symlink(&target, &link).unwrap();
-        let dangling = Witness::open(&link, &root).unwrap_err().to_string();
+        let dangling = Witness::open(&link, &root, false).unwrap_err().to_string();
         assert!(dangling.contains("symbolic link"), "{dangling}");
         std::fs::write(&target, seen(2, "ab").to_text()).unwrap();
-        let (w, got) = Witness::open(&link, &root).unwrap();
+        let (w, got) = Witness::open(&link, &root, false).unwrap();
         assert_eq!(got, Some(seen(2, "ab")));
         w.record(3, "cd");
         assert!(
@@ -622,7 +708,7 @@ mod tests {
         let into = dir.path().join("into.witness");
         std::fs::write(root.join("w"), seen(1, "ab").to_text()).unwrap();
         std::os::unix::fs::symlink(root.join("w"), &into).unwrap();
-        let inside = Witness::open(&into, &root).unwrap_err().to_string();
+        let inside = Witness::open(&into, &root, false).unwrap_err().to_string();
         assert!(inside.contains("inside the data dir"), "{inside}");
         // No temporary file is left beside it.
         let left: Vec<_> = std::fs::read_dir(dir.path())
@@ -634,7 +720,7 @@ mod tests {
         assert!(left.is_empty(), "{left:?}");
 
         std::fs::write(&path, "not a witness").unwrap();
-        let garbled = Witness::open(&path, &root).unwrap_err().to_string();
+        let garbled = Witness::open(&path, &root, false).unwrap_err().to_string();
         assert!(garbled.contains("not a rollback witness"), "{garbled}");
     }
 }

@@ -1811,6 +1811,8 @@ fn open_witnessed(
     let o = efs_core::datadir::OpenOptions {
         rollback_witness: Some(witness.to_path_buf()),
         accept_system: accept,
+        // As efs-server opens: the path given is recorded.
+        record_witness: true,
         ..common::opts()
     };
     DataDir::open(root, parts, o, &no_prompt).map(|(dd, _)| dd)
@@ -1818,7 +1820,7 @@ fn open_witnessed(
 
 /// The generation the witness file `witness` (of the data dir at `root`) holds.
 fn witnessed_generation(witness: &std::path::Path, root: &std::path::Path) -> u64 {
-    let (_, s) = efs_core::witness::Witness::open(witness, root).unwrap();
+    let (_, s) = efs_core::witness::Witness::open(witness, root, false).unwrap();
     s.expect("a witness file").generation
 }
 
@@ -2129,8 +2131,54 @@ async fn a_rollback_witness_is_recorded_in_its_data_dir_and_names_it() {
         Ok(_) => panic!("a data dir put back whole was opened without the option"),
     }
     assert_eq!(seen(&witness), after_revoke);
+    // ...and with its record of the witness removed as well (a redb tool: rows are found by
+    // name, no key needed). Given the option, held by the witness still; without it, only
+    // the digest (which then differs) holds it, and accepting it says that no witness was
+    // consulted.
+    {
+        let db = redb::Database::create(root.join("system/system.redb")).unwrap();
+        let w = db.begin_write().unwrap();
+        w.open_table(redb::TableDefinition::<&str, &[u8]>::new("secrets"))
+            .unwrap()
+            .remove("rollback-witness")
+            .unwrap()
+            .expect("the record's row");
+        w.commit().unwrap();
+    }
+    assert!(matches!(
+        open_witnessed(&root, parts, &witness, false),
+        Err(CoreError::SystemHold(_))
+    ));
+    let rowless = tmp.path().join("rowless");
+    cp(&root, &rowless);
+    // (The acceptance moves the witness on; the real data dir comes back after it.)
+    let witness_kept = std::fs::read(&witness).unwrap();
+    {
+        // What accepting it with the option would accept: the witness's verdicts named.
+        let dd = open_witnessed(&root, parts, &witness, true).unwrap();
+        let efs_core::system::SystemTrust::Accepted { found, .. } = dd.accept_system().unwrap()
+        else {
+            panic!("nothing accepted");
+        };
+        assert!(
+            found.contains("record was removed")
+                && found.contains(&format!("saw generation {after_revoke}")),
+            "{found}"
+        );
+    }
+    std::fs::remove_dir_all(&root).unwrap();
+    std::fs::rename(&rowless, &root).unwrap();
+    {
+        let dd = open_accepting_system(&root, parts).unwrap();
+        assert!(dd.rollback_witness().is_none());
+        let said = execute(&dd, AdminRequest::AcceptSystem).await;
+        let text = said.lines.join("\n");
+        assert!(text.contains("no rollback witness was consulted"), "{text}");
+        assert_eq!(said.data["witness_consulted"], false, "{:?}", said.data);
+    }
     std::fs::remove_dir_all(&root).unwrap();
     std::fs::rename(&put_back, &root).unwrap();
+    std::fs::write(&witness, witness_kept).unwrap();
 
     // A path given wins and is recorded (the witness moved to other storage: /dev/shm, a
     // tmpfs, where there is one apart from the temporary directory).
@@ -2168,15 +2216,42 @@ async fn a_rollback_witness_is_recorded_in_its_data_dir_and_names_it() {
     };
     let why = why.to_string();
     assert!(why.contains("witnesses another data dir"), "{why}");
-    // One that never had a witness: refused as well (another's, or itself put back to a
-    // copy from before its witness).
+    // One that records no witness: held (another's, itself put back to a copy from before
+    // its witness, or its record removed), the file left as it was.
     let (_tmp3, root3, part3) = data_dir_with_users(&["carol"]);
-    let Err(why) = open_witnessed(&root3, std::slice::from_ref(&part3), &moved, false) else {
-        panic!("a data dir that never had a witness took another's");
+    match open_witnessed(&root3, std::slice::from_ref(&part3), &moved, false) {
+        Err(CoreError::SystemHold(why)) => assert!(why.contains("records no witness"), "{why}"),
+        Err(e) => panic!("refused, but not held: {e}"),
+        Ok(_) => panic!("a data dir that records no witness took another's"),
+    }
+    assert_eq!(std::fs::read(&moved).unwrap(), ours);
+
+    // efsctl given another path (the file seen elsewhere, on a container's host) uses it and
+    // does not record it: the server's starts without the option keep the server's path.
+    let elsewhere = tmp.path().join("host-view.witness");
+    std::fs::copy(&moved, &elsewhere).unwrap();
+    let efsctl_open = efs_core::datadir::OpenOptions {
+        rollback_witness: Some(elsewhere.clone()),
+        ..common::opts()
+    };
+    drop(DataDir::open(&root, parts, efsctl_open, &no_prompt).unwrap());
+    assert_eq!(
+        open(&root, parts).unwrap().rollback_witness().unwrap().path,
+        moved.canonicalize().unwrap()
+    );
+
+    // A copy of the data dir elsewhere, opened without the option, does not take over the
+    // original's witness (its writes would move it on and hold the original as put back).
+    let clone = tmp.path().join("clone");
+    cp(&root, &clone);
+    let before = std::fs::read(&moved).unwrap();
+    let Err(why) = open(&clone, parts) else {
+        panic!("a copy elsewhere fell back to the original's witness");
     };
     let why = why.to_string();
-    assert!(why.contains("never had a witness"), "{why}");
-    assert_eq!(std::fs::read(&moved).unwrap(), ours);
+    assert!(why.contains("a copy, or moved?"), "{why}");
+    assert_eq!(std::fs::read(&moved).unwrap(), before);
+    std::fs::remove_dir_all(&clone).unwrap();
 
     // The recorded witness's storage gone: nothing opens the data dir without the option
     // (it would check nothing), and the error says what to give.

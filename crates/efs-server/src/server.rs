@@ -226,6 +226,8 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
             ..Default::default()
         },
         rollback_witness: cfg.rollback_witness.clone(),
+        // The server's witness is the one later opens without the option fall back to.
+        record_witness: true,
         ..Default::default()
     };
     let specs = cfg.key_parts.clone();

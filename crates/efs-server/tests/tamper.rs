@@ -1305,7 +1305,11 @@ async fn a_data_dir_put_back_whole_is_refused_by_its_rollback_witness() {
     let f = TestServer::try_start_in(dir.clone(), &[], &[])
         .err()
         .expect("a server started without the option on a data dir put back whole");
-    assert!(f.stderr.contains("rollback witness"), "{}", f.stderr);
+    assert!(
+        f.stderr.contains("rollback witness") && f.stderr.contains("saw generation"),
+        "{}",
+        f.stderr
+    );
 }
 
 /// A restore of a backup that left many entries out names the first 100 and counts the rest.

@@ -83,8 +83,9 @@ struct Args {
     reserve_space: Option<u64>,
     /// The rollback witness, as efs-server's --rollback-witness (only used when no server
     /// runs: the commands then keep it up to date, and accept-system moves a data dir put
-    /// back whole past it). Without it, the witness recorded in the data dir is used; give
-    /// it where this machine sees that file under another path.
+    /// back whole past it). Without it, the witness the server recorded in the data dir is
+    /// used; given, it is used without being recorded (this machine may see the file under
+    /// another path than the server), except by accept-system.
     #[arg(long, env = "EFS_ROLLBACK_WITNESS", value_name = "PATH")]
     rollback_witness: Option<PathBuf>,
     /// Talk to the server through this socket instead of DATA/system/admin.sock: its
