@@ -567,9 +567,11 @@ impl SystemDb {
     /// has a rollback witness, it records it and brings the witness up to it. The data dir's
     /// witness id is kept; one recorded before witnesses had ids gets a new one, or, when
     /// `accepted` (an operator accepted the data dir with this witness), the one the file names
-    /// (this data dir put back from a copy older than its record). The file and the data dir's
-    /// path are recorded when there was no record, when `accepted`, or when this process records
-    /// witnesses (the server: [`Witness::records`]) and they changed.
+    /// (this data dir put back from a copy older than its record); a copy of another data dir
+    /// accepted with a new file gets a new one. The file and the data dir's path are recorded
+    /// when there was no record (whichever process gives the first witness), when `accepted`,
+    /// or when this process records witnesses (the server: [`Witness::records`]) and they
+    /// changed.
     pub fn witness_trusted(&self, accepted: bool) -> Result<()> {
         use crate::witness::{Recorded, SECRET_WITNESS};
         let Some(w) = self.witness.get() else {
@@ -578,11 +580,14 @@ impl SystemDb {
         let known = self
             .secret(SECRET_WITNESS)?
             .and_then(|v| Recorded::decode(&v));
-        let id = known
-            .as_ref()
-            .map(|r| r.id)
-            .or_else(|| w.data_dir().filter(|_| accepted))
-            .unwrap_or_else(|| Recorded::new(w.path(), w.root()).id);
+        let id = match &known {
+            // A copy of another data dir accepted with a witness of its own (a new file, or
+            // one of the first layout): an id of its own, or the two would not be told apart.
+            Some(r) if accepted && r.root != w.root() && w.data_dir().is_none() => None,
+            Some(r) => Some(r.id),
+            None => w.data_dir().filter(|_| accepted),
+        }
+        .unwrap_or_else(|| Recorded::new(w.path(), w.root()).id);
         w.set_data_dir(id);
         let want = Recorded {
             id,
@@ -594,6 +599,13 @@ impl SystemDb {
             Some(k) => k != &want && (accepted || w.records()),
         };
         if write {
+            if let Some(old) = known.as_ref().filter(|k| k.root != want.root) {
+                tracing::warn!(
+                    "the data dir was at {} when its rollback witness was recorded, and is at {} now: recorded here (a copy must have a witness file of its own)",
+                    old.root.display(),
+                    want.root.display()
+                );
+            }
             if let Some(old) = known.as_ref().filter(|k| k.path != want.path)
                 && old.path.exists()
             {

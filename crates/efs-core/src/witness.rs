@@ -46,8 +46,8 @@ use crate::error::{CoreError, Result};
 /// The first line of a witness file that names its data dir (`data-dir ID`, a fourth line).
 const MAGIC: &str = "efs rollback witness v2";
 
-/// The first line of a witness file written before witnesses named their data dir (read,
-/// never written once the data dir's id is known).
+/// The first line of a witness file written before witnesses named their data dir (read;
+/// written only while the data dir's id is not known yet).
 const MAGIC_V1: &str = "efs rollback witness v1";
 
 /// Name of the system secret that records that the data dir has a rollback witness.
@@ -200,16 +200,35 @@ pub fn choose(
     recorded: Option<&[u8]>,
     root: &Path,
 ) -> Result<Option<(PathBuf, bool)>> {
+    let recorded = recorded.and_then(Recorded::decode);
+    let here = root.canonicalize()?;
     if let Some(p) = given {
+        // A copy given the original's own file (a restore drill started with the same
+        // environment) would move the original's witness on, and the original would then be
+        // held as put back: refused while the original is still there.
+        if let (Some(r), Ok(resolved)) = (&recorded, resolve(p))
+            && r.root != here
+            && resolved == r.path
+            && r.root.join("system").join("keyparts.json").exists()
+        {
+            return Err(bad(
+                p,
+                format!(
+                    "it is the witness of the data dir at {}, which is still there, and this data dir at {} is a copy of it: a copy needs a witness file of its own (give another file: the copy is then held as missing its witness until efsctl --rollback-witness FILE accept-system starts it; if the data dir at {} is retired, remove it first)",
+                    r.root.display(),
+                    here.display(),
+                    r.root.display()
+                ),
+            ));
+        }
         return Ok(Some((p.to_path_buf(), false)));
     }
-    let Some(r) = recorded.and_then(Recorded::decode) else {
+    let Some(r) = recorded else {
         return Ok(None);
     };
-    let here = root.canonicalize()?;
     if r.root != here {
         return Err(CoreError::Invalid(format!(
-            "this data dir records the rollback witness {} of the data dir at {}, and it is at {} now (a copy, or moved?): give --rollback-witness (for a copy, a file of its own: the copy is then held until efsctl accept-system --rollback-witness FILE starts it; for the data dir moved, the same file)",
+            "this data dir records the rollback witness {} of the data dir at {}, and it is at {} now (a copy, moved, or seen under another path, as on a container's host?): give --rollback-witness (for a copy, a file of its own: the copy is then held until efsctl --rollback-witness FILE accept-system starts it; for the data dir moved, the same file: a start of the server with it records the new place)",
             r.path.display(),
             r.root.display(),
             here.display()
@@ -574,7 +593,7 @@ mod tests {
         let e = choose(None, Some(&stored), elsewhere.path())
             .unwrap_err()
             .to_string();
-        assert!(e.contains("a copy, or moved?"), "{e}");
+        assert!(e.contains("a copy, moved"), "{e}");
         assert_eq!(
             choose(Some(Path::new("/x")), Some(&stored), elsewhere.path()).unwrap(),
             Some((PathBuf::from("/x"), false))

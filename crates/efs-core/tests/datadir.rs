@@ -2249,7 +2249,43 @@ async fn a_rollback_witness_is_recorded_in_its_data_dir_and_names_it() {
         panic!("a copy elsewhere fell back to the original's witness");
     };
     let why = why.to_string();
-    assert!(why.contains("a copy, or moved?"), "{why}");
+    assert!(why.contains("a copy, moved"), "{why}");
+    // Given the original's file explicitly (a drill started with the same environment):
+    // refused too, while the original is there.
+    let with = |w: &std::path::Path, accept: bool| efs_core::datadir::OpenOptions {
+        rollback_witness: Some(w.to_path_buf()),
+        accept_system: accept,
+        ..common::opts()
+    };
+    let Err(why) = DataDir::open(&clone, parts, with(&moved, false), &no_prompt) else {
+        panic!("a copy took the original's witness given explicitly");
+    };
+    let why = why.to_string();
+    assert!(why.contains("is a copy of it"), "{why}");
+    assert_eq!(std::fs::read(&moved).unwrap(), before);
+    // Given a file of its own: held as missing its witness until accepted (by efsctl), and
+    // then witnessed under an id of its own, not the original's.
+    let own = tmp.path().join("clone.witness");
+    match DataDir::open(&clone, parts, with(&own, false), &no_prompt) {
+        Err(CoreError::SystemHold(why)) => assert!(why.contains("is missing"), "{why}"),
+        Err(e) => panic!("refused, but not held: {e}"),
+        Ok(_) => panic!("a copy with a new witness file was opened unheld"),
+    }
+    {
+        let dd = DataDir::open(&clone, parts, with(&own, true), &no_prompt)
+            .unwrap()
+            .0;
+        dd.accept_system().unwrap();
+    }
+    let named = |w: &std::path::Path| {
+        std::fs::read_to_string(w)
+            .unwrap()
+            .lines()
+            .find_map(|l| l.strip_prefix("data-dir ").map(str::to_owned))
+            .expect("a data-dir line")
+    };
+    assert_ne!(named(&own), named(&moved));
+    drop(DataDir::open(&clone, parts, with(&own, false), &no_prompt).unwrap());
     assert_eq!(std::fs::read(&moved).unwrap(), before);
     std::fs::remove_dir_all(&clone).unwrap();
 

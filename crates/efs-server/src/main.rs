@@ -162,8 +162,9 @@ struct Args {
     /// whole from an earlier copy (a snapshot) is then refused at the start instead of
     /// served with the users, grants and keys removed since. Created at the first start with
     /// it. Give it to every start (and to efsctl); the server records it in the data dir,
-    /// and an open without the option falls back to the recorded file. Keep it on other
-    /// storage than the data dir (docs/operations.md, "A whole data dir put back").
+    /// and an open without the option, of the data dir at its recorded place, falls back to
+    /// the recorded file (a copy elsewhere is refused until given a file of its own). Keep it
+    /// on other storage than the data dir (docs/operations.md, "A whole data dir put back").
     #[arg(long, env = "EFS_ROLLBACK_WITNESS", value_name = "PATH")]
     rollback_witness: Option<PathBuf>,
     /// A second admin socket, for auditors (outside the data dir, e.g. /run/efs/audit.sock):

@@ -85,7 +85,8 @@ struct Args {
     /// runs: the commands then keep it up to date, and accept-system moves a data dir put
     /// back whole past it). Without it, the witness the server recorded in the data dir is
     /// used; given, it is used without being recorded (this machine may see the file under
-    /// another path than the server), except by accept-system.
+    /// another path than the server), except by accept-system and when the data dir records
+    /// no witness yet.
     #[arg(long, env = "EFS_ROLLBACK_WITNESS", value_name = "PATH")]
     rollback_witness: Option<PathBuf>,
     /// Talk to the server through this socket instead of DATA/system/admin.sock: its
