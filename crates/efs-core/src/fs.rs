@@ -1941,60 +1941,113 @@ impl Filesystem {
     /// (the directories from a detached directory's entry in the "being deleted" directory
     /// down to `dir`, as found) stays as it was: every batch expects it (a key rotation may
     /// seal it again: taken with its new value). `false` once the chain has changed.
-    fn delete_children<'a>(
-        &'a self,
-        kr: &'a Keyring,
-        dir: &'a [u8; 16],
+    ///
+    /// A loop over a stack of directories, not a recursion: a tree as deep as a path allows
+    /// (2,000 levels of one-letter names) overflowed a runtime thread's stack and aborted the
+    /// server, again at every start (which resumes the delete). One chain is shared by every
+    /// level (a level's chain is its prefix), not copied at each.
+    async fn delete_children(
+        &self,
+        kr: &Keyring,
+        dir: &[u8; 16],
         mut chain: Vec<(EntryKey, Vec<u8>)>,
-        allowed: &'a (dyn Fn() -> bool + Send + Sync),
-    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = Result<bool>> + Send + 'a>> {
-        Box::pin(async move {
-            let tag = self.dir_tag(kr, dir);
-            loop {
+        allowed: &(dyn Fn() -> bool + Send + Sync),
+    ) -> Result<bool> {
+        /// A directory being emptied: its tag, how much of `chain` leads to it, the page of
+        /// entries not yet deleted, and the subdirectory whose own entry is deleted once it
+        /// has been emptied.
+        struct Level {
+            tag: DirTag,
+            chain_len: usize,
+            rows: std::collections::VecDeque<(EntryKey, Vec<u8>)>,
+            emptying: Option<(EntryKey, Vec<u8>, Record)>,
+        }
+        let mut levels = vec![Level {
+            tag: self.dir_tag(kr, dir),
+            chain_len: chain.len(),
+            rows: Default::default(),
+            emptying: None,
+        }];
+        while let Some(level) = levels.last_mut() {
+            chain.truncate(level.chain_len);
+            // A subdirectory emptied: its entry now.
+            if let Some((k, v, rec)) = level.emptying.take() {
+                if !self.delete_entry_below(kr, &mut chain, k, v, &rec).await? {
+                    return Ok(false);
+                }
+                continue;
+            }
+            if level.rows.is_empty() {
                 if !allowed() {
                     return Err(CoreError::Withdrawn);
                 }
-                let rows = self.index.list_dir(&tag, None, 256).await?;
+                let rows = self.index.list_dir(&level.tag, None, 256).await?;
                 if rows.is_empty() {
-                    return Ok(true);
+                    levels.pop();
+                    continue;
                 }
-                for (k, v) in rows {
-                    let rec = self.open_rec(kr, &k, &v)?;
-                    if rec.kind == Kind::Dir {
-                        let mut below = chain.clone();
-                        below.push((k, v.clone()));
-                        if !self.delete_children(kr, &rec.id, below, allowed).await? {
-                            return Ok(false);
-                        }
-                    }
-                    let mut batch = Batch::default();
-                    for (ck, cv) in &chain {
-                        batch.expect.push(Expect {
-                            key: *ck,
-                            value: Some(cv.clone()),
-                        });
-                    }
-                    batch.expect.push(Expect {
-                        key: k,
-                        value: Some(v),
-                    });
-                    if rec.kind == Kind::Dir {
-                        // A child written meanwhile fails this; the next pass deletes it.
-                        batch.empty_dirs.push(self.dir_tag(kr, &rec.id));
-                    }
-                    batch.ops.push(Op::DeleteEntry(k));
-                    if rec.storage == Storage::Inline {
-                        batch.ops.push(Op::DeleteInline(rec.id));
-                    }
-                    let _unlinking = self.unlinking(Some(&rec));
-                    if self.commit_batch(batch).await? {
-                        self.remove_blob_of(&rec).await;
-                    } else if !self.chain_holds(kr, &mut chain).await? {
-                        return Ok(false);
-                    }
-                }
+                level.rows = rows.into();
             }
-        })
+            let Some((k, v)) = level.rows.pop_front() else {
+                continue;
+            };
+            let rec = self.open_rec(kr, &k, &v)?;
+            if rec.kind == Kind::Dir {
+                // Emptied first, one level down; its entry is deleted when it is empty.
+                let tag = self.dir_tag(kr, &rec.id);
+                chain.push((k, v.clone()));
+                level.emptying = Some((k, v, rec));
+                levels.push(Level {
+                    tag,
+                    chain_len: chain.len(),
+                    rows: Default::default(),
+                    emptying: None,
+                });
+                continue;
+            }
+            if !self.delete_entry_below(kr, &mut chain, k, v, &rec).await? {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+
+    /// Deletes entry `k` (found as `v`, `rec`) of the directory `chain` leads to, expecting
+    /// `chain` as it is (a directory: expecting it empty too; a child written meanwhile fails
+    /// the batch, and the next pass deletes it). `false` when the chain has changed.
+    async fn delete_entry_below(
+        &self,
+        kr: &Keyring,
+        chain: &mut [(EntryKey, Vec<u8>)],
+        k: EntryKey,
+        v: Vec<u8>,
+        rec: &Record,
+    ) -> Result<bool> {
+        let mut batch = Batch::default();
+        for (ck, cv) in chain.iter() {
+            batch.expect.push(Expect {
+                key: *ck,
+                value: Some(cv.clone()),
+            });
+        }
+        batch.expect.push(Expect {
+            key: k,
+            value: Some(v),
+        });
+        if rec.kind == Kind::Dir {
+            batch.empty_dirs.push(self.dir_tag(kr, &rec.id));
+        }
+        batch.ops.push(Op::DeleteEntry(k));
+        if rec.storage == Storage::Inline {
+            batch.ops.push(Op::DeleteInline(rec.id));
+        }
+        let _unlinking = self.unlinking(Some(rec));
+        if self.commit_batch(batch).await? {
+            self.remove_blob_of(rec).await;
+            Ok(true)
+        } else {
+            self.chain_holds(kr, chain).await
+        }
     }
 
     /// Whether every directory of `chain` is still where it was found, the same directory

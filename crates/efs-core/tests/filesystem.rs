@@ -613,6 +613,40 @@ async fn delete_files_and_directories() {
     assert_eq!(rep.records, 4, "/del, /del/small, /tree, /tree/a");
 }
 
+/// Regression (a black-box review): a recursive delete of a tree as deep as a path allows
+/// (2,040 levels of one-letter names below `/deep`, a 4,091-byte path) overflowed a runtime
+/// thread's stack and aborted the server, and again at every start, which resumes the
+/// delete. A move can put a tree deeper still (below a 200-byte name here). Deleted whole,
+/// on the runtime's worker threads as the server runs it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tree_as_deep_as_a_path_allows_is_deleted_whole() {
+    let env = Env::new();
+    let fs = env.fs.clone();
+    let deep = format!("/deep{}/f.txt", "/a".repeat(2040));
+    assert!(deep.len() <= 4096, "{}", deep.len());
+    put(&fs, &deep, b"x").await;
+    let long = format!("/{}", "L".repeat(200));
+    fs.mkdir(&p(&long)).await.unwrap();
+    fs.rename(&p("/deep"), &p(&format!("{long}/deep")), false)
+        .await
+        .unwrap();
+    // On a worker thread (2 MiB of stack), as a request's delete and the start's resumed
+    // one run, not on the test's own thread.
+    let (deleting, top) = (fs.clone(), long.clone());
+    tokio::spawn(async move {
+        deleting
+            .delete(&p(&top), Precondition::None, true)
+            .await
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    assert!(matches!(fs.stat(&p(&long)).await, Err(CoreError::NotFound)));
+    let rep = fs.fsck().await.unwrap();
+    assert!(rep.is_clean(), "{rep:?}");
+    assert_eq!(rep.records, 0, "nothing of the tree is left");
+}
+
 /// `delete_dir` / `rename_dir_if` (HTTP `DELETE /a/`, `MOVE /a/`) act only on a directory,
 /// checked on the record they commit against: a directory replaced by a file between the
 /// check and the commit is not deleted (the server checked with a `stat` first, so a racing
