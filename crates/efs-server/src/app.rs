@@ -862,6 +862,22 @@ struct Query {
     cursor: Option<String>,
     limit: Option<String>,
     recursive: Option<String>,
+    /// The parameters given more than once: refused by the route that uses them (which one
+    /// counts is not for EFS to guess: a proxy or a library may read the first, EFS read the
+    /// last, and `?recursive=false&recursive=true` deleted a whole tree).
+    twice: Vec<&'static str>,
+}
+
+impl Query {
+    /// Refuses `name` given more than once.
+    fn once(&self, name: &'static str) -> Result<(), ApiError> {
+        if self.twice.contains(&name) {
+            return Err(ApiError::bad_request(format!(
+                "{name} is given more than once in the query"
+            )));
+        }
+        Ok(())
+    }
 }
 
 /// A query value percent-decoded, as UTF-8.
@@ -875,6 +891,7 @@ fn query_value(raw: &str, name: &str) -> Result<String, ApiError> {
 impl Query {
     /// `?cursor=`, decoded.
     fn cursor(&self) -> Result<Option<String>, ApiError> {
+        self.once("cursor")?;
         self.cursor
             .as_deref()
             .map(|c| query_value(c, "cursor"))
@@ -883,6 +900,7 @@ impl Query {
 
     /// `?limit=`: 1 to [`MAX_PAGE`], 1000 if absent.
     fn limit(&self) -> Result<usize, ApiError> {
+        self.once("limit")?;
         let Some(v) = &self.limit else {
             return Ok(1000);
         };
@@ -899,6 +917,7 @@ impl Query {
 
     /// `?recursive=`: `true`, `1` or empty; `false` or `0`; false if absent.
     fn recursive(&self) -> Result<bool, ApiError> {
+        self.once("recursive")?;
         let Some(v) = &self.recursive else {
             return Ok(false);
         };
@@ -915,13 +934,15 @@ fn parse_query(q: Option<&str>) -> Query {
     for pair in q.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
         let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
         let name = percent_encoding::percent_decode_str(k).decode_utf8();
-        let slot = match name.as_deref() {
-            Ok("cursor") => &mut out.cursor,
-            Ok("limit") => &mut out.limit,
-            Ok("recursive") => &mut out.recursive,
+        let (slot, name) = match name.as_deref() {
+            Ok("cursor") => (&mut out.cursor, "cursor"),
+            Ok("limit") => (&mut out.limit, "limit"),
+            Ok("recursive") => (&mut out.recursive, "recursive"),
             _ => continue,
         };
-        *slot = Some(v.to_owned());
+        if slot.replace(v.to_owned()).is_some() && !out.twice.contains(&name) {
+            out.twice.push(name);
+        }
     }
     out
 }
