@@ -40,6 +40,13 @@ struct Args {
     /// A key part: env:NAME, file:PATH or passphrase. Repeat for several.
     #[arg(long = "key-part", value_name = "SPEC", value_parser = parse_part)]
     key_parts: Vec<KeyPartSpec>,
+    /// A DNS name or IP address clients reach this server by, put in the certificate the
+    /// server generates (without --tls-cert) beside localhost, 127.0.0.1, ::1, this machine's
+    /// host name and the --listen address. Repeat for several, or separate with commas. A
+    /// certificate generated before lacks a name added later: the start says so, and
+    /// `efsctl rotate-tls-key` (server stopped) makes a new one.
+    #[arg(long = "tls-name", env = "EFS_TLS_NAME", value_name = "NAME", value_delimiter = ',', value_parser = efs_server::tls::parse_tls_name)]
+    tls_names: Vec<String>,
     /// TLS certificate chain (PEM). Without it a self-signed one is generated once. Read
     /// again with --tls-key on SIGHUP or `efsctl reload-tls` (a renewed certificate, served
     /// without a restart; see docs/operations.md).
@@ -263,6 +270,7 @@ fn main() -> std::process::ExitCode {
     let cfg = ServerConfig {
         data: a.data,
         listen: a.listen,
+        tls_names: a.tls_names,
         key_parts: a.key_parts,
         tls: a.tls_cert.zip(a.tls_key),
         client_ca: a.client_ca,

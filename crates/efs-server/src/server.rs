@@ -77,6 +77,9 @@ pub struct ServerConfig {
     pub data: PathBuf,
     /// Address to listen on (port 0: any free port, printed at start).
     pub listen: SocketAddr,
+    /// `--tls-name`: more names (DNS names, IP addresses) for the certificate the server
+    /// generates when it has none of the operator's.
+    pub tls_names: Vec<String>,
     /// Key parts.
     pub key_parts: Vec<KeyPartSpec>,
     /// Operator certificate and key (PEM); generated if absent.
@@ -292,7 +295,24 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
 
     let material = match &cfg.tls {
         Some((c, k)) => crate::tls::load_pem(c, k)?,
-        None => crate::tls::load_or_generate(&data)?,
+        None => {
+            // The names clients reach this server by: `--tls-name`, and the address it
+            // listens on when that is one address (a client given it must find it in the
+            // certificate).
+            let mut names = cfg.tls_names.clone();
+            let ip = cfg.listen.ip();
+            if !ip.is_unspecified() {
+                names.push(ip.to_string());
+            }
+            let (material, missing) = crate::tls::load_or_generate(&data, &names)?;
+            if !missing.is_empty() {
+                say!(
+                    "Warning: the TLS certificate this server generated earlier does not name {} (a client connecting by that name refuses it; one given --fingerprint does not check names): efsctl rotate-tls-key, with the server stopped, makes a new one that does",
+                    missing.join(", ")
+                );
+            }
+            material
+        }
     };
     let fingerprint = material.fingerprint();
     let generated = material.generated;

@@ -86,8 +86,14 @@ pub fn load_pem(cert: &Path, key: &Path) -> anyhow::Result<TlsMaterial> {
     })
 }
 
-/// The generated certificate of this data dir, created on first use.
-pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
+/// The generated certificate of this data dir, created on first use, naming `localhost`,
+/// `127.0.0.1`, `::1`, this machine's host name and `names` (`--tls-name`, and the address
+/// `--listen` names). Returns it with the names of `names` an existing certificate lacks (it
+/// was made before they were given: `efsctl rotate-tls-key` makes one that has them).
+pub fn load_or_generate(
+    data: &DataDir,
+    names: &[String],
+) -> anyhow::Result<(TlsMaterial, Vec<String>)> {
     let pem_path = data.root().join("system").join("tls-cert.pem");
     // Something other than a file there (a directory, made by a mistaken bind mount or
     // `mkdir`) cannot be replaced by the rename that writes the file: the start stopped on
@@ -128,21 +134,38 @@ pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
                 write_cert_pem(&pem_path, &cert)?;
             }
         }
-        return Ok(TlsMaterial {
-            certs: vec![cert],
-            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
-            generated: true,
-        });
+        let named = cert_names(&cert);
+        let missing = names
+            .iter()
+            .filter(|n| !named.contains(&canonical_name(n)))
+            .cloned()
+            .collect();
+        return Ok((
+            TlsMaterial {
+                certs: vec![cert],
+                key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.to_vec())),
+                generated: true,
+            },
+            missing,
+        ));
     }
-    let mut names = vec![
+    let mut all = vec![
         "localhost".to_string(),
         "127.0.0.1".to_string(),
         "::1".to_string(),
     ];
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
-        let h = h.trim();
-        if !h.is_empty() && !names.iter().any(|n| n == h) {
-            names.push(h.to_string());
+        all.push(h.trim().to_string());
+    }
+    all.extend(names.iter().cloned());
+    let mut names: Vec<String> = Vec::new();
+    for n in all {
+        if !n.is_empty()
+            && !names
+                .iter()
+                .any(|m| canonical_name(m) == canonical_name(&n))
+        {
+            names.push(n);
         }
     }
     let key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)
@@ -166,11 +189,71 @@ pub fn load_or_generate(data: &DataDir) -> anyhow::Result<TlsMaterial> {
     data.put_secret(SECRET_TLS_KEY, &key_der)?;
     data.put_secret(SECRET_TLS_CERT, &der)?;
     write_cert_pem(&pem_path, &der)?;
-    Ok(TlsMaterial {
-        certs: vec![der],
-        key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec())),
-        generated: true,
-    })
+    Ok((
+        TlsMaterial {
+            certs: vec![der],
+            key: PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key_der.to_vec())),
+            generated: true,
+        },
+        Vec::new(),
+    ))
+}
+
+/// A name as a certificate holds it: an IP address in its canonical form, a DNS name in
+/// lower case.
+fn canonical_name(n: &str) -> String {
+    match n.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.to_string(),
+        Err(_) => n.to_ascii_lowercase(),
+    }
+}
+
+/// The DNS names and IP addresses a certificate's subject alternative names hold (each as
+/// [`canonical_name`]); none when it does not parse.
+fn cert_names(der: &[u8]) -> Vec<String> {
+    use x509_parser::extensions::GeneralName;
+    let Ok((_, c)) = x509_parser::parse_x509_certificate(der) else {
+        return Vec::new();
+    };
+    let Ok(Some(san)) = c.subject_alternative_name() else {
+        return Vec::new();
+    };
+    san.value
+        .general_names
+        .iter()
+        .filter_map(|g| match g {
+            GeneralName::DNSName(d) => Some(canonical_name(d)),
+            GeneralName::IPAddress(b) => match b.len() {
+                4 => Some(std::net::IpAddr::from(<[u8; 4]>::try_from(*b).ok()?).to_string()),
+                16 => Some(std::net::IpAddr::from(<[u8; 16]>::try_from(*b).ok()?).to_string()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// `--tls-name`: a DNS name or an IP address for the generated certificate.
+pub fn parse_tls_name(s: &str) -> Result<String, String> {
+    if s.parse::<std::net::IpAddr>().is_ok() {
+        return Ok(s.to_owned());
+    }
+    let labels_ok = s.len() <= 253
+        && s.split('.').enumerate().all(|(i, l)| {
+            !l.is_empty()
+                && l.len() <= 63
+                && (l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    || (i == 0 && l == "*"))
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        });
+    if labels_ok {
+        Ok(s.to_owned())
+    } else {
+        Err(format!(
+            "'{s}' is neither an IP address nor a DNS name (letters, digits and '-' between dots; a leading '*.' for a wildcard)"
+        ))
+    }
 }
 
 /// The contents of `--tls-cert` or `--tls-key`, followed through links (certbot's `live/`

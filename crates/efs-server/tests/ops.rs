@@ -1345,6 +1345,104 @@ async fn rotate_tls_key_serves_a_new_generated_key_at_the_next_start() {
     );
 }
 
+/// The generated certificate names the address the server listens on and every
+/// `--tls-name` (it named only localhost, 127.0.0.1, ::1 and the host name, so `curl
+/// --cacert tls-cert.pem` and `efs remote add --ca` failed against `--listen 127.0.0.2:…` or a
+/// DNS name; black-box review); a name added after the certificate was made is warned about
+/// at the start, and `rotate-tls-key` makes one with it.
+#[tokio::test]
+async fn the_generated_certificate_names_the_listen_address_and_tls_names() {
+    let dir = std::sync::Arc::new(new_tempdir());
+    let srv = TestServer::start_in(
+        dir.clone(),
+        &[
+            "--listen",
+            "127.0.0.2:0",
+            "--tls-name",
+            "efs.test,192.0.2.7",
+        ],
+        &[],
+    );
+    assert_eq!(srv.addr.ip().to_string(), "127.0.0.2");
+    let pem = srv.data.join("system/tls-cert.pem");
+    let port = srv.addr.port();
+    // curl, trusting the generated certificate, by each name (connecting to 127.0.0.2).
+    let curl = |url_host: &str| {
+        let out = std::process::Command::new("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(&pem)
+            .arg("--connect-to")
+            .arg(format!("{url_host}:{port}:127.0.0.2:{port}"))
+            .arg(format!("https://{url_host}:{port}/_efs/health"))
+            .output()
+            .unwrap();
+        (
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for host in ["127.0.0.2", "efs.test", "192.0.2.7", "localhost"] {
+        let (code, err) = curl(host);
+        assert_eq!(code, "200", "{host}: {err}");
+    }
+    let (code, err) = curl("other.test");
+    assert_ne!(
+        code, "200",
+        "a name not in the certificate was accepted: {err}"
+    );
+    let mut srv = srv;
+    srv.stop().await;
+
+    // A name added later: the old certificate lacks it, and the start says so.
+    let again = TestServer::start_in(
+        dir.clone(),
+        &["--listen", "127.0.0.2:0", "--tls-name", "later.test"],
+        &[],
+    );
+    let said = again.stdout();
+    assert!(
+        said.contains("does not name later.test") && said.contains("rotate-tls-key"),
+        "{said}"
+    );
+    let mut again = again;
+    again.stop().await;
+    again.efsctl_ok(&["rotate-tls-key"]);
+    let fresh = TestServer::start_in(
+        dir.clone(),
+        &["--listen", "127.0.0.2:0", "--tls-name", "later.test"],
+        &[],
+    );
+    let out = std::process::Command::new("curl")
+        .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+        .arg(&pem)
+        .arg("--connect-to")
+        .arg(format!("later.test:{0}:127.0.0.2:{0}", fresh.addr.port()))
+        .arg(format!(
+            "https://later.test:{}/_efs/health",
+            fresh.addr.port()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "200",
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A bad name is refused at the start.
+    let bad = std::process::Command::new(SERVER_BIN)
+        .args(["--tls-name", "not a name", "--data"])
+        .arg(dir.path().join("unused"))
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(
+        String::from_utf8_lossy(&bad.stderr).contains("neither an IP address nor a DNS name"),
+        "{}",
+        String::from_utf8_lossy(&bad.stderr)
+    );
+}
+
 /// Regression: `efsctl --version` said `efs-server 0.1.0` (clap took the package's name).
 /// Each binary names itself.
 #[test]

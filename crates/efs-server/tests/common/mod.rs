@@ -131,13 +131,16 @@ impl TestServer {
             c.args(&limits).arg("--").arg(SERVER_BIN);
             c
         };
-        cmd.arg("--data")
-            .arg(&data)
-            .arg("--listen")
-            .arg("127.0.0.1:0")
-            .args(extra.iter().filter(|a| {
+        cmd.arg("--data").arg(&data);
+        // (A test may listen elsewhere: `--listen ADDR` among its options.)
+        if !extra.contains(&"--listen") {
+            cmd.arg("--listen").arg("127.0.0.1:0");
+        }
+        cmd.args(
+            extra.iter().filter(|a| {
                 **a != NO_METRICS && !a.starts_with(PRLIMIT) && !a.starts_with(BIND_ETC)
-            }));
+            }),
+        );
         if !extra.contains(&NO_METRICS) {
             let token_file = dir.path().join("metrics-token");
             std::fs::write(&token_file, format!("{METRICS_TOKEN}\n")).expect("metrics token");
