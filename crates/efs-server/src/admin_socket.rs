@@ -212,8 +212,14 @@ pub async fn serve_as(listener: UnixListener, state: Arc<AppState>, role: Role) 
                 // it reads, gets the answer rather than a broken pipe) but never parsed.
                 if let Some(refusal) = &refused {
                     tracing::warn!(peer = %op.user, "admin socket: {refusal}");
-                    let mut out = serde_json::to_vec(&AdminResponse::err(refusal.clone()))
-                        .expect("serialising JSON cannot fail");
+                    // Refused before anything was read into a request: efsctl exits 5, and
+                    // knows that nothing was done (a key pair it generated is removed).
+                    let answer = AdminResponse {
+                        exit: Some(admin::EXIT_REFUSED),
+                        ..AdminResponse::err(refusal.clone())
+                    };
+                    let mut out =
+                        serde_json::to_vec(&answer).expect("serialising JSON cannot fail");
                     out.push(b'\n');
                     let _ = w.write_all(&out).await;
                     break;

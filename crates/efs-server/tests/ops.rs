@@ -607,12 +607,34 @@ print(s.makefile().readline(), end="")
         e.contains("uid 65534 is neither root nor the server's account"),
         "{e}"
     );
+    // efsctl run by that account: refused (exit 5), and the key pair it generated for a
+    // create-user is removed (it stayed, "could not tell whether the user was created",
+    // though the refusal is certain: black-box review).
+    let keys = new_tempdir();
+    std::fs::set_permissions(keys.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out_key = keys.path().join("evil");
+    let efsctl = std::process::Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(EFSCTL_BIN)
+        .arg("--data")
+        .arg(&srv.data)
+        .args(["create-user", "evil", "--fs", "files", "--out"])
+        .arg(&out_key)
+        .current_dir("/")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&efsctl.stderr);
+    assert_eq!(efsctl.status.code(), Some(5), "{err}");
+    assert!(err.contains("refused before anything was done"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(keys.path()).unwrap().collect();
+    assert!(left.is_empty(), "the generated key pair was left: {left:?}");
     // The server's own account (root here) is still answered, and nothing was created.
     let list = srv.efsctl_ok(&["list-fs"]);
     assert!(
         list.contains("files") && !list.contains("intruder"),
         "{list}"
     );
+    assert!(!srv.efsctl_ok(&["list-users"]).contains("evil"));
 }
 
 /// Regression: root running efsctl on a stopped server's data dir that the server's account

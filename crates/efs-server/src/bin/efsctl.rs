@@ -4,7 +4,8 @@
 //! Exit codes: 0 success; 1 error; 2 bad usage; 3 `fsck` or `audit verify` found problems
 //! (or `audit show` met a broken chain or left matching entries out, a backup or restore
 //! left damaged entries out, or `status` lists a filesystem not served or on hold); 4 `retire-terms` dry run that would retire terms;
-//! 5 `retire-terms` refused until something is done first.
+//! 5 `retire-terms` refused until something is done first, or any command refused by the
+//! admin socket before it ran (the account is neither root nor the server's).
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::net::UnixStream;
@@ -65,7 +66,9 @@ Exit codes: 0 success, 1 error, 2 bad usage, 3 fsck or audit verify found proble
 met a broken chain or left matching entries out: --limit, a page of --from-entry, a backup --skip-damaged or the restore of one left damaged entries out, or
 status lists a filesystem as NOT SERVED or ON HOLD), 4 retire-terms without --yes: it would
 retire terms (nothing was retired), 5 retire-terms refused until something is done first (the
-server stopped, a rotation finished, records rotated; the message says what). retire-terms with
+server stopped, a rotation finished, records rotated; the message says what), or any command the
+admin socket refused before it ran (an account that is neither root nor the server's: nothing
+was done, and a key pair create-user or replace-key generated is removed). retire-terms with
 nothing to retire exits 0."
 )]
 struct Args {
@@ -802,6 +805,10 @@ fn run(args: Args) -> anyhow::Result<u8> {
                 match &refused {
                     Err(e) if e.downcast_ref::<NotDelivered>().is_some() => {
                         pair.remove("the request was not delivered (nothing was done)");
+                    }
+                    // Refused before it ran (the server's answer says so).
+                    Ok(r) if r.exit == Some(efs_core::admin::EXIT_REFUSED) => {
+                        pair.remove("the request was refused before anything was done");
                     }
                     _ => pair.settle(
                         &args.data,
