@@ -161,7 +161,7 @@ fn identity_changed_hint(name: &str, remote: &Remote, pinned: &str) -> String {
     format!(
         "efs: remote '{name}' ({url}) is pinned to the server identity {pinned}.\n\
          If the operator replaced the server's signing key and gave you its new identity, add \
-         the remote again (the new identity is recorded at the first login; compare server_id in \
+         the remote again (the new identity is recorded by remote add; compare server_id in \
          config.toml with the operator's):\n  \
          efs remote remove {quoted}\n  \
          {add}",
