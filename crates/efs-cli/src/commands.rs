@@ -653,6 +653,16 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
             format!("{} is a file, not a directory", dst.display()),
         ));
     }
+    // Several sources, or a destination written as a directory (`…/`), go into an existing
+    // directory, as GNU mv's do: one that does not exist is not made (a typo in the last
+    // argument quietly made a new directory and moved everything into it).
+    if into && dst_meta.is_none() {
+        return Err(fail_hint(
+            exit::NOT_FOUND,
+            format!("{} is not a directory: it does not exist", dst.display()),
+            "moving several sources, or into a path ending in /, needs an existing directory: efs mkdir it first",
+        ));
+    }
     for arg in srcs {
         let src = remote_arg("mv", arg)?;
         if src.remote != dst.remote {

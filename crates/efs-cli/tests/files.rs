@@ -218,6 +218,30 @@ fn stat_ls_mkdir_mv_rm() {
     ]);
     assert_eq!(env.cat("drive:/Documents/2026/final.pdf"), b"other");
     env.fails(&["mv", "drive:/gone", "drive:/x"], 3);
+    // Several sources, or a destination ending in '/', go into an existing directory only,
+    // as GNU mv's: a typo in the last argument made a new directory (black-box review).
+    for name in ["m1", "m2"] {
+        assert_ok(
+            &["put"],
+            &env.efs_input(&["put", &format!("drive:/{name}")], b"m"),
+        );
+    }
+    for args in [
+        &["mv", "drive:/m1", "drive:/m2", "drive:/typo"][..],
+        &["mv", "drive:/m1", "drive:/typo/"][..],
+    ] {
+        let out = env.fails(args, 3);
+        assert!(
+            out.contains("is not a directory: it does not exist"),
+            "{out}"
+        );
+    }
+    env.fails(&["ls", "drive:/typo"], 3);
+    assert_eq!(env.cat("drive:/m1"), b"m");
+    env.ok(&["mkdir", "drive:/into"]);
+    env.ok(&["mv", "drive:/m1", "drive:/m2", "drive:/into"]);
+    assert_eq!(env.ok(&["ls", "drive:/into"]), "m1\nm2\n");
+    env.ok(&["rm", "-r", "drive:/into"]);
 
     // rm: a non-empty directory needs -r (5); missing is 3 unless -f.
     env.fails(&["rm", "drive:/Documents/2026"], 5);
