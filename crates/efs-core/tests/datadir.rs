@@ -1818,6 +1818,17 @@ fn open_witnessed(
     DataDir::open(root, parts, o, &no_prompt).map(|(dd, _)| dd)
 }
 
+/// `cp -a FROM TO`: a copy of a whole data dir, as a snapshot would be.
+fn cp_a(from: &std::path::Path, to: &std::path::Path) {
+    let ok = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(from)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(ok.success());
+}
+
 /// The generation the witness file `witness` (of the data dir at `root`) holds.
 fn witnessed_generation(witness: &std::path::Path, root: &std::path::Path) -> u64 {
     let (_, s) = efs_core::witness::Witness::open(witness, root, false).unwrap();
@@ -1841,13 +1852,7 @@ async fn a_data_dir_put_back_whole_is_held_by_its_rollback_witness() {
     drop(open_w(false).unwrap());
     let first = seen();
     let copy = tmp.path().join("copy");
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&root)
-        .arg(&copy)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    cp_a(&root, &copy);
     {
         let dd = open_w(false).unwrap();
         dd.revoke("alice", Some("docs")).unwrap();
@@ -1944,15 +1949,7 @@ async fn a_rollback_witness_holds_through_a_changed_digest_and_a_missing_file() 
     };
     drop(open_w(false).unwrap());
     let copy = tmp.path().join("copy");
-    let cp = |from: &std::path::Path, to: &std::path::Path| {
-        let ok = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(from)
-            .arg(to)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
+    let cp = cp_a;
     cp(&root, &copy);
     {
         let dd = open_w(false).unwrap();
@@ -2093,15 +2090,7 @@ async fn a_rollback_witness_is_recorded_in_its_data_dir_and_names_it() {
         "{text}"
     );
     let seen = |w: &std::path::Path| witnessed_generation(w, &root);
-    let cp = |from: &std::path::Path, to: &std::path::Path| {
-        let ok = std::process::Command::new("cp")
-            .arg("-a")
-            .arg(from)
-            .arg(to)
-            .status()
-            .unwrap();
-        assert!(ok.success());
-    };
+    let cp = cp_a;
     let copy = tmp.path().join("copy");
     cp(&root, &copy);
 
