@@ -10,6 +10,8 @@
 # Environment:
 #   EFS_DATA                 data dir (default /efs)
 #   EFS_LISTEN               address:port (default 0.0.0.0:8443)
+#   EFS_TLS_NAME             names clients use, for the generated certificate (read by
+#                            efs-server itself: comma-separated DNS names or addresses)
 #   EFS_SECRETS_DIR          where Docker secrets are mounted (default /run/secrets)
 #   EFS_KEY_PART_FILES       space-separated key-part files, in order (default: every
 #                            $EFS_SECRETS_DIR/efs_key_part* in sorted, C-locale order)

@@ -653,9 +653,18 @@ pub(crate) async fn mv(session: &Session, paths: &[String], force: bool) -> Resu
             format!("{} is a file, not a directory", dst.display()),
         ));
     }
-    // Several sources, or a destination written as a directory (`…/`), go into an existing
-    // directory, as GNU mv's do: one that does not exist is not made (a typo in the last
-    // argument quietly made a new directory and moved everything into it).
+    // Several sources, or a file to a destination written as a directory (`…/`), go into an
+    // existing directory, as GNU mv's do: one that does not exist is not made (a typo in the
+    // last argument quietly made a new directory and moved everything into it). One directory
+    // to a new name written with a `/` is renamed, as GNU mv renames it.
+    let renaming_a_dir = srcs.len() == 1
+        && dst.dir_hint
+        && dst_meta.is_none()
+        && {
+            let src = remote_arg("mv", &srcs[0])?;
+            matches!(walk::stat_remote(&client, &src.remote, &src.path).await?, Some(m) if m.kind == walk::Kind::Dir)
+        };
+    let into = into && !renaming_a_dir;
     if into && dst_meta.is_none() {
         return Err(fail_hint(
             exit::NOT_FOUND,

@@ -269,13 +269,23 @@ impl Shell<'_> {
                 let path = self.path(p);
                 self.block(self.client.mkdir(&path))?;
             }
-            ("mv", [from, to]) => {
+            ("mv", [from, to_arg]) => {
                 refuse_dot_segments("mv", from)?;
-                let (from, mut to) = (self.path(from), self.path(to));
-                if let Ok(e) = self.block(self.client.stat(&to))
-                    && e.kind == EntryType::Dir
-                {
+                let (from, mut to) = (self.path(from), self.path(to_arg));
+                let to_is_dir =
+                    matches!(self.block(self.client.stat(&to)), Ok(e) if e.kind == EntryType::Dir);
+                if to_is_dir {
                     to = location::join(&to, location::basename(&from));
+                } else if to_arg.ends_with('/') {
+                    // As `efs mv`: a destination written as a directory must be one (a file
+                    // was renamed to a mistyped directory's name); a directory is renamed.
+                    let from_is_dir = matches!(self.block(self.client.stat(&from)), Ok(e) if e.kind == EntryType::Dir);
+                    if !from_is_dir {
+                        return Err(exit::fail(
+                            exit::NOT_FOUND,
+                            format!("{to} is not a directory: it does not exist"),
+                        ));
+                    }
                 }
                 // As `efs mv` says it: the server refuses it as a conflict, whose hint is
                 // about a file where a directory is needed.

@@ -182,6 +182,26 @@ fn the_shell_refuses_to_move_a_directory_into_itself() {
     env.ok(&["stat", "drive:/in/sub"]);
 }
 
+/// `mv FILE /typo/` in the shell renamed the file to `/typo` (the trailing `/` was dropped):
+/// refused, exit 3, as `efs mv` refuses it; a directory to a new name with a `/` is renamed.
+#[test]
+fn the_shell_moves_into_a_missing_directory_only_by_renaming_a_directory() {
+    let env = Env::new();
+    assert_ok(&["put"], &env.efs_input(&["put", "drive:/a.txt"], b"a"));
+    let out = env.efs_input(&["shell", "drive"], b"mv /a.txt /typo/\n");
+    let stderr = common::assert_code(&["shell"], &out, 3);
+    assert!(stderr.contains("/typo is not a directory"), "{stderr}");
+    env.fails(&["stat", "drive:/typo"], 3);
+    env.ok(&["mkdir", "drive:/d"]);
+    let out = env.efs_input(&["shell", "drive"], b"mv /d /e/\n");
+    assert_ok(&["shell"], &out);
+    env.ok(&["stat", "drive:/e"]);
+    // And efs mv the same way.
+    env.ok(&["mv", "drive:/e", "drive:/f/"]);
+    env.ok(&["stat", "drive:/f"]);
+    env.fails(&["mv", "drive:/a.txt", "drive:/typo/"], 3);
+}
+
 #[test]
 fn stop_ends_the_shell() {
     let env = Env::new();

@@ -1969,6 +1969,13 @@ impl Filesystem {
             emptying: None,
         }];
         while let Some(level) = levels.last_mut() {
+            // Back from emptying a subdirectory: its entry as the chain last saw it (sealed
+            // again by a key rotation meanwhile, the old value would fail the delete once).
+            if let Some((_, v, _)) = level.emptying.as_mut()
+                && let Some((_, now)) = chain.get(level.chain_len)
+            {
+                v.clone_from(now);
+            }
             chain.truncate(level.chain_len);
             // A subdirectory emptied: its entry now.
             if let Some((k, v, rec)) = level.emptying.take() {

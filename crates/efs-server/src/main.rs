@@ -270,7 +270,7 @@ fn main() -> std::process::ExitCode {
     let cfg = ServerConfig {
         data: a.data,
         listen: a.listen,
-        tls_names: a.tls_names,
+        tls_names: a.tls_names.into_iter().filter(|n| !n.is_empty()).collect(),
         key_parts: a.key_parts,
         tls: a.tls_cert.zip(a.tls_key),
         client_ca: a.client_ca,

@@ -294,13 +294,21 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
     }
 
     let material = match &cfg.tls {
-        Some((c, k)) => crate::tls::load_pem(c, k)?,
+        Some((c, k)) => {
+            if !cfg.tls_names.is_empty() {
+                say!(
+                    "Warning: --tls-name ({}) is for the certificate the server generates; it is left out with --tls-cert (whose names are the certificate's own)",
+                    cfg.tls_names.join(", ")
+                );
+            }
+            crate::tls::load_pem(c, k)?
+        }
         None => {
             // The names clients reach this server by: `--tls-name`, and the address it
             // listens on when that is one address (a client given it must find it in the
             // certificate).
             let mut names = cfg.tls_names.clone();
-            let ip = cfg.listen.ip();
+            let ip = cfg.listen.ip().to_canonical();
             if !ip.is_unspecified() {
                 names.push(ip.to_string());
             }

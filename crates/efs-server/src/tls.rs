@@ -137,7 +137,7 @@ pub fn load_or_generate(
         let named = cert_names(&cert);
         let missing = names
             .iter()
-            .filter(|n| !named.contains(&canonical_name(n)))
+            .filter(|n| !covers(&named, n))
             .cloned()
             .collect();
         return Ok((
@@ -157,7 +157,7 @@ pub fn load_or_generate(
     if let Ok(h) = std::fs::read_to_string("/etc/hostname") {
         all.push(h.trim().to_string());
     }
-    all.extend(names.iter().cloned());
+    all.extend(names.iter().map(|n| canonical_name(n)));
     let mut names: Vec<String> = Vec::new();
     for n in all {
         if !n.is_empty()
@@ -199,13 +199,27 @@ pub fn load_or_generate(
     ))
 }
 
-/// A name as a certificate holds it: an IP address in its canonical form, a DNS name in
-/// lower case.
+/// A name as a certificate holds it: an IP address in its canonical form (an IPv4-mapped
+/// IPv6 address as the IPv4 one clients use), a DNS name in lower case.
 fn canonical_name(n: &str) -> String {
     match n.parse::<std::net::IpAddr>() {
-        Ok(ip) => ip.to_string(),
+        Ok(ip) => ip.to_canonical().to_string(),
         Err(_) => n.to_ascii_lowercase(),
     }
+}
+
+/// Whether a certificate holding `names` (each as [`canonical_name`]) covers `wanted`: the
+/// name itself, or a wildcard `*.rest` for one label more.
+fn covers(names: &[String], wanted: &str) -> bool {
+    let wanted = canonical_name(wanted);
+    names.iter().any(|n| {
+        *n == wanted
+            || n.strip_prefix("*.").is_some_and(|rest| {
+                wanted
+                    .split_once('.')
+                    .is_some_and(|(label, tail)| !label.is_empty() && tail == rest)
+            })
+    })
 }
 
 /// The DNS names and IP addresses a certificate's subject alternative names hold (each as
@@ -233,25 +247,38 @@ fn cert_names(der: &[u8]) -> Vec<String> {
         .collect()
 }
 
-/// `--tls-name`: a DNS name or an IP address for the generated certificate.
+/// `--tls-name`: a DNS name or an IP address for the generated certificate, spaces around
+/// it trimmed (an empty one, as `EFS_TLS_NAME=` or a trailing comma gives, is `""`: left out).
+/// A wildcard stands for one label of a name of two labels at least (`*.example.org`); a name
+/// whose last label is all digits (`1.2.3`) is neither a DNS name nor an address.
 pub fn parse_tls_name(s: &str) -> Result<String, String> {
-    if s.parse::<std::net::IpAddr>().is_ok() {
-        return Ok(s.to_owned());
+    let s = s.trim();
+    if s.is_empty() {
+        return Ok(String::new());
     }
+    if let Ok(ip) = s.parse::<std::net::IpAddr>() {
+        return Ok(ip.to_canonical().to_string());
+    }
+    let labels: Vec<&str> = s.split('.').collect();
+    let wildcard = labels[0] == "*";
     let labels_ok = s.len() <= 253
-        && s.split('.').enumerate().all(|(i, l)| {
-            !l.is_empty()
-                && l.len() <= 63
-                && (l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-                    || (i == 0 && l == "*"))
-                && !l.starts_with('-')
-                && !l.ends_with('-')
-        });
+        && labels.iter().enumerate().all(|(i, l)| {
+            (i == 0 && wildcard)
+                || (!l.is_empty()
+                    && l.len() <= 63
+                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && !l.starts_with('-')
+                    && !l.ends_with('-'))
+        })
+        && (!wildcard || labels.len() >= 3)
+        && !labels
+            .last()
+            .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()));
     if labels_ok {
-        Ok(s.to_owned())
+        Ok(s.to_ascii_lowercase())
     } else {
         Err(format!(
-            "'{s}' is neither an IP address nor a DNS name (letters, digits and '-' between dots; a leading '*.' for a wildcard)"
+            "'{s}' is neither an IP address nor a DNS name (letters, digits and '-' between dots, the last label not all digits; '*.' before two labels at least for a wildcard)"
         ))
     }
 }
@@ -1040,6 +1067,32 @@ mod tests {
         params.not_before = not_before;
         params.not_after = not_after;
         params.self_signed(&key).unwrap().der().clone()
+    }
+
+    /// `--tls-name`'s values (a review of it): spaces trimmed, empty ones left out, IPv4-mapped
+    /// addresses as IPv4, wildcards over two labels at least, no all-digit last label; a
+    /// certificate's wildcard covers a name one label longer, not two.
+    #[test]
+    fn tls_names_are_checked_and_wildcards_cover_one_label() {
+        assert_eq!(
+            parse_tls_name(" Efs.Example.org ").unwrap(),
+            "efs.example.org"
+        );
+        assert_eq!(parse_tls_name("").unwrap(), "");
+        assert_eq!(parse_tls_name("::ffff:127.0.0.2").unwrap(), "127.0.0.2");
+        assert_eq!(parse_tls_name("*.example.org").unwrap(), "*.example.org");
+        for bad in [
+            "*", "*.com", "1.2.3", "a..b", "-a.b", "a b", "é.test", "x.*.test",
+        ] {
+            assert!(parse_tls_name(bad).is_err(), "{bad}");
+        }
+        let named = vec!["*.wild.test".to_string(), "127.0.0.2".to_string()];
+        assert!(covers(&named, "a.wild.test"));
+        assert!(covers(&named, "A.Wild.Test"));
+        assert!(!covers(&named, "a.b.wild.test"));
+        assert!(!covers(&named, "wild.test"));
+        assert!(covers(&named, "::ffff:127.0.0.2"));
+        assert!(!covers(&named, "127.0.0.3"));
     }
 
     #[test]
