@@ -138,7 +138,8 @@ Examples:
   efs stat drive:/Documents/report.pdf
   efs stat --json drive:/Documents/report.pdf | jq -r .etag")]
     Stat {
-        /// JSON output.
+        /// JSON output: one path, an object (path, name, type, size, modified, etag,
+        /// content_type); several, an array of them in the order given (failed ones left out).
         #[arg(long)]
         json: bool,
         #[arg(required = true, value_name = "REMOTE_PATH")]
