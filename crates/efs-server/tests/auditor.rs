@@ -11,6 +11,23 @@ use std::process::{Command, Output};
 use common::*;
 
 /// `efsctl --socket SOCK ARGS…` run as uid and gid `id` (no other groups).
+/// `efsctl --socket SOCK ARGS…` run as uid and gid `id` with `group` as its one
+/// supplementary group (as a member's login session has it after `usermod -aG`).
+fn efsctl_in_group(id: u32, group: u32, sock: &Path, args: &[&str]) -> Output {
+    Command::new("setpriv")
+        .arg(format!("--reuid={id}"))
+        .arg(format!("--regid={id}"))
+        .arg(format!("--groups={group}"))
+        .arg(EFSCTL_BIN)
+        .arg("--socket")
+        .arg(sock)
+        .args(args)
+        .current_dir("/")
+        .env_remove("EFS_DATA")
+        .output()
+        .expect("setpriv (util-linux)")
+}
+
 fn efsctl_as(id: u32, sock: &Path, args: &[&str]) -> Output {
     Command::new("setpriv")
         .arg(format!("--reuid={id}"))
@@ -127,17 +144,10 @@ async fn an_auditor_reads_the_audit_log_and_nothing_else() {
         "{}",
         text(&big)
     );
-    // A process in the group only as a supplementary one reaches the socket (its mode) but is
-    // refused (its own group is checked); one outside the group does not reach it.
-    let supplementary = Command::new("setpriv")
-        .args(["--reuid=65533", "--regid=65533", "--groups=65534"])
-        .arg(EFSCTL_BIN)
-        .arg("--socket")
-        .arg(&sock)
-        .args(["audit", "show"])
-        .current_dir("/")
-        .output()
-        .unwrap();
+    // A process in the group only as a supplementary one, whose account /etc/group does not
+    // list as a member, reaches the socket (its mode) but is refused; one outside the group
+    // does not reach it.
+    let supplementary = efsctl_in_group(65533, 65534, &sock, &["audit", "show"]);
     assert!(!supplementary.status.success(), "{}", text(&supplementary));
     assert!(
         text(&supplementary).contains(
@@ -228,17 +238,7 @@ async fn a_member_of_the_auditor_group_in_etc_group_reads_without_sg() {
     assert_eq!(std::fs::metadata(&sock).unwrap().gid(), 64999);
     // The auditor's process: its own group is its account's, the auditor group a
     // supplementary one (as after a login once `usermod -aG` was run).
-    let as_member = || {
-        Command::new("setpriv")
-            .args(["--reuid=65533", "--regid=65533", "--groups=64999"])
-            .arg(EFSCTL_BIN)
-            .arg("--socket")
-            .arg(&sock)
-            .args(["audit", "verify"])
-            .current_dir("/")
-            .output()
-            .unwrap()
-    };
+    let as_member = || efsctl_in_group(65533, 64999, &sock, &["audit", "verify"]);
     let verified = as_member();
     assert!(verified.status.success(), "{}", text(&verified));
     assert!(

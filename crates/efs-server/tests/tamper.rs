@@ -1163,6 +1163,17 @@ async fn an_old_user_row_put_back_stops_the_server_until_efsctl_accept_system() 
     );
 }
 
+/// `cp -a DATA TO`: the whole data dir copied, as a volume snapshot would keep it.
+fn copy_whole(data: &std::path::Path, to: &std::path::Path) {
+    let cp = std::process::Command::new("cp")
+        .arg("-a")
+        .arg(data)
+        .arg(to)
+        .status()
+        .unwrap();
+    assert!(cp.success());
+}
+
 /// The whole data dir put back from an earlier copy (a volume snapshot: the system
 /// database, its digest and the audit log agree with one another) was served, the user
 /// revoked since logging in again. With `--rollback-witness` (here from the environment, as
@@ -1192,13 +1203,7 @@ async fn a_data_dir_put_back_whole_is_refused_by_its_rollback_witness() {
             .expect("a generation line")
     };
     let snapshot = dir.path().join("snapshot");
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&srv.data)
-        .arg(&snapshot)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    copy_whole(&srv.data, &snapshot);
 
     let mut srv = TestServer::start_in(dir.clone(), &[], &envs);
     srv.efsctl_ok(&["revoke", "app", "--fs", "files"]);
@@ -1292,13 +1297,7 @@ async fn a_data_dir_put_back_whole_is_refused_by_its_rollback_witness() {
     );
     // And a server started without it is checked by it too.
     let snapshot = dir.path().join("snapshot-2");
-    let cp = std::process::Command::new("cp")
-        .arg("-a")
-        .arg(&srv.data)
-        .arg(&snapshot)
-        .status()
-        .unwrap();
-    assert!(cp.success());
+    copy_whole(&srv.data, &snapshot);
     without(&["revoke", "app", "--fs", "files"]);
     std::fs::remove_dir_all(&srv.data).unwrap();
     std::fs::rename(&snapshot, &srv.data).unwrap();
