@@ -174,7 +174,7 @@ again (exit 4).")]
         #[arg(long, value_name = "TYPE")]
         content_type: Option<String>,
         /// Replace only if the current version has this ETag (as `efs stat` prints it).
-        #[arg(long, value_name = "ETAG", conflicts_with = "no_clobber")]
+        #[arg(long, value_name = "ETAG", conflicts_with = "no_clobber", value_parser = parse_etag)]
         if_match: Option<String>,
         /// Create only: fail (exit 5) if the file exists.
         #[arg(short = 'n', long)]
@@ -446,6 +446,18 @@ pub(crate) struct RemoteAdd {
     /// it keeps working when the certificate is renewed).
     #[arg(long, group = "trust")]
     pub system_roots: bool,
+}
+
+/// An ETag as `efs stat` prints it (quoted or not): an empty one, or one with a control
+/// character, is bad usage (exit 2); it could only make the write fail as changed.
+fn parse_etag(s: &str) -> Result<String, String> {
+    if s.trim().is_empty() {
+        Err("an ETag is not empty: give it as efs stat prints it".into())
+    } else if s.chars().any(char::is_control) {
+        Err("an ETag holds no control characters: give it as efs stat prints it".into())
+    } else {
+        Ok(s.to_owned())
+    }
 }
 
 #[cfg(test)]

@@ -740,7 +740,7 @@ async fn mkdir_one(session: &Session, arg: &str, parents: bool) -> Result<()> {
     {
         let rp = remote_arg("mkdir", arg)?;
         let client = session.client(&rp.remote).await?;
-        let existing = walk::stat_remote(&client, &rp.remote, &rp.path).await?;
+        let existing = walk::stat_remote_for(&client, &rp.remote, &rp.path, "creating").await?;
         if matches!(&existing, Some(m) if m.kind == walk::Kind::File) {
             return Err(fail_hint(
                 exit::CONFLICT,

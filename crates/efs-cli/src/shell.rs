@@ -242,7 +242,12 @@ impl Shell<'_> {
                         .block(self.client.stat(&path))
                         .with_context(|| format!("cd {path}"))?;
                     if e.kind != EntryType::Dir {
-                        bail!("{path} is not a directory");
+                        // A conflict, as `efs ls`/`efs cp` exit for a file where a directory
+                        // is needed (it exited 1).
+                        return Err(exit::fail(
+                            exit::CONFLICT,
+                            format!("{path} is not a directory"),
+                        ));
                     }
                 }
                 *self.cwd.lock().expect("not poisoned") = path;

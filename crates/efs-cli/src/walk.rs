@@ -96,6 +96,16 @@ pub(crate) fn stat_local(path: &Path) -> Result<Option<Meta>> {
 /// The remote entry at `path`, or `None` if nothing is there. `remote`: the remote's name,
 /// which an error names with the path (`drive:/x`), as the user wrote it.
 pub(crate) async fn stat_remote(client: &Client, remote: &str, path: &str) -> Result<Option<Meta>> {
+    stat_remote_for(client, remote, path, "reading").await
+}
+
+/// [`stat_remote`], its error said to have come while `doing` (`creating`) the path.
+pub(crate) async fn stat_remote_for(
+    client: &Client,
+    remote: &str,
+    path: &str,
+    doing: &str,
+) -> Result<Option<Meta>> {
     if path == "/" {
         return Ok(Some(Meta {
             kind: Kind::Dir,
@@ -108,7 +118,7 @@ pub(crate) async fn stat_remote(client: &Client, remote: &str, path: &str) -> Re
     match client.stat(path).await {
         Ok(e) => Ok(Some(Meta::from_entry(&e))),
         Err(efs_client::Error::NotFound) => Ok(None),
-        Err(e) => Err(e).with_context(|| format!("reading {remote}:{path}")),
+        Err(e) => Err(e).with_context(|| format!("{doing} {remote}:{path}")),
     }
 }
 

@@ -58,6 +58,13 @@ fn put_and_cat_stream_through_stdin_and_stdout() {
     let out = env.efs_input(&["put", "--if-match", &etag, "drive:/c.txt"], b"CCC");
     assert_code(&["put", "--if-match"], &out, 5);
     assert_eq!(env.cat("drive:/c.txt"), b"CC");
+    // An empty ETag, or one with a control character, is a usage error (it exited 5, as
+    // changed), and nothing is written.
+    for bad in ["", " ", "\"a\nb\""] {
+        let out = env.efs_input(&["put", "--if-match", bad, "drive:/c.txt"], b"DD");
+        assert_code(&["put", "--if-match", bad], &out, 2);
+    }
+    assert_eq!(env.cat("drive:/c.txt"), b"CC");
     // A directory path is a usage error.
     assert_code(&["put"], &env.efs_input(&["put", "drive:/dir/"], b"x"), 2);
     // Missing: 3.
@@ -373,6 +380,15 @@ fn refusals_say_what_fits() {
         assert!(err.contains("drive:/a is a file"), "{err}");
         assert!(!err.contains("mkdir -p accepts"), "{err}");
     }
+    // Below a file: a conflict, said of the directory being made (it said "reading …").
+    for args in [
+        &["mkdir", "drive:/a/x"][..],
+        &["mkdir", "-p", "drive:/a/x/y"][..],
+    ] {
+        let err = env.fails(args, 5);
+        assert!(err.contains("creating drive:/a/x"), "{err}");
+        assert!(!err.contains("reading"), "{err}");
+    }
     env.ok(&["mkdir", "drive:/dir"]);
     let err = env.fails(&["cat", "drive:/dir"], 2);
     assert!(err.contains("drive:/dir is a directory"), "{err}");
@@ -459,7 +475,7 @@ fn errors_name_the_remote_of_each_path() {
     // A path the SDK refuses before asking (`_efs` is the server's): an error other than
     // not found, from the look before the command acts.
     let err = env.fails(&["mkdir", "drive:/_efs/x"], 2);
-    assert!(err.contains("reading drive:/_efs/x"), "{err}");
+    assert!(err.contains("creating drive:/_efs/x"), "{err}");
     assert_ok(&["put"], &env.efs_input(&["put", "drive:/a"], b"a"));
     let err = env.fails(&["mv", "drive:/a", "drive:/_efs/x"], 2);
     assert!(err.contains("reading drive:/_efs/x"), "{err}");

@@ -342,3 +342,16 @@ fn rm_of_a_non_empty_directory_says_use_rm_r() {
     assert!(stderr.contains("use rm -r"), "{stderr}");
     assert!(!stderr.contains("a file is where a directory"), "{stderr}");
 }
+
+/// `cd` onto a file is a conflict (exit 5, as `efs ls` of a path below a file), not a
+/// general failure (it exited 1), and the working directory stays where it was.
+#[test]
+fn the_shell_refuses_to_cd_onto_a_file_as_a_conflict() {
+    let env = Env::new();
+    env.write("f.txt", b"f");
+    env.ok(&["cp", "f.txt", "drive:/f.txt"]);
+    let out = env.efs_input(&["shell", "drive"], b"cd f.txt\npwd\n");
+    let stderr = common::assert_code(&["shell"], &out, 5);
+    assert!(stderr.contains("/f.txt is not a directory"), "{stderr}");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "/");
+}

@@ -1692,7 +1692,8 @@ async fn json_answers_are_objects_with_what_the_text_says() {
 
 /// Bad usage exits 2, as `efsctl --help` says (it exited 1): an `audit show --limit` out of
 /// range, an `--expect-head` that is not `SEQ:MAC`, `bind-cert` with neither `--cert`,
-/// `--sha256` nor `--unbind`, and a `--sha256` that is not 64 hex digits.
+/// `--sha256` nor `--unbind`, a `--sha256` that is not 64 hex digits, a user or filesystem
+/// name no data dir accepts, an `audit show` path, action or status that can match nothing.
 #[test]
 fn usage_errors_exit_2() {
     let dir = new_tempdir();
@@ -1705,6 +1706,19 @@ fn usage_errors_exit_2() {
         &["bind-cert", "alice"],
         &["bind-cert", "alice", "--sha256", "abcd"],
         &["bind-cert", "alice", "--sha256", &"zz".repeat(32)],
+        // Names and filters no data dir accepts (they exited 1, checked by the server).
+        &["create-fs", ".hidden"],
+        &["create-user", ".hidden", "--fs", "a"],
+        &["create-user", "efs-server", "--fs", "a"],
+        &["create-user", "alice", "--fs", "a", "--fs", "bad name"],
+        &["restore", "--fs", "bad name", "-i", "/nonexistent"],
+        &["grant", "alice", "--fs", "a/b"],
+        &["revoke", "bad name"],
+        &["delete-user", ""],
+        &["fsck", "--fs", &"x".repeat(65)],
+        &["audit", "show", "--path", "/a/../x"],
+        &["audit", "show", "--action", "read,bogus"],
+        &["audit", "show", "--status", "99x"],
     ] {
         let out = std::process::Command::new(EFSCTL_BIN)
             .arg("--data")

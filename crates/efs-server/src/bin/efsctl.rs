@@ -575,12 +575,63 @@ fn main() -> std::process::ExitCode {
             )
             .exit();
     }
+    if let Some(problem) = usage_problem(&args.cmd) {
+        use clap::CommandFactory;
+        Args::command()
+            .error(clap::error::ErrorKind::ValueValidation, problem)
+            .exit();
+    }
     match run(args) {
         Ok(code) => std::process::ExitCode::from(code),
         Err(e) => {
             eprintln!("efsctl: error: {e:#}");
             std::process::ExitCode::from(1)
         }
+    }
+}
+
+/// A name or an `audit show` filter no data dir could accept, found before anything is done:
+/// bad usage (exit 2, as `--help` says), by the same checks the data dir applies. The names
+/// given to `audit show --user` and `--fs` are not checked: they match what was recorded,
+/// and a refused login records the name it was given.
+fn usage_problem(cmd: &Cmd) -> Option<String> {
+    use efs_core::datadir::{check_name, check_new_user_name};
+    let fs_name = |n: &str| check_name("filesystem", n).err().map(|e| e.to_string());
+    let user_name = |n: &str| check_name("user", n).err().map(|e| e.to_string());
+    match cmd {
+        Cmd::CreateFs { name } => fs_name(name),
+        Cmd::CreateUser { name, fs, .. } => check_new_user_name(name)
+            .err()
+            .map(|e| e.to_string())
+            .or_else(|| fs.iter().find_map(|f| fs_name(f))),
+        Cmd::Grant { user, fs, .. } => user_name(user).or_else(|| fs_name(fs)),
+        Cmd::Revoke { user, fs } => user_name(user).or_else(|| fs.as_deref().and_then(fs_name)),
+        Cmd::ReplaceKey { user, .. } | Cmd::BindCert { user, .. } => user_name(user),
+        Cmd::DeleteUser { name } => user_name(name),
+        Cmd::Fsck { fs, .. }
+        | Cmd::Gc { fs, .. }
+        | Cmd::RotateKey { fs, .. }
+        | Cmd::Reencrypt { fs, .. }
+        | Cmd::Backup { fs, .. }
+        | Cmd::Restore { fs, .. }
+        | Cmd::RetireTerms { fs, .. } => fs_name(fs),
+        Cmd::Status { fs } => fs.as_deref().and_then(fs_name),
+        Cmd::Audit {
+            cmd:
+                AuditCmd::Show {
+                    path,
+                    action,
+                    status,
+                    ..
+                },
+        } => efs_core::audit::check_filter(&efs_core::audit::Filter {
+            path: path.clone(),
+            actions: action.clone(),
+            statuses: status.clone(),
+            ..Default::default()
+        })
+        .err(),
+        _ => None,
     }
 }
 
