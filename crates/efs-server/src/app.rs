@@ -1570,7 +1570,9 @@ async fn write(
 /// fewer bytes than the Content-Length it was given. The token's expiry while the download is
 /// sent does not cut it.
 /// A download cut short is recorded in the audit log: a second `read` entry, status 401,
-/// detail `cut_short` (the first, written when it began, says 200).
+/// detail `cut_short` (the first, written when it began, says 200); so is one stopped
+/// because its content failed to read or decrypt after the first batch, with status 500
+/// ([`StillAllowed::record_cut`]).
 struct StillAllowed {
     st: Arc<AppState>,
     caller: Caller,
@@ -1601,16 +1603,24 @@ impl StillAllowed {
                 fs = %self.caller.fs(),
                 "a download was cut short: its caller's access was withdrawn"
             );
-            let mut rec = Record::new(Action::Read, 401);
-            rec.user = Some(self.caller.user().to_owned());
-            rec.fs = Some(self.caller.fs().to_owned());
-            rec.path = self.path.clone();
-            rec.client = Some(self.client.to_string());
-            rec.detail = Some("cut_short".to_owned());
-            // A refused entry means the log has failed; the body ends either way.
-            let _ = self.st.data.audit().submit(rec);
+            self.record_cut(401);
         }
         ok
+    }
+
+    /// Records a download cut short (see [`StillAllowed`]): 401 for the caller's access
+    /// withdrawn, 500 for content that failed to read or decrypt (the server's log says
+    /// which). Its first entry, written when it began, says 200: without this one, "who read
+    /// this file" would list a read that delivered part of it as a whole one.
+    fn record_cut(&self, status: u16) {
+        let mut rec = Record::new(Action::Read, status);
+        rec.user = Some(self.caller.user().to_owned());
+        rec.fs = Some(self.caller.fs().to_owned());
+        rec.path = self.path.clone();
+        rec.client = Some(self.client.to_string());
+        rec.detail = Some("cut_short".to_owned());
+        // A refused entry means the log has failed; the body ends either way.
+        let _ = self.st.data.audit().submit(rec);
     }
 
     /// The error that ends a body cut short.
@@ -1993,6 +2003,9 @@ fn stream_range(
                 Ok(plain) => push_slices(&mut s.pending, plain, a.from, start, end),
                 Err(e) => {
                     tracing::error!(error = %e, "reading content failed mid-stream; aborting the response");
+                    if let Some(a) = &s.allowed {
+                        a.record_cut(500);
+                    }
                     s.next = s.last;
                     return Some((Err(std::io::Error::other("integrity check failed")), s));
                 }

@@ -364,6 +364,29 @@ async fn tampered_blobs_are_never_served() {
     assert!(w.starts_with("200 "), "the answer had started: {w}");
     let got_bytes: usize = w[4..].trim().parse().unwrap();
     assert!(got_bytes < long.len(), "{w}");
+    // Each cut is in the audit log: a second `read` entry, 500, `cut_short`, after the
+    // first's 200 (that first alone listed a read that delivered part of the file as whole).
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let cuts = loop {
+        let cuts: Vec<serde_json::Value> =
+            audit_show(srv, &["--path", "/long.bin", "--status", "500"]);
+        if cuts.len() >= 2 || std::time::Instant::now() > deadline {
+            break cuts;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    assert_eq!(cuts.len(), 2, "{cuts:?}");
+    for e in &cuts {
+        assert_eq!(
+            (&e["action"], &e["detail"], &e["path"]),
+            (
+                &serde_json::json!("read"),
+                &serde_json::json!("cut_short"),
+                &serde_json::json!("/long.bin")
+            ),
+            "{e}"
+        );
+    }
     let (code, text) = fsck_text(srv);
     assert_eq!(code, Some(3), "{text}");
     std::fs::write(&l, &l_bytes).unwrap();
