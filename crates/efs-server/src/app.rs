@@ -1097,10 +1097,10 @@ async fn files_inner(
     let query = parse_query(parts.uri.query());
     let method = parts.method.clone();
     match (method.as_str(), is_dir) {
-        ("GET", true) => list(&fs, &path, &query).await,
+        ("GET", true) => list(&fs, &path, &query, &parts.headers).await,
         // The listing GET would send (its body dropped on the way out): the same checks,
         // status and headers, its length included.
-        ("HEAD", true) => list(&fs, &path, &query).await,
+        ("HEAD", true) => list(&fs, &path, &query, &parts.headers).await,
         ("GET", false) | ("HEAD", false) => {
             let allowed = StillAllowed {
                 st,
@@ -1330,7 +1330,12 @@ fn http_date(ms: i64) -> String {
     httpdate::fmt_http_date(t)
 }
 
-async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, ApiError> {
+async fn list(
+    fs: &Filesystem,
+    path: &EfsPath,
+    q: &Query,
+    h: &HeaderMap,
+) -> Result<Response, ApiError> {
     let limit = q.limit()?;
     // Sealed: in clear a cursor is the index key the page ended at (see `seal_cursor`).
     let cursor = match q.cursor()? {
@@ -1341,6 +1346,15 @@ async fn list(fs: &Filesystem, path: &EfsPath, q: &Query) -> Result<Response, Ap
         ),
     };
     let (entries, next) = fs.list(path, cursor.as_ref(), limit).await?;
+    // A directory has no entity tag: `If-Match` with tags matches none of it (412, as a
+    // DELETE or MKCOL of it answers); `*` matches it, since it exists (RFC 9110 §13.1.1).
+    // After the listing: a missing directory is a 404 whatever the condition.
+    if let Some(v) = joined(h, &header::IF_MATCH) {
+        let v = v.map_err(|_| ApiError::bad_request("bad If-Match"))?;
+        if parse_etags(&v, EtagCompare::Strong).is_some() {
+            return Err(efs_core::CoreError::Precondition.into());
+        }
+    }
     let page = ListPage {
         path: if path.is_root() {
             "/".into()
@@ -1438,18 +1452,18 @@ async fn write(
             length.map(|len| efs_format::stream::encrypted_len(len).saturating_add(4096)),
         )
         .map_err(|low| low.refusal())?;
+    let content_type = single(headers, header::CONTENT_TYPE.as_str())
+        .map_err(|_| ApiError::bad_request("Content-Type given twice: give the file's type once"))?
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 256)
+        .map(str::to_owned)
+        .unwrap_or_else(|| "application/octet-stream".into());
     // An upload its precondition or a directory at its path refuses is refused before its
     // body is read, encrypted and written (checked again, atomically, at the commit). Small
     // bodies without a condition skip it: their refusal costs little, the lookup a PUT.
     if cond != Precondition::None || length.is_none_or(|len| len > EARLY_CHECK_MIN) {
         fs.check_write(path, &cond).await?;
     }
-    let content_type = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 256)
-        .map(str::to_owned)
-        .unwrap_or_else(|| "application/octet-stream".into());
     let mut upload = fs.begin_upload().await?;
     upload.set_max_size(st.http.max_body);
     let mut stream = body

@@ -121,12 +121,14 @@ fn ows(s: &str) -> &str {
     s.trim_matches([' ', '\t'])
 }
 
-/// RFC 9110 positions are `1*DIGIT`. `u64::from_str` alone also takes a leading `+`.
+/// RFC 9110 positions are `1*DIGIT`. `u64::from_str` alone also takes a leading `+`. A
+/// number past `u64::MAX` is as far past the end of any file as `u64::MAX` (it was taken for
+/// a malformed header, and the whole file served instead of a 416).
 fn parse_digits(s: &str) -> Option<u64> {
     if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }
-    s.parse().ok()
+    Some(s.parse().unwrap_or(u64::MAX))
 }
 
 /// How an entity tag in a condition is compared with the current one (RFC 9110 §8.8.3.2).
@@ -214,6 +216,25 @@ mod tests {
         assert_eq!(
             parse_range_value(&format!("bytes=0-{}", u64::MAX), 10),
             Ok(Some((0, 10)))
+        );
+        // Positions past u64::MAX are still positions (black-box review: the first was
+        // served whole, 200).
+        let huge = "99999999999999999999999";
+        assert_eq!(
+            parse_range_value(&format!("bytes={huge}-"), 10),
+            Err(Unsatisfiable)
+        );
+        assert_eq!(
+            parse_range_value(&format!("bytes=2-{huge}"), 10),
+            Ok(Some((2, 10)))
+        );
+        assert_eq!(
+            parse_range_value(&format!("bytes=-{huge}"), 10),
+            Ok(Some((0, 10)))
+        );
+        assert_eq!(
+            parse_range_value(&format!("bytes={huge}-{huge}1"), 10),
+            Err(Unsatisfiable)
         );
     }
 

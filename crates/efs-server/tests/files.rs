@@ -1377,6 +1377,30 @@ async fn overwrite_etags_and_conditional_requests() {
         .unwrap();
     assert_eq!(r.status(), 204);
     assert_eq!(srv.get("/c.txt", &s.token).await.0, 404);
+
+    // A listing: a directory has no entity tag, so If-Match with one fails (412; it was
+    // answered 200), `*` holds; a missing directory stays 404 (black-box review).
+    srv.put_ok("/d/x.txt", &s.token, "x").await;
+    for (method, tag, status) in [
+        ("GET", e5.as_str(), 412),
+        ("HEAD", e5.as_str(), 412),
+        ("GET", "*", 200),
+    ] {
+        let r = srv
+            .req(method, "/d/", &s.token)
+            .header("if-match", tag)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "{method} /d/ If-Match: {tag}");
+    }
+    let r = srv
+        .req("GET", "/nope/", &s.token)
+        .header("if-match", &e5)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
 }
 
 #[tokio::test]
@@ -1417,6 +1441,17 @@ async fn content_type_is_kept_and_nosniff_is_sent() {
         header(&r, "x-content-type-options").as_deref(),
         Some("nosniff")
     );
+    // Two types: refused (the first was stored silently; black-box review), nothing written.
+    let r = srv
+        .req("PUT", "/page.html", &s.token)
+        .header("content-type", "text/plain")
+        .header("content-type", "text/html")
+        .body("two types")
+        .send()
+        .await
+        .unwrap();
+    assert_error(r, 400, "bad_request").await;
+    assert_eq!(srv.get_ok("/page.html", &s.token).await, b"plain");
 }
 
 #[tokio::test]
