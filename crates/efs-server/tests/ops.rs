@@ -1754,6 +1754,25 @@ async fn efsctl_refusals_name_the_problem_once() {
     assert!(err.contains("choose another --out or remove it"), "{err}");
     assert!(!err.contains("(use --out)"), "{err}");
     assert_eq!(std::fs::read(&taken).unwrap(), b"mine");
+    // The same user made twice: the key file of the first is what is in the way, and the
+    // refusal says where to look (it named only --out, which then met "user exists").
+    let key = srv.dir.path().join("dave_key");
+    let args = [
+        "create-user",
+        "dave",
+        "--fs",
+        "files",
+        "--out",
+        key.to_str().unwrap(),
+    ];
+    srv.efsctl_ok(&args);
+    let out = srv.efsctl(&args);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("made for dave before? efsctl list-users shows whether dave exists"),
+        "{err}"
+    );
 
     let bad = srv.dir.path().join("bad.pub");
     std::fs::write(&bad, "hello\n").unwrap();

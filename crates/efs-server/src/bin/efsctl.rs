@@ -1464,8 +1464,10 @@ fn generate_key_pair(
     let pub_path = PathBuf::from(format!("{}.pub", out.display()));
     for p in [&out, &pem_path, &pub_path] {
         if p.exists() {
+            // Often the key of an earlier create-user of the same name: said, since a user
+            // that exists is refused anyway, whatever --out says (black-box review).
             bail!(
-                "{} exists; refusing to overwrite a key: {}",
+                "{} exists; refusing to overwrite a key (one made for {name} before? efsctl list-users shows whether {name} exists): {}",
                 p.display(),
                 if chosen {
                     "choose another --out or remove it"
