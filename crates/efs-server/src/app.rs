@@ -1784,7 +1784,7 @@ async fn read_version(
     // cache only while the cache's plaintext budget allows (`ContentCache::reserve`), and
     // is streamed otherwise.
     if st.cache.admits(len) {
-        let cached = match st.cache.get(&entry.version) {
+        let cached = match st.cache.get(fs.id(), &entry.version) {
             Some(c) => Some(c),
             None if range.is_some() && len > efs_core::fs::segment_offset(STREAM_BATCH) => None,
             None => match st.cache.reserve(len) {
@@ -1804,7 +1804,7 @@ async fn read_version(
                         }
                         i = e;
                     }
-                    let c = Arc::new(CachedFile::new(entry.clone(), data, share));
+                    let c = Arc::new(CachedFile::new(*fs.id(), entry.clone(), data, share));
                     st.cache.insert(c.clone(), removal_epoch);
                     Some(c)
                 }

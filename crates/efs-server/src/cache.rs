@@ -1,7 +1,10 @@
 //! The decrypted-content cache: in memory, bounded in bytes, keyed by file version.
 //!
 //! A key is a content id, and every write makes a new content id, so a cached entry can
-//! never be a stale version of a path. Values are zeroized when the last reference goes
+//! never be a stale version of a path. A hit is also checked to belong to the filesystem
+//! asking: a filesystem restored from another's backup keeps its content ids, and must not
+//! be served the other's plaintext (which would hide its own blobs' damage, or serve what a
+//! backup restored without authentication names but does not hold). Values are zeroized when the last reference goes
 //! (eviction, clear, or the end of a response that was still sending them).
 //!
 //! A version replaced or deleted is dropped from the cache when the filesystem removes its
@@ -33,6 +36,8 @@ pub const PLAINTEXT_OVERHEAD: u64 = 64 << 20;
 
 /// One cached file version.
 pub struct CachedFile {
+    /// The filesystem it was read from ([`efs_core::Filesystem::id`]).
+    fs: [u8; 16],
     /// The version's metadata.
     pub entry: Entry,
     /// Its plaintext; zeroized on drop.
@@ -42,9 +47,11 @@ pub struct CachedFile {
 }
 
 impl CachedFile {
-    /// A version to fill with `data` (at most the share's bytes; see [`ContentCache::reserve`]).
-    pub fn new(entry: Entry, data: Zeroizing<Vec<u8>>, share: Share) -> Self {
+    /// A version of filesystem `fs` to fill with `data` (at most the share's bytes; see
+    /// [`ContentCache::reserve`]).
+    pub fn new(fs: [u8; 16], entry: Entry, data: Zeroizing<Vec<u8>>, share: Share) -> Self {
         Self {
+            fs,
             entry,
             data,
             _share: share,
@@ -213,9 +220,10 @@ impl ContentCache {
         self.inner.is_some() && size <= self.max_file
     }
 
-    /// A cached version.
-    pub fn get(&self, version: &[u8; 16]) -> Option<Arc<CachedFile>> {
-        let hit = self.inner.as_ref()?.get(version);
+    /// A cached version of filesystem `fs` (one of another filesystem with the same content
+    /// id is a miss; the fill that follows replaces it).
+    pub fn get(&self, fs: &[u8; 16], version: &[u8; 16]) -> Option<Arc<CachedFile>> {
+        let hit = self.inner.as_ref()?.get(version).filter(|c| c.fs == *fs);
         if hit.is_some() {
             metrics::counter!("efs_cache_hits_total").increment(1);
         } else {
@@ -308,6 +316,9 @@ mod tests {
         false
     }
 
+    /// The filesystem the tests' versions belong to.
+    const FS: [u8; 16] = [0xf5; 16];
+
     fn file(cache: &ContentCache, version: u8, len: usize) -> Option<Arc<CachedFile>> {
         let share = cache.reserve(len as u64)?;
         let entry = Entry {
@@ -320,6 +331,7 @@ mod tests {
             version: [version; 16],
         };
         Some(Arc::new(CachedFile::new(
+            FS,
             entry,
             Zeroizing::new(vec![version; len]),
             share,
@@ -375,11 +387,31 @@ mod tests {
         });
         let f = file(&cache, 1, 1000).unwrap();
         cache.insert(f, cache.removal_epoch());
-        assert!(cache.get(&[1; 16]).is_some());
+        assert!(cache.get(&FS, &[1; 16]).is_some());
         assert_eq!(cache.held_bytes(), 1000);
         cache.invalidate(&[1; 16]);
-        assert!(cache.get(&[1; 16]).is_none());
+        assert!(cache.get(&FS, &[1; 16]).is_none());
         assert!(settles(&cache, |held| held == 0));
+    }
+
+    /// A version cached for one filesystem is not served to another with the same content id
+    /// (a filesystem restored from the other's backup); the other's fill replaces it.
+    #[test]
+    fn a_version_is_served_only_to_its_filesystem() {
+        let cache = ContentCache::new(CacheConfig {
+            capacity: 1 << 20,
+            max_file: 1 << 20,
+        });
+        cache.insert(file(&cache, 1, 1000).unwrap(), cache.removal_epoch());
+        assert!(cache.get(&FS, &[1; 16]).is_some());
+        let other = [0x0f; 16];
+        assert!(cache.get(&other, &[1; 16]).is_none());
+        let theirs = cache.reserve(1000).unwrap();
+        let entry = cache.get(&FS, &[1; 16]).unwrap().entry.clone();
+        let f = CachedFile::new(other, entry, Zeroizing::new(vec![2; 1000]), theirs);
+        cache.insert(Arc::new(f), cache.removal_epoch());
+        assert_eq!(cache.get(&other, &[1; 16]).unwrap().data[0], 2);
+        assert!(cache.get(&FS, &[1; 16]).is_none());
     }
 
     /// A fill whose version was removed after its lookup (before or while it decrypts)
@@ -395,13 +427,13 @@ mod tests {
         cache.invalidate(&[2; 16]); // the delete commits before the fill even starts
         let f = file(&cache, 2, 1000).unwrap();
         cache.insert(f, epoch);
-        assert!(cache.get(&[2; 16]).is_none());
+        assert!(cache.get(&FS, &[2; 16]).is_none());
         assert!(settles(&cache, |held| held == 0));
         // Another version, and one removed before this fill's lookup, are cached as usual.
         cache.insert(file(&cache, 3, 1000).unwrap(), cache.removal_epoch());
-        assert!(cache.get(&[3; 16]).is_some());
+        assert!(cache.get(&FS, &[3; 16]).is_some());
         cache.insert(file(&cache, 2, 1000).unwrap(), cache.removal_epoch());
-        assert!(cache.get(&[2; 16]).is_some());
+        assert!(cache.get(&FS, &[2; 16]).is_some());
     }
 
     /// Beyond the removals kept, a fill older than the forgotten ones drops its version;
@@ -419,9 +451,12 @@ mod tests {
             cache.invalidate(&v);
         }
         cache.insert(file(&cache, 5, 1000).unwrap(), old);
-        assert!(cache.get(&[5; 16]).is_none(), "it cannot tell: dropped");
+        assert!(
+            cache.get(&FS, &[5; 16]).is_none(),
+            "it cannot tell: dropped"
+        );
         cache.insert(file(&cache, 6, 1000).unwrap(), cache.removal_epoch());
-        assert!(cache.get(&[6; 16]).is_some());
+        assert!(cache.get(&FS, &[6; 16]).is_some());
     }
 
     /// Regression: a fill decrypting while `efsctl cache-clear` ran inserted its plaintext
@@ -437,16 +472,16 @@ mod tests {
         cache.clear();
         cache.insert(file(&cache, 7, 1000).unwrap(), before);
         assert!(
-            cache.get(&[7; 16]).is_none(),
+            cache.get(&FS, &[7; 16]).is_none(),
             "a fill from before the clear stayed"
         );
         cache.insert(file(&cache, 8, 1000).unwrap(), cache.removal_epoch());
-        assert!(cache.get(&[8; 16]).is_some());
+        assert!(cache.get(&FS, &[8; 16]).is_some());
         // A later invalidation does not lower what the clear set.
         let after_clear = cache.removal_epoch();
         cache.invalidate(&[1; 16]);
         cache.insert(file(&cache, 9, 1000).unwrap(), after_clear);
-        assert!(cache.get(&[9; 16]).is_some());
+        assert!(cache.get(&FS, &[9; 16]).is_some());
     }
 
     /// `upkeep` frees an invalidated version without any other call of the cache (moka
