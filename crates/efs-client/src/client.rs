@@ -1272,6 +1272,11 @@ impl Client {
             (Some(r), _) => (r.start, r.end - r.start),
             (None, _) => (0, u64::MAX),
         };
+        // The file offset of the answer's next byte, for the probe after a break.
+        let mut at = match (&range, resp.status().as_u16()) {
+            (Some(r), 206) => r.start,
+            _ => 0,
+        };
         let expected = resp
             .content_length()
             .map(|l| l.saturating_sub(skip).min(keep));
@@ -1281,9 +1286,12 @@ impl Client {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(cause) => {
-                    return Err(self.broken_off(url, &tok, *written, expected, cause).await);
+                    return Err(self
+                        .broken_off(url, &tok, *written, at, expected, cause)
+                        .await);
                 }
             };
+            at += chunk.len() as u64;
             let mut data: &[u8] = &chunk;
             if skip > 0 {
                 let n = skip.min(data.len() as u64) as usize;
@@ -1305,7 +1313,9 @@ impl Client {
                 "the download was cut off after {} of {n} bytes",
                 *written
             ));
-            return Err(self.broken_off(url, &tok, *written, expected, cause).await);
+            return Err(self
+                .broken_off(url, &tok, *written, at, expected, cause)
+                .await);
         }
         if range.is_some() && keep > 0 && keep != u64::MAX {
             // A range reaching past the end of the file: what exists was written.
@@ -1315,16 +1325,20 @@ impl Client {
         Ok(())
     }
 
-    /// The error of a download that broke off after `written` bytes with `cause`: if the
-    /// server now refuses the token it was sent to, which had not expired, the server cut it
-    /// because that login's access ended meanwhile ([`Error::AccessEnded`]; the token is
-    /// dropped, so the next request logs in again). Asked with one `HEAD`, without retries
-    /// and for at most [`PROBE_TIMEOUT`]; any other answer, or none, leaves `cause`.
+    /// The error of a download that broke off after `written` bytes, at byte `at` of the
+    /// file, with `cause`: if the server now refuses the token it was sent to, which had not
+    /// expired, the server cut it because that login's access ended meanwhile
+    /// ([`Error::AccessEnded`]; the token is dropped, so the next request logs in again); if
+    /// it answers 500 for the byte where it broke off, the server cut it because it could not
+    /// read its stored content from there (damaged: docs/api.md), which no retry mends
+    /// ([`Error::Server`], 500). Asked with one `HEAD` of that byte (`Range`), without
+    /// retries and for at most [`PROBE_TIMEOUT`]; any other answer, or none, leaves `cause`.
     async fn broken_off(
         &self,
         url: &str,
         tok: &TokenInfo,
         written: u64,
+        at: u64,
         expected: Option<u64>,
         cause: Error,
     ) -> Fail {
@@ -1336,12 +1350,24 @@ impl Client {
                 .client
                 .head(url)
                 .bearer_auth(&tok.token)
+                .header(reqwest::header::RANGE, format!("bytes={at}-{at}"))
                 .timeout(PROBE_TIMEOUT);
-            if let Ok(r) = self.inner.http.send(probe, None).await
-                && r.status() == reqwest::StatusCode::UNAUTHORIZED
-            {
-                self.inner.auth.invalidate(&tok.token).await;
-                return Error::AccessEnded { written, expected }.into();
+            match self.inner.http.send(probe, None).await.map(|r| r.status()) {
+                Ok(reqwest::StatusCode::UNAUTHORIZED) => {
+                    self.inner.auth.invalidate(&tok.token).await;
+                    return Error::AccessEnded { written, expected }.into();
+                }
+                Ok(reqwest::StatusCode::INTERNAL_SERVER_ERROR) => {
+                    return Error::Server {
+                        status: 500,
+                        code: efs_proto::codes::INTERNAL.to_owned(),
+                        message: format!(
+                            "the download broke off after {written} bytes, and the server now refuses to send the file from there: its stored content could not be read (damaged or tampered with; the server's log says which); what was written is incomplete"
+                        ),
+                    }
+                    .into();
+                }
+                _ => {}
             }
         }
         cause.into()

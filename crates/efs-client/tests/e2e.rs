@@ -871,6 +871,84 @@ async fn a_download_cut_short_by_a_revoke_says_so() {
     assert!(matches!(e, Error::Transport(_)), "{e:?}");
 }
 
+/// Every file under `dir`, at any depth.
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let p = e.unwrap().path();
+        if p.is_dir() {
+            out.extend(files_below(&p));
+        } else {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// A download the server cuts because its stored content fails to decrypt past the first
+/// batch (one byte of the blob flipped) says the server failed (`Error::Server`, 500, not
+/// transient), where it was a transport error retried six times and reported as the network's:
+/// the client asks for the byte where it broke off, and the server, which noted the damage,
+/// refuses it. The same with the server's memory of it cleared (`efsctl cache-clear`), and into
+/// a file (no part left). A range before the damage is still served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_download_cut_by_damaged_content_says_the_server_failed() {
+    const LEN: usize = 4 << 20;
+    let s = setup(&["--cache-size", "0"]);
+    let c = s.client();
+    let data = content(LEN, 11);
+    c.put_bytes("/big.bin", data.clone().into(), PutOptions::default())
+        .await
+        .unwrap();
+    let blob = files_below(&s.server.data.join("fs"))
+        .into_iter()
+        .find(|p| std::fs::metadata(p).unwrap().len() > LEN as u64)
+        .expect("the file's blob");
+    let mut sealed = std::fs::read(&blob).unwrap();
+    sealed[LEN / 2] ^= 0x40;
+    std::fs::write(&blob, &sealed).unwrap();
+
+    for clear in [false, true] {
+        if clear {
+            s.server.efsctl(&["cache-clear"]);
+        }
+        let mut out = Vec::new();
+        let e = c
+            .download("/big.bin", &mut out, None, None)
+            .await
+            .unwrap_err();
+        match &e {
+            Error::Server {
+                status: 500,
+                message,
+                ..
+            } => {
+                assert!(message.contains("could not be read"), "{message}");
+            }
+            other => panic!("expected a server error, got {other:?}"),
+        }
+        assert!(!e.is_transient(), "{e}");
+        assert!(!out.is_empty() && out.len() < LEN / 2, "{}", out.len());
+        assert!(
+            out[..] == data[..out.len()],
+            "what came is the file's start"
+        );
+    }
+    let dir = s.tmp.path().join("dl");
+    std::fs::create_dir(&dir).unwrap();
+    let e = c
+        .download_file("/big.bin", &dir.join("big.bin"), None)
+        .await
+        .unwrap_err();
+    assert!(matches!(e, Error::Server { status: 500, .. }), "{e:?}");
+    assert_eq!(std::fs::read_dir(&dir).unwrap().count(), 0, "no part left");
+    let mut head = Vec::new();
+    c.download("/big.bin", &mut head, Some(0..1000), None)
+        .await
+        .unwrap();
+    assert!(head[..] == data[..1000]);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_is_retried_across_a_server_restart() {
     let mut s = setup(&[]);

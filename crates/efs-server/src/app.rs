@@ -1737,6 +1737,17 @@ async fn read_version(
         }
     };
     let (start, end) = range.unwrap_or((0, len));
+    // Content a download found damaged from `bad` on (cut there, after its 200): a request
+    // reaching it is a 500 before any byte, as one whose first batch fails is, so that a
+    // client trying again is told the server failed instead of meeting another cut. HEAD
+    // answers as the GET would.
+    if st
+        .cache
+        .damaged_from(fs.id(), &entry.version)
+        .is_some_and(|bad| end > bad)
+    {
+        return Err(efs_core::CoreError::Decrypt.into());
+    }
     // Room for every header below, so that the map is not grown while it is filled.
     let mut headers = HeaderMap::with_capacity(12);
     set_etag(&mut headers, entry);
@@ -1835,6 +1846,7 @@ async fn read_version(
         pending,
         // Only for a body of more than one batch: the checks come before each after the first.
         (first_end < segs.end).then(|| allowed.for_body(path)),
+        (*fs.id(), entry.version),
     ));
     Ok(Some(answer(status, headers, body)))
 }
@@ -1937,6 +1949,7 @@ fn push_slices(
 /// disk read and the decryption overlap the TLS encryption and the socket writes (at most
 /// two batches, 512 KiB, per stream in memory). An integrity failure mid-stream aborts the
 /// response (the client sees a truncated transfer, never wrong bytes).
+#[allow(clippy::too_many_arguments)]
 fn stream_range(
     reader: efs_core::FileReader,
     file_places: Option<tokio::sync::OwnedSemaphorePermit>,
@@ -1945,6 +1958,7 @@ fn stream_range(
     next: u64,
     pending: std::collections::VecDeque<Bytes>,
     allowed: Option<StillAllowed>,
+    version: ([u8; 16], [u8; 16]),
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     struct Ahead {
         from: u64,
@@ -2017,8 +2031,14 @@ fn stream_range(
                 Ok(plain) => push_slices(&mut s.pending, plain, a.from, start, end),
                 Err(e) => {
                     tracing::error!(error = %e, "reading content failed mid-stream; aborting the response");
-                    if let Some(a) = &s.allowed {
-                        a.record_cut(500);
+                    if let Some(allowed) = &s.allowed {
+                        allowed.record_cut(500);
+                        // Content that does not decrypt stays so: the next request reaching
+                        // it is refused before its 200 (an I/O error may pass).
+                        if matches!(e, efs_core::CoreError::Decrypt) {
+                            let from = efs_core::fs::segment_offset(a.from);
+                            allowed.st.cache.note_damaged(&version.0, &version.1, from);
+                        }
                     }
                     s.next = s.last;
                     return Some((Err(std::io::Error::other("integrity check failed")), s));

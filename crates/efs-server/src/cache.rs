@@ -138,7 +138,29 @@ pub struct ContentCache {
     held: Arc<AtomicU64>,
     /// The most `held` may reach: the capacity plus [`PLAINTEXT_OVERHEAD`].
     budget: u64,
+    /// Versions found damaged part way through a download (see [`ContentCache::damaged_from`]);
+    /// kept with the cache off too.
+    damaged: Arc<Mutex<Damaged>>,
 }
+
+/// Versions whose content failed to decrypt past the first batch of a download (damaged or
+/// tampered with), by filesystem and version: the plaintext offset of the batch that failed,
+/// and when. A download cut there has already said 200; the next request reaching that
+/// offset is answered 500 before any byte (as a damaged first batch is), so that a client
+/// trying again gets a status that says the server failed, not another cut that looks like
+/// the network's. Forgotten after [`DAMAGE_KEPT_FOR`] (a blob put right by hand is served
+/// again, or at once after `efsctl cache-clear`), and beyond [`DAMAGED_KEPT`] versions.
+#[derive(Default)]
+struct Damaged {
+    from: std::collections::HashMap<([u8; 16], [u8; 16]), (u64, std::time::Instant)>,
+}
+
+/// How long a version found damaged is answered 500 before any byte (see
+/// [`ContentCache::damaged_from`]).
+pub const DAMAGE_KEPT_FOR: Duration = Duration::from_secs(600);
+
+/// Versions found damaged that are remembered at most.
+const DAMAGED_KEPT: usize = 4096;
 
 impl ContentCache {
     /// A cache with the given bounds.
@@ -159,7 +181,44 @@ impl ContentCache {
             max_file: cfg.max_file,
             held: Arc::new(AtomicU64::new(0)),
             budget: cfg.capacity.saturating_add(PLAINTEXT_OVERHEAD),
+            damaged: Arc::default(),
         }
+    }
+
+    /// Notes that version `version` of filesystem `fs` failed to decrypt from plaintext offset
+    /// `from` on (see [`ContentCache::damaged_from`]).
+    pub fn note_damaged(&self, fs: &[u8; 16], version: &[u8; 16], from: u64) {
+        let mut d = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
+        let now = std::time::Instant::now();
+        if d.from.len() >= DAMAGED_KEPT {
+            d.from
+                .retain(|_, (_, at)| now.duration_since(*at) < DAMAGE_KEPT_FOR);
+        }
+        if d.from.len() >= DAMAGED_KEPT
+            && let Some(oldest) = d
+                .from
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(k, _)| *k)
+        {
+            d.from.remove(&oldest);
+        }
+        let e = d.from.entry((*fs, *version)).or_insert((from, now));
+        *e = (e.0.min(from), now);
+    }
+
+    /// The plaintext offset from which `version` of filesystem `fs` is known not to decrypt,
+    /// if a download of it was cut there within [`DAMAGE_KEPT_FOR`]. A download cut there has
+    /// already said 200; the server answers the next request reaching that offset 500 before
+    /// any byte (as it does a damaged first batch), so that a client trying again is told the
+    /// server failed, not cut again as by the network. At most 4,096 versions are kept;
+    /// [`ContentCache::clear`] forgets them (a blob put right by hand is served at once).
+    pub fn damaged_from(&self, fs: &[u8; 16], version: &[u8; 16]) -> Option<u64> {
+        let d = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
+        d.from
+            .get(&(*fs, *version))
+            .filter(|(_, at)| at.elapsed() < DAMAGE_KEPT_FOR)
+            .map(|(from, _)| *from)
     }
 
     /// Reserves `bytes` of the plaintext budget for a version about to be decrypted into
@@ -262,6 +321,11 @@ impl ContentCache {
     /// this runs) drops its version when it inserts it: the clear counts as a removal of
     /// every version.
     pub fn clear(&self) {
+        self.damaged
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .from
+            .clear();
         if let Some(c) = &self.inner {
             {
                 let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
@@ -412,6 +476,31 @@ mod tests {
         cache.insert(Arc::new(f), cache.removal_epoch());
         assert_eq!(cache.get(&other, &[1; 16]).unwrap().data[0], 2);
         assert!(cache.get(&FS, &[1; 16]).is_none());
+    }
+
+    /// A version found damaged is known from the lowest offset noted, per filesystem, with
+    /// the cache off too, until a clear.
+    #[test]
+    fn damaged_versions_are_known_until_cleared() {
+        let cache = ContentCache::new(CacheConfig {
+            capacity: 0,
+            max_file: 0,
+        });
+        assert_eq!(cache.damaged_from(&FS, &[1; 16]), None);
+        cache.note_damaged(&FS, &[1; 16], 1 << 20);
+        cache.note_damaged(&FS, &[1; 16], 1 << 18);
+        cache.note_damaged(&FS, &[1; 16], 1 << 19);
+        assert_eq!(cache.damaged_from(&FS, &[1; 16]), Some(1 << 18));
+        assert_eq!(cache.damaged_from(&[0x0f; 16], &[1; 16]), None);
+        assert_eq!(cache.damaged_from(&FS, &[2; 16]), None);
+        for v in 0..(DAMAGED_KEPT + 10) {
+            let mut version = [0; 16];
+            version[..8].copy_from_slice(&(v as u64).to_be_bytes());
+            cache.note_damaged(&[0x0f; 16], &version, 0);
+        }
+        assert!(cache.damaged.lock().unwrap().from.len() <= DAMAGED_KEPT);
+        cache.clear();
+        assert_eq!(cache.damaged_from(&FS, &[1; 16]), None);
     }
 
     /// A fill whose version was removed after its lookup (before or while it decrypts)

@@ -349,34 +349,60 @@ async fn tampered_blobs_are_never_served() {
         "a GET that started must be cut off, not answered with an error status: {got:?}"
     );
     let auth = format!("Authorization: Bearer {tok}");
-    let out = srv.curl(&[
-        "--http1.1",
-        "-o",
-        "/dev/null",
-        "-w",
-        "%{http_code} %{size_download}",
-        "-H",
-        &auth,
-        &srv.url("/long.bin"),
-    ]);
-    let w = String::from_utf8_lossy(&out.stdout).into_owned();
-    assert!(!out.status.success(), "curl sees the cut: {w}");
+    let curl_get = || {
+        let out = srv.curl(&[
+            "--http1.1",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code} %{size_download}",
+            "-H",
+            &auth,
+            &srv.url("/long.bin"),
+        ]);
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    // The server noted the damage where the cut came: the next GET is a 500 before any byte
+    // (a client trying again is told the server failed, not cut again), a range before it is
+    // served. Once the note is cleared (`efsctl cache-clear`), the next GET is cut again.
+    let (_, w) = curl_get();
+    assert!(w.starts_with("500 "), "refused before its 200: {w}");
+    let r = srv
+        .req("GET", "/long.bin", tok)
+        .header("range", "bytes=0-99")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 206);
+    assert_eq!(&r.bytes().await.unwrap()[..], &long[..100]);
+    srv.efsctl_ok(&["cache-clear"]);
+    let (ok, w) = curl_get();
+    assert!(!ok, "curl sees the cut: {w}");
     assert!(w.starts_with("200 "), "the answer had started: {w}");
     let got_bytes: usize = w[4..].trim().parse().unwrap();
     assert!(got_bytes < long.len(), "{w}");
     // Each cut is in the audit log: a second `read` entry, 500, `cut_short`, after the
-    // first's 200 (that first alone listed a read that delivered part of the file as whole).
+    // first's 200 (that first alone listed a read that delivered part of the file as whole);
+    // the GET refused before its 200 has its one entry, 500.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
-    let cuts = loop {
-        let cuts: Vec<serde_json::Value> =
+    let failed = loop {
+        let failed: Vec<serde_json::Value> =
             audit_show(srv, &["--path", "/long.bin", "--status", "500"]);
-        if cuts.len() >= 2 || std::time::Instant::now() > deadline {
-            break cuts;
+        if failed.len() >= 3 || std::time::Instant::now() > deadline {
+            break failed;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    assert_eq!(cuts.len(), 2, "{cuts:?}");
-    for e in &cuts {
+    assert_eq!(failed.len(), 3, "{failed:?}");
+    let cuts: Vec<&serde_json::Value> = failed
+        .iter()
+        .filter(|e| e["detail"] == "cut_short")
+        .collect();
+    assert_eq!(cuts.len(), 2, "{failed:?}");
+    for e in cuts {
         assert_eq!(
             (&e["action"], &e["detail"], &e["path"]),
             (
@@ -394,7 +420,9 @@ async fn tampered_blobs_are_never_served() {
         .entry("blob: late segment flipped (stream cut)")
         .or_default() += 2;
 
-    // Everything put back: served again, fsck clean.
+    // Everything put back: served again (once the server's note of the damage is cleared),
+    // fsck clean.
+    srv.efsctl_ok(&["cache-clear"]);
     assert_eq!(srv.get_ok("/a.bin", tok).await, honest);
     assert_eq!(srv.get_ok("/b.bin", tok).await, other);
     assert_eq!(srv.get_ok("/long.bin", tok).await, long);

@@ -252,7 +252,9 @@ enum Cmd {
         #[arg(long, default_value_t = 3600)]
         grace: u64,
     },
-    /// Empty the running server's decrypted cache and its remembered path lookups.
+    /// Empty the running server's decrypted cache and its remembered path lookups, and forget
+    /// the files it found damaged while sending them (which it answers 500 for 10 minutes):
+    /// after a blob was put right by hand.
     CacheClear,
     /// Make the running server serve its renewed --tls-cert and --tls-key files, without a
     /// restart (as SIGHUP does).
