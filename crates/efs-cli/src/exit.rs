@@ -245,8 +245,8 @@ fn cli_hint(e: &efs_client::Error) -> Option<String> {
         // The SDK's "check the URL …" fits a server never reached, not one that was.
         efs_client::Error::Transport(m) if !is_connect_failure(m) => Some(
             "the connection broke after the request was sent: check that the server is still \
-             running, and look at what the command changed (efs ls, efs stat) before running it \
-             again"
+             running; a command that changes files may have done part of its work, so look \
+             (efs ls, efs stat) before running such a one again"
                 .to_owned(),
         ),
         efs_client::Error::TokenRefusedNotResent => Some(
