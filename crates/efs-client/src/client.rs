@@ -1329,10 +1329,12 @@ impl Client {
     /// file, with `cause`: if the server now refuses the token it was sent to, which had not
     /// expired, the server cut it because that login's access ended meanwhile
     /// ([`Error::AccessEnded`]; the token is dropped, so the next request logs in again); if
-    /// it answers 500 for the byte where it broke off, the server cut it because it could not
-    /// read its stored content from there (damaged: docs/api.md), which no retry mends
-    /// ([`Error::Server`], 500). Asked with one `HEAD` of that byte (`Range`), without
-    /// retries and for at most [`PROBE_TIMEOUT`]; any other answer, or none, leaves `cause`.
+    /// it answers 500 for the rest of the file from where it broke off, the server cut it
+    /// because it could not read its stored content there (damaged: docs/api.md), which no
+    /// retry mends ([`Error::Server`], 500). Asked with one `HEAD` of that rest (`Range:
+    /// bytes=AT-`: the server may have sent more than arrived, the rest of its buffers
+    /// dropped with the stream), without retries and for at most [`PROBE_TIMEOUT`]; any other
+    /// answer, or none, leaves `cause`.
     async fn broken_off(
         &self,
         url: &str,
@@ -1350,7 +1352,7 @@ impl Client {
                 .client
                 .head(url)
                 .bearer_auth(&tok.token)
-                .header(reqwest::header::RANGE, format!("bytes={at}-{at}"))
+                .header(reqwest::header::RANGE, format!("bytes={at}-"))
                 .timeout(PROBE_TIMEOUT);
             match self.inner.http.send(probe, None).await.map(|r| r.status()) {
                 Ok(reqwest::StatusCode::UNAUTHORIZED) => {

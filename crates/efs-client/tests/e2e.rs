@@ -888,7 +888,7 @@ fn files_below(dir: &Path) -> Vec<PathBuf> {
 /// A download the server cuts because its stored content fails to decrypt past the first
 /// batch (one byte of the blob flipped) says the server failed (`Error::Server`, 500, not
 /// transient), where it was a transport error retried six times and reported as the network's:
-/// the client asks for the byte where it broke off, and the server, which noted the damage,
+/// the client asks for the rest of the file from where it broke off, and the server, which noted the damage,
 /// refuses it. The same with the server's memory of it cleared (`efsctl cache-clear`), and into
 /// a file (no part left). A range before the damage is still served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -141,6 +141,9 @@ pub struct ContentCache {
     /// Versions found damaged part way through a download (see [`ContentCache::damaged_from`]);
     /// kept with the cache off too.
     damaged: Arc<Mutex<Damaged>>,
+    /// Whether `damaged` may hold any: every GET asks, and almost always none is, so the
+    /// lock is not taken then.
+    any_damaged: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Versions whose content failed to decrypt past the first batch of a download (damaged or
@@ -182,6 +185,7 @@ impl ContentCache {
             held: Arc::new(AtomicU64::new(0)),
             budget: cfg.capacity.saturating_add(PLAINTEXT_OVERHEAD),
             damaged: Arc::default(),
+            any_damaged: Arc::default(),
         }
     }
 
@@ -205,6 +209,7 @@ impl ContentCache {
         }
         let e = d.from.entry((*fs, *version)).or_insert((from, now));
         *e = (e.0.min(from), now);
+        self.any_damaged.store(true, Ordering::Release);
     }
 
     /// The plaintext offset from which `version` of filesystem `fs` is known not to decrypt,
@@ -214,11 +219,17 @@ impl ContentCache {
     /// server failed, not cut again as by the network. At most 4,096 versions are kept;
     /// [`ContentCache::clear`] forgets them (a blob put right by hand is served at once).
     pub fn damaged_from(&self, fs: &[u8; 16], version: &[u8; 16]) -> Option<u64> {
-        let d = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
-        d.from
-            .get(&(*fs, *version))
-            .filter(|(_, at)| at.elapsed() < DAMAGE_KEPT_FOR)
-            .map(|(from, _)| *from)
+        if !self.any_damaged.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut d = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
+        // What expired goes (a few entries at most, but for a disk gone bad), and with the
+        // last of them the lock is no longer taken.
+        d.from.retain(|_, (_, at)| at.elapsed() < DAMAGE_KEPT_FOR);
+        if d.from.is_empty() {
+            self.any_damaged.store(false, Ordering::Release);
+        }
+        d.from.get(&(*fs, *version)).map(|(from, _)| *from)
     }
 
     /// Reserves `bytes` of the plaintext budget for a version about to be decrypted into
@@ -321,11 +332,11 @@ impl ContentCache {
     /// this runs) drops its version when it inserts it: the clear counts as a removal of
     /// every version.
     pub fn clear(&self) {
-        self.damaged
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .from
-            .clear();
+        {
+            let mut d = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
+            d.from.clear();
+            self.any_damaged.store(false, Ordering::Release);
+        }
         if let Some(c) = &self.inner {
             {
                 let mut r = self.removals.lock().unwrap_or_else(|e| e.into_inner());
