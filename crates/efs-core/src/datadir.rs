@@ -272,6 +272,32 @@ fn first_generation() -> u64 {
 /// opened up later (`chmod 755`, a copy, a volume's defaults) shows every index, blob and the
 /// key-part file's check tags to every local account. Not changed here: the operator may
 /// have a reason; the warning says how.
+/// The `file:` key parts among `specs` that lie inside the data dir `root` (see
+/// [`is_inside_data_dir`]): every copy of the data dir would carry the key that opens it.
+pub fn key_parts_inside(root: &Path, specs: &[KeyPartSpec]) -> Vec<PathBuf> {
+    specs
+        .iter()
+        .filter_map(|s| match s {
+            KeyPartSpec::File(p) if is_inside_data_dir(root, p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The refusal of key parts inside the data dir (a new data dir, new parts of a re-keying).
+pub(crate) fn refuse_key_parts_inside(root: &Path, specs: &[KeyPartSpec]) -> Result<()> {
+    match key_parts_inside(root, specs).first() {
+        None => Ok(()),
+        Some(p) => Err(CoreError::Invalid(format!(
+            "the key part file {} is inside the data dir {}: every copy, snapshot or backup of the \
+             data dir would carry the key that opens it; keep it elsewhere (another disk, a \
+             secret store); nothing was changed",
+            p.display(),
+            root.display()
+        ))),
+    }
+}
+
 fn warn_if_open_to_others(root: &Path) {
     if let Ok(m) = std::fs::metadata(root) {
         let mode = m.permissions().mode() & 0o777;
@@ -646,6 +672,7 @@ impl DataDir {
                     root.display()
                 ))
             })?;
+            refuse_key_parts_inside(root, specs)?;
             let mut specs = specs.to_vec();
             let mut generated = None;
             if specs.is_empty() {
@@ -699,6 +726,16 @@ impl DataDir {
                 Err(e) => return Err(e.into()),
             };
             warn_if_open_to_others(root);
+            // Refused for a new data dir and for a re-keying's new parts; one already there
+            // (put there by hand) is warned about, so that the data dir still opens for the
+            // re-keying that moves it.
+            for p in key_parts_inside(root, specs) {
+                tracing::warn!(
+                    "the key part file {} is inside the data dir {}: every copy of the data dir carries the key that opens it; move it out with efsctl rekey-starter --new-key-part file:ELSEWHERE",
+                    p.display(),
+                    root.display()
+                );
+            }
             // An EFS data dir (it has system/): locked before a passphrase is asked for and
             // before keyparts.json is read (a re-keying may be switching it).
             lock = lock_data_dir(root)?;

@@ -290,6 +290,50 @@ impl fmt::Debug for StarterKey {
     }
 }
 
+/// The largest key part file read: a part is a few dozen bytes (32 random bytes in base64);
+/// anything larger is a mistake (a whole disk named, `file:/dev/sdb1`), refused before it is
+/// read.
+pub const PART_FILE_MAX: u64 = 64 << 10;
+
+/// A `file:` part's bytes: a regular file of at most [`PART_FILE_MAX`] bytes, read into a
+/// buffer that never reallocates (no copy of the part left in freed memory). A FIFO, a device
+/// or a directory is refused at once, without waiting for a writer (the file is opened
+/// non-blocking) or reading a device without end (`/dev/zero` grew a process by gigabytes).
+fn read_part_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
+        .open(path)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    let meta = f
+        .metadata()
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if !meta.is_file() {
+        return Err(
+            "not a regular file (a FIFO, a device or a directory is refused: a key part is a small file)"
+                .into(),
+        );
+    }
+    if meta.len() > PART_FILE_MAX {
+        return Err(format!(
+            "the file holds {} bytes: a key part file holds at most {PART_FILE_MAX} (a part is a few dozen bytes, e.g. 32 random bytes in base64)",
+            meta.len()
+        ));
+    }
+    let mut bytes = Zeroizing::new(Vec::with_capacity(PART_FILE_MAX as usize + 1));
+    f.take(PART_FILE_MAX + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|e| format!("cannot read the file: {e}"))?;
+    if bytes.len() as u64 > PART_FILE_MAX {
+        return Err(format!(
+            "the file grew past {PART_FILE_MAX} bytes while it was read"
+        ));
+    }
+    Ok(bytes)
+}
+
 /// Reads a part's raw material. `prompt` is asked for a passphrase when the environment
 /// variable `passphrase_env` is unset.
 fn read_part(
@@ -308,10 +352,7 @@ fn read_part(
             Some(v) => Zeroizing::new(v.into_encoded_bytes()),
             None => return Err(unreadable("the environment variable is not set".into())),
         },
-        KeyPartSpec::File(path) => match std::fs::read(path) {
-            Ok(v) => Zeroizing::new(v),
-            Err(e) => return Err(unreadable(format!("cannot read the file: {}", e.kind()))),
-        },
+        KeyPartSpec::File(path) => read_part_file(path).map_err(unreadable)?,
         KeyPartSpec::Passphrase => match std::env::var(passphrase_env) {
             Ok(v) => Zeroizing::new(v.into_bytes()),
             Err(_) => {
@@ -800,6 +841,37 @@ mod tests {
         let missing = KeyPartSpec::File(d.path().join("nope"));
         let e = create(&[missing], None, FAST, &no_prompt).unwrap_err();
         assert!(e.to_string().contains("cannot read"), "{e}");
+        assert!(e.to_string().contains("No such file"), "{e}");
+    }
+
+    /// A `file:` part that is no regular file, or larger than a part can be, is refused
+    /// before it is read: `/dev/zero` grew efsctl by gigabytes, a FIFO hung it (black-box
+    /// review). A directory too.
+    #[test]
+    fn a_part_file_is_a_small_regular_file() {
+        let d = tempfile::tempdir().unwrap();
+        let fifo = d.path().join("fifo");
+        rustix::fs::mkfifoat(
+            rustix::fs::CWD,
+            &fifo,
+            rustix::fs::Mode::from_raw_mode(0o600),
+        )
+        .unwrap();
+        let big = d.path().join("big");
+        std::fs::write(&big, vec![b'a'; PART_FILE_MAX as usize + 1]).unwrap();
+        for (path, says) in [
+            (fifo, "not a regular file"),
+            (PathBuf::from("/dev/zero"), "not a regular file"),
+            (d.path().to_path_buf(), "not a regular file"),
+            (big, "at most 65536"),
+        ] {
+            let started = std::time::Instant::now();
+            let e = create(&[KeyPartSpec::File(path.clone())], None, FAST, &no_prompt).unwrap_err();
+            assert!(e.to_string().contains(says), "{}: {e}", path.display());
+            assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        }
+        let fits = file_part(d.path(), "fits", &"a".repeat(PART_FILE_MAX as usize));
+        create(&[fits], None, FAST, &no_prompt).unwrap();
     }
 
     #[test]

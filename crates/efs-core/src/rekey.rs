@@ -422,6 +422,7 @@ async fn rekey(
             "give the new key parts (--new-key-part, as many as wanted)".into(),
         ));
     }
+    crate::datadir::refuse_key_parts_inside(root, new)?;
     let has_passphrase = |s: &[KeyPartSpec]| s.iter().any(|p| matches!(p, KeyPartSpec::Passphrase));
     if has_passphrase(old)
         && has_passphrase(new)

@@ -334,6 +334,49 @@ async fn a_mistyped_new_passphrase_changes_nothing() {
     check(&dd, &files).await;
 }
 
+/// A key part file inside the data dir would travel with every copy of it: refused as a
+/// re-keying's new part (it was taken, and the server then started with it silently) and for
+/// a new data dir, through a link too; nothing changes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_part_inside_the_data_dir_is_refused() {
+    let ((tmp, root, part), files) = filled_and_closed().await;
+    let before = std::fs::read(root.join("system/keyparts.json")).unwrap();
+    let inside = root.join("system").join("inside.part");
+    std::fs::write(&inside, "bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb\n").unwrap();
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(root.join("system"), &link).unwrap();
+    for new in [inside.clone(), link.join("inside.part")] {
+        let e = rekey::rekey_starter(
+            &root,
+            std::slice::from_ref(&part),
+            &[KeyPartSpec::File(new.clone())],
+            Argon2Params::default(),
+            &no_prompt,
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("is inside the data dir"),
+            "{}: {e}",
+            new.display()
+        );
+    }
+    assert_eq!(
+        std::fs::read(root.join("system/keyparts.json")).unwrap(),
+        before
+    );
+    let dd = open(&root, std::slice::from_ref(&part)).unwrap();
+    check(&dd, &files).await;
+    drop(dd);
+    // A new data dir (an empty directory) with its part inside it.
+    let fresh = tmp.path().join("fresh");
+    std::fs::create_dir(&fresh).unwrap();
+    let e = open(&fresh, &[KeyPartSpec::File(fresh.join("p"))]).unwrap_err();
+    assert!(e.to_string().contains("is inside the data dir"), "{e}");
+    assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 0);
+}
+
 /// A re-keying holds the data dir's lock from before it looks for an interrupted one until
 /// it ends: a server (or efsctl) opening the data dir meanwhile is refused. Before, such an
 /// open ran `recover`, took the re-keying's staged files for an interrupted one and
