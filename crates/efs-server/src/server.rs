@@ -301,7 +301,15 @@ pub async fn run(cfg: ServerConfig) -> anyhow::Result<()> {
                     cfg.tls_names.join(", ")
                 );
             }
-            crate::tls::load_pem(c, k)?
+            let material = crate::tls::load_pem(c, k)?;
+            // As the reserve's start warnings: to the log, and to stdout with the start's lines.
+            if let Some(w) =
+                crate::tls::start_validity_warning(&material, c, time::OffsetDateTime::now_utc())
+            {
+                tracing::warn!("{w}");
+                say!("{w}");
+            }
+            material
         }
         None => {
             // The names clients reach this server by: `--tls-name`, and the address it

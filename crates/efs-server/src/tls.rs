@@ -976,6 +976,25 @@ fn chain_warnings(new: &[CertificateDer<'_>], old: &[CertificateDer<'_>]) -> Vec
     out
 }
 
+/// What a start with `--tls-cert` says of the certificate's validity at `now`: a `WARNING: `
+/// line when clients would refuse it (expired, not valid yet) or when it ends soon. The
+/// start goes on (a renewed file is served by `efsctl reload-tls` without a restart, which
+/// refuses such a file); it said nothing, while a reload of the same file was refused.
+pub fn start_validity_warning(
+    material: &TlsMaterial,
+    cert_path: &Path,
+    now: time::OffsetDateTime,
+) -> Option<String> {
+    let first = material.certs.first()?;
+    match check_validity(first, now) {
+        Ok(v) => v.warning,
+        Err(e) => Some(format!(
+            "WARNING: --tls-cert {}: {e}: clients will refuse it; put a valid certificate there, then efsctl reload-tls",
+            cert_path.display()
+        )),
+    }
+}
+
 /// A certificate's validity period, and a warning when it ends soon.
 #[derive(Debug)]
 struct Validity {
@@ -1117,6 +1136,26 @@ mod tests {
         // The last second of its validity still counts.
         assert!(check_validity(&cert(now - day, now), now).is_ok());
         assert!(check_validity(&CertificateDer::from(vec![0x30, 0x00]), now).is_err());
+        // At a start with --tls-cert: a warning, where there was none (black-box review).
+        let material = |der: CertificateDer<'static>| TlsMaterial {
+            certs: vec![der],
+            key: PrivateKeyDer::Pkcs8(vec![0u8; 8].into()),
+            generated: false,
+        };
+        let path = Path::new("/etc/efs/cert.pem");
+        for (der, says) in [
+            (cert(now - 90 * day, now - day), "expired on"),
+            (cert(now + day, now + 90 * day), "not valid yet"),
+            (cert(now - 60 * day, now + 13 * day), "expires in 13 days"),
+        ] {
+            let w = start_validity_warning(&material(der), path, now).unwrap();
+            assert!(w.starts_with("WARNING: ") && w.contains(says), "{w}");
+        }
+        let w = start_validity_warning(&material(cert(now - 90 * day, now - day)), path, now);
+        assert!(w.unwrap().contains("--tls-cert /etc/efs/cert.pem"));
+        assert!(
+            start_validity_warning(&material(cert(now - day, now + 60 * day)), path, now).is_none()
+        );
     }
 
     /// A short-lived certificate warned at every reload, and said "expires in 0 days" in its
