@@ -287,6 +287,10 @@ async fn put_meta(index: &RedbIndex, ops: Vec<Op>) -> Result<()> {
 /// that opened `keyparts.json` (the current ones). Returns a line if it did anything.
 pub(crate) async fn recover(root: &Path, starter: &StarterKey) -> Result<Option<String>> {
     let sys = root.join("system");
+    // A re-keying killed while it wrote `keyparts.json.rekey` leaves the temporary file of
+    // that write (`.keyparts.json.rekey.<random>.tmp`, the new parts' salts and checks):
+    // never renamed into use, nothing else removed it (black-box review).
+    remove_keyparts_temporaries(&sys)?;
     if sys.join(KEYPARTS_NEXT).exists() {
         // Not switched: the old parts are current; forget the staged state.
         let roots = DigestRoots::read_file(root, &sys.join("system.redb"), starter)?;
@@ -324,6 +328,25 @@ pub(crate) async fn recover(root: &Path, starter: &StarterKey) -> Result<Option<
         ));
     }
     Ok(None)
+}
+
+/// Removes the temporary files of `keyparts.json` and `keyparts.json.rekey` writes cut short
+/// (`datadir::write_atomic`'s `.<name>.<random>.tmp`) from `sys`. Under the data dir's lock:
+/// no write of them is running.
+fn remove_keyparts_temporaries(sys: &Path) -> Result<()> {
+    let mut removed = false;
+    for e in std::fs::read_dir(sys)? {
+        let name = e?.file_name();
+        let name = name.to_string_lossy();
+        if name.starts_with(".keyparts.json.") && name.ends_with(".tmp") {
+            std::fs::remove_file(sys.join(&*name))?;
+            removed = true;
+        }
+    }
+    if removed {
+        sync_dir(sys)?;
+    }
+    Ok(())
 }
 
 /// Removes every staged index copy (a re-keying not switched). Returns how many.
