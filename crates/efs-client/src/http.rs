@@ -363,8 +363,18 @@ pub(crate) fn map_reqwest_error(e: &reqwest::Error) -> Error {
     if e.is_builder() {
         return Error::Config(texts.join(": "));
     }
+    // The alert of a server that requires a client certificate, where it did not come as a
+    // `rustls::Error` (TLS 1.3 sends it after the client's side of the handshake is done).
+    if texts.iter().any(|t| t.contains("CertificateRequired")) {
+        return Error::Tls(CLIENT_CERT_REQUIRED.to_owned());
+    }
     Error::Transport(texts.join(": "))
 }
+
+/// What a server that requires a client certificate (`efs-server --client-ca`) is told as:
+/// retrying cannot help (it was a transport error retried for seconds, with a hint about what
+/// the command changed).
+const CLIENT_CERT_REQUIRED: &str = "the server requires a client certificate (mutual TLS: it runs with --client-ca), which this client cannot present: use curl with --cert and --key (scripts/login-curl-openssl.sh), or a server without --client-ca";
 
 /// The error of type `T` in the chain of `err`, also inside `io::Error`s (whose
 /// `source()` skips the error they wrap, and which hyper-rustls nests two deep).
@@ -414,6 +424,9 @@ pub(crate) fn tls_error(e: &rustls::Error) -> Error {
             C::BadSignature => "the server's certificate has a bad signature".to_owned(),
             other => format!("the server's certificate is not accepted: {other:?}"),
         },
+        rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired) => {
+            CLIENT_CERT_REQUIRED.to_owned()
+        }
         other => format!("TLS handshake failed: {other}"),
     };
     Error::Tls(msg)
@@ -485,6 +498,10 @@ mod tests {
         let outer = std::io::Error::other(inner);
         let found = find::<rustls::Error>(&outer).expect("found");
         assert!(matches!(tls_error(found), Error::Tls(m) if m.contains("unknown issuer")));
+        let required = &rustls::Error::AlertReceived(rustls::AlertDescription::CertificateRequired);
+        assert!(
+            matches!(tls_error(required), Error::Tls(m) if m.contains("requires a client certificate"))
+        );
     }
 
     #[test]

@@ -949,6 +949,56 @@ async fn a_download_cut_by_damaged_content_says_the_server_failed() {
     assert!(head[..] == data[..1000]);
 }
 
+/// A server that requires a client certificate (`--client-ca`: a CA made with openssl)
+/// refuses this client's connections at the handshake: said as such (`Error::Tls`, not
+/// transient, so not retried), where it was a transport error retried for seconds (black-box
+/// review).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_server_requiring_a_client_certificate_is_a_tls_error_at_once() {
+    let pki = tempfile::tempdir().unwrap();
+    let out = Command::new("openssl")
+        .current_dir(pki.path())
+        .args([
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.pem",
+            "-subj",
+            "/CN=efs test ca",
+            "-days",
+            "2",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ])
+        .output()
+        .expect("running openssl (installed by scripts/test.sh)");
+    assert!(out.status.success(), "{out:?}");
+    let ca = pki.path().join("ca.pem");
+    let s = setup(&["--client-ca", ca.to_str().unwrap()]);
+    let c = s.client();
+    let started = Instant::now();
+    let e = c.stat("/").await.unwrap_err();
+    match &e {
+        Error::Tls(m) => assert!(m.contains("requires a client certificate"), "{m}"),
+        other => panic!("expected a TLS error, got {other:?}"),
+    }
+    assert!(!e.is_transient());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn upload_is_retried_across_a_server_restart() {
     let mut s = setup(&[]);
