@@ -696,7 +696,8 @@ impl DataDir {
             // mistyped passphrase stops here, not at the next start, once data is stored.
             keyparts::open(&file, &specs, &|_| prompt("EFS passphrase, again: ")).map_err(|e| {
                 CoreError::Invalid(format!(
-                    "the key parts did not read the same twice ({e}); nothing was stored"
+                    "the key parts did not read the same twice ({}); nothing was stored",
+                    keyparts::not_read_the_same(&e)
                 ))
             })?;
             crate::blob::create_dir_all_synced(&root.join("system"))?;

@@ -154,6 +154,23 @@ impl KeyPartSpec {
     }
 }
 
+/// Why new key parts read a second time (at a data dir's creation, a re-keying's new parts)
+/// did not give what the first reading did, in those terms: "not the part this data dir was
+/// created with" said nothing true of a data dir being created (black-box review).
+pub fn not_read_the_same(e: &KeyError) -> String {
+    match e {
+        KeyError::WrongPart { index, spec, .. } if spec == "passphrase" => format!(
+            "key part {index} (passphrase): the passphrase given the second time is not the one given first"
+        ),
+        KeyError::WrongPart { index, spec, .. } => {
+            format!(
+                "key part {index} ({spec}) read differently the second time: it changed meanwhile"
+            )
+        }
+        other => other.to_string(),
+    }
+}
+
 impl fmt::Display for KeyPartSpec {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -557,7 +574,7 @@ fn open_of(
     };
     if specs.len() != file.parts.len() {
         return Err(KeyError::Mismatch(format!(
-            "{dir} was created with {} key part(s) ({}), but {} were given",
+            "{dir} was created (or last re-keyed) with {} key part(s) ({}), but {} were given",
             file.parts.len(),
             kinds(file),
             specs.len()

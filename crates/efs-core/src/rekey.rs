@@ -506,7 +506,8 @@ async fn rekey(
     // before anything is staged, instead of locking the data dir for good.
     keyparts::open(&new_file, new, &|_| prompt("New EFS passphrase, again: ")).map_err(|e| {
         CoreError::Invalid(format!(
-            "the new key parts did not read the same twice ({e}); nothing was changed"
+            "the new key parts did not read the same twice ({}); nothing was changed",
+            keyparts::not_read_the_same(&e)
         ))
     })?;
 

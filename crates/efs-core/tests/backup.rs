@@ -283,7 +283,7 @@ async fn keys_go_along_only_when_asked_and_then_restore_in_another_data_dir() {
         ),
         (
             vec![env.part.clone(), other_part.clone()],
-            "the data dir this backup was taken from was created with 1 key part(s) (file), but 2 were given",
+            "the data dir this backup was taken from was created (or last re-keyed) with 1 key part(s) (file), but 2 were given",
         ),
     ] {
         let e = other

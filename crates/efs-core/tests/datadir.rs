@@ -1558,6 +1558,12 @@ fn a_new_data_dir_reads_its_passphrase_twice() {
         Err(e) => e.to_string(),
     };
     assert!(e.contains("did not read the same twice"), "{e}");
+    // Said as what happened: not "not the part this data dir was created with".
+    assert!(
+        e.contains("the passphrase given the second time is not the one given first"),
+        "{e}"
+    );
+    assert!(!e.contains("created"), "{e}");
     assert_eq!(
         *asked.lock().unwrap(),
         [

@@ -321,6 +321,12 @@ async fn a_mistyped_new_passphrase_changes_nothing() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("did not read the same twice"), "{e}");
+    // Said as what happened: not "not the part this data dir was created with".
+    assert!(
+        e.contains("the passphrase given the second time is not the one given first"),
+        "{e}"
+    );
+    assert!(!e.contains("created"), "{e}");
     assert_eq!(
         *asked.lock().unwrap(),
         ["New EFS passphrase: ", "New EFS passphrase, again: "]
