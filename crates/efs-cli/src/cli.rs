@@ -65,8 +65,8 @@ The key is never overwritten; the private file is created with mode 0600.")]
         /// Where to write the private key (FILE.pub gets the public key).
         #[arg(short, long, value_name = "FILE")]
         output: Option<PathBuf>,
-        /// The key's comment (default: user@host).
-        #[arg(short = 'C', long)]
+        /// The key's comment (default: user@host); one line, no control characters.
+        #[arg(short = 'C', long, value_parser = parse_key_comment)]
         comment: Option<String>,
     },
 
@@ -446,6 +446,16 @@ pub(crate) struct RemoteAdd {
     /// it keeps working when the certificate is renewed).
     #[arg(long, group = "trust")]
     pub system_roots: bool,
+}
+
+/// A key comment: the end of the public key's one line, so no line break or other control
+/// character (`-C $'a\nb'` wrote a `.pub` of two lines; black-box review).
+fn parse_key_comment(s: &str) -> Result<String, String> {
+    if s.chars().any(char::is_control) {
+        Err("a key comment is one line without control characters".into())
+    } else {
+        Ok(s.to_owned())
+    }
 }
 
 /// An ETag as `efs stat` prints it (quoted or not): an empty one, or one with a control

@@ -26,6 +26,10 @@ fn keygen_writes_an_openssh_key_once() {
     assert!(out.contains(public.trim()), "{out}");
     assert!(out.contains("efsctl create-user"), "{out}");
     assert!(out.contains("SHA256:"), "{out}");
+    // A comment with a line break is bad usage (it wrote a .pub of two lines), nothing written.
+    let other = env.path("k/id_nl");
+    env.fails(&["keygen", "-o", other.to_str().unwrap(), "-C", "a\nb"], 2);
+    assert!(!other.exists());
     // Never overwritten.
     let err = env.fails(&["keygen", "-o", key.to_str().unwrap()], 5);
     assert!(err.contains("exists already"), "{err}");
