@@ -271,7 +271,11 @@ fn create_part(out: &Path) -> Result<(PathBuf, std::fs::File)> {
         {
             Ok(file) => return Ok((part, file)),
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-            Err(e) => return Err(e).with_context(|| format!("creating {}", part.display())),
+            // Named as the output the user gave (the temporary name is ours): a missing
+            // directory is "creating /nonexistent/t.age", not its `.efs-part`.
+            Err(e) => {
+                return Err(e).with_context(|| format!("creating {}", out.display()));
+            }
         }
     }
     Err(anyhow::anyhow!(

@@ -136,6 +136,13 @@ fn age_opens_the_backup_and_untar_restores_and_verifies() {
         &recipient,
         "--force",
     ]);
+    // Into a directory that does not exist: named as given (it named its temporary file).
+    let err = env.fails(
+        &["tar", "drive:/src", "-o", "nodir/t.age", "-r", &recipient],
+        3,
+    );
+    assert!(err.contains("creating nodir/t.age"), "{err}");
+    assert!(!err.contains("efs-part"), "{err}");
 
     // efs untar restores the tree, verified.
     let out = env.efs(&[
