@@ -444,16 +444,27 @@ struct Hashing<R> {
     inner: R,
     hash: Sha256,
     len: u64,
+    /// Set when reading `inner` failed (the archive, not the upload it feeds).
+    read_failed: bool,
 }
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = self
+            .inner
+            .read(buf)
+            .inspect_err(|_| self.read_failed = true)?;
         self.hash.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
     }
 }
+
+/// What an archive that fails to read is said to be: age authenticates it chunk by chunk, so a
+/// byte changed or the end cut off fails there. It said "local I/O: the upload's source ended"
+/// and age's "last chunk has been processed" (black-box review).
+const ARCHIVE_BROKEN: &str =
+    "reading the archive: it is damaged, altered or cut short (it failed its authentication)";
 
 /// An `AsyncWrite` that only hashes and counts (to verify a re-download).
 struct HashSink {
@@ -637,7 +648,7 @@ fn read_archive<R: Read>(
     let mut restored = 0u64;
     let entries = archive.entries().context("reading the archive")?;
     for entry in entries {
-        let entry = entry.context("reading the archive")?;
+        let entry = entry.context(ARCHIVE_BROKEN)?;
         let raw = entry.path().context("reading the archive")?.into_owned();
         let rel = match safe_rel(&raw) {
             Ok(Some(rel)) => rel,
@@ -693,7 +704,7 @@ fn read_archive<R: Read>(
     }
     // Read to the end, so that the age stream's final tag is checked.
     let mut rest = archive.into_inner();
-    std::io::copy(&mut rest, &mut std::io::sink()).context("reading the archive")?;
+    std::io::copy(&mut rest, &mut std::io::sink()).context(ARCHIVE_BROKEN)?;
     Ok((restored, problems))
 }
 
@@ -732,13 +743,18 @@ fn restore_file<R: Read>(
         inner: entry,
         hash: Sha256::new(),
         len: 0,
+        read_failed: false,
     };
     let mut dst = SyncIoBridge::new_with_handle(writer, handle.clone());
     let copied = std::io::copy(&mut src, &mut dst).and_then(|_| dst.shutdown());
     drop(dst);
     let uploaded = handle.block_on(task).context("an upload stopped")?;
     if let Err(e) = copied {
-        // The archive failed, or the upload stopped reading (its error says why).
+        // The archive failed (the upload then failed for want of its bytes: not stored), or
+        // the upload stopped reading (its error says why).
+        if src.read_failed {
+            return Err(e).with_context(|| format!("{ARCHIVE_BROKEN}; {shown} was not stored"));
+        }
         uploaded.with_context(|| format!("uploading {shown}"))?;
         return Err(e).context("reading the archive");
     }

@@ -231,6 +231,25 @@ fn passphrase_round_trip_and_wrong_passphrase() {
     assert!(err.contains("cannot decrypt"), "{err}");
     env.fails(&["stat", "drive:/nope"], 3);
 
+    // A damaged or cut-off archive is said to be one (it said "local I/O: the upload's source
+    // ended …" and age's "last chunk has been processed"), exit 1.
+    let mut bytes = std::fs::read(env.path("b.age")).unwrap();
+    let mid = bytes.len() / 2;
+    let mut flipped = bytes.clone();
+    flipped[mid] ^= 0x01;
+    std::fs::write(env.path("flipped.age"), &flipped).unwrap();
+    bytes.truncate(mid);
+    std::fs::write(env.path("cut.age"), &bytes).unwrap();
+    for name in ["flipped.age", "cut.age"] {
+        let to = format!("drive:/{name}.d");
+        let err = env.fails(&["untar", name, &to, "-p", "pass.txt"], 1);
+        assert!(
+            err.contains("damaged, altered or cut short"),
+            "{name}: {err}"
+        );
+        assert!(!err.contains("local I/O"), "{name}: {err}");
+    }
+
     // Options: one way of encrypting is needed, and only one kind.
     env.fails(&["tar", "drive:/src", "-o", "c.age"], 2);
     env.fails(
