@@ -178,7 +178,7 @@ pub(crate) fn shown(path: &Path) -> String {
 
 /// Why EFS cannot store a file named `name` (a server refuses control characters and
 /// backslashes in names), if it cannot.
-fn name_problem(name: &str) -> Option<&'static str> {
+pub(crate) fn name_problem(name: &str) -> Option<&'static str> {
     if name.contains('\\') {
         Some("EFS names cannot hold a backslash")
     } else if name.chars().any(char::is_control) {
