@@ -455,21 +455,25 @@ struct Hashing<R> {
 
 impl<R: Read> Read for Hashing<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self
-            .inner
-            .read(buf)
-            .inspect_err(|_| self.read_failed = true)?;
+        let n = self.inner.read(buf).inspect_err(|e| {
+            // `io::copy` tries an interrupted read again: not a failure of the archive.
+            if e.kind() != std::io::ErrorKind::Interrupted {
+                self.read_failed = true;
+            }
+        })?;
         self.hash.update(&buf[..n]);
         self.len += n as u64;
         Ok(n)
     }
 }
 
-/// What an archive that fails to read is said to be: age authenticates it chunk by chunk, so a
-/// byte changed or the end cut off fails there. It said "local I/O: the upload's source ended"
-/// and age's "last chunk has been processed" (black-box review).
+/// What an archive that fails to read is said to be, before the error that says how: age
+/// authenticates it chunk by chunk, so a byte changed or the end cut off fails there (it said
+/// "local I/O: the upload's source ended" and age's "last chunk has been processed"; black-box
+/// review); the same words fit a file that is no tar inside, or a local read error, whose own
+/// error follows.
 const ARCHIVE_BROKEN: &str =
-    "reading the archive: it is damaged, altered or cut short (it failed its authentication)";
+    "reading the archive failed (damaged, altered or cut short, or not an efs tar archive)";
 
 /// An `AsyncWrite` that only hashes and counts (to verify a re-download).
 struct HashSink {

@@ -379,7 +379,10 @@ impl ClientBuilder {
             )));
         }
         let base = url.as_str().trim_end_matches('/').to_owned();
-        let tls = crate::trust::client_config(&self.trust)?;
+        let mut tls = crate::trust::client_config(&self.trust)?;
+        let cert_requested = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        tls.client_auth_cert_resolver =
+            Arc::new(crate::trust::CertRequests(cert_requested.clone()));
         let client = reqwest::Client::builder()
             .tls_backend_preconfigured(tls)
             .connect_timeout(self.connect_timeout)
@@ -399,6 +402,7 @@ impl ClientBuilder {
                     base,
                     idle: self.idle_timeout,
                     login_timeout: self.login_timeout,
+                    cert_requested,
                 },
                 auth: Auth::new(
                     self.user,
@@ -1286,8 +1290,9 @@ impl Client {
                 Ok(Some(c)) => c,
                 Ok(None) => break,
                 Err(cause) => {
+                    let asked = at..range.as_ref().map_or(u64::MAX, |r| r.end);
                     return Err(self
-                        .broken_off(url, &tok, *written, at, expected, cause)
+                        .broken_off(url, &tok, *written, asked, expected, cause)
                         .await);
                 }
             };
@@ -1313,8 +1318,9 @@ impl Client {
                 "the download was cut off after {} of {n} bytes",
                 *written
             ));
+            let asked = at..range.as_ref().map_or(u64::MAX, |r| r.end);
             return Err(self
-                .broken_off(url, &tok, *written, at, expected, cause)
+                .broken_off(url, &tok, *written, asked, expected, cause)
                 .await);
         }
         if range.is_some() && keep > 0 && keep != u64::MAX {
@@ -1325,22 +1331,23 @@ impl Client {
         Ok(())
     }
 
-    /// The error of a download that broke off after `written` bytes, at byte `at` of the
-    /// file, with `cause`: if the server now refuses the token it was sent to, which had not
+    /// The error of a download that broke off after `written` bytes, with `cause`, the bytes
+    /// `rest` of the file (from where it broke off to the end of what was asked) still to come: if the server now refuses the token it was sent to, which had not
     /// expired, the server cut it because that login's access ended meanwhile
     /// ([`Error::AccessEnded`]; the token is dropped, so the next request logs in again); if
-    /// it answers 500 for the rest of the file from where it broke off, the server cut it
-    /// because it could not read its stored content there (damaged: docs/api.md), which no
-    /// retry mends ([`Error::Server`], 500). Asked with one `HEAD` of that rest (`Range:
-    /// bytes=AT-`: the server may have sent more than arrived, the rest of its buffers
-    /// dropped with the stream), without retries and for at most [`PROBE_TIMEOUT`]; any other
-    /// answer, or none, leaves `cause`.
+    /// it answers 500 for `rest`, the server cut it because it could not read its stored
+    /// content there (damaged: docs/api.md), which no retry mends ([`Error::Server`], 500).
+    /// Asked with one `HEAD` of `rest` (`Range`: the whole rest, not the byte where it broke
+    /// off, since the server may have sent more than arrived, the rest of its buffers dropped
+    /// with the stream; and no further than asked, since damage past it is not this
+    /// download's), without retries and for at most [`PROBE_TIMEOUT`]; any other answer, or
+    /// none, leaves `cause`.
     async fn broken_off(
         &self,
         url: &str,
         tok: &TokenInfo,
         written: u64,
-        at: u64,
+        rest: std::ops::Range<u64>,
         expected: Option<u64>,
         cause: Error,
     ) -> Fail {
@@ -1352,7 +1359,13 @@ impl Client {
                 .client
                 .head(url)
                 .bearer_auth(&tok.token)
-                .header(reqwest::header::RANGE, format!("bytes={at}-"))
+                .header(
+                    reqwest::header::RANGE,
+                    match rest.end {
+                        u64::MAX => format!("bytes={}-", rest.start),
+                        end => format!("bytes={}-{}", rest.start, end.saturating_sub(1)),
+                    },
+                )
                 .timeout(PROBE_TIMEOUT);
             match self.inner.http.send(probe, None).await.map(|r| r.status()) {
                 Ok(reqwest::StatusCode::UNAUTHORIZED) => {

@@ -24,9 +24,27 @@ pub(crate) struct Http {
     pub(crate) idle: Option<Duration>,
     /// The total time of one login request (challenge, token, refresh).
     pub(crate) login_timeout: Duration,
+    /// Set once the server asked for a client certificate ([`crate::trust::CertRequests`]).
+    pub(crate) cert_requested: std::sync::Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl Http {
+    /// A reqwest failure as an [`Error`]: a broken connection to a server that asked for a
+    /// client certificate is that server refusing this client, which has none
+    /// ([`CLIENT_CERT_REQUIRED`]), not the network failing.
+    pub(crate) fn failure(&self, e: &reqwest::Error) -> Error {
+        match map_reqwest_error(e) {
+            Error::Transport(_)
+                if self
+                    .cert_requested
+                    .load(std::sync::atomic::Ordering::Acquire) =>
+            {
+                Error::Tls(CLIENT_CERT_REQUIRED.to_owned())
+            }
+            other => other,
+        }
+    }
+
     /// The full URL of an already-encoded path (starting with `/`).
     pub(crate) fn url(&self, encoded_path: &str) -> String {
         format!("{}{encoded_path}", self.base)
@@ -68,7 +86,7 @@ impl Http {
             return Err(f);
         }
         result.map_err(|e| Fail {
-            err: map_reqwest_error(&e),
+            err: self.failure(&e),
             retry_after: None,
             unsent: e.is_connect(),
             source_changed: false,
@@ -88,7 +106,7 @@ impl Http {
                 Err(_) => return Err(idle_error(idle)),
             },
         };
-        r.map_err(|e| map_reqwest_error(&e))
+        r.map_err(|e| self.failure(&e))
     }
 
     /// Passes a success (2xx) through; turns an error answer into its [`Error`].
@@ -580,6 +598,7 @@ mod tests {
             base: String::new(),
             idle: Some(Duration::from_secs(5)),
             login_timeout: Duration::from_secs(5),
+            cert_requested: Default::default(),
         };
         let small = br#"{"a":1}"#.to_vec();
         for with_length in [true, false] {

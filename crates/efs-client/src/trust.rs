@@ -76,6 +76,29 @@ pub(crate) fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::aws_lc_rs::default_provider())
 }
 
+/// Notes that a server asked for a client certificate, which this client has none of (it
+/// answers with none): a server that requires one (`efs-server --client-ca`) then ends the
+/// connection with an alert the client does not always read before it sees the connection
+/// closed (TLS 1.3 sends it after the client's side of the handshake), so the failure is told
+/// by this note ([`crate::http::Http::failure`]).
+#[derive(Debug, Default)]
+pub(crate) struct CertRequests(pub(crate) Arc<std::sync::atomic::AtomicBool>);
+
+impl rustls::client::ResolvesClientCert for CertRequests {
+    fn resolve(
+        &self,
+        _acceptable_issuers: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        self.0.store(true, std::sync::atomic::Ordering::Release);
+        None
+    }
+
+    fn has_certs(&self) -> bool {
+        false
+    }
+}
+
 /// The rustls configuration that enforces `trust`, offering HTTP/2 and HTTP/1.1.
 pub(crate) fn client_config(trust: &Trust) -> Result<rustls::ClientConfig> {
     let provider = provider();

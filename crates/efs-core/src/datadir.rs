@@ -187,14 +187,25 @@ impl std::fmt::Debug for DataDir {
 }
 
 /// Whether `path`, which need not exist yet, is the data dir `data` or lies inside it:
-/// resolved as far as it exists (symbolic links, `..`), the rest taken as written. A private
-/// key or a backup there would sit beside the data it opens or copies, in every copy of the
-/// data dir. False when `data` cannot be resolved (then nothing can be inside it).
+/// both resolved as far as they exist (symbolic links, `..`), the rest taken as written, so
+/// that a data dir about to be created has its inside too. A private key, a key part or a
+/// backup there would sit beside the data it opens or copies, in every copy of the data dir.
+/// False when either cannot be made absolute.
 pub fn is_inside_data_dir(data: &Path, path: &Path) -> bool {
+    match (
+        resolved_as_far_as_exists(data),
+        resolved_as_far_as_exists(path),
+    ) {
+        (Some(data), Some(path)) => path.starts_with(&data),
+        _ => false,
+    }
+}
+
+/// `p` made absolute, each component resolved while what it names exists (links followed,
+/// `..` taken after them, as the kernel does), the rest as written.
+fn resolved_as_far_as_exists(p: &Path) -> Option<PathBuf> {
     use std::path::Component;
-    let (Ok(data), Ok(abs)) = (data.canonicalize(), std::path::absolute(path)) else {
-        return false;
-    };
+    let abs = std::path::absolute(p).ok()?;
     let mut resolved = PathBuf::new();
     for c in abs.components() {
         match c {
@@ -211,7 +222,7 @@ pub fn is_inside_data_dir(data: &Path, path: &Path) -> bool {
             }
         }
     }
-    resolved.starts_with(&data)
+    Some(resolved)
 }
 
 /// Acceptable user and filesystem names: 1–64 of `[A-Za-z0-9._-]`, not starting with `.`.
@@ -664,6 +675,10 @@ impl DataDir {
             if let Some(w) = &opts.rollback_witness {
                 crate::witness::Witness::refuse_for_new_data_dir(w, root)?;
             }
+            // A key part in the data dir to be made (its file would have to be made there
+            // first, which makes the directory no new one, so: a path to come): refused
+            // before anything is created.
+            refuse_key_parts_inside(root, specs)?;
             // Created with its parents, as `mkdir -p` would: the generated key part goes
             // beside it, so its parent must exist too.
             crate::blob::create_dir_all_synced(root).map_err(|e| {
@@ -672,7 +687,6 @@ impl DataDir {
                     root.display()
                 ))
             })?;
-            refuse_key_parts_inside(root, specs)?;
             let mut specs = specs.to_vec();
             let mut generated = None;
             if specs.is_empty() {

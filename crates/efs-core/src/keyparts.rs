@@ -312,28 +312,30 @@ impl fmt::Debug for StarterKey {
 /// read.
 pub const PART_FILE_MAX: u64 = 64 << 10;
 
-/// A `file:` part's bytes: a regular file of at most [`PART_FILE_MAX`] bytes, read into a
-/// buffer that never reallocates (no copy of the part left in freed memory). A FIFO, a device
-/// or a directory is refused at once, without waiting for a writer (the file is opened
-/// non-blocking) or reading a device without end (`/dev/zero` grew a process by gigabytes).
+/// A `file:` part's bytes: a regular file of at most [`PART_FILE_MAX`] bytes, or a pipe
+/// (`file:<(gpg -d part.gpg)`, a named FIFO a secrets agent writes the part into, which the
+/// start waits for) read up to that many, into a buffer that never reallocates (no copy of the
+/// part left in freed memory). A device, a directory or a socket is refused before it is
+/// opened: `/dev/zero` grew a process by gigabytes.
 fn read_part_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, String> {
     use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let f = std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(rustix::fs::OFlags::NONBLOCK.bits() as i32)
-        .open(path)
-        .map_err(|e| format!("cannot read the file: {e}"))?;
-    let meta = f
-        .metadata()
-        .map_err(|e| format!("cannot read the file: {e}"))?;
-    if !meta.is_file() {
+    use std::os::unix::fs::FileTypeExt;
+    let cannot = |e: std::io::Error| format!("cannot read the file: {e}");
+    let kind = std::fs::metadata(path).map_err(cannot)?.file_type();
+    let pipe = kind.is_fifo();
+    if !kind.is_file() && !pipe {
         return Err(
-            "not a regular file (a FIFO, a device or a directory is refused: a key part is a small file)"
+            "not a regular file or a pipe (a device, a directory or a socket is refused: a key part is a small file)"
                 .into(),
         );
     }
-    if meta.len() > PART_FILE_MAX {
+    let f = std::fs::File::open(path).map_err(cannot)?;
+    // What was opened, not what the path named a moment before.
+    let meta = f.metadata().map_err(cannot)?;
+    if meta.file_type().is_fifo() != pipe || (!pipe && !meta.is_file()) {
+        return Err("the file changed while it was opened".into());
+    }
+    if !pipe && meta.len() > PART_FILE_MAX {
         return Err(format!(
             "the file holds {} bytes: a key part file holds at most {PART_FILE_MAX} (a part is a few dozen bytes, e.g. 32 random bytes in base64)",
             meta.len()
@@ -342,10 +344,10 @@ fn read_part_file(path: &std::path::Path) -> Result<Zeroizing<Vec<u8>>, String> 
     let mut bytes = Zeroizing::new(Vec::with_capacity(PART_FILE_MAX as usize + 1));
     f.take(PART_FILE_MAX + 1)
         .read_to_end(&mut bytes)
-        .map_err(|e| format!("cannot read the file: {e}"))?;
+        .map_err(cannot)?;
     if bytes.len() as u64 > PART_FILE_MAX {
         return Err(format!(
-            "the file grew past {PART_FILE_MAX} bytes while it was read"
+            "more than {PART_FILE_MAX} bytes came: a key part file holds at most that many"
         ));
     }
     Ok(bytes)
@@ -861,11 +863,11 @@ mod tests {
         assert!(e.to_string().contains("No such file"), "{e}");
     }
 
-    /// A `file:` part that is no regular file, or larger than a part can be, is refused
-    /// before it is read: `/dev/zero` grew efsctl by gigabytes, a FIFO hung it (black-box
-    /// review). A directory too.
+    /// A `file:` part that is a device or a directory, or larger than a part can be, is refused
+    /// before it is read: `/dev/zero` grew efsctl by gigabytes (black-box review). A pipe is
+    /// read (a part kept off the disk, `file:<(gpg -d …)`), up to the same size.
     #[test]
-    fn a_part_file_is_a_small_regular_file() {
+    fn a_part_file_is_a_small_regular_file_or_a_pipe() {
         let d = tempfile::tempdir().unwrap();
         let fifo = d.path().join("fifo");
         rustix::fs::mkfifoat(
@@ -877,9 +879,8 @@ mod tests {
         let big = d.path().join("big");
         std::fs::write(&big, vec![b'a'; PART_FILE_MAX as usize + 1]).unwrap();
         for (path, says) in [
-            (fifo, "not a regular file"),
-            (PathBuf::from("/dev/zero"), "not a regular file"),
-            (d.path().to_path_buf(), "not a regular file"),
+            (PathBuf::from("/dev/zero"), "not a regular file or a pipe"),
+            (d.path().to_path_buf(), "not a regular file or a pipe"),
             (big, "at most 65536"),
         ] {
             let started = std::time::Instant::now();
@@ -889,6 +890,19 @@ mod tests {
         }
         let fits = file_part(d.path(), "fits", &"a".repeat(PART_FILE_MAX as usize));
         create(&[fits], None, FAST, &no_prompt).unwrap();
+        // A pipe with a writer: its bytes are the part, the same as a file's.
+        let writer = {
+            let fifo = fifo.clone();
+            std::thread::spawn(move || {
+                std::fs::write(&fifo, "cccccccccccccccccccccccc\n").unwrap();
+            })
+        };
+        // The writer may open after the reader: wait until it has.
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let (_, file) = create(&[KeyPartSpec::File(fifo)], None, FAST, &no_prompt).unwrap();
+        writer.join().unwrap();
+        let same = file_part(d.path(), "same", "cccccccccccccccccccccccc\n");
+        open(&file, &[same], &no_prompt).unwrap();
     }
 
     #[test]

@@ -375,12 +375,31 @@ async fn a_key_part_inside_the_data_dir_is_refused() {
     let dd = open(&root, std::slice::from_ref(&part)).unwrap();
     check(&dd, &files).await;
     drop(dd);
-    // A new data dir (an empty directory) with its part inside it.
+    // A new data dir with its part inside it: an empty directory, and one not made yet (it
+    // was created before the refusal), also named through a link and `..`.
     let fresh = tmp.path().join("fresh");
     std::fs::create_dir(&fresh).unwrap();
     let e = open(&fresh, &[KeyPartSpec::File(fresh.join("p"))]).unwrap_err();
     assert!(e.to_string().contains("is inside the data dir"), "{e}");
     assert_eq!(std::fs::read_dir(&fresh).unwrap().count(), 0);
+    let unmade = tmp.path().join("unmade").join("d");
+    for part in [
+        unmade.join("p"),
+        unmade.join("sub").join("..").join("p"),
+        link.join("..")
+            .join("..")
+            .join("unmade")
+            .join("d")
+            .join("p"),
+    ] {
+        let e = open(&unmade, &[KeyPartSpec::File(part.clone())]).unwrap_err();
+        assert!(
+            e.to_string().contains("is inside the data dir"),
+            "{}: {e}",
+            part.display()
+        );
+    }
+    assert!(!tmp.path().join("unmade").exists(), "nothing was made");
 }
 
 /// The temporary file of a `keyparts.json.rekey` write that a kill cut short (the new parts'

@@ -1737,14 +1737,13 @@ async fn read_version(
         }
     };
     let (start, end) = range.unwrap_or((0, len));
-    // Content a download found damaged from `bad` on (cut there, after its 200): a request
-    // reaching it is a 500 before any byte, as one whose first batch fails is, so that a
-    // client trying again is told the server failed instead of meeting another cut. HEAD
-    // answers as the GET would.
+    // Content a download found damaged (cut there, after its 200): a request whose range
+    // overlaps the batch that failed is a 500 before any byte, as one whose first batch fails
+    // is, so that a client trying again is told the server failed instead of meeting another
+    // cut; a range clear of it is served. HEAD answers as the GET would.
     if st
         .cache
-        .damaged_from(fs.id(), &entry.version)
-        .is_some_and(|bad| end > bad)
+        .damaged_overlaps(fs.id(), &entry.version, start, end)
     {
         return Err(efs_core::CoreError::Decrypt.into());
     }
@@ -1962,6 +1961,8 @@ fn stream_range(
 ) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
     struct Ahead {
         from: u64,
+        /// The batch's end (segments), for the range a failure notes.
+        to: u64,
         task: tokio::task::JoinHandle<efs_core::Result<efs_core::fs::PlainSegments>>,
     }
     /// Aborts a read-ahead task that is no longer wanted (the client went away).
@@ -1991,6 +1992,7 @@ fn stream_range(
                 let reader = self.reader.clone();
                 self.ahead = Some(Ahead {
                     from,
+                    to,
                     task: tokio::spawn(async move { reader.read_plain(from, to).await }),
                 });
                 self.next = to;
@@ -2036,8 +2038,9 @@ fn stream_range(
                         // Content that does not decrypt stays so: the next request reaching
                         // it is refused before its 200 (an I/O error may pass).
                         if matches!(e, efs_core::CoreError::Decrypt) {
-                            let from = efs_core::fs::segment_offset(a.from);
-                            allowed.st.cache.note_damaged(&version.0, &version.1, from);
+                            let bad = efs_core::fs::segment_offset(a.from)
+                                ..efs_core::fs::segment_offset(a.to);
+                            allowed.st.cache.note_damaged(&version.0, &version.1, bad);
                         }
                     }
                     s.next = s.last;

@@ -138,32 +138,40 @@ pub struct ContentCache {
     held: Arc<AtomicU64>,
     /// The most `held` may reach: the capacity plus [`PLAINTEXT_OVERHEAD`].
     budget: u64,
-    /// Versions found damaged part way through a download (see [`ContentCache::damaged_from`]);
-    /// kept with the cache off too.
-    damaged: Arc<Mutex<Damaged>>,
+    /// Versions found damaged part way through a download (see
+    /// [`ContentCache::damaged_overlaps`]); kept with the cache off too.
+    damaged: Arc<std::sync::RwLock<Damaged>>,
     /// Whether `damaged` may hold any: every GET asks, and almost always none is, so the
     /// lock is not taken then.
     any_damaged: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// Versions whose content failed to decrypt past the first batch of a download (damaged or
-/// tampered with), by filesystem and version: the plaintext offset of the batch that failed,
-/// and when. A download cut there has already said 200; the next request reaching that
-/// offset is answered 500 before any byte (as a damaged first batch is), so that a client
-/// trying again gets a status that says the server failed, not another cut that looks like
-/// the network's. Forgotten after [`DAMAGE_KEPT_FOR`] (a blob put right by hand is served
-/// again, or at once after `efsctl cache-clear`), and beyond [`DAMAGED_KEPT`] versions.
+/// tampered with), by filesystem and version: the plaintext ranges of the batches that failed
+/// (a batch is 256 KiB; at most [`DAMAGED_RANGES`] a version), and when they were last noted. A
+/// download cut there has already said 200; the next request whose range overlaps one is
+/// answered 500 before any byte (as a damaged first batch is), so that a client trying again
+/// gets a status that says the server failed, not another cut that looks like the network's;
+/// a range that does not overlap is served. Forgotten after [`DAMAGE_KEPT_FOR`] (a blob put
+/// right by hand is served again, or at once after `efsctl cache-clear`), and beyond
+/// [`DAMAGED_KEPT`] versions.
 #[derive(Default)]
 struct Damaged {
-    from: std::collections::HashMap<([u8; 16], [u8; 16]), (u64, std::time::Instant)>,
+    ranges: std::collections::HashMap<DamageKey, (Vec<std::ops::Range<u64>>, std::time::Instant)>,
 }
 
+/// A filesystem's id and a version.
+type DamageKey = ([u8; 16], [u8; 16]);
+
 /// How long a version found damaged is answered 500 before any byte (see
-/// [`ContentCache::damaged_from`]).
+/// [`ContentCache::damaged_overlaps`]).
 pub const DAMAGE_KEPT_FOR: Duration = Duration::from_secs(600);
 
 /// Versions found damaged that are remembered at most.
 const DAMAGED_KEPT: usize = 4096;
+
+/// Damaged ranges remembered per version at most (the first ones noted).
+const DAMAGED_RANGES: usize = 16;
 
 impl ContentCache {
     /// A cache with the given bounds.
@@ -189,47 +197,62 @@ impl ContentCache {
         }
     }
 
-    /// Notes that version `version` of filesystem `fs` failed to decrypt from plaintext offset
-    /// `from` on (see [`ContentCache::damaged_from`]).
-    pub fn note_damaged(&self, fs: &[u8; 16], version: &[u8; 16], from: u64) {
-        let mut d = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
+    /// Notes that version `version` of filesystem `fs` failed to decrypt in the plaintext
+    /// range `bad` (a batch of a download; see [`ContentCache::damaged_overlaps`]).
+    pub fn note_damaged(&self, fs: &[u8; 16], version: &[u8; 16], bad: std::ops::Range<u64>) {
+        let mut d = self
+            .damaged
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         let now = std::time::Instant::now();
-        if d.from.len() >= DAMAGED_KEPT {
-            d.from
-                .retain(|_, (_, at)| now.duration_since(*at) < DAMAGE_KEPT_FOR);
-        }
-        if d.from.len() >= DAMAGED_KEPT
+        // What expired goes here, not in the lookups every GET makes.
+        d.ranges
+            .retain(|_, (_, at)| now.duration_since(*at) < DAMAGE_KEPT_FOR);
+        if d.ranges.len() >= DAMAGED_KEPT
             && let Some(oldest) = d
-                .from
+                .ranges
                 .iter()
                 .min_by_key(|(_, (_, at))| *at)
                 .map(|(k, _)| *k)
         {
-            d.from.remove(&oldest);
+            d.ranges.remove(&oldest);
         }
-        let e = d.from.entry((*fs, *version)).or_insert((from, now));
-        *e = (e.0.min(from), now);
+        let (ranges, at) = d
+            .ranges
+            .entry((*fs, *version))
+            .or_insert_with(|| (Vec::new(), now));
+        if !ranges.contains(&bad) && ranges.len() < DAMAGED_RANGES {
+            ranges.push(bad);
+        }
+        *at = now;
         self.any_damaged.store(true, Ordering::Release);
     }
 
-    /// The plaintext offset from which `version` of filesystem `fs` is known not to decrypt,
-    /// if a download of it was cut there within [`DAMAGE_KEPT_FOR`]. A download cut there has
-    /// already said 200; the server answers the next request reaching that offset 500 before
-    /// any byte (as it does a damaged first batch), so that a client trying again is told the
-    /// server failed, not cut again as by the network. At most 4,096 versions are kept;
-    /// [`ContentCache::clear`] forgets them (a blob put right by hand is served at once).
-    pub fn damaged_from(&self, fs: &[u8; 16], version: &[u8; 16]) -> Option<u64> {
+    /// Whether the plaintext range `start..end` of version `version` of filesystem `fs`
+    /// overlaps a range a download of it failed to decrypt in within [`DAMAGE_KEPT_FOR`]. A
+    /// download cut there has already said 200; the server answers the next request that
+    /// overlaps it 500 before any byte (as it does a damaged first batch), so that a client
+    /// trying again is told the server failed, not cut again as by the network; a range clear
+    /// of every damaged one is served. At most 4,096 versions are kept; [`ContentCache::clear`]
+    /// forgets them (a blob put right by hand is served at once).
+    pub fn damaged_overlaps(
+        &self,
+        fs: &[u8; 16],
+        version: &[u8; 16],
+        start: u64,
+        end: u64,
+    ) -> bool {
         if !self.any_damaged.load(Ordering::Acquire) {
-            return None;
+            return false;
         }
-        let mut d = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
-        // What expired goes (a few entries at most, but for a disk gone bad), and with the
-        // last of them the lock is no longer taken.
-        d.from.retain(|_, (_, at)| at.elapsed() < DAMAGE_KEPT_FOR);
-        if d.from.is_empty() {
-            self.any_damaged.store(false, Ordering::Release);
-        }
-        d.from.get(&(*fs, *version)).map(|(from, _)| *from)
+        let d = self
+            .damaged
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        d.ranges
+            .get(&(*fs, *version))
+            .filter(|(_, at)| at.elapsed() < DAMAGE_KEPT_FOR)
+            .is_some_and(|(ranges, _)| ranges.iter().any(|r| start < r.end && r.start < end))
     }
 
     /// Reserves `bytes` of the plaintext budget for a version about to be decrypted into
@@ -333,8 +356,11 @@ impl ContentCache {
     /// every version.
     pub fn clear(&self) {
         {
-            let mut d = self.damaged.lock().unwrap_or_else(|e| e.into_inner());
-            d.from.clear();
+            let mut d = self
+                .damaged
+                .write()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            d.ranges.clear();
             self.any_damaged.store(false, Ordering::Release);
         }
         if let Some(c) = &self.inner {
@@ -489,29 +515,46 @@ mod tests {
         assert!(cache.get(&FS, &[1; 16]).is_none());
     }
 
-    /// A version found damaged is known from the lowest offset noted, per filesystem, with
-    /// the cache off too, until a clear.
+    /// A version found damaged refuses the ranges that overlap what failed, and only those,
+    /// per filesystem, with the cache off too, until a clear.
     #[test]
-    fn damaged_versions_are_known_until_cleared() {
+    fn damaged_ranges_are_known_until_cleared() {
         let cache = ContentCache::new(CacheConfig {
             capacity: 0,
             max_file: 0,
         });
-        assert_eq!(cache.damaged_from(&FS, &[1; 16]), None);
-        cache.note_damaged(&FS, &[1; 16], 1 << 20);
-        cache.note_damaged(&FS, &[1; 16], 1 << 18);
-        cache.note_damaged(&FS, &[1; 16], 1 << 19);
-        assert_eq!(cache.damaged_from(&FS, &[1; 16]), Some(1 << 18));
-        assert_eq!(cache.damaged_from(&[0x0f; 16], &[1; 16]), None);
-        assert_eq!(cache.damaged_from(&FS, &[2; 16]), None);
-        for v in 0..(DAMAGED_KEPT + 10) {
-            let mut version = [0; 16];
-            version[..8].copy_from_slice(&(v as u64).to_be_bytes());
-            cache.note_damaged(&[0x0f; 16], &version, 0);
+        let v = [1; 16];
+        assert!(!cache.damaged_overlaps(&FS, &v, 0, u64::MAX));
+        cache.note_damaged(&FS, &v, 1000..2000);
+        cache.note_damaged(&FS, &v, 5000..6000);
+        cache.note_damaged(&FS, &v, 1000..2000);
+        assert_eq!(cache.damaged.read().unwrap().ranges[&(FS, v)].0.len(), 2);
+        for (start, end, refused) in [
+            (0, 1000, false),
+            (0, 1001, true),
+            (1999, 2000, true),
+            (2000, 5000, false),
+            (2500, 7000, true),
+            (6000, 9000, false),
+            (0, u64::MAX, true),
+        ] {
+            assert_eq!(
+                cache.damaged_overlaps(&FS, &v, start, end),
+                refused,
+                "{start}..{end}"
+            );
         }
-        assert!(cache.damaged.lock().unwrap().from.len() <= DAMAGED_KEPT);
+        assert!(!cache.damaged_overlaps(&[0x0f; 16], &v, 0, u64::MAX));
+        assert!(!cache.damaged_overlaps(&FS, &[2; 16], 0, u64::MAX));
+        for n in 0..(DAMAGED_KEPT + 10) {
+            let mut version = [0; 16];
+            version[..8].copy_from_slice(&(n as u64).to_be_bytes());
+            cache.note_damaged(&[0x0f; 16], &version, 0..1);
+        }
+        assert!(cache.damaged.read().unwrap().ranges.len() <= DAMAGED_KEPT);
         cache.clear();
-        assert_eq!(cache.damaged_from(&FS, &[1; 16]), None);
+        assert!(!cache.damaged_overlaps(&FS, &v, 0, u64::MAX));
+        assert!(!cache.any_damaged.load(Ordering::Acquire));
     }
 
     /// A fill whose version was removed after its lookup (before or while it decrypts)

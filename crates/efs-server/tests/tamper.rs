@@ -370,14 +370,28 @@ async fn tampered_blobs_are_never_served() {
     // served. Once the note is cleared (`efsctl cache-clear`), the next GET is cut again.
     let (_, w) = curl_get();
     assert!(w.starts_with("500 "), "refused before its 200: {w}");
-    let r = srv
-        .req("GET", "/long.bin", tok)
-        .header("range", "bytes=0-99")
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 206);
-    assert_eq!(&r.bytes().await.unwrap()[..], &long[..100]);
+    // The damage (segment 18) lies in the batch of segments 16 to 19: a range overlapping
+    // that batch is refused, one before or after it is served (it was refused from the
+    // damage on, readable segments after it too; the review's find).
+    for (lo, hi, status) in [
+        (0, 99, 206),
+        (16 * SEG - 100, 16 * SEG - 1, 206),
+        (16 * SEG - 100, 16 * SEG, 500),
+        (17 * SEG, 17 * SEG + 10, 500),
+        (20 * SEG - 1, 20 * SEG + 10, 500),
+        (20 * SEG, 20 * SEG + 99, 206),
+    ] {
+        let r = srv
+            .req("GET", "/long.bin", tok)
+            .header("range", format!("bytes={lo}-{hi}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), status, "bytes={lo}-{hi}");
+        if status == 206 {
+            assert_eq!(&r.bytes().await.unwrap()[..], &long[lo..=hi]);
+        }
+    }
     srv.efsctl_ok(&["cache-clear"]);
     let (ok, w) = curl_get();
     assert!(!ok, "curl sees the cut: {w}");
@@ -386,17 +400,18 @@ async fn tampered_blobs_are_never_served() {
     assert!(got_bytes < long.len(), "{w}");
     // Each cut is in the audit log: a second `read` entry, 500, `cut_short`, after the
     // first's 200 (that first alone listed a read that delivered part of the file as whole);
-    // the GET refused before its 200 has its one entry, 500.
+    // a GET refused before its 200 has its one entry, 500.
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
     let failed = loop {
         let failed: Vec<serde_json::Value> =
             audit_show(srv, &["--path", "/long.bin", "--status", "500"]);
-        if failed.len() >= 3 || std::time::Instant::now() > deadline {
+        if failed.len() >= 6 || std::time::Instant::now() > deadline {
             break failed;
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    assert_eq!(failed.len(), 3, "{failed:?}");
+    // The two cuts, the GET refused before its 200 and the three ranges refused.
+    assert_eq!(failed.len(), 6, "{failed:?}");
     let cuts: Vec<&serde_json::Value> = failed
         .iter()
         .filter(|e| e["detail"] == "cut_short")
